@@ -1,0 +1,271 @@
+//! One agent's ledger: period counters, velocity windows, live reservations.
+//!
+//! Every counter is a running total for the current period; nothing here scans past spends, so
+//! a decision costs the same after a million payments as after none.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use jiff::civil::{Date, Time};
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use rust_decimal::Decimal;
+
+use crate::decision::Recorded;
+use crate::policy::{Period, RailFilter, Scope};
+
+/// Identifies one period counter within an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct CounterKey {
+    pub rails: RailFilter,
+    pub scope: Scope,
+    pub scope_key: String,
+    pub period: Period,
+    pub tz: Arc<str>,
+}
+
+/// Spend in the current period.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counter {
+    pub period_start: Timestamp,
+    pub spent: Decimal,
+    pub reserved: Decimal,
+}
+
+/// Identifies one velocity window within an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct VelocityKey {
+    pub rails: RailFilter,
+    pub scope: Scope,
+    pub scope_key: String,
+    pub window: SignedDuration,
+}
+
+/// An approval that holds part of some counters.
+#[derive(Debug, Clone)]
+pub(crate) struct Reservation {
+    pub amount: Decimal,
+    pub holds: Vec<(CounterKey, Timestamp)>,
+    pub slots: Vec<(VelocityKey, u64)>,
+}
+
+/// How a reservation ended; kept for the retention window so repeats are answered the same.
+#[derive(Debug, Clone)]
+pub(crate) enum Closed {
+    Recorded { recorded: Recorded, settled: Decimal, reference: Option<String> },
+    Released,
+    Expired,
+}
+
+/// Totals over the ledger's life, for audits and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerStats {
+    /// Approvals granted.
+    pub approved: u64,
+    /// Approvals recorded as spend.
+    pub recorded: u64,
+    /// Approvals released unused.
+    pub released: u64,
+    /// Approvals that expired unused.
+    pub expired: u64,
+    /// Settlements recorded after their approval had expired.
+    pub late_records: u64,
+    /// All spend ever recorded.
+    pub total_spent: Decimal,
+}
+
+/// The ledger of one agent.
+#[derive(Debug, Default)]
+pub(crate) struct AgentLedger {
+    pub counters: HashMap<CounterKey, Counter>,
+    pub velocity: HashMap<VelocityKey, VecDeque<(Timestamp, u64)>>,
+    pub live: HashMap<String, Reservation>,
+    expiries: BinaryHeap<Reverse<(Timestamp, String)>>,
+    closed: HashMap<String, Closed>,
+    closed_order: VecDeque<(Timestamp, String)>,
+    pub stats: LedgerStats,
+    next_seq: u64,
+}
+
+/// The first instant of the period that contains `now`, in `tz`.
+pub(crate) fn period_start(period: Period, tz: &TimeZone, now: Timestamp) -> Timestamp {
+    if period == Period::Total {
+        return Timestamp::UNIX_EPOCH;
+    }
+    let date = tz.to_datetime(now).date();
+    let first: Date = match period {
+        Period::Day => date,
+        Period::Week => date
+            .checked_sub(SignedDuration::from_hours(24 * i64::from(date.weekday().to_monday_zero_offset())))
+            .unwrap_or(date),
+        Period::Month => date.first_of_month(),
+        Period::Year => date.first_of_year(),
+        Period::Total => unreachable!("handled above"),
+    };
+    tz.to_ambiguous_zoned_datetime(first.to_datetime(Time::midnight()))
+        .compatible()
+        .map(|z| z.timestamp())
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+impl AgentLedger {
+    /// Spent + reserved in the current period of `key`.
+    pub fn used(&mut self, key: &CounterKey, start: Timestamp) -> Decimal {
+        match self.counters.get_mut(key) {
+            Some(c) if c.period_start == start => c.spent + c.reserved,
+            Some(c) if c.period_start < start => {
+                // A new period began: the old period's reservations settle into the old period.
+                *c = Counter { period_start: start, spent: Decimal::ZERO, reserved: Decimal::ZERO };
+                Decimal::ZERO
+            }
+            _ => Decimal::ZERO,
+        }
+    }
+
+    /// Approvals in the sliding window ending at `now`.
+    pub fn count(&mut self, key: &VelocityKey, now: Timestamp) -> usize {
+        match self.velocity.get_mut(key) {
+            Some(q) => {
+                let horizon = now.checked_sub(key.window).unwrap_or(Timestamp::MIN);
+                while q.front().is_some_and(|(t, _)| *t <= horizon) {
+                    q.pop_front();
+                }
+                q.len()
+            }
+            None => 0,
+        }
+    }
+
+    /// Reserves `amount` on every counter and a slot in every window.
+    pub fn reserve(
+        &mut self,
+        id: String,
+        amount: Decimal,
+        expires_at: Timestamp,
+        holds: Vec<(CounterKey, Timestamp)>,
+        windows: Vec<VelocityKey>,
+        now: Timestamp,
+    ) {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        for (key, start) in &holds {
+            let c = self.counters.entry(key.clone()).or_insert(Counter {
+                period_start: *start,
+                spent: Decimal::ZERO,
+                reserved: Decimal::ZERO,
+            });
+            if c.period_start < *start {
+                *c = Counter { period_start: *start, spent: Decimal::ZERO, reserved: Decimal::ZERO };
+            }
+            if c.period_start == *start {
+                c.reserved += amount;
+            }
+        }
+        let mut slots = Vec::with_capacity(windows.len());
+        for key in windows {
+            self.velocity.entry(key.clone()).or_default().push_back((now, seq));
+            slots.push((key, seq));
+        }
+        self.expiries.push(Reverse((expires_at, id.clone())));
+        self.live.insert(id, Reservation { amount, holds, slots });
+        self.stats.approved += 1;
+    }
+
+    /// Gives back a reservation's holds; a settled one keeps its velocity slots (it was used).
+    fn unhold(&mut self, r: &Reservation, settled: Option<Decimal>) {
+        for (key, start) in &r.holds {
+            if let Some(c) = self.counters.get_mut(key)
+                && c.period_start == *start
+            {
+                c.reserved -= r.amount;
+                if let Some(s) = settled {
+                    c.spent += s;
+                }
+            }
+        }
+        if settled.is_none() {
+            for (key, seq) in &r.slots {
+                if let Some(q) = self.velocity.get_mut(key) {
+                    q.retain(|(_, s)| s != seq);
+                }
+            }
+        }
+    }
+
+    /// Turns a live reservation into spend of `settled` (≤ the reserved amount).
+    pub fn settle(&mut self, id: &str, settled: Decimal) -> Option<Reservation> {
+        let r = self.live.remove(id)?;
+        self.unhold(&r, Some(settled));
+        self.stats.recorded += 1;
+        self.stats.total_spent += settled;
+        Some(r)
+    }
+
+    /// Counts a late settlement (its reservation already expired) into the current periods.
+    pub fn settle_late(&mut self, holds: &[(CounterKey, Timestamp)], settled: Decimal) {
+        for (key, start) in holds {
+            let c = self.counters.entry(key.clone()).or_insert(Counter {
+                period_start: *start,
+                spent: Decimal::ZERO,
+                reserved: Decimal::ZERO,
+            });
+            if c.period_start < *start {
+                *c = Counter { period_start: *start, spent: Decimal::ZERO, reserved: Decimal::ZERO };
+            }
+            if c.period_start == *start {
+                c.spent += settled;
+            }
+        }
+        self.stats.recorded += 1;
+        self.stats.late_records += 1;
+        self.stats.total_spent += settled;
+    }
+
+    /// Frees a live reservation.
+    pub fn release(&mut self, id: &str) -> bool {
+        match self.live.remove(id) {
+            Some(r) => {
+                self.unhold(&r, None);
+                self.stats.released += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers how a reservation ended, until `now + retention`.
+    pub fn close(&mut self, id: String, how: Closed, now: Timestamp) {
+        self.closed_order.push_back((now, id.clone()));
+        self.closed.insert(id, how);
+    }
+
+    /// How a reservation ended, if it did within the retention window.
+    pub fn closed(&self, id: &str) -> Option<&Closed> {
+        self.closed.get(id)
+    }
+
+    /// Expires reservations past their time and forgets closed ones past `retention`.
+    pub fn sweep(&mut self, now: Timestamp, retention: SignedDuration) -> usize {
+        let mut expired = 0;
+        while let Some(Reverse((at, _))) = self.expiries.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, id))) = self.expiries.pop() else { break };
+            if let Some(r) = self.live.remove(&id) {
+                self.unhold(&r, None);
+                self.stats.expired += 1;
+                expired += 1;
+                self.close(id, Closed::Expired, now);
+            }
+        }
+        let horizon = now.checked_sub(retention).unwrap_or(Timestamp::MIN);
+        while self.closed_order.front().is_some_and(|(t, _)| *t < horizon) {
+            if let Some((_, id)) = self.closed_order.pop_front() {
+                self.closed.remove(&id);
+            }
+        }
+        expired
+    }
+}

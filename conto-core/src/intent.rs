@@ -1,0 +1,532 @@
+//! What the app wants to pay for: a [`PaymentIntent`] with its [`Rail`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::money::{Amount, AmountError};
+
+/// Why an intent (or one of its parts) is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntentError {
+    /// The amount is not a valid [`Amount`].
+    #[error("invalid amount: {0}")]
+    Amount(#[from] AmountError),
+    /// The recipient is neither an EVM address nor a Solana address.
+    #[error(
+        "invalid recipient address `{0}`: expected an EVM address (0x + 40 hex digits) or a Solana address (32-44 base58 characters)"
+    )]
+    Address(String),
+    /// The rail needs a recipient address and none was given.
+    #[error("the {0} rail needs a recipient address")]
+    MissingRecipient(&'static str),
+    /// The actor (the Conto agent that pays) is empty.
+    #[error("the actor must not be empty")]
+    EmptyActor,
+    /// The idempotency key is empty or longer than 255 characters.
+    #[error("idempotency key must be 1-255 characters, got {0}")]
+    IdempotencyKey(usize),
+    /// A rail field is empty or malformed.
+    #[error("invalid {field}: {reason}")]
+    Field {
+        /// The field's name, as Conto spells it.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A recipient wallet address: EVM (`0x` + 40 hex, compared case-insensitively) or Solana
+/// (base58, 32–44 characters, case-sensitive).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Address(String);
+
+impl Address {
+    /// Validates an address.
+    pub fn parse(s: &str) -> Result<Self, IntentError> {
+        let evm = s.len() == 42
+            && (s.starts_with("0x") || s.starts_with("0X"))
+            && s[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if evm {
+            return Ok(Self(format!("0x{}", s[2..].to_ascii_lowercase())));
+        }
+        const BASE58: &str = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+        let solana = (32..=44).contains(&s.len()) && s.chars().all(|c| BASE58.contains(c));
+        if solana {
+            return Ok(Self(s.to_owned()));
+        }
+        Err(IntentError::Address(s.to_owned()))
+    }
+
+    /// The canonical text: EVM addresses lower-cased, Solana addresses as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is an EVM address.
+    pub fn is_evm(&self) -> bool {
+        self.0.starts_with("0x")
+    }
+}
+
+impl FromStr for Address {
+    type Err = IntentError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Address({})", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Address::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The Conto agent (or app actor bound to one) that pays.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ActorId(String);
+
+impl ActorId {
+    /// A non-empty actor id.
+    pub fn new(id: impl Into<String>) -> Result<Self, IntentError> {
+        let id = id.into();
+        if id.trim().is_empty() {
+            return Err(IntentError::EmptyActor);
+        }
+        Ok(Self(id))
+    }
+
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActorId({})", self.0)
+    }
+}
+
+/// The key that identifies one payment attempt (not one HTTP try): 1–255 characters.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Validates a caller-chosen key.
+    pub fn new(key: impl Into<String>) -> Result<Self, IntentError> {
+        let key = key.into();
+        if key.is_empty() || key.len() > 255 {
+            return Err(IntentError::IdempotencyKey(key.len()));
+        }
+        Ok(Self(key))
+    }
+
+    /// A fresh random key (for attempts the caller does not name).
+    pub fn random() -> Self {
+        Self(format!("ck_{}", crate::ids::random_hex(16)))
+    }
+
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdempotencyKey({})", self.0)
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How the money moves. Each rail maps to one pair of Conto endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "rail", rename_all = "camelCase")]
+pub enum Rail {
+    /// A transfer from the app's own wallet (`payments/approve` → `payments/{id}/confirm`).
+    Transfer {
+        /// The chain the transfer happens on (8453 Base, 1 Ethereum, …).
+        #[serde(rename = "chainId")]
+        chain_id: u64,
+        /// The app's wallet that pays.
+        #[serde(rename = "senderAddress")]
+        sender: Address,
+    },
+    /// An x402 payment (`x402/pre-authorize` → `x402/record`).
+    X402 {
+        /// The paid resource's URL.
+        #[serde(rename = "resourceUrl")]
+        resource_url: String,
+        /// The service's domain (derived from `resourceUrl` when not given).
+        #[serde(rename = "serviceDomain")]
+        service_domain: String,
+        /// The facilitator that settles.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        facilitator: Option<String>,
+        /// The x402 scheme, e.g. `exact`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheme: Option<String>,
+    },
+    /// An MPP payment (`mpp/pre-authorize` → `mpp/record`).
+    Mpp {
+        /// The paid resource's URL.
+        #[serde(rename = "resourceUrl")]
+        resource_url: String,
+        /// The service's domain (derived from `resourceUrl` when not given).
+        #[serde(rename = "serviceDomain")]
+        service_domain: String,
+        /// The session this payment belongs to, if any.
+        #[serde(rename = "sessionId", default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
+        /// The MPP intent (`session`, `charge`, …).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        intent: Option<String>,
+        /// The deposit the session opens with.
+        #[serde(rename = "depositAmount", default, skip_serializing_if = "Option::is_none")]
+        deposit: Option<Amount>,
+        /// The HTTP method of the paid request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
+    },
+    /// A card payment (`cards/approve` → `cards/{id}/confirm`).
+    Card {
+        /// The card to charge.
+        #[serde(rename = "cardId", default, skip_serializing_if = "Option::is_none")]
+        card_id: Option<String>,
+        /// The merchant's name.
+        #[serde(rename = "merchantName")]
+        merchant: String,
+        /// The merchant category code (4 digits).
+        #[serde(rename = "merchantCategory", default, skip_serializing_if = "Option::is_none")]
+        mcc: Option<String>,
+    },
+}
+
+impl Rail {
+    /// The rail's name: `transfer`, `x402`, `mpp` or `card`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rail::Transfer { .. } => "transfer",
+            Rail::X402 { .. } => "x402",
+            Rail::Mpp { .. } => "mpp",
+            Rail::Card { .. } => "card",
+        }
+    }
+
+    /// A transfer from the app's wallet on `chain_id`.
+    pub fn transfer(chain_id: u64, sender: &str) -> Result<Self, IntentError> {
+        Ok(Rail::Transfer { chain_id, sender: Address::parse(sender)? })
+    }
+
+    /// An x402 payment for `resource_url`; the service domain is the URL's host.
+    pub fn x402(resource_url: &str) -> Result<Self, IntentError> {
+        Ok(Rail::X402 {
+            service_domain: service_domain_of(resource_url)?,
+            resource_url: resource_url.to_owned(),
+            facilitator: None,
+            scheme: Some("exact".to_owned()),
+        })
+    }
+
+    /// An MPP payment for `resource_url`; the service domain is the URL's host.
+    pub fn mpp(resource_url: &str) -> Result<Self, IntentError> {
+        Ok(Rail::Mpp {
+            service_domain: service_domain_of(resource_url)?,
+            resource_url: resource_url.to_owned(),
+            session_id: None,
+            intent: None,
+            deposit: None,
+            method: None,
+        })
+    }
+
+    /// A card payment at `merchant`.
+    pub fn card(merchant: &str) -> Result<Self, IntentError> {
+        if merchant.trim().is_empty() {
+            return Err(IntentError::Field { field: "merchantName", reason: "must not be empty".into() });
+        }
+        Ok(Rail::Card { card_id: None, merchant: merchant.to_owned(), mcc: None })
+    }
+
+    fn needs_recipient(&self) -> bool {
+        !matches!(self, Rail::Card { .. })
+    }
+
+    fn validate(&self) -> Result<(), IntentError> {
+        match self {
+            Rail::Transfer { .. } => Ok(()),
+            Rail::X402 { resource_url, service_domain, .. } | Rail::Mpp { resource_url, service_domain, .. } => {
+                service_domain_of(resource_url)?;
+                if service_domain.trim().is_empty() {
+                    return Err(IntentError::Field { field: "serviceDomain", reason: "must not be empty".into() });
+                }
+                Ok(())
+            }
+            Rail::Card { merchant, mcc, .. } => {
+                if merchant.trim().is_empty() {
+                    return Err(IntentError::Field { field: "merchantName", reason: "must not be empty".into() });
+                }
+                if let Some(mcc) = mcc
+                    && (mcc.len() != 4 || !mcc.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    return Err(IntentError::Field {
+                        field: "merchantCategory",
+                        reason: format!("`{mcc}` is not a 4-digit merchant category code"),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The host of an `http(s)://` URL, lower-cased.
+pub fn service_domain_of(url: &str) -> Result<String, IntentError> {
+    let bad = |reason: &str| IntentError::Field { field: "resourceUrl", reason: format!("`{url}` {reason}") };
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| bad("is not an http(s) URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// One paid action the app is about to settle: amount, recipient, rail and context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentIntent {
+    /// Who pays: the Conto agent (or the app actor bound to one).
+    pub actor: ActorId,
+    /// How much, in Conto's unit.
+    pub amount: Amount,
+    /// Where the money goes (absent for card payments).
+    #[serde(rename = "recipientAddress", default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<Address>,
+    /// How the money moves.
+    #[serde(flatten)]
+    pub rail: Rail,
+    /// The recipient's display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_name: Option<String>,
+    /// Why the app pays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The spend category (a free string; `API_PROVIDER`, `CLOUD`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// Free metadata sent along with the request.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub context: serde_json::Map<String, serde_json::Value>,
+    /// The payment attempt's key; the same attempt always carries the same key.
+    pub idempotency_key: IdempotencyKey,
+}
+
+impl PaymentIntent {
+    /// Starts an intent for `actor` paying `amount` on `rail`.
+    ///
+    /// ```
+    /// use conto_core::{PaymentIntent, Rail};
+    /// let intent = PaymentIntent::builder("agent-1", "2.50", Rail::x402("https://api.example.com/v1/search")?)
+    ///     .recipient("0x1111111111111111111111111111111111111111")
+    ///     .category("API_PROVIDER")
+    ///     .build()?;
+    /// assert_eq!(intent.amount.to_string(), "2.5");
+    /// # Ok::<(), conto_core::IntentError>(())
+    /// ```
+    pub fn builder<A>(actor: impl Into<String>, amount: A, rail: Rail) -> IntentBuilder
+    where
+        A: TryInto<Amount>,
+        A::Error: Into<IntentError>,
+    {
+        IntentBuilder {
+            actor: actor.into(),
+            amount: amount.try_into().map_err(Into::into),
+            rail,
+            recipient: None,
+            recipient_name: None,
+            purpose: None,
+            category: None,
+            context: serde_json::Map::new(),
+            idempotency_key: None,
+        }
+    }
+
+    /// Checks the invariants a deserialized intent may not hold (recipient for the rail, rail fields).
+    pub fn validate(&self) -> Result<(), IntentError> {
+        self.rail.validate()?;
+        if self.rail.needs_recipient() && self.recipient.is_none() {
+            return Err(IntentError::MissingRecipient(self.rail.name()));
+        }
+        Ok(())
+    }
+}
+
+impl From<std::convert::Infallible> for IntentError {
+    fn from(value: std::convert::Infallible) -> Self {
+        match value {}
+    }
+}
+
+/// Builds a [`PaymentIntent`]; [`IntentBuilder::build`] validates everything at once.
+#[derive(Debug)]
+pub struct IntentBuilder {
+    actor: String,
+    amount: Result<Amount, IntentError>,
+    rail: Rail,
+    recipient: Option<String>,
+    recipient_name: Option<String>,
+    purpose: Option<String>,
+    category: Option<String>,
+    context: serde_json::Map<String, serde_json::Value>,
+    idempotency_key: Option<String>,
+}
+
+impl IntentBuilder {
+    /// The recipient's address.
+    pub fn recipient(mut self, address: impl Into<String>) -> Self {
+        self.recipient = Some(address.into());
+        self
+    }
+    /// The recipient's display name.
+    pub fn recipient_name(mut self, name: impl Into<String>) -> Self {
+        self.recipient_name = Some(name.into());
+        self
+    }
+    /// Why the app pays.
+    pub fn purpose(mut self, purpose: impl Into<String>) -> Self {
+        self.purpose = Some(purpose.into());
+        self
+    }
+    /// The spend category.
+    pub fn category(mut self, category: impl Into<String>) -> Self {
+        self.category = Some(category.into());
+        self
+    }
+    /// Adds one context entry.
+    pub fn context(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.context.insert(key.into(), value.into());
+        self
+    }
+    /// The payment attempt's idempotency key (a random one when not set).
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Validates and builds the intent.
+    pub fn build(self) -> Result<PaymentIntent, IntentError> {
+        let intent = PaymentIntent {
+            actor: ActorId::new(self.actor)?,
+            amount: self.amount?,
+            recipient: self.recipient.as_deref().map(Address::parse).transpose()?,
+            rail: self.rail,
+            recipient_name: self.recipient_name,
+            purpose: self.purpose,
+            category: self.category,
+            context: self.context,
+            idempotency_key: match self.idempotency_key {
+                Some(k) => IdempotencyKey::new(k)?,
+                None => IdempotencyKey::random(),
+            },
+        };
+        intent.validate()?;
+        Ok(intent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let a = Address::parse("0xABCDEFabcdef0123456789012345678901234567").unwrap();
+        assert_eq!(a.as_str(), "0xabcdefabcdef0123456789012345678901234567");
+        assert!(Address::parse("0x123").is_err());
+        assert!(Address::parse("0xZZCDEFabcdef0123456789012345678901234567").is_err());
+        assert!(Address::parse("7EcDhSYGxXyscszYEp35KHN8vvw3svAuLKTzXwCFLtV").is_ok());
+        assert!(Address::parse("0OIl0000000000000000000000000000000").is_err());
+        assert!(Address::parse("").is_err());
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(service_domain_of("https://API.example.com:8443/x?y").unwrap(), "api.example.com");
+        assert_eq!(service_domain_of("http://user@[::1]:80/").unwrap(), "::1");
+        assert!(service_domain_of("ftp://x").is_err());
+        assert!(service_domain_of("https:///path").is_err());
+    }
+
+    #[test]
+    fn builder_validates() {
+        let rail = Rail::transfer(8453, "0x2222222222222222222222222222222222222222").unwrap();
+        let err = PaymentIntent::builder("a", "1", rail.clone()).build().unwrap_err();
+        assert_eq!(err, IntentError::MissingRecipient("transfer"));
+        let err = PaymentIntent::builder("", "1", rail.clone())
+            .recipient("0x1111111111111111111111111111111111111111")
+            .build()
+            .unwrap_err();
+        assert_eq!(err, IntentError::EmptyActor);
+        let err = PaymentIntent::builder("a", "-2", rail).build().unwrap_err();
+        assert!(matches!(err, IntentError::Amount(AmountError::Negative(_))));
+        let card = Rail::Card { card_id: None, merchant: "Acme".into(), mcc: Some("54x1".into()) };
+        assert!(matches!(
+            PaymentIntent::builder("a", "1", card).build(),
+            Err(IntentError::Field { field: "merchantCategory", .. })
+        ));
+    }
+
+    #[test]
+    fn serde_uses_conto_names() {
+        let intent = PaymentIntent::builder("agent", "5", Rail::x402("https://api.openai.com/v1").unwrap())
+            .recipient("0x1111111111111111111111111111111111111111")
+            .idempotency_key("k1")
+            .build()
+            .unwrap();
+        let v = serde_json::to_value(&intent).unwrap();
+        assert_eq!(v["recipientAddress"], "0x1111111111111111111111111111111111111111");
+        assert_eq!(v["resourceUrl"], "https://api.openai.com/v1");
+        assert_eq!(v["serviceDomain"], "api.openai.com");
+        assert_eq!(v["rail"], "x402");
+        assert_eq!(v["idempotencyKey"], "k1");
+        let back: PaymentIntent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, intent);
+    }
+}

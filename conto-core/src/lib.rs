@@ -1,0 +1,38 @@
+//! conto-core: the domain model, the [`Authorizer`] trait, the embedded policy [`Engine`] and
+//! the one pipeline ([`Conto::run`]) of conto-rs.
+//!
+//! The pipeline: authorize the [`PaymentIntent`]; on a denial or a pending approval return a
+//! [`Rejection`] (the settlement never runs); on approval run the settlement; on `Ok` record the
+//! settled amount; on `Err`, or if the caller's future is dropped, release the approval.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod authorizer;
+mod clock;
+mod decision;
+pub mod engine;
+mod ids;
+mod intent;
+mod money;
+mod pipeline;
+pub mod policy;
+mod rejection;
+
+pub use authorizer::{AuthorityError, Authorizer, BoxFuture};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use decision::{
+    Authorization, Decision, DecisionSource, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict, Violation,
+    ViolationType,
+};
+pub use engine::Engine;
+pub use intent::{
+    ActorId, Address, IdempotencyKey, IntentBuilder, IntentError, PaymentIntent, Rail, service_domain_of,
+};
+pub use money::{Amount, AmountError};
+pub use pipeline::{Approval, ApprovalMode, Conto, ContoBuilder, DEFAULT_DEADLINE, Event};
+pub use policy::{PolicyError, PolicySet, RuleProblem};
+pub use rejection::{Rejection, RejectionKind};
+
+pub use jiff;
+pub use rust_decimal::Decimal;
+pub use secrecy::{ExposeSecret, SecretString};

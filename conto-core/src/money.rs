@@ -1,0 +1,261 @@
+//! Exact money in Conto's unit: USDC-equivalent, at most 6 decimal places.
+//!
+//! [`Amount`] is always strictly positive, has at most [`Amount::SCALE`] decimal places and is at
+//! most [`Amount::MAX`]. On the wire it is a JSON number (as Conto spells it); it also accepts a
+//! decimal string. Every value this type can hold has at most 15 significant digits, so it survives
+//! a trip through a JSON number (an `f64`) without losing a digit.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a value is not a valid [`Amount`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AmountError {
+    /// The text is not a decimal number.
+    #[error("`{0}` is not a decimal number")]
+    NotANumber(String),
+    /// Zero is not an amount of money to authorize.
+    #[error("amount must be greater than zero, got {0}")]
+    Zero(Decimal),
+    /// Negative amounts are never valid.
+    #[error("amount must not be negative, got {0}")]
+    Negative(Decimal),
+    /// More than six decimal places.
+    #[error("amount {0} has more than 6 decimal places (Conto's unit is 0.000001)")]
+    TooPrecise(Decimal),
+    /// Larger than [`Amount::MAX`].
+    #[error("amount {0} exceeds the maximum of 1000000000")]
+    TooLarge(Decimal),
+}
+
+/// A strictly positive amount of money in Conto's unit (USDC-equivalent), exact to 6 decimals.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Amount(Decimal);
+
+impl Amount {
+    /// The number of decimal places Conto keeps.
+    pub const SCALE: u32 = 6;
+    /// The largest amount accepted: one billion.
+    pub const MAX: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+
+    /// Validates a decimal as an amount.
+    ///
+    /// ```
+    /// use conto_core::Amount;
+    /// use rust_decimal::Decimal;
+    /// assert!(Amount::new(Decimal::new(150, 2)).is_ok()); // 1.50
+    /// assert!(Amount::new(Decimal::ZERO).is_err());
+    /// assert!(Amount::new(Decimal::new(1, 7)).is_err()); // 0.0000001
+    /// ```
+    pub fn new(value: Decimal) -> Result<Self, AmountError> {
+        if value.is_sign_negative() && !value.is_zero() {
+            return Err(AmountError::Negative(value));
+        }
+        if value.is_zero() {
+            return Err(AmountError::Zero(value));
+        }
+        if value > Self::MAX {
+            return Err(AmountError::TooLarge(value));
+        }
+        let normalized = value.normalize();
+        if normalized.scale() > Self::SCALE {
+            return Err(AmountError::TooPrecise(value));
+        }
+        Ok(Self(normalized))
+    }
+
+    /// Builds an amount from an integer number of micro-units (0.000001).
+    pub fn from_micros(micros: i64) -> Result<Self, AmountError> {
+        Self::new(Decimal::new(micros, Self::SCALE))
+    }
+
+    /// The exact decimal value.
+    pub fn get(self) -> Decimal {
+        self.0
+    }
+}
+
+impl FromStr for Amount {
+    type Err = AmountError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let trimmed = s.trim();
+        let value = Decimal::from_str_exact(trimmed)
+            .or_else(|_| Decimal::from_scientific(trimmed))
+            .map_err(|_| AmountError::NotANumber(s.to_owned()))?;
+        Self::new(value)
+    }
+}
+
+impl TryFrom<Decimal> for Amount {
+    type Error = AmountError;
+    fn try_from(value: Decimal) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl TryFrom<&str> for Amount {
+    type Error = AmountError;
+    fn try_from(value: &str) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl TryFrom<u64> for Amount {
+    type Error = AmountError;
+    fn try_from(value: u64) -> Result<Self, Self::Error> {
+        Self::new(Decimal::from(value))
+    }
+}
+
+impl TryFrom<u32> for Amount {
+    type Error = AmountError;
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Self::new(Decimal::from(value))
+    }
+}
+
+impl TryFrom<i64> for Amount {
+    type Error = AmountError;
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        Self::new(Decimal::from(value))
+    }
+}
+
+impl TryFrom<i32> for Amount {
+    type Error = AmountError;
+    fn try_from(value: i32) -> Result<Self, Self::Error> {
+        Self::new(Decimal::from(value))
+    }
+}
+
+impl From<Amount> for Decimal {
+    fn from(value: Amount) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Amount({})", self.0)
+    }
+}
+
+/// Writes a decimal as a JSON number, exactly: the decimal's own digits, never an `f64` rounding.
+pub(crate) fn serialize_decimal<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    // Values handled here have at most 15 significant digits, so the f64 nearest to the decimal
+    // prints back as the same digits (shortest round-trip formatting).
+    let f: f64 = value.to_string().parse().map_err(serde::ser::Error::custom)?;
+    s.serialize_f64(f)
+}
+
+/// Reads a decimal from a JSON number or a decimal string, exactly.
+pub(crate) fn deserialize_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    struct DecimalVisitor;
+    impl Visitor<'_> for DecimalVisitor {
+        type Value = Decimal;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a decimal number or a decimal string")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Decimal, E> {
+            Ok(Decimal::from(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Decimal, E> {
+            Ok(Decimal::from(v))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
+            if !v.is_finite() {
+                return Err(E::custom(format!("{v} is not a finite number")));
+            }
+            // `{}` prints the shortest text that reads back as the same f64: the digits the sender wrote.
+            let text = format!("{v}");
+            Decimal::from_str_exact(&text)
+                .or_else(|_| Decimal::from_scientific(&text))
+                .map_err(|_| E::custom(format!("{v} is out of range for an amount")))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Decimal, E> {
+            let t = v.trim();
+            Decimal::from_str_exact(t)
+                .or_else(|_| Decimal::from_scientific(t))
+                .map_err(|_| E::custom(format!("`{v}` is not a decimal number")))
+        }
+    }
+    d.deserialize_any(DecimalVisitor)
+}
+
+/// serde helpers for an optional decimal as a JSON number.
+pub(crate) mod opt_decimal {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(value: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => serialize_decimal(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(deserialize_with = "deserialize_decimal")] Decimal);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+impl Serialize for Amount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_decimal(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = deserialize_decimal(d)?;
+        Amount::new(value).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        assert_eq!("1.5".parse::<Amount>().unwrap().to_string(), "1.5");
+        assert_eq!("0.000001".parse::<Amount>().unwrap().get(), Decimal::new(1, 6));
+        assert!(matches!("0".parse::<Amount>(), Err(AmountError::Zero(_))));
+        assert!(matches!("-1".parse::<Amount>(), Err(AmountError::Negative(_))));
+        assert!(matches!("0.0000001".parse::<Amount>(), Err(AmountError::TooPrecise(_))));
+        assert!(matches!("1000000000.01".parse::<Amount>(), Err(AmountError::TooLarge(_))));
+        assert!(matches!("NaN".parse::<Amount>(), Err(AmountError::NotANumber(_))));
+        assert!(matches!("inf".parse::<Amount>(), Err(AmountError::NotANumber(_))));
+        assert!(matches!("".parse::<Amount>(), Err(AmountError::NotANumber(_))));
+        // Trailing zeros beyond six places are not extra precision.
+        assert_eq!("1.50000000".parse::<Amount>().unwrap().to_string(), "1.5");
+    }
+
+    #[test]
+    fn json_round_trip_is_exact() {
+        for text in ["0.000001", "999999999.999999", "0.1", "123.456789", "1000000000"] {
+            let a: Amount = text.parse().unwrap();
+            let json = serde_json::to_string(&a).unwrap();
+            let back: Amount = serde_json::from_str(&json).unwrap();
+            assert_eq!(a, back, "{text} -> {json}");
+        }
+        let from_str: Amount = serde_json::from_str("\"2.25\"").unwrap();
+        assert_eq!(from_str.to_string(), "2.25");
+        assert!(serde_json::from_str::<Amount>("-3").is_err());
+        assert!(serde_json::from_str::<Amount>("0.1234567").is_err());
+        assert!(serde_json::from_str::<Amount>("1e400").is_err());
+        assert!(serde_json::from_str::<Amount>("true").is_err());
+    }
+}

@@ -1,0 +1,417 @@
+//! The one pipeline: `authorize -> settle -> record | release`.
+//!
+//! Both `#[paid_action]` and the tower layer call [`Conto::run`]; nothing else decides whether a
+//! settlement may run.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::authorizer::{AuthorityError, Authorizer};
+use crate::decision::{Authorization, Decision, DecisionSource, Recorded, Settlement, Verdict};
+use crate::intent::PaymentIntent;
+use crate::rejection::{Rejection, RejectionKind};
+
+/// The default deadline for one authorize call.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
+
+/// What to do when a policy says a human must approve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApprovalMode {
+    /// Return [`RejectionKind::ApprovalRequired`] at once (the default).
+    #[default]
+    Reject,
+    /// Poll the authority until a human decides, for at most this long; then reject.
+    Wait(Duration),
+}
+
+/// Something the pipeline did, for observers (audit logs, operator views, tests).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// An authorize call ended with a decision.
+    Decided {
+        /// The intent.
+        intent: Arc<PaymentIntent>,
+        /// `approved`, `denied`, `requires_approval` or `unavailable`.
+        outcome: &'static str,
+        /// Who decided.
+        source: DecisionSource,
+        /// How long it took.
+        latency: Duration,
+    },
+    /// A settlement was recorded.
+    Recorded {
+        /// The receipt.
+        recorded: Recorded,
+        /// The settlement reference, if any.
+        reference: Option<String>,
+    },
+    /// Recording a settled action failed; the money moved, so an operator must look.
+    RecordFailed {
+        /// The authorization id.
+        authorization_id: String,
+        /// The error.
+        error: AuthorityError,
+    },
+    /// An approval was given back without settling.
+    Released {
+        /// The authorization id.
+        authorization_id: String,
+        /// Why: `settlement_failed` or `dropped`.
+        reason: &'static str,
+    },
+}
+
+type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
+
+struct Inner {
+    authorizer: Arc<dyn Authorizer>,
+    deadline: Duration,
+    poll_interval: Duration,
+    observers: Vec<Observer>,
+}
+
+/// A handle on the pipeline: an authorizer plus settings. Cheap to clone; share one per app.
+///
+/// ```
+/// use conto_core::{Conto, Engine};
+/// let engine = Engine::from_json(r#"{"policies": []}"#)?;
+/// let conto = Conto::new(engine);
+/// # Ok::<(), conto_core::PolicyError>(())
+/// ```
+#[derive(Clone)]
+pub struct Conto {
+    inner: Arc<Inner>,
+    approval: ApprovalMode,
+}
+
+impl fmt::Debug for Conto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conto")
+            .field("deadline", &self.inner.deadline)
+            .field("approval", &self.approval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Conto`] with non-default settings.
+pub struct ContoBuilder {
+    authorizer: Arc<dyn Authorizer>,
+    deadline: Duration,
+    poll_interval: Duration,
+    approval: ApprovalMode,
+    observers: Vec<Observer>,
+}
+
+impl ContoBuilder {
+    /// The deadline for one authorize call (default 2 s). Past it the action is denied with
+    /// source [`DecisionSource::Timeout`].
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// How to handle "requires approval" (default: reject at once).
+    pub fn approval(mut self, mode: ApprovalMode) -> Self {
+        self.approval = mode;
+        self
+    }
+
+    /// How often to poll a pending approval in [`ApprovalMode::Wait`] (default 1 s).
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    /// Calls `observer` for every [`Event`]; keep it quick and non-blocking.
+    pub fn observe(mut self, observer: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.observers.push(Arc::new(observer));
+        self
+    }
+
+    /// Finishes the handle.
+    pub fn build(self) -> Conto {
+        Conto {
+            inner: Arc::new(Inner {
+                authorizer: self.authorizer,
+                deadline: self.deadline,
+                poll_interval: self.poll_interval,
+                observers: self.observers,
+            }),
+            approval: self.approval,
+        }
+    }
+}
+
+impl Conto {
+    /// A handle with default settings over `authorizer`.
+    pub fn new(authorizer: impl Authorizer + 'static) -> Self {
+        Self::builder(authorizer).build()
+    }
+
+    /// A builder over `authorizer`.
+    pub fn builder(authorizer: impl Authorizer + 'static) -> ContoBuilder {
+        ContoBuilder {
+            authorizer: Arc::new(authorizer),
+            deadline: DEFAULT_DEADLINE,
+            poll_interval: Duration::from_secs(1),
+            approval: ApprovalMode::Reject,
+            observers: Vec::new(),
+        }
+    }
+
+    /// The same handle with another [`ApprovalMode`].
+    pub fn with_approval(&self, mode: ApprovalMode) -> Self {
+        Self { inner: self.inner.clone(), approval: mode }
+    }
+
+    /// The authorizer behind this handle.
+    pub fn authorizer(&self) -> &Arc<dyn Authorizer> {
+        &self.inner.authorizer
+    }
+
+    fn emit(&self, event: impl FnOnce() -> Event) {
+        if !self.inner.observers.is_empty() {
+            let event = event();
+            for observer in &self.inner.observers {
+                observer(&event);
+            }
+        }
+    }
+
+    /// Asks for an approval. On success the returned [`Approval`] holds the reservation: record
+    /// it after settling, or drop it to release.
+    pub async fn authorize(&self, intent: PaymentIntent) -> Result<Approval, Rejection> {
+        let intent = Arc::new(intent);
+        let span = tracing::debug_span!(
+            "conto.authorize",
+            actor = %intent.actor,
+            amount = %intent.amount,
+            rail = intent.rail.name(),
+        );
+        let _enter = span.enter();
+        drop(_enter);
+        let started = Instant::now();
+        let decision = self.decide(&intent).await;
+        let latency = started.elapsed();
+        let result = match decision {
+            Ok(mut decision) => {
+                decision.latency = latency;
+                self.conclude(&intent, decision).await
+            }
+            Err((source, reason)) => Err(Rejection::new(RejectionKind::Unavailable { reason }, source)),
+        };
+        let result = result.map_err(|r| r.about(&intent.actor, intent.amount, started.elapsed()));
+        self.emit(|| {
+            let (outcome, source) = match &result {
+                Ok(a) => ("approved", a.source),
+                Err(r) => (
+                    match r.kind() {
+                        RejectionKind::Denied(_) => "denied",
+                        RejectionKind::ApprovalRequired(_) => "requires_approval",
+                        _ => "unavailable",
+                    },
+                    r.source(),
+                ),
+            };
+            Event::Decided { intent: intent.clone(), outcome, source, latency }
+        });
+        match &result {
+            Ok(a) => tracing::debug!(authorization = %a.authorization().id, ?latency, "conto.approved"),
+            Err(r) => tracing::info!(reason = %r, ?latency, "conto.rejected"),
+        }
+        result
+    }
+
+    /// One authorize call under the deadline; errors are fail-closed reasons.
+    async fn decide(&self, intent: &PaymentIntent) -> Result<Decision, (DecisionSource, String)> {
+        if let Err(e) = intent.validate() {
+            return Err((DecisionSource::Policy, e.to_string()));
+        }
+        match tokio::time::timeout(self.inner.deadline, self.inner.authorizer.authorize(intent)).await {
+            Ok(Ok(decision)) => Ok(decision),
+            Ok(Err(error)) => Err((DecisionSource::Unavailable, error.to_string())),
+            Err(_) => {
+                Err((DecisionSource::Timeout, format!("no decision within the {:?} deadline", self.inner.deadline)))
+            }
+        }
+    }
+
+    async fn conclude(&self, intent: &Arc<PaymentIntent>, decision: Decision) -> Result<Approval, Rejection> {
+        let Decision { verdict, source, latency } = decision;
+        match verdict {
+            Verdict::Approved(authorization) => Ok(Approval::new(self.clone(), authorization, source, latency)),
+            Verdict::Denied(denial) => Err(Rejection::new(RejectionKind::Denied(denial), source)),
+            Verdict::RequiresApproval(pending) => {
+                let ApprovalMode::Wait(max) = self.approval else {
+                    return Err(Rejection::new(RejectionKind::ApprovalRequired(pending), source));
+                };
+                let give_up = Instant::now() + max;
+                loop {
+                    let now = Instant::now();
+                    if now >= give_up {
+                        return Err(Rejection::new(RejectionKind::ApprovalRequired(pending), source));
+                    }
+                    tokio::time::sleep(self.inner.poll_interval.min(give_up - now)).await;
+                    match self.inner.authorizer.approval_status(intent, &pending).await {
+                        Ok(None) => continue,
+                        Ok(Some(Decision { verdict: Verdict::RequiresApproval(_), .. })) => continue,
+                        Ok(Some(Decision { verdict: Verdict::Approved(a), source, latency })) => {
+                            return Ok(Approval::new(self.clone(), a, source, latency));
+                        }
+                        Ok(Some(Decision { verdict: Verdict::Denied(d), source, .. })) => {
+                            return Err(Rejection::new(RejectionKind::Denied(d), source));
+                        }
+                        Err(error) if error.is_retryable() => continue,
+                        Err(error) => {
+                            return Err(Rejection::new(
+                                RejectionKind::Unavailable { reason: error.to_string() },
+                                DecisionSource::Unavailable,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pipeline: authorize `intent`; on approval run `settle`; on `Ok` record what
+    /// `settled` reports; on `Err` release. If the returned future is dropped while `settle`
+    /// runs, the approval is released. A rejection means `settle` was never called.
+    pub async fn run<T, E, F, Fut, S>(
+        &self,
+        intent: PaymentIntent,
+        settle: F,
+        settled: S,
+    ) -> Result<Result<T, E>, Rejection>
+    where
+        F: FnOnce(&Authorization) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        S: FnOnce(&T) -> Settlement,
+    {
+        let approval = self.authorize(intent).await?;
+        let outcome = settle(approval.authorization()).await;
+        match &outcome {
+            Ok(value) => {
+                let settlement = settled(value);
+                // The money moved: a failed record never turns the caller's success into an error.
+                let _ = approval.record(settlement).await;
+            }
+            Err(_) => approval.release_because("settlement_failed"),
+        }
+        Ok(outcome)
+    }
+
+    /// [`Conto::run`] for functions whose error type absorbs a [`Rejection`]: what
+    /// `#[paid_action]` expands to.
+    pub async fn guard<T, E, F, Fut, S>(&self, intent: PaymentIntent, settle: F, settled: S) -> Result<T, E>
+    where
+        E: From<Rejection>,
+        F: FnOnce(&Authorization) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        S: FnOnce(&T) -> Settlement,
+    {
+        match self.run(intent, settle, settled).await {
+            Ok(outcome) => outcome,
+            Err(rejection) => Err(E::from(rejection)),
+        }
+    }
+}
+
+/// A live approval. Record it after the settlement succeeded; dropping it releases it.
+pub struct Approval {
+    conto: Conto,
+    authorization: Option<Authorization>,
+    source: DecisionSource,
+    latency: Duration,
+}
+
+impl fmt::Debug for Approval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Approval")
+            .field("authorization", &self.authorization)
+            .field("source", &self.source)
+            .field("latency", &self.latency)
+            .finish()
+    }
+}
+
+impl Approval {
+    fn new(conto: Conto, authorization: Authorization, source: DecisionSource, latency: Duration) -> Self {
+        Self { conto, authorization: Some(authorization), source, latency }
+    }
+
+    /// The authorization (id, approved amount, expiry, limits).
+    pub fn authorization(&self) -> &Authorization {
+        self.authorization.as_ref().expect("an Approval holds its authorization until consumed")
+    }
+
+    /// Who approved: the policy, or a stand-in.
+    pub fn source(&self) -> DecisionSource {
+        self.source
+    }
+
+    /// How long the decision took.
+    pub fn latency(&self) -> Duration {
+        self.latency
+    }
+
+    /// Records the settlement. Errors are also reported as [`Event::RecordFailed`].
+    pub async fn record(mut self, settlement: Settlement) -> Result<Recorded, AuthorityError> {
+        let authorization = self.authorization.take().expect("an Approval is consumed only once");
+        let conto = self.conto.clone();
+        let result = conto.inner.authorizer.record(&authorization, &settlement).await;
+        match &result {
+            Ok(recorded) => {
+                tracing::debug!(authorization = %authorization.id, amount = %recorded.amount, "conto.recorded");
+                conto.emit(|| Event::Recorded { recorded: recorded.clone(), reference: settlement.reference.clone() });
+            }
+            Err(error) => {
+                tracing::error!(authorization = %authorization.id, %error, "conto.record_failed");
+                conto.emit(|| Event::RecordFailed { authorization_id: authorization.id.clone(), error: error.clone() });
+            }
+        }
+        result
+    }
+
+    /// Gives the approval back without settling.
+    pub fn release(self) {
+        self.release_because("released");
+    }
+
+    fn release_because(mut self, reason: &'static str) {
+        if let Some(authorization) = self.authorization.take() {
+            release(&self.conto, &authorization, reason);
+        }
+    }
+}
+
+fn release(conto: &Conto, authorization: &Authorization, reason: &'static str) {
+    let fut = conto.inner.authorizer.release(authorization);
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            let id = authorization.id.clone();
+            handle.spawn(async move {
+                if let Err(error) = fut.await {
+                    tracing::warn!(authorization = %id, %error, "conto.release_failed");
+                }
+            });
+        }
+        Err(_) => tracing::warn!(
+            authorization = %authorization.id,
+            "conto.release_deferred: no tokio runtime; the approval lapses at its expiry"
+        ),
+    }
+    tracing::debug!(authorization = %authorization.id, reason, "conto.released");
+    conto.emit(|| Event::Released { authorization_id: authorization.id.clone(), reason });
+}
+
+impl Drop for Approval {
+    fn drop(&mut self) {
+        if let Some(authorization) = self.authorization.take() {
+            release(&self.conto, &authorization, "dropped");
+        }
+    }
+}

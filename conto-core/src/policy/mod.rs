@@ -1,0 +1,404 @@
+//! Policies in Conto's JSON shape, loaded and compiled for the embedded engine.
+//!
+//! A policy file is either `{"policies": [...]}`, a bare array, or Conto's list response
+//! `{"data": {"policies": [...]}}`. Each policy is Conto's object:
+//!
+//! ```json
+//! { "name": "Daily cap", "policyType": "SPEND_LIMIT", "priority": 80, "isActive": true,
+//!   "agentIds": ["agent-1"], "timezone": "Europe/Paris",
+//!   "rules": [ { "ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "1000", "action": "ALLOW" } ] }
+//! ```
+//!
+//! # Semantics chosen where Conto's docs are silent or ambiguous
+//!
+//! This list is the one place these decisions are written down; the tests in
+//! `conto-core/tests/policy_rules.rs` hold each of them.
+//!
+//! 1. **Rule `value` is always a JSON string**, as Conto sends it; a bare number or object is a
+//!    load error (`ValueNotString`). Numbers inside are exact decimals.
+//! 2. **Polarity.** A rule's condition is `subject OPERATOR value`. With action `ALLOW` the
+//!    condition describes what is allowed: the rule is broken when it does not hold. With `DENY`
+//!    or `REQUIRE_APPROVAL` it describes what is refused or gated: broken when it holds. Rule
+//!    types whose name says the polarity keep it whatever the action: `ALLOWED_*` and `WHITELIST`
+//!    (broken when the subject is not listed), `BLOCKED_*`, `MPP_BLOCK_SESSION_INTENT` and
+//!    `BLACKOUT_PERIOD` (broken inside the list or window), `REQUIRE_APPROVAL_ABOVE` (gated when
+//!    the comparison holds).
+//! 3. **A broken rule** with action `REQUIRE_APPROVAL` (or of type `REQUIRE_APPROVAL_ABOVE`)
+//!    asks for a human; any other broken rule denies. Policies run by `priority`, highest first
+//!    (ties in file order); the first denial stops evaluation and is the only violation
+//!    returned; a denial anywhere beats a request for approval.
+//! 4. **Cumulative limits** (`DAILY_LIMIT`, `WEEKLY_LIMIT`, `MONTHLY_LIMIT`, `BUDGET_CAP`, the
+//!    per-service / per-endpoint / session budgets) compare *spent + reserved + this amount*
+//!    with the limit, so `LTE 1000` allows a payment that lands exactly on 1000. Periods are
+//!    calendar periods in the policy's time zone: the day from midnight, the ISO week from
+//!    Monday, the month from the 1st. A plain `X402_MAX_PER_SERVICE`, `X402_MAX_PER_ENDPOINT`,
+//!    `MPP_MAX_PER_SERVICE` or `MPP_MAX_PER_ENDPOINT` value is a daily cap; `{"amount", "period"}`
+//!    names the period (`DAILY`, `WEEKLY`, `MONTHLY`, `YEARLY`, `TOTAL`). Session budgets are
+//!    lifetime totals per session: the MPP rail's `sessionId`, or the intent's
+//!    `context.sessionId` for x402 (intents without one share the session `default`).
+//!    Spend counted before a rule existed is not counted by it (the engine keeps counters, not
+//!    history).
+//! 5. **Time zones.** UTC unless the policy has `timezone` (an IANA name) or the rule's value
+//!    object has `timezone`. `TIME_WINDOW` `{"start":"22:00","end":"06:00"}` wraps midnight; start
+//!    is inclusive, end exclusive; `start == end` is an empty window and a load error.
+//!    `DATE_RANGE` and date-only blackout windows include their whole end day.
+//! 6. **`BLACKOUT_PERIOD`** takes both documented formats: `{"windows": [{"start", "end",
+//!    "reason", "recurring"}]}` and `{"start", "end"}`. `HH:MM` bounds are a daily window;
+//!    `YYYY-MM-DD` or RFC 3339 bounds are an absolute period.
+//! 7. **Lists.** Counterparty addresses compare in canonical form (EVM lower-cased, Solana as
+//!    written); categories, merchants and methods compare case-insensitively; a service entry
+//!    matches that domain and its subdomains. An allowlist rule fails for an intent that lacks
+//!    the field it checks (no category, no MCC, no method), except that counterparty rules do not
+//!    apply to card payments, which have no address (use `CARD_*_MERCHANTS`).
+//! 8. **Rail scope.** `X402_*` rules apply to x402 intents only, `MPP_*` to MPP, `CARD_*` to
+//!    cards; the rest to every rail. Cumulative and velocity counters count the rails their rule
+//!    applies to.
+//! 9. **`VELOCITY_LIMIT`** `{"maxCount": n, "period": "MINUTE"|"HOUR"|"DAY"}` is a sliding window
+//!    over approvals (released approvals do not count).
+//! 10. **Assignment.** A policy applies to the agents in `agentIds` (or `agentPolicies[].agentId`);
+//!     with neither, or with `scope: "all"`, to every agent. Inactive policies are loaded and
+//!     skipped.
+//! 11. **Known but not evaluated.** Rule types that need data the engine does not have
+//!     (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`, `CONTRACT_ALLOWLIST`,
+//!     `FAIRSCALE_MIN_SCORE`, `MPP_MAX_CONCURRENT_SESSIONS`, `MPP_MAX_SESSION_DURATION`) are a load
+//!     error (`Unsupported`), never silently ignored. So are unknown rule types and operators.
+//! 12. **Human approval** in the engine: a pending request lives one hour (configurable). When a
+//!     human approves, the intent is evaluated again without the approval rules and, if it still
+//!     passes, reserved like any approval.
+
+mod compile;
+pub(crate) mod rules;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+
+use jiff::tz::TimeZone;
+use serde::Deserialize;
+
+pub(crate) use rules::{CompiledRule, Cumulative, Period, RailFilter, Scope, Velocity};
+
+/// Why a policy file could not be loaded. Each variant says where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy file {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The text is not JSON.
+    #[error("policy file is not valid JSON at line {line}, column {column}: {message}")]
+    Json {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser saw.
+        message: String,
+    },
+    /// The JSON does not have the shape of a policy list.
+    #[error("policy file has the wrong shape at `{path}`: {message}")]
+    Shape {
+        /// A JSON path such as `policies[2].rules[0].operator`.
+        path: String,
+        /// What was expected.
+        message: String,
+    },
+    /// A policy-level field is wrong.
+    #[error("policy `{policy}`, field `{field}`: {message}")]
+    Policy {
+        /// The policy's name.
+        policy: String,
+        /// The field, as Conto spells it.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A rule is wrong.
+    #[error("policy `{policy}`, rule #{rule} ({rule_type}), field `{field}`: {problem}")]
+    Rule {
+        /// The policy's name.
+        policy: String,
+        /// The rule's 0-based index in the policy's `rules`.
+        rule: usize,
+        /// The rule's `ruleType`.
+        rule_type: String,
+        /// The field, as Conto spells it.
+        field: &'static str,
+        /// What is wrong.
+        problem: RuleProblem,
+    },
+}
+
+/// What is wrong with one rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleProblem {
+    /// Not a rule type Conto documents.
+    #[error("unknown ruleType `{0}`")]
+    UnknownRuleType(String),
+    /// A Conto rule type the embedded engine cannot evaluate.
+    #[error("ruleType `{0}` needs data the embedded engine does not have; remove it or use Conto's API")]
+    Unsupported(String),
+    /// Not an operator Conto documents.
+    #[error("unknown operator `{0}`")]
+    UnknownOperator(String),
+    /// An operator that makes no sense for this rule type.
+    #[error("operator `{operator}` does not apply here; use one of {allowed}")]
+    OperatorNotAllowed {
+        /// The operator given.
+        operator: String,
+        /// The operators this rule type takes.
+        allowed: &'static str,
+    },
+    /// Not `ALLOW`, `DENY` or `REQUIRE_APPROVAL`.
+    #[error("unknown action `{0}`; use ALLOW, DENY or REQUIRE_APPROVAL")]
+    UnknownAction(String),
+    /// `value` must be a JSON string (Conto encodes numbers, lists and objects inside it).
+    #[error("value must be a JSON string (e.g. \"1000\" or \"[\\\"a\\\"]\"), got {0}")]
+    ValueNotString(String),
+    /// The value's text is not in the format this rule type takes.
+    #[error("{found:?} is not {expected}")]
+    BadValue {
+        /// The value text.
+        found: String,
+        /// What this rule type takes.
+        expected: &'static str,
+    },
+    /// A limit below zero.
+    #[error("limit {0} is negative")]
+    NegativeLimit(String),
+    /// A window or list that can never match.
+    #[error("{0}")]
+    Empty(String),
+    /// An IANA time zone name that is not known.
+    #[error("unknown time zone `{0}`")]
+    TimeZone(String),
+}
+
+#[derive(Deserialize)]
+struct DataShape {
+    policies: Vec<PolicyDoc>,
+}
+
+/// One policy as Conto's API spells it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PolicyDoc {
+    #[serde(default, alias = "policyId")]
+    pub id: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub policy_type: Option<String>,
+    #[serde(default = "default_priority")]
+    pub priority: i64,
+    #[serde(default = "default_true")]
+    pub is_active: bool,
+    #[serde(default)]
+    pub rules: Vec<RuleDoc>,
+    #[serde(default)]
+    pub agent_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub agent_policies: Vec<AgentPolicyDoc>,
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default, alias = "timeZone")]
+    pub timezone: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AgentPolicyDoc {
+    pub agent_id: String,
+}
+
+/// One rule as Conto's API spells it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RuleDoc {
+    #[serde(alias = "type")]
+    pub rule_type: String,
+    pub operator: String,
+    pub value: serde_json::Value,
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+fn default_priority() -> i64 {
+    50
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A compiled policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub(crate) id: Option<String>,
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) policy_type: Option<String>,
+    pub(crate) priority: i64,
+    pub(crate) active: bool,
+    pub(crate) agents: Option<HashSet<String>>,
+    pub(crate) rules: Vec<CompiledRule>,
+}
+
+impl Policy {
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The policy's id, when it has one.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// Its description.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// Its `policyType` (`SPEND_LIMIT`, `WHITELIST`, …), when given.
+    pub fn policy_type(&self) -> Option<&str> {
+        self.policy_type.as_deref()
+    }
+
+    /// Its priority (higher runs first).
+    pub fn priority(&self) -> i64 {
+        self.priority
+    }
+
+    /// Whether it is active.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// Whether it applies to `agent`.
+    pub fn applies_to(&self, agent: &str) -> bool {
+        self.active && self.agents.as_ref().is_none_or(|a| a.contains(agent))
+    }
+
+    /// How many rules it has.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+/// A validated, compiled set of policies, ordered by priority.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    pub(crate) policies: Vec<Policy>,
+}
+
+impl PolicySet {
+    /// No policies: every valid intent is approved.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Parses a policy file's text.
+    ///
+    /// ```
+    /// use conto_core::PolicySet;
+    /// let set = PolicySet::from_json(r#"[{"name": "cap", "rules": [
+    ///     {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "200", "action": "ALLOW"}]}]"#)?;
+    /// assert_eq!(set.policies().len(), 1);
+    /// let err = PolicySet::from_json(r#"[{"name": "cap", "rules": [
+    ///     {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "-5", "action": "ALLOW"}]}]"#).unwrap_err();
+    /// assert_eq!(err.to_string(), "policy `cap`, rule #0 (MAX_AMOUNT), field `value`: limit -5 is negative");
+    /// # Ok::<(), conto_core::PolicyError>(())
+    /// ```
+    pub fn from_json(text: &str) -> Result<Self, PolicyError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| PolicyError::Json {
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })?;
+        Self::from_value(value)
+    }
+
+    /// Reads and parses a policy file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError::Io { path: path.display().to_string(), message: e.to_string() })?;
+        Self::from_json(&text)
+    }
+
+    /// Compiles policies from a parsed JSON value.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, PolicyError> {
+        let docs = parse_shape(value)?;
+        let mut policies = Vec::with_capacity(docs.len());
+        for doc in docs {
+            policies.push(compile::policy(doc)?);
+        }
+        // Stable: equal priorities keep file order.
+        policies.sort_by(|a, b| b.priority.cmp(&a.priority));
+        Ok(Self { policies })
+    }
+
+    /// The policies, highest priority first.
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+}
+
+fn parse_shape(value: serde_json::Value) -> Result<Vec<PolicyDoc>, PolicyError> {
+    // Try each shape with a path-reporting deserializer, so errors name the field.
+    let shape_error = |e: serde_path_to_error::Error<serde_json::Error>| PolicyError::Shape {
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    };
+    match &value {
+        serde_json::Value::Array(_) => serde_path_to_error::deserialize(value).map_err(shape_error),
+        serde_json::Value::Object(map) if map.contains_key("policies") => {
+            #[derive(Deserialize)]
+            struct Wrapped {
+                policies: Vec<PolicyDoc>,
+            }
+            serde_path_to_error::deserialize::<_, Wrapped>(value).map(|w| w.policies).map_err(shape_error)
+        }
+        serde_json::Value::Object(map) if map.contains_key("data") => {
+            serde_path_to_error::deserialize::<_, FileShapeData>(value).map(|w| w.data.policies).map_err(shape_error)
+        }
+        other => Err(PolicyError::Shape {
+            path: ".".into(),
+            message: format!("expected an array of policies or an object with `policies`, got {}", json_kind(other)),
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+struct FileShapeData {
+    data: DataShape,
+}
+
+pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+pub(crate) fn time_zone(name: &str) -> Option<TimeZone> {
+    TimeZone::get(name).ok()
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (priority {}, {} rules)", self.name, self.priority, self.rules.len())
+    }
+}

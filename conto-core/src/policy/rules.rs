@@ -1,0 +1,234 @@
+//! Compiled rules: what the engine evaluates.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use jiff::civil::Time;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use rust_decimal::Decimal;
+
+use crate::decision::ViolationType;
+use crate::intent::{PaymentIntent, Rail};
+
+/// A rule's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cmp {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl Cmp {
+    pub(crate) fn holds(self, lhs: Decimal, rhs: Decimal) -> bool {
+        match self {
+            Cmp::Eq => lhs == rhs,
+            Cmp::Ne => lhs != rhs,
+            Cmp::Gt => lhs > rhs,
+            Cmp::Ge => lhs >= rhs,
+            Cmp::Lt => lhs < rhs,
+            Cmp::Le => lhs <= rhs,
+        }
+    }
+
+    pub(crate) fn symbol(self) -> &'static str {
+        match self {
+            Cmp::Eq => "=",
+            Cmp::Ne => "!=",
+            Cmp::Gt => ">",
+            Cmp::Ge => ">=",
+            Cmp::Lt => "<",
+            Cmp::Le => "<=",
+        }
+    }
+}
+
+/// Which rails a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum RailFilter {
+    All,
+    X402,
+    Mpp,
+    Card,
+}
+
+impl RailFilter {
+    pub(crate) fn matches(self, rail: &Rail) -> bool {
+        match self {
+            RailFilter::All => true,
+            RailFilter::X402 => matches!(rail, Rail::X402 { .. }),
+            RailFilter::Mpp => matches!(rail, Rail::Mpp { .. }),
+            RailFilter::Card => matches!(rail, Rail::Card { .. }),
+        }
+    }
+}
+
+/// A calendar period for cumulative limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Period {
+    Day,
+    Week,
+    Month,
+    Year,
+    Total,
+}
+
+impl Period {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Period::Day => "daily",
+            Period::Week => "weekly",
+            Period::Month => "monthly",
+            Period::Year => "yearly",
+            Period::Total => "total",
+        }
+    }
+}
+
+/// What a cumulative or velocity counter is kept per, within one agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Scope {
+    Agent,
+    Service,
+    Endpoint,
+    Session,
+}
+
+impl Scope {
+    /// The scope's key for an intent (empty for the agent scope).
+    pub(crate) fn key(self, intent: &PaymentIntent) -> String {
+        match (self, &intent.rail) {
+            (Scope::Agent, _) => String::new(),
+            (Scope::Service, Rail::X402 { service_domain, .. } | Rail::Mpp { service_domain, .. }) => {
+                service_domain.clone()
+            }
+            (Scope::Endpoint, Rail::X402 { resource_url, .. } | Rail::Mpp { resource_url, .. }) => {
+                resource_url.split(['?', '#']).next().unwrap_or_default().to_owned()
+            }
+            (Scope::Session, Rail::Mpp { session_id: Some(id), .. }) => id.clone(),
+            (Scope::Session, _) => {
+                intent.context.get("sessionId").and_then(|v| v.as_str()).unwrap_or("default").to_owned()
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// A counter of spend per period.
+#[derive(Debug, Clone)]
+pub(crate) struct Cumulative {
+    pub scope: Scope,
+    pub period: Period,
+    pub tz: TimeZone,
+    pub tz_name: Arc<str>,
+}
+
+/// A sliding-window counter of approvals.
+#[derive(Debug, Clone)]
+pub(crate) struct Velocity {
+    pub scope: Scope,
+    pub window: SignedDuration,
+    pub max_count: u32,
+}
+
+/// The field a list rule checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Field {
+    Counterparty,
+    Category,
+    Service,
+    Mcc,
+    Merchant,
+    MppIntent,
+    MppMethod,
+}
+
+impl Field {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Field::Counterparty => "recipient",
+            Field::Category => "category",
+            Field::Service => "service",
+            Field::Mcc => "merchant category code",
+            Field::Merchant => "merchant",
+            Field::MppIntent => "session intent",
+            Field::MppMethod => "method",
+        }
+    }
+}
+
+/// What an amount comparison measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Measure {
+    Amount,
+    Deposit,
+}
+
+/// A blackout window.
+#[derive(Debug, Clone)]
+pub(crate) enum Blackout {
+    Daily { start: Time, end: Time, tz: TimeZone, reason: Option<String> },
+    Absolute { start: Timestamp, end: Timestamp, reason: Option<String> },
+}
+
+/// The check a rule makes.
+#[derive(Debug, Clone)]
+pub(crate) enum Check {
+    Amount { measure: Measure, cmp: Cmp, limit: Decimal },
+    Cumulative { counter: Cumulative, cmp: Cmp, limit: Decimal },
+    Velocity(Velocity),
+    List { field: Field, entries: HashSet<String>, in_list: bool },
+    TimeOfDay { start: Time, end: Time, between: bool, tz: TimeZone },
+    DayOfWeek { days: u8, in_list: bool, tz: TimeZone },
+    Period { start: Timestamp, end: Timestamp, between: bool },
+    Blackout(Vec<Blackout>),
+}
+
+/// Whether a rule is broken when its condition holds or when it does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Polarity {
+    /// The condition says what is allowed: broken when it does not hold.
+    BrokenUnlessHolds,
+    /// The condition says what is refused: broken when it holds.
+    BrokenWhenHolds,
+}
+
+/// What a broken rule leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Deny,
+    Approval,
+}
+
+/// A rule ready to evaluate.
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledRule {
+    pub rule_type: Arc<str>,
+    pub check: Check,
+    pub rails: RailFilter,
+    pub polarity: Polarity,
+    pub outcome: Outcome,
+    pub violation: ViolationType,
+}
+
+/// Time of day at `now` in `tz`, and the weekday (Monday = 0).
+pub(crate) fn local(now: Timestamp, tz: &TimeZone) -> (Time, u8) {
+    let dt = tz.to_datetime(now);
+    (dt.time(), dt.weekday().to_monday_zero_offset() as u8)
+}
+
+/// Whether `t` is in `[start, end)`, wrapping midnight when `end < start`.
+pub(crate) fn in_daily_window(t: Time, start: Time, end: Time) -> bool {
+    if start <= end { start <= t && t < end } else { t >= start || t < end }
+}

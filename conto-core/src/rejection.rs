@@ -1,0 +1,157 @@
+//! [`Rejection`]: why the pipeline did not run a settlement.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::decision::{DecisionSource, Denial, PendingApproval, Violation};
+use crate::intent::ActorId;
+use crate::money::Amount;
+
+/// The kind of rejection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// A policy (or the fail-closed rule) denied the action.
+    Denied(Denial),
+    /// A human must approve the action first.
+    ApprovalRequired(PendingApproval),
+    /// The authority could not decide in time; the action is denied (fail-closed).
+    Unavailable {
+        /// What went wrong.
+        reason: String,
+    },
+    /// The pipeline refused the call before asking anyone (for example an invalid intent).
+    Invalid {
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Why a paid action did not run. Convert it into your own error type with `From`.
+///
+/// ```
+/// use conto_core::Rejection;
+///
+/// #[derive(Debug)]
+/// enum PayError {
+///     NotAllowed(Rejection),
+///     Transfer(String),
+/// }
+///
+/// impl From<Rejection> for PayError {
+///     fn from(r: Rejection) -> Self {
+///         PayError::NotAllowed(r)
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    kind: RejectionKind,
+    source: DecisionSource,
+    latency: Duration,
+    actor: Option<ActorId>,
+    amount: Option<Amount>,
+}
+
+impl Rejection {
+    /// A rejection of `kind` decided by `source`.
+    pub fn new(kind: RejectionKind, source: DecisionSource) -> Self {
+        Self { kind, source, latency: Duration::ZERO, actor: None, amount: None }
+    }
+
+    pub(crate) fn about(mut self, actor: &ActorId, amount: Amount, latency: Duration) -> Self {
+        self.actor = Some(actor.clone());
+        self.amount = Some(amount);
+        self.latency = latency;
+        self
+    }
+
+    /// The kind of rejection.
+    pub fn kind(&self) -> &RejectionKind {
+        &self.kind
+    }
+
+    /// Who decided: the policy, or the fail-closed rule after a timeout or an outage.
+    pub fn source(&self) -> DecisionSource {
+        self.source
+    }
+
+    /// How long the decision took.
+    pub fn latency(&self) -> Duration {
+        self.latency
+    }
+
+    /// The actor the action was for.
+    pub fn actor(&self) -> Option<&ActorId> {
+        self.actor.as_ref()
+    }
+
+    /// The amount that was asked for.
+    pub fn amount(&self) -> Option<Amount> {
+        self.amount
+    }
+
+    /// Human-readable reasons.
+    pub fn reasons(&self) -> Vec<&str> {
+        match &self.kind {
+            RejectionKind::Denied(d) => d.reasons.iter().map(String::as_str).collect(),
+            RejectionKind::ApprovalRequired(p) => p.reasons.iter().map(String::as_str).collect(),
+            RejectionKind::Unavailable { reason } | RejectionKind::Invalid { reason } => vec![reason.as_str()],
+        }
+    }
+
+    /// The broken rules, for a policy denial.
+    pub fn violations(&self) -> &[Violation] {
+        match &self.kind {
+            RejectionKind::Denied(d) => &d.violations,
+            _ => &[],
+        }
+    }
+
+    /// The pending approval request, when a human must approve.
+    pub fn pending_approval(&self) -> Option<&PendingApproval> {
+        match &self.kind {
+            RejectionKind::ApprovalRequired(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether a denial by policy (or by the fail-closed rule).
+    pub fn is_denied(&self) -> bool {
+        matches!(self.kind, RejectionKind::Denied(_) | RejectionKind::Unavailable { .. })
+    }
+
+    /// Whether asking again can succeed: after a human approves, or once the authority is back.
+    /// A policy denial is final for the same intent.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, RejectionKind::ApprovalRequired(_) | RejectionKind::Unavailable { .. })
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            RejectionKind::Denied(d) => {
+                f.write_str("payment denied by policy")?;
+                if let Some(v) = d.violations.first() {
+                    write!(f, " ({})", v.kind)?;
+                }
+                if !d.reasons.is_empty() {
+                    write!(f, ": {}", d.reasons.join("; "))?;
+                }
+                Ok(())
+            }
+            RejectionKind::ApprovalRequired(p) => write!(
+                f,
+                "payment requires human approval (request {}, expires {})",
+                p.approval_request_id, p.expires_at
+            ),
+            RejectionKind::Unavailable { reason } => {
+                write!(f, "payment denied: the authority was unavailable ({}): {reason}", self.source)
+            }
+            RejectionKind::Invalid { reason } => write!(f, "payment refused: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Rejection {}
