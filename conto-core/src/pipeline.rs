@@ -8,6 +8,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use crate::authorizer::{AuthorityError, Authorizer};
 use crate::decision::{Authorization, Decision, DecisionSource, Recorded, Settlement, Verdict};
 use crate::intent::PaymentIntent;
@@ -34,7 +36,7 @@ pub enum Event {
     Decided {
         /// The intent.
         intent: Arc<PaymentIntent>,
-        /// `approved`, `denied`, `requires_approval` or `unavailable`.
+        /// `approved`, `denied`, `requires_approval`, `unavailable` or `invalid`.
         outcome: &'static str,
         /// Who decided.
         source: DecisionSource,
@@ -184,15 +186,16 @@ impl Conto {
     /// Asks for an approval. On success the returned [`Approval`] holds the reservation: record
     /// it after settling, or drop it to release.
     pub async fn authorize(&self, intent: PaymentIntent) -> Result<Approval, Rejection> {
-        let intent = Arc::new(intent);
         let span = tracing::debug_span!(
             "conto.authorize",
             actor = %intent.actor,
             amount = %intent.amount,
             rail = intent.rail.name(),
         );
-        let _enter = span.enter();
-        drop(_enter);
+        self.authorize_arc(Arc::new(intent)).instrument(span).await
+    }
+
+    async fn authorize_arc(&self, intent: Arc<PaymentIntent>) -> Result<Approval, Rejection> {
         let started = Instant::now();
         let decision = self.decide(&intent).await;
         let latency = started.elapsed();
@@ -201,7 +204,7 @@ impl Conto {
                 decision.latency = latency;
                 self.conclude(&intent, decision).await
             }
-            Err((source, reason)) => Err(Rejection::new(RejectionKind::Unavailable { reason }, source)),
+            Err(rejection) => Err(rejection),
         };
         let result = result.map_err(|r| r.about(&intent.actor, intent.amount, started.elapsed()));
         self.emit(|| {
@@ -211,6 +214,7 @@ impl Conto {
                     match r.kind() {
                         RejectionKind::Denied(_) => "denied",
                         RejectionKind::ApprovalRequired(_) => "requires_approval",
+                        RejectionKind::Invalid { .. } => "invalid",
                         _ => "unavailable",
                     },
                     r.source(),
@@ -225,17 +229,19 @@ impl Conto {
         result
     }
 
-    /// One authorize call under the deadline; errors are fail-closed reasons.
-    async fn decide(&self, intent: &PaymentIntent) -> Result<Decision, (DecisionSource, String)> {
+    /// One authorize call under the deadline; an error or a timeout is a fail-closed rejection.
+    async fn decide(&self, intent: &PaymentIntent) -> Result<Decision, Rejection> {
         if let Err(e) = intent.validate() {
-            return Err((DecisionSource::Policy, e.to_string()));
+            return Err(Rejection::new(RejectionKind::Invalid { reason: e.to_string() }, DecisionSource::Policy));
         }
+        let unavailable = |source, reason| Rejection::new(RejectionKind::Unavailable { reason }, source);
         match tokio::time::timeout(self.inner.deadline, self.inner.authorizer.authorize(intent)).await {
             Ok(Ok(decision)) => Ok(decision),
-            Ok(Err(error)) => Err((DecisionSource::Unavailable, error.to_string())),
-            Err(_) => {
-                Err((DecisionSource::Timeout, format!("no decision within the {:?} deadline", self.inner.deadline)))
-            }
+            Ok(Err(error)) => Err(unavailable(DecisionSource::Unavailable, error.to_string())),
+            Err(_) => Err(unavailable(
+                DecisionSource::Timeout,
+                format!("no decision within the {:?} deadline", self.inner.deadline),
+            )),
         }
     }
 

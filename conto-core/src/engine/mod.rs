@@ -439,6 +439,19 @@ impl Engine {
         })
     }
 
+    /// The ids of approval requests still waiting for a human.
+    pub fn pending_requests(&self) -> Vec<String> {
+        let now = self.now();
+        let pending = lock(&self.inner.pending);
+        let mut ids: Vec<String> = pending
+            .iter()
+            .filter(|(_, p)| matches!(p.state, PendingState::Waiting) && p.expires_at > now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Expires every approval past its time; returns how many.
     pub fn sweep_expired(&self) -> usize {
         let now = self.now();

@@ -342,7 +342,7 @@ impl PolicySet {
             policies.push(compile::policy(doc)?);
         }
         // Stable: equal priorities keep file order.
-        policies.sort_by(|a, b| b.priority.cmp(&a.priority));
+        policies.sort_by_key(|p| std::cmp::Reverse(p.priority));
         Ok(Self { policies })
     }
 

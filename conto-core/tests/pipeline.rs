@@ -1,0 +1,317 @@
+//! The one pipeline, through the public API: authorize -> settle -> record | release.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use conto_core::{
+    ApprovalMode, AuthorityError, Authorization, Authorizer, BoxFuture, Conto, Decimal, Decision, DecisionSource,
+    Event, PaymentIntent, PendingApproval, Recorded, Rejection, RejectionKind, Settlement, ViolationType,
+};
+
+#[derive(Debug)]
+enum PayError {
+    Rejected(Rejection),
+    Transfer(&'static str),
+}
+
+impl From<Rejection> for PayError {
+    fn from(r: Rejection) -> Self {
+        PayError::Rejected(r)
+    }
+}
+
+fn events(conto_builder: conto_core::ContoBuilder) -> (Conto, Arc<Mutex<Vec<Event>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    (conto_builder.observe(move |e| sink.lock().unwrap().push(e.clone())).build(), seen)
+}
+
+fn capped_engine() -> conto_core::Engine {
+    engine_at(
+        &policy(&[
+            &rule("MAX_AMOUNT", "LTE", "100", "ALLOW"),
+            &rule("DAILY_LIMIT", "LTE", "150", "ALLOW"),
+            &rule("REQUIRE_APPROVAL_ABOVE", "GT", "80", "REQUIRE_APPROVAL"),
+        ]),
+        "2026-06-10T12:00:00Z",
+    )
+    .0
+}
+
+#[tokio::test]
+async fn denied_never_runs_the_settlement() {
+    let engine = capped_engine();
+    let conto = Conto::new(engine.clone());
+    let runs = AtomicUsize::new(0);
+    let result: Result<(), PayError> = conto
+        .guard(
+            transfer("101"),
+            |_| async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            |_| Settlement::default(),
+        )
+        .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    let Err(PayError::Rejected(r)) = result else { panic!("expected a rejection") };
+    assert!(r.is_denied() && !r.is_retryable());
+    assert_eq!(r.violations()[0].kind, ViolationType::PerTxLimit);
+    assert_eq!(r.source(), DecisionSource::Policy);
+    assert!(r.to_string().starts_with("payment denied by policy (PER_TX_LIMIT)"), "{r}");
+    assert_eq!(engine.usage("agent-1").stats.approved, 0);
+}
+
+#[tokio::test]
+async fn pending_approval_never_runs_the_settlement_and_is_retryable() {
+    let conto = Conto::new(capped_engine());
+    let runs = AtomicUsize::new(0);
+    let result: Result<(), PayError> = conto
+        .guard(
+            transfer("90"),
+            |_| async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            |_| Settlement::default(),
+        )
+        .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    let Err(PayError::Rejected(r)) = result else { panic!() };
+    assert!(r.is_retryable());
+    assert!(r.pending_approval().unwrap().approval_request_id.starts_with("apr_"));
+}
+
+#[tokio::test]
+async fn approved_runs_once_and_records_the_actual_amount_and_reference() {
+    let engine = capped_engine();
+    let (conto, seen) = events(Conto::builder(engine.clone()));
+    let runs = AtomicUsize::new(0);
+    let result: Result<&str, PayError> = conto
+        .guard(
+            transfer("50"),
+            |auth: &Authorization| {
+                assert_eq!(auth.amount.to_string(), "50");
+                async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok("0xfeed")
+                }
+            },
+            |tx| Settlement::default().amount("42.5".parse().unwrap()).reference(*tx),
+        )
+        .await;
+    assert_eq!(result.unwrap(), "0xfeed");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let usage = engine.usage("agent-1");
+    assert_eq!(usage.stats.recorded, 1);
+    assert_eq!(usage.stats.total_spent, "42.5".parse::<Decimal>().unwrap());
+    assert_eq!(usage.live_reservations, 0);
+    let seen = seen.lock().unwrap();
+    let recorded: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Recorded { recorded, reference } => Some((recorded.amount.to_string(), reference.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recorded, vec![("42.5".to_owned(), Some("0xfeed".to_owned()))]);
+}
+
+#[tokio::test]
+async fn settlement_error_releases_and_records_nothing() {
+    let engine = capped_engine();
+    let conto = Conto::new(engine.clone());
+    let result: Result<(), PayError> =
+        conto.guard(transfer("50"), |_| async { Err(PayError::Transfer("rpc down")) }, |_| Settlement::default()).await;
+    assert!(matches!(result, Err(PayError::Transfer("rpc down"))));
+    tokio::task::yield_now().await;
+    let usage = engine.usage("agent-1");
+    assert_eq!((usage.stats.recorded, usage.stats.released, usage.live_reservations), (0, 1, 0));
+    assert_eq!(usage.counters.iter().map(|c| c.reserved + c.spent).sum::<Decimal>(), Decimal::ZERO);
+}
+
+#[tokio::test]
+async fn question_mark_and_early_return_paths() {
+    async fn body(fail_early: bool, return_early: bool) -> Result<u32, PayError> {
+        if return_early {
+            return Ok(7);
+        }
+        let n: u32 = if fail_early { Err(PayError::Transfer("parse"))? } else { 3 };
+        Ok(n)
+    }
+    let engine = capped_engine();
+    let conto = Conto::new(engine.clone());
+    let early = conto.guard(transfer("10"), |_| body(false, true), |_| Settlement::default()).await;
+    assert_eq!(early.unwrap(), 7);
+    let failed = conto.guard(transfer("10"), |_| body(true, false), |_| Settlement::default()).await;
+    assert!(matches!(failed, Err(PayError::Transfer("parse"))));
+    tokio::task::yield_now().await;
+    let s = engine.usage("agent-1").stats;
+    assert_eq!((s.recorded, s.released), (1, 1));
+}
+
+#[tokio::test]
+async fn dropping_the_future_mid_settlement_releases() {
+    let engine = capped_engine();
+    let conto = Conto::new(engine.clone());
+    let started = Arc::new(tokio::sync::Notify::new());
+    let notify = started.clone();
+    let task = tokio::spawn(async move {
+        let _: Result<(), PayError> = conto
+            .guard(
+                transfer("60"),
+                |_| async move {
+                    notify.notify_one();
+                    std::future::pending::<()>().await;
+                    Ok(())
+                },
+                |_| Settlement::default(),
+            )
+            .await;
+    });
+    started.notified().await;
+    assert_eq!(engine.usage("agent-1").live_reservations, 1);
+    task.abort();
+    let _ = task.await;
+    let usage = engine.usage("agent-1");
+    assert_eq!((usage.live_reservations, usage.stats.released, usage.stats.recorded), (0, 1, 0));
+}
+
+#[tokio::test]
+async fn wait_mode_proceeds_once_a_human_approves() {
+    let engine = capped_engine();
+    let (conto, _) = events(
+        Conto::builder(engine.clone())
+            .approval(ApprovalMode::Wait(Duration::from_secs(5)))
+            .poll_interval(Duration::from_millis(5)),
+    );
+    let approver = engine.clone();
+    // Approve whatever is pending as soon as it appears.
+    let approve = tokio::spawn(async move {
+        for _ in 0..1000 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let ids = approver.pending_requests();
+            if let Some(id) = ids.first() {
+                approver.resolve_approval(id, true).unwrap();
+                return;
+            }
+        }
+    });
+    let runs = AtomicUsize::new(0);
+    let result: Result<(), PayError> = conto
+        .guard(
+            transfer("90"),
+            |_| async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            |_| Settlement::default(),
+        )
+        .await;
+    approve.await.unwrap();
+    result.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(engine.usage("agent-1").stats.recorded, 1);
+}
+
+#[tokio::test]
+async fn wait_mode_gives_up_at_its_bound() {
+    let conto = Conto::builder(capped_engine())
+        .approval(ApprovalMode::Wait(Duration::from_millis(30)))
+        .poll_interval(Duration::from_millis(5))
+        .build();
+    let result: Result<(), PayError> =
+        conto.guard(transfer("90"), |_| async { Ok(()) }, |_| Settlement::default()).await;
+    let Err(PayError::Rejected(r)) = result else { panic!() };
+    assert!(matches!(r.kind(), RejectionKind::ApprovalRequired(_)));
+}
+
+/// An authority that never answers, or answers with an error.
+struct Broken {
+    hang: bool,
+}
+
+impl Authorizer for Broken {
+    fn authorize<'a>(&'a self, _: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+        let hang = self.hang;
+        Box::pin(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            Err(AuthorityError::InvalidResponse("not JSON".into()))
+        })
+    }
+    fn record<'a>(
+        &'a self,
+        _: &'a Authorization,
+        _: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        unreachable!("nothing is ever approved")
+    }
+    fn release(&self, _: &Authorization) -> BoxFuture<'static, Result<(), AuthorityError>> {
+        unreachable!("nothing is ever approved")
+    }
+    fn approval_status<'a>(
+        &'a self,
+        _: &'a PaymentIntent,
+        _: &'a PendingApproval,
+    ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_authority_is_denied_at_the_deadline() {
+    let conto = Conto::builder(Broken { hang: true }).deadline(Duration::from_millis(2000)).build();
+    let runs = AtomicUsize::new(0);
+    let started = tokio::time::Instant::now();
+    let result: Result<(), PayError> = conto
+        .guard(
+            transfer("1"),
+            |_| async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            |_| Settlement::default(),
+        )
+        .await;
+    assert_eq!(started.elapsed(), Duration::from_millis(2000));
+    let Err(PayError::Rejected(r)) = result else { panic!() };
+    assert_eq!(r.source(), DecisionSource::Timeout);
+    assert!(r.is_denied() && r.is_retryable());
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_garbage_answer_is_denied_as_unavailable() {
+    let conto = Conto::new(Arc::new(Broken { hang: false }));
+    let result: Result<(), PayError> =
+        conto.guard(transfer("1"), |_| async { Ok(()) }, |_| Settlement::default()).await;
+    let Err(PayError::Rejected(r)) = result else { panic!() };
+    assert_eq!(r.source(), DecisionSource::Unavailable);
+    assert!(matches!(r.kind(), RejectionKind::Unavailable { .. }));
+}
+
+#[tokio::test]
+async fn an_invalid_intent_is_refused_before_anyone_is_asked() {
+    let conto = Conto::new(Broken { hang: true });
+    let mut intent = transfer("1");
+    intent.recipient = None;
+    let result: Result<(), PayError> = conto.guard(intent, |_| async { Ok(()) }, |_| Settlement::default()).await;
+    let Err(PayError::Rejected(r)) = result else { panic!() };
+    assert!(matches!(r.kind(), RejectionKind::Invalid { .. }), "{r:?}");
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_debug_output() {
+    let conto = Conto::new(capped_engine());
+    let approval = conto.authorize(transfer("1")).await.unwrap();
+    let token = conto_core::ExposeSecret::expose_secret(approval.authorization().token.as_ref().unwrap()).to_owned();
+    assert_eq!(token.len(), 64);
+    let debug = format!("{approval:?} {:?}", approval.authorization());
+    assert!(!debug.contains(&token), "{debug}");
+}

@@ -1,0 +1,182 @@
+//! Malformed policy input: each mistake has its own specific error, naming where it is.
+
+use conto_core::{PolicyError, PolicySet, RuleProblem};
+use proptest::prelude::*;
+
+fn load_rule(rule: serde_json::Value) -> PolicyError {
+    let text = serde_json::json!([{"name": "Team cap", "rules": [
+        {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "1", "action": "ALLOW"},
+        rule
+    ]}])
+    .to_string();
+    PolicySet::from_json(&text).expect_err("the rule is malformed")
+}
+
+fn problem(e: &PolicyError) -> (&str, usize, &'static str, &RuleProblem) {
+    match e {
+        PolicyError::Rule { policy, rule, field, problem, .. } => (policy, *rule, field, problem),
+        other => panic!("expected a rule error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_json_reports_line_and_column() {
+    let err = PolicySet::from_json("[\n  {\"name\": \"x\",\n   \"rules\": [}\n]").unwrap_err();
+    match err {
+        PolicyError::Json { line, column, .. } => assert_eq!((line, column), (3, 14)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn wrong_shape_names_the_path() {
+    let err =
+        PolicySet::from_json(r#"{"policies": [{"name": "x", "rules": [{"ruleType": "MAX_AMOUNT", "value": "1"}]}]}"#)
+            .unwrap_err();
+    match &err {
+        PolicyError::Shape { path, message } => {
+            assert_eq!(path, "policies[0].rules[0]");
+            assert!(message.contains("operator"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(PolicySet::from_json("42"), Err(PolicyError::Shape { .. })));
+}
+
+#[test]
+fn value_in_the_wrong_encoding() {
+    let err =
+        load_rule(serde_json::json!({"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": 1000, "action": "ALLOW"}));
+    let (policy, rule, field, p) = problem(&err);
+    assert_eq!((policy, rule, field), ("Team cap", 1, "value"));
+    assert_eq!(p, &RuleProblem::ValueNotString("a number".into()));
+    assert_eq!(
+        err.to_string(),
+        "policy `Team cap`, rule #1 (DAILY_LIMIT), field `value`: value must be a JSON string (e.g. \"1000\" or \"[\\\"a\\\"]\"), got a number"
+    );
+    // A list rule whose string is not a JSON array.
+    let err = load_rule(
+        serde_json::json!({"ruleType": "ALLOWED_CATEGORIES", "operator": "IN_LIST", "value": "API_PROVIDER"}),
+    );
+    assert!(matches!(problem(&err).3, RuleProblem::BadValue { .. }));
+    // A budget without its period.
+    let err = load_rule(serde_json::json!({"ruleType": "BUDGET_CAP", "operator": "LTE", "value": "{\"amount\":5}"}));
+    assert!(matches!(problem(&err).3, RuleProblem::BadValue { .. }));
+}
+
+#[test]
+fn unknown_rule_type_operator_and_action() {
+    let err = load_rule(serde_json::json!({"ruleType": "DAILY_LIMITS", "operator": "LTE", "value": "1"}));
+    assert_eq!(problem(&err).2, "ruleType");
+    assert_eq!(problem(&err).3, &RuleProblem::UnknownRuleType("DAILY_LIMITS".into()));
+    let err = load_rule(serde_json::json!({"ruleType": "DAILY_LIMIT", "operator": "ATMOST", "value": "1"}));
+    assert_eq!(problem(&err).3, &RuleProblem::UnknownOperator("ATMOST".into()));
+    let err = load_rule(serde_json::json!({"ruleType": "DAILY_LIMIT", "operator": "IN_LIST", "value": "1"}));
+    assert!(matches!(problem(&err).3, RuleProblem::OperatorNotAllowed { .. }));
+    let err =
+        load_rule(serde_json::json!({"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "1", "action": "MAYBE"}));
+    assert_eq!(problem(&err).3, &RuleProblem::UnknownAction("MAYBE".into()));
+}
+
+#[test]
+fn known_but_unsupported_rule_types_are_refused_not_ignored() {
+    for t in ["GEOGRAPHIC_RESTRICTION", "TRUST_SCORE", "MPP_MAX_CONCURRENT_SESSIONS"] {
+        let err = load_rule(serde_json::json!({"ruleType": t, "operator": "LTE", "value": "3"}));
+        assert_eq!(problem(&err).3, &RuleProblem::Unsupported(t.into()));
+    }
+}
+
+#[test]
+fn negative_limits() {
+    for (t, v) in
+        [("MAX_AMOUNT", "-1"), ("DAILY_LIMIT", "-0.5"), ("BUDGET_CAP", "{\"amount\":-3,\"period\":\"DAILY\"}")]
+    {
+        let err = load_rule(serde_json::json!({"ruleType": t, "operator": "LTE", "value": v}));
+        assert!(matches!(problem(&err).3, RuleProblem::NegativeLimit(_)), "{t}: {err}");
+    }
+}
+
+#[test]
+fn empty_windows_and_lists() {
+    let cases = [
+        ("TIME_WINDOW", "BETWEEN", r#"{"start":"09:00","end":"09:00"}"#),
+        ("DATE_RANGE", "BETWEEN", r#"{"start":"2026-05-01","end":"2026-04-01"}"#),
+        ("BLACKOUT_PERIOD", "BETWEEN", r#"{"windows":[]}"#),
+        ("ALLOWED_COUNTERPARTIES", "IN_LIST", "[]"),
+        ("DAY_OF_WEEK", "IN_LIST", "[]"),
+        ("VELOCITY_LIMIT", "LTE", r#"{"maxCount":0,"period":"HOUR"}"#),
+    ];
+    for (t, op, v) in cases {
+        let err = load_rule(serde_json::json!({"ruleType": t, "operator": op, "value": v}));
+        assert!(matches!(problem(&err).3, RuleProblem::Empty(_)), "{t}: {err}");
+    }
+}
+
+#[test]
+fn bad_members_and_time_zones() {
+    let err = load_rule(
+        serde_json::json!({"ruleType": "ALLOWED_COUNTERPARTIES", "operator": "IN_LIST", "value": "[\"0xabc...\"]"}),
+    );
+    assert!(matches!(problem(&err).3, RuleProblem::BadValue { .. }));
+    let err = load_rule(serde_json::json!({"ruleType": "TIME_WINDOW", "operator": "BETWEEN",
+        "value": "{\"start\":\"09:00\",\"end\":\"17:00\",\"timezone\":\"Mars/Olympus\"}"}));
+    assert_eq!(problem(&err).3, &RuleProblem::TimeZone("Mars/Olympus".into()));
+    let err = load_rule(
+        serde_json::json!({"ruleType": "TIME_WINDOW", "operator": "BETWEEN", "value": "{\"start\":\"9am\",\"end\":\"17:00\"}"}),
+    );
+    assert!(matches!(problem(&err).3, RuleProblem::BadValue { .. }));
+    let err = PolicySet::from_json(r#"[{"name": "p", "timezone": "Nowhere/Land", "rules": []}]"#).unwrap_err();
+    assert!(matches!(err, PolicyError::Policy { field: "timezone", .. }), "{err}");
+    let err = PolicySet::from_json(r#"[{"name": "p", "priority": 101, "rules": []}]"#).unwrap_err();
+    assert!(matches!(err, PolicyError::Policy { field: "priority", .. }), "{err}");
+}
+
+#[test]
+fn accepts_conto_wrapped_list_and_type_alias() {
+    let text = r#"{"data": {"policies": [{"id": "pol_1", "name": "x", "policyType": "SPEND_LIMIT",
+        "rules": [{"type": "MAX_AMOUNT", "operator": "LESS_THAN_OR_EQUAL", "value": "5", "action": "ALLOW"}]}]}}"#;
+    let set = PolicySet::from_json(text).unwrap();
+    assert_eq!(set.policies()[0].id(), Some("pol_1"));
+    assert_eq!(set.policies()[0].policy_type(), Some("SPEND_LIMIT"));
+}
+
+#[test]
+fn a_missing_file_is_an_io_error_naming_the_path() {
+    let err = PolicySet::from_file("/nonexistent/policies.json").unwrap_err();
+    assert!(matches!(&err, PolicyError::Io { path, .. } if path == "/nonexistent/policies.json"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Arbitrary text never panics the loader.
+    #[test]
+    fn loader_never_panics_on_text(text in ".{0,200}") {
+        let _ = PolicySet::from_json(&text);
+    }
+
+    /// Arbitrary rule fields never panic the compiler.
+    #[test]
+    fn loader_never_panics_on_rules(
+        rule_type in prop::sample::select(vec![
+            "MAX_AMOUNT", "DAILY_LIMIT", "BUDGET_CAP", "TIME_WINDOW", "DAY_OF_WEEK", "DATE_RANGE",
+            "BLACKOUT_PERIOD", "VELOCITY_LIMIT", "ALLOWED_COUNTERPARTIES", "X402_MAX_PER_SERVICE",
+            "CARD_ALLOWED_MCCS", "REQUIRE_APPROVAL_ABOVE", "NOPE",
+        ]),
+        operator in prop::sample::select(vec!["LTE", "GT", "IN_LIST", "BETWEEN", "NOT_BETWEEN", "??"]),
+        value in prop_oneof![
+            ".{0,40}",
+            Just("{\"start\":\"25:00\",\"end\":\"01:00\"}".to_owned()),
+            Just("{\"amount\":1e400,\"period\":\"DAILY\"}".to_owned()),
+            Just("{\"maxCount\":99999999999,\"period\":\"HOUR\"}".to_owned()),
+            Just("{\"start\":\"9999-12-31\",\"end\":\"9999-12-31\"}".to_owned()),
+            Just("[\"\"]".to_owned()),
+            "-?[0-9]{0,30}(\\.[0-9]{0,30})?",
+        ],
+    ) {
+        let text = serde_json::json!([{"name": "p", "rules": [
+            {"ruleType": rule_type, "operator": operator, "value": value}
+        ]}]).to_string();
+        let _ = PolicySet::from_json(&text);
+    }
+}

@@ -1,0 +1,514 @@
+//! One test per supported rule type, with the value examples of Conto's docs (§7.4) as vectors,
+//! and the boundaries: exactly at a limit, midnight in a non-UTC zone, a DST change.
+
+mod common;
+
+use common::*;
+use conto_core::ViolationType as V;
+use conto_core::jiff::SignedDuration;
+use conto_core::{Decimal, Settlement};
+
+const NOON_WED: &str = "2026-06-10T12:00:00Z"; // a Wednesday
+
+#[test]
+fn max_amount_allows_exactly_the_limit() {
+    let (e, _) = engine_at(&policy(&[&rule("MAX_AMOUNT", "LTE", "200", "ALLOW")]), NOON_WED);
+    approved(&e.decide(&transfer("200")));
+    let d = e.decide(&transfer("200.000001"));
+    assert_denied(&d, V::PerTxLimit);
+    let v = violation(&d);
+    assert_eq!(v.limit, Some(Decimal::from(200)));
+    assert_eq!(v.current.unwrap().to_string(), "200.000001");
+}
+
+#[test]
+fn max_amount_with_deny_action_describes_what_is_refused() {
+    let (e, _) = engine_at(&policy(&[&rule("MAX_AMOUNT", "GT", "200", "DENY")]), NOON_WED);
+    approved(&e.decide(&transfer("200")));
+    assert_denied(&e.decide(&transfer("201")), V::PerTxLimit);
+}
+
+#[test]
+fn daily_limit_counts_reservations_and_spend_and_lands_exactly_on_the_limit() {
+    let (e, _) = engine_at(&policy(&[&rule("DAILY_LIMIT", "LTE", "1000", "ALLOW")]), NOON_WED);
+    spend(&e, &transfer("600"));
+    let held = e.decide(&transfer("350")); // reserved, not yet recorded
+    let a = approved(&held);
+    assert_eq!(a.limits.daily_used, Some(Decimal::from(950)));
+    assert_eq!(a.limits.daily_remaining, Some(Decimal::from(50)));
+    let d = e.decide(&transfer("51"));
+    assert_denied(&d, V::DailyLimit);
+    assert_eq!(violation(&d).current, Some(Decimal::from(950)));
+    approved(&e.decide(&transfer("50"))); // exactly 1000
+}
+
+#[test]
+fn daily_limit_rolls_over_at_local_midnight_in_the_policy_zone() {
+    let text = r#"[{"name": "tokyo", "timezone": "Asia/Tokyo", "rules": [
+        {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "100", "action": "ALLOW"}]}]"#;
+    // 14:59:59Z is 23:59:59 in Tokyo.
+    let (e, clock) = engine_at(text, "2026-06-10T14:59:59Z");
+    spend(&e, &transfer("100"));
+    assert_denied(&e.decide(&transfer("1")), V::DailyLimit);
+    clock.advance(SignedDuration::from_secs(1)); // 00:00:00 in Tokyo: a new day
+    approved(&e.decide(&transfer("100")));
+}
+
+#[test]
+fn daily_period_spans_23_hours_on_a_dst_spring_forward_day() {
+    let text = r#"[{"name": "ny", "timezone": "America/New_York", "rules": [
+        {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}]"#;
+    // 2026-03-08 is the spring-forward day in New York: midnight is 05:00Z, next midnight is 04:00Z next day.
+    let (e, clock) = engine_at(text, "2026-03-08T05:00:00Z");
+    spend(&e, &transfer("10"));
+    clock.set("2026-03-09T03:59:59Z".parse().unwrap()); // still 23:59:59 on the 8th, local
+    assert_denied(&e.decide(&transfer("1")), V::DailyLimit);
+    clock.set("2026-03-09T04:00:00Z".parse().unwrap()); // local midnight of the 9th (EDT)
+    approved(&e.decide(&transfer("10")));
+}
+
+#[test]
+fn weekly_limit_resets_on_iso_monday() {
+    let (e, clock) = engine_at(&policy(&[&rule("WEEKLY_LIMIT", "LTE", "50", "ALLOW")]), "2026-06-14T23:00:00Z"); // Sunday
+    spend(&e, &transfer("50"));
+    assert_denied(&e.decide(&transfer("1")), V::WeeklyLimit);
+    clock.set("2026-06-15T00:00:00Z".parse().unwrap()); // Monday
+    approved(&e.decide(&transfer("50")));
+}
+
+#[test]
+fn monthly_limit_resets_on_the_first() {
+    let (e, clock) = engine_at(&policy(&[&rule("MONTHLY_LIMIT", "LTE", "5000", "ALLOW")]), "2026-06-30T23:59:00Z");
+    spend(&e, &transfer("5000"));
+    assert_denied(&e.decide(&transfer("1")), V::MonthlyLimit);
+    clock.set("2026-07-01T00:00:00Z".parse().unwrap());
+    approved(&e.decide(&transfer("1")));
+}
+
+#[test]
+fn budget_cap_with_period() {
+    let (e, _) =
+        engine_at(&policy(&[&rule("BUDGET_CAP", "LTE", r#"{"amount":10000,"period":"MONTHLY"}"#, "ALLOW")]), NOON_WED);
+    spend(&e, &transfer("9999.5"));
+    assert_denied(&e.decide(&transfer("1")), V::BudgetExceeded);
+    approved(&e.decide(&transfer("0.5")));
+}
+
+#[test]
+fn categories_allowed_and_blocked_compare_case_insensitively() {
+    let (e, _) = engine_at(
+        &policy(&[
+            &rule("ALLOWED_CATEGORIES", "IN_LIST", r#"["API_PROVIDER","CLOUD"]"#, "ALLOW"),
+            &rule("BLOCKED_CATEGORIES", "IN_LIST", r#"["cloud"]"#, "DENY"),
+        ]),
+        NOON_WED,
+    );
+    let with = |c: &str| {
+        let mut i = transfer("1");
+        i.category = Some(c.into());
+        i
+    };
+    approved(&e.decide(&with("api_provider")));
+    assert_denied(&e.decide(&with("TRAVEL")), V::CategoryRestriction);
+    assert_denied(&e.decide(&with("CLOUD")), V::CategoryRestriction);
+    // An allowlist fails for an intent without a category.
+    assert_denied(&e.decide(&transfer("1")), V::CategoryRestriction);
+}
+
+#[test]
+fn counterparty_allowlist_and_blocklist() {
+    let allowed = format!(r#"["{}"]"#, RECIPIENT.to_uppercase().replace("0X", "0x"));
+    let blocked = format!(r#"["{OTHER}"]"#);
+    let (e, _) = engine_at(
+        &policy(&[
+            &rule("BLOCKED_COUNTERPARTIES", "IN_LIST", &blocked, "DENY"),
+            &rule("ALLOWED_COUNTERPARTIES", "IN_LIST", &allowed, "ALLOW"),
+        ]),
+        NOON_WED,
+    );
+    approved(&e.decide(&transfer("1")));
+    assert_denied(&e.decide(&transfer_to("agent-1", "1", OTHER)), V::BlockedCounterparty);
+    assert_denied(
+        &e.decide(&transfer_to("agent-1", "1", "0x4444444444444444444444444444444444444444")),
+        V::WhitelistViolation,
+    );
+    // Cards have no address: counterparty rules do not apply to them.
+    approved(&e.decide(&card("1", "Stripe", "5411")));
+}
+
+#[test]
+fn whitelist_rule_type_is_an_allowlist() {
+    let (e, _) =
+        engine_at(&policy(&[&rule("WHITELIST", "IN_LIST", &format!(r#"["{RECIPIENT}"]"#), "ALLOW")]), NOON_WED);
+    approved(&e.decide(&transfer("1")));
+    assert_denied(&e.decide(&transfer_to("agent-1", "1", OTHER)), V::WhitelistViolation);
+}
+
+#[test]
+fn time_window_is_start_inclusive_end_exclusive() {
+    let (e, clock) = engine_at(
+        &policy(&[&rule("TIME_WINDOW", "BETWEEN", r#"{"start":"09:00","end":"18:00"}"#, "ALLOW")]),
+        "2026-06-10T09:00:00Z",
+    );
+    approved(&e.decide(&transfer("1")));
+    clock.set("2026-06-10T17:59:59Z".parse().unwrap());
+    approved(&e.decide(&transfer("1")));
+    clock.set("2026-06-10T18:00:00Z".parse().unwrap());
+    assert_denied(&e.decide(&transfer("1")), V::TimeWindow);
+    clock.set("2026-06-10T08:59:59Z".parse().unwrap());
+    assert_denied(&e.decide(&transfer("1")), V::TimeWindow);
+}
+
+#[test]
+fn time_window_wraps_midnight_and_honours_its_zone() {
+    let value = r#"{"start":"22:00","end":"06:00","timezone":"Europe/Paris"}"#;
+    // 21:30Z in June is 23:30 in Paris: inside.
+    let (e, clock) = engine_at(&policy(&[&rule("TIME_WINDOW", "BETWEEN", value, "ALLOW")]), "2026-06-10T21:30:00Z");
+    approved(&e.decide(&transfer("1")));
+    clock.set("2026-06-10T10:00:00Z".parse().unwrap()); // noon in Paris: outside
+    assert_denied(&e.decide(&transfer("1")), V::TimeWindow);
+}
+
+#[test]
+fn time_window_not_between() {
+    let (e, _) = engine_at(
+        &policy(&[&rule("TIME_WINDOW", "NOT_BETWEEN", r#"{"start":"09:00","end":"18:00"}"#, "ALLOW")]),
+        NOON_WED,
+    );
+    assert_denied(&e.decide(&transfer("1")), V::TimeWindow);
+}
+
+#[test]
+fn day_of_week() {
+    let (e, clock) =
+        engine_at(&policy(&[&rule("DAY_OF_WEEK", "IN_LIST", r#"["Mon","Tue","Wed","Thu","Fri"]"#, "ALLOW")]), NOON_WED);
+    approved(&e.decide(&transfer("1")));
+    clock.set("2026-06-13T12:00:00Z".parse().unwrap()); // Saturday
+    assert_denied(&e.decide(&transfer("1")), V::TimeWindow);
+}
+
+#[test]
+fn date_range_includes_its_whole_end_day() {
+    let (e, clock) = engine_at(
+        &policy(&[&rule("DATE_RANGE", "BETWEEN", r#"{"start":"2026-01-01","end":"2026-12-31"}"#, "ALLOW")]),
+        "2026-12-31T23:59:59Z",
+    );
+    approved(&e.decide(&transfer("1")));
+    clock.set("2027-01-01T00:00:00Z".parse().unwrap());
+    assert_denied(&e.decide(&transfer("1")), V::ExpiredPermission);
+    clock.set("2025-12-31T23:59:59Z".parse().unwrap());
+    assert_denied(&e.decide(&transfer("1")), V::ExpiredPermission);
+}
+
+#[test]
+fn blackout_recurring_windows_format() {
+    let value = r#"{"windows":[{"start":"02:00","end":"06:00","reason":"Maintenance","recurring":true}]}"#;
+    let (e, clock) = engine_at(&policy(&[&rule("BLACKOUT_PERIOD", "BETWEEN", value, "DENY")]), "2026-06-10T02:00:00Z");
+    let d = e.decide(&transfer("1"));
+    assert_denied(&d, V::BlackoutPeriod);
+    assert!(violation(&d).message.as_deref().unwrap().contains("Maintenance"));
+    clock.set("2026-06-10T06:00:00Z".parse().unwrap());
+    approved(&e.decide(&transfer("1")));
+}
+
+#[test]
+fn blackout_date_range_format() {
+    let value = r#"{"start":"2026-04-01","end":"2026-04-02"}"#;
+    let (e, clock) = engine_at(&policy(&[&rule("BLACKOUT_PERIOD", "BETWEEN", value, "ALLOW")]), "2026-04-02T23:00:00Z");
+    assert_denied(&e.decide(&transfer("1")), V::BlackoutPeriod);
+    clock.set("2026-04-03T00:00:00Z".parse().unwrap());
+    approved(&e.decide(&transfer("1")));
+}
+
+#[test]
+fn velocity_limit_is_a_sliding_window_and_released_approvals_do_not_count() {
+    let (e, clock) =
+        engine_at(&policy(&[&rule("VELOCITY_LIMIT", "LTE", r#"{"maxCount":2,"period":"HOUR"}"#, "ALLOW")]), NOON_WED);
+    spend(&e, &transfer("1"));
+    clock.advance(SignedDuration::from_mins(30));
+    let second = e.decide(&transfer("1"));
+    let a = approved(&second).clone();
+    assert_denied(&e.decide(&transfer("1")), V::VelocityLimit);
+    e.free(&a).unwrap();
+    approved(&e.decide(&transfer("1")));
+    clock.advance(SignedDuration::from_mins(31)); // the first one left the window
+    approved(&e.decide(&transfer("1")));
+}
+
+#[test]
+fn require_approval_above_asks_a_human_and_a_deny_elsewhere_wins() {
+    let (e, _) = engine_at(&policy(&[&rule("REQUIRE_APPROVAL_ABOVE", "GT", "500", "REQUIRE_APPROVAL")]), NOON_WED);
+    approved(&e.decide(&transfer("500")));
+    assert!(is_pending(&e.decide(&transfer("500.01"))));
+
+    let text = format!(
+        r#"[{{"name":"gate","priority":90,"rules":[{}]}},{{"name":"cap","priority":10,"rules":[{}]}}]"#,
+        rule("REQUIRE_APPROVAL_ABOVE", "GT", "500", "REQUIRE_APPROVAL"),
+        rule("MAX_AMOUNT", "LTE", "1000", "ALLOW")
+    );
+    let (e, _) = engine_at(&text, NOON_WED);
+    assert_denied(&e.decide(&transfer("1500")), V::PerTxLimit);
+}
+
+#[test]
+fn human_approval_reserves_after_a_second_evaluation() {
+    let text = policy(&[
+        &rule("REQUIRE_APPROVAL_ABOVE", "GT", "100", "REQUIRE_APPROVAL"),
+        &rule("DAILY_LIMIT", "LTE", "400", "ALLOW"),
+    ]);
+    let (e, _) = engine_at(&text, NOON_WED);
+    let d = e.decide(&transfer("200"));
+    let conto_core::Verdict::RequiresApproval(p) = &d.verdict else { panic!("{d:?}") };
+    assert!(e.approval(&p.approval_request_id).unwrap().is_none(), "waiting for a human");
+    e.resolve_approval(&p.approval_request_id, true).unwrap();
+    let now = e.approval(&p.approval_request_id).unwrap().expect("decided");
+    let a = approved(&now);
+    assert_eq!(a.amount.to_string(), "200");
+    assert_eq!(e.usage("agent-1").counters[0].reserved, Decimal::from(200));
+    // Rejecting another one ends as a denial.
+    let d = e.decide(&transfer("150"));
+    let conto_core::Verdict::RequiresApproval(p) = &d.verdict else { panic!("{d:?}") };
+    e.resolve_approval(&p.approval_request_id, false).unwrap();
+    assert!(matches!(e.approval(&p.approval_request_id).unwrap().unwrap().verdict, conto_core::Verdict::Denied(_)));
+}
+
+#[test]
+fn action_require_approval_on_any_rule_gates_instead_of_denying() {
+    let (e, _) = engine_at(&policy(&[&rule("MAX_AMOUNT", "GT", "50", "REQUIRE_APPROVAL")]), NOON_WED);
+    approved(&e.decide(&transfer("50")));
+    assert!(is_pending(&e.decide(&transfer("51"))));
+}
+
+#[test]
+fn x402_price_ceiling_and_max_per_request_apply_to_x402_only() {
+    let (e, _) = engine_at(
+        &policy(&[
+            &rule("X402_PRICE_CEILING", "LTE", "1", "ALLOW"),
+            &rule("X402_MAX_PER_REQUEST", "LTE", "0.50", "ALLOW"),
+        ]),
+        NOON_WED,
+    );
+    approved(&e.decide(&x402("0.5", "https://api.example.com/a")));
+    let d = e.decide(&x402("0.51", "https://api.example.com/a"));
+    assert_denied(&d, V::X402PriceCeiling);
+    approved(&e.decide(&transfer("5"))); // other rails are not x402
+}
+
+#[test]
+fn x402_max_per_service_plain_is_daily_and_object_names_the_period() {
+    let (e, clock) = engine_at(&policy(&[&rule("X402_MAX_PER_SERVICE", "LTE", "50", "ALLOW")]), NOON_WED);
+    spend(&e, &x402("30", "https://api.openai.com/v1/chat"));
+    spend(&e, &x402("20", "https://api.openai.com/v1/embed"));
+    assert_denied(&e.decide(&x402("1", "https://api.openai.com/v1/chat")), V::X402EndpointLimit);
+    approved(&e.decide(&x402("1", "https://other.example.com/v1"))); // another service
+    clock.advance(SignedDuration::from_hours(24));
+    approved(&e.decide(&x402("50", "https://api.openai.com/v1/chat")));
+
+    let (e, clock) = engine_at(
+        &policy(&[&rule("X402_MAX_PER_SERVICE", "LTE", r#"{"amount":50,"period":"WEEKLY"}"#, "ALLOW")]),
+        NOON_WED,
+    );
+    spend(&e, &x402("50", "https://api.openai.com/v1/chat"));
+    clock.advance(SignedDuration::from_hours(24));
+    assert_denied(&e.decide(&x402("1", "https://api.openai.com/v1/chat")), V::X402EndpointLimit);
+}
+
+#[test]
+fn x402_max_per_endpoint_ignores_the_query() {
+    let (e, _) = engine_at(&policy(&[&rule("X402_MAX_PER_ENDPOINT", "LTE", "10", "ALLOW")]), NOON_WED);
+    spend(&e, &x402("10", "https://api.example.com/search?q=a"));
+    assert_denied(&e.decide(&x402("1", "https://api.example.com/search?q=b")), V::X402EndpointLimit);
+    approved(&e.decide(&x402("1", "https://api.example.com/other")));
+}
+
+#[test]
+fn x402_allowed_and_blocked_services_match_subdomains() {
+    let (e, _) = engine_at(
+        &policy(&[&rule("X402_ALLOWED_SERVICES", "IN_LIST", r#"["api.openai.com", "example.com"]"#, "ALLOW")]),
+        NOON_WED,
+    );
+    approved(&e.decide(&x402("1", "https://api.openai.com/v1")));
+    approved(&e.decide(&x402("1", "https://data.example.com/v1")));
+    assert_denied(&e.decide(&x402("1", "https://evil-example.com/v1")), V::X402ServiceNotAllowed);
+    let (e, _) =
+        engine_at(&policy(&[&rule("X402_BLOCKED_SERVICES", "IN_LIST", r#"["api.openai.com"]"#, "DENY")]), NOON_WED);
+    assert_denied(&e.decide(&x402("1", "https://API.openai.com/v1")), V::X402ServiceBlocked);
+}
+
+#[test]
+fn x402_velocity_per_endpoint_and_session_budget() {
+    let (e, _) = engine_at(
+        &policy(&[&rule("X402_VELOCITY_PER_ENDPOINT", "LTE", r#"{"maxCount":1,"period":"MINUTE"}"#, "ALLOW")]),
+        NOON_WED,
+    );
+    spend(&e, &x402("1", "https://api.example.com/a"));
+    assert_denied(&e.decide(&x402("1", "https://api.example.com/a")), V::X402Velocity);
+    approved(&e.decide(&x402("1", "https://api.example.com/b")));
+
+    let (e, _) = engine_at(&policy(&[&rule("X402_SESSION_BUDGET", "LTE", "100", "ALLOW")]), NOON_WED);
+    spend(&e, &x402("100", "https://api.example.com/a"));
+    assert_denied(&e.decide(&x402("1", "https://api.example.com/a")), V::X402SessionBudget);
+    let mut other_session = x402("1", "https://api.example.com/a");
+    other_session.context.insert("sessionId".into(), "s2".into());
+    approved(&e.decide(&other_session));
+}
+
+#[test]
+fn mpp_rules() {
+    let (e, _) = engine_at(
+        &policy(&[
+            &rule("MPP_MAX_PER_REQUEST", "LTE", "1.00", "ALLOW"),
+            &rule("MPP_SESSION_BUDGET", "LTE", "2", "ALLOW"),
+            &rule("MPP_MAX_SESSION_DEPOSIT", "LTE", "50", "ALLOW"),
+            &rule("MPP_ALLOWED_SERVICES", "IN_LIST", r#"["api.example.com"]"#, "ALLOW"),
+            &rule("MPP_ALLOWED_METHODS", "IN_LIST", r#"["GET","POST"]"#, "ALLOW"),
+        ]),
+        NOON_WED,
+    );
+    let url = "https://api.example.com/stream";
+    assert_denied(&e.decide(&mpp("1.01", url, Some("s1"), None)), V::MppPriceCeiling);
+    assert_denied(&e.decide(&mpp("1", url, Some("s1"), Some("50.01"))), V::MppMaxSessionDeposit);
+    assert_denied(&e.decide(&mpp("1", "https://other.io/x", Some("s1"), None)), V::MppServiceNotAllowed);
+    spend(&e, &mpp("1", url, Some("s1"), Some("50")));
+    spend(&e, &mpp("1", url, Some("s1"), None));
+    assert_denied(&e.decide(&mpp("0.5", url, Some("s1"), None)), V::MppSessionBudget);
+    approved(&e.decide(&mpp("0.5", url, Some("s2"), None)));
+
+    let (e, _) = engine_at(
+        &policy(&[
+            &rule("MPP_BLOCKED_SERVICES", "IN_LIST", r#"["api.example.com"]"#, "DENY"),
+            &rule("MPP_PRICE_CEILING", "LTE", "10", "ALLOW"),
+        ]),
+        NOON_WED,
+    );
+    assert_denied(&e.decide(&mpp("1", "https://api.example.com/x", None, None)), V::MppServiceBlocked);
+    let (e, _) =
+        engine_at(&policy(&[&rule("MPP_BLOCK_SESSION_INTENT", "IN_LIST", r#"["session"]"#, "DENY")]), NOON_WED);
+    assert_denied(&e.decide(&mpp("1", "https://api.example.com/x", None, None)), V::MppSessionIntentBlocked);
+    let (e, _) = engine_at(
+        &policy(&[
+            &rule("MPP_MAX_PER_SERVICE", "LTE", "10", "ALLOW"),
+            &rule("MPP_MAX_PER_ENDPOINT", "LTE", "5", "ALLOW"),
+        ]),
+        NOON_WED,
+    );
+    spend(&e, &mpp("5", "https://api.example.com/x", None, None));
+    assert_denied(&e.decide(&mpp("1", "https://api.example.com/x", None, None)), V::MppEndpointLimit);
+    spend(&e, &mpp("5", "https://api.example.com/y", None, None));
+    assert_denied(&e.decide(&mpp("1", "https://api.example.com/z", None, None)), V::MppEndpointLimit);
+    let (e, _) = engine_at(
+        &policy(&[&rule("MPP_VELOCITY_PER_ENDPOINT", "LTE", r#"{"maxCount":1,"period":"MINUTE"}"#, "ALLOW")]),
+        NOON_WED,
+    );
+    spend(&e, &mpp("1", "https://api.example.com/x", None, None));
+    assert_denied(&e.decide(&mpp("1", "https://api.example.com/x", None, None)), V::MppVelocity);
+}
+
+#[test]
+fn card_rules() {
+    let (e, _) = engine_at(
+        &policy(&[
+            &rule("CARD_ALLOWED_MCCS", "IN_LIST", r#"["5411","5812"]"#, "ALLOW"),
+            &rule("CARD_BLOCKED_MERCHANTS", "IN_LIST", r#"["Casino Royale"]"#, "DENY"),
+            &rule("CARD_MAX_AMOUNT", "LTE", "500", "ALLOW"),
+        ]),
+        NOON_WED,
+    );
+    approved(&e.decide(&card("500", "Grocer", "5411")));
+    assert_denied(&e.decide(&card("1", "Grocer", "7995")), V::CardMccRestriction);
+    assert_denied(&e.decide(&card("1", "casino royale", "5812")), V::CardMerchantRestriction);
+    assert_denied(&e.decide(&card("500.01", "Grocer", "5411")), V::CardAmountLimit);
+    let (e, _) = engine_at(
+        &policy(&[
+            &rule("CARD_BLOCKED_MCCS", "IN_LIST", r#"["7995"]"#, "DENY"),
+            &rule("CARD_ALLOWED_MERCHANTS", "IN_LIST", r#"["Amazon","Stripe"]"#, "ALLOW"),
+        ]),
+        NOON_WED,
+    );
+    assert_denied(&e.decide(&card("1", "Amazon", "7995")), V::CardMccRestriction);
+    assert_denied(&e.decide(&card("1", "Walmart", "5411")), V::CardMerchantRestriction);
+    approved(&e.decide(&card("1", "stripe", "5411")));
+    // Card rules do not apply to other rails.
+    approved(&e.decide(&transfer("1")));
+}
+
+#[test]
+fn priority_order_decides_which_violation_is_returned() {
+    let text = format!(
+        r#"[{{"name":"low","priority":10,"rules":[{}]}},{{"name":"high","priority":90,"rules":[{}]}}]"#,
+        rule("DAILY_LIMIT", "LTE", "5", "ALLOW"),
+        rule("MAX_AMOUNT", "LTE", "5", "ALLOW")
+    );
+    let (e, _) = engine_at(&text, NOON_WED);
+    let d = e.decide(&transfer("10"));
+    assert_denied(&d, V::PerTxLimit);
+    let conto_core::Verdict::Denied(denial) = &d.verdict else { unreachable!() };
+    assert_eq!(denial.violations.len(), 1, "only the first violation is returned");
+    assert!(denial.reasons[0].starts_with("high:"));
+}
+
+#[test]
+fn assignment_inactive_and_scope_all() {
+    let text = format!(
+        r#"[{{"name":"only-b","agentIds":["agent-b"],"rules":[{r}]}},
+            {{"name":"off","isActive":false,"rules":[{r}]}},
+            {{"name":"via-agentPolicies","agentPolicies":[{{"agentId":"agent-c"}}],"rules":[{r}]}}]"#,
+        r = rule("MAX_AMOUNT", "LTE", "5", "ALLOW")
+    );
+    let (e, _) = engine_at(&text, NOON_WED);
+    approved(&e.decide(&transfer_to("agent-a", "10", RECIPIENT)));
+    assert_denied(&e.decide(&transfer_to("agent-b", "10", RECIPIENT)), V::PerTxLimit);
+    assert_denied(&e.decide(&transfer_to("agent-c", "10", RECIPIENT)), V::PerTxLimit);
+}
+
+#[test]
+fn record_turns_reservation_into_actual_spend_and_never_more_than_approved() {
+    let (e, _) = engine_at(&policy(&[&rule("DAILY_LIMIT", "LTE", "100", "ALLOW")]), NOON_WED);
+    let d = e.decide(&transfer("40"));
+    let a = approved(&d).clone();
+    let r = e.settle(&a, &Settlement::default().amount("25".parse().unwrap()).reference("0xabc")).unwrap();
+    assert_eq!(r.amount.to_string(), "25");
+    let u = e.usage("agent-1");
+    assert_eq!((u.counters[0].spent, u.counters[0].reserved), (Decimal::from(25), Decimal::ZERO));
+    // Same record again: a no-op with the same receipt.
+    assert_eq!(e.settle(&a, &Settlement::default().amount("25".parse().unwrap()).reference("0xabc")).unwrap(), r);
+    // A different settlement for the same authorization: a conflict.
+    assert!(matches!(
+        e.settle(&a, &Settlement::default().amount("26".parse().unwrap())),
+        Err(conto_core::AuthorityError::RecordConflict(_))
+    ));
+    // Over the approval: an error, and only the approved amount counts.
+    let d = e.decide(&transfer("10"));
+    let b = approved(&d).clone();
+    let err = e.settle(&b, &Settlement::default().amount("11".parse().unwrap())).unwrap_err();
+    assert!(matches!(err, conto_core::AuthorityError::SettledAboveApproval { .. }), "{err}");
+    assert_eq!(e.usage("agent-1").counters[0].spent, Decimal::from(35));
+    assert_eq!(e.usage("agent-1").stats.total_spent, Decimal::from(35));
+}
+
+#[test]
+fn expiry_frees_the_reservation_and_a_late_record_is_counted_and_flagged() {
+    let (e, clock) = engine_at(&policy(&[&rule("DAILY_LIMIT", "LTE", "100", "ALLOW")]), "2026-06-10T08:00:00Z");
+    let d = e.decide(&transfer("100"));
+    let a = approved(&d).clone();
+    assert_denied(&e.decide(&transfer("1")), V::DailyLimit);
+    clock.advance(SignedDuration::from_mins(10));
+    assert_eq!(e.sweep_expired(), 1);
+    assert_eq!(e.usage("agent-1").counters[0].reserved, Decimal::ZERO);
+    let r = e.settle(&a, &Settlement::default()).unwrap();
+    assert!(r.late);
+    let u = e.usage("agent-1");
+    assert_eq!(u.counters[0].spent, Decimal::from(100));
+    assert_eq!((u.stats.expired, u.stats.late_records), (1, 1));
+}
+
+#[test]
+fn release_frees_and_record_after_release_is_refused() {
+    let (e, _) = engine_at(&policy(&[&rule("DAILY_LIMIT", "LTE", "100", "ALLOW")]), NOON_WED);
+    let d = e.decide(&transfer("100"));
+    let a = approved(&d).clone();
+    e.free(&a).unwrap();
+    e.free(&a).unwrap(); // idempotent
+    approved(&e.decide(&transfer("100")));
+    assert!(matches!(e.settle(&a, &Settlement::default()), Err(conto_core::AuthorityError::AlreadyReleased(_))));
+}
