@@ -7,6 +7,9 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
 mod authorizer;
 mod clock;
 mod decision;
@@ -29,7 +32,9 @@ pub use intent::{
     ActorId, Address, IdempotencyKey, IntentBuilder, IntentError, PaymentIntent, Rail, service_domain_of,
 };
 pub use money::{Amount, AmountError};
-pub use pipeline::{Approval, ApprovalMode, Conto, ContoBuilder, DEFAULT_DEADLINE, Event};
+pub use pipeline::{
+    Approval, ApprovalMode, Conto, ContoBuilder, DEFAULT_DEADLINE, Event, install_default, installed_default,
+};
 pub use policy::{PolicyError, PolicySet, RuleProblem};
 pub use rejection::{Rejection, RejectionKind};
 

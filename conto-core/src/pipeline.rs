@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
@@ -68,11 +68,25 @@ pub enum Event {
 
 type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
 
+static DEFAULT: OnceLock<Conto> = OnceLock::new();
+
+/// Installs the process-wide [`Conto`] that `#[paid_action]` functions without an `authorizer`
+/// argument use. Call once at start-up; a second call returns the handle it was given.
+pub fn install_default(conto: Conto) -> Result<(), Conto> {
+    DEFAULT.set(conto)
+}
+
+/// The process-wide default handle, if one was installed.
+pub fn installed_default() -> Option<&'static Conto> {
+    DEFAULT.get()
+}
+
 struct Inner {
     authorizer: Arc<dyn Authorizer>,
     deadline: Duration,
     poll_interval: Duration,
     observers: Vec<Observer>,
+    default_actor: Option<String>,
 }
 
 /// A handle on the pipeline: an authorizer plus settings. Cheap to clone; share one per app.
@@ -105,9 +119,17 @@ pub struct ContoBuilder {
     poll_interval: Duration,
     approval: ApprovalMode,
     observers: Vec<Observer>,
+    default_actor: Option<String>,
 }
 
 impl ContoBuilder {
+    /// The actor that pays when a `#[paid_action]` names none (for single-agent services).
+    /// The tower layer never uses it: a request must name its actor.
+    pub fn default_actor(mut self, actor: impl Into<String>) -> Self {
+        self.default_actor = Some(actor.into());
+        self
+    }
+
     /// The deadline for one authorize call (default 2 s). Past it the action is denied with
     /// source [`DecisionSource::Timeout`].
     pub fn deadline(mut self, deadline: Duration) -> Self {
@@ -141,6 +163,7 @@ impl ContoBuilder {
                 deadline: self.deadline,
                 poll_interval: self.poll_interval,
                 observers: self.observers,
+                default_actor: self.default_actor,
             }),
             approval: self.approval,
         }
@@ -161,7 +184,13 @@ impl Conto {
             poll_interval: Duration::from_secs(1),
             approval: ApprovalMode::Reject,
             observers: Vec::new(),
+            default_actor: None,
         }
+    }
+
+    /// The actor `#[paid_action]` uses when it names none.
+    pub fn default_actor(&self) -> Option<&str> {
+        self.inner.default_actor.as_deref()
     }
 
     /// The same handle with another [`ApprovalMode`].

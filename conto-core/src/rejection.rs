@@ -45,7 +45,10 @@ pub enum RejectionKind {
 /// }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
+pub struct Rejection(Box<Inner>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Inner {
     kind: RejectionKind,
     source: DecisionSource,
     latency: Duration,
@@ -56,44 +59,44 @@ pub struct Rejection {
 impl Rejection {
     /// A rejection of `kind` decided by `source`.
     pub fn new(kind: RejectionKind, source: DecisionSource) -> Self {
-        Self { kind, source, latency: Duration::ZERO, actor: None, amount: None }
+        Self(Box::new(Inner { kind, source, latency: Duration::ZERO, actor: None, amount: None }))
     }
 
     pub(crate) fn about(mut self, actor: &ActorId, amount: Amount, latency: Duration) -> Self {
-        self.actor = Some(actor.clone());
-        self.amount = Some(amount);
-        self.latency = latency;
+        self.0.actor = Some(actor.clone());
+        self.0.amount = Some(amount);
+        self.0.latency = latency;
         self
     }
 
     /// The kind of rejection.
     pub fn kind(&self) -> &RejectionKind {
-        &self.kind
+        &self.0.kind
     }
 
     /// Who decided: the policy, or the fail-closed rule after a timeout or an outage.
     pub fn source(&self) -> DecisionSource {
-        self.source
+        self.0.source
     }
 
     /// How long the decision took.
     pub fn latency(&self) -> Duration {
-        self.latency
+        self.0.latency
     }
 
     /// The actor the action was for.
     pub fn actor(&self) -> Option<&ActorId> {
-        self.actor.as_ref()
+        self.0.actor.as_ref()
     }
 
     /// The amount that was asked for.
     pub fn amount(&self) -> Option<Amount> {
-        self.amount
+        self.0.amount
     }
 
     /// Human-readable reasons.
     pub fn reasons(&self) -> Vec<&str> {
-        match &self.kind {
+        match &self.0.kind {
             RejectionKind::Denied(d) => d.reasons.iter().map(String::as_str).collect(),
             RejectionKind::ApprovalRequired(p) => p.reasons.iter().map(String::as_str).collect(),
             RejectionKind::Unavailable { reason } | RejectionKind::Invalid { reason } => vec![reason.as_str()],
@@ -102,7 +105,7 @@ impl Rejection {
 
     /// The broken rules, for a policy denial.
     pub fn violations(&self) -> &[Violation] {
-        match &self.kind {
+        match &self.0.kind {
             RejectionKind::Denied(d) => &d.violations,
             _ => &[],
         }
@@ -110,7 +113,7 @@ impl Rejection {
 
     /// The pending approval request, when a human must approve.
     pub fn pending_approval(&self) -> Option<&PendingApproval> {
-        match &self.kind {
+        match &self.0.kind {
             RejectionKind::ApprovalRequired(p) => Some(p),
             _ => None,
         }
@@ -118,19 +121,19 @@ impl Rejection {
 
     /// Whether a denial by policy (or by the fail-closed rule).
     pub fn is_denied(&self) -> bool {
-        matches!(self.kind, RejectionKind::Denied(_) | RejectionKind::Unavailable { .. })
+        matches!(self.0.kind, RejectionKind::Denied(_) | RejectionKind::Unavailable { .. })
     }
 
     /// Whether asking again can succeed: after a human approves, or once the authority is back.
     /// A policy denial is final for the same intent.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, RejectionKind::ApprovalRequired(_) | RejectionKind::Unavailable { .. })
+        matches!(self.0.kind, RejectionKind::ApprovalRequired(_) | RejectionKind::Unavailable { .. })
     }
 }
 
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
+        match &self.0.kind {
             RejectionKind::Denied(d) => {
                 f.write_str("payment denied by policy")?;
                 if let Some(v) = d.violations.first() {
@@ -147,7 +150,7 @@ impl fmt::Display for Rejection {
                 p.approval_request_id, p.expires_at
             ),
             RejectionKind::Unavailable { reason } => {
-                write!(f, "payment denied: the authority was unavailable ({}): {reason}", self.source)
+                write!(f, "payment denied: the authority was unavailable ({}): {reason}", self.0.source)
             }
             RejectionKind::Invalid { reason } => write!(f, "payment refused: {reason}"),
         }

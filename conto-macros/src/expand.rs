@@ -1,0 +1,252 @@
+//! Expands `#[paid_action]` into a call of the conto-core pipeline. The user's signature is kept
+//! verbatim; the body runs as an inner `async move` block, so `?` and `return` inside it cannot
+//! skip the record or release that follows.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Expr, GenericArgument, ItemFn, PathArguments, ReturnType, Type};
+
+use crate::args::{ApprovalArg, Args, missing, span_of};
+
+/// The `T` and `E` of a `Result<T, E>` return type (`E` absent for one-parameter aliases).
+struct ResultType<'a> {
+    full: &'a Type,
+    error: Option<&'a Type>,
+}
+
+fn result_type(sig: &syn::Signature) -> syn::Result<ResultType<'_>> {
+    let not_result = |span: Span| {
+        syn::Error::new(
+            span,
+            "#[paid_action] functions must return `Result<T, E>` with `E: From<conto::Rejection>`, \
+             so that a denial can be returned without running the body",
+        )
+    };
+    let ty = match &sig.output {
+        ReturnType::Default => return Err(not_result(sig.paren_token.span.close())),
+        ReturnType::Type(_, ty) => ty.as_ref(),
+    };
+    let Type::Path(path) = ty else { return Err(not_result(ty.span())) };
+    let Some(last) = path.path.segments.last() else { return Err(not_result(ty.span())) };
+    if last.ident != "Result" {
+        return Err(not_result(ty.span()));
+    }
+    let error = match &last.arguments {
+        PathArguments::AngleBracketed(a) => {
+            a.args.iter().filter_map(|g| if let GenericArgument::Type(t) = g { Some(t) } else { None }).nth(1)
+        }
+        _ => None,
+    };
+    Ok(ResultType { full: ty, error })
+}
+
+fn contains_impl_trait(ty: &Type) -> bool {
+    quote!(#ty).to_string().contains("impl ")
+}
+
+pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
+    let mut errors: Vec<syn::Error> = Vec::new();
+    if item.sig.asyncness.is_none() {
+        errors.push(syn::Error::new(
+            item.sig.fn_token.span,
+            "#[paid_action] needs an `async fn`: the settlement runs as a future between authorize and record",
+        ));
+    }
+    let result = match result_type(&item.sig) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let call_site = Span::call_site();
+    if args.amount.is_none() {
+        errors.push(missing("amount", call_site, "amount = price"));
+    }
+    if args.rail.is_none() {
+        errors.push(missing("rail", call_site, "rail = x402(resource_url = url)"));
+    }
+    if let Some(e) = errors.into_iter().reduce(|mut a, b| {
+        a.combine(b);
+        a
+    }) {
+        return Err(e);
+    }
+    let (Some(result), Some(amount), Some(rail)) = (result, &args.amount, &args.rail) else {
+        unreachable!("errors returned above");
+    };
+
+    let k = match &args.krate {
+        Some(path) => quote!(#path),
+        None => quote!(::conto),
+    };
+    let p = quote!(#k::__private);
+
+    // Rejections become the user's error type; with `E` known, every conversion is spanned at
+    // it, so a missing `From<Rejection>` is reported once, at the user's error type.
+    let into_error = match result.error {
+        Some(e) => quote_spanned! {e.span()=> #p::rejection_into::<#e> },
+        None => quote!(::core::convert::From::from),
+    };
+
+    let handle = match &args.authorizer {
+        Some(expr) => {
+            let span = span_of(expr);
+            quote_spanned! {span=>
+                ::core::result::Result::<_, #k::Rejection>::Ok(#p::ContoSource::conto_handle(&(#expr)))
+            }
+        }
+        None => quote!(#p::default_conto()),
+    };
+
+    let amount_span = span_of(amount);
+    let amount_tokens = quote_spanned! {amount_span=> &(#amount) };
+
+    let rail_kind = rail.kind.to_string();
+    let field = |name: &str| rail.fields.iter().find(|(n, _)| n == name).map(|(_, e)| e);
+    let text_ref = |e: &Expr| {
+        let span = span_of(e);
+        quote_spanned! {span=> &(#e) }
+    };
+    let mut rail_tokens = match rail_kind.as_str() {
+        "transfer" => {
+            let chain = field("chain_id").expect("required by the parser");
+            let sender = text_ref(field("sender").expect("required by the parser"));
+            quote!(#p::RailParts::transfer(#chain, #sender))
+        }
+        "x402" | "mpp" => {
+            let url = text_ref(field("resource_url").expect("required by the parser"));
+            let ctor = syn::Ident::new(&rail_kind, rail.kind.span());
+            quote!(#p::RailParts::#ctor(#url))
+        }
+        _ => {
+            let merchant = text_ref(field("merchant").expect("required by the parser"));
+            quote!(#p::RailParts::card(#merchant))
+        }
+    };
+    for (name, expr) in &rail.fields {
+        let n = name.to_string();
+        if matches!(n.as_str(), "chain_id" | "sender" | "resource_url" | "merchant") {
+            continue;
+        }
+        let value = text_ref(expr);
+        rail_tokens =
+            if n == "deposit" { quote!(#rail_tokens.deposit(#value)) } else { quote!(#rail_tokens.text(#n, #value)) };
+    }
+
+    let text_field = |name: &str, e: &Option<Expr>| {
+        e.as_ref().map(|expr| {
+            let ident = syn::Ident::new(name, Span::call_site());
+            let span = span_of(expr);
+            quote_spanned! {span=> __conto_parts.#ident = #p::text(&(#expr)); }
+        })
+    };
+    let sets = [
+        text_field("actor", &args.actor),
+        text_field("recipient", &args.recipient),
+        text_field("recipient_name", &args.recipient_name),
+        text_field("purpose", &args.purpose),
+        text_field("category", &args.category),
+        text_field("idempotency_key", &args.idempotency_key),
+        args.context.as_ref().map(|expr| {
+            let span = span_of(expr);
+            quote_spanned! {span=> __conto_parts.context = ::core::option::Option::Some(#p::context(&(#expr))); }
+        }),
+    ];
+
+    let approval = args.on_approval.as_ref().map(|mode| match mode {
+        ApprovalArg::Reject => quote!(let __conto_handle = __conto_handle.with_approval(#p::reject());),
+        ApprovalArg::Wait(bound) => {
+            let span = span_of(bound);
+            quote_spanned! {span=> let __conto_handle = __conto_handle.with_approval(#p::wait(&(#bound))); }
+        }
+    });
+
+    // For a closure, check its body's type where the user wrote it, so a wrong type is reported
+    // on the closure's body rather than on the whole attribute.
+    let checked = |f: &Expr, check: &str| -> Expr {
+        let mut f = f.clone();
+        if let Expr::Closure(closure) = &mut f {
+            let body = &closure.body;
+            let check = syn::Ident::new(check, Span::call_site());
+            let span = body.span();
+            let wrapped: Expr = syn::parse_quote_spanned! {span=> #p::#check(#body) };
+            *closure.body = wrapped;
+        }
+        f
+    };
+    let settled_amount = match args.settled_amount.as_ref().map(|f| checked(f, "amount_of")) {
+        Some(f) => {
+            let span = span_of(&f);
+            quote_spanned! {span=> #p::settled_amount(__conto_ok, #f) }
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let reference = match args.reference.as_ref().map(|f| checked(f, "text_of")) {
+        Some(f) => {
+            let span = span_of(&f);
+            quote_spanned! {span=> #p::reference(__conto_ok, #f) }
+        }
+        None => quote!(::core::option::Option::None),
+    };
+
+    // A "fake return edge": makes the inner block's type the declared return type, so type
+    // errors in the body point at the user's return type (as tracing-attributes does).
+    let ret = result.full;
+    let fake_return = (!contains_impl_trait(ret)).then(|| {
+        quote_spanned! {ret.span()=>
+            #[allow(
+                unknown_lints,
+                unreachable_code,
+                clippy::diverging_sub_expression,
+                clippy::let_unit_value,
+                clippy::unreachable,
+                clippy::empty_loop,
+                clippy::needless_return
+            )]
+            if false {
+                let __conto_fake_return: #ret = loop {};
+                return __conto_fake_return;
+            }
+        }
+    });
+
+    let ItemFn { attrs, vis, sig, block } = item;
+    let stmts = &block.stmts;
+    Ok(quote! {
+        #(#attrs)*
+        #vis #sig {
+            let __conto_handle: #k::Conto = match #handle {
+                ::core::result::Result::Ok(handle) => handle,
+                ::core::result::Result::Err(rejection) => {
+                    return ::core::result::Result::Err(#into_error(rejection));
+                }
+            };
+            #approval
+            #[allow(unused_mut)]
+            let mut __conto_parts = #p::IntentParts::new(#amount_tokens, #rail_tokens);
+            #(#sets)*
+            let __conto_intent = match __conto_parts.build(&__conto_handle) {
+                ::core::result::Result::Ok(intent) => intent,
+                ::core::result::Result::Err(rejection) => {
+                    return ::core::result::Result::Err(#into_error(rejection));
+                }
+            };
+            let __conto_outcome = __conto_handle
+                .run(
+                    __conto_intent,
+                    move |_| async move {
+                        #fake_return
+                        #(#stmts)*
+                    },
+                    |__conto_ok| #p::settlement(#settled_amount, #reference),
+                )
+                .await;
+            match __conto_outcome {
+                ::core::result::Result::Ok(outcome) => outcome,
+                ::core::result::Result::Err(rejection) => ::core::result::Result::Err(#into_error(rejection)),
+            }
+        }
+    })
+}

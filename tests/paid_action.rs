@@ -1,0 +1,197 @@
+//! `#[paid_action]` at run time: the body never runs on deny, records once on `Ok`, releases on
+//! `Err`, on `?`, and when the future is dropped.
+#![deny(warnings, clippy::pedantic)]
+#![allow(clippy::missing_errors_doc)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use conto::{Conto, Decimal, Engine, Event, Rejection, paid_action};
+
+const RECIPIENT: &str = "0x1111111111111111111111111111111111111111";
+const SENDER: &str = "0x2222222222222222222222222222222222222222";
+
+const POLICIES: &str = r#"[{"name": "caps", "rules": [
+    {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "100", "action": "ALLOW"},
+    {"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "GT", "value": "80", "action": "REQUIRE_APPROVAL"}
+]}]"#;
+
+#[derive(Debug)]
+enum PayError {
+    Rejected(Rejection),
+    Wallet(&'static str),
+}
+
+impl From<Rejection> for PayError {
+    fn from(r: Rejection) -> Self {
+        PayError::Rejected(r)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Receipt {
+    tx_hash: String,
+    charged: Decimal,
+}
+
+struct Wallet {
+    conto: Conto,
+    transfers: AtomicUsize,
+    fail: bool,
+}
+
+impl Wallet {
+    fn new(engine: &Engine, fail: bool) -> Self {
+        Self { conto: Conto::new(engine.clone()), transfers: AtomicUsize::new(0), fail }
+    }
+
+    #[paid_action(
+        amount = amount,
+        recipient = to,
+        rail = transfer(chain_id = 8453, sender = SENDER),
+        actor = "agent-1",
+        authorizer = self.conto,
+        category = "API_PROVIDER",
+        settled_amount = |r: &Receipt| r.charged,
+        reference = |r: &Receipt| r.tx_hash.clone(),
+    )]
+    async fn pay(&self, to: &str, amount: Decimal) -> Result<Receipt, PayError> {
+        self.transfers.fetch_add(1, Ordering::SeqCst);
+        if self.fail {
+            return Err(PayError::Wallet("insufficient gas"));
+        }
+        Ok(Receipt { tx_hash: "0xabc".into(), charged: amount - Decimal::ONE })
+    }
+}
+
+fn engine() -> Engine {
+    Engine::from_json(POLICIES).unwrap()
+}
+
+#[tokio::test]
+async fn denied_the_body_never_runs() {
+    let engine = engine();
+    let wallet = Wallet::new(&engine, false);
+    let err = wallet.pay(RECIPIENT, Decimal::from(101)).await.unwrap_err();
+    assert_eq!(wallet.transfers.load(Ordering::SeqCst), 0);
+    let PayError::Rejected(r) = err else { panic!("expected a rejection") };
+    assert_eq!(r.violations()[0].kind, conto::ViolationType::PerTxLimit);
+    // Pending human approval: also never runs.
+    let err = wallet.pay(RECIPIENT, Decimal::from(90)).await.unwrap_err();
+    assert!(matches!(err, PayError::Rejected(ref r) if r.pending_approval().is_some()));
+    assert_eq!(wallet.transfers.load(Ordering::SeqCst), 0);
+    assert_eq!(engine.usage("agent-1").stats.approved, 0);
+}
+
+#[tokio::test]
+async fn approved_runs_once_and_records_the_actual_amount_and_reference() {
+    let engine = engine();
+    let references = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = references.clone();
+    let conto = Conto::builder(engine.clone())
+        .observe(move |e| {
+            if let Event::Recorded { recorded, reference } = e {
+                sink.lock().unwrap().push((recorded.amount.to_string(), reference.clone()));
+            }
+        })
+        .build();
+    let wallet = Wallet { conto, transfers: AtomicUsize::new(0), fail: false };
+    let receipt = wallet.pay(RECIPIENT, Decimal::from(50)).await.unwrap();
+    assert_eq!(receipt.charged, Decimal::from(49));
+    assert_eq!(wallet.transfers.load(Ordering::SeqCst), 1);
+    let stats = engine.usage("agent-1").stats;
+    assert_eq!((stats.recorded, stats.total_spent), (1, Decimal::from(49)));
+    assert_eq!(*references.lock().unwrap(), vec![("49".to_owned(), Some("0xabc".to_owned()))]);
+}
+
+#[tokio::test]
+async fn an_err_releases_and_records_nothing() {
+    let engine = engine();
+    let wallet = Wallet::new(&engine, true);
+    assert!(matches!(wallet.pay(RECIPIENT, Decimal::from(10)).await, Err(PayError::Wallet(_))));
+    let stats = engine.usage("agent-1").stats;
+    assert_eq!((stats.approved, stats.recorded, stats.released), (1, 0, 1));
+}
+
+#[paid_action(
+    amount = "5",
+    recipient = RECIPIENT,
+    rail = x402(resource_url = "https://api.example.com/search"),
+    actor = "agent-1",
+    authorizer = conto,
+)]
+async fn question_mark_and_return(conto: &Conto, mode: u8, runs: &AtomicUsize) -> Result<u8, PayError> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    if mode == 0 {
+        return Ok(0);
+    }
+    let parsed: u8 = if mode == 1 { Err(PayError::Wallet("parse"))? } else { mode };
+    Ok(parsed)
+}
+
+#[tokio::test]
+async fn question_mark_and_early_return_still_record_or_release() {
+    let engine = engine();
+    let conto = Conto::new(engine.clone());
+    let runs = AtomicUsize::new(0);
+    assert_eq!(question_mark_and_return(&conto, 0, &runs).await.unwrap(), 0); // early return: recorded
+    assert!(matches!(question_mark_and_return(&conto, 1, &runs).await, Err(PayError::Wallet("parse")))); // `?`: released
+    assert_eq!(question_mark_and_return(&conto, 7, &runs).await.unwrap(), 7);
+    let stats = engine.usage("agent-1").stats;
+    assert_eq!((runs.load(Ordering::SeqCst), stats.recorded, stats.released), (3, 2, 1));
+}
+
+#[paid_action(
+    amount = 10,
+    recipient = RECIPIENT,
+    rail = transfer(chain_id = 1, sender = SENDER),
+    actor = "agent-1",
+    authorizer = conto,
+)]
+async fn hangs(conto: Conto, started: Arc<tokio::sync::Notify>) -> Result<(), PayError> {
+    started.notify_one();
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_the_future_mid_settlement_releases() {
+    let engine = engine();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let task = tokio::spawn(hangs(Conto::new(engine.clone()), started.clone()));
+    started.notified().await;
+    assert_eq!(engine.usage("agent-1").live_reservations, 1);
+    task.abort();
+    let _ = task.await;
+    let usage = engine.usage("agent-1");
+    assert_eq!((usage.live_reservations, usage.stats.released, usage.stats.recorded), (0, 1, 0));
+}
+
+#[paid_action(amount = amount, recipient = RECIPIENT, rail = card(merchant = "Acme"), authorizer = conto)]
+async fn no_actor(conto: &Conto, amount: &str) -> Result<(), PayError> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_inputs_are_typed_rejections_not_panics() {
+    let engine = engine();
+    let conto = Conto::new(engine.clone());
+    // No actor and no default actor.
+    let Err(PayError::Rejected(r)) = no_actor(&conto, "1").await else { panic!() };
+    assert!(r.to_string().contains("no actor"), "{r}");
+    // A default actor fills in; a negative amount is refused before anyone is asked.
+    let conto = Conto::builder(engine.clone()).default_actor("agent-9").build();
+    no_actor(&conto, "1").await.unwrap();
+    let Err(PayError::Rejected(r)) = no_actor(&conto, "-3").await else { panic!() };
+    assert!(r.to_string().contains("must not be negative"), "{r}");
+    assert_eq!(engine.usage("agent-9").stats.recorded, 1);
+}
+
+#[test]
+fn the_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let engine = engine();
+    let wallet = Wallet::new(&engine, false);
+    let fut = wallet.pay(RECIPIENT, Decimal::ONE);
+    assert_send(&fut);
+}

@@ -1,0 +1,17 @@
+use conto::{paid_action, Rejection};
+
+#[derive(Debug)]
+struct PayError;
+
+impl From<Rejection> for PayError {
+    fn from(_: Rejection) -> Self {
+        PayError
+    }
+}
+
+#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = key)]
+async fn pay(key: &str) -> Result<(), PayError> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use conto::{paid_action, Conto};
+
+#[derive(Debug)]
+struct WalletError;
+
+#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto)]
+async fn pay(conto: &Conto) -> Result<(), WalletError> {
+    Ok(())
+}
+
+fn main() {}

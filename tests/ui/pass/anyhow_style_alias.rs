@@ -1,0 +1,23 @@
+use conto::{paid_action, Conto, Engine, Rejection};
+
+#[derive(Debug)]
+struct AppError;
+
+impl From<Rejection> for AppError {
+    fn from(_: Rejection) -> Self {
+        AppError
+    }
+}
+
+type Result<T> = std::result::Result<T, AppError>;
+
+#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto)]
+async fn pay(conto: &Conto) -> Result<u8> {
+    Ok(1)
+}
+
+#[tokio::main]
+async fn main() {
+    let conto = Conto::new(Engine::from_json("[]").unwrap());
+    assert_eq!(pay(&conto).await.unwrap(), 1);
+}
