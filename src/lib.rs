@@ -17,6 +17,5 @@ pub use conto_macros::paid_action;
 /// The tower layer for paid HTTP routes.
 #[cfg(feature = "tower")]
 pub mod tower {
-    #[allow(unused_imports)]
     pub use conto_tower::*;
 }

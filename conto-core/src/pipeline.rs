@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::authorizer::{AuthorityError, Authorizer};
 use crate::decision::{Authorization, Decision, DecisionSource, Recorded, Settlement, Verdict};
+
 use crate::intent::PaymentIntent;
 use crate::rejection::{Rejection, RejectionKind};
 
@@ -322,21 +323,37 @@ impl Conto {
         settled: S,
     ) -> Result<Result<T, E>, Rejection>
     where
-        F: FnOnce(&Authorization) -> Fut,
+        F: FnOnce(&Approval) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        S: FnOnce(&T) -> Settlement,
+    {
+        self.run_recorded(intent, settle, settled).await.map(|(outcome, _)| outcome)
+    }
+
+    /// [`Conto::run`], also returning the record's receipt (`None` when nothing was recorded
+    /// because the settlement failed).
+    pub async fn run_recorded<T, E, F, Fut, S>(
+        &self,
+        intent: PaymentIntent,
+        settle: F,
+        settled: S,
+    ) -> Result<(Result<T, E>, Option<Result<Recorded, AuthorityError>>), Rejection>
+    where
+        F: FnOnce(&Approval) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         S: FnOnce(&T) -> Settlement,
     {
         let approval = self.authorize(intent).await?;
-        let outcome = settle(approval.authorization()).await;
-        match &outcome {
-            Ok(value) => {
-                let settlement = settled(value);
-                // The money moved: a failed record never turns the caller's success into an error.
-                let _ = approval.record(settlement).await;
+        let outcome = settle(&approval).await;
+        let receipt = match &outcome {
+            // The money moved: a failed record never turns the caller's success into an error.
+            Ok(value) => Some(approval.record(settled(value)).await),
+            Err(_) => {
+                approval.release_because("settlement_failed");
+                None
             }
-            Err(_) => approval.release_because("settlement_failed"),
-        }
-        Ok(outcome)
+        };
+        Ok((outcome, receipt))
     }
 
     /// [`Conto::run`] for functions whose error type absorbs a [`Rejection`]: what
@@ -344,7 +361,7 @@ impl Conto {
     pub async fn guard<T, E, F, Fut, S>(&self, intent: PaymentIntent, settle: F, settled: S) -> Result<T, E>
     where
         E: From<Rejection>,
-        F: FnOnce(&Authorization) -> Fut,
+        F: FnOnce(&Approval) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         S: FnOnce(&T) -> Settlement,
     {

@@ -94,8 +94,8 @@ async fn approved_runs_once_and_records_the_actual_amount_and_reference() {
     let result: Result<&str, PayError> = conto
         .guard(
             transfer("50"),
-            |auth: &Authorization| {
-                assert_eq!(auth.amount.to_string(), "50");
+            |approval: &conto_core::Approval| {
+                assert_eq!(approval.authorization().amount.to_string(), "50");
                 async {
                     runs.fetch_add(1, Ordering::SeqCst);
                     Ok("0xfeed")

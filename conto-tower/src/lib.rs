@@ -1,2 +1,57 @@
 //! A tower layer that puts conto-rs spend policies in front of paid HTTP routes.
+//!
+//! [`PaidLayer`] pre-authorizes each paid request through the same pipeline as
+//! `#[paid_action]` ([`conto_core::Conto::run`]); a refused request never reaches the handler.
+//! After the handler answers with a 2xx (configurable), the spend is recorded: the amount the
+//! handler reported with [`Settled`], or the approved amount. Any other answer, a handler error,
+//! or a client that goes away releases the approval.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use conto_core::{Conto, Engine, Rail};
+//! use conto_tower::{Actor, PaidLayer, Price};
+//!
+//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let conto = Conto::new(Engine::from_file("policies/example.json")?);
+//! let paid = PaidLayer::builder(conto)
+//!     .actor(Actor::header("x-conto-actor"))
+//!     .rail(Rail::x402("https://api.example.com/search")?)
+//!     .recipient("0x1111111111111111111111111111111111111111")
+//!     .price(Price::free())
+//!     .build()?;
+//! let app: Router = Router::new()
+//!     .route("/search", get(|| async { "results" }).route_layer(paid.with_price(Price::fixed("0.05".parse()?))));
+//! # Ok(()) }
+//! ```
+//!
+//! # Responses
+//!
+//! Every refusal is `application/problem+json` (RFC 9457) with `Cache-Control: no-store`, and
+//! carries `decision`, `reasons`, `violations` (for denials) and `source`.
+//!
+//! | outcome | status | extra |
+//! |---|---|---|
+//! | <span id="payment-denied">denied by policy</span> | 403 | `violations` |
+//! | <span id="approval-required">requires human approval</span> | 202 | `approvalRequestId`, `expiresAt` |
+//! | <span id="authority-unavailable">authority unavailable or too slow (fail-closed)</span> | 503 | `Retry-After: 5` |
+//! | <span id="actor-missing">no actor for the request</span> | 400 | |
+//! | <span id="invalid-price">price could not be computed, or invalid payment</span> | 400 | |
+//! | <span id="body-too-large">JSON body over the pricing limit</span> | 413 | |
+//!
+//! Replace them with [`PaidLayerBuilder::respond_with`].
+//!
+//! On a recorded success the response carries [`headers::AUTHORIZATION_ID`],
+//! [`headers::RECORDED_AMOUNT`] and, when a daily limit applies, [`headers::DAILY_REMAINING`].
 #![deny(missing_docs)]
+
+mod extract;
+mod layer;
+mod price;
+mod respond;
+
+pub use extract::{Paid, Settled};
+pub use layer::{LayerError, PaidBody, PaidLayer, PaidLayerBuilder, PaidService, ResponseFuture, headers};
+pub use price::{Actor, Price, PriceError, PriceRequest};
+pub use respond::{
+    APPROVAL_REQUIRED_STATUS, DENIED_STATUS, RETRY_AFTER_SECS, Refusal, Responder, UNAVAILABLE_STATUS, problem,
+};

@@ -1,0 +1,479 @@
+//! [`PaidLayer`], its builder, and the [`PaidService`] it wraps handlers in.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::response::Response;
+use bytes::Bytes;
+use conto_core::{Amount, Conto, IntentError, PaymentIntent, Rail, Recorded, Settlement};
+use http::{HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Either, Limited};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::extract::{Paid, Settled};
+use crate::price::{Actor, Price, PriceError, PriceRequest};
+use crate::respond::{Refusal, Responder, no_store};
+
+/// The response body of a [`PaidService`]: the handler's body, or the layer's own.
+pub type PaidBody<B> = Either<B, Body>;
+
+type RailFn = dyn Fn(&PriceRequest<'_>) -> Result<Rail, PriceError> + Send + Sync;
+type TextFn = dyn Fn(&PriceRequest<'_>) -> Option<String> + Send + Sync;
+type StatusFn = dyn Fn(StatusCode) -> bool + Send + Sync;
+
+#[derive(Clone)]
+struct Config {
+    conto: Conto,
+    price: Price,
+    actor: Actor,
+    rail: Arc<RailFn>,
+    recipient: Option<Arc<TextFn>>,
+    category: Option<String>,
+    purpose: Option<String>,
+    record_when: Arc<StatusFn>,
+    responder: Responder,
+}
+
+/// A layer that pre-authorizes each paid request with the conto pipeline, short-circuits
+/// refusals before the handler runs, and records the spend after the handler succeeds.
+///
+/// It drops into `Router::layer`, `Router::route_layer`, `MethodRouter::layer` and
+/// `ServiceBuilder`. Mint per-route layers from one app-wide layer with
+/// [`PaidLayer::with_price`].
+#[derive(Clone)]
+pub struct PaidLayer {
+    config: Arc<Config>,
+}
+
+impl fmt::Debug for PaidLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PaidLayer").field("price", &self.config.price).finish_non_exhaustive()
+    }
+}
+
+/// Why a [`PaidLayerBuilder`] could not build a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LayerError {
+    /// No actor source: call `.actor(...)`.
+    MissingActor,
+    /// No rail: call `.rail(...)` or `.rail_from(...)`.
+    MissingRail,
+    /// No price: call `.price(...)` (use `Price::free()` for a free route).
+    MissingPrice,
+    /// A fixed value given to the builder is invalid.
+    Invalid(IntentError),
+}
+
+impl fmt::Display for LayerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayerError::MissingActor => f.write_str("PaidLayer needs an actor source: call .actor(Actor::header(..))"),
+            LayerError::MissingRail => {
+                f.write_str("PaidLayer needs a rail: call .rail(Rail::x402(..)?) or .rail_from(..)")
+            }
+            LayerError::MissingPrice => f.write_str("PaidLayer needs a price: call .price(Price::fixed(..))"),
+            LayerError::Invalid(e) => write!(f, "PaidLayer configuration is invalid: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for LayerError {}
+
+/// Builds a [`PaidLayer`]; [`PaidLayerBuilder::build`] checks the configuration.
+pub struct PaidLayerBuilder {
+    conto: Conto,
+    price: Option<Price>,
+    actor: Option<Actor>,
+    rail: Option<Arc<RailFn>>,
+    recipient: Option<Arc<TextFn>>,
+    category: Option<String>,
+    purpose: Option<String>,
+    record_when: Arc<StatusFn>,
+    responder: Responder,
+    invalid: Option<IntentError>,
+}
+
+impl PaidLayerBuilder {
+    /// The route's price.
+    pub fn price(mut self, price: Price) -> Self {
+        self.price = Some(price);
+        self
+    }
+
+    /// A fixed price, e.g. `"0.05"`.
+    pub fn price_fixed<A>(mut self, amount: A) -> Self
+    where
+        A: TryInto<Amount>,
+        A::Error: Into<IntentError>,
+    {
+        match amount.try_into() {
+            Ok(a) => self.price = Some(Price::fixed(a)),
+            Err(e) => self.invalid = Some(e.into()),
+        }
+        self
+    }
+
+    /// Who pays for a request.
+    pub fn actor(mut self, actor: Actor) -> Self {
+        self.actor = Some(actor);
+        self
+    }
+
+    /// The rail every request pays on.
+    pub fn rail(mut self, rail: Rail) -> Self {
+        self.rail = Some(Arc::new(move |_| Ok(rail.clone())));
+        self
+    }
+
+    /// The rail, computed from the request (e.g. the x402 resource URL of the request).
+    pub fn rail_from(
+        mut self,
+        f: impl Fn(&PriceRequest<'_>) -> Result<Rail, PriceError> + Send + Sync + 'static,
+    ) -> Self {
+        self.rail = Some(Arc::new(f));
+        self
+    }
+
+    /// The recipient address every request pays.
+    pub fn recipient(mut self, address: &str) -> Self {
+        match conto_core::Address::parse(address) {
+            Ok(a) => {
+                let a = a.as_str().to_owned();
+                self.recipient = Some(Arc::new(move |_| Some(a.clone())));
+            }
+            Err(e) => self.invalid = Some(e),
+        }
+        self
+    }
+
+    /// The recipient, computed from the request.
+    pub fn recipient_from(mut self, f: impl Fn(&PriceRequest<'_>) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.recipient = Some(Arc::new(f));
+        self
+    }
+
+    /// The spend category.
+    pub fn category(mut self, category: impl Into<String>) -> Self {
+        self.category = Some(category.into());
+        self
+    }
+
+    /// The purpose.
+    pub fn purpose(mut self, purpose: impl Into<String>) -> Self {
+        self.purpose = Some(purpose.into());
+        self
+    }
+
+    /// Which handler statuses record the spend (default: 2xx); any other status releases it.
+    pub fn record_when(mut self, f: impl Fn(StatusCode) -> bool + Send + Sync + 'static) -> Self {
+        self.record_when = Arc::new(f);
+        self
+    }
+
+    /// Replaces the default problem+json responses. `Cache-Control: no-store` is added to
+    /// whatever it returns.
+    pub fn respond_with(mut self, f: impl Fn(&Refusal) -> Response + Send + Sync + 'static) -> Self {
+        self.responder = Responder(Arc::new(f));
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    pub fn build(self) -> Result<PaidLayer, LayerError> {
+        if let Some(e) = self.invalid {
+            return Err(LayerError::Invalid(e));
+        }
+        Ok(PaidLayer {
+            config: Arc::new(Config {
+                conto: self.conto,
+                price: self.price.ok_or(LayerError::MissingPrice)?,
+                actor: self.actor.ok_or(LayerError::MissingActor)?,
+                rail: self.rail.ok_or(LayerError::MissingRail)?,
+                recipient: self.recipient,
+                category: self.category,
+                purpose: self.purpose,
+                record_when: self.record_when,
+                responder: self.responder,
+            }),
+        })
+    }
+}
+
+impl PaidLayer {
+    /// Starts a layer over `conto`.
+    pub fn builder(conto: Conto) -> PaidLayerBuilder {
+        PaidLayerBuilder {
+            conto,
+            price: None,
+            actor: None,
+            rail: None,
+            recipient: None,
+            category: None,
+            purpose: None,
+            record_when: Arc::new(|s| s.is_success()),
+            responder: Responder::default(),
+            invalid: None,
+        }
+    }
+
+    /// The same layer with another price: cheap per-route layers from one app-wide layer.
+    pub fn with_price(&self, price: Price) -> Self {
+        let mut config = (*self.config).clone();
+        config.price = price;
+        Self { config: Arc::new(config) }
+    }
+
+    /// The same layer with another category.
+    pub fn with_category(&self, category: impl Into<String>) -> Self {
+        let mut config = (*self.config).clone();
+        config.category = Some(category.into());
+        Self { config: Arc::new(config) }
+    }
+
+    /// The same layer with another rail.
+    pub fn with_rail(&self, rail: Rail) -> Self {
+        let mut config = (*self.config).clone();
+        config.rail = Arc::new(move |_| Ok(rail.clone()));
+        Self { config: Arc::new(config) }
+    }
+}
+
+impl<S> Layer<S> for PaidLayer {
+    type Service = PaidService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PaidService { inner, config: self.config.clone() }
+    }
+}
+
+/// The service a [`PaidLayer`] wraps around a handler.
+#[derive(Clone)]
+pub struct PaidService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for PaidService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PaidService").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The future of a [`PaidService`] call.
+pub struct ResponseFuture<B, E> {
+    inner: Boxed<Result<Response<PaidBody<B>>, E>>,
+}
+
+impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture(..)")
+    }
+}
+
+impl<B, E> Future for ResponseFuture<B, E> {
+    type Output = Result<Response<PaidBody<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PaidService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: http_body::Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResBody: Send + 'static,
+{
+    type Response = Response<PaidBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // Call the service that was polled ready; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture { inner: Box::pin(handle(self.config.clone(), inner, req)) }
+    }
+}
+
+fn refuse<B>(config: &Config, refusal: &Refusal) -> Response<PaidBody<B>> {
+    tracing::debug!(%refusal, "conto.layer.refused");
+    no_store((config.responder.0)(refusal)).map(Either::Right)
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<PaidBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: http_body::Body + From<Bytes>,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut parts, body) = req.into_parts();
+    let params: Vec<(String, String)> = match RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(p) => p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+        Err(_) => Vec::new(),
+    };
+
+    // Buffer the body only when the price reads it.
+    let (json, body) = match config.price.json_limit {
+        None => (None, body),
+        Some(limit) => match Limited::new(body, limit).collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                let json = if bytes.is_empty() {
+                    None
+                } else {
+                    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            return Ok(refuse(&config, &Refusal::BadPrice(format!("the body is not JSON: {e}"))));
+                        }
+                    }
+                };
+                (json, ReqBody::from(bytes))
+            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Ok(refuse(&config, &Refusal::BodyTooLarge(limit)));
+            }
+            Err(e) => return Ok(refuse(&config, &Refusal::BadPrice(format!("the body could not be read: {e}")))),
+        },
+    };
+
+    let view = PriceRequest { parts: &parts, params: &params, json: json.as_ref() };
+    let intent = match build_intent(&config, &view) {
+        Ok(Some(intent)) => intent,
+        Ok(None) => {
+            // A free request: straight through.
+            let response = inner.call(Request::from_parts(parts, body)).await?;
+            return Ok(response.map(Either::Left));
+        }
+        Err(refusal) => return Ok(refuse(&config, &refusal)),
+    };
+
+    let record_when = config.record_when.clone();
+    let ran = config
+        .conto
+        .run_recorded(
+            intent,
+            move |approval| {
+                parts.extensions.insert(Paid {
+                    authorization: approval.authorization().clone(),
+                    source: approval.source(),
+                    latency: approval.latency(),
+                });
+                let approved = Approved {
+                    amount: approval.authorization().amount,
+                    limits: approval.authorization().limits.clone(),
+                };
+                let call = inner.call(Request::from_parts(parts, body));
+                async move {
+                    match call.await {
+                        Ok(mut response) if record_when(response.status()) => {
+                            response.extensions_mut().insert(approved);
+                            Ok(response)
+                        }
+                        Ok(response) => Err(Ok(response)),
+                        Err(error) => Err(Err(error)),
+                    }
+                }
+            },
+            |response: &Response<ResBody>| {
+                let reported = response.extensions().get::<Settled>().cloned().unwrap_or_default();
+                Settlement { amount: reported.amount, reference: reported.reference }
+            },
+        )
+        .await;
+    match ran {
+        Err(rejection) => Ok(refuse(&config, &Refusal::Rejected(rejection))),
+        Ok((Ok(mut response), receipt)) => {
+            if let Some(Ok(recorded)) = receipt {
+                let approved = response.extensions_mut().remove::<Approved>();
+                add_receipt_headers(response.headers_mut(), approved.as_ref(), &recorded);
+            }
+            Ok(response.map(Either::Left))
+        }
+        Ok((Err(Ok(response)), _)) => Ok(response.map(Either::Left)),
+        Ok((Err(Err(error)), _)) => Err(error),
+    }
+}
+
+fn build_intent(config: &Config, req: &PriceRequest<'_>) -> Result<Option<PaymentIntent>, Refusal> {
+    let Some(amount) = (config.price.compute)(req).map_err(|e| Refusal::BadPrice(e.0))? else {
+        return Ok(None);
+    };
+    let actor = (config.actor.0)(req).ok_or(Refusal::MissingActor)?;
+    let rail = (config.rail)(req).map_err(|e| Refusal::BadPrice(e.0))?;
+    let invalid = |e: IntentError| {
+        Refusal::Rejected(conto_core::Rejection::new(
+            conto_core::RejectionKind::Invalid { reason: e.to_string() },
+            conto_core::DecisionSource::Policy,
+        ))
+    };
+    let mut b = PaymentIntent::builder(actor, amount, rail);
+    if let Some(recipient) = config.recipient.as_ref().and_then(|f| f(req)) {
+        b = b.recipient(recipient);
+    }
+    if let Some(c) = &config.category {
+        b = b.category(c.clone());
+    }
+    if let Some(p) = &config.purpose {
+        b = b.purpose(p.clone());
+    }
+    if let Some(key) = req.header("idempotency-key") {
+        b = b.idempotency_key(key);
+    }
+    b.build().map(Some).map_err(invalid)
+}
+
+/// Response headers on a recorded success.
+pub mod headers {
+    /// The authorization the spend was recorded against.
+    pub const AUTHORIZATION_ID: &str = "conto-authorization-id";
+    /// The amount recorded.
+    pub const RECORDED_AMOUNT: &str = "conto-recorded-amount";
+    /// What is left of the tightest daily limit after this spend, when a daily limit applies.
+    pub const DAILY_REMAINING: &str = "conto-daily-remaining";
+}
+
+/// What was approved, carried on the response to the receipt headers.
+#[derive(Clone)]
+struct Approved {
+    amount: Amount,
+    limits: conto_core::Limits,
+}
+
+fn add_receipt_headers(h: &mut http::HeaderMap, approved: Option<&Approved>, recorded: &Recorded) {
+    let text = |s: String| HeaderValue::from_str(&s).ok();
+    if let Some(v) = text(recorded.authorization_id.clone()) {
+        h.insert(headers::AUTHORIZATION_ID, v);
+    }
+    if let Some(v) = text(recorded.amount.to_string()) {
+        h.insert(headers::RECORDED_AMOUNT, v);
+    }
+    // The approval's remaining figure assumed the approved amount; credit back what was not spent.
+    if let Some(approved) = approved
+        && let Some(remaining) = approved.limits.daily_remaining
+        && let Some(v) = text((remaining + approved.amount.get() - recorded.amount.get()).normalize().to_string())
+    {
+        h.insert(headers::DAILY_REMAINING, v);
+    }
+}

@@ -1,0 +1,159 @@
+//! What a paid request costs, and who pays for it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use conto_core::Amount;
+use http::request::Parts;
+
+/// Why a request's price could not be computed; answered with 400 (or 413 for a large body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceError(pub String);
+
+impl PriceError {
+    /// A price error with a message for the client.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl fmt::Display for PriceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PriceError {}
+
+/// The parts of a request a price (or actor, or rail) function can read.
+pub struct PriceRequest<'a> {
+    pub(crate) parts: &'a Parts,
+    pub(crate) params: &'a [(String, String)],
+    pub(crate) json: Option<&'a serde_json::Value>,
+}
+
+impl<'a> PriceRequest<'a> {
+    /// The request's method.
+    pub fn method(&self) -> &'a http::Method {
+        &self.parts.method
+    }
+
+    /// The request's URI.
+    pub fn uri(&self) -> &'a http::Uri {
+        &self.parts.uri
+    }
+
+    /// The request's headers.
+    pub fn headers(&self) -> &'a http::HeaderMap {
+        &self.parts.headers
+    }
+
+    /// The request's extensions (set by earlier layers, such as the app's auth layer).
+    pub fn extensions(&self) -> &'a http::Extensions {
+        &self.parts.extensions
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.parts.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// A path parameter of the matched axum route (`/items/{id}` → `path_param("id")`).
+    pub fn path_param(&self, name: &str) -> Option<&'a str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// A query parameter, percent-decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        let query = self.parts.uri.query()?;
+        form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+
+    /// The buffered JSON body, when the layer was built with [`Price::json_body`].
+    pub fn json(&self) -> Option<&'a serde_json::Value> {
+        self.json
+    }
+}
+
+type PriceFn = dyn Fn(&PriceRequest<'_>) -> Result<Option<Amount>, PriceError> + Send + Sync;
+
+/// A route's price: fixed, or computed from the request. `None` from a function means the
+/// request is free (it passes through without authorization).
+#[derive(Clone)]
+pub struct Price {
+    pub(crate) compute: Arc<PriceFn>,
+    pub(crate) json_limit: Option<usize>,
+}
+
+impl fmt::Debug for Price {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Price").field("json_limit", &self.json_limit).finish_non_exhaustive()
+    }
+}
+
+impl Price {
+    /// The same price for every request.
+    pub fn fixed(amount: Amount) -> Self {
+        Self::from_request(move |_| Ok(Some(amount)))
+    }
+
+    /// No charge: requests pass through.
+    pub fn free() -> Self {
+        Self::from_request(|_| Ok(None))
+    }
+
+    /// Computed from the method, path parameters, query and headers.
+    ///
+    /// ```
+    /// use conto_tower::{Price, PriceError};
+    /// let per_item = Price::from_request(|req| {
+    ///     let n: u32 = req.query("items").unwrap_or_else(|| "1".into()).parse()
+    ///         .map_err(|_| PriceError::new("`items` must be a number"))?;
+    ///     conto_core::Amount::try_from(n).map(Some).map_err(|e| PriceError::new(e.to_string()))
+    /// });
+    /// ```
+    pub fn from_request(
+        f: impl Fn(&PriceRequest<'_>) -> Result<Option<Amount>, PriceError> + Send + Sync + 'static,
+    ) -> Self {
+        Self { compute: Arc::new(f), json_limit: None }
+    }
+
+    /// Computed from the JSON body, buffered up to `limit` bytes (413 past it, 400 if it is not
+    /// JSON). The handler still receives the whole body.
+    pub fn json_body(
+        limit: usize,
+        f: impl Fn(&PriceRequest<'_>) -> Result<Option<Amount>, PriceError> + Send + Sync + 'static,
+    ) -> Self {
+        Self { compute: Arc::new(f), json_limit: Some(limit) }
+    }
+}
+
+type ActorFn = dyn Fn(&PriceRequest<'_>) -> Option<String> + Send + Sync;
+
+/// Who pays for a request. A request whose actor cannot be found is refused with 400, never
+/// charged to a default.
+#[derive(Clone)]
+pub struct Actor(pub(crate) Arc<ActorFn>);
+
+impl fmt::Debug for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Actor(..)")
+    }
+}
+
+impl Actor {
+    /// The actor named by a request header (e.g. `x-conto-actor`).
+    pub fn header(name: &'static str) -> Self {
+        Self(Arc::new(move |req| req.header(name).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)))
+    }
+
+    /// The actor taken from a request extension set by the app's auth layer.
+    pub fn extension<T: Send + Sync + 'static>(f: impl Fn(&T) -> String + Send + Sync + 'static) -> Self {
+        Self(Arc::new(move |req| req.extensions().get::<T>().map(&f)))
+    }
+
+    /// The actor computed by a function of the request.
+    pub fn from_request(f: impl Fn(&PriceRequest<'_>) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}

@@ -1,0 +1,144 @@
+//! The layer's own responses: RFC 9457 problem documents for every outcome that stops a request.
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::Response;
+use conto_core::{Rejection, RejectionKind};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::json;
+
+/// The status for a policy denial.
+pub const DENIED_STATUS: StatusCode = StatusCode::FORBIDDEN;
+/// The status for an action that waits for a human approval (Conto answers `REQUIRES_APPROVAL`
+/// with 202).
+pub const APPROVAL_REQUIRED_STATUS: StatusCode = StatusCode::ACCEPTED;
+/// The status when the authority could not decide in time (fail-closed).
+pub const UNAVAILABLE_STATUS: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+/// The `Retry-After` seconds sent with [`UNAVAILABLE_STATUS`].
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+/// Why the layer stopped a request.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The authority refused or could not decide: denied, pending approval, unavailable, or an
+    /// invalid intent.
+    Rejected(Rejection),
+    /// No actor could be found for the request (400).
+    MissingActor,
+    /// The price could not be computed from the request (400).
+    BadPrice(String),
+    /// The body was larger than the pricing limit (413).
+    BodyTooLarge(usize),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Rejected(r) => r.fmt(f),
+            Refusal::MissingActor => f.write_str("the request does not say which actor pays"),
+            Refusal::BadPrice(m) => write!(f, "the request's price could not be computed: {m}"),
+            Refusal::BodyTooLarge(limit) => write!(f, "the request body is larger than {limit} bytes"),
+        }
+    }
+}
+
+type ResponderFn = dyn Fn(&Refusal) -> Response + Send + Sync;
+
+/// Turns a [`Refusal`] into a response; replace it with [`PaidLayerBuilder::respond_with`](crate::PaidLayerBuilder::respond_with).
+#[derive(Clone)]
+pub struct Responder(pub(crate) Arc<ResponderFn>);
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Responder(..)")
+    }
+}
+
+impl Default for Responder {
+    fn default() -> Self {
+        Self(Arc::new(problem))
+    }
+}
+
+fn problem_type(slug: &str) -> String {
+    format!("https://docs.rs/conto-tower/latest/conto_tower/#{slug}")
+}
+
+/// The default response: `application/problem+json` (RFC 9457) with the decision, reasons and
+/// violations; `Cache-Control: no-store` always.
+pub fn problem(refusal: &Refusal) -> Response {
+    let (status, slug, title, mut body) = match refusal {
+        Refusal::Rejected(r) => match r.kind() {
+            RejectionKind::Denied(d) => (
+                DENIED_STATUS,
+                "payment-denied",
+                "Payment denied by policy",
+                json!({"decision": "denied", "reasons": d.reasons, "violations": d.violations}),
+            ),
+            RejectionKind::ApprovalRequired(p) => (
+                APPROVAL_REQUIRED_STATUS,
+                "approval-required",
+                "Payment requires human approval",
+                json!({
+                    "decision": "requires_approval",
+                    "approvalRequestId": p.approval_request_id,
+                    "expiresAt": p.expires_at.to_string(),
+                    "reasons": p.reasons,
+                }),
+            ),
+            RejectionKind::Unavailable { reason } => (
+                UNAVAILABLE_STATUS,
+                "authority-unavailable",
+                "Payment authority unavailable",
+                json!({"decision": "denied", "reasons": [reason]}),
+            ),
+            _ => (
+                StatusCode::BAD_REQUEST,
+                "invalid-payment",
+                "Invalid payment request",
+                json!({"decision": "invalid", "reasons": r.reasons()}),
+            ),
+        },
+        Refusal::MissingActor => (
+            StatusCode::BAD_REQUEST,
+            "actor-missing",
+            "No paying actor",
+            json!({"decision": "invalid", "reasons": [refusal.to_string()]}),
+        ),
+        Refusal::BadPrice(m) => {
+            (StatusCode::BAD_REQUEST, "invalid-price", "Invalid price", json!({"decision": "invalid", "reasons": [m]}))
+        }
+        Refusal::BodyTooLarge(_) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large to price",
+            json!({"decision": "invalid", "reasons": [refusal.to_string()]}),
+        ),
+    };
+    if let (Some(map), Refusal::Rejected(r)) = (body.as_object_mut(), refusal) {
+        map.insert("source".into(), json!(r.source().to_string()));
+    }
+    if let Some(map) = body.as_object_mut() {
+        map.insert("type".into(), json!(problem_type(slug)));
+        map.insert("title".into(), json!(title));
+        map.insert("status".into(), json!(status.as_u16()));
+        map.insert("detail".into(), json!(refusal.to_string()));
+    }
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    if status == UNAVAILABLE_STATUS {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    response
+}
+
+/// Adds `Cache-Control: no-store` (every refusal carries it, custom ones too).
+pub(crate) fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,351 @@
+//! The tower layer over real HTTP: an axum server on 127.0.0.1:0, called with reqwest.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use conto::tower::{Actor, Paid, PaidLayer, Price, PriceError, Settled, headers};
+use conto::{
+    AuthorityError, Authorization, Authorizer, BoxFuture, Conto, Decimal, Decision, Engine, PaymentIntent,
+    PendingApproval, Rail, Recorded, Settlement,
+};
+use serde_json::Value;
+
+const RECIPIENT: &str = "0x1111111111111111111111111111111111111111";
+const POLICIES: &str = r#"[{"name": "caps", "rules": [
+    {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "10", "action": "ALLOW"},
+    {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "50", "action": "ALLOW"},
+    {"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "GT", "value": "8", "action": "REQUIRE_APPROVAL"}
+]}]"#;
+
+struct App {
+    base: String,
+    engine: Engine,
+    runs: Arc<AtomicUsize>,
+    client: reqwest::Client,
+}
+
+fn layer(conto: Conto) -> PaidLayer {
+    PaidLayer::builder(conto)
+        .actor(Actor::header("x-conto-actor"))
+        .rail(Rail::x402("https://api.example.com/v1").unwrap())
+        .recipient(RECIPIENT)
+        .category("API_PROVIDER")
+        .price(Price::free())
+        .build()
+        .unwrap()
+}
+
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+async fn app_with(conto: Conto, engine: Engine) -> App {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let paid = layer(conto);
+    let (r1, r2, r3, r4, r5) = (runs.clone(), runs.clone(), runs.clone(), runs.clone(), runs.clone());
+    let price_from_query = Price::from_request(|req| {
+        let text = req.query("price").ok_or_else(|| PriceError::new("`price` query parameter is required"))?;
+        text.parse().map(Some).map_err(|e| PriceError::new(format!("bad price: {e}")))
+    });
+    let price_from_path = Price::from_request(|req| {
+        let tier = req.path_param("tier").unwrap_or_default();
+        Ok(match tier {
+            "free" => None,
+            "gold" => Some("9.5".parse().unwrap()),
+            _ => Some("1".parse().unwrap()),
+        })
+    });
+    let price_from_body = Price::json_body(1024, |req| {
+        let units =
+            req.json().and_then(|j| j["units"].as_u64()).ok_or_else(|| PriceError::new("`units` is required"))?;
+        conto::Amount::try_from(units).map(Some).map_err(|e| PriceError::new(e.to_string()))
+    });
+    let router = Router::new()
+        .route(
+            "/paid",
+            get(move |paid: Paid| async move {
+                r1.fetch_add(1, Ordering::SeqCst);
+                (Settled::new().amount("0.75".parse().unwrap()).reference("0xtx"), paid.authorization.id)
+            })
+            .route_layer(paid.with_price(Price::fixed("1".parse().unwrap()))),
+        )
+        .route(
+            "/query",
+            get(move || async move {
+                r2.fetch_add(1, Ordering::SeqCst);
+                "ok"
+            })
+            .route_layer(paid.with_price(price_from_query)),
+        )
+        .route(
+            "/tier/{tier}",
+            get(move |Path(tier): Path<String>| async move {
+                r3.fetch_add(1, Ordering::SeqCst);
+                tier
+            })
+            .route_layer(paid.with_price(price_from_path)),
+        )
+        .route(
+            "/body",
+            post(move |body: String| async move {
+                r4.fetch_add(1, Ordering::SeqCst);
+                body
+            })
+            .route_layer(paid.with_price(price_from_body)),
+        )
+        .route(
+            "/fails",
+            get(move || async move {
+                r5.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::BAD_GATEWAY, "upstream down").into_response()
+            })
+            .route_layer(paid.with_price(Price::fixed("2".parse().unwrap()))),
+        );
+    App { base: serve(router).await, engine, runs, client: reqwest::Client::new() }
+}
+
+async fn app() -> App {
+    let engine = Engine::from_json(POLICIES).unwrap();
+    app_with(Conto::new(engine.clone()), engine).await
+}
+
+impl App {
+    async fn get(&self, path: &str, actor: Option<&str>) -> reqwest::Response {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(a) = actor {
+            req = req.header("x-conto-actor", a);
+        }
+        req.send().await.unwrap()
+    }
+
+    fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
+
+async fn problem(resp: reqwest::Response) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+    let headers = resp.headers().clone();
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(headers["cache-control"], "no-store");
+    (status, headers, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn approved_runs_the_handler_and_records_what_it_reported() {
+    let app = app().await;
+    let resp = app.get("/paid", Some("agent-1")).await;
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    let auth_id = resp.text().await.unwrap();
+    assert!(auth_id.starts_with("auth_"));
+    assert_eq!(h[headers::AUTHORIZATION_ID], auth_id.as_str());
+    assert_eq!(h[headers::RECORDED_AMOUNT], "0.75");
+    assert_eq!(h[headers::DAILY_REMAINING], "49.25");
+    let stats = app.engine.usage("agent-1").stats;
+    assert_eq!((app.runs(), stats.recorded, stats.total_spent), (1, 1, "0.75".parse::<Decimal>().unwrap()));
+}
+
+#[tokio::test]
+async fn denied_is_a_403_problem_and_the_handler_never_runs() {
+    let app = app().await;
+    let (status, _, body) = problem(app.get("/query?price=10.5", Some("agent-1")).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["decision"], "denied");
+    assert_eq!(body["violations"][0]["type"], "PER_TX_LIMIT");
+    assert_eq!(body["violations"][0]["limit"], 10.0);
+    assert_eq!(body["status"], 403);
+    assert_eq!(body["source"], "policy");
+    assert!(body["type"].as_str().unwrap().ends_with("#payment-denied"));
+    assert_eq!(app.runs(), 0);
+}
+
+#[tokio::test]
+async fn requires_approval_is_a_202_with_the_request_id_and_expiry() {
+    let app = app().await;
+    let (status, _, body) = problem(app.get("/tier/gold", Some("agent-1")).await).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["decision"], "requires_approval");
+    assert!(body["approvalRequestId"].as_str().unwrap().starts_with("apr_"));
+    assert!(body["expiresAt"].as_str().is_some());
+    assert_eq!(app.runs(), 0);
+}
+
+#[tokio::test]
+async fn missing_actor_is_a_400_never_charged_to_a_default() {
+    let app = app().await;
+    let (status, _, body) = problem(app.get("/paid", None).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["type"].as_str().unwrap().ends_with("#actor-missing"));
+    assert_eq!(app.runs(), 0);
+    assert_eq!(app.engine.usage("").stats.approved, 0);
+}
+
+#[tokio::test]
+async fn prices_from_path_query_and_json_body() {
+    let app = app().await;
+    assert_eq!(app.get("/tier/free", None).await.status(), 200, "a free route needs no actor");
+    assert_eq!(app.engine.usage("agent-1").stats.approved, 0);
+    assert_eq!(app.get("/tier/basic", Some("agent-1")).await.status(), 200);
+    assert_eq!(app.get("/query?price=2.5", Some("agent-1")).await.status(), 200);
+    let (status, _, body) = problem(app.get("/query?price=abc", Some("agent-1")).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["detail"].as_str().unwrap().contains("bad price"), "{body}");
+
+    let post = |body: String| {
+        app.client.post(format!("{}/body", app.base)).header("x-conto-actor", "agent-1").body(body).send()
+    };
+    let ok = post(r#"{"units": 3}"#.into()).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), r#"{"units": 3}"#, "the handler still gets the whole body");
+    let (status, ..) = problem(post("not json".into()).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, ..) = problem(post(format!(r#"{{"units": 1, "pad": "{}"}}"#, "x".repeat(2000))).await.unwrap()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(app.runs(), 4, "free, basic, query and body ran");
+    assert_eq!(app.engine.usage("agent-1").stats.total_spent, "6.5".parse::<Decimal>().unwrap());
+}
+
+#[tokio::test]
+async fn non_2xx_releases_and_records_nothing() {
+    let app = app().await;
+    let resp = app.get("/fails", Some("agent-1")).await;
+    assert_eq!(resp.status(), 502);
+    assert!(resp.headers().get(headers::RECORDED_AMOUNT).is_none());
+    let stats = app.engine.usage("agent-1").stats;
+    assert_eq!((app.runs(), stats.approved, stats.recorded, stats.released), (1, 1, 0, 1));
+}
+
+#[tokio::test]
+async fn client_disconnect_releases() {
+    let engine = Engine::from_json(POLICIES).unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let notify = started.clone();
+    let router = Router::new().route(
+        "/slow",
+        get(move || async move {
+            notify.notify_one();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "late"
+        })
+        .route_layer(layer(Conto::new(engine.clone())).with_price(Price::fixed("3".parse().unwrap()))),
+    );
+    let base = serve(router).await;
+    let request = tokio::spawn(async move {
+        let _ = reqwest::Client::new().get(format!("{base}/slow")).header("x-conto-actor", "agent-1").send().await;
+    });
+    started.notified().await;
+    assert_eq!(engine.usage("agent-1").live_reservations, 1);
+    request.abort(); // the client goes away
+    let mut released = false;
+    for _ in 0..200 {
+        if engine.usage("agent-1").stats.released == 1 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(released, "the approval is released when the client disconnects");
+    assert_eq!(engine.usage("agent-1").stats.recorded, 0);
+}
+
+/// An authority that never answers.
+struct Hangs;
+
+impl Authorizer for Hangs {
+    fn authorize<'a>(&'a self, _: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+        Box::pin(std::future::pending())
+    }
+    fn record<'a>(
+        &'a self,
+        _: &'a Authorization,
+        _: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        Box::pin(std::future::pending())
+    }
+    fn release(&self, _: &Authorization) -> BoxFuture<'static, Result<(), AuthorityError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn approval_status<'a>(
+        &'a self,
+        _: &'a PaymentIntent,
+        _: &'a PendingApproval,
+    ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn unavailable_authority_is_a_503_with_retry_after() {
+    let conto = Conto::builder(Hangs).deadline(Duration::from_millis(50)).build();
+    let app = app_with(conto, Engine::from_json("[]").unwrap()).await;
+    let (status, headers, body) = problem(app.get("/paid", Some("agent-1")).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "5");
+    assert_eq!(body["source"], "timeout");
+    assert_eq!(app.runs(), 0);
+}
+
+#[tokio::test]
+async fn a_custom_responder_replaces_the_problem_and_keeps_no_store() {
+    let engine = Engine::from_json(POLICIES).unwrap();
+    let paid = PaidLayer::builder(Conto::new(engine))
+        .actor(Actor::header("x-conto-actor"))
+        .rail(Rail::card("Acme").unwrap())
+        .price_fixed("11")
+        .respond_with(|refusal| (StatusCode::PAYMENT_REQUIRED, format!("nope: {refusal}")).into_response())
+        .build()
+        .unwrap();
+    let base = serve(Router::new().route("/", get(|| async { "hi" })).layer(paid)).await;
+    let resp = reqwest::Client::new().get(&base).header("x-conto-actor", "a").send().await.unwrap();
+    assert_eq!(resp.status(), 402);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert!(resp.text().await.unwrap().starts_with("nope: payment denied by policy (PER_TX_LIMIT)"));
+}
+
+#[tokio::test]
+async fn builder_errors_are_typed() {
+    let conto = Conto::new(Engine::from_json("[]").unwrap());
+    let err =
+        PaidLayer::builder(conto.clone()).rail(Rail::card("A").unwrap()).price(Price::free()).build().unwrap_err();
+    assert_eq!(err, conto::tower::LayerError::MissingActor);
+    let err = PaidLayer::builder(conto).recipient("0xnope").build().unwrap_err();
+    assert!(matches!(err, conto::tower::LayerError::Invalid(_)), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_overspend_the_daily_budget() {
+    let app = app().await;
+    let mut tasks = Vec::new();
+    for _ in 0..120 {
+        let client = app.client.clone();
+        let url = format!("{}/query?price=1", app.base);
+        tasks.push(tokio::spawn(async move {
+            client.get(url).header("x-conto-actor", "agent-7").send().await.unwrap().status().as_u16()
+        }));
+    }
+    let mut ok = 0;
+    let mut denied = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            403 => denied += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let usage = app.engine.usage("agent-7");
+    assert_eq!(ok, 50, "exactly the daily limit of 1.00 requests is approved");
+    assert_eq!(denied, 70);
+    assert_eq!(usage.stats.total_spent, Decimal::from(50));
+    assert_eq!(app.runs(), 50);
+    assert!(usage.counters.iter().all(|c| c.spent <= Decimal::from(50) && c.reserved.is_zero()));
+}
