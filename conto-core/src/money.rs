@@ -153,6 +153,12 @@ impl fmt::Debug for Amount {
 
 /// Writes a decimal as a JSON number, exactly: the decimal's own digits, never an `f64` rounding.
 pub(crate) fn serialize_decimal<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    // Whole numbers go out as JSON integers, as Conto writes them (`"limit": 1000`).
+    if value.fract().is_zero()
+        && let Ok(i) = i64::try_from(value.trunc())
+    {
+        return s.serialize_i64(i);
+    }
     // Values handled here have at most 15 significant digits, so the f64 nearest to the decimal
     // prints back as the same digits (shortest round-trip formatting).
     let f: f64 = value.to_string().parse().map_err(serde::ser::Error::custom)?;

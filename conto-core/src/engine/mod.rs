@@ -476,8 +476,8 @@ impl Engine {
                 scope: if k.scope_key.is_empty() { "agent".to_owned() } else { k.scope_key.clone() },
                 time_zone: k.tz.to_string(),
                 period_start: c.period_start,
-                spent: c.spent,
-                reserved: c.reserved,
+                spent: c.spent.normalize(),
+                reserved: c.reserved.normalize(),
             })
             .collect();
         counters.sort_by(|a, b| (a.period, &a.scope, &a.time_zone).cmp(&(b.period, &b.scope, &b.time_zone)));
