@@ -93,7 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     println!("conto-rs quickstart: policies/example.json on the embedded engine, clock at 2026-06-10T12:00Z\n");
-    println!("{:<3} {:<40} {:<7} {}", "#", "request (actor agent-1)", "status", "outcome");
+    println!("{:<3} {:<40} {:<7} outcome", "#", "request (actor agent-1)", "status");
     let client = reqwest::Client::new();
     let script = [
         ("alpha", "2.00"), // approved; alpha settles 0.20 less than quoted
