@@ -11,6 +11,8 @@
 #[path = "private.rs"]
 pub mod __private;
 mod authorizer;
+#[cfg(feature = "client")]
+pub mod client;
 mod clock;
 mod decision;
 pub mod engine;
@@ -22,6 +24,8 @@ pub mod policy;
 mod rejection;
 
 pub use authorizer::{AuthorityError, Authorizer, BoxFuture};
+#[cfg(feature = "client")]
+pub use client::{ClientError, ContoClient, ContoClientBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{
     Authorization, Decision, DecisionSource, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict, Violation,

@@ -1,6 +1,76 @@
-//! A local control plane that speaks Conto's API, backed by the conto-rs embedded engine.
+//! `cargo run -p conto-local`: a local Conto control plane on 127.0.0.1.
 
-fn main() {
-    eprintln!("conto-local: not built yet; see the open issue for the local control plane");
-    std::process::exit(2);
+use std::path::PathBuf;
+
+use clap::Parser;
+use conto_core::jiff::SignedDuration;
+use secrecy::ExposeSecret;
+
+/// A local control plane that speaks Conto's API, backed by the conto-rs embedded engine.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Port on 127.0.0.1 (Conto's development port by default).
+    #[arg(long, default_value_t = 3006)]
+    port: u16,
+    /// SQLite file for agents, keys, policies, approvals, spend and idempotency keys.
+    #[arg(long, default_value = "conto-local.db")]
+    db: PathBuf,
+    /// Keep everything in memory instead (lost on exit).
+    #[arg(long, conflicts_with = "db")]
+    in_memory: bool,
+    /// The org API key; generated and printed when not given.
+    #[arg(long, env = "CONTO_ORG_API_KEY", hide_env_values = true)]
+    org_key: Option<String>,
+    /// A Conto policy file to preload (policies whose name is already stored are skipped).
+    #[arg(long)]
+    policies: Option<PathBuf>,
+    /// Create this agent with a full-scope SDK key (printed once) if it does not exist.
+    #[arg(long)]
+    agent: Option<String>,
+    /// Requests per minute per agent on payment endpoints.
+    #[arg(long, default_value_t = 60)]
+    rate_limit: u32,
+    /// Seconds an approval waits for its confirm.
+    #[arg(long, default_value_t = 600)]
+    approval_ttl_secs: i64,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("conto-local: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), conto_local::LocalError> {
+    let db = (!cli.in_memory).then_some(cli.db.clone());
+    if let Some(file) = &cli.policies {
+        let added = conto_local::preload(db.as_deref(), file)?;
+        println!("preloaded {added} policies from {}", file.display());
+    }
+    if let Some(agent) = &cli.agent
+        && let Some(key) = conto_local::bootstrap_agent(db.as_deref(), agent)?
+    {
+        println!("created agent `{agent}` with SDK key (shown once): {key}");
+    }
+    let generated = cli.org_key.is_none();
+    let running = conto_local::start(conto_local::Config {
+        port: cli.port,
+        db,
+        org_key: cli.org_key,
+        rate_limit: cli.rate_limit,
+        approval_ttl: SignedDuration::from_secs(cli.approval_ttl_secs.max(1)),
+    })
+    .await?;
+    println!("conto-local listening on {}", running.url());
+    if generated {
+        println!("org API key (generated): {}", running.org_key().expose_secret());
+    }
+    println!("  export CONTO_API_URL={}", running.url());
+    let _ = tokio::signal::ctrl_c().await;
+    running.stop().await;
+    Ok(())
 }

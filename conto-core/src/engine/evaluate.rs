@@ -281,25 +281,35 @@ fn humanize(d: jiff::SignedDuration) -> &'static str {
     }
 }
 
-/// Every counter the applicable rules keep for `intent`, whatever they decide.
-pub(crate) fn all_holds(
+/// Every counter and window the applicable rules keep for `intent`, whatever they decide.
+pub(crate) fn all_keys(
     policies: &PolicySet,
     intent: &PaymentIntent,
     ledger: &mut AgentLedger,
     now: Timestamp,
-) -> Vec<(CounterKey, Timestamp)> {
+) -> (Vec<(CounterKey, Timestamp)>, Vec<VelocityKey>) {
     let mut holds: Vec<(CounterKey, Timestamp)> = Vec::new();
+    let mut windows: Vec<VelocityKey> = Vec::new();
     for policy in policies.policies.iter().filter(|p| p.applies_to(intent.actor.as_str())) {
         for rule in policy.rules.iter().filter(|r| r.rails.matches(&intent.rail)) {
-            if let Check::Cumulative { counter, .. } = &rule.check {
-                let key = counter_key(counter, rule.rails, intent);
-                let start = period_start(counter.period, &counter.tz, now);
-                ledger.used(&key, start);
-                if !holds.iter().any(|(k, _)| *k == key) {
-                    holds.push((key, start));
+            match &rule.check {
+                Check::Cumulative { counter, .. } => {
+                    let key = counter_key(counter, rule.rails, intent);
+                    let start = period_start(counter.period, &counter.tz, now);
+                    ledger.used(&key, start);
+                    if !holds.iter().any(|(k, _)| *k == key) {
+                        holds.push((key, start));
+                    }
                 }
+                Check::Velocity(v) => {
+                    let key = velocity_key(v, rule.rails, intent);
+                    if !windows.contains(&key) {
+                        windows.push(key);
+                    }
+                }
+                _ => {}
             }
         }
     }
-    holds
+    (holds, windows)
 }

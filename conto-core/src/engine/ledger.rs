@@ -203,7 +203,19 @@ impl AgentLedger {
     }
 
     /// Counts a late settlement (its reservation already expired) into the current periods.
-    pub fn settle_late(&mut self, holds: &[(CounterKey, Timestamp)], settled: Decimal) {
+    pub fn settle_late(&mut self, holds: &[(CounterKey, Timestamp)], settled: Decimal, now: Timestamp) {
+        self.restore_spend(holds, &[], settled, now);
+        self.stats.late_records += 1;
+    }
+
+    /// Counts a spend recorded at `at` (a replay, or a spend without a reservation).
+    pub fn restore_spend(
+        &mut self,
+        holds: &[(CounterKey, Timestamp)],
+        windows: &[VelocityKey],
+        settled: Decimal,
+        at: Timestamp,
+    ) {
         for (key, start) in holds {
             let c = self.counters.entry(key.clone()).or_insert(Counter {
                 period_start: *start,
@@ -217,8 +229,13 @@ impl AgentLedger {
                 c.spent += settled;
             }
         }
+        self.next_seq += 1;
+        for key in windows {
+            let q = self.velocity.entry(key.clone()).or_default();
+            q.push_back((at, self.next_seq));
+            q.make_contiguous().sort_by_key(|(t, _)| *t);
+        }
         self.stats.recorded += 1;
-        self.stats.late_records += 1;
         self.stats.total_spent += settled;
     }
 

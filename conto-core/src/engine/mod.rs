@@ -297,7 +297,7 @@ impl Engine {
                     // The money moved after the approval lapsed: count it now, flagged late.
                     let holds = self.holds_for(&authorization.intent, &mut ledger, now);
                     let counted = settled.min(authorization.amount);
-                    ledger.settle_late(&holds, counted.get());
+                    ledger.settle_late(&holds, counted.get(), now);
                     let recorded = Recorded {
                         authorization_id: authorization.id.clone(),
                         amount: counted,
@@ -367,8 +367,52 @@ impl Engine {
             Evaluation::Pass { holds, .. } => holds,
             // Even when the late payment breaks a rule now, its spend is counted on every counter
             // that applies: collect them with a pass that ignores verdicts.
-            _ => evaluate::all_holds(&policies, intent, ledger, now),
+            _ => evaluate::all_keys(&policies, intent, ledger, now).0,
         }
+    }
+
+    /// Counts a spend that has no live reservation — one recorded before a restart, or reported
+    /// without a prior authorization — into the counters of the periods that contain `at`.
+    /// Replay spends in the order they happened.
+    pub fn restore_spend(&self, intent: &PaymentIntent, amount: Amount, at: Timestamp) {
+        let ledger = self.ledger(&intent.actor);
+        let mut ledger = lock(&ledger);
+        let policies = self.inner.policies.load();
+        let (holds, windows) = evaluate::all_keys(&policies, intent, &mut ledger, at);
+        ledger.restore_spend(&holds, &windows, amount.get(), at);
+    }
+
+    /// Re-creates a live approval (after a restart) with its id, amount and expiry. Approvals
+    /// already past their expiry are ignored.
+    pub fn restore_authorization(&self, authorization: &Authorization) {
+        let now = self.now();
+        if authorization.expires_at <= now {
+            return;
+        }
+        let ledger = self.ledger(&authorization.intent.actor);
+        let mut ledger = lock(&ledger);
+        if ledger.live.contains_key(&authorization.id) {
+            return;
+        }
+        let policies = self.inner.policies.load();
+        let (holds, windows) = evaluate::all_keys(&policies, &authorization.intent, &mut ledger, now);
+        ledger.reserve(
+            authorization.id.clone(),
+            authorization.amount.get(),
+            authorization.expires_at,
+            holds,
+            windows,
+            now,
+        );
+    }
+
+    /// Re-creates a request for human approval (after a restart).
+    pub fn restore_pending(&self, pending: &PendingApproval, intent: &PaymentIntent) {
+        lock(&self.inner.pending).entry(pending.approval_request_id.clone()).or_insert_with(|| Pending {
+            intent: Arc::new(intent.clone()),
+            expires_at: pending.expires_at,
+            state: PendingState::Waiting,
+        });
     }
 
     /// Frees an approval that will not be settled. Releasing twice is a no-op.

@@ -1,0 +1,475 @@
+//! [`ContoClient`]: an [`Authorizer`] over Conto's HTTP API (reqwest, rustls).
+//!
+//! - Authorize: one call to the rail's endpoint under a per-call deadline (default
+//!   [`DEFAULT_AUTHORIZE_TIMEOUT`], 2 s). Retried only where safe — 429 (honouring
+//!   `Retry-After`), 5xx and connect errors — with the same idempotency key, and never past the
+//!   deadline. A decision is never retried.
+//! - Record: confirm / record with an idempotency key derived from the authorization, so a retry
+//!   never counts twice.
+//! - Release: Conto has no void endpoint; an unconfirmed approval lapses at its expiry.
+//! - Strict parsing: a response that is not a well-formed decision is an error, never an
+//!   approval; an approval that echoes a different amount or recipient, or an expiry in the past,
+//!   is rejected.
+//!
+//! The SDK key is a [`SecretString`]: it never appears in `Debug` output, logs or errors.
+
+mod wire;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use crate::authorizer::{AuthorityError, Authorizer, BoxFuture};
+use crate::decision::{Authorization, Decision, Denial, PendingApproval, Recorded, Settlement, Verdict};
+use crate::intent::PaymentIntent;
+use crate::policy::{PolicyError, PolicySet};
+
+/// Conto's production API.
+pub const DEFAULT_API_URL: &str = "https://conto.finance";
+/// The default deadline of one authorize call, retries included.
+pub const DEFAULT_AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default deadline of one record call, retries included.
+pub const DEFAULT_RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a client could not be configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No SDK key in `CONTO_SDK_KEY` or `CONTO_API_KEY`.
+    #[error("no Conto SDK key: set CONTO_SDK_KEY (or CONTO_API_KEY) to the agent's conto_agent_... key")]
+    MissingKey,
+    /// The base URL is not a URL, or is plain http to a host other than localhost.
+    #[error("invalid Conto API URL `{0}`: use https:// (http:// only for localhost or 127.0.0.1)")]
+    InsecureUrl(String),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// Builds a [`ContoClient`].
+pub struct ContoClientBuilder {
+    base_url: String,
+    key: Option<SecretString>,
+    authorize_timeout: Duration,
+    record_timeout: Duration,
+    max_retries: u32,
+}
+
+impl fmt::Debug for ContoClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContoClientBuilder")
+            .field("base_url", &self.base_url)
+            .field("key", &self.key.as_ref().map(|_| "[redacted]"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ContoClientBuilder {
+    /// The API's base URL (default `https://conto.finance`).
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = url.into();
+        self
+    }
+
+    /// The agent's SDK key (`conto_agent_...`).
+    pub fn sdk_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(SecretString::from(key.into()));
+        self
+    }
+
+    /// The deadline of one authorize call, retries included (default 2 s).
+    pub fn authorize_timeout(mut self, timeout: Duration) -> Self {
+        self.authorize_timeout = timeout;
+        self
+    }
+
+    /// The deadline of one record call, retries included (default 10 s).
+    pub fn record_timeout(mut self, timeout: Duration) -> Self {
+        self.record_timeout = timeout;
+        self
+    }
+
+    /// How many times a retryable failure is retried (default 3).
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Checks the configuration and builds the client.
+    pub fn build(self) -> Result<ContoClient, ClientError> {
+        let key = self.key.ok_or(ClientError::MissingKey)?;
+        let base = self.base_url.trim_end_matches('/').to_owned();
+        check_url(&base)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1).min(self.authorize_timeout))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("conto-rs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        Ok(ContoClient {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                key,
+                authorize_timeout: self.authorize_timeout,
+                record_timeout: self.record_timeout,
+                max_retries: self.max_retries,
+            }),
+        })
+    }
+}
+
+fn check_url(url: &str) -> Result<(), ClientError> {
+    let bad = || ClientError::InsecureUrl(url.to_owned());
+    if let Some(rest) = url.strip_prefix("http://") {
+        let host = rest.split(['/', ':']).next().unwrap_or_default();
+        let local = host == "localhost" || host == "127.0.0.1" || rest.starts_with("[::1]");
+        return if local { Ok(()) } else { Err(bad()) };
+    }
+    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: String,
+    key: SecretString,
+    authorize_timeout: Duration,
+    record_timeout: Duration,
+    max_retries: u32,
+}
+
+/// An [`Authorizer`] over Conto's API. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct ContoClient {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for ContoClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContoClient")
+            .field("base_url", &self.inner.base)
+            .field("key", &"[redacted]")
+            .field("authorize_timeout", &self.inner.authorize_timeout)
+            .finish()
+    }
+}
+
+/// An HTTP answer: status, headers that matter, and the parsed JSON body.
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+impl ContoClient {
+    /// A builder with Conto's defaults.
+    pub fn builder() -> ContoClientBuilder {
+        ContoClientBuilder {
+            base_url: DEFAULT_API_URL.to_owned(),
+            key: None,
+            authorize_timeout: DEFAULT_AUTHORIZE_TIMEOUT,
+            record_timeout: DEFAULT_RECORD_TIMEOUT,
+            max_retries: 3,
+        }
+    }
+
+    /// A client from the environment: `CONTO_SDK_KEY` (or `CONTO_API_KEY`) and `CONTO_API_URL`
+    /// (default `https://conto.finance`).
+    pub fn from_env() -> Result<Self, ClientError> {
+        let key = std::env::var("CONTO_SDK_KEY")
+            .or_else(|_| std::env::var("CONTO_API_KEY"))
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+            .ok_or(ClientError::MissingKey)?;
+        let url = std::env::var("CONTO_API_URL").unwrap_or_else(|_| DEFAULT_API_URL.to_owned());
+        Self::builder().base_url(url).sdk_key(key).build()
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// One logical call: tries until a final answer, a non-retryable failure, or the deadline.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        deadline: Duration,
+    ) -> Result<Answer, AuthorityError> {
+        let url = format!("{}/api/sdk/{path}", self.inner.base);
+        let give_up = tokio::time::Instant::now() + deadline;
+        let mut attempt = 0u32;
+        loop {
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(AuthorityError::Unreachable(format!("no answer from {path} within {deadline:?}")));
+            }
+            let mut req =
+                self.inner.http.request(method.clone(), &url).bearer_auth(self.inner.key.expose_secret()).timeout(left);
+            if let Some(b) = body {
+                req = req.json(b);
+                if let Some(k) = b.get("idempotencyKey").and_then(Value::as_str) {
+                    req = req.header("Idempotency-Key", k);
+                }
+            }
+            let outcome = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    match resp.bytes().await {
+                        Ok(bytes) => {
+                            let body: Value = if bytes.is_empty() {
+                                Value::Null
+                            } else {
+                                serde_json::from_slice(&bytes).map_err(|_| {
+                                    AuthorityError::InvalidResponse(format!(
+                                        "HTTP {status} from {path}: the body is not JSON"
+                                    ))
+                                })?
+                            };
+                            Ok((status, retry_after, body))
+                        }
+                        Err(e) => Err(AuthorityError::Unreachable(format!("{path}: {}", redact(e)))),
+                    }
+                }
+                Err(e) => Err(AuthorityError::Unreachable(format!("{path}: {}", redact(e)))),
+            };
+            let retry_in = match &outcome {
+                Ok((status, retry_after, _)) if *status == 429 || *status >= 500 => {
+                    Some(retry_after.unwrap_or_else(|| backoff(attempt)))
+                }
+                Ok(_) => None,
+                Err(AuthorityError::Unreachable(_)) => Some(backoff(attempt)),
+                Err(_) => None,
+            };
+            match (retry_in, outcome) {
+                (Some(wait), outcome)
+                    if attempt < self.inner.max_retries && tokio::time::Instant::now() + wait < give_up =>
+                {
+                    tracing::debug!(path, attempt, ?wait, "conto.client.retry");
+                    attempt += 1;
+                    tokio::time::sleep(wait).await;
+                    let _ = outcome;
+                }
+                (_, Ok((status, _, body))) => return Ok(Answer { status, body }),
+                (_, Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Turns an error status into a typed error.
+    fn api_error(answer: &Answer) -> AuthorityError {
+        let code = answer.body.get("code").and_then(Value::as_str).unwrap_or(match answer.status {
+            401 => "AUTH_FAILED",
+            403 => "INSUFFICIENT_SCOPE",
+            404 => "NOT_FOUND",
+            409 => "CONFLICT",
+            429 => "RATE_LIMITED",
+            s if s >= 500 => "INTERNAL_ERROR",
+            _ => "VALIDATION_ERROR",
+        });
+        let message = answer
+            .body
+            .get("message")
+            .or_else(|| answer.body.get("error"))
+            .and_then(Value::as_str)
+            .unwrap_or("no message");
+        AuthorityError::Api { status: answer.status, code: code.to_owned(), message: message.to_owned() }
+    }
+
+    /// Authorizes an intent (see [`Authorizer::authorize`]).
+    pub async fn authorize_intent(&self, intent: &PaymentIntent) -> Result<Decision, AuthorityError> {
+        let (path, body) = wire::authorize_request(intent);
+        let answer = self.call(reqwest::Method::POST, &path, Some(&body), self.inner.authorize_timeout).await?;
+        let is_decision = answer.body.get("approved").is_some()
+            || answer.body.get("authorized").is_some()
+            || (path.starts_with("cards/") && answer.body.get("requestId").is_some());
+        match answer.status {
+            200 | 201 | 202 => {}
+            403 | 400 if is_decision => {}
+            _ => return Err(Self::api_error(&answer)),
+        }
+        wire::parse_decision(answer.status, &answer.body, &Arc::new(intent.clone()), Timestamp::now())
+    }
+
+    /// Records a settlement (see [`Authorizer::record`]).
+    pub async fn record_settlement(
+        &self,
+        authorization: &Authorization,
+        settlement: &Settlement,
+    ) -> Result<Recorded, AuthorityError> {
+        let token = authorization.token.as_ref().map(|t| t.expose_secret().to_owned());
+        let (path, body) = wire::record_request(authorization, settlement, token.as_deref())?;
+        let answer = self.call(reqwest::Method::POST, &path, Some(&body), self.inner.record_timeout).await?;
+        if !(200..300).contains(&answer.status) {
+            return Err(Self::api_error(&answer));
+        }
+        wire::parse_recorded(&answer.body, authorization, settlement)
+    }
+
+    /// Looks up a pending approval request in `GET approval-requests`.
+    pub async fn approval_request(
+        &self,
+        intent: &PaymentIntent,
+        pending: &PendingApproval,
+    ) -> Result<Option<Decision>, AuthorityError> {
+        let answer = self
+            .call(reqwest::Method::GET, "approval-requests?type=payment&limit=100", None, self.inner.authorize_timeout)
+            .await?;
+        if answer.status != 200 {
+            return Err(Self::api_error(&answer));
+        }
+        let list = answer
+            .body
+            .get("requests")
+            .or_else(|| answer.body.get("data").and_then(|d| d.get("requests")))
+            .and_then(Value::as_array)
+            .ok_or_else(|| AuthorityError::InvalidResponse("no `requests` list".into()))?;
+        let Some(entry) = list
+            .iter()
+            .find(|r| r.get("approvalRequestId").and_then(Value::as_str) == Some(&pending.approval_request_id))
+        else {
+            return Err(AuthorityError::UnknownApprovalRequest(pending.approval_request_id.clone()));
+        };
+        let intent = Arc::new(intent.clone());
+        match entry.get("status").and_then(Value::as_str) {
+            Some("PENDING" | "PENDING_APPROVAL" | "REVIEW_REQUIRED") => Ok(None),
+            Some("APPROVED") => {
+                let mut decision = entry.clone();
+                if let Some(map) = decision.as_object_mut() {
+                    map.insert("approved".into(), Value::Bool(true));
+                    map.insert("authorized".into(), Value::Bool(true));
+                }
+                wire::parse_decision(200, &decision, &intent, Timestamp::now()).map(Some)
+            }
+            Some("REJECTED" | "DECLINED" | "DENIED" | "EXPIRED") => {
+                Ok(Some(Decision::from_policy(Verdict::Denied(Denial {
+                    reasons: vec![format!(
+                        "the approval request was {}",
+                        entry["status"].as_str().unwrap_or("closed").to_lowercase()
+                    )],
+                    violations: vec![],
+                }))))
+            }
+            other => Err(AuthorityError::InvalidResponse(format!("unknown approval request status {other:?}"))),
+        }
+    }
+
+    /// The agent's policies (`GET policies`), compiled; a policy the engine cannot evaluate is
+    /// an error naming it.
+    pub async fn policies(&self) -> Result<PolicySet, AuthorityError> {
+        let answer = self.call(reqwest::Method::GET, "policies", None, self.inner.record_timeout).await?;
+        if answer.status != 200 {
+            return Err(Self::api_error(&answer));
+        }
+        PolicySet::from_value(answer.body).map_err(|e: PolicyError| AuthorityError::InvalidResponse(e.to_string()))
+    }
+
+    /// The x402 budget read (`GET x402/budget`), as Conto returns it.
+    pub async fn x402_budget(&self) -> Result<Value, AuthorityError> {
+        self.read("x402/budget").await
+    }
+
+    /// The MPP budget read (`GET mpp/budget`), as Conto returns it.
+    pub async fn mpp_budget(&self) -> Result<Value, AuthorityError> {
+        self.read("mpp/budget").await
+    }
+
+    async fn read(&self, path: &str) -> Result<Value, AuthorityError> {
+        let answer = self.call(reqwest::Method::GET, path, None, self.inner.record_timeout).await?;
+        if answer.status != 200 || !answer.body.is_object() {
+            return Err(Self::api_error(&answer));
+        }
+        Ok(answer.body)
+    }
+}
+
+/// Exponential backoff with jitter: 100 ms · 2ⁿ, at most 2 s.
+fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(5)).min(2000);
+    let jitter: u64 = rand::random::<u64>() % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+/// A transport error's text without the URL's query (which never holds secrets here, but
+/// errors should stay short) and never the request headers.
+fn redact(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "the response body could not be read"
+    } else {
+        "request failed"
+    };
+    format!("{kind} ({})", e.without_url())
+}
+
+impl Authorizer for ContoClient {
+    fn authorize<'a>(&'a self, intent: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+        Box::pin(self.authorize_intent(intent))
+    }
+
+    fn record<'a>(
+        &'a self,
+        authorization: &'a Authorization,
+        settlement: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        Box::pin(self.record_settlement(authorization, settlement))
+    }
+
+    fn release(&self, authorization: &Authorization) -> BoxFuture<'static, Result<(), AuthorityError>> {
+        // Conto has no void endpoint: never confirming is the release; the approval lapses.
+        tracing::debug!(authorization = %authorization.id, "conto.client.release: left to expire");
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn approval_status<'a>(
+        &'a self,
+        intent: &'a PaymentIntent,
+        pending: &'a PendingApproval,
+    ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
+        Box::pin(self.approval_request(intent, pending))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_must_be_https_except_localhost() {
+        assert!(check_url("https://conto.finance").is_ok());
+        assert!(check_url("http://localhost:3006").is_ok());
+        assert!(check_url("http://127.0.0.1:3006").is_ok());
+        assert!(check_url("http://[::1]:3006").is_ok());
+        assert!(check_url("http://conto.finance").is_err());
+        assert!(check_url("http://localhost.evil.com").is_err());
+        assert!(check_url("ftp://x").is_err());
+        assert!(check_url("https://").is_err());
+    }
+
+    #[test]
+    fn the_key_never_shows_in_debug() {
+        let key = format!("conto_agent_{}", "ab".repeat(32));
+        let client = ContoClient::builder().sdk_key(key.clone()).build().unwrap();
+        assert!(!format!("{client:?}").contains(&key));
+        let builder = ContoClient::builder().sdk_key(key.clone());
+        assert!(!format!("{builder:?}").contains(&key));
+    }
+}

@@ -1,0 +1,611 @@
+//! conto-local: a local control plane that speaks Conto's `/api/sdk` and org endpoints, backed by
+//! the conto-rs embedded engine and SQLite. It is what the client's integration tests run
+//! against, and what you run for local development (`cargo run -p conto-local`).
+//!
+//! # Choices where Conto's docs are silent (conto-api.md §13)
+//!
+//! - Error body: `{"error": text, "code": CODE, "message": text}` with Conto's codes and statuses
+//!   (§8); idempotency conflicts are `409 IDEMPOTENCY_CONFLICT`, a duplicate still in flight is
+//!   `409 IDEMPOTENCY_IN_FLIGHT` (retryable).
+//! - Decisions: approved `200`, denied `403` with the decision body, requires approval `202` with
+//!   `approvalRequestId`.
+//! - x402/MPP pre-authorizations return an `authorizationId`; records that carry it settle that
+//!   reservation, records without it count as unreserved spend.
+//! - Confirm takes an optional `amount` (the settled amount, at most the approved one).
+//! - A confirm after the approval expired is `400 EXPIRED`, as Conto documents; the spend is not
+//!   counted.
+//! - Pending human approvals are listed by `GET /api/sdk/approval-requests`; an approved entry
+//!   carries `approvalId`, `approvalToken` and `expiresAt`. Humans decide with
+//!   `POST /api/approval-requests/{id}/approve|reject` (org key).
+//! - `GET /api/sdk/x402/budget` and `/mpp/budget` return the agent's counters.
+
+mod sdk;
+mod store;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use conto_core::jiff::{SignedDuration, Timestamp};
+use conto_core::{Amount, Authorization, Engine, PaymentIntent, PendingApproval, PolicySet};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use store::Store;
+pub use store::StoreError;
+
+/// How conto-local runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Port on 127.0.0.1 (0 picks a free one). Default 3006, Conto's development port.
+    pub port: u16,
+    /// The SQLite file; `None` keeps everything in memory.
+    pub db: Option<PathBuf>,
+    /// The org API key; generated when `None`.
+    pub org_key: Option<String>,
+    /// Requests per minute per agent on payment endpoints (reads get twice as many). Default 60.
+    pub rate_limit: u32,
+    /// How long an approval waits for its confirm. Default 10 minutes.
+    pub approval_ttl: SignedDuration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { port: 3006, db: None, org_key: None, rate_limit: 60, approval_ttl: SignedDuration::from_mins(10) }
+    }
+}
+
+/// Why conto-local could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocalError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored or preloaded policies are invalid.
+    #[error("invalid policies: {0}")]
+    Policy(#[from] conto_core::PolicyError),
+    /// The port could not be bound.
+    #[error("cannot listen on 127.0.0.1:{port}: {message}")]
+    Bind {
+        /// The port.
+        port: u16,
+        /// The OS error.
+        message: String,
+    },
+    /// Stored data could not be read back.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The shared state of a running server.
+pub(crate) struct App {
+    store: Mutex<Store>,
+    engine: Engine,
+    org_key: SecretString,
+    rate_limit: u32,
+    rate: Mutex<HashMap<(String, &'static str), VecDeque<Instant>>>,
+    inflight: Mutex<HashSet<(String, String, String)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running conto-local.
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    org_key: SecretString,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    app: Arc<App>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// The base URL, e.g. `http://127.0.0.1:3006`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The org API key.
+    pub fn org_key(&self) -> &SecretString {
+        &self.org_key
+    }
+
+    /// How many spends have been recorded for `agent` (each one once).
+    pub fn spend_count(&self, agent: &str) -> Result<u64, StoreError> {
+        lock(&self.app.store).spend_count(agent)
+    }
+
+    /// How many idempotency keys are stored for `agent`.
+    pub fn idempotency_count(&self, agent: &str) -> Result<u64, StoreError> {
+        lock(&self.app.store).idempotency_count(agent)
+    }
+
+    /// The engine behind the server (for inspection in tests).
+    pub fn engine(&self) -> &Engine {
+        &self.app.engine
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+pub(crate) fn now_text() -> String {
+    Timestamp::now().to_string()
+}
+
+pub(crate) fn random_hex(n: usize) -> String {
+    (0..n).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
+/// Starts conto-local: opens (or creates) the store, restores the engine's state from it, and
+/// serves on 127.0.0.1.
+pub async fn start(config: Config) -> Result<Running, LocalError> {
+    let store = Store::open(config.db.as_deref())?;
+    let engine = Engine::builder().approval_ttl(config.approval_ttl).build();
+    restore(&store, &engine)?;
+    let org_key = SecretString::from(config.org_key.clone().unwrap_or_else(|| format!("conto_org_{}", random_hex(32))));
+    let app = Arc::new(App {
+        store: Mutex::new(store),
+        engine,
+        org_key: org_key.clone(),
+        rate_limit: config.rate_limit.max(1),
+        rate: Mutex::new(HashMap::new()),
+        inflight: Mutex::new(HashSet::new()),
+    });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
+        .await
+        .map_err(|e| LocalError::Bind { port: config.port, message: e.to_string() })?;
+    let addr = listener.local_addr().map_err(|e| LocalError::Bind { port: config.port, message: e.to_string() })?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let router = router(app.clone());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(Running { addr, org_key, shutdown: Some(tx), task, app })
+}
+
+fn restore(store: &Store, engine: &Engine) -> Result<(), LocalError> {
+    let docs = store.policies()?;
+    engine.set_policies(PolicySet::from_value(Value::Array(docs))?);
+    let corrupt = |e: &dyn std::fmt::Display| LocalError::Corrupt(e.to_string());
+    for (_, intent, amount, at) in store.spends()? {
+        let intent: PaymentIntent = serde_json::from_str(&intent).map_err(|e| corrupt(&e))?;
+        let amount: Amount = amount.parse().map_err(|e| corrupt(&e))?;
+        let at: Timestamp = at.parse().map_err(|e| corrupt(&e))?;
+        engine.restore_spend(&intent, amount, at);
+    }
+    for (id, a) in store.live_approvals()? {
+        let intent: PaymentIntent = serde_json::from_str(&a.intent).map_err(|e| corrupt(&e))?;
+        engine.restore_authorization(&Authorization {
+            id,
+            token: None,
+            amount: a.amount.parse().map_err(|e| corrupt(&e))?,
+            expires_at: a.expires_at.parse().map_err(|e| corrupt(&e))?,
+            limits: Default::default(),
+            intent: Arc::new(intent),
+        });
+    }
+    for r in store.requests(None)? {
+        if r.status == "PENDING" {
+            let intent: PaymentIntent = serde_json::from_str(&r.intent).map_err(|e| corrupt(&e))?;
+            let pending = PendingApproval {
+                approval_request_id: r.id.clone(),
+                expires_at: r.expires_at.parse().map_err(|e| corrupt(&e))?,
+                reasons: vec![],
+            };
+            engine.restore_pending(&pending, &intent);
+        }
+    }
+    Ok(())
+}
+
+/// An error answer: `{"error", "code", "message"}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.message, "code": self.code, "message": self.message});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert("retry-after", secs.into());
+        }
+        resp
+    }
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/api/agents", post(create_agent).get(list_agents))
+        .route("/api/agents/{agent_id}/sdk-keys", post(create_key))
+        .route("/api/policies", post(create_policy).get(list_policies))
+        .route("/api/policies/{id}", get(get_policy).patch(patch_policy).delete(delete_policy))
+        .route("/api/policies/{id}/rules", get(get_rules).put(put_rules).post(add_rule))
+        .route("/api/policies/{id}/rules/{rule_id}", axum::routing::delete(delete_rule))
+        .route("/api/approval-requests/{id}/{verdict}", post(decide_request))
+        .merge(sdk::routes())
+        .with_state(app)
+}
+
+/// Checks the org key.
+fn org(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if given.starts_with("conto_agent_") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "INSUFFICIENT_SCOPE",
+            "org endpoints need the org API key, not an agent SDK key",
+        ));
+    }
+    if bool::from(given.as_bytes().ct_eq(app.org_key.expose_secret().as_bytes())) && !given.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "missing or invalid org API key"))
+    }
+}
+
+fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", format!("the body is not JSON: {e}")))
+}
+
+async fn create_agent(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let body = json_body(&body)?;
+    let name = body.get("name").and_then(Value::as_str).filter(|s| !s.trim().is_empty());
+    let name = name.ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`name` is required"))?;
+    let id = match body.get("id").and_then(Value::as_str) {
+        Some(id) if !id.trim().is_empty() => id.to_owned(),
+        _ => format!("agt_{}", random_hex(10)),
+    };
+    let store = lock(&app.store);
+    if store.agent_exists(&id)? {
+        return Err(ApiError::new(StatusCode::CONFLICT, "CONFLICT", format!("agent `{id}` exists")));
+    }
+    store.add_agent(&id, name, &now_text())?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"id": id, "name": name, "status": "ACTIVE"}))).into_response())
+}
+
+async fn list_agents(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let agents: Vec<Value> = lock(&app.store)
+        .agents()?
+        .into_iter()
+        .map(|(id, name, created)| json!({"id": id, "name": name, "status": "ACTIVE", "createdAt": created}))
+        .collect();
+    Ok(axum::Json(json!({"agents": agents})).into_response())
+}
+
+/// The standard preset (conto-api.md §1).
+const STANDARD_SCOPES: &[&str] = &[
+    "payments:request",
+    "wallets:read",
+    "policies:read",
+    "transactions:read",
+    "counterparties:read",
+    "alerts:read",
+    "agents:read",
+    "analytics:read",
+    "network:read",
+];
+
+async fn create_key(
+    State(app): State<Arc<App>>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let body = json_body(&body)?;
+    let store = lock(&app.store);
+    if !store.agent_exists(&agent_id)? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no agent `{agent_id}`")));
+    }
+    let name = body.get("name").and_then(Value::as_str).unwrap_or("sdk key").to_owned();
+    let days = body.get("expiresInDays").and_then(Value::as_i64).unwrap_or(365);
+    if !(1..=730).contains(&days) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`expiresInDays` must be 1-730"));
+    }
+    let key_type = body.get("keyType").and_then(Value::as_str).unwrap_or("standard");
+    if key_type != "standard" && key_type != "admin" {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`keyType` must be standard or admin"));
+    }
+    let scopes: Vec<String> = match body.get("scopes") {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        _ => STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let key = format!("conto_agent_{}", random_hex(32));
+    let id = format!("key_{}", random_hex(8));
+    let expires_at =
+        Timestamp::now().saturating_add(SignedDuration::from_hours(24 * days)).unwrap_or(Timestamp::MAX).to_string();
+    store.add_key(&id, &agent_id, &key, &name, key_type, &scopes, &expires_at, &now_text())?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "id": id, "key": key, "keyPrefix": &key[..20], "name": name, "keyType": key_type,
+            "scopes": scopes, "expiresAt": expires_at,
+            "message": "Store this key now: it is shown only once.",
+        })),
+    )
+        .into_response())
+}
+
+fn reload_policies(app: &App, store: &Store) -> Result<(), ApiError> {
+    let set = PolicySet::from_value(Value::Array(store.policies()?))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))?;
+    app.engine.set_policies(set);
+    Ok(())
+}
+
+/// Validates `doc` together with the stored policies, then stores it.
+fn save_policy(app: &App, store: &Store, id: &str, mut doc: Value) -> Result<Value, ApiError> {
+    let map = doc
+        .as_object_mut()
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "a policy is a JSON object"))?;
+    map.insert("id".into(), json!(id));
+    if let Some(Value::Array(rules)) = map.get_mut("rules") {
+        for rule in rules.iter_mut().filter_map(Value::as_object_mut) {
+            rule.entry("id").or_insert_with(|| json!(format!("rule_{}", random_hex(6))));
+        }
+    }
+    let mut all: Vec<Value> = store.policies()?.into_iter().filter(|p| p["id"] != json!(id)).collect();
+    all.push(doc.clone());
+    PolicySet::from_value(Value::Array(all))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))?;
+    store.put_policy(id, &doc)?;
+    reload_policies(app, store)?;
+    Ok(doc)
+}
+
+/// Loads policies from a Conto policy file into the store, skipping names already present.
+pub fn preload(db: Option<&std::path::Path>, file: &std::path::Path) -> Result<usize, LocalError> {
+    let set_text = std::fs::read_to_string(file)
+        .map_err(|e| conto_core::PolicyError::Io { path: file.display().to_string(), message: e.to_string() })?;
+    PolicySet::from_json(&set_text)?;
+    let value: Value = serde_json::from_str(&set_text).map_err(|e| LocalError::Corrupt(e.to_string()))?;
+    let docs = match value {
+        Value::Array(items) => items,
+        Value::Object(mut m) => match m.remove("policies") {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    let store = Store::open(db)?;
+    let existing: HashSet<String> =
+        store.policies()?.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect();
+    let mut added = 0;
+    for doc in docs {
+        if doc["name"].as_str().is_some_and(|n| existing.contains(n)) {
+            continue;
+        }
+        let id = format!("pol_{}", random_hex(8));
+        let mut doc = doc;
+        if let Some(m) = doc.as_object_mut() {
+            m.insert("id".into(), json!(id));
+        }
+        store.put_policy(&id, &doc)?;
+        added += 1;
+    }
+    Ok(added)
+}
+
+/// Creates an agent with a full-scope SDK key, if the agent does not exist yet; returns the key.
+pub fn bootstrap_agent(db: Option<&std::path::Path>, agent_id: &str) -> Result<Option<String>, LocalError> {
+    let store = Store::open(db)?;
+    if store.agent_exists(agent_id)? {
+        return Ok(None);
+    }
+    store.add_agent(agent_id, agent_id, &now_text())?;
+    let key = format!("conto_agent_{}", random_hex(32));
+    let mut scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    scopes.extend(["payments:approve", "payments:confirm", "payments:execute"].map(str::to_owned));
+    let expires =
+        Timestamp::now().saturating_add(SignedDuration::from_hours(24 * 365)).unwrap_or(Timestamp::MAX).to_string();
+    store.add_key(
+        &format!("key_{}", random_hex(8)),
+        agent_id,
+        &key,
+        "bootstrap",
+        "standard",
+        &scopes,
+        &expires,
+        &now_text(),
+    )?;
+    Ok(Some(key))
+}
+
+async fn create_policy(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let doc = json_body(&body)?;
+    let id = format!("pol_{}", random_hex(8));
+    let store = lock(&app.store);
+    let doc = save_policy(&app, &store, &id, doc)?;
+    Ok((StatusCode::CREATED, axum::Json(doc)).into_response())
+}
+
+async fn list_policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    Ok(axum::Json(json!({"policies": lock(&app.store).policies()?})).into_response())
+}
+
+fn find_policy(store: &Store, id: &str) -> Result<Value, ApiError> {
+    store
+        .policies()?
+        .into_iter()
+        .find(|p| p["id"] == json!(id))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no policy `{id}`")))
+}
+
+async fn get_policy(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    Ok(axum::Json(find_policy(&lock(&app.store), &id)?).into_response())
+}
+
+async fn patch_policy(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let patch = json_body(&body)?;
+    let store = lock(&app.store);
+    let mut doc = find_policy(&store, &id)?;
+    if let (Some(doc), Some(patch)) = (doc.as_object_mut(), patch.as_object()) {
+        for (k, v) in patch {
+            if k != "id" {
+                doc.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(axum::Json(save_policy(&app, &store, &id, doc)?).into_response())
+}
+
+async fn delete_policy(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let store = lock(&app.store);
+    if !store.delete_policy(&id)? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no policy `{id}`")));
+    }
+    reload_policies(&app, &store)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_rules(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let doc = find_policy(&lock(&app.store), &id)?;
+    Ok(axum::Json(json!({"rules": doc.get("rules").cloned().unwrap_or(json!([]))})).into_response())
+}
+
+async fn put_rules(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let body = json_body(&body)?;
+    let rules = body
+        .get("rules")
+        .cloned()
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`rules` is required"))?;
+    let store = lock(&app.store);
+    let mut doc = find_policy(&store, &id)?;
+    doc["rules"] = rules;
+    let doc = save_policy(&app, &store, &id, doc)?;
+    Ok(axum::Json(json!({"rules": doc["rules"]})).into_response())
+}
+
+async fn add_rule(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let rule = json_body(&body)?;
+    let store = lock(&app.store);
+    let mut doc = find_policy(&store, &id)?;
+    match doc.get_mut("rules") {
+        Some(Value::Array(rules)) => rules.push(rule),
+        _ => doc["rules"] = json!([rule]),
+    }
+    let doc = save_policy(&app, &store, &id, doc)?;
+    let added = doc["rules"].as_array().and_then(|r| r.last()).cloned().unwrap_or(Value::Null);
+    Ok((StatusCode::CREATED, axum::Json(added)).into_response())
+}
+
+async fn delete_rule(
+    State(app): State<Arc<App>>,
+    Path((id, rule_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let store = lock(&app.store);
+    let mut doc = find_policy(&store, &id)?;
+    let Some(Value::Array(rules)) = doc.get_mut("rules") else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no rule `{rule_id}`")));
+    };
+    let before = rules.len();
+    rules.retain(|r| r["id"] != json!(rule_id));
+    if rules.len() == before {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no rule `{rule_id}`")));
+    }
+    save_policy(&app, &store, &id, doc)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn decide_request(
+    State(app): State<Arc<App>>,
+    Path((id, verdict)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let approve = match verdict.as_str() {
+        "approve" => true,
+        "reject" => false,
+        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "use /approve or /reject")),
+    };
+    sdk::decide_request(&app, &id, approve).map(|v| axum::Json(v).into_response())
+}

@@ -1,0 +1,305 @@
+//! SQLite persistence: agents, SDK keys, policies, approvals, spends and idempotency keys, so a
+//! restart loses nothing. Keys and approval tokens are stored as SHA-256 hashes.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[error("conto-local storage: {0}")]
+pub struct StoreError(#[from] rusqlite::Error);
+
+/// The hex SHA-256 of a secret.
+pub(crate) fn hash(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) struct Store {
+    conn: Connection,
+}
+
+/// An SDK key's record.
+pub(crate) struct KeyRecord {
+    pub agent_id: String,
+    pub scopes: Vec<String>,
+    pub expires_at: String,
+}
+
+/// A live or ended approval.
+pub(crate) struct ApprovalRecord {
+    pub agent_id: String,
+    pub token_hash: Option<String>,
+    pub intent: String,
+    pub amount: String,
+    pub expires_at: String,
+    pub state: String,
+}
+
+/// A request for human approval.
+pub(crate) struct RequestRecord {
+    pub id: String,
+    pub agent_id: String,
+    pub intent: String,
+    pub status: String,
+    pub approval_id: Option<String>,
+    pub approval_token: Option<String>,
+    pub expires_at: String,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS agents (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sdk_keys (id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE,
+    key_prefix TEXT NOT NULL, name TEXT NOT NULL, key_type TEXT NOT NULL, scopes TEXT NOT NULL,
+    expires_at TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS policies (id TEXT PRIMARY KEY, doc TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS approvals (id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, token_hash TEXT,
+    intent TEXT NOT NULL, amount TEXT NOT NULL, expires_at TEXT NOT NULL, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spends (authorization_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, intent TEXT NOT NULL,
+    amount TEXT NOT NULL, reference TEXT, transaction_id TEXT NOT NULL, recorded_at TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS approval_requests (id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, intent TEXT NOT NULL,
+    status TEXT NOT NULL, approval_id TEXT, approval_token TEXT, expires_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (agent_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL,
+    request_hash TEXT NOT NULL, status INTEGER NOT NULL, response TEXT NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (agent_id, endpoint, key));
+";
+
+impl Store {
+    pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
+        let conn = match path {
+            Some(p) => Connection::open(p)?,
+            None => Connection::open_in_memory()?,
+        };
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    pub fn add_agent(&self, id: &str, name: &str, now: &str) -> Result<(), StoreError> {
+        self.conn.execute("INSERT INTO agents (id, name, created_at) VALUES (?1, ?2, ?3)", params![id, name, now])?;
+        Ok(())
+    }
+
+    pub fn agents(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id, name, created_at FROM agents ORDER BY created_at, id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn agent_exists(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.query_row("SELECT 1 FROM agents WHERE id = ?1", [id], |_| Ok(())).optional()?.is_some())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_key(
+        &self,
+        id: &str,
+        agent_id: &str,
+        key: &str,
+        name: &str,
+        key_type: &str,
+        scopes: &[String],
+        expires_at: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO sdk_keys (id, agent_id, key_hash, key_prefix, name, key_type, scopes, expires_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![id, agent_id, hash(key), &key[..20], name, key_type, scopes.join(" "), expires_at, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn key(&self, key: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT agent_id, scopes, expires_at FROM sdk_keys WHERE key_hash = ?1", [hash(key)], |r| {
+                let scopes: String = r.get(1)?;
+                Ok(KeyRecord {
+                    agent_id: r.get(0)?,
+                    scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+                    expires_at: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    pub fn put_policy(&self, id: &str, doc: &Value) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO policies (id, doc, seq) VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM policies))
+             ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
+            params![id, doc.to_string()],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_policy(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.execute("DELETE FROM policies WHERE id = ?1", [id])? > 0)
+    }
+
+    pub fn policies(&self) -> Result<Vec<Value>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT doc FROM policies ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for doc in rows {
+            out.push(serde_json::from_str(&doc?).unwrap_or(Value::Null));
+        }
+        Ok(out)
+    }
+
+    pub fn add_approval(&self, id: &str, a: &ApprovalRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO approvals (id, agent_id, token_hash, intent, amount, expires_at, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, a.agent_id, a.token_hash, a.intent, a.amount, a.expires_at, a.state],
+        )?;
+        Ok(())
+    }
+
+    pub fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT agent_id, token_hash, intent, amount, expires_at, state FROM approvals WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(ApprovalRecord {
+                        agent_id: r.get(0)?,
+                        token_hash: r.get(1)?,
+                        intent: r.get(2)?,
+                        amount: r.get(3)?,
+                        expires_at: r.get(4)?,
+                        state: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn live_approvals(&self) -> Result<Vec<(String, ApprovalRecord)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, agent_id, token_hash, intent, amount, expires_at, state FROM approvals WHERE state = 'live'",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                ApprovalRecord {
+                    agent_id: r.get(1)?,
+                    token_hash: r.get(2)?,
+                    intent: r.get(3)?,
+                    amount: r.get(4)?,
+                    expires_at: r.get(5)?,
+                    state: r.get(6)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Marks an approval recorded and stores the spend, in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_spend(
+        &mut self,
+        authorization_id: &str,
+        agent_id: &str,
+        intent: &str,
+        amount: &str,
+        reference: Option<&str>,
+        transaction_id: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("UPDATE approvals SET state = 'recorded' WHERE id = ?1", [authorization_id])?;
+        tx.execute(
+            "INSERT INTO spends (authorization_id, agent_id, intent, amount, reference, transaction_id, recorded_at, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT COALESCE(MAX(seq), 0) + 1 FROM spends))",
+            params![authorization_id, agent_id, intent, amount, reference, transaction_id, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every recorded spend, oldest first: `(agent, intent, amount, recorded_at)`.
+    pub fn spends(&self) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT agent_id, intent, amount, recorded_at FROM spends ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many spends were recorded for `agent`.
+    pub fn spend_count(&self, agent_id: &str) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM spends WHERE agent_id = ?1", [agent_id], |r| r.get(0))?)
+    }
+
+    pub fn put_request(&self, r: &RequestRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO approval_requests (id, agent_id, intent, status, approval_id, approval_token, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(id) DO UPDATE SET status = excluded.status, approval_id = excluded.approval_id,
+                approval_token = excluded.approval_token",
+            params![r.id, r.agent_id, r.intent, r.status, r.approval_id, r.approval_token, r.expires_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn requests(&self, agent_id: Option<&str>) -> Result<Vec<RequestRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, agent_id, intent, status, approval_id, approval_token, expires_at FROM approval_requests
+             WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([agent_id], |r| {
+            Ok(RequestRecord {
+                id: r.get(0)?,
+                agent_id: r.get(1)?,
+                intent: r.get(2)?,
+                status: r.get(3)?,
+                approval_id: r.get(4)?,
+                approval_token: r.get(5)?,
+                expires_at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn idempotent(
+        &self,
+        agent: &str,
+        endpoint: &str,
+        key: &str,
+    ) -> Result<Option<(String, u16, String)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT request_hash, status, response FROM idempotency WHERE agent_id = ?1 AND endpoint = ?2 AND key = ?3",
+                params![agent, endpoint, key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn remember(
+        &self,
+        agent: &str,
+        endpoint: &str,
+        key: &str,
+        request_hash: &str,
+        status: u16,
+        response: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO idempotency (agent_id, endpoint, key, request_hash, status, response, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![agent, endpoint, key, request_hash, status, response, now],
+        )?;
+        Ok(())
+    }
+
+    /// How many idempotency keys are stored for `agent`.
+    pub fn idempotency_count(&self, agent: &str) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM idempotency WHERE agent_id = ?1", [agent], |r| r.get(0))?)
+    }
+}
