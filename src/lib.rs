@@ -14,6 +14,38 @@ pub use conto_core::*;
 #[cfg(feature = "macros")]
 pub use conto_macros::paid_action;
 
+/// Why [`from_env`] could not set up an authority.
+#[cfg(feature = "client")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FromEnvError {
+    /// `CONTO_API_URL` is set but the client cannot be configured.
+    #[error(transparent)]
+    Client(#[from] conto_core::ClientError),
+    /// The embedded engine's policy file is invalid.
+    #[error(transparent)]
+    Policy(#[from] conto_core::PolicyError),
+}
+
+/// The one-line switch between the embedded engine and Conto's API: when `CONTO_API_URL` is
+/// set, a [`ContoClient`] configured from the environment (`CONTO_SDK_KEY` or `CONTO_API_KEY`);
+/// otherwise the embedded [`Engine`] with the policies in `CONTO_POLICIES`, or in
+/// `default_policies` when that is unset.
+///
+/// ```no_run
+/// let conto = conto::from_env("policies/example.json")?;
+/// # Ok::<(), conto::FromEnvError>(())
+/// ```
+#[cfg(feature = "client")]
+pub fn from_env(default_policies: impl AsRef<std::path::Path>) -> Result<Conto, FromEnvError> {
+    if std::env::var_os("CONTO_API_URL").is_some() {
+        return Ok(Conto::new(ContoClient::from_env()?));
+    }
+    let file = std::env::var_os("CONTO_POLICIES").map(std::path::PathBuf::from);
+    let file = file.as_deref().unwrap_or(default_policies.as_ref());
+    Ok(Conto::new(Engine::from_file(file)?))
+}
+
 /// The tower layer for paid HTTP routes.
 #[cfg(feature = "tower")]
 pub mod tower {

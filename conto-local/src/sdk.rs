@@ -297,7 +297,8 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
                 &a.id,
                 &ApprovalRecord {
                     agent_id: intent.actor.as_str().to_owned(),
-                    token_hash: Some(hash(&token)),
+                    // x402 and MPP records carry no token on Conto's wire.
+                    token_hash: matches!(kind, Kind::Transfer | Kind::Card).then(|| hash(&token)),
                     intent: intent_json,
                     amount: a.amount.to_string(),
                     expires_at: a.expires_at.to_string(),
@@ -667,11 +668,14 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Value
         Some(Verdict::Approved(a)) => {
             let token =
                 a.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()).unwrap_or_default();
+            let intent: PaymentIntent = serde_json::from_str(&request.intent)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))?;
+            let tokened = matches!(intent.rail, Rail::Transfer { .. } | Rail::Card { .. });
             lock(&app.store).add_approval(
                 &a.id,
                 &ApprovalRecord {
                     agent_id: request.agent_id.clone(),
-                    token_hash: Some(hash(&token)),
+                    token_hash: tokened.then(|| hash(&token)),
                     intent: request.intent.clone(),
                     amount: a.amount.to_string(),
                     expires_at: a.expires_at.to_string(),

@@ -299,7 +299,7 @@ impl ContoClient {
             || answer.body.get("authorized").is_some()
             || (path.starts_with("cards/") && answer.body.get("requestId").is_some());
         match answer.status {
-            200 | 201 | 202 => {}
+            200..=202 => {}
             403 | 400 if is_decision => {}
             _ => return Err(Self::api_error(&answer)),
         }

@@ -1,0 +1,227 @@
+//! The client against a scripted server for faults an honest server would not produce: 429 with
+//! `Retry-After`, 500s, answers slower than the deadline, malformed bodies, 401/403. Each gives
+//! a typed outcome, and none gives an approval.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use common::*;
+use conto_core::{AuthorityError, Conto, ContoClient, DecisionSource, RejectionKind, Settlement, Verdict};
+use serde_json::{Value, json};
+
+type Script = Arc<dyn Fn(usize) -> axum::response::Response + Send + Sync>;
+
+struct Stub {
+    url: String,
+    hits: Arc<AtomicUsize>,
+    keys: Arc<Mutex<Vec<String>>>,
+}
+
+async fn stub(script: Script) -> Stub {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let keys = Arc::new(Mutex::new(Vec::new()));
+    let (h, k) = (hits.clone(), keys.clone());
+    let handler = move |headers: HeaderMap| {
+        let n = h.fetch_add(1, Ordering::SeqCst);
+        if let Some(key) = headers.get("idempotency-key") {
+            k.lock().unwrap().push(key.to_str().unwrap().to_owned());
+        }
+        let response = script(n);
+        async move { response }
+    };
+    let router = Router::new().route("/api/sdk/payments/approve", post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Stub { url, hits, keys }
+}
+
+fn client(url: &str) -> ContoClient {
+    ContoClient::builder()
+        .base_url(url)
+        .sdk_key(format!("conto_agent_{}", "ab".repeat(32)))
+        .authorize_timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap()
+}
+
+fn approved_body(amount: f64, expires_in_secs: i64) -> Value {
+    let expires = conto_core::jiff::Timestamp::now()
+        .checked_add(conto_core::jiff::SignedDuration::from_secs(expires_in_secs))
+        .unwrap();
+    json!({"approved": true, "approvalId": "apr_1", "approvalToken": "a".repeat(64), "expiresAt": expires.to_string(),
+        "amount": amount, "recipientAddress": RECIPIENT})
+}
+
+#[tokio::test]
+async fn retries_429_honouring_retry_after_with_the_same_idempotency_key() {
+    let s = stub(Arc::new(|n| {
+        if n == 0 {
+            (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], axum::Json(json!({"code": "RATE_LIMITED"})))
+                .into_response()
+        } else {
+            axum::Json(approved_body(5.0, 600)).into_response()
+        }
+    }))
+    .await;
+    let client = ContoClient::builder()
+        .base_url(&s.url)
+        .sdk_key(format!("conto_agent_{}", "ab".repeat(32)))
+        .authorize_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let intent = transfer("agent-1", "5");
+    let d = client.authorize_intent(&intent).await.unwrap();
+    assert!(matches!(d.verdict, Verdict::Approved(_)));
+    assert_eq!(s.hits.load(Ordering::SeqCst), 2);
+    let keys = s.keys.lock().unwrap().clone();
+    assert_eq!(keys, vec![intent.idempotency_key.as_str().to_owned(); 2], "one attempt, one key, every try");
+}
+
+#[tokio::test]
+async fn persistent_500s_end_as_a_typed_error_after_bounded_retries() {
+    let s = stub(Arc::new(|_| {
+        (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"code": "INTERNAL_ERROR", "message": "boom"})))
+            .into_response()
+    }))
+    .await;
+    let err = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await.unwrap_err();
+    assert!(matches!(&err, AuthorityError::Api { status: 500, code, .. } if code == "INTERNAL_ERROR"), "{err}");
+    assert!(err.is_retryable());
+    let hits = s.hits.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&hits), "retried, but at most 3 times: {hits}");
+}
+
+#[tokio::test]
+async fn an_answer_slower_than_the_deadline_is_denied_as_timeout() {
+    // A deadline far below the server's answer time: the stub sleeps on an async runtime too.
+    let slow = {
+        let router = Router::new().route(
+            "/api/sdk/payments/approve",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                axum::Json(approved_body(5.0, 600))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        url
+    };
+    let conto = Conto::builder(
+        ContoClient::builder()
+            .base_url(&slow)
+            .sdk_key(format!("conto_agent_{}", "ab".repeat(32)))
+            .authorize_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    )
+    .deadline(Duration::from_millis(300))
+    .build();
+    let mut ran = false;
+    let out = conto
+        .run(
+            transfer("agent-1", "5"),
+            |_| {
+                ran = true;
+                async { Ok::<(), ()>(()) }
+            },
+            |_| Settlement::default(),
+        )
+        .await;
+    let r = out.expect_err("a slow authority is never an approval");
+    assert!(!ran);
+    assert!(matches!(r.kind(), RejectionKind::Unavailable { .. }), "{r}");
+    assert!(matches!(r.source(), DecisionSource::Unavailable | DecisionSource::Timeout));
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_errors_never_approvals() {
+    let cases: Vec<(&str, axum::response::Response)> = vec![
+        ("not json", (StatusCode::OK, "approved!").into_response()),
+        ("a JSON array", axum::Json(json!([true])).into_response()),
+        ("approved as a string", axum::Json(json!({"approved": "yes"})).into_response()),
+        (
+            "approved without an id",
+            axum::Json(json!({"approved": true, "approvalToken": "a".repeat(64)})).into_response(),
+        ),
+        ("a short token", {
+            let mut b = approved_body(5.0, 600);
+            b["approvalToken"] = json!("abc");
+            axum::Json(b).into_response()
+        }),
+        ("an expiry in the past", axum::Json(approved_body(5.0, -5)).into_response()),
+        ("an expiry years away", axum::Json(approved_body(5.0, 3 * 365 * 86_400)).into_response()),
+        ("another amount", axum::Json(approved_body(500.0, 600)).into_response()),
+        ("another recipient", {
+            let mut b = approved_body(5.0, 600);
+            b["recipientAddress"] = json!("0x9999999999999999999999999999999999999999");
+            axum::Json(b).into_response()
+        }),
+        ("malformed violations", axum::Json(json!({"approved": false, "violations": "DAILY_LIMIT"})).into_response()),
+    ];
+    for (what, response) in cases {
+        let response = Arc::new(Mutex::new(Some(response)));
+        let s = stub(Arc::new(move |_| {
+            response.lock().unwrap().take().unwrap_or_else(|| StatusCode::GONE.into_response())
+        }))
+        .await;
+        let result = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await;
+        match result {
+            Err(AuthorityError::InvalidResponse(_)) => {}
+            other => panic!("{what}: expected InvalidResponse, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unauthorized_and_forbidden_are_typed_and_fail_closed() {
+    for (status, code) in [(401u16, "AUTH_FAILED"), (403, "INSUFFICIENT_SCOPE")] {
+        let s = stub(Arc::new(move |_| {
+            (StatusCode::from_u16(status).unwrap(), axum::Json(json!({"error": "no", "code": code, "message": "no"})))
+                .into_response()
+        }))
+        .await;
+        let err = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await.unwrap_err();
+        assert!(matches!(&err, AuthorityError::Api { status: st, code: c, .. } if *st == status && c == code), "{err}");
+        assert!(!err.is_retryable());
+        assert_eq!(s.hits.load(Ordering::SeqCst), 1, "4xx is never retried");
+        let out = Conto::new(client(&s.url))
+            .run(transfer("agent-1", "5"), |_| async { Ok::<(), ()>(()) }, |_| Settlement::default())
+            .await;
+        assert_eq!(out.unwrap_err().source(), DecisionSource::Unavailable);
+    }
+}
+
+#[tokio::test]
+async fn a_denial_with_403_is_a_decision_not_an_error() {
+    let s = stub(Arc::new(|_| {
+        (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({"approved": false, "reasons": ["Daily spend limit exceeded"],
+            "violations": [{"type": "DAILY_LIMIT", "limit": 1000, "current": 950}], "requiresHumanApproval": false})),
+        )
+            .into_response()
+    }))
+    .await;
+    let d = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await.unwrap();
+    let Verdict::Denied(denial) = d.verdict else { panic!() };
+    assert_eq!(denial.violations[0].kind, conto_core::ViolationType::DailyLimit);
+    assert_eq!(denial.violations[0].current, Some(950.into()));
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_unreachable_and_retryable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let err = client(&url).authorize_intent(&transfer("agent-1", "5")).await.unwrap_err();
+    assert!(matches!(err, AuthorityError::Unreachable(_)), "{err}");
+}

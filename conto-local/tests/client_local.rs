@@ -1,0 +1,362 @@
+//! The client over HTTP against a real conto-local, for every endpoint, provisioned through the
+//! org endpoints. No mocks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use conto_core::{ApprovalMode, AuthorityError, Conto, DecisionSource, RejectionKind, Settlement, ViolationType};
+use serde_json::{Value, json};
+
+#[derive(Debug)]
+enum PayError {
+    Rejected(conto_core::Rejection),
+}
+
+impl From<conto_core::Rejection> for PayError {
+    fn from(r: conto_core::Rejection) -> Self {
+        PayError::Rejected(r)
+    }
+}
+
+async fn setup() -> (conto_local::Running, Org, String) {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(caps()).await;
+    (server, org, key)
+}
+
+#[tokio::test]
+async fn transfer_approve_then_confirm_through_the_pipeline() {
+    let (server, _, key) = setup().await;
+    let conto = conto(&server, &key);
+    let out: Result<&str, PayError> = conto
+        .guard(
+            transfer("agent-1", "40"),
+            |_| async { Ok(TX) },
+            |tx| Settlement::default().reference(*tx).amount("39.5".parse().unwrap()),
+        )
+        .await;
+    assert_eq!(out.unwrap(), TX);
+    assert_eq!(server.spend_count("agent-1").unwrap(), 1);
+    let usage = server.engine().usage("agent-1");
+    assert_eq!(usage.counters[0].spent.to_string(), "39.5");
+    assert_eq!(usage.live_reservations, 0);
+}
+
+#[tokio::test]
+async fn a_remote_denial_never_runs_the_settlement_and_keeps_contos_violation_type() {
+    let (server, _, key) = setup().await;
+    let conto = conto(&server, &key);
+    let mut ran = false;
+    let out: Result<(), PayError> = conto
+        .guard(
+            transfer("agent-1", "101"),
+            |_| {
+                ran = true;
+                async { Ok(()) }
+            },
+            |_| Settlement::default(),
+        )
+        .await;
+    let Err(PayError::Rejected(r)) = out else { panic!("expected a denial") };
+    assert!(!ran);
+    assert_eq!(r.violations()[0].kind, ViolationType::PerTxLimit);
+    assert_eq!(r.violations()[0].limit, Some(100.into()));
+    assert_eq!(r.source(), DecisionSource::Policy);
+}
+
+#[tokio::test]
+async fn x402_mpp_and_card_rails() {
+    let (server, org, key) = setup().await;
+    let conto = conto(&server, &key);
+    for intent in [x402("agent-1", "2"), mpp("agent-1", "3"), card("agent-1", "4")] {
+        let rail = intent.rail.name();
+
+        let out: Result<(), PayError> =
+            conto.guard(intent, |_| async { Ok(()) }, |_| Settlement::default().reference("ref-1")).await;
+        assert!(out.is_ok(), "{rail}: {out:?}");
+    }
+    assert_eq!(server.spend_count("agent-1").unwrap(), 3);
+
+    // The x402 batch record (as Conto's own skill sends it) counts unreserved spend.
+    let resp = org
+        .http
+        .post(format!("{}/api/sdk/x402/record", server.url()))
+        .bearer_auth(&key)
+        .json(&json!({"payments": [
+            {"amount": 0.5, "recipientAddress": RECIPIENT, "resourceUrl": "https://api.example.com/a", "paymentId": "p1", "txHash": TX, "responseCode": 200},
+            {"amount": 0.25, "recipientAddress": RECIPIENT, "resourceUrl": "https://api.example.com/b", "paymentId": "p2", "txHash": TX, "responseCode": 200}
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["recorded"], 2);
+    assert_eq!(server.spend_count("agent-1").unwrap(), 5);
+    assert_eq!(server.engine().usage("agent-1").stats.total_spent.to_string(), "9.75");
+}
+
+#[tokio::test]
+async fn requires_approval_then_a_human_approves_and_the_wait_mode_proceeds() {
+    let (server, org, key) = setup().await;
+    // Without waiting, the threshold is a typed, retryable rejection.
+    let out: Result<(), PayError> = conto_core::Conto::new(client(&server, &key))
+        .guard(transfer("agent-1", "85"), |_| async { Ok(()) }, |_| Settlement::default())
+        .await;
+    let Err(PayError::Rejected(r)) = out else { panic!() };
+    assert!(matches!(r.kind(), RejectionKind::ApprovalRequired(p) if p.approval_request_id.starts_with("apr_")));
+    assert!(r.is_retryable());
+
+    let conto = Conto::builder(client(&server, &key))
+        .approval(ApprovalMode::Wait(Duration::from_secs(10)))
+        .poll_interval(Duration::from_millis(20))
+        .build();
+    let approver = tokio::spawn({
+        let (base, org_key, http) = (org.base.clone(), org.key.clone(), org.http.clone());
+        let key = key.clone();
+        async move {
+            for _ in 0..500 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let list: Value = http
+                    .get(format!("{base}/api/sdk/approval-requests"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let waiting =
+                    list["requests"].as_array().unwrap().iter().find(|r| r["amount"] == 90 && r["status"] == "PENDING");
+                if let Some(id) = waiting.and_then(|r| r["approvalRequestId"].as_str()) {
+                    let resp = http
+                        .post(format!("{base}/api/approval-requests/{id}/approve"))
+                        .bearer_auth(&org_key)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 200);
+                    return;
+                }
+            }
+            panic!("no approval request appeared");
+        }
+    });
+    let out: Result<(), PayError> =
+        conto.guard(transfer("agent-1", "90"), |_| async { Ok(()) }, |_| Settlement::default().reference(TX)).await;
+    approver.await.unwrap();
+    out.unwrap();
+    assert_eq!(server.spend_count("agent-1").unwrap(), 1);
+}
+
+#[tokio::test]
+async fn reads_policies_and_budgets() {
+    let (server, _, key) = setup().await;
+    let client = client(&server, &key);
+    let set = client.policies().await.unwrap();
+    assert_eq!(set.policies()[0].name(), "caps");
+    let _: Result<(), PayError> =
+        conto(&server, &key).guard(x402("agent-1", "2"), |_| async { Ok(()) }, |_| Settlement::default()).await;
+    let budget = client.x402_budget().await.unwrap();
+    assert_eq!(budget["totalSpent"], "2");
+    assert!(client.mpp_budget().await.unwrap()["counters"].is_array());
+}
+
+#[tokio::test]
+async fn idempotency_same_key_same_answer_different_params_conflict() {
+    let (server, org, key) = setup().await;
+    let body = json!({"amount": 5, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453, "idempotencyKey": "attempt-1"});
+    let send = |b: Value| {
+        org.http.post(format!("{}/api/sdk/payments/approve", server.url())).bearer_auth(&key).json(&b).send()
+    };
+    let first: Value = send(body.clone()).await.unwrap().json().await.unwrap();
+    let second: Value = send(body.clone()).await.unwrap().json().await.unwrap();
+    assert_eq!(first["approvalId"], second["approvalId"], "the same attempt gets the same approval");
+    assert_eq!(server.engine().usage("agent-1").stats.approved, 1, "and is reserved once");
+    let mut changed = body.clone();
+    changed["amount"] = json!(6);
+    let resp = send(changed).await.unwrap();
+    assert_eq!(resp.status(), 409);
+    assert_eq!(resp.json::<Value>().await.unwrap()["code"], "IDEMPOTENCY_CONFLICT");
+}
+
+#[tokio::test]
+async fn missing_scope_bad_key_and_org_key_misuse_are_typed_errors_never_approvals() {
+    let (server, org, _) = setup().await;
+    let narrow = org.agent("agent-2", &["payments:request"]).await;
+    let err = client(&server, &narrow).authorize_intent(&transfer("agent-2", "1")).await.unwrap_err();
+    assert!(matches!(&err, AuthorityError::Api { status: 403, code, .. } if code == "INSUFFICIENT_SCOPE"), "{err}");
+    let bogus = format!("conto_agent_{}", "0".repeat(64));
+    let err = client(&server, &bogus).authorize_intent(&transfer("agent-2", "1")).await.unwrap_err();
+    assert!(matches!(&err, AuthorityError::Api { status: 401, code, .. } if code == "AUTH_FAILED"), "{err}");
+    assert!(!err.to_string().contains(&bogus), "the key never appears in errors");
+    // Through the pipeline: fail-closed.
+    let out: Result<(), PayError> =
+        conto(&server, &narrow).guard(transfer("agent-2", "1"), |_| async { Ok(()) }, |_| Settlement::default()).await;
+    let Err(PayError::Rejected(r)) = out else { panic!() };
+    assert_eq!(r.source(), DecisionSource::Unavailable);
+    // An agent key on org endpoints, and org calls without a key.
+    let resp = org.http.get(format!("{}/api/policies", server.url())).bearer_auth(&narrow).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = org.http.get(format!("{}/api/policies", server.url())).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn tokens_are_bound_and_confirm_is_strict() {
+    let (server, org, key) = setup().await;
+    let approve = |b: Value| {
+        org.http.post(format!("{}/api/sdk/payments/approve", server.url())).bearer_auth(&key).json(&b).send()
+    };
+    let a: Value =
+        approve(json!({"amount": 5, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let confirm = |b: Value| {
+        org.http
+            .post(format!("{}/api/sdk/payments/{}/confirm", server.url(), a["approvalId"].as_str().unwrap()))
+            .bearer_auth(&key)
+            .json(&b)
+            .send()
+    };
+    let wrong = confirm(json!({"txHash": TX, "approvalToken": "f".repeat(64)})).await.unwrap();
+    assert_eq!(wrong.status(), 400);
+    assert_eq!(wrong.json::<Value>().await.unwrap()["code"], "INVALID_TOKEN");
+    let over = confirm(json!({"txHash": TX, "approvalToken": a["approvalToken"], "amount": 6})).await.unwrap();
+    assert_eq!(over.status(), 400);
+    let bad_tx = confirm(json!({"txHash": "0x12", "approvalToken": a["approvalToken"]})).await.unwrap();
+    assert_eq!(bad_tx.status(), 400);
+    let ok = confirm(json!({"txHash": TX, "approvalToken": a["approvalToken"]})).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let receipt: Value = ok.json().await.unwrap();
+    assert_eq!((receipt["confirmed"].as_bool(), receipt["status"].as_str()), (Some(true), Some("CONFIRMING")));
+    assert_eq!(server.spend_count("agent-1").unwrap(), 1);
+    // Rate-limit headers ride on every SDK answer.
+    let resp = approve(json!({"amount": 1, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453}))
+        .await
+        .unwrap();
+    assert!(resp.headers().contains_key("x-ratelimit-remaining"));
+    assert!(resp.headers().contains_key("x-ratelimit-reset"));
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after() {
+    let server =
+        conto_local::start(conto_local::Config { port: 0, rate_limit: 2, ..Default::default() }).await.unwrap();
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    let body = json!({"amount": 1, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453});
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..3 {
+        let resp = org
+            .http
+            .post(format!("{}/api/sdk/payments/approve", server.url()))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    }
+    assert_eq!(statuses, vec![200, 200, 429]);
+    assert!(retry_after.unwrap().parse::<u64>().unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn policy_rules_endpoints_validate_and_apply_at_once() {
+    let (server, org, key) = setup().await;
+    let policy = org.policy(json!({"name": "blocklist", "rules": []})).await;
+    let id = policy["id"].as_str().unwrap();
+    let (status, err) = org
+        .post(&format!("/api/policies/{id}/rules"), json!({"ruleType": "NOPE", "operator": "LTE", "value": "1"}))
+        .await;
+    assert_eq!(status, 400);
+    assert!(err["message"].as_str().unwrap().contains("unknown ruleType `NOPE`"), "{err}");
+    let (status, rule) = org
+        .post(&format!("/api/policies/{id}/rules"), json!({"ruleType": "BLOCKED_COUNTERPARTIES", "operator": "IN_LIST", "value": format!("[\"{RECIPIENT}\"]"), "action": "DENY"}))
+        .await;
+    assert_eq!(status, 201);
+    let out: Result<(), PayError> =
+        conto(&server, &key).guard(transfer("agent-1", "1"), |_| async { Ok(()) }, |_| Settlement::default()).await;
+    let Err(PayError::Rejected(r)) = out else { panic!() };
+    assert_eq!(r.violations()[0].kind, ViolationType::BlockedCounterparty);
+    let resp = org
+        .http
+        .delete(format!("{}/api/policies/{id}/rules/{}", server.url(), rule["id"].as_str().unwrap()))
+        .bearer_auth(&org.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let out: Result<(), PayError> = conto(&server, &key)
+        .guard(transfer("agent-1", "1"), |_| async { Ok(()) }, |_| Settlement::default().reference(TX))
+        .await;
+    assert!(out.is_ok());
+}
+
+#[tokio::test]
+async fn a_restart_keeps_agents_keys_policies_spend_and_idempotency_keys() {
+    let dir = std::env::temp_dir().join(format!("conto-local-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("state.db");
+    let _ = std::fs::remove_file(&db);
+    let server = start(Some(db.clone()), "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(caps()).await;
+    let conto = conto(&server, &key);
+    let out: Result<(), PayError> =
+        conto.guard(transfer("agent-1", "70"), |_| async { Ok(()) }, |_| Settlement::default().reference(TX)).await;
+    out.unwrap();
+    let body = json!({"amount": 2, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453, "idempotencyKey": "keep-me"});
+    let first: Value = org
+        .http
+        .post(format!("{}/api/sdk/payments/approve", server.url()))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    server.stop().await;
+
+    let server = start(Some(db.clone()), "conto_org_test").await;
+    let org = Org::new(&server);
+    let (_, agents) = org.get("/api/agents").await;
+    assert_eq!(agents["agents"][0]["id"], "agent-1");
+    let (_, policies) = org.get("/api/policies").await;
+    assert_eq!(policies["policies"][0]["name"], "caps");
+    assert_eq!(server.spend_count("agent-1").unwrap(), 1);
+    // The same key still authenticates, the idempotency key replays, and the daily spend (70)
+    // plus the still-live approval (2) count against the daily limit of 150.
+    let again: Value = org
+        .http
+        .post(format!("{}/api/sdk/payments/approve", server.url()))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["approvalId"], again["approvalId"]);
+    let conto = conto_core::Conto::new(client(&server, &key));
+    let out: Result<(), PayError> =
+        conto.guard(transfer("agent-1", "79"), |_| async { Ok(()) }, |_| Settlement::default().reference(TX)).await;
+    let Err(PayError::Rejected(r)) = out else { panic!("70 + 2 + 79 > 150 must be denied after a restart") };
+    assert_eq!(r.violations()[0].kind, ViolationType::DailyLimit);
+    assert_eq!(r.violations()[0].current, Some(72.into()));
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

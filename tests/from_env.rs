@@ -1,0 +1,42 @@
+//! The one-line switch: `CONTO_API_URL` set → Conto's API; unset → the embedded engine.
+//! (One test in its own binary: it changes the process environment.)
+
+#[tokio::test]
+async fn from_env_picks_the_authority() {
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/example.json");
+    // SAFETY: this binary runs this single test; nothing else reads the environment meanwhile.
+    unsafe {
+        std::env::remove_var("CONTO_API_URL");
+        std::env::remove_var("CONTO_POLICIES");
+    }
+    // Embedded: decides offline with the example policies (per-action limit 5).
+    let embedded = conto::from_env(policies).unwrap();
+    let rail = conto::Rail::x402("https://api.example.com/q").unwrap();
+    let intent = conto::PaymentIntent::builder("agent-1", "7.5", rail)
+        .recipient("0xa11ce00000000000000000000000000000000001")
+        .build()
+        .unwrap();
+    let rejection = embedded.authorize(intent).await.unwrap_err();
+    assert_eq!(rejection.source(), conto::DecisionSource::Policy);
+    assert_eq!(rejection.violations()[0].kind, conto::ViolationType::PerTxLimit);
+    assert!(matches!(conto::from_env("/nonexistent.json"), Err(conto::FromEnvError::Policy(_))));
+
+    let key = format!("conto_agent_{}", "cd".repeat(32));
+    unsafe {
+        std::env::set_var("CONTO_API_URL", "http://conto.example.com");
+        std::env::set_var("CONTO_SDK_KEY", &key);
+    }
+    let err = conto::from_env(policies).unwrap_err();
+    assert!(err.to_string().contains("use https://"), "{err}");
+    assert!(!err.to_string().contains(&key));
+    unsafe {
+        std::env::set_var("CONTO_API_URL", "http://127.0.0.1:3006");
+        std::env::remove_var("CONTO_SDK_KEY");
+        std::env::set_var("CONTO_API_KEY", &key);
+    }
+    assert!(conto::from_env(policies).is_ok(), "CONTO_API_KEY is accepted for the agent key");
+    unsafe {
+        std::env::remove_var("CONTO_API_KEY");
+    }
+    assert!(matches!(conto::from_env(policies), Err(conto::FromEnvError::Client(conto::ClientError::MissingKey))));
+}
