@@ -55,6 +55,9 @@ pub enum AuthorityError {
     /// No approval request has this id.
     #[error("unknown approval request `{0}`")]
     UnknownApprovalRequest(String),
+    /// The authority has no way to do this (for example, reconcile a stand-in transfer).
+    #[error("not supported by this authority: {0}")]
+    Unsupported(String),
 }
 
 impl AuthorityError {
@@ -94,6 +97,20 @@ pub trait Authorizer: Send + Sync {
         intent: &'a PaymentIntent,
         pending: &'a PendingApproval,
     ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>>;
+
+    /// Reports a spend this authority did not approve — one a stand-in approved while this
+    /// authority was unavailable. The default cannot.
+    fn reconcile<'a>(
+        &'a self,
+        authorization: &'a Authorization,
+        settlement: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        let _ = settlement;
+        Box::pin(std::future::ready(Err(AuthorityError::Unsupported(format!(
+            "reconciling stand-in approval `{}`",
+            authorization.id
+        )))))
+    }
 }
 
 impl<T: Authorizer + ?Sized> Authorizer for Arc<T> {
@@ -119,5 +136,13 @@ impl<T: Authorizer + ?Sized> Authorizer for Arc<T> {
         pending: &'a PendingApproval,
     ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
         (**self).approval_status(intent, pending)
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        authorization: &'a Authorization,
+        settlement: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        (**self).reconcile(authorization, settlement)
     }
 }

@@ -279,4 +279,7 @@ pub struct Recorded {
     pub transaction_id: Option<String>,
     /// The spend was recorded after the approval had expired.
     pub late: bool,
+    /// The record was written to the durable outbox and will be delivered in the background;
+    /// `transaction_id` is not known yet.
+    pub queued: bool,
 }

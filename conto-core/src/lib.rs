@@ -15,10 +15,14 @@ mod authorizer;
 pub mod client;
 mod clock;
 mod decision;
+#[cfg(feature = "outbox")]
+mod delivery;
 pub mod engine;
 mod ids;
 mod intent;
 mod money;
+#[cfg(feature = "outbox")]
+pub mod outbox;
 mod pipeline;
 pub mod policy;
 mod rejection;

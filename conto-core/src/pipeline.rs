@@ -82,12 +82,24 @@ pub fn installed_default() -> Option<&'static Conto> {
     DEFAULT.get()
 }
 
-struct Inner {
-    authorizer: Arc<dyn Authorizer>,
+pub(crate) struct Inner {
+    pub(crate) authorizer: Arc<dyn Authorizer>,
+    stand_in: Option<Arc<dyn Authorizer>>,
     deadline: Duration,
     poll_interval: Duration,
     observers: Vec<Observer>,
     default_actor: Option<String>,
+    #[cfg(feature = "outbox")]
+    pub(crate) outbox: Option<crate::outbox::Outbox>,
+    #[cfg(feature = "outbox")]
+    pub(crate) wake: Arc<tokio::sync::Notify>,
+}
+
+/// Which authority approved: the configured one, or the stand-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Primary,
+    StandIn,
 }
 
 /// A handle on the pipeline: an authorizer plus settings. Cheap to clone; share one per app.
@@ -100,8 +112,8 @@ struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct Conto {
-    inner: Arc<Inner>,
-    approval: ApprovalMode,
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) approval: ApprovalMode,
 }
 
 impl fmt::Debug for Conto {
@@ -121,9 +133,32 @@ pub struct ContoBuilder {
     approval: ApprovalMode,
     observers: Vec<Observer>,
     default_actor: Option<String>,
+    stand_in: Option<Arc<dyn Authorizer>>,
+    #[cfg(feature = "outbox")]
+    outbox: Option<crate::outbox::Outbox>,
 }
 
 impl ContoBuilder {
+    /// A bounded stand-in (Commando-style): when the authority is unreachable or too slow, this
+    /// authorizer decides instead — typically an [`Engine`](crate::Engine) with its own tight
+    /// caps. Its decisions carry [`DecisionSource::StandIn`]; the spends it approves are
+    /// recorded with it and reconciled to the authority once it is back (through the outbox,
+    /// when one is configured). Without a stand-in, unavailability is a denial (fail-closed).
+    pub fn stand_in(mut self, authorizer: impl Authorizer + 'static) -> Self {
+        self.stand_in = Some(Arc::new(authorizer));
+        self
+    }
+
+    /// Records through a durable [`Outbox`](crate::outbox::Outbox): a settled spend is written to
+    /// it before any network attempt and delivered by a background worker (started here, on the
+    /// current tokio runtime), so recording is off the caller's critical path and survives
+    /// crashes. Call [`Conto::flush`] at shutdown.
+    #[cfg(feature = "outbox")]
+    pub fn outbox(mut self, outbox: crate::outbox::Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
     /// The actor that pays when a `#[paid_action]` names none (for single-agent services).
     /// The tower layer never uses it: a request must name its actor.
     pub fn default_actor(mut self, actor: impl Into<String>) -> Self {
@@ -158,16 +193,24 @@ impl ContoBuilder {
 
     /// Finishes the handle.
     pub fn build(self) -> Conto {
-        Conto {
+        let conto = Conto {
             inner: Arc::new(Inner {
                 authorizer: self.authorizer,
+                stand_in: self.stand_in,
                 deadline: self.deadline,
                 poll_interval: self.poll_interval,
                 observers: self.observers,
                 default_actor: self.default_actor,
+                #[cfg(feature = "outbox")]
+                outbox: self.outbox,
+                #[cfg(feature = "outbox")]
+                wake: Arc::new(tokio::sync::Notify::new()),
             }),
             approval: self.approval,
-        }
+        };
+        #[cfg(feature = "outbox")]
+        crate::delivery::start(&conto);
+        conto
     }
 }
 
@@ -186,6 +229,9 @@ impl Conto {
             approval: ApprovalMode::Reject,
             observers: Vec::new(),
             default_actor: None,
+            stand_in: None,
+            #[cfg(feature = "outbox")]
+            outbox: None,
         }
     }
 
@@ -204,7 +250,14 @@ impl Conto {
         &self.inner.authorizer
     }
 
-    fn emit(&self, event: impl FnOnce() -> Event) {
+    fn authority(&self, via: Via) -> &Arc<dyn Authorizer> {
+        match (via, &self.inner.stand_in) {
+            (Via::StandIn, Some(stand_in)) => stand_in,
+            _ => &self.inner.authorizer,
+        }
+    }
+
+    pub(crate) fn emit(&self, event: impl FnOnce() -> Event) {
         if !self.inner.observers.is_empty() {
             let event = event();
             for observer in &self.inner.observers {
@@ -230,9 +283,9 @@ impl Conto {
         let decision = self.decide(&intent).await;
         let latency = started.elapsed();
         let result = match decision {
-            Ok(mut decision) => {
+            Ok((mut decision, via)) => {
                 decision.latency = latency;
-                self.conclude(&intent, decision).await
+                self.conclude(&intent, decision, via).await
             }
             Err(rejection) => Err(rejection),
         };
@@ -259,26 +312,33 @@ impl Conto {
         result
     }
 
-    /// One authorize call under the deadline; an error or a timeout is a fail-closed rejection.
-    async fn decide(&self, intent: &PaymentIntent) -> Result<Decision, Rejection> {
+    /// One authorize call under the deadline. An error or a timeout is a fail-closed rejection,
+    /// unless a stand-in is configured: then the stand-in decides.
+    async fn decide(&self, intent: &PaymentIntent) -> Result<(Decision, Via), Rejection> {
         if let Err(e) = intent.validate() {
             return Err(Rejection::new(RejectionKind::Invalid { reason: e.to_string() }, DecisionSource::Policy));
         }
-        let unavailable = |source, reason| Rejection::new(RejectionKind::Unavailable { reason }, source);
-        match tokio::time::timeout(self.inner.deadline, self.inner.authorizer.authorize(intent)).await {
-            Ok(Ok(decision)) => Ok(decision),
-            Ok(Err(error)) => Err(unavailable(DecisionSource::Unavailable, error.to_string())),
-            Err(_) => Err(unavailable(
-                DecisionSource::Timeout,
-                format!("no decision within the {:?} deadline", self.inner.deadline),
-            )),
+        let (source, reason) = match tokio::time::timeout(self.inner.deadline, self.inner.authorizer.authorize(intent))
+            .await
+        {
+            Ok(Ok(decision)) => return Ok((decision, Via::Primary)),
+            Ok(Err(error)) => (DecisionSource::Unavailable, error.to_string()),
+            Err(_) => (DecisionSource::Timeout, format!("no decision within the {:?} deadline", self.inner.deadline)),
+        };
+        if let Some(stand_in) = &self.inner.stand_in {
+            tracing::warn!(%reason, "conto.stand_in: the authority is unavailable; the stand-in decides");
+            if let Ok(mut decision) = stand_in.authorize(intent).await {
+                decision.source = DecisionSource::StandIn;
+                return Ok((decision, Via::StandIn));
+            }
         }
+        Err(Rejection::new(RejectionKind::Unavailable { reason }, source))
     }
 
-    async fn conclude(&self, intent: &Arc<PaymentIntent>, decision: Decision) -> Result<Approval, Rejection> {
+    async fn conclude(&self, intent: &Arc<PaymentIntent>, decision: Decision, via: Via) -> Result<Approval, Rejection> {
         let Decision { verdict, source, latency } = decision;
         match verdict {
-            Verdict::Approved(authorization) => Ok(Approval::new(self.clone(), authorization, source, latency)),
+            Verdict::Approved(authorization) => Ok(Approval::new(self.clone(), authorization, source, latency, via)),
             Verdict::Denied(denial) => Err(Rejection::new(RejectionKind::Denied(denial), source)),
             Verdict::RequiresApproval(pending) => {
                 let ApprovalMode::Wait(max) = self.approval else {
@@ -291,11 +351,11 @@ impl Conto {
                         return Err(Rejection::new(RejectionKind::ApprovalRequired(pending), source));
                     }
                     tokio::time::sleep(self.inner.poll_interval.min(give_up - now)).await;
-                    match self.inner.authorizer.approval_status(intent, &pending).await {
+                    match self.authority(via).approval_status(intent, &pending).await {
                         Ok(None) => continue,
                         Ok(Some(Decision { verdict: Verdict::RequiresApproval(_), .. })) => continue,
                         Ok(Some(Decision { verdict: Verdict::Approved(a), source, latency })) => {
-                            return Ok(Approval::new(self.clone(), a, source, latency));
+                            return Ok(Approval::new(self.clone(), a, source, latency, via));
                         }
                         Ok(Some(Decision { verdict: Verdict::Denied(d), source, .. })) => {
                             return Err(Rejection::new(RejectionKind::Denied(d), source));
@@ -378,6 +438,7 @@ pub struct Approval {
     authorization: Option<Authorization>,
     source: DecisionSource,
     latency: Duration,
+    via: Via,
 }
 
 impl fmt::Debug for Approval {
@@ -391,8 +452,8 @@ impl fmt::Debug for Approval {
 }
 
 impl Approval {
-    fn new(conto: Conto, authorization: Authorization, source: DecisionSource, latency: Duration) -> Self {
-        Self { conto, authorization: Some(authorization), source, latency }
+    fn new(conto: Conto, authorization: Authorization, source: DecisionSource, latency: Duration, via: Via) -> Self {
+        Self { conto, authorization: Some(authorization), source, latency, via }
     }
 
     /// The authorization (id, approved amount, expiry, limits).
@@ -410,15 +471,27 @@ impl Approval {
         self.latency
     }
 
-    /// Records the settlement. Errors are also reported as [`Event::RecordFailed`].
+    /// Records the settlement. With an outbox, the record is written durably and delivered in
+    /// the background (the receipt says `queued`). Errors are also reported as
+    /// [`Event::RecordFailed`].
     pub async fn record(mut self, settlement: Settlement) -> Result<Recorded, AuthorityError> {
         let authorization = self.authorization.take().expect("an Approval is consumed only once");
         let conto = self.conto.clone();
-        let result = conto.inner.authorizer.record(&authorization, &settlement).await;
+        #[cfg(feature = "outbox")]
+        if self.via == Via::Primary
+            && let Some(queued) =
+                crate::delivery::enqueue(&conto, crate::outbox::JobKind::Record, &authorization, &settlement)
+        {
+            return Ok(queued);
+        }
+        let result = conto.authority(self.via).record(&authorization, &settlement).await;
         match &result {
             Ok(recorded) => {
                 tracing::debug!(authorization = %authorization.id, amount = %recorded.amount, "conto.recorded");
                 conto.emit(|| Event::Recorded { recorded: recorded.clone(), reference: settlement.reference.clone() });
+                if self.via == Via::StandIn {
+                    conto.reconcile(&authorization, &settlement).await;
+                }
             }
             Err(error) => {
                 tracing::error!(authorization = %authorization.id, %error, "conto.record_failed");
@@ -435,13 +508,28 @@ impl Approval {
 
     fn release_because(mut self, reason: &'static str) {
         if let Some(authorization) = self.authorization.take() {
-            release(&self.conto, &authorization, reason);
+            release(&self.conto, self.via, &authorization, reason);
         }
     }
 }
 
-fn release(conto: &Conto, authorization: &Authorization, reason: &'static str) {
-    let fut = conto.inner.authorizer.release(authorization);
+impl Conto {
+    /// Reports a stand-in approval's spend to the authority: queued when an outbox is
+    /// configured, otherwise tried once now (a failure is an [`Event::RecordFailed`]).
+    async fn reconcile(&self, authorization: &Authorization, settlement: &Settlement) {
+        #[cfg(feature = "outbox")]
+        if crate::delivery::enqueue(self, crate::outbox::JobKind::Reconcile, authorization, settlement).is_some() {
+            return;
+        }
+        if let Err(error) = self.inner.authorizer.reconcile(authorization, settlement).await {
+            tracing::error!(authorization = %authorization.id, %error, "conto.reconcile_failed");
+            self.emit(|| Event::RecordFailed { authorization_id: authorization.id.clone(), error });
+        }
+    }
+}
+
+fn release(conto: &Conto, via: Via, authorization: &Authorization, reason: &'static str) {
+    let fut = conto.authority(via).release(authorization);
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
             let id = authorization.id.clone();
@@ -463,7 +551,7 @@ fn release(conto: &Conto, authorization: &Authorization, reason: &'static str) {
 impl Drop for Approval {
     fn drop(&mut self) {
         if let Some(authorization) = self.authorization.take() {
-            release(&self.conto, &authorization, "dropped");
+            release(&self.conto, self.via, &authorization, "dropped");
         }
     }
 }

@@ -305,5 +305,6 @@ pub(crate) fn parse_recorded(
         amount: settlement.amount.unwrap_or(authorization.amount),
         transaction_id: text(body, "transactionId").map(str::to_owned),
         late: body.get("late").and_then(Value::as_bool).unwrap_or(false),
+        queued: false,
     })
 }

@@ -303,6 +303,7 @@ impl Engine {
                         amount: counted,
                         transaction_id: Some(format!("tx_{}", random_hex(12))),
                         late: true,
+                        queued: false,
                     };
                     ledger.close(
                         authorization.id.clone(),
@@ -336,6 +337,7 @@ impl Engine {
             amount: Amount::new(counted).unwrap_or(authorization.amount),
             transaction_id: Some(format!("tx_{}", random_hex(12))),
             late: false,
+            queued: false,
         };
         ledger.close(
             authorization.id.clone(),
@@ -553,5 +555,21 @@ impl Authorizer for Engine {
         pending: &'a PendingApproval,
     ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
         Box::pin(std::future::ready(self.approval(&pending.approval_request_id)))
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        authorization: &'a Authorization,
+        settlement: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        let amount = settlement.amount.unwrap_or(authorization.amount);
+        self.restore_spend(&authorization.intent, amount, self.now());
+        Box::pin(std::future::ready(Ok(Recorded {
+            authorization_id: authorization.id.clone(),
+            amount,
+            transaction_id: None,
+            late: false,
+            queued: false,
+        })))
     }
 }

@@ -1,0 +1,261 @@
+//! The durable outbox: a settled spend is written here (SQLite, WAL) before any network attempt,
+//! then delivered by a background worker with backoff. It survives the caller's future being
+//! dropped, transient failures of the authority, and a crash: the next start delivers what is
+//! left. A record that still fails past the bound is kept as `dead` and reported as
+//! [`Event::RecordFailed`](crate::Event::RecordFailed); it is never silently dropped.
+//!
+//! Each record carries the idempotency key of its payment attempt (`rec_<authorization id>`), so
+//! a retry after a lost answer never counts twice.
+//!
+//! The approval token travels with its record (the authority needs it to confirm); the outbox
+//! file is as sensitive as the SDK key and should be kept with the same care.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use jiff::{SignedDuration, Timestamp};
+use rusqlite::{Connection, OptionalExtension, params};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::decision::{Authorization, Settlement};
+use crate::intent::PaymentIntent;
+use crate::money::Amount;
+
+/// An outbox storage failure.
+#[derive(Debug, thiserror::Error)]
+#[error("outbox storage: {0}")]
+pub struct OutboxError(#[from] rusqlite::Error);
+
+/// What a queued job does once delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Record a settled approval with the authority that approved it.
+    Record,
+    /// Report a spend a stand-in approved to the authority, once it is back.
+    Reconcile,
+}
+
+/// One queued delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Job {
+    pub kind: JobKind,
+    pub authorization_id: String,
+    pub token: Option<String>,
+    pub approved: Amount,
+    pub expires_at: Timestamp,
+    pub intent: PaymentIntent,
+    pub settled: Option<Amount>,
+    pub reference: Option<String>,
+}
+
+impl Job {
+    pub fn new(kind: JobKind, a: &Authorization, s: &Settlement) -> Self {
+        Self {
+            kind,
+            authorization_id: a.id.clone(),
+            token: a.token.as_ref().map(|t| t.expose_secret().to_owned()),
+            approved: a.amount,
+            expires_at: a.expires_at,
+            intent: (*a.intent).clone(),
+            settled: s.amount,
+            reference: s.reference.clone(),
+        }
+    }
+
+    pub fn authorization(&self) -> Authorization {
+        Authorization {
+            id: self.authorization_id.clone(),
+            token: self.token.clone().map(SecretString::from),
+            amount: self.approved,
+            expires_at: self.expires_at,
+            limits: Default::default(),
+            intent: Arc::new(self.intent.clone()),
+        }
+    }
+
+    pub fn settlement(&self) -> Settlement {
+        Settlement { amount: self.settled, reference: self.reference.clone() }
+    }
+}
+
+/// A record that could not be delivered, kept for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadRecord {
+    /// The authorization it belongs to.
+    pub authorization_id: String,
+    /// Record or reconcile.
+    pub kind: JobKind,
+    /// How many times delivery was tried.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: String,
+}
+
+/// Counts of the outbox's records by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Waiting for delivery (the outbox depth).
+    pub pending: u64,
+    /// Delivered.
+    pub delivered: u64,
+    /// Given up on; see [`Outbox::dead`].
+    pub dead: u64,
+}
+
+/// The durable outbox. Cheap to clone; clones share the file.
+#[derive(Clone)]
+pub struct Outbox {
+    conn: Arc<Mutex<Connection>>,
+    pub(crate) max_attempts: u32,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("stats", &self.stats().ok()).finish()
+    }
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    authorization_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    job TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error TEXT,
+    UNIQUE (authorization_id, kind)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+";
+
+fn millis(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+impl Outbox {
+    /// Opens (or creates) an outbox file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, OutboxError> {
+        Self::from_connection(Connection::open(path)?)
+    }
+
+    /// An outbox in memory: durable only for the life of the process (for tests).
+    pub fn in_memory() -> Result<Self, OutboxError> {
+        Self::from_connection(Connection::open_in_memory()?)
+    }
+
+    fn from_connection(conn: Connection) -> Result<Self, OutboxError> {
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), max_attempts: 12 })
+    }
+
+    /// How many delivery attempts a record gets before it is declared dead (default 12, about
+    /// ten minutes of backoff).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes a job durably; a second job for the same authorization and kind is ignored.
+    pub(crate) fn push(&self, job: &Job) -> Result<(), OutboxError> {
+        let text = serde_json::to_string(job).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let kind = serde_json::to_value(job.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        self.lock().execute(
+            "INSERT OR IGNORE INTO outbox (authorization_id, kind, job, next_attempt_at) VALUES (?1, ?2, ?3, ?4)",
+            params![job.authorization_id, kind, text, millis(Timestamp::now())],
+        )?;
+        Ok(())
+    }
+
+    /// Up to `limit` jobs due at `now`: `(row id, attempts, job)`.
+    pub(crate) fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<(i64, u32, Job)>, OutboxError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, attempts, job FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![millis(now), limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, attempts, text) = row?;
+            match serde_json::from_str::<Job>(&text) {
+                Ok(job) => out.push((id, attempts, job)),
+                Err(e) => {
+                    conn.execute(
+                        "UPDATE outbox SET state = 'dead', last_error = ?2 WHERE id = ?1",
+                        params![id, format!("unreadable job: {e}")],
+                    )?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the next pending job is due, if any.
+    pub(crate) fn next_due(&self) -> Result<Option<Timestamp>, OutboxError> {
+        let at: Option<i64> = self
+            .lock()
+            .query_row("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'", [], |r| r.get(0))
+            .optional()?
+            .flatten();
+        Ok(at.and_then(|ms| Timestamp::from_millisecond(ms).ok()))
+    }
+
+    pub(crate) fn delivered(&self, id: i64) -> Result<(), OutboxError> {
+        self.lock().execute("UPDATE outbox SET state = 'delivered', attempts = attempts + 1 WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub(crate) fn retry(&self, id: i64, after: SignedDuration, error: &str) -> Result<(), OutboxError> {
+        let at = Timestamp::now().saturating_add(after).unwrap_or(Timestamp::now());
+        self.lock().execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, millis(at), error],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn dead_letter(&self, id: i64, error: &str) -> Result<(), OutboxError> {
+        self.lock().execute(
+            "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+            params![id, error],
+        )?;
+        Ok(())
+    }
+
+    /// Counts by state.
+    pub fn stats(&self) -> Result<OutboxStats, OutboxError> {
+        let conn = self.lock();
+        let count = |state: &str| -> Result<u64, rusqlite::Error> {
+            conn.query_row("SELECT COUNT(*) FROM outbox WHERE state = ?1", [state], |r| r.get(0))
+        };
+        Ok(OutboxStats { pending: count("pending")?, delivered: count("delivered")?, dead: count("dead")? })
+    }
+
+    /// The records given up on, for an operator.
+    pub fn dead(&self) -> Result<Vec<DeadRecord>, OutboxError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT authorization_id, kind, attempts, COALESCE(last_error, '') FROM outbox WHERE state = 'dead' ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            let kind: String = r.get(1)?;
+            Ok(DeadRecord {
+                authorization_id: r.get(0)?,
+                kind: if kind == "reconcile" { JobKind::Reconcile } else { JobKind::Record },
+                attempts: r.get(2)?,
+                last_error: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
