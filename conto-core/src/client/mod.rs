@@ -446,6 +446,34 @@ impl Authorizer for ContoClient {
     ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
         Box::pin(self.approval_request(intent, pending))
     }
+
+    fn reconcile<'a>(
+        &'a self,
+        authorization: &'a Authorization,
+        settlement: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        Box::pin(async move {
+            // Conto records x402 and MPP spend without a prior authorization; a transfer or card
+            // spend can only be confirmed against an approval Conto issued.
+            let (path, mut body) = wire::record_request(authorization, settlement, None)?;
+            if !(path == "x402/record" || path == "mpp/record") {
+                return Err(AuthorityError::Unsupported(format!(
+                    "Conto cannot record a {} spend it did not approve (stand-in approval `{}`)",
+                    authorization.intent.rail.name(),
+                    authorization.id
+                )));
+            }
+            if let Some(map) = body.as_object_mut() {
+                map.remove("authorizationId");
+                map.insert("paymentId".into(), Value::String(format!("standin_{}", authorization.id)));
+            }
+            let answer = self.call(reqwest::Method::POST, &path, Some(&body), self.inner.record_timeout).await?;
+            if !(200..300).contains(&answer.status) {
+                return Err(Self::api_error(&answer));
+            }
+            wire::parse_recorded(&answer.body, authorization, settlement)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,350 @@
+//! Proofs that nothing is lost, nothing is counted twice, nothing is spent on a failure, and no
+//! secret leaks — against a real conto-local over HTTP, with faults injected. Bounded in time;
+//! `scripts/soak.sh` runs the long versions.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use conto_core::outbox::Outbox;
+use conto_core::{Conto, DecisionSource, Engine, ExposeSecret, RejectionKind, Settlement};
+use serde_json::json;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("conto-rel-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn start_on(port: u16, db: PathBuf) -> conto_local::Running {
+    conto_local::start(conto_local::Config {
+        port,
+        db: Some(db),
+        org_key: Some("conto_org_rel".into()),
+        rate_limit: 1_000_000,
+        approval_ttl: conto_core::jiff::SignedDuration::from_mins(10),
+    })
+    .await
+    .unwrap()
+}
+
+/// Kill conto-local while records are being delivered, bring it back: every settled spend ends
+/// recorded exactly once, counted on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_lost_when_the_authority_dies_mid_delivery() {
+    let actions = env_usize("CONTO_REL_ACTIONS", 300);
+    let dir = scratch("lost");
+    let server = start_on(0, dir.join("local.db")).await;
+    let port = server.addr.port();
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    let outbox = Outbox::open(dir.join("outbox.db")).unwrap();
+    let client = conto_core::ContoClient::builder()
+        .base_url(server.url())
+        .sdk_key(&key)
+        .record_timeout(Duration::from_millis(300))
+        .max_retries(0)
+        .build()
+        .unwrap();
+    let conto = Conto::builder(client).outbox(outbox).deadline(Duration::from_millis(500)).build();
+    let settled = Arc::new(AtomicUsize::new(0));
+
+    // Authorize and settle everything while the server is up; recording is queued.
+    let mut tasks = Vec::new();
+    for i in 0..actions {
+        let (conto, settled) = (conto.clone(), settled.clone());
+        tasks.push(tokio::spawn(async move {
+            let intent = x402("agent-1", "0.01");
+            conto
+                .run(
+                    intent,
+                    |_| async {
+                        settled.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, ()>(format!("0x{i:064x}"))
+                    },
+                    |tx| Settlement::default().reference(tx.clone()),
+                )
+                .await
+        }));
+    }
+    // Kill the authority while the worker is delivering: once some records went through.
+    for _ in 0..2000 {
+        if conto.outbox_stats().unwrap().delivered >= (actions as u64 / 10).max(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let at_kill = conto.outbox_stats().unwrap();
+    server.stop().await;
+    for t in tasks {
+        let _ = t.await.unwrap();
+    }
+    let during = conto.outbox_stats().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Bring it back on the same port and database.
+    let server = start_on(port, dir.join("local.db")).await;
+    let after = conto.flush(Duration::from_secs(60)).await.unwrap();
+    let settled = settled.load(Ordering::SeqCst) as u64;
+    let recorded = server.spend_count("agent-1").unwrap();
+    eprintln!(
+        "nothing_lost: actions={actions} settled={settled} delivered_before_kill={} queued_after_kill={} \
+         recorded_on_server={recorded} dead={} lost={} duplicates={}",
+        at_kill.delivered,
+        during.pending,
+        after.dead,
+        settled.saturating_sub(recorded),
+        recorded.saturating_sub(settled)
+    );
+    assert!(at_kill.delivered > 0 && during.pending > 0, "the kill happened mid-delivery");
+    assert_eq!(after.pending, 0);
+    assert_eq!(after.dead, 0);
+    assert_eq!(recorded, settled, "every settled spend is recorded exactly once");
+    assert_eq!(server.engine().usage("agent-1").stats.recorded, settled);
+    server.stop().await;
+}
+
+/// The child half of the crash proof: settles one paid action, prints its authorization id, and
+/// waits to be SIGKILLed before the record is delivered.
+#[test]
+fn crash_child() {
+    let Ok(url) = std::env::var("CONTO_CRASH_URL") else { return };
+    let key = std::env::var("CONTO_CRASH_KEY").unwrap();
+    let outbox = Outbox::open(std::env::var("CONTO_CRASH_OUTBOX").unwrap()).unwrap();
+    let client = conto_core::ContoClient::builder().base_url(url).sdk_key(key).build().unwrap();
+    // Built outside a runtime: no delivery worker, so the record stays queued until the kill.
+    let conto = Conto::builder(client).outbox(outbox).build();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let approval = conto.authorize(transfer("agent-1", "7")).await.unwrap();
+        let id = approval.authorization().id.clone();
+        let receipt = approval.record(Settlement::default().reference(TX)).await.unwrap();
+        assert!(receipt.queued);
+        println!("SETTLED {id}");
+        std::io::stdout().flush().unwrap();
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Abort the app with SIGKILL between settlement and record; on restart the outbox delivers the
+/// record exactly once.
+#[tokio::test]
+async fn crash_between_settlement_and_record_delivers_exactly_once() {
+    let dir = scratch("crash");
+    let server = start(Some(dir.join("local.db")), "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    let outbox_path = dir.join("outbox.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("CONTO_CRASH_URL", server.url())
+        .env("CONTO_CRASH_KEY", &key)
+        .env("CONTO_CRASH_OUTBOX", &outbox_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        // The harness prints `test crash_child ... ` before the child's own line.
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.split_once("SETTLED ").map(|(_, id)| id.trim().to_owned()))
+    })
+    .await
+    .unwrap()
+    .expect("the child settles and reports");
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    assert_eq!(server.spend_count("agent-1").unwrap(), 0, "killed before the record was delivered");
+
+    // Restart the app: the same outbox, a fresh pipeline.
+    for _ in 0..2 {
+        let client = conto_core::ContoClient::builder().base_url(server.url()).sdk_key(&key).build().unwrap();
+        let conto = Conto::builder(client).outbox(Outbox::open(&outbox_path).unwrap()).build();
+        let stats = conto.flush(Duration::from_secs(20)).await.unwrap();
+        assert_eq!((stats.pending, stats.dead), (0, 0));
+    }
+    assert_eq!(server.spend_count("agent-1").unwrap(), 1, "{line}: delivered exactly once");
+    eprintln!("crash: child SIGKILLed after settling {line}; records on server after two restarts = 1");
+}
+
+/// A hanging, resetting or garbage-speaking authority: every decision is a denial within the
+/// deadline, and the settlement never runs.
+#[tokio::test]
+async fn fail_closed_against_hang_reset_and_garbage() {
+    async fn serve(mode: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    match mode {
+                        "hang" => tokio::time::sleep(Duration::from_secs(60)).await,
+                        "reset" => drop(socket),
+                        _ => {
+                            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nnot json!").await;
+                        }
+                    }
+                });
+            }
+        });
+        url
+    }
+    let mut report = Vec::new();
+    for mode in ["hang", "reset", "garbage"] {
+        let url = serve(mode).await;
+        let client = conto_core::ContoClient::builder()
+            .base_url(&url)
+            .sdk_key(format!("conto_agent_{}", "ab".repeat(32)))
+            .authorize_timeout(Duration::from_millis(250))
+            .build()
+            .unwrap();
+        let conto = Conto::builder(client).deadline(Duration::from_millis(300)).build();
+        let runs = AtomicUsize::new(0);
+        for _ in 0..10 {
+            let out = conto
+                .run(
+                    transfer("agent-1", "1"),
+                    |_| async { Ok::<_, ()>(runs.fetch_add(1, Ordering::SeqCst)) },
+                    |_| Settlement::default(),
+                )
+                .await;
+            let r = out.expect_err("never an approval");
+            assert!(matches!(r.kind(), RejectionKind::Unavailable { .. }), "{mode}: {r}");
+            assert!(matches!(r.source(), DecisionSource::Timeout | DecisionSource::Unavailable));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "{mode}: the settlement never ran");
+        report.push(format!("{mode}: 10 denied, 0 settled"));
+    }
+    eprintln!("fail_closed: {}", report.join("; "));
+}
+
+/// With a bounded stand-in, an outage is served within the stand-in's own caps; its spends are
+/// reconciled to the authority once it is back.
+#[tokio::test]
+async fn stand_in_is_bounded_marked_and_reconciled() {
+    let dir = scratch("standin");
+    let server = start_on(0, dir.join("local.db")).await;
+    let port = server.addr.port();
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    let url = server.url();
+    server.stop().await; // the authority is down
+
+    let stand_in = Engine::from_json(
+        &json!([{"name": "degraded caps", "rules": [
+            {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "5", "action": "ALLOW"},
+            {"ruleType": "BUDGET_CAP", "operator": "LTE", "value": "{\"amount\":50,\"period\":\"DAILY\"}", "action": "ALLOW"}
+        ]}])
+        .to_string(),
+    )
+    .unwrap();
+    let outbox = Outbox::in_memory().unwrap();
+    let client = conto_core::ContoClient::builder()
+        .base_url(&url)
+        .sdk_key(&key)
+        .authorize_timeout(Duration::from_millis(200))
+        .record_timeout(Duration::from_millis(200))
+        .max_retries(0)
+        .build()
+        .unwrap();
+    let conto = Conto::builder(client)
+        .stand_in(stand_in.clone())
+        .outbox(outbox.clone())
+        .deadline(Duration::from_millis(300))
+        .build();
+    let mut sources = Vec::new();
+    let mut approved = 0;
+    for amount in ["6", "5", "5", "5", "5", "5", "5", "5", "5", "5", "5", "5"] {
+        match conto.authorize(x402("agent-1", amount)).await {
+            Ok(a) => {
+                sources.push(a.source());
+                a.record(Settlement::default().reference(TX)).await.unwrap();
+                approved += 1;
+            }
+            Err(r) => assert_eq!(r.source(), DecisionSource::StandIn, "{r}"),
+        }
+    }
+    assert_eq!(approved, 10, "5 per action, 50 in all: the stand-in's own caps");
+    assert!(sources.iter().all(|s| *s == DecisionSource::StandIn));
+    assert_eq!(stand_in.usage("agent-1").stats.total_spent, 50.into());
+
+    // The authority comes back: the stand-in's spends are reported to it.
+    let server = start_on(port, dir.join("local.db")).await;
+    let stats = conto.flush(Duration::from_secs(30)).await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (0, 0), "{:?}", outbox.dead().unwrap());
+    assert_eq!(server.spend_count("agent-1").unwrap(), 10);
+    assert_eq!(server.engine().usage("agent-1").stats.total_spent, 50.into());
+    server.stop().await;
+}
+
+/// A full flow with tracing at TRACE: neither the SDK key nor the approval token appears in
+/// what was logged.
+#[tokio::test]
+async fn no_secret_in_trace_output() {
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(caps()).await;
+    let conto = Conto::builder(client(&server, &key)).outbox(Outbox::in_memory().unwrap()).build();
+    let approval = conto.authorize(transfer("agent-1", "3")).await.unwrap();
+    let token = approval.authorization().token.as_ref().unwrap().expose_secret().to_owned();
+    tracing::info!(?approval, "the approval, as an app might log it");
+    approval.record(Settlement::default().reference(TX)).await.unwrap();
+    conto.flush(Duration::from_secs(10)).await;
+    let denied = conto.authorize(transfer("agent-1", "1000000")).await.unwrap_err();
+    tracing::info!(%denied, ?denied, "a denial");
+    let bogus = conto_core::ContoClient::builder()
+        .base_url(server.url())
+        .sdk_key(format!("conto_agent_{}", "9".repeat(64)))
+        .build()
+        .unwrap();
+    let err = Conto::new(bogus).authorize(transfer("agent-1", "1")).await.unwrap_err();
+    tracing::info!(%err, "an auth failure");
+    assert_eq!(server.spend_count("agent-1").unwrap(), 1);
+
+    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(text.len() > 1000, "tracing captured the flow ({} bytes)", text.len());
+    assert!(!text.contains(&key), "the SDK key leaked into the trace");
+    assert!(!text.contains(&key[12..]), "the SDK key's secret part leaked into the trace");
+    assert!(!text.contains(&token), "the approval token leaked into the trace");
+    assert!(!text.contains(&"9".repeat(64)), "a rejected key leaked into the trace");
+    eprintln!("secrets: {} bytes of TRACE output, 0 occurrences of the key or the token", text.len());
+}
