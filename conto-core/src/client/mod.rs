@@ -398,6 +398,14 @@ impl ContoClient {
     }
 }
 
+/// Parses a decision body exactly as [`ContoClient`] does: for custom transports, and for
+/// fuzzing. A body that is not a well-formed decision for `intent`'s rail is an error.
+pub fn parse_decision(status: u16, body: &[u8], intent: &PaymentIntent) -> Result<Decision, AuthorityError> {
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|_| AuthorityError::InvalidResponse(format!("HTTP {status}: the body is not JSON")))?;
+    wire::parse_decision(status, &body, &Arc::new(intent.clone()), Timestamp::now())
+}
+
 /// Exponential backoff with jitter: 100 ms · 2ⁿ, at most 2 s.
 fn backoff(attempt: u32) -> Duration {
     let base = 100u64.saturating_mul(1 << attempt.min(5)).min(2000);
