@@ -260,6 +260,7 @@ impl IntoResponse for ApiError {
 
 fn router(app: Arc<App>) -> Router {
     Router::new()
+        .route("/health", get(|| async { "ok" }))
         .route("/api/agents", post(create_agent).get(list_agents))
         .route("/api/agents/{agent_id}/sdk-keys", post(create_key))
         .route("/api/policies", post(create_policy).get(list_policies))

@@ -1,0 +1,172 @@
+//! In-process costs: an embedded decision by policy count and by history size, the
+//! `#[paid_action]` and layer overheads against bare baselines, and contention across agents.
+//! Results and how to read them: BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use axum::routing::get;
+use conto::tower::{Actor, PaidLayer, Price};
+use conto::{Conto, Engine, PaymentIntent, PolicySet, Rail, Rejection, Settlement, paid_action};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use serde_json::json;
+use tower::ServiceExt;
+
+const RECIPIENT: &str = "0x1111111111111111111111111111111111111111";
+const SENDER: &str = "0x2222222222222222222222222222222222222222";
+
+/// `n` active policies, each with a per-action cap, a daily limit, a category allowlist and a
+/// counterparty allowlist (limits high enough never to deny).
+fn policies(n: usize) -> PolicySet {
+    let docs: Vec<_> = (0..n)
+        .map(|i| {
+            json!({"name": format!("p{i}"), "priority": (i % 100) as i64, "rules": [
+                {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "1000", "action": "ALLOW"},
+                {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "900000000", "action": "ALLOW"},
+                {"ruleType": "ALLOWED_CATEGORIES", "operator": "IN_LIST", "value": "[\"API_PROVIDER\",\"CLOUD\"]", "action": "ALLOW"},
+                {"ruleType": "ALLOWED_COUNTERPARTIES", "operator": "IN_LIST", "value": format!("[\"{RECIPIENT}\"]"), "action": "ALLOW"}
+            ]})
+        })
+        .collect();
+    PolicySet::from_value(serde_json::Value::Array(docs)).unwrap()
+}
+
+fn intent(actor: &str) -> PaymentIntent {
+    PaymentIntent::builder(actor, "0.01", Rail::transfer(8453, SENDER).unwrap())
+        .recipient(RECIPIENT)
+        .category("API_PROVIDER")
+        .idempotency_key("bench")
+        .build()
+        .unwrap()
+}
+
+fn decide_and_record(engine: &Engine, intent: &PaymentIntent) {
+    let d = engine.decide(intent);
+    let conto::Verdict::Approved(a) = d.verdict else { panic!("benchmark intents are approved") };
+    engine.settle(&a, &Settlement::default()).unwrap();
+}
+
+fn by_policy_count(c: &mut Criterion) {
+    let mut g = c.benchmark_group("embedded_authorize_record");
+    for n in [1usize, 10, 100] {
+        let engine = Engine::new(policies(n));
+        let i = intent("agent-1");
+        g.bench_with_input(BenchmarkId::new("policies", n), &n, |b, _| {
+            b.iter(|| decide_and_record(&engine, black_box(&i)))
+        });
+    }
+    g.finish();
+}
+
+fn by_history(c: &mut Criterion) {
+    let mut g = c.benchmark_group("embedded_history");
+    g.sample_size(30);
+    for past in [0usize, 1_000, 100_000, 1_000_000] {
+        let engine = Engine::new(policies(10));
+        let i = intent("agent-1");
+        for _ in 0..past {
+            decide_and_record(&engine, &i);
+        }
+        g.bench_with_input(BenchmarkId::new("past_spends", past), &past, |b, _| {
+            b.iter(|| decide_and_record(&engine, black_box(&i)))
+        });
+    }
+    g.finish();
+}
+
+#[derive(Debug)]
+struct PayError;
+impl From<Rejection> for PayError {
+    fn from(_: Rejection) -> Self {
+        PayError
+    }
+}
+
+/// The settlement body both functions share: a little real work.
+async fn settle_body(n: u64) -> Result<u64, PayError> {
+    Ok(black_box(n).wrapping_mul(31).rotate_left(7))
+}
+
+async fn bare(n: u64) -> Result<u64, PayError> {
+    settle_body(n).await
+}
+
+#[paid_action(amount = "0.01", recipient = RECIPIENT, rail = transfer(chain_id = 8453, sender = SENDER),
+    actor = "agent-1", authorizer = conto, category = "API_PROVIDER")]
+async fn guarded(conto: &Conto, n: u64) -> Result<u64, PayError> {
+    settle_body(n).await
+}
+
+fn macro_overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conto = Conto::new(Engine::new(policies(10)));
+    let mut g = c.benchmark_group("paid_action");
+    g.bench_function("bare_fn", |b| b.to_async(&rt).iter(|| bare(black_box(7))));
+    g.bench_function("paid_action_fn", |b| b.to_async(&rt).iter(|| guarded(&conto, black_box(7))));
+    g.finish();
+}
+
+fn layer_overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let paid = PaidLayer::builder(Conto::new(Engine::new(policies(10))))
+        .actor(Actor::header("x-conto-actor"))
+        .rail(Rail::transfer(8453, SENDER).unwrap())
+        .recipient(RECIPIENT)
+        .category("API_PROVIDER")
+        .price(Price::fixed("0.01".parse().unwrap()))
+        .build()
+        .unwrap();
+    let bare: Router = Router::new().route("/r", get(|| async { "ok" }));
+    let layered: Router = Router::new().route("/r", get(|| async { "ok" }).route_layer(paid));
+    let req = || Request::get("/r").header("x-conto-actor", "agent-1").body(Body::empty()).unwrap();
+    let mut g = c.benchmark_group("layer_oneshot");
+    g.bench_function("bare_route", |b| b.to_async(&rt).iter(|| bare.clone().oneshot(req())));
+    g.bench_function("paid_route", |b| b.to_async(&rt).iter(|| layered.clone().oneshot(req())));
+    g.finish();
+}
+
+/// Throughput of authorize + record with 64 concurrent tasks on 1 shared agent vs 64 agents.
+fn contention(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut g = c.benchmark_group("contention_64_tasks");
+    g.sample_size(20);
+    for agents in [1usize, 64] {
+        let engine = Engine::new(policies(10));
+        let intents: Arc<Vec<PaymentIntent>> =
+            Arc::new((0..64).map(|t| intent(&format!("agent-{}", t % agents))).collect());
+        g.bench_with_input(BenchmarkId::new("agents", agents), &agents, |b, _| {
+            b.iter_custom(|iters| {
+                let per_task = iters.div_ceil(64).max(1);
+                let start = Instant::now();
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..64)
+                        .map(|t| {
+                            let (engine, intents) = (engine.clone(), intents.clone());
+                            tokio::spawn(async move {
+                                for _ in 0..per_task {
+                                    decide_and_record(&engine, &intents[t]);
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                });
+                start.elapsed().div_f64((per_task * 64) as f64 / iters as f64)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = by_policy_count, by_history, macro_overhead, layer_overhead, contention
+}
+criterion_main!(benches);

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Requests/s and latency of a route behind PaidLayer vs the same route bare, over loopback with
+# wrk (Debian package `wrk`). Both routes are measured in the same run, alternating, on the same
+# server process. Bounded: DURATION seconds per run, ROUNDS rounds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${DURATION:-10}"; ROUNDS="${ROUNDS:-2}"; CONNS="${CONNS:-32}"; PORT="${PORT:-3999}"
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+cargo build --release --example bench_server >/dev/null 2>&1
+PORT=$PORT target/release/examples/bench_server >/dev/null & server=$!
+trap 'kill $server 2>/dev/null' EXIT
+for _ in $(seq 1 50); do curl -s "http://127.0.0.1:$PORT/bare" >/dev/null && break; sleep 0.1; done
+for round in $(seq 1 "$ROUNDS"); do
+  for route in bare paid; do
+    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'x-conto-actor: agent-1' "http://127.0.0.1:$PORT/$route")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+    echo "round=$round route=$route rps=$rps p50=$p50 p99=$p99 non2xx=${non2xx:-0}"
+  done
+done

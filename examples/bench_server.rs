@@ -1,0 +1,41 @@
+//! The server `benches/loopback.sh` drives with wrk: the same handler bare (`/bare`) and behind
+//! `PaidLayer` on the embedded engine (`/paid`, 10 policies, limits that never deny).
+//!
+//! ```sh
+//! cargo run --release --example bench_server   # 127.0.0.1:3999 (PORT to change)
+//! ```
+
+use axum::Router;
+use axum::routing::get;
+use conto::tower::{Actor, PaidLayer, Price};
+use conto::{Conto, Engine, PolicySet, Rail};
+use serde_json::json;
+
+const RECIPIENT: &str = "0x1111111111111111111111111111111111111111";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let docs: Vec<_> = (0..10)
+        .map(|i| {
+            json!({"name": format!("p{i}"), "rules": [
+                {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "1000", "action": "ALLOW"},
+                {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "900000000", "action": "ALLOW"},
+                {"ruleType": "ALLOWED_COUNTERPARTIES", "operator": "IN_LIST", "value": format!("[\"{RECIPIENT}\"]"), "action": "ALLOW"}
+            ]})
+        })
+        .collect();
+    let engine = Engine::new(PolicySet::from_value(serde_json::Value::Array(docs))?);
+    let paid = PaidLayer::builder(Conto::new(engine))
+        .actor(Actor::header("x-conto-actor"))
+        .rail(Rail::x402("https://api.example.com/search")?)
+        .recipient(RECIPIENT)
+        .price(Price::fixed("0.000001".parse()?))
+        .build()?;
+    let app =
+        Router::new().route("/bare", get(|| async { "ok" })).route("/paid", get(|| async { "ok" }).route_layer(paid));
+    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3999);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("bench_server on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
