@@ -5,9 +5,25 @@ use std::fmt::Write;
 /// `n` random bytes as lower-case hex.
 pub(crate) fn random_hex(n: usize) -> String {
     let mut out = String::with_capacity(n * 2);
-    for _ in 0..n {
-        let b: u8 = rand::random();
-        let _ = write!(out, "{b:02x}");
+    let mut left = n;
+    while left > 0 {
+        let chunk = left.min(16);
+        let bits: u128 = rand::random();
+        let _ = write!(out, "{:0width$x}", bits >> (128 - 8 * chunk), width = chunk * 2);
+        left -= chunk;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lengths_and_alphabet() {
+        for n in [1, 12, 16, 32, 33] {
+            let h = super::random_hex(n);
+            assert_eq!(h.len(), n * 2);
+            assert!(h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        }
+        assert_ne!(super::random_hex(32), super::random_hex(32));
+    }
 }

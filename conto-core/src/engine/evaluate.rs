@@ -1,4 +1,9 @@
 //! Evaluates compiled policies against one intent and one agent's ledger.
+//!
+//! The hot path allocates as little as it can: a rule's human-readable explanation is written
+//! only when the rule is broken, and each period start is computed once per decision.
+
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use rust_decimal::Decimal;
@@ -7,7 +12,7 @@ use super::ledger::{AgentLedger, CounterKey, VelocityKey, period_start};
 use crate::decision::{Denial, Violation};
 use crate::intent::{PaymentIntent, Rail};
 use crate::policy::rules::{
-    Blackout, Check, Cmp, CompiledRule, Field, Measure, Outcome, Polarity, in_daily_window, local,
+    Blackout, Check, Cmp, CompiledRule, Field, Measure, Outcome, Period, Polarity, in_daily_window, local,
 };
 use crate::policy::{Cumulative, PolicySet, Velocity};
 
@@ -21,20 +26,99 @@ pub(crate) enum Evaluation {
     NeedsApproval(Vec<String>),
 }
 
-/// What one rule found.
-struct Finding {
+/// What one rule measured; explained in words only if the rule is broken.
+struct Finding<'a> {
     holds: bool,
     limit: Option<Decimal>,
     current: Option<Decimal>,
-    detail: String,
+    detail: Detail<'a>,
 }
 
-pub(crate) fn counter_key(c: &Cumulative, rails: crate::policy::RailFilter, intent: &PaymentIntent) -> CounterKey {
-    CounterKey { rails, scope: c.scope, scope_key: c.scope.key(intent), period: c.period, tz: c.tz_name.clone() }
+enum Detail<'a> {
+    Amount { what: &'static str, subject: Decimal, cmp: Cmp, limit: Decimal },
+    Cumulative { period: Period, used: Decimal, amount: Decimal, cmp: Cmp, limit: Decimal },
+    Velocity { after: usize, window: jiff::SignedDuration, max: u32 },
+    Missing(Field),
+    Listed { field: Field, value: &'a str, listed: bool },
+    TimeOfDay { local: jiff::civil::Time, inside: bool, start: jiff::civil::Time, end: jiff::civil::Time, tz: &'a str },
+    Weekday { day: u8, listed: bool },
+    Range { now: Timestamp, inside: bool, start: Timestamp, end: Timestamp },
+    Blackout(Option<&'a str>),
 }
 
-fn velocity_key(v: &Velocity, rails: crate::policy::RailFilter, intent: &PaymentIntent) -> VelocityKey {
-    VelocityKey { rails, scope: v.scope, scope_key: v.scope.key(intent), window: v.window }
+fn explain(rule_type: &str, d: &Detail<'_>) -> String {
+    match d {
+        Detail::Amount { what, subject, cmp, limit } => {
+            format!("{rule_type}: {what} {subject}, limit {} {limit}", cmp.symbol())
+        }
+        Detail::Cumulative { period, used, amount, cmp, limit } => format!(
+            "{rule_type} {} spend would be {} ({used} used + {amount} requested), limit {} {limit}",
+            period.label(),
+            used + amount,
+            cmp.symbol()
+        ),
+        Detail::Velocity { after, window, max } => {
+            let unit = match window.as_secs() {
+                60 => "minute",
+                3600 => "hour",
+                _ => "day",
+            };
+            format!("{rule_type} payments in the last {unit} would be {after}, limit {max}")
+        }
+        Detail::Missing(field) => format!("{rule_type}: the payment has no {}", field.label()),
+        Detail::Listed { field, value, listed } => {
+            format!("{} `{value}` is {} the {rule_type} list", field.label(), if *listed { "on" } else { "not on" })
+        }
+        Detail::TimeOfDay { local, inside, start, end, tz } => format!(
+            "local time {} is {} the window {}-{} ({tz})",
+            local.strftime("%H:%M"),
+            if *inside { "inside" } else { "outside" },
+            start.strftime("%H:%M"),
+            end.strftime("%H:%M"),
+        ),
+        Detail::Weekday { day, listed } => {
+            const NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+            format!("{} is {} the allowed days", NAMES[*day as usize], if *listed { "among" } else { "not among" })
+        }
+        Detail::Range { now, inside, start, end } => {
+            format!("{now} is {} the permitted range {start} to {end}", if *inside { "inside" } else { "outside" })
+        }
+        Detail::Blackout(Some(reason)) => format!("blackout period in effect ({reason})"),
+        Detail::Blackout(None) => "blackout period in effect".to_owned(),
+    }
+}
+
+fn counter_key(c: &Cumulative, intent: &PaymentIntent) -> CounterKey {
+    CounterKey { id: c.id, scope_key: c.scope.key(intent), period: c.period, tz: c.tz_name.clone() }
+}
+
+fn velocity_key(v: &Velocity, intent: &PaymentIntent) -> VelocityKey {
+    VelocityKey { id: v.id, scope_key: v.scope.key(intent), window: v.window }
+}
+
+/// Period starts computed during one decision (policies usually share a few periods and zones).
+#[derive(Default)]
+struct Starts(Vec<(Period, Arc<str>, Timestamp)>);
+
+impl Starts {
+    fn get(&mut self, c: &Cumulative, now: Timestamp) -> Timestamp {
+        if let Some((_, _, t)) =
+            self.0.iter().find(|(p, tz, _)| *p == c.period && (Arc::ptr_eq(tz, &c.tz_name) || **tz == *c.tz_name))
+        {
+            return *t;
+        }
+        let t = period_start(c.period, &c.tz, now);
+        self.0.push((c.period, c.tz_name.clone(), t));
+        t
+    }
+}
+
+/// The scratch state of one evaluation.
+struct Scratch {
+    holds: Vec<(CounterKey, Timestamp)>,
+    windows: Vec<VelocityKey>,
+    daily: Option<(Decimal, Decimal)>,
+    starts: Starts,
 }
 
 /// Evaluates every applicable policy in priority order. With `skip_approval`, rules that would
@@ -47,17 +131,15 @@ pub(crate) fn evaluate(
     skip_approval: bool,
 ) -> Evaluation {
     let amount = intent.amount.get();
-    let mut holds: Vec<(CounterKey, Timestamp)> = Vec::new();
-    let mut windows: Vec<VelocityKey> = Vec::new();
+    let mut scratch = Scratch { holds: Vec::new(), windows: Vec::new(), daily: None, starts: Starts::default() };
     let mut approvals: Vec<String> = Vec::new();
-    let mut daily: Option<(Decimal, Decimal)> = None;
 
     for policy in policies.policies.iter().filter(|p| p.applies_to(intent.actor.as_str())) {
         for rule in &policy.rules {
             if !rule.rails.matches(&intent.rail) {
                 continue;
             }
-            let Some(finding) = check(rule, intent, amount, ledger, now, &mut holds, &mut windows, &mut daily) else {
+            let Some(finding) = check(rule, intent, amount, ledger, now, &mut scratch) else {
                 continue;
             };
             let broken = match rule.polarity {
@@ -67,36 +149,42 @@ pub(crate) fn evaluate(
             if !broken {
                 continue;
             }
-            let reason = format!("{}: {}", policy.name, finding.detail);
             match rule.outcome {
                 Outcome::Approval if skip_approval => {}
-                Outcome::Approval => approvals.push(reason),
+                Outcome::Approval => {
+                    approvals.push(format!("{}: {}", policy.name, explain(&rule.rule_type, &finding.detail)))
+                }
                 Outcome::Deny => {
+                    let detail = explain(&rule.rule_type, &finding.detail);
                     let violation = Violation {
                         kind: rule.violation.clone(),
                         limit: finding.limit,
                         current: finding.current,
-                        message: Some(finding.detail),
+                        message: Some(detail.clone()),
                     };
-                    return Evaluation::Denied(Denial { reasons: vec![reason], violations: vec![violation] });
+                    return Evaluation::Denied(Denial {
+                        reasons: vec![format!("{}: {detail}", policy.name)],
+                        violations: vec![violation],
+                    });
                 }
             }
         }
     }
-    if approvals.is_empty() { Evaluation::Pass { holds, windows, daily } } else { Evaluation::NeedsApproval(approvals) }
+    if approvals.is_empty() {
+        Evaluation::Pass { holds: scratch.holds, windows: scratch.windows, daily: scratch.daily }
+    } else {
+        Evaluation::NeedsApproval(approvals)
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check(
-    rule: &CompiledRule,
-    intent: &PaymentIntent,
+fn check<'a>(
+    rule: &'a CompiledRule,
+    intent: &'a PaymentIntent,
     amount: Decimal,
     ledger: &mut AgentLedger,
     now: Timestamp,
-    holds: &mut Vec<(CounterKey, Timestamp)>,
-    windows: &mut Vec<VelocityKey>,
-    daily: &mut Option<(Decimal, Decimal)>,
-) -> Option<Finding> {
+    scratch: &mut Scratch,
+) -> Option<Finding<'a>> {
     let finding = match &rule.check {
         Check::Amount { measure, cmp, limit } => {
             let subject = match (measure, &intent.rail) {
@@ -109,80 +197,64 @@ fn check(
                 holds: cmp.holds(subject, *limit),
                 limit: Some(*limit),
                 current: Some(subject),
-                detail: describe(&rule.rule_type, what, subject, *cmp, *limit),
+                detail: Detail::Amount { what, subject, cmp: *cmp, limit: *limit },
             }
         }
         Check::Cumulative { counter, cmp, limit } => {
-            let key = counter_key(counter, rule.rails, intent);
-            let start = period_start(counter.period, &counter.tz, now);
+            let key = counter_key(counter, intent);
+            let start = scratch.starts.get(counter, now);
             let used = ledger.used(&key, start);
             let projected = used + amount;
-            if !holds.iter().any(|(k, _)| *k == key) {
-                holds.push((key, start));
+            if rule.rule_type.as_ref() == "DAILY_LIMIT" && scratch.daily.is_none_or(|(_, l)| *limit < l) {
+                scratch.daily = Some((projected, *limit));
             }
-            if rule.rule_type.as_ref() == "DAILY_LIMIT" && daily.is_none_or(|(_, l)| *limit < l) {
-                *daily = Some((projected, *limit));
+            if !scratch.holds.iter().any(|(k, _)| *k == key) {
+                scratch.holds.push((key, start));
             }
             Finding {
                 holds: cmp.holds(projected, *limit),
                 limit: Some(*limit),
                 current: Some(used),
-                detail: format!(
-                    "{} {} spend would be {projected} ({used} used + {amount} requested), limit {} {limit}",
-                    rule.rule_type,
-                    counter.period.label(),
-                    cmp.symbol()
-                ),
+                detail: Detail::Cumulative { period: counter.period, used, amount, cmp: *cmp, limit: *limit },
             }
         }
         Check::Velocity(v) => {
-            let key = velocity_key(v, rule.rails, intent);
+            let key = velocity_key(v, intent);
             let count = ledger.count(&key, now);
-            if !windows.contains(&key) {
-                windows.push(key);
+            if !scratch.windows.contains(&key) {
+                scratch.windows.push(key);
             }
             let after = count + 1;
             Finding {
                 holds: after <= v.max_count as usize,
                 limit: Some(Decimal::from(v.max_count)),
                 current: Some(Decimal::from(count as u64)),
-                detail: format!(
-                    "{} payments in the last {} would be {after}, limit {}",
-                    rule.rule_type,
-                    humanize(v.window),
-                    v.max_count
-                ),
+                detail: Detail::Velocity { after, window: v.window, max: v.max_count },
             }
         }
         Check::List { field, entries, in_list } => {
-            let value = list_subject(*field, intent);
-            let Some(value) = value else {
+            let Some(value) = list_subject(*field, intent) else {
                 // Counterparty rules do not apply to cards; other missing fields are "not listed".
                 if *field == Field::Counterparty {
                     return None;
                 }
-                return Some(Finding {
-                    holds: !*in_list,
-                    limit: None,
-                    current: None,
-                    detail: format!("{}: the payment has no {}", rule.rule_type, field.label()),
-                });
+                return Some(Finding { holds: !*in_list, limit: None, current: None, detail: Detail::Missing(*field) });
             };
-            let listed = if *field == Field::Service {
-                entries.iter().any(|e| value == *e || value.ends_with(&format!(".{e}")))
-            } else {
-                entries.contains(&value)
+            let listed = match field {
+                Field::Counterparty | Field::Mcc => entries.contains(value),
+                Field::Service => entries.iter().any(|e| {
+                    value.eq_ignore_ascii_case(e)
+                        || (value.len() > e.len()
+                            && value.as_bytes()[value.len() - e.len() - 1] == b'.'
+                            && value[value.len() - e.len()..].eq_ignore_ascii_case(e))
+                }),
+                _ => entries.iter().any(|e| e.eq_ignore_ascii_case(value.trim())),
             };
             Finding {
                 holds: listed == *in_list,
                 limit: None,
                 current: None,
-                detail: format!(
-                    "{} `{value}` is {} the {} list",
-                    field.label(),
-                    if listed { "on" } else { "not on" },
-                    rule.rule_type
-                ),
+                detail: Detail::Listed { field: *field, value, listed },
             }
         }
         Check::TimeOfDay { start, end, between, tz } => {
@@ -192,29 +264,23 @@ fn check(
                 holds: inside == *between,
                 limit: None,
                 current: None,
-                detail: format!(
-                    "local time {} is {} the window {}-{} ({})",
-                    t.strftime("%H:%M"),
-                    if inside { "inside" } else { "outside" },
-                    start.strftime("%H:%M"),
-                    end.strftime("%H:%M"),
-                    tz.iana_name().unwrap_or("UTC")
-                ),
+                detail: Detail::TimeOfDay {
+                    local: t,
+                    inside,
+                    start: *start,
+                    end: *end,
+                    tz: tz.iana_name().unwrap_or("UTC"),
+                },
             }
         }
         Check::DayOfWeek { days, in_list, tz } => {
             let (_, weekday) = local(now, tz);
             let listed = days & (1 << weekday) != 0;
-            const NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
             Finding {
                 holds: listed == *in_list,
                 limit: None,
                 current: None,
-                detail: format!(
-                    "{} is {} the allowed days",
-                    NAMES[weekday as usize],
-                    if listed { "among" } else { "not among" }
-                ),
+                detail: Detail::Weekday { day: weekday, listed },
             }
         }
         Check::Period { start, end, between } => {
@@ -223,10 +289,7 @@ fn check(
                 holds: inside == *between,
                 limit: None,
                 current: None,
-                detail: format!(
-                    "{now} is {} the permitted range {start} to {end}",
-                    if inside { "inside" } else { "outside" }
-                ),
+                detail: Detail::Range { now, inside, start: *start, end: *end },
             }
         }
         Check::Blackout(list) => {
@@ -234,50 +297,30 @@ fn check(
                 Blackout::Daily { start, end, tz, .. } => in_daily_window(local(now, tz).0, *start, *end),
                 Blackout::Absolute { start, end, .. } => *start <= now && now < *end,
             });
-            match hit {
-                None => Finding { holds: false, limit: None, current: None, detail: String::new() },
-                Some(w) => {
-                    let (Blackout::Daily { reason, .. } | Blackout::Absolute { reason, .. }) = w;
-                    Finding {
-                        holds: true,
-                        limit: None,
-                        current: None,
-                        detail: match reason {
-                            Some(r) => format!("blackout period in effect ({r})"),
-                            None => "blackout period in effect".to_owned(),
-                        },
-                    }
-                }
-            }
+            let reason = hit.and_then(|w| {
+                let (Blackout::Daily { reason, .. } | Blackout::Absolute { reason, .. }) = w;
+                reason.as_deref()
+            });
+            Finding { holds: hit.is_some(), limit: None, current: None, detail: Detail::Blackout(reason) }
         }
     };
     Some(finding)
 }
 
-fn list_subject(field: Field, intent: &PaymentIntent) -> Option<String> {
+/// The field a list rule checks, borrowed from the intent (compared case-insensitively where
+/// the field is text).
+fn list_subject(field: Field, intent: &PaymentIntent) -> Option<&str> {
     match (field, &intent.rail) {
-        (Field::Counterparty, _) => intent.recipient.as_ref().map(|a| a.as_str().to_owned()),
-        (Field::Category, _) => intent.category.as_ref().map(|c| c.trim().to_lowercase()),
+        (Field::Counterparty, _) => intent.recipient.as_ref().map(|a| a.as_str()),
+        (Field::Category, _) => intent.category.as_deref(),
         (Field::Service, Rail::X402 { service_domain, .. } | Rail::Mpp { service_domain, .. }) => {
-            Some(service_domain.to_lowercase())
+            Some(service_domain.as_str())
         }
-        (Field::Mcc, Rail::Card { mcc, .. }) => mcc.clone(),
-        (Field::Merchant, Rail::Card { merchant, .. }) => Some(merchant.trim().to_lowercase()),
-        (Field::MppIntent, Rail::Mpp { intent, .. }) => intent.as_ref().map(|i| i.trim().to_lowercase()),
-        (Field::MppMethod, Rail::Mpp { method, .. }) => method.as_ref().map(|m| m.trim().to_lowercase()),
+        (Field::Mcc, Rail::Card { mcc, .. }) => mcc.as_deref(),
+        (Field::Merchant, Rail::Card { merchant, .. }) => Some(merchant.as_str()),
+        (Field::MppIntent, Rail::Mpp { intent, .. }) => intent.as_deref(),
+        (Field::MppMethod, Rail::Mpp { method, .. }) => method.as_deref(),
         _ => None,
-    }
-}
-
-fn describe(rule_type: &str, what: &str, subject: Decimal, cmp: Cmp, limit: Decimal) -> String {
-    format!("{rule_type}: {what} {subject}, limit {} {limit}", cmp.symbol())
-}
-
-fn humanize(d: jiff::SignedDuration) -> &'static str {
-    match d.as_secs() {
-        60 => "minute",
-        3600 => "hour",
-        _ => "day",
     }
 }
 
@@ -294,7 +337,7 @@ pub(crate) fn all_keys(
         for rule in policy.rules.iter().filter(|r| r.rails.matches(&intent.rail)) {
             match &rule.check {
                 Check::Cumulative { counter, .. } => {
-                    let key = counter_key(counter, rule.rails, intent);
+                    let key = counter_key(counter, intent);
                     let start = period_start(counter.period, &counter.tz, now);
                     ledger.used(&key, start);
                     if !holds.iter().any(|(k, _)| *k == key) {
@@ -302,7 +345,7 @@ pub(crate) fn all_keys(
                     }
                 }
                 Check::Velocity(v) => {
-                    let key = velocity_key(v, rule.rails, intent);
+                    let key = velocity_key(v, intent);
                     if !windows.contains(&key) {
                         windows.push(key);
                     }

@@ -13,16 +13,55 @@ use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 
 use crate::decision::Recorded;
-use crate::policy::{Period, RailFilter, Scope};
+use crate::policy::Period;
 
-/// Identifies one period counter within an agent.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Hash maps keyed by engine-internal keys: a fast hasher, still seeded per process.
+pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// An authorization id as a fixed-size key: the 96 random bits of the engine's own
+/// `auth_<24 hex>` ids, exactly; any other id through two independent 64-bit hashes. Keeps the
+/// live and closed maps free of string compares and pointer chasing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct IdKey(u128);
+
+impl IdKey {
+    pub fn of(id: &str) -> Self {
+        if let Some(hex) = id.strip_prefix("auth_")
+            && hex.len() == 24
+            && let Ok(bits) = u128::from_str_radix(hex, 16)
+        {
+            return Self(bits);
+        }
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let a = BuildHasherDefault::<DefaultHasher>::default().hash_one((0u8, id));
+        let b = BuildHasherDefault::<DefaultHasher>::default().hash_one((1u8, id));
+        Self(1 << 127 | (u128::from(a) << 63) ^ u128::from(b))
+    }
+}
+
+/// Identifies one period counter within an agent. Equality and hashing use the precomputed
+/// counter id (rails, scope, period and zone) and the scope's key only.
+#[derive(Debug, Clone)]
 pub(crate) struct CounterKey {
-    pub rails: RailFilter,
-    pub scope: Scope,
+    pub id: u64,
     pub scope_key: String,
     pub period: Period,
     pub tz: Arc<str>,
+}
+
+impl PartialEq for CounterKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.scope_key == other.scope_key
+    }
+}
+
+impl Eq for CounterKey {}
+
+impl std::hash::Hash for CounterKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+        self.scope_key.hash(state);
+    }
 }
 
 /// Spend in the current period.
@@ -33,13 +72,28 @@ pub(crate) struct Counter {
     pub reserved: Decimal,
 }
 
-/// Identifies one velocity window within an agent.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Identifies one velocity window within an agent (equality and hashing as for
+/// [`CounterKey`]).
+#[derive(Debug, Clone)]
 pub(crate) struct VelocityKey {
-    pub rails: RailFilter,
-    pub scope: Scope,
+    pub id: u64,
     pub scope_key: String,
     pub window: SignedDuration,
+}
+
+impl PartialEq for VelocityKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.scope_key == other.scope_key
+    }
+}
+
+impl Eq for VelocityKey {}
+
+impl std::hash::Hash for VelocityKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+        self.scope_key.hash(state);
+    }
 }
 
 /// An approval that holds part of some counters.
@@ -78,12 +132,12 @@ pub struct LedgerStats {
 /// The ledger of one agent.
 #[derive(Debug, Default)]
 pub(crate) struct AgentLedger {
-    pub counters: HashMap<CounterKey, Counter>,
-    pub velocity: HashMap<VelocityKey, VecDeque<(Timestamp, u64)>>,
-    pub live: HashMap<String, Reservation>,
-    expiries: BinaryHeap<Reverse<(Timestamp, String)>>,
-    closed: HashMap<String, Closed>,
-    closed_order: VecDeque<(Timestamp, String)>,
+    pub counters: Map<CounterKey, Counter>,
+    pub velocity: Map<VelocityKey, VecDeque<(Timestamp, u64)>>,
+    live: Map<IdKey, Reservation>,
+    expiries: BinaryHeap<Reverse<(Timestamp, IdKey)>>,
+    closed: Map<IdKey, Closed>,
+    closed_order: VecDeque<(Timestamp, IdKey)>,
     pub stats: LedgerStats,
     next_seq: u64,
 }
@@ -140,7 +194,7 @@ impl AgentLedger {
     /// Reserves `amount` on every counter and a slot in every window.
     pub fn reserve(
         &mut self,
-        id: String,
+        id: &str,
         amount: Decimal,
         expires_at: Timestamp,
         holds: Vec<(CounterKey, Timestamp)>,
@@ -167,8 +221,9 @@ impl AgentLedger {
             self.velocity.entry(key.clone()).or_default().push_back((now, seq));
             slots.push((key, seq));
         }
-        self.expiries.push(Reverse((expires_at, id.clone())));
-        self.live.insert(id, Reservation { amount, holds, slots });
+        let key = IdKey::of(id);
+        self.expiries.push(Reverse((expires_at, key)));
+        self.live.insert(key, Reservation { amount, holds, slots });
         self.stats.approved += 1;
     }
 
@@ -195,7 +250,7 @@ impl AgentLedger {
 
     /// Turns a live reservation into spend of `settled` (≤ the reserved amount).
     pub fn settle(&mut self, id: &str, settled: Decimal) -> Option<Reservation> {
-        let r = self.live.remove(id)?;
+        let r = self.live.remove(&IdKey::of(id))?;
         self.unhold(&r, Some(settled));
         self.stats.recorded += 1;
         self.stats.total_spent += settled;
@@ -241,7 +296,7 @@ impl AgentLedger {
 
     /// Frees a live reservation.
     pub fn release(&mut self, id: &str) -> bool {
-        match self.live.remove(id) {
+        match self.live.remove(&IdKey::of(id)) {
             Some(r) => {
                 self.unhold(&r, None);
                 self.stats.released += 1;
@@ -252,14 +307,25 @@ impl AgentLedger {
     }
 
     /// Remembers how a reservation ended, until `now + retention`.
-    pub fn close(&mut self, id: String, how: Closed, now: Timestamp) {
-        self.closed_order.push_back((now, id.clone()));
-        self.closed.insert(id, how);
+    pub fn close(&mut self, id: &str, how: Closed, now: Timestamp) {
+        let key = IdKey::of(id);
+        self.closed_order.push_back((now, key));
+        self.closed.insert(key, how);
     }
 
     /// How a reservation ended, if it did within the retention window.
     pub fn closed(&self, id: &str) -> Option<&Closed> {
-        self.closed.get(id)
+        self.closed.get(&IdKey::of(id))
+    }
+
+    /// The amount a live reservation holds.
+    pub fn reserved(&self, id: &str) -> Option<Decimal> {
+        self.live.get(&IdKey::of(id)).map(|r| r.amount)
+    }
+
+    /// How many reservations are live.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
     }
 
     /// Expires reservations past their time and forgets closed ones past `retention`.
@@ -274,7 +340,8 @@ impl AgentLedger {
                 self.unhold(&r, None);
                 self.stats.expired += 1;
                 expired += 1;
-                self.close(id, Closed::Expired, now);
+                self.closed_order.push_back((now, id));
+                self.closed.insert(id, Closed::Expired);
             }
         }
         let horizon = now.checked_sub(retention).unwrap_or(Timestamp::MIN);

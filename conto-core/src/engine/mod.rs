@@ -51,7 +51,7 @@ struct Pending {
 
 struct Inner {
     policies: ArcSwap<PolicySet>,
-    agents: RwLock<HashMap<ActorId, Arc<Mutex<AgentLedger>>>>,
+    agents: RwLock<ledger::Map<ActorId, Arc<Mutex<AgentLedger>>>>,
     pending: Mutex<HashMap<String, Pending>>,
     clock: Arc<dyn Clock>,
     approval_ttl: SignedDuration,
@@ -126,7 +126,7 @@ impl EngineBuilder {
         Engine {
             inner: Arc::new(Inner {
                 policies: ArcSwap::from_pointee(self.policies),
-                agents: RwLock::new(HashMap::new()),
+                agents: RwLock::new(ledger::Map::default()),
                 pending: Mutex::new(HashMap::new()),
                 clock: self.clock,
                 approval_ttl: self.approval_ttl,
@@ -259,7 +259,7 @@ impl Engine {
     ) -> Authorization {
         let id = format!("auth_{}", random_hex(12));
         let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
-        ledger.reserve(id.clone(), intent.amount.get(), expires_at, holds, windows, now);
+        ledger.reserve(&id, intent.amount.get(), expires_at, holds, windows, now);
         let limits = daily
             .map(|(used, limit)| Limits {
                 daily_used: Some(used),
@@ -306,7 +306,7 @@ impl Engine {
                         queued: false,
                     };
                     ledger.close(
-                        authorization.id.clone(),
+                        &authorization.id,
                         Closed::Recorded {
                             recorded: recorded.clone(),
                             settled: settled.get(),
@@ -325,7 +325,7 @@ impl Engine {
                 }
             };
         }
-        let Some(reserved) = ledger.live.get(&authorization.id).map(|r| r.amount) else {
+        let Some(reserved) = ledger.reserved(&authorization.id) else {
             return Err(AuthorityError::UnknownAuthorization(authorization.id.clone()));
         };
         // Count what moved, but never more than was approved (the excess is reported as an error).
@@ -340,7 +340,7 @@ impl Engine {
             queued: false,
         };
         ledger.close(
-            authorization.id.clone(),
+            &authorization.id,
             Closed::Recorded {
                 recorded: recorded.clone(),
                 settled: settled.get(),
@@ -393,19 +393,12 @@ impl Engine {
         }
         let ledger = self.ledger(&authorization.intent.actor);
         let mut ledger = lock(&ledger);
-        if ledger.live.contains_key(&authorization.id) {
+        if ledger.reserved(&authorization.id).is_some() {
             return;
         }
         let policies = self.inner.policies.load();
         let (holds, windows) = evaluate::all_keys(&policies, &authorization.intent, &mut ledger, now);
-        ledger.reserve(
-            authorization.id.clone(),
-            authorization.amount.get(),
-            authorization.expires_at,
-            holds,
-            windows,
-            now,
-        );
+        ledger.reserve(&authorization.id, authorization.amount.get(), authorization.expires_at, holds, windows, now);
     }
 
     /// Re-creates a request for human approval (after a restart).
@@ -423,7 +416,7 @@ impl Engine {
         let ledger = self.ledger(&authorization.intent.actor);
         let mut ledger = lock(&ledger);
         if ledger.release(&authorization.id) {
-            ledger.close(authorization.id.clone(), Closed::Released, now);
+            ledger.close(&authorization.id, Closed::Released, now);
             return Ok(());
         }
         match ledger.closed(&authorization.id) {
@@ -527,7 +520,7 @@ impl Engine {
             })
             .collect();
         counters.sort_by(|a, b| (a.period, &a.scope, &a.time_zone).cmp(&(b.period, &b.scope, &b.time_zone)));
-        Usage { counters, live_reservations: ledger.live.len(), stats: ledger.stats }
+        Usage { counters, live_reservations: ledger.live_count(), stats: ledger.stats }
     }
 }
 

@@ -244,14 +244,14 @@ impl RuleCtx<'_> {
                 } else {
                     (self.limit(text)?, period)
                 };
-                let counter = self.counter(scope, period);
+                let counter = self.counter(scope, period, rails);
                 (Check::Cumulative { counter, cmp, limit }, rails, v, by_action, outcome)
             }
             Kind::Budget(v) => {
                 let cmp = self.cmp(op, Ops::Compare)?;
                 let (limit, period) = self.budget(text)?;
                 (
-                    Check::Cumulative { counter: self.counter(Scope::Agent, period), cmp, limit },
+                    Check::Cumulative { counter: self.counter(Scope::Agent, period, RailFilter::All), cmp, limit },
                     RailFilter::All,
                     v,
                     by_action,
@@ -260,7 +260,7 @@ impl RuleCtx<'_> {
             }
             Kind::Velocity(scope, rails, v) => {
                 self.cmp(op, Ops::Compare)?;
-                (Check::Velocity(self.velocity(scope, text)?), rails, v, by_action, outcome)
+                (Check::Velocity(self.velocity(scope, rails, text)?), rails, v, by_action, outcome)
             }
             Kind::List(field, rails, v, fixed) => {
                 let in_list = match op {
@@ -412,11 +412,12 @@ impl RuleCtx<'_> {
         Ok((amount, period))
     }
 
-    fn counter(&self, scope: Scope, period: Period) -> Cumulative {
-        Cumulative { scope, period, tz: self.tz.clone(), tz_name: self.tz_name.clone() }
+    fn counter(&self, scope: Scope, period: Period, rails: RailFilter) -> Cumulative {
+        let id = stable_id(&(rails, scope, period, &*self.tz_name));
+        Cumulative { id, scope, period, tz: self.tz.clone(), tz_name: self.tz_name.clone() }
     }
 
-    fn velocity(&self, scope: Scope, text: &str) -> Result<Velocity, PolicyError> {
+    fn velocity(&self, scope: Scope, rails: RailFilter, text: &str) -> Result<Velocity, PolicyError> {
         const EXPECTED: &str = "a JSON object {\"maxCount\": n, \"period\": \"MINUTE|HOUR|DAY\"}";
         let obj = self.object(text, EXPECTED)?;
         let max = self.num_field(&obj, "maxCount", text, EXPECTED)?;
@@ -433,10 +434,10 @@ impl RuleCtx<'_> {
             Some("DAY" | "DAILY") => SignedDuration::from_hours(24),
             _ => return Err(self.bad(text, EXPECTED)),
         };
-        Ok(Velocity { scope, window, max_count })
+        Ok(Velocity { id: stable_id(&(rails, scope, window)), scope, window, max_count })
     }
 
-    fn list(&self, field: Field, text: &str) -> Result<HashSet<String>, PolicyError> {
+    fn list(&self, field: Field, text: &str) -> Result<HashSet<String, foldhash::fast::RandomState>, PolicyError> {
         const EXPECTED: &str = "a JSON array of strings, e.g. [\"a\", \"b\"]";
         let items: Vec<String> = serde_json::from_str(text).map_err(|_| self.bad(text, EXPECTED))?;
         if items.is_empty() {
@@ -457,7 +458,7 @@ impl RuleCtx<'_> {
                     }
                 }
                 _ => {
-                    let t = item.trim().to_lowercase();
+                    let t = item.trim().to_ascii_lowercase();
                     if t.is_empty() { Err(self.bad(&item, "a non-empty string")) } else { Ok(t) }
                 }
             })
@@ -603,6 +604,12 @@ impl RuleCtx<'_> {
             })
             .collect()
     }
+}
+
+/// A process-independent id for a counted quantity (the same in every run and every engine).
+fn stable_id(parts: &impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(parts)
 }
 
 /// `HH:MM` or `HH:MM:SS`; `24:00` means end of day.

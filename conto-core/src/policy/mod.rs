@@ -46,7 +46,7 @@
 //!    "reason", "recurring"}]}` and `{"start", "end"}`. `HH:MM` bounds are a daily window;
 //!    `YYYY-MM-DD` or RFC 3339 bounds are an absolute period.
 //! 7. **Lists.** Counterparty addresses compare in canonical form (EVM lower-cased, Solana as
-//!    written); categories, merchants and methods compare case-insensitively; a service entry
+//!    written); categories, merchants and methods compare ASCII-case-insensitively; a service entry
 //!    matches that domain and its subdomains. An allowlist rule fails for an intent that lacks
 //!    the field it checks (no category, no MCC, no method), except that counterparty rules do not
 //!    apply to card payments, which have no address (use `CARD_*_MERCHANTS`).
@@ -76,7 +76,7 @@ use std::path::Path;
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 
-pub(crate) use rules::{CompiledRule, Cumulative, Period, RailFilter, Scope, Velocity};
+pub(crate) use rules::{CompiledRule, Cumulative, Period, Velocity};
 
 /// Why a policy file could not be loaded. Each variant says where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

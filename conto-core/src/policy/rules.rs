@@ -128,6 +128,9 @@ impl Scope {
 /// A counter of spend per period.
 #[derive(Debug, Clone)]
 pub(crate) struct Cumulative {
+    /// Identifies the quantity counted (rails, scope, period, zone): rules that count the same
+    /// quantity share one counter.
+    pub id: u64,
     pub scope: Scope,
     pub period: Period,
     pub tz: TimeZone,
@@ -137,6 +140,8 @@ pub(crate) struct Cumulative {
 /// A sliding-window counter of approvals.
 #[derive(Debug, Clone)]
 pub(crate) struct Velocity {
+    /// Identifies the window (rails, scope, length).
+    pub id: u64,
     pub scope: Scope,
     pub window: SignedDuration,
     pub max_count: u32,
@@ -188,7 +193,7 @@ pub(crate) enum Check {
     Amount { measure: Measure, cmp: Cmp, limit: Decimal },
     Cumulative { counter: Cumulative, cmp: Cmp, limit: Decimal },
     Velocity(Velocity),
-    List { field: Field, entries: HashSet<String>, in_list: bool },
+    List { field: Field, entries: HashSet<String, foldhash::fast::RandomState>, in_list: bool },
     TimeOfDay { start: Time, end: Time, between: bool, tz: TimeZone },
     DayOfWeek { days: u8, in_list: bool, tz: TimeZone },
     Period { start: Timestamp, end: Timestamp, between: bool },
