@@ -413,7 +413,7 @@ impl RuleCtx<'_> {
     }
 
     fn counter(&self, scope: Scope, period: Period, rails: RailFilter) -> Cumulative {
-        let id = stable_id(&(rails, scope, period, &*self.tz_name));
+        let id = stable_id(&(rails, scope, period, self.tz_name.as_ref()));
         Cumulative { id, scope, period, tz: self.tz.clone(), tz_name: self.tz_name.clone() }
     }
 
