@@ -54,6 +54,9 @@ fn remote(c: &mut Criterion) {
     let url = server.url();
     let client = ContoClient::builder().base_url(&url).sdk_key(&key).build().unwrap();
     let http = reqwest::Client::new();
+    // Built outside the runtime: no delivery worker, so this measures the critical path alone
+    // (authorize + the outbox write); the records wait in the outbox.
+    let critical = Conto::builder(client.clone()).outbox(Outbox::open(dir.join("critical.db")).unwrap()).build();
     let (queued, inline) = rt.block_on(async {
         let queued = Conto::builder(client.clone()).outbox(Outbox::open(dir.join("outbox.db")).unwrap()).build();
         (queued, Conto::new(client.clone()))
@@ -66,6 +69,15 @@ fn remote(c: &mut Criterion) {
     });
     g.bench_function("authorize_only", |b| {
         b.to_async(&rt).iter(|| async { black_box(client.authorize_intent(&intent()).await.unwrap()) })
+    });
+    g.bench_function("paid_action_critical_path", |b| {
+        b.to_async(&rt).iter(|| async {
+            critical
+                .run(intent(), |_| async { Ok::<_, ()>(()) }, |_| Settlement::default().reference(TX))
+                .await
+                .unwrap()
+                .unwrap()
+        })
     });
     g.bench_function("paid_action_outbox", |b| {
         b.to_async(&rt).iter(|| async {
