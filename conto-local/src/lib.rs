@@ -363,11 +363,7 @@ async fn create_key(
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         _ => STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
     };
-    let key = format!("conto_agent_{}", random_hex(32));
-    let id = format!("key_{}", random_hex(8));
-    let expires_at =
-        Timestamp::now().saturating_add(SignedDuration::from_hours(24 * days)).unwrap_or(Timestamp::MAX).to_string();
-    store.add_key(&id, &agent_id, &key, &name, key_type, &scopes, &expires_at, &now_text())?;
+    let (id, key, expires_at) = issue_key(&store, &agent_id, &name, key_type, &scopes, days)?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({
@@ -446,22 +442,28 @@ pub fn bootstrap_agent(db: Option<&std::path::Path>, agent_id: &str) -> Result<O
         return Ok(None);
     }
     store.add_agent(agent_id, agent_id, &now_text())?;
-    let key = format!("conto_agent_{}", random_hex(32));
     let mut scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect();
     scopes.extend(["payments:approve", "payments:confirm", "payments:execute"].map(str::to_owned));
-    let expires =
-        Timestamp::now().saturating_add(SignedDuration::from_hours(24 * 365)).unwrap_or(Timestamp::MAX).to_string();
-    store.add_key(
-        &format!("key_{}", random_hex(8)),
-        agent_id,
-        &key,
-        "bootstrap",
-        "standard",
-        &scopes,
-        &expires,
-        &now_text(),
-    )?;
+    let (_, key, _) = issue_key(&store, agent_id, "bootstrap", "standard", &scopes, 365)?;
     Ok(Some(key))
+}
+
+/// Creates and stores an SDK key (`conto_agent_` + 64 hex); returns its id, the key (shown
+/// once) and its expiry.
+fn issue_key(
+    store: &Store,
+    agent_id: &str,
+    name: &str,
+    key_type: &str,
+    scopes: &[String],
+    days: i64,
+) -> Result<(String, String, String), StoreError> {
+    let key = format!("conto_agent_{}", random_hex(32));
+    let id = format!("key_{}", random_hex(8));
+    let expires_at =
+        Timestamp::now().saturating_add(SignedDuration::from_hours(24 * days)).unwrap_or(Timestamp::MAX).to_string();
+    store.add_key(&id, agent_id, &key, name, key_type, scopes, &expires_at, &now_text())?;
+    Ok((id, key, expires_at))
 }
 
 async fn create_policy(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponseParts, ResponseParts};
-use conto_core::{Amount, Authorization, DecisionSource};
+use conto_core::{Amount, Authorization, DecisionSource, Settlement};
 use http::StatusCode;
 use http::request::Parts;
 
@@ -39,12 +39,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Paid {
 /// `(Settled::new().amount(charged).reference(tx_hash), Json(body))`. Without it the layer
 /// records the approved amount.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Settled {
-    /// The amount that moved.
-    pub amount: Option<Amount>,
-    /// The settlement's reference (a tx hash).
-    pub reference: Option<String>,
-}
+pub struct Settled(pub Settlement);
 
 impl Settled {
     /// Nothing reported yet.
@@ -53,15 +48,13 @@ impl Settled {
     }
 
     /// The amount that moved (at most the approved amount).
-    pub fn amount(mut self, amount: Amount) -> Self {
-        self.amount = Some(amount);
-        self
+    pub fn amount(self, amount: Amount) -> Self {
+        Self(self.0.amount(amount))
     }
 
     /// The settlement's reference.
-    pub fn reference(mut self, reference: impl Into<String>) -> Self {
-        self.reference = Some(reference.into());
-        self
+    pub fn reference(self, reference: impl Into<String>) -> Self {
+        Self(self.0.reference(reference))
     }
 }
 

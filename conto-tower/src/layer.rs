@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::response::Response;
 use bytes::Bytes;
-use conto_core::{Amount, Conto, IntentError, PaymentIntent, Rail, Recorded, Settlement};
+use conto_core::{Amount, Conto, IntentError, PaymentIntent, Rail, Recorded};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Either, Limited};
 use tower_layer::Layer;
@@ -397,8 +397,7 @@ where
                 }
             },
             |response: &Response<ResBody>| {
-                let reported = response.extensions().get::<Settled>().cloned().unwrap_or_default();
-                Settlement { amount: reported.amount, reference: reported.reference }
+                response.extensions().get::<Settled>().map(|s| s.0.clone()).unwrap_or_default()
             },
         )
         .await;
