@@ -92,7 +92,17 @@ async fn run(weak: Weak<Inner>) {
     }
 }
 
+/// Gives a claimed row back if its delivery is abandoned half-way (the future dropped).
+struct Claim<'a>(&'a crate::outbox::Outbox, i64);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.release_claim(self.1);
+    }
+}
+
 async fn deliver(conto: &Conto, outbox: &crate::outbox::Outbox, id: i64, attempts: u32, job: Job) {
+    let _claim = Claim(outbox, id);
     let authorization = job.authorization();
     let settlement = job.settlement();
     let authority = &conto.inner.authorizer;

@@ -108,6 +108,9 @@ pub struct OutboxStats {
 #[derive(Clone)]
 pub struct Outbox {
     conn: Arc<Mutex<Connection>>,
+    /// Rows handed to a deliverer and not yet settled: the worker and a concurrent
+    /// [`Conto::flush`](crate::Conto::flush) never deliver the same record at once.
+    claimed: Arc<Mutex<std::collections::HashSet<i64>>>,
     pub(crate) max_attempts: u32,
 }
 
@@ -151,7 +154,7 @@ impl Outbox {
 
     fn from_connection(conn: Connection) -> Result<Self, OutboxError> {
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), max_attempts: 12 })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), claimed: Arc::default(), max_attempts: 12 })
     }
 
     /// Syncs every write to disk (`PRAGMA synchronous = FULL`): records then survive power loss
@@ -185,9 +188,12 @@ impl Outbox {
         Ok(())
     }
 
-    /// Up to `limit` jobs due at `now`: `(row id, attempts, job)`.
+    /// Up to `limit` jobs due at `now`, claimed for the caller: `(row id, attempts, job)`. Each
+    /// must be settled with [`delivered`](Self::delivered), [`retry`](Self::retry) or
+    /// [`dead_letter`](Self::dead_letter).
     pub(crate) fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<(i64, u32, Job)>, OutboxError> {
         let conn = self.lock();
+        let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
         let mut stmt = conn.prepare(
             "SELECT id, attempts, job FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
         )?;
@@ -197,8 +203,14 @@ impl Outbox {
         let mut out = Vec::new();
         for row in rows {
             let (id, attempts, text) = row?;
+            if claimed.contains(&id) {
+                continue;
+            }
             match serde_json::from_str::<Job>(&text) {
-                Ok(job) => out.push((id, attempts, job)),
+                Ok(job) => {
+                    claimed.insert(id);
+                    out.push((id, attempts, job));
+                }
                 Err(e) => {
                     conn.execute(
                         "UPDATE outbox SET state = 'dead', last_error = ?2 WHERE id = ?1",
@@ -220,25 +232,36 @@ impl Outbox {
         Ok(at.and_then(|ms| Timestamp::from_millisecond(ms).ok()))
     }
 
+    pub(crate) fn release_claim(&self, id: i64) {
+        self.claimed.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
     pub(crate) fn delivered(&self, id: i64) -> Result<(), OutboxError> {
-        self.lock().execute("UPDATE outbox SET state = 'delivered', attempts = attempts + 1 WHERE id = ?1", [id])?;
+        let result =
+            self.lock().execute("UPDATE outbox SET state = 'delivered', attempts = attempts + 1 WHERE id = ?1", [id]);
+        self.release_claim(id);
+        result?;
         Ok(())
     }
 
     pub(crate) fn retry(&self, id: i64, after: SignedDuration, error: &str) -> Result<(), OutboxError> {
         let at = Timestamp::now().saturating_add(after).unwrap_or(Timestamp::now());
-        self.lock().execute(
+        let result = self.lock().execute(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
             params![id, millis(at), error],
-        )?;
+        );
+        self.release_claim(id);
+        result?;
         Ok(())
     }
 
     pub(crate) fn dead_letter(&self, id: i64, error: &str) -> Result<(), OutboxError> {
-        self.lock().execute(
+        let result = self.lock().execute(
             "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
             params![id, error],
-        )?;
+        );
+        self.release_claim(id);
+        result?;
         Ok(())
     }
 
