@@ -21,6 +21,7 @@ pub mod engine;
 mod ids;
 mod intent;
 mod money;
+mod monitor;
 #[cfg(feature = "outbox")]
 pub mod outbox;
 mod pipeline;
@@ -40,6 +41,7 @@ pub use intent::{
     ActorId, Address, IdempotencyKey, IntentBuilder, IntentError, PaymentIntent, Rail, service_domain_of,
 };
 pub use money::{Amount, AmountError};
+pub use monitor::{Activity, Monitor, Status};
 pub use pipeline::{
     Approval, ApprovalMode, Conto, ContoBuilder, DEFAULT_DEADLINE, Event, install_default, installed_default,
 };

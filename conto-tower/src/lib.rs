@@ -46,11 +46,13 @@
 
 mod extract;
 mod layer;
+mod operator;
 mod price;
 mod respond;
 
 pub use extract::{Paid, Settled};
 pub use layer::{LayerError, PaidBody, PaidLayer, PaidLayerBuilder, PaidService, ResponseFuture, headers};
+pub use operator::operator_router;
 pub use price::{Actor, Price, PriceError, PriceRequest};
 pub use respond::{
     APPROVAL_REQUIRED_STATUS, DENIED_STATUS, RETRY_AFTER_SECS, Refusal, Responder, UNAVAILABLE_STATUS, problem,
