@@ -14,6 +14,8 @@ mod authorizer;
 #[cfg(feature = "client")]
 pub mod client;
 mod clock;
+#[cfg(feature = "credentials")]
+pub mod credentials;
 mod decision;
 #[cfg(feature = "outbox")]
 mod delivery;

@@ -13,7 +13,12 @@
 //!
 //! The SDK key is a [`SecretString`]: it never appears in `Debug` output, logs or errors.
 
+#[cfg(feature = "credentials")]
+mod bound;
 mod wire;
+
+#[cfg(feature = "credentials")]
+pub use bound::BoundClients;
 
 use std::fmt;
 use std::sync::Arc;

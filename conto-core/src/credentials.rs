@@ -1,0 +1,249 @@
+//! Per-actor Conto bindings with their SDK keys encrypted at rest.
+//!
+//! [`CredentialStore`] maps an app actor (a user, workspace, bot or run) to its Conto agent id
+//! and SDK key. The file holds each key sealed with XChaCha20-Poly1305 under a 256-bit master
+//! key, with the actor and agent id as associated data (so entries cannot be swapped). The master
+//! key comes from a [`KeyProvider`] (for example [`EnvKey`], `CONTO_MASTER_KEY` as 64 hex
+//! characters) and can be rotated. In memory, keys are [`SecretString`]s.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Why the credential store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialError {
+    /// The file could not be read or written.
+    #[error("credential file {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The file is not a credential file.
+    #[error("credential file {path} is malformed: {message}")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// What the parser saw.
+        message: String,
+    },
+    /// An entry did not decrypt: the master key is wrong or the file was tampered with.
+    #[error("cannot decrypt the credentials of actor `{actor}`: wrong master key, or the file was tampered with")]
+    Decrypt {
+        /// The actor whose entry failed.
+        actor: String,
+    },
+    /// No binding for this actor (there is never a fallback to a shared key).
+    #[error("no Conto binding for actor `{0}`")]
+    UnknownActor(String),
+    /// The master key is missing or malformed.
+    #[error("master key: {0}")]
+    MasterKey(String),
+}
+
+/// Supplies the 256-bit master key.
+pub trait KeyProvider: Send + Sync {
+    /// The master key.
+    fn master_key(&self) -> Result<SecretBox<[u8; 32]>, CredentialError>;
+}
+
+/// The master key from an environment variable holding 64 hex characters.
+#[derive(Debug, Clone)]
+pub struct EnvKey(pub String);
+
+impl Default for EnvKey {
+    fn default() -> Self {
+        Self("CONTO_MASTER_KEY".into())
+    }
+}
+
+impl KeyProvider for EnvKey {
+    fn master_key(&self) -> Result<SecretBox<[u8; 32]>, CredentialError> {
+        let text = std::env::var(&self.0).map_err(|_| CredentialError::MasterKey(format!("{} is not set", self.0)))?;
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut key)
+            .map_err(|_| CredentialError::MasterKey(format!("{} must be 64 hex characters", self.0)))?;
+        Ok(SecretBox::new(Box::new(key)))
+    }
+}
+
+/// A fixed master key (tests, or keys fetched by the app itself).
+pub struct StaticKey(SecretBox<[u8; 32]>);
+
+impl StaticKey {
+    /// Wraps a key.
+    pub fn new(key: [u8; 32]) -> Self {
+        Self(SecretBox::new(Box::new(key)))
+    }
+}
+
+impl KeyProvider for StaticKey {
+    fn master_key(&self) -> Result<SecretBox<[u8; 32]>, CredentialError> {
+        Ok(SecretBox::new(Box::new(*self.0.expose_secret())))
+    }
+}
+
+/// One actor's binding.
+#[derive(Clone)]
+pub struct Binding {
+    /// The Conto agent the actor pays as.
+    pub agent_id: String,
+    /// The agent's SDK key.
+    pub sdk_key: SecretString,
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binding").field("agent_id", &self.agent_id).field("sdk_key", &"[redacted]").finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileFormat {
+    version: u32,
+    entries: Vec<Sealed>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Sealed {
+    actor: String,
+    agent_id: String,
+    nonce: String,
+    ciphertext: String,
+}
+
+/// A file-backed store of actor → (agent id, SDK key), keys encrypted at rest.
+pub struct CredentialStore {
+    path: PathBuf,
+    key: RwLock<SecretBox<[u8; 32]>>,
+    entries: RwLock<BTreeMap<String, Binding>>,
+}
+
+impl std::fmt::Debug for CredentialStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn aad(actor: &str, agent_id: &str) -> Vec<u8> {
+    format!("conto-rs/credentials/v1\0{actor}\0{agent_id}").into_bytes()
+}
+
+impl CredentialStore {
+    /// Opens the store at `path` (an absent file is an empty store), decrypting every entry.
+    pub fn open(path: impl AsRef<Path>, provider: &dyn KeyProvider) -> Result<Self, CredentialError> {
+        let path = path.as_ref().to_path_buf();
+        let key = provider.master_key()?;
+        let shown = path.display().to_string();
+        let entries = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let file: FileFormat = serde_json::from_str(&text)
+                    .map_err(|e| CredentialError::Malformed { path: shown.clone(), message: e.to_string() })?;
+                if file.version != 1 {
+                    return Err(CredentialError::Malformed {
+                        path: shown,
+                        message: format!("unknown version {}", file.version),
+                    });
+                }
+                let cipher = XChaCha20Poly1305::new(key.expose_secret().into());
+                let mut out = BTreeMap::new();
+                for e in file.entries {
+                    let fail = || CredentialError::Decrypt { actor: e.actor.clone() };
+                    let nonce = hex::decode(&e.nonce).map_err(|_| fail())?;
+                    let ciphertext = hex::decode(&e.ciphertext).map_err(|_| fail())?;
+                    if nonce.len() != 24 {
+                        return Err(fail());
+                    }
+                    let plain = cipher
+                        .decrypt(
+                            XNonce::from_slice(&nonce),
+                            Payload { msg: &ciphertext, aad: &aad(&e.actor, &e.agent_id) },
+                        )
+                        .map_err(|_| fail())?;
+                    let sdk_key = String::from_utf8(plain).map_err(|_| fail())?;
+                    out.insert(e.actor, Binding { agent_id: e.agent_id, sdk_key: SecretString::from(sdk_key) });
+                }
+                out
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(CredentialError::Io { path: shown, message: e.to_string() }),
+        };
+        Ok(Self { path, key: RwLock::new(key), entries: RwLock::new(entries) })
+    }
+
+    /// Binds `actor` to `agent_id` and its SDK key, and saves the file.
+    pub fn bind(&self, actor: &str, agent_id: &str, sdk_key: &str) -> Result<(), CredentialError> {
+        self.entries.write().unwrap_or_else(|e| e.into_inner()).insert(
+            actor.to_owned(),
+            Binding { agent_id: agent_id.to_owned(), sdk_key: SecretString::from(sdk_key.to_owned()) },
+        );
+        self.save()
+    }
+
+    /// Removes `actor`'s binding, and saves the file.
+    pub fn unbind(&self, actor: &str) -> Result<bool, CredentialError> {
+        let removed = self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(actor).is_some();
+        self.save()?;
+        Ok(removed)
+    }
+
+    /// `actor`'s binding; an unknown actor is an error, never a shared fallback.
+    pub fn get(&self, actor: &str) -> Result<Binding, CredentialError> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(actor)
+            .cloned()
+            .ok_or_else(|| CredentialError::UnknownActor(actor.to_owned()))
+    }
+
+    /// The bound actors.
+    pub fn actors(&self) -> Vec<String> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// Re-encrypts every entry under the new master key, and saves the file.
+    pub fn rotate(&self, provider: &dyn KeyProvider) -> Result<(), CredentialError> {
+        *self.key.write().unwrap_or_else(|e| e.into_inner()) = provider.master_key()?;
+        self.save()
+    }
+
+    /// Writes the file: to a temporary sibling first, then renamed over the old one.
+    fn save(&self) -> Result<(), CredentialError> {
+        let key = self.key.read().unwrap_or_else(|e| e.into_inner());
+        let cipher = XChaCha20Poly1305::new(key.expose_secret().into());
+        let mut sealed = Vec::new();
+        for (actor, b) in self.entries.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            let nonce: [u8; 24] = rand::random();
+            let ciphertext = cipher
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload { msg: b.sdk_key.expose_secret().as_bytes(), aad: &aad(actor, &b.agent_id) },
+                )
+                .map_err(|_| CredentialError::MasterKey("encryption failed".into()))?;
+            sealed.push(Sealed {
+                actor: actor.clone(),
+                agent_id: b.agent_id.clone(),
+                nonce: hex::encode(nonce),
+                ciphertext: hex::encode(ciphertext),
+            });
+        }
+        let text = serde_json::to_string_pretty(&FileFormat { version: 1, entries: sealed }).map_err(|e| {
+            CredentialError::Malformed { path: self.path.display().to_string(), message: e.to_string() }
+        })?;
+        let io =
+            |e: std::io::Error| CredentialError::Io { path: self.path.display().to_string(), message: e.to_string() };
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+}
