@@ -15,6 +15,7 @@
 
 #[cfg(feature = "credentials")]
 mod bound;
+pub mod sync;
 mod wire;
 
 #[cfg(feature = "credentials")]

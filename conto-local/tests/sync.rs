@@ -1,0 +1,55 @@
+//! Product controls synced to Conto's Policies API (conto-local) and to the embedded engine,
+//! idempotently: a second run makes zero API writes.
+
+mod common;
+
+use common::*;
+use conto_core::client::sync::{BudgetPeriod, OrgClient, ProductControls, sync_policies};
+use conto_core::{Engine, Settlement, Verdict, ViolationType};
+
+#[tokio::test]
+async fn sync_is_idempotent_and_the_policies_take_effect() {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(caps()).await; // someone else's policy: a sync must leave it alone
+    let sync = OrgClient::new(&server.url(), "conto_org_test").unwrap();
+    let mut controls = ProductControls {
+        max_per_action: Some("10".parse().unwrap()),
+        budget: Some(("25".parse().unwrap(), BudgetPeriod::Total)),
+        allowed_providers: vec![RECIPIENT.to_owned()],
+        review_above: Some("8".parse().unwrap()),
+        allowed_hours: None,
+        blackouts: vec![("02:00".into(), "03:00".into(), Some("maintenance".into()))],
+        time_zone: Some("Europe/Paris".into()),
+    };
+
+    let first = sync_policies(&sync, &controls, "workspace-42", "agent-1").await.unwrap();
+    assert_eq!((first.created, first.updated, first.deleted), (5, 0, 0));
+    let writes = sync.writes();
+    let second = sync_policies(&sync, &controls, "workspace-42", "agent-1").await.unwrap();
+    assert_eq!(second.unchanged, 5);
+    assert_eq!(sync.writes(), writes, "the second run makes zero API writes");
+
+    controls.max_per_action = Some("6".parse().unwrap());
+    controls.review_above = None;
+    let third = sync_policies(&sync, &controls, "workspace-42", "agent-1").await.unwrap();
+    assert_eq!((third.created, third.updated, third.deleted, third.unchanged), (0, 1, 1, 3));
+
+    // Conto (conto-local) enforces what was synced.
+    let conto = conto(&server, &key);
+    let denied = conto.run(x402("agent-1", "7"), |_| async { Ok::<_, ()>(()) }, |_| Settlement::default()).await;
+    assert_eq!(denied.unwrap_err().violations()[0].kind, ViolationType::PerTxLimit);
+
+    // So does the embedded engine, from the same controls.
+    let engine = Engine::new(controls.policy_set("workspace-42", "agent-1").unwrap());
+    assert!(matches!(engine.decide(&x402("agent-1", "7")).verdict, Verdict::Denied(_)));
+    assert!(matches!(engine.decide(&x402("agent-1", "5")).verdict, Verdict::Approved(_)));
+    assert!(matches!(engine.decide(&x402("agent-2", "7")).verdict, Verdict::Approved(_)), "assigned to agent-1 only");
+
+    // Policies outside the prefix are never touched.
+    let (_, listed) = org.get("/api/policies").await;
+    let names: Vec<&str> = listed["policies"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names.len(), 5);
+    assert!(names.contains(&"caps"));
+}
