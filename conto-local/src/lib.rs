@@ -35,7 +35,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use conto_core::jiff::{SignedDuration, Timestamp};
-use conto_core::{Amount, Authorization, Engine, PaymentIntent, PendingApproval, PolicySet};
+use conto_core::{Amount, Engine, PaymentIntent, PendingApproval, PolicySet};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -202,15 +202,7 @@ fn restore(store: &Store, engine: &Engine) -> Result<(), LocalError> {
         engine.restore_spend(&intent, amount, at);
     }
     for (id, a) in store.live_approvals()? {
-        let intent: PaymentIntent = serde_json::from_str(&a.intent).map_err(|e| corrupt(&e))?;
-        engine.restore_authorization(&Authorization {
-            id,
-            token: None,
-            amount: a.amount.parse().map_err(|e| corrupt(&e))?,
-            expires_at: a.expires_at.parse().map_err(|e| corrupt(&e))?,
-            limits: Default::default(),
-            intent: Arc::new(intent),
-        });
+        engine.restore_authorization(&a.authorization(&id).map_err(LocalError::Corrupt)?);
     }
     for r in store.requests(None)? {
         if r.status == "PENDING" {

@@ -10,9 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use conto_core::jiff::Timestamp;
-use conto_core::{
-    Amount, AuthorityError, Authorization, IntentError, PaymentIntent, Rail, Settlement, Verdict, service_domain_of,
-};
+use conto_core::{Amount, AuthorityError, IntentError, PaymentIntent, Rail, Settlement, Verdict, service_domain_of};
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
@@ -291,20 +289,9 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
     Ok(match decision.verdict {
         Verdict::Approved(a) => {
+            lock(&app.store).add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))?;
             let token =
                 a.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()).unwrap_or_default();
-            lock(&app.store).add_approval(
-                &a.id,
-                &ApprovalRecord {
-                    agent_id: intent.actor.as_str().to_owned(),
-                    // x402 and MPP records carry no token on Conto's wire.
-                    token_hash: matches!(kind, Kind::Transfer | Kind::Card).then(|| hash(&token)),
-                    intent: intent_json,
-                    amount: a.amount.to_string(),
-                    expires_at: a.expires_at.to_string(),
-                    state: "live".into(),
-                },
-            )?;
             let limits = serde_json::to_value(&a.limits).unwrap_or(json!({}));
             let expires = a.expires_at.to_string();
             let body = match kind {
@@ -407,7 +394,7 @@ fn settle(
     amount: Option<Amount>,
     reference: Option<String>,
     token: Option<&str>,
-) -> Result<(Amount, String, PaymentIntent), ApiError> {
+) -> Result<(Amount, String, Arc<PaymentIntent>), ApiError> {
     let row = lock(&app.store).approval(id)?.filter(|r| r.agent_id == agent).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no approval `{id}` for this agent"))
     })?;
@@ -420,26 +407,17 @@ fn settle(
             return Err(bad("INVALID_TOKEN", "the approval token does not match this approval"));
         }
     }
-    let corrupt =
-        |e: &dyn std::fmt::Display| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string());
-    let expires_at: Timestamp = row.expires_at.parse().map_err(|e| corrupt(&e))?;
-    if expires_at <= Timestamp::now() {
-        return Err(bad("EXPIRED", format!("approval `{id}` expired at {expires_at}")));
+    let authorization =
+        row.authorization(id).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e))?;
+    if authorization.expires_at <= Timestamp::now() {
+        return Err(bad("EXPIRED", format!("approval `{id}` expired at {}", authorization.expires_at)));
     }
-    let approved: Amount = row.amount.parse().map_err(|e| corrupt(&e))?;
+    let approved = authorization.amount;
     let settled = amount.unwrap_or(approved);
     if settled > approved {
         return Err(bad("VALIDATION_ERROR", format!("settled amount {settled} is more than the approved {approved}")));
     }
-    let intent: PaymentIntent = serde_json::from_str(&row.intent).map_err(|e| corrupt(&e))?;
-    let authorization = Authorization {
-        id: id.to_owned(),
-        token: None,
-        amount: approved,
-        expires_at,
-        limits: Default::default(),
-        intent: Arc::new(intent.clone()),
-    };
+    let intent = authorization.intent.clone();
     match app.engine.settle(&authorization, &Settlement { amount: Some(settled), reference: reference.clone() }) {
         Ok(_) => {}
         Err(AuthorityError::UnknownAuthorization(_)) => app.engine.restore_spend(&intent, settled, Timestamp::now()),
@@ -484,7 +462,7 @@ async fn confirm_transfer(
             StatusCode::OK,
             json!({
                 "confirmed": true, "transactionId": transaction_id, "status": "CONFIRMING", "amount": amount,
-                "currency": "USDC", "recipient": intent.recipient.map(|r| r.as_str().to_owned()), "txHash": tx,
+                "currency": "USDC", "recipient": intent.recipient.as_ref().map(|r| r.as_str().to_owned()), "txHash": tx,
             }),
         ))
     })?;
@@ -668,20 +646,8 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Value
         Some(Verdict::Approved(a)) => {
             let token =
                 a.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()).unwrap_or_default();
-            let intent: PaymentIntent = serde_json::from_str(&request.intent)
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))?;
-            let tokened = matches!(intent.rail, Rail::Transfer { .. } | Rail::Card { .. });
-            lock(&app.store).add_approval(
-                &a.id,
-                &ApprovalRecord {
-                    agent_id: request.agent_id.clone(),
-                    token_hash: tokened.then(|| hash(&token)),
-                    intent: request.intent.clone(),
-                    amount: a.amount.to_string(),
-                    expires_at: a.expires_at.to_string(),
-                    state: "live".into(),
-                },
-            )?;
+            lock(&app.store)
+                .add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a))?;
             request.status = "APPROVED".into();
             request.approval_id = Some(a.id);
             request.approval_token = Some(token);

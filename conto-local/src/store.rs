@@ -2,6 +2,10 @@
 //! restart loses nothing. Keys and approval tokens are stored as SHA-256 hashes.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use conto_core::{Authorization, PaymentIntent, Rail};
+use secrecy::ExposeSecret;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -36,6 +40,35 @@ pub(crate) struct ApprovalRecord {
     pub amount: String,
     pub expires_at: String,
     pub state: String,
+}
+
+impl ApprovalRecord {
+    /// The row for a fresh approval. Transfer and card approvals are confirmed with their
+    /// token, so its hash is kept; x402 and MPP records carry no token on Conto's wire.
+    pub fn live(agent_id: &str, intent_json: String, a: &Authorization) -> Self {
+        let tokened = matches!(a.intent.rail, Rail::Transfer { .. } | Rail::Card { .. });
+        Self {
+            agent_id: agent_id.to_owned(),
+            token_hash: a.token.as_ref().filter(|_| tokened).map(|t| hash(t.expose_secret())),
+            intent: intent_json,
+            amount: a.amount.to_string(),
+            expires_at: a.expires_at.to_string(),
+            state: "live".into(),
+        }
+    }
+
+    /// The authorization this row stands for (without its token).
+    pub fn authorization(&self, id: &str) -> Result<Authorization, String> {
+        let intent: PaymentIntent = serde_json::from_str(&self.intent).map_err(|e| e.to_string())?;
+        Ok(Authorization {
+            id: id.to_owned(),
+            token: None,
+            amount: self.amount.parse().map_err(|e: conto_core::AmountError| e.to_string())?,
+            expires_at: self.expires_at.parse().map_err(|e: conto_core::jiff::Error| e.to_string())?,
+            limits: Default::default(),
+            intent: Arc::new(intent),
+        })
+    }
 }
 
 /// A request for human approval.

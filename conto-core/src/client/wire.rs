@@ -156,6 +156,25 @@ fn pending(body: &Value, now: Timestamp) -> Result<PendingApproval, AuthorityErr
     })
 }
 
+/// An approval of exactly the requested amount, with a checked expiry.
+fn approval(
+    body: &Value,
+    intent: &Arc<PaymentIntent>,
+    id: String,
+    token: Option<&str>,
+    expires: Timestamp,
+    now: Timestamp,
+) -> Result<Decision, AuthorityError> {
+    Ok(Decision::from_policy(Verdict::Approved(Authorization {
+        id,
+        token: token.map(|t| SecretString::from(t.to_owned())),
+        amount: intent.amount,
+        expires_at: check_expiry(expires, now)?,
+        limits: limits(body),
+        intent: intent.clone(),
+    })))
+}
+
 /// Parses a decision body for `intent`'s rail. `status` is the HTTP status it came with.
 pub(crate) fn parse_decision(
     status: u16,
@@ -182,14 +201,7 @@ pub(crate) fn parse_decision(
                     return Err(invalid("`approvalToken` is not 64 hex characters"));
                 }
                 let expires = timestamp(body, "expiresAt")?.ok_or_else(|| invalid("approved without `expiresAt`"))?;
-                decided(Verdict::Approved(Authorization {
-                    id: id.to_owned(),
-                    token: Some(SecretString::from(token.to_owned())),
-                    amount: intent.amount,
-                    expires_at: check_expiry(expires, now)?,
-                    limits: limits(body),
-                    intent: intent.clone(),
-                }))
+                approval(body, intent, id.to_owned(), Some(token), expires, now)
             }
             Some(false) if wants_human => decided(Verdict::RequiresApproval(pending(body, now)?)),
             Some(false) => denial(),
@@ -202,14 +214,7 @@ pub(crate) fn parse_decision(
                     .map(str::to_owned)
                     .unwrap_or_else(|| format!("{}:{}", intent.rail.name(), intent.idempotency_key));
                 let expires = timestamp(body, "expiresAt")?.unwrap_or(now.saturating_add(IMPLICIT_TTL).unwrap_or(now));
-                decided(Verdict::Approved(Authorization {
-                    id,
-                    token: None,
-                    amount: intent.amount,
-                    expires_at: check_expiry(expires, now)?,
-                    limits: limits(body),
-                    intent: intent.clone(),
-                }))
+                approval(body, intent, id, None, expires, now)
             }
             Some(false) if wants_human => decided(Verdict::RequiresApproval(pending(body, now)?)),
             Some(false) => denial(),
@@ -220,14 +225,7 @@ pub(crate) fn parse_decision(
                 check_echo(body, intent)?;
                 let id = text(body, "requestId").ok_or_else(|| invalid("approved without `requestId`"))?;
                 let expires = timestamp(body, "expiresAt")?.ok_or_else(|| invalid("approved without `expiresAt`"))?;
-                decided(Verdict::Approved(Authorization {
-                    id: id.to_owned(),
-                    token: text(body, "approvalToken").map(|t| SecretString::from(t.to_owned())),
-                    amount: intent.amount,
-                    expires_at: check_expiry(expires, now)?,
-                    limits: limits(body),
-                    intent: intent.clone(),
-                }))
+                approval(body, intent, id.to_owned(), text(body, "approvalToken"), expires, now)
             }
             Some("DENIED") => denial(),
             Some("REQUIRES_APPROVAL") => decided(Verdict::RequiresApproval(pending(body, now)?)),

@@ -177,6 +177,17 @@ impl AgentLedger {
         }
     }
 
+    /// The counter of `key` for the period starting at `start`: created when missing, started
+    /// afresh when it still holds an older period, `None` when it already holds a newer one.
+    fn period_counter(&mut self, key: &CounterKey, start: Timestamp) -> Option<&mut Counter> {
+        let fresh = Counter { period_start: start, spent: Decimal::ZERO, reserved: Decimal::ZERO };
+        let c = self.counters.entry(key.clone()).or_insert(fresh);
+        if c.period_start < start {
+            *c = fresh;
+        }
+        (c.period_start == start).then_some(c)
+    }
+
     /// Approvals in the sliding window ending at `now`.
     pub fn count(&mut self, key: &VelocityKey, now: Timestamp) -> usize {
         match self.velocity.get_mut(key) {
@@ -204,15 +215,7 @@ impl AgentLedger {
         self.next_seq += 1;
         let seq = self.next_seq;
         for (key, start) in &holds {
-            let c = self.counters.entry(key.clone()).or_insert(Counter {
-                period_start: *start,
-                spent: Decimal::ZERO,
-                reserved: Decimal::ZERO,
-            });
-            if c.period_start < *start {
-                *c = Counter { period_start: *start, spent: Decimal::ZERO, reserved: Decimal::ZERO };
-            }
-            if c.period_start == *start {
+            if let Some(c) = self.period_counter(key, *start) {
                 c.reserved += amount;
             }
         }
@@ -272,15 +275,7 @@ impl AgentLedger {
         at: Timestamp,
     ) {
         for (key, start) in holds {
-            let c = self.counters.entry(key.clone()).or_insert(Counter {
-                period_start: *start,
-                spent: Decimal::ZERO,
-                reserved: Decimal::ZERO,
-            });
-            if c.period_start < *start {
-                *c = Counter { period_start: *start, spent: Decimal::ZERO, reserved: Decimal::ZERO };
-            }
-            if c.period_start == *start {
+            if let Some(c) = self.period_counter(key, *start) {
                 c.spent += settled;
             }
         }
