@@ -32,7 +32,8 @@ fn policies(n: usize) -> PolicySet {
             ]})
         })
         .collect();
-    PolicySet::from_value(serde_json::Value::Array(docs)).unwrap()
+    let agents: Vec<String> = (0..64).map(|i| format!("agent-{i}")).collect();
+    PolicySet::from_value(json!({"agents": agents, "policies": docs})).unwrap()
 }
 
 fn intent(actor: &str) -> PaymentIntent {
@@ -110,10 +111,14 @@ fn macro_overhead(c: &mut Criterion) {
     g.finish();
 }
 
+/// The authenticated user, as an auth middleware would insert it.
+#[derive(Clone)]
+struct User(String);
+
 fn layer_overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let paid = PaidLayer::builder(Conto::new(Engine::new(policies(10))))
-        .actor(Actor::header("x-conto-actor"))
+        .actor(Actor::extension(|user: &User| user.0.clone()))
         .rail(Rail::transfer(8453, SENDER).unwrap())
         .recipient(RECIPIENT)
         .category("API_PROVIDER")
@@ -122,7 +127,12 @@ fn layer_overhead(c: &mut Criterion) {
         .unwrap();
     let bare: Router = Router::new().route("/r", get(|| async { "ok" }));
     let layered: Router = Router::new().route("/r", get(|| async { "ok" }).route_layer(paid));
-    let req = || Request::get("/r").header("x-conto-actor", "agent-1").body(Body::empty()).unwrap();
+    // The app's auth middleware would insert the user; the bench inserts it directly.
+    let req = || {
+        let mut r = Request::get("/r").body(Body::empty()).unwrap();
+        r.extensions_mut().insert(User("agent-1".to_owned()));
+        r
+    };
     let mut g = c.benchmark_group("layer_oneshot");
     g.bench_function("bare_route", |b| b.to_async(&rt).iter(|| bare.clone().oneshot(req())));
     g.bench_function("paid_route", |b| b.to_async(&rt).iter(|| layered.clone().oneshot(req())));

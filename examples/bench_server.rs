@@ -24,9 +24,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ]})
         })
         .collect();
-    let engine = Engine::new(PolicySet::from_value(serde_json::Value::Array(docs))?);
+    let engine = Engine::new(PolicySet::from_value(json!({"agents": ["agent-1"], "policies": docs}))?);
+    // A loopback benchmark target: wrk plays the trusted proxy that sets the header.
     let paid = PaidLayer::builder(Conto::new(engine))
-        .actor(Actor::header("x-conto-actor"))
+        .actor(Actor::trusted_header("x-conto-actor"))
         .rail(Rail::x402("https://api.example.com/search")?)
         .recipient(RECIPIENT)
         .price(Price::fixed("0.000001".parse()?))

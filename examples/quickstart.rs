@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Path;
+use axum::extract::{Path, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::get;
 use conto::tower::{Actor, Paid, PaidLayer, Price, PriceError, Settled, headers};
 use conto::{Conto, Decimal, Engine, ManualClock, PolicySet, Rail, Rejection, paid_action};
@@ -21,6 +23,29 @@ const ALPHA: &str = "0xa11ce00000000000000000000000000000000001";
 const BETA: &str = "0xb0b0000000000000000000000000000000000002";
 const GAMMA: &str = "0x9a33a00000000000000000000000000000000003";
 const TREASURY: &str = "0x7ea5000000000000000000000000000000000004";
+
+/// The caller, as the app's authentication established it.
+#[derive(Clone)]
+struct User {
+    id: String,
+}
+
+/// The app's authentication (a stand-in for sessions, JWTs or API keys): a known bearer token
+/// becomes a `User` in the request's extensions. The paid layer reads the payer from there, so
+/// no header a client sets can choose whose budget is spent.
+async fn authenticate(mut req: Request, next: Next) -> Response {
+    let token =
+        req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let user = match token {
+        Some("demo-token-agent-1") => Some("agent-1"),
+        Some("demo-token-mallory") => Some("mallory"), // a real user, never provisioned to spend
+        _ => None,
+    };
+    if let Some(id) = user {
+        req.extensions_mut().insert(User { id: id.to_owned() });
+    }
+    next.run(req).await
+}
 
 /// The app's own error type: a refused payment is one of its cases.
 #[derive(Debug)]
@@ -62,10 +87,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::builder().policies(policies).clock(clock.clone()).build();
     let conto = Conto::new(engine.clone());
 
-    // GET /search/{provider}?price=X, paid by the actor in `x-conto-actor`.
+    // GET /search/{provider}?price=X, paid by the authenticated user. The policy file provisions
+    // agent-1 and agent-2 (its `agents` list); any other actor is refused.
     let providers: Arc<HashMap<&str, &str>> = Arc::new([("alpha", ALPHA), ("beta", BETA), ("gamma", GAMMA)].into());
     let paid = PaidLayer::builder(conto.clone())
-        .actor(Actor::header("x-conto-actor"))
+        .actor(Actor::extension(|user: &User| user.id.clone()))
+        .receipt_headers() // the caller is authenticated: it may see its own remaining budget
         .rail(Rail::x402("https://search.example.com/v1/query")?)
         .recipient_from(move |req| req.path_param("provider").and_then(|p| providers.get(p)).map(|a| a.to_string()))
         .category("API_PROVIDER")
@@ -74,26 +101,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             price.parse().map(Some).map_err(|e| PriceError::new(format!("bad price: {e}")))
         }))
         .build()?;
-    let app = Router::new().route(
-        "/search/{provider}",
-        get(|Path(provider): Path<String>, paid: Paid| async move {
-            // The handler settles with the provider itself. Alpha takes 0.20 less than quoted
-            // and says so; the others take the approved amount.
-            let approved = paid.authorization.amount.get();
-            let settled = match provider.as_str() {
-                "alpha" => Settled::new().amount(conto::Amount::new(approved - Decimal::new(20, 2)).unwrap()),
-                _ => Settled::new(),
-            };
-            (settled.reference("0xfeed"), format!("results from {provider}"))
-        })
-        .route_layer(paid),
-    );
+    let app = Router::new()
+        .route(
+            "/search/{provider}",
+            get(|Path(provider): Path<String>, paid: Paid| async move {
+                // The handler settles with the provider itself. Alpha takes 0.20 less than quoted
+                // and says so; the others take the approved amount.
+                let approved = paid.authorization.amount.get();
+                let settled = match provider.as_str() {
+                    "alpha" => Settled::new().amount(conto::Amount::new(approved - Decimal::new(20, 2)).unwrap()),
+                    _ => Settled::new(),
+                };
+                (settled.reference("0xfeed"), format!("results from {provider}"))
+            })
+            .route_layer(paid),
+        )
+        .layer(middleware::from_fn(authenticate));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     println!("conto-rs quickstart: policies/example.json on the embedded engine, clock at 2026-06-10T12:00Z\n");
-    println!("{:<3} {:<40} {:<7} outcome", "#", "request (actor agent-1)", "status");
+    println!("{:<3} {:<40} {:<7} outcome", "#", "request (as agent-1)", "status");
     let client = reqwest::Client::new();
     let script = [
         ("alpha", "2.00"), // approved; alpha settles 0.20 less than quoted
@@ -109,20 +138,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (provider, price) in script {
         n += 1;
         let path = format!("/search/{provider}?price={price}");
-        let resp = client.get(format!("{base}{path}")).header("x-conto-actor", "agent-1").send().await?;
+        let resp = client.get(format!("{base}{path}")).bearer_auth("demo-token-agent-1").send().await?;
         print_outcome(n, &format!("GET {path}"), resp).await?;
     }
     clock.set("2026-06-11T02:30:00Z".parse()?);
     n += 1;
     let path = "/search/alpha?price=1.00";
-    let resp = client.get(format!("{base}{path}")).header("x-conto-actor", "agent-1").send().await?;
+    let resp = client.get(format!("{base}{path}")).bearer_auth("demo-token-agent-1").send().await?;
     print_outcome(n, &format!("GET {path} at 02:30"), resp).await?;
-    let resp = client.get(format!("{base}/search/alpha?price=1.00")).send().await?;
-    print_outcome(n + 1, "GET /search/alpha (no actor header)", resp).await?;
+    clock.set("2026-06-11T09:00:00Z".parse()?);
+    let path = format!("{base}/search/beta?price=1.00");
+    let resp = client.get(&path).header("x-conto-actor", "agent-2").send().await?;
+    print_outcome(n + 1, "unauthenticated, claims x-conto-actor", resp).await?;
+    let resp = client.get(&path).bearer_auth("demo-token-mallory").send().await?;
+    print_outcome(n + 2, "as mallory (not provisioned)", resp).await?;
 
     println!("\n#[paid_action] on a settlement function (actor agent-2):");
     let treasury = Treasury { conto };
-    clock.set("2026-06-11T09:00:00Z".parse()?);
     for amount in [Decimal::new(300, 2), Decimal::new(600, 2)] {
         match treasury.pay_invoice(BETA, amount).await {
             Ok(tx) => println!("    pay_invoice({amount}) -> settled, tx 0x…{}", &tx[tx.len() - 10..]),

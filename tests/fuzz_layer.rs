@@ -15,11 +15,12 @@ use proptest::prelude::*;
 
 fn app(runs: Arc<AtomicUsize>) -> Router {
     let engine = Engine::from_json(
-        r#"[{"name": "cap", "rules": [{"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "50", "action": "ALLOW"}]}]"#,
+        r#"{"agents": ["agent-1", "a"], "policies": [{"name": "cap", "rules": [
+            {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "50", "action": "ALLOW"}]}]}"#,
     )
     .unwrap();
     let paid = PaidLayer::builder(Conto::new(engine))
-        .actor(Actor::header("x-conto-actor"))
+        .actor(Actor::trusted_header("x-conto-actor"))
         .rail(Rail::card("Acme").unwrap())
         .price(Price::json_body(256, |req| {
             let base = req.query("price").unwrap_or_else(|| "1".into());
@@ -51,7 +52,7 @@ proptest! {
     fn arbitrary_requests_never_panic(
         item in "[a-zA-Z0-9%._-]{1,12}",
         query in "[ -~]{0,40}",
-        actor in proptest::option::of("[ -~]{0,20}"),
+        actor in proptest::option::of(prop_oneof![Just("agent-1".to_owned()), Just("a".to_owned()), "[ -~]{0,20}"]),
         body in prop_oneof![
             Just(Vec::new()),
             prop::collection::vec(any::<u8>(), 0..300),
@@ -72,10 +73,10 @@ proptest! {
         }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let status = rt.block_on(async { app.oneshot(request).await.unwrap().status().as_u16() });
-        prop_assert!([200u16, 400, 403, 404, 413].contains(&status), "{uri}: {status}");
+        prop_assert!([200u16, 400, 401, 403, 404, 413].contains(&status), "{uri}: {status}");
         if status == 200 {
             prop_assert_eq!(runs.load(Ordering::SeqCst), 1);
-            prop_assert!(actor.as_deref().is_some_and(|a| !a.trim().is_empty()), "paid without an actor");
+            prop_assert!(matches!(actor.as_deref(), Some("agent-1" | "a")), "paid by an unprovisioned actor: {:?}", actor);
         } else {
             prop_assert_eq!(runs.load(Ordering::SeqCst), 0, "{}: the handler ran on {}", uri, status);
         }

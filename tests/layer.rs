@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Path;
+use axum::extract::Request;
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use conto::tower::{Actor, Paid, PaidLayer, Price, PriceError, Settled, headers};
 use conto::{
     AuthorityError, Authorization, Authorizer, BoxFuture, Conto, Decimal, Decision, Engine, PaymentIntent,
-    PendingApproval, Rail, Recorded, Settlement,
+    PendingApproval, PolicySet, Rail, Recorded, Settlement,
 };
 use serde_json::Value;
 
@@ -23,6 +25,37 @@ const POLICIES: &str = r#"[{"name": "caps", "rules": [
     {"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "GT", "value": "8", "action": "REQUIRE_APPROVAL"}
 ]}]"#;
 
+/// The actors the engine has provisioned.
+const PROVISIONED: &[&str] = &["agent-1", "agent-2", "agent-7"];
+
+/// The app's authenticated user, inserted by its auth middleware.
+#[derive(Clone)]
+struct User {
+    id: String,
+}
+
+/// The app's authentication: a bearer token from a fixed table becomes a `User` extension.
+/// `ghost` is a real user of the app who was never provisioned to spend.
+async fn authenticate(mut req: Request, next: Next) -> axum::response::Response {
+    let token = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let user = ["agent-1", "agent-2", "agent-7", "ghost"]
+        .into_iter()
+        .find(|u| token.strip_prefix("Bearer tok-") == Some(*u))
+        .map(|u| User { id: u.to_owned() });
+    if let Some(user) = user {
+        req.extensions_mut().insert(user);
+    }
+    next.run(req).await
+}
+
+fn engine() -> Engine {
+    Engine::builder()
+        .policies(PolicySet::from_json(POLICIES).unwrap())
+        .actors(PROVISIONED.iter().copied())
+        .unwrap()
+        .build()
+}
+
 struct App {
     base: String,
     engine: Engine,
@@ -32,16 +65,18 @@ struct App {
 
 fn layer(conto: Conto) -> PaidLayer {
     PaidLayer::builder(conto)
-        .actor(Actor::header("x-conto-actor"))
+        .actor(Actor::extension(|user: &User| user.id.clone()))
         .rail(Rail::x402("https://api.example.com/v1").unwrap())
         .recipient(RECIPIENT)
         .category("API_PROVIDER")
         .price(Price::free())
+        .receipt_headers()
         .build()
         .unwrap()
 }
 
 async fn serve(router: Router) -> String {
+    let router = router.layer(axum::middleware::from_fn(authenticate));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -114,7 +149,7 @@ async fn app_with(conto: Conto, engine: Engine) -> App {
 }
 
 async fn app() -> App {
-    let engine = Engine::from_json(POLICIES).unwrap();
+    let engine = engine();
     app_with(Conto::new(engine.clone()), engine).await
 }
 
@@ -122,7 +157,7 @@ impl App {
     async fn get(&self, path: &str, actor: Option<&str>) -> reqwest::Response {
         let mut req = self.client.get(format!("{}{path}", self.base));
         if let Some(a) = actor {
-            req = req.header("x-conto-actor", a);
+            req = req.bearer_auth(format!("tok-{a}"));
         }
         req.send().await.unwrap()
     }
@@ -181,13 +216,84 @@ async fn requires_approval_is_a_202_with_the_request_id_and_expiry() {
 }
 
 #[tokio::test]
-async fn missing_actor_is_a_400_never_charged_to_a_default() {
+async fn missing_actor_is_a_401_that_names_the_extension_and_charges_no_one() {
     let app = app().await;
-    let (status, _, body) = problem(app.get("/paid", None).await).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A client-set header is no identity: without authentication, nobody pays.
+    let resp = app.client.get(format!("{}/paid", app.base)).header("x-conto-actor", "agent-1").send().await.unwrap();
+    let (status, _, body) = problem(resp).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body["type"].as_str().unwrap().ends_with("#actor-missing"));
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("request extension") && detail.contains("User"), "names what it expected: {detail}");
     assert_eq!(app.runs(), 0);
-    assert_eq!(app.engine.usage("").stats.approved, 0);
+    assert_eq!(app.engine.usage("agent-1").stats.approved, 0);
+}
+
+#[tokio::test]
+async fn spoofing_a_client_set_actor_header_is_ignored() {
+    let app = app().await;
+    // Authenticated as agent-1, claiming agent-2 in the header the old recipe read.
+    let resp = app
+        .client
+        .get(format!("{}/paid", app.base))
+        .bearer_auth("tok-agent-1")
+        .header("x-conto-actor", "agent-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(app.engine.usage("agent-1").stats.recorded, 1, "the authenticated actor paid");
+    assert_eq!(app.engine.usage("agent-2").stats.approved, 0, "the claimed actor's budget is untouched");
+}
+
+#[tokio::test]
+async fn an_authenticated_but_unprovisioned_actor_is_a_403_and_never_runs() {
+    let app = app().await;
+    for path in ["/paid", "/query?price=1", "/tier/basic"] {
+        let (status, headers, body) = problem(app.get(path, Some("ghost")).await).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(headers.get("retry-after").is_none(), "never retryable");
+        assert!(body["type"].as_str().unwrap().ends_with("#actor-unknown"), "{body}");
+        assert_eq!(body["decision"], "refused");
+    }
+    assert_eq!(app.runs(), 0);
+    assert!(app.engine.usage("ghost").counters.is_empty(), "no ledger was created for the unknown actor");
+}
+
+#[tokio::test]
+async fn receipt_headers_are_off_unless_asked_for() {
+    let engine = engine();
+    let paid = PaidLayer::builder(Conto::new(engine.clone()))
+        .actor(Actor::extension(|user: &User| user.id.clone()))
+        .rail(Rail::card("Acme").unwrap())
+        .price_fixed("1")
+        .build()
+        .unwrap();
+    let base = serve(Router::new().route("/", get(|| async { "hi" })).layer(paid)).await;
+    let resp = reqwest::Client::new().get(&base).bearer_auth("tok-agent-1").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    for h in [headers::AUTHORIZATION_ID, headers::RECORDED_AMOUNT, headers::DAILY_REMAINING] {
+        assert!(resp.headers().get(h).is_none(), "{h} must be opt-in");
+    }
+    assert_eq!(engine.usage("agent-1").stats.recorded, 1);
+}
+
+#[tokio::test]
+async fn a_trusted_header_is_read_exactly_and_still_needs_a_provisioned_actor() {
+    let engine = engine();
+    let paid = PaidLayer::builder(Conto::new(engine.clone()))
+        .actor(Actor::trusted_header("x-authenticated-user"))
+        .rail(Rail::card("Acme").unwrap())
+        .price_fixed("1")
+        .build()
+        .unwrap();
+    let base = serve(Router::new().route("/", get(|| async { "hi" })).layer(paid)).await;
+    let send = |v: &'static str| reqwest::Client::new().get(&base).header("x-authenticated-user", v).send();
+    assert_eq!(send("agent-2").await.unwrap().status(), 200);
+    assert_eq!(send("invented-1").await.unwrap().status(), 403, "invented names get nothing");
+    assert_eq!(send("Agent-2").await.unwrap().status(), 403, "ids are case-sensitive: no alias");
+    assert_eq!(send("agent 2").await.unwrap().status(), 400, "not an actor id");
+    assert_eq!(engine.usage("agent-2").stats.recorded, 1);
 }
 
 #[tokio::test]
@@ -201,9 +307,8 @@ async fn prices_from_path_query_and_json_body() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["detail"].as_str().unwrap().contains("bad price"), "{body}");
 
-    let post = |body: String| {
-        app.client.post(format!("{}/body", app.base)).header("x-conto-actor", "agent-1").body(body).send()
-    };
+    let post =
+        |body: String| app.client.post(format!("{}/body", app.base)).bearer_auth("tok-agent-1").body(body).send();
     let ok = post(r#"{"units": 3}"#.into()).await.unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.text().await.unwrap(), r#"{"units": 3}"#, "the handler still gets the whole body");
@@ -227,7 +332,7 @@ async fn non_2xx_releases_and_records_nothing() {
 
 #[tokio::test]
 async fn client_disconnect_releases() {
-    let engine = Engine::from_json(POLICIES).unwrap();
+    let engine = engine();
     let started = Arc::new(tokio::sync::Notify::new());
     let notify = started.clone();
     let router = Router::new().route(
@@ -241,7 +346,7 @@ async fn client_disconnect_releases() {
     );
     let base = serve(router).await;
     let request = tokio::spawn(async move {
-        let _ = reqwest::Client::new().get(format!("{base}/slow")).header("x-conto-actor", "agent-1").send().await;
+        let _ = reqwest::Client::new().get(format!("{base}/slow")).bearer_auth("tok-agent-1").send().await;
     });
     started.notified().await;
     assert_eq!(engine.usage("agent-1").live_reservations, 1);
@@ -297,16 +402,15 @@ async fn unavailable_authority_is_a_503_with_retry_after() {
 
 #[tokio::test]
 async fn a_custom_responder_replaces_the_problem_and_keeps_no_store() {
-    let engine = Engine::from_json(POLICIES).unwrap();
-    let paid = PaidLayer::builder(Conto::new(engine))
-        .actor(Actor::header("x-conto-actor"))
+    let paid = PaidLayer::builder(Conto::new(engine()))
+        .actor(Actor::extension(|user: &User| user.id.clone()))
         .rail(Rail::card("Acme").unwrap())
         .price_fixed("11")
         .respond_with(|refusal| (StatusCode::PAYMENT_REQUIRED, format!("nope: {refusal}")).into_response())
         .build()
         .unwrap();
     let base = serve(Router::new().route("/", get(|| async { "hi" })).layer(paid)).await;
-    let resp = reqwest::Client::new().get(&base).header("x-conto-actor", "a").send().await.unwrap();
+    let resp = reqwest::Client::new().get(&base).bearer_auth("tok-agent-1").send().await.unwrap();
     assert_eq!(resp.status(), 402);
     assert_eq!(resp.headers()["cache-control"], "no-store");
     assert!(resp.text().await.unwrap().starts_with("nope: payment denied by policy (PER_TX_LIMIT)"));
@@ -330,7 +434,7 @@ async fn concurrent_requests_never_overspend_the_daily_budget() {
         let client = app.client.clone();
         let url = format!("{}/query?price=1", app.base);
         tasks.push(tokio::spawn(async move {
-            client.get(url).header("x-conto-actor", "agent-7").send().await.unwrap().status().as_u16()
+            client.get(url).bearer_auth("tok-agent-7").send().await.unwrap().status().as_u16()
         }));
     }
     let mut ok = 0;

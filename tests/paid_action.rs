@@ -11,10 +11,10 @@ use conto::{Conto, Decimal, Engine, Event, Rejection, paid_action};
 const RECIPIENT: &str = "0x1111111111111111111111111111111111111111";
 const SENDER: &str = "0x2222222222222222222222222222222222222222";
 
-const POLICIES: &str = r#"[{"name": "caps", "rules": [
+const POLICIES: &str = r#"{"agents": ["agent-1", "agent-9"], "policies": [{"name": "caps", "rules": [
     {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "100", "action": "ALLOW"},
     {"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "GT", "value": "80", "action": "REQUIRE_APPROVAL"}
-]}]"#;
+]}]}"#;
 
 #[derive(Debug)]
 enum PayError {
@@ -90,7 +90,7 @@ async fn approved_runs_once_and_records_the_actual_amount_and_reference() {
     let sink = references.clone();
     let conto = Conto::builder(engine.clone())
         .observe(move |e| {
-            if let Event::Recorded { recorded, reference } = e {
+            if let Event::Recorded { recorded, reference, .. } = e {
                 sink.lock().unwrap().push((recorded.amount.to_string(), reference.clone()));
             }
         })
@@ -185,6 +185,27 @@ async fn invalid_inputs_are_typed_rejections_not_panics() {
     let Err(PayError::Rejected(r)) = no_actor(&conto, "-3").await else { panic!() };
     assert!(r.to_string().contains("must not be negative"), "{r}");
     assert_eq!(engine.usage("agent-9").stats.recorded, 1);
+}
+
+#[paid_action(amount = "1", recipient = RECIPIENT, rail = card(merchant = "Acme"), actor = actor, authorizer = conto)]
+async fn pay_as(conto: &Conto, actor: &str, runs: &AtomicUsize) -> Result<(), PayError> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unprovisioned_actor_is_refused_and_the_body_never_runs() {
+    let engine = engine();
+    let conto = Conto::new(engine.clone());
+    let runs = AtomicUsize::new(0);
+    for invented in ["agent-2", "Agent-1", "intruder"] {
+        let Err(PayError::Rejected(r)) = pay_as(&conto, invented, &runs).await else { panic!("{invented} paid") };
+        assert!(matches!(r.kind(), conto::RejectionKind::UnknownActor(a) if a.as_str() == invented), "{r:?}");
+        assert!(!r.is_retryable());
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    pay_as(&conto, "agent-1", &runs).await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 #[test]

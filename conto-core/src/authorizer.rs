@@ -52,6 +52,10 @@ pub enum AuthorityError {
     /// The authorization was already recorded with a different settlement.
     #[error("authorization `{0}` was already recorded with a different settlement")]
     RecordConflict(String),
+    /// The actor is not provisioned with this authority (or was retired). Not retryable, and
+    /// never handed to a stand-in: an unknown payer is refused, whoever decides.
+    #[error("actor `{0}` is not provisioned to spend")]
+    UnknownActor(String),
     /// No approval request has this id.
     #[error("unknown approval request `{0}`")]
     UnknownApprovalRequest(String),

@@ -231,12 +231,16 @@ pub struct Decision {
     pub source: DecisionSource,
     /// How long the decision took, as measured by the pipeline.
     pub latency: Duration,
+    /// The actor is not provisioned and was let through only because the engine was built with
+    /// [`EngineBuilder::open_actors`](crate::engine::EngineBuilder::open_actors) (demos and
+    /// tests). Never set by a closed authority.
+    pub open_actor: bool,
 }
 
 impl Decision {
     /// A verdict reached by evaluating policies.
     pub fn from_policy(verdict: Verdict) -> Self {
-        Self { verdict, source: DecisionSource::Policy, latency: Duration::ZERO }
+        Self { verdict, source: DecisionSource::Policy, latency: Duration::ZERO, open_actor: false }
     }
 }
 
@@ -282,4 +286,7 @@ pub struct Recorded {
     /// The record was written to the durable outbox and will be delivered in the background;
     /// `transaction_id` is not known yet.
     pub queued: bool,
+    /// The actor was paused or retired when the spend was recorded: the settlement was approved
+    /// before, so the money moved and the spend is counted, but an operator should look.
+    pub actor_inactive: bool,
 }

@@ -41,6 +41,7 @@ pub(crate) fn enqueue(conto: &Conto, kind: JobKind, a: &Authorization, s: &Settl
                 transaction_id: None,
                 late: false,
                 queued: true,
+                actor_inactive: false,
             })
         }
         Err(error) => {
@@ -119,7 +120,11 @@ async fn deliver(conto: &Conto, outbox: &crate::outbox::Outbox, id: i64, attempt
     let stored = match result {
         Ok(recorded) => {
             tracing::debug!(authorization = %job.authorization_id, attempts = attempts + 1, "conto.outbox.delivered");
-            conto.emit(|| Event::Recorded { recorded, reference: job.reference.clone() });
+            conto.emit(|| Event::Recorded {
+                actor: authorization.intent.actor.clone(),
+                recorded,
+                reference: job.reference.clone(),
+            });
             outbox.delivered(id)
         }
         Err(error) if transient(&error) && attempts + 1 < outbox.max_attempts => {

@@ -24,6 +24,14 @@ pub enum IntentError {
     /// The actor (the Conto agent that pays) is empty.
     #[error("the actor must not be empty")]
     EmptyActor,
+    /// The actor id breaks the rule in [`ActorId`]'s docs.
+    #[error("invalid actor id `{id}`: {reason}")]
+    Actor {
+        /// The id as given (truncated to 64 characters).
+        id: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The idempotency key is empty or longer than 255 characters.
     #[error("idempotency key must be 1-255 characters, got {0}")]
     IdempotencyKey(usize),
@@ -97,17 +105,41 @@ impl<'de> Deserialize<'de> for Address {
     }
 }
 
-/// The Conto agent (or app actor bound to one) that pays.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// The identity that pays: a Conto agent, or an app actor bound to one.
+///
+/// # The rule for actor ids
+///
+/// An actor id is 1 to [`ActorId::MAX_LEN`] bytes of ASCII letters, digits and `-_.:@+`. It is
+/// taken **exactly as given**: no trimming, no case folding. `Agent-1` and `agent-1` are two
+/// different actors, and ` agent-1` (with a space) is not an actor id at all, so no spelling of
+/// a provisioned id can alias another one. Whitespace, control characters and non-ASCII text
+/// are rejected rather than normalised.
+///
+/// An id being valid does not make it able to pay: an authority only approves actors that were
+/// provisioned ([`Engine`](crate::Engine) keeps a registry; Conto issues SDK keys per agent).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct ActorId(String);
 
 impl ActorId {
-    /// A non-empty actor id.
+    /// The longest actor id, in bytes.
+    pub const MAX_LEN: usize = 128;
+
+    /// Validates an actor id (see the rule above).
     pub fn new(id: impl Into<String>) -> Result<Self, IntentError> {
         let id = id.into();
-        if id.trim().is_empty() {
+        let bad = |reason| IntentError::Actor { id: id.chars().take(64).collect(), reason };
+        if id.is_empty() {
             return Err(IntentError::EmptyActor);
+        }
+        if id.len() > Self::MAX_LEN {
+            return Err(bad("longer than 128 bytes"));
+        }
+        if id.chars().any(char::is_whitespace) {
+            return Err(bad("contains whitespace (actor ids are never trimmed)"));
+        }
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:@+".contains(&b)) {
+            return Err(bad("only ASCII letters, digits and -_.:@+ are allowed"));
         }
         Ok(Self(id))
     }
@@ -115,6 +147,19 @@ impl ActorId {
     /// The id's text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ActorId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ActorId::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl FromStr for ActorId {
+    type Err = IntentError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
     }
 }
 
@@ -511,6 +556,20 @@ mod tests {
             PaymentIntent::builder("a", "1", card).build(),
             Err(IntentError::Field { field: "merchantCategory", .. })
         ));
+    }
+
+    #[test]
+    fn actor_ids_are_taken_exactly_or_refused() {
+        assert_eq!(ActorId::new("agent-1").unwrap().as_str(), "agent-1");
+        assert_ne!(ActorId::new("Agent-1").unwrap(), ActorId::new("agent-1").unwrap());
+        assert!(ActorId::new("user:42@acme.example+ops_1").is_ok());
+        assert_eq!(ActorId::new(""), Err(IntentError::EmptyActor));
+        for bad in [" agent-1", "agent-1 ", "agent 1", "agent\t1", "agent\u{0}", "agént", "a/b", "a\"b"] {
+            assert!(matches!(ActorId::new(bad), Err(IntentError::Actor { .. })), "{bad:?} must be refused");
+        }
+        assert!(ActorId::new("a".repeat(128)).is_ok());
+        assert!(matches!(ActorId::new("a".repeat(129)), Err(IntentError::Actor { .. })));
+        assert!(serde_json::from_str::<ActorId>("\"bad id\"").is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod authorizer;
 #[cfg(feature = "client")]
 pub mod client;
 mod clock;
+pub mod controls;
 #[cfg(feature = "credentials")]
 pub mod credentials;
 mod decision;
@@ -22,6 +23,7 @@ mod delivery;
 pub mod engine;
 mod ids;
 mod intent;
+pub mod lifecycle;
 mod money;
 mod monitor;
 #[cfg(feature = "outbox")]
@@ -34,14 +36,16 @@ pub use authorizer::{AuthorityError, Authorizer, BoxFuture};
 #[cfg(feature = "client")]
 pub use client::{ClientError, ContoClient, ContoClientBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use controls::{BudgetPeriod, ProductControls, SyncReport};
 pub use decision::{
     Authorization, Decision, DecisionSource, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict, Violation,
     ViolationType,
 };
-pub use engine::Engine;
+pub use engine::{ActorStatus, Engine};
 pub use intent::{
     ActorId, Address, IdempotencyKey, IntentBuilder, IntentError, PaymentIntent, Rail, service_domain_of,
 };
+pub use lifecycle::{ActorLifecycle, Ensured, LifecycleError};
 pub use money::{Amount, AmountError};
 pub use monitor::{Activity, Monitor, Status};
 pub use pipeline::{

@@ -37,18 +37,30 @@ pub struct Activity {
     /// The rail, for decisions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rail: Option<&'static str>,
-    /// `approved`, `denied`, `requires_approval`, `unavailable`, `invalid`; or the release reason.
+    /// `approved`, `denied`, `requires_approval`, `unknown_actor`, `unavailable`, `invalid`;
+    /// `recorded` or `queued`; or the release reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     /// Who decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<DecisionSource>,
-    /// How long the decision took, in milliseconds.
+    /// How long the decision took, in whole microseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<f64>,
-    /// The authorization concerned.
+    pub latency_us: Option<u64>,
+    /// The authorization concerned: on an approved decision and on its record, so the two join.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authorization_id: Option<String>,
+    /// The broken rules' types (Conto's spelling), for a denial.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<String>,
+    /// Why the action was not approved.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// What an operator should notice: `open_actor` (admitted by an open engine),
+    /// `actor_inactive` (recorded for a paused or retired actor), `late` (recorded after the
+    /// approval expired).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<&'static str>,
     /// The error, for a failed record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -60,8 +72,8 @@ pub struct Activity {
 pub struct Status {
     /// Whether the last decision came from the authority (`None` before any decision).
     pub authority_reachable: Option<bool>,
-    /// The last decision's latency, in milliseconds.
-    pub last_latency_ms: Option<f64>,
+    /// The last decision's latency, in whole microseconds.
+    pub last_latency_us: Option<u64>,
     /// Whether the last decision came from the stand-in.
     pub stand_in_active: bool,
     /// Records waiting in the outbox (`None` without an outbox).
@@ -80,7 +92,7 @@ pub struct Status {
 struct State {
     recent: VecDeque<Activity>,
     last_source: Option<DecisionSource>,
-    last_latency_ms: Option<f64>,
+    last_latency_us: Option<u64>,
     decisions: u64,
     records: u64,
     record_failures: u64,
@@ -126,17 +138,20 @@ impl Monitor {
             rail: None,
             outcome: None,
             source: None,
-            latency_ms: None,
+            latency_us: None,
             authorization_id: None,
+            violations: Vec::new(),
+            reasons: Vec::new(),
+            flags: Vec::new(),
             error: None,
         };
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         let activity = match event {
-            Event::Decided { intent, outcome, source, latency } => {
-                let ms = latency.as_secs_f64() * 1000.0;
+            Event::Decided { intent, outcome, source, latency, authorization_id, violations, reasons, open_actor } => {
+                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
                 state.decisions += 1;
                 state.last_source = Some(*source);
-                state.last_latency_ms = Some(ms);
+                state.last_latency_us = Some(us);
                 Activity {
                     kind: "decision",
                     actor: Some(intent.actor.to_string()),
@@ -144,17 +159,30 @@ impl Monitor {
                     rail: Some(intent.rail.name()),
                     outcome: Some((*outcome).to_owned()),
                     source: Some(*source),
-                    latency_ms: Some(ms),
+                    latency_us: Some(us),
+                    authorization_id: authorization_id.clone(),
+                    violations: violations.iter().map(|v| v.as_str().to_owned()).collect(),
+                    reasons: reasons.clone(),
+                    flags: if *open_actor { vec!["open_actor"] } else { Vec::new() },
                     ..blank
                 }
             }
-            Event::Recorded { recorded, .. } => {
+            Event::Recorded { actor, recorded, .. } => {
                 state.records += 1;
+                let mut flags = Vec::new();
+                if recorded.actor_inactive {
+                    flags.push("actor_inactive");
+                }
+                if recorded.late {
+                    flags.push("late");
+                }
                 Activity {
                     kind: "recorded",
+                    actor: Some(actor.to_string()),
                     amount: Some(recorded.amount.to_string()),
                     authorization_id: Some(recorded.authorization_id.clone()),
                     outcome: Some(if recorded.queued { "queued" } else { "recorded" }.to_owned()),
+                    flags,
                     ..blank
                 }
             }
@@ -199,7 +227,7 @@ impl Monitor {
         };
         Status {
             authority_reachable: state.last_source.map(|s| matches!(s, DecisionSource::Policy)),
-            last_latency_ms: state.last_latency_ms,
+            last_latency_us: state.last_latency_us,
             stand_in_active: state.last_source == Some(DecisionSource::StandIn),
             outbox_depth: outbox.map(|o| o.0),
             dead_records: outbox.map(|o| o.1),

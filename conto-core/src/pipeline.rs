@@ -13,7 +13,8 @@ use tracing::Instrument;
 use crate::authorizer::{AuthorityError, Authorizer};
 use crate::decision::{Authorization, Decision, DecisionSource, Recorded, Settlement, Verdict};
 
-use crate::intent::PaymentIntent;
+use crate::decision::ViolationType;
+use crate::intent::{ActorId, PaymentIntent};
 use crate::rejection::{Rejection, RejectionKind};
 
 /// The default deadline for one authorize call.
@@ -37,15 +38,26 @@ pub enum Event {
     Decided {
         /// The intent.
         intent: Arc<PaymentIntent>,
-        /// `approved`, `denied`, `requires_approval`, `unavailable` or `invalid`.
+        /// `approved`, `denied`, `requires_approval`, `unknown_actor`, `unavailable` or
+        /// `invalid`.
         outcome: &'static str,
         /// Who decided.
         source: DecisionSource,
         /// How long it took.
         latency: Duration,
+        /// The authorization, when approved (joins this decision to its record).
+        authorization_id: Option<String>,
+        /// The broken rules' types, when denied by policy.
+        violations: Vec<ViolationType>,
+        /// Why, when not approved.
+        reasons: Vec<String>,
+        /// The actor is not provisioned and was admitted only by an open engine.
+        open_actor: bool,
     },
     /// A settlement was recorded.
     Recorded {
+        /// The actor that paid.
+        actor: ActorId,
         /// The receipt.
         recorded: Recorded,
         /// The settlement reference, if any.
@@ -282,9 +294,14 @@ impl Conto {
         let started = Instant::now();
         let decision = self.decide(&intent).await;
         let latency = started.elapsed();
+        let mut open_actor = false;
         let result = match decision {
             Ok((mut decision, via)) => {
                 decision.latency = latency;
+                open_actor = decision.open_actor;
+                if open_actor {
+                    tracing::warn!(actor = %intent.actor, "conto.open_actor: an unprovisioned actor was admitted by an open engine");
+                }
                 self.conclude(&intent, decision, via).await
             }
             Err(rejection) => Err(rejection),
@@ -298,12 +315,30 @@ impl Conto {
                         RejectionKind::Denied(_) => "denied",
                         RejectionKind::ApprovalRequired(_) => "requires_approval",
                         RejectionKind::Invalid { .. } => "invalid",
+                        RejectionKind::UnknownActor(_) => "unknown_actor",
                         _ => "unavailable",
                     },
                     r.source(),
                 ),
             };
-            Event::Decided { intent: intent.clone(), outcome, source, latency }
+            let (authorization_id, violations, reasons) = match &result {
+                Ok(a) => (Some(a.authorization().id.clone()), Vec::new(), Vec::new()),
+                Err(r) => (
+                    None,
+                    r.violations().iter().map(|v| v.kind.clone()).collect(),
+                    r.reasons().into_iter().map(str::to_owned).collect(),
+                ),
+            };
+            Event::Decided {
+                intent: intent.clone(),
+                outcome,
+                source,
+                latency,
+                authorization_id,
+                violations,
+                reasons,
+                open_actor,
+            }
         });
         match &result {
             Ok(a) => tracing::debug!(authorization = %a.authorization().id, ?latency, "conto.approved"),
@@ -322,21 +357,34 @@ impl Conto {
             .await
         {
             Ok(Ok(decision)) => return Ok((decision, Via::Primary)),
+            // An unknown payer is refused whoever decides: never handed to the stand-in.
+            Ok(Err(AuthorityError::UnknownActor(_))) => {
+                return Err(Rejection::new(RejectionKind::UnknownActor(intent.actor.clone()), DecisionSource::Policy));
+            }
             Ok(Err(error)) => (DecisionSource::Unavailable, error.to_string()),
             Err(_) => (DecisionSource::Timeout, format!("no decision within the {:?} deadline", self.inner.deadline)),
         };
         if let Some(stand_in) = &self.inner.stand_in {
             tracing::warn!(%reason, "conto.stand_in: the authority is unavailable; the stand-in decides");
-            if let Ok(mut decision) = stand_in.authorize(intent).await {
-                decision.source = DecisionSource::StandIn;
-                return Ok((decision, Via::StandIn));
+            match stand_in.authorize(intent).await {
+                Ok(mut decision) => {
+                    decision.source = DecisionSource::StandIn;
+                    return Ok((decision, Via::StandIn));
+                }
+                Err(AuthorityError::UnknownActor(_)) => {
+                    return Err(Rejection::new(
+                        RejectionKind::UnknownActor(intent.actor.clone()),
+                        DecisionSource::StandIn,
+                    ));
+                }
+                Err(_) => {}
             }
         }
         Err(Rejection::new(RejectionKind::Unavailable { reason }, source))
     }
 
     async fn conclude(&self, intent: &Arc<PaymentIntent>, decision: Decision, via: Via) -> Result<Approval, Rejection> {
-        let Decision { verdict, source, latency } = decision;
+        let Decision { verdict, source, latency, .. } = decision;
         match verdict {
             Verdict::Approved(authorization) => Ok(Approval::new(self.clone(), authorization, source, latency, via)),
             Verdict::Denied(denial) => Err(Rejection::new(RejectionKind::Denied(denial), source)),
@@ -354,7 +402,7 @@ impl Conto {
                     match self.authority(via).approval_status(intent, &pending).await {
                         Ok(None) => continue,
                         Ok(Some(Decision { verdict: Verdict::RequiresApproval(_), .. })) => continue,
-                        Ok(Some(Decision { verdict: Verdict::Approved(a), source, latency })) => {
+                        Ok(Some(Decision { verdict: Verdict::Approved(a), source, latency, .. })) => {
                             return Ok(Approval::new(self.clone(), a, source, latency, via));
                         }
                         Ok(Some(Decision { verdict: Verdict::Denied(d), source, .. })) => {
@@ -488,7 +536,11 @@ impl Approval {
         match &result {
             Ok(recorded) => {
                 tracing::debug!(authorization = %authorization.id, amount = %recorded.amount, "conto.recorded");
-                conto.emit(|| Event::Recorded { recorded: recorded.clone(), reference: settlement.reference.clone() });
+                conto.emit(|| Event::Recorded {
+                    actor: authorization.intent.actor.clone(),
+                    recorded: recorded.clone(),
+                    reference: settlement.reference.clone(),
+                });
                 if self.via == Via::StandIn {
                     conto.reconcile(&authorization, &settlement).await;
                 }

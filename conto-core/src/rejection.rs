@@ -15,6 +15,9 @@ pub enum RejectionKind {
     Denied(Denial),
     /// A human must approve the action first.
     ApprovalRequired(PendingApproval),
+    /// The actor is not provisioned to spend (fail-closed). Not retryable: provision the actor
+    /// first. A configured stand-in never decides for an unknown actor.
+    UnknownActor(ActorId),
     /// The authority could not decide in time; the action is denied (fail-closed).
     Unavailable {
         /// What went wrong.
@@ -100,6 +103,7 @@ impl Rejection {
             RejectionKind::Denied(d) => d.reasons.iter().map(String::as_str).collect(),
             RejectionKind::ApprovalRequired(p) => p.reasons.iter().map(String::as_str).collect(),
             RejectionKind::Unavailable { reason } | RejectionKind::Invalid { reason } => vec![reason.as_str()],
+            RejectionKind::UnknownActor(_) => vec!["the actor is not provisioned to spend"],
         }
     }
 
@@ -121,7 +125,15 @@ impl Rejection {
 
     /// Whether a denial by policy (or by the fail-closed rule).
     pub fn is_denied(&self) -> bool {
-        matches!(self.0.kind, RejectionKind::Denied(_) | RejectionKind::Unavailable { .. })
+        matches!(
+            self.0.kind,
+            RejectionKind::Denied(_) | RejectionKind::Unavailable { .. } | RejectionKind::UnknownActor(_)
+        )
+    }
+
+    /// Whether the actor was refused because it is not provisioned.
+    pub fn is_unknown_actor(&self) -> bool {
+        matches!(self.0.kind, RejectionKind::UnknownActor(_))
     }
 
     /// Whether asking again can succeed: after a human approves, or once the authority is back.
@@ -153,6 +165,9 @@ impl fmt::Display for Rejection {
                 write!(f, "payment denied: the authority was unavailable ({}): {reason}", self.0.source)
             }
             RejectionKind::Invalid { reason } => write!(f, "payment refused: {reason}"),
+            RejectionKind::UnknownActor(actor) => {
+                write!(f, "payment refused: actor `{actor}` is not provisioned to spend")
+            }
         }
     }
 }

@@ -114,7 +114,7 @@ async fn approved_runs_once_and_records_the_actual_amount_and_reference() {
     let recorded: Vec<_> = seen
         .iter()
         .filter_map(|e| match e {
-            Event::Recorded { recorded, reference } => Some((recorded.amount.to_string(), reference.clone())),
+            Event::Recorded { recorded, reference, .. } => Some((recorded.amount.to_string(), reference.clone())),
             _ => None,
         })
         .collect();

@@ -82,6 +82,9 @@ pub enum LocalError {
         /// The OS error.
         message: String,
     },
+    /// An agent id breaks the actor-id rule (`conto_core::ActorId`).
+    #[error("invalid agent id: {0}")]
+    InvalidAgent(#[from] conto_core::IntentError),
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -194,6 +197,13 @@ pub async fn start(config: Config) -> Result<Running, LocalError> {
 fn restore(store: &Store, engine: &Engine) -> Result<(), LocalError> {
     let docs = store.policies()?;
     engine.set_policies(PolicySet::from_value(Value::Array(docs))?);
+    // The engine's actor registry is the store's agents: any other actor is refused.
+    for agent in store.agents()? {
+        engine.provision(&agent.id).map_err(|e| LocalError::Corrupt(format!("agent `{}`: {e}", agent.id)))?;
+        if agent.status == "PAUSED" {
+            let _ = engine.pause(&agent.id);
+        }
+    }
     let corrupt = |e: &dyn std::fmt::Display| LocalError::Corrupt(e.to_string());
     for (_, intent, amount, at) in store.spends()? {
         let intent: PaymentIntent = serde_json::from_str(&intent).map_err(|e| corrupt(&e))?;
@@ -254,7 +264,9 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/api/agents", post(create_agent).get(list_agents))
-        .route("/api/agents/{agent_id}/sdk-keys", post(create_key))
+        .route("/api/agents/{agent_id}", get(get_agent).patch(patch_agent).delete(delete_agent))
+        .route("/api/agents/{agent_id}/sdk-keys", post(create_key).get(list_keys))
+        .route("/api/agents/{agent_id}/sdk-keys/{key_id}", axum::routing::delete(revoke_key))
         .route("/api/policies", post(create_policy).get(list_policies))
         .route("/api/policies/{id}", get(get_policy).patch(patch_policy).delete(delete_policy))
         .route("/api/policies/{id}/rules", get(get_rules).put(put_rules).post(add_rule))
@@ -296,25 +308,130 @@ async fn create_agent(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
     let name = body.get("name").and_then(Value::as_str).filter(|s| !s.trim().is_empty());
     let name = name.ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`name` is required"))?;
     let id = match body.get("id").and_then(Value::as_str) {
-        Some(id) if !id.trim().is_empty() => id.to_owned(),
-        _ => format!("agt_{}", random_hex(10)),
+        Some(id) => conto_core::ActorId::new(id)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", format!("`id`: {e}")))?
+            .to_string(),
+        None => format!("agt_{}", random_hex(10)),
     };
     let store = lock(&app.store);
     if store.agent_exists(&id)? {
         return Err(ApiError::new(StatusCode::CONFLICT, "CONFLICT", format!("agent `{id}` exists")));
     }
-    store.add_agent(&id, name, &now_text())?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"id": id, "name": name, "status": "ACTIVE"}))).into_response())
+    let now = now_text();
+    store.add_agent(&id, name, &now)?;
+    app.engine.provision(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))?;
+    let row = store::AgentRow { id, name: name.to_owned(), status: "ACTIVE".into(), created_at: now };
+    Ok((StatusCode::CREATED, axum::Json(agent_json(&row))).into_response())
+}
+
+fn agent_json(a: &store::AgentRow) -> Value {
+    json!({"id": a.id, "name": a.name, "status": a.status, "createdAt": a.created_at})
+}
+
+fn no_agent(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no agent `{id}`"))
 }
 
 async fn list_agents(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    let agents: Vec<Value> = lock(&app.store)
-        .agents()?
-        .into_iter()
-        .map(|(id, name, created)| json!({"id": id, "name": name, "status": "ACTIVE", "createdAt": created}))
-        .collect();
+    let agents: Vec<Value> = lock(&app.store).agents()?.iter().map(agent_json).collect();
     Ok(axum::Json(json!({"agents": agents})).into_response())
+}
+
+async fn get_agent(
+    State(app): State<Arc<App>>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let row = lock(&app.store).agent(&agent_id)?.ok_or_else(|| no_agent(&agent_id))?;
+    Ok(axum::Json(agent_json(&row)).into_response())
+}
+
+/// `PATCH /api/agents/{id}` `{"status": "ACTIVE" | "PAUSED"}`: the kill switch. A paused agent's
+/// next decision is a denial; confirms and records of earlier approvals are still accepted.
+async fn patch_agent(
+    State(app): State<Arc<App>>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let body = json_body(&body)?;
+    let store = lock(&app.store);
+    let mut row = store.agent(&agent_id)?.ok_or_else(|| no_agent(&agent_id))?;
+    if let Some(status) = body.get("status") {
+        let paused = match status.as_str() {
+            Some("ACTIVE") => false,
+            Some("PAUSED") => true,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "VALIDATION_ERROR",
+                    "`status` must be \"ACTIVE\" or \"PAUSED\"",
+                ));
+            }
+        };
+        let status = if paused { "PAUSED" } else { "ACTIVE" };
+        store.set_agent_status(&agent_id, status)?;
+        let applied = if paused { app.engine.pause(&agent_id) } else { app.engine.resume(&agent_id) };
+        applied.map_err(|e| ApiError::new(StatusCode::CONFLICT, "CONFLICT", e.to_string()))?;
+        row.status = status.to_owned();
+    }
+    Ok(axum::Json(agent_json(&row)).into_response())
+}
+
+/// `DELETE /api/agents/{id}`: revokes the agent's keys and retires it; its spend history stays.
+async fn delete_agent(
+    State(app): State<Arc<App>>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    if !lock(&app.store).delete_agent(&agent_id, &now_text())? {
+        return Err(no_agent(&agent_id));
+    }
+    app.engine.retire(&agent_id);
+    Ok(axum::Json(json!({"deleted": true, "id": agent_id})).into_response())
+}
+
+/// `GET /api/agents/{id}/sdk-keys`: the agent's keys, without the secrets.
+async fn list_keys(
+    State(app): State<Arc<App>>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let store = lock(&app.store);
+    if !store.agent_exists(&agent_id)? {
+        return Err(no_agent(&agent_id));
+    }
+    let keys: Vec<Value> = store
+        .keys_of(&agent_id)?
+        .into_iter()
+        .map(|k| {
+            json!({"id": k.id, "name": k.name, "keyPrefix": k.prefix, "keyType": k.key_type, "scopes": k.scopes,
+                "expiresAt": k.expires_at, "createdAt": k.created_at, "revokedAt": k.revoked_at})
+        })
+        .collect();
+    Ok(axum::Json(json!({"keys": keys})).into_response())
+}
+
+/// `DELETE /api/agents/{id}/sdk-keys/{keyId}`: revokes a key (idempotent).
+async fn revoke_key(
+    State(app): State<Arc<App>>,
+    Path((agent_id, key_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    if !lock(&app.store).revoke_key(&agent_id, &key_id, &now_text())? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no key `{key_id}` for agent `{agent_id}`"),
+        ));
+    }
+    Ok(axum::Json(json!({"revoked": true, "id": key_id})).into_response())
 }
 
 /// The standard preset (conto-api.md §1).
@@ -429,6 +546,7 @@ pub fn preload(db: Option<&std::path::Path>, file: &std::path::Path) -> Result<u
 
 /// Creates an agent with a full-scope SDK key, if the agent does not exist yet; returns the key.
 pub fn bootstrap_agent(db: Option<&std::path::Path>, agent_id: &str) -> Result<Option<String>, LocalError> {
+    conto_core::ActorId::new(agent_id)?;
     let store = Store::open(db)?;
     if store.agent_exists(agent_id)? {
         return Ok(None);

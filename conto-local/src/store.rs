@@ -71,6 +71,39 @@ impl ApprovalRecord {
     }
 }
 
+/// An agent: id, name, status (`ACTIVE` or `PAUSED`), creation time.
+pub(crate) struct AgentRow {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub created_at: String,
+}
+
+fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
+    Ok(AgentRow { id: r.get(0)?, name: r.get(1)?, status: r.get(2)?, created_at: r.get(3)? })
+}
+
+/// An SDK key's metadata (never the key itself, which is stored hashed).
+pub(crate) struct KeyRow {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub key_type: String,
+    pub scopes: Vec<String>,
+    pub expires_at: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    let exists = stmt.query_map([], |r| r.get::<_, String>(1))?.any(|name| name.is_ok_and(|n| n == column));
+    if !exists {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    Ok(())
+}
+
 /// A request for human approval.
 pub(crate) struct RequestRecord {
     pub id: String,
@@ -108,6 +141,9 @@ impl Store {
             None => Connection::open_in_memory()?,
         };
         conn.execute_batch(SCHEMA)?;
+        // Columns added after the first release: agent status, key revocation.
+        add_column(&conn, "agents", "status", "TEXT NOT NULL DEFAULT 'ACTIVE'")?;
+        add_column(&conn, "sdk_keys", "revoked_at", "TEXT")?;
         Ok(Self { conn })
     }
 
@@ -116,10 +152,58 @@ impl Store {
         Ok(())
     }
 
-    pub fn agents(&self) -> Result<Vec<(String, String, String)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT id, name, created_at FROM agents ORDER BY created_at, id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    pub fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id, name, status, created_at FROM agents ORDER BY created_at, id")?;
+        let rows = stmt.query_map([], agent_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT id, name, status, created_at FROM agents WHERE id = ?1", [id], agent_row)
+            .optional()?)
+    }
+
+    pub fn set_agent_status(&self, id: &str, status: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.execute("UPDATE agents SET status = ?2 WHERE id = ?1", params![id, status])? > 0)
+    }
+
+    /// Deletes the agent and revokes its keys; its spend history stays.
+    pub fn delete_agent(&self, id: &str, now: &str) -> Result<bool, StoreError> {
+        self.conn.execute(
+            "UPDATE sdk_keys SET revoked_at = ?2 WHERE agent_id = ?1 AND revoked_at IS NULL",
+            params![id, now],
+        )?;
+        Ok(self.conn.execute("DELETE FROM agents WHERE id = ?1", [id])? > 0)
+    }
+
+    pub fn keys_of(&self, agent_id: &str) -> Result<Vec<KeyRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, key_prefix, key_type, scopes, expires_at, created_at, revoked_at FROM sdk_keys
+             WHERE agent_id = ?1 ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([agent_id], |r| {
+            let scopes: String = r.get(4)?;
+            Ok(KeyRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                prefix: r.get(2)?,
+                key_type: r.get(3)?,
+                scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+                expires_at: r.get(5)?,
+                created_at: r.get(6)?,
+                revoked_at: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn revoke_key(&self, agent_id: &str, key_id: &str, now: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE sdk_keys SET revoked_at = COALESCE(revoked_at, ?3) WHERE agent_id = ?1 AND id = ?2",
+            params![agent_id, key_id, now],
+        )? > 0)
     }
 
     pub fn agent_exists(&self, id: &str) -> Result<bool, StoreError> {
@@ -149,14 +233,18 @@ impl Store {
     pub fn key(&self, key: &str) -> Result<Option<KeyRecord>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT agent_id, scopes, expires_at FROM sdk_keys WHERE key_hash = ?1", [hash(key)], |r| {
-                let scopes: String = r.get(1)?;
-                Ok(KeyRecord {
-                    agent_id: r.get(0)?,
-                    scopes: scopes.split_whitespace().map(str::to_owned).collect(),
-                    expires_at: r.get(2)?,
-                })
-            })
+            .query_row(
+                "SELECT agent_id, scopes, expires_at FROM sdk_keys WHERE key_hash = ?1 AND revoked_at IS NULL",
+                [hash(key)],
+                |r| {
+                    let scopes: String = r.get(1)?;
+                    Ok(KeyRecord {
+                        agent_id: r.get(0)?,
+                        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+                        expires_at: r.get(2)?,
+                    })
+                },
+            )
             .optional()?)
     }
 

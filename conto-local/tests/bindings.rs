@@ -100,6 +100,7 @@ async fn each_actor_pays_through_its_own_agent_and_unknown_actors_are_refused() 
         .await;
     let r = out.unwrap_err();
     assert!(!ran);
-    assert_eq!(r.source(), DecisionSource::Unavailable);
-    assert!(r.to_string().contains("no Conto binding for actor `user-z`"), "{r}");
+    assert!(matches!(r.kind(), conto_core::RejectionKind::UnknownActor(a) if a.as_str() == "user-z"), "{r:?}");
+    assert!(!r.is_retryable(), "an unbound actor is not an outage");
+    assert_eq!(r.source(), DecisionSource::Policy);
 }

@@ -249,10 +249,10 @@ async fn stand_in_is_bounded_marked_and_reconciled() {
     server.stop().await; // the authority is down
 
     let stand_in = Engine::from_json(
-        &json!([{"name": "degraded caps", "rules": [
+        &json!({"agents": ["agent-1"], "policies": [{"name": "degraded caps", "rules": [
             {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "5", "action": "ALLOW"},
             {"ruleType": "BUDGET_CAP", "operator": "LTE", "value": "{\"amount\":50,\"period\":\"DAILY\"}", "action": "ALLOW"}
-        ]}])
+        ]}]})
         .to_string(),
     )
     .unwrap();

@@ -42,7 +42,11 @@ async fn sync_is_idempotent_and_the_policies_take_effect() {
     assert_eq!(denied.unwrap_err().violations()[0].kind, ViolationType::PerTxLimit);
 
     // So does the embedded engine, from the same controls.
-    let engine = Engine::new(controls.policy_set("workspace-42", "agent-1").unwrap());
+    let engine = Engine::builder()
+        .policies(controls.policy_set("workspace-42", "agent-1").unwrap())
+        .actors(["agent-1", "agent-2"])
+        .unwrap()
+        .build();
     assert!(matches!(engine.decide(&x402("agent-1", "7")).verdict, Verdict::Denied(_)));
     assert!(matches!(engine.decide(&x402("agent-1", "5")).verdict, Verdict::Approved(_)));
     assert!(matches!(engine.decide(&x402("agent-2", "7")).verdict, Verdict::Approved(_)), "assigned to agent-1 only");

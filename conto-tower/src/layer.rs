@@ -38,6 +38,7 @@ struct Config {
     purpose: Option<String>,
     record_when: Arc<StatusFn>,
     responder: Responder,
+    receipt_headers: bool,
 }
 
 /// A layer that pre-authorizes each paid request with the conto pipeline, short-circuits
@@ -74,7 +75,10 @@ pub enum LayerError {
 impl fmt::Display for LayerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LayerError::MissingActor => f.write_str("PaidLayer needs an actor source: call .actor(Actor::header(..))"),
+            LayerError::MissingActor => f.write_str(
+                "PaidLayer needs an actor source: call .actor(Actor::extension(|user: &User| user.id.clone())) \
+                 with the type your authentication middleware inserts",
+            ),
             LayerError::MissingRail => {
                 f.write_str("PaidLayer needs a rail: call .rail(Rail::x402(..)?) or .rail_from(..)")
             }
@@ -98,6 +102,7 @@ pub struct PaidLayerBuilder {
     record_when: Arc<StatusFn>,
     responder: Responder,
     invalid: Option<IntentError>,
+    receipt_headers: bool,
 }
 
 impl PaidLayerBuilder {
@@ -177,6 +182,14 @@ impl PaidLayerBuilder {
         self
     }
 
+    /// Adds the receipt headers ([`headers`]) to recorded successes. Off by default: they tell
+    /// the client the authorization id and what is left of the actor's daily limit, which only
+    /// an authenticated actor should learn about itself.
+    pub fn receipt_headers(mut self) -> Self {
+        self.receipt_headers = true;
+        self
+    }
+
     /// Replaces the default problem+json responses. `Cache-Control: no-store` is added to
     /// whatever it returns.
     pub fn respond_with(mut self, f: impl Fn(&Refusal) -> Response + Send + Sync + 'static) -> Self {
@@ -200,6 +213,7 @@ impl PaidLayerBuilder {
                 purpose: self.purpose,
                 record_when: self.record_when,
                 responder: self.responder,
+                receipt_headers: self.receipt_headers,
             }),
         })
     }
@@ -219,6 +233,7 @@ impl PaidLayer {
             record_when: Arc::new(|s| s.is_success()),
             responder: Responder::default(),
             invalid: None,
+            receipt_headers: false,
         }
     }
 
@@ -404,7 +419,7 @@ where
     match ran {
         Err(rejection) => Ok(refuse(&config, &Refusal::Rejected(rejection))),
         Ok((Ok(mut response), receipt)) => {
-            if let Some(Ok(recorded)) = receipt {
+            if let Some(Ok(recorded)) = receipt.filter(|_| config.receipt_headers) {
                 let approved = response.extensions_mut().remove::<Approved>();
                 add_receipt_headers(response.headers_mut(), approved.as_ref(), &recorded);
             }
@@ -419,7 +434,7 @@ fn build_intent(config: &Config, req: &PriceRequest<'_>) -> Result<Option<Paymen
     let Some(amount) = (config.price.compute)(req).map_err(|e| Refusal::BadPrice(e.0))? else {
         return Ok(None);
     };
-    let actor = (config.actor.0)(req).ok_or(Refusal::MissingActor)?;
+    let actor = (config.actor.find)(req).ok_or_else(|| Refusal::MissingActor(config.actor.expects.to_string()))?;
     let rail = (config.rail)(req).map_err(|e| Refusal::BadPrice(e.0))?;
     let invalid = |e: IntentError| {
         Refusal::Rejected(conto_core::Rejection::new(

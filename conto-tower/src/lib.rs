@@ -12,9 +12,12 @@
 //! use conto_tower::{Actor, PaidLayer, Price};
 //!
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! #[derive(Clone)]
+//! struct User { id: String } // inserted into request extensions by your auth middleware
+//!
 //! let conto = Conto::new(Engine::from_file("policies/example.json")?);
 //! let paid = PaidLayer::builder(conto)
-//!     .actor(Actor::header("x-conto-actor"))
+//!     .actor(Actor::extension(|user: &User| user.id.clone()))
 //!     .rail(Rail::x402("https://api.example.com/search")?)
 //!     .recipient("0x1111111111111111111111111111111111111111")
 //!     .price(Price::free())
@@ -34,14 +37,23 @@
 //! | <span id="payment-denied">denied by policy</span> | 403 | `violations` |
 //! | <span id="approval-required">requires human approval</span> | 202 | `approvalRequestId`, `expiresAt` |
 //! | <span id="authority-unavailable">authority unavailable or too slow (fail-closed)</span> | 503 | `Retry-After: 5` |
-//! | <span id="actor-missing">no actor for the request</span> | 400 | |
+//! | <span id="actor-missing">no authenticated actor for the request</span> | 401 | names the extension or header expected |
+//! | <span id="actor-unknown">actor not provisioned to spend</span> | 403 | never retryable |
 //! | <span id="invalid-price">price could not be computed, or invalid payment</span> | 400 | |
 //! | <span id="body-too-large">JSON body over the pricing limit</span> | 413 | |
 //!
 //! Replace them with [`PaidLayerBuilder::respond_with`].
 //!
-//! On a recorded success the response carries [`headers::AUTHORIZATION_ID`],
-//! [`headers::RECORDED_AMOUNT`] and, when a daily limit applies, [`headers::DAILY_REMAINING`].
+//! With [`PaidLayerBuilder::receipt_headers`] (off by default), a recorded success carries
+//! [`headers::AUTHORIZATION_ID`], [`headers::RECORDED_AMOUNT`] and, when a daily limit applies,
+//! [`headers::DAILY_REMAINING`].
+//!
+//! # What a refusal reveals
+//!
+//! A refusal body speaks only of the request's own actor: its own denial reasons and violated
+//! rules (with the rule's limit and the actor's current figure), its own pending approval id.
+//! An unavailable authority's cause stays in the server's logs and events; the client learns
+//! only to retry.
 #![deny(missing_docs)]
 
 mod extract;
@@ -52,8 +64,9 @@ mod respond;
 
 pub use extract::{Paid, Settled};
 pub use layer::{LayerError, PaidBody, PaidLayer, PaidLayerBuilder, PaidService, ResponseFuture, headers};
-pub use operator::operator_router;
+pub use operator::OperatorView;
 pub use price::{Actor, Price, PriceError, PriceRequest};
 pub use respond::{
-    APPROVAL_REQUIRED_STATUS, DENIED_STATUS, RETRY_AFTER_SECS, Refusal, Responder, UNAVAILABLE_STATUS, problem,
+    APPROVAL_REQUIRED_STATUS, DENIED_STATUS, MISSING_ACTOR_STATUS, RETRY_AFTER_SECS, Refusal, Responder,
+    UNAVAILABLE_STATUS, UNKNOWN_ACTOR_STATUS, problem,
 };

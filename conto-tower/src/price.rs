@@ -130,30 +130,74 @@ impl Price {
 
 type ActorFn = dyn Fn(&PriceRequest<'_>) -> Option<String> + Send + Sync;
 
-/// Who pays for a request. A request whose actor cannot be found is refused with 400, never
-/// charged to a default.
+/// Who pays for a request: an **identity established by the app's authentication**, never a
+/// claim the client makes.
+///
+/// Use [`Actor::extension`] with the type your authentication middleware inserts into the
+/// request's extensions. A request with no actor is refused with `401` (the problem body names
+/// what was expected) and is never charged to a default. The actor must also be provisioned
+/// with the authority, or the request is refused with `403` (`actor-unknown`).
 #[derive(Clone)]
-pub struct Actor(pub(crate) Arc<ActorFn>);
+pub struct Actor {
+    pub(crate) find: Arc<ActorFn>,
+    pub(crate) expects: Arc<str>,
+}
 
 impl fmt::Debug for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Actor(..)")
+        f.debug_struct("Actor").field("expects", &self.expects).finish_non_exhaustive()
     }
 }
 
 impl Actor {
-    /// The actor named by a request header (e.g. `x-conto-actor`).
-    pub fn header(name: &'static str) -> Self {
-        Self(Arc::new(move |req| req.header(name).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)))
-    }
-
-    /// The actor taken from a request extension set by the app's auth layer.
+    /// The actor taken from a request extension of type `T`, which the app's authentication
+    /// layer inserts after verifying the caller (a session, a JWT, an API key). This is the
+    /// way to name the payer.
+    ///
+    /// ```
+    /// use conto_tower::Actor;
+    ///
+    /// #[derive(Clone)]
+    /// struct User { id: String } // inserted by your auth middleware
+    ///
+    /// let actor = Actor::extension(|user: &User| user.id.clone());
+    /// ```
     pub fn extension<T: Send + Sync + 'static>(f: impl Fn(&T) -> String + Send + Sync + 'static) -> Self {
-        Self(Arc::new(move |req| req.extensions().get::<T>().map(&f)))
+        Self {
+            find: Arc::new(move |req| req.extensions().get::<T>().map(&f)),
+            expects: format!(
+                "the request extension `{}` (set by your authentication middleware)",
+                std::any::type_name::<T>()
+            )
+            .into(),
+        }
     }
 
-    /// The actor computed by a function of the request.
-    pub fn from_request(f: impl Fn(&PriceRequest<'_>) -> Option<String> + Send + Sync + 'static) -> Self {
-        Self(Arc::new(f))
+    /// The actor named by a request header that **a trusted proxy sets**.
+    ///
+    /// # Warning
+    ///
+    /// Any client can send any header. Use this only behind a proxy or gateway that
+    /// authenticates the caller, sets this header itself, and strips it from every incoming
+    /// request; otherwise a client chooses whose budget it spends. Prefer [`Actor::extension`].
+    pub fn trusted_header(name: &'static str) -> Self {
+        Self {
+            find: Arc::new(move |req| req.header(name).filter(|s| !s.is_empty()).map(str::to_owned)),
+            expects: format!("the `{name}` header (set by your trusted proxy)").into(),
+        }
+    }
+
+    /// The actor computed by a function of the request; `expects` says what it reads, for the
+    /// `401` answer when it finds nothing. The function must return an authenticated identity.
+    pub fn from_request(
+        expects: impl Into<String>,
+        f: impl Fn(&PriceRequest<'_>) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        Self { find: Arc::new(f), expects: expects.into().into() }
+    }
+
+    /// What this actor source reads, as the `401` answer names it.
+    pub fn expects(&self) -> &str {
+        &self.expects
     }
 }

@@ -16,6 +16,10 @@ pub const DENIED_STATUS: StatusCode = StatusCode::FORBIDDEN;
 pub const APPROVAL_REQUIRED_STATUS: StatusCode = StatusCode::ACCEPTED;
 /// The status when the authority could not decide in time (fail-closed).
 pub const UNAVAILABLE_STATUS: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+/// The status when no authenticated actor is found for a paid request.
+pub const MISSING_ACTOR_STATUS: StatusCode = StatusCode::UNAUTHORIZED;
+/// The status when the actor is not provisioned to spend (never retryable).
+pub const UNKNOWN_ACTOR_STATUS: StatusCode = StatusCode::FORBIDDEN;
 /// The `Retry-After` seconds sent with [`UNAVAILABLE_STATUS`].
 pub const RETRY_AFTER_SECS: u32 = 5;
 
@@ -26,8 +30,8 @@ pub enum Refusal {
     /// The authority refused or could not decide: denied, pending approval, unavailable, or an
     /// invalid intent.
     Rejected(Rejection),
-    /// No actor could be found for the request (400).
-    MissingActor,
+    /// No authenticated actor was found for the request (401); says what was expected.
+    MissingActor(String),
     /// The price could not be computed from the request (400).
     BadPrice(String),
     /// The body was larger than the pricing limit (413).
@@ -38,7 +42,7 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::Rejected(r) => r.fmt(f),
-            Refusal::MissingActor => f.write_str("the request does not say which actor pays"),
+            Refusal::MissingActor(expects) => write!(f, "no authenticated actor for this request: expected {expects}"),
             Refusal::BadPrice(m) => write!(f, "the request's price could not be computed: {m}"),
             Refusal::BodyTooLarge(limit) => write!(f, "the request body is larger than {limit} bytes"),
         }
@@ -89,11 +93,18 @@ pub fn problem(refusal: &Refusal) -> Response {
                     "reasons": p.reasons,
                 }),
             ),
-            RejectionKind::Unavailable { reason } => (
+            RejectionKind::Unavailable { .. } => (
                 UNAVAILABLE_STATUS,
                 "authority-unavailable",
                 "Payment authority unavailable",
-                json!({"decision": "denied", "reasons": [reason]}),
+                // The cause stays in the server's logs and events: clients learn only to retry.
+                json!({"decision": "denied", "reasons": ["the payment authority did not answer in time; try again later"]}),
+            ),
+            RejectionKind::UnknownActor(_) => (
+                UNKNOWN_ACTOR_STATUS,
+                "actor-unknown",
+                "Actor not provisioned",
+                json!({"decision": "refused", "reasons": ["this actor is not provisioned to spend"]}),
             ),
             _ => (
                 StatusCode::BAD_REQUEST,
@@ -102,11 +113,11 @@ pub fn problem(refusal: &Refusal) -> Response {
                 json!({"decision": "invalid", "reasons": r.reasons()}),
             ),
         },
-        Refusal::MissingActor => (
-            StatusCode::BAD_REQUEST,
+        Refusal::MissingActor(_) => (
+            MISSING_ACTOR_STATUS,
             "actor-missing",
-            "No paying actor",
-            json!({"decision": "invalid", "reasons": [refusal.to_string()]}),
+            "No authenticated actor",
+            json!({"decision": "refused", "reasons": [refusal.to_string()]}),
         ),
         Refusal::BadPrice(m) => {
             (StatusCode::BAD_REQUEST, "invalid-price", "Invalid price", json!({"decision": "invalid", "reasons": [m]}))
@@ -125,7 +136,13 @@ pub fn problem(refusal: &Refusal) -> Response {
         map.insert("type".into(), json!(problem_type(slug)));
         map.insert("title".into(), json!(title));
         map.insert("status".into(), json!(status.as_u16()));
-        map.insert("detail".into(), json!(refusal.to_string()));
+        let detail = match refusal {
+            Refusal::Rejected(r) if matches!(r.kind(), RejectionKind::Unavailable { .. }) => {
+                "the payment authority did not answer in time; try again later".to_owned()
+            }
+            _ => refusal.to_string(),
+        };
+        map.insert("detail".into(), json!(detail));
     }
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = status;

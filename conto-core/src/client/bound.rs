@@ -16,7 +16,7 @@ use crate::intent::PaymentIntent;
 pub struct BoundClients {
     store: Arc<crate::credentials::CredentialStore>,
     base_url: String,
-    clients: std::sync::Mutex<std::collections::HashMap<String, ContoClient>>,
+    clients: std::sync::Mutex<std::collections::HashMap<String, (String, ContoClient)>>,
 }
 
 impl fmt::Debug for BoundClients {
@@ -38,9 +38,16 @@ impl BoundClients {
 
     /// The client for `actor` (built once, then reused).
     pub fn client_for(&self, actor: &str) -> Result<ContoClient, AuthorityError> {
-        let binding = self.store.get(actor).map_err(|e| AuthorityError::Unsupported(e.to_string()))?;
+        let binding = self.store.get(actor).map_err(|e| match e {
+            crate::credentials::CredentialError::UnknownActor(a) => AuthorityError::UnknownActor(a),
+            other => AuthorityError::Unsupported(other.to_string()),
+        })?;
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(actor) {
+        // Keyed by actor and agent: a rotated or re-bound key gets a fresh client.
+        if let Some((agent, c)) = clients.get(actor)
+            && *agent == binding.agent_id
+            && c.has_key(&binding.sdk_key)
+        {
             return Ok(c.clone());
         }
         let client = ContoClient::builder()
@@ -48,7 +55,7 @@ impl BoundClients {
             .sdk_key(binding.sdk_key.expose_secret())
             .build()
             .map_err(|e| AuthorityError::Unsupported(e.to_string()))?;
-        clients.insert(actor.to_owned(), client.clone());
+        clients.insert(actor.to_owned(), (binding.agent_id.clone(), client.clone()));
         Ok(client)
     }
 }

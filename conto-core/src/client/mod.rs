@@ -15,11 +15,15 @@
 
 #[cfg(feature = "credentials")]
 mod bound;
+#[cfg(feature = "credentials")]
+mod managed;
 pub mod sync;
 mod wire;
 
 #[cfg(feature = "credentials")]
 pub use bound::BoundClients;
+#[cfg(feature = "credentials")]
+pub use managed::{ManagedActors, RAIL_SCOPES};
 
 use std::fmt;
 use std::sync::Arc;
@@ -184,6 +188,11 @@ impl ContoClient {
             record_timeout: DEFAULT_RECORD_TIMEOUT,
             max_retries: 3,
         }
+    }
+
+    /// Whether this client uses `key` (compared without exposing either in logs).
+    pub(crate) fn has_key(&self, key: &SecretString) -> bool {
+        self.inner.key.expose_secret() == key.expose_secret()
     }
 
     /// A client from the environment: `CONTO_SDK_KEY` (or `CONTO_API_KEY`) and `CONTO_API_URL`

@@ -304,5 +304,6 @@ pub(crate) fn parse_recorded(
         transaction_id: text(body, "transactionId").map(str::to_owned),
         late: body.get("late").and_then(Value::as_bool).unwrap_or(false),
         queued: false,
+        actor_inactive: false,
     })
 }

@@ -20,9 +20,11 @@ pub use ledger::LedgerStats;
 
 use crate::authorizer::{AuthorityError, Authorizer, BoxFuture};
 use crate::clock::{Clock, SystemClock};
+use crate::controls::{ProductControls, SyncReport};
 use crate::decision::{Authorization, Decision, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict};
 use crate::ids::random_hex;
-use crate::intent::{ActorId, PaymentIntent};
+use crate::intent::{ActorId, IntentError, PaymentIntent};
+use crate::lifecycle::{ActorLifecycle, Ensured, LifecycleError};
 use crate::money::Amount;
 use crate::policy::{PolicyError, PolicySet};
 use evaluate::{Evaluation, evaluate};
@@ -49,8 +51,46 @@ struct Pending {
     state: PendingState,
 }
 
+/// Whether a provisioned actor may spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ActorStatus {
+    /// The actor may spend, within its policies.
+    Active,
+    /// The kill switch: every new authorization is denied. Records of settlements approved
+    /// before the pause are still accepted (money that moved is never dropped from the ledger).
+    Paused,
+}
+
+impl ActorStatus {
+    /// Conto's spelling: `ACTIVE` or `PAUSED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorStatus::Active => "ACTIVE",
+            ActorStatus::Paused => "PAUSED",
+        }
+    }
+}
+
+/// The policies an engine enforces: the base set, plus one set per managed actor
+/// ([`ActorLifecycle::ensure_actor`]).
+#[derive(Default)]
+struct Layers {
+    base: PolicySet,
+    managed: std::collections::BTreeMap<ActorId, (Vec<serde_json::Value>, PolicySet)>,
+}
+
+impl Layers {
+    fn effective(&self) -> PolicySet {
+        PolicySet::merged(std::iter::once(&self.base).chain(self.managed.values().map(|(_, set)| set)))
+    }
+}
+
 struct Inner {
     policies: ArcSwap<PolicySet>,
+    layers: Mutex<Layers>,
+    actors: RwLock<HashMap<ActorId, ActorStatus>>,
+    open_actors: bool,
     agents: RwLock<ledger::Map<ActorId, Arc<Mutex<AgentLedger>>>>,
     pending: Mutex<HashMap<String, Pending>>,
     clock: Arc<dyn Clock>,
@@ -90,6 +130,8 @@ impl fmt::Debug for Engine {
 /// Builds an [`Engine`].
 pub struct EngineBuilder {
     policies: PolicySet,
+    actors: HashMap<ActorId, ActorStatus>,
+    open_actors: bool,
     clock: Arc<dyn Clock>,
     approval_ttl: SignedDuration,
     pending_ttl: SignedDuration,
@@ -97,9 +139,42 @@ pub struct EngineBuilder {
 }
 
 impl EngineBuilder {
-    /// The policies to enforce.
+    /// The policies to enforce. The actors the set lists (a policy file's `agents`) are
+    /// provisioned.
     pub fn policies(mut self, policies: PolicySet) -> Self {
+        for actor in policies.agents() {
+            self.actors.entry(actor.clone()).or_insert(ActorStatus::Active);
+        }
         self.policies = policies;
+        self
+    }
+
+    /// Provisions these actors: only provisioned actors may spend. Each id must follow the
+    /// rule in [`ActorId`]'s docs.
+    ///
+    /// ```
+    /// use conto_core::Engine;
+    /// let engine = Engine::builder().actors(["agent-1", "agent-2"])?.build();
+    /// assert!(engine.actor_status("agent-1").is_some());
+    /// assert!(engine.actor_status("agent-3").is_none());
+    /// # Ok::<(), conto_core::IntentError>(())
+    /// ```
+    pub fn actors<I, S>(mut self, actors: I) -> Result<Self, IntentError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        for actor in actors {
+            self.actors.entry(ActorId::new(actor)?).or_insert(ActorStatus::Active);
+        }
+        Ok(self)
+    }
+
+    /// Lets **any** valid actor id spend, each with its own fresh ledger: for demos and tests
+    /// only. Never the default. Every decision for an actor that was not provisioned carries
+    /// [`Decision::open_actor`], and the pipeline reports it in its events.
+    pub fn open_actors(mut self) -> Self {
+        self.open_actors = true;
         self
     }
 
@@ -125,7 +200,10 @@ impl EngineBuilder {
     pub fn build(self) -> Engine {
         Engine {
             inner: Arc::new(Inner {
-                policies: ArcSwap::from_pointee(self.policies),
+                policies: ArcSwap::from_pointee(self.policies.clone()),
+                layers: Mutex::new(Layers { base: self.policies, managed: Default::default() }),
+                actors: RwLock::new(self.actors),
+                open_actors: self.open_actors,
                 agents: RwLock::new(ledger::Map::default()),
                 pending: Mutex::new(HashMap::new()),
                 clock: self.clock,
@@ -174,6 +252,8 @@ impl Engine {
     pub fn builder() -> EngineBuilder {
         EngineBuilder {
             policies: PolicySet::empty(),
+            actors: HashMap::new(),
+            open_actors: false,
             clock: Arc::new(SystemClock),
             approval_ttl: DEFAULT_APPROVAL_TTL,
             pending_ttl: DEFAULT_PENDING_TTL,
@@ -181,7 +261,7 @@ impl Engine {
         }
     }
 
-    /// An engine enforcing `policies`.
+    /// An engine enforcing `policies`, with the actors the set lists provisioned.
     pub fn new(policies: PolicySet) -> Self {
         Self::builder().policies(policies).build()
     }
@@ -196,12 +276,126 @@ impl Engine {
         Ok(Self::new(PolicySet::from_file(path)?))
     }
 
-    /// Replaces the policies atomically; ledgers are kept.
+    /// Replaces the base policies atomically (managed actors keep theirs); ledgers are kept. Actors the new set lists are
+    /// provisioned; no actor is un-provisioned by a policy change.
     pub fn set_policies(&self, policies: PolicySet) {
-        self.inner.policies.store(Arc::new(policies));
+        {
+            let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+            for actor in policies.agents() {
+                actors.entry(actor.clone()).or_insert(ActorStatus::Active);
+            }
+        }
+        let mut layers = lock(&self.inner.layers);
+        layers.base = policies;
+        self.inner.policies.store(Arc::new(layers.effective()));
     }
 
-    /// The policies in force.
+    /// Provisions `actor` (idempotent: an existing actor keeps its status). Returns the
+    /// validated id.
+    pub fn provision(&self, actor: &str) -> Result<ActorId, IntentError> {
+        let id = ActorId::new(actor)?;
+        self.inner.actors.write().unwrap_or_else(|e| e.into_inner()).entry(id.clone()).or_insert(ActorStatus::Active);
+        Ok(id)
+    }
+
+    /// The kill switch: `actor`'s next authorization is denied. Idempotent.
+    pub fn pause(&self, actor: &str) -> Result<(), AuthorityError> {
+        self.set_status(actor, ActorStatus::Paused)
+    }
+
+    /// Lifts a pause. Idempotent.
+    pub fn resume(&self, actor: &str) -> Result<(), AuthorityError> {
+        self.set_status(actor, ActorStatus::Active)
+    }
+
+    fn set_status(&self, actor: &str, status: ActorStatus) -> Result<(), AuthorityError> {
+        let unknown = || AuthorityError::UnknownActor(actor.to_owned());
+        let id = ActorId::new(actor).map_err(|_| unknown())?;
+        let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+        let slot = actors.get_mut(&id).ok_or_else(unknown)?;
+        *slot = status;
+        Ok(())
+    }
+
+    /// Retires `actor`: it is no longer provisioned, so its next authorization is refused as an
+    /// unknown actor. Its live approvals can still be recorded or released. Returns whether it
+    /// was provisioned.
+    pub fn retire(&self, actor: &str) -> bool {
+        let Ok(id) = ActorId::new(actor) else { return false };
+        let removed = self.inner.actors.write().unwrap_or_else(|e| e.into_inner()).remove(&id).is_some();
+        let mut layers = lock(&self.inner.layers);
+        if layers.managed.remove(&id).is_some() {
+            self.inner.policies.store(Arc::new(layers.effective()));
+        }
+        removed
+    }
+
+    /// Provisions `actor` with `controls` as its own policies (named `conto-rs:{actor} · …`),
+    /// replacing the ones an earlier call installed. Idempotent; the report says what changed.
+    pub fn ensure_actor(&self, actor: &str, controls: &ProductControls) -> Result<Ensured, LifecycleError> {
+        let id = ActorId::new(actor)?;
+        let name = crate::lifecycle::managed_name(&id);
+        let wanted = controls.policies(&name, id.as_str());
+        let set = PolicySet::from_value(serde_json::Value::Array(wanted.clone()))?;
+        let created = {
+            let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+            let created = !actors.contains_key(&id);
+            actors.entry(id.clone()).or_insert(ActorStatus::Active);
+            created
+        };
+        let mut report = SyncReport::default();
+        let mut layers = lock(&self.inner.layers);
+        let have: Vec<serde_json::Value> = layers.managed.get(&id).map(|(docs, _)| docs.clone()).unwrap_or_default();
+        for want in &wanted {
+            match have.iter().find(|h| h["name"] == want["name"]) {
+                None => report.created += 1,
+                Some(h) if h == want => report.unchanged += 1,
+                Some(_) => report.updated += 1,
+            }
+        }
+        report.deleted = have.iter().filter(|h| !wanted.iter().any(|w| w["name"] == h["name"])).count() as u32;
+        if report.created + report.updated + report.deleted > 0 {
+            layers.managed.insert(id.clone(), (wanted, set));
+            self.inner.policies.store(Arc::new(layers.effective()));
+        }
+        Ok(Ensured { agent_id: id.to_string(), actor: id, created, issued_key: false, policies: report })
+    }
+
+    /// `actor`'s status, or `None` when it is not provisioned.
+    pub fn actor_status(&self, actor: &str) -> Option<ActorStatus> {
+        let id = ActorId::new(actor).ok()?;
+        self.inner.actors.read().unwrap_or_else(|e| e.into_inner()).get(&id).copied()
+    }
+
+    /// The provisioned actors and their status, sorted by id.
+    pub fn actors(&self) -> Vec<(ActorId, ActorStatus)> {
+        let mut all: Vec<_> =
+            self.inner.actors.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(a, s)| (a.clone(), *s)).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Whether this engine lets unprovisioned actors spend (see [`EngineBuilder::open_actors`]).
+    pub fn is_open(&self) -> bool {
+        self.inner.open_actors
+    }
+
+    /// The gate in front of every decision: `Ok(false)` for a provisioned, active actor,
+    /// `Ok(true)` for an unprovisioned one let through by `open_actors`, a denial for a paused
+    /// actor, and an error for an unknown one.
+    fn admit(&self, actor: &ActorId) -> Result<Result<bool, Denial>, AuthorityError> {
+        match self.inner.actors.read().unwrap_or_else(|e| e.into_inner()).get(actor) {
+            Some(ActorStatus::Active) => Ok(Ok(false)),
+            Some(ActorStatus::Paused) => Ok(Err(Denial {
+                reasons: vec![format!("actor `{actor}` is paused: every new payment is denied until it is resumed")],
+                violations: vec![],
+            })),
+            None if self.inner.open_actors => Ok(Ok(true)),
+            None => Err(AuthorityError::UnknownActor(actor.to_string())),
+        }
+    }
+
+    /// The policies in force: the base set and every managed actor's.
     pub fn policies(&self) -> Arc<PolicySet> {
         self.inner.policies.load_full()
     }
@@ -218,8 +412,29 @@ impl Engine {
         agents.entry(actor.clone()).or_default().clone()
     }
 
-    /// Decides on an intent, synchronously. An approval reserves its amount.
+    /// Decides on an intent, synchronously. An approval reserves its amount. An unprovisioned
+    /// actor is denied here; [`Engine::try_decide`] (what the pipeline calls) says so with a
+    /// typed [`AuthorityError::UnknownActor`].
     pub fn decide(&self, intent: &PaymentIntent) -> Decision {
+        self.try_decide(intent).unwrap_or_else(|e| {
+            Decision::from_policy(Verdict::Denied(Denial { reasons: vec![e.to_string()], violations: vec![] }))
+        })
+    }
+
+    /// Decides on an intent, synchronously: an unprovisioned actor is an
+    /// [`AuthorityError::UnknownActor`] (unless the engine is open), a paused one is denied, and
+    /// any other gets its policies' verdict. An approval reserves its amount.
+    pub fn try_decide(&self, intent: &PaymentIntent) -> Result<Decision, AuthorityError> {
+        let open_actor = match self.admit(&intent.actor)? {
+            Ok(open) => open,
+            Err(denial) => return Ok(Decision::from_policy(Verdict::Denied(denial))),
+        };
+        let mut decision = self.evaluate_admitted(intent);
+        decision.open_actor = open_actor;
+        Ok(decision)
+    }
+
+    fn evaluate_admitted(&self, intent: &PaymentIntent) -> Decision {
         let now = self.now();
         let policies = self.inner.policies.load();
         let ledger = self.ledger(&intent.actor);
@@ -280,6 +495,7 @@ impl Engine {
     /// Records a settlement, synchronously. See [`Authorizer::record`].
     pub fn settle(&self, authorization: &Authorization, settlement: &Settlement) -> Result<Recorded, AuthorityError> {
         let now = self.now();
+        let actor_inactive = !matches!(self.admit(&authorization.intent.actor), Ok(Ok(_)));
         let ledger = self.ledger(&authorization.intent.actor);
         let mut ledger = lock(&ledger);
         let settled = settlement.amount.unwrap_or(authorization.amount);
@@ -304,6 +520,7 @@ impl Engine {
                         transaction_id: Some(format!("tx_{}", random_hex(12))),
                         late: true,
                         queued: false,
+                        actor_inactive,
                     };
                     ledger.close(
                         &authorization.id,
@@ -338,6 +555,7 @@ impl Engine {
             transaction_id: Some(format!("tx_{}", random_hex(12))),
             late: false,
             queued: false,
+            actor_inactive,
         };
         ledger.close(
             &authorization.id,
@@ -443,6 +661,17 @@ impl Engine {
             return Ok(());
         }
         let intent = entry.intent.clone();
+        match self.admit(&intent.actor) {
+            Ok(Ok(_)) => {}
+            Ok(Err(denial)) => {
+                entry.state = PendingState::Denied(denial);
+                return Ok(());
+            }
+            Err(e) => {
+                entry.state = PendingState::Denied(Denial { reasons: vec![e.to_string()], violations: vec![] });
+                return Ok(());
+            }
+        }
         let policies = self.inner.policies.load();
         let ledger = self.ledger(&intent.actor);
         let mut ledger = lock(&ledger);
@@ -501,10 +730,14 @@ impl Engine {
     /// A snapshot of `actor`'s ledger (expired approvals are swept first).
     pub fn usage(&self, actor: &str) -> Usage {
         let now = self.now();
+        let empty = Usage { counters: vec![], live_reservations: 0, stats: LedgerStats::default() };
         let Ok(actor) = ActorId::new(actor) else {
-            return Usage { counters: vec![], live_reservations: 0, stats: LedgerStats::default() };
+            return empty;
         };
-        let ledger = self.ledger(&actor);
+        // Never create a ledger for a name that was only looked up.
+        let Some(ledger) = self.inner.agents.read().unwrap_or_else(|e| e.into_inner()).get(&actor).cloned() else {
+            return empty;
+        };
         let mut ledger = lock(&ledger);
         ledger.sweep(now, self.inner.retention);
         let mut counters: Vec<CounterUsage> = ledger
@@ -526,8 +759,7 @@ impl Engine {
 
 impl Authorizer for Engine {
     fn authorize<'a>(&'a self, intent: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
-        let decision = self.decide(intent);
-        Box::pin(std::future::ready(Ok(decision)))
+        Box::pin(std::future::ready(self.try_decide(intent)))
     }
 
     fn record<'a>(
@@ -563,6 +795,41 @@ impl Authorizer for Engine {
             transaction_id: None,
             late: false,
             queued: false,
+            actor_inactive: false,
         })))
+    }
+}
+
+/// The embedded engine's lifecycle: registration, per-actor policies and the pause switch, all
+/// in process. It holds no credential, so [`ActorLifecycle::rotate_key`] rotates nothing.
+impl ActorLifecycle for Engine {
+    fn ensure_actor<'a>(
+        &'a self,
+        actor: &'a str,
+        controls: &'a ProductControls,
+    ) -> BoxFuture<'a, Result<Ensured, LifecycleError>> {
+        Box::pin(std::future::ready(Engine::ensure_actor(self, actor, controls)))
+    }
+
+    fn pause_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
+        Box::pin(std::future::ready(self.pause(actor).map_err(|_| LifecycleError::UnknownActor(actor.to_owned()))))
+    }
+
+    fn resume_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
+        Box::pin(std::future::ready(self.resume(actor).map_err(|_| LifecycleError::UnknownActor(actor.to_owned()))))
+    }
+
+    fn rotate_key<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<bool, LifecycleError>> {
+        let known = self.actor_status(actor).is_some();
+        Box::pin(std::future::ready(if known {
+            Ok(false)
+        } else {
+            Err(LifecycleError::UnknownActor(actor.to_owned()))
+        }))
+    }
+
+    fn retire_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
+        self.retire(actor);
+        Box::pin(std::future::ready(Ok(())))
     }
 }

@@ -1,7 +1,10 @@
 //! Policies in Conto's JSON shape, loaded and compiled for the embedded engine.
 //!
 //! A policy file is either `{"policies": [...]}`, a bare array, or Conto's list response
-//! `{"data": {"policies": [...]}}`. Each policy is Conto's object:
+//! `{"data": {"policies": [...]}}`. The first shape may also list the actors the engine lets
+//! spend, `{"agents": ["agent-1", "agent-2"], "policies": [...]}`; an actor that is not
+//! provisioned (here, with [`EngineBuilder::actors`](crate::engine::EngineBuilder::actors) or
+//! [`Engine::provision`](crate::Engine::provision)) is refused. Each policy is Conto's object:
 //!
 //! ```json
 //! { "name": "Daily cap", "policyType": "SPEND_LIMIT", "priority": 80, "isActive": true,
@@ -75,6 +78,8 @@ use std::path::Path;
 
 use jiff::tz::TimeZone;
 use serde::Deserialize;
+
+use crate::intent::ActorId;
 
 pub(crate) use rules::{CompiledRule, Cumulative, Period, Velocity};
 
@@ -297,6 +302,7 @@ impl Policy {
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     pub(crate) policies: Vec<Policy>,
+    agents: Vec<ActorId>,
 }
 
 impl PolicySet {
@@ -336,6 +342,7 @@ impl PolicySet {
 
     /// Compiles policies from a parsed JSON value.
     pub fn from_value(value: serde_json::Value) -> Result<Self, PolicyError> {
+        let agents = parse_agents(&value)?;
         let docs = parse_shape(value)?;
         let mut policies = Vec::with_capacity(docs.len());
         for doc in docs {
@@ -343,13 +350,49 @@ impl PolicySet {
         }
         // Stable: equal priorities keep file order.
         policies.sort_by_key(|p| std::cmp::Reverse(p.priority));
-        Ok(Self { policies })
+        Ok(Self { policies, agents })
     }
 
     /// The policies, highest priority first.
     pub fn policies(&self) -> &[Policy] {
         &self.policies
     }
+
+    /// The policies of several sets together, highest priority first (ties keep set order).
+    pub(crate) fn merged<'a>(sets: impl IntoIterator<Item = &'a PolicySet>) -> PolicySet {
+        let (mut policies, mut agents) = (Vec::new(), Vec::new());
+        for set in sets {
+            policies.extend(set.policies.iter().cloned());
+            agents.extend(set.agents.iter().cloned());
+        }
+        policies.sort_by_key(|p| std::cmp::Reverse(p.priority));
+        PolicySet { policies, agents }
+    }
+
+    /// The actors the file provisions (its top-level `agents` list).
+    pub fn agents(&self) -> &[ActorId] {
+        &self.agents
+    }
+}
+
+/// The optional top-level `agents` list of a `{"agents": [...], "policies": [...]}` file.
+fn parse_agents(value: &serde_json::Value) -> Result<Vec<ActorId>, PolicyError> {
+    let Some(list) = value.get("agents") else {
+        return Ok(Vec::new());
+    };
+    let items = list.as_array().ok_or_else(|| PolicyError::Shape {
+        path: "agents".into(),
+        message: format!("expected an array of actor ids, got {}", json_kind(list)),
+    })?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let shape = |message: String| PolicyError::Shape { path: format!("agents[{i}]"), message };
+            let text = item.as_str().ok_or_else(|| shape(format!("expected a string, got {}", json_kind(item))))?;
+            ActorId::new(text).map_err(|e| shape(e.to_string()))
+        })
+        .collect()
 }
 
 fn parse_shape(value: serde_json::Value) -> Result<Vec<PolicyDoc>, PolicyError> {

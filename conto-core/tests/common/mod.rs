@@ -7,6 +7,8 @@ use conto_core::{
 
 pub const RECIPIENT: &str = "0x1111111111111111111111111111111111111111";
 pub const OTHER: &str = "0x3333333333333333333333333333333333333333";
+/// The actors every test engine provisions.
+pub const ACTORS: &[&str] = &["agent-1", "agent-2", "agent-7", "agent-a", "agent-b", "agent-c"];
 pub const SENDER: &str = "0x2222222222222222222222222222222222222222";
 
 /// A policy file with one policy holding `rules` (each a JSON rule object).
@@ -22,7 +24,8 @@ pub fn rule(rule_type: &str, operator: &str, value: &str, action: &str) -> Strin
 pub fn engine_at(policies: &str, at: &str) -> (Engine, ManualClock) {
     let clock = ManualClock::new(at.parse::<Timestamp>().unwrap());
     let set = PolicySet::from_json(policies).unwrap_or_else(|e| panic!("policy should load: {e}"));
-    (Engine::builder().policies(set).clock(clock.clone()).build(), clock)
+    let engine = Engine::builder().policies(set).clock(clock.clone()).actors(ACTORS.iter().copied()).unwrap().build();
+    (engine, clock)
 }
 
 pub fn transfer(amount: &str) -> PaymentIntent {

@@ -18,6 +18,6 @@ async fn pay(conto: &Conto) -> Result<u8> {
 
 #[tokio::main]
 async fn main() {
-    let conto = Conto::new(Engine::from_json("[]").unwrap());
+    let conto = Conto::new(Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap());
     assert_eq!(pay(&conto).await.unwrap(), 1);
 }

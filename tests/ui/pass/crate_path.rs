@@ -23,7 +23,7 @@ async fn pay_str(conto: &Conto) -> Result<(), PayError> {
 
 #[tokio::main]
 async fn main() {
-    let conto = Conto::new(Engine::from_json("[]").unwrap());
+    let conto = Conto::new(Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap());
     pay(&conto).await.unwrap();
     pay_str(&conto).await.unwrap();
 }

@@ -35,7 +35,7 @@ async fn pay_reject() -> Result<(), PayError> {
 
 #[tokio::main]
 async fn main() {
-    conto::install_default(Conto::new(Engine::from_json("[]").unwrap())).unwrap();
+    conto::install_default(Conto::new(Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap())).unwrap();
     assert_eq!(pay().await.unwrap().charged, Decimal::ONE);
     pay_duration().await.unwrap();
     pay_reject().await.unwrap();

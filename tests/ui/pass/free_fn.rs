@@ -27,7 +27,7 @@ async fn buy(conto: &Conto, url: &str, to: &str, price: Decimal) -> Result<Strin
 
 #[tokio::main]
 async fn main() {
-    let conto = Conto::new(Engine::from_json("[]").unwrap());
+    let conto = Conto::new(Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap());
     let out = buy(&conto, "https://api.example.com/q", "0x1111111111111111111111111111111111111111", Decimal::ONE).await;
     assert!(out.is_ok());
 }

@@ -36,7 +36,7 @@ where
 
 #[tokio::main]
 async fn main() {
-    let conto = Conto::new(Engine::from_json("[]").unwrap());
+    let conto = Conto::new(Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap());
     let out = pay(&conto, &Fixed, "agent-1", "https://api.example.com/s", "0x1111111111111111111111111111111111111111").await;
     assert_eq!(out.unwrap().price(), Decimal::new(25, 1));
 }

@@ -23,7 +23,7 @@ async fn pay(conto: &Conto, Order { cents, to }: Order, memo: impl AsRef<str> + 
 
 #[tokio::main]
 async fn main() {
-    let conto = Conto::new(Engine::from_json("[]").unwrap());
+    let conto = Conto::new(Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap());
     let order = Order { cents: 150, to: "0x1111111111111111111111111111111111111111".into() };
     assert_eq!(pay(&conto, order, "m", (1, 2)).await.unwrap(), 153);
 }

@@ -42,7 +42,7 @@ impl Service {
 
 #[tokio::main]
 async fn main() {
-    let mut s = Service { conto: Conto::new(Engine::from_json("[]").unwrap()), paid: 0 };
+    let mut s = Service { conto: Conto::new(Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap()), paid: 0 };
     s.by_ref().await.unwrap();
     s.by_mut().await.unwrap();
     Arc::new(s).by_arc().await.unwrap();

@@ -29,7 +29,7 @@ async fn pay(conto: &Conto, input: &str) -> Result<u32, PayError> {
 
 #[tokio::main]
 async fn main() {
-    let conto = Conto::new(Engine::from_json("[]").unwrap());
+    let conto = Conto::new(Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap());
     assert_eq!(pay(&conto, "").await.unwrap(), 0);
     assert!(matches!(pay(&conto, "x").await, Err(PayError::Parse)));
     assert_eq!(pay(&conto, "4").await.unwrap(), 4);

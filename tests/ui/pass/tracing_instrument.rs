@@ -24,7 +24,7 @@ async fn inner_instrument(conto: &Conto, amount: u32) -> Result<u32, PayError> {
 
 #[tokio::main]
 async fn main() {
-    let conto = Conto::new(Engine::from_json("[]").unwrap());
+    let conto = Conto::new(Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap());
     assert_eq!(outer_instrument(&conto, 2).await.unwrap(), 2);
     assert_eq!(inner_instrument(&conto, 3).await.unwrap(), 3);
 }

@@ -26,6 +26,6 @@ impl Settle for Card {
 
 #[tokio::main]
 async fn main() {
-    let card = Card { conto: Conto::new(Engine::from_json("[]").unwrap()) };
+    let card = Card { conto: Conto::new(Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap()) };
     card.settle(3).await.unwrap();
 }

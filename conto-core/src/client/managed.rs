@@ -1,0 +1,165 @@
+//! [`ManagedActors`]: the managed-actor lifecycle against Conto's org API (or conto-local),
+//! with each actor's SDK key sealed in a [`CredentialStore`].
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::sync::{OrgClient, sync_policies};
+use crate::authorizer::BoxFuture;
+use crate::controls::ProductControls;
+use crate::credentials::CredentialStore;
+use crate::intent::ActorId;
+use crate::lifecycle::{ActorLifecycle, Ensured, LifecycleError, managed_name};
+
+/// The least scopes the four rails need: approve and confirm (transfers, cards), request (x402,
+/// MPP, the payment-request flow, approval polling).
+pub const RAIL_SCOPES: &[&str] = &["payments:approve", "payments:confirm", "payments:request"];
+
+/// The managed-actor lifecycle over Conto's org API: one Conto agent per actor (named
+/// `conto-rs:{actor}`), one SDK key per agent sealed in the credential store, and the actor's
+/// [`ProductControls`] synced to policies assigned to that agent.
+///
+/// Crash safety: the agent is found by its stable name before one is created, and an SDK key
+/// is looked for by name before one is issued; a key issued by a run that crashed before
+/// sealing it is revoked, then a fresh one is issued and sealed. So an interrupted run leaves no
+/// duplicate agent and no live unsealed key, and the next run finishes the job.
+#[derive(Debug, Clone)]
+pub struct ManagedActors {
+    org: OrgClient,
+    store: Arc<CredentialStore>,
+}
+
+impl ManagedActors {
+    /// Manages actors through `org` (the org API key's client), sealing keys in `store`.
+    pub fn new(org: OrgClient, store: Arc<CredentialStore>) -> Self {
+        Self { org, store }
+    }
+
+    /// The org client (its write counter shows that a second `ensure_actor` writes nothing).
+    pub fn org(&self) -> &OrgClient {
+        &self.org
+    }
+
+    async fn find_agent(&self, name: &str) -> Result<Option<Value>, LifecycleError> {
+        let listed = self.org.call(reqwest::Method::GET, "/api/agents", None).await?;
+        let agents = listed["agents"].as_array().or_else(|| listed["data"]["agents"].as_array()).or(listed.as_array());
+        Ok(agents.and_then(|list| list.iter().find(|a| a["name"] == name).cloned()))
+    }
+
+    async fn agent_id(&self, actor: &str) -> Result<(ActorId, String), LifecycleError> {
+        let id = ActorId::new(actor)?;
+        if let Ok(binding) = self.store.get(actor) {
+            return Ok((id, binding.agent_id));
+        }
+        let agent = self.find_agent(&managed_name(&id)).await?;
+        let agent_id = agent.as_ref().and_then(|a| a["id"].as_str()).map(str::to_owned);
+        agent_id.map(|a| (id, a)).ok_or_else(|| LifecycleError::UnknownActor(actor.to_owned()))
+    }
+
+    /// Revokes every key of `agent_id` named `name` except `keep`.
+    async fn revoke_keys(&self, agent_id: &str, name: &str, keep: Option<&str>) -> Result<(), LifecycleError> {
+        let listed = self.org.call(reqwest::Method::GET, &format!("/api/agents/{agent_id}/sdk-keys"), None).await?;
+        let keys = listed["keys"].as_array().or(listed.as_array()).cloned().unwrap_or_default();
+        for key in keys.iter().filter(|k| k["name"] == name && k["revokedAt"].is_null()) {
+            let Some(key_id) = key["id"].as_str().filter(|id| Some(*id) != keep) else { continue };
+            self.org.call(reqwest::Method::DELETE, &format!("/api/agents/{agent_id}/sdk-keys/{key_id}"), None).await?;
+        }
+        Ok(())
+    }
+
+    /// Issues a key named `name` for `agent_id` and seals it; returns its id.
+    async fn issue_and_seal(&self, actor: &ActorId, agent_id: &str, name: &str) -> Result<String, LifecycleError> {
+        let body = json!({"name": name, "keyType": "standard", "scopes": RAIL_SCOPES});
+        let issued =
+            self.org.call(reqwest::Method::POST, &format!("/api/agents/{agent_id}/sdk-keys"), Some(&body)).await?;
+        let call = "POST /api/agents/{id}/sdk-keys";
+        let key = issued["key"].as_str().ok_or(LifecycleError::MissingField { call, field: "key" })?;
+        let key_id = issued["id"].as_str().ok_or(LifecycleError::MissingField { call, field: "id" })?.to_owned();
+        self.store.bind(actor.as_str(), agent_id, key).map_err(|e| LifecycleError::Credentials(e.to_string()))?;
+        Ok(key_id)
+    }
+
+    async fn set_status(&self, actor: &str, status: &str) -> Result<(), LifecycleError> {
+        let (_, agent_id) = self.agent_id(actor).await?;
+        let path = format!("/api/agents/{agent_id}");
+        let agent = self.org.call(reqwest::Method::GET, &path, None).await?;
+        let current = agent["status"].as_str().or_else(|| agent["agent"]["status"].as_str());
+        if current != Some(status) {
+            self.org.call(reqwest::Method::PATCH, &path, Some(&json!({"status": status}))).await?;
+        }
+        Ok(())
+    }
+}
+
+impl ActorLifecycle for ManagedActors {
+    fn ensure_actor<'a>(
+        &'a self,
+        actor: &'a str,
+        controls: &'a ProductControls,
+    ) -> BoxFuture<'a, Result<Ensured, LifecycleError>> {
+        Box::pin(async move {
+            let id = ActorId::new(actor)?;
+            let name = managed_name(&id);
+            // 1. The agent, found by its stable name before one is created.
+            let (agent_id, created) = match self.find_agent(&name).await? {
+                Some(agent) => {
+                    let call = "GET /api/agents";
+                    (agent["id"].as_str().ok_or(LifecycleError::MissingField { call, field: "id" })?.to_owned(), false)
+                }
+                None => {
+                    let body = json!({"name": name, "description": format!("conto-rs managed actor {id}")});
+                    let made = self.org.call(reqwest::Method::POST, "/api/agents", Some(&body)).await?;
+                    let agent_id = made["id"].as_str().or_else(|| made["agent"]["id"].as_str());
+                    let call = "POST /api/agents";
+                    (agent_id.ok_or(LifecycleError::MissingField { call, field: "id" })?.to_owned(), true)
+                }
+            };
+            // 2. The key: sealed already, or revoke any unsealed one and issue a fresh one.
+            let sealed = self.store.get(actor).is_ok_and(|b| b.agent_id == agent_id);
+            let issued_key = !sealed;
+            if issued_key {
+                self.revoke_keys(&agent_id, &name, None).await?;
+                self.issue_and_seal(&id, &agent_id, &name).await?;
+            }
+            // 3. The controls, as policies assigned to the agent.
+            let policies = sync_policies(&self.org, controls, &name, &agent_id).await?;
+            Ok(Ensured { actor: id, agent_id, created, issued_key, policies })
+        })
+    }
+
+    fn pause_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
+        Box::pin(self.set_status(actor, "PAUSED"))
+    }
+
+    fn resume_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
+        Box::pin(self.set_status(actor, "ACTIVE"))
+    }
+
+    fn rotate_key<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<bool, LifecycleError>> {
+        Box::pin(async move {
+            let (id, agent_id) = self.agent_id(actor).await?;
+            let name = managed_name(&id);
+            // Seal the new key first, then revoke every other key of ours: no moment without one.
+            let new_id = self.issue_and_seal(&id, &agent_id, &name).await?;
+            self.revoke_keys(&agent_id, &name, Some(&new_id)).await?;
+            Ok(true)
+        })
+    }
+
+    fn retire_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
+        Box::pin(async move {
+            let (id, agent_id) = match self.agent_id(actor).await {
+                Ok(found) => found,
+                Err(LifecycleError::UnknownActor(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let name = managed_name(&id);
+            self.revoke_keys(&agent_id, &name, None).await?;
+            sync_policies(&self.org, &ProductControls::default(), &name, &agent_id).await?;
+            self.org.call(reqwest::Method::DELETE, &format!("/api/agents/{agent_id}"), None).await?;
+            self.store.unbind(actor).map_err(|e| LifecycleError::Credentials(e.to_string()))?;
+            Ok(())
+        })
+    }
+}
