@@ -4,7 +4,19 @@
 //! and SDK key. The file holds each key sealed with XChaCha20-Poly1305 under a 256-bit master
 //! key, with the actor and agent id as associated data (so entries cannot be swapped). The master
 //! key comes from a [`KeyProvider`] (for example [`EnvKey`], `CONTO_MASTER_KEY` as 64 hex
-//! characters) and can be rotated. In memory, keys are [`SecretString`]s.
+//! characters). In memory, keys are [`SecretString`]s.
+//!
+//! # Rotating the master key without downtime
+//!
+//! [`CredentialStore::open_with_previous`] opens a store with a primary key, used for every
+//! write, and previous keys, still accepted for reading. Roll out a new key in three steps, so
+//! every running instance can read every entry at every moment:
+//!
+//! 1. deploy every instance with the **old** key as primary and the **new** one as previous;
+//! 2. deploy every instance with the **new** key as primary and the **old** one as previous
+//!    (entries written from now on are sealed with the new key; both stay readable);
+//! 3. call [`CredentialStore::rotate`] once (every entry is re-sealed with the new key), then
+//!    deploy without the old key.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -141,8 +153,19 @@ fn aad(actor: &str, agent_id: &str) -> Vec<u8> {
 impl CredentialStore {
     /// Opens the store at `path` (an absent file is an empty store), decrypting every entry.
     pub fn open(path: impl AsRef<Path>, provider: &dyn KeyProvider) -> Result<Self, CredentialError> {
+        Self::open_with_previous(path, provider, &[])
+    }
+
+    /// Opens the store with `provider` as the primary key (every write) and `previous` keys
+    /// still accepted for reading, for a rotation without downtime (see the module docs).
+    pub fn open_with_previous(
+        path: impl AsRef<Path>,
+        provider: &dyn KeyProvider,
+        previous: &[&dyn KeyProvider],
+    ) -> Result<Self, CredentialError> {
         let path = path.as_ref().to_path_buf();
         let key = provider.master_key()?;
+        let previous = previous.iter().map(|p| p.master_key()).collect::<Result<Vec<_>, _>>()?;
         let shown = path.display().to_string();
         let entries = match std::fs::read_to_string(&path) {
             Ok(text) => {
@@ -154,7 +177,10 @@ impl CredentialStore {
                         message: format!("unknown version {}", file.version),
                     });
                 }
-                let cipher = XChaCha20Poly1305::new(key.expose_secret().into());
+                let ciphers: Vec<XChaCha20Poly1305> = std::iter::once(&key)
+                    .chain(previous.iter())
+                    .map(|k| XChaCha20Poly1305::new(k.expose_secret().into()))
+                    .collect();
                 let mut out = BTreeMap::new();
                 for e in file.entries {
                     let fail = || CredentialError::Decrypt { actor: e.actor.clone() };
@@ -163,12 +189,14 @@ impl CredentialStore {
                     if nonce.len() != 24 {
                         return Err(fail());
                     }
-                    let plain = cipher
-                        .decrypt(
-                            XNonce::from_slice(&nonce),
-                            Payload { msg: &ciphertext, aad: &aad(&e.actor, &e.agent_id) },
-                        )
-                        .map_err(|_| fail())?;
+                    // The AEAD tag authenticates: only the key that sealed the entry opens it.
+                    let aad = aad(&e.actor, &e.agent_id);
+                    let plain = ciphers
+                        .iter()
+                        .find_map(|c| {
+                            c.decrypt(XNonce::from_slice(&nonce), Payload { msg: &ciphertext, aad: &aad }).ok()
+                        })
+                        .ok_or_else(fail)?;
                     let sdk_key = String::from_utf8(plain).map_err(|_| fail())?;
                     out.insert(e.actor, Binding { agent_id: e.agent_id, sdk_key: SecretString::from(sdk_key) });
                 }

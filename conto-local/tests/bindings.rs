@@ -65,6 +65,28 @@ fn the_master_key_rotates() {
     assert_eq!(rotated.get("user-a").unwrap().sdk_key.expose_secret(), KEY_A);
 }
 
+#[test]
+fn the_master_key_rolls_out_without_downtime() {
+    let path = scratch("rollout");
+    let (old, new) = (StaticKey::new([4; 32]), StaticKey::new([5; 32]));
+    let v1 = CredentialStore::open(&path, &old).unwrap();
+    v1.bind("user-a", "agent-a", KEY_A).unwrap();
+    // Step 1: the new key is accepted for reading everywhere; step 2: it becomes primary.
+    let step1 = CredentialStore::open_with_previous(&path, &old, &[&new]).unwrap();
+    let step2 = CredentialStore::open_with_previous(&path, &new, &[&old]).unwrap();
+    step2.bind("user-b", "agent-b", "conto_agent_bbbb").unwrap(); // sealed with the new key
+    // An instance still at step 1 reads both entries.
+    let lagging = CredentialStore::open_with_previous(&path, &old, &[&new]).unwrap();
+    assert_eq!(lagging.get("user-a").unwrap().sdk_key.expose_secret(), KEY_A);
+    assert_eq!(lagging.get("user-b").unwrap().sdk_key.expose_secret(), "conto_agent_bbbb");
+    drop(step1);
+    // Step 3: re-seal everything with the new key, then the old key is dropped.
+    step2.rotate(&new).unwrap();
+    let done = CredentialStore::open(&path, &new).unwrap();
+    assert_eq!(done.actors(), vec!["user-a".to_owned(), "user-b".to_owned()]);
+    assert!(matches!(CredentialStore::open(&path, &old), Err(CredentialError::Decrypt { .. })));
+}
+
 #[tokio::test]
 async fn each_actor_pays_through_its_own_agent_and_unknown_actors_are_refused() {
     let server = start(None, "conto_org_test").await;

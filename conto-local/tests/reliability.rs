@@ -118,8 +118,10 @@ async fn nothing_lost_when_the_authority_dies_mid_delivery() {
 /// The child half of the crash proof: settles one paid action, prints its authorization id, and
 /// waits to be SIGKILLed before the record is delivered.
 #[test]
+#[ignore = "the child process of crash_between_settlement_and_record_delivers_exactly_once; run by it"]
 fn crash_child() {
-    let Ok(url) = std::env::var("CONTO_CRASH_URL") else { return };
+    let url =
+        std::env::var("CONTO_CRASH_URL").expect("run by crash_between_settlement_and_record_delivers_exactly_once");
     let key = std::env::var("CONTO_CRASH_KEY").unwrap();
     let outbox = Outbox::open(std::env::var("CONTO_CRASH_OUTBOX").unwrap()).unwrap();
     let client = conto_core::ContoClient::builder().base_url(url).sdk_key(key).build().unwrap();
@@ -147,7 +149,7 @@ async fn crash_between_settlement_and_record_delivers_exactly_once() {
     let key = org.agent("agent-1", ALL_SCOPES).await;
     let outbox_path = dir.join("outbox.db");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env("CONTO_CRASH_URL", server.url())
         .env("CONTO_CRASH_KEY", &key)
         .env("CONTO_CRASH_OUTBOX", &outbox_path)
