@@ -397,7 +397,49 @@ async fn unavailable_authority_is_a_503_with_retry_after() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "5");
     assert_eq!(body["source"], "timeout");
+    assert!(!body.to_string().contains("deadline"), "the cause stays server-side: {body}");
     assert_eq!(app.runs(), 0);
+}
+
+/// An authority that refuses this service's SDK key.
+struct BadKey;
+
+impl Authorizer for BadKey {
+    fn authorize<'a>(&'a self, _: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+        Box::pin(std::future::ready(Err(AuthorityError::from_status(401, "AUTH_FAILED", "invalid SDK key"))))
+    }
+    fn record<'a>(
+        &'a self,
+        _: &'a Authorization,
+        _: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        Box::pin(std::future::ready(Err(AuthorityError::from_status(401, "AUTH_FAILED", "invalid SDK key"))))
+    }
+    fn release(&self, _: &Authorization) -> BoxFuture<'static, Result<(), AuthorityError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn approval_status<'a>(
+        &'a self,
+        _: &'a PaymentIntent,
+        _: &'a PendingApproval,
+    ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+}
+
+#[tokio::test]
+async fn a_refused_key_is_a_500_that_says_what_to_fix_never_a_retryable_503() {
+    let stand_in = engine();
+    let conto = Conto::builder(BadKey).stand_in(stand_in.clone()).build();
+    let app = app_with(conto, stand_in.clone()).await;
+    let (status, headers, body) = problem(app.get("/paid", Some("agent-1")).await).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(headers.get("retry-after").is_none(), "not retryable");
+    assert!(body["type"].as_str().unwrap().ends_with("#authority-refused"), "{body}");
+    assert_eq!(body["source"], "authority");
+    assert!(body["detail"].as_str().unwrap().contains("check the SDK key"), "{body}");
+    assert_eq!(app.runs(), 0);
+    assert_eq!(stand_in.usage("agent-1").stats.approved, 0, "a bad key never falls back to the stand-in");
 }
 
 #[tokio::test]

@@ -4,73 +4,179 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::decision::{Authorization, Decision, PendingApproval, Recorded, Settlement};
 use crate::intent::PaymentIntent;
-use crate::money::Amount;
 
 /// A boxed, `Send` future; the return type of [`Authorizer`]'s methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why an authority could not do what was asked. Policy denials are not errors: they are
-/// [`Verdict::Denied`](crate::Verdict::Denied).
+/// Why an authority could not do what was asked, by kind. Policy denials are not errors: they
+/// are [`Verdict::Denied`](crate::Verdict::Denied).
+///
+/// The kind decides what the pipeline does: an [`Outage`] is retryable and may be covered by a
+/// configured stand-in; a [`Refused`] call (bad key, missing scope, unknown actor, a request the
+/// authority rejects) is not retryable and never falls back; a [`LedgerError`] is about the
+/// state of one authorization; [`AuthorityError::Unsupported`] is a configuration error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthorityError {
-    /// The authority could not be reached (connect error, reset, timeout of one try).
+    /// The authority is unreachable, too slow, overloaded or broken: retryable.
+    #[error(transparent)]
+    Outage(#[from] Outage),
+    /// The authority refused this caller or this request: not retryable.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The state of an authorization or approval request does not allow the call.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The authority has no way to do this (for example, reconcile a stand-in transfer).
+    #[error("not supported by this authority: {0}")]
+    Unsupported(String),
+    /// The settlement cannot be recorded as reported (checked before anything is sent).
+    #[error("the settlement cannot be recorded: {0}")]
+    InvalidRecord(String),
+}
+
+/// An outage-class failure: trying again later (with the same idempotency key) can succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Outage {
+    /// No connection (refused, reset, DNS).
     #[error("the payment authority could not be reached: {0}")]
-    Unreachable(String),
-    /// The authority answered something that is not a well-formed answer.
-    #[error("the payment authority sent an invalid response: {0}")]
-    InvalidResponse(String),
-    /// The authority refused the request with an error status and code.
-    #[error("the payment authority refused the request (HTTP {status}, {code}): {message}")]
-    Api {
+    Connect(String),
+    /// No answer in time.
+    #[error("the payment authority did not answer {what} within {after:?}")]
+    Timeout {
+        /// The call.
+        what: String,
+        /// The time allowed.
+        after: Duration,
+    },
+    /// A 5xx or 429 answer.
+    #[error("the payment authority failed (HTTP {status}, {code}): {message}")]
+    Status {
         /// The HTTP status.
         status: u16,
-        /// Conto's error code (`AUTH_FAILED`, `INSUFFICIENT_SCOPE`, …).
+        /// Conto's error code.
         code: String,
         /// The authority's message.
         message: String,
     },
+    /// An answer that is not a well-formed answer (never read as an approval).
+    #[error("the payment authority sent an invalid response: {0}")]
+    InvalidResponse(String),
+}
+
+/// The authority refused the caller or the request; asking again unchanged cannot succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    /// HTTP 401: the SDK key is missing, wrong, revoked or expired.
+    #[error("the payment authority rejected the credentials (HTTP 401, {code}): {message}; check the SDK key")]
+    Unauthenticated {
+        /// Conto's error code (`AUTH_FAILED`, `EXPIRED_KEY`, …).
+        code: String,
+        /// The authority's message.
+        message: String,
+    },
+    /// HTTP 403: the key lacks a scope the call needs.
+    #[error("the SDK key lacks a scope (HTTP 403, {code}): {message}; issue a key with the scope")]
+    MissingScope {
+        /// Conto's error code (`INSUFFICIENT_SCOPE`).
+        code: String,
+        /// The authority's message.
+        message: String,
+    },
+    /// The actor is not provisioned with this authority (or was retired), or has no binding.
+    #[error("actor `{0}` is not provisioned to spend")]
+    UnknownActor(String),
+    /// Any other 4xx: the request itself was rejected.
+    #[error("the payment authority rejected the request (HTTP {status}, {code}): {message}")]
+    Request {
+        /// The HTTP status.
+        status: u16,
+        /// Conto's error code.
+        code: String,
+        /// The authority's message.
+        message: String,
+    },
+}
+
+/// The state of one authorization or approval request does not allow the call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
     /// No live authorization has this id.
     #[error("unknown authorization `{0}`")]
     UnknownAuthorization(String),
     /// The authorization was released before it was recorded.
     #[error("authorization `{0}` was already released")]
     AlreadyReleased(String),
-    /// The settlement reported more than was approved; the approved amount was recorded.
-    #[error("settled amount {settled} is more than the approved {approved} (authorization `{id}`)")]
-    SettledAboveApproval {
-        /// The authorization.
-        id: String,
-        /// What was approved.
-        approved: Amount,
-        /// What the settlement reported.
-        settled: Amount,
-    },
     /// The authorization was already recorded with a different settlement.
     #[error("authorization `{0}` was already recorded with a different settlement")]
     RecordConflict(String),
-    /// The actor is not provisioned with this authority (or was retired). Not retryable, and
-    /// never handed to a stand-in: an unknown payer is refused, whoever decides.
-    #[error("actor `{0}` is not provisioned to spend")]
-    UnknownActor(String),
     /// No approval request has this id.
     #[error("unknown approval request `{0}`")]
     UnknownApprovalRequest(String),
-    /// The authority has no way to do this (for example, reconcile a stand-in transfer).
-    #[error("not supported by this authority: {0}")]
-    Unsupported(String),
 }
 
 impl AuthorityError {
-    /// Whether trying the same call again (with the same idempotency key) can succeed.
+    /// Classifies an HTTP error answer: 429 and 5xx are outages, 401 and 403 are refused
+    /// credentials or scopes, any other status is a rejected request.
+    pub fn from_status(status: u16, code: impl Into<String>, message: impl Into<String>) -> Self {
+        let (code, message) = (code.into(), message.into());
+        match status {
+            429 | 500.. => Outage::Status { status, code, message }.into(),
+            401 => Refused::Unauthenticated { code, message }.into(),
+            403 => Refused::MissingScope { code, message }.into(),
+            _ => Refused::Request { status, code, message }.into(),
+        }
+    }
+
+    /// A connection failure.
+    pub fn unreachable(message: impl Into<String>) -> Self {
+        Outage::Connect(message.into()).into()
+    }
+
+    /// An answer that cannot be read.
+    pub fn invalid_response(message: impl Into<String>) -> Self {
+        Outage::InvalidResponse(message.into()).into()
+    }
+
+    /// An unknown or unbound actor.
+    pub fn unknown_actor(actor: impl Into<String>) -> Self {
+        Refused::UnknownActor(actor.into()).into()
+    }
+
+    /// Whether trying the same call again (with the same idempotency key) can succeed: only an
+    /// [`Outage`].
     pub fn is_retryable(&self) -> bool {
+        matches!(self, AuthorityError::Outage(_))
+    }
+
+    /// The HTTP status the authority answered, when it answered one.
+    pub fn status(&self) -> Option<u16> {
         match self {
-            AuthorityError::Unreachable(_) => true,
-            AuthorityError::Api { status, .. } => *status == 429 || *status >= 500,
-            _ => false,
+            AuthorityError::Outage(Outage::Status { status, .. })
+            | AuthorityError::Refused(Refused::Request { status, .. }) => Some(*status),
+            AuthorityError::Refused(Refused::Unauthenticated { .. }) => Some(401),
+            AuthorityError::Refused(Refused::MissingScope { .. }) => Some(403),
+            _ => None,
+        }
+    }
+
+    /// Conto's error code, when the authority answered one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            AuthorityError::Outage(Outage::Status { code, .. })
+            | AuthorityError::Refused(
+                Refused::Unauthenticated { code, .. }
+                | Refused::MissingScope { code, .. }
+                | Refused::Request { code, .. },
+            ) => Some(code),
+            _ => None,
         }
     }
 }

@@ -147,6 +147,12 @@ pub enum DecisionSource {
     Timeout,
     /// The authority could not be reached or answered garbage (fail-closed).
     Unavailable,
+    /// The authority refused the call itself (credentials, scope, configuration).
+    Authority,
+    /// The pipeline refused invalid input before asking anyone.
+    Input,
+    /// No authority was configured.
+    NotConfigured,
 }
 
 impl fmt::Display for DecisionSource {
@@ -156,6 +162,9 @@ impl fmt::Display for DecisionSource {
             DecisionSource::StandIn => "stand_in",
             DecisionSource::Timeout => "timeout",
             DecisionSource::Unavailable => "unavailable",
+            DecisionSource::Authority => "authority",
+            DecisionSource::Input => "input",
+            DecisionSource::NotConfigured => "not_configured",
         })
     }
 }

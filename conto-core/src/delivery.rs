@@ -14,16 +14,28 @@ use crate::pipeline::{Conto, Event, Inner};
 /// The deadline of one delivery attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Starts the worker for `conto`'s outbox, if it has one and a tokio runtime is running.
+/// Starts the background worker for `conto`'s outbox once: at build time when a tokio runtime
+/// is running, otherwise on the first record (which always runs inside one). Never for an
+/// outbox the app delivers itself.
 pub(crate) fn start(conto: &Conto) {
-    if conto.inner.outbox.is_none() {
+    use std::sync::atomic::Ordering;
+    if conto.inner.outbox.is_none() || !conto.inner.background || conto.inner.worker_started.load(Ordering::Acquire) {
         return;
     }
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            handle.spawn(run(Arc::downgrade(&conto.inner)));
-        }
-        Err(_) => tracing::warn!("conto.outbox: no tokio runtime; records stay queued until Conto::flush"),
+    if let Ok(handle) = tokio::runtime::Handle::try_current()
+        && !conto.inner.worker_started.swap(true, Ordering::AcqRel)
+    {
+        handle.spawn(run(Arc::downgrade(&conto.inner)));
+    }
+}
+
+impl Conto {
+    /// The delivery worker of an outbox configured with
+    /// [`ContoBuilder::outbox_manual`](crate::ContoBuilder::outbox_manual): spawn it on your
+    /// runtime; it ends when the last `Conto` handle is dropped. Call [`Conto::flush`] at
+    /// shutdown to drain what is due.
+    pub fn delivery(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        run(Arc::downgrade(&self.inner))
     }
 }
 
@@ -31,6 +43,7 @@ pub(crate) fn start(conto: &Conto) {
 /// failed (the caller then records inline, and the failure is logged).
 pub(crate) fn enqueue(conto: &Conto, kind: JobKind, a: &Authorization, s: &Settlement) -> Option<Recorded> {
     let outbox = conto.inner.outbox.as_ref()?;
+    start(conto);
     match outbox.push(&Job::new(kind, a, s)) {
         Ok(()) => {
             conto.inner.wake.notify_one();
@@ -58,7 +71,7 @@ fn backoff(attempts: u32) -> SignedDuration {
 
 /// Whether a failed delivery should be tried again.
 fn transient(e: &AuthorityError) -> bool {
-    e.is_retryable() || matches!(e, AuthorityError::Api { code, .. } if code == "IDEMPOTENCY_IN_FLIGHT")
+    e.is_retryable() || e.code() == Some("IDEMPOTENCY_IN_FLIGHT")
 }
 
 async fn run(weak: Weak<Inner>) {
@@ -115,7 +128,7 @@ async fn deliver(conto: &Conto, outbox: &crate::outbox::Outbox, id: i64, attempt
     };
     let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, call).await {
         Ok(r) => r,
-        Err(_) => Err(AuthorityError::Unreachable(format!("no answer within {ATTEMPT_TIMEOUT:?}"))),
+        Err(_) => Err(crate::Outage::Timeout { what: "record delivery".into(), after: ATTEMPT_TIMEOUT }.into()),
     };
     let stored = match result {
         Ok(recorded) => {
@@ -157,7 +170,7 @@ impl Conto {
     /// outbox's counts after: `pending` is what is left for the next start.
     pub async fn flush(&self, within: Duration) -> Option<OutboxStats> {
         let outbox = self.inner.outbox.as_ref()?;
-        let give_up = tokio::time::Instant::now() + within;
+        let give_up = crate::clock::deadline_after(within);
         loop {
             let stats = outbox.stats().ok()?;
             if stats.pending == 0 || tokio::time::Instant::now() >= give_up {

@@ -21,6 +21,9 @@ pub enum IntentError {
     /// The rail needs a recipient address and none was given.
     #[error("the {0} rail needs a recipient address")]
     MissingRecipient(&'static str),
+    /// No actor was named, and the handle has no default actor.
+    #[error("no actor: pass `actor = ...` to #[paid_action] or set ContoBuilder::default_actor")]
+    MissingActor,
     /// The actor (the Conto agent that pays) is empty.
     #[error("the actor must not be empty")]
     EmptyActor,

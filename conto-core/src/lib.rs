@@ -32,10 +32,10 @@ mod pipeline;
 pub mod policy;
 mod rejection;
 
-pub use authorizer::{AuthorityError, Authorizer, BoxFuture};
+pub use authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError, Outage, Refused};
 #[cfg(feature = "client")]
 pub use client::{ClientError, ContoClient, ContoClientBuilder};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, MAX_WAIT, ManualClock, SystemClock};
 pub use controls::{BudgetPeriod, ProductControls, SyncReport};
 pub use decision::{
     Authorization, Decision, DecisionSource, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict, Violation,

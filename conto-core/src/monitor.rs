@@ -147,7 +147,18 @@ impl Monitor {
         };
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         let activity = match event {
-            Event::Decided { intent, outcome, source, latency, authorization_id, violations, reasons, open_actor } => {
+            Event::Decided {
+                intent,
+                outcome,
+                source,
+                latency,
+                authorization_id,
+                violations,
+                reasons,
+                open_actor,
+                cause,
+                ..
+            } => {
                 let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
                 state.decisions += 1;
                 state.last_source = Some(*source);
@@ -164,6 +175,7 @@ impl Monitor {
                     violations: violations.iter().map(|v| v.as_str().to_owned()).collect(),
                     reasons: reasons.clone(),
                     flags: if *open_actor { vec!["open_actor"] } else { Vec::new() },
+                    error: cause.as_ref().map(ToString::to_string),
                     ..blank
                 }
             }
@@ -195,6 +207,15 @@ impl Monitor {
                     ..blank
                 }
             }
+            Event::RecordClamped { actor, authorization_id, approved, settled } => Activity {
+                kind: "record_clamped",
+                actor: Some(actor.to_string()),
+                amount: Some(approved.to_string()),
+                authorization_id: Some(authorization_id.clone()),
+                error: Some(format!("settled {settled}, more than the approved {approved}; recorded {approved}")),
+                flags: vec!["clamped"],
+                ..blank
+            },
             Event::Released { authorization_id, reason } => Activity {
                 kind: "released",
                 authorization_id: Some(authorization_id.clone()),

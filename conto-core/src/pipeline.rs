@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use crate::authorizer::{AuthorityError, Authorizer};
+use crate::authorizer::{AuthorityError, Authorizer, Outage, Refused};
 use crate::decision::{Authorization, Decision, DecisionSource, Recorded, Settlement, Verdict};
 
 use crate::decision::ViolationType;
 use crate::intent::{ActorId, PaymentIntent};
+use crate::money::Amount;
 use crate::rejection::{Rejection, RejectionKind};
 
 /// The default deadline for one authorize call.
@@ -26,7 +27,8 @@ pub enum ApprovalMode {
     /// Return [`RejectionKind::ApprovalRequired`] at once (the default).
     #[default]
     Reject,
-    /// Poll the authority until a human decides, for at most this long; then reject.
+    /// Poll the authority until a human decides, for at most this long (clamped to
+    /// [`MAX_WAIT`](crate::MAX_WAIT)); then reject.
     Wait(Duration),
 }
 
@@ -53,6 +55,9 @@ pub enum Event {
         reasons: Vec<String>,
         /// The actor is not provisioned and was admitted only by an open engine.
         open_actor: bool,
+        /// The authority's typed error: why the stand-in decided, or why the authority was
+        /// unavailable or refused the call.
+        cause: Option<AuthorityError>,
     },
     /// A settlement was recorded.
     Recorded {
@@ -69,6 +74,18 @@ pub enum Event {
         authorization_id: String,
         /// The error.
         error: AuthorityError,
+    },
+    /// The settlement reported more than was approved: the approved amount was recorded. The
+    /// money that moved above it is the app's to investigate.
+    RecordClamped {
+        /// The actor that paid.
+        actor: ActorId,
+        /// The authorization id.
+        authorization_id: String,
+        /// What was approved (and recorded).
+        approved: Amount,
+        /// What the settlement reported.
+        settled: Amount,
     },
     /// An approval was given back without settling.
     Released {
@@ -105,6 +122,11 @@ pub(crate) struct Inner {
     pub(crate) outbox: Option<crate::outbox::Outbox>,
     #[cfg(feature = "outbox")]
     pub(crate) wake: Arc<tokio::sync::Notify>,
+    /// Whether a background delivery worker runs (or may be started lazily).
+    #[cfg(feature = "outbox")]
+    pub(crate) background: bool,
+    #[cfg(feature = "outbox")]
+    pub(crate) worker_started: std::sync::atomic::AtomicBool,
 }
 
 /// Which authority approved: the configured one, or the stand-in.
@@ -148,6 +170,8 @@ pub struct ContoBuilder {
     stand_in: Option<Arc<dyn Authorizer>>,
     #[cfg(feature = "outbox")]
     outbox: Option<crate::outbox::Outbox>,
+    #[cfg(feature = "outbox")]
+    background: bool,
 }
 
 impl ContoBuilder {
@@ -168,6 +192,17 @@ impl ContoBuilder {
     #[cfg(feature = "outbox")]
     pub fn outbox(mut self, outbox: crate::outbox::Outbox) -> Self {
         self.outbox = Some(outbox);
+        self.background = true;
+        self
+    }
+
+    /// Records through a durable outbox that the app delivers itself: nothing is sent until
+    /// the app spawns [`Conto::delivery`] (and drains with [`Conto::flush`] at shutdown). For
+    /// apps that manage their own tasks.
+    #[cfg(feature = "outbox")]
+    pub fn outbox_manual(mut self, outbox: crate::outbox::Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self.background = false;
         self
     }
 
@@ -181,19 +216,22 @@ impl ContoBuilder {
     /// The deadline for one authorize call (default 2 s). Past it the action is denied with
     /// source [`DecisionSource::Timeout`].
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
+        self.deadline = deadline.min(crate::clock::MAX_WAIT);
         self
     }
 
     /// How to handle "requires approval" (default: reject at once).
     pub fn approval(mut self, mode: ApprovalMode) -> Self {
-        self.approval = mode;
+        self.approval = match mode {
+            ApprovalMode::Wait(max) => ApprovalMode::Wait(max.min(crate::clock::MAX_WAIT)),
+            other => other,
+        };
         self
     }
 
     /// How often to poll a pending approval in [`ApprovalMode::Wait`] (default 1 s).
     pub fn poll_interval(mut self, every: Duration) -> Self {
-        self.poll_interval = every;
+        self.poll_interval = every.clamp(Duration::from_millis(1), crate::clock::MAX_WAIT);
         self
     }
 
@@ -217,6 +255,10 @@ impl ContoBuilder {
                 outbox: self.outbox,
                 #[cfg(feature = "outbox")]
                 wake: Arc::new(tokio::sync::Notify::new()),
+                #[cfg(feature = "outbox")]
+                background: self.background,
+                #[cfg(feature = "outbox")]
+                worker_started: std::sync::atomic::AtomicBool::new(false),
             }),
             approval: self.approval,
         };
@@ -244,6 +286,8 @@ impl Conto {
             stand_in: None,
             #[cfg(feature = "outbox")]
             outbox: None,
+            #[cfg(feature = "outbox")]
+            background: true,
         }
     }
 
@@ -295,8 +339,10 @@ impl Conto {
         let decision = self.decide(&intent).await;
         let latency = started.elapsed();
         let mut open_actor = false;
+        let mut stand_in_cause = None;
         let result = match decision {
-            Ok((mut decision, via)) => {
+            Ok((mut decision, via, cause)) => {
+                stand_in_cause = cause;
                 decision.latency = latency;
                 open_actor = decision.open_actor;
                 if open_actor {
@@ -314,8 +360,10 @@ impl Conto {
                     match r.kind() {
                         RejectionKind::Denied(_) => "denied",
                         RejectionKind::ApprovalRequired(_) => "requires_approval",
-                        RejectionKind::Invalid { .. } => "invalid",
+                        RejectionKind::Invalid(_) => "invalid",
                         RejectionKind::UnknownActor(_) => "unknown_actor",
+                        RejectionKind::Refused(_) => "refused",
+                        RejectionKind::NotConfigured => "not_configured",
                         _ => "unavailable",
                     },
                     r.source(),
@@ -323,11 +371,7 @@ impl Conto {
             };
             let (authorization_id, violations, reasons) = match &result {
                 Ok(a) => (Some(a.authorization().id.clone()), Vec::new(), Vec::new()),
-                Err(r) => (
-                    None,
-                    r.violations().iter().map(|v| v.kind.clone()).collect(),
-                    r.reasons().into_iter().map(str::to_owned).collect(),
-                ),
+                Err(r) => (None, r.violations().iter().map(|v| v.kind.clone()).collect(), r.reasons()),
             };
             Event::Decided {
                 intent: intent.clone(),
@@ -338,6 +382,7 @@ impl Conto {
                 violations,
                 reasons,
                 open_actor,
+                cause: stand_in_cause.clone().or_else(|| result.as_ref().err().and_then(|r| r.cause().cloned())),
             }
         });
         match &result {
@@ -349,38 +394,30 @@ impl Conto {
 
     /// One authorize call under the deadline. An error or a timeout is a fail-closed rejection,
     /// unless a stand-in is configured: then the stand-in decides.
-    async fn decide(&self, intent: &PaymentIntent) -> Result<(Decision, Via), Rejection> {
+    async fn decide(&self, intent: &PaymentIntent) -> Result<(Decision, Via, Option<AuthorityError>), Rejection> {
         if let Err(e) = intent.validate() {
-            return Err(Rejection::new(RejectionKind::Invalid { reason: e.to_string() }, DecisionSource::Policy));
+            return Err(Rejection::new(RejectionKind::Invalid(e), DecisionSource::Input));
         }
-        let (source, reason) = match tokio::time::timeout(self.inner.deadline, self.inner.authorizer.authorize(intent))
-            .await
-        {
-            Ok(Ok(decision)) => return Ok((decision, Via::Primary)),
-            // An unknown payer is refused whoever decides: never handed to the stand-in.
-            Ok(Err(AuthorityError::UnknownActor(_))) => {
-                return Err(Rejection::new(RejectionKind::UnknownActor(intent.actor.clone()), DecisionSource::Policy));
-            }
-            Ok(Err(error)) => (DecisionSource::Unavailable, error.to_string()),
-            Err(_) => (DecisionSource::Timeout, format!("no decision within the {:?} deadline", self.inner.deadline)),
+        let deadline = self.inner.deadline;
+        let (source, cause) = match tokio::time::timeout(deadline, self.inner.authorizer.authorize(intent)).await {
+            Ok(Ok(decision)) => return Ok((decision, Via::Primary, None)),
+            Ok(Err(error)) => (DecisionSource::Unavailable, outage_or_reject(error, intent, DecisionSource::Policy)?),
+            Err(_) => (DecisionSource::Timeout, Outage::Timeout { what: "authorize".into(), after: deadline }.into()),
         };
+        // Only an outage reaches here: a stand-in never covers a refused key, scope or actor.
         if let Some(stand_in) = &self.inner.stand_in {
-            tracing::warn!(%reason, "conto.stand_in: the authority is unavailable; the stand-in decides");
+            tracing::warn!(%cause, "conto.stand_in: the authority is unavailable; the stand-in decides");
             match stand_in.authorize(intent).await {
                 Ok(mut decision) => {
                     decision.source = DecisionSource::StandIn;
-                    return Ok((decision, Via::StandIn));
+                    return Ok((decision, Via::StandIn, Some(cause)));
                 }
-                Err(AuthorityError::UnknownActor(_)) => {
-                    return Err(Rejection::new(
-                        RejectionKind::UnknownActor(intent.actor.clone()),
-                        DecisionSource::StandIn,
-                    ));
+                Err(error) => {
+                    outage_or_reject(error, intent, DecisionSource::StandIn)?;
                 }
-                Err(_) => {}
             }
         }
-        Err(Rejection::new(RejectionKind::Unavailable { reason }, source))
+        Err(Rejection::new(RejectionKind::Unavailable(cause), source))
     }
 
     async fn conclude(&self, intent: &Arc<PaymentIntent>, decision: Decision, via: Via) -> Result<Approval, Rejection> {
@@ -392,9 +429,10 @@ impl Conto {
                 let ApprovalMode::Wait(max) = self.approval else {
                     return Err(Rejection::new(RejectionKind::ApprovalRequired(pending), source));
                 };
-                let give_up = Instant::now() + max;
+                let now = tokio::time::Instant::now();
+                let give_up = now.checked_add(max.min(crate::clock::MAX_WAIT)).unwrap_or(now);
                 loop {
-                    let now = Instant::now();
+                    let now = tokio::time::Instant::now();
                     if now >= give_up {
                         return Err(Rejection::new(RejectionKind::ApprovalRequired(pending), source));
                     }
@@ -410,10 +448,7 @@ impl Conto {
                         }
                         Err(error) if error.is_retryable() => continue,
                         Err(error) => {
-                            return Err(Rejection::new(
-                                RejectionKind::Unavailable { reason: error.to_string() },
-                                DecisionSource::Unavailable,
-                            ));
+                            outage_or_reject(error, intent, source)?;
                         }
                     }
                 }
@@ -522,9 +557,20 @@ impl Approval {
     /// Records the settlement. With an outbox, the record is written durably and delivered in
     /// the background (the receipt says `queued`). Errors are also reported as
     /// [`Event::RecordFailed`].
-    pub async fn record(mut self, settlement: Settlement) -> Result<Recorded, AuthorityError> {
+    pub async fn record(mut self, mut settlement: Settlement) -> Result<Recorded, AuthorityError> {
         let authorization = self.authorization.take().expect("an Approval is consumed only once");
         let conto = self.conto.clone();
+        // Never more than was approved: clamp, and say so, rather than fail after money moved.
+        if let Some(settled) = settlement.amount.filter(|s| *s > authorization.amount) {
+            tracing::warn!(authorization = %authorization.id, %settled, approved = %authorization.amount, "conto.record_clamped");
+            conto.emit(|| Event::RecordClamped {
+                actor: authorization.intent.actor.clone(),
+                authorization_id: authorization.id.clone(),
+                approved: authorization.amount,
+                settled,
+            });
+            settlement.amount = Some(authorization.amount);
+        }
         #[cfg(feature = "outbox")]
         if self.via == Via::Primary
             && let Some(queued) =
@@ -577,6 +623,22 @@ impl Conto {
             tracing::error!(authorization = %authorization.id, %error, "conto.reconcile_failed");
             self.emit(|| Event::RecordFailed { authorization_id: authorization.id.clone(), error });
         }
+    }
+}
+
+/// Sorts an authority error: an outage is returned for the stand-in or the fail-closed rule;
+/// anything else becomes its own typed rejection at once.
+fn outage_or_reject(
+    error: AuthorityError,
+    intent: &PaymentIntent,
+    source: DecisionSource,
+) -> Result<AuthorityError, Rejection> {
+    match error {
+        AuthorityError::Outage(_) => Ok(error),
+        AuthorityError::Refused(Refused::UnknownActor(_)) => {
+            Err(Rejection::new(RejectionKind::UnknownActor(intent.actor.clone()), source))
+        }
+        other => Err(Rejection::new(RejectionKind::Refused(other), DecisionSource::Authority)),
     }
 }
 

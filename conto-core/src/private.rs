@@ -13,15 +13,15 @@ use crate::money::{Amount, AmountError};
 use crate::pipeline::{ApprovalMode, Conto};
 use crate::rejection::{Rejection, RejectionKind};
 
-fn invalid(reason: impl Into<String>) -> Rejection {
-    Rejection::new(RejectionKind::Invalid { reason: reason.into() }, DecisionSource::Policy)
+fn invalid(e: IntentError) -> Rejection {
+    Rejection::new(RejectionKind::Invalid(e), DecisionSource::Input)
 }
 
 /// The default handle, or a rejection saying how to install one.
 pub fn default_conto() -> Result<Conto, Rejection> {
-    crate::pipeline::installed_default().cloned().ok_or_else(|| {
-        invalid("no authorizer: pass `authorizer = ...` to #[paid_action] or call conto::install_default at start-up")
-    })
+    crate::pipeline::installed_default()
+        .cloned()
+        .ok_or_else(|| Rejection::new(RejectionKind::NotConfigured, DecisionSource::NotConfigured))
 }
 
 /// Values usable as an amount.
@@ -378,11 +378,12 @@ impl IntentParts {
 
     /// Validates the parts into an intent; the actor falls back to the handle's default actor.
     pub fn build(self, conto: &Conto) -> Result<PaymentIntent, Rejection> {
-        let rail = self.rail.0.map_err(|e| invalid(e.to_string()))?;
-        let amount = self.amount.map_err(|e| invalid(format!("invalid amount: {e}")))?;
-        let actor = self.actor.or_else(|| conto.default_actor().map(str::to_owned)).ok_or_else(|| {
-            invalid("no actor: pass `actor = ...` to #[paid_action] or set ContoBuilder::default_actor")
-        })?;
+        let rail = self.rail.0.map_err(invalid)?;
+        let amount = self.amount.map_err(|e| invalid(IntentError::Amount(e)))?;
+        let actor = self
+            .actor
+            .or_else(|| conto.default_actor().map(str::to_owned))
+            .ok_or_else(|| invalid(IntentError::MissingActor))?;
         let mut b = PaymentIntent::builder(actor, amount, rail);
         if let Some(v) = self.recipient {
             b = b.recipient(v);
@@ -397,14 +398,14 @@ impl IntentParts {
             b = b.category(v);
         }
         if let Some(context) = self.context {
-            for (k, v) in context.map_err(invalid)? {
+            for (k, v) in context.map_err(|reason| invalid(IntentError::Field { field: "context", reason }))? {
                 b = b.context(k, v);
             }
         }
         if let Some(v) = self.idempotency_key {
             b = b.idempotency_key(v);
         }
-        b.build().map_err(|e| invalid(e.to_string()))
+        b.build().map_err(invalid)
     }
 }
 

@@ -3,31 +3,35 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::authorizer::AuthorityError;
 use crate::decision::{DecisionSource, Denial, PendingApproval, Violation};
-use crate::intent::ActorId;
+use crate::intent::{ActorId, IntentError};
 use crate::money::Amount;
 
-/// The kind of rejection.
+/// The kind of rejection. Each carries its typed cause; retryability follows from the kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RejectionKind {
-    /// A policy (or the fail-closed rule) denied the action.
+    /// A policy denied the action (or the actor is paused).
     Denied(Denial),
     /// A human must approve the action first.
     ApprovalRequired(PendingApproval),
     /// The actor is not provisioned to spend (fail-closed). Not retryable: provision the actor
     /// first. A configured stand-in never decides for an unknown actor.
     UnknownActor(ActorId),
-    /// The authority could not decide in time; the action is denied (fail-closed).
-    Unavailable {
-        /// What went wrong.
-        reason: String,
-    },
-    /// The pipeline refused the call before asking anyone (for example an invalid intent).
-    Invalid {
-        /// What was wrong.
-        reason: String,
-    },
+    /// The authority could not decide in time or could not be reached, and no stand-in
+    /// decided: the action is denied (fail-closed). Retryable. The cause is an
+    /// [`AuthorityError::Outage`].
+    Unavailable(AuthorityError),
+    /// The authority refused this service's call: a bad or revoked SDK key, a missing scope, a
+    /// request it rejects, or a configuration it cannot serve. Not retryable, never covered by
+    /// a stand-in: fix the configuration the cause names.
+    Refused(AuthorityError),
+    /// The pipeline refused the input before asking anyone (an invalid amount, address, actor).
+    Invalid(IntentError),
+    /// No authority is configured: `#[paid_action]` without `authorizer = ...` and no
+    /// [`install_default`](crate::install_default).
+    NotConfigured,
 }
 
 /// Why a paid action did not run. Convert it into your own error type with `From`.
@@ -98,12 +102,22 @@ impl Rejection {
     }
 
     /// Human-readable reasons.
-    pub fn reasons(&self) -> Vec<&str> {
+    pub fn reasons(&self) -> Vec<String> {
         match &self.0.kind {
-            RejectionKind::Denied(d) => d.reasons.iter().map(String::as_str).collect(),
-            RejectionKind::ApprovalRequired(p) => p.reasons.iter().map(String::as_str).collect(),
-            RejectionKind::Unavailable { reason } | RejectionKind::Invalid { reason } => vec![reason.as_str()],
-            RejectionKind::UnknownActor(_) => vec!["the actor is not provisioned to spend"],
+            RejectionKind::Denied(d) => d.reasons.clone(),
+            RejectionKind::ApprovalRequired(p) => p.reasons.clone(),
+            RejectionKind::Unavailable(e) | RejectionKind::Refused(e) => vec![e.to_string()],
+            RejectionKind::Invalid(e) => vec![e.to_string()],
+            RejectionKind::UnknownActor(_) => vec!["the actor is not provisioned to spend".to_owned()],
+            RejectionKind::NotConfigured => vec![NOT_CONFIGURED.to_owned()],
+        }
+    }
+
+    /// The authority's typed error, for an unavailable or refused authority.
+    pub fn cause(&self) -> Option<&AuthorityError> {
+        match &self.0.kind {
+            RejectionKind::Unavailable(e) | RejectionKind::Refused(e) => Some(e),
+            _ => None,
         }
     }
 
@@ -125,10 +139,7 @@ impl Rejection {
 
     /// Whether a denial by policy (or by the fail-closed rule).
     pub fn is_denied(&self) -> bool {
-        matches!(
-            self.0.kind,
-            RejectionKind::Denied(_) | RejectionKind::Unavailable { .. } | RejectionKind::UnknownActor(_)
-        )
+        matches!(self.0.kind, RejectionKind::Denied(_) | RejectionKind::Unavailable(_) | RejectionKind::UnknownActor(_))
     }
 
     /// Whether the actor was refused because it is not provisioned.
@@ -139,7 +150,7 @@ impl Rejection {
     /// Whether asking again can succeed: after a human approves, or once the authority is back.
     /// A policy denial is final for the same intent.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.0.kind, RejectionKind::ApprovalRequired(_) | RejectionKind::Unavailable { .. })
+        matches!(self.0.kind, RejectionKind::ApprovalRequired(_) | RejectionKind::Unavailable(_))
     }
 }
 
@@ -161,10 +172,12 @@ impl fmt::Display for Rejection {
                 "payment requires human approval (request {}, expires {})",
                 p.approval_request_id, p.expires_at
             ),
-            RejectionKind::Unavailable { reason } => {
-                write!(f, "payment denied: the authority was unavailable ({}): {reason}", self.0.source)
+            RejectionKind::Unavailable(cause) => {
+                write!(f, "payment denied: the authority was unavailable ({}): {cause}", self.0.source)
             }
-            RejectionKind::Invalid { reason } => write!(f, "payment refused: {reason}"),
+            RejectionKind::Refused(cause) => write!(f, "payment refused: {cause}"),
+            RejectionKind::Invalid(e) => write!(f, "payment refused: {e}"),
+            RejectionKind::NotConfigured => write!(f, "payment refused: {NOT_CONFIGURED}"),
             RejectionKind::UnknownActor(actor) => {
                 write!(f, "payment refused: actor `{actor}` is not provisioned to spend")
             }
@@ -172,4 +185,15 @@ impl fmt::Display for Rejection {
     }
 }
 
-impl std::error::Error for Rejection {}
+impl std::error::Error for Rejection {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0.kind {
+            RejectionKind::Unavailable(e) | RejectionKind::Refused(e) => Some(e),
+            RejectionKind::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+const NOT_CONFIGURED: &str = "no payment authority is configured: pass `authorizer = ...` to #[paid_action] \
+     or call conto::install_default(..) at start-up";

@@ -242,7 +242,7 @@ impl Authorizer for Broken {
             if hang {
                 std::future::pending::<()>().await;
             }
-            Err(AuthorityError::InvalidResponse("not JSON".into()))
+            Err(AuthorityError::invalid_response("not JSON"))
         })
     }
     fn record<'a>(
@@ -314,4 +314,38 @@ async fn secrets_stay_out_of_debug_output() {
     assert_eq!(token.len(), 64);
     let debug = format!("{approval:?} {:?}", approval.authorization());
     assert!(!debug.contains(&token), "{debug}");
+}
+
+#[tokio::test]
+async fn an_over_approval_record_is_clamped_with_a_typed_warning_and_replays_the_same() {
+    let engine = capped_engine();
+    let (conto, seen) = events(Conto::builder(engine.clone()));
+    let approval = conto.authorize(transfer("4")).await.unwrap();
+    let authorization = approval.authorization().clone();
+    let recorded = approval.record(Settlement::default().amount("6".parse().unwrap())).await.unwrap();
+    assert_eq!(recorded.amount.to_string(), "4", "never more than approved");
+    let clamped: Vec<(String, String)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::RecordClamped { approved, settled, .. } => Some((approved.to_string(), settled.to_string())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(clamped, vec![("4".to_owned(), "6".to_owned())]);
+    // The authority itself clamps too, and a replay answers the same.
+    let again = engine.settle(&authorization, &Settlement::default().amount("6".parse().unwrap())).unwrap();
+    assert_eq!(again.amount, recorded.amount);
+}
+
+#[tokio::test]
+async fn invalid_input_is_its_own_decision_source() {
+    let conto = Conto::new(capped_engine());
+    let mut intent = transfer("1");
+    intent.recipient = None;
+    let r = conto.authorize(intent).await.unwrap_err();
+    assert!(matches!(r.kind(), RejectionKind::Invalid(conto_core::IntentError::MissingRecipient(_))), "{r:?}");
+    assert_eq!(r.source(), DecisionSource::Input);
+    assert!(!r.is_retryable());
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use conto_core::LedgerError;
 use conto_core::ViolationType as V;
 use conto_core::jiff::SignedDuration;
 use conto_core::{Decimal, Settlement};
@@ -475,13 +476,16 @@ fn record_turns_reservation_into_actual_spend_and_never_more_than_approved() {
     // A different settlement for the same authorization: a conflict.
     assert!(matches!(
         e.settle(&a, &Settlement::default().amount("26".parse().unwrap())),
-        Err(conto_core::AuthorityError::RecordConflict(_))
+        Err(conto_core::AuthorityError::Ledger(LedgerError::RecordConflict(_)))
     ));
-    // Over the approval: an error, and only the approved amount counts.
+    // Over the approval: clamped to the approved amount, never an error after counting it, and
+    // a replay gives the same answer.
     let d = e.decide(&transfer("10"));
     let b = approved(&d).clone();
-    let err = e.settle(&b, &Settlement::default().amount("11".parse().unwrap())).unwrap_err();
-    assert!(matches!(err, conto_core::AuthorityError::SettledAboveApproval { .. }), "{err}");
+    let over = Settlement::default().amount("11".parse().unwrap());
+    let first = e.settle(&b, &over).unwrap();
+    assert_eq!(first.amount.to_string(), "10");
+    assert_eq!(e.settle(&b, &over).unwrap(), first, "replayed: the same receipt");
     assert_eq!(e.usage("agent-1").counters[0].spent, Decimal::from(35));
     assert_eq!(e.usage("agent-1").stats.total_spent, Decimal::from(35));
 }
@@ -510,5 +514,8 @@ fn release_frees_and_record_after_release_is_refused() {
     e.free(&a).unwrap();
     e.free(&a).unwrap(); // idempotent
     approved(&e.decide(&transfer("100")));
-    assert!(matches!(e.settle(&a, &Settlement::default()), Err(conto_core::AuthorityError::AlreadyReleased(_))));
+    assert!(matches!(
+        e.settle(&a, &Settlement::default()),
+        Err(conto_core::AuthorityError::Ledger(LedgerError::AlreadyReleased(_)))
+    ));
 }

@@ -420,7 +420,9 @@ fn settle(
     let intent = authorization.intent.clone();
     match app.engine.settle(&authorization, &Settlement { amount: Some(settled), reference: reference.clone() }) {
         Ok(_) => {}
-        Err(AuthorityError::UnknownAuthorization(_)) => app.engine.restore_spend(&intent, settled, Timestamp::now()),
+        Err(AuthorityError::Ledger(conto_core::LedgerError::UnknownAuthorization(_))) => {
+            app.engine.restore_spend(&intent, settled, Timestamp::now())
+        }
         Err(e) => return Err(bad("INVALID_STATUS", e.to_string())),
     }
     let transaction_id = format!("tx_{}", random_hex(10));

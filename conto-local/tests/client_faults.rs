@@ -13,7 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use common::*;
-use conto_core::{AuthorityError, Conto, ContoClient, DecisionSource, RejectionKind, Settlement, Verdict};
+use conto_core::{
+    AuthorityError, Conto, ContoClient, DecisionSource, Outage, Refused, RejectionKind, Settlement, Verdict,
+};
 use serde_json::{Value, json};
 
 type Script = Arc<dyn Fn(usize) -> axum::response::Response + Send + Sync>;
@@ -93,7 +95,10 @@ async fn persistent_500s_end_as_a_typed_error_after_bounded_retries() {
     }))
     .await;
     let err = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await.unwrap_err();
-    assert!(matches!(&err, AuthorityError::Api { status: 500, code, .. } if code == "INTERNAL_ERROR"), "{err}");
+    assert!(
+        matches!(&err, AuthorityError::Outage(Outage::Status { status: 500, code, .. }) if code == "INTERNAL_ERROR"),
+        "{err}"
+    );
     assert!(err.is_retryable());
     let hits = s.hits.load(Ordering::SeqCst);
     assert!((2..=4).contains(&hits), "retried, but at most 3 times: {hits}");
@@ -175,7 +180,7 @@ async fn malformed_bodies_are_errors_never_approvals() {
         .await;
         let result = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await;
         match result {
-            Err(AuthorityError::InvalidResponse(_)) => {}
+            Err(AuthorityError::Outage(Outage::InvalidResponse(_))) => {}
             other => panic!("{what}: expected InvalidResponse, got {other:?}"),
         }
     }
@@ -190,13 +195,36 @@ async fn unauthorized_and_forbidden_are_typed_and_fail_closed() {
         }))
         .await;
         let err = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await.unwrap_err();
-        assert!(matches!(&err, AuthorityError::Api { status: st, code: c, .. } if *st == status && c == code), "{err}");
+        match (&err, status) {
+            (AuthorityError::Refused(Refused::Unauthenticated { code: c, .. }), 401) => assert_eq!(c, code),
+            (AuthorityError::Refused(Refused::MissingScope { code: c, .. }), 403) => assert_eq!(c, code),
+            other => panic!("HTTP {status}: {other:?}"),
+        }
         assert!(!err.is_retryable());
         assert_eq!(s.hits.load(Ordering::SeqCst), 1, "4xx is never retried");
-        let out = Conto::new(client(&s.url))
-            .run(transfer("agent-1", "5"), |_| async { Ok::<(), ()>(()) }, |_| Settlement::default())
+
+        // Through the pipeline with a stand-in configured: the stand-in must not cover a bad key
+        // or a missing scope, and the rejection keeps its typed, non-retryable cause.
+        let stand_in = conto_core::Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap();
+        let mut ran = false;
+        let out = Conto::builder(client(&s.url))
+            .stand_in(stand_in.clone())
+            .build()
+            .run(
+                transfer("agent-1", "5"),
+                |_| {
+                    ran = true;
+                    async { Ok::<(), ()>(()) }
+                },
+                |_| Settlement::default(),
+            )
             .await;
-        assert_eq!(out.unwrap_err().source(), DecisionSource::Unavailable);
+        let r = out.unwrap_err();
+        assert!(!ran);
+        assert!(matches!(r.kind(), RejectionKind::Refused(cause) if cause == &err), "{r:?}");
+        assert!(!r.is_retryable(), "HTTP {status} is not an outage");
+        assert_eq!(r.source(), DecisionSource::Authority);
+        assert_eq!(stand_in.usage("agent-1").stats.approved, 0, "the stand-in was not used");
     }
 }
 
@@ -223,5 +251,6 @@ async fn a_refused_connection_is_unreachable_and_retryable() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
     let err = client(&url).authorize_intent(&transfer("agent-1", "5")).await.unwrap_err();
-    assert!(matches!(err, AuthorityError::Unreachable(_)), "{err}");
+    assert!(matches!(err, AuthorityError::Outage(Outage::Connect(_))), "{err}");
+    assert!(err.is_retryable());
 }

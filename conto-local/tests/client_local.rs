@@ -188,16 +188,24 @@ async fn missing_scope_bad_key_and_org_key_misuse_are_typed_errors_never_approva
     let (server, org, _) = setup().await;
     let narrow = org.agent("agent-2", &["payments:request"]).await;
     let err = client(&server, &narrow).authorize_intent(&transfer("agent-2", "1")).await.unwrap_err();
-    assert!(matches!(&err, AuthorityError::Api { status: 403, code, .. } if code == "INSUFFICIENT_SCOPE"), "{err}");
+    assert!(
+        matches!(&err, AuthorityError::Refused(conto_core::Refused::MissingScope { code, .. }) if code == "INSUFFICIENT_SCOPE"),
+        "{err}"
+    );
     let bogus = format!("conto_agent_{}", "0".repeat(64));
     let err = client(&server, &bogus).authorize_intent(&transfer("agent-2", "1")).await.unwrap_err();
-    assert!(matches!(&err, AuthorityError::Api { status: 401, code, .. } if code == "AUTH_FAILED"), "{err}");
+    assert!(
+        matches!(&err, AuthorityError::Refused(conto_core::Refused::Unauthenticated { code, .. }) if code == "AUTH_FAILED"),
+        "{err}"
+    );
     assert!(!err.to_string().contains(&bogus), "the key never appears in errors");
-    // Through the pipeline: fail-closed.
+    // Through the pipeline: refused with its typed cause, not retryable.
     let out: Result<(), PayError> =
         conto(&server, &narrow).guard(transfer("agent-2", "1"), |_| async { Ok(()) }, |_| Settlement::default()).await;
     let Err(PayError::Rejected(r)) = out else { panic!() };
-    assert_eq!(r.source(), DecisionSource::Unavailable);
+    assert_eq!(r.source(), DecisionSource::Authority);
+    assert!(matches!(r.cause(), Some(AuthorityError::Refused(conto_core::Refused::MissingScope { .. }))), "{r:?}");
+    assert!(!r.is_retryable());
     // An agent key on org endpoints, and org calls without a key.
     let resp = org.http.get(format!("{}/api/policies", server.url())).bearer_auth(&narrow).send().await.unwrap();
     assert_eq!(resp.status(), 403);

@@ -125,8 +125,9 @@ fn crash_child() {
     let key = std::env::var("CONTO_CRASH_KEY").unwrap();
     let outbox = Outbox::open(std::env::var("CONTO_CRASH_OUTBOX").unwrap()).unwrap();
     let client = conto_core::ContoClient::builder().base_url(url).sdk_key(key).build().unwrap();
-    // Built outside a runtime: no delivery worker, so the record stays queued until the kill.
-    let conto = Conto::builder(client).outbox(outbox).build();
+    // Delivered by the app itself, which never starts the worker: the record stays queued
+    // until the kill.
+    let conto = Conto::builder(client).outbox_manual(outbox).build();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let approval = conto.authorize(transfer("agent-1", "7")).await.unwrap();
@@ -136,6 +137,37 @@ fn crash_child() {
         println!("SETTLED {id}");
         std::io::stdout().flush().unwrap();
         std::future::pending::<()>().await;
+    });
+}
+
+/// A `Conto` built outside any tokio runtime still delivers its outbox: the worker starts on
+/// the first record, never silently absent.
+#[test]
+fn an_outbox_built_outside_a_runtime_still_delivers() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (server, key) = rt.block_on(async {
+        let server = start(None, "conto_org_test").await;
+        let key = Org::new(&server).agent("agent-1", ALL_SCOPES).await;
+        (server, key)
+    });
+    let client = conto_core::ContoClient::builder().base_url(server.url()).sdk_key(&key).build().unwrap();
+    let outbox = Outbox::in_memory().unwrap();
+    let conto = Conto::builder(client).outbox(outbox.clone()).build(); // no runtime here
+    rt.block_on(async {
+        for _ in 0..3 {
+            let approval = conto.authorize(transfer("agent-1", "1")).await.unwrap();
+            assert!(approval.record(Settlement::default().reference(TX)).await.unwrap().queued);
+        }
+        let mut delivered = 0;
+        for _ in 0..500 {
+            delivered = server.spend_count("agent-1").unwrap();
+            if delivered == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(delivered, 3, "delivered in the background, without a flush");
+        assert_eq!(outbox.stats().unwrap().pending, 0);
     });
 }
 

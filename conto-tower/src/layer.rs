@@ -438,8 +438,8 @@ fn build_intent(config: &Config, req: &PriceRequest<'_>) -> Result<Option<Paymen
     let rail = (config.rail)(req).map_err(|e| Refusal::BadPrice(e.0))?;
     let invalid = |e: IntentError| {
         Refusal::Rejected(conto_core::Rejection::new(
-            conto_core::RejectionKind::Invalid { reason: e.to_string() },
-            conto_core::DecisionSource::Policy,
+            conto_core::RejectionKind::Invalid(e),
+            conto_core::DecisionSource::Input,
         ))
     };
     let mut b = PaymentIntent::builder(actor, amount, rail);

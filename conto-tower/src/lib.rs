@@ -37,6 +37,8 @@
 //! | <span id="payment-denied">denied by policy</span> | 403 | `violations` |
 //! | <span id="approval-required">requires human approval</span> | 202 | `approvalRequestId`, `expiresAt` |
 //! | <span id="authority-unavailable">authority unavailable or too slow (fail-closed)</span> | 503 | `Retry-After: 5` |
+//! | <span id="authority-refused">the authority refused the service's key, scope or configuration</span> | 500 | says what to fix; never retryable |
+//! | <span id="not-configured">no authority configured for `#[paid_action]`</span> | 500 | |
 //! | <span id="actor-missing">no authenticated actor for the request</span> | 401 | names the extension or header expected |
 //! | <span id="actor-unknown">actor not provisioned to spend</span> | 403 | never retryable |
 //! | <span id="invalid-price">price could not be computed, or invalid payment</span> | 400 | |
@@ -67,6 +69,6 @@ pub use layer::{LayerError, PaidBody, PaidLayer, PaidLayerBuilder, PaidService, 
 pub use operator::OperatorView;
 pub use price::{Actor, Price, PriceError, PriceRequest};
 pub use respond::{
-    APPROVAL_REQUIRED_STATUS, DENIED_STATUS, MISSING_ACTOR_STATUS, RETRY_AFTER_SECS, Refusal, Responder,
-    UNAVAILABLE_STATUS, UNKNOWN_ACTOR_STATUS, problem,
+    APPROVAL_REQUIRED_STATUS, AUTHORITY_REFUSED_STATUS, DENIED_STATUS, MISSING_ACTOR_STATUS, RETRY_AFTER_SECS, Refusal,
+    Responder, UNAVAILABLE_STATUS, UNKNOWN_ACTOR_STATUS, problem,
 };

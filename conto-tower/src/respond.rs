@@ -16,6 +16,10 @@ pub const DENIED_STATUS: StatusCode = StatusCode::FORBIDDEN;
 pub const APPROVAL_REQUIRED_STATUS: StatusCode = StatusCode::ACCEPTED;
 /// The status when the authority could not decide in time (fail-closed).
 pub const UNAVAILABLE_STATUS: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+/// The status when the authority refuses the service itself (a bad or revoked SDK key, a
+/// missing scope, a configuration it cannot serve): a server-side fault, never retryable, never
+/// answered with 503.
+pub const AUTHORITY_REFUSED_STATUS: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
 /// The status when no authenticated actor is found for a paid request.
 pub const MISSING_ACTOR_STATUS: StatusCode = StatusCode::UNAUTHORIZED;
 /// The status when the actor is not provisioned to spend (never retryable).
@@ -99,6 +103,19 @@ pub fn problem(refusal: &Refusal) -> Response {
                 "Payment authority unavailable",
                 // The cause stays in the server's logs and events: clients learn only to retry.
                 json!({"decision": "denied", "reasons": ["the payment authority did not answer in time; try again later"]}),
+            ),
+            RejectionKind::Refused(cause) => (
+                AUTHORITY_REFUSED_STATUS,
+                "authority-refused",
+                "Payment authority refused this service",
+                // Not the client's fault and not retryable: the service's configuration must change.
+                json!({"decision": "refused", "reasons": [format!("{cause}")]}),
+            ),
+            RejectionKind::NotConfigured => (
+                AUTHORITY_REFUSED_STATUS,
+                "not-configured",
+                "No payment authority configured",
+                json!({"decision": "refused", "reasons": r.reasons()}),
             ),
             RejectionKind::UnknownActor(_) => (
                 UNKNOWN_ACTOR_STATUS,

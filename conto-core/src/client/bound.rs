@@ -39,7 +39,7 @@ impl BoundClients {
     /// The client for `actor` (built once, then reused).
     pub fn client_for(&self, actor: &str) -> Result<ContoClient, AuthorityError> {
         let binding = self.store.get(actor).map_err(|e| match e {
-            crate::credentials::CredentialError::UnknownActor(a) => AuthorityError::UnknownActor(a),
+            crate::credentials::CredentialError::UnknownActor(a) => AuthorityError::unknown_actor(a),
             other => AuthorityError::Unsupported(other.to_string()),
         })?;
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());

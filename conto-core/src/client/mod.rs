@@ -33,7 +33,7 @@ use jiff::Timestamp;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::authorizer::{AuthorityError, Authorizer, BoxFuture};
+use crate::authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError, Outage};
 use crate::decision::{Authorization, Decision, Denial, PendingApproval, Recorded, Settlement, Verdict};
 use crate::intent::PaymentIntent;
 use crate::policy::{PolicyError, PolicySet};
@@ -91,15 +91,16 @@ impl ContoClientBuilder {
         self
     }
 
-    /// The deadline of one authorize call, retries included (default 2 s).
+    /// The deadline of one authorize call, retries included (default 2 s; at most
+    /// [`MAX_WAIT`](crate::MAX_WAIT)).
     pub fn authorize_timeout(mut self, timeout: Duration) -> Self {
-        self.authorize_timeout = timeout;
+        self.authorize_timeout = timeout.min(crate::clock::MAX_WAIT);
         self
     }
 
     /// The deadline of one record call, retries included (default 10 s).
     pub fn record_timeout(mut self, timeout: Duration) -> Self {
-        self.record_timeout = timeout;
+        self.record_timeout = timeout.min(crate::clock::MAX_WAIT);
         self
     }
 
@@ -221,12 +222,12 @@ impl ContoClient {
         deadline: Duration,
     ) -> Result<Answer, AuthorityError> {
         let url = format!("{}/api/sdk/{path}", self.inner.base);
-        let give_up = tokio::time::Instant::now() + deadline;
+        let give_up = crate::clock::deadline_after(deadline);
         let mut attempt = 0u32;
         loop {
             let left = give_up.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                return Err(AuthorityError::Unreachable(format!("no answer from {path} within {deadline:?}")));
+                return Err(Outage::Timeout { what: path.to_owned(), after: deadline }.into());
             }
             let mut req =
                 self.inner.http.request(method.clone(), &url).bearer_auth(self.inner.key.expose_secret()).timeout(left);
@@ -251,29 +252,29 @@ impl ContoClient {
                                 Value::Null
                             } else {
                                 serde_json::from_slice(&bytes).map_err(|_| {
-                                    AuthorityError::InvalidResponse(format!(
+                                    AuthorityError::invalid_response(format!(
                                         "HTTP {status} from {path}: the body is not JSON"
                                     ))
                                 })?
                             };
                             Ok((status, retry_after, body))
                         }
-                        Err(e) => Err(AuthorityError::Unreachable(format!("{path}: {}", redact(e)))),
+                        Err(e) => Err(AuthorityError::unreachable(format!("{path}: {}", redact(e)))),
                     }
                 }
-                Err(e) => Err(AuthorityError::Unreachable(format!("{path}: {}", redact(e)))),
+                Err(e) => Err(AuthorityError::unreachable(format!("{path}: {}", redact(e)))),
             };
             let retry_in = match &outcome {
                 Ok((status, retry_after, _)) if *status == 429 || *status >= 500 => {
                     Some(retry_after.unwrap_or_else(|| backoff(attempt)))
                 }
                 Ok(_) => None,
-                Err(AuthorityError::Unreachable(_)) => Some(backoff(attempt)),
+                Err(AuthorityError::Outage(Outage::Connect(_) | Outage::Timeout { .. })) => Some(backoff(attempt)),
                 Err(_) => None,
             };
             match (retry_in, outcome) {
                 (Some(wait), outcome)
-                    if attempt < self.inner.max_retries && tokio::time::Instant::now() + wait < give_up =>
+                    if attempt < self.inner.max_retries && crate::clock::deadline_after(wait) < give_up =>
                 {
                     tracing::debug!(path, attempt, ?wait, "conto.client.retry");
                     attempt += 1;
@@ -303,7 +304,7 @@ impl ContoClient {
             .or_else(|| answer.body.get("error"))
             .and_then(Value::as_str)
             .unwrap_or("no message");
-        AuthorityError::Api { status: answer.status, code: code.to_owned(), message: message.to_owned() }
+        AuthorityError::from_status(answer.status, code, message)
     }
 
     /// Authorizes an intent (see [`Authorizer::authorize`]).
@@ -353,12 +354,12 @@ impl ContoClient {
             .get("requests")
             .or_else(|| answer.body.get("data").and_then(|d| d.get("requests")))
             .and_then(Value::as_array)
-            .ok_or_else(|| AuthorityError::InvalidResponse("no `requests` list".into()))?;
+            .ok_or_else(|| AuthorityError::invalid_response("no `requests` list"))?;
         let Some(entry) = list
             .iter()
             .find(|r| r.get("approvalRequestId").and_then(Value::as_str) == Some(&pending.approval_request_id))
         else {
-            return Err(AuthorityError::UnknownApprovalRequest(pending.approval_request_id.clone()));
+            return Err(LedgerError::UnknownApprovalRequest(pending.approval_request_id.clone()).into());
         };
         let intent = Arc::new(intent.clone());
         match entry.get("status").and_then(Value::as_str) {
@@ -380,7 +381,7 @@ impl ContoClient {
                     violations: vec![],
                 }))))
             }
-            other => Err(AuthorityError::InvalidResponse(format!("unknown approval request status {other:?}"))),
+            other => Err(AuthorityError::invalid_response(format!("unknown approval request status {other:?}"))),
         }
     }
 
@@ -391,7 +392,7 @@ impl ContoClient {
         if answer.status != 200 {
             return Err(Self::api_error(&answer));
         }
-        PolicySet::from_value(answer.body).map_err(|e: PolicyError| AuthorityError::InvalidResponse(e.to_string()))
+        PolicySet::from_value(answer.body).map_err(|e: PolicyError| AuthorityError::invalid_response(e.to_string()))
     }
 
     /// The x402 budget read (`GET x402/budget`), as Conto returns it.
@@ -417,7 +418,7 @@ impl ContoClient {
 /// fuzzing. A body that is not a well-formed decision for `intent`'s rail is an error.
 pub fn parse_decision(status: u16, body: &[u8], intent: &PaymentIntent) -> Result<Decision, AuthorityError> {
     let body: Value = serde_json::from_slice(body)
-        .map_err(|_| AuthorityError::InvalidResponse(format!("HTTP {status}: the body is not JSON")))?;
+        .map_err(|_| AuthorityError::invalid_response(format!("HTTP {status}: the body is not JSON")))?;
     wire::parse_decision(status, &body, &Arc::new(intent.clone()), Timestamp::now())
 }
 

@@ -62,12 +62,12 @@ impl OrgClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| AuthorityError::Unreachable(e.without_url().to_string()))?;
+        let resp = req.send().await.map_err(|e| AuthorityError::unreachable(e.without_url().to_string()))?;
         let status = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
             let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-            return Err(AuthorityError::Api { status, code: text("code"), message: text("message") });
+            return Err(AuthorityError::from_status(status, text("code"), text("message")));
         }
         Ok(body)
     }

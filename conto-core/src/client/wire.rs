@@ -18,7 +18,7 @@ pub(crate) const IMPLICIT_TTL: SignedDuration = SignedDuration::from_mins(10);
 const MAX_TTL: SignedDuration = SignedDuration::from_hours(24);
 
 fn invalid(what: impl Into<String>) -> AuthorityError {
-    AuthorityError::InvalidResponse(what.into())
+    AuthorityError::invalid_response(what)
 }
 
 /// The endpoint (relative to `/api/sdk/`) and body of an authorize call.
@@ -247,10 +247,10 @@ pub(crate) fn record_request(
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
     Ok(match &intent.rail {
         Rail::Transfer { .. } => {
-            let tx = settlement.reference.as_deref().ok_or_else(|| AuthorityError::Api {
-                status: 0,
-                code: "VALIDATION_ERROR".into(),
-                message: "confirming a transfer needs the settlement reference (the tx hash)".into(),
+            let tx = settlement.reference.as_deref().ok_or_else(|| {
+                AuthorityError::InvalidRecord(
+                    "confirming a transfer needs the settlement reference (the tx hash)".into(),
+                )
             })?;
             let token = token.ok_or_else(|| invalid("the approval carries no approval token"))?;
             (

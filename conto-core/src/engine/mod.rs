@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 
 pub use ledger::LedgerStats;
 
-use crate::authorizer::{AuthorityError, Authorizer, BoxFuture};
+use crate::authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError};
 use crate::clock::{Clock, SystemClock};
 use crate::controls::{ProductControls, SyncReport};
 use crate::decision::{Authorization, Decision, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict};
@@ -309,7 +309,7 @@ impl Engine {
     }
 
     fn set_status(&self, actor: &str, status: ActorStatus) -> Result<(), AuthorityError> {
-        let unknown = || AuthorityError::UnknownActor(actor.to_owned());
+        let unknown = || AuthorityError::unknown_actor(actor);
         let id = ActorId::new(actor).map_err(|_| unknown())?;
         let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
         let slot = actors.get_mut(&id).ok_or_else(unknown)?;
@@ -391,7 +391,7 @@ impl Engine {
                 violations: vec![],
             })),
             None if self.inner.open_actors => Ok(Ok(true)),
-            None => Err(AuthorityError::UnknownActor(actor.to_string())),
+            None => Err(AuthorityError::unknown_actor(actor.as_str())),
         }
     }
 
@@ -414,7 +414,7 @@ impl Engine {
 
     /// Decides on an intent, synchronously. An approval reserves its amount. An unprovisioned
     /// actor is denied here; [`Engine::try_decide`] (what the pipeline calls) says so with a
-    /// typed [`AuthorityError::UnknownActor`].
+    /// typed [`Refused::UnknownActor`](crate::Refused::UnknownActor).
     pub fn decide(&self, intent: &PaymentIntent) -> Decision {
         self.try_decide(intent).unwrap_or_else(|e| {
             Decision::from_policy(Verdict::Denied(Denial { reasons: vec![e.to_string()], violations: vec![] }))
@@ -422,7 +422,7 @@ impl Engine {
     }
 
     /// Decides on an intent, synchronously: an unprovisioned actor is an
-    /// [`AuthorityError::UnknownActor`] (unless the engine is open), a paused one is denied, and
+    /// [`Refused::UnknownActor`](crate::Refused::UnknownActor) (unless the engine is open), a paused one is denied, and
     /// any other gets its policies' verdict. An approval reserves its amount.
     pub fn try_decide(&self, intent: &PaymentIntent) -> Result<Decision, AuthorityError> {
         let open_actor = match self.admit(&intent.actor)? {
@@ -492,7 +492,9 @@ impl Engine {
         }
     }
 
-    /// Records a settlement, synchronously. See [`Authorizer::record`].
+    /// Records a settlement, synchronously. See [`Authorizer::record`]. A settled amount above
+    /// the approval is counted as the approved amount (clamped); replaying the same record gives
+    /// the same answer.
     pub fn settle(&self, authorization: &Authorization, settlement: &Settlement) -> Result<Recorded, AuthorityError> {
         let now = self.now();
         let actor_inactive = !matches!(self.admit(&authorization.intent.actor), Ok(Ok(_)));
@@ -501,14 +503,15 @@ impl Engine {
         let settled = settlement.amount.unwrap_or(authorization.amount);
         if let Some(closed) = ledger.closed(&authorization.id) {
             return match closed {
+                // The same settlement (compared as counted: an excess is clamped either way).
                 Closed::Recorded { recorded, settled: s, reference }
-                    if *s == settled.get()
+                    if (*s).min(authorization.amount.get()) == settled.get().min(authorization.amount.get())
                         && (settlement.reference.is_none() || settlement.reference == *reference) =>
                 {
                     Ok(recorded.clone())
                 }
-                Closed::Recorded { .. } => Err(AuthorityError::RecordConflict(authorization.id.clone())),
-                Closed::Released => Err(AuthorityError::AlreadyReleased(authorization.id.clone())),
+                Closed::Recorded { .. } => Err(LedgerError::RecordConflict(authorization.id.clone()).into()),
+                Closed::Released => Err(LedgerError::AlreadyReleased(authorization.id.clone()).into()),
                 Closed::Expired => {
                     // The money moved after the approval lapsed: count it now, flagged late.
                     let holds = self.holds_for(&authorization.intent, &mut ledger, now);
@@ -531,23 +534,16 @@ impl Engine {
                         },
                         now,
                     );
-                    if settled > authorization.amount {
-                        return Err(AuthorityError::SettledAboveApproval {
-                            id: authorization.id.clone(),
-                            approved: authorization.amount,
-                            settled,
-                        });
-                    }
                     Ok(recorded)
                 }
             };
         }
         let Some(reserved) = ledger.reserved(&authorization.id) else {
-            return Err(AuthorityError::UnknownAuthorization(authorization.id.clone()));
+            return Err(LedgerError::UnknownAuthorization(authorization.id.clone()).into());
         };
-        // Count what moved, but never more than was approved (the excess is reported as an error).
-        let over = settled.get() > reserved;
-        let counted = if over { reserved } else { settled.get() };
+        // Count what moved, but never more than was approved: an excess is clamped (the pipeline
+        // reports it as `Event::RecordClamped`), never an error after the spend was counted.
+        let counted = settled.get().min(reserved);
         ledger.settle(&authorization.id, counted);
         let recorded = Recorded {
             authorization_id: authorization.id.clone(),
@@ -566,13 +562,6 @@ impl Engine {
             },
             now,
         );
-        if over {
-            return Err(AuthorityError::SettledAboveApproval {
-                id: authorization.id.clone(),
-                approved: authorization.amount,
-                settled,
-            });
-        }
         Ok(recorded)
     }
 
@@ -640,7 +629,7 @@ impl Engine {
         match ledger.closed(&authorization.id) {
             Some(Closed::Released | Closed::Expired) => Ok(()),
             Some(Closed::Recorded { .. }) => Ok(()),
-            None => Err(AuthorityError::UnknownAuthorization(authorization.id.clone())),
+            None => Err(LedgerError::UnknownAuthorization(authorization.id.clone()).into()),
         }
     }
 
@@ -652,7 +641,7 @@ impl Engine {
         let entry = pending
             .get_mut(approval_request_id)
             .filter(|p| p.expires_at > now && matches!(p.state, PendingState::Waiting))
-            .ok_or_else(|| AuthorityError::UnknownApprovalRequest(approval_request_id.to_owned()))?;
+            .ok_or_else(|| LedgerError::UnknownApprovalRequest(approval_request_id.to_owned()))?;
         if !approve {
             entry.state = PendingState::Denied(Denial {
                 reasons: vec!["rejected by a human approver".to_owned()],
@@ -691,7 +680,7 @@ impl Engine {
         let now = self.now();
         let mut pending = lock(&self.inner.pending);
         let Some(entry) = pending.get(approval_request_id) else {
-            return Err(AuthorityError::UnknownApprovalRequest(approval_request_id.to_owned()));
+            return Err(LedgerError::UnknownApprovalRequest(approval_request_id.to_owned()).into());
         };
         Ok(match &entry.state {
             PendingState::Waiting if entry.expires_at <= now => {
