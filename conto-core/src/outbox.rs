@@ -38,7 +38,7 @@ pub enum JobKind {
 }
 
 /// One queued delivery.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct Job {
     pub kind: JobKind,
     pub authorization_id: String,
@@ -48,6 +48,19 @@ pub(crate) struct Job {
     pub intent: PaymentIntent,
     pub settled: Option<Amount>,
     pub reference: Option<String>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("kind", &self.kind)
+            .field("authorization_id", &self.authorization_id)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("approved", &self.approved)
+            .field("settled", &self.settled)
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Job {

@@ -15,7 +15,9 @@
 //! - A confirm after the approval expired is `400 EXPIRED`, as Conto documents; the spend is not
 //!   counted.
 //! - Pending human approvals are listed by `GET /api/sdk/approval-requests`; an approved entry
-//!   carries `approvalId`, `approvalToken` and `expiresAt`. Humans decide with
+//!   carries `approvalId`, `approvalToken` and `expiresAt`. Every approval token and SDK key
+//!   is stored hashed (the org key is never stored); the token of a human-approved request is held in memory until
+//!   the agent reads it, so a restart before then voids it (the agent asks again). Humans decide with
 //!   `POST /api/approval-requests/{id}/approve|reject` (org key).
 //! - `GET /api/sdk/x402/budget` and `/mpp/budget` return the agent's counters.
 
@@ -98,6 +100,9 @@ pub(crate) struct App {
     rate_limit: u32,
     rate: Mutex<HashMap<(String, &'static str), VecDeque<Instant>>>,
     inflight: Mutex<HashSet<(String, String, String)>>,
+    /// Tokens of human-approved requests, by request id, until the agent reads them: kept in
+    /// memory only (the store keeps their hash), so a restart before pickup voids them.
+    approval_tokens: Mutex<HashMap<String, SecretString>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -177,6 +182,7 @@ pub async fn start(config: Config) -> Result<Running, LocalError> {
         rate_limit: config.rate_limit.max(1),
         rate: Mutex::new(HashMap::new()),
         inflight: Mutex::new(HashSet::new()),
+        approval_tokens: Mutex::new(HashMap::new()),
     });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
         .await

@@ -240,7 +240,14 @@ fn once(
             ));
         }
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-        return Ok((status, serde_json::from_str(&response).unwrap_or(Value::Null)));
+        let mut response: Value = serde_json::from_str(&response).unwrap_or(Value::Null);
+        // The token was kept in memory only: put it back for this process's replays.
+        if let (Some(map), Some(token)) =
+            (response.as_object_mut(), lock(&app.approval_tokens).get(&replay_slot(&caller.agent, endpoint, &key)))
+        {
+            map.insert("approvalToken".into(), json!(secrecy::ExposeSecret::expose_secret(token)));
+        }
+        return Ok((status, response));
     }
     let slot = (caller.agent.clone(), endpoint.to_owned(), key.clone());
     if !lock(&app.inflight).insert(slot.clone()) {
@@ -254,6 +261,14 @@ fn once(
     }
     let result = f();
     if let Ok((status, response)) = &result {
+        // Never store an approval token in clear: the replay copy keeps it in memory only.
+        let mut response = response.clone();
+        if let Some(token) = response.as_object_mut().and_then(|m| m.remove("approvalToken"))
+            && let Some(token) = token.as_str()
+        {
+            lock(&app.approval_tokens)
+                .insert(replay_slot(&caller.agent, endpoint, &key), secrecy::SecretString::from(token.to_owned()));
+        }
         let _ = lock(&app.store).remember(
             &caller.agent,
             endpoint,
@@ -280,6 +295,11 @@ fn once(
     }
     lock(&app.inflight).remove(&slot);
     result
+}
+
+/// The in-memory slot of an idempotent answer's approval token.
+fn replay_slot(agent: &str, endpoint: &str, key: &str) -> String {
+    format!("replay\0{agent}\0{endpoint}\0{key}")
 }
 
 /// Decides on an intent and shapes the answer like Conto does for the rail.
@@ -577,7 +597,7 @@ async fn policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Res
     Ok(reply(&caller, StatusCode::OK, json!({"policies": mine})))
 }
 
-fn request_json(r: &RequestRecord) -> Value {
+fn request_json(r: &RequestRecord, token: Option<&secrecy::SecretString>) -> Value {
     let intent: Value = serde_json::from_str(&r.intent).unwrap_or(Value::Null);
     let mut out = Map::new();
     out.insert("approvalRequestId".into(), json!(r.id));
@@ -591,8 +611,8 @@ fn request_json(r: &RequestRecord) -> Value {
         out.insert("authorizationId".into(), json!(id));
         out.insert("requestId".into(), json!(id));
     }
-    if let Some(token) = &r.approval_token {
-        out.insert("approvalToken".into(), json!(token));
+    if let Some(token) = token {
+        out.insert("approvalToken".into(), json!(secrecy::ExposeSecret::expose_secret(token)));
     }
     Value::Object(out)
 }
@@ -600,11 +620,12 @@ fn request_json(r: &RequestRecord) -> Value {
 async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "payments:request", "reads")?;
     let now = Timestamp::now();
+    let tokens = lock(&app.approval_tokens);
     let list: Vec<Value> = lock(&app.store)
         .requests(Some(&caller.agent))?
         .iter()
         .map(|r| {
-            let mut v = request_json(r);
+            let mut v = request_json(r, tokens.get(&r.id));
             if r.status == "PENDING" && r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= now) {
                 v["status"] = json!("EXPIRED");
             }
@@ -646,13 +667,15 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Value
         app.engine.approval(id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string()))?;
     match decision.map(|d| d.verdict) {
         Some(Verdict::Approved(a)) => {
-            let token =
-                a.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()).unwrap_or_default();
             lock(&app.store)
                 .add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a))?;
+            // Only the token's hash is stored; the token itself waits in memory for the agent.
+            if let Some(token) = a.token.clone() {
+                lock(&app.approval_tokens).insert(request.id.clone(), token);
+            }
             request.status = "APPROVED".into();
             request.approval_id = Some(a.id);
-            request.approval_token = Some(token);
+            request.approval_token = None;
             request.expires_at = a.expires_at.to_string();
         }
         _ => request.status = "REJECTED".into(),

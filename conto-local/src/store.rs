@@ -144,6 +144,8 @@ impl Store {
         // Columns added after the first release: agent status, key revocation.
         add_column(&conn, "agents", "status", "TEXT NOT NULL DEFAULT 'ACTIVE'")?;
         add_column(&conn, "sdk_keys", "revoked_at", "TEXT")?;
+        // Earlier versions kept approved requests' tokens in clear: scrub them.
+        conn.execute("UPDATE approval_requests SET approval_token = NULL WHERE approval_token IS NOT NULL", [])?;
         Ok(Self { conn })
     }
 

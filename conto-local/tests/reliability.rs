@@ -382,3 +382,42 @@ async fn no_secret_in_trace_output() {
     assert!(!text.contains(&"9".repeat(64)), "a rejected key leaked into the trace");
     eprintln!("secrets: {} bytes of TRACE output, 0 occurrences of the key or the token", text.len());
 }
+
+/// No key or token is readable in conto-local's database files after a full flow, a human
+/// approval included.
+#[tokio::test]
+async fn no_secret_readable_in_the_database_file() {
+    let dir = scratch("secrets-at-rest");
+    let db = dir.join("local.db");
+    let server = start(Some(db.clone()), "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(caps()).await;
+    let client = client(&server, &key);
+    let conto = Conto::new(client.clone());
+    // An approval, confirmed.
+    let approval = conto.authorize(transfer("agent-1", "3")).await.unwrap();
+    let mut tokens = vec![approval.authorization().token.as_ref().unwrap().expose_secret().to_owned()];
+    approval.record(Settlement::default().reference(TX)).await.unwrap();
+    // A human approval: requested, approved by the org, picked up by the agent, confirmed.
+    let intent = transfer("agent-1", "90");
+    let pending = conto.authorize(intent.clone()).await.unwrap_err().pending_approval().unwrap().clone();
+    let (status, _) = org.post(&format!("/api/approval-requests/{}/approve", pending.approval_request_id), json!({})).await;
+    assert_eq!(status, 200);
+    let decided = client.approval_request(&intent, &pending).await.unwrap().expect("decided");
+    let conto_core::Verdict::Approved(a) = decided.verdict else { panic!("approved") };
+    tokens.push(a.token.as_ref().expect("a token for the agent").expose_secret().to_owned());
+    server.stop().await;
+
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap()); // the db, its WAL and SHM
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.len() > 10_000, "the database was written ({} bytes)", text.len());
+    assert!(!text.contains(&key[12..]), "the SDK key is readable at rest");
+    for token in &tokens {
+        assert!(!text.contains(token.as_str()), "an approval token is readable at rest");
+    }
+    eprintln!("secrets at rest: {} bytes scanned, 0 keys, 0 of {} tokens", text.len(), tokens.len());
+}

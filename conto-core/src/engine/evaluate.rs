@@ -89,11 +89,11 @@ fn explain(rule_type: &str, d: &Detail<'_>) -> String {
 }
 
 fn counter_key(c: &Cumulative, intent: &PaymentIntent) -> CounterKey {
-    CounterKey { id: c.id, scope_key: c.scope.key(intent), period: c.period, tz: c.tz_name.clone() }
+    CounterKey { id: c.id.clone(), scope_key: c.scope.key(intent), period: c.period, tz: c.tz_name.clone() }
 }
 
 fn velocity_key(v: &Velocity, intent: &PaymentIntent) -> VelocityKey {
-    VelocityKey { id: v.id, scope_key: v.scope.key(intent), window: v.window }
+    VelocityKey { id: v.id.clone(), scope_key: v.scope.key(intent), window: v.window }
 }
 
 /// Period starts computed during one decision (policies usually share a few periods and zones).

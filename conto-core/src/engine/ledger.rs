@@ -13,7 +13,7 @@ use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 
 use crate::decision::Recorded;
-use crate::policy::Period;
+use crate::policy::{CounterId, Period};
 
 /// Hash maps keyed by engine-internal keys: a fast hasher, still seeded per process.
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -32,18 +32,19 @@ impl IdKey {
         {
             return Self(bits);
         }
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let a = BuildHasherDefault::<DefaultHasher>::default().hash_one((0u8, id));
-        let b = BuildHasherDefault::<DefaultHasher>::default().hash_one((1u8, id));
+        // An explicitly specified hash (foldhash, fixed seeds), not std's unspecified one.
+        use std::hash::BuildHasher;
+        let a = foldhash::quality::FixedState::with_seed(0x636f_6e74_6f2d_7273).hash_one(id);
+        let b = foldhash::quality::FixedState::with_seed(0x6964_6b65_792d_6231).hash_one(id);
         Self(1 << 127 | (u128::from(a) << 63) ^ u128::from(b))
     }
 }
 
-/// Identifies one period counter within an agent. Equality and hashing use the precomputed
-/// counter id (rails, scope, period and zone) and the scope's key only.
+/// Identifies one period counter within an agent. Equality and hashing use the counter's full
+/// identity (rails, scope, period and zone) and the scope's key only.
 #[derive(Debug, Clone)]
 pub(crate) struct CounterKey {
-    pub id: u64,
+    pub id: CounterId,
     pub scope_key: String,
     pub period: Period,
     pub tz: Arc<str>,
@@ -76,7 +77,7 @@ pub(crate) struct Counter {
 /// [`CounterKey`]).
 #[derive(Debug, Clone)]
 pub(crate) struct VelocityKey {
-    pub id: u64,
+    pub id: CounterId,
     pub scope_key: String,
     pub window: SignedDuration,
 }

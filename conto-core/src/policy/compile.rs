@@ -413,7 +413,7 @@ impl RuleCtx<'_> {
     }
 
     fn counter(&self, scope: Scope, period: Period, rails: RailFilter) -> Cumulative {
-        let id = stable_id(&(rails, scope, period, self.tz_name.as_ref()));
+        let id = counter_id(format_args!("spend|{rails:?}|{scope:?}|{period:?}|{}", self.tz_name));
         Cumulative { id, scope, period, tz: self.tz.clone(), tz_name: self.tz_name.clone() }
     }
 
@@ -434,7 +434,7 @@ impl RuleCtx<'_> {
             Some("DAY" | "DAILY") => SignedDuration::from_hours(24),
             _ => return Err(self.bad(text, EXPECTED)),
         };
-        Ok(Velocity { id: stable_id(&(rails, scope, window)), scope, window, max_count })
+        Ok(Velocity { id: counter_id(format_args!("velocity|{rails:?}|{scope:?}|{window:?}")), scope, window, max_count })
     }
 
     fn list(&self, field: Field, text: &str) -> Result<HashSet<String, foldhash::fast::RandomState>, PolicyError> {
@@ -606,10 +606,10 @@ impl RuleCtx<'_> {
     }
 }
 
-/// A process-independent id for a counted quantity (the same in every run and every engine).
-fn stable_id(parts: &impl std::hash::Hash) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(parts)
+/// The full identity of a counted quantity: equal for the same rails, scope, period and zone in
+/// every policy set, so a policy reload keeps its counters.
+fn counter_id(parts: std::fmt::Arguments<'_>) -> super::rules::CounterId {
+    super::rules::CounterId(parts.to_string().into())
 }
 
 /// `HH:MM` or `HH:MM:SS`; `24:00` means end of day.

@@ -81,7 +81,7 @@ use serde::Deserialize;
 
 use crate::intent::ActorId;
 
-pub(crate) use rules::{CompiledRule, Cumulative, Period, Velocity};
+pub(crate) use rules::{CompiledRule, CounterId, Cumulative, Period, Velocity};
 
 /// Why a policy file could not be loaded. Each variant says where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

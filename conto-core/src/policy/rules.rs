@@ -125,12 +125,17 @@ impl Scope {
     }
 }
 
+/// The identity of a counted quantity, spelled out in full (never a hash, so two quantities
+/// can never share a counter by collision). Rules that count the same quantity get equal ids.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct CounterId(pub Arc<str>);
+
 /// A counter of spend per period.
 #[derive(Debug, Clone)]
 pub(crate) struct Cumulative {
     /// Identifies the quantity counted (rails, scope, period, zone): rules that count the same
     /// quantity share one counter.
-    pub id: u64,
+    pub id: CounterId,
     pub scope: Scope,
     pub period: Period,
     pub tz: TimeZone,
@@ -141,7 +146,7 @@ pub(crate) struct Cumulative {
 #[derive(Debug, Clone)]
 pub(crate) struct Velocity {
     /// Identifies the window (rails, scope, length).
-    pub id: u64,
+    pub id: CounterId,
     pub scope: Scope,
     pub window: SignedDuration,
     pub max_count: u32,
