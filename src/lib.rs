@@ -25,12 +25,16 @@ pub enum FromEnvError {
     /// The embedded engine's policy file is invalid.
     #[error(transparent)]
     Policy(#[from] conto_core::PolicyError),
+    /// The embedded engine's ledger journal (`CONTO_LEDGER_PATH`) cannot be opened or replayed.
+    #[error(transparent)]
+    Journal(#[from] conto_core::journal::JournalError),
 }
 
 /// The one-line switch between the embedded engine and Conto's API: when `CONTO_API_URL` is
 /// set, a [`ContoClient`] configured from the environment (`CONTO_SDK_KEY` or `CONTO_API_KEY`);
 /// otherwise the embedded [`Engine`] with the policies in `CONTO_POLICIES`, or in
-/// `default_policies` when that is unset.
+/// `default_policies` when that is unset. The embedded engine's ledger is durable when
+/// `CONTO_LEDGER_PATH` names a file (with the `outbox` feature), and in memory otherwise.
 ///
 /// ```no_run
 /// let conto = conto::from_env("policies/example.json")?;
@@ -43,7 +47,12 @@ pub fn from_env(default_policies: impl AsRef<std::path::Path>) -> Result<Conto, 
     }
     let file = std::env::var_os("CONTO_POLICIES").map(std::path::PathBuf::from);
     let file = file.as_deref().unwrap_or(default_policies.as_ref());
-    Ok(Conto::new(Engine::from_file(file)?))
+    let builder = Engine::builder().policies(PolicySet::from_file(file)?);
+    #[cfg(feature = "outbox")]
+    if let Some(ledger) = std::env::var_os("CONTO_LEDGER_PATH") {
+        return Ok(Conto::new(builder.open(ledger)?));
+    }
+    Ok(Conto::new(builder.build()))
 }
 
 /// The tower layer for paid HTTP routes.

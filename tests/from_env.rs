@@ -21,6 +21,37 @@ async fn from_env_picks_the_authority() {
     assert_eq!(rejection.violations()[0].kind, conto::ViolationType::PerTxLimit);
     assert!(matches!(conto::from_env("/nonexistent.json"), Err(conto::FromEnvError::Policy(_))));
 
+    // With CONTO_LEDGER_PATH the embedded ledger survives a restart of the process's Conto.
+    #[cfg(feature = "outbox")]
+    {
+        let dir = std::env::temp_dir().join(format!("conto-from-env-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        unsafe { std::env::set_var("CONTO_LEDGER_PATH", dir.join("ledger.db")) };
+        let budget = dir.join("budget.json");
+        std::fs::write(
+            &budget,
+            r#"{"agents": ["agent-1"], "policies": [{"name": "budget", "rules": [{"ruleType": "BUDGET_CAP",
+                "operator": "LTE", "value": "{\"amount\": 12, \"period\": \"TOTAL\"}", "action": "ALLOW"}]}]}"#,
+        )
+        .unwrap();
+        let pay = || {
+            conto::PaymentIntent::builder("agent-1", "4", conto::Rail::x402("https://api.example.com/q").unwrap())
+                .recipient("0xa11ce00000000000000000000000000000000001")
+                .build()
+                .unwrap()
+        };
+        for _ in 0..3 {
+            // Each run is a fresh Conto over the same ledger file: 12 in all.
+            let conto = conto::from_env(&budget).unwrap();
+            let _ = conto.run(pay(), |_| async { Ok::<_, ()>(()) }, |_| conto::Settlement::default()).await;
+        }
+        let conto = conto::from_env(&budget).unwrap();
+        let refused = conto.authorize(pay()).await.unwrap_err();
+        assert_eq!(refused.violations()[0].kind, conto::ViolationType::BudgetExceeded, "the budget was remembered");
+        unsafe { std::env::remove_var("CONTO_LEDGER_PATH") };
+    }
+
     let key = format!("conto_agent_{}", "cd".repeat(32));
     unsafe {
         std::env::set_var("CONTO_API_URL", "http://conto.example.com");

@@ -64,6 +64,9 @@ pub enum Outage {
         /// The authority's message.
         message: String,
     },
+    /// The embedded engine could not write its journal: the change was not made.
+    #[error("the ledger journal could not be written: {0}")]
+    Journal(String),
     /// An answer that is not a well-formed answer (never read as an approval).
     #[error("the payment authority sent an invalid response: {0}")]
     InvalidResponse(String),

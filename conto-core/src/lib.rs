@@ -23,6 +23,7 @@ mod delivery;
 pub mod engine;
 mod ids;
 mod intent;
+pub mod journal;
 pub mod lifecycle;
 mod money;
 mod monitor;

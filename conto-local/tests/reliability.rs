@@ -402,7 +402,8 @@ async fn no_secret_readable_in_the_database_file() {
     // A human approval: requested, approved by the org, picked up by the agent, confirmed.
     let intent = transfer("agent-1", "90");
     let pending = conto.authorize(intent.clone()).await.unwrap_err().pending_approval().unwrap().clone();
-    let (status, _) = org.post(&format!("/api/approval-requests/{}/approve", pending.approval_request_id), json!({})).await;
+    let (status, _) =
+        org.post(&format!("/api/approval-requests/{}/approve", pending.approval_request_id), json!({})).await;
     assert_eq!(status, 200);
     let decided = client.approval_request(&intent, &pending).await.unwrap().expect("decided");
     let conto_core::Verdict::Approved(a) = decided.verdict else { panic!("approved") };

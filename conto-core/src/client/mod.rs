@@ -192,6 +192,7 @@ impl ContoClient {
     }
 
     /// Whether this client uses `key` (compared without exposing either in logs).
+    #[cfg(feature = "credentials")]
     pub(crate) fn has_key(&self, key: &SecretString) -> bool {
         self.inner.key.expose_secret() == key.expose_secret()
     }

@@ -24,6 +24,7 @@ use crate::controls::{ProductControls, SyncReport};
 use crate::decision::{Authorization, Decision, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict};
 use crate::ids::random_hex;
 use crate::intent::{ActorId, IntentError, PaymentIntent};
+use crate::journal::{Entry, Journal, JournalError};
 use crate::lifecycle::{ActorLifecycle, Ensured, LifecycleError};
 use crate::money::Amount;
 use crate::policy::{PolicyError, PolicySet};
@@ -89,6 +90,7 @@ impl Layers {
 struct Inner {
     policies: ArcSwap<PolicySet>,
     layers: Mutex<Layers>,
+    journal: std::sync::OnceLock<Arc<dyn Journal>>,
     actors: RwLock<HashMap<ActorId, ActorStatus>>,
     open_actors: bool,
     agents: RwLock<ledger::Map<ActorId, Arc<Mutex<AgentLedger>>>>,
@@ -196,12 +198,31 @@ impl EngineBuilder {
         self
     }
 
-    /// Finishes the engine.
+    /// Finishes an engine whose ledger is durable: every change is written to `journal` before
+    /// it is acknowledged, and the journal's entries are replayed now, so spent counters, live
+    /// reservations, pending approvals and actors provisioned at run time survive a restart.
+    pub fn build_journaled(self, journal: impl Journal + 'static) -> Result<Engine, JournalError> {
+        let engine = self.build();
+        engine.replay(&journal.replay()?);
+        let _ = engine.inner.journal.set(Arc::new(journal));
+        Ok(engine)
+    }
+
+    /// [`EngineBuilder::build_journaled`] with a SQLite journal at `path` (created if absent).
+    /// Without it the ledger lives in memory and a restart starts every budget afresh.
+    #[cfg(feature = "outbox")]
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Engine, JournalError> {
+        self.build_journaled(crate::journal::SqliteJournal::open(path)?)
+    }
+
+    /// Finishes the engine, with its ledger in memory (see [`EngineBuilder::open`] for a
+    /// durable one).
     pub fn build(self) -> Engine {
         Engine {
             inner: Arc::new(Inner {
                 policies: ArcSwap::from_pointee(self.policies.clone()),
                 layers: Mutex::new(Layers { base: self.policies, managed: Default::default() }),
+                journal: std::sync::OnceLock::new(),
                 actors: RwLock::new(self.actors),
                 open_actors: self.open_actors,
                 agents: RwLock::new(ledger::Map::default()),
@@ -294,7 +315,15 @@ impl Engine {
     /// validated id.
     pub fn provision(&self, actor: &str) -> Result<ActorId, IntentError> {
         let id = ActorId::new(actor)?;
-        self.inner.actors.write().unwrap_or_else(|e| e.into_inner()).entry(id.clone()).or_insert(ActorStatus::Active);
+        let new = {
+            let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+            let new = !actors.contains_key(&id);
+            actors.entry(id.clone()).or_insert(ActorStatus::Active);
+            new
+        };
+        if new {
+            self.journal_actor(&id, "ACTIVE");
+        }
         Ok(id)
     }
 
@@ -313,7 +342,12 @@ impl Engine {
         let id = ActorId::new(actor).map_err(|_| unknown())?;
         let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
         let slot = actors.get_mut(&id).ok_or_else(unknown)?;
+        let changed = *slot != status;
         *slot = status;
+        drop(actors);
+        if changed {
+            self.journal_actor(&id, status.as_str());
+        }
         Ok(())
     }
 
@@ -323,6 +357,9 @@ impl Engine {
     pub fn retire(&self, actor: &str) -> bool {
         let Ok(id) = ActorId::new(actor) else { return false };
         let removed = self.inner.actors.write().unwrap_or_else(|e| e.into_inner()).remove(&id).is_some();
+        if removed {
+            self.journal_actor(&id, "RETIRED");
+        }
         let mut layers = lock(&self.inner.layers);
         if layers.managed.remove(&id).is_some() {
             self.inner.policies.store(Arc::new(layers.effective()));
@@ -343,6 +380,9 @@ impl Engine {
             actors.entry(id.clone()).or_insert(ActorStatus::Active);
             created
         };
+        if created {
+            self.journal_actor(&id, "ACTIVE");
+        }
         let mut report = SyncReport::default();
         let mut layers = lock(&self.inner.layers);
         let have: Vec<serde_json::Value> = layers.managed.get(&id).map(|(docs, _)| docs.clone()).unwrap_or_default();
@@ -429,20 +469,20 @@ impl Engine {
             Ok(open) => open,
             Err(denial) => return Ok(Decision::from_policy(Verdict::Denied(denial))),
         };
-        let mut decision = self.evaluate_admitted(intent);
+        let mut decision = self.evaluate_admitted(intent)?;
         decision.open_actor = open_actor;
         Ok(decision)
     }
 
-    fn evaluate_admitted(&self, intent: &PaymentIntent) -> Decision {
+    fn evaluate_admitted(&self, intent: &PaymentIntent) -> Result<Decision, AuthorityError> {
         let now = self.now();
         let policies = self.inner.policies.load();
         let ledger = self.ledger(&intent.actor);
         let mut ledger = lock(&ledger);
         ledger.sweep(now, self.inner.retention);
-        match evaluate(&policies, intent, &mut ledger, now, false) {
+        Ok(match evaluate(&policies, intent, &mut ledger, now, false) {
             Evaluation::Pass { holds, windows, daily } => {
-                let authorization = self.grant(intent, &mut ledger, holds, windows, daily, now);
+                let authorization = self.grant(intent, &mut ledger, holds, windows, daily, now)?;
                 Decision::from_policy(Verdict::Approved(authorization))
             }
             Evaluation::Denied(denial) => Decision::from_policy(Verdict::Denied(denial)),
@@ -450,6 +490,7 @@ impl Engine {
                 drop(ledger);
                 let id = format!("apr_{}", random_hex(12));
                 let expires_at = now.saturating_add(self.inner.pending_ttl).unwrap_or(now);
+                self.write(&Entry::PendingOpened { id: id.clone(), intent: intent.clone(), expires_at })?;
                 lock(&self.inner.pending).insert(
                     id.clone(),
                     Pending { intent: Arc::new(intent.clone()), expires_at, state: PendingState::Waiting },
@@ -460,6 +501,82 @@ impl Engine {
                     reasons,
                 }))
             }
+        })
+    }
+
+    /// Writes a journal entry, when the engine has a journal. A failure is an outage: the
+    /// change it describes is not made.
+    fn write(&self, entry: &Entry) -> Result<(), AuthorityError> {
+        match self.inner.journal.get() {
+            Some(journal) => journal.append(entry).map_err(|e| crate::Outage::Journal(e.0).into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies a journal's entries to a fresh engine (nothing is written back).
+    fn replay(&self, entries: &[Entry]) {
+        let mut live: Vec<(String, PaymentIntent, Amount, Timestamp)> = Vec::new();
+        let mut pending: Vec<(String, PaymentIntent, Timestamp)> = Vec::new();
+        let now = self.now();
+        for entry in entries {
+            match entry {
+                Entry::Reserved { id, intent, amount, expires_at } => {
+                    live.push((id.clone(), intent.clone(), *amount, *expires_at));
+                }
+                Entry::Recorded { id, intent, amount, settled, reference, at } => {
+                    live.retain(|(l, ..)| l != id);
+                    self.restore_spend(intent, *amount, *at);
+                    let ledger = self.ledger(&intent.actor);
+                    let recorded = Recorded {
+                        authorization_id: id.clone(),
+                        amount: *amount,
+                        transaction_id: None,
+                        late: false,
+                        queued: false,
+                        actor_inactive: false,
+                    };
+                    let closed = Closed::Recorded { recorded, settled: settled.get(), reference: reference.clone() };
+                    lock(&ledger).close(id, closed, *at);
+                }
+                Entry::Released { id, .. } => live.retain(|(l, ..)| l != id),
+                Entry::PendingOpened { id, intent, expires_at } => {
+                    pending.push((id.clone(), intent.clone(), *expires_at))
+                }
+                Entry::PendingClosed { id } => pending.retain(|(p, ..)| p != id),
+                Entry::Actor { actor, status } => {
+                    let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+                    match status.as_str() {
+                        "PAUSED" => {
+                            actors.insert(actor.clone(), ActorStatus::Paused);
+                        }
+                        "RETIRED" => {
+                            actors.remove(actor);
+                        }
+                        _ => {
+                            actors.insert(actor.clone(), ActorStatus::Active);
+                        }
+                    }
+                }
+            }
+        }
+        for (id, intent, amount, expires_at) in live.into_iter().filter(|l| l.3 > now) {
+            self.restore_authorization(&Authorization {
+                id,
+                token: None,
+                amount,
+                expires_at,
+                limits: Limits::default(),
+                intent: Arc::new(intent),
+            });
+        }
+        for (id, intent, expires_at) in pending.into_iter().filter(|p| p.2 > now) {
+            self.restore_pending(&PendingApproval { approval_request_id: id, expires_at, reasons: vec![] }, &intent);
+        }
+    }
+
+    fn journal_actor(&self, actor: &ActorId, status: &str) {
+        if let Err(error) = self.write(&Entry::Actor { actor: actor.clone(), status: status.to_owned() }) {
+            tracing::error!(%actor, status, %error, "conto.engine.journal_failed");
         }
     }
 
@@ -471,9 +588,10 @@ impl Engine {
         windows: Vec<ledger::VelocityKey>,
         daily: Option<(Decimal, Decimal)>,
         now: Timestamp,
-    ) -> Authorization {
+    ) -> Result<Authorization, AuthorityError> {
         let id = format!("auth_{}", random_hex(12));
         let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
+        self.write(&Entry::Reserved { id: id.clone(), intent: intent.clone(), amount: intent.amount, expires_at })?;
         ledger.reserve(&id, intent.amount.get(), expires_at, holds, windows, now);
         let limits = daily
             .map(|(used, limit)| Limits {
@@ -482,14 +600,14 @@ impl Engine {
                 daily_remaining: Some((limit - used).max(Decimal::ZERO)),
             })
             .unwrap_or_default();
-        Authorization {
+        Ok(Authorization {
             id,
             token: Some(random_hex(32).into()),
             amount: intent.amount,
             expires_at,
             limits,
             intent: Arc::new(intent.clone()),
-        }
+        })
     }
 
     /// Records a settlement, synchronously. See [`Authorizer::record`]. A settled amount above
@@ -516,6 +634,14 @@ impl Engine {
                     // The money moved after the approval lapsed: count it now, flagged late.
                     let holds = self.holds_for(&authorization.intent, &mut ledger, now);
                     let counted = settled.min(authorization.amount);
+                    self.write(&Entry::Recorded {
+                        id: authorization.id.clone(),
+                        intent: (*authorization.intent).clone(),
+                        amount: counted,
+                        settled,
+                        reference: settlement.reference.clone(),
+                        at: now,
+                    })?;
                     ledger.settle_late(&holds, counted.get(), now);
                     let recorded = Recorded {
                         authorization_id: authorization.id.clone(),
@@ -544,6 +670,14 @@ impl Engine {
         // Count what moved, but never more than was approved: an excess is clamped (the pipeline
         // reports it as `Event::RecordClamped`), never an error after the spend was counted.
         let counted = settled.get().min(reserved);
+        self.write(&Entry::Recorded {
+            id: authorization.id.clone(),
+            intent: (*authorization.intent).clone(),
+            amount: Amount::new(counted).unwrap_or(authorization.amount),
+            settled,
+            reference: settlement.reference.clone(),
+            at: now,
+        })?;
         ledger.settle(&authorization.id, counted);
         let recorded = Recorded {
             authorization_id: authorization.id.clone(),
@@ -624,6 +758,12 @@ impl Engine {
         let mut ledger = lock(&ledger);
         if ledger.release(&authorization.id) {
             ledger.close(&authorization.id, Closed::Released, now);
+            // Unjournaled, a release only makes the reservation come back after a restart
+            // until it expires: bounded, so a failure here is logged, not returned.
+            let entry = Entry::Released { id: authorization.id.clone(), actor: authorization.intent.actor.clone() };
+            if let Err(error) = self.write(&entry) {
+                tracing::error!(authorization = %authorization.id, %error, "conto.engine.journal_failed");
+            }
             return Ok(());
         }
         match ledger.closed(&authorization.id) {
@@ -643,6 +783,7 @@ impl Engine {
             .filter(|p| p.expires_at > now && matches!(p.state, PendingState::Waiting))
             .ok_or_else(|| LedgerError::UnknownApprovalRequest(approval_request_id.to_owned()))?;
         if !approve {
+            self.write(&Entry::PendingClosed { id: approval_request_id.to_owned() })?;
             entry.state = PendingState::Denied(Denial {
                 reasons: vec!["rejected by a human approver".to_owned()],
                 violations: vec![],
@@ -667,7 +808,9 @@ impl Engine {
         ledger.sweep(now, self.inner.retention);
         entry.state = match evaluate(&policies, &intent, &mut ledger, now, true) {
             Evaluation::Pass { holds, windows, daily } => {
-                PendingState::Approved(self.grant(&intent, &mut ledger, holds, windows, daily, now))
+                let granted = self.grant(&intent, &mut ledger, holds, windows, daily, now)?;
+                self.write(&Entry::PendingClosed { id: approval_request_id.to_owned() })?;
+                PendingState::Approved(granted)
             }
             Evaluation::Denied(denial) => PendingState::Denied(denial),
             Evaluation::NeedsApproval(_) => unreachable!("approval rules are skipped"),

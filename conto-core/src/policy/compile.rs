@@ -434,7 +434,12 @@ impl RuleCtx<'_> {
             Some("DAY" | "DAILY") => SignedDuration::from_hours(24),
             _ => return Err(self.bad(text, EXPECTED)),
         };
-        Ok(Velocity { id: counter_id(format_args!("velocity|{rails:?}|{scope:?}|{window:?}")), scope, window, max_count })
+        Ok(Velocity {
+            id: counter_id(format_args!("velocity|{rails:?}|{scope:?}|{window:?}")),
+            scope,
+            window,
+            max_count,
+        })
     }
 
     fn list(&self, field: Field, text: &str) -> Result<HashSet<String, foldhash::fast::RandomState>, PolicyError> {
