@@ -14,6 +14,30 @@ pub use conto_core::*;
 #[cfg(feature = "macros")]
 pub use conto_macros::paid_action;
 
+#[cfg(feature = "client")]
+pub use conto_client::{ClientError, ContoClient, ContoClientBuilder};
+#[cfg(feature = "outbox")]
+pub use conto_store::DurableEngine;
+
+/// Conto's HTTP API (feature `client`): [`ContoClient`], policy sync, per-actor bindings and
+/// the managed-actor lifecycle.
+#[cfg(feature = "client")]
+pub mod client {
+    pub use conto_client::*;
+}
+
+/// Per-actor bindings with SDK keys sealed at rest (feature `credentials`).
+#[cfg(feature = "credentials")]
+pub mod credentials {
+    pub use conto_client::credentials::*;
+}
+
+/// SQLite storage (feature `outbox`): the durable record outbox and the ledger journal.
+#[cfg(feature = "outbox")]
+pub mod outbox {
+    pub use conto_store::*;
+}
+
 /// Why [`from_env`] could not set up an authority.
 #[cfg(feature = "client")]
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +45,7 @@ pub use conto_macros::paid_action;
 pub enum FromEnvError {
     /// `CONTO_API_URL` is set but the client cannot be configured.
     #[error(transparent)]
-    Client(#[from] conto_core::ClientError),
+    Client(#[from] conto_client::ClientError),
     /// The embedded engine's policy file is invalid.
     #[error(transparent)]
     Policy(#[from] conto_core::PolicyError),
@@ -50,7 +74,7 @@ pub fn from_env(default_policies: impl AsRef<std::path::Path>) -> Result<Conto, 
     let builder = Engine::builder().policies(PolicySet::from_file(file)?);
     #[cfg(feature = "outbox")]
     if let Some(ledger) = std::env::var_os("CONTO_LEDGER_PATH") {
-        return Ok(Conto::new(builder.open(ledger)?));
+        return Ok(Conto::new(DurableEngine::open(builder, ledger)?));
     }
     Ok(Conto::new(builder.build()))
 }

@@ -60,7 +60,6 @@ impl fmt::Debug for ManualClock {
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// `now + d` on tokio's clock, saturating at [`MAX_WAIT`] from now.
-#[cfg(any(feature = "client", feature = "outbox"))]
 pub(crate) fn deadline_after(d: std::time::Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     now.checked_add(d.min(MAX_WAIT)).unwrap_or(now)

@@ -4,6 +4,10 @@
 //! The pipeline: authorize the [`PaymentIntent`]; on a denial or a pending approval return a
 //! [`Rejection`] (the settlement never runs); on approval run the settlement; on `Ok` record the
 //! settled amount; on `Err`, or if the caller's future is dropped, release the approval.
+//!
+//! No HTTP client, no SQL, no crypto here: infrastructure plugs in through traits this crate
+//! owns ([`Authorizer`], [`sink::RecordSink`], [`journal::Journal`], [`ActorLifecycle`]);
+//! conto-client and conto-store implement them.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -11,15 +15,9 @@
 #[path = "private.rs"]
 pub mod __private;
 mod authorizer;
-#[cfg(feature = "client")]
-pub mod client;
 mod clock;
 pub mod controls;
-#[cfg(feature = "credentials")]
-pub mod credentials;
 mod decision;
-#[cfg(feature = "outbox")]
-mod delivery;
 pub mod engine;
 mod ids;
 mod intent;
@@ -27,15 +25,12 @@ pub mod journal;
 pub mod lifecycle;
 mod money;
 mod monitor;
-#[cfg(feature = "outbox")]
-pub mod outbox;
 mod pipeline;
 pub mod policy;
 mod rejection;
+pub mod sink;
 
 pub use authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError, Outage, Refused};
-#[cfg(feature = "client")]
-pub use client::{ClientError, ContoClient, ContoClientBuilder};
 pub use clock::{Clock, MAX_WAIT, ManualClock, SystemClock};
 pub use controls::{BudgetPeriod, ProductControls, SyncReport};
 pub use decision::{

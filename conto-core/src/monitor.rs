@@ -239,13 +239,7 @@ impl Monitor {
     /// The runtime status of `conto` as seen by this monitor.
     pub fn status(&self, conto: &Conto) -> Status {
         let state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-        #[cfg(feature = "outbox")]
         let outbox: Option<(u64, u64)> = conto.outbox_stats().map(|o| (o.pending, o.dead));
-        #[cfg(not(feature = "outbox"))]
-        let outbox: Option<(u64, u64)> = {
-            let _ = conto;
-            None
-        };
         Status {
             authority_reachable: state.last_source.map(|s| matches!(s, DecisionSource::Policy)),
             last_latency_us: state.last_latency_us,

@@ -55,31 +55,4 @@ proptest! {
             Ok(())
         })?;
     }
-
-    #[cfg(feature = "client")]
-    #[test]
-    fn client_timeouts_never_panic(authorize in any_duration(), record in any_duration()) {
-        paused().block_on(async {
-            let client = conto_core::ContoClient::builder()
-                .base_url("http://127.0.0.1:9")
-                .sdk_key("conto_agent_0000")
-                .authorize_timeout(authorize)
-                .record_timeout(record)
-                .max_retries(1)
-                .build()
-                .unwrap();
-            let _ = client.authorize_intent(&transfer("1")).await;
-        });
-    }
-
-    #[cfg(feature = "outbox")]
-    #[test]
-    fn flush_never_panics(within in any_duration()) {
-        paused().block_on(async {
-            let (engine, _) = engine_at("[]", "2026-06-10T12:00:00Z");
-            let conto = Conto::builder(engine).outbox(conto_core::outbox::Outbox::in_memory().unwrap()).build();
-            let stats = conto.flush(within).await.unwrap();
-            assert_eq!(stats.pending, 0);
-        });
-    }
 }

@@ -349,3 +349,24 @@ async fn invalid_input_is_its_own_decision_source() {
     assert_eq!(r.source(), DecisionSource::Input);
     assert!(!r.is_retryable());
 }
+
+#[tokio::test]
+async fn an_agent_scoped_allowlist_cannot_be_escaped_by_renaming() {
+    let allowlist = format!(
+        r#"[{{"name": "agent-1 providers", "agentIds": ["agent-1"], "rules": [{{"ruleType": "ALLOWED_COUNTERPARTIES",
+            "operator": "IN_LIST", "value": "[\"{RECIPIENT}\"]", "action": "ALLOW"}}]}}]"#
+    );
+    let (engine, _) = engine_at(&allowlist, "2026-06-10T12:00:00Z");
+    let conto = Conto::new(engine.clone());
+    let denied = conto.authorize(transfer_to("agent-1", "1", OTHER)).await.unwrap_err();
+    assert_eq!(denied.violations()[0].kind, ViolationType::WhitelistViolation);
+    // Any other spelling of the payer is not agent-1 and not provisioned: refused, no budget.
+    for renamed in ["agent-1x", "Agent-1", "agent-1.", "mallory"] {
+        let r = conto.authorize(transfer_to(renamed, "1", OTHER)).await.unwrap_err();
+        assert!(matches!(r.kind(), RejectionKind::UnknownActor(a) if a.as_str() == renamed), "{renamed}: {r:?}");
+    }
+    for bad in [" agent-1", "agent-1 ", "agent\u{200b}-1"] {
+        assert!(conto_core::PaymentIntent::builder(bad, "1", conto_core::Rail::card("Acme").unwrap()).build().is_err());
+    }
+    assert_eq!(engine.usage("agent-1").stats.approved, 0);
+}

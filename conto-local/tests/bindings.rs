@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use conto_core::client::BoundClients;
-use conto_core::credentials::{CredentialError, CredentialStore, StaticKey};
+use conto_client::BoundClients;
+use conto_client::credentials::{CredentialError, CredentialStore, StaticKey};
 use conto_core::{Conto, DecisionSource, ExposeSecret, Settlement};
 
 fn scratch(name: &str) -> std::path::PathBuf {

@@ -13,9 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use common::*;
-use conto_core::{
-    AuthorityError, Conto, ContoClient, DecisionSource, Outage, Refused, RejectionKind, Settlement, Verdict,
-};
+use conto_client::ContoClient;
+use conto_core::{AuthorityError, Conto, DecisionSource, Outage, Refused, RejectionKind, Settlement, Verdict};
 use serde_json::{Value, json};
 
 type Script = Arc<dyn Fn(usize) -> axum::response::Response + Send + Sync>;

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use conto_core::client::parse_decision;
+use conto_client::parse_decision;
 use conto_core::{PaymentIntent, Verdict};
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -14,9 +14,9 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use common::*;
-use conto_core::client::sync::OrgClient;
-use conto_core::client::{BoundClients, ManagedActors};
-use conto_core::credentials::{CredentialStore, StaticKey};
+use conto_client::credentials::{CredentialStore, StaticKey};
+use conto_client::sync::OrgClient;
+use conto_client::{BoundClients, ManagedActors};
 use conto_core::{
     ActorLifecycle, BudgetPeriod, Conto, Engine, Event, ExposeSecret, ProductControls, RejectionKind, Settlement,
     ViolationType,
@@ -126,7 +126,7 @@ async fn a_second_ensure_makes_zero_api_writes() {
     let keys = keys["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1);
     let scopes: Vec<&str> = keys[0]["scopes"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert_eq!(scopes, conto_core::client::RAIL_SCOPES);
+    assert_eq!(scopes, conto_client::RAIL_SCOPES);
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains(store.get("user-1").unwrap().sdk_key.expose_secret()), "sealed at rest");
 }

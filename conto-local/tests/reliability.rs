@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use conto_core::outbox::Outbox;
 use conto_core::{Conto, DecisionSource, Engine, ExposeSecret, RejectionKind, Settlement};
+use conto_store::Outbox;
 use serde_json::json;
 
 fn scratch(name: &str) -> PathBuf {
@@ -50,7 +50,7 @@ async fn nothing_lost_when_the_authority_dies_mid_delivery() {
     let org = Org::new(&server);
     let key = org.agent("agent-1", ALL_SCOPES).await;
     let outbox = Outbox::open(dir.join("outbox.db")).unwrap();
-    let client = conto_core::ContoClient::builder()
+    let client = conto_client::ContoClient::builder()
         .base_url(server.url())
         .sdk_key(&key)
         .record_timeout(Duration::from_millis(300))
@@ -124,7 +124,7 @@ fn crash_child() {
         std::env::var("CONTO_CRASH_URL").expect("run by crash_between_settlement_and_record_delivers_exactly_once");
     let key = std::env::var("CONTO_CRASH_KEY").unwrap();
     let outbox = Outbox::open(std::env::var("CONTO_CRASH_OUTBOX").unwrap()).unwrap();
-    let client = conto_core::ContoClient::builder().base_url(url).sdk_key(key).build().unwrap();
+    let client = conto_client::ContoClient::builder().base_url(url).sdk_key(key).build().unwrap();
     // Delivered by the app itself, which never starts the worker: the record stays queued
     // until the kill.
     let conto = Conto::builder(client).outbox_manual(outbox).build();
@@ -150,7 +150,7 @@ fn an_outbox_built_outside_a_runtime_still_delivers() {
         let key = Org::new(&server).agent("agent-1", ALL_SCOPES).await;
         (server, key)
     });
-    let client = conto_core::ContoClient::builder().base_url(server.url()).sdk_key(&key).build().unwrap();
+    let client = conto_client::ContoClient::builder().base_url(server.url()).sdk_key(&key).build().unwrap();
     let outbox = Outbox::in_memory().unwrap();
     let conto = Conto::builder(client).outbox(outbox.clone()).build(); // no runtime here
     rt.block_on(async {
@@ -206,7 +206,7 @@ async fn crash_between_settlement_and_record_delivers_exactly_once() {
 
     // Restart the app: the same outbox, a fresh pipeline.
     for _ in 0..2 {
-        let client = conto_core::ContoClient::builder().base_url(server.url()).sdk_key(&key).build().unwrap();
+        let client = conto_client::ContoClient::builder().base_url(server.url()).sdk_key(&key).build().unwrap();
         let conto = Conto::builder(client).outbox(Outbox::open(&outbox_path).unwrap()).build();
         let stats = conto.flush(Duration::from_secs(20)).await.unwrap();
         assert_eq!((stats.pending, stats.dead), (0, 0));
@@ -244,7 +244,7 @@ async fn fail_closed_against_hang_reset_and_garbage() {
     let mut report = Vec::new();
     for mode in ["hang", "reset", "garbage"] {
         let url = serve(mode).await;
-        let client = conto_core::ContoClient::builder()
+        let client = conto_client::ContoClient::builder()
             .base_url(&url)
             .sdk_key(format!("conto_agent_{}", "ab".repeat(32)))
             .authorize_timeout(Duration::from_millis(250))
@@ -291,7 +291,7 @@ async fn stand_in_is_bounded_marked_and_reconciled() {
     )
     .unwrap();
     let outbox = Outbox::in_memory().unwrap();
-    let client = conto_core::ContoClient::builder()
+    let client = conto_client::ContoClient::builder()
         .base_url(&url)
         .sdk_key(&key)
         .authorize_timeout(Duration::from_millis(200))
@@ -365,7 +365,7 @@ async fn no_secret_in_trace_output() {
     conto.flush(Duration::from_secs(10)).await;
     let denied = conto.authorize(transfer("agent-1", "1000000")).await.unwrap_err();
     tracing::info!(%denied, ?denied, "a denial");
-    let bogus = conto_core::ContoClient::builder()
+    let bogus = conto_client::ContoClient::builder()
         .base_url(server.url())
         .sdk_key(format!("conto_agent_{}", "9".repeat(64)))
         .build()

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use conto_core::client::sync::{BudgetPeriod, OrgClient, ProductControls, sync_policies};
+use conto_client::sync::{BudgetPeriod, OrgClient, ProductControls, sync_policies};
 use conto_core::{Engine, Settlement, Verdict, ViolationType};
 
 #[tokio::test]

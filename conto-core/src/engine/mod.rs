@@ -208,15 +208,8 @@ impl EngineBuilder {
         Ok(engine)
     }
 
-    /// [`EngineBuilder::build_journaled`] with a SQLite journal at `path` (created if absent).
-    /// Without it the ledger lives in memory and a restart starts every budget afresh.
-    #[cfg(feature = "outbox")]
-    pub fn open(self, path: impl AsRef<Path>) -> Result<Engine, JournalError> {
-        self.build_journaled(crate::journal::SqliteJournal::open(path)?)
-    }
-
-    /// Finishes the engine, with its ledger in memory (see [`EngineBuilder::open`] for a
-    /// durable one).
+    /// Finishes the engine, with its ledger in memory (see [`EngineBuilder::build_journaled`]
+    /// for a durable one; conto's `DurableEngine::open` journals to a SQLite file).
     pub fn build(self) -> Engine {
         Engine {
             inner: Arc::new(Inner {

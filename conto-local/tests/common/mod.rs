@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
+use conto_client::ContoClient;
 use conto_core::jiff::SignedDuration;
-use conto_core::{Conto, ContoClient, PaymentIntent, Rail};
+use conto_core::{Conto, PaymentIntent, Rail};
 use conto_local::{Config, Running};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};

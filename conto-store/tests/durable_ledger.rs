@@ -1,16 +1,26 @@
 //! The embedded engine's ledger survives a crash: a child process spends under load on a
 //! journaled engine and is SIGKILLed; the restarted engine's counters equal the records the
 //! child saw acknowledged, and no reservation leaks.
-#![cfg(feature = "outbox")]
-
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::*;
 use conto_core::jiff::{SignedDuration, Timestamp};
-use conto_core::{Decimal, Engine, ManualClock, PolicySet, Settlement, Verdict};
+use conto_core::{Conto, Decimal, Engine, ManualClock, PaymentIntent, PolicySet, Rail, Settlement, Verdict};
+use conto_store::{DurableEngine, Outbox};
+use proptest::prelude::*;
+
+fn transfer(amount: &str) -> PaymentIntent {
+    PaymentIntent::builder(
+        "agent-1",
+        amount,
+        Rail::transfer(8453, "0x2222222222222222222222222222222222222222").unwrap(),
+    )
+    .recipient("0x1111111111111111111111111111111111111111")
+    .build()
+    .unwrap()
+}
 
 const POLICIES: &str = r#"{"agents": ["agent-1"], "policies": [{"name": "lifetime budget", "rules": [
     {"ruleType": "BUDGET_CAP", "operator": "LTE", "value": "{\"amount\": 1000000, \"period\": \"TOTAL\"}", "action": "ALLOW"}]}]}"#;
@@ -130,4 +140,22 @@ fn without_a_journal_the_ledger_is_in_memory_and_with_one_it_is_not() {
     assert_eq!(reopened.actor_status(pending_actor.as_str()), Some(conto_core::ActorStatus::Paused));
     let in_memory = Engine::builder().policies(set()).build();
     assert_eq!(in_memory.usage("agent-1").stats.total_spent, Decimal::ZERO);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// `flush` takes any duration without panicking (time is paused).
+    #[test]
+    fn flush_never_panics(within in prop_oneof![
+        Just(Duration::ZERO), Just(Duration::MAX), any::<u64>().prop_map(Duration::from_secs),
+    ]) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let engine = Engine::builder().policies(PolicySet::from_json(POLICIES).unwrap()).build();
+            let conto = Conto::builder(engine).outbox(Outbox::in_memory().unwrap()).build();
+            let stats = conto.flush(within).await.unwrap();
+            assert_eq!(stats.pending, 0);
+        });
+    }
 }

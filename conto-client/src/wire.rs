@@ -7,10 +7,10 @@ use jiff::{SignedDuration, Timestamp};
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 
-use crate::authorizer::AuthorityError;
-use crate::decision::{Authorization, Decision, Denial, Limits, PendingApproval, Settlement, Verdict, Violation};
-use crate::intent::{PaymentIntent, Rail};
-use crate::money::Amount;
+use conto_core::Amount;
+use conto_core::AuthorityError;
+use conto_core::{Authorization, Decision, Denial, Limits, PendingApproval, Settlement, Verdict, Violation};
+use conto_core::{PaymentIntent, Rail};
 
 /// How long an approval from an endpoint that states no expiry is trusted (Conto: 10 minutes).
 pub(crate) const IMPLICIT_TTL: SignedDuration = SignedDuration::from_mins(10);
@@ -135,7 +135,7 @@ fn check_echo(body: &Value, intent: &PaymentIntent) -> Result<(), AuthorityError
     }
     for key in ["recipientAddress", "recipient"] {
         if let (Some(echoed), Some(asked)) = (text(body, key), &intent.recipient)
-            && crate::Address::parse(echoed).map(|a| a != *asked).unwrap_or(true)
+            && conto_core::Address::parse(echoed).map(|a| a != *asked).unwrap_or(true)
         {
             return Err(invalid(format!("approved recipient {echoed} does not match the requested {asked}")));
         }
@@ -291,14 +291,14 @@ pub(crate) fn parse_recorded(
     body: &Value,
     authorization: &Authorization,
     settlement: &Settlement,
-) -> Result<crate::Recorded, AuthorityError> {
+) -> Result<conto_core::Recorded, AuthorityError> {
     let ok = body.get("confirmed").and_then(Value::as_bool) == Some(true)
         || body.get("recorded").and_then(Value::as_u64).is_some_and(|n| n > 0)
         || body.get("success").and_then(Value::as_bool) == Some(true);
     if !ok {
         return Err(invalid("the record response does not confirm the record"));
     }
-    Ok(crate::Recorded {
+    Ok(conto_core::Recorded {
         authorization_id: authorization.id.clone(),
         amount: settlement.amount.unwrap_or(authorization.amount),
         transaction_id: text(body, "transactionId").map(str::to_owned),

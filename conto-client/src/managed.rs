@@ -6,11 +6,12 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::sync::{OrgClient, sync_policies};
-use crate::authorizer::BoxFuture;
-use crate::controls::ProductControls;
 use crate::credentials::CredentialStore;
-use crate::intent::ActorId;
-use crate::lifecycle::{ActorLifecycle, Ensured, LifecycleError, managed_name};
+use conto_core::ActorId;
+use conto_core::BoxFuture;
+use conto_core::ProductControls;
+use conto_core::lifecycle::managed_name;
+use conto_core::{ActorLifecycle, Ensured, LifecycleError};
 
 /// The least scopes the four rails need: approve and confirm (transfers, cards), request (x402,
 /// MPP, the payment-request flow, approval polling).

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+mod delivery;
+
 use crate::authorizer::{AuthorityError, Authorizer, Outage, Refused};
 use crate::decision::{Authorization, Decision, DecisionSource, Recorded, Settlement, Verdict};
 
@@ -17,6 +19,7 @@ use crate::decision::ViolationType;
 use crate::intent::{ActorId, PaymentIntent};
 use crate::money::Amount;
 use crate::rejection::{Rejection, RejectionKind};
+use crate::sink::{RecordKind, RecordSink};
 
 /// The default deadline for one authorize call.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
@@ -118,14 +121,10 @@ pub(crate) struct Inner {
     poll_interval: Duration,
     observers: Vec<Observer>,
     default_actor: Option<String>,
-    #[cfg(feature = "outbox")]
-    pub(crate) outbox: Option<crate::outbox::Outbox>,
-    #[cfg(feature = "outbox")]
+    pub(crate) sink: Option<Arc<dyn RecordSink>>,
     pub(crate) wake: Arc<tokio::sync::Notify>,
     /// Whether a background delivery worker runs (or may be started lazily).
-    #[cfg(feature = "outbox")]
     pub(crate) background: bool,
-    #[cfg(feature = "outbox")]
     pub(crate) worker_started: std::sync::atomic::AtomicBool,
 }
 
@@ -168,9 +167,7 @@ pub struct ContoBuilder {
     observers: Vec<Observer>,
     default_actor: Option<String>,
     stand_in: Option<Arc<dyn Authorizer>>,
-    #[cfg(feature = "outbox")]
-    outbox: Option<crate::outbox::Outbox>,
-    #[cfg(feature = "outbox")]
+    sink: Option<Arc<dyn RecordSink>>,
     background: bool,
 }
 
@@ -185,23 +182,20 @@ impl ContoBuilder {
         self
     }
 
-    /// Records through a durable [`Outbox`](crate::outbox::Outbox): a settled spend is written to
-    /// it before any network attempt and delivered by a background worker (started here, on the
-    /// current tokio runtime), so recording is off the caller's critical path and survives
-    /// crashes. Call [`Conto::flush`] at shutdown.
-    #[cfg(feature = "outbox")]
-    pub fn outbox(mut self, outbox: crate::outbox::Outbox) -> Self {
-        self.outbox = Some(outbox);
+    /// Records through a durable [`RecordSink`] (conto's SQLite `Outbox`): a settled spend is
+    /// written to it before any network attempt and delivered by a background worker (started
+    /// on the current tokio runtime, or on the first record), so recording is off the caller's
+    /// critical path and survives crashes. Call [`Conto::flush`] at shutdown.
+    pub fn outbox(mut self, sink: impl RecordSink) -> Self {
+        self.sink = Some(Arc::new(sink));
         self.background = true;
         self
     }
 
-    /// Records through a durable outbox that the app delivers itself: nothing is sent until
-    /// the app spawns [`Conto::delivery`] (and drains with [`Conto::flush`] at shutdown). For
-    /// apps that manage their own tasks.
-    #[cfg(feature = "outbox")]
-    pub fn outbox_manual(mut self, outbox: crate::outbox::Outbox) -> Self {
-        self.outbox = Some(outbox);
+    /// Records through a durable sink that the app delivers itself: nothing is sent until the
+    /// app spawns [`Conto::delivery`] (and drains with [`Conto::flush`] at shutdown).
+    pub fn outbox_manual(mut self, sink: impl RecordSink) -> Self {
+        self.sink = Some(Arc::new(sink));
         self.background = false;
         self
     }
@@ -251,19 +245,14 @@ impl ContoBuilder {
                 poll_interval: self.poll_interval,
                 observers: self.observers,
                 default_actor: self.default_actor,
-                #[cfg(feature = "outbox")]
-                outbox: self.outbox,
-                #[cfg(feature = "outbox")]
+                sink: self.sink,
                 wake: Arc::new(tokio::sync::Notify::new()),
-                #[cfg(feature = "outbox")]
                 background: self.background,
-                #[cfg(feature = "outbox")]
                 worker_started: std::sync::atomic::AtomicBool::new(false),
             }),
             approval: self.approval,
         };
-        #[cfg(feature = "outbox")]
-        crate::delivery::start(&conto);
+        delivery::start(&conto);
         conto
     }
 }
@@ -284,9 +273,7 @@ impl Conto {
             observers: Vec::new(),
             default_actor: None,
             stand_in: None,
-            #[cfg(feature = "outbox")]
-            outbox: None,
-            #[cfg(feature = "outbox")]
+            sink: None,
             background: true,
         }
     }
@@ -571,10 +558,8 @@ impl Approval {
             });
             settlement.amount = Some(authorization.amount);
         }
-        #[cfg(feature = "outbox")]
         if self.via == Via::Primary
-            && let Some(queued) =
-                crate::delivery::enqueue(&conto, crate::outbox::JobKind::Record, &authorization, &settlement)
+            && let Some(queued) = delivery::enqueue(&conto, RecordKind::Record, &authorization, &settlement)
         {
             return Ok(queued);
         }
@@ -615,8 +600,7 @@ impl Conto {
     /// Reports a stand-in approval's spend to the authority: queued when an outbox is
     /// configured, otherwise tried once now (a failure is an [`Event::RecordFailed`]).
     async fn reconcile(&self, authorization: &Authorization, settlement: &Settlement) {
-        #[cfg(feature = "outbox")]
-        if crate::delivery::enqueue(self, crate::outbox::JobKind::Reconcile, authorization, settlement).is_some() {
+        if delivery::enqueue(self, RecordKind::Reconcile, authorization, settlement).is_some() {
             return;
         }
         if let Err(error) = self.inner.authorizer.reconcile(authorization, settlement).await {

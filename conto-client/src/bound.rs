@@ -6,9 +6,9 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 
 use super::{ClientError, ContoClient, check_url};
-use crate::authorizer::{AuthorityError, Authorizer, BoxFuture};
-use crate::decision::{Authorization, Decision, PendingApproval, Recorded, Settlement};
-use crate::intent::PaymentIntent;
+use conto_core::PaymentIntent;
+use conto_core::{AuthorityError, Authorizer, BoxFuture};
+use conto_core::{Authorization, Decision, PendingApproval, Recorded, Settlement};
 
 /// An [`Authorizer`] that routes each intent to its actor's own Conto binding: the actor's
 /// agent and SDK key come from a [`CredentialStore`](crate::credentials::CredentialStore). An

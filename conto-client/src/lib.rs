@@ -12,9 +12,16 @@
 //!   is rejected.
 //!
 //! The SDK key is a [`SecretString`]: it never appears in `Debug` output, logs or errors.
+//!
+//! Also here: policy sync ([`sync`]), per-actor bindings with sealed keys ([`credentials`],
+//! [`BoundClients`]) and the managed-actor lifecycle over Conto's org API ([`ManagedActors`]).
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "credentials")]
 mod bound;
+#[cfg(feature = "credentials")]
+pub mod credentials;
 #[cfg(feature = "credentials")]
 mod managed;
 pub mod sync;
@@ -33,10 +40,10 @@ use jiff::Timestamp;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError, Outage};
-use crate::decision::{Authorization, Decision, Denial, PendingApproval, Recorded, Settlement, Verdict};
-use crate::intent::PaymentIntent;
-use crate::policy::{PolicyError, PolicySet};
+use conto_core::PaymentIntent;
+use conto_core::{AuthorityError, Authorizer, BoxFuture, LedgerError, Outage};
+use conto_core::{Authorization, Decision, Denial, PendingApproval, Recorded, Settlement, Verdict};
+use conto_core::{PolicyError, PolicySet};
 
 /// Conto's production API.
 pub const DEFAULT_API_URL: &str = "https://conto.finance";
@@ -92,15 +99,15 @@ impl ContoClientBuilder {
     }
 
     /// The deadline of one authorize call, retries included (default 2 s; at most
-    /// [`MAX_WAIT`](crate::MAX_WAIT)).
+    /// [`MAX_WAIT`](conto_core::MAX_WAIT)).
     pub fn authorize_timeout(mut self, timeout: Duration) -> Self {
-        self.authorize_timeout = timeout.min(crate::clock::MAX_WAIT);
+        self.authorize_timeout = timeout.min(conto_core::MAX_WAIT);
         self
     }
 
     /// The deadline of one record call, retries included (default 10 s).
     pub fn record_timeout(mut self, timeout: Duration) -> Self {
-        self.record_timeout = timeout.min(crate::clock::MAX_WAIT);
+        self.record_timeout = timeout.min(conto_core::MAX_WAIT);
         self
     }
 
@@ -223,7 +230,7 @@ impl ContoClient {
         deadline: Duration,
     ) -> Result<Answer, AuthorityError> {
         let url = format!("{}/api/sdk/{path}", self.inner.base);
-        let give_up = crate::clock::deadline_after(deadline);
+        let give_up = deadline_after(deadline);
         let mut attempt = 0u32;
         loop {
             let left = give_up.saturating_duration_since(tokio::time::Instant::now());
@@ -274,9 +281,7 @@ impl ContoClient {
                 Err(_) => None,
             };
             match (retry_in, outcome) {
-                (Some(wait), outcome)
-                    if attempt < self.inner.max_retries && crate::clock::deadline_after(wait) < give_up =>
-                {
+                (Some(wait), outcome) if attempt < self.inner.max_retries && deadline_after(wait) < give_up => {
                     tracing::debug!(path, attempt, ?wait, "conto.client.retry");
                     attempt += 1;
                     tokio::time::sleep(wait).await;
@@ -499,6 +504,12 @@ impl Authorizer for ContoClient {
             wire::parse_recorded(&answer.body, authorization, settlement)
         })
     }
+}
+
+/// `now + d` on tokio's clock, saturating at [`conto_core::MAX_WAIT`] from now.
+fn deadline_after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d.min(conto_core::MAX_WAIT)).unwrap_or(now)
 }
 
 #[cfg(test)]

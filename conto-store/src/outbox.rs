@@ -2,7 +2,7 @@
 //! then delivered by a background worker with backoff. It survives the caller's future being
 //! dropped, transient failures of the authority, and a crash: the next start delivers what is
 //! left. A record that still fails past the bound is kept as `dead` and reported as
-//! [`Event::RecordFailed`](crate::Event::RecordFailed); it is never silently dropped.
+//! `Event::RecordFailed`; it is never silently dropped.
 //!
 //! Each record carries the idempotency key of its payment attempt (`rec_<authorization id>`), so
 //! a retry after a lost answer never counts twice.
@@ -18,9 +18,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::decision::{Authorization, Settlement};
-use crate::intent::PaymentIntent;
-use crate::money::Amount;
+use conto_core::sink::{Deliver, OutboxStats, RecordKind, RecordSink, SinkError, transient};
+use conto_core::{Amount, Authorization, BoxFuture, PaymentIntent, Settlement};
 
 /// An outbox storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -28,14 +27,7 @@ use crate::money::Amount;
 pub struct OutboxError(#[from] rusqlite::Error);
 
 /// What a queued job does once delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    /// Record a settled approval with the authority that approved it.
-    Record,
-    /// Report a spend a stand-in approved to the authority, once it is back.
-    Reconcile,
-}
+pub use conto_core::sink::RecordKind as JobKind;
 
 /// One queued delivery.
 #[derive(Clone, Serialize, Deserialize)]
@@ -106,25 +98,14 @@ pub struct DeadRecord {
     pub last_error: String,
 }
 
-/// Counts of the outbox's records by state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OutboxStats {
-    /// Waiting for delivery (the outbox depth).
-    pub pending: u64,
-    /// Delivered.
-    pub delivered: u64,
-    /// Given up on; see [`Outbox::dead`].
-    pub dead: u64,
-}
-
 /// The durable outbox. Cheap to clone; clones share the file.
 #[derive(Clone)]
 pub struct Outbox {
     conn: Arc<Mutex<Connection>>,
     /// Rows handed to a deliverer and not yet settled: the worker and a concurrent
-    /// [`Conto::flush`](crate::Conto::flush) never deliver the same record at once.
+    /// `Conto::flush` never deliver the same record at once.
     claimed: Arc<Mutex<std::collections::HashSet<i64>>>,
-    pub(crate) max_attempts: u32,
+    max_attempts: u32,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -236,7 +217,7 @@ impl Outbox {
     }
 
     /// When the next pending job is due, if any.
-    pub(crate) fn next_due(&self) -> Result<Option<Timestamp>, OutboxError> {
+    pub(crate) fn next_due_at(&self) -> Result<Option<Timestamp>, OutboxError> {
         let at: Option<i64> = self
             .lock()
             .query_row("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'", [], |r| r.get(0))
@@ -302,5 +283,76 @@ impl Outbox {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Backoff before attempt `n + 1`: 200 ms · 2ⁿ, at most 60 s.
+fn backoff(attempts: u32) -> SignedDuration {
+    SignedDuration::from_millis((200u64.saturating_mul(1 << attempts.min(9))).min(60_000) as i64)
+}
+
+/// Gives a claimed row back if its delivery is abandoned half-way (the future dropped).
+struct Claim<'a>(&'a Outbox, i64);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.release_claim(self.1);
+    }
+}
+
+impl Outbox {
+    async fn deliver_one(&self, deliverer: &dyn Deliver, id: i64, attempts: u32, job: Job) {
+        let _claim = Claim(self, id);
+        let result = deliverer.deliver(job.kind, &job.authorization(), &job.settlement()).await;
+        let stored = match result {
+            Ok(_) => {
+                tracing::debug!(authorization = %job.authorization_id, attempts = attempts + 1, "conto.outbox.delivered");
+                self.delivered(id)
+            }
+            Err(error) if transient(&error) && attempts + 1 < self.max_attempts => {
+                tracing::warn!(authorization = %job.authorization_id, %error, attempts = attempts + 1, "conto.outbox.retry");
+                self.retry(id, backoff(attempts), &error.to_string())
+            }
+            Err(error) => {
+                tracing::error!(authorization = %job.authorization_id, %error, "conto.outbox.dead: an operator must look");
+                let stored = self.dead_letter(id, &error.to_string());
+                deliverer.dead(&job.authorization_id, error);
+                stored
+            }
+        };
+        if let Err(error) = stored {
+            tracing::error!(%error, "conto.outbox.write_failed");
+        }
+    }
+}
+
+impl RecordSink for Outbox {
+    fn enqueue(
+        &self,
+        kind: RecordKind,
+        authorization: &Authorization,
+        settlement: &Settlement,
+    ) -> Result<(), SinkError> {
+        self.push(&Job::new(kind, authorization, settlement)).map_err(|e| SinkError(e.to_string()))
+    }
+
+    fn deliver_due<'a>(&'a self, deliverer: &'a dyn Deliver) -> BoxFuture<'a, Result<usize, SinkError>> {
+        Box::pin(async move {
+            let due = self.due(Timestamp::now(), 64).map_err(|e| SinkError(e.to_string()))?;
+            let n = due.len();
+            for (id, attempts, job) in due {
+                self.deliver_one(deliverer, id, attempts, job).await;
+            }
+            Ok(n)
+        })
+    }
+
+    fn next_due(&self) -> Option<std::time::Duration> {
+        let at = self.next_due_at().ok()??;
+        Some(std::time::Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default())
+    }
+
+    fn stats(&self) -> Result<OutboxStats, SinkError> {
+        Outbox::stats(self).map_err(|e| SinkError(e.to_string()))
     }
 }

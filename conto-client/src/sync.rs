@@ -12,8 +12,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::{ClientError, check_url};
-use crate::authorizer::AuthorityError;
-pub use crate::controls::{BudgetPeriod, ProductControls, SyncReport};
+use conto_core::AuthorityError;
+pub use conto_core::{BudgetPeriod, ProductControls, SyncReport};
 
 /// A minimal client of Conto's org Policies API (org key). Counts the writes it sends.
 #[derive(Clone)]

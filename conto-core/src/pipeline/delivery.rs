@@ -1,0 +1,177 @@
+//! The pipeline's delivery worker over its [`RecordSink`]: started lazily (or run by the app),
+//! it hands due records to the authority through a [`Deliverer`].
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::{Conto, Event, Inner};
+use crate::authorizer::{AuthorityError, BoxFuture, Outage};
+use crate::decision::{Authorization, Recorded, Settlement};
+use crate::sink::{ATTEMPT_TIMEOUT, Deliver, OutboxStats, RecordKind};
+
+/// The pipeline's [`Deliver`]: the authority and the observers of one `Conto`.
+#[derive(Clone)]
+pub(crate) struct Deliverer {
+    inner: Weak<Inner>,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deliverer(..)")
+    }
+}
+
+impl Deliverer {
+    async fn deliver_now(
+        &self,
+        kind: RecordKind,
+        authorization: &Authorization,
+        settlement: &Settlement,
+    ) -> Result<Recorded, AuthorityError> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Err(AuthorityError::Unsupported("the Conto handle was dropped".into()));
+        };
+        let conto = Conto::from_inner(inner);
+        let authority = conto.inner.authorizer.clone();
+        let call = async {
+            match kind {
+                RecordKind::Record => authority.record(authorization, settlement).await,
+                RecordKind::Reconcile => authority.reconcile(authorization, settlement).await,
+            }
+        };
+        let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, call).await {
+            Ok(r) => r,
+            Err(_) => Err(Outage::Timeout { what: "record delivery".into(), after: ATTEMPT_TIMEOUT }.into()),
+        };
+        if let Ok(recorded) = &result {
+            conto.emit(|| Event::Recorded {
+                actor: authorization.intent.actor.clone(),
+                recorded: recorded.clone(),
+                reference: settlement.reference.clone(),
+            });
+        }
+        result
+    }
+
+    fn report_dead(&self, authorization_id: &str, error: AuthorityError) {
+        if let Some(inner) = self.inner.upgrade() {
+            Conto::from_inner(inner)
+                .emit(|| Event::RecordFailed { authorization_id: authorization_id.to_owned(), error });
+        }
+    }
+}
+
+impl Deliver for Deliverer {
+    fn deliver<'a>(
+        &'a self,
+        kind: RecordKind,
+        authorization: &'a Authorization,
+        settlement: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        Box::pin(self.deliver_now(kind, authorization, settlement))
+    }
+
+    fn dead(&self, authorization_id: &str, error: AuthorityError) {
+        self.report_dead(authorization_id, error);
+    }
+}
+
+/// Starts the background worker once: at build time when a tokio runtime is running, otherwise
+/// on the first record (which always runs inside one). Never for a sink the app delivers itself.
+pub(crate) fn start(conto: &Conto) {
+    use std::sync::atomic::Ordering;
+    let inner = &conto.inner;
+    if inner.sink.is_none() || !inner.background || inner.worker_started.load(Ordering::Acquire) {
+        return;
+    }
+    if let Ok(handle) = tokio::runtime::Handle::try_current()
+        && !inner.worker_started.swap(true, Ordering::AcqRel)
+    {
+        handle.spawn(run(Arc::downgrade(inner)));
+    }
+}
+
+/// Writes a record to the sink and wakes the worker. `None` when there is no sink, or writing
+/// failed (the caller then records inline, and the failure is logged).
+pub(crate) fn enqueue(conto: &Conto, kind: RecordKind, a: &Authorization, s: &Settlement) -> Option<Recorded> {
+    let sink = conto.inner.sink.as_ref()?;
+    start(conto);
+    match sink.enqueue(kind, a, s) {
+        Ok(()) => {
+            conto.inner.wake.notify_one();
+            tracing::debug!(authorization = %a.id, ?kind, "conto.outbox.queued");
+            Some(Recorded {
+                authorization_id: a.id.clone(),
+                amount: s.amount.unwrap_or(a.amount),
+                transaction_id: None,
+                late: false,
+                queued: true,
+                actor_inactive: false,
+            })
+        }
+        Err(error) => {
+            tracing::error!(authorization = %a.id, %error, "conto.outbox.write_failed: recording inline");
+            None
+        }
+    }
+}
+
+async fn run(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let Some(sink) = inner.sink.clone() else { return };
+        let wake = inner.wake.clone();
+        drop(inner);
+        let deliverer = Deliverer { inner: weak.clone() };
+        let attempted = sink.deliver_due(&deliverer).await.unwrap_or_else(|error| {
+            tracing::error!(%error, "conto.outbox.read_failed");
+            0
+        });
+        if attempted == 0 {
+            let wait = sink.next_due().unwrap_or(Duration::from_secs(1));
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait.clamp(Duration::from_millis(5), Duration::from_secs(1))) => {}
+            }
+        }
+    }
+}
+
+impl Conto {
+    /// The delivery worker of a sink configured with
+    /// [`ContoBuilder::outbox_manual`](crate::ContoBuilder::outbox_manual): spawn it on your
+    /// runtime; it ends when the last `Conto` handle is dropped. Call [`Conto::flush`] at
+    /// shutdown to drain what is due.
+    pub fn delivery(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        run(Arc::downgrade(&self.inner))
+    }
+
+    /// The outbox's counts (depth = `pending`), when one is configured.
+    pub fn outbox_stats(&self) -> Option<OutboxStats> {
+        self.inner.sink.as_ref().and_then(|s| s.stats().ok())
+    }
+
+    /// Delivers what is queued, waiting at most `within` (graceful shutdown). Returns the
+    /// outbox's counts after: `pending` is what is left for the next start.
+    pub async fn flush(&self, within: Duration) -> Option<OutboxStats> {
+        let sink = self.inner.sink.clone()?;
+        let give_up = crate::clock::deadline_after(within);
+        let deliverer = Deliverer { inner: Arc::downgrade(&self.inner) };
+        loop {
+            let stats = sink.stats().ok()?;
+            if stats.pending == 0 || tokio::time::Instant::now() >= give_up {
+                return Some(stats);
+            }
+            // Deliver what is due right here too: the worker may be sleeping on a backoff, or
+            // the app may run none.
+            if let Err(error) = sink.deliver_due(&deliverer).await {
+                tracing::error!(%error, "conto.outbox.read_failed");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        Self { inner, approval: Default::default() }
+    }
+}

@@ -1,0 +1,70 @@
+//! [`SqliteJournal`]: the embedded engine's ledger journal in a SQLite file.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::Connection;
+
+use conto_core::journal::{Entry, Journal, JournalError};
+
+/// A [`Journal`] in a SQLite file (WAL, `synchronous = FULL`: an appended entry survives a
+/// crash of the process and of the machine).
+pub struct SqliteJournal {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteJournal").finish_non_exhaustive()
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> JournalError {
+    JournalError(e.to_string())
+}
+
+impl SqliteJournal {
+    /// Opens (or creates) the journal at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, JournalError> {
+        let path = path.as_ref();
+        let conn = Connection::open(path).map_err(|e| JournalError(format!("{}: {e}", path.display())))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS ledger_journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);",
+        )
+        .map_err(err)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    /// A journal in memory (tests).
+    pub fn in_memory() -> Result<Self, JournalError> {
+        let conn = Connection::open_in_memory().map_err(err)?;
+        conn.execute_batch("CREATE TABLE ledger_journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);")
+            .map_err(err)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+}
+
+impl Journal for SqliteJournal {
+    fn append(&self, entry: &Entry) -> Result<(), JournalError> {
+        let text = serde_json::to_string(entry).map_err(err)?;
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.prepare_cached("INSERT INTO ledger_journal (entry) VALUES (?1)")
+            .and_then(|mut s| s.execute([text]))
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn replay(&self) -> Result<Vec<Entry>, JournalError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare("SELECT seq, entry FROM ledger_journal ORDER BY seq").map_err(err)?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))).map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, text) = row.map_err(err)?;
+            out.push(serde_json::from_str(&text).map_err(|e| JournalError(format!("entry #{seq} is corrupt: {e}")))?);
+        }
+        Ok(out)
+    }
+}
