@@ -102,7 +102,6 @@ fn empty_windows_and_lists() {
         ("TIME_WINDOW", "BETWEEN", r#"{"start":"09:00","end":"09:00"}"#),
         ("DATE_RANGE", "BETWEEN", r#"{"start":"2026-05-01","end":"2026-04-01"}"#),
         ("BLACKOUT_PERIOD", "BETWEEN", r#"{"windows":[]}"#),
-        ("ALLOWED_COUNTERPARTIES", "IN_LIST", "[]"),
         ("DAY_OF_WEEK", "IN_LIST", "[]"),
         ("VELOCITY_LIMIT", "LTE", r#"{"maxCount":0,"period":"HOUR"}"#),
     ];

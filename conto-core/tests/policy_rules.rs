@@ -519,3 +519,11 @@ fn release_frees_and_record_after_release_is_refused() {
         Err(conto_core::AuthorityError::Ledger(LedgerError::AlreadyReleased(_)))
     ));
 }
+
+#[test]
+fn an_empty_allowlist_allows_nothing_and_an_empty_blocklist_blocks_nothing() {
+    let (e, _) = engine_at(&policy(&[&rule("ALLOWED_COUNTERPARTIES", "IN_LIST", "[]", "ALLOW")]), NOON_WED);
+    assert_denied(&e.decide(&transfer("1")), V::WhitelistViolation);
+    let (e, _) = engine_at(&policy(&[&rule("BLOCKED_COUNTERPARTIES", "IN_LIST", "[]", "DENY")]), NOON_WED);
+    approved(&e.decide(&transfer("1")));
+}

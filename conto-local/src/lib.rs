@@ -7,8 +7,11 @@
 //! - Error body: `{"error": text, "code": CODE, "message": text}` with Conto's codes and statuses
 //!   (§8); idempotency conflicts are `409 IDEMPOTENCY_CONFLICT`, a duplicate still in flight is
 //!   `409 IDEMPOTENCY_IN_FLIGHT` (retryable).
-//! - Decisions: approved `200`, denied `403` with the decision body, requires approval `202` with
-//!   `approvalRequestId`.
+//! - Decisions are answers, never errors: approved `200`; denied `200` with `approved: false`
+//!   (or `authorized: false`), `reasons`, `violations` and `message`; requires approval `202`
+//!   with `approvalRequestId`. `401` is kept for authentication and `403` for a missing scope,
+//!   as Conto's agent skill reads them; every error, unknown routes and wrong methods included,
+//!   has a JSON body `{"error", "code", "message"}`.
 //! - x402/MPP pre-authorizations return an `authorizationId`; records that carry it settle that
 //!   reservation, records without it count as unreserved spend.
 //! - Confirm takes an optional `amount` (the settled amount, at most the approved one).
@@ -279,6 +282,12 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/policies/{id}/rules/{rule_id}", axum::routing::delete(delete_rule))
         .route("/api/approval-requests/{id}/{verdict}", post(decide_request))
         .merge(sdk::routes())
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "conto-local does not serve this route")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "this route does not take this method")
+        })
         .with_state(app)
 }
 

@@ -332,7 +332,8 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
             (StatusCode::OK, body)
         }
         Verdict::Denied(d) => {
-            let body = match kind {
+            let message = d.reasons.first().cloned().unwrap_or_else(|| "Payment denied by policy".to_owned());
+            let mut body = match kind {
                 Kind::Transfer => {
                     json!({"approved": false, "reasons": d.reasons, "violations": d.violations, "requiresHumanApproval": false})
                 }
@@ -343,7 +344,10 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
                     json!({"requestId": Value::Null, "status": "DENIED", "amount": intent.amount, "reasons": d.reasons, "violations": d.violations})
                 }
             };
-            (StatusCode::FORBIDDEN, body)
+            // A decision, not an error: Conto's own clients read a decision body only below 400
+            // (403 means a missing scope to them).
+            body["message"] = json!(message);
+            (StatusCode::OK, body)
         }
         Verdict::RequiresApproval(p) => {
             lock(&app.store).put_request(&RequestRecord {
@@ -531,14 +535,65 @@ fn record_one(app: &App, agent: &str, payment: &Value, kind: Kind) -> Result<Val
     }
     let intent = intent_from(agent, payment, kind)?;
     let amount = intent.amount;
+    // The payment's own key: its `paymentId`, or else its tx hash.
+    let key = text(payment, "paymentId").or_else(|| reference.clone());
+    let id = format!("rec_{}", key.clone().unwrap_or_else(|| random_hex(10)));
+    // A repeated record is refused before anything is counted.
+    let seen = match &key {
+        Some(k) => lock(&app.store).recorded_payment(agent, k)?.is_some(),
+        None => false,
+    };
+    if seen || lock(&app.store).spend_exists(&id)? {
+        return Err(ApiError::new(StatusCode::CONFLICT, "CONFLICT", format!("payment `{id}` was already recorded")));
+    }
+    // A record without `authorizationId` settles the live pre-authorization it belongs to
+    // rather than adding to it: same agent and rail, same resource and recipient, an amount
+    // within the reservation; the oldest such pre-authorization first.
+    if let Some(preauth) = matching_preauthorization(app, agent, &intent)? {
+        let (amount, transaction_id, _) = settle(app, agent, &preauth, Some(amount), reference, None)?;
+        if let Some(k) = &key {
+            lock(&app.store).remember_payment(agent, k, &preauth)?;
+        }
+        return Ok(json!({"paymentId": id, "authorizationId": preauth, "transactionId": transaction_id,
+            "amount": amount, "status": "RECORDED"}));
+    }
     app.engine.restore_spend(&intent, amount, Timestamp::now());
-    let id = format!("rec_{}", text(payment, "paymentId").unwrap_or_else(|| random_hex(10)));
     let transaction_id = format!("tx_{}", random_hex(10));
     let intent_json = serde_json::to_string(&intent).unwrap_or_default();
-    lock(&app.store)
-        .record_spend(&id, agent, &intent_json, &amount.to_string(), None, &transaction_id, &now_text())
-        .map_err(|_| ApiError::new(StatusCode::CONFLICT, "CONFLICT", format!("payment `{id}` was already recorded")))?;
+    lock(&app.store).record_spend(&id, agent, &intent_json, &amount.to_string(), None, &transaction_id, &now_text())?;
+    if let Some(k) = &key {
+        lock(&app.store).remember_payment(agent, k, &id)?;
+    }
     Ok(json!({"paymentId": id, "transactionId": transaction_id, "amount": amount, "status": "RECORDED"}))
+}
+
+fn resource(rail: &Rail) -> Option<&str> {
+    match rail {
+        Rail::X402 { resource_url, .. } | Rail::Mpp { resource_url, .. } => Some(resource_url),
+        _ => None,
+    }
+}
+
+/// The oldest live pre-authorization of `agent` that `intent` (a record without an
+/// authorization id) settles.
+fn matching_preauthorization(app: &App, agent: &str, intent: &PaymentIntent) -> Result<Option<String>, ApiError> {
+    let now = Timestamp::now();
+    let mut candidates: Vec<(Timestamp, String)> = lock(&app.store)
+        .live_approvals()?
+        .into_iter()
+        .filter(|(_, row)| row.agent_id == agent)
+        .filter_map(|(id, row)| {
+            let a = row.authorization(&id).ok()?;
+            let same = a.intent.rail.name() == intent.rail.name()
+                && resource(&a.intent.rail) == resource(&intent.rail)
+                && a.intent.recipient == intent.recipient
+                && intent.amount <= a.amount
+                && a.expires_at > now;
+            same.then_some((a.expires_at, id))
+        })
+        .collect();
+    candidates.sort();
+    Ok(candidates.into_iter().next().map(|(_, id)| id))
 }
 
 async fn record(

@@ -129,6 +129,8 @@ CREATE TABLE IF NOT EXISTS spends (authorization_id TEXT PRIMARY KEY, agent_id T
     amount TEXT NOT NULL, reference TEXT, transaction_id TEXT NOT NULL, recorded_at TEXT NOT NULL, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS approval_requests (id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, intent TEXT NOT NULL,
     status TEXT NOT NULL, approval_id TEXT, approval_token TEXT, expires_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS recorded_payments (agent_id TEXT NOT NULL, payment_key TEXT NOT NULL,
+    authorization_id TEXT NOT NULL, PRIMARY KEY (agent_id, payment_key));
 CREATE TABLE IF NOT EXISTS idempotency (agent_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL,
     request_hash TEXT NOT NULL, status INTEGER NOT NULL, response TEXT NOT NULL, created_at TEXT NOT NULL,
     PRIMARY KEY (agent_id, endpoint, key));
@@ -319,6 +321,36 @@ impl Store {
             ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The authorization a payment (by `paymentId`, or its tx hash) was recorded against.
+    pub fn recorded_payment(&self, agent: &str, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT authorization_id FROM recorded_payments WHERE agent_id = ?1 AND payment_key = ?2",
+                [agent, key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Remembers that a payment was recorded against `authorization_id`.
+    pub fn remember_payment(&self, agent: &str, key: &str, authorization_id: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO recorded_payments (agent_id, payment_key, authorization_id) VALUES (?1, ?2, ?3)",
+            params![agent, key, authorization_id],
+        )?;
+        Ok(())
+    }
+
+    /// Whether a spend is already stored under this id.
+    pub fn spend_exists(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM spends WHERE authorization_id = ?1", [id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// Marks an approval recorded and stores the spend, in one transaction.

@@ -444,10 +444,9 @@ impl RuleCtx<'_> {
 
     fn list(&self, field: Field, text: &str) -> Result<HashSet<String, foldhash::fast::RandomState>, PolicyError> {
         const EXPECTED: &str = "a JSON array of strings, e.g. [\"a\", \"b\"]";
+        // An empty list is valid (choice 7 in the module docs): an empty allowlist allows
+        // nothing, an empty blocklist blocks nothing.
         let items: Vec<String> = serde_json::from_str(text).map_err(|_| self.bad(text, EXPECTED))?;
-        if items.is_empty() {
-            return Err(self.err("value", RuleProblem::Empty("the list is empty".into())));
-        }
         items
             .into_iter()
             .map(|item| match field {

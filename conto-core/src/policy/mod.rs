@@ -52,7 +52,9 @@
 //!    written); categories, merchants and methods compare ASCII-case-insensitively; a service entry
 //!    matches that domain and its subdomains. An allowlist rule fails for an intent that lacks
 //!    the field it checks (no category, no MCC, no method), except that counterparty rules do not
-//!    apply to card payments, which have no address (use `CARD_*_MERCHANTS`).
+//!    apply to card payments, which have no address (use `CARD_*_MERCHANTS`). An empty list
+//!    (`"value": "[]"`, how Conto's hybrid example disables a merchant) is valid: an empty
+//!    allowlist allows nothing, an empty blocklist blocks nothing.
 //! 8. **Rail scope.** `X402_*` rules apply to x402 intents only, `MPP_*` to MPP, `CARD_*` to
 //!    cards; the rest to every rail. Cumulative and velocity counters count the rails their rule
 //!    applies to.

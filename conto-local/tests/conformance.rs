@@ -1,0 +1,172 @@
+//! conto-local answers as Conto's own clients expect (conto-api.md §14): decisions below 400
+//! with their reasons, JSON error bodies everywhere, an x402 record without an authorization id
+//! settling its pre-authorization, and a repeated record never counted twice.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+struct Sdk {
+    base: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl Sdk {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("HTTP {status}: the body is not JSON: {text:?}")),
+        )
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+async fn setup(db: Option<std::path::PathBuf>) -> (conto_local::Running, Sdk) {
+    let server = start(db, "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(caps()).await; // MAX_AMOUNT 100, DAILY_LIMIT 150, approval above 80
+    let sdk = Sdk { base: server.url(), key, http: reqwest::Client::new() };
+    (server, sdk)
+}
+
+fn x402_payment(amount: &str) -> Value {
+    json!({"amount": amount, "recipientAddress": RECIPIENT, "resourceUrl": "https://api.example.com/search"})
+}
+
+#[tokio::test]
+async fn denials_are_decisions_below_400_with_their_reasons() {
+    let (_server, sdk) = setup(None).await;
+    let (status, body) = sdk
+        .post(
+            "/api/sdk/payments/approve",
+            json!({"amount": 120, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["approved"], false);
+    assert_eq!(body["violations"][0]["type"], "PER_TX_LIMIT");
+    assert!(body["reasons"][0].as_str().is_some_and(|r| !r.is_empty()), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+
+    let (status, body) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("120")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["authorized"], false);
+    assert_eq!(body["violations"][0]["type"], "PER_TX_LIMIT");
+
+    let (status, body) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("90")).await;
+    assert_eq!(status, 202, "requires approval is 202: {body}");
+    assert!(body["approvalRequestId"].as_str().is_some());
+}
+
+#[tokio::test]
+async fn every_error_has_a_json_body_with_error_code_and_message() {
+    let (server, sdk) = setup(None).await;
+    let cases = [
+        (reqwest::Method::GET, "/api/sdk/no-such-route", 404),
+        (reqwest::Method::DELETE, "/api/sdk/payments/approve", 405),
+        (reqwest::Method::GET, "/nothing/here", 404),
+    ];
+    for (method, path, expected) in cases {
+        let (status, body) = sdk.call(method.clone(), path, None).await;
+        assert_eq!(status, expected, "{method} {path}");
+        for field in ["error", "code", "message"] {
+            assert!(body[field].as_str().is_some_and(|v| !v.is_empty()), "{method} {path}: no `{field}` in {body}");
+        }
+    }
+    let bogus =
+        Sdk { base: server.url(), key: format!("conto_agent_{}", "0".repeat(64)), http: reqwest::Client::new() };
+    let (status, body) = bogus.post("/api/sdk/x402/pre-authorize", x402_payment("1")).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("AUTH_FAILED")));
+}
+
+async fn budget_spent_and_reserved(sdk: &Sdk) -> (String, String) {
+    let (status, body) = sdk.call(reqwest::Method::GET, "/api/sdk/x402/budget", None).await;
+    assert_eq!(status, 200, "{body}");
+    let daily = body["counters"].as_array().unwrap().iter().find(|c| c["period"] == "daily").cloned().unwrap();
+    (daily["spent"].as_str().unwrap().to_owned(), daily["reserved"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn an_x402_record_without_an_authorization_id_settles_its_preauthorization_once() {
+    let dir = std::env::temp_dir().join(format!("conto-conformance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (server, sdk) = setup(Some(dir.join("local.db"))).await;
+    let (status, pre) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("5")).await;
+    assert_eq!((status, &pre["authorized"]), (200, &json!(true)), "{pre}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await, ("0".into(), "5".into()));
+
+    // As Conto's skill records: no authorization id.
+    let mut payment = x402_payment("5");
+    payment["paymentId"] = json!("pay-1");
+    payment["txHash"] = json!(TX);
+    let record = json!({"payments": [payment]});
+    let (status, body) = sdk.post("/api/sdk/x402/record", record.clone()).await;
+    assert!(status < 300, "{body}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await, ("5".into(), "0".into()), "settled, not added: 5 of headroom");
+
+    // Retried ten times, with a restart in the middle: the spend is counted once.
+    let mut server = Some(server);
+    for attempt in 0..10 {
+        if attempt == 5 {
+            server.take().unwrap().stop().await;
+            let restarted = start_on_db(dir.join("local.db")).await;
+            server = Some(restarted);
+        }
+        let sdk = Sdk { base: server.as_ref().unwrap().url(), key: sdk.key.clone(), http: reqwest::Client::new() };
+        let (status, body) = sdk.post("/api/sdk/x402/record", record.clone()).await;
+        assert!(status == 409 || status < 300, "attempt {attempt}: {status} {body}");
+        assert_eq!(budget_spent_and_reserved(&sdk).await.0, "5", "attempt {attempt}: never counted again");
+    }
+    assert_eq!(server.unwrap().spend_count("agent-1").unwrap(), 1);
+}
+
+async fn start_on_db(db: std::path::PathBuf) -> conto_local::Running {
+    start(Some(db), "conto_org_test").await
+}
+
+/// A shell client that treats any status ≥ 400 as an error, as Conto's agent skill does, still
+/// sees the denial's reasons.
+#[tokio::test]
+async fn a_shell_client_with_curl_and_jq_reads_a_denials_reasons() {
+    let (_server, sdk) = setup(None).await;
+    let script = r#"
+        resp=$(curl -sS -w '\n%{http_code}' -X POST "$CONTO_API_URL/api/sdk/payments/approve" \
+          -H "Authorization: Bearer $CONTO_SDK_KEY" -H 'Content-Type: application/json' \
+          -d "{\"amount\": 120, \"recipientAddress\": \"$RECIPIENT\", \"senderAddress\": \"$SENDER\", \"chainId\": 8453}")
+        code=$(printf '%s' "$resp" | tail -n1)
+        body=$(printf '%s' "$resp" | sed '$d')
+        if [ "$code" -ge 400 ]; then
+          printf '%s' "$body" | jq -c '{error: true, httpStatus: '"$code"', message: (.message // .error // "Request failed")}'
+          exit 1
+        fi
+        printf '%s' "$body" | jq -r '"approved=\(.approved) type=\(.violations[0].type) reason=\(.reasons[0])"'
+    "#;
+    let out = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .env("CONTO_API_URL", &sdk.base)
+        .env("CONTO_SDK_KEY", &sdk.key)
+        .env("RECIPIENT", RECIPIENT)
+        .env("SENDER", SENDER)
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the shell client saw an error: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("approved=false") && stdout.contains("type=PER_TX_LIMIT"), "{stdout}");
+    assert!(!stdout.contains("reason=null"), "{stdout}");
+}
