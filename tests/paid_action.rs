@@ -178,12 +178,16 @@ async fn invalid_inputs_are_typed_rejections_not_panics() {
     let conto = Conto::new(engine.clone());
     // No actor and no default actor.
     let Err(PayError::Rejected(r)) = no_actor(&conto, "1").await else { panic!() };
-    assert!(r.to_string().contains("no actor"), "{r}");
+    assert!(matches!(r.kind(), conto::RejectionKind::Invalid(conto::IntentError::MissingActor)), "{r:?}");
+    assert_eq!(r.source(), conto::DecisionSource::Input);
     // A default actor fills in; a negative amount is refused before anyone is asked.
     let conto = Conto::builder(engine.clone()).default_actor("agent-9").build();
     no_actor(&conto, "1").await.unwrap();
     let Err(PayError::Rejected(r)) = no_actor(&conto, "-3").await else { panic!() };
-    assert!(r.to_string().contains("must not be negative"), "{r}");
+    assert!(
+        matches!(r.kind(), conto::RejectionKind::Invalid(conto::IntentError::Amount(conto::AmountError::Negative(_)))),
+        "{r:?}"
+    );
     assert_eq!(engine.usage("agent-9").stats.recorded, 1);
 }
 
@@ -206,6 +210,20 @@ async fn an_unprovisioned_actor_is_refused_and_the_body_never_runs() {
     assert_eq!(runs.load(Ordering::SeqCst), 0);
     pay_as(&conto, "agent-1", &runs).await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[paid_action(amount = "1", rail = card(merchant = "Acme"), actor = "agent-1")]
+async fn uses_the_installed_default() -> Result<(), PayError> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_an_authorizer_the_rejection_says_not_configured() {
+    // This binary never installs a default.
+    let Err(PayError::Rejected(r)) = uses_the_installed_default().await else { panic!("ran without an authority") };
+    assert!(matches!(r.kind(), conto::RejectionKind::NotConfigured), "{r:?}");
+    assert_eq!(r.source(), conto::DecisionSource::NotConfigured);
+    assert!(!r.is_retryable());
 }
 
 #[test]
