@@ -23,6 +23,18 @@
 //!   the agent reads it, so a restart before then voids it (the agent asks again). Humans decide with
 //!   `POST /api/approval-requests/{id}/approve|reject` (org key).
 //! - `GET /api/sdk/x402/budget` and `/mpp/budget` return the agent's counters.
+//! - `POST /api/sdk/payments/request` answers 2xx with a `requestId` whatever the decision
+//!   (`APPROVED`, `DENIED`, `REQUIRES_APPROVAL` with `approvalRequestId`); it is decided as a
+//!   transfer from a placeholder managed wallet on `chainId` (default 42431). `GET
+//!   /api/sdk/payments/{requestId}` follows a human's answer. `POST .../execute` is a
+//!   `422 MANAGED_WALLET_UNAVAILABLE`: conto-local holds no Conto-managed wallet.
+//! - An x402/MPP record without `authorizationId` settles the oldest live pre-authorization of
+//!   the same agent, rail, resource and recipient whose amount covers it; a repeated record (by
+//!   `paymentId`, else tx hash) is a `409` that changes no counter.
+//! - Agents have a `status` (`ACTIVE`/`PAUSED`, `PATCH /api/agents/{id}`); a paused agent's
+//!   decisions are denials. `DELETE /api/agents/{id}` revokes its keys. Keys are listed with
+//!   `GET /api/agents/{id}/sdk-keys` and revoked with `DELETE .../sdk-keys/{keyId}` (Conto
+//!   documents no revocation endpoint; this is conto-local's).
 
 mod sdk;
 mod store;

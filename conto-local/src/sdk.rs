@@ -20,6 +20,9 @@ use crate::{ApiError, App, lock, now_text, random_hex};
 pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/api/sdk/payments/approve", post(approve_transfer))
+        .route("/api/sdk/payments/request", post(request_payment))
+        .route("/api/sdk/payments/{id}", axum::routing::get(payment_request_status))
+        .route("/api/sdk/payments/{id}/execute", post(execute_payment))
         .route("/api/sdk/payments/{id}/confirm", post(confirm_transfer))
         .route("/api/sdk/x402/pre-authorize", post(pre_authorize_x402))
         .route("/api/sdk/x402/record", post(record_x402))
@@ -146,7 +149,14 @@ enum Kind {
     X402,
     Mpp,
     Card,
+    /// `payments/request`: a payment from a Conto-managed wallet, used by hybrid apps as a pure
+    /// policy check before they settle elsewhere (a card processor).
+    Request,
 }
+
+/// The managed wallet a payment request is evaluated as coming from: conto-local holds none, so
+/// requests are decided as transfers from this placeholder on `chainId` (default 42431, Conto's).
+const MANAGED_WALLET: &str = "0x0000000000000000000000000000000000000000";
 
 /// Builds the intent an SDK request describes, for `agent`.
 fn intent_from(agent: &str, body: &Value, kind: Kind) -> Result<PaymentIntent, ApiError> {
@@ -188,6 +198,10 @@ fn intent_from(agent: &str, body: &Value, kind: Kind) -> Result<PaymentIntent, A
             merchant: required(body, "merchantName")?,
             mcc: text(body, "merchantCategory"),
         },
+        Kind::Request => {
+            let chain = body.get("chainId").and_then(Value::as_u64).unwrap_or(42431);
+            Rail::transfer(chain, MANAGED_WALLET).map_err(intent_error)?
+        }
     };
     let mut b = PaymentIntent::builder(agent, amount, rail);
     if let Some(r) = text(body, "recipientAddress") {
@@ -328,6 +342,20 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
                     "requestId": a.id, "status": "APPROVED", "amount": a.amount, "expiresAt": expires,
                     "approvalToken": token, "limits": limits,
                 }),
+                Kind::Request => {
+                    lock(&app.store).put_payment_request(
+                        &a.id,
+                        intent.actor.as_str(),
+                        "APPROVED",
+                        None,
+                        &json!([]),
+                        &now_text(),
+                    )?;
+                    json!({
+                        "requestId": a.id, "status": "APPROVED", "approvalRequestId": Value::Null, "reasons": [],
+                        "amount": a.amount, "recipientAddress": recipient, "expiresAt": expires, "limits": limits,
+                    })
+                }
             };
             (StatusCode::OK, body)
         }
@@ -342,6 +370,20 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
                 }
                 Kind::Card => {
                     json!({"requestId": Value::Null, "status": "DENIED", "amount": intent.amount, "reasons": d.reasons, "violations": d.violations})
+                }
+                Kind::Request => {
+                    let id = format!("req_{}", random_hex(12));
+                    let reasons = json!(d.reasons);
+                    lock(&app.store).put_payment_request(
+                        &id,
+                        intent.actor.as_str(),
+                        "DENIED",
+                        None,
+                        &reasons,
+                        &now_text(),
+                    )?;
+                    json!({"requestId": id, "status": "DENIED", "approvalRequestId": Value::Null,
+                        "reasons": reasons, "violations": d.violations, "amount": intent.amount})
                 }
             };
             // A decision, not an error: Conto's own clients read a decision body only below 400
@@ -367,6 +409,18 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
                 Kind::Transfer => body["approved"] = json!(false),
                 Kind::X402 | Kind::Mpp => body["authorized"] = json!(false),
                 Kind::Card => {}
+                Kind::Request => {
+                    let id = format!("req_{}", random_hex(12));
+                    lock(&app.store).put_payment_request(
+                        &id,
+                        intent.actor.as_str(),
+                        "REQUIRES_APPROVAL",
+                        Some(&p.approval_request_id),
+                        &json!(p.reasons),
+                        &now_text(),
+                    )?;
+                    body["requestId"] = json!(id);
+                }
             }
             (StatusCode::ACCEPTED, body)
         }
@@ -404,6 +458,60 @@ async fn pre_authorize_x402(
 
 async fn pre_authorize_mpp(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authorize(app, headers, body, Kind::Mpp, "payments:request", "mpp/pre-authorize").await
+}
+
+async fn request_payment(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(app, headers, body, Kind::Request, "payments:request", "payments/request").await
+}
+
+/// `GET /api/sdk/payments/{requestId}`: a payment request's current status; a request that
+/// waited for a human follows the human's answer.
+async fn payment_request_status(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = caller(&app, &headers, "payments:request", "reads")?;
+    let (mut status, approval_request_id, reasons) = lock(&app.store)
+        .payment_request(&id, &caller.agent)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no payment request `{id}`")))?;
+    let mut body = json!({"requestId": id, "approvalRequestId": approval_request_id, "reasons": reasons});
+    if let Some(apr) = &approval_request_id {
+        let request = lock(&app.store).requests(Some(&caller.agent))?.into_iter().find(|r| &r.id == apr);
+        if let Some(r) = request {
+            let expired = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now());
+            status = match r.status.as_str() {
+                "APPROVED" => {
+                    body["approvalId"] = json!(r.approval_id);
+                    "APPROVED".into()
+                }
+                "REJECTED" => "DENIED".into(),
+                "PENDING" if expired => "DENIED".into(),
+                _ => status,
+            };
+        }
+    }
+    body["status"] = json!(status);
+    Ok(reply(&caller, StatusCode::OK, body))
+}
+
+/// `POST /api/sdk/payments/{requestId}/execute`: Conto executes from a Conto-managed wallet;
+/// conto-local holds none, and says so instead of faking a payment.
+async fn execute_payment(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = caller(&app, &headers, "payments:execute", "payments")?;
+    lock(&app.store)
+        .payment_request(&id, &caller.agent)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no payment request `{id}`")))?;
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "MANAGED_WALLET_UNAVAILABLE",
+        "conto-local holds no Conto-managed wallet and cannot execute payments: settle it yourself \
+         (hybrid) and record it, or run against Conto",
+    ))
 }
 
 async fn approve_card(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -652,7 +760,7 @@ async fn policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Res
     Ok(reply(&caller, StatusCode::OK, json!({"policies": mine})))
 }
 
-fn request_json(r: &RequestRecord, token: Option<&secrecy::SecretString>) -> Value {
+fn request_json(r: &RequestRecord, token: Option<&secrecy::SecretString>, payment_request: Option<String>) -> Value {
     let intent: Value = serde_json::from_str(&r.intent).unwrap_or(Value::Null);
     let mut out = Map::new();
     out.insert("approvalRequestId".into(), json!(r.id));
@@ -669,6 +777,9 @@ fn request_json(r: &RequestRecord, token: Option<&secrecy::SecretString>) -> Val
     if let Some(token) = token {
         out.insert("approvalToken".into(), json!(secrecy::ExposeSecret::expose_secret(token)));
     }
+    if let Some(payment_request) = payment_request {
+        out.insert("paymentRequestId".into(), json!(payment_request));
+    }
     Value::Object(out)
 }
 
@@ -676,11 +787,12 @@ async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> R
     let caller = caller(&app, &headers, "payments:request", "reads")?;
     let now = Timestamp::now();
     let tokens = lock(&app.approval_tokens);
-    let list: Vec<Value> = lock(&app.store)
-        .requests(Some(&caller.agent))?
+    let requests = lock(&app.store).requests(Some(&caller.agent))?;
+    let list: Vec<Value> = requests
         .iter()
         .map(|r| {
-            let mut v = request_json(r, tokens.get(&r.id));
+            let payment_request = lock(&app.store).payment_request_of(&r.id).ok().flatten();
+            let mut v = request_json(r, tokens.get(&r.id), payment_request);
             if r.status == "PENDING" && r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= now) {
                 v["status"] = json!("EXPIRED");
             }

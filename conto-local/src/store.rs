@@ -129,6 +129,8 @@ CREATE TABLE IF NOT EXISTS spends (authorization_id TEXT PRIMARY KEY, agent_id T
     amount TEXT NOT NULL, reference TEXT, transaction_id TEXT NOT NULL, recorded_at TEXT NOT NULL, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS approval_requests (id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, intent TEXT NOT NULL,
     status TEXT NOT NULL, approval_id TEXT, approval_token TEXT, expires_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS payment_requests (id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, status TEXT NOT NULL,
+    approval_request_id TEXT, reasons TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS recorded_payments (agent_id TEXT NOT NULL, payment_key TEXT NOT NULL,
     authorization_id TEXT NOT NULL, PRIMARY KEY (agent_id, payment_key));
 CREATE TABLE IF NOT EXISTS idempotency (agent_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL,
@@ -342,6 +344,53 @@ impl Store {
             params![agent, key, authorization_id],
         )?;
         Ok(())
+    }
+
+    /// Stores a payment request's outcome (`POST /api/sdk/payments/request`).
+    pub fn put_payment_request(
+        &self,
+        id: &str,
+        agent_id: &str,
+        status: &str,
+        approval_request_id: Option<&str>,
+        reasons: &Value,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO payment_requests (id, agent_id, status, approval_request_id, reasons, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, agent_id, status, approval_request_id, reasons.to_string(), now],
+        )?;
+        Ok(())
+    }
+
+    /// A payment request of `agent_id`: (status, approval request id, reasons).
+    pub fn payment_request(
+        &self,
+        id: &str,
+        agent_id: &str,
+    ) -> Result<Option<(String, Option<String>, Value)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT status, approval_request_id, reasons FROM payment_requests WHERE id = ?1 AND agent_id = ?2",
+                [id, agent_id],
+                |r| {
+                    let reasons: String = r.get(2)?;
+                    Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&reasons).unwrap_or(Value::Null)))
+                },
+            )
+            .optional()?)
+    }
+
+    /// The payment request that asked for approval request `approval_request_id`.
+    pub fn payment_request_of(&self, approval_request_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT id FROM payment_requests WHERE approval_request_id = ?1", [approval_request_id], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 
     /// Whether a spend is already stored under this id.

@@ -170,3 +170,58 @@ async fn a_shell_client_with_curl_and_jq_reads_a_denials_reasons() {
     assert!(stdout.contains("approved=false") && stdout.contains("type=PER_TX_LIMIT"), "{stdout}");
     assert!(!stdout.contains("reason=null"), "{stdout}");
 }
+
+/// The payment-request flow, as Conto's hybrid starter drives it: request with
+/// `autoExecute: false`, a 2xx decision with a `requestId` whatever it is, status polling, the
+/// approval request carrying `paymentRequestId`, and a typed refusal to execute.
+#[tokio::test]
+async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
+    let (server, sdk) = setup(None).await;
+    let request = |amount: &str, key: &str| {
+        json!({"amount": amount, "recipientAddress": RECIPIENT, "recipientName": "ACME", "purpose": "checkout",
+            "category": "MERCHANDISE", "idempotencyKey": key, "autoExecute": false,
+            "context": {"department": "retail", "project": "demo"}})
+    };
+    // Approved.
+    let (status, ok) = sdk.post("/api/sdk/payments/request", request("12.50", "chk-1")).await;
+    assert!((200..300).contains(&status), "{ok}");
+    assert_eq!(ok["status"], "APPROVED");
+    let id = ok["requestId"].as_str().unwrap().to_owned();
+    let (status, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{id}"), None).await;
+    assert_eq!((status, polled["status"].as_str()), (200, Some("APPROVED")), "{polled}");
+    // The same idempotency key gives the same request back.
+    let (_, again) = sdk.post("/api/sdk/payments/request", request("12.50", "chk-1")).await;
+    assert_eq!(again["requestId"], ok["requestId"]);
+
+    // Denied: still 2xx, still a requestId, with reasons.
+    let (status, denied) = sdk.post("/api/sdk/payments/request", request("120", "chk-2")).await;
+    assert!((200..300).contains(&status), "{denied}");
+    assert_eq!(denied["status"], "DENIED");
+    assert!(denied["requestId"].as_str().is_some() && denied["reasons"][0].as_str().is_some(), "{denied}");
+
+    // Requires approval: the approval request names the payment request; a human approves.
+    let (status, pending) = sdk.post("/api/sdk/payments/request", request("90", "chk-3")).await;
+    assert!((200..300).contains(&status), "{pending}");
+    assert_eq!(pending["status"], "REQUIRES_APPROVAL");
+    let payment_id = pending["requestId"].as_str().unwrap().to_owned();
+    let approval_id = pending["approvalRequestId"].as_str().unwrap().to_owned();
+    let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests?type=payment&limit=100", None).await;
+    let entry = listed["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == approval_id).cloned();
+    assert_eq!(entry.unwrap()["paymentRequestId"], payment_id.as_str());
+    let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{payment_id}"), None).await;
+    assert_eq!(polled["status"], "REQUIRES_APPROVAL");
+    let (status, _) = Org::new(&server).post(&format!("/api/approval-requests/{approval_id}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{payment_id}"), None).await;
+    assert_eq!(polled["status"], "APPROVED", "{polled}");
+
+    // Executing from a Conto-managed wallet is not something conto-local can do: a typed 4xx.
+    let (status, key) = Org::new(&server)
+        .post("/api/agents/agent-1/sdk-keys", json!({"name": "exec", "scopes": ["payments:execute"]}))
+        .await;
+    assert_eq!(status, 201);
+    let exec =
+        Sdk { base: sdk.base.clone(), key: key["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
+    let (status, body) = exec.post(&format!("/api/sdk/payments/{id}/execute"), json!({})).await;
+    assert_eq!((status, body["code"].as_str()), (422, Some("MANAGED_WALLET_UNAVAILABLE")), "{body}");
+}
