@@ -36,6 +36,7 @@
 //!   `GET /api/agents/{id}/sdk-keys` and revoked with `DELETE .../sdk-keys/{keyId}` (Conto
 //!   documents no revocation endpoint; this is conto-local's).
 
+mod org;
 mod sdk;
 mod store;
 
@@ -141,6 +142,24 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
+    /// Loads a policy file into the store this server serves (names already present are
+    /// skipped) and applies it at once; returns how many policies were added.
+    pub fn preload(&self, file: &std::path::Path) -> Result<usize, LocalError> {
+        let docs = policy_docs(file)?;
+        let store = lock(&self.app.store);
+        let added = preload_into(&store, docs)?;
+        restore_policies(&store, &self.app.engine)?;
+        Ok(added)
+    }
+
+    /// Creates an agent with a full-scope SDK key in the store this server serves, if it does
+    /// not exist yet; returns the key (shown once).
+    pub fn bootstrap_agent(&self, agent_id: &str) -> Result<Option<String>, LocalError> {
+        let key = bootstrap_into(&lock(&self.app.store), agent_id)?;
+        self.app.engine.provision(agent_id)?;
+        Ok(key)
+    }
+
     /// The base URL, e.g. `http://127.0.0.1:3006`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -215,9 +234,13 @@ pub async fn start(config: Config) -> Result<Running, LocalError> {
     Ok(Running { addr, org_key, shutdown: Some(tx), task, app })
 }
 
+fn restore_policies(store: &Store, engine: &Engine) -> Result<(), LocalError> {
+    engine.set_policies(PolicySet::from_value(Value::Array(effective_policies(store)?))?);
+    Ok(())
+}
+
 fn restore(store: &Store, engine: &Engine) -> Result<(), LocalError> {
-    let docs = store.policies()?;
-    engine.set_policies(PolicySet::from_value(Value::Array(docs))?);
+    restore_policies(store, engine)?;
     // The engine's actor registry is the store's agents: any other actor is refused.
     for agent in store.agents()? {
         engine.provision(&agent.id).map_err(|e| LocalError::Corrupt(format!("agent `{}`: {e}", agent.id)))?;
@@ -294,6 +317,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/policies/{id}/rules/{rule_id}", axum::routing::delete(delete_rule))
         .route("/api/approval-requests/{id}/{verdict}", post(decide_request))
         .merge(sdk::routes())
+        .merge(org::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "conto-local does not serve this route")
         })
@@ -321,6 +345,39 @@ fn org(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "missing or invalid org API key"))
+    }
+}
+
+/// Who may use `/api/policies`: the org key for everything; an agent's **admin** SDK key
+/// (`keyType: "admin"`) to create, change and delete policies, and any of its SDK keys with
+/// `policies:read` to read them, as Conto's agent skill documents. (Conto's docs also say its
+/// admin client rejects agent keys; conto-local follows the skill, the client that uses it.)
+fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !given.starts_with("conto_agent_") {
+        return org(app, headers);
+    }
+    let record = lock(&app.store)
+        .key(given)?
+        .filter(|k| k.expires_at.parse::<Timestamp>().is_ok_and(|t| t > Timestamp::now()))
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "invalid or expired SDK key"))?;
+    let allowed = if write { record.key_type == "admin" } else { record.scopes.iter().any(|s| s == "policies:read") };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "INSUFFICIENT_SCOPE",
+            if write {
+                "changing policies needs the org key or an admin SDK key (keyType \"admin\")"
+            } else {
+                "reading policies needs the `policies:read` scope"
+            },
+        ))
     }
 }
 
@@ -511,8 +568,15 @@ async fn create_key(
         .into_response())
 }
 
+/// The stored policies plus the limits of every wallet delegation.
+fn effective_policies(store: &Store) -> Result<Vec<Value>, StoreError> {
+    let mut all = store.policies()?;
+    all.extend(org::wallet_policies(&store.wallets(None)?));
+    Ok(all)
+}
+
 fn reload_policies(app: &App, store: &Store) -> Result<(), ApiError> {
-    let set = PolicySet::from_value(Value::Array(store.policies()?))
+    let set = PolicySet::from_value(Value::Array(effective_policies(store)?))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))?;
     app.engine.set_policies(set);
     Ok(())
@@ -529,7 +593,7 @@ fn save_policy(app: &App, store: &Store, id: &str, mut doc: Value) -> Result<Val
             rule.entry("id").or_insert_with(|| json!(format!("rule_{}", random_hex(6))));
         }
     }
-    let mut all: Vec<Value> = store.policies()?.into_iter().filter(|p| p["id"] != json!(id)).collect();
+    let mut all: Vec<Value> = effective_policies(store)?.into_iter().filter(|p| p["id"] != json!(id)).collect();
     all.push(doc.clone());
     PolicySet::from_value(Value::Array(all))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))?;
@@ -538,21 +602,29 @@ fn save_policy(app: &App, store: &Store, id: &str, mut doc: Value) -> Result<Val
     Ok(doc)
 }
 
-/// Loads policies from a Conto policy file into the store, skipping names already present.
-pub fn preload(db: Option<&std::path::Path>, file: &std::path::Path) -> Result<usize, LocalError> {
+/// The policy documents of a Conto policy file (validated).
+fn policy_docs(file: &std::path::Path) -> Result<Vec<Value>, LocalError> {
     let set_text = std::fs::read_to_string(file)
         .map_err(|e| conto_core::PolicyError::Io { path: file.display().to_string(), message: e.to_string() })?;
     PolicySet::from_json(&set_text)?;
     let value: Value = serde_json::from_str(&set_text).map_err(|e| LocalError::Corrupt(e.to_string()))?;
-    let docs = match value {
+    Ok(match value {
         Value::Array(items) => items,
         Value::Object(mut m) => match m.remove("policies") {
             Some(Value::Array(items)) => items,
             _ => Vec::new(),
         },
         _ => Vec::new(),
-    };
-    let store = Store::open(db)?;
+    })
+}
+
+/// Loads policies from a Conto policy file into the store, skipping names already present.
+pub fn preload(db: Option<&std::path::Path>, file: &std::path::Path) -> Result<usize, LocalError> {
+    let docs = policy_docs(file)?;
+    preload_into(&Store::open(db)?, docs)
+}
+
+fn preload_into(store: &Store, docs: Vec<Value>) -> Result<usize, LocalError> {
     let existing: HashSet<String> =
         store.policies()?.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect();
     let mut added = 0;
@@ -573,15 +645,18 @@ pub fn preload(db: Option<&std::path::Path>, file: &std::path::Path) -> Result<u
 
 /// Creates an agent with a full-scope SDK key, if the agent does not exist yet; returns the key.
 pub fn bootstrap_agent(db: Option<&std::path::Path>, agent_id: &str) -> Result<Option<String>, LocalError> {
+    bootstrap_into(&Store::open(db)?, agent_id)
+}
+
+fn bootstrap_into(store: &Store, agent_id: &str) -> Result<Option<String>, LocalError> {
     conto_core::ActorId::new(agent_id)?;
-    let store = Store::open(db)?;
     if store.agent_exists(agent_id)? {
         return Ok(None);
     }
     store.add_agent(agent_id, agent_id, &now_text())?;
     let mut scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect();
     scopes.extend(["payments:approve", "payments:confirm", "payments:execute"].map(str::to_owned));
-    let (_, key, _) = issue_key(&store, agent_id, "bootstrap", "standard", &scopes, 365)?;
+    let (_, key, _) = issue_key(store, agent_id, "bootstrap", "standard", &scopes, 365)?;
     Ok(Some(key))
 }
 
@@ -604,7 +679,7 @@ fn issue_key(
 }
 
 async fn create_policy(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    org(&app, &headers)?;
+    policy_access(&app, &headers, true)?;
     let doc = json_body(&body)?;
     let id = format!("pol_{}", random_hex(8));
     let store = lock(&app.store);
@@ -613,7 +688,7 @@ async fn create_policy(State(app): State<Arc<App>>, headers: HeaderMap, body: By
 }
 
 async fn list_policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    org(&app, &headers)?;
+    policy_access(&app, &headers, false)?;
     Ok(axum::Json(json!({"policies": lock(&app.store).policies()?})).into_response())
 }
 
@@ -630,7 +705,7 @@ async fn get_policy(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    org(&app, &headers)?;
+    policy_access(&app, &headers, false)?;
     Ok(axum::Json(find_policy(&lock(&app.store), &id)?).into_response())
 }
 
@@ -640,7 +715,7 @@ async fn patch_policy(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    org(&app, &headers)?;
+    policy_access(&app, &headers, true)?;
     let patch = json_body(&body)?;
     let store = lock(&app.store);
     let mut doc = find_policy(&store, &id)?;
@@ -659,7 +734,7 @@ async fn delete_policy(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    org(&app, &headers)?;
+    policy_access(&app, &headers, true)?;
     let store = lock(&app.store);
     if !store.delete_policy(&id)? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no policy `{id}`")));
@@ -673,7 +748,7 @@ async fn get_rules(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    org(&app, &headers)?;
+    policy_access(&app, &headers, false)?;
     let doc = find_policy(&lock(&app.store), &id)?;
     Ok(axum::Json(json!({"rules": doc.get("rules").cloned().unwrap_or(json!([]))})).into_response())
 }
@@ -684,7 +759,7 @@ async fn put_rules(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    org(&app, &headers)?;
+    policy_access(&app, &headers, true)?;
     let body = json_body(&body)?;
     let rules = body
         .get("rules")
@@ -703,7 +778,7 @@ async fn add_rule(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    org(&app, &headers)?;
+    policy_access(&app, &headers, true)?;
     let rule = json_body(&body)?;
     let store = lock(&app.store);
     let mut doc = find_policy(&store, &id)?;
@@ -721,7 +796,7 @@ async fn delete_rule(
     Path((id, rule_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    org(&app, &headers)?;
+    policy_access(&app, &headers, true)?;
     let store = lock(&app.store);
     let mut doc = find_policy(&store, &id)?;
     let Some(Value::Array(rules)) = doc.get_mut("rules") else {

@@ -47,15 +47,6 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<(), conto_local::LocalError> {
     let db = (!cli.in_memory).then_some(cli.db.clone());
-    if let Some(file) = &cli.policies {
-        let added = conto_local::preload(db.as_deref(), file)?;
-        println!("preloaded {added} policies from {}", file.display());
-    }
-    if let Some(agent) = &cli.agent
-        && let Some(key) = conto_local::bootstrap_agent(db.as_deref(), agent)?
-    {
-        println!("created agent `{agent}` with SDK key (shown once): {key}");
-    }
     let generated = cli.org_key.is_none();
     let running = conto_local::start(conto_local::Config {
         port: cli.port,
@@ -65,6 +56,16 @@ async fn run(cli: Cli) -> Result<(), conto_local::LocalError> {
         approval_ttl: SignedDuration::from_secs(cli.approval_ttl_secs.max(1)),
     })
     .await?;
+    // Preload and bootstrap into the store being served (in memory too).
+    if let Some(file) = &cli.policies {
+        let added = running.preload(file)?;
+        println!("preloaded {added} policies from {}", file.display());
+    }
+    if let Some(agent) = &cli.agent
+        && let Some(key) = running.bootstrap_agent(agent)?
+    {
+        println!("created agent `{agent}` with SDK key (shown once): {key}");
+    }
     println!("conto-local listening on {}", running.url());
     if generated {
         println!("org API key (generated): {}", running.org_key().expose_secret());

@@ -576,6 +576,22 @@ fn is_tx_hash(s: &str) -> bool {
     evm || ((43..=90).contains(&s.len()) && s.chars().all(|c| BASE58.contains(c)))
 }
 
+/// The block explorer's page for `tx` on the transfer's chain (`null` for chains conto-local
+/// does not know).
+fn explorer_url(rail: &Rail, tx: &str) -> Option<String> {
+    let Rail::Transfer { chain_id, .. } = rail else { return None };
+    let base = match chain_id {
+        1 => "https://etherscan.io/tx/",
+        8453 => "https://basescan.org/tx/",
+        84532 => "https://sepolia.basescan.org/tx/",
+        10 => "https://optimistic.etherscan.io/tx/",
+        137 => "https://polygonscan.com/tx/",
+        42161 => "https://arbiscan.io/tx/",
+        _ => return None,
+    };
+    Some(format!("{base}{tx}"))
+}
+
 async fn confirm_transfer(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -596,7 +612,8 @@ async fn confirm_transfer(
             StatusCode::OK,
             json!({
                 "confirmed": true, "transactionId": transaction_id, "status": "CONFIRMING", "amount": amount,
-                "currency": "USDC", "recipient": intent.recipient.as_ref().map(|r| r.as_str().to_owned()), "txHash": tx,
+                "currency": "USDC", "recipient": intent.recipient.as_ref().map(|r| r.as_str().to_owned()),
+                "explorerUrl": explorer_url(&intent.rail, &tx), "txHash": tx,
             }),
         ))
     })?;

@@ -30,6 +30,7 @@ pub(crate) struct KeyRecord {
     pub agent_id: String,
     pub scopes: Vec<String>,
     pub expires_at: String,
+    pub key_type: String,
 }
 
 /// A live or ended approval.
@@ -131,6 +132,9 @@ CREATE TABLE IF NOT EXISTS approval_requests (id TEXT PRIMARY KEY, agent_id TEXT
     status TEXT NOT NULL, approval_id TEXT, approval_token TEXT, expires_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS payment_requests (id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, status TEXT NOT NULL,
     approval_request_id TEXT, reasons TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counterparties (id TEXT PRIMARY KEY, doc TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS agent_wallets (agent_id TEXT NOT NULL, wallet_id TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (agent_id, wallet_id));
 CREATE TABLE IF NOT EXISTS recorded_payments (agent_id TEXT NOT NULL, payment_key TEXT NOT NULL,
     authorization_id TEXT NOT NULL, PRIMARY KEY (agent_id, payment_key));
 CREATE TABLE IF NOT EXISTS idempotency (agent_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL,
@@ -240,7 +244,7 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT agent_id, scopes, expires_at FROM sdk_keys WHERE key_hash = ?1 AND revoked_at IS NULL",
+                "SELECT agent_id, scopes, expires_at, key_type FROM sdk_keys WHERE key_hash = ?1 AND revoked_at IS NULL",
                 [hash(key)],
                 |r| {
                     let scopes: String = r.get(1)?;
@@ -248,6 +252,7 @@ impl Store {
                         agent_id: r.get(0)?,
                         scopes: scopes.split_whitespace().map(str::to_owned).collect(),
                         expires_at: r.get(2)?,
+                        key_type: r.get(3)?,
                     })
                 },
             )
@@ -391,6 +396,41 @@ impl Store {
                 r.get(0)
             })
             .optional()?)
+    }
+
+    pub fn put_counterparty(&self, id: &str, doc: &Value) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO counterparties (id, doc, seq) VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM counterparties))",
+            params![id, doc.to_string()],
+        )?;
+        Ok(())
+    }
+
+    pub fn counterparties(&self) -> Result<Vec<Value>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT doc FROM counterparties ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.filter_map(|r| r.ok()).filter_map(|t| serde_json::from_str(&t).ok()).collect())
+    }
+
+    pub fn delete_counterparty(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.execute("DELETE FROM counterparties WHERE id = ?1", [id])? > 0)
+    }
+
+    pub fn put_wallet(&self, agent_id: &str, wallet_id: &str, doc: &Value) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO agent_wallets (agent_id, wallet_id, doc) VALUES (?1, ?2, ?3)",
+            params![agent_id, wallet_id, doc.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Wallet delegations, of one agent or of all.
+    pub fn wallets(&self, agent_id: Option<&str>) -> Result<Vec<Value>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT doc FROM agent_wallets WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY agent_id, wallet_id")?;
+        let rows = stmt.query_map([agent_id], |r| r.get::<_, String>(0))?;
+        Ok(rows.filter_map(|r| r.ok()).filter_map(|t| serde_json::from_str(&t).ok()).collect())
     }
 
     /// Whether a spend is already stored under this id.

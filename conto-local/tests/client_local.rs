@@ -244,6 +244,7 @@ async fn tokens_are_bound_and_confirm_is_strict() {
     assert_eq!(ok.status(), 200);
     let receipt: Value = ok.json().await.unwrap();
     assert_eq!((receipt["confirmed"].as_bool(), receipt["status"].as_str()), (Some(true), Some("CONFIRMING")));
+    assert_eq!(receipt["explorerUrl"], format!("https://basescan.org/tx/{TX}"), "{receipt}");
     assert_eq!(server.spend_count("agent-1").unwrap(), 1);
     // Rate-limit headers ride on every SDK answer.
     let resp = approve(json!({"amount": 1, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453}))

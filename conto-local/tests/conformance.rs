@@ -225,3 +225,173 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     let (status, body) = exec.post(&format!("/api/sdk/payments/{id}/execute"), json!({})).await;
     assert_eq!((status, body["code"].as_str()), (422, Some("MANAGED_WALLET_UNAVAILABLE")), "{body}");
 }
+
+/// Provisioning as Conto's hybrid starter does it, through the org surface, then the controls
+/// it sets taking effect on payment requests.
+#[tokio::test]
+async fn the_starter_provisions_through_the_org_surface_and_its_controls_apply() {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    let (status, members) = org.get("/api/organizations/me/members").await;
+    let owners: Vec<&Value> = members["members"].as_array().unwrap().iter().filter(|m| m["role"] == "OWNER").collect();
+    assert_eq!((status, owners.len()), (200, 1), "{members}");
+    let owner = owners[0]["id"].as_str().unwrap().to_owned();
+
+    let (status, agent) = org
+        .post(
+            "/api/agents",
+            json!({"name": "Anthropic Shopping · 1a2b3c4d", "description": "demo", "agentType": "ANTHROPIC_CLAUDE",
+                "purpose": "shop", "externalId": "anthropic-shopping-1a2b3c4d", "environment": "DEV",
+                "riskTier": "MEDIUM", "ownerMembershipId": owner, "allowedContexts": ["shopping.checkout"],
+                "identityTags": ["public-demo"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{agent}");
+    let agent_id = agent["id"].as_str().unwrap().to_owned();
+    let merchant = "0x616e7468726f7069632d73686f7070696e672d61";
+    let (status, cp) = org
+        .post(
+            "/api/counterparties",
+            json!({"name": "ACME Retail · 1a2b", "type": "VENDOR", "address": merchant, "category": "MERCHANDISE",
+                "description": "demo merchant", "approvalStatus": "APPROVED"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{cp}");
+    let (status, wallet) = org
+        .post(
+            &format!("/api/agents/{agent_id}/wallets"),
+            json!({"walletId": "wal_shared", "delegationType": "LIMITED", "spendLimitPerTx": 100,
+                "spendLimitDaily": 250, "spendLimitWeekly": 1000, "spendLimitMonthly": 2500,
+                "allowedHoursStart": 0, "allowedHoursEnd": 24, "allowedDays": ["Mon", "Tue"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{wallet}");
+    let assigned = |name: &str, policy_type: &str, rules: Value| {
+        json!({"name": name, "policyType": policy_type, "priority": 70, "scope": "assigned",
+            "agentIds": [agent_id.clone()], "rules": rules})
+    };
+    let approval = org
+        .policy(assigned(
+            "approval",
+            "APPROVAL_THRESHOLD",
+            json!([{"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "GREATER_THAN", "value": "50.0", "action": "REQUIRE_APPROVAL"}]),
+        ))
+        .await;
+    assert!(approval["id"].as_str().is_some());
+    let merchants = org
+        .policy(assigned(
+            "merchants",
+            "COUNTERPARTY",
+            json!([{"ruleType": "ALLOWED_COUNTERPARTIES", "operator": "IN_LIST", "value": format!("[\"{merchant}\"]"), "action": "ALLOW"}]),
+        ))
+        .await;
+    let (status, key) = org
+        .post(
+            &format!("/api/agents/{agent_id}/sdk-keys"),
+            json!({"name": "runtime", "keyType": "standard", "expiresInDays": 1}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let sdk = Sdk { base: server.url(), key: key["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
+    let request = |amount: &str| json!({"amount": amount, "recipientAddress": merchant, "autoExecute": false});
+
+    // The controls as the starter reads them back.
+    let (_, read) = org.get(&format!("/api/agents/{agent_id}")).await;
+    assert_eq!(read["status"], "ACTIVE");
+    let (_, policies) = org.get(&format!("/api/agents/{agent_id}/policies")).await;
+    assert_eq!(policies["policies"].as_array().unwrap().len(), 2, "{policies}");
+    let (_, found) = org.get(&format!("/api/counterparties?search={merchant}&limit=20")).await;
+    assert_eq!(found["counterparties"][0]["id"], cp["id"]);
+    let (_, effective) = sdk.call(reqwest::Method::GET, "/api/sdk/policies?walletId=wal_shared", None).await;
+    assert!(!effective["policies"].as_array().unwrap().is_empty());
+
+    // Wallet limits are limits; the approval threshold and the allowlist apply.
+    let (_, ok) = sdk.post("/api/sdk/payments/request", request("40")).await;
+    assert_eq!(ok["status"], "APPROVED", "{ok}");
+    let (_, over) = sdk.post("/api/sdk/payments/request", request("120")).await;
+    assert_eq!(
+        (over["status"].as_str(), over["violations"][0]["type"].as_str()),
+        (Some("DENIED"), Some("PER_TX_LIMIT"))
+    );
+    let (_, review) = sdk.post("/api/sdk/payments/request", request("60")).await;
+    assert_eq!(review["status"], "REQUIRES_APPROVAL");
+    let (_, wallets) = org.get(&format!("/api/agents/{agent_id}/wallets")).await;
+    assert!(wallets["wallets"][0]["spentToday"].as_f64().is_some(), "{wallets}");
+    let (status, _) = org
+        .http
+        .patch(format!("{}/api/agents/{agent_id}/wallets/wal_shared", server.url()))
+        .bearer_auth(&org.key)
+        .json(&json!({"spendLimitPerTx": 30}))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 200);
+    let (_, lowered) = sdk.post("/api/sdk/payments/request", request("35")).await;
+    assert_eq!(lowered["status"], "DENIED", "the patched wallet limit applies: {lowered}");
+
+    // Disabling the merchant with an empty allowlist, then pausing the agent.
+    let put_rules = |id: &str, rules: Value| {
+        org.http
+            .put(format!("{}/api/policies/{id}/rules", server.url()))
+            .bearer_auth(&org.key)
+            .json(&json!({"rules": rules}))
+            .send()
+    };
+    let resp = put_rules(
+        merchants["id"].as_str().unwrap(),
+        json!([{"ruleType": "ALLOWED_COUNTERPARTIES", "operator": "IN_LIST", "value": "[]", "action": "ALLOW"}]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (_, blocked) = sdk.post("/api/sdk/payments/request", request("10")).await;
+    assert_eq!(blocked["violations"][0]["type"], "WHITELIST_VIOLATION", "{blocked}");
+
+    // Cleanup, as the starter does after a failed provisioning.
+    for path in [
+        format!("/api/policies/{}", approval["id"].as_str().unwrap()),
+        format!("/api/policies/{}", merchants["id"].as_str().unwrap()),
+        format!("/api/agents/{agent_id}"),
+        format!("/api/counterparties/{}", cp["id"].as_str().unwrap()),
+    ] {
+        let resp = org.http.delete(format!("{}{path}", server.url())).bearer_auth(&org.key).send().await.unwrap();
+        assert!(resp.status().is_success(), "DELETE {path}: {}", resp.status());
+    }
+}
+
+/// Conto's agent skill: an admin SDK key may change policies; a standard key may only read.
+#[tokio::test]
+async fn admin_sdk_keys_manage_policies_and_standard_keys_read_them() {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    org.agent("agent-1", ALL_SCOPES).await;
+    let key = |key_type: &'static str| {
+        let org = &org;
+        async move {
+            let (_, k) = org
+                .post(
+                    "/api/agents/agent-1/sdk-keys",
+                    json!({"name": key_type, "keyType": key_type, "scopes": ["policies:read", "payments:request"]}),
+                )
+                .await;
+            k["key"].as_str().unwrap().to_owned()
+        }
+    };
+    let (admin, standard) = (key("admin").await, key("standard").await);
+    let policy = json!({"name": "cap", "agentIds": ["agent-1"], "rules": [
+        {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "10", "action": "ALLOW"}]});
+    let send = |k: &str, method: reqwest::Method, body: Option<Value>| {
+        let mut req = org.http.request(method, format!("{}/api/policies", server.url())).bearer_auth(k);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send()
+    };
+    let denied = send(&standard, reqwest::Method::POST, Some(policy.clone())).await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let created = send(&admin, reqwest::Method::POST, Some(policy)).await.unwrap();
+    assert_eq!(created.status(), 201);
+    let listed = send(&standard, reqwest::Method::GET, None).await.unwrap();
+    assert_eq!(listed.status(), 200);
+}
