@@ -77,6 +77,48 @@ impl Amount {
     pub fn get(self) -> Decimal {
         self.0
     }
+
+    /// `self + other`, or an error past [`Amount::MAX`].
+    ///
+    /// ```
+    /// use conto_core::Amount;
+    /// let total = Amount::try_from("1.25")?.checked_add(Amount::try_from("0.75")?)?;
+    /// assert_eq!(total.to_string(), "2");
+    /// # Ok::<(), conto_core::AmountError>(())
+    /// ```
+    pub fn checked_add(self, other: Amount) -> Result<Amount, AmountError> {
+        Self::new(self.0.checked_add(other.0).ok_or(AmountError::TooLarge(Self::MAX))?)
+    }
+
+    /// `self - other`, or an error when nothing (or less) is left.
+    pub fn checked_sub(self, other: Amount) -> Result<Amount, AmountError> {
+        Self::new(self.0 - other.0)
+    }
+
+    /// `self × n` (a quantity), or an error past [`Amount::MAX`].
+    pub fn checked_mul(self, n: u64) -> Result<Amount, AmountError> {
+        Self::new(self.0.checked_mul(Decimal::from(n)).ok_or(AmountError::TooLarge(Self::MAX))?)
+    }
+
+    /// `percent` % of this amount, rounded half-even to Conto's 6 decimals; an error when that
+    /// is zero or less (a free price is `None`, not a zero amount).
+    ///
+    /// ```
+    /// use conto_core::Amount;
+    /// let settled = Amount::try_from("2.50")?.percent(80)?; // the provider kept 80 %
+    /// assert_eq!(settled.to_string(), "2");
+    /// assert!(Amount::try_from("0.000001")?.percent(10).is_err());
+    /// # Ok::<(), conto_core::AmountError>(())
+    /// ```
+    pub fn percent(self, percent: impl Into<Decimal>) -> Result<Amount, AmountError> {
+        let value = self
+            .0
+            .checked_mul(percent.into())
+            .ok_or(AmountError::TooLarge(Self::MAX))?
+            .checked_div(Decimal::ONE_HUNDRED)
+            .ok_or(AmountError::TooLarge(Self::MAX))?;
+        Self::new(value.round_dp(Self::SCALE))
+    }
 }
 
 impl FromStr for Amount {
@@ -263,5 +305,29 @@ mod tests {
         assert!(serde_json::from_str::<Amount>("0.1234567").is_err());
         assert!(serde_json::from_str::<Amount>("1e400").is_err());
         assert!(serde_json::from_str::<Amount>("true").is_err());
+    }
+}
+
+#[cfg(test)]
+mod arithmetic {
+    use super::*;
+
+    fn a(s: &str) -> Amount {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn checked_arithmetic_stays_in_range_and_exact() {
+        assert_eq!(a("0.1").checked_add(a("0.2")).unwrap(), a("0.3"));
+        assert!(matches!(a("999999999").checked_add(a("2")), Err(AmountError::TooLarge(_))));
+        assert_eq!(a("5").checked_sub(a("1.5")).unwrap(), a("3.5"));
+        assert!(matches!(a("1").checked_sub(a("1")), Err(AmountError::Zero(_))));
+        assert!(matches!(a("1").checked_sub(a("2")), Err(AmountError::Negative(_))));
+        assert_eq!(a("0.25").checked_mul(4).unwrap(), a("1"));
+        assert!(a("1000").checked_mul(u64::MAX).is_err());
+        assert_eq!(a("3").percent(50).unwrap(), a("1.5"));
+        assert_eq!(a("0.000003").percent(50).unwrap(), a("0.000002"), "half-even rounding to 6 dp");
+        assert!(a("1").percent(0).is_err());
+        assert!(a("1").percent(-5).is_err());
     }
 }
