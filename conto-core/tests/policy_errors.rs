@@ -179,3 +179,12 @@ proptest! {
         let _ = PolicySet::from_json(&text);
     }
 }
+
+#[test]
+fn the_shipped_policy_files_load() {
+    for file in ["example.json", "degraded.json"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies").join(file);
+        let set = conto_core::PolicySet::from_file(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(!set.agents().is_empty(), "{file} provisions its actors");
+    }
+}
