@@ -335,7 +335,17 @@ impl ContoClient {
         settlement: &Settlement,
     ) -> Result<Recorded, AuthorityError> {
         let token = authorization.token.as_ref().map(|t| t.expose_secret().to_owned());
-        let (path, body) = wire::record_request(authorization, settlement, token.as_deref())?;
+        let Some((path, body)) = wire::record_request(authorization, settlement, token.as_deref())? else {
+            // Conto's payment-request flow has no record step: the decision was the whole call.
+            return Ok(Recorded {
+                authorization_id: authorization.id.clone(),
+                amount: settlement.amount.unwrap_or(authorization.amount),
+                transaction_id: None,
+                late: false,
+                queued: false,
+                actor_inactive: false,
+            });
+        };
         let answer = self.call(reqwest::Method::POST, &path, Some(&body), self.inner.record_timeout).await?;
         if !(200..300).contains(&answer.status) {
             return Err(Self::api_error(&answer));
@@ -485,7 +495,9 @@ impl Authorizer for ContoClient {
         Box::pin(async move {
             // Conto records x402 and MPP spend without a prior authorization; a transfer or card
             // spend can only be confirmed against an approval Conto issued.
-            let (path, mut body) = wire::record_request(authorization, settlement, None)?;
+            let Some((path, mut body)) = wire::record_request(authorization, settlement, None)? else {
+                return Err(AuthorityError::Unsupported("Conto has no record step for payment requests".into()));
+            };
             if !(path == "x402/record" || path == "mpp/record") {
                 return Err(AuthorityError::Unsupported(format!(
                     "Conto cannot record a {} spend it did not approve (stand-in approval `{}`)",

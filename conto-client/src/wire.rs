@@ -82,6 +82,14 @@ pub(crate) fn authorize_request(intent: &PaymentIntent) -> (String, Value) {
             }
             "cards/approve"
         }
+        Rail::Request { wallet_id } => {
+            // A policy check only: the app settles elsewhere, so Conto must never execute it.
+            body.insert("autoExecute".into(), json!(false));
+            if let Some(w) = wallet_id {
+                body.insert("walletId".into(), json!(w));
+            }
+            "payments/request"
+        }
     };
     (path.to_owned(), Value::Object(body))
 }
@@ -220,6 +228,22 @@ pub(crate) fn parse_decision(
             Some(false) => denial(),
             None => Err(invalid(format!("HTTP {status}: no boolean `authorized` in the decision"))),
         },
+        Rail::Request { .. } => match text(body, "status").map(str::to_ascii_uppercase).as_deref() {
+            // Conto's hybrid example normalises these spellings the same way.
+            Some("APPROVED" | "READY_TO_SEND") => {
+                check_echo(body, intent)?;
+                let id = text(body, "requestId").ok_or_else(|| invalid("approved without `requestId`"))?;
+                let expires = timestamp(body, "expiresAt")?.unwrap_or(now.saturating_add(IMPLICIT_TTL).unwrap_or(now));
+                approval(body, intent, id.to_owned(), None, expires, now)
+            }
+            Some("DENIED" | "REJECTED" | "DECLINED") => denial(),
+            Some("REQUIRES_APPROVAL" | "PENDING_APPROVAL" | "REVIEW_REQUIRED") => {
+                decided(Verdict::RequiresApproval(pending(body, now)?))
+            }
+            Some("EXECUTED") => Err(invalid("Conto executed a payment request the app meant to settle itself")),
+            Some(other) => Err(invalid(format!("unknown payment request status `{other}`"))),
+            None => Err(invalid(format!("HTTP {status}: no `status` in the payment request decision"))),
+        },
         Rail::Card { .. } => match text(body, "status") {
             Some("APPROVED") => {
                 check_echo(body, intent)?;
@@ -235,17 +259,19 @@ pub(crate) fn parse_decision(
     }
 }
 
-/// The endpoint and body of a record call.
+/// The endpoint and body of a record call; `None` for a rail Conto has no record step for (a
+/// payment request settled elsewhere).
 pub(crate) fn record_request(
     authorization: &Authorization,
     settlement: &Settlement,
     token: Option<&str>,
-) -> Result<(String, Value), AuthorityError> {
+) -> Result<Option<(String, Value)>, AuthorityError> {
     let intent = &authorization.intent;
     let amount = serde_json::to_value(settlement.amount.unwrap_or(authorization.amount)).unwrap_or(Value::Null);
     let key = format!("rec_{}", authorization.id);
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
-    Ok(match &intent.rail {
+    Ok(Some(match &intent.rail {
+        Rail::Request { .. } => return Ok(None),
         Rail::Transfer { .. } => {
             let tx = settlement.reference.as_deref().ok_or_else(|| {
                 AuthorityError::InvalidRecord(
@@ -283,7 +309,7 @@ pub(crate) fn record_request(
                 "approvalToken": token, "idempotencyKey": key,
             }),
         ),
-    })
+    }))
 }
 
 /// Parses a record response.

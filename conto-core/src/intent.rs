@@ -277,17 +277,31 @@ pub enum Rail {
         #[serde(rename = "merchantCategory", default, skip_serializing_if = "Option::is_none")]
         mcc: Option<String>,
     },
+    /// A payment request (`payments/request` with `autoExecute: false`): Conto decides, the app
+    /// settles elsewhere — a card processor, a bank — as Conto's hybrid example does. Conto has
+    /// no record step for it: recording is local only (see the client's docs).
+    Request {
+        /// The Conto wallet the request is evaluated against (`walletId`), if any.
+        #[serde(rename = "walletId", default, skip_serializing_if = "Option::is_none")]
+        wallet_id: Option<String>,
+    },
 }
 
 impl Rail {
-    /// The rail's name: `transfer`, `x402`, `mpp` or `card`.
+    /// The rail's name: `transfer`, `x402`, `mpp`, `card` or `request`.
     pub fn name(&self) -> &'static str {
         match self {
             Rail::Transfer { .. } => "transfer",
             Rail::X402 { .. } => "x402",
             Rail::Mpp { .. } => "mpp",
             Rail::Card { .. } => "card",
+            Rail::Request { .. } => "request",
         }
+    }
+
+    /// A payment request (see [`Rail::Request`]), optionally against a Conto wallet.
+    pub fn request(wallet_id: Option<&str>) -> Self {
+        Rail::Request { wallet_id: wallet_id.map(str::to_owned) }
     }
 
     /// A transfer from the app's wallet on `chain_id`.
@@ -332,6 +346,12 @@ impl Rail {
     fn validate(&self) -> Result<(), IntentError> {
         match self {
             Rail::Transfer { .. } => Ok(()),
+            Rail::Request { wallet_id } => match wallet_id {
+                Some(w) if w.trim().is_empty() => {
+                    Err(IntentError::Field { field: "walletId", reason: "must not be empty".into() })
+                }
+                _ => Ok(()),
+            },
             Rail::X402 { resource_url, service_domain, .. } | Rail::Mpp { resource_url, service_domain, .. } => {
                 service_domain_of(resource_url)?;
                 if service_domain.trim().is_empty() {

@@ -290,6 +290,11 @@ impl RailParts {
         Self(required("resourceUrl", resource_url).and_then(|u| Rail::mpp(&u)))
     }
 
+    /// `rail = request(..)`: a payment request settled elsewhere.
+    pub fn request() -> Self {
+        Self(Ok(Rail::request(None)))
+    }
+
     /// `rail = card(merchant = ..)`.
     pub fn card(merchant: &impl TextSource) -> Self {
         Self(required("merchantName", merchant).and_then(|m| Rail::card(&m)))
@@ -316,6 +321,7 @@ impl RailParts {
                 (Rail::Mpp { method, .. }, "method") => *method = value,
                 (Rail::Card { mcc, .. }, "mcc") => *mcc = value,
                 (Rail::Card { card_id, .. }, "card_id") => *card_id = value,
+                (Rail::Request { wallet_id }, "wallet_id") => *wallet_id = value,
                 (_, field) => {
                     return Err(IntentError::Field { field, reason: "does not belong to this rail".into() });
                 }

@@ -24,8 +24,8 @@
 //!   `POST /api/approval-requests/{id}/approve|reject` (org key).
 //! - `GET /api/sdk/x402/budget` and `/mpp/budget` return the agent's counters.
 //! - `POST /api/sdk/payments/request` answers 2xx with a `requestId` whatever the decision
-//!   (`APPROVED`, `DENIED`, `REQUIRES_APPROVAL` with `approvalRequestId`); it is decided as a
-//!   transfer from a placeholder managed wallet on `chainId` (default 42431). `GET
+//!   (`APPROVED`, `DENIED`, `REQUIRES_APPROVAL` with `approvalRequestId`), decided on the
+//!   `request` rail (every rail-independent rule applies). `GET
 //!   /api/sdk/payments/{requestId}` follows a human's answer. `POST .../execute` is a
 //!   `422 MANAGED_WALLET_UNAVAILABLE`: conto-local holds no Conto-managed wallet.
 //! - An x402/MPP record without `authorizationId` settles the oldest live pre-authorization of

@@ -154,10 +154,6 @@ enum Kind {
     Request,
 }
 
-/// The managed wallet a payment request is evaluated as coming from: conto-local holds none, so
-/// requests are decided as transfers from this placeholder on `chainId` (default 42431, Conto's).
-const MANAGED_WALLET: &str = "0x0000000000000000000000000000000000000000";
-
 /// Builds the intent an SDK request describes, for `agent`.
 fn intent_from(agent: &str, body: &Value, kind: Kind) -> Result<PaymentIntent, ApiError> {
     let amount = amount_of(body, "amount")?.ok_or_else(|| bad("VALIDATION_ERROR", "`amount` is required"))?;
@@ -198,10 +194,7 @@ fn intent_from(agent: &str, body: &Value, kind: Kind) -> Result<PaymentIntent, A
             merchant: required(body, "merchantName")?,
             mcc: text(body, "merchantCategory"),
         },
-        Kind::Request => {
-            let chain = body.get("chainId").and_then(Value::as_u64).unwrap_or(42431);
-            Rail::transfer(chain, MANAGED_WALLET).map_err(intent_error)?
-        }
+        Kind::Request => Rail::Request { wallet_id: text(body, "walletId") },
     };
     let mut b = PaymentIntent::builder(agent, amount, rail);
     if let Some(r) = text(body, "recipientAddress") {

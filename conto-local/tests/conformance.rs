@@ -395,3 +395,71 @@ async fn admin_sdk_keys_manage_policies_and_standard_keys_read_them() {
     let listed = send(&standard, reqwest::Method::GET, None).await.unwrap();
     assert_eq!(listed.status(), 200);
 }
+
+/// `ContoClient` on the request rail: a payment request decides, the app settles elsewhere,
+/// a pending request follows the human's answer, and recording makes no remote call.
+#[tokio::test]
+async fn the_client_authorizes_on_the_request_rail() {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(caps()).await;
+    let intent = |amount: &str| {
+        conto_core::PaymentIntent::builder("agent-1", amount, conto_core::Rail::request(Some("wal_shared")))
+            .recipient(RECIPIENT)
+            .build()
+            .unwrap()
+    };
+    let conto = conto(&server, &key);
+    let mut charged = 0;
+    let out = conto
+        .run(
+            intent("12"),
+            |_| {
+                charged += 1;
+                async { Ok::<_, ()>("ch_1") }
+            },
+            |_| conto_core::Settlement::default().reference("ch_1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, Ok("ch_1"));
+    let denied = conto.authorize(intent("120")).await.unwrap_err();
+    assert_eq!(denied.violations()[0].kind, conto_core::ViolationType::PerTxLimit);
+
+    // Above the review threshold: wait for a human, who approves.
+    let waiting = conto.with_approval(conto_core::ApprovalMode::Wait(std::time::Duration::from_secs(10)));
+    let org_url = server.url();
+    let org_key = org.key.clone();
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let listed: Value = http
+                .get(format!("{org_url}/api/sdk/approval-requests"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(id) = listed["requests"]
+                .as_array()
+                .and_then(|l| l.iter().find(|r| r["status"] == "PENDING"))
+                .and_then(|r| r["approvalRequestId"].as_str())
+            {
+                http.post(format!("{org_url}/api/approval-requests/{id}/approve"))
+                    .bearer_auth(&org_key)
+                    .send()
+                    .await
+                    .unwrap();
+                return;
+            }
+        }
+    });
+    let approval = waiting.authorize(intent("90")).await.expect("approved by the human");
+    let recorded = approval.record(conto_core::Settlement::default().reference("ch_2")).await.unwrap();
+    assert_eq!(recorded.transaction_id, None, "Conto has no record step for payment requests");
+    assert_eq!(charged, 1);
+}

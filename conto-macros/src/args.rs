@@ -32,6 +32,7 @@ pub(crate) const RAILS: &[(&str, &[&str], &[&str])] = &[
     ("x402", &["resource_url"], &["service_domain", "facilitator", "scheme"]),
     ("mpp", &["resource_url"], &["service_domain", "session_id", "intent", "deposit", "method"]),
     ("card", &["merchant"], &["mcc", "card_id"]),
+    ("request", &[], &["wallet_id"]),
 ];
 
 /// `rail = x402(resource_url = url, ...)`.
@@ -91,7 +92,10 @@ fn unknown(kind: &str, ident: &Ident, known: &[&str]) -> syn::Error {
 impl Parse for RailArg {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let kind: Ident = input.parse().map_err(|e| {
-            syn::Error::new(e.span(), "expected a rail: `transfer(..)`, `x402(..)`, `mpp(..)` or `card(..)`")
+            syn::Error::new(
+                e.span(),
+                "expected a rail: `transfer(..)`, `x402(..)`, `mpp(..)`, `card(..)` or `request(..)`",
+            )
         })?;
         let Some((_, required, optional)) = RAILS.iter().find(|(n, _, _)| kind == *n) else {
             let names: Vec<&str> = RAILS.iter().map(|(n, _, _)| *n).collect();

@@ -120,6 +120,7 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
             let ctor = syn::Ident::new(&rail_kind, rail.kind.span());
             quote!(#p::RailParts::#ctor(#url))
         }
+        "request" => quote!(#p::RailParts::request()),
         _ => {
             let merchant = text_ref(field("merchant").expect("required by the parser"));
             quote!(#p::RailParts::card(#merchant))
