@@ -33,6 +33,7 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/api/sdk/policies", get(policies))
         .route("/api/sdk/approval-requests", get(approval_requests))
         .route("/api/sdk/x402/budget", get(budget))
+        .route("/api/sdk/x402/services", get(x402_services))
         .route("/api/sdk/mpp/budget", get(budget))
 }
 
@@ -810,6 +811,29 @@ async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> R
         })
         .collect();
     Ok(reply(&caller, StatusCode::OK, json!({"requests": list})))
+}
+
+/// `GET /api/sdk/x402/services`: the x402 services this agent has paid, with totals.
+async fn x402_services(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let caller = caller(&app, &headers, "analytics:read", "reads")?;
+    let mut services: std::collections::BTreeMap<String, (conto_core::Decimal, u64, String)> = Default::default();
+    for (agent, intent, amount, at) in lock(&app.store).spends()? {
+        let Ok(intent) = serde_json::from_str::<PaymentIntent>(&intent) else { continue };
+        let (true, Rail::X402 { service_domain, .. }) = (agent == caller.agent, &intent.rail) else { continue };
+        let amount: conto_core::Decimal = amount.parse().unwrap_or_default();
+        let entry = services.entry(service_domain.clone()).or_default();
+        entry.0 += amount;
+        entry.1 += 1;
+        entry.2 = at;
+    }
+    let list: Vec<Value> = services
+        .into_iter()
+        .map(|(domain, (total, count, last))| {
+            json!({"serviceDomain": domain, "totalSpent": total.normalize().to_string().parse::<Value>().unwrap_or(Value::Null),
+                "paymentCount": count, "lastPaymentAt": last})
+        })
+        .collect();
+    Ok(reply(&caller, StatusCode::OK, json!({"services": list})))
 }
 
 async fn budget(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {

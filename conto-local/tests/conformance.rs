@@ -117,6 +117,10 @@ async fn an_x402_record_without_an_authorization_id_settles_its_preauthorization
     let (status, body) = sdk.post("/api/sdk/x402/record", record.clone()).await;
     assert!(status < 300, "{body}");
     assert_eq!(budget_spent_and_reserved(&sdk).await, ("5".into(), "0".into()), "settled, not added: 5 of headroom");
+    let (status, services) = sdk.call(reqwest::Method::GET, "/api/sdk/x402/services", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(services["services"][0]["serviceDomain"], "api.example.com", "{services}");
+    assert_eq!(services["services"][0]["totalSpent"], 5);
 
     // Retried ten times, with a restart in the middle: the spend is counted once.
     let mut server = Some(server);
