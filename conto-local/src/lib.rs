@@ -416,6 +416,15 @@ fn no_agent(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no agent `{id}`"))
 }
 
+/// The store, locked, once `agent_id` is known to exist (`404` otherwise).
+fn agent_store<'a>(app: &'a App, agent_id: &str) -> Result<std::sync::MutexGuard<'a, Store>, ApiError> {
+    let store = lock(&app.store);
+    if !store.agent_exists(agent_id)? {
+        return Err(no_agent(agent_id));
+    }
+    Ok(store)
+}
+
 async fn list_agents(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     org(&app, &headers)?;
     let agents: Vec<Value> = lock(&app.store).agents()?.iter().map(agent_json).collect();
@@ -486,10 +495,7 @@ async fn list_keys(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    let store = lock(&app.store);
-    if !store.agent_exists(&agent_id)? {
-        return Err(no_agent(&agent_id));
-    }
+    let store = agent_store(&app, &agent_id)?;
     let keys: Vec<Value> = store
         .keys_of(&agent_id)?
         .into_iter()
@@ -539,10 +545,7 @@ async fn create_key(
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
     let body = json_body(&body)?;
-    let store = lock(&app.store);
-    if !store.agent_exists(&agent_id)? {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no agent `{agent_id}`")));
-    }
+    let store = agent_store(&app, &agent_id)?;
     let name = body.get("name").and_then(Value::as_str).unwrap_or("sdk key").to_owned();
     let days = body.get("expiresInDays").and_then(Value::as_i64).unwrap_or(365);
     if !(1..=730).contains(&days) {

@@ -13,7 +13,7 @@ use axum::routing::{delete, get, patch};
 use conto_core::Address;
 use serde_json::{Value, json};
 
-use crate::{ApiError, App, json_body, lock, no_agent, now_text, org, random_hex, reload_policies};
+use crate::{ApiError, App, agent_store, json_body, lock, now_text, org, random_hex, reload_policies};
 
 pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -131,10 +131,7 @@ async fn delegate_wallet(
         .filter(|w| !w.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`walletId` is required"))?;
-    let store = lock(&app.store);
-    if !store.agent_exists(&agent_id)? {
-        return Err(no_agent(&agent_id));
-    }
+    let store = agent_store(&app, &agent_id)?;
     if let Some(map) = doc.as_object_mut() {
         map.insert("agentId".into(), json!(agent_id));
         map.insert("id".into(), json!(format!("aw_{}", random_hex(8))));
@@ -213,10 +210,7 @@ async fn agent_policies(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    let store = lock(&app.store);
-    if !store.agent_exists(&agent_id)? {
-        return Err(no_agent(&agent_id));
-    }
+    let store = agent_store(&app, &agent_id)?;
     let assigned: Vec<Value> = store
         .policies()?
         .into_iter()
