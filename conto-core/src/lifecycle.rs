@@ -73,7 +73,7 @@ pub trait ActorLifecycle: Send + Sync {
     ) -> BoxFuture<'a, Result<Ensured, LifecycleError>>;
 
     /// The kill switch: the actor's next authorization is denied. Records of settlements
-    /// approved before are still accepted, and flagged.
+    /// approved before are still accepted (the embedded engine flags them `actor_inactive`).
     fn pause_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>>;
 
     /// Lifts a pause.
