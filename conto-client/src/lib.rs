@@ -230,7 +230,7 @@ impl ContoClient {
         deadline: Duration,
     ) -> Result<Answer, AuthorityError> {
         let url = format!("{}/api/sdk/{path}", self.inner.base);
-        let give_up = deadline_after(deadline);
+        let give_up = conto_core::deadline_after(deadline);
         let mut attempt = 0u32;
         loop {
             let left = give_up.saturating_duration_since(tokio::time::Instant::now());
@@ -281,7 +281,9 @@ impl ContoClient {
                 Err(_) => None,
             };
             match (retry_in, outcome) {
-                (Some(wait), outcome) if attempt < self.inner.max_retries && deadline_after(wait) < give_up => {
+                (Some(wait), outcome)
+                    if attempt < self.inner.max_retries && conto_core::deadline_after(wait) < give_up =>
+                {
                     tracing::debug!(path, attempt, ?wait, "conto.client.retry");
                     attempt += 1;
                     tokio::time::sleep(wait).await;
@@ -516,12 +518,6 @@ impl Authorizer for ContoClient {
             wire::parse_recorded(&answer.body, authorization, settlement)
         })
     }
-}
-
-/// `now + d` on tokio's clock, saturating at [`conto_core::MAX_WAIT`] from now.
-fn deadline_after(d: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(d.min(conto_core::MAX_WAIT)).unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -59,8 +59,8 @@ impl fmt::Debug for ManualClock {
 /// `Duration::MAX`, are clamped to it, so no deadline arithmetic can overflow.
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
-/// `now + d` on tokio's clock, saturating at [`MAX_WAIT`] from now.
-pub(crate) fn deadline_after(d: std::time::Duration) -> tokio::time::Instant {
+/// `now + d` on tokio's clock, `d` clamped to [`MAX_WAIT`]: a deadline that cannot overflow.
+pub fn deadline_after(d: std::time::Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     now.checked_add(d.min(MAX_WAIT)).unwrap_or(now)
 }

@@ -31,7 +31,7 @@ mod rejection;
 pub mod sink;
 
 pub use authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError, Outage, Refused};
-pub use clock::{Clock, MAX_WAIT, ManualClock, SystemClock};
+pub use clock::{Clock, MAX_WAIT, ManualClock, SystemClock, deadline_after};
 pub use controls::{BudgetPeriod, ProductControls, SyncReport};
 pub use decision::{
     Authorization, Decision, DecisionSource, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict, Violation,

@@ -255,7 +255,7 @@ fn restore(store: &Store, engine: &Engine) -> Result<(), LocalError> {
         let at: Timestamp = at.parse().map_err(|e| corrupt(&e))?;
         engine.restore_spend(&intent, amount, at);
     }
-    for (id, a) in store.live_approvals()? {
+    for (id, a) in store.live_approvals(None)? {
         engine.restore_authorization(&a.authorization(&id).map_err(LocalError::Corrupt)?);
     }
     for r in store.requests(None)? {
@@ -327,13 +327,14 @@ fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// The `Authorization: Bearer <key>` of a request.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// Checks the org key.
 fn org(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let given = bearer(headers).unwrap_or_default();
     if given.starts_with("conto_agent_") {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -353,11 +354,7 @@ fn org(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 /// `policies:read` to read them, as Conto's agent skill documents. (Conto's docs also say its
 /// admin client rejects agent keys; conto-local follows the skill, the client that uses it.)
 fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let given = bearer(headers).unwrap_or_default();
     if !given.starts_with("conto_agent_") {
         return org(app, headers);
     }

@@ -49,10 +49,9 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> Result<Caller, ApiError> {
-    let key =
-        headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(
-            || ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "missing `Authorization: Bearer <sdk key>`"),
-        )?;
+    let key = crate::bearer(headers).ok_or_else(|| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "missing `Authorization: Bearer <sdk key>`")
+    })?;
     if !key.starts_with("conto_agent_") {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -698,9 +697,8 @@ fn resource(rail: &Rail) -> Option<&str> {
 fn matching_preauthorization(app: &App, agent: &str, intent: &PaymentIntent) -> Result<Option<String>, ApiError> {
     let now = Timestamp::now();
     let mut candidates: Vec<(Timestamp, String)> = lock(&app.store)
-        .live_approvals()?
+        .live_approvals(Some(agent))?
         .into_iter()
-        .filter(|(_, row)| row.agent_id == agent)
         .filter_map(|(id, row)| {
             let a = row.authorization(&id).ok()?;
             let same = a.intent.rail.name() == intent.rail.name()
@@ -799,10 +797,11 @@ async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> R
     let now = Timestamp::now();
     let tokens = lock(&app.approval_tokens);
     let requests = lock(&app.store).requests(Some(&caller.agent))?;
+    let payment_requests = lock(&app.store).payment_requests_by_approval(&caller.agent)?;
     let list: Vec<Value> = requests
         .iter()
         .map(|r| {
-            let payment_request = lock(&app.store).payment_request_of(&r.id).ok().flatten();
+            let payment_request = payment_requests.get(&r.id).cloned();
             let mut v = request_json(r, tokens.get(&r.id), payment_request);
             if r.status == "PENDING" && r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= now) {
                 v["status"] = json!("EXPIRED");

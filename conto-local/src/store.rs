@@ -310,11 +310,13 @@ impl Store {
             .optional()?)
     }
 
-    pub fn live_approvals(&self) -> Result<Vec<(String, ApprovalRecord)>, StoreError> {
+    /// Live approvals, of one agent or of all.
+    pub fn live_approvals(&self, agent_id: Option<&str>) -> Result<Vec<(String, ApprovalRecord)>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, agent_id, token_hash, intent, amount, expires_at, state FROM approvals WHERE state = 'live'",
+            "SELECT id, agent_id, token_hash, intent, amount, expires_at, state FROM approvals
+             WHERE state = 'live' AND (?1 IS NULL OR agent_id = ?1)",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map([agent_id], |r| {
             Ok((
                 r.get(0)?,
                 ApprovalRecord {
@@ -388,14 +390,17 @@ impl Store {
             .optional()?)
     }
 
-    /// The payment request that asked for approval request `approval_request_id`.
-    pub fn payment_request_of(&self, approval_request_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT id FROM payment_requests WHERE approval_request_id = ?1", [approval_request_id], |r| {
-                r.get(0)
-            })
-            .optional()?)
+    /// `agent_id`'s payment requests that asked for a human, by approval request id.
+    pub fn payment_requests_by_approval(
+        &self,
+        agent_id: &str,
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT approval_request_id, id FROM payment_requests
+             WHERE agent_id = ?1 AND approval_request_id IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([agent_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn put_counterparty(&self, id: &str, doc: &Value) -> Result<(), StoreError> {

@@ -508,16 +508,17 @@ impl Engine {
 
     /// Applies a journal's entries to a fresh engine (nothing is written back).
     fn replay(&self, entries: &[Entry]) {
-        let mut live: Vec<(String, PaymentIntent, Amount, Timestamp)> = Vec::new();
-        let mut pending: Vec<(String, PaymentIntent, Timestamp)> = Vec::new();
+        // Keyed by id (linear in the journal's length), restored in journal order.
+        let mut live: HashMap<&str, (usize, &PaymentIntent, Amount, Timestamp)> = HashMap::new();
+        let mut pending: HashMap<&str, (usize, &PaymentIntent, Timestamp)> = HashMap::new();
         let now = self.now();
-        for entry in entries {
+        for (seq, entry) in entries.iter().enumerate() {
             match entry {
                 Entry::Reserved { id, intent, amount, expires_at } => {
-                    live.push((id.clone(), intent.clone(), *amount, *expires_at));
+                    live.insert(id, (seq, intent, *amount, *expires_at));
                 }
                 Entry::Recorded { id, intent, amount, settled, reference, at } => {
-                    live.retain(|(l, ..)| l != id);
+                    live.remove(id.as_str());
                     self.restore_spend(intent, *amount, *at);
                     let ledger = self.ledger(&intent.actor);
                     let recorded = Recorded {
@@ -531,11 +532,15 @@ impl Engine {
                     let closed = Closed::Recorded { recorded, settled: settled.get(), reference: reference.clone() };
                     lock(&ledger).close(id, closed, *at);
                 }
-                Entry::Released { id, .. } => live.retain(|(l, ..)| l != id),
-                Entry::PendingOpened { id, intent, expires_at } => {
-                    pending.push((id.clone(), intent.clone(), *expires_at))
+                Entry::Released { id, .. } => {
+                    live.remove(id.as_str());
                 }
-                Entry::PendingClosed { id } => pending.retain(|(p, ..)| p != id),
+                Entry::PendingOpened { id, intent, expires_at } => {
+                    pending.insert(id, (seq, intent, *expires_at));
+                }
+                Entry::PendingClosed { id } => {
+                    pending.remove(id.as_str());
+                }
                 Entry::Actor { actor, status } => {
                     let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
                     match status.as_str() {
@@ -552,18 +557,21 @@ impl Engine {
                 }
             }
         }
-        for (id, intent, amount, expires_at) in live.into_iter().filter(|l| l.3 > now) {
+        let mut live: Vec<_> = live.into_iter().filter(|(_, l)| l.3 > now).collect();
+        live.sort_by_key(|(_, l)| l.0);
+        for (id, (_, intent, amount, expires_at)) in live {
             self.restore_authorization(&Authorization {
-                id,
+                id: id.to_owned(),
                 token: None,
                 amount,
                 expires_at,
                 limits: Limits::default(),
-                intent: Arc::new(intent),
+                intent: Arc::new(intent.clone()),
             });
         }
-        for (id, intent, expires_at) in pending.into_iter().filter(|p| p.2 > now) {
-            self.restore_pending(&PendingApproval { approval_request_id: id, expires_at, reasons: vec![] }, &intent);
+        for (id, (_, intent, expires_at)) in pending.into_iter().filter(|(_, p)| p.2 > now) {
+            let pending = PendingApproval { approval_request_id: id.to_owned(), expires_at, reasons: vec![] };
+            self.restore_pending(&pending, intent);
         }
     }
 
