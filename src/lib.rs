@@ -79,6 +79,12 @@ pub fn from_env(default_policies: impl AsRef<std::path::Path>) -> Result<Conto, 
     Ok(Conto::new(builder.build()))
 }
 
+/// The README's recipes, compiled (and run, where they need no network or secrets) as doc
+/// tests, so the README cannot drift from the API.
+#[cfg(all(doctest, feature = "macros", feature = "tower", feature = "credentials", feature = "outbox"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// The tower layer for paid HTTP routes.
 #[cfg(feature = "tower")]
 pub mod tower {
