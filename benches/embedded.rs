@@ -97,7 +97,7 @@ async fn bare(n: u64) -> Result<u64, PayError> {
 }
 
 #[paid_action(amount = "0.01", recipient = RECIPIENT, rail = transfer(chain_id = 8453, sender = SENDER),
-    actor = "agent-1", authorizer = conto, category = "API_PROVIDER")]
+    actor = "agent-1", conto = conto, category = "API_PROVIDER")]
 async fn guarded(conto: &Conto, n: u64) -> Result<u64, PayError> {
     settle_body(n).await
 }

@@ -70,7 +70,7 @@ impl Treasury {
         recipient = to,
         rail = transfer(chain_id = 8453, sender = TREASURY),
         actor = "agent-2",
-        authorizer = self.conto,
+        conto = self.conto,
         purpose = "invoice",
         reference = |tx: &String| tx.clone(),
     )]

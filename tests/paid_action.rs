@@ -50,7 +50,7 @@ impl Wallet {
         recipient = to,
         rail = transfer(chain_id = 8453, sender = SENDER),
         actor = "agent-1",
-        authorizer = self.conto,
+        conto = self.conto,
         category = "API_PROVIDER",
         settled_amount = |r: &Receipt| r.charged,
         reference = |r: &Receipt| r.tx_hash.clone(),
@@ -118,7 +118,7 @@ async fn an_err_releases_and_records_nothing() {
     recipient = RECIPIENT,
     rail = x402(resource_url = "https://api.example.com/search"),
     actor = "agent-1",
-    authorizer = conto,
+    conto = conto,
 )]
 async fn question_mark_and_return(conto: &Conto, mode: u8, runs: &AtomicUsize) -> Result<u8, PayError> {
     runs.fetch_add(1, Ordering::SeqCst);
@@ -146,7 +146,7 @@ async fn question_mark_and_early_return_still_record_or_release() {
     recipient = RECIPIENT,
     rail = transfer(chain_id = 1, sender = SENDER),
     actor = "agent-1",
-    authorizer = conto,
+    conto = conto,
 )]
 async fn hangs(conto: Conto, started: Arc<tokio::sync::Notify>) -> Result<(), PayError> {
     started.notify_one();
@@ -167,7 +167,7 @@ async fn dropping_the_future_mid_settlement_releases() {
     assert_eq!((usage.live_reservations, usage.stats.released, usage.stats.recorded), (0, 1, 0));
 }
 
-#[paid_action(amount = amount, recipient = RECIPIENT, rail = card(merchant = "Acme"), authorizer = conto)]
+#[paid_action(amount = amount, recipient = RECIPIENT, rail = card(merchant = "Acme"), conto = conto)]
 async fn no_actor(conto: &Conto, amount: &str) -> Result<(), PayError> {
     Ok(())
 }
@@ -191,7 +191,7 @@ async fn invalid_inputs_are_typed_rejections_not_panics() {
     assert_eq!(engine.usage("agent-9").stats.recorded, 1);
 }
 
-#[paid_action(amount = "1", recipient = RECIPIENT, rail = card(merchant = "Acme"), actor = actor, authorizer = conto)]
+#[paid_action(amount = "1", recipient = RECIPIENT, rail = card(merchant = "Acme"), actor = actor, conto = conto)]
 async fn pay_as(conto: &Conto, actor: &str, runs: &AtomicUsize) -> Result<(), PayError> {
     runs.fetch_add(1, Ordering::SeqCst);
     Ok(())

@@ -121,11 +121,11 @@ impl<T: TextSource> TextSource for Option<T> {
     }
 }
 
-/// Values usable as the `authorizer`.
+/// Values usable as `conto = ...`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a conto handle",
     label = "expected a `conto::Conto` (or a reference or `Arc` to one)",
-    note = "build one with `Conto::new(engine)`; store it in your struct and pass `authorizer = self.conto`"
+    note = "build one with `Conto::new(engine)` or `conto::from_env(..)`; store it in your struct and pass `conto = self.conto`"
 )]
 pub trait ContoSource {
     /// A clone of the handle.
@@ -207,7 +207,8 @@ wait_secs!(u8, u16, u32, u64, i32, i64, usize);
 #[diagnostic::on_unimplemented(
     message = "the error type `{Self}` cannot hold a conto `Rejection`",
     label = "#[paid_action] returns denials through this error type",
-    note = "add `impl From<conto::Rejection> for {Self}` (or a `#[from] conto::Rejection` variant with thiserror)"
+    note = "if `{Self}` is your own type, add `impl From<conto::Rejection> for {Self}` (or a `#[from] conto::Rejection` variant with thiserror)",
+    note = "a type from another crate (`String`, `std::io::Error`) cannot get that impl in your crate: return `Result<T, conto::Rejection>`, `Box<dyn std::error::Error + Send + Sync>`, `anyhow::Error`, or your own error enum"
 )]
 pub trait ErrorFromRejection {
     /// Wraps the rejection.
@@ -217,6 +218,20 @@ impl<E: From<Rejection>> ErrorFromRejection for E {
     fn from_rejection(rejection: Rejection) -> Self {
         E::from(rejection)
     }
+}
+
+/// Checks, with `check_send = true`, that a `#[paid_action]` body's future is `Send`.
+#[diagnostic::on_unimplemented(
+    message = "the body of this #[paid_action] function is not `Send`",
+    label = "its future cannot be sent between threads, so it cannot run on a multi-threaded runtime or in `tokio::spawn`",
+    note = "a value that is not `Send` (an `Rc`, a `RefCell` borrow, a non-`Send` guard) is held across an `.await`: drop it before awaiting, or use a `Send` alternative (`Arc`, `tokio::sync::Mutex`)"
+)]
+pub trait SendBody {}
+impl<F: Future + Send> SendBody for F {}
+
+/// Returns `body` unchanged, after checking at compile time that it is `Send`.
+pub fn send_body<F: SendBody>(body: F) -> F {
+    body
 }
 
 /// Converts a rejection into the function's error type.

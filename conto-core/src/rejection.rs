@@ -29,7 +29,7 @@ pub enum RejectionKind {
     Refused(AuthorityError),
     /// The pipeline refused the input before asking anyone (an invalid amount, address, actor).
     Invalid(IntentError),
-    /// No authority is configured: `#[paid_action]` without `authorizer = ...` and no
+    /// No authority is configured: `#[paid_action]` without `conto = ...` and no
     /// [`install_default`](crate::install_default).
     NotConfigured,
 }
@@ -195,5 +195,5 @@ impl std::error::Error for Rejection {
     }
 }
 
-const NOT_CONFIGURED: &str = "no payment authority is configured: pass `authorizer = ...` to #[paid_action] \
+const NOT_CONFIGURED: &str = "no payment authority is configured: pass `conto = ...` to #[paid_action] \
      or call conto::install_default(..) at start-up";

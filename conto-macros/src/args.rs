@@ -6,7 +6,7 @@ use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Expr, Ident, LitStr, Path, Token, parenthesized};
+use syn::{Expr, Ident, LitBool, LitStr, Path, Token, parenthesized};
 
 /// The argument names, in the order the docs list them.
 pub(crate) const ARGUMENTS: &[&str] = &[
@@ -14,7 +14,7 @@ pub(crate) const ARGUMENTS: &[&str] = &[
     "recipient",
     "rail",
     "actor",
-    "authorizer",
+    "conto",
     "category",
     "purpose",
     "recipient_name",
@@ -23,6 +23,8 @@ pub(crate) const ARGUMENTS: &[&str] = &[
     "settled_amount",
     "reference",
     "on_approval",
+    "approval",
+    "check_send",
     "crate",
 ];
 
@@ -54,7 +56,9 @@ pub(crate) struct Args {
     pub recipient: Option<Expr>,
     pub rail: Option<RailArg>,
     pub actor: Option<Expr>,
-    pub authorizer: Option<Expr>,
+    pub conto: Option<Expr>,
+    /// Set when the handle was given under its deprecated name, `authorizer`.
+    pub deprecated_authorizer: Option<Ident>,
     pub category: Option<Expr>,
     pub purpose: Option<Expr>,
     pub recipient_name: Option<Expr>,
@@ -63,6 +67,10 @@ pub(crate) struct Args {
     pub settled_amount: Option<Expr>,
     pub reference: Option<Expr>,
     pub on_approval: Option<ApprovalArg>,
+    /// `approval = ident`: the body sees the authorization under this name.
+    pub approval: Option<Ident>,
+    /// `check_send = true`: the body's future must be `Send`, checked at compile time.
+    pub check_send: Option<LitBool>,
     pub krate: Option<Path>,
 }
 
@@ -205,7 +213,12 @@ impl Parse for Args {
         };
         while !input.is_empty() {
             let key = Ident::parse_any(input)?;
-            let name = key.unraw().to_string();
+            let mut name = key.unraw().to_string();
+            if name == "authorizer" {
+                // The old name of `conto`, kept as a deprecated alias.
+                args.deprecated_authorizer = Some(key.clone());
+                name = "conto".to_owned();
+            }
             if !input.peek(Token![=]) {
                 let hint = if ARGUMENTS.contains(&name.as_str()) {
                     format!("`{name}` needs a value: `{name} = ...`")
@@ -220,13 +233,27 @@ impl Parse for Args {
                     "rail" => args.rail = Some(input.parse()?),
                     "on_approval" => args.on_approval = Some(input.parse()?),
                     "crate" => args.krate = Some(parse_crate_path(input)?),
+                    "approval" => {
+                        args.approval = Some(input.parse().map_err(|e: syn::Error| {
+                            syn::Error::new(
+                                e.span(),
+                                "`approval` names a variable for the body: `approval = auth`, then `auth.id`, \
+                                 `auth.amount`, `auth.limits` in the body",
+                            )
+                        })?)
+                    }
+                    "check_send" => {
+                        args.check_send = Some(input.parse().map_err(|e: syn::Error| {
+                            syn::Error::new(e.span(), "`check_send` takes `true` or `false`")
+                        })?)
+                    }
                     _ => {
                         let value: Expr = input.parse()?;
                         let slot = match name.as_str() {
                             "amount" => &mut args.amount,
                             "recipient" => &mut args.recipient,
                             "actor" => &mut args.actor,
-                            "authorizer" => &mut args.authorizer,
+                            "conto" => &mut args.conto,
                             "category" => &mut args.category,
                             "purpose" => &mut args.purpose,
                             "recipient_name" => &mut args.recipient_name,

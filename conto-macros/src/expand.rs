@@ -5,7 +5,8 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Expr, GenericArgument, ItemFn, PathArguments, ReturnType, Type};
+use syn::visit_mut::{self, VisitMut};
+use syn::{AttrStyle, Expr, GenericArgument, ItemFn, PathArguments, ReturnType, Token, Type};
 
 use crate::args::{ApprovalArg, Args, missing, span_of};
 
@@ -41,8 +42,18 @@ fn result_type(sig: &syn::Signature) -> syn::Result<ResultType<'_>> {
     Ok(ResultType { full: ty, error })
 }
 
-fn contains_impl_trait(ty: &Type) -> bool {
-    quote!(#ty).to_string().contains("impl ")
+/// Replaces every `impl Trait` in a type with `_`, so the type can annotate a `let` (the
+/// fake return edge): `Result<impl Display, E>` becomes `Result<_, E>`.
+struct EraseImplTrait;
+
+impl VisitMut for EraseImplTrait {
+    fn visit_type_mut(&mut self, ty: &mut Type) {
+        if let Type::ImplTrait(it) = ty {
+            *ty = Type::Infer(syn::TypeInfer { underscore_token: Token![_](it.impl_token.span) });
+            return;
+        }
+        visit_mut::visit_type_mut(self, ty);
+    }
 }
 
 pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
@@ -90,7 +101,7 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
         None => quote!(::core::convert::From::from),
     };
 
-    let handle = match &args.authorizer {
+    let handle = match &args.conto {
         Some(expr) => {
             let span = span_of(expr);
             quote_spanned! {span=>
@@ -99,6 +110,18 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
         }
         None => quote!(#p::default_conto()),
     };
+    // `authorizer = ...` still works, with a deprecation warning at the old name.
+    let deprecated = args.deprecated_authorizer.as_ref().map(|old| {
+        let name = syn::Ident::new("authorizer", old.span());
+        quote_spanned! {old.span()=>
+            {
+                #[deprecated(note = "#[paid_action]'s `authorizer = ...` is now `conto = ...` (it takes a `conto::Conto`)")]
+                #[allow(non_upper_case_globals)]
+                const #name: () = ();
+                let () = #name;
+            }
+        }
+    });
 
     let amount_span = span_of(amount);
     let amount_tokens = quote_spanned! {amount_span=> &(#amount) };
@@ -192,10 +215,16 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
         None => quote!(::core::option::Option::None),
     };
 
+    let ItemFn { attrs, vis, sig, block } = &item;
+    let stmts = &block.stmts;
+    // Inner attributes (`#![allow(..)]` at the top of the body) stay inside the function.
+    let (inner, outer): (Vec<_>, Vec<_>) = attrs.iter().partition(|a| matches!(a.style, AttrStyle::Inner(_)));
+
     // A "fake return edge": makes the inner block's type the declared return type, so type
     // errors in the body point at the user's return type (as tracing-attributes does).
-    let ret = result.full;
-    let fake_return = (!contains_impl_trait(ret)).then(|| {
+    let mut ret = result.full.clone();
+    EraseImplTrait.visit_type_mut(&mut ret);
+    let fake_return = {
         quote_spanned! {ret.span()=>
             #[allow(
                 unknown_lints,
@@ -211,13 +240,38 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
                 return __conto_fake_return;
             }
         }
-    });
+    };
 
-    let ItemFn { attrs, vis, sig, block } = item;
-    let stmts = &block.stmts;
+    // The body as a future; with `check_send = true`, checked to be `Send` where it is written.
+    let body_future = quote! {
+        async move {
+            #fake_return
+            #(#stmts)*
+        }
+    };
+    let body_future = match &args.check_send {
+        Some(flag) if flag.value => {
+            let span = item.sig.ident.span();
+            quote_spanned! {span=> #p::send_body(#body_future) }
+        }
+        _ => body_future,
+    };
+    // With `approval = name`, the body sees a clone of the authorization under that name.
+    let settle = match &args.approval {
+        Some(name) => quote! {
+            move |__conto_approval: &#k::Approval| {
+                let #name: #k::Authorization = __conto_approval.authorization().clone();
+                #body_future
+            }
+        },
+        None => quote! { move |_: &#k::Approval| #body_future },
+    };
+
     Ok(quote! {
-        #(#attrs)*
+        #(#outer)*
         #vis #sig {
+            #(#inner)*
+            #deprecated
             let __conto_handle: #k::Conto = match #handle {
                 ::core::result::Result::Ok(handle) => handle,
                 ::core::result::Result::Err(rejection) => {
@@ -237,10 +291,7 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
             let __conto_outcome = __conto_handle
                 .run(
                     __conto_intent,
-                    move |_| async move {
-                        #fake_return
-                        #(#stmts)*
-                    },
+                    #settle,
                     |__conto_ok| #p::settlement(#settled_amount, #reference),
                 )
                 .await;

@@ -22,7 +22,8 @@ use quote::ToTokens;
 ///     recipient = provider,
 ///     rail = x402(resource_url = url),
 ///     actor = "agent-1",
-///     authorizer = self.conto,                          // or omit: conto::install_default
+///     conto = self.conto,                               // or omit: conto::install_default
+///     approval = auth,                                  // the body sees `auth: conto::Authorization`
 ///     category = "API_PROVIDER",
 ///     settled_amount = |r| r.charged,                   // from the Ok value; default: the approved amount
 ///     reference = |r| r.tx_hash.clone(),
@@ -41,12 +42,14 @@ use quote::ToTokens;
 /// | `rail` | `transfer(chain_id, sender)`, `x402(resource_url, service_domain?, facilitator?, scheme?)`, `mpp(resource_url, service_domain?, session_id?, intent?, deposit?, method?)`, `card(merchant, mcc?, card_id?)` | yes |
 /// | `recipient` | the recipient address (`&str`, `String`) | for transfer, x402, mpp |
 /// | `actor` | the Conto agent that pays | unless the handle has a default actor |
-/// | `authorizer` | a `Conto` (or `&Conto`, `Arc<Conto>`): `self.conto`, an argument… | unless `conto::install_default` was called |
+/// | `conto` | the `Conto` handle (or `&Conto`, `Arc<Conto>`): `self.conto`, an argument… (`authorizer` is its deprecated old name) | unless `conto::install_default` was called |
 /// | `category`, `purpose`, `recipient_name`, `idempotency_key` | text | no |
 /// | `context` | a JSON object (`serde_json::Value`) | no |
 /// | `settled_amount` | a closure `\|ok: &T\| amount` | no |
 /// | `reference` | a closure `\|ok: &T\| text` (the tx hash) | no |
 /// | `on_approval` | `reject`, or `wait(seconds or Duration)` | no |
+/// | `approval` | a name: the body sees the approval's `conto::Authorization` (id, token, amount, limits, expiry) under it | no |
+/// | `check_send` | `true`: a compile error, at the function's name, when the body's future is not `Send` (as axum's `debug_handler`) | no |
 /// | `crate` | the path to the `conto` crate, if renamed | no |
 ///
 /// Argument expressions are evaluated by reference before the body runs, in the function's
@@ -58,7 +61,7 @@ use quote::ToTokens;
 ///
 /// ```ignore
 /// async fn buy(&self, url: &str, provider: &str, price: Decimal) -> Result<Receipt, PayError> {
-///     let conto = (self.conto).clone();                                   // the authorizer
+///     let conto = (self.conto).clone();                                   // the `conto` argument
 ///     let intent = /* amount, rail, recipient, actor, ... */;            // invalid → Err(E::from(rejection))
 ///     match conto.run(
 ///         intent,
@@ -72,7 +75,9 @@ use quote::ToTokens;
 /// ```
 ///
 /// `run` is `conto::Conto::run`, the same pipeline the tower layer uses. The returned future
-/// is `Send` whenever the body's future is.
+/// is `Send` whenever the body's future is. Inner attributes (`#![allow(..)]`) stay at the top
+/// of the function; without a `conto = ...` and without an installed default, every call is
+/// refused with `RejectionKind::NotConfigured` (source `not_configured`), which says what to do.
 #[proc_macro_attribute]
 pub fn paid_action(args: TokenStream, item: TokenStream) -> TokenStream {
     let item2: proc_macro2::TokenStream = item.clone().into();

@@ -9,7 +9,7 @@ impl From<Rejection> for PayError {
     }
 }
 
-#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = key)]
+#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", conto = key)]
 async fn pay(key: &str) -> Result<(), PayError> {
     Ok(())
 }

@@ -13,7 +13,7 @@ struct Receipt {
     ok: bool,
 }
 
-#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto,
+#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto,
     settled_amount = |r| r.ok)]
 async fn pay(conto: &Conto) -> Result<Receipt, PayError> {
     Ok(Receipt { ok: true })

@@ -9,7 +9,7 @@ impl From<Rejection> for PayError {
     }
 }
 
-#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto, on_approval = ignore)]
+#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto, on_approval = ignore)]
 async fn pay(conto: &Conto) -> Result<(), PayError> {
     Ok(())
 }

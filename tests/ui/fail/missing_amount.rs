@@ -9,7 +9,7 @@ impl From<Rejection> for PayError {
     }
 }
 
-#[paid_action(rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto)]
+#[paid_action(rail = card(merchant = "Acme"), actor = "agent-1", conto = conto)]
 async fn pay(conto: &Conto) -> Result<(), PayError> {
     Ok(())
 }

@@ -9,7 +9,7 @@ impl From<Rejection> for PayError {
     }
 }
 
-#[paid_action(amount = 1, recipient = "0x1111111111111111111111111111111111111111", rail = x402(facilitator = "f"), actor = "agent-1", authorizer = conto)]
+#[paid_action(amount = 1, recipient = "0x1111111111111111111111111111111111111111", rail = x402(facilitator = "f"), actor = "agent-1", conto = conto)]
 async fn pay(conto: &Conto) -> Result<(), PayError> {
     Ok(())
 }

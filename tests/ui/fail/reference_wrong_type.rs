@@ -13,7 +13,7 @@ struct Receipt {
     block: u64,
 }
 
-#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto,
+#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto,
     reference = |r| r.block)]
 async fn pay(conto: &Conto) -> Result<Receipt, PayError> {
     Ok(Receipt { block: 1 })

@@ -11,7 +11,7 @@ impl From<Rejection> for AppError {
 
 type Result<T> = std::result::Result<T, AppError>;
 
-#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto)]
+#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto)]
 async fn pay(conto: &Conto) -> Result<u8> {
     Ok(1)
 }

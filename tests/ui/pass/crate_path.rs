@@ -11,12 +11,12 @@ impl From<Rejection> for PayError {
     }
 }
 
-#[paid_action(crate = my_conto, amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto)]
+#[paid_action(crate = my_conto, amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto)]
 async fn pay(conto: &Conto) -> Result<(), PayError> {
     Ok(())
 }
 
-#[paid_action(crate = "my_conto", amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto)]
+#[paid_action(crate = "my_conto", amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto)]
 async fn pay_str(conto: &Conto) -> Result<(), PayError> {
     Ok(())
 }

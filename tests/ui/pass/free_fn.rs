@@ -14,7 +14,7 @@ impl From<Rejection> for PayError {
     recipient = to,
     rail = x402(resource_url = url, facilitator = "https://x402.org/facilitator", scheme = "exact"),
     actor = "agent-1",
-    authorizer = conto,
+    conto = conto,
     category = "API_PROVIDER",
     purpose = "search",
     recipient_name = "Search API",

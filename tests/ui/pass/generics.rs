@@ -25,7 +25,7 @@ impl Provider for Fixed {
 
 #[paid_action(amount = provider.price(), recipient = to,
     rail = mpp(resource_url = url, session_id = "s1", deposit = "5", intent = "session", method = "GET"),
-    actor = actor.to_string(), authorizer = conto)]
+    actor = actor.to_string(), conto = conto)]
 async fn pay<'a, P, A>(conto: &Conto, provider: &'a P, actor: A, url: &str, to: &str) -> Result<&'a P, PayError>
 where
     P: Provider + Sync,

@@ -15,7 +15,7 @@ struct Order {
 }
 
 #[paid_action(amount = conto::Decimal::new(cents as i64, 2), recipient = to, rail = x402(resource_url = "https://api.example.com/o"),
-    actor = "agent-1", authorizer = conto)]
+    actor = "agent-1", conto = conto)]
 async fn pay(conto: &Conto, Order { cents, to }: Order, memo: impl AsRef<str> + Send, (a, b): (u8, u8)) -> Result<u64, PayError> {
     let _ = memo.as_ref();
     Ok(cents + u64::from(a) + u64::from(b))

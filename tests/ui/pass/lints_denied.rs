@@ -17,7 +17,7 @@ impl From<Rejection> for PayError {
 ///
 /// # Errors
 /// When the payment is not allowed.
-#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto)]
+#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto)]
 pub async fn pay(conto: &Conto) -> Result<(), PayError> {
     Ok(())
 }

@@ -18,7 +18,7 @@ impl From<std::num::ParseIntError> for PayError {
     }
 }
 
-#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto)]
+#[paid_action(amount = 1, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto)]
 async fn pay(conto: &Conto, input: &str) -> Result<u32, PayError> {
     if input.is_empty() {
         return Ok(0);

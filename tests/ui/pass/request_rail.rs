@@ -15,14 +15,14 @@ impl From<Rejection> for PayError {
     recipient = "0x616e7468726f7069632d73686f7070696e672d61",
     rail = request(wallet_id = "wal_shared"),
     actor = "agent-1",
-    authorizer = conto,
+    conto = conto,
     category = "MERCHANDISE",
 )]
 async fn checkout(conto: &Conto) -> Result<&'static str, PayError> {
     Ok("charged by the card processor")
 }
 
-#[paid_action(amount = 1, recipient = "0x616e7468726f7069632d73686f7070696e672d61", rail = request(), actor = "agent-1", authorizer = conto)]
+#[paid_action(amount = 1, recipient = "0x616e7468726f7069632d73686f7070696e672d61", rail = request(), actor = "agent-1", conto = conto)]
 async fn without_wallet(conto: &Conto) -> Result<(), PayError> {
     Ok(())
 }

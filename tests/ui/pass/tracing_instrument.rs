@@ -10,13 +10,13 @@ impl From<Rejection> for PayError {
 }
 
 #[tracing::instrument(skip(conto))]
-#[paid_action(amount = amount, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto)]
+#[paid_action(amount = amount, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto)]
 async fn outer_instrument(conto: &Conto, amount: u32) -> Result<u32, PayError> {
     tracing::info!("paying");
     Ok(amount)
 }
 
-#[paid_action(amount = amount, rail = card(merchant = "Acme"), actor = "agent-1", authorizer = conto)]
+#[paid_action(amount = amount, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto)]
 #[tracing::instrument(skip(conto), err(Debug))]
 async fn inner_instrument(conto: &Conto, amount: u32) -> Result<u32, PayError> {
     Ok(amount)

@@ -18,7 +18,7 @@ struct Card {
 }
 
 impl Settle for Card {
-    #[paid_action(amount = amount, rail = card(merchant = "Acme", mcc = "5411"), actor = "agent-1", authorizer = self.conto)]
+    #[paid_action(amount = amount, rail = card(merchant = "Acme", mcc = "5411"), actor = "agent-1", conto = self.conto)]
     async fn settle(&self, amount: u64) -> Result<(), PayError> {
         Ok(())
     }
