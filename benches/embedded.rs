@@ -10,7 +10,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use axum::routing::get;
-use conto::tower::{Actor, PaidLayer, Price};
+use conto::tower::{Actor, Paywall, Price};
 use conto::{Conto, Engine, PaymentIntent, PolicySet, Rail, Rejection, Settlement, paid_action};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::json;
@@ -117,14 +117,14 @@ struct User(String);
 
 fn layer_overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let paid = PaidLayer::builder(Conto::new(Engine::new(policies(10))))
+    let paid = Paywall::builder(Conto::new(Engine::new(policies(10))))
         .actor(Actor::extension(|user: &User| user.0.clone()))
         .rail(Rail::transfer(8453, SENDER).unwrap())
         .recipient(RECIPIENT)
         .category("API_PROVIDER")
-        .price(Price::fixed("0.01".parse().unwrap()))
         .build()
-        .unwrap();
+        .unwrap()
+        .with_price(Price::fixed("0.01".parse().unwrap()));
     let bare: Router = Router::new().route("/r", get(|| async { "ok" }));
     let layered: Router = Router::new().route("/r", get(|| async { "ok" }).route_layer(paid));
     // The app's auth middleware would insert the user; the bench inserts it directly.

@@ -11,7 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use conto::tower::{Actor, Paid, PaidLayer, Price, PriceError, Settled};
+use conto::tower::{Actor, Paid, Paywall, Price, PriceError, Settled};
 use conto::{Conto, Engine, Rail};
 use serde_json::{Value, json};
 
@@ -44,13 +44,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::from_file(&policy_file)?;
     let conto = Conto::new(engine.clone());
 
-    let paid = PaidLayer::builder(conto)
+    let paid = Paywall::builder(conto)
         .actor(Actor::extension(|user: &User| user.id.clone()))
         .receipt_headers()
         .rail(Rail::x402("https://search.example.com/v1/query")?)
         .recipient(PROVIDER)
         .category("API_PROVIDER")
-        .price(Price::free())
         .build()?;
 
     let app = Router::new()

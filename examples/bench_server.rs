@@ -7,7 +7,7 @@
 
 use axum::Router;
 use axum::routing::get;
-use conto::tower::{Actor, PaidLayer, Price};
+use conto::tower::{Actor, Paywall, Price};
 use conto::{Conto, Engine, PolicySet, Rail};
 use serde_json::json;
 
@@ -26,12 +26,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let engine = Engine::new(PolicySet::from_value(json!({"agents": ["agent-1"], "policies": docs}))?);
     // A loopback benchmark target: wrk plays the trusted proxy that sets the header.
-    let paid = PaidLayer::builder(Conto::new(engine))
+    let paid = Paywall::builder(Conto::new(engine))
         .actor(Actor::trusted_header("x-conto-actor"))
         .rail(Rail::x402("https://api.example.com/search")?)
         .recipient(RECIPIENT)
-        .price(Price::fixed("0.000001".parse()?))
-        .build()?;
+        .build()?
+        .with_price(Price::fixed("0.000001".parse()?));
     let app =
         Router::new().route("/bare", get(|| async { "ok" })).route("/paid", get(|| async { "ok" }).route_layer(paid));
     let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3999);

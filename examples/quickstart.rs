@@ -16,7 +16,7 @@ use axum::extract::{Path, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
-use conto::tower::{Actor, Paid, PaidLayer, Price, PriceError, Settled, headers};
+use conto::tower::{Actor, Paid, Paywall, Price, PriceError, Settled, headers};
 use conto::{Conto, Decimal, Engine, ManualClock, PolicySet, Rail, Rejection, paid_action};
 
 const ALPHA: &str = "0xa11ce00000000000000000000000000000000001";
@@ -90,17 +90,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // GET /search/{provider}?price=X, paid by the authenticated user. The policy file provisions
     // agent-1 and agent-2 (its `agents` list); any other actor is refused.
     let providers: Arc<HashMap<&str, &str>> = Arc::new([("alpha", ALPHA), ("beta", BETA), ("gamma", GAMMA)].into());
-    let paid = PaidLayer::builder(conto.clone())
+    let paid = Paywall::builder(conto.clone())
         .actor(Actor::extension(|user: &User| user.id.clone()))
         .receipt_headers() // the caller is authenticated: it may see its own remaining budget
         .rail(Rail::x402("https://search.example.com/v1/query")?)
         .recipient_from(move |req| req.path_param("provider").and_then(|p| providers.get(p)).map(|a| a.to_string()))
         .category("API_PROVIDER")
-        .price(Price::from_request(|req| {
+        .build()?
+        .with_price(Price::from_request(|req| {
             let price = req.query("price").ok_or_else(|| PriceError::new("`price` is required"))?;
             price.parse().map(Some).map_err(|e| PriceError::new(format!("bad price: {e}")))
-        }))
-        .build()?;
+        }));
     let app = Router::new()
         .route(
             "/search/{provider}",

@@ -4,12 +4,49 @@
 //! [`Engine`] with Conto's semantics) to approve it. A denied action never reaches the
 //! settlement code; an approved one has its settled spend recorded back.
 //!
-//! - [`Conto::run`] / [`Conto::guard`]: the one pipeline, `authorize -> settle -> record | release`.
+//! - [`Conto::run`]: the one pipeline, `authorize -> settle -> record | release`.
 //! - `#[paid_action]` (feature `macros`): the pipeline as an attribute on an async settlement fn.
 //! - [`tower`] (feature `tower`): the pipeline as a tower layer around paid HTTP routes.
+//! - [`from_env`] / [`builder_from_env`]: one handle per app, from the environment.
+//!
+//! ```
+//! use conto::prelude::*;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let conto = Conto::new(Engine::from_json(r#"{"agents": ["agent-1"], "policies": [
+//!     {"name": "cap", "rules": [{"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "5", "action": "ALLOW"}]}
+//! ]}"#)?);
+//! let intent = PaymentIntent::builder("agent-1", "2.50", Rail::card("Acme")?).build()?;
+//! let charged = conto
+//!     .run(intent, |_approval| async { Ok::<_, String>("ch_1") }, |id| Settlement::default().reference(*id))
+//!     .await?;
+//! assert_eq!(charged, Ok("ch_1"));
+//! # Ok(()) }
+//! ```
+//!
+//! The README (the recipes, compiled as this crate's doc tests) is the guide; each feature's
+//! crate docs are inlined below: [`tower`], [`client`], [`outbox`].
 #![deny(missing_docs)]
 
-pub use conto_core::*;
+#[doc(hidden)]
+pub use conto_core::__private;
+/// jiff, the time library of conto-rs's timestamps and time zones (re-exported so that
+/// versions match).
+#[doc(no_inline)]
+pub use conto_core::jiff;
+pub use conto_core::{
+    Activity, ActorId, ActorLifecycle, ActorStatus, Address, Amount, AmountError, Approval, ApprovalMode,
+    Authorization, BudgetPeriod, Clock, Conto, ContoBuilder, DEFAULT_DEADLINE, Decimal, Decision, DecisionSource,
+    Denial, Engine, Ensured, Event, ExposeSecret, IdempotencyKey, IntentBuilder, IntentError, LifecycleError, Limits,
+    MAX_WAIT, ManualClock, Monitor, PaymentIntent, PendingApproval, PolicyError, PolicySet, ProductControls, Rail, Ran,
+    Recorded, Rejection, RejectionKind, RuleProblem, SecretString, Settlement, Status, SyncReport, SystemClock,
+    Verdict, Violation, ViolationType, deadline_after, install_default, installed_default, service_domain_of,
+};
+pub use conto_core::{
+    AuthorityError, Authorizer, BoxFuture, LedgerError, Outage, Refused, controls, engine, journal, lifecycle, policy,
+    sink,
+};
 
 #[cfg(feature = "macros")]
 pub use conto_macros::paid_action;
@@ -19,64 +56,136 @@ pub use conto_client::{ClientError, ContoClient, ContoClientBuilder};
 #[cfg(feature = "outbox")]
 pub use conto_store::DurableEngine;
 
+/// The names most apps use, in one import: `use conto::prelude::*;`.
+pub mod prelude {
+    #[cfg(feature = "macros")]
+    pub use crate::paid_action;
+    #[cfg(feature = "tower")]
+    pub use crate::tower::{Actor, Paid, Paywall, Price, PriceError, Settled};
+    pub use crate::{
+        Amount, Authorization, Conto, Decimal, Engine, PaymentIntent, PolicySet, Rail, Rejection, RejectionKind,
+        Settlement, builder_from_env, from_env,
+    };
+}
+
+/// The tower layer for paid HTTP routes (feature `tower`).
+#[cfg(feature = "tower")]
+#[doc(inline)]
+pub use conto_tower as tower;
+
 /// Conto's HTTP API (feature `client`): [`ContoClient`], policy sync, per-actor bindings and
 /// the managed-actor lifecycle.
 #[cfg(feature = "client")]
-pub mod client {
-    pub use conto_client::*;
-}
+#[doc(inline)]
+pub use conto_client as client;
 
 /// Per-actor bindings with SDK keys sealed at rest (feature `credentials`).
 #[cfg(feature = "credentials")]
 pub mod credentials {
+    #[doc(inline)]
     pub use conto_client::credentials::*;
 }
 
 /// SQLite storage (feature `outbox`): the durable record outbox and the ledger journal.
 #[cfg(feature = "outbox")]
-pub mod outbox {
-    pub use conto_store::*;
-}
+#[doc(inline)]
+pub use conto_store as outbox;
 
-/// Why [`from_env`] could not set up an authority.
-#[cfg(feature = "client")]
+/// Why [`from_env`] / [`builder_from_env`] could not set up an authority.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FromEnvError {
     /// `CONTO_API_URL` is set but the client cannot be configured.
+    #[cfg(feature = "client")]
     #[error(transparent)]
     Client(#[from] conto_client::ClientError),
-    /// The embedded engine's policy file is invalid.
-    #[error(transparent)]
-    Policy(#[from] conto_core::PolicyError),
+    /// `CONTO_API_URL` is set, but this build has no HTTP client.
+    #[error(
+        "CONTO_API_URL is set, but conto was built without its `client` feature: enable it \
+             (`conto = {{ .., features = [\"client\"] }}`) or unset CONTO_API_URL to use the embedded engine"
+    )]
+    ClientDisabled,
+    /// The embedded engine's policy file cannot be read or is invalid.
+    #[error("{source}; {hint}")]
+    Policy {
+        /// What is wrong with the file.
+        source: conto_core::PolicyError,
+        /// Where the path came from and how to point at another file.
+        hint: String,
+    },
+    /// `CONTO_LEDGER_PATH` is set, but this build has no SQLite storage.
+    #[error(
+        "CONTO_LEDGER_PATH is set, but conto was built without its `outbox` feature: enable it or unset \
+             CONTO_LEDGER_PATH (the ledger then lives in memory)"
+    )]
+    LedgerDisabled,
     /// The embedded engine's ledger journal (`CONTO_LEDGER_PATH`) cannot be opened or replayed.
     #[error(transparent)]
     Journal(#[from] conto_core::journal::JournalError),
 }
 
-/// The one-line switch between the embedded engine and Conto's API: when `CONTO_API_URL` is
-/// set, a [`ContoClient`] configured from the environment (`CONTO_SDK_KEY` or `CONTO_API_KEY`);
-/// otherwise the embedded [`Engine`] with the policies in `CONTO_POLICIES`, or in
-/// `default_policies` when that is unset. The embedded engine's ledger is durable when
-/// `CONTO_LEDGER_PATH` names a file (with the `outbox` feature), and in memory otherwise.
+/// The one-line switch between the embedded engine and Conto's API, as a finished handle:
+/// [`builder_from_env`]`(default_policies)?.build()`.
 ///
 /// ```no_run
 /// let conto = conto::from_env("policies/example.json")?;
 /// # Ok::<(), conto::FromEnvError>(())
 /// ```
-#[cfg(feature = "client")]
 pub fn from_env(default_policies: impl AsRef<std::path::Path>) -> Result<Conto, FromEnvError> {
+    Ok(builder_from_env(default_policies)?.build())
+}
+
+/// The app's one [`ContoBuilder`], from the environment, so the outbox, the observer, the
+/// deadline and the stand-in chain onto it:
+///
+/// - `CONTO_API_URL` set: a [`ContoClient`] configured from the environment (`CONTO_SDK_KEY`
+///   or `CONTO_API_KEY`; feature `client`);
+/// - otherwise the embedded [`Engine`] with the policies in the file `CONTO_POLICIES` names,
+///   or `default_policies` when it is unset (a relative path is read against the working
+///   directory); its ledger is durable when `CONTO_LEDGER_PATH` names a file (feature
+///   `outbox`), and in memory otherwise.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let monitor = conto::Monitor::new(500);
+/// let conto = conto::builder_from_env("policies/example.json")?
+///     .observe(monitor.observer())
+///     .deadline(Duration::from_secs(2))
+///     .build();
+/// # Ok::<(), conto::FromEnvError>(())
+/// ```
+pub fn builder_from_env(default_policies: impl AsRef<std::path::Path>) -> Result<ContoBuilder, FromEnvError> {
     if std::env::var_os("CONTO_API_URL").is_some() {
-        return Ok(Conto::new(ContoClient::from_env()?));
+        #[cfg(feature = "client")]
+        return Ok(Conto::builder(ContoClient::from_env()?));
+        #[cfg(not(feature = "client"))]
+        return Err(FromEnvError::ClientDisabled);
     }
-    let file = std::env::var_os("CONTO_POLICIES").map(std::path::PathBuf::from);
-    let file = file.as_deref().unwrap_or(default_policies.as_ref());
-    let builder = Engine::builder().policies(PolicySet::from_file(file)?);
-    #[cfg(feature = "outbox")]
+    let (file, hint) = match std::env::var_os("CONTO_POLICIES") {
+        Some(file) => (
+            std::path::PathBuf::from(file),
+            "the path came from CONTO_POLICIES; point it at a policy file, or unset it".to_owned(),
+        ),
+        None => (
+            default_policies.as_ref().to_path_buf(),
+            "set CONTO_POLICIES to a policy file, run from the directory that holds this one, or set \
+             CONTO_API_URL to use Conto's API"
+                .to_owned(),
+        ),
+    };
+    let policies = PolicySet::from_file(&file).map_err(|source| FromEnvError::Policy { source, hint })?;
+    let builder = Engine::builder().policies(policies);
     if let Some(ledger) = std::env::var_os("CONTO_LEDGER_PATH") {
-        return Ok(Conto::new(DurableEngine::open(builder, ledger)?));
+        #[cfg(feature = "outbox")]
+        return Ok(Conto::builder(DurableEngine::open(builder, ledger)?));
+        #[cfg(not(feature = "outbox"))]
+        {
+            let _ = ledger;
+            return Err(FromEnvError::LedgerDisabled);
+        }
     }
-    Ok(Conto::new(builder.build()))
+    Ok(Conto::builder(builder.build()))
 }
 
 /// The README's recipes, compiled (and run, where they need no network or secrets) as doc
@@ -84,9 +193,3 @@ pub fn from_env(default_policies: impl AsRef<std::path::Path>) -> Result<Conto, 
 #[cfg(all(doctest, feature = "macros", feature = "tower", feature = "credentials", feature = "outbox"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
-
-/// The tower layer for paid HTTP routes.
-#[cfg(feature = "tower")]
-pub mod tower {
-    pub use conto_tower::*;
-}

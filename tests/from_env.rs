@@ -19,7 +19,27 @@ async fn from_env_picks_the_authority() {
     let rejection = embedded.authorize(intent).await.unwrap_err();
     assert_eq!(rejection.source(), conto::DecisionSource::Policy);
     assert_eq!(rejection.violations()[0].kind, conto::ViolationType::PerTxLimit);
-    assert!(matches!(conto::from_env("/nonexistent.json"), Err(conto::FromEnvError::Policy(_))));
+    assert!(matches!(conto::from_env("/nonexistent.json"), Err(conto::FromEnvError::Policy { .. })));
+
+    // A missing policy file says where it looked and how to point elsewhere.
+    let err = conto::from_env("policies/nope.json").unwrap_err().to_string();
+    assert!(err.contains("policies/nope.json"), "{err}");
+    assert!(err.contains("relative to the working directory"), "{err}");
+    assert!(err.contains("set CONTO_POLICIES"), "{err}");
+    unsafe { std::env::set_var("CONTO_POLICIES", "/also/missing.json") };
+    let err = conto::from_env(policies).unwrap_err().to_string();
+    assert!(err.contains("/also/missing.json") && err.contains("came from CONTO_POLICIES"), "{err}");
+    unsafe { std::env::remove_var("CONTO_POLICIES") };
+
+    // The builder chains: one handle with its observer, built once.
+    let monitor = conto::Monitor::new(8);
+    let observed = conto::builder_from_env(policies).unwrap().observe(monitor.observer()).build();
+    let intent = conto::PaymentIntent::builder("agent-1", "1", conto::Rail::x402("https://api.example.com/q").unwrap())
+        .recipient("0xa11ce00000000000000000000000000000000001")
+        .build()
+        .unwrap();
+    observed.authorize(intent).await.unwrap().release();
+    assert_eq!(monitor.status(&observed).decisions, 1, "the observer sees the handle's decisions");
 
     // With CONTO_LEDGER_PATH the embedded ledger survives a restart of the process's Conto.
     #[cfg(feature = "outbox")]

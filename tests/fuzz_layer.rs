@@ -9,7 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use axum::routing::post;
-use conto::tower::{Actor, PaidLayer, Price, PriceError};
+use conto::tower::{Actor, Paywall, Price, PriceError};
 use conto::{Conto, Engine, Rail};
 use proptest::prelude::*;
 
@@ -19,18 +19,18 @@ fn app(runs: Arc<AtomicUsize>) -> Router {
             {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "50", "action": "ALLOW"}]}]}"#,
     )
     .unwrap();
-    let paid = PaidLayer::builder(Conto::new(engine))
+    let paid = Paywall::builder(Conto::new(engine))
         .actor(Actor::trusted_header("x-conto-actor"))
         .rail(Rail::card("Acme").unwrap())
-        .price(Price::json_body(256, |req| {
+        .build()
+        .unwrap()
+        .with_price(Price::json_body(256, |req| {
             let base = req.query("price").unwrap_or_else(|| "1".into());
             let units = req.json().and_then(|j| j.get("units")).and_then(|u| u.as_u64()).unwrap_or(1);
             let price: conto::Decimal = base.parse().map_err(|_| PriceError::new("bad price"))?;
             let total = price.checked_mul(units.into()).ok_or_else(|| PriceError::new("overflow"))?;
             conto::Amount::new(total).map(Some).map_err(|e| PriceError::new(e.to_string()))
-        }))
-        .build()
-        .unwrap();
+        }));
     Router::new()
         .route(
             "/buy/{item}",

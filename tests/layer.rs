@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use conto::tower::{Actor, Paid, PaidLayer, Price, PriceError, Settled, headers};
+use conto::tower::{Actor, Paid, Paywall, Price, PriceError, Settled, headers};
 use conto::{
     AuthorityError, Authorization, Authorizer, BoxFuture, Conto, Decimal, Decision, Engine, PaymentIntent,
     PendingApproval, PolicySet, Rail, Recorded, Settlement,
@@ -63,13 +63,12 @@ struct App {
     client: reqwest::Client,
 }
 
-fn layer(conto: Conto) -> PaidLayer {
-    PaidLayer::builder(conto)
+fn layer(conto: Conto) -> Paywall {
+    Paywall::builder(conto)
         .actor(Actor::extension(|user: &User| user.id.clone()))
         .rail(Rail::x402("https://api.example.com/v1").unwrap())
         .recipient(RECIPIENT)
         .category("API_PROVIDER")
-        .price(Price::free())
         .receipt_headers()
         .build()
         .unwrap()
@@ -200,7 +199,8 @@ async fn denied_is_a_403_problem_and_the_handler_never_runs() {
     assert_eq!(body["violations"][0]["limit"], 10.0);
     assert_eq!(body["status"], 403);
     assert_eq!(body["source"], "policy");
-    assert!(body["type"].as_str().unwrap().ends_with("#payment-denied"));
+    assert_eq!(body["code"], "payment-denied");
+    assert_eq!(body["type"], "about:blank");
     assert_eq!(app.runs(), 0);
 }
 
@@ -222,7 +222,8 @@ async fn missing_actor_is_a_401_that_names_the_extension_and_charges_no_one() {
     let resp = app.client.get(format!("{}/paid", app.base)).header("x-conto-actor", "agent-1").send().await.unwrap();
     let (status, _, body) = problem(resp).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(body["type"].as_str().unwrap().ends_with("#actor-missing"));
+    assert_eq!(body["code"], "actor-missing");
+    assert_eq!(body["type"], "about:blank");
     let detail = body["detail"].as_str().unwrap();
     assert!(detail.contains("request extension") && detail.contains("User"), "names what it expected: {detail}");
     assert_eq!(app.runs(), 0);
@@ -253,7 +254,8 @@ async fn an_authenticated_but_unprovisioned_actor_is_a_403_and_never_runs() {
         let (status, headers, body) = problem(app.get(path, Some("ghost")).await).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert!(headers.get("retry-after").is_none(), "never retryable");
-        assert!(body["type"].as_str().unwrap().ends_with("#actor-unknown"), "{body}");
+        assert_eq!(body["code"], "actor-unknown", "{body}");
+        assert_eq!(body["type"], "about:blank");
         assert_eq!(body["decision"], "refused");
     }
     assert_eq!(app.runs(), 0);
@@ -263,12 +265,12 @@ async fn an_authenticated_but_unprovisioned_actor_is_a_403_and_never_runs() {
 #[tokio::test]
 async fn receipt_headers_are_off_unless_asked_for() {
     let engine = engine();
-    let paid = PaidLayer::builder(Conto::new(engine.clone()))
+    let paid = Paywall::builder(Conto::new(engine.clone()))
         .actor(Actor::extension(|user: &User| user.id.clone()))
         .rail(Rail::card("Acme").unwrap())
-        .price_fixed("1")
         .build()
-        .unwrap();
+        .unwrap()
+        .with_price(Price::fixed("1".parse().unwrap()));
     let base = serve(Router::new().route("/", get(|| async { "hi" })).layer(paid)).await;
     let resp = reqwest::Client::new().get(&base).bearer_auth("tok-agent-1").send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -281,12 +283,12 @@ async fn receipt_headers_are_off_unless_asked_for() {
 #[tokio::test]
 async fn a_trusted_header_is_read_exactly_and_still_needs_a_provisioned_actor() {
     let engine = engine();
-    let paid = PaidLayer::builder(Conto::new(engine.clone()))
+    let paid = Paywall::builder(Conto::new(engine.clone()))
         .actor(Actor::trusted_header("x-authenticated-user"))
         .rail(Rail::card("Acme").unwrap())
-        .price_fixed("1")
         .build()
-        .unwrap();
+        .unwrap()
+        .with_price(Price::fixed("1".parse().unwrap()));
     let base = serve(Router::new().route("/", get(|| async { "hi" })).layer(paid)).await;
     let send = |v: &'static str| reqwest::Client::new().get(&base).header("x-authenticated-user", v).send();
     assert_eq!(send("agent-2").await.unwrap().status(), 200);
@@ -435,7 +437,8 @@ async fn a_refused_key_is_a_500_that_says_what_to_fix_never_a_retryable_503() {
     let (status, headers, body) = problem(app.get("/paid", Some("agent-1")).await).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(headers.get("retry-after").is_none(), "not retryable");
-    assert!(body["type"].as_str().unwrap().ends_with("#authority-refused"), "{body}");
+    assert_eq!(body["code"], "authority-refused", "{body}");
+    assert_eq!(body["type"], "about:blank");
     assert_eq!(body["source"], "authority");
     assert!(body["detail"].as_str().unwrap().contains("check the SDK key"), "{body}");
     assert_eq!(app.runs(), 0);
@@ -444,13 +447,13 @@ async fn a_refused_key_is_a_500_that_says_what_to_fix_never_a_retryable_503() {
 
 #[tokio::test]
 async fn a_custom_responder_replaces_the_problem_and_keeps_no_store() {
-    let paid = PaidLayer::builder(Conto::new(engine()))
+    let paid = Paywall::builder(Conto::new(engine()))
         .actor(Actor::extension(|user: &User| user.id.clone()))
         .rail(Rail::card("Acme").unwrap())
-        .price_fixed("11")
         .respond_with(|refusal| (StatusCode::PAYMENT_REQUIRED, format!("nope: {refusal}")).into_response())
         .build()
-        .unwrap();
+        .unwrap()
+        .with_price(Price::fixed("11".parse().unwrap()));
     let base = serve(Router::new().route("/", get(|| async { "hi" })).layer(paid)).await;
     let resp = reqwest::Client::new().get(&base).bearer_auth("tok-agent-1").send().await.unwrap();
     assert_eq!(resp.status(), 402);
@@ -461,10 +464,9 @@ async fn a_custom_responder_replaces_the_problem_and_keeps_no_store() {
 #[tokio::test]
 async fn builder_errors_are_typed() {
     let conto = Conto::new(Engine::from_json("[]").unwrap());
-    let err =
-        PaidLayer::builder(conto.clone()).rail(Rail::card("A").unwrap()).price(Price::free()).build().unwrap_err();
+    let err = Paywall::builder(conto.clone()).rail(Rail::card("A").unwrap()).build().unwrap_err();
     assert_eq!(err, conto::tower::LayerError::MissingActor);
-    let err = PaidLayer::builder(conto).recipient("0xnope").build().unwrap_err();
+    let err = Paywall::builder(conto).recipient("0xnope").build().unwrap_err();
     assert!(matches!(err, conto::tower::LayerError::Invalid(_)), "{err}");
 }
 
@@ -494,4 +496,36 @@ async fn concurrent_requests_never_overspend_the_daily_budget() {
     assert_eq!(usage.stats.total_spent, Decimal::from(50));
     assert_eq!(app.runs(), 50);
     assert!(usage.counters.iter().all(|c| c.spent <= Decimal::from(50) && c.reserved.is_zero()));
+}
+
+#[tokio::test]
+async fn a_computed_price_of_zero_is_an_invalid_payment_and_none_is_free() {
+    let engine = engine();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let price = Price::from_request(|req| match req.query("price").as_deref() {
+        Some("free") => Ok(None),
+        Some(p) => p.parse().map(Some).map_err(|e| PriceError::new(format!("bad price: {e}"))),
+        None => Err(PriceError::new("`price` is required")),
+    });
+    let paywall = layer(Conto::new(engine.clone()));
+    let router = Router::new().route(
+        "/q",
+        get(move || async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            "ok"
+        })
+        .route_layer(paywall.with_price(price)),
+    );
+    let base = serve(router).await;
+    let client = reqwest::Client::new();
+    let resp = client.get(format!("{base}/q?price=0")).bearer_auth("tok-agent-1").send().await.unwrap();
+    let (status, _, body) = problem(resp).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["code"] == "invalid-price" || body["code"] == "invalid-payment", "{body}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "a zero price never reaches the handler");
+    let resp = client.get(format!("{base}/q?price=free")).bearer_auth("tok-agent-1").send().await.unwrap();
+    assert_eq!(resp.status(), 200, "Ok(None) is free");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(engine.usage("agent-1").stats.approved, 0, "a free request is not authorized");
 }

@@ -186,6 +186,16 @@ pub struct Authorization {
     pub intent: Arc<PaymentIntent>,
 }
 
+impl Authorization {
+    /// What is left of the tightest daily limit once `recorded` was spent, when the authority
+    /// reported a daily limit: the approval's figure assumed the whole approved amount, so
+    /// what was approved but not spent is credited back.
+    pub fn daily_remaining_after(&self, recorded: Amount) -> Option<Decimal> {
+        let remaining = self.limits.daily_remaining?;
+        remaining.checked_add(self.amount.get())?.checked_sub(recorded.get()).map(|d| d.normalize())
+    }
+}
+
 impl fmt::Debug for Authorization {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authorization")

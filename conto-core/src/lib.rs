@@ -45,11 +45,12 @@ pub use lifecycle::{ActorLifecycle, Ensured, LifecycleError};
 pub use money::{Amount, AmountError};
 pub use monitor::{Activity, Monitor, Status};
 pub use pipeline::{
-    Approval, ApprovalMode, Conto, ContoBuilder, DEFAULT_DEADLINE, Event, install_default, installed_default,
+    Approval, ApprovalMode, Conto, ContoBuilder, DEFAULT_DEADLINE, Event, Ran, install_default, installed_default,
 };
 pub use policy::{PolicyError, PolicySet, RuleProblem};
 pub use rejection::{Rejection, RejectionKind};
 
+#[doc(no_inline)]
 pub use jiff;
 pub use rust_decimal::Decimal;
 pub use secrecy::{ExposeSecret, SecretString};

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::response::Response;
 use bytes::Bytes;
-use conto_core::{Amount, Conto, IntentError, PaymentIntent, Rail, Recorded};
+use conto_core::{Authorization, Conto, IntentError, PaymentIntent, Rail, Ran, Recorded};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Either, Limited};
 use tower_layer::Layer;
@@ -27,10 +27,9 @@ type RailFn = dyn Fn(&PriceRequest<'_>) -> Result<Rail, PriceError> + Send + Syn
 type TextFn = dyn Fn(&PriceRequest<'_>) -> Option<String> + Send + Sync;
 type StatusFn = dyn Fn(StatusCode) -> bool + Send + Sync;
 
-#[derive(Clone)]
-struct Config {
+/// What every paid route of an app shares.
+struct Shared {
     conto: Conto,
-    price: Price,
     actor: Actor,
     rail: Arc<RailFn>,
     recipient: Option<Arc<TextFn>>,
@@ -41,24 +40,60 @@ struct Config {
     receipt_headers: bool,
 }
 
+impl Clone for Shared {
+    fn clone(&self) -> Self {
+        Self {
+            conto: self.conto.clone(),
+            actor: self.actor.clone(),
+            rail: self.rail.clone(),
+            recipient: self.recipient.clone(),
+            category: self.category.clone(),
+            purpose: self.purpose.clone(),
+            record_when: self.record_when.clone(),
+            responder: self.responder.clone(),
+            receipt_headers: self.receipt_headers,
+        }
+    }
+}
+
+/// One paid route: the app's [`Paywall`] and this route's price.
+struct Route {
+    shared: Arc<Shared>,
+    price: Price,
+}
+
+/// The app-wide paywall: who pays (the actor, from the app's authentication), on which rail,
+/// to whom, and how refusals look. It is not itself a layer: each paid route gets its
+/// [`PaidLayer`] from [`Paywall::with_price`], so a paid route without a price cannot be
+/// written. Build it once per app and clone it freely.
+#[derive(Clone)]
+pub struct Paywall {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Paywall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Paywall").field("actor", &self.shared.actor).finish_non_exhaustive()
+    }
+}
+
 /// A layer that pre-authorizes each paid request with the conto pipeline, short-circuits
 /// refusals before the handler runs, and records the spend after the handler succeeds.
 ///
-/// It drops into `Router::layer`, `Router::route_layer`, `MethodRouter::layer` and
-/// `ServiceBuilder`. Mint per-route layers from one app-wide layer with
-/// [`PaidLayer::with_price`].
+/// Minted by [`Paywall::with_price`]; it drops into `Router::layer`, `Router::route_layer`,
+/// `MethodRouter::layer` and `ServiceBuilder`.
 #[derive(Clone)]
 pub struct PaidLayer {
-    config: Arc<Config>,
+    route: Arc<Route>,
 }
 
 impl fmt::Debug for PaidLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PaidLayer").field("price", &self.config.price).finish_non_exhaustive()
+        f.debug_struct("PaidLayer").field("price", &self.route.price).finish_non_exhaustive()
     }
 }
 
-/// Why a [`PaidLayerBuilder`] could not build a layer.
+/// Why a [`PaywallBuilder`] could not build a paywall.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LayerError {
@@ -66,8 +101,6 @@ pub enum LayerError {
     MissingActor,
     /// No rail: call `.rail(...)` or `.rail_from(...)`.
     MissingRail,
-    /// No price: call `.price(...)` (use `Price::free()` for a free route).
-    MissingPrice,
     /// A fixed value given to the builder is invalid.
     Invalid(IntentError),
 }
@@ -76,24 +109,22 @@ impl fmt::Display for LayerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LayerError::MissingActor => f.write_str(
-                "PaidLayer needs an actor source: call .actor(Actor::extension(|user: &User| user.id.clone())) \
+                "the paywall needs an actor source: call .actor(Actor::extension(|user: &User| user.id.clone())) \
                  with the type your authentication middleware inserts",
             ),
             LayerError::MissingRail => {
-                f.write_str("PaidLayer needs a rail: call .rail(Rail::x402(..)?) or .rail_from(..)")
+                f.write_str("the paywall needs a rail: call .rail(Rail::x402(..)?) or .rail_from(..)")
             }
-            LayerError::MissingPrice => f.write_str("PaidLayer needs a price: call .price(Price::fixed(..))"),
-            LayerError::Invalid(e) => write!(f, "PaidLayer configuration is invalid: {e}"),
+            LayerError::Invalid(e) => write!(f, "the paywall's configuration is invalid: {e}"),
         }
     }
 }
 
 impl std::error::Error for LayerError {}
 
-/// Builds a [`PaidLayer`]; [`PaidLayerBuilder::build`] checks the configuration.
-pub struct PaidLayerBuilder {
+/// Builds a [`Paywall`]; [`PaywallBuilder::build`] checks the configuration.
+pub struct PaywallBuilder {
     conto: Conto,
-    price: Option<Price>,
     actor: Option<Actor>,
     rail: Option<Arc<RailFn>>,
     recipient: Option<Arc<TextFn>>,
@@ -105,26 +136,7 @@ pub struct PaidLayerBuilder {
     receipt_headers: bool,
 }
 
-impl PaidLayerBuilder {
-    /// The route's price.
-    pub fn price(mut self, price: Price) -> Self {
-        self.price = Some(price);
-        self
-    }
-
-    /// A fixed price, e.g. `"0.05"`.
-    pub fn price_fixed<A>(mut self, amount: A) -> Self
-    where
-        A: TryInto<Amount>,
-        A::Error: Into<IntentError>,
-    {
-        match amount.try_into() {
-            Ok(a) => self.price = Some(Price::fixed(a)),
-            Err(e) => self.invalid = Some(e.into()),
-        }
-        self
-    }
-
+impl PaywallBuilder {
     /// Who pays for a request.
     pub fn actor(mut self, actor: Actor) -> Self {
         self.actor = Some(actor);
@@ -197,15 +209,14 @@ impl PaidLayerBuilder {
         self
     }
 
-    /// Checks the configuration and builds the layer.
-    pub fn build(self) -> Result<PaidLayer, LayerError> {
+    /// Checks the configuration and builds the paywall.
+    pub fn build(self) -> Result<Paywall, LayerError> {
         if let Some(e) = self.invalid {
             return Err(LayerError::Invalid(e));
         }
-        Ok(PaidLayer {
-            config: Arc::new(Config {
+        Ok(Paywall {
+            shared: Arc::new(Shared {
                 conto: self.conto,
-                price: self.price.ok_or(LayerError::MissingPrice)?,
                 actor: self.actor.ok_or(LayerError::MissingActor)?,
                 rail: self.rail.ok_or(LayerError::MissingRail)?,
                 recipient: self.recipient,
@@ -219,12 +230,11 @@ impl PaidLayerBuilder {
     }
 }
 
-impl PaidLayer {
-    /// Starts a layer over `conto`.
-    pub fn builder(conto: Conto) -> PaidLayerBuilder {
-        PaidLayerBuilder {
+impl Paywall {
+    /// Starts a paywall over `conto`, the app's one handle.
+    pub fn builder(conto: Conto) -> PaywallBuilder {
+        PaywallBuilder {
             conto,
-            price: None,
             actor: None,
             rail: None,
             recipient: None,
@@ -237,25 +247,31 @@ impl PaidLayer {
         }
     }
 
-    /// The same layer with another price: cheap per-route layers from one app-wide layer.
-    pub fn with_price(&self, price: Price) -> Self {
-        let mut config = (*self.config).clone();
-        config.price = price;
-        Self { config: Arc::new(config) }
+    /// The layer for one paid route, at `price`: fixed ([`Price::fixed`]) or computed from the
+    /// request ([`Price::from_request`], [`Price::json_body`]). A free route needs no layer.
+    pub fn with_price(&self, price: Price) -> PaidLayer {
+        PaidLayer { route: Arc::new(Route { shared: self.shared.clone(), price }) }
     }
 
-    /// The same layer with another category.
+    /// The same paywall with another category.
     pub fn with_category(&self, category: impl Into<String>) -> Self {
-        let mut config = (*self.config).clone();
-        config.category = Some(category.into());
-        Self { config: Arc::new(config) }
+        let mut shared = (*self.shared).clone();
+        shared.category = Some(category.into());
+        Self { shared: Arc::new(shared) }
     }
 
-    /// The same layer with another rail.
+    /// The same paywall with another rail.
     pub fn with_rail(&self, rail: Rail) -> Self {
-        let mut config = (*self.config).clone();
-        config.rail = Arc::new(move |_| Ok(rail.clone()));
-        Self { config: Arc::new(config) }
+        let mut shared = (*self.shared).clone();
+        shared.rail = Arc::new(move |_| Ok(rail.clone()));
+        Self { shared: Arc::new(shared) }
+    }
+}
+
+impl PaidLayer {
+    /// The same route's paywall at another price.
+    pub fn with_price(&self, price: Price) -> Self {
+        PaidLayer { route: Arc::new(Route { shared: self.route.shared.clone(), price }) }
     }
 }
 
@@ -263,7 +279,7 @@ impl<S> Layer<S> for PaidLayer {
     type Service = PaidService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PaidService { inner, config: self.config.clone() }
+        PaidService { inner, route: self.route.clone() }
     }
 }
 
@@ -271,7 +287,7 @@ impl<S> Layer<S> for PaidLayer {
 #[derive(Clone)]
 pub struct PaidService<S> {
     inner: S,
-    config: Arc<Config>,
+    route: Arc<Route>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for PaidService<S> {
@@ -323,17 +339,17 @@ where
         // Call the service that was polled ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture { inner: Box::pin(handle(self.config.clone(), inner, req)) }
+        ResponseFuture { inner: Box::pin(handle(self.route.clone(), inner, req)) }
     }
 }
 
-fn refuse<B>(config: &Config, refusal: &Refusal) -> Response<PaidBody<B>> {
+fn refuse<B>(config: &Shared, refusal: &Refusal) -> Response<PaidBody<B>> {
     tracing::debug!(%refusal, "conto.layer.refused");
     no_store((config.responder.0)(refusal)).map(Either::Right)
 }
 
 async fn handle<S, ReqBody, ResBody>(
-    config: Arc<Config>,
+    route: Arc<Route>,
     mut inner: S,
     req: Request<ReqBody>,
 ) -> Result<Response<PaidBody<ResBody>>, S::Error>
@@ -342,6 +358,7 @@ where
     ReqBody: http_body::Body + From<Bytes>,
     ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let config = &*route.shared;
     let (mut parts, body) = req.into_parts();
     let params: Vec<(String, String)> = match RawPathParams::from_request_parts(&mut parts, &()).await {
         Ok(p) => p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
@@ -349,7 +366,7 @@ where
     };
 
     // Buffer the body only when the price reads it.
-    let (json, body) = match config.price.json_limit {
+    let (json, body) = match route.price.json_limit {
         None => (None, body),
         Some(limit) => match Limited::new(body, limit).collect().await {
             Ok(collected) => {
@@ -360,28 +377,28 @@ where
                     match serde_json::from_slice::<serde_json::Value>(&bytes) {
                         Ok(v) => Some(v),
                         Err(e) => {
-                            return Ok(refuse(&config, &Refusal::BadPrice(format!("the body is not JSON: {e}"))));
+                            return Ok(refuse(config, &Refusal::BadPrice(format!("the body is not JSON: {e}"))));
                         }
                     }
                 };
                 (json, ReqBody::from(bytes))
             }
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Ok(refuse(&config, &Refusal::BodyTooLarge(limit)));
+                return Ok(refuse(config, &Refusal::BodyTooLarge(limit)));
             }
-            Err(e) => return Ok(refuse(&config, &Refusal::BadPrice(format!("the body could not be read: {e}")))),
+            Err(e) => return Ok(refuse(config, &Refusal::BadPrice(format!("the body could not be read: {e}")))),
         },
     };
 
     let view = PriceRequest { parts: &parts, params: &params, json: json.as_ref() };
-    let intent = match build_intent(&config, &view) {
+    let intent = match build_intent(config, &route.price, &view) {
         Ok(Some(intent)) => intent,
         Ok(None) => {
             // A free request: straight through.
             let response = inner.call(Request::from_parts(parts, body)).await?;
             return Ok(response.map(Either::Left));
         }
-        Err(refusal) => return Ok(refuse(&config, &refusal)),
+        Err(refusal) => return Ok(refuse(config, &refusal)),
     };
 
     let record_when = config.record_when.clone();
@@ -395,17 +412,10 @@ where
                     source: approval.source(),
                     latency: approval.latency(),
                 });
-                let approved = Approved {
-                    amount: approval.authorization().amount,
-                    limits: approval.authorization().limits.clone(),
-                };
                 let call = inner.call(Request::from_parts(parts, body));
                 async move {
                     match call.await {
-                        Ok(mut response) if record_when(response.status()) => {
-                            response.extensions_mut().insert(approved);
-                            Ok(response)
-                        }
+                        Ok(response) if record_when(response.status()) => Ok(response),
                         Ok(response) => Err(Ok(response)),
                         Err(error) => Err(Err(error)),
                     }
@@ -417,21 +427,20 @@ where
         )
         .await;
     match ran {
-        Err(rejection) => Ok(refuse(&config, &Refusal::Rejected(rejection))),
-        Ok((Ok(mut response), receipt)) => {
+        Err(rejection) => Ok(refuse(config, &Refusal::Rejected(rejection))),
+        Ok(Ran { outcome: Ok(mut response), authorization, receipt, .. }) => {
             if let Some(Ok(recorded)) = receipt.filter(|_| config.receipt_headers) {
-                let approved = response.extensions_mut().remove::<Approved>();
-                add_receipt_headers(response.headers_mut(), approved.as_ref(), &recorded);
+                add_receipt_headers(response.headers_mut(), &authorization, &recorded);
             }
             Ok(response.map(Either::Left))
         }
-        Ok((Err(Ok(response)), _)) => Ok(response.map(Either::Left)),
-        Ok((Err(Err(error)), _)) => Err(error),
+        Ok(Ran { outcome: Err(Ok(response)), .. }) => Ok(response.map(Either::Left)),
+        Ok(Ran { outcome: Err(Err(error)), .. }) => Err(error),
     }
 }
 
-fn build_intent(config: &Config, req: &PriceRequest<'_>) -> Result<Option<PaymentIntent>, Refusal> {
-    let Some(amount) = (config.price.compute)(req).map_err(|e| Refusal::BadPrice(e.0))? else {
+fn build_intent(config: &Shared, price: &Price, req: &PriceRequest<'_>) -> Result<Option<PaymentIntent>, Refusal> {
+    let Some(amount) = (price.compute)(req).map_err(|e| Refusal::BadPrice(e.0))? else {
         return Ok(None);
     };
     let actor = (config.actor.find)(req).ok_or_else(|| Refusal::MissingActor(config.actor.expects.to_string()))?;
@@ -468,14 +477,7 @@ pub mod headers {
     pub const DAILY_REMAINING: &str = "conto-daily-remaining";
 }
 
-/// What was approved, carried on the response to the receipt headers.
-#[derive(Clone)]
-struct Approved {
-    amount: Amount,
-    limits: conto_core::Limits,
-}
-
-fn add_receipt_headers(h: &mut http::HeaderMap, approved: Option<&Approved>, recorded: &Recorded) {
+fn add_receipt_headers(h: &mut http::HeaderMap, authorization: &Authorization, recorded: &Recorded) {
     let text = |s: String| HeaderValue::from_str(&s).ok();
     if let Some(v) = text(recorded.authorization_id.clone()) {
         h.insert(headers::AUTHORIZATION_ID, v);
@@ -483,11 +485,7 @@ fn add_receipt_headers(h: &mut http::HeaderMap, approved: Option<&Approved>, rec
     if let Some(v) = text(recorded.amount.to_string()) {
         h.insert(headers::RECORDED_AMOUNT, v);
     }
-    // The approval's remaining figure assumed the approved amount; credit back what was not spent.
-    if let Some(approved) = approved
-        && let Some(remaining) = approved.limits.daily_remaining
-        && let Some(v) = text((remaining + approved.amount.get() - recorded.amount.get()).normalize().to_string())
-    {
+    if let Some(v) = authorization.daily_remaining_after(recorded.amount).and_then(|r| text(r.to_string())) {
         h.insert(headers::DAILY_REMAINING, v);
     }
 }

@@ -23,8 +23,8 @@ type Check = Arc<dyn Fn(&HeaderMap) -> bool + Send + Sync>;
 /// `GET /events` (JSON). Finish it with the access rule it needs; there is no unguarded default.
 ///
 /// ```
-/// use conto_tower::OperatorView;
-/// use conto_core::{Conto, Engine, Monitor, SecretString};
+/// use conto::tower::OperatorView;
+/// use conto::{Conto, Engine, Monitor, SecretString};
 /// use axum::Router;
 ///
 /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {

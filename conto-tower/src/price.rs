@@ -77,8 +77,11 @@ impl<'a> PriceRequest<'a> {
 
 type PriceFn = dyn Fn(&PriceRequest<'_>) -> Result<Option<Amount>, PriceError> + Send + Sync;
 
-/// A route's price: fixed, or computed from the request. `None` from a function means the
-/// request is free (it passes through without authorization).
+/// A route's price: fixed, or computed from the request.
+///
+/// **Free** is spelled two ways: a route that is always free simply gets no [`PaidLayer`](crate::PaidLayer); a computed price returns `Ok(None)` for a request that is free, which then
+/// passes through without authorization. An amount of `0` is not "free": Conto has no zero
+/// payments, so it is refused as an invalid payment (400).
 #[derive(Clone)]
 pub struct Price {
     pub(crate) compute: Arc<PriceFn>,
@@ -97,7 +100,8 @@ impl Price {
         Self::from_request(move |_| Ok(Some(amount)))
     }
 
-    /// No charge: requests pass through.
+    /// No charge: every request passes through (for a layer shared by routes some of which are
+    /// free; a route that is always free needs no layer at all).
     pub fn free() -> Self {
         Self::from_request(|_| Ok(None))
     }
@@ -105,11 +109,11 @@ impl Price {
     /// Computed from the method, path parameters, query and headers.
     ///
     /// ```
-    /// use conto_tower::{Price, PriceError};
+    /// use conto::tower::{Price, PriceError};
     /// let per_item = Price::from_request(|req| {
     ///     let n: u32 = req.query("items").unwrap_or_else(|| "1".into()).parse()
     ///         .map_err(|_| PriceError::new("`items` must be a number"))?;
-    ///     conto_core::Amount::try_from(n).map(Some).map_err(|e| PriceError::new(e.to_string()))
+    ///     conto::Amount::try_from(n).map(Some).map_err(|e| PriceError::new(e.to_string()))
     /// });
     /// ```
     pub fn from_request(
@@ -155,7 +159,7 @@ impl Actor {
     /// way to name the payer.
     ///
     /// ```
-    /// use conto_tower::Actor;
+    /// use conto::tower::Actor;
     ///
     /// #[derive(Clone)]
     /// struct User { id: String } // inserted by your auth middleware

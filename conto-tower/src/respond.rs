@@ -71,10 +71,6 @@ impl Default for Responder {
     }
 }
 
-fn problem_type(slug: &str) -> String {
-    format!("https://docs.rs/conto-tower/latest/conto_tower/#{slug}")
-}
-
 /// The default response: `application/problem+json` (RFC 9457) with the decision, reasons and
 /// violations; `Cache-Control: no-store` always.
 pub fn problem(refusal: &Refusal) -> Response {
@@ -150,8 +146,11 @@ pub fn problem(refusal: &Refusal) -> Response {
         map.insert("source".into(), json!(r.source().to_string()));
     }
     if let Some(map) = body.as_object_mut() {
-        map.insert("type".into(), json!(problem_type(slug)));
-        map.insert("title".into(), json!(title));
+        // RFC 9457 §4.2.1: `about:blank` with the status phrase as the title; what happened is
+        // in the stable `code` member (and the human `detail`), so no URI has to resolve.
+        map.insert("type".into(), json!("about:blank"));
+        map.insert("title".into(), json!(status.canonical_reason().unwrap_or(title)));
+        map.insert("code".into(), json!(slug));
         map.insert("status".into(), json!(status.as_u16()));
         let detail = match refusal {
             Refusal::Rejected(r) if matches!(r.kind(), RejectionKind::Unavailable { .. }) => {

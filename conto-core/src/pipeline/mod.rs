@@ -457,17 +457,17 @@ impl Conto {
         Fut: Future<Output = Result<T, E>>,
         S: FnOnce(&T) -> Settlement,
     {
-        self.run_recorded(intent, settle, settled).await.map(|(outcome, _)| outcome)
+        self.run_recorded(intent, settle, settled).await.map(|ran| ran.outcome)
     }
 
-    /// [`Conto::run`], also returning the record's receipt (`None` when nothing was recorded
-    /// because the settlement failed).
+    /// [`Conto::run`], also returning the authorization the settlement ran under and the
+    /// record's receipt: what an adapter (the tower layer) reports back to its caller.
     pub async fn run_recorded<T, E, F, Fut, S>(
         &self,
         intent: PaymentIntent,
         settle: F,
         settled: S,
-    ) -> Result<(Result<T, E>, Option<Result<Recorded, AuthorityError>>), Rejection>
+    ) -> Result<Ran<T, E>, Rejection>
     where
         F: FnOnce(&Approval) -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -475,6 +475,7 @@ impl Conto {
     {
         let approval = self.authorize(intent).await?;
         let outcome = settle(&approval).await;
+        let authorization = approval.authorization().clone();
         let receipt = match &outcome {
             // The money moved: a failed record never turns the caller's success into an error.
             Ok(value) => Some(approval.record(settled(value)).await),
@@ -483,7 +484,7 @@ impl Conto {
                 None
             }
         };
-        Ok((outcome, receipt))
+        Ok(Ran { outcome, authorization, receipt })
     }
 
     /// [`Conto::run`] for functions whose error type absorbs a [`Rejection`]: what
@@ -500,6 +501,18 @@ impl Conto {
             Err(rejection) => Err(E::from(rejection)),
         }
     }
+}
+
+/// What [`Conto::run_recorded`] reports once the settlement ran.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Ran<T, E> {
+    /// The settlement's own result.
+    pub outcome: Result<T, E>,
+    /// The authorization it ran under.
+    pub authorization: Authorization,
+    /// The record's receipt; `None` when the settlement failed and the approval was released.
+    pub receipt: Option<Result<Recorded, AuthorityError>>,
 }
 
 /// A live approval. Record it after the settlement succeeded; dropping it releases it.

@@ -337,8 +337,16 @@ impl PolicySet {
     /// Reads and parses a policy file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| PolicyError::Io { path: path.display().to_string(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            // A relative path is read against the working directory: say which one it was.
+            let mut message = e.to_string();
+            if path.is_relative()
+                && let Ok(dir) = std::env::current_dir()
+            {
+                message.push_str(&format!(" (relative to the working directory {})", dir.display()));
+            }
+            PolicyError::Io { path: path.display().to_string(), message }
+        })?;
         Self::from_json(&text)
     }
 
