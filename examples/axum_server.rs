@@ -40,7 +40,7 @@ async fn authenticate(mut req: Request, next: Next) -> Response {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let policy_file = std::env::var("CONTO_POLICIES")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/policies/example.json").to_owned());
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/example.json").to_owned());
     let engine = Engine::from_file(&policy_file)?;
     let conto = Conto::new(engine.clone());
 

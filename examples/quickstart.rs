@@ -83,7 +83,7 @@ impl Treasury {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let clock = ManualClock::new("2026-06-10T12:00:00Z".parse()?);
-    let policies = PolicySet::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/example.json"))?;
+    let policies = PolicySet::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/example.json"))?;
     let engine = Engine::builder().policies(policies).clock(clock.clone()).build();
     let conto = Conto::new(engine.clone());
 
