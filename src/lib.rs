@@ -109,7 +109,7 @@ pub enum FromEnvError {
     #[error("{source}; {hint}")]
     Policy {
         /// What is wrong with the file.
-        source: conto_core::PolicyError,
+        source: Box<conto_core::PolicyError>,
         /// Where the path came from and how to point at another file.
         hint: String,
     },
@@ -174,7 +174,7 @@ pub fn builder_from_env(default_policies: impl AsRef<std::path::Path>) -> Result
                 .to_owned(),
         ),
     };
-    let policies = PolicySet::from_file(&file).map_err(|source| FromEnvError::Policy { source, hint })?;
+    let policies = PolicySet::from_file(&file).map_err(|e| FromEnvError::Policy { source: Box::new(e), hint })?;
     let builder = Engine::builder().policies(policies);
     if let Some(ledger) = std::env::var_os("CONTO_LEDGER_PATH") {
         #[cfg(feature = "outbox")]

@@ -430,13 +430,13 @@ impl PaymentIntent {
     /// Starts an intent for `actor` paying `amount` on `rail`.
     ///
     /// ```
-    /// use conto_core::{PaymentIntent, Rail};
+    /// use conto::{PaymentIntent, Rail};
     /// let intent = PaymentIntent::builder("agent-1", "2.50", Rail::x402("https://api.example.com/v1/search")?)
     ///     .recipient("0x1111111111111111111111111111111111111111")
     ///     .category("API_PROVIDER")
     ///     .build()?;
     /// assert_eq!(intent.amount.to_string(), "2.5");
-    /// # Ok::<(), conto_core::IntentError>(())
+    /// # Ok::<(), conto::IntentError>(())
     /// ```
     pub fn builder<A>(actor: impl Into<String>, amount: A, rail: Rail) -> IntentBuilder
     where

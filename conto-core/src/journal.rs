@@ -2,7 +2,7 @@
 //! a release, a request for human approval and its answer, an actor's provisioning) written
 //! before the engine acknowledges it, and replayed at start-up. With a journal, counters, live
 //! reservations and pending approvals survive a restart; without one the ledger is in memory
-//! only. The trait is the domain's; [`SqliteJournal`](crate::journal::SqliteJournal) (feature
+//! only. The trait is the domain's; `conto::outbox::SqliteJournal` (feature
 //! `outbox`) is the file-backed implementation.
 
 use jiff::Timestamp;

@@ -45,7 +45,7 @@ impl Amount {
     /// Validates a decimal as an amount.
     ///
     /// ```
-    /// use conto_core::Amount;
+    /// use conto::Amount;
     /// use rust_decimal::Decimal;
     /// assert!(Amount::new(Decimal::new(150, 2)).is_ok()); // 1.50
     /// assert!(Amount::new(Decimal::ZERO).is_err());
@@ -81,10 +81,10 @@ impl Amount {
     /// `self + other`, or an error past [`Amount::MAX`].
     ///
     /// ```
-    /// use conto_core::Amount;
+    /// use conto::Amount;
     /// let total = Amount::try_from("1.25")?.checked_add(Amount::try_from("0.75")?)?;
     /// assert_eq!(total.to_string(), "2");
-    /// # Ok::<(), conto_core::AmountError>(())
+    /// # Ok::<(), conto::AmountError>(())
     /// ```
     pub fn checked_add(self, other: Amount) -> Result<Amount, AmountError> {
         Self::new(self.0.checked_add(other.0).ok_or(AmountError::TooLarge(Self::MAX))?)
@@ -104,11 +104,11 @@ impl Amount {
     /// is zero or less (a free price is `None`, not a zero amount).
     ///
     /// ```
-    /// use conto_core::Amount;
+    /// use conto::Amount;
     /// let settled = Amount::try_from("2.50")?.percent(80)?; // the provider kept 80 %
     /// assert_eq!(settled.to_string(), "2");
     /// assert!(Amount::try_from("0.000001")?.percent(10).is_err());
-    /// # Ok::<(), conto_core::AmountError>(())
+    /// # Ok::<(), conto::AmountError>(())
     /// ```
     pub fn percent(self, percent: impl Into<Decimal>) -> Result<Amount, AmountError> {
         let value = self

@@ -3,12 +3,12 @@
 //! decisions and records (a ring buffer), also as a live stream.
 //!
 //! ```
-//! use conto_core::{Conto, Engine, Monitor};
+//! use conto::{Conto, Engine, Monitor};
 //! let monitor = Monitor::new(256);
 //! let conto = Conto::builder(Engine::from_json("[]")?).observe(monitor.observer()).build();
 //! let status = monitor.status(&conto);
 //! assert_eq!(status.decisions, 0);
-//! # Ok::<(), conto_core::PolicyError>(())
+//! # Ok::<(), conto::PolicyError>(())
 //! ```
 
 use std::collections::VecDeque;

@@ -37,7 +37,7 @@ pub enum RejectionKind {
 /// Why a paid action did not run. Convert it into your own error type with `From`.
 ///
 /// ```
-/// use conto_core::Rejection;
+/// use conto::Rejection;
 ///
 /// #[derive(Debug)]
 /// enum PayError {

@@ -2,7 +2,7 @@
 //! trait is the pipeline's; conto-store's SQLite `Outbox` implements it). The pipeline writes
 //! each record to the sink before any network attempt and returns at once; a delivery worker
 //! (started lazily, or run by the app) hands due records to the authority through a
-//! [`Deliverer`] and the sink keeps track of retries and dead letters.
+//! [`Deliver`] and the sink keeps track of retries and dead letters.
 
 use std::time::Duration;
 

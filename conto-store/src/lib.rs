@@ -25,8 +25,8 @@ pub trait DurableEngine {
     /// restart. Without it the ledger lives in memory.
     ///
     /// ```no_run
-    /// use conto_core::{Engine, PolicySet};
-    /// use conto_store::DurableEngine;
+    /// use conto::{Engine, PolicySet};
+    /// use conto::DurableEngine;
     /// let engine = Engine::builder().policies(PolicySet::from_file("policies/example.json")?).open("conto-ledger.db")?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

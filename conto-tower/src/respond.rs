@@ -55,7 +55,7 @@ impl fmt::Display for Refusal {
 
 type ResponderFn = dyn Fn(&Refusal) -> Response + Send + Sync;
 
-/// Turns a [`Refusal`] into a response; replace it with [`PaidLayerBuilder::respond_with`](crate::PaidLayerBuilder::respond_with).
+/// Turns a [`Refusal`] into a response; replace it with [`PaywallBuilder::respond_with`](crate::PaywallBuilder::respond_with).
 #[derive(Clone)]
 pub struct Responder(pub(crate) Arc<ResponderFn>);
 

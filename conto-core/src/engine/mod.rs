@@ -104,7 +104,7 @@ struct Inner {
 /// The embedded engine. Cheap to clone; clones share policies and ledgers.
 ///
 /// ```
-/// use conto_core::{Engine, PaymentIntent, Rail, Verdict};
+/// use conto::{Engine, PaymentIntent, Rail, Verdict};
 /// let engine = Engine::from_json(r#"[{"name": "cap", "rules": [
 ///     {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "100", "action": "ALLOW"}]}]"#)?;
 /// let rail = Rail::transfer(8453, "0x2222222222222222222222222222222222222222")?;
@@ -155,11 +155,11 @@ impl EngineBuilder {
     /// rule in [`ActorId`]'s docs.
     ///
     /// ```
-    /// use conto_core::Engine;
+    /// use conto::Engine;
     /// let engine = Engine::builder().actors(["agent-1", "agent-2"])?.build();
     /// assert!(engine.actor_status("agent-1").is_some());
     /// assert!(engine.actor_status("agent-3").is_none());
-    /// # Ok::<(), conto_core::IntentError>(())
+    /// # Ok::<(), conto::IntentError>(())
     /// ```
     pub fn actors<I, S>(mut self, actors: I) -> Result<Self, IntentError>
     where

@@ -138,10 +138,10 @@ enum Via {
 /// A handle on the pipeline: an authorizer plus settings. Cheap to clone; share one per app.
 ///
 /// ```
-/// use conto_core::{Conto, Engine};
+/// use conto::{Conto, Engine};
 /// let engine = Engine::from_json(r#"{"policies": []}"#)?;
 /// let conto = Conto::new(engine);
-/// # Ok::<(), conto_core::PolicyError>(())
+/// # Ok::<(), conto::PolicyError>(())
 /// ```
 #[derive(Clone)]
 pub struct Conto {

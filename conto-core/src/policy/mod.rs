@@ -316,14 +316,14 @@ impl PolicySet {
     /// Parses a policy file's text.
     ///
     /// ```
-    /// use conto_core::PolicySet;
+    /// use conto::PolicySet;
     /// let set = PolicySet::from_json(r#"[{"name": "cap", "rules": [
     ///     {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "200", "action": "ALLOW"}]}]"#)?;
     /// assert_eq!(set.policies().len(), 1);
     /// let err = PolicySet::from_json(r#"[{"name": "cap", "rules": [
     ///     {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "-5", "action": "ALLOW"}]}]"#).unwrap_err();
     /// assert_eq!(err.to_string(), "policy `cap`, rule #0 (MAX_AMOUNT), field `value`: limit -5 is negative");
-    /// # Ok::<(), conto_core::PolicyError>(())
+    /// # Ok::<(), conto::PolicyError>(())
     /// ```
     pub fn from_json(text: &str) -> Result<Self, PolicyError> {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|e| PolicyError::Json {
