@@ -1,4 +1,4 @@
-//! conto-rs in one run: an axum app whose paid route sits behind `PaidLayer` on the embedded
+//! conto-rs in one run: an axum app whose paid route sits behind a `Paywall` on the embedded
 //! engine, driven over real HTTP on 127.0.0.1, then `#[paid_action]` on a settlement function.
 //!
 //! ```sh

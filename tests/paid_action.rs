@@ -224,6 +224,9 @@ async fn without_an_authorizer_the_rejection_says_not_configured() {
     assert!(matches!(r.kind(), conto::RejectionKind::NotConfigured), "{r:?}");
     assert_eq!(r.source(), conto::DecisionSource::NotConfigured);
     assert!(!r.is_retryable());
+    // The message says what to do.
+    let message = r.to_string();
+    assert!(message.contains("conto = ...") && message.contains("conto::install_default"), "{message}");
 }
 
 #[test]
