@@ -1,5 +1,5 @@
 //! The server `benches/loopback.sh` drives with wrk: the same handler bare (`/bare`) and behind
-//! A `Paywall` route on the embedded engine (`/paid`, 10 policies, limits that never deny).
+//! a `Paywall` route on the embedded engine (`/paid`, 10 policies, limits that never deny).
 //!
 //! ```sh
 //! cargo run --release --example bench_server   # 127.0.0.1:3999 (PORT to change)
