@@ -1,0 +1,425 @@
+//! The organization API bodies (org API key): agents, SDK keys, policies and rules, members,
+//! counterparties, wallet delegations. Documents a server stores as given keep the fields they
+//! do not name in `extra`, so nothing a client sent is lost.
+
+use conto_core::Decimal;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// An agent (`/api/agents`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    /// Its id (a client may propose one on create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `ACTIVE`, `PAUSED` (or `SUSPENDED`, `REVOKED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// When it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+/// `GET /api/agents`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Agents {
+    /// The agents.
+    #[serde(default)]
+    pub agents: Vec<Agent>,
+}
+
+/// `PATCH /api/agents/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentPatch {
+    /// The new status: `ACTIVE` or `PAUSED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Value>,
+}
+
+/// An SDK key (`/api/agents/{id}/sdk-keys`); `key` only in the answer that creates it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SdkKey {
+    /// Its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The key itself: shown once, on creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The key's first characters, to recognise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `standard` or `admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<String>,
+    /// What it may do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// Create: days until it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_days: Option<i64>,
+    /// When it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// When it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// When it was revoked (`null` while it works).
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+}
+
+/// `GET /api/agents/{id}/sdk-keys`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SdkKeys {
+    /// The keys.
+    #[serde(default)]
+    pub keys: Vec<SdkKey>,
+}
+
+/// `{deleted: true, id}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// Always `true`.
+    pub deleted: bool,
+    /// What was deleted.
+    pub id: String,
+}
+
+/// `{revoked: true, id}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// Always `true`.
+    pub revoked: bool,
+    /// The key.
+    pub id: String,
+}
+
+/// A member of the organization.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id.
+    pub id: String,
+    /// `OWNER`, `ADMIN`, …
+    pub role: String,
+    /// Its name.
+    pub name: String,
+    /// Its email.
+    pub email: String,
+    /// `ACTIVE`.
+    pub status: String,
+}
+
+/// `GET /api/organizations/me/members`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    /// The members.
+    pub members: Vec<Member>,
+}
+
+/// A counterparty, as the client described it plus its id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counterparty {
+    /// Its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Its name (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// When it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// Every other field, kept as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `GET /api/counterparties`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counterparties {
+    /// The matches.
+    pub counterparties: Vec<Counterparty>,
+}
+
+/// A wallet delegated to an agent, with its spend limits (`/api/agents/{id}/wallets`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentWallet {
+    /// The delegation's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The wallet (required on create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallet_id: Option<String>,
+    /// The most per transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    pub spend_limit_per_tx: Option<Decimal>,
+    /// The most per day.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    pub spend_limit_daily: Option<Decimal>,
+    /// The most per week.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    pub spend_limit_weekly: Option<Decimal>,
+    /// The most per month.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    pub spend_limit_monthly: Option<Decimal>,
+    /// Listing: spent today.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    pub spent_today: Option<Decimal>,
+    /// Listing: spent this week.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    pub spent_this_week: Option<Decimal>,
+    /// Listing: spent this month.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    pub spent_this_month: Option<Decimal>,
+    /// Every other field, kept as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl AgentWallet {
+    /// The spend limits, each with the policy rule type that enforces it.
+    pub fn limits(&self) -> [(&'static str, &'static str, Option<Decimal>); 4] {
+        [
+            ("spendLimitPerTx", "MAX_AMOUNT", self.spend_limit_per_tx),
+            ("spendLimitDaily", "DAILY_LIMIT", self.spend_limit_daily),
+            ("spendLimitWeekly", "WEEKLY_LIMIT", self.spend_limit_weekly),
+            ("spendLimitMonthly", "MONTHLY_LIMIT", self.spend_limit_monthly),
+        ]
+    }
+
+    /// Applies a patch: every limit it sets, and its other fields; never the ids.
+    pub fn apply(&mut self, patch: AgentWallet) {
+        let keep = |mine: &mut Option<Decimal>, theirs: Option<Decimal>| {
+            if theirs.is_some() {
+                *mine = theirs;
+            }
+        };
+        keep(&mut self.spend_limit_per_tx, patch.spend_limit_per_tx);
+        keep(&mut self.spend_limit_daily, patch.spend_limit_daily);
+        keep(&mut self.spend_limit_weekly, patch.spend_limit_weekly);
+        keep(&mut self.spend_limit_monthly, patch.spend_limit_monthly);
+        self.extra.extend(patch.extra);
+    }
+}
+
+/// `GET /api/agents/{id}/wallets`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Wallets {
+    /// The delegations.
+    pub wallets: Vec<AgentWallet>,
+}
+
+/// A policy rule: `{ruleType, operator, value, action}` (`type` is accepted for `ruleType`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// Its id (servers assign one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `MAX_AMOUNT`, `DAILY_LIMIT`, …
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "type")]
+    pub rule_type: Option<String>,
+    /// `LTE`, `IN_LIST`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// The rule's value: always a string in Conto's format (lists and objects encoded in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    /// `ALLOW`, `DENY`, `REQUIRE_APPROVAL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Every other field, kept as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One agent a policy is linked to (`agentPolicies`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentLink {
+    /// The agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Every other field, kept as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A policy (`/api/policies`, a policy file's entries): the fields servers act on are typed;
+/// the rest is checked by the policy engine that compiles it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Policy {
+    /// Its id (servers assign one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `SPEND_LIMIT`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_type: Option<String>,
+    /// Higher first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Value>,
+    /// Whether it applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_active: Option<Value>,
+    /// The agents it is assigned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_ids: Option<Vec<String>>,
+    /// The agents it is linked to, in the org API's long form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_policies: Option<Vec<AgentLink>>,
+    /// `all`: every agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The time zone of its periods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Its rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<Rule>>,
+    /// Every other field, kept as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Policy {
+    /// The agents it is assigned to, in either form.
+    pub fn assigned(&self) -> impl Iterator<Item = &str> {
+        let ids = self.agent_ids.iter().flatten().map(String::as_str);
+        ids.chain(self.agent_policies.iter().flatten().filter_map(|l| l.agent_id.as_deref()))
+    }
+
+    /// Whether it applies to `agent`: assigned to it, or scoped to every agent.
+    pub fn applies_to(&self, agent: &str) -> bool {
+        self.scope.as_deref() == Some("all") || self.assigned().any(|a| a == agent)
+    }
+
+    /// The body that creates this policy elsewhere (policy sync): its content, without the
+    /// source's ids.
+    pub fn to_create(&self) -> Policy {
+        Policy {
+            id: None,
+            agent_policies: None,
+            rules: self
+                .rules
+                .as_ref()
+                .map(|rules| rules.iter().map(|r| Rule { id: None, extra: Map::new(), ..r.clone() }).collect()),
+            ..self.clone()
+        }
+    }
+
+    /// As JSON, for a policy engine.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// `{policies}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Policies {
+    /// The policies.
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+}
+
+/// One entry of `GET /api/agents/{id}/policies`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignedPolicy {
+    /// The policy's id.
+    pub policy_id: Option<String>,
+    /// The policy.
+    pub policy: Policy,
+}
+
+/// `GET /api/agents/{id}/policies`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AssignedPolicies {
+    /// The assigned policies.
+    pub policies: Vec<AssignedPolicy>,
+}
+
+/// `{rules}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rules {
+    /// The rules.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+/// A decimal as a JSON number (or a numeric string, on input).
+mod opt_number {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => {
+                let n: serde_json::Number = d.normalize().to_string().parse().map_err(serde::ser::Error::custom)?;
+                n.serialize(s)
+            }
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        let text = match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::String(s)) => s,
+            Some(other) => return Err(serde::de::Error::custom(format!("expected a number, got {other}"))),
+        };
+        let parsed = text.parse::<Decimal>().or_else(|_| Decimal::from_scientific(&text));
+        parsed.map(Some).map_err(|_| serde::de::Error::custom(format!("`{text}` is not a number")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_keeps_what_it_does_not_name() {
+        let text = r#"{"id": "p1", "name": "cap", "agentIds": ["a"], "custom": {"x": 1},
+            "rules": [{"type": "MAX_AMOUNT", "operator": "LTE", "value": "5", "action": "ALLOW", "note": "n"}]}"#;
+        let p: Policy = serde_json::from_str(text).unwrap();
+        assert!(p.applies_to("a") && !p.applies_to("b"));
+        let back = p.to_value();
+        assert_eq!(back["custom"]["x"], 1);
+        assert_eq!(back["rules"][0]["ruleType"], "MAX_AMOUNT");
+        assert_eq!(back["rules"][0]["note"], "n");
+        let create = p.to_create().to_value();
+        assert!(create.get("id").is_none() && create["rules"][0].get("note").is_none());
+    }
+
+    #[test]
+    fn wallet_limits_are_exact_numbers() {
+        let w: AgentWallet =
+            serde_json::from_str(r#"{"walletId": "w", "spendLimitDaily": 12.5, "spendLimitPerTx": "0.000001"}"#)
+                .unwrap();
+        assert_eq!(w.spend_limit_daily, Some(Decimal::new(125, 1)));
+        assert_eq!(w.spend_limit_per_tx, Some(Decimal::new(1, 6)));
+        assert_eq!(serde_json::to_value(&w).unwrap()["spendLimitDaily"], serde_json::json!(12.5));
+        assert!(serde_json::from_str::<AgentWallet>(r#"{"spendLimitDaily": true}"#).is_err());
+    }
+}

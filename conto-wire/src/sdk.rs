@@ -1,0 +1,658 @@
+//! The agent-facing `/api/sdk/*` bodies: a payment as the authorize and record calls describe
+//! it, the decision, the record's answer, and the reads (approval requests, services, budget).
+
+use conto_core::{
+    Amount, Authorization, Decimal, IntentError, Limits, PaymentIntent, Rail, Settlement, Violation, service_domain_of,
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::Kind;
+
+/// A payment as Conto's SDK bodies describe it: the authorize calls (`payments/approve`,
+/// `payments/request`, `x402|mpp/pre-authorize`, `cards/approve`) and the record calls
+/// (`payments/{id}/confirm`, `x402|mpp/record`, `cards/{id}/confirm`) share these field names;
+/// each call sends the ones its rail uses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentBody {
+    /// The amount (authorize: asked; record: settled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Amount>,
+    /// The recipient's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_address: Option<String>,
+    /// The recipient's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_name: Option<String>,
+    /// Why the payment is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The spend category (`API_PROVIDER`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// Free metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Map<String, Value>>,
+    /// One key per payment attempt: a repeat gets the first answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Transfer: the app's paying wallet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_address: Option<String>,
+    /// Transfer: the chain (a number; MPP records send it as a string, which is accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "chain_id")]
+    pub chain_id: Option<u64>,
+    /// x402/MPP: the paid resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_url: Option<String>,
+    /// x402/MPP: the service's domain (derived from `resourceUrl` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_domain: Option<String>,
+    /// x402: the facilitator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facilitator: Option<String>,
+    /// x402: the scheme (`exact`); MPP records: `mpp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// MPP: the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// MPP: the intent (`session`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    /// MPP: the session deposit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deposit_amount: Option<Amount>,
+    /// MPP: the payment method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Card: the merchant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchant_name: Option<String>,
+    /// Card: the merchant category code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchant_category: Option<String>,
+    /// Card: the card.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_id: Option<String>,
+    /// Payment request: the wallet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallet_id: Option<String>,
+    /// Payment request: execute at once when approved (`false` for a pure policy check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_execute: Option<bool>,
+    /// Record: the settlement's transaction hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_hash: Option<String>,
+    /// Record: the same hash under its older name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_hash: Option<String>,
+    /// Card confirm: the processor's reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_reference: Option<String>,
+    /// x402 record: the payment's own id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
+    /// x402 record: the paid resource's HTTP status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_code: Option<u16>,
+    /// x402/MPP record: the pre-authorization it settles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_id: Option<String>,
+    /// Transfer/card confirm: the approval's token (a secret; sent only to confirm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_token: Option<String>,
+    /// Card confirm: `COMPLETED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// `chainId` as a number, or as the numeric string MPP records send.
+fn chain_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Chain {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Chain>::deserialize(d)? {
+        None => Ok(None),
+        Some(Chain::Number(n)) => Ok(Some(n)),
+        Some(Chain::Text(s)) => {
+            s.parse().map(Some).map_err(|_| serde::de::Error::custom(format!("`{s}` is not a chain id")))
+        }
+    }
+}
+
+/// Why a body does not describe a valid payment; `code` is Conto's error code for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyError {
+    /// `VALIDATION_ERROR`, `INVALID_AMOUNT` or `INVALID_ADDRESS`.
+    pub code: &'static str,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+impl BodyError {
+    fn required(field: &str) -> Self {
+        Self { code: "VALIDATION_ERROR", message: format!("`{field}` is required") }
+    }
+}
+
+impl From<IntentError> for BodyError {
+    fn from(e: IntentError) -> Self {
+        let code = match e {
+            IntentError::Amount(_) => "INVALID_AMOUNT",
+            IntentError::Address(_) | IntentError::MissingRecipient(_) => "INVALID_ADDRESS",
+            _ => "VALIDATION_ERROR",
+        };
+        Self { code, message: e.to_string() }
+    }
+}
+
+/// `Some(text)` unless empty: Conto's helpers send `""` or `null` for "not given".
+fn given(v: &Option<String>) -> Option<String> {
+    v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+impl PaymentBody {
+    /// The authorize call for `intent`: its flow (which names the endpoint) and its body.
+    pub fn from_intent(intent: &PaymentIntent) -> (Kind, Self) {
+        let mut body = PaymentBody {
+            amount: Some(intent.amount),
+            recipient_address: intent.recipient.as_ref().map(|r| r.as_str().to_owned()),
+            recipient_name: intent.recipient_name.clone(),
+            purpose: intent.purpose.clone(),
+            category: intent.category.clone(),
+            context: (!intent.context.is_empty()).then(|| intent.context.clone()),
+            idempotency_key: Some(intent.idempotency_key.as_str().to_owned()),
+            ..Default::default()
+        };
+        match &intent.rail {
+            Rail::Transfer { chain_id, sender } => {
+                body.sender_address = Some(sender.as_str().to_owned());
+                body.chain_id = Some(*chain_id);
+            }
+            Rail::X402 { resource_url, service_domain, facilitator, scheme } => {
+                body.resource_url = Some(resource_url.clone());
+                body.service_domain = Some(service_domain.clone());
+                body.facilitator = facilitator.clone();
+                body.scheme = scheme.clone();
+            }
+            Rail::Mpp { resource_url, service_domain, session_id, intent: mpp_intent, deposit, method } => {
+                body.resource_url = Some(resource_url.clone());
+                body.service_domain = Some(service_domain.clone());
+                body.intent = Some(mpp_intent.clone().unwrap_or_else(|| "session".to_owned()));
+                body.session_id = session_id.clone();
+                body.deposit_amount = *deposit;
+                body.method = method.clone();
+            }
+            Rail::Card { card_id, merchant, mcc } => {
+                body.merchant_name = Some(merchant.clone());
+                body.merchant_category = mcc.clone();
+                body.card_id = card_id.clone();
+            }
+            Rail::Request { wallet_id } => {
+                // A policy check only: the app settles elsewhere, so Conto must never execute it.
+                body.auto_execute = Some(false);
+                body.wallet_id = wallet_id.clone();
+            }
+        }
+        (Kind::of(&intent.rail), body)
+    }
+
+    /// The record call for a settled authorization: its endpoint (relative to `/api/sdk/`) and
+    /// body; `Ok(None)` for a payment request, which Conto has no record step for. `token` is
+    /// the approval token, which transfer and card confirms present.
+    pub fn record(
+        authorization: &Authorization,
+        settlement: &Settlement,
+        token: Option<&str>,
+    ) -> Result<Option<(String, Self)>, RecordError> {
+        let intent = &authorization.intent;
+        let kind = Kind::of(&intent.rail);
+        let Some(path) = kind.record_path(&authorization.id) else { return Ok(None) };
+        let mut body = PaymentBody {
+            amount: Some(settlement.amount.unwrap_or(authorization.amount)),
+            idempotency_key: Some(format!("rec_{}", authorization.id)),
+            ..Default::default()
+        };
+        let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
+        match &intent.rail {
+            Rail::Request { .. } => return Ok(None),
+            Rail::Transfer { .. } => {
+                body.tx_hash = Some(settlement.reference.clone().ok_or(RecordError::MissingReference)?);
+                body.approval_token = Some(token.ok_or(RecordError::MissingToken)?.to_owned());
+            }
+            Rail::X402 { resource_url, facilitator, .. } => {
+                body.recipient_address = recipient;
+                body.resource_url = Some(resource_url.clone());
+                body.tx_hash = settlement.reference.clone();
+                body.transaction_hash = settlement.reference.clone();
+                body.payment_id = Some(intent.idempotency_key.as_str().to_owned());
+                body.facilitator = facilitator.clone();
+                body.response_code = Some(200);
+                body.authorization_id = Some(authorization.id.clone());
+            }
+            Rail::Mpp { resource_url, session_id, .. } => {
+                body.recipient_address = recipient;
+                body.resource_url = Some(resource_url.clone());
+                body.tx_hash = settlement.reference.clone();
+                body.transaction_hash = settlement.reference.clone();
+                body.session_id = session_id.clone();
+                body.scheme = Some("mpp".to_owned());
+                body.authorization_id = Some(authorization.id.clone());
+            }
+            Rail::Card { .. } => {
+                body.transaction_reference = settlement.reference.clone();
+                body.status = Some("COMPLETED".to_owned());
+                body.approval_token = token.map(str::to_owned);
+            }
+        }
+        Ok(Some((path, body)))
+    }
+
+    /// The payment this body describes, paid by `agent` on `kind`'s rail (what a server reads
+    /// from an authorize call, or from a record that names no authorization).
+    pub fn to_intent(&self, agent: &str, kind: Kind) -> Result<PaymentIntent, BodyError> {
+        let amount = self.amount.ok_or_else(|| BodyError::required("amount"))?;
+        let need = |v: &Option<String>, field: &str| given(v).ok_or_else(|| BodyError::required(field));
+        let rail = match kind {
+            Kind::Transfer => {
+                let chain = self.chain_id.ok_or_else(|| BodyError::required("chainId"))?;
+                Rail::transfer(chain, &need(&self.sender_address, "senderAddress")?)?
+            }
+            Kind::X402 | Kind::Mpp => {
+                let url = need(&self.resource_url, "resourceUrl")?;
+                let domain = match given(&self.service_domain) {
+                    Some(d) => d.to_ascii_lowercase(),
+                    None => service_domain_of(&url)?,
+                };
+                if kind == Kind::X402 {
+                    Rail::X402 {
+                        resource_url: url,
+                        service_domain: domain,
+                        facilitator: given(&self.facilitator),
+                        scheme: given(&self.scheme),
+                    }
+                } else {
+                    Rail::Mpp {
+                        resource_url: url,
+                        service_domain: domain,
+                        session_id: given(&self.session_id),
+                        intent: given(&self.intent),
+                        deposit: self.deposit_amount,
+                        method: given(&self.method),
+                    }
+                }
+            }
+            Kind::Card => Rail::Card {
+                card_id: given(&self.card_id),
+                merchant: need(&self.merchant_name, "merchantName")?,
+                mcc: given(&self.merchant_category),
+            },
+            Kind::Request => Rail::Request { wallet_id: given(&self.wallet_id) },
+        };
+        let mut b = PaymentIntent::builder(agent, amount, rail);
+        if let Some(r) = given(&self.recipient_address) {
+            b = b.recipient(r);
+        }
+        if let Some(v) = given(&self.recipient_name) {
+            b = b.recipient_name(v);
+        }
+        if let Some(v) = given(&self.purpose) {
+            b = b.purpose(v);
+        }
+        if let Some(v) = given(&self.category) {
+            b = b.category(v);
+        }
+        for (k, v) in self.context.iter().flatten() {
+            b = b.context(k.clone(), v.clone());
+        }
+        if let Some(k) = given(&self.idempotency_key) {
+            b = b.idempotency_key(k);
+        }
+        Ok(b.build()?)
+    }
+
+    /// The settlement's reference: `txHash`, or its older name `transactionHash`.
+    pub fn reference(&self) -> Option<String> {
+        given(&self.tx_hash).or_else(|| given(&self.transaction_hash))
+    }
+}
+
+/// Why a settlement cannot be recorded as Conto's wire needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordError {
+    /// A transfer's confirm needs the settlement reference (the tx hash).
+    MissingReference,
+    /// A transfer's confirm needs the approval token.
+    MissingToken,
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecordError::MissingReference => "confirming a transfer needs the settlement reference (the tx hash)",
+            RecordError::MissingToken => "the approval carries no approval token",
+        })
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+/// A batch of x402 records: `{"payments": [...]}` (how Conto's skill records).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PaymentBatch {
+    /// The payments.
+    pub payments: Vec<PaymentBody>,
+}
+
+/// A decision, for every flow: `approved` (transfer), `authorized` (x402/MPP) or `status`
+/// (card, payment request) says which way it went; the other fields are what that flow sends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionBody {
+    /// Transfer: approved or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved: Option<bool>,
+    /// x402/MPP: authorized or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized: Option<bool>,
+    /// Card, payment request: `APPROVED`, `DENIED`, `REQUIRES_APPROVAL` (and, for payment
+    /// requests, the spellings Conto's clients normalise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Transfer: the approval's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// Transfer, card: the approval token (a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_token: Option<String>,
+    /// x402/MPP: the pre-authorization's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_id: Option<String>,
+    /// Card, payment request: the request's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// When the approval lapses (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Transfer: where to confirm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_url: Option<String>,
+    /// The approved amount, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Amount>,
+    /// The recipient, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_address: Option<String>,
+    /// The recipient, echoed under its short name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// Why (always present on denials).
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    /// The broken rules of a denial.
+    #[serde(default)]
+    pub violations: Vec<Violation>,
+    /// Spend counters after an approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// A human must approve first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires_human_approval: Option<bool>,
+    /// The pending human approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_request_id: Option<String>,
+    /// The decision in words (the first reason of a denial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl DecisionBody {
+    /// Whether the body is a decision at all (and not, say, an error body).
+    pub fn is_decision(&self) -> bool {
+        self.approved.is_some() || self.authorized.is_some() || self.status.is_some() || self.request_id.is_some()
+    }
+
+    /// A human must approve first: `requiresHumanApproval: true` or `status: REQUIRES_APPROVAL`.
+    pub fn wants_human(&self) -> bool {
+        self.requires_human_approval == Some(true) || self.status.as_deref() == Some("REQUIRES_APPROVAL")
+    }
+}
+
+/// The answer to a record call (`confirm`, `x402|mpp/record`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedBody {
+    /// Transfer, card confirm: confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed: Option<bool>,
+    /// x402/MPP record: how many payments were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<u64>,
+    /// A generic success flag some deployments send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success: Option<bool>,
+    /// Conto's transaction id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+    /// `CONFIRMING`, `COMPLETED`, `RECORDED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The recorded amount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Amount>,
+    /// The currency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// The recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// The transaction hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_hash: Option<String>,
+    /// The block explorer's page for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explorer_url: Option<String>,
+    /// The recorded payment's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
+    /// The pre-authorization it settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_id: Option<String>,
+    /// Recorded after the approval had expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late: Option<bool>,
+    /// Each payment of a batch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payments: Vec<RecordedBody>,
+}
+
+impl RecordedBody {
+    /// Whether the answer confirms the record.
+    pub fn confirms(&self) -> bool {
+        self.confirmed == Some(true) || self.recorded.is_some_and(|n| n > 0) || self.success == Some(true)
+    }
+}
+
+/// One entry of `GET /api/sdk/approval-requests`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRequest {
+    /// The request's id.
+    pub approval_request_id: String,
+    /// `payment`.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `PENDING`, `APPROVED`, `REJECTED`, `EXPIRED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// When it lapses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The amount asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Amount>,
+    /// The recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_address: Option<String>,
+    /// Once approved: the approval to settle under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// The same id, as x402/MPP name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_id: Option<String>,
+    /// The same id, as cards name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Once approved: the approval token (a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_token: Option<String>,
+    /// The payment request that waits on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_request_id: Option<String>,
+    /// Once approved: the approval's expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_expires_at: Option<String>,
+}
+
+/// `GET /api/sdk/approval-requests`: `{requests}` (some deployments wrap it in `data`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRequests {
+    /// The requests.
+    #[serde(default)]
+    pub requests: Vec<ApprovalRequest>,
+    /// The wrapped form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Box<ApprovalRequests>>,
+}
+
+impl ApprovalRequests {
+    /// Every request, wrapped or not.
+    pub fn all(&self) -> impl Iterator<Item = &ApprovalRequest> {
+        self.requests.iter().chain(self.data.iter().flat_map(|d| d.requests.iter()))
+    }
+}
+
+/// A human's answer to an approval request (org `approve`/`reject`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalAnswer {
+    /// The request.
+    pub approval_request_id: String,
+    /// `APPROVED` or `REJECTED`.
+    pub status: String,
+}
+
+fn decimal_number<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    // As a JSON number, exactly (serde_json's arbitrary precision is not needed for six places).
+    let n: serde_json::Number = d.normalize().to_string().parse().map_err(serde::ser::Error::custom)?;
+    n.serialize(s)
+}
+
+/// One service of `GET /api/sdk/x402/services`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpend {
+    /// The service.
+    pub service_domain: String,
+    /// Spent on it.
+    #[serde(serialize_with = "decimal_number")]
+    pub total_spent: Decimal,
+    /// Payments made.
+    pub payment_count: u64,
+    /// The last payment's time.
+    pub last_payment_at: String,
+}
+
+/// `GET /api/sdk/x402/services`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Services {
+    /// The services paid.
+    pub services: Vec<ServiceSpend>,
+}
+
+/// One spend counter of `GET /api/sdk/{x402,mpp}/budget`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counter {
+    /// The period.
+    pub period: String,
+    /// The scope it counts.
+    pub scope: String,
+    /// The time zone of its boundaries.
+    pub time_zone: String,
+    /// The period's start.
+    pub since: String,
+    /// Spent in it.
+    pub spent: String,
+    /// Reserved by live approvals.
+    pub reserved: String,
+}
+
+/// `GET /api/sdk/{x402,mpp}/budget`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// The agent.
+    pub agent_id: String,
+    /// Its counters.
+    pub counters: Vec<Counter>,
+    /// Spent in all.
+    pub total_spent: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_tolerated_and_wrong_types_are_errors() {
+        let d: DecisionBody = serde_json::from_str(r#"{"approved": false, "reasons": ["x"], "newField": 1}"#).unwrap();
+        assert_eq!(d.approved, Some(false));
+        assert!(serde_json::from_str::<DecisionBody>(r#"{"approved": "yes"}"#).is_err());
+        assert!(serde_json::from_str::<DecisionBody>(r#"{"authorized": true, "amount": -1}"#).is_err());
+    }
+
+    #[test]
+    fn chain_id_reads_numbers_and_numeric_strings() {
+        let b: PaymentBody = serde_json::from_str(r#"{"chainId": "4217"}"#).unwrap();
+        assert_eq!(b.chain_id, Some(4217));
+        let b: PaymentBody = serde_json::from_str(r#"{"chainId": 8453}"#).unwrap();
+        assert_eq!(b.chain_id, Some(8453));
+        assert!(serde_json::from_str::<PaymentBody>(r#"{"chainId": "base"}"#).is_err());
+    }
+
+    #[test]
+    fn a_body_round_trips_through_an_intent() {
+        let intent = PaymentIntent::builder(
+            "agent-1",
+            "2.5",
+            Rail::transfer(8453, "0x1111111111111111111111111111111111111111").unwrap(),
+        )
+        .recipient("0x2222222222222222222222222222222222222222")
+        .purpose("invoice 7")
+        .build()
+        .unwrap();
+        let (kind, body) = PaymentBody::from_intent(&intent);
+        let back = body.to_intent("agent-1", kind).unwrap();
+        assert_eq!(back.amount, intent.amount);
+        assert_eq!(back.rail, intent.rail);
+        assert_eq!(back.recipient, intent.recipient);
+        assert_eq!(back.purpose, intent.purpose);
+        assert_eq!(back.idempotency_key, intent.idempotency_key);
+        let missing = PaymentBody { amount: intent.amount.into(), ..Default::default() }.to_intent("a", Kind::Transfer);
+        assert_eq!(missing.unwrap_err().message, "`chainId` is required");
+    }
+}
