@@ -44,6 +44,8 @@ use conto_core::PaymentIntent;
 use conto_core::{AuthorityError, Authorizer, BoxFuture, LedgerError, Outage};
 use conto_core::{Authorization, Decision, Denial, PendingApproval, Recorded, Settlement, Verdict};
 use conto_core::{PolicyError, PolicySet};
+use conto_wire::sdk::{ApprovalRequests, DecisionBody, PaymentBody};
+use conto_wire::{ErrorBody, Kind};
 
 /// Conto's production API.
 pub const DEFAULT_API_URL: &str = "https://conto.finance";
@@ -226,7 +228,7 @@ impl ContoClient {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&PaymentBody>,
         deadline: Duration,
     ) -> Result<Answer, AuthorityError> {
         let url = format!("{}/api/sdk/{path}", self.inner.base);
@@ -241,7 +243,7 @@ impl ContoClient {
                 self.inner.http.request(method.clone(), &url).bearer_auth(self.inner.key.expose_secret()).timeout(left);
             if let Some(b) = body {
                 req = req.json(b);
-                if let Some(k) = b.get("idempotencyKey").and_then(Value::as_str) {
+                if let Some(k) = &b.idempotency_key {
                     req = req.header("Idempotency-Key", k);
                 }
             }
@@ -297,7 +299,8 @@ impl ContoClient {
 
     /// Turns an error status into a typed error.
     fn api_error(answer: &Answer) -> AuthorityError {
-        let code = answer.body.get("code").and_then(Value::as_str).unwrap_or(match answer.status {
+        let body: ErrorBody = serde_json::from_value(answer.body.clone()).unwrap_or_default();
+        let code = body.code.as_deref().unwrap_or(match answer.status {
             401 => "AUTH_FAILED",
             403 => "INSUFFICIENT_SCOPE",
             404 => "NOT_FOUND",
@@ -306,28 +309,27 @@ impl ContoClient {
             s if s >= 500 => "INTERNAL_ERROR",
             _ => "VALIDATION_ERROR",
         });
-        let message = answer
-            .body
-            .get("message")
-            .or_else(|| answer.body.get("error"))
-            .and_then(Value::as_str)
-            .unwrap_or("no message");
+        let message = body.text().unwrap_or("no message");
         AuthorityError::from_status(answer.status, code, message)
     }
 
     /// Authorizes an intent (see [`Authorizer::authorize`]).
     pub async fn authorize_intent(&self, intent: &PaymentIntent) -> Result<Decision, AuthorityError> {
-        let (path, body) = wire::authorize_request(intent);
-        let answer = self.call(reqwest::Method::POST, &path, Some(&body), self.inner.authorize_timeout).await?;
-        let is_decision = answer.body.get("approved").is_some()
-            || answer.body.get("authorized").is_some()
-            || (path.starts_with("cards/") && answer.body.get("requestId").is_some());
+        let (kind, body) = PaymentBody::from_intent(intent);
+        let path = kind.authorize_path();
+        let answer = self.call(reqwest::Method::POST, path, Some(&body), self.inner.authorize_timeout).await?;
+        // Conto's docs allow a denial as 403 (or 400) with a decision body; conto-local answers
+        // 200. Both are read as decisions; any other error status is an error.
+        let decision = serde_json::from_value::<DecisionBody>(answer.body.clone()).ok();
+        let is_decision = decision.as_ref().is_some_and(|d| d.approved.is_some() || d.authorized.is_some())
+            || (kind == Kind::Card && decision.as_ref().is_some_and(|d| d.request_id.is_some()));
         match answer.status {
             200..=202 => {}
             403 | 400 if is_decision => {}
             _ => return Err(Self::api_error(&answer)),
         }
-        wire::parse_decision(answer.status, &answer.body, &Arc::new(intent.clone()), Timestamp::now())
+        let body = wire::decision_body(answer.status, &answer.body)?;
+        wire::parse_decision(answer.status, &body, &Arc::new(intent.clone()), Timestamp::now())
     }
 
     /// Records a settlement (see [`Authorizer::record`]).
@@ -367,35 +369,34 @@ impl ContoClient {
         if answer.status != 200 {
             return Err(Self::api_error(&answer));
         }
-        let list = answer
-            .body
-            .get("requests")
-            .or_else(|| answer.body.get("data").and_then(|d| d.get("requests")))
-            .and_then(Value::as_array)
-            .ok_or_else(|| AuthorityError::invalid_response("no `requests` list"))?;
-        let Some(entry) = list
-            .iter()
-            .find(|r| r.get("approvalRequestId").and_then(Value::as_str) == Some(&pending.approval_request_id))
-        else {
+        let list: ApprovalRequests = serde_json::from_value(answer.body)
+            .map_err(|e| AuthorityError::invalid_response(format!("malformed approval requests: {e}")))?;
+        let Some(entry) = list.all().find(|r| r.approval_request_id == pending.approval_request_id) else {
             return Err(LedgerError::UnknownApprovalRequest(pending.approval_request_id.clone()).into());
         };
         let intent = Arc::new(intent.clone());
-        match entry.get("status").and_then(Value::as_str) {
+        match entry.status.as_deref() {
             Some("PENDING" | "PENDING_APPROVAL" | "REVIEW_REQUIRED") => Ok(None),
             Some("APPROVED") => {
-                let mut decision = entry.clone();
-                if let Some(map) = decision.as_object_mut() {
-                    map.insert("approved".into(), Value::Bool(true));
-                    map.insert("authorized".into(), Value::Bool(true));
-                }
+                // The approved request carries the approval, in each rail's own field.
+                let decision = DecisionBody {
+                    approved: Some(true),
+                    authorized: Some(true),
+                    status: entry.status.clone(),
+                    approval_id: entry.approval_id.clone(),
+                    approval_token: entry.approval_token.clone(),
+                    authorization_id: entry.authorization_id.clone(),
+                    request_id: entry.request_id.clone(),
+                    expires_at: entry.approval_expires_at.clone().or_else(|| entry.expires_at.clone()),
+                    amount: entry.amount,
+                    recipient_address: entry.recipient_address.clone(),
+                    ..Default::default()
+                };
                 wire::parse_decision(200, &decision, &intent, Timestamp::now()).map(Some)
             }
-            Some("REJECTED" | "DECLINED" | "DENIED" | "EXPIRED") => {
+            Some(closed @ ("REJECTED" | "DECLINED" | "DENIED" | "EXPIRED")) => {
                 Ok(Some(Decision::from_policy(Verdict::Denied(Denial {
-                    reasons: vec![format!(
-                        "the approval request was {}",
-                        entry["status"].as_str().unwrap_or("closed").to_lowercase()
-                    )],
+                    reasons: vec![format!("the approval request was {}", closed.to_lowercase())],
                     violations: vec![],
                 }))))
             }
@@ -437,6 +438,7 @@ impl ContoClient {
 pub fn parse_decision(status: u16, body: &[u8], intent: &PaymentIntent) -> Result<Decision, AuthorityError> {
     let body: Value = serde_json::from_slice(body)
         .map_err(|_| AuthorityError::invalid_response(format!("HTTP {status}: the body is not JSON")))?;
+    let body = wire::decision_body(status, &body)?;
     wire::parse_decision(status, &body, &Arc::new(intent.clone()), Timestamp::now())
 }
 
@@ -507,10 +509,8 @@ impl Authorizer for ContoClient {
                     authorization.id
                 )));
             }
-            if let Some(map) = body.as_object_mut() {
-                map.remove("authorizationId");
-                map.insert("paymentId".into(), Value::String(format!("standin_{}", authorization.id)));
-            }
+            body.authorization_id = None;
+            body.payment_id = Some(format!("standin_{}", authorization.id));
             let answer = self.call(reqwest::Method::POST, &path, Some(&body), self.inner.record_timeout).await?;
             if !(200..300).contains(&answer.status) {
                 return Err(Self::api_error(&answer));

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use conto_wire::org::{Agent, AgentPatch, Agents, SdkKey, SdkKeys};
 
 use super::sync::{OrgClient, sync_policies};
 use crate::credentials::CredentialStore;
-use conto_core::ActorId;
 use conto_core::BoxFuture;
 use conto_core::ProductControls;
 use conto_core::lifecycle::managed_name;
+use conto_core::{ActorId, AuthorityError};
 use conto_core::{ActorLifecycle, Ensured, LifecycleError};
 
 /// The least scopes the four rails need: approve and confirm (transfers, cards), request (x402,
@@ -42,10 +42,9 @@ impl ManagedActors {
         &self.org
     }
 
-    async fn find_agent(&self, name: &str) -> Result<Option<Value>, LifecycleError> {
-        let listed = self.org.call(reqwest::Method::GET, "/api/agents", None).await?;
-        let agents = listed["agents"].as_array().or_else(|| listed["data"]["agents"].as_array()).or(listed.as_array());
-        Ok(agents.and_then(|list| list.iter().find(|a| a["name"] == name).cloned()))
+    async fn find_agent(&self, name: &str) -> Result<Option<Agent>, LifecycleError> {
+        let listed: Agents = self.org.get("/api/agents").await?;
+        Ok(listed.all().into_iter().find(|a| a.name.as_deref() == Some(name)).cloned())
     }
 
     async fn agent_id(&self, actor: &str) -> Result<(ActorId, String), LifecycleError> {
@@ -54,29 +53,35 @@ impl ManagedActors {
             return Ok((id, binding.agent_id));
         }
         let agent = self.find_agent(&managed_name(&id)).await?;
-        let agent_id = agent.as_ref().and_then(|a| a["id"].as_str()).map(str::to_owned);
+        let agent_id = agent.as_ref().and_then(Agent::id).map(str::to_owned);
         agent_id.map(|a| (id, a)).ok_or_else(|| LifecycleError::UnknownActor(actor.to_owned()))
     }
 
     /// Revokes every key of `agent_id` named `name` except `keep`.
     async fn revoke_keys(&self, agent_id: &str, name: &str, keep: Option<&str>) -> Result<(), LifecycleError> {
-        let listed = self.org.call(reqwest::Method::GET, &format!("/api/agents/{agent_id}/sdk-keys"), None).await?;
-        let keys = listed["keys"].as_array().or(listed.as_array()).cloned().unwrap_or_default();
-        for key in keys.iter().filter(|k| k["name"] == name && k["revokedAt"].is_null()) {
-            let Some(key_id) = key["id"].as_str().filter(|id| Some(*id) != keep) else { continue };
-            self.org.call(reqwest::Method::DELETE, &format!("/api/agents/{agent_id}/sdk-keys/{key_id}"), None).await?;
+        let listed: SdkKeys = self.org.get(&format!("/api/agents/{agent_id}/sdk-keys")).await?;
+        for key in listed.all().iter().filter(|k| k.name.as_deref() == Some(name) && k.revoked_at.is_none()) {
+            let Some(key_id) = key.id.as_deref().filter(|id| Some(*id) != keep) else { continue };
+            let path = format!("/api/agents/{agent_id}/sdk-keys/{key_id}");
+            self.org.call::<()>(reqwest::Method::DELETE, &path, None).await?;
         }
         Ok(())
     }
 
     /// Issues a key named `name` for `agent_id` and seals it; returns its id.
     async fn issue_and_seal(&self, actor: &ActorId, agent_id: &str, name: &str) -> Result<String, LifecycleError> {
-        let body = json!({"name": name, "keyType": "standard", "scopes": RAIL_SCOPES});
-        let issued =
-            self.org.call(reqwest::Method::POST, &format!("/api/agents/{agent_id}/sdk-keys"), Some(&body)).await?;
+        let body = SdkKey {
+            name: Some(name.to_owned()),
+            key_type: Some("standard".to_owned()),
+            scopes: Some(RAIL_SCOPES.iter().map(|s| (*s).to_owned()).collect()),
+            ..SdkKey::default()
+        };
+        let path = format!("/api/agents/{agent_id}/sdk-keys");
         let call = "POST /api/agents/{id}/sdk-keys";
-        let key = issued["key"].as_str().ok_or(LifecycleError::MissingField { call, field: "key" })?;
-        let key_id = issued["id"].as_str().ok_or(LifecycleError::MissingField { call, field: "id" })?.to_owned();
+        let issued: SdkKey = serde_json::from_value(self.org.call(reqwest::Method::POST, &path, Some(&body)).await?)
+            .map_err(|e| AuthorityError::invalid_response(format!("{call}: {e}")))?;
+        let key = issued.key.as_deref().ok_or(LifecycleError::MissingField { call, field: "key" })?;
+        let key_id = issued.id.clone().ok_or(LifecycleError::MissingField { call, field: "id" })?;
         self.store.bind(actor.as_str(), agent_id, key).map_err(|e| LifecycleError::Credentials(e.to_string()))?;
         Ok(key_id)
     }
@@ -84,10 +89,10 @@ impl ManagedActors {
     async fn set_status(&self, actor: &str, status: &str) -> Result<(), LifecycleError> {
         let (_, agent_id) = self.agent_id(actor).await?;
         let path = format!("/api/agents/{agent_id}");
-        let agent = self.org.call(reqwest::Method::GET, &path, None).await?;
-        let current = agent["status"].as_str().or_else(|| agent["agent"]["status"].as_str());
-        if current != Some(status) {
-            self.org.call(reqwest::Method::PATCH, &path, Some(&json!({"status": status}))).await?;
+        let agent: Agent = self.org.get(&path).await?;
+        if agent.status() != Some(status) {
+            let patch = AgentPatch { status: Some(status.into()) };
+            self.org.call(reqwest::Method::PATCH, &path, Some(&patch)).await?;
         }
         Ok(())
     }
@@ -106,14 +111,19 @@ impl ActorLifecycle for ManagedActors {
             let (agent_id, created) = match self.find_agent(&name).await? {
                 Some(agent) => {
                     let call = "GET /api/agents";
-                    (agent["id"].as_str().ok_or(LifecycleError::MissingField { call, field: "id" })?.to_owned(), false)
+                    (agent.id().ok_or(LifecycleError::MissingField { call, field: "id" })?.to_owned(), false)
                 }
                 None => {
-                    let body = json!({"name": name, "description": format!("conto-rs managed actor {id}")});
-                    let made = self.org.call(reqwest::Method::POST, "/api/agents", Some(&body)).await?;
-                    let agent_id = made["id"].as_str().or_else(|| made["agent"]["id"].as_str());
+                    let body = Agent {
+                        name: Some(name.clone()),
+                        description: Some(format!("conto-rs managed actor {id}")),
+                        ..Agent::default()
+                    };
                     let call = "POST /api/agents";
-                    (agent_id.ok_or(LifecycleError::MissingField { call, field: "id" })?.to_owned(), true)
+                    let made: Agent =
+                        serde_json::from_value(self.org.call(reqwest::Method::POST, "/api/agents", Some(&body)).await?)
+                            .map_err(|e| AuthorityError::invalid_response(format!("{call}: {e}")))?;
+                    (made.id().ok_or(LifecycleError::MissingField { call, field: "id" })?.to_owned(), true)
                 }
             };
             // 2. The key: sealed already, or revoke any unsealed one and issue a fresh one.
@@ -158,7 +168,7 @@ impl ActorLifecycle for ManagedActors {
             let name = managed_name(&id);
             self.revoke_keys(&agent_id, &name, None).await?;
             sync_policies(&self.org, &ProductControls::default(), &name, &agent_id).await?;
-            self.org.call(reqwest::Method::DELETE, &format!("/api/agents/{agent_id}"), None).await?;
+            self.org.call::<()>(reqwest::Method::DELETE, &format!("/api/agents/{agent_id}"), None).await?;
             self.store.unbind(actor).map_err(|e| LifecycleError::Credentials(e.to_string()))?;
             Ok(())
         })

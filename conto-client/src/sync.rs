@@ -8,8 +8,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use conto_wire::ErrorBody;
+use conto_wire::org::{Policies, Policy};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::{ClientError, check_url};
 use conto_core::AuthorityError;
@@ -49,11 +52,11 @@ impl OrgClient {
     }
 
     /// One org API call: the JSON answer of a 2xx, or the error. Writes are counted.
-    pub(crate) async fn call(
+    pub(crate) async fn call<B: Serialize + ?Sized>(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&B>,
     ) -> Result<Value, AuthorityError> {
         if method != reqwest::Method::GET {
             self.writes.fetch_add(1, Ordering::SeqCst);
@@ -66,25 +69,18 @@ impl OrgClient {
         let status = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
-            let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-            return Err(AuthorityError::from_status(status, text("code"), text("message")));
+            let error: ErrorBody = serde_json::from_value(body).unwrap_or_default();
+            let message = error.text().unwrap_or_default().to_owned();
+            return Err(AuthorityError::from_status(status, error.code.unwrap_or_default(), message));
         }
         Ok(body)
     }
-}
 
-/// The fields a sync compares (what a policy means, not server-side metadata).
-fn essence(p: &Value) -> Value {
-    let rules: Vec<Value> = p["rules"]
-        .as_array()
-        .map(|rs| {
-            rs.iter()
-                .map(|r| json!({"ruleType": r.get("ruleType").or_else(|| r.get("type")), "operator": r["operator"], "value": r["value"], "action": r["action"]}))
-                .collect()
-        })
-        .unwrap_or_default();
-    json!({"policyType": p["policyType"], "priority": p["priority"], "isActive": p["isActive"],
-        "agentIds": p["agentIds"], "timezone": p["timezone"], "rules": rules})
+    /// A GET whose answer is read as `T`; a malformed answer names the call.
+    pub(crate) async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, AuthorityError> {
+        let body = self.call::<()>(reqwest::Method::GET, path, None).await?;
+        serde_json::from_value(body).map_err(|e| AuthorityError::invalid_response(format!("GET {path}: {e}")))
+    }
 }
 
 /// Applies `controls` as the policies named `"{prefix} · …"`: creates the missing, updates the
@@ -96,30 +92,34 @@ pub async fn sync_policies(
     prefix: &str,
     agent_id: &str,
 ) -> Result<SyncReport, AuthorityError> {
-    let wanted = controls.policies(prefix, agent_id);
-    let listed = org.call(reqwest::Method::GET, "/api/policies", None).await?;
-    let existing: Vec<Value> =
-        listed["policies"].as_array().or_else(|| listed["data"]["policies"].as_array()).cloned().unwrap_or_default();
-    let owned = |p: &&Value| p["name"].as_str().is_some_and(|n| n.starts_with(&format!("{prefix} · ")));
+    let wanted: Vec<Policy> = controls
+        .policies(prefix, agent_id)
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()
+        .map_err(|e| AuthorityError::invalid_response(format!("a generated policy is malformed: {e}")))?;
+    let listed: Policies = org.get("/api/policies").await?;
+    let existing = listed.all();
+    let owned = |p: &&&Policy| p.name.as_deref().is_some_and(|n| n.starts_with(&format!("{prefix} · ")));
     let mut report = SyncReport::default();
     for want in &wanted {
-        match existing.iter().filter(owned).find(|p| p["name"] == want["name"]) {
+        match existing.iter().filter(owned).find(|p| p.name == want.name) {
             None => {
                 org.call(reqwest::Method::POST, "/api/policies", Some(want)).await?;
                 report.created += 1;
             }
-            Some(have) if essence(have) == essence(want) => report.unchanged += 1,
+            Some(have) if have.essence() == want.essence() => report.unchanged += 1,
             Some(have) => {
-                let id = have["id"].as_str().unwrap_or_default();
+                let id = have.id.as_deref().unwrap_or_default();
                 org.call(reqwest::Method::PATCH, &format!("/api/policies/{id}"), Some(want)).await?;
                 report.updated += 1;
             }
         }
     }
     for have in existing.iter().filter(owned) {
-        if !wanted.iter().any(|w| w["name"] == have["name"]) {
-            let id = have["id"].as_str().unwrap_or_default();
-            org.call(reqwest::Method::DELETE, &format!("/api/policies/{id}"), None).await?;
+        if !wanted.iter().any(|w| w.name == have.name) {
+            let id = have.id.as_deref().unwrap_or_default();
+            org.call::<()>(reqwest::Method::DELETE, &format!("/api/policies/{id}"), None).await?;
             report.deleted += 1;
         }
     }

@@ -25,14 +25,48 @@ pub struct Agent {
     /// When it was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    /// The same agent, in the wrapped form some deployments answer with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Box<Agent>>,
 }
 
-/// `GET /api/agents`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Agents {
-    /// The agents.
-    #[serde(default)]
-    pub agents: Vec<Agent>,
+impl Agent {
+    /// The agent's id, wrapped or not.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref().or_else(|| self.agent.as_ref().and_then(|a| a.id.as_deref()))
+    }
+
+    /// The agent's status, wrapped or not.
+    pub fn status(&self) -> Option<&str> {
+        self.status.as_deref().or_else(|| self.agent.as_ref().and_then(|a| a.status.as_deref()))
+    }
+}
+
+/// `GET /api/agents`: `{agents}`, `{data: {agents}}` or a bare array.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Agents {
+    /// `{agents}` (or `{data: {agents}}`).
+    Wrapped {
+        /// The agents.
+        #[serde(default)]
+        agents: Vec<Agent>,
+        /// The wrapped form.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Box<Agents>>,
+    },
+    /// A bare array.
+    Bare(Vec<Agent>),
+}
+
+impl Agents {
+    /// Every agent listed.
+    pub fn all(&self) -> Vec<&Agent> {
+        match self {
+            Agents::Wrapped { agents, data } => agents.iter().chain(data.iter().flat_map(|d| d.all())).collect(),
+            Agents::Bare(agents) => agents.iter().collect(),
+        }
+    }
 }
 
 /// `PATCH /api/agents/{id}`.
@@ -79,12 +113,26 @@ pub struct SdkKey {
     pub revoked_at: Option<String>,
 }
 
-/// `GET /api/agents/{id}/sdk-keys`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SdkKeys {
-    /// The keys.
-    #[serde(default)]
-    pub keys: Vec<SdkKey>,
+/// `GET /api/agents/{id}/sdk-keys`: `{keys}` or a bare array.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SdkKeys {
+    /// `{keys}`.
+    Wrapped {
+        /// The keys.
+        keys: Vec<SdkKey>,
+    },
+    /// A bare array.
+    Bare(Vec<SdkKey>),
+}
+
+impl SdkKeys {
+    /// Every key listed.
+    pub fn all(&self) -> &[SdkKey] {
+        match self {
+            SdkKeys::Wrapped { keys } | SdkKeys::Bare(keys) => keys,
+        }
+    }
 }
 
 /// `{deleted: true, id}`.
@@ -329,18 +377,50 @@ impl Policy {
         }
     }
 
+    /// What the policy means, for comparing two copies: its type, priority, activity, agents,
+    /// time zone and rules, without ids, names or server metadata.
+    pub fn essence(&self) -> Policy {
+        Policy {
+            policy_type: self.policy_type.clone(),
+            priority: self.priority.clone(),
+            is_active: self.is_active.clone(),
+            agent_ids: self.agent_ids.clone(),
+            timezone: self.timezone.clone(),
+            rules: self
+                .rules
+                .as_ref()
+                .map(|rules| rules.iter().map(|r| Rule { id: None, extra: Map::new(), ..r.clone() }).collect()),
+            ..Policy::default()
+        }
+    }
+
     /// As JSON, for a policy engine.
     pub fn to_value(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }
 
-/// `{policies}`.
+/// `{policies}` (or `{data: {policies}}`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Policies {
     /// The policies.
     #[serde(default)]
     pub policies: Vec<Policy>,
+    /// The wrapped form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Box<Policies>>,
+}
+
+impl Policies {
+    /// These policies, in a `{policies}` answer.
+    pub fn new(policies: Vec<Policy>) -> Self {
+        Self { policies, data: None }
+    }
+
+    /// Every policy listed, wrapped or not.
+    pub fn all(&self) -> Vec<&Policy> {
+        self.policies.iter().chain(self.data.iter().flat_map(|d| d.all())).collect()
+    }
 }
 
 /// One entry of `GET /api/agents/{id}/policies`.
