@@ -54,8 +54,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use conto_core::jiff::{SignedDuration, Timestamp};
 use conto_core::{Amount, Engine, PaymentIntent, PendingApproval, PolicySet};
+use conto_wire::ErrorBody;
+use conto_wire::org::{Agent, AgentPatch, Agents, Deleted, Policies, Policy, Revoked, Rule, Rules, SdkKey, SdkKeys};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use store::Store;
@@ -235,7 +238,8 @@ pub async fn start(config: Config) -> Result<Running, LocalError> {
 }
 
 fn restore_policies(store: &Store, engine: &Engine) -> Result<(), LocalError> {
-    engine.set_policies(PolicySet::from_value(Value::Array(effective_policies(store)?))?);
+    let all = effective_policies(store)?;
+    engine.set_policies(PolicySet::from_value(Value::Array(all.iter().map(Policy::to_value).collect()))?);
     Ok(())
 }
 
@@ -276,14 +280,25 @@ fn restore(store: &Store, engine: &Engine) -> Result<(), LocalError> {
 #[derive(Debug)]
 pub(crate) struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: std::borrow::Cow<'static, str>,
     pub message: String,
     pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self { status, code: code.into(), message: message.into(), retry_after: None }
+    }
+
+    /// An error answered before, replayed for a repeated idempotency key.
+    pub fn replayed(status: StatusCode, body: ErrorBody) -> Self {
+        let message = body.text().unwrap_or_default().to_owned();
+        Self { status, code: body.code.unwrap_or_default().into(), message, retry_after: None }
+    }
+
+    /// Its body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(self.code.clone(), self.message.clone())
     }
 }
 
@@ -295,8 +310,7 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.message, "code": self.code, "message": self.message});
-        let mut resp = (self.status, axum::Json(body)).into_response();
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert("retry-after", secs.into());
         }
@@ -353,10 +367,10 @@ fn org(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 /// (`keyType: "admin"`) to create, change and delete policies, and any of its SDK keys with
 /// `policies:read` to read them, as Conto's agent skill documents. (Conto's docs also say its
 /// admin client rejects agent keys; conto-local follows the skill, the client that uses it.)
-fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<PolicyCaller, ApiError> {
     let given = bearer(headers).unwrap_or_default();
     if !given.starts_with("conto_agent_") {
-        return org(app, headers);
+        return org(app, headers).map(|()| PolicyCaller::Org);
     }
     let record = lock(&app.store)
         .key(given)?
@@ -364,7 +378,7 @@ fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<(), ApiE
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "invalid or expired SDK key"))?;
     let allowed = if write { record.key_type == "admin" } else { record.scopes.iter().any(|s| s == "policies:read") };
     if allowed {
-        Ok(())
+        Ok(PolicyCaller::Agent(record.agent_id))
     } else {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -378,17 +392,68 @@ fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<(), ApiE
     }
 }
 
-fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+/// Who is changing policies: the org, or one agent through its admin SDK key.
+enum PolicyCaller {
+    Org,
+    Agent(String),
+}
+
+impl PolicyCaller {
+    /// An agent's admin key governs its own agent's policies only: a policy it creates without
+    /// `agentIds` is assigned to that agent, and it may not assign, change or delete policies
+    /// of other agents (or of every agent). The org key may do anything; a policy it creates
+    /// without `agentIds` waits, `scope: "assigned"`, until it is assigned.
+    fn scope(&self, doc: &mut Policy) -> Result<(), ApiError> {
+        let PolicyCaller::Agent(agent) = self else {
+            if doc.scope.is_none() && doc.assigned().next().is_none() {
+                doc.scope = Some("assigned".to_owned());
+            }
+            return Ok(());
+        };
+        if doc.assigned().next().is_none() && doc.scope.is_none() {
+            doc.agent_ids = Some(vec![agent.clone()]);
+        }
+        self.may_change(doc)
+    }
+
+    /// Whether this caller may read `doc`.
+    fn sees(&self, doc: &Policy) -> bool {
+        match self {
+            PolicyCaller::Org => true,
+            PolicyCaller::Agent(agent) => doc.applies_to(agent),
+        }
+    }
+
+    /// Whether this caller may change or delete `doc`.
+    fn may_change(&self, doc: &Policy) -> Result<(), ApiError> {
+        let PolicyCaller::Agent(agent) = self else { return Ok(()) };
+        let own = doc.scope.as_deref().is_none_or(|s| s.eq_ignore_ascii_case("assigned"))
+            && doc.assigned().next().is_some()
+            && doc.assigned().all(|a| a == agent);
+        if own {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "INSUFFICIENT_SCOPE",
+                "an agent's admin SDK key manages its own agent's policies only; use the org key for others",
+            ))
+        }
+    }
+}
+
+/// Reads a typed JSON body; a field of the wrong type is a 400 that names it.
+pub(crate) fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", format!("the body is not JSON: {e}")))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", format!("invalid body: {e}")))
 }
 
 async fn create_agent(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    let body = json_body(&body)?;
-    let name = body.get("name").and_then(Value::as_str).filter(|s| !s.trim().is_empty());
+    let body: Agent = json_body(&body)?;
+    let name = body.name.as_deref().filter(|s| !s.trim().is_empty());
     let name = name.ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`name` is required"))?;
-    let id = match body.get("id").and_then(Value::as_str) {
+    let id = match body.id.as_deref() {
         Some(id) => conto_core::ActorId::new(id)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", format!("`id`: {e}")))?
             .to_string(),
@@ -405,8 +470,14 @@ async fn create_agent(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
     Ok((StatusCode::CREATED, axum::Json(agent_json(&row))).into_response())
 }
 
-fn agent_json(a: &store::AgentRow) -> Value {
-    json!({"id": a.id, "name": a.name, "status": a.status, "createdAt": a.created_at})
+fn agent_json(a: &store::AgentRow) -> Agent {
+    Agent {
+        id: Some(a.id.clone()),
+        name: Some(a.name.clone()),
+        status: Some(a.status.clone()),
+        created_at: Some(a.created_at.clone()),
+        ..Agent::default()
+    }
 }
 
 fn no_agent(id: &str) -> ApiError {
@@ -424,8 +495,8 @@ fn agent_store<'a>(app: &'a App, agent_id: &str) -> Result<std::sync::MutexGuard
 
 async fn list_agents(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    let agents: Vec<Value> = lock(&app.store).agents()?.iter().map(agent_json).collect();
-    Ok(axum::Json(json!({"agents": agents})).into_response())
+    let agents = lock(&app.store).agents()?.iter().map(agent_json).collect();
+    Ok(axum::Json(Agents::Wrapped { agents, data: None }).into_response())
 }
 
 async fn get_agent(
@@ -447,10 +518,10 @@ async fn patch_agent(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    let body = json_body(&body)?;
+    let body: AgentPatch = json_body(&body)?;
     let store = lock(&app.store);
     let mut row = store.agent(&agent_id)?.ok_or_else(|| no_agent(&agent_id))?;
-    if let Some(status) = body.get("status") {
+    if let Some(status) = &body.status {
         let paused = match status.as_str() {
             Some("ACTIVE") => false,
             Some("PAUSED") => true,
@@ -482,7 +553,7 @@ async fn delete_agent(
         return Err(no_agent(&agent_id));
     }
     app.engine.retire(&agent_id);
-    Ok(axum::Json(json!({"deleted": true, "id": agent_id})).into_response())
+    Ok(axum::Json(Deleted { deleted: true, id: agent_id }).into_response())
 }
 
 /// `GET /api/agents/{id}/sdk-keys`: the agent's keys, without the secrets.
@@ -493,15 +564,22 @@ async fn list_keys(
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
     let store = agent_store(&app, &agent_id)?;
-    let keys: Vec<Value> = store
+    let keys = store
         .keys_of(&agent_id)?
         .into_iter()
-        .map(|k| {
-            json!({"id": k.id, "name": k.name, "keyPrefix": k.prefix, "keyType": k.key_type, "scopes": k.scopes,
-                "expiresAt": k.expires_at, "createdAt": k.created_at, "revokedAt": k.revoked_at})
+        .map(|k| SdkKey {
+            id: Some(k.id),
+            name: Some(k.name),
+            key_prefix: Some(k.prefix),
+            key_type: Some(k.key_type),
+            scopes: Some(k.scopes),
+            expires_at: Some(k.expires_at),
+            created_at: Some(k.created_at),
+            revoked_at: k.revoked_at,
+            ..SdkKey::default()
         })
         .collect();
-    Ok(axum::Json(json!({"keys": keys})).into_response())
+    Ok(axum::Json(SdkKeys::Wrapped { keys }).into_response())
 }
 
 /// `DELETE /api/agents/{id}/sdk-keys/{keyId}`: revokes a key (idempotent).
@@ -518,7 +596,7 @@ async fn revoke_key(
             format!("no key `{key_id}` for agent `{agent_id}`"),
         ));
     }
-    Ok(axum::Json(json!({"revoked": true, "id": key_id})).into_response())
+    Ok(axum::Json(Revoked { revoked: true, id: key_id }).into_response())
 }
 
 /// The standard preset (conto-api.md §1).
@@ -541,80 +619,80 @@ async fn create_key(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    let body = json_body(&body)?;
+    let body: SdkKey = json_body(&body)?;
     let store = agent_store(&app, &agent_id)?;
-    let name = body.get("name").and_then(Value::as_str).unwrap_or("sdk key").to_owned();
-    let days = body.get("expiresInDays").and_then(Value::as_i64).unwrap_or(365);
+    let name = body.name.clone().unwrap_or_else(|| "sdk key".to_owned());
+    let days = body.expires_in_days.unwrap_or(365);
     if !(1..=730).contains(&days) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`expiresInDays` must be 1-730"));
     }
-    let key_type = body.get("keyType").and_then(Value::as_str).unwrap_or("standard");
+    let key_type = body.key_type.as_deref().unwrap_or("standard");
     if key_type != "standard" && key_type != "admin" {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`keyType` must be standard or admin"));
     }
-    let scopes: Vec<String> = match body.get("scopes") {
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-        _ => STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
-    };
+    let scopes: Vec<String> =
+        body.scopes.clone().unwrap_or_else(|| STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect());
     let (id, key, expires_at) = issue_key(&store, &agent_id, &name, key_type, &scopes, days)?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({
-            "id": id, "key": key, "keyPrefix": &key[..20], "name": name, "keyType": key_type,
-            "scopes": scopes, "expiresAt": expires_at,
-            "message": "Store this key now: it is shown only once.",
-        })),
-    )
-        .into_response())
+    let created = SdkKey {
+        id: Some(id),
+        key_prefix: Some(key[..20].to_owned()),
+        key: Some(key),
+        name: Some(name),
+        key_type: Some(key_type.to_owned()),
+        scopes: Some(scopes),
+        expires_at: Some(expires_at),
+        ..SdkKey::default()
+    };
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
 /// The stored policies plus the limits of every wallet delegation.
-fn effective_policies(store: &Store) -> Result<Vec<Value>, StoreError> {
+fn effective_policies(store: &Store) -> Result<Vec<Policy>, StoreError> {
     let mut all = store.policies()?;
     all.extend(org::wallet_policies(&store.wallets(None)?));
     Ok(all)
 }
 
+fn compile(policies: &[Policy]) -> Result<PolicySet, ApiError> {
+    PolicySet::from_value(Value::Array(policies.iter().map(Policy::to_value).collect()))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))
+}
+
 fn reload_policies(app: &App, store: &Store) -> Result<(), ApiError> {
-    let set = PolicySet::from_value(Value::Array(effective_policies(store)?))
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))?;
-    app.engine.set_policies(set);
+    app.engine.set_policies(compile(&effective_policies(store)?)?);
     Ok(())
 }
 
-/// Validates `doc` together with the stored policies, then stores it.
-fn save_policy(app: &App, store: &Store, id: &str, mut doc: Value) -> Result<Value, ApiError> {
-    let map = doc
-        .as_object_mut()
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "a policy is a JSON object"))?;
-    map.insert("id".into(), json!(id));
-    if let Some(Value::Array(rules)) = map.get_mut("rules") {
-        for rule in rules.iter_mut().filter_map(Value::as_object_mut) {
-            rule.entry("id").or_insert_with(|| json!(format!("rule_{}", random_hex(6))));
-        }
+/// Validates `doc` together with the stored policies, then stores it (rules get ids). Who
+/// it applies to is the caller's to decide ([`PolicyCaller::scope`]).
+fn save_policy(app: &App, store: &Store, id: &str, mut doc: Policy) -> Result<Policy, ApiError> {
+    doc.id = Some(id.to_owned());
+    for rule in doc.rules.iter_mut().flatten() {
+        rule.id.get_or_insert_with(|| format!("rule_{}", random_hex(6)));
     }
-    let mut all: Vec<Value> = effective_policies(store)?.into_iter().filter(|p| p["id"] != json!(id)).collect();
+    let mut all: Vec<Policy> = effective_policies(store)?.into_iter().filter(|p| p.id.as_deref() != Some(id)).collect();
     all.push(doc.clone());
-    PolicySet::from_value(Value::Array(all))
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))?;
+    compile(&all)?;
     store.put_policy(id, &doc)?;
     reload_policies(app, store)?;
     Ok(doc)
 }
 
 /// The policy documents of a Conto policy file (validated).
-fn policy_docs(file: &std::path::Path) -> Result<Vec<Value>, LocalError> {
+fn policy_docs(file: &std::path::Path) -> Result<Vec<Policy>, LocalError> {
     let set_text = std::fs::read_to_string(file)
         .map_err(|e| conto_core::PolicyError::Io { path: file.display().to_string(), message: e.to_string() })?;
     PolicySet::from_json(&set_text)?;
-    let value: Value = serde_json::from_str(&set_text).map_err(|e| LocalError::Corrupt(e.to_string()))?;
-    Ok(match value {
-        Value::Array(items) => items,
-        Value::Object(mut m) => match m.remove("policies") {
-            Some(Value::Array(items)) => items,
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum File {
+        List(Vec<Policy>),
+        Set(Policies),
+    }
+    let file: File = serde_json::from_str(&set_text).map_err(|e| LocalError::Corrupt(e.to_string()))?;
+    Ok(match file {
+        File::List(items) => items,
+        File::Set(set) => set.policies,
     })
 }
 
@@ -624,19 +702,15 @@ pub fn preload(db: Option<&std::path::Path>, file: &std::path::Path) -> Result<u
     preload_into(&Store::open(db)?, docs)
 }
 
-fn preload_into(store: &Store, docs: Vec<Value>) -> Result<usize, LocalError> {
-    let existing: HashSet<String> =
-        store.policies()?.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect();
+fn preload_into(store: &Store, docs: Vec<Policy>) -> Result<usize, LocalError> {
+    let existing: HashSet<String> = store.policies()?.into_iter().filter_map(|p| p.name).collect();
     let mut added = 0;
-    for doc in docs {
-        if doc["name"].as_str().is_some_and(|n| existing.contains(n)) {
+    for mut doc in docs {
+        if doc.name.as_ref().is_some_and(|n| existing.contains(n)) {
             continue;
         }
         let id = format!("pol_{}", random_hex(8));
-        let mut doc = doc;
-        if let Some(m) = doc.as_object_mut() {
-            m.insert("id".into(), json!(id));
-        }
+        doc.id = Some(id.clone());
         store.put_policy(&id, &doc)?;
         added += 1;
     }
@@ -679,8 +753,9 @@ fn issue_key(
 }
 
 async fn create_policy(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    policy_access(&app, &headers, true)?;
-    let doc = json_body(&body)?;
+    let caller = policy_access(&app, &headers, true)?;
+    let mut doc: Policy = json_body(&body)?;
+    caller.scope(&mut doc)?;
     let id = format!("pol_{}", random_hex(8));
     let store = lock(&app.store);
     let doc = save_policy(&app, &store, &id, doc)?;
@@ -688,15 +763,18 @@ async fn create_policy(State(app): State<Arc<App>>, headers: HeaderMap, body: By
 }
 
 async fn list_policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    policy_access(&app, &headers, false)?;
-    Ok(axum::Json(json!({"policies": lock(&app.store).policies()?})).into_response())
+    let caller = policy_access(&app, &headers, false)?;
+    let all = lock(&app.store).policies()?;
+    // An agent's key sees the policies that apply to its agent, never other agents'.
+    let visible = all.into_iter().filter(|p| caller.sees(p)).collect();
+    Ok(axum::Json(Policies::new(visible)).into_response())
 }
 
-fn find_policy(store: &Store, id: &str) -> Result<Value, ApiError> {
+fn find_policy(store: &Store, id: &str) -> Result<Policy, ApiError> {
     store
         .policies()?
         .into_iter()
-        .find(|p| p["id"] == json!(id))
+        .find(|p| p.id.as_deref() == Some(id))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no policy `{id}`")))
 }
 
@@ -705,28 +783,52 @@ async fn get_policy(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    policy_access(&app, &headers, false)?;
-    Ok(axum::Json(find_policy(&lock(&app.store), &id)?).into_response())
+    let caller = policy_access(&app, &headers, false)?;
+    let doc = find_policy(&lock(&app.store), &id)?;
+    if !caller.sees(&doc) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no policy `{id}`")));
+    }
+    Ok(axum::Json(doc).into_response())
 }
 
+/// `PATCH /api/policies/{id}`: the fields given replace the stored ones (`agentIds` assigns).
 async fn patch_policy(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    policy_access(&app, &headers, true)?;
-    let patch = json_body(&body)?;
+    let caller = policy_access(&app, &headers, true)?;
+    let patch: Policy = json_body(&body)?;
     let store = lock(&app.store);
-    let mut doc = find_policy(&store, &id)?;
-    if let (Some(doc), Some(patch)) = (doc.as_object_mut(), patch.as_object()) {
-        for (k, v) in patch {
-            if k != "id" {
-                doc.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    Ok(axum::Json(save_policy(&app, &store, &id, doc)?).into_response())
+    let doc = find_policy(&store, &id)?;
+    caller.may_change(&doc)?;
+    let mut merged = doc.clone();
+    let Policy {
+        id: _,
+        name,
+        policy_type,
+        priority,
+        is_active,
+        agent_ids,
+        agent_policies,
+        scope,
+        timezone,
+        rules,
+        extra,
+    } = patch;
+    merged.name = name.or(doc.name);
+    merged.policy_type = policy_type.or(doc.policy_type);
+    merged.priority = priority.or(doc.priority);
+    merged.is_active = is_active.or(doc.is_active);
+    merged.agent_ids = agent_ids.or(doc.agent_ids);
+    merged.agent_policies = agent_policies.or(doc.agent_policies);
+    merged.scope = scope.or(doc.scope);
+    merged.timezone = timezone.or(doc.timezone);
+    merged.rules = rules.or(doc.rules);
+    merged.extra.extend(extra);
+    caller.may_change(&merged)?;
+    Ok(axum::Json(save_policy(&app, &store, &id, merged)?).into_response())
 }
 
 async fn delete_policy(
@@ -734,8 +836,9 @@ async fn delete_policy(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    policy_access(&app, &headers, true)?;
+    let caller = policy_access(&app, &headers, true)?;
     let store = lock(&app.store);
+    caller.may_change(&find_policy(&store, &id)?)?;
     if !store.delete_policy(&id)? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no policy `{id}`")));
     }
@@ -748,28 +851,35 @@ async fn get_rules(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    policy_access(&app, &headers, false)?;
+    let caller = policy_access(&app, &headers, false)?;
     let doc = find_policy(&lock(&app.store), &id)?;
-    Ok(axum::Json(json!({"rules": doc.get("rules").cloned().unwrap_or(json!([]))})).into_response())
+    if !caller.sees(&doc) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no policy `{id}`")));
+    }
+    Ok(axum::Json(Rules { rules: doc.rules.unwrap_or_default() }).into_response())
 }
 
+/// `PUT /api/policies/{id}/rules` `{rules}`: replaces every rule.
 async fn put_rules(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    policy_access(&app, &headers, true)?;
-    let body = json_body(&body)?;
-    let rules = body
-        .get("rules")
-        .cloned()
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`rules` is required"))?;
+    let caller = policy_access(&app, &headers, true)?;
+    #[derive(serde::Deserialize)]
+    struct Replace {
+        rules: Option<Vec<Rule>>,
+    }
+    let body: Replace = json_body(&body)?;
+    let rules =
+        body.rules.ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`rules` is required"))?;
     let store = lock(&app.store);
     let mut doc = find_policy(&store, &id)?;
-    doc["rules"] = rules;
+    caller.may_change(&doc)?;
+    doc.rules = Some(rules);
     let doc = save_policy(&app, &store, &id, doc)?;
-    Ok(axum::Json(json!({"rules": doc["rules"]})).into_response())
+    Ok(axum::Json(Rules { rules: doc.rules.unwrap_or_default() }).into_response())
 }
 
 async fn add_rule(
@@ -778,16 +888,14 @@ async fn add_rule(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    policy_access(&app, &headers, true)?;
-    let rule = json_body(&body)?;
+    let caller = policy_access(&app, &headers, true)?;
+    let rule: Rule = json_body(&body)?;
     let store = lock(&app.store);
     let mut doc = find_policy(&store, &id)?;
-    match doc.get_mut("rules") {
-        Some(Value::Array(rules)) => rules.push(rule),
-        _ => doc["rules"] = json!([rule]),
-    }
+    caller.may_change(&doc)?;
+    doc.rules.get_or_insert_with(Vec::new).push(rule);
     let doc = save_policy(&app, &store, &id, doc)?;
-    let added = doc["rules"].as_array().and_then(|r| r.last()).cloned().unwrap_or(Value::Null);
+    let added = doc.rules.and_then(|r| r.last().cloned()).unwrap_or_default();
     Ok((StatusCode::CREATED, axum::Json(added)).into_response())
 }
 
@@ -796,16 +904,16 @@ async fn delete_rule(
     Path((id, rule_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    policy_access(&app, &headers, true)?;
+    let caller = policy_access(&app, &headers, true)?;
     let store = lock(&app.store);
     let mut doc = find_policy(&store, &id)?;
-    let Some(Value::Array(rules)) = doc.get_mut("rules") else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no rule `{rule_id}`")));
-    };
+    caller.may_change(&doc)?;
+    let no_rule = || ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no rule `{rule_id}`"));
+    let rules = doc.rules.as_mut().ok_or_else(no_rule)?;
     let before = rules.len();
-    rules.retain(|r| r["id"] != json!(rule_id));
+    rules.retain(|r| r.id.as_deref() != Some(rule_id.as_str()));
     if rules.len() == before {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no rule `{rule_id}`")));
+        return Err(no_rule());
     }
     save_policy(&app, &store, &id, doc)?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -10,8 +10,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch};
-use conto_core::Address;
-use serde_json::{Value, json};
+use conto_core::{Address, Decimal};
+use conto_wire::org::{
+    AgentWallet, AssignedPolicies, AssignedPolicy, Counterparties, Counterparty, Deleted, Member, Members, Policy,
+    Rule, Wallets,
+};
 
 use crate::{ApiError, App, agent_store, json_body, lock, now_text, org, random_hex, reload_policies};
 
@@ -28,10 +31,14 @@ pub(crate) fn routes() -> Router<Arc<App>> {
 /// conto-local's organization has one member, its owner.
 async fn members(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    Ok(axum::Json(json!({"members": [
-        {"id": "mem_owner", "role": "OWNER", "name": "conto-local owner", "email": "owner@localhost", "status": "ACTIVE"}
-    ]}))
-    .into_response())
+    let owner = Member {
+        id: "mem_owner".into(),
+        role: "OWNER".into(),
+        name: "conto-local owner".into(),
+        email: "owner@localhost".into(),
+        status: "ACTIVE".into(),
+    };
+    Ok(axum::Json(Members { members: vec![owner] }).into_response())
 }
 
 async fn create_counterparty(
@@ -40,21 +47,18 @@ async fn create_counterparty(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    let mut doc = json_body(&body)?;
-    let map = doc
-        .as_object_mut()
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "a counterparty is a JSON object"))?;
-    if map.get("name").and_then(Value::as_str).is_none_or(|n| n.trim().is_empty()) {
+    let mut doc: Counterparty = json_body(&body)?;
+    if doc.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`name` is required"));
     }
-    if let Some(address) = map.get("address").and_then(Value::as_str) {
+    if let Some(address) = &doc.address {
         let canonical = Address::parse(address)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_ADDRESS", e.to_string()))?;
-        map.insert("address".into(), json!(canonical.as_str()));
+        doc.address = Some(canonical.as_str().to_owned());
     }
     let id = format!("cp_{}", random_hex(10));
-    map.insert("id".into(), json!(id));
-    map.insert("createdAt".into(), json!(now_text()));
+    doc.id = Some(id.clone());
+    doc.created_at = Some(now_text());
     lock(&app.store).put_counterparty(&id, &doc)?;
     Ok((StatusCode::CREATED, axum::Json(doc)).into_response())
 }
@@ -68,18 +72,18 @@ async fn list_counterparties(
     org(&app, &headers)?;
     let search = query.get("search").map(|s| s.to_ascii_lowercase()).unwrap_or_default();
     let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(50).min(500);
-    let hits: Vec<Value> = lock(&app.store)
+    let counterparties = lock(&app.store)
         .counterparties()?
         .into_iter()
         .filter(|c| {
             search.is_empty()
-                || ["name", "address"]
-                    .iter()
-                    .any(|k| c[*k].as_str().is_some_and(|v| v.to_ascii_lowercase().contains(&search)))
+                || [&c.name, &c.address]
+                    .into_iter()
+                    .any(|v| v.as_deref().is_some_and(|v| v.to_ascii_lowercase().contains(&search)))
         })
         .take(limit)
         .collect();
-    Ok(axum::Json(json!({"counterparties": hits})).into_response())
+    Ok(axum::Json(Counterparties { counterparties }).into_response())
 }
 
 async fn delete_counterparty(
@@ -91,24 +95,18 @@ async fn delete_counterparty(
     if !lock(&app.store).delete_counterparty(&id)? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no counterparty `{id}`")));
     }
-    Ok(axum::Json(json!({"deleted": true, "id": id})).into_response())
+    Ok(axum::Json(Deleted { deleted: true, id }).into_response())
 }
 
-const LIMIT_FIELDS: [&str; 4] = ["spendLimitPerTx", "spendLimitDaily", "spendLimitWeekly", "spendLimitMonthly"];
-
-/// Checks the limit fields of a delegation: positive numbers, or absent.
-fn check_limits(doc: &Value) -> Result<(), ApiError> {
-    for field in LIMIT_FIELDS {
-        match doc.get(field) {
-            None | Some(Value::Null) => {}
-            Some(v) if v.as_f64().is_some_and(|n| n > 0.0) => {}
-            Some(_) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "VALIDATION_ERROR",
-                    format!("`{field}` must be a positive number"),
-                ));
-            }
+/// Checks the limit fields of a delegation: positive, or absent.
+fn check_limits(doc: &AgentWallet) -> Result<(), ApiError> {
+    for (field, _, limit) in doc.limits() {
+        if limit.is_some_and(|l| l <= Decimal::ZERO) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                format!("`{field}` must be a positive number"),
+            ));
         }
     }
     Ok(())
@@ -123,19 +121,16 @@ async fn delegate_wallet(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    let mut doc = json_body(&body)?;
+    let mut doc: AgentWallet = json_body(&body)?;
     check_limits(&doc)?;
     let wallet_id = doc
-        .get("walletId")
-        .and_then(Value::as_str)
+        .wallet_id
+        .clone()
         .filter(|w| !w.is_empty())
-        .map(str::to_owned)
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`walletId` is required"))?;
     let store = agent_store(&app, &agent_id)?;
-    if let Some(map) = doc.as_object_mut() {
-        map.insert("agentId".into(), json!(agent_id));
-        map.insert("id".into(), json!(format!("aw_{}", random_hex(8))));
-    }
+    doc.agent_id = Some(agent_id.clone());
+    doc.id = Some(format!("aw_{}", random_hex(8)));
     store.put_wallet(&agent_id, &wallet_id, &doc)?;
     reload_policies(&app, &store)?;
     Ok((StatusCode::CREATED, axum::Json(doc)).into_response())
@@ -148,20 +143,17 @@ async fn patch_wallet(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    let patch = json_body(&body)?;
+    let patch: AgentWallet = json_body(&body)?;
     check_limits(&patch)?;
     let store = lock(&app.store);
-    let mut doc =
-        store.wallets(Some(&agent_id))?.into_iter().find(|w| w["walletId"] == wallet_id.as_str()).ok_or_else(|| {
+    let mut doc = store
+        .wallets(Some(&agent_id))?
+        .into_iter()
+        .find(|w| w.wallet_id.as_deref() == Some(wallet_id.as_str()))
+        .ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no wallet `{wallet_id}` for `{agent_id}`"))
         })?;
-    if let (Some(map), Some(changes)) = (doc.as_object_mut(), patch.as_object()) {
-        for (k, v) in changes {
-            if k != "agentId" && k != "walletId" && k != "id" {
-                map.insert(k.clone(), v.clone());
-            }
-        }
-    }
+    doc.apply(patch);
     store.put_wallet(&agent_id, &wallet_id, &doc)?;
     reload_policies(&app, &store)?;
     Ok(axum::Json(doc).into_response())
@@ -177,30 +169,19 @@ async fn list_wallets(
     let wallets = lock(&app.store).wallets(Some(&agent_id))?;
     let usage = app.engine.usage(&agent_id);
     let spent = |period: &str| {
-        usage
-            .counters
-            .iter()
-            .filter(|c| c.period == period && c.scope == "agent")
-            .map(|c| c.spent)
-            .max()
-            .unwrap_or_default()
-            .normalize()
-            .to_string()
-            .parse::<Value>()
-            .unwrap_or(Value::Null)
+        let spent = usage.counters.iter().filter(|c| c.period == period && c.scope == "agent").map(|c| c.spent);
+        Some(spent.max().unwrap_or_default().normalize())
     };
-    let wallets: Vec<Value> = wallets
+    let wallets = wallets
         .into_iter()
         .map(|mut w| {
-            if let Some(map) = w.as_object_mut() {
-                map.insert("spentToday".into(), json!(spent("daily")));
-                map.insert("spentThisWeek".into(), json!(spent("weekly")));
-                map.insert("spentThisMonth".into(), json!(spent("monthly")));
-            }
+            w.spent_today = spent("daily");
+            w.spent_this_week = spent("weekly");
+            w.spent_this_month = spent("monthly");
             w
         })
         .collect();
-    Ok(axum::Json(json!({"wallets": wallets})).into_response())
+    Ok(axum::Json(Wallets { wallets }).into_response())
 }
 
 /// `GET /api/agents/{id}/policies`: the policies assigned to the agent.
@@ -211,38 +192,42 @@ async fn agent_policies(
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
     let store = agent_store(&app, &agent_id)?;
-    let assigned: Vec<Value> = store
+    let policies = store
         .policies()?
         .into_iter()
-        .filter(|p| p["agentIds"].as_array().is_some_and(|ids| ids.iter().any(|i| i == agent_id.as_str())))
-        .map(|p| json!({"policyId": p["id"], "policy": p}))
+        .filter(|p| p.assigned().any(|a| a == agent_id))
+        .map(|policy| AssignedPolicy { policy_id: policy.id.clone(), policy })
         .collect();
-    Ok(axum::Json(json!({"policies": assigned})).into_response())
+    Ok(axum::Json(AssignedPolicies { policies }).into_response())
 }
 
 /// The policies a wallet delegation's spend limits stand for, assigned to its agent.
-pub(crate) fn wallet_policies(wallets: &[Value]) -> Vec<Value> {
-    let rules = [
-        ("spendLimitPerTx", "MAX_AMOUNT"),
-        ("spendLimitDaily", "DAILY_LIMIT"),
-        ("spendLimitWeekly", "WEEKLY_LIMIT"),
-        ("spendLimitMonthly", "MONTHLY_LIMIT"),
-    ];
+pub(crate) fn wallet_policies(wallets: &[AgentWallet]) -> Vec<Policy> {
     wallets
         .iter()
         .filter_map(|w| {
-            let agent = w["agentId"].as_str()?;
-            let wallet = w["walletId"].as_str()?;
-            let rules: Vec<Value> = rules
-                .iter()
-                .filter_map(|(field, rule)| {
-                    let limit = w.get(*field)?.as_f64()?;
-                    Some(json!({"ruleType": rule, "operator": "LTE", "value": limit.to_string(), "action": "ALLOW"}))
+            let agent = w.agent_id.as_deref()?;
+            let wallet = w.wallet_id.as_deref()?;
+            let rules: Vec<Rule> = w
+                .limits()
+                .into_iter()
+                .filter_map(|(_, rule, limit)| {
+                    Some(Rule {
+                        rule_type: Some(rule.to_owned()),
+                        operator: Some("LTE".to_owned()),
+                        value: Some(limit?.normalize().to_string().into()),
+                        action: Some("ALLOW".to_owned()),
+                        ..Rule::default()
+                    })
                 })
                 .collect();
-            (!rules.is_empty()).then(|| {
-                json!({"name": format!("wallet {wallet} limits for {agent}"), "policyType": "SPEND_LIMIT",
-                    "priority": 100, "agentIds": [agent], "rules": rules})
+            (!rules.is_empty()).then(|| Policy {
+                name: Some(format!("wallet {wallet} limits for {agent}")),
+                policy_type: Some("SPEND_LIMIT".to_owned()),
+                priority: Some(100.into()),
+                agent_ids: Some(vec![agent.to_owned()]),
+                rules: Some(rules),
+                ..Policy::default()
             })
         })
         .collect()

@@ -10,8 +10,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use conto_core::jiff::Timestamp;
-use conto_core::{Amount, AuthorityError, IntentError, PaymentIntent, Rail, Settlement, Verdict, service_domain_of};
-use serde_json::{Map, Value, json};
+use conto_core::{Amount, AuthorityError, PaymentIntent, Rail, Settlement, Verdict};
+use conto_wire::org::Policies;
+use conto_wire::sdk::{
+    ApprovalAnswer, ApprovalRequest, ApprovalRequests, BodyError, Budget, Counter, DecisionBody, PaymentBody,
+    RecordedBody, ServiceSpend, Services,
+};
+use conto_wire::{ErrorBody, Kind};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use crate::store::{ApprovalRecord, RequestRecord, hash};
@@ -100,7 +107,7 @@ fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> R
     Ok(Caller { agent: record.agent_id, remaining: limit - window.len() as u32, reset })
 }
 
-fn reply(caller: &Caller, status: StatusCode, body: Value) -> Response {
+fn reply(caller: &Caller, status: StatusCode, body: impl Serialize) -> Response {
     let mut resp = (status, axum::Json(body)).into_response();
     let h = resp.headers_mut();
     h.insert("x-ratelimit-remaining", caller.remaining.into());
@@ -110,134 +117,59 @@ fn reply(caller: &Caller, status: StatusCode, body: Value) -> Response {
     resp
 }
 
-fn json_body(body: &Bytes) -> Result<Value, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(_) => Err(bad("VALIDATION_ERROR", "the body must be a JSON object")),
-        Err(e) => Err(bad("VALIDATION_ERROR", format!("the body is not JSON: {e}"))),
-    }
+fn body_error(e: BodyError) -> ApiError {
+    bad(e.code, e.message)
 }
 
-fn text(body: &Value, key: &str) -> Option<String> {
-    body.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
-}
-
-fn required(body: &Value, key: &str) -> Result<String, ApiError> {
-    text(body, key).ok_or_else(|| bad("VALIDATION_ERROR", format!("`{key}` is required")))
-}
-
-fn amount_of(body: &Value, key: &str) -> Result<Option<Amount>, ApiError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            serde_json::from_value(v.clone()).map(Some).map_err(|e| bad("INVALID_AMOUNT", format!("`{key}`: {e}")))
-        }
-    }
-}
-
-fn intent_error(e: IntentError) -> ApiError {
-    match e {
-        IntentError::Amount(a) => bad("INVALID_AMOUNT", a.to_string()),
-        IntentError::Address(_) | IntentError::MissingRecipient(_) => bad("INVALID_ADDRESS", e.to_string()),
-        other => bad("VALIDATION_ERROR", other.to_string()),
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Transfer,
-    X402,
-    Mpp,
-    Card,
-    /// `payments/request`: a payment from a Conto-managed wallet, used by hybrid apps as a pure
-    /// policy check before they settle elsewhere (a card processor).
-    Request,
+/// Reads a payment body (authorize, confirm, record).
+fn payment_body(body: &Bytes) -> Result<PaymentBody, ApiError> {
+    PaymentBody::from_json(body).map_err(body_error)
 }
 
 /// Builds the intent an SDK request describes, for `agent`.
-fn intent_from(agent: &str, body: &Value, kind: Kind) -> Result<PaymentIntent, ApiError> {
-    let amount = amount_of(body, "amount")?.ok_or_else(|| bad("VALIDATION_ERROR", "`amount` is required"))?;
-    let rail = match kind {
-        Kind::Transfer => {
-            let chain = body
-                .get("chainId")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| bad("VALIDATION_ERROR", "`chainId` is required"))?;
-            Rail::transfer(chain, &required(body, "senderAddress")?).map_err(intent_error)?
-        }
-        Kind::X402 | Kind::Mpp => {
-            let url = required(body, "resourceUrl")?;
-            let domain = match text(body, "serviceDomain") {
-                Some(d) => d.to_ascii_lowercase(),
-                None => service_domain_of(&url).map_err(intent_error)?,
-            };
-            if kind == Kind::X402 {
-                Rail::X402 {
-                    resource_url: url,
-                    service_domain: domain,
-                    facilitator: text(body, "facilitator"),
-                    scheme: text(body, "scheme"),
-                }
-            } else {
-                Rail::Mpp {
-                    resource_url: url,
-                    service_domain: domain,
-                    session_id: text(body, "sessionId"),
-                    intent: text(body, "intent"),
-                    deposit: amount_of(body, "depositAmount")?,
-                    method: text(body, "method"),
-                }
-            }
-        }
-        Kind::Card => Rail::Card {
-            card_id: text(body, "cardId"),
-            merchant: required(body, "merchantName")?,
-            mcc: text(body, "merchantCategory"),
-        },
-        Kind::Request => Rail::Request { wallet_id: text(body, "walletId") },
-    };
-    let mut b = PaymentIntent::builder(agent, amount, rail);
-    if let Some(r) = text(body, "recipientAddress") {
-        b = b.recipient(r);
-    }
-    for (key, set) in [("recipientName", 0), ("purpose", 1), ("category", 2)] {
-        if let Some(v) = text(body, key) {
-            b = match set {
-                0 => b.recipient_name(v),
-                1 => b.purpose(v),
-                _ => b.category(v),
-            };
-        }
-    }
-    if let Some(Value::Object(ctx)) = body.get("context") {
-        for (k, v) in ctx {
-            b = b.context(k.clone(), v.clone());
-        }
-    }
-    if let Some(k) = text(body, "idempotencyKey") {
-        b = b.idempotency_key(k);
-    }
-    b.build().map_err(intent_error)
+fn intent_from(agent: &str, body: &PaymentBody, kind: Kind) -> Result<PaymentIntent, ApiError> {
+    body.to_intent(agent, kind).map_err(body_error)
 }
 
-/// Runs `f` once per idempotency key: a repeat with the same body gets the first answer, a
-/// repeat with another body gets 409.
-fn once(
+/// An answer that may carry an approval token, which is never stored in clear.
+trait Answer: Serialize + DeserializeOwned {
+    /// Takes the token out (for the stored replay copy).
+    fn take_token(&mut self) -> Option<String> {
+        None
+    }
+    /// Puts a kept token back (for a replay in this process).
+    fn put_token(&mut self, _token: String) {}
+}
+
+impl Answer for DecisionBody {
+    fn take_token(&mut self) -> Option<String> {
+        self.approval_token.take()
+    }
+    fn put_token(&mut self, token: String) {
+        self.approval_token = Some(token);
+    }
+}
+
+impl Answer for RecordedBody {}
+
+/// Runs `f` once per idempotency key: a repeat with the same body gets the first answer (an
+/// error included), a repeat with another body gets 409.
+fn once<T: Answer>(
     app: &App,
     caller: &Caller,
     endpoint: &str,
     headers: &HeaderMap,
-    body: &Value,
-    f: impl FnOnce() -> Result<(StatusCode, Value), ApiError>,
-) -> Result<(StatusCode, Value), ApiError> {
-    let key = text(body, "idempotencyKey")
+    body: &PaymentBody,
+    f: impl FnOnce() -> Result<(StatusCode, T), ApiError>,
+) -> Result<(StatusCode, T), ApiError> {
+    let key = body
+        .idempotency_key
+        .clone()
+        .filter(|k| !k.is_empty())
         .or_else(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned));
     let Some(key) = key else { return f() };
-    let mut canonical = body.clone();
-    if let Some(m) = canonical.as_object_mut() {
-        m.remove("idempotencyKey");
-    }
-    let request_hash = hash(&canonical.to_string());
+    let canonical = PaymentBody { idempotency_key: None, ..body.clone() };
+    let request_hash = hash(&serde_json::to_string(&canonical).unwrap_or_default());
     if let Some((stored_hash, status, response)) = lock(&app.store).idempotent(&caller.agent, endpoint, &key)? {
         if stored_hash != request_hash {
             return Err(ApiError::new(
@@ -247,14 +179,18 @@ fn once(
             ));
         }
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-        let mut response: Value = serde_json::from_str(&response).unwrap_or(Value::Null);
-        // The token was kept in memory only: put it back for this process's replays.
-        if let (Some(map), Some(token)) =
-            (response.as_object_mut(), lock(&app.approval_tokens).get(&replay_slot(&caller.agent, endpoint, &key)))
-        {
-            map.insert("approvalToken".into(), json!(secrecy::ExposeSecret::expose_secret(token)));
+        if status.is_client_error() {
+            // The first answer was an error: the same error again.
+            let error: ErrorBody = serde_json::from_str(&response).unwrap_or_default();
+            return Err(ApiError::replayed(status, error));
         }
-        return Ok((status, response));
+        let mut answer: T = serde_json::from_str(&response)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))?;
+        // The token was kept in memory only: put it back for this process's replays.
+        if let Some(token) = lock(&app.approval_tokens).get(&replay_slot(&caller.agent, endpoint, &key)) {
+            answer.put_token(secrecy::ExposeSecret::expose_secret(token).to_owned());
+        }
+        return Ok((status, answer));
     }
     let slot = (caller.agent.clone(), endpoint.to_owned(), key.clone());
     if !lock(&app.inflight).insert(slot.clone()) {
@@ -267,38 +203,25 @@ fn once(
         return Err(e);
     }
     let result = f();
-    if let Ok((status, response)) = &result {
-        // Never store an approval token in clear: the replay copy keeps it in memory only.
-        let mut response = response.clone();
-        if let Some(token) = response.as_object_mut().and_then(|m| m.remove("approvalToken"))
-            && let Some(token) = token.as_str()
-        {
-            lock(&app.approval_tokens)
-                .insert(replay_slot(&caller.agent, endpoint, &key), secrecy::SecretString::from(token.to_owned()));
+    let stored = match &result {
+        Ok((status, answer)) => {
+            // Never store an approval token in clear: the replay copy keeps it in memory only.
+            let copy = serde_json::from_value::<T>(serde_json::to_value(answer).unwrap_or_default());
+            copy.ok().map(|mut copy| {
+                if let Some(token) = copy.take_token() {
+                    lock(&app.approval_tokens)
+                        .insert(replay_slot(&caller.agent, endpoint, &key), secrecy::SecretString::from(token));
+                }
+                (status.as_u16(), serde_json::to_string(&copy).unwrap_or_default())
+            })
         }
-        let _ = lock(&app.store).remember(
-            &caller.agent,
-            endpoint,
-            &key,
-            &request_hash,
-            status.as_u16(),
-            &response.to_string(),
-            &now_text(),
-        );
-    } else if let Err(e) = &result
-        && e.status.is_client_error()
-        && e.status != StatusCode::TOO_MANY_REQUESTS
-    {
-        let response = json!({"error": e.message, "code": e.code, "message": e.message});
-        let _ = lock(&app.store).remember(
-            &caller.agent,
-            endpoint,
-            &key,
-            &request_hash,
-            e.status.as_u16(),
-            &response.to_string(),
-            &now_text(),
-        );
+        Err(e) if e.status.is_client_error() && e.status != StatusCode::TOO_MANY_REQUESTS => {
+            Some((e.status.as_u16(), serde_json::to_string(&e.body()).unwrap_or_default()))
+        }
+        Err(_) => None,
+    };
+    if let Some((status, response)) = stored {
+        let _ = lock(&app.store).remember(&caller.agent, endpoint, &key, &request_hash, status, &response, &now_text());
     }
     lock(&app.inflight).remove(&slot);
     result
@@ -309,79 +232,90 @@ fn replay_slot(agent: &str, endpoint: &str, key: &str) -> String {
     format!("replay\0{agent}\0{endpoint}\0{key}")
 }
 
-/// Decides on an intent and shapes the answer like Conto does for the rail.
-fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, Value), ApiError> {
+/// Decides on an intent and shapes the answer like Conto does for the rail. A decision is
+/// an answer, not an error: 200 for approved and denied (Conto's own clients read a decision
+/// body only below 400, and take 403 to mean a missing scope), 202 for requires-approval.
+fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, DecisionBody), ApiError> {
     let decision = app.engine.decide(intent);
     let intent_json = serde_json::to_string(intent).unwrap_or_default();
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
     Ok(match decision.verdict {
         Verdict::Approved(a) => {
             lock(&app.store).add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))?;
-            let token =
-                a.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()).unwrap_or_default();
-            let limits = serde_json::to_value(&a.limits).unwrap_or(json!({}));
-            let expires = a.expires_at.to_string();
-            let body = match kind {
-                Kind::Transfer => json!({
-                    "approved": true, "approvalId": a.id, "approvalToken": token, "expiresAt": expires,
-                    "confirmUrl": format!("/api/sdk/payments/{}/confirm", a.id), "limits": limits,
-                    "amount": a.amount, "recipientAddress": recipient,
-                }),
-                Kind::X402 | Kind::Mpp => json!({
-                    "authorized": true, "authorizationId": a.id, "expiresAt": expires, "reasons": [],
-                    "limits": limits, "amount": a.amount, "recipientAddress": recipient,
-                }),
-                Kind::Card => json!({
-                    "requestId": a.id, "status": "APPROVED", "amount": a.amount, "expiresAt": expires,
-                    "approvalToken": token, "limits": limits,
-                }),
+            let token = a.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned());
+            let mut body = DecisionBody {
+                amount: Some(a.amount),
+                expires_at: Some(a.expires_at.to_string()),
+                limits: Some(a.limits.clone()),
+                ..DecisionBody::default()
+            };
+            match kind {
+                Kind::Transfer => {
+                    body.approved = Some(true);
+                    body.approval_id = Some(a.id.clone());
+                    body.approval_token = token;
+                    body.confirm_url = Some(format!("/api/sdk/{}", kind.record_path(&a.id).unwrap_or_default()));
+                    body.recipient_address = recipient;
+                }
+                Kind::X402 | Kind::Mpp => {
+                    body.authorized = Some(true);
+                    body.authorization_id = Some(a.id.clone());
+                    body.recipient_address = recipient;
+                }
+                Kind::Card => {
+                    body.request_id = Some(a.id.clone());
+                    body.status = Some("APPROVED".into());
+                    body.approval_token = token;
+                }
                 Kind::Request => {
                     lock(&app.store).put_payment_request(
                         &a.id,
                         intent.actor.as_str(),
                         "APPROVED",
                         None,
-                        &json!([]),
+                        &[],
                         &now_text(),
                     )?;
-                    json!({
-                        "requestId": a.id, "status": "APPROVED", "approvalRequestId": Value::Null, "reasons": [],
-                        "amount": a.amount, "recipientAddress": recipient, "expiresAt": expires, "limits": limits,
-                    })
+                    body.request_id = Some(a.id.clone());
+                    body.status = Some("APPROVED".into());
+                    body.recipient_address = recipient;
                 }
-            };
+            }
             (StatusCode::OK, body)
         }
         Verdict::Denied(d) => {
             let message = d.reasons.first().cloned().unwrap_or_else(|| "Payment denied by policy".to_owned());
-            let mut body = match kind {
+            let mut body = DecisionBody {
+                reasons: d.reasons.clone(),
+                violations: d.violations.clone(),
+                message: Some(message),
+                ..DecisionBody::default()
+            };
+            match kind {
                 Kind::Transfer => {
-                    json!({"approved": false, "reasons": d.reasons, "violations": d.violations, "requiresHumanApproval": false})
+                    body.approved = Some(false);
+                    body.requires_human_approval = Some(false);
                 }
-                Kind::X402 | Kind::Mpp => {
-                    json!({"authorized": false, "reasons": d.reasons, "violations": d.violations})
-                }
+                Kind::X402 | Kind::Mpp => body.authorized = Some(false),
                 Kind::Card => {
-                    json!({"requestId": Value::Null, "status": "DENIED", "amount": intent.amount, "reasons": d.reasons, "violations": d.violations})
+                    body.status = Some("DENIED".into());
+                    body.amount = Some(intent.amount);
                 }
                 Kind::Request => {
                     let id = format!("req_{}", random_hex(12));
-                    let reasons = json!(d.reasons);
                     lock(&app.store).put_payment_request(
                         &id,
                         intent.actor.as_str(),
                         "DENIED",
                         None,
-                        &reasons,
+                        &d.reasons,
                         &now_text(),
                     )?;
-                    json!({"requestId": id, "status": "DENIED", "approvalRequestId": Value::Null,
-                        "reasons": reasons, "violations": d.violations, "amount": intent.amount})
+                    body.request_id = Some(id);
+                    body.status = Some("DENIED".into());
+                    body.amount = Some(intent.amount);
                 }
-            };
-            // A decision, not an error: Conto's own clients read a decision body only below 400
-            // (403 means a missing scope to them).
-            body["message"] = json!(message);
+            }
             (StatusCode::OK, body)
         }
         Verdict::RequiresApproval(p) => {
@@ -394,13 +328,17 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
                 approval_token: None,
                 expires_at: p.expires_at.to_string(),
             })?;
-            let mut body = json!({
-                "requiresHumanApproval": true, "status": "REQUIRES_APPROVAL",
-                "approvalRequestId": p.approval_request_id, "expiresAt": p.expires_at.to_string(), "reasons": p.reasons,
-            });
+            let mut body = DecisionBody {
+                requires_human_approval: Some(true),
+                status: Some("REQUIRES_APPROVAL".into()),
+                approval_request_id: Some(p.approval_request_id.clone()),
+                expires_at: Some(p.expires_at.to_string()),
+                reasons: p.reasons.clone(),
+                ..DecisionBody::default()
+            };
             match kind {
-                Kind::Transfer => body["approved"] = json!(false),
-                Kind::X402 | Kind::Mpp => body["authorized"] = json!(false),
+                Kind::Transfer => body.approved = Some(false),
+                Kind::X402 | Kind::Mpp => body.authorized = Some(false),
                 Kind::Card => {}
                 Kind::Request => {
                     let id = format!("req_{}", random_hex(12));
@@ -409,10 +347,10 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
                         intent.actor.as_str(),
                         "REQUIRES_APPROVAL",
                         Some(&p.approval_request_id),
-                        &json!(p.reasons),
+                        &p.reasons,
                         &now_text(),
                     )?;
-                    body["requestId"] = json!(id);
+                    body.request_id = Some(id);
                 }
             }
             (StatusCode::ACCEPTED, body)
@@ -420,17 +358,10 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
     })
 }
 
-async fn authorize(
-    app: Arc<App>,
-    headers: HeaderMap,
-    body: Bytes,
-    kind: Kind,
-    scope: &str,
-    endpoint: &str,
-) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, scope, "payments")?;
-    let body = json_body(&body)?;
-    let (status, out) = once(&app, &caller, endpoint, &headers, &body, || {
+async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Result<Response, ApiError> {
+    let caller = caller(&app, &headers, kind.authorize_scope(), "payments")?;
+    let body = payment_body(&body)?;
+    let (status, out) = once(&app, &caller, kind.authorize_path(), &headers, &body, || {
         let intent = intent_from(&caller.agent, &body, kind)?;
         decide(&app, &intent, kind)
     })?;
@@ -438,7 +369,7 @@ async fn authorize(
 }
 
 async fn approve_transfer(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize(app, headers, body, Kind::Transfer, "payments:approve", "payments/approve").await
+    authorize(app, headers, body, Kind::Transfer).await
 }
 
 async fn pre_authorize_x402(
@@ -446,15 +377,15 @@ async fn pre_authorize_x402(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(app, headers, body, Kind::X402, "payments:request", "x402/pre-authorize").await
+    authorize(app, headers, body, Kind::X402).await
 }
 
 async fn pre_authorize_mpp(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize(app, headers, body, Kind::Mpp, "payments:request", "mpp/pre-authorize").await
+    authorize(app, headers, body, Kind::Mpp).await
 }
 
 async fn request_payment(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize(app, headers, body, Kind::Request, "payments:request", "payments/request").await
+    authorize(app, headers, body, Kind::Request).await
 }
 
 /// `GET /api/sdk/payments/{requestId}`: a payment request's current status; a request that
@@ -464,18 +395,18 @@ async fn payment_request_status(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "payments:request", "reads")?;
+    let caller = caller(&app, &headers, Kind::Request.authorize_scope(), "reads")?;
     let (mut status, approval_request_id, reasons) = lock(&app.store)
         .payment_request(&id, &caller.agent)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no payment request `{id}`")))?;
-    let mut body = json!({"requestId": id, "approvalRequestId": approval_request_id, "reasons": reasons});
+    let mut body = DecisionBody { request_id: Some(id), reasons, ..DecisionBody::default() };
     if let Some(apr) = &approval_request_id {
         let request = lock(&app.store).requests(Some(&caller.agent))?.into_iter().find(|r| &r.id == apr);
         if let Some(r) = request {
             let expired = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now());
             status = match r.status.as_str() {
                 "APPROVED" => {
-                    body["approvalId"] = json!(r.approval_id);
+                    body.approval_id = r.approval_id.clone();
                     "APPROVED".into()
                 }
                 "REJECTED" => "DENIED".into(),
@@ -484,7 +415,8 @@ async fn payment_request_status(
             };
         }
     }
-    body["status"] = json!(status);
+    body.approval_request_id = approval_request_id;
+    body.status = Some(status);
     Ok(reply(&caller, StatusCode::OK, body))
 }
 
@@ -508,7 +440,7 @@ async fn execute_payment(
 }
 
 async fn approve_card(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize(app, headers, body, Kind::Card, "payments:request", "cards/approve").await
+    authorize(app, headers, body, Kind::Card).await
 }
 
 /// Settles a live approval: checks owner, token, expiry and amount, then records the spend.
@@ -591,23 +523,38 @@ async fn confirm_transfer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "payments:confirm", "payments")?;
-    let body = json_body(&body)?;
-    let (status, out) = once(&app, &caller, &format!("payments/{id}/confirm"), &headers, &body, || {
-        let tx = required(&body, "txHash")?;
+    let caller = caller(&app, &headers, Kind::Transfer.record_scope(), "payments")?;
+    let body = payment_body(&body)?;
+    let endpoint = Kind::Transfer.record_path(&id).unwrap_or_default();
+    let (status, out) = once(&app, &caller, &endpoint, &headers, &body, || {
+        let tx = body
+            .tx_hash
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| bad("VALIDATION_ERROR", "`txHash` is required"))?;
         if !is_tx_hash(&tx) {
             return Err(bad("VALIDATION_ERROR", "`txHash` must be 0x + 64 hex characters or a Solana signature"));
         }
-        let token = required(&body, "approvalToken")?;
+        let token = body
+            .approval_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| bad("VALIDATION_ERROR", "`approvalToken` is required"))?;
         let (amount, transaction_id, intent) =
-            settle(&app, &caller.agent, &id, amount_of(&body, "amount")?, Some(tx.clone()), Some(&token))?;
+            settle(&app, &caller.agent, &id, body.amount, Some(tx.clone()), Some(token))?;
         Ok((
             StatusCode::OK,
-            json!({
-                "confirmed": true, "transactionId": transaction_id, "status": "CONFIRMING", "amount": amount,
-                "currency": "USDC", "recipient": intent.recipient.as_ref().map(|r| r.as_str().to_owned()),
-                "explorerUrl": explorer_url(&intent.rail, &tx), "txHash": tx,
-            }),
+            RecordedBody {
+                confirmed: Some(true),
+                transaction_id: Some(transaction_id),
+                status: Some("CONFIRMING".into()),
+                amount: Some(amount),
+                currency: Some("USDC".into()),
+                recipient: intent.recipient.as_ref().map(|r| r.as_str().to_owned()),
+                explorer_url: explorer_url(&intent.rail, &tx),
+                tx_hash: Some(tx),
+                ..RecordedBody::default()
+            },
         ))
     })?;
     Ok(reply(&caller, status, out))
@@ -619,42 +566,49 @@ async fn confirm_card(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "payments:request", "payments")?;
-    let body = json_body(&body)?;
-    let (status, out) = once(&app, &caller, &format!("cards/{id}/confirm"), &headers, &body, || {
-        if text(&body, "status").is_some_and(|s| s != "COMPLETED") {
+    let caller = caller(&app, &headers, Kind::Card.record_scope(), "payments")?;
+    let body = payment_body(&body)?;
+    let endpoint = Kind::Card.record_path(&id).unwrap_or_default();
+    let (status, out) = once(&app, &caller, &endpoint, &headers, &body, || {
+        if body.status.as_deref().is_some_and(|s| !s.is_empty() && s != "COMPLETED") {
             return Err(bad("VALIDATION_ERROR", "only `status: COMPLETED` settlements are confirmed"));
         }
-        let token = text(&body, "approvalToken");
-        let (amount, transaction_id, _) = settle(
-            &app,
-            &caller.agent,
-            &id,
-            amount_of(&body, "amount")?,
-            text(&body, "transactionReference"),
-            token.as_deref(),
-        )?;
+        let reference = body.transaction_reference.clone().filter(|r| !r.is_empty());
+        let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
+        let (amount, transaction_id, _) = settle(&app, &caller.agent, &id, body.amount, reference, token)?;
         Ok((
             StatusCode::OK,
-            json!({"confirmed": true, "transactionId": transaction_id, "amount": amount, "status": "COMPLETED"}),
+            RecordedBody {
+                confirmed: Some(true),
+                transaction_id: Some(transaction_id),
+                amount: Some(amount),
+                status: Some("COMPLETED".into()),
+                ..RecordedBody::default()
+            },
         ))
     })?;
     Ok(reply(&caller, status, out))
 }
 
 /// Records one x402/MPP payment: settles its reservation, or counts it as unreserved spend.
-fn record_one(app: &App, agent: &str, payment: &Value, kind: Kind) -> Result<Value, ApiError> {
-    let reference = text(payment, "txHash").or_else(|| text(payment, "transactionHash"));
-    if let Some(id) = text(payment, "authorizationId") {
-        let (amount, transaction_id, _) = settle(app, agent, &id, amount_of(payment, "amount")?, reference, None)?;
-        return Ok(
-            json!({"authorizationId": id, "transactionId": transaction_id, "amount": amount, "status": "RECORDED"}),
-        );
+fn record_one(app: &App, agent: &str, payment: &PaymentBody, kind: Kind) -> Result<RecordedBody, ApiError> {
+    let reference = payment.reference();
+    let recorded = |id: Option<String>, preauth: Option<String>, transaction_id: String, amount: Amount| RecordedBody {
+        payment_id: id,
+        authorization_id: preauth,
+        transaction_id: Some(transaction_id),
+        amount: Some(amount),
+        status: Some("RECORDED".into()),
+        ..RecordedBody::default()
+    };
+    if let Some(id) = payment.authorization_id.clone().filter(|i| !i.is_empty()) {
+        let (amount, transaction_id, _) = settle(app, agent, &id, payment.amount, reference, None)?;
+        return Ok(recorded(None, Some(id), transaction_id, amount));
     }
     let intent = intent_from(agent, payment, kind)?;
     let amount = intent.amount;
     // The payment's own key: its `paymentId`, or else its tx hash.
-    let key = text(payment, "paymentId").or_else(|| reference.clone());
+    let key = payment.payment_id.clone().filter(|p| !p.is_empty()).or_else(|| reference.clone());
     let id = format!("rec_{}", key.clone().unwrap_or_else(|| random_hex(10)));
     // A repeated record is refused before anything is counted.
     let seen = match &key {
@@ -672,8 +626,7 @@ fn record_one(app: &App, agent: &str, payment: &Value, kind: Kind) -> Result<Val
         if let Some(k) = &key {
             lock(&app.store).remember_payment(agent, k, &preauth)?;
         }
-        return Ok(json!({"paymentId": id, "authorizationId": preauth, "transactionId": transaction_id,
-            "amount": amount, "status": "RECORDED"}));
+        return Ok(recorded(Some(id), Some(preauth), transaction_id, amount));
     }
     app.engine.restore_spend(&intent, amount, Timestamp::now());
     let transaction_id = format!("tx_{}", random_hex(10));
@@ -682,7 +635,7 @@ fn record_one(app: &App, agent: &str, payment: &Value, kind: Kind) -> Result<Val
     if let Some(k) = &key {
         lock(&app.store).remember_payment(agent, k, &id)?;
     }
-    Ok(json!({"paymentId": id, "transactionId": transaction_id, "amount": amount, "status": "RECORDED"}))
+    Ok(recorded(Some(id), None, transaction_id, amount))
 }
 
 fn resource(rail: &Rail) -> Option<&str> {
@@ -713,19 +666,14 @@ fn matching_preauthorization(app: &App, agent: &str, intent: &PaymentIntent) -> 
     Ok(candidates.into_iter().next().map(|(_, id)| id))
 }
 
-async fn record(
-    app: Arc<App>,
-    headers: HeaderMap,
-    body: Bytes,
-    kind: Kind,
-    endpoint: &str,
-) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "payments:request", "payments")?;
-    let body = json_body(&body)?;
-    let (status, out) = once(&app, &caller, endpoint, &headers, &body, || {
-        let payments: Vec<Value> = match body.get("payments") {
-            Some(Value::Array(items)) if kind == Kind::X402 => items.clone(),
-            Some(_) => return Err(bad("VALIDATION_ERROR", "`payments` must be an array of x402 payments")),
+async fn record(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Result<Response, ApiError> {
+    let caller = caller(&app, &headers, kind.record_scope(), "payments")?;
+    let body = payment_body(&body)?;
+    let endpoint = kind.record_path("").unwrap_or_default();
+    let (status, out) = once(&app, &caller, &endpoint, &headers, &body, || {
+        let payments: Vec<PaymentBody> = match &body.payments {
+            Some(items) if kind == Kind::X402 => items.clone(),
+            Some(_) => return Err(bad("VALIDATION_ERROR", "`payments` batches are x402 only")),
             None => vec![body.clone()],
         };
         if payments.is_empty() {
@@ -735,61 +683,49 @@ async fn record(
         for p in &payments {
             results.push(record_one(&app, &caller.agent, p, kind)?);
         }
-        Ok((StatusCode::OK, json!({"recorded": results.len(), "payments": results})))
+        Ok((
+            StatusCode::OK,
+            RecordedBody { recorded: Some(results.len() as u64), payments: results, ..RecordedBody::default() },
+        ))
     })?;
     Ok(reply(&caller, status, out))
 }
 
 async fn record_x402(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    record(app, headers, body, Kind::X402, "x402/record").await
+    record(app, headers, body, Kind::X402).await
 }
 
 async fn record_mpp(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    record(app, headers, body, Kind::Mpp, "mpp/record").await
+    record(app, headers, body, Kind::Mpp).await
 }
 
+/// `GET /api/sdk/policies`: the policies that apply to the calling agent.
 async fn policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "policies:read", "reads")?;
-    let mine: Vec<Value> = lock(&app.store)
-        .policies()?
-        .into_iter()
-        .filter(|p| {
-            let ids: Vec<&str> =
-                p["agentIds"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-            let linked: Vec<&str> = p["agentPolicies"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x["agentId"].as_str()).collect())
-                .unwrap_or_default();
-            p["scope"] == json!("all")
-                || (ids.is_empty() && linked.is_empty())
-                || ids.contains(&caller.agent.as_str())
-                || linked.contains(&caller.agent.as_str())
-        })
-        .collect();
-    Ok(reply(&caller, StatusCode::OK, json!({"policies": mine})))
+    let mine = lock(&app.store).policies()?.into_iter().filter(|p| p.applies_to(&caller.agent)).collect();
+    Ok(reply(&caller, StatusCode::OK, Policies::new(mine)))
 }
 
-fn request_json(r: &RequestRecord, token: Option<&secrecy::SecretString>, payment_request: Option<String>) -> Value {
-    let intent: Value = serde_json::from_str(&r.intent).unwrap_or(Value::Null);
-    let mut out = Map::new();
-    out.insert("approvalRequestId".into(), json!(r.id));
-    out.insert("type".into(), json!("payment"));
-    out.insert("status".into(), json!(r.status));
-    out.insert("expiresAt".into(), json!(r.expires_at));
-    out.insert("amount".into(), intent["amount"].clone());
-    out.insert("recipientAddress".into(), intent["recipientAddress"].clone());
-    if let Some(id) = &r.approval_id {
-        out.insert("approvalId".into(), json!(id));
-        out.insert("authorizationId".into(), json!(id));
-        out.insert("requestId".into(), json!(id));
+fn request_entry(
+    r: &RequestRecord,
+    token: Option<&secrecy::SecretString>,
+    payment_request: Option<String>,
+) -> ApprovalRequest {
+    let intent = serde_json::from_str::<PaymentIntent>(&r.intent).ok();
+    ApprovalRequest {
+        approval_request_id: r.id.clone(),
+        kind: Some("payment".into()),
+        status: Some(r.status.clone()),
+        expires_at: Some(r.expires_at.clone()),
+        amount: intent.as_ref().map(|i| i.amount),
+        recipient_address: intent.as_ref().and_then(|i| i.recipient.as_ref()).map(|a| a.as_str().to_owned()),
+        approval_id: r.approval_id.clone(),
+        authorization_id: r.approval_id.clone(),
+        request_id: r.approval_id.clone(),
+        approval_token: token.map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()),
+        payment_request_id: payment_request,
+        approval_expires_at: None,
     }
-    if let Some(token) = token {
-        out.insert("approvalToken".into(), json!(secrecy::ExposeSecret::expose_secret(token)));
-    }
-    if let Some(payment_request) = payment_request {
-        out.insert("paymentRequestId".into(), json!(payment_request));
-    }
-    Value::Object(out)
 }
 
 async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -798,18 +734,17 @@ async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> R
     let tokens = lock(&app.approval_tokens);
     let requests = lock(&app.store).requests(Some(&caller.agent))?;
     let payment_requests = lock(&app.store).payment_requests_by_approval(&caller.agent)?;
-    let list: Vec<Value> = requests
+    let list = requests
         .iter()
         .map(|r| {
-            let payment_request = payment_requests.get(&r.id).cloned();
-            let mut v = request_json(r, tokens.get(&r.id), payment_request);
+            let mut entry = request_entry(r, tokens.get(&r.id), payment_requests.get(&r.id).cloned());
             if r.status == "PENDING" && r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= now) {
-                v["status"] = json!("EXPIRED");
+                entry.status = Some("EXPIRED".into());
             }
-            v
+            entry
         })
         .collect();
-    Ok(reply(&caller, StatusCode::OK, json!({"requests": list})))
+    Ok(reply(&caller, StatusCode::OK, ApprovalRequests { requests: list, data: None }))
 }
 
 /// `GET /api/sdk/x402/services`: the x402 services this agent has paid, with totals.
@@ -825,33 +760,39 @@ async fn x402_services(State(app): State<Arc<App>>, headers: HeaderMap) -> Resul
         entry.1 += 1;
         entry.2 = at;
     }
-    let list: Vec<Value> = services
+    let services = services
         .into_iter()
-        .map(|(domain, (total, count, last))| {
-            json!({"serviceDomain": domain, "totalSpent": total.normalize().to_string().parse::<Value>().unwrap_or(Value::Null),
-                "paymentCount": count, "lastPaymentAt": last})
+        .map(|(service_domain, (total_spent, payment_count, last_payment_at))| ServiceSpend {
+            service_domain,
+            total_spent,
+            payment_count,
+            last_payment_at,
         })
         .collect();
-    Ok(reply(&caller, StatusCode::OK, json!({"services": list})))
+    Ok(reply(&caller, StatusCode::OK, Services { services }))
 }
 
 async fn budget(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "analytics:read", "reads")?;
     let usage = app.engine.usage(&caller.agent);
-    let counters: Vec<Value> = usage
+    let counters = usage
         .counters
         .iter()
-        .map(|c| json!({"period": c.period, "scope": c.scope, "timeZone": c.time_zone, "since": c.period_start.to_string(), "spent": c.spent.to_string(), "reserved": c.reserved.to_string()}))
+        .map(|c| Counter {
+            period: c.period.to_string(),
+            scope: c.scope.to_string(),
+            time_zone: c.time_zone.to_string(),
+            since: c.period_start.to_string(),
+            spent: c.spent.to_string(),
+            reserved: c.reserved.to_string(),
+        })
         .collect();
-    Ok(reply(
-        &caller,
-        StatusCode::OK,
-        json!({"agentId": caller.agent, "counters": counters, "totalSpent": usage.stats.total_spent.to_string()}),
-    ))
+    let total_spent = usage.stats.total_spent.to_string();
+    Ok(reply(&caller, StatusCode::OK, Budget { agent_id: caller.agent.clone(), counters, total_spent }))
 }
 
 /// A human's decision on a pending request (org endpoint).
-pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Value, ApiError> {
+pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<ApprovalAnswer, ApiError> {
     let mut request = lock(&app.store)
         .requests(None)?
         .into_iter()
@@ -881,5 +822,5 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Value
         _ => request.status = "REJECTED".into(),
     }
     lock(&app.store).put_request(&request)?;
-    Ok(json!({"approvalRequestId": id, "status": request.status}))
+    Ok(ApprovalAnswer { approval_request_id: id.to_owned(), status: request.status })
 }

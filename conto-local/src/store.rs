@@ -7,8 +7,17 @@ use std::sync::Arc;
 use conto_core::{Authorization, PaymentIntent, Rail};
 use secrecy::ExposeSecret;
 
+use conto_wire::org::{AgentWallet, Counterparty, Policy};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A stored payment request: (status, approval request id, reasons).
+pub type PaymentRequestRow = (String, Option<String>, Vec<String>);
+
+fn to_json(doc: &impl Serialize) -> String {
+    serde_json::to_string(doc).unwrap_or_default()
+}
 use sha2::{Digest, Sha256};
 
 /// A storage failure.
@@ -259,11 +268,11 @@ impl Store {
             .optional()?)
     }
 
-    pub fn put_policy(&self, id: &str, doc: &Value) -> Result<(), StoreError> {
+    pub fn put_policy(&self, id: &str, doc: &Policy) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO policies (id, doc, seq) VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM policies))
              ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
-            params![id, doc.to_string()],
+            params![id, to_json(doc)],
         )?;
         Ok(())
     }
@@ -272,14 +281,26 @@ impl Store {
         Ok(self.conn.execute("DELETE FROM policies WHERE id = ?1", [id])? > 0)
     }
 
-    pub fn policies(&self) -> Result<Vec<Value>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT doc FROM policies ORDER BY seq")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for doc in rows {
-            out.push(serde_json::from_str(&doc?).unwrap_or(Value::Null));
-        }
-        Ok(out)
+    pub fn policies(&self) -> Result<Vec<Policy>, StoreError> {
+        self.docs("SELECT doc FROM policies ORDER BY seq", None)
+    }
+
+    /// Documents stored as JSON; a document that does not read back is an error, never skipped
+    /// (a lost policy would loosen the limits).
+    fn docs<T: DeserializeOwned>(&self, sql: &str, param: Option<&str>) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = if sql.contains("?1") {
+            stmt.query_map([param], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?
+        } else {
+            stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?
+        };
+        rows.iter()
+            .map(|text| {
+                serde_json::from_str(text).map_err(|e| {
+                    StoreError(rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+                })
+            })
+            .collect()
     }
 
     pub fn add_approval(&self, id: &str, a: &ApprovalRecord) -> Result<(), StoreError> {
@@ -360,23 +381,24 @@ impl Store {
         agent_id: &str,
         status: &str,
         approval_request_id: Option<&str>,
-        reasons: &Value,
+        reasons: &[String],
         now: &str,
     ) -> Result<(), StoreError> {
+        let reasons = serde_json::to_string(reasons).unwrap_or_default();
         self.conn.execute(
             "INSERT OR REPLACE INTO payment_requests (id, agent_id, status, approval_request_id, reasons, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, agent_id, status, approval_request_id, reasons.to_string(), now],
+            params![id, agent_id, status, approval_request_id, reasons, now],
         )?;
         Ok(())
     }
 
-    /// A payment request of `agent_id`: (status, approval request id, reasons).
+    /// A payment request of `agent_id`.
     pub fn payment_request(
         &self,
         id: &str,
         agent_id: &str,
-    ) -> Result<Option<(String, Option<String>, Value)>, StoreError> {
+    ) -> Result<Option<PaymentRequestRow>, StoreError> {
         Ok(self
             .conn
             .query_row(
@@ -384,7 +406,7 @@ impl Store {
                 [id, agent_id],
                 |r| {
                     let reasons: String = r.get(2)?;
-                    Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&reasons).unwrap_or(Value::Null)))
+                    Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&reasons).unwrap_or_default()))
                 },
             )
             .optional()?)
@@ -403,39 +425,36 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn put_counterparty(&self, id: &str, doc: &Value) -> Result<(), StoreError> {
+    pub fn put_counterparty(&self, id: &str, doc: &Counterparty) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT OR REPLACE INTO counterparties (id, doc, seq) VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM counterparties))",
-            params![id, doc.to_string()],
+            params![id, to_json(doc)],
         )?;
         Ok(())
     }
 
-    pub fn counterparties(&self) -> Result<Vec<Value>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT doc FROM counterparties ORDER BY seq")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        Ok(rows.filter_map(|r| r.ok()).filter_map(|t| serde_json::from_str(&t).ok()).collect())
+    pub fn counterparties(&self) -> Result<Vec<Counterparty>, StoreError> {
+        self.docs("SELECT doc FROM counterparties ORDER BY seq", None)
     }
 
     pub fn delete_counterparty(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.conn.execute("DELETE FROM counterparties WHERE id = ?1", [id])? > 0)
     }
 
-    pub fn put_wallet(&self, agent_id: &str, wallet_id: &str, doc: &Value) -> Result<(), StoreError> {
+    pub fn put_wallet(&self, agent_id: &str, wallet_id: &str, doc: &AgentWallet) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT OR REPLACE INTO agent_wallets (agent_id, wallet_id, doc) VALUES (?1, ?2, ?3)",
-            params![agent_id, wallet_id, doc.to_string()],
+            params![agent_id, wallet_id, to_json(doc)],
         )?;
         Ok(())
     }
 
     /// Wallet delegations, of one agent or of all.
-    pub fn wallets(&self, agent_id: Option<&str>) -> Result<Vec<Value>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT doc FROM agent_wallets WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY agent_id, wallet_id")?;
-        let rows = stmt.query_map([agent_id], |r| r.get::<_, String>(0))?;
-        Ok(rows.filter_map(|r| r.ok()).filter_map(|t| serde_json::from_str(&t).ok()).collect())
+    pub fn wallets(&self, agent_id: Option<&str>) -> Result<Vec<AgentWallet>, StoreError> {
+        self.docs(
+            "SELECT doc FROM agent_wallets WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY agent_id, wallet_id",
+            agent_id,
+        )
     }
 
     /// Whether a spend is already stored under this id.

@@ -293,9 +293,24 @@ async fn policy_rules_endpoints_validate_and_apply_at_once() {
         .post(&format!("/api/policies/{id}/rules"), json!({"ruleType": "BLOCKED_COUNTERPARTIES", "operator": "IN_LIST", "value": format!("[\"{RECIPIENT}\"]"), "action": "DENY"}))
         .await;
     assert_eq!(status, 201);
+    // Created, not yet assigned: it applies to no agent (Conto's create-then-assign).
+    assert_eq!(policy["scope"], "assigned", "{policy}");
+    let out: Result<(), PayError> = conto(&server, &key)
+        .guard(transfer("agent-1", "1"), |_| async { Ok(()) }, |_| Settlement::default().reference(TX))
+        .await;
+    assert!(out.is_ok(), "an unassigned policy binds no one");
+    let resp = org
+        .http
+        .patch(format!("{}/api/policies/{id}", server.url()))
+        .bearer_auth(&org.key)
+        .json(&json!({"agentIds": ["agent-1"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     let out: Result<(), PayError> =
         conto(&server, &key).guard(transfer("agent-1", "1"), |_| async { Ok(()) }, |_| Settlement::default()).await;
-    let Err(PayError::Rejected(r)) = out else { panic!() };
+    let Err(PayError::Rejected(r)) = out else { panic!("assigned: the blocklist applies") };
     assert_eq!(r.violations()[0].kind, ViolationType::BlockedCounterparty);
     let resp = org
         .http

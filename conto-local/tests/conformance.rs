@@ -400,6 +400,59 @@ async fn admin_sdk_keys_manage_policies_and_standard_keys_read_them() {
     assert_eq!(listed.status(), 200);
 }
 
+/// Conto's skill creates a policy with an agent's admin key and no `agentIds`: it governs that
+/// agent (and only it); the admin key cannot reach other agents' policies, and an agent's key
+/// lists only the policies that apply to its agent.
+#[tokio::test]
+async fn an_admin_key_governs_its_own_agent_only() {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    let one = org.agent("agent-1", ALL_SCOPES).await;
+    org.agent("agent-2", ALL_SCOPES).await;
+    let (_, admin) = org
+        .post("/api/agents/agent-1/sdk-keys", json!({"name": "admin", "keyType": "admin", "scopes": ["policies:read"]}))
+        .await;
+    let admin = admin["key"].as_str().unwrap().to_owned();
+    let sdk = Sdk { base: server.url(), key: admin.clone(), http: reqwest::Client::new() };
+    // The skill's recipe, as conto-check.sh create-policy sends it.
+    let (status, created) = sdk
+        .post(
+            "/api/policies",
+            json!({"name": "Max $200 Per Transaction", "policyType": "SPEND_LIMIT",
+            "priority": 10, "isActive": true,
+            "rules": [{"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "200", "action": "ALLOW"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["agentIds"], json!(["agent-1"]), "assigned to the key's own agent");
+    let agent1 = Sdk { base: server.url(), key: one, http: reqwest::Client::new() };
+    let body = json!({"amount": 300, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453});
+    let (status, denied) = agent1.post("/api/sdk/payments/approve", body.clone()).await;
+    assert_eq!((status, &denied["approved"]), (200, &json!(false)), "{denied}");
+    // Another agent is not bound by it.
+    let (_, two) = org.post("/api/agents/agent-2/sdk-keys", json!({"name": "k", "scopes": ALL_SCOPES})).await;
+    let agent2 = Sdk { base: server.url(), key: two["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
+    let (_, approved) = agent2.post("/api/sdk/payments/approve", body).await;
+    assert_eq!(approved["approved"], true, "{approved}");
+    // The admin key cannot write policies for another agent, or for every agent.
+    for doc in
+        [json!({"name": "x", "agentIds": ["agent-2"], "rules": []}), json!({"name": "y", "scope": "all", "rules": []})]
+    {
+        let (status, err) = sdk.post("/api/policies", doc).await;
+        assert_eq!((status, err["code"].as_str()), (403, Some("INSUFFICIENT_SCOPE")), "{err}");
+    }
+    let other = org.policy(json!({"name": "agent-2 cap", "agentIds": ["agent-2"], "rules": []})).await;
+    let (status, _) =
+        sdk.call(reqwest::Method::DELETE, &format!("/api/policies/{}", other["id"].as_str().unwrap()), None).await;
+    assert_eq!(status, 403);
+    // An org policy without agents waits for its assignment; an agent's key lists only its own.
+    let waiting = org.policy(json!({"name": "later", "rules": []})).await;
+    assert_eq!(waiting["scope"], "assigned");
+    let (_, listed) = sdk.call(reqwest::Method::GET, "/api/policies", None).await;
+    let names: Vec<&str> = listed["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Max $200 Per Transaction"], "{listed}");
+}
+
 /// `ContoClient` on the request rail: a payment request decides, the app settles elsewhere,
 /// a pending request follows the human's answer, and recording makes no remote call.
 #[tokio::test]

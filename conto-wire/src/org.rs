@@ -358,9 +358,15 @@ impl Policy {
         ids.chain(self.agent_policies.iter().flatten().filter_map(|l| l.agent_id.as_deref()))
     }
 
-    /// Whether it applies to `agent`: assigned to it, or scoped to every agent.
+    /// Whether it applies to `agent`: scoped to every agent (`scope: "all"`), assigned to it,
+    /// or (as in a policy file) assigned to no one without `scope: "assigned"`, which means
+    /// every agent. A policy with `scope: "assigned"` and no agents applies to no one yet.
     pub fn applies_to(&self, agent: &str) -> bool {
-        self.scope.as_deref() == Some("all") || self.assigned().any(|a| a == agent)
+        match self.scope.as_deref() {
+            Some(s) if s.eq_ignore_ascii_case("all") => true,
+            Some(s) if s.eq_ignore_ascii_case("assigned") => self.assigned().any(|a| a == agent),
+            _ => self.assigned().next().is_none() || self.assigned().any(|a| a == agent),
+        }
     }
 
     /// The body that creates this policy elsewhere (policy sync): its content, without the

@@ -106,6 +106,9 @@ pub struct PaymentBody {
     /// Card confirm: `COMPLETED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// x402 record: a batch of payments (how Conto's skill records), instead of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payments: Option<Vec<PaymentBody>>,
 }
 
 /// `chainId` as a number, or as the numeric string MPP records send.
@@ -165,6 +168,39 @@ fn given(v: &Option<String>) -> Option<String> {
 }
 
 impl PaymentBody {
+    /// Reads a request body: a JSON object whose fields have their types (`INVALID_AMOUNT` for
+    /// an amount that is not a positive number of at most six decimals, `VALIDATION_ERROR` for
+    /// anything else).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, BodyError> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| BodyError { code: "VALIDATION_ERROR", message: format!("the body is not JSON: {e}") })?;
+        if !value.is_object() {
+            return Err(BodyError { code: "VALIDATION_ERROR", message: "the body must be a JSON object".into() });
+        }
+        Self::from_value(value)
+    }
+
+    /// [`PaymentBody::from_json`] for an already parsed value (one payment of a batch).
+    pub fn from_value(value: Value) -> Result<Self, BodyError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Amounts {
+            #[serde(default)]
+            #[allow(dead_code)]
+            amount: Option<Amount>,
+            #[serde(default)]
+            #[allow(dead_code)]
+            deposit_amount: Option<Amount>,
+        }
+        serde_json::from_value::<Self>(value.clone()).map_err(|e| {
+            let code = match serde_json::from_value::<Amounts>(value) {
+                Err(_) => "INVALID_AMOUNT",
+                Ok(_) => "VALIDATION_ERROR",
+            };
+            BodyError { code, message: e.to_string() }
+        })
+    }
+
     /// The authorize call for `intent`: its flow (which names the endpoint) and its body.
     pub fn from_intent(intent: &PaymentIntent) -> (Kind, Self) {
         let mut body = PaymentBody {
@@ -349,13 +385,6 @@ impl std::fmt::Display for RecordError {
 }
 
 impl std::error::Error for RecordError {}
-
-/// A batch of x402 records: `{"payments": [...]}` (how Conto's skill records).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PaymentBatch {
-    /// The payments.
-    pub payments: Vec<PaymentBody>,
-}
 
 /// A decision, for every flow: `approved` (transfer), `authorized` (x402/MPP) or `status`
 /// (card, payment request) says which way it went; the other fields are what that flow sends.

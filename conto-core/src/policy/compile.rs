@@ -147,12 +147,14 @@ pub(super) fn policy(doc: PolicyDoc) -> Result<Policy, PolicyError> {
 
     let mut agents: Option<HashSet<String>> = None;
     let all = doc.scope.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("all"));
+    // `scope: "assigned"` with no agents yet applies to no one (created, not yet assigned).
+    let assigned_only = doc.scope.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("assigned"));
     if !all {
         let mut ids: HashSet<String> = doc.agent_policies.iter().map(|a| a.agent_id.clone()).collect();
         if let Some(list) = &doc.agent_ids {
             ids.extend(list.iter().cloned());
         }
-        if !ids.is_empty() {
+        if !ids.is_empty() || assigned_only {
             agents = Some(ids);
         }
     }

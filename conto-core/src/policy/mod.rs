@@ -61,7 +61,8 @@
 //! 9. **`VELOCITY_LIMIT`** `{"maxCount": n, "period": "MINUTE"|"HOUR"|"DAY"}` is a sliding window
 //!    over approvals (released approvals do not count).
 //! 10. **Assignment.** A policy applies to the agents in `agentIds` (or `agentPolicies[].agentId`);
-//!     with neither, or with `scope: "all"`, to every agent. Inactive policies are loaded and
+//!     with neither, or with `scope: "all"`, to every agent; with `scope: "assigned"` and
+//!     neither, to no agent yet (created, not yet assigned, as Conto's policy API has it). Inactive policies are loaded and
 //!     skipped.
 //! 11. **Known but not evaluated.** Rule types that need data the engine does not have
 //!     (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`, `CONTRACT_ALLOWLIST`,

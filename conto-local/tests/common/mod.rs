@@ -81,7 +81,7 @@ pub fn conto(server: &Running, key: &str) -> Conto {
 }
 
 pub fn caps() -> Value {
-    json!({"name": "caps", "priority": 90, "rules": [
+    json!({"name": "caps", "priority": 90, "scope": "all", "rules": [
         {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "100", "action": "ALLOW"},
         {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "150", "action": "ALLOW"},
         {"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "GT", "value": "80", "action": "REQUIRE_APPROVAL"}
