@@ -394,11 +394,7 @@ impl Store {
     }
 
     /// A payment request of `agent_id`.
-    pub fn payment_request(
-        &self,
-        id: &str,
-        agent_id: &str,
-    ) -> Result<Option<PaymentRequestRow>, StoreError> {
+    pub fn payment_request(&self, id: &str, agent_id: &str) -> Result<Option<PaymentRequestRow>, StoreError> {
         Ok(self
             .conn
             .query_row(

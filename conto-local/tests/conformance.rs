@@ -520,3 +520,19 @@ async fn the_client_authorizes_on_the_request_rail() {
     assert_eq!(recorded.transaction_id, None, "Conto has no record step for payment requests");
     assert_eq!(charged, 1);
 }
+
+/// The budget reads (x402 and MPP) answer the calling agent's counters; `/health` answers.
+#[tokio::test]
+async fn budget_reads_and_health_answer() {
+    let (server, sdk) = setup(None).await;
+    let (status, pre) = sdk.post("/api/sdk/mpp/pre-authorize", x402_payment("3")).await;
+    assert_eq!((status, &pre["authorized"]), (200, &json!(true)), "{pre}");
+    for path in ["/api/sdk/x402/budget", "/api/sdk/mpp/budget"] {
+        let (status, budget) = sdk.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}: {budget}");
+        assert_eq!(budget["agentId"], "agent-1");
+        assert!(budget["counters"].as_array().unwrap().iter().any(|c| c["reserved"] == "3"), "{path}: {budget}");
+    }
+    let health = reqwest::get(format!("{}/health", server.url())).await.unwrap();
+    assert_eq!(health.status(), 200);
+}

@@ -41,14 +41,18 @@ async fn sync_is_idempotent_and_the_policies_take_effect() {
     let denied = conto.run(x402("agent-1", "7"), |_| async { Ok::<_, ()>(()) }, |_| Settlement::default()).await;
     assert_eq!(denied.unwrap_err().violations()[0].kind, ViolationType::PerTxLimit);
 
-    // So does the embedded engine, from the same controls.
+    // So does the embedded engine, from the same controls (at noon, outside the 02:00 blackout:
+    // the wall clock must not decide this test).
+    let noon: conto_core::jiff::Timestamp = "2026-06-10T10:00:00Z".parse().unwrap();
     let engine = Engine::builder()
+        .clock(conto_core::ManualClock::new(noon))
         .policies(controls.policy_set("workspace-42", "agent-1").unwrap())
         .actors(["agent-1", "agent-2"])
         .unwrap()
         .build();
     assert!(matches!(engine.decide(&x402("agent-1", "7")).verdict, Verdict::Denied(_)));
-    assert!(matches!(engine.decide(&x402("agent-1", "5")).verdict, Verdict::Approved(_)));
+    let v = engine.decide(&x402("agent-1", "5")).verdict;
+    assert!(matches!(v, Verdict::Approved(_)), "{v:?}");
     assert!(matches!(engine.decide(&x402("agent-2", "7")).verdict, Verdict::Approved(_)), "assigned to agent-1 only");
 
     // Policies outside the prefix are never touched.
