@@ -91,6 +91,11 @@ pub mod credentials {
 #[doc(inline)]
 pub use conto_store as outbox;
 
+/// PostgreSQL storage (feature `postgres`): the transactional outbox shared by replicas.
+#[cfg(feature = "postgres")]
+#[doc(inline)]
+pub use conto_postgres as postgres;
+
 /// Why [`from_env`] / [`builder_from_env`] could not set up an authority.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -4,10 +4,17 @@
 //! (started lazily, or run by the app) hands due records to the authority through a
 //! [`Deliver`] and the sink keeps track of retries and dead letters.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use jiff::Timestamp;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 
 use crate::authorizer::{AuthorityError, BoxFuture};
 use crate::decision::{Authorization, Recorded, Settlement};
+use crate::intent::PaymentIntent;
+use crate::money::Amount;
 
 /// The deadline of one delivery attempt.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,6 +27,77 @@ pub enum RecordKind {
     Record,
     /// Report a spend a stand-in approved to the authority, once it is back.
     Reconcile,
+}
+
+/// One record as a sink stores it: what to deliver, for which authorization, with what
+/// settlement. Sinks serialize it (JSON) so that any process can deliver it later.
+///
+/// It carries the approval token when the authorization has one (the authority needs it to
+/// confirm a transfer or card payment): a sink's storage is as sensitive as the SDK key.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct QueuedRecord {
+    /// Record or reconcile.
+    pub kind: RecordKind,
+    /// The authorization's id.
+    pub authorization_id: String,
+    /// The approval token, if any (a secret).
+    pub token: Option<String>,
+    /// The approved amount.
+    pub approved: Amount,
+    /// When the approval lapses.
+    pub expires_at: Timestamp,
+    /// The approved intent.
+    pub intent: PaymentIntent,
+    /// What was settled (`None`: the approved amount).
+    pub settled: Option<Amount>,
+    /// The settlement's reference.
+    pub reference: Option<String>,
+}
+
+impl std::fmt::Debug for QueuedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedRecord")
+            .field("kind", &self.kind)
+            .field("authorization_id", &self.authorization_id)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("approved", &self.approved)
+            .field("settled", &self.settled)
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueuedRecord {
+    /// The record of `settlement` under `authorization`.
+    pub fn new(kind: RecordKind, authorization: &Authorization, settlement: &Settlement) -> Self {
+        Self {
+            kind,
+            authorization_id: authorization.id.clone(),
+            token: authorization.token.as_ref().map(|t| t.expose_secret().to_owned()),
+            approved: authorization.amount,
+            expires_at: authorization.expires_at,
+            intent: (*authorization.intent).clone(),
+            settled: settlement.amount,
+            reference: settlement.reference.clone(),
+        }
+    }
+
+    /// The authorization to deliver it under.
+    pub fn authorization(&self) -> Authorization {
+        Authorization {
+            id: self.authorization_id.clone(),
+            token: self.token.clone().map(SecretString::from),
+            amount: self.approved,
+            expires_at: self.expires_at,
+            limits: Default::default(),
+            intent: Arc::new(self.intent.clone()),
+        }
+    }
+
+    /// The settlement to deliver.
+    pub fn settlement(&self) -> Settlement {
+        Settlement { amount: self.settled, reference: self.reference.clone() }
+    }
 }
 
 /// Counts of a sink's records by state.
@@ -41,21 +119,17 @@ pub struct SinkError(pub String);
 /// Durable storage for records on their way to the authority.
 pub trait RecordSink: Send + Sync + 'static {
     /// Writes a record durably; after `Ok` the sink owns its delivery.
-    fn enqueue(
-        &self,
-        kind: RecordKind,
-        authorization: &Authorization,
-        settlement: &Settlement,
-    ) -> Result<(), SinkError>;
+    fn enqueue<'a>(&'a self, record: &'a QueuedRecord) -> BoxFuture<'a, Result<(), SinkError>>;
 
     /// Hands every record that is due to `deliverer`, and stores each outcome (delivered, retry
     /// later, dead). Returns how many were attempted.
     fn deliver_due<'a>(&'a self, deliverer: &'a dyn Deliver) -> BoxFuture<'a, Result<usize, SinkError>>;
 
-    /// How long until the next record is due (`None` when nothing waits).
+    /// How long until the next record is due (`None` when nothing waits). A sink shared by
+    /// several processes may answer from what it saw on its last pass.
     fn next_due(&self) -> Option<Duration>;
 
-    /// The counts.
+    /// The counts (a shared sink: as of its last pass, plus what this process queued since).
     fn stats(&self) -> Result<OutboxStats, SinkError>;
 }
 

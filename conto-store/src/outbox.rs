@@ -15,11 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use jiff::{SignedDuration, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
-use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 
-use conto_core::sink::{Deliver, OutboxStats, RecordKind, RecordSink, SinkError, transient};
-use conto_core::{Amount, Authorization, BoxFuture, PaymentIntent, Settlement};
+use conto_core::BoxFuture;
+use conto_core::sink::{Deliver, OutboxStats, QueuedRecord, RecordSink, SinkError, transient};
 
 /// An outbox storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -30,60 +28,7 @@ pub struct OutboxError(#[from] rusqlite::Error);
 pub use conto_core::sink::RecordKind as JobKind;
 
 /// One queued delivery.
-#[derive(Clone, Serialize, Deserialize)]
-pub(crate) struct Job {
-    pub kind: JobKind,
-    pub authorization_id: String,
-    pub token: Option<String>,
-    pub approved: Amount,
-    pub expires_at: Timestamp,
-    pub intent: PaymentIntent,
-    pub settled: Option<Amount>,
-    pub reference: Option<String>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("kind", &self.kind)
-            .field("authorization_id", &self.authorization_id)
-            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
-            .field("approved", &self.approved)
-            .field("settled", &self.settled)
-            .field("reference", &self.reference)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Job {
-    pub fn new(kind: JobKind, a: &Authorization, s: &Settlement) -> Self {
-        Self {
-            kind,
-            authorization_id: a.id.clone(),
-            token: a.token.as_ref().map(|t| t.expose_secret().to_owned()),
-            approved: a.amount,
-            expires_at: a.expires_at,
-            intent: (*a.intent).clone(),
-            settled: s.amount,
-            reference: s.reference.clone(),
-        }
-    }
-
-    pub fn authorization(&self) -> Authorization {
-        Authorization {
-            id: self.authorization_id.clone(),
-            token: self.token.clone().map(SecretString::from),
-            amount: self.approved,
-            expires_at: self.expires_at,
-            limits: Default::default(),
-            intent: Arc::new(self.intent.clone()),
-        }
-    }
-
-    pub fn settlement(&self) -> Settlement {
-        Settlement { amount: self.settled, reference: self.reference.clone() }
-    }
-}
+pub(crate) type Job = QueuedRecord;
 
 /// A record that could not be delivered, kept for an operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,13 +272,8 @@ impl Outbox {
 }
 
 impl RecordSink for Outbox {
-    fn enqueue(
-        &self,
-        kind: RecordKind,
-        authorization: &Authorization,
-        settlement: &Settlement,
-    ) -> Result<(), SinkError> {
-        self.push(&Job::new(kind, authorization, settlement)).map_err(|e| SinkError(e.to_string()))
+    fn enqueue<'a>(&'a self, record: &'a QueuedRecord) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(std::future::ready(self.push(record).map_err(|e| SinkError(e.to_string()))))
     }
 
     fn deliver_due<'a>(&'a self, deliverer: &'a dyn Deliver) -> BoxFuture<'a, Result<usize, SinkError>> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Conto, Event, Inner};
 use crate::authorizer::{AuthorityError, BoxFuture, Outage};
 use crate::decision::{Authorization, Recorded, Settlement};
-use crate::sink::{ATTEMPT_TIMEOUT, Deliver, OutboxStats, RecordKind};
+use crate::sink::{ATTEMPT_TIMEOUT, Deliver, OutboxStats, QueuedRecord, RecordKind};
 
 /// The pipeline's [`Deliver`]: the authority and the observers of one `Conto`.
 #[derive(Clone)]
@@ -93,26 +93,30 @@ pub(crate) fn start(conto: &Conto) {
 
 /// Writes a record to the sink and wakes the worker. `None` when there is no sink, or writing
 /// failed (the caller then records inline, and the failure is logged).
-pub(crate) fn enqueue(conto: &Conto, kind: RecordKind, a: &Authorization, s: &Settlement) -> Option<Recorded> {
+pub(crate) async fn enqueue(conto: &Conto, kind: RecordKind, a: &Authorization, s: &Settlement) -> Option<Recorded> {
     let sink = conto.inner.sink.as_ref()?;
     start(conto);
-    match sink.enqueue(kind, a, s) {
-        Ok(()) => {
-            conto.inner.wake.notify_one();
-            tracing::debug!(authorization = %a.id, ?kind, "conto.outbox.queued");
-            Some(Recorded {
-                authorization_id: a.id.clone(),
-                amount: s.amount.unwrap_or(a.amount),
-                transaction_id: None,
-                late: false,
-                queued: true,
-                actor_inactive: false,
-            })
-        }
+    match sink.enqueue(&QueuedRecord::new(kind, a, s)).await {
+        Ok(()) => Some(queued(conto, kind, a, s)),
         Err(error) => {
             tracing::error!(authorization = %a.id, %error, "conto.outbox.write_failed: recording inline");
             None
         }
+    }
+}
+
+/// The receipt of a record the sink now owns; wakes the worker.
+pub(crate) fn queued(conto: &Conto, kind: RecordKind, a: &Authorization, s: &Settlement) -> Recorded {
+    start(conto);
+    conto.inner.wake.notify_one();
+    tracing::debug!(authorization = %a.id, ?kind, "conto.outbox.queued");
+    Recorded {
+        authorization_id: a.id.clone(),
+        amount: s.amount.unwrap_or(a.amount),
+        transaction_id: None,
+        late: false,
+        queued: true,
+        actor_inactive: false,
     }
 }
 

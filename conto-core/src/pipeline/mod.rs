@@ -572,7 +572,7 @@ impl Approval {
             settlement.amount = Some(authorization.amount);
         }
         if self.via == Via::Primary
-            && let Some(queued) = delivery::enqueue(&conto, RecordKind::Record, &authorization, &settlement)
+            && let Some(queued) = delivery::enqueue(&conto, RecordKind::Record, &authorization, &settlement).await
         {
             return Ok(queued);
         }
@@ -597,6 +597,25 @@ impl Approval {
         result
     }
 
+    /// The record this approval's settlement is, for a sink that writes it in the app's own
+    /// transaction (a transactional outbox): hand it to the sink's transactional write, commit,
+    /// then call [`Approval::queued`]. If the transaction rolls back, drop the approval instead:
+    /// it is released.
+    pub fn record_for(&self, settlement: &Settlement) -> crate::sink::QueuedRecord {
+        let authorization = self.authorization.as_ref().expect("an Approval is consumed only once");
+        let mut settlement = settlement.clone();
+        settlement.amount = settlement.amount.map(|a| a.min(authorization.amount));
+        crate::sink::QueuedRecord::new(RecordKind::Record, authorization, &settlement)
+    }
+
+    /// The app committed [`Approval::record_for`]'s record in its own transaction: the sink
+    /// owns its delivery now. Consumes the approval without releasing it, and wakes the
+    /// delivery worker.
+    pub fn queued(mut self, record: &crate::sink::QueuedRecord) -> Recorded {
+        let authorization = self.authorization.take().expect("an Approval is consumed only once");
+        delivery::queued(&self.conto, RecordKind::Record, &authorization, &record.settlement())
+    }
+
     /// Gives the approval back without settling.
     pub fn release(self) {
         self.release_because("released");
@@ -613,7 +632,7 @@ impl Conto {
     /// Reports a stand-in approval's spend to the authority: queued when an outbox is
     /// configured, otherwise tried once now (a failure is an [`Event::RecordFailed`]).
     async fn reconcile(&self, authorization: &Authorization, settlement: &Settlement) {
-        if delivery::enqueue(self, RecordKind::Reconcile, authorization, settlement).is_some() {
+        if delivery::enqueue(self, RecordKind::Reconcile, authorization, settlement).await.is_some() {
             return;
         }
         if let Err(error) = self.inner.authorizer.reconcile(authorization, settlement).await {

@@ -1,0 +1,31 @@
+//! PostgreSQL storage for conto-rs: [`PgOutbox`], a record sink that every replica of a service
+//! shares, and that an app can write in its own database transaction.
+//!
+//! - **Shared by replicas.** Records live in one table; each replica's delivery worker claims
+//!   due rows with `FOR UPDATE SKIP LOCKED` and a lease, so two replicas never deliver the same
+//!   row at once, and the rows a dead replica had claimed are delivered by a live one once the
+//!   lease lapses. Each record carries its payment attempt's idempotency key
+//!   (`rec_<authorization id>`), so a delivery repeated after a lost answer counts once.
+//! - **Transactional.** [`PgOutbox::enqueue_in`] writes the record in the app's own transaction:
+//!   the app's state change (an order marked paid) and the record commit or roll back together.
+//! - **Migrations** are the crate's: [`PgOutbox::open`] creates or upgrades its schema under an
+//!   advisory lock, so replicas starting together do not race.
+//!
+//! Use it through the `conto` crate (feature `postgres`) as `conto::postgres`.
+//!
+//! ```no_run
+//! use conto::postgres::PgOutbox;
+//! use conto::{Conto, Engine};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let outbox = PgOutbox::connect("postgres://app@db.internal/app").await?;
+//! let conto = Conto::builder(Engine::from_file("policies/example.json")?).outbox(outbox).build();
+//! # let _ = conto; Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod outbox;
+
+pub use outbox::{DeadRecord, PgOutbox, PgOutboxError};
+pub use sqlx::{PgConnection, PgPool};

@@ -1,0 +1,387 @@
+//! [`PgOutbox`]: the record sink in PostgreSQL.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use conto_core::BoxFuture;
+use conto_core::sink::{Deliver, OutboxStats, QueuedRecord, RecordKind, RecordSink, SinkError, transient};
+use jiff::Timestamp;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{PgConnection, Row};
+
+/// Why the PostgreSQL outbox failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PgOutboxError {
+    /// PostgreSQL could not be reached, or refused a statement.
+    #[error("outbox database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema name is not a plain lower-case identifier.
+    #[error("invalid outbox schema name `{0}`: use lower-case letters, digits and `_`, at most 63")]
+    Schema(String),
+    /// A record could not be serialized.
+    #[error("outbox record: {0}")]
+    Record(#[from] serde_json::Error),
+}
+
+/// A record that could not be delivered, kept for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadRecord {
+    /// The authorization it belongs to.
+    pub authorization_id: String,
+    /// Record or reconcile.
+    pub kind: RecordKind,
+    /// How many times delivery was tried.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: String,
+}
+
+/// The outbox's migrations, in order; each runs once, under an advisory lock. `{s}` is the
+/// schema.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {s}.outbox (
+        id BIGSERIAL PRIMARY KEY,
+        authorization_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        record JSONB NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        lease_until TIMESTAMPTZ,
+        leased_by TEXT,
+        last_error TEXT,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        delivered_at TIMESTAMPTZ,
+        UNIQUE (authorization_id, kind)
+    )",
+    "CREATE INDEX IF NOT EXISTS outbox_due ON {s}.outbox (next_attempt_at) WHERE state = 'pending'",
+];
+
+/// What this process last saw of the shared table.
+#[derive(Default)]
+struct Seen {
+    stats: OutboxStats,
+    /// The earliest moment a pending row can be claimed.
+    next_due: Option<Timestamp>,
+    /// Records this process queued since it last counted.
+    queued_since: u64,
+}
+
+struct Shared {
+    pool: PgPool,
+    schema: String,
+    /// This process's name on the leases it takes.
+    worker: String,
+    seen: Mutex<Seen>,
+}
+
+/// The durable outbox in PostgreSQL, shared by every replica of a service. Cheap to clone;
+/// clones share the pool.
+#[derive(Clone)]
+pub struct PgOutbox {
+    shared: Arc<Shared>,
+    lease: Duration,
+    max_attempts: u32,
+}
+
+impl std::fmt::Debug for PgOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOutbox")
+            .field("schema", &self.shared.schema)
+            .field("worker", &self.shared.worker)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+fn valid_schema(schema: &str) -> bool {
+    let mut chars = schema.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && schema.len() <= 63
+}
+
+fn kind_name(kind: RecordKind) -> &'static str {
+    match kind {
+        RecordKind::Record => "record",
+        RecordKind::Reconcile => "reconcile",
+    }
+}
+
+/// Backoff before attempt `n + 1`: 200 ms · 2ⁿ, at most 60 s.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_millis((200u64.saturating_mul(1 << attempts.min(9))).min(60_000))
+}
+
+impl PgOutbox {
+    /// Connects a pool to `url` and opens the outbox in schema `conto`.
+    pub async fn connect(url: &str) -> Result<Self, PgOutboxError> {
+        let pool = PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5)).connect(url).await?;
+        Self::open(pool, "conto").await
+    }
+
+    /// Opens the outbox in `schema` on the app's own pool, creating or upgrading its tables.
+    pub async fn open(pool: PgPool, schema: &str) -> Result<Self, PgOutboxError> {
+        if !valid_schema(schema) {
+            return Err(PgOutboxError::Schema(schema.to_owned()));
+        }
+        migrate(&pool, schema).await?;
+        let worker = format!("{}-{}", std::process::id(), Timestamp::now().as_nanosecond());
+        let shared = Shared { pool, schema: schema.to_owned(), worker, seen: Mutex::default() };
+        let outbox = Self { shared: Arc::new(shared), lease: Duration::from_secs(30), max_attempts: 12 };
+        outbox.refresh().await?;
+        Ok(outbox)
+    }
+
+    /// How long a claimed record is this replica's before another may take it (default 30 s;
+    /// it must outlast one delivery attempt, 10 s).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How many delivery attempts a record gets before it is declared dead (default 12).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    fn sql(&self, statement: &str) -> String {
+        statement.replace("{s}", &self.shared.schema)
+    }
+
+    /// Writes `record` in the app's own transaction (`&mut *tx`), so that the app's state and
+    /// the record commit or roll back together. After the commit, hand the approval over with
+    /// `Approval::queued`; after a rollback, drop it (it is released).
+    pub async fn enqueue_in(&self, conn: &mut PgConnection, record: &QueuedRecord) -> Result<(), PgOutboxError> {
+        let text = serde_json::to_string(record)?;
+        sqlx::query(&self.sql(
+            "INSERT INTO {s}.outbox (authorization_id, kind, record) VALUES ($1, $2, $3::jsonb)
+             ON CONFLICT (authorization_id, kind) DO NOTHING",
+        ))
+        .bind(&record.authorization_id)
+        .bind(kind_name(record.kind))
+        .bind(text)
+        .execute(conn)
+        .await?;
+        self.seen().queued_since += 1;
+        Ok(())
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.shared.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts the table now (every replica's records).
+    pub async fn refresh(&self) -> Result<OutboxStats, PgOutboxError> {
+        let rows = sqlx::query(&self.sql("SELECT state, count(*) FROM {s}.outbox GROUP BY state"))
+            .fetch_all(&self.shared.pool)
+            .await?;
+        let mut stats = OutboxStats::default();
+        for row in rows {
+            let n = u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0);
+            match row.try_get::<String, _>(0)?.as_str() {
+                "pending" => stats.pending = n,
+                "delivered" => stats.delivered = n,
+                _ => stats.dead = n,
+            }
+        }
+        let next: Option<f64> = sqlx::query_scalar(&self.sql(
+            "SELECT EXTRACT(EPOCH FROM min(GREATEST(next_attempt_at, COALESCE(lease_until, next_attempt_at))))::float8
+             FROM {s}.outbox WHERE state = 'pending'",
+        ))
+        .fetch_one(&self.shared.pool)
+        .await?;
+        let mut seen = self.seen();
+        seen.stats = stats;
+        seen.queued_since = 0;
+        seen.next_due = next.and_then(|secs| Timestamp::from_millisecond((secs * 1000.0) as i64).ok());
+        Ok(stats)
+    }
+
+    /// The records given up on, for an operator.
+    pub async fn dead(&self) -> Result<Vec<DeadRecord>, PgOutboxError> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT authorization_id, kind, attempts, COALESCE(last_error, '') FROM {s}.outbox
+             WHERE state = 'dead' ORDER BY id",
+        ))
+        .fetch_all(&self.shared.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(DeadRecord {
+                    authorization_id: r.try_get(0)?,
+                    kind: if r.try_get::<String, _>(1)? == "reconcile" {
+                        RecordKind::Reconcile
+                    } else {
+                        RecordKind::Record
+                    },
+                    attempts: u32::try_from(r.try_get::<i32, _>(2)?).unwrap_or(0),
+                    last_error: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Claims up to `limit` due records for this replica, for the lease: `(id, attempts, record)`.
+    /// A row another replica holds is skipped, not waited for.
+    async fn claim(&self, limit: i64) -> Result<Vec<(i64, u32, Result<QueuedRecord, String>)>, PgOutboxError> {
+        let rows = sqlx::query(&self.sql(
+            "UPDATE {s}.outbox o SET lease_until = now() + make_interval(secs => $1), leased_by = $2
+             FROM (SELECT id FROM {s}.outbox
+                   WHERE state = 'pending' AND next_attempt_at <= now()
+                     AND (lease_until IS NULL OR lease_until < now())
+                   ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) due
+             WHERE o.id = due.id
+             RETURNING o.id, o.attempts, o.record::text",
+        ))
+        .bind(self.lease.as_secs_f64())
+        .bind(&self.shared.worker)
+        .bind(limit)
+        .fetch_all(&self.shared.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let text: String = r.try_get(2)?;
+                let record = serde_json::from_str::<QueuedRecord>(&text).map_err(|e| format!("unreadable record: {e}"));
+                Ok((r.try_get(0)?, u32::try_from(r.try_get::<i32, _>(1)?).unwrap_or(0), record))
+            })
+            .collect()
+    }
+
+    async fn settle(&self, id: i64, outcome: Settle) -> Result<(), PgOutboxError> {
+        let pool = &self.shared.pool;
+        match outcome {
+            Settle::Delivered => {
+                let sql = self.sql(
+                    "UPDATE {s}.outbox SET state = 'delivered', attempts = attempts + 1, delivered_at = now(),
+                     lease_until = NULL, leased_by = NULL WHERE id = $1",
+                );
+                sqlx::query(&sql).bind(id).execute(pool).await?;
+            }
+            Settle::Retry(after, error) => {
+                let sql = self.sql(
+                    "UPDATE {s}.outbox SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $2),
+                     last_error = $3, lease_until = NULL, leased_by = NULL WHERE id = $1",
+                );
+                sqlx::query(&sql).bind(id).bind(after.as_secs_f64()).bind(error).execute(pool).await?;
+            }
+            Settle::Dead(error) => {
+                let sql = self.sql(
+                    "UPDATE {s}.outbox SET state = 'dead', attempts = attempts + 1, last_error = $2,
+                     lease_until = NULL, leased_by = NULL WHERE id = $1",
+                );
+                sqlx::query(&sql).bind(id).bind(error).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliver_one(&self, deliverer: &dyn Deliver, id: i64, attempts: u32, record: QueuedRecord) {
+        let result = deliverer.deliver(record.kind, &record.authorization(), &record.settlement()).await;
+        let outcome = match &result {
+            Ok(_) => Settle::Delivered,
+            Err(error) if transient(error) && attempts + 1 < self.max_attempts => {
+                tracing::warn!(authorization = %record.authorization_id, %error, attempts = attempts + 1, "conto.outbox.retry");
+                Settle::Retry(backoff(attempts), error.to_string())
+            }
+            Err(error) => {
+                tracing::error!(authorization = %record.authorization_id, %error, "conto.outbox.dead: an operator must look");
+                Settle::Dead(error.to_string())
+            }
+        };
+        let dead = matches!(outcome, Settle::Dead(_));
+        // If this write fails, the lease lapses and a replica delivers the record again: the
+        // idempotency key makes that repeat count once.
+        if let Err(error) = self.settle(id, outcome).await {
+            tracing::error!(%error, "conto.outbox.write_failed");
+        }
+        if let (true, Err(error)) = (dead, result) {
+            deliverer.dead(&record.authorization_id, error);
+        }
+    }
+}
+
+enum Settle {
+    Delivered,
+    Retry(Duration, String),
+    Dead(String),
+}
+
+async fn migrate(pool: &PgPool, schema: &str) -> Result<(), PgOutboxError> {
+    let mut tx = pool.begin().await?;
+    // Replicas starting together take turns.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("conto-outbox:{schema}"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut *tx).await?;
+    sqlx::query(&format!("CREATE TABLE IF NOT EXISTS {schema}.schema_version (version INTEGER NOT NULL)"))
+        .execute(&mut *tx)
+        .await?;
+    let done: i32 = sqlx::query_scalar(&format!("SELECT COALESCE(max(version), 0) FROM {schema}.schema_version"))
+        .fetch_one(&mut *tx)
+        .await?;
+    for (n, statement) in MIGRATIONS.iter().enumerate().skip(usize::try_from(done).unwrap_or(0)) {
+        sqlx::query(&statement.replace("{s}", schema)).execute(&mut *tx).await?;
+        sqlx::query(&format!("INSERT INTO {schema}.schema_version (version) VALUES ($1)"))
+            .bind(i32::try_from(n + 1).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+impl RecordSink for PgOutbox {
+    fn enqueue<'a>(&'a self, record: &'a QueuedRecord) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let mut conn = self.shared.pool.acquire().await.map_err(|e| SinkError(e.to_string()))?;
+            self.enqueue_in(&mut conn, record).await.map_err(|e| SinkError(e.to_string()))
+        })
+    }
+
+    fn deliver_due<'a>(&'a self, deliverer: &'a dyn Deliver) -> BoxFuture<'a, Result<usize, SinkError>> {
+        Box::pin(async move {
+            let claimed = match self.claim(64).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Unreachable: wait a second rather than spin on a stale due time.
+                    self.seen().next_due = None;
+                    return Err(SinkError(e.to_string()));
+                }
+            };
+            let n = claimed.len();
+            for (id, attempts, record) in claimed {
+                match record {
+                    Ok(record) => self.deliver_one(deliverer, id, attempts, record).await,
+                    Err(unreadable) => {
+                        if let Err(error) = self.settle(id, Settle::Dead(unreadable)).await {
+                            tracing::error!(%error, "conto.outbox.write_failed");
+                        }
+                    }
+                }
+            }
+            self.refresh().await.map_err(|e| SinkError(e.to_string()))?;
+            Ok(n)
+        })
+    }
+
+    fn next_due(&self) -> Option<Duration> {
+        let at = self.seen().next_due?;
+        Some(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default())
+    }
+
+    fn stats(&self) -> Result<OutboxStats, SinkError> {
+        let seen = self.seen();
+        let mut stats = seen.stats;
+        stats.pending += seen.queued_since;
+        Ok(stats)
+    }
+}

@@ -1,0 +1,216 @@
+//! The PostgreSQL outbox against the real local server (`CONTO_TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`). Each test works in its own schema and drops it.
+//! Without a server the tests skip, except under CI (`CI` set), where they fail.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use conto::sink::{Deliver, QueuedRecord, RecordKind, RecordSink};
+use conto::{AuthorityError, Authorization, BoxFuture, Conto, Engine, PaymentIntent, Rail, Recorded, Settlement};
+use conto_postgres::{PgOutbox, PgOutboxError, PgPool};
+
+fn url() -> String {
+    std::env::var("CONTO_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh schema on the test server, or `None` (skip) when there is no server outside CI.
+async fn schema(tag: &str) -> Option<(PgPool, String)> {
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(&url())
+        .await
+    {
+        Ok(pool) => pool,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: no PostgreSQL at {} ({e})", url());
+            return None;
+        }
+        Err(e) => panic!("CI needs PostgreSQL at {}: {e}", url()),
+    };
+    let name = format!("conto_t_{tag}_{}_{}", std::process::id(), jiff::Timestamp::now().as_microsecond() % 1_000_000);
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(&pool).await.unwrap();
+    Some((pool, name))
+}
+
+async fn drop_schema(pool: &PgPool, name: &str) {
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(pool).await.unwrap();
+}
+
+fn engine() -> Engine {
+    Engine::from_json(
+        r#"{"agents": ["agent-1"], "policies": [{"name": "cap", "rules": [
+            {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "50", "action": "ALLOW"}]}]}"#,
+    )
+    .unwrap()
+}
+
+fn intent(n: u32) -> PaymentIntent {
+    PaymentIntent::builder("agent-1", "1", Rail::card("Acme").unwrap())
+        .idempotency_key(format!("pay-{n}"))
+        .build()
+        .unwrap()
+}
+
+/// Counts deliveries per authorization; optionally slow, or never finishing (a replica that
+/// dies mid-delivery).
+#[derive(Clone, Default)]
+struct Counting {
+    delivered: Arc<Mutex<HashMap<String, u32>>>,
+    delay: Duration,
+    hang: bool,
+}
+
+impl Deliver for Counting {
+    fn deliver<'a>(
+        &'a self,
+        _kind: RecordKind,
+        authorization: &'a Authorization,
+        settlement: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        Box::pin(async move {
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(self.delay).await;
+            *self.delivered.lock().unwrap().entry(authorization.id.clone()).or_default() += 1;
+            Ok(Recorded {
+                authorization_id: authorization.id.clone(),
+                amount: settlement.amount.unwrap_or(authorization.amount),
+                transaction_id: None,
+                late: false,
+                queued: false,
+                actor_inactive: false,
+            })
+        })
+    }
+
+    fn dead(&self, _authorization_id: &str, _error: AuthorityError) {}
+}
+
+async fn records(engine: &Engine, n: u32) -> Vec<QueuedRecord> {
+    let conto = Conto::new(engine.clone());
+    let mut out = Vec::new();
+    for i in 0..n {
+        let approval = conto.authorize(intent(i)).await.unwrap();
+        out.push(approval.record_for(&Settlement::default()));
+        std::mem::forget(approval); // the test owns delivery here
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_pipeline_records_through_postgres() {
+    let Some((pool, name)) = schema("pipeline").await else { return };
+    let outbox = PgOutbox::open(pool.clone(), &name).await.unwrap();
+    let engine = engine();
+    let conto = Conto::builder(engine.clone()).outbox(outbox.clone()).build();
+    for i in 0..3 {
+        let out = conto.run(intent(i), |_| async { Ok::<_, ()>(()) }, |_| Settlement::default()).await;
+        assert!(matches!(out, Ok(Ok(()))));
+    }
+    let stats = conto.flush(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 3, 0));
+    assert_eq!(engine.usage("agent-1").stats.recorded, 3, "every record reached the authority");
+    drop_schema(&pool, &name).await;
+}
+
+#[tokio::test]
+async fn replicas_deliver_each_record_exactly_once() {
+    let Some((pool, name)) = schema("replicas").await else { return };
+    let a = PgOutbox::open(pool.clone(), &name).await.unwrap();
+    let b = PgOutbox::open(pool.clone(), &name).await.unwrap(); // a second replica, same table
+    for record in records(&engine(), 40).await {
+        a.enqueue(&record).await.unwrap();
+    }
+    let counting = Counting { delay: Duration::from_millis(2), ..Default::default() };
+    let drain = |outbox: PgOutbox, d: Counting| async move {
+        for _ in 0..200 {
+            outbox.deliver_due(&d).await.unwrap();
+            if outbox.refresh().await.unwrap().pending == 0 {
+                return;
+            }
+        }
+    };
+    tokio::join!(drain(a.clone(), counting.clone()), drain(b.clone(), counting.clone()));
+    let delivered = counting.delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 40, "every record delivered");
+    assert!(delivered.values().all(|n| *n == 1), "never twice: {delivered:?}");
+    assert_eq!(a.refresh().await.unwrap().delivered, 40);
+    drop_schema(&pool, &name).await;
+}
+
+#[tokio::test]
+async fn a_dead_replicas_claimed_records_are_delivered_by_a_live_one() {
+    let Some((pool, name)) = schema("lease").await else { return };
+    let dying = PgOutbox::open(pool.clone(), &name).await.unwrap().lease(Duration::from_millis(300));
+    let live = PgOutbox::open(pool.clone(), &name).await.unwrap();
+    for record in records(&engine(), 5).await {
+        dying.enqueue(&record).await.unwrap();
+    }
+    // The dying replica claims the records and never finishes delivering them.
+    let hung = Counting { hang: true, ..Default::default() };
+    let task = {
+        let dying = dying.clone();
+        tokio::spawn(async move { dying.deliver_due(&hung).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    task.abort();
+    let counting = Counting::default();
+    assert_eq!(live.deliver_due(&counting).await.unwrap(), 0, "leased rows are not taken early");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(live.deliver_due(&counting).await.unwrap(), 5, "the lapsed lease frees them");
+    assert_eq!(counting.delivered.lock().unwrap().len(), 5);
+    drop_schema(&pool, &name).await;
+}
+
+#[tokio::test]
+async fn the_record_commits_or_rolls_back_with_the_apps_own_state() {
+    let Some((pool, name)) = schema("tx").await else { return };
+    let outbox = PgOutbox::open(pool.clone(), &name).await.unwrap();
+    sqlx::query(&format!("CREATE TABLE {name}.orders (id TEXT PRIMARY KEY, paid BOOLEAN NOT NULL)"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let engine = engine();
+    let conto = Conto::builder(engine.clone()).outbox(outbox.clone()).build();
+
+    // Rolled back: no order, no record, and the dropped approval is released.
+    let approval = conto.authorize(intent(1)).await.unwrap();
+    let record = approval.record_for(&Settlement::default().reference("ch_1"));
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(&format!("INSERT INTO {name}.orders VALUES ('o-1', true)")).execute(&mut *tx).await.unwrap();
+    outbox.enqueue_in(&mut tx, &record).await.unwrap();
+    tx.rollback().await.unwrap();
+    drop(approval);
+    assert_eq!(outbox.refresh().await.unwrap().pending, 0);
+    assert_eq!(engine.usage("agent-1").live_reservations, 0, "released");
+
+    // Committed: the order and its record, delivered once.
+    let approval = conto.authorize(intent(2)).await.unwrap();
+    let record = approval.record_for(&Settlement::default().reference("ch_2"));
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(&format!("INSERT INTO {name}.orders VALUES ('o-2', true)")).execute(&mut *tx).await.unwrap();
+    outbox.enqueue_in(&mut tx, &record).await.unwrap();
+    tx.commit().await.unwrap();
+    let receipt = approval.queued(&record);
+    assert!(receipt.queued);
+    let stats = conto.flush(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((stats.pending, stats.delivered), (0, 1));
+    assert_eq!(engine.usage("agent-1").stats.recorded, 1);
+    let orders: i64 =
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {name}.orders")).fetch_one(&pool).await.unwrap();
+    assert_eq!(orders, 1);
+    drop_schema(&pool, &name).await;
+}
+
+#[tokio::test]
+async fn bad_configuration_and_an_unreachable_server_are_typed_errors() {
+    let Some((pool, name)) = schema("errors").await else { return };
+    let err = PgOutbox::open(pool.clone(), "Robert'); DROP TABLE x;--").await.unwrap_err();
+    assert!(matches!(err, PgOutboxError::Schema(_)), "{err}");
+    let err = PgOutbox::connect("postgres://nobody@127.0.0.1:1/none").await.unwrap_err();
+    assert!(matches!(err, PgOutboxError::Database(_)), "{err}");
+    drop_schema(&pool, &name).await;
+}
