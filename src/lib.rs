@@ -195,6 +195,13 @@ pub fn builder_from_env(default_policies: impl AsRef<std::path::Path>) -> Result
 
 /// The README's recipes, compiled (and run, where they need no network or secrets) as doc
 /// tests, so the README cannot drift from the API.
-#[cfg(all(doctest, feature = "macros", feature = "tower", feature = "credentials", feature = "outbox"))]
+#[cfg(all(
+    doctest,
+    feature = "macros",
+    feature = "tower",
+    feature = "credentials",
+    feature = "outbox",
+    feature = "postgres"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
