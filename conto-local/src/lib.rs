@@ -444,8 +444,14 @@ impl PolicyCaller {
 
 /// Reads a typed JSON body; a field of the wrong type is a 400 that names it.
 pub(crate) fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", format!("invalid body: {e}")))
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let message = match e.path().to_string().as_str() {
+            "." => format!("invalid body: {}", e.inner()),
+            path => format!("`{path}`: {}", e.inner()),
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message)
+    })
 }
 
 async fn create_agent(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {

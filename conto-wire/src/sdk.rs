@@ -182,22 +182,15 @@ impl PaymentBody {
 
     /// [`PaymentBody::from_json`] for an already parsed value (one payment of a batch).
     pub fn from_value(value: Value) -> Result<Self, BodyError> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Amounts {
-            #[serde(default)]
-            #[allow(dead_code)]
-            amount: Option<Amount>,
-            #[serde(default)]
-            #[allow(dead_code)]
-            deposit_amount: Option<Amount>,
-        }
-        serde_json::from_value::<Self>(value.clone()).map_err(|e| {
-            let code = match serde_json::from_value::<Amounts>(value) {
-                Err(_) => "INVALID_AMOUNT",
-                Ok(_) => "VALIDATION_ERROR",
+        serde_path_to_error::deserialize::<_, Self>(value).map_err(|e| {
+            // Name the field: `amount: ...`, `payments[1].amount: ...`.
+            let path = e.path().to_string();
+            let code = if path.ends_with("amount") || path.ends_with("Amount") {
+                "INVALID_AMOUNT"
+            } else {
+                "VALIDATION_ERROR"
             };
-            BodyError { code, message: e.to_string() }
+            BodyError { code, message: format!("`{path}`: {}", e.inner()) }
         })
     }
 
@@ -648,6 +641,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_tolerated_and_wrong_types_are_errors() {
+        let e = PaymentBody::from_json(br#"{"payments": [{"amount": 1}, {"amount": "abc"}]}"#).unwrap_err();
+        assert_eq!((e.code, e.message.starts_with("`payments[1].amount`: ")), ("INVALID_AMOUNT", true), "{e}");
         let d: DecisionBody = serde_json::from_str(r#"{"approved": false, "reasons": ["x"], "newField": 1}"#).unwrap();
         assert_eq!(d.approved, Some(false));
         assert!(serde_json::from_str::<DecisionBody>(r#"{"approved": "yes"}"#).is_err());
