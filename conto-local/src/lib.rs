@@ -376,7 +376,8 @@ fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<PolicyCa
         .key(given)?
         .filter(|k| k.expires_at.parse::<Timestamp>().is_ok_and(|t| t > Timestamp::now()))
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "invalid or expired SDK key"))?;
-    let allowed = if write { record.key_type == "admin" } else { record.scopes.iter().any(|s| s == "policies:read") };
+    // An admin key may do what a reading key may.
+    let allowed = record.key_type == "admin" || (!write && record.scopes.iter().any(|s| s == "policies:read"));
     if allowed {
         Ok(PolicyCaller::Agent(record.agent_id))
     } else {
