@@ -35,6 +35,15 @@
 //!   decisions are denials. `DELETE /api/agents/{id}` revokes its keys. Keys are listed with
 //!   `GET /api/agents/{id}/sdk-keys` and revoked with `DELETE .../sdk-keys/{keyId}` (Conto
 //!   documents no revocation endpoint; this is conto-local's).
+//! - Policies: creating and assigning are separate steps, as Conto's skill describes. A policy
+//!   the org key creates without `agentIds` is stored `scope: "assigned"` and binds no agent
+//!   until `PATCH /api/policies/{id}` gives it `agentIds`; `scope: "all"` binds every agent. An
+//!   agent's **admin** SDK key (`keyType: "admin"`) may create, change and delete its own
+//!   agent's policies (one it creates without `agentIds` is assigned to its agent) and never
+//!   another agent's (`403`); any agent key reads only the policies that apply to its agent.
+//!   A preloaded policy file keeps the file format's meaning: no `agentIds` = every agent.
+//! - Bodies are Conto's wire types (`conto-wire`): unknown fields are ignored, a field of the
+//!   wrong type is a `400` that names its JSON path (`payments[1].amount`).
 
 mod org;
 mod sdk;
