@@ -103,6 +103,52 @@ impl KeyProvider for StaticKey {
     }
 }
 
+/// Seals the approval tokens an outbox stores (`Outbox::seal_tokens`, `PgOutbox::seal_tokens`)
+/// with XChaCha20-Poly1305 under the master key, each bound to its authorization id, so a
+/// stolen outbox file or table holds no usable token.
+pub struct TokenSealer {
+    cipher: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for TokenSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSealer([redacted])")
+    }
+}
+
+impl TokenSealer {
+    /// A sealer under `provider`'s master key (e.g. `EnvKey::default()`, `CONTO_MASTER_KEY`).
+    pub fn new(provider: &dyn KeyProvider) -> Result<Self, CredentialError> {
+        let key = provider.master_key()?;
+        Ok(Self { cipher: XChaCha20Poly1305::new(key.expose_secret().into()) })
+    }
+}
+
+impl conto_core::sink::TokenSeal for TokenSealer {
+    fn seal(&self, token: &str, aad: &str) -> Result<String, conto_core::sink::SinkError> {
+        let nonce: [u8; 24] = rand::random();
+        let ciphertext = self
+            .cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: token.as_bytes(), aad: aad.as_bytes() })
+            .map_err(|_| conto_core::sink::SinkError("sealing the approval token failed".into()))?;
+        Ok(format!("{}{}", hex::encode(nonce), hex::encode(ciphertext)))
+    }
+
+    fn open(&self, sealed: &str, aad: &str) -> Result<String, conto_core::sink::SinkError> {
+        let fail = || conto_core::sink::SinkError("the approval token does not open under this key".into());
+        let bytes = hex::decode(sealed).map_err(|_| fail())?;
+        if bytes.len() < 24 {
+            return Err(fail());
+        }
+        let (nonce, ciphertext) = bytes.split_at(24);
+        let plain = self
+            .cipher
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: aad.as_bytes() })
+            .map_err(|_| fail())?;
+        String::from_utf8(plain).map_err(|_| fail())
+    }
+}
+
 /// One actor's binding.
 #[derive(Clone)]
 pub struct Binding {
@@ -273,5 +319,26 @@ impl CredentialStore {
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, text).map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use conto_core::sink::TokenSeal;
+
+    use super::*;
+
+    #[test]
+    fn a_sealed_token_opens_only_under_its_key_and_for_its_authorization() {
+        let token = "ab".repeat(32);
+        let sealer = TokenSealer::new(&StaticKey::new([7; 32])).unwrap();
+        let sealed = sealer.seal(&token, "auth_1").unwrap();
+        assert!(!sealed.contains(&token), "not readable at rest");
+        assert_eq!(sealer.open(&sealed, "auth_1").unwrap(), token);
+        assert!(sealer.open(&sealed, "auth_2").is_err(), "bound to its authorization");
+        let other = TokenSealer::new(&StaticKey::new([8; 32])).unwrap();
+        assert!(other.open(&sealed, "auth_1").is_err(), "another key opens nothing");
+        assert!(sealer.open("zz", "auth_1").is_err());
+        assert_ne!(sealer.seal(&token, "auth_1").unwrap(), sealed, "a fresh nonce each time");
     }
 }

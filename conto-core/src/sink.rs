@@ -100,6 +100,42 @@ impl QueuedRecord {
     }
 }
 
+/// Seals the approval tokens a sink stores, so that they are not readable at rest. conto-rs's
+/// implementation is `conto::credentials::TokenSealer` (XChaCha20-Poly1305 under the master key).
+pub trait TokenSeal: Send + Sync + 'static {
+    /// The sealed form of `token`, bound to its authorization (`aad`).
+    fn seal(&self, token: &str, aad: &str) -> Result<String, SinkError>;
+    /// The token back from its sealed form; an error when it was sealed under another key or
+    /// for another authorization.
+    fn open(&self, sealed: &str, aad: &str) -> Result<String, SinkError>;
+}
+
+impl QueuedRecord {
+    /// The JSON a sink stores: with the token sealed when a seal is given.
+    pub fn to_stored(&self, seal: Option<&dyn TokenSeal>) -> Result<String, SinkError> {
+        let mut stored = self.clone();
+        if let (Some(seal), Some(token)) = (seal, &self.token) {
+            stored.token = Some(format!("{SEALED}{}", seal.seal(token, &self.authorization_id)?));
+        }
+        serde_json::to_string(&stored).map_err(|e| SinkError(e.to_string()))
+    }
+
+    /// A record from what a sink stored; a sealed token needs the seal it was sealed with.
+    pub fn from_stored(text: &str, seal: Option<&dyn TokenSeal>) -> Result<Self, SinkError> {
+        let mut record: QueuedRecord =
+            serde_json::from_str(text).map_err(|e| SinkError(format!("unreadable record: {e}")))?;
+        if let Some(sealed) = record.token.as_deref().and_then(|t| t.strip_prefix(SEALED)) {
+            let seal =
+                seal.ok_or_else(|| SinkError("the record's approval token is sealed: configure the seal".into()))?;
+            record.token = Some(seal.open(sealed, &record.authorization_id)?);
+        }
+        Ok(record)
+    }
+}
+
+/// The prefix of a sealed token in a stored record.
+const SEALED: &str = "sealed:v1:";
+
 /// Counts of a sink's records by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OutboxStats {

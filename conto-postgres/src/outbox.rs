@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conto_core::BoxFuture;
-use conto_core::sink::{Deliver, OutboxStats, QueuedRecord, RecordKind, RecordSink, SinkError, transient};
+use conto_core::sink::{Deliver, OutboxStats, QueuedRecord, RecordKind, RecordSink, SinkError, TokenSeal, transient};
 use jiff::Timestamp;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
@@ -19,9 +19,9 @@ pub enum PgOutboxError {
     /// The schema name is not a plain lower-case identifier.
     #[error("invalid outbox schema name `{0}`: use lower-case letters, digits and `_`, at most 63")]
     Schema(String),
-    /// A record could not be serialized.
+    /// A record's token could not be sealed.
     #[error("outbox record: {0}")]
-    Record(#[from] serde_json::Error),
+    Seal(SinkError),
 }
 
 /// A record that could not be delivered, kept for an operator.
@@ -81,6 +81,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct PgOutbox {
     shared: Arc<Shared>,
+    seal: Option<Arc<dyn TokenSeal>>,
     lease: Duration,
     max_attempts: u32,
 }
@@ -129,7 +130,7 @@ impl PgOutbox {
         migrate(&pool, schema).await?;
         let worker = format!("{}-{}", std::process::id(), Timestamp::now().as_nanosecond());
         let shared = Shared { pool, schema: schema.to_owned(), worker, seen: Mutex::default() };
-        let outbox = Self { shared: Arc::new(shared), lease: Duration::from_secs(30), max_attempts: 12 };
+        let outbox = Self { shared: Arc::new(shared), seal: None, lease: Duration::from_secs(30), max_attempts: 12 };
         outbox.refresh().await?;
         Ok(outbox)
     }
@@ -138,6 +139,13 @@ impl PgOutbox {
     /// it must outlast one delivery attempt, 10 s).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Seals the approval tokens records carry, so the table holds no readable token. Every
+    /// replica must use the same key.
+    pub fn seal_tokens(mut self, seal: impl TokenSeal) -> Self {
+        self.seal = Some(Arc::new(seal));
         self
     }
 
@@ -160,7 +168,7 @@ impl PgOutbox {
     /// the record commit or roll back together. After the commit, hand the approval over with
     /// `Approval::queued`; after a rollback, drop it (it is released).
     pub async fn enqueue_in(&self, conn: &mut PgConnection, record: &QueuedRecord) -> Result<(), PgOutboxError> {
-        let text = serde_json::to_string(record)?;
+        let text = record.to_stored(self.seal.as_deref()).map_err(PgOutboxError::Seal)?;
         sqlx::query(&self.sql(
             "INSERT INTO {s}.outbox (authorization_id, kind, record) VALUES ($1, $2, $3::jsonb)
              ON CONFLICT (authorization_id, kind) DO NOTHING",
@@ -231,7 +239,7 @@ impl PgOutbox {
 
     /// Claims up to `limit` due records for this replica, for the lease: `(id, attempts, record)`.
     /// A row another replica holds is skipped, not waited for.
-    async fn claim(&self, limit: i64) -> Result<Vec<(i64, u32, Result<QueuedRecord, String>)>, PgOutboxError> {
+    async fn claim(&self, limit: i64) -> Result<Vec<Claimed>, PgOutboxError> {
         let rows = sqlx::query(&self.sql(
             "UPDATE {s}.outbox o SET lease_until = now() + make_interval(secs => $1), leased_by = $2
              FROM (SELECT id FROM {s}.outbox
@@ -249,7 +257,12 @@ impl PgOutbox {
         rows.into_iter()
             .map(|r| {
                 let text: String = r.try_get(2)?;
-                let record = serde_json::from_str::<QueuedRecord>(&text).map_err(|e| format!("unreadable record: {e}"));
+                let record = QueuedRecord::from_stored(&text, self.seal.as_deref()).map_err(|e| {
+                    // A well-formed record whose token this replica cannot open waits for a
+                    // replica that can; anything else is unreadable for good.
+                    let sealed = serde_json::from_str::<QueuedRecord>(&text).is_ok();
+                    (e.0, sealed)
+                });
                 Ok((r.try_get(0)?, u32::try_from(r.try_get::<i32, _>(1)?).unwrap_or(0), record))
             })
             .collect()
@@ -308,6 +321,9 @@ impl PgOutbox {
     }
 }
 
+/// A claimed row: `(id, attempts, the record or why it cannot be read and whether to retry)`.
+type Claimed = (i64, u32, Result<QueuedRecord, (String, bool)>);
+
 enum Settle {
     Delivered,
     Retry(Duration, String),
@@ -359,13 +375,19 @@ impl RecordSink for PgOutbox {
             };
             let n = claimed.len();
             for (id, attempts, record) in claimed {
-                match record {
-                    Ok(record) => self.deliver_one(deliverer, id, attempts, record).await,
-                    Err(unreadable) => {
-                        if let Err(error) = self.settle(id, Settle::Dead(unreadable)).await {
-                            tracing::error!(%error, "conto.outbox.write_failed");
-                        }
+                let outcome = match record {
+                    Ok(record) => {
+                        self.deliver_one(deliverer, id, attempts, record).await;
+                        continue;
                     }
+                    Err((why, true)) if attempts + 1 < self.max_attempts => {
+                        tracing::error!(%why, "conto.outbox.cannot_open: another replica may");
+                        Settle::Retry(backoff(attempts), why)
+                    }
+                    Err((why, _)) => Settle::Dead(why),
+                };
+                if let Err(error) = self.settle(id, outcome).await {
+                    tracing::error!(%error, "conto.outbox.write_failed");
                 }
             }
             self.refresh().await.map_err(|e| SinkError(e.to_string()))?;

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use conto::ExposeSecret;
+use conto::credentials::{StaticKey, TokenSealer};
 use conto::sink::{Deliver, QueuedRecord, RecordKind, RecordSink};
 use conto::{AuthorityError, Authorization, BoxFuture, Conto, Engine, PaymentIntent, Rail, Recorded, Settlement};
 use conto_postgres::{PgOutbox, PgOutboxError, PgPool};
@@ -58,6 +60,7 @@ fn intent(n: u32) -> PaymentIntent {
 #[derive(Clone, Default)]
 struct Counting {
     delivered: Arc<Mutex<HashMap<String, u32>>>,
+    tokens: Arc<Mutex<Vec<Option<String>>>>,
     delay: Duration,
     hang: bool,
 }
@@ -75,6 +78,7 @@ impl Deliver for Counting {
             }
             tokio::time::sleep(self.delay).await;
             *self.delivered.lock().unwrap().entry(authorization.id.clone()).or_default() += 1;
+            self.tokens.lock().unwrap().push(authorization.token.as_ref().map(|t| t.expose_secret().to_owned()));
             Ok(Recorded {
                 authorization_id: authorization.id.clone(),
                 amount: settlement.amount.unwrap_or(authorization.amount),
@@ -212,5 +216,38 @@ async fn bad_configuration_and_an_unreachable_server_are_typed_errors() {
     assert!(matches!(err, PgOutboxError::Schema(_)), "{err}");
     let err = PgOutbox::connect("postgres://nobody@127.0.0.1:1/none").await.unwrap_err();
     assert!(matches!(err, PgOutboxError::Database(_)), "{err}");
+    drop_schema(&pool, &name).await;
+}
+
+#[tokio::test]
+async fn approval_tokens_are_sealed_at_rest_and_delivered_whole() {
+    let Some((pool, name)) = schema("seal").await else { return };
+    let sealer = || TokenSealer::new(&StaticKey::new([9; 32])).unwrap();
+    let outbox = PgOutbox::open(pool.clone(), &name).await.unwrap().seal_tokens(sealer());
+    let token = "cd".repeat(32);
+    let mut record = records(&engine(), 1).await.remove(0);
+    record.token = Some(token.clone());
+    outbox.enqueue(&record).await.unwrap();
+    let stored: String =
+        sqlx::query_scalar(&format!("SELECT record::text FROM {name}.outbox")).fetch_one(&pool).await.unwrap();
+    assert!(!stored.contains(&token), "no readable token at rest: {stored}");
+    // Another replica with the same key delivers it, token whole.
+    let replica = PgOutbox::open(pool.clone(), &name).await.unwrap().seal_tokens(sealer());
+    let counting = Counting::default();
+    assert_eq!(replica.deliver_due(&counting).await.unwrap(), 1);
+    assert_eq!(counting.tokens.lock().unwrap()[0].as_deref(), Some(token.as_str()));
+    // A replica without the key cannot deliver it: the record waits for one that can.
+    record.authorization_id = "auth_other".into();
+    outbox.enqueue(&record).await.unwrap();
+    let keyless = PgOutbox::open(pool.clone(), &name).await.unwrap();
+    let none = Counting::default();
+    keyless.deliver_due(&none).await.unwrap();
+    assert!(none.delivered.lock().unwrap().is_empty());
+    assert!(keyless.dead().await.unwrap().is_empty(), "not dead: another replica may open it");
+    let error: String = sqlx::query_scalar(&format!("SELECT last_error FROM {name}.outbox WHERE state = 'pending'"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(error.contains("sealed"), "{error}");
     drop_schema(&pool, &name).await;
 }

@@ -7,8 +7,10 @@
 //! Each record carries the idempotency key of its payment attempt (`rec_<authorization id>`), so
 //! a retry after a lost answer never counts twice.
 //!
-//! The approval token travels with its record (the authority needs it to confirm); the outbox
-//! file is as sensitive as the SDK key and should be kept with the same care.
+//! The approval token travels with its record (the authority needs it to confirm a transfer or
+//! card payment). With [`Outbox::seal_tokens`] it is stored sealed (XChaCha20-Poly1305 under the
+//! master key, bound to its authorization); without it the file holds it readable and must be
+//! kept with the care of the SDK key.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,7 @@ use jiff::{SignedDuration, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use conto_core::BoxFuture;
-use conto_core::sink::{Deliver, OutboxStats, QueuedRecord, RecordSink, SinkError, transient};
+use conto_core::sink::{Deliver, OutboxStats, QueuedRecord, RecordSink, SinkError, TokenSeal, transient};
 
 /// An outbox storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,8 @@ pub struct DeadRecord {
 #[derive(Clone)]
 pub struct Outbox {
     conn: Arc<Mutex<Connection>>,
+    /// Seals approval tokens at rest, when configured.
+    seal: Option<Arc<dyn TokenSeal>>,
     /// Rows handed to a deliverer and not yet settled: the worker and a concurrent
     /// `Conto::flush` never deliver the same record at once.
     claimed: Arc<Mutex<std::collections::HashSet<i64>>>,
@@ -93,7 +97,7 @@ impl Outbox {
 
     fn from_connection(conn: Connection) -> Result<Self, OutboxError> {
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), claimed: Arc::default(), max_attempts: 12 })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), seal: None, claimed: Arc::default(), max_attempts: 12 })
     }
 
     /// Syncs every write to disk (`PRAGMA synchronous = FULL`): records then survive power loss
@@ -102,6 +106,13 @@ impl Outbox {
     pub fn sync_every_write(self) -> Result<Self, OutboxError> {
         self.lock().execute_batch("PRAGMA synchronous = FULL;")?;
         Ok(self)
+    }
+
+    /// Seals the approval tokens records carry (transfers and cards need them to confirm), so
+    /// the file holds no readable token: `Outbox::open(path)?.seal_tokens(TokenSealer::new(&EnvKey::default())?)`.
+    pub fn seal_tokens(mut self, seal: impl TokenSeal) -> Self {
+        self.seal = Some(Arc::new(seal));
+        self
     }
 
     /// How many delivery attempts a record gets before it is declared dead (default 12, about
@@ -117,7 +128,8 @@ impl Outbox {
 
     /// Writes a job durably; a second job for the same authorization and kind is ignored.
     pub(crate) fn push(&self, job: &Job) -> Result<(), OutboxError> {
-        let text = serde_json::to_string(job).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let text =
+            job.to_stored(self.seal.as_deref()).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let kind = serde_json::to_value(job.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         self.lock()
             .prepare_cached(
@@ -145,7 +157,7 @@ impl Outbox {
             if claimed.contains(&id) {
                 continue;
             }
-            match serde_json::from_str::<Job>(&text) {
+            match Job::from_stored(&text, self.seal.as_deref()) {
                 Ok(job) => {
                     claimed.insert(id);
                     out.push((id, attempts, job));

@@ -1,0 +1,77 @@
+//! With `seal_tokens`, the SQLite outbox holds no readable approval token, and still delivers
+//! the token whole.
+
+use std::sync::{Arc, Mutex};
+
+use conto::credentials::{StaticKey, TokenSealer};
+use conto::outbox::Outbox;
+use conto::sink::{Deliver, QueuedRecord, RecordKind, RecordSink};
+use conto::{
+    AuthorityError, Authorization, BoxFuture, ExposeSecret, PaymentIntent, Rail, Recorded, SecretString, Settlement,
+};
+
+#[derive(Default)]
+struct Capture(Mutex<Vec<Option<String>>>);
+
+impl Deliver for Capture {
+    fn deliver<'a>(
+        &'a self,
+        _kind: RecordKind,
+        authorization: &'a Authorization,
+        _settlement: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        self.0.lock().unwrap().push(authorization.token.as_ref().map(|t| t.expose_secret().to_owned()));
+        Box::pin(std::future::ready(Ok(Recorded {
+            authorization_id: authorization.id.clone(),
+            amount: authorization.amount,
+            transaction_id: None,
+            late: false,
+            queued: false,
+            actor_inactive: false,
+        })))
+    }
+
+    fn dead(&self, _authorization_id: &str, _error: AuthorityError) {}
+}
+
+#[tokio::test]
+async fn tokens_are_sealed_in_the_file_and_delivered_whole() {
+    let dir = std::env::temp_dir().join(format!("conto-sealed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("outbox.db");
+    let token = "ef".repeat(32);
+    let intent = PaymentIntent::builder(
+        "agent-1",
+        "3",
+        Rail::transfer(8453, "0x1111111111111111111111111111111111111111").unwrap(),
+    )
+    .recipient("0x2222222222222222222222222222222222222222")
+    .build()
+    .unwrap();
+    let authorization = Authorization {
+        id: "auth_1".into(),
+        token: Some(SecretString::from(token.clone())),
+        amount: "3".parse().unwrap(),
+        expires_at: conto::jiff::Timestamp::now(),
+        limits: Default::default(),
+        intent: Arc::new(intent),
+    };
+    let record = QueuedRecord::new(RecordKind::Record, &authorization, &Settlement::default().reference("0xtx"));
+    let sealer = || TokenSealer::new(&StaticKey::new([3; 32])).unwrap();
+    let outbox = Outbox::open(&path).unwrap().seal_tokens(sealer());
+    outbox.enqueue(&record).await.unwrap();
+    drop(outbox);
+
+    let raw = std::fs::read(&path).unwrap();
+    let wal = std::fs::read(path.with_extension("db-wal")).unwrap_or_default();
+    let hay = [raw, wal].concat();
+    assert!(!hay.windows(token.len()).any(|w| w == token.as_bytes()), "no readable token in the outbox files");
+
+    // After a restart, the same key opens it.
+    let outbox = Outbox::open(&path).unwrap().seal_tokens(sealer());
+    let capture = Capture::default();
+    assert_eq!(outbox.deliver_due(&capture).await.unwrap(), 1);
+    assert_eq!(capture.0.lock().unwrap()[0].as_deref(), Some(token.as_str()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
