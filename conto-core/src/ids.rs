@@ -4,7 +4,13 @@ use std::fmt::Write;
 
 /// `n` random bytes as lower-case hex.
 pub(crate) fn random_hex(n: usize) -> String {
-    let mut out = String::with_capacity(n * 2);
+    random_id("", n)
+}
+
+/// `prefix` then `n` random bytes as lower-case hex, in one allocation (`auth_…`, `tx_…`).
+pub(crate) fn random_id(prefix: &str, n: usize) -> String {
+    let mut out = String::with_capacity(prefix.len() + n * 2);
+    out.push_str(prefix);
     let mut left = n;
     while left > 0 {
         let chunk = left.min(16);
@@ -25,5 +31,7 @@ mod tests {
             assert!(h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         }
         assert_ne!(super::random_hex(32), super::random_hex(32));
+        let id = super::random_id("auth_", 12);
+        assert!(id.starts_with("auth_") && id.len() == 5 + 24, "{id}");
     }
 }

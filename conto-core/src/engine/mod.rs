@@ -22,7 +22,7 @@ use crate::authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError};
 use crate::clock::{Clock, SystemClock};
 use crate::controls::{ProductControls, SyncReport};
 use crate::decision::{Authorization, Decision, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict};
-use crate::ids::random_hex;
+use crate::ids::{random_hex, random_id};
 use crate::intent::{ActorId, IntentError, PaymentIntent};
 use crate::journal::{Entry, Journal, JournalError};
 use crate::lifecycle::{ActorLifecycle, Ensured, LifecycleError};
@@ -481,9 +481,9 @@ impl Engine {
             Evaluation::Denied(denial) => Decision::from_policy(Verdict::Denied(denial)),
             Evaluation::NeedsApproval(reasons) => {
                 drop(ledger);
-                let id = format!("apr_{}", random_hex(12));
+                let id = random_id("apr_", 12);
                 let expires_at = now.saturating_add(self.inner.pending_ttl).unwrap_or(now);
-                self.write(&Entry::PendingOpened { id: id.clone(), intent: intent.clone(), expires_at })?;
+                self.write_with(|| Entry::PendingOpened { id: id.clone(), intent: intent.clone(), expires_at })?;
                 lock(&self.inner.pending).insert(
                     id.clone(),
                     Pending { intent: Arc::new(intent.clone()), expires_at, state: PendingState::Waiting },
@@ -502,6 +502,15 @@ impl Engine {
     fn write(&self, entry: &Entry) -> Result<(), AuthorityError> {
         match self.inner.journal.get() {
             Some(journal) => journal.append(entry).map_err(|e| crate::Outage::Journal(e.0).into()),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Engine::write`] that builds the entry only when there is a journal to write it to
+    /// (an in-memory engine clones no intent for it).
+    fn write_with(&self, entry: impl FnOnce() -> Entry) -> Result<(), AuthorityError> {
+        match self.inner.journal.get() {
+            Some(_) => self.write(&entry()),
             None => Ok(()),
         }
     }
@@ -590,9 +599,14 @@ impl Engine {
         daily: Option<(Decimal, Decimal)>,
         now: Timestamp,
     ) -> Result<Authorization, AuthorityError> {
-        let id = format!("auth_{}", random_hex(12));
+        let id = random_id("auth_", 12);
         let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
-        self.write(&Entry::Reserved { id: id.clone(), intent: intent.clone(), amount: intent.amount, expires_at })?;
+        self.write_with(|| Entry::Reserved {
+            id: id.clone(),
+            intent: intent.clone(),
+            amount: intent.amount,
+            expires_at,
+        })?;
         ledger.reserve(&id, intent.amount.get(), expires_at, holds, windows, now);
         let limits = daily
             .map(|(used, limit)| Limits {
@@ -635,7 +649,7 @@ impl Engine {
                     // The money moved after the approval lapsed: count it now, flagged late.
                     let holds = self.holds_for(&authorization.intent, &mut ledger, now);
                     let counted = settled.min(authorization.amount);
-                    self.write(&Entry::Recorded {
+                    self.write_with(|| Entry::Recorded {
                         id: authorization.id.clone(),
                         intent: (*authorization.intent).clone(),
                         amount: counted,
@@ -647,7 +661,7 @@ impl Engine {
                     let recorded = Recorded {
                         authorization_id: authorization.id.clone(),
                         amount: counted,
-                        transaction_id: Some(format!("tx_{}", random_hex(12))),
+                        transaction_id: Some(random_id("tx_", 12)),
                         late: true,
                         queued: false,
                         actor_inactive,
@@ -671,7 +685,7 @@ impl Engine {
         // Count what moved, but never more than was approved: an excess is clamped (the pipeline
         // reports it as `Event::RecordClamped`), never an error after the spend was counted.
         let counted = settled.get().min(reserved);
-        self.write(&Entry::Recorded {
+        self.write_with(|| Entry::Recorded {
             id: authorization.id.clone(),
             intent: (*authorization.intent).clone(),
             amount: Amount::new(counted).unwrap_or(authorization.amount),
@@ -683,7 +697,7 @@ impl Engine {
         let recorded = Recorded {
             authorization_id: authorization.id.clone(),
             amount: Amount::new(counted).unwrap_or(authorization.amount),
-            transaction_id: Some(format!("tx_{}", random_hex(12))),
+            transaction_id: Some(random_id("tx_", 12)),
             late: false,
             queued: false,
             actor_inactive,

@@ -1,0 +1,115 @@
+//! Allocations per decision, bytes per idle actor and per live reservation, measured with a
+//! counting global allocator (no timing). `cargo bench --bench footprint`; BENCHMARKS.md
+//! reports the numbers.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use conto::{Engine, PaymentIntent, PolicySet, Rail, Settlement, Verdict};
+use serde_json::json;
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded to the system allocator with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded to the system allocator with the caller's layout.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const RECIPIENT: &str = "0x1111111111111111111111111111111111111111";
+const SENDER: &str = "0x2222222222222222222222222222222222222222";
+
+/// The same policies as `benches/embedded.rs`: `n` policies of four rules each.
+fn policies(n: usize, agents: Vec<String>) -> PolicySet {
+    let docs: Vec<_> = (0..n)
+        .map(|i| {
+            json!({"name": format!("p{i}"), "priority": (i % 100) as i64, "rules": [
+                {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "1000", "action": "ALLOW"},
+                {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "900000000", "action": "ALLOW"},
+                {"ruleType": "ALLOWED_CATEGORIES", "operator": "IN_LIST", "value": "[\"API_PROVIDER\",\"CLOUD\"]", "action": "ALLOW"},
+                {"ruleType": "ALLOWED_COUNTERPARTIES", "operator": "IN_LIST", "value": format!("[\"{RECIPIENT}\"]"), "action": "ALLOW"}
+            ]})
+        })
+        .collect();
+    PolicySet::from_value(json!({"agents": agents, "policies": docs})).unwrap()
+}
+
+fn intent(actor: &str) -> PaymentIntent {
+    PaymentIntent::builder(actor, "0.01", Rail::transfer(8453, SENDER).unwrap())
+        .recipient(RECIPIENT)
+        .category("API_PROVIDER")
+        .idempotency_key("bench")
+        .build()
+        .unwrap()
+}
+
+fn main() {
+    println!("allocations per authorize + record (embedded engine, after warm-up):");
+    for n in [1usize, 10, 100] {
+        let engine = Engine::new(policies(n, vec!["agent-1".into()]));
+        let i = intent("agent-1");
+        let once = || {
+            let Verdict::Approved(a) = engine.decide(&i).verdict else { panic!("approved") };
+            engine.settle(&a, &Settlement::default()).unwrap();
+        };
+        for _ in 0..100 {
+            once();
+        }
+        let rounds = 10_000;
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..rounds {
+            once();
+        }
+        let per = (ALLOCS.load(Ordering::Relaxed) - before) as f64 / rounds as f64;
+        println!("  {n:>3} policies: {per:.1} allocations");
+    }
+
+    let actors = 1_000_000;
+    let engine = Engine::new(policies(10, vec![]));
+    let before = LIVE.load(Ordering::Relaxed);
+    for n in 0..actors {
+        engine.provision(&format!("actor-{n}")).unwrap();
+    }
+    let per_actor = (LIVE.load(Ordering::Relaxed) - before) as f64 / actors as f64;
+    println!("bytes per idle actor ({actors} provisioned): {per_actor:.0}");
+
+    let reservations = 100_000;
+    let engine = Engine::new(policies(10, vec!["agent-1".into()]));
+    let i = intent("agent-1");
+    let mut live = Vec::with_capacity(reservations);
+    let Verdict::Approved(a) = engine.decide(&i).verdict else { panic!("approved") };
+    live.push(a);
+    let before = LIVE.load(Ordering::Relaxed);
+    for _ in 1..reservations {
+        let Verdict::Approved(a) = engine.decide(&i).verdict else { panic!("approved") };
+        live.push(a);
+    }
+    let per_reservation = (LIVE.load(Ordering::Relaxed) - before) as f64 / (reservations - 1) as f64;
+    println!(
+        "bytes per live reservation ({reservations} live; engine side and the returned authorization): {per_reservation:.0}"
+    );
+    drop(live);
+}
