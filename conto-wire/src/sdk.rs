@@ -128,6 +128,11 @@ fn chain_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     }
 }
 
+/// A list that may be sent as `null`.
+fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
 /// Why a body does not describe a valid payment; `code` is Conto's error code for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyError {
@@ -421,11 +426,11 @@ pub struct DecisionBody {
     /// The recipient, echoed under its short name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
-    /// Why (always present on denials).
-    #[serde(default)]
+    /// Why (always present on denials; `null` reads as none).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub reasons: Vec<String>,
-    /// The broken rules of a denial.
-    #[serde(default)]
+    /// The broken rules of a denial (`null` reads as none).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub violations: Vec<Violation>,
     /// Spend counters after an approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -646,6 +651,9 @@ mod tests {
         let d: DecisionBody = serde_json::from_str(r#"{"approved": false, "reasons": ["x"], "newField": 1}"#).unwrap();
         assert_eq!(d.approved, Some(false));
         assert!(serde_json::from_str::<DecisionBody>(r#"{"approved": "yes"}"#).is_err());
+        let d: DecisionBody =
+            serde_json::from_str(r#"{"approved": false, "reasons": null, "violations": null}"#).unwrap();
+        assert!(d.reasons.is_empty() && d.violations.is_empty());
         assert!(serde_json::from_str::<DecisionBody>(r#"{"authorized": true, "amount": -1}"#).is_err());
     }
 
