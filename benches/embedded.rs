@@ -13,36 +13,15 @@ use axum::routing::get;
 use conto::tower::{Actor, Paywall, Price};
 use conto::{Conto, Engine, PaymentIntent, PolicySet, Rail, Rejection, Settlement, paid_action};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use serde_json::json;
 use tower::ServiceExt;
 
-const RECIPIENT: &str = "0x1111111111111111111111111111111111111111";
-const SENDER: &str = "0x2222222222222222222222222222222222222222";
+mod common;
 
-/// `n` active policies, each with a per-action cap, a daily limit, a category allowlist and a
-/// counterparty allowlist (limits high enough never to deny).
+use common::{RECIPIENT, SENDER, intent, policies_for};
+
+/// The shared policy sets, for 64 agents.
 fn policies(n: usize) -> PolicySet {
-    let docs: Vec<_> = (0..n)
-        .map(|i| {
-            json!({"name": format!("p{i}"), "priority": (i % 100) as i64, "rules": [
-                {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "1000", "action": "ALLOW"},
-                {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "900000000", "action": "ALLOW"},
-                {"ruleType": "ALLOWED_CATEGORIES", "operator": "IN_LIST", "value": "[\"API_PROVIDER\",\"CLOUD\"]", "action": "ALLOW"},
-                {"ruleType": "ALLOWED_COUNTERPARTIES", "operator": "IN_LIST", "value": format!("[\"{RECIPIENT}\"]"), "action": "ALLOW"}
-            ]})
-        })
-        .collect();
-    let agents: Vec<String> = (0..64).map(|i| format!("agent-{i}")).collect();
-    PolicySet::from_value(json!({"agents": agents, "policies": docs})).unwrap()
-}
-
-fn intent(actor: &str) -> PaymentIntent {
-    PaymentIntent::builder(actor, "0.01", Rail::transfer(8453, SENDER).unwrap())
-        .recipient(RECIPIENT)
-        .category("API_PROVIDER")
-        .idempotency_key("bench")
-        .build()
-        .unwrap()
+    policies_for(n, (0..64).map(|i| format!("agent-{i}")).collect())
 }
 
 fn decide_and_record(engine: &Engine, intent: &PaymentIntent) {

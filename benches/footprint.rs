@@ -5,8 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use conto::{Engine, PaymentIntent, PolicySet, Rail, Settlement, Verdict};
-use serde_json::json;
+use conto::{Engine, Settlement, Verdict};
 
 struct Counting;
 
@@ -39,32 +38,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const RECIPIENT: &str = "0x1111111111111111111111111111111111111111";
-const SENDER: &str = "0x2222222222222222222222222222222222222222";
+mod common;
 
-/// The same policies as `benches/embedded.rs`: `n` policies of four rules each.
-fn policies(n: usize, agents: Vec<String>) -> PolicySet {
-    let docs: Vec<_> = (0..n)
-        .map(|i| {
-            json!({"name": format!("p{i}"), "priority": (i % 100) as i64, "rules": [
-                {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "1000", "action": "ALLOW"},
-                {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "900000000", "action": "ALLOW"},
-                {"ruleType": "ALLOWED_CATEGORIES", "operator": "IN_LIST", "value": "[\"API_PROVIDER\",\"CLOUD\"]", "action": "ALLOW"},
-                {"ruleType": "ALLOWED_COUNTERPARTIES", "operator": "IN_LIST", "value": format!("[\"{RECIPIENT}\"]"), "action": "ALLOW"}
-            ]})
-        })
-        .collect();
-    PolicySet::from_value(json!({"agents": agents, "policies": docs})).unwrap()
-}
-
-fn intent(actor: &str) -> PaymentIntent {
-    PaymentIntent::builder(actor, "0.01", Rail::transfer(8453, SENDER).unwrap())
-        .recipient(RECIPIENT)
-        .category("API_PROVIDER")
-        .idempotency_key("bench")
-        .build()
-        .unwrap()
-}
+use common::{intent, policies_for as policies};
 
 fn main() {
     println!("allocations per authorize + record (embedded engine, after warm-up):");

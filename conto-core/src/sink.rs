@@ -184,6 +184,12 @@ pub trait Deliver: Send + Sync {
     fn dead(&self, authorization_id: &str, error: AuthorityError);
 }
 
+/// How long a sink waits before delivery attempt `attempts + 1`: 200 ms · 2ⁿ, at most 60 s
+/// (every sink backs off alike).
+pub fn backoff(attempts: u32) -> Duration {
+    Duration::from_millis((200u64.saturating_mul(1 << attempts.min(9))).min(60_000))
+}
+
 /// Whether a failed delivery should be tried again: an outage, or the authority saying the same
 /// record is still in flight.
 pub fn transient(error: &AuthorityError) -> bool {

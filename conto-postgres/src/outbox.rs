@@ -4,7 +4,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conto_core::BoxFuture;
-use conto_core::sink::{Deliver, OutboxStats, QueuedRecord, RecordKind, RecordSink, SinkError, TokenSeal, transient};
+use conto_core::sink::{
+    Deliver, OutboxStats, QueuedRecord, RecordKind, RecordSink, SinkError, TokenSeal, backoff, transient,
+};
 use jiff::Timestamp;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
@@ -108,11 +110,6 @@ fn kind_name(kind: RecordKind) -> &'static str {
         RecordKind::Record => "record",
         RecordKind::Reconcile => "reconcile",
     }
-}
-
-/// Backoff before attempt `n + 1`: 200 ms · 2ⁿ, at most 60 s.
-fn backoff(attempts: u32) -> Duration {
-    Duration::from_millis((200u64.saturating_mul(1 << attempts.min(9))).min(60_000))
 }
 
 impl PgOutbox {

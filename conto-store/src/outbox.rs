@@ -243,9 +243,9 @@ impl Outbox {
     }
 }
 
-/// Backoff before attempt `n + 1`: 200 ms · 2ⁿ, at most 60 s.
+/// The shared backoff, as the outbox's time type.
 fn backoff(attempts: u32) -> SignedDuration {
-    SignedDuration::from_millis((200u64.saturating_mul(1 << attempts.min(9))).min(60_000) as i64)
+    SignedDuration::try_from(conto_core::sink::backoff(attempts)).unwrap_or(SignedDuration::from_secs(60))
 }
 
 /// Gives a claimed row back if its delivery is abandoned half-way (the future dropped).
