@@ -29,6 +29,69 @@ pub enum RecordKind {
     Reconcile,
 }
 
+impl RecordKind {
+    /// The name sinks store: `record` or `reconcile`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Record => "record",
+            RecordKind::Reconcile => "reconcile",
+        }
+    }
+
+    /// The kind a stored name stands for (`record` for anything but `reconcile`).
+    pub fn from_name(name: &str) -> Self {
+        if name == "reconcile" { RecordKind::Reconcile } else { RecordKind::Record }
+    }
+}
+
+/// A record a sink gave up on, kept for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadRecord {
+    /// The authorization it belongs to.
+    pub authorization_id: String,
+    /// Record or reconcile.
+    pub kind: RecordKind,
+    /// How many times delivery was tried.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: String,
+}
+
+/// What a sink stores after one delivery attempt ([`attempt`]).
+#[derive(Debug)]
+pub enum Next {
+    /// Delivered: done.
+    Delivered,
+    /// Try again after the backoff; the error, for the operator.
+    Retry(Duration, String),
+    /// Given up on (already reported to the pipeline); the error, for the operator.
+    Dead(String),
+}
+
+/// One delivery attempt of `record`, already tried `attempts` times: delivers it through
+/// `deliverer`, and says what the sink stores next. A transient failure is retried with
+/// [`backoff`] until `max_attempts`; a record given up on is reported (`Deliver::dead`). Every
+/// sink uses this, so they retry and give up alike.
+pub async fn attempt(deliverer: &dyn Deliver, record: &QueuedRecord, attempts: u32, max_attempts: u32) -> Next {
+    let id = &record.authorization_id;
+    match deliverer.deliver(record.kind, &record.authorization(), &record.settlement()).await {
+        Ok(_) => {
+            tracing::debug!(authorization = %id, attempts = attempts + 1, "conto.outbox.delivered");
+            Next::Delivered
+        }
+        Err(error) if transient(&error) && attempts + 1 < max_attempts => {
+            tracing::warn!(authorization = %id, %error, attempts = attempts + 1, "conto.outbox.retry");
+            Next::Retry(backoff(attempts), error.to_string())
+        }
+        Err(error) => {
+            tracing::error!(authorization = %id, %error, "conto.outbox.dead: an operator must look");
+            let why = error.to_string();
+            deliverer.dead(id, error);
+            Next::Dead(why)
+        }
+    }
+}
+
 /// One record as a sink stores it: what to deliver, for which authorization, with what
 /// settlement. Sinks serialize it (JSON) so that any process can deliver it later.
 ///

@@ -132,7 +132,7 @@ fn intent_from(agent: &str, body: &PaymentBody, kind: Kind) -> Result<PaymentInt
 }
 
 /// An answer that may carry an approval token, which is never stored in clear.
-trait Answer: Serialize + DeserializeOwned {
+trait Answer: Serialize + DeserializeOwned + Clone {
     /// Takes the token out (for the stored replay copy).
     fn take_token(&mut self) -> Option<String> {
         None
@@ -206,14 +206,12 @@ fn once<T: Answer>(
     let stored = match &result {
         Ok((status, answer)) => {
             // Never store an approval token in clear: the replay copy keeps it in memory only.
-            let copy = serde_json::from_value::<T>(serde_json::to_value(answer).unwrap_or_default());
-            copy.ok().map(|mut copy| {
-                if let Some(token) = copy.take_token() {
-                    lock(&app.approval_tokens)
-                        .insert(replay_slot(&caller.agent, endpoint, &key), secrecy::SecretString::from(token));
-                }
-                (status.as_u16(), serde_json::to_string(&copy).unwrap_or_default())
-            })
+            let mut copy = answer.clone();
+            if let Some(token) = copy.take_token() {
+                lock(&app.approval_tokens)
+                    .insert(replay_slot(&caller.agent, endpoint, &key), secrecy::SecretString::from(token));
+            }
+            Some((status.as_u16(), serde_json::to_string(&copy).unwrap_or_default()))
         }
         Err(e) if e.status.is_client_error() && e.status != StatusCode::TOO_MANY_REQUESTS => {
             Some((e.status.as_u16(), serde_json::to_string(&e.body()).unwrap_or_default()))

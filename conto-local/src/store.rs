@@ -282,18 +282,14 @@ impl Store {
     }
 
     pub fn policies(&self) -> Result<Vec<Policy>, StoreError> {
-        self.docs("SELECT doc FROM policies ORDER BY seq", None)
+        self.docs("SELECT doc FROM policies ORDER BY seq", [])
     }
 
     /// Documents stored as JSON; a document that does not read back is an error, never skipped
     /// (a lost policy would loosen the limits).
-    fn docs<T: DeserializeOwned>(&self, sql: &str, param: Option<&str>) -> Result<Vec<T>, StoreError> {
+    fn docs<T: DeserializeOwned>(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<T>, StoreError> {
         let mut stmt = self.conn.prepare(sql)?;
-        let rows = if sql.contains("?1") {
-            stmt.query_map([param], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?
-        } else {
-            stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?
-        };
+        let rows = stmt.query_map(params, |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
         rows.iter()
             .map(|text| {
                 serde_json::from_str(text).map_err(|e| {
@@ -430,7 +426,7 @@ impl Store {
     }
 
     pub fn counterparties(&self) -> Result<Vec<Counterparty>, StoreError> {
-        self.docs("SELECT doc FROM counterparties ORDER BY seq", None)
+        self.docs("SELECT doc FROM counterparties ORDER BY seq", [])
     }
 
     pub fn delete_counterparty(&self, id: &str) -> Result<bool, StoreError> {
@@ -449,7 +445,7 @@ impl Store {
     pub fn wallets(&self, agent_id: Option<&str>) -> Result<Vec<AgentWallet>, StoreError> {
         self.docs(
             "SELECT doc FROM agent_wallets WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY agent_id, wallet_id",
-            agent_id,
+            [agent_id],
         )
     }
 

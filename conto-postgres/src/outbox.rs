@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use conto_core::BoxFuture;
 use conto_core::sink::{
-    Deliver, OutboxStats, QueuedRecord, RecordKind, RecordSink, SinkError, TokenSeal, backoff, transient,
+    Deliver, Next, OutboxStats, QueuedRecord, RecordKind, RecordSink, SinkError, TokenSeal, attempt, backoff,
 };
 use jiff::Timestamp;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -27,17 +27,7 @@ pub enum PgOutboxError {
 }
 
 /// A record that could not be delivered, kept for an operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadRecord {
-    /// The authorization it belongs to.
-    pub authorization_id: String,
-    /// Record or reconcile.
-    pub kind: RecordKind,
-    /// How many times delivery was tried.
-    pub attempts: u32,
-    /// The last error.
-    pub last_error: String,
-}
+pub use conto_core::sink::DeadRecord;
 
 /// The outbox's migrations, in order; each runs once, under an advisory lock. `{s}` is the
 /// schema.
@@ -105,13 +95,6 @@ fn valid_schema(schema: &str) -> bool {
         && schema.len() <= 63
 }
 
-fn kind_name(kind: RecordKind) -> &'static str {
-    match kind {
-        RecordKind::Record => "record",
-        RecordKind::Reconcile => "reconcile",
-    }
-}
-
 impl PgOutbox {
     /// Connects a pool to `url` and opens the outbox in schema `conto`.
     pub async fn connect(url: &str) -> Result<Self, PgOutboxError> {
@@ -171,7 +154,7 @@ impl PgOutbox {
              ON CONFLICT (authorization_id, kind) DO NOTHING",
         ))
         .bind(&record.authorization_id)
-        .bind(kind_name(record.kind))
+        .bind(record.kind.as_str())
         .bind(text)
         .execute(conn)
         .await?;
@@ -185,24 +168,20 @@ impl PgOutbox {
 
     /// Counts the table now (every replica's records).
     pub async fn refresh(&self) -> Result<OutboxStats, PgOutboxError> {
-        let rows = sqlx::query(&self.sql("SELECT state, count(*) FROM {s}.outbox GROUP BY state"))
-            .fetch_all(&self.shared.pool)
-            .await?;
-        let mut stats = OutboxStats::default();
-        for row in rows {
-            let n = u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0);
-            match row.try_get::<String, _>(0)?.as_str() {
-                "pending" => stats.pending = n,
-                "delivered" => stats.delivered = n,
-                _ => stats.dead = n,
-            }
-        }
-        let next: Option<f64> = sqlx::query_scalar(&self.sql(
-            "SELECT EXTRACT(EPOCH FROM min(GREATEST(next_attempt_at, COALESCE(lease_until, next_attempt_at))))::float8
-             FROM {s}.outbox WHERE state = 'pending'",
+        // One round trip per pass: the counts and the earliest claimable moment.
+        let row = sqlx::query(&self.sql(
+            "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'delivered'),
+                    count(*) FILTER (WHERE state = 'dead'),
+                    EXTRACT(EPOCH FROM min(GREATEST(next_attempt_at, COALESCE(lease_until, next_attempt_at)))
+                        FILTER (WHERE state = 'pending'))::float8
+             FROM {s}.outbox",
         ))
         .fetch_one(&self.shared.pool)
         .await?;
+        let count =
+            |i: usize| -> Result<u64, sqlx::Error> { Ok(u64::try_from(row.try_get::<i64, _>(i)?).unwrap_or(0)) };
+        let stats = OutboxStats { pending: count(0)?, delivered: count(1)?, dead: count(2)? };
+        let next: Option<f64> = row.try_get(3)?;
         let mut seen = self.seen();
         seen.stats = stats;
         seen.queued_since = 0;
@@ -265,24 +244,24 @@ impl PgOutbox {
             .collect()
     }
 
-    async fn settle(&self, id: i64, outcome: Settle) -> Result<(), PgOutboxError> {
+    async fn settle(&self, id: i64, outcome: Next) -> Result<(), PgOutboxError> {
         let pool = &self.shared.pool;
         match outcome {
-            Settle::Delivered => {
+            Next::Delivered => {
                 let sql = self.sql(
                     "UPDATE {s}.outbox SET state = 'delivered', attempts = attempts + 1, delivered_at = now(),
                      lease_until = NULL, leased_by = NULL WHERE id = $1",
                 );
                 sqlx::query(&sql).bind(id).execute(pool).await?;
             }
-            Settle::Retry(after, error) => {
+            Next::Retry(after, error) => {
                 let sql = self.sql(
                     "UPDATE {s}.outbox SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $2),
                      last_error = $3, lease_until = NULL, leased_by = NULL WHERE id = $1",
                 );
                 sqlx::query(&sql).bind(id).bind(after.as_secs_f64()).bind(error).execute(pool).await?;
             }
-            Settle::Dead(error) => {
+            Next::Dead(error) => {
                 let sql = self.sql(
                     "UPDATE {s}.outbox SET state = 'dead', attempts = attempts + 1, last_error = $2,
                      lease_until = NULL, leased_by = NULL WHERE id = $1",
@@ -294,38 +273,17 @@ impl PgOutbox {
     }
 
     async fn deliver_one(&self, deliverer: &dyn Deliver, id: i64, attempts: u32, record: QueuedRecord) {
-        let result = deliverer.deliver(record.kind, &record.authorization(), &record.settlement()).await;
-        let outcome = match &result {
-            Ok(_) => Settle::Delivered,
-            Err(error) if transient(error) && attempts + 1 < self.max_attempts => {
-                tracing::warn!(authorization = %record.authorization_id, %error, attempts = attempts + 1, "conto.outbox.retry");
-                Settle::Retry(backoff(attempts), error.to_string())
-            }
-            Err(error) => {
-                tracing::error!(authorization = %record.authorization_id, %error, "conto.outbox.dead: an operator must look");
-                Settle::Dead(error.to_string())
-            }
-        };
-        let dead = matches!(outcome, Settle::Dead(_));
+        let outcome = attempt(deliverer, &record, attempts, self.max_attempts).await;
         // If this write fails, the lease lapses and a replica delivers the record again: the
         // idempotency key makes that repeat count once.
         if let Err(error) = self.settle(id, outcome).await {
             tracing::error!(%error, "conto.outbox.write_failed");
-        }
-        if let (true, Err(error)) = (dead, result) {
-            deliverer.dead(&record.authorization_id, error);
         }
     }
 }
 
 /// A claimed row: `(id, attempts, the record or why it cannot be read and whether to retry)`.
 type Claimed = (i64, u32, Result<QueuedRecord, (String, bool)>);
-
-enum Settle {
-    Delivered,
-    Retry(Duration, String),
-    Dead(String),
-}
 
 async fn migrate(pool: &PgPool, schema: &str) -> Result<(), PgOutboxError> {
     let mut tx = pool.begin().await?;
@@ -379,9 +337,9 @@ impl RecordSink for PgOutbox {
                     }
                     Err((why, true)) if attempts + 1 < self.max_attempts => {
                         tracing::error!(%why, "conto.outbox.cannot_open: another replica may");
-                        Settle::Retry(backoff(attempts), why)
+                        Next::Retry(backoff(attempts), why)
                     }
-                    Err((why, _)) => Settle::Dead(why),
+                    Err((why, _)) => Next::Dead(why),
                 };
                 if let Err(error) = self.settle(id, outcome).await {
                     tracing::error!(%error, "conto.outbox.write_failed");

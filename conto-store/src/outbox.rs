@@ -19,7 +19,7 @@ use jiff::{SignedDuration, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use conto_core::BoxFuture;
-use conto_core::sink::{Deliver, OutboxStats, QueuedRecord, RecordSink, SinkError, TokenSeal, transient};
+use conto_core::sink::{Deliver, Next, OutboxStats, QueuedRecord, RecordSink, SinkError, TokenSeal, attempt};
 
 /// An outbox storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -33,17 +33,7 @@ pub use conto_core::sink::RecordKind as JobKind;
 pub(crate) type Job = QueuedRecord;
 
 /// A record that could not be delivered, kept for an operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadRecord {
-    /// The authorization it belongs to.
-    pub authorization_id: String,
-    /// Record or reconcile.
-    pub kind: JobKind,
-    /// How many times delivery was tried.
-    pub attempts: u32,
-    /// The last error.
-    pub last_error: String,
-}
+pub use conto_core::sink::DeadRecord;
 
 /// The durable outbox. Cheap to clone; clones share the file.
 #[derive(Clone)]
@@ -130,7 +120,7 @@ impl Outbox {
     pub(crate) fn push(&self, job: &Job) -> Result<(), OutboxError> {
         let text =
             job.to_stored(self.seal.as_deref()).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        let kind = serde_json::to_value(job.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let kind = job.kind.as_str();
         self.lock()
             .prepare_cached(
                 "INSERT OR IGNORE INTO outbox (authorization_id, kind, job, next_attempt_at) VALUES (?1, ?2, ?3, ?4)",
@@ -234,18 +224,13 @@ impl Outbox {
             let kind: String = r.get(1)?;
             Ok(DeadRecord {
                 authorization_id: r.get(0)?,
-                kind: if kind == "reconcile" { JobKind::Reconcile } else { JobKind::Record },
+                kind: JobKind::from_name(&kind),
                 attempts: r.get(2)?,
                 last_error: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-}
-
-/// The shared backoff, as the outbox's time type.
-fn backoff(attempts: u32) -> SignedDuration {
-    SignedDuration::try_from(conto_core::sink::backoff(attempts)).unwrap_or(SignedDuration::from_secs(60))
 }
 
 /// Gives a claimed row back if its delivery is abandoned half-way (the future dropped).
@@ -260,22 +245,12 @@ impl Drop for Claim<'_> {
 impl Outbox {
     async fn deliver_one(&self, deliverer: &dyn Deliver, id: i64, attempts: u32, job: Job) {
         let _claim = Claim(self, id);
-        let result = deliverer.deliver(job.kind, &job.authorization(), &job.settlement()).await;
-        let stored = match result {
-            Ok(_) => {
-                tracing::debug!(authorization = %job.authorization_id, attempts = attempts + 1, "conto.outbox.delivered");
-                self.delivered(id)
+        let stored = match attempt(deliverer, &job, attempts, self.max_attempts).await {
+            Next::Delivered => self.delivered(id),
+            Next::Retry(after, why) => {
+                self.retry(id, SignedDuration::try_from(after).unwrap_or(SignedDuration::from_secs(60)), &why)
             }
-            Err(error) if transient(&error) && attempts + 1 < self.max_attempts => {
-                tracing::warn!(authorization = %job.authorization_id, %error, attempts = attempts + 1, "conto.outbox.retry");
-                self.retry(id, backoff(attempts), &error.to_string())
-            }
-            Err(error) => {
-                tracing::error!(authorization = %job.authorization_id, %error, "conto.outbox.dead: an operator must look");
-                let stored = self.dead_letter(id, &error.to_string());
-                deliverer.dead(&job.authorization_id, error);
-                stored
-            }
+            Next::Dead(why) => self.dead_letter(id, &why),
         };
         if let Err(error) = stored {
             tracing::error!(%error, "conto.outbox.write_failed");
