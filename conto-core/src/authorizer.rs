@@ -67,6 +67,10 @@ pub enum Outage {
     /// The embedded engine could not write its journal: the change was not made.
     #[error("the ledger journal could not be written: {0}")]
     Journal(String),
+    /// The embedded engine's shared ledger (a database every replica uses) could not be read
+    /// or written: nothing was decided or changed.
+    #[error("the shared ledger is unavailable: {0}")]
+    Ledger(String),
     /// An answer that is not a well-formed answer (never read as an approval).
     #[error("the payment authority sent an invalid response: {0}")]
     InvalidResponse(String),

@@ -37,7 +37,7 @@ pub use decision::{
     Authorization, Decision, DecisionSource, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict, Violation,
     ViolationType,
 };
-pub use engine::{ActorStatus, Engine};
+pub use engine::{ActorStatus, Engine, SharedEngine};
 pub use intent::{
     ActorId, Address, IdempotencyKey, IntentBuilder, IntentError, PaymentIntent, Rail, service_domain_of,
 };

@@ -25,7 +25,10 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod ledger;
+mod migrate;
 mod outbox;
 
+pub use ledger::{PgLedger, PgLedgerError};
 pub use outbox::{DeadRecord, PgOutbox, PgOutboxError};
 pub use sqlx::{PgConnection, PgPool};

@@ -11,6 +11,8 @@ use jiff::Timestamp;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 
+use crate::migrate::{Migrations, migrate, valid_schema};
+
 /// Why the PostgreSQL outbox failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -31,8 +33,10 @@ pub use conto_core::sink::DeadRecord;
 
 /// The outbox's migrations, in order; each runs once, under an advisory lock. `{s}` is the
 /// schema.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {s}.outbox (
+const MIGRATIONS: Migrations = Migrations {
+    name: "outbox",
+    statements: &[
+        "CREATE TABLE IF NOT EXISTS {s}.outbox (
         id BIGSERIAL PRIMARY KEY,
         authorization_id TEXT NOT NULL,
         kind TEXT NOT NULL,
@@ -47,8 +51,9 @@ const MIGRATIONS: &[&str] = &[
         delivered_at TIMESTAMPTZ,
         UNIQUE (authorization_id, kind)
     )",
-    "CREATE INDEX IF NOT EXISTS outbox_due ON {s}.outbox (next_attempt_at) WHERE state = 'pending'",
-];
+        "CREATE INDEX IF NOT EXISTS outbox_due ON {s}.outbox (next_attempt_at) WHERE state = 'pending'",
+    ],
+};
 
 /// What this process last saw of the shared table.
 #[derive(Default)]
@@ -88,13 +93,6 @@ impl std::fmt::Debug for PgOutbox {
     }
 }
 
-fn valid_schema(schema: &str) -> bool {
-    let mut chars = schema.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && schema.len() <= 63
-}
-
 impl PgOutbox {
     /// Connects a pool to `url` and opens the outbox in schema `conto`.
     pub async fn connect(url: &str) -> Result<Self, PgOutboxError> {
@@ -107,7 +105,7 @@ impl PgOutbox {
         if !valid_schema(schema) {
             return Err(PgOutboxError::Schema(schema.to_owned()));
         }
-        migrate(&pool, schema).await?;
+        migrate(&pool, schema, &MIGRATIONS).await?;
         let worker = format!("{}-{}", std::process::id(), Timestamp::now().as_nanosecond());
         let shared = Shared { pool, schema: schema.to_owned(), worker, seen: Mutex::default() };
         let outbox = Self { shared: Arc::new(shared), seal: None, lease: Duration::from_secs(30), max_attempts: 12 };
@@ -284,31 +282,6 @@ impl PgOutbox {
 
 /// A claimed row: `(id, attempts, the record or why it cannot be read and whether to retry)`.
 type Claimed = (i64, u32, Result<QueuedRecord, (String, bool)>);
-
-async fn migrate(pool: &PgPool, schema: &str) -> Result<(), PgOutboxError> {
-    let mut tx = pool.begin().await?;
-    // Replicas starting together take turns.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(format!("conto-outbox:{schema}"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut *tx).await?;
-    sqlx::query(&format!("CREATE TABLE IF NOT EXISTS {schema}.schema_version (version INTEGER NOT NULL)"))
-        .execute(&mut *tx)
-        .await?;
-    let done: i32 = sqlx::query_scalar(&format!("SELECT COALESCE(max(version), 0) FROM {schema}.schema_version"))
-        .fetch_one(&mut *tx)
-        .await?;
-    for (n, statement) in MIGRATIONS.iter().enumerate().skip(usize::try_from(done).unwrap_or(0)) {
-        sqlx::query(&statement.replace("{s}", schema)).execute(&mut *tx).await?;
-        sqlx::query(&format!("INSERT INTO {schema}.schema_version (version) VALUES ($1)"))
-            .bind(i32::try_from(n + 1).unwrap_or(i32::MAX))
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
 
 impl RecordSink for PgOutbox {
     fn enqueue<'a>(&'a self, record: &'a QueuedRecord) -> BoxFuture<'a, Result<(), SinkError>> {

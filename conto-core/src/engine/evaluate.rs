@@ -9,6 +9,25 @@ use jiff::Timestamp;
 use rust_decimal::Decimal;
 
 use super::ledger::{AgentLedger, CounterKey, VelocityKey, period_start};
+
+/// What evaluation reads from a ledger: the in-process [`AgentLedger`], or a snapshot a shared
+/// ledger read in its transaction.
+pub(crate) trait Reads {
+    /// Spent + reserved in the period of `key` that starts at `start`.
+    fn used(&mut self, key: &CounterKey, start: Timestamp) -> Decimal;
+    /// Approvals in the window of `key` ending at `now`.
+    fn count(&mut self, key: &VelocityKey, now: Timestamp) -> usize;
+}
+
+impl Reads for AgentLedger {
+    fn used(&mut self, key: &CounterKey, start: Timestamp) -> Decimal {
+        AgentLedger::used(self, key, start)
+    }
+
+    fn count(&mut self, key: &VelocityKey, now: Timestamp) -> usize {
+        AgentLedger::count(self, key, now)
+    }
+}
 use crate::decision::{Denial, Violation};
 use crate::intent::{PaymentIntent, Rail};
 use crate::policy::rules::{
@@ -126,7 +145,7 @@ struct Scratch {
 pub(crate) fn evaluate(
     policies: &PolicySet,
     intent: &PaymentIntent,
-    ledger: &mut AgentLedger,
+    ledger: &mut impl Reads,
     now: Timestamp,
     skip_approval: bool,
 ) -> Evaluation {
@@ -181,7 +200,7 @@ fn check<'a>(
     rule: &'a CompiledRule,
     intent: &'a PaymentIntent,
     amount: Decimal,
-    ledger: &mut AgentLedger,
+    ledger: &mut impl Reads,
     now: Timestamp,
     scratch: &mut Scratch,
 ) -> Option<Finding<'a>> {
@@ -328,7 +347,7 @@ fn list_subject(field: Field, intent: &PaymentIntent) -> Option<&str> {
 pub(crate) fn all_keys(
     policies: &PolicySet,
     intent: &PaymentIntent,
-    ledger: &mut AgentLedger,
+    ledger: &mut impl Reads,
     now: Timestamp,
 ) -> (Vec<(CounterKey, Timestamp)>, Vec<VelocityKey>) {
     let mut holds: Vec<(CounterKey, Timestamp)> = Vec::new();
@@ -355,4 +374,12 @@ pub(crate) fn all_keys(
         }
     }
     (holds, windows)
+}
+
+/// The cumulative counter with this id in `policies`, if one still keeps it.
+pub(crate) fn cumulative<'a>(policies: &'a PolicySet, id: &str) -> Option<&'a Cumulative> {
+    policies.policies.iter().flat_map(|p| p.rules.iter()).find_map(|r| match &r.check {
+        Check::Cumulative { counter, .. } if *counter.id.0 == *id => Some(counter),
+        _ => None,
+    })
 }

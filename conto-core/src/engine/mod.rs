@@ -6,6 +6,7 @@
 
 mod evaluate;
 mod ledger;
+mod shared;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +18,10 @@ use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 
 pub use ledger::LedgerStats;
+pub use shared::{
+    CounterSlot, Held, LedgerRead, LedgerView, LedgerWrite, PendingAnswer, SharedEngine, SharedLedger,
+    SharedLedgerError, SharedPending, SharedUsage, WindowSlot,
+};
 
 use crate::authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError};
 use crate::clock::{Clock, SystemClock};
@@ -473,7 +478,7 @@ impl Engine {
         let ledger = self.ledger(&intent.actor);
         let mut ledger = lock(&ledger);
         ledger.sweep(now, self.inner.retention);
-        Ok(match evaluate(&policies, intent, &mut ledger, now, false) {
+        Ok(match evaluate(&policies, intent, &mut *ledger, now, false) {
             Evaluation::Pass { holds, windows, daily } => {
                 let authorization = self.grant(intent, &mut ledger, holds, windows, daily, now)?;
                 Decision::from_policy(Verdict::Approved(authorization))
@@ -736,7 +741,7 @@ impl Engine {
         let ledger = self.ledger(&intent.actor);
         let mut ledger = lock(&ledger);
         let policies = self.inner.policies.load();
-        let (holds, windows) = evaluate::all_keys(&policies, intent, &mut ledger, at);
+        let (holds, windows) = evaluate::all_keys(&policies, intent, &mut *ledger, at);
         ledger.restore_spend(&holds, &windows, amount.get(), at);
     }
 
@@ -753,7 +758,7 @@ impl Engine {
             return;
         }
         let policies = self.inner.policies.load();
-        let (holds, windows) = evaluate::all_keys(&policies, &authorization.intent, &mut ledger, now);
+        let (holds, windows) = evaluate::all_keys(&policies, &authorization.intent, &mut *ledger, now);
         ledger.reserve(&authorization.id, authorization.amount.get(), authorization.expires_at, holds, windows, now);
     }
 
@@ -821,7 +826,7 @@ impl Engine {
         let ledger = self.ledger(&intent.actor);
         let mut ledger = lock(&ledger);
         ledger.sweep(now, self.inner.retention);
-        entry.state = match evaluate(&policies, &intent, &mut ledger, now, true) {
+        entry.state = match evaluate(&policies, &intent, &mut *ledger, now, true) {
             Evaluation::Pass { holds, windows, daily } => {
                 let granted = self.grant(&intent, &mut ledger, holds, windows, daily, now)?;
                 self.write(&Entry::PendingClosed { id: approval_request_id.to_owned() })?;
