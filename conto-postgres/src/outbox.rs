@@ -65,12 +65,18 @@ struct Seen {
     queued_since: u64,
 }
 
+/// Records accepted while PostgreSQL could not be written: kept in this process and written to
+/// the table first thing on each delivery pass, until the database is back.
+#[derive(Default)]
+struct Spill(Mutex<Vec<QueuedRecord>>);
+
 struct Shared {
     pool: PgPool,
     schema: String,
     /// This process's name on the leases it takes.
     worker: String,
     seen: Mutex<Seen>,
+    spill: Spill,
 }
 
 /// The durable outbox in PostgreSQL, shared by every replica of a service. Cheap to clone;
@@ -107,7 +113,8 @@ impl PgOutbox {
         }
         migrate(&pool, schema, &MIGRATIONS).await?;
         let worker = format!("{}-{}", std::process::id(), Timestamp::now().as_nanosecond());
-        let shared = Shared { pool, schema: schema.to_owned(), worker, seen: Mutex::default() };
+        let shared =
+            Shared { pool, schema: schema.to_owned(), worker, seen: Mutex::default(), spill: Spill::default() };
         let outbox = Self { shared: Arc::new(shared), seal: None, lease: Duration::from_secs(30), max_attempts: 12 };
         outbox.refresh().await?;
         Ok(outbox)
@@ -162,6 +169,32 @@ impl PgOutbox {
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.shared.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spilled(&self) -> std::sync::MutexGuard<'_, Vec<QueuedRecord>> {
+        self.shared.spill.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the records held during an outage to the table, oldest first; stops at the first
+    /// failure (the rest stay held).
+    async fn unspill(&self) -> Result<(), PgOutboxError> {
+        let held = std::mem::take(&mut *self.spilled());
+        let mut rest = held.into_iter();
+        while let Some(record) = rest.next() {
+            let written = match self.shared.pool.acquire().await {
+                Ok(mut conn) => self.enqueue_in(&mut conn, &record).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(error) = written {
+                let mut spill = self.spilled();
+                let newer = std::mem::take(&mut *spill);
+                spill.push(record);
+                spill.extend(rest);
+                spill.extend(newer);
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 
     /// Counts the table now (every replica's records).
@@ -284,15 +317,35 @@ impl PgOutbox {
 type Claimed = (i64, u32, Result<QueuedRecord, (String, bool)>);
 
 impl RecordSink for PgOutbox {
+    /// Writes the record to the table. While PostgreSQL cannot be written, the record is held
+    /// in this process and written by the next delivery pass that reaches the database: the
+    /// caller's settlement is never lost to a database outage while the process lives. (A
+    /// record that cannot be sealed is refused.)
     fn enqueue<'a>(&'a self, record: &'a QueuedRecord) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            let mut conn = self.shared.pool.acquire().await.map_err(|e| SinkError(e.to_string()))?;
-            self.enqueue_in(&mut conn, record).await.map_err(|e| SinkError(e.to_string()))
+            let written = match self.shared.pool.acquire().await {
+                Ok(mut conn) => self.enqueue_in(&mut conn, record).await,
+                Err(e) => Err(e.into()),
+            };
+            match written {
+                Ok(()) => Ok(()),
+                Err(PgOutboxError::Database(error)) => {
+                    tracing::warn!(authorization = %record.authorization_id, %error,
+                        "conto.outbox.held: PostgreSQL is unavailable; the record waits in this process");
+                    self.spilled().push(record.clone());
+                    Ok(())
+                }
+                Err(other) => Err(SinkError(other.to_string())),
+            }
         })
     }
 
     fn deliver_due<'a>(&'a self, deliverer: &'a dyn Deliver) -> BoxFuture<'a, Result<usize, SinkError>> {
         Box::pin(async move {
+            if let Err(e) = self.unspill().await {
+                self.seen().next_due = None;
+                return Err(SinkError(e.to_string()));
+            }
             let claimed = match self.claim(64).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -324,6 +377,9 @@ impl RecordSink for PgOutbox {
     }
 
     fn next_due(&self) -> Option<Duration> {
+        if !self.spilled().is_empty() {
+            return Some(Duration::from_millis(500));
+        }
         let at = self.seen().next_due?;
         Some(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default())
     }
@@ -331,7 +387,7 @@ impl RecordSink for PgOutbox {
     fn stats(&self) -> Result<OutboxStats, SinkError> {
         let seen = self.seen();
         let mut stats = seen.stats;
-        stats.pending += seen.queued_since;
+        stats.pending += seen.queued_since + self.spilled().len() as u64;
         Ok(stats)
     }
 }

@@ -1,0 +1,96 @@
+//! Shared by the PostgreSQL tests: the server's address, a schema per test, and a loopback
+//! proxy that can cut the database off (an outage, as a client sees a restart).
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use conto_postgres::PgPool;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub fn url() -> String {
+    std::env::var("CONTO_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A pool on `url`, or `None` (skip) when there is no server outside CI.
+pub async fn pool_on(url: &str, max: u32) -> Option<PgPool> {
+    match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await
+    {
+        Ok(pool) => Some(pool),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: no PostgreSQL at {url} ({e})");
+            None
+        }
+        Err(e) => panic!("CI needs PostgreSQL at {url}: {e}"),
+    }
+}
+
+/// A fresh schema on the test server, or `None` (skip) when there is no server outside CI.
+pub async fn schema(tag: &str) -> Option<(PgPool, String)> {
+    let pool = pool_on(&url(), 16).await?;
+    let name = format!("conto_t_{tag}_{}_{}", std::process::id(), jiff::Timestamp::now().as_microsecond() % 1_000_000);
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(&pool).await.unwrap();
+    Some((pool, name))
+}
+
+pub async fn drop_schema(pool: &PgPool, name: &str) {
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(pool).await.unwrap();
+}
+
+/// A TCP proxy on 127.0.0.1 in front of the test server. `cut()` drops every connection
+/// through it and refuses new ones (as a client sees a server restart); `restore()` lets them
+/// through again.
+#[derive(Clone)]
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    generation: Arc<watch::Sender<u64>>,
+}
+
+impl Proxy {
+    pub async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(watch::channel(0u64).0);
+        let (flag, gen_tx) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(inbound); // refused while cut
+                    continue;
+                }
+                let mut cut = gen_tx.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect("127.0.0.1:5432").await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, up, generation }
+    }
+
+    /// The test server's URL, through this proxy.
+    pub fn url(&self) -> String {
+        url().replace(":5432", &format!(":{}", self.port))
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}

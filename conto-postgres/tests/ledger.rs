@@ -1,0 +1,337 @@
+//! The shared ledger against the real local PostgreSQL (`CONTO_TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`): two engines on one schema behave as one engine.
+//! Each test works in its own schema and drops it. Without a server the tests skip, except under
+//! CI (`CI` set), where they fail.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use conto::engine::SharedEngine;
+use conto::jiff::{SignedDuration, Timestamp};
+use conto::{
+    AuthorityError, Conto, Decimal, Engine, LedgerError, ManualClock, Outage, PaymentIntent, Rail, RejectionKind,
+    Settlement, Verdict,
+};
+use conto_postgres::{PgLedger, PgOutbox, PgPool};
+
+mod common;
+use common::{Proxy, drop_schema, pool_on, schema};
+
+const POLICIES: &str = r#"{"agents": ["agent-1", "agent-2"], "policies": [
+    {"name": "cap", "rules": [{"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "20", "action": "ALLOW"}]},
+    {"name": "budget", "timezone": "America/New_York", "rules": [
+        {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "10", "action": "ALLOW"}]},
+    {"name": "pace", "rules": [
+        {"ruleType": "VELOCITY_LIMIT", "operator": "LTE", "value": "{\"maxCount\": 6, \"period\": \"HOUR\"}", "action": "ALLOW"}]},
+    {"name": "review", "rules": [
+        {"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "GT", "value": "8", "action": "REQUIRE_APPROVAL"}]}
+]}"#;
+
+/// Noon in New York on a Wednesday.
+const NOON: &str = "2026-06-03T16:00:00Z";
+
+/// Two replicas: two engines on one schema, on one manual clock.
+async fn replicas(pool: &PgPool, name: &str, clock: &ManualClock) -> (SharedEngine, SharedEngine) {
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let ledger = PgLedger::open(pool.clone(), name).await.unwrap();
+        let set = conto::PolicySet::from_json(POLICIES).unwrap();
+        out.push(Engine::builder().policies(set).clock(clock.clone()).build_shared(ledger));
+    }
+    let b = out.pop().unwrap();
+    (out.pop().unwrap(), b)
+}
+
+fn card(actor: &str, amount: &str) -> PaymentIntent {
+    PaymentIntent::builder(actor, amount, Rail::card("Acme").unwrap()).build().unwrap()
+}
+
+fn approved(v: Verdict) -> conto::Authorization {
+    match v {
+        Verdict::Approved(a) => a,
+        other => panic!("expected an approval, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_budget_and_its_lifecycle() {
+    let Some((pool, name)) = schema("life").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let (a, b) = replicas(&pool, &name, &clock).await;
+
+    // 6 on A, 4 on B: the daily 10 is used up across both.
+    let six = approved(a.decide(&card("agent-1", "6")).await.unwrap().verdict);
+    let four = approved(b.decide(&card("agent-1", "4")).await.unwrap().verdict);
+    assert!(matches!(a.decide(&card("agent-1", "0.01")).await.unwrap().verdict, Verdict::Denied(_)));
+    assert!(matches!(b.decide(&card("agent-1", "0.01")).await.unwrap().verdict, Verdict::Denied(_)));
+    // Another actor has its own counters.
+    approved(b.decide(&card("agent-2", "5")).await.unwrap().verdict);
+
+    // A release on B frees what A reserved; a settlement below the approval frees the rest.
+    b.free(&four).await.unwrap();
+    b.free(&four).await.unwrap(); // twice is a no-op
+    let recorded = b.settle(&six, &Settlement::default().amount("5.5".parse().unwrap()).reference("0xabc")).await.unwrap();
+    assert_eq!(recorded.amount.get(), Decimal::new(55, 1));
+    // A repeat, on either replica, gets the first answer; a different one is a conflict.
+    let again = a.settle(&six, &Settlement::default().amount("5.5".parse().unwrap()).reference("0xabc")).await.unwrap();
+    assert_eq!(again.transaction_id, recorded.transaction_id);
+    let conflict = a.settle(&six, &Settlement::default().amount("1".parse().unwrap())).await.unwrap_err();
+    assert!(matches!(conflict, AuthorityError::Ledger(LedgerError::RecordConflict(_))), "{conflict:?}");
+    let released = a.settle(&four, &Settlement::default()).await.unwrap_err();
+    assert!(matches!(released, AuthorityError::Ledger(LedgerError::AlreadyReleased(_))), "{released:?}");
+
+    let usage = a.usage("agent-1").await.unwrap();
+    let daily = usage.counters.iter().find(|c| c.period == "daily").unwrap();
+    assert_eq!((daily.spent, daily.reserved), (Decimal::new(55, 1), Decimal::ZERO));
+    assert_eq!(daily.time_zone, "America/New_York");
+    assert_eq!(daily.period_start, "2026-06-03T04:00:00Z".parse::<Timestamp>().unwrap(), "midnight in New York");
+    assert_eq!((usage.stats.approved, usage.stats.recorded, usage.stats.released), (2, 1, 1));
+    let rest = approved(b.decide(&card("agent-1", "4.5")).await.unwrap().verdict);
+    a.settle(&rest, &Settlement::default()).await.unwrap();
+
+    // Midnight in New York (not in UTC) starts a new day on both replicas.
+    clock.set("2026-06-04T03:59:59Z".parse().unwrap());
+    assert!(matches!(a.decide(&card("agent-1", "1")).await.unwrap().verdict, Verdict::Denied(_)));
+    clock.set("2026-06-04T04:00:00Z".parse().unwrap());
+    approved(a.decide(&card("agent-1", "1")).await.unwrap().verdict);
+    drop_schema(&pool, &name).await;
+}
+
+#[tokio::test]
+async fn expiry_late_records_and_velocity_hold_across_replicas() {
+    let Some((pool, name)) = schema("expiry").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let (a, b) = replicas(&pool, &name, &clock).await;
+
+    let lapsing = approved(a.decide(&card("agent-1", "7")).await.unwrap().verdict);
+    assert!(matches!(b.decide(&card("agent-1", "4")).await.unwrap().verdict, Verdict::Denied(_)));
+    // Past its expiry (10 minutes) the hold is gone for every replica...
+    clock.advance(SignedDuration::from_mins(11));
+    let four = approved(b.decide(&card("agent-1", "4")).await.unwrap().verdict);
+    // ...and a settlement reported after it is still counted, flagged late.
+    let late = a.settle(&lapsing, &Settlement::default()).await.unwrap();
+    assert!(late.late);
+    assert_eq!(a.usage("agent-1").await.unwrap().counters[0].spent, Decimal::from(7));
+    b.settle(&four, &Settlement::default()).await.unwrap();
+
+    // Velocity: 6 approvals an hour per actor, counted across both replicas (the two above
+    // are in the window: the lapsed one left it, the late record does not count again).
+    let mut n = 1;
+    for i in 0..5 {
+        let engine = if i % 2 == 0 { &a } else { &b };
+        if let Verdict::Approved(x) = engine.decide(&card("agent-2", "0.5")).await.unwrap().verdict {
+            engine.settle(&x, &Settlement::default()).await.unwrap();
+            n += 1;
+        }
+    }
+    assert_eq!(n, 6);
+    let seventh = approved(a.decide(&card("agent-2", "0.5")).await.unwrap().verdict);
+    assert!(matches!(b.decide(&card("agent-2", "0.5")).await.unwrap().verdict, Verdict::Denied(_)), "6 an hour");
+    // A released approval gives its slot back.
+    a.free(&seventh).await.unwrap();
+    approved(b.decide(&card("agent-2", "0.5")).await.unwrap().verdict);
+    drop_schema(&pool, &name).await;
+}
+
+#[tokio::test]
+async fn a_request_for_approval_opened_on_one_replica_is_answered_on_another() {
+    let Some((pool, name)) = schema("pending").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let (a, b) = replicas(&pool, &name, &clock).await;
+    let conto = Conto::new(a.clone());
+
+    let Verdict::RequiresApproval(pending) = a.decide(&card("agent-1", "9")).await.unwrap().verdict else {
+        panic!("above 8 waits for a human")
+    };
+    assert!(b.approval(&pending.approval_request_id).await.unwrap().is_none(), "waiting, seen from B");
+    b.resolve_approval(&pending.approval_request_id, true).await.unwrap();
+    let twice = b.resolve_approval(&pending.approval_request_id, true).await.unwrap_err();
+    assert!(matches!(twice, AuthorityError::Ledger(LedgerError::UnknownApprovalRequest(_))));
+    let decision = a.approval(&pending.approval_request_id).await.unwrap().expect("answered");
+    let authorization = approved(decision.verdict);
+    assert_eq!(authorization.amount.get(), Decimal::from(9));
+    // The approval holds the budget on every replica, and records through the pipeline.
+    assert!(matches!(b.decide(&card("agent-1", "2")).await.unwrap().verdict, Verdict::Denied(_)));
+    drop(conto);
+    a.settle(&authorization, &Settlement::default()).await.unwrap();
+
+    // A rejection, and a lapsed request.
+    let Verdict::RequiresApproval(no) = b.decide(&card("agent-2", "9")).await.unwrap().verdict else { panic!() };
+    a.resolve_approval(&no.approval_request_id, false).await.unwrap();
+    assert!(matches!(b.approval(&no.approval_request_id).await.unwrap().unwrap().verdict, Verdict::Denied(_)));
+    let Verdict::RequiresApproval(lapsing) = b.decide(&card("agent-2", "9")).await.unwrap().verdict else { panic!() };
+    clock.advance(SignedDuration::from_hours(2));
+    assert!(a.resolve_approval(&lapsing.approval_request_id, true).await.is_err());
+    assert!(matches!(a.approval(&lapsing.approval_request_id).await.unwrap().unwrap().verdict, Verdict::Denied(_)));
+    drop_schema(&pool, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_actions_on_two_replicas_never_overspend() {
+    let Some((pool, name)) = schema("race").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let (a, b) = replicas(&pool, &name, &clock).await;
+    let (a, b) = (Conto::new(a), Conto::new(b));
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let conto = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            conto.run(card("agent-1", "0.25"), |_| async { Ok::<_, ()>(()) }, |_| Settlement::default()).await
+        }));
+    }
+    let mut ran = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), Ok(Ok(()))) {
+            ran += 1;
+        }
+    }
+    let ledger = PgLedger::open(pool.clone(), &name).await.unwrap();
+    let shared = Engine::builder()
+        .policies(conto::PolicySet::from_json(POLICIES).unwrap())
+        .clock(clock.clone())
+        .build_shared(ledger);
+    let daily = shared.usage("agent-1").await.unwrap();
+    let spent = daily.counters.iter().find(|c| c.period == "daily").unwrap().spent;
+    // Velocity allows 6 an hour: the tightest limit decides, across both replicas.
+    assert_eq!(ran, 6, "6 an hour, whichever replica asked");
+    assert_eq!(spent, Decimal::new(150, 2));
+    drop_schema(&pool, &name).await;
+}
+
+/// PostgreSQL cut off in the middle of a load (every connection dropped, new ones refused,
+/// then back): decisions during the outage fail closed as `unavailable`, every settlement that
+/// ran had its approval written in the shared ledger first, and every record is delivered once
+/// the database is back (held in the process meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_outage_mid_load_approves_nothing_unchecked_and_loses_no_record() {
+    let Some((direct, name)) = schema("outage").await else { return };
+    let proxy = Proxy::start().await;
+    let Some(pool) = pool_on(&proxy.url(), 8).await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let policies = r#"{"agents": ["agent-1"], "policies": [{"name": "budget", "rules": [
+        {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "1000", "action": "ALLOW"}]}]}"#;
+    let engine = Engine::builder()
+        .policies(conto::PolicySet::from_json(policies).unwrap())
+        .clock(clock)
+        .build_shared(PgLedger::open(pool.clone(), &name).await.unwrap());
+    let outbox = PgOutbox::open(pool.clone(), &name).await.unwrap();
+    let conto = Conto::builder(engine).outbox(outbox).deadline(Duration::from_secs(1)).build();
+
+    let ran = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (mut unavailable, mut other) = (0, 0);
+    let actions = 240;
+    let mut tasks = Vec::new();
+    for i in 0..actions {
+        let (conto, ran) = (conto.clone(), ran.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5 * i)).await;
+            conto
+                .run(
+                    card("agent-1", "1"),
+                    |approval| {
+                        ran.lock().unwrap().push(approval.authorization().id.clone());
+                        async { Ok::<_, ()>(()) }
+                    },
+                    |_| Settlement::default(),
+                )
+                .await
+        }));
+        if i == actions / 3 {
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                proxy.cut();
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                proxy.restore();
+            });
+        }
+    }
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Ok(())) => {}
+            Err(r) if matches!(r.kind(), RejectionKind::Unavailable(AuthorityError::Outage(Outage::Ledger(_)))) => {
+                unavailable += 1
+            }
+            Err(r) => {
+                eprintln!("other rejection: {r:?}");
+                other += 1
+            }
+            Ok(Err(())) => other += 1,
+        }
+    }
+    let stats = conto.flush(Duration::from_secs(30)).await.unwrap();
+    let ran = ran.lock().unwrap().clone();
+    let ids: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT id FROM {name}.ledger_authorizations WHERE state = 'recorded' AND id = ANY($1)"
+    ))
+    .bind(&ran)
+    .fetch_all(&direct)
+    .await
+    .unwrap();
+    let delivered: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {name}.outbox WHERE state = 'delivered'"))
+        .fetch_one(&direct)
+        .await
+        .unwrap();
+    eprintln!(
+        "outage: actions={actions} ran={} unavailable={unavailable} other={other} recorded={} delivered={delivered} \
+         pending={} dead={}",
+        ran.len(),
+        ids.len(),
+        stats.pending,
+        stats.dead
+    );
+    assert!(unavailable > 0, "the outage happened mid-load");
+    assert_eq!(other, 0, "every refusal was the ledger's outage");
+    assert_eq!(ran.len() + unavailable, actions as usize);
+    assert_eq!(ids.len(), ran.len(), "every settlement that ran was approved in the ledger and recorded there");
+    assert_eq!((stats.pending, stats.dead), (0, 0));
+    assert_eq!(delivered as usize, ran.len(), "no record lost, none twice");
+    drop_schema(&direct, &name).await;
+}
+
+#[tokio::test]
+async fn bad_names_and_unreachable_servers_are_typed_errors() {
+    let Some((pool, _)) = schema("names").await else { return };
+    let bad = PgLedger::open(pool.clone(), "Bad-Name").await.unwrap_err();
+    assert!(matches!(bad, conto_postgres::PgLedgerError::Schema(_)), "{bad:?}");
+    let err = PgLedger::connect("postgres://postgres@127.0.0.1:9/none").await.unwrap_err();
+    assert!(matches!(err, conto_postgres::PgLedgerError::Database(_)), "{err:?}");
+}
+
+/// The database goes away between the approval and the record: the settlement ran, so its
+/// record waits in the process and reaches the ledger once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_written_during_an_outage_waits_and_is_delivered_after() {
+    let Some((direct, name)) = schema("held").await else { return };
+    let proxy = Proxy::start().await;
+    let Some(pool) = pool_on(&proxy.url(), 4).await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let engine = Engine::builder()
+        .policies(conto::PolicySet::from_json(POLICIES).unwrap())
+        .clock(clock)
+        .build_shared(PgLedger::open(pool.clone(), &name).await.unwrap());
+    let outbox = PgOutbox::open(pool.clone(), &name).await.unwrap();
+    let conto = Conto::builder(engine.clone()).outbox(outbox.clone()).build();
+    let cut = proxy.clone();
+    let out = conto
+        .run(
+            card("agent-1", "3"),
+            |_| async move {
+                cut.cut(); // the money moves; then the database is gone
+                Ok::<_, ()>(())
+            },
+            |_| Settlement::default(),
+        )
+        .await;
+    assert!(matches!(out, Ok(Ok(()))), "the settlement ran and its record was accepted");
+    use conto::sink::RecordSink;
+    assert_eq!(outbox.stats().unwrap().pending, 1, "held in the process");
+    proxy.restore();
+    let stats = conto.flush(Duration::from_secs(20)).await.unwrap();
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 1, 0));
+    let spent: Decimal = sqlx::query_scalar(&format!("SELECT sum(spent) FROM {name}.ledger_counters"))
+        .fetch_one(&direct)
+        .await
+        .unwrap();
+    assert_eq!(spent, Decimal::from(3), "counted once the database was back");
+    drop_schema(&direct, &name).await;
+}
