@@ -70,7 +70,8 @@ async fn two_replicas_share_one_budget_and_its_lifecycle() {
     // A release on B frees what A reserved; a settlement below the approval frees the rest.
     b.free(&four).await.unwrap();
     b.free(&four).await.unwrap(); // twice is a no-op
-    let recorded = b.settle(&six, &Settlement::default().amount("5.5".parse().unwrap()).reference("0xabc")).await.unwrap();
+    let recorded =
+        b.settle(&six, &Settlement::default().amount("5.5".parse().unwrap()).reference("0xabc")).await.unwrap();
     assert_eq!(recorded.amount.get(), Decimal::new(55, 1));
     // A repeat, on either replica, gets the first answer; a different one is a conflict.
     let again = a.settle(&six, &Settlement::default().amount("5.5".parse().unwrap()).reference("0xabc")).await.unwrap();
@@ -328,10 +329,8 @@ async fn a_record_written_during_an_outage_waits_and_is_delivered_after() {
     proxy.restore();
     let stats = conto.flush(Duration::from_secs(20)).await.unwrap();
     assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 1, 0));
-    let spent: Decimal = sqlx::query_scalar(&format!("SELECT sum(spent) FROM {name}.ledger_counters"))
-        .fetch_one(&direct)
-        .await
-        .unwrap();
+    let spent: Decimal =
+        sqlx::query_scalar(&format!("SELECT sum(spent) FROM {name}.ledger_counters")).fetch_one(&direct).await.unwrap();
     assert_eq!(spent, Decimal::from(3), "counted once the database was back");
     drop_schema(&direct, &name).await;
 }
