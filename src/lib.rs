@@ -40,8 +40,9 @@ pub use conto_core::{
     Authorization, BudgetPeriod, Clock, Conto, ContoBuilder, DEFAULT_DEADLINE, Decimal, Decision, DecisionSource,
     Denial, Engine, Ensured, Event, ExposeSecret, IdempotencyKey, IntentBuilder, IntentError, LifecycleError, Limits,
     MAX_WAIT, ManualClock, Monitor, PaymentIntent, PendingApproval, PolicyError, PolicySet, ProductControls, Rail, Ran,
-    Recorded, Rejection, RejectionKind, RuleProblem, SecretString, Settlement, Status, SyncReport, SystemClock,
-    Verdict, Violation, ViolationType, deadline_after, install_default, installed_default, service_domain_of,
+    Recorded, Rejection, RejectionKind, RuleProblem, SecretString, Settlement, SharedEngine, Status, SyncReport,
+    SystemClock, Verdict, Violation, ViolationType, deadline_after, install_default, installed_default,
+    service_domain_of,
 };
 pub use conto_core::{
     AuthorityError, Authorizer, BoxFuture, LedgerError, Outage, Refused, controls, engine, journal, lifecycle, policy,
@@ -91,7 +92,8 @@ pub mod credentials {
 #[doc(inline)]
 pub use conto_store as outbox;
 
-/// PostgreSQL storage (feature `postgres`): the transactional outbox shared by replicas.
+/// PostgreSQL storage (feature `postgres`): the transactional outbox and the embedded engine's
+/// ledger, shared by replicas.
 #[cfg(feature = "postgres")]
 #[doc(inline)]
 pub use conto_postgres as postgres;
@@ -127,6 +129,22 @@ pub enum FromEnvError {
     /// The embedded engine's ledger journal (`CONTO_LEDGER_PATH`) cannot be opened or replayed.
     #[error(transparent)]
     Journal(#[from] conto_core::journal::JournalError),
+    /// `CONTO_LEDGER_URL` is set, but this build has no PostgreSQL storage.
+    #[error(
+        "CONTO_LEDGER_URL is set, but conto was built without its `postgres` feature: enable it or unset \
+             CONTO_LEDGER_URL (each process then keeps its own ledger)"
+    )]
+    SharedLedgerDisabled,
+    /// `CONTO_LEDGER_URL` is not a usable PostgreSQL URL.
+    #[cfg(feature = "postgres")]
+    #[error("CONTO_LEDGER_URL: {0}")]
+    SharedLedger(#[from] conto_postgres::PgLedgerError),
+    /// Both `CONTO_LEDGER_PATH` and `CONTO_LEDGER_URL` are set.
+    #[error(
+        "both CONTO_LEDGER_PATH (one process's ledger in a file) and CONTO_LEDGER_URL (a ledger shared by \
+             replicas in PostgreSQL) are set: keep one"
+    )]
+    TwoLedgers,
 }
 
 /// The one-line switch between the embedded engine and Conto's API, as a finished handle:
@@ -147,8 +165,11 @@ pub fn from_env(default_policies: impl AsRef<std::path::Path>) -> Result<Conto, 
 ///   or `CONTO_API_KEY`; feature `client`);
 /// - otherwise the embedded [`Engine`] with the policies in the file `CONTO_POLICIES` names,
 ///   or `default_policies` when it is unset (a relative path is read against the working
-///   directory); its ledger is durable when `CONTO_LEDGER_PATH` names a file (feature
-///   `outbox`), and in memory otherwise.
+///   directory); its ledger is shared by every replica when `CONTO_LEDGER_URL` names a
+///   PostgreSQL database (feature `postgres`; schema `CONTO_LEDGER_SCHEMA`, default `conto`,
+///   created on first use), durable
+///   in one process when `CONTO_LEDGER_PATH` names a file (feature `outbox`), and in this
+///   process's memory otherwise (N replicas then each enforce every limit alone).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -181,6 +202,21 @@ pub fn builder_from_env(default_policies: impl AsRef<std::path::Path>) -> Result
     };
     let policies = PolicySet::from_file(&file).map_err(|e| FromEnvError::Policy { source: Box::new(e), hint })?;
     let builder = Engine::builder().policies(policies);
+    if let Ok(url) = std::env::var("CONTO_LEDGER_URL") {
+        if std::env::var_os("CONTO_LEDGER_PATH").is_some() {
+            return Err(FromEnvError::TwoLedgers);
+        }
+        #[cfg(feature = "postgres")]
+        {
+            let schema = std::env::var("CONTO_LEDGER_SCHEMA").unwrap_or_else(|_| "conto".to_owned());
+            return Ok(Conto::builder(builder.build_shared(conto_postgres::PgLedger::connect_lazy(&url, &schema)?)));
+        }
+        #[cfg(not(feature = "postgres"))]
+        {
+            let _ = url;
+            return Err(FromEnvError::SharedLedgerDisabled);
+        }
+    }
     if let Some(ledger) = std::env::var_os("CONTO_LEDGER_PATH") {
         #[cfg(feature = "outbox")]
         return Ok(Conto::builder(DurableEngine::open(builder, ledger)?));

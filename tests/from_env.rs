@@ -73,6 +73,21 @@ async fn from_env_picks_the_authority() {
         let refused = conto.authorize(pay()).await.unwrap_err();
         assert_eq!(refused.violations()[0].kind, conto::ViolationType::BudgetExceeded, "the budget was remembered");
         unsafe { std::env::remove_var("CONTO_LEDGER_PATH") };
+
+        // With CONTO_LEDGER_URL two handles (two replicas) share one budget in PostgreSQL.
+        #[cfg(feature = "postgres")]
+        shared_ledger(&budget, &pay).await;
+
+        // Both ledgers at once is a mistake, said so.
+        unsafe {
+            std::env::set_var("CONTO_LEDGER_PATH", dir.join("ledger.db"));
+            std::env::set_var("CONTO_LEDGER_URL", "postgres://postgres@127.0.0.1:5432/test");
+        }
+        assert!(matches!(conto::from_env(&budget), Err(conto::FromEnvError::TwoLedgers)));
+        unsafe {
+            std::env::remove_var("CONTO_LEDGER_PATH");
+            std::env::remove_var("CONTO_LEDGER_URL");
+        }
     }
 
     let key = format!("conto_agent_{}", "cd".repeat(32));
@@ -93,4 +108,39 @@ async fn from_env_picks_the_authority() {
         std::env::remove_var("CONTO_API_KEY");
     }
     assert!(matches!(conto::from_env(policies), Err(conto::FromEnvError::Client(conto::ClientError::MissingKey))));
+}
+
+/// `CONTO_LEDGER_URL`: every handle built from the environment shares the ledger (skipped
+/// without a PostgreSQL server, except under CI).
+#[cfg(all(feature = "outbox", feature = "postgres"))]
+async fn shared_ledger(budget: &std::path::Path, pay: &dyn Fn() -> conto::PaymentIntent) {
+    let url =
+        std::env::var("CONTO_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let admin = match sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await {
+        Ok(pool) => pool,
+        Err(e) if std::env::var_os("CI").is_none() => return eprintln!("skipping the shared ledger: {e}"),
+        Err(e) => panic!("CI needs PostgreSQL at {url}: {e}"),
+    };
+    let schema = format!("conto_env_{}", std::process::id());
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&admin).await.unwrap();
+    unsafe {
+        std::env::set_var("CONTO_LEDGER_URL", &url);
+        std::env::set_var("CONTO_LEDGER_SCHEMA", &schema);
+    }
+    let (a, b) = (conto::from_env(budget).unwrap(), conto::from_env(budget).unwrap());
+    for conto in [&a, &b, &a] {
+        let out = conto.run(pay(), |_| async { Ok::<_, ()>(()) }, |_| conto::Settlement::default()).await;
+        assert!(matches!(out, Ok(Ok(()))), "4 + 4 + 4 fit the budget of 12");
+    }
+    let refused = b.authorize(pay()).await.unwrap_err();
+    assert_eq!(refused.violations()[0].kind, conto::ViolationType::BudgetExceeded, "one budget for both handles");
+    unsafe {
+        std::env::set_var("CONTO_LEDGER_SCHEMA", "Not A Schema");
+    }
+    assert!(matches!(conto::from_env(budget), Err(conto::FromEnvError::SharedLedger(_))));
+    unsafe {
+        std::env::remove_var("CONTO_LEDGER_URL");
+        std::env::remove_var("CONTO_LEDGER_SCHEMA");
+    }
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&admin).await.unwrap();
 }

@@ -96,6 +96,9 @@ struct Inner {
     schema: String,
     retention: SignedDuration,
     transactions: AtomicU64,
+    /// Set once the schema is known to be migrated (at once by [`PgLedger::open`]; on first
+    /// use after [`PgLedger::connect_lazy`]).
+    ready: tokio::sync::OnceCell<()>,
 }
 
 /// The embedded engine's ledger in PostgreSQL: counters per period, live reservations, window
@@ -167,14 +170,42 @@ impl PgLedger {
             return Err(PgLedgerError::Schema(schema.to_owned()));
         }
         migrate(&pool, schema, &MIGRATIONS).await?;
-        Ok(Self {
+        let ledger = Self::unmigrated(pool, schema);
+        let _ = ledger.inner.ready.set(());
+        Ok(ledger)
+    }
+
+    /// A ledger on `url`, in `schema`, that connects and migrates on its first use (for
+    /// start-up code that is not async, like `conto::from_env`). Only the URL and the name are
+    /// checked here; until the database answers, every decision fails closed as unavailable.
+    pub fn connect_lazy(url: &str, schema: &str) -> Result<Self, PgLedgerError> {
+        if !valid_schema(schema) {
+            return Err(PgLedgerError::Schema(schema.to_owned()));
+        }
+        let pool =
+            PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(2)).connect_lazy(url)?;
+        Ok(Self::unmigrated(pool, schema))
+    }
+
+    fn unmigrated(pool: PgPool, schema: &str) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 pool,
                 schema: schema.to_owned(),
                 retention: conto_core::engine::DEFAULT_RETENTION,
                 transactions: AtomicU64::new(0),
+                ready: tokio::sync::OnceCell::new(),
             }),
-        })
+        }
+    }
+
+    async fn ready(&self) -> Result<(), SharedLedgerError> {
+        self.inner
+            .ready
+            .get_or_try_init(|| async { migrate(&self.inner.pool, &self.inner.schema, &MIGRATIONS).await })
+            .await
+            .map(|_| ())
+            .map_err(err)
     }
 
     /// The pool.
@@ -192,6 +223,7 @@ impl PgLedger {
         actor: &ActorId,
         now: Timestamp,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, SharedLedgerError> {
+        self.ready().await?;
         let mut tx = self.inner.pool.begin().await.map_err(err)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *tx).await.map_err(err)?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
@@ -509,6 +541,7 @@ impl PgLedger {
     }
 
     async fn find_pending(&self, id: &str) -> Result<Option<SharedPending>, SharedLedgerError> {
+        self.ready().await?;
         let Some(row) = sqlx::query(&self.sql(
             "SELECT intent::text AS intent, (extract(epoch FROM expires_at) * 1000000)::bigint AS expires_us,
                     answer::text AS answer

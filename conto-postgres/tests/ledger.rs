@@ -334,3 +334,46 @@ async fn a_record_written_during_an_outage_waits_and_is_delivered_after() {
     assert_eq!(spent, Decimal::from(3), "counted once the database was back");
     drop_schema(&direct, &name).await;
 }
+
+/// During an outage of the authority, a stand-in on the shared ledger bounds the spend of all
+/// replicas together: two replicas, a stand-in budget of 5, ten payments of 1 — five approved
+/// in all, each marked `stand_in`.
+#[tokio::test]
+async fn a_stand_in_on_the_shared_ledger_is_bounded_across_replicas() {
+    let Some((pool, name)) = schema("standin").await else { return };
+    let caps = r#"{"agents": ["agent-1"], "policies": [{"name": "outage budget", "rules": [
+        {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "5", "action": "ALLOW"}]}]}"#;
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        // The authority is down (nothing listens on port 9).
+        let authority = conto::client::ContoClient::builder()
+            .base_url("http://127.0.0.1:9")
+            .sdk_key(format!("conto_agent_{}", "ab".repeat(32)))
+            .max_retries(0)
+            .build()
+            .unwrap();
+        let stand_in = Engine::builder()
+            .policies(conto::PolicySet::from_json(caps).unwrap())
+            .clock(clock.clone())
+            .build_shared(PgLedger::open(pool.clone(), &name).await.unwrap());
+        replicas.push(Conto::builder(authority).stand_in(stand_in).build());
+    }
+    let mut approved = 0;
+    for i in 0..10 {
+        let intent = PaymentIntent::builder("agent-1", "1", Rail::x402("https://api.example.com/q").unwrap())
+            .recipient("0x1111111111111111111111111111111111111111")
+            .build()
+            .unwrap();
+        match replicas[i % 2].authorize(intent).await {
+            Ok(approval) => {
+                assert_eq!(approval.source(), conto::DecisionSource::StandIn);
+                approved += 1;
+                std::mem::forget(approval); // spent: keeps its hold until it expires
+            }
+            Err(rejection) => assert!(matches!(rejection.kind(), RejectionKind::Denied(_)), "{rejection:?}"),
+        }
+    }
+    assert_eq!(approved, 5, "one outage budget for both replicas, not 5 each");
+    drop_schema(&pool, &name).await;
+}
