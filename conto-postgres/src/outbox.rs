@@ -77,6 +77,8 @@ struct Shared {
     worker: String,
     seen: Mutex<Seen>,
     spill: Spill,
+    /// Delivery passes that sent something; every 256th also prunes delivered rows.
+    passes: std::sync::atomic::AtomicU64,
 }
 
 /// The durable outbox in PostgreSQL, shared by every replica of a service. Cheap to clone;
@@ -87,6 +89,7 @@ pub struct PgOutbox {
     seal: Option<Arc<dyn TokenSeal>>,
     lease: Duration,
     max_attempts: u32,
+    keep_delivered: Duration,
 }
 
 impl std::fmt::Debug for PgOutbox {
@@ -113,9 +116,21 @@ impl PgOutbox {
         }
         migrate(&pool, schema, &MIGRATIONS).await?;
         let worker = format!("{}-{}", std::process::id(), Timestamp::now().as_nanosecond());
-        let shared =
-            Shared { pool, schema: schema.to_owned(), worker, seen: Mutex::default(), spill: Spill::default() };
-        let outbox = Self { shared: Arc::new(shared), seal: None, lease: Duration::from_secs(30), max_attempts: 12 };
+        let shared = Shared {
+            pool,
+            schema: schema.to_owned(),
+            worker,
+            seen: Mutex::default(),
+            spill: Spill::default(),
+            passes: Default::default(),
+        };
+        let outbox = Self {
+            shared: Arc::new(shared),
+            seal: None,
+            lease: Duration::from_secs(30),
+            max_attempts: 12,
+            keep_delivered: Duration::from_secs(7 * 24 * 3600),
+        };
         outbox.refresh().await?;
         Ok(outbox)
     }
@@ -138,6 +153,24 @@ impl PgOutbox {
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
         self
+    }
+
+    /// How long a delivered record stays in the table, for audits, before a delivery pass
+    /// deletes it (default 7 days). Pending and dead records are never deleted.
+    pub fn keep_delivered(mut self, keep: Duration) -> Self {
+        self.keep_delivered = keep;
+        self
+    }
+
+    /// Deletes delivered records older than [`PgOutbox::keep_delivered`]; returns how many.
+    pub async fn prune_delivered(&self) -> Result<u64, PgOutboxError> {
+        let done = sqlx::query(&self.sql(
+            "DELETE FROM {s}.outbox WHERE state = 'delivered' AND delivered_at < now() - make_interval(secs => $1)",
+        ))
+        .bind(self.keep_delivered.as_secs_f64())
+        .execute(&self.shared.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// The pool.
@@ -176,25 +209,15 @@ impl PgOutbox {
     }
 
     /// Writes the records held during an outage to the table, oldest first; stops at the first
-    /// failure (the rest stay held).
+    /// failure. A record leaves the hold only once written (a repeat write is a no-op: one row
+    /// per authorization and kind), so it is counted as pending all along.
     async fn unspill(&self) -> Result<(), PgOutboxError> {
-        let held = std::mem::take(&mut *self.spilled());
-        let mut rest = held.into_iter();
-        while let Some(record) = rest.next() {
-            let written = match self.shared.pool.acquire().await {
-                Ok(mut conn) => self.enqueue_in(&mut conn, &record).await,
-                Err(e) => Err(e.into()),
-            };
-            if let Err(error) = written {
-                let mut spill = self.spilled();
-                let newer = std::mem::take(&mut *spill);
-                spill.push(record);
-                spill.extend(rest);
-                spill.extend(newer);
-                return Err(error);
-            }
+        loop {
+            let Some(record) = self.spilled().first().cloned() else { return Ok(()) };
+            let mut conn = self.shared.pool.acquire().await?;
+            self.enqueue_in(&mut conn, &record).await?;
+            self.spilled().retain(|r| !(r.authorization_id == record.authorization_id && r.kind == record.kind));
         }
-        Ok(())
     }
 
     /// Counts the table now (every replica's records).
@@ -369,6 +392,11 @@ impl RecordSink for PgOutbox {
                 };
                 if let Err(error) = self.settle(id, outcome).await {
                     tracing::error!(%error, "conto.outbox.write_failed");
+                }
+            }
+            if n > 0 && self.shared.passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 256 == 0 {
+                if let Err(error) = self.prune_delivered().await {
+                    tracing::warn!(%error, "conto.outbox.prune_failed");
                 }
             }
             self.refresh().await.map_err(|e| SinkError(e.to_string()))?;

@@ -240,7 +240,7 @@ async fn a_database_outage_mid_load_approves_nothing_unchecked_and_loses_no_reco
         if i == actions / 3 {
             let proxy = proxy.clone();
             tokio::spawn(async move {
-                proxy.cut();
+                proxy.cut().await;
                 tokio::time::sleep(Duration::from_millis(600)).await;
                 proxy.restore();
             });
@@ -317,7 +317,7 @@ async fn a_record_written_during_an_outage_waits_and_is_delivered_after() {
         .run(
             card("agent-1", "3"),
             |_| async move {
-                cut.cut(); // the money moves; then the database is gone
+                cut.cut().await; // the money moves; then the database is gone
                 Ok::<_, ()>(())
             },
             |_| Settlement::default(),
@@ -325,7 +325,8 @@ async fn a_record_written_during_an_outage_waits_and_is_delivered_after() {
         .await;
     assert!(matches!(out, Ok(Ok(()))), "the settlement ran and its record was accepted");
     use conto::sink::RecordSink;
-    assert_eq!(outbox.stats().unwrap().pending, 1, "held in the process");
+    let held = outbox.stats().unwrap();
+    assert_eq!(held.pending, 1, "held in the process: {held:?}");
     proxy.restore();
     let stats = conto.flush(Duration::from_secs(20)).await.unwrap();
     assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 1, 0));

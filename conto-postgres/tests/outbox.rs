@@ -251,3 +251,26 @@ async fn approval_tokens_are_sealed_at_rest_and_delivered_whole() {
     assert!(error.contains("sealed"), "{error}");
     drop_schema(&pool, &name).await;
 }
+
+#[tokio::test]
+async fn delivered_records_are_pruned_after_their_keep_time_and_nothing_else_is() {
+    let Some((pool, name)) = schema("prune").await else { return };
+    let outbox = PgOutbox::open(pool.clone(), &name).await.unwrap().keep_delivered(Duration::ZERO);
+    for record in records(&engine(), 4).await {
+        outbox.enqueue(&record).await.unwrap();
+    }
+    // Two delivered, two still pending.
+    sqlx::query(&format!(
+        "UPDATE {name}.outbox SET state = 'delivered', delivered_at = now() - interval '1 second'
+         WHERE id IN (SELECT id FROM {name}.outbox ORDER BY id LIMIT 2)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(outbox.prune_delivered().await.unwrap(), 2);
+    let stats = outbox.refresh().await.unwrap();
+    assert_eq!((stats.pending, stats.delivered), (2, 0), "pending records are never pruned");
+    let kept = PgOutbox::open(pool.clone(), &name).await.unwrap();
+    assert_eq!(kept.prune_delivered().await.unwrap(), 0, "the default keeps a week");
+    drop_schema(&pool, &name).await;
+}

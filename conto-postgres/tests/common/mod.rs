@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use conto_postgres::PgPool;
@@ -50,6 +50,7 @@ pub async fn drop_schema(pool: &PgPool, name: &str) {
 pub struct Proxy {
     pub port: u16,
     up: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
     generation: Arc<watch::Sender<u64>>,
 }
 
@@ -59,7 +60,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
         let generation = Arc::new(watch::channel(0u64).0);
-        let (flag, gen_tx) = (up.clone(), generation.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let (flag, gen_tx, count) = (up.clone(), generation.clone(), open.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else { continue };
@@ -68,16 +70,20 @@ impl Proxy {
                     continue;
                 }
                 let mut cut = gen_tx.subscribe();
+                let count = count.clone();
+                count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect("127.0.0.1:5432").await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
+                    if let Ok(mut outbound) = TcpStream::connect("127.0.0.1:5432").await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.changed() => {}
+                        }
                     }
+                    count.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Proxy { port, up, generation }
+        Proxy { port, up, open, generation }
     }
 
     /// The test server's URL, through this proxy.
@@ -85,9 +91,13 @@ impl Proxy {
         url().replace(":5432", &format!(":{}", self.port))
     }
 
-    pub fn cut(&self) {
+    /// Cuts the database off; returns once every connection through the proxy is closed.
+    pub async fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
+        while self.open.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     pub fn restore(&self) {
