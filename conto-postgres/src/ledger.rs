@@ -224,8 +224,8 @@ impl PgLedger {
         now: Timestamp,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, SharedLedgerError> {
         self.ready().await?;
-        let mut tx = self.inner.pool.begin().await.map_err(err)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *tx).await.map_err(err)?;
+        // Explicit, whatever the server's default_transaction_isolation says.
+        let mut tx = self.inner.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await.map_err(err)?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("conto-ledger:{}:{}", self.inner.schema, actor.as_str()))
             .execute(&mut *tx)
