@@ -22,9 +22,11 @@ async fn decide_and_record(authority: &dyn Authorizer, intent: &PaymentIntent) {
 
 fn shared_vs_in_process(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let url = std::env::var("CONTO_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let url =
+        std::env::var("CONTO_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let schema = format!("conto_bench_{}", std::process::id());
-    let Some(pool) = rt.block_on(async { sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&url).await.ok() })
+    let Some(pool) =
+        rt.block_on(async { sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&url).await.ok() })
     else {
         eprintln!("skipping: no PostgreSQL at {url}");
         return;
@@ -32,7 +34,9 @@ fn shared_vs_in_process(c: &mut Criterion) {
     let agents = vec!["agent-1".to_owned()];
     let in_process = Engine::new(policies_for(10, agents.clone()));
     let shared: SharedEngine = rt.block_on(async {
-        Engine::builder().policies(policies_for(10, agents)).build_shared(PgLedger::open(pool.clone(), &schema).await.unwrap())
+        Engine::builder()
+            .policies(policies_for(10, agents))
+            .build_shared(PgLedger::open(pool.clone(), &schema).await.unwrap())
     });
     let i = intent("agent-1");
     let mut g = c.benchmark_group("shared_ledger_authorize_record");

@@ -6,8 +6,9 @@
 //! settled amount; on `Err`, or if the caller's future is dropped, release the approval.
 //!
 //! No HTTP client, no SQL, no crypto here: infrastructure plugs in through traits this crate
-//! owns ([`Authorizer`], [`sink::RecordSink`], [`journal::Journal`], [`ActorLifecycle`]);
-//! conto-client and conto-store implement them.
+//! owns ([`Authorizer`], [`sink::RecordSink`], [`journal::Journal`],
+//! [`engine::SharedLedger`], [`ActorLifecycle`]); conto-client, conto-store and conto-postgres
+//! implement them.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,11 @@
-//! PostgreSQL storage for conto-rs: [`PgOutbox`], a record sink that every replica of a service
-//! shares, and that an app can write in its own database transaction.
+//! PostgreSQL storage for conto-rs, shared by every replica of a service: [`PgLedger`], the
+//! embedded engine's ledger (counters, reservations, velocity windows, requests for approval),
+//! and [`PgOutbox`], a record sink that an app can write in its own database transaction.
+//!
+//! - **One budget for all replicas.** `Engine::builder().build_shared(PgLedger::open(..))`
+//!   evaluates the same policies with the same code as the in-process engine, but reserves in
+//!   PostgreSQL: one transaction per decision, at `READ COMMITTED`, under a per-actor advisory
+//!   lock (see [`PgLedger`] for why that isolation level). A database outage fails closed.
 //!
 //! - **Shared by replicas.** Records live in one table; each replica's delivery worker claims
 //!   due rows with `FOR UPDATE SKIP LOCKED` and a lease, so two replicas never deliver the same
@@ -14,12 +20,15 @@
 //! Use it through the `conto` crate (feature `postgres`) as `conto::postgres`.
 //!
 //! ```no_run
-//! use conto::postgres::PgOutbox;
-//! use conto::{Conto, Engine};
+//! use conto::postgres::{PgLedger, PgOutbox};
+//! use conto::{Conto, Engine, PolicySet};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let outbox = PgOutbox::connect("postgres://app@db.internal/app").await?;
-//! let conto = Conto::builder(Engine::from_file("policies/example.json")?).outbox(outbox).build();
+//! let url = "postgres://app@db.internal/app";
+//! let engine = Engine::builder()
+//!     .policies(PolicySet::from_file("policies/example.json")?)
+//!     .build_shared(PgLedger::connect(url).await?);
+//! let conto = Conto::builder(engine).outbox(PgOutbox::connect(url).await?).build();
 //! # let _ = conto; Ok(()) }
 //! ```
 #![deny(missing_docs)]

@@ -200,14 +200,40 @@ async fn concurrent_actions_on_two_replicas_never_overspend() {
 }
 
 /// PostgreSQL cut off in the middle of a load (every connection dropped, new ones refused,
-/// then back): decisions during the outage fail closed as `unavailable`, every settlement that
-/// ran had its approval written in the shared ledger first, and every record is delivered once
-/// the database is back (held in the process meanwhile).
+/// for 600 ms, then back): decisions during the outage fail closed as `unavailable`, every
+/// settlement that ran had its approval written in the shared ledger first, and every record is
+/// delivered once the database is back (held in the process meanwhile).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_mid_load_approves_nothing_unchecked_and_loses_no_record() {
-    let Some((direct, name)) = schema("outage").await else { return };
     let proxy = Proxy::start().await;
-    let Some(pool) = pool_on(&proxy.url(), 8).await else { return };
+    let cut = proxy.clone();
+    load_through_a_fault(&proxy.url(), "outage", async move {
+        cut.cut().await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        cut.restore();
+    })
+    .await;
+}
+
+/// The same load through a real restart of the server: set `CONTO_PG_RESTART` to the command
+/// that restarts it (on these machines: `pg_ctlcluster --skip-systemctl-redirect 15 main
+/// restart`). Not in CI: the server is shared by every test run on the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "restarts the PostgreSQL server: run by hand with CONTO_PG_RESTART set"]
+async fn a_real_server_restart_mid_load_approves_nothing_unchecked_and_loses_no_record() {
+    let command = std::env::var("CONTO_PG_RESTART").expect("CONTO_PG_RESTART: the command that restarts the server");
+    load_through_a_fault(&common::url(), "restart", async move {
+        let status = tokio::process::Command::new("sh").arg("-c").arg(&command).status().await.unwrap();
+        assert!(status.success(), "{command} failed");
+    })
+    .await;
+}
+
+/// 240 paid actions, one every 5 ms, on a shared engine and outbox reached through `url`, with
+/// `fault` started a third of the way in; then checks nothing was approved unchecked or lost.
+async fn load_through_a_fault(url: &str, tag: &str, fault: impl std::future::Future<Output = ()> + Send + 'static) {
+    let Some((direct, name)) = schema(tag).await else { return };
+    let Some(pool) = pool_on(url, 8).await else { return };
     let clock = ManualClock::new(NOON.parse().unwrap());
     let policies = r#"{"agents": ["agent-1"], "policies": [{"name": "budget", "rules": [
         {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "1000", "action": "ALLOW"}]}]}"#;
@@ -222,6 +248,7 @@ async fn a_database_outage_mid_load_approves_nothing_unchecked_and_loses_no_reco
     let (mut unavailable, mut other) = (0, 0);
     let actions = 240;
     let mut tasks = Vec::new();
+    let mut fault = Some(fault);
     for i in 0..actions {
         let (conto, ran) = (conto.clone(), ran.clone());
         tasks.push(tokio::spawn(async move {
@@ -238,11 +265,10 @@ async fn a_database_outage_mid_load_approves_nothing_unchecked_and_loses_no_reco
                 .await
         }));
         if i == actions / 3 {
-            let proxy = proxy.clone();
+            let fault = fault.take().unwrap();
             tokio::spawn(async move {
-                proxy.cut().await;
-                tokio::time::sleep(Duration::from_millis(600)).await;
-                proxy.restore();
+                tokio::time::sleep(Duration::from_millis(5 * (actions / 3))).await;
+                fault.await;
             });
         }
     }
@@ -273,7 +299,7 @@ async fn a_database_outage_mid_load_approves_nothing_unchecked_and_loses_no_reco
         .await
         .unwrap();
     eprintln!(
-        "outage: actions={actions} ran={} unavailable={unavailable} other={other} recorded={} delivered={delivered} \
+        "{tag}: actions={actions} ran={} unavailable={unavailable} other={other} recorded={} delivered={delivered} \
          pending={} dead={}",
         ran.len(),
         ids.len(),

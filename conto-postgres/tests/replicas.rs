@@ -23,10 +23,13 @@ const RECIPIENT: &str = "0x1111111111111111111111111111111111111111";
 /// A fixed instant, so that no day boundary falls inside a run.
 const NOON: &str = "2026-06-03T12:00:00Z";
 
-fn budget_policies(limit: &str) -> String {
+/// A daily limit for each of `actors` actors (`agent-1` …).
+fn budget_policies(limit: &str, actors: usize) -> String {
+    let agents: Vec<String> = (1..=actors).map(|i| format!("\"agent-{i}\"")).collect();
     format!(
-        r#"{{"agents": ["agent-1"], "policies": [{{"name": "budget", "rules": [
-            {{"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "{limit}", "action": "ALLOW"}}]}}]}}"#
+        r#"{{"agents": [{}], "policies": [{{"name": "budget", "rules": [
+            {{"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "{limit}", "action": "ALLOW"}}]}}]}}"#,
+        agents.join(", ")
     )
 }
 
@@ -57,6 +60,7 @@ fn replica_child() {
 async fn spend(pool: conto_postgres::PgPool, schema: &str) {
     let actions: usize = env("CONTO_REPLICA_ACTIONS").parse().unwrap();
     let amount = env("CONTO_REPLICA_AMOUNT");
+    let actors: usize = env("CONTO_REPLICA_ACTORS").parse().unwrap();
     let policies = PolicySet::from_json(&env("CONTO_REPLICA_POLICIES")).unwrap();
     let ledger = PgLedger::open(pool, schema).await.unwrap();
     let engine =
@@ -185,13 +189,14 @@ struct Run {
 }
 
 /// `replicas` processes, `actions` concurrent paid actions each of `amount`, released together.
-async fn run_replicas(replicas: usize, actions: usize, amount: &str, policies: &str, schema: &str) -> Run {
+async fn run_replicas(replicas: usize, actions: usize, actors: usize, amount: &str, schema: &str, limit: &str) -> Run {
     let vars = [
+        ("CONTO_REPLICA_ACTORS", actors.to_string()),
+        ("CONTO_REPLICA_POLICIES", budget_policies(limit, actors)),
         ("CONTO_REPLICA_DB", url()),
         ("CONTO_REPLICA_SCHEMA", schema.to_owned()),
         ("CONTO_REPLICA_ACTIONS", actions.to_string()),
         ("CONTO_REPLICA_AMOUNT", amount.to_owned()),
-        ("CONTO_REPLICA_POLICIES", policies.to_owned()),
     ];
     tokio::task::spawn_blocking(move || {
         let mut children: Vec<_> = (0..replicas).map(|_| spawn_replica("spend", &vars)).collect();
@@ -223,7 +228,7 @@ async fn run_replicas(replicas: usize, actions: usize, amount: &str, policies: &
 async fn four_replica_processes_never_overspend_one_daily_limit() {
     let Some((pool, name)) = schema("four").await else { return };
     PgLedger::open(pool.clone(), &name).await.unwrap(); // migrate once, before the race
-    let run = run_replicas(4, 500, "0.10", &budget_policies("50"), &name).await;
+    let run = run_replicas(4, 500, 1, "0.10", &name, "50").await;
     let (spent, reserved): (Decimal, Decimal) = sqlx::query_as(&format!(
         "SELECT COALESCE(sum(spent), 0), COALESCE(sum(reserved), 0) FROM {name}.ledger_counters"
     ))
@@ -316,18 +321,25 @@ async fn a_killed_replicas_records_are_delivered_by_another_exactly_once() {
 }
 
 /// Throughput with 1, 2 and 4 replica processes on one shared ledger (a budget that never
-/// binds, one actor and four actors). Prints; asserts nothing about time. Run with
-/// `cargo test -p conto-postgres --test replicas -- --ignored replica_throughput --nocapture`.
+/// binds; one actor, whose decisions take turns, and 16 actors). Prints; asserts nothing about
+/// time. Run with `cargo test --release -p conto-postgres --test replicas -- --ignored
+/// replica_throughput --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement for BENCHMARKS.md"]
 async fn replica_throughput() {
-    for replicas in [1, 2, 4] {
-        let Some((pool, name)) = schema(&format!("tp{replicas}")).await else { return };
-        PgLedger::open(pool.clone(), &name).await.unwrap();
-        let actions = 2000 / replicas;
-        let run = run_replicas(replicas, actions, "0.01", &budget_policies("1000000"), &name).await;
-        assert_eq!(run.approved as usize, actions * replicas);
-        println!("replicas={replicas} actions={} actions_per_s={:.0}", actions * replicas, run.per_second);
-        drop_schema(&pool, &name).await;
+    for actors in [1, 16] {
+        for replicas in [1, 2, 4] {
+            let Some((pool, name)) = schema(&format!("tp{replicas}")).await else { return };
+            PgLedger::open(pool.clone(), &name).await.unwrap();
+            let actions = 2000 / replicas;
+            let run = run_replicas(replicas, actions, actors, "0.01", &name, "1000000").await;
+            assert_eq!(run.approved as usize, actions * replicas);
+            println!(
+                "actors={actors} replicas={replicas} actions={} actions_per_s={:.0}",
+                actions * replicas,
+                run.per_second
+            );
+            drop_schema(&pool, &name).await;
+        }
     }
 }

@@ -3,6 +3,10 @@
 //!
 //! Each agent has its own ledger behind its own lock, so agents never wait for each other; the
 //! policy set is swapped atomically and read without locking.
+//!
+//! That ledger is this process's own: N replicas of a service on [`Engine`] each enforce every
+//! limit alone (N × each budget in all). [`SharedEngine`] keeps the ledger in a
+//! [`SharedLedger`] that every replica uses (conto's `postgres::PgLedger`).
 
 mod evaluate;
 mod ledger;
