@@ -254,7 +254,7 @@ impl PgLedger {
         .execute(&mut *tx)
         .await
         .map_err(err)?;
-        if self.inner.transactions.fetch_add(1, Ordering::Relaxed) % HOUSEKEEPING_EVERY == 0 {
+        if self.inner.transactions.fetch_add(1, Ordering::Relaxed).is_multiple_of(HOUSEKEEPING_EVERY) {
             self.housekeeping(&mut tx, actor, now.as_str()).await?;
         }
         Ok(tx)

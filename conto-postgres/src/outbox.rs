@@ -394,10 +394,11 @@ impl RecordSink for PgOutbox {
                     tracing::error!(%error, "conto.outbox.write_failed");
                 }
             }
-            if n > 0 && self.shared.passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 256 == 0 {
-                if let Err(error) = self.prune_delivered().await {
-                    tracing::warn!(%error, "conto.outbox.prune_failed");
-                }
+            if n > 0
+                && self.shared.passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(256)
+                && let Err(error) = self.prune_delivered().await
+            {
+                tracing::warn!(%error, "conto.outbox.prune_failed");
             }
             self.refresh().await.map_err(|e| SinkError(e.to_string()))?;
             Ok(n)

@@ -73,11 +73,11 @@ async fn spend(pool: conto_postgres::PgPool, schema: &str) {
     std::io::stdin().read_line(&mut go).unwrap();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..actions {
+    for i in 0..actions {
         let (conto, amount) = (conto.clone(), amount.clone());
+        let actor = format!("agent-{}", 1 + i % actors);
         tasks.push(tokio::spawn(async move {
-            let intent =
-                PaymentIntent::builder("agent-1", amount.as_str(), Rail::card("Acme").unwrap()).build().unwrap();
+            let intent = PaymentIntent::builder(actor, amount.as_str(), Rail::card("Acme").unwrap()).build().unwrap();
             conto.run(intent, |_| async { Ok::<_, ()>(()) }, |_| Settlement::default()).await
         }));
     }

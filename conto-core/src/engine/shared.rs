@@ -181,7 +181,7 @@ pub enum LedgerWrite {
         /// The request id.
         id: String,
         /// The intent that waits.
-        intent: PaymentIntent,
+        intent: Box<PaymentIntent>,
         /// When the request lapses.
         expires_at: Timestamp,
     },
@@ -436,7 +436,7 @@ impl SharedEngine {
                         expires_at,
                         reasons,
                     }));
-                    vec![LedgerWrite::OpenPending { id, intent: intent.clone(), expires_at }]
+                    vec![LedgerWrite::OpenPending { id, intent: Box::new(intent.clone()), expires_at }]
                 }
             }
         };
