@@ -98,6 +98,12 @@ pub use conto_store as outbox;
 #[doc(inline)]
 pub use conto_postgres as postgres;
 
+/// Outbound paid requests (feature `outbound`): a reqwest-middleware that asks the spend policy
+/// before an x402 or MPP payment is signed.
+#[cfg(feature = "outbound")]
+#[doc(inline)]
+pub use conto_outbound as outbound;
+
 /// Why [`from_env`] / [`builder_from_env`] could not set up an authority.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -621,6 +621,17 @@ impl Approval {
         self.release_because("released");
     }
 
+    /// Lets go of the approval without recording or releasing it, when whether money moved is
+    /// unknown (a payment credential was sent and no answer came back): its reservation keeps
+    /// holding the amount until the approval expires, so the budget errs on the side of spent.
+    /// Returns the authorization, for an operator or a later reconcile.
+    pub fn hold(mut self) -> Authorization {
+        let authorization = self.authorization.take().expect("an Approval is consumed only once");
+        tracing::warn!(authorization = %authorization.id, expires_at = %authorization.expires_at,
+            "conto.approval.held: outcome unknown; the reservation holds until it expires");
+        authorization
+    }
+
     fn release_because(mut self, reason: &'static str) {
         if let Some(authorization) = self.authorization.take() {
             release(&self.conto, self.via, &authorization, reason);

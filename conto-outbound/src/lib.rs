@@ -1,0 +1,52 @@
+//! Outbound paid requests for conto-rs: [`PaidRequests`], a `reqwest-middleware` middleware that
+//! puts the spend policy in front of every x402 or MPP payment the app makes.
+//!
+//! On a `402 Payment Required` it reads the challenge (x402 v2 `PAYMENT-REQUIRED`, then an x402
+//! v1 body, then MPP `WWW-Authenticate: Payment`), turns the chosen requirement into a
+//! [`PaymentIntent`](conto_core::PaymentIntent) on the x402 or MPP rail (the atomic amount
+//! converted exactly with the asset's decimals, `payTo` as the recipient, the resource, network
+//! and asset carried over), and authorizes it through [`Conto`](conto_core::Conto):
+//!
+//! - **denied, waiting for a human, or the authority unavailable:** the app's [`Signer`] is
+//!   never called; the caller gets [`PaymentError::Refused`] with the typed rejection;
+//! - **approved:** the signer creates the credential, the request is retried with it once, and
+//!   the settlement the paywall reports (`PAYMENT-RESPONSE`, `X-PAYMENT-RESPONSE`,
+//!   `Payment-Receipt`) is recorded with its transaction reference; a failed paid retry releases
+//!   the approval; a paid retry with no answer holds it until it expires (the money may have
+//!   moved);
+//! - **guards:** a cap per request, allowed networks, known assets only, one idempotency key
+//!   per payment attempt (kept across retries of the whole request), a timeout on the paid
+//!   retry, and a challenge that changed between the 402 and the paid retry is never paid again.
+//!
+//! The crate signs nothing itself: the [`Signer`] is the app's wallet or x402/MPP client.
+//!
+//! ```no_run
+//! use conto::outbound::{Credential, Offer, PaidRequests, Signer, SignError};
+//! use conto::{BoxFuture, Conto, Engine};
+//!
+//! struct Wallet; // the app's own payer
+//! impl Signer for Wallet {
+//!     fn sign<'a>(&'a self, offer: &'a Offer) -> BoxFuture<'a, Result<Credential, SignError>> {
+//!         Box::pin(async move { Credential::new("payment-signature", "…base64 PaymentPayload…") })
+//!     }
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let conto = Conto::new(Engine::from_file("policies/example.json")?);
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(PaidRequests::builder(conto, Wallet).actor("agent-1")?.build())
+//!     .build();
+//! let answer = client.get("https://api.example.com/search?q=rust").send().await?;
+//! # let _ = answer; Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod challenge;
+mod pay;
+
+pub use challenge::{Challenge, ChallengeError, MppChallenge, Requirement, SettlementReport};
+pub use pay::{
+    Assets, Credential, Offer, PaidRequests, PaidRequestsBuilder, PayAs, PaymentError, SignError, Signer, to_amount,
+};
+pub use reqwest_middleware;

@@ -1,0 +1,506 @@
+//! [`PaidRequests`]: the reqwest-middleware that asks the spend policy before paying a 402.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conto_core::{
+    ActorId, Amount, Authorization, BoxFuture, Conto, Decimal, IntentError, PaymentIntent, Rail, Rejection,
+    SecretString, Settlement,
+};
+use http::{Extensions, HeaderName, HeaderValue};
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+use serde_json::Value;
+
+use crate::challenge::{self, Challenge, ChallengeError, Requirement};
+
+/// The actor a request pays as (a request extension:
+/// `client.get(url).with_extension(PayAs::new("agent-1")?)`); without it the middleware's
+/// default actor pays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayAs(pub ActorId);
+
+impl PayAs {
+    /// Pays as `actor` (a provisioned actor id).
+    pub fn new(actor: impl Into<String>) -> Result<Self, IntentError> {
+        Ok(Self(ActorId::new(actor)?))
+    }
+}
+
+/// The decimals of the assets the app pays in, by network and asset (case-insensitive). The
+/// amount a challenge asks, in atomic units, becomes Conto's decimal amount exactly with them;
+/// an asset not listed is never paid ([`PaymentError::UnknownAsset`]).
+#[derive(Debug, Clone, Default)]
+pub struct Assets(Vec<(Option<String>, String, u32)>);
+
+impl Assets {
+    /// No asset: list each one with [`Assets::with`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// USDC (6 decimals) on Base and Base Sepolia, by CAIP-2 id (x402 v2) and by name (v1).
+    pub fn usdc() -> Self {
+        const BASE: &str = "0x833589fcd6edb6e08f4c7c32d4f71b54bda02913";
+        const BASE_SEPOLIA: &str = "0x036cbd53842c5426634e7929541ec2318f3dcf7e";
+        Self::new().with("eip155:8453", BASE, 6).with("base", BASE, 6).with("eip155:84532", BASE_SEPOLIA, 6).with(
+            "base-sepolia",
+            BASE_SEPOLIA,
+            6,
+        )
+    }
+
+    /// Adds `asset` on `network` with `decimals` (at most 28).
+    pub fn with(mut self, network: impl Into<String>, asset: impl Into<String>, decimals: u32) -> Self {
+        self.0.push((Some(network.into().to_ascii_lowercase()), asset.into().to_ascii_lowercase(), decimals.min(28)));
+        self
+    }
+
+    /// Adds `asset` on any network (an MPP currency such as `usd`, 2 decimals: cents).
+    pub fn with_any_network(mut self, asset: impl Into<String>, decimals: u32) -> Self {
+        self.0.push((None, asset.into().to_ascii_lowercase(), decimals.min(28)));
+        self
+    }
+
+    fn decimals(&self, network: Option<&str>, asset: &str) -> Option<u32> {
+        let asset = asset.to_ascii_lowercase();
+        let network = network.map(str::to_ascii_lowercase);
+        self.0.iter().find(|(n, a, _)| *a == asset && (n.is_none() || *n == network)).map(|(_, _, d)| *d)
+    }
+}
+
+/// `atomic` units of an asset with `decimals` as an exact decimal amount.
+pub fn to_amount(atomic: &str, decimals: u32) -> Result<Decimal, String> {
+    if atomic.is_empty() || !atomic.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{atomic}` is not a whole number of atomic units"));
+    }
+    let units: i128 = atomic.parse().map_err(|_| format!("`{atomic}` atomic units is too large"))?;
+    Decimal::try_from_i128_with_scale(units, decimals)
+        .map(|d| d.normalize())
+        .map_err(|_| format!("`{atomic}` atomic units with {decimals} decimals is out of range"))
+}
+
+/// What the signer is asked to pay: the challenge, the requirement chosen (x402), and the
+/// approval it pays under.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Offer {
+    /// The challenge, as read.
+    pub challenge: Challenge,
+    /// The x402 requirement chosen (`None` for MPP).
+    pub requirement: Option<Requirement>,
+    /// The amount approved, in Conto's decimal unit.
+    pub amount: Amount,
+    /// The URL paid for.
+    pub url: String,
+    /// The approval (its id ties the payment to the record).
+    pub authorization: Authorization,
+}
+
+/// A payment credential: the header the paid retry carries (`PAYMENT-SIGNATURE` for x402 v2,
+/// `X-PAYMENT` for v1, `Authorization: Payment …` for MPP). A bearer secret: never logged.
+pub struct Credential {
+    header: HeaderName,
+    value: SecretString,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential").field("header", &self.header).field("value", &"[redacted]").finish()
+    }
+}
+
+impl Credential {
+    /// A credential sent as `header: value`.
+    pub fn new(header: &str, value: impl Into<String>) -> Result<Self, SignError> {
+        let header = HeaderName::try_from(header).map_err(|e| SignError(format!("bad header name: {e}")))?;
+        Ok(Self { header, value: SecretString::from(value.into()) })
+    }
+}
+
+/// Why the app's signer could not create a credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the payment signer failed: {0}")]
+pub struct SignError(pub String);
+
+/// The app's payer: creates the payment credential for an approved offer (the wallet, x402 or
+/// MPP client the app already has). Called only after the spend policy approved the payment.
+pub trait Signer: Send + Sync + 'static {
+    /// The credential for `offer`.
+    fn sign<'a>(&'a self, offer: &'a Offer) -> BoxFuture<'a, Result<Credential, SignError>>;
+}
+
+/// Why a paid request was not paid, or its outcome is unknown. Returned as
+/// `reqwest_middleware::Error::Middleware`; get it back with
+/// [`PaymentError::from_middleware`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PaymentError {
+    /// The spend policy refused: denied, waiting for a human, or the authority unavailable
+    /// (fail-closed). The signer was not called.
+    #[error("payment refused: {0}")]
+    Refused(Box<Rejection>),
+    /// The 402 could not be read.
+    #[error(transparent)]
+    Challenge(#[from] ChallengeError),
+    /// The challenge asks for an asset whose decimals this client does not know.
+    #[error("unknown asset `{asset}` on `{network}`: list its decimals with Assets::with")]
+    UnknownAsset {
+        /// The network.
+        network: String,
+        /// The asset.
+        asset: String,
+    },
+    /// No requirement of the challenge is acceptable.
+    #[error("no acceptable payment requirement: {0}")]
+    NotAcceptable(String),
+    /// The price is above the per-request cap.
+    #[error("the paywall asks {amount}, above this client's cap of {max} per request")]
+    OverCap {
+        /// What was asked.
+        amount: Decimal,
+        /// The cap.
+        max: Decimal,
+    },
+    /// No actor: set [`PayAs`] on the request or a default actor.
+    #[error("no actor to pay as: add a PayAs extension to the request or set a default actor")]
+    NoActor,
+    /// The payment cannot be expressed as an intent.
+    #[error("the payment cannot be authorized: {0}")]
+    Intent(#[from] IntentError),
+    /// The app's signer failed (the approval was released).
+    #[error(transparent)]
+    Signer(#[from] SignError),
+    /// The paid retry was answered with another challenge (the price changed): not paid again.
+    #[error("the paywall changed its challenge between the 402 and the paid retry: refused")]
+    ChallengeChanged,
+    /// The paid retry failed (`status`); nothing settled, the approval was released.
+    #[error("the paid request failed with HTTP {status}; nothing settled")]
+    Failed {
+        /// The status.
+        status: u16,
+    },
+    /// No answer to the paid retry in time: the payment may have settled. The reservation is
+    /// held until it expires.
+    #[error("no answer to the paid request within {0:?}: the payment may have settled")]
+    OutcomeUnknown(Duration),
+    /// The request's body cannot be sent twice (a stream), so a 402 cannot be paid.
+    #[error("the request body is a stream and cannot be retried with a payment")]
+    NotRetryable,
+}
+
+impl PaymentError {
+    /// The payment error inside a `reqwest_middleware::Error`, if that is what it is.
+    pub fn from_middleware(error: &reqwest_middleware::Error) -> Option<&PaymentError> {
+        match error {
+            reqwest_middleware::Error::Middleware(e) => e.downcast_ref(),
+            reqwest_middleware::Error::Reqwest(_) => None,
+        }
+    }
+}
+
+fn fail(e: PaymentError) -> reqwest_middleware::Error {
+    reqwest_middleware::Error::Middleware(e.into())
+}
+
+/// The middleware: add it to a `reqwest_middleware::ClientBuilder`. A 402 with an x402 or MPP
+/// challenge is turned into a [`PaymentIntent`], authorized through [`Conto`], paid by the
+/// app's [`Signer`] only when approved, retried with the credential, and the settlement the
+/// paywall reports is recorded. Everything else passes through untouched.
+#[derive(Clone)]
+pub struct PaidRequests {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conto: Conto,
+    signer: Arc<dyn Signer>,
+    assets: Assets,
+    actor: Option<ActorId>,
+    networks: Option<Vec<String>>,
+    max: Option<Decimal>,
+    timeout: Duration,
+}
+
+/// Builds [`PaidRequests`].
+pub struct PaidRequestsBuilder {
+    inner: Inner,
+}
+
+impl PaidRequests {
+    /// A middleware paying through `conto`'s policy with `signer`, in USDC on Base by default.
+    pub fn builder(conto: Conto, signer: impl Signer) -> PaidRequestsBuilder {
+        PaidRequestsBuilder {
+            inner: Inner {
+                conto,
+                signer: Arc::new(signer),
+                assets: Assets::usdc(),
+                actor: None,
+                networks: None,
+                max: None,
+                timeout: Duration::from_secs(30),
+            },
+        }
+    }
+}
+
+impl PaidRequestsBuilder {
+    /// The actor that pays when a request carries no [`PayAs`].
+    pub fn actor(mut self, actor: impl Into<String>) -> Result<Self, IntentError> {
+        self.inner.actor = Some(ActorId::new(actor)?);
+        Ok(self)
+    }
+
+    /// The assets this client pays in, with their decimals (default: [`Assets::usdc`]).
+    pub fn assets(mut self, assets: Assets) -> Self {
+        self.inner.assets = assets;
+        self
+    }
+
+    /// Pays only on these networks (x402 `network`, case-insensitive).
+    pub fn networks<I: IntoIterator<Item = S>, S: Into<String>>(mut self, networks: I) -> Self {
+        self.inner.networks = Some(networks.into_iter().map(|n| n.into().to_ascii_lowercase()).collect());
+        self
+    }
+
+    /// Never pays more than `max` for one request, whatever the policy allows.
+    pub fn max_per_request(mut self, max: Amount) -> Self {
+        self.inner.max = Some(max.get());
+        self
+    }
+
+    /// How long the paid retry may take (default 30 s). Past it the outcome is unknown: the
+    /// reservation is held until it expires ([`PaymentError::OutcomeUnknown`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.inner.timeout = timeout;
+        self
+    }
+
+    /// The middleware.
+    pub fn build(self) -> PaidRequests {
+        PaidRequests { inner: Arc::new(self.inner) }
+    }
+}
+
+/// One payment attempt's key, kept in the request's extensions so that a retry of the whole
+/// request (an outer retry middleware) pays under the same idempotency key.
+#[derive(Clone)]
+struct AttemptKey(String);
+
+impl Inner {
+    /// The requirement to pay and its amount, or why none is acceptable.
+    fn choose(&self, accepts: &[Requirement]) -> Result<(Requirement, Decimal), PaymentError> {
+        let mut why = Vec::new();
+        let mut unknown = None;
+        for r in accepts {
+            if r.scheme != "exact" && r.scheme != "upto" {
+                why.push(format!("scheme `{}` is not supported", r.scheme));
+                continue;
+            }
+            if let Some(allowed) = &self.networks
+                && !allowed.contains(&r.network.to_ascii_lowercase())
+            {
+                why.push(format!("network `{}` is not allowed", r.network));
+                continue;
+            }
+            let Some(decimals) = self.assets.decimals(Some(&r.network), &r.asset) else {
+                unknown.get_or_insert((r.network.clone(), r.asset.clone()));
+                continue;
+            };
+            let amount = to_amount(&r.amount, decimals).map_err(PaymentError::NotAcceptable)?;
+            return Ok((r.clone(), amount));
+        }
+        match unknown {
+            Some((network, asset)) => Err(PaymentError::UnknownAsset { network, asset }),
+            None => Err(PaymentError::NotAcceptable(why.join("; "))),
+        }
+    }
+
+    fn intent(
+        &self,
+        challenge: &Challenge,
+        url: &str,
+        ext: &mut Extensions,
+    ) -> Result<(PaymentIntent, Option<Requirement>, Decimal), PaymentError> {
+        let actor =
+            ext.get::<PayAs>().map(|p| p.0.clone()).or_else(|| self.actor.clone()).ok_or(PaymentError::NoActor)?;
+        let key = ext.get::<AttemptKey>().cloned().unwrap_or_else(|| AttemptKey(attempt_key()));
+        ext.insert(key.clone());
+        let (intent, requirement, amount) = match challenge {
+            Challenge::X402 { resource, accepts, .. } => {
+                let (r, amount) = self.choose(accepts)?;
+                let resource = resource.clone().or_else(|| r.resource.clone()).unwrap_or_else(|| url.to_owned());
+                let mut rail = Rail::x402(&resource)?;
+                if let Rail::X402 { scheme, .. } = &mut rail {
+                    *scheme = Some(r.scheme.clone());
+                }
+                let intent = PaymentIntent::builder(actor.as_str(), amount_of(amount)?, rail)
+                    .recipient(r.pay_to.clone())
+                    .context("network", r.network.clone())
+                    .context("asset", r.asset.clone())
+                    .idempotency_key(key.0)
+                    .build()?;
+                (intent, Some(r), amount)
+            }
+            Challenge::Mpp(m) => {
+                let currency = m.request.get("currency").and_then(Value::as_str).unwrap_or_default();
+                let network = m.param("method").unwrap_or_default().to_owned();
+                let decimals = self.assets.decimals(Some(&network), currency).ok_or_else(|| {
+                    PaymentError::UnknownAsset { network: network.clone(), asset: currency.to_owned() }
+                })?;
+                let atomic = match m.request.get("amount") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Number(n)) => n.to_string(),
+                    _ => {
+                        return Err(ChallengeError::Malformed { what: "MPP request", why: "no `amount`".into() }.into());
+                    }
+                };
+                let amount = to_amount(&atomic, decimals).map_err(PaymentError::NotAcceptable)?;
+                let mut rail = Rail::mpp(url)?;
+                if let Rail::Mpp { intent, method, .. } = &mut rail {
+                    *intent = m.param("intent").map(str::to_owned);
+                    *method = m.param("method").map(str::to_owned);
+                }
+                let mut builder = PaymentIntent::builder(actor.as_str(), amount_of(amount)?, rail)
+                    .context("currency", currency.to_owned())
+                    .idempotency_key(key.0);
+                if let Some(to) = m.request.get("recipient").and_then(Value::as_str) {
+                    builder = builder.recipient(to.to_owned());
+                }
+                (builder.build()?, None, amount)
+            }
+        };
+        if let Some(max) = self.max
+            && amount > max
+        {
+            return Err(PaymentError::OverCap { amount, max });
+        }
+        Ok((intent, requirement, amount))
+    }
+}
+
+fn amount_of(amount: Decimal) -> Result<Amount, PaymentError> {
+    Amount::new(amount).map_err(|e| PaymentError::NotAcceptable(e.to_string()))
+}
+
+fn attempt_key() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("pay-{}-{now:x}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[async_trait::async_trait]
+impl Middleware for PaidRequests {
+    async fn handle(&self, req: Request, ext: &mut Extensions, next: Next<'_>) -> reqwest_middleware::Result<Response> {
+        let this = &self.inner;
+        let retry = req.try_clone();
+        let url = req.url().to_string();
+        let first = next.clone().run(req, ext).await?;
+        if first.status() != http::StatusCode::PAYMENT_REQUIRED {
+            return Ok(first);
+        }
+        let headers = first.headers().clone();
+        let body = first.bytes().await.map_err(reqwest_middleware::Error::Reqwest)?;
+        let challenge = challenge::read(&headers, &body).map_err(|e| fail(e.into()))?;
+        let Some(mut retry) = retry else { return Err(fail(PaymentError::NotRetryable)) };
+        let (intent, requirement, _) = this.intent(&challenge, &url, ext).map_err(fail)?;
+        let approval = this.conto.authorize(intent).await.map_err(|r| fail(PaymentError::Refused(Box::new(r))))?;
+        let offer = Offer {
+            challenge: challenge.clone(),
+            requirement,
+            amount: approval.authorization().amount,
+            url: url.clone(),
+            authorization: approval.authorization().clone(),
+        };
+        let credential = match this.signer.sign(&offer).await {
+            Ok(c) => c,
+            Err(e) => {
+                approval.release();
+                return Err(fail(e.into()));
+            }
+        };
+        use conto_core::ExposeSecret;
+        let Ok(value) = HeaderValue::from_str(credential.value.expose_secret()) else {
+            approval.release();
+            return Err(fail(SignError("the credential is not a valid header value".into()).into()));
+        };
+        retry.headers_mut().insert(credential.header.clone(), value);
+        let paid = match tokio::time::timeout(this.timeout, next.run(retry, ext)).await {
+            Ok(Ok(paid)) => paid,
+            Ok(Err(e)) => {
+                // The credential may have reached the paywall: hold, do not release.
+                approval.hold();
+                return Err(e);
+            }
+            Err(_) => {
+                approval.hold();
+                return Err(fail(PaymentError::OutcomeUnknown(this.timeout)));
+            }
+        };
+        if paid.status() == http::StatusCode::PAYMENT_REQUIRED {
+            // Refused again: nothing settled. A different challenge (a raised price) is never
+            // paid a second time.
+            let again = paid.headers().clone();
+            let body = paid.bytes().await.map_err(reqwest_middleware::Error::Reqwest)?;
+            approval.release();
+            let changed = challenge::read(&again, &body).map(|c| !same_offer(&c, &challenge)).unwrap_or(false);
+            return Err(fail(if changed {
+                PaymentError::ChallengeChanged
+            } else {
+                PaymentError::Failed { status: 402 }
+            }));
+        }
+        if !paid.status().is_success() {
+            approval.release();
+            return Err(fail(PaymentError::Failed { status: paid.status().as_u16() }));
+        }
+        let report = challenge::settlement(paid.headers());
+        let mut settlement = Settlement::default();
+        match report {
+            Ok(Some(r)) if !r.success => {
+                approval.release();
+                return Err(fail(PaymentError::Failed { status: paid.status().as_u16() }));
+            }
+            Ok(Some(r)) => {
+                if let Some(reference) = r.reference {
+                    settlement = settlement.reference(reference);
+                }
+                let decimals =
+                    offer.requirement.as_ref().and_then(|q| this.assets.decimals(Some(&q.network), &q.asset));
+                if let (Some(atomic), Some(d)) = (r.amount, decimals)
+                    && let Ok(amount) = to_amount(&atomic, d)
+                    && let Ok(amount) = Amount::new(amount)
+                {
+                    settlement = settlement.amount(amount);
+                }
+            }
+            // Paid and served, but no readable report: the money moved; count the approval.
+            Ok(None) | Err(_) => {
+                tracing::warn!(url = %url, "conto.outbound.no_settlement_report: recording the approved amount")
+            }
+        }
+        if let Err(error) = approval.record(settlement).await {
+            tracing::error!(url = %url, %error, "conto.outbound.record_failed");
+        }
+        Ok(paid)
+    }
+}
+
+/// Whether two challenges ask for the same payment (ignoring fields that may vary per answer).
+fn same_offer(a: &Challenge, b: &Challenge) -> bool {
+    match (a, b) {
+        (Challenge::X402 { accepts: x, .. }, Challenge::X402 { accepts: y, .. }) => {
+            let key = |r: &Requirement| {
+                (r.scheme.clone(), r.network.clone(), r.amount.clone(), r.asset.clone(), r.pay_to.clone())
+            };
+            x.iter().map(key).collect::<Vec<_>>() == y.iter().map(key).collect::<Vec<_>>()
+        }
+        (Challenge::Mpp(x), Challenge::Mpp(y)) => {
+            x.request.get("amount") == y.request.get("amount")
+                && x.request.get("currency") == y.request.get("currency")
+                && x.request.get("recipient") == y.request.get("recipient")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,367 @@
+//! Paying loopback paywalls through the policy: an x402 v2 paywall (`PAYMENT-REQUIRED`,
+//! `PAYMENT-SIGNATURE`, `PAYMENT-RESPONSE`) that verifies and settles through a facilitator on
+//! loopback (`POST /verify`, `POST /settle`, answered by this test's code, no chain), an x402 v1
+//! paywall (body, `X-PAYMENT`, `X-PAYMENT-RESPONSE`) and an MPP paywall (`WWW-Authenticate:
+//! Payment`, `Payment-Receipt`).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use conto::outbound::{Challenge, Credential, Offer, PaidRequests, PayAs, PaymentError, SignError, Signer};
+use conto::{BoxFuture, Conto, Decimal, Engine, Event, RejectionKind};
+use serde_json::{Value, json};
+
+const USDC: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"; // Base Sepolia
+const PAY_TO: &str = "0x1111111111111111111111111111111111111111";
+const SIGNATURE: &str = "signed-by-the-test-wallet";
+
+/// The paywall's and the facilitator's state.
+#[derive(Default)]
+struct Paywall {
+    /// The price in atomic units (USDC: 6 decimals).
+    price: Mutex<String>,
+    asset: Mutex<String>,
+    /// Raise the price once a challenge was sent (a paywall that changes its mind).
+    raise_after_challenge: AtomicBool,
+    facilitator: Mutex<String>,
+    settled: AtomicU32,
+    served: AtomicU32,
+}
+
+fn requirement(p: &Paywall, url: &str) -> Value {
+    json!({"scheme": "exact", "network": "eip155:84532", "amount": *p.price.lock().unwrap(),
+        "asset": *p.asset.lock().unwrap(), "payTo": PAY_TO, "maxTimeoutSeconds": 60,
+        "extra": {"name": "USDC", "version": "2"}, "resource": url})
+}
+
+async fn x402_v2(State(p): State<Arc<Paywall>>, headers: HeaderMap) -> Response {
+    let url = "http://paywall.test/search";
+    let wanted = requirement(&p, url);
+    let Some(signature) = headers.get("payment-signature") else {
+        let challenge = json!({"x402Version": 2, "resource": {"url": url}, "accepts": [wanted]});
+        if p.raise_after_challenge.load(Ordering::SeqCst) {
+            *p.price.lock().unwrap() = "900000".into();
+        }
+        return (StatusCode::PAYMENT_REQUIRED, [("payment-required", STANDARD.encode(challenge.to_string()))], "")
+            .into_response();
+    };
+    let payload: Value = serde_json::from_slice(&STANDARD.decode(signature.as_bytes()).unwrap()).unwrap();
+    let facilitator = p.facilitator.lock().unwrap().clone();
+    let client = reqwest::Client::new();
+    let body = json!({"x402Version": 2, "paymentPayload": payload, "paymentRequirements": wanted});
+    let verify: Value =
+        client.post(format!("{facilitator}/verify")).json(&body).send().await.unwrap().json().await.unwrap();
+    if verify["isValid"] != true {
+        let challenge = json!({"x402Version": 2, "resource": {"url": url}, "accepts": [wanted],
+            "error": verify["invalidReason"]});
+        return (StatusCode::PAYMENT_REQUIRED, [("payment-required", STANDARD.encode(challenge.to_string()))], "")
+            .into_response();
+    }
+    p.served.fetch_add(1, Ordering::SeqCst);
+    let settle: Value =
+        client.post(format!("{facilitator}/settle")).json(&body).send().await.unwrap().json().await.unwrap();
+    (StatusCode::OK, [("payment-response", STANDARD.encode(settle.to_string()))], "results").into_response()
+}
+
+/// The facilitator: a payment is valid when it carries the test wallet's signature and accepts
+/// exactly what the paywall requires now.
+async fn verify(Json(body): Json<Value>) -> Json<Value> {
+    let p = &body["paymentPayload"];
+    let ok = p["payload"]["signature"] == SIGNATURE && p["accepted"] == body["paymentRequirements"];
+    Json(if ok {
+        json!({"isValid": true, "payer": "0xpayer"})
+    } else {
+        json!({"isValid": false, "invalidReason": "invalid_payload"})
+    })
+}
+
+async fn settle(State(p): State<Arc<Paywall>>, Json(body): Json<Value>) -> Json<Value> {
+    let n = p.settled.fetch_add(1, Ordering::SeqCst) + 1;
+    Json(json!({"success": true, "transaction": format!("0x{n:064x}"), "network": "eip155:84532",
+        "payer": "0xpayer", "amount": body["paymentRequirements"]["amount"]}))
+}
+
+async fn x402_v1(State(p): State<Arc<Paywall>>, headers: HeaderMap) -> Response {
+    if headers.get("x-payment").is_none() {
+        let body = json!({"x402Version": 1, "error": "X-PAYMENT header is required", "accepts": [{
+            "scheme": "exact", "network": "base-sepolia", "maxAmountRequired": *p.price.lock().unwrap(),
+            "asset": USDC, "payTo": PAY_TO, "resource": "http://paywall.test/v1", "description": "search",
+            "mimeType": "application/json", "maxTimeoutSeconds": 60}]});
+        return (StatusCode::PAYMENT_REQUIRED, Json(body)).into_response();
+    }
+    p.served.fetch_add(1, Ordering::SeqCst);
+    let settled = json!({"success": true, "transaction": "0xv1", "network": "base-sepolia"});
+    (StatusCode::OK, [("x-payment-response", STANDARD.encode(settled.to_string()))], "v1 results").into_response()
+}
+
+async fn mpp(State(p): State<Arc<Paywall>>, headers: HeaderMap) -> Response {
+    if headers.get("authorization").is_none() {
+        let request =
+            URL_SAFE_NO_PAD.encode(json!({"amount": "75", "currency": "usd", "recipient": PAY_TO}).to_string());
+        let challenge =
+            format!(r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}""#);
+        return (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", challenge)], "").into_response();
+    }
+    p.served.fetch_add(1, Ordering::SeqCst);
+    let receipt =
+        URL_SAFE_NO_PAD.encode(json!({"status": "success", "method": "tempo", "reference": "0xmpp"}).to_string());
+    (StatusCode::OK, [("payment-receipt", receipt)], "stream").into_response()
+}
+
+async fn start(p: Arc<Paywall>) -> String {
+    let app = Router::new()
+        .route("/search", get(x402_v2))
+        .route("/v1", get(x402_v1))
+        .route("/stream", get(mpp))
+        .route("/verify", post(verify))
+        .route("/settle", post(settle))
+        .with_state(p.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    *p.facilitator.lock().unwrap() = url.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// The test wallet: counts its calls and writes the credential each protocol expects.
+#[derive(Clone, Default)]
+struct Wallet {
+    calls: Arc<AtomicU32>,
+}
+
+impl Signer for Wallet {
+    fn sign<'a>(&'a self, offer: &'a Offer) -> BoxFuture<'a, Result<Credential, SignError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            match &offer.challenge {
+                Challenge::X402 { version: 2, resource, .. } => {
+                    let accepted = serde_json::to_value(offer.requirement.as_ref().unwrap()).unwrap();
+                    let payload = json!({"x402Version": 2, "resource": {"url": resource}, "accepted": accepted,
+                        "payload": {"signature": SIGNATURE}});
+                    Credential::new("payment-signature", STANDARD.encode(payload.to_string()))
+                }
+                Challenge::X402 { .. } => Credential::new(
+                    "x-payment",
+                    STANDARD.encode(json!({"x402Version": 1, "payload": {"signature": SIGNATURE}}).to_string()),
+                ),
+                Challenge::Mpp(m) => {
+                    let credential = json!({"challenge": {"id": m.param("id")}, "payload": {"signature": SIGNATURE}});
+                    Credential::new(
+                        "authorization",
+                        format!("Payment {}", URL_SAFE_NO_PAD.encode(credential.to_string())),
+                    )
+                }
+                _ => Err(SignError("unknown challenge".into())),
+            }
+        })
+    }
+}
+
+const POLICIES: &str = r#"{"agents": ["agent-1"], "policies": [
+    {"name": "per payment", "rules": [{"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "1", "action": "ALLOW"}]},
+    {"name": "budget", "rules": [{"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}
+]}"#;
+
+struct Setup {
+    url: String,
+    paywall: Arc<Paywall>,
+    engine: Engine,
+    wallet: Wallet,
+    client: reqwest_middleware::ClientWithMiddleware,
+    recorded: Arc<Mutex<Vec<(Decimal, Option<String>)>>>,
+}
+
+async fn setup(price: &str) -> Setup {
+    let paywall = Arc::new(Paywall::default());
+    *paywall.price.lock().unwrap() = price.into();
+    *paywall.asset.lock().unwrap() = USDC.into();
+    let url = start(paywall.clone()).await;
+    let engine = Engine::from_json(POLICIES).unwrap();
+    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let seen = recorded.clone();
+    let conto = Conto::builder(engine.clone())
+        .observe(move |e| {
+            if let Event::Recorded { recorded, reference, .. } = e {
+                seen.lock().unwrap().push((recorded.amount.get(), reference.clone()));
+            }
+        })
+        .build();
+    let wallet = Wallet::default();
+    let assets = conto::outbound::Assets::usdc().with_any_network("usd", 2);
+    let paid = PaidRequests::builder(conto, wallet.clone()).actor("agent-1").unwrap().assets(assets).build();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(paid).build();
+    Setup { url, paywall, engine, wallet, client, recorded }
+}
+
+fn payment_error(e: &reqwest_middleware::Error) -> &PaymentError {
+    PaymentError::from_middleware(e).unwrap_or_else(|| panic!("not a payment error: {e:?}"))
+}
+
+#[tokio::test]
+async fn an_approved_x402_v2_payment_is_signed_once_settled_and_recorded_once_with_its_reference() {
+    let s = setup("250000").await; // 0.25 USDC
+    let answer = s.client.get(format!("{}/search", s.url)).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), "results");
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(s.paywall.settled.load(Ordering::SeqCst), 1);
+    let recorded = s.recorded.lock().unwrap().clone();
+    assert_eq!(recorded, vec![(Decimal::new(25, 2), Some(format!("0x{:064x}", 1)))], "recorded once, exactly 0.25");
+    let usage = s.engine.usage("agent-1");
+    assert_eq!((usage.stats.recorded, usage.live_reservations), (1, 0));
+}
+
+#[tokio::test]
+async fn a_denied_payment_never_calls_the_signer() {
+    let s = setup("5000000").await; // 5 USDC: above the per-payment limit of 1
+    let err = s.client.get(format!("{}/search", s.url)).send().await.unwrap_err();
+    let PaymentError::Refused(rejection) = payment_error(&err) else { panic!("{err:?}") };
+    assert!(matches!(rejection.kind(), RejectionKind::Denied(_)), "{rejection:?}");
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0, "the signer was never called");
+    assert_eq!(s.paywall.settled.load(Ordering::SeqCst), 0);
+    // A request paying as an unprovisioned actor is refused the same way.
+    let err = s
+        .client
+        .get(format!("{}/search", s.url))
+        .with_extension(PayAs::new("intruder").unwrap())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::Refused(_)));
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn an_unknown_asset_is_a_typed_error_and_never_paid() {
+    let s = setup("1000").await;
+    *s.paywall.asset.lock().unwrap() = "0xdeadbeef00000000000000000000000000000000".into();
+    let err = s.client.get(format!("{}/search", s.url)).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::UnknownAsset { .. }), "{err:?}");
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_paywall_that_raises_its_price_after_the_challenge_is_refused_and_nothing_is_recorded() {
+    let s = setup("250000").await;
+    s.paywall.raise_after_challenge.store(true, Ordering::SeqCst);
+    let err = s.client.get(format!("{}/search", s.url)).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::ChallengeChanged), "{err:?}");
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 1, "signed once, for the price first asked; never again");
+    assert_eq!(s.paywall.settled.load(Ordering::SeqCst), 0);
+    assert!(s.recorded.lock().unwrap().is_empty());
+    let usage = s.engine.usage("agent-1");
+    assert_eq!((usage.stats.recorded, usage.stats.released, usage.live_reservations), (0, 1, 0), "released");
+}
+
+#[tokio::test]
+async fn x402_v1_and_mpp_paywalls_are_paid_through_the_policy_too() {
+    let s = setup("100000").await;
+    let v1 = s.client.get(format!("{}/v1", s.url)).send().await.unwrap();
+    assert_eq!(v1.text().await.unwrap(), "v1 results");
+    let stream = s.client.get(format!("{}/stream", s.url)).send().await.unwrap();
+    assert_eq!(stream.text().await.unwrap(), "stream");
+    let recorded = s.recorded.lock().unwrap().clone();
+    assert_eq!(
+        recorded,
+        vec![(Decimal::new(1, 1), Some("0xv1".into())), (Decimal::new(75, 2), Some("0xmpp".into()))],
+        "0.1 USDC (v1) and 75 cents (MPP)"
+    );
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn the_per_request_cap_and_the_network_allowlist_hold_before_the_policy_is_asked() {
+    let paywall = Arc::new(Paywall::default());
+    *paywall.price.lock().unwrap() = "900000".into();
+    *paywall.asset.lock().unwrap() = USDC.into();
+    let url = start(paywall.clone()).await;
+    let wallet = Wallet::default();
+    let conto = Conto::new(Engine::from_json(POLICIES).unwrap());
+    let capped = PaidRequests::builder(conto.clone(), wallet.clone())
+        .actor("agent-1")
+        .unwrap()
+        .max_per_request(conto::Amount::new(Decimal::new(5, 1)).unwrap())
+        .build();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(capped).build();
+    let err = client.get(format!("{url}/search")).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::OverCap { .. }), "{err:?}");
+    let mainnet_only =
+        PaidRequests::builder(conto, wallet.clone()).actor("agent-1").unwrap().networks(["eip155:8453"]).build();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(mainnet_only).build();
+    let err = client.get(format!("{url}/search")).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::NotAcceptable(_)), "{err:?}");
+    assert_eq!(wallet.calls.load(Ordering::SeqCst), 0);
+}
+
+/// Malformed 402s (random headers and bodies) never panic and are never paid.
+#[tokio::test]
+async fn malformed_challenges_are_never_paid() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+    let garbage: Arc<Mutex<(String, Vec<u8>, String)>> = Arc::default();
+    let g = garbage.clone();
+    let app = Router::new().route(
+        "/",
+        get(move || {
+            let (header, body, auth) = g.lock().unwrap().clone();
+            async move {
+                let mut r = (StatusCode::PAYMENT_REQUIRED, body).into_response();
+                if let Ok(v) = header.parse() {
+                    r.headers_mut().insert("payment-required", v);
+                }
+                if let Ok(v) = auth.parse() {
+                    r.headers_mut().insert("www-authenticate", v);
+                }
+                r
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let wallet = Wallet::default();
+    let conto = Conto::new(Engine::from_json(POLICIES).unwrap());
+    let paid = PaidRequests::builder(conto, wallet.clone()).actor("agent-1").unwrap().build();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(paid).build();
+
+    let cases: Vec<(String, Vec<u8>, String)> = {
+        let strategy = (
+            prop_oneof![
+                Just(String::new()),
+                "[ -~]{0,60}",
+                any::<Vec<u8>>().prop_map(|b| STANDARD.encode(b)),
+                Just(STANDARD.encode(r#"{"x402Version":2,"accepts":[]}"#)),
+                Just(STANDARD.encode(r#"{"x402Version":2,"accepts":[{"scheme":"exact"}]}"#)),
+            ],
+            prop_oneof![
+                any::<Vec<u8>>(),
+                Just(br#"{"x402Version":1,"accepts":[{"maxAmountRequired":"-1"}]}"#.to_vec())
+            ],
+            prop_oneof![Just(String::new()), "Payment [ -~]{0,60}", Just("Payment request=\"%%%\"".to_owned())],
+        );
+        let mut runner = TestRunner::new(Config { cases: 150, ..Config::default() });
+        (0..150).map(|_| strategy.new_tree(&mut runner).unwrap().current()).collect()
+    };
+    for case in cases {
+        // The parser alone never panics on it...
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = case.0.parse() {
+            headers.insert("payment-required", v);
+        }
+        let _ = conto::outbound::challenge::read(&headers, &case.1);
+        // ...and through the middleware it is an error, never a payment.
+        *garbage.lock().unwrap() = case;
+        let out = client.get(&url).send().await;
+        assert!(out.is_err() || out.is_ok_and(|r| r.status() == 402));
+    }
+    assert_eq!(wallet.calls.load(Ordering::SeqCst), 0, "no malformed challenge reached the signer");
+}
