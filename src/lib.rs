@@ -243,7 +243,8 @@ pub fn builder_from_env(default_policies: impl AsRef<std::path::Path>) -> Result
     feature = "tower",
     feature = "credentials",
     feature = "outbox",
-    feature = "postgres"
+    feature = "postgres",
+    feature = "outbound"
 ))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -170,13 +170,16 @@ const POLICIES: &str = r#"{"agents": ["agent-1"], "policies": [
     {"name": "budget", "rules": [{"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}
 ]}"#;
 
+/// What the observer saw recorded: amount and settlement reference.
+type Records = Arc<Mutex<Vec<(Decimal, Option<String>)>>>;
+
 struct Setup {
     url: String,
     paywall: Arc<Paywall>,
     engine: Engine,
     wallet: Wallet,
     client: reqwest_middleware::ClientWithMiddleware,
-    recorded: Arc<Mutex<Vec<(Decimal, Option<String>)>>>,
+    recorded: Records,
 }
 
 async fn setup(price: &str) -> Setup {
@@ -364,4 +367,48 @@ async fn malformed_challenges_are_never_paid() {
         assert!(out.is_err() || out.is_ok_and(|r| r.status() == 402));
     }
     assert_eq!(wallet.calls.load(Ordering::SeqCst), 0, "no malformed challenge reached the signer");
+}
+
+/// An outer retry (here: a middleware that sends the whole request twice, as a retry policy
+/// would after a lost answer) pays under one idempotency key: one payment attempt, one key.
+#[tokio::test]
+async fn a_retried_request_keeps_one_idempotency_key_per_payment_attempt() {
+    struct Twice;
+    #[async_trait::async_trait]
+    impl reqwest_middleware::Middleware for Twice {
+        async fn handle(
+            &self,
+            req: reqwest::Request,
+            ext: &mut axum::http::Extensions,
+            next: reqwest_middleware::Next<'_>,
+        ) -> reqwest_middleware::Result<reqwest::Response> {
+            let again = req.try_clone().unwrap();
+            let _ = next.clone().run(req, ext).await;
+            next.run(again, ext).await
+        }
+    }
+    #[derive(Clone, Default)]
+    struct KeyWallet(Wallet, Arc<Mutex<Vec<String>>>);
+    impl Signer for KeyWallet {
+        fn sign<'a>(&'a self, offer: &'a Offer) -> BoxFuture<'a, Result<Credential, SignError>> {
+            let key = offer.authorization.intent.idempotency_key.as_str().to_owned();
+            self.1.lock().unwrap().push(key);
+            self.0.sign(offer)
+        }
+    }
+    let paywall = Arc::new(Paywall::default());
+    *paywall.price.lock().unwrap() = "10000".into();
+    *paywall.asset.lock().unwrap() = USDC.into();
+    let url = start(paywall.clone()).await;
+    let wallet = KeyWallet::default();
+    let conto = Conto::new(Engine::from_json(POLICIES).unwrap());
+    let paid = PaidRequests::builder(conto, wallet.clone()).actor("agent-1").unwrap().build();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(Twice).with(paid).build();
+    client.get(format!("{url}/search")).send().await.unwrap();
+    let keys = wallet.1.lock().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    assert!(!keys[0].is_empty() && keys[0] == keys[1], "one key for the attempt: {keys:?}");
+    // A new request is a new attempt.
+    client.get(format!("{url}/search")).send().await.unwrap();
+    assert_ne!(wallet.1.lock().unwrap()[2], keys[0]);
 }
