@@ -79,6 +79,10 @@ struct Shared {
     spill: Spill,
     /// Delivery passes that sent something; every 256th also prunes delivered rows.
     passes: std::sync::atomic::AtomicU64,
+    /// Outcomes of deliveries this process made whose row could not be updated (the database
+    /// went away meanwhile): written first thing on the next pass, so the row is neither
+    /// delivered twice nor left leased until its lease lapses.
+    unsettled: Mutex<Vec<(i64, Next)>>,
 }
 
 /// The durable outbox in PostgreSQL, shared by every replica of a service. Cheap to clone;
@@ -123,6 +127,7 @@ impl PgOutbox {
             seen: Mutex::default(),
             spill: Spill::default(),
             passes: Default::default(),
+            unsettled: Mutex::default(),
         };
         let outbox = Self {
             shared: Arc::new(shared),
@@ -330,8 +335,34 @@ impl PgOutbox {
         let outcome = attempt(deliverer, &record, attempts, self.max_attempts).await;
         // If this write fails, the lease lapses and a replica delivers the record again: the
         // idempotency key makes that repeat count once.
-        if let Err(error) = self.settle(id, outcome).await {
-            tracing::error!(%error, "conto.outbox.write_failed");
+        if let Err(error) = self.settle_or_keep(id, outcome).await {
+            tracing::error!(%error, "conto.outbox.write_failed: kept, written on the next pass");
+        }
+    }
+
+    /// Writes an outcome; when the database cannot be written, keeps it for the next pass.
+    async fn settle_or_keep(&self, id: i64, outcome: Next) -> Result<(), PgOutboxError> {
+        let describe = match &outcome {
+            Next::Delivered => Next::Delivered,
+            Next::Retry(after, e) => Next::Retry(*after, e.clone()),
+            Next::Dead(e) => Next::Dead(e.clone()),
+        };
+        let result = self.settle(id, outcome).await;
+        if result.is_err() {
+            self.shared.unsettled.lock().unwrap_or_else(|e| e.into_inner()).push((id, describe));
+        }
+        result
+    }
+
+    /// Writes the outcomes kept from earlier passes; stops at the first failure.
+    async fn write_unsettled(&self) -> Result<(), PgOutboxError> {
+        loop {
+            let Some((id, outcome)) = self.shared.unsettled.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+                return Ok(());
+            };
+            if let Err(error) = self.settle_or_keep(id, outcome).await {
+                return Err(error);
+            }
         }
     }
 }
@@ -365,6 +396,10 @@ impl RecordSink for PgOutbox {
 
     fn deliver_due<'a>(&'a self, deliverer: &'a dyn Deliver) -> BoxFuture<'a, Result<usize, SinkError>> {
         Box::pin(async move {
+            if let Err(e) = self.write_unsettled().await {
+                self.seen().next_due = None;
+                return Err(SinkError(e.to_string()));
+            }
             if let Err(e) = self.unspill().await {
                 self.seen().next_due = None;
                 return Err(SinkError(e.to_string()));
@@ -390,8 +425,8 @@ impl RecordSink for PgOutbox {
                     }
                     Err((why, _)) => Next::Dead(why),
                 };
-                if let Err(error) = self.settle(id, outcome).await {
-                    tracing::error!(%error, "conto.outbox.write_failed");
+                if let Err(error) = self.settle_or_keep(id, outcome).await {
+                    tracing::error!(%error, "conto.outbox.write_failed: kept, written on the next pass");
                 }
             }
             if n > 0
@@ -406,7 +441,7 @@ impl RecordSink for PgOutbox {
     }
 
     fn next_due(&self) -> Option<Duration> {
-        if !self.spilled().is_empty() {
+        if !self.spilled().is_empty() || !self.shared.unsettled.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
             return Some(Duration::from_millis(500));
         }
         let at = self.seen().next_due?;
