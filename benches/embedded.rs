@@ -38,6 +38,15 @@ fn by_policy_count(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("policies", n), &n, |b, _| {
             b.iter(|| decide_and_record(&engine, black_box(&i)))
         });
+        // What the pipeline calls: the approval keeps the caller's `Arc` instead of a copy.
+        let shared = Arc::new(i.clone());
+        g.bench_with_input(BenchmarkId::new("policies_shared_intent", n), &n, |b, _| {
+            b.iter(|| {
+                let d = engine.decide_shared(black_box(&shared)).unwrap();
+                let conto::Verdict::Approved(a) = d.verdict else { panic!("benchmark intents are approved") };
+                engine.settle(&a, &Settlement::default()).unwrap();
+            })
+        });
     }
     g.finish();
 }

@@ -14,7 +14,7 @@ mod common;
 
 use common::{intent, policies_for};
 
-async fn decide_and_record(authority: &dyn Authorizer, intent: &PaymentIntent) {
+async fn decide_and_record(authority: &dyn Authorizer, intent: &std::sync::Arc<PaymentIntent>) {
     let d = authority.authorize(intent).await.unwrap();
     let Verdict::Approved(a) = d.verdict else { panic!("benchmark intents are approved") };
     authority.record(&a, &Settlement::default()).await.unwrap();
@@ -38,7 +38,7 @@ fn shared_vs_in_process(c: &mut Criterion) {
             .policies(policies_for(10, agents))
             .build_shared(PgLedger::open(pool.clone(), &schema).await.unwrap())
     });
-    let i = intent("agent-1");
+    let i = std::sync::Arc::new(intent("agent-1"));
     let mut g = c.benchmark_group("shared_ledger_authorize_record");
     g.bench_function("in_process", |b| b.to_async(&rt).iter(|| decide_and_record(&in_process, black_box(&i))));
     g.bench_function("postgres", |b| b.to_async(&rt).iter(|| decide_and_record(&shared, black_box(&i))));

@@ -369,7 +369,10 @@ async fn client_disconnect_releases() {
 struct Hangs;
 
 impl Authorizer for Hangs {
-    fn authorize<'a>(&'a self, _: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+    fn authorize<'a>(
+        &'a self,
+        _: &'a std::sync::Arc<PaymentIntent>,
+    ) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
         Box::pin(std::future::pending())
     }
     fn record<'a>(
@@ -407,7 +410,10 @@ async fn unavailable_authority_is_a_503_with_retry_after() {
 struct BadKey;
 
 impl Authorizer for BadKey {
-    fn authorize<'a>(&'a self, _: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+    fn authorize<'a>(
+        &'a self,
+        _: &'a std::sync::Arc<PaymentIntent>,
+    ) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
         Box::pin(std::future::ready(Err(AuthorityError::from_status(401, "AUTH_FAILED", "invalid SDK key"))))
     }
     fn record<'a>(

@@ -61,8 +61,8 @@ impl BoundClients {
 }
 
 impl Authorizer for BoundClients {
-    fn authorize<'a>(&'a self, intent: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
-        Box::pin(async move { self.client_for(intent.actor.as_str())?.authorize_intent(intent).await })
+    fn authorize<'a>(&'a self, intent: &'a Arc<PaymentIntent>) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+        Box::pin(async move { self.client_for(intent.actor.as_str())?.authorize_shared(intent).await })
     }
 
     fn record<'a>(

@@ -315,6 +315,11 @@ impl ContoClient {
 
     /// Authorizes an intent (see [`Authorizer::authorize`]).
     pub async fn authorize_intent(&self, intent: &PaymentIntent) -> Result<Decision, AuthorityError> {
+        self.authorize_shared(&Arc::new(intent.clone())).await
+    }
+
+    /// [`ContoClient::authorize_intent`] on a shared intent (an approval keeps the `Arc`).
+    pub async fn authorize_shared(&self, intent: &Arc<PaymentIntent>) -> Result<Decision, AuthorityError> {
         let (kind, body) = PaymentBody::from_intent(intent);
         let path = kind.authorize_path();
         let answer = self.call(reqwest::Method::POST, path, Some(&body), self.inner.authorize_timeout).await?;
@@ -329,7 +334,7 @@ impl ContoClient {
             _ => return Err(Self::api_error(&answer)),
         }
         let body = wire::decision_body(answer.status, &answer.body)?;
-        wire::parse_decision(answer.status, &body, &Arc::new(intent.clone()), Timestamp::now())
+        wire::parse_decision(answer.status, &body, intent, Timestamp::now())
     }
 
     /// Records a settlement (see [`Authorizer::record`]).
@@ -465,8 +470,8 @@ fn redact(e: reqwest::Error) -> String {
 }
 
 impl Authorizer for ContoClient {
-    fn authorize<'a>(&'a self, intent: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
-        Box::pin(self.authorize_intent(intent))
+    fn authorize<'a>(&'a self, intent: &'a Arc<PaymentIntent>) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+        Box::pin(self.authorize_shared(intent))
     }
 
     fn record<'a>(

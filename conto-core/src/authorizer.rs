@@ -194,8 +194,9 @@ impl AuthorityError {
 /// that can release synchronously should do the work before returning the future.
 pub trait Authorizer: Send + Sync {
     /// Decides on an intent. An approval reserves the amount until it is recorded, released or
-    /// expires.
-    fn authorize<'a>(&'a self, intent: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>>;
+    /// expires. The intent is shared: an approval keeps it (`Authorization::intent`) without
+    /// copying it.
+    fn authorize<'a>(&'a self, intent: &'a Arc<PaymentIntent>) -> BoxFuture<'a, Result<Decision, AuthorityError>>;
 
     /// Records a settled approval: the reservation becomes spend of the settled amount.
     /// Recording the same authorization twice with the same settlement is a no-op.
@@ -231,7 +232,7 @@ pub trait Authorizer: Send + Sync {
 }
 
 impl<T: Authorizer + ?Sized> Authorizer for Arc<T> {
-    fn authorize<'a>(&'a self, intent: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+    fn authorize<'a>(&'a self, intent: &'a Arc<PaymentIntent>) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
         (**self).authorize(intent)
     }
 

@@ -236,7 +236,10 @@ struct Broken {
 }
 
 impl Authorizer for Broken {
-    fn authorize<'a>(&'a self, _: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+    fn authorize<'a>(
+        &'a self,
+        _: &'a std::sync::Arc<PaymentIntent>,
+    ) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
         let hang = self.hang;
         Box::pin(async move {
             if hang {

@@ -115,26 +115,63 @@ fn velocity_key(v: &Velocity, intent: &PaymentIntent) -> VelocityKey {
     VelocityKey { id: v.id.clone(), scope_key: v.scope.key(intent), window: v.window }
 }
 
-/// Period starts computed during one decision (policies usually share a few periods and zones).
+/// Period starts computed during one decision (policies usually share a few periods and zones):
+/// the first four kept inline, so the common decision allocates nothing for them.
 #[derive(Default)]
-struct Starts(Vec<(Period, Arc<str>, Timestamp)>);
+struct Starts {
+    inline: [Option<(Period, Arc<str>, Timestamp)>; 4],
+    more: Vec<(Period, Arc<str>, Timestamp)>,
+}
 
 impl Starts {
     fn get(&mut self, c: &Cumulative, now: Timestamp) -> Timestamp {
-        if let Some((_, _, t)) =
-            self.0.iter().find(|(p, tz, _)| *p == c.period && (Arc::ptr_eq(tz, &c.tz_name) || **tz == *c.tz_name))
-        {
+        let same = |(p, tz, _): &&(Period, Arc<str>, Timestamp)| {
+            *p == c.period && (Arc::ptr_eq(tz, &c.tz_name) || **tz == *c.tz_name)
+        };
+        if let Some((_, _, t)) = self.inline.iter().flatten().chain(self.more.iter()).find(same) {
             return *t;
         }
         let t = period_start(c.period, &c.tz, now);
-        self.0.push((c.period, c.tz_name.clone(), t));
+        let entry = (c.period, c.tz_name.clone(), t);
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(entry),
+            None => self.more.push(entry),
+        }
         t
+    }
+}
+
+/// Per-decision values by position, the first eight inline (no allocation in the common case).
+#[derive(Default)]
+struct Used {
+    inline: [Decimal; 8],
+    len: usize,
+    more: Vec<Decimal>,
+}
+
+impl Used {
+    fn push(&mut self, value: Decimal) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = value,
+            None => self.more.push(value),
+        }
+        self.len += 1;
+    }
+
+    fn get(&self, i: usize) -> Decimal {
+        match self.inline.get(i) {
+            Some(v) => *v,
+            None => self.more.get(i - self.inline.len()).copied().unwrap_or_default(),
+        }
     }
 }
 
 /// The scratch state of one evaluation.
 struct Scratch {
     holds: Vec<(CounterKey, Timestamp)>,
+    /// What each counter in `holds` had used, read once per decision (many rules may read the
+    /// same counter: they share its id, interned, so they are told apart by pointer first).
+    used: Used,
     windows: Vec<VelocityKey>,
     daily: Option<(Decimal, Decimal)>,
     starts: Starts,
@@ -150,7 +187,13 @@ pub(crate) fn evaluate(
     skip_approval: bool,
 ) -> Evaluation {
     let amount = intent.amount.get();
-    let mut scratch = Scratch { holds: Vec::new(), windows: Vec::new(), daily: None, starts: Starts::default() };
+    let mut scratch = Scratch {
+        holds: Vec::new(),
+        used: Used::default(),
+        windows: Vec::new(),
+        daily: None,
+        starts: Starts::default(),
+    };
     let mut approvals: Vec<String> = Vec::new();
 
     for policy in policies.policies.iter().filter(|p| p.applies_to(intent.actor.as_str())) {
@@ -220,15 +263,24 @@ fn check<'a>(
             }
         }
         Check::Cumulative { counter, cmp, limit } => {
-            let key = counter_key(counter, intent);
             let start = scratch.starts.get(counter, now);
-            let used = ledger.used(&key, start);
+            let scope = counter.scope.key_str(intent);
+            let seen = scratch.holds.iter().position(|(k, s)| {
+                (Arc::ptr_eq(&k.id.0, &counter.id.0) || k.id == counter.id) && k.scope_key == scope && *s == start
+            });
+            let used = match seen {
+                Some(i) => scratch.used.get(i),
+                None => {
+                    let key = counter_key(counter, intent);
+                    let used = ledger.used(&key, start);
+                    scratch.holds.push((key, start));
+                    scratch.used.push(used);
+                    used
+                }
+            };
             let projected = used + amount;
             if rule.rule_type.as_ref() == "DAILY_LIMIT" && scratch.daily.is_none_or(|(_, l)| *limit < l) {
                 scratch.daily = Some((projected, *limit));
-            }
-            if !scratch.holds.iter().any(|(k, _)| *k == key) {
-                scratch.holds.push((key, start));
             }
             Finding {
                 holds: cmp.holds(projected, *limit),

@@ -266,6 +266,19 @@ pub struct CounterUsage {
     pub reserved: Decimal,
 }
 
+/// A receipt as the ledger remembers it: without its authorization id (the closed map's key
+/// already is that id), so remembering it costs no copy of the id.
+fn kept(recorded: &Recorded) -> Recorded {
+    Recorded {
+        authorization_id: String::new(),
+        amount: recorded.amount,
+        transaction_id: recorded.transaction_id.clone(),
+        late: recorded.late,
+        queued: recorded.queued,
+        actor_inactive: recorded.actor_inactive,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -467,16 +480,33 @@ impl Engine {
     /// [`Refused::UnknownActor`](crate::Refused::UnknownActor) (unless the engine is open), a paused one is denied, and
     /// any other gets its policies' verdict. An approval reserves its amount.
     pub fn try_decide(&self, intent: &PaymentIntent) -> Result<Decision, AuthorityError> {
+        self.decide_with(intent, || Arc::new(intent.clone()))
+    }
+
+    /// [`Engine::try_decide`] on a shared intent: an approval keeps the `Arc`, no copy.
+    pub fn decide_shared(&self, intent: &Arc<PaymentIntent>) -> Result<Decision, AuthorityError> {
+        self.decide_with(intent, || intent.clone())
+    }
+
+    fn decide_with(
+        &self,
+        intent: &PaymentIntent,
+        shared: impl FnOnce() -> Arc<PaymentIntent>,
+    ) -> Result<Decision, AuthorityError> {
         let open_actor = match self.admit(&intent.actor)? {
             Ok(open) => open,
             Err(denial) => return Ok(Decision::from_policy(Verdict::Denied(denial))),
         };
-        let mut decision = self.evaluate_admitted(intent)?;
+        let mut decision = self.evaluate_admitted(intent, shared)?;
         decision.open_actor = open_actor;
         Ok(decision)
     }
 
-    fn evaluate_admitted(&self, intent: &PaymentIntent) -> Result<Decision, AuthorityError> {
+    fn evaluate_admitted(
+        &self,
+        intent: &PaymentIntent,
+        shared: impl FnOnce() -> Arc<PaymentIntent>,
+    ) -> Result<Decision, AuthorityError> {
         let now = self.now();
         let policies = self.inner.policies.load();
         let ledger = self.ledger(&intent.actor);
@@ -484,7 +514,7 @@ impl Engine {
         ledger.sweep(now, self.inner.retention);
         Ok(match evaluate(&policies, intent, &mut *ledger, now, false) {
             Evaluation::Pass { holds, windows, daily } => {
-                let authorization = self.grant(intent, &mut ledger, holds, windows, daily, now)?;
+                let authorization = self.grant(shared(), &mut ledger, holds, windows, daily, now)?;
                 Decision::from_policy(Verdict::Approved(authorization))
             }
             Evaluation::Denied(denial) => Decision::from_policy(Verdict::Denied(denial)),
@@ -493,10 +523,8 @@ impl Engine {
                 let id = random_id("apr_", 12);
                 let expires_at = now.saturating_add(self.inner.pending_ttl).unwrap_or(now);
                 self.write_with(|| Entry::PendingOpened { id: id.clone(), intent: intent.clone(), expires_at })?;
-                lock(&self.inner.pending).insert(
-                    id.clone(),
-                    Pending { intent: Arc::new(intent.clone()), expires_at, state: PendingState::Waiting },
-                );
+                lock(&self.inner.pending)
+                    .insert(id.clone(), Pending { intent: shared(), expires_at, state: PendingState::Waiting });
                 Decision::from_policy(Verdict::RequiresApproval(PendingApproval {
                     approval_request_id: id,
                     expires_at,
@@ -601,7 +629,7 @@ impl Engine {
 
     fn grant(
         &self,
-        intent: &PaymentIntent,
+        intent: Arc<PaymentIntent>,
         ledger: &mut AgentLedger,
         holds: Vec<(ledger::CounterKey, Timestamp)>,
         windows: Vec<ledger::VelocityKey>,
@@ -612,7 +640,7 @@ impl Engine {
         let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
         self.write_with(|| Entry::Reserved {
             id: id.clone(),
-            intent: intent.clone(),
+            intent: (*intent).clone(),
             amount: intent.amount,
             expires_at,
         })?;
@@ -624,14 +652,7 @@ impl Engine {
                 daily_remaining: Some((limit - used).max(Decimal::ZERO)),
             })
             .unwrap_or_default();
-        Ok(Authorization {
-            id,
-            token: Some(random_hex(32).into()),
-            amount: intent.amount,
-            expires_at,
-            limits,
-            intent: Arc::new(intent.clone()),
-        })
+        Ok(Authorization { id, token: Some(random_hex(32).into()), amount: intent.amount, expires_at, limits, intent })
     }
 
     /// Records a settlement, synchronously. See [`Authorizer::record`]. A settled amount above
@@ -650,7 +671,7 @@ impl Engine {
                     if (*s).min(authorization.amount.get()) == settled.get().min(authorization.amount.get())
                         && (settlement.reference.is_none() || settlement.reference == *reference) =>
                 {
-                    Ok(recorded.clone())
+                    Ok(Recorded { authorization_id: authorization.id.clone(), ..kept(recorded) })
                 }
                 Closed::Recorded { .. } => Err(LedgerError::RecordConflict(authorization.id.clone()).into()),
                 Closed::Released => Err(LedgerError::AlreadyReleased(authorization.id.clone()).into()),
@@ -678,7 +699,7 @@ impl Engine {
                     ledger.close(
                         &authorization.id,
                         Closed::Recorded {
-                            recorded: recorded.clone(),
+                            recorded: kept(&recorded),
                             settled: settled.get(),
                             reference: settlement.reference.clone(),
                         },
@@ -714,7 +735,7 @@ impl Engine {
         ledger.close(
             &authorization.id,
             Closed::Recorded {
-                recorded: recorded.clone(),
+                recorded: kept(&recorded),
                 settled: settled.get(),
                 reference: settlement.reference.clone(),
             },
@@ -832,7 +853,7 @@ impl Engine {
         ledger.sweep(now, self.inner.retention);
         entry.state = match evaluate(&policies, &intent, &mut *ledger, now, true) {
             Evaluation::Pass { holds, windows, daily } => {
-                let granted = self.grant(&intent, &mut ledger, holds, windows, daily, now)?;
+                let granted = self.grant(intent.clone(), &mut ledger, holds, windows, daily, now)?;
                 self.write(&Entry::PendingClosed { id: approval_request_id.to_owned() })?;
                 PendingState::Approved(granted)
             }
@@ -914,8 +935,8 @@ impl Engine {
 }
 
 impl Authorizer for Engine {
-    fn authorize<'a>(&'a self, intent: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
-        Box::pin(std::future::ready(self.try_decide(intent)))
+    fn authorize<'a>(&'a self, intent: &'a Arc<PaymentIntent>) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+        Box::pin(std::future::ready(self.decide_shared(intent)))
     }
 
     fn record<'a>(

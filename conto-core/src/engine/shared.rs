@@ -676,7 +676,7 @@ impl SharedEngine {
 }
 
 impl Authorizer for SharedEngine {
-    fn authorize<'a>(&'a self, intent: &'a PaymentIntent) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+    fn authorize<'a>(&'a self, intent: &'a Arc<PaymentIntent>) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
         Box::pin(self.decide(intent))
     }
 

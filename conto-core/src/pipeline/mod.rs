@@ -381,7 +381,7 @@ impl Conto {
 
     /// One authorize call under the deadline. An error or a timeout is a fail-closed rejection,
     /// unless a stand-in is configured: then the stand-in decides.
-    async fn decide(&self, intent: &PaymentIntent) -> Result<(Decision, Via, Option<AuthorityError>), Rejection> {
+    async fn decide(&self, intent: &Arc<PaymentIntent>) -> Result<(Decision, Via, Option<AuthorityError>), Rejection> {
         if let Err(e) = intent.validate() {
             return Err(Rejection::new(RejectionKind::Invalid(e), DecisionSource::Input));
         }

@@ -78,6 +78,7 @@ pub(crate) mod rules;
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use jiff::tz::TimeZone;
 use serde::Deserialize;
@@ -361,6 +362,7 @@ impl PolicySet {
         }
         // Stable: equal priorities keep file order.
         policies.sort_by_key(|p| std::cmp::Reverse(p.priority));
+        intern_counters(&mut policies);
         Ok(Self { policies, agents })
     }
 
@@ -377,12 +379,32 @@ impl PolicySet {
             agents.extend(set.agents.iter().cloned());
         }
         policies.sort_by_key(|p| std::cmp::Reverse(p.priority));
+        intern_counters(&mut policies);
         PolicySet { policies, agents }
     }
 
     /// The actors the file provisions (its top-level `agents` list).
     pub fn agents(&self) -> &[ActorId] {
         &self.agents
+    }
+}
+
+/// Makes rules that count the same quantity share one id allocation, so a decision tells them
+/// apart by pointer before comparing text.
+fn intern_counters(policies: &mut [Policy]) {
+    let mut seen: HashSet<Arc<str>> = HashSet::new();
+    let mut intern = |id: &mut rules::CounterId| match seen.get(&id.0) {
+        Some(same) => id.0 = same.clone(),
+        None => {
+            seen.insert(id.0.clone());
+        }
+    };
+    for rule in policies.iter_mut().flat_map(|p| p.rules.iter_mut()) {
+        match &mut rule.check {
+            rules::Check::Cumulative { counter, .. } => intern(&mut counter.id),
+            rules::Check::Velocity(v) => intern(&mut v.id),
+            _ => {}
+        }
     }
 }
 

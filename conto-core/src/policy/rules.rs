@@ -108,19 +108,20 @@ pub(crate) enum Scope {
 impl Scope {
     /// The scope's key for an intent (empty for the agent scope).
     pub(crate) fn key(self, intent: &PaymentIntent) -> String {
+        self.key_str(intent).to_owned()
+    }
+
+    /// [`Scope::key`], borrowed from the intent.
+    pub(crate) fn key_str(self, intent: &PaymentIntent) -> &str {
         match (self, &intent.rail) {
-            (Scope::Agent, _) => String::new(),
-            (Scope::Service, Rail::X402 { service_domain, .. } | Rail::Mpp { service_domain, .. }) => {
-                service_domain.clone()
-            }
+            (Scope::Agent, _) => "",
+            (Scope::Service, Rail::X402 { service_domain, .. } | Rail::Mpp { service_domain, .. }) => service_domain,
             (Scope::Endpoint, Rail::X402 { resource_url, .. } | Rail::Mpp { resource_url, .. }) => {
-                resource_url.split(['?', '#']).next().unwrap_or_default().to_owned()
+                resource_url.split(['?', '#']).next().unwrap_or_default()
             }
-            (Scope::Session, Rail::Mpp { session_id: Some(id), .. }) => id.clone(),
-            (Scope::Session, _) => {
-                intent.context.get("sessionId").and_then(|v| v.as_str()).unwrap_or("default").to_owned()
-            }
-            _ => String::new(),
+            (Scope::Session, Rail::Mpp { session_id: Some(id), .. }) => id,
+            (Scope::Session, _) => intent.context.get("sessionId").and_then(|v| v.as_str()).unwrap_or("default"),
+            _ => "",
         }
     }
 }
