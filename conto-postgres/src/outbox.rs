@@ -360,9 +360,7 @@ impl PgOutbox {
             let Some((id, outcome)) = self.shared.unsettled.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
                 return Ok(());
             };
-            if let Err(error) = self.settle_or_keep(id, outcome).await {
-                return Err(error);
-            }
+            self.settle_or_keep(id, outcome).await?;
         }
     }
 }
