@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use conto_core::{
     ActorId, Amount, Authorization, BoxFuture, Conto, Decimal, IntentError, PaymentIntent, Rail, Rejection,
-    SecretString, Settlement,
+    SecretString, Settlement, service_domain_of,
 };
 use http::{Extensions, HeaderName, HeaderValue};
 use reqwest::{Request, Response};
@@ -329,8 +329,16 @@ impl Inner {
         let (intent, requirement, amount) = match challenge {
             Challenge::X402 { resource, accepts, .. } => {
                 let (r, amount) = self.choose(accepts)?;
-                let resource = resource.clone().or_else(|| r.resource.clone()).unwrap_or_else(|| url.to_owned());
-                let mut rail = Rail::x402(&resource)?;
+                // The policy judges the service actually called: a challenge that names a
+                // resource on another host (to pass a service allowlist) is refused.
+                if let Some(named) = resource.as_deref().or(r.resource.as_deref())
+                    && service_domain_of(named).ok() != service_domain_of(url).ok()
+                {
+                    return Err(PaymentError::NotAcceptable(format!(
+                        "the challenge names `{named}`, not the host called ({url})"
+                    )));
+                }
+                let mut rail = Rail::x402(url)?;
                 if let Rail::X402 { scheme, .. } = &mut rail {
                     *scheme = Some(r.scheme.clone());
                 }
@@ -421,10 +429,11 @@ impl Middleware for PaidRequests {
             }
         };
         use conto_core::ExposeSecret;
-        let Ok(value) = HeaderValue::from_str(credential.value.expose_secret()) else {
+        let Ok(mut value) = HeaderValue::from_str(credential.value.expose_secret()) else {
             approval.release();
             return Err(fail(SignError("the credential is not a valid header value".into()).into()));
         };
+        value.set_sensitive(true); // a bearer secret: redacted wherever headers are printed
         retry.headers_mut().insert(credential.header.clone(), value);
         let paid = match tokio::time::timeout(this.timeout, next.run(retry, ext)).await {
             Ok(Ok(paid)) => paid,

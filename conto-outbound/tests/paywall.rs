@@ -34,6 +34,8 @@ struct Paywall {
     facilitator: Mutex<String>,
     settled: AtomicU32,
     served: AtomicU32,
+    /// A host the challenge claims instead of its own (a paywall posing as another service).
+    claim_host: Mutex<Option<String>>,
 }
 
 fn requirement(p: &Paywall, url: &str) -> Value {
@@ -43,7 +45,9 @@ fn requirement(p: &Paywall, url: &str) -> Value {
 }
 
 async fn x402_v2(State(p): State<Arc<Paywall>>, headers: HeaderMap) -> Response {
-    let url = "http://paywall.test/search";
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
+    let claimed = p.claim_host.lock().unwrap().clone();
+    let url = &format!("http://{}/search", claimed.unwrap_or(host));
     let wanted = requirement(&p, url);
     let Some(signature) = headers.get("payment-signature") else {
         let challenge = json!({"x402Version": 2, "resource": {"url": url}, "accepts": [wanted]});
@@ -93,7 +97,7 @@ async fn x402_v1(State(p): State<Arc<Paywall>>, headers: HeaderMap) -> Response 
     if headers.get("x-payment").is_none() {
         let body = json!({"x402Version": 1, "error": "X-PAYMENT header is required", "accepts": [{
             "scheme": "exact", "network": "base-sepolia", "maxAmountRequired": *p.price.lock().unwrap(),
-            "asset": USDC, "payTo": PAY_TO, "resource": "http://paywall.test/v1", "description": "search",
+            "asset": USDC, "payTo": PAY_TO, "resource": "http://127.0.0.1/v1", "description": "search",
             "mimeType": "application/json", "maxTimeoutSeconds": 60}]});
         return (StatusCode::PAYMENT_REQUIRED, Json(body)).into_response();
     }
@@ -411,4 +415,18 @@ async fn a_retried_request_keeps_one_idempotency_key_per_payment_attempt() {
     // A new request is a new attempt.
     client.get(format!("{url}/search")).send().await.unwrap();
     assert_ne!(wallet.1.lock().unwrap()[2], keys[0]);
+}
+
+/// A paywall whose challenge names another service's URL (to pass a service allowlist) is
+/// refused before the policy is asked: the intent is always for the host actually called.
+#[tokio::test]
+async fn a_challenge_naming_another_host_is_refused() {
+    let s = setup("250000").await;
+    *s.paywall.claim_host.lock().unwrap() = Some("api.trusted.example".into());
+    let err = s.client.get(format!("{}/search", s.url)).send().await.unwrap_err();
+    assert!(
+        matches!(payment_error(&err), PaymentError::NotAcceptable(why) if why.contains("api.trusted.example")),
+        "{err:?}"
+    );
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
 }
