@@ -309,3 +309,18 @@ pub struct Recorded {
     /// before, so the money moved and the spend is counted, but an operator should look.
     pub actor_inactive: bool,
 }
+
+impl Recorded {
+    /// The receipt of a reconciled spend (a stand-in's, counted by the engine that reconciles
+    /// it): no transaction id, not late, not queued.
+    pub(crate) fn reconciled(authorization_id: &str, amount: Amount) -> Self {
+        Self {
+            authorization_id: authorization_id.to_owned(),
+            amount,
+            transaction_id: None,
+            late: false,
+            queued: false,
+            actor_inactive: false,
+        }
+    }
+}

@@ -966,14 +966,7 @@ impl Authorizer for Engine {
     ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
         let amount = settlement.amount.unwrap_or(authorization.amount);
         self.restore_spend(&authorization.intent, amount, self.now());
-        Box::pin(std::future::ready(Ok(Recorded {
-            authorization_id: authorization.id.clone(),
-            amount,
-            transaction_id: None,
-            late: false,
-            queued: false,
-            actor_inactive: false,
-        })))
+        Box::pin(std::future::ready(Ok(Recorded::reconciled(&authorization.id, amount))))
     }
 }
 

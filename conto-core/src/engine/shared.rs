@@ -710,14 +710,7 @@ impl Authorizer for SharedEngine {
         Box::pin(async move {
             let amount = settlement.amount.unwrap_or(authorization.amount);
             self.restore_spend(&authorization.intent, amount).await?;
-            Ok(Recorded {
-                authorization_id: authorization.id.clone(),
-                amount,
-                transaction_id: None,
-                late: false,
-                queued: false,
-                actor_inactive: false,
-            })
+            Ok(Recorded::reconciled(&authorization.id, amount))
         })
     }
 }
