@@ -404,3 +404,22 @@ async fn a_stand_in_on_the_shared_ledger_is_bounded_across_replicas() {
     assert_eq!(approved, 5, "one outage budget for both replicas, not 5 each");
     drop_schema(&pool, &name).await;
 }
+
+/// An authorization answers only to its own actor: a copy naming another actor can neither
+/// record nor release it.
+#[tokio::test]
+async fn an_authorization_cannot_be_recorded_or_released_under_another_actor() {
+    let Some((pool, name)) = schema("forged").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let (a, b) = replicas(&pool, &name, &clock).await;
+    let real = approved(a.decide(&card("agent-1", "3")).await.unwrap().verdict);
+    let mut forged = real.clone();
+    forged.intent = Arc::new(card("agent-2", "3"));
+    for result in [b.settle(&forged, &Settlement::default()).await.map(|_| ()), b.free(&forged).await] {
+        let err = result.unwrap_err();
+        assert!(matches!(err, AuthorityError::Ledger(LedgerError::UnknownAuthorization(_))), "{err:?}");
+    }
+    // The real one is untouched and still records for its own actor.
+    assert_eq!(a.settle(&real, &Settlement::default()).await.unwrap().amount.get(), Decimal::from(3));
+    drop_schema(&pool, &name).await;
+}
