@@ -1,0 +1,1 @@
+//! Peer benchmarks only: see `benches/peers.rs` and BENCHMARKS.md.
