@@ -15,7 +15,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use axum::routing::get;
-use cedar_policy::{Authorizer as Cedar, Context, Decision as CedarDecision, Entities, EntityUid, PolicySet as CedarSet};
+use cedar_policy::{
+    Authorizer as Cedar, Context, Decision as CedarDecision, Entities, EntityUid, PolicySet as CedarSet,
+};
 use conto::tower::{Actor, Paywall, Price};
 use conto::{Conto, Engine, ManualClock, PaymentIntent, PolicySet, Rail, Verdict};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -73,10 +75,8 @@ fn intent() -> PaymentIntent {
 fn stateless_rules(c: &mut Criterion) {
     let mut g = c.benchmark_group("peer_stateless_rules");
     for n in [1usize, 10, 100] {
-        let engine = Engine::builder()
-            .policies(conto_policies(n))
-            .clock(ManualClock::new(NOON.parse().unwrap()))
-            .build();
+        let engine =
+            Engine::builder().policies(conto_policies(n)).clock(ManualClock::new(NOON.parse().unwrap())).build();
         let shared = Arc::new(intent());
         g.bench_with_input(BenchmarkId::new("conto_decide_release", n), &n, |b, _| {
             b.iter(|| {
@@ -121,8 +121,7 @@ impl KeyExtractor for UserKey {
 fn route_layers(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // A fixed clock inside the policies' 09:00-18:00 window: every request is approved.
-    let engine =
-        Engine::builder().policies(conto_policies(10)).clock(ManualClock::new(NOON.parse().unwrap())).build();
+    let engine = Engine::builder().policies(conto_policies(10)).clock(ManualClock::new(NOON.parse().unwrap())).build();
     let paid = Paywall::builder(Conto::new(engine))
         .actor(Actor::extension(|user: &User| user.0.clone()))
         .rail(Rail::transfer(8453, SENDER).unwrap())
