@@ -58,7 +58,7 @@ pub struct DeadRecord {
 }
 
 /// What a sink stores after one delivery attempt ([`attempt`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Next {
     /// Delivered: done.
     Delivered,

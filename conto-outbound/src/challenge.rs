@@ -98,8 +98,20 @@ struct Envelope {
     accepts: Vec<Requirement>,
 }
 
-fn x402(version_wanted: Option<u8>, what: &'static str, json: &[u8]) -> Result<Challenge, ChallengeError> {
-    let raw: Value = serde_json::from_slice(json).map_err(|e| malformed(what, e))?;
+/// Base64 JSON (x402: standard alphabet, padded; MPP: URL-safe, padding optional).
+fn b64_json(what: &'static str, text: &str, url_safe: bool) -> Result<Value, ChallengeError> {
+    let text = text.trim();
+    let bytes = if url_safe { URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')) } else { STANDARD.decode(text) };
+    let bytes = bytes.map_err(|e| malformed(what, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| malformed(what, e))
+}
+
+/// A header's base64 JSON.
+fn header_json(what: &'static str, value: &http::HeaderValue, url_safe: bool) -> Result<Value, ChallengeError> {
+    b64_json(what, value.to_str().map_err(|e| malformed(what, e))?, url_safe)
+}
+
+fn x402(version_wanted: Option<u8>, what: &'static str, raw: Value) -> Result<Challenge, ChallengeError> {
     let env: Envelope = serde_json::from_value(raw.clone()).map_err(|e| malformed(what, e))?;
     if version_wanted.is_some_and(|v| v != env.x402_version) || !(1..=2).contains(&env.x402_version) {
         return Err(malformed(what, format!("x402Version {}", env.x402_version)));
@@ -120,12 +132,11 @@ fn x402(version_wanted: Option<u8>, what: &'static str, json: &[u8]) -> Result<C
 pub fn read(headers: &http::HeaderMap, body: &[u8]) -> Result<Challenge, ChallengeError> {
     if let Some(value) = headers.get("payment-required") {
         const WHAT: &str = "PAYMENT-REQUIRED header";
-        let text = value.to_str().map_err(|e| malformed(WHAT, e))?;
-        let json = STANDARD.decode(text.trim()).map_err(|e| malformed(WHAT, e))?;
-        return x402(Some(2), WHAT, &json);
+        return x402(Some(2), WHAT, header_json(WHAT, value, false)?);
     }
-    if body.iter().any(|b| !b.is_ascii_whitespace())
-        && serde_json::from_slice::<Value>(body).is_ok_and(|v| v.get("x402Version").is_some())
+    // Parsed once: a JSON body with an `x402Version` is an x402 v1 challenge.
+    if let Ok(body) = serde_json::from_slice::<Value>(body)
+        && body.get("x402Version").is_some()
     {
         return x402(Some(1), "x402 v1 body", body);
     }
@@ -180,8 +191,7 @@ fn mpp(params: &str) -> Result<Challenge, ChallengeError> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("request"))
         .ok_or_else(|| malformed(WHAT, "no `request` parameter"))?;
-    let json = URL_SAFE_NO_PAD.decode(request.1.trim_end_matches('=')).map_err(|e| malformed(WHAT, e))?;
-    let request: Value = serde_json::from_slice(&json).map_err(|e| malformed(WHAT, e))?;
+    let request = b64_json(WHAT, &request.1, true)?;
     if !request.is_object() {
         return Err(malformed(WHAT, "`request` is not a JSON object"));
     }
@@ -205,9 +215,7 @@ pub fn settlement(headers: &http::HeaderMap) -> Result<Option<SettlementReport>,
     for name in ["payment-response", "x-payment-response"] {
         if let Some(value) = headers.get(name) {
             const WHAT: &str = "PAYMENT-RESPONSE header";
-            let text = value.to_str().map_err(|e| malformed(WHAT, e))?;
-            let json = STANDARD.decode(text.trim()).map_err(|e| malformed(WHAT, e))?;
-            let v: Value = serde_json::from_slice(&json).map_err(|e| malformed(WHAT, e))?;
+            let v = header_json(WHAT, value, false)?;
             let success = v.get("success").and_then(Value::as_bool).ok_or_else(|| malformed(WHAT, "no `success`"))?;
             let reference = v.get("transaction").and_then(Value::as_str).filter(|t| !t.is_empty()).map(str::to_owned);
             let amount = v.get("amount").and_then(Value::as_str).map(str::to_owned);
@@ -216,9 +224,7 @@ pub fn settlement(headers: &http::HeaderMap) -> Result<Option<SettlementReport>,
     }
     if let Some(value) = headers.get("payment-receipt") {
         const WHAT: &str = "Payment-Receipt header";
-        let text = value.to_str().map_err(|e| malformed(WHAT, e))?;
-        let json = URL_SAFE_NO_PAD.decode(text.trim().trim_end_matches('=')).map_err(|e| malformed(WHAT, e))?;
-        let v: Value = serde_json::from_slice(&json).map_err(|e| malformed(WHAT, e))?;
+        let v = header_json(WHAT, value, true)?;
         let success = v.get("status").and_then(Value::as_str) == Some("success");
         let reference = v.get("reference").and_then(Value::as_str).map(str::to_owned);
         return Ok(Some(SettlementReport { success, reference, amount: None }));

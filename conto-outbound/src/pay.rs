@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conto_core::{
-    ActorId, Amount, Authorization, BoxFuture, Conto, Decimal, IntentError, PaymentIntent, Rail, Rejection,
-    SecretString, Settlement, service_domain_of,
+    ActorId, Amount, Authorization, BoxFuture, Conto, Decimal, IdempotencyKey, IntentError, PaymentIntent, Rail,
+    Rejection, SecretString, Settlement, service_domain_of,
 };
 use http::{Extensions, HeaderName, HeaderValue};
 use reqwest::{Request, Response};
@@ -63,9 +63,14 @@ impl Assets {
     }
 
     fn decimals(&self, network: Option<&str>, asset: &str) -> Option<u32> {
-        let asset = asset.to_ascii_lowercase();
-        let network = network.map(str::to_ascii_lowercase);
-        self.0.iter().find(|(n, a, _)| *a == asset && (n.is_none() || *n == network)).map(|(_, _, d)| *d)
+        // Entries are stored lower-case; the challenge's spelling is compared without a copy.
+        self.0
+            .iter()
+            .find(|(n, a, _)| {
+                a.eq_ignore_ascii_case(asset)
+                    && n.as_deref().is_none_or(|n| network.is_some_and(|w| n.eq_ignore_ascii_case(w)))
+            })
+            .map(|(_, _, d)| *d)
     }
 }
 
@@ -285,7 +290,7 @@ impl PaidRequestsBuilder {
 /// One payment attempt's key, kept in the request's extensions so that a retry of the whole
 /// request (an outer retry middleware) pays under the same idempotency key.
 #[derive(Clone)]
-struct AttemptKey(String);
+struct AttemptKey(IdempotencyKey);
 
 impl Inner {
     /// The requirement to pay and its amount, or why none is acceptable.
@@ -324,7 +329,7 @@ impl Inner {
     ) -> Result<(PaymentIntent, Option<Requirement>, Decimal), PaymentError> {
         let actor =
             ext.get::<PayAs>().map(|p| p.0.clone()).or_else(|| self.actor.clone()).ok_or(PaymentError::NoActor)?;
-        let key = ext.get::<AttemptKey>().cloned().unwrap_or_else(|| AttemptKey(attempt_key()));
+        let key = ext.get::<AttemptKey>().cloned().unwrap_or_else(|| AttemptKey(IdempotencyKey::random()));
         ext.insert(key.clone());
         let (intent, requirement, amount) = match challenge {
             Challenge::X402 { resource, accepts, .. } => {
@@ -346,7 +351,7 @@ impl Inner {
                     .recipient(r.pay_to.clone())
                     .context("network", r.network.clone())
                     .context("asset", r.asset.clone())
-                    .idempotency_key(key.0)
+                    .idempotency_key(key.0.as_str())
                     .build()?;
                 (intent, Some(r), amount)
             }
@@ -371,7 +376,7 @@ impl Inner {
                 }
                 let mut builder = PaymentIntent::builder(actor.as_str(), amount_of(amount)?, rail)
                     .context("currency", currency.to_owned())
-                    .idempotency_key(key.0);
+                    .idempotency_key(key.0.as_str());
                 if let Some(to) = m.request.get("recipient").and_then(Value::as_str) {
                     builder = builder.recipient(to.to_owned());
                 }
@@ -389,13 +394,6 @@ impl Inner {
 
 fn amount_of(amount: Decimal) -> Result<Amount, PaymentError> {
     Amount::new(amount).map_err(|e| PaymentError::NotAcceptable(e.to_string()))
-}
-
-fn attempt_key() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    format!("pay-{}-{now:x}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 #[async_trait::async_trait]

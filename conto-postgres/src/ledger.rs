@@ -141,19 +141,22 @@ fn from_micros(us: i64) -> Result<Timestamp, SharedLedgerError> {
 
 /// Column arrays for `unnest`.
 fn counter_arrays(slots: &[CounterSlot]) -> (Vec<&str>, Vec<&str>, Vec<String>) {
-    (
-        slots.iter().map(|s| s.counter.as_str()).collect(),
-        slots.iter().map(|s| s.scope.as_str()).collect(),
-        slots.iter().map(|s| ts(s.period_start)).collect(),
-    )
+    columns(slots.iter().map(|s| (s.counter.as_str(), s.scope.as_str(), s.period_start)))
 }
 
 fn window_arrays(slots: &[WindowSlot]) -> (Vec<&str>, Vec<&str>, Vec<String>) {
-    (
-        slots.iter().map(|s| s.counter.as_str()).collect(),
-        slots.iter().map(|s| s.scope.as_str()).collect(),
-        slots.iter().map(|s| ts(s.since)).collect(),
-    )
+    columns(slots.iter().map(|s| (s.counter.as_str(), s.scope.as_str(), s.since)))
+}
+
+/// `(counter, scope, instant)` keys as three column arrays.
+fn columns<'a>(keys: impl Iterator<Item = (&'a str, &'a str, Timestamp)>) -> (Vec<&'a str>, Vec<&'a str>, Vec<String>) {
+    let (mut counters, mut scopes, mut instants) = (Vec::new(), Vec::new(), Vec::new());
+    for (counter, scope, at) in keys {
+        counters.push(counter);
+        scopes.push(scope);
+        instants.push(ts(at));
+    }
+    (counters, scopes, instants)
 }
 
 impl PgLedger {
@@ -281,6 +284,28 @@ impl PgLedger {
         Ok(())
     }
 
+    /// One value per key, in the keys' order: `sql` gets the actor as `$1` and the keys' three
+    /// columns as `$2`..`$4`.
+    async fn per_key<T>(
+        &self,
+        conn: &mut PgConnection,
+        sql: &str,
+        actor: &ActorId,
+        (counters, scopes, instants): (Vec<&str>, Vec<&str>, Vec<String>),
+    ) -> Result<Vec<T>, SharedLedgerError>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+    {
+        sqlx::query_scalar(&self.sql(sql))
+            .bind(actor.as_str())
+            .bind(counters)
+            .bind(scopes)
+            .bind(instants)
+            .fetch_all(conn)
+            .await
+            .map_err(err)
+    }
+
     async fn read(
         &self,
         conn: &mut PgConnection,
@@ -290,39 +315,33 @@ impl PgLedger {
     ) -> Result<LedgerView, SharedLedgerError> {
         let mut view = LedgerView::default();
         if !read.counters.is_empty() {
-            let (counters, scopes, starts) = counter_arrays(read.counters);
-            view.used = sqlx::query_scalar(&self.sql(
-                "SELECT COALESCE(c.spent + c.reserved, 0)
-                   FROM unnest($2::text[], $3::text[], $4::text[]::timestamptz[])
-                        WITH ORDINALITY AS k(counter, scope, period_start, i)
-                   LEFT JOIN {s}.ledger_counters c ON c.actor = $1 AND c.counter = k.counter
-                        AND c.scope = k.scope AND c.period_start = k.period_start
-                  ORDER BY k.i",
-            ))
-            .bind(actor.as_str())
-            .bind(counters)
-            .bind(scopes)
-            .bind(starts)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(err)?;
+            view.used = self
+                .per_key(
+                    conn,
+                    "SELECT COALESCE(c.spent + c.reserved, 0)
+                       FROM unnest($2::text[], $3::text[], $4::text[]::timestamptz[])
+                            WITH ORDINALITY AS k(counter, scope, period_start, i)
+                       LEFT JOIN {s}.ledger_counters c ON c.actor = $1 AND c.counter = k.counter
+                            AND c.scope = k.scope AND c.period_start = k.period_start
+                      ORDER BY k.i",
+                    actor,
+                    counter_arrays(read.counters),
+                )
+                .await?;
         }
         if !read.windows.is_empty() {
-            let (counters, scopes, since) = window_arrays(read.windows);
-            let counts: Vec<i64> = sqlx::query_scalar(&self.sql(
-                "SELECT (SELECT count(*) FROM {s}.ledger_slots s WHERE s.actor = $1 AND s.counter = k.counter
-                            AND s.scope = k.scope AND s.at > k.since)
-                   FROM unnest($2::text[], $3::text[], $4::text[]::timestamptz[])
-                        WITH ORDINALITY AS k(counter, scope, since, i)
-                  ORDER BY k.i",
-            ))
-            .bind(actor.as_str())
-            .bind(counters)
-            .bind(scopes)
-            .bind(since)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(err)?;
+            let counts: Vec<i64> = self
+                .per_key(
+                    conn,
+                    "SELECT (SELECT count(*) FROM {s}.ledger_slots s WHERE s.actor = $1 AND s.counter = k.counter
+                                AND s.scope = k.scope AND s.at > k.since)
+                       FROM unnest($2::text[], $3::text[], $4::text[]::timestamptz[])
+                            WITH ORDINALITY AS k(counter, scope, since, i)
+                      ORDER BY k.i",
+                    actor,
+                    window_arrays(read.windows),
+                )
+                .await?;
             view.counts = counts.into_iter().map(|n| u64::try_from(n).unwrap_or(0)).collect();
         }
         if let Some(id) = read.authorization {

@@ -9,7 +9,7 @@ use conto_core::sink::{
 };
 use jiff::Timestamp;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{PgConnection, Row};
+use sqlx::{PgConnection, PgExecutor, Row};
 
 use crate::migrate::{Migrations, migrate, valid_schema};
 
@@ -191,6 +191,11 @@ impl PgOutbox {
     /// the record commit or roll back together. After the commit, hand the approval over with
     /// `Approval::queued`; after a rollback, drop it (it is released).
     pub async fn enqueue_in(&self, conn: &mut PgConnection, record: &QueuedRecord) -> Result<(), PgOutboxError> {
+        self.insert(conn, record).await
+    }
+
+    /// Inserts `record` through `executor`: the app's connection, or the pool.
+    async fn insert<'e>(&self, executor: impl PgExecutor<'e>, record: &QueuedRecord) -> Result<(), PgOutboxError> {
         let text = record.to_stored(self.seal.as_deref()).map_err(PgOutboxError::Seal)?;
         sqlx::query(&self.sql(
             "INSERT INTO {s}.outbox (authorization_id, kind, record) VALUES ($1, $2, $3::jsonb)
@@ -199,7 +204,7 @@ impl PgOutbox {
         .bind(&record.authorization_id)
         .bind(record.kind.as_str())
         .bind(text)
-        .execute(conn)
+        .execute(executor)
         .await?;
         self.seen().queued_since += 1;
         Ok(())
@@ -219,8 +224,7 @@ impl PgOutbox {
     async fn unspill(&self) -> Result<(), PgOutboxError> {
         loop {
             let Some(record) = self.spilled().first().cloned() else { return Ok(()) };
-            let mut conn = self.shared.pool.acquire().await?;
-            self.enqueue_in(&mut conn, &record).await?;
+            self.insert(&self.shared.pool, &record).await?;
             self.spilled().retain(|r| !(r.authorization_id == record.authorization_id && r.kind == record.kind));
         }
     }
@@ -342,14 +346,9 @@ impl PgOutbox {
 
     /// Writes an outcome; when the database cannot be written, keeps it for the next pass.
     async fn settle_or_keep(&self, id: i64, outcome: Next) -> Result<(), PgOutboxError> {
-        let describe = match &outcome {
-            Next::Delivered => Next::Delivered,
-            Next::Retry(after, e) => Next::Retry(*after, e.clone()),
-            Next::Dead(e) => Next::Dead(e.clone()),
-        };
-        let result = self.settle(id, outcome).await;
+        let result = self.settle(id, outcome.clone()).await;
         if result.is_err() {
-            self.shared.unsettled.lock().unwrap_or_else(|e| e.into_inner()).push((id, describe));
+            self.shared.unsettled.lock().unwrap_or_else(|e| e.into_inner()).push((id, outcome));
         }
         result
     }
@@ -375,11 +374,7 @@ impl RecordSink for PgOutbox {
     /// record that cannot be sealed is refused.)
     fn enqueue<'a>(&'a self, record: &'a QueuedRecord) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            let written = match self.shared.pool.acquire().await {
-                Ok(mut conn) => self.enqueue_in(&mut conn, record).await,
-                Err(e) => Err(e.into()),
-            };
-            match written {
+            match self.insert(&self.shared.pool, record).await {
                 Ok(()) => Ok(()),
                 Err(PgOutboxError::Database(error)) => {
                     tracing::warn!(authorization = %record.authorization_id, %error,

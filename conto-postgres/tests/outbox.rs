@@ -10,35 +10,10 @@ use conto::ExposeSecret;
 use conto::credentials::{StaticKey, TokenSealer};
 use conto::sink::{Deliver, QueuedRecord, RecordKind, RecordSink};
 use conto::{AuthorityError, Authorization, BoxFuture, Conto, Engine, PaymentIntent, Rail, Recorded, Settlement};
-use conto_postgres::{PgOutbox, PgOutboxError, PgPool};
+use conto_postgres::{PgOutbox, PgOutboxError};
 
-fn url() -> String {
-    std::env::var("CONTO_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A fresh schema on the test server, or `None` (skip) when there is no server outside CI.
-async fn schema(tag: &str) -> Option<(PgPool, String)> {
-    let pool = match sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&url())
-        .await
-    {
-        Ok(pool) => pool,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: no PostgreSQL at {} ({e})", url());
-            return None;
-        }
-        Err(e) => panic!("CI needs PostgreSQL at {}: {e}", url()),
-    };
-    let name = format!("conto_t_{tag}_{}_{}", std::process::id(), jiff::Timestamp::now().as_microsecond() % 1_000_000);
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(&pool).await.unwrap();
-    Some((pool, name))
-}
-
-async fn drop_schema(pool: &PgPool, name: &str) {
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(pool).await.unwrap();
-}
+mod common;
+use common::{drop_schema, schema};
 
 fn engine() -> Engine {
     Engine::from_json(

@@ -266,6 +266,18 @@ pub struct CounterUsage {
     pub reserved: Decimal,
 }
 
+/// The daily figures an approval reports, from the tightest daily limit evaluation saw
+/// (`(used after this approval, limit)`).
+fn limits_of(daily: Option<(Decimal, Decimal)>) -> Limits {
+    daily
+        .map(|(used, limit)| Limits {
+            daily_used: Some(used),
+            daily_limit: Some(limit),
+            daily_remaining: Some((limit - used).max(Decimal::ZERO)),
+        })
+        .unwrap_or_default()
+}
+
 /// A receipt as the ledger remembers it: without its authorization id (the closed map's key
 /// already is that id), so remembering it costs no copy of the id.
 fn kept(recorded: &Recorded) -> Recorded {
@@ -645,13 +657,7 @@ impl Engine {
             expires_at,
         })?;
         ledger.reserve(&id, intent.amount.get(), expires_at, holds, windows, now);
-        let limits = daily
-            .map(|(used, limit)| Limits {
-                daily_used: Some(used),
-                daily_limit: Some(limit),
-                daily_remaining: Some((limit - used).max(Decimal::ZERO)),
-            })
-            .unwrap_or_default();
+        let limits = limits_of(daily);
         Ok(Authorization { id, token: Some(random_hex(32).into()), amount: intent.amount, expires_at, limits, intent })
     }
 

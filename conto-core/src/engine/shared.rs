@@ -18,12 +18,12 @@ use rust_decimal::Decimal;
 
 use super::evaluate::{self, Evaluation, Reads, evaluate};
 use super::ledger::{CounterKey, VelocityKey};
-use super::{Engine, EngineBuilder, Usage};
+use super::{Engine, EngineBuilder, Usage, limits_of};
 use crate::authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError, Outage};
 use crate::controls::ProductControls;
 use crate::decision::{Authorization, Decision, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict};
 use crate::engine::{CounterUsage, LedgerStats};
-use crate::ids::random_id;
+use crate::ids::{random_hex, random_id};
 use crate::intent::{ActorId, PaymentIntent};
 use crate::lifecycle::{ActorLifecycle, Ensured, LifecycleError};
 use crate::money::Amount;
@@ -365,14 +365,20 @@ impl Reads for ViewReads<'_> {
     }
 }
 
-fn limits_of(daily: Option<(Decimal, Decimal)>) -> Limits {
-    daily
-        .map(|(used, limit)| Limits {
-            daily_used: Some(used),
-            daily_limit: Some(limit),
-            daily_remaining: Some((limit - used).max(Decimal::ZERO)),
-        })
-        .unwrap_or_default()
+/// A new reservation of `amount` on the counters and windows an evaluation passed: its id, its
+/// expiry, and the write that makes it.
+fn reservation(
+    held: &[(CounterKey, Timestamp)],
+    taken: &[VelocityKey],
+    amount: Amount,
+    ttl: jiff::SignedDuration,
+    now: Timestamp,
+) -> (String, Timestamp, LedgerWrite) {
+    let id = random_id("auth_", 12);
+    let expires_at = now.saturating_add(ttl).unwrap_or(now);
+    let (counters, windows) = slots(held, taken, now);
+    let write = LedgerWrite::Reserve { id: id.clone(), amount: amount.get(), expires_at, counters, windows, at: now };
+    (id, expires_at, write)
 }
 
 impl SharedEngine {
@@ -404,25 +410,16 @@ impl SharedEngine {
             let mut reads = ViewReads { holds: &holds, windows: &windows, view };
             match evaluate(&policies, intent, &mut reads, now, false) {
                 Evaluation::Pass { holds: held, windows: taken, daily } => {
-                    let id = random_id("auth_", 12);
-                    let expires_at = now.saturating_add(approval_ttl).unwrap_or(now);
-                    let (counters, windows) = slots(&held, &taken, now);
+                    let (id, expires_at, write) = reservation(&held, &taken, intent.amount, approval_ttl, now);
                     verdict = Some(Verdict::Approved(Authorization {
-                        id: id.clone(),
-                        token: Some(random_id("", 32).into()),
+                        id,
+                        token: Some(random_hex(32).into()),
                         amount: intent.amount,
                         expires_at,
                         limits: limits_of(daily),
                         intent: Arc::new(intent.clone()),
                     }));
-                    vec![LedgerWrite::Reserve {
-                        id,
-                        amount: intent.amount.get(),
-                        expires_at,
-                        counters,
-                        windows,
-                        at: now,
-                    }]
+                    vec![write]
                 }
                 Evaluation::Denied(denial) => {
                     verdict = Some(Verdict::Denied(denial));
@@ -460,8 +457,6 @@ impl SharedEngine {
         let actor_inactive = !matches!(self.engine.admit(&authorization.intent.actor), Ok(Ok(_)));
         let settled = settlement.amount.unwrap_or(authorization.amount);
         let approved = authorization.amount.get();
-        let (late_holds, _) = self.keys(&authorization.intent, now);
-        let (late_counters, _) = slots(&late_holds, &[], now);
         let id = authorization.id.as_str();
         let recorded = |counted: Decimal, transaction_id: Option<String>, late: bool| Recorded {
             authorization_id: authorization.id.clone(),
@@ -504,7 +499,8 @@ impl SharedEngine {
                         settled: settled.get(),
                         reference: settlement.reference.clone(),
                         transaction_id: transaction_id.clone(),
-                        counters: late_counters.clone(),
+                        // The periods current now: only a late record needs them.
+                        counters: slots(&self.keys(&authorization.intent, now).0, &[], now).0,
                     };
                     (Ok(recorded(counted, Some(transaction_id), true)), vec![write])
                 }
@@ -575,26 +571,15 @@ impl SharedEngine {
             let mut reads = ViewReads { holds: &holds, windows: &windows, view };
             match evaluate(&policies, intent, &mut reads, now, true) {
                 Evaluation::Pass { holds: held, windows: taken, daily } => {
-                    let authorization_id = random_id("auth_", 12);
-                    let expires_at = now.saturating_add(approval_ttl).unwrap_or(now);
-                    let (counters, windows) = slots(&held, &taken, now);
+                    let (authorization_id, expires_at, write) =
+                        reservation(&held, &taken, intent.amount, approval_ttl, now);
                     let answer = PendingAnswer::Approved {
-                        authorization_id: authorization_id.clone(),
+                        authorization_id,
                         amount: intent.amount,
                         expires_at,
                         limits: limits_of(daily),
                     };
-                    vec![
-                        LedgerWrite::Reserve {
-                            id: authorization_id,
-                            amount: intent.amount.get(),
-                            expires_at,
-                            counters,
-                            windows,
-                            at: now,
-                        },
-                        LedgerWrite::AnswerPending { id: id.to_owned(), answer },
-                    ]
+                    vec![write, LedgerWrite::AnswerPending { id: id.to_owned(), answer }]
                 }
                 Evaluation::Denied(denial) => {
                     vec![LedgerWrite::AnswerPending { id: id.to_owned(), answer: PendingAnswer::Denied { denial } }]
