@@ -18,7 +18,10 @@
 //!   per payment attempt (kept across retries of the whole request), a timeout on the paid
 //!   retry, and a challenge that changed between the 402 and the paid retry is never paid again.
 //!
-//! The crate signs nothing itself: the [`Signer`] is the app's wallet or x402/MPP client.
+//! The crate signs nothing itself: the [`Signer`] is the app's wallet or x402/MPP client. Two
+//! adapters take the payers the Rust ecosystem already has: `X402Schemes` (feature `x402-rs`:
+//! x402-rs scheme clients, the ones `x402_reqwest::X402Client` registers) and `MppProvider`
+//! (feature `mpp`: an `mpp` crate `PaymentProvider`).
 //!
 //! ```no_run
 //! use conto::outbound::{Credential, Offer, PaidRequests, Signer, SignError};
@@ -43,10 +46,18 @@
 #![forbid(unsafe_code)]
 
 pub mod challenge;
+#[cfg(feature = "mpp")]
+pub mod mpp;
 mod pay;
+#[cfg(feature = "x402-rs")]
+pub mod x402;
 
 pub use challenge::{Challenge, ChallengeError, MppChallenge, Requirement, SettlementReport};
+#[cfg(feature = "mpp")]
+pub use mpp::MppProvider;
 pub use pay::{
     Assets, Credential, Offer, PaidRequests, PaidRequestsBuilder, PayAs, PaymentError, SignError, Signer, to_amount,
 };
 pub use reqwest_middleware;
+#[cfg(feature = "x402-rs")]
+pub use x402::X402Schemes;
