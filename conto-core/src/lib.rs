@@ -24,6 +24,7 @@ mod ids;
 mod intent;
 pub mod journal;
 pub mod lifecycle;
+mod micros;
 mod money;
 mod monitor;
 mod pipeline;

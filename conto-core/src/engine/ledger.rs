@@ -13,6 +13,7 @@ use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 
 use crate::decision::Recorded;
+use crate::micros::Micros;
 use crate::policy::{CounterId, Period};
 
 /// Hash maps keyed by engine-internal keys: a fast hasher, still seeded per process.
@@ -69,8 +70,8 @@ impl std::hash::Hash for CounterKey {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Counter {
     pub period_start: Timestamp,
-    pub spent: Decimal,
-    pub reserved: Decimal,
+    pub spent: Micros,
+    pub reserved: Micros,
 }
 
 /// Identifies one velocity window within an agent (equality and hashing as for
@@ -100,7 +101,7 @@ impl std::hash::Hash for VelocityKey {
 /// An approval that holds part of some counters.
 #[derive(Debug, Clone)]
 pub(crate) struct Reservation {
-    pub amount: Decimal,
+    pub amount: Micros,
     pub holds: Vec<(CounterKey, Timestamp)>,
     pub slots: Vec<(VelocityKey, u64)>,
 }
@@ -166,22 +167,22 @@ pub(crate) fn period_start(period: Period, tz: &TimeZone, now: Timestamp) -> Tim
 
 impl AgentLedger {
     /// Spent + reserved in the current period of `key`.
-    pub fn used(&mut self, key: &CounterKey, start: Timestamp) -> Decimal {
+    pub fn used(&mut self, key: &CounterKey, start: Timestamp) -> Micros {
         match self.counters.get_mut(key) {
             Some(c) if c.period_start == start => c.spent + c.reserved,
             Some(c) if c.period_start < start => {
                 // A new period began: the old period's reservations settle into the old period.
-                *c = Counter { period_start: start, spent: Decimal::ZERO, reserved: Decimal::ZERO };
-                Decimal::ZERO
+                *c = Counter { period_start: start, spent: Micros::ZERO, reserved: Micros::ZERO };
+                Micros::ZERO
             }
-            _ => Decimal::ZERO,
+            _ => Micros::ZERO,
         }
     }
 
     /// The counter of `key` for the period starting at `start`: created when missing, started
     /// afresh when it still holds an older period, `None` when it already holds a newer one.
     fn period_counter(&mut self, key: &CounterKey, start: Timestamp) -> Option<&mut Counter> {
-        let fresh = Counter { period_start: start, spent: Decimal::ZERO, reserved: Decimal::ZERO };
+        let fresh = Counter { period_start: start, spent: Micros::ZERO, reserved: Micros::ZERO };
         let c = self.counters.entry(key.clone()).or_insert(fresh);
         if c.period_start < start {
             *c = fresh;
@@ -207,7 +208,7 @@ impl AgentLedger {
     pub fn reserve(
         &mut self,
         id: &str,
-        amount: Decimal,
+        amount: Micros,
         expires_at: Timestamp,
         holds: Vec<(CounterKey, Timestamp)>,
         windows: Vec<VelocityKey>,
@@ -232,7 +233,7 @@ impl AgentLedger {
     }
 
     /// Gives back a reservation's holds; a settled one keeps its velocity slots (it was used).
-    fn unhold(&mut self, r: &Reservation, settled: Option<Decimal>) {
+    fn unhold(&mut self, r: &Reservation, settled: Option<Micros>) {
         for (key, start) in &r.holds {
             if let Some(c) = self.counters.get_mut(key)
                 && c.period_start == *start
@@ -253,16 +254,16 @@ impl AgentLedger {
     }
 
     /// Turns a live reservation into spend of `settled` (≤ the reserved amount).
-    pub fn settle(&mut self, id: &str, settled: Decimal) -> Option<Reservation> {
+    pub fn settle(&mut self, id: &str, settled: Micros) -> Option<Reservation> {
         let r = self.live.remove(&IdKey::of(id))?;
         self.unhold(&r, Some(settled));
         self.stats.recorded += 1;
-        self.stats.total_spent += settled;
+        self.stats.total_spent += settled.to_decimal();
         Some(r)
     }
 
     /// Counts a late settlement (its reservation already expired) into the current periods.
-    pub fn settle_late(&mut self, holds: &[(CounterKey, Timestamp)], settled: Decimal, now: Timestamp) {
+    pub fn settle_late(&mut self, holds: &[(CounterKey, Timestamp)], settled: Micros, now: Timestamp) {
         self.restore_spend(holds, &[], settled, now);
         self.stats.late_records += 1;
     }
@@ -272,7 +273,7 @@ impl AgentLedger {
         &mut self,
         holds: &[(CounterKey, Timestamp)],
         windows: &[VelocityKey],
-        settled: Decimal,
+        settled: Micros,
         at: Timestamp,
     ) {
         for (key, start) in holds {
@@ -287,7 +288,7 @@ impl AgentLedger {
             q.make_contiguous().sort_by_key(|(t, _)| *t);
         }
         self.stats.recorded += 1;
-        self.stats.total_spent += settled;
+        self.stats.total_spent += settled.to_decimal();
     }
 
     /// Frees a live reservation.
@@ -315,7 +316,7 @@ impl AgentLedger {
     }
 
     /// The amount a live reservation holds.
-    pub fn reserved(&self, id: &str) -> Option<Decimal> {
+    pub fn reserved(&self, id: &str) -> Option<Micros> {
         self.live.get(&IdKey::of(id)).map(|r| r.amount)
     }
 

@@ -8,8 +8,8 @@
 //! limit alone (N × each budget in all). [`SharedEngine`] keeps the ledger in a
 //! [`SharedLedger`] that every replica uses (conto's `postgres::PgLedger`).
 
-mod evaluate;
-mod ledger;
+pub(crate) mod evaluate;
+pub(crate) mod ledger;
 mod shared;
 
 use std::collections::HashMap;
@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use arc_swap::ArcSwap;
 use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
+
+use crate::micros::Micros;
 
 pub use ledger::LedgerStats;
 pub use shared::{
@@ -656,7 +658,7 @@ impl Engine {
             amount: intent.amount,
             expires_at,
         })?;
-        ledger.reserve(&id, intent.amount.get(), expires_at, holds, windows, now);
+        ledger.reserve(&id, Micros::of(intent.amount), expires_at, holds, windows, now);
         let limits = limits_of(daily);
         Ok(Authorization { id, token: Some(random_hex(32).into()), amount: intent.amount, expires_at, limits, intent })
     }
@@ -693,7 +695,7 @@ impl Engine {
                         reference: settlement.reference.clone(),
                         at: now,
                     })?;
-                    ledger.settle_late(&holds, counted.get(), now);
+                    ledger.settle_late(&holds, Micros::of(counted), now);
                     let recorded = Recorded {
                         authorization_id: authorization.id.clone(),
                         amount: counted,
@@ -720,11 +722,12 @@ impl Engine {
         };
         // Count what moved, but never more than was approved: an excess is clamped (the pipeline
         // reports it as `Event::RecordClamped`), never an error after the spend was counted.
-        let counted = settled.get().min(reserved);
+        let counted = Micros::of(settled).min(reserved);
+        let counted_amount = Amount::from_micros(counted.0).unwrap_or(authorization.amount);
         self.write_with(|| Entry::Recorded {
             id: authorization.id.clone(),
             intent: (*authorization.intent).clone(),
-            amount: Amount::new(counted).unwrap_or(authorization.amount),
+            amount: counted_amount,
             settled,
             reference: settlement.reference.clone(),
             at: now,
@@ -732,7 +735,7 @@ impl Engine {
         ledger.settle(&authorization.id, counted);
         let recorded = Recorded {
             authorization_id: authorization.id.clone(),
-            amount: Amount::new(counted).unwrap_or(authorization.amount),
+            amount: counted_amount,
             transaction_id: Some(random_id("tx_", 12)),
             late: false,
             queued: false,
@@ -773,7 +776,7 @@ impl Engine {
         let mut ledger = lock(&ledger);
         let policies = self.inner.policies.load();
         let (holds, windows) = evaluate::all_keys(&policies, intent, &mut *ledger, at);
-        ledger.restore_spend(&holds, &windows, amount.get(), at);
+        ledger.restore_spend(&holds, &windows, Micros::of(amount), at);
     }
 
     /// Re-creates a live approval (after a restart) with its id, amount and expiry. Approvals
@@ -790,7 +793,14 @@ impl Engine {
         }
         let policies = self.inner.policies.load();
         let (holds, windows) = evaluate::all_keys(&policies, &authorization.intent, &mut *ledger, now);
-        ledger.reserve(&authorization.id, authorization.amount.get(), authorization.expires_at, holds, windows, now);
+        ledger.reserve(
+            &authorization.id,
+            Micros::of(authorization.amount),
+            authorization.expires_at,
+            holds,
+            windows,
+            now,
+        );
     }
 
     /// Re-creates a request for human approval (after a restart).
@@ -931,8 +941,8 @@ impl Engine {
                 scope: if k.scope_key.is_empty() { "agent".to_owned() } else { k.scope_key.clone() },
                 time_zone: k.tz.to_string(),
                 period_start: c.period_start,
-                spent: c.spent.normalize(),
-                reserved: c.reserved.normalize(),
+                spent: c.spent.to_decimal(),
+                reserved: c.reserved.to_decimal(),
             })
             .collect();
         counters.sort_by(|a, b| (a.period, &a.scope, &a.time_zone).cmp(&(b.period, &b.scope, &b.time_zone)));

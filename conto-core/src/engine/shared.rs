@@ -16,6 +16,8 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use rust_decimal::Decimal;
 
+use crate::micros::Micros;
+
 use super::evaluate::{self, Evaluation, Reads, evaluate};
 use super::ledger::{CounterKey, VelocityKey};
 use super::{Engine, EngineBuilder, Usage, limits_of};
@@ -331,8 +333,8 @@ fn window_slot(key: &VelocityKey, now: Timestamp) -> WindowSlot {
 struct NoReads;
 
 impl Reads for NoReads {
-    fn used(&mut self, _: &CounterKey, _: Timestamp) -> Decimal {
-        Decimal::ZERO
+    fn used(&mut self, _: &CounterKey, _: Timestamp) -> Micros {
+        Micros::ZERO
     }
 
     fn count(&mut self, _: &VelocityKey, _: Timestamp) -> usize {
@@ -348,12 +350,13 @@ struct ViewReads<'a> {
 }
 
 impl Reads for ViewReads<'_> {
-    fn used(&mut self, key: &CounterKey, start: Timestamp) -> Decimal {
+    fn used(&mut self, key: &CounterKey, start: Timestamp) -> Micros {
+        // The store keeps decimals (sums of amounts): whole micro-units, rounded up otherwise.
         self.holds
             .iter()
             .position(|(k, s)| k == key && *s == start)
             .and_then(|i| self.view.used.get(i).copied())
-            .unwrap_or(Decimal::ZERO)
+            .map_or(Micros::ZERO, Micros::of_decimal)
     }
 
     fn count(&mut self, key: &VelocityKey, _: Timestamp) -> usize {

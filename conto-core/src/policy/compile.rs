@@ -1,26 +1,30 @@
 //! From Conto's policy JSON to compiled rules; every error names the policy, rule and field.
 
+//!
+//! This module parses what every rule shares (operator, action, the `value` string) and the
+//! value shapes several families use (decimals, JSON objects, time zones, instants); each
+//! family in [`super::rules`] names its rule types and parses its own values.
+
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use jiff::Timestamp;
 use jiff::civil::{Date, DateTime, Time};
 use jiff::tz::TimeZone;
-use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 use serde_json::Value;
 
 use super::rules::{
-    Action, Blackout, Check, Cmp, CompiledRule, Cumulative, Field, Measure, Outcome, Period, Polarity, RailFilter,
-    Scope, Velocity,
+    Action, Check, Cmp, CompiledRule, Cumulative, Outcome, Period, Polarity, RailFilter, Scope, Spec, amount, blackout,
+    cumulative, lists, time, velocity,
 };
 use super::{Policy, PolicyDoc, PolicyError, RuleDoc, RuleProblem, json_kind, time_zone};
-use crate::decision::ViolationType as V;
-use crate::intent::Address;
+use crate::decision::ViolationType;
 
 /// The operator classes a rule type takes.
 #[derive(Clone, Copy)]
-enum Ops {
+pub(crate) enum Ops {
     Compare,
     List,
     Window,
@@ -36,7 +40,9 @@ impl Ops {
     }
 }
 
-enum Op {
+/// A rule's operator.
+#[derive(Clone, Copy)]
+pub(crate) enum Op {
     Cmp(Cmp),
     InList(bool),
     Between(bool),
@@ -69,67 +75,72 @@ const UNSUPPORTED: &[&str] = &[
     "MPP_MAX_SESSION_DURATION",
 ];
 
-/// How a rule type is compiled.
-enum Kind {
-    Amount(Measure, RailFilter, V),
-    Card(V),
-    Cumulative(Scope, Period, RailFilter, V, bool),
-    Budget(V),
-    Velocity(Scope, RailFilter, V),
-    List(Field, RailFilter, V, Option<Polarity>),
-    TimeWindow,
-    DayOfWeek,
-    DateRange,
-    Blackout,
-    ApprovalAbove,
+/// A rule family: the rule types it owns, and how it compiles one of them.
+pub(crate) trait Family {
+    /// What the rule type says about the rule before its value is read (rails, scope, …).
+    type Kind;
+    /// The kind of `rule_type` (upper-cased), if this family owns it.
+    fn kind(rule_type: &str) -> Option<Self::Kind>;
+    /// Compiles one rule of this family.
+    fn compile(kind: Self::Kind, rule: &RuleInput<'_>) -> Result<Spec, PolicyError>;
 }
 
-fn kind_of(rule_type: &str) -> Option<Kind> {
-    use Kind::*;
-    use RailFilter as R;
-    let allowed = Some(Polarity::BrokenUnlessHolds);
-    let blocked = Some(Polarity::BrokenWhenHolds);
-    Some(match rule_type {
-        "MAX_AMOUNT" | "SINGLE_AMOUNT" => Amount(Measure::Amount, R::All, V::PerTxLimit),
-        "DAILY_LIMIT" => Cumulative(Scope::Agent, Period::Day, R::All, V::DailyLimit, false),
-        "WEEKLY_LIMIT" => Cumulative(Scope::Agent, Period::Week, R::All, V::WeeklyLimit, false),
-        "MONTHLY_LIMIT" => Cumulative(Scope::Agent, Period::Month, R::All, V::MonthlyLimit, false),
-        "BUDGET_CAP" => Budget(V::BudgetExceeded),
-        "ALLOWED_CATEGORIES" => List(Field::Category, R::All, V::CategoryRestriction, allowed),
-        "BLOCKED_CATEGORIES" => List(Field::Category, R::All, V::CategoryRestriction, blocked),
-        "ALLOWED_COUNTERPARTIES" => List(Field::Counterparty, R::All, V::WhitelistViolation, allowed),
-        "WHITELIST" => List(Field::Counterparty, R::All, V::WhitelistViolation, allowed),
-        "BLOCKED_COUNTERPARTIES" => List(Field::Counterparty, R::All, V::BlockedCounterparty, blocked),
-        "TIME_WINDOW" => TimeWindow,
-        "DAY_OF_WEEK" => DayOfWeek,
-        "DATE_RANGE" => DateRange,
-        "BLACKOUT_PERIOD" => Blackout,
-        "VELOCITY_LIMIT" => Velocity(Scope::Agent, R::All, V::VelocityLimit),
-        "REQUIRE_APPROVAL_ABOVE" => ApprovalAbove,
-        "X402_PRICE_CEILING" | "X402_MAX_PER_REQUEST" => Amount(Measure::Amount, R::X402, V::X402PriceCeiling),
-        "X402_MAX_PER_SERVICE" => Cumulative(Scope::Service, Period::Day, R::X402, V::X402EndpointLimit, true),
-        "X402_MAX_PER_ENDPOINT" => Cumulative(Scope::Endpoint, Period::Day, R::X402, V::X402EndpointLimit, true),
-        "X402_SESSION_BUDGET" => Cumulative(Scope::Session, Period::Total, R::X402, V::X402SessionBudget, false),
-        "X402_ALLOWED_SERVICES" => List(Field::Service, R::X402, V::X402ServiceNotAllowed, allowed),
-        "X402_BLOCKED_SERVICES" => List(Field::Service, R::X402, V::X402ServiceBlocked, blocked),
-        "X402_VELOCITY_PER_ENDPOINT" => Velocity(Scope::Endpoint, R::X402, V::X402Velocity),
-        "MPP_PRICE_CEILING" | "MPP_MAX_PER_REQUEST" => Amount(Measure::Amount, R::Mpp, V::MppPriceCeiling),
-        "MPP_MAX_PER_SERVICE" => Cumulative(Scope::Service, Period::Day, R::Mpp, V::MppEndpointLimit, true),
-        "MPP_MAX_PER_ENDPOINT" => Cumulative(Scope::Endpoint, Period::Day, R::Mpp, V::MppEndpointLimit, true),
-        "MPP_SESSION_BUDGET" => Cumulative(Scope::Session, Period::Total, R::Mpp, V::MppSessionBudget, false),
-        "MPP_MAX_SESSION_DEPOSIT" => Amount(Measure::Deposit, R::Mpp, V::MppMaxSessionDeposit),
-        "MPP_ALLOWED_SERVICES" => List(Field::Service, R::Mpp, V::MppServiceNotAllowed, allowed),
-        "MPP_BLOCKED_SERVICES" => List(Field::Service, R::Mpp, V::MppServiceBlocked, blocked),
-        "MPP_VELOCITY_PER_ENDPOINT" => Velocity(Scope::Endpoint, R::Mpp, V::MppVelocity),
-        "MPP_BLOCK_SESSION_INTENT" => List(Field::MppIntent, R::Mpp, V::MppSessionIntentBlocked, blocked),
-        "MPP_ALLOWED_METHODS" => List(Field::MppMethod, R::Mpp, V::MppMethodNotAllowed, allowed),
-        "CARD_ALLOWED_MCCS" => List(Field::Mcc, R::Card, V::CardMccRestriction, allowed),
-        "CARD_BLOCKED_MCCS" => List(Field::Mcc, R::Card, V::CardMccRestriction, blocked),
-        "CARD_ALLOWED_MERCHANTS" => List(Field::Merchant, R::Card, V::CardMerchantRestriction, allowed),
-        "CARD_BLOCKED_MERCHANTS" => List(Field::Merchant, R::Card, V::CardMerchantRestriction, blocked),
-        "CARD_MAX_AMOUNT" => Card(V::CardAmountLimit),
-        _ => return None,
-    })
+/// One rule, its operator, action and value read; what a family compiles from.
+pub(crate) struct RuleInput<'a> {
+    pub cx: &'a RuleCtx<'a>,
+    pub rule_type: &'a str,
+    pub operator: &'a str,
+    pub op: Op,
+    pub action: Action,
+    pub text: &'a str,
+}
+
+impl RuleInput<'_> {
+    /// Polarity from the action: `ALLOW` states what is allowed, the others what is refused.
+    pub fn by_action(&self) -> Polarity {
+        if self.action == Action::Allow { Polarity::BrokenUnlessHolds } else { Polarity::BrokenWhenHolds }
+    }
+
+    /// A broken rule asks for a human with `REQUIRE_APPROVAL`, and denies otherwise.
+    pub fn outcome(&self) -> Outcome {
+        if self.action == Action::RequireApproval { Outcome::Approval } else { Outcome::Deny }
+    }
+
+    /// The spec of a rule whose polarity and outcome follow its action.
+    pub fn spec(&self, check: Check, rails: RailFilter, violation: ViolationType) -> Spec {
+        Spec { check, rails, violation, polarity: self.by_action(), outcome: self.outcome() }
+    }
+
+    fn not_allowed(&self, ops: Ops) -> PolicyError {
+        self.cx.err(
+            "operator",
+            RuleProblem::OperatorNotAllowed { operator: self.operator.to_owned(), allowed: ops.allowed() },
+        )
+    }
+
+    /// A comparison operator.
+    pub fn cmp(&self) -> Result<Cmp, PolicyError> {
+        match self.op {
+            Op::Cmp(c) => Ok(c),
+            _ => Err(self.not_allowed(Ops::Compare)),
+        }
+    }
+
+    /// `IN_LIST` (true) or `NOT_IN_LIST` (false).
+    pub fn in_list(&self) -> Result<bool, PolicyError> {
+        match self.op {
+            Op::InList(b) => Ok(b),
+            _ => Err(self.not_allowed(Ops::List)),
+        }
+    }
+
+    /// `BETWEEN` (true) or `NOT_BETWEEN` (false).
+    pub fn between(&self) -> Result<bool, PolicyError> {
+        match self.op {
+            Op::Between(b) => Ok(b),
+            _ => Err(self.not_allowed(Ops::Window)),
+        }
+    }
 }
 
 pub(super) fn policy(doc: PolicyDoc) -> Result<Policy, PolicyError> {
@@ -176,16 +187,17 @@ pub(super) fn policy(doc: PolicyDoc) -> Result<Policy, PolicyError> {
     })
 }
 
-struct RuleCtx<'a> {
+/// Where a rule is (for errors) and the policy's time zone.
+pub(crate) struct RuleCtx<'a> {
     policy: &'a str,
     index: usize,
     rule_type: &'a str,
-    tz: &'a TimeZone,
+    pub tz: &'a TimeZone,
     tz_name: &'a Arc<str>,
 }
 
 impl RuleCtx<'_> {
-    fn err(&self, field: &'static str, problem: RuleProblem) -> PolicyError {
+    pub(crate) fn err(&self, field: &'static str, problem: RuleProblem) -> PolicyError {
         PolicyError::Rule {
             policy: self.policy.to_owned(),
             rule: self.index,
@@ -195,7 +207,7 @@ impl RuleCtx<'_> {
         }
     }
 
-    fn bad(&self, found: &str, expected: &'static str) -> PolicyError {
+    pub(crate) fn bad(&self, found: &str, expected: &'static str) -> PolicyError {
         self.err("value", RuleProblem::BadValue { found: found.to_owned(), expected })
     }
 
@@ -204,8 +216,29 @@ impl RuleCtx<'_> {
         if UNSUPPORTED.contains(&rule_type.as_str()) {
             return Err(self.err("ruleType", RuleProblem::Unsupported(rule.rule_type.clone())));
         }
-        let kind = kind_of(&rule_type)
-            .ok_or_else(|| self.err("ruleType", RuleProblem::UnknownRuleType(rule.rule_type.clone())))?;
+        /// Tries each family in turn: the first that owns the rule type compiles it.
+        macro_rules! families {
+            ($($family:ty),*) => {$(
+                if let Some(kind) = <$family as Family>::kind(&rule_type) {
+                    let spec = <$family as Family>::compile(kind, &self.input(rule, &rule_type)?)?;
+                    let Spec { check, rails, violation, polarity, outcome } = spec;
+                    return Ok(CompiledRule { rule_type: rule_type.into(), check, rails, polarity, outcome, violation });
+                }
+            )*};
+        }
+        families!(
+            amount::Amounts,
+            cumulative::Cumulatives,
+            lists::Lists,
+            time::Times,
+            velocity::Velocities,
+            blackout::Blackouts
+        );
+        Err(self.err("ruleType", RuleProblem::UnknownRuleType(rule.rule_type.clone())))
+    }
+
+    /// The operator, action and value every rule has, in that order of errors.
+    fn input<'a>(&'a self, rule: &'a RuleDoc, rule_type: &'a str) -> Result<RuleInput<'a>, PolicyError> {
         let op = parse_operator(&rule.operator)
             .ok_or_else(|| self.err("operator", RuleProblem::UnknownOperator(rule.operator.clone())))?;
         let action = match rule.action.as_deref().map(|a| a.trim().to_ascii_uppercase()).as_deref() {
@@ -220,140 +253,10 @@ impl RuleCtx<'_> {
             Value::String(s) => s.as_str(),
             other => return Err(self.err("value", RuleProblem::ValueNotString(json_kind(other).to_owned()))),
         };
-        let by_action = if action == Action::Allow { Polarity::BrokenUnlessHolds } else { Polarity::BrokenWhenHolds };
-        let outcome = if action == Action::RequireApproval { Outcome::Approval } else { Outcome::Deny };
-
-        let (check, rails, violation, polarity, outcome) = match kind {
-            Kind::Amount(measure, rails, v) => {
-                let cmp = self.cmp(op, Ops::Compare)?;
-                let limit = if rule_type == "SINGLE_AMOUNT" { self.amount_field(text)? } else { self.limit(text)? };
-                (Check::Amount { measure, cmp, limit }, rails, v, by_action, outcome)
-            }
-            Kind::Card(v) => {
-                let cmp = self.cmp(op, Ops::Compare)?;
-                (
-                    Check::Amount { measure: Measure::Amount, cmp, limit: self.limit(text)? },
-                    RailFilter::Card,
-                    v,
-                    by_action,
-                    outcome,
-                )
-            }
-            Kind::Cumulative(scope, period, rails, v, period_object) => {
-                let cmp = self.cmp(op, Ops::Compare)?;
-                let (limit, period) = if period_object && text.trim_start().starts_with('{') {
-                    self.budget(text)?
-                } else {
-                    (self.limit(text)?, period)
-                };
-                let counter = self.counter(scope, period, rails);
-                (Check::Cumulative { counter, cmp, limit }, rails, v, by_action, outcome)
-            }
-            Kind::Budget(v) => {
-                let cmp = self.cmp(op, Ops::Compare)?;
-                let (limit, period) = self.budget(text)?;
-                (
-                    Check::Cumulative { counter: self.counter(Scope::Agent, period, RailFilter::All), cmp, limit },
-                    RailFilter::All,
-                    v,
-                    by_action,
-                    outcome,
-                )
-            }
-            Kind::Velocity(scope, rails, v) => {
-                self.cmp(op, Ops::Compare)?;
-                (Check::Velocity(self.velocity(scope, rails, text)?), rails, v, by_action, outcome)
-            }
-            Kind::List(field, rails, v, fixed) => {
-                let in_list = match op {
-                    Op::InList(b) => b,
-                    _ => return Err(self.op_not_allowed(rule, Ops::List)),
-                };
-                let entries = self.list(field, text)?;
-                let polarity = fixed.unwrap_or(by_action);
-                (Check::List { field, entries, in_list }, rails, v, polarity, outcome)
-            }
-            Kind::TimeWindow => {
-                let between = self.between(op, rule)?;
-                let (start, end, tz) = self.time_window(text)?;
-                (Check::TimeOfDay { start, end, between, tz }, RailFilter::All, V::TimeWindow, by_action, outcome)
-            }
-            Kind::DayOfWeek => {
-                let in_list = match op {
-                    Op::InList(b) => b,
-                    _ => return Err(self.op_not_allowed(rule, Ops::List)),
-                };
-                let (days, tz) = self.days(text)?;
-                (Check::DayOfWeek { days, in_list, tz }, RailFilter::All, V::TimeWindow, by_action, outcome)
-            }
-            Kind::DateRange => {
-                let between = self.between(op, rule)?;
-                let obj = self.object(text, "a JSON object {\"start\": \"YYYY-MM-DD\", \"end\": \"YYYY-MM-DD\"}")?;
-                let tz = self.tz_of(&obj)?;
-                let (start, end) = self.absolute_range(&obj, &tz)?;
-                (Check::Period { start, end, between }, RailFilter::All, V::ExpiredPermission, by_action, outcome)
-            }
-            Kind::Blackout => {
-                self.between(op, rule)?;
-                let outcome = if action == Action::RequireApproval { Outcome::Approval } else { Outcome::Deny };
-                (
-                    Check::Blackout(self.blackout(text)?),
-                    RailFilter::All,
-                    V::BlackoutPeriod,
-                    Polarity::BrokenWhenHolds,
-                    outcome,
-                )
-            }
-            Kind::ApprovalAbove => {
-                let cmp = self.cmp(op, Ops::Compare)?;
-                let outcome = if action == Action::Deny { Outcome::Deny } else { Outcome::Approval };
-                (
-                    Check::Amount { measure: Measure::Amount, cmp, limit: self.limit(text)? },
-                    RailFilter::All,
-                    V::Other("REQUIRE_APPROVAL_ABOVE".into()),
-                    Polarity::BrokenWhenHolds,
-                    outcome,
-                )
-            }
-        };
-        Ok(CompiledRule { rule_type: rule_type.into(), check, rails, polarity, outcome, violation })
+        Ok(RuleInput { cx: self, rule_type, operator: &rule.operator, op, action, text })
     }
 
-    fn op_not_allowed(&self, rule: &RuleDoc, ops: Ops) -> PolicyError {
-        self.err(
-            "operator",
-            RuleProblem::OperatorNotAllowed { operator: rule.operator.clone(), allowed: ops.allowed() },
-        )
-    }
-
-    fn cmp(&self, op: Op, ops: Ops) -> Result<Cmp, PolicyError> {
-        match op {
-            Op::Cmp(c) => Ok(c),
-            Op::InList(b) => Err(self.err(
-                "operator",
-                RuleProblem::OperatorNotAllowed {
-                    operator: if b { "IN_LIST" } else { "NOT_IN_LIST" }.into(),
-                    allowed: ops.allowed(),
-                },
-            )),
-            Op::Between(b) => Err(self.err(
-                "operator",
-                RuleProblem::OperatorNotAllowed {
-                    operator: if b { "BETWEEN" } else { "NOT_BETWEEN" }.into(),
-                    allowed: ops.allowed(),
-                },
-            )),
-        }
-    }
-
-    fn between(&self, op: Op, rule: &RuleDoc) -> Result<bool, PolicyError> {
-        match op {
-            Op::Between(b) => Ok(b),
-            _ => Err(self.op_not_allowed(rule, Ops::Window)),
-        }
-    }
-
-    fn decimal(&self, text: &str, expected: &'static str) -> Result<Decimal, PolicyError> {
+    pub(crate) fn decimal(&self, text: &str, expected: &'static str) -> Result<Decimal, PolicyError> {
         let t = text.trim();
         let d = Decimal::from_str_exact(t).or_else(|_| Decimal::from_str(t)).map_err(|_| self.bad(text, expected))?;
         if d.is_sign_negative() && !d.is_zero() {
@@ -362,21 +265,25 @@ impl RuleCtx<'_> {
         Ok(d.normalize())
     }
 
-    fn limit(&self, text: &str) -> Result<Decimal, PolicyError> {
+    pub(crate) fn limit(&self, text: &str) -> Result<Decimal, PolicyError> {
         if text.trim_start().starts_with(['{', '[', '"']) {
             return Err(self.bad(text, "a decimal number in a string, e.g. \"200\""));
         }
         self.decimal(text, "a decimal number in a string, e.g. \"200\"")
     }
 
-    fn object(&self, text: &str, expected: &'static str) -> Result<serde_json::Map<String, Value>, PolicyError> {
+    pub(crate) fn object(
+        &self,
+        text: &str,
+        expected: &'static str,
+    ) -> Result<serde_json::Map<String, Value>, PolicyError> {
         match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => Ok(map),
             _ => Err(self.bad(text, expected)),
         }
     }
 
-    fn num_field(
+    pub(crate) fn num_field(
         &self,
         obj: &serde_json::Map<String, Value>,
         key: &str,
@@ -390,7 +297,7 @@ impl RuleCtx<'_> {
         }
     }
 
-    fn amount_field(&self, text: &str) -> Result<Decimal, PolicyError> {
+    pub(crate) fn amount_field(&self, text: &str) -> Result<Decimal, PolicyError> {
         const EXPECTED: &str = "a decimal number or {\"amount\": n}";
         if text.trim_start().starts_with('{') {
             let obj = self.object(text, EXPECTED)?;
@@ -399,7 +306,7 @@ impl RuleCtx<'_> {
         self.decimal(text, EXPECTED)
     }
 
-    fn budget(&self, text: &str) -> Result<(Decimal, Period), PolicyError> {
+    pub(crate) fn budget(&self, text: &str) -> Result<(Decimal, Period), PolicyError> {
         const EXPECTED: &str = "a JSON object {\"amount\": n, \"period\": \"DAILY|WEEKLY|MONTHLY|YEARLY|TOTAL\"}";
         let obj = self.object(text, EXPECTED)?;
         let amount = self.num_field(&obj, "amount", text, EXPECTED)?;
@@ -414,64 +321,12 @@ impl RuleCtx<'_> {
         Ok((amount, period))
     }
 
-    fn counter(&self, scope: Scope, period: Period, rails: RailFilter) -> Cumulative {
+    pub(crate) fn counter(&self, scope: Scope, period: Period, rails: RailFilter) -> Cumulative {
         let id = counter_id(format_args!("spend|{rails:?}|{scope:?}|{period:?}|{}", self.tz_name));
         Cumulative { id, scope, period, tz: self.tz.clone(), tz_name: self.tz_name.clone() }
     }
 
-    fn velocity(&self, scope: Scope, rails: RailFilter, text: &str) -> Result<Velocity, PolicyError> {
-        const EXPECTED: &str = "a JSON object {\"maxCount\": n, \"period\": \"MINUTE|HOUR|DAY\"}";
-        let obj = self.object(text, EXPECTED)?;
-        let max = self.num_field(&obj, "maxCount", text, EXPECTED)?;
-        if max.fract() != Decimal::ZERO || max > Decimal::from(u32::MAX) {
-            return Err(self.bad(text, EXPECTED));
-        }
-        let max_count: u32 = max.try_into().map_err(|_| self.bad(text, EXPECTED))?;
-        if max_count == 0 {
-            return Err(self.err("value", RuleProblem::Empty("maxCount 0 allows no payment at all".into())));
-        }
-        let window = match obj.get("period").and_then(Value::as_str).map(str::to_ascii_uppercase).as_deref() {
-            Some("MINUTE") => SignedDuration::from_mins(1),
-            Some("HOUR") => SignedDuration::from_hours(1),
-            Some("DAY" | "DAILY") => SignedDuration::from_hours(24),
-            _ => return Err(self.bad(text, EXPECTED)),
-        };
-        Ok(Velocity {
-            id: counter_id(format_args!("velocity|{rails:?}|{scope:?}|{window:?}")),
-            scope,
-            window,
-            max_count,
-        })
-    }
-
-    fn list(&self, field: Field, text: &str) -> Result<HashSet<String, foldhash::fast::RandomState>, PolicyError> {
-        const EXPECTED: &str = "a JSON array of strings, e.g. [\"a\", \"b\"]";
-        // An empty list is valid (choice 7 in the module docs): an empty allowlist allows
-        // nothing, an empty blocklist blocks nothing.
-        let items: Vec<String> = serde_json::from_str(text).map_err(|_| self.bad(text, EXPECTED))?;
-        items
-            .into_iter()
-            .map(|item| match field {
-                Field::Counterparty => Address::parse(item.trim())
-                    .map(|a| a.as_str().to_owned())
-                    .map_err(|_| self.bad(&item, "an EVM (0x + 40 hex) or Solana address")),
-                Field::Mcc => {
-                    let t = item.trim();
-                    if t.len() == 4 && t.bytes().all(|b| b.is_ascii_digit()) {
-                        Ok(t.to_owned())
-                    } else {
-                        Err(self.bad(&item, "a 4-digit merchant category code"))
-                    }
-                }
-                _ => {
-                    let t = item.trim().to_ascii_lowercase();
-                    if t.is_empty() { Err(self.bad(&item, "a non-empty string")) } else { Ok(t) }
-                }
-            })
-            .collect()
-    }
-
-    fn tz_of(&self, obj: &serde_json::Map<String, Value>) -> Result<TimeZone, PolicyError> {
+    pub(crate) fn tz_of(&self, obj: &serde_json::Map<String, Value>) -> Result<TimeZone, PolicyError> {
         match obj.get("timezone").or_else(|| obj.get("timeZone")) {
             None => Ok(self.tz.clone()),
             Some(Value::String(name)) => {
@@ -481,7 +336,7 @@ impl RuleCtx<'_> {
         }
     }
 
-    fn time(
+    pub(crate) fn time(
         &self,
         obj: &serde_json::Map<String, Value>,
         key: &str,
@@ -492,42 +347,8 @@ impl RuleCtx<'_> {
         parse_time(s).ok_or_else(|| self.bad(s, "a time of day HH:MM"))
     }
 
-    fn time_window(&self, text: &str) -> Result<(Time, Time, TimeZone), PolicyError> {
-        const EXPECTED: &str = "a JSON object {\"start\": \"HH:MM\", \"end\": \"HH:MM\"}";
-        let obj = self.object(text, EXPECTED)?;
-        let start = self.time(&obj, "start", text, EXPECTED)?;
-        let end = self.time(&obj, "end", text, EXPECTED)?;
-        if start == end {
-            return Err(self.err("value", RuleProblem::Empty(format!("the window {start} to {end} is empty"))));
-        }
-        Ok((start, end, self.tz_of(&obj)?))
-    }
-
-    fn days(&self, text: &str) -> Result<(u8, TimeZone), PolicyError> {
-        const EXPECTED: &str = "a JSON array of weekdays, e.g. [\"Mon\", \"Tue\"]";
-        let items: Vec<String> = serde_json::from_str(text).map_err(|_| self.bad(text, EXPECTED))?;
-        if items.is_empty() {
-            return Err(self.err("value", RuleProblem::Empty("the list of days is empty".into())));
-        }
-        let mut mask = 0u8;
-        for item in &items {
-            let day = match item.trim().to_ascii_lowercase().as_str() {
-                "mon" | "monday" => 0,
-                "tue" | "tues" | "tuesday" => 1,
-                "wed" | "wednesday" => 2,
-                "thu" | "thurs" | "thursday" => 3,
-                "fri" | "friday" => 4,
-                "sat" | "saturday" => 5,
-                "sun" | "sunday" => 6,
-                _ => return Err(self.bad(item, "a weekday Mon..Sun")),
-            };
-            mask |= 1 << day;
-        }
-        Ok((mask, self.tz.clone()))
-    }
-
     /// `[start, end)` from a pair of dates (end day included) or RFC 3339 instants.
-    fn absolute_range(
+    pub(crate) fn absolute_range(
         &self,
         obj: &serde_json::Map<String, Value>,
         tz: &TimeZone,
@@ -547,7 +368,7 @@ impl RuleCtx<'_> {
         Ok((start, end))
     }
 
-    fn instant(&self, text: &str, tz: &TimeZone, end: bool) -> Result<Timestamp, PolicyError> {
+    pub(crate) fn instant(&self, text: &str, tz: &TimeZone, end: bool) -> Result<Timestamp, PolicyError> {
         if let Ok(ts) = text.parse::<Timestamp>() {
             return Ok(ts);
         }
@@ -569,57 +390,16 @@ impl RuleCtx<'_> {
         }
         Err(self.bad(text, "a date YYYY-MM-DD or an RFC 3339 timestamp"))
     }
-
-    fn blackout(&self, text: &str) -> Result<Vec<Blackout>, PolicyError> {
-        const EXPECTED: &str =
-            "{\"windows\": [{\"start\", \"end\", \"reason\", \"recurring\"}]} or {\"start\", \"end\"}";
-        let obj = self.object(text, EXPECTED)?;
-        let tz = self.tz_of(&obj)?;
-        let windows: Vec<serde_json::Map<String, Value>> = match obj.get("windows") {
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|w| w.as_object().cloned().ok_or_else(|| self.bad(text, EXPECTED)))
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(self.bad(text, EXPECTED)),
-            None => vec![obj.clone()],
-        };
-        if windows.is_empty() {
-            return Err(self.err("value", RuleProblem::Empty("no blackout windows".into())));
-        }
-        windows
-            .iter()
-            .map(|w| {
-                let reason = w.get("reason").and_then(Value::as_str).map(str::to_owned);
-                let tz = self.tz_of(w).unwrap_or_else(|_| tz.clone());
-                let start = w.get("start").and_then(Value::as_str).ok_or_else(|| self.bad(text, EXPECTED))?;
-                let end = w.get("end").and_then(Value::as_str).ok_or_else(|| self.bad(text, EXPECTED))?;
-                match (parse_time(start), parse_time(end)) {
-                    (Some(s), Some(e)) => {
-                        if s == e {
-                            return Err(
-                                self.err("value", RuleProblem::Empty(format!("the window {start} to {end} is empty")))
-                            );
-                        }
-                        Ok(Blackout::Daily { start: s, end: e, tz, reason })
-                    }
-                    _ => {
-                        let (s, e) = self.absolute_range(w, &tz)?;
-                        Ok(Blackout::Absolute { start: s, end: e, reason })
-                    }
-                }
-            })
-            .collect()
-    }
 }
 
 /// The full identity of a counted quantity: equal for the same rails, scope, period and zone in
 /// every policy set, so a policy reload keeps its counters.
-fn counter_id(parts: std::fmt::Arguments<'_>) -> super::rules::CounterId {
+pub(crate) fn counter_id(parts: std::fmt::Arguments<'_>) -> super::rules::CounterId {
     super::rules::CounterId(parts.to_string().into())
 }
 
 /// `HH:MM` or `HH:MM:SS`; `24:00` means end of day.
-fn parse_time(s: &str) -> Option<Time> {
+pub(crate) fn parse_time(s: &str) -> Option<Time> {
     let s = s.trim();
     if s == "24:00" {
         return Some(Time::MAX);

@@ -85,7 +85,7 @@ use serde::Deserialize;
 
 use crate::intent::ActorId;
 
-pub(crate) use rules::{CompiledRule, CounterId, Cumulative, Period, Velocity};
+pub(crate) use rules::{CompiledRule, CounterId, Cumulative, Period};
 
 /// Why a policy file could not be loaded. Each variant says where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -401,8 +401,8 @@ fn intern_counters(policies: &mut [Policy]) {
     };
     for rule in policies.iter_mut().flat_map(|p| p.rules.iter_mut()) {
         match &mut rule.check {
-            rules::Check::Cumulative { counter, .. } => intern(&mut counter.id),
-            rules::Check::Velocity(v) => intern(&mut v.id),
+            rules::Check::Cumulative(c) => intern(&mut c.counter.id),
+            rules::Check::Velocity(v) => intern(&mut v.0.id),
             _ => {}
         }
     }

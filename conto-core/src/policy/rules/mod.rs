@@ -1,6 +1,26 @@
-//! Compiled rules: what the engine evaluates.
+//! Compiled rules, one module per rule family. Each family holds its rule types' names, how
+//! their `value` is parsed, the check, and the explanation written when the check is broken;
+//! adding a rule type touches its family and, for a new violation, [`ViolationType`].
+//!
+//! - [`amount`]: per-payment caps (`MAX_AMOUNT`, the x402/MPP/card ceilings, deposits,
+//!   `REQUIRE_APPROVAL_ABOVE`);
+//! - [`cumulative`]: spend per period (`DAILY_LIMIT` … `BUDGET_CAP`, per-service, per-endpoint
+//!   and session budgets);
+//! - [`lists`]: allow- and blocklists (categories, counterparties, services, MCCs, merchants,
+//!   MPP intents and methods);
+//! - [`time`]: `TIME_WINDOW`, `DAY_OF_WEEK`, `DATE_RANGE`;
+//! - [`velocity`]: approvals per sliding window;
+//! - [`blackout`]: `BLACKOUT_PERIOD`.
+//!
+//! Money on the hot path is whole micro-units ([`Micros`]); limits are [`Bound`]s.
 
-use std::collections::HashSet;
+pub(crate) mod amount;
+pub(crate) mod blackout;
+pub(crate) mod cumulative;
+pub(crate) mod lists;
+pub(crate) mod time;
+pub(crate) mod velocity;
+
 use std::sync::Arc;
 
 use jiff::civil::Time;
@@ -10,6 +30,9 @@ use rust_decimal::Decimal;
 
 use crate::decision::ViolationType;
 use crate::intent::{PaymentIntent, Rail};
+#[cfg(doc)]
+use crate::micros::Bound;
+use crate::micros::Micros;
 
 /// A rule's action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +54,8 @@ pub(crate) enum Cmp {
 }
 
 impl Cmp {
+    /// The comparison in decimals (what [`Bound::holds`] must agree with).
+    #[cfg(test)]
     pub(crate) fn holds(self, lhs: Decimal, rhs: Decimal) -> bool {
         match self {
             Cmp::Eq => lhs == rhs,
@@ -153,57 +178,51 @@ pub(crate) struct Velocity {
     pub max_count: u32,
 }
 
-/// The field a list rule checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Field {
-    Counterparty,
-    Category,
-    Service,
-    Mcc,
-    Merchant,
-    MppIntent,
-    MppMethod,
+/// The check a rule makes: one variant per family.
+#[derive(Debug, Clone)]
+pub(crate) enum Check {
+    Amount(amount::AmountRule),
+    Cumulative(cumulative::CumulativeRule),
+    Velocity(velocity::VelocityRule),
+    List(lists::ListRule),
+    Time(time::TimeRule),
+    Blackout(blackout::BlackoutRule),
 }
 
-impl Field {
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Field::Counterparty => "recipient",
-            Field::Category => "category",
-            Field::Service => "service",
-            Field::Mcc => "merchant category code",
-            Field::Merchant => "merchant",
-            Field::MppIntent => "session intent",
-            Field::MppMethod => "method",
-        }
+/// What one rule measured: whether its condition holds, and what to say if it is broken.
+pub(crate) struct Finding<D> {
+    pub holds: bool,
+    pub detail: D,
+}
+
+/// A family's measurement, explained in words only when its rule is broken.
+pub(crate) trait Explain {
+    /// The sentence for a broken rule.
+    fn explain(&self, rule_type: &str) -> String;
+    /// The limit, for the violation (in Conto's unit).
+    fn limit(&self) -> Option<Decimal> {
+        None
+    }
+    /// The current value, for the violation.
+    fn current(&self) -> Option<Decimal> {
+        None
     }
 }
 
-/// What an amount comparison measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Measure {
-    Amount,
-    Deposit,
+/// The payment a rule is checked against, with what every family reads from it computed once.
+pub(crate) struct Subject<'a> {
+    pub intent: &'a PaymentIntent,
+    pub amount: Micros,
+    pub now: Timestamp,
 }
 
-/// A blackout window.
-#[derive(Debug, Clone)]
-pub(crate) enum Blackout {
-    Daily { start: Time, end: Time, tz: TimeZone, reason: Option<String> },
-    Absolute { start: Timestamp, end: Timestamp, reason: Option<String> },
-}
-
-/// The check a rule makes.
-#[derive(Debug, Clone)]
-pub(crate) enum Check {
-    Amount { measure: Measure, cmp: Cmp, limit: Decimal },
-    Cumulative { counter: Cumulative, cmp: Cmp, limit: Decimal },
-    Velocity(Velocity),
-    List { field: Field, entries: HashSet<String, foldhash::fast::RandomState>, in_list: bool },
-    TimeOfDay { start: Time, end: Time, between: bool, tz: TimeZone },
-    DayOfWeek { days: u8, in_list: bool, tz: TimeZone },
-    Period { start: Timestamp, end: Timestamp, between: bool },
-    Blackout(Vec<Blackout>),
+/// What a family's compiler returns for one rule.
+pub(crate) struct Spec {
+    pub check: Check,
+    pub rails: RailFilter,
+    pub violation: ViolationType,
+    pub polarity: Polarity,
+    pub outcome: Outcome,
 }
 
 /// Whether a rule is broken when its condition holds or when it does not.

@@ -1,0 +1,98 @@
+//! Per-payment caps: `MAX_AMOUNT`, `SINGLE_AMOUNT`, the x402, MPP and card ceilings,
+//! `MPP_MAX_SESSION_DEPOSIT` and `REQUIRE_APPROVAL_ABOVE`.
+
+use rust_decimal::Decimal;
+
+use super::{Action, Check, Cmp, Explain, Finding, Outcome, Polarity, RailFilter, Spec, Subject};
+use crate::decision::ViolationType as V;
+use crate::intent::Rail;
+use crate::micros::{Bound, Micros};
+use crate::policy::PolicyError;
+use crate::policy::compile::{Family, RuleInput};
+
+/// What an amount rule measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Measure {
+    /// The payment's amount.
+    Amount,
+    /// An MPP session's deposit (rules on it skip payments without one).
+    Deposit,
+}
+
+/// A cap on one payment.
+#[derive(Debug, Clone)]
+pub(crate) struct AmountRule {
+    measure: Measure,
+    cmp: Cmp,
+    limit: Bound,
+}
+
+/// The family's rule types.
+pub(crate) struct Amounts;
+
+impl Family for Amounts {
+    type Kind = (Measure, RailFilter, V);
+
+    fn kind(rule_type: &str) -> Option<Self::Kind> {
+        use RailFilter as R;
+        Some(match rule_type {
+            "MAX_AMOUNT" | "SINGLE_AMOUNT" => (Measure::Amount, R::All, V::PerTxLimit),
+            "X402_PRICE_CEILING" | "X402_MAX_PER_REQUEST" => (Measure::Amount, R::X402, V::X402PriceCeiling),
+            "MPP_PRICE_CEILING" | "MPP_MAX_PER_REQUEST" => (Measure::Amount, R::Mpp, V::MppPriceCeiling),
+            "MPP_MAX_SESSION_DEPOSIT" => (Measure::Deposit, R::Mpp, V::MppMaxSessionDeposit),
+            "CARD_MAX_AMOUNT" => (Measure::Amount, R::Card, V::CardAmountLimit),
+            "REQUIRE_APPROVAL_ABOVE" => (Measure::Amount, R::All, V::Other("REQUIRE_APPROVAL_ABOVE".into())),
+            _ => return None,
+        })
+    }
+
+    fn compile((measure, rails, violation): Self::Kind, r: &RuleInput<'_>) -> Result<Spec, PolicyError> {
+        let cmp = r.cmp()?;
+        let limit = if r.rule_type == "SINGLE_AMOUNT" { r.cx.amount_field(r.text)? } else { r.cx.limit(r.text)? };
+        let check = Check::Amount(AmountRule { measure, cmp, limit: Bound::new(limit) });
+        if r.rule_type == "REQUIRE_APPROVAL_ABOVE" {
+            // Gated when the comparison holds, whatever the action; `DENY` makes it a hard cap.
+            let outcome = if r.action == Action::Deny { Outcome::Deny } else { Outcome::Approval };
+            return Ok(Spec { check, rails, violation, polarity: Polarity::BrokenWhenHolds, outcome });
+        }
+        Ok(r.spec(check, rails, violation))
+    }
+}
+
+/// What an amount rule saw.
+pub(crate) struct Seen {
+    deposit: bool,
+    subject: Micros,
+    cmp: Cmp,
+    limit: Decimal,
+}
+
+impl AmountRule {
+    /// Compares the payment's amount (or deposit) with the limit.
+    pub(crate) fn check(&self, s: &Subject<'_>) -> Option<Finding<Seen>> {
+        let subject = match (self.measure, &s.intent.rail) {
+            (Measure::Amount, _) => s.amount,
+            (Measure::Deposit, Rail::Mpp { deposit: Some(d), .. }) => Micros::of(*d),
+            (Measure::Deposit, _) => return None,
+        };
+        Some(Finding {
+            holds: self.limit.holds(subject, self.cmp),
+            detail: Seen { deposit: self.measure == Measure::Deposit, subject, cmp: self.cmp, limit: self.limit.exact },
+        })
+    }
+}
+
+impl Explain for Seen {
+    fn explain(&self, rule_type: &str) -> String {
+        let what = if self.deposit { "deposit" } else { "amount" };
+        format!("{rule_type}: {what} {}, limit {} {}", self.subject.to_decimal(), self.cmp.symbol(), self.limit)
+    }
+
+    fn limit(&self) -> Option<Decimal> {
+        Some(self.limit)
+    }
+
+    fn current(&self) -> Option<Decimal> {
+        Some(self.subject.to_decimal())
+    }
+}

@@ -1,0 +1,108 @@
+//! `BLACKOUT_PERIOD`: `{"windows": [{"start", "end", "reason", "recurring"}]}` or
+//! `{"start", "end"}`; `HH:MM` bounds are a daily window, dates or instants an absolute period.
+//! Broken inside a window, whatever the action.
+
+use jiff::Timestamp;
+use jiff::civil::Time;
+use jiff::tz::TimeZone;
+use serde_json::Value;
+
+use super::{Check, Explain, Finding, Outcome, Polarity, RailFilter, Spec, Subject, in_daily_window, local};
+use crate::decision::ViolationType as V;
+use crate::policy::compile::{Family, RuleInput, parse_time};
+use crate::policy::{PolicyError, RuleProblem};
+
+/// A blackout window.
+#[derive(Debug, Clone)]
+pub(crate) enum Window {
+    Daily { start: Time, end: Time, tz: TimeZone, reason: Option<String> },
+    Absolute { start: Timestamp, end: Timestamp, reason: Option<String> },
+}
+
+/// No payment inside any of its windows.
+#[derive(Debug, Clone)]
+pub(crate) struct BlackoutRule(Vec<Window>);
+
+/// The family's rule type.
+pub(crate) struct Blackouts;
+
+impl Family for Blackouts {
+    type Kind = ();
+
+    fn kind(rule_type: &str) -> Option<()> {
+        (rule_type == "BLACKOUT_PERIOD").then_some(())
+    }
+
+    fn compile((): (), r: &RuleInput<'_>) -> Result<Spec, PolicyError> {
+        r.between()?;
+        const EXPECTED: &str =
+            "{\"windows\": [{\"start\", \"end\", \"reason\", \"recurring\"}]} or {\"start\", \"end\"}";
+        let (cx, text) = (r.cx, r.text);
+        let obj = cx.object(text, EXPECTED)?;
+        let tz = cx.tz_of(&obj)?;
+        let windows: Vec<serde_json::Map<String, Value>> = match obj.get("windows") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|w| w.as_object().cloned().ok_or_else(|| cx.bad(text, EXPECTED)))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(cx.bad(text, EXPECTED)),
+            None => vec![obj.clone()],
+        };
+        if windows.is_empty() {
+            return Err(cx.err("value", RuleProblem::Empty("no blackout windows".into())));
+        }
+        let windows = windows
+            .iter()
+            .map(|w| {
+                let reason = w.get("reason").and_then(Value::as_str).map(str::to_owned);
+                let tz = cx.tz_of(w).unwrap_or_else(|_| tz.clone());
+                let start = w.get("start").and_then(Value::as_str).ok_or_else(|| cx.bad(text, EXPECTED))?;
+                let end = w.get("end").and_then(Value::as_str).ok_or_else(|| cx.bad(text, EXPECTED))?;
+                match (parse_time(start), parse_time(end)) {
+                    (Some(s), Some(e)) if s == e => {
+                        Err(cx.err("value", RuleProblem::Empty(format!("the window {start} to {end} is empty"))))
+                    }
+                    (Some(s), Some(e)) => Ok(Window::Daily { start: s, end: e, tz, reason }),
+                    _ => {
+                        let (s, e) = cx.absolute_range(w, &tz)?;
+                        Ok(Window::Absolute { start: s, end: e, reason })
+                    }
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Spec {
+            check: Check::Blackout(BlackoutRule(windows)),
+            rails: RailFilter::All,
+            violation: V::BlackoutPeriod,
+            polarity: Polarity::BrokenWhenHolds,
+            outcome: if r.outcome() == Outcome::Approval { Outcome::Approval } else { Outcome::Deny },
+        })
+    }
+}
+
+/// The reason of the window `now` falls in, if any.
+pub(crate) struct Dark<'a>(Option<&'a str>);
+
+impl BlackoutRule {
+    /// Whether `now` is inside a window.
+    pub(crate) fn check(&self, s: &Subject<'_>) -> Finding<Dark<'_>> {
+        let hit = self.0.iter().find(|w| match w {
+            Window::Daily { start, end, tz, .. } => in_daily_window(local(s.now, tz).0, *start, *end),
+            Window::Absolute { start, end, .. } => *start <= s.now && s.now < *end,
+        });
+        let reason = hit.and_then(|w| {
+            let (Window::Daily { reason, .. } | Window::Absolute { reason, .. }) = w;
+            reason.as_deref()
+        });
+        Finding { holds: hit.is_some(), detail: Dark(reason) }
+    }
+}
+
+impl Explain for Dark<'_> {
+    fn explain(&self, _rule_type: &str) -> String {
+        match self.0 {
+            Some(reason) => format!("blackout period in effect ({reason})"),
+            None => "blackout period in effect".to_owned(),
+        }
+    }
+}

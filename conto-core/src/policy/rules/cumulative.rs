@@ -1,0 +1,216 @@
+//! Spend per period: `DAILY_LIMIT`, `WEEKLY_LIMIT`, `MONTHLY_LIMIT`, `BUDGET_CAP`, and the
+//! x402/MPP per-service, per-endpoint and session budgets. Each compares spent + reserved +
+//! this payment with the limit, on a counter shared by every rule that counts the same quantity.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use rust_decimal::Decimal;
+
+use super::{Check, Cmp, Cumulative, Explain, Finding, Period, RailFilter, Scope, Spec, Subject};
+use crate::decision::ViolationType as V;
+use crate::engine::evaluate::Reads;
+use crate::engine::ledger::{CounterKey, period_start};
+use crate::intent::PaymentIntent;
+use crate::micros::{Bound, Micros};
+use crate::policy::PolicyError;
+use crate::policy::compile::{Family, RuleInput};
+
+/// A limit on spend per period.
+#[derive(Debug, Clone)]
+pub(crate) struct CumulativeRule {
+    /// The counter (shared by rules counting the same quantity).
+    pub counter: Cumulative,
+    cmp: Cmp,
+    limit: Bound,
+    /// `DAILY_LIMIT`: reported back as the daily remaining.
+    daily: bool,
+}
+
+/// How a cumulative rule type reads its value.
+pub(crate) enum Limit {
+    /// A plain limit for a fixed period.
+    Plain(Period),
+    /// A plain daily limit, or `{"amount", "period"}`.
+    PlainOrBudget,
+    /// Always `{"amount", "period"}`.
+    Budget,
+}
+
+/// The family's rule types.
+pub(crate) struct Cumulatives;
+
+impl Family for Cumulatives {
+    type Kind = (Scope, Limit, RailFilter, V);
+
+    fn kind(rule_type: &str) -> Option<Self::Kind> {
+        use Limit::*;
+        use RailFilter as R;
+        Some(match rule_type {
+            "DAILY_LIMIT" => (Scope::Agent, Plain(Period::Day), R::All, V::DailyLimit),
+            "WEEKLY_LIMIT" => (Scope::Agent, Plain(Period::Week), R::All, V::WeeklyLimit),
+            "MONTHLY_LIMIT" => (Scope::Agent, Plain(Period::Month), R::All, V::MonthlyLimit),
+            "BUDGET_CAP" => (Scope::Agent, Budget, R::All, V::BudgetExceeded),
+            "X402_MAX_PER_SERVICE" => (Scope::Service, PlainOrBudget, R::X402, V::X402EndpointLimit),
+            "X402_MAX_PER_ENDPOINT" => (Scope::Endpoint, PlainOrBudget, R::X402, V::X402EndpointLimit),
+            "X402_SESSION_BUDGET" => (Scope::Session, Plain(Period::Total), R::X402, V::X402SessionBudget),
+            "MPP_MAX_PER_SERVICE" => (Scope::Service, PlainOrBudget, R::Mpp, V::MppEndpointLimit),
+            "MPP_MAX_PER_ENDPOINT" => (Scope::Endpoint, PlainOrBudget, R::Mpp, V::MppEndpointLimit),
+            "MPP_SESSION_BUDGET" => (Scope::Session, Plain(Period::Total), R::Mpp, V::MppSessionBudget),
+            _ => return None,
+        })
+    }
+
+    fn compile((scope, limit, rails, violation): Self::Kind, r: &RuleInput<'_>) -> Result<Spec, PolicyError> {
+        let cmp = r.cmp()?;
+        let (limit, period) = match limit {
+            Limit::Budget => r.cx.budget(r.text)?,
+            Limit::PlainOrBudget if r.text.trim_start().starts_with('{') => r.cx.budget(r.text)?,
+            Limit::PlainOrBudget => (r.cx.limit(r.text)?, Period::Day),
+            Limit::Plain(period) => (r.cx.limit(r.text)?, period),
+        };
+        let counter = r.cx.counter(scope, period, rails);
+        let daily = r.rule_type == "DAILY_LIMIT";
+        Ok(r.spec(
+            Check::Cumulative(CumulativeRule { counter, cmp, limit: Bound::new(limit), daily }),
+            rails,
+            violation,
+        ))
+    }
+}
+
+/// The counter of `c` for `intent`.
+pub(crate) fn counter_key(c: &Cumulative, intent: &PaymentIntent) -> CounterKey {
+    CounterKey { id: c.id.clone(), scope_key: c.scope.key(intent), period: c.period, tz: c.tz_name.clone() }
+}
+
+/// Period starts computed during one decision (policies usually share a few periods and zones):
+/// the first four kept inline, so the common decision allocates nothing for them.
+#[derive(Default)]
+struct Starts {
+    inline: [Option<(Period, Arc<str>, Timestamp)>; 4],
+    more: Vec<(Period, Arc<str>, Timestamp)>,
+}
+
+impl Starts {
+    fn get(&mut self, c: &Cumulative, now: Timestamp) -> Timestamp {
+        let same = |(p, tz, _): &&(Period, Arc<str>, Timestamp)| {
+            *p == c.period && (Arc::ptr_eq(tz, &c.tz_name) || **tz == *c.tz_name)
+        };
+        if let Some((_, _, t)) = self.inline.iter().flatten().chain(self.more.iter()).find(same) {
+            return *t;
+        }
+        let t = period_start(c.period, &c.tz, now);
+        let entry = (c.period, c.tz_name.clone(), t);
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(entry),
+            None => self.more.push(entry),
+        }
+        t
+    }
+}
+
+/// Values by position, the first eight inline.
+#[derive(Default)]
+struct Used {
+    inline: [Micros; 8],
+    len: usize,
+    more: Vec<Micros>,
+}
+
+impl Used {
+    fn push(&mut self, value: Micros) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = value,
+            None => self.more.push(value),
+        }
+        self.len += 1;
+    }
+
+    fn get(&self, i: usize) -> Micros {
+        match self.inline.get(i) {
+            Some(v) => *v,
+            None => self.more.get(i - self.inline.len()).copied().unwrap_or_default(),
+        }
+    }
+}
+
+/// What one decision read from its counters: each counter's key and period start (to reserve
+/// on), what it had used (read once, however many rules share it), and the tightest daily limit.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub holds: Vec<(CounterKey, Timestamp)>,
+    /// What each counter in `holds` had used: the first eight inline (no allocation).
+    used: Used,
+    daily: Option<(Micros, Bound)>,
+    starts: Starts,
+}
+
+impl Tally {
+    /// The tightest `DAILY_LIMIT`: spend after this payment, and the limit.
+    pub fn daily(&self) -> Option<(Decimal, Decimal)> {
+        self.daily.map(|(projected, limit)| (projected.to_decimal(), limit.exact))
+    }
+}
+
+/// What a cumulative rule saw.
+pub(crate) struct Spent {
+    period: Period,
+    used: Micros,
+    amount: Micros,
+    cmp: Cmp,
+    limit: Decimal,
+}
+
+impl CumulativeRule {
+    /// Compares the period's spend, with this payment, with the limit.
+    pub(crate) fn check(&self, s: &Subject<'_>, ledger: &mut impl Reads, tally: &mut Tally) -> Finding<Spent> {
+        let counter = &self.counter;
+        let start = tally.starts.get(counter, s.now);
+        let scope = counter.scope.key_str(s.intent);
+        // Rules counting the same quantity share an interned id: told apart by pointer first.
+        let seen = tally.holds.iter().position(|(k, st)| {
+            (Arc::ptr_eq(&k.id.0, &counter.id.0) || k.id == counter.id) && k.scope_key == scope && *st == start
+        });
+        let used = match seen {
+            Some(i) => tally.used.get(i),
+            None => {
+                let key = counter_key(counter, s.intent);
+                let used = ledger.used(&key, start);
+                tally.holds.push((key, start));
+                tally.used.push(used);
+                used
+            }
+        };
+        let projected = used + s.amount;
+        if self.daily && tally.daily.is_none_or(|(_, l)| self.limit.exact < l.exact) {
+            tally.daily = Some((projected, self.limit));
+        }
+        Finding {
+            holds: self.limit.holds(projected, self.cmp),
+            detail: Spent { period: counter.period, used, amount: s.amount, cmp: self.cmp, limit: self.limit.exact },
+        }
+    }
+}
+
+impl Explain for Spent {
+    fn explain(&self, rule_type: &str) -> String {
+        format!(
+            "{rule_type} {} spend would be {} ({} used + {} requested), limit {} {}",
+            self.period.label(),
+            (self.used + self.amount).to_decimal(),
+            self.used.to_decimal(),
+            self.amount.to_decimal(),
+            self.cmp.symbol(),
+            self.limit
+        )
+    }
+
+    fn limit(&self) -> Option<Decimal> {
+        Some(self.limit)
+    }
+
+    fn current(&self) -> Option<Decimal> {
+        Some(self.used.to_decimal())
+    }
+}

@@ -1,0 +1,167 @@
+//! Allow- and blocklists: categories, counterparties (`WHITELIST` too), x402/MPP services,
+//! MPP session intents and methods, card MCCs and merchants.
+
+use std::collections::HashSet;
+
+use super::{Check, Explain, Finding, Polarity, RailFilter, Spec, Subject};
+use crate::decision::ViolationType as V;
+use crate::intent::{Address, PaymentIntent, Rail};
+use crate::policy::PolicyError;
+use crate::policy::compile::{Family, RuleInput};
+
+/// The field a list rule checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Field {
+    Counterparty,
+    Category,
+    Service,
+    Mcc,
+    Merchant,
+    MppIntent,
+    MppMethod,
+}
+
+impl Field {
+    fn label(self) -> &'static str {
+        match self {
+            Field::Counterparty => "recipient",
+            Field::Category => "category",
+            Field::Service => "service",
+            Field::Mcc => "merchant category code",
+            Field::Merchant => "merchant",
+            Field::MppIntent => "session intent",
+            Field::MppMethod => "method",
+        }
+    }
+}
+
+/// A list of values a field is checked against.
+#[derive(Debug, Clone)]
+pub(crate) struct ListRule {
+    field: Field,
+    entries: HashSet<String, foldhash::fast::RandomState>,
+    in_list: bool,
+}
+
+/// The family's rule types. Types named `ALLOWED_*`/`WHITELIST` or `BLOCKED_*`/`*_BLOCK_*`
+/// keep that polarity whatever the action.
+pub(crate) struct Lists;
+
+impl Family for Lists {
+    type Kind = (Field, RailFilter, V, Polarity);
+
+    fn kind(rule_type: &str) -> Option<Self::Kind> {
+        use RailFilter as R;
+        let allowed = Polarity::BrokenUnlessHolds;
+        let blocked = Polarity::BrokenWhenHolds;
+        Some(match rule_type {
+            "ALLOWED_CATEGORIES" => (Field::Category, R::All, V::CategoryRestriction, allowed),
+            "BLOCKED_CATEGORIES" => (Field::Category, R::All, V::CategoryRestriction, blocked),
+            "ALLOWED_COUNTERPARTIES" | "WHITELIST" => (Field::Counterparty, R::All, V::WhitelistViolation, allowed),
+            "BLOCKED_COUNTERPARTIES" => (Field::Counterparty, R::All, V::BlockedCounterparty, blocked),
+            "X402_ALLOWED_SERVICES" => (Field::Service, R::X402, V::X402ServiceNotAllowed, allowed),
+            "X402_BLOCKED_SERVICES" => (Field::Service, R::X402, V::X402ServiceBlocked, blocked),
+            "MPP_ALLOWED_SERVICES" => (Field::Service, R::Mpp, V::MppServiceNotAllowed, allowed),
+            "MPP_BLOCKED_SERVICES" => (Field::Service, R::Mpp, V::MppServiceBlocked, blocked),
+            "MPP_BLOCK_SESSION_INTENT" => (Field::MppIntent, R::Mpp, V::MppSessionIntentBlocked, blocked),
+            "MPP_ALLOWED_METHODS" => (Field::MppMethod, R::Mpp, V::MppMethodNotAllowed, allowed),
+            "CARD_ALLOWED_MCCS" => (Field::Mcc, R::Card, V::CardMccRestriction, allowed),
+            "CARD_BLOCKED_MCCS" => (Field::Mcc, R::Card, V::CardMccRestriction, blocked),
+            "CARD_ALLOWED_MERCHANTS" => (Field::Merchant, R::Card, V::CardMerchantRestriction, allowed),
+            "CARD_BLOCKED_MERCHANTS" => (Field::Merchant, R::Card, V::CardMerchantRestriction, blocked),
+            _ => return None,
+        })
+    }
+
+    fn compile((field, rails, violation, polarity): Self::Kind, r: &RuleInput<'_>) -> Result<Spec, PolicyError> {
+        let in_list = r.in_list()?;
+        const EXPECTED: &str = "a JSON array of strings, e.g. [\"a\", \"b\"]";
+        let cx = r.cx;
+        // An empty list is valid (choice 7 in the module docs): an empty allowlist allows
+        // nothing, an empty blocklist blocks nothing.
+        let items: Vec<String> = serde_json::from_str(r.text).map_err(|_| cx.bad(r.text, EXPECTED))?;
+        let entries = items
+            .into_iter()
+            .map(|item| match field {
+                Field::Counterparty => Address::parse(item.trim())
+                    .map(|a| a.as_str().to_owned())
+                    .map_err(|_| cx.bad(&item, "an EVM (0x + 40 hex) or Solana address")),
+                Field::Mcc => {
+                    let t = item.trim();
+                    if t.len() == 4 && t.bytes().all(|b| b.is_ascii_digit()) {
+                        Ok(t.to_owned())
+                    } else {
+                        Err(cx.bad(&item, "a 4-digit merchant category code"))
+                    }
+                }
+                _ => {
+                    let t = item.trim().to_ascii_lowercase();
+                    if t.is_empty() { Err(cx.bad(&item, "a non-empty string")) } else { Ok(t) }
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let mut spec = r.spec(Check::List(ListRule { field, entries, in_list }), rails, violation);
+        spec.polarity = polarity;
+        Ok(spec)
+    }
+}
+
+/// What a list rule saw.
+pub(crate) enum Listing<'a> {
+    /// The payment has no value for the field.
+    Missing(Field),
+    /// The value, and whether it is listed.
+    Listed { field: Field, value: &'a str, listed: bool },
+}
+
+impl ListRule {
+    /// Looks the payment's field up in the list.
+    pub(crate) fn check<'a>(&self, s: &Subject<'a>) -> Option<Finding<Listing<'a>>> {
+        let field = self.field;
+        let Some(value) = subject(field, s.intent) else {
+            // Counterparty rules do not apply to cards; other missing fields are "not listed".
+            if field == Field::Counterparty {
+                return None;
+            }
+            return Some(Finding { holds: !self.in_list, detail: Listing::Missing(field) });
+        };
+        let listed = match field {
+            Field::Counterparty | Field::Mcc => self.entries.contains(value),
+            Field::Service => self.entries.iter().any(|e| {
+                value.eq_ignore_ascii_case(e)
+                    || (value.len() > e.len()
+                        && value.as_bytes()[value.len() - e.len() - 1] == b'.'
+                        && value[value.len() - e.len()..].eq_ignore_ascii_case(e))
+            }),
+            _ => self.entries.iter().any(|e| e.eq_ignore_ascii_case(value.trim())),
+        };
+        Some(Finding { holds: listed == self.in_list, detail: Listing::Listed { field, value, listed } })
+    }
+}
+
+/// The field a list rule checks, borrowed from the intent.
+fn subject(field: Field, intent: &PaymentIntent) -> Option<&str> {
+    match (field, &intent.rail) {
+        (Field::Counterparty, _) => intent.recipient.as_ref().map(|a| a.as_str()),
+        (Field::Category, _) => intent.category.as_deref(),
+        (Field::Service, Rail::X402 { service_domain, .. } | Rail::Mpp { service_domain, .. }) => {
+            Some(service_domain.as_str())
+        }
+        (Field::Mcc, Rail::Card { mcc, .. }) => mcc.as_deref(),
+        (Field::Merchant, Rail::Card { merchant, .. }) => Some(merchant.as_str()),
+        (Field::MppIntent, Rail::Mpp { intent, .. }) => intent.as_deref(),
+        (Field::MppMethod, Rail::Mpp { method, .. }) => method.as_deref(),
+        _ => None,
+    }
+}
+
+impl Explain for Listing<'_> {
+    fn explain(&self, rule_type: &str) -> String {
+        match self {
+            Listing::Missing(field) => format!("{rule_type}: the payment has no {}", field.label()),
+            Listing::Listed { field, value, listed } => {
+                format!("{} `{value}` is {} the {rule_type} list", field.label(), if *listed { "on" } else { "not on" })
+            }
+        }
+    }
+}

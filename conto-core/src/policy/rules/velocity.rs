@@ -1,0 +1,107 @@
+//! Approvals per sliding window: `VELOCITY_LIMIT` and the x402/MPP per-endpoint velocity,
+//! `{"maxCount": n, "period": "MINUTE"|"HOUR"|"DAY"}`.
+
+use jiff::SignedDuration;
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+use super::{Check, Explain, Finding, RailFilter, Scope, Spec, Subject, Velocity};
+use crate::decision::ViolationType as V;
+use crate::engine::evaluate::Reads;
+use crate::engine::ledger::VelocityKey;
+use crate::intent::PaymentIntent;
+use crate::policy::compile::{Family, RuleInput, counter_id};
+use crate::policy::{PolicyError, RuleProblem};
+
+/// At most `max_count` approvals per window.
+#[derive(Debug, Clone)]
+pub(crate) struct VelocityRule(pub Velocity);
+
+/// The family's rule types.
+pub(crate) struct Velocities;
+
+impl Family for Velocities {
+    type Kind = (Scope, RailFilter, V);
+
+    fn kind(rule_type: &str) -> Option<Self::Kind> {
+        Some(match rule_type {
+            "VELOCITY_LIMIT" => (Scope::Agent, RailFilter::All, V::VelocityLimit),
+            "X402_VELOCITY_PER_ENDPOINT" => (Scope::Endpoint, RailFilter::X402, V::X402Velocity),
+            "MPP_VELOCITY_PER_ENDPOINT" => (Scope::Endpoint, RailFilter::Mpp, V::MppVelocity),
+            _ => return None,
+        })
+    }
+
+    fn compile((scope, rails, violation): Self::Kind, r: &RuleInput<'_>) -> Result<Spec, PolicyError> {
+        r.cmp()?;
+        const EXPECTED: &str = "a JSON object {\"maxCount\": n, \"period\": \"MINUTE|HOUR|DAY\"}";
+        let (cx, text) = (r.cx, r.text);
+        let obj = cx.object(text, EXPECTED)?;
+        let max = cx.num_field(&obj, "maxCount", text, EXPECTED)?;
+        if max.fract() != Decimal::ZERO || max > Decimal::from(u32::MAX) {
+            return Err(cx.bad(text, EXPECTED));
+        }
+        let max_count: u32 = max.try_into().map_err(|_| cx.bad(text, EXPECTED))?;
+        if max_count == 0 {
+            return Err(cx.err("value", RuleProblem::Empty("maxCount 0 allows no payment at all".into())));
+        }
+        let window = match obj.get("period").and_then(Value::as_str).map(str::to_ascii_uppercase).as_deref() {
+            Some("MINUTE") => SignedDuration::from_mins(1),
+            Some("HOUR") => SignedDuration::from_hours(1),
+            Some("DAY" | "DAILY") => SignedDuration::from_hours(24),
+            _ => return Err(cx.bad(text, EXPECTED)),
+        };
+        let id = counter_id(format_args!("velocity|{rails:?}|{scope:?}|{window:?}"));
+        Ok(r.spec(Check::Velocity(VelocityRule(Velocity { id, scope, window, max_count })), rails, violation))
+    }
+}
+
+/// The window of `v` for `intent`.
+pub(crate) fn velocity_key(v: &Velocity, intent: &PaymentIntent) -> VelocityKey {
+    VelocityKey { id: v.id.clone(), scope_key: v.scope.key(intent), window: v.window }
+}
+
+/// What a velocity rule saw: approvals in the window, this one included.
+pub(crate) struct Counted {
+    after: usize,
+    window: SignedDuration,
+    max: u32,
+}
+
+impl VelocityRule {
+    /// Counts the window's approvals with this one; the window is kept for the reservation.
+    pub(crate) fn check(
+        &self,
+        s: &Subject<'_>,
+        ledger: &mut impl Reads,
+        windows: &mut Vec<VelocityKey>,
+    ) -> Finding<Counted> {
+        let v = &self.0;
+        let key = velocity_key(v, s.intent);
+        let count = ledger.count(&key, s.now);
+        if !windows.contains(&key) {
+            windows.push(key);
+        }
+        let after = count + 1;
+        Finding { holds: after <= v.max_count as usize, detail: Counted { after, window: v.window, max: v.max_count } }
+    }
+}
+
+impl Explain for Counted {
+    fn explain(&self, rule_type: &str) -> String {
+        let unit = match self.window.as_secs() {
+            60 => "minute",
+            3600 => "hour",
+            _ => "day",
+        };
+        format!("{rule_type} payments in the last {unit} would be {}, limit {}", self.after, self.max)
+    }
+
+    fn limit(&self) -> Option<Decimal> {
+        Some(Decimal::from(self.max))
+    }
+
+    fn current(&self) -> Option<Decimal> {
+        Some(Decimal::from(self.after as u64 - 1))
+    }
+}
