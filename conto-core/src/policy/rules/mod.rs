@@ -2,15 +2,15 @@
 //! their `value` is parsed, the check, and the explanation written when the check is broken;
 //! adding a rule type touches its family and, for a new violation, [`ViolationType`].
 //!
-//! - [`amount`]: per-payment caps (`MAX_AMOUNT`, the x402/MPP/card ceilings, deposits,
+//! - [`amount`], per-payment caps (`MAX_AMOUNT`, the x402/MPP/card ceilings, deposits,
 //!   `REQUIRE_APPROVAL_ABOVE`);
-//! - [`cumulative`]: spend per period (`DAILY_LIMIT` … `BUDGET_CAP`, per-service, per-endpoint
+//! - [`cumulative`], spend per period (`DAILY_LIMIT` … `BUDGET_CAP`, per-service, per-endpoint
 //!   and session budgets);
-//! - [`lists`]: allow- and blocklists (categories, counterparties, services, MCCs, merchants,
+//! - [`lists`], allow- and blocklists (categories, counterparties, services, MCCs, merchants,
 //!   MPP intents and methods);
-//! - [`time`]: `TIME_WINDOW`, `DAY_OF_WEEK`, `DATE_RANGE`;
-//! - [`velocity`]: approvals per sliding window;
-//! - [`blackout`]: `BLACKOUT_PERIOD`.
+//! - [`time`], `TIME_WINDOW`, `DAY_OF_WEEK`, `DATE_RANGE`;
+//! - [`velocity`], approvals per sliding window;
+//! - [`blackout`], `BLACKOUT_PERIOD`.
 //!
 //! Money on the hot path is whole micro-units ([`Micros`]); limits are [`Bound`]s.
 
