@@ -1,7 +1,5 @@
 //! Random identifiers and tokens.
 
-use std::fmt::Write;
-
 /// `n` random bytes as lower-case hex.
 pub(crate) fn random_hex(n: usize) -> String {
     random_id("", n)
@@ -11,11 +9,14 @@ pub(crate) fn random_hex(n: usize) -> String {
 pub(crate) fn random_id(prefix: &str, n: usize) -> String {
     let mut out = String::with_capacity(prefix.len() + n * 2);
     out.push_str(prefix);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut left = n;
     while left > 0 {
         let chunk = left.min(16);
         let bits: u128 = rand::random();
-        let _ = write!(out, "{:0width$x}", bits >> (128 - 8 * chunk), width = chunk * 2);
+        for i in (0..chunk * 2).rev() {
+            out.push(HEX[(bits >> (4 * i) & 0xf) as usize] as char);
+        }
         left -= chunk;
     }
     out

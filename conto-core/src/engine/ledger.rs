@@ -12,7 +12,6 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 
-use crate::decision::Recorded;
 use crate::micros::Micros;
 use crate::policy::{CounterId, Period};
 
@@ -26,6 +25,11 @@ pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub(crate) struct IdKey(u128);
 
 impl IdKey {
+    /// The key's 128 bits.
+    pub fn bits(self) -> u128 {
+        self.0
+    }
+
     pub fn of(id: &str) -> Self {
         if let Some(hex) = id.strip_prefix("auth_")
             && hex.len() == 24
@@ -53,8 +57,13 @@ pub(crate) struct CounterKey {
 
 impl PartialEq for CounterKey {
     fn eq(&self, other: &Self) -> bool {
-        self.id == other.id && self.scope_key == other.scope_key
+        self.id == other.id && same_scope(&self.scope_key, &other.scope_key)
     }
+}
+
+/// Scope keys compared without a `memcmp` call for the common agent scope (empty).
+pub(crate) fn same_scope(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
 }
 
 impl Eq for CounterKey {}
@@ -85,7 +94,7 @@ pub(crate) struct VelocityKey {
 
 impl PartialEq for VelocityKey {
     fn eq(&self, other: &Self) -> bool {
-        self.id == other.id && self.scope_key == other.scope_key
+        self.id == other.id && same_scope(&self.scope_key, &other.scope_key)
     }
 }
 
@@ -107,11 +116,23 @@ pub(crate) struct Reservation {
 }
 
 /// How a reservation ended; kept for the retention window so repeats are answered the same.
+/// Compact: one is kept per recorded payment for the whole window.
 #[derive(Debug, Clone)]
 pub(crate) enum Closed {
-    Recorded { recorded: Recorded, settled: Decimal, reference: Option<String> },
+    Recorded(Kept),
     Released,
     Expired,
+}
+
+/// What a recorded payment's repeat is answered from: the amount counted, the amount the
+/// settlement reported, and its reference.
+#[derive(Debug, Clone)]
+pub(crate) struct Kept {
+    pub counted: Micros,
+    pub settled: Micros,
+    pub late: bool,
+    pub actor_inactive: bool,
+    pub reference: Option<Box<str>>,
 }
 
 /// Totals over the ledger's life, for audits and tests.
@@ -146,23 +167,35 @@ pub(crate) struct AgentLedger {
 
 /// The first instant of the period that contains `now`, in `tz`.
 pub(crate) fn period_start(period: Period, tz: &TimeZone, now: Timestamp) -> Timestamp {
+    period_bounds(period, tz, now).0
+}
+
+/// The period that contains `now`, in `tz`: `[start, end)` (`Total` is `[epoch, epoch)`:
+/// it never ends and is never cached).
+pub(crate) fn period_bounds(period: Period, tz: &TimeZone, now: Timestamp) -> (Timestamp, Timestamp) {
     if period == Period::Total {
-        return Timestamp::UNIX_EPOCH;
+        return (Timestamp::UNIX_EPOCH, Timestamp::UNIX_EPOCH);
     }
     let date = tz.to_datetime(now).date();
-    let first: Date = match period {
-        Period::Day => date,
-        Period::Week => date
-            .checked_sub(SignedDuration::from_hours(24 * i64::from(date.weekday().to_monday_zero_offset())))
-            .unwrap_or(date),
-        Period::Month => date.first_of_month(),
-        Period::Year => date.first_of_year(),
+    let (first, next): (Date, Option<Date>) = match period {
+        Period::Day => (date, date.tomorrow().ok()),
+        Period::Week => {
+            let monday = date
+                .checked_sub(SignedDuration::from_hours(24 * i64::from(date.weekday().to_monday_zero_offset())))
+                .unwrap_or(date);
+            (monday, monday.checked_add(SignedDuration::from_hours(24 * 7)).ok())
+        }
+        Period::Month => (date.first_of_month(), date.last_of_month().tomorrow().ok()),
+        Period::Year => (date.first_of_year(), date.last_of_year().tomorrow().ok()),
         Period::Total => unreachable!("handled above"),
     };
-    tz.to_ambiguous_zoned_datetime(first.to_datetime(Time::midnight()))
-        .compatible()
-        .map(|z| z.timestamp())
-        .unwrap_or(Timestamp::UNIX_EPOCH)
+    let midnight = |d: Date| {
+        tz.to_ambiguous_zoned_datetime(d.to_datetime(Time::midnight())).compatible().map(|z| z.timestamp())
+    };
+    let start = midnight(first).unwrap_or(Timestamp::UNIX_EPOCH);
+    // No next period (the end of the calendar): an empty range, never cached.
+    let end = next.and_then(|d| midnight(d).ok()).unwrap_or(start);
+    (start, end)
 }
 
 impl AgentLedger {

@@ -40,7 +40,7 @@ use crate::lifecycle::{ActorLifecycle, Ensured, LifecycleError};
 use crate::money::Amount;
 use crate::policy::{PolicyError, PolicySet};
 use evaluate::{Evaluation, evaluate};
-use ledger::{AgentLedger, Closed};
+use ledger::{AgentLedger, Closed, Kept};
 
 /// How long an approval may wait for its settlement (Conto: 10 minutes for `payments/approve`).
 pub const DEFAULT_APPROVAL_TTL: SignedDuration = SignedDuration::from_mins(10);
@@ -282,15 +282,42 @@ fn limits_of(daily: Option<(Decimal, Decimal)>) -> Limits {
 
 /// A receipt as the ledger remembers it: without its authorization id (the closed map's key
 /// already is that id), so remembering it costs no copy of the id.
-fn kept(recorded: &Recorded) -> Recorded {
-    Recorded {
-        authorization_id: String::new(),
-        amount: recorded.amount,
-        transaction_id: recorded.transaction_id.clone(),
+/// What the ledger keeps of a record, to answer its repeats.
+fn kept(recorded: &Recorded, settled: Amount, reference: &Option<String>) -> Closed {
+    Closed::Recorded(Kept {
+        counted: Micros::of(recorded.amount),
+        settled: Micros::of(settled),
         late: recorded.late,
-        queued: recorded.queued,
         actor_inactive: recorded.actor_inactive,
+        reference: reference.as_deref().map(Box::from),
+    })
+}
+
+/// The answer to a repeat of a kept record.
+fn answer(authorization_id: &str, kept: &Kept) -> Recorded {
+    Recorded {
+        authorization_id: authorization_id.to_owned(),
+        amount: Amount::from_micros(kept.counted.0).expect("a kept record counted an amount"),
+        transaction_id: Some(transaction_id(authorization_id)),
+        late: kept.late,
+        queued: false,
+        actor_inactive: kept.actor_inactive,
     }
+}
+
+/// The engine's transaction reference for a recorded authorization: derived from the
+/// authorization's id, so a replayed record (in this process or from the journal) answers the
+/// same reference without the ledger keeping a copy.
+fn transaction_id(authorization_id: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // An odd multiplier is a bijection on the low bits: distinct ids, distinct references.
+    let bits = ledger::IdKey::of(authorization_id).bits().wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    let mut out = String::with_capacity(3 + 24);
+    out.push_str("tx_");
+    for i in (0..24).rev() {
+        out.push(HEX[(bits >> (4 * i) & 0xf) as usize] as char);
+    }
+    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -589,8 +616,7 @@ impl Engine {
                         queued: false,
                         actor_inactive: false,
                     };
-                    let closed = Closed::Recorded { recorded, settled: settled.get(), reference: reference.clone() };
-                    lock(&ledger).close(id, closed, *at);
+                    lock(&ledger).close(id, kept(&recorded, *settled, reference), *at);
                 }
                 Entry::Released { id, .. } => {
                     live.remove(id.as_str());
@@ -675,13 +701,14 @@ impl Engine {
         if let Some(closed) = ledger.closed(&authorization.id) {
             return match closed {
                 // The same settlement (compared as counted: an excess is clamped either way).
-                Closed::Recorded { recorded, settled: s, reference }
-                    if (*s).min(authorization.amount.get()) == settled.get().min(authorization.amount.get())
-                        && (settlement.reference.is_none() || settlement.reference == *reference) =>
+                Closed::Recorded(k)
+                    if k.settled.min(Micros::of(authorization.amount))
+                        == Micros::of(settled).min(Micros::of(authorization.amount))
+                        && (settlement.reference.is_none() || settlement.reference.as_deref() == k.reference.as_deref()) =>
                 {
-                    Ok(Recorded { authorization_id: authorization.id.clone(), ..kept(recorded) })
+                    Ok(answer(&authorization.id, k))
                 }
-                Closed::Recorded { .. } => Err(LedgerError::RecordConflict(authorization.id.clone()).into()),
+                Closed::Recorded(_) => Err(LedgerError::RecordConflict(authorization.id.clone()).into()),
                 Closed::Released => Err(LedgerError::AlreadyReleased(authorization.id.clone()).into()),
                 Closed::Expired => {
                     // The money moved after the approval lapsed: count it now, flagged late.
@@ -699,20 +726,12 @@ impl Engine {
                     let recorded = Recorded {
                         authorization_id: authorization.id.clone(),
                         amount: counted,
-                        transaction_id: Some(random_id("tx_", 12)),
+                        transaction_id: Some(transaction_id(&authorization.id)),
                         late: true,
                         queued: false,
                         actor_inactive,
                     };
-                    ledger.close(
-                        &authorization.id,
-                        Closed::Recorded {
-                            recorded: kept(&recorded),
-                            settled: settled.get(),
-                            reference: settlement.reference.clone(),
-                        },
-                        now,
-                    );
+                    ledger.close(&authorization.id, kept(&recorded, settled, &settlement.reference), now);
                     Ok(recorded)
                 }
             };
@@ -736,20 +755,12 @@ impl Engine {
         let recorded = Recorded {
             authorization_id: authorization.id.clone(),
             amount: counted_amount,
-            transaction_id: Some(random_id("tx_", 12)),
+            transaction_id: Some(transaction_id(&authorization.id)),
             late: false,
             queued: false,
             actor_inactive,
         };
-        ledger.close(
-            &authorization.id,
-            Closed::Recorded {
-                recorded: kept(&recorded),
-                settled: settled.get(),
-                reference: settlement.reference.clone(),
-            },
-            now,
-        );
+        ledger.close(&authorization.id, kept(&recorded, settled, &settlement.reference), now);
         Ok(recorded)
     }
 
@@ -829,7 +840,7 @@ impl Engine {
         }
         match ledger.closed(&authorization.id) {
             Some(Closed::Released | Closed::Expired) => Ok(()),
-            Some(Closed::Recorded { .. }) => Ok(()),
+            Some(Closed::Recorded(_)) => Ok(()),
             None => Err(LedgerError::UnknownAuthorization(authorization.id.clone()).into()),
         }
     }

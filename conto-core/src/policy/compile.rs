@@ -156,12 +156,12 @@ pub(super) fn policy(doc: PolicyDoc) -> Result<Policy, PolicyError> {
     let tz_name: Arc<str> = doc.timezone.as_deref().unwrap_or("UTC").into();
     let tz = time_zone(&tz_name).ok_or_else(|| policy_err("timezone", format!("unknown time zone `{tz_name}`")))?;
 
-    let mut agents: Option<HashSet<String>> = None;
+    let mut agents: Option<HashSet<String, foldhash::fast::RandomState>> = None;
     let all = doc.scope.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("all"));
     // `scope: "assigned"` with no agents yet applies to no one (created, not yet assigned).
     let assigned_only = doc.scope.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("assigned"));
     if !all {
-        let mut ids: HashSet<String> = doc.agent_policies.iter().map(|a| a.agent_id.clone()).collect();
+        let mut ids: HashSet<String, foldhash::fast::RandomState> = doc.agent_policies.iter().map(|a| a.agent_id.clone()).collect();
         if let Some(list) = &doc.agent_ids {
             ids.extend(list.iter().cloned());
         }
@@ -323,7 +323,14 @@ impl RuleCtx<'_> {
 
     pub(crate) fn counter(&self, scope: Scope, period: Period, rails: RailFilter) -> Cumulative {
         let id = counter_id(format_args!("spend|{rails:?}|{scope:?}|{period:?}|{}", self.tz_name));
-        Cumulative { id, scope, period, tz: self.tz.clone(), tz_name: self.tz_name.clone() }
+        Cumulative {
+            id,
+            scope,
+            period,
+            tz: self.tz.clone(),
+            tz_name: self.tz_name.clone(),
+            last_period: Default::default(),
+        }
     }
 
     pub(crate) fn tz_of(&self, obj: &serde_json::Map<String, Value>) -> Result<TimeZone, PolicyError> {

@@ -256,7 +256,7 @@ pub struct Policy {
     pub(crate) policy_type: Option<String>,
     pub(crate) priority: i64,
     pub(crate) active: bool,
-    pub(crate) agents: Option<HashSet<String>>,
+    pub(crate) agents: Option<HashSet<String, foldhash::fast::RandomState>>,
     pub(crate) rules: Vec<CompiledRule>,
 }
 

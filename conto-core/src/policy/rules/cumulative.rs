@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use super::{Check, Cmp, Cumulative, Explain, Finding, Period, RailFilter, Scope, Spec, Subject};
 use crate::decision::ViolationType as V;
 use crate::engine::evaluate::Reads;
-use crate::engine::ledger::{CounterKey, period_start};
+use crate::engine::ledger::{CounterKey, period_bounds, same_scope};
 use crate::intent::PaymentIntent;
 use crate::micros::{Bound, Micros};
 use crate::policy::PolicyError;
@@ -100,7 +100,14 @@ impl Starts {
         if let Some((_, _, t)) = self.inline.iter().flatten().chain(self.more.iter()).find(same) {
             return *t;
         }
-        let t = period_start(c.period, &c.tz, now);
+        let t = match c.last_period.get(now) {
+            Some(t) => t,
+            None => {
+                let (start, end) = period_bounds(c.period, &c.tz, now);
+                c.last_period.put(start, end);
+                start
+            }
+        };
         let entry = (c.period, c.tz_name.clone(), t);
         match self.inline.iter_mut().find(|slot| slot.is_none()) {
             Some(slot) => *slot = Some(entry),
@@ -170,7 +177,7 @@ impl CumulativeRule {
         let scope = counter.scope.key_str(s.intent);
         // Rules counting the same quantity share an interned id: told apart by pointer first.
         let seen = tally.holds.iter().position(|(k, st)| {
-            (Arc::ptr_eq(&k.id.0, &counter.id.0) || k.id == counter.id) && k.scope_key == scope && *st == start
+            k.id == counter.id && same_scope(&k.scope_key, scope) && *st == start
         });
         let used = match seen {
             Some(i) => tally.used.get(i),

@@ -152,9 +152,22 @@ impl Scope {
 }
 
 /// The identity of a counted quantity, spelled out in full (never a hash, so two quantities
-/// can never share a counter by collision). Rules that count the same quantity get equal ids.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// can never share a counter by collision). Rules that count the same quantity get equal ids,
+/// interned to one allocation per policy set, so equality is a pointer compare first.
+#[derive(Debug, Clone, Eq)]
 pub(crate) struct CounterId(pub Arc<str>);
+
+impl PartialEq for CounterId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl std::hash::Hash for CounterId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 /// A counter of spend per period.
 #[derive(Debug, Clone)]
@@ -166,6 +179,48 @@ pub(crate) struct Cumulative {
     pub period: Period,
     pub tz: TimeZone,
     pub tz_name: Arc<str>,
+    /// The last period computed, shared by every decision on this policy set.
+    pub last_period: PeriodCache,
+}
+
+/// The last `[start, end)` a counter's period was computed for, packed in one atomic word
+/// (start: 39 bits of seconds since 1970; length: 25 bits of seconds, a year at most), so a
+/// decision inside the same period skips the calendar arithmetic without a lock. Anything that
+/// does not fit (instants before 1970, `Total`) is computed every time.
+#[derive(Debug, Default)]
+pub(crate) struct PeriodCache(std::sync::atomic::AtomicU64);
+
+impl Clone for PeriodCache {
+    fn clone(&self) -> Self {
+        PeriodCache(std::sync::atomic::AtomicU64::new(self.0.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+}
+
+impl PeriodCache {
+    const LEN_BITS: u32 = 25;
+
+    /// The start of the period containing `now`, if it is the one cached.
+    pub fn get(&self, now: Timestamp) -> Option<Timestamp> {
+        let word = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        if word == 0 {
+            return None;
+        }
+        let start = (word >> Self::LEN_BITS) as i64;
+        let len = (word & ((1 << Self::LEN_BITS) - 1)) as i64;
+        let t = now.as_second();
+        (start <= t && t < start + len).then(|| Timestamp::from_second(start).ok()).flatten()
+    }
+
+    /// Remembers `[start, end)`.
+    pub fn put(&self, start: Timestamp, end: Timestamp) {
+        let (s, e) = (start.as_second(), end.as_second());
+        let len = e - s;
+        if start.subsec_nanosecond() != 0 || !(0..1 << 39).contains(&s) || !(1..1 << Self::LEN_BITS).contains(&len) {
+            return;
+        }
+        let word = (s as u64) << Self::LEN_BITS | len as u64;
+        self.0.store(word, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A sliding-window counter of approvals.
@@ -261,4 +316,54 @@ pub(crate) fn local(now: Timestamp, tz: &TimeZone) -> (Time, u8) {
 /// Whether `t` is in `[start, end)`, wrapping midnight when `end < start`.
 pub(crate) fn in_daily_window(t: Time, start: Time, end: Time) -> bool {
     if start <= end { start <= t && t < end } else { t >= start || t < end }
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use jiff::tz::TimeZone;
+    use proptest::prelude::*;
+
+    use super::{Period, PeriodCache};
+    use crate::engine::ledger::period_bounds;
+
+    fn period() -> impl Strategy<Value = Period> {
+        prop_oneof![Just(Period::Day), Just(Period::Week), Just(Period::Month), Just(Period::Year)]
+    }
+
+    fn zone() -> impl Strategy<Value = TimeZone> {
+        prop_oneof![Just("UTC"), Just("Europe/Paris"), Just("America/New_York"), Just("Australia/Lord_Howe")]
+            .prop_map(|name| TimeZone::get(name).unwrap())
+    }
+
+    proptest! {
+        #[test]
+        fn a_period_is_the_half_open_range_up_to_the_next_one(
+            secs in 0i64..4_102_444_800, period in period(), tz in zone(),
+        ) {
+            let now = Timestamp::from_second(secs).unwrap();
+            let (start, end) = period_bounds(period, &tz, now);
+            prop_assert!(start <= now && now < end, "{start} <= {now} < {end}");
+            prop_assert_eq!(period_bounds(period, &tz, end).0, end, "the next period starts at the end");
+            let last = end.checked_sub(jiff::SignedDuration::from_nanos(1)).unwrap();
+            prop_assert_eq!(period_bounds(period, &tz, last).0, start);
+        }
+
+        #[test]
+        fn the_period_cache_never_answers_another_period(
+            first in 0i64..4_102_444_800, later in prop::collection::vec(-40_000_000i64..40_000_000, 1..20),
+            period in period(), tz in zone(),
+        ) {
+            let cache = PeriodCache::default();
+            let now = Timestamp::from_second(first).unwrap();
+            let (s, e) = period_bounds(period, &tz, now);
+            cache.put(s, e);
+            for delta in later {
+                let Ok(t) = Timestamp::from_second(first + delta) else { continue };
+                if let Some(start) = cache.get(t) {
+                    prop_assert_eq!(start, period_bounds(period, &tz, t).0);
+                }
+            }
+        }
+    }
 }
