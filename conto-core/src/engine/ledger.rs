@@ -33,7 +33,7 @@ impl IdKey {
     pub fn of(id: &str) -> Self {
         if let Some(hex) = id.strip_prefix("auth_")
             && hex.len() == 24
-            && let Ok(bits) = u128::from_str_radix(hex, 16)
+            && let Some(bits) = lower_hex(hex.as_bytes())
         {
             return Self(bits);
         }
@@ -43,6 +43,19 @@ impl IdKey {
         let b = foldhash::quality::FixedState::with_seed(0x6964_6b65_792d_6231).hash_one(id);
         Self(1 << 127 | (u128::from(a) << 63) ^ u128::from(b))
     }
+}
+
+/// Lower-case hex digits as a number (the engine writes its ids in lower case; anything else
+/// is hashed like a foreign id).
+fn lower_hex(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |acc, b| {
+        let v = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | u128::from(v))
+    })
 }
 
 /// Identifies one period counter within an agent. Equality and hashing use the counter's full
@@ -189,9 +202,8 @@ pub(crate) fn period_bounds(period: Period, tz: &TimeZone, now: Timestamp) -> (T
         Period::Year => (date.first_of_year(), date.last_of_year().tomorrow().ok()),
         Period::Total => unreachable!("handled above"),
     };
-    let midnight = |d: Date| {
-        tz.to_ambiguous_zoned_datetime(d.to_datetime(Time::midnight())).compatible().map(|z| z.timestamp())
-    };
+    let midnight =
+        |d: Date| tz.to_ambiguous_zoned_datetime(d.to_datetime(Time::midnight())).compatible().map(|z| z.timestamp());
     let start = midnight(first).unwrap_or(Timestamp::UNIX_EPOCH);
     // No next period (the end of the calendar): an empty range, never cached.
     let end = next.and_then(|d| midnight(d).ok()).unwrap_or(start);

@@ -704,7 +704,8 @@ impl Engine {
                 Closed::Recorded(k)
                     if k.settled.min(Micros::of(authorization.amount))
                         == Micros::of(settled).min(Micros::of(authorization.amount))
-                        && (settlement.reference.is_none() || settlement.reference.as_deref() == k.reference.as_deref()) =>
+                        && (settlement.reference.is_none()
+                            || settlement.reference.as_deref() == k.reference.as_deref()) =>
                 {
                     Ok(answer(&authorization.id, k))
                 }

@@ -457,7 +457,17 @@ impl Conto {
         Fut: Future<Output = Result<T, E>>,
         S: FnOnce(&T) -> Settlement,
     {
-        self.run_recorded(intent, settle, settled).await.map(|ran| ran.outcome)
+        // `run_recorded` without the copy of the authorization it reports.
+        let approval = self.authorize(intent).await?;
+        let outcome = settle(&approval).await;
+        match &outcome {
+            // The money moved: a failed record never turns the caller's success into an error.
+            Ok(value) => {
+                let _ = approval.record(settled(value)).await;
+            }
+            Err(_) => approval.release_because("settlement_failed"),
+        }
+        Ok(outcome)
     }
 
     /// [`Conto::run`], also returning the authorization the settlement ran under and the

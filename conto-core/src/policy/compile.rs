@@ -161,7 +161,8 @@ pub(super) fn policy(doc: PolicyDoc) -> Result<Policy, PolicyError> {
     // `scope: "assigned"` with no agents yet applies to no one (created, not yet assigned).
     let assigned_only = doc.scope.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("assigned"));
     if !all {
-        let mut ids: HashSet<String, foldhash::fast::RandomState> = doc.agent_policies.iter().map(|a| a.agent_id.clone()).collect();
+        let mut ids: HashSet<String, foldhash::fast::RandomState> =
+            doc.agent_policies.iter().map(|a| a.agent_id.clone()).collect();
         if let Some(list) = &doc.agent_ids {
             ids.extend(list.iter().cloned());
         }

@@ -176,9 +176,10 @@ impl CumulativeRule {
         let start = tally.starts.get(counter, s.now);
         let scope = counter.scope.key_str(s.intent);
         // Rules counting the same quantity share an interned id: told apart by pointer first.
-        let seen = tally.holds.iter().position(|(k, st)| {
-            k.id == counter.id && same_scope(&k.scope_key, scope) && *st == start
-        });
+        let seen = tally
+            .holds
+            .iter()
+            .position(|(k, st)| k.id == counter.id && same_scope(&k.scope_key, scope) && *st == start);
         let used = match seen {
             Some(i) => tally.used.get(i),
             None => {

@@ -39,8 +39,50 @@ impl Field {
 #[derive(Debug, Clone)]
 pub(crate) struct ListRule {
     field: Field,
-    entries: HashSet<String, foldhash::fast::RandomState>,
+    entries: Entries,
     in_list: bool,
+}
+
+/// A list's entries: a short list is scanned in place (most are a handful of entries), a long
+/// one is hashed for exact lookups.
+#[derive(Debug, Clone)]
+enum Entries {
+    Few(Box<[Box<str>]>),
+    Many(HashSet<String, foldhash::fast::RandomState>),
+}
+
+impl Entries {
+    const FEW: usize = 8;
+
+    fn new(items: Vec<String>) -> Self {
+        if items.len() <= Self::FEW {
+            let mut few: Vec<Box<str>> = Vec::with_capacity(items.len());
+            for item in items {
+                if !few.iter().any(|e| **e == *item) {
+                    few.push(item.into());
+                }
+            }
+            Entries::Few(few.into())
+        } else {
+            Entries::Many(items.into_iter().collect())
+        }
+    }
+
+    /// Whether `value` is an entry, exactly.
+    fn contains(&self, value: &str) -> bool {
+        match self {
+            Entries::Few(few) => few.iter().any(|e| **e == *value),
+            Entries::Many(set) => set.contains(value),
+        }
+    }
+
+    /// Whether any entry satisfies `f`.
+    fn any(&self, f: impl Fn(&str) -> bool) -> bool {
+        match self {
+            Entries::Few(few) => few.iter().any(|e| f(e)),
+            Entries::Many(set) => set.iter().any(|e| f(e)),
+        }
+    }
 }
 
 /// The family's rule types. Types named `ALLOWED_*`/`WHITELIST` or `BLOCKED_*`/`*_BLOCK_*`
@@ -99,7 +141,8 @@ impl Family for Lists {
                     if t.is_empty() { Err(cx.bad(&item, "a non-empty string")) } else { Ok(t) }
                 }
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let entries = Entries::new(entries);
         let mut spec = r.spec(Check::List(ListRule { field, entries, in_list }), rails, violation);
         spec.polarity = polarity;
         Ok(spec)
@@ -127,13 +170,16 @@ impl ListRule {
         };
         let listed = match field {
             Field::Counterparty | Field::Mcc => self.entries.contains(value),
-            Field::Service => self.entries.iter().any(|e| {
+            Field::Service => self.entries.any(|e| {
                 value.eq_ignore_ascii_case(e)
                     || (value.len() > e.len()
                         && value.as_bytes()[value.len() - e.len() - 1] == b'.'
                         && value[value.len() - e.len()..].eq_ignore_ascii_case(e))
             }),
-            _ => self.entries.iter().any(|e| e.eq_ignore_ascii_case(value.trim())),
+            _ => {
+                let value = value.trim();
+                self.entries.any(|e| e.eq_ignore_ascii_case(value))
+            }
         };
         Some(Finding { holds: listed == self.in_list, detail: Listing::Listed { field, value, listed } })
     }
@@ -161,6 +207,28 @@ impl Explain for Listing<'_> {
             Listing::Missing(field) => format!("{rule_type}: the payment has no {}", field.label()),
             Listing::Listed { field, value, listed } => {
                 format!("{} `{value}` is {} the {rule_type} list", field.label(), if *listed { "on" } else { "not on" })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::Entries;
+
+    proptest! {
+        #[test]
+        fn a_short_and_a_long_list_answer_alike(
+            items in prop::collection::vec("[a-c]{1,3}", 0..30), probe in "[a-cA-C]{1,3}",
+        ) {
+            let few = Entries::Few(items.iter().map(|i| Box::from(i.as_str())).collect());
+            let many = Entries::Many(items.iter().cloned().collect());
+            let built = Entries::new(items.clone());
+            for e in [&few, &many, &built] {
+                prop_assert_eq!(e.contains(&probe), items.contains(&probe));
+                prop_assert_eq!(e.any(|x| x.eq_ignore_ascii_case(&probe)), items.iter().any(|x| x.eq_ignore_ascii_case(&probe)));
             }
         }
     }
