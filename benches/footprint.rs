@@ -98,4 +98,17 @@ fn main() {
         "bytes per live reservation ({reservations} live, one shared intent; engine side and the returned authorization): {per_reservation:.0}"
     );
     drop(live);
+
+    // The engine's side alone: the app keeps no authorization (the reservation stays live).
+    let engine = Engine::new(policies(10, vec!["agent-1".into()]));
+    let Verdict::Approved(first) = engine.decide_shared(&shared).unwrap().verdict else { panic!("approved") };
+    drop(first);
+    let before = LIVE.load(Ordering::Relaxed);
+    for _ in 1..reservations {
+        let Verdict::Approved(a) = engine.decide_shared(&shared).unwrap().verdict else { panic!("approved") };
+        drop(a);
+    }
+    assert_eq!(engine.usage("agent-1").live_reservations, reservations);
+    let engine_side = (LIVE.load(Ordering::Relaxed) - before) as f64 / (reservations - 1) as f64;
+    println!("bytes per live reservation, engine side only ({reservations} live): {engine_side:.0}");
 }

@@ -125,7 +125,7 @@ pub(crate) fn evaluate(
     }
     if approvals.is_empty() {
         let daily = tally.daily();
-        Evaluation::Pass { holds: tally.holds, windows, daily }
+        Evaluation::Pass { holds: tally.into_holds(), windows, daily }
     } else {
         Evaluation::NeedsApproval(approvals)
     }

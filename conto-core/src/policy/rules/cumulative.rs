@@ -146,14 +146,51 @@ impl Used {
 /// on), what it had used (read once, however many rules share it), and the tightest daily limit.
 #[derive(Default)]
 pub(crate) struct Tally {
-    pub holds: Vec<(CounterKey, Timestamp)>,
+    holds: Holds,
     /// What each counter in `holds` had used: the first eight inline (no allocation).
     used: Used,
     daily: Option<(Micros, Bound)>,
     starts: Starts,
 }
 
+/// The counters one decision holds, the first four inline: the reservation keeps them in a
+/// vector of exactly their number (one allocation, no spare capacity kept for its life).
+#[derive(Default)]
+struct Holds {
+    inline: [Option<(CounterKey, Timestamp)>; 4],
+    more: Vec<(CounterKey, Timestamp)>,
+}
+
+impl Holds {
+    fn iter(&self) -> impl Iterator<Item = &(CounterKey, Timestamp)> {
+        self.inline.iter().map_while(Option::as_ref).chain(self.more.iter())
+    }
+
+    fn push(&mut self, hold: (CounterKey, Timestamp)) {
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(hold),
+            None => self.more.push(hold),
+        }
+    }
+
+    fn into_vec(self) -> Vec<(CounterKey, Timestamp)> {
+        let n = self.inline.iter().flatten().count() + self.more.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut all = Vec::with_capacity(n);
+        all.extend(self.inline.into_iter().flatten());
+        all.extend(self.more);
+        all
+    }
+}
+
 impl Tally {
+    /// The counters read, in order, to reserve on.
+    pub fn into_holds(self) -> Vec<(CounterKey, Timestamp)> {
+        self.holds.into_vec()
+    }
+
     /// The tightest `DAILY_LIMIT`: spend after this payment, and the limit.
     pub fn daily(&self) -> Option<(Decimal, Decimal)> {
         self.daily.map(|(projected, limit)| (projected.to_decimal(), limit.exact))
