@@ -163,16 +163,21 @@ impl Store {
         add_column(&conn, "sdk_keys", "revoked_at", "TEXT")?;
         // Earlier versions kept approved requests' tokens in clear: scrub them.
         conn.execute("UPDATE approval_requests SET approval_token = NULL WHERE approval_token IS NOT NULL", [])?;
+        // Every statement is prepared once and reused (parsing SQL was a tenth of a decision).
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Self { conn })
     }
 
     pub fn add_agent(&self, id: &str, name: &str, now: &str) -> Result<(), StoreError> {
-        self.conn.execute("INSERT INTO agents (id, name, created_at) VALUES (?1, ?2, ?3)", params![id, name, now])?;
+        self.conn
+            .prepare_cached("INSERT INTO agents (id, name, created_at) VALUES (?1, ?2, ?3)")?
+            .execute(params![id, name, now])?;
         Ok(())
     }
 
     pub fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT id, name, status, created_at FROM agents ORDER BY created_at, id")?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT id, name, status, created_at FROM agents ORDER BY created_at, id")?;
         let rows = stmt.query_map([], agent_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -185,20 +190,19 @@ impl Store {
     }
 
     pub fn set_agent_status(&self, id: &str, status: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.execute("UPDATE agents SET status = ?2 WHERE id = ?1", params![id, status])? > 0)
+        Ok(self.conn.prepare_cached("UPDATE agents SET status = ?2 WHERE id = ?1")?.execute(params![id, status])? > 0)
     }
 
     /// Deletes the agent and revokes its keys; its spend history stays.
     pub fn delete_agent(&self, id: &str, now: &str) -> Result<bool, StoreError> {
-        self.conn.execute(
-            "UPDATE sdk_keys SET revoked_at = ?2 WHERE agent_id = ?1 AND revoked_at IS NULL",
-            params![id, now],
-        )?;
-        Ok(self.conn.execute("DELETE FROM agents WHERE id = ?1", [id])? > 0)
+        self.conn
+            .prepare_cached("UPDATE sdk_keys SET revoked_at = ?2 WHERE agent_id = ?1 AND revoked_at IS NULL")?
+            .execute(params![id, now])?;
+        Ok(self.conn.prepare_cached("DELETE FROM agents WHERE id = ?1")?.execute([id])? > 0)
     }
 
     pub fn keys_of(&self, agent_id: &str) -> Result<Vec<KeyRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT id, name, key_prefix, key_type, scopes, expires_at, created_at, revoked_at FROM sdk_keys
              WHERE agent_id = ?1 ORDER BY created_at, id",
         )?;
@@ -219,14 +223,22 @@ impl Store {
     }
 
     pub fn revoke_key(&self, agent_id: &str, key_id: &str, now: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.execute(
-            "UPDATE sdk_keys SET revoked_at = COALESCE(revoked_at, ?3) WHERE agent_id = ?1 AND id = ?2",
-            params![agent_id, key_id, now],
-        )? > 0)
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE sdk_keys SET revoked_at = COALESCE(revoked_at, ?3) WHERE agent_id = ?1 AND id = ?2",
+            )?
+            .execute(params![agent_id, key_id, now])?
+            > 0)
     }
 
     pub fn agent_exists(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.query_row("SELECT 1 FROM agents WHERE id = ?1", [id], |_| Ok(())).optional()?.is_some())
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM agents WHERE id = ?1")?
+            .query_row([id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -241,9 +253,9 @@ impl Store {
         expires_at: &str,
         now: &str,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn.prepare_cached(
             "INSERT INTO sdk_keys (id, agent_id, key_hash, key_prefix, name, key_type, scopes, expires_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?.execute(
             params![id, agent_id, hash(key), &key[..20], name, key_type, scopes.join(" "), expires_at, now],
         )?;
         Ok(())
@@ -269,16 +281,17 @@ impl Store {
     }
 
     pub fn put_policy(&self, id: &str, doc: &Policy) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO policies (id, doc, seq) VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM policies))
+        self.conn
+            .prepare_cached(
+                "INSERT INTO policies (id, doc, seq) VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM policies))
              ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
-            params![id, to_json(doc)],
-        )?;
+            )?
+            .execute(params![id, to_json(doc)])?;
         Ok(())
     }
 
     pub fn delete_policy(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.execute("DELETE FROM policies WHERE id = ?1", [id])? > 0)
+        Ok(self.conn.prepare_cached("DELETE FROM policies WHERE id = ?1")?.execute([id])? > 0)
     }
 
     pub fn policies(&self) -> Result<Vec<Policy>, StoreError> {
@@ -288,7 +301,7 @@ impl Store {
     /// Documents stored as JSON; a document that does not read back is an error, never skipped
     /// (a lost policy would loosen the limits).
     fn docs<T: DeserializeOwned>(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<T>, StoreError> {
-        let mut stmt = self.conn.prepare(sql)?;
+        let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map(params, |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
         rows.iter()
             .map(|text| {
@@ -300,8 +313,8 @@ impl Store {
     }
 
     pub fn add_approval(&self, id: &str, a: &ApprovalRecord) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO approvals (id, agent_id, token_hash, intent, amount, expires_at, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        self.conn.prepare_cached(
+            "INSERT INTO approvals (id, agent_id, token_hash, intent, amount, expires_at, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
             params![id, a.agent_id, a.token_hash, a.intent, a.amount, a.expires_at, a.state],
         )?;
         Ok(())
@@ -329,7 +342,7 @@ impl Store {
 
     /// Live approvals, of one agent or of all.
     pub fn live_approvals(&self, agent_id: Option<&str>) -> Result<Vec<(String, ApprovalRecord)>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT id, agent_id, token_hash, intent, amount, expires_at, state FROM approvals
              WHERE state = 'live' AND (?1 IS NULL OR agent_id = ?1)",
         )?;
@@ -363,10 +376,11 @@ impl Store {
 
     /// Remembers that a payment was recorded against `authorization_id`.
     pub fn remember_payment(&self, agent: &str, key: &str, authorization_id: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO recorded_payments (agent_id, payment_key, authorization_id) VALUES (?1, ?2, ?3)",
-            params![agent, key, authorization_id],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO recorded_payments (agent_id, payment_key, authorization_id) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![agent, key, authorization_id])?;
         Ok(())
     }
 
@@ -381,9 +395,9 @@ impl Store {
         now: &str,
     ) -> Result<(), StoreError> {
         let reasons = serde_json::to_string(reasons).unwrap_or_default();
-        self.conn.execute(
+        self.conn.prepare_cached(
             "INSERT OR REPLACE INTO payment_requests (id, agent_id, status, approval_request_id, reasons, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
             params![id, agent_id, status, approval_request_id, reasons, now],
         )?;
         Ok(())
@@ -409,7 +423,7 @@ impl Store {
         &self,
         agent_id: &str,
     ) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT approval_request_id, id FROM payment_requests
              WHERE agent_id = ?1 AND approval_request_id IS NOT NULL",
         )?;
@@ -418,8 +432,8 @@ impl Store {
     }
 
     pub fn put_counterparty(&self, id: &str, doc: &Counterparty) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO counterparties (id, doc, seq) VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM counterparties))",
+        self.conn.prepare_cached(
+            "INSERT OR REPLACE INTO counterparties (id, doc, seq) VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM counterparties))")?.execute(
             params![id, to_json(doc)],
         )?;
         Ok(())
@@ -430,14 +444,13 @@ impl Store {
     }
 
     pub fn delete_counterparty(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.execute("DELETE FROM counterparties WHERE id = ?1", [id])? > 0)
+        Ok(self.conn.prepare_cached("DELETE FROM counterparties WHERE id = ?1")?.execute([id])? > 0)
     }
 
     pub fn put_wallet(&self, agent_id: &str, wallet_id: &str, doc: &AgentWallet) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO agent_wallets (agent_id, wallet_id, doc) VALUES (?1, ?2, ?3)",
-            params![agent_id, wallet_id, to_json(doc)],
-        )?;
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO agent_wallets (agent_id, wallet_id, doc) VALUES (?1, ?2, ?3)")?
+            .execute(params![agent_id, wallet_id, to_json(doc)])?;
         Ok(())
     }
 
@@ -483,29 +496,34 @@ impl Store {
 
     /// Every recorded spend, oldest first: `(agent, intent, amount, recorded_at)`.
     pub fn spends(&self) -> Result<Vec<(String, String, String, String)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT agent_id, intent, amount, recorded_at FROM spends ORDER BY seq")?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT agent_id, intent, amount, recorded_at FROM spends ORDER BY seq")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// How many spends were recorded for `agent`.
     pub fn spend_count(&self, agent_id: &str) -> Result<u64, StoreError> {
-        Ok(self.conn.query_row("SELECT COUNT(*) FROM spends WHERE agent_id = ?1", [agent_id], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM spends WHERE agent_id = ?1")?
+            .query_row([agent_id], |r| r.get(0))?)
     }
 
     pub fn put_request(&self, r: &RequestRecord) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO approval_requests (id, agent_id, intent, status, approval_id, approval_token, expires_at)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO approval_requests (id, agent_id, intent, status, approval_id, approval_token, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(id) DO UPDATE SET status = excluded.status, approval_id = excluded.approval_id,
                 approval_token = excluded.approval_token",
-            params![r.id, r.agent_id, r.intent, r.status, r.approval_id, r.approval_token, r.expires_at],
-        )?;
+            )?
+            .execute(params![r.id, r.agent_id, r.intent, r.status, r.approval_id, r.approval_token, r.expires_at])?;
         Ok(())
     }
 
     pub fn requests(&self, agent_id: Option<&str>) -> Result<Vec<RequestRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT id, agent_id, intent, status, approval_id, approval_token, expires_at FROM approval_requests
              WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY rowid",
         )?;
@@ -550,9 +568,9 @@ impl Store {
         response: &str,
         now: &str,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn.prepare_cached(
             "INSERT OR IGNORE INTO idempotency (agent_id, endpoint, key, request_hash, status, response, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
             params![agent, endpoint, key, request_hash, status, response, now],
         )?;
         Ok(())
@@ -560,6 +578,9 @@ impl Store {
 
     /// How many idempotency keys are stored for `agent`.
     pub fn idempotency_count(&self, agent: &str) -> Result<u64, StoreError> {
-        Ok(self.conn.query_row("SELECT COUNT(*) FROM idempotency WHERE agent_id = ?1", [agent], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM idempotency WHERE agent_id = ?1")?
+            .query_row([agent], |r| r.get(0))?)
     }
 }
