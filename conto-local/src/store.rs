@@ -185,7 +185,8 @@ impl Store {
     pub fn agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT id, name, status, created_at FROM agents WHERE id = ?1", [id], agent_row)
+            .prepare_cached("SELECT id, name, status, created_at FROM agents WHERE id = ?1")?
+            .query_row([id], agent_row)
             .optional()?)
     }
 
@@ -264,8 +265,8 @@ impl Store {
     pub fn key(&self, key: &str) -> Result<Option<KeyRecord>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT agent_id, scopes, expires_at, key_type FROM sdk_keys WHERE key_hash = ?1 AND revoked_at IS NULL",
+            .prepare_cached(
+                "SELECT agent_id, scopes, expires_at, key_type FROM sdk_keys WHERE key_hash = ?1 AND revoked_at IS NULL")?.query_row(
                 [hash(key)],
                 |r| {
                     let scopes: String = r.get(1)?;
@@ -323,20 +324,19 @@ impl Store {
     pub fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT agent_id, token_hash, intent, amount, expires_at, state FROM approvals WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok(ApprovalRecord {
-                        agent_id: r.get(0)?,
-                        token_hash: r.get(1)?,
-                        intent: r.get(2)?,
-                        amount: r.get(3)?,
-                        expires_at: r.get(4)?,
-                        state: r.get(5)?,
-                    })
-                },
-            )
+            )?
+            .query_row([id], |r| {
+                Ok(ApprovalRecord {
+                    agent_id: r.get(0)?,
+                    token_hash: r.get(1)?,
+                    intent: r.get(2)?,
+                    amount: r.get(3)?,
+                    expires_at: r.get(4)?,
+                    state: r.get(5)?,
+                })
+            })
             .optional()?)
     }
 
@@ -366,11 +366,8 @@ impl Store {
     pub fn recorded_payment(&self, agent: &str, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT authorization_id FROM recorded_payments WHERE agent_id = ?1 AND payment_key = ?2",
-                [agent, key],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT authorization_id FROM recorded_payments WHERE agent_id = ?1 AND payment_key = ?2")?
+            .query_row([agent, key], |r| r.get(0))
             .optional()?)
     }
 
@@ -407,14 +404,13 @@ impl Store {
     pub fn payment_request(&self, id: &str, agent_id: &str) -> Result<Option<PaymentRequestRow>, StoreError> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT status, approval_request_id, reasons FROM payment_requests WHERE id = ?1 AND agent_id = ?2",
-                [id, agent_id],
-                |r| {
-                    let reasons: String = r.get(2)?;
-                    Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&reasons).unwrap_or_default()))
-                },
-            )
+            )?
+            .query_row([id, agent_id], |r| {
+                let reasons: String = r.get(2)?;
+                Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&reasons).unwrap_or_default()))
+            })
             .optional()?)
     }
 
@@ -466,7 +462,8 @@ impl Store {
     pub fn spend_exists(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT 1 FROM spends WHERE authorization_id = ?1", [id], |_| Ok(()))
+            .prepare_cached("SELECT 1 FROM spends WHERE authorization_id = ?1")?
+            .query_row([id], |_| Ok(()))
             .optional()?
             .is_some())
     }
@@ -549,8 +546,8 @@ impl Store {
     ) -> Result<Option<(String, u16, String)>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT request_hash, status, response FROM idempotency WHERE agent_id = ?1 AND endpoint = ?2 AND key = ?3",
+            .prepare_cached(
+                "SELECT request_hash, status, response FROM idempotency WHERE agent_id = ?1 AND endpoint = ?2 AND key = ?3")?.query_row(
                 params![agent, endpoint, key],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
