@@ -206,6 +206,24 @@ pub trait Authorizer: Send + Sync {
         settlement: &'a Settlement,
     ) -> BoxFuture<'a, Result<Recorded, AuthorityError>>;
 
+    /// [`Authorizer::authorize`] answered in place, for an authority that decides in process
+    /// without waiting (the embedded [`Engine`](crate::Engine)): the pipeline then skips the
+    /// future and its deadline. `None`, the default, means "call `authorize`".
+    fn authorize_now(&self, intent: &Arc<PaymentIntent>) -> Option<Result<Decision, AuthorityError>> {
+        let _ = intent;
+        None
+    }
+
+    /// [`Authorizer::record`] answered in place, as for [`Authorizer::authorize_now`].
+    fn record_now(
+        &self,
+        authorization: &Authorization,
+        settlement: &Settlement,
+    ) -> Option<Result<Recorded, AuthorityError>> {
+        let _ = (authorization, settlement);
+        None
+    }
+
     /// Gives back an approval that will never be settled.
     fn release(&self, authorization: &Authorization) -> BoxFuture<'static, Result<(), AuthorityError>>;
 
@@ -234,6 +252,18 @@ pub trait Authorizer: Send + Sync {
 impl<T: Authorizer + ?Sized> Authorizer for Arc<T> {
     fn authorize<'a>(&'a self, intent: &'a Arc<PaymentIntent>) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
         (**self).authorize(intent)
+    }
+
+    fn authorize_now(&self, intent: &Arc<PaymentIntent>) -> Option<Result<Decision, AuthorityError>> {
+        (**self).authorize_now(intent)
+    }
+
+    fn record_now(
+        &self,
+        authorization: &Authorization,
+        settlement: &Settlement,
+    ) -> Option<Result<Recorded, AuthorityError>> {
+        (**self).record_now(authorization, settlement)
     }
 
     fn record<'a>(

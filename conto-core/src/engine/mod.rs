@@ -698,7 +698,12 @@ impl Engine {
         let ledger = self.ledger(&authorization.intent.actor);
         let mut ledger = lock(&ledger);
         let settled = settlement.amount.unwrap_or(authorization.amount);
-        if let Some(closed) = ledger.closed(&authorization.id) {
+        // A live reservation is never also closed: look the (small) live map up first, the
+        // retention window's closed map only for a repeat.
+        let live = ledger.reserved(&authorization.id);
+        if live.is_none()
+            && let Some(closed) = ledger.closed(&authorization.id)
+        {
             return match closed {
                 // The same settlement (compared as counted: an excess is clamped either way).
                 Closed::Recorded(k)
@@ -737,7 +742,7 @@ impl Engine {
                 }
             };
         }
-        let Some(reserved) = ledger.reserved(&authorization.id) else {
+        let Some(reserved) = live else {
             return Err(LedgerError::UnknownAuthorization(authorization.id.clone()).into());
         };
         // Count what moved, but never more than was approved: an excess is clamped (the pipeline
@@ -800,7 +805,9 @@ impl Engine {
         }
         let ledger = self.ledger(&authorization.intent.actor);
         let mut ledger = lock(&ledger);
-        if ledger.reserved(&authorization.id).is_some() {
+        // Already live, or already ended (recorded, released, expired): nothing to restore. A
+        // live reservation is never also closed; `settle` relies on it.
+        if ledger.reserved(&authorization.id).is_some() || ledger.closed(&authorization.id).is_some() {
             return;
         }
         let policies = self.inner.policies.load();
@@ -965,6 +972,18 @@ impl Engine {
 impl Authorizer for Engine {
     fn authorize<'a>(&'a self, intent: &'a Arc<PaymentIntent>) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
         Box::pin(std::future::ready(self.decide_shared(intent)))
+    }
+
+    fn authorize_now(&self, intent: &Arc<PaymentIntent>) -> Option<Result<Decision, AuthorityError>> {
+        Some(self.decide_shared(intent))
+    }
+
+    fn record_now(
+        &self,
+        authorization: &Authorization,
+        settlement: &Settlement,
+    ) -> Option<Result<Recorded, AuthorityError>> {
+        Some(self.settle(authorization, settlement))
     }
 
     fn record<'a>(

@@ -386,7 +386,13 @@ impl Conto {
             return Err(Rejection::new(RejectionKind::Invalid(e), DecisionSource::Input));
         }
         let deadline = self.inner.deadline;
-        let (source, cause) = match tokio::time::timeout(deadline, self.inner.authorizer.authorize(intent)).await {
+        // An in-process authority answers in place: no future, nothing to wait for.
+        let now = self.inner.authorizer.authorize_now(intent);
+        let answer = match now {
+            Some(answer) => Ok(answer),
+            None => tokio::time::timeout(deadline, self.inner.authorizer.authorize(intent)).await,
+        };
+        let (source, cause) = match answer {
             Ok(Ok(decision)) => return Ok((decision, Via::Primary, None)),
             Ok(Err(error)) => (DecisionSource::Unavailable, outage_or_reject(error, intent, DecisionSource::Policy)?),
             Err(_) => (DecisionSource::Timeout, Outage::Timeout { what: "authorize".into(), after: deadline }.into()),
@@ -586,7 +592,11 @@ impl Approval {
         {
             return Ok(queued);
         }
-        let result = conto.authority(self.via).record(&authorization, &settlement).await;
+        let authority = conto.authority(self.via);
+        let result = match authority.record_now(&authorization, &settlement) {
+            Some(result) => result,
+            None => authority.record(&authorization, &settlement).await,
+        };
         match &result {
             Ok(recorded) => {
                 tracing::debug!(authorization = %authorization.id, amount = %recorded.amount, "conto.recorded");
