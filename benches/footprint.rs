@@ -111,4 +111,14 @@ fn main() {
     assert_eq!(engine.usage("agent-1").live_reservations, reservations);
     let engine_side = (LIVE.load(Ordering::Relaxed) - before) as f64 / (reservations - 1) as f64;
     println!("bytes per live reservation, engine side only ({reservations} live): {engine_side:.0}");
+
+    // A recorded payment is kept for the retention window (24 h) to answer repeats the same.
+    let engine = Engine::new(policies(10, vec!["agent-1".into()]));
+    let before = LIVE.load(Ordering::Relaxed);
+    for _ in 0..reservations {
+        let Verdict::Approved(a) = engine.decide_shared(&shared).unwrap().verdict else { panic!("approved") };
+        engine.settle(&a, &Settlement::default()).unwrap();
+    }
+    let kept = (LIVE.load(Ordering::Relaxed) - before) as f64 / reservations as f64;
+    println!("bytes per recorded payment kept for the retention window ({reservations} recorded): {kept:.0}");
 }
