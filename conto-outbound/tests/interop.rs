@@ -8,6 +8,8 @@
 //!   [`MppProvider`](conto::outbound::MppProvider), and the paywall reads its credential with the
 //!   `mpp` crate's own parser.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -107,10 +109,7 @@ async fn paywall(prices: Arc<Prices>, facilitator: Arc<TestFacilitator>) -> Stri
         async move { vec![tag] }
     });
     let app = Router::new().route("/report", get(|| async { "the paid report" }).layer(layer));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+    common::serve(app).await
 }
 
 /// An x402-rs scheme client (v2, eip155, exact) over the test wallet: what `x402-chain-eip155`
@@ -317,10 +316,7 @@ async fn mpp_paywall(amount: &'static str) -> String {
         Response::builder().header("payment-receipt", receipt).body(axum::body::Body::from("stream")).unwrap()
     };
     let app = Router::new().route("/stream", get(handler));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+    common::serve(app).await
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //! paywall (body, `X-PAYMENT`, `X-PAYMENT-RESPONSE`) and an MPP paywall (`WWW-Authenticate:
 //! Payment`, `Payment-Receipt`).
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -128,10 +130,8 @@ async fn start(p: Arc<Paywall>) -> String {
         .route("/verify", post(verify))
         .route("/settle", post(settle))
         .with_state(p.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let url = common::serve(app).await;
     *p.facilitator.lock().unwrap() = url.clone();
-    tokio::spawn(async move { axum::serve(listener, app).await });
     url
 }
 
@@ -332,9 +332,7 @@ async fn malformed_challenges_are_never_paid() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = common::serve(app).await;
     let wallet = Wallet::default();
     let conto = Conto::new(Engine::from_json(POLICIES).unwrap());
     let paid = PaidRequests::builder(conto, wallet.clone()).actor("agent-1").unwrap().build();
