@@ -56,8 +56,7 @@ fn remote(c: &mut Criterion) {
     let http = reqwest::Client::new();
     // No delivery worker (`outbox_manual`, and none is spawned): this measures the critical path
     // alone (authorize + the outbox write); the records wait in the outbox.
-    let critical =
-        Conto::builder(client.clone()).outbox_manual(Outbox::open(dir.join("critical.db")).unwrap()).build();
+    let critical = Conto::builder(client.clone()).outbox_manual(Outbox::open(dir.join("critical.db")).unwrap()).build();
     let (queued, inline) = rt.block_on(async {
         let queued = Conto::builder(client.clone()).outbox(Outbox::open(dir.join("outbox.db")).unwrap()).build();
         (queued, Conto::new(client.clone()))
