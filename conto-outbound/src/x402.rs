@@ -71,7 +71,8 @@ fn narrowed(version: u8, raw: &Value, chosen: &Requirement) -> Result<proto::Pay
 
 /// Whether a scheme client's candidate pays exactly what was approved.
 fn pays_exactly(candidate: &PaymentCandidate, chosen: &Requirement) -> bool {
-    candidate.amount.to_string() == chosen.amount
+    // The same number of atomic units, however the challenge pads it.
+    candidate.amount.to_string().trim_start_matches('0') == chosen.amount.trim_start_matches('0')
         && candidate.pay_to.eq_ignore_ascii_case(&chosen.pay_to)
         && candidate.asset.eq_ignore_ascii_case(&chosen.asset)
         && candidate.scheme == chosen.scheme

@@ -294,11 +294,12 @@ fn kept(recorded: &Recorded, settled: Amount, reference: &Option<String>) -> Clo
 }
 
 /// The answer to a repeat of a kept record.
-fn answer(authorization_id: &str, kept: &Kept) -> Recorded {
+fn answer(authorization: &Authorization, kept: &Kept) -> Recorded {
     Recorded {
-        authorization_id: authorization_id.to_owned(),
-        amount: Amount::from_micros(kept.counted.0).expect("a kept record counted an amount"),
-        transaction_id: Some(transaction_id(authorization_id)),
+        authorization_id: authorization.id.clone(),
+        // Kept from an `Amount`, so always one; the approved amount is the bound regardless.
+        amount: Amount::from_micros(kept.counted.0).unwrap_or(authorization.amount),
+        transaction_id: Some(transaction_id(&authorization.id)),
         late: kept.late,
         queued: false,
         actor_inactive: kept.actor_inactive,
@@ -712,7 +713,7 @@ impl Engine {
                         && (settlement.reference.is_none()
                             || settlement.reference.as_deref() == k.reference.as_deref()) =>
                 {
-                    Ok(answer(&authorization.id, k))
+                    Ok(answer(authorization, k))
                 }
                 Closed::Recorded(_) => Err(LedgerError::RecordConflict(authorization.id.clone()).into()),
                 Closed::Released => Err(LedgerError::AlreadyReleased(authorization.id.clone()).into()),
