@@ -27,7 +27,13 @@ pub struct StoreError(#[from] rusqlite::Error);
 
 /// The hex SHA-256 of a secret.
 pub(crate) fn hash(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in Sha256::digest(secret.as_bytes()) {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 pub(crate) struct Store {
@@ -579,5 +585,14 @@ impl Store {
             .conn
             .prepare_cached("SELECT COUNT(*) FROM idempotency WHERE agent_id = ?1")?
             .query_row([agent], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_secret_hashes_to_its_lower_hex_sha256_as_stored_by_earlier_versions() {
+        assert_eq!(super::hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(super::hash(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 }
