@@ -6,7 +6,7 @@
 use jiff::Timestamp;
 use rust_decimal::Decimal;
 
-use super::ledger::{AgentLedger, CounterKey, VelocityKey, period_start};
+use super::ledger::{AgentLedger, CounterKey, Held, VelocityKey, period_start};
 
 /// What evaluation reads from a ledger: the in-process [`AgentLedger`], or a snapshot a shared
 /// ledger read in its transaction.
@@ -37,7 +37,7 @@ use crate::policy::{Cumulative, PolicySet};
 /// What evaluation concluded.
 pub(crate) enum Evaluation {
     /// Every applicable rule passed: reserve on these counters and windows.
-    Pass { holds: Vec<(CounterKey, Timestamp)>, windows: Vec<VelocityKey>, daily: Option<(Decimal, Decimal)> },
+    Pass { holds: Held, windows: Vec<VelocityKey>, daily: Option<(Decimal, Decimal)> },
     /// A rule denied.
     Denied(Denial),
     /// No rule denied, but some ask for a human.

@@ -120,11 +120,43 @@ impl std::hash::Hash for VelocityKey {
     }
 }
 
+/// The counters an approval holds, with their period starts: one inline (rules counting the
+/// same quantity share a counter, so one is common), more in an exactly sized box.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Held {
+    #[default]
+    Nothing,
+    One([(CounterKey, Timestamp); 1]),
+    Many(Box<[(CounterKey, Timestamp)]>),
+}
+
+impl std::ops::Deref for Held {
+    type Target = [(CounterKey, Timestamp)];
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Held::Nothing => &[],
+            Held::One(one) => one,
+            Held::Many(many) => many,
+        }
+    }
+}
+
+impl From<Vec<(CounterKey, Timestamp)>> for Held {
+    fn from(mut holds: Vec<(CounterKey, Timestamp)>) -> Self {
+        match holds.len() {
+            0 => Held::Nothing,
+            1 => holds.pop().map_or(Held::Nothing, |one| Held::One([one])),
+            _ => Held::Many(holds.into_boxed_slice()),
+        }
+    }
+}
+
 /// An approval that holds part of some counters.
 #[derive(Debug, Clone)]
 pub(crate) struct Reservation {
     pub amount: Micros,
-    pub holds: Vec<(CounterKey, Timestamp)>,
+    pub holds: Held,
     pub slots: Vec<(VelocityKey, u64)>,
 }
 
@@ -255,13 +287,13 @@ impl AgentLedger {
         id: &str,
         amount: Micros,
         expires_at: Timestamp,
-        holds: Vec<(CounterKey, Timestamp)>,
+        holds: Held,
         windows: Vec<VelocityKey>,
         now: Timestamp,
     ) {
         self.next_seq += 1;
         let seq = self.next_seq;
-        for (key, start) in &holds {
+        for (key, start) in holds.iter() {
             if let Some(c) = self.period_counter(key, *start) {
                 c.reserved += amount;
             }
@@ -279,7 +311,7 @@ impl AgentLedger {
 
     /// Gives back a reservation's holds; a settled one keeps its velocity slots (it was used).
     fn unhold(&mut self, r: &Reservation, settled: Option<Micros>) {
-        for (key, start) in &r.holds {
+        for (key, start) in r.holds.iter() {
             if let Some(c) = self.counters.get_mut(key)
                 && c.period_start == *start
             {

@@ -672,7 +672,7 @@ impl Engine {
         &self,
         intent: Arc<PaymentIntent>,
         ledger: &mut AgentLedger,
-        holds: Vec<(ledger::CounterKey, Timestamp)>,
+        holds: ledger::Held,
         windows: Vec<ledger::VelocityKey>,
         daily: Option<(Decimal, Decimal)>,
         now: Timestamp,
@@ -771,18 +771,13 @@ impl Engine {
         Ok(recorded)
     }
 
-    fn holds_for(
-        &self,
-        intent: &PaymentIntent,
-        ledger: &mut AgentLedger,
-        now: Timestamp,
-    ) -> Vec<(ledger::CounterKey, Timestamp)> {
+    fn holds_for(&self, intent: &PaymentIntent, ledger: &mut AgentLedger, now: Timestamp) -> ledger::Held {
         let policies = self.inner.policies.load();
         match evaluate(&policies, intent, ledger, now, true) {
             Evaluation::Pass { holds, .. } => holds,
             // Even when the late payment breaks a rule now, its spend is counted on every counter
             // that applies: collect them with a pass that ignores verdicts.
-            _ => evaluate::all_keys(&policies, intent, ledger, now).0,
+            _ => evaluate::all_keys(&policies, intent, ledger, now).0.into(),
         }
     }
 
@@ -817,7 +812,7 @@ impl Engine {
             &authorization.id,
             Micros::of(authorization.amount),
             authorization.expires_at,
-            holds,
+            holds.into(),
             windows,
             now,
         );

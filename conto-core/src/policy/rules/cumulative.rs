@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use super::{Check, Cmp, Cumulative, Explain, Finding, Period, RailFilter, Scope, Spec, Subject};
 use crate::decision::ViolationType as V;
 use crate::engine::evaluate::Reads;
-use crate::engine::ledger::{CounterKey, period_bounds, same_scope};
+use crate::engine::ledger::{CounterKey, Held, period_bounds, same_scope};
 use crate::intent::PaymentIntent;
 use crate::micros::{Bound, Micros};
 use crate::policy::PolicyError;
@@ -173,22 +173,28 @@ impl Holds {
         }
     }
 
-    fn into_vec(self) -> Vec<(CounterKey, Timestamp)> {
+    /// What the reservation keeps: no allocation for one counter, one exactly sized box for more.
+    fn into_held(self) -> Held {
         let n = self.inline.iter().flatten().count() + self.more.len();
-        if n == 0 {
-            return Vec::new();
+        let mut inline = self.inline.into_iter().flatten();
+        match (n, inline.next()) {
+            (0, _) | (_, None) => Held::Nothing,
+            (1, Some(one)) => Held::One([one]),
+            (_, Some(first)) => {
+                let mut all = Vec::with_capacity(n);
+                all.push(first);
+                all.extend(inline);
+                all.extend(self.more);
+                Held::Many(all.into_boxed_slice())
+            }
         }
-        let mut all = Vec::with_capacity(n);
-        all.extend(self.inline.into_iter().flatten());
-        all.extend(self.more);
-        all
     }
 }
 
 impl Tally {
     /// The counters read, in order, to reserve on.
-    pub fn into_holds(self) -> Vec<(CounterKey, Timestamp)> {
-        self.holds.into_vec()
+    pub fn into_holds(self) -> Held {
+        self.holds.into_held()
     }
 
     /// The tightest `DAILY_LIMIT`: spend after this payment, and the limit.
