@@ -491,13 +491,16 @@ impl Conto {
     {
         let approval = self.authorize(intent).await?;
         let outcome = settle(&approval).await;
-        let authorization = approval.authorization().clone();
-        let receipt = match &outcome {
+        let (authorization, receipt) = match &outcome {
             // The money moved: a failed record never turns the caller's success into an error.
-            Ok(value) => Some(approval.record(settled(value)).await),
+            Ok(value) => {
+                let (authorization, receipt) = approval.record_keeping(settled(value)).await;
+                (authorization, Some(receipt))
+            }
             Err(_) => {
+                let authorization = approval.authorization().clone();
                 approval.release_because("settlement_failed");
-                None
+                (authorization, None)
             }
         };
         Ok(Ran { outcome, authorization, receipt })
@@ -573,7 +576,12 @@ impl Approval {
     /// Records the settlement. With an outbox, the record is written durably and delivered in
     /// the background (the receipt says `queued`). Errors are also reported as
     /// [`Event::RecordFailed`].
-    pub async fn record(mut self, mut settlement: Settlement) -> Result<Recorded, AuthorityError> {
+    pub async fn record(self, settlement: Settlement) -> Result<Recorded, AuthorityError> {
+        self.record_keeping(settlement).await.1
+    }
+
+    /// [`Approval::record`], also giving back the authorization (no copy of it is made).
+    async fn record_keeping(mut self, mut settlement: Settlement) -> (Authorization, Result<Recorded, AuthorityError>) {
         let authorization = self.authorization.take().expect("an Approval is consumed only once");
         let conto = self.conto.clone();
         // Never more than was approved: clamp, and say so, rather than fail after money moved.
@@ -590,7 +598,7 @@ impl Approval {
         if self.via == Via::Primary
             && let Some(queued) = delivery::enqueue(&conto, RecordKind::Record, &authorization, &settlement).await
         {
-            return Ok(queued);
+            return (authorization, Ok(queued));
         }
         let authority = conto.authority(self.via);
         let result = match authority.record_now(&authorization, &settlement) {
@@ -614,7 +622,7 @@ impl Approval {
                 conto.emit(|| Event::RecordFailed { authorization_id: authorization.id.clone(), error: error.clone() });
             }
         }
-        result
+        (authorization, result)
     }
 
     /// The record this approval's settlement is, for a sink that writes it in the app's own
