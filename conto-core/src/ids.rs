@@ -9,17 +9,21 @@ pub(crate) fn random_hex(n: usize) -> String {
 pub(crate) fn random_id(prefix: &str, n: usize) -> String {
     let mut out = String::with_capacity(prefix.len() + n * 2);
     out.push_str(prefix);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut left = n;
     while left > 0 {
         let chunk = left.min(16);
-        let bits: u128 = rand::random();
-        for i in (0..chunk * 2).rev() {
-            out.push(HEX[(bits >> (4 * i) & 0xf) as usize] as char);
-        }
+        push_hex(&mut out, rand::random(), chunk * 2);
         left -= chunk;
     }
     out
+}
+
+/// Appends the low `digits` hex digits of `bits` (at most 32), most significant first.
+pub(crate) fn push_hex(out: &mut String, bits: u128, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits.min(32)).rev() {
+        out.push(HEX[(bits >> (4 * i) & 0xf) as usize] as char);
+    }
 }
 
 #[cfg(test)]

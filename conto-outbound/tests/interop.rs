@@ -20,8 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::Records;
 use conto::outbound::{MppProvider, PaidRequests, PaymentError, X402Schemes};
-use conto::{Conto, Decimal, Engine, Event, RejectionKind};
+use conto::{Decimal, Engine, RejectionKind};
 use serde_json::{Value, json};
 use x402_axum::X402Middleware;
 use x402_types::facilitator::Facilitator;
@@ -173,21 +174,6 @@ const POLICIES: &str = r#"{"agents": ["agent-1"], "policies": [
     {"name": "per payment", "rules": [{"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "1", "action": "ALLOW"}]}
 ]}"#;
 
-type Records = Arc<Mutex<Vec<(Decimal, Option<String>)>>>;
-
-fn conto(engine: &Engine) -> (Conto, Records) {
-    let recorded = Records::default();
-    let seen = recorded.clone();
-    let conto = Conto::builder(engine.clone())
-        .observe(move |e| {
-            if let Event::Recorded { recorded, reference, .. } = e {
-                seen.lock().unwrap().push((recorded.amount.get(), reference.clone()));
-            }
-        })
-        .build();
-    (conto, recorded)
-}
-
 struct X402Setup {
     url: String,
     prices: Arc<Prices>,
@@ -207,7 +193,7 @@ async fn x402_setup_with(price: u64, scheme: TestScheme) -> X402Setup {
     let facilitator = Arc::new(TestFacilitator::default());
     let url = paywall(prices.clone(), facilitator.clone()).await;
     let engine = Engine::from_json(POLICIES).unwrap();
-    let (conto, recorded) = conto(&engine);
+    let (conto, recorded) = common::observed(&engine);
     let paid =
         PaidRequests::builder(conto, X402Schemes::new().register(scheme.clone())).actor("agent-1").unwrap().build();
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(paid).build();
@@ -324,7 +310,7 @@ async fn an_mpp_provider_pays_an_approved_challenge_and_never_a_denied_one() {
     for (amount, approved) in [("75", true), ("250", false)] {
         let url = mpp_paywall(amount).await;
         let engine = Engine::from_json(POLICIES).unwrap();
-        let (conto, recorded) = conto(&engine);
+        let (conto, recorded) = common::observed(&engine);
         let provider = TestProvider::default();
         let assets = conto::outbound::Assets::new().with_any_network("usd", 2);
         let paid = PaidRequests::builder(conto, MppProvider(provider.clone()))

@@ -17,8 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::Records;
 use conto::outbound::{Challenge, Credential, Offer, PaidRequests, PayAs, PaymentError, SignError, Signer};
-use conto::{BoxFuture, Conto, Decimal, Engine, Event, RejectionKind};
+use conto::{BoxFuture, Conto, Decimal, Engine, RejectionKind};
 use serde_json::{Value, json};
 
 const USDC: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"; // Base Sepolia
@@ -174,9 +175,6 @@ const POLICIES: &str = r#"{"agents": ["agent-1"], "policies": [
     {"name": "budget", "rules": [{"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}
 ]}"#;
 
-/// What the observer saw recorded: amount and settlement reference.
-type Records = Arc<Mutex<Vec<(Decimal, Option<String>)>>>;
-
 struct Setup {
     url: String,
     paywall: Arc<Paywall>,
@@ -192,15 +190,7 @@ async fn setup(price: &str) -> Setup {
     *paywall.asset.lock().unwrap() = USDC.into();
     let url = start(paywall.clone()).await;
     let engine = Engine::from_json(POLICIES).unwrap();
-    let recorded = Arc::new(Mutex::new(Vec::new()));
-    let seen = recorded.clone();
-    let conto = Conto::builder(engine.clone())
-        .observe(move |e| {
-            if let Event::Recorded { recorded, reference, .. } = e {
-                seen.lock().unwrap().push((recorded.amount.get(), reference.clone()));
-            }
-        })
-        .build();
+    let (conto, recorded) = common::observed(&engine);
     let wallet = Wallet::default();
     let assets = conto::outbound::Assets::usdc().with_any_network("usd", 2);
     let paid = PaidRequests::builder(conto, wallet.clone()).actor("agent-1").unwrap().assets(assets).build();

@@ -6,7 +6,7 @@
 use jiff::Timestamp;
 use rust_decimal::Decimal;
 
-use super::ledger::{AgentLedger, CounterKey, Held, VelocityKey, period_start};
+use super::ledger::{AgentLedger, CounterKey, Held, VelocityKey};
 
 /// What evaluation reads from a ledger: the in-process [`AgentLedger`], or a snapshot a shared
 /// ledger read in its transaction.
@@ -146,7 +146,7 @@ pub(crate) fn all_keys(
                 Check::Cumulative(c) => {
                     let counter = &c.counter;
                     let key = counter_key(counter, intent);
-                    let start = period_start(counter.period, &counter.tz, now);
+                    let start = counter.period_start(now);
                     ledger.used(&key, start);
                     if !holds.iter().any(|(k, _)| *k == key) {
                         holds.push((key, start));

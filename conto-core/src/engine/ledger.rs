@@ -210,11 +210,6 @@ pub(crate) struct AgentLedger {
     next_seq: u64,
 }
 
-/// The first instant of the period that contains `now`, in `tz`.
-pub(crate) fn period_start(period: Period, tz: &TimeZone, now: Timestamp) -> Timestamp {
-    period_bounds(period, tz, now).0
-}
-
 /// The period that contains `now`, in `tz`: `[start, end)` (`Total` is `[epoch, epoch)`:
 /// it never ends and is never cached).
 pub(crate) fn period_bounds(period: Period, tz: &TimeZone, now: Timestamp) -> (Timestamp, Timestamp) {

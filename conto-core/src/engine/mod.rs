@@ -310,14 +310,11 @@ fn answer(authorization: &Authorization, kept: &Kept) -> Recorded {
 /// authorization's id, so a replayed record (in this process or from the journal) answers the
 /// same reference without the ledger keeping a copy.
 fn transaction_id(authorization_id: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     // An odd multiplier is a bijection on the low bits: distinct ids, distinct references.
     let bits = ledger::IdKey::of(authorization_id).bits().wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
     let mut out = String::with_capacity(3 + 24);
     out.push_str("tx_");
-    for i in (0..24).rev() {
-        out.push(HEX[(bits >> (4 * i) & 0xf) as usize] as char);
-    }
+    crate::ids::push_hex(&mut out, bits, 24);
     out
 }
 

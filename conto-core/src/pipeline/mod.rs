@@ -387,8 +387,7 @@ impl Conto {
         }
         let deadline = self.inner.deadline;
         // An in-process authority answers in place: no future, nothing to wait for.
-        let now = self.inner.authorizer.authorize_now(intent);
-        let answer = match now {
+        let answer = match self.inner.authorizer.authorize_now(intent) {
             Some(answer) => Ok(answer),
             None => tokio::time::timeout(deadline, self.inner.authorizer.authorize(intent)).await,
         };
@@ -463,17 +462,7 @@ impl Conto {
         Fut: Future<Output = Result<T, E>>,
         S: FnOnce(&T) -> Settlement,
     {
-        // `run_recorded` without the copy of the authorization it reports.
-        let approval = self.authorize(intent).await?;
-        let outcome = settle(&approval).await;
-        match &outcome {
-            // The money moved: a failed record never turns the caller's success into an error.
-            Ok(value) => {
-                let _ = approval.record(settled(value)).await;
-            }
-            Err(_) => approval.release_because("settlement_failed"),
-        }
-        Ok(outcome)
+        self.run_recorded(intent, settle, settled).await.map(|ran| ran.outcome)
     }
 
     /// [`Conto::run`], also returning the authorization the settlement ran under and the

@@ -2,15 +2,13 @@
 //! x402/MPP per-service, per-endpoint and session budgets. Each compares spent + reserved +
 //! this payment with the limit, on a counter shared by every rule that counts the same quantity.
 
-use std::sync::Arc;
-
 use jiff::Timestamp;
 use rust_decimal::Decimal;
 
 use super::{Check, Cmp, Cumulative, Explain, Finding, Period, RailFilter, Scope, Spec, Subject};
 use crate::decision::ViolationType as V;
 use crate::engine::evaluate::Reads;
-use crate::engine::ledger::{CounterKey, Held, period_bounds, same_scope};
+use crate::engine::ledger::{CounterKey, Held, same_scope};
 use crate::intent::PaymentIntent;
 use crate::micros::{Bound, Micros};
 use crate::policy::PolicyError;
@@ -84,108 +82,45 @@ pub(crate) fn counter_key(c: &Cumulative, intent: &PaymentIntent) -> CounterKey 
     CounterKey { id: c.id.clone(), scope_key: c.scope.key(intent), period: c.period, tz: c.tz_name.clone() }
 }
 
-/// Period starts computed during one decision (policies usually share a few periods and zones):
-/// the first four kept inline, so the common decision allocates nothing for them.
-#[derive(Default)]
-struct Starts {
-    inline: [Option<(Period, Arc<str>, Timestamp)>; 4],
-    more: Vec<(Period, Arc<str>, Timestamp)>,
-}
-
-impl Starts {
-    fn get(&mut self, c: &Cumulative, now: Timestamp) -> Timestamp {
-        let same = |(p, tz, _): &&(Period, Arc<str>, Timestamp)| {
-            *p == c.period && (Arc::ptr_eq(tz, &c.tz_name) || **tz == *c.tz_name)
-        };
-        if let Some((_, _, t)) = self.inline.iter().flatten().chain(self.more.iter()).find(same) {
-            return *t;
-        }
-        let t = match c.last_period.get(now) {
-            Some(t) => t,
-            None => {
-                let (start, end) = period_bounds(c.period, &c.tz, now);
-                c.last_period.put(start, end);
-                start
-            }
-        };
-        let entry = (c.period, c.tz_name.clone(), t);
-        match self.inline.iter_mut().find(|slot| slot.is_none()) {
-            Some(slot) => *slot = Some(entry),
-            None => self.more.push(entry),
-        }
-        t
-    }
-}
-
-/// Values by position, the first eight inline.
-#[derive(Default)]
-struct Used {
-    inline: [Micros; 8],
-    len: usize,
-    more: Vec<Micros>,
-}
-
-impl Used {
-    fn push(&mut self, value: Micros) {
-        match self.inline.get_mut(self.len) {
-            Some(slot) => *slot = value,
-            None => self.more.push(value),
-        }
-        self.len += 1;
-    }
-
-    fn get(&self, i: usize) -> Micros {
-        match self.inline.get(i) {
-            Some(v) => *v,
-            None => self.more.get(i - self.inline.len()).copied().unwrap_or_default(),
-        }
-    }
-}
-
-/// What one decision read from its counters: each counter's key and period start (to reserve
-/// on), what it had used (read once, however many rules share it), and the tightest daily limit.
+/// What one decision read from its counters: each counter's key, period start and what it had
+/// used (read once, however many rules share it), and the tightest daily limit.
 #[derive(Default)]
 pub(crate) struct Tally {
-    holds: Holds,
-    /// What each counter in `holds` had used: the first eight inline (no allocation).
-    used: Used,
+    read: Read,
     daily: Option<(Micros, Bound)>,
-    starts: Starts,
 }
 
-/// The counters one decision holds, the first four inline: the reservation keeps them in a
-/// vector of exactly their number (one allocation, no spare capacity kept for its life).
+/// The counters one decision read, the first four inline (no allocation).
 #[derive(Default)]
-struct Holds {
-    inline: [Option<(CounterKey, Timestamp)>; 4],
-    more: Vec<(CounterKey, Timestamp)>,
+struct Read {
+    inline: [Option<(CounterKey, Timestamp, Micros)>; 4],
+    more: Vec<(CounterKey, Timestamp, Micros)>,
 }
 
-impl Holds {
-    fn iter(&self) -> impl Iterator<Item = &(CounterKey, Timestamp)> {
+impl Read {
+    fn iter(&self) -> impl Iterator<Item = &(CounterKey, Timestamp, Micros)> {
         self.inline.iter().map_while(Option::as_ref).chain(self.more.iter())
     }
 
-    fn push(&mut self, hold: (CounterKey, Timestamp)) {
+    fn push(&mut self, read: (CounterKey, Timestamp, Micros)) {
         match self.inline.iter_mut().find(|slot| slot.is_none()) {
-            Some(slot) => *slot = Some(hold),
-            None => self.more.push(hold),
+            Some(slot) => *slot = Some(read),
+            None => self.more.push(read),
         }
     }
 
     /// What the reservation keeps: no allocation for one counter, one exactly sized box for more.
     fn into_held(self) -> Held {
         let n = self.inline.iter().flatten().count() + self.more.len();
-        let mut inline = self.inline.into_iter().flatten();
-        match (n, inline.next()) {
-            (0, _) | (_, None) => Held::Nothing,
+        let mut all = self.inline.into_iter().flatten().chain(self.more).map(|(key, start, _)| (key, start));
+        match (n, all.next()) {
+            (_, None) => Held::Nothing,
             (1, Some(one)) => Held::One([one]),
             (_, Some(first)) => {
-                let mut all = Vec::with_capacity(n);
-                all.push(first);
-                all.extend(inline);
-                all.extend(self.more);
-                Held::Many(all.into_boxed_slice())
+                let mut many = Vec::with_capacity(n);
+                many.push(first);
+                many.extend(all);
+                Held::Many(many.into_boxed_slice())
             }
         }
     }
@@ -194,7 +129,7 @@ impl Holds {
 impl Tally {
     /// The counters read, in order, to reserve on.
     pub fn into_holds(self) -> Held {
-        self.holds.into_held()
+        self.read.into_held()
     }
 
     /// The tightest `DAILY_LIMIT`: spend after this payment, and the limit.
@@ -216,20 +151,20 @@ impl CumulativeRule {
     /// Compares the period's spend, with this payment, with the limit.
     pub(crate) fn check(&self, s: &Subject<'_>, ledger: &mut impl Reads, tally: &mut Tally) -> Finding<Spent> {
         let counter = &self.counter;
-        let start = tally.starts.get(counter, s.now);
+        let start = counter.period_start(s.now);
         let scope = counter.scope.key_str(s.intent);
         // Rules counting the same quantity share an interned id: told apart by pointer first.
         let seen = tally
-            .holds
+            .read
             .iter()
-            .position(|(k, st)| k.id == counter.id && same_scope(&k.scope_key, scope) && *st == start);
+            .find(|(k, st, _)| k.id == counter.id && same_scope(&k.scope_key, scope) && *st == start)
+            .map(|(_, _, used)| *used);
         let used = match seen {
-            Some(i) => tally.used.get(i),
+            Some(used) => used,
             None => {
                 let key = counter_key(counter, s.intent);
                 let used = ledger.used(&key, start);
-                tally.holds.push((key, start));
-                tally.used.push(used);
+                tally.read.push((key, start, used));
                 used
             }
         };

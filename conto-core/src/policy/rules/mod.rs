@@ -183,6 +183,18 @@ pub(crate) struct Cumulative {
     pub last_period: PeriodCache,
 }
 
+impl Cumulative {
+    /// The start of the period containing `now`: cached for every decision in the same period.
+    pub fn period_start(&self, now: Timestamp) -> Timestamp {
+        if let Some(start) = self.last_period.get(now) {
+            return start;
+        }
+        let (start, end) = crate::engine::ledger::period_bounds(self.period, &self.tz, now);
+        self.last_period.put(start, end);
+        start
+    }
+}
+
 /// The last `[start, end)` a counter's period was computed for, packed in one atomic word
 /// (start: 39 bits of seconds since 1970; length: 25 bits of seconds, a year at most), so a
 /// decision inside the same period skips the calendar arithmetic without a lock. Anything that
