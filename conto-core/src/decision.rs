@@ -174,7 +174,9 @@ impl fmt::Display for DecisionSource {
 pub struct Authorization {
     /// The authority's id for this approval (`approvalId`, `requestId`, …).
     pub id: String,
-    /// The approval token to present when confirming; a secret.
+    /// The approval token to present when confirming, when the authority issues one (Conto
+    /// and conto-local do for transfers and cards); a secret. The embedded engine issues none:
+    /// in process, this value itself is what settles.
     pub token: Option<SecretString>,
     /// The most the settlement may spend.
     pub amount: Amount,

@@ -309,9 +309,50 @@ async fn an_invalid_intent_is_refused_before_anyone_is_asked() {
     assert!(matches!(r.kind(), RejectionKind::Invalid { .. }), "{r:?}");
 }
 
+/// An authority that issues approval tokens, as a remote Conto does for transfers.
+struct Tokened(conto_core::Engine);
+
+impl Authorizer for Tokened {
+    fn authorize<'a>(
+        &'a self,
+        intent: &'a std::sync::Arc<PaymentIntent>,
+    ) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+        Box::pin(async move {
+            let mut decision = self.0.authorize(intent).await?;
+            if let conto_core::Verdict::Approved(a) = &mut decision.verdict {
+                a.token = Some("7f3a9c2e5b8d1f4a6c0e3b7d9a2f5c8e1b4d7a0c3f6e9b2d5a8c1f4e7b0d3a6c".into());
+            }
+            Ok(decision)
+        })
+    }
+    fn record<'a>(
+        &'a self,
+        a: &'a Authorization,
+        s: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        self.0.record(a, s)
+    }
+    fn release(&self, a: &Authorization) -> BoxFuture<'static, Result<(), AuthorityError>> {
+        self.0.release(a)
+    }
+    fn approval_status<'a>(
+        &'a self,
+        i: &'a PaymentIntent,
+        p: &'a PendingApproval,
+    ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
+        self.0.approval_status(i, p)
+    }
+}
+
+#[tokio::test]
+async fn the_embedded_engine_issues_no_token_in_process() {
+    let approval = Conto::new(capped_engine()).authorize(transfer("1")).await.unwrap();
+    assert!(approval.authorization().token.is_none());
+}
+
 #[tokio::test]
 async fn secrets_stay_out_of_debug_output() {
-    let conto = Conto::new(capped_engine());
+    let conto = Conto::new(Tokened(capped_engine()));
     let approval = conto.authorize(transfer("1")).await.unwrap();
     let token = conto_core::ExposeSecret::expose_secret(approval.authorization().token.as_ref().unwrap()).to_owned();
     assert_eq!(token.len(), 64);

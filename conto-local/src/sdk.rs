@@ -238,7 +238,8 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
     let intent_json = serde_json::to_string(intent).unwrap_or_default();
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
     Ok(match decision.verdict {
-        Verdict::Approved(a) => {
+        Verdict::Approved(mut a) => {
+            a.token = Some(crate::store::issue_token());
             lock(&app.store).add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))?;
             let token = a.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned());
             let mut body = DecisionBody {
@@ -805,7 +806,8 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
     let decision =
         app.engine.approval(id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string()))?;
     match decision.map(|d| d.verdict) {
-        Some(Verdict::Approved(a)) => {
+        Some(Verdict::Approved(mut a)) => {
+            a.token = Some(crate::store::issue_token());
             lock(&app.store)
                 .add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a))?;
             // Only the token's hash is stored; the token itself waits in memory for the agent.

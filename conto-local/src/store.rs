@@ -27,9 +27,20 @@ pub struct StoreError(#[from] rusqlite::Error);
 
 /// The hex SHA-256 of a secret.
 pub(crate) fn hash(secret: &str) -> String {
+    lower_hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// A fresh approval token: 32 random bytes as 64 lower-case hex digits. The server mints the
+/// tokens it checks (the embedded engine issues none: in process, the authorization value is
+/// the capability).
+pub(crate) fn issue_token() -> secrecy::SecretString {
+    lower_hex(&rand::random::<[u8; 32]>()).into()
+}
+
+fn lower_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in Sha256::digest(secret.as_bytes()) {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
         out.push(HEX[usize::from(b >> 4)] as char);
         out.push(HEX[usize::from(b & 0xf)] as char);
     }

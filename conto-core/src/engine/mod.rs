@@ -33,7 +33,7 @@ use crate::authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError};
 use crate::clock::{Clock, SystemClock};
 use crate::controls::{ProductControls, SyncReport};
 use crate::decision::{Authorization, Decision, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict};
-use crate::ids::{random_hex, random_id};
+use crate::ids::random_id;
 use crate::intent::{ActorId, IntentError, PaymentIntent};
 use crate::journal::{Entry, Journal, JournalError};
 use crate::lifecycle::{ActorLifecycle, Ensured, LifecycleError};
@@ -684,7 +684,7 @@ impl Engine {
         })?;
         ledger.reserve(&id, Micros::of(intent.amount), expires_at, holds, windows, now);
         let limits = limits_of(daily);
-        Ok(Authorization { id, token: Some(random_hex(32).into()), amount: intent.amount, expires_at, limits, intent })
+        Ok(Authorization { id, token: None, amount: intent.amount, expires_at, limits, intent })
     }
 
     /// Records a settlement, synchronously. See [`Authorizer::record`]. A settled amount above

@@ -25,7 +25,7 @@ use crate::authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError, Outa
 use crate::controls::ProductControls;
 use crate::decision::{Authorization, Decision, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict};
 use crate::engine::{CounterUsage, LedgerStats};
-use crate::ids::{random_hex, random_id};
+use crate::ids::random_id;
 use crate::intent::{ActorId, PaymentIntent};
 use crate::lifecycle::{ActorLifecycle, Ensured, LifecycleError};
 use crate::money::Amount;
@@ -416,7 +416,7 @@ impl SharedEngine {
                     let (id, expires_at, write) = reservation(&held, &taken, intent.amount, approval_ttl, now);
                     verdict = Some(Verdict::Approved(Authorization {
                         id,
-                        token: Some(random_hex(32).into()),
+                        token: None,
                         amount: intent.amount,
                         expires_at,
                         limits: limits_of(daily),
