@@ -449,6 +449,45 @@ fn priority_order_decides_which_violation_is_returned() {
 }
 
 #[test]
+fn a_spend_limit_ahead_of_a_per_action_cap_is_the_one_reported_and_reasons_keep_priority_order() {
+    // The engine judges stateless rules before taking the ledger lock; the answer must be the
+    // one a single pass in priority order gives.
+    let text = format!(
+        r#"[{{"name":"low","priority":10,"rules":[{}]}},{{"name":"high","priority":90,"rules":[{}]}}]"#,
+        rule("MAX_AMOUNT", "LTE", "5", "ALLOW"),
+        rule("DAILY_LIMIT", "LTE", "5", "ALLOW")
+    );
+    let (e, _) = engine_at(&text, NOON_WED);
+    let d = e.decide(&transfer("10"));
+    assert_denied(&d, V::DailyLimit);
+    let conto_core::Verdict::Denied(denial) = &d.verdict else { unreachable!() };
+    assert!(denial.reasons[0].starts_with("high:"), "{:?}", denial.reasons);
+
+    // Approval reasons, stateless and stateful interleaved, come back in priority order.
+    let text = format!(
+        r#"[{{"name":"a","priority":40,"rules":[{}]}},{{"name":"b","priority":30,"rules":[{}]}},
+            {{"name":"c","priority":20,"rules":[{}]}}]"#,
+        rule("REQUIRE_APPROVAL_ABOVE", "GT", "1", "REQUIRE_APPROVAL"),
+        rule("DAILY_LIMIT", "GT", "5", "REQUIRE_APPROVAL"),
+        rule("REQUIRE_APPROVAL_ABOVE", "GT", "2", "REQUIRE_APPROVAL")
+    );
+    let (e, _) = engine_at(&text, NOON_WED);
+    let d = e.decide(&transfer("10"));
+    let conto_core::Verdict::RequiresApproval(pending) = &d.verdict else { panic!("{d:?}") };
+    let from: Vec<&str> = pending.reasons.iter().map(|r| &r[..2]).collect();
+    assert_eq!(from, ["a:", "b:", "c:"], "{:?}", pending.reasons);
+    // A stateless denial after a stateful one that passes still denies, and holds nothing.
+    let text = format!(
+        r#"[{{"name":"a","priority":40,"rules":[{}]}},{{"name":"b","priority":30,"rules":[{}]}}]"#,
+        rule("DAILY_LIMIT", "LTE", "100", "ALLOW"),
+        rule("MAX_AMOUNT", "LTE", "5", "ALLOW")
+    );
+    let (e, _) = engine_at(&text, NOON_WED);
+    assert_denied(&e.decide(&transfer("10")), V::PerTxLimit);
+    assert_eq!(e.usage("agent-1").live_reservations, 0);
+}
+
+#[test]
 fn assignment_inactive_and_scope_all() {
     let text = format!(
         r#"[{{"name":"only-b","agentIds":["agent-b"],"rules":[{r}]}},

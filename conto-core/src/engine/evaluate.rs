@@ -1,10 +1,14 @@
-//! Evaluates compiled policies against one intent and one agent's ledger.
+//! Evaluates compiled policies against one intent and one agent's ledger, in two phases: a
+//! screen of the stateless rules that reads no ledger (the engine runs it outside the agent's
+//! lock), then the stateful rules on the ledger. The answer is the one a single pass in
+//! priority order gives: the first broken rule denies, approval reasons keep their order.
 //!
 //! The hot path allocates as little as it can: a rule's human-readable explanation is written
-//! only when the rule is broken, and each period start is computed once per decision.
+//! only when the rule is broken.
 
 use jiff::Timestamp;
 use rust_decimal::Decimal;
+use smallvec::SmallVec;
 
 use super::ledger::{AgentLedger, CounterKey, Held, VelocityKey};
 
@@ -50,14 +54,17 @@ enum Next {
     Deny(Denial),
 }
 
+/// A broken rule that asks for a human, at its place in evaluation order.
+type Asked = (u32, String);
+
 /// Applies a rule's polarity and outcome to what it measured; words are written only for a
 /// broken rule.
 fn judge<D: Explain>(
-    policy: &str,
+    (pos, policy): (u32, &str),
     rule: &CompiledRule,
     finding: Option<Finding<D>>,
     skip_approval: bool,
-    approvals: &mut Vec<String>,
+    approvals: &mut Vec<Asked>,
 ) -> Next {
     let Some(finding) = finding else { return Next::Continue };
     let broken = match rule.polarity {
@@ -71,7 +78,7 @@ fn judge<D: Explain>(
     match rule.outcome {
         Outcome::Approval if skip_approval => Next::Continue,
         Outcome::Approval => {
-            approvals.push(format!("{policy}: {detail}"));
+            approvals.push((pos, format!("{policy}: {detail}")));
             Next::Continue
         }
         Outcome::Deny => {
@@ -86,8 +93,101 @@ fn judge<D: Explain>(
     }
 }
 
-/// Evaluates every applicable policy in priority order. With `skip_approval`, rules that would
-/// ask for a human are passed (a human already approved).
+/// The first phase of a decision, which needs no ledger: every stateless rule (amounts, lists,
+/// times, blackouts) judged in priority order, and the stateful ones (period spend, velocity)
+/// that come before the first stateless denial, in order, for [`Screened::finish`]. The engine
+/// screens outside its ledger lock and holds the lock only to finish and reserve.
+pub(crate) struct Screened<'p> {
+    subject: Subject<'p>,
+    skip_approval: bool,
+    /// The stateful rules still to judge: position, policy name, rule.
+    stateful: SmallVec<[(u32, &'p str, &'p CompiledRule); 16]>,
+    /// The first stateless denial, unless a stateful rule before it denies first.
+    denied: Option<Denial>,
+    approvals: Vec<Asked>,
+}
+
+/// Screens `intent` against every applicable policy's stateless rules. With `skip_approval`,
+/// rules that would ask for a human are passed (a human already approved).
+pub(crate) fn screen<'p>(
+    policies: &'p PolicySet,
+    intent: &'p PaymentIntent,
+    now: Timestamp,
+    skip_approval: bool,
+) -> Screened<'p> {
+    let subject = Subject { intent, amount: Micros::of(intent.amount), now };
+    let mut stateful = SmallVec::new();
+    let mut approvals = Vec::new();
+    let mut pos = 0u32;
+    for policy in policies.policies.iter().filter(|p| p.applies_to(intent.actor.as_str())) {
+        for rule in &policy.rules {
+            if !rule.rails.matches(&intent.rail) {
+                continue;
+            }
+            pos += 1;
+            let (at, a) = ((pos, policy.name.as_str()), &mut approvals);
+            let next = match &rule.check {
+                Check::Cumulative(_) | Check::Velocity(_) => {
+                    stateful.push((pos, policy.name.as_str(), rule));
+                    Next::Continue
+                }
+                Check::Amount(r) => judge(at, rule, r.check(&subject), skip_approval, a),
+                Check::List(r) => judge(at, rule, r.check(&subject), skip_approval, a),
+                Check::Time(r) => judge(at, rule, Some(r.check(&subject)), skip_approval, a),
+                Check::Blackout(r) => judge(at, rule, Some(r.check(&subject)), skip_approval, a),
+            };
+            if let Next::Deny(denial) = next {
+                return Screened { subject, skip_approval, stateful, denied: Some(denial), approvals };
+            }
+        }
+    }
+    Screened { subject, skip_approval, stateful, denied: None, approvals }
+}
+
+impl Screened<'_> {
+    /// The denial that stands without reading any ledger: a stateless rule denied and no
+    /// stateful rule comes before it.
+    pub fn denied_outright(&mut self) -> Option<Denial> {
+        if self.stateful.is_empty() { self.denied.take() } else { None }
+    }
+
+    /// Whether the screen already denied (the decision can only be a denial).
+    pub fn is_denied(&self) -> bool {
+        self.denied.is_some()
+    }
+
+    /// The second phase: judges the stateful rules on `ledger`, in order, and concludes.
+    pub fn finish(self, ledger: &mut impl Reads) -> Evaluation {
+        let Screened { subject, skip_approval, stateful, denied, mut approvals } = self;
+        let mut tally = Tally::default();
+        let mut windows: Vec<VelocityKey> = Vec::new();
+        for (pos, name, rule) in stateful {
+            let (at, a) = ((pos, name), &mut approvals);
+            let next = match &rule.check {
+                Check::Cumulative(r) => judge(at, rule, Some(r.check(&subject, ledger, &mut tally)), skip_approval, a),
+                Check::Velocity(r) => judge(at, rule, Some(r.check(&subject, ledger, &mut windows)), skip_approval, a),
+                _ => Next::Continue,
+            };
+            if let Next::Deny(denial) = next {
+                return Evaluation::Denied(denial);
+            }
+        }
+        if let Some(denial) = denied {
+            return Evaluation::Denied(denial);
+        }
+        if approvals.is_empty() {
+            let daily = tally.daily();
+            Evaluation::Pass { holds: tally.into_holds(), windows, daily }
+        } else {
+            // In priority order, as if judged in one pass (the sort is stable; positions unique).
+            approvals.sort_by_key(|(pos, _)| *pos);
+            Evaluation::NeedsApproval(approvals.into_iter().map(|(_, reason)| reason).collect())
+        }
+    }
+}
+
+/// Evaluates every applicable policy in priority order, both phases at once. With
+/// `skip_approval`, rules that would ask for a human are passed (a human already approved).
 pub(crate) fn evaluate(
     policies: &PolicySet,
     intent: &PaymentIntent,
@@ -95,40 +195,7 @@ pub(crate) fn evaluate(
     now: Timestamp,
     skip_approval: bool,
 ) -> Evaluation {
-    let subject = Subject { intent, amount: Micros::of(intent.amount), now };
-    let mut tally = Tally::default();
-    let mut windows: Vec<VelocityKey> = Vec::new();
-    let mut approvals: Vec<String> = Vec::new();
-
-    for policy in policies.policies.iter().filter(|p| p.applies_to(intent.actor.as_str())) {
-        for rule in &policy.rules {
-            if !rule.rails.matches(&intent.rail) {
-                continue;
-            }
-            let (name, a) = (&policy.name, &mut approvals);
-            let next = match &rule.check {
-                Check::Amount(r) => judge(name, rule, r.check(&subject), skip_approval, a),
-                Check::Cumulative(r) => {
-                    judge(name, rule, Some(r.check(&subject, ledger, &mut tally)), skip_approval, a)
-                }
-                Check::Velocity(r) => {
-                    judge(name, rule, Some(r.check(&subject, ledger, &mut windows)), skip_approval, a)
-                }
-                Check::List(r) => judge(name, rule, r.check(&subject), skip_approval, a),
-                Check::Time(r) => judge(name, rule, Some(r.check(&subject)), skip_approval, a),
-                Check::Blackout(r) => judge(name, rule, Some(r.check(&subject)), skip_approval, a),
-            };
-            if let Next::Deny(denial) = next {
-                return Evaluation::Denied(denial);
-            }
-        }
-    }
-    if approvals.is_empty() {
-        let daily = tally.daily();
-        Evaluation::Pass { holds: tally.into_holds(), windows, daily }
-    } else {
-        Evaluation::NeedsApproval(approvals)
-    }
+    screen(policies, intent, now, skip_approval).finish(ledger)
 }
 
 /// Every counter and window the applicable rules keep for `intent`, whatever they decide.

@@ -206,7 +206,9 @@ pub(crate) struct AgentLedger {
     expiries: BinaryHeap<Reverse<(Timestamp, IdKey)>>,
     closed: Map<IdKey, Closed>,
     closed_order: VecDeque<(Timestamp, IdKey)>,
-    pub stats: LedgerStats,
+    /// Totals but `total_spent`, which is `spent` (micro-units, summed without a decimal).
+    stats: LedgerStats,
+    spent: i128,
     next_seq: u64,
 }
 
@@ -330,7 +332,7 @@ impl AgentLedger {
         let r = self.live.remove(&IdKey::of(id))?;
         self.unhold(&r, Some(settled));
         self.stats.recorded += 1;
-        self.stats.total_spent += settled.to_decimal();
+        self.spent += i128::from(settled.0);
         Some(r)
     }
 
@@ -360,7 +362,7 @@ impl AgentLedger {
             q.make_contiguous().sort_by_key(|(t, _)| *t);
         }
         self.stats.recorded += 1;
-        self.stats.total_spent += settled.to_decimal();
+        self.spent += i128::from(settled.0);
     }
 
     /// Frees a live reservation.
@@ -390,6 +392,12 @@ impl AgentLedger {
     /// The amount a live reservation holds.
     pub fn reserved(&self, id: &str) -> Option<Micros> {
         self.live.get(&IdKey::of(id)).map(|r| r.amount)
+    }
+
+    /// Totals over the ledger's life.
+    pub fn stats(&self) -> LedgerStats {
+        let total_spent = Decimal::try_from_i128_with_scale(self.spent, 6).unwrap_or(Decimal::MAX).normalize();
+        LedgerStats { total_spent, ..self.stats }
     }
 
     /// How many reservations are live.

@@ -548,16 +548,30 @@ impl Engine {
     ) -> Result<Decision, AuthorityError> {
         let now = self.now();
         let policies = self.inner.policies.load();
+        // Everything that needs no ledger happens outside its lock: the stateless rules, the
+        // approval's id, and (below) the authorization itself.
+        let mut screened = evaluate::screen(&policies, intent, now, false);
+        if let Some(denial) = screened.denied_outright() {
+            return Ok(Decision::from_policy(Verdict::Denied(denial)));
+        }
+        let id = (!screened.is_denied()).then(|| random_id("auth_", 12));
+        let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
         let ledger = self.ledger(&intent.actor);
         let mut ledger = lock(&ledger);
         ledger.sweep(now, self.inner.retention);
-        Ok(match evaluate(&policies, intent, &mut *ledger, now, false) {
-            Evaluation::Pass { holds, windows, daily } => {
-                let authorization = self.grant(shared(), &mut ledger, holds, windows, daily, now)?;
+        Ok(match (screened.finish(&mut *ledger), id) {
+            (Evaluation::Pass { holds, windows, daily }, id) => {
+                // (A screened denial never passes, so the id is always there.)
+                let id = id.unwrap_or_else(|| random_id("auth_", 12));
+                self.reserve(&mut ledger, &id, intent, expires_at, holds, windows, now)?;
+                drop(ledger);
+                let limits = limits_of(daily);
+                let authorization =
+                    Authorization { id, token: None, amount: intent.amount, expires_at, limits, intent: shared() };
                 Decision::from_policy(Verdict::Approved(authorization))
             }
-            Evaluation::Denied(denial) => Decision::from_policy(Verdict::Denied(denial)),
-            Evaluation::NeedsApproval(reasons) => {
+            (Evaluation::Denied(denial), _) => Decision::from_policy(Verdict::Denied(denial)),
+            (Evaluation::NeedsApproval(reasons), _) => {
                 drop(ledger);
                 let id = random_id("apr_", 12);
                 let expires_at = now.saturating_add(self.inner.pending_ttl).unwrap_or(now);
@@ -676,15 +690,31 @@ impl Engine {
     ) -> Result<Authorization, AuthorityError> {
         let id = random_id("auth_", 12);
         let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
+        self.reserve(ledger, &id, &intent, expires_at, holds, windows, now)?;
+        let limits = limits_of(daily);
+        Ok(Authorization { id, token: None, amount: intent.amount, expires_at, limits, intent })
+    }
+
+    /// Journals, then holds, an approval's reservation.
+    #[allow(clippy::too_many_arguments)]
+    fn reserve(
+        &self,
+        ledger: &mut AgentLedger,
+        id: &str,
+        intent: &PaymentIntent,
+        expires_at: Timestamp,
+        holds: ledger::Held,
+        windows: Vec<ledger::VelocityKey>,
+        now: Timestamp,
+    ) -> Result<(), AuthorityError> {
         self.write_with(|| Entry::Reserved {
-            id: id.clone(),
-            intent: (*intent).clone(),
+            id: id.to_owned(),
+            intent: intent.clone(),
             amount: intent.amount,
             expires_at,
         })?;
-        ledger.reserve(&id, Micros::of(intent.amount), expires_at, holds, windows, now);
-        let limits = limits_of(daily);
-        Ok(Authorization { id, token: None, amount: intent.amount, expires_at, limits, intent })
+        ledger.reserve(id, Micros::of(intent.amount), expires_at, holds, windows, now);
+        Ok(())
     }
 
     /// Records a settlement, synchronously. See [`Authorizer::record`]. A settled amount above
@@ -756,16 +786,23 @@ impl Engine {
             at: now,
         })?;
         ledger.settle(&authorization.id, counted);
-        let recorded = Recorded {
+        let kept = Kept {
+            counted,
+            settled: Micros::of(settled),
+            late: false,
+            actor_inactive,
+            reference: settlement.reference.as_deref().map(Box::from),
+        };
+        ledger.close(&authorization.id, Closed::Recorded(kept), now);
+        drop(ledger);
+        Ok(Recorded {
             authorization_id: authorization.id.clone(),
             amount: counted_amount,
             transaction_id: Some(transaction_id(&authorization.id)),
             late: false,
             queued: false,
             actor_inactive,
-        };
-        ledger.close(&authorization.id, kept(&recorded, settled, &settlement.reference), now);
-        Ok(recorded)
+        })
     }
 
     fn holds_for(&self, intent: &PaymentIntent, ledger: &mut AgentLedger, now: Timestamp) -> ledger::Held {
@@ -958,7 +995,7 @@ impl Engine {
             })
             .collect();
         counters.sort_by(|a, b| (a.period, &a.scope, &a.time_zone).cmp(&(b.period, &b.scope, &b.time_zone)));
-        Usage { counters, live_reservations: ledger.live_count(), stats: ledger.stats }
+        Usage { counters, live_reservations: ledger.live_count(), stats: ledger.stats() }
     }
 }
 
