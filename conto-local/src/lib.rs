@@ -7,6 +7,9 @@
 //! - Error body: `{"error": text, "code": CODE, "message": text}` with Conto's codes and statuses
 //!   (§8); idempotency conflicts are `409 IDEMPOTENCY_CONFLICT`, a duplicate still in flight is
 //!   `409 IDEMPOTENCY_IN_FLIGHT` (retryable).
+//! - One process owns the database file (SQLite `EXCLUSIVE` locking, kept for the server's
+//!   life): the engine's ledger lives in that process, so a second server on the same file is
+//!   refused with [`LocalError::InUse`] rather than splitting every budget in two.
 //! - Decisions are answers, never errors: approved `200`; denied `200` with `approved: false`
 //!   (or `authorized: false`), `reasons`, `violations` and `message`; requires approval `202`
 //!   with `approvalRequestId`. `401` is kept for authentication and `403` for a missing scope,
@@ -118,6 +121,15 @@ pub enum LocalError {
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Another process holds the database: one server owns its file (its ledger lives in
+    /// its memory, so a second server on the same file would split every budget).
+    #[error(
+        "database {path} is in use by another process: one conto-local owns its database (run replicas on PostgreSQL)"
+    )]
+    InUse {
+        /// The database file.
+        path: String,
+    },
 }
 
 /// The shared state of a running server.
@@ -217,7 +229,10 @@ pub(crate) fn random_hex(n: usize) -> String {
 /// Starts conto-local: opens (or creates) the store, restores the engine's state from it, and
 /// serves on 127.0.0.1.
 pub async fn start(config: Config) -> Result<Running, LocalError> {
-    let store = Store::open(config.db.as_deref())?;
+    let store = Store::open(config.db.as_deref()).map_err(|e| match (e.is_busy(), &config.db) {
+        (true, Some(path)) => LocalError::InUse { path: path.display().to_string() },
+        _ => e.into(),
+    })?;
     let engine = Engine::builder().approval_ttl(config.approval_ttl).build();
     restore(&store, &engine)?;
     let org_key = SecretString::from(config.org_key.clone().unwrap_or_else(|| format!("conto_org_{}", random_hex(32))));

@@ -25,6 +25,16 @@ use sha2::{Digest, Sha256};
 #[error("conto-local storage: {0}")]
 pub struct StoreError(#[from] rusqlite::Error);
 
+impl StoreError {
+    /// Whether the database is locked by another connection (another process owns it).
+    pub(crate) fn is_busy(&self) -> bool {
+        matches!(
+            self.0.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
 /// The hex SHA-256 of a secret.
 pub(crate) fn hash(secret: &str) -> String {
     lower_hex(&Sha256::digest(secret.as_bytes()))
@@ -142,7 +152,11 @@ pub(crate) struct RequestRecord {
     pub expires_at: String,
 }
 
+/// The server owns its file: `EXCLUSIVE` locking takes the file lock once and keeps it (no
+/// lock/unlock system calls per statement, no shared-memory index), and a second process on
+/// the same file is refused instead of splitting the ledger.
 const SCHEMA: &str = "
+PRAGMA locking_mode = EXCLUSIVE;
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 CREATE TABLE IF NOT EXISTS agents (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL);

@@ -422,3 +422,21 @@ async fn no_secret_readable_in_the_database_file() {
     }
     eprintln!("secrets at rest: {} bytes scanned, 0 keys, 0 of {} tokens", text.len(), tokens.len());
 }
+
+/// One server owns its database file: a second server on the same file is refused with a typed
+/// error (its in-memory ledger would split every budget with the first), and the file is free
+/// again once the first server stops.
+#[tokio::test]
+async fn a_second_server_on_the_same_database_is_refused_until_the_first_stops() {
+    let db = scratch("in-use").join("local.db");
+    let first = start_on(0, db.clone()).await;
+    let second = conto_local::start(conto_local::Config { port: 0, db: Some(db.clone()), ..Default::default() }).await;
+    match second {
+        Err(conto_local::LocalError::InUse { path }) => assert_eq!(path, db.display().to_string()),
+        Err(other) => panic!("expected InUse, got {other}"),
+        Ok(_) => panic!("a second server opened a database another server owns"),
+    }
+    first.stop().await;
+    let again = start_on(0, db).await;
+    again.stop().await;
+}

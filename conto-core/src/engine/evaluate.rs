@@ -54,13 +54,16 @@ enum Next {
     Deny(Denial),
 }
 
+/// A rule's place in evaluation order: (policy index, rule index), compared as a pair.
+type Pos = (u32, u32);
+
 /// A broken rule that asks for a human, at its place in evaluation order.
-type Asked = (u32, String);
+type Asked = (Pos, String);
 
 /// Applies a rule's polarity and outcome to what it measured; words are written only for a
 /// broken rule.
 fn judge<D: Explain>(
-    (pos, policy): (u32, &str),
+    (pos, policy): (Pos, &str),
     rule: &CompiledRule,
     finding: Option<Finding<D>>,
     skip_approval: bool,
@@ -94,16 +97,18 @@ fn judge<D: Explain>(
 }
 
 /// The first phase of a decision, which needs no ledger: every stateless rule (amounts, lists,
-/// times, blackouts) judged in priority order, and the stateful ones (period spend, velocity)
-/// that come before the first stateless denial, in order, for [`Screened::finish`]. The engine
-/// screens outside its ledger lock and holds the lock only to finish and reserve.
+/// times, blackouts) judged in priority order. The stateful ones (period spend, velocity) that
+/// come before the first stateless denial are left to [`Screened::finish`], which the engine
+/// runs under the agent's ledger lock; it holds the lock for nothing else but the reservation.
 pub(crate) struct Screened<'p> {
     subject: Subject<'p>,
     skip_approval: bool,
-    /// The stateful rules still to judge: position, policy name, rule.
-    stateful: SmallVec<[(u32, &'p str, &'p CompiledRule); 16]>,
-    /// The first stateless denial, unless a stateful rule before it denies first.
-    denied: Option<Denial>,
+    policies: &'p PolicySet,
+    /// Which policies apply to the actor, one bit per policy (the first 256 inline).
+    applies: SmallVec<[u64; 4]>,
+    /// The first stateless denial and where it stands, unless a stateful rule before it
+    /// denies first.
+    denied: Option<(Pos, Denial)>,
     approvals: Vec<Asked>,
 }
 
@@ -116,39 +121,63 @@ pub(crate) fn screen<'p>(
     skip_approval: bool,
 ) -> Screened<'p> {
     let subject = Subject { intent, amount: Micros::of(intent.amount), now };
-    let mut stateful = SmallVec::new();
+    let mut applies = SmallVec::from_elem(0u64, policies.policies.len().div_ceil(64));
     let mut approvals = Vec::new();
-    let mut pos = 0u32;
-    for policy in policies.policies.iter().filter(|p| p.applies_to(intent.actor.as_str())) {
-        for rule in &policy.rules {
+    let mut denied = None;
+    'policies: for (p, policy) in policies.policies.iter().enumerate() {
+        if !policy.applies_to(intent.actor.as_str()) {
+            continue;
+        }
+        applies[p / 64] |= 1 << (p % 64);
+        for (r, rule) in policy.rules.iter().enumerate() {
             if !rule.rails.matches(&intent.rail) {
                 continue;
             }
-            pos += 1;
+            // Policy files are far below 2^32 policies or rules.
+            let pos = (p as u32, r as u32);
             let (at, a) = ((pos, policy.name.as_str()), &mut approvals);
             let next = match &rule.check {
-                Check::Cumulative(_) | Check::Velocity(_) => {
-                    stateful.push((pos, policy.name.as_str(), rule));
-                    Next::Continue
-                }
+                Check::Cumulative(_) | Check::Velocity(_) => Next::Continue,
                 Check::Amount(r) => judge(at, rule, r.check(&subject), skip_approval, a),
                 Check::List(r) => judge(at, rule, r.check(&subject), skip_approval, a),
                 Check::Time(r) => judge(at, rule, Some(r.check(&subject)), skip_approval, a),
                 Check::Blackout(r) => judge(at, rule, Some(r.check(&subject)), skip_approval, a),
             };
             if let Next::Deny(denial) = next {
-                return Screened { subject, skip_approval, stateful, denied: Some(denial), approvals };
+                denied = Some((pos, denial));
+                break 'policies;
             }
         }
     }
-    Screened { subject, skip_approval, stateful, denied: None, approvals }
+    Screened { subject, skip_approval, policies, applies, denied, approvals }
 }
 
-impl Screened<'_> {
+impl<'p> Screened<'p> {
+    /// The stateful rules to judge, in order: of a policy that applies, on the intent's rail,
+    /// and before the first stateless denial.
+    fn stateful(&self) -> impl Iterator<Item = (Pos, &'p str, &'p CompiledRule)> + '_ {
+        let policies = self.policies;
+        let rail = &self.subject.intent.rail;
+        let until = self.denied.as_ref().map(|(pos, _)| *pos);
+        policies
+            .stateful
+            .iter()
+            .take_while(move |pos| until.is_none_or(|until| **pos < until))
+            .filter(|(p, _)| self.applies.get(*p as usize / 64).is_some_and(|bits| bits >> (p % 64) & 1 == 1))
+            .filter_map(move |&(p, r)| {
+                let policy = policies.policies.get(p as usize)?;
+                let rule = policy.rules.get(r as usize)?;
+                rule.rails.matches(rail).then_some(((p, r), policy.name.as_str(), rule))
+            })
+    }
+
     /// The denial that stands without reading any ledger: a stateless rule denied and no
     /// stateful rule comes before it.
     pub fn denied_outright(&mut self) -> Option<Denial> {
-        if self.stateful.is_empty() { self.denied.take() } else { None }
+        if self.denied.is_some() && self.stateful().next().is_none() {
+            return self.denied.take().map(|(_, denial)| denial);
+        }
+        None
     }
 
     /// Whether the screen already denied (the decision can only be a denial).
@@ -157,29 +186,30 @@ impl Screened<'_> {
     }
 
     /// The second phase: judges the stateful rules on `ledger`, in order, and concludes.
-    pub fn finish(self, ledger: &mut impl Reads) -> Evaluation {
-        let Screened { subject, skip_approval, stateful, denied, mut approvals } = self;
+    pub fn finish(mut self, ledger: &mut impl Reads) -> Evaluation {
         let mut tally = Tally::default();
         let mut windows: Vec<VelocityKey> = Vec::new();
-        for (pos, name, rule) in stateful {
+        let mut approvals = std::mem::take(&mut self.approvals);
+        let (subject, skip_approval) = (&self.subject, self.skip_approval);
+        for (pos, name, rule) in self.stateful() {
             let (at, a) = ((pos, name), &mut approvals);
             let next = match &rule.check {
-                Check::Cumulative(r) => judge(at, rule, Some(r.check(&subject, ledger, &mut tally)), skip_approval, a),
-                Check::Velocity(r) => judge(at, rule, Some(r.check(&subject, ledger, &mut windows)), skip_approval, a),
+                Check::Cumulative(r) => judge(at, rule, Some(r.check(subject, ledger, &mut tally)), skip_approval, a),
+                Check::Velocity(r) => judge(at, rule, Some(r.check(subject, ledger, &mut windows)), skip_approval, a),
                 _ => Next::Continue,
             };
             if let Next::Deny(denial) = next {
                 return Evaluation::Denied(denial);
             }
         }
-        if let Some(denial) = denied {
+        if let Some((_, denial)) = self.denied {
             return Evaluation::Denied(denial);
         }
         if approvals.is_empty() {
             let daily = tally.daily();
             Evaluation::Pass { holds: tally.into_holds(), windows, daily }
         } else {
-            // In priority order, as if judged in one pass (the sort is stable; positions unique).
+            // In priority order, as if judged in one pass (positions are unique).
             approvals.sort_by_key(|(pos, _)| *pos);
             Evaluation::NeedsApproval(approvals.into_iter().map(|(_, reason)| reason).collect())
         }

@@ -30,6 +30,16 @@ impl IdKey {
         self.0
     }
 
+    /// A fresh engine id (`auth_` and 24 random lower-case hex digits) with its key: no parse.
+    pub fn fresh() -> (Self, String) {
+        let bits = rand::random::<u128>() & ((1 << 96) - 1);
+        let mut id = String::with_capacity(5 + 24);
+        id.push_str("auth_");
+        crate::ids::push_hex(&mut id, bits, 24);
+        (Self(bits), id)
+    }
+
+    /// The key of any authorization id.
     pub fn of(id: &str) -> Self {
         if let Some(hex) = id.strip_prefix("auth_")
             && hex.len() == 24
@@ -152,6 +162,13 @@ impl From<Vec<(CounterKey, Timestamp)>> for Held {
     }
 }
 
+/// One authorization in the ledger: live until it ends, then kept for the retention window.
+#[derive(Debug)]
+enum Slot {
+    Live(Reservation),
+    Closed(Closed),
+}
+
 /// An approval that holds part of some counters.
 #[derive(Debug, Clone)]
 pub(crate) struct Reservation {
@@ -202,9 +219,10 @@ pub struct LedgerStats {
 pub(crate) struct AgentLedger {
     pub counters: Map<CounterKey, Counter>,
     pub velocity: Map<VelocityKey, VecDeque<(Timestamp, u64)>>,
-    live: Map<IdKey, Reservation>,
+    /// Every authorization, live or ended within the retention window: one lookup settles.
+    book: Map<IdKey, Slot>,
+    live: usize,
     expiries: BinaryHeap<Reverse<(Timestamp, IdKey)>>,
-    closed: Map<IdKey, Closed>,
     closed_order: VecDeque<(Timestamp, IdKey)>,
     /// Totals but `total_spent`, which is `spent` (micro-units, summed without a decimal).
     stats: LedgerStats,
@@ -257,7 +275,10 @@ impl AgentLedger {
     /// afresh when it still holds an older period, `None` when it already holds a newer one.
     fn period_counter(&mut self, key: &CounterKey, start: Timestamp) -> Option<&mut Counter> {
         let fresh = Counter { period_start: start, spent: Micros::ZERO, reserved: Micros::ZERO };
-        let c = self.counters.entry(key.clone()).or_insert(fresh);
+        if !self.counters.contains_key(key) {
+            self.counters.insert(key.clone(), fresh);
+        }
+        let c = self.counters.get_mut(key)?;
         if c.period_start < start {
             *c = fresh;
         }
@@ -281,7 +302,7 @@ impl AgentLedger {
     /// Reserves `amount` on every counter and a slot in every window.
     pub fn reserve(
         &mut self,
-        id: &str,
+        key: IdKey,
         amount: Micros,
         expires_at: Timestamp,
         holds: Held,
@@ -300,40 +321,38 @@ impl AgentLedger {
             self.velocity.entry(key.clone()).or_default().push_back((now, seq));
             slots.push((key, seq));
         }
-        let key = IdKey::of(id);
         self.expiries.push(Reverse((expires_at, key)));
-        self.live.insert(key, Reservation { amount, holds, slots });
+        if let Some(Slot::Live(_)) = self.book.insert(key, Slot::Live(Reservation { amount, holds, slots })) {
+            self.live -= 1;
+        }
+        self.live += 1;
         self.stats.approved += 1;
     }
 
-    /// Gives back a reservation's holds; a settled one keeps its velocity slots (it was used).
-    fn unhold(&mut self, r: &Reservation, settled: Option<Micros>) {
-        for (key, start) in r.holds.iter() {
-            if let Some(c) = self.counters.get_mut(key)
-                && c.period_start == *start
-            {
-                c.reserved -= r.amount;
-                if let Some(s) = settled {
-                    c.spent += s;
-                }
-            }
+    /// Ends a live reservation as `how`: its holds become spend of `settled`, or are given
+    /// back (`None`: a release or an expiry, which also frees its velocity slots). `false` when
+    /// it is not live.
+    fn end(&mut self, key: IdKey, settled: Option<Micros>, how: Closed, now: Timestamp) -> bool {
+        let Some(slot) = self.book.get_mut(&key) else { return false };
+        if !matches!(slot, Slot::Live(_)) {
+            return false;
         }
-        if settled.is_none() {
-            for (key, seq) in &r.slots {
-                if let Some(q) = self.velocity.get_mut(key) {
-                    q.retain(|(_, s)| s != seq);
-                }
-            }
-        }
+        let Slot::Live(r) = std::mem::replace(slot, Slot::Closed(how)) else { return false };
+        self.live -= 1;
+        self.closed_order.push_back((now, key));
+        unhold(&mut self.counters, &mut self.velocity, &r, settled);
+        true
     }
 
-    /// Turns a live reservation into spend of `settled` (≤ the reserved amount).
-    pub fn settle(&mut self, id: &str, settled: Micros) -> Option<Reservation> {
-        let r = self.live.remove(&IdKey::of(id))?;
-        self.unhold(&r, Some(settled));
-        self.stats.recorded += 1;
-        self.spent += i128::from(settled.0);
-        Some(r)
+    /// Turns a live reservation into spend of `settled` (≤ the reserved amount), keeping what
+    /// answers its repeats. `false` when it is not live.
+    pub fn settle(&mut self, key: IdKey, settled: Micros, kept: Kept, now: Timestamp) -> bool {
+        let done = self.end(key, Some(settled), Closed::Recorded(kept), now);
+        if done {
+            self.stats.recorded += 1;
+            self.spent += i128::from(settled.0);
+        }
+        done
     }
 
     /// Counts a late settlement (its reservation already expired) into the current periods.
@@ -365,33 +384,37 @@ impl AgentLedger {
         self.spent += i128::from(settled.0);
     }
 
-    /// Frees a live reservation.
-    pub fn release(&mut self, id: &str) -> bool {
-        match self.live.remove(&IdKey::of(id)) {
-            Some(r) => {
-                self.unhold(&r, None);
-                self.stats.released += 1;
-                true
-            }
-            None => false,
+    /// Frees a live reservation. `false` when it is not live.
+    pub fn release(&mut self, key: IdKey, now: Timestamp) -> bool {
+        let done = self.end(key, None, Closed::Released, now);
+        if done {
+            self.stats.released += 1;
+        }
+        done
+    }
+
+    /// Remembers how an authorization that is not live ended (a late record, a replay).
+    pub fn close(&mut self, key: IdKey, how: Closed, now: Timestamp) {
+        self.closed_order.push_back((now, key));
+        if let Some(Slot::Live(_)) = self.book.insert(key, Slot::Closed(how)) {
+            self.live -= 1;
         }
     }
 
-    /// Remembers how a reservation ended, until `now + retention`.
-    pub fn close(&mut self, id: &str, how: Closed, now: Timestamp) {
-        let key = IdKey::of(id);
-        self.closed_order.push_back((now, key));
-        self.closed.insert(key, how);
-    }
-
-    /// How a reservation ended, if it did within the retention window.
-    pub fn closed(&self, id: &str) -> Option<&Closed> {
-        self.closed.get(&IdKey::of(id))
+    /// How an authorization ended, if it did within the retention window.
+    pub fn closed(&self, key: IdKey) -> Option<&Closed> {
+        match self.book.get(&key) {
+            Some(Slot::Closed(how)) => Some(how),
+            _ => None,
+        }
     }
 
     /// The amount a live reservation holds.
-    pub fn reserved(&self, id: &str) -> Option<Micros> {
-        self.live.get(&IdKey::of(id)).map(|r| r.amount)
+    pub fn reserved(&self, key: IdKey) -> Option<Micros> {
+        match self.book.get(&key) {
+            Some(Slot::Live(r)) => Some(r.amount),
+            _ => None,
+        }
     }
 
     /// Totals over the ledger's life.
@@ -402,31 +425,56 @@ impl AgentLedger {
 
     /// How many reservations are live.
     pub fn live_count(&self) -> usize {
-        self.live.len()
+        self.live
     }
 
-    /// Expires reservations past their time and forgets closed ones past `retention`.
+    /// Expires reservations past their time and forgets ended ones past `retention`.
     pub fn sweep(&mut self, now: Timestamp, retention: SignedDuration) -> usize {
         let mut expired = 0;
         while let Some(Reverse((at, _))) = self.expiries.peek() {
             if *at > now {
                 break;
             }
-            let Some(Reverse((_, id))) = self.expiries.pop() else { break };
-            if let Some(r) = self.live.remove(&id) {
-                self.unhold(&r, None);
+            let Some(Reverse((_, key))) = self.expiries.pop() else { break };
+            if self.end(key, None, Closed::Expired, now) {
                 self.stats.expired += 1;
                 expired += 1;
-                self.closed_order.push_back((now, id));
-                self.closed.insert(id, Closed::Expired);
             }
         }
         let horizon = now.checked_sub(retention).unwrap_or(Timestamp::MIN);
         while self.closed_order.front().is_some_and(|(t, _)| *t < horizon) {
-            if let Some((_, id)) = self.closed_order.pop_front() {
-                self.closed.remove(&id);
+            if let Some((_, key)) = self.closed_order.pop_front()
+                && let Some(Slot::Closed(_)) = self.book.get(&key)
+            {
+                self.book.remove(&key);
             }
         }
         expired
+    }
+}
+
+/// Gives back a reservation's holds; a settled one keeps its velocity slots (it was used).
+fn unhold(
+    counters: &mut Map<CounterKey, Counter>,
+    velocity: &mut Map<VelocityKey, VecDeque<(Timestamp, u64)>>,
+    r: &Reservation,
+    settled: Option<Micros>,
+) {
+    for (key, start) in r.holds.iter() {
+        if let Some(c) = counters.get_mut(key)
+            && c.period_start == *start
+        {
+            c.reserved -= r.amount;
+            if let Some(s) = settled {
+                c.spent += s;
+            }
+        }
+    }
+    if settled.is_none() {
+        for (key, seq) in &r.slots {
+            if let Some(q) = velocity.get_mut(key) {
+                q.retain(|(_, s)| s != seq);
+            }
+        }
     }
 }

@@ -40,7 +40,7 @@ use crate::lifecycle::{ActorLifecycle, Ensured, LifecycleError};
 use crate::money::Amount;
 use crate::policy::{PolicyError, PolicySet};
 use evaluate::{Evaluation, evaluate};
-use ledger::{AgentLedger, Closed, Kept};
+use ledger::{AgentLedger, Closed, IdKey, Kept};
 
 /// How long an approval may wait for its settlement (Conto: 10 minutes for `payments/approve`).
 pub const DEFAULT_APPROVAL_TTL: SignedDuration = SignedDuration::from_mins(10);
@@ -299,7 +299,7 @@ fn answer(authorization: &Authorization, kept: &Kept) -> Recorded {
         authorization_id: authorization.id.clone(),
         // Kept from an `Amount`, so always one; the approved amount is the bound regardless.
         amount: Amount::from_micros(kept.counted.0).unwrap_or(authorization.amount),
-        transaction_id: Some(transaction_id(&authorization.id)),
+        transaction_id: Some(transaction_id(IdKey::of(&authorization.id))),
         late: kept.late,
         queued: false,
         actor_inactive: kept.actor_inactive,
@@ -309,9 +309,9 @@ fn answer(authorization: &Authorization, kept: &Kept) -> Recorded {
 /// The engine's transaction reference for a recorded authorization: derived from the
 /// authorization's id, so a replayed record (in this process or from the journal) answers the
 /// same reference without the ledger keeping a copy.
-fn transaction_id(authorization_id: &str) -> String {
+fn transaction_id(key: IdKey) -> String {
     // An odd multiplier is a bijection on the low bits: distinct ids, distinct references.
-    let bits = ledger::IdKey::of(authorization_id).bits().wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    let bits = key.bits().wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
     let mut out = String::with_capacity(3 + 24);
     out.push_str("tx_");
     crate::ids::push_hex(&mut out, bits, 24);
@@ -554,7 +554,7 @@ impl Engine {
         if let Some(denial) = screened.denied_outright() {
             return Ok(Decision::from_policy(Verdict::Denied(denial)));
         }
-        let id = (!screened.is_denied()).then(|| random_id("auth_", 12));
+        let id = (!screened.is_denied()).then(IdKey::fresh);
         let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
         let ledger = self.ledger(&intent.actor);
         let mut ledger = lock(&ledger);
@@ -562,8 +562,8 @@ impl Engine {
         Ok(match (screened.finish(&mut *ledger), id) {
             (Evaluation::Pass { holds, windows, daily }, id) => {
                 // (A screened denial never passes, so the id is always there.)
-                let id = id.unwrap_or_else(|| random_id("auth_", 12));
-                self.reserve(&mut ledger, &id, intent, expires_at, holds, windows, now)?;
+                let (key, id) = id.unwrap_or_else(IdKey::fresh);
+                self.reserve(&mut ledger, (key, &id), intent, expires_at, holds, windows, now)?;
                 drop(ledger);
                 let limits = limits_of(daily);
                 let authorization =
@@ -628,7 +628,7 @@ impl Engine {
                         queued: false,
                         actor_inactive: false,
                     };
-                    lock(&ledger).close(id, kept(&recorded, *settled, reference), *at);
+                    lock(&ledger).close(IdKey::of(id), kept(&recorded, *settled, reference), *at);
                 }
                 Entry::Released { id, .. } => {
                     live.remove(id.as_str());
@@ -688,9 +688,9 @@ impl Engine {
         daily: Option<(Decimal, Decimal)>,
         now: Timestamp,
     ) -> Result<Authorization, AuthorityError> {
-        let id = random_id("auth_", 12);
+        let (key, id) = IdKey::fresh();
         let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
-        self.reserve(ledger, &id, &intent, expires_at, holds, windows, now)?;
+        self.reserve(ledger, (key, &id), &intent, expires_at, holds, windows, now)?;
         let limits = limits_of(daily);
         Ok(Authorization { id, token: None, amount: intent.amount, expires_at, limits, intent })
     }
@@ -700,7 +700,7 @@ impl Engine {
     fn reserve(
         &self,
         ledger: &mut AgentLedger,
-        id: &str,
+        (key, id): (IdKey, &str),
         intent: &PaymentIntent,
         expires_at: Timestamp,
         holds: ledger::Held,
@@ -713,7 +713,7 @@ impl Engine {
             amount: intent.amount,
             expires_at,
         })?;
-        ledger.reserve(id, Micros::of(intent.amount), expires_at, holds, windows, now);
+        ledger.reserve(key, Micros::of(intent.amount), expires_at, holds, windows, now);
         Ok(())
     }
 
@@ -728,9 +728,10 @@ impl Engine {
         let settled = settlement.amount.unwrap_or(authorization.amount);
         // A live reservation is never also closed: look the (small) live map up first, the
         // retention window's closed map only for a repeat.
-        let live = ledger.reserved(&authorization.id);
+        let key = IdKey::of(&authorization.id);
+        let live = ledger.reserved(key);
         if live.is_none()
-            && let Some(closed) = ledger.closed(&authorization.id)
+            && let Some(closed) = ledger.closed(key)
         {
             return match closed {
                 // The same settlement (compared as counted: an excess is clamped either way).
@@ -760,12 +761,12 @@ impl Engine {
                     let recorded = Recorded {
                         authorization_id: authorization.id.clone(),
                         amount: counted,
-                        transaction_id: Some(transaction_id(&authorization.id)),
+                        transaction_id: Some(transaction_id(key)),
                         late: true,
                         queued: false,
                         actor_inactive,
                     };
-                    ledger.close(&authorization.id, kept(&recorded, settled, &settlement.reference), now);
+                    ledger.close(key, kept(&recorded, settled, &settlement.reference), now);
                     Ok(recorded)
                 }
             };
@@ -785,7 +786,6 @@ impl Engine {
             reference: settlement.reference.clone(),
             at: now,
         })?;
-        ledger.settle(&authorization.id, counted);
         let kept = Kept {
             counted,
             settled: Micros::of(settled),
@@ -793,12 +793,12 @@ impl Engine {
             actor_inactive,
             reference: settlement.reference.as_deref().map(Box::from),
         };
-        ledger.close(&authorization.id, Closed::Recorded(kept), now);
+        ledger.settle(key, counted, kept, now);
         drop(ledger);
         Ok(Recorded {
             authorization_id: authorization.id.clone(),
             amount: counted_amount,
-            transaction_id: Some(transaction_id(&authorization.id)),
+            transaction_id: Some(transaction_id(key)),
             late: false,
             queued: false,
             actor_inactive,
@@ -837,19 +837,13 @@ impl Engine {
         let mut ledger = lock(&ledger);
         // Already live, or already ended (recorded, released, expired): nothing to restore. A
         // live reservation is never also closed; `settle` relies on it.
-        if ledger.reserved(&authorization.id).is_some() || ledger.closed(&authorization.id).is_some() {
+        let key = IdKey::of(&authorization.id);
+        if ledger.reserved(key).is_some() || ledger.closed(key).is_some() {
             return;
         }
         let policies = self.inner.policies.load();
         let (holds, windows) = evaluate::all_keys(&policies, &authorization.intent, &mut *ledger, now);
-        ledger.reserve(
-            &authorization.id,
-            Micros::of(authorization.amount),
-            authorization.expires_at,
-            holds.into(),
-            windows,
-            now,
-        );
+        ledger.reserve(key, Micros::of(authorization.amount), authorization.expires_at, holds.into(), windows, now);
     }
 
     /// Re-creates a request for human approval (after a restart).
@@ -866,8 +860,8 @@ impl Engine {
         let now = self.now();
         let ledger = self.ledger(&authorization.intent.actor);
         let mut ledger = lock(&ledger);
-        if ledger.release(&authorization.id) {
-            ledger.close(&authorization.id, Closed::Released, now);
+        let key = IdKey::of(&authorization.id);
+        if ledger.release(key, now) {
             // Unjournaled, a release only makes the reservation come back after a restart
             // until it expires: bounded, so a failure here is logged, not returned.
             let entry = Entry::Released { id: authorization.id.clone(), actor: authorization.intent.actor.clone() };
@@ -876,7 +870,7 @@ impl Engine {
             }
             return Ok(());
         }
-        match ledger.closed(&authorization.id) {
+        match ledger.closed(key) {
             Some(Closed::Released | Closed::Expired) => Ok(()),
             Some(Closed::Recorded(_)) => Ok(()),
             None => Err(LedgerError::UnknownAuthorization(authorization.id.clone()).into()),

@@ -307,6 +307,9 @@ impl Policy {
 pub struct PolicySet {
     pub(crate) policies: Vec<Policy>,
     agents: Vec<ActorId>,
+    /// Where the stateful rules (period spend, velocity) are, as (policy, rule) indexes in
+    /// evaluation order: what a decision judges under the agent's ledger lock.
+    pub(crate) stateful: Vec<(u32, u32)>,
 }
 
 impl PolicySet {
@@ -363,7 +366,8 @@ impl PolicySet {
         // Stable: equal priorities keep file order.
         policies.sort_by_key(|p| std::cmp::Reverse(p.priority));
         intern_counters(&mut policies);
-        Ok(Self { policies, agents })
+        let stateful = stateful_rules(&policies);
+        Ok(Self { policies, agents, stateful })
     }
 
     /// The policies, highest priority first.
@@ -380,13 +384,28 @@ impl PolicySet {
         }
         policies.sort_by_key(|p| std::cmp::Reverse(p.priority));
         intern_counters(&mut policies);
-        PolicySet { policies, agents }
+        let stateful = stateful_rules(&policies);
+        PolicySet { policies, agents, stateful }
     }
 
     /// The actors the file provisions (its top-level `agents` list).
     pub fn agents(&self) -> &[ActorId] {
         &self.agents
     }
+}
+
+/// The (policy, rule) indexes of the rules that read a ledger, in evaluation order.
+fn stateful_rules(policies: &[Policy]) -> Vec<(u32, u32)> {
+    let mut at = Vec::new();
+    for (p, policy) in policies.iter().enumerate() {
+        for (r, rule) in policy.rules.iter().enumerate() {
+            if matches!(rule.check, rules::Check::Cumulative(_) | rules::Check::Velocity(_)) {
+                // Policy files are far below 2^32 policies or rules.
+                at.push((p as u32, r as u32));
+            }
+        }
+    }
+    at
 }
 
 /// Makes rules that count the same quantity share one id allocation, so a decision tells them
