@@ -478,14 +478,14 @@ pub mod headers {
 }
 
 fn add_receipt_headers(h: &mut http::HeaderMap, authorization: &Authorization, recorded: &Recorded) {
-    let text = |s: String| HeaderValue::from_str(&s).ok();
-    if let Some(v) = text(recorded.authorization_id.clone()) {
+    let text = |s: &str| HeaderValue::from_str(s).ok();
+    if let Some(v) = text(&recorded.authorization_id) {
         h.insert(headers::AUTHORIZATION_ID, v);
     }
-    if let Some(v) = text(recorded.amount.to_string()) {
+    if let Some(v) = text(&recorded.amount.to_string()) {
         h.insert(headers::RECORDED_AMOUNT, v);
     }
-    if let Some(v) = authorization.daily_remaining_after(recorded.amount).and_then(|r| text(r.to_string())) {
+    if let Some(v) = authorization.daily_remaining_after(recorded.amount).and_then(|r| text(&r.to_string())) {
         h.insert(headers::DAILY_REMAINING, v);
     }
 }

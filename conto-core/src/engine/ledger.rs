@@ -162,13 +162,6 @@ impl From<Vec<(CounterKey, Timestamp)>> for Held {
     }
 }
 
-/// One authorization in the ledger: live until it ends, then kept for the retention window.
-#[derive(Debug)]
-enum Slot {
-    Live(Reservation),
-    Closed(Closed),
-}
-
 /// An approval that holds part of some counters.
 #[derive(Debug, Clone)]
 pub(crate) struct Reservation {
@@ -219,9 +212,11 @@ pub struct LedgerStats {
 pub(crate) struct AgentLedger {
     pub counters: Map<CounterKey, Counter>,
     pub velocity: Map<VelocityKey, VecDeque<(Timestamp, u64)>>,
-    /// Every authorization, live or ended within the retention window: one lookup settles.
-    book: Map<IdKey, Slot>,
-    live: usize,
+    /// Live reservations: a small map, apart from the retention window's large one, so a
+    /// decision and its settle stay in cache however much history is kept.
+    live: Map<IdKey, Reservation>,
+    /// How authorizations ended, for the retention window (compact: one per payment).
+    closed: Map<IdKey, Closed>,
     expiries: BinaryHeap<Reverse<(Timestamp, IdKey)>>,
     closed_order: VecDeque<(Timestamp, IdKey)>,
     /// Totals but `total_spent`, which is `spent` (micro-units, summed without a decimal).
@@ -322,10 +317,7 @@ impl AgentLedger {
             slots.push((key, seq));
         }
         self.expiries.push(Reverse((expires_at, key)));
-        if let Some(Slot::Live(_)) = self.book.insert(key, Slot::Live(Reservation { amount, holds, slots })) {
-            self.live -= 1;
-        }
-        self.live += 1;
+        self.live.insert(key, Reservation { amount, holds, slots });
         self.stats.approved += 1;
     }
 
@@ -333,14 +325,9 @@ impl AgentLedger {
     /// back (`None`: a release or an expiry, which also frees its velocity slots). `false` when
     /// it is not live.
     fn end(&mut self, key: IdKey, settled: Option<Micros>, how: Closed, now: Timestamp) -> bool {
-        let Some(slot) = self.book.get_mut(&key) else { return false };
-        if !matches!(slot, Slot::Live(_)) {
-            return false;
-        }
-        let Slot::Live(r) = std::mem::replace(slot, Slot::Closed(how)) else { return false };
-        self.live -= 1;
-        self.closed_order.push_back((now, key));
+        let Some(r) = self.live.remove(&key) else { return false };
         unhold(&mut self.counters, &mut self.velocity, &r, settled);
+        self.close(key, how, now);
         true
     }
 
@@ -393,28 +380,20 @@ impl AgentLedger {
         done
     }
 
-    /// Remembers how an authorization that is not live ended (a late record, a replay).
+    /// Remembers how an authorization ended (a live one is ended with `settle` or `release`).
     pub fn close(&mut self, key: IdKey, how: Closed, now: Timestamp) {
         self.closed_order.push_back((now, key));
-        if let Some(Slot::Live(_)) = self.book.insert(key, Slot::Closed(how)) {
-            self.live -= 1;
-        }
+        self.closed.insert(key, how);
     }
 
     /// How an authorization ended, if it did within the retention window.
     pub fn closed(&self, key: IdKey) -> Option<&Closed> {
-        match self.book.get(&key) {
-            Some(Slot::Closed(how)) => Some(how),
-            _ => None,
-        }
+        self.closed.get(&key)
     }
 
     /// The amount a live reservation holds.
     pub fn reserved(&self, key: IdKey) -> Option<Micros> {
-        match self.book.get(&key) {
-            Some(Slot::Live(r)) => Some(r.amount),
-            _ => None,
-        }
+        self.live.get(&key).map(|r| r.amount)
     }
 
     /// Totals over the ledger's life.
@@ -425,7 +404,7 @@ impl AgentLedger {
 
     /// How many reservations are live.
     pub fn live_count(&self) -> usize {
-        self.live
+        self.live.len()
     }
 
     /// Expires reservations past their time and forgets ended ones past `retention`.
@@ -443,10 +422,8 @@ impl AgentLedger {
         }
         let horizon = now.checked_sub(retention).unwrap_or(Timestamp::MIN);
         while self.closed_order.front().is_some_and(|(t, _)| *t < horizon) {
-            if let Some((_, key)) = self.closed_order.pop_front()
-                && let Some(Slot::Closed(_)) = self.book.get(&key)
-            {
-                self.book.remove(&key);
+            if let Some((_, key)) = self.closed_order.pop_front() {
+                self.closed.remove(&key);
             }
         }
         expired

@@ -2,7 +2,11 @@
 //! reservation ledger.
 //!
 //! Each agent has its own ledger behind its own lock, so agents never wait for each other; the
-//! policy set is swapped atomically and read without locking.
+//! policy set is swapped atomically and read without locking. A decision holds its agent's lock
+//! only for what needs the ledger: the stateless rules are judged before it is taken, the
+//! approval's id and the authorization are built outside it, and an approval is reserved
+//! before it is released (check and reserve are one step: no two decisions spend the same
+//! headroom).
 //!
 //! That ledger is this process's own: N replicas of a service on [`Engine`] each enforce every
 //! limit alone (N × each budget in all). [`SharedEngine`] keeps the ledger in a
