@@ -1,6 +1,8 @@
 //! SQLite persistence: agents, SDK keys, policies, approvals, spends and idempotency keys, so a
 //! restart loses nothing. Keys and approval tokens are stored as SHA-256 hashes.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -59,9 +61,15 @@ fn lower_hex(bytes: &[u8]) -> String {
 
 pub(crate) struct Store {
     conn: Connection,
+    /// Live SDK keys already looked up, by hash: the key check of every request without a
+    /// query. Emptied by every write to `sdk_keys` or `agents`; airtight because this
+    /// process owns the database (EXCLUSIVE locking: nothing else writes it). Misses are not
+    /// kept, so unknown keys cannot grow it.
+    keys: RefCell<HashMap<String, KeyRecord>>,
 }
 
 /// An SDK key's record.
+#[derive(Clone)]
 pub(crate) struct KeyRecord {
     pub agent_id: String,
     pub scopes: Vec<String>,
@@ -196,10 +204,11 @@ impl Store {
         conn.execute("UPDATE approval_requests SET approval_token = NULL WHERE approval_token IS NOT NULL", [])?;
         // Every statement is prepared once and reused (parsing SQL was a tenth of a decision).
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Self { conn })
+        Ok(Self { conn, keys: RefCell::default() })
     }
 
     pub fn add_agent(&self, id: &str, name: &str, now: &str) -> Result<(), StoreError> {
+        self.keys.borrow_mut().clear();
         self.conn
             .prepare_cached("INSERT INTO agents (id, name, created_at) VALUES (?1, ?2, ?3)")?
             .execute(params![id, name, now])?;
@@ -222,11 +231,13 @@ impl Store {
     }
 
     pub fn set_agent_status(&self, id: &str, status: &str) -> Result<bool, StoreError> {
+        self.keys.borrow_mut().clear();
         Ok(self.conn.prepare_cached("UPDATE agents SET status = ?2 WHERE id = ?1")?.execute(params![id, status])? > 0)
     }
 
     /// Deletes the agent and revokes its keys; its spend history stays.
     pub fn delete_agent(&self, id: &str, now: &str) -> Result<bool, StoreError> {
+        self.keys.borrow_mut().clear();
         self.conn
             .prepare_cached("UPDATE sdk_keys SET revoked_at = ?2 WHERE agent_id = ?1 AND revoked_at IS NULL")?
             .execute(params![id, now])?;
@@ -255,6 +266,7 @@ impl Store {
     }
 
     pub fn revoke_key(&self, agent_id: &str, key_id: &str, now: &str) -> Result<bool, StoreError> {
+        self.keys.borrow_mut().clear();
         Ok(self
             .conn
             .prepare_cached(
@@ -285,6 +297,7 @@ impl Store {
         expires_at: &str,
         now: &str,
     ) -> Result<(), StoreError> {
+        self.keys.borrow_mut().clear();
         self.conn.prepare_cached(
             "INSERT INTO sdk_keys (id, agent_id, key_hash, key_prefix, name, key_type, scopes, expires_at, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?.execute(
@@ -294,11 +307,15 @@ impl Store {
     }
 
     pub fn key(&self, key: &str) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self
+        let hashed = hash(key);
+        if let Some(record) = self.keys.borrow().get(&hashed) {
+            return Ok(Some(record.clone()));
+        }
+        let found = self
             .conn
             .prepare_cached(
                 "SELECT agent_id, scopes, expires_at, key_type FROM sdk_keys WHERE key_hash = ?1 AND revoked_at IS NULL")?.query_row(
-                [hash(key)],
+                [&hashed],
                 |r| {
                     let scopes: String = r.get(1)?;
                     Ok(KeyRecord {
@@ -309,7 +326,11 @@ impl Store {
                     })
                 },
             )
-            .optional()?)
+            .optional()?;
+        if let Some(record) = &found {
+            self.keys.borrow_mut().insert(hashed, record.clone());
+        }
+        Ok(found)
     }
 
     pub fn put_policy(&self, id: &str, doc: &Policy) -> Result<(), StoreError> {
@@ -615,6 +636,26 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cached_key_is_refused_as_soon_as_it_is_revoked_or_its_agent_deleted() {
+        let store = super::Store::open(None).unwrap();
+        let key = "conto_agent_0123456789abcdef0123456789abcdef";
+        let scopes = ["payments:request".to_owned()];
+        store.add_agent("agent-1", "agent-1", "2026-01-01T00:00:00Z").unwrap();
+        store.add_key("k1", "agent-1", key, "k", "standard", &scopes, "2099-01-01T00:00:00Z", "now").unwrap();
+        assert_eq!(store.key(key).unwrap().unwrap().agent_id, "agent-1");
+        assert!(store.key(key).unwrap().is_some(), "answered from the cache");
+        assert!(store.revoke_key("agent-1", "k1", "now").unwrap());
+        assert!(store.key(key).unwrap().is_none(), "revoked: refused at once");
+
+        store.add_key("k2", "agent-1", key, "k", "standard", &scopes, "2099-01-01T00:00:00Z", "now").unwrap_err();
+        let other = "conto_agent_fedcba9876543210fedcba9876543210";
+        store.add_key("k3", "agent-1", other, "k", "standard", &scopes, "2099-01-01T00:00:00Z", "now").unwrap();
+        assert!(store.key(other).unwrap().is_some());
+        assert!(store.delete_agent("agent-1", "now").unwrap());
+        assert!(store.key(other).unwrap().is_none(), "its agent deleted: refused at once");
+    }
+
     #[test]
     fn a_secret_hashes_to_its_lower_hex_sha256_as_stored_by_earlier_versions() {
         assert_eq!(super::hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
