@@ -485,6 +485,19 @@ fn a_spend_limit_ahead_of_a_per_action_cap_is_the_one_reported_and_reasons_keep_
     let (e, _) = engine_at(&text, NOON_WED);
     assert_denied(&e.decide(&transfer("10")), V::PerTxLimit);
     assert_eq!(e.usage("agent-1").live_reservations, 0);
+    // A per-action cap ahead of a spend limit that would also deny, in the same policy: the cap
+    // is reported. A spend rule for another rail ahead of it changes nothing.
+    let (e, _) = engine_at(
+        &policy(&[
+            &rule("X402_SESSION_BUDGET", "LTE", "1", "ALLOW"),
+            &rule("MAX_AMOUNT", "LTE", "5", "ALLOW"),
+            &rule("DAILY_LIMIT", "LTE", "5", "ALLOW"),
+        ]),
+        NOON_WED,
+    );
+    assert_denied(&e.decide(&transfer("10")), V::PerTxLimit);
+    approved(&e.decide(&transfer("4")));
+    assert_denied(&e.decide(&transfer("2")), V::DailyLimit);
 }
 
 #[test]
@@ -565,4 +578,19 @@ fn an_empty_allowlist_allows_nothing_and_an_empty_blocklist_blocks_nothing() {
     assert_denied(&e.decide(&transfer("1")), V::WhitelistViolation);
     let (e, _) = engine_at(&policy(&[&rule("BLOCKED_COUNTERPARTIES", "IN_LIST", "[]", "DENY")]), NOON_WED);
     approved(&e.decide(&transfer("1")));
+}
+
+#[test]
+fn a_decision_that_read_the_clock_before_midnight_never_spends_from_the_ended_day() {
+    // Two decisions race across midnight: the later one rolled the daily counter first; the
+    // earlier one (its clock read before midnight, the lock taken after) must count against the
+    // new day's counter, never see the old day as empty and hold nothing.
+    let (e, clock) = engine_at(&policy(&[&rule("DAILY_LIMIT", "LTE", "5", "ALLOW")]), "2026-06-11T00:00:01Z");
+    approved(&e.decide(&transfer("4")));
+    clock.set("2026-06-10T23:59:59Z".parse().unwrap());
+    assert_denied(&e.decide(&transfer("2")), V::DailyLimit);
+    let a = approved(&e.decide(&transfer("1"))).clone();
+    e.settle(&a, &Settlement::default()).unwrap();
+    let day = &e.usage("agent-1").counters[0];
+    assert_eq!(day.reserved + day.spent, Decimal::from(5), "every approval is held on the day it counts in");
 }

@@ -121,11 +121,10 @@ pub enum LocalError {
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    /// Another process holds the database: one server owns its file (its ledger lives in
-    /// its memory, so a second server on the same file would split every budget).
-    #[error(
-        "database {path} is in use by another process: one conto-local owns its database (run replicas on PostgreSQL)"
-    )]
+    /// Another connection holds the database (a running server, in this process or another):
+    /// one server owns its file, since its ledger lives in its memory and a second server on
+    /// the same file would split every budget.
+    #[error("database {path} is in use by a running conto-local: one server owns its database file")]
     InUse {
         /// The database file.
         path: String,
@@ -229,10 +228,7 @@ pub(crate) fn random_hex(n: usize) -> String {
 /// Starts conto-local: opens (or creates) the store, restores the engine's state from it, and
 /// serves on 127.0.0.1.
 pub async fn start(config: Config) -> Result<Running, LocalError> {
-    let store = Store::open(config.db.as_deref()).map_err(|e| match (e.is_busy(), &config.db) {
-        (true, Some(path)) => LocalError::InUse { path: path.display().to_string() },
-        _ => e.into(),
-    })?;
+    let store = open_store(config.db.as_deref())?;
     let engine = Engine::builder().approval_ttl(config.approval_ttl).build();
     restore(&store, &engine)?;
     let org_key = SecretString::from(config.org_key.clone().unwrap_or_else(|| format!("conto_org_{}", random_hex(32))));
@@ -259,6 +255,14 @@ pub async fn start(config: Config) -> Result<Running, LocalError> {
             .await;
     });
     Ok(Running { addr, org_key, shutdown: Some(tx), task, app })
+}
+
+/// Opens the store, or says the file belongs to a running server.
+fn open_store(db: Option<&std::path::Path>) -> Result<Store, LocalError> {
+    Store::open(db).map_err(|e| match (e.is_busy(), db) {
+        (true, Some(path)) => LocalError::InUse { path: path.display().to_string() },
+        _ => e.into(),
+    })
 }
 
 fn restore_policies(store: &Store, engine: &Engine) -> Result<(), LocalError> {
@@ -728,9 +732,10 @@ fn policy_docs(file: &std::path::Path) -> Result<Vec<Policy>, LocalError> {
 }
 
 /// Loads policies from a Conto policy file into the store, skipping names already present.
+/// Only while no server runs on `db` ([`LocalError::InUse`] otherwise; use [`Running::preload`]).
 pub fn preload(db: Option<&std::path::Path>, file: &std::path::Path) -> Result<usize, LocalError> {
     let docs = policy_docs(file)?;
-    preload_into(&Store::open(db)?, docs)
+    preload_into(&open_store(db)?, docs)
 }
 
 fn preload_into(store: &Store, docs: Vec<Policy>) -> Result<usize, LocalError> {
@@ -749,8 +754,10 @@ fn preload_into(store: &Store, docs: Vec<Policy>) -> Result<usize, LocalError> {
 }
 
 /// Creates an agent with a full-scope SDK key, if the agent does not exist yet; returns the key.
+/// Only while no server runs on `db` ([`LocalError::InUse`] otherwise; use
+/// [`Running::bootstrap_agent`]).
 pub fn bootstrap_agent(db: Option<&std::path::Path>, agent_id: &str) -> Result<Option<String>, LocalError> {
-    bootstrap_into(&Store::open(db)?, agent_id)
+    bootstrap_into(&open_store(db)?, agent_id)
 }
 
 fn bootstrap_into(store: &Store, agent_id: &str) -> Result<Option<String>, LocalError> {

@@ -196,6 +196,9 @@ impl Store {
             Some(p) => Connection::open(p)?,
             None => Connection::open_in_memory()?,
         };
+        // A file another server owns is refused after a short wait (a restart may overlap the
+        // previous server's last moments), not after SQLite's default 5 s.
+        conn.busy_timeout(std::time::Duration::from_secs(1))?;
         conn.execute_batch(SCHEMA)?;
         // Columns added after the first release: agent status, key revocation.
         add_column(&conn, "agents", "status", "TEXT NOT NULL DEFAULT 'ACTIVE'")?;

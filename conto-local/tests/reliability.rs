@@ -412,7 +412,7 @@ async fn no_secret_readable_in_the_database_file() {
 
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
-        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap()); // the db, its WAL and SHM
+        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap()); // the db and its WAL
     }
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.len() > 10_000, "the database was written ({} bytes)", text.len());
@@ -436,6 +436,9 @@ async fn a_second_server_on_the_same_database_is_refused_until_the_first_stops()
         Err(other) => panic!("expected InUse, got {other}"),
         Ok(_) => panic!("a second server opened a database another server owns"),
     }
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/example.json");
+    assert!(matches!(conto_local::preload(Some(&db), &policies), Err(conto_local::LocalError::InUse { .. })));
+    assert!(matches!(conto_local::bootstrap_agent(Some(&db), "agent-9"), Err(conto_local::LocalError::InUse { .. })));
     first.stop().await;
     let again = start_on(0, db).await;
     again.stop().await;

@@ -99,7 +99,7 @@ fn judge<D: Explain>(
 /// The first phase of a decision, which needs no ledger: every stateless rule (amounts, lists,
 /// times, blackouts) judged in priority order. The stateful ones (period spend, velocity) that
 /// come before the first stateless denial are left to [`Screened::finish`], which the engine
-/// runs under the agent's ledger lock; it holds the lock for nothing else but the reservation.
+/// runs under the agent's ledger lock (with the sweep, the journal write and the reservation).
 pub(crate) struct Screened<'p> {
     subject: Subject<'p>,
     skip_approval: bool,
@@ -120,6 +120,7 @@ pub(crate) fn screen<'p>(
     now: Timestamp,
     skip_approval: bool,
 ) -> Screened<'p> {
+    debug_assert!(policies.stateful_index_is_current(), "a stale stateful index");
     let subject = Subject { intent, amount: Micros::of(intent.amount), now };
     let mut applies = SmallVec::from_elem(0u64, policies.policies.len().div_ceil(64));
     let mut approvals = Vec::new();
@@ -163,7 +164,7 @@ impl<'p> Screened<'p> {
             .stateful
             .iter()
             .take_while(move |pos| until.is_none_or(|until| **pos < until))
-            .filter(|(p, _)| self.applies.get(*p as usize / 64).is_some_and(|bits| bits >> (p % 64) & 1 == 1))
+            .filter(|(p, _)| self.applies.get(*p as usize / 64).is_some_and(|bits| (bits >> (p % 64)) & 1 == 1))
             .filter_map(move |&(p, r)| {
                 let policy = policies.policies.get(p as usize)?;
                 let rule = policy.rules.get(r as usize)?;
@@ -185,8 +186,10 @@ impl<'p> Screened<'p> {
         self.denied.is_some()
     }
 
-    /// The second phase: judges the stateful rules on `ledger`, in order, and concludes.
-    pub fn finish(mut self, ledger: &mut impl Reads) -> Evaluation {
+    /// The second phase: judges the stateful rules on `ledger` at `now` (the time taken under
+    /// the ledger's lock), in order, and concludes.
+    pub fn finish(mut self, ledger: &mut impl Reads, now: Timestamp) -> Evaluation {
+        self.subject.now = now;
         let mut tally = Tally::default();
         let mut windows: Vec<VelocityKey> = Vec::new();
         let mut approvals = std::mem::take(&mut self.approvals);
@@ -225,7 +228,7 @@ pub(crate) fn evaluate(
     now: Timestamp,
     skip_approval: bool,
 ) -> Evaluation {
-    screen(policies, intent, now, skip_approval).finish(ledger)
+    screen(policies, intent, now, skip_approval).finish(ledger, now)
 }
 
 /// Every counter and window the applicable rules keep for `intent`, whatever they decide.

@@ -223,6 +223,8 @@ pub(crate) struct AgentLedger {
     stats: LedgerStats,
     spent: i128,
     next_seq: u64,
+    /// The latest time a decision on this ledger ran at (see [`AgentLedger::now`]).
+    last_now: Timestamp,
 }
 
 /// The period that contains `now`, in `tz`: `[start, end)` (`Total` is `[epoch, epoch)`:
@@ -253,6 +255,17 @@ pub(crate) fn period_bounds(period: Period, tz: &TimeZone, now: Timestamp) -> (T
 }
 
 impl AgentLedger {
+    /// The time a decision under this ledger's lock runs at: the clock's `now`, but never
+    /// earlier than a decision before it. A decision that read the clock before midnight and
+    /// waited for the lock while another rolled a counter into the new day must not read the
+    /// ended day (it would see nothing spent, and its reservation would hold nothing).
+    pub fn now(&mut self, now: Timestamp) -> Timestamp {
+        if now > self.last_now {
+            self.last_now = now;
+        }
+        self.last_now
+    }
+
     /// Spent + reserved in the current period of `key`.
     pub fn used(&mut self, key: &CounterKey, start: Timestamp) -> Micros {
         match self.counters.get_mut(key) {
@@ -398,7 +411,9 @@ impl AgentLedger {
 
     /// Totals over the ledger's life.
     pub fn stats(&self) -> LedgerStats {
-        let total_spent = Decimal::try_from_i128_with_scale(self.spent, 6).unwrap_or(Decimal::MAX).normalize();
+        let total_spent = Decimal::try_from_i128_with_scale(self.spent, crate::money::Amount::SCALE)
+            .unwrap_or(Decimal::MAX)
+            .normalize();
         LedgerStats { total_spent, ..self.stats }
     }
 

@@ -3,8 +3,8 @@
 //!
 //! Each agent has its own ledger behind its own lock, so agents never wait for each other; the
 //! policy set is swapped atomically and read without locking. A decision holds its agent's lock
-//! only for what needs the ledger: the stateless rules are judged before it is taken, the
-//! approval's id and the authorization are built outside it, and an approval is reserved
+//! only for what needs the ledger: the stateless rules are judged before it is taken, a
+//! decision's approval id and authorization are built outside it, and an approval is reserved
 //! before it is released (check and reserve are one step: no two decisions spend the same
 //! headroom).
 //!
@@ -559,11 +559,12 @@ impl Engine {
             return Ok(Decision::from_policy(Verdict::Denied(denial)));
         }
         let id = (!screened.is_denied()).then(IdKey::fresh);
-        let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
         let ledger = self.ledger(&intent.actor);
         let mut ledger = lock(&ledger);
+        let now = ledger.now(now);
+        let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
         ledger.sweep(now, self.inner.retention);
-        Ok(match (screened.finish(&mut *ledger), id) {
+        Ok(match (screened.finish(&mut *ledger, now), id) {
             (Evaluation::Pass { holds, windows, daily }, id) => {
                 // (A screened denial never passes, so the id is always there.)
                 let (key, id) = id.unwrap_or_else(IdKey::fresh);
@@ -729,6 +730,7 @@ impl Engine {
         let actor_inactive = !matches!(self.admit(&authorization.intent.actor), Ok(Ok(_)));
         let ledger = self.ledger(&authorization.intent.actor);
         let mut ledger = lock(&ledger);
+        let now = ledger.now(now);
         let settled = settlement.amount.unwrap_or(authorization.amount);
         // A live reservation is never also closed: look the (small) live map up first, the
         // retention window's closed map only for a repeat.
@@ -839,6 +841,7 @@ impl Engine {
         }
         let ledger = self.ledger(&authorization.intent.actor);
         let mut ledger = lock(&ledger);
+        let now = ledger.now(now);
         // Already live, or already ended (recorded, released, expired): nothing to restore. A
         // live reservation is never also closed; `settle` relies on it.
         let key = IdKey::of(&authorization.id);
@@ -913,6 +916,7 @@ impl Engine {
         let policies = self.inner.policies.load();
         let ledger = self.ledger(&intent.actor);
         let mut ledger = lock(&ledger);
+        let now = ledger.now(now);
         ledger.sweep(now, self.inner.retention);
         entry.state = match evaluate(&policies, &intent, &mut *ledger, now, true) {
             Evaluation::Pass { holds, windows, daily } => {

@@ -388,6 +388,21 @@ impl PolicySet {
         PolicySet { policies, agents, stateful }
     }
 
+    /// Whether `stateful` lists exactly the stateful rules (checked without allocating).
+    pub(crate) fn stateful_index_is_current(&self) -> bool {
+        let mut indexed = self.stateful.iter();
+        for (p, policy) in self.policies.iter().enumerate() {
+            for (r, rule) in policy.rules.iter().enumerate() {
+                if matches!(rule.check, rules::Check::Cumulative(_) | rules::Check::Velocity(_))
+                    && indexed.next() != Some(&(p as u32, r as u32))
+                {
+                    return false;
+                }
+            }
+        }
+        indexed.next().is_none()
+    }
+
     /// The actors the file provisions (its top-level `agents` list).
     pub fn agents(&self) -> &[ActorId] {
         &self.agents
