@@ -242,11 +242,10 @@ fn require_approval_above_asks_a_human_and_a_deny_elsewhere_wins() {
     approved(&e.decide(&transfer("500")));
     assert!(is_pending(&e.decide(&transfer("500.01"))));
 
-    let text = format!(
-        r#"[{{"name":"gate","priority":90,"rules":[{}]}},{{"name":"cap","priority":10,"rules":[{}]}}]"#,
-        rule("REQUIRE_APPROVAL_ABOVE", "GT", "500", "REQUIRE_APPROVAL"),
-        rule("MAX_AMOUNT", "LTE", "1000", "ALLOW")
-    );
+    let text = ranked(&[
+        ("gate", 90, rule("REQUIRE_APPROVAL_ABOVE", "GT", "500", "REQUIRE_APPROVAL")),
+        ("cap", 10, rule("MAX_AMOUNT", "LTE", "1000", "ALLOW")),
+    ]);
     let (e, _) = engine_at(&text, NOON_WED);
     assert_denied(&e.decide(&transfer("1500")), V::PerTxLimit);
 }
@@ -433,55 +432,58 @@ fn card_rules() {
     approved(&e.decide(&transfer("1")));
 }
 
+/// A policy file of one-rule policies: (name, priority, rule JSON).
+fn ranked(policies: &[(&str, i64, String)]) -> String {
+    let docs: Vec<String> = policies
+        .iter()
+        .map(|(name, priority, rule)| format!(r#"{{"name":"{name}","priority":{priority},"rules":[{rule}]}}"#))
+        .collect();
+    format!("[{}]", docs.join(","))
+}
+
+/// Decides a transfer of 10 under two one-rule policies, `low` (priority 10) and `high` (90):
+/// the violation and the reasons it was denied with.
+fn ranked_denial(low: String, high: String) -> (V, Vec<String>) {
+    let (e, _) = engine_at(&ranked(&[("low", 10, low), ("high", 90, high)]), NOON_WED);
+    let d = e.decide(&transfer("10"));
+    let conto_core::Verdict::Denied(denial) = d.verdict else { panic!("denied expected: {d:?}") };
+    assert_eq!(denial.violations.len(), 1, "only the first violation is returned");
+    (denial.violations[0].kind.clone(), denial.reasons)
+}
+
 #[test]
 fn priority_order_decides_which_violation_is_returned() {
-    let text = format!(
-        r#"[{{"name":"low","priority":10,"rules":[{}]}},{{"name":"high","priority":90,"rules":[{}]}}]"#,
-        rule("DAILY_LIMIT", "LTE", "5", "ALLOW"),
-        rule("MAX_AMOUNT", "LTE", "5", "ALLOW")
-    );
-    let (e, _) = engine_at(&text, NOON_WED);
-    let d = e.decide(&transfer("10"));
-    assert_denied(&d, V::PerTxLimit);
-    let conto_core::Verdict::Denied(denial) = &d.verdict else { unreachable!() };
-    assert_eq!(denial.violations.len(), 1, "only the first violation is returned");
-    assert!(denial.reasons[0].starts_with("high:"));
+    let (kind, reasons) =
+        ranked_denial(rule("DAILY_LIMIT", "LTE", "5", "ALLOW"), rule("MAX_AMOUNT", "LTE", "5", "ALLOW"));
+    assert_eq!(kind, V::PerTxLimit);
+    assert!(reasons[0].starts_with("high:"));
 }
 
 #[test]
 fn a_spend_limit_ahead_of_a_per_action_cap_is_the_one_reported_and_reasons_keep_priority_order() {
     // The engine judges stateless rules before taking the ledger lock; the answer must be the
     // one a single pass in priority order gives.
-    let text = format!(
-        r#"[{{"name":"low","priority":10,"rules":[{}]}},{{"name":"high","priority":90,"rules":[{}]}}]"#,
-        rule("MAX_AMOUNT", "LTE", "5", "ALLOW"),
-        rule("DAILY_LIMIT", "LTE", "5", "ALLOW")
-    );
-    let (e, _) = engine_at(&text, NOON_WED);
-    let d = e.decide(&transfer("10"));
-    assert_denied(&d, V::DailyLimit);
-    let conto_core::Verdict::Denied(denial) = &d.verdict else { unreachable!() };
-    assert!(denial.reasons[0].starts_with("high:"), "{:?}", denial.reasons);
+    let (kind, reasons) =
+        ranked_denial(rule("MAX_AMOUNT", "LTE", "5", "ALLOW"), rule("DAILY_LIMIT", "LTE", "5", "ALLOW"));
+    assert_eq!(kind, V::DailyLimit);
+    assert!(reasons[0].starts_with("high:"), "{reasons:?}");
 
     // Approval reasons, stateless and stateful interleaved, come back in priority order.
-    let text = format!(
-        r#"[{{"name":"a","priority":40,"rules":[{}]}},{{"name":"b","priority":30,"rules":[{}]}},
-            {{"name":"c","priority":20,"rules":[{}]}}]"#,
-        rule("REQUIRE_APPROVAL_ABOVE", "GT", "1", "REQUIRE_APPROVAL"),
-        rule("DAILY_LIMIT", "GT", "5", "REQUIRE_APPROVAL"),
-        rule("REQUIRE_APPROVAL_ABOVE", "GT", "2", "REQUIRE_APPROVAL")
-    );
+    let text = ranked(&[
+        ("a", 40, rule("REQUIRE_APPROVAL_ABOVE", "GT", "1", "REQUIRE_APPROVAL")),
+        ("b", 30, rule("DAILY_LIMIT", "GT", "5", "REQUIRE_APPROVAL")),
+        ("c", 20, rule("REQUIRE_APPROVAL_ABOVE", "GT", "2", "REQUIRE_APPROVAL")),
+    ]);
     let (e, _) = engine_at(&text, NOON_WED);
     let d = e.decide(&transfer("10"));
     let conto_core::Verdict::RequiresApproval(pending) = &d.verdict else { panic!("{d:?}") };
     let from: Vec<&str> = pending.reasons.iter().map(|r| &r[..2]).collect();
     assert_eq!(from, ["a:", "b:", "c:"], "{:?}", pending.reasons);
     // A stateless denial after a stateful one that passes still denies, and holds nothing.
-    let text = format!(
-        r#"[{{"name":"a","priority":40,"rules":[{}]}},{{"name":"b","priority":30,"rules":[{}]}}]"#,
-        rule("DAILY_LIMIT", "LTE", "100", "ALLOW"),
-        rule("MAX_AMOUNT", "LTE", "5", "ALLOW")
-    );
+    let text = ranked(&[
+        ("a", 40, rule("DAILY_LIMIT", "LTE", "100", "ALLOW")),
+        ("b", 30, rule("MAX_AMOUNT", "LTE", "5", "ALLOW")),
+    ]);
     let (e, _) = engine_at(&text, NOON_WED);
     assert_denied(&e.decide(&transfer("10")), V::PerTxLimit);
     assert_eq!(e.usage("agent-1").live_reservations, 0);
