@@ -5,7 +5,15 @@ pub(crate) fn random_hex(n: usize) -> String {
     random_id("", n)
 }
 
-/// `prefix` then `n` random bytes as lower-case hex, in one allocation (`auth_…`, `tx_…`).
+/// `prefix` then the low `digits` hex digits of `bits` (at most 32), in one allocation.
+pub(crate) fn hex_id(prefix: &str, bits: u128, digits: usize) -> String {
+    let mut out = String::with_capacity(prefix.len() + digits);
+    out.push_str(prefix);
+    push_hex(&mut out, bits, digits);
+    out
+}
+
+/// `prefix` then `n` random bytes as lower-case hex, in one allocation (`apr_…`, `ck_…`).
 pub(crate) fn random_id(prefix: &str, n: usize) -> String {
     let mut out = String::with_capacity(prefix.len() + n * 2);
     out.push_str(prefix);

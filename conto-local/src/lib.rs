@@ -221,8 +221,9 @@ pub(crate) fn now_text() -> String {
     Timestamp::now().to_string()
 }
 
+/// `n` random bytes as lower-case hex.
 pub(crate) fn random_hex(n: usize) -> String {
-    (0..n).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    store::lower_hex(&(0..n).map(|_| rand::random::<u8>()).collect::<Vec<u8>>())
 }
 
 /// Starts conto-local: opens (or creates) the store, restores the engine's state from it, and

@@ -239,7 +239,9 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
     Ok(match decision.verdict {
         Verdict::Approved(mut a) => {
-            a.token = Some(crate::store::issue_token());
+            if crate::store::confirmed_with_token(&a.intent.rail) {
+                a.token = Some(crate::store::issue_token());
+            }
             lock(&app.store).add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))?;
             let token = a.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned());
             let mut body = DecisionBody {

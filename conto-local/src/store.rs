@@ -42,14 +42,21 @@ pub(crate) fn hash(secret: &str) -> String {
     lower_hex(&Sha256::digest(secret.as_bytes()))
 }
 
+/// Whether Conto's wire confirms an approval on `rail` with its token (transfers and cards; x402
+/// and MPP records carry none).
+pub(crate) fn confirmed_with_token(rail: &Rail) -> bool {
+    matches!(rail, Rail::Transfer { .. } | Rail::Card { .. })
+}
+
 /// A fresh approval token: 32 random bytes as 64 lower-case hex digits. The server mints the
 /// tokens it checks (the embedded engine issues none: in process, the authorization value is
 /// the capability).
 pub(crate) fn issue_token() -> secrecy::SecretString {
-    lower_hex(&rand::random::<[u8; 32]>()).into()
+    crate::random_hex(32).into()
 }
 
-fn lower_hex(bytes: &[u8]) -> String {
+/// Bytes as lower-case hex.
+pub(crate) fn lower_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -91,7 +98,7 @@ impl ApprovalRecord {
     /// The row for a fresh approval. Transfer and card approvals are confirmed with their
     /// token, so its hash is kept; x402 and MPP records carry no token on Conto's wire.
     pub fn live(agent_id: &str, intent_json: String, a: &Authorization) -> Self {
-        let tokened = matches!(a.intent.rail, Rail::Transfer { .. } | Rail::Card { .. });
+        let tokened = confirmed_with_token(&a.intent.rail);
         Self {
             agent_id: agent_id.to_owned(),
             token_hash: a.token.as_ref().filter(|_| tokened).map(|t| hash(t.expose_secret())),
@@ -122,6 +129,18 @@ pub(crate) struct AgentRow {
     pub name: String,
     pub status: String,
     pub created_at: String,
+}
+
+/// An approval from `agent_id, token_hash, intent, amount, expires_at, state` (in that order).
+fn approval_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRecord> {
+    Ok(ApprovalRecord {
+        agent_id: r.get(0)?,
+        token_hash: r.get(1)?,
+        intent: r.get(2)?,
+        amount: r.get(3)?,
+        expires_at: r.get(4)?,
+        state: r.get(5)?,
+    })
 }
 
 fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
@@ -382,38 +401,17 @@ impl Store {
             .prepare_cached(
                 "SELECT agent_id, token_hash, intent, amount, expires_at, state FROM approvals WHERE id = ?1",
             )?
-            .query_row([id], |r| {
-                Ok(ApprovalRecord {
-                    agent_id: r.get(0)?,
-                    token_hash: r.get(1)?,
-                    intent: r.get(2)?,
-                    amount: r.get(3)?,
-                    expires_at: r.get(4)?,
-                    state: r.get(5)?,
-                })
-            })
+            .query_row([id], approval_row)
             .optional()?)
     }
 
     /// Live approvals, of one agent or of all.
     pub fn live_approvals(&self, agent_id: Option<&str>) -> Result<Vec<(String, ApprovalRecord)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, agent_id, token_hash, intent, amount, expires_at, state FROM approvals
+            "SELECT agent_id, token_hash, intent, amount, expires_at, state, id FROM approvals
              WHERE state = 'live' AND (?1 IS NULL OR agent_id = ?1)",
         )?;
-        let rows = stmt.query_map([agent_id], |r| {
-            Ok((
-                r.get(0)?,
-                ApprovalRecord {
-                    agent_id: r.get(1)?,
-                    token_hash: r.get(2)?,
-                    intent: r.get(3)?,
-                    amount: r.get(4)?,
-                    expires_at: r.get(5)?,
-                    state: r.get(6)?,
-                },
-            ))
-        })?;
+        let rows = stmt.query_map([agent_id], |r| Ok((r.get(6)?, approval_row(r)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -181,11 +181,6 @@ impl<'p> Screened<'p> {
         None
     }
 
-    /// Whether the screen already denied (the decision can only be a denial).
-    pub fn is_denied(&self) -> bool {
-        self.denied.is_some()
-    }
-
     /// The second phase: judges the stateful rules on `ledger` at `now` (the time taken under
     /// the ledger's lock), in order, and concludes.
     pub fn finish(mut self, ledger: &mut impl Reads, now: Timestamp) -> Evaluation {
@@ -240,26 +235,29 @@ pub(crate) fn all_keys(
 ) -> (Vec<(CounterKey, Timestamp)>, Vec<VelocityKey>) {
     let mut holds: Vec<(CounterKey, Timestamp)> = Vec::new();
     let mut windows: Vec<VelocityKey> = Vec::new();
-    for policy in policies.policies.iter().filter(|p| p.applies_to(intent.actor.as_str())) {
-        for rule in policy.rules.iter().filter(|r| r.rails.matches(&intent.rail)) {
-            match &rule.check {
-                Check::Cumulative(c) => {
-                    let counter = &c.counter;
-                    let key = counter_key(counter, intent);
-                    let start = counter.period_start(now);
-                    ledger.used(&key, start);
-                    if !holds.iter().any(|(k, _)| *k == key) {
-                        holds.push((key, start));
-                    }
+    // The stateful rules, from the policy set's index (only they keep counters and windows).
+    let stateful = policies.stateful.iter().filter_map(|&(p, r)| {
+        let policy = policies.policies.get(p as usize).filter(|p| p.applies_to(intent.actor.as_str()))?;
+        policy.rules.get(r as usize).filter(|r| r.rails.matches(&intent.rail))
+    });
+    for rule in stateful {
+        match &rule.check {
+            Check::Cumulative(c) => {
+                let counter = &c.counter;
+                let key = counter_key(counter, intent);
+                let start = counter.period_start(now);
+                ledger.used(&key, start);
+                if !holds.iter().any(|(k, _)| *k == key) {
+                    holds.push((key, start));
                 }
-                Check::Velocity(v) => {
-                    let key = velocity_key(&v.0, intent);
-                    if !windows.contains(&key) {
-                        windows.push(key);
-                    }
-                }
-                _ => {}
             }
+            Check::Velocity(v) => {
+                let key = velocity_key(&v.0, intent);
+                if !windows.contains(&key) {
+                    windows.push(key);
+                }
+            }
+            _ => {}
         }
     }
     (holds, windows)

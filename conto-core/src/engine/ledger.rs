@@ -33,10 +33,7 @@ impl IdKey {
     /// A fresh engine id (`auth_` and 24 random lower-case hex digits) with its key: no parse.
     pub fn fresh() -> (Self, String) {
         let bits = rand::random::<u128>() & ((1 << 96) - 1);
-        let mut id = String::with_capacity(5 + 24);
-        id.push_str("auth_");
-        crate::ids::push_hex(&mut id, bits, 24);
-        (Self(bits), id)
+        (Self(bits), crate::ids::hex_id("auth_", bits, 24))
     }
 
     /// The key of any authorization id.

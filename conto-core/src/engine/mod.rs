@@ -284,17 +284,11 @@ fn limits_of(daily: Option<(Decimal, Decimal)>) -> Limits {
         .unwrap_or_default()
 }
 
-/// A receipt as the ledger remembers it: without its authorization id (the closed map's key
-/// already is that id), so remembering it costs no copy of the id.
-/// What the ledger keeps of a record, to answer its repeats.
-fn kept(recorded: &Recorded, settled: Amount, reference: &Option<String>) -> Closed {
-    Closed::Recorded(Kept {
-        counted: Micros::of(recorded.amount),
-        settled: Micros::of(settled),
-        late: recorded.late,
-        actor_inactive: recorded.actor_inactive,
-        reference: reference.as_deref().map(Box::from),
-    })
+/// What the ledger keeps of a record, to answer its repeats: the amount counted, the amount
+/// reported and its reference, without the authorization id (the closed map's key already is
+/// that id) or a receipt to copy.
+fn kept(counted: Micros, settled: Amount, (late, actor_inactive): (bool, bool), reference: &Option<String>) -> Kept {
+    Kept { counted, settled: Micros::of(settled), late, actor_inactive, reference: reference.as_deref().map(Box::from) }
 }
 
 /// The answer to a repeat of a kept record.
@@ -315,11 +309,7 @@ fn answer(authorization: &Authorization, kept: &Kept) -> Recorded {
 /// same reference without the ledger keeping a copy.
 fn transaction_id(key: IdKey) -> String {
     // An odd multiplier is a bijection on the low bits: distinct ids, distinct references.
-    let bits = key.bits().wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-    let mut out = String::with_capacity(3 + 24);
-    out.push_str("tx_");
-    crate::ids::push_hex(&mut out, bits, 24);
-    out
+    crate::ids::hex_id("tx_", key.bits().wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835), 24)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -558,16 +548,14 @@ impl Engine {
         if let Some(denial) = screened.denied_outright() {
             return Ok(Decision::from_policy(Verdict::Denied(denial)));
         }
-        let id = (!screened.is_denied()).then(IdKey::fresh);
+        let (key, id) = IdKey::fresh();
         let ledger = self.ledger(&intent.actor);
         let mut ledger = lock(&ledger);
         let now = ledger.now(now);
         let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
         ledger.sweep(now, self.inner.retention);
-        Ok(match (screened.finish(&mut *ledger, now), id) {
-            (Evaluation::Pass { holds, windows, daily }, id) => {
-                // (A screened denial never passes, so the id is always there.)
-                let (key, id) = id.unwrap_or_else(IdKey::fresh);
+        Ok(match screened.finish(&mut *ledger, now) {
+            Evaluation::Pass { holds, windows, daily } => {
                 self.reserve(&mut ledger, (key, &id), intent, expires_at, holds, windows, now)?;
                 drop(ledger);
                 let limits = limits_of(daily);
@@ -575,8 +563,8 @@ impl Engine {
                     Authorization { id, token: None, amount: intent.amount, expires_at, limits, intent: shared() };
                 Decision::from_policy(Verdict::Approved(authorization))
             }
-            (Evaluation::Denied(denial), _) => Decision::from_policy(Verdict::Denied(denial)),
-            (Evaluation::NeedsApproval(reasons), _) => {
+            Evaluation::Denied(denial) => Decision::from_policy(Verdict::Denied(denial)),
+            Evaluation::NeedsApproval(reasons) => {
                 drop(ledger);
                 let id = random_id("apr_", 12);
                 let expires_at = now.saturating_add(self.inner.pending_ttl).unwrap_or(now);
@@ -625,15 +613,8 @@ impl Engine {
                     live.remove(id.as_str());
                     self.restore_spend(intent, *amount, *at);
                     let ledger = self.ledger(&intent.actor);
-                    let recorded = Recorded {
-                        authorization_id: id.clone(),
-                        amount: *amount,
-                        transaction_id: None,
-                        late: false,
-                        queued: false,
-                        actor_inactive: false,
-                    };
-                    lock(&ledger).close(IdKey::of(id), kept(&recorded, *settled, reference), *at);
+                    let how = Closed::Recorded(kept(Micros::of(*amount), *settled, (false, false), reference));
+                    lock(&ledger).close(IdKey::of(id), how, *at);
                 }
                 Entry::Released { id, .. } => {
                     live.remove(id.as_str());
@@ -772,7 +753,13 @@ impl Engine {
                         queued: false,
                         actor_inactive,
                     };
-                    ledger.close(key, kept(&recorded, settled, &settlement.reference), now);
+                    let how = Closed::Recorded(kept(
+                        Micros::of(counted),
+                        settled,
+                        (true, actor_inactive),
+                        &settlement.reference,
+                    ));
+                    ledger.close(key, how, now);
                     Ok(recorded)
                 }
             };
@@ -792,14 +779,7 @@ impl Engine {
             reference: settlement.reference.clone(),
             at: now,
         })?;
-        let kept = Kept {
-            counted,
-            settled: Micros::of(settled),
-            late: false,
-            actor_inactive,
-            reference: settlement.reference.as_deref().map(Box::from),
-        };
-        ledger.settle(key, counted, kept, now);
+        ledger.settle(key, counted, kept(counted, settled, (false, actor_inactive), &settlement.reference), now);
         drop(ledger);
         Ok(Recorded {
             authorization_id: authorization.id.clone(),
