@@ -76,12 +76,55 @@ impl Entries {
         }
     }
 
-    /// Whether any entry satisfies `f`.
-    fn any(&self, f: impl Fn(&str) -> bool) -> bool {
+    /// Whether `value` is an entry, ignoring ASCII case (the entries are stored lowercase): a
+    /// short list is scanned, a long one looked up once.
+    fn contains_ignoring_case(&self, value: &str) -> bool {
         match self {
-            Entries::Few(few) => few.iter().any(|e| f(e)),
-            Entries::Many(set) => set.iter().any(|e| f(e)),
+            Entries::Few(few) => few.iter().any(|e| e.eq_ignore_ascii_case(value)),
+            Entries::Many(set) => with_lowercase(value, |v| set.contains(v)),
         }
+    }
+
+    /// Whether `domain` or a parent domain of it is an entry, ignoring ASCII case: an entry
+    /// `example.com` lists `example.com` and `api.example.com`, not `badexample.com`. A long
+    /// list is looked up once per label, however many entries it has.
+    fn lists_domain(&self, domain: &str) -> bool {
+        match self {
+            Entries::Few(few) => few.iter().any(|e| is_domain_or_parent(domain, e)),
+            Entries::Many(set) => with_lowercase(domain, |d| {
+                set.contains(d) || d.match_indices('.').any(|(dot, _)| set.contains(&d[dot + 1..]))
+            }),
+        }
+    }
+}
+
+/// Whether `domain` is `entry` or a subdomain of it, ignoring ASCII case.
+fn is_domain_or_parent(domain: &str, entry: &str) -> bool {
+    domain.eq_ignore_ascii_case(entry)
+        || domain.len() > entry.len()
+            && domain.as_bytes()[domain.len() - entry.len() - 1] == b'.'
+            && domain.as_bytes()[domain.len() - entry.len()..].eq_ignore_ascii_case(entry.as_bytes())
+}
+
+/// Runs `f` on `value` in ASCII lowercase, copying only when it has an uppercase letter (on the
+/// stack when short).
+#[inline(never)]
+fn with_lowercase<R>(value: &str, f: impl FnOnce(&str) -> R) -> R {
+    if !value.bytes().any(|b| b.is_ascii_uppercase()) {
+        return f(value);
+    }
+    let mut buf = [0u8; 64];
+    match buf.get_mut(..value.len()) {
+        Some(short) => {
+            short.copy_from_slice(value.as_bytes());
+            short.make_ascii_lowercase();
+            // Lowercasing ASCII letters keeps UTF-8 valid.
+            match std::str::from_utf8(short) {
+                Ok(lower) => f(lower),
+                Err(_) => f(&value.to_ascii_lowercase()),
+            }
+        }
+        None => f(&value.to_ascii_lowercase()),
     }
 }
 
@@ -170,16 +213,8 @@ impl ListRule {
         };
         let listed = match field {
             Field::Counterparty | Field::Mcc => self.entries.contains(value),
-            Field::Service => self.entries.any(|e| {
-                value.eq_ignore_ascii_case(e)
-                    || (value.len() > e.len()
-                        && value.as_bytes()[value.len() - e.len() - 1] == b'.'
-                        && value[value.len() - e.len()..].eq_ignore_ascii_case(e))
-            }),
-            _ => {
-                let value = value.trim();
-                self.entries.any(|e| e.eq_ignore_ascii_case(value))
-            }
+            Field::Service => self.entries.lists_domain(value),
+            _ => self.entries.contains_ignoring_case(value.trim()),
         };
         Some(Finding { holds: listed == self.in_list, detail: Listing::Listed { field, value, listed } })
     }
@@ -218,6 +253,18 @@ mod tests {
 
     use super::Entries;
 
+    /// What a list answered before entries were looked up: a scan comparing without case.
+    fn scanned(items: &[String], value: &str) -> bool {
+        items.iter().any(|e| e.eq_ignore_ascii_case(value))
+    }
+
+    fn scanned_domain(items: &[String], v: &str) -> bool {
+        items.iter().any(|e| {
+            v.eq_ignore_ascii_case(e)
+                || (v.len() > e.len() && v.as_bytes()[v.len() - e.len() - 1] == b'.' && v[v.len() - e.len()..].eq_ignore_ascii_case(e))
+        })
+    }
+
     proptest! {
         #[test]
         fn a_short_and_a_long_list_answer_alike(
@@ -228,7 +275,20 @@ mod tests {
             let built = Entries::new(items.clone());
             for e in [&few, &many, &built] {
                 prop_assert_eq!(e.contains(&probe), items.contains(&probe));
-                prop_assert_eq!(e.any(|x| x.eq_ignore_ascii_case(&probe)), items.iter().any(|x| x.eq_ignore_ascii_case(&probe)));
+                prop_assert_eq!(e.contains_ignoring_case(&probe), scanned(&items, &probe));
+            }
+        }
+
+        /// Lowercase entries (as compiled) looked up answer as a case-blind scan does, for
+        /// names and for domains with their parents, short and long, on the stack or not.
+        #[test]
+        fn a_lookup_answers_as_a_case_blind_scan(
+            items in prop::collection::vec("[a-c]{1,3}(\\.[a-c]{1,3}){0,2}", 0..30),
+            probe in "([a-cA-C]{1,3}\\.){0,3}[a-cA-C]{1,3}|[a-cA-C.]{60,70}",
+        ) {
+            for e in [Entries::new(items.clone()), Entries::Many(items.iter().cloned().collect())] {
+                prop_assert_eq!(e.contains_ignoring_case(&probe), scanned(&items, &probe));
+                prop_assert_eq!(e.lists_domain(&probe), scanned_domain(&items, &probe));
             }
         }
     }
