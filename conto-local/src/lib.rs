@@ -5,8 +5,8 @@
 //! # Choices where Conto's docs are silent (conto-api.md §13)
 //!
 //! - Error body: `{"error": text, "code": CODE, "message": text}` with Conto's codes and statuses
-//!   (§8); idempotency conflicts are `409 IDEMPOTENCY_CONFLICT`, a duplicate still in flight is
-//!   `409 IDEMPOTENCY_IN_FLIGHT` (retryable).
+//!   (§8); idempotency conflicts are `409 IDEMPOTENCY_CONFLICT`. A repeat of a key that arrives
+//!   while the first request is still running waits for it and gets its answer.
 //! - One process owns the database file (SQLite `EXCLUSIVE` locking, kept for the server's
 //!   life): the engine's ledger lives in that process, so a second server on the same file is
 //!   refused with [`LocalError::InUse`] rather than splitting every budget in two.
@@ -138,7 +138,6 @@ pub(crate) struct App {
     org_key: SecretString,
     rate_limit: u32,
     rate: Mutex<HashMap<(String, &'static str), VecDeque<Instant>>>,
-    inflight: Mutex<HashSet<(String, String, String)>>,
     /// Tokens of human-approved requests, by request id, until the agent reads them: kept in
     /// memory only (the store keeps their hash), so a restart before pickup voids them.
     approval_tokens: Mutex<HashMap<String, SecretString>>,
@@ -239,7 +238,6 @@ pub async fn start(config: Config) -> Result<Running, LocalError> {
         org_key: org_key.clone(),
         rate_limit: config.rate_limit.max(1),
         rate: Mutex::new(HashMap::new()),
-        inflight: Mutex::new(HashSet::new()),
         approval_tokens: Mutex::new(HashMap::new()),
     });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))

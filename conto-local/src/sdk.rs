@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
-use crate::store::{ApprovalRecord, RequestRecord, hash};
+use crate::store::{ApprovalRecord, RequestRecord, Store, hash};
 use crate::{ApiError, App, lock, now_text, random_hex};
 
 pub(crate) fn routes() -> Router<Arc<App>> {
@@ -154,23 +154,28 @@ impl Answer for RecordedBody {}
 
 /// Runs `f` once per idempotency key: a repeat with the same body gets the first answer (an
 /// error included), a repeat with another body gets 409.
+///
+/// `f` runs holding the store, in one transaction with the idempotent answer: a request's
+/// writes and its answer commit together (one commit per request), and a repeat of a key
+/// that arrives while the first is running waits for its answer instead of racing it.
 fn once<T: Answer>(
     app: &App,
     caller: &Caller,
     endpoint: &str,
     headers: &HeaderMap,
     body: &PaymentBody,
-    f: impl FnOnce() -> Result<(StatusCode, T), ApiError>,
+    f: impl FnOnce(&Store) -> Result<(StatusCode, T), ApiError>,
 ) -> Result<(StatusCode, T), ApiError> {
     let key = body
         .idempotency_key
         .clone()
         .filter(|k| !k.is_empty())
         .or_else(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned));
-    let Some(key) = key else { return f() };
+    let Some(key) = key else { return lock(&app.store).batch(f)? };
     let canonical = PaymentBody { idempotency_key: None, ..body.clone() };
     let request_hash = hash(&serde_json::to_string(&canonical).unwrap_or_default());
-    if let Some((stored_hash, status, response)) = lock(&app.store).idempotent(&caller.agent, endpoint, &key)? {
+    let store = lock(&app.store);
+    if let Some((stored_hash, status, response)) = store.idempotent(&caller.agent, endpoint, &key)? {
         if stored_hash != request_hash {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -192,37 +197,28 @@ fn once<T: Answer>(
         }
         return Ok((status, answer));
     }
-    let slot = (caller.agent.clone(), endpoint.to_owned(), key.clone());
-    if !lock(&app.inflight).insert(slot.clone()) {
-        let mut e = ApiError::new(
-            StatusCode::CONFLICT,
-            "IDEMPOTENCY_IN_FLIGHT",
-            format!("a request with idempotency key `{key}` is still being processed"),
-        );
-        e.retry_after = Some(1);
-        return Err(e);
-    }
-    let result = f();
-    let stored = match &result {
-        Ok((status, answer)) => {
-            // Never store an approval token in clear: the replay copy keeps it in memory only.
-            let mut copy = answer.clone();
-            if let Some(token) = copy.take_token() {
-                lock(&app.approval_tokens)
-                    .insert(replay_slot(&caller.agent, endpoint, &key), secrecy::SecretString::from(token));
+    store.batch(|store| {
+        let result = f(store);
+        let stored = match &result {
+            Ok((status, answer)) => {
+                // Never store an approval token in clear: the replay copy keeps it in memory only.
+                let mut copy = answer.clone();
+                if let Some(token) = copy.take_token() {
+                    lock(&app.approval_tokens)
+                        .insert(replay_slot(&caller.agent, endpoint, &key), secrecy::SecretString::from(token));
+                }
+                Some((status.as_u16(), serde_json::to_string(&copy).unwrap_or_default()))
             }
-            Some((status.as_u16(), serde_json::to_string(&copy).unwrap_or_default()))
+            Err(e) if e.status.is_client_error() && e.status != StatusCode::TOO_MANY_REQUESTS => {
+                Some((e.status.as_u16(), serde_json::to_string(&e.body()).unwrap_or_default()))
+            }
+            Err(_) => None,
+        };
+        if let Some((status, response)) = stored {
+            let _ = store.remember(&caller.agent, endpoint, &key, &request_hash, status, &response, &now_text());
         }
-        Err(e) if e.status.is_client_error() && e.status != StatusCode::TOO_MANY_REQUESTS => {
-            Some((e.status.as_u16(), serde_json::to_string(&e.body()).unwrap_or_default()))
-        }
-        Err(_) => None,
-    };
-    if let Some((status, response)) = stored {
-        let _ = lock(&app.store).remember(&caller.agent, endpoint, &key, &request_hash, status, &response, &now_text());
-    }
-    lock(&app.inflight).remove(&slot);
-    result
+        result
+    })?
 }
 
 /// The in-memory slot of an idempotent answer's approval token.
@@ -233,7 +229,12 @@ fn replay_slot(agent: &str, endpoint: &str, key: &str) -> String {
 /// Decides on an intent and shapes the answer like Conto does for the rail. A decision is
 /// an answer, not an error: 200 for approved and denied (Conto's own clients read a decision
 /// body only below 400, and take 403 to mean a missing scope), 202 for requires-approval.
-fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, DecisionBody), ApiError> {
+fn decide(
+    app: &App,
+    store: &Store,
+    intent: &PaymentIntent,
+    kind: Kind,
+) -> Result<(StatusCode, DecisionBody), ApiError> {
     let decision = app.engine.decide(intent);
     let intent_json = serde_json::to_string(intent).unwrap_or_default();
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
@@ -242,7 +243,7 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
             if crate::store::confirmed_with_token(&a.intent.rail) {
                 a.token = Some(crate::store::issue_token());
             }
-            lock(&app.store).add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))?;
+            store.add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))?;
             let token = a.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned());
             let mut body = DecisionBody {
                 amount: Some(a.amount),
@@ -269,14 +270,7 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
                     body.approval_token = token;
                 }
                 Kind::Request => {
-                    lock(&app.store).put_payment_request(
-                        &a.id,
-                        intent.actor.as_str(),
-                        "APPROVED",
-                        None,
-                        &[],
-                        &now_text(),
-                    )?;
+                    store.put_payment_request(&a.id, intent.actor.as_str(), "APPROVED", None, &[], &now_text())?;
                     body.request_id = Some(a.id.clone());
                     body.status = Some("APPROVED".into());
                     body.recipient_address = recipient;
@@ -304,14 +298,7 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
                 }
                 Kind::Request => {
                     let id = format!("req_{}", random_hex(12));
-                    lock(&app.store).put_payment_request(
-                        &id,
-                        intent.actor.as_str(),
-                        "DENIED",
-                        None,
-                        &d.reasons,
-                        &now_text(),
-                    )?;
+                    store.put_payment_request(&id, intent.actor.as_str(), "DENIED", None, &d.reasons, &now_text())?;
                     body.request_id = Some(id);
                     body.status = Some("DENIED".into());
                     body.amount = Some(intent.amount);
@@ -320,7 +307,7 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
             (StatusCode::OK, body)
         }
         Verdict::RequiresApproval(p) => {
-            lock(&app.store).put_request(&RequestRecord {
+            store.put_request(&RequestRecord {
                 id: p.approval_request_id.clone(),
                 agent_id: intent.actor.as_str().to_owned(),
                 intent: intent_json,
@@ -343,7 +330,7 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
                 Kind::Card => {}
                 Kind::Request => {
                     let id = format!("req_{}", random_hex(12));
-                    lock(&app.store).put_payment_request(
+                    store.put_payment_request(
                         &id,
                         intent.actor.as_str(),
                         "REQUIRES_APPROVAL",
@@ -362,9 +349,9 @@ fn decide(app: &App, intent: &PaymentIntent, kind: Kind) -> Result<(StatusCode, 
 async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, kind.authorize_scope(), "payments")?;
     let body = payment_body(&body)?;
-    let (status, out) = once(&app, &caller, kind.authorize_path(), &headers, &body, || {
+    let (status, out) = once(&app, &caller, kind.authorize_path(), &headers, &body, |store| {
         let intent = intent_from(&caller.agent, &body, kind)?;
-        decide(&app, &intent, kind)
+        decide(&app, store, &intent, kind)
     })?;
     Ok(reply(&caller, status, out))
 }
@@ -447,13 +434,14 @@ async fn approve_card(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
 /// Settles a live approval: checks owner, token, expiry and amount, then records the spend.
 fn settle(
     app: &App,
+    store: &Store,
     agent: &str,
     id: &str,
     amount: Option<Amount>,
     reference: Option<String>,
     token: Option<&str>,
 ) -> Result<(Amount, String, Arc<PaymentIntent>), ApiError> {
-    let row = lock(&app.store).approval(id)?.filter(|r| r.agent_id == agent).ok_or_else(|| {
+    let row = store.approval(id)?.filter(|r| r.agent_id == agent).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no approval `{id}` for this agent"))
     })?;
     if row.state == "recorded" {
@@ -484,7 +472,7 @@ fn settle(
         Err(e) => return Err(bad("INVALID_STATUS", e.to_string())),
     }
     let transaction_id = format!("tx_{}", random_hex(10));
-    lock(&app.store).record_spend(
+    store.record_spend(
         id,
         agent,
         &row.intent,
@@ -527,7 +515,7 @@ async fn confirm_transfer(
     let caller = caller(&app, &headers, Kind::Transfer.record_scope(), "payments")?;
     let body = payment_body(&body)?;
     let endpoint = Kind::Transfer.record_path(&id).unwrap_or_default();
-    let (status, out) = once(&app, &caller, &endpoint, &headers, &body, || {
+    let (status, out) = once(&app, &caller, &endpoint, &headers, &body, |store| {
         let tx = body
             .tx_hash
             .clone()
@@ -542,7 +530,7 @@ async fn confirm_transfer(
             .filter(|t| !t.is_empty())
             .ok_or_else(|| bad("VALIDATION_ERROR", "`approvalToken` is required"))?;
         let (amount, transaction_id, intent) =
-            settle(&app, &caller.agent, &id, body.amount, Some(tx.clone()), Some(token))?;
+            settle(&app, store, &caller.agent, &id, body.amount, Some(tx.clone()), Some(token))?;
         Ok((
             StatusCode::OK,
             RecordedBody {
@@ -570,13 +558,13 @@ async fn confirm_card(
     let caller = caller(&app, &headers, Kind::Card.record_scope(), "payments")?;
     let body = payment_body(&body)?;
     let endpoint = Kind::Card.record_path(&id).unwrap_or_default();
-    let (status, out) = once(&app, &caller, &endpoint, &headers, &body, || {
+    let (status, out) = once(&app, &caller, &endpoint, &headers, &body, |store| {
         if body.status.as_deref().is_some_and(|s| !s.is_empty() && s != "COMPLETED") {
             return Err(bad("VALIDATION_ERROR", "only `status: COMPLETED` settlements are confirmed"));
         }
         let reference = body.transaction_reference.clone().filter(|r| !r.is_empty());
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
-        let (amount, transaction_id, _) = settle(&app, &caller.agent, &id, body.amount, reference, token)?;
+        let (amount, transaction_id, _) = settle(&app, store, &caller.agent, &id, body.amount, reference, token)?;
         Ok((
             StatusCode::OK,
             RecordedBody {
@@ -592,7 +580,13 @@ async fn confirm_card(
 }
 
 /// Records one x402/MPP payment: settles its reservation, or counts it as unreserved spend.
-fn record_one(app: &App, agent: &str, payment: &PaymentBody, kind: Kind) -> Result<RecordedBody, ApiError> {
+fn record_one(
+    app: &App,
+    store: &Store,
+    agent: &str,
+    payment: &PaymentBody,
+    kind: Kind,
+) -> Result<RecordedBody, ApiError> {
     let reference = payment.reference();
     let recorded = |id: Option<String>, preauth: Option<String>, transaction_id: String, amount: Amount| RecordedBody {
         payment_id: id,
@@ -603,7 +597,7 @@ fn record_one(app: &App, agent: &str, payment: &PaymentBody, kind: Kind) -> Resu
         ..RecordedBody::default()
     };
     if let Some(id) = payment.authorization_id.clone().filter(|i| !i.is_empty()) {
-        let (amount, transaction_id, _) = settle(app, agent, &id, payment.amount, reference, None)?;
+        let (amount, transaction_id, _) = settle(app, store, agent, &id, payment.amount, reference, None)?;
         return Ok(recorded(None, Some(id), transaction_id, amount));
     }
     let intent = intent_from(agent, payment, kind)?;
@@ -613,28 +607,28 @@ fn record_one(app: &App, agent: &str, payment: &PaymentBody, kind: Kind) -> Resu
     let id = format!("rec_{}", key.clone().unwrap_or_else(|| random_hex(10)));
     // A repeated record is refused before anything is counted.
     let seen = match &key {
-        Some(k) => lock(&app.store).recorded_payment(agent, k)?.is_some(),
+        Some(k) => store.recorded_payment(agent, k)?.is_some(),
         None => false,
     };
-    if seen || lock(&app.store).spend_exists(&id)? {
+    if seen || store.spend_exists(&id)? {
         return Err(ApiError::new(StatusCode::CONFLICT, "CONFLICT", format!("payment `{id}` was already recorded")));
     }
     // A record without `authorizationId` settles the live pre-authorization it belongs to
     // rather than adding to it: same agent and rail, same resource and recipient, an amount
     // within the reservation; the oldest such pre-authorization first.
-    if let Some(preauth) = matching_preauthorization(app, agent, &intent)? {
-        let (amount, transaction_id, _) = settle(app, agent, &preauth, Some(amount), reference, None)?;
+    if let Some(preauth) = matching_preauthorization(store, agent, &intent)? {
+        let (amount, transaction_id, _) = settle(app, store, agent, &preauth, Some(amount), reference, None)?;
         if let Some(k) = &key {
-            lock(&app.store).remember_payment(agent, k, &preauth)?;
+            store.remember_payment(agent, k, &preauth)?;
         }
         return Ok(recorded(Some(id), Some(preauth), transaction_id, amount));
     }
     app.engine.restore_spend(&intent, amount, Timestamp::now());
     let transaction_id = format!("tx_{}", random_hex(10));
     let intent_json = serde_json::to_string(&intent).unwrap_or_default();
-    lock(&app.store).record_spend(&id, agent, &intent_json, &amount.to_string(), None, &transaction_id, &now_text())?;
+    store.record_spend(&id, agent, &intent_json, &amount.to_string(), None, &transaction_id, &now_text())?;
     if let Some(k) = &key {
-        lock(&app.store).remember_payment(agent, k, &id)?;
+        store.remember_payment(agent, k, &id)?;
     }
     Ok(recorded(Some(id), None, transaction_id, amount))
 }
@@ -648,9 +642,9 @@ fn resource(rail: &Rail) -> Option<&str> {
 
 /// The oldest live pre-authorization of `agent` that `intent` (a record without an
 /// authorization id) settles.
-fn matching_preauthorization(app: &App, agent: &str, intent: &PaymentIntent) -> Result<Option<String>, ApiError> {
+fn matching_preauthorization(store: &Store, agent: &str, intent: &PaymentIntent) -> Result<Option<String>, ApiError> {
     let now = Timestamp::now();
-    let mut candidates: Vec<(Timestamp, String)> = lock(&app.store)
+    let mut candidates: Vec<(Timestamp, String)> = store
         .live_approvals(Some(agent))?
         .into_iter()
         .filter_map(|(id, row)| {
@@ -671,7 +665,7 @@ async fn record(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> R
     let caller = caller(&app, &headers, kind.record_scope(), "payments")?;
     let body = payment_body(&body)?;
     let endpoint = kind.record_path("").unwrap_or_default();
-    let (status, out) = once(&app, &caller, &endpoint, &headers, &body, || {
+    let (status, out) = once(&app, &caller, &endpoint, &headers, &body, |store| {
         let payments: Vec<PaymentBody> = match &body.payments {
             Some(items) if kind == Kind::X402 => items.clone(),
             Some(_) => return Err(bad("VALIDATION_ERROR", "`payments` batches are x402 only")),
@@ -682,7 +676,7 @@ async fn record(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> R
         }
         let mut results = Vec::with_capacity(payments.len());
         for p in &payments {
-            results.push(record_one(&app, &caller.agent, p, kind)?);
+            results.push(record_one(&app, store, &caller.agent, p, kind)?);
         }
         Ok((
             StatusCode::OK,
@@ -732,9 +726,9 @@ fn request_entry(
 async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "payments:request", "reads")?;
     let now = Timestamp::now();
-    let tokens = lock(&app.approval_tokens);
     let requests = lock(&app.store).requests(Some(&caller.agent))?;
     let payment_requests = lock(&app.store).payment_requests_by_approval(&caller.agent)?;
+    let tokens = lock(&app.approval_tokens);
     let list = requests
         .iter()
         .map(|r| {

@@ -182,6 +182,8 @@ pub(crate) struct RequestRecord {
 /// The server owns its file: `EXCLUSIVE` locking takes the file lock once and keeps it (no
 /// lock/unlock system calls per statement, no shared-memory index), and a second process on
 /// the same file is refused instead of splitting the ledger.
+// Spends are numbered through an index (`spends_by_seq`), not a scan of every spend; the index
+// is added to files made by earlier versions on open.
 const SCHEMA: &str = "
 PRAGMA locking_mode = EXCLUSIVE;
 PRAGMA journal_mode = WAL;
@@ -207,7 +209,18 @@ CREATE TABLE IF NOT EXISTS recorded_payments (agent_id TEXT NOT NULL, payment_ke
 CREATE TABLE IF NOT EXISTS idempotency (agent_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL,
     request_hash TEXT NOT NULL, status INTEGER NOT NULL, response TEXT NOT NULL, created_at TEXT NOT NULL,
     PRIMARY KEY (agent_id, endpoint, key));
+CREATE INDEX IF NOT EXISTS spends_by_seq ON spends (seq);
 ";
+
+/// An open [`Store::batch`]: released (committed) if the batch unwinds, so a panic in a
+/// handler never leaves every later write inside a transaction that never commits.
+struct Open<'a>(&'a Connection);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.execute_batch("RELEASE batch");
+    }
+}
 
 impl Store {
     pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
@@ -521,10 +534,27 @@ impl Store {
             .is_some())
     }
 
-    /// Marks an approval recorded and stores the spend, in one transaction.
+    /// Runs `f` in one transaction that commits whatever it wrote, even when `f` reports an
+    /// error (its writes stand, as the in-memory engine's effects do): a request's writes
+    /// commit once instead of once per statement. Batches and [`Store::record_spend`] nest.
+    pub fn batch<T>(&self, f: impl FnOnce(&Store) -> T) -> Result<T, StoreError> {
+        self.conn.prepare_cached("SAVEPOINT batch")?.execute([])?;
+        let open = Open(&self.conn);
+        let out = f(self);
+        std::mem::forget(open);
+        if let Err(e) = self.conn.prepare_cached("RELEASE batch").and_then(|mut s| s.execute([])) {
+            // A commit that failed (a full disk) must not leave later writes in an open
+            // transaction: end it, and report the failure.
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        Ok(out)
+    }
+
+    /// Marks an approval recorded and stores the spend, both or neither.
     #[allow(clippy::too_many_arguments)]
     pub fn record_spend(
-        &mut self,
+        &self,
         authorization_id: &str,
         agent_id: &str,
         intent: &str,
@@ -533,14 +563,24 @@ impl Store {
         transaction_id: &str,
         now: &str,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        tx.execute("UPDATE approvals SET state = 'recorded' WHERE id = ?1", [authorization_id])?;
-        tx.execute(
-            "INSERT INTO spends (authorization_id, agent_id, intent, amount, reference, transaction_id, recorded_at, seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT COALESCE(MAX(seq), 0) + 1 FROM spends))",
-            params![authorization_id, agent_id, intent, amount, reference, transaction_id, now],
-        )?;
-        tx.commit()?;
+        self.conn.prepare_cached("SAVEPOINT spend")?.execute([])?;
+        let written = self
+            .conn
+            .prepare_cached("UPDATE approvals SET state = 'recorded' WHERE id = ?1")
+            .and_then(|mut s| s.execute([authorization_id]))
+            .and_then(|_| {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO spends (authorization_id, agent_id, intent, amount, reference, transaction_id, recorded_at, seq)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT COALESCE(MAX(seq), 0) + 1 FROM spends))",
+                    )?
+                    .execute(params![authorization_id, agent_id, intent, amount, reference, transaction_id, now])
+            });
+        if let Err(e) = written {
+            let _ = self.conn.execute_batch("ROLLBACK TO spend; RELEASE spend");
+            return Err(e.into());
+        }
+        self.conn.prepare_cached("RELEASE spend")?.execute([])?;
         Ok(())
     }
 
@@ -661,5 +701,49 @@ mod tests {
     fn a_secret_hashes_to_its_lower_hex_sha256_as_stored_by_earlier_versions() {
         assert_eq!(super::hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(super::hash(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    /// A request's writes commit together, nested spends included; a handler that panics
+    /// mid-batch leaves its writes committed and no transaction open for later writes.
+    #[test]
+    fn a_batch_commits_once_and_never_stays_open() {
+        let store = super::Store::open(None).unwrap();
+        let now = "2026-01-01T00:00:00Z";
+        let out = store
+            .batch(|s| {
+                assert!(!s.conn.is_autocommit(), "inside one transaction");
+                s.add_agent("agent-1", "agent-1", now).unwrap();
+                s.record_spend("a1", "agent-1", "{}", "1", None, "tx_1", now).unwrap();
+                7
+            })
+            .unwrap();
+        assert_eq!((out, store.conn.is_autocommit()), (7, true));
+        assert_eq!(store.spend_count("agent-1").unwrap(), 1);
+
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.batch(|s| {
+                s.add_agent("agent-2", "agent-2", now).unwrap();
+                panic!("a handler bug");
+            })
+        }));
+        assert!(panicked.is_err());
+        assert!(store.conn.is_autocommit(), "no transaction left open");
+        assert!(store.agent_exists("agent-2").unwrap());
+    }
+
+    /// Numbering a spend reads one index entry, not every spend: recording stays flat however
+    /// long the history (it scanned the table, ~1 ms per record after 20 000 records).
+    #[test]
+    fn a_spend_is_numbered_from_the_index_not_a_scan() {
+        let store = super::Store::open(None).unwrap();
+        let plan: Vec<String> = store
+            .conn
+            .prepare("EXPLAIN QUERY PLAN SELECT COALESCE(MAX(seq), 0) + 1 FROM spends")
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|step| step.contains("USING COVERING INDEX spends_by_seq")), "{plan:?}");
     }
 }

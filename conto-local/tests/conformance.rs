@@ -536,3 +536,31 @@ async fn budget_reads_and_health_answer() {
     let health = reqwest::get(format!("{}/health", server.url())).await.unwrap();
     assert_eq!(health.status(), 200);
 }
+
+/// Retries of one request that race each other (a client's timeout fired while the first was
+/// still running) all get the first request's answer: one approval, one reservation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_repeats_of_one_idempotency_key_all_get_the_first_answer() {
+    let (_server, sdk) = setup(None).await;
+    let sdk = std::sync::Arc::new(sdk);
+    let body = json!({"amount": 60, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453,
+        "idempotencyKey": "retry-1"});
+    let racing: Vec<_> = (0..16)
+        .map(|_| {
+            let (sdk, body) = (sdk.clone(), body.clone());
+            tokio::spawn(async move { sdk.post("/api/sdk/payments/approve", body).await })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for answer in racing {
+        let (status, answer) = answer.await.unwrap();
+        assert_eq!((status, answer["approved"].as_bool()), (200, Some(true)), "{answer}");
+        ids.insert(answer["approvalId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "one approval for every repeat: {ids:?}");
+    // Exactly one 60 is held against the daily limit of 150: 60 more fit, then nothing does.
+    let other = |key: &str| json!({"amount": 60, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453, "idempotencyKey": key});
+    assert_eq!(sdk.post("/api/sdk/payments/approve", other("other-1")).await.1["approved"], true);
+    let (_, denied) = sdk.post("/api/sdk/payments/approve", other("other-2")).await;
+    assert_eq!(denied["approved"], false, "{denied}");
+}

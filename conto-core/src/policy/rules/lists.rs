@@ -261,7 +261,9 @@ mod tests {
     fn scanned_domain(items: &[String], v: &str) -> bool {
         items.iter().any(|e| {
             v.eq_ignore_ascii_case(e)
-                || (v.len() > e.len() && v.as_bytes()[v.len() - e.len() - 1] == b'.' && v[v.len() - e.len()..].eq_ignore_ascii_case(e))
+                || (v.len() > e.len()
+                    && v.as_bytes()[v.len() - e.len() - 1] == b'.'
+                    && v[v.len() - e.len()..].eq_ignore_ascii_case(e))
         })
     }
 
