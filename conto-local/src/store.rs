@@ -182,8 +182,9 @@ pub(crate) struct RequestRecord {
 /// The server owns its file: `EXCLUSIVE` locking takes the file lock once and keeps it (no
 /// lock/unlock system calls per statement, no shared-memory index), and a second process on
 /// the same file is refused instead of splitting the ledger.
-// Spends are numbered through an index (`spends_by_seq`), not a scan of every spend; the index
-// is added to files made by earlier versions on open.
+// Spends are numbered through an index (`spends_by_seq`), not a scan of every spend, and live
+// approvals (what a record without an authorization id matches) are found through a partial
+// index, not a scan of every approval; both are added to earlier versions' files on open.
 const SCHEMA: &str = "
 PRAGMA locking_mode = EXCLUSIVE;
 PRAGMA journal_mode = WAL;
@@ -210,6 +211,7 @@ CREATE TABLE IF NOT EXISTS idempotency (agent_id TEXT NOT NULL, endpoint TEXT NO
     request_hash TEXT NOT NULL, status INTEGER NOT NULL, response TEXT NOT NULL, created_at TEXT NOT NULL,
     PRIMARY KEY (agent_id, endpoint, key));
 CREATE INDEX IF NOT EXISTS spends_by_seq ON spends (seq);
+CREATE INDEX IF NOT EXISTS live_approvals ON approvals (agent_id) WHERE state = 'live';
 ";
 
 /// An open [`Store::batch`]: released (committed) if the batch unwinds, so a panic in a
@@ -418,13 +420,17 @@ impl Store {
             .optional()?)
     }
 
-    /// Live approvals, of one agent or of all.
+    /// Live approvals, of one agent or of all, read through the index of live approvals (not
+    /// every approval ever made).
     pub fn live_approvals(&self, agent_id: Option<&str>) -> Result<Vec<(String, ApprovalRecord)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT agent_id, token_hash, intent, amount, expires_at, state, id FROM approvals
-             WHERE state = 'live' AND (?1 IS NULL OR agent_id = ?1)",
-        )?;
-        let rows = stmt.query_map([agent_id], |r| Ok((r.get(6)?, approval_row(r)?)))?;
+        const COLUMNS: &str = "SELECT agent_id, token_hash, intent, amount, expires_at, state, id FROM approvals";
+        let (mut stmt, params) = match agent_id {
+            Some(agent) => {
+                (self.conn.prepare_cached(&format!("{COLUMNS} WHERE state = 'live' AND agent_id = ?1"))?, vec![agent])
+            }
+            None => (self.conn.prepare_cached(&format!("{COLUMNS} WHERE state = 'live'"))?, vec![]),
+        };
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| Ok((r.get(6)?, approval_row(r)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -745,5 +751,22 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(plan.iter().any(|step| step.contains("USING COVERING INDEX spends_by_seq")), "{plan:?}");
+    }
+
+    /// A record without an authorization id looks among the agent's live approvals only.
+    #[test]
+    fn live_approvals_are_read_from_their_index() {
+        let store = super::Store::open(None).unwrap();
+        for (sql, agent) in [("state = 'live' AND agent_id = 'a'", true), ("state = 'live'", false)] {
+            let plan: Vec<String> = store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN SELECT id, intent FROM approvals WHERE {sql}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(plan.iter().any(|step| step.contains("INDEX live_approvals")), "agent {agent}: {plan:?}");
+        }
     }
 }
