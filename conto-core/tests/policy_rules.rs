@@ -560,6 +560,31 @@ fn expiry_frees_the_reservation_and_a_late_record_is_counted_and_flagged() {
     assert_eq!((u.stats.expired, u.stats.late_records), (1, 1));
 }
 
+/// A late record is kept for the whole retention window from when it was recorded, not from
+/// when its reservation expired: a repeat a day after the expiry still gets the same receipt.
+#[test]
+fn a_late_record_is_answered_for_its_own_retention_window() {
+    let (e, clock) = engine_at(&policy(&[&rule("DAILY_LIMIT", "LTE", "100", "ALLOW")]), "2026-06-10T08:00:00Z");
+    let a = approved(&e.decide(&transfer("100"))).clone();
+    clock.advance(SignedDuration::from_mins(10));
+    assert_eq!(e.sweep_expired(), 1);
+    clock.advance(SignedDuration::from_hours(20));
+    let first = e.settle(&a, &Settlement::default()).unwrap();
+    assert!(first.late);
+    // The expiry is now past the retention window; the record is not.
+    clock.advance(SignedDuration::from_hours(5));
+    e.sweep_expired();
+    assert_eq!(e.settle(&a, &Settlement::default()).unwrap(), first, "a repeat: the same receipt, counted once");
+    assert_eq!(e.usage("agent-1").stats.late_records, 1);
+    // Past the record's own window it is forgotten, like any other.
+    clock.advance(SignedDuration::from_hours(20));
+    e.sweep_expired();
+    assert!(matches!(
+        e.settle(&a, &Settlement::default()),
+        Err(conto_core::AuthorityError::Ledger(LedgerError::UnknownAuthorization(_)))
+    ));
+}
+
 #[test]
 fn release_frees_and_record_after_release_is_refused() {
     let (e, _) = engine_at(&policy(&[&rule("DAILY_LIMIT", "LTE", "100", "ALLOW")]), NOON_WED);

@@ -184,6 +184,9 @@ pub(crate) struct Kept {
     pub settled: Micros,
     pub late: bool,
     pub actor_inactive: bool,
+    /// A late record of an expired authorization: the expiry's own entry is still queued for
+    /// the sweep, ahead of the record's, and must not end the record's retention.
+    pub expiry_queued: bool,
     pub reference: Option<Box<str>>,
 }
 
@@ -435,7 +438,13 @@ impl AgentLedger {
         let horizon = now.checked_sub(retention).unwrap_or(Timestamp::MIN);
         while self.closed_order.front().is_some_and(|(t, _)| *t < horizon) {
             if let Some((_, key)) = self.closed_order.pop_front() {
-                self.closed.remove(&key);
+                match self.closed.get_mut(&key) {
+                    // The expiry a late record superseded: the record's own entry comes later.
+                    Some(Closed::Recorded(kept)) if kept.expiry_queued => kept.expiry_queued = false,
+                    _ => {
+                        self.closed.remove(&key);
+                    }
+                }
             }
         }
         expired

@@ -288,7 +288,8 @@ fn limits_of(daily: Option<(Decimal, Decimal)>) -> Limits {
 /// reported and its reference, without the authorization id (the closed map's key already is
 /// that id) or a receipt to copy.
 fn kept(counted: Micros, settled: Amount, (late, actor_inactive): (bool, bool), reference: &Option<String>) -> Kept {
-    Kept { counted, settled: Micros::of(settled), late, actor_inactive, reference: reference.as_deref().map(Box::from) }
+    let reference = reference.as_deref().map(Box::from);
+    Kept { counted, settled: Micros::of(settled), late, actor_inactive, expiry_queued: false, reference }
 }
 
 /// The answer to a repeat of a kept record.
@@ -753,13 +754,9 @@ impl Engine {
                         queued: false,
                         actor_inactive,
                     };
-                    let how = Closed::Recorded(kept(
-                        Micros::of(counted),
-                        settled,
-                        (true, actor_inactive),
-                        &settlement.reference,
-                    ));
-                    ledger.close(key, how, now);
+                    let mut late = kept(Micros::of(counted), settled, (true, actor_inactive), &settlement.reference);
+                    late.expiry_queued = true;
+                    ledger.close(key, Closed::Recorded(late), now);
                     Ok(recorded)
                 }
             };
