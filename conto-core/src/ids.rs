@@ -29,9 +29,13 @@ pub(crate) fn random_id(prefix: &str, n: usize) -> String {
 /// Appends the low `digits` hex digits of `bits` (at most 32), most significant first.
 pub(crate) fn push_hex(out: &mut String, bits: u128, digits: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits.min(32)).rev() {
-        out.push(HEX[(bits >> (4 * i) & 0xf) as usize] as char);
+    let digits = digits.min(32);
+    let mut buf = [0u8; 32];
+    for (i, b) in buf[..digits].iter_mut().rev().enumerate() {
+        *b = HEX[(bits >> (4 * i) & 0xf) as usize];
     }
+    // Hex digits are ASCII: always valid UTF-8.
+    out.push_str(std::str::from_utf8(&buf[..digits]).unwrap_or_default());
 }
 
 #[cfg(test)]
@@ -46,5 +50,8 @@ mod tests {
         assert_ne!(super::random_hex(32), super::random_hex(32));
         let id = super::random_id("auth_", 12);
         assert!(id.starts_with("auth_") && id.len() == 5 + 24, "{id}");
+        assert_eq!(super::hex_id("tx_", 0x0123_4567_89ab_cdef, 16), "tx_0123456789abcdef");
+        assert_eq!(super::hex_id("", 0xabc, 6), "000abc");
+        assert_eq!(super::hex_id("", u128::MAX, 40), "f".repeat(32));
     }
 }

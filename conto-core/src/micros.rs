@@ -91,6 +91,18 @@ impl Bound {
         Bound { exact: limit, floor: to(scaled.map(|d| d.floor())), ceil: to(scaled.map(|d| d.ceil())) }
     }
 
+    /// Whether this limit is below `other`, exactly as in decimals, comparing decimals only
+    /// when both lie strictly between the same two micro-units (or beyond them all).
+    pub fn is_below(&self, other: &Bound) -> bool {
+        match (self.floor, self.ceil).cmp(&(other.floor, other.ceil)) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => {
+                (self.floor != self.ceil || self.floor == i64::MAX) && self.exact < other.exact
+            }
+        }
+    }
+
     /// Whether `x cmp limit` holds, exactly as it would in decimals.
     pub fn holds(&self, x: Micros, cmp: Cmp) -> bool {
         let x = x.0;
@@ -147,6 +159,17 @@ mod tests {
             for x in [m - 1, m, m + 1] {
                 prop_assert_eq!(Bound::new(limit).holds(Micros(x), cmp), cmp.holds(Decimal::new(x, 6), limit));
             }
+        }
+
+        #[test]
+        fn bounds_order_as_their_decimals_do(
+            a in 0i64..=i64::MAX, b in 0i64..=i64::MAX, sa in 0u32..=12, sb in 0u32..=12, near in any::<bool>(),
+        ) {
+            let x = Decimal::new(a, sa);
+            // Often a neighbour: the same micro-unit, or the next decimal digit.
+            let y = if near { x + Decimal::new(b % 1000, 9) } else { Decimal::new(b, sb) };
+            prop_assert_eq!(Bound::new(x).is_below(&Bound::new(y)), x < y, "{} {}", x, y);
+            prop_assert_eq!(Bound::new(y).is_below(&Bound::new(x)), y < x, "{} {}", y, x);
         }
 
         #[test]

@@ -157,19 +157,21 @@ impl<'p> Screened<'p> {
     /// The stateful rules to judge, in order: of a policy that applies, on the intent's rail,
     /// and before the first stateless denial.
     fn stateful(&self) -> impl Iterator<Item = (Pos, &'p str, &'p CompiledRule)> + '_ {
-        let policies = self.policies;
-        let rail = &self.subject.intent.rail;
         let until = self.denied.as_ref().map(|(pos, _)| *pos);
-        policies
+        self.policies
             .stateful
             .iter()
             .take_while(move |pos| until.is_none_or(|until| **pos < until))
-            .filter(|(p, _)| self.applies.get(*p as usize / 64).is_some_and(|bits| (bits >> (p % 64)) & 1 == 1))
-            .filter_map(move |&(p, r)| {
-                let policy = policies.policies.get(p as usize)?;
-                let rule = policy.rules.get(r as usize)?;
-                rule.rails.matches(rail).then_some(((p, r), policy.name.as_str(), rule))
-            })
+            .filter_map(|&pos| self.judged(pos).map(|(name, rule)| (pos, name, rule)))
+    }
+
+    /// The policy's name and the rule at `pos`, if the rule is judged for this intent: its
+    /// policy applies to the actor and it covers the intent's rail.
+    fn judged(&self, (p, r): Pos) -> Option<(&'p str, &'p CompiledRule)> {
+        let applies = self.applies.get(p as usize / 64).is_some_and(|bits| (bits >> (p % 64)) & 1 == 1);
+        let policy = self.policies.policies.get(p as usize).filter(|_| applies)?;
+        let rule = policy.rules.get(r as usize)?;
+        rule.rails.matches(&self.subject.intent.rail).then_some((policy.name.as_str(), rule))
     }
 
     /// The denial that stands without reading any ledger: a stateless rule denied and no
@@ -189,7 +191,13 @@ impl<'p> Screened<'p> {
         let mut windows: Vec<VelocityKey> = Vec::new();
         let mut approvals = std::mem::take(&mut self.approvals);
         let (subject, skip_approval) = (&self.subject, self.skip_approval);
-        for (pos, name, rule) in self.stateful() {
+        let until = self.denied.as_ref().map(|(pos, _)| *pos);
+        // A plain loop over the index (not `stateful()`'s adapters): this runs under the lock.
+        for &pos in &self.policies.stateful {
+            if until.is_some_and(|until| pos >= until) {
+                break;
+            }
+            let Some((name, rule)) = self.judged(pos) else { continue };
             let (at, a) = ((pos, name), &mut approvals);
             let next = match &rule.check {
                 Check::Cumulative(r) => judge(at, rule, Some(r.check(subject, ledger, &mut tally)), skip_approval, a),

@@ -169,7 +169,7 @@ impl CumulativeRule {
             }
         };
         let projected = used + s.amount;
-        if self.daily && tally.daily.is_none_or(|(_, l)| self.limit.exact < l.exact) {
+        if self.daily && tally.daily.is_none_or(|(_, l)| self.limit.is_below(&l)) {
             tally.daily = Some((projected, self.limit));
         }
         Finding {
