@@ -191,9 +191,6 @@ pub(crate) struct Kept {
     pub settled: Micros,
     pub late: bool,
     pub actor_inactive: bool,
-    /// A late record of an expired authorization: the expiry's own entry is still queued for
-    /// the sweep, ahead of the record's, and must not end the record's retention.
-    pub expiry_queued: bool,
     pub reference: Option<Box<str>>,
 }
 
@@ -223,9 +220,8 @@ pub(crate) struct AgentLedger {
     /// decision and its settle stay in cache however much history is kept.
     live: Map<IdKey, Reservation>,
     /// How authorizations ended, for the retention window (compact: one per payment).
-    closed: Map<IdKey, Closed>,
+    closed: Retained,
     expiries: BinaryHeap<Reverse<(Timestamp, IdKey)>>,
-    closed_order: VecDeque<(Timestamp, IdKey)>,
     /// Totals but `total_spent`, which is `spent` (micro-units, summed without a decimal).
     stats: LedgerStats,
     spent: i128,
@@ -402,13 +398,12 @@ impl AgentLedger {
 
     /// Remembers how an authorization ended (a live one is ended with `settle` or `release`).
     pub fn close(&mut self, key: IdKey, how: Closed, now: Timestamp) {
-        self.closed_order.push_back((now, key));
-        self.closed.insert(key, how);
+        self.closed.insert(key, how, now);
     }
 
     /// How an authorization ended, if it did within the retention window.
     pub fn closed(&self, key: IdKey) -> Option<&Closed> {
-        self.closed.get(&key)
+        self.closed.get(key)
     }
 
     /// The amount a live reservation holds.
@@ -442,19 +437,72 @@ impl AgentLedger {
                 expired += 1;
             }
         }
-        let horizon = now.checked_sub(retention).unwrap_or(Timestamp::MIN);
-        while self.closed_order.front().is_some_and(|(t, _)| *t < horizon) {
-            if let Some((_, key)) = self.closed_order.pop_front() {
-                match self.closed.get_mut(&key) {
-                    // The expiry a late record superseded: the record's own entry comes later.
-                    Some(Closed::Recorded(kept)) if kept.expiry_queued => kept.expiry_queued = false,
-                    _ => {
-                        self.closed.remove(&key);
-                    }
-                }
+        self.closed.sweep(now, retention);
+        expired
+    }
+}
+
+/// How authorizations ended, kept for the retention window in generations: each holds what
+/// ended within a twenty-fourth of the window, and at most [`Retained::GENERATION`] entries.
+/// Growing a generation rehashes that generation alone, so a busy actor's settle never pauses
+/// for a day's worth of payments (a single map rehashed millions of entries under the
+/// actor's lock), and the sweep drops whole generations once everything in them is older than
+/// the window: an entry is kept at least the window and at most one generation's span longer.
+/// Lookups go newest first, so a late record shadows the expiry it followed.
+#[derive(Debug)]
+struct Retained {
+    generations: VecDeque<Generation>,
+    /// The time a generation may span: a twenty-fourth of the retention window (set by each
+    /// sweep; an hour until the first).
+    span: SignedDuration,
+}
+
+impl Default for Retained {
+    fn default() -> Self {
+        Retained { generations: VecDeque::new(), span: SignedDuration::from_hours(1) }
+    }
+}
+
+#[derive(Debug)]
+struct Generation {
+    oldest: Timestamp,
+    newest: Timestamp,
+    ended: Map<IdKey, Closed>,
+}
+
+impl Retained {
+    /// The most entries one generation holds: exactly a full map of 2^14 slots (hashbrown
+    /// keeps 7/8 of its slots usable), ~1 MB.
+    const GENERATION: usize = (1 << 14) / 8 * 7;
+
+    fn insert(&mut self, key: IdKey, how: Closed, now: Timestamp) {
+        let fresh = |g: &Generation| {
+            g.ended.len() < Self::GENERATION && now.duration_since(g.oldest) <= self.span.max(SignedDuration::ZERO)
+        };
+        match self.generations.back_mut() {
+            Some(g) if fresh(g) => {
+                g.newest = g.newest.max(now);
+                g.ended.insert(key, how);
+            }
+            _ => {
+                let mut ended = Map::default();
+                ended.insert(key, how);
+                self.generations.push_back(Generation { oldest: now, newest: now, ended });
             }
         }
-        expired
+    }
+
+    fn get(&self, key: IdKey) -> Option<&Closed> {
+        self.generations.iter().rev().find_map(|g| g.ended.get(&key))
+    }
+
+    /// Forgets the generations whose every entry ended more than `retention` before `now`.
+    fn sweep(&mut self, now: Timestamp, retention: SignedDuration) {
+        self.span = retention / 24;
+        let horizon = now.checked_sub(retention).unwrap_or(Timestamp::MIN);
+        while self.generations.front().is_some_and(|g| g.newest < horizon) {
+            self.generations.pop_front();
+        }
     }
 }
 
@@ -501,6 +549,52 @@ mod tests {
             let engine_made = other.len() == 29 && !other.bytes().any(|b| b.is_ascii_uppercase());
             prop_assert_eq!(IdKey::of(&other).bits() >> 127 == 0, engine_made);
         }
+    }
+
+    fn key(n: u128) -> IdKey {
+        IdKey::of(&crate::ids::hex_id("auth_", n, 24))
+    }
+
+    /// An ended authorization is answered for at least the retention window and forgotten
+    /// within one generation's span after it; a busy actor's entries split into bounded
+    /// generations, every one still found; the newest ending of an id wins.
+    #[test]
+    fn the_retention_window_keeps_generations() {
+        use jiff::{SignedDuration as D, Timestamp};
+
+        use super::{Closed, Retained};
+        let day = D::from_hours(24);
+        let t0: Timestamp = "2026-06-10T08:00:00Z".parse().unwrap();
+        let mut r = Retained::default();
+        r.sweep(t0, day);
+        r.insert(key(1), Closed::Expired, t0);
+        r.sweep(t0 + day - D::from_secs(1), day);
+        assert!(r.get(key(1)).is_some(), "kept for the window");
+        r.sweep(t0 + day + D::from_hours(1) + D::from_secs(1), day);
+        assert!(r.get(key(1)).is_none(), "forgotten within one span after it");
+
+        let t1 = t0 + D::from_hours(48);
+        let n = Retained::GENERATION as u128 * 2 + 5;
+        for i in 0..n {
+            r.insert(key(i), Closed::Released, t1);
+        }
+        assert_eq!(r.generations.len(), 3);
+        assert!(r.generations.iter().all(|g| g.ended.len() <= Retained::GENERATION));
+        assert!((0..n).all(|i| matches!(r.get(key(i)), Some(Closed::Released))));
+
+        // A later ending of the same id (a late record after its expiry) shadows the earlier.
+        let later = t1 + D::from_hours(3);
+        let kept = super::Kept {
+            counted: crate::micros::Micros(1),
+            settled: crate::micros::Micros(1),
+            late: true,
+            actor_inactive: false,
+            reference: None,
+        };
+        r.insert(key(7), Closed::Recorded(kept), later);
+        assert!(matches!(r.get(key(7)), Some(Closed::Recorded(_))));
+        r.sweep(t1 + day + D::from_hours(2), day);
+        assert!(r.get(key(8)).is_none() && matches!(r.get(key(7)), Some(Closed::Recorded(_))));
     }
 
     #[test]

@@ -289,7 +289,7 @@ fn limits_of(daily: Option<(Decimal, Decimal)>) -> Limits {
 /// that id) or a receipt to copy.
 fn kept(counted: Micros, settled: Amount, (late, actor_inactive): (bool, bool), reference: &Option<String>) -> Kept {
     let reference = reference.as_deref().map(Box::from);
-    Kept { counted, settled: Micros::of(settled), late, actor_inactive, expiry_queued: false, reference }
+    Kept { counted, settled: Micros::of(settled), late, actor_inactive, reference }
 }
 
 /// The answer to a repeat of a kept record.
@@ -754,8 +754,7 @@ impl Engine {
                         queued: false,
                         actor_inactive,
                     };
-                    let mut late = kept(Micros::of(counted), settled, (true, actor_inactive), &settlement.reference);
-                    late.expiry_queued = true;
+                    let late = kept(Micros::of(counted), settled, (true, actor_inactive), &settlement.reference);
                     ledger.close(key, Closed::Recorded(late), now);
                     Ok(recorded)
                 }
