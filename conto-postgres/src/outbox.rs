@@ -63,6 +63,10 @@ struct Seen {
     next_due: Option<Timestamp>,
     /// Records this process queued since it last counted.
     queued_since: u64,
+    /// Counts begun, and the latest begun whose result is applied: a count that began before
+    /// another but answered after it is stale and dropped.
+    counts_begun: u64,
+    count_applied: u64,
 }
 
 /// Records accepted while PostgreSQL could not be written: kept in this process and written to
@@ -231,6 +235,11 @@ impl PgOutbox {
 
     /// Counts the table now (every replica's records).
     pub async fn refresh(&self) -> Result<OutboxStats, PgOutboxError> {
+        let (ticket, queued_before) = {
+            let mut seen = self.seen();
+            seen.counts_begun += 1;
+            (seen.counts_begun, seen.queued_since)
+        };
         // One round trip per pass: the counts and the earliest claimable moment.
         let row = sqlx::query(&self.sql(
             "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'delivered'),
@@ -246,9 +255,13 @@ impl PgOutbox {
         let stats = OutboxStats { pending: count(0)?, delivered: count(1)?, dead: count(2)? };
         let next: Option<f64> = row.try_get(3)?;
         let mut seen = self.seen();
-        seen.stats = stats;
-        seen.queued_since = 0;
-        seen.next_due = next.and_then(|secs| Timestamp::from_millisecond((secs * 1000.0) as i64).ok());
+        if ticket > seen.count_applied {
+            seen.count_applied = ticket;
+            seen.stats = stats;
+            // What this process queued after the count began may not be in it: keep it counted.
+            seen.queued_since = seen.queued_since.saturating_sub(queued_before);
+            seen.next_due = next.and_then(|secs| Timestamp::from_millisecond((secs * 1000.0) as i64).ok());
+        }
         Ok(stats)
     }
 

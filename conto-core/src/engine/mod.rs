@@ -50,7 +50,8 @@ use ledger::{AgentLedger, Closed, IdKey, Kept};
 pub const DEFAULT_APPROVAL_TTL: SignedDuration = SignedDuration::from_mins(10);
 /// How long a request for human approval stays open.
 pub const DEFAULT_PENDING_TTL: SignedDuration = SignedDuration::from_hours(1);
-/// How long ended approvals are remembered, so a repeated record or release is answered the same.
+/// How long ended approvals are remembered, so a repeated record or release is answered the same
+/// (at least this long, and at most a 24th of it longer: they are forgotten in hourly batches).
 pub const DEFAULT_RETENTION: SignedDuration = SignedDuration::from_hours(24);
 
 #[derive(Debug)]
@@ -715,7 +716,7 @@ impl Engine {
         let now = ledger.now(now);
         let settled = settlement.amount.unwrap_or(authorization.amount);
         // A live reservation is never also closed: look the (small) live map up first, the
-        // retention window's closed map only for a repeat.
+        // retention window's generations only for a repeat.
         let key = IdKey::of(&authorization.id);
         let live = ledger.reserved(key);
         if live.is_none()

@@ -170,14 +170,15 @@ impl Conto {
         let give_up = crate::clock::deadline_after(within);
         let deliverer = Deliverer { inner: Arc::downgrade(&self.inner) };
         loop {
+            // Deliver what is due right here first: the worker may be sleeping on a backoff, or
+            // the app may run none, and a shared outbox's counts are only as fresh as its last
+            // pass (a record committed in the app's own transaction is seen by this one).
+            if let Err(error) = sink.deliver_due(&deliverer).await {
+                tracing::error!(%error, "conto.outbox.read_failed");
+            }
             let stats = sink.stats().ok()?;
             if stats.pending == 0 || tokio::time::Instant::now() >= give_up {
                 return Some(stats);
-            }
-            // Deliver what is due right here too: the worker may be sleeping on a backoff, or
-            // the app may run none.
-            if let Err(error) = sink.deliver_due(&deliverer).await {
-                tracing::error!(%error, "conto.outbox.read_failed");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
