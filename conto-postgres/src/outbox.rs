@@ -63,6 +63,8 @@ struct Seen {
     next_due: Option<Timestamp>,
     /// Records this process queued since it last counted.
     queued_since: u64,
+    /// Records this process ever queued (only grows): what a count began at.
+    queued_total: u64,
     /// Counts begun, and the latest begun whose result is applied: a count that began before
     /// another but answered after it is stale and dropped.
     counts_begun: u64,
@@ -210,7 +212,9 @@ impl PgOutbox {
         .bind(text)
         .execute(executor)
         .await?;
-        self.seen().queued_since += 1;
+        let mut seen = self.seen();
+        seen.queued_since += 1;
+        seen.queued_total += 1;
         Ok(())
     }
 
@@ -235,10 +239,10 @@ impl PgOutbox {
 
     /// Counts the table now (every replica's records).
     pub async fn refresh(&self) -> Result<OutboxStats, PgOutboxError> {
-        let (ticket, queued_before) = {
+        let (ticket, queued_at) = {
             let mut seen = self.seen();
             seen.counts_begun += 1;
-            (seen.counts_begun, seen.queued_since)
+            (seen.counts_begun, seen.queued_total)
         };
         // One round trip per pass: the counts and the earliest claimable moment.
         let row = sqlx::query(&self.sql(
@@ -259,7 +263,7 @@ impl PgOutbox {
             seen.count_applied = ticket;
             seen.stats = stats;
             // What this process queued after the count began may not be in it: keep it counted.
-            seen.queued_since = seen.queued_since.saturating_sub(queued_before);
+            seen.queued_since = seen.queued_total - queued_at;
             seen.next_due = next.and_then(|secs| Timestamp::from_millisecond((secs * 1000.0) as i64).ok());
         }
         Ok(stats)
