@@ -61,10 +61,10 @@ struct Seen {
     stats: OutboxStats,
     /// The earliest moment a pending row can be claimed.
     next_due: Option<Timestamp>,
-    /// Records this process queued since it last counted.
-    queued_since: u64,
-    /// Records this process ever queued (only grows): what a count began at.
+    /// Records this process ever queued (only grows), and how many of them the applied count
+    /// began after: the rest may be missing from it and are added to its `pending`.
     queued_total: u64,
+    counted_upto: u64,
     /// Counts begun, and the latest begun whose result is applied: a count that began before
     /// another but answered after it is stale and dropped.
     counts_begun: u64,
@@ -212,9 +212,7 @@ impl PgOutbox {
         .bind(text)
         .execute(executor)
         .await?;
-        let mut seen = self.seen();
-        seen.queued_since += 1;
-        seen.queued_total += 1;
+        self.seen().queued_total += 1;
         Ok(())
     }
 
@@ -262,8 +260,7 @@ impl PgOutbox {
         if ticket > seen.count_applied {
             seen.count_applied = ticket;
             seen.stats = stats;
-            // What this process queued after the count began may not be in it: keep it counted.
-            seen.queued_since = seen.queued_total - queued_at;
+            seen.counted_upto = queued_at;
             seen.next_due = next.and_then(|secs| Timestamp::from_millisecond((secs * 1000.0) as i64).ok());
         }
         Ok(stats)
@@ -461,7 +458,7 @@ impl RecordSink for PgOutbox {
     fn stats(&self) -> Result<OutboxStats, SinkError> {
         let seen = self.seen();
         let mut stats = seen.stats;
-        stats.pending += seen.queued_since + self.spilled().len() as u64;
+        stats.pending += seen.queued_total - seen.counted_upto + self.spilled().len() as u64;
         Ok(stats)
     }
 }

@@ -154,15 +154,9 @@ pub(crate) fn screen<'p>(
 }
 
 impl<'p> Screened<'p> {
-    /// The stateful rules to judge, in order: of a policy that applies, on the intent's rail,
-    /// and before the first stateless denial.
-    fn stateful(&self) -> impl Iterator<Item = (Pos, &'p str, &'p CompiledRule)> + '_ {
-        let until = self.denied.as_ref().map(|(pos, _)| *pos);
-        self.policies
-            .stateful
-            .iter()
-            .take_while(move |pos| until.is_none_or(|until| **pos < until))
-            .filter_map(|&pos| self.judged(pos).map(|(name, rule)| (pos, name, rule)))
+    /// Where stateful rules stop being judged: the first stateless denial, if any.
+    fn until(&self) -> Option<Pos> {
+        self.denied.as_ref().map(|(pos, _)| *pos)
     }
 
     /// The policy's name and the rule at `pos`, if the rule is judged for this intent: its
@@ -177,7 +171,14 @@ impl<'p> Screened<'p> {
     /// The denial that stands without reading any ledger: a stateless rule denied and no
     /// stateful rule comes before it.
     pub fn denied_outright(&mut self) -> Option<Denial> {
-        if self.denied.is_some() && self.stateful().next().is_none() {
+        let until = self.until();
+        let stateful_first = self
+            .policies
+            .stateful
+            .iter()
+            .take_while(|pos| until.is_none_or(|u| **pos < u))
+            .any(|&pos| self.judged(pos).is_some());
+        if self.denied.is_some() && !stateful_first {
             return self.denied.take().map(|(_, denial)| denial);
         }
         None
@@ -191,8 +192,8 @@ impl<'p> Screened<'p> {
         let mut windows: Vec<VelocityKey> = Vec::new();
         let mut approvals = std::mem::take(&mut self.approvals);
         let (subject, skip_approval) = (&self.subject, self.skip_approval);
-        let until = self.denied.as_ref().map(|(pos, _)| *pos);
-        // A plain loop over the index (not `stateful()`'s adapters): this runs under the lock.
+        let until = self.until();
+        // The stateful rules in order, up to the first stateless denial (under the lock).
         for &pos in &self.policies.stateful {
             if until.is_some_and(|until| pos >= until) {
                 break;

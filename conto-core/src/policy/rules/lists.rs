@@ -144,7 +144,6 @@ fn trimmed(value: &str) -> &str {
 
 /// Runs `f` on `value` in ASCII lowercase, copying only when it has an uppercase letter (on the
 /// stack when short).
-#[inline(never)]
 fn with_lowercase<R>(value: &str, f: impl FnOnce(&str) -> R) -> R {
     if !value.bytes().any(|b| b.is_ascii_uppercase()) {
         return f(value);
