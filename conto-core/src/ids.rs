@@ -1,10 +1,5 @@
 //! Random identifiers and tokens.
 
-/// `n` random bytes as lower-case hex.
-pub(crate) fn random_hex(n: usize) -> String {
-    random_id("", n)
-}
-
 /// `prefix` then the low `digits` hex digits of `bits` (at most 32), in one allocation.
 pub(crate) fn hex_id(prefix: &str, bits: u128, digits: usize) -> String {
     let mut out = String::with_capacity(prefix.len() + digits);
@@ -30,9 +25,12 @@ pub(crate) fn random_id(prefix: &str, n: usize) -> String {
 pub(crate) fn push_hex(out: &mut String, bits: u128, digits: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = digits.min(32);
+    // Digit `i` (counting from the least significant) is a nibble of byte `i / 2`: byte
+    // arithmetic, not a 128-bit shift per digit.
+    let bytes = bits.to_le_bytes();
     let mut buf = [0u8; 32];
     for (i, b) in buf[..digits].iter_mut().rev().enumerate() {
-        *b = HEX[(bits >> (4 * i) & 0xf) as usize];
+        *b = HEX[usize::from(bytes[i / 2] >> (4 * (i % 2)) & 0xf)];
     }
     // Hex digits are ASCII: always valid UTF-8.
     out.push_str(std::str::from_utf8(&buf[..digits]).unwrap_or_default());
@@ -43,15 +41,25 @@ mod tests {
     #[test]
     fn lengths_and_alphabet() {
         for n in [1, 12, 16, 32, 33] {
-            let h = super::random_hex(n);
+            let h = super::random_id("", n);
             assert_eq!(h.len(), n * 2);
             assert!(h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         }
-        assert_ne!(super::random_hex(32), super::random_hex(32));
+        assert_ne!(super::random_id("", 32), super::random_id("", 32));
         let id = super::random_id("auth_", 12);
         assert!(id.starts_with("auth_") && id.len() == 5 + 24, "{id}");
         assert_eq!(super::hex_id("tx_", 0x0123_4567_89ab_cdef, 16), "tx_0123456789abcdef");
         assert_eq!(super::hex_id("", 0xabc, 6), "000abc");
         assert_eq!(super::hex_id("", u128::MAX, 40), "f".repeat(32));
+    }
+
+    proptest::proptest! {
+        /// `hex_id` writes what `format!` writes: the low digits, zero-padded.
+        #[test]
+        fn hex_id_writes_what_format_writes(bits: u128, digits in 0usize..=40) {
+            let full = format!("{bits:032x}");
+            let want = &full[32 - digits.min(32)..];
+            proptest::prop_assert_eq!(super::hex_id("p_", bits, digits), format!("p_{want}"));
+        }
     }
 }

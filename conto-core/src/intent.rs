@@ -57,18 +57,25 @@ pub struct Address(String);
 impl Address {
     /// Validates an address.
     pub fn parse(s: &str) -> Result<Self, IntentError> {
+        Self::parse_owned(s.to_owned())
+    }
+
+    /// [`Address::parse`] of text the caller already owns: an EVM address is lower-cased in
+    /// place, so a valid address costs no allocation.
+    pub(crate) fn parse_owned(mut s: String) -> Result<Self, IntentError> {
         let evm = s.len() == 42
             && (s.starts_with("0x") || s.starts_with("0X"))
-            && s[2..].bytes().all(|b| b.is_ascii_hexdigit());
+            && s.as_bytes()[2..].iter().all(u8::is_ascii_hexdigit);
         if evm {
-            return Ok(Self(format!("0x{}", s[2..].to_ascii_lowercase())));
+            s.make_ascii_lowercase();
+            return Ok(Self(s));
         }
         const BASE58: &str = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
         let solana = (32..=44).contains(&s.len()) && s.chars().all(|c| BASE58.contains(c));
         if solana {
-            return Ok(Self(s.to_owned()));
+            return Ok(Self(s));
         }
-        Err(IntentError::Address(s.to_owned()))
+        Err(IntentError::Address(s))
     }
 
     /// The canonical text: EVM addresses lower-cased, Solana addresses as given.
@@ -195,7 +202,7 @@ impl IdempotencyKey {
 
     /// A fresh random key (for attempts the caller does not name).
     pub fn random() -> Self {
-        Self(format!("ck_{}", crate::ids::random_hex(16)))
+        Self(crate::ids::random_id("ck_", 16))
     }
 
     /// The key's text.
@@ -306,7 +313,12 @@ impl Rail {
 
     /// A transfer from the app's wallet on `chain_id`.
     pub fn transfer(chain_id: u64, sender: &str) -> Result<Self, IntentError> {
-        Ok(Rail::Transfer { chain_id, sender: Address::parse(sender)? })
+        Self::transfer_owned(chain_id, sender.to_owned())
+    }
+
+    /// [`Rail::transfer`] with a sender the caller already owns.
+    pub(crate) fn transfer_owned(chain_id: u64, sender: String) -> Result<Self, IntentError> {
+        Ok(Rail::Transfer { chain_id, sender: Address::parse_owned(sender)? })
     }
 
     /// An x402 payment for `resource_url`; the service domain is the URL's host.
@@ -523,7 +535,7 @@ impl IntentBuilder {
         let intent = PaymentIntent {
             actor: ActorId::new(self.actor)?,
             amount: self.amount?,
-            recipient: self.recipient.as_deref().map(Address::parse).transpose()?,
+            recipient: self.recipient.map(Address::parse_owned).transpose()?,
             rail: self.rail,
             recipient_name: self.recipient_name,
             purpose: self.purpose,
@@ -547,7 +559,9 @@ mod tests {
     fn addresses() {
         let a = Address::parse("0xABCDEFabcdef0123456789012345678901234567").unwrap();
         assert_eq!(a.as_str(), "0xabcdefabcdef0123456789012345678901234567");
-        assert!(Address::parse("0x123").is_err());
+        let upper = Address::parse("0XABCDEFABCDEF0123456789012345678901234567").unwrap();
+        assert_eq!(upper, a, "the prefix is canonical too");
+        assert!(matches!(Address::parse("0x123"), Err(IntentError::Address(s)) if s == "0x123"));
         assert!(Address::parse("0xZZCDEFabcdef0123456789012345678901234567").is_err());
         assert!(Address::parse("7EcDhSYGxXyscszYEp35KHN8vvw3svAuLKTzXwCFLtV").is_ok());
         assert!(Address::parse("0OIl0000000000000000000000000000000").is_err());

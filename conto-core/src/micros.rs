@@ -44,7 +44,14 @@ impl Micros {
 
     /// The exact decimal value.
     pub fn to_decimal(self) -> Decimal {
-        Decimal::new(self.0, Amount::SCALE).normalize()
+        // Normalized by stripping trailing zeros from the integer (at most six divisions of
+        // an `i64`), not from the decimal's 96-bit mantissa.
+        let (mut units, mut scale) = (self.0, Amount::SCALE);
+        while scale > 0 && units % 10 == 0 {
+            units /= 10;
+            scale -= 1;
+        }
+        Decimal::new(units, scale)
     }
 }
 
@@ -170,6 +177,12 @@ mod tests {
             let y = if near { x + Decimal::new(b % 1000, 9) } else { Decimal::new(b, sb) };
             prop_assert_eq!(Bound::new(x).is_below(&Bound::new(y)), x < y, "{} {}", x, y);
             prop_assert_eq!(Bound::new(y).is_below(&Bound::new(x)), y < x, "{} {}", y, x);
+        }
+
+        #[test]
+        fn to_decimal_is_the_normalized_decimal(x in prop_oneof![any::<i64>(), (-1_000_000i64..=1_000_000).prop_map(|x| x * 1000)]) {
+            let (ours, theirs) = (Micros(x).to_decimal(), Decimal::new(x, 6).normalize());
+            prop_assert_eq!((ours.mantissa(), ours.scale(), ours.to_string()), (theirs.mantissa(), theirs.scale(), theirs.to_string()));
         }
 
         #[test]

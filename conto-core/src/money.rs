@@ -70,7 +70,8 @@ impl Amount {
 
     /// Builds an amount from an integer number of micro-units (0.000001).
     pub fn from_micros(micros: i64) -> Result<Self, AmountError> {
-        Self::new(Decimal::new(micros, Self::SCALE))
+        // Normalized on the integer first: `new` then finds nothing to strip.
+        Self::new(crate::micros::Micros(micros).to_decimal())
     }
 
     /// The exact decimal value.

@@ -292,7 +292,7 @@ fn required(field: &'static str, value: &impl TextSource) -> Result<String, Inte
 impl RailParts {
     /// `rail = transfer(chain_id = .., sender = ..)`.
     pub fn transfer(chain_id: u64, sender: &impl TextSource) -> Self {
-        Self(required("senderAddress", sender).and_then(|s| Rail::transfer(chain_id, &s)))
+        Self(required("senderAddress", sender).and_then(|s| Rail::transfer_owned(chain_id, s)))
     }
 
     /// `rail = x402(resource_url = ..)`.
