@@ -243,7 +243,24 @@ fn decide(
             if crate::store::confirmed_with_token(&a.intent.rail) {
                 a.token = Some(crate::store::issue_token());
             }
-            store.add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))?;
+            // The reservation stands only with its approval written: freed if a write fails
+            // here, or if the request's writes do not commit.
+            let written = store
+                .add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))
+                .and_then(|()| match kind {
+                    Kind::Request => {
+                        store.put_payment_request(&a.id, intent.actor.as_str(), "APPROVED", None, &[], &now_text())
+                    }
+                    _ => Ok(()),
+                });
+            if let Err(e) = written {
+                let _ = app.engine.free(&a);
+                return Err(e.into());
+            }
+            let (engine, held) = (app.engine.clone(), a.clone());
+            store.on_rollback(move || {
+                let _ = engine.free(&held);
+            });
             let token = a.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned());
             let mut body = DecisionBody {
                 amount: Some(a.amount),
@@ -270,7 +287,6 @@ fn decide(
                     body.approval_token = token;
                 }
                 Kind::Request => {
-                    store.put_payment_request(&a.id, intent.actor.as_str(), "APPROVED", None, &[], &now_text())?;
                     body.request_id = Some(a.id.clone());
                     body.status = Some("APPROVED".into());
                     body.recipient_address = recipient;
@@ -804,8 +820,13 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
     match decision.map(|d| d.verdict) {
         Some(Verdict::Approved(mut a)) => {
             a.token = Some(crate::store::issue_token());
-            lock(&app.store)
-                .add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a))?;
+            let written = lock(&app.store)
+                .add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a));
+            if let Err(e) = written {
+                // Unwritten, the approval could never be confirmed: hold nothing for it.
+                let _ = app.engine.free(&a);
+                return Err(e.into());
+            }
             // Only the token's hash is stored; the token itself waits in memory for the agent.
             if let Some(token) = a.token.clone() {
                 lock(&app.approval_tokens).insert(request.id.clone(), token);
@@ -819,4 +840,68 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
     }
     lock(&app.store).put_request(&request)?;
     Ok(ApprovalAnswer { approval_request_id: id.to_owned(), status: request.status })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use conto_core::{Engine, PaymentIntent, Rail};
+    use conto_wire::Kind;
+
+    use super::decide;
+    use crate::App;
+    use crate::store::Store;
+
+    fn app() -> App {
+        let engine = Engine::builder().build();
+        engine.provision("agent-1").unwrap();
+        App {
+            store: Mutex::new(Store::open(None).unwrap()),
+            engine,
+            org_key: "conto_org_test".to_owned().into(),
+            rate_limit: 100,
+            rate: Mutex::new(HashMap::new()),
+            approval_tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn intent() -> PaymentIntent {
+        let rail = Rail::transfer(8453, "0x2222222222222222222222222222222222222222").unwrap();
+        PaymentIntent::builder("agent-1", "5", rail)
+            .recipient("0x1111111111111111111111111111111111111111")
+            .build()
+            .unwrap()
+    }
+
+    /// An approval whose write fails is answered with an error and holds no budget: a retry
+    /// would otherwise reserve a second time while the first waited out its expiry.
+    #[test]
+    fn an_approval_that_was_not_written_holds_nothing() {
+        let app = app();
+        let store = crate::lock(&app.store);
+        store.execute_for_test("DROP TABLE approvals");
+        assert!(decide(&app, &store, &intent(), Kind::Transfer).is_err());
+        assert_eq!(app.engine.usage("agent-1").live_reservations, 0);
+    }
+
+    /// The same when the approval was written but its request's writes did not commit.
+    #[test]
+    fn an_approval_whose_writes_did_not_commit_holds_nothing() {
+        let app = app();
+        let store = crate::lock(&app.store);
+        let decided = store.batch(|s| {
+            let answer = decide(&app, s, &intent(), Kind::Transfer).unwrap();
+            assert_eq!(app.engine.usage("agent-1").live_reservations, 1, "reserved while the request runs");
+            s.fail_commit_for_test();
+            answer
+        });
+        assert!(decided.is_err(), "the commit failed");
+        assert_eq!(app.engine.usage("agent-1").live_reservations, 0);
+
+        // A request that commits keeps its reservation.
+        store.batch(|s| decide(&app, s, &intent(), Kind::Transfer).unwrap()).unwrap();
+        assert_eq!(app.engine.usage("agent-1").live_reservations, 1);
+    }
 }

@@ -73,7 +73,13 @@ pub(crate) struct Store {
     /// process owns the database (EXCLUSIVE locking: nothing else writes it). Misses are not
     /// kept, so unknown keys cannot grow it.
     keys: RefCell<HashMap<String, KeyRecord>>,
+    /// What the open batch changed outside the database (an engine's reservation), undone if
+    /// its writes do not commit.
+    undo: RefCell<Vec<Undo>>,
 }
+
+/// An in-memory effect to undo when a batch's writes do not commit.
+type Undo = Box<dyn FnOnce() + Send>;
 
 /// An SDK key's record.
 #[derive(Clone)]
@@ -241,7 +247,7 @@ impl Store {
         conn.execute("UPDATE approval_requests SET approval_token = NULL WHERE approval_token IS NOT NULL", [])?;
         // Every statement is prepared once and reused (parsing SQL was a tenth of a decision).
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Self { conn, keys: RefCell::default() })
+        Ok(Self { conn, keys: RefCell::default(), undo: RefCell::default() })
     }
 
     pub fn add_agent(&self, id: &str, name: &str, now: &str) -> Result<(), StoreError> {
@@ -544,17 +550,47 @@ impl Store {
     /// error (its writes stand, as the in-memory engine's effects do): a request's writes
     /// commit once instead of once per statement. Batches and [`Store::record_spend`] nest.
     pub fn batch<T>(&self, f: impl FnOnce(&Store) -> T) -> Result<T, StoreError> {
+        // Left by a batch that unwound (its writes were committed): not this batch's to undo.
+        self.undo.borrow_mut().clear();
         self.conn.prepare_cached("SAVEPOINT batch")?.execute([])?;
         let open = Open(&self.conn);
         let out = f(self);
         std::mem::forget(open);
+        let undo = self.undo.take();
         if let Err(e) = self.conn.prepare_cached("RELEASE batch").and_then(|mut s| s.execute([])) {
             // A commit that failed (a full disk) must not leave later writes in an open
-            // transaction: end it, and report the failure.
+            // transaction: end it, undo what went with the writes, and report the failure.
             let _ = self.conn.execute_batch("ROLLBACK");
+            undo.into_iter().rev().for_each(|undo| undo());
             return Err(e.into());
         }
         Ok(out)
+    }
+
+    /// Runs `undo` if the open [`Store::batch`] does not commit: for an effect outside the
+    /// database (an engine's reservation) that must not outlive the writes it went with.
+    pub fn on_rollback(&self, undo: impl FnOnce() + Send + 'static) {
+        self.undo.borrow_mut().push(Box::new(undo));
+    }
+
+    /// Runs `sql` (tests that break the store on purpose).
+    #[cfg(test)]
+    pub fn execute_for_test(&self, sql: &str) {
+        self.conn.execute_batch(sql).unwrap();
+    }
+
+    /// Makes the open batch's commit fail, as a full disk would: a deferred foreign key that
+    /// does not hold is checked at commit.
+    #[cfg(test)]
+    pub fn fail_commit_for_test(&self) {
+        self.conn
+            .execute_batch(
+                "PRAGMA foreign_keys = ON;
+                 CREATE TABLE IF NOT EXISTS test_parent (id INTEGER PRIMARY KEY);
+                 CREATE TABLE IF NOT EXISTS test_child (p INTEGER REFERENCES test_parent (id) DEFERRABLE INITIALLY DEFERRED);
+                 INSERT INTO test_child (p) VALUES (7);",
+            )
+            .unwrap();
     }
 
     /// Marks an approval recorded and stores the spend, both or neither.
@@ -735,6 +771,33 @@ mod tests {
         assert!(panicked.is_err());
         assert!(store.conn.is_autocommit(), "no transaction left open");
         assert!(store.agent_exists("agent-2").unwrap());
+    }
+
+    /// A batch whose commit fails leaves nothing: its writes are rolled back, what it changed
+    /// in memory is undone (in reverse order), and no transaction stays open.
+    #[test]
+    fn a_batch_that_does_not_commit_undoes_what_went_with_it() {
+        use std::sync::{Arc, Mutex};
+        let store = super::Store::open(None).unwrap();
+        let undone = Arc::new(Mutex::new(Vec::new()));
+        let failed = store.batch(|s| {
+            s.add_agent("agent-1", "agent-1", "2026-01-01T00:00:00Z").unwrap();
+            for n in [1, 2] {
+                let undone = undone.clone();
+                s.on_rollback(move || undone.lock().unwrap().push(n));
+            }
+            s.fail_commit_for_test();
+        });
+        assert!(failed.is_err(), "the commit failed");
+        assert_eq!(*undone.lock().unwrap(), [2, 1], "undone, last first");
+        assert!(store.conn.is_autocommit(), "no transaction left open");
+        assert!(!store.agent_exists("agent-1").unwrap(), "its writes rolled back");
+
+        // A batch that commits undoes nothing, and forgets what it registered.
+        let undone_later = undone.clone();
+        store.batch(|s| s.on_rollback(move || undone_later.lock().unwrap().push(3))).unwrap();
+        assert_eq!(*undone.lock().unwrap(), [2, 1]);
+        assert!(store.undo.borrow().is_empty());
     }
 
     /// Numbering a spend reads one index entry, not every spend: recording stays flat however
