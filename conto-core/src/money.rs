@@ -70,8 +70,12 @@ impl Amount {
 
     /// Builds an amount from an integer number of micro-units (0.000001).
     pub fn from_micros(micros: i64) -> Result<Self, AmountError> {
-        // Normalized on the integer first: `new` then finds nothing to strip.
-        Self::new(crate::micros::Micros(micros).to_decimal())
+        // Checked on the integer: the decimal is then normalized and whole micro-units already.
+        const MAX_MICROS: i64 = 1_000_000_000 * 1_000_000;
+        match micros {
+            1..=MAX_MICROS => Ok(Self(crate::micros::Micros(micros).to_decimal())),
+            _ => Self::new(Decimal::new(micros, Self::SCALE)),
+        }
     }
 
     /// The exact decimal value.
@@ -276,6 +280,22 @@ impl<'de> Deserialize<'de> for Amount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// `from_micros` answers what `new` answers for the same decimal, to the scale.
+        #[test]
+        fn from_micros_is_new_of_the_decimal(m in proptest::prop_oneof![
+            proptest::prelude::any::<i64>(),
+            -2i64..=2,
+            999_999_999_999_990i64..=1_000_000_000_000_010,
+        ]) {
+            let (ours, theirs) = (Amount::from_micros(m), Amount::new(Decimal::new(m, Amount::SCALE)));
+            proptest::prop_assert_eq!(&ours, &theirs);
+            if let (Ok(a), Ok(b)) = (ours, theirs) {
+                proptest::prop_assert_eq!((a.get().mantissa(), a.get().scale()), (b.get().mantissa(), b.get().scale()));
+            }
+        }
+    }
 
     #[test]
     fn parses_and_rejects() {

@@ -55,18 +55,29 @@ impl IdKey {
 /// Lower-case hex digits as a number (the engine writes its ids in lower case; anything else
 /// is hashed like a foreign id).
 fn lower_hex(digits: &[u8]) -> Option<u128> {
+    // Each byte's digit value, or 0xff for a byte that is not a lower-case hex digit.
+    const VALUE: [u8; 256] = {
+        let mut table = [0xff; 256];
+        let mut i = 0;
+        while i < 16 {
+            table[b"0123456789abcdef"[i] as usize] = i as u8;
+            i += 1;
+        }
+        table
+    };
     let mut acc = 0u128;
     for chunk in digits.chunks(8) {
-        let mut part = 0u32;
-        for b in chunk {
-            let v = match b {
-                b'0'..=b'9' => b - b'0',
-                b'a'..=b'f' => b - b'a' + 10,
-                _ => return None,
-            };
-            part = part << 4 | u32::from(v);
+        // Eight digits at a time in 32 bits (one 128-bit shift per chunk, not per digit),
+        // checked once per chunk.
+        let (mut part, mut seen) = (0u32, 0u8);
+        for &b in chunk {
+            let v = VALUE[usize::from(b)];
+            seen |= v;
+            part = part << 4 | u32::from(v & 0xf);
         }
-        // Eight digits at a time in 32 bits: one 128-bit shift per chunk, not per digit.
+        if seen > 0xf {
+            return None;
+        }
         acc = acc << (4 * chunk.len()) | u128::from(part);
     }
     Some(acc)
@@ -539,6 +550,21 @@ mod tests {
     use super::IdKey;
 
     proptest! {
+        /// `lower_hex` reads lower-case hex digits as `from_str_radix` does and refuses
+        /// every other byte (upper case, signs, non-ASCII).
+        #[test]
+        fn lower_hex_reads_lower_case_hex_only(digits in proptest::collection::vec(any::<u8>(), 0..=32), hex in "[0-9a-f]{0,32}") {
+            for d in [digits.as_slice(), hex.as_bytes()] {
+                let lower = d.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                let want = match std::str::from_utf8(d) {
+                    Ok("") => Some(0),
+                    Ok(s) if lower => u128::from_str_radix(s, 16).ok(),
+                    _ => None,
+                };
+                prop_assert_eq!(super::lower_hex(d), want, "{:?}", d);
+            }
+        }
+
         /// An engine id's key is read back from its text exactly; any other id (upper case,
         /// another length, another prefix) is hashed into the other half of the key space.
         #[test]

@@ -110,16 +110,17 @@ impl Read {
     }
 
     /// What the reservation keeps: no allocation for one counter, one exactly sized box for more.
+    /// (Slots fill in order, and `more` only once they are full.)
     fn into_held(self) -> Held {
-        let n = self.inline.iter().flatten().count() + self.more.len();
-        let mut all = self.inline.into_iter().flatten().chain(self.more).map(|(key, start, _)| (key, start));
-        match (n, all.next()) {
-            (_, None) => Held::Nothing,
-            (1, Some(one)) => Held::One([one]),
-            (_, Some(first)) => {
+        let Read { inline: [first, second, third, fourth], more } = self;
+        match (first, second) {
+            (None, _) => Held::Nothing,
+            (Some((key, start, _)), None) => Held::One([(key, start)]),
+            (Some(first), Some(second)) => {
+                let n = 2 + usize::from(third.is_some()) + usize::from(fourth.is_some()) + more.len();
                 let mut many = Vec::with_capacity(n);
-                many.push(first);
-                many.extend(all);
+                let all = [Some(first), Some(second), third, fourth].into_iter().flatten().chain(more);
+                many.extend(all.map(|(key, start, _)| (key, start)));
                 Held::Many(many.into_boxed_slice())
             }
         }
@@ -198,5 +199,46 @@ impl Explain for Spent {
 
     fn current(&self) -> Option<Decimal> {
         Some(self.used.to_decimal())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use jiff::Timestamp;
+
+    use super::Read;
+    use crate::engine::ledger::{CounterKey, Held};
+    use crate::micros::Micros;
+    use crate::policy::rules::{CounterId, Period};
+
+    fn read(n: usize) -> (CounterKey, Timestamp, Micros) {
+        let key = CounterKey {
+            id: CounterId(Arc::from(format!("c{n}"))),
+            scope_key: String::new(),
+            period: Period::Day,
+            tz: Arc::from("UTC"),
+        };
+        (key, Timestamp::from_second(n as i64).unwrap(), Micros(n as i64))
+    }
+
+    /// The reservation keeps every counter read, in the order read, inline or spilled.
+    #[test]
+    fn held_keeps_every_counter_in_order() {
+        for n in 0..=7 {
+            let mut r = Read::default();
+            (0..n).for_each(|i| r.push(read(i)));
+            let held = r.into_held();
+            let got: Vec<_> = held.iter().map(|(k, start)| (k.id.0.to_string(), start.as_second())).collect();
+            let want: Vec<_> = (0..n).map(|i| (format!("c{i}"), i as i64)).collect();
+            assert_eq!(got, want, "{n} counters");
+            let shape = match held {
+                Held::Nothing => 0,
+                Held::One(_) => 1,
+                Held::Many(many) => many.len().max(2),
+            };
+            assert_eq!(shape, n, "no allocation for none or one; an exact box for more");
+        }
     }
 }
