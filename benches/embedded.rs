@@ -6,18 +6,15 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::Request;
-use axum::routing::get;
-use conto::tower::{Actor, Paywall, Price};
-use conto::{Conto, Engine, PaymentIntent, PolicySet, Rail, Rejection, Settlement, paid_action};
+use conto::{Engine, PaymentIntent, PolicySet, Settlement};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tower::ServiceExt;
 
 mod common;
+#[path = "common/paid.rs"]
+mod paid;
 
-use common::{RECIPIENT, SENDER, intent, policies_for};
+use common::{intent, policies_for};
 
 /// The shared policy sets, for 64 agents.
 fn policies(n: usize) -> PolicySet {
@@ -67,63 +64,21 @@ fn by_history(c: &mut Criterion) {
     g.finish();
 }
 
-#[derive(Debug)]
-struct PayError;
-impl From<Rejection> for PayError {
-    fn from(_: Rejection) -> Self {
-        PayError
-    }
-}
-
-/// The settlement body both functions share: a little real work.
-async fn settle_body(n: u64) -> Result<u64, PayError> {
-    Ok(black_box(n).wrapping_mul(31).rotate_left(7))
-}
-
-async fn bare(n: u64) -> Result<u64, PayError> {
-    settle_body(n).await
-}
-
-#[paid_action(amount = "0.01", recipient = RECIPIENT, rail = transfer(chain_id = 8453, sender = SENDER),
-    actor = "agent-1", conto = conto, category = "API_PROVIDER")]
-async fn guarded(conto: &Conto, n: u64) -> Result<u64, PayError> {
-    settle_body(n).await
-}
-
 fn macro_overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let conto = Conto::new(Engine::new(policies(10)));
+    let conto = paid::conto(10);
     let mut g = c.benchmark_group("paid_action");
-    g.bench_function("bare_fn", |b| b.to_async(&rt).iter(|| bare(black_box(7))));
-    g.bench_function("paid_action_fn", |b| b.to_async(&rt).iter(|| guarded(&conto, black_box(7))));
+    g.bench_function("bare_fn", |b| b.to_async(&rt).iter(|| paid::bare(black_box(7))));
+    g.bench_function("paid_action_fn", |b| b.to_async(&rt).iter(|| paid::guarded(&conto, black_box(7))));
     g.finish();
 }
 
-/// The authenticated user, as an auth middleware would insert it.
-#[derive(Clone)]
-struct User(String);
-
 fn layer_overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let paid = Paywall::builder(Conto::new(Engine::new(policies(10))))
-        .actor(Actor::extension(|user: &User| user.0.clone()))
-        .rail(Rail::transfer(8453, SENDER).unwrap())
-        .recipient(RECIPIENT)
-        .category("API_PROVIDER")
-        .build()
-        .unwrap()
-        .with_price(Price::fixed("0.01".parse().unwrap()));
-    let bare: Router = Router::new().route("/r", get(|| async { "ok" }));
-    let layered: Router = Router::new().route("/r", get(|| async { "ok" }).route_layer(paid));
-    // The app's auth middleware would insert the user; the bench inserts it directly.
-    let req = || {
-        let mut r = Request::get("/r").body(Body::empty()).unwrap();
-        r.extensions_mut().insert(User("agent-1".to_owned()));
-        r
-    };
+    let (bare, layered) = paid::routes(paid::conto(10));
     let mut g = c.benchmark_group("layer_oneshot");
-    g.bench_function("bare_route", |b| b.to_async(&rt).iter(|| bare.clone().oneshot(req())));
-    g.bench_function("paid_route", |b| b.to_async(&rt).iter(|| layered.clone().oneshot(req())));
+    g.bench_function("bare_route", |b| b.to_async(&rt).iter(|| bare.clone().oneshot(paid::request())));
+    g.bench_function("paid_route", |b| b.to_async(&rt).iter(|| layered.clone().oneshot(paid::request())));
     g.finish();
 }
 

@@ -39,8 +39,24 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 mod common;
+#[path = "common/paid.rs"]
+mod paid;
 
 use common::{intent, policies_for as policies};
+use tower::ServiceExt;
+
+/// Allocations per call of `once`, after a warm-up.
+fn allocations(mut once: impl FnMut()) -> f64 {
+    for _ in 0..100 {
+        once();
+    }
+    let rounds = 10_000;
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..rounds {
+        once();
+    }
+    (ALLOCS.load(Ordering::Relaxed) - before) as f64 / rounds as f64
+}
 
 fn main() {
     println!("allocations per authorize + record (embedded engine, after warm-up):");
@@ -58,19 +74,25 @@ fn main() {
             let Verdict::Approved(a) = engine.decide_shared(&shared).unwrap().verdict else { panic!("approved") };
             engine.settle(&a, &Settlement::default()).unwrap();
         };
-        let count = |once: &dyn Fn()| {
-            for _ in 0..100 {
-                once();
-            }
-            let rounds = 10_000;
-            let before = ALLOCS.load(Ordering::Relaxed);
-            for _ in 0..rounds {
-                once();
-            }
-            (ALLOCS.load(Ordering::Relaxed) - before) as f64 / rounds as f64
-        };
-        println!("  {n:>3} policies: {:.1} allocations (decide), {:.1} (decide_shared)", count(&copied), count(&kept));
+        println!(
+            "  {n:>3} policies: {:.1} allocations (decide), {:.1} (decide_shared)",
+            allocations(copied),
+            allocations(kept)
+        );
     }
+
+    // The same decision through `#[paid_action]` and through the layer, beside their bare
+    // baselines: what each adds to the decision's own allocations.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conto = paid::conto(10);
+    let bare_fn = allocations(|| drop(rt.block_on(paid::bare(7))));
+    let paid_fn = allocations(|| drop(rt.block_on(paid::guarded(&conto, 7))));
+    let (bare, layered) = paid::routes(paid::conto(10));
+    let bare_route = allocations(|| drop(rt.block_on(bare.clone().oneshot(paid::request()))));
+    let paid_route = allocations(|| drop(rt.block_on(layered.clone().oneshot(paid::request()))));
+    println!("allocations per call at 10 policies (decision + record included):");
+    println!("  #[paid_action] fn: {paid_fn:.1} (the bare fn: {bare_fn:.1})");
+    println!("  paid route (oneshot): {paid_route:.1} (the bare route: {bare_route:.1})");
 
     let actors = 1_000_000;
     let engine = Engine::new(policies(10, vec![]));

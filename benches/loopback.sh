@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Requests/s and latency of a route behind PaidLayer vs the same route bare, over loopback with
 # wrk (Debian package `wrk`). Both routes are measured in the same run, alternating, on the same
-# server process. Bounded: DURATION seconds per run, ROUNDS rounds.
+# server process. Bounded: DURATION seconds per run, ROUNDS rounds. SERVER=path runs another
+# build of the server (e.g. an earlier commit's, to compare in one sitting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"; ROUNDS="${ROUNDS:-2}"; CONNS="${CONNS:-32}"; PORT="${PORT:-3999}"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-cargo build --release -p conto-examples --example bench_server >/dev/null 2>&1
-PORT=$PORT target/release/examples/bench_server >/dev/null & server=$!
+if [ -z "${SERVER:-}" ]; then
+  cargo build --release -p conto-examples --example bench_server >/dev/null 2>&1
+  SERVER=target/release/examples/bench_server
+fi
+PORT=$PORT "$SERVER" >/dev/null & server=$!
 trap 'kill $server 2>/dev/null' EXIT
 for _ in $(seq 1 50); do curl -s "http://127.0.0.1:$PORT/bare" >/dev/null && break; sleep 0.1; done
 for round in $(seq 1 "$ROUNDS"); do
