@@ -107,14 +107,30 @@ struct Inner {
     policies: ArcSwap<PolicySet>,
     layers: Mutex<Layers>,
     journal: std::sync::OnceLock<Arc<dyn Journal>>,
-    actors: RwLock<ledger::Map<ActorId, ActorStatus>>,
+    /// Every actor the engine knows: its status while provisioned, its ledger once it has
+    /// spent. One map, so a decision finds both under one read lock.
+    actors: RwLock<ledger::Map<ActorId, Slot>>,
     open_actors: bool,
-    agents: RwLock<ledger::Map<ActorId, Arc<Mutex<AgentLedger>>>>,
     pending: Mutex<HashMap<String, Pending>>,
     clock: Arc<dyn Clock>,
     approval_ttl: SignedDuration,
     pending_ttl: SignedDuration,
     retention: SignedDuration,
+}
+
+/// One actor's entry: its status while provisioned (`None` once retired, or for an actor an
+/// open engine let through), and its ledger, created by its first approval.
+#[derive(Default)]
+struct Slot {
+    status: Option<ActorStatus>,
+    ledger: Option<Arc<Mutex<AgentLedger>>>,
+}
+
+/// What a decision or a record learns from one look at the actor: whether it may spend (as
+/// [`Engine::admit`] answers) and its ledger, if it has one.
+struct Admission {
+    admitted: Result<Result<bool, Denial>, AuthorityError>,
+    ledger: Option<Arc<Mutex<AgentLedger>>>,
 }
 
 /// The embedded engine. Cheap to clone; clones share policies and ledgers.
@@ -232,9 +248,13 @@ impl EngineBuilder {
                 policies: ArcSwap::from_pointee(self.policies.clone()),
                 layers: Mutex::new(Layers { base: self.policies, managed: Default::default() }),
                 journal: std::sync::OnceLock::new(),
-                actors: RwLock::new(self.actors.into_iter().collect()),
+                actors: RwLock::new(
+                    self.actors
+                        .into_iter()
+                        .map(|(id, status)| (id, Slot { status: Some(status), ledger: None }))
+                        .collect(),
+                ),
                 open_actors: self.open_actors,
-                agents: RwLock::new(ledger::Map::default()),
                 pending: Mutex::new(HashMap::new()),
                 clock: self.clock,
                 approval_ttl: self.approval_ttl,
@@ -314,6 +334,26 @@ fn transaction_id(key: IdKey) -> String {
     crate::ids::hex_id("tx_", key.bits().wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835), 24)
 }
 
+/// Provisions `id` in `actors` (an existing actor keeps its status); whether it was not
+/// provisioned before.
+fn provision_in(actors: &mut ledger::Map<ActorId, Slot>, id: &ActorId) -> bool {
+    let slot = actors.entry(id.clone()).or_default();
+    let new = slot.status.is_none();
+    slot.status.get_or_insert(ActorStatus::Active);
+    new
+}
+
+/// Un-provisions `id` in `actors`, keeping its ledger (its live approvals can still be
+/// recorded or released); whether it was provisioned.
+fn retire_in(actors: &mut ledger::Map<ActorId, Slot>, id: &ActorId) -> bool {
+    let Some(slot) = actors.get_mut(id) else { return false };
+    let was = slot.status.take().is_some();
+    if slot.ledger.is_none() {
+        actors.remove(id);
+    }
+    was
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -353,7 +393,7 @@ impl Engine {
         {
             let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
             for actor in policies.agents() {
-                actors.entry(actor.clone()).or_insert(ActorStatus::Active);
+                actors.entry(actor.clone()).or_default().status.get_or_insert(ActorStatus::Active);
             }
         }
         let mut layers = lock(&self.inner.layers);
@@ -367,9 +407,7 @@ impl Engine {
         let id = ActorId::new(actor)?;
         let new = {
             let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
-            let new = !actors.contains_key(&id);
-            actors.entry(id.clone()).or_insert(ActorStatus::Active);
-            new
+            provision_in(&mut actors, &id)
         };
         if new {
             self.journal_actor(&id, "ACTIVE");
@@ -391,7 +429,7 @@ impl Engine {
         let unknown = || AuthorityError::unknown_actor(actor);
         let id = ActorId::new(actor).map_err(|_| unknown())?;
         let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
-        let slot = actors.get_mut(&id).ok_or_else(unknown)?;
+        let slot = actors.get_mut(&id).and_then(|slot| slot.status.as_mut()).ok_or_else(unknown)?;
         let changed = *slot != status;
         *slot = status;
         drop(actors);
@@ -406,7 +444,10 @@ impl Engine {
     /// was provisioned.
     pub fn retire(&self, actor: &str) -> bool {
         let Ok(id) = ActorId::new(actor) else { return false };
-        let removed = self.inner.actors.write().unwrap_or_else(|e| e.into_inner()).remove(&id).is_some();
+        let removed = {
+            let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+            retire_in(&mut actors, &id)
+        };
         if removed {
             self.journal_actor(&id, "RETIRED");
         }
@@ -426,9 +467,7 @@ impl Engine {
         let set = PolicySet::from_value(serde_json::Value::Array(wanted.clone()))?;
         let created = {
             let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
-            let created = !actors.contains_key(&id);
-            actors.entry(id.clone()).or_insert(ActorStatus::Active);
-            created
+            provision_in(&mut actors, &id)
         };
         if created {
             self.journal_actor(&id, "ACTIVE");
@@ -454,13 +493,19 @@ impl Engine {
     /// `actor`'s status, or `None` when it is not provisioned.
     pub fn actor_status(&self, actor: &str) -> Option<ActorStatus> {
         let id = ActorId::new(actor).ok()?;
-        self.inner.actors.read().unwrap_or_else(|e| e.into_inner()).get(&id).copied()
+        self.inner.actors.read().unwrap_or_else(|e| e.into_inner()).get(&id).and_then(|slot| slot.status)
     }
 
     /// The provisioned actors and their status, sorted by id.
     pub fn actors(&self) -> Vec<(ActorId, ActorStatus)> {
-        let mut all: Vec<_> =
-            self.inner.actors.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(a, s)| (a.clone(), *s)).collect();
+        let mut all: Vec<_> = self
+            .inner
+            .actors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|(a, slot)| Some((a.clone(), slot.status?)))
+            .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
@@ -474,7 +519,13 @@ impl Engine {
     /// `Ok(true)` for an unprovisioned one let through by `open_actors`, a denial for a paused
     /// actor, and an error for an unknown one.
     fn admit(&self, actor: &ActorId) -> Result<Result<bool, Denial>, AuthorityError> {
-        match self.inner.actors.read().unwrap_or_else(|e| e.into_inner()).get(actor) {
+        let actors = self.inner.actors.read().unwrap_or_else(|e| e.into_inner());
+        self.admission(actor, actors.get(actor).and_then(|slot| slot.status))
+    }
+
+    /// [`Engine::admit`] for an actor with this status (`None`: not provisioned).
+    fn admission(&self, actor: &ActorId, status: Option<ActorStatus>) -> Result<Result<bool, Denial>, AuthorityError> {
+        match status {
             Some(ActorStatus::Active) => Ok(Ok(false)),
             Some(ActorStatus::Paused) => Ok(Err(Denial {
                 reasons: vec![format!("actor `{actor}` is paused: every new payment is denied until it is resumed")],
@@ -482,6 +533,17 @@ impl Engine {
             })),
             None if self.inner.open_actors => Ok(Ok(true)),
             None => Err(AuthorityError::unknown_actor(actor.as_str())),
+        }
+    }
+
+    /// [`Engine::admit`] and the actor's ledger if it has one, in one lookup under one read
+    /// lock (a decision and a record each need both).
+    fn admit_with_ledger(&self, actor: &ActorId) -> Admission {
+        let actors = self.inner.actors.read().unwrap_or_else(|e| e.into_inner());
+        let slot = actors.get(actor);
+        Admission {
+            admitted: self.admission(actor, slot.and_then(|slot| slot.status)),
+            ledger: slot.and_then(|slot| slot.ledger.clone()),
         }
     }
 
@@ -495,11 +557,13 @@ impl Engine {
     }
 
     fn ledger(&self, actor: &ActorId) -> Arc<Mutex<AgentLedger>> {
-        if let Some(l) = self.inner.agents.read().unwrap_or_else(|e| e.into_inner()).get(actor) {
+        if let Some(l) =
+            self.inner.actors.read().unwrap_or_else(|e| e.into_inner()).get(actor).and_then(|s| s.ledger.as_ref())
+        {
             return l.clone();
         }
-        let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
-        agents.entry(actor.clone()).or_default().clone()
+        let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+        actors.entry(actor.clone()).or_default().ledger.get_or_insert_default().clone()
     }
 
     /// Decides on an intent, synchronously. An approval reserves its amount. An unprovisioned
@@ -528,11 +592,12 @@ impl Engine {
         intent: &PaymentIntent,
         shared: impl FnOnce() -> Arc<PaymentIntent>,
     ) -> Result<Decision, AuthorityError> {
-        let open_actor = match self.admit(&intent.actor)? {
+        let Admission { admitted, ledger } = self.admit_with_ledger(&intent.actor);
+        let open_actor = match admitted? {
             Ok(open) => open,
             Err(denial) => return Ok(Decision::from_policy(Verdict::Denied(denial))),
         };
-        let mut decision = self.evaluate_admitted(intent, shared)?;
+        let mut decision = self.evaluate_admitted(intent, shared, ledger)?;
         decision.open_actor = open_actor;
         Ok(decision)
     }
@@ -541,6 +606,7 @@ impl Engine {
         &self,
         intent: &PaymentIntent,
         shared: impl FnOnce() -> Arc<PaymentIntent>,
+        ledger: Option<Arc<Mutex<AgentLedger>>>,
     ) -> Result<Decision, AuthorityError> {
         let now = self.now();
         let policies = self.inner.policies.load();
@@ -551,7 +617,8 @@ impl Engine {
             return Ok(Decision::from_policy(Verdict::Denied(denial)));
         }
         let (key, id) = IdKey::fresh();
-        let ledger = self.ledger(&intent.actor);
+        // An actor's first approval creates its ledger (never a denial outright).
+        let ledger = ledger.unwrap_or_else(|| self.ledger(&intent.actor));
         let mut ledger = lock(&ledger);
         let now = ledger.now(now);
         let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
@@ -631,13 +698,13 @@ impl Engine {
                     let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
                     match status.as_str() {
                         "PAUSED" => {
-                            actors.insert(actor.clone(), ActorStatus::Paused);
+                            actors.entry(actor.clone()).or_default().status = Some(ActorStatus::Paused);
                         }
                         "RETIRED" => {
-                            actors.remove(actor);
+                            retire_in(&mut actors, actor);
                         }
                         _ => {
-                            actors.insert(actor.clone(), ActorStatus::Active);
+                            actors.entry(actor.clone()).or_default().status = Some(ActorStatus::Active);
                         }
                     }
                 }
@@ -710,8 +777,9 @@ impl Engine {
     /// the same answer.
     pub fn settle(&self, authorization: &Authorization, settlement: &Settlement) -> Result<Recorded, AuthorityError> {
         let now = self.now();
-        let actor_inactive = !matches!(self.admit(&authorization.intent.actor), Ok(Ok(_)));
-        let ledger = self.ledger(&authorization.intent.actor);
+        let Admission { admitted, ledger } = self.admit_with_ledger(&authorization.intent.actor);
+        let actor_inactive = !matches!(admitted, Ok(Ok(_)));
+        let ledger = ledger.unwrap_or_else(|| self.ledger(&authorization.intent.actor));
         let mut ledger = lock(&ledger);
         let now = ledger.now(now);
         let settled = settlement.amount.unwrap_or(authorization.amount);
@@ -944,7 +1012,14 @@ impl Engine {
     /// Expires every approval past its time; returns how many.
     pub fn sweep_expired(&self) -> usize {
         let now = self.now();
-        let ledgers: Vec<_> = self.inner.agents.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let ledgers: Vec<_> = self
+            .inner
+            .actors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(|s| s.ledger.clone())
+            .collect();
         ledgers.iter().map(|l| lock(l).sweep(now, self.inner.retention)).sum()
     }
 
@@ -956,7 +1031,9 @@ impl Engine {
             return empty;
         };
         // Never create a ledger for a name that was only looked up.
-        let Some(ledger) = self.inner.agents.read().unwrap_or_else(|e| e.into_inner()).get(&actor).cloned() else {
+        let Some(ledger) =
+            self.inner.actors.read().unwrap_or_else(|e| e.into_inner()).get(&actor).and_then(|s| s.ledger.clone())
+        else {
             return empty;
         };
         let mut ledger = lock(&ledger);
