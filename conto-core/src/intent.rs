@@ -110,8 +110,7 @@ impl fmt::Debug for Address {
 
 impl<'de> Deserialize<'de> for Address {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Address::parse(&s).map_err(serde::de::Error::custom)
+        Address::parse_owned(String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 

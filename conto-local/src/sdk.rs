@@ -244,15 +244,16 @@ fn decide(
                 a.token = Some(crate::store::issue_token());
             }
             // The reservation stands only with its approval written: freed if a write fails
-            // here, or if the request's writes do not commit.
-            let written = store
-                .add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))
-                .and_then(|()| match kind {
+            // here (none of them stands), or if the request's writes do not commit.
+            let written = store.all_or_nothing(|| {
+                store.add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))?;
+                match kind {
                     Kind::Request => {
                         store.put_payment_request(&a.id, intent.actor.as_str(), "APPROVED", None, &[], &now_text())
                     }
                     _ => Ok(()),
-                });
+                }
+            });
             if let Err(e) = written {
                 let _ = app.engine.free(&a);
                 return Err(e.into());
@@ -884,6 +885,20 @@ mod tests {
         store.execute_for_test("DROP TABLE approvals");
         assert!(decide(&app, &store, &intent(), Kind::Transfer).is_err());
         assert_eq!(app.engine.usage("agent-1").live_reservations, 0);
+    }
+
+    /// A payment request's approval is written with its request or not at all: a failure
+    /// of the second write leaves no live approval row (which a restart would reserve
+    /// again) and no reservation.
+    #[test]
+    fn a_request_approval_stands_only_with_its_request() {
+        let app = app();
+        let store = crate::lock(&app.store);
+        store.execute_for_test("DROP TABLE payment_requests");
+        let intent = intent();
+        assert!(store.batch(|s| decide(&app, s, &intent, Kind::Request)).unwrap().is_err());
+        assert_eq!(app.engine.usage("agent-1").live_reservations, 0);
+        assert_eq!(store.live_approvals(Some("agent-1")).unwrap().len(), 0, "no approval row stands");
     }
 
     /// The same when the approval was written but its request's writes did not commit.

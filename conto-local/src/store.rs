@@ -548,29 +548,59 @@ impl Store {
 
     /// Runs `f` in one transaction that commits whatever it wrote, even when `f` reports an
     /// error (its writes stand, as the in-memory engine's effects do): a request's writes
-    /// commit once instead of once per statement. Batches and [`Store::record_spend`] nest.
+    /// commit once instead of once per statement. Batches and [`Store::all_or_nothing`] nest;
+    /// only the outermost batch commits, and only its failure to commit runs the undos
+    /// registered with [`Store::on_rollback`].
     pub fn batch<T>(&self, f: impl FnOnce(&Store) -> T) -> Result<T, StoreError> {
-        // Left by a batch that unwound (its writes were committed): not this batch's to undo.
-        self.undo.borrow_mut().clear();
+        let outermost = self.conn.is_autocommit();
+        if outermost {
+            // Left by a batch that unwound (its writes were committed): not this batch's to undo.
+            self.undo.borrow_mut().clear();
+        }
         self.conn.prepare_cached("SAVEPOINT batch")?.execute([])?;
         let open = Open(&self.conn);
         let out = f(self);
         std::mem::forget(open);
-        let undo = self.undo.take();
         if let Err(e) = self.conn.prepare_cached("RELEASE batch").and_then(|mut s| s.execute([])) {
-            // A commit that failed (a full disk) must not leave later writes in an open
-            // transaction: end it, undo what went with the writes, and report the failure.
-            let _ = self.conn.execute_batch("ROLLBACK");
-            undo.into_iter().rev().for_each(|undo| undo());
+            if outermost {
+                // A commit that failed (a full disk) must not leave later writes in an open
+                // transaction: end it, undo what went with the writes, and report the failure.
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.undo.take().into_iter().rev().for_each(|undo| undo());
+            } else {
+                let _ = self.conn.execute_batch("ROLLBACK TO batch; RELEASE batch");
+            }
             return Err(e.into());
+        }
+        if outermost {
+            self.undo.borrow_mut().clear();
         }
         Ok(out)
     }
 
     /// Runs `undo` if the open [`Store::batch`] does not commit: for an effect outside the
     /// database (an engine's reservation) that must not outlive the writes it went with.
+    /// Outside a transaction there is nothing left to fail: `undo` is dropped.
     pub fn on_rollback(&self, undo: impl FnOnce() + Send + 'static) {
-        self.undo.borrow_mut().push(Box::new(undo));
+        if !self.conn.is_autocommit() {
+            self.undo.borrow_mut().push(Box::new(undo));
+        }
+    }
+
+    /// Runs `f`'s writes as one: all of them, or (when `f` fails) none, inside or outside a
+    /// batch.
+    pub fn all_or_nothing<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.conn.prepare_cached("SAVEPOINT writes")?.execute([])?;
+        match f() {
+            Ok(out) => {
+                self.conn.prepare_cached("RELEASE writes")?.execute([])?;
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK TO writes; RELEASE writes");
+                Err(e)
+            }
+        }
     }
 
     /// Runs `sql` (tests that break the store on purpose).
@@ -580,13 +610,15 @@ impl Store {
     }
 
     /// Makes the open batch's commit fail, as a full disk would: a deferred foreign key that
-    /// does not hold is checked at commit.
+    /// does not hold is checked at commit. (Enforcement is on: the bundled SQLite is built
+    /// with foreign keys on by default, and the pragma cannot change inside a transaction.)
     #[cfg(test)]
     pub fn fail_commit_for_test(&self) {
+        let enforced: i64 = self.conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+        assert_eq!(enforced, 1, "foreign keys must be enforced for a commit to fail on one");
         self.conn
             .execute_batch(
-                "PRAGMA foreign_keys = ON;
-                 CREATE TABLE IF NOT EXISTS test_parent (id INTEGER PRIMARY KEY);
+                "CREATE TABLE IF NOT EXISTS test_parent (id INTEGER PRIMARY KEY);
                  CREATE TABLE IF NOT EXISTS test_child (p INTEGER REFERENCES test_parent (id) DEFERRABLE INITIALLY DEFERRED);
                  INSERT INTO test_child (p) VALUES (7);",
             )
@@ -605,25 +637,16 @@ impl Store {
         transaction_id: &str,
         now: &str,
     ) -> Result<(), StoreError> {
-        self.conn.prepare_cached("SAVEPOINT spend")?.execute([])?;
-        let written = self
-            .conn
-            .prepare_cached("UPDATE approvals SET state = 'recorded' WHERE id = ?1")
-            .and_then(|mut s| s.execute([authorization_id]))
-            .and_then(|_| {
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO spends (authorization_id, agent_id, intent, amount, reference, transaction_id, recorded_at, seq)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT COALESCE(MAX(seq), 0) + 1 FROM spends))",
-                    )?
-                    .execute(params![authorization_id, agent_id, intent, amount, reference, transaction_id, now])
-            });
-        if let Err(e) = written {
-            let _ = self.conn.execute_batch("ROLLBACK TO spend; RELEASE spend");
-            return Err(e.into());
-        }
-        self.conn.prepare_cached("RELEASE spend")?.execute([])?;
-        Ok(())
+        self.all_or_nothing(|| {
+            self.conn.prepare_cached("UPDATE approvals SET state = 'recorded' WHERE id = ?1")?.execute([authorization_id])?;
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO spends (authorization_id, agent_id, intent, amount, reference, transaction_id, recorded_at, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT COALESCE(MAX(seq), 0) + 1 FROM spends))",
+                )?
+                .execute(params![authorization_id, agent_id, intent, amount, reference, transaction_id, now])?;
+            Ok(())
+        })
     }
 
     /// Every recorded spend, oldest first: `(agent, intent, amount, recorded_at)`.
@@ -798,6 +821,45 @@ mod tests {
         store.batch(|s| s.on_rollback(move || undone_later.lock().unwrap().push(3))).unwrap();
         assert_eq!(*undone.lock().unwrap(), [2, 1]);
         assert!(store.undo.borrow().is_empty());
+    }
+
+    /// Undos registered in a nested batch belong to the outermost one: they run when it
+    /// fails to commit, not when the inner one is released. Outside a batch, nothing is kept.
+    #[test]
+    fn undos_belong_to_the_outermost_batch() {
+        use std::sync::{Arc, Mutex};
+        let store = super::Store::open(None).unwrap();
+        let undone = Arc::new(Mutex::new(Vec::new()));
+        let outside = undone.clone();
+        store.on_rollback(move || outside.lock().unwrap().push(0));
+        assert!(store.undo.borrow().is_empty(), "no transaction: nothing to undo later");
+        let failed = store.batch(|s| {
+            let (first, second) = (undone.clone(), undone.clone());
+            s.on_rollback(move || first.lock().unwrap().push(1));
+            s.batch(|inner| inner.on_rollback(move || second.lock().unwrap().push(2))).unwrap();
+            assert_eq!(s.undo.borrow().len(), 2, "the inner release is not a commit");
+            s.fail_commit_for_test();
+        });
+        assert!(failed.is_err());
+        assert_eq!(*undone.lock().unwrap(), [2, 1]);
+    }
+
+    /// Writes that go together stand together: a failure rolls back the ones before it, in
+    /// a batch or not.
+    #[test]
+    fn all_or_nothing_keeps_none_of_a_failed_group() {
+        let store = super::Store::open(None).unwrap();
+        let now = "2026-01-01T00:00:00Z";
+        let failed = store.batch(|s| {
+            s.all_or_nothing(|| {
+                s.add_agent("agent-1", "agent-1", now)?;
+                s.add_agent("agent-1", "agent-1", now)
+            })
+        });
+        assert!(failed.unwrap().is_err(), "the second write fails (a duplicate)");
+        assert!(!store.agent_exists("agent-1").unwrap(), "the first write went with it");
+        store.all_or_nothing(|| store.add_agent("agent-2", "agent-2", now)).unwrap();
+        assert!(store.agent_exists("agent-2").unwrap());
     }
 
     /// Numbering a spend reads one index entry, not every spend: recording stays flat however

@@ -107,8 +107,8 @@ struct Inner {
     policies: ArcSwap<PolicySet>,
     layers: Mutex<Layers>,
     journal: std::sync::OnceLock<Arc<dyn Journal>>,
-    /// Every actor the engine knows: its status while provisioned, its ledger once it has
-    /// spent. One map, so a decision finds both under one read lock.
+    /// Every actor the engine knows: its status while provisioned, its ledger once it needs
+    /// one. One map, so a decision finds both under one read lock.
     actors: RwLock<ledger::Map<ActorId, Slot>>,
     open_actors: bool,
     pending: Mutex<HashMap<String, Pending>>,
@@ -118,8 +118,9 @@ struct Inner {
     retention: SignedDuration,
 }
 
-/// One actor's entry: its status while provisioned (`None` once retired, or for an actor an
-/// open engine let through), and its ledger, created by its first approval.
+/// One actor's entry: its status while provisioned (`None` once retired, or for an actor
+/// only a ledger knows), and its ledger, created the first time one is needed (a decision
+/// past the stateless rules, a record, a release or a restore), as before the merge.
 #[derive(Default)]
 struct Slot {
     status: Option<ActorStatus>,
@@ -617,7 +618,7 @@ impl Engine {
             return Ok(Decision::from_policy(Verdict::Denied(denial)));
         }
         let (key, id) = IdKey::fresh();
-        // An actor's first approval creates its ledger (never a denial outright).
+        // Created here when the actor has none yet (never for a denial outright).
         let ledger = ledger.unwrap_or_else(|| self.ledger(&intent.actor));
         let mut ledger = lock(&ledger);
         let now = ledger.now(now);
