@@ -143,6 +143,20 @@ pub(crate) struct App {
     approval_tokens: Mutex<HashMap<String, SecretString>>,
 }
 
+impl App {
+    /// The server's state over `store` and `engine`, with no request seen yet.
+    fn new(store: Store, engine: Engine, org_key: SecretString, rate_limit: u32) -> Self {
+        App {
+            store: Mutex::new(store),
+            engine,
+            org_key,
+            rate_limit: rate_limit.max(1),
+            rate: Mutex::new(HashMap::new()),
+            approval_tokens: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -232,14 +246,7 @@ pub async fn start(config: Config) -> Result<Running, LocalError> {
     let engine = Engine::builder().approval_ttl(config.approval_ttl).build();
     restore(&store, &engine)?;
     let org_key = SecretString::from(config.org_key.clone().unwrap_or_else(|| format!("conto_org_{}", random_hex(32))));
-    let app = Arc::new(App {
-        store: Mutex::new(store),
-        engine,
-        org_key: org_key.clone(),
-        rate_limit: config.rate_limit.max(1),
-        rate: Mutex::new(HashMap::new()),
-        approval_tokens: Mutex::new(HashMap::new()),
-    });
+    let app = Arc::new(App::new(store, engine, org_key.clone(), config.rate_limit));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
         .await
         .map_err(|e| LocalError::Bind { port: config.port, message: e.to_string() })?;

@@ -226,6 +226,19 @@ fn replay_slot(agent: &str, endpoint: &str, key: &str) -> String {
     format!("replay\0{agent}\0{endpoint}\0{key}")
 }
 
+/// `written`, or (when the approval's writes failed) the approval's reservation freed and the
+/// error: unwritten, the approval could never be confirmed, and a retry would reserve again.
+fn freed_unless_written(
+    app: &App,
+    approval: &conto_core::Authorization,
+    written: Result<(), crate::store::StoreError>,
+) -> Result<(), ApiError> {
+    written.map_err(|e| {
+        let _ = app.engine.free(approval);
+        e.into()
+    })
+}
+
 /// Decides on an intent and shapes the answer like Conto does for the rail. A decision is
 /// an answer, not an error: 200 for approved and denied (Conto's own clients read a decision
 /// body only below 400, and take 403 to mean a missing scope), 202 for requires-approval.
@@ -254,10 +267,7 @@ fn decide(
                     _ => Ok(()),
                 }
             });
-            if let Err(e) = written {
-                let _ = app.engine.free(&a);
-                return Err(e.into());
-            }
+            freed_unless_written(app, &a, written)?;
             let (engine, held) = (app.engine.clone(), a.clone());
             store.on_rollback(move || {
                 let _ = engine.free(&held);
@@ -823,11 +833,7 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
             a.token = Some(crate::store::issue_token());
             let written = lock(&app.store)
                 .add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a));
-            if let Err(e) = written {
-                // Unwritten, the approval could never be confirmed: hold nothing for it.
-                let _ = app.engine.free(&a);
-                return Err(e.into());
-            }
+            freed_unless_written(app, &a, written)?;
             // Only the token's hash is stored; the token itself waits in memory for the agent.
             if let Some(token) = a.token.clone() {
                 lock(&app.approval_tokens).insert(request.id.clone(), token);
@@ -845,9 +851,6 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-
     use conto_core::{Engine, PaymentIntent, Rail};
     use conto_wire::Kind;
 
@@ -858,14 +861,7 @@ mod tests {
     fn app() -> App {
         let engine = Engine::builder().build();
         engine.provision("agent-1").unwrap();
-        App {
-            store: Mutex::new(Store::open(None).unwrap()),
-            engine,
-            org_key: "conto_org_test".to_owned().into(),
-            rate_limit: 100,
-            rate: Mutex::new(HashMap::new()),
-            approval_tokens: Mutex::new(HashMap::new()),
-        }
+        App::new(Store::open(None).unwrap(), engine, "conto_org_test".to_owned().into(), 100)
     }
 
     fn intent() -> PaymentIntent {

@@ -394,7 +394,7 @@ impl Engine {
         {
             let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
             for actor in policies.agents() {
-                actors.entry(actor.clone()).or_default().status.get_or_insert(ActorStatus::Active);
+                provision_in(&mut actors, actor);
             }
         }
         let mut layers = lock(&self.inner.layers);
@@ -406,14 +406,18 @@ impl Engine {
     /// validated id.
     pub fn provision(&self, actor: &str) -> Result<ActorId, IntentError> {
         let id = ActorId::new(actor)?;
-        let new = {
-            let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
-            provision_in(&mut actors, &id)
-        };
-        if new {
-            self.journal_actor(&id, "ACTIVE");
-        }
+        self.provision_id(&id);
         Ok(id)
+    }
+
+    /// Provisions `id` (an existing actor keeps its status), journaling it when it is new;
+    /// whether it was not provisioned before.
+    fn provision_id(&self, id: &ActorId) -> bool {
+        let new = provision_in(&mut self.inner.actors.write().unwrap_or_else(|e| e.into_inner()), id);
+        if new {
+            self.journal_actor(id, "ACTIVE");
+        }
+        new
     }
 
     /// The kill switch: `actor`'s next authorization is denied. Idempotent.
@@ -466,13 +470,7 @@ impl Engine {
         let name = crate::lifecycle::managed_name(&id);
         let wanted = controls.policies(&name, id.as_str());
         let set = PolicySet::from_value(serde_json::Value::Array(wanted.clone()))?;
-        let created = {
-            let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
-            provision_in(&mut actors, &id)
-        };
-        if created {
-            self.journal_actor(&id, "ACTIVE");
-        }
+        let created = self.provision_id(&id);
         let mut report = SyncReport::default();
         let mut layers = lock(&self.inner.layers);
         let have: Vec<serde_json::Value> = layers.managed.get(&id).map(|(docs, _)| docs.clone()).unwrap_or_default();
