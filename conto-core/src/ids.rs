@@ -25,15 +25,18 @@ pub(crate) fn random_id(prefix: &str, n: usize) -> String {
 pub(crate) fn push_hex(out: &mut String, bits: u128, digits: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = digits.min(32);
-    // Digit `i` (counting from the least significant) is a nibble of byte `i / 2`: byte
-    // arithmetic, not a 128-bit shift per digit.
-    let bytes = bits.to_le_bytes();
-    let mut buf = [0u8; 32];
-    for (i, b) in buf[..digits].iter_mut().rev().enumerate() {
-        *b = HEX[usize::from(bytes[i / 2] >> (4 * (i % 2)) & 0xf)];
+    out.reserve(digits);
+    // Pushed one ASCII char at a time: no UTF-8 check of the digits, no 128-bit shift per digit.
+    let bytes = bits.to_be_bytes();
+    let (whole, odd) = (digits / 2, digits % 2);
+    let first = 16 - whole - odd;
+    if odd == 1 {
+        out.push(char::from(HEX[usize::from(bytes[first] & 0xf)]));
     }
-    // Hex digits are ASCII: always valid UTF-8.
-    out.push_str(std::str::from_utf8(&buf[..digits]).unwrap_or_default());
+    for &b in &bytes[first + odd..] {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ use crate::decision::{Denial, Violation};
 use crate::intent::PaymentIntent;
 use crate::micros::Micros;
 use crate::policy::rules::cumulative::{Tally, counter_key};
+use crate::policy::rules::lists::Listed;
 use crate::policy::rules::velocity::velocity_key;
 use crate::policy::rules::{Check, CompiledRule, Explain, Finding, Outcome, Polarity, Subject};
 use crate::policy::{Cumulative, PolicySet};
@@ -121,7 +122,8 @@ pub(crate) fn screen<'p>(
     skip_approval: bool,
 ) -> Screened<'p> {
     debug_assert!(policies.stateful_index_is_current(), "a stale stateful index");
-    let subject = Subject { intent, amount: Micros::of(intent.amount), now };
+    let listed = Listed::of(&policies.lexicon, intent);
+    let subject = Subject { intent, amount: Micros::of(intent.amount), now, listed };
     let mut applies = SmallVec::from_elem(0u64, policies.policies.len().div_ceil(64));
     let mut approvals = Vec::new();
     let mut denied = None;
@@ -275,7 +277,7 @@ pub(crate) fn all_keys(
 /// The cumulative counter with this id in `policies`, if one still keeps it.
 pub(crate) fn cumulative<'a>(policies: &'a PolicySet, id: &str) -> Option<&'a Cumulative> {
     policies.policies.iter().flat_map(|p| p.rules.iter()).find_map(|r| match &r.check {
-        Check::Cumulative(c) if *c.counter.id.0 == *id => Some(&c.counter),
+        Check::Cumulative(c) if c.counter.id.as_str() == id => Some(&c.counter),
         _ => None,
     })
 }

@@ -318,12 +318,12 @@ fn slots(
 }
 
 fn counter_slot(key: &CounterKey, start: Timestamp) -> CounterSlot {
-    CounterSlot { counter: key.id.0.to_string(), scope: key.scope_key.clone(), period_start: start }
+    CounterSlot { counter: key.id.as_str().to_owned(), scope: key.scope_key.clone(), period_start: start }
 }
 
 fn window_slot(key: &VelocityKey, now: Timestamp) -> WindowSlot {
     WindowSlot {
-        counter: key.id.0.to_string(),
+        counter: key.id.as_str().to_owned(),
         scope: key.scope_key.clone(),
         since: now.checked_sub(key.window).unwrap_or(Timestamp::MIN),
     }

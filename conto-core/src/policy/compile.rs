@@ -331,6 +331,7 @@ impl RuleCtx<'_> {
             tz: self.tz.clone(),
             tz_name: self.tz_name.clone(),
             last_period: Default::default(),
+            slot: 0,
         }
     }
 
@@ -403,7 +404,7 @@ impl RuleCtx<'_> {
 /// The full identity of a counted quantity: equal for the same rails, scope, period and zone in
 /// every policy set, so a policy reload keeps its counters.
 pub(crate) fn counter_id(parts: std::fmt::Arguments<'_>) -> super::rules::CounterId {
-    super::rules::CounterId(parts.to_string().into())
+    super::rules::CounterId::new(parts.to_string().into())
 }
 
 /// `HH:MM` or `HH:MM:SS`; `24:00` means end of day.

@@ -75,10 +75,9 @@
 mod compile;
 pub(crate) mod rules;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
 
 use jiff::tz::TimeZone;
 use serde::Deserialize;
@@ -310,6 +309,8 @@ pub struct PolicySet {
     /// Where the stateful rules (period spend, velocity) are, as (policy, rule) indexes in
     /// evaluation order: what a decision judges under the agent's ledger lock.
     pub(crate) stateful: Vec<(u32, u32)>,
+    /// Every list entry, numbered: what a decision looks its list fields up in.
+    pub(crate) lexicon: rules::lists::Lexicon,
 }
 
 impl PolicySet {
@@ -365,9 +366,7 @@ impl PolicySet {
         }
         // Stable: equal priorities keep file order.
         policies.sort_by_key(|p| std::cmp::Reverse(p.priority));
-        intern_counters(&mut policies);
-        let stateful = stateful_rules(&policies);
-        Ok(Self { policies, agents, stateful })
+        Ok(Self::indexed(policies, agents))
     }
 
     /// The policies, highest priority first.
@@ -383,9 +382,16 @@ impl PolicySet {
             agents.extend(set.agents.iter().cloned());
         }
         policies.sort_by_key(|p| std::cmp::Reverse(p.priority));
-        intern_counters(&mut policies);
+        Self::indexed(policies, agents)
+    }
+
+    /// The set of `policies` (in evaluation order), with what every decision on it shares
+    /// computed once: counters numbered, list entries numbered, stateful rules located.
+    fn indexed(mut policies: Vec<Policy>, agents: Vec<ActorId>) -> Self {
+        number_counters(&mut policies);
+        let lexicon = rules::lists::Lexicon::index(policies.iter_mut().flat_map(|p| p.rules.iter_mut()));
         let stateful = stateful_rules(&policies);
-        PolicySet { policies, agents, stateful }
+        PolicySet { policies, agents, stateful, lexicon }
     }
 
     /// Whether `stateful` lists exactly the stateful rules (checked without allocating).
@@ -423,20 +429,29 @@ fn stateful_rules(policies: &[Policy]) -> Vec<(u32, u32)> {
     at
 }
 
-/// Makes rules that count the same quantity share one id allocation, so a decision tells them
-/// apart by pointer before comparing text.
-fn intern_counters(policies: &mut [Policy]) {
-    let mut seen: HashSet<Arc<str>> = HashSet::new();
-    let mut intern = |id: &mut rules::CounterId| match seen.get(&id.0) {
-        Some(same) => id.0 = same.clone(),
-        None => {
-            seen.insert(id.0.clone());
+/// Makes rules that count the same quantity share one id allocation (told apart by pointer
+/// before text) and one number in the set.
+fn number_counters(policies: &mut [Policy]) {
+    let mut seen: HashMap<rules::CounterId, u32> = HashMap::new();
+    let mut intern = |id: &mut rules::CounterId| {
+        let next = seen.len() as u32;
+        match seen.get_key_value(id) {
+            Some((same, slot)) => {
+                id.share(same);
+                *slot
+            }
+            None => {
+                seen.insert(id.clone(), next);
+                next
+            }
         }
     };
     for rule in policies.iter_mut().flat_map(|p| p.rules.iter_mut()) {
         match &mut rule.check {
-            rules::Check::Cumulative(c) => intern(&mut c.counter.id),
-            rules::Check::Velocity(v) => intern(&mut v.0.id),
+            rules::Check::Cumulative(c) => c.counter.slot = intern(&mut c.counter.id),
+            rules::Check::Velocity(v) => {
+                intern(&mut v.0.id);
+            }
             _ => {}
         }
     }

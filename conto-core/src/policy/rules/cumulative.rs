@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use super::{Check, Cmp, Cumulative, Explain, Finding, Period, RailFilter, Scope, Spec, Subject};
 use crate::decision::ViolationType as V;
 use crate::engine::evaluate::Reads;
-use crate::engine::ledger::{CounterKey, Held, same_scope};
+use crate::engine::ledger::{CounterKey, Held};
 use crate::intent::PaymentIntent;
 use crate::micros::{Bound, Micros};
 use crate::policy::PolicyError;
@@ -90,19 +90,25 @@ pub(crate) struct Tally {
     daily: Option<(Micros, Bound)>,
 }
 
+/// A counter one decision read: its number in the set, key, period start and what it had used.
+type Reading = (u32, CounterKey, Timestamp, Micros);
+
 /// The counters one decision read, the first four inline (no allocation).
 #[derive(Default)]
 struct Read {
-    inline: [Option<(CounterKey, Timestamp, Micros)>; 4],
-    more: Vec<(CounterKey, Timestamp, Micros)>,
+    inline: [Option<Reading>; 4],
+    more: Vec<Reading>,
 }
 
 impl Read {
-    fn iter(&self) -> impl Iterator<Item = &(CounterKey, Timestamp, Micros)> {
-        self.inline.iter().map_while(Option::as_ref).chain(self.more.iter())
+    /// What counter `slot` had used, if this decision read it already. Within one decision a
+    /// counter's number fixes its key (the intent fixes the scope) and its period (`now`).
+    fn used(&self, slot: u32) -> Option<Micros> {
+        let inline = self.inline.iter().map_while(Option::as_ref);
+        inline.chain(self.more.iter()).find(|r| r.0 == slot).map(|r| r.3)
     }
 
-    fn push(&mut self, read: (CounterKey, Timestamp, Micros)) {
+    fn push(&mut self, read: Reading) {
         match self.inline.iter_mut().find(|slot| slot.is_none()) {
             Some(slot) => *slot = Some(read),
             None => self.more.push(read),
@@ -115,12 +121,12 @@ impl Read {
         let Read { inline: [first, second, third, fourth], more } = self;
         match (first, second) {
             (None, _) => Held::Nothing,
-            (Some((key, start, _)), None) => Held::One([(key, start)]),
+            (Some((_, key, start, _)), None) => Held::One([(key, start)]),
             (Some(first), Some(second)) => {
                 let n = 2 + usize::from(third.is_some()) + usize::from(fourth.is_some()) + more.len();
                 let mut many = Vec::with_capacity(n);
                 let all = [Some(first), Some(second), third, fourth].into_iter().flatten().chain(more);
-                many.extend(all.map(|(key, start, _)| (key, start)));
+                many.extend(all.map(|(_, key, start, _)| (key, start)));
                 Held::Many(many.into_boxed_slice())
             }
         }
@@ -152,20 +158,14 @@ impl CumulativeRule {
     /// Compares the period's spend, with this payment, with the limit.
     pub(crate) fn check(&self, s: &Subject<'_>, ledger: &mut impl Reads, tally: &mut Tally) -> Finding<Spent> {
         let counter = &self.counter;
-        let start = counter.period_start(s.now);
-        let scope = counter.scope.key_str(s.intent);
-        // Rules counting the same quantity share an interned id: told apart by pointer first.
-        let seen = tally
-            .read
-            .iter()
-            .find(|(k, st, _)| k.id == counter.id && same_scope(&k.scope_key, scope) && *st == start)
-            .map(|(_, _, used)| *used);
-        let used = match seen {
+        // Rules counting the same quantity share the counter's number: read it once.
+        let used = match tally.read.used(counter.slot) {
             Some(used) => used,
             None => {
+                let start = counter.period_start(s.now);
                 let key = counter_key(counter, s.intent);
                 let used = ledger.used(&key, start);
-                tally.read.push((key, start, used));
+                tally.read.push((counter.slot, key, start, used));
                 used
             }
         };
@@ -213,14 +213,14 @@ mod tests {
     use crate::micros::Micros;
     use crate::policy::rules::{CounterId, Period};
 
-    fn read(n: usize) -> (CounterKey, Timestamp, Micros) {
+    fn read(n: usize) -> (u32, CounterKey, Timestamp, Micros) {
         let key = CounterKey {
-            id: CounterId(Arc::from(format!("c{n}"))),
+            id: CounterId::new(Arc::from(format!("c{n}"))),
             scope_key: String::new(),
             period: Period::Day,
             tz: Arc::from("UTC"),
         };
-        (key, Timestamp::from_second(n as i64).unwrap(), Micros(n as i64))
+        (n as u32, key, Timestamp::from_second(n as i64).unwrap(), Micros(n as i64))
     }
 
     /// The reservation keeps every counter read, in the order read, inline or spilled.
@@ -230,7 +230,7 @@ mod tests {
             let mut r = Read::default();
             (0..n).for_each(|i| r.push(read(i)));
             let held = r.into_held();
-            let got: Vec<_> = held.iter().map(|(k, start)| (k.id.0.to_string(), start.as_second())).collect();
+            let got: Vec<_> = held.iter().map(|(k, start)| (k.id.as_str().to_owned(), start.as_second())).collect();
             let want: Vec<_> = (0..n).map(|i| (format!("c{i}"), i as i64)).collect();
             assert_eq!(got, want, "{n} counters");
             let shape_holds = match held {

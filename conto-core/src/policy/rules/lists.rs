@@ -1,9 +1,12 @@
 //! Allow- and blocklists: categories, counterparties (`WHITELIST` too), x402/MPP services,
 //! MPP session intents and methods, card MCCs and merchants.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::{Check, Explain, Finding, Polarity, RailFilter, Spec, Subject};
+use smallvec::SmallVec;
+
+use super::{Check, CompiledRule, Explain, Finding, Polarity, RailFilter, Spec, Subject};
 use crate::decision::ViolationType as V;
 use crate::intent::{Address, PaymentIntent, Rail};
 use crate::policy::PolicyError;
@@ -22,6 +25,19 @@ pub(crate) enum Field {
 }
 
 impl Field {
+    /// How many fields there are.
+    const COUNT: usize = 7;
+    /// Every field.
+    const ALL: [Field; Field::COUNT] = [
+        Field::Counterparty,
+        Field::Category,
+        Field::Service,
+        Field::Mcc,
+        Field::Merchant,
+        Field::MppIntent,
+        Field::MppMethod,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Field::Counterparty => "recipient",
@@ -39,99 +55,111 @@ impl Field {
 #[derive(Debug, Clone)]
 pub(crate) struct ListRule {
     field: Field,
-    entries: Entries,
+    /// The entries, normalized (trimmed, lower-cased where the field ignores case) and
+    /// deduplicated; shared with the policy set's [`Lexicon`].
+    entries: Box<[Arc<[u8]>]>,
+    /// The rule's bit in a decision's [`Listed`] (its number among the set's list rules, set
+    /// when the policy set is indexed).
+    bit: u32,
     in_list: bool,
 }
 
-/// A list's entries: a short list is scanned in place (most are a handful of entries), a long
-/// one is hashed for exact lookups.
-#[derive(Debug, Clone)]
-enum Entries {
-    Few(Box<[Box<str>]>),
-    Many(HashSet<String, foldhash::fast::RandomState>),
+/// Every entry of every list rule in a policy set, looked up by value: a decision looks each
+/// of the payment's fields up once ([`Listed::of`]), and learns at once which list rules list
+/// it, however long their lists and however many rules list the same value.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Lexicon {
+    /// Per field, each entry's term number.
+    fields: [HashMap<Arc<[u8]>, u32, foldhash::fast::RandomState>; Field::COUNT],
+    /// Per term number, the bits of the list rules that list it.
+    listed_by: Vec<Box<[u32]>>,
+    /// How many list rules the set has.
+    lists: usize,
 }
 
-impl Entries {
-    const FEW: usize = 8;
+impl Lexicon {
+    /// Numbers the list rules in `rules` and their entries.
+    pub(crate) fn index<'r>(rules: impl Iterator<Item = &'r mut CompiledRule>) -> Lexicon {
+        Self::index_lists(rules.filter_map(|rule| match &mut rule.check {
+            Check::List(list) => Some(list),
+            _ => None,
+        }))
+    }
 
-    fn new(items: Vec<String>) -> Self {
-        if items.len() <= Self::FEW {
-            let mut few: Vec<Box<str>> = Vec::with_capacity(items.len());
-            for item in items {
-                if !few.iter().any(|e| **e == *item) {
-                    few.push(item.into());
+    fn index_lists<'r>(lists: impl Iterator<Item = &'r mut ListRule>) -> Lexicon {
+        let mut fields: [HashMap<Arc<[u8]>, u32, _>; Field::COUNT] = Default::default();
+        let mut listed_by: Vec<Vec<u32>> = Vec::new();
+        let mut bit = 0u32;
+        for list in lists {
+            list.bit = bit;
+            let words = &mut fields[list.field as usize];
+            for entry in &list.entries {
+                let next = listed_by.len() as u32;
+                let term = *words.entry(entry.clone()).or_insert(next);
+                if term == next {
+                    listed_by.push(Vec::new());
                 }
+                listed_by[term as usize].push(bit);
             }
-            Entries::Few(few.into())
-        } else {
-            Entries::Many(items.into_iter().collect())
+            bit += 1;
         }
+        let listed_by = listed_by.into_iter().map(Vec::into_boxed_slice).collect();
+        Lexicon { fields, listed_by, lists: bit as usize }
     }
 
-    /// Whether `value` is an entry, exactly.
-    fn contains(&self, value: &str) -> bool {
-        match self {
-            Entries::Few(few) => few.iter().any(|e| **e == *value),
-            Entries::Many(set) => set.contains(value),
-        }
-    }
-
-    /// Whether `value` is an entry, ignoring ASCII case (the entries are stored lowercase): a
-    /// short list is scanned, a long one looked up once.
-    fn contains_ignoring_case(&self, value: &str) -> bool {
-        match self {
-            Entries::Few(few) => few.iter().any(|e| eq_folded(value.as_bytes(), e.as_bytes())),
-            Entries::Many(set) => with_lowercase(value, |v| set.contains(v)),
-        }
-    }
-
-    /// Whether `domain` or a parent domain of it is an entry, ignoring ASCII case: an entry
-    /// `example.com` lists `example.com` and `api.example.com`, not `badexample.com`. A long
-    /// list is looked up once per label, however many entries it has.
-    fn lists_domain(&self, domain: &str) -> bool {
-        match self {
-            Entries::Few(few) => few.iter().any(|e| is_domain_or_parent(domain, e)),
-            Entries::Many(set) => with_lowercase(domain, |d| {
-                set.contains(d) || d.match_indices('.').any(|(dot, _)| set.contains(&d[dot + 1..]))
+    /// Calls `f` with each term `value` of `field` is listed under: its own, and for a service
+    /// its parent domains'. Counterparties and MCCs compare exactly (both are canonical); the
+    /// others ignore ASCII case, and a name ignores surrounding whitespace.
+    fn terms_of(&self, field: Field, value: &str, mut f: impl FnMut(u32)) {
+        let words = &self.fields[field as usize];
+        let mut get = |v: &[u8]| {
+            if let Some(term) = words.get(v) {
+                f(*term);
+            }
+        };
+        match field {
+            Field::Counterparty | Field::Mcc => get(value.as_bytes()),
+            // `example.com` lists `api.example.com` (a parent after a dot), not `badexample.com`.
+            Field::Service => with_lowercase(value, |d| {
+                get(d);
+                for (dot, _) in d.iter().enumerate().filter(|(_, b)| **b == b'.') {
+                    get(&d[dot + 1..]);
+                }
             }),
+            _ => with_lowercase(trimmed(value), get),
         }
     }
 }
 
-/// Whether `domain` is `entry` (in lowercase) or a subdomain of it, ignoring ASCII case.
-fn is_domain_or_parent(domain: &str, entry: &str) -> bool {
-    let (d, e) = (domain.as_bytes(), entry.as_bytes());
-    eq_folded(d, e) || d.len() > e.len() && d[d.len() - e.len() - 1] == b'.' && eq_folded(&d[d.len() - e.len()..], e)
+/// Which of a policy set's list rules list the payment's value of their field: one bit per
+/// list rule, the first 256 inline.
+pub(crate) struct Listed {
+    bits: SmallVec<[u64; 4]>,
 }
 
-/// Whether `value` equals `lower` (already in ASCII lowercase) ignoring ASCII case, as
-/// `eq_ignore_ascii_case` answers, eight bytes at a time (a list rule compares on every
-/// decision, against every entry).
-fn eq_folded(value: &[u8], lower: &[u8]) -> bool {
-    if value.len() != lower.len() {
-        return false;
-    }
-    let (mut v, mut l) = (value.chunks_exact(8), lower.chunks_exact(8));
-    for (a, b) in (&mut v).zip(&mut l) {
-        let (mut x, mut y) = ([0u8; 8], [0u8; 8]);
-        x.copy_from_slice(a);
-        y.copy_from_slice(b);
-        if fold8(u64::from_le_bytes(x)) != u64::from_le_bytes(y) {
-            return false;
+impl Listed {
+    /// Looks each field of `intent` some list checks up once in `lexicon`.
+    pub(crate) fn of(lexicon: &Lexicon, intent: &PaymentIntent) -> Self {
+        let mut bits = SmallVec::from_elem(0u64, lexicon.lists.div_ceil(64));
+        for field in Field::ALL {
+            if lexicon.fields[field as usize].is_empty() {
+                continue;
+            }
+            let Some(value) = subject(field, intent) else { continue };
+            lexicon.terms_of(field, value, |term| {
+                for &bit in lexicon.listed_by.get(term as usize).map_or(&[][..], |b| &b[..]) {
+                    if let Some(word) = bits.get_mut(bit as usize / 64) {
+                        *word |= 1 << (bit % 64);
+                    }
+                }
+            });
         }
+        Listed { bits }
     }
-    v.remainder().iter().zip(l.remainder()).all(|(a, b)| a.to_ascii_lowercase() == *b)
-}
 
-/// Eight bytes with every ASCII capital made lowercase (bit 5 set), others untouched.
-fn fold8(x: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    let heptets = x & (0x7f * ONES);
-    // Per byte, no carry between bytes: the high bit says `>= 'A'`, then `> 'Z'`.
-    let at_least_a = heptets + (0x80 - u64::from(b'A')) * ONES;
-    let past_z = heptets + (0x7f - u64::from(b'Z')) * ONES;
-    let capital = at_least_a & !past_z & !x & (0x80 * ONES);
-    x | capital >> 2
+    fn contains(&self, bit: u32) -> bool {
+        self.bits.get(bit as usize / 64).is_some_and(|word| word >> (bit % 64) & 1 == 1)
+    }
 }
 
 /// `value.trim()`, without the Unicode scan when it plainly starts and ends with a character
@@ -142,24 +170,21 @@ fn trimmed(value: &str) -> &str {
     if solid(bytes.first()) && solid(bytes.last()) { value } else { value.trim() }
 }
 
-/// Runs `f` on `value` in ASCII lowercase, copying only when it has an uppercase letter (on the
-/// stack when short).
-fn with_lowercase<R>(value: &str, f: impl FnOnce(&str) -> R) -> R {
-    if !value.bytes().any(|b| b.is_ascii_uppercase()) {
-        return f(value);
+/// Runs `f` on the bytes of `value` in ASCII lowercase, copying only when it has an uppercase
+/// letter (on the stack when short).
+fn with_lowercase<R>(value: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+    let bytes = value.as_bytes();
+    if !bytes.iter().any(u8::is_ascii_uppercase) {
+        return f(bytes);
     }
     let mut buf = [0u8; 64];
-    match buf.get_mut(..value.len()) {
+    match buf.get_mut(..bytes.len()) {
         Some(short) => {
-            short.copy_from_slice(value.as_bytes());
+            short.copy_from_slice(bytes);
             short.make_ascii_lowercase();
-            // Lowercasing ASCII letters keeps UTF-8 valid.
-            match std::str::from_utf8(short) {
-                Ok(lower) => f(lower),
-                Err(_) => f(&value.to_ascii_lowercase()),
-            }
+            f(short)
         }
-        None => f(&value.to_ascii_lowercase()),
+        None => f(&bytes.to_ascii_lowercase()),
     }
 }
 
@@ -220,8 +245,14 @@ impl Family for Lists {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let entries = Entries::new(entries);
-        let mut spec = r.spec(Check::List(ListRule { field, entries, in_list }), rails, violation);
+        let mut unique: Vec<Arc<[u8]>> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if !unique.iter().any(|e| **e == *entry.as_bytes()) {
+                unique.push(entry.into_bytes().into());
+            }
+        }
+        let list = ListRule { field, entries: unique.into(), bit: 0, in_list };
+        let mut spec = r.spec(Check::List(list), rails, violation);
         spec.polarity = polarity;
         Ok(spec)
     }
@@ -246,11 +277,7 @@ impl ListRule {
             }
             return Some(Finding { holds: !self.in_list, detail: Listing::Missing(field) });
         };
-        let listed = match field {
-            Field::Counterparty | Field::Mcc => self.entries.contains(value),
-            Field::Service => self.entries.lists_domain(value),
-            _ => self.entries.contains_ignoring_case(trimmed(value)),
-        };
+        let listed = s.listed.contains(self.bit);
         Some(Finding { holds: listed == self.in_list, detail: Listing::Listed { field, value, listed } })
     }
 }
@@ -284,13 +311,15 @@ impl Explain for Listing<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use proptest::prelude::*;
 
-    use super::Entries;
+    use super::{Field, Lexicon, ListRule, Listed};
 
     /// What a list answered before entries were looked up: a scan comparing without case.
     fn scanned(items: &[String], value: &str) -> bool {
-        items.iter().any(|e| e.eq_ignore_ascii_case(value))
+        items.iter().any(|e| e.eq_ignore_ascii_case(value.trim()))
     }
 
     fn scanned_domain(items: &[String], v: &str) -> bool {
@@ -302,42 +331,61 @@ mod tests {
         })
     }
 
+    fn list(field: Field, items: &[String]) -> ListRule {
+        let mut entries: Vec<Arc<[u8]>> = Vec::new();
+        for item in items {
+            if !entries.iter().any(|e| **e == *item.as_bytes()) {
+                entries.push(item.as_bytes().into());
+            }
+        }
+        ListRule { field, entries: entries.into(), bit: 0, in_list: true }
+    }
+
+    /// Two lists of `field` indexed in one lexicon, and what each answers for `probe`.
+    fn looked_up(field: Field, first: &[String], second: &[String], probe: &str) -> (bool, bool) {
+        let (mut a, mut b) = (list(field, first), list(field, second));
+        let lexicon = Lexicon::index_lists([&mut a, &mut b].into_iter());
+        let mut listed = Listed { bits: smallvec::smallvec![0; 1] };
+        lexicon.terms_of(field, probe, |term| {
+            for &bit in &lexicon.listed_by[term as usize] {
+                listed.bits[0] |= 1 << bit;
+            }
+        });
+        (listed.contains(a.bit), listed.contains(b.bit))
+    }
+
     proptest! {
-        /// The eight-at-a-time comparison answers as `eq_ignore_ascii_case`, and the trim
-        /// shortcut as `trim`, on any bytes.
+        /// The trim shortcut answers as `trim`, on any text.
         #[test]
-        fn folded_compares_and_trims_answer_as_the_standard_ones(
-            a in "[ -~\\t\\x0b\\u{a0}é]{0,40}", b in "[ -~é]{0,40}", same in any::<bool>(),
-        ) {
-            let lower = if same { a.to_ascii_lowercase() } else { b.to_ascii_lowercase() };
-            prop_assert_eq!(super::eq_folded(a.as_bytes(), lower.as_bytes()), a.eq_ignore_ascii_case(&lower));
+        fn the_trim_shortcut_answers_as_trim(a in "[ -~\\t\\x0b\\u{a0}é]{0,40}") {
             prop_assert_eq!(super::trimmed(&a), a.trim());
         }
 
+        /// Lowercase entries (as compiled) looked up in a lexicon shared by two lists answer as
+        /// each list's own case-blind scan: for names, and for domains with their parents,
+        /// short and long, on the stack or not.
         #[test]
-        fn a_short_and_a_long_list_answer_alike(
-            items in prop::collection::vec("[a-c]{1,3}", 0..30), probe in "[a-cA-C]{1,3}",
+        fn a_lookup_answers_as_each_lists_case_blind_scan(
+            first in prop::collection::vec("[a-c]{1,3}(\\.[a-c]{1,3}){0,2}", 0..30),
+            second in prop::collection::vec("[a-c]{1,3}(\\.[a-c]{1,3}){0,2}", 0..30),
+            probe in " ?(([a-cA-C]{1,3}\\.){0,3}[a-cA-C]{1,3}|[a-cA-C.]{60,70}) ?",
         ) {
-            let few = Entries::Few(items.iter().map(|i| Box::from(i.as_str())).collect());
-            let many = Entries::Many(items.iter().cloned().collect());
-            let built = Entries::new(items.clone());
-            for e in [&few, &many, &built] {
-                prop_assert_eq!(e.contains(&probe), items.contains(&probe));
-                prop_assert_eq!(e.contains_ignoring_case(&probe), scanned(&items, &probe));
-            }
+            let (a, b) = looked_up(Field::Category, &first, &second, &probe);
+            prop_assert_eq!((a, b), (scanned(&first, &probe), scanned(&second, &probe)));
+            let probe = probe.trim();
+            let (a, b) = looked_up(Field::Service, &first, &second, probe);
+            prop_assert_eq!((a, b), (scanned_domain(&first, probe), scanned_domain(&second, probe)));
         }
 
-        /// Lowercase entries (as compiled) looked up answer as a case-blind scan does, for
-        /// names and for domains with their parents, short and long, on the stack or not.
+        /// Counterparties compare exactly: their canonical form is the compiled entry's.
         #[test]
-        fn a_lookup_answers_as_a_case_blind_scan(
-            items in prop::collection::vec("[a-c]{1,3}(\\.[a-c]{1,3}){0,2}", 0..30),
-            probe in "([a-cA-C]{1,3}\\.){0,3}[a-cA-C]{1,3}|[a-cA-C.]{60,70}",
+        fn an_exact_field_compares_exactly(
+            first in prop::collection::vec("[a-cA-C]{1,3}", 0..10),
+            second in prop::collection::vec("[a-cA-C]{1,3}", 0..10),
+            probe in "[a-cA-C]{1,3}",
         ) {
-            for e in [Entries::new(items.clone()), Entries::Many(items.iter().cloned().collect())] {
-                prop_assert_eq!(e.contains_ignoring_case(&probe), scanned(&items, &probe));
-                prop_assert_eq!(e.lists_domain(&probe), scanned_domain(&items, &probe));
-            }
+            let (a, b) = looked_up(Field::Counterparty, &first, &second, &probe);
+            prop_assert_eq!((a, b), (first.contains(&probe), second.contains(&probe)));
         }
     }
 }

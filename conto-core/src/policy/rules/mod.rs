@@ -153,19 +153,44 @@ impl Scope {
 
 /// The identity of a counted quantity, spelled out in full (never a hash, so two quantities
 /// can never share a counter by collision). Rules that count the same quantity get equal ids,
-/// interned to one allocation per policy set, so equality is a pointer compare first.
+/// interned to one allocation per policy set, so equality is a pointer compare first. Its
+/// hash is computed once, when the id is made: a ledger looks counters up on every decision.
 #[derive(Debug, Clone, Eq)]
-pub(crate) struct CounterId(pub Arc<str>);
+pub(crate) struct CounterId {
+    text: Arc<str>,
+    hash: u64,
+}
+
+impl CounterId {
+    /// The id spelled `text`.
+    pub(crate) fn new(text: Arc<str>) -> Self {
+        use std::hash::BuildHasher;
+        // An explicitly specified hash (foldhash, fixed seed): equal text, equal hash.
+        let hash = foldhash::fast::FixedState::with_seed(0x636f_756e_7465_7273).hash_one(&*text);
+        CounterId { text, hash }
+    }
+
+    /// The id's text.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Shares `other`'s allocation (they are equal).
+    pub(crate) fn share(&mut self, other: &CounterId) {
+        debug_assert!(*self == *other);
+        self.text = other.text.clone();
+    }
+}
 
 impl PartialEq for CounterId {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+        Arc::ptr_eq(&self.text, &other.text) || (self.hash == other.hash && self.text == other.text)
     }
 }
 
 impl std::hash::Hash for CounterId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
+        state.write_u64(self.hash);
     }
 }
 
@@ -181,6 +206,9 @@ pub(crate) struct Cumulative {
     pub tz_name: Arc<str>,
     /// The last period computed, shared by every decision on this policy set.
     pub last_period: PeriodCache,
+    /// The counter's number in its policy set (rules sharing the counter share it): within
+    /// one decision, a counter's key and period follow from it.
+    pub slot: u32,
 }
 
 impl Cumulative {
@@ -281,6 +309,8 @@ pub(crate) struct Subject<'a> {
     pub intent: &'a PaymentIntent,
     pub amount: Micros,
     pub now: Timestamp,
+    /// Which list rules list the payment's values (each field looked up once).
+    pub listed: lists::Listed,
 }
 
 /// What a family's compiler returns for one rule.
