@@ -36,7 +36,7 @@ use crate::micros::Micros;
 use crate::policy::rules::cumulative::{Tally, counter_key};
 use crate::policy::rules::lists::Listed;
 use crate::policy::rules::velocity::velocity_key;
-use crate::policy::rules::{Check, CompiledRule, Explain, Finding, Outcome, Polarity, Subject};
+use crate::policy::rules::{Check, CompiledRule, Explain, Finding, Outcome, Subject};
 use crate::policy::{Cumulative, PolicySet};
 
 /// What evaluation concluded.
@@ -71,11 +71,7 @@ fn judge<D: Explain>(
     approvals: &mut Vec<Asked>,
 ) -> Next {
     let Some(finding) = finding else { return Next::Continue };
-    let broken = match rule.polarity {
-        Polarity::BrokenUnlessHolds => !finding.holds,
-        Polarity::BrokenWhenHolds => finding.holds,
-    };
-    if !broken {
+    if !rule.polarity.broken(finding.holds) {
         return Next::Continue;
     }
     let detail = finding.detail.explain(&rule.rule_type);
@@ -136,15 +132,26 @@ pub(crate) fn screen<'p>(
             if !rule.rails.matches(&intent.rail) {
                 continue;
             }
+            let holds = match &rule.check {
+                Check::Cumulative(_) | Check::Velocity(_) => None,
+                Check::Amount(c) => c.holds(&subject),
+                Check::List(c) => c.holds(&subject),
+                Check::Time(c) => Some(c.check(&subject).holds),
+                Check::Blackout(c) => Some(c.check(&subject).holds),
+            };
+            if !holds.is_some_and(|holds| rule.polarity.broken(holds)) {
+                continue;
+            }
+            // A broken rule (rare): judged again, with what it measured.
             // Policy files are far below 2^32 policies or rules.
             let pos = (p as u32, r as u32);
             let (at, a) = ((pos, policy.name.as_str()), &mut approvals);
             let next = match &rule.check {
                 Check::Cumulative(_) | Check::Velocity(_) => Next::Continue,
-                Check::Amount(r) => judge(at, rule, r.check(&subject), skip_approval, a),
-                Check::List(r) => judge(at, rule, r.check(&subject), skip_approval, a),
-                Check::Time(r) => judge(at, rule, Some(r.check(&subject)), skip_approval, a),
-                Check::Blackout(r) => judge(at, rule, Some(r.check(&subject)), skip_approval, a),
+                Check::Amount(c) => judge(at, rule, c.check(&subject), skip_approval, a),
+                Check::List(c) => judge(at, rule, c.check(&subject), skip_approval, a),
+                Check::Time(c) => judge(at, rule, Some(c.check(&subject)), skip_approval, a),
+                Check::Blackout(c) => judge(at, rule, Some(c.check(&subject)), skip_approval, a),
             };
             if let Next::Deny(denial) = next {
                 denied = Some((pos, denial));
@@ -201,10 +208,19 @@ impl<'p> Screened<'p> {
                 break;
             }
             let Some((name, rule)) = self.judged(pos) else { continue };
+            let holds = match &rule.check {
+                Check::Cumulative(c) => c.holds(subject, ledger, &mut tally),
+                Check::Velocity(c) => c.check(subject, ledger, &mut windows).holds,
+                _ => continue,
+            };
+            if !rule.polarity.broken(holds) {
+                continue;
+            }
+            // A broken rule (rare): judged again, with what it measured (read once).
             let (at, a) = ((pos, name), &mut approvals);
             let next = match &rule.check {
-                Check::Cumulative(r) => judge(at, rule, Some(r.check(subject, ledger, &mut tally)), skip_approval, a),
-                Check::Velocity(r) => judge(at, rule, Some(r.check(subject, ledger, &mut windows)), skip_approval, a),
+                Check::Cumulative(c) => judge(at, rule, Some(c.check(subject, ledger, &mut tally)), skip_approval, a),
+                Check::Velocity(c) => judge(at, rule, Some(c.check(subject, ledger, &mut windows)), skip_approval, a),
                 _ => Next::Continue,
             };
             if let Next::Deny(denial) = next {

@@ -68,13 +68,23 @@ pub(crate) struct Seen {
 }
 
 impl AmountRule {
-    /// Compares the payment's amount (or deposit) with the limit.
+    /// The payment's amount, or its deposit (`None`: a payment without one).
+    fn measured(&self, s: &Subject<'_>) -> Option<Micros> {
+        match (self.measure, &s.intent.rail) {
+            (Measure::Amount, _) => Some(s.amount),
+            (Measure::Deposit, Rail::Mpp { deposit: Some(d), .. }) => Some(Micros::of(*d)),
+            (Measure::Deposit, _) => None,
+        }
+    }
+
+    /// Whether the amount (or deposit) compares with the limit as the rule says.
+    pub(crate) fn holds(&self, s: &Subject<'_>) -> Option<bool> {
+        self.measured(s).map(|x| self.limit.holds(x, self.cmp))
+    }
+
+    /// [`AmountRule::holds`], with what was compared.
     pub(crate) fn check(&self, s: &Subject<'_>) -> Option<Finding<Seen>> {
-        let subject = match (self.measure, &s.intent.rail) {
-            (Measure::Amount, _) => s.amount,
-            (Measure::Deposit, Rail::Mpp { deposit: Some(d), .. }) => Micros::of(*d),
-            (Measure::Deposit, _) => return None,
-        };
+        let subject = self.measured(s)?;
         Some(Finding {
             holds: self.limit.holds(subject, self.cmp),
             detail: Seen { deposit: self.measure == Measure::Deposit, subject, cmp: self.cmp, limit: self.limit.exact },

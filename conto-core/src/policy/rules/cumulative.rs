@@ -155,28 +155,34 @@ pub(crate) struct Spent {
 }
 
 impl CumulativeRule {
-    /// Compares the period's spend, with this payment, with the limit.
-    pub(crate) fn check(&self, s: &Subject<'_>, ledger: &mut impl Reads, tally: &mut Tally) -> Finding<Spent> {
-        let counter = &self.counter;
-        // Rules counting the same quantity share the counter's number: read it once.
-        let used = match tally.read.used(counter.slot) {
-            Some(used) => used,
-            None => {
-                let start = counter.period_start(s.now);
-                let key = counter_key(counter, s.intent);
-                let used = ledger.used(&key, start);
-                tally.read.push((counter.slot, key, start, used));
-                used
-            }
-        };
-        let projected = used + s.amount;
+    /// Whether the period's spend, with this payment, compares with the limit as the rule says.
+    pub(crate) fn holds(&self, s: &Subject<'_>, ledger: &mut impl Reads, tally: &mut Tally) -> bool {
+        let projected = self.used(s, ledger, tally) + s.amount;
         if self.daily && tally.daily.is_none_or(|(_, l)| self.limit.is_below(&l)) {
             tally.daily = Some((projected, self.limit));
         }
-        Finding {
-            holds: self.limit.holds(projected, self.cmp),
-            detail: Spent { period: counter.period, used, amount: s.amount, cmp: self.cmp, limit: self.limit.exact },
+        self.limit.holds(projected, self.cmp)
+    }
+
+    /// What the counter had used, read once per decision however many rules share it.
+    fn used(&self, s: &Subject<'_>, ledger: &mut impl Reads, tally: &mut Tally) -> Micros {
+        let counter = &self.counter;
+        if let Some(used) = tally.read.used(counter.slot) {
+            return used;
         }
+        let start = counter.period_start(s.now);
+        let key = counter_key(counter, s.intent);
+        let used = ledger.used(&key, start);
+        tally.read.push((counter.slot, key, start, used));
+        used
+    }
+
+    /// [`CumulativeRule::holds`], with what was compared.
+    pub(crate) fn check(&self, s: &Subject<'_>, ledger: &mut impl Reads, tally: &mut Tally) -> Finding<Spent> {
+        let holds = self.holds(s, ledger, tally);
+        let used = self.used(s, ledger, tally);
+        let (period, amount, cmp, limit) = (self.counter.period, s.amount, self.cmp, self.limit.exact);
+        Finding { holds, detail: Spent { period, used, amount, cmp, limit } }
     }
 }
 

@@ -331,6 +331,16 @@ pub(crate) enum Polarity {
     BrokenWhenHolds,
 }
 
+impl Polarity {
+    /// Whether a rule whose condition `holds` (or not) is broken.
+    pub(crate) fn broken(self, holds: bool) -> bool {
+        match self {
+            Polarity::BrokenUnlessHolds => !holds,
+            Polarity::BrokenWhenHolds => holds,
+        }
+    }
+}
+
 /// What a broken rule leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
