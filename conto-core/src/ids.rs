@@ -25,18 +25,14 @@ pub(crate) fn random_id(prefix: &str, n: usize) -> String {
 pub(crate) fn push_hex(out: &mut String, bits: u128, digits: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = digits.min(32);
-    out.reserve(digits);
-    // Pushed one ASCII char at a time: no UTF-8 check of the digits, no 128-bit shift per digit.
-    let bytes = bits.to_be_bytes();
-    let (whole, odd) = (digits / 2, digits % 2);
-    let first = 16 - whole - odd;
-    if odd == 1 {
-        out.push(char::from(HEX[usize::from(bytes[first] & 0xf)]));
+    // Two digits per byte, written into a buffer and checked as UTF-8 once.
+    let mut buf = [0u8; 32];
+    for (pair, b) in buf.chunks_exact_mut(2).zip(bits.to_be_bytes()) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
-    for &b in &bytes[first + odd..] {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
+    // Hex digits are ASCII: always valid UTF-8.
+    out.push_str(std::str::from_utf8(&buf[32 - digits..]).unwrap_or_default());
 }
 
 #[cfg(test)]

@@ -75,6 +75,8 @@ pub(crate) struct Lexicon {
     listed_by: Vec<Box<[(u32, u64)]>>,
     /// How many list rules the set has.
     lists: usize,
+    /// The fields list rules check, one bit per field.
+    checked: u8,
 }
 
 impl Lexicon {
@@ -89,9 +91,10 @@ impl Lexicon {
     fn index_lists<'r>(lists: impl Iterator<Item = &'r mut ListRule>) -> Lexicon {
         let mut fields: [HashMap<Arc<[u8]>, u32, _>; Field::COUNT] = Default::default();
         let mut listed_by: Vec<Vec<(u32, u64)>> = Vec::new();
-        let mut bit = 0u32;
+        let (mut bit, mut checked) = (0u32, 0u8);
         for list in lists {
             list.bit = bit;
+            checked |= 1 << list.field as u8;
             let words = &mut fields[list.field as usize];
             for entry in &list.entries {
                 let next = listed_by.len() as u32;
@@ -110,7 +113,7 @@ impl Lexicon {
             bit += 1;
         }
         let listed_by = listed_by.into_iter().map(Vec::into_boxed_slice).collect();
-        Lexicon { fields, listed_by, lists: bit as usize }
+        Lexicon { fields, listed_by, lists: bit as usize, checked }
     }
 
     /// Calls `f` with each term `value` of `field` is listed under: its own, and for a service
@@ -141,7 +144,7 @@ impl Lexicon {
 /// list rule, the first 256 inline.
 pub(crate) struct Listed {
     bits: SmallVec<[u64; 4]>,
-    /// Which fields the payment has, one bit per field.
+    /// Which of the fields list rules check the payment has, one bit per field.
     fields: u8,
 }
 
@@ -150,7 +153,7 @@ impl Listed {
     pub(crate) fn of(lexicon: &Lexicon, intent: &PaymentIntent) -> Self {
         let mut bits = SmallVec::from_elem(0u64, lexicon.lists.div_ceil(64));
         let mut fields = 0u8;
-        for field in Field::ALL {
+        for field in Field::ALL.into_iter().filter(|f| lexicon.checked >> *f as u8 & 1 == 1) {
             let Some(value) = subject(field, intent) else { continue };
             fields |= 1 << field as u8;
             if lexicon.fields[field as usize].is_empty() {
