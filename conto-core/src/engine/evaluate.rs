@@ -33,10 +33,11 @@ impl Reads for AgentLedger {
 use crate::decision::{Denial, Violation};
 use crate::intent::PaymentIntent;
 use crate::micros::Micros;
+use crate::policy::plan::{Entry, Pos, Stateful};
 use crate::policy::rules::cumulative::{Tally, counter_key};
 use crate::policy::rules::lists::Listed;
 use crate::policy::rules::velocity::velocity_key;
-use crate::policy::rules::{Check, CompiledRule, Explain, Finding, Outcome, Subject};
+use crate::policy::rules::{Check, CompiledRule, Explain, Finding, Outcome, Polarity, RailFilter, Subject};
 use crate::policy::{Cumulative, PolicySet};
 
 /// What evaluation concluded.
@@ -54,9 +55,6 @@ enum Next {
     Continue,
     Deny(Denial),
 }
-
-/// A rule's place in evaluation order: (policy index, rule index), compared as a pair.
-type Pos = (u32, u32);
 
 /// A broken rule that asks for a human, at its place in evaluation order.
 type Asked = (Pos, String);
@@ -103,6 +101,8 @@ pub(crate) struct Screened<'p> {
     policies: &'p PolicySet,
     /// Which policies apply to the actor, one bit per policy (the first 256 inline).
     applies: SmallVec<[u64; 4]>,
+    /// Whether every policy does (none is inactive or assigned to other actors).
+    all_apply: bool,
     /// The first stateless denial and where it stands, unless a stateful rule before it
     /// denies first.
     denied: Option<(Pos, Denial)>,
@@ -117,52 +117,85 @@ pub(crate) fn screen<'p>(
     now: Timestamp,
     skip_approval: bool,
 ) -> Screened<'p> {
-    debug_assert!(policies.stateful_index_is_current(), "a stale stateful index");
     let listed = Listed::of(&policies.lexicon, intent);
     let subject = Subject { intent, amount: Micros::of(intent.amount), now, listed };
     let mut applies = SmallVec::from_elem(0u64, policies.policies.len().div_ceil(64));
-    let mut approvals = Vec::new();
-    let mut denied = None;
-    'policies: for (p, policy) in policies.policies.iter().enumerate() {
-        if !policy.applies_to(intent.actor.as_str()) {
-            continue;
-        }
-        applies[p / 64] |= 1 << (p % 64);
-        for (r, rule) in policy.rules.iter().enumerate() {
-            if !rule.rails.matches(&intent.rail) {
-                continue;
-            }
-            let holds = match &rule.check {
-                Check::Cumulative(_) | Check::Velocity(_) => None,
-                Check::Amount(c) => c.holds(&subject),
-                Check::List(c) => c.holds(&subject),
-                Check::Time(c) => Some(c.check(&subject).holds),
-                Check::Blackout(c) => Some(c.check(&subject).holds),
-            };
-            if !holds.is_some_and(|holds| rule.polarity.broken(holds)) {
-                continue;
-            }
-            // A broken rule (rare): judged again, with what it measured.
-            // Policy files are far below 2^32 policies or rules.
-            let pos = (p as u32, r as u32);
-            let (at, a) = ((pos, policy.name.as_str()), &mut approvals);
-            let next = match &rule.check {
-                Check::Cumulative(_) | Check::Velocity(_) => Next::Continue,
-                Check::Amount(c) => judge(at, rule, c.check(&subject), skip_approval, a),
-                Check::List(c) => judge(at, rule, c.check(&subject), skip_approval, a),
-                Check::Time(c) => judge(at, rule, Some(c.check(&subject)), skip_approval, a),
-                Check::Blackout(c) => judge(at, rule, Some(c.check(&subject)), skip_approval, a),
-            };
-            if let Next::Deny(denial) = next {
-                denied = Some((pos, denial));
-                break 'policies;
-            }
+    let mut all_apply = true;
+    for (p, policy) in policies.policies.iter().enumerate() {
+        if policy.applies_to(intent.actor.as_str()) {
+            applies[p / 64] |= 1 << (p % 64);
+        } else {
+            all_apply = false;
         }
     }
-    Screened { subject, skip_approval, policies, applies, denied, approvals }
+    let (denied, approvals) = (None, Vec::new());
+    let mut screened = Screened { subject, skip_approval, policies, applies, all_apply, denied, approvals };
+    if screened.any_stateless_broken() {
+        screened.walk_stateless();
+    }
+    screened
 }
 
 impl<'p> Screened<'p> {
+    /// Whether the rule at `at`, covering `rails`, is judged for this payment: its policy
+    /// applies to the actor and it covers the payment's rail.
+    fn applied(&self, (p, _): Pos, rails: RailFilter) -> bool {
+        rails.matches(&self.subject.intent.rail) && (self.all_apply || self.applies_to(p as usize))
+    }
+
+    /// Whether policy `p` applies to the actor.
+    fn applies_to(&self, p: usize) -> bool {
+        self.applies.get(p / 64).is_some_and(|bits| (bits >> (p % 64)) & 1 == 1)
+    }
+
+    /// Whether any applicable stateless rule is broken, family by family (the plan's flat
+    /// arrays; no words, no order).
+    fn any_stateless_broken(&self) -> bool {
+        let (plan, s) = (&self.policies.plan, &self.subject);
+        let broken = |polarity: Polarity, holds: Option<bool>| holds.is_some_and(|h| polarity.broken(h));
+        plan.amounts.iter().any(|e| self.applied(e.at, e.rails) && broken(e.polarity, e.test.holds(s)))
+            || plan.lists.iter().any(|e| self.applied(e.at, e.rails) && broken(e.polarity, e.test.holds(s)))
+            || plan.others.iter().any(|e| {
+                let rule = self.judged(e.at).map(|(_, rule)| rule);
+                let holds = match rule.map(|rule| &rule.check) {
+                    Some(Check::Time(c)) => Some(c.check(s).holds),
+                    Some(Check::Blackout(c)) => Some(c.check(s).holds),
+                    _ => None,
+                };
+                broken(e.polarity, holds)
+            })
+    }
+
+    /// Judges the stateless rules in priority order, with words for the broken ones: the first
+    /// denial, and the requests for approval before it.
+    fn walk_stateless(&mut self) {
+        let (policies, subject, skip_approval) = (self.policies, &self.subject, self.skip_approval);
+        let mut approvals = std::mem::take(&mut self.approvals);
+        let mut denied = None;
+        'policies: for (p, policy) in policies.policies.iter().enumerate().filter(|(p, _)| self.applies_to(*p)) {
+            for (r, rule) in policy.rules.iter().enumerate() {
+                if !rule.rails.matches(&subject.intent.rail) {
+                    continue;
+                }
+                // Policy files are far below 2^32 policies or rules.
+                let pos = (p as u32, r as u32);
+                let (at, a) = ((pos, policy.name.as_str()), &mut approvals);
+                let next = match &rule.check {
+                    Check::Cumulative(_) | Check::Velocity(_) => Next::Continue,
+                    Check::Amount(c) => judge(at, rule, c.check(subject), skip_approval, a),
+                    Check::List(c) => judge(at, rule, c.check.finding(subject), skip_approval, a),
+                    Check::Time(c) => judge(at, rule, Some(c.check(subject)), skip_approval, a),
+                    Check::Blackout(c) => judge(at, rule, Some(c.check(subject)), skip_approval, a),
+                };
+                if let Next::Deny(denial) = next {
+                    denied = Some((pos, denial));
+                    break 'policies;
+                }
+            }
+        }
+        (self.denied, self.approvals) = (denied, approvals);
+    }
+
     /// Where stateful rules stop being judged: the first stateless denial, if any.
     fn until(&self) -> Option<Pos> {
         self.denied.as_ref().map(|(pos, _)| *pos)
@@ -171,23 +204,22 @@ impl<'p> Screened<'p> {
     /// The policy's name and the rule at `pos`, if the rule is judged for this intent: its
     /// policy applies to the actor and it covers the intent's rail.
     fn judged(&self, (p, r): Pos) -> Option<(&'p str, &'p CompiledRule)> {
-        let applies = self.applies.get(p as usize / 64).is_some_and(|bits| (bits >> (p % 64)) & 1 == 1);
-        let policy = self.policies.policies.get(p as usize).filter(|_| applies)?;
+        let policy = self.policies.policies.get(p as usize)?;
         let rule = policy.rules.get(r as usize)?;
-        rule.rails.matches(&self.subject.intent.rail).then_some((policy.name.as_str(), rule))
+        self.applied((p, r), rule.rails).then_some((policy.name.as_str(), rule))
+    }
+
+    /// The stateful rules judged for this payment before the first stateless denial, in order.
+    fn stateful(&self) -> impl Iterator<Item = &'p Entry<Stateful>> + '_ {
+        let until = self.until();
+        let plan = &self.policies.plan;
+        plan.stateful.iter().take_while(move |e| until.is_none_or(|u| e.at < u)).filter(|e| self.applied(e.at, e.rails))
     }
 
     /// The denial that stands without reading any ledger: a stateless rule denied and no
     /// stateful rule comes before it.
     pub fn denied_outright(&mut self) -> Option<Denial> {
-        let until = self.until();
-        let stateful_first = self
-            .policies
-            .stateful
-            .iter()
-            .take_while(|pos| until.is_none_or(|u| **pos < u))
-            .any(|&pos| self.judged(pos).is_some());
-        if self.denied.is_some() && !stateful_first {
+        if self.denied.is_some() && self.stateful().next().is_none() {
             return self.denied.take().map(|(_, denial)| denial);
         }
         None
@@ -200,28 +232,30 @@ impl<'p> Screened<'p> {
         let mut tally = Tally::default();
         let mut windows: Vec<VelocityKey> = Vec::new();
         let mut approvals = std::mem::take(&mut self.approvals);
-        let (subject, skip_approval) = (&self.subject, self.skip_approval);
-        let until = self.until();
+        let (until, subject, skip_approval) = (self.until(), &self.subject, self.skip_approval);
         // The stateful rules in order, up to the first stateless denial (under the lock).
-        for &pos in &self.policies.stateful {
-            if until.is_some_and(|until| pos >= until) {
+        for e in self.policies.plan.stateful.iter() {
+            if until.is_some_and(|u| e.at >= u) {
                 break;
             }
-            let Some((name, rule)) = self.judged(pos) else { continue };
-            let holds = match &rule.check {
-                Check::Cumulative(c) => c.holds(subject, ledger, &mut tally),
-                Check::Velocity(c) => c.check(subject, ledger, &mut windows).holds,
-                _ => continue,
+            if !self.applied(e.at, e.rails) {
+                continue;
+            }
+            let holds = match &e.test {
+                Stateful::Spend(c) => c.holds(subject, ledger, &mut tally),
+                Stateful::Velocity(c) => c.check(subject, ledger, &mut windows).holds,
             };
-            if !rule.polarity.broken(holds) {
+            if !e.polarity.broken(holds) {
                 continue;
             }
             // A broken rule (rare): judged again, with what it measured (read once).
-            let (at, a) = ((pos, name), &mut approvals);
-            let next = match &rule.check {
-                Check::Cumulative(c) => judge(at, rule, Some(c.check(subject, ledger, &mut tally)), skip_approval, a),
-                Check::Velocity(c) => judge(at, rule, Some(c.check(subject, ledger, &mut windows)), skip_approval, a),
-                _ => Next::Continue,
+            let Some((name, rule)) = self.judged(e.at) else { continue };
+            let (at, a) = ((e.at, name), &mut approvals);
+            let next = match &e.test {
+                Stateful::Spend(c) => judge(at, rule, Some(c.check(subject, ledger, &mut tally)), skip_approval, a),
+                Stateful::Velocity(c) => {
+                    judge(at, rule, Some(c.check(subject, ledger, &mut windows)), skip_approval, a)
+                }
             };
             if let Next::Deny(denial) = next {
                 return Evaluation::Denied(denial);
@@ -262,14 +296,14 @@ pub(crate) fn all_keys(
 ) -> (Vec<(CounterKey, Timestamp)>, Vec<VelocityKey>) {
     let mut holds: Vec<(CounterKey, Timestamp)> = Vec::new();
     let mut windows: Vec<VelocityKey> = Vec::new();
-    // The stateful rules, from the policy set's index (only they keep counters and windows).
-    let stateful = policies.stateful.iter().filter_map(|&(p, r)| {
-        let policy = policies.policies.get(p as usize).filter(|p| p.applies_to(intent.actor.as_str()))?;
-        policy.rules.get(r as usize).filter(|r| r.rails.matches(&intent.rail))
+    // The stateful rules, from the plan (only they keep counters and windows).
+    let stateful = policies.plan.stateful.iter().filter(|e| {
+        let applies = policies.policies.get(e.at.0 as usize).is_some_and(|p| p.applies_to(intent.actor.as_str()));
+        applies && e.rails.matches(&intent.rail)
     });
-    for rule in stateful {
-        match &rule.check {
-            Check::Cumulative(c) => {
+    for e in stateful {
+        match &e.test {
+            Stateful::Spend(c) => {
                 let counter = &c.counter;
                 let key = counter_key(counter, intent);
                 let start = counter.period_start(now);
@@ -278,13 +312,12 @@ pub(crate) fn all_keys(
                     holds.push((key, start));
                 }
             }
-            Check::Velocity(v) => {
+            Stateful::Velocity(v) => {
                 let key = velocity_key(&v.0, intent);
                 if !windows.contains(&key) {
                     windows.push(key);
                 }
             }
-            _ => {}
         }
     }
     (holds, windows)

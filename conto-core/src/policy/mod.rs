@@ -73,6 +73,7 @@
 //!     passes, reserved like any approval.
 
 mod compile;
+pub(crate) mod plan;
 pub(crate) mod rules;
 
 use std::collections::{HashMap, HashSet};
@@ -306,9 +307,8 @@ impl Policy {
 pub struct PolicySet {
     pub(crate) policies: Vec<Policy>,
     agents: Vec<ActorId>,
-    /// Where the stateful rules (period spend, velocity) are, as (policy, rule) indexes in
-    /// evaluation order: what a decision judges under the agent's ledger lock.
-    pub(crate) stateful: Vec<(u32, u32)>,
+    /// The rules regrouped for evaluation.
+    pub(crate) plan: plan::Plan,
     /// Every list entry, numbered: what a decision looks its list fields up in.
     pub(crate) lexicon: rules::lists::Lexicon,
 }
@@ -386,47 +386,18 @@ impl PolicySet {
     }
 
     /// The set of `policies` (in evaluation order), with what every decision on it shares
-    /// computed once: counters numbered, list entries numbered, stateful rules located.
+    /// computed once: counters numbered, list entries numbered, the evaluation plan.
     fn indexed(mut policies: Vec<Policy>, agents: Vec<ActorId>) -> Self {
         number_counters(&mut policies);
         let lexicon = rules::lists::Lexicon::index(policies.iter_mut().flat_map(|p| p.rules.iter_mut()));
-        let stateful = stateful_rules(&policies);
-        PolicySet { policies, agents, stateful, lexicon }
-    }
-
-    /// Whether `stateful` lists exactly the stateful rules (checked without allocating).
-    pub(crate) fn stateful_index_is_current(&self) -> bool {
-        let mut indexed = self.stateful.iter();
-        for (p, policy) in self.policies.iter().enumerate() {
-            for (r, rule) in policy.rules.iter().enumerate() {
-                if matches!(rule.check, rules::Check::Cumulative(_) | rules::Check::Velocity(_))
-                    && indexed.next() != Some(&(p as u32, r as u32))
-                {
-                    return false;
-                }
-            }
-        }
-        indexed.next().is_none()
+        let plan = plan::Plan::of(&policies);
+        PolicySet { policies, agents, plan, lexicon }
     }
 
     /// The actors the file provisions (its top-level `agents` list).
     pub fn agents(&self) -> &[ActorId] {
         &self.agents
     }
-}
-
-/// The (policy, rule) indexes of the rules that read a ledger, in evaluation order.
-fn stateful_rules(policies: &[Policy]) -> Vec<(u32, u32)> {
-    let mut at = Vec::new();
-    for (p, policy) in policies.iter().enumerate() {
-        for (r, rule) in policy.rules.iter().enumerate() {
-            if matches!(rule.check, rules::Check::Cumulative(_) | rules::Check::Velocity(_)) {
-                // Policy files are far below 2^32 policies or rules.
-                at.push((p as u32, r as u32));
-            }
-        }
-    }
-    at
 }
 
 /// Makes rules that count the same quantity share one id allocation (told apart by pointer

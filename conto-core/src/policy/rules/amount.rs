@@ -20,7 +20,7 @@ pub(crate) enum Measure {
 }
 
 /// A cap on one payment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct AmountRule {
     measure: Measure,
     cmp: Cmp,

@@ -4,6 +4,7 @@
 
 use jiff::Timestamp;
 use rust_decimal::Decimal;
+use smallvec::SmallVec;
 
 use super::{Check, Cmp, Cumulative, Explain, Finding, Period, RailFilter, Scope, Spec, Subject};
 use crate::decision::ViolationType as V;
@@ -98,17 +99,23 @@ type Reading = (u32, CounterKey, Timestamp, Micros);
 struct Read {
     inline: [Option<Reading>; 4],
     more: Vec<Reading>,
+    /// What each counter read had used, by its number (the first eight inline).
+    by_slot: SmallVec<[Option<Micros>; 8]>,
 }
 
 impl Read {
     /// What counter `slot` had used, if this decision read it already. Within one decision a
     /// counter's number fixes its key (the intent fixes the scope) and its period (`now`).
     fn used(&self, slot: u32) -> Option<Micros> {
-        let inline = self.inline.iter().map_while(Option::as_ref);
-        inline.chain(self.more.iter()).find(|r| r.0 == slot).map(|r| r.3)
+        self.by_slot.get(slot as usize).copied().flatten()
     }
 
     fn push(&mut self, read: Reading) {
+        let slot = read.0 as usize;
+        if self.by_slot.len() <= slot {
+            self.by_slot.resize(slot + 1, None);
+        }
+        self.by_slot[slot] = Some(read.3);
         match self.inline.iter_mut().find(|slot| slot.is_none()) {
             Some(slot) => *slot = Some(read),
             None => self.more.push(read),
@@ -118,7 +125,7 @@ impl Read {
     /// What the reservation keeps: no allocation for one counter, one exactly sized box for more.
     /// (Slots fill in order, and `more` only once they are full.)
     fn into_held(self) -> Held {
-        let Read { inline: [first, second, third, fourth], more } = self;
+        let Read { inline: [first, second, third, fourth], more, .. } = self;
         match (first, second) {
             (None, _) => Held::Nothing,
             (Some((_, key, start, _)), None) => Held::One([(key, start)]),

@@ -54,10 +54,17 @@ impl Field {
 /// A list of values a field is checked against.
 #[derive(Debug, Clone)]
 pub(crate) struct ListRule {
-    field: Field,
     /// The entries, normalized (trimmed, lower-cased where the field ignores case) and
     /// deduplicated; shared with the policy set's [`Lexicon`].
     entries: Box<[Arc<[u8]>]>,
+    /// What a decision checks.
+    pub check: ListCheck,
+}
+
+/// What a decision checks of a list rule: whether its bit is set in the decision's [`Listed`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ListCheck {
+    field: Field,
     /// The rule's bit in a decision's [`Listed`] (its number among the set's list rules, set
     /// when the policy set is indexed).
     bit: u32,
@@ -93,9 +100,9 @@ impl Lexicon {
         let mut listed_by: Vec<Vec<(u32, u64)>> = Vec::new();
         let (mut bit, mut checked) = (0u32, 0u8);
         for list in lists {
-            list.bit = bit;
-            checked |= 1 << list.field as u8;
-            let words = &mut fields[list.field as usize];
+            list.check.bit = bit;
+            checked |= 1 << list.check.field as u8;
+            let words = &mut fields[list.check.field as usize];
             for entry in &list.entries {
                 let next = listed_by.len() as u32;
                 let term = *words.entry(entry.clone()).or_insert(next);
@@ -274,7 +281,7 @@ impl Family for Lists {
                 unique.push(entry.into_bytes().into());
             }
         }
-        let list = ListRule { field, entries: unique.into(), bit: 0, in_list };
+        let list = ListRule { entries: unique.into(), check: ListCheck { field, bit: 0, in_list } };
         let mut spec = r.spec(Check::List(list), rails, violation);
         spec.polarity = polarity;
         Ok(spec)
@@ -289,7 +296,7 @@ pub(crate) enum Listing<'a> {
     Listed { field: Field, value: &'a str, listed: bool },
 }
 
-impl ListRule {
+impl ListCheck {
     /// Whether the payment's field is listed as the rule says (`None`: the rule does not apply).
     pub(crate) fn holds(&self, s: &Subject<'_>) -> Option<bool> {
         if s.listed.has(self.field) { Some(s.listed.contains(self.bit) == self.in_list) } else { self.missing() }
@@ -301,8 +308,8 @@ impl ListRule {
         (self.field != Field::Counterparty).then_some(!self.in_list)
     }
 
-    /// [`ListRule::holds`], with the value looked up.
-    pub(crate) fn check<'a>(&self, s: &Subject<'a>) -> Option<Finding<Listing<'a>>> {
+    /// [`ListCheck::holds`], with the value looked up.
+    pub(crate) fn finding<'a>(&self, s: &Subject<'a>) -> Option<Finding<Listing<'a>>> {
         let field = self.field;
         let Some(value) = subject(field, s.intent) else {
             return self.missing().map(|holds| Finding { holds, detail: Listing::Missing(field) });
@@ -345,7 +352,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::{Field, Lexicon, ListRule, Listed};
+    use super::{Field, Lexicon, ListCheck, ListRule, Listed};
 
     /// What a list answered before entries were looked up: a scan comparing without case.
     fn scanned(items: &[String], value: &str) -> bool {
@@ -368,7 +375,7 @@ mod tests {
                 entries.push(item.as_bytes().into());
             }
         }
-        ListRule { field, entries: entries.into(), bit: 0, in_list: true }
+        ListRule { entries: entries.into(), check: ListCheck { field, bit: 0, in_list: true } }
     }
 
     /// Lists of `field` indexed in one lexicon, and what each answers for `probe`.
@@ -377,7 +384,7 @@ mod tests {
         let lexicon = Lexicon::index_lists(lists.iter_mut());
         let mut listed = Listed { bits: smallvec::smallvec![0; lexicon.lists.div_ceil(64)], fields: 0 };
         Listed::look_up(&lexicon, field, probe, &mut listed.bits);
-        lists.iter().map(|list| listed.contains(list.bit)).collect()
+        lists.iter().map(|list| listed.contains(list.check.bit)).collect()
     }
 
     proptest! {
