@@ -77,7 +77,7 @@ pub(crate) struct ListCheck {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Lexicon {
     /// Per field, each entry's term number.
-    fields: [Words; Field::COUNT],
+    fields: [HashMap<Arc<[u8]>, u32, foldhash::fast::RandomState>; Field::COUNT],
     /// Per term number, the list rules that list it: their bits, as (word, mask) pairs.
     listed_by: Vec<Box<[(u32, u64)]>>,
     /// How many list rules the set has.
@@ -120,7 +120,6 @@ impl Lexicon {
             bit += 1;
         }
         let listed_by = listed_by.into_iter().map(Vec::into_boxed_slice).collect();
-        let fields = fields.map(Words::new);
         Lexicon { fields, listed_by, lists: bit as usize, checked }
     }
 
@@ -128,21 +127,7 @@ impl Lexicon {
     /// its parent domains'. Counterparties and MCCs compare exactly (both are canonical); the
     /// others ignore ASCII case, and a name ignores surrounding whitespace.
     fn terms_of(&self, field: Field, value: &str, mut f: impl FnMut(u32)) {
-        let words = match &self.fields[field as usize] {
-            Words::Many(words) => words,
-            Words::Few(few) => {
-                let v = value.as_bytes();
-                let of = |e: &Arc<[u8]>| -> bool {
-                    match field {
-                        Field::Counterparty | Field::Mcc => **e == *v,
-                        Field::Service => is_domain_or_parent(v, e),
-                        _ => trimmed(value).as_bytes().eq_ignore_ascii_case(e),
-                    }
-                };
-                few.iter().filter(|(e, _)| of(e)).for_each(|(_, term)| f(*term));
-                return;
-            }
-        };
+        let words = &self.fields[field as usize];
         let mut get = |v: &[u8]| {
             if let Some(term) = words.get(v) {
                 f(*term);
@@ -160,48 +145,6 @@ impl Lexicon {
             _ => with_lowercase(trimmed(value), get),
         }
     }
-}
-
-/// One field's entries (normalized) and their term numbers: a few are scanned in place (most
-/// lists are a handful of entries), more are hashed.
-#[derive(Debug, Clone)]
-enum Words {
-    Few(Box<[(Arc<[u8]>, u32)]>),
-    Many(HashMap<Arc<[u8]>, u32, foldhash::fast::RandomState>),
-}
-
-impl Words {
-    /// Up to this many entries are scanned.
-    const FEW: usize = 8;
-
-    fn new(words: HashMap<Arc<[u8]>, u32, foldhash::fast::RandomState>) -> Self {
-        if words.len() > Self::FEW {
-            return Words::Many(words);
-        }
-        let mut few: Vec<_> = words.into_iter().collect();
-        few.sort_unstable_by_key(|(_, term)| *term);
-        Words::Few(few.into())
-    }
-
-    fn is_empty(&self) -> bool {
-        match self {
-            Words::Few(few) => few.is_empty(),
-            Words::Many(words) => words.is_empty(),
-        }
-    }
-}
-
-impl Default for Words {
-    fn default() -> Self {
-        Words::Few(Box::default())
-    }
-}
-
-/// Whether `domain` is `entry` (in lowercase) or a subdomain of it, ignoring ASCII case.
-fn is_domain_or_parent(domain: &[u8], entry: &[u8]) -> bool {
-    let (d, e) = (domain, entry);
-    d.eq_ignore_ascii_case(e)
-        || d.len() > e.len() && d[d.len() - e.len() - 1] == b'.' && d[d.len() - e.len()..].eq_ignore_ascii_case(e)
 }
 
 /// Which of a policy set's list rules list the payment's value of their field: one bit per
@@ -409,7 +352,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::{Field, Lexicon, ListCheck, ListRule, Listed, Words};
+    use super::{Field, Lexicon, ListCheck, ListRule, Listed};
 
     /// What a list answered before entries were looked up: a scan comparing without case.
     fn scanned(items: &[String], value: &str) -> bool {
@@ -439,21 +382,9 @@ mod tests {
     fn looked_up(field: Field, items: &[Vec<String>], probe: &str) -> Vec<bool> {
         let mut lists: Vec<ListRule> = items.iter().map(|items| list(field, items)).collect();
         let lexicon = Lexicon::index_lists(lists.iter_mut());
-        // The same entries, every field hashed however few: both shapes must answer alike.
-        let mut hashed = lexicon.clone();
-        for words in &mut hashed.fields {
-            if let Words::Few(few) = words {
-                *words = Words::Many(few.iter().cloned().collect());
-            }
-        }
-        let answers = |lexicon: &Lexicon| -> Vec<bool> {
-            let mut listed = Listed { bits: smallvec::smallvec![0; lexicon.lists.div_ceil(64)], fields: 0 };
-            Listed::look_up(lexicon, field, probe, &mut listed.bits);
-            lists.iter().map(|list| listed.contains(list.check.bit)).collect()
-        };
-        let answer = answers(&lexicon);
-        assert_eq!(answer, answers(&hashed), "scanned and hashed entries answer alike for {probe:?}");
-        answer
+        let mut listed = Listed { bits: smallvec::smallvec![0; lexicon.lists.div_ceil(64)], fields: 0 };
+        Listed::look_up(&lexicon, field, probe, &mut listed.bits);
+        lists.iter().map(|list| listed.contains(list.check.bit)).collect()
     }
 
     proptest! {
