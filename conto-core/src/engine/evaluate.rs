@@ -330,3 +330,161 @@ pub(crate) fn cumulative<'a>(policies: &'a PolicySet, id: &str) -> Option<&'a Cu
         _ => None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::{Evaluation, Next, all_keys, evaluate, judge};
+    use crate::engine::ledger::AgentLedger;
+    use crate::intent::{PaymentIntent, Rail};
+    use crate::micros::Micros;
+    use crate::policy::PolicySet;
+    use crate::policy::rules::lists::Listed;
+    use crate::policy::rules::{Check, Subject};
+
+    const TO: &str = "0x1111111111111111111111111111111111111111";
+    const OTHER: &str = "0x3333333333333333333333333333333333333333";
+    const FROM: &str = "0x2222222222222222222222222222222222222222";
+
+    /// What evaluation answered before the plan: every applicable rule judged in one pass, in
+    /// priority order, each with its words.
+    fn one_pass(
+        policies: &PolicySet,
+        intent: &PaymentIntent,
+        ledger: &mut AgentLedger,
+        now: Timestamp,
+        skip: bool,
+    ) -> Evaluation {
+        let listed = Listed::of(&policies.lexicon, intent);
+        let s = Subject { intent, amount: Micros::of(intent.amount), now, listed };
+        let (mut tally, mut windows, mut asked) = (Default::default(), Vec::new(), Vec::new());
+        for (p, policy) in policies.policies.iter().enumerate() {
+            if !policy.applies_to(intent.actor.as_str()) {
+                continue;
+            }
+            for (r, rule) in policy.rules.iter().enumerate().filter(|(_, r)| r.rails.matches(&intent.rail)) {
+                let (at, a) = (((p as u32, r as u32), policy.name.as_str()), &mut asked);
+                let next = match &rule.check {
+                    Check::Amount(c) => judge(at, rule, c.check(&s), skip, a),
+                    Check::List(c) => judge(at, rule, c.check.finding(&s), skip, a),
+                    Check::Time(c) => judge(at, rule, Some(c.check(&s)), skip, a),
+                    Check::Blackout(c) => judge(at, rule, Some(c.check(&s)), skip, a),
+                    Check::Cumulative(c) => judge(at, rule, Some(c.check(&s, ledger, &mut tally)), skip, a),
+                    Check::Velocity(c) => judge(at, rule, Some(c.check(&s, ledger, &mut windows)), skip, a),
+                };
+                if let Next::Deny(denial) = next {
+                    return Evaluation::Denied(denial);
+                }
+            }
+        }
+        if asked.is_empty() {
+            let daily = tally.daily();
+            Evaluation::Pass { holds: tally.into_holds(), windows, daily }
+        } else {
+            Evaluation::NeedsApproval(asked.into_iter().map(|(_, reason)| reason).collect())
+        }
+    }
+
+    /// An evaluation in words, to compare two.
+    fn said(e: &Evaluation) -> String {
+        match e {
+            Evaluation::Pass { holds, windows, daily } => {
+                let holds: Vec<_> = holds.iter().map(|(k, start)| (k.id.as_str(), &k.scope_key, *start)).collect();
+                let windows: Vec<_> = windows.iter().map(|w| (w.id.as_str(), &w.scope_key)).collect();
+                format!("pass {holds:?} {windows:?} {daily:?}")
+            }
+            Evaluation::Denied(denial) => format!("denied {denial:?}"),
+            Evaluation::NeedsApproval(reasons) => format!("approval {reasons:?}"),
+        }
+    }
+
+    fn rule(kind: usize, limit: &str) -> Value {
+        let (rule_type, operator, value, action) = match kind {
+            0 => ("MAX_AMOUNT", "LTE", limit.to_owned(), "ALLOW"),
+            1 => ("MAX_AMOUNT", "GT", limit.to_owned(), "DENY"),
+            2 => ("REQUIRE_APPROVAL_ABOVE", "GT", limit.to_owned(), "ALLOW"),
+            3 => ("ALLOWED_CATEGORIES", "IN_LIST", r#"["api_provider","CLOUD"]"#.to_owned(), "ALLOW"),
+            4 => ("BLOCKED_CATEGORIES", "IN_LIST", r#"["cloud"]"#.to_owned(), "DENY"),
+            5 => ("ALLOWED_COUNTERPARTIES", "IN_LIST", format!(r#"["{TO}"]"#), "ALLOW"),
+            6 => ("DAILY_LIMIT", "LTE", limit.to_owned(), "ALLOW"),
+            7 => ("DAILY_LIMIT", "LTE", limit.to_owned(), "REQUIRE_APPROVAL"),
+            8 => ("X402_PRICE_CEILING", "LTE", limit.to_owned(), "ALLOW"),
+            9 => ("WEEKLY_LIMIT", "LTE", limit.to_owned(), "REQUIRE_APPROVAL"),
+            10 => ("TIME_WINDOW", "BETWEEN", r#"{"start":"00:00","end":"12:00"}"#.to_owned(), "ALLOW"),
+            11 => ("VELOCITY_LIMIT", "LTE", r#"{"maxCount":1,"period":"HOUR"}"#.to_owned(), "ALLOW"),
+            _ => ("X402_ALLOWED_SERVICES", "IN_LIST", r#"["example.com"]"#.to_owned(), "ALLOW"),
+        };
+        json!({"ruleType": rule_type, "operator": operator, "value": value, "action": action})
+    }
+
+    fn policy_set() -> impl Strategy<Value = PolicySet> {
+        let limit = prop_oneof![Just("1"), Just("10"), Just("100")];
+        let rules = prop::collection::vec((0usize..13, limit), 1..5);
+        let assigned = prop_oneof![Just(None), Just(Some("agent-1")), Just(Some("agent-2"))];
+        let policy = (rules, 0i64..3, assigned, prop::bool::weighted(0.9));
+        prop::collection::vec(policy, 1..7).prop_map(|policies| {
+            let docs: Vec<Value> = policies
+                .into_iter()
+                .enumerate()
+                .map(|(i, (rules, priority, assigned, active))| {
+                    let rules: Vec<Value> = rules.iter().map(|(kind, limit)| rule(*kind, limit)).collect();
+                    let mut doc =
+                        json!({"name": format!("p{i}"), "priority": priority, "isActive": active, "rules": rules});
+                    if let Some(agent) = assigned {
+                        doc["agentIds"] = json!([agent]);
+                    }
+                    doc
+                })
+                .collect();
+            PolicySet::from_value(json!(docs)).unwrap()
+        })
+    }
+
+    fn intent() -> impl Strategy<Value = PaymentIntent> {
+        let amount = prop_oneof![Just("0.5"), Just("5"), Just("50")];
+        let category = prop_oneof![Just(None), Just(Some("API_PROVIDER")), Just(Some("cloud")), Just(Some("food"))];
+        let recipient = prop_oneof![Just(TO), Just(OTHER)];
+        let x402 = prop_oneof![Just(None), Just(Some("https://api.example.com/v1")), Just(Some("https://other.io/"))];
+        (amount, category, recipient, x402).prop_map(|(amount, category, recipient, x402)| {
+            let rail = match x402 {
+                Some(url) => Rail::x402(url).unwrap(),
+                None => Rail::transfer(8453, FROM).unwrap(),
+            };
+            let mut b = PaymentIntent::builder("agent-1", amount, rail).recipient(recipient);
+            if let Some(category) = category {
+                b = b.category(category);
+            }
+            b.build().unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The plan (a screen of the stateless rules, then the stateful ones under the lock)
+        /// answers as one pass over every rule in priority order: the same denial and words,
+        /// the same requests for approval in order, the same counters held and daily figures.
+        #[test]
+        fn the_plan_answers_as_one_ordered_pass(
+            policies in policy_set(), intent in intent(), before in prop_oneof![Just(None), Just(Some("4"))],
+            morning in any::<bool>(), skip in any::<bool>(),
+        ) {
+            let now: Timestamp = if morning { "2026-03-04T09:00:00Z" } else { "2026-03-04T15:00:00Z" }.parse().unwrap();
+            let (mut planned, mut passed) = (AgentLedger::default(), AgentLedger::default());
+            if let Some(amount) = before {
+                // Earlier spend on the same counters and windows.
+                let earlier = PaymentIntent::builder("agent-1", amount, intent.rail.clone()).recipient(TO).build().unwrap();
+                for ledger in [&mut planned, &mut passed] {
+                    let (holds, windows) = all_keys(&policies, &earlier, ledger, now);
+                    ledger.restore_spend(&holds, &windows, Micros::of(earlier.amount), now);
+                }
+            }
+            let plan = evaluate(&policies, &intent, &mut planned, now, skip);
+            let pass = one_pass(&policies, &intent, &mut passed, now, skip);
+            prop_assert_eq!(said(&plan), said(&pass));
+        }
+    }
+}
