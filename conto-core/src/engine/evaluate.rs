@@ -3,8 +3,11 @@
 //! lock), then the stateful rules on the ledger. The answer is the one a single pass in
 //! priority order gives: the first broken rule denies, approval reasons keep their order.
 //!
-//! The hot path allocates as little as it can: a rule's human-readable explanation is written
-//! only when the rule is broken.
+//! Both phases read the policy set's [`Plan`](crate::policy::plan::Plan). The screen first asks
+//! its flat arrays, family by family, whether any applicable stateless rule is broken; only a
+//! payment that breaks one is walked in priority order. A rule is judged first on whether it
+//! holds; what it measured, and its words, are made only when it is broken. The test
+//! `the_plan_answers_as_one_ordered_pass` holds the result to one ordered pass.
 
 use jiff::Timestamp;
 use rust_decimal::Decimal;
