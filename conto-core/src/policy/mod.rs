@@ -403,26 +403,23 @@ impl PolicySet {
 /// Makes rules that count the same quantity share one id allocation (told apart by pointer
 /// before text) and one number in the set.
 fn number_counters(policies: &mut [Policy]) {
-    let mut seen: HashMap<rules::CounterId, u32> = HashMap::new();
-    let mut intern = |id: &mut rules::CounterId| {
-        let next = seen.len() as u32;
-        match seen.get_key_value(id) {
-            Some((same, slot)) => {
-                id.share(same);
-                *slot
-            }
-            None => {
-                seen.insert(id.clone(), next);
-                next
-            }
+    let mut seen: HashSet<rules::CounterId> = HashSet::new();
+    // Spend counters are numbered densely, on their own (a decision indexes its reads by it).
+    let mut slots: HashMap<rules::CounterId, u32> = HashMap::new();
+    let mut intern = |id: &mut rules::CounterId| match seen.get(id) {
+        Some(same) => id.share(same),
+        None => {
+            seen.insert(id.clone());
         }
     };
     for rule in policies.iter_mut().flat_map(|p| p.rules.iter_mut()) {
         match &mut rule.check {
-            rules::Check::Cumulative(c) => c.counter.slot = intern(&mut c.counter.id),
-            rules::Check::Velocity(v) => {
-                intern(&mut v.0.id);
+            rules::Check::Cumulative(c) => {
+                intern(&mut c.counter.id);
+                let next = slots.len() as u32;
+                c.counter.slot = *slots.entry(c.counter.id.clone()).or_insert(next);
             }
+            rules::Check::Velocity(v) => intern(&mut v.0.id),
             _ => {}
         }
     }

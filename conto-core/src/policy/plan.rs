@@ -75,4 +75,16 @@ impl Plan {
         }
         Plan { amounts: amounts.into(), lists: lists.into(), others: others.into(), stateful: stateful.into() }
     }
+
+    /// Whether every entry points at a rule of its own family in `policies` (a debug check:
+    /// a plan is built with its policies and never apart from them).
+    pub(crate) fn matches(&self, policies: &[Policy]) -> bool {
+        let rule = |(p, r): Pos| policies.get(p as usize).and_then(|p| p.rules.get(r as usize)).map(|r| &r.check);
+        let count: usize = policies.iter().map(|p| p.rules.len()).sum();
+        count == self.amounts.len() + self.lists.len() + self.others.len() + self.stateful.len()
+            && self.amounts.iter().all(|e| matches!(rule(e.at), Some(Check::Amount(_))))
+            && self.lists.iter().all(|e| matches!(rule(e.at), Some(Check::List(c)) if c.check.bit() == e.test.bit()))
+            && self.others.iter().all(|e| matches!(rule(e.at), Some(Check::Time(_) | Check::Blackout(_))))
+            && self.stateful.iter().all(|e| matches!(rule(e.at), Some(Check::Cumulative(_) | Check::Velocity(_))))
+    }
 }

@@ -297,13 +297,18 @@ pub(crate) enum Listing<'a> {
 }
 
 impl ListCheck {
+    /// The rule's bit in a decision's [`Listed`].
+    pub(crate) fn bit(&self) -> u32 {
+        self.bit
+    }
+
     /// Whether the payment's field is listed as the rule says (`None`: the rule does not apply).
     pub(crate) fn holds(&self, s: &Subject<'_>) -> Option<bool> {
         if s.listed.has(self.field) { Some(s.listed.contains(self.bit) == self.in_list) } else { self.missing() }
     }
 
-    /// What a payment without the field concludes: counterparty rules do not apply to cards;
-    /// other missing fields are "not listed".
+    /// What a payment without the field concludes: counterparty rules do not apply to a payment
+    /// without a recipient (a card's); other missing fields are "not listed".
     fn missing(&self) -> Option<bool> {
         (self.field != Field::Counterparty).then_some(!self.in_list)
     }

@@ -204,7 +204,8 @@ pub(crate) struct Cumulative {
     pub period: Period,
     pub tz: TimeZone,
     pub tz_name: Arc<str>,
-    /// The last period computed, shared by every decision on this policy set.
+    /// The last period computed, shared by every decision on this policy set (through the
+    /// plan's copy of the rule, which decisions read).
     pub last_period: PeriodCache,
     /// The counter's number in its policy set (rules sharing the counter share it): within
     /// one decision, a counter's key and period follow from it.
