@@ -161,12 +161,7 @@ impl<'p> Screened<'p> {
         plan.amounts.iter().any(|e| self.applied(e.at, e.rails) && broken(e.polarity, e.test.holds(s)))
             || plan.lists.iter().any(|e| self.applied(e.at, e.rails) && broken(e.polarity, e.test.holds(s)))
             || plan.others.iter().any(|e| {
-                let rule = self.judged(e.at).map(|(_, rule)| rule);
-                let holds = match rule.map(|rule| &rule.check) {
-                    Some(Check::Time(c)) => Some(c.check(s).holds),
-                    Some(Check::Blackout(c)) => Some(c.check(s).holds),
-                    _ => None,
-                };
+                let holds = self.judged(e.at).and_then(|(_, rule)| rule.check.stateless_holds(s));
                 broken(e.polarity, holds)
             })
     }

@@ -133,12 +133,7 @@ pub(crate) enum Scope {
 impl Scope {
     /// The scope's key for an intent (empty for the agent scope).
     pub(crate) fn key(self, intent: &PaymentIntent) -> String {
-        self.key_str(intent).to_owned()
-    }
-
-    /// [`Scope::key`], borrowed from the intent.
-    pub(crate) fn key_str(self, intent: &PaymentIntent) -> &str {
-        match (self, &intent.rail) {
+        let key: &str = match (self, &intent.rail) {
             (Scope::Agent, _) => "",
             (Scope::Service, Rail::X402 { service_domain, .. } | Rail::Mpp { service_domain, .. }) => service_domain,
             (Scope::Endpoint, Rail::X402 { resource_url, .. } | Rail::Mpp { resource_url, .. }) => {
@@ -147,7 +142,8 @@ impl Scope {
             (Scope::Session, Rail::Mpp { session_id: Some(id), .. }) => id,
             (Scope::Session, _) => intent.context.get("sessionId").and_then(|v| v.as_str()).unwrap_or("default"),
             _ => "",
-        }
+        };
+        key.to_owned()
     }
 }
 
@@ -283,6 +279,20 @@ pub(crate) enum Check {
     List(lists::ListRule),
     Time(time::TimeRule),
     Blackout(blackout::BlackoutRule),
+}
+
+impl Check {
+    /// Whether a stateless rule's condition holds for `s` (`None`: it does not apply, or it
+    /// reads a ledger).
+    pub(crate) fn stateless_holds(&self, s: &Subject<'_>) -> Option<bool> {
+        match self {
+            Check::Amount(c) => c.holds(s),
+            Check::List(c) => c.check.holds(s),
+            Check::Time(c) => Some(c.check(s).holds),
+            Check::Blackout(c) => Some(c.check(s).holds),
+            Check::Cumulative(_) | Check::Velocity(_) => None,
+        }
+    }
 }
 
 /// What one rule measured: whether its condition holds, and what to say if it is broken.
