@@ -93,6 +93,17 @@ fn main() {
     println!("allocations per call at 10 policies (decision + record included):");
     println!("  #[paid_action] fn: {paid_fn:.1} (the bare fn: {bare_fn:.1})");
     println!("  paid route (oneshot): {paid_route:.1} (the bare route: {bare_route:.1})");
+    // What a caller's future carries for the pipeline: moved (copied) as it is built and
+    // polled, so smaller is cheaper.
+    let guarded = paid::guarded(&conto, 7);
+    let run = conto.run(intent("agent-1"), |_| async { Ok::<u64, ()>(7) }, |_| Settlement::default());
+    println!(
+        "bytes of the future: #[paid_action] fn {}, Conto::run {} (the bare fn: {})",
+        std::mem::size_of_val(&guarded),
+        std::mem::size_of_val(&run),
+        std::mem::size_of_val(&paid::bare(7))
+    );
+    drop((guarded, run));
 
     let actors = 1_000_000;
     let engine = Engine::new(policies(10, vec![]));

@@ -1,7 +1,8 @@
 //! The remote critical path: a paid action through `ContoClient` against conto-local on
 //! loopback, against one bare HTTP round trip to the same server. With the outbox, recording is
 //! off the critical path, so a paid action should cost one round trip (authorize) plus the
-//! outbox write. Results: BENCHMARKS.md.
+//! outbox write. With `MEMDB=1`, conto-local keeps its database in memory, to show what its
+//! file costs. Results: BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -28,7 +29,7 @@ fn remote(c: &mut Criterion) {
     let (server, key) = rt.block_on(async {
         let server = conto_local::start(conto_local::Config {
             port: 0,
-            db: Some(dir.join("local.db")),
+            db: if std::env::var_os("MEMDB").is_some() { None } else { Some(dir.join("local.db")) },
             org_key: Some("conto_org_bench".into()),
             rate_limit: u32::MAX / 4,
             ..Default::default()

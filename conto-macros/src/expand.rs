@@ -279,22 +279,25 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
                 }
             };
             #approval
-            #[allow(unused_mut)]
-            let mut __conto_parts = #p::IntentParts::new(#amount_tokens, #rail_tokens);
-            #(#sets)*
-            let __conto_intent = match __conto_parts.build(&__conto_handle) {
-                ::core::result::Result::Ok(intent) => intent,
-                ::core::result::Result::Err(rejection) => {
-                    return ::core::result::Result::Err(#into_error(rejection));
-                }
-            };
-            let __conto_outcome = __conto_handle
-                .run(
+            // The intent is built in a block that ends before the `.await`, so the future
+            // does not keep room for it (or its parts) beside the pipeline's own.
+            let __conto_outcome = {
+                #[allow(unused_mut)]
+                let mut __conto_parts = #p::IntentParts::new(#amount_tokens, #rail_tokens);
+                #(#sets)*
+                let __conto_intent = match __conto_parts.build(&__conto_handle) {
+                    ::core::result::Result::Ok(intent) => intent,
+                    ::core::result::Result::Err(rejection) => {
+                        return ::core::result::Result::Err(#into_error(rejection));
+                    }
+                };
+                __conto_handle.run(
                     __conto_intent,
                     #settle,
                     |__conto_ok| #p::settlement(#settled_amount, #reference),
                 )
-                .await;
+            }
+            .await;
             match __conto_outcome {
                 ::core::result::Result::Ok(outcome) => outcome,
                 ::core::result::Result::Err(rejection) => ::core::result::Result::Err(#into_error(rejection)),

@@ -11,6 +11,7 @@ use axum::extract::{FromRequestParts, RawPathParams};
 use axum::response::Response;
 use bytes::Bytes;
 use conto_core::{Authorization, Conto, IntentError, PaymentIntent, Rail, Ran, Recorded};
+use http::request::Parts;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Either, Limited};
 use tower_layer::Layer;
@@ -339,7 +340,8 @@ where
         // Call the service that was polled ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture { inner: Box::pin(handle(self.route.clone(), inner, req)) }
+        // The request is boxed at once: the futures below move a pointer, not its parts.
+        ResponseFuture { inner: Box::pin(handle(self.route.clone(), inner, Box::new(req.into_parts()))) }
     }
 }
 
@@ -351,7 +353,7 @@ fn refuse<B>(config: &Shared, refusal: &Refusal) -> Response<PaidBody<B>> {
 async fn handle<S, ReqBody, ResBody>(
     route: Arc<Route>,
     mut inner: S,
-    req: Request<ReqBody>,
+    req: Box<(Parts, ReqBody)>,
 ) -> Result<Response<PaidBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -359,73 +361,44 @@ where
     ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let config = &*route.shared;
-    let (mut parts, body) = req.into_parts();
-    let params: Vec<(String, String)> = match RawPathParams::from_request_parts(&mut parts, &()).await {
-        Ok(p) => p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
-        Err(_) => Vec::new(),
-    };
-
-    // Buffer the body only when the price reads it.
-    let (json, body) = match route.price.json_limit {
-        None => (None, body),
-        Some(limit) => match Limited::new(body, limit).collect().await {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
-                let json = if bytes.is_empty() {
-                    None
-                } else {
-                    match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                        Ok(v) => Some(v),
-                        Err(e) => {
-                            return Ok(refuse(config, &Refusal::BadPrice(format!("the body is not JSON: {e}"))));
-                        }
-                    }
-                };
-                (json, ReqBody::from(bytes))
-            }
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Ok(refuse(config, &Refusal::BodyTooLarge(limit)));
-            }
-            Err(e) => return Ok(refuse(config, &Refusal::BadPrice(format!("the body could not be read: {e}")))),
-        },
-    };
-
-    let view = PriceRequest { parts: &parts, params: &params, json: json.as_ref() };
-    let intent = match build_intent(config, &route.price, &view) {
-        Ok(Some(intent)) => intent,
-        Ok(None) => {
+    // What the request is read for (its path parameters, its body, the price) is borrowed only
+    // in `prepare`, and the pipeline's future is awaited where it is made (not from a local):
+    // this future then keeps no second copy of either beside the pipeline's own.
+    let ran = match prepare(&route, req).await {
+        Prepared::Refused(refusal) => return Ok(refuse(config, &refusal)),
+        Prepared::Free(req) => {
             // A free request: straight through.
+            let (parts, body) = *req;
             let response = inner.call(Request::from_parts(parts, body)).await?;
             return Ok(response.map(Either::Left));
         }
-        Err(refusal) => return Ok(refuse(config, &refusal)),
-    };
-
-    let record_when = config.record_when.clone();
-    let ran = config
-        .conto
-        .run_recorded(
-            intent,
-            move |approval| {
-                parts.extensions.insert(Paid {
-                    authorization: approval.authorization().clone(),
-                    source: approval.source(),
-                    latency: approval.latency(),
-                });
-                let call = inner.call(Request::from_parts(parts, body));
-                async move {
-                    match call.await {
-                        Ok(response) if record_when(response.status()) => Ok(response),
-                        Ok(response) => Err(Ok(response)),
-                        Err(error) => Err(Err(error)),
+        Prepared::Paid(req, intent) => {
+            let record_when = config.record_when.clone();
+            config.conto.run_recorded(
+                intent,
+                move |approval| {
+                    let (mut parts, body) = *req;
+                    parts.extensions.insert(Paid {
+                        authorization: approval.authorization().clone(),
+                        source: approval.source(),
+                        latency: approval.latency(),
+                    });
+                    let call = inner.call(Request::from_parts(parts, body));
+                    async move {
+                        match call.await {
+                            Ok(response) if record_when(response.status()) => Ok(response),
+                            Ok(response) => Err(Ok(response)),
+                            Err(error) => Err(Err(error)),
+                        }
                     }
-                }
-            },
-            |response: &Response<ResBody>| {
-                response.extensions().get::<Settled>().map(|s| s.0.clone()).unwrap_or_default()
-            },
-        )
-        .await;
+                },
+                |response: &Response<ResBody>| {
+                    response.extensions().get::<Settled>().map(|s| s.0.clone()).unwrap_or_default()
+                },
+            )
+        }
+    }
+    .await;
     match ran {
         Err(rejection) => Ok(refuse(config, &Refusal::Rejected(rejection))),
         Ok(Ran { outcome: Ok(mut response), authorization, receipt, .. }) => {
@@ -436,6 +409,65 @@ where
         }
         Ok(Ran { outcome: Err(Ok(response)), .. }) => Ok(response.map(Either::Left)),
         Ok(Ran { outcome: Err(Err(error)), .. }) => Err(error),
+    }
+}
+
+/// A request read for its price. The request stays boxed (it is moved from future to future
+/// as a pointer, not as a quarter of a kilobyte).
+enum Prepared<B> {
+    /// Refused before any decision (no price, no actor, a bad body).
+    Refused(Refusal),
+    /// Free: no payment.
+    Free(Box<(Parts, B)>),
+    /// Paid, by this intent.
+    Paid(Box<(Parts, B)>, Arc<PaymentIntent>),
+}
+
+/// Reads what the price needs (path parameters; the body, buffered only when the price reads
+/// it) and builds the intent.
+async fn prepare<ReqBody>(route: &Route, mut req: Box<(Parts, ReqBody)>) -> Prepared<ReqBody>
+where
+    ReqBody: http_body::Body + From<Bytes>,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let config = &*route.shared;
+    let params: Vec<(String, String)> = match RawPathParams::from_request_parts(&mut req.0, &()).await {
+        Ok(p) => p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+        Err(_) => Vec::new(),
+    };
+
+    // Buffer the body only when the price reads it.
+    let json = match route.price.json_limit {
+        None => None,
+        Some(limit) => match Limited::new(std::mem::replace(&mut req.1, ReqBody::from(Bytes::new())), limit)
+            .collect()
+            .await
+        {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                let json = if bytes.is_empty() {
+                    None
+                } else {
+                    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        Ok(v) => Some(v),
+                        Err(e) => return Prepared::Refused(Refusal::BadPrice(format!("the body is not JSON: {e}"))),
+                    }
+                };
+                req.1 = ReqBody::from(bytes);
+                json
+            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Prepared::Refused(Refusal::BodyTooLarge(limit));
+            }
+            Err(e) => return Prepared::Refused(Refusal::BadPrice(format!("the body could not be read: {e}"))),
+        },
+    };
+
+    let view = PriceRequest { parts: &req.0, params: &params, json: json.as_ref() };
+    match build_intent(config, &route.price, &view) {
+        Ok(Some(intent)) => Prepared::Paid(req, Arc::new(intent)),
+        Ok(None) => Prepared::Free(req),
+        Err(refusal) => Prepared::Refused(refusal),
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -133,6 +134,25 @@ pub(crate) struct Inner {
 enum Via {
     Primary,
     StandIn,
+}
+
+/// A record's outcome: the authorization it was made against, and the receipt.
+type RecordOutcome = (Authorization, Result<Recorded, AuthorityError>);
+
+/// A record, done in place or still to finish.
+enum Recording {
+    Done(Authorization, Result<Recorded, AuthorityError>),
+    Later(Pin<Box<dyn Future<Output = RecordOutcome> + Send>>),
+}
+
+/// How far [`Conto::authorize`] got without waiting.
+enum InPlace {
+    /// The authorization is done.
+    Done(Result<Approval, Rejection>),
+    /// The authority answered; what follows waits (a stand-in, a human).
+    Answered(Result<Decision, AuthorityError>),
+    /// The authority answers only as a future.
+    Ask,
 }
 
 /// A handle on the pipeline: an authorizer plus settings. Cheap to clone; share one per app.
@@ -311,34 +331,121 @@ impl Conto {
 
     /// Asks for an approval. On success the returned [`Approval`] holds the reservation: record
     /// it after settling, or drop it to release.
-    pub async fn authorize(&self, intent: PaymentIntent) -> Result<Approval, Rejection> {
+    ///
+    /// The intent is a [`PaymentIntent`] or an `Arc` of one: it is shared at once (moved into
+    /// one allocation here, not from future to future, where each copy of it is a third of a
+    /// kilobyte).
+    pub fn authorize(
+        &self,
+        intent: impl Into<Arc<PaymentIntent>>,
+    ) -> impl Future<Output = Result<Approval, Rejection>> {
+        self.authorize_shared(intent.into())
+    }
+
+    async fn authorize_shared(&self, intent: Arc<PaymentIntent>) -> Result<Approval, Rejection> {
         let span = tracing::debug_span!(
             "conto.authorize",
             actor = %intent.actor,
             amount = %intent.amount,
             rail = intent.rail.name(),
         );
-        self.authorize_arc(Arc::new(intent)).instrument(span).await
+        let started = Instant::now();
+        // An in-process authority answers in place: unless a human's approval is waited for,
+        // the whole authorization is done here, with no future to build or move.
+        let answer = match span.in_scope(|| self.in_place(&intent, started)) {
+            InPlace::Done(result) => return result,
+            InPlace::Answered(answer) => Some(answer),
+            InPlace::Ask => None,
+        };
+        // What waits (a remote authority, a stand-in, a human) is boxed, so the futures of
+        // callers that never wait stay small.
+        Box::pin(self.authorize_later(intent, started, answer).instrument(span)).await
     }
 
-    async fn authorize_arc(&self, intent: Arc<PaymentIntent>) -> Result<Approval, Rejection> {
-        let started = Instant::now();
-        let decision = self.decide(&intent).await;
-        let latency = started.elapsed();
-        let mut open_actor = false;
-        let mut stand_in_cause = None;
-        let result = match decision {
-            Ok((mut decision, via, cause)) => {
-                stand_in_cause = cause;
-                decision.latency = latency;
-                open_actor = decision.open_actor;
-                if open_actor {
-                    tracing::warn!(actor = %intent.actor, "conto.open_actor: an unprovisioned actor was admitted by an open engine");
-                }
-                self.conclude(&intent, decision, via).await
+    /// [`Conto::authorize`] without waiting, when it can be: the result, or the authority's
+    /// answer (when what follows it waits), or `Ask` (the authority answers only as a future).
+    fn in_place(&self, intent: &Arc<PaymentIntent>, started: Instant) -> InPlace {
+        if let Err(e) = intent.validate() {
+            let invalid = Rejection::new(RejectionKind::Invalid(e), DecisionSource::Input);
+            return InPlace::Done(self.concluded(intent, started, Err(invalid)));
+        }
+        match self.inner.authorizer.authorize_now(intent) {
+            None => InPlace::Ask,
+            Some(Ok(decision)) if !self.waits_for(&decision) => {
+                InPlace::Done(self.concluded(intent, started, Ok((decision, Via::Primary, None))))
             }
-            Err(rejection) => Err(rejection),
+            Some(answer) => InPlace::Answered(answer),
+        }
+    }
+
+    /// Whether concluding `decision` waits for a human.
+    fn waits_for(&self, decision: &Decision) -> bool {
+        matches!((&decision.verdict, self.approval), (Verdict::RequiresApproval(_), ApprovalMode::Wait(_)))
+    }
+
+    /// The authorization that waits: on the authority (when it did not answer in place), on a
+    /// stand-in, or on a human's approval.
+    async fn authorize_later(
+        &self,
+        intent: Arc<PaymentIntent>,
+        started: Instant,
+        answer: Option<Result<Decision, AuthorityError>>,
+    ) -> Result<Approval, Rejection> {
+        let decided = self.decide(&intent, answer).await;
+        let decided = match decided {
+            Ok((decision, via, cause)) if self.waits_for(&decision) => {
+                let latency = started.elapsed();
+                let open_actor = decision.open_actor;
+                let Decision { verdict, source, .. } = decision;
+                let Verdict::RequiresApproval(pending) = verdict else { unreachable!("waits_for") };
+                let waited = self.wait_for_approval(&intent, pending, source, via).await;
+                return self.finish(&intent, started, latency, open_actor, cause, waited);
+            }
+            decided => decided,
         };
+        self.concluded(&intent, started, decided)
+    }
+
+    /// Concludes a decision that needs no waiting, and reports it.
+    fn concluded(
+        &self,
+        intent: &Arc<PaymentIntent>,
+        started: Instant,
+        decided: Result<(Decision, Via, Option<AuthorityError>), Rejection>,
+    ) -> Result<Approval, Rejection> {
+        let latency = started.elapsed();
+        let (result, open_actor, cause) = match decided {
+            Ok((mut decision, via, cause)) => {
+                decision.latency = latency;
+                let open_actor = decision.open_actor;
+                let Decision { verdict, source, latency, .. } = decision;
+                let result = match verdict {
+                    Verdict::Approved(a) => Ok(Approval::new(self.clone(), a, source, latency, via)),
+                    Verdict::Denied(denial) => Err(Rejection::new(RejectionKind::Denied(denial), source)),
+                    Verdict::RequiresApproval(pending) => {
+                        Err(Rejection::new(RejectionKind::ApprovalRequired(pending), source))
+                    }
+                };
+                (result, open_actor, cause)
+            }
+            Err(rejection) => (Err(rejection), false, None),
+        };
+        self.finish(intent, started, latency, open_actor, cause, result)
+    }
+
+    /// Reports how an authorization ended (events, logs) and returns it.
+    fn finish(
+        &self,
+        intent: &Arc<PaymentIntent>,
+        started: Instant,
+        latency: Duration,
+        open_actor: bool,
+        stand_in_cause: Option<AuthorityError>,
+        result: Result<Approval, Rejection>,
+    ) -> Result<Approval, Rejection> {
+        if open_actor {
+            tracing::warn!(actor = %intent.actor, "conto.open_actor: an unprovisioned actor was admitted by an open engine");
+        }
         let result = result.map_err(|r| r.about(&intent.actor, intent.amount, started.elapsed()));
         self.emit(|| {
             let (outcome, source) = match &result {
@@ -379,15 +486,17 @@ impl Conto {
         result
     }
 
-    /// One authorize call under the deadline. An error or a timeout is a fail-closed rejection,
-    /// unless a stand-in is configured: then the stand-in decides.
-    async fn decide(&self, intent: &Arc<PaymentIntent>) -> Result<(Decision, Via, Option<AuthorityError>), Rejection> {
-        if let Err(e) = intent.validate() {
-            return Err(Rejection::new(RejectionKind::Invalid(e), DecisionSource::Input));
-        }
+    /// One authorize call under the deadline (unless the authority already answered in place;
+    /// the intent was validated there).
+    /// An error or a timeout is a fail-closed rejection, unless a stand-in is configured: then
+    /// the stand-in decides.
+    async fn decide(
+        &self,
+        intent: &Arc<PaymentIntent>,
+        answer: Option<Result<Decision, AuthorityError>>,
+    ) -> Result<(Decision, Via, Option<AuthorityError>), Rejection> {
         let deadline = self.inner.deadline;
-        // An in-process authority answers in place: no future, nothing to wait for.
-        let answer = match self.inner.authorizer.authorize_now(intent) {
+        let answer = match answer {
             Some(answer) => Ok(answer),
             None => tokio::time::timeout(deadline, self.inner.authorizer.authorize(intent)).await,
         };
@@ -412,37 +521,37 @@ impl Conto {
         Err(Rejection::new(RejectionKind::Unavailable(cause), source))
     }
 
-    async fn conclude(&self, intent: &Arc<PaymentIntent>, decision: Decision, via: Via) -> Result<Approval, Rejection> {
-        let Decision { verdict, source, latency, .. } = decision;
-        match verdict {
-            Verdict::Approved(authorization) => Ok(Approval::new(self.clone(), authorization, source, latency, via)),
-            Verdict::Denied(denial) => Err(Rejection::new(RejectionKind::Denied(denial), source)),
-            Verdict::RequiresApproval(pending) => {
-                let ApprovalMode::Wait(max) = self.approval else {
-                    return Err(Rejection::new(RejectionKind::ApprovalRequired(pending), source));
-                };
-                let now = tokio::time::Instant::now();
-                let give_up = now.checked_add(max.min(crate::clock::MAX_WAIT)).unwrap_or(now);
-                loop {
-                    let now = tokio::time::Instant::now();
-                    if now >= give_up {
-                        return Err(Rejection::new(RejectionKind::ApprovalRequired(pending), source));
-                    }
-                    tokio::time::sleep(self.inner.poll_interval.min(give_up - now)).await;
-                    match self.authority(via).approval_status(intent, &pending).await {
-                        Ok(None) => continue,
-                        Ok(Some(Decision { verdict: Verdict::RequiresApproval(_), .. })) => continue,
-                        Ok(Some(Decision { verdict: Verdict::Approved(a), source, latency, .. })) => {
-                            return Ok(Approval::new(self.clone(), a, source, latency, via));
-                        }
-                        Ok(Some(Decision { verdict: Verdict::Denied(d), source, .. })) => {
-                            return Err(Rejection::new(RejectionKind::Denied(d), source));
-                        }
-                        Err(error) if error.is_retryable() => continue,
-                        Err(error) => {
-                            outage_or_reject(error, intent, source)?;
-                        }
-                    }
+    /// Polls the authority until a human decides on `pending`, or the wait is over.
+    async fn wait_for_approval(
+        &self,
+        intent: &Arc<PaymentIntent>,
+        pending: crate::decision::PendingApproval,
+        source: DecisionSource,
+        via: Via,
+    ) -> Result<Approval, Rejection> {
+        let ApprovalMode::Wait(max) = self.approval else {
+            return Err(Rejection::new(RejectionKind::ApprovalRequired(pending), source));
+        };
+        let now = tokio::time::Instant::now();
+        let give_up = now.checked_add(max.min(crate::clock::MAX_WAIT)).unwrap_or(now);
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= give_up {
+                return Err(Rejection::new(RejectionKind::ApprovalRequired(pending), source));
+            }
+            tokio::time::sleep(self.inner.poll_interval.min(give_up - now)).await;
+            match self.authority(via).approval_status(intent, &pending).await {
+                Ok(None) => continue,
+                Ok(Some(Decision { verdict: Verdict::RequiresApproval(_), .. })) => continue,
+                Ok(Some(Decision { verdict: Verdict::Approved(a), source, latency, .. })) => {
+                    return Ok(Approval::new(self.clone(), a, source, latency, via));
+                }
+                Ok(Some(Decision { verdict: Verdict::Denied(d), source, .. })) => {
+                    return Err(Rejection::new(RejectionKind::Denied(d), source));
+                }
+                Err(error) if error.is_retryable() => continue,
+                Err(error) => {
+                    outage_or_reject(error, intent, source)?;
                 }
             }
         }
@@ -451,9 +560,25 @@ impl Conto {
     /// The pipeline: authorize `intent`; on approval run `settle`; on `Ok` record what
     /// `settled` reports; on `Err` release. If the returned future is dropped while `settle`
     /// runs, the approval is released. A rejection means `settle` was never called.
-    pub async fn run<T, E, F, Fut, S>(
+    pub fn run<T, E, F, Fut, S>(
         &self,
-        intent: PaymentIntent,
+        intent: impl Into<Arc<PaymentIntent>>,
+        settle: F,
+        settled: S,
+    ) -> impl Future<Output = Result<Result<T, E>, Rejection>>
+    where
+        F: FnOnce(&Approval) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        S: FnOnce(&T) -> Settlement,
+    {
+        self.run_outcome(intent.into(), settle, settled)
+    }
+
+    // Each entry point is an `async fn` over the shared intent, not an `async` block around an
+    // inner future: a block would keep the captured future and the awaited one side by side.
+    async fn run_outcome<T, E, F, Fut, S>(
+        &self,
+        intent: Arc<PaymentIntent>,
         settle: F,
         settled: S,
     ) -> Result<Result<T, E>, Rejection>
@@ -462,14 +587,28 @@ impl Conto {
         Fut: Future<Output = Result<T, E>>,
         S: FnOnce(&T) -> Settlement,
     {
-        self.run_recorded(intent, settle, settled).await.map(|ran| ran.outcome)
+        self.run_shared(intent, settle, settled).await.map(|ran| ran.outcome)
     }
 
     /// [`Conto::run`], also returning the authorization the settlement ran under and the
     /// record's receipt: what an adapter (the tower layer) reports back to its caller.
-    pub async fn run_recorded<T, E, F, Fut, S>(
+    pub fn run_recorded<T, E, F, Fut, S>(
         &self,
-        intent: PaymentIntent,
+        intent: impl Into<Arc<PaymentIntent>>,
+        settle: F,
+        settled: S,
+    ) -> impl Future<Output = Result<Ran<T, E>, Rejection>>
+    where
+        F: FnOnce(&Approval) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        S: FnOnce(&T) -> Settlement,
+    {
+        self.run_shared(intent.into(), settle, settled)
+    }
+
+    async fn run_shared<T, E, F, Fut, S>(
+        &self,
+        intent: Arc<PaymentIntent>,
         settle: F,
         settled: S,
     ) -> Result<Ran<T, E>, Rejection>
@@ -478,12 +617,15 @@ impl Conto {
         Fut: Future<Output = Result<T, E>>,
         S: FnOnce(&T) -> Settlement,
     {
-        let approval = self.authorize(intent).await?;
+        let approval = self.authorize_shared(intent).await?;
         let outcome = settle(&approval).await;
         let (authorization, receipt) = match &outcome {
             // The money moved: a failed record never turns the caller's success into an error.
             Ok(value) => {
-                let (authorization, receipt) = approval.record_keeping(settled(value)).await;
+                let (authorization, receipt) = match approval.record_keeping(settled(value)) {
+                    Recording::Done(authorization, receipt) => (authorization, receipt),
+                    Recording::Later(later) => later.await,
+                };
                 (authorization, Some(receipt))
             }
             Err(_) => {
@@ -497,15 +639,30 @@ impl Conto {
 
     /// [`Conto::run`] for functions whose error type absorbs a [`Rejection`]: what
     /// `#[paid_action]` expands to.
-    pub async fn guard<T, E, F, Fut, S>(&self, intent: PaymentIntent, settle: F, settled: S) -> Result<T, E>
+    pub fn guard<T, E, F, Fut, S>(
+        &self,
+        intent: impl Into<Arc<PaymentIntent>>,
+        settle: F,
+        settled: S,
+    ) -> impl Future<Output = Result<T, E>>
     where
         E: From<Rejection>,
         F: FnOnce(&Approval) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         S: FnOnce(&T) -> Settlement,
     {
-        match self.run(intent, settle, settled).await {
-            Ok(outcome) => outcome,
+        self.guard_shared(intent.into(), settle, settled)
+    }
+
+    async fn guard_shared<T, E, F, Fut, S>(&self, intent: Arc<PaymentIntent>, settle: F, settled: S) -> Result<T, E>
+    where
+        E: From<Rejection>,
+        F: FnOnce(&Approval) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        S: FnOnce(&T) -> Settlement,
+    {
+        match self.run_shared(intent, settle, settled).await {
+            Ok(ran) => ran.outcome,
             Err(rejection) => Err(E::from(rejection)),
         }
     }
@@ -566,52 +723,32 @@ impl Approval {
     /// the background (the receipt says `queued`). Errors are also reported as
     /// [`Event::RecordFailed`].
     pub async fn record(self, settlement: Settlement) -> Result<Recorded, AuthorityError> {
-        self.record_keeping(settlement).await.1
+        match self.record_keeping(settlement) {
+            Recording::Done(_, result) => result,
+            Recording::Later(later) => later.await.1,
+        }
     }
 
-    /// [`Approval::record`], also giving back the authorization (no copy of it is made).
-    async fn record_keeping(mut self, mut settlement: Settlement) -> (Authorization, Result<Recorded, AuthorityError>) {
+    /// [`Approval::record`], also giving back the authorization (no copy of it is made). An
+    /// in-process authority records in place when no outbox queues the record; what waits (an
+    /// outbox write, a remote authority, a stand-in's reconcile) is a boxed future, so the
+    /// futures of callers that never wait stay small.
+    fn record_keeping(mut self, settlement: Settlement) -> Recording {
         let authorization = self.authorization.take().expect("an Approval is consumed only once");
-        let conto = self.conto.clone();
-        // Never more than was approved: clamp, and say so, rather than fail after money moved.
-        if let Some(settled) = settlement.amount.filter(|s| *s > authorization.amount) {
-            tracing::warn!(authorization = %authorization.id, %settled, approved = %authorization.amount, "conto.record_clamped");
-            conto.emit(|| Event::RecordClamped {
-                actor: authorization.intent.actor.clone(),
-                authorization_id: authorization.id.clone(),
-                approved: authorization.amount,
-                settled,
-            });
-            settlement.amount = Some(authorization.amount);
-        }
-        if self.via == Via::Primary
-            && let Some(queued) = delivery::enqueue(&conto, RecordKind::Record, &authorization, &settlement).await
-        {
-            return (authorization, Ok(queued));
-        }
-        let authority = conto.authority(self.via);
-        let result = match authority.record_now(&authorization, &settlement) {
-            Some(result) => result,
-            None => authority.record(&authorization, &settlement).await,
-        };
-        match &result {
-            Ok(recorded) => {
-                tracing::debug!(authorization = %authorization.id, amount = %recorded.amount, "conto.recorded");
-                conto.emit(|| Event::Recorded {
-                    actor: authorization.intent.actor.clone(),
-                    recorded: recorded.clone(),
-                    reference: settlement.reference.clone(),
-                });
-                if self.via == Via::StandIn {
+        let (conto, via) = (self.conto.clone(), self.via);
+        let settlement = clamped(&conto, &authorization, settlement);
+        let queues = via == Via::Primary && conto.inner.sink.is_some();
+        if !queues && let Some(result) = conto.authority(via).record_now(&authorization, &settlement) {
+            conto.report_record(&authorization, &settlement, &result);
+            if via == Via::StandIn && result.is_ok() {
+                return Recording::Later(Box::pin(async move {
                     conto.reconcile(&authorization, &settlement).await;
-                }
+                    (authorization, result)
+                }));
             }
-            Err(error) => {
-                tracing::error!(authorization = %authorization.id, %error, "conto.record_failed");
-                conto.emit(|| Event::RecordFailed { authorization_id: authorization.id.clone(), error: error.clone() });
-            }
+            return Recording::Done(authorization, result);
         }
-        (authorization, result)
+        Recording::Later(Box::pin(async move { conto.record_later(via, authorization, settlement).await }))
     }
 
     /// The record this approval's settlement is, for a sink that writes it in the app's own
@@ -657,6 +794,54 @@ impl Approval {
 }
 
 impl Conto {
+    /// A record that waits: queued in the outbox, or sent to an authority that answers only as
+    /// a future.
+    async fn record_later(
+        &self,
+        via: Via,
+        authorization: Authorization,
+        settlement: Settlement,
+    ) -> (Authorization, Result<Recorded, AuthorityError>) {
+        if via == Via::Primary
+            && let Some(queued) = delivery::enqueue(self, RecordKind::Record, &authorization, &settlement).await
+        {
+            return (authorization, Ok(queued));
+        }
+        let authority = self.authority(via);
+        let result = match authority.record_now(&authorization, &settlement) {
+            Some(result) => result,
+            None => authority.record(&authorization, &settlement).await,
+        };
+        self.report_record(&authorization, &settlement, &result);
+        if via == Via::StandIn && result.is_ok() {
+            self.reconcile(&authorization, &settlement).await;
+        }
+        (authorization, result)
+    }
+
+    /// Logs a record's result and tells the observers.
+    fn report_record(
+        &self,
+        authorization: &Authorization,
+        settlement: &Settlement,
+        result: &Result<Recorded, AuthorityError>,
+    ) {
+        match result {
+            Ok(recorded) => {
+                tracing::debug!(authorization = %authorization.id, amount = %recorded.amount, "conto.recorded");
+                self.emit(|| Event::Recorded {
+                    actor: authorization.intent.actor.clone(),
+                    recorded: recorded.clone(),
+                    reference: settlement.reference.clone(),
+                });
+            }
+            Err(error) => {
+                tracing::error!(authorization = %authorization.id, %error, "conto.record_failed");
+                self.emit(|| Event::RecordFailed { authorization_id: authorization.id.clone(), error: error.clone() });
+            }
+        }
+    }
+
     /// Reports a stand-in approval's spend to the authority: queued when an outbox is
     /// configured, otherwise tried once now (a failure is an [`Event::RecordFailed`]).
     async fn reconcile(&self, authorization: &Authorization, settlement: &Settlement) {
@@ -684,6 +869,22 @@ fn outage_or_reject(
         }
         other => Err(Rejection::new(RejectionKind::Refused(other), DecisionSource::Authority)),
     }
+}
+
+/// Never more than was approved: the settlement clamped to the approval, and said so, rather
+/// than failing after money moved.
+fn clamped(conto: &Conto, authorization: &Authorization, mut settlement: Settlement) -> Settlement {
+    if let Some(settled) = settlement.amount.filter(|s| *s > authorization.amount) {
+        tracing::warn!(authorization = %authorization.id, %settled, approved = %authorization.amount, "conto.record_clamped");
+        conto.emit(|| Event::RecordClamped {
+            actor: authorization.intent.actor.clone(),
+            authorization_id: authorization.id.clone(),
+            approved: authorization.amount,
+            settled,
+        });
+        settlement.amount = Some(authorization.amount);
+    }
+    settlement
 }
 
 fn release(conto: &Conto, via: Via, authorization: &Authorization, reason: &'static str) {
