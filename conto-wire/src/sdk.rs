@@ -670,7 +670,10 @@ mod tests {
             assert_eq!(fast.ok(), slow.ok(), "{}", String::from_utf8_lossy(bytes));
         }
         // A repeated key: the last one stands, as it always did.
-        assert_eq!(PaymentBody::from_json(br#"{"amount": 1, "amount": 2}"#).unwrap().amount, Some("2".parse().unwrap()));
+        assert_eq!(
+            PaymentBody::from_json(br#"{"amount": 1, "amount": 2}"#).unwrap().amount,
+            Some("2".parse().unwrap())
+        );
         // Errors still name the field and keep their code.
         let e = PaymentBody::from_json(br#"{"amount": -1}"#).unwrap_err();
         assert_eq!(e.code, "INVALID_AMOUNT", "{e}");

@@ -391,19 +391,16 @@ impl Conto {
         started: Instant,
         answer: Option<Result<Decision, AuthorityError>>,
     ) -> Result<Approval, Rejection> {
-        let decided = self.decide(&intent, answer).await;
-        let decided = match decided {
-            Ok((decision, via, cause)) if self.waits_for(&decision) => {
+        match self.decide(&intent, answer).await {
+            Ok((Decision { verdict: Verdict::RequiresApproval(pending), source, open_actor, .. }, via, cause))
+                if matches!(self.approval, ApprovalMode::Wait(_)) =>
+            {
                 let latency = started.elapsed();
-                let open_actor = decision.open_actor;
-                let Decision { verdict, source, .. } = decision;
-                let Verdict::RequiresApproval(pending) = verdict else { unreachable!("waits_for") };
                 let waited = self.wait_for_approval(&intent, pending, source, via).await;
-                return self.finish(&intent, started, latency, open_actor, cause, waited);
+                self.finish(&intent, started, latency, open_actor, cause, waited)
             }
-            decided => decided,
-        };
-        self.concluded(&intent, started, decided)
+            decided => self.concluded(&intent, started, decided),
+        }
     }
 
     /// Concludes a decision that needs no waiting, and reports it.
