@@ -383,7 +383,9 @@ where
                         source: approval.source(),
                         latency: approval.latency(),
                     });
-                    let call = inner.call(Request::from_parts(parts, body));
+                    // Boxed: the route's future is a third of a kilobyte, and the pipeline's
+                    // future would otherwise carry it (and the layer's, once more).
+                    let call = Box::pin(inner.call(Request::from_parts(parts, body)));
                     async move {
                         match call.await {
                             Ok(response) if record_when(response.status()) => Ok(response),
