@@ -141,7 +141,7 @@ type RecordOutcome = (Authorization, Result<Recorded, AuthorityError>);
 
 /// A record, done in place or still to finish.
 enum Recording {
-    Done(Authorization, Result<Recorded, AuthorityError>),
+    Done(RecordOutcome),
     Later(Pin<Box<dyn Future<Output = RecordOutcome> + Send>>),
 }
 
@@ -391,15 +391,16 @@ impl Conto {
         started: Instant,
         answer: Option<Result<Decision, AuthorityError>>,
     ) -> Result<Approval, Rejection> {
-        match self.decide(&intent, answer).await {
-            Ok((Decision { verdict: Verdict::RequiresApproval(pending), source, open_actor, .. }, via, cause))
-                if matches!(self.approval, ApprovalMode::Wait(_)) =>
-            {
+        match (self.decide(&intent, answer).await, self.approval) {
+            (
+                Ok((Decision { verdict: Verdict::RequiresApproval(pending), source, open_actor, .. }, via, cause)),
+                ApprovalMode::Wait(max),
+            ) => {
                 let latency = started.elapsed();
-                let waited = self.wait_for_approval(&intent, pending, source, via).await;
+                let waited = self.wait_for_approval(&intent, pending, source, via, max).await;
                 self.finish(&intent, started, latency, open_actor, cause, waited)
             }
-            decided => self.concluded(&intent, started, decided),
+            (decided, _) => self.concluded(&intent, started, decided),
         }
     }
 
@@ -412,10 +413,7 @@ impl Conto {
     ) -> Result<Approval, Rejection> {
         let latency = started.elapsed();
         let (result, open_actor, cause) = match decided {
-            Ok((mut decision, via, cause)) => {
-                decision.latency = latency;
-                let open_actor = decision.open_actor;
-                let Decision { verdict, source, latency, .. } = decision;
+            Ok((Decision { verdict, source, open_actor, .. }, via, cause)) => {
                 let result = match verdict {
                     Verdict::Approved(a) => Ok(Approval::new(self.clone(), a, source, latency, via)),
                     Verdict::Denied(denial) => Err(Rejection::new(RejectionKind::Denied(denial), source)),
@@ -518,17 +516,16 @@ impl Conto {
         Err(Rejection::new(RejectionKind::Unavailable(cause), source))
     }
 
-    /// Polls the authority until a human decides on `pending`, or the wait is over.
+    /// Polls the authority until a human decides on `pending`, or `max` (at most
+    /// [`MAX_WAIT`](crate::MAX_WAIT)) is over.
     async fn wait_for_approval(
         &self,
         intent: &Arc<PaymentIntent>,
         pending: crate::decision::PendingApproval,
         source: DecisionSource,
         via: Via,
+        max: Duration,
     ) -> Result<Approval, Rejection> {
-        let ApprovalMode::Wait(max) = self.approval else {
-            return Err(Rejection::new(RejectionKind::ApprovalRequired(pending), source));
-        };
         let now = tokio::time::Instant::now();
         let give_up = now.checked_add(max.min(crate::clock::MAX_WAIT)).unwrap_or(now);
         loop {
@@ -568,23 +565,7 @@ impl Conto {
         Fut: Future<Output = Result<T, E>>,
         S: FnOnce(&T) -> Settlement,
     {
-        self.run_outcome(intent.into(), settle, settled)
-    }
-
-    // Each entry point is an `async fn` over the shared intent, not an `async` block around an
-    // inner future: a block would keep the captured future and the awaited one side by side.
-    async fn run_outcome<T, E, F, Fut, S>(
-        &self,
-        intent: Arc<PaymentIntent>,
-        settle: F,
-        settled: S,
-    ) -> Result<Result<T, E>, Rejection>
-    where
-        F: FnOnce(&Approval) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-        S: FnOnce(&T) -> Settlement,
-    {
-        self.run_shared(intent, settle, settled).await.map(|ran| ran.outcome)
+        self.run_shared(intent.into(), settle, settled, |ran| ran.map(|ran| ran.outcome))
     }
 
     /// [`Conto::run`], also returning the authorization the settlement ran under and the
@@ -600,27 +581,34 @@ impl Conto {
         Fut: Future<Output = Result<T, E>>,
         S: FnOnce(&T) -> Settlement,
     {
-        self.run_shared(intent.into(), settle, settled)
+        self.run_shared(intent.into(), settle, settled, |ran| ran)
     }
 
-    async fn run_shared<T, E, F, Fut, S>(
+    /// What `run`, `run_recorded` and `guard` share, each with its own `finish`. One `async fn`
+    /// over the shared intent, not an `async` block around an inner future: a block would keep
+    /// the captured future and the awaited one side by side.
+    async fn run_shared<T, E, F, Fut, S, R>(
         &self,
         intent: Arc<PaymentIntent>,
         settle: F,
         settled: S,
-    ) -> Result<Ran<T, E>, Rejection>
+        finish: impl FnOnce(Result<Ran<T, E>, Rejection>) -> R,
+    ) -> R
     where
         F: FnOnce(&Approval) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         S: FnOnce(&T) -> Settlement,
     {
-        let approval = self.authorize_shared(intent).await?;
+        let approval = match self.authorize_shared(intent).await {
+            Ok(approval) => approval,
+            Err(rejection) => return finish(Err(rejection)),
+        };
         let outcome = settle(&approval).await;
         let (authorization, receipt) = match &outcome {
             // The money moved: a failed record never turns the caller's success into an error.
             Ok(value) => {
                 let (authorization, receipt) = match approval.record_keeping(settled(value)) {
-                    Recording::Done(authorization, receipt) => (authorization, receipt),
+                    Recording::Done(done) => done,
                     Recording::Later(later) => later.await,
                 };
                 (authorization, Some(receipt))
@@ -631,7 +619,7 @@ impl Conto {
                 (authorization, None)
             }
         };
-        Ok(Ran { outcome, authorization, receipt })
+        finish(Ok(Ran { outcome, authorization, receipt }))
     }
 
     /// [`Conto::run`] for functions whose error type absorbs a [`Rejection`]: what
@@ -648,20 +636,10 @@ impl Conto {
         Fut: Future<Output = Result<T, E>>,
         S: FnOnce(&T) -> Settlement,
     {
-        self.guard_shared(intent.into(), settle, settled)
-    }
-
-    async fn guard_shared<T, E, F, Fut, S>(&self, intent: Arc<PaymentIntent>, settle: F, settled: S) -> Result<T, E>
-    where
-        E: From<Rejection>,
-        F: FnOnce(&Approval) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-        S: FnOnce(&T) -> Settlement,
-    {
-        match self.run_shared(intent, settle, settled).await {
+        self.run_shared(intent.into(), settle, settled, |ran| match ran {
             Ok(ran) => ran.outcome,
             Err(rejection) => Err(E::from(rejection)),
-        }
+        })
     }
 }
 
@@ -721,7 +699,7 @@ impl Approval {
     /// [`Event::RecordFailed`].
     pub async fn record(self, settlement: Settlement) -> Result<Recorded, AuthorityError> {
         match self.record_keeping(settlement) {
-            Recording::Done(_, result) => result,
+            Recording::Done((_, result)) => result,
             Recording::Later(later) => later.await.1,
         }
     }
@@ -735,17 +713,19 @@ impl Approval {
         let (conto, via) = (self.conto.clone(), self.via);
         let settlement = clamped(&conto, &authorization, settlement);
         let queues = via == Via::Primary && conto.inner.sink.is_some();
-        if !queues && let Some(result) = conto.authority(via).record_now(&authorization, &settlement) {
-            conto.report_record(&authorization, &settlement, &result);
-            if via == Via::StandIn && result.is_ok() {
-                return Recording::Later(Box::pin(async move {
-                    conto.reconcile(&authorization, &settlement).await;
-                    (authorization, result)
-                }));
+        let answer = if queues { None } else { conto.authority(via).record_now(&authorization, &settlement) };
+        match answer {
+            // Recorded in place, with no stand-in spend to reconcile: done.
+            Some(result) if via == Via::Primary || result.is_err() => {
+                conto.report_record(&authorization, &settlement, &result);
+                Recording::Done((authorization, result))
             }
-            return Recording::Done(authorization, result);
+            answer => {
+                Recording::Later(Box::pin(
+                    async move { conto.record_later(via, authorization, settlement, answer).await },
+                ))
+            }
         }
-        Recording::Later(Box::pin(async move { conto.record_later(via, authorization, settlement).await }))
     }
 
     /// The record this approval's settlement is, for a sink that writes it in the app's own
@@ -791,23 +771,29 @@ impl Approval {
 }
 
 impl Conto {
-    /// A record that waits: queued in the outbox, or sent to an authority that answers only as
-    /// a future.
+    /// A record that waits: queued in the outbox, sent to an authority that answers only as a
+    /// future, or (`answer`, given in place) a stand-in's spend still to reconcile.
     async fn record_later(
         &self,
         via: Via,
         authorization: Authorization,
         settlement: Settlement,
-    ) -> (Authorization, Result<Recorded, AuthorityError>) {
-        if via == Via::Primary
-            && let Some(queued) = delivery::enqueue(self, RecordKind::Record, &authorization, &settlement).await
-        {
-            return (authorization, Ok(queued));
-        }
-        let authority = self.authority(via);
-        let result = match authority.record_now(&authorization, &settlement) {
+        answer: Option<Result<Recorded, AuthorityError>>,
+    ) -> RecordOutcome {
+        let result = match answer {
             Some(result) => result,
-            None => authority.record(&authorization, &settlement).await,
+            None => {
+                if via == Via::Primary
+                    && let Some(queued) = delivery::enqueue(self, RecordKind::Record, &authorization, &settlement).await
+                {
+                    return (authorization, Ok(queued));
+                }
+                let authority = self.authority(via);
+                match authority.record_now(&authorization, &settlement) {
+                    Some(result) => result,
+                    None => authority.record(&authorization, &settlement).await,
+                }
+            }
         };
         self.report_record(&authorization, &settlement, &result);
         if via == Via::StandIn && result.is_ok() {
