@@ -1,8 +1,9 @@
 //! The remote critical path: a paid action through `ContoClient` against conto-local on
 //! loopback, against one bare HTTP round trip to the same server. With the outbox, recording is
 //! off the critical path, so a paid action should cost one round trip (authorize) plus the
-//! outbox write. With `MEMDB=1`, conto-local keeps its database in memory, to show what its
-//! file costs. Results: BENCHMARKS.md.
+//! outbox write. Then the server's own time per authorize, from conto-local's `Server-Timing`
+//! header. With `MEMDB=1`, conto-local keeps its database in memory, to show what its file
+//! costs. Results: BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -26,8 +27,8 @@ fn remote(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = std::env::temp_dir().join(format!("conto-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (server, key) = rt.block_on(async {
-        let server = conto_local::start(conto_local::Config {
+    let server = rt.block_on(async {
+        conto_local::start(conto_local::Config {
             port: 0,
             db: if std::env::var_os("MEMDB").is_some() { None } else { Some(dir.join("local.db")) },
             org_key: Some("conto_org_bench".into()),
@@ -35,7 +36,9 @@ fn remote(c: &mut Criterion) {
             ..Default::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+    });
+    let key = rt.block_on(async {
         let http = reqwest::Client::new();
         let org = |path: &str, body: serde_json::Value| {
             http.post(format!("{}{path}", server.url())).bearer_auth("conto_org_bench").json(&body).send()
@@ -50,7 +53,7 @@ fn remote(c: &mut Criterion) {
         .json()
         .await
         .unwrap();
-        (server, key["key"].as_str().unwrap().to_owned())
+        key["key"].as_str().unwrap().to_owned()
     });
     let url = server.url();
     let client = ContoClient::builder().base_url(&url).sdk_key(&key).build().unwrap();
@@ -67,6 +70,16 @@ fn remote(c: &mut Criterion) {
     g.sample_size(50);
     g.bench_function("bare_round_trip", |b| {
         b.to_async(&rt).iter(|| async { black_box(http.get(format!("{url}/health")).send().await.unwrap().status()) })
+    });
+    // The same shape as an authorize on the wire (a POST with the same JSON body, a small JSON
+    // answer) with no work behind it: conto-local answers 405 to a POST on /health at once.
+    let payment =
+        json!({"amount": "0.01", "recipientAddress": RECIPIENT, "resourceUrl": "https://api.example.com/search"});
+    g.bench_function("bare_post_round_trip", |b| {
+        b.to_async(&rt).iter(|| async {
+            let resp = http.post(format!("{url}/health")).bearer_auth(&key).json(&payment).send().await.unwrap();
+            black_box(resp.bytes().await.unwrap())
+        })
     });
     g.bench_function("authorize_only", |b| {
         b.to_async(&rt).iter(|| async { black_box(client.authorize_intent(&intent()).await.unwrap()) })
@@ -99,10 +112,35 @@ fn remote(c: &mut Criterion) {
         })
     });
     g.finish();
-    rt.block_on(async {
-        queued.flush(Duration::from_secs(30)).await;
-        server.stop().await;
+    // The server's own share of an authorize, read from its `Server-Timing` header: what the
+    // round trips above spend in conto-local, apart from the network and the client.
+    let server_micros = rt.block_on(async {
+        let mut micros = Vec::new();
+        for i in 0..2_000 {
+            let resp = http
+                .post(format!("{url}/api/sdk/x402/pre-authorize"))
+                .bearer_auth(&key)
+                .json(&json!({"amount": "0.01", "recipientAddress": RECIPIENT,
+                    "resourceUrl": "https://api.example.com/search", "idempotencyKey": format!("server-work-{i}")}))
+                .send()
+                .await
+                .unwrap();
+            let timing = resp.headers().get("server-timing").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let ms: f64 = timing.strip_prefix("app;dur=").and_then(|ms| ms.parse().ok()).unwrap_or(f64::NAN);
+            micros.push(ms * 1000.0);
+        }
+        micros.sort_by(f64::total_cmp);
+        micros
     });
+    let at = |q: f64| server_micros[((server_micros.len() - 1) as f64 * q) as usize];
+    println!(
+        "remote/server_work (Server-Timing, 2 000 authorizes): median {:.1} us, p10 {:.1} us, p90 {:.1} us",
+        at(0.5),
+        at(0.1),
+        at(0.9)
+    );
+    rt.block_on(queued.flush(Duration::from_secs(30)));
+    rt.block_on(server.stop());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

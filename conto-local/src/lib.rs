@@ -47,6 +47,8 @@
 //!   A preloaded policy file keeps the file format's meaning: no `agentIds` = every agent.
 //! - Bodies are Conto's wire types (`conto-wire`): unknown fields are ignored, a field of the
 //!   wrong type is a `400` that names its JSON path (`payments[1].amount`).
+//! - Every answer carries `Server-Timing: app;dur=<milliseconds>`: the time conto-local spent
+//!   on the request, so a client can tell the server's share of a round trip from the network's.
 
 mod org;
 mod sdk;
@@ -61,7 +63,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use conto_core::jiff::{SignedDuration, Timestamp};
@@ -372,7 +374,21 @@ fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "this route does not take this method")
         })
+        .layer(axum::middleware::from_fn(server_timing))
         .with_state(app)
+}
+
+/// Adds `Server-Timing: app;dur=<milliseconds>` to every answer: the time conto-local spent
+/// on the request, from routing to a serialized body. A client (or the remote benchmark) can
+/// then tell the server's share of a round trip from the network's and its own.
+async fn server_timing(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let start = std::time::Instant::now();
+    let mut resp = next.run(req).await;
+    let micros = start.elapsed().as_micros();
+    if let Ok(v) = HeaderValue::from_str(&format!("app;dur={}.{:03}", micros / 1000, micros % 1000)) {
+        resp.headers_mut().insert("server-timing", v);
+    }
+    resp
 }
 
 /// The `Authorization: Bearer <key>` of a request.

@@ -564,3 +564,25 @@ async fn racing_repeats_of_one_idempotency_key_all_get_the_first_answer() {
     let (_, denied) = sdk.post("/api/sdk/payments/approve", other("other-2")).await;
     assert_eq!(denied["approved"], false, "{denied}");
 }
+
+/// Every answer, a decision or an error, says how long conto-local spent on it
+/// (`Server-Timing: app;dur=<ms>`), so a client can tell the server's share of a round trip.
+#[tokio::test]
+async fn every_answer_says_the_time_the_server_spent_on_it() {
+    let (_server, sdk) = setup(None).await;
+    let pre_authorize = sdk
+        .http
+        .post(format!("{}/api/sdk/x402/pre-authorize", sdk.base))
+        .bearer_auth(&sdk.key)
+        .json(&x402_payment("5"))
+        .send();
+    let unauthenticated =
+        sdk.http.post(format!("{}/api/sdk/x402/pre-authorize", sdk.base)).json(&x402_payment("5")).send();
+    for (resp, status) in [(pre_authorize.await.unwrap(), 200), (unauthenticated.await.unwrap(), 401)] {
+        assert_eq!(resp.status().as_u16(), status);
+        let timing = resp.headers().get("server-timing").expect("a Server-Timing header").to_str().unwrap().to_owned();
+        let ms = timing.strip_prefix("app;dur=").unwrap_or_else(|| panic!("{timing:?}"));
+        let (whole, fraction) = ms.split_once('.').unwrap_or_else(|| panic!("{timing:?}"));
+        assert!(whole.parse::<u64>().is_ok() && fraction.len() == 3 && fraction.parse::<u16>().is_ok(), "{timing:?}");
+    }
+}
