@@ -110,6 +110,20 @@ impl Bound {
         }
     }
 
+    /// The micro-unit amounts `x` for which `x cmp limit` holds, as an inclusive range
+    /// `(lo, hi)`: a half-line for `<`, `<=`, `>`, `>=` (exactly where [`Bound::holds`] holds);
+    /// `None` for `=` and `!=`.
+    pub fn holding(&self, cmp: Cmp) -> Option<(i128, i128)> {
+        let (floor, ceil) = (i128::from(self.floor), i128::from(self.ceil));
+        Some(match cmp {
+            Cmp::Le => (i128::MIN, floor),
+            Cmp::Lt => (i128::MIN, ceil - 1),
+            Cmp::Ge => (ceil, i128::MAX),
+            Cmp::Gt => (floor + 1, i128::MAX),
+            Cmp::Eq | Cmp::Ne => return None,
+        })
+    }
+
     /// Whether `x cmp limit` holds, exactly as it would in decimals.
     pub fn holds(&self, x: Micros, cmp: Cmp) -> bool {
         let x = x.0;

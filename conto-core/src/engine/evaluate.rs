@@ -36,7 +36,7 @@ impl Reads for AgentLedger {
 use crate::decision::{Denial, Violation};
 use crate::intent::PaymentIntent;
 use crate::micros::Micros;
-use crate::policy::plan::{Entry, Pos, Stateful};
+use crate::policy::plan::{Entry, Pos, Stateful, rail_slot};
 use crate::policy::rules::cumulative::{Tally, counter_key};
 use crate::policy::rules::lists::Listed;
 use crate::policy::rules::velocity::velocity_key;
@@ -158,8 +158,21 @@ impl<'p> Screened<'p> {
     fn any_stateless_broken(&self) -> bool {
         let (plan, s) = (&self.policies.plan, &self.subject);
         let broken = |polarity: Polarity, holds: Option<bool>| holds.is_some_and(|h| polarity.broken(h));
-        plan.amounts.iter().any(|e| self.applied(e.at, e.rails) && broken(e.polarity, e.test.holds(s)))
-            || plan.lists.iter().any(|e| self.applied(e.at, e.rails) && broken(e.polarity, e.test.holds(s)))
+        let any_amount =
+            || plan.amounts.iter().any(|e| self.applied(e.at, e.rails) && broken(e.polarity, e.test.holds(s)));
+        let any_list = || plan.lists.iter().any(|e| self.applied(e.at, e.rails) && broken(e.polarity, e.test.holds(s)));
+        let capped_or_listed = if self.all_apply {
+            // Every policy applies: the rail's folded caps and lists answer for all of them.
+            let folded = &plan.folded[rail_slot(&s.intent.rail)];
+            let amount = match folded.amounts {
+                Some((lo, hi)) => !(lo..=hi).contains(&i128::from(s.amount.0)),
+                None => any_amount(),
+            };
+            amount || s.listed.breaks(&folded.lists)
+        } else {
+            any_amount() || any_list()
+        };
+        capped_or_listed
             || plan.others.iter().any(|e| {
                 let holds = self.judged(e.at).and_then(|(_, rule)| rule.check.stateless_holds(s));
                 broken(e.polarity, holds)
@@ -419,16 +432,39 @@ mod tests {
             9 => ("WEEKLY_LIMIT", "LTE", limit.to_owned(), "REQUIRE_APPROVAL"),
             10 => ("TIME_WINDOW", "BETWEEN", r#"{"start":"00:00","end":"12:00"}"#.to_owned(), "ALLOW"),
             11 => ("VELOCITY_LIMIT", "LTE", r#"{"maxCount":1,"period":"HOUR"}"#.to_owned(), "ALLOW"),
-            _ => ("X402_ALLOWED_SERVICES", "IN_LIST", r#"["example.com"]"#.to_owned(), "ALLOW"),
+            12 => ("X402_ALLOWED_SERVICES", "IN_LIST", r#"["example.com"]"#.to_owned(), "ALLOW"),
+            // Caps of every comparison and rail, and lists that block or allow by what is absent.
+            13 => ("MAX_AMOUNT", "LT", limit.to_owned(), "ALLOW"),
+            14 => ("MAX_AMOUNT", "GTE", limit.to_owned(), "DENY"),
+            15 => ("REQUIRE_APPROVAL_ABOVE", "GTE", limit.to_owned(), "ALLOW"),
+            16 => ("MAX_AMOUNT", "EQ", limit.to_owned(), "DENY"),
+            17 => ("MAX_AMOUNT", "NE", limit.to_owned(), "DENY"),
+            18 => ("CARD_MAX_AMOUNT", "LTE", limit.to_owned(), "ALLOW"),
+            19 => ("MPP_MAX_SESSION_DEPOSIT", "LTE", limit.to_owned(), "ALLOW"),
+            20 => ("BLOCKED_COUNTERPARTIES", "IN_LIST", format!(r#"["{TO}"]"#), "DENY"),
+            21 => ("ALLOWED_COUNTERPARTIES", "NOT_IN_LIST", format!(r#"["{OTHER}"]"#), "ALLOW"),
+            22 => ("CARD_ALLOWED_MERCHANTS", "IN_LIST", r#"["Acme"]"#.to_owned(), "ALLOW"),
+            23 => ("MAX_AMOUNT", "LTE", "0.000001".to_owned(), "ALLOW"),
+            _ => ("MPP_MAX_PER_REQUEST", "LTE", limit.to_owned(), "ALLOW"),
         };
         json!({"ruleType": rule_type, "operator": operator, "value": value, "action": action})
     }
 
-    fn policy_set(count: std::ops::Range<usize>, rules: std::ops::Range<usize>) -> impl Strategy<Value = PolicySet> {
-        let limit = prop_oneof![Just("1"), Just("10"), Just("100")];
-        let rules = prop::collection::vec((0usize..13, limit), rules);
-        let assigned = prop_oneof![Just(None), Just(Some("agent-1")), Just(Some("agent-2"))];
-        let policy = (rules, 0i64..3, assigned, prop::bool::weighted(0.9));
+    /// Policy sets of `count` policies of `rules` rules each; with `everyone`, every policy is
+    /// active and applies to every actor (the screen's folded path).
+    fn policy_set(
+        count: std::ops::Range<usize>,
+        rules: std::ops::Range<usize>,
+        everyone: bool,
+    ) -> impl Strategy<Value = PolicySet> {
+        let limit = prop_oneof![Just("1"), Just("10"), Just("100"), Just("4.9999995")];
+        let rules = prop::collection::vec((0usize..25, limit), rules);
+        let assigned = if everyone {
+            Just(None).boxed()
+        } else {
+            prop_oneof![Just(None), Just(Some("agent-1")), Just(Some("agent-2"))].boxed()
+        };
+        let policy = (rules, 0i64..3, assigned, prop::bool::weighted(if everyone { 1.0 } else { 0.9 }));
         prop::collection::vec(policy, count).prop_map(|policies| {
             let docs: Vec<Value> = policies
                 .into_iter()
@@ -448,21 +484,46 @@ mod tests {
     }
 
     fn intent() -> impl Strategy<Value = PaymentIntent> {
-        let amount = prop_oneof![Just("0.5"), Just("5"), Just("50")];
+        let amount = prop_oneof![Just("0.5"), Just("5"), Just("50"), Just("1"), Just("10"), Just("0.000001")];
         let category = prop_oneof![Just(None), Just(Some("API_PROVIDER")), Just(Some("cloud")), Just(Some("food"))];
-        let recipient = prop_oneof![Just(TO), Just(OTHER)];
-        let x402 = prop_oneof![Just(None), Just(Some("https://api.example.com/v1")), Just(Some("https://other.io/"))];
-        (amount, category, recipient, x402).prop_map(|(amount, category, recipient, x402)| {
-            let rail = match x402 {
-                Some(url) => Rail::x402(url).unwrap(),
-                None => Rail::transfer(8453, FROM).unwrap(),
-            };
-            let mut b = PaymentIntent::builder("agent-1", amount, rail).recipient(recipient);
+        let recipient = prop_oneof![Just(Some(TO)), Just(Some(OTHER)), Just(None)];
+        let rail = prop_oneof![
+            Just(Rail::transfer(8453, FROM).unwrap()),
+            Just(Rail::x402("https://api.example.com/v1").unwrap()),
+            Just(Rail::x402("https://other.io/").unwrap()),
+            Just(Rail::mpp("https://api.example.com/v1").unwrap()),
+            Just(Rail::card("Acme").unwrap()),
+        ];
+        (amount, category, recipient, rail).prop_map(|(amount, category, recipient, rail)| {
+            // Only a card payment may have no recipient.
+            let recipient = if matches!(rail, Rail::Card { .. }) { recipient } else { recipient.or(Some(TO)) };
+            let mut b = PaymentIntent::builder("agent-1", amount, rail);
+            if let Some(recipient) = recipient {
+                b = b.recipient(recipient);
+            }
             if let Some(category) = category {
                 b = b.category(category);
             }
             b.build().unwrap()
         })
+    }
+
+    /// A card payment without a recipient breaks no counterparty rule, allowlist or blocklist,
+    /// whether the screen asks the folded masks or each rule; a category allowlist it is not on
+    /// it breaks either way.
+    #[test]
+    fn a_payment_without_a_recipient_breaks_no_counterparty_rule_folded_or_not() {
+        let now: Timestamp = "2026-03-04T09:00:00Z".parse().unwrap();
+        let card = PaymentIntent::builder("agent-1", "5", Rail::card("Acme").unwrap()).build().unwrap();
+        for (kind, broken) in [(5, false), (20, false), (21, false), (3, true)] {
+            let doc = json!([{"name": "p", "priority": 0, "isActive": true, "rules": [rule(kind, "10")]}]);
+            let policies = PolicySet::from_value(doc).unwrap();
+            let mut screened = super::screen(&policies, &card, now, false);
+            assert!(screened.all_apply);
+            assert_eq!(screened.any_stateless_broken(), broken, "rule {kind}, folded");
+            screened.all_apply = false;
+            assert_eq!(screened.any_stateless_broken(), broken, "rule {kind}, each");
+        }
     }
 
     proptest! {
@@ -471,10 +532,16 @@ mod tests {
         /// The plan (a screen of the stateless rules, then the stateful ones under the lock)
         /// answers as one pass over every rule in priority order: the same denial and words,
         /// the same requests for approval in order, the same counters held and daily figures.
-        /// One set in five has more than 64 policies and list rules (more than one word of bits).
+        /// Some sets have more than 64 policies and list rules (more than one word of bits);
+        /// in some, every policy applies to the actor (the folded caps and lists screen them).
         #[test]
         fn the_plan_answers_as_one_ordered_pass(
-            policies in prop_oneof![4 => policy_set(1..7, 1..5), 1 => policy_set(60..90, 1..4)],
+            policies in prop_oneof![
+                4 => policy_set(1..7, 1..5, false),
+                1 => policy_set(60..90, 1..4, false),
+                3 => policy_set(1..7, 1..5, true),
+                1 => policy_set(60..90, 1..4, true),
+            ],
             intent in intent(), before in prop_oneof![Just(None), Just(Some("4"))],
             morning in any::<bool>(), skip in any::<bool>(),
         ) {
@@ -491,6 +558,12 @@ mod tests {
             let plan = evaluate(&policies, &intent, &mut planned, now, skip);
             let pass = one_pass(&policies, &intent, &mut passed, now, skip);
             prop_assert_eq!(said(&plan), said(&pass));
+            // The folded caps and lists say "broken" exactly when a rule is (not merely when
+            // one may be: a false alarm would cost a walk without changing the answer).
+            let mut screened = super::screen(&policies, &intent, now, skip);
+            let folded = screened.any_stateless_broken();
+            screened.all_apply = false;
+            prop_assert_eq!(folded, screened.any_stateless_broken());
         }
     }
 }

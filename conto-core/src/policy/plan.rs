@@ -5,15 +5,20 @@
 //!   rest), in tight loops that only ask whether any applicable rule is broken. Almost every
 //!   payment breaks none and is done with them; one that breaks any is walked again in
 //!   priority order, which is what says which rule speaks and in what words.
+//! - When every policy applies to the payment's actor (the common case), the amount caps and
+//!   list rules of each rail are also folded ahead of time ([`Folded`]): the amounts no cap is
+//!   broken by as one range, the list rules as bit masks. The screen then asks the range and
+//!   the masks, not each rule.
 //! - The stateful rules (period spend, velocity) are judged in priority order, under the
 //!   agent's ledger lock, from their own array.
 
 use super::Policy;
 use super::rules::amount::AmountRule;
 use super::rules::cumulative::CumulativeRule;
-use super::rules::lists::ListCheck;
+use super::rules::lists::{ListCheck, ListFold};
 use super::rules::velocity::VelocityRule;
 use super::rules::{Check, Polarity, RailFilter};
+use crate::intent::Rail;
 
 /// A rule's place in evaluation order: (policy index, rule index), compared as a pair.
 pub(crate) type Pos = (u32, u32);
@@ -49,6 +54,45 @@ pub(crate) struct Plan {
     pub others: Box<[Entry<()>]>,
     /// The rules that read the ledger, in evaluation order.
     pub stateful: Box<[Entry<Stateful>]>,
+    /// The amount caps and list rules folded, per rail ([`rail_slot`]).
+    pub folded: [Folded; 4],
+}
+
+/// The stateless amount caps and list rules that cover one rail, folded: what a payment whose
+/// actor every policy applies to is screened against.
+#[derive(Debug, Clone)]
+pub(crate) struct Folded {
+    /// The payment amounts (micro-units, inclusive) no cap is broken by; `None` when some cap
+    /// does not fold into a range (see [`AmountRule::unbroken`]).
+    pub amounts: Option<(i128, i128)>,
+    /// The list rules.
+    pub lists: ListFold,
+}
+
+impl Default for Folded {
+    fn default() -> Self {
+        Folded { amounts: Some((i128::MIN, i128::MAX)), lists: ListFold::default() }
+    }
+}
+
+/// A rail's slot in [`Plan::folded`]: the rails a [`RailFilter`] tells apart.
+pub(crate) fn rail_slot(rail: &Rail) -> usize {
+    match rail {
+        Rail::X402 { .. } => 1,
+        Rail::Mpp { .. } => 2,
+        Rail::Card { .. } => 3,
+        Rail::Transfer { .. } | Rail::Request { .. } => 0,
+    }
+}
+
+/// The slots of the rails `rails` covers.
+fn slots(rails: RailFilter) -> &'static [usize] {
+    match rails {
+        RailFilter::All => &[0, 1, 2, 3],
+        RailFilter::X402 => &[1],
+        RailFilter::Mpp => &[2],
+        RailFilter::Card => &[3],
+    }
 }
 
 impl Plan {
@@ -73,7 +117,22 @@ impl Plan {
                 }
             }
         }
-        Plan { amounts: amounts.into(), lists: lists.into(), others: others.into(), stateful: stateful.into() }
+        let mut folded: [Folded; 4] = Default::default();
+        for e in &amounts {
+            for &slot in slots(e.rails) {
+                let f = &mut folded[slot];
+                f.amounts = match (f.amounts, e.test.unbroken(e.polarity)) {
+                    (Some((lo, hi)), Some((low, high))) => Some((lo.max(low), hi.min(high))),
+                    _ => None,
+                };
+            }
+        }
+        for e in &lists {
+            for &slot in slots(e.rails) {
+                folded[slot].lists.add(&e.test, e.polarity);
+            }
+        }
+        Plan { amounts: amounts.into(), lists: lists.into(), others: others.into(), stateful: stateful.into(), folded }
     }
 
     /// Whether every entry points at a rule of its own family in `policies` (a debug check:

@@ -82,6 +82,22 @@ impl AmountRule {
         self.measured(s).map(|x| self.limit.holds(x, self.cmp))
     }
 
+    /// The payment amounts (micro-units, inclusive) this cap is not broken by, under
+    /// `polarity`; `None` when that is not one range (an `=` or `!=` cap, or a cap on a deposit,
+    /// which a payment may not have).
+    pub(crate) fn unbroken(&self, polarity: Polarity) -> Option<(i128, i128)> {
+        if self.measure != Measure::Amount {
+            return None;
+        }
+        let (lo, hi) = self.limit.holding(self.cmp)?;
+        Some(match polarity {
+            Polarity::BrokenUnlessHolds => (lo, hi),
+            // The complement of a half-line.
+            Polarity::BrokenWhenHolds if lo == i128::MIN => (hi + 1, i128::MAX),
+            Polarity::BrokenWhenHolds => (i128::MIN, lo - 1),
+        })
+    }
+
     /// [`AmountRule::holds`], with what was compared.
     pub(crate) fn check(&self, s: &Subject<'_>) -> Option<Finding<Seen>> {
         let subject = self.measured(s)?;

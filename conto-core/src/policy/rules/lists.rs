@@ -192,6 +192,47 @@ impl Listed {
     }
 }
 
+/// A policy set's list rules on one rail, folded into bit masks (bits as in [`Listed`]): the
+/// rules a payment breaks when its value is listed, and those it breaks when it is not. A
+/// missing field is an unlisted one, but for counterparty rules, which a payment without a
+/// recipient (a card's) breaks none of.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListFold {
+    if_listed: SmallVec<[u64; 4]>,
+    unless_listed: SmallVec<[u64; 4]>,
+    counterparty_unless_listed: SmallVec<[u64; 4]>,
+}
+
+impl ListFold {
+    /// Folds in `rule`, broken under `polarity`.
+    pub(crate) fn add(&mut self, rule: &ListCheck, polarity: Polarity) {
+        // Listed, the rule holds iff it lists (`in_list`); unlisted, the opposite.
+        let masks = match (polarity.broken(rule.in_list), rule.field) {
+            (true, _) => &mut self.if_listed,
+            (false, Field::Counterparty) => &mut self.counterparty_unless_listed,
+            (false, _) => &mut self.unless_listed,
+        };
+        let word = rule.bit as usize / 64;
+        if masks.len() <= word {
+            masks.resize(word + 1, 0);
+        }
+        masks[word] |= 1 << (rule.bit % 64);
+    }
+}
+
+impl Listed {
+    /// Whether the payment breaks any rule folded into `fold`.
+    pub(crate) fn breaks(&self, fold: &ListFold) -> bool {
+        let word = |i: usize| self.bits.get(i).copied().unwrap_or(0);
+        let any = |masks: &[u64], listed: bool| {
+            masks.iter().enumerate().any(|(i, mask)| (if listed { word(i) } else { !word(i) }) & mask != 0)
+        };
+        any(&fold.if_listed, true)
+            || any(&fold.unless_listed, false)
+            || (self.has(Field::Counterparty) && any(&fold.counterparty_unless_listed, false))
+    }
+}
+
 /// `value.trim()`, without the Unicode scan when it plainly starts and ends with a character
 /// that is not whitespace (a category like `API_PROVIDER`).
 fn trimmed(value: &str) -> &str {
