@@ -242,6 +242,9 @@ impl<'p> Screened<'p> {
     /// the ledger's lock), in order, and concludes.
     pub fn finish(mut self, ledger: &mut impl Reads, now: Timestamp) -> Evaluation {
         self.subject.now = now;
+        if let Some(pass) = self.folded_pass(ledger) {
+            return pass;
+        }
         let mut tally = Tally::default();
         let mut windows: Vec<VelocityKey> = Vec::new();
         let mut approvals = std::mem::take(&mut self.approvals);
@@ -289,6 +292,36 @@ impl<'p> Screened<'p> {
             approvals.sort_by_key(|(pos, _)| *pos);
             Evaluation::NeedsApproval(approvals.into_iter().map(|(_, reason)| reason).collect())
         }
+    }
+}
+
+impl Screened<'_> {
+    /// When every policy applies and no stateless rule denied: the rail's folded spend rules
+    /// (each counter read once, checked against one range) and its velocity rules, in order.
+    /// `None` when they do not fold or one is broken: the rules are then judged one by one,
+    /// with their words (reading a counter again changes nothing).
+    fn folded_pass(&mut self, ledger: &mut impl Reads) -> Option<Evaluation> {
+        if !self.all_apply || self.denied.is_some() {
+            return None;
+        }
+        let folded = &self.policies.plan.folded[rail_slot(&self.subject.intent.rail)];
+        let (mut tally, mut windows) = (Tally::default(), Vec::new());
+        if !folded.spend.as_ref()?.holds(&self.subject, ledger, &mut tally) {
+            return None;
+        }
+        for (rule, polarity) in &folded.velocity {
+            if polarity.broken(rule.check(&self.subject, ledger, &mut windows).holds) {
+                return None;
+            }
+        }
+        Some(if self.approvals.is_empty() {
+            let daily = tally.daily();
+            Evaluation::Pass { holds: tally.into_holds(), windows, daily }
+        } else {
+            let mut approvals = std::mem::take(&mut self.approvals);
+            approvals.sort_by_key(|(pos, _)| *pos);
+            Evaluation::NeedsApproval(approvals.into_iter().map(|(_, reason)| reason).collect())
+        })
     }
 }
 

@@ -10,11 +10,13 @@
 //!   broken by as one range, the list rules as bit masks. The screen then asks the range and
 //!   the masks, not each rule.
 //! - The stateful rules (period spend, velocity) are judged in priority order, under the
-//!   agent's ledger lock, from their own array.
+//!   agent's ledger lock, from their own array; when every policy applies and no stateless
+//!   rule denied, a rail's spend rules are folded too, one range per counter, and judged one
+//!   by one only if a counter breaks its range.
 
 use super::Policy;
 use super::rules::amount::AmountRule;
-use super::rules::cumulative::CumulativeRule;
+use super::rules::cumulative::{CumulativeRule, SpendFold};
 use super::rules::lists::{ListCheck, ListFold};
 use super::rules::velocity::VelocityRule;
 use super::rules::{Check, Polarity, RailFilter};
@@ -67,11 +69,20 @@ pub(crate) struct Folded {
     pub amounts: Option<(i128, i128)>,
     /// The list rules.
     pub lists: ListFold,
+    /// The spend rules; `None` when one does not fold (see [`SpendFold::add`]).
+    pub spend: Option<SpendFold>,
+    /// The velocity rules, in evaluation order.
+    pub velocity: Vec<(VelocityRule, Polarity)>,
 }
 
 impl Default for Folded {
     fn default() -> Self {
-        Folded { amounts: Some((i128::MIN, i128::MAX)), lists: ListFold::default() }
+        Folded {
+            amounts: Some((i128::MIN, i128::MAX)),
+            lists: ListFold::default(),
+            spend: Some(SpendFold::default()),
+            velocity: Vec::new(),
+        }
     }
 }
 
@@ -130,6 +141,19 @@ impl Plan {
         for e in &lists {
             for &slot in slots(e.rails) {
                 folded[slot].lists.add(&e.test, e.polarity);
+            }
+        }
+        for e in &stateful {
+            for &slot in slots(e.rails) {
+                let f = &mut folded[slot];
+                match &e.test {
+                    Stateful::Spend(c) => {
+                        if f.spend.as_mut().is_some_and(|spend| !spend.add(c, e.polarity)) {
+                            f.spend = None;
+                        }
+                    }
+                    Stateful::Velocity(v) => f.velocity.push((v.clone(), e.polarity)),
+                }
             }
         }
         Plan { amounts: amounts.into(), lists: lists.into(), others: others.into(), stateful: stateful.into(), folded }

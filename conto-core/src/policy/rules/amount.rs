@@ -89,13 +89,7 @@ impl AmountRule {
         if self.measure != Measure::Amount {
             return None;
         }
-        let (lo, hi) = self.limit.holding(self.cmp)?;
-        Some(match polarity {
-            Polarity::BrokenUnlessHolds => (lo, hi),
-            // The complement of a half-line.
-            Polarity::BrokenWhenHolds if lo == i128::MIN => (hi + 1, i128::MAX),
-            Polarity::BrokenWhenHolds => (i128::MIN, lo - 1),
-        })
+        polarity.unbroken(self.limit.holding(self.cmp))
     }
 
     /// [`AmountRule::holds`], with what was compared.

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use rust_decimal::Decimal;
 use smallvec::SmallVec;
 
-use super::{Check, Cmp, Cumulative, Explain, Finding, Period, RailFilter, Scope, Spec, Subject};
+use super::{Check, Cmp, Cumulative, Explain, Finding, Period, Polarity, RailFilter, Scope, Spec, Subject};
 use crate::decision::ViolationType as V;
 use crate::engine::evaluate::Reads;
 use crate::engine::ledger::{CounterKey, Held};
@@ -149,6 +149,57 @@ impl Tally {
     /// The tightest `DAILY_LIMIT`: spend after this payment, and the limit.
     pub fn daily(&self) -> Option<(Decimal, Decimal)> {
         self.daily.map(|(projected, limit)| (projected.to_decimal(), limit.exact))
+    }
+}
+
+/// A rail's spend rules folded, for a payment whose actor every policy applies to: each
+/// counter once, in the order a decision first reads it, with the projected spends
+/// (micro-units, inclusive) none of its rules is broken by, and the tightest `DAILY_LIMIT`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpendFold {
+    counters: Vec<(CumulativeRule, (i128, i128))>,
+    /// The counter (by its place in `counters`) and limit [`Tally::daily`] reports.
+    daily: Option<(usize, Bound)>,
+}
+
+impl SpendFold {
+    /// Folds in `rule`, broken under `polarity`; `false` when it does not fold into a range
+    /// (an `=` or `!=` limit).
+    pub(crate) fn add(&mut self, rule: &CumulativeRule, polarity: Polarity) -> bool {
+        let Some(range) = polarity.unbroken(rule.limit.holding(rule.cmp)) else { return false };
+        let at = match self.counters.iter().position(|(c, _)| c.counter.slot == rule.counter.slot) {
+            Some(at) => {
+                let (lo, hi) = self.counters[at].1;
+                self.counters[at].1 = (lo.max(range.0), hi.min(range.1));
+                at
+            }
+            None => {
+                self.counters.push((rule.clone(), range));
+                self.counters.len() - 1
+            }
+        };
+        // As `CumulativeRule::holds` keeps it: the first of the lowest daily limits.
+        if rule.daily && self.daily.is_none_or(|(_, l)| rule.limit.is_below(&l)) {
+            self.daily = Some((at, rule.limit));
+        }
+        true
+    }
+
+    /// Reads each counter once into `tally`, as the rules one by one would; whether none of
+    /// them is broken.
+    pub(crate) fn holds(&self, s: &Subject<'_>, ledger: &mut impl Reads, tally: &mut Tally) -> bool {
+        let mut daily = None;
+        for (at, (rule, (lo, hi))) in self.counters.iter().enumerate() {
+            let projected = rule.used(s, ledger, tally) + s.amount;
+            if !(*lo..=*hi).contains(&i128::from(projected.0)) {
+                return false;
+            }
+            if let Some((_, limit)) = self.daily.filter(|(d, _)| *d == at) {
+                daily = Some((projected, limit));
+            }
+        }
+        tally.daily = daily;
+        true
     }
 }
 

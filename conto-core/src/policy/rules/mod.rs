@@ -350,6 +350,17 @@ impl Polarity {
             Polarity::BrokenWhenHolds => holds,
         }
     }
+
+    /// The values a rule is not broken by, from the range its condition holds on
+    /// ([`Bound::holding`](crate::micros::Bound::holding)): that half-line, or its complement.
+    pub(crate) fn unbroken(self, holding: Option<(i128, i128)>) -> Option<(i128, i128)> {
+        let (lo, hi) = holding?;
+        Some(match self {
+            Polarity::BrokenUnlessHolds => (lo, hi),
+            Polarity::BrokenWhenHolds if lo == i128::MIN => (hi + 1, i128::MAX),
+            Polarity::BrokenWhenHolds => (i128::MIN, lo - 1),
+        })
+    }
 }
 
 /// What a broken rule leads to.
