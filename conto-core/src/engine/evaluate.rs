@@ -4,8 +4,10 @@
 //! priority order gives: the first broken rule denies, approval reasons keep their order.
 //!
 //! Both phases read the policy set's [`Plan`](crate::policy::plan::Plan). The screen first asks
-//! its flat arrays, family by family, whether any applicable stateless rule is broken; only a
-//! payment that breaks one is walked in priority order. A rule is judged first on whether it
+//! whether any applicable stateless rule is broken: of the rail's folded caps and lists when
+//! every policy applies to the actor, else of its flat arrays family by family; only a payment
+//! that breaks one is walked in priority order. The stateful phase likewise checks the rail's
+//! folded spend rules first, one range per counter, and judges rule by rule only on a break. A rule is judged first on whether it
 //! holds; what it measured, and its words, are made only when it is broken. The test
 //! `the_plan_answers_as_one_ordered_pass` holds the result to one ordered pass.
 
