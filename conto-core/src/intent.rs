@@ -63,9 +63,7 @@ impl Address {
     /// [`Address::parse`] of text the caller already owns: an EVM address is lower-cased in
     /// place, so a valid address costs no allocation.
     pub(crate) fn parse_owned(mut s: String) -> Result<Self, IntentError> {
-        let evm = s.len() == 42
-            && (s.starts_with("0x") || s.starts_with("0X"))
-            && s.as_bytes()[2..].iter().all(u8::is_ascii_hexdigit);
+        let evm = s.len() == 42 && (s.starts_with("0x") || s.starts_with("0X")) && all_hex_digits(&s.as_bytes()[2..]);
         if evm {
             s.make_ascii_lowercase();
             return Ok(Self(s));
@@ -87,6 +85,18 @@ impl Address {
     pub fn is_evm(&self) -> bool {
         self.0.starts_with("0x")
     }
+}
+
+/// Whether every byte is an ASCII hex digit (either case), checked eight bytes at a time.
+fn all_hex_digits(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x80 * ONES;
+    // Each byte of `x` below 0x80 (no carry between bytes): its high bit set where `lo <= b <= hi`.
+    let within = |x: u64, lo: u8, hi: u8| (x + ONES * u64::from(0x80 - lo)) & !(x + ONES * u64::from(0x7f - hi)) & HIGH;
+    let word = |x: u64| x & HIGH == 0 && (within(x, b'0', b'9') | within(x | (ONES * 0x20), b'a', b'f')) == HIGH;
+    let mut words = bytes.chunks_exact(8);
+    words.all(|w| w.try_into().is_ok_and(|w| word(u64::from_le_bytes(w))))
+        && words.remainder().iter().all(u8::is_ascii_hexdigit)
 }
 
 impl FromStr for Address {
@@ -565,6 +575,23 @@ mod tests {
         assert!(Address::parse("7EcDhSYGxXyscszYEp35KHN8vvw3svAuLKTzXwCFLtV").is_ok());
         assert!(Address::parse("0OIl0000000000000000000000000000000").is_err());
         assert!(Address::parse("").is_err());
+    }
+
+    proptest::proptest! {
+        /// The eight-at-a-time check says what a byte-by-byte one says: hex digits of either
+        /// case, with at most one byte of any value in any place.
+        #[test]
+        fn hex_digits_are_checked_as_byte_by_byte(
+            digits in proptest::collection::vec(proptest::sample::select(b"0123456789abcdefABCDEF".to_vec()), 0..48),
+            odd in proptest::option::of((proptest::num::usize::ANY, proptest::num::u8::ANY)),
+        ) {
+            let mut bytes = digits;
+            if let Some((at, byte)) = odd.filter(|_| !bytes.is_empty()) {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            proptest::prop_assert_eq!(all_hex_digits(&bytes), bytes.iter().all(u8::is_ascii_hexdigit));
+        }
     }
 
     #[test]

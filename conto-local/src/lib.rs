@@ -47,8 +47,9 @@
 //!   A preloaded policy file keeps the file format's meaning: no `agentIds` = every agent.
 //! - Bodies are Conto's wire types (`conto-wire`): unknown fields are ignored, a field of the
 //!   wrong type is a `400` that names its JSON path (`payments[1].amount`).
-//! - Every answer carries `Server-Timing: app;dur=<milliseconds>`: the time conto-local spent
-//!   on the request, so a client can tell the server's share of a round trip from the network's.
+//! - Every successful answer carries `Server-Timing: app;dur=<milliseconds>`: the handler's
+//!   time (the request body read included), so a client can tell the server's share of a round
+//!   trip from the network's. Refusals and errors carry none.
 
 mod org;
 mod sdk;
@@ -378,14 +379,18 @@ fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Adds `Server-Timing: app;dur=<milliseconds>` to every answer: the time conto-local spent
-/// on the request, from routing to a serialized body. A client (or the remote benchmark) can
-/// then tell the server's share of a round trip from the network's and its own.
+/// Adds `Server-Timing: app;dur=<milliseconds>` to every successful answer: the handler's time,
+/// from routing (the request body read included) to a serialized answer. A client (or the
+/// remote benchmark) can then tell the server's share of a round trip from the network's and
+/// its own. Refusals (401, 403, 429 and the other errors) carry none: a caller that is not
+/// let in learns nothing finer than its own clock tells it.
 async fn server_timing(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let start = std::time::Instant::now();
     let mut resp = next.run(req).await;
     let micros = start.elapsed().as_micros();
-    if let Ok(v) = HeaderValue::from_str(&format!("app;dur={}.{:03}", micros / 1000, micros % 1000)) {
+    if resp.status().is_success()
+        && let Ok(v) = HeaderValue::from_str(&format!("app;dur={}.{:03}", micros / 1000, micros % 1000))
+    {
         resp.headers_mut().insert("server-timing", v);
     }
     resp

@@ -7,9 +7,10 @@
 //! whether any applicable stateless rule is broken: of the rail's folded caps and lists when
 //! every policy applies to the actor, else of its flat arrays family by family; only a payment
 //! that breaks one is walked in priority order. The stateful phase likewise checks the rail's
-//! folded spend rules first, one range per counter, and judges rule by rule only on a break. A rule is judged first on whether it
-//! holds; what it measured, and its words, are made only when it is broken. The test
-//! `the_plan_answers_as_one_ordered_pass` holds the result to one ordered pass.
+//! folded spend rules first, one range per counter, and judges rule by rule only on a break.
+//! A rule is judged first on whether it holds; what it measured, and its words, are made only
+//! when it is broken. The test `the_plan_answers_as_one_ordered_pass` holds the result to one
+//! ordered pass.
 
 use jiff::Timestamp;
 use rust_decimal::Decimal;
@@ -97,8 +98,8 @@ fn judge<D: Explain>(
 }
 
 /// The first phase of a decision, which needs no ledger: the stateless rules (amounts, lists,
-/// times, blackouts) screened family by family, and walked in priority order, with words,
-/// only when one is broken. The stateful ones (period spend, velocity) that
+/// times, blackouts) screened (folded, or family by family), and walked in priority order,
+/// with words, only when one is broken. The stateful ones (period spend, velocity) that
 /// come before the first stateless denial are left to [`Screened::finish`], which the engine
 /// runs under the agent's ledger lock (with the sweep, the journal write and the reservation).
 pub(crate) struct Screened<'p> {
@@ -155,8 +156,9 @@ impl<'p> Screened<'p> {
         self.applies.get(p / 64).is_some_and(|bits| (bits >> (p % 64)) & 1 == 1)
     }
 
-    /// Whether any applicable stateless rule is broken, family by family (the plan's flat
-    /// arrays; no words, no order).
+    /// Whether any applicable stateless rule is broken: the rail's folded caps and lists when
+    /// every policy applies, else family by family from the plan's flat arrays (no words, no
+    /// order).
     fn any_stateless_broken(&self) -> bool {
         let (plan, s) = (&self.policies.plan, &self.subject);
         let broken = |polarity: Polarity, holds: Option<bool>| holds.is_some_and(|h| polarity.broken(h));
@@ -286,14 +288,19 @@ impl<'p> Screened<'p> {
         if let Some((_, denial)) = self.denied {
             return Evaluation::Denied(denial);
         }
-        if approvals.is_empty() {
-            let daily = tally.daily();
-            Evaluation::Pass { holds: tally.into_holds(), windows, daily }
-        } else {
-            // In priority order, as if judged in one pass (positions are unique).
-            approvals.sort_by_key(|(pos, _)| *pos);
-            Evaluation::NeedsApproval(approvals.into_iter().map(|(_, reason)| reason).collect())
-        }
+        concluded(tally, windows, approvals)
+    }
+}
+
+/// What no denial leaves: a pass on the counters and windows read, or the requests for a
+/// human in priority order, as if judged in one pass (positions are unique).
+fn concluded(tally: Tally, windows: Vec<VelocityKey>, mut approvals: Vec<Asked>) -> Evaluation {
+    if approvals.is_empty() {
+        let daily = tally.daily();
+        Evaluation::Pass { holds: tally.into_holds(), windows, daily }
+    } else {
+        approvals.sort_by_key(|(pos, _)| *pos);
+        Evaluation::NeedsApproval(approvals.into_iter().map(|(_, reason)| reason).collect())
     }
 }
 
@@ -316,13 +323,12 @@ impl Screened<'_> {
                 return None;
             }
         }
+        // The common pass is built here: moving the (large) tally into `concluded` copies it.
         Some(if self.approvals.is_empty() {
             let daily = tally.daily();
             Evaluation::Pass { holds: tally.into_holds(), windows, daily }
         } else {
-            let mut approvals = std::mem::take(&mut self.approvals);
-            approvals.sort_by_key(|(pos, _)| *pos);
-            Evaluation::NeedsApproval(approvals.into_iter().map(|(_, reason)| reason).collect())
+            concluded(tally, windows, std::mem::take(&mut self.approvals))
         })
     }
 }
@@ -480,7 +486,19 @@ mod tests {
             21 => ("ALLOWED_COUNTERPARTIES", "NOT_IN_LIST", format!(r#"["{OTHER}"]"#), "ALLOW"),
             22 => ("CARD_ALLOWED_MERCHANTS", "IN_LIST", r#"["Acme"]"#.to_owned(), "ALLOW"),
             23 => ("MAX_AMOUNT", "LTE", "0.000001".to_owned(), "ALLOW"),
-            _ => ("MPP_MAX_PER_REQUEST", "LTE", limit.to_owned(), "ALLOW"),
+            24 => ("MPP_MAX_PER_REQUEST", "LTE", limit.to_owned(), "ALLOW"),
+            // Spend limits of every comparison (`=` and `!=` do not fold) and on other counters.
+            25 => ("DAILY_LIMIT", "LT", limit.to_owned(), "ALLOW"),
+            26 => ("MONTHLY_LIMIT", "GT", limit.to_owned(), "DENY"),
+            27 => ("DAILY_LIMIT", "GTE", limit.to_owned(), "REQUIRE_APPROVAL"),
+            28 => ("WEEKLY_LIMIT", "EQ", limit.to_owned(), "DENY"),
+            29 => ("DAILY_LIMIT", "NE", limit.to_owned(), "ALLOW"),
+            30 => ("X402_MAX_PER_SERVICE", "LTE", limit.to_owned(), "ALLOW"),
+            31 => ("MPP_MAX_PER_SERVICE", "LTE", limit.to_owned(), "ALLOW"),
+            // Denied when the comparison holds, below a limit.
+            32 => ("MAX_AMOUNT", "LTE", limit.to_owned(), "DENY"),
+            33 => ("DAILY_LIMIT", "LT", limit.to_owned(), "DENY"),
+            _ => ("VELOCITY_LIMIT", "LTE", r#"{"maxCount":2,"period":"DAY"}"#.to_owned(), "ALLOW"),
         };
         json!({"ruleType": rule_type, "operator": operator, "value": value, "action": action})
     }
@@ -493,7 +511,7 @@ mod tests {
         everyone: bool,
     ) -> impl Strategy<Value = PolicySet> {
         let limit = prop_oneof![Just("1"), Just("10"), Just("100"), Just("4.9999995")];
-        let rules = prop::collection::vec((0usize..25, limit), rules);
+        let rules = prop::collection::vec((0usize..35, limit), rules);
         let assigned = if everyone {
             Just(None).boxed()
         } else {
@@ -518,6 +536,21 @@ mod tests {
         })
     }
 
+    /// An MPP session payment with a deposit of 5.
+    fn mpp_with_deposit() -> Rail {
+        match Rail::mpp("https://api.example.com/v1").unwrap() {
+            Rail::Mpp { resource_url, service_domain, session_id, intent, method, .. } => Rail::Mpp {
+                resource_url,
+                service_domain,
+                session_id,
+                intent,
+                deposit: Some("5".parse().unwrap()),
+                method,
+            },
+            _ => unreachable!("an MPP rail"),
+        }
+    }
+
     fn intent() -> impl Strategy<Value = PaymentIntent> {
         let amount = prop_oneof![Just("0.5"), Just("5"), Just("50"), Just("1"), Just("10"), Just("0.000001")];
         let category = prop_oneof![Just(None), Just(Some("API_PROVIDER")), Just(Some("cloud")), Just(Some("food"))];
@@ -527,7 +560,9 @@ mod tests {
             Just(Rail::x402("https://api.example.com/v1").unwrap()),
             Just(Rail::x402("https://other.io/").unwrap()),
             Just(Rail::mpp("https://api.example.com/v1").unwrap()),
+            Just(mpp_with_deposit()),
             Just(Rail::card("Acme").unwrap()),
+            Just(Rail::request(None)),
         ];
         (amount, category, recipient, rail).prop_map(|(amount, category, recipient, rail)| {
             // Only a card payment may have no recipient.
@@ -541,6 +576,54 @@ mod tests {
             }
             b.build().unwrap()
         })
+    }
+
+    /// On a limit and one micro-unit either side of it, every cap and spend limit, of every
+    /// comparison and action, is judged folded as one by one: the same answer, and the same
+    /// "broken" from the screen.
+    #[test]
+    fn folded_limits_answer_as_each_rule_on_and_around_the_limit() {
+        let now: Timestamp = "2026-03-04T09:00:00Z".parse().unwrap();
+        let kinds = [0, 1, 2, 6, 7, 9, 13, 14, 15, 16, 17, 25, 26, 27, 28, 29, 32, 33];
+        for kind in kinds {
+            let doc = json!([{"name": "p", "priority": 0, "isActive": true, "rules": [rule(kind, "10")]}]);
+            let policies = PolicySet::from_value(doc).unwrap();
+            for amount in ["9.999999", "10", "10.000001"] {
+                let payment = PaymentIntent::builder("agent-1", amount, Rail::transfer(8453, FROM).unwrap())
+                    .recipient(TO)
+                    .build()
+                    .unwrap();
+                let plan = evaluate(&policies, &payment, &mut AgentLedger::default(), now, false);
+                let pass = one_pass(&policies, &payment, &mut AgentLedger::default(), now, false);
+                assert_eq!(said(&plan), said(&pass), "rule {kind}, amount {amount}");
+                let mut screened = super::screen(&policies, &payment, now, false);
+                let folded = screened.any_stateless_broken();
+                screened.all_apply = false;
+                assert_eq!(folded, screened.any_stateless_broken(), "rule {kind}, amount {amount}");
+            }
+        }
+    }
+
+    /// With every policy applying, a payment that breaks nothing is concluded by the folded
+    /// rules (no rule judged one by one), and a set with an `=` spend limit is not folded.
+    #[test]
+    fn the_folded_rules_conclude_a_payment_that_breaks_nothing() {
+        let now: Timestamp = "2026-03-04T09:00:00Z".parse().unwrap();
+        let payment = PaymentIntent::builder("agent-1", "5", Rail::transfer(8453, FROM).unwrap())
+            .recipient(TO)
+            .category("API_PROVIDER")
+            .build()
+            .unwrap();
+        let rules = |kinds: &[usize]| {
+            let rules: Vec<Value> = kinds.iter().map(|k| rule(*k, "100")).collect();
+            PolicySet::from_value(json!([{"name": "p", "priority": 0, "isActive": true, "rules": rules}])).unwrap()
+        };
+        let folded = rules(&[0, 3, 5, 6, 11]);
+        let mut screened = super::screen(&folded, &payment, now, false);
+        assert!(matches!(screened.folded_pass(&mut AgentLedger::default()), Some(Evaluation::Pass { .. })));
+        let unfolded = rules(&[0, 6, 28]);
+        let mut screened = super::screen(&unfolded, &payment, now, false);
+        assert!(screened.folded_pass(&mut AgentLedger::default()).is_none());
     }
 
     /// A card payment without a recipient breaks no counterparty rule, allowlist or blocklist,

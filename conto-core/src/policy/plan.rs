@@ -56,12 +56,13 @@ pub(crate) struct Plan {
     pub others: Box<[Entry<()>]>,
     /// The rules that read the ledger, in evaluation order.
     pub stateful: Box<[Entry<Stateful>]>,
-    /// The amount caps and list rules folded, per rail ([`rail_slot`]).
+    /// The rules folded for a payment whose actor every policy applies to, per rail
+    /// ([`rail_slot`]).
     pub folded: [Folded; 4],
 }
 
-/// The stateless amount caps and list rules that cover one rail, folded: what a payment whose
-/// actor every policy applies to is screened against.
+/// The rules that cover one rail, folded: what a payment whose actor every policy applies to
+/// is checked against before (and, when nothing breaks, instead of) its rules one by one.
 #[derive(Debug, Clone)]
 pub(crate) struct Folded {
     /// The payment amounts (micro-units, inclusive) no cap is broken by; `None` when some cap
@@ -169,5 +170,29 @@ impl Plan {
             && self.lists.iter().all(|e| matches!(rule(e.at), Some(Check::List(c)) if c.check.bit() == e.test.bit()))
             && self.others.iter().all(|e| matches!(rule(e.at), Some(Check::Time(_) | Check::Blackout(_))))
             && self.stateful.iter().all(|e| matches!(rule(e.at), Some(Check::Cumulative(_) | Check::Velocity(_))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{rail_slot, slots};
+    use crate::intent::Rail;
+    use crate::policy::rules::RailFilter;
+
+    /// A filter's slots are exactly the slots of the rails it matches.
+    #[test]
+    fn slots_are_the_rails_a_filter_matches() {
+        let rails = [
+            Rail::transfer(8453, "0x2222222222222222222222222222222222222222").unwrap(),
+            Rail::x402("https://api.example.com/").unwrap(),
+            Rail::mpp("https://api.example.com/").unwrap(),
+            Rail::card("Acme").unwrap(),
+            Rail::request(None),
+        ];
+        for filter in [RailFilter::All, RailFilter::X402, RailFilter::Mpp, RailFilter::Card] {
+            for rail in &rails {
+                assert_eq!(slots(filter).contains(&rail_slot(rail)), filter.matches(rail), "{filter:?} {rail:?}");
+            }
+        }
     }
 }

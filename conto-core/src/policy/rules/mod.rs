@@ -200,8 +200,8 @@ pub(crate) struct Cumulative {
     pub period: Period,
     pub tz: TimeZone,
     pub tz_name: Arc<str>,
-    /// The last period computed, shared by every decision on this policy set (through the
-    /// plan's copy of the rule, which decisions read).
+    /// The last period computed, shared by every decision on this policy set that reads this
+    /// copy of the rule (the plan's, or a rail's folded one).
     pub last_period: PeriodCache,
     /// The counter's number in its policy set (rules sharing the counter share it): within
     /// one decision, a counter's key and period follow from it.
