@@ -39,7 +39,7 @@ impl Reads for AgentLedger {
 use crate::decision::{Denial, Violation};
 use crate::intent::PaymentIntent;
 use crate::micros::Micros;
-use crate::policy::plan::{Entry, Pos, Stateful, rail_slot};
+use crate::policy::plan::{Entry, Folded, Pos, Stateful, rail_slot};
 use crate::policy::rules::cumulative::{Tally, counter_key};
 use crate::policy::rules::lists::Listed;
 use crate::policy::rules::velocity::velocity_key;
@@ -151,6 +151,11 @@ impl<'p> Screened<'p> {
         rails.matches(&self.subject.intent.rail) && (self.all_apply || self.applies_to(p as usize))
     }
 
+    /// The plan's folded rules for the payment's rail.
+    fn folded(&self) -> &'p Folded {
+        &self.policies.plan.folded[rail_slot(&self.subject.intent.rail)]
+    }
+
     /// Whether policy `p` applies to the actor.
     fn applies_to(&self, p: usize) -> bool {
         self.applies.get(p / 64).is_some_and(|bits| (bits >> (p % 64)) & 1 == 1)
@@ -167,7 +172,7 @@ impl<'p> Screened<'p> {
         let any_list = || plan.lists.iter().any(|e| self.applied(e.at, e.rails) && broken(e.polarity, e.test.holds(s)));
         let capped_or_listed = if self.all_apply {
             // Every policy applies: the rail's folded caps and lists answer for all of them.
-            let folded = &plan.folded[rail_slot(&s.intent.rail)];
+            let folded = self.folded();
             let amount = match folded.amounts {
                 Some((lo, hi)) => !(lo..=hi).contains(&i128::from(s.amount.0)),
                 None => any_amount(),
@@ -313,7 +318,7 @@ impl Screened<'_> {
         if !self.all_apply || self.denied.is_some() {
             return None;
         }
-        let folded = &self.policies.plan.folded[rail_slot(&self.subject.intent.rail)];
+        let folded = self.folded();
         let (mut tally, mut windows) = (Tally::default(), Vec::new());
         if !folded.spend.as_ref()?.holds(&self.subject, ledger, &mut tally) {
             return None;

@@ -788,11 +788,8 @@ impl Conto {
                 {
                     return (authorization, Ok(queued));
                 }
-                let authority = self.authority(via);
-                match authority.record_now(&authorization, &settlement) {
-                    Some(result) => result,
-                    None => authority.record(&authorization, &settlement).await,
-                }
+                // Not queued (no outbox, or its write failed): the authority records it.
+                self.authority(via).record(&authorization, &settlement).await
             }
         };
         self.report_record(&authorization, &settlement, &result);
