@@ -327,7 +327,8 @@ impl ContoClient {
         // 200. Both are read as decisions; any other error status is an error.
         let decision = serde_json::from_value::<DecisionBody>(answer.body.clone()).ok();
         let is_decision = decision.as_ref().is_some_and(|d| d.approved.is_some() || d.authorized.is_some())
-            || (kind == Kind::Card && decision.as_ref().is_some_and(|d| d.request_id.is_some()));
+            || (kind == Kind::Card && decision.as_ref().is_some_and(|d| d.request_id.is_some()))
+            || (kind == Kind::Request && decision.as_ref().is_some_and(|d| d.status.is_some()));
         match answer.status {
             200..=202 => {}
             403 | 400 if is_decision => {}
@@ -368,6 +369,16 @@ impl ContoClient {
         intent: &PaymentIntent,
         pending: &PendingApproval,
     ) -> Result<Option<Decision>, AuthorityError> {
+        if pending.approval_request_id.is_empty() {
+            // Conto held the payment for a human but named no request to follow: it cannot be
+            // seen approved from here, so it is declined (fail closed), saying why.
+            return Ok(Some(Decision::from_policy(Verdict::Denied(Denial {
+                reasons: vec![
+                    "the payment needs a human's approval and Conto named no approval request to follow".into(),
+                ],
+                violations: vec![],
+            }))));
+        }
         let answer = self
             .call(reqwest::Method::GET, "approval-requests?type=payment&limit=100", None, self.inner.authorize_timeout)
             .await?;
@@ -376,7 +387,11 @@ impl ContoClient {
         }
         let list: ApprovalRequests = serde_json::from_value(answer.body)
             .map_err(|e| AuthorityError::invalid_response(format!("malformed approval requests: {e}")))?;
-        let Some(entry) = list.all().find(|r| r.approval_request_id == pending.approval_request_id) else {
+        // A payment request's pending approval may be known by the payment request's id.
+        let id = pending.approval_request_id.as_str();
+        let Some(entry) =
+            list.all().find(|r| r.approval_request_id == id || r.payment_request_id.as_deref() == Some(id))
+        else {
             return Err(LedgerError::UnknownApprovalRequest(pending.approval_request_id.clone()).into());
         };
         let intent = Arc::new(intent.clone());
@@ -391,7 +406,8 @@ impl ContoClient {
                     approval_id: entry.approval_id.clone(),
                     approval_token: entry.approval_token.clone(),
                     authorization_id: entry.authorization_id.clone(),
-                    request_id: entry.request_id.clone(),
+                    // The payment request approved is the one the entry names.
+                    request_id: entry.request_id.clone().or_else(|| entry.payment_request_id.clone()),
                     expires_at: entry.approval_expires_at.clone().or_else(|| entry.expires_at.clone()),
                     amount: entry.amount,
                     recipient_address: entry.recipient_address.clone(),

@@ -110,8 +110,19 @@ pub async fn sync_policies(
             }
             Some(have) if have.essence() == want.essence() => report.unchanged += 1,
             Some(have) => {
+                // Conto's policy API: PATCH changes the policy's own fields, PUT `…/rules`
+                // replaces its rules; each is sent only when it differs.
                 let id = have.id.as_deref().unwrap_or_default();
-                org.call(reqwest::Method::PATCH, &format!("/api/policies/{id}"), Some(want)).await?;
+                let (have, wanted) = (have.essence(), want.essence());
+                let fields_of = |p: &Policy| Policy { rules: None, ..p.clone() };
+                if fields_of(&have) != fields_of(&wanted) {
+                    let fields = Policy { rules: None, ..want.clone() };
+                    org.call(reqwest::Method::PATCH, &format!("/api/policies/{id}"), Some(&fields)).await?;
+                }
+                if have.rules != wanted.rules {
+                    let rules = serde_json::json!({ "rules": want.rules.clone().unwrap_or_default() });
+                    org.call(reqwest::Method::PUT, &format!("/api/policies/{id}/rules"), Some(&rules)).await?;
+                }
                 report.updated += 1;
             }
         }

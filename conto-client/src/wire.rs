@@ -70,10 +70,16 @@ fn check_echo(body: &DecisionBody, intent: &PaymentIntent) -> Result<(), Authori
     Ok(())
 }
 
+/// A decision that waits for a human. Its id is the `approvalRequestId`, or (Conto sends it only
+/// when an approval workflow matches) the `approvalId` or the payment request's `requestId`.
+/// With none of them it is still a requires-approval answer, never an unreadable one: an
+/// unreadable answer would be an outage, which a stand-in may decide on. A pending approval
+/// without an id cannot be followed; [`crate::ContoClient::approval_request`] answers it as
+/// declined.
 fn pending(body: &DecisionBody, now: Timestamp) -> Result<PendingApproval, AuthorityError> {
-    let id = given(&body.approval_request_id).ok_or_else(|| invalid("approval required but no `approvalRequestId`"))?;
+    let id = [&body.approval_request_id, &body.approval_id, &body.request_id].into_iter().find_map(given);
     Ok(PendingApproval {
-        approval_request_id: id.to_owned(),
+        approval_request_id: id.unwrap_or_default().to_owned(),
         expires_at: timestamp(&body.expires_at, "expiresAt")?
             .unwrap_or(now.saturating_add(IMPLICIT_TTL).unwrap_or(now)),
         reasons: body.reasons.clone(),

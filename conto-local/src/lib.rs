@@ -12,7 +12,8 @@
 //!   refused with [`LocalError::InUse`] rather than splitting every budget in two.
 //! - Decisions are answers, never errors: approved `200`; denied `200` with `approved: false`
 //!   (or `authorized: false`), `reasons`, `violations` and `message`; requires approval `202`
-//!   with `approvalRequestId`. `401` is kept for authentication and `403` for a missing scope,
+//!   with `approvalRequestId` (and, on transfers, the same id as `approvalId`, which Conto's
+//!   skill reports to the user). `401` is kept for authentication and `403` for a missing scope,
 //!   as Conto's agent skill reads them; every error, unknown routes and wrong methods included,
 //!   has a JSON body `{"error", "code", "message"}`.
 //! - x402/MPP pre-authorizations return an `authorizationId`; records that carry it settle that
@@ -30,7 +31,13 @@
 //!   (`APPROVED`, `DENIED`, `REQUIRES_APPROVAL` with `approvalRequestId`), decided on the
 //!   `request` rail (every rail-independent rule applies). `GET
 //!   /api/sdk/payments/{requestId}` follows a human's answer. `POST .../execute` is a
-//!   `422 MANAGED_WALLET_UNAVAILABLE`: conto-local holds no Conto-managed wallet.
+//!   `422 MANAGED_WALLET_UNAVAILABLE`: conto-local holds no Conto-managed wallet. For the same
+//!   reason an approved request with `autoExecute: true` is answered `APPROVED` with
+//!   `autoExecuteError` (Conto's answer when it did not execute) and no `execution`: the
+//!   approval stands, and the app settles it.
+//! - A confirm's `explorerUrl` links the transaction on the chains conto-local knows (Tempo
+//!   testnet 42431, Ethereum, Base, Base Sepolia, Optimism, Polygon, Arbitrum); it is left out
+//!   on others.
 //! - An x402/MPP record without `authorizationId` settles the oldest live pre-authorization of
 //!   the same agent, rail, resource and recipient whose amount covers it; a repeated record (by
 //!   `paymentId`, else tx hash) is a `409` that changes no counter.
@@ -396,9 +403,11 @@ async fn server_timing(req: axum::extract::Request, next: axum::middleware::Next
     resp
 }
 
-/// The `Authorization: Bearer <key>` of a request.
+/// The `Authorization: Bearer <key>` of a request (the scheme is case-insensitive, RFC 9110).
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim_start())
 }
 
 /// Checks the org key.

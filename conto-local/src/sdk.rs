@@ -352,7 +352,11 @@ fn decide(
                 ..DecisionBody::default()
             };
             match kind {
-                Kind::Transfer => body.approved = Some(false),
+                Kind::Transfer => {
+                    body.approved = Some(false);
+                    // Conto's skill tells the user the approval's id to share with an admin.
+                    body.approval_id = Some(p.approval_request_id.clone());
+                }
                 Kind::X402 | Kind::Mpp => body.authorized = Some(false),
                 Kind::Card => {}
                 Kind::Request => {
@@ -378,7 +382,12 @@ async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -
     let body = payment_body(&body)?;
     let (status, out) = once(&app, &caller, kind.authorize_path(), &headers, &body, |store| {
         let intent = intent_from(&caller.agent, &body, kind)?;
-        decide(&app, store, &intent, kind)
+        let (status, mut out) = decide(&app, store, &intent, kind)?;
+        if kind == Kind::Request && body.auto_execute == Some(true) && out.status.as_deref() == Some("APPROVED") {
+            // Conto's answer when it could not execute: the approval stands, the caller settles.
+            out.auto_execute_error = Some(NO_MANAGED_WALLET.to_owned());
+        }
+        Ok((status, out))
     })?;
     Ok(reply(&caller, status, out))
 }
@@ -446,13 +455,12 @@ async fn execute_payment(
     lock(&app.store)
         .payment_request(&id, &caller.agent)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no payment request `{id}`")))?;
-    Err(ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "MANAGED_WALLET_UNAVAILABLE",
-        "conto-local holds no Conto-managed wallet and cannot execute payments: settle it yourself \
-         (hybrid) and record it, or run against Conto",
-    ))
+    Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "MANAGED_WALLET_UNAVAILABLE", NO_MANAGED_WALLET))
 }
+
+/// Why conto-local executes no payment (`execute`, `autoExecute`).
+const NO_MANAGED_WALLET: &str = "conto-local holds no Conto-managed wallet and cannot execute payments: settle it \
+     yourself (hybrid) and record it, or run against Conto";
 
 async fn approve_card(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authorize(app, headers, body, Kind::Card).await
@@ -517,11 +525,13 @@ fn is_tx_hash(s: &str) -> bool {
     evm || ((43..=90).contains(&s.len()) && s.chars().all(|c| BASE58.contains(c)))
 }
 
-/// The block explorer's page for `tx` on the transfer's chain (`null` for chains conto-local
+/// The block explorer's page for `tx` on the transfer's chain (left out for chains conto-local
 /// does not know).
 fn explorer_url(rail: &Rail, tx: &str) -> Option<String> {
     let Rail::Transfer { chain_id, .. } = rail else { return None };
     let base = match chain_id {
+        // Tempo testnet, the chain Conto's skill defaults to (its example explorer URL).
+        42431 => "https://explore.moderato.tempo.xyz/tx/",
         1 => "https://etherscan.io/tx/",
         8453 => "https://basescan.org/tx/",
         84532 => "https://sepolia.basescan.org/tx/",

@@ -37,7 +37,8 @@ async fn stub(script: Script) -> Stub {
         let response = script(n);
         async move { response }
     };
-    let router = Router::new().route("/api/sdk/payments/approve", post(handler));
+    // Every path answers from the script: authorize calls and record calls alike.
+    let router = Router::new().fallback(handler);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -252,4 +253,106 @@ async fn a_refused_connection_is_unreachable_and_retryable() {
     let err = client(&url).authorize_intent(&transfer("agent-1", "5")).await.unwrap_err();
     assert!(matches!(err, AuthorityError::Outage(Outage::Connect(_))), "{err}");
     assert!(err.is_retryable());
+}
+
+/// A payment held for a human is a requires-approval decision even when Conto names no
+/// `approvalRequestId` (it sends one only when an approval workflow matches). Read as an
+/// unreadable answer it would be an outage, and a configured stand-in would decide the payment
+/// Conto held.
+#[tokio::test]
+async fn a_payment_held_for_a_human_without_a_request_id_is_never_decided_by_the_stand_in() {
+    let held = json!({"approved": false, "requiresHumanApproval": true, "reasons": ["Amount above 500 needs review"]});
+    let s = stub(Arc::new(move |_| (StatusCode::ACCEPTED, axum::Json(held.clone())).into_response())).await;
+    let d = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await.unwrap();
+    let Verdict::RequiresApproval(pending) = d.verdict else { panic!("{:?}", d.verdict) };
+    assert_eq!(pending.reasons, ["Amount above 500 needs review"]);
+    // Waiting on it cannot see it approved: it is declined at once, saying why.
+    let looked = client(&s.url).approval_request(&transfer("agent-1", "5"), &pending).await.unwrap();
+    assert!(matches!(looked.map(|d| d.verdict), Some(Verdict::Denied(_))));
+
+    for mode in [conto_core::ApprovalMode::Reject, conto_core::ApprovalMode::Wait(Duration::from_secs(5))] {
+        let stand_in = conto_core::Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap();
+        let mut ran = false;
+        let out = Conto::builder(client(&s.url))
+            .stand_in(stand_in.clone())
+            .approval(mode)
+            .build()
+            .run(
+                transfer("agent-1", "5"),
+                |_| {
+                    ran = true;
+                    async { Ok::<(), ()>(()) }
+                },
+                |_| Settlement::default(),
+            )
+            .await;
+        let r = out.expect_err("held for a human, never approved here");
+        assert!(!ran);
+        assert!(matches!(r.kind(), RejectionKind::ApprovalRequired(_) | RejectionKind::Denied(_)), "{mode:?}: {r:?}");
+        assert_eq!(stand_in.usage("agent-1").stats.approved, 0, "{mode:?}: the stand-in was not asked");
+    }
+}
+
+/// The id a requires-approval answer is followed by: `approvalRequestId`, else the `approvalId`
+/// Conto's skill reports to the user.
+#[tokio::test]
+async fn a_requires_approval_answer_is_known_by_its_approval_id_when_it_names_no_request() {
+    let s = stub(Arc::new(|_| {
+        (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"approved": false, "requiresHumanApproval": true, "approvalId": "apr_9"})),
+        )
+            .into_response()
+    }))
+    .await;
+    let d = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await.unwrap();
+    let Verdict::RequiresApproval(pending) = d.verdict else { panic!() };
+    assert_eq!(pending.approval_request_id, "apr_9");
+}
+
+/// Conto's docs allow a decision body on 403; a payment request's denial carries `status`.
+#[tokio::test]
+async fn a_payment_request_denied_with_403_is_a_decision_with_its_reasons() {
+    let s = stub(Arc::new(|_| {
+        (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({"requestId": "req_1", "status": "DENIED", "reasons": ["Category not allowed"]})),
+        )
+            .into_response()
+    }))
+    .await;
+    let intent = conto_core::PaymentIntent::builder("agent-1", "5", conto_core::Rail::request(None))
+        .recipient(RECIPIENT)
+        .build()
+        .unwrap();
+    let d = client(&s.url).authorize_intent(&intent).await.unwrap();
+    let Verdict::Denied(denial) = d.verdict else { panic!("{:?}", d.verdict) };
+    assert_eq!(denial.reasons, ["Category not allowed"]);
+}
+
+/// A 2xx record answer is a record unless its body says it is not: Conto does not document
+/// every record answer's shape, and a settled payment must not be reported unrecorded because
+/// the body looked unfamiliar.
+#[tokio::test]
+async fn a_record_is_taken_on_2xx_unless_the_answer_says_it_was_not() {
+    for (answer, recorded) in [
+        (json!({}), true),
+        (json!({"id": "pay_1", "status": "RECORDED"}), true),
+        (json!({"confirmed": true, "transactionId": "tx_1"}), true),
+        (json!({"confirmed": false}), false),
+        (json!({"success": false, "error": "duplicate"}), false),
+        (json!({"recorded": 0}), false),
+    ] {
+        let s = stub(Arc::new(move |n| {
+            let body = if n == 0 { approved_body(5.0, 600) } else { answer.clone() };
+            axum::Json(body).into_response()
+        }))
+        .await;
+        let c = client(&s.url);
+        let Verdict::Approved(a) = c.authorize_intent(&transfer("agent-1", "5")).await.unwrap().verdict else {
+            panic!("approved")
+        };
+        let result = c.record_settlement(&a, &Settlement::default().reference(TX)).await;
+        assert_eq!(result.is_ok(), recorded, "{result:?}");
+    }
 }

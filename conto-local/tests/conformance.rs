@@ -71,6 +71,50 @@ async fn denials_are_decisions_below_400_with_their_reasons() {
     assert!(body["approvalRequestId"].as_str().is_some());
 }
 
+/// Conto's skill tells the user "Approval ID: [approvalId]" when a transfer needs a human, and
+/// "Explorer: [explorerUrl]" once confirmed, on Tempo testnet (42431) by default.
+#[tokio::test]
+async fn the_skill_finds_the_approval_id_it_reports_and_an_explorer_link_on_its_default_chain() {
+    let (_server, sdk) = setup(None).await;
+    let transfer = |amount: u32| json!({"amount": amount, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 42431});
+    let (status, held) = sdk.post("/api/sdk/payments/approve", transfer(90)).await;
+    assert_eq!(status, 202, "{held}");
+    assert_eq!((held["approved"].as_bool(), held["requiresHumanApproval"].as_bool()), (Some(false), Some(true)));
+    let id = held["approvalId"].as_str().expect("the requires-approval answer names its approval");
+    assert_eq!(held["approvalRequestId"].as_str(), Some(id), "{held}");
+
+    let (status, approved) = sdk.post("/api/sdk/payments/approve", transfer(5)).await;
+    assert_eq!(status, 200, "{approved}");
+    let path = format!("/api/sdk/payments/{}/confirm", approved["approvalId"].as_str().unwrap());
+    let (status, receipt) = sdk.post(&path, json!({"txHash": TX, "approvalToken": approved["approvalToken"]})).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["explorerUrl"], format!("https://explore.moderato.tempo.xyz/tx/{TX}"), "{receipt}");
+}
+
+/// Conto's skill (Mode A) asks `payments/request` with `autoExecute: true` and reads either
+/// `execution` or `autoExecuteError`. conto-local executes nothing, so an approved request says
+/// why in `autoExecuteError`, and the approval stands for the app to settle.
+#[tokio::test]
+async fn auto_execute_is_answered_with_why_it_did_not_run_never_silently_dropped() {
+    let (_server, sdk) = setup(None).await;
+    let request = |amount: u32, auto: bool| {
+        json!({"amount": amount, "recipientAddress": RECIPIENT, "purpose": "api", "category": "API_PROVIDER",
+            "autoExecute": auto})
+    };
+    let (status, approved) = sdk.post("/api/sdk/payments/request", request(5, true)).await;
+    assert_eq!((status, approved["status"].as_str()), (200, Some("APPROVED")), "{approved}");
+    assert!(approved.get("execution").is_none(), "nothing was executed: {approved}");
+    let why = approved["autoExecuteError"].as_str().expect("autoExecuteError says why");
+    assert!(why.contains("cannot execute"), "{why}");
+
+    let (_, plain) = sdk.post("/api/sdk/payments/request", request(5, false)).await;
+    assert_eq!(plain["status"], "APPROVED");
+    assert!(plain.get("autoExecuteError").is_none(), "{plain}");
+    let (_, denied) = sdk.post("/api/sdk/payments/request", request(120, true)).await;
+    assert_eq!(denied["status"], "DENIED");
+    assert!(denied.get("autoExecuteError").is_none(), "a denial was never going to execute: {denied}");
+}
+
 #[tokio::test]
 async fn every_error_has_a_json_body_with_error_code_and_message() {
     let (server, sdk) = setup(None).await;
@@ -584,5 +628,21 @@ async fn a_successful_answer_says_the_time_the_server_spent_on_it() {
     ] {
         assert_eq!(refused.status().as_u16(), 401);
         assert!(refused.headers().get("server-timing").is_none(), "a refusal carries no timing");
+    }
+}
+
+/// HTTP authentication schemes are case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
+/// Anything else in the header is still no key.
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case() {
+    let (_server, sdk) = setup(None).await;
+    let budget =
+        |auth: String| sdk.http.get(format!("{}/api/sdk/x402/budget", sdk.base)).header("authorization", auth).send();
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let resp = budget(format!("{scheme} {}", sdk.key)).await.unwrap();
+        assert_eq!(resp.status(), 200, "{scheme}");
+    }
+    for wrong in [format!("Basic {}", sdk.key), sdk.key.clone(), format!("Bearer{}", sdk.key)] {
+        assert_eq!(budget(wrong.clone()).await.unwrap().status(), 401, "{wrong}");
     }
 }

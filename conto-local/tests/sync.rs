@@ -33,8 +33,14 @@ async fn sync_is_idempotent_and_the_policies_take_effect() {
 
     controls.max_per_action = Some("6".parse().unwrap());
     controls.review_above = None;
+    let writes = sync.writes();
     let third = sync_policies(&sync, &controls, "workspace-42", "agent-1").await.unwrap();
     assert_eq!((third.created, third.updated, third.deleted, third.unchanged), (0, 1, 1, 3));
+    // Only the rules changed: one `PUT …/rules` (no PATCH of the policy's fields), one DELETE.
+    assert_eq!(sync.writes() - writes, 2);
+    let writes = sync.writes();
+    let fourth = sync_policies(&sync, &controls, "workspace-42", "agent-1").await.unwrap();
+    assert_eq!((fourth.unchanged, sync.writes()), (4, writes), "settled again: no writes");
 
     // Conto (conto-local) enforces what was synced.
     let conto = conto(&server, &key);

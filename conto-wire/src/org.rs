@@ -383,14 +383,17 @@ impl Policy {
         }
     }
 
-    /// What the policy means, for comparing two copies: its type, priority, activity, agents,
-    /// time zone and rules, without ids, names or server metadata.
+    /// What the policy means, for comparing two copies: its type, priority, activity, agents
+    /// (in either form, sorted), time zone and rules, without ids, names or server metadata.
     pub fn essence(&self) -> Policy {
+        let mut agents: Vec<String> = self.assigned().map(str::to_owned).collect();
+        agents.sort_unstable();
+        agents.dedup();
         Policy {
             policy_type: self.policy_type.clone(),
             priority: self.priority.clone(),
             is_active: self.is_active.clone(),
-            agent_ids: self.agent_ids.clone(),
+            agent_ids: (!agents.is_empty()).then_some(agents),
             timezone: self.timezone.clone(),
             rules: self
                 .rules
@@ -496,6 +499,30 @@ mod tests {
         assert_eq!(back["rules"][0]["note"], "n");
         let create = p.to_create().to_value();
         assert!(create.get("id").is_none() && create["rules"][0].get("note").is_none());
+    }
+
+    /// Policy sync compares what it wants (`agentIds`) with what Conto's list shows
+    /// (`agentPolicies[]`, with server fields on each rule): the same policy is the same
+    /// essence, so a second sync writes nothing.
+    #[test]
+    fn the_essence_reads_assignments_in_either_form_and_ignores_server_fields() {
+        let wanted: Policy = serde_json::from_str(
+            r#"{"name": "app · cap", "policyType": "SPEND_LIMIT", "priority": 10, "isActive": true,
+                "scope": "assigned", "agentIds": ["b", "a"],
+                "rules": [{"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "5", "action": "ALLOW"}]}"#,
+        )
+        .unwrap();
+        let listed: Policy = serde_json::from_str(
+            r#"{"id": "pol_1", "name": "app · cap", "policyType": "SPEND_LIMIT", "priority": 10, "isActive": true,
+                "agentPolicies": [{"agentId": "a", "policyId": "pol_1"}, {"agentId": "b", "policyId": "pol_1"}],
+                "createdAt": "2026-01-01T00:00:00Z",
+                "rules": [{"id": "r1", "policyId": "pol_1", "ruleType": "MAX_AMOUNT", "operator": "LTE",
+                    "value": "5", "action": "ALLOW"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(listed.essence(), wanted.essence());
+        let other_agents = Policy { agent_ids: Some(vec!["a".into()]), ..wanted.clone() };
+        assert_ne!(listed.essence(), other_agents.essence());
     }
 
     #[test]

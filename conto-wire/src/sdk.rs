@@ -449,6 +449,10 @@ pub struct DecisionBody {
     /// The pending human approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_request_id: Option<String>,
+    /// Payment request with `autoExecute: true`: why the approved payment was not executed
+    /// (the caller then settles it, or calls `execute`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_execute_error: Option<String>,
     /// The decision in words (the first reason of a denial).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -515,9 +519,12 @@ pub struct RecordedBody {
 }
 
 impl RecordedBody {
-    /// Whether the answer confirms the record.
+    /// Whether a successful (2xx) answer confirms the record: it does unless it says otherwise
+    /// (`confirmed: false`, `success: false`, `recorded: 0`). Conto does not document every
+    /// record answer's shape, and the status already says the record was taken; reading an
+    /// unfamiliar 2xx body as a failure would report a settled payment as unrecorded.
     pub fn confirms(&self) -> bool {
-        self.confirmed == Some(true) || self.recorded.is_some_and(|n| n > 0) || self.success == Some(true)
+        self.confirmed != Some(false) && self.success != Some(false) && self.recorded != Some(0)
     }
 }
 
@@ -525,7 +532,8 @@ impl RecordedBody {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalRequest {
-    /// The request's id.
+    /// The request's id (empty when the entry names none: such an entry is still listed).
+    #[serde(default)]
     pub approval_request_id: String,
     /// `payment`.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
