@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `MODE` picks what runs each time: `decision` (authorize + record through the pipeline's
-//! `decide_shared`, the default), `paid_action` (a `#[paid_action]` fn), `bare_fn` (the same fn
+//! `decide_shared`, the default), `decision_days` (the same with a `DAY_OF_WEEK` rule per
+//! policy, in the policy's zone), `paid_action` (a `#[paid_action]` fn), `bare_fn` (the same fn
 //! without the attribute), `layer` (a paid axum route's `oneshot`) or `bare_route` (the same
 //! route without the layer). `benches/instructions.sh` runs them and prints instructions per
 //! call. Without the variables it runs 1 000 decisions at 10 policies, as a smoke test.
@@ -28,6 +29,23 @@ fn var(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The benchmarks' policy set with a fifth rule per policy, a `DAY_OF_WEEK` that lists every
+/// day in the policy's own zone (Europe/Paris): a time rule that always holds, so every
+/// decision reads the local time.
+fn with_weekdays(n: usize) -> conto::PolicySet {
+    let rules = |i: usize| {
+        serde_json::json!({"name": format!("p{i}"), "priority": (i % 100) as i64, "timezone": "Europe/Paris", "rules": [
+            {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "1000", "action": "ALLOW"},
+            {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "900000000", "action": "ALLOW"},
+            {"ruleType": "ALLOWED_CATEGORIES", "operator": "IN_LIST", "value": "[\"API_PROVIDER\",\"CLOUD\"]", "action": "ALLOW"},
+            {"ruleType": "ALLOWED_COUNTERPARTIES", "operator": "IN_LIST", "value": format!("[\"{}\"]", common::RECIPIENT), "action": "ALLOW"},
+            {"ruleType": "DAY_OF_WEEK", "operator": "IN_LIST", "value": "[\"Mon\",\"Tue\",\"Wed\",\"Thu\",\"Fri\",\"Sat\",\"Sun\"]", "action": "ALLOW"}
+        ]})
+    };
+    let docs: Vec<_> = (0..n).map(rules).collect();
+    conto::PolicySet::from_value(serde_json::json!({"agents": ["agent-1"], "policies": docs})).unwrap()
+}
+
 fn main() {
     let (policies, calls) = (var("POLICIES", 10), var("DECISIONS", 1_000));
     let mode = std::env::var("MODE").unwrap_or_else(|_| "decision".into());
@@ -35,6 +53,14 @@ fn main() {
     match mode.as_str() {
         "decision" => {
             let engine = Engine::new(policies_for(policies, vec!["agent-1".into()]));
+            let shared = Arc::new(intent("agent-1"));
+            for _ in 0..calls {
+                let Verdict::Approved(a) = engine.decide_shared(&shared).unwrap().verdict else { panic!("approved") };
+                engine.settle(&a, &Settlement::default()).unwrap();
+            }
+        }
+        "decision_days" => {
+            let engine = Engine::new(with_weekdays(policies));
             let shared = Arc::new(intent("agent-1"));
             for _ in 0..calls {
                 let Verdict::Approved(a) = engine.decide_shared(&shared).unwrap().verdict else { panic!("approved") };
@@ -64,7 +90,7 @@ fn main() {
                 }
             });
         }
-        other => panic!("MODE={other}: one of decision, paid_action, bare_fn, layer, bare_route"),
+        other => panic!("MODE={other}: one of decision, decision_days, paid_action, bare_fn, layer, bare_route"),
     }
     println!("{calls} calls of {mode} at {policies} policies");
 }

@@ -124,6 +124,10 @@ fn bad_members_and_time_zones() {
         serde_json::json!({"ruleType": "TIME_WINDOW", "operator": "BETWEEN", "value": "{\"start\":\"9am\",\"end\":\"17:00\"}"}),
     );
     assert!(matches!(problem(&err).3, RuleProblem::BadValue { .. }));
+    // A blackout window's own zone is checked too: never replaced by the rule's zone.
+    let err = load_rule(serde_json::json!({"ruleType": "BLACKOUT_PERIOD", "operator": "BETWEEN",
+        "value": "{\"windows\":[{\"start\":\"02:00\",\"end\":\"04:00\",\"timezone\":\"Mars/Olympus\"}]}"}));
+    assert_eq!(problem(&err).3, &RuleProblem::TimeZone("Mars/Olympus".into()));
     let err = PolicySet::from_json(r#"[{"name": "p", "timezone": "Nowhere/Land", "rules": []}]"#).unwrap_err();
     assert!(matches!(err, PolicyError::Policy { field: "timezone", .. }), "{err}");
     let err = PolicySet::from_json(r#"[{"name": "p", "priority": 101, "rules": []}]"#).unwrap_err();

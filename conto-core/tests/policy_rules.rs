@@ -170,6 +170,36 @@ fn time_window_wraps_midnight_and_honours_its_zone() {
     assert_denied(&e.decide(&transfer("1")), V::TimeWindow);
 }
 
+/// One decision reads each zone's local time once and remembers the last: rules that take
+/// turns between zones must each still be judged in their own zone.
+#[test]
+fn time_rules_in_several_zones_are_each_judged_in_their_own() {
+    let window = |start: &str, end: &str, tz: &str| {
+        rule("TIME_WINDOW", "BETWEEN", &format!(r#"{{"start":"{start}","end":"{end}","timezone":"{tz}"}}"#), "ALLOW")
+    };
+    let windows = [
+        window("19:00", "20:00", "America/New_York"),
+        window("08:00", "09:00", "Asia/Tokyo"),
+        window("19:00", "20:00", "America/New_York"),
+        window("23:00", "23:59", "UTC"),
+    ]
+    .join(",");
+    let set = |days_zone: &str| {
+        let days = rule("DAY_OF_WEEK", "IN_LIST", r#"["Wed"]"#, "ALLOW");
+        format!(
+            r#"[{{"name": "windows", "rules": [{windows}]}},
+                {{"name": "days", "timezone": "{days_zone}", "rules": [{days}]}}]"#
+        )
+    };
+    // 2026-06-10T23:30Z is Wednesday 19:30 in New York, Thursday 08:30 in Tokyo, 23:30 UTC:
+    // inside every window, and Wednesday in New York.
+    let (e, _) = engine_at(&set("America/New_York"), "2026-06-10T23:30:00Z");
+    approved(&e.decide(&transfer("1")));
+    // The weekday asked in Tokyo, right after the UTC window: Thursday there, so refused.
+    let (e, _) = engine_at(&set("Asia/Tokyo"), "2026-06-10T23:30:00Z");
+    assert_denied(&e.decide(&transfer("1")), V::TimeWindow);
+}
+
 #[test]
 fn time_window_not_between() {
     let (e, _) = engine_at(

@@ -126,7 +126,7 @@ pub(crate) fn screen<'p>(
 ) -> Screened<'p> {
     debug_assert!(policies.plan.matches(&policies.policies), "a plan built for other policies");
     let listed = Listed::of(&policies.lexicon, intent);
-    let subject = Subject { intent, amount: Micros::of(intent.amount), now, listed };
+    let subject = Subject::new(intent, now, listed);
     let mut applies = SmallVec::from_elem(0u64, policies.policies.len().div_ceil(64));
     let mut all_apply = true;
     for (p, policy) in policies.policies.iter().enumerate() {
@@ -422,7 +422,7 @@ mod tests {
         skip: bool,
     ) -> Evaluation {
         let listed = Listed::of(&policies.lexicon, intent);
-        let s = Subject { intent, amount: Micros::of(intent.amount), now, listed };
+        let s = Subject::new(intent, now, listed);
         let (mut tally, mut windows, mut asked) = (Default::default(), Vec::new(), Vec::new());
         for (p, policy) in policies.policies.iter().enumerate() {
             if !policy.applies_to(intent.actor.as_str()) {

@@ -4,10 +4,9 @@
 
 use jiff::Timestamp;
 use jiff::civil::Time;
-use jiff::tz::TimeZone;
 use serde_json::Value;
 
-use super::{Check, Explain, Finding, Outcome, Polarity, RailFilter, Spec, Subject, in_daily_window, local};
+use super::{Check, Explain, Finding, Outcome, Polarity, RailFilter, Spec, Subject, Zone, in_daily_window};
 use crate::decision::ViolationType as V;
 use crate::policy::compile::{Family, RuleInput, parse_time};
 use crate::policy::{PolicyError, RuleProblem};
@@ -15,7 +14,7 @@ use crate::policy::{PolicyError, RuleProblem};
 /// A blackout window.
 #[derive(Debug, Clone)]
 pub(crate) enum Window {
-    Daily { start: Time, end: Time, tz: TimeZone, reason: Option<String> },
+    Daily { start: Time, end: Time, zone: Zone, reason: Option<String> },
     Absolute { start: Timestamp, end: Timestamp, reason: Option<String> },
 }
 
@@ -55,14 +54,17 @@ impl Family for Blackouts {
             .iter()
             .map(|w| {
                 let reason = w.get("reason").and_then(Value::as_str).map(str::to_owned);
-                let tz = cx.tz_of(w).unwrap_or_else(|_| tz.clone());
+                // A window's own zone, else the rule's; an unknown one is an error, never the
+                // rule's zone in its place.
+                let tz =
+                    if w.contains_key("timezone") || w.contains_key("timeZone") { cx.tz_of(w)? } else { tz.clone() };
                 let start = w.get("start").and_then(Value::as_str).ok_or_else(|| cx.bad(text, EXPECTED))?;
                 let end = w.get("end").and_then(Value::as_str).ok_or_else(|| cx.bad(text, EXPECTED))?;
                 match (parse_time(start), parse_time(end)) {
                     (Some(s), Some(e)) if s == e => {
                         Err(cx.err("value", RuleProblem::Empty(format!("the window {start} to {end} is empty"))))
                     }
-                    (Some(s), Some(e)) => Ok(Window::Daily { start: s, end: e, tz, reason }),
+                    (Some(s), Some(e)) => Ok(Window::Daily { start: s, end: e, zone: Zone::of(tz), reason }),
                     _ => {
                         let (s, e) = cx.absolute_range(w, &tz)?;
                         Ok(Window::Absolute { start: s, end: e, reason })
@@ -87,7 +89,7 @@ impl BlackoutRule {
     /// Whether `now` is inside a window.
     pub(crate) fn check(&self, s: &Subject<'_>) -> Finding<Dark<'_>> {
         let hit = self.0.iter().find(|w| match w {
-            Window::Daily { start, end, tz, .. } => in_daily_window(local(s.now, tz).0, *start, *end),
+            Window::Daily { start, end, zone, .. } => in_daily_window(s.local_in(zone).0, *start, *end),
             Window::Absolute { start, end, .. } => *start <= s.now && s.now < *end,
         });
         let reason = hit.and_then(|w| {

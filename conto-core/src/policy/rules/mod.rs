@@ -21,7 +21,8 @@ pub(crate) mod lists;
 pub(crate) mod time;
 pub(crate) mod velocity;
 
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
@@ -288,7 +289,7 @@ impl Check {
         match self {
             Check::Amount(c) => c.holds(s),
             Check::List(c) => c.check.holds(s),
-            Check::Time(c) => Some(c.check(s).holds),
+            Check::Time(c) => Some(c.holds(s)),
             Check::Blackout(c) => Some(c.check(s).holds),
             Check::Cumulative(_) | Check::Velocity(_) => None,
         }
@@ -322,6 +323,52 @@ pub(crate) struct Subject<'a> {
     pub now: Timestamp,
     /// Which list rules list the payment's values (each field looked up once).
     pub listed: lists::Listed,
+    /// The last zone's local time at `now`: rules in one zone work it out once per decision.
+    pub local: Cell<Option<(u32, Time, u8)>>,
+}
+
+impl<'a> Subject<'a> {
+    /// The subject of one decision on `intent` at `now`.
+    pub fn new(intent: &'a PaymentIntent, now: Timestamp, listed: lists::Listed) -> Self {
+        Subject { intent, amount: Micros::of(intent.amount), now, listed, local: Cell::new(None) }
+    }
+
+    /// Time of day at `now` in `zone`, and the weekday (Monday = 0): [`local`], remembered for
+    /// the next rule in the same zone.
+    #[inline]
+    pub fn local_in(&self, zone: &Zone) -> (Time, u8) {
+        if let Some((id, time, day)) = self.local.get()
+            && id == zone.id
+        {
+            return (time, day);
+        }
+        let (time, day) = local(self.now, &zone.tz);
+        self.local.set(Some((zone.id, time, day)));
+        (time, day)
+    }
+}
+
+/// A time zone as time rules hold it, with a number shared by every equal zone in the
+/// process: equal zones have one number, so a decision can tell that two rules ask about the
+/// same local time without comparing zones.
+#[derive(Debug, Clone)]
+pub(crate) struct Zone {
+    pub tz: TimeZone,
+    id: u32,
+}
+
+impl Zone {
+    /// `tz`, numbered (the first equal zone seen keeps its number; there are as many numbers
+    /// as distinct zones ever loaded, a few hundred at most).
+    pub fn of(tz: TimeZone) -> Zone {
+        static SEEN: Mutex<Vec<TimeZone>> = Mutex::new(Vec::new());
+        let mut seen = SEEN.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = seen.iter().position(|z| *z == tz).unwrap_or_else(|| {
+            seen.push(tz.clone());
+            seen.len() - 1
+        });
+        Zone { tz, id: u32::try_from(id).unwrap_or(u32::MAX) }
+    }
 }
 
 /// What a family's compiler returns for one rule.

@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
 
-use super::{Check, Explain, Finding, RailFilter, Spec, Subject, in_daily_window, local};
+use super::{Check, Explain, Finding, RailFilter, Spec, Subject, Zone, in_daily_window};
 use crate::decision::ViolationType as V;
 use crate::policy::compile::{Family, RuleInput};
 use crate::policy::{PolicyError, RuleProblem};
@@ -14,9 +14,9 @@ use crate::policy::{PolicyError, RuleProblem};
 #[derive(Debug, Clone)]
 pub(crate) enum TimeRule {
     /// Inside (`between`) or outside a daily window.
-    OfDay { start: Time, end: Time, between: bool, tz: TimeZone },
+    OfDay { start: Time, end: Time, between: bool, zone: Zone },
     /// On (`in_list`) or off the weekdays in `days` (bit 0 = Monday).
-    Weekday { days: u8, in_list: bool, tz: TimeZone },
+    Weekday { days: u8, in_list: bool, zone: Zone },
     /// Inside (`between`) or outside `[start, end)`.
     Range { start: Timestamp, end: Timestamp, between: bool },
 }
@@ -52,7 +52,7 @@ impl Family for Times {
                 if start == end {
                     return Err(cx.err("value", RuleProblem::Empty(format!("the window {start} to {end} is empty"))));
                 }
-                (TimeRule::OfDay { start, end, between, tz: cx.tz_of(&obj)? }, V::TimeWindow)
+                (TimeRule::OfDay { start, end, between, zone: Zone::of(cx.tz_of(&obj)?) }, V::TimeWindow)
             }
             Times::Days => {
                 let in_list = r.in_list()?;
@@ -65,7 +65,7 @@ impl Family for Times {
                 for item in &items {
                     days |= 1 << weekday(item).ok_or_else(|| cx.bad(item, "a weekday Mon..Sun"))?;
                 }
-                (TimeRule::Weekday { days, in_list, tz: cx.tz.clone() }, V::TimeWindow)
+                (TimeRule::Weekday { days, in_list, zone: Zone::of(cx.tz.clone()) }, V::TimeWindow)
             }
             Times::Dates => {
                 let between = r.between()?;
@@ -95,26 +95,38 @@ fn weekday(name: &str) -> Option<u8> {
 
 /// What a time rule saw.
 pub(crate) enum When<'a> {
-    OfDay { local: Time, inside: bool, start: Time, end: Time, tz: &'a str },
+    OfDay { local: Time, inside: bool, start: Time, end: Time, tz: &'a TimeZone },
     Weekday { day: u8, listed: bool },
     Range { now: Timestamp, inside: bool, start: Timestamp, end: Timestamp },
 }
 
 impl TimeRule {
+    /// Whether the rule's condition holds: [`TimeRule::check`]'s `holds`, without the details
+    /// its words are written from.
+    #[inline]
+    pub(crate) fn holds(&self, s: &Subject<'_>) -> bool {
+        match self {
+            TimeRule::OfDay { start, end, between, zone } => {
+                in_daily_window(s.local_in(zone).0, *start, *end) == *between
+            }
+            TimeRule::Weekday { days, in_list, zone } => (days & (1 << s.local_in(zone).1) != 0) == *in_list,
+            TimeRule::Range { start, end, between } => (*start <= s.now && s.now < *end) == *between,
+        }
+    }
+
     /// Places `now` against the window, the days or the range.
     pub(crate) fn check(&self, s: &Subject<'_>) -> Finding<When<'_>> {
         match self {
-            TimeRule::OfDay { start, end, between, tz } => {
-                let (t, _) = local(s.now, tz);
+            TimeRule::OfDay { start, end, between, zone } => {
+                let (t, _) = s.local_in(zone);
                 let inside = in_daily_window(t, *start, *end);
-                let tz = tz.iana_name().unwrap_or("UTC");
                 Finding {
                     holds: inside == *between,
-                    detail: When::OfDay { local: t, inside, start: *start, end: *end, tz },
+                    detail: When::OfDay { local: t, inside, start: *start, end: *end, tz: &zone.tz },
                 }
             }
-            TimeRule::Weekday { days, in_list, tz } => {
-                let (_, day) = local(s.now, tz);
+            TimeRule::Weekday { days, in_list, zone } => {
+                let (_, day) = s.local_in(zone);
                 let listed = days & (1 << day) != 0;
                 Finding { holds: listed == *in_list, detail: When::Weekday { day, listed } }
             }
@@ -133,11 +145,12 @@ impl Explain for When<'_> {
     fn explain(&self, _rule_type: &str) -> String {
         match self {
             When::OfDay { local, inside, start, end, tz } => format!(
-                "local time {} is {} the window {}-{} ({tz})",
+                "local time {} is {} the window {}-{} ({})",
                 local.strftime("%H:%M"),
                 if *inside { "inside" } else { "outside" },
                 start.strftime("%H:%M"),
                 end.strftime("%H:%M"),
+                tz.iana_name().unwrap_or("UTC"),
             ),
             When::Weekday { day, listed } => {
                 const NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
