@@ -177,7 +177,8 @@ impl<'p> Screened<'p> {
                 Some((lo, hi)) => !(lo..=hi).contains(&i128::from(s.amount.0)),
                 None => any_amount(),
             };
-            amount || s.listed.breaks(&folded.lists)
+            let timed = || folded.timed.iter().any(|(rule, polarity)| polarity.broken(rule.holds(s)));
+            return amount || s.listed.breaks(&folded.lists) || timed();
         } else {
             any_amount() || any_list()
         };
@@ -503,6 +504,18 @@ mod tests {
             // Denied when the comparison holds, below a limit.
             32 => ("MAX_AMOUNT", "LTE", limit.to_owned(), "DENY"),
             33 => ("DAILY_LIMIT", "LT", limit.to_owned(), "DENY"),
+            // Time rules in other zones and of every polarity, repeated across policies (the
+            // fold keeps the distinct ones), and blackouts.
+            34 => ("DAY_OF_WEEK", "NOT_IN_LIST", r#"["Sat","Sun"]"#.to_owned(), "ALLOW"),
+            35 => ("DAY_OF_WEEK", "IN_LIST", r#"["Wed"]"#.to_owned(), "DENY"),
+            36 => (
+                "TIME_WINDOW",
+                "NOT_BETWEEN",
+                r#"{"start":"20:00","end":"23:00","timezone":"Asia/Tokyo"}"#.to_owned(),
+                "REQUIRE_APPROVAL",
+            ),
+            37 => ("BLACKOUT_PERIOD", "BETWEEN", r#"{"windows":[{"start":"14:00","end":"16:00"}]}"#.to_owned(), "DENY"),
+            38 => ("TIME_WINDOW", "BETWEEN", r#"{"start":"00:00","end":"12:00"}"#.to_owned(), "DENY"),
             _ => ("VELOCITY_LIMIT", "LTE", r#"{"maxCount":2,"period":"DAY"}"#.to_owned(), "ALLOW"),
         };
         json!({"ruleType": rule_type, "operator": operator, "value": value, "action": action})
@@ -516,7 +529,7 @@ mod tests {
         everyone: bool,
     ) -> impl Strategy<Value = PolicySet> {
         let limit = prop_oneof![Just("1"), Just("10"), Just("100"), Just("4.9999995")];
-        let rules = prop::collection::vec((0usize..35, limit), rules);
+        let rules = prop::collection::vec((0usize..40, limit), rules);
         let assigned = if everyone {
             Just(None).boxed()
         } else {
@@ -629,6 +642,36 @@ mod tests {
         let unfolded = rules(&[0, 6, 28]);
         let mut screened = super::screen(&unfolded, &payment, now, false);
         assert!(screened.folded_pass(&mut AgentLedger::default()).is_none());
+    }
+
+    /// The folded time rules keep a rule once per polarity: the same window allowed in one
+    /// policy and denied in another (kinds 10 and 38) is broken by the second, in either order,
+    /// folded or not; the same window repeated is one folded rule.
+    #[test]
+    fn the_folded_time_rules_keep_each_polarity_of_a_repeated_window() {
+        let morning: Timestamp = "2026-03-04T09:00:00Z".parse().unwrap();
+        let payment = PaymentIntent::builder("agent-1", "5", Rail::transfer(8453, FROM).unwrap())
+            .recipient(TO)
+            .category("API_PROVIDER")
+            .build()
+            .unwrap();
+        let set = |kinds: &[usize]| {
+            let docs: Vec<Value> = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| json!({"name": format!("p{i}"), "priority": 0, "isActive": true, "rules": [rule(*k, "100")]}))
+                .collect();
+            PolicySet::from_value(json!(docs)).unwrap()
+        };
+        for (kinds, broken) in [(&[10, 38][..], true), (&[38, 10][..], true), (&[10, 10, 10][..], false)] {
+            let policies = set(kinds);
+            let mut screened = super::screen(&policies, &payment, morning, false);
+            assert!(screened.all_apply);
+            assert_eq!(screened.any_stateless_broken(), broken, "{kinds:?} folded");
+            screened.all_apply = false;
+            assert_eq!(screened.any_stateless_broken(), broken, "{kinds:?} one by one");
+        }
+        assert_eq!(set(&[10, 10, 10]).plan.folded[0].timed.len(), 1, "a repeated window is folded once");
     }
 
     /// A card payment without a recipient breaks no counterparty rule, allowlist or blocklist,

@@ -7,8 +7,9 @@
 //!   priority order, which is what says which rule speaks and in what words.
 //! - When every policy applies to the payment's actor (the common case), the amount caps and
 //!   list rules of each rail are also folded ahead of time ([`Folded`]): the amounts no cap is
-//!   broken by as one range, the list rules as bit masks. The screen then asks the range and
-//!   the masks, not each rule.
+//!   broken by as one range, the list rules as bit masks, the time and blackout rules as the
+//!   distinct ones (policies often repeat the same hours). The screen then asks the range,
+//!   the masks and the distinct time rules, not each rule.
 //! - The stateful rules (period spend, velocity) are judged in priority order, under the
 //!   agent's ledger lock, from their own array; when every policy applies and no stateless
 //!   rule denied, a rail's spend rules are folded too, one range per counter, and judged one
@@ -16,10 +17,12 @@
 
 use super::Policy;
 use super::rules::amount::AmountRule;
+use super::rules::blackout::BlackoutRule;
 use super::rules::cumulative::{CumulativeRule, SpendFold};
 use super::rules::lists::{ListCheck, ListFold};
+use super::rules::time::TimeRule;
 use super::rules::velocity::VelocityRule;
-use super::rules::{Check, Polarity, RailFilter};
+use super::rules::{Check, Polarity, RailFilter, Subject};
 use crate::intent::Rail;
 
 /// A rule's place in evaluation order: (policy index, rule index), compared as a pair.
@@ -74,6 +77,26 @@ pub(crate) struct Folded {
     pub spend: Option<SpendFold>,
     /// The velocity rules, in evaluation order.
     pub velocity: Vec<(VelocityRule, Polarity)>,
+    /// The distinct time and blackout rules, each with its polarity: many policies repeat the
+    /// same business hours, which hold or not alike.
+    pub timed: Vec<(Timed, Polarity)>,
+}
+
+/// A time or blackout rule, folded.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Timed {
+    Time(TimeRule),
+    Blackout(BlackoutRule),
+}
+
+impl Timed {
+    /// Whether its condition holds for `s`.
+    pub(crate) fn holds(&self, s: &Subject<'_>) -> bool {
+        match self {
+            Timed::Time(c) => c.holds(s),
+            Timed::Blackout(c) => c.check(s).holds,
+        }
+    }
 }
 
 impl Default for Folded {
@@ -83,6 +106,7 @@ impl Default for Folded {
             lists: ListFold::default(),
             spend: Some(SpendFold::default()),
             velocity: Vec::new(),
+            timed: Vec::new(),
         }
     }
 }
@@ -142,6 +166,19 @@ impl Plan {
         for e in &lists {
             for &slot in slots(e.rails) {
                 folded[slot].lists.add(&e.test, e.polarity);
+            }
+        }
+        for e in &others {
+            let timed = match policies[e.at.0 as usize].rules[e.at.1 as usize].check {
+                Check::Time(ref c) => Timed::Time(c.clone()),
+                Check::Blackout(ref c) => Timed::Blackout(c.clone()),
+                _ => continue,
+            };
+            for &slot in slots(e.rails) {
+                let timed = (timed.clone(), e.polarity);
+                if !folded[slot].timed.contains(&timed) {
+                    folded[slot].timed.push(timed);
+                }
             }
         }
         for e in &stateful {

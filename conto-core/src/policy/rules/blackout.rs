@@ -12,14 +12,14 @@ use crate::policy::compile::{Family, RuleInput, parse_time};
 use crate::policy::{PolicyError, RuleProblem};
 
 /// A blackout window.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Window {
     Daily { start: Time, end: Time, zone: Zone, reason: Option<String> },
     Absolute { start: Timestamp, end: Timestamp, reason: Option<String> },
 }
 
 /// No payment inside any of its windows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct BlackoutRule(Vec<Window>);
 
 /// The family's rule type.

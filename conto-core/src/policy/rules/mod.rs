@@ -357,6 +357,13 @@ pub(crate) struct Zone {
     id: u32,
 }
 
+/// Equal zones have equal numbers.
+impl PartialEq for Zone {
+    fn eq(&self, other: &Zone) -> bool {
+        self.id == other.id
+    }
+}
+
 impl Zone {
     /// `tz`, numbered (the first equal zone seen keeps its number; there are as many numbers
     /// as distinct zones ever loaded, a few hundred at most).

@@ -11,7 +11,7 @@ use crate::policy::compile::{Family, RuleInput};
 use crate::policy::{PolicyError, RuleProblem};
 
 /// A rule on when a payment is made.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum TimeRule {
     /// Inside (`between`) or outside a daily window.
     OfDay { start: Time, end: Time, between: bool, zone: Zone },
