@@ -328,7 +328,8 @@ impl ContoClient {
         let decision = serde_json::from_value::<DecisionBody>(answer.body.clone()).ok();
         let is_decision = decision.as_ref().is_some_and(|d| d.approved.is_some() || d.authorized.is_some())
             || (kind == Kind::Card && decision.as_ref().is_some_and(|d| d.request_id.is_some()))
-            || (kind == Kind::Request && decision.as_ref().is_some_and(|d| d.status.is_some()));
+            || (kind == Kind::Request
+                && decision.as_ref().is_some_and(|d| d.request_id.is_some() && d.status.is_some()));
         match answer.status {
             200..=202 => {}
             403 | 400 if is_decision => {}
@@ -387,11 +388,12 @@ impl ContoClient {
         }
         let list: ApprovalRequests = serde_json::from_value(answer.body)
             .map_err(|e| AuthorityError::invalid_response(format!("malformed approval requests: {e}")))?;
-        // A payment request's pending approval may be known by the payment request's id.
+        // A pending approval may be known by the payment request's id, or by its approval id.
         let id = pending.approval_request_id.as_str();
-        let Some(entry) =
-            list.all().find(|r| r.approval_request_id == id || r.payment_request_id.as_deref() == Some(id))
-        else {
+        let Some(entry) = list.all().find(|r| {
+            [r.payment_request_id.as_deref(), r.approval_id.as_deref()].contains(&Some(id))
+                || r.approval_request_id == id
+        }) else {
             return Err(LedgerError::UnknownApprovalRequest(pending.approval_request_id.clone()).into());
         };
         let intent = Arc::new(intent.clone());

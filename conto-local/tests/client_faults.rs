@@ -330,6 +330,27 @@ async fn a_payment_request_denied_with_403_is_a_decision_with_its_reasons() {
     assert_eq!(denial.reasons, ["Category not allowed"]);
 }
 
+/// A 400 that is not a decision (no `requestId`) stays the typed error it is, even when its
+/// body has a `status`: never read as an unreadable decision, which would be an outage.
+#[tokio::test]
+async fn a_payment_request_refused_as_invalid_is_an_error_not_a_decision_or_an_outage() {
+    let s = stub(Arc::new(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "amount must be positive", "code": "VALIDATION_ERROR", "status": "error"})),
+        )
+            .into_response()
+    }))
+    .await;
+    let intent = conto_core::PaymentIntent::builder("agent-1", "5", conto_core::Rail::request(None))
+        .recipient(RECIPIENT)
+        .build()
+        .unwrap();
+    let err = client(&s.url).authorize_intent(&intent).await.unwrap_err();
+    assert!(!matches!(err, AuthorityError::Outage(_)), "{err:?}");
+    assert!(!err.is_retryable());
+}
+
 /// A 2xx record answer is a record unless its body says it is not: Conto does not document
 /// every record answer's shape, and a settled payment must not be reported unrecorded because
 /// the body looked unfamiliar.
