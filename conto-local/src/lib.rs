@@ -19,6 +19,9 @@
 //! - x402/MPP pre-authorizations return an `authorizationId`; records that carry it settle that
 //!   reservation, records without it count as unreserved spend.
 //! - Confirm takes an optional `amount` (the settled amount, at most the approved one).
+//! - Approvals live as long as Conto keeps them: 10 minutes for transfers, x402 and MPP, 5
+//!   minutes for payment requests and card approvals (`--approval-ttl-secs` sets one lifetime
+//!   for all).
 //! - A confirm after the approval expired is `400 EXPIRED`, as Conto documents; the spend is not
 //!   counted.
 //! - Pending human approvals are listed by `GET /api/sdk/approval-requests`; an approved entry
@@ -97,13 +100,15 @@ pub struct Config {
     pub org_key: Option<String>,
     /// Requests per minute per agent on payment endpoints (reads get twice as many). Default 60.
     pub rate_limit: u32,
-    /// How long an approval waits for its confirm. Default 10 minutes.
-    pub approval_ttl: SignedDuration,
+    /// How long an approval waits for its confirm, on every rail. Default (`None`): Conto's
+    /// lifetimes, 10 minutes for transfers, x402 and MPP, 5 minutes for payment requests and
+    /// cards.
+    pub approval_ttl: Option<SignedDuration>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { port: 3006, db: None, org_key: None, rate_limit: 60, approval_ttl: SignedDuration::from_mins(10) }
+        Self { port: 3006, db: None, org_key: None, rate_limit: 60, approval_ttl: None }
     }
 }
 
@@ -253,7 +258,11 @@ pub(crate) fn random_hex(n: usize) -> String {
 /// serves on 127.0.0.1.
 pub async fn start(config: Config) -> Result<Running, LocalError> {
     let store = open_store(config.db.as_deref())?;
-    let engine = Engine::builder().approval_ttl(config.approval_ttl).build();
+    let engine = match config.approval_ttl {
+        Some(ttl) => Engine::builder().approval_ttl(ttl),
+        None => Engine::builder(),
+    }
+    .build();
     restore(&store, &engine)?;
     let org_key = SecretString::from(config.org_key.clone().unwrap_or_else(|| format!("conto_org_{}", random_hex(32))));
     let app = Arc::new(App::new(store, engine, org_key.clone(), config.rate_limit));

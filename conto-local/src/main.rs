@@ -31,9 +31,10 @@ struct Cli {
     /// Requests per minute per agent on payment endpoints.
     #[arg(long, default_value_t = 60)]
     rate_limit: u32,
-    /// Seconds an approval waits for its confirm.
-    #[arg(long, default_value_t = 600)]
-    approval_ttl_secs: i64,
+    /// Seconds an approval waits for its confirm, on every rail (default: Conto's, 600 for
+    /// transfers, x402 and MPP, 300 for payment requests and cards).
+    #[arg(long)]
+    approval_ttl_secs: Option<i64>,
 }
 
 #[tokio::main]
@@ -53,7 +54,7 @@ async fn run(cli: Cli) -> Result<(), conto_local::LocalError> {
         db,
         org_key: cli.org_key,
         rate_limit: cli.rate_limit,
-        approval_ttl: SignedDuration::from_secs(cli.approval_ttl_secs.max(1)),
+        approval_ttl: cli.approval_ttl_secs.map(|secs| SignedDuration::from_secs(secs.max(1))),
     })
     .await?;
     // Preload and bootstrap into the store being served (in memory too).

@@ -646,3 +646,30 @@ async fn the_bearer_scheme_is_read_in_any_case() {
         assert_eq!(budget(wrong.clone()).await.unwrap().status(), 401, "{wrong}");
     }
 }
+
+/// Conto's approval lifetimes: 10 minutes for `payments/approve` (and x402 pre-authorizations),
+/// 5 minutes for payment requests and card approvals.
+#[tokio::test]
+async fn approvals_last_as_long_as_conto_keeps_them_per_flow() {
+    let (_server, sdk) = setup(None).await;
+    let lifetime = |body: &Value| {
+        let expires: conto_core::jiff::Timestamp = body["expiresAt"].as_str().unwrap().parse().unwrap();
+        expires.duration_since(conto_core::jiff::Timestamp::now()).as_secs()
+    };
+    let (_, transfer) = sdk
+        .post(
+            "/api/sdk/payments/approve",
+            json!({"amount": 5, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453}),
+        )
+        .await;
+    let (_, x402) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("5")).await;
+    let (_, request) = sdk.post("/api/sdk/payments/request", json!({"amount": 5, "recipientAddress": RECIPIENT})).await;
+    let (_, card) =
+        sdk.post("/api/sdk/cards/approve", json!({"amount": 5, "merchantName": "Acme", "cardId": "card_1"})).await;
+    for (what, body, minutes) in
+        [("transfer", &transfer, 10), ("x402", &x402, 10), ("request", &request, 5), ("card", &card, 5)]
+    {
+        let secs = lifetime(body);
+        assert!((minutes * 60 - 30..=minutes * 60).contains(&secs), "{what}: {secs} s: {body}");
+    }
+}

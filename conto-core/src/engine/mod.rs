@@ -38,7 +38,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::controls::{ProductControls, SyncReport};
 use crate::decision::{Authorization, Decision, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict};
 use crate::ids::random_id;
-use crate::intent::{ActorId, IntentError, PaymentIntent};
+use crate::intent::{ActorId, IntentError, PaymentIntent, Rail};
 use crate::journal::{Entry, Journal, JournalError};
 use crate::lifecycle::{ActorLifecycle, Ensured, LifecycleError};
 use crate::money::Amount;
@@ -46,8 +46,19 @@ use crate::policy::{PolicyError, PolicySet};
 use evaluate::{Evaluation, evaluate};
 use ledger::{AgentLedger, Closed, IdKey, Kept};
 
-/// How long an approval may wait for its settlement (Conto: 10 minutes for `payments/approve`).
+/// How long an approval may wait for its settlement (Conto: 10 minutes for `payments/approve`;
+/// x402 and MPP pre-authorizations alike).
 pub const DEFAULT_APPROVAL_TTL: SignedDuration = SignedDuration::from_mins(10);
+/// How long an approved payment request or card approval may wait (Conto: 5 minutes).
+pub const DEFAULT_SHORT_APPROVAL_TTL: SignedDuration = SignedDuration::from_mins(5);
+
+/// How long Conto keeps an approval on `rail` waiting for its settlement.
+pub fn conto_approval_ttl(rail: &Rail) -> SignedDuration {
+    match rail {
+        Rail::Request { .. } | Rail::Card { .. } => DEFAULT_SHORT_APPROVAL_TTL,
+        Rail::Transfer { .. } | Rail::X402 { .. } | Rail::Mpp { .. } => DEFAULT_APPROVAL_TTL,
+    }
+}
 /// How long a request for human approval stays open.
 pub const DEFAULT_PENDING_TTL: SignedDuration = SignedDuration::from_hours(1);
 /// How long ended approvals are remembered, so a repeated record or release is answered the same
@@ -113,7 +124,8 @@ struct Inner {
     open_actors: bool,
     pending: Mutex<HashMap<String, Pending>>,
     clock: Arc<dyn Clock>,
-    approval_ttl: SignedDuration,
+    /// Every rail's approval lifetime, when set; else Conto's per rail ([`conto_approval_ttl`]).
+    approval_ttl: Option<SignedDuration>,
     pending_ttl: SignedDuration,
     retention: SignedDuration,
 }
@@ -168,7 +180,7 @@ pub struct EngineBuilder {
     actors: HashMap<ActorId, ActorStatus>,
     open_actors: bool,
     clock: Arc<dyn Clock>,
-    approval_ttl: SignedDuration,
+    approval_ttl: Option<SignedDuration>,
     pending_ttl: SignedDuration,
     retention: SignedDuration,
 }
@@ -219,9 +231,11 @@ impl EngineBuilder {
         self
     }
 
-    /// How long an approval waits for its settlement (default 10 minutes).
+    /// How long an approval waits for its settlement, on every rail. By default, Conto's
+    /// lifetimes ([`conto_approval_ttl`]): 10 minutes for transfers, x402 and MPP, 5 minutes
+    /// for payment requests and cards.
     pub fn approval_ttl(mut self, ttl: SignedDuration) -> Self {
-        self.approval_ttl = ttl;
+        self.approval_ttl = Some(ttl);
         self
     }
 
@@ -360,6 +374,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Engine {
+    /// How long an approval on `rail` waits for its settlement.
+    pub(crate) fn approval_ttl(&self, rail: &Rail) -> SignedDuration {
+        self.inner.approval_ttl.unwrap_or_else(|| conto_approval_ttl(rail))
+    }
+
     /// A builder with no policies, the system clock and Conto's default lifetimes.
     pub fn builder() -> EngineBuilder {
         EngineBuilder {
@@ -367,7 +386,7 @@ impl Engine {
             actors: HashMap::new(),
             open_actors: false,
             clock: Arc::new(SystemClock),
-            approval_ttl: DEFAULT_APPROVAL_TTL,
+            approval_ttl: None,
             pending_ttl: DEFAULT_PENDING_TTL,
             retention: DEFAULT_RETENTION,
         }
@@ -620,7 +639,7 @@ impl Engine {
         let ledger = ledger.unwrap_or_else(|| self.ledger(&intent.actor));
         let mut ledger = lock(&ledger);
         let now = ledger.now(now);
-        let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
+        let expires_at = now.saturating_add(self.approval_ttl(&intent.rail)).unwrap_or(now);
         ledger.sweep(now, self.inner.retention);
         Ok(match screened.finish(&mut *ledger, now) {
             Evaluation::Pass { holds, windows, daily } => {
@@ -743,7 +762,7 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Authorization, AuthorityError> {
         let (key, id) = IdKey::fresh();
-        let expires_at = now.saturating_add(self.inner.approval_ttl).unwrap_or(now);
+        let expires_at = now.saturating_add(self.approval_ttl(&intent.rail)).unwrap_or(now);
         self.reserve(ledger, (key, &id), &intent, expires_at, holds, windows, now)?;
         let limits = limits_of(daily);
         Ok(Authorization { id, token: None, amount: intent.amount, expires_at, limits, intent })

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use conto_client::ContoClient;
-use conto_core::jiff::SignedDuration;
 use conto_core::{Conto, PaymentIntent, Rail};
 use conto_local::{Config, Running};
 use secrecy::ExposeSecret;
@@ -22,7 +21,7 @@ pub async fn start(db: Option<PathBuf>, org_key: &str) -> Running {
         db,
         org_key: Some(org_key.to_owned()),
         rate_limit: 100_000,
-        approval_ttl: SignedDuration::from_mins(10),
+        approval_ttl: None,
     })
     .await
     .expect("conto-local starts")
