@@ -62,6 +62,22 @@ fn approved_body(amount: f64, expires_in_secs: i64) -> Value {
         "amount": amount, "recipientAddress": RECIPIENT})
 }
 
+/// Runs a paid transfer of 5 through `conto`; says whether the settlement body ran.
+async fn pay(conto: &Conto) -> (Result<Result<(), ()>, conto_core::Rejection>, bool) {
+    let mut ran = false;
+    let out = conto
+        .run(
+            transfer("agent-1", "5"),
+            |_| {
+                ran = true;
+                async { Ok::<(), ()>(()) }
+            },
+            |_| Settlement::default(),
+        )
+        .await;
+    (out, ran)
+}
+
 #[tokio::test]
 async fn retries_429_honouring_retry_after_with_the_same_idempotency_key() {
     let s = stub(Arc::new(|n| {
@@ -130,17 +146,7 @@ async fn an_answer_slower_than_the_deadline_is_denied_as_timeout() {
     )
     .deadline(Duration::from_millis(300))
     .build();
-    let mut ran = false;
-    let out = conto
-        .run(
-            transfer("agent-1", "5"),
-            |_| {
-                ran = true;
-                async { Ok::<(), ()>(()) }
-            },
-            |_| Settlement::default(),
-        )
-        .await;
+    let (out, ran) = pay(&conto).await;
     let r = out.expect_err("a slow authority is never an approval");
     assert!(!ran);
     assert!(matches!(r.kind(), RejectionKind::Unavailable { .. }), "{r}");
@@ -206,19 +212,7 @@ async fn unauthorized_and_forbidden_are_typed_and_fail_closed() {
         // Through the pipeline with a stand-in configured: the stand-in must not cover a bad key
         // or a missing scope, and the rejection keeps its typed, non-retryable cause.
         let stand_in = conto_core::Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap();
-        let mut ran = false;
-        let out = Conto::builder(client(&s.url))
-            .stand_in(stand_in.clone())
-            .build()
-            .run(
-                transfer("agent-1", "5"),
-                |_| {
-                    ran = true;
-                    async { Ok::<(), ()>(()) }
-                },
-                |_| Settlement::default(),
-            )
-            .await;
+        let (out, ran) = pay(&Conto::builder(client(&s.url)).stand_in(stand_in.clone()).build()).await;
         let r = out.unwrap_err();
         assert!(!ran);
         assert!(matches!(r.kind(), RejectionKind::Refused(cause) if cause == &err), "{r:?}");
@@ -272,20 +266,7 @@ async fn a_payment_held_for_a_human_without_a_request_id_is_never_decided_by_the
 
     for mode in [conto_core::ApprovalMode::Reject, conto_core::ApprovalMode::Wait(Duration::from_secs(5))] {
         let stand_in = conto_core::Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap();
-        let mut ran = false;
-        let out = Conto::builder(client(&s.url))
-            .stand_in(stand_in.clone())
-            .approval(mode)
-            .build()
-            .run(
-                transfer("agent-1", "5"),
-                |_| {
-                    ran = true;
-                    async { Ok::<(), ()>(()) }
-                },
-                |_| Settlement::default(),
-            )
-            .await;
+        let (out, ran) = pay(&Conto::builder(client(&s.url)).stand_in(stand_in.clone()).approval(mode).build()).await;
         let r = out.expect_err("held for a human, never approved here");
         assert!(!ran);
         assert!(matches!(r.kind(), RejectionKind::ApprovalRequired(_) | RejectionKind::Denied(_)), "{mode:?}: {r:?}");
