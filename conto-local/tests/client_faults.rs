@@ -291,6 +291,14 @@ async fn a_requires_approval_answer_is_known_by_its_approval_id_when_it_names_no
     assert_eq!(pending.approval_request_id, "apr_9");
 }
 
+/// A payment request (`payments/request`) of `amount` by `agent-1`.
+fn payment_request(amount: &str) -> conto_core::PaymentIntent {
+    conto_core::PaymentIntent::builder("agent-1", amount, conto_core::Rail::request(None))
+        .recipient(RECIPIENT)
+        .build()
+        .unwrap()
+}
+
 /// Conto's docs allow a decision body on 403; a payment request's denial carries `status`.
 #[tokio::test]
 async fn a_payment_request_denied_with_403_is_a_decision_with_its_reasons() {
@@ -302,10 +310,7 @@ async fn a_payment_request_denied_with_403_is_a_decision_with_its_reasons() {
             .into_response()
     }))
     .await;
-    let intent = conto_core::PaymentIntent::builder("agent-1", "5", conto_core::Rail::request(None))
-        .recipient(RECIPIENT)
-        .build()
-        .unwrap();
+    let intent = payment_request("5");
     let d = client(&s.url).authorize_intent(&intent).await.unwrap();
     let Verdict::Denied(denial) = d.verdict else { panic!("{:?}", d.verdict) };
     assert_eq!(denial.reasons, ["Category not allowed"]);
@@ -323,10 +328,7 @@ async fn a_payment_request_refused_as_invalid_is_an_error_not_a_decision_or_an_o
             .into_response()
     }))
     .await;
-    let intent = conto_core::PaymentIntent::builder("agent-1", "5", conto_core::Rail::request(None))
-        .recipient(RECIPIENT)
-        .build()
-        .unwrap();
+    let intent = payment_request("5");
     let err = client(&s.url).authorize_intent(&intent).await.unwrap_err();
     assert!(!matches!(err, AuthorityError::Outage(_)), "{err:?}");
     assert!(!err.is_retryable());
