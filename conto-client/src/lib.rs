@@ -328,8 +328,7 @@ impl ContoClient {
         let decision = serde_json::from_value::<DecisionBody>(answer.body.clone()).ok();
         let is_decision = decision.as_ref().is_some_and(|d| d.approved.is_some() || d.authorized.is_some())
             || (kind == Kind::Card && decision.as_ref().is_some_and(|d| d.request_id.is_some()))
-            || (kind == Kind::Request
-                && decision.as_ref().is_some_and(|d| d.request_id.is_some() && d.status.is_some()));
+            || (kind == Kind::Request && decision.as_ref().is_some_and(refused_or_held));
         match answer.status {
             200..=202 => {}
             403 | 400 if is_decision => {}
@@ -541,6 +540,18 @@ impl Authorizer for ContoClient {
             wire::parse_recorded(&answer.body, authorization, settlement)
         })
     }
+}
+
+/// Whether a payment request's 400/403 body is a decision: it names its request and a denial or
+/// a hold for a human. Anything else with an error status (an approval included) is the error
+/// its status says, never a decision and never an unreadable one (an outage).
+fn refused_or_held(d: &DecisionBody) -> bool {
+    d.request_id.is_some()
+        && d.status.as_deref().is_some_and(|s| {
+            ["DENIED", "REJECTED", "DECLINED", "REQUIRES_APPROVAL", "PENDING_APPROVAL", "REVIEW_REQUIRED"]
+                .iter()
+                .any(|known| s.eq_ignore_ascii_case(known))
+        })
 }
 
 #[cfg(test)]

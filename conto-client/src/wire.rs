@@ -119,7 +119,8 @@ pub(crate) fn parse_decision(
             violations: body.violations.clone(),
         })))
     };
-    let implicit = || now.saturating_add(IMPLICIT_TTL).unwrap_or(now);
+    // An approval without `expiresAt` lives as long as Conto keeps one on its rail.
+    let implicit = || now.saturating_add(conto_core::engine::conto_approval_ttl(&intent.rail)).unwrap_or(now);
     let wants_human = body.wants_human();
     match &intent.rail {
         Rail::Transfer { .. } => match body.approved {

@@ -224,7 +224,9 @@ pub struct Denial {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingApproval {
-    /// The approval request to poll.
+    /// The approval request to poll; empty when the authority named none (Conto names one only
+    /// when an approval workflow matches): such a request cannot be followed, and waiting on it
+    /// declines.
     pub approval_request_id: String,
     /// When the request lapses (then it counts as denied).
     pub expires_at: Timestamp,

@@ -167,6 +167,9 @@ impl fmt::Display for Rejection {
                 }
                 Ok(())
             }
+            RejectionKind::ApprovalRequired(p) if p.approval_request_id.is_empty() => {
+                write!(f, "payment requires human approval (no request named, expires {})", p.expires_at)
+            }
             RejectionKind::ApprovalRequired(p) => write!(
                 f,
                 "payment requires human approval (request {}, expires {})",

@@ -7,7 +7,8 @@ use common::*;
 use conto_core::LedgerError;
 use conto_core::ViolationType as V;
 use conto_core::jiff::SignedDuration;
-use conto_core::{Decimal, Settlement};
+use conto_core::jiff::Timestamp;
+use conto_core::{Decimal, Engine, ManualClock, PaymentIntent, PolicySet, Rail, Settlement};
 
 const NOON_WED: &str = "2026-06-10T12:00:00Z"; // a Wednesday
 
@@ -650,4 +651,39 @@ fn a_decision_that_read_the_clock_before_midnight_never_spends_from_the_ended_da
     e.settle(&a, &Settlement::default()).unwrap();
     let day = &e.usage("agent-1").counters[0];
     assert_eq!(day.reserved + day.spent, Decimal::from(5), "every approval is held on the day it counts in");
+}
+
+/// Approvals live as long as Conto keeps them on their rail (10 minutes for transfers, x402 and
+/// MPP; 5 for payment requests and cards), unless the engine is given one lifetime for all.
+#[test]
+fn approvals_expire_after_contos_lifetime_for_their_rail_or_the_one_given() {
+    let at = "2026-06-10T12:00:00Z";
+    let now: Timestamp = at.parse().unwrap();
+    let request = PaymentIntent::builder("agent-1", "1", Rail::request(None))
+        .recipient("0x1111111111111111111111111111111111111111")
+        .build()
+        .unwrap();
+    let intents = [
+        (transfer("1"), 10),
+        (x402("1", "https://api.example.com/search"), 10),
+        (mpp("1", "https://api.example.com/stream", Some("s1"), None), 10),
+        (card("1", "Acme", "5411"), 5),
+        (request, 5),
+    ];
+    let (engine, _) = engine_at("[]", at);
+    for (intent, minutes) in &intents {
+        let lifetime = approved(&engine.decide(intent)).expires_at.duration_since(now);
+        assert_eq!(lifetime.as_mins(), *minutes, "{}", intent.rail.name());
+    }
+    let set = PolicySet::from_json("[]").unwrap();
+    let one = Engine::builder()
+        .policies(set)
+        .clock(ManualClock::new(now))
+        .actors(ACTORS.iter().copied())
+        .unwrap()
+        .approval_ttl(SignedDuration::from_mins(2))
+        .build();
+    for (intent, _) in &intents {
+        assert_eq!(approved(&one.decide(intent)).expires_at.duration_since(now).as_mins(), 2);
+    }
 }

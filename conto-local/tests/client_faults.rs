@@ -320,18 +320,46 @@ async fn a_payment_request_denied_with_403_is_a_decision_with_its_reasons() {
 /// body has a `status`: never read as an unreadable decision, which would be an outage.
 #[tokio::test]
 async fn a_payment_request_refused_as_invalid_is_an_error_not_a_decision_or_an_outage() {
-    let s = stub(Arc::new(|_| {
-        (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": "amount must be positive", "code": "VALIDATION_ERROR", "status": "error"})),
-        )
-            .into_response()
+    for body in [
+        json!({"error": "amount must be positive", "code": "VALIDATION_ERROR", "status": "error"}),
+        // Named, but neither denied nor held: an error body with a trace id, or an approval
+        // sent with an error status. Neither is a decision.
+        json!({"requestId": "req_1", "status": "FAILED", "error": "wallet misconfigured"}),
+        json!({"requestId": "req_1", "status": "APPROVED"}),
+    ] {
+        let s = stub(Arc::new(move |_| (StatusCode::BAD_REQUEST, axum::Json(body.clone())).into_response())).await;
+        let err = client(&s.url).authorize_intent(&payment_request("5")).await.unwrap_err();
+        assert!(!matches!(err, AuthorityError::Outage(_)), "{err:?}");
+        assert!(!err.is_retryable());
+    }
+}
+
+/// A payment request held for a human without an `approvalRequestId` is followed by its
+/// `requestId`, which the approval request entry names as `paymentRequestId` (how Conto's
+/// shopping starter matches them); once approved, the approval is that payment request.
+#[tokio::test]
+async fn a_held_payment_request_is_followed_by_its_payment_request_id() {
+    let s = stub(Arc::new(|n| {
+        let body = if n == 0 {
+            json!({"requestId": "req_7", "status": "REQUIRES_APPROVAL", "reasons": ["above 500"]})
+        } else {
+            json!({"requests": [
+                {"paymentRequestId": "req_other", "status": "PENDING"},
+                {"paymentRequestId": "req_7", "status": "APPROVED"}
+            ]})
+        };
+        axum::Json(body).into_response()
     }))
     .await;
+    let c = client(&s.url);
     let intent = payment_request("5");
-    let err = client(&s.url).authorize_intent(&intent).await.unwrap_err();
-    assert!(!matches!(err, AuthorityError::Outage(_)), "{err:?}");
-    assert!(!err.is_retryable());
+    let Verdict::RequiresApproval(pending) = c.authorize_intent(&intent).await.unwrap().verdict else { panic!() };
+    assert_eq!(pending.approval_request_id, "req_7");
+    let decided = c.approval_request(&intent, &pending).await.unwrap().expect("decided");
+    let Verdict::Approved(a) = decided.verdict else { panic!("{:?}", decided.verdict) };
+    assert_eq!(a.id, "req_7");
+    let lifetime = a.expires_at.duration_since(conto_core::jiff::Timestamp::now()).as_secs();
+    assert!((270..=300).contains(&lifetime), "a payment request's approval lives 5 minutes: {lifetime} s");
 }
 
 /// A 2xx record answer is a record unless its body says it is not: Conto does not document
@@ -346,6 +374,9 @@ async fn a_record_is_taken_on_2xx_unless_the_answer_says_it_was_not() {
         (json!({"confirmed": false}), false),
         (json!({"success": false, "error": "duplicate"}), false),
         (json!({"recorded": 0}), false),
+        (json!({"status": "FAILED"}), false),
+        (json!({"error": "duplicate payment"}), false),
+        (json!({"confirmed": true, "error": null}), true),
     ] {
         let s = stub(Arc::new(move |n| {
             let body = if n == 0 { approved_body(5.0, 600) } else { answer.clone() };

@@ -516,15 +516,26 @@ pub struct RecordedBody {
     /// Each payment of a batch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub payments: Vec<RecordedBody>,
+    /// An error the answer reports (a record it did not take).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
 }
 
 impl RecordedBody {
     /// Whether a successful (2xx) answer confirms the record: it does unless it says otherwise
-    /// (`confirmed: false`, `success: false`, `recorded: 0`). Conto does not document every
-    /// record answer's shape, and the status already says the record was taken; reading an
-    /// unfamiliar 2xx body as a failure would report a settled payment as unrecorded.
+    /// (`confirmed: false`, `success: false`, `recorded: 0`, a failed `status`, an `error`).
+    /// Conto does not document every record answer's shape, and the status already says the
+    /// record was taken; reading an unfamiliar 2xx body as a failure would report a settled
+    /// payment as unrecorded.
     pub fn confirms(&self) -> bool {
-        self.confirmed != Some(false) && self.success != Some(false) && self.recorded != Some(0)
+        let failed = |s: &String| {
+            ["FAILED", "FAILURE", "ERROR", "REJECTED", "DENIED", "DECLINED"].iter().any(|f| s.eq_ignore_ascii_case(f))
+        };
+        self.confirmed != Some(false)
+            && self.success != Some(false)
+            && self.recorded != Some(0)
+            && !self.status.as_ref().is_some_and(failed)
+            && self.error.as_ref().is_none_or(Value::is_null)
     }
 }
 

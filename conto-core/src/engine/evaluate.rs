@@ -161,9 +161,9 @@ impl<'p> Screened<'p> {
         self.applies.get(p / 64).is_some_and(|bits| (bits >> (p % 64)) & 1 == 1)
     }
 
-    /// Whether any applicable stateless rule is broken: the rail's folded caps and lists when
-    /// every policy applies, else family by family from the plan's flat arrays (no words, no
-    /// order).
+    /// Whether any applicable stateless rule is broken: the rail's folded caps, lists and
+    /// distinct time rules when every policy applies, else family by family from the plan's
+    /// flat arrays (no words, no order).
     fn any_stateless_broken(&self) -> bool {
         let (plan, s) = (&self.policies.plan, &self.subject);
         let broken = |polarity: Polarity, holds: Option<bool>| holds.is_some_and(|h| polarity.broken(h));
@@ -252,6 +252,8 @@ impl<'p> Screened<'p> {
     /// the ledger's lock), in order, and concludes.
     pub fn finish(mut self, ledger: &mut impl Reads, now: Timestamp) -> Evaluation {
         self.subject.now = now;
+        // A local time worked out for the screen's instant is not this one's.
+        self.subject.local.set(None);
         if let Some(pass) = self.folded_pass(ledger) {
             return pass;
         }
