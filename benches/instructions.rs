@@ -33,16 +33,13 @@ fn var(name: &str, default: usize) -> usize {
 /// day in the policy's own zone (Europe/Paris): a time rule that always holds, so every
 /// decision reads the local time.
 fn with_weekdays(n: usize) -> conto::PolicySet {
-    let rules = |i: usize| {
-        serde_json::json!({"name": format!("p{i}"), "priority": (i % 100) as i64, "timezone": "Europe/Paris", "rules": [
-            {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "1000", "action": "ALLOW"},
-            {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "900000000", "action": "ALLOW"},
-            {"ruleType": "ALLOWED_CATEGORIES", "operator": "IN_LIST", "value": "[\"API_PROVIDER\",\"CLOUD\"]", "action": "ALLOW"},
-            {"ruleType": "ALLOWED_COUNTERPARTIES", "operator": "IN_LIST", "value": format!("[\"{}\"]", common::RECIPIENT), "action": "ALLOW"},
-            {"ruleType": "DAY_OF_WEEK", "operator": "IN_LIST", "value": "[\"Mon\",\"Tue\",\"Wed\",\"Thu\",\"Fri\",\"Sat\",\"Sun\"]", "action": "ALLOW"}
-        ]})
-    };
-    let docs: Vec<_> = (0..n).map(rules).collect();
+    let every_day = serde_json::json!({"ruleType": "DAY_OF_WEEK", "operator": "IN_LIST",
+        "value": "[\"Mon\",\"Tue\",\"Wed\",\"Thu\",\"Fri\",\"Sat\",\"Sun\"]", "action": "ALLOW"});
+    let mut docs = common::policy_docs(n);
+    for doc in &mut docs {
+        doc["timezone"] = "Europe/Paris".into();
+        doc["rules"].as_array_mut().unwrap().push(every_day.clone());
+    }
     conto::PolicySet::from_value(serde_json::json!({"agents": ["agent-1"], "policies": docs})).unwrap()
 }
 
@@ -51,16 +48,13 @@ fn main() {
     let mode = std::env::var("MODE").unwrap_or_else(|_| "decision".into());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     match mode.as_str() {
-        "decision" => {
-            let engine = Engine::new(policies_for(policies, vec!["agent-1".into()]));
-            let shared = Arc::new(intent("agent-1"));
-            for _ in 0..calls {
-                let Verdict::Approved(a) = engine.decide_shared(&shared).unwrap().verdict else { panic!("approved") };
-                engine.settle(&a, &Settlement::default()).unwrap();
-            }
-        }
-        "decision_days" => {
-            let engine = Engine::new(with_weekdays(policies));
+        "decision" | "decision_days" => {
+            let set = if mode == "decision" {
+                policies_for(policies, vec!["agent-1".into()])
+            } else {
+                with_weekdays(policies)
+            };
+            let engine = Engine::new(set);
             let shared = Arc::new(intent("agent-1"));
             for _ in 0..calls {
                 let Verdict::Approved(a) = engine.decide_shared(&shared).unwrap().verdict else { panic!("approved") };

@@ -547,11 +547,10 @@ impl Authorizer for ContoClient {
 /// its status says, never a decision and never an unreadable one (an outage).
 fn refused_or_held(d: &DecisionBody) -> bool {
     d.request_id.is_some()
-        && d.status.as_deref().is_some_and(|s| {
-            ["DENIED", "REJECTED", "DECLINED", "REQUIRES_APPROVAL", "PENDING_APPROVAL", "REVIEW_REQUIRED"]
-                .iter()
-                .any(|known| s.eq_ignore_ascii_case(known))
-        })
+        && d.status
+            .as_deref()
+            .and_then(wire::RequestStatus::of)
+            .is_some_and(|s| matches!(s, wire::RequestStatus::Denied | wire::RequestStatus::Held))
 }
 
 #[cfg(test)]

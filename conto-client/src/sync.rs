@@ -108,18 +108,22 @@ pub async fn sync_policies(
                 org.call(reqwest::Method::POST, "/api/policies", Some(want)).await?;
                 report.created += 1;
             }
-            Some(have) if have.essence() == want.essence() => report.unchanged += 1,
             Some(have) => {
                 // Conto's policy API: PATCH changes the policy's own fields, PUT `…/rules`
                 // replaces its rules; each is sent only when it differs.
+                let (mut theirs, mut ours) = (have.essence(), want.essence());
+                let rules_differ = theirs.rules.take() != ours.rules.take();
+                let fields_differ = theirs != ours;
+                if !(rules_differ || fields_differ) {
+                    report.unchanged += 1;
+                    continue;
+                }
                 let id = have.id.as_deref().unwrap_or_default();
-                let (have, wanted) = (have.essence(), want.essence());
-                let fields_of = |p: &Policy| Policy { rules: None, ..p.clone() };
-                if fields_of(&have) != fields_of(&wanted) {
+                if fields_differ {
                     let fields = Policy { rules: None, ..want.clone() };
                     org.call(reqwest::Method::PATCH, &format!("/api/policies/{id}"), Some(&fields)).await?;
                 }
-                if have.rules != wanted.rules {
+                if rules_differ {
                     let rules = serde_json::json!({ "rules": want.rules.clone().unwrap_or_default() });
                     org.call(reqwest::Method::PUT, &format!("/api/policies/{id}/rules"), Some(&rules)).await?;
                 }

@@ -13,8 +13,8 @@ use conto_core::AuthorityError;
 use conto_core::{Authorization, Decision, Denial, PendingApproval, Settlement, Verdict};
 use conto_core::{PaymentIntent, Rail};
 
-/// How long an approval from an endpoint that states no expiry is trusted (Conto: 10 minutes).
-pub(crate) const IMPLICIT_TTL: SignedDuration = SignedDuration::from_mins(10);
+/// How long a pending human approval that states no expiry is followed.
+pub(crate) const IMPLICIT_PENDING_TTL: SignedDuration = SignedDuration::from_mins(10);
 /// The longest expiry accepted from the authority.
 const MAX_TTL: SignedDuration = SignedDuration::from_hours(24);
 
@@ -70,6 +70,32 @@ fn check_echo(body: &DecisionBody, intent: &PaymentIntent) -> Result<(), Authori
     Ok(())
 }
 
+/// A payment request's status, in every spelling Conto's hybrid example normalises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestStatus {
+    /// `APPROVED`, `READY_TO_SEND`.
+    Approved,
+    /// `DENIED`, `REJECTED`, `DECLINED`.
+    Denied,
+    /// Waiting for a human: `REQUIRES_APPROVAL`, `PENDING_APPROVAL`, `REVIEW_REQUIRED`.
+    Held,
+    /// `EXECUTED` (by Conto, from a wallet it manages).
+    Executed,
+}
+
+impl RequestStatus {
+    /// The status `text` names (any case); `None` for one Conto's clients do not know.
+    pub(crate) fn of(text: &str) -> Option<RequestStatus> {
+        Some(match text.to_ascii_uppercase().as_str() {
+            "APPROVED" | "READY_TO_SEND" => RequestStatus::Approved,
+            "DENIED" | "REJECTED" | "DECLINED" => RequestStatus::Denied,
+            "REQUIRES_APPROVAL" | "PENDING_APPROVAL" | "REVIEW_REQUIRED" => RequestStatus::Held,
+            "EXECUTED" => RequestStatus::Executed,
+            _ => return None,
+        })
+    }
+}
+
 /// A decision that waits for a human. Its id is the `approvalRequestId`, or (Conto sends it only
 /// when an approval workflow matches) the `approvalId` or the payment request's `requestId`.
 /// With none of them it is still a requires-approval answer, never an unreadable one: an
@@ -81,7 +107,7 @@ fn pending(body: &DecisionBody, now: Timestamp) -> Result<PendingApproval, Autho
     Ok(PendingApproval {
         approval_request_id: id.unwrap_or_default().to_owned(),
         expires_at: timestamp(&body.expires_at, "expiresAt")?
-            .unwrap_or(now.saturating_add(IMPLICIT_TTL).unwrap_or(now)),
+            .unwrap_or(now.saturating_add(IMPLICIT_PENDING_TTL).unwrap_or(now)),
         reasons: body.reasons.clone(),
     })
 }
@@ -152,20 +178,21 @@ pub(crate) fn parse_decision(
             Some(false) => denial(),
             None => Err(invalid(format!("HTTP {status}: no boolean `authorized` in the decision"))),
         },
-        Rail::Request { .. } => match given(&body.status).map(str::to_ascii_uppercase).as_deref() {
-            // Conto's hybrid example normalises these spellings the same way.
-            Some("APPROVED" | "READY_TO_SEND") => {
+        Rail::Request { .. } => match given(&body.status).map(|s| (s, RequestStatus::of(s))) {
+            Some((_, Some(RequestStatus::Approved))) => {
                 check_echo(body, intent)?;
                 let id = given(&body.request_id).ok_or_else(|| invalid("approved without `requestId`"))?;
                 let expires = timestamp(&body.expires_at, "expiresAt")?.unwrap_or_else(implicit);
                 approval(body, intent, id.to_owned(), None, expires, now)
             }
-            Some("DENIED" | "REJECTED" | "DECLINED") => denial(),
-            Some("REQUIRES_APPROVAL" | "PENDING_APPROVAL" | "REVIEW_REQUIRED") => {
-                decided(Verdict::RequiresApproval(pending(body, now)?))
+            Some((_, Some(RequestStatus::Denied))) => denial(),
+            Some((_, Some(RequestStatus::Held))) => decided(Verdict::RequiresApproval(pending(body, now)?)),
+            Some((_, Some(RequestStatus::Executed))) => {
+                Err(invalid("Conto executed a payment request the app meant to settle itself"))
             }
-            Some("EXECUTED") => Err(invalid("Conto executed a payment request the app meant to settle itself")),
-            Some(other) => Err(invalid(format!("unknown payment request status `{other}`"))),
+            Some((other, None)) => {
+                Err(invalid(format!("unknown payment request status `{}`", other.to_ascii_uppercase())))
+            }
             None => Err(invalid(format!("HTTP {status}: no `status` in the payment request decision"))),
         },
         Rail::Card { .. } => match given(&body.status) {

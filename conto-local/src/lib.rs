@@ -258,11 +258,7 @@ pub(crate) fn random_hex(n: usize) -> String {
 /// serves on 127.0.0.1.
 pub async fn start(config: Config) -> Result<Running, LocalError> {
     let store = open_store(config.db.as_deref())?;
-    let engine = match config.approval_ttl {
-        Some(ttl) => Engine::builder().approval_ttl(ttl),
-        None => Engine::builder(),
-    }
-    .build();
+    let engine = Engine::builder().approval_ttl(config.approval_ttl).build();
     restore(&store, &engine)?;
     let org_key = SecretString::from(config.org_key.clone().unwrap_or_else(|| format!("conto_org_{}", random_hex(32))));
     let app = Arc::new(App::new(store, engine, org_key.clone(), config.rate_limit));

@@ -169,24 +169,20 @@ impl<'p> Screened<'p> {
         let broken = |polarity: Polarity, holds: Option<bool>| holds.is_some_and(|h| polarity.broken(h));
         let any_amount =
             || plan.amounts.iter().any(|e| self.applied(e.at, e.rails) && broken(e.polarity, e.test.holds(s)));
-        let any_list = || plan.lists.iter().any(|e| self.applied(e.at, e.rails) && broken(e.polarity, e.test.holds(s)));
-        let capped_or_listed = if self.all_apply {
-            // Every policy applies: the rail's folded caps and lists answer for all of them.
+        if self.all_apply {
+            // Every policy applies: the rail's folded rules answer for all of them.
             let folded = self.folded();
             let amount = match folded.amounts {
                 Some((lo, hi)) => !(lo..=hi).contains(&i128::from(s.amount.0)),
                 None => any_amount(),
             };
-            let timed = || folded.timed.iter().any(|(rule, polarity)| polarity.broken(rule.holds(s)));
-            return amount || s.listed.breaks(&folded.lists) || timed();
-        } else {
-            any_amount() || any_list()
-        };
-        capped_or_listed
-            || plan.others.iter().any(|e| {
-                let holds = self.judged(e.at).and_then(|(_, rule)| rule.check.stateless_holds(s));
-                broken(e.polarity, holds)
-            })
+            return amount
+                || s.listed.breaks(&folded.lists)
+                || folded.timed.iter().any(|(rule, polarity)| polarity.broken(rule.holds(s)));
+        }
+        any_amount()
+            || plan.lists.iter().any(|e| self.applied(e.at, e.rails) && broken(e.polarity, e.test.holds(s)))
+            || plan.others.iter().any(|e| self.applied(e.at, e.rails) && e.polarity.broken(e.test.holds(s)))
     }
 
     /// Judges the stateless rules in priority order, with words for the broken ones: the first
@@ -598,28 +594,60 @@ mod tests {
         })
     }
 
+    /// The instant the unit tests decide at: a Wednesday morning, inside kind 10's window.
+    fn morning() -> Timestamp {
+        "2026-03-04T09:00:00Z".parse().unwrap()
+    }
+
+    /// A transfer of `amount` to `TO`.
+    fn transfer(amount: &str) -> PaymentIntent {
+        PaymentIntent::builder("agent-1", amount, Rail::transfer(8453, FROM).unwrap()).recipient(TO).build().unwrap()
+    }
+
+    /// A transfer of 5 in the `API_PROVIDER` category.
+    fn api_payment() -> PaymentIntent {
+        PaymentIntent::builder("agent-1", "5", Rail::transfer(8453, FROM).unwrap())
+            .recipient(TO)
+            .category("API_PROVIDER")
+            .build()
+            .unwrap()
+    }
+
+    /// One active policy with a rule of each kind, at `limit`.
+    fn one_policy(kinds: &[usize], limit: &str) -> PolicySet {
+        let rules: Vec<Value> = kinds.iter().map(|k| rule(*k, limit)).collect();
+        PolicySet::from_value(json!([{"name": "p", "priority": 0, "isActive": true, "rules": rules}])).unwrap()
+    }
+
+    /// Whether the screen finds a stateless rule broken, asked the folded rules and then each
+    /// rule (the first only when every policy applies).
+    fn broken_folded_and_each(
+        policies: &PolicySet,
+        payment: &PaymentIntent,
+        now: Timestamp,
+        skip: bool,
+    ) -> (bool, bool) {
+        let mut screened = super::screen(policies, payment, now, skip);
+        let folded = screened.any_stateless_broken();
+        screened.all_apply = false;
+        (folded, screened.any_stateless_broken())
+    }
+
     /// On a limit and one micro-unit either side of it, every cap and spend limit, of every
     /// comparison and action, is judged folded as one by one: the same answer, and the same
     /// "broken" from the screen.
     #[test]
     fn folded_limits_answer_as_each_rule_on_and_around_the_limit() {
-        let now: Timestamp = "2026-03-04T09:00:00Z".parse().unwrap();
         let kinds = [0, 1, 2, 6, 7, 9, 13, 14, 15, 16, 17, 25, 26, 27, 28, 29, 32, 33];
         for kind in kinds {
-            let doc = json!([{"name": "p", "priority": 0, "isActive": true, "rules": [rule(kind, "10")]}]);
-            let policies = PolicySet::from_value(doc).unwrap();
+            let policies = one_policy(&[kind], "10");
             for amount in ["9.999999", "10", "10.000001"] {
-                let payment = PaymentIntent::builder("agent-1", amount, Rail::transfer(8453, FROM).unwrap())
-                    .recipient(TO)
-                    .build()
-                    .unwrap();
-                let plan = evaluate(&policies, &payment, &mut AgentLedger::default(), now, false);
-                let pass = one_pass(&policies, &payment, &mut AgentLedger::default(), now, false);
+                let payment = transfer(amount);
+                let plan = evaluate(&policies, &payment, &mut AgentLedger::default(), morning(), false);
+                let pass = one_pass(&policies, &payment, &mut AgentLedger::default(), morning(), false);
                 assert_eq!(said(&plan), said(&pass), "rule {kind}, amount {amount}");
-                let mut screened = super::screen(&policies, &payment, now, false);
-                let folded = screened.any_stateless_broken();
-                screened.all_apply = false;
-                assert_eq!(folded, screened.any_stateless_broken(), "rule {kind}, amount {amount}");
+                let (folded, each) = broken_folded_and_each(&policies, &payment, morning(), false);
+                assert_eq!(folded, each, "rule {kind}, amount {amount}");
             }
         }
     }
@@ -628,21 +656,12 @@ mod tests {
     /// rules (no rule judged one by one), and a set with an `=` spend limit is not folded.
     #[test]
     fn the_folded_rules_conclude_a_payment_that_breaks_nothing() {
-        let now: Timestamp = "2026-03-04T09:00:00Z".parse().unwrap();
-        let payment = PaymentIntent::builder("agent-1", "5", Rail::transfer(8453, FROM).unwrap())
-            .recipient(TO)
-            .category("API_PROVIDER")
-            .build()
-            .unwrap();
-        let rules = |kinds: &[usize]| {
-            let rules: Vec<Value> = kinds.iter().map(|k| rule(*k, "100")).collect();
-            PolicySet::from_value(json!([{"name": "p", "priority": 0, "isActive": true, "rules": rules}])).unwrap()
-        };
-        let folded = rules(&[0, 3, 5, 6, 11]);
-        let mut screened = super::screen(&folded, &payment, now, false);
+        let payment = api_payment();
+        let folded = one_policy(&[0, 3, 5, 6, 11], "100");
+        let mut screened = super::screen(&folded, &payment, morning(), false);
         assert!(matches!(screened.folded_pass(&mut AgentLedger::default()), Some(Evaluation::Pass { .. })));
-        let unfolded = rules(&[0, 6, 28]);
-        let mut screened = super::screen(&unfolded, &payment, now, false);
+        let unfolded = one_policy(&[0, 6, 28], "100");
+        let mut screened = super::screen(&unfolded, &payment, morning(), false);
         assert!(screened.folded_pass(&mut AgentLedger::default()).is_none());
     }
 
@@ -651,12 +670,7 @@ mod tests {
     /// folded or not; the same window repeated is one folded rule.
     #[test]
     fn the_folded_time_rules_keep_each_polarity_of_a_repeated_window() {
-        let morning: Timestamp = "2026-03-04T09:00:00Z".parse().unwrap();
-        let payment = PaymentIntent::builder("agent-1", "5", Rail::transfer(8453, FROM).unwrap())
-            .recipient(TO)
-            .category("API_PROVIDER")
-            .build()
-            .unwrap();
+        let payment = api_payment();
         let set = |kinds: &[usize]| {
             let docs: Vec<Value> = kinds
                 .iter()
@@ -667,11 +681,10 @@ mod tests {
         };
         for (kinds, broken) in [(&[10, 38][..], true), (&[38, 10][..], true), (&[10, 10, 10][..], false)] {
             let policies = set(kinds);
-            let mut screened = super::screen(&policies, &payment, morning, false);
-            assert!(screened.all_apply);
-            assert_eq!(screened.any_stateless_broken(), broken, "{kinds:?} folded");
-            screened.all_apply = false;
-            assert_eq!(screened.any_stateless_broken(), broken, "{kinds:?} one by one");
+            assert!(super::screen(&policies, &payment, morning(), false).all_apply);
+            let (folded, each) = broken_folded_and_each(&policies, &payment, morning(), false);
+            assert_eq!(folded, broken, "{kinds:?} folded");
+            assert_eq!(each, broken, "{kinds:?} one by one");
         }
         assert_eq!(set(&[10, 10, 10]).plan.folded[0].timed.len(), 1, "a repeated window is folded once");
     }
@@ -681,16 +694,13 @@ mod tests {
     /// it breaks either way.
     #[test]
     fn a_payment_without_a_recipient_breaks_no_counterparty_rule_folded_or_not() {
-        let now: Timestamp = "2026-03-04T09:00:00Z".parse().unwrap();
         let card = PaymentIntent::builder("agent-1", "5", Rail::card("Acme").unwrap()).build().unwrap();
         for (kind, broken) in [(5, false), (20, false), (21, false), (3, true)] {
-            let doc = json!([{"name": "p", "priority": 0, "isActive": true, "rules": [rule(kind, "10")]}]);
-            let policies = PolicySet::from_value(doc).unwrap();
-            let mut screened = super::screen(&policies, &card, now, false);
-            assert!(screened.all_apply);
-            assert_eq!(screened.any_stateless_broken(), broken, "rule {kind}, folded");
-            screened.all_apply = false;
-            assert_eq!(screened.any_stateless_broken(), broken, "rule {kind}, each");
+            let policies = one_policy(&[kind], "10");
+            assert!(super::screen(&policies, &card, morning(), false).all_apply);
+            let (folded, each) = broken_folded_and_each(&policies, &card, morning(), false);
+            assert_eq!(folded, broken, "rule {kind}, folded");
+            assert_eq!(each, broken, "rule {kind}, each");
         }
     }
 
@@ -728,10 +738,8 @@ mod tests {
             prop_assert_eq!(said(&plan), said(&pass));
             // The folded caps and lists say "broken" exactly when a rule is (not merely when
             // one may be: a false alarm would cost a walk without changing the answer).
-            let mut screened = super::screen(&policies, &intent, now, skip);
-            let folded = screened.any_stateless_broken();
-            screened.all_apply = false;
-            prop_assert_eq!(folded, screened.any_stateless_broken());
+            let (folded, each) = broken_folded_and_each(&policies, &intent, now, skip);
+            prop_assert_eq!(folded, each);
         }
     }
 }

@@ -231,11 +231,11 @@ impl EngineBuilder {
         self
     }
 
-    /// How long an approval waits for its settlement, on every rail. By default, Conto's
-    /// lifetimes ([`conto_approval_ttl`]): 10 minutes for transfers, x402 and MPP, 5 minutes
-    /// for payment requests and cards.
-    pub fn approval_ttl(mut self, ttl: SignedDuration) -> Self {
-        self.approval_ttl = Some(ttl);
+    /// How long an approval waits for its settlement, on every rail; `None` (the default) for
+    /// Conto's lifetimes ([`conto_approval_ttl`]): 10 minutes for transfers, x402 and MPP, 5
+    /// minutes for payment requests and cards.
+    pub fn approval_ttl(mut self, ttl: impl Into<Option<SignedDuration>>) -> Self {
+        self.approval_ttl = ttl.into();
         self
     }
 

@@ -55,8 +55,8 @@ pub(crate) struct Plan {
     pub amounts: Box<[Entry<AmountRule>]>,
     /// Allow- and blocklists.
     pub lists: Box<[Entry<ListCheck>]>,
-    /// The other stateless rules (time windows, blackouts), checked from their policy.
-    pub others: Box<[Entry<()>]>,
+    /// The other stateless rules (time windows, blackouts).
+    pub others: Box<[Entry<Timed>]>,
     /// The rules that read the ledger, in evaluation order.
     pub stateful: Box<[Entry<Stateful>]>,
     /// The rules folded for a payment whose actor every policy applies to, per rail
@@ -143,7 +143,8 @@ impl Plan {
                 match &rule.check {
                     Check::Amount(c) => amounts.push(Entry { at, rails, polarity, test: *c }),
                     Check::List(c) => lists.push(Entry { at, rails, polarity, test: c.check }),
-                    Check::Time(_) | Check::Blackout(_) => others.push(Entry { at, rails, polarity, test: () }),
+                    Check::Time(c) => others.push(Entry { at, rails, polarity, test: Timed::Time(c.clone()) }),
+                    Check::Blackout(c) => others.push(Entry { at, rails, polarity, test: Timed::Blackout(c.clone()) }),
                     Check::Cumulative(c) => {
                         stateful.push(Entry { at, rails, polarity, test: Stateful::Spend(c.clone()) });
                     }
@@ -169,13 +170,8 @@ impl Plan {
             }
         }
         for e in &others {
-            let timed = match policies[e.at.0 as usize].rules[e.at.1 as usize].check {
-                Check::Time(ref c) => Timed::Time(c.clone()),
-                Check::Blackout(ref c) => Timed::Blackout(c.clone()),
-                _ => continue,
-            };
             for &slot in slots(e.rails) {
-                let timed = (timed.clone(), e.polarity);
+                let timed = (e.test.clone(), e.polarity);
                 if !folded[slot].timed.contains(&timed) {
                     folded[slot].timed.push(timed);
                 }
@@ -205,7 +201,11 @@ impl Plan {
         count == self.amounts.len() + self.lists.len() + self.others.len() + self.stateful.len()
             && self.amounts.iter().all(|e| matches!(rule(e.at), Some(Check::Amount(_))))
             && self.lists.iter().all(|e| matches!(rule(e.at), Some(Check::List(c)) if c.check.bit() == e.test.bit()))
-            && self.others.iter().all(|e| matches!(rule(e.at), Some(Check::Time(_) | Check::Blackout(_))))
+            && self.others.iter().all(|e| match (rule(e.at), &e.test) {
+                (Some(Check::Time(c)), Timed::Time(t)) => c == t,
+                (Some(Check::Blackout(c)), Timed::Blackout(b)) => c == b,
+                _ => false,
+            })
             && self.stateful.iter().all(|e| matches!(rule(e.at), Some(Check::Cumulative(_) | Check::Velocity(_))))
     }
 }

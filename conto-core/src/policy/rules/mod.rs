@@ -282,20 +282,6 @@ pub(crate) enum Check {
     Blackout(blackout::BlackoutRule),
 }
 
-impl Check {
-    /// Whether a stateless rule's condition holds for `s` (`None`: it does not apply, or it
-    /// reads a ledger).
-    pub(crate) fn stateless_holds(&self, s: &Subject<'_>) -> Option<bool> {
-        match self {
-            Check::Amount(c) => c.holds(s),
-            Check::List(c) => c.check.holds(s),
-            Check::Time(c) => Some(c.holds(s)),
-            Check::Blackout(c) => Some(c.check(s).holds),
-            Check::Cumulative(_) | Check::Velocity(_) => None,
-        }
-    }
-}
-
 /// What one rule measured: whether its condition holds, and what to say if it is broken.
 pub(crate) struct Finding<D> {
     pub holds: bool,
