@@ -5,7 +5,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::Arc;
 
 use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
@@ -90,7 +89,7 @@ pub(crate) struct CounterKey {
     pub id: CounterId,
     pub scope_key: String,
     pub period: Period,
-    pub tz: Arc<str>,
+    pub tz: &'static str,
 }
 
 impl PartialEq for CounterKey {

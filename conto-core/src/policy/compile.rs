@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use jiff::Timestamp;
 use jiff::civil::{Date, DateTime, Time};
@@ -153,8 +152,10 @@ pub(super) fn policy(doc: PolicyDoc) -> Result<Policy, PolicyError> {
     if !(0..=100).contains(&doc.priority) {
         return Err(policy_err("priority", format!("{} is outside 0-100", doc.priority)));
     }
-    let tz_name: Arc<str> = doc.timezone.as_deref().unwrap_or("UTC").into();
-    let tz = time_zone(&tz_name).ok_or_else(|| policy_err("timezone", format!("unknown time zone `{tz_name}`")))?;
+    let tz_text = doc.timezone.as_deref().unwrap_or("UTC");
+    let tz = time_zone(tz_text).ok_or_else(|| policy_err("timezone", format!("unknown time zone `{tz_text}`")))?;
+    // Interned once known: a name that is not a zone is never kept.
+    let tz_name = super::rules::intern(tz_text);
 
     let mut agents: Option<HashSet<String, foldhash::fast::RandomState>> = None;
     let all = doc.scope.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("all"));
@@ -173,7 +174,7 @@ pub(super) fn policy(doc: PolicyDoc) -> Result<Policy, PolicyError> {
 
     let mut rules = Vec::with_capacity(doc.rules.len());
     for (index, rule) in doc.rules.iter().enumerate() {
-        let ctx = RuleCtx { policy: &name, index, rule_type: &rule.rule_type, tz: &tz, tz_name: &tz_name };
+        let ctx = RuleCtx { policy: &name, index, rule_type: &rule.rule_type, tz: &tz, tz_name };
         rules.push(ctx.compile(rule)?);
     }
     Ok(Policy {
@@ -194,7 +195,7 @@ pub(crate) struct RuleCtx<'a> {
     index: usize,
     rule_type: &'a str,
     pub tz: &'a TimeZone,
-    tz_name: &'a Arc<str>,
+    tz_name: &'static str,
 }
 
 impl RuleCtx<'_> {
@@ -329,7 +330,7 @@ impl RuleCtx<'_> {
             scope,
             period,
             tz: self.tz.clone(),
-            tz_name: self.tz_name.clone(),
+            tz_name: self.tz_name,
             last_period: Default::default(),
             slot: 0,
         }
@@ -404,7 +405,7 @@ impl RuleCtx<'_> {
 /// The full identity of a counted quantity: equal for the same rails, scope, period and zone in
 /// every policy set, so a policy reload keeps its counters.
 pub(crate) fn counter_id(parts: std::fmt::Arguments<'_>) -> super::rules::CounterId {
-    super::rules::CounterId::new(parts.to_string().into())
+    super::rules::CounterId::new(&parts.to_string())
 }
 
 /// `HH:MM` or `HH:MM:SS`; `24:00` means end of day.

@@ -400,27 +400,14 @@ impl PolicySet {
     }
 }
 
-/// Makes rules that count the same quantity share one id allocation (told apart by pointer
-/// before text) and one number in the set.
+/// Numbers the spend counters of a set densely (a decision indexes its reads by the number);
+/// rules that count the same quantity share one number.
 fn number_counters(policies: &mut [Policy]) {
-    let mut seen: HashSet<rules::CounterId> = HashSet::new();
-    // Spend counters are numbered densely, on their own (a decision indexes its reads by it).
     let mut slots: HashMap<rules::CounterId, u32> = HashMap::new();
-    let mut intern = |id: &mut rules::CounterId| match seen.get(id) {
-        Some(same) => id.share(same),
-        None => {
-            seen.insert(id.clone());
-        }
-    };
     for rule in policies.iter_mut().flat_map(|p| p.rules.iter_mut()) {
-        match &mut rule.check {
-            rules::Check::Cumulative(c) => {
-                intern(&mut c.counter.id);
-                let next = slots.len() as u32;
-                c.counter.slot = *slots.entry(c.counter.id.clone()).or_insert(next);
-            }
-            rules::Check::Velocity(v) => intern(&mut v.0.id),
-            _ => {}
+        if let rules::Check::Cumulative(c) = &mut rule.check {
+            let next = slots.len() as u32;
+            c.counter.slot = *slots.entry(c.counter.id).or_insert(next);
         }
     }
 }

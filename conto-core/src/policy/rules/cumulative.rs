@@ -80,7 +80,7 @@ impl Family for Cumulatives {
 
 /// The counter of `c` for `intent`.
 pub(crate) fn counter_key(c: &Cumulative, intent: &PaymentIntent) -> CounterKey {
-    CounterKey { id: c.id.clone(), scope_key: c.scope.key(intent), period: c.period, tz: c.tz_name.clone() }
+    CounterKey { id: c.id, scope_key: c.scope.key(intent), period: c.period, tz: c.tz_name }
 }
 
 /// What one decision read from its counters: each counter's key, period start and what it had
@@ -268,7 +268,6 @@ impl Explain for Spent {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use jiff::Timestamp;
 
@@ -279,10 +278,10 @@ mod tests {
 
     fn read(n: usize) -> (u32, CounterKey, Timestamp, Micros) {
         let key = CounterKey {
-            id: CounterId::new(Arc::from(format!("c{n}"))),
+            id: CounterId::new(&format!("c{n}")),
             scope_key: String::new(),
             period: Period::Day,
-            tz: Arc::from("UTC"),
+            tz: "UTC",
         };
         (n as u32, key, Timestamp::from_second(n as i64).unwrap(), Micros(n as i64))
     }

@@ -149,39 +149,35 @@ impl Scope {
 }
 
 /// The identity of a counted quantity, spelled out in full (never a hash, so two quantities
-/// can never share a counter by collision). Rules that count the same quantity get equal ids,
-/// interned to one allocation per policy set, so equality is a pointer compare first. Its
-/// hash is computed once, when the id is made: a ledger looks counters up on every decision.
-#[derive(Debug, Clone, Eq)]
+/// can never share a counter by collision). Its text is interned for the life of the process
+/// (see [`intern`]), so an id is a pointer and a precomputed hash: copied into every counter
+/// key a decision makes with no reference count to touch (one shared between threads would
+/// be a cache line they pass back and forth on every decision), and compared by pointer.
+#[derive(Debug, Clone, Copy, Eq)]
 pub(crate) struct CounterId {
-    text: Arc<str>,
+    text: &'static str,
     hash: u64,
 }
 
 impl CounterId {
     /// The id spelled `text`.
-    pub(crate) fn new(text: Arc<str>) -> Self {
+    pub(crate) fn new(text: &str) -> Self {
         use std::hash::BuildHasher;
         // An explicitly specified hash (foldhash, fixed seed): equal text, equal hash.
-        let hash = foldhash::fast::FixedState::with_seed(0x636f_756e_7465_7273).hash_one(&*text);
-        CounterId { text, hash }
+        let hash = foldhash::fast::FixedState::with_seed(0x636f_756e_7465_7273).hash_one(text);
+        CounterId { text: intern(text), hash }
     }
 
     /// The id's text.
-    pub(crate) fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// Shares `other`'s allocation (they are equal).
-    pub(crate) fn share(&mut self, other: &CounterId) {
-        debug_assert!(*self == *other);
-        self.text = other.text.clone();
+    pub(crate) fn as_str(&self) -> &'static str {
+        self.text
     }
 }
 
+/// Equal texts are one interned text: the pointers are equal.
 impl PartialEq for CounterId {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.text, &other.text) || (self.hash == other.hash && self.text == other.text)
+        std::ptr::eq(self.text, other.text)
     }
 }
 
@@ -189,6 +185,23 @@ impl std::hash::Hash for CounterId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         state.write_u64(self.hash);
     }
+}
+
+/// `text`, interned: every equal text gets the same `&'static str`, kept for the life of the
+/// process. Only what policies compile to is interned (counter identities and zone names), so
+/// there are as many texts as distinct (rails, scope, period, zone) combinations and velocity
+/// windows ever loaded:
+/// a few hundred bytes each, bounded by the policies, not by traffic.
+pub(crate) fn intern(text: &str) -> &'static str {
+    static SEEN: std::sync::LazyLock<Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::LazyLock::new(Mutex::default);
+    let mut seen = SEEN.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(same) = seen.get(text) {
+        return same;
+    }
+    let kept: &'static str = Box::leak(text.into());
+    seen.insert(kept);
+    kept
 }
 
 /// A counter of spend per period.
@@ -200,7 +213,8 @@ pub(crate) struct Cumulative {
     pub scope: Scope,
     pub period: Period,
     pub tz: TimeZone,
-    pub tz_name: Arc<str>,
+    /// The zone's name, interned.
+    pub tz_name: &'static str,
     /// The last period computed, shared by every decision on this policy set that reads this
     /// copy of the rule (the plan's, or a rail's folded one).
     pub last_period: PeriodCache,
@@ -437,6 +451,25 @@ mod tests {
     use jiff::Timestamp;
     use jiff::tz::TimeZone;
     use proptest::prelude::*;
+
+    /// Counter ids are told apart by their whole text: equal texts are one interned text (so
+    /// equal and hashed alike), and texts that differ, even by a byte at the end, are not.
+    #[test]
+    fn counter_ids_are_equal_exactly_when_their_texts_are() {
+        use std::hash::BuildHasher;
+        let hash = |id: &super::CounterId| foldhash::fast::FixedState::with_seed(1).hash_one(id);
+        let a = super::CounterId::new(&format!("spend|{}|Agent|Day|UTC", "All"));
+        let b = super::CounterId::new("spend|All|Agent|Day|UTC");
+        assert_eq!(a, b);
+        assert!(std::ptr::eq(a.as_str(), b.as_str()), "one interned text");
+        assert_eq!(hash(&a), hash(&b));
+        for other in ["spend|All|Agent|Day|UTC ", "spend|All|Agent|Day|Europe/Paris", "spend|All|Agent|Day|UT"] {
+            let c = super::CounterId::new(other);
+            assert_ne!(a, c, "{other}");
+            assert_eq!(c.as_str(), other);
+        }
+        assert!(std::ptr::eq(super::intern("UTC"), super::intern(&String::from("UTC"))));
+    }
 
     use super::{Period, PeriodCache};
     use crate::engine::ledger::period_bounds;

@@ -58,7 +58,7 @@ impl Family for Velocities {
 
 /// The window of `v` for `intent`.
 pub(crate) fn velocity_key(v: &Velocity, intent: &PaymentIntent) -> VelocityKey {
-    VelocityKey { id: v.id.clone(), scope_key: v.scope.key(intent), window: v.window }
+    VelocityKey { id: v.id, scope_key: v.scope.key(intent), window: v.window }
 }
 
 /// What a velocity rule saw: approvals in the window, this one included.
