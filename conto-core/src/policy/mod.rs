@@ -292,6 +292,7 @@ impl Policy {
     }
 
     /// Whether it applies to `agent`.
+    #[inline]
     pub fn applies_to(&self, agent: &str) -> bool {
         self.active && self.agents.as_ref().is_none_or(|a| a.contains(agent))
     }
