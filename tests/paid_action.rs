@@ -191,6 +191,33 @@ async fn invalid_inputs_are_typed_rejections_not_panics() {
     assert_eq!(engine.usage("agent-9").stats.recorded, 1);
 }
 
+#[paid_action(amount = "-0.50", recipient = RECIPIENT, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto)]
+async fn negative_literal(conto: &Conto, runs: &AtomicUsize) -> Result<(), PayError> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_literal_amount_is_refused_on_every_call_not_only_the_first() {
+    // A literal amount is read once per call site and kept: what is kept is the typed
+    // refusal, so every call is refused the same way and no body runs.
+    let engine = engine();
+    let conto = Conto::new(engine.clone());
+    let runs = AtomicUsize::new(0);
+    for _ in 0..3 {
+        let Err(PayError::Rejected(r)) = negative_literal(&conto, &runs).await else { panic!("refused") };
+        assert!(
+            matches!(
+                r.kind(),
+                conto::RejectionKind::Invalid(conto::IntentError::Amount(conto::AmountError::Negative(_)))
+            ),
+            "{r:?}"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert_eq!(engine.usage("agent-1").stats.approved, 0);
+}
+
 #[paid_action(amount = "1", recipient = RECIPIENT, rail = card(merchant = "Acme"), actor = actor, conto = conto)]
 async fn pay_as(conto: &Conto, actor: &str, runs: &AtomicUsize) -> Result<(), PayError> {
     runs.fetch_add(1, Ordering::SeqCst);

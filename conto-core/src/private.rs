@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use serde_json;
+pub use std::sync::OnceLock;
 
 use crate::DecisionSource;
 use crate::decision::Settlement;
@@ -54,6 +55,13 @@ impl AmountSource for String {
     fn conto_amount(&self) -> Result<Amount, AmountError> {
         self.parse()
     }
+}
+/// A literal amount, as read on a call site's first call.
+pub type AmountRead = Result<Amount, AmountError>;
+
+/// Reads a literal amount (`#[paid_action(amount = "0.01")]`), once per call site.
+pub fn read_amount(literal: &str) -> AmountRead {
+    literal.parse()
 }
 macro_rules! amount_from_int {
     ($($t:ty),*) => {$(
@@ -384,8 +392,17 @@ pub struct IntentParts {
 impl IntentParts {
     /// Starts from the required parts.
     pub fn new(amount: &impl AmountSource, rail: RailParts) -> Self {
+        Self::with_amount(amount.conto_amount(), rail)
+    }
+
+    /// Starts from a literal amount as read once for the call site ([`read_amount`]).
+    pub fn with_read(amount: &AmountRead, rail: RailParts) -> Self {
+        Self::with_amount(amount.clone(), rail)
+    }
+
+    fn with_amount(amount: AmountRead, rail: RailParts) -> Self {
         Self {
-            amount: amount.conto_amount(),
+            amount,
             rail,
             actor: None,
             recipient: None,

@@ -124,7 +124,20 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
     });
 
     let amount_span = span_of(amount);
-    let amount_tokens = quote_spanned! {amount_span=> &(#amount) };
+    let (parts_new, amount_tokens) = match amount {
+        // A literal amount is read once per call site, on the first call, by the same rules
+        // as any other (a bad one is still a typed rejection); later calls copy it.
+        Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. }) => (
+            quote!(#p::IntentParts::with_read),
+            quote_spanned! {amount_span=>
+                {
+                    static __CONTO_AMOUNT: #p::OnceLock<#p::AmountRead> = #p::OnceLock::new();
+                    __CONTO_AMOUNT.get_or_init(|| #p::read_amount(#lit))
+                }
+            },
+        ),
+        _ => (quote!(#p::IntentParts::new), quote_spanned! {amount_span=> &(#amount) }),
+    };
 
     let rail_kind = rail.kind.to_string();
     let field = |name: &str| rail.fields.iter().find(|(n, _)| n == name).map(|(_, e)| e);
@@ -283,7 +296,7 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
             // does not keep room for it (or its parts) beside the pipeline's own.
             let __conto_outcome = {
                 #[allow(unused_mut)]
-                let mut __conto_parts = #p::IntentParts::new(#amount_tokens, #rail_tokens);
+                let mut __conto_parts = #parts_new(#amount_tokens, #rail_tokens);
                 #(#sets)*
                 let __conto_intent = match __conto_parts.build(&__conto_handle) {
                     ::core::result::Result::Ok(intent) => intent,
