@@ -12,6 +12,7 @@
 //! limit alone (N × each budget in all). [`SharedEngine`] keeps the ledger in a
 //! [`SharedLedger`] that every replica uses (conto's `postgres::PgLedger`).
 
+mod actors;
 pub(crate) mod evaluate;
 pub(crate) mod ledger;
 mod shared;
@@ -19,7 +20,7 @@ mod shared;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use jiff::{SignedDuration, Timestamp};
@@ -120,7 +121,7 @@ struct Inner {
     journal: std::sync::OnceLock<Arc<dyn Journal>>,
     /// Every actor the engine knows: its status while provisioned, its ledger once it needs
     /// one. One map, so a decision finds both under one read lock.
-    actors: RwLock<ledger::Map<ActorId, Slot>>,
+    actors: actors::Actors,
     open_actors: bool,
     pending: Mutex<HashMap<String, Pending>>,
     clock: Arc<dyn Clock>,
@@ -136,13 +137,6 @@ struct Inner {
 #[derive(Default)]
 struct Slot {
     status: Option<ActorStatus>,
-    ledger: Option<Arc<Mutex<AgentLedger>>>,
-}
-
-/// What a decision or a record learns from one look at the actor: whether it may spend (as
-/// [`Engine::admit`] answers) and its ledger, if it has one.
-struct Admission {
-    admitted: Result<Result<bool, Denial>, AuthorityError>,
     ledger: Option<Arc<Mutex<AgentLedger>>>,
 }
 
@@ -263,11 +257,8 @@ impl EngineBuilder {
                 policies: ArcSwap::from_pointee(self.policies.clone()),
                 layers: Mutex::new(Layers { base: self.policies, managed: Default::default() }),
                 journal: std::sync::OnceLock::new(),
-                actors: RwLock::new(
-                    self.actors
-                        .into_iter()
-                        .map(|(id, status)| (id, Slot { status: Some(status), ledger: None }))
-                        .collect(),
+                actors: actors::Actors::with_slots(
+                    self.actors.into_iter().map(|(id, status)| (id, Slot { status: Some(status), ledger: None })),
                 ),
                 open_actors: self.open_actors,
                 pending: Mutex::new(HashMap::new()),
@@ -411,7 +402,7 @@ impl Engine {
     /// provisioned; no actor is un-provisioned by a policy change.
     pub fn set_policies(&self, policies: PolicySet) {
         {
-            let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+            let mut actors = self.inner.actors.write();
             for actor in policies.agents() {
                 provision_in(&mut actors, actor);
             }
@@ -432,7 +423,7 @@ impl Engine {
     /// Provisions `id` (an existing actor keeps its status), journaling it when it is new;
     /// whether it was not provisioned before.
     fn provision_id(&self, id: &ActorId) -> bool {
-        let new = provision_in(&mut self.inner.actors.write().unwrap_or_else(|e| e.into_inner()), id);
+        let new = provision_in(&mut self.inner.actors.write(), id);
         if new {
             self.journal_actor(id, "ACTIVE");
         }
@@ -452,7 +443,7 @@ impl Engine {
     fn set_status(&self, actor: &str, status: ActorStatus) -> Result<(), AuthorityError> {
         let unknown = || AuthorityError::unknown_actor(actor);
         let id = ActorId::new(actor).map_err(|_| unknown())?;
-        let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+        let mut actors = self.inner.actors.write();
         let slot = actors.get_mut(&id).and_then(|slot| slot.status.as_mut()).ok_or_else(unknown)?;
         let changed = *slot != status;
         *slot = status;
@@ -469,7 +460,7 @@ impl Engine {
     pub fn retire(&self, actor: &str) -> bool {
         let Ok(id) = ActorId::new(actor) else { return false };
         let removed = {
-            let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+            let mut actors = self.inner.actors.write();
             retire_in(&mut actors, &id)
         };
         if removed {
@@ -511,19 +502,13 @@ impl Engine {
     /// `actor`'s status, or `None` when it is not provisioned.
     pub fn actor_status(&self, actor: &str) -> Option<ActorStatus> {
         let id = ActorId::new(actor).ok()?;
-        self.inner.actors.read().unwrap_or_else(|e| e.into_inner()).get(&id).and_then(|slot| slot.status)
+        self.inner.actors.read().get(&id).and_then(|slot| slot.status)
     }
 
     /// The provisioned actors and their status, sorted by id.
     pub fn actors(&self) -> Vec<(ActorId, ActorStatus)> {
-        let mut all: Vec<_> = self
-            .inner
-            .actors
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(|(a, slot)| Some((a.clone(), slot.status?)))
-            .collect();
+        let mut all: Vec<_> =
+            self.inner.actors.read().iter().filter_map(|(a, slot)| Some((a.clone(), slot.status?))).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
@@ -537,7 +522,7 @@ impl Engine {
     /// `Ok(true)` for an unprovisioned one let through by `open_actors`, a denial for a paused
     /// actor, and an error for an unknown one.
     fn admit(&self, actor: &ActorId) -> Result<Result<bool, Denial>, AuthorityError> {
-        let actors = self.inner.actors.read().unwrap_or_else(|e| e.into_inner());
+        let actors = self.inner.actors.read();
         self.admission(actor, actors.get(actor).and_then(|slot| slot.status))
     }
 
@@ -554,17 +539,6 @@ impl Engine {
         }
     }
 
-    /// [`Engine::admit`] and the actor's ledger if it has one, in one lookup under one read
-    /// lock (a decision and a record each need both).
-    fn admit_with_ledger(&self, actor: &ActorId) -> Admission {
-        let actors = self.inner.actors.read().unwrap_or_else(|e| e.into_inner());
-        let slot = actors.get(actor);
-        Admission {
-            admitted: self.admission(actor, slot.and_then(|slot| slot.status)),
-            ledger: slot.and_then(|slot| slot.ledger.clone()),
-        }
-    }
-
     /// The policies in force: the base set and every managed actor's.
     pub fn policies(&self) -> Arc<PolicySet> {
         self.inner.policies.load_full()
@@ -575,12 +549,10 @@ impl Engine {
     }
 
     fn ledger(&self, actor: &ActorId) -> Arc<Mutex<AgentLedger>> {
-        if let Some(l) =
-            self.inner.actors.read().unwrap_or_else(|e| e.into_inner()).get(actor).and_then(|s| s.ledger.as_ref())
-        {
+        if let Some(l) = self.inner.actors.read().get(actor).and_then(|s| s.ledger.as_ref()) {
             return l.clone();
         }
-        let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+        let mut actors = self.inner.actors.write();
         actors.entry(actor.clone()).or_default().ledger.get_or_insert_default().clone()
     }
 
@@ -610,21 +582,22 @@ impl Engine {
         intent: &PaymentIntent,
         shared: impl FnOnce() -> Arc<PaymentIntent>,
     ) -> Result<Decision, AuthorityError> {
-        let Admission { admitted, ledger } = self.admit_with_ledger(&intent.actor);
-        let open_actor = match admitted? {
-            Ok(open) => open,
-            Err(denial) => return Ok(Decision::from_policy(Verdict::Denied(denial))),
-        };
-        let mut decision = self.evaluate_admitted(intent, shared, ledger)?;
-        decision.open_actor = open_actor;
-        Ok(decision)
+        self.inner.actors.with(&intent.actor, |status, ledger| {
+            let open_actor = match self.admission(&intent.actor, status)? {
+                Ok(open) => open,
+                Err(denial) => return Ok(Decision::from_policy(Verdict::Denied(denial))),
+            };
+            let mut decision = self.evaluate_admitted(intent, shared, ledger)?;
+            decision.open_actor = open_actor;
+            Ok(decision)
+        })
     }
 
     fn evaluate_admitted(
         &self,
         intent: &PaymentIntent,
         shared: impl FnOnce() -> Arc<PaymentIntent>,
-        ledger: Option<Arc<Mutex<AgentLedger>>>,
+        ledger: Option<&Arc<Mutex<AgentLedger>>>,
     ) -> Result<Decision, AuthorityError> {
         let now = self.now();
         let policies = self.inner.policies.load();
@@ -636,8 +609,15 @@ impl Engine {
         }
         let (key, id) = IdKey::fresh();
         // Created here when the actor has none yet (never for a denial outright).
-        let ledger = ledger.unwrap_or_else(|| self.ledger(&intent.actor));
-        let mut ledger = lock(&ledger);
+        let created;
+        let ledger = match ledger {
+            Some(ledger) => ledger,
+            None => {
+                created = self.ledger(&intent.actor);
+                &created
+            }
+        };
+        let mut ledger = lock(ledger);
         let now = ledger.now(now);
         let expires_at = now.saturating_add(self.approval_ttl(&intent.rail)).unwrap_or(now);
         ledger.sweep(now, self.inner.retention);
@@ -713,7 +693,7 @@ impl Engine {
                     pending.remove(id.as_str());
                 }
                 Entry::Actor { actor, status } => {
-                    let mut actors = self.inner.actors.write().unwrap_or_else(|e| e.into_inner());
+                    let mut actors = self.inner.actors.write();
                     match status.as_str() {
                         "PAUSED" => {
                             actors.entry(actor.clone()).or_default().status = Some(ActorStatus::Paused);
@@ -794,11 +774,26 @@ impl Engine {
     /// the approval is counted as the approved amount (clamped); replaying the same record gives
     /// the same answer.
     pub fn settle(&self, authorization: &Authorization, settlement: &Settlement) -> Result<Recorded, AuthorityError> {
+        let actor = &authorization.intent.actor;
+        self.inner.actors.with(actor, |status, ledger| {
+            let actor_inactive = !matches!(self.admission(actor, status), Ok(Ok(_)));
+            match ledger {
+                Some(ledger) => self.settle_in(authorization, settlement, actor_inactive, ledger),
+                None => self.settle_in(authorization, settlement, actor_inactive, &self.ledger(actor)),
+            }
+        })
+    }
+
+    /// [`Engine::settle`] in the actor's ledger.
+    fn settle_in(
+        &self,
+        authorization: &Authorization,
+        settlement: &Settlement,
+        actor_inactive: bool,
+        ledger: &Mutex<AgentLedger>,
+    ) -> Result<Recorded, AuthorityError> {
         let now = self.now();
-        let Admission { admitted, ledger } = self.admit_with_ledger(&authorization.intent.actor);
-        let actor_inactive = !matches!(admitted, Ok(Ok(_)));
-        let ledger = ledger.unwrap_or_else(|| self.ledger(&authorization.intent.actor));
-        let mut ledger = lock(&ledger);
+        let mut ledger = lock(ledger);
         let now = ledger.now(now);
         let settled = settlement.amount.unwrap_or(authorization.amount);
         // A live reservation is never also closed: look the (small) live map up first, the
@@ -1030,14 +1025,7 @@ impl Engine {
     /// Expires every approval past its time; returns how many.
     pub fn sweep_expired(&self) -> usize {
         let now = self.now();
-        let ledgers: Vec<_> = self
-            .inner
-            .actors
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter_map(|s| s.ledger.clone())
-            .collect();
+        let ledgers: Vec<_> = self.inner.actors.read().values().filter_map(|s| s.ledger.clone()).collect();
         ledgers.iter().map(|l| lock(l).sweep(now, self.inner.retention)).sum()
     }
 
@@ -1049,9 +1037,7 @@ impl Engine {
             return empty;
         };
         // Never create a ledger for a name that was only looked up.
-        let Some(ledger) =
-            self.inner.actors.read().unwrap_or_else(|e| e.into_inner()).get(&actor).and_then(|s| s.ledger.clone())
-        else {
+        let Some(ledger) = self.inner.actors.read().get(&actor).and_then(|s| s.ledger.clone()) else {
             return empty;
         };
         let mut ledger = lock(&ledger);
