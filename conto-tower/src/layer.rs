@@ -495,7 +495,8 @@ fn build_intent(config: &Shared, price: &Price, req: &PriceRequest<'_>) -> Resul
     if let Some(p) = &config.purpose {
         b = b.purpose(p.clone());
     }
-    if let Some(key) = req.header("idempotency-key") {
+    const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+    if let Some(key) = req.headers().get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok()) {
         b = b.idempotency_key(key);
     }
     b.build().map(Some).map_err(invalid)
