@@ -153,9 +153,44 @@ pub(crate) struct App {
     org_key: SecretString,
     rate_limit: u32,
     rate: Mutex<HashMap<(String, &'static str), VecDeque<Instant>>>,
-    /// Tokens of human-approved requests, by request id, until the agent reads them: kept in
-    /// memory only (the store keeps their hash), so a restart before pickup voids them.
-    approval_tokens: Mutex<HashMap<String, SecretString>>,
+    /// Approval tokens in clear, for the answers that must carry them again (a human-approved
+    /// request, by request id; a replayed authorize, by its idempotency slot): kept in memory
+    /// only (the store keeps their hash), so a restart voids them.
+    approval_tokens: Mutex<Tokens>,
+}
+
+/// Approval tokens kept in memory, each until its approval lapses: past that no confirm
+/// accepts it (`EXPIRED`), so it is forgotten, and what is kept is bounded by the approvals
+/// live at once, not by every approval ever given.
+#[derive(Default)]
+pub(crate) struct Tokens {
+    kept: HashMap<String, (SecretString, Timestamp)>,
+    /// How many may be kept before the lapsed ones are swept out (twice what was left by the
+    /// last sweep, so sweeping costs O(1) per token kept).
+    sweep_at: usize,
+}
+
+impl Tokens {
+    /// Keeps `token` under `slot` until `lapses`.
+    pub(crate) fn keep(&mut self, slot: String, token: SecretString, lapses: Timestamp) {
+        if self.kept.len() >= self.sweep_at {
+            let now = Timestamp::now();
+            self.kept.retain(|_, (_, lapses)| *lapses > now);
+            self.sweep_at = (self.kept.len() * 2).max(1024);
+        }
+        self.kept.insert(slot, (token, lapses));
+    }
+
+    /// The token under `slot`, unless its approval has lapsed.
+    pub(crate) fn get(&self, slot: &str) -> Option<&SecretString> {
+        self.kept.get(slot).filter(|(_, lapses)| *lapses > Timestamp::now()).map(|(token, _)| token)
+    }
+
+    /// How many are kept (lapsed ones not yet swept out included).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.kept.len()
+    }
 }
 
 impl App {
@@ -167,7 +202,7 @@ impl App {
             org_key,
             rate_limit: rate_limit.max(1),
             rate: Mutex::new(HashMap::new()),
-            approval_tokens: Mutex::new(HashMap::new()),
+            approval_tokens: Mutex::new(Tokens::default()),
         }
     }
 }
@@ -1010,4 +1045,30 @@ async fn decide_request(
         _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "use /approve or /reject")),
     };
     sdk::decide_request(&app, &id, approve).map(|v| axum::Json(v).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use conto_core::jiff::{SignedDuration, Timestamp};
+    use secrecy::{ExposeSecret, SecretString};
+
+    use super::Tokens;
+
+    /// Every approval conto-local gives keeps its token in memory for replays; lapsed ones are
+    /// swept, so a server that gave a million approvals keeps only the live ones' tokens.
+    #[test]
+    fn approval_tokens_are_kept_until_their_approval_lapses_and_no_longer() {
+        let now = Timestamp::now();
+        let (past, future) = (now - SignedDuration::from_secs(1), now + SignedDuration::from_mins(10));
+        let mut tokens = Tokens::default();
+        tokens.keep("live".into(), SecretString::from("tok_live"), future);
+        tokens.keep("lapsed".into(), SecretString::from("tok_lapsed"), past);
+        assert_eq!(tokens.get("live").map(|t| t.expose_secret().to_owned()).as_deref(), Some("tok_live"));
+        assert!(tokens.get("lapsed").is_none(), "a lapsed approval's token is never given again");
+        for i in 0..100_000 {
+            tokens.keep(format!("old-{i}"), SecretString::from("tok"), past);
+        }
+        assert!(tokens.len() <= 2_048, "lapsed tokens are swept: {} kept", tokens.len());
+        assert!(tokens.get("live").is_some(), "a live one survives every sweep");
+    }
 }

@@ -133,8 +133,8 @@ fn intent_from(agent: &str, body: &PaymentBody, kind: Kind) -> Result<PaymentInt
 
 /// An answer that may carry an approval token, which is never stored in clear.
 trait Answer: Serialize + DeserializeOwned + Clone {
-    /// Takes the token out (for the stored replay copy).
-    fn take_token(&mut self) -> Option<String> {
+    /// Takes the token out (for the stored replay copy), with when its approval lapses.
+    fn take_token(&mut self) -> Option<(String, Timestamp)> {
         None
     }
     /// Puts a kept token back (for a replay in this process).
@@ -142,8 +142,14 @@ trait Answer: Serialize + DeserializeOwned + Clone {
 }
 
 impl Answer for DecisionBody {
-    fn take_token(&mut self) -> Option<String> {
-        self.approval_token.take()
+    fn take_token(&mut self) -> Option<(String, Timestamp)> {
+        let token = self.approval_token.take()?;
+        // An approval with a token always says when it lapses; were it not to, as long as a
+        // transfer's approval lives by default.
+        let lapses = self.expires_at.as_deref().and_then(|t| t.parse().ok()).unwrap_or_else(|| {
+            Timestamp::now().saturating_add(conto_core::engine::DEFAULT_APPROVAL_TTL).unwrap_or(Timestamp::MAX)
+        });
+        Some((token, lapses))
     }
     fn put_token(&mut self, token: String) {
         self.approval_token = Some(token);
@@ -203,9 +209,12 @@ fn once<T: Answer>(
             Ok((status, answer)) => {
                 // Never store an approval token in clear: the replay copy keeps it in memory only.
                 let mut copy = answer.clone();
-                if let Some(token) = copy.take_token() {
-                    lock(&app.approval_tokens)
-                        .insert(replay_slot(&caller.agent, endpoint, &key), secrecy::SecretString::from(token));
+                if let Some((token, lapses)) = copy.take_token() {
+                    lock(&app.approval_tokens).keep(
+                        replay_slot(&caller.agent, endpoint, &key),
+                        secrecy::SecretString::from(token),
+                        lapses,
+                    );
                 }
                 Some((status.as_u16(), serde_json::to_string(&copy).unwrap_or_default()))
             }
@@ -846,7 +855,7 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
             freed_unless_written(app, &a, written)?;
             // Only the token's hash is stored; the token itself waits in memory for the agent.
             if let Some(token) = a.token.clone() {
-                lock(&app.approval_tokens).insert(request.id.clone(), token);
+                lock(&app.approval_tokens).keep(request.id.clone(), token, a.expires_at);
             }
             request.status = "APPROVED".into();
             request.approval_id = Some(a.id);
