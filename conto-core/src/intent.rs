@@ -154,10 +154,11 @@ impl ActorId {
         if id.len() > Self::MAX_LEN {
             return Err(bad("longer than 128 bytes"));
         }
-        if id.chars().any(char::is_whitespace) {
-            return Err(bad("contains whitespace (actor ids are never trimmed)"));
-        }
-        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:@+".contains(&b)) {
+        // One pass over the bytes; the reason is worked out only for an id that fails it.
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@' | b'+')) {
+            if id.chars().any(char::is_whitespace) {
+                return Err(bad("contains whitespace (actor ids are never trimmed)"));
+            }
             return Err(bad("only ASCII letters, digits and -_.:@+ are allowed"));
         }
         Ok(Self(id))
@@ -563,6 +564,23 @@ impl IntentBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn actor_ids_take_letters_digits_and_six_marks_and_say_why_not() {
+        assert_eq!(ActorId::new("a-b_c.d:e@f+9").unwrap().as_str(), "a-b_c.d:e@f+9");
+        let reason = |id: &str| match ActorId::new(id) {
+            Err(IntentError::Actor { reason, .. }) => reason,
+            other => panic!("{id:?}: {other:?}"),
+        };
+        for spaced in [" agent-1", "agent-1\n", "agent\u{a0}1", "agent\t1"] {
+            assert!(reason(spaced).contains("whitespace"), "{spaced:?}");
+        }
+        for odd in ["agent!1", "agent/1", "agént", "agent\u{0}1"] {
+            assert!(reason(odd).contains("only ASCII letters"), "{odd:?}");
+        }
+        assert_eq!(ActorId::new(""), Err(IntentError::EmptyActor));
+        assert!(reason(&"a".repeat(129)).contains("longer than 128"));
+    }
 
     #[test]
     fn addresses() {
