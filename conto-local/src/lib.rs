@@ -171,19 +171,22 @@ pub(crate) struct Tokens {
 }
 
 impl Tokens {
-    /// Keeps `token` under `slot` until `lapses`.
-    pub(crate) fn keep(&mut self, slot: String, token: SecretString, lapses: Timestamp) {
+    /// Keeps `token` under `slot` until `lapses` (it is `now`).
+    pub(crate) fn keep(&mut self, slot: String, token: SecretString, lapses: Timestamp, now: Timestamp) {
         if self.kept.len() >= self.sweep_at {
-            let now = Timestamp::now();
             self.kept.retain(|_, (_, lapses)| *lapses > now);
             self.sweep_at = (self.kept.len() * 2).max(1024);
+            // A burst's room is given back too, not kept for the life of the server.
+            if self.kept.capacity() > 2 * self.sweep_at {
+                self.kept.shrink_to(self.sweep_at);
+            }
         }
         self.kept.insert(slot, (token, lapses));
     }
 
-    /// The token under `slot`, unless its approval has lapsed.
-    pub(crate) fn get(&self, slot: &str) -> Option<&SecretString> {
-        self.kept.get(slot).filter(|(_, lapses)| *lapses > Timestamp::now()).map(|(token, _)| token)
+    /// The token under `slot`, unless its approval has lapsed (it is `now`).
+    pub(crate) fn get(&self, slot: &str, now: Timestamp) -> Option<&SecretString> {
+        self.kept.get(slot).filter(|(_, lapses)| *lapses > now).map(|(token, _)| token)
     }
 
     /// How many are kept (lapsed ones not yet swept out included).
@@ -1055,20 +1058,30 @@ mod tests {
     use super::Tokens;
 
     /// Every approval conto-local gives keeps its token in memory for replays; lapsed ones are
-    /// swept, so a server that gave a million approvals keeps only the live ones' tokens.
+    /// swept (and their room given back), so a server that gave a million approvals keeps only
+    /// the live ones' tokens.
     #[test]
     fn approval_tokens_are_kept_until_their_approval_lapses_and_no_longer() {
-        let now = Timestamp::now();
-        let (past, future) = (now - SignedDuration::from_secs(1), now + SignedDuration::from_mins(10));
+        let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(24 * 365 * 50);
+        let at = |mins: i64| t0 + SignedDuration::from_mins(mins);
         let mut tokens = Tokens::default();
-        tokens.keep("live".into(), SecretString::from("tok_live"), future);
-        tokens.keep("lapsed".into(), SecretString::from("tok_lapsed"), past);
-        assert_eq!(tokens.get("live").map(|t| t.expose_secret().to_owned()).as_deref(), Some("tok_live"));
-        assert!(tokens.get("lapsed").is_none(), "a lapsed approval's token is never given again");
+        tokens.keep("live".into(), SecretString::from("tok_live"), at(60), t0);
+        tokens.keep("lapsing".into(), SecretString::from("tok_lapsing"), at(5), t0);
+        assert_eq!(tokens.get("live", t0).map(|t| t.expose_secret().to_owned()).as_deref(), Some("tok_live"));
+        assert!(tokens.get("lapsing", at(4)).is_some());
+        assert!(tokens.get("lapsing", at(5)).is_none(), "a lapsed approval's token is never given again");
+        // A burst of approvals, all live at once: every token is kept.
         for i in 0..100_000 {
-            tokens.keep(format!("old-{i}"), SecretString::from("tok"), past);
+            tokens.keep(format!("burst-{i}"), SecretString::from("tok"), at(10), at(1));
         }
-        assert!(tokens.len() <= 2_048, "lapsed tokens are swept: {} kept", tokens.len());
-        assert!(tokens.get("live").is_some(), "a live one survives every sweep");
+        assert_eq!(tokens.len(), 100_002);
+        // Once they lapse, the next approvals sweep them out (when the map has doubled since
+        // the last sweep) and give their room back.
+        for i in 0..40_000 {
+            tokens.keep(format!("later-{i}"), SecretString::from("tok"), at(30), at(20));
+        }
+        assert_eq!(tokens.len(), 40_001, "the lapsed are swept, the live kept");
+        assert!(tokens.kept.capacity() <= 4 * 40_001, "and their room given back: {}", tokens.kept.capacity());
+        assert!(tokens.get("live", at(20)).is_some(), "a live one survives every sweep");
     }
 }

@@ -198,7 +198,9 @@ fn once<T: Answer>(
         let mut answer: T = serde_json::from_str(&response)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))?;
         // The token was kept in memory only: put it back for this process's replays.
-        if let Some(token) = lock(&app.approval_tokens).get(&replay_slot(&caller.agent, endpoint, &key)) {
+        if let Some(token) =
+            lock(&app.approval_tokens).get(&replay_slot(&caller.agent, endpoint, &key), Timestamp::now())
+        {
             answer.put_token(secrecy::ExposeSecret::expose_secret(token).to_owned());
         }
         return Ok((status, answer));
@@ -214,6 +216,7 @@ fn once<T: Answer>(
                         replay_slot(&caller.agent, endpoint, &key),
                         secrecy::SecretString::from(token),
                         lapses,
+                        Timestamp::now(),
                     );
                 }
                 Some((status.as_u16(), serde_json::to_string(&copy).unwrap_or_default()))
@@ -778,7 +781,7 @@ async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> R
     let list = requests
         .iter()
         .map(|r| {
-            let mut entry = request_entry(r, tokens.get(&r.id), payment_requests.get(&r.id).cloned());
+            let mut entry = request_entry(r, tokens.get(&r.id, now), payment_requests.get(&r.id).cloned());
             if r.status == "PENDING" && r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= now) {
                 entry.status = Some("EXPIRED".into());
             }
@@ -855,7 +858,7 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
             freed_unless_written(app, &a, written)?;
             // Only the token's hash is stored; the token itself waits in memory for the agent.
             if let Some(token) = a.token.clone() {
-                lock(&app.approval_tokens).keep(request.id.clone(), token, a.expires_at);
+                lock(&app.approval_tokens).keep(request.id.clone(), token, a.expires_at, Timestamp::now());
             }
             request.status = "APPROVED".into();
             request.approval_id = Some(a.id);

@@ -8,6 +8,10 @@
 //! table counts its changes (a generation, bumped under the write lock on every change): while
 //! the count is the one remembered, the memory is what the table holds, and a lookup reads one
 //! shared word and writes nothing shared.
+//!
+//! The memory holds its actor's ledger (an `Arc`) until the thread looks up another actor: a
+//! dropped engine's last-used ledger lives on in each thread that used it last, one ledger per
+//! thread at most. Holding it weakly would put back a shared write on every lookup.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -154,8 +154,10 @@ pub(super) fn policy(doc: PolicyDoc) -> Result<Policy, PolicyError> {
     }
     let tz_text = doc.timezone.as_deref().unwrap_or("UTC");
     let tz = time_zone(tz_text).ok_or_else(|| policy_err("timezone", format!("unknown time zone `{tz_text}`")))?;
-    // Interned once known: a name that is not a zone is never kept.
-    let tz_name = super::rules::intern(tz_text);
+    // Interned once known, by the zone database's own spelling: zones are found whatever the
+    // case of their name, so what is kept is one name per zone (a few hundred), not one per
+    // spelling a policy file can send, and `europe/paris` counts with `Europe/Paris`.
+    let tz_name = super::rules::intern(tz.iana_name().unwrap_or(tz_text));
 
     let mut agents: Option<HashSet<String, foldhash::fast::RandomState>> = None;
     let all = doc.scope.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("all"));

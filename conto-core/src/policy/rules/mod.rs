@@ -188,10 +188,10 @@ impl std::hash::Hash for CounterId {
 }
 
 /// `text`, interned: every equal text gets the same `&'static str`, kept for the life of the
-/// process. Only what policies compile to is interned (counter identities and zone names), so
-/// there are as many texts as distinct (rails, scope, period, zone) combinations and velocity
-/// windows ever loaded:
-/// a few hundred bytes each, bounded by the policies, not by traffic.
+/// process. Only what policies compile to is interned: zone names (the database's spelling, so
+/// one per zone) and counter identities built from them and from fixed sets (rails, scope,
+/// period, velocity window), so the texts are bounded by those shapes, not by traffic nor by
+/// what a policy file sends.
 pub(crate) fn intern(text: &str) -> &'static str {
     static SEEN: std::sync::LazyLock<Mutex<std::collections::HashSet<&'static str>>> =
         std::sync::LazyLock::new(Mutex::default);
@@ -451,6 +451,31 @@ mod tests {
     use jiff::Timestamp;
     use jiff::tz::TimeZone;
     use proptest::prelude::*;
+
+    /// A zone is named by the database's spelling whatever the case a policy wrote it in, so
+    /// two spellings of one zone share their counters and the process keeps one name for it.
+    #[test]
+    fn a_zone_spelled_in_any_case_is_one_zone_and_one_counter() {
+        let counter = |tz: &str| {
+            let doc = serde_json::json!([{"name": "p", "timezone": tz, "rules": [
+                {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}]);
+            let set = crate::PolicySet::from_value(doc).unwrap();
+            let super::Check::Cumulative(c) = &set.policies[0].rules[0].check else { panic!("a spend rule") };
+            (c.counter.id, c.counter.tz_name)
+        };
+        let (id, tz) = counter("Europe/Paris");
+        for spelling in ["europe/paris", "EUROPE/PARIS", "eUrOpE/pArIs"] {
+            let (other, other_tz) = counter(spelling);
+            assert_eq!(other, id, "{spelling}");
+            assert!(std::ptr::eq(other_tz, tz) && tz == "Europe/Paris", "{spelling}: {other_tz}");
+        }
+        assert_eq!(counter("utc").1, "UTC");
+        assert!(
+            crate::PolicySet::from_value(serde_json::json!([{"name": "p", "timezone": "Mars/Olympus",
+            "rules": [{"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}]))
+            .is_err()
+        );
+    }
 
     /// Counter ids are told apart by their whole text: equal texts are one interned text (so
     /// equal and hashed alike), and texts that differ, even by a byte at the end, are not.
