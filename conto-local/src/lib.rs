@@ -26,10 +26,13 @@
 //!   counted.
 //! - Pending human approvals are listed by `GET /api/sdk/approval-requests`; an approved entry
 //!   carries `approvalId`, `approvalToken` and `expiresAt`. Every approval token and SDK key
-//!   is stored hashed (the org key is never stored); the token of a human-approved request is held in memory until
-//!   the agent reads it, so a restart before then voids it (the agent asks again). Humans decide with
+//!   is stored hashed (the org key is never stored); the token of a human-approved request (and
+//!   of an approval a repeated request may be answered again) is held in memory until its
+//!   approval lapses, so a restart before the agent reads it voids it (the agent asks again). Humans decide with
 //!   `POST /api/approval-requests/{id}/approve|reject` (org key).
-//! - `GET /api/sdk/x402/budget` and `/mpp/budget` return the agent's counters.
+//! - `GET /api/sdk/x402/budget` and `/mpp/budget` return the agent's counters;
+//!   `GET /api/sdk/x402/services` and `/mpp/services` the services it paid on that rail, by
+//!   service domain (total spent, payment count, last payment).
 //! - `POST /api/sdk/payments/request` answers 2xx with a `requestId` whatever the decision
 //!   (`APPROVED`, `DENIED`, `REQUIRES_APPROVAL` with `approvalRequestId`), decided on the
 //!   `request` rail (every rail-independent rule applies). `GET

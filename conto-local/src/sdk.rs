@@ -42,6 +42,7 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/api/sdk/x402/budget", get(budget))
         .route("/api/sdk/x402/services", get(x402_services))
         .route("/api/sdk/mpp/budget", get(budget))
+        .route("/api/sdk/mpp/services", get(mpp_services))
 }
 
 /// The authenticated agent and its rate-limit window.
@@ -793,11 +794,27 @@ async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> R
 
 /// `GET /api/sdk/x402/services`: the x402 services this agent has paid, with totals.
 async fn x402_services(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "analytics:read", "reads")?;
+    services(&app, &headers, Kind::X402)
+}
+
+async fn mpp_services(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    services(&app, &headers, Kind::Mpp)
+}
+
+/// The services the caller paid on one rail (x402 or MPP), by service domain.
+fn services(app: &App, headers: &HeaderMap, kind: Kind) -> Result<Response, ApiError> {
+    let caller = caller(app, headers, "analytics:read", "reads")?;
     let mut services: std::collections::BTreeMap<String, (conto_core::Decimal, u64, String)> = Default::default();
     for (agent, intent, amount, at) in lock(&app.store).spends()? {
         let Ok(intent) = serde_json::from_str::<PaymentIntent>(&intent) else { continue };
-        let (true, Rail::X402 { service_domain, .. }) = (agent == caller.agent, &intent.rail) else { continue };
+        let service_domain = match (&intent.rail, kind) {
+            (Rail::X402 { service_domain, .. }, Kind::X402) | (Rail::Mpp { service_domain, .. }, Kind::Mpp)
+                if agent == caller.agent =>
+            {
+                service_domain
+            }
+            _ => continue,
+        };
         let amount: conto_core::Decimal = amount.parse().unwrap_or_default();
         let entry = services.entry(service_domain.clone()).or_default();
         entry.0 += amount;

@@ -581,6 +581,31 @@ async fn budget_reads_and_health_answer() {
     assert_eq!(health.status(), 200);
 }
 
+/// An MPP session as Conto's docs describe it: the deposit pre-authorized, the settled amount
+/// recorded with the session, wallet and chain (`chainId` as the string `"4217"`), then the
+/// service listed under the MPP services read, and not under x402's.
+#[tokio::test]
+async fn an_mpp_session_is_recorded_and_listed_under_mpp_services() {
+    let (_server, sdk) = setup(None).await;
+    let pre_body = json!({"amount": "3", "recipientAddress": RECIPIENT, "resourceUrl": "https://mpp.example.com/v1/chat",
+        "intent": "session", "depositAmount": "3"});
+    let (status, pre) = sdk.post("/api/sdk/mpp/pre-authorize", pre_body).await;
+    assert_eq!((status, &pre["authorized"]), (200, &json!(true)), "{pre}");
+    let record = json!({"amount": "2.5", "recipientAddress": RECIPIENT, "txHash": TX,
+        "resourceUrl": "https://mpp.example.com/v1/chat", "sessionId": "sess-1", "scheme": "mpp",
+        "walletId": pre["wallet"]["id"].as_str().unwrap_or("wallet-1"), "chainId": "4217",
+        "authorizationId": pre["authorizationId"]});
+    let (status, body) = sdk.post("/api/sdk/mpp/record", record).await;
+    assert!(status < 300, "{status} {body}");
+    let (status, services) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/services", None).await;
+    assert_eq!(status, 200, "{services}");
+    assert_eq!(services["services"][0]["serviceDomain"], "mpp.example.com", "{services}");
+    assert_eq!(services["services"][0]["totalSpent"], 2.5, "{services}");
+    assert_eq!(services["services"][0]["paymentCount"], 1, "{services}");
+    let (_, x402) = sdk.call(reqwest::Method::GET, "/api/sdk/x402/services", None).await;
+    assert_eq!(x402["services"], json!([]), "{x402}");
+}
+
 /// Retries of one request that race each other (a client's timeout fired while the first was
 /// still running) all get the first request's answer: one approval, one reservation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
