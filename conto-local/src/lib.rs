@@ -16,6 +16,9 @@
 //!   skill reports to the user). `401` is kept for authentication and `403` for a missing scope,
 //!   as Conto's agent skill reads them; every error, unknown routes and wrong methods included,
 //!   has a JSON body `{"error", "code", "message"}`.
+//! - Rate limits: a sliding minute per agent, payments and reads counted apart (reads get twice
+//!   the payment limit). Every SDK answer to an accepted key, errors and `429` included, carries
+//!   `X-RateLimit-Remaining` and `X-RateLimit-Reset` (RFC 3339); a `429` adds `Retry-After`.
 //! - x402/MPP pre-authorizations return an `authorizationId`; records that carry it settle that
 //!   reservation, records without it count as unreserved spend.
 //! - Confirm takes an optional `amount` (the settled amount, at most the approved one).

@@ -43,6 +43,34 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/api/sdk/x402/services", get(x402_services))
         .route("/api/sdk/mpp/budget", get(budget))
         .route("/api/sdk/mpp/services", get(mpp_services))
+        .layer(axum::middleware::from_fn(rate_limit_headers))
+}
+
+tokio::task_local! {
+    /// The caller's rate-limit window as `caller` last counted it for this request.
+    static RATE: std::cell::Cell<Option<(u32, Timestamp)>>;
+}
+
+/// `X-RateLimit-Remaining` and `X-RateLimit-Reset` on every answer to an identified agent,
+/// errors and `429` included (Conto sends them on every response); an answer to a request
+/// whose key was not accepted carries none.
+async fn rate_limit_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    RATE.scope(std::cell::Cell::new(None), async move {
+        let mut resp = next.run(req).await;
+        if let Some((remaining, reset)) = RATE.with(std::cell::Cell::get) {
+            let h = resp.headers_mut();
+            if !h.contains_key("x-ratelimit-remaining") {
+                h.insert("x-ratelimit-remaining", remaining.into());
+            }
+            if !h.contains_key("x-ratelimit-reset")
+                && let Ok(v) = HeaderValue::from_str(&reset.to_string())
+            {
+                h.insert("x-ratelimit-reset", v);
+            }
+        }
+        resp
+    })
+    .await
 }
 
 /// The authenticated agent and its rate-limit window.
@@ -91,7 +119,13 @@ fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> R
     let oldest_left = |w: &std::collections::VecDeque<Instant>| {
         w.front().map_or(Duration::ZERO, |t| Duration::from_secs(60).saturating_sub(now.duration_since(*t)))
     };
+    let reset_after = |w: &std::collections::VecDeque<Instant>| {
+        Timestamp::now()
+            .checked_add(conto_core::jiff::SignedDuration::try_from(oldest_left(w)).unwrap_or_default())
+            .unwrap_or(Timestamp::now())
+    };
     if window.len() as u32 >= limit {
+        let _ = RATE.try_with(|r| r.set(Some((0, reset_after(window)))));
         let wait = oldest_left(window).as_secs().max(1);
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -102,10 +136,9 @@ fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> R
         return Err(e);
     }
     window.push_back(now);
-    let reset = Timestamp::now()
-        .checked_add(conto_core::jiff::SignedDuration::try_from(oldest_left(window)).unwrap_or_default())
-        .unwrap_or(Timestamp::now());
-    Ok(Caller { agent: record.agent_id, remaining: limit - window.len() as u32, reset })
+    let (remaining, reset) = (limit - window.len() as u32, reset_after(window));
+    let _ = RATE.try_with(|r| r.set(Some((remaining, reset))));
+    Ok(Caller { agent: record.agent_id, remaining, reset })
 }
 
 fn reply(caller: &Caller, status: StatusCode, body: impl Serialize) -> Response {

@@ -262,7 +262,7 @@ async fn rate_limits_answer_429_with_retry_after() {
     let key = org.agent("agent-1", ALL_SCOPES).await;
     let body = json!({"amount": 1, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453});
     let mut statuses = Vec::new();
-    let mut retry_after = None;
+    let (mut retry_after, mut remaining) = (None, Vec::new());
     for _ in 0..3 {
         let resp = org
             .http
@@ -274,9 +274,41 @@ async fn rate_limits_answer_429_with_retry_after() {
             .unwrap();
         statuses.push(resp.status().as_u16());
         retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        remaining.push(resp.headers().get("x-ratelimit-remaining").map(|v| v.to_str().unwrap().to_owned()));
+        let reset = resp.headers().get("x-ratelimit-reset").expect("X-RateLimit-Reset on every answer");
+        assert!(reset.to_str().unwrap().parse::<conto_core::jiff::Timestamp>().is_ok(), "ISO-8601: {reset:?}");
     }
     assert_eq!(statuses, vec![200, 200, 429]);
     assert!(retry_after.unwrap().parse::<u64>().unwrap() >= 1);
+    // Conto sends the rate-limit headers on every response: the 429 says none are left.
+    assert_eq!(remaining, vec![Some("1".into()), Some("0".into()), Some("0".into())]);
+}
+
+#[tokio::test]
+async fn an_error_answer_to_a_known_agent_carries_the_rate_limit_headers() {
+    let (server, org, key) = setup().await;
+    let resp = org
+        .http
+        .post(format!("{}/api/sdk/payments/approve", server.url()))
+        .bearer_auth(&key)
+        .json(&json!({"amount": -1, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.headers().contains_key("x-ratelimit-remaining"), "{:?}", resp.headers());
+    assert!(resp.headers().contains_key("x-ratelimit-reset"));
+    // A key that is not accepted learns nothing of any agent's window.
+    let bogus = org
+        .http
+        .post(format!("{}/api/sdk/payments/approve", server.url()))
+        .bearer_auth(format!("conto_agent_{}", "0".repeat(64)))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bogus.status(), 401);
+    assert!(!bogus.headers().contains_key("x-ratelimit-remaining"));
 }
 
 #[tokio::test]
