@@ -59,12 +59,8 @@ async fn rate_limit_headers(req: axum::extract::Request, next: axum::middleware:
         let mut resp = next.run(req).await;
         if let Some((remaining, reset)) = RATE.with(std::cell::Cell::get) {
             let h = resp.headers_mut();
-            if !h.contains_key("x-ratelimit-remaining") {
-                h.insert("x-ratelimit-remaining", remaining.into());
-            }
-            if !h.contains_key("x-ratelimit-reset")
-                && let Ok(v) = HeaderValue::from_str(&reset.to_string())
-            {
+            h.insert("x-ratelimit-remaining", remaining.into());
+            if let Ok(v) = HeaderValue::from_str(&reset.to_string()) {
                 h.insert("x-ratelimit-reset", v);
             }
         }
@@ -73,11 +69,9 @@ async fn rate_limit_headers(req: axum::extract::Request, next: axum::middleware:
     .await
 }
 
-/// The authenticated agent and its rate-limit window.
+/// The authenticated agent (its rate-limit window is left in `RATE` for the answer's headers).
 struct Caller {
     agent: String,
-    remaining: u32,
-    reset: Timestamp,
 }
 
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -136,19 +130,13 @@ fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> R
         return Err(e);
     }
     window.push_back(now);
-    let (remaining, reset) = (limit - window.len() as u32, reset_after(window));
-    let _ = RATE.try_with(|r| r.set(Some((remaining, reset))));
-    Ok(Caller { agent: record.agent_id, remaining, reset })
+    let _ = RATE.try_with(|r| r.set(Some((limit - window.len() as u32, reset_after(window)))));
+    Ok(Caller { agent: record.agent_id })
 }
 
-fn reply(caller: &Caller, status: StatusCode, body: impl Serialize) -> Response {
-    let mut resp = (status, axum::Json(body)).into_response();
-    let h = resp.headers_mut();
-    h.insert("x-ratelimit-remaining", caller.remaining.into());
-    if let Ok(v) = HeaderValue::from_str(&caller.reset.to_string()) {
-        h.insert("x-ratelimit-reset", v);
-    }
-    resp
+fn reply(status: StatusCode, body: impl Serialize) -> Response {
+    // The rate-limit headers are added by `rate_limit_headers`, to errors as to answers.
+    (status, axum::Json(body)).into_response()
 }
 
 fn body_error(e: BodyError) -> ApiError {
@@ -435,7 +423,7 @@ async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -
         }
         Ok((status, out))
     })?;
-    Ok(reply(&caller, status, out))
+    Ok(reply(status, out))
 }
 
 async fn approve_transfer(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -487,7 +475,7 @@ async fn payment_request_status(
     }
     body.approval_request_id = approval_request_id;
     body.status = Some(status);
-    Ok(reply(&caller, StatusCode::OK, body))
+    Ok(reply(StatusCode::OK, body))
 }
 
 /// `POST /api/sdk/payments/{requestId}/execute`: Conto executes from a Conto-managed wallet;
@@ -629,7 +617,7 @@ async fn confirm_transfer(
             },
         ))
     })?;
-    Ok(reply(&caller, status, out))
+    Ok(reply(status, out))
 }
 
 async fn confirm_card(
@@ -659,7 +647,7 @@ async fn confirm_card(
             },
         ))
     })?;
-    Ok(reply(&caller, status, out))
+    Ok(reply(status, out))
 }
 
 /// Records one x402/MPP payment: settles its reservation, or counts it as unreserved spend.
@@ -766,7 +754,7 @@ async fn record(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> R
             RecordedBody { recorded: Some(results.len() as u64), payments: results, ..RecordedBody::default() },
         ))
     })?;
-    Ok(reply(&caller, status, out))
+    Ok(reply(status, out))
 }
 
 async fn record_x402(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -781,7 +769,7 @@ async fn record_mpp(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
 async fn policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "policies:read", "reads")?;
     let mine = lock(&app.store).policies()?.into_iter().filter(|p| p.applies_to(&caller.agent)).collect();
-    Ok(reply(&caller, StatusCode::OK, Policies::new(mine)))
+    Ok(reply(StatusCode::OK, Policies::new(mine)))
 }
 
 fn request_entry(
@@ -822,7 +810,7 @@ async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> R
             entry
         })
         .collect();
-    Ok(reply(&caller, StatusCode::OK, ApprovalRequests { requests: list, data: None }))
+    Ok(reply(StatusCode::OK, ApprovalRequests { requests: list, data: None }))
 }
 
 /// `GET /api/sdk/x402/services`: the x402 services this agent has paid, with totals.
@@ -863,7 +851,7 @@ fn services(app: &App, headers: &HeaderMap, kind: Kind) -> Result<Response, ApiE
             last_payment_at,
         })
         .collect();
-    Ok(reply(&caller, StatusCode::OK, Services { services }))
+    Ok(reply(StatusCode::OK, Services { services }))
 }
 
 async fn budget(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -882,7 +870,7 @@ async fn budget(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respo
         })
         .collect();
     let total_spent = usage.stats.total_spent.to_string();
-    Ok(reply(&caller, StatusCode::OK, Budget { agent_id: caller.agent.clone(), counters, total_spent }))
+    Ok(reply(StatusCode::OK, Budget { agent_id: caller.agent.clone(), counters, total_spent }))
 }
 
 /// A human's decision on a pending request (org endpoint).

@@ -72,6 +72,15 @@ impl Actors {
         map
     }
 
+    /// `actor`'s status and ledger as the table holds them, and the change count they are
+    /// good for (stable while the read lock is held: no writer can be counting).
+    fn look(&self, actor: &ActorId) -> (Option<ActorStatus>, Option<Arc<Mutex<AgentLedger>>>, u64) {
+        let map = self.read();
+        let slot = map.get(actor);
+        let generation = self.generation.load(Ordering::Acquire);
+        (slot.and_then(|s| s.status), slot.and_then(|s| s.ledger.clone()), generation)
+    }
+
     /// Calls `f` with `actor`'s status (`None`: not provisioned) and ledger (if it has one),
     /// from this thread's memory when the table has not changed since, else from the table.
     /// No lock is held while `f` runs.
@@ -86,15 +95,10 @@ impl Actors {
             // Busy: `f` looked an actor up from inside another lookup; answered below.
             let mut near = near.try_borrow_mut().ok()?;
             if near.table != self.table || near.generation != generation || near.actor != actor.as_str() {
-                let map = self.read();
-                let slot = map.get(actor);
-                // Stable while the read lock is held: no writer can be counting.
-                near.generation = self.generation.load(Ordering::Acquire);
+                (near.status, near.ledger, near.generation) = self.look(actor);
                 near.table = self.table;
                 near.actor.clear();
                 near.actor.push_str(actor.as_str());
-                near.status = slot.and_then(|s| s.status);
-                near.ledger = slot.and_then(|s| s.ledger.clone());
             }
             let f = f.take()?;
             Some(f(near.status, near.ledger.as_ref()))
@@ -102,11 +106,7 @@ impl Actors {
         match (near, f) {
             (Ok(Some(r)), _) => r,
             (_, Some(f)) => {
-                let (status, ledger) = {
-                    let map = self.read();
-                    let slot = map.get(actor);
-                    (slot.and_then(|s| s.status), slot.and_then(|s| s.ledger.clone()))
-                };
+                let (status, ledger, _) = self.look(actor);
                 f(status, ledger.as_ref())
             }
             // `f` ran but the answer was lost: impossible, `Some(f(..))` is what it returns.

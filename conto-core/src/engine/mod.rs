@@ -120,7 +120,7 @@ struct Inner {
     layers: Mutex<Layers>,
     journal: std::sync::OnceLock<Arc<dyn Journal>>,
     /// Every actor the engine knows: its status while provisioned, its ledger once it needs
-    /// one. One map, so a decision finds both under one read lock.
+    /// one. One map, so a decision finds both in one lookup (see [`actors`]).
     actors: actors::Actors,
     open_actors: bool,
     pending: Mutex<HashMap<String, Pending>>,
@@ -522,8 +522,7 @@ impl Engine {
     /// `Ok(true)` for an unprovisioned one let through by `open_actors`, a denial for a paused
     /// actor, and an error for an unknown one.
     fn admit(&self, actor: &ActorId) -> Result<Result<bool, Denial>, AuthorityError> {
-        let actors = self.inner.actors.read();
-        self.admission(actor, actors.get(actor).and_then(|slot| slot.status))
+        self.inner.actors.with(actor, |status, _| self.admission(actor, status))
     }
 
     /// [`Engine::admit`] for an actor with this status (`None`: not provisioned).
