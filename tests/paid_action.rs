@@ -189,6 +189,10 @@ async fn invalid_inputs_are_typed_rejections_not_panics() {
         "{r:?}"
     );
     assert_eq!(engine.usage("agent-9").stats.recorded, 1);
+    // The same call site under another handle takes that handle's default actor.
+    let conto = Conto::builder(engine.clone()).default_actor("agent-1").build();
+    no_actor(&conto, "1").await.unwrap();
+    assert_eq!((engine.usage("agent-1").stats.recorded, engine.usage("agent-9").stats.recorded), (1, 1));
 }
 
 #[paid_action(amount = "-0.50", recipient = RECIPIENT, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto)]
@@ -216,6 +220,71 @@ async fn a_bad_literal_amount_is_refused_on_every_call_not_only_the_first() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 0);
     assert_eq!(engine.usage("agent-1").stats.approved, 0);
+}
+
+/// Every argument of the intent taken from the call, for the call-site memory's tests.
+#[paid_action(amount = amount, recipient = to, rail = transfer(chain_id = chain, sender = from), actor = actor,
+    category = category, conto = conto, approval = approved)]
+async fn pay_anything(
+    conto: &Conto,
+    actor: &str,
+    to: String,
+    from: &str,
+    chain: u64,
+    category: Option<&str>,
+    amount: &str,
+) -> Result<conto::PaymentIntent, PayError> {
+    Ok((*approved.intent).clone())
+}
+
+#[tokio::test]
+async fn a_call_site_decides_on_each_calls_own_arguments_however_often_they_change() {
+    // A call site remembers its last intent and copies it when the same arguments come back:
+    // every change of any argument, back and forth, must still reach the decision as written.
+    let engine = engine();
+    let conto = Conto::new(engine.clone());
+    let other = "0x3333333333333333333333333333333333333333";
+    // (actor, recipient, sender, chain, category, amount)
+    let calls = [
+        ("agent-1", RECIPIENT, SENDER, 8453, Some("API_PROVIDER"), "1"),
+        ("agent-1", RECIPIENT, SENDER, 8453, Some("API_PROVIDER"), "1"),
+        ("agent-9", RECIPIENT, SENDER, 8453, Some("API_PROVIDER"), "1"),
+        ("agent-9", other, SENDER, 8453, Some("API_PROVIDER"), "1"),
+        ("agent-9", other, other, 8453, Some("API_PROVIDER"), "1"),
+        ("agent-9", other, other, 1, Some("API_PROVIDER"), "1"),
+        ("agent-9", other, other, 1, None, "1"),
+        ("agent-9", other, other, 1, None, "2.50"),
+    ];
+    let mut keys = std::collections::HashSet::new();
+    for round in 0..2 {
+        for (actor, to, from, chain, category, amount) in calls {
+            let got = pay_anything(&conto, actor, to.to_owned(), from, chain, category, amount).await.unwrap();
+            let mut want =
+                conto::PaymentIntent::builder(actor, amount, conto::Rail::transfer(chain, from).unwrap()).recipient(to);
+            if let Some(c) = category {
+                want = want.category(c);
+            }
+            let want = want.idempotency_key(got.idempotency_key.as_str()).build().unwrap();
+            assert_eq!(got, want, "round {round}");
+            assert_eq!(got.amount, amount.parse().unwrap());
+            assert!(keys.insert(got.idempotency_key.clone()), "every call is its own attempt: a fresh key");
+        }
+    }
+    // Upper case is the same address, lower-cased as ever; a bad one after good ones is refused.
+    let upper = pay_anything(&conto, "agent-1", RECIPIENT.to_uppercase().replace("0X", "0x"), SENDER, 1, None, "1");
+    assert_eq!(upper.await.unwrap().recipient.unwrap().as_str(), RECIPIENT);
+    let bad = pay_anything(&conto, "agent-1", "0x12".to_owned(), SENDER, 1, None, "1").await;
+    let Err(PayError::Rejected(r)) = bad else { panic!("a bad recipient paid") };
+    assert!(matches!(r.kind(), conto::RejectionKind::Invalid(_)), "{r:?}");
+    let bad = pay_anything(&conto, "agent-1", RECIPIENT.to_owned(), SENDER, 1, None, "-1").await;
+    assert!(matches!(bad, Err(PayError::Rejected(_))), "a negative amount after good ones is refused");
+    let Err(PayError::Rejected(r)) = pay_anything(&conto, "agent-2", RECIPIENT.to_owned(), SENDER, 1, None, "1").await
+    else {
+        panic!("an unprovisioned actor paid")
+    };
+    assert!(matches!(r.kind(), conto::RejectionKind::UnknownActor(_)), "{r:?}");
+    assert_eq!(engine.usage("agent-1").stats.recorded, 2 * 2 + 1);
+    assert_eq!(engine.usage("agent-9").stats.recorded, 12);
 }
 
 #[paid_action(amount = "1", recipient = RECIPIENT, rail = card(merchant = "Acme"), actor = actor, conto = conto)]

@@ -1,15 +1,18 @@
 //! Support for the code `#[paid_action]` expands to. Not a public API: names and signatures may
 //! change in any release.
 
+use std::cell::RefCell;
 use std::sync::Arc;
+use std::thread::LocalKey;
 use std::time::Duration;
 
 pub use serde_json;
 pub use std::sync::OnceLock;
+pub use std::thread_local;
 
 use crate::DecisionSource;
 use crate::decision::Settlement;
-use crate::intent::{IntentError, PaymentIntent, Rail};
+use crate::intent::{IdempotencyKey, IntentError, PaymentIntent, Rail};
 use crate::money::{Amount, AmountError};
 use crate::pipeline::{ApprovalMode, Conto};
 use crate::rejection::{Rejection, RejectionKind};
@@ -59,6 +62,11 @@ impl AmountSource for String {
 /// A literal amount, as read on a call site's first call.
 pub type AmountRead = Result<Amount, AmountError>;
 
+/// Reads an amount argument.
+pub fn amount(value: &impl AmountSource) -> AmountRead {
+    value.conto_amount()
+}
+
 /// Reads a literal amount (`#[paid_action(amount = "0.01")]`), once per call site.
 pub fn read_amount(literal: &str) -> AmountRead {
     literal.parse()
@@ -94,38 +102,43 @@ impl<T: AmountSource> AmountSource for Option<T> {
     note = "#[paid_action] text arguments (recipient, category, purpose, actor, reference, ...) take strings"
 )]
 pub trait TextSource {
+    /// The text, if any, borrowed.
+    fn conto_str(&self) -> Option<&str>;
+
     /// The text, if any.
-    fn conto_text(&self) -> Option<String>;
+    fn conto_text(&self) -> Option<String> {
+        self.conto_str().map(str::to_owned)
+    }
 }
 
 impl TextSource for str {
-    fn conto_text(&self) -> Option<String> {
-        Some(self.to_owned())
+    fn conto_str(&self) -> Option<&str> {
+        Some(self)
     }
 }
 impl TextSource for String {
-    fn conto_text(&self) -> Option<String> {
-        Some(self.clone())
+    fn conto_str(&self) -> Option<&str> {
+        Some(self)
     }
 }
 impl TextSource for crate::Address {
-    fn conto_text(&self) -> Option<String> {
-        Some(self.as_str().to_owned())
+    fn conto_str(&self) -> Option<&str> {
+        Some(self.as_str())
     }
 }
 impl TextSource for crate::ActorId {
-    fn conto_text(&self) -> Option<String> {
-        Some(self.as_str().to_owned())
+    fn conto_str(&self) -> Option<&str> {
+        Some(self.as_str())
     }
 }
 impl<T: TextSource + ?Sized> TextSource for &T {
-    fn conto_text(&self) -> Option<String> {
-        (**self).conto_text()
+    fn conto_str(&self) -> Option<&str> {
+        (**self).conto_str()
     }
 }
 impl<T: TextSource> TextSource for Option<T> {
-    fn conto_text(&self) -> Option<String> {
-        self.as_ref().and_then(TextSource::conto_text)
+    fn conto_str(&self) -> Option<&str> {
+        self.as_ref().and_then(TextSource::conto_str)
     }
 }
 
@@ -289,118 +302,174 @@ pub fn reject() -> ApprovalMode {
     ApprovalMode::Reject
 }
 
-/// A rail under construction.
+/// A rail as a call site wrote it: borrowed, validated only when the call site's memory
+/// ([`Memo`]) does not already hold the intent these arguments make.
 #[derive(Debug)]
-pub struct RailParts(Result<Rail, IntentError>);
-
-fn required(field: &'static str, value: &impl TextSource) -> Result<String, IntentError> {
-    value.conto_text().ok_or(IntentError::Field { field, reason: "is required".into() })
+pub struct RailParts<'a> {
+    kind: RailKind,
+    chain_id: u64,
+    /// The rail's required text (`sender`, `resource_url` or `merchant`; none for `request`).
+    main: Option<&'a str>,
+    fields: &'a [RailField<'a>],
 }
 
-impl RailParts {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RailKind {
+    Transfer,
+    X402,
+    Mpp,
+    Request,
+    Card,
+}
+
+/// One optional rail argument, in the order written.
+#[derive(Debug)]
+pub enum RailField<'a> {
+    /// A text field, by its `#[paid_action]` name.
+    Text(&'static str, Option<&'a str>),
+    /// The MPP deposit.
+    Deposit(AmountRead),
+}
+
+impl<'a> RailField<'a> {
+    /// `name = value` for a text field.
+    pub fn text(name: &'static str, value: Option<&'a str>) -> Self {
+        RailField::Text(name, value)
+    }
+
+    /// `deposit = value`.
+    pub fn deposit(value: &impl AmountSource) -> Self {
+        RailField::Deposit(value.conto_amount())
+    }
+}
+
+impl<'a> RailParts<'a> {
+    fn new(kind: RailKind, chain_id: u64, main: Option<&'a str>) -> Self {
+        Self { kind, chain_id, main, fields: &[] }
+    }
+
     /// `rail = transfer(chain_id = .., sender = ..)`.
-    pub fn transfer(chain_id: u64, sender: &impl TextSource) -> Self {
-        Self(required("senderAddress", sender).and_then(|s| Rail::transfer_owned(chain_id, s)))
+    pub fn transfer(chain_id: u64, sender: Option<&'a str>) -> Self {
+        Self::new(RailKind::Transfer, chain_id, sender)
     }
 
     /// `rail = x402(resource_url = ..)`.
-    pub fn x402(resource_url: &impl TextSource) -> Self {
-        Self(required("resourceUrl", resource_url).and_then(|u| Rail::x402(&u)))
+    pub fn x402(resource_url: Option<&'a str>) -> Self {
+        Self::new(RailKind::X402, 0, resource_url)
     }
 
     /// `rail = mpp(resource_url = ..)`.
-    pub fn mpp(resource_url: &impl TextSource) -> Self {
-        Self(required("resourceUrl", resource_url).and_then(|u| Rail::mpp(&u)))
+    pub fn mpp(resource_url: Option<&'a str>) -> Self {
+        Self::new(RailKind::Mpp, 0, resource_url)
     }
 
     /// `rail = request(..)`: a payment request settled elsewhere.
     pub fn request() -> Self {
-        Self(Ok(Rail::request(None)))
+        Self::new(RailKind::Request, 0, None)
     }
 
     /// `rail = card(merchant = ..)`.
-    pub fn card(merchant: &impl TextSource) -> Self {
-        Self(required("merchantName", merchant).and_then(|m| Rail::card(&m)))
+    pub fn card(merchant: Option<&'a str>) -> Self {
+        Self::new(RailKind::Card, 0, merchant)
     }
 
-    fn set(self, f: impl FnOnce(&mut Rail) -> Result<(), IntentError>) -> Self {
-        Self(self.0.and_then(|mut rail| f(&mut rail).map(|()| rail)))
+    /// The rail's optional arguments.
+    pub fn with(self, fields: &'a [RailField<'a>]) -> Self {
+        Self { fields, ..self }
     }
 
-    /// Sets a text field of the rail, by its `#[paid_action]` name.
-    pub fn text(self, field: &'static str, value: &impl TextSource) -> Self {
-        let value = value.conto_text();
-        self.set(|rail| {
-            match (rail, field) {
-                (Rail::X402 { service_domain, .. } | Rail::Mpp { service_domain, .. }, "service_domain") => {
-                    if let Some(v) = value {
-                        *service_domain = v.to_ascii_lowercase();
+    /// Validates the arguments into a rail.
+    fn rail(&self) -> Result<Rail, IntentError> {
+        let main = |field: &'static str| self.main.ok_or(IntentError::Field { field, reason: "is required".into() });
+        let mut rail = match self.kind {
+            RailKind::Transfer => Rail::transfer(self.chain_id, main("senderAddress")?)?,
+            RailKind::X402 => Rail::x402(main("resourceUrl")?)?,
+            RailKind::Mpp => Rail::mpp(main("resourceUrl")?)?,
+            RailKind::Request => Rail::request(None),
+            RailKind::Card => Rail::card(main("merchantName")?)?,
+        };
+        for field in self.fields {
+            match field {
+                RailField::Text(name, value) => set_text(&mut rail, name, value.map(str::to_owned))?,
+                RailField::Deposit(value) => match &mut rail {
+                    Rail::Mpp { deposit, .. } => *deposit = Some(value.clone().map_err(IntentError::Amount)?),
+                    _ => {
+                        return Err(IntentError::Field {
+                            field: "deposit",
+                            reason: "does not belong to this rail".into(),
+                        });
                     }
-                }
-                (Rail::X402 { facilitator, .. }, "facilitator") => *facilitator = value,
-                (Rail::X402 { scheme, .. }, "scheme") => *scheme = value,
-                (Rail::Mpp { session_id, .. }, "session_id") => *session_id = value,
-                (Rail::Mpp { intent, .. }, "intent") => *intent = value,
-                (Rail::Mpp { method, .. }, "method") => *method = value,
-                (Rail::Card { mcc, .. }, "mcc") => *mcc = value,
-                (Rail::Card { card_id, .. }, "card_id") => *card_id = value,
-                (Rail::Request { wallet_id }, "wallet_id") => *wallet_id = value,
-                (_, field) => {
-                    return Err(IntentError::Field { field, reason: "does not belong to this rail".into() });
-                }
+                },
             }
-            Ok(())
-        })
+        }
+        Ok(rail)
     }
 
-    /// Sets the MPP deposit.
-    pub fn deposit(self, value: &impl AmountSource) -> Self {
-        let value = value.conto_amount();
-        self.set(|rail| match rail {
-            Rail::Mpp { deposit, .. } => {
-                *deposit = Some(value?);
-                Ok(())
+    /// Writes the arguments into a call's fingerprint; `false` when one cannot be (a bad amount).
+    fn fingerprint(&self, out: &mut Fingerprint) -> bool {
+        out.bytes.push(self.kind as u8);
+        out.bytes.extend_from_slice(&self.chain_id.to_le_bytes());
+        out.text(self.main);
+        self.fields.iter().all(|field| match field {
+            RailField::Text(_, value) => {
+                out.text(*value);
+                true
             }
-            _ => Err(IntentError::Field { field: "deposit", reason: "does not belong to this rail".into() }),
+            RailField::Deposit(value) => out.amount(value),
         })
     }
 }
 
-/// An intent under construction: what `#[paid_action]` collected from its arguments.
+/// Sets a text field of `rail`, by its `#[paid_action]` name.
+fn set_text(rail: &mut Rail, field: &'static str, value: Option<String>) -> Result<(), IntentError> {
+    match (rail, field) {
+        (Rail::X402 { service_domain, .. } | Rail::Mpp { service_domain, .. }, "service_domain") => {
+            if let Some(v) = value {
+                *service_domain = v.to_ascii_lowercase();
+            }
+        }
+        (Rail::X402 { facilitator, .. }, "facilitator") => *facilitator = value,
+        (Rail::X402 { scheme, .. }, "scheme") => *scheme = value,
+        (Rail::Mpp { session_id, .. }, "session_id") => *session_id = value,
+        (Rail::Mpp { intent, .. }, "intent") => *intent = value,
+        (Rail::Mpp { method, .. }, "method") => *method = value,
+        (Rail::Card { mcc, .. }, "mcc") => *mcc = value,
+        (Rail::Card { card_id, .. }, "card_id") => *card_id = value,
+        (Rail::Request { wallet_id }, "wallet_id") => *wallet_id = value,
+        (_, field) => {
+            return Err(IntentError::Field { field, reason: "does not belong to this rail".into() });
+        }
+    }
+    Ok(())
+}
+
+/// An intent as a call site wrote it: what `#[paid_action]` collected from its arguments,
+/// borrowed.
 #[derive(Debug)]
-pub struct IntentParts {
+pub struct IntentParts<'a> {
     /// The amount.
-    pub amount: Result<Amount, AmountError>,
+    pub amount: AmountRead,
     /// The rail.
-    pub rail: RailParts,
+    pub rail: RailParts<'a>,
     /// The actor, when given.
-    pub actor: Option<String>,
+    pub actor: Option<&'a str>,
     /// The recipient, when given.
-    pub recipient: Option<String>,
+    pub recipient: Option<&'a str>,
     /// The recipient's name.
-    pub recipient_name: Option<String>,
+    pub recipient_name: Option<&'a str>,
     /// The purpose.
-    pub purpose: Option<String>,
+    pub purpose: Option<&'a str>,
     /// The category.
-    pub category: Option<String>,
+    pub category: Option<&'a str>,
     /// The context.
     pub context: Option<Result<serde_json::Map<String, serde_json::Value>, String>>,
     /// The idempotency key.
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<&'a str>,
 }
 
-impl IntentParts {
+impl<'a> IntentParts<'a> {
     /// Starts from the required parts.
-    pub fn new(amount: &impl AmountSource, rail: RailParts) -> Self {
-        Self::with_amount(amount.conto_amount(), rail)
-    }
-
-    /// Starts from a literal amount as read once for the call site ([`read_amount`]).
-    pub fn with_read(amount: &AmountRead, rail: RailParts) -> Self {
-        Self::with_amount(amount.clone(), rail)
-    }
-
-    fn with_amount(amount: AmountRead, rail: RailParts) -> Self {
+    pub fn new(amount: AmountRead, rail: RailParts<'a>) -> Self {
         Self {
             amount,
             rail,
@@ -415,13 +484,68 @@ impl IntentParts {
     }
 
     /// Validates the parts into an intent; the actor falls back to the handle's default actor.
-    pub fn build(self, conto: &Conto) -> Result<PaymentIntent, Rejection> {
-        let rail = self.rail.0.map_err(invalid)?;
-        let amount = self.amount.map_err(|e| invalid(IntentError::Amount(e)))?;
-        let actor = self
-            .actor
-            .or_else(|| conto.default_actor().map(str::to_owned))
-            .ok_or_else(|| invalid(IntentError::MissingActor))?;
+    ///
+    /// A call site's memory (`memo`) keeps its last intent and the arguments that made it: the
+    /// same arguments again make a copy of it with a fresh idempotency key, without validating
+    /// anything anew (what was valid for these exact texts still is).
+    pub fn build(self, conto: &Conto, memo: &'static LocalKey<Memo>) -> Result<PaymentIntent, Rejection> {
+        // A caller's own key or a context: built each time (rare at a hot call site).
+        if self.idempotency_key.is_some() || self.context.is_some() {
+            return self.build_fresh(conto);
+        }
+        let reused = memo.try_with(|memo| {
+            let mut memo = memo.0.try_borrow_mut().ok()?;
+            let Memory { scratch, fingerprint, intent } = &mut *memo;
+            scratch.bytes.clear();
+            if !self.fingerprint(conto, scratch) {
+                return None;
+            }
+            if let Some(intent) = intent.as_ref().filter(|_| scratch.bytes == fingerprint.bytes) {
+                return Some(Ok(PaymentIntent {
+                    actor: intent.actor.clone(),
+                    amount: intent.amount,
+                    recipient: intent.recipient.clone(),
+                    rail: intent.rail.clone(),
+                    recipient_name: intent.recipient_name.clone(),
+                    purpose: intent.purpose.clone(),
+                    category: intent.category.clone(),
+                    context: intent.context.clone(),
+                    idempotency_key: IdempotencyKey::random(),
+                }));
+            }
+            let built = self.build_fresh(conto);
+            match &built {
+                Ok(fresh) => {
+                    std::mem::swap(scratch, fingerprint);
+                    *intent = Some(fresh.clone());
+                }
+                Err(_) => *intent = None,
+            }
+            Some(built)
+        });
+        match reused {
+            Ok(Some(built)) => built,
+            // No memory on this thread (it is being torn down), or a bad amount: built as is.
+            _ => self.build_fresh(conto),
+        }
+    }
+
+    /// Writes everything the intent is made of into `out`; `false` when it cannot be.
+    fn fingerprint(&self, conto: &Conto, out: &mut Fingerprint) -> bool {
+        if !out.amount(&self.amount) || !self.rail.fingerprint(out) {
+            return false;
+        }
+        out.text(self.actor.or_else(|| conto.default_actor()));
+        for text in [self.recipient, self.recipient_name, self.purpose, self.category] {
+            out.text(text);
+        }
+        true
+    }
+
+    fn build_fresh(&self, conto: &Conto) -> Result<PaymentIntent, Rejection> {
+        let rail = self.rail.rail().map_err(invalid)?;
+        let amount = self.amount.clone().map_err(|e| invalid(IntentError::Amount(e)))?;
+        let actor = self.actor.or_else(|| conto.default_actor()).ok_or_else(|| invalid(IntentError::MissingActor))?;
         let mut b = PaymentIntent::builder(actor, amount, rail);
         if let Some(v) = self.recipient {
             b = b.recipient(v);
@@ -435,8 +559,8 @@ impl IntentParts {
         if let Some(v) = self.category {
             b = b.category(v);
         }
-        if let Some(context) = self.context {
-            for (k, v) in context.map_err(|reason| invalid(IntentError::Field { field: "context", reason }))? {
+        if let Some(context) = &self.context {
+            for (k, v) in context.clone().map_err(|reason| invalid(IntentError::Field { field: "context", reason }))? {
                 b = b.context(k, v);
             }
         }
@@ -447,9 +571,70 @@ impl IntentParts {
     }
 }
 
-/// Reads an optional text argument.
-pub fn text(value: &impl TextSource) -> Option<String> {
-    value.conto_text()
+/// A call site's memory, one per thread: its last intent and the arguments that made it.
+#[derive(Debug)]
+pub struct Memo(RefCell<Memory>);
+
+#[derive(Debug)]
+struct Memory {
+    /// Where a call's arguments are written (kept to save its allocation).
+    scratch: Fingerprint,
+    /// The arguments `intent` was made from.
+    fingerprint: Fingerprint,
+    intent: Option<PaymentIntent>,
+}
+
+impl Memo {
+    /// An empty memory.
+    pub const fn new() -> Self {
+        Memo(RefCell::new(Memory {
+            scratch: Fingerprint { bytes: Vec::new() },
+            fingerprint: Fingerprint { bytes: Vec::new() },
+            intent: None,
+        }))
+    }
+}
+
+impl Default for Memo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A call's arguments as bytes: each text length-prefixed (or marked absent), so two calls
+/// have the same fingerprint exactly when every argument is the same.
+#[derive(Debug)]
+struct Fingerprint {
+    bytes: Vec<u8>,
+}
+
+impl Fingerprint {
+    fn text(&mut self, text: Option<&str>) {
+        match text {
+            Some(t) => {
+                self.bytes.push(1);
+                self.bytes.extend_from_slice(&t.len().to_le_bytes());
+                self.bytes.extend_from_slice(t.as_bytes());
+            }
+            None => self.bytes.push(0),
+        }
+    }
+
+    /// The amount's exact value (its scale included); `false` for a bad amount.
+    fn amount(&mut self, amount: &AmountRead) -> bool {
+        match amount {
+            Ok(a) => {
+                self.bytes.extend_from_slice(&a.get().serialize());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Reads a text argument, borrowed.
+pub fn text(value: &impl TextSource) -> Option<&str> {
+    value.conto_str()
 }
 
 /// Reads a context argument.

@@ -124,28 +124,30 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
     });
 
     let amount_span = span_of(amount);
-    let (parts_new, amount_tokens) = match amount {
+    let amount_tokens = match amount {
         // A literal amount is read once per call site, on the first call, by the same rules
         // as any other (a bad one is still a typed rejection); later calls copy it.
-        Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. }) => (
-            quote!(#p::IntentParts::with_read),
-            quote_spanned! {amount_span=>
-                {
-                    static __CONTO_AMOUNT: #p::OnceLock<#p::AmountRead> = #p::OnceLock::new();
-                    __CONTO_AMOUNT.get_or_init(|| #p::read_amount(#lit))
-                }
-            },
-        ),
-        _ => (quote!(#p::IntentParts::new), quote_spanned! {amount_span=> &(#amount) }),
+        Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. }) => quote_spanned! {amount_span=>
+            {
+                static __CONTO_AMOUNT: #p::OnceLock<#p::AmountRead> = #p::OnceLock::new();
+                ::core::clone::Clone::clone(__CONTO_AMOUNT.get_or_init(|| #p::read_amount(#lit)))
+            }
+        },
+        _ => quote_spanned! {amount_span=> #p::amount(&(#amount)) },
     };
 
+    // Every text argument is bound first, borrowed (a temporary lives to the end of the block
+    // that builds the intent), then read as `Option<&str>` where the user wrote it.
+    let mut bindings = Vec::new();
+    let mut text_ref = |e: &Expr| {
+        let span = span_of(e);
+        let name = syn::Ident::new(&format!("__conto_arg{}", bindings.len()), Span::mixed_site().located_at(span));
+        bindings.push(quote_spanned! {span=> let #name = &(#e); });
+        quote_spanned! {span=> #p::text(#name) }
+    };
     let rail_kind = rail.kind.to_string();
     let field = |name: &str| rail.fields.iter().find(|(n, _)| n == name).map(|(_, e)| e);
-    let text_ref = |e: &Expr| {
-        let span = span_of(e);
-        quote_spanned! {span=> &(#e) }
-    };
-    let mut rail_tokens = match rail_kind.as_str() {
+    let rail_new = match rail_kind.as_str() {
         "transfer" => {
             let chain = field("chain_id").expect("required by the parser");
             let sender = text_ref(field("sender").expect("required by the parser"));
@@ -162,21 +164,26 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
             quote!(#p::RailParts::card(#merchant))
         }
     };
+    let mut rail_fields = Vec::new();
     for (name, expr) in &rail.fields {
         let n = name.to_string();
         if matches!(n.as_str(), "chain_id" | "sender" | "resource_url" | "merchant") {
             continue;
         }
-        let value = text_ref(expr);
-        rail_tokens =
-            if n == "deposit" { quote!(#rail_tokens.deposit(#value)) } else { quote!(#rail_tokens.text(#n, #value)) };
+        rail_fields.push(if n == "deposit" {
+            let span = span_of(expr);
+            quote_spanned! {span=> #p::RailField::deposit(&(#expr)) }
+        } else {
+            let value = text_ref(expr);
+            quote!(#p::RailField::text(#n, #value))
+        });
     }
 
-    let text_field = |name: &str, e: &Option<Expr>| {
+    let mut text_field = |name: &str, e: &Option<Expr>| {
         e.as_ref().map(|expr| {
             let ident = syn::Ident::new(name, Span::call_site());
-            let span = span_of(expr);
-            quote_spanned! {span=> __conto_parts.#ident = #p::text(&(#expr)); }
+            let value = text_ref(expr);
+            quote! { __conto_parts.#ident = #value; }
         })
     };
     let sets = [
@@ -295,10 +302,17 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
             // The intent is built in a block that ends before the `.await`, so the future
             // does not keep room for it (or its parts) beside the pipeline's own.
             let __conto_outcome = {
+                let __conto_amount: #p::AmountRead = #amount_tokens;
+                #(#bindings)*
+                let __conto_rail_fields = [#(#rail_fields),*];
                 #[allow(unused_mut)]
-                let mut __conto_parts = #parts_new(#amount_tokens, #rail_tokens);
+                let mut __conto_parts = #p::IntentParts::new(__conto_amount, #rail_new.with(&__conto_rail_fields));
                 #(#sets)*
-                let __conto_intent = match __conto_parts.build(&__conto_handle) {
+                // This call site's memory of its last intent, one per thread.
+                #p::thread_local! {
+                    static __CONTO_MEMO: #p::Memo = const { #p::Memo::new() };
+                }
+                let __conto_intent = match __conto_parts.build(&__conto_handle, &__CONTO_MEMO) {
                     ::core::result::Result::Ok(intent) => intent,
                     ::core::result::Result::Err(rejection) => {
                         return ::core::result::Result::Err(#into_error(rejection));
