@@ -68,6 +68,17 @@ fn macro_overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let conto = paid::conto(10);
     let mut g = c.benchmark_group("paid_action");
+    // The goal's baseline in the same group: the decision (authorize + record) alone, on an
+    // engine with the same policies, through the pipeline's shared-intent entry.
+    let engine = Engine::new(policies_for(10, vec!["agent-1".into()]));
+    let shared = Arc::new(intent("agent-1"));
+    g.bench_function("decision_only", |b| {
+        b.iter(|| {
+            let d = engine.decide_shared(black_box(&shared)).unwrap();
+            let conto::Verdict::Approved(a) = d.verdict else { panic!("benchmark intents are approved") };
+            engine.settle(&a, &Settlement::default()).unwrap();
+        })
+    });
     g.bench_function("bare_fn", |b| b.to_async(&rt).iter(|| paid::bare(black_box(7))));
     g.bench_function("paid_action_fn", |b| b.to_async(&rt).iter(|| paid::guarded(&conto, black_box(7))));
     g.finish();

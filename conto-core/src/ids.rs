@@ -23,28 +23,9 @@ pub(crate) fn random_id(prefix: &str, n: usize) -> String {
 
 /// Appends the low `digits` hex digits of `bits` (at most 32), most significant first.
 pub(crate) fn push_hex(out: &mut String, bits: u128, digits: usize) {
-    let digits = digits.min(32);
-    let mut buf = [0u8; 32];
-    let (high, low) = buf.split_at_mut(16);
-    high.copy_from_slice(&hex16((bits >> 64) as u64));
-    low.copy_from_slice(&hex16(bits as u64));
-    // Hex digits are ASCII: always valid UTF-8.
-    out.push_str(std::str::from_utf8(&buf[32 - digits..]).unwrap_or_default());
-}
-
-/// The 16 lower-case hex digits of `v`, most significant first: each nibble spread to a byte
-/// of its own, then mapped to its digit a whole word at a time (no table, no loop per digit).
-fn hex16(v: u64) -> [u8; 16] {
-    const NIBBLES: u128 = 0x0f0f_0f0f_0f0f_0f0f_0f0f_0f0f_0f0f_0f0f;
-    const ONES: u128 = NIBBLES / 0x0f;
-    let mut x = u128::from(v);
-    x = (x | x << 32) & 0x0000_0000_ffff_ffff_0000_0000_ffff_ffff;
-    x = (x | x << 16) & 0x0000_ffff_0000_ffff_0000_ffff_0000_ffff;
-    x = (x | x << 8) & 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
-    x = (x | x << 4) & NIBBLES;
-    // Byte k now holds nibble k (0..=15); a byte of 10 or more becomes a letter.
-    let letters = ((x + 6 * ONES) >> 4) & ONES;
-    (x + u128::from(b'0') * ONES + u128::from(b'a' - b'0' - 10) * letters).to_be_bytes()
+    let mut buffer = const_hex::Buffer::<16>::new();
+    let hex = buffer.format(&bits.to_be_bytes());
+    out.push_str(&hex[32 - digits.min(32)..]);
 }
 
 #[cfg(test)]
