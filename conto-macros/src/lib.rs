@@ -53,7 +53,10 @@ use quote::ToTokens;
 /// | `crate` | the path to the `conto` crate, if renamed | no |
 ///
 /// Argument expressions are evaluated by reference before the body runs, in the function's
-/// scope; the settlement extractors see only the `Ok` value.
+/// scope, on every call; the settlement extractors see only the `Ok` value. Each call site
+/// keeps, per thread, the intent its last arguments made: a call whose arguments are all the
+/// same (compared as text, amount and rail, with the handle's default actor) gets a copy with
+/// a fresh idempotency key instead of a new validation; any difference is validated anew.
 ///
 /// # What it expands to
 ///
