@@ -287,6 +287,33 @@ async fn a_call_site_decides_on_each_calls_own_arguments_however_often_they_chan
     assert_eq!(engine.usage("agent-9").stats.recorded, 12);
 }
 
+#[paid_action(amount = "1", recipient = RECIPIENT, rail = card(merchant = "Acme"), actor = "agent-1", conto = conto,
+    approval = approved)]
+async fn pay_and_keep(conto: &Conto) -> Result<conto::Authorization, PayError> {
+    Ok(approved)
+}
+
+#[tokio::test]
+async fn an_intent_still_held_is_never_changed_by_the_next_call() {
+    // A call site hands its last intent out again, key renewed, once the last call has let go
+    // of it. Authorizations kept past their call keep their intents exactly as they were.
+    let conto = Conto::new(engine());
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        kept.push(pay_and_keep(&conto).await.unwrap());
+    }
+    let before: Vec<_> = kept.iter().map(|a| a.intent.idempotency_key.clone()).collect();
+    let mut keys: std::collections::HashSet<_> = before.iter().cloned().collect();
+    for _ in 0..3 {
+        // Dropped at once: the next call may reuse its intent.
+        let key = pay_and_keep(&conto).await.unwrap().intent.idempotency_key.clone();
+        assert!(keys.insert(key), "every call is its own attempt: a fresh key");
+    }
+    let after: Vec<_> = kept.iter().map(|a| a.intent.idempotency_key.clone()).collect();
+    assert_eq!(before, after, "a kept authorization's intent never changes");
+    assert_eq!(keys.len(), 6);
+}
+
 #[paid_action(amount = "1", recipient = RECIPIENT, rail = card(merchant = "Acme"), actor = actor, conto = conto)]
 async fn pay_as(conto: &Conto, actor: &str, runs: &AtomicUsize) -> Result<(), PayError> {
     runs.fetch_add(1, Ordering::SeqCst);

@@ -215,6 +215,11 @@ impl IdempotencyKey {
         Self(crate::ids::random_id("ck_", 16))
     }
 
+    /// Replaces the key with a fresh random one, in the room it already has.
+    pub(crate) fn renew(&mut self) {
+        crate::ids::write_random_id(&mut self.0, "ck_", 16);
+    }
+
     /// The key's text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -486,12 +486,14 @@ impl<'a> IntentParts<'a> {
     /// Validates the parts into an intent; the actor falls back to the handle's default actor.
     ///
     /// A call site's memory (`memo`) keeps its last intent and the arguments that made it: the
-    /// same arguments again make a copy of it with a fresh idempotency key, without validating
-    /// anything anew (what was valid for these exact texts still is).
-    pub fn build(self, conto: &Conto, memo: &'static LocalKey<Memo>) -> Result<PaymentIntent, Rejection> {
+    /// same arguments again make the same intent with a fresh idempotency key, without
+    /// validating anything anew (what was valid for these exact texts still is). When the last
+    /// call has let go of its intent (the usual case), that intent is handed out again with
+    /// its key renewed in place; while another call still holds it, a copy is made.
+    pub fn build(self, conto: &Conto, memo: &'static LocalKey<Memo>) -> Result<Arc<PaymentIntent>, Rejection> {
         // A caller's own key or a context: built each time (rare at a hot call site).
         if self.idempotency_key.is_some() || self.context.is_some() {
-            return self.build_fresh(conto);
+            return self.build_fresh(conto).map(Arc::new);
         }
         let reused = memo.try_with(|memo| {
             let mut memo = memo.0.try_borrow_mut().ok()?;
@@ -500,24 +502,18 @@ impl<'a> IntentParts<'a> {
             if !self.fingerprint(conto, scratch) {
                 return None;
             }
-            if let Some(intent) = intent.as_ref().filter(|_| scratch.bytes == fingerprint.bytes) {
-                return Some(Ok(PaymentIntent {
-                    actor: intent.actor.clone(),
-                    amount: intent.amount,
-                    recipient: intent.recipient.clone(),
-                    rail: intent.rail.clone(),
-                    recipient_name: intent.recipient_name.clone(),
-                    purpose: intent.purpose.clone(),
-                    category: intent.category.clone(),
-                    context: intent.context.clone(),
-                    idempotency_key: IdempotencyKey::random(),
-                }));
+            if let Some(kept) = intent.as_mut().filter(|_| scratch.bytes == fingerprint.bytes) {
+                match Arc::get_mut(kept) {
+                    Some(unique) => unique.idempotency_key.renew(),
+                    None => *kept = Arc::new(renewed(kept)),
+                }
+                return Some(Ok(Arc::clone(kept)));
             }
-            let built = self.build_fresh(conto);
+            let built = self.build_fresh(conto).map(Arc::new);
             match &built {
                 Ok(fresh) => {
                     std::mem::swap(scratch, fingerprint);
-                    *intent = Some(fresh.clone());
+                    *intent = Some(Arc::clone(fresh));
                 }
                 Err(_) => *intent = None,
             }
@@ -526,7 +522,7 @@ impl<'a> IntentParts<'a> {
         match reused {
             Ok(Some(built)) => built,
             // No memory on this thread (it is being torn down), or a bad amount: built as is.
-            _ => self.build_fresh(conto),
+            _ => self.build_fresh(conto).map(Arc::new),
         }
     }
 
@@ -571,6 +567,21 @@ impl<'a> IntentParts<'a> {
     }
 }
 
+/// A copy of `intent` with a fresh idempotency key (its own key is not copied).
+fn renewed(intent: &PaymentIntent) -> PaymentIntent {
+    PaymentIntent {
+        actor: intent.actor.clone(),
+        amount: intent.amount,
+        recipient: intent.recipient.clone(),
+        rail: intent.rail.clone(),
+        recipient_name: intent.recipient_name.clone(),
+        purpose: intent.purpose.clone(),
+        category: intent.category.clone(),
+        context: intent.context.clone(),
+        idempotency_key: IdempotencyKey::random(),
+    }
+}
+
 /// A call site's memory, one per thread: its last intent and the arguments that made it.
 #[derive(Debug)]
 pub struct Memo(RefCell<Memory>);
@@ -581,7 +592,7 @@ struct Memory {
     scratch: Fingerprint,
     /// The arguments `intent` was made from.
     fingerprint: Fingerprint,
-    intent: Option<PaymentIntent>,
+    intent: Option<Arc<PaymentIntent>>,
 }
 
 impl Memo {
