@@ -27,6 +27,13 @@ fn decide_and_record(engine: &Engine, intent: &PaymentIntent) {
     engine.settle(&a, &Settlement::default()).unwrap();
 }
 
+/// What the pipeline calls: the approval keeps the caller's `Arc` instead of a copy.
+fn decide_shared_and_record(engine: &Engine, intent: &Arc<PaymentIntent>) {
+    let d = engine.decide_shared(intent).unwrap();
+    let conto::Verdict::Approved(a) = d.verdict else { panic!("benchmark intents are approved") };
+    engine.settle(&a, &Settlement::default()).unwrap();
+}
+
 fn by_policy_count(c: &mut Criterion) {
     let mut g = c.benchmark_group("embedded_authorize_record");
     for n in [1usize, 10, 100] {
@@ -35,14 +42,9 @@ fn by_policy_count(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("policies", n), &n, |b, _| {
             b.iter(|| decide_and_record(&engine, black_box(&i)))
         });
-        // What the pipeline calls: the approval keeps the caller's `Arc` instead of a copy.
         let shared = Arc::new(i.clone());
         g.bench_with_input(BenchmarkId::new("policies_shared_intent", n), &n, |b, _| {
-            b.iter(|| {
-                let d = engine.decide_shared(black_box(&shared)).unwrap();
-                let conto::Verdict::Approved(a) = d.verdict else { panic!("benchmark intents are approved") };
-                engine.settle(&a, &Settlement::default()).unwrap();
-            })
+            b.iter(|| decide_shared_and_record(&engine, black_box(&shared)))
         });
     }
     g.finish();
@@ -72,13 +74,7 @@ fn macro_overhead(c: &mut Criterion) {
     // engine with the same policies, through the pipeline's shared-intent entry.
     let engine = Engine::new(policies_for(10, vec!["agent-1".into()]));
     let shared = Arc::new(intent("agent-1"));
-    g.bench_function("decision_only", |b| {
-        b.iter(|| {
-            let d = engine.decide_shared(black_box(&shared)).unwrap();
-            let conto::Verdict::Approved(a) = d.verdict else { panic!("benchmark intents are approved") };
-            engine.settle(&a, &Settlement::default()).unwrap();
-        })
-    });
+    g.bench_function("decision_only", |b| b.iter(|| decide_shared_and_record(&engine, black_box(&shared))));
     g.bench_function("bare_fn", |b| b.to_async(&rt).iter(|| paid::bare(black_box(7))));
     g.bench_function("paid_action_fn", |b| b.to_async(&rt).iter(|| paid::guarded(&conto, black_box(7))));
     g.finish();

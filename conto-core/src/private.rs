@@ -12,7 +12,7 @@ pub use std::thread_local;
 
 use crate::DecisionSource;
 use crate::decision::Settlement;
-use crate::intent::{IdempotencyKey, IntentError, PaymentIntent, Rail};
+use crate::intent::{IntentError, PaymentIntent, Rail};
 use crate::money::{Amount, AmountError};
 use crate::pipeline::{ApprovalMode, Conto};
 use crate::rejection::{Rejection, RejectionKind};
@@ -59,17 +59,12 @@ impl AmountSource for String {
         self.parse()
     }
 }
-/// A literal amount, as read on a call site's first call.
+/// An amount argument as read (a literal one, once per call site, on its first call).
 pub type AmountRead = Result<Amount, AmountError>;
 
 /// Reads an amount argument.
 pub fn amount(value: &impl AmountSource) -> AmountRead {
     value.conto_amount()
-}
-
-/// Reads a literal amount (`#[paid_action(amount = "0.01")]`), once per call site.
-pub fn read_amount(literal: &str) -> AmountRead {
-    literal.parse()
 }
 macro_rules! amount_from_int {
     ($($t:ty),*) => {$(
@@ -104,11 +99,6 @@ impl<T: AmountSource> AmountSource for Option<T> {
 pub trait TextSource {
     /// The text, if any, borrowed.
     fn conto_str(&self) -> Option<&str>;
-
-    /// The text, if any.
-    fn conto_text(&self) -> Option<String> {
-        self.conto_str().map(str::to_owned)
-    }
 }
 
 impl TextSource for str {
@@ -284,7 +274,7 @@ pub fn text_of<R: TextSource>(value: R) -> R {
 
 /// The settlement reference an extractor reports from the `Ok` value.
 pub fn reference<T: ?Sized, R: TextSource>(value: &T, extract: impl FnOnce(&T) -> R) -> Option<String> {
-    extract(value).conto_text()
+    extract(value).conto_str().map(str::to_owned)
 }
 
 /// Builds a [`Settlement`].
@@ -493,7 +483,7 @@ impl<'a> IntentParts<'a> {
     pub fn build(self, conto: &Conto, memo: &'static LocalKey<Memo>) -> Result<Arc<PaymentIntent>, Rejection> {
         // A caller's own key or a context: built each time (rare at a hot call site).
         if self.idempotency_key.is_some() || self.context.is_some() {
-            return self.build_fresh(conto).map(Arc::new);
+            return self.build_fresh(conto);
         }
         let reused = memo.try_with(|memo| {
             let mut memo = memo.0.try_borrow_mut().ok()?;
@@ -505,11 +495,15 @@ impl<'a> IntentParts<'a> {
             if let Some(kept) = intent.as_mut().filter(|_| scratch.bytes == fingerprint.bytes) {
                 match Arc::get_mut(kept) {
                     Some(unique) => unique.idempotency_key.renew(),
-                    None => *kept = Arc::new(renewed(kept)),
+                    None => {
+                        let mut copy = PaymentIntent::clone(kept);
+                        copy.idempotency_key.renew();
+                        *kept = Arc::new(copy);
+                    }
                 }
                 return Some(Ok(Arc::clone(kept)));
             }
-            let built = self.build_fresh(conto).map(Arc::new);
+            let built = self.build_fresh(conto);
             match &built {
                 Ok(fresh) => {
                     std::mem::swap(scratch, fingerprint);
@@ -522,7 +516,7 @@ impl<'a> IntentParts<'a> {
         match reused {
             Ok(Some(built)) => built,
             // No memory on this thread (it is being torn down), or a bad amount: built as is.
-            _ => self.build_fresh(conto).map(Arc::new),
+            _ => self.build_fresh(conto),
         }
     }
 
@@ -538,7 +532,7 @@ impl<'a> IntentParts<'a> {
         true
     }
 
-    fn build_fresh(&self, conto: &Conto) -> Result<PaymentIntent, Rejection> {
+    fn build_fresh(&self, conto: &Conto) -> Result<Arc<PaymentIntent>, Rejection> {
         let rail = self.rail.rail().map_err(invalid)?;
         let amount = self.amount.clone().map_err(|e| invalid(IntentError::Amount(e)))?;
         let actor = self.actor.or_else(|| conto.default_actor()).ok_or_else(|| invalid(IntentError::MissingActor))?;
@@ -563,22 +557,7 @@ impl<'a> IntentParts<'a> {
         if let Some(v) = self.idempotency_key {
             b = b.idempotency_key(v);
         }
-        b.build().map_err(invalid)
-    }
-}
-
-/// A copy of `intent` with a fresh idempotency key (its own key is not copied).
-fn renewed(intent: &PaymentIntent) -> PaymentIntent {
-    PaymentIntent {
-        actor: intent.actor.clone(),
-        amount: intent.amount,
-        recipient: intent.recipient.clone(),
-        rail: intent.rail.clone(),
-        recipient_name: intent.recipient_name.clone(),
-        purpose: intent.purpose.clone(),
-        category: intent.category.clone(),
-        context: intent.context.clone(),
-        idempotency_key: IdempotencyKey::random(),
+        b.build().map(Arc::new).map_err(invalid)
     }
 }
 

@@ -130,7 +130,7 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
         Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. }) => quote_spanned! {amount_span=>
             {
                 static __CONTO_AMOUNT: #p::OnceLock<#p::AmountRead> = #p::OnceLock::new();
-                ::core::clone::Clone::clone(__CONTO_AMOUNT.get_or_init(|| #p::read_amount(#lit)))
+                ::core::clone::Clone::clone(__CONTO_AMOUNT.get_or_init(|| #p::amount(&#lit)))
             }
         },
         _ => quote_spanned! {amount_span=> #p::amount(&(#amount)) },
