@@ -39,8 +39,9 @@
 //! - `POST /api/sdk/payments/request` answers 2xx with a `requestId` whatever the decision
 //!   (`APPROVED`, `DENIED`, `REQUIRES_APPROVAL` with `approvalRequestId`), decided on the
 //!   `request` rail (every rail-independent rule applies). `GET
-//!   /api/sdk/payments/{requestId}` follows a human's answer. `POST .../execute` is a
-//!   `422 MANAGED_WALLET_UNAVAILABLE`: conto-local holds no Conto-managed wallet. For the same
+//!   /api/sdk/payments/{requestId}` follows a human's answer. `POST .../execute` is
+//!   `400 EXTERNAL_WALLET` (Conto's answer for a wallet it does not hold): conto-local holds
+//!   no Conto-managed wallet. For the same
 //!   reason an approved request with `autoExecute: true` is answered `APPROVED` with
 //!   `autoExecuteError` (Conto's answer when it did not execute) and no `execution`: the
 //!   approval stands, and the app settles it.
@@ -387,6 +388,13 @@ impl ApiError {
     pub fn replayed(status: StatusCode, body: ErrorBody) -> Self {
         let message = body.text().unwrap_or_default().to_owned();
         Self { status, code: body.code.unwrap_or_default().into(), message, retry_after: None }
+    }
+
+    /// The same error, its message prefixed with where in the request it arose
+    /// (`payments[1]: ...`).
+    pub fn at(mut self, place: &str) -> Self {
+        self.message = format!("{place}: {}", self.message);
+        self
     }
 
     /// Its body.
@@ -750,8 +758,14 @@ async fn create_key(
     if key_type != "standard" && key_type != "admin" {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`keyType` must be standard or admin"));
     }
-    let scopes: Vec<String> =
-        body.scopes.clone().unwrap_or_else(|| STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect());
+    // Scopes asked for are added to the standard preset (conto-api.md §1: approve, confirm and
+    // execute "must be added"); a key never has less than the preset.
+    let mut scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    for scope in body.scopes.iter().flatten() {
+        if !scopes.contains(scope) {
+            scopes.push(scope.clone());
+        }
+    }
     let (id, key, expires_at) = issue_key(&store, &agent_id, &name, key_type, &scopes, days)?;
     let created = SdkKey {
         id: Some(id),
@@ -761,6 +775,7 @@ async fn create_key(
         key_type: Some(key_type.to_owned()),
         scopes: Some(scopes),
         expires_at: Some(expires_at),
+        message: Some("Store this key now: it is shown only once.".to_owned()),
         ..SdkKey::default()
     };
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
@@ -853,7 +868,9 @@ fn bootstrap_into(store: &Store, agent_id: &str) -> Result<Option<String>, Local
     store.add_agent(agent_id, agent_id, &now_text())?;
     let mut scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect();
     scopes.extend(["payments:approve", "payments:confirm", "payments:execute"].map(str::to_owned));
-    let (_, key, _) = issue_key(store, agent_id, "bootstrap", "standard", &scopes, 365)?;
+    // Full scope: every payment scope, and an admin key, so Conto's own policy commands
+    // (which need an admin SDK key) work with it too.
+    let (_, key, _) = issue_key(store, agent_id, "bootstrap", "admin", &scopes, 365)?;
     Ok(Some(key))
 }
 

@@ -1,5 +1,6 @@
 //! The agent-facing `/api/sdk/*` endpoints: approve / pre-authorize, confirm / record, reads.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -392,7 +393,8 @@ fn decide(
                     body.approval_id = Some(p.approval_request_id.clone());
                 }
                 Kind::X402 | Kind::Mpp => body.authorized = Some(false),
-                Kind::Card => {}
+                // Conto's card answers always carry a `requestId` (§9): the approval request's.
+                Kind::Card => body.request_id = Some(p.approval_request_id.clone()),
                 Kind::Request => {
                     let id = format!("req_{}", random_hex(12));
                     store.put_payment_request(
@@ -479,7 +481,8 @@ async fn payment_request_status(
 }
 
 /// `POST /api/sdk/payments/{requestId}/execute`: Conto executes from a Conto-managed wallet;
-/// conto-local holds none, and says so instead of faking a payment.
+/// conto-local holds none (every wallet is the app's own, external to it) and answers as Conto
+/// does for an external wallet, `400 EXTERNAL_WALLET`, instead of faking a payment.
 async fn execute_payment(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -489,34 +492,59 @@ async fn execute_payment(
     lock(&app.store)
         .payment_request(&id, &caller.agent)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no payment request `{id}`")))?;
-    Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "MANAGED_WALLET_UNAVAILABLE", NO_MANAGED_WALLET))
+    // Conto's answer to `/execute` on a wallet it does not hold (conto-api.md §2, §8).
+    Err(ApiError::new(StatusCode::BAD_REQUEST, "EXTERNAL_WALLET", NO_MANAGED_WALLET))
 }
 
 /// Why conto-local executes no payment (`execute`, `autoExecute`).
-const NO_MANAGED_WALLET: &str = "conto-local holds no Conto-managed wallet and cannot execute payments: settle it \
-     yourself (hybrid) and record it, or run against Conto";
+const NO_MANAGED_WALLET: &str = "conto-local holds no Conto-managed wallet and cannot execute payments: pay from \
+     your own wallet through the external-wallet flow (`/payments/approve`, then `/confirm`), or run against Conto";
 
 async fn approve_card(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authorize(app, headers, body, Kind::Card).await
 }
 
-/// Settles a live approval: checks owner, token, expiry and amount, then records the spend.
-fn settle(
-    app: &App,
+/// What a confirm shows of its approval's token.
+#[derive(Debug, Clone, Copy)]
+enum Token<'a> {
+    /// Required whenever the approval has one (a transfer's confirm, conto-api.md §3.2).
+    Required(Option<&'a str>),
+    /// Checked when sent: Conto's card confirm body (`transactionReference`, `amount`,
+    /// `status`, §9) carries none, and x402/MPP approvals have none.
+    IfGiven(Option<&'a str>),
+}
+
+/// A live approval a confirm or record may settle: its owner, token, expiry and amount checked.
+struct Settleable {
+    id: String,
+    authorization: conto_core::Authorization,
+    /// The approval's stored intent (JSON), kept with the spend.
+    intent_json: String,
+    settled: Amount,
+}
+
+/// Checks that `agent` may settle approval `id` for `amount` (the approved amount when `None`),
+/// changing nothing.
+fn settleable(
     store: &Store,
     agent: &str,
     id: &str,
     amount: Option<Amount>,
-    reference: Option<String>,
-    token: Option<&str>,
-) -> Result<(Amount, String, Arc<PaymentIntent>), ApiError> {
+    token: Token<'_>,
+) -> Result<Settleable, ApiError> {
     let row = store.approval(id)?.filter(|r| r.agent_id == agent).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no approval `{id}` for this agent"))
     })?;
     if row.state == "recorded" {
         return Err(bad("INVALID_STATUS", format!("approval `{id}` was already confirmed")));
     }
-    if let Some(expected) = &row.token_hash {
+    let (token, required) = match token {
+        Token::Required(token) => (token, true),
+        Token::IfGiven(token) => (token, false),
+    };
+    if let Some(expected) = &row.token_hash
+        && (required || token.is_some())
+    {
         let given = token.map(hash).unwrap_or_default();
         if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
             return Err(bad("INVALID_TOKEN", "the approval token does not match this approval"));
@@ -532,25 +560,52 @@ fn settle(
     if settled > approved {
         return Err(bad("VALIDATION_ERROR", format!("settled amount {settled} is more than the approved {approved}")));
     }
-    let intent = authorization.intent.clone();
-    match app.engine.settle(&authorization, &Settlement { amount: Some(settled), reference: reference.clone() }) {
-        Ok(_) => {}
-        Err(AuthorityError::Ledger(conto_core::LedgerError::UnknownAuthorization(_))) => {
-            app.engine.restore_spend(&intent, settled, Timestamp::now())
+    Ok(Settleable { id: id.to_owned(), authorization, intent_json: row.intent, settled })
+}
+
+impl Settleable {
+    /// Records the spend against the approval: the engine's ledger, then the store.
+    fn settle(
+        self,
+        app: &App,
+        store: &Store,
+        agent: &str,
+        reference: Option<String>,
+    ) -> Result<(Amount, String), ApiError> {
+        let Settleable { id, authorization, intent_json, settled } = self;
+        let settlement = Settlement { amount: Some(settled), reference: reference.clone() };
+        match app.engine.settle(&authorization, &settlement) {
+            Ok(_) => {}
+            Err(AuthorityError::Ledger(conto_core::LedgerError::UnknownAuthorization(_))) => {
+                app.engine.restore_spend(&authorization.intent, settled, Timestamp::now())
+            }
+            Err(e) => return Err(bad("INVALID_STATUS", e.to_string())),
         }
-        Err(e) => return Err(bad("INVALID_STATUS", e.to_string())),
+        let transaction_id = format!("tx_{}", random_hex(10));
+        store.record_spend(
+            &id,
+            agent,
+            &intent_json,
+            &settled.to_string(),
+            reference.as_deref(),
+            &transaction_id,
+            &now_text(),
+        )?;
+        Ok((settled, transaction_id))
     }
-    let transaction_id = format!("tx_{}", random_hex(10));
-    store.record_spend(
-        id,
-        agent,
-        &row.intent,
-        &settled.to_string(),
-        reference.as_deref(),
-        &transaction_id,
-        &now_text(),
-    )?;
-    Ok((settled, transaction_id, intent))
+}
+
+/// Settles a live approval: checks owner, token, expiry and amount, then records the spend.
+fn settle(
+    app: &App,
+    store: &Store,
+    agent: &str,
+    id: &str,
+    amount: Option<Amount>,
+    reference: Option<String>,
+    token: Token<'_>,
+) -> Result<(Amount, String), ApiError> {
+    settleable(store, agent, id, amount, token)?.settle(app, store, agent, reference)
 }
 
 fn is_tx_hash(s: &str) -> bool {
@@ -600,8 +655,9 @@ async fn confirm_transfer(
             .as_deref()
             .filter(|t| !t.is_empty())
             .ok_or_else(|| bad("VALIDATION_ERROR", "`approvalToken` is required"))?;
-        let (amount, transaction_id, intent) =
-            settle(&app, store, &caller.agent, &id, body.amount, Some(tx.clone()), Some(token))?;
+        let approval = settleable(store, &caller.agent, &id, body.amount, Token::Required(Some(token)))?;
+        let intent = approval.authorization.intent.clone();
+        let (amount, transaction_id) = approval.settle(&app, store, &caller.agent, Some(tx.clone()))?;
         Ok((
             StatusCode::OK,
             RecordedBody {
@@ -635,7 +691,8 @@ async fn confirm_card(
         }
         let reference = body.transaction_reference.clone().filter(|r| !r.is_empty());
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
-        let (amount, transaction_id, _) = settle(&app, store, &caller.agent, &id, body.amount, reference, token)?;
+        let (amount, transaction_id) =
+            settle(&app, store, &caller.agent, &id, body.amount, reference, Token::IfGiven(token))?;
         Ok((
             StatusCode::OK,
             RecordedBody {
@@ -650,29 +707,39 @@ async fn confirm_card(
     Ok(reply(status, out))
 }
 
-/// Records one x402/MPP payment: settles its reservation, or counts it as unreserved spend.
-fn record_one(
-    app: &App,
+/// One x402/MPP payment of a record, checked and ready to count: nothing is counted or stored
+/// until every payment of the record is.
+enum Planned {
+    /// Settles a live pre-authorization.
+    Settle {
+        approval: Settleable,
+        reference: Option<String>,
+        /// The record's own id and key, when it found its pre-authorization by matching.
+        matched: Option<(String, Option<String>)>,
+    },
+    /// Counts spend no reservation held.
+    Unreserved { intent: PaymentIntent, id: String, key: Option<String> },
+}
+
+/// Checks one payment of a record against the store and against the payments before it in the
+/// same record (`taken`: the pre-authorizations and payment keys they use), changing nothing.
+fn plan_one(
     store: &Store,
     agent: &str,
     payment: &PaymentBody,
     kind: Kind,
-) -> Result<RecordedBody, ApiError> {
+    taken: &mut HashSet<String>,
+) -> Result<Planned, ApiError> {
     let reference = payment.reference();
-    let recorded = |id: Option<String>, preauth: Option<String>, transaction_id: String, amount: Amount| RecordedBody {
-        payment_id: id,
-        authorization_id: preauth,
-        transaction_id: Some(transaction_id),
-        amount: Some(amount),
-        status: Some("RECORDED".into()),
-        ..RecordedBody::default()
-    };
+    let twice = |what: &str| bad("VALIDATION_ERROR", format!("{what} appears twice in one record"));
     if let Some(id) = payment.authorization_id.clone().filter(|i| !i.is_empty()) {
-        let (amount, transaction_id, _) = settle(app, store, agent, &id, payment.amount, reference, None)?;
-        return Ok(recorded(None, Some(id), transaction_id, amount));
+        let approval = settleable(store, agent, &id, payment.amount, Token::IfGiven(None))?;
+        if !taken.insert(id.clone()) {
+            return Err(twice(&format!("authorization `{id}`")));
+        }
+        return Ok(Planned::Settle { approval, reference, matched: None });
     }
     let intent = intent_from(agent, payment, kind)?;
-    let amount = intent.amount;
     // The payment's own key: its `paymentId`, or else its tx hash.
     let key = payment.payment_id.clone().filter(|p| !p.is_empty()).or_else(|| reference.clone());
     let id = format!("rec_{}", key.clone().unwrap_or_else(|| random_hex(10)));
@@ -684,24 +751,69 @@ fn record_one(
     if seen || store.spend_exists(&id)? {
         return Err(ApiError::new(StatusCode::CONFLICT, "CONFLICT", format!("payment `{id}` was already recorded")));
     }
+    if !taken.insert(id.clone()) {
+        return Err(twice(&format!("payment `{id}`")));
+    }
     // A record without `authorizationId` settles the live pre-authorization it belongs to
     // rather than adding to it: same agent and rail, same resource and recipient, an amount
-    // within the reservation; the oldest such pre-authorization first.
-    if let Some(preauth) = matching_preauthorization(store, agent, &intent)? {
-        let (amount, transaction_id, _) = settle(app, store, agent, &preauth, Some(amount), reference, None)?;
-        if let Some(k) = &key {
-            store.remember_payment(agent, k, &preauth)?;
+    // within the reservation; the oldest such pre-authorization (not already settled by an
+    // earlier payment of the same record) first.
+    if let Some(preauth) = matching_preauthorization(store, agent, &intent, taken)? {
+        let approval = settleable(store, agent, &preauth, Some(intent.amount), Token::IfGiven(None))?;
+        taken.insert(preauth);
+        return Ok(Planned::Settle { approval, reference, matched: Some((id, key)) });
+    }
+    Ok(Planned::Unreserved { intent, id, key })
+}
+
+impl Planned {
+    /// Counts and stores the checked payment.
+    fn record(self, app: &App, store: &Store, agent: &str) -> Result<RecordedBody, ApiError> {
+        let recorded =
+            |id: Option<String>, preauth: Option<String>, transaction_id: String, amount: Amount| RecordedBody {
+                payment_id: id,
+                authorization_id: preauth,
+                transaction_id: Some(transaction_id),
+                amount: Some(amount),
+                status: Some("RECORDED".into()),
+                ..RecordedBody::default()
+            };
+        match self {
+            Planned::Settle { approval, reference, matched } => {
+                let preauth = approval.id.clone();
+                let (amount, transaction_id) = approval.settle(app, store, agent, reference)?;
+                let id = match matched {
+                    Some((id, key)) => {
+                        if let Some(k) = &key {
+                            store.remember_payment(agent, k, &preauth)?;
+                        }
+                        Some(id)
+                    }
+                    None => None,
+                };
+                Ok(recorded(id, Some(preauth), transaction_id, amount))
+            }
+            Planned::Unreserved { intent, id, key } => {
+                let amount = intent.amount;
+                app.engine.restore_spend(&intent, amount, Timestamp::now());
+                let transaction_id = format!("tx_{}", random_hex(10));
+                let intent_json = serde_json::to_string(&intent).unwrap_or_default();
+                store.record_spend(
+                    &id,
+                    agent,
+                    &intent_json,
+                    &amount.to_string(),
+                    None,
+                    &transaction_id,
+                    &now_text(),
+                )?;
+                if let Some(k) = &key {
+                    store.remember_payment(agent, k, &id)?;
+                }
+                Ok(recorded(Some(id), None, transaction_id, amount))
+            }
         }
-        return Ok(recorded(Some(id), Some(preauth), transaction_id, amount));
     }
-    app.engine.restore_spend(&intent, amount, Timestamp::now());
-    let transaction_id = format!("tx_{}", random_hex(10));
-    let intent_json = serde_json::to_string(&intent).unwrap_or_default();
-    store.record_spend(&id, agent, &intent_json, &amount.to_string(), None, &transaction_id, &now_text())?;
-    if let Some(k) = &key {
-        store.remember_payment(agent, k, &id)?;
-    }
-    Ok(recorded(Some(id), None, transaction_id, amount))
 }
 
 fn resource(rail: &Rail) -> Option<&str> {
@@ -712,8 +824,13 @@ fn resource(rail: &Rail) -> Option<&str> {
 }
 
 /// The oldest live pre-authorization of `agent` that `intent` (a record without an
-/// authorization id) settles.
-fn matching_preauthorization(store: &Store, agent: &str, intent: &PaymentIntent) -> Result<Option<String>, ApiError> {
+/// authorization id) settles, other than those `taken`.
+fn matching_preauthorization(
+    store: &Store,
+    agent: &str,
+    intent: &PaymentIntent,
+    taken: &HashSet<String>,
+) -> Result<Option<String>, ApiError> {
     let now = Timestamp::now();
     let mut candidates: Vec<(Timestamp, String)> = store
         .live_approvals(Some(agent))?
@@ -724,7 +841,8 @@ fn matching_preauthorization(store: &Store, agent: &str, intent: &PaymentIntent)
                 && resource(&a.intent.rail) == resource(&intent.rail)
                 && a.intent.recipient == intent.recipient
                 && intent.amount <= a.amount
-                && a.expires_at > now;
+                && a.expires_at > now
+                && !taken.contains(&id);
             same.then_some((a.expires_at, id))
         })
         .collect();
@@ -745,9 +863,22 @@ async fn record(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> R
         if payments.is_empty() {
             return Err(bad("VALIDATION_ERROR", "`payments` is empty"));
         }
-        let mut results = Vec::with_capacity(payments.len());
-        for p in &payments {
-            results.push(record_one(&app, store, &caller.agent, p, kind)?);
+        // Every payment is checked before any is counted: a record with one bad payment
+        // counts none of them (and its retry is not refused as a repeat).
+        let mut taken = HashSet::new();
+        let planned = payments
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                plan_one(store, &caller.agent, p, kind, &mut taken).map_err(|e| match &body.payments {
+                    Some(_) => e.at(&format!("payments[{i}]")),
+                    None => e,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut results = Vec::with_capacity(planned.len());
+        for p in planned {
+            results.push(p.record(&app, store, &caller.agent)?);
         }
         Ok((
             StatusCode::OK,

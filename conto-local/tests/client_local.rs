@@ -206,8 +206,16 @@ async fn missing_scope_bad_key_and_org_key_misuse_are_typed_errors_never_approva
     assert_eq!(r.source(), DecisionSource::Authority);
     assert!(matches!(r.cause(), Some(AuthorityError::Refused(conto_core::Refused::MissingScope { .. }))), "{r:?}");
     assert!(!r.is_retryable());
-    // An agent key on org endpoints, and org calls without a key.
-    let resp = org.http.get(format!("{}/api/policies", server.url())).bearer_auth(&narrow).send().await.unwrap();
+    // A standard agent key changing policies (reading them is its preset's `policies:read`),
+    // and org calls without a key.
+    let resp = org
+        .http
+        .post(format!("{}/api/policies", server.url()))
+        .bearer_auth(&narrow)
+        .json(&json!({"name": "mine", "rules": []}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 403);
     let resp = org.http.get(format!("{}/api/policies", server.url())).send().await.unwrap();
     assert_eq!(resp.status(), 401);

@@ -263,7 +263,8 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{payment_id}"), None).await;
     assert_eq!(polled["status"], "APPROVED", "{polled}");
 
-    // Executing from a Conto-managed wallet is not something conto-local can do: a typed 4xx.
+    // Executing from a Conto-managed wallet is not something conto-local can do: Conto's answer
+    // for a wallet it does not hold.
     let (status, key) = Org::new(&server)
         .post("/api/agents/agent-1/sdk-keys", json!({"name": "exec", "scopes": ["payments:execute"]}))
         .await;
@@ -271,7 +272,7 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     let exec =
         Sdk { base: sdk.base.clone(), key: key["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
     let (status, body) = exec.post(&format!("/api/sdk/payments/{id}/execute"), json!({})).await;
-    assert_eq!((status, body["code"].as_str()), (422, Some("MANAGED_WALLET_UNAVAILABLE")), "{body}");
+    assert_eq!((status, body["code"].as_str()), (400, Some("EXTERNAL_WALLET")), "{body}");
 }
 
 /// Provisioning as Conto's hybrid starter does it, through the org surface, then the controls
@@ -697,4 +698,123 @@ async fn approvals_last_as_long_as_conto_keeps_them_per_flow() {
         let secs = lifetime(body);
         assert!((minutes * 60 - 30..=minutes * 60).contains(&secs), "{what}: {secs} s: {body}");
     }
+}
+
+/// A batch record is one answer about all its payments: when one of them cannot be recorded
+/// (a repeat, a bad field, a payment listed twice), none is counted, and the good ones,
+/// sent again on their own, are not refused as repeats.
+#[tokio::test]
+async fn an_x402_batch_with_one_bad_payment_counts_none_of_them() {
+    let (_server, sdk) = setup(None).await;
+    let paid = |id: &str, amount: &str| {
+        let mut p = x402_payment(amount);
+        p["paymentId"] = json!(id);
+        p
+    };
+    let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [paid("pay-1", "3")]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await.0, "3");
+
+    // The second payment is a repeat of the one already recorded: a 409 naming it, and the
+    // first (new) payment of the batch is not counted either.
+    let batch = json!({"payments": [paid("pay-2", "4"), paid("pay-1", "3")]});
+    let (status, body) = sdk.post("/api/sdk/x402/record", batch).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("CONFLICT")), "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("payments[1]: "), "{body}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await.0, "3", "nothing of the refused batch counted");
+
+    // A payment listed twice in one batch, and a payment with a bad recipient: refused whole.
+    for batch in [
+        json!({"payments": [paid("pay-2", "4"), paid("pay-2", "4")]}),
+        json!({"payments": [paid("pay-2", "4"), {"amount": 1, "recipientAddress": "nope", "resourceUrl": "https://api.example.com/x"}]}),
+    ] {
+        let (status, body) = sdk.post("/api/sdk/x402/record", batch).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["message"].as_str().unwrap().starts_with("payments[1]: "), "{body}");
+        assert_eq!(budget_spent_and_reserved(&sdk).await.0, "3", "{body}");
+    }
+
+    // The good payment on its own is recorded: it was never counted, so it is no repeat.
+    let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [paid("pay-2", "4")]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await.0, "7");
+}
+
+/// Two payments of one batch that both match one pre-authorization: the first settles it,
+/// the second is counted as spend of its own (never the same reservation twice).
+#[tokio::test]
+async fn two_payments_of_one_batch_never_settle_the_same_preauthorization() {
+    let (_server, sdk) = setup(None).await;
+    let (status, pre) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("5")).await;
+    assert_eq!((status, &pre["authorized"]), (200, &json!(true)), "{pre}");
+    let paid = |id: &str| {
+        let mut p = x402_payment("5");
+        p["paymentId"] = json!(id);
+        p
+    };
+    let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [paid("pay-a"), paid("pay-b")]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payments"][0]["authorizationId"], pre["authorizationId"], "{body}");
+    assert!(body["payments"][1]["authorizationId"].is_null(), "{body}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await, ("10".into(), "0".into()));
+}
+
+/// Card payments as Conto documents them: a requires-approval answer carries a `requestId`,
+/// and the confirm body (`transactionReference`, `amount`, `status`) needs no token; a token
+/// that is sent must still be the approval's own.
+#[tokio::test]
+async fn card_answers_carry_a_request_id_and_a_card_confirm_needs_no_token() {
+    let (_server, sdk) = setup(None).await;
+    let card =
+        |amount: u32| json!({"amount": amount, "merchantName": "Acme", "merchantCategory": "5411", "cardId": "card_1"});
+    let (status, held) = sdk.post("/api/sdk/cards/approve", card(90)).await;
+    assert_eq!((status, held["status"].as_str()), (202, Some("REQUIRES_APPROVAL")), "{held}");
+    assert_eq!(held["requestId"], held["approvalRequestId"], "{held}");
+
+    let (status, approved) = sdk.post("/api/sdk/cards/approve", card(5)).await;
+    assert_eq!((status, approved["status"].as_str()), (200, Some("APPROVED")), "{approved}");
+    let id = approved["requestId"].as_str().unwrap().to_owned();
+    let (status, body) = sdk
+        .post(
+            &format!("/api/sdk/cards/{id}/confirm"),
+            json!({"transactionReference": "ch_1", "amount": 5, "status": "COMPLETED", "approvalToken": "0".repeat(64)}),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("INVALID_TOKEN")), "a wrong token is refused: {body}");
+    let (status, body) = sdk
+        .post(
+            &format!("/api/sdk/cards/{id}/confirm"),
+            json!({"transactionReference": "ch_1", "amount": 5, "status": "COMPLETED"}),
+        )
+        .await;
+    assert_eq!((status, &body["confirmed"]), (200, &json!(true)), "{body}");
+}
+
+/// Scopes asked for with a key are added to the standard preset (conto-api.md §1: approve,
+/// confirm and execute "must be added"), and the answer says the key is shown once.
+#[tokio::test]
+async fn scopes_asked_for_are_added_to_the_standard_preset() {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    let (status, _) = org.post("/api/agents", json!({"id": "agent-1", "name": "agent-1"})).await;
+    assert_eq!(status, 201);
+    let (status, key) =
+        org.post("/api/agents/agent-1/sdk-keys", json!({"name": "k", "scopes": ["payments:approve"]})).await;
+    assert_eq!(status, 201, "{key}");
+    let scopes: Vec<&str> = key["scopes"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    for scope in ["payments:request", "policies:read", "analytics:read", "payments:approve"] {
+        assert!(scopes.contains(&scope), "{scope} missing from {scopes:?}");
+    }
+    assert!(!scopes.contains(&"payments:confirm"), "nothing beyond the preset and what was asked: {scopes:?}");
+    assert!(key["message"].as_str().is_some_and(|m| !m.is_empty()), "{key}");
+    let sdk = Sdk { base: server.url(), key: key["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
+    let (status, body) = sdk.call(reqwest::Method::GET, "/api/sdk/policies", None).await;
+    assert_eq!(status, 200, "the preset's policies:read: {body}");
+    let (status, body) = sdk
+        .post(
+            "/api/sdk/payments/auth_000000000000000000000000/confirm",
+            json!({"txHash": TX, "approvalToken": "0".repeat(64)}),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("INSUFFICIENT_SCOPE")), "confirm was not asked for: {body}");
 }

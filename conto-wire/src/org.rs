@@ -111,6 +111,9 @@ pub struct SdkKey {
     /// When it was revoked (`null` while it works).
     #[serde(default)]
     pub revoked_at: Option<String>,
+    /// Create: a note for whoever holds the key (it is shown once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// `GET /api/agents/{id}/sdk-keys`: `{keys}` or a bare array.
