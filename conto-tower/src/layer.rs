@@ -373,7 +373,9 @@ where
             return Ok(response.map(Either::Left));
         }
         Prepared::Paid(req, intent) => {
-            let record_when = config.record_when.clone();
+            // Borrowed from the route this future owns: a clone would touch a reference count
+            // every request on every core shares.
+            let record_when = &*config.record_when;
             config.conto.run_recorded(
                 intent,
                 move |approval| {

@@ -792,12 +792,12 @@ impl Engine {
         ledger: &Mutex<AgentLedger>,
     ) -> Result<Recorded, AuthorityError> {
         let now = self.now();
+        let settled = settlement.amount.unwrap_or(authorization.amount);
+        let key = IdKey::of(&authorization.id);
         let mut ledger = lock(ledger);
         let now = ledger.now(now);
-        let settled = settlement.amount.unwrap_or(authorization.amount);
         // A live reservation is never also closed: look the (small) live map up first, the
         // retention window's generations only for a repeat.
-        let key = IdKey::of(&authorization.id);
         let live = ledger.reserved(key);
         if live.is_none()
             && let Some(closed) = ledger.closed(key)
