@@ -62,6 +62,9 @@
 //!   agent's policies (one it creates without `agentIds` is assigned to its agent) and never
 //!   another agent's (`403`); any agent key reads only the policies that apply to its agent.
 //!   A preloaded policy file keeps the file format's meaning: no `agentIds` = every agent.
+//! - A wallet delegation (`POST /api/agents/{id}/wallets`) binds its agent to its spend limits
+//!   and to its `allowedHoursStart`/`allowedHoursEnd` (whole hours, UTC: Conto's docs name no
+//!   zone) and `allowedDays`; `0` to `24` and all seven days restrict nothing.
 //! - Bodies are Conto's wire types (`conto-wire`): unknown fields are ignored, a field of the
 //!   wrong type is a `400` that names its JSON path (`payments[1].amount`).
 //! - Every successful answer carries `Server-Timing: app;dur=<milliseconds>`: the handler's
@@ -788,7 +791,7 @@ fn effective_policies(store: &Store) -> Result<Vec<Policy>, StoreError> {
     Ok(all)
 }
 
-fn compile(policies: &[Policy]) -> Result<PolicySet, ApiError> {
+pub(crate) fn compile(policies: &[Policy]) -> Result<PolicySet, ApiError> {
     PolicySet::from_value(Value::Array(policies.iter().map(Policy::to_value).collect()))
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))
 }

@@ -15,6 +15,7 @@ use conto_wire::org::{
     AgentWallet, AssignedPolicies, AssignedPolicy, Counterparties, Counterparty, Deleted, Member, Members, Policy,
     Rule, Wallets,
 };
+use serde_json::Value;
 
 use crate::{ApiError, App, agent_store, json_body, lock, now_text, org, random_hex, reload_policies};
 
@@ -113,7 +114,8 @@ fn check_limits(doc: &AgentWallet) -> Result<(), ApiError> {
 }
 
 /// `POST /api/agents/{id}/wallets`: delegates a wallet to the agent with spend limits, which
-/// the engine enforces as the agent's per-transaction, daily, weekly and monthly limits.
+/// the engine enforces as the agent's per-transaction, daily, weekly and monthly limits, and
+/// with the hours and days it may pay in.
 async fn delegate_wallet(
     State(app): State<Arc<App>>,
     Path(agent_id): Path<String>,
@@ -123,6 +125,7 @@ async fn delegate_wallet(
     org(&app, &headers)?;
     let mut doc: AgentWallet = json_body(&body)?;
     check_limits(&doc)?;
+    check_schedule(&doc)?;
     let wallet_id = doc
         .wallet_id
         .clone()
@@ -154,6 +157,7 @@ async fn patch_wallet(
             ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no wallet `{wallet_id}` for `{agent_id}`"))
         })?;
     doc.apply(patch);
+    check_schedule(&doc)?;
     store.put_wallet(&agent_id, &wallet_id, &doc)?;
     reload_policies(&app, &store)?;
     Ok(axum::Json(doc).into_response())
@@ -201,14 +205,61 @@ async fn agent_policies(
     Ok(axum::Json(AssignedPolicies { policies }).into_response())
 }
 
-/// The policies a wallet delegation's spend limits stand for, assigned to its agent.
+/// The rules a delegation's hours and days stand for (conto-api.md §7.5: `allowedHoursStart`
+/// and `allowedHoursEnd`, whole hours 0-24 in UTC, and `allowedDays`, `Mon`..`Sun`, are
+/// enforced with its limits): a `TIME_WINDOW` unless every hour is allowed (0 to 24), a
+/// `DAY_OF_WEEK` when days are named. An error says which field is wrong.
+fn schedule_rules(w: &AgentWallet) -> Result<Vec<Rule>, String> {
+    let hour = |field: &str, default: u64| match w.extra.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => {
+            v.as_u64().filter(|h| *h <= 24).ok_or_else(|| format!("`{field}` must be a whole hour 0-24, not {v}"))
+        }
+    };
+    let rule = |rule_type: &str, operator: &str, value: String| Rule {
+        rule_type: Some(rule_type.to_owned()),
+        operator: Some(operator.to_owned()),
+        value: Some(value.into()),
+        action: Some("ALLOW".to_owned()),
+        ..Rule::default()
+    };
+    let mut rules = Vec::new();
+    let (start, end) = (hour("allowedHoursStart", 0)?, hour("allowedHoursEnd", 24)?);
+    if (start, end) != (0, 24) {
+        if start == end {
+            return Err("`allowedHoursStart` and `allowedHoursEnd` must differ (0 and 24 allow every hour)".to_owned());
+        }
+        let window = serde_json::json!({"start": format!("{start:02}:00"), "end": format!("{end:02}:00")});
+        rules.push(rule("TIME_WINDOW", "BETWEEN", window.to_string()));
+    }
+    match w.extra.get("allowedDays") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(days)) if !days.is_empty() && days.iter().all(Value::is_string) => {
+            rules.push(rule("DAY_OF_WEEK", "IN_LIST", Value::Array(days.clone()).to_string()));
+        }
+        Some(v) => return Err(format!("`allowedDays` must list at least one day (`Mon`..`Sun`), not {v}")),
+    }
+    Ok(rules)
+}
+
+/// Checks a delegation's hours and days, and that the rules they stand for compile (a day
+/// name is one the `DAY_OF_WEEK` rule knows).
+fn check_schedule(doc: &AgentWallet) -> Result<(), ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message);
+    let rules = schedule_rules(doc).map_err(bad)?;
+    let probe = Policy { name: Some("wallet schedule".to_owned()), rules: Some(rules), ..Policy::default() };
+    crate::compile(&[probe]).map(|_| ())
+}
+
+/// The policies a wallet delegation's spend limits, hours and days stand for, assigned to its
+/// agent.
 pub(crate) fn wallet_policies(wallets: &[AgentWallet]) -> Vec<Policy> {
     wallets
         .iter()
         .filter_map(|w| {
             let agent = w.agent_id.as_deref()?;
             let wallet = w.wallet_id.as_deref()?;
-            let rules: Vec<Rule> = w
+            let mut rules: Vec<Rule> = w
                 .limits()
                 .into_iter()
                 .filter_map(|(_, rule, limit)| {
@@ -221,6 +272,12 @@ pub(crate) fn wallet_policies(wallets: &[AgentWallet]) -> Vec<Policy> {
                     })
                 })
                 .collect();
+            // Checked on every write; a delegation stored before hours and days were enforced
+            // keeps its limits, and says why its schedule is not.
+            match schedule_rules(w) {
+                Ok(schedule) => rules.extend(schedule),
+                Err(why) => tracing::warn!(agent, wallet, %why, "conto_local.wallet_schedule_ignored"),
+            }
             (!rules.is_empty()).then(|| Policy {
                 name: Some(format!("wallet {wallet} limits for {agent}")),
                 policy_type: Some("SPEND_LIMIT".to_owned()),

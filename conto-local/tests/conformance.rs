@@ -311,7 +311,8 @@ async fn the_starter_provisions_through_the_org_surface_and_its_controls_apply()
             &format!("/api/agents/{agent_id}/wallets"),
             json!({"walletId": "wal_shared", "delegationType": "LIMITED", "spendLimitPerTx": 100,
                 "spendLimitDaily": 250, "spendLimitWeekly": 1000, "spendLimitMonthly": 2500,
-                "allowedHoursStart": 0, "allowedHoursEnd": 24, "allowedDays": ["Mon", "Tue"]}),
+                "allowedHoursStart": 0, "allowedHoursEnd": 24,
+                "allowedDays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]}),
         )
         .await;
     assert_eq!(status, 201, "{wallet}");
@@ -817,4 +818,78 @@ async fn scopes_asked_for_are_added_to_the_standard_preset() {
         )
         .await;
     assert_eq!((status, body["code"].as_str()), (403, Some("INSUFFICIENT_SCOPE")), "confirm was not asked for: {body}");
+}
+
+/// A wallet delegation's hours and days are enforced with its limits (conto-api.md §7.5), in
+/// UTC: outside them a payment is denied with a time violation; the starter's every-hour,
+/// every-day delegation denies nothing; a malformed schedule is a 400 that names its field.
+/// The windows leave an hour (and a day) of margin either side of now, so the test holds
+/// across a boundary.
+#[tokio::test]
+async fn a_wallet_delegations_hours_and_days_are_enforced() {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    let sdk = Sdk { base: server.url(), key, http: reqwest::Client::new() };
+    let now = conto_core::jiff::Timestamp::now().to_zoned_datetime(conto_core::jiff::tz::TimeZone::UTC);
+    let hour = i64::from(now.hour());
+    let delegate = |wallet: &str, schedule: Value| {
+        let mut doc = json!({"walletId": wallet, "spendLimitPerTx": 100});
+        doc.as_object_mut().unwrap().extend(schedule.as_object().unwrap().clone());
+        org.post("/api/agents/agent-1/wallets", doc)
+    };
+    let pay = || sdk.post("/api/sdk/x402/pre-authorize", x402_payment("1"));
+
+    let (status, body) = delegate(
+        "wal_1",
+        json!({"allowedHoursStart": 0, "allowedHoursEnd": 24, "allowedDays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, ok) = pay().await;
+    assert_eq!(ok["authorized"], true, "every hour, every day: {ok}");
+
+    // Allowed only from two hours after now until an hour before it (wrapping midnight).
+    let (start, end) = ((hour + 2) % 24, (hour + 23) % 24);
+    let (status, body) = delegate("wal_2", json!({"allowedHoursStart": start, "allowedHoursEnd": end})).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, denied) = pay().await;
+    assert_eq!(
+        (&denied["authorized"], denied["violations"][0]["type"].as_str()),
+        (&json!(false), Some("TIME_WINDOW")),
+        "{denied}"
+    );
+    let (status, _) = org
+        .http
+        .patch(format!("{}/api/agents/agent-1/wallets/wal_2", server.url()))
+        .bearer_auth(&org.key)
+        .json(&json!({"allowedHoursStart": 0, "allowedHoursEnd": 24}))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 200);
+    let (_, ok) = pay().await;
+    assert_eq!(ok["authorized"], true, "every hour again: {ok}");
+
+    // Allowed on four days: none of yesterday, today and tomorrow.
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let today = usize::try_from(now.weekday().to_monday_zero_offset()).unwrap();
+    let others: Vec<&str> = (2..6).map(|d| DAYS[(today + d) % 7]).collect();
+    let (status, body) = delegate("wal_3", json!({"allowedDays": others})).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, denied) = pay().await;
+    assert_eq!(denied["authorized"], false, "{denied}");
+
+    for (schedule, field) in [
+        (json!({"allowedHoursStart": 25}), "allowedHoursStart"),
+        (json!({"allowedHoursEnd": "18:00"}), "allowedHoursEnd"),
+        (json!({"allowedHoursStart": 9, "allowedHoursEnd": 9}), "allowedHoursEnd"),
+        (json!({"allowedDays": []}), "allowedDays"),
+        (json!({"allowedDays": ["Someday"]}), "Someday"),
+    ] {
+        let (status, body) = delegate("wal_4", schedule.clone()).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{schedule}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(field), "{schedule}: {body}");
+    }
 }
