@@ -343,22 +343,24 @@ impl Conto {
     }
 
     async fn authorize_shared(&self, intent: Arc<PaymentIntent>) -> Result<Approval, Rejection> {
+        let started = Instant::now();
+        // An in-process authority answers in place: unless a human's approval is waited for,
+        // the whole authorization is done here, with no future to build or move (and no span:
+        // its events name the actor, the amount and the rail themselves).
+        let answer = match self.in_place(&intent, started) {
+            InPlace::Done(result) => return result,
+            InPlace::Answered(answer) => Some(answer),
+            InPlace::Ask => None,
+        };
+        // What waits (a remote authority, a stand-in, a human) is boxed, so the futures of
+        // callers that never wait stay small, and runs in a span: what the authority's client
+        // logs on the way is about this payment.
         let span = tracing::debug_span!(
             "conto.authorize",
             actor = %intent.actor,
             amount = %intent.amount,
             rail = intent.rail.name(),
         );
-        let started = Instant::now();
-        // An in-process authority answers in place: unless a human's approval is waited for,
-        // the whole authorization is done here, with no future to build or move.
-        let answer = match span.in_scope(|| self.in_place(&intent, started)) {
-            InPlace::Done(result) => return result,
-            InPlace::Answered(answer) => Some(answer),
-            InPlace::Ask => None,
-        };
-        // What waits (a remote authority, a stand-in, a human) is boxed, so the futures of
-        // callers that never wait stay small.
         Box::pin(self.authorize_later(intent, started, answer).instrument(span)).await
     }
 
@@ -474,9 +476,12 @@ impl Conto {
                 cause: stand_in_cause.clone().or_else(|| result.as_ref().err().and_then(|r| r.cause().cloned())),
             }
         });
+        let (actor, amount, rail) = (&intent.actor, intent.amount, intent.rail.name());
         match &result {
-            Ok(a) => tracing::debug!(authorization = %a.authorization().id, ?latency, "conto.approved"),
-            Err(r) => tracing::info!(reason = %r, ?latency, "conto.rejected"),
+            Ok(a) => {
+                tracing::debug!(%actor, %amount, rail, authorization = %a.authorization().id, ?latency, "conto.approved")
+            }
+            Err(r) => tracing::info!(%actor, %amount, rail, reason = %r, ?latency, "conto.rejected"),
         }
         result
     }
