@@ -380,7 +380,7 @@ impl Rail {
                 _ => Ok(()),
             },
             Rail::X402 { resource_url, service_domain, .. } | Rail::Mpp { resource_url, service_domain, .. } => {
-                service_domain_of(resource_url)?;
+                host_of(resource_url)?;
                 if service_domain.trim().is_empty() {
                     return Err(IntentError::Field { field: "serviceDomain", reason: "must not be empty".into() });
                 }
@@ -406,21 +406,28 @@ impl Rail {
 
 /// The host of an `http(s)://` URL, lower-cased.
 pub fn service_domain_of(url: &str) -> Result<String, IntentError> {
+    host_of(url).map(str::to_ascii_lowercase)
+}
+
+/// The host of an `http(s)://` URL as written: what follows the scheme up to the first `/`,
+/// `?` or `#`, after any `user@`, without the port (an IPv6 host without its brackets).
+/// Borrowed: validating an intent allocates nothing.
+fn host_of(url: &str) -> Result<&str, IntentError> {
     let bad = |reason: &str| IntentError::Field { field: "resourceUrl", reason: format!("`{url}` {reason}") };
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
         .ok_or_else(|| bad("is not an http(s) URL"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let authority = &rest[..rest.bytes().position(|b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len())];
+    let host_port = authority.rfind('@').map_or(authority, |at| &authority[at + 1..]);
     let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host_port.split(':').next().unwrap_or_default(),
+        Some(v6) => &v6[..v6.find(']').unwrap_or(v6.len())],
+        None => &host_port[..host_port.find(':').unwrap_or(host_port.len())],
     };
     if host.is_empty() {
         return Err(bad("has no host"));
     }
-    Ok(host.to_ascii_lowercase())
+    Ok(host)
 }
 
 /// One paid action the app is about to settle: amount, recipient, rail and context.
@@ -623,6 +630,29 @@ mod tests {
         assert_eq!(service_domain_of("http://user@[::1]:80/").unwrap(), "::1");
         assert!(service_domain_of("ftp://x").is_err());
         assert!(service_domain_of("https:///path").is_err());
+    }
+
+    proptest::proptest! {
+        /// The host is what the URL's parts say it is, for any text after the scheme: the
+        /// byte scan agrees with splitting the text at each delimiter in turn.
+        #[test]
+        fn a_host_is_found_as_the_url_delimits_it(
+            scheme in proptest::sample::select(vec!["https://", "http://", "ftp://", ""]),
+            rest in "[a-zA-Z0-9.:@/?#\\[\\]-]{0,24}",
+        ) {
+            let url = format!("{scheme}{rest}");
+            let split = |url: &str| -> Option<String> {
+                let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                let host_port = authority.rsplit('@').next().unwrap_or_default();
+                let host = match host_port.strip_prefix('[') {
+                    Some(v6) => v6.split(']').next().unwrap_or_default(),
+                    None => host_port.split(':').next().unwrap_or_default(),
+                };
+                (!host.is_empty()).then(|| host.to_ascii_lowercase())
+            };
+            proptest::prop_assert_eq!(service_domain_of(&url).ok(), split(&url));
+        }
     }
 
     #[test]
