@@ -381,7 +381,9 @@ impl Rail {
             },
             Rail::X402 { resource_url, service_domain, .. } | Rail::Mpp { resource_url, service_domain, .. } => {
                 host_of(resource_url)?;
-                if service_domain.trim().is_empty() {
+                // Not blank: at once when it starts with a visible ASCII character (it does).
+                let starts_visible = service_domain.as_bytes().first().is_some_and(u8::is_ascii_graphic);
+                if !starts_visible && service_domain.trim().is_empty() {
                     return Err(IntentError::Field { field: "serviceDomain", reason: "must not be empty".into() });
                 }
                 Ok(())
@@ -418,12 +420,28 @@ fn host_of(url: &str) -> Result<&str, IntentError> {
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
         .ok_or_else(|| bad("is not an http(s) URL"))?;
-    let authority = &rest[..rest.bytes().position(|b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len())];
-    let host_port = authority.rfind('@').map_or(authority, |at| &authority[at + 1..]);
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => &v6[..v6.find(']').unwrap_or(v6.len())],
-        None => &host_port[..host_port.find(':').unwrap_or(host_port.len())],
+    // One pass: the authority ends at the first `/`, `?` or `#`; the host starts after its
+    // last `@`, and ends at the first `:` after that (`]` for a bracketed IPv6 host).
+    let bytes = rest.as_bytes();
+    let (mut start, mut end) = (0, bytes.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'/' | b'?' | b'#' => {
+                end = i;
+                break;
+            }
+            b'@' => start = i + 1,
+            _ => {}
+        }
+    }
+    let host_port = &bytes[start..end];
+    let (from, stop) = match host_port.first() {
+        Some(b'[') => (1, b']'),
+        _ => (0, b':'),
     };
+    let len = host_port[from..].iter().position(|&b| b == stop).unwrap_or(host_port.len() - from);
+    // Every bound is an ASCII byte's position (or the text's end): a char boundary.
+    let host = &rest[start + from..start + from + len];
     if host.is_empty() {
         return Err(bad("has no host"));
     }
