@@ -81,6 +81,28 @@ fn remote(c: &mut Criterion) {
             black_box(resp.bytes().await.unwrap())
         })
     });
+    // The same authorize as a bare reqwest POST (the body and headers ContoClient sends, the
+    // answer read as bytes): what is left of `authorize_only` beside it is ContoClient's own.
+    let mut n = 0u64;
+    g.bench_function("raw_authorize_post", |b| {
+        b.to_async(&rt).iter(|| {
+            n += 1;
+            let key_n = format!("raw-{}-{n}", std::process::id());
+            let body = json!({"amount": 0.01, "recipientAddress": RECIPIENT,
+                "resourceUrl": "https://api.example.com/search", "serviceDomain": "api.example.com",
+                "idempotencyKey": key_n.clone()});
+            let req = http
+                .post(format!("{url}/api/sdk/x402/pre-authorize"))
+                .bearer_auth(&key)
+                .header("Idempotency-Key", key_n)
+                .json(&body);
+            async move {
+                let resp = req.send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                black_box(resp.bytes().await.unwrap())
+            }
+        })
+    });
     g.bench_function("authorize_only", |b| {
         b.to_async(&rt).iter(|| async { black_box(client.authorize_intent(&intent()).await.unwrap()) })
     });

@@ -299,7 +299,7 @@ impl ContoClient {
 
     /// Turns an error status into a typed error.
     fn api_error(answer: &Answer) -> AuthorityError {
-        let body: ErrorBody = serde_json::from_value(answer.body.clone()).unwrap_or_default();
+        let body: ErrorBody = <ErrorBody as serde::Deserialize>::deserialize(&answer.body).unwrap_or_default();
         let code = body.code.as_deref().unwrap_or(match answer.status {
             401 => "AUTH_FAILED",
             403 => "INSUFFICIENT_SCOPE",
@@ -325,7 +325,12 @@ impl ContoClient {
         let answer = self.call(reqwest::Method::POST, path, Some(&body), self.inner.authorize_timeout).await?;
         // Conto's docs allow a denial as 403 (or 400) with a decision body; conto-local answers
         // 200. Both are read as decisions; any other error status is an error.
-        let decision = serde_json::from_value::<DecisionBody>(answer.body.clone()).ok();
+        // Read once, from the parsed answer in place (no copy of it).
+        let decision = answer
+            .body
+            .is_object()
+            .then(|| <DecisionBody as serde::Deserialize>::deserialize(&answer.body).ok())
+            .flatten();
         let is_decision = decision.as_ref().is_some_and(|d| d.approved.is_some() || d.authorized.is_some())
             || (kind == Kind::Card && decision.as_ref().is_some_and(|d| d.request_id.is_some()))
             || (kind == Kind::Request && decision.as_ref().is_some_and(refused_or_held));
@@ -334,7 +339,11 @@ impl ContoClient {
             403 | 400 if is_decision => {}
             _ => return Err(Self::api_error(&answer)),
         }
-        let body = wire::decision_body(answer.status, &answer.body)?;
+        let body = match decision {
+            Some(body) => body,
+            // Says why it is no decision.
+            None => wire::decision_body(answer.status, &answer.body)?,
+        };
         wire::parse_decision(answer.status, &body, intent, Timestamp::now())
     }
 

@@ -27,7 +27,8 @@ pub(crate) fn decision_body(status: u16, body: &Value) -> Result<DecisionBody, A
     if !body.is_object() {
         return Err(invalid(format!("HTTP {status}: the body is not a JSON object")));
     }
-    serde_json::from_value(body.clone()).map_err(|e| invalid(format!("HTTP {status}: malformed decision: {e}")))
+    <DecisionBody as serde::Deserialize>::deserialize(body)
+        .map_err(|e| invalid(format!("HTTP {status}: malformed decision: {e}")))
 }
 
 fn given(v: &Option<String>) -> Option<&str> {
@@ -230,8 +231,8 @@ pub(crate) fn parse_recorded(
     authorization: &Authorization,
     settlement: &Settlement,
 ) -> Result<conto_core::Recorded, AuthorityError> {
-    let body: RecordedBody =
-        serde_json::from_value(body.clone()).map_err(|e| invalid(format!("malformed record response: {e}")))?;
+    let body = <RecordedBody as serde::Deserialize>::deserialize(body)
+        .map_err(|e| invalid(format!("malformed record response: {e}")))?;
     if !body.confirms() {
         return Err(invalid("the record response does not confirm the record"));
     }
