@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Instructions the loopback benchmark's server (examples/bench_server.rs) spends per request,
+# under callgrind: N keep-alive requests to /bare, then N to /paid (10 policies, x402 rail),
+# counted apart (callgrind_control dumps between them). User space only, deterministic where
+# timings are not; the difference is what a paid request costs the server over a bare one.
+# Needs valgrind and python3 (the client). SERVER=path measures another build of the server.
+#   N=2000 benches/server_instructions.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N="${N:-2000}"; PORT="${PORT:-3995}"
+command -v valgrind >/dev/null || { echo "valgrind is needed" >&2; exit 1; }
+if [ -z "${SERVER:-}" ]; then
+  cargo build --release -p conto-examples --example bench_server >/dev/null 2>&1
+  SERVER=target/release/examples/bench_server
+fi
+out=$(mktemp -d)
+PORT=$PORT valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$SERVER" >/dev/null 2>&1 & server=$!
+trap 'kill $server 2>/dev/null; rm -rf "$out"' EXIT
+requests() { # route count
+  python3 - "$PORT" "$1" "$2" <<'PY'
+import http.client, sys
+port, route, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+c = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(n):
+    c.request("GET", "/" + route, headers={"x-conto-actor": "agent-1"})
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+}
+for _ in $(seq 1 100); do requests bare 1 2>/dev/null && break; sleep 0.2; done
+requests bare 200; requests paid 200          # warm-up
+callgrind_control -z "$server" >/dev/null 2>&1
+requests bare "$N"; callgrind_control -d "$server" >/dev/null 2>&1
+requests paid "$N"; callgrind_control -d "$server" >/dev/null 2>&1
+sleep 1
+bare=$(grep -m1 '^summary' "$out/cg.1" | awk '{print $2}')
+paid=$(grep -m1 '^summary' "$out/cg.2" | awk '{print $2}')
+echo "server instructions per request: bare=$((bare / N)) paid=$((paid / N)) paid-bare=$(((paid - bare) / N))"
