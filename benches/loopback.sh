@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"; ROUNDS="${ROUNDS:-2}"; CONNS="${CONNS:-32}"; PORT="${PORT:-3999}"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 if [ -z "${SERVER:-}" ]; then
-  cargo build --release -p conto-examples --example bench_server >/dev/null 2>&1
+  cargo build --release -p conto-examples --example bench_server >/dev/null 2>&1 \
+    || { echo "the server did not build: cargo build --release -p conto-examples --example bench_server" >&2; exit 1; }
   SERVER=target/release/examples/bench_server
 fi
 PORT=$PORT "$SERVER" >/dev/null & server=$!

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 N="${N:-2000}"; PORT="${PORT:-3995}"
 command -v valgrind >/dev/null || { echo "valgrind is needed" >&2; exit 1; }
 if [ -z "${SERVER:-}" ]; then
-  cargo build --release -p conto-examples --example bench_server >/dev/null 2>&1
+  cargo build --release -p conto-examples --example bench_server >/dev/null 2>&1 \
+    || { echo "the server did not build: cargo build --release -p conto-examples --example bench_server" >&2; exit 1; }
   SERVER=target/release/examples/bench_server
 fi
 out=$(mktemp -d)

@@ -13,8 +13,9 @@ use conto_core::lifecycle::managed_name;
 use conto_core::{ActorId, AuthorityError};
 use conto_core::{ActorLifecycle, Ensured, LifecycleError};
 
-/// The least scopes the four rails need: approve and confirm (transfers, cards), request (x402,
-/// MPP, the payment-request flow, approval polling).
+/// The scopes the four rails need, asked for with each key: approve and confirm (transfers,
+/// cards), request (x402, MPP, the payment-request flow, approval polling). Conto adds what a
+/// key asks for to its standard preset (read scopes and `payments:request`).
 pub const RAIL_SCOPES: &[&str] = &["payments:approve", "payments:confirm", "payments:request"];
 
 /// The managed-actor lifecycle over Conto's org API: one Conto agent per actor (named

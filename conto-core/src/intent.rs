@@ -651,12 +651,13 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The host is what the URL's parts say it is, for any text after the scheme: the
-        /// byte scan agrees with splitting the text at each delimiter in turn.
+        /// The host is what the URL's parts say it is, for any text after the scheme (non-ASCII
+        /// characters and a bracketed host included): the byte scan agrees with splitting the
+        /// text at each delimiter in turn, and never cuts a character.
         #[test]
         fn a_host_is_found_as_the_url_delimits_it(
             scheme in proptest::sample::select(vec!["https://", "http://", "ftp://", ""]),
-            rest in "[a-zA-Z0-9.:@/?#\\[\\]-]{0,24}",
+            rest in "\\[?[a-zA-Z0-9.:@/?#\\[\\]é日-]{0,24}",
         ) {
             let url = format!("{scheme}{rest}");
             let split = |url: &str| -> Option<String> {

@@ -20,7 +20,7 @@
 //!   the payment limit). Every SDK answer to an accepted key, errors and `429` included, carries
 //!   `X-RateLimit-Remaining` and `X-RateLimit-Reset` (RFC 3339); a `429` adds `Retry-After`.
 //! - x402/MPP pre-authorizations return an `authorizationId`; records that carry it settle that
-//!   reservation, records without it count as unreserved spend.
+//!   reservation (each endpoint settles only its own flow's approvals).
 //! - Confirm takes an optional `amount` (the settled amount, at most the approved one).
 //! - Approvals live as long as Conto keeps them: 10 minutes for transfers, x402 and MPP, 5
 //!   minutes for payment requests and card approvals (`--approval-ttl-secs` sets one lifetime
@@ -251,8 +251,8 @@ impl Running {
         Ok(added)
     }
 
-    /// Creates an agent with a full-scope SDK key in the store this server serves, if it does
-    /// not exist yet; returns the key (shown once).
+    /// Creates an agent with a standard SDK key holding every payment scope in the store this
+    /// server serves, if it does not exist yet; returns the key (shown once).
     pub fn bootstrap_agent(&self, agent_id: &str) -> Result<Option<String>, LocalError> {
         let key = bootstrap_into(&lock(&self.app.store), agent_id)?;
         self.app.engine.provision(agent_id)?;
@@ -856,7 +856,8 @@ fn preload_into(store: &Store, docs: Vec<Policy>) -> Result<usize, LocalError> {
     Ok(added)
 }
 
-/// Creates an agent with a full-scope SDK key, if the agent does not exist yet; returns the key.
+/// Creates an agent with a standard SDK key holding every payment scope, if the agent does not
+/// exist yet; returns the key.
 /// Only while no server runs on `db` ([`LocalError::InUse`] otherwise; use
 /// [`Running::bootstrap_agent`]).
 pub fn bootstrap_agent(db: Option<&std::path::Path>, agent_id: &str) -> Result<Option<String>, LocalError> {
@@ -871,9 +872,9 @@ fn bootstrap_into(store: &Store, agent_id: &str) -> Result<Option<String>, Local
     store.add_agent(agent_id, agent_id, &now_text())?;
     let mut scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect();
     scopes.extend(["payments:approve", "payments:confirm", "payments:execute"].map(str::to_owned));
-    // Full scope: every payment scope, and an admin key, so Conto's own policy commands
-    // (which need an admin SDK key) work with it too.
-    let (_, key, _) = issue_key(store, agent_id, "bootstrap", "admin", &scopes, 365)?;
+    // A standard key with every payment scope: never an admin key, which could change the
+    // agent's own policies (the runtime that pays must not be able to lift its own limits).
+    let (_, key, _) = issue_key(store, agent_id, "bootstrap", "standard", &scopes, 365)?;
     Ok(Some(key))
 }
 

@@ -25,7 +25,8 @@ struct Cli {
     /// A Conto policy file to preload (policies whose name is already stored are skipped).
     #[arg(long)]
     policies: Option<PathBuf>,
-    /// Create this agent with a full-scope SDK key (printed once) if it does not exist.
+    /// Create this agent with an SDK key (printed once) if it does not exist: a standard key
+    /// with every payment scope (policies are changed with the org key).
     #[arg(long)]
     agent: Option<String>,
     /// Requests per minute per agent on payment endpoints.

@@ -206,15 +206,18 @@ async fn agent_policies(
 }
 
 /// The rules a delegation's hours and days stand for (conto-api.md §7.5: `allowedHoursStart`
-/// and `allowedHoursEnd`, whole hours 0-24 in UTC, and `allowedDays`, `Mon`..`Sun`, are
-/// enforced with its limits): a `TIME_WINDOW` unless every hour is allowed (0 to 24), a
-/// `DAY_OF_WEEK` when days are named. An error says which field is wrong.
+/// and `allowedHoursEnd`, whole hours in UTC, and `allowedDays`, `Mon`..`Sun`, are enforced
+/// with its limits): a `TIME_WINDOW` unless every hour is allowed (0 to 24; a start after the
+/// end wraps midnight), a `DAY_OF_WEEK` when days are named. Checked whole, the rules compiled
+/// as the engine will (a day name is one the `DAY_OF_WEEK` rule knows): an error says which
+/// field is wrong.
 fn schedule_rules(w: &AgentWallet) -> Result<Vec<Rule>, String> {
-    let hour = |field: &str, default: u64| match w.extra.get(field) {
+    let hour = |field: &str, default: u64, range: std::ops::RangeInclusive<u64>| match w.extra.get(field) {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => {
-            v.as_u64().filter(|h| *h <= 24).ok_or_else(|| format!("`{field}` must be a whole hour 0-24, not {v}"))
-        }
+        Some(v) => v
+            .as_u64()
+            .filter(|h| range.contains(h))
+            .ok_or_else(|| format!("`{field}` must be a whole hour {}-{}, not {v}", range.start(), range.end())),
     };
     let rule = |rule_type: &str, operator: &str, value: String| Rule {
         rule_type: Some(rule_type.to_owned()),
@@ -224,7 +227,7 @@ fn schedule_rules(w: &AgentWallet) -> Result<Vec<Rule>, String> {
         ..Rule::default()
     };
     let mut rules = Vec::new();
-    let (start, end) = (hour("allowedHoursStart", 0)?, hour("allowedHoursEnd", 24)?);
+    let (start, end) = (hour("allowedHoursStart", 0, 0..=23)?, hour("allowedHoursEnd", 24, 1..=24)?);
     if (start, end) != (0, 24) {
         if start == end {
             return Err("`allowedHoursStart` and `allowedHoursEnd` must differ (0 and 24 allow every hour)".to_owned());
@@ -239,16 +242,14 @@ fn schedule_rules(w: &AgentWallet) -> Result<Vec<Rule>, String> {
         }
         Some(v) => return Err(format!("`allowedDays` must list at least one day (`Mon`..`Sun`), not {v}")),
     }
+    let probe = Policy { name: Some("wallet schedule".to_owned()), rules: Some(rules.clone()), ..Policy::default() };
+    crate::compile(&[probe]).map_err(|e| e.message)?;
     Ok(rules)
 }
 
-/// Checks a delegation's hours and days, and that the rules they stand for compile (a day
-/// name is one the `DAY_OF_WEEK` rule knows).
+/// Checks a delegation's hours and days before it is stored.
 fn check_schedule(doc: &AgentWallet) -> Result<(), ApiError> {
-    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message);
-    let rules = schedule_rules(doc).map_err(bad)?;
-    let probe = Policy { name: Some("wallet schedule".to_owned()), rules: Some(rules), ..Policy::default() };
-    crate::compile(&[probe]).map(|_| ())
+    schedule_rules(doc).map(drop).map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message))
 }
 
 /// The policies a wallet delegation's spend limits, hours and days stand for, assigned to its
@@ -273,7 +274,8 @@ pub(crate) fn wallet_policies(wallets: &[AgentWallet]) -> Vec<Policy> {
                 })
                 .collect();
             // Checked on every write; a delegation stored before hours and days were enforced
-            // keeps its limits, and says why its schedule is not.
+            // keeps its limits, and says why its schedule is not (a bad schedule never keeps
+            // the server from loading its policies).
             match schedule_rules(w) {
                 Ok(schedule) => rules.extend(schedule),
                 Err(why) => tracing::warn!(agent, wallet, %why, "conto_local.wallet_schedule_ignored"),

@@ -355,6 +355,9 @@ fn decide(
                 }
                 Kind::X402 | Kind::Mpp => body.authorized = Some(false),
                 Kind::Card => {
+                    // Conto's card answers carry a `requestId` whatever the decision (§9); a
+                    // denied one names nothing that can be confirmed.
+                    body.request_id = Some(format!("req_{}", random_hex(12)));
                     body.status = Some("DENIED".into());
                     body.amount = Some(intent.amount);
                 }
@@ -393,7 +396,8 @@ fn decide(
                     body.approval_id = Some(p.approval_request_id.clone());
                 }
                 Kind::X402 | Kind::Mpp => body.authorized = Some(false),
-                // Conto's card answers always carry a `requestId` (§9): the approval request's.
+                // Conto's card answers carry a `requestId` whatever the decision (§9): here the
+                // approval request's.
                 Kind::Card => body.request_id = Some(p.approval_request_id.clone()),
                 Kind::Request => {
                     let id = format!("req_{}", random_hex(12));
@@ -504,18 +508,9 @@ async fn approve_card(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
     authorize(app, headers, body, Kind::Card).await
 }
 
-/// What a confirm shows of its approval's token.
-#[derive(Debug, Clone, Copy)]
-enum Token<'a> {
-    /// Required whenever the approval has one (a transfer's confirm, conto-api.md §3.2).
-    Required(Option<&'a str>),
-    /// Checked when sent: Conto's card confirm body (`transactionReference`, `amount`,
-    /// `status`, §9) carries none, and x402/MPP approvals have none.
-    IfGiven(Option<&'a str>),
-}
-
-/// A live approval a confirm or record may settle: its owner, token, expiry and amount checked.
-struct Settleable {
+/// A live approval that a confirm or a record may settle: found for its agent and its
+/// endpoint, its token, expiry and amount checked.
+struct LiveApproval {
     id: String,
     authorization: conto_core::Authorization,
     /// The approval's stored intent (JSON), kept with the spend.
@@ -523,35 +518,41 @@ struct Settleable {
     settled: Amount,
 }
 
-/// Checks that `agent` may settle approval `id` for `amount` (the approved amount when `None`),
-/// changing nothing.
-fn settleable(
+/// Checks that `agent` may settle approval `id`, through the endpoint of `kind`, for `amount`
+/// (the approved amount when `None`), with `token`; changes nothing.
+///
+/// An endpoint settles only its own flow's approvals (a transfer's confirm also the payment
+/// requests', which carry no token): another flow's approval id is unknown to it, as another
+/// agent's is. A transfer's token is required (conto-api.md §3.2); a card's is checked when
+/// sent (Conto's card confirm body carries none, §9); x402 and MPP approvals have none.
+fn live_approval(
     store: &Store,
     agent: &str,
+    kind: Kind,
     id: &str,
     amount: Option<Amount>,
-    token: Token<'_>,
-) -> Result<Settleable, ApiError> {
-    let row = store.approval(id)?.filter(|r| r.agent_id == agent).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no approval `{id}` for this agent"))
-    })?;
+    token: Option<&str>,
+) -> Result<LiveApproval, ApiError> {
+    let unknown =
+        || ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no approval `{id}` for this agent here"));
+    let row = store.approval(id)?.filter(|r| r.agent_id == agent).ok_or_else(unknown)?;
+    let authorization =
+        row.authorization(id).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e))?;
+    let flow = Kind::of(&authorization.intent.rail);
+    if !(flow == kind || (kind == Kind::Transfer && flow == Kind::Request)) {
+        return Err(unknown());
+    }
     if row.state == "recorded" {
         return Err(bad("INVALID_STATUS", format!("approval `{id}` was already confirmed")));
     }
-    let (token, required) = match token {
-        Token::Required(token) => (token, true),
-        Token::IfGiven(token) => (token, false),
-    };
     if let Some(expected) = &row.token_hash
-        && (required || token.is_some())
+        && (kind == Kind::Transfer || token.is_some())
     {
         let given = token.map(hash).unwrap_or_default();
         if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
             return Err(bad("INVALID_TOKEN", "the approval token does not match this approval"));
         }
     }
-    let authorization =
-        row.authorization(id).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e))?;
     if authorization.expires_at <= Timestamp::now() {
         return Err(bad("EXPIRED", format!("approval `{id}` expired at {}", authorization.expires_at)));
     }
@@ -560,10 +561,10 @@ fn settleable(
     if settled > approved {
         return Err(bad("VALIDATION_ERROR", format!("settled amount {settled} is more than the approved {approved}")));
     }
-    Ok(Settleable { id: id.to_owned(), authorization, intent_json: row.intent, settled })
+    Ok(LiveApproval { id: id.to_owned(), authorization, intent_json: row.intent, settled })
 }
 
-impl Settleable {
+impl LiveApproval {
     /// Records the spend against the approval: the engine's ledger, then the store.
     fn settle(
         self,
@@ -572,7 +573,7 @@ impl Settleable {
         agent: &str,
         reference: Option<String>,
     ) -> Result<(Amount, String), ApiError> {
-        let Settleable { id, authorization, intent_json, settled } = self;
+        let LiveApproval { id, authorization, intent_json, settled } = self;
         let settlement = Settlement { amount: Some(settled), reference: reference.clone() };
         match app.engine.settle(&authorization, &settlement) {
             Ok(_) => {}
@@ -593,19 +594,6 @@ impl Settleable {
         )?;
         Ok((settled, transaction_id))
     }
-}
-
-/// Settles a live approval: checks owner, token, expiry and amount, then records the spend.
-fn settle(
-    app: &App,
-    store: &Store,
-    agent: &str,
-    id: &str,
-    amount: Option<Amount>,
-    reference: Option<String>,
-    token: Token<'_>,
-) -> Result<(Amount, String), ApiError> {
-    settleable(store, agent, id, amount, token)?.settle(app, store, agent, reference)
 }
 
 fn is_tx_hash(s: &str) -> bool {
@@ -655,7 +643,7 @@ async fn confirm_transfer(
             .as_deref()
             .filter(|t| !t.is_empty())
             .ok_or_else(|| bad("VALIDATION_ERROR", "`approvalToken` is required"))?;
-        let approval = settleable(store, &caller.agent, &id, body.amount, Token::Required(Some(token)))?;
+        let approval = live_approval(store, &caller.agent, Kind::Transfer, &id, body.amount, Some(token))?;
         let intent = approval.authorization.intent.clone();
         let (amount, transaction_id) = approval.settle(&app, store, &caller.agent, Some(tx.clone()))?;
         Ok((
@@ -691,8 +679,8 @@ async fn confirm_card(
         }
         let reference = body.transaction_reference.clone().filter(|r| !r.is_empty());
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
-        let (amount, transaction_id) =
-            settle(&app, store, &caller.agent, &id, body.amount, reference, Token::IfGiven(token))?;
+        let (amount, transaction_id) = live_approval(store, &caller.agent, Kind::Card, &id, body.amount, token)?
+            .settle(&app, store, &caller.agent, reference)?;
         Ok((
             StatusCode::OK,
             RecordedBody {
@@ -710,19 +698,22 @@ async fn confirm_card(
 /// One x402/MPP payment of a record, checked and ready to count: nothing is counted or stored
 /// until every payment of the record is.
 enum Planned {
-    /// Settles a live pre-authorization.
+    /// Settles a live pre-authorization (named by the payment, or matched to it).
     Settle {
-        approval: Settleable,
+        approval: LiveApproval,
         reference: Option<String>,
-        /// The record's own id and key, when it found its pre-authorization by matching.
-        matched: Option<(String, Option<String>)>,
+        /// The record's own id, when it found its pre-authorization by matching.
+        record_id: Option<String>,
+        keys: Vec<String>,
     },
     /// Counts spend no reservation held.
-    Unreserved { intent: PaymentIntent, id: String, key: Option<String> },
+    Unreserved { intent: PaymentIntent, record_id: String, keys: Vec<String> },
 }
 
 /// Checks one payment of a record against the store and against the payments before it in the
-/// same record (`taken`: the pre-authorizations and payment keys they use), changing nothing.
+/// same record (`taken`: the pre-authorizations, record ids and payment keys they use),
+/// changing nothing. A payment's key seen before (in the store, or earlier in the record),
+/// whether or not it names its pre-authorization, makes it a repeat.
 fn plan_one(
     store: &Store,
     agent: &str,
@@ -732,42 +723,55 @@ fn plan_one(
 ) -> Result<Planned, ApiError> {
     let reference = payment.reference();
     let twice = |what: &str| bad("VALIDATION_ERROR", format!("{what} appears twice in one record"));
+    // The payment's own key: its `paymentId`, or else its tx hash (two payments may share a
+    // settlement reference; never a `paymentId`).
+    let keys: Vec<String> =
+        payment.payment_id.clone().filter(|p| !p.is_empty()).or_else(|| reference.clone()).into_iter().collect();
+    for key in &keys {
+        if store.recorded_payment(agent, key)?.is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "CONFLICT",
+                format!("payment `{key}` was already recorded"),
+            ));
+        }
+        if !taken.insert(format!("key {key}")) {
+            return Err(twice(&format!("payment `{key}`")));
+        }
+    }
     if let Some(id) = payment.authorization_id.clone().filter(|i| !i.is_empty()) {
-        let approval = settleable(store, agent, &id, payment.amount, Token::IfGiven(None))?;
+        let approval = live_approval(store, agent, kind, &id, payment.amount, None)?;
         if !taken.insert(id.clone()) {
             return Err(twice(&format!("authorization `{id}`")));
         }
-        return Ok(Planned::Settle { approval, reference, matched: None });
+        return Ok(Planned::Settle { approval, reference, record_id: None, keys });
     }
     let intent = intent_from(agent, payment, kind)?;
-    // The payment's own key: its `paymentId`, or else its tx hash.
-    let key = payment.payment_id.clone().filter(|p| !p.is_empty()).or_else(|| reference.clone());
-    let id = format!("rec_{}", key.clone().unwrap_or_else(|| random_hex(10)));
-    // A repeated record is refused before anything is counted.
-    let seen = match &key {
-        Some(k) => store.recorded_payment(agent, k)?.is_some(),
-        None => false,
-    };
-    if seen || store.spend_exists(&id)? {
-        return Err(ApiError::new(StatusCode::CONFLICT, "CONFLICT", format!("payment `{id}` was already recorded")));
+    let record_id = format!("rec_{}", keys.first().cloned().unwrap_or_else(|| random_hex(10)));
+    if store.spend_exists(&record_id)? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            format!("payment `{record_id}` was already recorded"),
+        ));
     }
-    if !taken.insert(id.clone()) {
-        return Err(twice(&format!("payment `{id}`")));
+    if !taken.insert(record_id.clone()) {
+        return Err(twice(&format!("payment `{record_id}`")));
     }
     // A record without `authorizationId` settles the live pre-authorization it belongs to
     // rather than adding to it: same agent and rail, same resource and recipient, an amount
     // within the reservation; the oldest such pre-authorization (not already settled by an
     // earlier payment of the same record) first.
     if let Some(preauth) = matching_preauthorization(store, agent, &intent, taken)? {
-        let approval = settleable(store, agent, &preauth, Some(intent.amount), Token::IfGiven(None))?;
+        let approval = live_approval(store, agent, kind, &preauth, Some(intent.amount), None)?;
         taken.insert(preauth);
-        return Ok(Planned::Settle { approval, reference, matched: Some((id, key)) });
+        return Ok(Planned::Settle { approval, reference, record_id: Some(record_id), keys });
     }
-    Ok(Planned::Unreserved { intent, id, key })
+    Ok(Planned::Unreserved { intent, record_id, keys })
 }
 
 impl Planned {
-    /// Counts and stores the checked payment.
+    /// Counts and stores the checked payment, and remembers its keys.
     fn record(self, app: &App, store: &Store, agent: &str) -> Result<RecordedBody, ApiError> {
         let recorded =
             |id: Option<String>, preauth: Option<String>, transaction_id: String, amount: Amount| RecordedBody {
@@ -779,27 +783,21 @@ impl Planned {
                 ..RecordedBody::default()
             };
         match self {
-            Planned::Settle { approval, reference, matched } => {
+            Planned::Settle { approval, reference, record_id, keys } => {
                 let preauth = approval.id.clone();
                 let (amount, transaction_id) = approval.settle(app, store, agent, reference)?;
-                let id = match matched {
-                    Some((id, key)) => {
-                        if let Some(k) = &key {
-                            store.remember_payment(agent, k, &preauth)?;
-                        }
-                        Some(id)
-                    }
-                    None => None,
-                };
-                Ok(recorded(id, Some(preauth), transaction_id, amount))
+                for key in &keys {
+                    store.remember_payment(agent, key, &preauth)?;
+                }
+                Ok(recorded(record_id, Some(preauth), transaction_id, amount))
             }
-            Planned::Unreserved { intent, id, key } => {
+            Planned::Unreserved { intent, record_id, keys } => {
                 let amount = intent.amount;
                 app.engine.restore_spend(&intent, amount, Timestamp::now());
                 let transaction_id = format!("tx_{}", random_hex(10));
                 let intent_json = serde_json::to_string(&intent).unwrap_or_default();
                 store.record_spend(
-                    &id,
+                    &record_id,
                     agent,
                     &intent_json,
                     &amount.to_string(),
@@ -807,10 +805,10 @@ impl Planned {
                     &transaction_id,
                     &now_text(),
                 )?;
-                if let Some(k) = &key {
-                    store.remember_payment(agent, k, &id)?;
+                for key in &keys {
+                    store.remember_payment(agent, key, &record_id)?;
                 }
-                Ok(recorded(Some(id), None, transaction_id, amount))
+                Ok(recorded(Some(record_id), None, transaction_id, amount))
             }
         }
     }
@@ -863,8 +861,8 @@ async fn record(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> R
         if payments.is_empty() {
             return Err(bad("VALIDATION_ERROR", "`payments` is empty"));
         }
-        // Every payment is checked before any is counted: a record with one bad payment
-        // counts none of them (and its retry is not refused as a repeat).
+        // Every payment is checked before any is counted: a record with a payment that is
+        // refused counts none of them (and its retry is not refused as a repeat).
         let mut taken = HashSet::new();
         let planned = payments
             .iter()

@@ -101,8 +101,9 @@ pub(crate) struct ApprovalRecord {
 }
 
 impl ApprovalRecord {
-    /// The row for a fresh approval. Transfer and card approvals are confirmed with their
-    /// token, so its hash is kept; x402 and MPP records carry no token on Conto's wire.
+    /// The row for a fresh approval. Transfer and card approvals get a token, so its hash is
+    /// kept (a transfer's confirm must show it; a card's confirm is checked against it when it
+    /// sends one); x402 and MPP records carry no token on Conto's wire.
     pub fn live(agent_id: &str, intent_json: String, a: &Authorization) -> Self {
         let tokened = confirmed_with_token(&a.intent.rail);
         Self {

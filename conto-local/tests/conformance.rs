@@ -849,28 +849,39 @@ async fn a_wallet_delegations_hours_and_days_are_enforced() {
     let (_, ok) = pay().await;
     assert_eq!(ok["authorized"], true, "every hour, every day: {ok}");
 
-    // Allowed only from two hours after now until an hour before it (wrapping midnight).
-    let (start, end) = ((hour + 2) % 24, (hour + 23) % 24);
-    let (status, body) = delegate("wal_2", json!({"allowedHoursStart": start, "allowedHoursEnd": end})).await;
+    // Hours as a delegation writes them: a start 0-23 and an end 1-24, wrapping midnight when
+    // the start is later. Each window below keeps an hour of margin either side of now.
+    let window = |from: i64, to: i64| {
+        let end = (hour + to).rem_euclid(24);
+        json!({"allowedHoursStart": (hour + from).rem_euclid(24), "allowedHoursEnd": if end == 0 { 24 } else { end }})
+    };
+    let patch = |wallet: &str, schedule: Value| {
+        org.http
+            .patch(format!("{}/api/agents/agent-1/wallets/{wallet}", server.url()))
+            .bearer_auth(&org.key)
+            .json(&schedule)
+            .send()
+    };
+    // Around now: allowed. Ending before now, or starting after it: denied (each also fails
+    // should the server read only one of the two fields).
+    for (from, to, allowed) in [(-1, 2, true), (-3, -1, false), (2, 5, false), (2, -1, false)] {
+        let resp = patch("wal_1", window(from, to)).await.unwrap();
+        assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+        let (_, answer) = pay().await;
+        assert_eq!(answer["authorized"], allowed, "hours {}: {answer}", window(from, to));
+        if !allowed {
+            assert_eq!(answer["violations"][0]["type"], "TIME_WINDOW", "{answer}");
+        }
+    }
+    // A second delegation's hours apply too: all of an agent's delegations must allow a payment.
+    let (status, body) = delegate("wal_2", window(2, -1)).await;
     assert_eq!(status, 201, "{body}");
+    assert_eq!(patch("wal_1", json!({"allowedHoursStart": 0, "allowedHoursEnd": 24})).await.unwrap().status(), 200);
     let (_, denied) = pay().await;
-    assert_eq!(
-        (&denied["authorized"], denied["violations"][0]["type"].as_str()),
-        (&json!(false), Some("TIME_WINDOW")),
-        "{denied}"
-    );
-    let (status, _) = org
-        .http
-        .patch(format!("{}/api/agents/agent-1/wallets/wal_2", server.url()))
-        .bearer_auth(&org.key)
-        .json(&json!({"allowedHoursStart": 0, "allowedHoursEnd": 24}))
-        .send()
-        .await
-        .map(|r| (r.status().as_u16(), ()))
-        .unwrap();
-    assert_eq!(status, 200);
+    assert_eq!(denied["authorized"], false, "{denied}");
+    assert_eq!(patch("wal_2", json!({"allowedHoursStart": 0, "allowedHoursEnd": 24})).await.unwrap().status(), 200);
     let (_, ok) = pay().await;
-    assert_eq!(ok["authorized"], true, "every hour again: {ok}");
+    assert_eq!(ok["authorized"], true, "every hour again, on both delegations: {ok}");
 
     // Allowed on four days: none of yesterday, today and tomorrow.
     const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
@@ -879,10 +890,18 @@ async fn a_wallet_delegations_hours_and_days_are_enforced() {
     let (status, body) = delegate("wal_3", json!({"allowedDays": others})).await;
     assert_eq!(status, 201, "{body}");
     let (_, denied) = pay().await;
-    assert_eq!(denied["authorized"], false, "{denied}");
+    assert_eq!(
+        (&denied["authorized"], denied["violations"][0]["type"].as_str()),
+        (&json!(false), Some("TIME_WINDOW")),
+        "{denied}"
+    );
 
     for (schedule, field) in [
         (json!({"allowedHoursStart": 25}), "allowedHoursStart"),
+        (json!({"allowedHoursStart": 24}), "allowedHoursStart"),
+        (json!({"allowedHoursEnd": 0}), "allowedHoursEnd"),
+        (json!({"allowedHoursStart": 9.5}), "allowedHoursStart"),
+        (json!({"allowedHoursStart": -1}), "allowedHoursStart"),
         (json!({"allowedHoursEnd": "18:00"}), "allowedHoursEnd"),
         (json!({"allowedHoursStart": 9, "allowedHoursEnd": 9}), "allowedHoursEnd"),
         (json!({"allowedDays": []}), "allowedDays"),
@@ -892,4 +911,77 @@ async fn a_wallet_delegations_hours_and_days_are_enforced() {
         assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{schedule}: {body}");
         assert!(body["message"].as_str().unwrap().contains(field), "{schedule}: {body}");
     }
+}
+
+/// An endpoint settles only its own flow's approvals: a transfer's approval (whose confirm must
+/// show its token) cannot be settled without it through the card confirm or an x402 record,
+/// which take no token; a wrong token is refused on the transfer's own confirm.
+#[tokio::test]
+async fn a_transfer_approval_is_settled_only_by_its_own_confirm_with_its_token() {
+    let (_server, sdk) = setup(None).await;
+    let (status, a) = sdk
+        .post(
+            "/api/sdk/payments/approve",
+            json!({"amount": 5, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453}),
+        )
+        .await;
+    assert_eq!((status, &a["approved"]), (200, &json!(true)), "{a}");
+    let id = a["approvalId"].as_str().unwrap().to_owned();
+    let (status, body) = sdk
+        .post(&format!("/api/sdk/cards/{id}/confirm"), json!({"transactionReference": "ch_1", "status": "COMPLETED"}))
+        .await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")), "card confirm: {body}");
+    let mut record = x402_payment("5");
+    record["authorizationId"] = json!(id);
+    let (status, body) = sdk.post("/api/sdk/x402/record", record).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")), "x402 record: {body}");
+    let (status, body) = sdk
+        .post(&format!("/api/sdk/payments/{id}/confirm"), json!({"txHash": TX, "approvalToken": "0".repeat(64)}))
+        .await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("INVALID_TOKEN")), "{body}");
+    let (status, body) = sdk
+        .post(&format!("/api/sdk/payments/{id}/confirm"), json!({"txHash": TX, "approvalToken": a["approvalToken"]}))
+        .await;
+    assert_eq!((status, &body["confirmed"]), (200, &json!(true)), "{body}");
+    let (status, body) = sdk
+        .post(&format!("/api/sdk/payments/{id}/confirm"), json!({"txHash": TX, "approvalToken": a["approvalToken"]}))
+        .await;
+    assert!(status == 200 || status == 400, "a repeat is never a second spend: {status} {body}");
+}
+
+/// A payment is known by its key (its `paymentId`, or else its tx hash): seen before, it makes
+/// a record a repeat, whether the first record named its pre-authorization or not.
+#[tokio::test]
+async fn a_payment_is_counted_once_by_its_key_whether_or_not_it_named_its_preauthorization() {
+    let (_server, sdk) = setup(None).await;
+    let preauthorize = || sdk.post("/api/sdk/x402/pre-authorize", x402_payment("5"));
+    let (status, pre) = preauthorize().await;
+    assert_eq!(status, 200, "{pre}");
+    let mut named = x402_payment("5");
+    named["authorizationId"] = pre["authorizationId"].clone();
+    named["paymentId"] = json!("pay-1");
+    named["txHash"] = json!(TX);
+    let mut again = x402_payment("5");
+    again["paymentId"] = json!("pay-1");
+    let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [named.clone(), again.clone()]})).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "listed twice: {body}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await, ("0".into(), "5".into()), "nothing counted");
+    let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [named]})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = sdk.post("/api/sdk/x402/record", again).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("CONFLICT")), "{body}");
+
+    // Without a paymentId, the tx hash is the key.
+    let (_, pre) = preauthorize().await;
+    let tx2 = format!("0x{}", "b".repeat(64));
+    let mut named = x402_payment("5");
+    named["authorizationId"] = pre["authorizationId"].clone();
+    named["txHash"] = json!(tx2);
+    let (status, body) = sdk.post("/api/sdk/x402/record", named).await;
+    assert_eq!(status, 200, "{body}");
+    let mut by_tx = x402_payment("5");
+    by_tx["txHash"] = json!(tx2);
+    let (status, body) = sdk.post("/api/sdk/x402/record", by_tx).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("CONFLICT")), "{body}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await, ("10".into(), "0".into()), "each counted once");
 }

@@ -246,7 +246,7 @@ impl<'p> Screened<'p> {
 
     /// The second phase: judges the stateful rules on `ledger` at `now` (the time taken under
     /// the ledger's lock), in order, and concludes.
-    pub fn finish(&mut self, ledger: &mut impl Reads, now: Timestamp) -> Evaluation {
+    pub fn finish(mut self, ledger: &mut impl Reads, now: Timestamp) -> Evaluation {
         self.subject.now = now;
         // A local time worked out for the screen's instant is not this one's.
         self.subject.local.set(None);
@@ -289,7 +289,7 @@ impl<'p> Screened<'p> {
                 return Evaluation::Denied(denial);
             }
         }
-        if let Some((_, denial)) = self.denied.take() {
+        if let Some((_, denial)) = self.denied {
             return Evaluation::Denied(denial);
         }
         concluded(tally, windows, approvals)
