@@ -22,6 +22,8 @@
 //! - x402/MPP pre-authorizations return an `authorizationId`; records that carry it settle that
 //!   reservation (each endpoint settles only its own flow's approvals).
 //! - Confirm takes an optional `amount` (the settled amount, at most the approved one).
+//! - A transfer approve without `chainId` is on Conto's default chain, Tempo testnet (42431):
+//!   Conto's skill lists only `amount`, `recipientAddress` and `senderAddress` as required.
 //! - Approvals live as long as Conto keeps them: 10 minutes for transfers, x402 and MPP, 5
 //!   minutes for payment requests and card approvals (`--approval-ttl-secs` sets one lifetime
 //!   for all).

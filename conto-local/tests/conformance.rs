@@ -89,6 +89,18 @@ async fn the_skill_finds_the_approval_id_it_reports_and_an_explorer_link_on_its_
     let (status, receipt) = sdk.post(&path, json!({"txHash": TX, "approvalToken": approved["approvalToken"]})).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(receipt["explorerUrl"], format!("https://explore.moderato.tempo.xyz/tx/{TX}"), "{receipt}");
+
+    // The skill's required fields are amount, recipient and sender: with no `chainId`, the
+    // transfer is on Conto's default chain, Tempo testnet.
+    let (status, approved) = sdk
+        .post("/api/sdk/payments/approve", json!({"amount": 5, "recipientAddress": RECIPIENT, "senderAddress": SENDER}))
+        .await;
+    assert_eq!((status, &approved["approved"]), (200, &json!(true)), "{approved}");
+    let path = format!("/api/sdk/payments/{}/confirm", approved["approvalId"].as_str().unwrap());
+    let tx = format!("0x{}", "c".repeat(64));
+    let (status, receipt) = sdk.post(&path, json!({"txHash": tx, "approvalToken": approved["approvalToken"]})).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["explorerUrl"], format!("https://explore.moderato.tempo.xyz/tx/{tx}"), "{receipt}");
 }
 
 /// Conto's skill (Mode A) asks `payments/request` with `autoExecute: true` and reads either

@@ -9,6 +9,10 @@ use serde_json::{Map, Value};
 
 use crate::Kind;
 
+/// The chain a transfer is on when its body names none: Tempo Testnet, Conto's default
+/// (conto-api.md §4.1).
+pub const DEFAULT_CHAIN_ID: u64 = 42431;
+
 /// A payment as Conto's SDK bodies describe it: the authorize calls (`payments/approve`,
 /// `payments/request`, `x402|mpp/pre-authorize`, `cards/approve`) and the record calls
 /// (`payments/{id}/confirm`, `x402|mpp/record`, `cards/{id}/confirm`) share these field names;
@@ -310,7 +314,9 @@ impl PaymentBody {
         let need = |v: &Option<String>, field: &str| given(v).ok_or_else(|| BodyError::required(field));
         let rail = match kind {
             Kind::Transfer => {
-                let chain = self.chain_id.ok_or_else(|| BodyError::required("chainId"))?;
+                // Conto's default chain when none is sent (conto-api.md §4.1; its skill lists
+                // `chainId` as optional, "Send 42431 for Tempo Testnet (default)").
+                let chain = self.chain_id.unwrap_or(DEFAULT_CHAIN_ID);
                 Rail::transfer(chain, &need(&self.sender_address, "senderAddress")?)?
             }
             Kind::X402 | Kind::Mpp => {
@@ -741,6 +747,8 @@ mod tests {
         assert_eq!(back.purpose, intent.purpose);
         assert_eq!(back.idempotency_key, intent.idempotency_key);
         let missing = PaymentBody { amount: intent.amount.into(), ..Default::default() }.to_intent("a", Kind::Transfer);
-        assert_eq!(missing.unwrap_err().message, "`chainId` is required");
+        assert_eq!(missing.unwrap_err().message, "`senderAddress` is required");
+        let no_chain = PaymentBody { chain_id: None, ..body }.to_intent("agent-1", Kind::Transfer).unwrap();
+        assert!(matches!(no_chain.rail, Rail::Transfer { chain_id: DEFAULT_CHAIN_ID, .. }), "{:?}", no_chain.rail);
     }
 }
