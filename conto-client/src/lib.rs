@@ -326,25 +326,16 @@ impl ContoClient {
         // Conto's docs allow a denial as 403 (or 400) with a decision body; conto-local answers
         // 200. Both are read as decisions; any other error status is an error.
         // Read once, from the parsed answer in place (no copy of it).
-        let decision = answer
-            .body
-            .is_object()
-            .then(|| <DecisionBody as serde::Deserialize>::deserialize(&answer.body).ok())
-            .flatten();
-        let is_decision = decision.as_ref().is_some_and(|d| d.approved.is_some() || d.authorized.is_some())
-            || (kind == Kind::Card && decision.as_ref().is_some_and(|d| d.request_id.is_some()))
-            || (kind == Kind::Request && decision.as_ref().is_some_and(refused_or_held));
+        let decision = wire::decision_body(answer.status, &answer.body);
+        let is_decision = decision.as_ref().is_ok_and(|d| d.approved.is_some() || d.authorized.is_some())
+            || (kind == Kind::Card && decision.as_ref().is_ok_and(|d| d.request_id.is_some()))
+            || (kind == Kind::Request && decision.as_ref().is_ok_and(refused_or_held));
         match answer.status {
             200..=202 => {}
             403 | 400 if is_decision => {}
             _ => return Err(Self::api_error(&answer)),
         }
-        let body = match decision {
-            Some(body) => body,
-            // Says why it is no decision.
-            None => wire::decision_body(answer.status, &answer.body)?,
-        };
-        wire::parse_decision(answer.status, &body, intent, Timestamp::now())
+        wire::parse_decision(answer.status, &decision?, intent, Timestamp::now())
     }
 
     /// Records a settlement (see [`Authorizer::record`]).

@@ -582,18 +582,23 @@ impl LiveApproval {
             }
             Err(e) => return Err(bad("INVALID_STATUS", e.to_string())),
         }
-        let transaction_id = format!("tx_{}", random_hex(10));
-        store.record_spend(
-            &id,
-            agent,
-            &intent_json,
-            &settled.to_string(),
-            reference.as_deref(),
-            &transaction_id,
-            &now_text(),
-        )?;
+        let transaction_id = store_spend(store, &id, agent, &intent_json, settled, reference.as_deref())?;
         Ok((settled, transaction_id))
     }
+}
+
+/// Stores a counted spend under `id` with a fresh transaction id, which it returns.
+fn store_spend(
+    store: &Store,
+    id: &str,
+    agent: &str,
+    intent_json: &str,
+    amount: Amount,
+    reference: Option<&str>,
+) -> Result<String, ApiError> {
+    let transaction_id = format!("tx_{}", random_hex(10));
+    store.record_spend(id, agent, intent_json, &amount.to_string(), reference, &transaction_id, &now_text())?;
+    Ok(transaction_id)
 }
 
 fn is_tx_hash(s: &str) -> bool {
@@ -704,10 +709,10 @@ enum Planned {
         reference: Option<String>,
         /// The record's own id, when it found its pre-authorization by matching.
         record_id: Option<String>,
-        keys: Vec<String>,
+        key: Option<String>,
     },
     /// Counts spend no reservation held.
-    Unreserved { intent: PaymentIntent, record_id: String, keys: Vec<String> },
+    Unreserved { intent: PaymentIntent, record_id: String, key: Option<String> },
 }
 
 /// Checks one payment of a record against the store and against the payments before it in the
@@ -725,9 +730,8 @@ fn plan_one(
     let twice = |what: &str| bad("VALIDATION_ERROR", format!("{what} appears twice in one record"));
     // The payment's own key: its `paymentId`, or else its tx hash (two payments may share a
     // settlement reference; never a `paymentId`).
-    let keys: Vec<String> =
-        payment.payment_id.clone().filter(|p| !p.is_empty()).or_else(|| reference.clone()).into_iter().collect();
-    for key in &keys {
+    let key = payment.payment_id.clone().filter(|p| !p.is_empty()).or_else(|| reference.clone());
+    if let Some(key) = &key {
         if store.recorded_payment(agent, key)?.is_some() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -744,10 +748,10 @@ fn plan_one(
         if !taken.insert(id.clone()) {
             return Err(twice(&format!("authorization `{id}`")));
         }
-        return Ok(Planned::Settle { approval, reference, record_id: None, keys });
+        return Ok(Planned::Settle { approval, reference, record_id: None, key });
     }
     let intent = intent_from(agent, payment, kind)?;
-    let record_id = format!("rec_{}", keys.first().cloned().unwrap_or_else(|| random_hex(10)));
+    let record_id = format!("rec_{}", key.clone().unwrap_or_else(|| random_hex(10)));
     if store.spend_exists(&record_id)? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -765,13 +769,13 @@ fn plan_one(
     if let Some(preauth) = matching_preauthorization(store, agent, &intent, taken)? {
         let approval = live_approval(store, agent, kind, &preauth, Some(intent.amount), None)?;
         taken.insert(preauth);
-        return Ok(Planned::Settle { approval, reference, record_id: Some(record_id), keys });
+        return Ok(Planned::Settle { approval, reference, record_id: Some(record_id), key });
     }
-    Ok(Planned::Unreserved { intent, record_id, keys })
+    Ok(Planned::Unreserved { intent, record_id, key })
 }
 
 impl Planned {
-    /// Counts and stores the checked payment, and remembers its keys.
+    /// Counts and stores the checked payment, and remembers its key.
     fn record(self, app: &App, store: &Store, agent: &str) -> Result<RecordedBody, ApiError> {
         let recorded =
             |id: Option<String>, preauth: Option<String>, transaction_id: String, amount: Amount| RecordedBody {
@@ -783,29 +787,20 @@ impl Planned {
                 ..RecordedBody::default()
             };
         match self {
-            Planned::Settle { approval, reference, record_id, keys } => {
+            Planned::Settle { approval, reference, record_id, key } => {
                 let preauth = approval.id.clone();
                 let (amount, transaction_id) = approval.settle(app, store, agent, reference)?;
-                for key in &keys {
+                if let Some(key) = &key {
                     store.remember_payment(agent, key, &preauth)?;
                 }
                 Ok(recorded(record_id, Some(preauth), transaction_id, amount))
             }
-            Planned::Unreserved { intent, record_id, keys } => {
+            Planned::Unreserved { intent, record_id, key } => {
                 let amount = intent.amount;
                 app.engine.restore_spend(&intent, amount, Timestamp::now());
-                let transaction_id = format!("tx_{}", random_hex(10));
                 let intent_json = serde_json::to_string(&intent).unwrap_or_default();
-                store.record_spend(
-                    &record_id,
-                    agent,
-                    &intent_json,
-                    &amount.to_string(),
-                    None,
-                    &transaction_id,
-                    &now_text(),
-                )?;
-                for key in &keys {
+                let transaction_id = store_spend(store, &record_id, agent, &intent_json, amount, None)?;
+                if let Some(key) = &key {
                     store.remember_payment(agent, key, &record_id)?;
                 }
                 Ok(recorded(Some(record_id), None, transaction_id, amount))
