@@ -20,7 +20,12 @@
 //!   the payment limit). Every SDK answer to an accepted key, errors and `429` included, carries
 //!   `X-RateLimit-Remaining` and `X-RateLimit-Reset` (RFC 3339); a `429` adds `Retry-After`.
 //! - x402/MPP pre-authorizations return an `authorizationId`; records that carry it settle that
-//!   reservation (each endpoint settles only its own flow's approvals).
+//!   reservation (each endpoint settles only its own flow's approvals). An approved one names
+//!   its `wallet` (`id`, `address`, `chainId`, `custodyType`, `availableBalance`): the agent's
+//!   delegated wallet on the rail's chain (MPP `"4217"`, x402 `"8453"`), else its first
+//!   delegation, with what the delegation states; an agent with none pays from its app's own
+//!   wallet, `{"id": "external", "custodyType": "EXTERNAL"}`. conto-local holds no wallet, so
+//!   `availableBalance` is `null` unless the delegation states one.
 //! - Confirm takes an optional `amount` (the settled amount, at most the approved one).
 //! - A transfer approve without `chainId` is on Conto's default chain, Tempo testnet (42431):
 //!   Conto's skill lists only `amount`, `recipientAddress` and `senderAddress` as required.

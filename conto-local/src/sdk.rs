@@ -14,8 +14,8 @@ use conto_core::jiff::Timestamp;
 use conto_core::{Amount, AuthorityError, PaymentIntent, Rail, Settlement, Verdict};
 use conto_wire::org::Policies;
 use conto_wire::sdk::{
-    ApprovalAnswer, ApprovalRequest, ApprovalRequests, BodyError, Budget, Counter, DecisionBody, PaymentBody,
-    RecordedBody, ServiceSpend, Services,
+    ApprovalAnswer, ApprovalRequest, ApprovalRequests, BodyError, Budget, Counter, DecisionBody, PayingWallet,
+    PaymentBody, RecordedBody, ServiceSpend, Services,
 };
 use conto_wire::{ErrorBody, Kind};
 use serde::Serialize;
@@ -326,6 +326,7 @@ fn decide(
                     body.authorized = Some(true);
                     body.authorization_id = Some(a.id.clone());
                     body.recipient_address = recipient;
+                    body.wallet = Some(paying_wallet(store, intent.actor.as_str(), kind)?);
                 }
                 Kind::Card => {
                     body.request_id = Some(a.id.clone());
@@ -414,6 +415,39 @@ fn decide(
             }
             (StatusCode::ACCEPTED, body)
         }
+    })
+}
+
+/// The wallet an approved x402/MPP payment is made from, as Conto names it: the agent's
+/// delegated wallet on the rail's chain (else its first), with what the delegation says of it
+/// (`address`, `chainId`, `custodyType`, `availableBalance`); an agent with no delegation pays
+/// from its app's own wallet, `external`. conto-local holds no wallet, so it knows no balance
+/// the delegation does not state.
+fn paying_wallet(store: &Store, agent: &str, kind: Kind) -> Result<PayingWallet, ApiError> {
+    let chain = if kind == Kind::Mpp { "4217" } else { "8453" };
+    let delegations = store.wallets(Some(agent))?;
+    let field = |w: &conto_wire::org::AgentWallet, name: &str| w.extra.get(name).filter(|v| !v.is_null()).cloned();
+    let on_chain = |w: &&conto_wire::org::AgentWallet| {
+        field(w, "chainId").is_some_and(|c| c.as_str().map(str::to_owned).unwrap_or_else(|| c.to_string()) == chain)
+    };
+    let Some(w) = delegations.iter().find(on_chain).or(delegations.first()) else {
+        return Ok(PayingWallet {
+            id: "external".to_owned(),
+            chain_id: Some(chain.into()),
+            custody_type: Some("EXTERNAL".to_owned()),
+            ..PayingWallet::default()
+        });
+    };
+    Ok(PayingWallet {
+        id: w.wallet_id.clone().unwrap_or_default(),
+        address: field(w, "address").or_else(|| field(w, "walletAddress")).and_then(|a| a.as_str().map(str::to_owned)),
+        chain_id: Some(field(w, "chainId").unwrap_or_else(|| chain.into())),
+        custody_type: Some(
+            field(w, "custodyType")
+                .and_then(|c| c.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "EXTERNAL".to_owned()),
+        ),
+        available_balance: field(w, "availableBalance"),
     })
 }
 

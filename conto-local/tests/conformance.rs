@@ -605,9 +605,10 @@ async fn an_mpp_session_is_recorded_and_listed_under_mpp_services() {
         "intent": "session", "depositAmount": "3"});
     let (status, pre) = sdk.post("/api/sdk/mpp/pre-authorize", pre_body).await;
     assert_eq!((status, &pre["authorized"]), (200, &json!(true)), "{pre}");
+    assert_eq!(pre["wallet"]["chainId"], "4217", "{pre}");
     let record = json!({"amount": "2.5", "recipientAddress": RECIPIENT, "txHash": TX,
         "resourceUrl": "https://mpp.example.com/v1/chat", "sessionId": "sess-1", "scheme": "mpp",
-        "walletId": pre["wallet"]["id"].as_str().unwrap_or("wallet-1"), "chainId": "4217",
+        "walletId": pre["wallet"]["id"].as_str().expect("an approved pre-authorization names its wallet"), "chainId": "4217",
         "authorizationId": pre["authorizationId"]});
     let (status, body) = sdk.post("/api/sdk/mpp/record", record).await;
     assert!(status < 300, "{status} {body}");
@@ -618,6 +619,50 @@ async fn an_mpp_session_is_recorded_and_listed_under_mpp_services() {
     assert_eq!(services["services"][0]["paymentCount"], 1, "{services}");
     let (_, x402) = sdk.call(reqwest::Method::GET, "/api/sdk/x402/services", None).await;
     assert_eq!(x402["services"], json!([]), "{x402}");
+}
+
+/// An approved x402 or MPP pre-authorization names the wallet it pays from (conto-api.md §6.1,
+/// §6.4: `id`, `address`, `chainId`, `availableBalance`): the agent's delegated wallet on the
+/// rail's chain when it has one, else its app's own, `external`; a denial names none.
+#[tokio::test]
+async fn an_approved_pre_authorization_names_its_wallet() {
+    let (server, sdk) = setup(None).await;
+    let (_, pre) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("1")).await;
+    assert_eq!(pre["authorized"], true, "{pre}");
+    let wallet = &pre["wallet"];
+    assert_eq!(
+        (&wallet["id"], &wallet["custodyType"], &wallet["chainId"]),
+        (&json!("external"), &json!("EXTERNAL"), &json!("8453")),
+        "{pre}"
+    );
+    for field in ["address", "availableBalance"] {
+        assert!(wallet.as_object().unwrap().contains_key(field), "{field}: {pre}");
+    }
+    assert!(pre["reasons"].is_array(), "{pre}");
+
+    let org = Org::new(&server);
+    for doc in [
+        json!({"walletId": "wal_base", "address": SENDER, "chainId": 8453, "availableBalance": 250}),
+        json!({"walletId": "wal_tempo", "address": RECIPIENT, "chainId": "4217"}),
+    ] {
+        let (status, body) = org.post("/api/agents/agent-1/wallets", doc).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, x402) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("1")).await;
+    assert_eq!(x402["wallet"]["id"], "wal_base", "{x402}");
+    assert_eq!(
+        (&x402["wallet"]["address"], &x402["wallet"]["availableBalance"]),
+        (&json!(SENDER), &json!(250)),
+        "{x402}"
+    );
+    let mpp = json!({"amount": "2", "recipientAddress": RECIPIENT, "resourceUrl": "https://mpp.example.com/v1/chat",
+        "intent": "session", "depositAmount": "2"});
+    let (_, mpp) = sdk.post("/api/sdk/mpp/pre-authorize", mpp).await;
+    assert_eq!((&mpp["wallet"]["id"], &mpp["wallet"]["chainId"]), (&json!("wal_tempo"), &json!("4217")), "{mpp}");
+
+    let (_, denied) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("120")).await;
+    assert_eq!(denied["authorized"], false, "{denied}");
+    assert!(denied.get("wallet").is_none(), "{denied}");
 }
 
 /// Retries of one request that race each other (a client's timeout fired while the first was

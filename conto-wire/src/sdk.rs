@@ -449,6 +449,9 @@ pub struct DecisionBody {
     /// Spend counters after an approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// x402/MPP approved: the wallet the payment is made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallet: Option<PayingWallet>,
     /// A human must approve first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires_human_approval: Option<bool>,
@@ -474,6 +477,24 @@ impl DecisionBody {
     pub fn wants_human(&self) -> bool {
         self.requires_human_approval == Some(true) || self.status.as_deref() == Some("REQUIRES_APPROVAL")
     }
+}
+
+/// The wallet an x402/MPP pre-authorization names (`wallet` on an approved answer; an MPP
+/// record sends its `id` back as `walletId`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PayingWallet {
+    /// The wallet's id.
+    pub id: String,
+    /// Its address, when known.
+    pub address: Option<String>,
+    /// Its chain (Conto sends it as a string, `"4217"` for MPP; a number reads too).
+    pub chain_id: Option<Value>,
+    /// Who holds its keys (`EXTERNAL`: the app's own wallet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custody_type: Option<String>,
+    /// What it holds, when the control plane knows.
+    pub available_balance: Option<Value>,
 }
 
 /// The answer to a record call (`confirm`, `x402|mpp/record`).
