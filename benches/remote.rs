@@ -3,9 +3,15 @@
 //! off the critical path, so a paid action should cost one round trip (authorize) plus the
 //! outbox write. Then the server's own time per authorize, from conto-local's `Server-Timing`
 //! header. With `MEMDB=1`, conto-local keeps its database in memory, to show what its file
-//! costs. Results: BENCHMARKS.md.
+//! costs. The `on_worker/` functions make the same calls from a task on the runtime's workers,
+//! as a service's handler does. Every authorize leaves an approval (and, keyed, a remembered
+//! answer) in conto-local, so a function run after others meets a larger database: to compare
+//! two of them, run each in its own process (`--bench '^remote/on_worker/authorize_only$'`).
+//! Results: BENCHMARKS.md.
 
 use std::hint::black_box;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use conto::outbox::Outbox;
@@ -15,6 +21,45 @@ use serde_json::json;
 
 const RECIPIENT: &str = "0x1111111111111111111111111111111111111111";
 const TX: &str = "0xaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+/// A key no other call used (the pre-authorize answer of a key used before is a replay).
+fn fresh_key() -> u128 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed) + u64::from(std::process::id()) * 1_000_000_000;
+    u128::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
+}
+
+/// A reqwest client with ContoClient's settings.
+fn like_client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("conto-rs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap()
+    })
+}
+
+/// Times `iters` calls made one after another from one task on the runtime's workers.
+fn on_worker<F, Fut>(b: &mut criterion::Bencher<'_>, rt: &tokio::runtime::Runtime, call: F)
+where
+    F: Fn() -> Fut + Send + 'static + Clone,
+    Fut: Future<Output = ()> + Send,
+{
+    b.iter_custom(|iters| {
+        let call = call.clone();
+        rt.block_on(rt.spawn(async move {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                call().await;
+            }
+            start.elapsed()
+        }))
+        .unwrap()
+    })
+}
 
 fn intent() -> PaymentIntent {
     PaymentIntent::builder("agent-1", "0.01", Rail::x402("https://api.example.com/search").unwrap())
@@ -106,6 +151,69 @@ fn remote(c: &mut Criterion) {
     g.bench_function("authorize_only", |b| {
         b.to_async(&rt).iter(|| async { black_box(client.authorize_intent(&intent()).await.unwrap()) })
     });
+    // The same calls made from a task on the runtime's workers, as a service's handler makes
+    // them: criterion's `to_async` polls from the bench's own thread, outside the workers, and
+    // every wake-up then crosses threads (a bare round trip costs several times more so).
+    let bare = {
+        let (http, url) = (http.clone(), url.clone());
+        move || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                black_box(http.get(format!("{url}/health")).send().await.unwrap().status());
+            }
+        }
+    };
+    g.bench_function("on_worker/bare_round_trip", |b| on_worker(b, &rt, bare.clone()));
+    // An authorize as a bare reqwest POST: the body, the headers, the reqwest settings and the
+    // per-request deadline ContoClient uses, a fresh random key each time; then without the key,
+    // which conto-local then does not remember.
+    for keyed in [true, false] {
+        let (url, key) = (url.clone(), key.clone());
+        let post = move || {
+            let (url, key) = (url.clone(), key.clone());
+            async move {
+                let k = format!("ck_{:032x}", fresh_key());
+                let mut body = json!({"amount": 0.01, "recipientAddress": RECIPIENT,
+                    "resourceUrl": "https://api.example.com/search", "serviceDomain": "api.example.com",
+                    "scheme": "exact"});
+                let mut req = like_client().post(format!("{url}/api/sdk/x402/pre-authorize")).bearer_auth(key);
+                if keyed {
+                    body["idempotencyKey"] = json!(k.clone());
+                    req = req.header("Idempotency-Key", k);
+                }
+                let resp = req.timeout(Duration::from_secs(2)).json(&body).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let bytes = resp.bytes().await.unwrap();
+                black_box(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap());
+            }
+        };
+        let name = if keyed { "on_worker/raw_authorize_post" } else { "on_worker/raw_authorize_post_no_key" };
+        g.bench_function(name, |b| on_worker(b, &rt, post.clone()));
+    }
+    let authorize = {
+        let client = client.clone();
+        move || {
+            let client = client.clone();
+            async move {
+                black_box(client.authorize_intent(&intent()).await.unwrap());
+            }
+        }
+    };
+    g.bench_function("on_worker/authorize_only", |b| on_worker(b, &rt, authorize.clone()));
+    let paid = {
+        let critical = critical.clone();
+        move || {
+            let critical = critical.clone();
+            async move {
+                critical
+                    .run(intent(), |_| async { Ok::<_, ()>(()) }, |_| Settlement::default().reference(TX))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+    };
+    g.bench_function("on_worker/paid_action_critical_path", |b| on_worker(b, &rt, paid.clone()));
     g.bench_function("paid_action_critical_path", |b| {
         b.to_async(&rt).iter(|| async {
             critical
@@ -157,10 +265,14 @@ fn remote(c: &mut Criterion) {
     });
     let at = |q: f64| server_micros[((server_micros.len() - 1) as f64 * q) as usize];
     println!(
-        "remote/server_work (Server-Timing, 2 000 authorizes): median {:.1} us, p10 {:.1} us, p90 {:.1} us",
+        "remote/server_work (Server-Timing, 2 000 authorizes): median {:.1} us, p10 {:.1} us, p90 {:.1} us, \
+         p99 {:.1} us, max {:.1} us, mean {:.1} us",
         at(0.5),
         at(0.1),
-        at(0.9)
+        at(0.9),
+        at(0.99),
+        at(1.0),
+        server_micros.iter().sum::<f64>() / server_micros.len() as f64
     );
     rt.block_on(queued.flush(Duration::from_secs(30)));
     rt.block_on(server.stop());
