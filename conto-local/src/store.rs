@@ -76,6 +76,61 @@ pub(crate) struct Store {
     /// What the open batch changed outside the database (an engine's reservation), undone if
     /// its writes do not commit.
     undo: RefCell<Vec<Undo>>,
+    /// The row of every remembered answer, by its key's slot (see [`slot`]): the table's only
+    /// index, built on open. A new key is known new without a query, and an answer is appended
+    /// to the table with no index beside it to update. A row is read only when it holds the
+    /// same agent, endpoint and key, so an entry whose write did not commit (or two keys in one
+    /// slot) never answers for another key.
+    slots: RefCell<HashMap<i64, i64>>,
+}
+
+/// An idempotency key's slot: the first 8 bytes of the SHA-256 of the agent, the endpoint and
+/// the key.
+fn slot(agent: &str, endpoint: &str, key: &str) -> i64 {
+    let digest = Sha256::new()
+        .chain_update(agent.as_bytes())
+        .chain_update([0])
+        .chain_update(endpoint.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    i64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 has 32 bytes"))
+}
+
+/// Moves the answers of an earlier version's `idempotency` table (keyed by the agent, endpoint
+/// and key, with an index beside it) into `answers`, then drops it.
+fn migrate_idempotency(conn: &Connection) -> Result<(), StoreError> {
+    let old: bool = conn
+        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'idempotency'", [], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if !old {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut read =
+            tx.prepare("SELECT agent_id, endpoint, key, request_hash, status, response, created_at FROM idempotency")?;
+        let mut write = tx.prepare(
+            "INSERT INTO answers (agent_id, endpoint, key, request_hash, status, response, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut rows = read.query([])?;
+        while let Some(r) = rows.next()? {
+            write.execute(params![
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?
+            ])?;
+        }
+    }
+    tx.execute_batch("DROP TABLE idempotency")?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// An in-memory effect to undo when a batch's writes do not commit.
@@ -214,9 +269,9 @@ CREATE TABLE IF NOT EXISTS agent_wallets (agent_id TEXT NOT NULL, wallet_id TEXT
     PRIMARY KEY (agent_id, wallet_id));
 CREATE TABLE IF NOT EXISTS recorded_payments (agent_id TEXT NOT NULL, payment_key TEXT NOT NULL,
     authorization_id TEXT NOT NULL, PRIMARY KEY (agent_id, payment_key));
-CREATE TABLE IF NOT EXISTS idempotency (agent_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL,
-    request_hash TEXT NOT NULL, status INTEGER NOT NULL, response TEXT NOT NULL, created_at TEXT NOT NULL,
-    PRIMARY KEY (agent_id, endpoint, key));
+CREATE TABLE IF NOT EXISTS answers (id INTEGER PRIMARY KEY, agent_id TEXT NOT NULL, endpoint TEXT NOT NULL,
+    key TEXT NOT NULL, request_hash TEXT NOT NULL, status INTEGER NOT NULL, response TEXT NOT NULL,
+    created_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS spends_by_seq ON spends (seq);
 CREATE INDEX IF NOT EXISTS live_approvals ON approvals (agent_id) WHERE state = 'live';
 ";
@@ -248,7 +303,15 @@ impl Store {
         conn.execute("UPDATE approval_requests SET approval_token = NULL WHERE approval_token IS NOT NULL", [])?;
         // Every statement is prepared once and reused (parsing SQL was a tenth of a decision).
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Self { conn, keys: RefCell::default(), undo: RefCell::default() })
+        migrate_idempotency(&conn)?;
+        let slots = conn
+            .prepare("SELECT id, agent_id, endpoint, key FROM answers ORDER BY id")?
+            .query_map([], |r| {
+                let (agent, endpoint, key): (String, String, String) = (r.get(1)?, r.get(2)?, r.get(3)?);
+                Ok((slot(&agent, &endpoint, &key), r.get(0)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Self { conn, keys: RefCell::default(), undo: RefCell::default(), slots: RefCell::new(slots) })
     }
 
     pub fn add_agent(&self, id: &str, name: &str, now: &str) -> Result<(), StoreError> {
@@ -697,22 +760,30 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The answer remembered for `key` (its request's hash, status and body), if any.
     pub fn idempotent(
         &self,
         agent: &str,
         endpoint: &str,
         key: &str,
     ) -> Result<Option<(String, u16, String)>, StoreError> {
-        Ok(self
+        let Some(&id) = self.slots.borrow().get(&slot(agent, endpoint, key)) else {
+            return Ok(None);
+        };
+        let row: Option<(String, String, String, String, u16, String)> = self
             .conn
             .prepare_cached(
-                "SELECT request_hash, status, response FROM idempotency WHERE agent_id = ?1 AND endpoint = ?2 AND key = ?3")?.query_row(
-                params![agent, endpoint, key],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?)
+                "SELECT agent_id, endpoint, key, request_hash, status, response FROM answers WHERE id = ?1",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .optional()?;
+        Ok(row
+            .filter(|(a, e, k, ..)| (a.as_str(), e.as_str(), k.as_str()) == (agent, endpoint, key))
+            .map(|(.., hash, status, response)| (hash, status, response)))
     }
 
+    /// Remembers the answer to `key` (asked only once [`Store::idempotent`] found none). Of two
+    /// keys that share a slot (one pair in 2⁶⁴), the later one is answered again on a repeat.
     #[allow(clippy::too_many_arguments)]
     pub fn remember(
         &self,
@@ -724,11 +795,13 @@ impl Store {
         response: &str,
         now: &str,
     ) -> Result<(), StoreError> {
-        self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO idempotency (agent_id, endpoint, key, request_hash, status, response, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
-            params![agent, endpoint, key, request_hash, status, response, now],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO answers (agent_id, endpoint, key, request_hash, status, response, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![agent, endpoint, key, request_hash, status, response, now])?;
+        self.slots.borrow_mut().insert(slot(agent, endpoint, key), self.conn.last_insert_rowid());
         Ok(())
     }
 
@@ -736,13 +809,60 @@ impl Store {
     pub fn idempotency_count(&self, agent: &str) -> Result<u64, StoreError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT COUNT(*) FROM idempotency WHERE agent_id = ?1")?
+            .prepare_cached("SELECT COUNT(*) FROM answers WHERE agent_id = ?1")?
             .query_row([agent], |r| r.get(0))?)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    /// A remembered answer is found by its agent, endpoint and key (and by nothing else), after
+    /// a restart too; an earlier version's `idempotency` table is carried over on open.
+    #[test]
+    fn remembered_answers_are_found_by_their_key_across_a_restart_and_an_upgrade() {
+        let dir = std::env::temp_dir().join(format!("conto-local-answers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("local.db");
+        {
+            let store = super::Store::open(Some(&db)).unwrap();
+            store.remember("agent-1", "payments/approve", "k1", "h1", 200, "{\"a\":1}", "now").unwrap();
+            let found = store.idempotent("agent-1", "payments/approve", "k1").unwrap();
+            assert_eq!(found, Some(("h1".to_owned(), 200, "{\"a\":1}".to_owned())));
+            for (agent, endpoint, key) in [
+                ("agent-2", "payments/approve", "k1"),
+                ("agent-1", "x402/pre-authorize", "k1"),
+                ("agent-1", "payments/approve", "k2"),
+            ] {
+                assert_eq!(store.idempotent(agent, endpoint, key).unwrap(), None, "{agent} {endpoint} {key}");
+            }
+            // An answer whose write did not commit is not found, and the key that reuses its
+            // row is found as itself.
+            let failed = store.batch(|s| {
+                s.remember("agent-1", "payments/approve", "lost", "h4", 200, "{}", "now").unwrap();
+                s.fail_commit_for_test();
+            });
+            assert!(failed.is_err(), "the commit failed");
+            store.remember("agent-1", "payments/approve", "next", "h5", 200, "{}", "now").unwrap();
+            assert_eq!(store.idempotent("agent-1", "payments/approve", "lost").unwrap(), None);
+            assert_eq!(store.idempotent("agent-1", "payments/approve", "next").unwrap().unwrap().0, "h5");
+            // An earlier version's table, as it was written.
+            store.execute_for_test(
+                "CREATE TABLE idempotency (agent_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL,
+                    request_hash TEXT NOT NULL, status INTEGER NOT NULL, response TEXT NOT NULL, created_at TEXT NOT NULL,
+                    PRIMARY KEY (agent_id, endpoint, key));
+                 INSERT INTO idempotency VALUES ('agent-3', 'cards/approve', 'old', 'h3', 409, '{\"code\":\"X\"}', 'then');",
+            );
+        }
+        let store = super::Store::open(Some(&db)).unwrap();
+        assert_eq!(store.idempotent("agent-1", "payments/approve", "k1").unwrap().unwrap().0, "h1", "after a restart");
+        let old = store.idempotent("agent-3", "cards/approve", "old").unwrap();
+        assert_eq!(old, Some(("h3".to_owned(), 409, "{\"code\":\"X\"}".to_owned())), "carried over");
+        assert_eq!(store.idempotency_count("agent-3").unwrap(), 1);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_cached_key_is_refused_as_soon_as_it_is_revoked_or_its_agent_deleted() {
         let store = super::Store::open(None).unwrap();
