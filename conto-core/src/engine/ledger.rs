@@ -17,7 +17,7 @@ use crate::policy::{CounterId, Period};
 /// Hash maps keyed by engine-internal keys: a fast hasher, still seeded per process.
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// An authorization id as a fixed-size key: the 96 random bits of the engine's own
+/// An authorization id as a fixed-size key: the 96 bits (a second, then 64 random) of the engine's own
 /// `auth_<24 hex>` ids, exactly; any other id through two independent 64-bit hashes. Keeps the
 /// live and closed maps free of string compares and pointer chasing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,9 +29,13 @@ impl IdKey {
         self.0
     }
 
-    /// A fresh engine id (`auth_` and 24 random lower-case hex digits) with its key: no parse.
-    pub fn fresh() -> (Self, String) {
-        let bits = rand::random::<u128>() & ((1 << 96) - 1);
+    /// A fresh engine id (`auth_` and 24 lower-case hex digits) with its key: no parse. The
+    /// first 8 digits are the second it was made in (`now`, Unix time), the other 16 random:
+    /// ids sort by when they were made, so a store's index of them grows at its end instead
+    /// of splitting pages all over, and 64 random bits keep two ids of one second apart.
+    pub fn fresh(now: Timestamp) -> (Self, String) {
+        let second = now.as_second().clamp(0, i64::from(u32::MAX)) as u128;
+        let bits = second << 64 | u128::from(rand::random::<u64>());
         (Self(bits), crate::ids::hex_id("auth_", bits, 24))
     }
 
@@ -623,8 +627,17 @@ mod tests {
     }
 
     #[test]
-    fn fresh_ids_carry_their_key() {
-        let (key, id) = IdKey::fresh();
+    fn fresh_ids_carry_their_key_and_sort_by_when_they_were_made() {
+        use jiff::{SignedDuration as D, Timestamp};
+        let t = Timestamp::from_second(1_790_000_000).unwrap();
+        let (key, id) = IdKey::fresh(t);
         assert_eq!(IdKey::of(&id), key);
+        assert!(id.starts_with("auth_6ab13b80"), "{id}");
+        let (_, same_second) = IdKey::fresh(t);
+        assert_ne!(id, same_second, "64 random bits apart");
+        for later in [D::from_secs(1), D::from_hours(24), D::from_hours(24 * 365 * 10)] {
+            let (_, next) = IdKey::fresh(t + later);
+            assert!(next > id && next > same_second, "{next} after {id}");
+        }
     }
 }

@@ -606,7 +606,7 @@ impl Engine {
         if let Some(denial) = screened.denied_outright() {
             return Ok(Decision::from_policy(Verdict::Denied(denial)));
         }
-        let (key, id) = IdKey::fresh();
+        let (key, id) = IdKey::fresh(now);
         // Created here when the actor has none yet (never for a denial outright).
         let created;
         let ledger = match ledger {
@@ -740,7 +740,7 @@ impl Engine {
         daily: Option<(Decimal, Decimal)>,
         now: Timestamp,
     ) -> Result<Authorization, AuthorityError> {
-        let (key, id) = IdKey::fresh();
+        let (key, id) = IdKey::fresh(now);
         let expires_at = now.saturating_add(self.approval_ttl(&intent.rail)).unwrap_or(now);
         self.reserve(ledger, (key, &id), &intent, expires_at, holds, windows, now)?;
         let limits = limits_of(daily);
