@@ -186,6 +186,9 @@ pub struct Authorization {
     pub limits: Limits,
     /// The intent that was approved.
     pub intent: Arc<PaymentIntent>,
+    /// The wallet the authority named for the payment, when it names one (Conto's x402/MPP
+    /// pre-authorization `wallet.id`); an MPP record sends it back as `walletId`.
+    pub wallet_id: Option<String>,
 }
 
 impl Authorization {
@@ -207,6 +210,7 @@ impl fmt::Debug for Authorization {
             .field("expires_at", &self.expires_at)
             .field("limits", &self.limits)
             .field("actor", &self.intent.actor)
+            .field("wallet_id", &self.wallet_id)
             .finish()
     }
 }

@@ -115,6 +115,10 @@ pub struct QueuedRecord {
     pub settled: Option<Amount>,
     /// The settlement's reference.
     pub reference: Option<String>,
+    /// The wallet the authority named ([`Authorization::wallet_id`]); absent from records
+    /// queued by earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallet_id: Option<String>,
 }
 
 impl std::fmt::Debug for QueuedRecord {
@@ -142,6 +146,7 @@ impl QueuedRecord {
             intent: (*authorization.intent).clone(),
             settled: settlement.amount,
             reference: settlement.reference.clone(),
+            wallet_id: authorization.wallet_id.clone(),
         }
     }
 
@@ -154,6 +159,7 @@ impl QueuedRecord {
             expires_at: self.expires_at,
             limits: Default::default(),
             intent: Arc::new(self.intent.clone()),
+            wallet_id: self.wallet_id.clone(),
         }
     }
 
@@ -257,4 +263,39 @@ pub fn backoff(attempts: u32) -> Duration {
 /// record is still in flight.
 pub fn transient(error: &AuthorityError) -> bool {
     error.is_retryable() || error.code() == Some("IDEMPOTENCY_IN_FLIGHT")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PaymentIntent, Rail};
+
+    /// A stored record keeps the wallet its authority named; one an earlier version stored,
+    /// without the field, still reads.
+    #[test]
+    fn a_stored_record_keeps_its_wallet_and_an_older_one_reads() {
+        let intent = PaymentIntent::builder("agent-1", "3", Rail::mpp("https://mpp.example.com/v1").unwrap())
+            .recipient("0x2222222222222222222222222222222222222222")
+            .build()
+            .unwrap();
+        let authorization = Authorization {
+            id: "auth_1".into(),
+            token: None,
+            amount: "3".parse().unwrap(),
+            expires_at: Timestamp::now(),
+            limits: Default::default(),
+            intent: Arc::new(intent),
+            wallet_id: Some("wal_tempo".into()),
+        };
+        let record = QueuedRecord::new(RecordKind::Record, &authorization, &Settlement::default());
+        let stored = record.to_stored(None).unwrap();
+        let back = QueuedRecord::from_stored(&stored, None).unwrap();
+        assert_eq!(back.authorization().wallet_id.as_deref(), Some("wal_tempo"));
+
+        let mut older: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        older.as_object_mut().unwrap().remove("wallet_id");
+        let back = QueuedRecord::from_stored(&older.to_string(), None).unwrap();
+        assert_eq!(back.authorization().wallet_id, None);
+        assert_eq!(back.authorization_id, "auth_1");
+    }
 }

@@ -6,7 +6,8 @@
 //!
 //! - Error body: `{"error": text, "code": CODE, "message": text}` with Conto's codes and statuses
 //!   (§8); idempotency conflicts are `409 IDEMPOTENCY_CONFLICT`. A repeat of a key that arrives
-//!   while the first request is still running waits for it and gets its answer.
+//!   while the first request is still running waits for it and gets its answer. Answers are
+//!   kept for the life of the database (with about 32 bytes of memory each, their index).
 //! - One process owns the database file (SQLite `EXCLUSIVE` locking, kept for the server's
 //!   life): the engine's ledger lives in that process, so a second server on the same file is
 //!   refused with [`LocalError::InUse`] rather than splitting every budget in two.
@@ -25,7 +26,8 @@
 //!   delegated wallet on the rail's chain (MPP `"4217"`, x402 `"8453"`), else its first
 //!   delegation, with what the delegation states; an agent with none pays from its app's own
 //!   wallet, `{"id": "external", "custodyType": "EXTERNAL"}`. conto-local holds no wallet, so
-//!   `availableBalance` is `null` unless the delegation states one.
+//!   `availableBalance` is `null` unless the delegation states one. An MPP record's `walletId`
+//!   (the client sends back the one named) is taken as sent, not checked.
 //! - Confirm takes an optional `amount` (the settled amount, at most the approved one).
 //! - A transfer approve without `chainId` is on Conto's default chain, Tempo testnet (42431):
 //!   Conto's skill lists only `amount`, `recipientAddress` and `senderAddress` as required.

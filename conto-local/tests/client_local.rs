@@ -152,6 +152,29 @@ async fn requires_approval_then_a_human_approves_and_the_wait_mode_proceeds() {
     assert_eq!(server.spend_count("agent-1").unwrap(), 1);
 }
 
+/// An x402 or MPP approval through the client keeps the wallet conto-local named (the agent's
+/// delegation on the rail's chain, else its app's own), which an MPP record sends back.
+#[tokio::test]
+async fn an_approval_keeps_the_wallet_its_authority_named() {
+    let (server, org, key) = setup().await;
+    let client = client(&server, &key);
+    let wallet = |d: conto_core::Decision| match d.verdict {
+        conto_core::Verdict::Approved(a) => a.wallet_id,
+        other => panic!("expected an approval, got {other:?}"),
+    };
+    assert_eq!(wallet(client.authorize_intent(&mpp("agent-1", "3")).await.unwrap()).as_deref(), Some("external"));
+    let (status, body) =
+        org.post("/api/agents/agent-1/wallets", json!({"walletId": "wal_tempo", "chainId": "4217"})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(wallet(client.authorize_intent(&mpp("agent-1", "3")).await.unwrap()).as_deref(), Some("wal_tempo"));
+    assert_eq!(wallet(client.authorize_intent(&x402("agent-1", "2")).await.unwrap()).as_deref(), Some("wal_tempo"));
+    assert_eq!(wallet(client.authorize_intent(&transfer("agent-1", "2")).await.unwrap()), None);
+    // Through the pipeline, the MPP payment settles and its record (naming the wallet) is taken.
+    let out: Result<(), PayError> =
+        conto(&server, &key).guard(mpp("agent-1", "3"), |_| async { Ok(()) }, |_| Settlement::default()).await;
+    assert!(out.is_ok(), "{out:?}");
+}
+
 #[tokio::test]
 async fn reads_policies_and_budgets() {
     let (server, _, key) = setup().await;

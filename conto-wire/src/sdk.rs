@@ -296,6 +296,7 @@ impl PaymentBody {
                 body.transaction_hash = settlement.reference.clone();
                 body.session_id = session_id.clone();
                 body.scheme = Some("mpp".to_owned());
+                body.wallet_id = authorization.wallet_id.clone();
                 body.authorization_id = Some(authorization.id.clone());
             }
             Rail::Card { .. } => {
@@ -738,6 +739,40 @@ mod tests {
             serde_json::from_str(r#"{"approved": false, "reasons": null, "violations": null}"#).unwrap();
         assert!(d.reasons.is_empty() && d.violations.is_empty());
         assert!(serde_json::from_str::<DecisionBody>(r#"{"authorized": true, "amount": -1}"#).is_err());
+    }
+
+    /// An MPP record sends back the wallet its pre-authorization named (Conto's `walletId`),
+    /// and no `walletId` when none was named; an x402 record carries none.
+    #[test]
+    fn an_mpp_record_names_the_wallet_its_pre_authorization_named() {
+        let mpp = PaymentIntent::builder("agent-1", "3", Rail::mpp("https://mpp.example.com/v1").unwrap())
+            .recipient("0x2222222222222222222222222222222222222222")
+            .build()
+            .unwrap();
+        let x402 = PaymentIntent::builder("agent-1", "3", Rail::x402("https://api.example.com/v1").unwrap())
+            .recipient("0x2222222222222222222222222222222222222222")
+            .build()
+            .unwrap();
+        let answer = r#"{"authorized": true, "authorizationId": "auth_1", "expiresAt": "2099-01-01T00:00:00Z",
+            "wallet": {"id": "wal_tempo", "address": null, "chainId": "4217", "availableBalance": null}}"#;
+        let body: DecisionBody = serde_json::from_str(answer).unwrap();
+        assert_eq!(body.wallet.as_ref().map(|w| w.id.as_str()), Some("wal_tempo"));
+        let authorization = |intent: PaymentIntent, wallet: Option<&str>| Authorization {
+            id: "auth_1".into(),
+            token: None,
+            amount: "3".parse().unwrap(),
+            expires_at: conto_core::jiff::Timestamp::now(),
+            limits: Limits::default(),
+            intent: std::sync::Arc::new(intent),
+            wallet_id: wallet.map(str::to_owned),
+        };
+        let sent = |a: &Authorization| {
+            let (_, body) = PaymentBody::record(a, &Settlement::default().reference("0xtx"), None).unwrap().unwrap();
+            serde_json::to_value(body).unwrap()
+        };
+        assert_eq!(sent(&authorization(mpp.clone(), Some("wal_tempo")))["walletId"], "wal_tempo");
+        assert!(sent(&authorization(mpp, None)).get("walletId").is_none());
+        assert!(sent(&authorization(x402, Some("wal_base"))).get("walletId").is_none());
     }
 
     #[test]

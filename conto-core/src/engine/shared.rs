@@ -421,6 +421,7 @@ impl SharedEngine {
                         expires_at,
                         limits: limits_of(daily),
                         intent: Arc::new(intent.clone()),
+                        wallet_id: None,
                     }));
                     vec![write]
                 }
@@ -614,6 +615,7 @@ impl SharedEngine {
                     expires_at,
                     limits,
                     intent: Arc::new(pending.intent),
+                    wallet_id: None,
                 })
             }
             Some(PendingAnswer::Denied { denial }) => Verdict::Denied(denial),
