@@ -19,7 +19,7 @@ use rust_decimal::Decimal;
 use crate::micros::Micros;
 
 use super::evaluate::{self, Evaluation, Reads, evaluate};
-use super::ledger::{CounterKey, VelocityKey};
+use super::ledger::{CounterKey, IdKey, VelocityKey};
 use super::{Engine, EngineBuilder, Usage, limits_of};
 use crate::authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError, Outage};
 use crate::controls::ProductControls;
@@ -377,7 +377,8 @@ fn reservation(
     ttl: jiff::SignedDuration,
     now: Timestamp,
 ) -> (String, Timestamp, LedgerWrite) {
-    let id = random_id("auth_", 12);
+    // Time-ordered, as the engine's own: the shared ledger's tables index them at their end.
+    let id = IdKey::fresh(now).1;
     let expires_at = now.saturating_add(ttl).unwrap_or(now);
     let (counters, windows) = slots(held, taken, now);
     let write = LedgerWrite::Reserve { id: id.clone(), amount: amount.get(), expires_at, counters, windows, at: now };
