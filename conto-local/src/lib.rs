@@ -6,8 +6,9 @@
 //!
 //! - Error body: `{"error": text, "code": CODE, "message": text}` with Conto's codes and statuses
 //!   (§8); idempotency conflicts are `409 IDEMPOTENCY_CONFLICT`. A repeat of a key that arrives
-//!   while the first request is still running waits for it and gets its answer. Answers are
-//!   kept for the life of the database (with about 32 bytes of memory each, their index).
+//!   while the first request is still running waits for it and gets its answer. An answer is
+//!   remembered for 24 hours (Stripe's floor; Conto's docs name no window), across restarts,
+//!   with about 32 bytes of memory each for its index; a repeat after that is a new request.
 //! - One process owns the database file (SQLite `EXCLUSIVE` locking, kept for the server's
 //!   life): the engine's ledger lives in that process, so a second server on the same file is
 //!   refused with [`LocalError::InUse`] rather than splitting every budget in two.

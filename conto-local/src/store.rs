@@ -82,7 +82,19 @@ pub(crate) struct Store {
     /// same agent, endpoint and key, so an entry whose write did not commit (or two keys in one
     /// slot) never answers for another key.
     slots: RefCell<HashMap<i64, i64>>,
+    /// Answers remembered since old ones were last forgotten.
+    remembered: std::cell::Cell<usize>,
 }
+
+/// How long an idempotency key's answer is remembered: a day, the floor peers promise (Stripe
+/// keeps keys at least 24 hours; Conto's docs name no window). A repeat after that is a new
+/// request.
+pub(crate) const ANSWER_RETENTION: conto_core::jiff::SignedDuration = conto_core::jiff::SignedDuration::from_hours(24);
+
+/// Old answers are forgotten every this many remembered ones, up to twice as many at a time:
+/// forgetting keeps pace with remembering, a little at a time, and the table and its map in
+/// memory hold about a day of answers.
+const FORGET_EVERY: usize = 1024;
 
 /// An idempotency key's slot: the first 8 bytes of the SHA-256 of the agent, the endpoint and
 /// the key.
@@ -312,7 +324,15 @@ impl Store {
                 Ok((slot(&agent, &endpoint, &key), r.get(0)?))
             })?
             .collect::<Result<_, _>>()?;
-        Ok(Self { conn, keys: RefCell::default(), undo: RefCell::default(), slots: RefCell::new(slots) })
+        let store = Self {
+            conn,
+            keys: RefCell::default(),
+            undo: RefCell::default(),
+            slots: RefCell::new(slots),
+            remembered: Default::default(),
+        };
+        while store.forget_old_answers(conto_core::jiff::Timestamp::now(), 4 * FORGET_EVERY)? == 4 * FORGET_EVERY {}
+        Ok(store)
     }
 
     pub fn add_agent(&self, id: &str, name: &str, now: &str) -> Result<(), StoreError> {
@@ -803,7 +823,44 @@ impl Store {
             )?
             .execute(params![agent, endpoint, key, request_hash, status, response, now])?;
         self.slots.borrow_mut().insert(slot(agent, endpoint, key), self.conn.last_insert_rowid());
+        self.remembered.set(self.remembered.get() + 1);
+        if self.remembered.get() >= FORGET_EVERY {
+            self.remembered.set(0);
+            self.forget_old_answers(conto_core::jiff::Timestamp::now(), 2 * FORGET_EVERY)?;
+        }
         Ok(())
+    }
+
+    /// Forgets up to `at_most` of the oldest answers remembered longer than
+    /// [`ANSWER_RETENTION`] before `now` (one whose time does not read counts as old), with
+    /// their entries in the map; says how many. Answers are appended in time order, so the old
+    /// ones are the first rows: this reads only what it forgets, and one more.
+    pub fn forget_old_answers(&self, now: conto_core::jiff::Timestamp, at_most: usize) -> Result<usize, StoreError> {
+        let cutoff = now.saturating_sub(ANSWER_RETENTION).unwrap_or(now);
+        let mut old: Vec<(i64, i64)> = Vec::new();
+        {
+            let mut first = self
+                .conn
+                .prepare_cached("SELECT id, agent_id, endpoint, key, created_at FROM answers ORDER BY id LIMIT ?1")?;
+            let mut rows = first.query([at_most as i64 + 1])?;
+            while let Some(r) = rows.next()? {
+                let at: Option<conto_core::jiff::Timestamp> = r.get::<_, String>(4)?.parse().ok();
+                if old.len() == at_most || at.is_some_and(|at| at >= cutoff) {
+                    break;
+                }
+                let (agent, endpoint, key): (String, String, String) = (r.get(1)?, r.get(2)?, r.get(3)?);
+                old.push((r.get(0)?, slot(&agent, &endpoint, &key)));
+            }
+        }
+        let Some(&(last, _)) = old.last() else { return Ok(0) };
+        self.conn.prepare_cached("DELETE FROM answers WHERE id <= ?1")?.execute([last])?;
+        let mut slots = self.slots.borrow_mut();
+        for (id, slot) in &old {
+            if slots.get(slot) == Some(id) {
+                slots.remove(slot);
+            }
+        }
+        Ok(old.len())
     }
 
     /// How many idempotency keys are stored for `agent`.
@@ -825,9 +882,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let db = dir.join("local.db");
+        let now = crate::now_text();
         {
             let store = super::Store::open(Some(&db)).unwrap();
-            store.remember("agent-1", "payments/approve", "k1", "h1", 200, "{\"a\":1}", "now").unwrap();
+            store.remember("agent-1", "payments/approve", "k1", "h1", 200, "{\"a\":1}", &now).unwrap();
             let found = store.idempotent("agent-1", "payments/approve", "k1").unwrap();
             assert_eq!(found, Some(("h1".to_owned(), 200, "{\"a\":1}".to_owned())));
             for (agent, endpoint, key) in [
@@ -840,20 +898,20 @@ mod tests {
             // An answer whose write did not commit is not found, and the key that reuses its
             // row is found as itself.
             let failed = store.batch(|s| {
-                s.remember("agent-1", "payments/approve", "lost", "h4", 200, "{}", "now").unwrap();
+                s.remember("agent-1", "payments/approve", "lost", "h4", 200, "{}", &now).unwrap();
                 s.fail_commit_for_test();
             });
             assert!(failed.is_err(), "the commit failed");
-            store.remember("agent-1", "payments/approve", "next", "h5", 200, "{}", "now").unwrap();
+            store.remember("agent-1", "payments/approve", "next", "h5", 200, "{}", &now).unwrap();
             assert_eq!(store.idempotent("agent-1", "payments/approve", "lost").unwrap(), None);
             assert_eq!(store.idempotent("agent-1", "payments/approve", "next").unwrap().unwrap().0, "h5");
             // An earlier version's table, as it was written.
-            store.execute_for_test(
+            store.execute_for_test(&format!(
                 "CREATE TABLE idempotency (agent_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL,
                     request_hash TEXT NOT NULL, status INTEGER NOT NULL, response TEXT NOT NULL, created_at TEXT NOT NULL,
                     PRIMARY KEY (agent_id, endpoint, key));
-                 INSERT INTO idempotency VALUES ('agent-3', 'cards/approve', 'old', 'h3', 409, '{\"code\":\"X\"}', 'then');",
-            );
+                 INSERT INTO idempotency VALUES ('agent-3', 'cards/approve', 'old', 'h3', 409, '{{\"code\":\"X\"}}', '{now}');"
+            ));
         }
         let store = super::Store::open(Some(&db)).unwrap();
         assert_eq!(store.idempotent("agent-1", "payments/approve", "k1").unwrap().unwrap().0, "h1", "after a restart");
@@ -862,6 +920,33 @@ mod tests {
         assert_eq!(store.idempotency_count("agent-3").unwrap(), 1);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An answer is remembered for a day, then forgotten (its key answers afresh); newer ones
+    /// stay, and each pass forgets at most what it is allowed to.
+    #[test]
+    fn answers_are_forgotten_after_a_day_and_no_sooner() {
+        use conto_core::jiff::{SignedDuration, Timestamp};
+        let store = super::Store::open(None).unwrap();
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |hours: i64| (t0 + SignedDuration::from_hours(hours)).to_string();
+        for (key, created) in
+            [("a", at(0)), ("b", at(1)), ("garbled", "not a time".to_owned()), ("c", at(2)), ("d", at(30))]
+        {
+            store.remember("agent-1", "payments/approve", key, "h", 200, "{}", &created).unwrap();
+        }
+        let found = |key: &str| store.idempotent("agent-1", "payments/approve", key).unwrap().is_some();
+        // A day and half an hour after the second: the first two go, one at a time when asked so.
+        let now = t0 + SignedDuration::from_mins(25 * 60 + 30);
+        assert_eq!(store.forget_old_answers(now, 1).unwrap(), 1);
+        assert!(!found("a") && found("b"));
+        assert_eq!(store.forget_old_answers(now, 10).unwrap(), 2, "b, and the one whose time does not read");
+        assert!(!found("b") && !found("garbled") && found("c") && found("d"));
+        assert_eq!(store.forget_old_answers(now, 10).unwrap(), 0, "c is 23½ hours old");
+        assert_eq!(store.idempotency_count("agent-1").unwrap(), 2);
+        // Forgotten: the key is new again, and remembered anew.
+        store.remember("agent-1", "payments/approve", "a", "h2", 200, "{}", &at(25)).unwrap();
+        assert_eq!(store.idempotent("agent-1", "payments/approve", "a").unwrap().unwrap().0, "h2");
     }
 
     #[test]
