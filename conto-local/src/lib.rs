@@ -25,8 +25,10 @@
 //!   reservation (each endpoint settles only its own flow's approvals). An approved one names
 //!   its `wallet` (`id`, `address`, `chainId`, `custodyType`, `availableBalance`): the agent's
 //!   delegated wallet on the rail's chain (MPP `"4217"`, x402 `"8453"`), else its first
-//!   delegation, with what the delegation states; an agent with none pays from its app's own
-//!   wallet, `{"id": "external", "custodyType": "EXTERNAL"}`. conto-local holds no wallet, so
+//!   delegation, with what the delegation states (`chainId` always a string); an agent with none
+//!   pays from its app's own wallet, `{"id": "external", "custodyType": "EXTERNAL"}` (x402's
+//!   chain and `external` are conto-local's choices: Conto's docs name no x402 chain, and Conto
+//!   would refuse an agent without a wallet with `NO_WALLET`). conto-local holds no wallet, so
 //!   `availableBalance` is `null` unless the delegation states one. An MPP record's `walletId`
 //!   (the client sends back the one named) is taken as sent, not checked.
 //! - Confirm takes an optional `amount` (the settled amount, at most the approved one).

@@ -204,7 +204,7 @@ fn once<T: Answer>(
     let canonical = PaymentBody { idempotency_key: None, ..body.clone() };
     let request_hash = hash(&serde_json::to_string(&canonical).unwrap_or_default());
     let store = lock(&app.store);
-    if let Some((stored_hash, status, response)) = store.idempotent(&caller.agent, endpoint, &key)? {
+    if let Some((stored_hash, status, response)) = store.idempotent(&caller.agent, endpoint, &key, Timestamp::now())? {
         if stored_hash != request_hash {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -283,6 +283,11 @@ fn decide(
     intent: &PaymentIntent,
     kind: Kind,
 ) -> Result<(StatusCode, DecisionBody), ApiError> {
+    // Read before deciding: nothing can fail between a reservation and the writes it stands on.
+    let wallet = match kind {
+        Kind::X402 | Kind::Mpp => Some(paying_wallet(store, intent.actor.as_str(), kind)?),
+        _ => None,
+    };
     let decision = app.engine.decide(intent);
     let intent_json = serde_json::to_string(intent).unwrap_or_default();
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
@@ -326,7 +331,7 @@ fn decide(
                     body.authorized = Some(true);
                     body.authorization_id = Some(a.id.clone());
                     body.recipient_address = recipient;
-                    body.wallet = Some(paying_wallet(store, intent.actor.as_str(), kind)?);
+                    body.wallet = wallet;
                 }
                 Kind::Card => {
                     body.request_id = Some(a.id.clone());
@@ -420,16 +425,23 @@ fn decide(
 
 /// The wallet an approved x402/MPP payment is made from, as Conto names it: the agent's
 /// delegated wallet on the rail's chain (else its first), with what the delegation says of it
-/// (`address`, `chainId`, `custodyType`, `availableBalance`); an agent with no delegation pays
-/// from its app's own wallet, `external`. conto-local holds no wallet, so it knows no balance
-/// the delegation does not state.
+/// (`address`, `chainId`, `custodyType`, `availableBalance`). conto-local's own choices, where
+/// Conto's docs are silent: x402's chain is Base (`"8453"`); an agent with no delegation pays
+/// from its app's own wallet, `external` (Conto would refuse it with `NO_WALLET`); and holding
+/// no wallet, conto-local knows no balance the delegation does not state.
 fn paying_wallet(store: &Store, agent: &str, kind: Kind) -> Result<PayingWallet, ApiError> {
     let chain = if kind == Kind::Mpp { "4217" } else { "8453" };
-    let delegations = store.wallets(Some(agent))?;
-    let field = |w: &conto_wire::org::AgentWallet, name: &str| w.extra.get(name).filter(|v| !v.is_null()).cloned();
-    let on_chain = |w: &&conto_wire::org::AgentWallet| {
-        field(w, "chainId").is_some_and(|c| c.as_str().map(str::to_owned).unwrap_or_else(|| c.to_string()) == chain)
+    // A stated field as text: a string as it is, a number as its digits (Conto writes chains
+    // as strings).
+    let text = |w: &conto_wire::org::AgentWallet, name: &str| {
+        w.extra.get(name).filter(|v| !v.is_null()).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
     };
+    let delegations: Vec<_> = store
+        .wallets(Some(agent))?
+        .into_iter()
+        .filter(|w| w.wallet_id.as_deref().is_some_and(|id| !id.is_empty()))
+        .collect();
+    let on_chain = |w: &&conto_wire::org::AgentWallet| text(w, "chainId").as_deref() == Some(chain);
     let Some(w) = delegations.iter().find(on_chain).or(delegations.first()) else {
         return Ok(PayingWallet {
             id: "external".to_owned(),
@@ -440,14 +452,10 @@ fn paying_wallet(store: &Store, agent: &str, kind: Kind) -> Result<PayingWallet,
     };
     Ok(PayingWallet {
         id: w.wallet_id.clone().unwrap_or_default(),
-        address: field(w, "address").or_else(|| field(w, "walletAddress")).and_then(|a| a.as_str().map(str::to_owned)),
-        chain_id: Some(field(w, "chainId").unwrap_or_else(|| chain.into())),
-        custody_type: Some(
-            field(w, "custodyType")
-                .and_then(|c| c.as_str().map(str::to_owned))
-                .unwrap_or_else(|| "EXTERNAL".to_owned()),
-        ),
-        available_balance: field(w, "availableBalance"),
+        address: text(w, "address").or_else(|| text(w, "walletAddress")),
+        chain_id: Some(text(w, "chainId").unwrap_or_else(|| chain.to_owned()).into()),
+        custody_type: Some(text(w, "custodyType").unwrap_or_else(|| "EXTERNAL".to_owned())),
+        available_balance: w.extra.get("availableBalance").cloned(),
     })
 }
 

@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -82,6 +83,8 @@ pub(crate) struct Store {
     /// same agent, endpoint and key, so an entry whose write did not commit (or two keys in one
     /// slot) never answers for another key.
     slots: RefCell<HashMap<i64, i64>>,
+    /// The hash key of [`slot`].
+    slot_keys: RandomState,
     /// Answers remembered since old ones were last forgotten.
     remembered: std::cell::Cell<usize>,
 }
@@ -96,17 +99,13 @@ pub(crate) const ANSWER_RETENTION: conto_core::jiff::SignedDuration = conto_core
 /// memory hold about a day of answers.
 const FORGET_EVERY: usize = 1024;
 
-/// An idempotency key's slot: the first 8 bytes of the SHA-256 of the agent, the endpoint and
-/// the key.
-fn slot(agent: &str, endpoint: &str, key: &str) -> i64 {
-    let digest = Sha256::new()
-        .chain_update(agent.as_bytes())
-        .chain_update([0])
-        .chain_update(endpoint.as_bytes())
-        .chain_update([0])
-        .chain_update(key.as_bytes())
-        .finalize();
-    i64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 has 32 bytes"))
+/// Where the map keeps an idempotency key's row: a keyed hash (SipHash under this process's own
+/// random key, [`RandomState`]) of the agent, the endpoint and the key. The map lives only in
+/// memory and is rebuilt on open, so the key need not outlive the process; not knowing it, a
+/// caller cannot choose two keys that share a slot (which would make the later one's answer
+/// hide the earlier one's).
+fn slot(keys: &RandomState, agent: &str, endpoint: &str, key: &str) -> i64 {
+    keys.hash_one((agent, endpoint, key)) as i64
 }
 
 /// Moves the answers of an earlier version's `idempotency` table (keyed by the agent, endpoint
@@ -317,11 +316,12 @@ impl Store {
         // Every statement is prepared once and reused (parsing SQL was a tenth of a decision).
         conn.set_prepared_statement_cache_capacity(64);
         migrate_idempotency(&conn)?;
+        let slot_keys = RandomState::new();
         let slots = conn
             .prepare("SELECT id, agent_id, endpoint, key FROM answers ORDER BY id")?
             .query_map([], |r| {
                 let (agent, endpoint, key): (String, String, String) = (r.get(1)?, r.get(2)?, r.get(3)?);
-                Ok((slot(&agent, &endpoint, &key), r.get(0)?))
+                Ok((slot(&slot_keys, &agent, &endpoint, &key), r.get(0)?))
             })?
             .collect::<Result<_, _>>()?;
         let store = Self {
@@ -329,6 +329,7 @@ impl Store {
             keys: RefCell::default(),
             undo: RefCell::default(),
             slots: RefCell::new(slots),
+            slot_keys,
             remembered: Default::default(),
         };
         while store.forget_old_answers(conto_core::jiff::Timestamp::now(), 4 * FORGET_EVERY)? == 4 * FORGET_EVERY {}
@@ -781,30 +782,37 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The answer remembered for `key` (its request's hash, status and body), if any.
+    /// The answer remembered for `key` (its request's hash, status and body), if any and if
+    /// remembered within [`ANSWER_RETENTION`] before `now` (an older one, not yet forgotten, no
+    /// longer answers; nor does one whose time does not read).
     pub fn idempotent(
         &self,
         agent: &str,
         endpoint: &str,
         key: &str,
+        now: conto_core::jiff::Timestamp,
     ) -> Result<Option<(String, u16, String)>, StoreError> {
-        let Some(&id) = self.slots.borrow().get(&slot(agent, endpoint, key)) else {
+        let Some(&id) = self.slots.borrow().get(&slot(&self.slot_keys, agent, endpoint, key)) else {
             return Ok(None);
         };
-        let row: Option<(String, String, String, String, u16, String)> = self
+        type Row = (String, String, String, String, u16, String, String);
+        let row: Option<Row> = self
             .conn
             .prepare_cached(
-                "SELECT agent_id, endpoint, key, request_hash, status, response FROM answers WHERE id = ?1",
+                "SELECT agent_id, endpoint, key, request_hash, status, response, created_at FROM answers WHERE id = ?1",
             )?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
             .optional()?;
+        let cutoff = now.saturating_sub(ANSWER_RETENTION).unwrap_or(now);
         Ok(row
             .filter(|(a, e, k, ..)| (a.as_str(), e.as_str(), k.as_str()) == (agent, endpoint, key))
-            .map(|(.., hash, status, response)| (hash, status, response)))
+            .filter(|(.., at)| at.parse::<conto_core::jiff::Timestamp>().is_ok_and(|at| at >= cutoff))
+            .map(|(_, _, _, hash, status, response, _)| (hash, status, response)))
     }
 
     /// Remembers the answer to `key` (asked only once [`Store::idempotent`] found none). Of two
-    /// keys that share a slot (one pair in 2⁶⁴), the later one is answered again on a repeat.
+    /// keys that share a slot (one pair in 2⁶⁴, and not choosable: see [`slot`]), the earlier
+    /// one is answered afresh on a repeat.
     #[allow(clippy::too_many_arguments)]
     pub fn remember(
         &self,
@@ -822,7 +830,7 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![agent, endpoint, key, request_hash, status, response, now])?;
-        self.slots.borrow_mut().insert(slot(agent, endpoint, key), self.conn.last_insert_rowid());
+        self.slots.borrow_mut().insert(slot(&self.slot_keys, agent, endpoint, key), self.conn.last_insert_rowid());
         self.remembered.set(self.remembered.get() + 1);
         if self.remembered.get() >= FORGET_EVERY {
             self.remembered.set(0);
@@ -849,7 +857,7 @@ impl Store {
                     break;
                 }
                 let (agent, endpoint, key): (String, String, String) = (r.get(1)?, r.get(2)?, r.get(3)?);
-                old.push((r.get(0)?, slot(&agent, &endpoint, &key)));
+                old.push((r.get(0)?, slot(&self.slot_keys, &agent, &endpoint, &key)));
             }
         }
         let Some(&(last, _)) = old.last() else { return Ok(0) };
@@ -878,6 +886,7 @@ mod tests {
     /// a restart too; an earlier version's `idempotency` table is carried over on open.
     #[test]
     fn remembered_answers_are_found_by_their_key_across_a_restart_and_an_upgrade() {
+        use conto_core::jiff::Timestamp;
         let dir = std::env::temp_dir().join(format!("conto-local-answers-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -886,14 +895,18 @@ mod tests {
         {
             let store = super::Store::open(Some(&db)).unwrap();
             store.remember("agent-1", "payments/approve", "k1", "h1", 200, "{\"a\":1}", &now).unwrap();
-            let found = store.idempotent("agent-1", "payments/approve", "k1").unwrap();
+            let found = store.idempotent("agent-1", "payments/approve", "k1", Timestamp::now()).unwrap();
             assert_eq!(found, Some(("h1".to_owned(), 200, "{\"a\":1}".to_owned())));
             for (agent, endpoint, key) in [
                 ("agent-2", "payments/approve", "k1"),
                 ("agent-1", "x402/pre-authorize", "k1"),
                 ("agent-1", "payments/approve", "k2"),
             ] {
-                assert_eq!(store.idempotent(agent, endpoint, key).unwrap(), None, "{agent} {endpoint} {key}");
+                assert_eq!(
+                    store.idempotent(agent, endpoint, key, Timestamp::now()).unwrap(),
+                    None,
+                    "{agent} {endpoint} {key}"
+                );
             }
             // An answer whose write did not commit is not found, and the key that reuses its
             // row is found as itself.
@@ -903,8 +916,11 @@ mod tests {
             });
             assert!(failed.is_err(), "the commit failed");
             store.remember("agent-1", "payments/approve", "next", "h5", 200, "{}", &now).unwrap();
-            assert_eq!(store.idempotent("agent-1", "payments/approve", "lost").unwrap(), None);
-            assert_eq!(store.idempotent("agent-1", "payments/approve", "next").unwrap().unwrap().0, "h5");
+            assert_eq!(store.idempotent("agent-1", "payments/approve", "lost", Timestamp::now()).unwrap(), None);
+            assert_eq!(
+                store.idempotent("agent-1", "payments/approve", "next", Timestamp::now()).unwrap().unwrap().0,
+                "h5"
+            );
             // An earlier version's table, as it was written.
             store.execute_for_test(&format!(
                 "CREATE TABLE idempotency (agent_id TEXT NOT NULL, endpoint TEXT NOT NULL, key TEXT NOT NULL,
@@ -914,16 +930,20 @@ mod tests {
             ));
         }
         let store = super::Store::open(Some(&db)).unwrap();
-        assert_eq!(store.idempotent("agent-1", "payments/approve", "k1").unwrap().unwrap().0, "h1", "after a restart");
-        let old = store.idempotent("agent-3", "cards/approve", "old").unwrap();
+        assert_eq!(
+            store.idempotent("agent-1", "payments/approve", "k1", Timestamp::now()).unwrap().unwrap().0,
+            "h1",
+            "after a restart"
+        );
+        let old = store.idempotent("agent-3", "cards/approve", "old", Timestamp::now()).unwrap();
         assert_eq!(old, Some(("h3".to_owned(), 409, "{\"code\":\"X\"}".to_owned())), "carried over");
         assert_eq!(store.idempotency_count("agent-3").unwrap(), 1);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// An answer is remembered for a day, then forgotten (its key answers afresh); newer ones
-    /// stay, and each pass forgets at most what it is allowed to.
+    /// An answer answers for a day: older, it no longer does (forgotten yet or not) and its key
+    /// is new again; forgetting removes only those, at most as many as it is allowed to.
     #[test]
     fn answers_are_forgotten_after_a_day_and_no_sooner() {
         use conto_core::jiff::{SignedDuration, Timestamp};
@@ -935,18 +955,23 @@ mod tests {
         {
             store.remember("agent-1", "payments/approve", key, "h", 200, "{}", &created).unwrap();
         }
-        let found = |key: &str| store.idempotent("agent-1", "payments/approve", key).unwrap().is_some();
-        // A day and half an hour after the second: the first two go, one at a time when asked so.
+        // A day and half an hour after the second: the first two (and the one whose time does
+        // not read) answer no longer, before they are forgotten too.
         let now = t0 + SignedDuration::from_mins(25 * 60 + 30);
-        assert_eq!(store.forget_old_answers(now, 1).unwrap(), 1);
-        assert!(!found("a") && found("b"));
-        assert_eq!(store.forget_old_answers(now, 10).unwrap(), 2, "b, and the one whose time does not read");
-        assert!(!found("b") && !found("garbled") && found("c") && found("d"));
+        let found = |key: &str| store.idempotent("agent-1", "payments/approve", key, now).unwrap().is_some();
+        assert!(!found("a") && !found("b") && !found("garbled") && found("c") && found("d"));
+        let kept = || store.idempotency_count("agent-1").unwrap();
+        assert_eq!((store.forget_old_answers(now, 1).unwrap(), kept()), (1, 4));
+        assert_eq!(
+            (store.forget_old_answers(now, 10).unwrap(), kept()),
+            (2, 2),
+            "b, and the one whose time does not read"
+        );
         assert_eq!(store.forget_old_answers(now, 10).unwrap(), 0, "c is 23½ hours old");
-        assert_eq!(store.idempotency_count("agent-1").unwrap(), 2);
+        assert!(found("c") && found("d"));
         // Forgotten: the key is new again, and remembered anew.
         store.remember("agent-1", "payments/approve", "a", "h2", 200, "{}", &at(25)).unwrap();
-        assert_eq!(store.idempotent("agent-1", "payments/approve", "a").unwrap().unwrap().0, "h2");
+        assert_eq!(store.idempotent("agent-1", "payments/approve", "a", now).unwrap().unwrap().0, "h2");
     }
 
     #[test]

@@ -649,7 +649,11 @@ async fn an_approved_pre_authorization_names_its_wallet() {
         assert_eq!(status, 201, "{body}");
     }
     let (_, x402) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("1")).await;
-    assert_eq!(x402["wallet"]["id"], "wal_base", "{x402}");
+    assert_eq!(
+        (&x402["wallet"]["id"], &x402["wallet"]["chainId"]),
+        (&json!("wal_base"), &json!("8453")),
+        "a string, as Conto writes it: {x402}"
+    );
     assert_eq!(
         (&x402["wallet"]["address"], &x402["wallet"]["availableBalance"]),
         (&json!(SENDER), &json!(250)),

@@ -133,6 +133,11 @@ fn chain_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
 }
 
 /// A list that may be sent as `null`.
+/// A field that reads as `None` when it does not have the expected shape.
+fn lenient<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(Option::<Value>::deserialize(d)?.and_then(|v| T::deserialize(v).ok()))
+}
+
 fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
@@ -450,8 +455,9 @@ pub struct DecisionBody {
     /// Spend counters after an approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
-    /// x402/MPP approved: the wallet the payment is made from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// x402/MPP approved: the wallet the payment is made from. Read leniently: a wallet of
+    /// another shape reads as none and never costs the decision it came with.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
     pub wallet: Option<PayingWallet>,
     /// A human must approve first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -486,6 +492,7 @@ impl DecisionBody {
 #[serde(rename_all = "camelCase")]
 pub struct PayingWallet {
     /// The wallet's id.
+    #[serde(default)]
     pub id: String,
     /// Its address, when known.
     pub address: Option<String>,
@@ -757,6 +764,17 @@ mod tests {
             "wallet": {"id": "wal_tempo", "address": null, "chainId": "4217", "availableBalance": null}}"#;
         let body: DecisionBody = serde_json::from_str(answer).unwrap();
         assert_eq!(body.wallet.as_ref().map(|w| w.id.as_str()), Some("wal_tempo"));
+        // A wallet of another shape never costs the decision.
+        for odd in [r#""wal_1""#, r#"{"id": 7}"#, r#"{"address": {"evm": "0x1"}}"#, "[]"] {
+            let odd = answer
+                .replace(r#"{"id": "wal_tempo", "address": null, "chainId": "4217", "availableBalance": null}"#, odd);
+            let body: DecisionBody = serde_json::from_str(&odd).unwrap();
+            assert_eq!(
+                (body.authorized, body.wallet.map(|w| w.id).unwrap_or_default()),
+                (Some(true), String::new()),
+                "{odd}"
+            );
+        }
         let authorization = |intent: PaymentIntent, wallet: Option<&str>| Authorization {
             id: "auth_1".into(),
             token: None,
