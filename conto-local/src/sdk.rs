@@ -263,11 +263,11 @@ fn replay_slot(agent: &str, endpoint: &str, key: &str) -> String {
 
 /// `written`, or (when the approval's writes failed) the approval's reservation freed and the
 /// error: unwritten, the approval could never be confirmed, and a retry would reserve again.
-fn freed_unless_written(
+fn freed_unless_written<T>(
     app: &App,
     approval: &conto_core::Authorization,
-    written: Result<(), crate::store::StoreError>,
-) -> Result<(), ApiError> {
+    written: Result<T, crate::store::StoreError>,
+) -> Result<T, ApiError> {
     written.map_err(|e| {
         let _ = app.engine.free(approval);
         e.into()
@@ -283,11 +283,6 @@ fn decide(
     intent: &PaymentIntent,
     kind: Kind,
 ) -> Result<(StatusCode, DecisionBody), ApiError> {
-    // Read before deciding: nothing can fail between a reservation and the writes it stands on.
-    let wallet = match kind {
-        Kind::X402 | Kind::Mpp => Some(paying_wallet(store, intent.actor.as_str(), kind)?),
-        _ => None,
-    };
     let decision = app.engine.decide(intent);
     let intent_json = serde_json::to_string(intent).unwrap_or_default();
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
@@ -296,18 +291,21 @@ fn decide(
             if crate::store::confirmed_with_token(&a.intent.rail) {
                 a.token = Some(crate::store::issue_token());
             }
-            // The reservation stands only with its approval written: freed if a write fails
-            // here (none of them stands), or if the request's writes do not commit.
+            // The reservation stands only with its approval written (and, for x402 and MPP, the
+            // wallet it names read): freed if any of it fails here (none of the writes stands),
+            // or if the request's writes do not commit.
             let written = store.all_or_nothing(|| {
+                let wallet = match kind {
+                    Kind::X402 | Kind::Mpp => Some(paying_wallet(store, intent.actor.as_str(), kind)?),
+                    _ => None,
+                };
                 store.add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))?;
-                match kind {
-                    Kind::Request => {
-                        store.put_payment_request(&a.id, intent.actor.as_str(), "APPROVED", None, &[], &now_text())
-                    }
-                    _ => Ok(()),
+                if kind == Kind::Request {
+                    store.put_payment_request(&a.id, intent.actor.as_str(), "APPROVED", None, &[], &now_text())?;
                 }
+                Ok(wallet)
             });
-            freed_unless_written(app, &a, written)?;
+            let wallet = freed_unless_written(app, &a, written)?;
             let (engine, held) = (app.engine.clone(), a.clone());
             store.on_rollback(move || {
                 let _ = engine.free(&held);
@@ -429,7 +427,7 @@ fn decide(
 /// Conto's docs are silent: x402's chain is Base (`"8453"`); an agent with no delegation pays
 /// from its app's own wallet, `external` (Conto would refuse it with `NO_WALLET`); and holding
 /// no wallet, conto-local knows no balance the delegation does not state.
-fn paying_wallet(store: &Store, agent: &str, kind: Kind) -> Result<PayingWallet, ApiError> {
+fn paying_wallet(store: &Store, agent: &str, kind: Kind) -> Result<PayingWallet, crate::store::StoreError> {
     let chain = if kind == Kind::Mpp { "4217" } else { "8453" };
     // A stated field as text: a string as it is, a number as its digits (Conto writes chains
     // as strings).

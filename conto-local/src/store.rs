@@ -94,6 +94,13 @@ pub(crate) struct Store {
 /// request.
 pub(crate) const ANSWER_RETENTION: conto_core::jiff::SignedDuration = conto_core::jiff::SignedDuration::from_hours(24);
 
+/// Whether an answer remembered at `created` (as stored) still answers at `now`: within
+/// [`ANSWER_RETENTION`]; one whose time does not read does not.
+fn answers_at(created: &str, now: conto_core::jiff::Timestamp) -> bool {
+    let cutoff = now.saturating_sub(ANSWER_RETENTION).unwrap_or(now);
+    created.parse::<conto_core::jiff::Timestamp>().is_ok_and(|at| at >= cutoff)
+}
+
 /// Old answers are forgotten every this many remembered ones, up to twice as many at a time:
 /// forgetting keeps pace with remembering, a little at a time, and the table and its map in
 /// memory hold about a day of answers.
@@ -118,29 +125,15 @@ fn migrate_idempotency(conn: &Connection) -> Result<(), StoreError> {
     if !old {
         return Ok(());
     }
-    let tx = conn.unchecked_transaction()?;
-    {
-        let mut read =
-            tx.prepare("SELECT agent_id, endpoint, key, request_hash, status, response, created_at FROM idempotency")?;
-        let mut write = tx.prepare(
-            "INSERT INTO answers (agent_id, endpoint, key, request_hash, status, response, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        let mut rows = read.query([])?;
-        while let Some(r) = rows.next()? {
-            write.execute(params![
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?
-            ])?;
-        }
-    }
-    tx.execute_batch("DROP TABLE idempotency")?;
-    tx.commit()?;
+    // In time order, as answers are appended (what forgetting the old ones relies on).
+    conn.execute_batch(
+        "BEGIN;
+         INSERT INTO answers (agent_id, endpoint, key, request_hash, status, response, created_at)
+             SELECT agent_id, endpoint, key, request_hash, status, response, created_at FROM idempotency
+             ORDER BY created_at;
+         DROP TABLE idempotency;
+         COMMIT;",
+    )?;
     Ok(())
 }
 
@@ -316,23 +309,25 @@ impl Store {
         // Every statement is prepared once and reused (parsing SQL was a tenth of a decision).
         conn.set_prepared_statement_cache_capacity(64);
         migrate_idempotency(&conn)?;
-        let slot_keys = RandomState::new();
-        let slots = conn
-            .prepare("SELECT id, agent_id, endpoint, key FROM answers ORDER BY id")?
-            .query_map([], |r| {
-                let (agent, endpoint, key): (String, String, String) = (r.get(1)?, r.get(2)?, r.get(3)?);
-                Ok((slot(&slot_keys, &agent, &endpoint, &key), r.get(0)?))
-            })?
-            .collect::<Result<_, _>>()?;
         let store = Self {
             conn,
             keys: RefCell::default(),
             undo: RefCell::default(),
-            slots: RefCell::new(slots),
-            slot_keys,
+            slots: RefCell::default(),
+            slot_keys: RandomState::new(),
             remembered: Default::default(),
         };
+        // The old answers go first; the map is built from what is left.
         while store.forget_old_answers(conto_core::jiff::Timestamp::now(), 4 * FORGET_EVERY)? == 4 * FORGET_EVERY {}
+        let slots = store
+            .conn
+            .prepare("SELECT id, agent_id, endpoint, key FROM answers ORDER BY id")?
+            .query_map([], |r| {
+                let (agent, endpoint, key): (String, String, String) = (r.get(1)?, r.get(2)?, r.get(3)?);
+                Ok((slot(&store.slot_keys, &agent, &endpoint, &key), r.get(0)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        *store.slots.borrow_mut() = slots;
         Ok(store)
     }
 
@@ -803,10 +798,9 @@ impl Store {
             )?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
             .optional()?;
-        let cutoff = now.saturating_sub(ANSWER_RETENTION).unwrap_or(now);
         Ok(row
             .filter(|(a, e, k, ..)| (a.as_str(), e.as_str(), k.as_str()) == (agent, endpoint, key))
-            .filter(|(.., at)| at.parse::<conto_core::jiff::Timestamp>().is_ok_and(|at| at >= cutoff))
+            .filter(|(.., at)| answers_at(at, now))
             .map(|(_, _, _, hash, status, response, _)| (hash, status, response)))
     }
 
@@ -844,7 +838,6 @@ impl Store {
     /// their entries in the map; says how many. Answers are appended in time order, so the old
     /// ones are the first rows: this reads only what it forgets, and one more.
     pub fn forget_old_answers(&self, now: conto_core::jiff::Timestamp, at_most: usize) -> Result<usize, StoreError> {
-        let cutoff = now.saturating_sub(ANSWER_RETENTION).unwrap_or(now);
         let mut old: Vec<(i64, i64)> = Vec::new();
         {
             let mut first = self
@@ -852,8 +845,7 @@ impl Store {
                 .prepare_cached("SELECT id, agent_id, endpoint, key, created_at FROM answers ORDER BY id LIMIT ?1")?;
             let mut rows = first.query([at_most as i64 + 1])?;
             while let Some(r) = rows.next()? {
-                let at: Option<conto_core::jiff::Timestamp> = r.get::<_, String>(4)?.parse().ok();
-                if old.len() == at_most || at.is_some_and(|at| at >= cutoff) {
+                if old.len() == at_most || answers_at(&r.get::<_, String>(4)?, now) {
                     break;
                 }
                 let (agent, endpoint, key): (String, String, String) = (r.get(1)?, r.get(2)?, r.get(3)?);

@@ -42,6 +42,10 @@ async fn setup(db: Option<std::path::PathBuf>) -> (conto_local::Running, Sdk) {
     (server, sdk)
 }
 
+fn transfer_payment(amount: u32) -> Value {
+    json!({"amount": amount, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453})
+}
+
 fn x402_payment(amount: &str) -> Value {
     json!({"amount": amount, "recipientAddress": RECIPIENT, "resourceUrl": "https://api.example.com/search"})
 }
@@ -49,12 +53,7 @@ fn x402_payment(amount: &str) -> Value {
 #[tokio::test]
 async fn denials_are_decisions_below_400_with_their_reasons() {
     let (_server, sdk) = setup(None).await;
-    let (status, body) = sdk
-        .post(
-            "/api/sdk/payments/approve",
-            json!({"amount": 120, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453}),
-        )
-        .await;
+    let (status, body) = sdk.post("/api/sdk/payments/approve", transfer_payment(120)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["approved"], false);
     assert_eq!(body["violations"][0]["type"], "PER_TX_LIMIT");
@@ -484,7 +483,7 @@ async fn an_admin_key_governs_its_own_agent_only() {
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["agentIds"], json!(["agent-1"]), "assigned to the key's own agent");
     let agent1 = Sdk { base: server.url(), key: one, http: reqwest::Client::new() };
-    let body = json!({"amount": 300, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453});
+    let body = transfer_payment(300);
     let (status, denied) = agent1.post("/api/sdk/payments/approve", body.clone()).await;
     assert_eq!((status, &denied["approved"]), (200, &json!(false)), "{denied}");
     // Another agent is not bound by it.
@@ -744,12 +743,7 @@ async fn approvals_last_as_long_as_conto_keeps_them_per_flow() {
         let expires: conto_core::jiff::Timestamp = body["expiresAt"].as_str().unwrap().parse().unwrap();
         expires.duration_since(conto_core::jiff::Timestamp::now()).as_secs()
     };
-    let (_, transfer) = sdk
-        .post(
-            "/api/sdk/payments/approve",
-            json!({"amount": 5, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453}),
-        )
-        .await;
+    let (_, transfer) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
     let (_, x402) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("5")).await;
     let (_, request) = sdk.post("/api/sdk/payments/request", json!({"amount": 5, "recipientAddress": RECIPIENT})).await;
     let (_, card) =
@@ -980,12 +974,7 @@ async fn a_wallet_delegations_hours_and_days_are_enforced() {
 #[tokio::test]
 async fn a_transfer_approval_is_settled_only_by_its_own_confirm_with_its_token() {
     let (_server, sdk) = setup(None).await;
-    let (status, a) = sdk
-        .post(
-            "/api/sdk/payments/approve",
-            json!({"amount": 5, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453}),
-        )
-        .await;
+    let (status, a) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
     assert_eq!((status, &a["approved"]), (200, &json!(true)), "{a}");
     let id = a["approvalId"].as_str().unwrap().to_owned();
     let (status, body) = sdk

@@ -132,12 +132,12 @@ fn chain_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     }
 }
 
-/// A list that may be sent as `null`.
 /// A field that reads as `None` when it does not have the expected shape.
 fn lenient<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
     Ok(Option::<Value>::deserialize(d)?.and_then(|v| T::deserialize(v).ok()))
 }
 
+/// A list that may be sent as `null`.
 fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }

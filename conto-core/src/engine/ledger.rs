@@ -17,9 +17,9 @@ use crate::policy::{CounterId, Period};
 /// Hash maps keyed by engine-internal keys: a fast hasher, still seeded per process.
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// An authorization id as a fixed-size key: the 96 bits (a second, then 64 random) of the engine's own
-/// `auth_<24 hex>` ids, exactly; any other id through two independent 64-bit hashes. Keeps the
-/// live and closed maps free of string compares and pointer chasing.
+/// An authorization id as a fixed-size key: the 96 bits (a second, then 64 random) of the
+/// engine's own `auth_<24 hex>` ids, exactly; any other id through two independent 64-bit
+/// hashes. Keeps the live and closed maps free of string compares and pointer chasing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct IdKey(u128);
 
