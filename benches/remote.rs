@@ -3,10 +3,12 @@
 //! off the critical path, so a paid action should cost one round trip (authorize) plus the
 //! outbox write. Then the server's own time per authorize, from conto-local's `Server-Timing`
 //! header. With `MEMDB=1`, conto-local keeps its database in memory, to show what its file
-//! costs. The `on_worker/` functions make the same calls from a task on the runtime's workers,
-//! as a service's handler does. Every authorize leaves an approval (and, keyed, a remembered
-//! answer) in conto-local, so a function run after others meets a larger database: to compare
-//! two of them, run each in its own process (`--bench '^remote/on_worker/authorize_only$'`).
+//! costs; with `WORKERS=1`, client and server share one worker thread, so no call waits for
+//! another thread to wake. The `on_worker/` functions make the same calls from a task on the
+//! runtime's workers, as a service's handler does. Every authorize leaves an approval (and,
+//! keyed, a remembered answer) in conto-local, so a function run after others meets a larger
+//! database: to compare two of them, run each in its own process
+//! (`--bench '^remote/on_worker/authorize_only$'`).
 //! Results: BENCHMARKS.md.
 
 use std::hint::black_box;
@@ -69,7 +71,10 @@ fn intent() -> PaymentIntent {
 }
 
 fn remote(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // `WORKERS=1`: client and server on one worker thread, so no call waits for another thread
+    // to wake (what a wake-up costs on this machine, not what the calls cost).
+    let workers = std::env::var("WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
     let dir = std::env::temp_dir().join(format!("conto-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let server = rt.block_on(async {
@@ -164,6 +169,20 @@ fn remote(c: &mut Criterion) {
         }
     };
     g.bench_function("on_worker/bare_round_trip", |b| on_worker(b, &rt, bare.clone()));
+    // A POST with an authorize's body and headers that the server answers at once (405 on
+    // /health): the HTTP of an authorize with no work behind it.
+    let bare_post = {
+        let (url, key, payment) = (url.clone(), key.clone(), payment.clone());
+        move || {
+            let (url, key, payment) = (url.clone(), key.clone(), payment.clone());
+            async move {
+                let req = like_client().post(format!("{url}/health")).bearer_auth(key);
+                let resp = req.timeout(Duration::from_secs(2)).json(&payment).send().await.unwrap();
+                black_box(resp.bytes().await.unwrap());
+            }
+        }
+    };
+    g.bench_function("on_worker/bare_post_round_trip", |b| on_worker(b, &rt, bare_post.clone()));
     // An authorize as a bare reqwest POST: the body, the headers, the reqwest settings and the
     // per-request deadline ContoClient uses, a fresh random key each time; then without the key,
     // which conto-local then does not remember.

@@ -129,7 +129,7 @@ fn approval(
         expires_at: check_expiry(expires, now)?,
         limits: body.limits.clone().unwrap_or_default(),
         intent: intent.clone(),
-        wallet_id: body.wallet.as_ref().map(|w| w.id.clone()).filter(|id| !id.is_empty()),
+        wallet: body.wallet.as_ref().filter(|w| !w.id.is_empty()).map(|w| Box::new(w.named())),
     })))
 }
 

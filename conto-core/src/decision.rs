@@ -187,8 +187,27 @@ pub struct Authorization {
     /// The intent that was approved.
     pub intent: Arc<PaymentIntent>,
     /// The wallet the authority named for the payment, when it names one (Conto's x402/MPP
-    /// pre-authorization `wallet.id`); an MPP record sends it back as `walletId`.
-    pub wallet_id: Option<String>,
+    /// pre-authorization `wallet`); an MPP record sends it back as `walletId` and `chainId`.
+    /// Boxed: an in-process authority names none, and an authorization moves with its payment.
+    pub wallet: Option<Box<Wallet>>,
+}
+
+/// The wallet an authority named for a payment: Conto's x402/MPP pre-authorization answers
+/// `wallet` {`id`, `chainId`, …}, and an MPP record sends both back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Wallet {
+    /// The wallet's id at the authority.
+    pub id: String,
+    /// Its chain, as the authority wrote it (Conto writes chain ids as strings: `"4217"`).
+    pub chain_id: Option<String>,
+}
+
+impl Wallet {
+    /// The wallet `id`, on `chain_id` when the authority named one.
+    pub fn new(id: impl Into<String>, chain_id: Option<String>) -> Self {
+        Self { id: id.into(), chain_id }
+    }
 }
 
 impl Authorization {
@@ -210,7 +229,7 @@ impl fmt::Debug for Authorization {
             .field("expires_at", &self.expires_at)
             .field("limits", &self.limits)
             .field("actor", &self.intent.actor)
-            .field("wallet_id", &self.wallet_id)
+            .field("wallet", &self.wallet)
             .finish()
     }
 }

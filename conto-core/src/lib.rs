@@ -37,7 +37,7 @@ pub use clock::{Clock, MAX_WAIT, ManualClock, SystemClock, deadline_after};
 pub use controls::{BudgetPeriod, ProductControls, SyncReport};
 pub use decision::{
     Authorization, Decision, DecisionSource, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict, Violation,
-    ViolationType,
+    ViolationType, Wallet,
 };
 pub use engine::{ActorStatus, Engine, SharedEngine};
 pub use intent::{

@@ -115,10 +115,13 @@ pub struct QueuedRecord {
     pub settled: Option<Amount>,
     /// The settlement's reference.
     pub reference: Option<String>,
-    /// The wallet the authority named ([`Authorization::wallet_id`]); absent from records
+    /// The wallet the authority named ([`Authorization::wallet`]); absent from records
     /// queued by earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wallet_id: Option<String>,
+    /// That wallet's chain, when the authority named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallet_chain_id: Option<String>,
 }
 
 impl std::fmt::Debug for QueuedRecord {
@@ -146,7 +149,8 @@ impl QueuedRecord {
             intent: (*authorization.intent).clone(),
             settled: settlement.amount,
             reference: settlement.reference.clone(),
-            wallet_id: authorization.wallet_id.clone(),
+            wallet_id: authorization.wallet.as_ref().map(|w| w.id.clone()),
+            wallet_chain_id: authorization.wallet.as_ref().and_then(|w| w.chain_id.clone()),
         }
     }
 
@@ -159,7 +163,10 @@ impl QueuedRecord {
             expires_at: self.expires_at,
             limits: Default::default(),
             intent: Arc::new(self.intent.clone()),
-            wallet_id: self.wallet_id.clone(),
+            wallet: self
+                .wallet_id
+                .as_ref()
+                .map(|id| Box::new(crate::decision::Wallet::new(id.clone(), self.wallet_chain_id.clone()))),
         }
     }
 
@@ -285,17 +292,18 @@ mod tests {
             expires_at: Timestamp::now(),
             limits: Default::default(),
             intent: Arc::new(intent),
-            wallet_id: Some("wal_tempo".into()),
+            wallet: Some(Box::new(crate::Wallet::new("wal_tempo", Some("4217".into())))),
         };
         let record = QueuedRecord::new(RecordKind::Record, &authorization, &Settlement::default());
         let stored = record.to_stored(None).unwrap();
         let back = QueuedRecord::from_stored(&stored, None).unwrap();
-        assert_eq!(back.authorization().wallet_id.as_deref(), Some("wal_tempo"));
+        assert_eq!(back.authorization().wallet.as_deref(), Some(&crate::Wallet::new("wal_tempo", Some("4217".into()))));
 
         let mut older: serde_json::Value = serde_json::from_str(&stored).unwrap();
         older.as_object_mut().unwrap().remove("wallet_id");
+        older.as_object_mut().unwrap().remove("wallet_chain_id");
         let back = QueuedRecord::from_stored(&older.to_string(), None).unwrap();
-        assert_eq!(back.authorization().wallet_id, None);
+        assert_eq!(back.authorization().wallet, None);
         assert_eq!(back.authorization_id, "auth_1");
     }
 }

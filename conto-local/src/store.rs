@@ -185,7 +185,7 @@ impl ApprovalRecord {
             expires_at: self.expires_at.parse().map_err(|e: conto_core::jiff::Error| e.to_string())?,
             limits: Default::default(),
             intent: Arc::new(intent),
-            wallet_id: None,
+            wallet: None,
         })
     }
 }

@@ -159,15 +159,17 @@ async fn an_approval_keeps_the_wallet_its_authority_named() {
     let (server, org, key) = setup().await;
     let client = client(&server, &key);
     let wallet = |d: conto_core::Decision| match d.verdict {
-        conto_core::Verdict::Approved(a) => a.wallet_id,
+        conto_core::Verdict::Approved(a) => a.wallet.map(|w| (w.id, w.chain_id.unwrap_or_default())),
         other => panic!("expected an approval, got {other:?}"),
     };
-    assert_eq!(wallet(client.authorize_intent(&mpp("agent-1", "3")).await.unwrap()).as_deref(), Some("external"));
+    let named = |id: &str, chain: &str| Some((id.to_owned(), chain.to_owned()));
+    assert_eq!(wallet(client.authorize_intent(&mpp("agent-1", "3")).await.unwrap()), named("external", "4217"));
     let (status, body) =
         org.post("/api/agents/agent-1/wallets", json!({"walletId": "wal_tempo", "chainId": "4217"})).await;
     assert_eq!(status, 201, "{body}");
-    assert_eq!(wallet(client.authorize_intent(&mpp("agent-1", "3")).await.unwrap()).as_deref(), Some("wal_tempo"));
-    assert_eq!(wallet(client.authorize_intent(&x402("agent-1", "2")).await.unwrap()).as_deref(), Some("wal_tempo"));
+    assert_eq!(wallet(client.authorize_intent(&mpp("agent-1", "3")).await.unwrap()), named("wal_tempo", "4217"));
+    // x402 pays on Base: with no delegation there, the agent's first one is named, on its chain.
+    assert_eq!(wallet(client.authorize_intent(&x402("agent-1", "2")).await.unwrap()), named("wal_tempo", "4217"));
     assert_eq!(wallet(client.authorize_intent(&transfer("agent-1", "2")).await.unwrap()), None);
     // Through the pipeline, the MPP payment settles and its record (naming the wallet) is taken.
     let out: Result<(), PayError> =

@@ -56,7 +56,7 @@ async fn tokens_are_sealed_in_the_file_and_delivered_whole() {
         expires_at: conto::jiff::Timestamp::now(),
         limits: Default::default(),
         intent: Arc::new(intent),
-        wallet_id: None,
+        wallet: None,
     };
     let record = QueuedRecord::new(RecordKind::Record, &authorization, &Settlement::default().reference("0xtx"));
     let sealer = || TokenSealer::new(&StaticKey::new([3; 32])).unwrap();

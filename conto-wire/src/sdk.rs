@@ -44,9 +44,9 @@ pub struct PaymentBody {
     /// Transfer: the app's paying wallet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_address: Option<String>,
-    /// Transfer: the chain (a number; MPP records send it as a string, which is accepted).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "chain_id")]
-    pub chain_id: Option<u64>,
+    /// Transfer: the chain (a number); MPP record: the paying wallet's chain (a string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_id: Option<ChainId>,
     /// x402/MPP: the paid resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_url: Option<String>,
@@ -115,19 +115,47 @@ pub struct PaymentBody {
     pub payments: Option<Vec<PaymentBody>>,
 }
 
-/// `chainId` as a number, or as the numeric string MPP records send.
-fn chain_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Chain {
-        Number(u64),
-        Text(String),
+/// A `chainId` as it travels: a number (a transfer's approve), or the string of its digits
+/// (an MPP record's `"4217"`, as Conto writes chains). Either form reads; any other is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainId {
+    /// Sent as a JSON number.
+    Number(u64),
+    /// Sent as a JSON string of its digits.
+    Text(u64),
+}
+
+impl ChainId {
+    /// The chain's number, however it was sent.
+    pub fn get(self) -> u64 {
+        match self {
+            ChainId::Number(n) | ChainId::Text(n) => n,
+        }
     }
-    match Option::<Chain>::deserialize(d)? {
-        None => Ok(None),
-        Some(Chain::Number(n)) => Ok(Some(n)),
-        Some(Chain::Text(s)) => {
-            s.parse().map(Some).map_err(|_| serde::de::Error::custom(format!("`{s}` is not a chain id")))
+}
+
+impl Serialize for ChainId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            ChainId::Number(n) => s.serialize_u64(n),
+            ChainId::Text(n) => s.collect_str(&n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ChainId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Sent {
+            Number(u64),
+            Text(String),
+        }
+        match Sent::deserialize(d)? {
+            Sent::Number(n) => Ok(ChainId::Number(n)),
+            Sent::Text(s) => {
+                s.parse().map(ChainId::Text).map_err(|_| serde::de::Error::custom(format!("`{s}` is not a chain id")))
+            }
         }
     }
 }
@@ -231,7 +259,7 @@ impl PaymentBody {
         match &intent.rail {
             Rail::Transfer { chain_id, sender } => {
                 body.sender_address = Some(sender.as_str().to_owned());
-                body.chain_id = Some(*chain_id);
+                body.chain_id = Some(ChainId::Number(*chain_id));
             }
             Rail::X402 { resource_url, service_domain, facilitator, scheme } => {
                 body.resource_url = Some(resource_url.clone());
@@ -301,7 +329,11 @@ impl PaymentBody {
                 body.transaction_hash = settlement.reference.clone();
                 body.session_id = session_id.clone();
                 body.scheme = Some("mpp".to_owned());
-                body.wallet_id = authorization.wallet_id.clone();
+                // The wallet the pre-authorization named, and its chain as Conto writes it.
+                if let Some(wallet) = &authorization.wallet {
+                    body.wallet_id = Some(wallet.id.clone());
+                    body.chain_id = wallet.chain_id.as_deref().and_then(|c| c.parse().ok()).map(ChainId::Text);
+                }
                 body.authorization_id = Some(authorization.id.clone());
             }
             Rail::Card { .. } => {
@@ -322,7 +354,7 @@ impl PaymentBody {
             Kind::Transfer => {
                 // Conto's default chain when none is sent (conto-api.md §4.1; its skill lists
                 // `chainId` as optional, "Send 42431 for Tempo Testnet (default)").
-                let chain = self.chain_id.unwrap_or(DEFAULT_CHAIN_ID);
+                let chain = self.chain_id.map_or(DEFAULT_CHAIN_ID, ChainId::get);
                 Rail::transfer(chain, &need(&self.sender_address, "senderAddress")?)?
             }
             Kind::X402 | Kind::Mpp => {
@@ -503,6 +535,19 @@ pub struct PayingWallet {
     pub custody_type: Option<String>,
     /// What it holds, when the control plane knows.
     pub available_balance: Option<Value>,
+}
+
+impl PayingWallet {
+    /// The wallet as an authorization keeps it: its id, and its chain as text (a number's
+    /// digits when it was sent as a number).
+    pub fn named(&self) -> conto_core::Wallet {
+        let chain = self.chain_id.as_ref().and_then(|c| match c {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        });
+        conto_core::Wallet::new(self.id.clone(), chain)
+    }
 }
 
 /// The answer to a record call (`confirm`, `x402|mpp/record`).
@@ -748,8 +793,9 @@ mod tests {
         assert!(serde_json::from_str::<DecisionBody>(r#"{"authorized": true, "amount": -1}"#).is_err());
     }
 
-    /// An MPP record sends back the wallet its pre-authorization named (Conto's `walletId`),
-    /// and no `walletId` when none was named; an x402 record carries none.
+    /// An MPP record sends back the wallet its pre-authorization named (Conto's `walletId`)
+    /// and that wallet's chain as Conto writes it (`"chainId": "4217"`, a string), and neither
+    /// when none was named; an x402 record carries neither.
     #[test]
     fn an_mpp_record_names_the_wallet_its_pre_authorization_named() {
         let mpp = PaymentIntent::builder("agent-1", "3", Rail::mpp("https://mpp.example.com/v1").unwrap())
@@ -764,6 +810,10 @@ mod tests {
             "wallet": {"id": "wal_tempo", "address": null, "chainId": "4217", "availableBalance": null}}"#;
         let body: DecisionBody = serde_json::from_str(answer).unwrap();
         assert_eq!(body.wallet.as_ref().map(|w| w.id.as_str()), Some("wal_tempo"));
+        let named = body.wallet.as_ref().unwrap().named();
+        assert_eq!(named, conto_core::Wallet::new("wal_tempo", Some("4217".into())));
+        let numeric: PayingWallet = serde_json::from_str(r#"{"id": "wal_base", "chainId": 8453}"#).unwrap();
+        assert_eq!(numeric.named().chain_id.as_deref(), Some("8453"), "a chain sent as a number is kept as its digits");
         // A wallet of another shape never costs the decision.
         for odd in [r#""wal_1""#, r#"{"id": 7}"#, r#"{"address": {"evm": "0x1"}}"#, "[]"] {
             let odd = answer
@@ -775,30 +825,42 @@ mod tests {
                 "{odd}"
             );
         }
-        let authorization = |intent: PaymentIntent, wallet: Option<&str>| Authorization {
+        let authorization = |intent: PaymentIntent, wallet: Option<conto_core::Wallet>| Authorization {
             id: "auth_1".into(),
             token: None,
             amount: "3".parse().unwrap(),
             expires_at: conto_core::jiff::Timestamp::now(),
             limits: Limits::default(),
             intent: std::sync::Arc::new(intent),
-            wallet_id: wallet.map(str::to_owned),
+            wallet: wallet.map(Box::new),
         };
         let sent = |a: &Authorization| {
             let (_, body) = PaymentBody::record(a, &Settlement::default().reference("0xtx"), None).unwrap().unwrap();
             serde_json::to_value(body).unwrap()
         };
-        assert_eq!(sent(&authorization(mpp.clone(), Some("wal_tempo")))["walletId"], "wal_tempo");
-        assert!(sent(&authorization(mpp, None)).get("walletId").is_none());
-        assert!(sent(&authorization(x402, Some("wal_base"))).get("walletId").is_none());
+        let record = sent(&authorization(mpp.clone(), Some(named)));
+        assert_eq!(
+            (&record["walletId"], &record["chainId"]),
+            (&serde_json::json!("wal_tempo"), &serde_json::json!("4217")),
+            "{record}"
+        );
+        let unnamed_chain = sent(&authorization(mpp.clone(), Some(conto_core::Wallet::new("wal_tempo", None))));
+        assert_eq!(unnamed_chain["walletId"], "wal_tempo");
+        assert!(unnamed_chain.get("chainId").is_none(), "no chain is made up: {unnamed_chain}");
+        let none = sent(&authorization(mpp, None));
+        assert!(none.get("walletId").is_none() && none.get("chainId").is_none(), "{none}");
+        let x402 = sent(&authorization(x402, Some(conto_core::Wallet::new("wal_base", Some("8453".into())))));
+        assert!(x402.get("walletId").is_none() && x402.get("chainId").is_none(), "{x402}");
     }
 
     #[test]
     fn chain_id_reads_numbers_and_numeric_strings() {
         let b: PaymentBody = serde_json::from_str(r#"{"chainId": "4217"}"#).unwrap();
-        assert_eq!(b.chain_id, Some(4217));
+        assert_eq!(b.chain_id, Some(ChainId::Text(4217)));
+        assert_eq!(serde_json::to_value(&b).unwrap(), serde_json::json!({"chainId": "4217"}), "written as it was read");
         let b: PaymentBody = serde_json::from_str(r#"{"chainId": 8453}"#).unwrap();
-        assert_eq!(b.chain_id, Some(8453));
+        assert_eq!(b.chain_id, Some(ChainId::Number(8453)));
+        assert_eq!(serde_json::to_value(&b).unwrap(), serde_json::json!({"chainId": 8453}));
         assert!(serde_json::from_str::<PaymentBody>(r#"{"chainId": "base"}"#).is_err());
     }
 

@@ -632,7 +632,7 @@ impl Engine {
                     expires_at,
                     limits,
                     intent: shared(),
-                    wallet_id: None,
+                    wallet: None,
                 };
                 Decision::from_policy(Verdict::Approved(authorization))
             }
@@ -724,7 +724,7 @@ impl Engine {
                 expires_at,
                 limits: Limits::default(),
                 intent: Arc::new(intent.clone()),
-                wallet_id: None,
+                wallet: None,
             });
         }
         for (id, (_, intent, expires_at)) in pending.into_iter().filter(|(_, p)| p.2 > now) {
@@ -752,7 +752,7 @@ impl Engine {
         let expires_at = now.saturating_add(self.approval_ttl(&intent.rail)).unwrap_or(now);
         self.reserve(ledger, (key, &id), &intent, expires_at, holds, windows, now)?;
         let limits = limits_of(daily);
-        Ok(Authorization { id, token: None, amount: intent.amount, expires_at, limits, intent, wallet_id: None })
+        Ok(Authorization { id, token: None, amount: intent.amount, expires_at, limits, intent, wallet: None })
     }
 
     /// Journals, then holds, an approval's reservation.

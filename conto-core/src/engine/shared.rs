@@ -422,7 +422,7 @@ impl SharedEngine {
                         expires_at,
                         limits: limits_of(daily),
                         intent: Arc::new(intent.clone()),
-                        wallet_id: None,
+                        wallet: None,
                     }));
                     vec![write]
                 }
@@ -616,7 +616,7 @@ impl SharedEngine {
                     expires_at,
                     limits,
                     intent: Arc::new(pending.intent),
-                    wallet_id: None,
+                    wallet: None,
                 })
             }
             Some(PendingAnswer::Denied { denial }) => Verdict::Denied(denial),
