@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use conto::outbox::Outbox;
+use conto::sink::{QueuedRecord, RecordKind, RecordSink};
 use conto::{Conto, ContoClient, PaymentIntent, Rail, Settlement};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
@@ -233,6 +234,27 @@ fn remote(c: &mut Criterion) {
         }
     };
     g.bench_function("on_worker/paid_action_critical_path", |b| on_worker(b, &rt, paid.clone()));
+    // The outbox write alone (what the critical path adds to `authorize_only`): one record,
+    // under a fresh authorization id each time, into its own file.
+    let outbox = Outbox::open(dir.join("write_only.db")).unwrap();
+    let approved = std::sync::Arc::new(intent());
+    let mut n = 0u64;
+    g.bench_function("outbox_write", |b| {
+        b.iter(|| {
+            n += 1;
+            let authorization = conto::Authorization {
+                id: format!("auth_{:08x}{:016x}", n >> 20, fresh_key() as u64),
+                token: None,
+                amount: approved.amount,
+                expires_at: conto::jiff::Timestamp::now(),
+                limits: Default::default(),
+                intent: approved.clone(),
+                wallet: None,
+            };
+            let record = QueuedRecord::new(RecordKind::Record, &authorization, &Settlement::default().reference(TX));
+            rt.block_on(outbox.enqueue(&record)).unwrap();
+        })
+    });
     g.bench_function("paid_action_critical_path", |b| {
         b.to_async(&rt).iter(|| async {
             critical

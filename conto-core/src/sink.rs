@@ -189,11 +189,15 @@ pub trait TokenSeal: Send + Sync + 'static {
 impl QueuedRecord {
     /// The JSON a sink stores: with the token sealed when a seal is given.
     pub fn to_stored(&self, seal: Option<&dyn TokenSeal>) -> Result<String, SinkError> {
-        let mut stored = self.clone();
-        if let (Some(seal), Some(token)) = (seal, &self.token) {
-            stored.token = Some(format!("{SEALED}{}", seal.seal(token, &self.authorization_id)?));
-        }
-        serde_json::to_string(&stored).map_err(|e| SinkError(e.to_string()))
+        let text = match (seal, &self.token) {
+            // Only a record whose token is sealed is copied to be written.
+            (Some(seal), Some(token)) => {
+                let sealed = Some(format!("{SEALED}{}", seal.seal(token, &self.authorization_id)?));
+                serde_json::to_string(&QueuedRecord { token: sealed, ..self.clone() })
+            }
+            _ => serde_json::to_string(self),
+        };
+        text.map_err(|e| SinkError(e.to_string()))
     }
 
     /// A record from what a sink stored; a sealed token needs the seal it was sealed with.
