@@ -131,7 +131,11 @@ impl ActorLifecycle for ManagedActors {
             let sealed = self.store.get(actor).is_ok_and(|b| b.agent_id == agent_id);
             let issued_key = !sealed;
             if issued_key {
-                self.revoke_keys(&agent_id, &name, None).await?;
+                // An agent made just now has no key to revoke (and the listing is not an endpoint
+                // Conto documents: only an agent found again needs it).
+                if !created {
+                    self.revoke_keys(&agent_id, &name, None).await?;
+                }
                 self.issue_and_seal(&id, &agent_id, &name).await?;
             }
             // 3. The controls, as policies assigned to the agent.

@@ -19,8 +19,9 @@
 //!   as Conto's agent skill reads them; every error, unknown routes and wrong methods included,
 //!   has a JSON body `{"error", "code", "message"}`.
 //! - Rate limits: a sliding minute per agent, payments and reads counted apart (reads get twice
-//!   the payment limit). Every SDK answer to an accepted key, errors and `429` included, carries
-//!   `X-RateLimit-Remaining` and `X-RateLimit-Reset` (RFC 3339); a `429` adds `Retry-After`.
+//!   the payment limit). Every SDK answer to a known key (expired, lacking the scope, or limited:
+//!   errors and `429` included) carries `X-RateLimit-Remaining` and `X-RateLimit-Reset` (RFC
+//!   3339); a `429` adds `Retry-After`, in whole seconds rounded up.
 //! - x402/MPP pre-authorizations return an `authorizationId`; records that carry it settle that
 //!   reservation (each endpoint settles only its own flow's approvals). An approved one names
 //!   its `wallet` (`id`, `address`, `chainId`, `custodyType`, `availableBalance`): the agent's
@@ -40,11 +41,15 @@
 //! - A confirm after the approval expired is `400 EXPIRED`, as Conto documents; the spend is not
 //!   counted.
 //! - Pending human approvals are listed by `GET /api/sdk/approval-requests`; an approved entry
-//!   carries `approvalId`, `approvalToken` and `expiresAt`. Every approval token and SDK key
-//!   is stored hashed (the org key is never stored); the token of a human-approved request (and
-//!   of an approval a repeated request may be answered again) is held in memory until its
-//!   approval lapses, so a restart before the agent reads it voids it (the agent asks again). Humans decide with
-//!   `POST /api/approval-requests/{id}/approve|reject` (org key).
+//!   carries `approvalId`, `approvalToken` and `expiresAt`, and is listed `EXPIRED` once that
+//!   has passed (as a pending one is). Every approval token and SDK key is stored hashed (the
+//!   org key is never stored); the token of a human-approved request (and of an approval a
+//!   repeated request may be answered again) is held in memory until its approval lapses, so a
+//!   restart before the agent reads it voids it (the agent asks again). Humans decide with
+//!   `POST /api/approval-requests/{id}/approve|reject` (org key), or as Conto's shopping
+//!   starter does, `POST /api/demos/anthropic-shopping/approval-requests/{id}/decision`
+//!   `{"decision": "APPROVED"|"REJECTED", "paymentRequestId"}`, answered with the request's
+//!   `finalStatus` (`REJECTED` when the re-check after an approval denies).
 //! - `GET /api/sdk/x402/budget` and `/mpp/budget` return the agent's counters;
 //!   `GET /api/sdk/x402/services` and `/mpp/services` the services it paid on that rail, by
 //!   service domain (total spent, payment count, last payment).
@@ -96,7 +101,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use conto_core::jiff::{SignedDuration, Timestamp};
@@ -446,6 +451,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/policies/{id}/rules", get(get_rules).put(put_rules).post(add_rule))
         .route("/api/policies/{id}/rules/{rule_id}", axum::routing::delete(delete_rule))
         .route("/api/approval-requests/{id}/{verdict}", post(decide_request))
+        .route("/api/demos/anthropic-shopping/approval-requests/{id}/decision", post(demo_decision))
         .merge(sdk::routes())
         .merge(org::routes())
         .fallback(|| async {
@@ -455,7 +461,36 @@ fn router(app: Arc<App>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "this route does not take this method")
         })
         .layer(axum::middleware::from_fn(server_timing))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(app)
+}
+
+/// Every error answer is JSON, as Conto's are: what axum refuses before a handler runs (a body
+/// over its size limit, a path segment that is not UTF-8) comes as plain text, and is rewritten
+/// here as `{"error", "code", "message"}` with the text as its message, its headers kept.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = if text.trim().is_empty() { status.canonical_reason().unwrap_or("error") } else { text.trim() };
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+        s if s.is_server_error() => "INTERNAL_ERROR",
+        _ => "VALIDATION_ERROR",
+    };
+    let mut answer = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 /// Adds `Server-Timing: app;dur=<milliseconds>` to every successful answer: the handler's time,
@@ -510,8 +545,10 @@ fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<PolicyCa
     }
     let record = lock(&app.store)
         .key(given)?
-        .filter(|k| k.expires_at.parse::<Timestamp>().is_ok_and(|t| t > Timestamp::now()))
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "invalid or expired SDK key"))?;
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "invalid SDK key"))?;
+    if record.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now()) {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "EXPIRED_KEY", "the SDK key has expired"));
+    }
     // An admin key may do what a reading key may.
     let allowed = record.key_type == "admin" || (!write && record.scopes.iter().any(|s| s == "policies:read"));
     if allowed {
@@ -1087,6 +1124,61 @@ async fn decide_request(
         _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "use /approve or /reject")),
     };
     sdk::decide_request(&app, &id, approve).map(|v| axum::Json(v).into_response())
+}
+
+/// The owner's decision as Conto's shopping starter sends it (org key): `{"decision":
+/// "APPROVED" | "REJECTED", "paymentRequestId"?, "checkoutId"?, "cartFingerprint"?}`. The answer
+/// names the request's `finalStatus`: `REJECTED` when the owner approved but the re-check that
+/// follows denied it (the starter then must not take the payment). A `paymentRequestId` that
+/// is not the one this approval request holds is refused, before anything is decided.
+async fn demo_decision(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct DemoDecision {
+        decision: String,
+        #[serde(default)]
+        payment_request_id: Option<String>,
+    }
+    org(&app, &headers)?;
+    let body: DemoDecision = json_body(&body)?;
+    let approve = match body.decision.as_str() {
+        "APPROVED" => true,
+        "REJECTED" => false,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                format!("`decision` must be APPROVED or REJECTED, not `{other}`"),
+            ));
+        }
+    };
+    if let Some(payment_request) = body.payment_request_id.filter(|p| !p.is_empty()) {
+        let store = lock(&app.store);
+        let request = store.requests(None)?.into_iter().find(|r| r.id == id);
+        let held = match &request {
+            Some(r) => store.payment_request(&payment_request, &r.agent_id)?.and_then(|(_, apr, _)| apr),
+            None => None,
+        };
+        if request.is_some() && held.as_deref() != Some(id.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                format!("payment request `{payment_request}` is not held by approval request `{id}`"),
+            ));
+        }
+    }
+    let answer = sdk::decide_request(&app, &id, approve)?;
+    Ok(axum::Json(serde_json::json!({
+        "approvalRequestId": answer.approval_request_id,
+        "status": answer.status,
+        "finalStatus": answer.status,
+    }))
+    .into_response())
 }
 
 #[cfg(test)]

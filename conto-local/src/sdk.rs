@@ -54,7 +54,7 @@ tokio::task_local! {
 
 /// `X-RateLimit-Remaining` and `X-RateLimit-Reset` on every answer to an identified agent,
 /// errors and `429` included (Conto sends them on every response); an answer to a request
-/// whose key was not accepted carries none.
+/// whose key is unknown carries none.
 async fn rate_limit_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     RATE.scope(std::cell::Cell::new(None), async move {
         let mut resp = next.run(req).await;
@@ -93,17 +93,9 @@ fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> R
     let record = lock(&app.store)
         .key(key)?
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "invalid SDK key"))?;
-    if record.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now()) {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "EXPIRED_KEY", "the SDK key has expired"));
-    }
-    if !record.scopes.iter().any(|s| s == scope) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "INSUFFICIENT_SCOPE",
-            format!("this key lacks the `{scope}` scope"),
-        ));
-    }
-    // Sliding one-minute window per agent and class.
+    // Sliding one-minute window per agent and class. The key is known: its window is counted
+    // (and named in the answer's headers) before anything else is checked, so an expired key
+    // or a missing scope is answered with them too.
     let limit = if class == "reads" { app.rate_limit * 2 } else { app.rate_limit };
     let now = Instant::now();
     let mut rate = lock(&app.rate);
@@ -121,7 +113,9 @@ fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> R
     };
     if window.len() as u32 >= limit {
         let _ = RATE.try_with(|r| r.set(Some((0, reset_after(window)))));
-        let wait = oldest_left(window).as_secs().max(1);
+        // Whole seconds, rounded up: a retry after `Retry-After` finds the oldest request gone.
+        let left = oldest_left(window);
+        let wait = (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1);
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "RATE_LIMITED",
@@ -132,6 +126,17 @@ fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> R
     }
     window.push_back(now);
     let _ = RATE.try_with(|r| r.set(Some((limit - window.len() as u32, reset_after(window)))));
+    drop(rate);
+    if record.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now()) {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "EXPIRED_KEY", "the SDK key has expired"));
+    }
+    if !record.scopes.iter().any(|s| s == scope) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "INSUFFICIENT_SCOPE",
+            format!("this key lacks the `{scope}` scope"),
+        ));
+    }
     Ok(Caller { agent: record.agent_id })
 }
 
@@ -968,7 +973,9 @@ async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> R
         .iter()
         .map(|r| {
             let mut entry = request_entry(r, tokens.get(&r.id, now), payment_requests.get(&r.id).cloned());
-            if r.status == "PENDING" && r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= now) {
+            // A request still pending, or an approval not taken, past its expiry has lapsed.
+            let lapsed = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= now);
+            if lapsed && matches!(r.status.as_str(), "PENDING" | "APPROVED") {
                 entry.status = Some("EXPIRED".into());
             }
             entry

@@ -296,6 +296,7 @@ async fn rate_limits_answer_429_with_retry_after() {
     let body = json!({"amount": 1, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453});
     let mut statuses = Vec::new();
     let (mut retry_after, mut remaining) = (None, Vec::new());
+    let first = std::time::Instant::now();
     for _ in 0..3 {
         let resp = org
             .http
@@ -312,7 +313,10 @@ async fn rate_limits_answer_429_with_retry_after() {
         assert!(reset.to_str().unwrap().parse::<conto_core::jiff::Timestamp>().is_ok(), "ISO-8601: {reset:?}");
     }
     assert_eq!(statuses, vec![200, 200, 429]);
-    assert!(retry_after.unwrap().parse::<u64>().unwrap() >= 1);
+    // Waiting `Retry-After` seconds from the 429 is enough: the oldest request is then a full
+    // minute old (whole seconds, rounded up, never down).
+    let retry_after: u64 = retry_after.unwrap().parse().unwrap();
+    assert!(retry_after as f64 + first.elapsed().as_secs_f64() >= 60.0, "Retry-After {retry_after} is too short");
     // Conto sends the rate-limit headers on every response: the 429 says none are left.
     assert_eq!(remaining, vec![Some("1".into()), Some("0".into()), Some("0".into())]);
 }
@@ -331,6 +335,20 @@ async fn an_error_answer_to_a_known_agent_carries_the_rate_limit_headers() {
     assert_eq!(resp.status(), 400);
     assert!(resp.headers().contains_key("x-ratelimit-remaining"), "{:?}", resp.headers());
     assert!(resp.headers().contains_key("x-ratelimit-reset"));
+    // A key without the endpoint's scope is refused with its agent's headers too.
+    let (status, reader) =
+        org.post("/api/agents/agent-1/sdk-keys", json!({"name": "reader", "scopes": ["policies:read"]})).await;
+    assert_eq!(status, 201, "{reader}");
+    let refused = org
+        .http
+        .post(format!("{}/api/sdk/payments/approve", server.url()))
+        .bearer_auth(reader["key"].as_str().unwrap())
+        .json(&json!({"amount": 1, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.headers().contains_key("x-ratelimit-remaining"), "{:?}", refused.headers());
     // A key that is not accepted learns nothing of any agent's window.
     let bogus = org
         .http

@@ -145,6 +145,14 @@ async fn every_error_has_a_json_body_with_error_code_and_message() {
         Sdk { base: server.url(), key: format!("conto_agent_{}", "0".repeat(64)), http: reqwest::Client::new() };
     let (status, body) = bogus.post("/api/sdk/x402/pre-authorize", x402_payment("1")).await;
     assert_eq!((status, body["code"].as_str()), (401, Some("AUTH_FAILED")));
+    // What is refused before a handler runs is JSON too: a path segment that is not UTF-8, and
+    // a body over the size limit (3 MiB of padding in a JSON string).
+    let (status, body) = sdk.post("/api/sdk/payments/%FF/confirm", json!({})).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    let huge = json!({"amount": 1, "purpose": "x".repeat(3 << 20)});
+    let (status, body) = sdk.post("/api/sdk/payments/approve", huge).await;
+    assert_eq!((status, body["code"].as_str()), (413, Some("PAYLOAD_TOO_LARGE")), "{body}");
 }
 
 async fn budget_spent_and_reserved(sdk: &Sdk) -> (String, String) {
@@ -1034,4 +1042,162 @@ async fn a_payment_is_counted_once_by_its_key_whether_or_not_it_named_its_preaut
     let (status, body) = sdk.post("/api/sdk/x402/record", by_tx).await;
     assert_eq!((status, body["code"].as_str()), (409, Some("CONFLICT")), "{body}");
     assert_eq!(budget_spent_and_reserved(&sdk).await, ("10".into(), "0".into()), "each counted once");
+}
+
+/// The owner's decision as Conto's shopping starter sends it: its own route (org key), its
+/// body, and the `finalStatus` it reads. An approval whose re-check denies (the day's budget
+/// went meanwhile) is `REJECTED`, so the starter never takes that payment; a payment request
+/// the approval request does not hold, or a decision of another name, is refused before
+/// anything is decided.
+#[tokio::test]
+async fn the_shopping_starter_decides_on_its_own_route_and_reads_the_final_status() {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    let sdk = Sdk { base: server.url(), key: org.agent("agent-1", ALL_SCOPES).await, http: reqwest::Client::new() };
+    let above_80 =
+        json!({"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "GT", "value": "80", "action": "REQUIRE_APPROVAL"});
+    let daily = |limit: &str| json!({"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": limit, "action": "ALLOW"});
+    let caps = org.policy(json!({"name": "owner", "scope": "all", "rules": [daily("1000"), above_80.clone()]})).await;
+    let request = |amount: &str, key: &str| json!({"amount": amount, "recipientAddress": RECIPIENT, "idempotencyKey": key, "autoExecute": false});
+    let pending = |key: &'static str| {
+        let sdk = &sdk;
+        async move {
+            let (_, body) = sdk.post("/api/sdk/payments/request", request("90", key)).await;
+            assert_eq!(body["status"], "REQUIRES_APPROVAL", "{body}");
+            (body["requestId"].as_str().unwrap().to_owned(), body["approvalRequestId"].as_str().unwrap().to_owned())
+        }
+    };
+    let decide = |approval: &str, decision: &str, payment: &str| {
+        let path = format!("/api/demos/anthropic-shopping/approval-requests/{approval}/decision");
+        let body = json!({"decision": decision, "checkoutId": "c-1", "cartFingerprint": "c-1-fp", "paymentRequestId": payment});
+        let org = &org;
+        async move { org.post(&path, body).await }
+    };
+    let status_of = |payment: String| {
+        let sdk = &sdk;
+        async move {
+            sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{payment}"), None).await.1["status"].clone()
+        }
+    };
+
+    let (first, first_approval) = pending("shop-1").await;
+    // Bound to its own payment request; a decision is APPROVED or REJECTED.
+    let (status, body) = decide(&first_approval, "APPROVED", "req_of_another_checkout").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{body}");
+    let (status, body) = decide(&first_approval, "approve", &first).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{body}");
+    let unauthenticated = reqwest::Client::new()
+        .post(format!("{}/api/demos/anthropic-shopping/approval-requests/{first_approval}/decision", server.url()))
+        .bearer_auth(&sdk.key)
+        .json(&json!({"decision": "APPROVED"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 403, "an agent key cannot decide its own approvals");
+    assert_eq!(status_of(first.clone()).await, "REQUIRES_APPROVAL", "nothing was decided");
+
+    let (status, body) = decide(&first_approval, "APPROVED", &first).await;
+    assert_eq!((status, body["finalStatus"].as_str()), (200, Some("APPROVED")), "{body}");
+    assert_eq!(body["approvalRequestId"], first_approval.as_str());
+    assert_eq!(status_of(first).await, "APPROVED");
+    let (third, third_approval) = pending("shop-3").await;
+    let (status, body) = decide(&third_approval, "REJECTED", &third).await;
+    assert_eq!((status, body["finalStatus"].as_str()), (200, Some("REJECTED")), "{body}");
+    assert_eq!(status_of(third).await, "DENIED");
+    let (status, body) = decide(&third_approval, "APPROVED", "").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("INVALID_STATUS")), "decided once: {body}");
+    // The owner approves after the day's limit was lowered under what is already spoken for:
+    // the re-check that follows an approval denies it.
+    let (second, second_approval) = pending("shop-2").await;
+    let lowered = json!({"rules": [daily("100"), above_80]});
+    let put = org
+        .http
+        .put(format!("{}/api/policies/{}/rules", server.url(), caps["id"].as_str().unwrap()))
+        .bearer_auth(&org.key)
+        .json(&lowered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let (status, body) = decide(&second_approval, "APPROVED", &second).await;
+    assert_eq!((status, body["finalStatus"].as_str()), (200, Some("REJECTED")), "{body}");
+    assert_eq!(status_of(second).await, "DENIED");
+}
+
+/// A human approval the agent did not take in time is listed as `EXPIRED`, as a lapsed
+/// pending one is, not as an `APPROVED` entry whose token is gone (here its expiry is moved
+/// into the past while conto-local is stopped, which also drops the token it held).
+#[tokio::test]
+async fn a_lapsed_human_approval_is_listed_expired() {
+    let db = std::env::temp_dir().join(format!("conto-local-lapsed-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let server = start(Some(db.clone()), "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(caps()).await;
+    let sdk = Sdk { base: server.url(), key: key.clone(), http: reqwest::Client::new() };
+    let (_, pending) = sdk
+        .post("/api/sdk/payments/request", json!({"amount": "90", "recipientAddress": RECIPIENT, "autoExecute": false}))
+        .await;
+    let approval = pending["approvalRequestId"].as_str().unwrap().to_owned();
+    let (status, _) = org.post(&format!("/api/approval-requests/{approval}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    let listed = |sdk: Sdk| {
+        let approval = approval.clone();
+        async move {
+            let (_, list) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
+            let found =
+                list["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == approval.as_str());
+            found.cloned().unwrap()
+        }
+    };
+    assert_eq!(listed(sdk).await["status"], "APPROVED");
+    server.stop().await;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("UPDATE approval_requests SET expires_at = '2001-01-01T00:00:00Z' WHERE status = 'APPROVED'", [])
+        .unwrap();
+    let server = start(Some(db.clone()), "conto_org_test").await;
+    let entry = listed(Sdk { base: server.url(), key, http: reqwest::Client::new() }).await;
+    assert_eq!(entry["status"], "EXPIRED", "{entry}");
+    server.stop().await;
+    let _ = std::fs::remove_file(&db);
+}
+
+/// An expired SDK key is told `401 EXPIRED_KEY` wherever it is used, policies included, and
+/// the answer still carries its agent's rate-limit headers.
+#[tokio::test]
+async fn an_expired_key_is_told_so_everywhere() {
+    let db = std::env::temp_dir().join(format!("conto-local-expired-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let server = start(Some(db.clone()), "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    let (status, admin) = org
+        .post("/api/agents/agent-1/sdk-keys", json!({"name": "admin", "keyType": "admin", "scopes": ["policies:read"]}))
+        .await;
+    assert_eq!(status, 201, "{admin}");
+    let admin = admin["key"].as_str().unwrap().to_owned();
+    server.stop().await;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("UPDATE sdk_keys SET expires_at = '2001-01-01T00:00:00Z'", [])
+        .unwrap();
+    let server = start(Some(db.clone()), "conto_org_test").await;
+    let http = reqwest::Client::new();
+    let policies = http.get(format!("{}/api/policies", server.url())).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(policies.status(), 401);
+    assert_eq!(policies.json::<Value>().await.unwrap()["code"], "EXPIRED_KEY");
+    let approve = http
+        .post(format!("{}/api/sdk/payments/approve", server.url()))
+        .bearer_auth(&key)
+        .json(&transfer_payment(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approve.status(), 401);
+    assert!(approve.headers().contains_key("x-ratelimit-remaining"), "{:?}", approve.headers());
+    assert_eq!(approve.json::<Value>().await.unwrap()["code"], "EXPIRED_KEY");
+    server.stop().await;
+    let _ = std::fs::remove_file(&db);
 }
