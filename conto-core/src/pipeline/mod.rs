@@ -717,8 +717,10 @@ impl Approval {
     /// futures of callers that never wait stay small.
     fn record_keeping(mut self, settlement: Settlement) -> Recording {
         let authorization = self.authorization.take().expect("an Approval is consumed only once");
-        let (conto, via) = (self.conto.clone(), self.via);
-        let settlement = clamped(&conto, &authorization, settlement);
+        // Borrowed: only a record that waits takes a handle of its own (a reference count
+        // shared by every core, touched twice, saved where the record is made in place).
+        let (conto, via) = (&self.conto, self.via);
+        let settlement = clamped(conto, &authorization, settlement);
         let queues = via == Via::Primary && conto.inner.sink.is_some();
         let answer = if queues { None } else { conto.authority(via).record_now(&authorization, &settlement) };
         match answer {
@@ -728,6 +730,7 @@ impl Approval {
                 Recording::Done((authorization, result))
             }
             answer => {
+                let conto = conto.clone();
                 Recording::Later(Box::pin(
                     async move { conto.record_later(via, authorization, settlement, answer).await },
                 ))
