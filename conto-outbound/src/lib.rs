@@ -12,11 +12,16 @@
 //! - **approved:** the signer creates the credential, the request is retried with it once, and
 //!   the settlement the paywall reports (`PAYMENT-RESPONSE`, `X-PAYMENT-RESPONSE`,
 //!   `Payment-Receipt`) is recorded with its transaction reference; a failed paid retry releases
-//!   the approval; a paid retry with no answer holds it until it expires (the money may have
-//!   moved);
+//!   the approval; a paid retry with no answer (an error, the timeout, or the caller dropping
+//!   the request) holds it until it expires (the money may have moved);
 //! - **guards:** a cap per request, allowed networks, known assets only, one idempotency key
-//!   per payment attempt (kept across retries of the whole request), a timeout on the paid
-//!   retry, and a challenge that changed between the 402 and the paid retry is never paid again.
+//!   and one credential per payment attempt (a retry of the whole request after the credential
+//!   was sent is refused, [`PaymentError::AlreadySent`], never paid twice), a timeout on the
+//!   paid retry, a challenge that changed between the 402 and the paid retry never paid again,
+//!   only the origin called paid (a 402 reached by a redirect elsewhere is refused), an x402
+//!   payment never valid longer than its approval (`maxTimeoutSeconds`), an expired MPP
+//!   challenge never paid, an MPP `session` approved for the deposit it locks
+//!   (`suggestedDeposit`), and a 402 body read to 64 KiB at most.
 //!
 //! The crate signs nothing itself: the [`Signer`] is the app's wallet or x402/MPP client. Two
 //! adapters take the payers the Rust ecosystem already has: `X402Schemes` (feature `x402-rs`:

@@ -192,6 +192,14 @@ pub enum PaymentError {
     /// The request's body cannot be sent twice (a stream), so a 402 cannot be paid.
     #[error("the request body is a stream and cannot be retried with a payment")]
     NotRetryable,
+    /// A credential was already sent for this payment attempt (the whole request was sent
+    /// again, by an outer retry or a caller reusing its extensions): it is never paid twice.
+    /// Whether the first payment settled is for the app to find out; its reservation holds.
+    #[error("a payment credential was already sent for this payment attempt: not paid twice")]
+    AlreadySent,
+    /// The 402's body is larger than a challenge can be (64 KiB): not read further.
+    #[error("the 402 body is over {0} bytes: not a challenge this client reads")]
+    ChallengeTooLarge(usize),
 }
 
 impl PaymentError {
@@ -292,6 +300,49 @@ impl PaidRequestsBuilder {
 #[derive(Clone)]
 struct AttemptKey(IdempotencyKey);
 
+/// Set in the request's extensions once this attempt's credential was sent: a retry of the
+/// whole request then never signs (and pays) again.
+#[derive(Clone)]
+struct CredentialSent;
+
+/// The most of a 402's body read for its challenge.
+const CHALLENGE_LIMIT: usize = 64 * 1024;
+
+/// An approval whose credential is on its way: if it is dropped before the outcome is known
+/// (the caller's future dropped mid-request), the reservation is held, not released, as the
+/// money may have moved.
+struct InFlight(Option<conto_core::Approval>);
+
+impl InFlight {
+    fn take(mut self) -> conto_core::Approval {
+        self.0.take().expect("an in-flight approval is taken once")
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(approval) = self.0.take() {
+            approval.hold();
+        }
+    }
+}
+
+/// A response's body, up to `limit` bytes (a 402 from an untrusted server is not read without
+/// bound).
+async fn read_capped(mut resp: Response, limit: usize) -> Result<Vec<u8>, reqwest_middleware::Error> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(fail(PaymentError::ChallengeTooLarge(limit)));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(reqwest_middleware::Error::Reqwest)? {
+        if body.len() + chunk.len() > limit {
+            return Err(fail(PaymentError::ChallengeTooLarge(limit)));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 impl Inner {
     /// The requirement to pay and its amount, or why none is acceptable.
     fn choose(&self, accepts: &[Requirement]) -> Result<(Requirement, Decimal), PaymentError> {
@@ -356,23 +407,39 @@ impl Inner {
                 (intent, Some(r), amount)
             }
             Challenge::Mpp(m) => {
+                // An expired challenge is never paid (nor one whose expiry cannot be read).
+                if let Some(expires) = m.param("expires") {
+                    let at: conto_core::jiff::Timestamp = expires.parse().map_err(|_| {
+                        PaymentError::NotAcceptable(format!(
+                            "the MPP challenge's `expires` ({expires}) is not RFC 3339"
+                        ))
+                    })?;
+                    if at <= conto_core::jiff::Timestamp::now() {
+                        return Err(PaymentError::NotAcceptable(format!("the MPP challenge expired at {expires}")));
+                    }
+                }
                 let currency = m.request.get("currency").and_then(Value::as_str).unwrap_or_default();
                 let network = m.param("method").unwrap_or_default().to_owned();
                 let decimals = self.assets.decimals(Some(&network), currency).ok_or_else(|| {
                     PaymentError::UnknownAsset { network: network.clone(), asset: currency.to_owned() }
                 })?;
-                let atomic = match m.request.get("amount") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Number(n)) => n.to_string(),
-                    _ => {
-                        return Err(ChallengeError::Malformed { what: "MPP request", why: "no `amount`".into() }.into());
-                    }
+                let atomic_of = |field: &'static str| match m.request.get(field) {
+                    Some(Value::String(s)) => Ok(s.clone()),
+                    Some(Value::Number(n)) => Ok(n.to_string()),
+                    _ => Err(ChallengeError::Malformed { what: "MPP request", why: format!("no `{field}`") }),
                 };
+                // A session locks its deposit in escrow when it opens (its `amount` is the price
+                // of one unit): the deposit is what moves, so the deposit is what is approved.
+                let session = m.param("intent") == Some("session");
+                let atomic = if session { atomic_of("suggestedDeposit")? } else { atomic_of("amount")? };
                 let amount = to_amount(&atomic, decimals).map_err(PaymentError::NotAcceptable)?;
                 let mut rail = Rail::mpp(url)?;
-                if let Rail::Mpp { intent, method, .. } = &mut rail {
+                if let Rail::Mpp { intent, method, deposit, .. } = &mut rail {
                     *intent = m.param("intent").map(str::to_owned);
                     *method = m.param("method").map(str::to_owned);
+                    if session {
+                        *deposit = Some(amount_of(amount)?);
+                    }
                 }
                 let mut builder = PaymentIntent::builder(actor.as_str(), amount_of(amount)?, rail)
                     .context("currency", currency.to_owned())
@@ -402,16 +469,43 @@ impl Middleware for PaidRequests {
         let this = &self.inner;
         let retry = req.try_clone();
         let url = req.url().to_string();
+        let origin = req.url().origin();
         let first = next.clone().run(req, ext).await?;
         if first.status() != http::StatusCode::PAYMENT_REQUIRED {
             return Ok(first);
         }
+        // Only the origin called is paid: a 402 reached through a redirect to another origin
+        // would be paid under an approval for the first (and its credential sent there).
+        if first.url().origin() != origin {
+            return Err(fail(PaymentError::NotAcceptable(format!(
+                "the 402 came from {} after a redirect, not from the origin called ({url})",
+                first.url()
+            ))));
+        }
+        // One credential per payment attempt: a repeat of the whole request never pays again.
+        if ext.get::<CredentialSent>().is_some() {
+            return Err(fail(PaymentError::AlreadySent));
+        }
         let headers = first.headers().clone();
-        let body = first.bytes().await.map_err(reqwest_middleware::Error::Reqwest)?;
+        let body = read_capped(first, CHALLENGE_LIMIT).await?;
         let challenge = challenge::read(&headers, &body).map_err(|e| fail(e.into()))?;
         let Some(mut retry) = retry else { return Err(fail(PaymentError::NotRetryable)) };
         let (intent, requirement, _) = this.intent(&challenge, &url, ext).map_err(fail)?;
         let approval = this.conto.authorize(intent).await.map_err(|r| fail(PaymentError::Refused(Box::new(r))))?;
+        // An x402 payment stays valid `maxTimeoutSeconds` after it is signed: the approval
+        // (whose reservation a lost answer holds) must last at least as long.
+        if let Some(window) = requirement.as_ref().and_then(|r| r.max_timeout_seconds) {
+            let valid_until = conto_core::jiff::Timestamp::now()
+                .checked_add(conto_core::jiff::SignedDuration::from_secs(window.min(i64::MAX as u64) as i64))
+                .ok();
+            if valid_until.is_none_or(|t| t > approval.authorization().expires_at) {
+                let expires = approval.authorization().expires_at;
+                approval.release();
+                return Err(fail(PaymentError::NotAcceptable(format!(
+                    "the payment would stay valid {window} s, past its approval's expiry ({expires})"
+                ))));
+            }
+        }
         let offer = Offer {
             challenge: challenge.clone(),
             requirement,
@@ -433,24 +527,23 @@ impl Middleware for PaidRequests {
         };
         value.set_sensitive(true); // a bearer secret: redacted wherever headers are printed
         retry.headers_mut().insert(credential.header.clone(), value);
+        ext.insert(CredentialSent);
+        // From here the money may move: dropped before the outcome is known, the approval is
+        // held (not released); the errors below with no answer hold it too.
+        let in_flight = InFlight(Some(approval));
         let paid = match tokio::time::timeout(this.timeout, next.run(retry, ext)).await {
             Ok(Ok(paid)) => paid,
-            Ok(Err(e)) => {
-                // The credential may have reached the paywall: hold, do not release.
-                approval.hold();
-                return Err(e);
-            }
-            Err(_) => {
-                approval.hold();
-                return Err(fail(PaymentError::OutcomeUnknown(this.timeout)));
-            }
+            // The credential may have reached the paywall: held (by the guard), not released.
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(fail(PaymentError::OutcomeUnknown(this.timeout))),
         };
+        let approval = in_flight.take();
         if paid.status() == http::StatusCode::PAYMENT_REQUIRED {
             // Refused again: nothing settled. A different challenge (a raised price) is never
             // paid a second time.
             let again = paid.headers().clone();
-            let body = paid.bytes().await.map_err(reqwest_middleware::Error::Reqwest)?;
             approval.release();
+            let body = read_capped(paid, CHALLENGE_LIMIT).await.unwrap_or_default();
             let changed = challenge::read(&again, &body).map(|c| !same_offer(&c, &challenge)).unwrap_or(false);
             return Err(fail(if changed {
                 PaymentError::ChallengeChanged

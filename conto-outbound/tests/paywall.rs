@@ -39,11 +39,13 @@ struct Paywall {
     served: AtomicU32,
     /// A host the challenge claims instead of its own (a paywall posing as another service).
     claim_host: Mutex<Option<String>>,
+    /// `maxTimeoutSeconds` of its requirement, when not the usual 60.
+    max_timeout: Mutex<Option<u64>>,
 }
 
 fn requirement(p: &Paywall, url: &str) -> Value {
     json!({"scheme": "exact", "network": "eip155:84532", "amount": *p.price.lock().unwrap(),
-        "asset": *p.asset.lock().unwrap(), "payTo": PAY_TO, "maxTimeoutSeconds": 60,
+        "asset": *p.asset.lock().unwrap(), "payTo": PAY_TO, "maxTimeoutSeconds": p.max_timeout.lock().unwrap().unwrap_or(60),
         "extra": {"name": "USDC", "version": "2"}, "resource": url})
 }
 
@@ -362,9 +364,11 @@ async fn malformed_challenges_are_never_paid() {
 }
 
 /// An outer retry (here: a middleware that sends the whole request twice, as a retry policy
-/// would after a lost answer) pays under one idempotency key: one payment attempt, one key.
+/// would after a lost answer) never pays twice for one payment attempt: the credential was
+/// sent once, and the repeat is refused with `AlreadySent` before anything is signed. A new
+/// request is a new attempt, under a new key.
 #[tokio::test]
-async fn a_retried_request_keeps_one_idempotency_key_per_payment_attempt() {
+async fn a_repeated_request_never_pays_twice_for_one_payment_attempt() {
     struct Twice;
     #[async_trait::async_trait]
     impl reqwest_middleware::Middleware for Twice {
@@ -395,14 +399,137 @@ async fn a_retried_request_keeps_one_idempotency_key_per_payment_attempt() {
     let wallet = KeyWallet::default();
     let conto = Conto::new(Engine::from_json(POLICIES).unwrap());
     let paid = PaidRequests::builder(conto, wallet.clone()).actor("agent-1").unwrap().build();
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(Twice).with(paid).build();
-    client.get(format!("{url}/search")).send().await.unwrap();
+    let twice = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(Twice).with(paid.clone()).build();
+    let err = twice.get(format!("{url}/search")).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::AlreadySent), "{err:?}");
+    assert_eq!(wallet.1.lock().unwrap().len(), 1, "signed once");
+    assert_eq!(paywall.settled.load(Ordering::SeqCst), 1, "paid once");
+    // A new request is a new attempt.
+    let once = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(paid).build();
+    once.get(format!("{url}/search")).send().await.unwrap();
     let keys = wallet.1.lock().unwrap().clone();
     assert_eq!(keys.len(), 2);
-    assert!(!keys[0].is_empty() && keys[0] == keys[1], "one key for the attempt: {keys:?}");
-    // A new request is a new attempt.
-    client.get(format!("{url}/search")).send().await.unwrap();
-    assert_ne!(wallet.1.lock().unwrap()[2], keys[0]);
+    assert_ne!(keys[0], keys[1]);
+}
+
+/// A 402 reached through a redirect to another origin is not paid: the approval would be for
+/// the origin called, and the credential would go to the other one.
+#[tokio::test]
+async fn a_402_reached_through_a_redirect_to_another_origin_is_not_paid() {
+    let s = setup("250000").await;
+    let target = format!("{}/search", s.url);
+    let elsewhere = common::serve(Router::new().route(
+        "/go",
+        get(move || {
+            let target = target.clone();
+            async move { (StatusCode::FOUND, [("location", target)]) }
+        }),
+    ))
+    .await;
+    let err = s.client.get(format!("{elsewhere}/go")).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::NotAcceptable(why) if why.contains("redirect")), "{err:?}");
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(s.engine.usage("agent-1").live_reservations, 0, "nothing was asked of the policy");
+}
+
+/// An x402 payment stays valid `maxTimeoutSeconds` after it is signed; one that would outlive
+/// its approval (whose reservation a lost answer holds) is refused, and the approval released.
+#[tokio::test]
+async fn an_x402_payment_valid_past_its_approval_is_refused() {
+    let s = setup("250000").await;
+    *s.paywall.max_timeout.lock().unwrap() = Some(24 * 3600);
+    let err = s.client.get(format!("{}/search", s.url)).send().await.unwrap_err();
+    assert!(
+        matches!(payment_error(&err), PaymentError::NotAcceptable(why) if why.contains("past its approval")),
+        "{err:?}"
+    );
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(s.engine.usage("agent-1").live_reservations, 0, "released");
+}
+
+/// A 402 whose body is larger than any challenge is not read on (64 KiB at most).
+#[tokio::test]
+async fn a_402_body_larger_than_a_challenge_is_not_read() {
+    let s = setup("250000").await;
+    let huge = common::serve(
+        Router::new().route("/huge", get(|| async { (StatusCode::PAYMENT_REQUIRED, vec![b'x'; 1 << 20]) })),
+    )
+    .await;
+    let err = s.client.get(format!("{huge}/huge")).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::ChallengeTooLarge(_)), "{err:?}");
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
+}
+
+/// An MPP paywall whose answer to the paid retry never comes: the caller gives up (its future
+/// is dropped) after the credential was sent. The money may have moved, so the reservation is
+/// held, not released.
+#[tokio::test]
+async fn a_request_dropped_after_its_credential_was_sent_holds_its_reservation() {
+    let s = setup("250000").await;
+    let slow = common::serve(Router::new().route(
+        "/slow",
+        get(|headers: HeaderMap| async move {
+            if headers.get("authorization").is_none() {
+                let request =
+                    URL_SAFE_NO_PAD.encode(json!({"amount": "75", "currency": "usd", "recipient": PAY_TO}).to_string());
+                let challenge = format!(
+                    r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}""#
+                );
+                return (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", challenge)], "").into_response();
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            "too late".into_response()
+        }),
+    ))
+    .await;
+    let call = s.client.get(format!("{slow}/slow")).send();
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(500), call).await.is_err(), "given up");
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 1, "the credential was sent");
+    assert_eq!(s.engine.usage("agent-1").live_reservations, 1, "held, not released");
+}
+
+/// MPP challenges: an expired one is never paid; a `session` one is approved (and paid, and
+/// recorded) for the deposit it locks up (`suggestedDeposit`), not for its per-unit `amount`.
+#[tokio::test]
+async fn mpp_an_expired_challenge_is_not_paid_and_a_session_is_approved_for_its_deposit() {
+    let s = setup("250000").await;
+    let app = Router::new()
+        .route(
+            "/expired",
+            get(|| async {
+                let request = URL_SAFE_NO_PAD.encode(json!({"amount": "75", "currency": "usd", "recipient": PAY_TO}).to_string());
+                let challenge = format!(
+                    r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}", expires="2001-01-01T00:00:00Z""#
+                );
+                (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", challenge)], "")
+            }),
+        )
+        .route(
+            "/session",
+            get(|headers: HeaderMap| async move {
+                if headers.get("authorization").is_none() {
+                    let request = URL_SAFE_NO_PAD.encode(
+                        json!({"amount": "1", "unitType": "request", "suggestedDeposit": "80", "currency": "usd",
+                            "recipient": PAY_TO})
+                        .to_string(),
+                    );
+                    let challenge = format!(r#"Payment id="s1", realm="api.test", method="tempo", intent="session", request="{request}""#);
+                    return (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", challenge)], "").into_response();
+                }
+                let receipt = URL_SAFE_NO_PAD
+                    .encode(json!({"status": "success", "method": "tempo", "reference": "0xopen"}).to_string());
+                (StatusCode::OK, [("payment-receipt", receipt)], "opened").into_response()
+            }),
+        );
+    let mpp = common::serve(app).await;
+    let err = s.client.get(format!("{mpp}/expired")).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::NotAcceptable(why) if why.contains("expired")), "{err:?}");
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
+
+    let opened = s.client.get(format!("{mpp}/session")).send().await.unwrap();
+    assert_eq!(opened.status(), 200);
+    let recorded = s.recorded.lock().unwrap().clone();
+    assert_eq!(recorded, vec![(Decimal::new(80, 2), Some("0xopen".into()))], "the 0.80 deposit, not the 0.01 unit");
 }
 
 /// A paywall whose challenge names another service's URL (to pass a service allowlist) is
