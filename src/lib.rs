@@ -168,7 +168,9 @@ pub fn from_env(default_policies: impl AsRef<std::path::Path>) -> Result<Conto, 
 /// deadline and the stand-in chain onto it:
 ///
 /// - `CONTO_API_URL` set: a [`ContoClient`] configured from the environment (`CONTO_SDK_KEY`
-///   or `CONTO_API_KEY`; feature `client`);
+///   or `CONTO_API_KEY`, and `CONTO_ACTOR`, the one actor that key pays for: any other actor is
+///   refused as unknown; feature `client`). `CONTO_POLICIES` and `CONTO_LEDGER_*` are then not
+///   read;
 /// - otherwise the embedded [`Engine`] with the policies in the file `CONTO_POLICIES` names,
 ///   or `default_policies` when it is unset (a relative path is read against the working
 ///   directory); its ledger is shared by every replica when `CONTO_LEDGER_URL` names a

@@ -95,6 +95,11 @@ async fn from_env_picks_the_authority() {
         std::env::set_var("CONTO_API_URL", "http://conto.example.com");
         std::env::set_var("CONTO_SDK_KEY", &key);
     }
+    // The key pays for one actor, which must be named.
+    assert!(matches!(conto::from_env(policies), Err(conto::FromEnvError::Client(conto::ClientError::MissingActor))));
+    unsafe {
+        std::env::set_var("CONTO_ACTOR", "agent-1");
+    }
     let err = conto::from_env(policies).unwrap_err();
     assert!(err.to_string().contains("use https://"), "{err}");
     assert!(!err.to_string().contains(&key));
@@ -108,6 +113,9 @@ async fn from_env_picks_the_authority() {
         std::env::remove_var("CONTO_API_KEY");
     }
     assert!(matches!(conto::from_env(policies), Err(conto::FromEnvError::Client(conto::ClientError::MissingKey))));
+    unsafe {
+        std::env::remove_var("CONTO_ACTOR");
+    }
 }
 
 /// `CONTO_LEDGER_URL`: every handle built from the environment shares the ledger (skipped

@@ -447,6 +447,8 @@ async fn a_refused_key_is_a_500_that_says_what_to_fix_never_a_retryable_503() {
     assert_eq!(body["type"], "about:blank");
     assert_eq!(body["source"], "authority");
     assert!(body["detail"].as_str().unwrap().contains("check the SDK key"), "{body}");
+    // The authority's own words (and anything else of the cause) stay in the service's logs.
+    assert!(!body.to_string().contains("invalid SDK key") && !body.to_string().contains("AUTH_FAILED"), "{body}");
     assert_eq!(app.runs(), 0);
     assert_eq!(stand_in.usage("agent-1").stats.approved, 0, "a bad key never falls back to the stand-in");
 }
@@ -534,4 +536,65 @@ async fn a_computed_price_of_zero_is_an_invalid_payment_and_none_is_free() {
     assert_eq!(resp.status(), 200, "Ok(None) is free");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     assert_eq!(engine.usage("agent-1").stats.approved, 0, "a free request is not authorized");
+}
+
+/// A caller's `Idempotency-Key` header is never the payment's key: an authority answers a
+/// repeated key with the approval it gave first (conto-local does, as Conto documents), so a
+/// caller repeating one would run the route again under an approval already spent. Each
+/// request is its own payment attempt: two approvals, two spends.
+#[cfg(feature = "client")]
+#[tokio::test]
+async fn a_callers_idempotency_key_never_replays_an_earlier_approval() {
+    let server = conto_local::start(conto_local::Config {
+        port: 0,
+        org_key: Some("conto_org_layer".into()),
+        rate_limit: 100_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let org = |path: &str, body: Value| {
+        http.post(format!("{}{path}", server.url())).bearer_auth("conto_org_layer").json(&body).send()
+    };
+    assert_eq!(
+        org("/api/agents", serde_json::json!({"id": "agent-1", "name": "agent-1"})).await.unwrap().status(),
+        201
+    );
+    let scopes =
+        serde_json::json!({"name": "app", "scopes": ["payments:request", "payments:approve", "payments:confirm"]});
+    let key: Value = org("/api/agents/agent-1/sdk-keys", scopes).await.unwrap().json().await.unwrap();
+    let mut policy = serde_json::from_str::<Value>(POLICIES).unwrap()[0].clone();
+    policy["scope"] = "all".into();
+    assert_eq!(org("/api/policies", policy).await.unwrap().status(), 201);
+    let client = conto::ContoClient::builder()
+        .base_url(server.url())
+        .sdk_key(key["key"].as_str().unwrap())
+        .actor("agent-1")
+        .build()
+        .unwrap();
+    let app = app_with(Conto::new(client), engine()).await;
+    let paid = || async {
+        let resp = app
+            .client
+            .get(format!("{}/paid", app.base))
+            .bearer_auth("tok-agent-1")
+            .header("idempotency-key", "the-same-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    };
+    let (first, second) = (paid().await, paid().await);
+    assert_ne!(first, second, "each request got its own approval");
+    assert_eq!(app.runs(), 2);
+    let stats = server.engine().usage("agent-1").stats;
+    assert_eq!((stats.approved, stats.recorded), (2, 2), "both requests were paid for");
+    // The key pays for agent-1 only: another authenticated, provisioned user of the app is
+    // refused as unknown to this key (403), and never spends agent-1's budget.
+    let resp = app.get("/paid", Some("agent-2")).await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(server.engine().usage("agent-1").stats.approved, 2);
+    server.stop().await;
 }

@@ -53,6 +53,7 @@ impl BoundClients {
         let client = ContoClient::builder()
             .base_url(&self.base_url)
             .sdk_key(binding.sdk_key.expose_secret())
+            .actor(actor)
             .build()
             .map_err(|e| AuthorityError::Unsupported(e.to_string()))?;
         clients.insert(actor.to_owned(), (binding.agent_id.clone(), client.clone()));

@@ -67,12 +67,22 @@ pub enum ClientError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    /// No `CONTO_ACTOR`: the client from the environment must know which actor its key pays for.
+    #[error(
+        "no actor for the SDK key: set CONTO_ACTOR to the actor (agent) its key pays for; several actors each need \
+         their own key (BoundClients)"
+    )]
+    MissingActor,
+    /// The actor is not a valid actor id.
+    #[error("invalid actor: {0}")]
+    InvalidActor(String),
 }
 
 /// Builds a [`ContoClient`].
 pub struct ContoClientBuilder {
     base_url: String,
     key: Option<SecretString>,
+    actor: Option<String>,
     authorize_timeout: Duration,
     record_timeout: Duration,
     max_retries: u32,
@@ -83,6 +93,7 @@ impl fmt::Debug for ContoClientBuilder {
         f.debug_struct("ContoClientBuilder")
             .field("base_url", &self.base_url)
             .field("key", &self.key.as_ref().map(|_| "[redacted]"))
+            .field("actor", &self.actor)
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +108,18 @@ impl ContoClientBuilder {
     /// The agent's SDK key (`conto_agent_...`).
     pub fn sdk_key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(SecretString::from(key.into()));
+        self
+    }
+
+    /// The one actor this client pays for: its key's agent. Conto knows a payer only by the
+    /// key, so a client paid for any actor named would spend that agent's budget for all of
+    /// them; with this set, an intent of any other actor is refused as unknown
+    /// ([`Refused::UnknownActor`](conto_core::Refused::UnknownActor)) before anything is sent.
+    /// Several actors each need their own key: [`BoundClients`]. [`ContoClient::from_env`]
+    /// requires it (`CONTO_ACTOR`); a client built without it pays for whichever actor an
+    /// intent names.
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
         self
     }
 
@@ -122,6 +145,10 @@ impl ContoClientBuilder {
     /// Checks the configuration and builds the client.
     pub fn build(self) -> Result<ContoClient, ClientError> {
         let key = self.key.ok_or(ClientError::MissingKey)?;
+        let actor = match self.actor {
+            Some(a) => Some(conto_core::ActorId::new(a).map_err(|e| ClientError::InvalidActor(e.to_string()))?),
+            None => None,
+        };
         let base = self.base_url.trim_end_matches('/').to_owned();
         check_url(&base)?;
         let http = reqwest::Client::builder()
@@ -135,6 +162,7 @@ impl ContoClientBuilder {
                 http,
                 base,
                 key,
+                actor,
                 authorize_timeout: self.authorize_timeout,
                 record_timeout: self.record_timeout,
                 max_retries: self.max_retries,
@@ -161,6 +189,8 @@ struct Inner {
     http: reqwest::Client,
     base: String,
     key: SecretString,
+    /// The one actor this client pays for, when bound.
+    actor: Option<conto_core::ActorId>,
     authorize_timeout: Duration,
     record_timeout: Duration,
     max_retries: u32,
@@ -177,6 +207,7 @@ impl fmt::Debug for ContoClient {
         f.debug_struct("ContoClient")
             .field("base_url", &self.inner.base)
             .field("key", &"[redacted]")
+            .field("actor", &self.inner.actor)
             .field("authorize_timeout", &self.inner.authorize_timeout)
             .finish()
     }
@@ -194,6 +225,7 @@ impl ContoClient {
         ContoClientBuilder {
             base_url: DEFAULT_API_URL.to_owned(),
             key: None,
+            actor: None,
             authorize_timeout: DEFAULT_AUTHORIZE_TIMEOUT,
             record_timeout: DEFAULT_RECORD_TIMEOUT,
             max_retries: 3,
@@ -206,16 +238,20 @@ impl ContoClient {
         self.inner.key.expose_secret() == key.expose_secret()
     }
 
-    /// A client from the environment: `CONTO_SDK_KEY` (or `CONTO_API_KEY`) and `CONTO_API_URL`
-    /// (default `https://conto.finance`).
+    /// A client from the environment: `CONTO_SDK_KEY` (or `CONTO_API_KEY`), `CONTO_ACTOR` (the
+    /// actor its key pays for: any other is refused, see [`ContoClientBuilder::actor`]) and
+    /// `CONTO_API_URL` (default `https://conto.finance`).
     pub fn from_env() -> Result<Self, ClientError> {
-        let key = std::env::var("CONTO_SDK_KEY")
-            .or_else(|_| std::env::var("CONTO_API_KEY"))
-            .ok()
-            .filter(|k| !k.trim().is_empty())
-            .ok_or(ClientError::MissingKey)?;
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let key = var("CONTO_SDK_KEY").or_else(|| var("CONTO_API_KEY")).ok_or(ClientError::MissingKey)?;
+        let actor = var("CONTO_ACTOR").ok_or(ClientError::MissingActor)?;
         let url = std::env::var("CONTO_API_URL").unwrap_or_else(|_| DEFAULT_API_URL.to_owned());
-        Self::builder().base_url(url).sdk_key(key).build()
+        Self::builder().base_url(url).sdk_key(key).actor(actor).build()
+    }
+
+    /// The actor this client pays for, when it is bound to one.
+    pub fn actor(&self) -> Option<&conto_core::ActorId> {
+        self.inner.actor.as_ref()
     }
 
     /// The base URL.
@@ -320,6 +356,12 @@ impl ContoClient {
 
     /// [`ContoClient::authorize_intent`] on a shared intent (an approval keeps the `Arc`).
     pub async fn authorize_shared(&self, intent: &Arc<PaymentIntent>) -> Result<Decision, AuthorityError> {
+        // The key pays for its own agent only: another actor never spends its budget.
+        if let Some(actor) = &self.inner.actor
+            && intent.actor != *actor
+        {
+            return Err(conto_core::Refused::UnknownActor(intent.actor.as_str().to_owned()).into());
+        }
         let (kind, body) = PaymentBody::from_intent(intent);
         let path = kind.authorize_path();
         let answer = self.call(reqwest::Method::POST, path, Some(&body), self.inner.authorize_timeout).await?;

@@ -67,6 +67,7 @@ async fn run(cli: Cli) -> Result<(), conto_local::LocalError> {
         && let Some(key) = running.bootstrap_agent(agent)?
     {
         println!("created agent `{agent}` with SDK key (shown once): {key}");
+        println!("  export CONTO_SDK_KEY={key} CONTO_ACTOR={agent}");
     }
     println!("conto-local listening on {}", running.url());
     if generated {

@@ -796,7 +796,9 @@ fn plan_one(
         return Ok(Planned::Settle { approval, reference, record_id: None, key });
     }
     let intent = intent_from(agent, payment, kind)?;
-    let record_id = format!("rec_{}", key.clone().unwrap_or_else(|| random_hex(10)));
+    // Scoped to the agent: a payment id or tx hash another agent recorded first (a tx hash is
+    // public) never blocks this agent's own record.
+    let record_id = format!("rec_{agent}_{}", key.clone().unwrap_or_else(|| random_hex(10)));
     if store.spend_exists(&record_id)? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -467,3 +467,27 @@ async fn a_restart_keeps_agents_keys_policies_spend_and_idempotency_keys() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One key pays for one actor: a client bound to `agent-1` refuses another actor's intent as
+/// unknown before anything is sent, and through the pipeline that is a typed `UnknownActor`
+/// rejection; `agent-1`'s budget is untouched by it.
+#[tokio::test]
+async fn a_bound_client_pays_only_for_its_own_actor() {
+    let (server, _org, key) = setup().await;
+    let bound =
+        conto_client::ContoClient::builder().base_url(server.url()).sdk_key(&key).actor("agent-1").build().unwrap();
+    assert_eq!(bound.actor().map(|a| a.as_str()), Some("agent-1"));
+    let err = bound.authorize_intent(&x402("mallory", "2")).await.unwrap_err();
+    assert!(
+        matches!(&err, conto_core::AuthorityError::Refused(conto_core::Refused::UnknownActor(a)) if a == "mallory"),
+        "{err:?}"
+    );
+    assert_eq!(server.engine().usage("agent-1").stats.approved, 0, "nothing was asked of conto-local");
+    let refused = conto_core::Conto::new(bound.clone()).authorize(x402("mallory", "2")).await.unwrap_err();
+    assert!(matches!(refused.kind(), conto_core::RejectionKind::UnknownActor(_)), "{refused:?}");
+    assert!(bound.authorize_intent(&x402("agent-1", "2")).await.is_ok());
+    assert_eq!(server.engine().usage("agent-1").stats.approved, 1);
+    // An actor id that is not one is a typed configuration error.
+    let bad = conto_client::ContoClient::builder().base_url(server.url()).sdk_key(&key).actor(" agent-1").build();
+    assert!(matches!(bad, Err(conto_client::ClientError::InvalidActor(_))), "{bad:?}");
+}

@@ -1201,3 +1201,23 @@ async fn an_expired_key_is_told_so_everywhere() {
     server.stop().await;
     let _ = std::fs::remove_file(&db);
 }
+
+/// A record names its payment by `paymentId` or tx hash, and those are public: another agent
+/// recording the same one first (with its own key) neither blocks this agent's record nor
+/// counts against this agent's budget.
+#[tokio::test]
+async fn another_agent_recording_a_payment_first_blocks_nothing() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    let other = Sdk { base: server.url(), key: org.agent("agent-2", ALL_SCOPES).await, http: reqwest::Client::new() };
+    let mut payment = x402_payment("5");
+    payment["txHash"] = json!(TX);
+    let (status, body) = other.post("/api/sdk/x402/record", json!({"payments": [payment.clone()]})).await;
+    assert!(status < 300, "{body}");
+    let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [payment.clone()]})).await;
+    assert!(status < 300, "the agent's own record is taken: {body}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await.0, "5");
+    // Its own repeat is still refused.
+    let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [payment]})).await;
+    assert_eq!(status, 409, "{body}");
+}

@@ -497,10 +497,9 @@ fn build_intent(config: &Shared, price: &Price, req: &PriceRequest<'_>) -> Resul
     if let Some(p) = &config.purpose {
         b = b.purpose(p.clone());
     }
-    const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
-    if let Some(key) = req.headers().get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok()) {
-        b = b.idempotency_key(key);
-    }
+    // Every request is its own payment attempt, under a key made here: a caller's
+    // `Idempotency-Key` is never taken, or repeating it would be answered with the approval its
+    // first request got (an authority replays a key's answer) and run the route again unpaid.
     b.build().map(Some).map_err(invalid)
 }
 

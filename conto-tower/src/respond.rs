@@ -71,6 +71,10 @@ impl Default for Responder {
     }
 }
 
+/// What a caller is told when the authority refused this service itself.
+const REFUSED_DETAIL: &str = "the payment authority refused this service's credentials or configuration: check the \
+                              SDK key and its scopes (the cause is in the service's logs)";
+
 /// The default response: `application/problem+json` (RFC 9457) with the decision, reasons and
 /// violations; `Cache-Control: no-store` always.
 pub fn problem(refusal: &Refusal) -> Response {
@@ -100,12 +104,14 @@ pub fn problem(refusal: &Refusal) -> Response {
                 // The cause stays in the server's logs and events: clients learn only to retry.
                 json!({"decision": "denied", "reasons": ["the payment authority did not answer in time; try again later"]}),
             ),
-            RejectionKind::Refused(cause) => (
+            RejectionKind::Refused(_) => (
                 AUTHORITY_REFUSED_STATUS,
                 "authority-refused",
                 "Payment authority refused this service",
-                // Not the client's fault and not retryable: the service's configuration must change.
-                json!({"decision": "refused", "reasons": [format!("{cause}")]}),
+                // Not the client's fault and not retryable: the service's configuration must
+                // change. The cause (the authority's own message, a credential store's path) stays
+                // in the server's logs and events.
+                json!({"decision": "refused", "reasons": [REFUSED_DETAIL]}),
             ),
             RejectionKind::NotConfigured => (
                 AUTHORITY_REFUSED_STATUS,
@@ -156,6 +162,7 @@ pub fn problem(refusal: &Refusal) -> Response {
             Refusal::Rejected(r) if matches!(r.kind(), RejectionKind::Unavailable { .. }) => {
                 "the payment authority did not answer in time; try again later".to_owned()
             }
+            Refusal::Rejected(r) if matches!(r.kind(), RejectionKind::Refused(_)) => REFUSED_DETAIL.to_owned(),
             _ => refusal.to_string(),
         };
         map.insert("detail".into(), json!(detail));
