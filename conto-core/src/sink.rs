@@ -186,6 +186,53 @@ pub trait TokenSeal: Send + Sync + 'static {
     fn open(&self, sealed: &str, aad: &str) -> Result<String, SinkError>;
 }
 
+/// The seal a sink uses when none is configured: approval tokens are never written at all, only
+/// held in this process's memory (by authorization) for its own deliveries. After a restart,
+/// or on another replica, a record whose token was held so cannot be delivered: reading it is
+/// an error that says to seal tokens (`seal_tokens`) to keep them. Tokens older than two days
+/// (past any approval's life) are let go.
+#[derive(Default)]
+pub struct HeldInMemory {
+    tokens: std::sync::Mutex<std::collections::HashMap<String, (SecretString, Timestamp)>>,
+}
+
+impl std::fmt::Debug for HeldInMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldInMemory([redacted])")
+    }
+}
+
+/// What a token held in memory is written as.
+const HELD: &str = "held-in-memory";
+
+impl TokenSeal for HeldInMemory {
+    fn seal(&self, token: &str, aad: &str) -> Result<String, SinkError> {
+        let now = Timestamp::now();
+        let keep_from = now.checked_sub(jiff::SignedDuration::from_hours(48)).unwrap_or(now);
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.retain(|_, (_, at)| *at >= keep_from);
+        tokens.insert(aad.to_owned(), (SecretString::from(token.to_owned()), now));
+        Ok(HELD.to_owned())
+    }
+
+    fn open(&self, sealed: &str, aad: &str) -> Result<String, SinkError> {
+        if sealed != HELD {
+            return Err(SinkError(format!(
+                "the approval token of `{aad}` is sealed: configure the seal it was sealed with (seal_tokens)"
+            )));
+        }
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        match tokens.get(aad) {
+            Some((token, _)) => Ok(token.expose_secret().to_owned()),
+            None => Err(SinkError(format!(
+                "the approval token of `{aad}` was held only in the memory of the process that queued it (no seal is \
+                 configured, and tokens are never stored in clear): seal tokens (seal_tokens) to keep them across \
+                 restarts and replicas"
+            ))),
+        }
+    }
+}
+
 impl QueuedRecord {
     /// The JSON a sink stores: with the token sealed when a seal is given.
     pub fn to_stored(&self, seal: Option<&dyn TokenSeal>) -> Result<String, SinkError> {
@@ -280,6 +327,21 @@ pub fn transient(error: &AuthorityError) -> bool {
 mod tests {
     use super::*;
     use crate::{PaymentIntent, Rail};
+
+    /// Without a seal a token is held, not written: it opens in the process that held it, and
+    /// nowhere else; a token sealed under a key is not mistaken for one held.
+    #[test]
+    fn a_held_token_opens_only_where_it_was_held() {
+        let held = HeldInMemory::default();
+        let marker = held.seal("tok_secret", "auth_1").unwrap();
+        assert!(!marker.contains("tok_secret"));
+        assert_eq!(held.open(&marker, "auth_1").unwrap(), "tok_secret");
+        let elsewhere = HeldInMemory::default();
+        assert!(elsewhere.open(&marker, "auth_1").unwrap_err().0.contains("seal tokens"));
+        assert!(held.open(&marker, "auth_2").is_err(), "bound to its authorization");
+        assert!(held.open("xchacha-ciphertext", "auth_1").unwrap_err().0.contains("configure the seal"));
+        assert!(!format!("{held:?}").contains("tok_secret"));
+    }
 
     /// A stored record keeps the wallet its authority named; one an earlier version stored,
     /// without the field, still reads.

@@ -115,6 +115,11 @@ async fn nothing_lost_when_the_authority_dies_mid_delivery() {
     server.stop().await;
 }
 
+/// The sealer both halves of the crash proof use (in an app: `TokenSealer::new(&EnvKey::default())`).
+fn crash_sealer() -> conto_client::credentials::TokenSealer {
+    conto_client::credentials::TokenSealer::new(&conto_client::credentials::StaticKey::new([7; 32])).unwrap()
+}
+
 /// The child half of the crash proof: settles one paid action, prints its authorization id, and
 /// waits to be SIGKILLed before the record is delivered.
 #[test]
@@ -123,7 +128,9 @@ fn crash_child() {
     let url =
         std::env::var("CONTO_CRASH_URL").expect("run by crash_between_settlement_and_record_delivers_exactly_once");
     let key = std::env::var("CONTO_CRASH_KEY").unwrap();
-    let outbox = Outbox::open(std::env::var("CONTO_CRASH_OUTBOX").unwrap()).unwrap();
+    // Sealed: a transfer's confirm needs its approval token after the restart, and an unsealed
+    // outbox never stores one.
+    let outbox = Outbox::open(std::env::var("CONTO_CRASH_OUTBOX").unwrap()).unwrap().seal_tokens(crash_sealer());
     let client = conto_client::ContoClient::builder().base_url(url).sdk_key(key).build().unwrap();
     // Delivered by the app itself, which never starts the worker: the record stays queued
     // until the kill.
@@ -207,7 +214,8 @@ async fn crash_between_settlement_and_record_delivers_exactly_once() {
     // Restart the app: the same outbox, a fresh pipeline.
     for _ in 0..2 {
         let client = conto_client::ContoClient::builder().base_url(server.url()).sdk_key(&key).build().unwrap();
-        let conto = Conto::builder(client).outbox(Outbox::open(&outbox_path).unwrap()).build();
+        let conto =
+            Conto::builder(client).outbox(Outbox::open(&outbox_path).unwrap().seal_tokens(crash_sealer())).build();
         let stats = conto.flush(Duration::from_secs(20)).await.unwrap();
         assert_eq!((stats.pending, stats.dead), (0, 0));
     }

@@ -137,7 +137,8 @@ impl PgOutbox {
         };
         let outbox = Self {
             shared: Arc::new(shared),
-            seal: None,
+            // Tokens are held in memory until a seal is configured: never stored in clear.
+            seal: Some(Arc::new(conto_core::sink::HeldInMemory::default())),
             lease: Duration::from_secs(30),
             max_attempts: 12,
             keep_delivered: Duration::from_secs(7 * 24 * 3600),
@@ -153,8 +154,11 @@ impl PgOutbox {
         self
     }
 
-    /// Seals the approval tokens records carry, so the table holds no readable token. Every
-    /// replica must use the same key.
+    /// Seals the approval tokens records carry (every replica with the same key), so any
+    /// replica can deliver a transfer or card record. Without it tokens are not stored at all,
+    /// only held in the memory of the replica that queued the record
+    /// ([`HeldInMemory`](conto_core::sink::HeldInMemory)): another replica, or the same one
+    /// after a restart, cannot confirm it, and it goes to the dead records.
     pub fn seal_tokens(mut self, seal: impl TokenSeal) -> Self {
         self.seal = Some(Arc::new(seal));
         self

@@ -8,9 +8,11 @@
 //! a retry after a lost answer never counts twice.
 //!
 //! The approval token travels with its record (the authority needs it to confirm a transfer or
-//! card payment). With [`Outbox::seal_tokens`] it is stored sealed (XChaCha20-Poly1305 under the
-//! master key, bound to its authorization); without it the file holds it readable and must be
-//! kept with the care of the SDK key.
+//! card payment), and is never stored readable. With [`Outbox::seal_tokens`] it is stored sealed
+//! (XChaCha20-Poly1305 under the master key, bound to its authorization); without it, it is not
+//! stored at all but held in this process's memory ([`HeldInMemory`](conto_core::sink::HeldInMemory)):
+//! a transfer or card record queued before a restart then cannot be confirmed, and goes to the
+//! dead records with a message saying to seal tokens. x402 and MPP records carry no token.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -87,7 +89,9 @@ impl Outbox {
 
     fn from_connection(conn: Connection) -> Result<Self, OutboxError> {
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), seal: None, claimed: Arc::default(), max_attempts: 12 })
+        // Tokens are held in memory until a seal is configured: never stored in clear.
+        let seal: Arc<dyn TokenSeal> = Arc::new(conto_core::sink::HeldInMemory::default());
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), seal: Some(seal), claimed: Arc::default(), max_attempts: 12 })
     }
 
     /// Syncs every write to disk (`PRAGMA synchronous = FULL`): records then survive power loss

@@ -76,3 +76,56 @@ async fn tokens_are_sealed_in_the_file_and_delivered_whole() {
     assert_eq!(capture.0.lock().unwrap()[0].as_deref(), Some(token.as_str()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Without a seal, no token is stored at all: the file holds none, the process that queued the
+/// record still delivers it with its token, and after a restart the record (which can no
+/// longer be confirmed) is a dead record whose error says to seal tokens, never a confirm
+/// without its token.
+#[tokio::test]
+async fn without_a_seal_tokens_are_held_in_memory_and_never_written() {
+    let dir = std::env::temp_dir().join(format!("conto-unsealed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("outbox.db");
+    let token = "ab".repeat(32);
+    let intent = PaymentIntent::builder(
+        "agent-1",
+        "3",
+        Rail::transfer(8453, "0x1111111111111111111111111111111111111111").unwrap(),
+    )
+    .recipient("0x2222222222222222222222222222222222222222")
+    .build()
+    .unwrap();
+    let authorization = |id: &str| Authorization {
+        id: id.into(),
+        token: Some(SecretString::from(token.clone())),
+        amount: "3".parse().unwrap(),
+        expires_at: conto::jiff::Timestamp::now(),
+        limits: Default::default(),
+        intent: Arc::new(intent.clone()),
+        wallet: None,
+    };
+    let record = |id: &str| QueuedRecord::new(RecordKind::Record, &authorization(id), &Settlement::default());
+    let outbox = Outbox::open(&path).unwrap();
+    outbox.enqueue(&record("auth_1")).await.unwrap();
+    let capture = Capture::default();
+    assert_eq!(outbox.deliver_due(&capture).await.unwrap(), 1);
+    assert_eq!(capture.0.lock().unwrap()[0].as_deref(), Some(token.as_str()), "delivered whole by its process");
+    outbox.enqueue(&record("auth_2")).await.unwrap();
+    drop(outbox);
+
+    let raw = std::fs::read(&path).unwrap();
+    let wal = std::fs::read(path.with_extension("db-wal")).unwrap_or_default();
+    let hay = [raw, wal].concat();
+    assert!(!hay.windows(token.len()).any(|w| w == token.as_bytes()), "no readable token in the outbox files");
+
+    // After a restart the second record cannot be confirmed: it is dead, and says why.
+    let outbox = Outbox::open(&path).unwrap();
+    let capture = Capture::default();
+    assert_eq!(outbox.deliver_due(&capture).await.unwrap(), 0);
+    assert!(capture.0.lock().unwrap().is_empty(), "never delivered without its token");
+    let dead = outbox.dead().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(format!("{dead:?}").contains("seal tokens"), "{dead:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
