@@ -2,8 +2,9 @@
 //! its Tempo or Stripe provider) as the [`Signer`] of [`PaidRequests`](crate::PaidRequests).
 //! Feature `mpp`.
 //!
-//! The provider is asked to pay only after the spend policy approved the challenge's amount; the
-//! credential goes back in `Authorization: Payment …`.
+//! The provider is asked to pay only after the spend policy approved the challenge's amount (for
+//! a `session`, the deposit it opens with, `suggestedDeposit`); the credential goes back in
+//! `Authorization: Payment …`.
 
 use conto_core::BoxFuture;
 use mpp::client::PaymentProvider;

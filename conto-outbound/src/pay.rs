@@ -487,7 +487,12 @@ impl Middleware for PaidRequests {
             return Err(fail(PaymentError::AlreadySent));
         }
         let headers = first.headers().clone();
-        let body = read_capped(first, CHALLENGE_LIMIT).await?;
+        // An x402 v2 challenge is its header: the body is then not read at all.
+        let body = if headers.contains_key("payment-required") {
+            Vec::new()
+        } else {
+            read_capped(first, CHALLENGE_LIMIT).await?
+        };
         let challenge = challenge::read(&headers, &body).map_err(|e| fail(e.into()))?;
         let Some(mut retry) = retry else { return Err(fail(PaymentError::NotRetryable)) };
         let (intent, requirement, _) = this.intent(&challenge, &url, ext).map_err(fail)?;

@@ -458,6 +458,20 @@ async fn a_402_body_larger_than_a_challenge_is_not_read() {
     let err = s.client.get(format!("{huge}/huge")).send().await.unwrap_err();
     assert!(matches!(payment_error(&err), PaymentError::ChallengeTooLarge(_)), "{err:?}");
     assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
+    // An x402 v2 challenge is its header: a large body beside it is not read (here the
+    // challenge itself is then refused for its unknown asset, after being read).
+    let v2 = common::serve(Router::new().route(
+        "/v2",
+        get(|| async {
+            let challenge = json!({"x402Version": 2, "resource": {"url": "http://127.0.0.1/v2"}, "accepts": [{
+                "scheme": "exact", "network": "eip155:84532", "amount": "1", "asset": "0x00000000000000000000000000000000000000aa",
+                "payTo": PAY_TO, "maxTimeoutSeconds": 60}]});
+            (StatusCode::PAYMENT_REQUIRED, [("payment-required", STANDARD.encode(challenge.to_string()))], vec![b'x'; 1 << 20])
+        }),
+    ))
+    .await;
+    let err = s.client.get(format!("{v2}/v2")).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::UnknownAsset { .. }), "{err:?}");
 }
 
 /// An MPP paywall whose answer to the paid retry never comes: the caller gives up (its future
