@@ -193,7 +193,14 @@ pub trait TokenSeal: Send + Sync + 'static {
 /// (past any approval's life) are let go.
 #[derive(Default)]
 pub struct HeldInMemory {
-    tokens: std::sync::Mutex<std::collections::HashMap<String, (SecretString, Timestamp)>>,
+    tokens: std::sync::Mutex<Held>,
+}
+
+/// The tokens held, and when they were last let go of.
+#[derive(Default)]
+struct Held {
+    by_authorization: std::collections::HashMap<String, (SecretString, Timestamp)>,
+    pruned: Option<Timestamp>,
 }
 
 impl std::fmt::Debug for HeldInMemory {
@@ -209,9 +216,13 @@ impl TokenSeal for HeldInMemory {
     fn seal(&self, token: &str, aad: &str) -> Result<String, SinkError> {
         let now = Timestamp::now();
         let keep_from = now.checked_sub(jiff::SignedDuration::from_hours(48)).unwrap_or(now);
-        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        tokens.retain(|_, (_, at)| *at >= keep_from);
-        tokens.insert(aad.to_owned(), (SecretString::from(token.to_owned()), now));
+        let mut held = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        // Old tokens are let go of at most once a minute, not on every record.
+        if held.pruned.is_none_or(|at| now.duration_since(at) >= jiff::SignedDuration::from_mins(1)) {
+            held.by_authorization.retain(|_, (_, at)| *at >= keep_from);
+            held.pruned = Some(now);
+        }
+        held.by_authorization.insert(aad.to_owned(), (SecretString::from(token.to_owned()), now));
         Ok(HELD.to_owned())
     }
 
@@ -221,8 +232,8 @@ impl TokenSeal for HeldInMemory {
                 "the approval token of `{aad}` is sealed: configure the seal it was sealed with (seal_tokens)"
             )));
         }
-        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        match tokens.get(aad) {
+        let held = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        match held.by_authorization.get(aad) {
             Some((token, _)) => Ok(token.expose_secret().to_owned()),
             None => Err(SinkError(format!(
                 "the approval token of `{aad}` was held only in the memory of the process that queued it (no seal is \

@@ -481,13 +481,15 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
     let message = if text.trim().is_empty() { status.canonical_reason().unwrap_or("error") } else { text.trim() };
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+        StatusCode::NOT_FOUND => "NOT_FOUND",
+        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
         s if s.is_server_error() => "INTERNAL_ERROR",
         _ => "VALIDATION_ERROR",
     };
     let mut answer = ApiError::new(status, code, message).into_response();
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            answer.headers_mut().insert(name.clone(), value.clone());
+            answer.headers_mut().append(name.clone(), value.clone());
         }
     }
     answer

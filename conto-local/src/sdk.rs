@@ -93,9 +93,8 @@ fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> R
     let record = lock(&app.store)
         .key(key)?
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "invalid SDK key"))?;
-    // Sliding one-minute window per agent and class. The key is known: its window is counted
-    // (and named in the answer's headers) before anything else is checked, so an expired key
-    // or a missing scope is answered with them too.
+    // Sliding one-minute window per agent and class. The key is known: its window is named in
+    // the answer's headers, an expired key's and a missing scope's refusals included.
     let limit = if class == "reads" { app.rate_limit * 2 } else { app.rate_limit };
     let now = Instant::now();
     let mut rate = lock(&app.rate);
@@ -111,6 +110,20 @@ fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> R
             .checked_add(conto_core::jiff::SignedDuration::try_from(oldest_left(w)).unwrap_or_default())
             .unwrap_or(Timestamp::now())
     };
+    // An expired key or a missing scope is refused with the window's headers, and not counted
+    // in it: a key that cannot pay never uses up its agent's limit.
+    let refused = if record.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now()) {
+        Some(ApiError::new(StatusCode::UNAUTHORIZED, "EXPIRED_KEY", "the SDK key has expired"))
+    } else if !record.scopes.iter().any(|s| s == scope) {
+        Some(ApiError::new(StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE", format!("this key lacks the `{scope}` scope")))
+    } else {
+        None
+    };
+    if let Some(refused) = refused {
+        let remaining = limit.saturating_sub(window.len() as u32);
+        let _ = RATE.try_with(|r| r.set(Some((remaining, reset_after(window)))));
+        return Err(refused);
+    }
     if window.len() as u32 >= limit {
         let _ = RATE.try_with(|r| r.set(Some((0, reset_after(window)))));
         // Whole seconds, rounded up: a retry after `Retry-After` finds the oldest request gone.
@@ -126,17 +139,6 @@ fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> R
     }
     window.push_back(now);
     let _ = RATE.try_with(|r| r.set(Some((limit - window.len() as u32, reset_after(window)))));
-    drop(rate);
-    if record.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now()) {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "EXPIRED_KEY", "the SDK key has expired"));
-    }
-    if !record.scopes.iter().any(|s| s == scope) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "INSUFFICIENT_SCOPE",
-            format!("this key lacks the `{scope}` scope"),
-        ));
-    }
     Ok(Caller { agent: record.agent_id })
 }
 
@@ -798,7 +800,8 @@ fn plan_one(
     let intent = intent_from(agent, payment, kind)?;
     // Scoped to the agent: a payment id or tx hash another agent recorded first (a tx hash is
     // public) never blocks this agent's own record.
-    let record_id = format!("rec_{agent}_{}", key.clone().unwrap_or_else(|| random_hex(10)));
+    // (`/` is in no actor id: one agent's id and key never spell another's.)
+    let record_id = format!("rec_{agent}/{}", key.clone().unwrap_or_else(|| random_hex(10)));
     if store.spend_exists(&record_id)? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -968,16 +971,23 @@ fn request_entry(
 async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "payments:request", "reads")?;
     let now = Timestamp::now();
-    let requests = lock(&app.store).requests(Some(&caller.agent))?;
-    let payment_requests = lock(&app.store).payment_requests_by_approval(&caller.agent)?;
+    let store = lock(&app.store);
+    let requests = store.requests(Some(&caller.agent))?;
+    let payment_requests = store.payment_requests_by_approval(&caller.agent)?;
     let tokens = lock(&app.approval_tokens);
     let list = requests
         .iter()
         .map(|r| {
             let mut entry = request_entry(r, tokens.get(&r.id, now), payment_requests.get(&r.id).cloned());
-            // A request still pending, or an approval not taken, past its expiry has lapsed.
+            // A request still pending, or an approval not taken (still live), past its expiry
+            // has lapsed; an approval that was confirmed stays APPROVED.
             let lapsed = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= now);
-            if lapsed && matches!(r.status.as_str(), "PENDING" | "APPROVED") {
+            let untaken = || {
+                r.approval_id
+                    .as_deref()
+                    .is_none_or(|id| store.approval(id).ok().flatten().is_none_or(|a| a.state == "live"))
+            };
+            if lapsed && (r.status == "PENDING" || (r.status == "APPROVED" && untaken())) {
                 entry.status = Some("EXPIRED".into());
             }
             entry

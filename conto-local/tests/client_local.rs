@@ -349,6 +349,9 @@ async fn an_error_answer_to_a_known_agent_carries_the_rate_limit_headers() {
         .unwrap();
     assert_eq!(refused.status(), 403);
     assert!(refused.headers().contains_key("x-ratelimit-remaining"), "{:?}", refused.headers());
+    // ...and not counted: a key that cannot pay never uses up its agent's limit.
+    let remaining = |r: &reqwest::Response| r.headers()["x-ratelimit-remaining"].to_str().unwrap().to_owned();
+    assert_eq!(remaining(&refused), remaining(&resp), "the refusal was not counted");
     // A key that is not accepted learns nothing of any agent's window.
     let bogus = org
         .http

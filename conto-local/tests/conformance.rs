@@ -1152,14 +1152,34 @@ async fn a_lapsed_human_approval_is_listed_expired() {
         }
     };
     assert_eq!(listed(sdk).await["status"], "APPROVED");
+    // Another agent's transfer that needed a human too, approved and then confirmed (taken)
+    // in time.
+    let other = org.agent("agent-2", ALL_SCOPES).await;
+    let sdk = Sdk { base: server.url(), key: other.clone(), http: reqwest::Client::new() };
+    let (_, held) = sdk.post("/api/sdk/payments/approve", transfer_payment(90)).await;
+    let taken = held["approvalRequestId"].as_str().unwrap().to_owned();
+    let (status, _) = org.post(&format!("/api/approval-requests/{taken}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    let (_, list) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
+    let entry = list["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == taken.as_str()).cloned();
+    let entry = entry.unwrap();
+    let confirm = format!("/api/sdk/payments/{}/confirm", entry["approvalId"].as_str().unwrap());
+    let (status, body) = sdk.post(&confirm, json!({"txHash": TX, "approvalToken": entry["approvalToken"]})).await;
+    assert_eq!(status, 200, "{body}");
     server.stop().await;
     rusqlite::Connection::open(&db)
         .unwrap()
         .execute("UPDATE approval_requests SET expires_at = '2001-01-01T00:00:00Z' WHERE status = 'APPROVED'", [])
         .unwrap();
     let server = start(Some(db.clone()), "conto_org_test").await;
-    let entry = listed(Sdk { base: server.url(), key, http: reqwest::Client::new() }).await;
+    let sdk = || Sdk { base: server.url(), key: key.clone(), http: reqwest::Client::new() };
+    let entry = listed(sdk()).await;
     assert_eq!(entry["status"], "EXPIRED", "{entry}");
+    // The confirmed one was taken: it stays APPROVED past its expiry.
+    let other = Sdk { base: server.url(), key: other, http: reqwest::Client::new() };
+    let (_, list) = other.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
+    let entry = list["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == taken.as_str()).cloned();
+    assert_eq!(entry.unwrap()["status"], "APPROVED");
     server.stop().await;
     let _ = std::fs::remove_file(&db);
 }

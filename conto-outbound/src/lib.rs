@@ -20,8 +20,9 @@
 //!   paid retry, a challenge that changed between the 402 and the paid retry never paid again,
 //!   only the origin called paid (a 402 reached by a redirect elsewhere is refused), an x402
 //!   payment never valid longer than its approval (`maxTimeoutSeconds`), an expired MPP
-//!   challenge never paid, an MPP `session` approved for the deposit it locks
-//!   (`suggestedDeposit`), and a 402 body read to 64 KiB at most.
+//!   challenge never paid, an MPP `session` approved for the deposit it may lock
+//!   (`suggestedDeposit`) and recorded for the unit a request spends, and a 402 body read to
+//!   64 KiB at most (an x402 v2 challenge from its header alone).
 //!
 //! The crate signs nothing itself: the [`Signer`] is the app's wallet or x402/MPP client. Two
 //! adapters take the payers the Rust ecosystem already has: `X402Schemes` (feature `x402-rs`:

@@ -3,8 +3,8 @@
 //! Feature `mpp`.
 //!
 //! The provider is asked to pay only after the spend policy approved the challenge's amount (for
-//! a `session`, the deposit it opens with, `suggestedDeposit`); the credential goes back in
-//! `Authorization: Payment …`.
+//! a `session`, the deposit it may open a channel with, `suggestedDeposit`; one unit is what is
+//! recorded); the credential goes back in `Authorization: Payment …`.
 
 use conto_core::BoxFuture;
 use mpp::client::PaymentProvider;

@@ -192,9 +192,10 @@ pub enum PaymentError {
     /// The request's body cannot be sent twice (a stream), so a 402 cannot be paid.
     #[error("the request body is a stream and cannot be retried with a payment")]
     NotRetryable,
-    /// A credential was already sent for this payment attempt (the whole request was sent
-    /// again, by an outer retry or a caller reusing its extensions): it is never paid twice.
-    /// Whether the first payment settled is for the app to find out; its reservation holds.
+    /// A credential was already sent for this payment attempt, and it may have paid (the whole
+    /// request was sent again, by an outer retry or a caller reusing its extensions, after a
+    /// success or a lost answer): it is never paid twice. Whether a lost answer's payment
+    /// settled is for the app to find out; its reservation holds.
     #[error("a payment credential was already sent for this payment attempt: not paid twice")]
     AlreadySent,
     /// The 402's body is larger than a challenge can be (64 KiB): not read further.
@@ -300,8 +301,9 @@ impl PaidRequestsBuilder {
 #[derive(Clone)]
 struct AttemptKey(IdempotencyKey);
 
-/// Set in the request's extensions once this attempt's credential was sent: a retry of the
-/// whole request then never signs (and pays) again.
+/// Set in the request's extensions once this attempt's credential was sent and while its
+/// outcome may be a payment: a retry of the whole request then never signs (and pays) again.
+/// Taken off when the paywall refused the credential (nothing settled, the approval released).
 #[derive(Clone)]
 struct CredentialSent;
 
@@ -377,12 +379,12 @@ impl Inner {
         challenge: &Challenge,
         url: &str,
         ext: &mut Extensions,
-    ) -> Result<(PaymentIntent, Option<Requirement>, Decimal), PaymentError> {
+    ) -> Result<(PaymentIntent, Option<Requirement>, Decimal, Option<Amount>), PaymentError> {
         let actor =
             ext.get::<PayAs>().map(|p| p.0.clone()).or_else(|| self.actor.clone()).ok_or(PaymentError::NoActor)?;
         let key = ext.get::<AttemptKey>().cloned().unwrap_or_else(|| AttemptKey(IdempotencyKey::random()));
         ext.insert(key.clone());
-        let (intent, requirement, amount) = match challenge {
+        let (intent, requirement, amount, spends) = match challenge {
             Challenge::X402 { resource, accepts, .. } => {
                 let (r, amount) = self.choose(accepts)?;
                 // The policy judges the service actually called: a challenge that names a
@@ -404,7 +406,7 @@ impl Inner {
                     .context("asset", r.asset.clone())
                     .idempotency_key(key.0.as_str())
                     .build()?;
-                (intent, Some(r), amount)
+                (intent, Some(r), amount, None)
             }
             Challenge::Mpp(m) => {
                 // An expired challenge is never paid (nor one whose expiry cannot be read).
@@ -428,11 +430,17 @@ impl Inner {
                     Some(Value::Number(n)) => Ok(n.to_string()),
                     _ => Err(ChallengeError::Malformed { what: "MPP request", why: format!("no `{field}`") }),
                 };
-                // A session locks its deposit in escrow when it opens (its `amount` is the price
-                // of one unit): the deposit is what moves, so the deposit is what is approved.
+                // A session may lock its deposit in escrow when it opens a channel, then pays
+                // one unit (`amount`) a request: the deposit is the most that can move, so it is
+                // what is approved; one unit is what is spent, so it is what is recorded (unless
+                // the receipt says otherwise).
                 let session = m.param("intent") == Some("session");
-                let atomic = if session { atomic_of("suggestedDeposit")? } else { atomic_of("amount")? };
-                let amount = to_amount(&atomic, decimals).map_err(PaymentError::NotAcceptable)?;
+                let unit = to_amount(&atomic_of("amount")?, decimals).map_err(PaymentError::NotAcceptable)?;
+                let amount = if session {
+                    to_amount(&atomic_of("suggestedDeposit")?, decimals).map_err(PaymentError::NotAcceptable)?.max(unit)
+                } else {
+                    unit
+                };
                 let mut rail = Rail::mpp(url)?;
                 if let Rail::Mpp { intent, method, deposit, .. } = &mut rail {
                     *intent = m.param("intent").map(str::to_owned);
@@ -447,7 +455,8 @@ impl Inner {
                 if let Some(to) = m.request.get("recipient").and_then(Value::as_str) {
                     builder = builder.recipient(to.to_owned());
                 }
-                (builder.build()?, None, amount)
+                let spends = if session { Some(amount_of(unit)?) } else { None };
+                (builder.build()?, None, amount, spends)
             }
         };
         if let Some(max) = self.max
@@ -455,7 +464,7 @@ impl Inner {
         {
             return Err(PaymentError::OverCap { amount, max });
         }
-        Ok((intent, requirement, amount))
+        Ok((intent, requirement, amount, spends))
     }
 }
 
@@ -495,7 +504,7 @@ impl Middleware for PaidRequests {
         };
         let challenge = challenge::read(&headers, &body).map_err(|e| fail(e.into()))?;
         let Some(mut retry) = retry else { return Err(fail(PaymentError::NotRetryable)) };
-        let (intent, requirement, _) = this.intent(&challenge, &url, ext).map_err(fail)?;
+        let (intent, requirement, _, spends) = this.intent(&challenge, &url, ext).map_err(fail)?;
         let approval = this.conto.authorize(intent).await.map_err(|r| fail(PaymentError::Refused(Box::new(r))))?;
         // An x402 payment stays valid `maxTimeoutSeconds` after it is signed: the approval
         // (whose reservation a lost answer holds) must last at least as long.
@@ -548,6 +557,8 @@ impl Middleware for PaidRequests {
             // paid a second time.
             let again = paid.headers().clone();
             approval.release();
+            // Refused, so nothing settled: a repeat of the request may pay afresh.
+            ext.remove::<CredentialSent>();
             let body = read_capped(paid, CHALLENGE_LIMIT).await.unwrap_or_default();
             let changed = challenge::read(&again, &body).map(|c| !same_offer(&c, &challenge)).unwrap_or(false);
             return Err(fail(if changed {
@@ -558,6 +569,8 @@ impl Middleware for PaidRequests {
         }
         if !paid.status().is_success() {
             approval.release();
+            // Refused, so nothing settled: a repeat of the request may pay afresh.
+            ext.remove::<CredentialSent>();
             return Err(fail(PaymentError::Failed { status: paid.status().as_u16() }));
         }
         let report = challenge::settlement(paid.headers());
@@ -565,6 +578,8 @@ impl Middleware for PaidRequests {
         match report {
             Ok(Some(r)) if !r.success => {
                 approval.release();
+                // Refused, so nothing settled: a repeat of the request may pay afresh.
+                ext.remove::<CredentialSent>();
                 return Err(fail(PaymentError::Failed { status: paid.status().as_u16() }));
             }
             Ok(Some(r)) => {
@@ -585,6 +600,12 @@ impl Middleware for PaidRequests {
                 tracing::warn!(url = %url, "conto.outbound.no_settlement_report: recording the approved amount")
             }
         }
+        // An MPP session request spends one unit, not the deposit its approval covered.
+        if settlement.amount.is_none()
+            && let Some(unit) = spends
+        {
+            settlement = settlement.amount(unit);
+        }
         if let Err(error) = approval.record(settlement).await {
             tracing::error!(url = %url, %error, "conto.outbound.record_failed");
         }
@@ -603,6 +624,7 @@ fn same_offer(a: &Challenge, b: &Challenge) -> bool {
         }
         (Challenge::Mpp(x), Challenge::Mpp(y)) => {
             x.request.get("amount") == y.request.get("amount")
+                && x.request.get("suggestedDeposit") == y.request.get("suggestedDeposit")
                 && x.request.get("currency") == y.request.get("currency")
                 && x.request.get("recipient") == y.request.get("recipient")
         }

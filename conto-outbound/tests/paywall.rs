@@ -429,7 +429,7 @@ async fn a_402_reached_through_a_redirect_to_another_origin_is_not_paid() {
     let err = s.client.get(format!("{elsewhere}/go")).send().await.unwrap_err();
     assert!(matches!(payment_error(&err), PaymentError::NotAcceptable(why) if why.contains("redirect")), "{err:?}");
     assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
-    assert_eq!(s.engine.usage("agent-1").live_reservations, 0, "nothing was asked of the policy");
+    assert_eq!(s.engine.usage("agent-1").stats.approved, 0, "nothing was asked of the policy");
 }
 
 /// An x402 payment stays valid `maxTimeoutSeconds` after it is signed; one that would outlive
@@ -502,8 +502,9 @@ async fn a_request_dropped_after_its_credential_was_sent_holds_its_reservation()
     assert_eq!(s.engine.usage("agent-1").live_reservations, 1, "held, not released");
 }
 
-/// MPP challenges: an expired one is never paid; a `session` one is approved (and paid, and
-/// recorded) for the deposit it locks up (`suggestedDeposit`), not for its per-unit `amount`.
+/// MPP challenges: an expired one is never paid; a `session` one is approved for the deposit it
+/// may lock up (`suggestedDeposit`, the most that can move) and recorded for the one unit a
+/// request spends (`amount`), each request again.
 #[tokio::test]
 async fn mpp_an_expired_challenge_is_not_paid_and_a_session_is_approved_for_its_deposit() {
     let s = setup("250000").await;
@@ -540,10 +541,28 @@ async fn mpp_an_expired_challenge_is_not_paid_and_a_session_is_approved_for_its_
     assert!(matches!(payment_error(&err), PaymentError::NotAcceptable(why) if why.contains("expired")), "{err:?}");
     assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
 
-    let opened = s.client.get(format!("{mpp}/session")).send().await.unwrap();
-    assert_eq!(opened.status(), 200);
-    let recorded = s.recorded.lock().unwrap().clone();
-    assert_eq!(recorded, vec![(Decimal::new(80, 2), Some("0xopen".into()))], "the 0.80 deposit, not the 0.01 unit");
+    #[derive(Clone, Default)]
+    struct Approved(Wallet, Arc<Mutex<Vec<conto::Amount>>>);
+    impl Signer for Approved {
+        fn sign<'a>(&'a self, offer: &'a Offer) -> BoxFuture<'a, Result<Credential, SignError>> {
+            self.1.lock().unwrap().push(offer.amount);
+            self.0.sign(offer)
+        }
+    }
+    let approved = Approved::default();
+    let (conto, recorded) = common::observed(&s.engine);
+    let assets = conto::outbound::Assets::usdc().with_any_network("usd", 2);
+    let paid = PaidRequests::builder(conto, approved.clone()).actor("agent-1").unwrap().assets(assets).build();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(paid).build();
+    for _ in 0..2 {
+        assert_eq!(client.get(format!("{mpp}/session")).send().await.unwrap().status(), 200);
+    }
+    let deposit: conto::Amount = "0.8".parse().unwrap();
+    assert_eq!(*approved.1.lock().unwrap(), vec![deposit, deposit], "the signer may lock up to the deposit");
+    let unit = (Decimal::new(1, 2), Some("0xopen".to_owned()));
+    assert_eq!(*recorded.lock().unwrap(), vec![unit.clone(), unit], "one unit spent a request, not the deposit");
+    let usage = s.engine.usage("agent-1");
+    assert_eq!((usage.live_reservations, usage.stats.total_spent), (0, Decimal::new(2, 2)), "the rest released");
 }
 
 /// A paywall whose challenge names another service's URL (to pass a service allowlist) is

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use conto_core::BoxFuture;
 use conto_core::sink::{
-    Deliver, Next, OutboxStats, QueuedRecord, RecordKind, RecordSink, SinkError, TokenSeal, attempt, backoff,
+    Deliver, Next, OutboxStats, QueuedRecord, RecordKind, RecordSink, SinkError, TokenSeal, attempt,
 };
 use jiff::Timestamp;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -316,9 +316,10 @@ impl PgOutbox {
                 let text: String = r.try_get(2)?;
                 let record = QueuedRecord::from_stored(&text, self.seal.as_deref()).map_err(|e| {
                     // A well-formed record whose token this replica cannot open waits for a
-                    // replica that can; anything else is unreadable for good.
-                    let sealed = serde_json::from_str::<QueuedRecord>(&text).is_ok();
-                    (e.0, sealed)
+                    // replica that can, until its approval expires; anything else is unreadable
+                    // for good.
+                    let until = serde_json::from_str::<QueuedRecord>(&text).ok().map(|r| r.expires_at);
+                    (e.0, until)
                 });
                 Ok((r.try_get(0)?, u32::try_from(r.try_get::<i32, _>(1)?).unwrap_or(0), record))
             })
@@ -363,6 +364,17 @@ impl PgOutbox {
     }
 
     /// Writes an outcome; when the database cannot be written, keeps it for the next pass.
+    /// Leaves a record this replica cannot open to the others for a few seconds, without
+    /// counting an attempt.
+    async fn defer(&self, id: i64, why: &str) -> Result<(), PgOutboxError> {
+        let sql = self.sql(
+            "UPDATE {s}.outbox SET next_attempt_at = now() + interval '5 seconds', last_error = $2,
+             lease_until = NULL, leased_by = NULL WHERE id = $1",
+        );
+        sqlx::query(&sql).bind(id).bind(why).execute(&self.shared.pool).await?;
+        Ok(())
+    }
+
     async fn settle_or_keep(&self, id: i64, outcome: Next) -> Result<(), PgOutboxError> {
         let result = self.settle(id, outcome.clone()).await;
         if result.is_err() {
@@ -382,8 +394,9 @@ impl PgOutbox {
     }
 }
 
-/// A claimed row: `(id, attempts, the record or why it cannot be read and whether to retry)`.
-type Claimed = (i64, u32, Result<QueuedRecord, (String, bool)>);
+/// A claimed row: `(id, attempts, the record or why it cannot be read and, for a well-formed
+/// record whose token another replica holds, until when it may wait for that replica)`.
+type Claimed = (i64, u32, Result<QueuedRecord, (String, Option<Timestamp>)>);
 
 impl RecordSink for PgOutbox {
     /// Writes the record to the table. While PostgreSQL cannot be written, the record is held
@@ -430,9 +443,14 @@ impl RecordSink for PgOutbox {
                         self.deliver_one(deliverer, id, attempts, record).await;
                         continue;
                     }
-                    Err((why, true)) if attempts + 1 < self.max_attempts => {
-                        tracing::error!(%why, "conto.outbox.cannot_open: another replica may");
-                        Next::Retry(backoff(attempts), why)
+                    // Another replica may open it: left to it (not an attempt of this one's),
+                    // until its approval expires, when no confirm can succeed any more.
+                    Err((why, Some(until))) if until > Timestamp::now() => {
+                        tracing::warn!(%why, "conto.outbox.cannot_open: another replica may");
+                        if let Err(error) = self.defer(id, &why).await {
+                            tracing::error!(%error, "conto.outbox.write_failed: its lease lapses instead");
+                        }
+                        continue;
                     }
                     Err((why, _)) => Next::Dead(why),
                 };

@@ -329,7 +329,9 @@ impl PaymentBody {
                 body.transaction_hash = settlement.reference.clone();
                 body.session_id = session_id.clone();
                 body.scheme = Some("mpp".to_owned());
-                // The wallet the pre-authorization named, and its chain as Conto writes it.
+                // The wallet the pre-authorization named, and its chain as Conto writes it (a
+                // string of digits; a chain named otherwise, which Conto's MPP chains never are,
+                // is left out rather than sent in a form Conto does not document).
                 if let Some(wallet) = &authorization.wallet {
                     body.wallet_id = Some(wallet.id.clone());
                     body.chain_id = wallet.chain_id.as_deref().and_then(|c| c.parse().ok()).map(ChainId::Text);
