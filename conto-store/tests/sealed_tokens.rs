@@ -34,13 +34,8 @@ impl Deliver for Capture {
     fn dead(&self, _authorization_id: &str, _error: AuthorityError) {}
 }
 
-#[tokio::test]
-async fn tokens_are_sealed_in_the_file_and_delivered_whole() {
-    let dir = std::env::temp_dir().join(format!("conto-sealed-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("outbox.db");
-    let token = "ef".repeat(32);
+/// A transfer approval `id` whose confirm needs `token`.
+fn transfer_approval(id: &str, token: &str) -> Authorization {
     let intent = PaymentIntent::builder(
         "agent-1",
         "3",
@@ -49,15 +44,25 @@ async fn tokens_are_sealed_in_the_file_and_delivered_whole() {
     .recipient("0x2222222222222222222222222222222222222222")
     .build()
     .unwrap();
-    let authorization = Authorization {
-        id: "auth_1".into(),
-        token: Some(SecretString::from(token.clone())),
+    Authorization {
+        id: id.into(),
+        token: Some(SecretString::from(token.to_owned())),
         amount: "3".parse().unwrap(),
         expires_at: conto::jiff::Timestamp::now(),
         limits: Default::default(),
         intent: Arc::new(intent),
         wallet: None,
-    };
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_sealed_in_the_file_and_delivered_whole() {
+    let dir = std::env::temp_dir().join(format!("conto-sealed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("outbox.db");
+    let token = "ef".repeat(32);
+    let authorization = transfer_approval("auth_1", &token);
     let record = QueuedRecord::new(RecordKind::Record, &authorization, &Settlement::default().reference("0xtx"));
     let sealer = || TokenSealer::new(&StaticKey::new([3; 32])).unwrap();
     let outbox = Outbox::open(&path).unwrap().seal_tokens(sealer());
@@ -88,24 +93,8 @@ async fn without_a_seal_tokens_are_held_in_memory_and_never_written() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("outbox.db");
     let token = "ab".repeat(32);
-    let intent = PaymentIntent::builder(
-        "agent-1",
-        "3",
-        Rail::transfer(8453, "0x1111111111111111111111111111111111111111").unwrap(),
-    )
-    .recipient("0x2222222222222222222222222222222222222222")
-    .build()
-    .unwrap();
-    let authorization = |id: &str| Authorization {
-        id: id.into(),
-        token: Some(SecretString::from(token.clone())),
-        amount: "3".parse().unwrap(),
-        expires_at: conto::jiff::Timestamp::now(),
-        limits: Default::default(),
-        intent: Arc::new(intent.clone()),
-        wallet: None,
-    };
-    let record = |id: &str| QueuedRecord::new(RecordKind::Record, &authorization(id), &Settlement::default());
+    let record =
+        |id: &str| QueuedRecord::new(RecordKind::Record, &transfer_approval(id, &token), &Settlement::default());
     let outbox = Outbox::open(&path).unwrap();
     outbox.enqueue(&record("auth_1")).await.unwrap();
     let capture = Capture::default();
