@@ -548,7 +548,7 @@ fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<PolicyCa
     let record = lock(&app.store)
         .key(given)?
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "invalid SDK key"))?;
-    if record.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now()) {
+    if record.expired() {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "EXPIRED_KEY", "the SDK key has expired"));
     }
     // An admin key may do what a reading key may.
@@ -1161,7 +1161,7 @@ async fn demo_decision(
     };
     if let Some(payment_request) = body.payment_request_id.filter(|p| !p.is_empty()) {
         let store = lock(&app.store);
-        let request = store.requests(None)?.into_iter().find(|r| r.id == id);
+        let request = store.request(&id)?;
         let held = match &request {
             Some(r) => store.payment_request(&payment_request, &r.agent_id)?.and_then(|(_, apr, _)| apr),
             None => None,

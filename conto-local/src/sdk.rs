@@ -112,7 +112,7 @@ fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> R
     };
     // An expired key or a missing scope is refused with the window's headers, and not counted
     // in it: a key that cannot pay never uses up its agent's limit.
-    let refused = if record.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now()) {
+    let refused = if record.expired() {
         Some(ApiError::new(StatusCode::UNAUTHORIZED, "EXPIRED_KEY", "the SDK key has expired"))
     } else if !record.scopes.iter().any(|s| s == scope) {
         Some(ApiError::new(StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE", format!("this key lacks the `{scope}` scope")))
@@ -512,7 +512,7 @@ async fn payment_request_status(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no payment request `{id}`")))?;
     let mut body = DecisionBody { request_id: Some(id), reasons, ..DecisionBody::default() };
     if let Some(apr) = &approval_request_id {
-        let request = lock(&app.store).requests(Some(&caller.agent))?.into_iter().find(|r| &r.id == apr);
+        let request = lock(&app.store).request(apr)?.filter(|r| r.agent_id == caller.agent);
         if let Some(r) = request {
             let expired = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now());
             status = match r.status.as_str() {
@@ -1059,9 +1059,7 @@ async fn budget(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respo
 /// A human's decision on a pending request (org endpoint).
 pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<ApprovalAnswer, ApiError> {
     let mut request = lock(&app.store)
-        .requests(None)?
-        .into_iter()
-        .find(|r| r.id == id)
+        .request(id)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no approval request `{id}`")))?;
     if request.status != "PENDING" {
         return Err(bad("INVALID_STATUS", format!("approval request `{id}` is {}", request.status)));

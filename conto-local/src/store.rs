@@ -149,6 +149,13 @@ pub(crate) struct KeyRecord {
     pub key_type: String,
 }
 
+impl KeyRecord {
+    /// Whether the key has expired (`401 EXPIRED_KEY` wherever it is used).
+    pub fn expired(&self) -> bool {
+        self.expires_at.parse::<conto_core::jiff::Timestamp>().is_ok_and(|t| t <= conto_core::jiff::Timestamp::now())
+    }
+}
+
 /// A live or ended approval.
 pub(crate) struct ApprovalRecord {
     pub agent_id: String,
@@ -196,6 +203,20 @@ pub(crate) struct AgentRow {
     pub name: String,
     pub status: String,
     pub created_at: String,
+}
+
+/// An approval request from `id, agent_id, intent, status, approval_id, approval_token,
+/// expires_at` (in that order).
+fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
+    Ok(RequestRecord {
+        id: r.get(0)?,
+        agent_id: r.get(1)?,
+        intent: r.get(2)?,
+        status: r.get(3)?,
+        approval_id: r.get(4)?,
+        approval_token: r.get(5)?,
+        expires_at: r.get(6)?,
+    })
 }
 
 /// An approval from `agent_id, token_hash, intent, amount, expires_at, state` (in that order).
@@ -763,18 +784,20 @@ impl Store {
             "SELECT id, agent_id, intent, status, approval_id, approval_token, expires_at FROM approval_requests
              WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY rowid",
         )?;
-        let rows = stmt.query_map([agent_id], |r| {
-            Ok(RequestRecord {
-                id: r.get(0)?,
-                agent_id: r.get(1)?,
-                intent: r.get(2)?,
-                status: r.get(3)?,
-                approval_id: r.get(4)?,
-                approval_token: r.get(5)?,
-                expires_at: r.get(6)?,
-            })
-        })?;
+        let rows = stmt.query_map([agent_id], request_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The approval request `id`, read by its key (not out of every request).
+    pub fn request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id, agent_id, intent, status, approval_id, approval_token, expires_at FROM approval_requests
+                 WHERE id = ?1",
+            )?
+            .query_row([id], request_row)
+            .optional()?)
     }
 
     /// The answer remembered for `key` (its request's hash, status and body), if any and if

@@ -1124,13 +1124,27 @@ async fn the_shopping_starter_decides_on_its_own_route_and_reads_the_final_statu
     assert_eq!(status_of(second).await, "DENIED");
 }
 
+/// A database file of its own for `name`'s test, none there yet.
+fn fresh_db(name: &str) -> std::path::PathBuf {
+    let db = std::env::temp_dir().join(format!("conto-local-{name}-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    db
+}
+
+/// Stops `server`, changes its database file with `sql` (what only time or an earlier version
+/// would do), and starts conto-local on it again.
+async fn restarted_after(server: conto_local::Running, db: &std::path::Path, sql: &str) -> conto_local::Running {
+    server.stop().await;
+    rusqlite::Connection::open(db).unwrap().execute(sql, []).unwrap();
+    start(Some(db.to_path_buf()), "conto_org_test").await
+}
+
 /// A human approval the agent did not take in time is listed as `EXPIRED`, as a lapsed
 /// pending one is, not as an `APPROVED` entry whose token is gone (here its expiry is moved
 /// into the past while conto-local is stopped, which also drops the token it held).
 #[tokio::test]
 async fn a_lapsed_human_approval_is_listed_expired() {
-    let db = std::env::temp_dir().join(format!("conto-local-lapsed-{}.db", std::process::id()));
-    let _ = std::fs::remove_file(&db);
+    let db = fresh_db("lapsed");
     let server = start(Some(db.clone()), "conto_org_test").await;
     let org = Org::new(&server);
     let key = org.agent("agent-1", ALL_SCOPES).await;
@@ -1166,12 +1180,8 @@ async fn a_lapsed_human_approval_is_listed_expired() {
     let confirm = format!("/api/sdk/payments/{}/confirm", entry["approvalId"].as_str().unwrap());
     let (status, body) = sdk.post(&confirm, json!({"txHash": TX, "approvalToken": entry["approvalToken"]})).await;
     assert_eq!(status, 200, "{body}");
-    server.stop().await;
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute("UPDATE approval_requests SET expires_at = '2001-01-01T00:00:00Z' WHERE status = 'APPROVED'", [])
-        .unwrap();
-    let server = start(Some(db.clone()), "conto_org_test").await;
+    let lapse = "UPDATE approval_requests SET expires_at = '2001-01-01T00:00:00Z' WHERE status = 'APPROVED'";
+    let server = restarted_after(server, &db, lapse).await;
     let sdk = || Sdk { base: server.url(), key: key.clone(), http: reqwest::Client::new() };
     let entry = listed(sdk()).await;
     assert_eq!(entry["status"], "EXPIRED", "{entry}");
@@ -1188,8 +1198,7 @@ async fn a_lapsed_human_approval_is_listed_expired() {
 /// the answer still carries its agent's rate-limit headers.
 #[tokio::test]
 async fn an_expired_key_is_told_so_everywhere() {
-    let db = std::env::temp_dir().join(format!("conto-local-expired-{}.db", std::process::id()));
-    let _ = std::fs::remove_file(&db);
+    let db = fresh_db("expired");
     let server = start(Some(db.clone()), "conto_org_test").await;
     let org = Org::new(&server);
     let key = org.agent("agent-1", ALL_SCOPES).await;
@@ -1198,12 +1207,7 @@ async fn an_expired_key_is_told_so_everywhere() {
         .await;
     assert_eq!(status, 201, "{admin}");
     let admin = admin["key"].as_str().unwrap().to_owned();
-    server.stop().await;
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute("UPDATE sdk_keys SET expires_at = '2001-01-01T00:00:00Z'", [])
-        .unwrap();
-    let server = start(Some(db.clone()), "conto_org_test").await;
+    let server = restarted_after(server, &db, "UPDATE sdk_keys SET expires_at = '2001-01-01T00:00:00Z'").await;
     let http = reqwest::Client::new();
     let policies = http.get(format!("{}/api/policies", server.url())).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(policies.status(), 401);

@@ -310,23 +310,11 @@ struct CredentialSent;
 /// The most of a 402's body read for its challenge.
 const CHALLENGE_LIMIT: usize = 64 * 1024;
 
-/// An approval whose credential is on its way: if it is dropped before the outcome is known
-/// (the caller's future dropped mid-request), the reservation is held, not released, as the
-/// money may have moved.
-struct InFlight(Option<conto_core::Approval>);
-
-impl InFlight {
-    fn take(mut self) -> conto_core::Approval {
-        self.0.take().expect("an in-flight approval is taken once")
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(approval) = self.0.take() {
-            approval.hold();
-        }
-    }
+/// The paywall refused the credential, so nothing settled: the approval is released, and a
+/// repeat of the request may pay afresh.
+fn refused_credential(approval: conto_core::Approval, ext: &mut Extensions) {
+    approval.release();
+    ext.remove::<CredentialSent>();
 }
 
 /// A response's body, up to `limit` bytes (a 402 from an untrusted server is not read without
@@ -505,7 +493,7 @@ impl Middleware for PaidRequests {
         let challenge = challenge::read(&headers, &body).map_err(|e| fail(e.into()))?;
         let Some(mut retry) = retry else { return Err(fail(PaymentError::NotRetryable)) };
         let (intent, requirement, _, spends) = this.intent(&challenge, &url, ext).map_err(fail)?;
-        let approval = this.conto.authorize(intent).await.map_err(|r| fail(PaymentError::Refused(Box::new(r))))?;
+        let mut approval = this.conto.authorize(intent).await.map_err(|r| fail(PaymentError::Refused(Box::new(r))))?;
         // An x402 payment stays valid `maxTimeoutSeconds` after it is signed: the approval
         // (whose reservation a lost answer holds) must last at least as long.
         if let Some(window) = requirement.as_ref().and_then(|r| r.max_timeout_seconds) {
@@ -542,23 +530,19 @@ impl Middleware for PaidRequests {
         value.set_sensitive(true); // a bearer secret: redacted wherever headers are printed
         retry.headers_mut().insert(credential.header.clone(), value);
         ext.insert(CredentialSent);
-        // From here the money may move: dropped before the outcome is known, the approval is
-        // held (not released); the errors below with no answer hold it too.
-        let in_flight = InFlight(Some(approval));
+        // From here the money may move: dropped before the outcome is known (the caller's
+        // future dropped, or no answer below), the approval is held, not released.
+        approval.hold_if_dropped();
         let paid = match tokio::time::timeout(this.timeout, next.run(retry, ext)).await {
             Ok(Ok(paid)) => paid,
-            // The credential may have reached the paywall: held (by the guard), not released.
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(fail(PaymentError::OutcomeUnknown(this.timeout))),
         };
-        let approval = in_flight.take();
         if paid.status() == http::StatusCode::PAYMENT_REQUIRED {
             // Refused again: nothing settled. A different challenge (a raised price) is never
             // paid a second time.
             let again = paid.headers().clone();
-            approval.release();
-            // Refused, so nothing settled: a repeat of the request may pay afresh.
-            ext.remove::<CredentialSent>();
+            refused_credential(approval, ext);
             let body = read_capped(paid, CHALLENGE_LIMIT).await.unwrap_or_default();
             let changed = challenge::read(&again, &body).map(|c| !same_offer(&c, &challenge)).unwrap_or(false);
             return Err(fail(if changed {
@@ -567,21 +551,13 @@ impl Middleware for PaidRequests {
                 PaymentError::Failed { status: 402 }
             }));
         }
-        if !paid.status().is_success() {
-            approval.release();
-            // Refused, so nothing settled: a repeat of the request may pay afresh.
-            ext.remove::<CredentialSent>();
+        let report = challenge::settlement(paid.headers());
+        if !paid.status().is_success() || matches!(&report, Ok(Some(r)) if !r.success) {
+            refused_credential(approval, ext);
             return Err(fail(PaymentError::Failed { status: paid.status().as_u16() }));
         }
-        let report = challenge::settlement(paid.headers());
         let mut settlement = Settlement::default();
         match report {
-            Ok(Some(r)) if !r.success => {
-                approval.release();
-                // Refused, so nothing settled: a repeat of the request may pay afresh.
-                ext.remove::<CredentialSent>();
-                return Err(fail(PaymentError::Failed { status: paid.status().as_u16() }));
-            }
             Ok(Some(r)) => {
                 if let Some(reference) = r.reference {
                     settlement = settlement.reference(reference);

@@ -34,6 +34,14 @@ impl Deliver for Capture {
     fn dead(&self, _authorization_id: &str, _error: AuthorityError) {}
 }
 
+/// Neither the outbox file at `path` nor its write-ahead log holds `token` readable.
+fn assert_no_readable(path: &std::path::Path, token: &str) {
+    let raw = std::fs::read(path).unwrap();
+    let wal = std::fs::read(path.with_extension("db-wal")).unwrap_or_default();
+    let hay = [raw, wal].concat();
+    assert!(!hay.windows(token.len()).any(|w| w == token.as_bytes()), "no readable token in the outbox files");
+}
+
 /// A transfer approval `id` whose confirm needs `token`.
 fn transfer_approval(id: &str, token: &str) -> Authorization {
     let intent = PaymentIntent::builder(
@@ -69,10 +77,7 @@ async fn tokens_are_sealed_in_the_file_and_delivered_whole() {
     outbox.enqueue(&record).await.unwrap();
     drop(outbox);
 
-    let raw = std::fs::read(&path).unwrap();
-    let wal = std::fs::read(path.with_extension("db-wal")).unwrap_or_default();
-    let hay = [raw, wal].concat();
-    assert!(!hay.windows(token.len()).any(|w| w == token.as_bytes()), "no readable token in the outbox files");
+    assert_no_readable(&path, &token);
 
     // After a restart, the same key opens it.
     let outbox = Outbox::open(&path).unwrap().seal_tokens(sealer());
@@ -103,10 +108,7 @@ async fn without_a_seal_tokens_are_held_in_memory_and_never_written() {
     outbox.enqueue(&record("auth_2")).await.unwrap();
     drop(outbox);
 
-    let raw = std::fs::read(&path).unwrap();
-    let wal = std::fs::read(path.with_extension("db-wal")).unwrap_or_default();
-    let hay = [raw, wal].concat();
-    assert!(!hay.windows(token.len()).any(|w| w == token.as_bytes()), "no readable token in the outbox files");
+    assert_no_readable(&path, &token);
 
     // After a restart the second record cannot be confirmed: it is dead, and says why.
     let outbox = Outbox::open(&path).unwrap();

@@ -669,6 +669,8 @@ pub struct Approval {
     source: DecisionSource,
     latency: Duration,
     via: Via,
+    /// Dropped, it is held rather than released ([`Approval::hold_if_dropped`]).
+    hold_on_drop: bool,
 }
 
 impl fmt::Debug for Approval {
@@ -683,7 +685,7 @@ impl fmt::Debug for Approval {
 
 impl Approval {
     fn new(conto: Conto, authorization: Authorization, source: DecisionSource, latency: Duration, via: Via) -> Self {
-        Self { conto, authorization: Some(authorization), source, latency, via }
+        Self { conto, authorization: Some(authorization), source, latency, via, hold_on_drop: false }
     }
 
     /// The authorization (id, approved amount, expiry, limits).
@@ -768,9 +770,15 @@ impl Approval {
     /// Returns the authorization, for an operator or a later reconcile.
     pub fn hold(mut self) -> Authorization {
         let authorization = self.authorization.take().expect("an Approval is consumed only once");
-        tracing::warn!(authorization = %authorization.id, expires_at = %authorization.expires_at,
-            "conto.approval.held: outcome unknown; the reservation holds until it expires");
+        held(&authorization);
         authorization
+    }
+
+    /// From now on, dropping this approval unconsumed [holds](Approval::hold) it instead of
+    /// releasing it: for a caller about to hand a payment credential over, after which money
+    /// may move without this process hearing whether it did (its future dropped meanwhile).
+    pub fn hold_if_dropped(&mut self) {
+        self.hold_on_drop = true;
     }
 
     fn release_because(mut self, reason: &'static str) {
@@ -899,8 +907,16 @@ fn release(conto: &Conto, via: Via, authorization: &Authorization, reason: &'sta
 
 impl Drop for Approval {
     fn drop(&mut self) {
-        if let Some(authorization) = self.authorization.take() {
-            release(&self.conto, self.via, &authorization, "dropped");
+        match self.authorization.take() {
+            Some(authorization) if self.hold_on_drop => held(&authorization),
+            Some(authorization) => release(&self.conto, self.via, &authorization, "dropped"),
+            None => {}
         }
     }
+}
+
+/// Logs an approval left holding its reservation until it expires.
+fn held(authorization: &Authorization) {
+    tracing::warn!(authorization = %authorization.id, expires_at = %authorization.expires_at,
+        "conto.approval.held: outcome unknown; the reservation holds until it expires");
 }
