@@ -20,6 +20,7 @@ mod clock;
 pub mod controls;
 mod decision;
 pub mod engine;
+mod held;
 mod ids;
 mod intent;
 pub mod journal;
