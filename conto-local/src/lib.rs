@@ -88,6 +88,7 @@
 //!   time (the request body read included), so a client can tell the server's share of a round
 //!   trip from the network's. Refusals and errors carry none.
 
+pub mod env_file;
 mod org;
 mod sdk;
 mod store;
@@ -170,6 +171,14 @@ pub enum LocalError {
     InUse {
         /// The database file.
         path: String,
+    },
+    /// The credentials file (`conto-local --env-file`) could not be written.
+    #[error("cannot write the credentials file {path}: {message}")]
+    EnvFile {
+        /// The file.
+        path: String,
+        /// The OS error.
+        message: String,
     },
 }
 

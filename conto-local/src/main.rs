@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use conto_core::jiff::SignedDuration;
-use secrecy::ExposeSecret;
+use secrecy::SecretString;
 
 /// A local control plane that speaks Conto's API, backed by the conto-rs embedded engine.
 #[derive(Parser, Debug)]
@@ -19,19 +19,23 @@ struct Cli {
     /// Keep everything in memory instead (lost on exit).
     #[arg(long, conflicts_with = "db")]
     in_memory: bool,
-    /// The org API key; generated and printed when not given.
+    /// The org API key; generated when not given (written to `--env-file`, never printed).
     #[arg(long, env = "CONTO_ORG_API_KEY", hide_env_values = true)]
     org_key: Option<String>,
     /// A Conto policy file to preload (policies whose name is already stored are skipped).
     #[arg(long)]
     policies: Option<PathBuf>,
-    /// Create this agent with an SDK key (printed once) if it does not exist: a standard key
-    /// with every payment scope (policies are changed with the org key).
+    /// Create this agent with an SDK key (written once to `--env-file`) if it does not exist: a
+    /// standard key with every payment scope (policies are changed with the org key).
     #[arg(long)]
     agent: Option<String>,
     /// Requests per minute per agent on payment endpoints.
     #[arg(long, default_value_t = 60)]
     rate_limit: u32,
+    /// Where the URL, org key, agent and its new SDK key are written as `export` lines (mode
+    /// 0600) for `source`; keys are never printed.
+    #[arg(long, default_value = "conto-local.env")]
+    env_file: PathBuf,
     /// Seconds an approval waits for its confirm, on every rail (default: Conto's, 600 for
     /// transfers, x402 and MPP, 300 for payment requests and cards).
     #[arg(long)]
@@ -49,7 +53,6 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<(), conto_local::LocalError> {
     let db = (!cli.in_memory).then_some(cli.db.clone());
-    let generated = cli.org_key.is_none();
     let running = conto_local::start(conto_local::Config {
         port: cli.port,
         db,
@@ -63,17 +66,27 @@ async fn run(cli: Cli) -> Result<(), conto_local::LocalError> {
         let added = running.preload(file)?;
         println!("preloaded {added} policies from {}", file.display());
     }
-    if let Some(agent) = &cli.agent
-        && let Some(key) = running.bootstrap_agent(agent)?
-    {
-        println!("created agent `{agent}` with SDK key (shown once): {key}");
-        println!("  export CONTO_SDK_KEY={key} CONTO_ACTOR={agent}");
+    let mut created = None;
+    if let Some(agent) = &cli.agent {
+        created = running.bootstrap_agent(agent)?.map(SecretString::from);
+        match created {
+            Some(_) => println!("created agent `{agent}` and its SDK key"),
+            None => println!("agent `{agent}` exists (its SDK key was shown when it was created)"),
+        }
     }
-    println!("conto-local listening on {}", running.url());
-    if generated {
-        println!("org API key (generated): {}", running.org_key().expose_secret());
-    }
-    println!("  export CONTO_API_URL={}", running.url());
+    let url = running.url();
+    let credentials = conto_local::env_file::Credentials {
+        url: &url,
+        org_key: running.org_key(),
+        agent: cli.agent.as_deref().map(|agent| (agent, created.as_ref())),
+    };
+    conto_local::env_file::write(&cli.env_file, &credentials).map_err(|e| conto_local::LocalError::EnvFile {
+        path: cli.env_file.display().to_string(),
+        message: e.to_string(),
+    })?;
+    println!("conto-local listening on {url}");
+    println!("keys written to {} (owner-only); in your shell:", cli.env_file.display());
+    println!("  source {}", cli.env_file.display());
     let _ = tokio::signal::ctrl_c().await;
     running.stop().await;
     Ok(())

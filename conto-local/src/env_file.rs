@@ -1,0 +1,131 @@
+//! The credentials file `cargo run -p conto-local` writes instead of printing keys: shell
+//! `export` lines, readable by its owner only, so a generated key never reaches a terminal's
+//! scrollback or a log collecting the server's output.
+
+use std::io::Write;
+use std::path::Path;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// What the credentials file holds.
+#[derive(Debug)]
+pub struct Credentials<'a> {
+    /// The server's base URL (`CONTO_API_URL`).
+    pub url: &'a str,
+    /// The org API key (`CONTO_ORG_API_KEY`), generated or given: a file sourced before the
+    /// next run hands the same key back to it.
+    pub org_key: &'a SecretString,
+    /// The agent the server was asked to create (`CONTO_ACTOR`), with its SDK key when it was
+    /// created now (`CONTO_SDK_KEY`). When the agent already existed, the key a previous run
+    /// wrote for the same agent is kept, since the server stores keys hashed and cannot show it
+    /// again.
+    pub agent: Option<(&'a str, Option<&'a SecretString>)>,
+}
+
+/// Writes `credentials` to `path` as `export NAME=value` lines, replacing the file atomically
+/// (a temporary file beside it, renamed over it). On Unix the file is created readable and
+/// writable by its owner only (`0600`), whatever the umask.
+pub fn write(path: &Path, credentials: &Credentials<'_>) -> std::io::Result<()> {
+    let mut text = String::from("# conto-local credentials: `source` this file; keep it private\n");
+    text.push_str(&format!("export CONTO_API_URL={}\n", credentials.url));
+    text.push_str(&format!("export CONTO_ORG_API_KEY={}\n", credentials.org_key.expose_secret()));
+    if let Some((agent, key)) = credentials.agent {
+        let key = match key {
+            Some(key) => Some(key.expose_secret().to_owned()),
+            None => previous_key(path, agent),
+        };
+        text.push_str(&format!("export CONTO_ACTOR={agent}\n"));
+        if let Some(key) = key {
+            text.push_str(&format!("export CONTO_SDK_KEY={key}\n"));
+        }
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = owner_only(&temp).and_then(|mut file| {
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&temp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(e)
+        }
+    }
+}
+
+/// The SDK key a previous file holds for `agent`, if that file names the same agent.
+fn previous_key(path: &Path, agent: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value =
+        |name: &str| text.lines().find_map(|line| line.strip_prefix("export ")?.strip_prefix(name)?.strip_prefix('='));
+    (value("CONTO_ACTOR")? == agent).then(|| value("CONTO_SDK_KEY").map(str::to_owned))?
+}
+
+#[cfg(unix)]
+fn owner_only(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+#[cfg(not(unix))]
+fn owner_only(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).create_new(true).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("conto-env-file-{}-{}", std::process::id(), crate::random_hex(4)));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_new_key_is_written_and_kept_for_the_same_agent_on_the_next_run() {
+        let dir = dir();
+        let path = dir.join("conto-local.env");
+        let org = SecretString::from("conto_org_first");
+        let sdk = SecretString::from("conto_agent_secret");
+        let url = "http://127.0.0.1:3006";
+        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-1", Some(&sdk))) }).unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert!(first.contains("export CONTO_SDK_KEY=conto_agent_secret\n"), "{first}");
+        assert!(first.contains("export CONTO_ACTOR=agent-1\n"));
+        assert!(first.contains("export CONTO_ORG_API_KEY=conto_org_first\n"));
+
+        // Next run: the agent exists (no key to show), the org key is new.
+        let org = SecretString::from("conto_org_second");
+        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-1", None)) }).unwrap();
+        let second = std::fs::read_to_string(&path).unwrap();
+        assert!(second.contains("export CONTO_SDK_KEY=conto_agent_secret\n"), "{second}");
+        assert!(second.contains("export CONTO_ORG_API_KEY=conto_org_second\n"));
+        assert!(!second.contains("conto_org_first"));
+
+        // Another agent does not inherit it.
+        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-2", None)) }).unwrap();
+        let third = std::fs::read_to_string(&path).unwrap();
+        assert!(!third.contains("conto_agent_secret"), "{third}");
+        assert!(third.contains("export CONTO_ACTOR=agent-2\n"));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file is left");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_file_is_readable_by_its_owner_only_even_when_it_was_not_before() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = dir();
+        let path = dir.join("conto-local.env");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let org = SecretString::from("conto_org_x");
+        write(&path, &Credentials { url: "http://127.0.0.1:1", org_key: &org, agent: None }).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
