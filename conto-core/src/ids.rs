@@ -11,20 +11,14 @@ pub(crate) fn hex_id(prefix: &str, bits: u128, digits: usize) -> String {
 /// `prefix` then `n` random bytes as lower-case hex, in one allocation (`apr_…`, `ck_…`).
 pub(crate) fn random_id(prefix: &str, n: usize) -> String {
     let mut out = String::with_capacity(prefix.len() + n * 2);
-    write_random_id(&mut out, prefix, n);
-    out
-}
-
-/// Replaces `out` with [`random_id`]`(prefix, n)`, in the room it already has.
-pub(crate) fn write_random_id(out: &mut String, prefix: &str, n: usize) {
-    out.clear();
     out.push_str(prefix);
     let mut left = n;
     while left > 0 {
         let chunk = left.min(16);
-        push_hex(out, rand::random(), chunk * 2);
+        push_hex(&mut out, rand::random(), chunk * 2);
         left -= chunk;
     }
+    out
 }
 
 /// Appends the low `digits` hex digits of `bits` (at most 32), most significant first.
@@ -44,10 +38,8 @@ mod tests {
             assert!(h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         }
         assert_ne!(super::random_id("", 32), super::random_id("", 32));
-        let mut reused = super::random_id("ck_", 16);
-        let before = reused.clone();
-        super::write_random_id(&mut reused, "ck_", 16);
-        assert!(reused.starts_with("ck_") && reused.len() == 3 + 32 && reused != before, "{reused}");
+        let key = super::random_id("ck_", 16);
+        assert!(key.starts_with("ck_") && key.len() == 3 + 32, "{key}");
         let id = super::random_id("auth_", 12);
         assert!(id.starts_with("auth_") && id.len() == 5 + 24, "{id}");
         assert_eq!(super::hex_id("tx_", 0x0123_4567_89ab_cdef, 16), "tx_0123456789abcdef");

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -196,9 +197,28 @@ impl fmt::Debug for ActorId {
 }
 
 /// The key that identifies one payment attempt (not one HTTP try): 1–255 characters.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// A fresh key ([`IdempotencyKey::random`]) is drawn the first time it is read, so a payment
+/// decided in process, where no key is ever sent, draws none. Once read it never changes, and
+/// a clone reads it first, so copies of one intent always carry the same key.
+#[derive(Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct IdempotencyKey(String);
+pub struct IdempotencyKey(#[serde(with = "drawn")] OnceLock<String>);
+
+/// Serde for the drawn key: serialized as its text (drawing it), deserialized as given.
+mod drawn {
+    use std::sync::OnceLock;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(key: &OnceLock<String>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(super::IdempotencyKey::text(key))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OnceLock<String>, D::Error> {
+        Ok(OnceLock::from(String::deserialize(d)?))
+    }
+}
 
 impl IdempotencyKey {
     /// Validates a caller-chosen key.
@@ -207,34 +227,59 @@ impl IdempotencyKey {
         if key.is_empty() || key.len() > 255 {
             return Err(IntentError::IdempotencyKey(key.len()));
         }
-        Ok(Self(key))
+        Ok(Self(OnceLock::from(key)))
     }
 
-    /// A fresh random key (for attempts the caller does not name).
+    /// A fresh random key (for attempts the caller does not name): `ck_` and 32 hex digits,
+    /// drawn when first read.
     pub fn random() -> Self {
-        Self(crate::ids::random_id("ck_", 16))
+        Self(OnceLock::new())
     }
 
-    /// Replaces the key with a fresh random one, in the room it already has.
+    /// Makes the key a fresh one, as [`IdempotencyKey::random`].
     pub(crate) fn renew(&mut self) {
-        crate::ids::write_random_id(&mut self.0, "ck_", 16);
+        self.0 = OnceLock::new();
     }
 
     /// The key's text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        Self::text(&self.0)
+    }
+
+    fn text(key: &OnceLock<String>) -> &str {
+        key.get_or_init(|| crate::ids::random_id("ck_", 16))
+    }
+}
+
+impl Clone for IdempotencyKey {
+    fn clone(&self) -> Self {
+        Self(OnceLock::from(self.as_str().to_owned()))
+    }
+}
+
+impl PartialEq for IdempotencyKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for IdempotencyKey {}
+
+impl std::hash::Hash for IdempotencyKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
 impl fmt::Debug for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IdempotencyKey({})", self.0)
+        write!(f, "IdempotencyKey({})", self.as_str())
     }
 }
 
 impl fmt::Display for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -594,6 +639,33 @@ impl IntentBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drawn_key_is_drawn_once_and_every_copy_carries_it() {
+        use std::sync::Arc;
+        let key = IdempotencyKey::random();
+        let copy = key.clone();
+        assert_eq!(key.as_str(), copy.as_str(), "a clone draws the key first");
+        assert_eq!(key.as_str(), key.as_str());
+        assert!(key.as_str().starts_with("ck_") && key.as_str().len() == 35, "{key}");
+        assert_eq!(serde_json::to_string(&key).unwrap(), format!("\"{key}\""));
+        let back: IdempotencyKey = serde_json::from_str(&serde_json::to_string(&key).unwrap()).unwrap();
+        assert_eq!(back, key);
+        assert_ne!(IdempotencyKey::random(), IdempotencyKey::random());
+        let mut renewed = key.clone();
+        renewed.renew();
+        assert_ne!(renewed, key, "a renewed key is a fresh one");
+        // An intent shared before its key is read: every holder reads the same key.
+        let intent = Arc::new(
+            PaymentIntent::builder("agent-1", "1", Rail::request(None))
+                .recipient("0x1111111111111111111111111111111111111111")
+                .build()
+                .unwrap(),
+        );
+        let other = Arc::clone(&intent);
+        let read = std::thread::spawn(move || other.idempotency_key.as_str().to_owned()).join().unwrap();
+        assert_eq!(intent.idempotency_key.as_str(), read);
+    }
 
     #[test]
     fn actor_ids_take_letters_digits_and_six_marks_and_say_why_not() {
