@@ -53,7 +53,7 @@ pub use conto_core::{
 pub use conto_macros::paid_action;
 
 #[cfg(feature = "client")]
-pub use conto_client::{ClientError, ContoClient, ContoClientBuilder};
+pub use conto_client::{ClientError, ContoClient, ContoClientBuilder, SummaryPeriod, SummaryProtocol};
 #[cfg(feature = "outbox")]
 pub use conto_store::DurableEngine;
 

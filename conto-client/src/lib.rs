@@ -488,6 +488,29 @@ impl ContoClient {
         self.read("mpp/budget").await
     }
 
+    /// The machine-spend summary (`GET service-spend/summary`, scope `analytics:read`), as
+    /// Conto returns it: x402 and MPP spend over `period`, on `protocol`, with at most `limit`
+    /// services.
+    pub async fn spend_summary(
+        &self,
+        period: SummaryPeriod,
+        protocol: SummaryProtocol,
+        limit: u32,
+    ) -> Result<Value, AuthorityError> {
+        let period = match period {
+            SummaryPeriod::Day => "24h",
+            SummaryPeriod::Week => "7d",
+            SummaryPeriod::Month => "30d",
+            SummaryPeriod::All => "all",
+        };
+        let protocol = match protocol {
+            SummaryProtocol::All => "all",
+            SummaryProtocol::X402 => "x402",
+            SummaryProtocol::Mpp => "mpp",
+        };
+        self.read(&format!("service-spend/summary?period={period}&protocol={protocol}&limit={limit}")).await
+    }
+
     async fn read(&self, path: &str) -> Result<Value, AuthorityError> {
         let answer = self.call(reqwest::Method::GET, path, None, self.inner.record_timeout).await?;
         if answer.status != 200 || !answer.body.is_object() {
@@ -495,6 +518,32 @@ impl ContoClient {
         }
         Ok(answer.body)
     }
+}
+
+/// The period of [`ContoClient::spend_summary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SummaryPeriod {
+    /// The last 24 hours (`24h`).
+    Day,
+    /// The last 7 days (`7d`).
+    Week,
+    /// The last 30 days (`30d`).
+    Month,
+    /// Everything (`all`).
+    All,
+}
+
+/// The protocols [`ContoClient::spend_summary`] covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SummaryProtocol {
+    /// x402 and MPP (`all`).
+    All,
+    /// x402 only.
+    X402,
+    /// MPP only.
+    Mpp,
 }
 
 /// Parses a decision body exactly as [`ContoClient`] does: for custom transports, and for

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -198,27 +197,20 @@ impl fmt::Debug for ActorId {
 
 /// The key that identifies one payment attempt (not one HTTP try): 1–255 characters.
 ///
-/// A fresh key ([`IdempotencyKey::random`]) is drawn the first time it is read, so a payment
-/// decided in process, where no key is ever sent, draws none. Once read it never changes, and
-/// a clone reads it first, so copies of one intent always carry the same key.
-#[derive(Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct IdempotencyKey(#[serde(with = "drawn")] OnceLock<String>);
+/// A drawn key ([`IdempotencyKey::random`]: `ck_` and 32 random hex digits) is held inline,
+/// not allocated, so drawing one for every payment, and cloning it, costs no allocation.
+#[derive(Clone)]
+pub struct IdempotencyKey(Repr);
 
-/// Serde for the drawn key: serialized as its text (drawing it), deserialized as given.
-mod drawn {
-    use std::sync::OnceLock;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(key: &OnceLock<String>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(super::IdempotencyKey::text(key))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OnceLock<String>, D::Error> {
-        Ok(OnceLock::from(String::deserialize(d)?))
-    }
+#[derive(Clone)]
+enum Repr {
+    /// `ck_` and 32 lower-case hex digits.
+    Drawn([u8; DRAWN_LEN]),
+    /// A caller's own key, or one read back.
+    Named(String),
 }
+
+const DRAWN_LEN: usize = 3 + 32;
 
 impl IdempotencyKey {
     /// Validates a caller-chosen key.
@@ -227,33 +219,31 @@ impl IdempotencyKey {
         if key.is_empty() || key.len() > 255 {
             return Err(IntentError::IdempotencyKey(key.len()));
         }
-        Ok(Self(OnceLock::from(key)))
+        Ok(Self(Repr::Named(key)))
     }
 
-    /// A fresh random key (for attempts the caller does not name): `ck_` and 32 hex digits,
-    /// drawn when first read.
+    /// A fresh random key (for attempts the caller does not name): `ck_` and 32 hex digits.
     pub fn random() -> Self {
-        Self(OnceLock::new())
+        let mut text = [0u8; DRAWN_LEN];
+        text[..3].copy_from_slice(b"ck_");
+        let bits: u128 = rand::random();
+        // 16 bytes into 32 hex digits: the slice is exactly twice their length.
+        let _ = const_hex::encode_to_slice(bits.to_le_bytes(), &mut text[3..]);
+        Self(Repr::Drawn(text))
     }
 
     /// Makes the key a fresh one, as [`IdempotencyKey::random`].
     pub(crate) fn renew(&mut self) {
-        self.0 = OnceLock::new();
+        *self = Self::random();
     }
 
     /// The key's text.
     pub fn as_str(&self) -> &str {
-        Self::text(&self.0)
-    }
-
-    fn text(key: &OnceLock<String>) -> &str {
-        key.get_or_init(|| crate::ids::random_id("ck_", 16))
-    }
-}
-
-impl Clone for IdempotencyKey {
-    fn clone(&self) -> Self {
-        Self(OnceLock::from(self.as_str().to_owned()))
+        match &self.0 {
+            // ASCII by construction.
+            Repr::Drawn(text) => std::str::from_utf8(text).unwrap_or_default(),
+            Repr::Named(text) => text,
+        }
     }
 }
 
@@ -268,6 +258,18 @@ impl Eq for IdempotencyKey {}
 impl std::hash::Hash for IdempotencyKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.as_str().hash(state);
+    }
+}
+
+impl Serialize for IdempotencyKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for IdempotencyKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self(Repr::Named(String::deserialize(d)?)))
     }
 }
 
@@ -641,30 +643,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_drawn_key_is_drawn_once_and_every_copy_carries_it() {
-        use std::sync::Arc;
+    fn a_drawn_key_is_fresh_each_time_and_reads_as_text() {
         let key = IdempotencyKey::random();
-        let copy = key.clone();
-        assert_eq!(key.as_str(), copy.as_str(), "a clone draws the key first");
-        assert_eq!(key.as_str(), key.as_str());
         assert!(key.as_str().starts_with("ck_") && key.as_str().len() == 35, "{key}");
+        assert!(key.as_str()[3..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{key}");
+        assert_eq!(key.clone(), key);
         assert_eq!(serde_json::to_string(&key).unwrap(), format!("\"{key}\""));
         let back: IdempotencyKey = serde_json::from_str(&serde_json::to_string(&key).unwrap()).unwrap();
-        assert_eq!(back, key);
+        assert_eq!(back, key, "a key read back equals the drawn one");
+        use std::hash::BuildHasher;
+        let state = std::hash::RandomState::new();
+        assert_eq!(state.hash_one(&back), state.hash_one(&key), "and hashes alike");
         assert_ne!(IdempotencyKey::random(), IdempotencyKey::random());
         let mut renewed = key.clone();
         renewed.renew();
         assert_ne!(renewed, key, "a renewed key is a fresh one");
-        // An intent shared before its key is read: every holder reads the same key.
-        let intent = Arc::new(
-            PaymentIntent::builder("agent-1", "1", Rail::request(None))
-                .recipient("0x1111111111111111111111111111111111111111")
-                .build()
-                .unwrap(),
-        );
-        let other = Arc::clone(&intent);
-        let read = std::thread::spawn(move || other.idempotency_key.as_str().to_owned()).join().unwrap();
-        assert_eq!(intent.idempotency_key.as_str(), read);
     }
 
     #[test]

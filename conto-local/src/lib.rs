@@ -50,6 +50,11 @@
 //!   starter does, `POST /api/demos/anthropic-shopping/approval-requests/{id}/decision`
 //!   `{"decision": "APPROVED"|"REJECTED", "paymentRequestId"}`, answered with the request's
 //!   `finalStatus` (`REJECTED` when the re-check after an approval denies).
+//! - `GET /api/sdk/service-spend/summary` (`analytics:read`) sums the key's agent's x402 and MPP
+//!   payments over `period` (`24h` by default, `7d`, `30d`, `all`) and `protocol` (`all`,
+//!   `x402`, `mpp`), with its services (most spent first, `limit` of them, 10 by default, at
+//!   most 100); every such payment counts as a micropayment, the organization is `org_local`,
+//!   and conto-local raises no alerts (`alerts: []`). Other values are `400 VALIDATION_ERROR`.
 //! - `GET /api/sdk/x402/budget` and `/mpp/budget` return the agent's counters;
 //!   `GET /api/sdk/x402/services` and `/mpp/services` the services it paid on that rail, by
 //!   service domain (total spent, payment count, last payment).
@@ -318,6 +323,9 @@ impl Running {
         let _ = (&mut self.task).await;
     }
 }
+
+/// The id of conto-local's one organization.
+pub(crate) const ORGANIZATION_ID: &str = "org_local";
 
 pub(crate) fn now_text() -> String {
     Timestamp::now().to_string()

@@ -15,7 +15,7 @@ use conto_core::{Amount, AuthorityError, PaymentIntent, Rail, Settlement, Verdic
 use conto_wire::org::Policies;
 use conto_wire::sdk::{
     ApprovalAnswer, ApprovalRequest, ApprovalRequests, BodyError, Budget, Counter, DecisionBody, PayingWallet,
-    PaymentBody, RecordedBody, ServiceSpend, Services,
+    PaymentBody, RecordedBody, ServiceSpend, Services, SpendSummary, SummaryFilters, SummaryService, SummaryTotals,
 };
 use conto_wire::{ErrorBody, Kind};
 use serde::Serialize;
@@ -44,6 +44,7 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/api/sdk/x402/services", get(x402_services))
         .route("/api/sdk/mpp/budget", get(budget))
         .route("/api/sdk/mpp/services", get(mpp_services))
+        .route("/api/sdk/service-spend/summary", get(spend_summary))
         .layer(axum::middleware::from_fn(rate_limit_headers))
 }
 
@@ -1035,6 +1036,113 @@ fn services(app: &App, headers: &HeaderMap, kind: Kind) -> Result<Response, ApiE
         })
         .collect();
     Ok(reply(StatusCode::OK, Services { services }))
+}
+
+/// The query of `GET /api/sdk/service-spend/summary`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SummaryQuery {
+    period: Option<String>,
+    protocol: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/sdk/service-spend/summary?period=24h|7d|30d|all&protocol=all|x402|mpp&limit=10`:
+/// the caller's machine spend (x402 and MPP) over the period, with its services, most spent
+/// first.
+async fn spend_summary(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = caller(&app, &headers, "analytics:read", "reads")?;
+    let invalid = |what: String| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", what);
+    let axum::extract::Query(query) = query.map_err(|e| invalid(e.body_text()))?;
+    let period = query.period.unwrap_or_else(|| "24h".into());
+    let hours = match period.as_str() {
+        "24h" => Some(24),
+        "7d" => Some(24 * 7),
+        "30d" => Some(24 * 30),
+        "all" => None,
+        other => return Err(invalid(format!("`period` is one of 24h, 7d, 30d, all, not `{other}`"))),
+    };
+    let protocol = query.protocol.unwrap_or_else(|| "all".into());
+    if !matches!(protocol.as_str(), "all" | "x402" | "mpp") {
+        return Err(invalid(format!("`protocol` is one of all, x402, mpp, not `{protocol}`")));
+    }
+    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+        None => 10,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => return Err(invalid("`limit` is a whole number from 1 to 100".into())),
+    };
+    let start = hours.map(|h| Timestamp::now() - conto_core::jiff::SignedDuration::from_hours(h));
+    let zero = conto_core::Decimal::ZERO;
+    let mut totals = SummaryTotals {
+        total_spend: zero,
+        total_calls: 0,
+        active_services: 0,
+        active_agents: 0,
+        active_alerts: 0,
+        micropayment_transactions: 0,
+        x402_spend: zero,
+        x402_calls: 0,
+        mpp_spend: zero,
+        mpp_calls: 0,
+    };
+    let mut services: std::collections::HashMap<(String, &'static str), SummaryService> = Default::default();
+    for (agent, intent, amount, at) in lock(&app.store).spends()? {
+        if agent != caller.agent {
+            continue;
+        }
+        let Ok(intent) = serde_json::from_str::<PaymentIntent>(&intent) else { continue };
+        let (service_domain, rail) = match &intent.rail {
+            Rail::X402 { service_domain, .. } => (service_domain, "x402"),
+            Rail::Mpp { service_domain, .. } => (service_domain, "mpp"),
+            _ => continue,
+        };
+        if protocol != "all" && protocol != rail {
+            continue;
+        }
+        if let Some(start) = start
+            && at.parse::<Timestamp>().is_ok_and(|at| at < start)
+        {
+            continue;
+        }
+        let amount: conto_core::Decimal = amount.parse().unwrap_or_default();
+        totals.total_spend += amount;
+        totals.total_calls += 1;
+        if rail == "x402" {
+            totals.x402_spend += amount;
+            totals.x402_calls += 1;
+        } else {
+            totals.mpp_spend += amount;
+            totals.mpp_calls += 1;
+        }
+        let entry = services.entry((service_domain.clone(), rail)).or_insert_with(|| SummaryService {
+            service_domain: service_domain.clone(),
+            protocol: rail.into(),
+            total_spend: zero,
+            calls: 0,
+            last_payment_at: String::new(),
+        });
+        entry.total_spend += amount;
+        entry.calls += 1;
+        entry.last_payment_at = at;
+    }
+    totals.micropayment_transactions = totals.total_calls;
+    totals.active_services = services.len() as u64;
+    totals.active_agents = u64::from(totals.total_calls > 0);
+    let mut services: Vec<_> = services.into_values().collect();
+    services.sort_by(|a, b| b.total_spend.cmp(&a.total_spend).then_with(|| a.service_domain.cmp(&b.service_domain)));
+    services.truncate(limit);
+    let filters = SummaryFilters {
+        period,
+        protocol,
+        organization_id: crate::ORGANIZATION_ID.into(),
+        agent_id: caller.agent.clone(),
+        start_date: start.map(|s| s.to_string()),
+    };
+    Ok(reply(StatusCode::OK, SpendSummary { filters, summary: totals, services, alerts: Vec::new() }))
 }
 
 async fn budget(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use conto_client::{SummaryPeriod, SummaryProtocol};
 use conto_core::{ApprovalMode, AuthorityError, Conto, DecisionSource, RejectionKind, Settlement, ViolationType};
 use serde_json::{Value, json};
 
@@ -188,6 +189,10 @@ async fn reads_policies_and_budgets() {
     let budget = client.x402_budget().await.unwrap();
     assert_eq!(budget["totalSpent"], "2");
     assert!(client.mpp_budget().await.unwrap()["counters"].is_array());
+    let summary = client.spend_summary(SummaryPeriod::Week, SummaryProtocol::X402, 5).await.unwrap();
+    assert_eq!((&summary["filters"]["period"], &summary["filters"]["protocol"]), (&json!("7d"), &json!("x402")));
+    assert_eq!(summary["summary"]["x402Spend"], 2, "{summary}");
+    assert_eq!(summary["services"][0]["serviceDomain"], "api.example.com", "{summary}");
 }
 
 #[tokio::test]

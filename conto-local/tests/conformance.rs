@@ -628,6 +628,74 @@ async fn an_mpp_session_is_recorded_and_listed_under_mpp_services() {
     assert_eq!(x402["services"], json!([]), "{x402}");
 }
 
+/// Conto's machine-spend read model (conto-api.md §6.8): `GET /api/sdk/service-spend/summary`
+/// with `filters` and `summary` totals per protocol, the services most spent first, filtered
+/// by `protocol` and cut at `limit`; a bad filter is a 400, not an empty summary.
+#[tokio::test]
+async fn the_machine_spend_summary_totals_x402_and_mpp_by_protocol_and_service() {
+    let (_server, sdk) = setup(None).await;
+    let pay = |rail: &'static str, amount: &'static str, url: &'static str, n: u8| {
+        let sdk = &sdk;
+        let tx = format!("0x{}", format!("{n:02x}").repeat(32));
+        async move {
+            let (_, pre) = sdk
+                .post(
+                    &format!("/api/sdk/{rail}/pre-authorize"),
+                    json!({"amount": amount, "recipientAddress": RECIPIENT, "resourceUrl": url}),
+                )
+                .await;
+            assert_eq!(pre["authorized"], true, "{pre}");
+            let record = if rail == "x402" {
+                json!({"payments": [{"amount": amount, "recipientAddress": RECIPIENT, "resourceUrl": url,
+                    "txHash": tx, "authorizationId": pre["authorizationId"]}]})
+            } else {
+                json!({"amount": amount, "recipientAddress": RECIPIENT, "resourceUrl": url, "txHash": tx,
+                    "walletId": pre["wallet"]["id"], "chainId": "4217", "authorizationId": pre["authorizationId"]})
+            };
+            let (status, body) = sdk.post(&format!("/api/sdk/{rail}/record"), record).await;
+            assert!(status < 300, "{status} {body}");
+        }
+    };
+    pay("x402", "1", "https://api.example.com/search", 1).await;
+    pay("x402", "2", "https://api.example.com/search", 2).await;
+    pay("x402", "0.5", "https://data.example.org/v1", 3).await;
+    pay("mpp", "4", "https://mpp.example.com/v1/chat", 4).await;
+
+    let (status, all) =
+        sdk.call(reqwest::Method::GET, "/api/sdk/service-spend/summary?period=24h&protocol=all&limit=10", None).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["filters"]["period"], "24h", "{all}");
+    assert_eq!(all["filters"]["protocol"], "all");
+    assert!(all["filters"]["agentId"].is_string() && all["filters"]["startDate"].is_string(), "{all}");
+    let summary = &all["summary"];
+    assert_eq!((summary["totalSpend"].as_f64(), &summary["totalCalls"]), (Some(7.5), &json!(4)), "{all}");
+    assert_eq!((summary["x402Spend"].as_f64(), &summary["x402Calls"]), (Some(3.5), &json!(3)), "{all}");
+    assert_eq!((summary["mppSpend"].as_f64(), &summary["mppCalls"]), (Some(4.0), &json!(1)), "{all}");
+    assert_eq!((&summary["activeServices"], &summary["activeAgents"]), (&json!(3), &json!(1)), "{all}");
+    let domains: Vec<_> = all["services"].as_array().unwrap().iter().map(|s| s["serviceDomain"].clone()).collect();
+    assert_eq!(
+        domains,
+        [json!("mpp.example.com"), json!("api.example.com"), json!("data.example.org")],
+        "most spent first"
+    );
+    assert!(all["alerts"].is_array());
+
+    let (_, x402) = sdk.call(reqwest::Method::GET, "/api/sdk/service-spend/summary?protocol=x402&limit=1", None).await;
+    assert_eq!(
+        (x402["summary"]["totalSpend"].as_f64(), &x402["summary"]["mppCalls"]),
+        (Some(3.5), &json!(0)),
+        "{x402}"
+    );
+    assert_eq!(x402["services"].as_array().map(Vec::len), Some(1), "cut at limit: {x402}");
+    let (_, ever) = sdk.call(reqwest::Method::GET, "/api/sdk/service-spend/summary?period=all", None).await;
+    assert!(ever["filters"]["startDate"].is_null(), "{ever}");
+    for bad in ["period=1y", "protocol=card", "limit=0", "limit=ten", "colour=blue"] {
+        let (status, body) =
+            sdk.call(reqwest::Method::GET, &format!("/api/sdk/service-spend/summary?{bad}"), None).await;
+        assert_eq!((status, &body["code"]), (400, &json!("VALIDATION_ERROR")), "{bad}: {body}");
+    }
+}
+
 /// An approved x402 or MPP pre-authorization names the wallet it pays from (conto-api.md §6.1,
 /// §6.4: `id`, `address`, `chainId`, `availableBalance`): the agent's delegated wallet on the
 /// rail's chain when it has one, else its app's own, `external`; a denial names none.

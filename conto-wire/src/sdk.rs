@@ -719,6 +719,81 @@ pub struct Services {
     pub services: Vec<ServiceSpend>,
 }
 
+/// `GET /api/sdk/service-spend/summary`: machine spend (x402 and MPP) over a period.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpendSummary {
+    /// The filters the summary was computed under.
+    pub filters: SummaryFilters,
+    /// The totals.
+    pub summary: SummaryTotals,
+    /// The services paid, most spent first, at most `limit`.
+    pub services: Vec<SummaryService>,
+    /// Spend alerts raised (price spikes, bursts, new services, ...).
+    pub alerts: Vec<serde_json::Value>,
+}
+
+/// The filters of a [`SpendSummary`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryFilters {
+    /// `24h`, `7d`, `30d` or `all`.
+    pub period: String,
+    /// `all`, `x402` or `mpp`.
+    pub protocol: String,
+    /// The organization.
+    pub organization_id: String,
+    /// The agent the key belongs to.
+    pub agent_id: String,
+    /// Where the period starts (RFC 3339); `null` for `all`.
+    pub start_date: Option<String>,
+}
+
+/// The totals of a [`SpendSummary`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryTotals {
+    /// Spent on both protocols (as filtered).
+    #[serde(serialize_with = "decimal_number")]
+    pub total_spend: Decimal,
+    /// Payments made.
+    pub total_calls: u64,
+    /// Distinct services paid.
+    pub active_services: u64,
+    /// Agents that paid (the key's agent: 1, or 0 with no payment).
+    pub active_agents: u64,
+    /// Alerts raised.
+    pub active_alerts: u64,
+    /// Machine payments (every x402 and MPP payment).
+    pub micropayment_transactions: u64,
+    /// Spent over x402.
+    #[serde(serialize_with = "decimal_number")]
+    pub x402_spend: Decimal,
+    /// Payments over x402.
+    pub x402_calls: u64,
+    /// Spent over MPP.
+    #[serde(serialize_with = "decimal_number")]
+    pub mpp_spend: Decimal,
+    /// Payments over MPP.
+    pub mpp_calls: u64,
+}
+
+/// One service of a [`SpendSummary`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryService {
+    /// The service.
+    pub service_domain: String,
+    /// `x402` or `mpp`.
+    pub protocol: String,
+    /// Spent on it.
+    #[serde(serialize_with = "decimal_number")]
+    pub total_spend: Decimal,
+    /// Payments made.
+    pub calls: u64,
+    /// The last payment's time.
+    pub last_payment_at: String,
+}
+
 /// One spend counter of `GET /api/sdk/{x402,mpp}/budget`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
