@@ -11,9 +11,12 @@
 //!   never called; the caller gets [`PaymentError::Refused`] with the typed rejection;
 //! - **approved:** the signer creates the credential, the request is retried with it once, and
 //!   the settlement the paywall reports (`PAYMENT-RESPONSE`, `X-PAYMENT-RESPONSE`,
-//!   `Payment-Receipt`) is recorded with its transaction reference; a failed paid retry releases
-//!   the approval; a paid retry with no answer (an error, the timeout, or the caller dropping
-//!   the request) holds it until it expires (the money may have moved);
+//!   `Payment-Receipt`) is recorded with its transaction reference, whatever the retry's
+//!   status (a service that charged and then failed is still paid); a paid retry refused with
+//!   no successful report (a 402, a 4xx, an unsuccessful report) releases the approval; a paid
+//!   retry with no answer (an error, the timeout, or the caller dropping the request) or a
+//!   server error with no report ([`PaymentError::ServerFailed`]) holds it until it expires (the
+//!   money may have moved);
 //! - **guards:** a cap per request, allowed networks, known assets only, one idempotency key
 //!   and one credential per payment attempt (a retry of the whole request after the credential
 //!   was sent is refused, [`PaymentError::AlreadySent`], never paid twice), a timeout on the

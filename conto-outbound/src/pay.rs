@@ -185,6 +185,13 @@ pub enum PaymentError {
         /// The status.
         status: u16,
     },
+    /// The paid retry failed with a server error (`status`, 5xx) and no settlement report: the
+    /// payment may have settled before the failure. The reservation is held until it expires.
+    #[error("the paid request failed with HTTP {status} and no settlement report: the payment may have settled")]
+    ServerFailed {
+        /// The status.
+        status: u16,
+    },
     /// No answer to the paid retry in time: the payment may have settled. The reservation is
     /// held until it expires.
     #[error("no answer to the paid request within {0:?}: the payment may have settled")]
@@ -551,10 +558,29 @@ impl Middleware for PaidRequests {
                 PaymentError::Failed { status: 402 }
             }));
         }
+        // What the answer says of the money: a settlement report is believed whatever the
+        // status (a service may charge and then fail to serve: the spend is recorded and its
+        // answer returned as it is); without one, a success settled, a server error may have
+        // (held), and any other failure did not (released).
         let report = challenge::settlement(paid.headers());
-        if !paid.status().is_success() || matches!(&report, Ok(Some(r)) if !r.success) {
-            refused_credential(approval, ext);
-            return Err(fail(PaymentError::Failed { status: paid.status().as_u16() }));
+        let status = paid.status();
+        match &report {
+            Ok(Some(r)) if r.success => {}
+            Ok(Some(_)) => {
+                refused_credential(approval, ext);
+                return Err(fail(PaymentError::Failed { status: status.as_u16() }));
+            }
+            _ if status.is_success() => {}
+            _ if status.is_server_error() => {
+                let held = approval.hold();
+                tracing::warn!(url = %url, authorization = %held.id, status = status.as_u16(),
+                    "conto.outbound.outcome_unknown: a server error after the credential was sent; its reservation is held");
+                return Err(fail(PaymentError::ServerFailed { status: status.as_u16() }));
+            }
+            _ => {
+                refused_credential(approval, ext);
+                return Err(fail(PaymentError::Failed { status: status.as_u16() }));
+            }
         }
         let mut settlement = Settlement::default();
         match report {

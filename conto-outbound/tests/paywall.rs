@@ -578,3 +578,59 @@ async fn a_challenge_naming_another_host_is_refused() {
     );
     assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
 }
+
+/// What a failed paid retry says of the money decides what happens to its reservation: a
+/// settlement report is believed whatever the status (a service that charged and then failed
+/// to serve: the spend is recorded, the answer returned as it is); without one, a server error
+/// may have settled (held until it expires, never released to be spent again) and any other
+/// failure did not (released).
+#[tokio::test]
+async fn a_failed_paid_retry_is_recorded_held_or_released_by_what_it_says_of_the_money() {
+    async fn paywall(status: StatusCode, receipt: bool) -> String {
+        common::serve(Router::new().route(
+            "/pay",
+            get(move |headers: HeaderMap| async move {
+                if headers.get("authorization").is_none() {
+                    let request = URL_SAFE_NO_PAD
+                        .encode(json!({"amount": "75", "currency": "usd", "recipient": PAY_TO}).to_string());
+                    let challenge = format!(
+                        r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}""#
+                    );
+                    return (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", challenge)], "").into_response();
+                }
+                let mut answer = (status, "upstream failed").into_response();
+                if receipt {
+                    let receipt = URL_SAFE_NO_PAD
+                        .encode(json!({"status": "success", "method": "tempo", "reference": "0xcharged"}).to_string());
+                    answer.headers_mut().insert("payment-receipt", receipt.parse().unwrap());
+                }
+                answer
+            }),
+        ))
+        .await
+    }
+
+    // Charged, then failed: recorded, and the caller sees the service's own answer.
+    let s = setup("250000").await;
+    let url = paywall(StatusCode::INTERNAL_SERVER_ERROR, true).await;
+    let answer = s.client.get(format!("{url}/pay")).send().await.unwrap();
+    assert_eq!(answer.status(), 500);
+    assert_eq!(s.recorded.lock().unwrap().clone(), vec![(Decimal::new(75, 2), Some("0xcharged".into()))]);
+    assert_eq!(s.engine.usage("agent-1").live_reservations, 0);
+
+    // A server error and no report: it may have settled, so the reservation holds.
+    let s = setup("250000").await;
+    let url = paywall(StatusCode::BAD_GATEWAY, false).await;
+    let err = s.client.get(format!("{url}/pay")).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::ServerFailed { status: 502 }), "{err:?}");
+    let usage = s.engine.usage("agent-1");
+    assert_eq!((usage.stats.recorded, usage.live_reservations), (0, 1), "held, neither recorded nor released");
+
+    // Refused as malformed: nothing settled, released.
+    let s = setup("250000").await;
+    let url = paywall(StatusCode::BAD_REQUEST, false).await;
+    let err = s.client.get(format!("{url}/pay")).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::Failed { status: 400 }), "{err:?}");
+    let usage = s.engine.usage("agent-1");
+    assert_eq!((usage.stats.recorded, usage.live_reservations), (0, 0), "released");
+}
