@@ -120,18 +120,19 @@ pub struct Violation {
     pub message: Option<String>,
 }
 
-/// Spend counters Conto returns with an approval (`limits` on `payments/approve`).
+/// Spend counters Conto returns with an approval (`limits` on `payments/approve`). Written with
+/// every key, `null` where no daily limit applies, as Conto's agent skill prints all three.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// Spent (and reserved) today, this approval included.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "money::opt_decimal")]
+    #[serde(default, with = "money::opt_decimal")]
     pub daily_used: Option<Decimal>,
     /// Today's limit.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "money::opt_decimal")]
+    #[serde(default, with = "money::opt_decimal")]
     pub daily_limit: Option<Decimal>,
     /// What is left today.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "money::opt_decimal")]
+    #[serde(default, with = "money::opt_decimal")]
     pub daily_remaining: Option<Decimal>,
 }
 
@@ -349,5 +350,25 @@ impl Recorded {
             queued: false,
             actor_inactive: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_written_with_every_key_and_read_back_without_them() {
+        let none = serde_json::to_value(Limits::default()).unwrap();
+        assert_eq!(none, serde_json::json!({"dailyUsed": null, "dailyLimit": null, "dailyRemaining": null}));
+        let some = Limits {
+            daily_used: Some(Decimal::new(25, 1)),
+            daily_limit: Some(Decimal::from(10)),
+            daily_remaining: Some(Decimal::new(75, 1)),
+        };
+        let text = serde_json::to_value(&some).unwrap();
+        assert_eq!(text, serde_json::json!({"dailyUsed": 2.5, "dailyLimit": 10, "dailyRemaining": 7.5}));
+        assert_eq!(serde_json::from_value::<Limits>(text).unwrap(), some);
+        assert_eq!(serde_json::from_value::<Limits>(serde_json::json!({})).unwrap(), Limits::default());
     }
 }

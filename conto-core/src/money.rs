@@ -52,6 +52,39 @@ impl Amount {
     /// assert!(Amount::new(Decimal::new(1, 7)).is_err()); // 0.0000001
     /// ```
     pub fn new(value: Decimal) -> Result<Self, AmountError> {
+        Self::checked(value)
+    }
+
+    /// [`Amount::new`], but a value with more than six decimal places is rounded **up** to six
+    /// instead of refused: the smallest amount not below it, so a budget never counts less than
+    /// was asked. For amounts written by others (a client converting a swap to USDC may send
+    /// `1728.3945615`): compared with a limit of six places, the rounded amount passes exactly
+    /// when the written one does.
+    ///
+    /// ```
+    /// use conto::Amount;
+    /// use rust_decimal::Decimal;
+    /// assert_eq!(Amount::rounded_up(Decimal::new(17_283_945_615, 7))?.to_string(), "1728.394562");
+    /// assert_eq!(Amount::rounded_up(Decimal::new(1, 7))?.to_string(), "0.000001");
+    /// assert!(Amount::rounded_up(Decimal::new(-1, 7)).is_err());
+    /// # Ok::<(), conto::AmountError>(())
+    /// ```
+    pub fn rounded_up(value: Decimal) -> Result<Self, AmountError> {
+        if value.is_sign_negative() || value.is_zero() {
+            return Self::checked(value);
+        }
+        Self::checked(value.round_dp_with_strategy(Self::SCALE, rust_decimal::RoundingStrategy::AwayFromZero))
+    }
+
+    /// Reads an optional amount from a JSON number or decimal string as
+    /// [`Amount::rounded_up`] does: for `#[serde(deserialize_with = ...)]` on wire bodies.
+    pub fn deserialize_rounded_up<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Self>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(deserialize_with = "deserialize_decimal")] Decimal);
+        Option::<Wrap>::deserialize(d)?.map(|w| Self::rounded_up(w.0).map_err(de::Error::custom)).transpose()
+    }
+
+    fn checked(value: Decimal) -> Result<Self, AmountError> {
         if value.is_sign_negative() && !value.is_zero() {
             return Err(AmountError::Negative(value));
         }

@@ -422,6 +422,8 @@ fn decide(
                         &now_text(),
                     )?;
                     body.request_id = Some(id);
+                    // As on a transfer: the id Conto's skill reports for an admin to approve.
+                    body.approval_id = Some(p.approval_request_id.clone());
                 }
             }
             (StatusCode::ACCEPTED, body)
@@ -602,7 +604,10 @@ fn live_approval(
         }
     }
     if authorization.expires_at <= Timestamp::now() {
-        return Err(bad("EXPIRED", format!("approval `{id}` expired at {}", authorization.expires_at)));
+        return Err(bad(
+            "EXPIRED",
+            format!("EXPIRED: approval `{id}` expired at {}; ask again", authorization.expires_at),
+        ));
     }
     let approved = authorization.amount;
     let settled = amount.unwrap_or(approved);

@@ -272,6 +272,7 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     assert_eq!(pending["status"], "REQUIRES_APPROVAL");
     let payment_id = pending["requestId"].as_str().unwrap().to_owned();
     let approval_id = pending["approvalRequestId"].as_str().unwrap().to_owned();
+    assert_eq!(pending["approvalId"], approval_id.as_str(), "the id Conto's skill reports: {pending}");
     let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests?type=payment&limit=100", None).await;
     let entry = listed["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == approval_id).cloned();
     assert_eq!(entry.unwrap()["paymentRequestId"], payment_id.as_str());
@@ -626,6 +627,52 @@ async fn an_mpp_session_is_recorded_and_listed_under_mpp_services() {
     assert_eq!(services["services"][0]["paymentCount"], 1, "{services}");
     let (_, x402) = sdk.call(reqwest::Method::GET, "/api/sdk/x402/services", None).await;
     assert_eq!(x402["services"], json!([]), "{x402}");
+}
+
+/// A confirm after the approval lapsed is `400 EXPIRED` (conto-api.md: "If confirmation fails
+/// with `EXPIRED`, the 10-minute window passed"), with the code in the message too, since
+/// Conto's agent skill prints only the message; the spend is not counted.
+#[tokio::test]
+async fn a_confirm_after_the_approval_lapsed_is_expired_and_counts_nothing() {
+    let server = conto_local::start(conto_local::Config {
+        port: 0,
+        db: None,
+        org_key: Some("conto_org_test".into()),
+        rate_limit: 100_000,
+        approval_ttl: Some(conto_core::jiff::SignedDuration::from_secs(1)),
+    })
+    .await
+    .unwrap();
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(caps()).await;
+    let sdk = Sdk { base: server.url(), key, http: reqwest::Client::new() };
+    let (status, approval) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
+    assert_eq!((status, &approval["approved"]), (200, &json!(true)), "{approval}");
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let id = approval["approvalId"].as_str().unwrap();
+    let confirm = json!({"txHash": TX, "approvalToken": approval["approvalToken"]});
+    let (status, err) = sdk.post(&format!("/api/sdk/payments/{id}/confirm"), confirm).await;
+    assert_eq!((status, &err["code"]), (400, &json!("EXPIRED")), "{err}");
+    assert!(err["message"].as_str().is_some_and(|m| m.starts_with("EXPIRED")), "{err}");
+    assert_eq!(server.spend_count("agent-1").unwrap(), 0);
+}
+
+/// An amount written with more places than a stablecoin holds (Conto's agent skill sends what
+/// a swap converts to, `1728.3945615`) is decided, rounded up to six places (never down: the
+/// budget never counts less than asked); a negative one is still refused.
+#[tokio::test]
+async fn an_amount_with_more_than_six_places_is_decided_rounded_up() {
+    let (_server, sdk) = setup(None).await;
+    let mut body = x402_payment("0");
+    body["amount"] = json!(0.1234567);
+    let (status, pre) = sdk.post("/api/sdk/x402/pre-authorize", body).await;
+    assert_eq!((status, &pre["authorized"]), (200, &json!(true)), "{pre}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await.1, "0.123457", "reserved, rounded up");
+    let mut body = x402_payment("0");
+    body["amount"] = json!("-0.0000001");
+    let (status, err) = sdk.post("/api/sdk/x402/pre-authorize", body).await;
+    assert_eq!((status, &err["code"]), (400, &json!("INVALID_AMOUNT")), "{err}");
 }
 
 /// Conto's machine-spend read model (conto-api.md §6.8): `GET /api/sdk/service-spend/summary`

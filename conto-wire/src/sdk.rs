@@ -20,8 +20,9 @@ pub const DEFAULT_CHAIN_ID: u64 = 42431;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentBody {
-    /// The amount (authorize: asked; record: settled).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The amount (authorize: asked; record: settled). Read with more than six decimal places,
+    /// it is rounded up to six ([`Amount::rounded_up`]).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "Amount::deserialize_rounded_up")]
     pub amount: Option<Amount>,
     /// The recipient's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,8 +66,8 @@ pub struct PaymentBody {
     /// MPP: the intent (`session`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
-    /// MPP: the session deposit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// MPP: the session deposit (rounded up as `amount` is).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "Amount::deserialize_rounded_up")]
     pub deposit_amount: Option<Amount>,
     /// MPP: the payment method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
