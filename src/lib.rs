@@ -41,8 +41,8 @@ pub use conto_core::{
     Denial, Engine, Ensured, Event, ExposeSecret, IdempotencyKey, IntentBuilder, IntentError, LifecycleError, Limits,
     MAX_WAIT, ManualClock, Monitor, PaymentIntent, PendingApproval, PolicyError, PolicySet, ProductControls, Rail, Ran,
     Recorded, Rejection, RejectionKind, RuleProblem, SecretString, Settlement, SharedEngine, Status, SyncReport,
-    SystemClock, Verdict, Violation, ViolationType, Wallet, deadline_after, install_default, installed_default,
-    service_domain_of,
+    SystemClock, UnevaluatedRules, Verdict, Violation, ViolationType, Wallet, deadline_after, install_default,
+    installed_default, service_domain_of,
 };
 pub use conto_core::{
     AuthorityError, Authorizer, BoxFuture, LedgerError, Outage, Refused, controls, engine, journal, lifecycle, policy,

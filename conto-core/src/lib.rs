@@ -50,7 +50,7 @@ pub use monitor::{Activity, Monitor, Status};
 pub use pipeline::{
     Approval, ApprovalMode, Conto, ContoBuilder, DEFAULT_DEADLINE, Event, Ran, install_default, installed_default,
 };
-pub use policy::{PolicyError, PolicySet, RuleProblem};
+pub use policy::{PolicyError, PolicySet, RuleProblem, UnevaluatedRules};
 pub use rejection::{Rejection, RejectionKind};
 
 #[doc(no_inline)]

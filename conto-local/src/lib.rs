@@ -32,6 +32,13 @@
 //!   would refuse an agent without a wallet with `NO_WALLET`). conto-local holds no wallet, so
 //!   `availableBalance` is `null` unless the delegation states one. An MPP record's `walletId`
 //!   (the client sends back the one named) is taken as sent, not checked.
+//! - Rule types Conto documents that need data conto-local does not have
+//!   (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`, `CONTRACT_ALLOWLIST`,
+//!   `FAIRSCALE_MIN_SCORE`, `MPP_MAX_CONCURRENT_SESSIONS`, `MPP_MAX_SESSION_DURATION`) are
+//!   stored as sent and fail closed ([`conto_core::UnevaluatedRules::Deny`]): every payment on
+//!   their rails (MPP for `MPP_*`) is denied, the violation named for the rule, while their
+//!   policy is active. Unknown rule types are refused (`400 VALIDATION_ERROR`).
+//! - An amount with more than six decimal places is rounded up to six before it is decided.
 //! - Confirm takes an optional `amount` (the settled amount, at most the approved one).
 //! - A transfer approve without `chainId` is on Conto's default chain, Tempo testnet (42431):
 //!   Conto's skill lists only `amount`, `recipientAddress` and `senderAddress` as required.
@@ -111,7 +118,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use conto_core::jiff::{SignedDuration, Timestamp};
-use conto_core::{Amount, Engine, PaymentIntent, PendingApproval, PolicySet};
+use conto_core::{Amount, Engine, PaymentIntent, PendingApproval, PolicySet, UnevaluatedRules};
 use conto_wire::ErrorBody;
 use conto_wire::org::{Agent, AgentPatch, Agents, Deleted, Policies, Policy, Revoked, Rule, Rules, SdkKey, SdkKeys};
 use secrecy::{ExposeSecret, SecretString};
@@ -370,7 +377,10 @@ fn open_store(db: Option<&std::path::Path>) -> Result<Store, LocalError> {
 
 fn restore_policies(store: &Store, engine: &Engine) -> Result<(), LocalError> {
     let all = effective_policies(store)?;
-    engine.set_policies(PolicySet::from_value(Value::Array(all.iter().map(Policy::to_value).collect()))?);
+    engine.set_policies(PolicySet::from_value_with(
+        Value::Array(all.iter().map(Policy::to_value).collect()),
+        UnevaluatedRules::Deny,
+    )?);
     Ok(())
 }
 
@@ -860,7 +870,7 @@ fn effective_policies(store: &Store) -> Result<Vec<Policy>, StoreError> {
 }
 
 pub(crate) fn compile(policies: &[Policy]) -> Result<PolicySet, ApiError> {
-    PolicySet::from_value(Value::Array(policies.iter().map(Policy::to_value).collect()))
+    PolicySet::from_value_with(Value::Array(policies.iter().map(Policy::to_value).collect()), UnevaluatedRules::Deny)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))
 }
 
@@ -888,7 +898,12 @@ fn save_policy(app: &App, store: &Store, id: &str, mut doc: Policy) -> Result<Po
 fn policy_docs(file: &std::path::Path) -> Result<Vec<Policy>, LocalError> {
     let set_text = std::fs::read_to_string(file)
         .map_err(|e| conto_core::PolicyError::Io { path: file.display().to_string(), message: e.to_string() })?;
-    PolicySet::from_json(&set_text)?;
+    let value: Value = serde_json::from_str(&set_text).map_err(|e| conto_core::PolicyError::Json {
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })?;
+    PolicySet::from_value_with(value, UnevaluatedRules::Deny)?;
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
     enum File {

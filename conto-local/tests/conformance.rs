@@ -629,6 +629,61 @@ async fn an_mpp_session_is_recorded_and_listed_under_mpp_services() {
     assert_eq!(x402["services"], json!([]), "{x402}");
 }
 
+/// Rule types Conto's agent skill documents but conto-local has no data to evaluate (a
+/// country whitelist; Conto's recommended MPP policy's concurrent sessions) are stored as
+/// Conto stores them, and fail closed: every payment on their rails is denied, the violation
+/// named for the rule, until the policy is deactivated. Never silently passed.
+#[tokio::test]
+async fn rules_conto_local_cannot_evaluate_are_kept_and_deny_on_their_rails() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    let geo = org
+        .policy(json!({"name": "geo", "scope": "all", "rules": [{"ruleType": "GEOGRAPHIC_RESTRICTION",
+            "operator": "IN_LIST", "value": "[\"US\",\"CA\",\"GB\"]", "action": "ALLOW"}]}))
+        .await;
+    let (status, denied) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
+    assert_eq!((status, &denied["approved"]), (200, &json!(false)), "{denied}");
+    assert_eq!(denied["violations"][0]["type"], "GEOGRAPHIC_RESTRICTION", "{denied}");
+    assert!(denied["reasons"][0].as_str().is_some_and(|r| r.contains("fail-closed")), "{denied}");
+
+    // Deactivated, it binds no one; the rule is still stored as sent.
+    let id = geo["id"].as_str().unwrap();
+    let resp = org
+        .http
+        .patch(format!("{}/api/policies/{id}", server.url()))
+        .bearer_auth(&org.key)
+        .json(&json!({"isActive": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let (_, approved) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
+    assert_eq!(approved["approved"], true, "{approved}");
+    let (_, kept) = org.get(&format!("/api/policies/{id}")).await;
+    assert_eq!(kept["rules"][0]["ruleType"], "GEOGRAPHIC_RESTRICTION", "{kept}");
+
+    // An MPP rule denies on MPP only.
+    org.policy(json!({"name": "MPP_CONTROLS", "scope": "all", "rules": [
+        {"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "3", "action": "ALLOW"}]}))
+        .await;
+    let (_, x402) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("1")).await;
+    assert_eq!(x402["authorized"], true, "{x402}");
+    let mpp = json!({"amount": "1", "recipientAddress": RECIPIENT, "resourceUrl": "https://mpp.example.com/v1/chat"});
+    let (_, mpp) = sdk.post("/api/sdk/mpp/pre-authorize", mpp).await;
+    assert_eq!(mpp["authorized"], false, "{mpp}");
+    assert_eq!(mpp["violations"][0]["type"], "MPP_MAX_CONCURRENT_SESSIONS", "{mpp}");
+
+    // An unknown rule type is still refused at creation.
+    let (status, err) = org
+        .post(
+            "/api/policies",
+            json!({"name": "typo", "rules": [{"ruleType": "MAX_AMOUNTT",
+            "operator": "LTE", "value": "1", "action": "ALLOW"}]}),
+        )
+        .await;
+    assert_eq!((status, &err["code"]), (400, &json!("VALIDATION_ERROR")), "{err}");
+}
+
 /// A confirm after the approval lapsed is `400 EXPIRED` (conto-api.md: "If confirmation fails
 /// with `EXPIRED`, the 10-minute window passed"), with the code in the message too, since
 /// Conto's agent skill prints only the message; the spend is not counted.

@@ -205,6 +205,7 @@ impl<'p> Screened<'p> {
                     Check::List(c) => judge(at, rule, c.check.finding(subject), skip_approval, a),
                     Check::Time(c) => judge(at, rule, Some(c.check(subject)), skip_approval, a),
                     Check::Blackout(c) => judge(at, rule, Some(c.check(subject)), skip_approval, a),
+                    Check::Unevaluated(c) => judge(at, rule, Some(c.check(subject)), skip_approval, a),
                 };
                 if let Next::Deny(denial) = next {
                     denied = Some((pos, denial));
@@ -434,6 +435,7 @@ mod tests {
                     Check::List(c) => judge(at, rule, c.check.finding(&s), skip, a),
                     Check::Time(c) => judge(at, rule, Some(c.check(&s)), skip, a),
                     Check::Blackout(c) => judge(at, rule, Some(c.check(&s)), skip, a),
+                    Check::Unevaluated(c) => judge(at, rule, Some(c.check(&s)), skip, a),
                     Check::Cumulative(c) => judge(at, rule, Some(c.check(&s, ledger, &mut tally)), skip, a),
                     Check::Velocity(c) => judge(at, rule, Some(c.check(&s, ledger, &mut windows)), skip, a),
                 };

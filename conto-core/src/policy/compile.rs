@@ -14,11 +14,12 @@ use jiff::tz::TimeZone;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
+use super::rules::unevaluated::UnevaluatedRule;
 use super::rules::{
     Action, Check, Cmp, CompiledRule, Cumulative, Outcome, Period, Polarity, RailFilter, Scope, Spec, amount, blackout,
     cumulative, lists, time, velocity,
 };
-use super::{Policy, PolicyDoc, PolicyError, RuleDoc, RuleProblem, json_kind, time_zone};
+use super::{Policy, PolicyDoc, PolicyError, RuleDoc, RuleProblem, UnevaluatedRules, json_kind, time_zone};
 use crate::decision::ViolationType;
 
 /// The operator classes a rule type takes.
@@ -142,7 +143,27 @@ impl RuleInput<'_> {
     }
 }
 
-pub(super) fn policy(doc: PolicyDoc) -> Result<Policy, PolicyError> {
+/// A rule type the engine cannot evaluate, loaded as [`UnevaluatedRules::Deny`] asks: broken by
+/// every payment on its rails (an `MPP_*` rule's, MPP; any other's, all), denied whatever its
+/// action, its violation named for its type.
+fn unevaluated(rule_type: String) -> CompiledRule {
+    let violation = match rule_type.as_str() {
+        "CONTRACT_ALLOWLIST" => ViolationType::ContractNotAllowed,
+        "FAIRSCALE_MIN_SCORE" => ViolationType::FairscaleLowScore,
+        other => ViolationType::from_name(other),
+    };
+    let rails = if rule_type.starts_with("MPP_") { RailFilter::Mpp } else { RailFilter::All };
+    CompiledRule {
+        rule_type: rule_type.into(),
+        check: Check::Unevaluated(UnevaluatedRule),
+        rails,
+        polarity: Polarity::BrokenWhenHolds,
+        outcome: Outcome::Deny,
+        violation,
+    }
+}
+
+pub(super) fn policy(doc: PolicyDoc, unevaluated: UnevaluatedRules) -> Result<Policy, PolicyError> {
     let name = doc.name.clone();
     let policy_err =
         |field: &'static str, message: String| PolicyError::Policy { policy: name.clone(), field, message };
@@ -176,7 +197,7 @@ pub(super) fn policy(doc: PolicyDoc) -> Result<Policy, PolicyError> {
 
     let mut rules = Vec::with_capacity(doc.rules.len());
     for (index, rule) in doc.rules.iter().enumerate() {
-        let ctx = RuleCtx { policy: &name, index, rule_type: &rule.rule_type, tz: &tz, tz_name };
+        let ctx = RuleCtx { unevaluated, policy: &name, index, rule_type: &rule.rule_type, tz: &tz, tz_name };
         rules.push(ctx.compile(rule)?);
     }
     Ok(Policy {
@@ -193,6 +214,7 @@ pub(super) fn policy(doc: PolicyDoc) -> Result<Policy, PolicyError> {
 
 /// Where a rule is (for errors) and the policy's time zone.
 pub(crate) struct RuleCtx<'a> {
+    unevaluated: UnevaluatedRules,
     policy: &'a str,
     index: usize,
     rule_type: &'a str,
@@ -218,6 +240,9 @@ impl RuleCtx<'_> {
     fn compile(&self, rule: &RuleDoc) -> Result<CompiledRule, PolicyError> {
         let rule_type = rule.rule_type.trim().to_ascii_uppercase();
         if UNSUPPORTED.contains(&rule_type.as_str()) {
+            if self.unevaluated == UnevaluatedRules::Deny {
+                return Ok(unevaluated(rule_type));
+            }
             return Err(self.err("ruleType", RuleProblem::Unsupported(rule.rule_type.clone())));
         }
         /// Tries each family in turn: the first that owns the rule type compiles it.

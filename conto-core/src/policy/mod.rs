@@ -67,7 +67,9 @@
 //! 11. **Known but not evaluated.** Rule types that need data the engine does not have
 //!     (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`, `CONTRACT_ALLOWLIST`,
 //!     `FAIRSCALE_MIN_SCORE`, `MPP_MAX_CONCURRENT_SESSIONS`, `MPP_MAX_SESSION_DURATION`) are a load
-//!     error (`Unsupported`), never silently ignored. So are unknown rule types and operators.
+//!     error (`Unsupported`), never silently ignored; loaded with [`UnevaluatedRules::Deny`]
+//!     (conto-local does), each denies every payment on its rails instead. Unknown rule types
+//!     and operators are always a load error.
 //! 12. **Human approval** in the engine: a pending request lives one hour (configurable). When a
 //!     human approves, the intent is evaluated again without the approval rules and, if it still
 //!     passes, reserved like any approval.
@@ -86,6 +88,24 @@ use serde::Deserialize;
 use crate::intent::ActorId;
 
 pub(crate) use rules::{CompiledRule, CounterId, Cumulative, Period};
+
+/// What loading does with a rule type Conto documents but the engine cannot evaluate, because
+/// it needs data a payment intent does not carry (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`,
+/// `COUNTERPARTY_STATUS`, `CONTRACT_ALLOWLIST`, `FAIRSCALE_MIN_SCORE`,
+/// `MPP_MAX_CONCURRENT_SESSIONS`, `MPP_MAX_SESSION_DURATION`). Never silently ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UnevaluatedRules {
+    /// A load error, [`RuleProblem::Unsupported`]: the default, for an app loading its own
+    /// policies, who learns at start that a rule would not be enforced.
+    #[default]
+    Refuse,
+    /// Loaded as a rule every payment on its rails breaks (an `MPP_*` rule's, MPP; any
+    /// other's, every rail): denied whatever the rule's action, with a violation named for the
+    /// rule type (`GEOGRAPHIC_RESTRICTION`, `CONTRACT_NOT_ALLOWED`, ...) saying why. Fail-closed,
+    /// for a server that must keep what Conto's API accepts (conto-local).
+    Deny,
+}
 
 /// Why a policy file could not be loaded. Each variant says where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -359,11 +379,25 @@ impl PolicySet {
 
     /// Compiles policies from a parsed JSON value.
     pub fn from_value(value: serde_json::Value) -> Result<Self, PolicyError> {
+        Self::from_value_with(value, UnevaluatedRules::Refuse)
+    }
+
+    /// [`PolicySet::from_value`], choosing what a rule type Conto documents but the engine
+    /// cannot evaluate becomes (see [`UnevaluatedRules`]).
+    ///
+    /// ```
+    /// use conto::{PolicySet, UnevaluatedRules};
+    /// let doc = serde_json::json!([{"name": "geo", "rules": [{"ruleType": "GEOGRAPHIC_RESTRICTION",
+    ///     "operator": "IN_LIST", "value": "[\"US\",\"CA\"]", "action": "ALLOW"}]}]);
+    /// assert!(PolicySet::from_value(doc.clone()).is_err());
+    /// assert!(PolicySet::from_value_with(doc, UnevaluatedRules::Deny).is_ok());
+    /// ```
+    pub fn from_value_with(value: serde_json::Value, unevaluated: UnevaluatedRules) -> Result<Self, PolicyError> {
         let agents = parse_agents(&value)?;
         let docs = parse_shape(value)?;
         let mut policies = Vec::with_capacity(docs.len());
         for doc in docs {
-            policies.push(compile::policy(doc)?);
+            policies.push(compile::policy(doc, unevaluated)?);
         }
         // Stable: equal priorities keep file order.
         policies.sort_by_key(|p| std::cmp::Reverse(p.priority));

@@ -21,6 +21,7 @@ use super::rules::blackout::BlackoutRule;
 use super::rules::cumulative::{CumulativeRule, SpendFold};
 use super::rules::lists::{ListCheck, ListFold};
 use super::rules::time::TimeRule;
+use super::rules::unevaluated::UnevaluatedRule;
 use super::rules::velocity::VelocityRule;
 use super::rules::{Check, Polarity, RailFilter, Subject};
 use crate::intent::Rail;
@@ -87,6 +88,8 @@ pub(crate) struct Folded {
 pub(crate) enum Timed {
     Time(TimeRule),
     Blackout(BlackoutRule),
+    /// Not timed, but as stateless and as rare: a rule loaded to deny.
+    Unevaluated(UnevaluatedRule),
 }
 
 impl Timed {
@@ -95,6 +98,7 @@ impl Timed {
         match self {
             Timed::Time(c) => c.holds(s),
             Timed::Blackout(c) => c.check(s).holds,
+            Timed::Unevaluated(c) => c.check(s).holds,
         }
     }
 }
@@ -145,6 +149,9 @@ impl Plan {
                     Check::List(c) => lists.push(Entry { at, rails, polarity, test: c.check }),
                     Check::Time(c) => others.push(Entry { at, rails, polarity, test: Timed::Time(c.clone()) }),
                     Check::Blackout(c) => others.push(Entry { at, rails, polarity, test: Timed::Blackout(c.clone()) }),
+                    Check::Unevaluated(c) => {
+                        others.push(Entry { at, rails, polarity, test: Timed::Unevaluated(c.clone()) });
+                    }
                     Check::Cumulative(c) => {
                         stateful.push(Entry { at, rails, polarity, test: Stateful::Spend(c.clone()) });
                     }
@@ -204,6 +211,7 @@ impl Plan {
             && self.others.iter().all(|e| match (rule(e.at), &e.test) {
                 (Some(Check::Time(c)), Timed::Time(t)) => c == t,
                 (Some(Check::Blackout(c)), Timed::Blackout(b)) => c == b,
+                (Some(Check::Unevaluated(c)), Timed::Unevaluated(u)) => c == u,
                 _ => false,
             })
             && self.stateful.iter().all(|e| matches!(rule(e.at), Some(Check::Cumulative(_) | Check::Velocity(_))))

@@ -19,6 +19,7 @@ pub(crate) mod blackout;
 pub(crate) mod cumulative;
 pub(crate) mod lists;
 pub(crate) mod time;
+pub(crate) mod unevaluated;
 pub(crate) mod velocity;
 
 use std::cell::Cell;
@@ -294,6 +295,8 @@ pub(crate) enum Check {
     List(lists::ListRule),
     Time(time::TimeRule),
     Blackout(blackout::BlackoutRule),
+    /// A documented rule type the engine cannot evaluate, loaded to deny.
+    Unevaluated(unevaluated::UnevaluatedRule),
 }
 
 /// What one rule measured: whether its condition holds, and what to say if it is broken.
