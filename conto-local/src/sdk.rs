@@ -1011,41 +1011,53 @@ async fn mpp_services(State(app): State<Arc<App>>, headers: HeaderMap) -> Result
     services(&app, &headers, Kind::Mpp)
 }
 
+/// One recorded x402 or MPP payment of an agent, as the spend reads see it.
+struct MachineSpend {
+    service_domain: String,
+    rail: Kind,
+    amount: conto_core::Decimal,
+    recorded_at: String,
+}
+
+/// The x402 and MPP payments `agent` recorded, oldest first.
+fn machine_spends(app: &App, agent: &str) -> Result<Vec<MachineSpend>, ApiError> {
+    let spends = lock(&app.store).spends()?;
+    Ok(spends
+        .into_iter()
+        .filter(|(owner, ..)| owner == agent)
+        .filter_map(|(_, intent, amount, recorded_at)| {
+            let intent = serde_json::from_str::<PaymentIntent>(&intent).ok()?;
+            let (service_domain, rail) = match intent.rail {
+                Rail::X402 { service_domain, .. } => (service_domain, Kind::X402),
+                Rail::Mpp { service_domain, .. } => (service_domain, Kind::Mpp),
+                _ => return None,
+            };
+            let amount = amount.parse().unwrap_or_default();
+            Some(MachineSpend { service_domain, rail, amount, recorded_at })
+        })
+        .collect())
+}
+
 /// The services the caller paid on one rail (x402 or MPP), by service domain.
 fn services(app: &App, headers: &HeaderMap, kind: Kind) -> Result<Response, ApiError> {
     let caller = caller(app, headers, "analytics:read", "reads")?;
-    let mut services: std::collections::BTreeMap<String, (conto_core::Decimal, u64, String)> = Default::default();
-    for (agent, intent, amount, at) in lock(&app.store).spends()? {
-        let Ok(intent) = serde_json::from_str::<PaymentIntent>(&intent) else { continue };
-        let service_domain = match (&intent.rail, kind) {
-            (Rail::X402 { service_domain, .. }, Kind::X402) | (Rail::Mpp { service_domain, .. }, Kind::Mpp)
-                if agent == caller.agent =>
-            {
-                service_domain
-            }
-            _ => continue,
-        };
-        let amount: conto_core::Decimal = amount.parse().unwrap_or_default();
-        let entry = services.entry(service_domain.clone()).or_default();
-        entry.0 += amount;
-        entry.1 += 1;
-        entry.2 = at;
+    let mut services: std::collections::BTreeMap<String, ServiceSpend> = Default::default();
+    for spend in machine_spends(app, &caller.agent)?.into_iter().filter(|s| s.rail == kind) {
+        let entry = services.entry(spend.service_domain.clone()).or_insert_with(|| ServiceSpend {
+            service_domain: spend.service_domain,
+            total_spent: conto_core::Decimal::ZERO,
+            payment_count: 0,
+            last_payment_at: String::new(),
+        });
+        entry.total_spent += spend.amount;
+        entry.payment_count += 1;
+        entry.last_payment_at = spend.recorded_at;
     }
-    let services = services
-        .into_iter()
-        .map(|(service_domain, (total_spent, payment_count, last_payment_at))| ServiceSpend {
-            service_domain,
-            total_spent,
-            payment_count,
-            last_payment_at,
-        })
-        .collect();
-    Ok(reply(StatusCode::OK, Services { services }))
+    Ok(reply(StatusCode::OK, Services { services: services.into_values().collect() }))
 }
 
-/// The query of `GET /api/sdk/service-spend/summary`.
+/// The query of `GET /api/sdk/service-spend/summary` (other parameters are ignored).
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SummaryQuery {
     period: Option<String>,
     protocol: Option<String>,
@@ -1072,67 +1084,44 @@ async fn spend_summary(
         other => return Err(invalid(format!("`period` is one of 24h, 7d, 30d, all, not `{other}`"))),
     };
     let protocol = query.protocol.unwrap_or_else(|| "all".into());
-    if !matches!(protocol.as_str(), "all" | "x402" | "mpp") {
-        return Err(invalid(format!("`protocol` is one of all, x402, mpp, not `{protocol}`")));
-    }
+    let only = match protocol.as_str() {
+        "all" => None,
+        "x402" => Some(Kind::X402),
+        "mpp" => Some(Kind::Mpp),
+        other => return Err(invalid(format!("`protocol` is one of all, x402, mpp, not `{other}`"))),
+    };
     let limit = match query.limit.as_deref().map(str::parse::<usize>) {
         None => 10,
         Some(Ok(n)) if (1..=100).contains(&n) => n,
         Some(_) => return Err(invalid("`limit` is a whole number from 1 to 100".into())),
     };
     let start = hours.map(|h| Timestamp::now() - conto_core::jiff::SignedDuration::from_hours(h));
-    let zero = conto_core::Decimal::ZERO;
-    let mut totals = SummaryTotals {
-        total_spend: zero,
-        total_calls: 0,
-        active_services: 0,
-        active_agents: 0,
-        active_alerts: 0,
-        micropayment_transactions: 0,
-        x402_spend: zero,
-        x402_calls: 0,
-        mpp_spend: zero,
-        mpp_calls: 0,
-    };
-    let mut services: std::collections::HashMap<(String, &'static str), SummaryService> = Default::default();
-    for (agent, intent, amount, at) in lock(&app.store).spends()? {
-        if agent != caller.agent {
-            continue;
-        }
-        let Ok(intent) = serde_json::from_str::<PaymentIntent>(&intent) else { continue };
-        let (service_domain, rail) = match &intent.rail {
-            Rail::X402 { service_domain, .. } => (service_domain, "x402"),
-            Rail::Mpp { service_domain, .. } => (service_domain, "mpp"),
-            _ => continue,
+    let mut totals = SummaryTotals::default();
+    let mut services: std::collections::HashMap<(String, Kind), SummaryService> = Default::default();
+    let spends = machine_spends(&app, &caller.agent)?.into_iter().filter(|s| {
+        only.is_none_or(|k| s.rail == k)
+            && start.is_none_or(|start| s.recorded_at.parse::<Timestamp>().is_ok_and(|at| at >= start))
+    });
+    for spend in spends {
+        let (spent, calls) = match spend.rail {
+            Kind::X402 => (&mut totals.x402_spend, &mut totals.x402_calls),
+            _ => (&mut totals.mpp_spend, &mut totals.mpp_calls),
         };
-        if protocol != "all" && protocol != rail {
-            continue;
-        }
-        if let Some(start) = start
-            && at.parse::<Timestamp>().is_ok_and(|at| at < start)
-        {
-            continue;
-        }
-        let amount: conto_core::Decimal = amount.parse().unwrap_or_default();
-        totals.total_spend += amount;
+        *spent += spend.amount;
+        *calls += 1;
+        totals.total_spend += spend.amount;
         totals.total_calls += 1;
-        if rail == "x402" {
-            totals.x402_spend += amount;
-            totals.x402_calls += 1;
-        } else {
-            totals.mpp_spend += amount;
-            totals.mpp_calls += 1;
-        }
-        let entry = services.entry((service_domain.clone(), rail)).or_insert_with(|| SummaryService {
-            service_domain: service_domain.clone(),
-            protocol: rail.into(),
-            total_spend: zero,
+        let protocol = if spend.rail == Kind::X402 { "x402" } else { "mpp" };
+        let entry = services.entry((spend.service_domain.clone(), spend.rail)).or_insert_with(|| SummaryService {
+            service_domain: spend.service_domain,
+            protocol: protocol.into(),
+            total_spend: conto_core::Decimal::ZERO,
             calls: 0,
             last_payment_at: String::new(),
         });
-        entry.total_spend += amount;
+        entry.total_spend += spend.amount;
         entry.calls += 1;
-        entry.last_payment_at = at;
+        entry.last_payment_at = spend.recorded_at;
     }
     totals.micropayment_transactions = totals.total_calls;
     totals.active_services = services.len() as u64;

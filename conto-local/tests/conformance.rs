@@ -791,7 +791,9 @@ async fn the_machine_spend_summary_totals_x402_and_mpp_by_protocol_and_service()
     assert_eq!(x402["services"].as_array().map(Vec::len), Some(1), "cut at limit: {x402}");
     let (_, ever) = sdk.call(reqwest::Method::GET, "/api/sdk/service-spend/summary?period=all", None).await;
     assert!(ever["filters"]["startDate"].is_null(), "{ever}");
-    for bad in ["period=1y", "protocol=card", "limit=0", "limit=ten", "colour=blue"] {
+    let (status, _) = sdk.call(reqwest::Method::GET, "/api/sdk/service-spend/summary?period=7d&agentId=x", None).await;
+    assert_eq!(status, 200, "a parameter it does not know is ignored");
+    for bad in ["period=1y", "protocol=card", "limit=0", "limit=ten"] {
         let (status, body) =
             sdk.call(reqwest::Method::GET, &format!("/api/sdk/service-spend/summary?{bad}"), None).await;
         assert_eq!((status, &body["code"]), (400, &json!("VALIDATION_ERROR")), "{bad}: {body}");

@@ -750,7 +750,7 @@ pub struct SummaryFilters {
 }
 
 /// The totals of a [`SpendSummary`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SummaryTotals {
     /// Spent on both protocols (as filtered).
