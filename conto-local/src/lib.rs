@@ -57,6 +57,11 @@
 //!   starter does, `POST /api/demos/anthropic-shopping/approval-requests/{id}/decision`
 //!   `{"decision": "APPROVED"|"REJECTED", "paymentRequestId"}`, answered with the request's
 //!   `finalStatus` (`REJECTED` when the re-check after an approval denies).
+//! - `GET /api/sdk/wallets` (`wallets:read`) lists the key's agent's wallet delegations as the
+//!   org's `GET /api/agents/{id}/wallets` does; `GET /api/sdk/transactions?limit=50`
+//!   (`transactions:read`) its recorded payments, newest first: `id`, `authorizationId`,
+//!   `amount`, `status` (`COMPLETED`), `type` (the rail), `recipientAddress`, `txHash` (the
+//!   settlement's reference), `createdAt`.
 //! - `GET /api/sdk/service-spend/summary` (`analytics:read`) sums the key's agent's x402 and MPP
 //!   payments over `period` (`24h` by default, `7d`, `30d`, `all`) and `protocol` (`all`,
 //!   `x402`, `mpp`), with its services (most spent first, `limit` of them, 10 by default, at

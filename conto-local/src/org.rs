@@ -170,8 +170,14 @@ async fn list_wallets(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    let wallets = lock(&app.store).wallets(Some(&agent_id))?;
-    let usage = app.engine.usage(&agent_id);
+    Ok(axum::Json(agent_wallets(&app, &agent_id)?).into_response())
+}
+
+/// An agent's wallet delegations, each with what the agent spent today, this week and this
+/// month (the org's read, and the agent's own `GET /api/sdk/wallets`).
+pub(crate) fn agent_wallets(app: &App, agent_id: &str) -> Result<Wallets, ApiError> {
+    let wallets = lock(&app.store).wallets(Some(agent_id))?;
+    let usage = app.engine.usage(agent_id);
     let spent = |period: &str| {
         let spent = usage.counters.iter().filter(|c| c.period == period && c.scope == "agent").map(|c| c.spent);
         Some(spent.max().unwrap_or_default().normalize())
@@ -185,7 +191,7 @@ async fn list_wallets(
             w
         })
         .collect();
-    Ok(axum::Json(Wallets { wallets }).into_response())
+    Ok(Wallets { wallets })
 }
 
 /// `GET /api/agents/{id}/policies`: the policies assigned to the agent.

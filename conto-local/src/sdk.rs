@@ -16,6 +16,7 @@ use conto_wire::org::Policies;
 use conto_wire::sdk::{
     ApprovalAnswer, ApprovalRequest, ApprovalRequests, BodyError, Budget, Counter, DecisionBody, PayingWallet,
     PaymentBody, RecordedBody, ServiceSpend, Services, SpendSummary, SummaryFilters, SummaryService, SummaryTotals,
+    Transaction, Transactions,
 };
 use conto_wire::{ErrorBody, Kind};
 use serde::Serialize;
@@ -45,6 +46,8 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/api/sdk/mpp/budget", get(budget))
         .route("/api/sdk/mpp/services", get(mpp_services))
         .route("/api/sdk/service-spend/summary", get(spend_summary))
+        .route("/api/sdk/wallets", get(wallets))
+        .route("/api/sdk/transactions", get(transactions))
         .layer(axum::middleware::from_fn(rate_limit_headers))
 }
 
@@ -1011,6 +1014,53 @@ async fn mpp_services(State(app): State<Arc<App>>, headers: HeaderMap) -> Result
     services(&app, &headers, Kind::Mpp)
 }
 
+/// `GET /api/sdk/wallets` (`wallets:read`): the caller's wallet delegations, as the org's
+/// `GET /api/agents/{id}/wallets` lists them.
+async fn wallets(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let caller = caller(&app, &headers, "wallets:read", "reads")?;
+    Ok(reply(StatusCode::OK, crate::org::agent_wallets(&app, &caller.agent)?))
+}
+
+/// `GET /api/sdk/transactions?limit=50` (`transactions:read`): the caller's recorded payments,
+/// newest first (`limit` 1 to 100, 50 by default).
+async fn transactions(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = caller(&app, &headers, "transactions:read", "reads")?;
+    let invalid = |what: String| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", what);
+    let axum::extract::Query(query) = query.map_err(|e| invalid(e.body_text()))?;
+    let limit = query_limit(query.limit.as_deref(), 50).map_err(invalid)?;
+    let rows = lock(&app.store).transactions(&caller.agent, limit)?;
+    let transactions = rows
+        .into_iter()
+        .map(|row| {
+            let intent = serde_json::from_str::<PaymentIntent>(&row.intent).ok();
+            Transaction {
+                id: row.transaction_id,
+                authorization_id: row.authorization_id,
+                amount: row.amount.parse().unwrap_or_default(),
+                status: "COMPLETED".into(),
+                kind: intent.as_ref().map_or("transfer", |i| i.rail.name()).into(),
+                recipient_address: intent.and_then(|i| i.recipient).map(|a| a.as_str().to_owned()),
+                tx_hash: row.reference,
+                created_at: row.recorded_at,
+            }
+        })
+        .collect();
+    Ok(reply(StatusCode::OK, Transactions { transactions }))
+}
+
+/// A read's `limit` parameter: 1 to 100, `default` when absent.
+fn query_limit(given: Option<&str>, default: usize) -> Result<usize, String> {
+    match given.map(str::parse::<usize>) {
+        None => Ok(default),
+        Some(Ok(n)) if (1..=100).contains(&n) => Ok(n),
+        Some(_) => Err("`limit` is a whole number from 1 to 100".into()),
+    }
+}
+
 /// One recorded x402 or MPP payment of an agent, as the spend reads see it.
 struct MachineSpend {
     service_domain: String,
@@ -1056,7 +1106,8 @@ fn services(app: &App, headers: &HeaderMap, kind: Kind) -> Result<Response, ApiE
     Ok(reply(StatusCode::OK, Services { services: services.into_values().collect() }))
 }
 
-/// The query of `GET /api/sdk/service-spend/summary` (other parameters are ignored).
+/// The query of the spend reads (`service-spend/summary`, `transactions`); other parameters
+/// are ignored.
 #[derive(serde::Deserialize)]
 struct SummaryQuery {
     period: Option<String>,
@@ -1090,11 +1141,7 @@ async fn spend_summary(
         "mpp" => Some(Kind::Mpp),
         other => return Err(invalid(format!("`protocol` is one of all, x402, mpp, not `{other}`"))),
     };
-    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
-        None => 10,
-        Some(Ok(n)) if (1..=100).contains(&n) => n,
-        Some(_) => return Err(invalid("`limit` is a whole number from 1 to 100".into())),
-    };
+    let limit = query_limit(query.limit.as_deref(), 10).map_err(invalid)?;
     let start = hours.map(|h| Timestamp::now() - conto_core::jiff::SignedDuration::from_hours(h));
     let mut totals = SummaryTotals::default();
     let mut services: std::collections::HashMap<(String, Kind), SummaryService> = Default::default();

@@ -197,6 +197,17 @@ impl ApprovalRecord {
     }
 }
 
+/// A recorded spend, as `GET /api/sdk/transactions` lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct SpendRow {
+    pub(crate) authorization_id: String,
+    pub(crate) intent: String,
+    pub(crate) amount: String,
+    pub(crate) reference: Option<String>,
+    pub(crate) transaction_id: String,
+    pub(crate) recorded_at: String,
+}
+
 /// An agent: id, name, status (`ACTIVE` or `PAUSED`), creation time.
 pub(crate) struct AgentRow {
     pub id: String,
@@ -756,6 +767,25 @@ impl Store {
         let mut stmt =
             self.conn.prepare_cached("SELECT agent_id, intent, amount, recorded_at FROM spends ORDER BY seq")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// `agent`'s recorded spends, newest first, at most `limit`.
+    pub fn transactions(&self, agent_id: &str, limit: usize) -> Result<Vec<SpendRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT authorization_id, intent, amount, reference, transaction_id, recorded_at FROM spends
+             WHERE agent_id = ?1 ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![agent_id, limit as i64], |r| {
+            Ok(SpendRow {
+                authorization_id: r.get(0)?,
+                intent: r.get(1)?,
+                amount: r.get(2)?,
+                reference: r.get(3)?,
+                transaction_id: r.get(4)?,
+                recorded_at: r.get(5)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

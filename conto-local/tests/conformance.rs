@@ -629,6 +629,49 @@ async fn an_mpp_session_is_recorded_and_listed_under_mpp_services() {
     assert_eq!(x402["services"], json!([]), "{x402}");
 }
 
+/// The agent's own reads (conto-api.md §9: `GET /api/sdk/wallets`, `GET /api/sdk/transactions`,
+/// rate-limited as reads): its wallet delegations, and its recorded payments newest first.
+#[tokio::test]
+async fn the_agent_reads_its_wallets_and_its_transactions() {
+    let (server, sdk) = setup(None).await;
+    let (status, none) = sdk.call(reqwest::Method::GET, "/api/sdk/wallets", None).await;
+    assert_eq!((status, &none["wallets"]), (200, &json!([])), "{none}");
+    let org = Org::new(&server);
+    let (status, body) =
+        org.post("/api/agents/agent-1/wallets", json!({"walletId": "wal_base", "chainId": "8453"})).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, one) = sdk.call(reqwest::Method::GET, "/api/sdk/wallets", None).await;
+    assert_eq!(one["wallets"].as_array().map(Vec::len), Some(1), "{one}");
+
+    let (_, approved) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
+    let path = format!("/api/sdk/payments/{}/confirm", approved["approvalId"].as_str().unwrap());
+    let (status, receipt) = sdk.post(&path, json!({"txHash": TX, "approvalToken": approved["approvalToken"]})).await;
+    assert_eq!(status, 200, "{receipt}");
+    let (_, pre) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("2")).await;
+    let tx = format!("0x{}", "b".repeat(64));
+    let record = json!({"payments": [{"amount": "2", "recipientAddress": RECIPIENT,
+        "resourceUrl": "https://api.example.com/search", "txHash": tx, "authorizationId": pre["authorizationId"]}]});
+    let (status, body) = sdk.post("/api/sdk/x402/record", record).await;
+    assert!(status < 300, "{body}");
+
+    let (status, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/transactions", None).await;
+    assert_eq!(status, 200, "{listed}");
+    let txs = listed["transactions"].as_array().unwrap();
+    assert_eq!(txs.len(), 2, "{listed}");
+    assert_eq!((&txs[0]["type"], &txs[0]["amount"], &txs[0]["txHash"]), (&json!("x402"), &json!(2), &json!(tx)));
+    assert_eq!(
+        (&txs[1]["type"], &txs[1]["amount"], &txs[1]["status"]),
+        (&json!("transfer"), &json!(5), &json!("COMPLETED"))
+    );
+    assert_eq!(txs[1]["recipientAddress"], RECIPIENT.to_lowercase(), "{listed}");
+    let (_, newest) = sdk.call(reqwest::Method::GET, "/api/sdk/transactions?limit=1", None).await;
+    assert_eq!(newest["transactions"].as_array().map(Vec::len), Some(1), "{newest}");
+    let (status, _) = sdk.call(reqwest::Method::GET, "/api/sdk/transactions?limit=0", None).await;
+    assert_eq!(status, 400);
+    let anonymous = reqwest::get(format!("{}/api/sdk/transactions", server.url())).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
 /// Rule types Conto's agent skill documents but conto-local has no data to evaluate (a
 /// country whitelist; Conto's recommended MPP policy's concurrent sessions) are stored as
 /// Conto stores them, and fail closed: every payment on their rails is denied, the violation

@@ -720,6 +720,37 @@ pub struct Services {
     pub services: Vec<ServiceSpend>,
 }
 
+/// `GET /api/sdk/transactions`: the agent's recorded payments, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Transactions {
+    /// The payments.
+    pub transactions: Vec<Transaction>,
+}
+
+/// One recorded payment of [`Transactions`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transaction {
+    /// The transaction's id.
+    pub id: String,
+    /// The approval (or pre-authorization) it settled.
+    pub authorization_id: String,
+    /// What was spent.
+    #[serde(serialize_with = "decimal_number")]
+    pub amount: Decimal,
+    /// `COMPLETED`: recorded.
+    pub status: String,
+    /// How it was paid: `transfer`, `x402`, `mpp`, `card` or `request`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The recipient.
+    pub recipient_address: Option<String>,
+    /// The settlement's reference (a transaction hash, a card transaction id).
+    pub tx_hash: Option<String>,
+    /// When it was recorded.
+    pub created_at: String,
+}
+
 /// `GET /api/sdk/service-spend/summary`: machine spend (x402 and MPP) over a period.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SpendSummary {
