@@ -1029,9 +1029,8 @@ async fn transactions(
     query: Result<axum::extract::Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "transactions:read", "reads")?;
-    let invalid = |what: String| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", what);
-    let axum::extract::Query(query) = query.map_err(|e| invalid(e.body_text()))?;
-    let limit = query_limit(query.limit.as_deref(), 50).map_err(invalid)?;
+    let query = read_query(query)?;
+    let limit = query_limit(query.limit.as_deref(), 50).map_err(invalid_query)?;
     let rows = lock(&app.store).transactions(&caller.agent, limit)?;
     let transactions = rows
         .into_iter()
@@ -1050,6 +1049,17 @@ async fn transactions(
         })
         .collect();
     Ok(reply(StatusCode::OK, Transactions { transactions }))
+}
+
+/// A spend read's query, or a `400 VALIDATION_ERROR` saying what is wrong with it.
+fn read_query(
+    query: Result<axum::extract::Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<SummaryQuery, ApiError> {
+    query.map(|q| q.0).map_err(|e| invalid_query(e.body_text()))
+}
+
+fn invalid_query(what: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", what)
 }
 
 /// A read's `limit` parameter: 1 to 100, `default` when absent.
@@ -1124,24 +1134,23 @@ async fn spend_summary(
     query: Result<axum::extract::Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "analytics:read", "reads")?;
-    let invalid = |what: String| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", what);
-    let axum::extract::Query(query) = query.map_err(|e| invalid(e.body_text()))?;
+    let query = read_query(query)?;
     let period = query.period.unwrap_or_else(|| "24h".into());
     let hours = match period.as_str() {
         "24h" => Some(24),
         "7d" => Some(24 * 7),
         "30d" => Some(24 * 30),
         "all" => None,
-        other => return Err(invalid(format!("`period` is one of 24h, 7d, 30d, all, not `{other}`"))),
+        other => return Err(invalid_query(format!("`period` is one of 24h, 7d, 30d, all, not `{other}`"))),
     };
     let protocol = query.protocol.unwrap_or_else(|| "all".into());
     let only = match protocol.as_str() {
         "all" => None,
         "x402" => Some(Kind::X402),
         "mpp" => Some(Kind::Mpp),
-        other => return Err(invalid(format!("`protocol` is one of all, x402, mpp, not `{other}`"))),
+        other => return Err(invalid_query(format!("`protocol` is one of all, x402, mpp, not `{other}`"))),
     };
-    let limit = query_limit(query.limit.as_deref(), 10).map_err(invalid)?;
+    let limit = query_limit(query.limit.as_deref(), 10).map_err(invalid_query)?;
     let start = hours.map(|h| Timestamp::now() - conto_core::jiff::SignedDuration::from_hours(h));
     let mut totals = SummaryTotals::default();
     let mut services: std::collections::HashMap<(String, Kind), SummaryService> = Default::default();
