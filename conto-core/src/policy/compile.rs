@@ -14,10 +14,9 @@ use jiff::tz::TimeZone;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-use super::rules::unevaluated::UnevaluatedRule;
 use super::rules::{
     Action, Check, Cmp, CompiledRule, Cumulative, Outcome, Period, Polarity, RailFilter, Scope, Spec, amount, blackout,
-    cumulative, lists, time, velocity,
+    cumulative, lists, time, unevaluated, velocity,
 };
 use super::{Policy, PolicyDoc, PolicyError, RuleDoc, RuleProblem, UnevaluatedRules, json_kind, time_zone};
 use crate::decision::ViolationType;
@@ -63,17 +62,6 @@ fn parse_operator(text: &str) -> Option<Op> {
         _ => return None,
     })
 }
-
-/// Rule types Conto documents that the engine does not evaluate.
-const UNSUPPORTED: &[&str] = &[
-    "GEOGRAPHIC_RESTRICTION",
-    "TRUST_SCORE",
-    "COUNTERPARTY_STATUS",
-    "CONTRACT_ALLOWLIST",
-    "FAIRSCALE_MIN_SCORE",
-    "MPP_MAX_CONCURRENT_SESSIONS",
-    "MPP_MAX_SESSION_DURATION",
-];
 
 /// A rule family: the rule types it owns, and how it compiles one of them.
 pub(crate) trait Family {
@@ -140,26 +128,6 @@ impl RuleInput<'_> {
             Op::Between(b) => Ok(b),
             _ => Err(self.not_allowed(Ops::Window)),
         }
-    }
-}
-
-/// A rule type the engine cannot evaluate, loaded as [`UnevaluatedRules::Deny`] asks: broken by
-/// every payment on its rails (an `MPP_*` rule's, MPP; any other's, all), denied whatever its
-/// action, its violation named for its type.
-fn unevaluated(rule_type: String) -> CompiledRule {
-    let violation = match rule_type.as_str() {
-        "CONTRACT_ALLOWLIST" => ViolationType::ContractNotAllowed,
-        "FAIRSCALE_MIN_SCORE" => ViolationType::FairscaleLowScore,
-        other => ViolationType::from_name(other),
-    };
-    let rails = if rule_type.starts_with("MPP_") { RailFilter::Mpp } else { RailFilter::All };
-    CompiledRule {
-        rule_type: rule_type.into(),
-        check: Check::Unevaluated(UnevaluatedRule),
-        rails,
-        polarity: Polarity::BrokenWhenHolds,
-        outcome: Outcome::Deny,
-        violation,
     }
 }
 
@@ -239,9 +207,9 @@ impl RuleCtx<'_> {
 
     fn compile(&self, rule: &RuleDoc) -> Result<CompiledRule, PolicyError> {
         let rule_type = rule.rule_type.trim().to_ascii_uppercase();
-        if UNSUPPORTED.contains(&rule_type.as_str()) {
+        if unevaluated::UNEVALUATED.contains(&rule_type.as_str()) {
             if self.unevaluated == UnevaluatedRules::Deny {
-                return Ok(unevaluated(rule_type));
+                return Ok(unevaluated::compiled(rule_type));
             }
             return Err(self.err("ruleType", RuleProblem::Unsupported(rule.rule_type.clone())));
         }

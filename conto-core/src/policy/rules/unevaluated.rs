@@ -3,7 +3,38 @@
 //! with [`UnevaluatedRules::Deny`](crate::policy::UnevaluatedRules::Deny), each is a rule every
 //! payment on its rails breaks: denied, whatever the rule's action, never silently passed.
 
-use super::{Explain, Finding, Subject};
+use super::{Check, CompiledRule, Explain, Finding, Outcome, Polarity, RailFilter, Subject};
+use crate::decision::ViolationType as V;
+
+/// The rule types Conto documents that the engine does not evaluate.
+pub(crate) const UNEVALUATED: &[&str] = &[
+    "GEOGRAPHIC_RESTRICTION",
+    "TRUST_SCORE",
+    "COUNTERPARTY_STATUS",
+    "CONTRACT_ALLOWLIST",
+    "FAIRSCALE_MIN_SCORE",
+    "MPP_MAX_CONCURRENT_SESSIONS",
+    "MPP_MAX_SESSION_DURATION",
+];
+
+/// One of [`UNEVALUATED`], loaded to deny: broken by every payment on its rails (an `MPP_*`
+/// rule's, MPP; any other's, all), denied whatever its action, its violation named for it.
+pub(crate) fn compiled(rule_type: String) -> CompiledRule {
+    let violation = match rule_type.as_str() {
+        "CONTRACT_ALLOWLIST" => V::ContractNotAllowed,
+        "FAIRSCALE_MIN_SCORE" => V::FairscaleLowScore,
+        other => V::from_name(other),
+    };
+    let rails = if rule_type.starts_with("MPP_") { RailFilter::Mpp } else { RailFilter::All };
+    CompiledRule {
+        rule_type: rule_type.into(),
+        check: Check::Unevaluated(UnevaluatedRule),
+        rails,
+        polarity: Polarity::BrokenWhenHolds,
+        outcome: Outcome::Deny,
+        violation,
+    }
+}
 
 /// A rule the engine cannot evaluate, kept so that payments under it are denied.
 #[derive(Debug, Clone, PartialEq)]
