@@ -79,9 +79,7 @@ impl Amount {
     /// Reads an optional amount from a JSON number or decimal string as
     /// [`Amount::rounded_up`] does: for `#[serde(deserialize_with = ...)]` on wire bodies.
     pub fn deserialize_rounded_up<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Self>, D::Error> {
-        #[derive(Deserialize)]
-        struct Wrap(#[serde(deserialize_with = "deserialize_decimal")] Decimal);
-        Option::<Wrap>::deserialize(d)?.map(|w| Self::rounded_up(w.0).map_err(de::Error::custom)).transpose()
+        opt_decimal::deserialize(d)?.map(|v| Self::rounded_up(v).map_err(de::Error::custom)).transpose()
     }
 
     fn checked(value: Decimal) -> Result<Self, AmountError> {

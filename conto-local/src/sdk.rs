@@ -1081,19 +1081,18 @@ struct MachineSpend {
 
 /// The x402 and MPP payments `agent` recorded, oldest first.
 fn machine_spends(app: &App, agent: &str) -> Result<Vec<MachineSpend>, ApiError> {
-    let spends = lock(&app.store).spends()?;
+    let spends = lock(&app.store).agent_spends(agent)?;
     Ok(spends
         .into_iter()
-        .filter(|(owner, ..)| owner == agent)
-        .filter_map(|(_, intent, amount, recorded_at)| {
-            let intent = serde_json::from_str::<PaymentIntent>(&intent).ok()?;
+        .filter_map(|row| {
+            let intent = serde_json::from_str::<PaymentIntent>(&row.intent).ok()?;
             let (service_domain, rail) = match intent.rail {
                 Rail::X402 { service_domain, .. } => (service_domain, Kind::X402),
                 Rail::Mpp { service_domain, .. } => (service_domain, Kind::Mpp),
                 _ => return None,
             };
-            let amount = amount.parse().unwrap_or_default();
-            Some(MachineSpend { service_domain, rail, amount, recorded_at })
+            let amount = row.amount.parse().unwrap_or_default();
+            Some(MachineSpend { service_domain, rail, amount, recorded_at: row.recorded_at })
         })
         .collect())
 }
@@ -1159,15 +1158,14 @@ async fn spend_summary(
             && start.is_none_or(|start| s.recorded_at.parse::<Timestamp>().is_ok_and(|at| at >= start))
     });
     for spend in spends {
-        let (spent, calls) = match spend.rail {
-            Kind::X402 => (&mut totals.x402_spend, &mut totals.x402_calls),
-            _ => (&mut totals.mpp_spend, &mut totals.mpp_calls),
+        let (spent, calls, protocol) = match spend.rail {
+            Kind::X402 => (&mut totals.x402_spend, &mut totals.x402_calls, "x402"),
+            _ => (&mut totals.mpp_spend, &mut totals.mpp_calls, "mpp"),
         };
         *spent += spend.amount;
         *calls += 1;
         totals.total_spend += spend.amount;
         totals.total_calls += 1;
-        let protocol = if spend.rail == Kind::X402 { "x402" } else { "mpp" };
         let entry = services.entry((spend.service_domain.clone(), spend.rail)).or_insert_with(|| SummaryService {
             service_domain: spend.service_domain,
             protocol: protocol.into(),

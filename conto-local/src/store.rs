@@ -197,7 +197,7 @@ impl ApprovalRecord {
     }
 }
 
-/// A recorded spend, as `GET /api/sdk/transactions` lists it.
+/// A recorded spend, as the agent's spend reads list it.
 #[derive(Debug, Clone)]
 pub(crate) struct SpendRow {
     pub(crate) authorization_id: String,
@@ -227,6 +227,20 @@ fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
         approval_id: r.get(4)?,
         approval_token: r.get(5)?,
         expires_at: r.get(6)?,
+    })
+}
+
+/// The query a [`SpendRow`] is read from, to which a caller adds its filter and order.
+const SPEND_ROW: &str = "SELECT authorization_id, intent, amount, reference, transaction_id, recorded_at FROM spends";
+
+fn spend_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SpendRow> {
+    Ok(SpendRow {
+        authorization_id: r.get(0)?,
+        intent: r.get(1)?,
+        amount: r.get(2)?,
+        reference: r.get(3)?,
+        transaction_id: r.get(4)?,
+        recorded_at: r.get(5)?,
     })
 }
 
@@ -770,22 +784,18 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// `agent`'s recorded spends, newest first, at most `limit`.
+    /// `agent`'s recorded spends, oldest first.
+    pub fn agent_spends(&self, agent_id: &str) -> Result<Vec<SpendRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!("{SPEND_ROW} WHERE agent_id = ?1 ORDER BY seq"))?;
+        let rows = stmt.query_map([agent_id], spend_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// `agent`'s latest recorded spends, newest first, at most `limit`.
     pub fn transactions(&self, agent_id: &str, limit: usize) -> Result<Vec<SpendRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT authorization_id, intent, amount, reference, transaction_id, recorded_at FROM spends
-             WHERE agent_id = ?1 ORDER BY seq DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(rusqlite::params![agent_id, limit as i64], |r| {
-            Ok(SpendRow {
-                authorization_id: r.get(0)?,
-                intent: r.get(1)?,
-                amount: r.get(2)?,
-                reference: r.get(3)?,
-                transaction_id: r.get(4)?,
-                recorded_at: r.get(5)?,
-            })
-        })?;
+        let mut stmt =
+            self.conn.prepare_cached(&format!("{SPEND_ROW} WHERE agent_id = ?1 ORDER BY seq DESC LIMIT ?2"))?;
+        let rows = stmt.query_map(rusqlite::params![agent_id, limit as i64], spend_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
