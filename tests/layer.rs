@@ -598,3 +598,60 @@ async fn a_callers_idempotency_key_never_replays_an_earlier_approval() {
     assert_eq!(server.engine().usage("agent-1").stats.approved, 2);
     server.stop().await;
 }
+
+/// One request through `router` in process, as `user`: what the handler saw of its intent.
+async fn intent_seen(router: &Router, user: &str, price: &str) -> (String, String, String) {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::get(format!("/paid?price={price}")).body(axum::body::Body::empty()).unwrap();
+    req.extensions_mut().insert(User { id: user.to_owned() });
+    let res = router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{user} at {price}");
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+    let seen: Value = serde_json::from_slice(&body).unwrap();
+    let field = |k: &str| seen[k].as_str().unwrap().to_owned();
+    (field("actor"), field("amount"), field("key"))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn consecutive_requests_on_one_thread_are_each_their_own_payment_by_their_own_actor() {
+    // On one thread, a route with a fixed rail reuses its last intent when the actor and the
+    // price are the same: every request must still carry its own actor, amount and key.
+    let engine = engine();
+    let price = Price::from_request(|req| {
+        let text = req.query("price").ok_or_else(|| PriceError::new("`price` is required"))?;
+        text.parse().map(Some).map_err(|e| PriceError::new(format!("bad price: {e}")))
+    });
+    let router = Router::new().route(
+        "/paid",
+        get(|paid: Paid| async move {
+            let intent = &paid.authorization.intent;
+            axum::Json(serde_json::json!({"actor": intent.actor.as_str(), "amount": intent.amount.to_string(),
+                "key": intent.idempotency_key.as_str()}))
+        })
+        .route_layer(layer(Conto::new(engine.clone())).with_price(price)),
+    );
+    let mut keys = std::collections::HashSet::new();
+    let calls = [
+        ("agent-1", "1"),
+        ("agent-1", "1"),
+        ("agent-2", "1"),
+        ("agent-1", "1"),
+        ("agent-1", "1.0"),
+        ("agent-1", "2"),
+        ("agent-2", "2"),
+        ("agent-2", "2"),
+    ];
+    for (user, price) in calls {
+        let (actor, amount, key) = intent_seen(&router, user, price).await;
+        let amount: Decimal = amount.parse().unwrap();
+        assert_eq!((actor.as_str(), amount), (user, price.parse().unwrap()), "the intent is this request's");
+        assert!(keys.insert(key.clone()), "a fresh idempotency key for every request: {key} repeated");
+    }
+    let spent = |actor: &str| engine.usage(actor).stats.total_spent;
+    assert_eq!(
+        spent("agent-1"),
+        "6".parse::<Decimal>().unwrap(),
+        "agent-1 paid for its own five requests (1 + 1 + 1 + 1.0 + 2)"
+    );
+    assert_eq!(spent("agent-2"), "5".parse::<Decimal>().unwrap(), "agent-2 paid for its own three");
+}

@@ -212,6 +212,12 @@ enum Repr {
 
 const DRAWN_LEN: usize = 3 + 32;
 
+thread_local! {
+    /// The number the next key [`IdempotencyKey::random`] gives out on this thread is written
+    /// from; 0 until the thread's first key draws its start.
+    static NEXT_DRAWN: std::cell::Cell<u128> = const { std::cell::Cell::new(0) };
+}
+
 impl IdempotencyKey {
     /// Validates a caller-chosen key.
     pub fn new(key: impl Into<String>) -> Result<Self, IntentError> {
@@ -222,13 +228,26 @@ impl IdempotencyKey {
         Ok(Self(Repr::Named(key)))
     }
 
-    /// A fresh random key (for attempts the caller does not name): `ck_` and 32 hex digits.
+    /// A fresh key (for attempts the caller does not name): `ck_` and 32 hex digits. Each
+    /// thread draws a random 128-bit start once and counts up from it, so keys are unique (two
+    /// threads' walks would have to meet in a space of 2¹²⁸) without a random draw or an
+    /// encoding per payment. Keys are not secrets: Conto answers a key only for its own agent.
     pub fn random() -> Self {
+        let bits = NEXT_DRAWN
+            .try_with(|next| {
+                let bits = match next.get() {
+                    0 => rand::random(),
+                    bits => bits,
+                };
+                next.set(bits.wrapping_add(1));
+                bits
+            })
+            // This thread is being torn down: a key of its own.
+            .unwrap_or_else(|_| rand::random());
         let mut text = [0u8; DRAWN_LEN];
         text[..3].copy_from_slice(b"ck_");
-        let bits: u128 = rand::random();
         // 16 bytes into 32 hex digits: the slice is exactly twice their length.
-        let _ = const_hex::encode_to_slice(bits.to_le_bytes(), &mut text[3..]);
+        let _ = const_hex::encode_to_slice(bits.to_be_bytes(), &mut text[3..]);
         Self(Repr::Drawn(text))
     }
 
@@ -658,6 +677,16 @@ mod tests {
         let mut renewed = key.clone();
         renewed.renew();
         assert_ne!(renewed, key, "a renewed key is a fresh one");
+    }
+
+    #[test]
+    fn keys_drawn_on_one_thread_and_across_threads_never_repeat() {
+        let mine: Vec<_> = (0..10_000).map(|_| IdempotencyKey::random()).collect();
+        let theirs: Vec<_> =
+            std::thread::spawn(|| (0..10_000).map(|_| IdempotencyKey::random()).collect::<Vec<_>>()).join().unwrap();
+        let all: std::collections::HashSet<_> = mine.iter().chain(&theirs).map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(all.len(), 20_000);
+        assert!(all.iter().all(|k| k.len() == 35 && k[3..].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))));
     }
 
     #[test]

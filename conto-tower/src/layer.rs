@@ -1,16 +1,18 @@
 //! [`PaidLayer`], its builder, and the [`PaidService`] it wraps handlers in.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::response::Response;
 use bytes::Bytes;
-use conto_core::{Authorization, Conto, IntentError, PaymentIntent, Rail, Ran, Recorded};
+use conto_core::{Authorization, Conto, IdempotencyKey, IntentError, PaymentIntent, Rail, Ran, Recorded};
 use http::request::Parts;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Either, Limited};
@@ -28,12 +30,26 @@ type RailFn = dyn Fn(&PriceRequest<'_>) -> Result<Rail, PriceError> + Send + Syn
 type TextFn = dyn Fn(&PriceRequest<'_>) -> Option<String> + Send + Sync;
 type StatusFn = dyn Fn(StatusCode) -> bool + Send + Sync;
 
+/// The rail: fixed, or computed from the request.
+#[derive(Clone)]
+enum RailSource {
+    Fixed(Rail),
+    From(Arc<RailFn>),
+}
+
+/// The recipient: fixed (validated), or computed from the request.
+#[derive(Clone)]
+enum RecipientSource {
+    Fixed(String),
+    From(Arc<TextFn>),
+}
+
 /// What every paid route of an app shares.
 struct Shared {
     conto: Conto,
     actor: Actor,
-    rail: Arc<RailFn>,
-    recipient: Option<Arc<TextFn>>,
+    rail: RailSource,
+    recipient: Option<RecipientSource>,
     category: Option<String>,
     purpose: Option<String>,
     record_when: Arc<StatusFn>,
@@ -61,6 +77,15 @@ impl Clone for Shared {
 struct Route {
     shared: Arc<Shared>,
     price: Price,
+    /// This route's number, unique in the process: what a thread's last intent is kept under.
+    id: u64,
+}
+
+impl Route {
+    fn new(shared: Arc<Shared>, price: Price) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self { shared, price, id: NEXT.fetch_add(1, Ordering::Relaxed) }
+    }
 }
 
 /// The app-wide paywall: who pays (the actor, from the app's authentication), on which rail,
@@ -127,8 +152,8 @@ impl std::error::Error for LayerError {}
 pub struct PaywallBuilder {
     conto: Conto,
     actor: Option<Actor>,
-    rail: Option<Arc<RailFn>>,
-    recipient: Option<Arc<TextFn>>,
+    rail: Option<RailSource>,
+    recipient: Option<RecipientSource>,
     category: Option<String>,
     purpose: Option<String>,
     record_when: Arc<StatusFn>,
@@ -146,7 +171,7 @@ impl PaywallBuilder {
 
     /// The rail every request pays on.
     pub fn rail(mut self, rail: Rail) -> Self {
-        self.rail = Some(Arc::new(move |_| Ok(rail.clone())));
+        self.rail = Some(RailSource::Fixed(rail));
         self
     }
 
@@ -155,17 +180,14 @@ impl PaywallBuilder {
         mut self,
         f: impl Fn(&PriceRequest<'_>) -> Result<Rail, PriceError> + Send + Sync + 'static,
     ) -> Self {
-        self.rail = Some(Arc::new(f));
+        self.rail = Some(RailSource::From(Arc::new(f)));
         self
     }
 
     /// The recipient address every request pays.
     pub fn recipient(mut self, address: &str) -> Self {
         match conto_core::Address::parse(address) {
-            Ok(a) => {
-                let a = a.as_str().to_owned();
-                self.recipient = Some(Arc::new(move |_| Some(a.clone())));
-            }
+            Ok(a) => self.recipient = Some(RecipientSource::Fixed(a.as_str().to_owned())),
             Err(e) => self.invalid = Some(e),
         }
         self
@@ -173,7 +195,7 @@ impl PaywallBuilder {
 
     /// The recipient, computed from the request.
     pub fn recipient_from(mut self, f: impl Fn(&PriceRequest<'_>) -> Option<String> + Send + Sync + 'static) -> Self {
-        self.recipient = Some(Arc::new(f));
+        self.recipient = Some(RecipientSource::From(Arc::new(f)));
         self
     }
 
@@ -251,7 +273,7 @@ impl Paywall {
     /// The layer for one paid route, at `price`: fixed ([`Price::fixed`]) or computed from the
     /// request ([`Price::from_request`], [`Price::json_body`]). A free route needs no layer.
     pub fn with_price(&self, price: Price) -> PaidLayer {
-        PaidLayer { route: Arc::new(Route { shared: self.shared.clone(), price }) }
+        PaidLayer { route: Arc::new(Route::new(self.shared.clone(), price)) }
     }
 
     /// The same paywall with another category.
@@ -264,7 +286,7 @@ impl Paywall {
     /// The same paywall with another rail.
     pub fn with_rail(&self, rail: Rail) -> Self {
         let mut shared = (*self.shared).clone();
-        shared.rail = Arc::new(move |_| Ok(rail.clone()));
+        shared.rail = RailSource::Fixed(rail);
         Self { shared: Arc::new(shared) }
     }
 }
@@ -272,7 +294,7 @@ impl Paywall {
 impl PaidLayer {
     /// The same route's paywall at another price.
     pub fn with_price(&self, price: Price) -> Self {
-        PaidLayer { route: Arc::new(Route { shared: self.route.shared.clone(), price }) }
+        PaidLayer { route: Arc::new(Route::new(self.route.shared.clone(), price)) }
     }
 }
 
@@ -434,7 +456,6 @@ where
     ReqBody: http_body::Body + From<Bytes>,
     ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let config = &*route.shared;
     let params: Vec<(String, String)> = match RawPathParams::from_request_parts(&mut req.0, &()).await {
         Ok(p) => p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
         Err(_) => Vec::new(),
@@ -468,19 +489,36 @@ where
     };
 
     let view = PriceRequest { parts: &req.0, params: &params, json: json.as_ref() };
-    match build_intent(config, &route.price, &view) {
-        Ok(Some(intent)) => Prepared::Paid(req, Arc::new(intent)),
+    match build_intent(route, &view) {
+        Ok(Some(intent)) => Prepared::Paid(req, intent),
         Ok(None) => Prepared::Free(req),
         Err(refusal) => Prepared::Refused(refusal),
     }
 }
 
-fn build_intent(config: &Shared, price: &Price, req: &PriceRequest<'_>) -> Result<Option<PaymentIntent>, Refusal> {
-    let Some(amount) = (price.compute)(req).map_err(|e| Refusal::BadPrice(e.0))? else {
+thread_local! {
+    /// The intent this thread last built for a route with a fixed rail and recipient, and the
+    /// route's id: the next request to that route by the same actor at the same price is the
+    /// same intent under a fresh idempotency key, so it is not built (nor validated, nor its
+    /// texts copied) again.
+    static LAST_INTENT: RefCell<Option<(u64, Arc<PaymentIntent>)>> = const { RefCell::new(None) };
+}
+
+fn build_intent(route: &Route, req: &PriceRequest<'_>) -> Result<Option<Arc<PaymentIntent>>, Refusal> {
+    let config = &*route.shared;
+    let Some(amount) = (route.price.compute)(req).map_err(|e| Refusal::BadPrice(e.0))? else {
         return Ok(None);
     };
     let actor = (config.actor.find)(req).ok_or_else(|| Refusal::MissingActor(config.actor.expects.to_string()))?;
-    let rail = (config.rail)(req).map_err(|e| Refusal::BadPrice(e.0))?;
+    let fixed =
+        matches!(config.rail, RailSource::Fixed(_)) && !matches!(config.recipient, Some(RecipientSource::From(_)));
+    if fixed && let Some(intent) = last_intent(route.id, amount, &actor) {
+        return Ok(Some(intent));
+    }
+    let rail = match &config.rail {
+        RailSource::Fixed(rail) => rail.clone(),
+        RailSource::From(f) => f(req).map_err(|e| Refusal::BadPrice(e.0))?,
+    };
     let invalid = |e: IntentError| {
         Refusal::Rejected(conto_core::Rejection::new(
             conto_core::RejectionKind::Invalid(e),
@@ -488,7 +526,12 @@ fn build_intent(config: &Shared, price: &Price, req: &PriceRequest<'_>) -> Resul
         ))
     };
     let mut b = PaymentIntent::builder(actor, amount, rail);
-    if let Some(recipient) = config.recipient.as_ref().and_then(|f| f(req)) {
+    let recipient = match &config.recipient {
+        Some(RecipientSource::Fixed(address)) => Some(address.clone()),
+        Some(RecipientSource::From(f)) => f(req),
+        None => None,
+    };
+    if let Some(recipient) = recipient {
         b = b.recipient(recipient);
     }
     if let Some(c) = &config.category {
@@ -500,7 +543,42 @@ fn build_intent(config: &Shared, price: &Price, req: &PriceRequest<'_>) -> Resul
     // Every request is its own payment attempt, under a key made here: a caller's
     // `Idempotency-Key` is never taken, or repeating it would be answered with the approval its
     // first request got (an authority replays a key's answer) and run the route again unpaid.
-    b.build().map(Some).map_err(invalid)
+    let intent = Arc::new(b.build().map_err(invalid)?);
+    if fixed {
+        let _ = LAST_INTENT.try_with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                *last = Some((route.id, Arc::clone(&intent)));
+            }
+        });
+    }
+    Ok(Some(intent))
+}
+
+/// The intent this thread last built for route `id`, under a fresh idempotency key, when the
+/// actor and the amount (to its scale) are the same.
+fn last_intent(id: u64, amount: conto_core::Amount, actor: &str) -> Option<Arc<PaymentIntent>> {
+    LAST_INTENT
+        .try_with(|last| {
+            let mut last = last.try_borrow_mut().ok()?;
+            let (route, kept) = last.as_mut()?;
+            let same = *route == id
+                && kept.actor.as_str() == actor
+                && kept.amount.get().serialize() == amount.get().serialize();
+            if !same {
+                return None;
+            }
+            match Arc::get_mut(kept) {
+                Some(unique) => unique.idempotency_key = IdempotencyKey::random(),
+                None => {
+                    let mut copy = PaymentIntent::clone(kept);
+                    copy.idempotency_key = IdempotencyKey::random();
+                    *kept = Arc::new(copy);
+                }
+            }
+            Some(Arc::clone(kept))
+        })
+        .ok()
+        .flatten()
 }
 
 /// Response headers on a recorded success.
