@@ -62,6 +62,19 @@
 //!   (`transactions:read`) its recorded payments, newest first: `id`, `authorizationId`,
 //!   `amount`, `status` (`COMPLETED`), `type` (the rail), `recipientAddress`, `txHash` (the
 //!   settlement's reference), `createdAt`.
+//! - `GET /api/sdk/setup` (`agents:read`): the key's agent, its key type and scopes, its wallet
+//!   delegations and policies, and `ready` (active, with a wallet) with the `issues` if not.
+//! - Budget requests: `POST /api/sdk/budget-request` (`payments:request`) `{amount, purpose,
+//!   category?, metadata?}` → `201 PENDING`; one active request per agent, a second is `409
+//!   BUDGET_REQUEST_EXISTS`. Read back by `GET /api/sdk/budget-request?id=&status=` or
+//!   `/api/sdk/budget-request/{id}`; answered by `POST /api/budget-requests/{id}/approve`
+//!   `{approvedAmount?, windowHours?}` or `/reject` `{reason?}` (org key; listed by `GET
+//!   /api/budget-requests?agentId=&status=`). Unanswered, it lapses after 24 hours
+//!   (`EXPIRED`); approved, it gates the agent's payments for its window (24 hours by
+//!   default): one that would take what was spent under it, with what live approvals hold,
+//!   past the approved amount is denied `BUDGET_EXCEEDED`, whatever the policies allow.
+//!   `EXHAUSTED` once spent in full (it still gates until its window ends; the agent may ask
+//!   again). A payment a human approves after it waited is not gated again.
 //! - `GET /api/sdk/service-spend/summary` (`analytics:read`) sums the key's agent's x402 and MPP
 //!   payments over `period` (`24h` by default, `7d`, `30d`, `all`) and `protocol` (`all`,
 //!   `x402`, `mpp`), with its services (most spent first, `limit` of them, 10 by default, at
@@ -105,6 +118,7 @@
 //!   time (the request body read included), so a client can tell the server's share of a round
 //!   trip from the network's. Refusals and errors carry none.
 
+mod budget;
 pub mod env_file;
 mod org;
 mod sdk;
@@ -483,6 +497,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/policies/{id}/rules", get(get_rules).put(put_rules).post(add_rule))
         .route("/api/policies/{id}/rules/{rule_id}", axum::routing::delete(delete_rule))
         .route("/api/approval-requests/{id}/{verdict}", post(decide_request))
+        .route("/api/budget-requests", get(budget::org_list))
+        .route("/api/budget-requests/{id}/{verdict}", post(budget::decide))
         .route("/api/demos/anthropic-shopping/approval-requests/{id}/decision", post(demo_decision))
         .merge(sdk::routes())
         .merge(org::routes())
@@ -552,7 +568,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Checks the org key.
-fn org(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn org(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = bearer(headers).unwrap_or_default();
     if given.starts_with("conto_agent_") {
         return Err(ApiError::new(

@@ -48,6 +48,9 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/api/sdk/service-spend/summary", get(spend_summary))
         .route("/api/sdk/wallets", get(wallets))
         .route("/api/sdk/transactions", get(transactions))
+        .route("/api/sdk/budget-request", post(crate::budget::create).get(crate::budget::list))
+        .route("/api/sdk/budget-request/{id}", get(crate::budget::get))
+        .route("/api/sdk/setup", get(setup))
         .layer(axum::middleware::from_fn(rate_limit_headers))
 }
 
@@ -75,15 +78,17 @@ async fn rate_limit_headers(req: axum::extract::Request, next: axum::middleware:
 }
 
 /// The authenticated agent (its rate-limit window is left in `RATE` for the answer's headers).
-struct Caller {
-    agent: String,
+pub(crate) struct Caller {
+    pub(crate) agent: String,
+    /// The calling key's type and scopes.
+    key: (String, Vec<String>),
 }
 
-fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
-fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> Result<Caller, ApiError> {
+pub(crate) fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> Result<Caller, ApiError> {
     let key = crate::bearer(headers).ok_or_else(|| {
         ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "missing `Authorization: Bearer <sdk key>`")
     })?;
@@ -143,10 +148,10 @@ fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> R
     }
     window.push_back(now);
     let _ = RATE.try_with(|r| r.set(Some((limit - window.len() as u32, reset_after(window)))));
-    Ok(Caller { agent: record.agent_id })
+    Ok(Caller { agent: record.agent_id, key: (record.key_type, record.scopes) })
 }
 
-fn reply(status: StatusCode, body: impl Serialize) -> Response {
+pub(crate) fn reply(status: StatusCode, body: impl Serialize) -> Response {
     // The rate-limit headers are added by `rate_limit_headers`, to errors as to answers.
     (status, axum::Json(body)).into_response()
 }
@@ -294,7 +299,14 @@ fn decide(
     intent: &PaymentIntent,
     kind: Kind,
 ) -> Result<(StatusCode, DecisionBody), ApiError> {
-    let decision = app.engine.decide(intent);
+    let mut decision = app.engine.decide(intent);
+    // An approved budget request is a further gate: the payment must fit what is left of it.
+    if let Verdict::Approved(a) = &decision.verdict
+        && let Some(denial) = crate::budget::gate(store, intent.actor.as_str(), intent.amount, Timestamp::now())?
+    {
+        let _ = app.engine.free(a);
+        decision.verdict = Verdict::Denied(denial);
+    }
     let intent_json = serde_json::to_string(intent).unwrap_or_default();
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
     Ok(match decision.verdict {
@@ -1019,6 +1031,35 @@ async fn mpp_services(State(app): State<Arc<App>>, headers: HeaderMap) -> Result
 async fn wallets(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "wallets:read", "reads")?;
     Ok(reply(StatusCode::OK, crate::org::agent_wallets(&app, &caller.agent)?))
+}
+
+/// `GET /api/sdk/setup` (`agents:read`): the calling agent, its key, wallets and policies, and
+/// whether it can pay (active, with a wallet).
+async fn setup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let caller = caller(&app, &headers, "agents:read", "reads")?;
+    let wallets = crate::org::agent_wallets(&app, &caller.agent)?.wallets;
+    let (row, policies) = {
+        let store = lock(&app.store);
+        let policies: Vec<_> = store.policies()?.into_iter().filter(|p| p.applies_to(&caller.agent)).collect();
+        (store.agent(&caller.agent)?, policies)
+    };
+    let agent = conto_wire::org::Agent {
+        id: Some(caller.agent.clone()),
+        name: row.as_ref().map(|r| r.name.clone()),
+        status: row.as_ref().map(|r| r.status.clone()),
+        created_at: row.as_ref().map(|r| r.created_at.clone()),
+        ..Default::default()
+    };
+    let mut issues = Vec::new();
+    if agent.status.as_deref() != Some("ACTIVE") {
+        issues.push(format!("the agent is {}, not ACTIVE", agent.status.as_deref().unwrap_or("unknown")));
+    }
+    if wallets.is_empty() {
+        issues.push("no wallet is delegated to the agent".to_owned());
+    }
+    let (key_type, scopes) = caller.key;
+    let setup = conto_wire::sdk::Setup { agent, key_type, scopes, wallets, policies, ready: issues.is_empty(), issues };
+    Ok(reply(StatusCode::OK, setup))
 }
 
 /// `GET /api/sdk/transactions?limit=50` (`transactions:read`): the caller's recorded payments,

@@ -11,6 +11,7 @@ use conto_core::{Authorization, PaymentIntent, Rail};
 use secrecy::ExposeSecret;
 
 use conto_wire::org::{AgentWallet, Counterparty, Policy};
+use conto_wire::sdk::BudgetRequest;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -323,6 +324,9 @@ CREATE TABLE IF NOT EXISTS recorded_payments (agent_id TEXT NOT NULL, payment_ke
 CREATE TABLE IF NOT EXISTS answers (id INTEGER PRIMARY KEY, agent_id TEXT NOT NULL, endpoint TEXT NOT NULL,
     key TEXT NOT NULL, request_hash TEXT NOT NULL, status INTEGER NOT NULL, response TEXT NOT NULL,
     created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS budget_requests (id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, doc TEXT NOT NULL,
+    seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS budget_requests_by_agent ON budget_requests (agent_id, seq);
 CREATE INDEX IF NOT EXISTS spends_by_seq ON spends (seq);
 CREATE INDEX IF NOT EXISTS live_approvals ON approvals (agent_id) WHERE state = 'live';
 ";
@@ -661,6 +665,23 @@ impl Store {
             "SELECT doc FROM agent_wallets WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY agent_id, wallet_id",
             [agent_id],
         )
+    }
+
+    /// Writes a budget request (a new one goes after every earlier one).
+    pub fn put_budget_request(&self, doc: &BudgetRequest) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO budget_requests (id, agent_id, doc, seq)
+                 VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM budget_requests))
+                 ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+            )?
+            .execute(params![doc.id, doc.agent_id, to_json(doc)])?;
+        Ok(())
+    }
+
+    /// Budget requests, of one agent or of all, newest first.
+    pub fn budget_requests(&self, agent_id: Option<&str>) -> Result<Vec<BudgetRequest>, StoreError> {
+        self.docs("SELECT doc FROM budget_requests WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY seq DESC", [agent_id])
     }
 
     /// Whether a spend is already stored under this id.

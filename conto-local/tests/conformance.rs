@@ -1460,3 +1460,131 @@ async fn another_agent_recording_a_payment_first_blocks_nothing() {
     let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [payment]})).await;
     assert_eq!(status, 409, "{body}");
 }
+
+/// Approves and confirms a transfer of `amount`; the confirm's status.
+async fn pay_transfer(sdk: &Sdk, amount: u32) -> u16 {
+    let (_, approved) = sdk.post("/api/sdk/payments/approve", transfer_payment(amount)).await;
+    assert_eq!(approved["approved"], true, "{approved}");
+    let path = format!("/api/sdk/payments/{}/confirm", approved["approvalId"].as_str().unwrap());
+    sdk.post(&path, json!({"txHash": TX, "approvalToken": approved["approvalToken"]})).await.0
+}
+
+/// Budget requests (conto-api.md §9, /docs/sdk/budget-requests): one active request per agent
+/// (`409 BUDGET_REQUEST_EXISTS`); `PENDING` until a human answers; approved, a further gate on
+/// the agent's payments (`BUDGET_EXCEEDED` past what is left, though the policies allow it);
+/// `EXHAUSTED` once `currentSpend >= approvedAmount`, after which the agent may ask again.
+#[tokio::test]
+async fn a_budget_request_waits_for_a_human_then_gates_the_agents_payments() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    let get = |path: String| {
+        let sdk = &sdk;
+        async move { sdk.call(reqwest::Method::GET, &path, None).await }
+    };
+    for (body, code) in [
+        (json!({"purpose": "credits"}), "VALIDATION_ERROR"),
+        (json!({"amount": 20}), "VALIDATION_ERROR"),
+        (json!({"amount": -5, "purpose": "credits"}), "INVALID_AMOUNT"),
+        (json!({"amount": "lots", "purpose": "credits"}), "INVALID_AMOUNT"),
+        (json!({"amount": 5, "purpose": "credits", "metadata": "x"}), "VALIDATION_ERROR"),
+    ] {
+        let (status, error) = sdk.post("/api/sdk/budget-request", body.clone()).await;
+        assert_eq!((status, error["code"].as_str()), (400, Some(code)), "{body}: {error}");
+    }
+    // Spent before the budget is approved: not under it.
+    assert_eq!(pay_transfer(&sdk, 5).await, 200);
+
+    let ask = json!({"amount": 20, "purpose": "search credits", "category": "API_PROVIDER", "metadata": {"run": 7}});
+    let (status, asked) = sdk.post("/api/sdk/budget-request", ask.clone()).await;
+    assert_eq!(status, 201, "{asked}");
+    assert_eq!(
+        (&asked["status"], &asked["amount"], &asked["metadata"]["run"]),
+        (&json!("PENDING"), &json!(20), &json!(7))
+    );
+    let id = asked["id"].as_str().unwrap().to_owned();
+    let (status, again) = sdk.post("/api/sdk/budget-request", ask.clone()).await;
+    assert_eq!((status, again["code"].as_str()), (409, Some("BUDGET_REQUEST_EXISTS")), "{again}");
+    let (status, by_id) = get(format!("/api/sdk/budget-request?id={id}")).await;
+    assert_eq!((status, &by_id["status"]), (200, &json!("PENDING")), "{by_id}");
+    let (_, by_path) = get(format!("/api/sdk/budget-request/{id}")).await;
+    assert_eq!(by_path["id"], json!(id));
+    let (status, _) = get("/api/sdk/budget-request?status=MAYBE".into()).await;
+    assert_eq!(status, 400);
+
+    // Another agent neither sees it nor answers it; an agent key is no org key.
+    let other = Sdk { base: server.url(), key: org.agent("agent-2", ALL_SCOPES).await, http: reqwest::Client::new() };
+    let (status, _) = other.call(reqwest::Method::GET, &format!("/api/sdk/budget-request/{id}"), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = other.post(&format!("/api/budget-requests/{id}/approve"), json!({})).await;
+    assert_eq!(status, 403);
+
+    let (status, approved) =
+        org.post(&format!("/api/budget-requests/{id}/approve"), json!({"approvedAmount": 12})).await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(
+        (&approved["status"], &approved["approvedAmount"], &approved["currentSpend"], &approved["remaining"]),
+        (&json!("APPROVED"), &json!(12), &json!(0), &json!(12))
+    );
+    let (status, twice) = org.post(&format!("/api/budget-requests/{id}/reject"), json!({})).await;
+    assert_eq!((status, twice["code"].as_str()), (400, Some("INVALID_STATUS")), "{twice}");
+
+    assert_eq!(pay_transfer(&sdk, 10).await, 200);
+    let (_, after) = get(format!("/api/sdk/budget-request/{id}")).await;
+    assert_eq!((&after["currentSpend"], &after["remaining"]), (&json!(10), &json!(2)), "{after}");
+    // The policies allow 5 (MAX_AMOUNT 100, DAILY_LIMIT 150); the budget has 2 left.
+    let (status, denied) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
+    assert_eq!((status, &denied["approved"]), (200, &json!(false)), "{denied}");
+    assert_eq!(
+        (&denied["violations"][0]["type"], &denied["violations"][0]["limit"], &denied["violations"][0]["current"]),
+        (&json!("BUDGET_EXCEEDED"), &json!(12), &json!(10))
+    );
+    let (_, x402) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("3")).await;
+    assert_eq!((&x402["authorized"], &x402["violations"][0]["type"]), (&json!(false), &json!("BUDGET_EXCEEDED")));
+    // The denied payments hold nothing: the last 2 fit, and spend the budget in full.
+    assert_eq!(pay_transfer(&sdk, 2).await, 200);
+    let (_, spent) = get(format!("/api/sdk/budget-request/{id}")).await;
+    assert_eq!((&spent["status"], &spent["remaining"]), (&json!("EXHAUSTED"), &json!(0)), "{spent}");
+    let (_, denied) = sdk.post("/api/sdk/payments/approve", transfer_payment(1)).await;
+    assert_eq!(
+        denied["violations"][0]["type"], "BUDGET_EXCEEDED",
+        "a budget spent in full gates until its window ends"
+    );
+
+    // Spent in full, it is no longer active: the agent may ask again; a human may say no.
+    let (status, next) = sdk.post("/api/sdk/budget-request", json!({"amount": 50, "purpose": "more"})).await;
+    assert_eq!(status, 201, "{next}");
+    let next_id = next["id"].as_str().unwrap();
+    let (status, rejected) =
+        org.post(&format!("/api/budget-requests/{next_id}/reject"), json!({"reason": "not this week"})).await;
+    assert_eq!(
+        (status, &rejected["status"], &rejected["rejectionReason"]),
+        (200, &json!("REJECTED"), &json!("not this week"))
+    );
+    let (_, listed) = org.get("/api/budget-requests?agentId=agent-1").await;
+    let statuses: Vec<_> = listed["budgetRequests"].as_array().unwrap().iter().map(|r| r["status"].clone()).collect();
+    assert_eq!(statuses, [json!("REJECTED"), json!("EXHAUSTED")], "newest first: {listed}");
+    let (_, mine) = get("/api/sdk/budget-request?status=EXHAUSTED".into()).await;
+    assert_eq!(mine["budgetRequests"].as_array().map(Vec::len), Some(1), "{mine}");
+}
+
+/// `GET /api/sdk/setup` (conto-api.md §9): the agent checks its configuration (its wallets,
+/// its policies) before it pays, and is told what stands in the way.
+#[tokio::test]
+async fn the_agent_checks_its_setup_before_it_pays() {
+    let (server, sdk) = setup(None).await;
+    let (status, setup) = sdk.call(reqwest::Method::GET, "/api/sdk/setup", None).await;
+    assert_eq!(status, 200, "{setup}");
+    assert_eq!((&setup["agent"]["id"], &setup["agent"]["status"]), (&json!("agent-1"), &json!("ACTIVE")), "{setup}");
+    assert_eq!((&setup["ready"], &setup["wallets"]), (&json!(false), &json!([])));
+    assert!(setup["issues"][0].as_str().is_some_and(|i| i.contains("wallet")), "{setup}");
+    assert_eq!(setup["policies"][0]["name"], "caps");
+    assert!(setup["scopes"].as_array().unwrap().contains(&json!("payments:approve")), "{setup}");
+    let org = Org::new(&server);
+    let (status, _) = org.post("/api/agents/agent-1/wallets", json!({"walletId": "wal_base", "chainId": "8453"})).await;
+    assert_eq!(status, 201);
+    let (_, ready) = sdk.call(reqwest::Method::GET, "/api/sdk/setup", None).await;
+    assert_eq!((&ready["ready"], &ready["issues"]), (&json!(true), &json!([])), "{ready}");
+    assert_eq!(ready["wallets"][0]["walletId"], "wal_base", "{ready}");
+    let anonymous = reqwest::get(format!("{}/api/sdk/setup", server.url())).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+}

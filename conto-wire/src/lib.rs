@@ -122,3 +122,31 @@ impl Kind {
         }
     }
 }
+
+/// A decimal as a JSON number (or a numeric string, on input).
+pub(crate) mod opt_number {
+    use conto_core::Decimal;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => {
+                let n: serde_json::Number = d.normalize().to_string().parse().map_err(serde::ser::Error::custom)?;
+                n.serialize(s)
+            }
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        let text = match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::String(s)) => s,
+            Some(other) => return Err(serde::de::Error::custom(format!("expected a number, got {other}"))),
+        };
+        let parsed = text.parse::<Decimal>().or_else(|_| Decimal::from_scientific(&text));
+        parsed.map(Some).map_err(|_| serde::de::Error::custom(format!("`{text}` is not a number")))
+    }
+}

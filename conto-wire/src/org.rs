@@ -3,7 +3,7 @@
 //! do not name in `extra`, so nothing a client sent is lost.
 
 use conto_core::Decimal;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// An agent (`/api/agents`).
@@ -220,25 +220,25 @@ pub struct AgentWallet {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wallet_id: Option<String>,
     /// The most per transaction.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::opt_number")]
     pub spend_limit_per_tx: Option<Decimal>,
     /// The most per day.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::opt_number")]
     pub spend_limit_daily: Option<Decimal>,
     /// The most per week.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::opt_number")]
     pub spend_limit_weekly: Option<Decimal>,
     /// The most per month.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::opt_number")]
     pub spend_limit_monthly: Option<Decimal>,
     /// Listing: spent today.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::opt_number")]
     pub spent_today: Option<Decimal>,
     /// Listing: spent this week.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::opt_number")]
     pub spent_this_week: Option<Decimal>,
     /// Listing: spent this month.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_number")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::opt_number")]
     pub spent_this_month: Option<Decimal>,
     /// Every other field, kept as sent.
     #[serde(flatten)]
@@ -458,32 +458,6 @@ pub struct Rules {
     /// The rules.
     #[serde(default)]
     pub rules: Vec<Rule>,
-}
-
-/// A decimal as a JSON number (or a numeric string, on input).
-mod opt_number {
-    use super::*;
-
-    pub(super) fn serialize<S: Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => {
-                let n: serde_json::Number = d.normalize().to_string().parse().map_err(serde::ser::Error::custom)?;
-                n.serialize(s)
-            }
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
-        let text = match Option::<Value>::deserialize(d)? {
-            None | Some(Value::Null) => return Ok(None),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(Value::String(s)) => s,
-            Some(other) => return Err(serde::de::Error::custom(format!("expected a number, got {other}"))),
-        };
-        let parsed = text.parse::<Decimal>().or_else(|_| Decimal::from_scientific(&text));
-        parsed.map(Some).map_err(|_| serde::de::Error::custom(format!("`{text}` is not a number")))
-    }
 }
 
 #[cfg(test)]

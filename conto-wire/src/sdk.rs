@@ -856,6 +856,82 @@ pub struct Budget {
     pub total_spent: String,
 }
 
+/// A budget request (`POST /api/sdk/budget-request`): an agent asks a human for an allowance.
+/// Once approved it is a further gate on the agent's payments for its window: a payment must
+/// fit both the agent's policies and what is left of the budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetRequest {
+    /// The request's id.
+    pub id: String,
+    /// The agent that asked.
+    pub agent_id: String,
+    /// The amount asked for.
+    pub amount: Amount,
+    /// Why.
+    pub purpose: String,
+    /// The spend category it is for, if one was named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// The agent's own metadata, kept as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    /// `PENDING` (a human has not answered; lapses after 24 hours), `APPROVED` (within its
+    /// window), `REJECTED`, `EXPIRED` (unanswered, or past its window) or `EXHAUSTED` (spent in
+    /// full: `currentSpend >= approvedAmount`).
+    pub status: String,
+    /// The amount a human approved (the asked amount unless they chose another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_amount: Option<Amount>,
+    /// Spent under the budget since it was approved (recorded payments; 0 until approved).
+    #[serde(default, with = "crate::opt_number")]
+    pub current_spend: Option<Decimal>,
+    /// What is left of the approved amount (`null` until approved).
+    #[serde(default, with = "crate::opt_number")]
+    pub remaining: Option<Decimal>,
+    /// When the agent asked.
+    pub created_at: String,
+    /// When it lapses: unanswered, 24 hours after it was made; approved, at its window's end.
+    pub expires_at: String,
+    /// When a human approved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<String>,
+    /// When a human answered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_at: Option<String>,
+    /// Why it was rejected, when the human said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejection_reason: Option<String>,
+}
+
+/// The budget requests a read lists, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetRequests {
+    /// The requests.
+    pub budget_requests: Vec<BudgetRequest>,
+}
+
+/// `GET /api/sdk/setup`: what the calling agent is set up with, to check before it pays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Setup {
+    /// The agent (id, name, status).
+    pub agent: crate::org::Agent,
+    /// The calling key's type: `standard` or `admin`.
+    pub key_type: String,
+    /// The calling key's scopes.
+    pub scopes: Vec<String>,
+    /// The wallets delegated to the agent.
+    pub wallets: Vec<crate::org::AgentWallet>,
+    /// The policies that apply to the agent.
+    pub policies: Vec<crate::org::Policy>,
+    /// Whether the agent can pay: active, with at least one wallet.
+    pub ready: bool,
+    /// What stands in the way when it cannot, one sentence each.
+    pub issues: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
