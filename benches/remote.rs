@@ -107,7 +107,7 @@ fn remote(c: &mut Criterion) {
         key["key"].as_str().unwrap().to_owned()
     });
     let url = server.url();
-    let client = ContoClient::builder().base_url(&url).sdk_key(&key).build().unwrap();
+    let client = ContoClient::builder().base_url(&url).sdk_key(&key).any_actor().build().unwrap();
     let http = reqwest::Client::new();
     // No delivery worker (`outbox_manual`, and none is spawned): this measures the critical path
     // alone (authorize + the outbox write); the records wait in the outbox.

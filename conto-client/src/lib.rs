@@ -40,7 +40,7 @@ use jiff::Timestamp;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use conto_core::PaymentIntent;
+use conto_core::{Amount, PaymentIntent};
 use conto_core::{AuthorityError, Authorizer, BoxFuture, LedgerError, Outage};
 use conto_core::{Authorization, Decision, Denial, PendingApproval, Recorded, Settlement, Verdict};
 use conto_core::{PolicyError, PolicySet};
@@ -67,10 +67,13 @@ pub enum ClientError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
-    /// No `CONTO_ACTOR`: the client from the environment must know which actor its key pays for.
+    /// No actor for the key: a client must know which actor its key pays for (`CONTO_ACTOR`,
+    /// [`ContoClientBuilder::actor`]), or be told it pays for every actor from that key's one
+    /// agent ([`ContoClientBuilder::any_actor`]).
     #[error(
-        "no actor for the SDK key: set CONTO_ACTOR to the actor (agent) its key pays for; several actors each need \
-         their own key (BoundClients)"
+        "no actor for the SDK key: set CONTO_ACTOR (or call .actor(..)) to the actor (agent) its key pays for, or \
+         .any_actor() to pay for every actor from that one agent; several actors each need their own key \
+         (BoundClients)"
     )]
     MissingActor,
     /// The actor is not a valid actor id.
@@ -83,6 +86,7 @@ pub struct ContoClientBuilder {
     base_url: String,
     key: Option<SecretString>,
     actor: Option<String>,
+    any_actor: bool,
     authorize_timeout: Duration,
     record_timeout: Duration,
     max_retries: u32,
@@ -116,10 +120,19 @@ impl ContoClientBuilder {
     /// them; with this set, an intent of any other actor is refused as unknown
     /// ([`Refused::UnknownActor`](conto_core::Refused::UnknownActor)) before anything is sent.
     /// Several actors each need their own key: [`BoundClients`]. [`ContoClient::from_env`]
-    /// requires it (`CONTO_ACTOR`); a client built without it pays for whichever actor an
-    /// intent names.
+    /// reads it from `CONTO_ACTOR`. [`build`](Self::build) refuses a client with neither this
+    /// nor [`any_actor`](Self::any_actor).
     pub fn actor(mut self, actor: impl Into<String>) -> Self {
         self.actor = Some(actor.into());
+        self
+    }
+
+    /// Pays for whichever actor an intent names, every one from this key's one agent: for an
+    /// app whose actors are not payers of their own (one agent pays for all of them). Opt-in:
+    /// such a client lets any actor spend the one budget, so [`build`](Self::build) refuses a
+    /// client with neither this nor [`actor`](Self::actor).
+    pub fn any_actor(mut self) -> Self {
+        self.any_actor = true;
         self
     }
 
@@ -147,7 +160,8 @@ impl ContoClientBuilder {
         let key = self.key.ok_or(ClientError::MissingKey)?;
         let actor = match self.actor {
             Some(a) => Some(conto_core::ActorId::new(a).map_err(|e| ClientError::InvalidActor(e.to_string()))?),
-            None => None,
+            None if self.any_actor => None,
+            None => return Err(ClientError::MissingActor),
         };
         let base = self.base_url.trim_end_matches('/').to_owned();
         check_url(&base)?;
@@ -226,6 +240,7 @@ impl ContoClient {
             base_url: DEFAULT_API_URL.to_owned(),
             key: None,
             actor: None,
+            any_actor: false,
             authorize_timeout: DEFAULT_AUTHORIZE_TIMEOUT,
             record_timeout: DEFAULT_RECORD_TIMEOUT,
             max_retries: 3,
@@ -260,11 +275,12 @@ impl ContoClient {
     }
 
     /// One logical call: tries until a final answer, a non-retryable failure, or the deadline.
-    async fn call(
+    async fn call<B: serde::Serialize>(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&PaymentBody>,
+        body: Option<&B>,
+        idempotency_key: Option<&str>,
         deadline: Duration,
     ) -> Result<Answer, AuthorityError> {
         let url = format!("{}/api/sdk/{path}", self.inner.base);
@@ -279,9 +295,9 @@ impl ContoClient {
                 self.inner.http.request(method.clone(), &url).bearer_auth(self.inner.key.expose_secret()).timeout(left);
             if let Some(b) = body {
                 req = req.json(b);
-                if let Some(k) = &b.idempotency_key {
-                    req = req.header("Idempotency-Key", k);
-                }
+            }
+            if let Some(k) = idempotency_key {
+                req = req.header("Idempotency-Key", k);
             }
             let outcome = match req.send().await {
                 Ok(resp) => {
@@ -364,7 +380,8 @@ impl ContoClient {
         }
         let (kind, body) = PaymentBody::from_intent(intent);
         let path = kind.authorize_path();
-        let answer = self.call(reqwest::Method::POST, path, Some(&body), self.inner.authorize_timeout).await?;
+        let key = body.idempotency_key.as_deref();
+        let answer = self.call(reqwest::Method::POST, path, Some(&body), key, self.inner.authorize_timeout).await?;
         // Conto's docs allow a denial as 403 (or 400) with a decision body; conto-local answers
         // 200. Both are read as decisions; any other error status is an error.
         // Read once, from the parsed answer in place (no copy of it).
@@ -398,7 +415,8 @@ impl ContoClient {
                 actor_inactive: false,
             });
         };
-        let answer = self.call(reqwest::Method::POST, &path, Some(&body), self.inner.record_timeout).await?;
+        let key = body.idempotency_key.as_deref();
+        let answer = self.call(reqwest::Method::POST, &path, Some(&body), key, self.inner.record_timeout).await?;
         if !(200..300).contains(&answer.status) {
             return Err(Self::api_error(&answer));
         }
@@ -422,7 +440,13 @@ impl ContoClient {
             }))));
         }
         let answer = self
-            .call(reqwest::Method::GET, "approval-requests?type=payment&limit=100", None, self.inner.authorize_timeout)
+            .call(
+                reqwest::Method::GET,
+                "approval-requests?type=payment&limit=100",
+                NO_BODY,
+                None,
+                self.inner.authorize_timeout,
+            )
             .await?;
         if answer.status != 200 {
             return Err(Self::api_error(&answer));
@@ -471,7 +495,7 @@ impl ContoClient {
     /// The agent's policies (`GET policies`), compiled; a policy the engine cannot evaluate is
     /// an error naming it.
     pub async fn policies(&self) -> Result<PolicySet, AuthorityError> {
-        let answer = self.call(reqwest::Method::GET, "policies", None, self.inner.record_timeout).await?;
+        let answer = self.call(reqwest::Method::GET, "policies", NO_BODY, None, self.inner.record_timeout).await?;
         if answer.status != 200 {
             return Err(Self::api_error(&answer));
         }
@@ -511,14 +535,53 @@ impl ContoClient {
         self.read(&format!("service-spend/summary?period={period}&protocol={protocol}&limit={limit}")).await
     }
 
+    /// Asks a human for a budget (`POST budget-request`, scope `payments:request`): `amount`
+    /// for `purpose`, in `category` when one is named. The answer is the request as Conto
+    /// returns it (`PENDING`, with its `id`); an agent has one active request at a time, and a
+    /// second is refused (`BUDGET_REQUEST_EXISTS`, 409). Approved, the budget is a further gate
+    /// on the agent's payments until its window ends.
+    pub async fn request_budget(
+        &self,
+        amount: Amount,
+        purpose: &str,
+        category: Option<&str>,
+    ) -> Result<Value, AuthorityError> {
+        let mut body = serde_json::json!({"amount": amount, "purpose": purpose});
+        if let Some(category) = category {
+            body["category"] = category.into();
+        }
+        let answer =
+            self.call(reqwest::Method::POST, "budget-request", Some(&body), None, self.inner.record_timeout).await?;
+        if !(200..300).contains(&answer.status) || !answer.body.is_object() {
+            return Err(Self::api_error(&answer));
+        }
+        Ok(answer.body)
+    }
+
+    /// A budget request as it stands (`GET budget-request?id=`): `PENDING`, `APPROVED`,
+    /// `REJECTED`, `EXPIRED` or `EXHAUSTED`, as Conto returns it.
+    pub async fn budget_request(&self, id: &str) -> Result<Value, AuthorityError> {
+        let id: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        self.read(&format!("budget-request?id={id}")).await
+    }
+
+    /// The agent's setup (`GET setup`): its wallets and policies, as Conto returns them; a
+    /// check to run before paying.
+    pub async fn setup(&self) -> Result<Value, AuthorityError> {
+        self.read("setup").await
+    }
+
     async fn read(&self, path: &str) -> Result<Value, AuthorityError> {
-        let answer = self.call(reqwest::Method::GET, path, None, self.inner.record_timeout).await?;
+        let answer = self.call(reqwest::Method::GET, path, NO_BODY, None, self.inner.record_timeout).await?;
         if answer.status != 200 || !answer.body.is_object() {
             return Err(Self::api_error(&answer));
         }
         Ok(answer.body)
     }
 }
+
+/// No body, for [`ContoClient::call`]'s reads.
+const NO_BODY: Option<&Value> = None;
 
 /// The period of [`ContoClient::spend_summary`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -624,7 +687,8 @@ impl Authorizer for ContoClient {
             }
             body.authorization_id = None;
             body.payment_id = Some(format!("standin_{}", authorization.id));
-            let answer = self.call(reqwest::Method::POST, &path, Some(&body), self.inner.record_timeout).await?;
+            let key = body.idempotency_key.as_deref();
+            let answer = self.call(reqwest::Method::POST, &path, Some(&body), key, self.inner.record_timeout).await?;
             if !(200..300).contains(&answer.status) {
                 return Err(Self::api_error(&answer));
             }
@@ -663,8 +727,13 @@ mod tests {
     #[test]
     fn the_key_never_shows_in_debug() {
         let key = format!("conto_agent_{}", "ab".repeat(32));
-        let client = ContoClient::builder().sdk_key(key.clone()).build().unwrap();
+        let client = ContoClient::builder().sdk_key(key.clone()).any_actor().build().unwrap();
         assert!(!format!("{client:?}").contains(&key));
+        let unbound = ContoClient::builder().sdk_key(key.clone()).build();
+        assert!(
+            matches!(unbound, Err(ClientError::MissingActor)),
+            "a client pays for a named actor, or is told to pay for any"
+        );
         let builder = ContoClient::builder().sdk_key(key.clone());
         assert!(!format!("{builder:?}").contains(&key));
     }

@@ -28,7 +28,7 @@ proptest! {
                 .authorize_timeout(authorize)
                 .record_timeout(record)
                 .max_retries(1)
-                .build()
+                .any_actor().build()
                 .unwrap();
             let intent = PaymentIntent::builder("agent-1", "1", Rail::x402("https://api.example.com/q").unwrap())
                 .recipient("0x1111111111111111111111111111111111111111")

@@ -50,6 +50,7 @@ fn client(url: &str) -> ContoClient {
         .base_url(url)
         .sdk_key(format!("conto_agent_{}", "ab".repeat(32)))
         .authorize_timeout(Duration::from_millis(1500))
+        .any_actor()
         .build()
         .unwrap()
 }
@@ -93,6 +94,7 @@ async fn retries_429_honouring_retry_after_with_the_same_idempotency_key() {
         .base_url(&s.url)
         .sdk_key(format!("conto_agent_{}", "ab".repeat(32)))
         .authorize_timeout(Duration::from_secs(3))
+        .any_actor()
         .build()
         .unwrap();
     let intent = transfer("agent-1", "5");
@@ -141,6 +143,7 @@ async fn an_answer_slower_than_the_deadline_is_denied_as_timeout() {
             .base_url(&slow)
             .sdk_key(format!("conto_agent_{}", "ab".repeat(32)))
             .authorize_timeout(Duration::from_millis(200))
+            .any_actor()
             .build()
             .unwrap(),
     )

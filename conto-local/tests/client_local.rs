@@ -195,6 +195,36 @@ async fn reads_policies_and_budgets() {
     assert_eq!(summary["services"][0]["serviceDomain"], "api.example.com", "{summary}");
 }
 
+/// The client asks for a budget, follows it and reads its setup; a second active request is a
+/// typed refusal with Conto's code.
+#[tokio::test]
+async fn the_client_asks_for_a_budget_and_reads_its_setup() {
+    let (server, org, key) = setup().await;
+    let client = client(&server, &key);
+    let asked = client.request_budget("25".parse().unwrap(), "a week of search", Some("API_PROVIDER")).await.unwrap();
+    assert_eq!(
+        (&asked["status"], &asked["amount"], &asked["category"]),
+        (&json!("PENDING"), &json!(25), &json!("API_PROVIDER"))
+    );
+    let id = asked["id"].as_str().unwrap();
+    match client.request_budget("5".parse().unwrap(), "more", None).await {
+        Err(conto_core::AuthorityError::Refused(conto_core::Refused::Request { status, code, .. })) => {
+            assert_eq!((status, code.as_str()), (409, "BUDGET_REQUEST_EXISTS"));
+        }
+        other => panic!("a second active request is refused: {other:?}"),
+    }
+    let (status, _) = org.post(&format!("/api/budget-requests/{id}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    let now = client.budget_request(id).await.unwrap();
+    assert_eq!(
+        (&now["status"], &now["approvedAmount"], &now["remaining"]),
+        (&json!("APPROVED"), &json!(25), &json!(25))
+    );
+    let setup = client.setup().await.unwrap();
+    assert_eq!(setup["agent"]["id"], "agent-1", "{setup}");
+    assert!(setup["policies"].is_array(), "{setup}");
+}
+
 #[tokio::test]
 async fn idempotency_same_key_same_answer_different_params_conflict() {
     let (server, org, key) = setup().await;

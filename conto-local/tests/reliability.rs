@@ -55,6 +55,7 @@ async fn nothing_lost_when_the_authority_dies_mid_delivery() {
         .sdk_key(&key)
         .record_timeout(Duration::from_millis(300))
         .max_retries(0)
+        .any_actor()
         .build()
         .unwrap();
     let conto = Conto::builder(client).outbox(outbox).deadline(Duration::from_millis(500)).build();
@@ -131,7 +132,7 @@ fn crash_child() {
     // Sealed: a transfer's confirm needs its approval token after the restart, and an unsealed
     // outbox never stores one.
     let outbox = Outbox::open(std::env::var("CONTO_CRASH_OUTBOX").unwrap()).unwrap().seal_tokens(crash_sealer());
-    let client = conto_client::ContoClient::builder().base_url(url).sdk_key(key).build().unwrap();
+    let client = conto_client::ContoClient::builder().base_url(url).sdk_key(key).any_actor().build().unwrap();
     // Delivered by the app itself, which never starts the worker: the record stays queued
     // until the kill.
     let conto = Conto::builder(client).outbox_manual(outbox).build();
@@ -157,7 +158,7 @@ fn an_outbox_built_outside_a_runtime_still_delivers() {
         let key = Org::new(&server).agent("agent-1", ALL_SCOPES).await;
         (server, key)
     });
-    let client = conto_client::ContoClient::builder().base_url(server.url()).sdk_key(&key).build().unwrap();
+    let client = conto_client::ContoClient::builder().base_url(server.url()).sdk_key(&key).any_actor().build().unwrap();
     let outbox = Outbox::in_memory().unwrap();
     let conto = Conto::builder(client).outbox(outbox.clone()).build(); // no runtime here
     rt.block_on(async {
@@ -213,7 +214,8 @@ async fn crash_between_settlement_and_record_delivers_exactly_once() {
 
     // Restart the app: the same outbox, a fresh pipeline.
     for _ in 0..2 {
-        let client = conto_client::ContoClient::builder().base_url(server.url()).sdk_key(&key).build().unwrap();
+        let client =
+            conto_client::ContoClient::builder().base_url(server.url()).sdk_key(&key).any_actor().build().unwrap();
         let conto =
             Conto::builder(client).outbox(Outbox::open(&outbox_path).unwrap().seal_tokens(crash_sealer())).build();
         let stats = conto.flush(Duration::from_secs(20)).await.unwrap();
@@ -256,6 +258,7 @@ async fn fail_closed_against_hang_reset_and_garbage() {
             .base_url(&url)
             .sdk_key(format!("conto_agent_{}", "ab".repeat(32)))
             .authorize_timeout(Duration::from_millis(250))
+            .any_actor()
             .build()
             .unwrap();
         let conto = Conto::builder(client).deadline(Duration::from_millis(300)).build();
@@ -305,6 +308,7 @@ async fn stand_in_is_bounded_marked_and_reconciled() {
         .authorize_timeout(Duration::from_millis(200))
         .record_timeout(Duration::from_millis(200))
         .max_retries(0)
+        .any_actor()
         .build()
         .unwrap();
     let conto = Conto::builder(client)
@@ -376,6 +380,7 @@ async fn no_secret_in_trace_output() {
     let bogus = conto_client::ContoClient::builder()
         .base_url(server.url())
         .sdk_key(format!("conto_agent_{}", "9".repeat(64)))
+        .any_actor()
         .build()
         .unwrap();
     let err = Conto::new(bogus).authorize(transfer("agent-1", "1")).await.unwrap_err();

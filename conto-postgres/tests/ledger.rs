@@ -378,6 +378,7 @@ async fn a_stand_in_on_the_shared_ledger_is_bounded_across_replicas() {
             .base_url("http://127.0.0.1:9")
             .sdk_key(format!("conto_agent_{}", "ab".repeat(32)))
             .max_retries(0)
+            .any_actor()
             .build()
             .unwrap();
         let stand_in = Engine::builder()

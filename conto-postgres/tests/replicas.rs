@@ -117,6 +117,7 @@ async fn crash(pool: conto_postgres::PgPool, schema: &str) {
     let client = ContoClient::builder()
         .base_url(env("CONTO_REPLICA_AUTHORITY"))
         .sdk_key(env("CONTO_REPLICA_KEY"))
+        .any_actor()
         .build()
         .unwrap();
     // The app delivers itself here (no worker), so records stay queued until the kill.
@@ -295,7 +296,7 @@ async fn a_killed_replicas_records_are_delivered_by_another_exactly_once() {
         .unwrap();
 
     // Another replica: the same table, its own worker.
-    let client = ContoClient::builder().base_url(server.url()).sdk_key(key).build().unwrap();
+    let client = ContoClient::builder().base_url(server.url()).sdk_key(key).any_actor().build().unwrap();
     let outbox = PgOutbox::open(pool.clone(), &name).await.unwrap();
     let conto = Conto::builder(client).outbox(outbox.clone()).build();
     let started = Timestamp::now();

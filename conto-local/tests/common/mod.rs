@@ -72,7 +72,7 @@ impl Org {
 }
 
 pub fn client(server: &Running, key: &str) -> ContoClient {
-    ContoClient::builder().base_url(server.url()).sdk_key(key).build().unwrap()
+    ContoClient::builder().base_url(server.url()).sdk_key(key).any_actor().build().unwrap()
 }
 
 pub fn conto(server: &Running, key: &str) -> Conto {
