@@ -9,6 +9,8 @@
 //!   while the first request is still running waits for it and gets its answer. An answer is
 //!   remembered for 24 hours (Stripe's floor; Conto's docs name no window), across restarts,
 //!   with about 32 bytes of memory each for its index; a repeat after that is a new request.
+//!   An approval's row is kept a week after it lapses (a late confirm is told `EXPIRED`), then
+//!   forgotten; recorded spends are kept.
 //! - One process owns the database file (SQLite `EXCLUSIVE` locking, kept for the server's
 //!   life): the engine's ledger lives in that process, so a second server on the same file is
 //!   refused with [`LocalError::InUse`] rather than splitting every budget in two.

@@ -88,6 +88,8 @@ pub(crate) struct Store {
     slot_keys: RandomState,
     /// Answers remembered since old ones were last forgotten.
     remembered: std::cell::Cell<usize>,
+    /// Approvals written since lapsed ones were last forgotten.
+    approvals_added: std::cell::Cell<usize>,
 }
 
 /// How long an idempotency key's answer is remembered: a day, the floor peers promise (Stripe
@@ -106,6 +108,11 @@ fn answers_at(created: &str, now: conto_core::jiff::Timestamp) -> bool {
 /// forgetting keeps pace with remembering, a little at a time, and the table and its map in
 /// memory hold about a day of answers.
 const FORGET_EVERY: usize = 1024;
+
+/// How long an approval's row is kept after it lapses: a late confirm is told `EXPIRED` for a
+/// week, then that no such approval exists. A live approval's row stays while it can settle.
+pub(crate) const APPROVAL_RETENTION: conto_core::jiff::SignedDuration =
+    conto_core::jiff::SignedDuration::from_hours(24 * 7);
 
 /// Where the map keeps an idempotency key's row: a keyed hash (SipHash under this process's own
 /// random key, [`RandomState`]) of the agent, the endpoint and the key. The map lives only in
@@ -366,7 +373,9 @@ impl Store {
             slots: RefCell::default(),
             slot_keys: RandomState::new(),
             remembered: Default::default(),
+            approvals_added: Default::default(),
         };
+        store.forget_old_approvals(conto_core::jiff::Timestamp::now())?;
         // The old answers go first; the map is built from what is left.
         while store.forget_old_answers(conto_core::jiff::Timestamp::now(), 4 * FORGET_EVERY)? == 4 * FORGET_EVERY {}
         let slots = store
@@ -544,7 +553,20 @@ impl Store {
             "INSERT INTO approvals (id, agent_id, token_hash, intent, amount, expires_at, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
             params![id, a.agent_id, a.token_hash, a.intent, a.amount, a.expires_at, a.state],
         )?;
+        self.approvals_added.set(self.approvals_added.get() + 1);
+        if self.approvals_added.get() >= FORGET_EVERY {
+            self.approvals_added.set(0);
+            self.forget_old_approvals(conto_core::jiff::Timestamp::now())?;
+        }
         Ok(())
+    }
+
+    /// Forgets approvals that lapsed more than [`APPROVAL_RETENTION`] before `now`, settled or
+    /// not; says how many. Expiry times are written by jiff in UTC (`Z`), so they compare as
+    /// text; a fraction of a second either side of the cutoff does not matter at a week.
+    pub fn forget_old_approvals(&self, now: conto_core::jiff::Timestamp) -> Result<usize, StoreError> {
+        let cutoff = now.saturating_sub(APPROVAL_RETENTION).unwrap_or(now).to_string();
+        Ok(self.conn.prepare_cached("DELETE FROM approvals WHERE expires_at < ?1")?.execute([cutoff])?)
     }
 
     pub fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
@@ -1187,6 +1209,32 @@ mod tests {
             let plan = plan(&store, &format!("SELECT id, intent FROM approvals WHERE {filter}"));
             assert!(plan.iter().any(|step| step.contains("INDEX live_approvals")), "{filter}: {plan:?}");
         }
+    }
+
+    /// Approvals that lapsed more than a week ago are forgotten, settled or not; younger ones
+    /// and live ones stay.
+    #[test]
+    fn lapsed_approvals_are_forgotten_after_a_week() {
+        use conto_core::jiff::{SignedDuration, Timestamp};
+        let store = super::Store::open(None).unwrap();
+        let now = Timestamp::now();
+        let row = |hours_ago: i64, state: &str| super::ApprovalRecord {
+            agent_id: "agent-1".into(),
+            token_hash: None,
+            intent: "{}".into(),
+            amount: "1".into(),
+            expires_at: now.saturating_sub(SignedDuration::from_hours(hours_ago)).unwrap().to_string(),
+            state: state.into(),
+        };
+        store.add_approval("auth_old_recorded", &row(24 * 8, "recorded")).unwrap();
+        store.add_approval("auth_old_lapsed", &row(24 * 7 + 1, "live")).unwrap();
+        store.add_approval("auth_recent", &row(24 * 6, "recorded")).unwrap();
+        store.add_approval("auth_live", &row(-1, "live")).unwrap();
+        assert_eq!(store.forget_old_approvals(now).unwrap(), 2);
+        let kept = |id: &str| store.approval(id).unwrap().is_some();
+        assert!(!kept("auth_old_recorded") && !kept("auth_old_lapsed"));
+        assert!(kept("auth_recent") && kept("auth_live"));
+        assert_eq!(store.forget_old_approvals(now).unwrap(), 0);
     }
 
     /// The steps of SQLite's plan for `sql`.
