@@ -282,6 +282,7 @@ impl ContoClient {
         body: Option<&B>,
         idempotency_key: Option<&str>,
         deadline: Duration,
+        max_retries: u32,
     ) -> Result<Answer, AuthorityError> {
         let url = format!("{}/api/sdk/{path}", self.inner.base);
         let give_up = conto_core::deadline_after(deadline);
@@ -335,9 +336,7 @@ impl ContoClient {
                 Err(_) => None,
             };
             match (retry_in, outcome) {
-                (Some(wait), outcome)
-                    if attempt < self.inner.max_retries && conto_core::deadline_after(wait) < give_up =>
-                {
+                (Some(wait), outcome) if attempt < max_retries && conto_core::deadline_after(wait) < give_up => {
                     tracing::debug!(path, attempt, ?wait, "conto.client.retry");
                     attempt += 1;
                     tokio::time::sleep(wait).await;
@@ -381,7 +380,9 @@ impl ContoClient {
         let (kind, body) = PaymentBody::from_intent(intent);
         let path = kind.authorize_path();
         let key = body.idempotency_key.as_deref();
-        let answer = self.call(reqwest::Method::POST, path, Some(&body), key, self.inner.authorize_timeout).await?;
+        let answer = self
+            .call(reqwest::Method::POST, path, Some(&body), key, self.inner.authorize_timeout, self.inner.max_retries)
+            .await?;
         // Conto's docs allow a denial as 403 (or 400) with a decision body; conto-local answers
         // 200. Both are read as decisions; any other error status is an error.
         // Read once, from the parsed answer in place (no copy of it).
@@ -416,7 +417,9 @@ impl ContoClient {
             });
         };
         let key = body.idempotency_key.as_deref();
-        let answer = self.call(reqwest::Method::POST, &path, Some(&body), key, self.inner.record_timeout).await?;
+        let answer = self
+            .call(reqwest::Method::POST, &path, Some(&body), key, self.inner.record_timeout, self.inner.max_retries)
+            .await?;
         if !(200..300).contains(&answer.status) {
             return Err(Self::api_error(&answer));
         }
@@ -446,6 +449,7 @@ impl ContoClient {
                 NO_BODY,
                 None,
                 self.inner.authorize_timeout,
+                self.inner.max_retries,
             )
             .await?;
         if answer.status != 200 {
@@ -495,7 +499,9 @@ impl ContoClient {
     /// The agent's policies (`GET policies`), compiled; a policy the engine cannot evaluate is
     /// an error naming it.
     pub async fn policies(&self) -> Result<PolicySet, AuthorityError> {
-        let answer = self.call(reqwest::Method::GET, "policies", NO_BODY, None, self.inner.record_timeout).await?;
+        let answer = self
+            .call(reqwest::Method::GET, "policies", NO_BODY, None, self.inner.record_timeout, self.inner.max_retries)
+            .await?;
         if answer.status != 200 {
             return Err(Self::api_error(&answer));
         }
@@ -539,7 +545,9 @@ impl ContoClient {
     /// for `purpose`, in `category` when one is named. The answer is the request as Conto
     /// returns it (`PENDING`, with its `id`); an agent has one active request at a time, and a
     /// second is refused (`BUDGET_REQUEST_EXISTS`, 409). Approved, the budget is a further gate
-    /// on the agent's payments until its window ends.
+    /// on the agent's payments until its window ends. Sent once, never retried: Conto names no
+    /// idempotency key for it, and a retry of a request that was made would be refused as the
+    /// second; after an outage, read the agent's requests back before asking again.
     pub async fn request_budget(
         &self,
         amount: Amount,
@@ -551,7 +559,7 @@ impl ContoClient {
             body["category"] = category.into();
         }
         let answer =
-            self.call(reqwest::Method::POST, "budget-request", Some(&body), None, self.inner.record_timeout).await?;
+            self.call(reqwest::Method::POST, "budget-request", Some(&body), None, self.inner.record_timeout, 0).await?;
         if !(200..300).contains(&answer.status) || !answer.body.is_object() {
             return Err(Self::api_error(&answer));
         }
@@ -572,7 +580,9 @@ impl ContoClient {
     }
 
     async fn read(&self, path: &str) -> Result<Value, AuthorityError> {
-        let answer = self.call(reqwest::Method::GET, path, NO_BODY, None, self.inner.record_timeout).await?;
+        let answer = self
+            .call(reqwest::Method::GET, path, NO_BODY, None, self.inner.record_timeout, self.inner.max_retries)
+            .await?;
         if answer.status != 200 || !answer.body.is_object() {
             return Err(Self::api_error(&answer));
         }
@@ -688,7 +698,9 @@ impl Authorizer for ContoClient {
             body.authorization_id = None;
             body.payment_id = Some(format!("standin_{}", authorization.id));
             let key = body.idempotency_key.as_deref();
-            let answer = self.call(reqwest::Method::POST, &path, Some(&body), key, self.inner.record_timeout).await?;
+            let answer = self
+                .call(reqwest::Method::POST, &path, Some(&body), key, self.inner.record_timeout, self.inner.max_retries)
+                .await?;
             if !(200..300).contains(&answer.status) {
                 return Err(Self::api_error(&answer));
             }

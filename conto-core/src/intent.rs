@@ -212,12 +212,6 @@ enum Repr {
 
 const DRAWN_LEN: usize = 3 + 32;
 
-thread_local! {
-    /// The number the next key [`IdempotencyKey::random`] gives out on this thread is written
-    /// from; 0 until the thread's first key draws its start.
-    static NEXT_DRAWN: std::cell::Cell<u128> = const { std::cell::Cell::new(0) };
-}
-
 impl IdempotencyKey {
     /// Validates a caller-chosen key.
     pub fn new(key: impl Into<String>) -> Result<Self, IntentError> {
@@ -228,26 +222,15 @@ impl IdempotencyKey {
         Ok(Self(Repr::Named(key)))
     }
 
-    /// A fresh key (for attempts the caller does not name): `ck_` and 32 hex digits. Each
-    /// thread draws a random 128-bit start once and counts up from it, so keys are unique (two
-    /// threads' walks would have to meet in a space of 2¹²⁸) without a random draw or an
-    /// encoding per payment. Keys are not secrets: Conto answers a key only for its own agent.
+    /// A fresh random key (for attempts the caller does not name): `ck_` and 32 hex digits of
+    /// a draw from the thread's CSPRNG, so one key tells nothing of the next (an agent's keys
+    /// share one space at the authority: a key that could be foreseen could be taken first).
     pub fn random() -> Self {
-        let bits = NEXT_DRAWN
-            .try_with(|next| {
-                let bits = match next.get() {
-                    0 => rand::random(),
-                    bits => bits,
-                };
-                next.set(bits.wrapping_add(1));
-                bits
-            })
-            // This thread is being torn down: a key of its own.
-            .unwrap_or_else(|_| rand::random());
         let mut text = [0u8; DRAWN_LEN];
         text[..3].copy_from_slice(b"ck_");
+        let bits: u128 = rand::random();
         // 16 bytes into 32 hex digits: the slice is exactly twice their length.
-        let _ = const_hex::encode_to_slice(bits.to_be_bytes(), &mut text[3..]);
+        let _ = const_hex::encode_to_slice(bits.to_le_bytes(), &mut text[3..]);
         Self(Repr::Drawn(text))
     }
 
@@ -571,6 +554,20 @@ impl PaymentIntent {
             category: None,
             context: serde_json::Map::new(),
             idempotency_key: None,
+        }
+    }
+
+    /// Makes `intent` the next attempt at the same payment: the same intent under a fresh
+    /// idempotency key, changed in place when nothing else holds it, copied when something
+    /// does (what holds the earlier attempt keeps it as it was).
+    pub fn next_attempt(intent: &mut std::sync::Arc<PaymentIntent>) {
+        match std::sync::Arc::get_mut(intent) {
+            Some(unique) => unique.idempotency_key.renew(),
+            None => {
+                let mut copy = PaymentIntent::clone(intent);
+                copy.idempotency_key.renew();
+                *intent = std::sync::Arc::new(copy);
+            }
         }
     }
 

@@ -493,14 +493,7 @@ impl<'a> IntentParts<'a> {
                 return None;
             }
             if let Some(kept) = intent.as_mut().filter(|_| scratch.bytes == fingerprint.bytes) {
-                match Arc::get_mut(kept) {
-                    Some(unique) => unique.idempotency_key.renew(),
-                    None => {
-                        let mut copy = PaymentIntent::clone(kept);
-                        copy.idempotency_key.renew();
-                        *kept = Arc::new(copy);
-                    }
-                }
+                PaymentIntent::next_attempt(kept);
                 return Some(Ok(Arc::clone(kept)));
             }
             let built = self.build_fresh(conto);

@@ -40,12 +40,7 @@ fn as_of(store: &Store, mut r: BudgetRequest, now: Timestamp) -> Result<BudgetRe
     };
     let since: Timestamp = since.parse().unwrap_or(now);
     let until: Timestamp = r.expires_at.parse().unwrap_or(now);
-    let spent: Decimal = store
-        .agent_spends(&r.agent_id)?
-        .iter()
-        .filter(|s| s.recorded_at.parse::<Timestamp>().is_ok_and(|t| t >= since && t < until))
-        .filter_map(|s| s.amount.parse::<Decimal>().ok())
-        .sum();
+    let spent = store.spent_between(&r.agent_id, since, until)?;
     r.current_spend = Some(spent);
     r.remaining = Some((approved.get() - spent).max(Decimal::ZERO));
     if r.status == "APPROVED" {
@@ -68,12 +63,14 @@ fn requests_of(store: &Store, agent: Option<&str>, now: Timestamp) -> Result<Vec
 /// approved amount. The budget that governs is the latest approved one whose window has not
 /// ended, spent in full or not (a budget spent in full denies until its window ends).
 pub(crate) fn gate(store: &Store, agent: &str, amount: Amount, now: Timestamp) -> Result<Option<Denial>, StoreError> {
-    let governing = requests_of(store, Some(agent), now)?
-        .into_iter()
-        .find(|r| matches!(r.status.as_str(), "APPROVED" | "EXHAUSTED"));
-    let Some(budget) = governing else {
+    // The latest approved request; lapsed, it governs nothing (and no older one does).
+    let Some(latest) = store.budget_requests(Some(agent))?.into_iter().find(|r| r.status == "APPROVED") else {
         return Ok(None);
     };
+    let budget = as_of(store, latest, now)?;
+    if budget.status == "EXPIRED" {
+        return Ok(None);
+    }
     let approved = budget.approved_amount.map_or(Decimal::ZERO, Amount::get);
     // Live approvals hold their amount until recorded or lapsed (older ones too: erring on the
     // side of spent).
@@ -280,9 +277,7 @@ pub(crate) async fn decide(
     let now = Timestamp::now();
     let store = lock(&app.store);
     let request = store
-        .budget_requests(None)?
-        .into_iter()
-        .find(|r| r.id == id)
+        .budget_request(&id)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no budget request `{id}`")))?;
     let current = as_of(&store, request.clone(), now)?;
     if current.status != "PENDING" {

@@ -65,7 +65,9 @@
 //!   `amount`, `status` (`COMPLETED`), `type` (the rail), `recipientAddress`, `txHash` (the
 //!   settlement's reference), `createdAt`.
 //! - `GET /api/sdk/setup` (`agents:read`): the key's agent, its key type and scopes, its wallet
-//!   delegations and policies, and `ready` (active, with a wallet) with the `issues` if not.
+//!   delegations and policies (each only with the scope its own read needs), and `ready`
+//!   (active, with a wallet) with the `issues` if not. Conto documents the endpoint ("check
+//!   agent config"), not its answer: this shape and the scope are conto-local's.
 //! - Budget requests: `POST /api/sdk/budget-request` (`payments:request`) `{amount, purpose,
 //!   category?, metadata?}` → `201 PENDING`; one active request per agent, a second is `409
 //!   BUDGET_REQUEST_EXISTS`. Read back by `GET /api/sdk/budget-request?id=&status=` or
@@ -76,7 +78,11 @@
 //!   default): one that would take what was spent under it, with what live approvals hold,
 //!   past the approved amount is denied `BUDGET_EXCEEDED`, whatever the policies allow.
 //!   `EXHAUSTED` once spent in full (it still gates until its window ends; the agent may ask
-//!   again). A payment a human approves after it waited is not gated again.
+//!   again). A payment the policies would hold for a human is gated when it is asked for.
+//!   Conto documents the POST, its body, the statuses, the 24-hour lapse and window, `409
+//!   BUDGET_REQUEST_EXISTS`, a lookup by `id` or `status`, and that an approved budget and the
+//!   policies must both pass; the read's path, the org's answer endpoints (`approvedAmount`,
+//!   `windowHours`, `reason`), the scope and the answer's field names are conto-local's.
 //! - `GET /api/sdk/service-spend/summary` (`analytics:read`) sums the key's agent's x402 and MPP
 //!   payments over `period` (`24h` by default, `7d`, `30d`, `all`) and `protocol` (`all`,
 //!   `x402`, `mpp`), with its services (most spent first, `limit` of them, 10 by default, at

@@ -300,11 +300,27 @@ fn decide(
     kind: Kind,
 ) -> Result<(StatusCode, DecisionBody), ApiError> {
     let mut decision = app.engine.decide(intent);
-    // An approved budget request is a further gate: the payment must fit what is left of it.
-    if let Verdict::Approved(a) = &decision.verdict
-        && let Some(denial) = crate::budget::gate(store, intent.actor.as_str(), intent.amount, Timestamp::now())?
-    {
-        let _ = app.engine.free(a);
+    // An approved budget request is a further gate: the payment must fit what is left of it,
+    // whether the policies approve it or hold it for a human. What the engine set aside for a
+    // payment the gate denies (or could not check) is given back.
+    let gated = match &decision.verdict {
+        Verdict::Approved(_) | Verdict::RequiresApproval(_) => {
+            crate::budget::gate(store, intent.actor.as_str(), intent.amount, Timestamp::now())
+        }
+        Verdict::Denied(_) => Ok(None),
+    };
+    if !matches!(gated, Ok(None)) {
+        match &decision.verdict {
+            Verdict::Approved(a) => {
+                let _ = app.engine.free(a);
+            }
+            Verdict::RequiresApproval(p) => {
+                let _ = app.engine.resolve_approval(&p.approval_request_id, false);
+            }
+            Verdict::Denied(_) => {}
+        }
+    }
+    if let Some(denial) = gated? {
         decision.verdict = Verdict::Denied(denial);
     }
     let intent_json = serde_json::to_string(intent).unwrap_or_default();
@@ -1004,9 +1020,11 @@ async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> R
             // has lapsed; an approval that was confirmed stays APPROVED.
             let lapsed = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= now);
             let untaken = || {
-                r.approval_id
-                    .as_deref()
-                    .is_none_or(|id| store.approval(id).ok().flatten().is_none_or(|a| a.state == "live"))
+                r.approval_id.as_deref().is_none_or(|id| match store.approval(id).ok().flatten() {
+                    Some(a) => a.state == "live",
+                    // Forgotten a week after it lapsed: taken if its spend was recorded.
+                    None => !store.spend_exists(id).unwrap_or(false),
+                })
             };
             if lapsed && (r.status == "PENDING" || (r.status == "APPROVED" && untaken())) {
                 entry.status = Some("EXPIRED".into());
@@ -1037,12 +1055,19 @@ async fn wallets(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Resp
 /// whether it can pay (active, with a wallet).
 async fn setup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "agents:read", "reads")?;
-    let wallets = crate::org::agent_wallets(&app, &caller.agent)?.wallets;
+    let (key_type, scopes) = caller.key;
+    let may = |scope: &str| scopes.iter().any(|s| s == scope);
+    let delegated = crate::org::agent_wallets(&app, &caller.agent)?.wallets;
     let (row, policies) = {
         let store = lock(&app.store);
         let policies: Vec<_> = store.policies()?.into_iter().filter(|p| p.applies_to(&caller.agent)).collect();
         (store.agent(&caller.agent)?, policies)
     };
+    // What the key may not read itself is left out (its own reads need `wallets:read` and
+    // `policies:read`); whether a wallet is delegated is still said.
+    let has_wallet = !delegated.is_empty();
+    let wallets = if may("wallets:read") { delegated } else { Vec::new() };
+    let policies = if may("policies:read") { policies } else { Vec::new() };
     let agent = conto_wire::org::Agent {
         id: Some(caller.agent.clone()),
         name: row.as_ref().map(|r| r.name.clone()),
@@ -1054,10 +1079,9 @@ async fn setup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respon
     if agent.status.as_deref() != Some("ACTIVE") {
         issues.push(format!("the agent is {}, not ACTIVE", agent.status.as_deref().unwrap_or("unknown")));
     }
-    if wallets.is_empty() {
+    if !has_wallet {
         issues.push("no wallet is delegated to the agent".to_owned());
     }
-    let (key_type, scopes) = caller.key;
     let setup = conto_wire::sdk::Setup { agent, key_type, scopes, wallets, policies, ready: issues.is_empty(), issues };
     Ok(reply(StatusCode::OK, setup))
 }

@@ -335,6 +335,7 @@ CREATE TABLE IF NOT EXISTS budget_requests (id TEXT PRIMARY KEY, agent_id TEXT N
     seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS budget_requests_by_agent ON budget_requests (agent_id, seq);
 CREATE INDEX IF NOT EXISTS spends_by_seq ON spends (seq);
+CREATE INDEX IF NOT EXISTS spends_by_agent_time ON spends (agent_id, recorded_at);
 CREATE INDEX IF NOT EXISTS live_approvals ON approvals (agent_id) WHERE state = 'live';
 ";
 
@@ -556,17 +557,27 @@ impl Store {
         self.approvals_added.set(self.approvals_added.get() + 1);
         if self.approvals_added.get() >= FORGET_EVERY {
             self.approvals_added.set(0);
-            self.forget_old_approvals(conto_core::jiff::Timestamp::now())?;
+            // Housekeeping: a failure here is logged, never the approval's.
+            if let Err(e) = self.forget_old_approvals(conto_core::jiff::Timestamp::now()) {
+                tracing::warn!(error = %e, "conto_local.store: lapsed approvals could not be forgotten");
+            }
         }
         Ok(())
     }
 
     /// Forgets approvals that lapsed more than [`APPROVAL_RETENTION`] before `now`, settled or
-    /// not; says how many. Expiry times are written by jiff in UTC (`Z`), so they compare as
-    /// text; a fraction of a second either side of the cutoff does not matter at a week.
+    /// not; says how many. The engine's ids begin with the second they were made in (`auth_`
+    /// and 8 hex digits), so the old ones are a range of the primary key and nothing younger is
+    /// read; expiry times are written by jiff in UTC, so they compare as text (a fraction of a
+    /// second either side of the cutoff does not matter at a week). An id of another form is
+    /// never forgotten.
     pub fn forget_old_approvals(&self, now: conto_core::jiff::Timestamp) -> Result<usize, StoreError> {
-        let cutoff = now.saturating_sub(APPROVAL_RETENTION).unwrap_or(now).to_string();
-        Ok(self.conn.prepare_cached("DELETE FROM approvals WHERE expires_at < ?1")?.execute([cutoff])?)
+        let cutoff = now.saturating_sub(APPROVAL_RETENTION).unwrap_or(now);
+        let made_before = format!("auth_{:08x}", cutoff.as_second().clamp(0, i64::from(u32::MAX)));
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM approvals WHERE id >= 'auth_' AND id < ?1 AND expires_at < ?2")?
+            .execute(params![made_before, cutoff.to_string()])?)
     }
 
     pub fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
@@ -701,9 +712,47 @@ impl Store {
         Ok(())
     }
 
-    /// Budget requests, of one agent or of all, newest first.
+    /// Budget requests, of one agent (through its index) or of all, newest first.
     pub fn budget_requests(&self, agent_id: Option<&str>) -> Result<Vec<BudgetRequest>, StoreError> {
-        self.docs("SELECT doc FROM budget_requests WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY seq DESC", [agent_id])
+        match agent_id {
+            Some(agent) => self.docs("SELECT doc FROM budget_requests WHERE agent_id = ?1 ORDER BY seq DESC", [agent]),
+            None => self.docs("SELECT doc FROM budget_requests ORDER BY seq DESC", []),
+        }
+    }
+
+    /// One budget request, by id.
+    pub fn budget_request(&self, id: &str) -> Result<Option<BudgetRequest>, StoreError> {
+        Ok(self.docs("SELECT doc FROM budget_requests WHERE id = ?1", [id])?.into_iter().next())
+    }
+
+    /// What `agent_id` spent from `since` (included) to `until` (excluded): its recorded
+    /// spends, summed. Times are written by jiff in UTC, so as text they sort by time to the
+    /// second: the index narrows the read to the window's seconds, and the exact bounds are
+    /// checked here.
+    pub fn spent_between(
+        &self,
+        agent_id: &str,
+        since: conto_core::jiff::Timestamp,
+        until: conto_core::jiff::Timestamp,
+    ) -> Result<conto_core::Decimal, StoreError> {
+        let second = |t: conto_core::jiff::Timestamp| t.to_string().chars().take(19).collect::<String>();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT amount, recorded_at FROM spends WHERE agent_id = ?1 AND recorded_at >= ?2 AND recorded_at < ?3",
+        )?;
+        // The end's second is read whole (`:SS` sorts before `:SS.f` and `:SSZ` after it).
+        let end = format!("{}~", second(until));
+        let rows = stmt.query_map(params![agent_id, second(since), end], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut spent = conto_core::Decimal::ZERO;
+        for row in rows {
+            let (amount, at) = row?;
+            let in_window = at.parse::<conto_core::jiff::Timestamp>().is_ok_and(|t| t >= since && t < until);
+            if in_window && let Ok(amount) = amount.parse::<conto_core::Decimal>() {
+                spent += amount;
+            }
+        }
+        Ok(spent)
     }
 
     /// Whether a spend is already stored under this id.
@@ -1218,23 +1267,62 @@ mod tests {
         use conto_core::jiff::{SignedDuration, Timestamp};
         let store = super::Store::open(None).unwrap();
         let now = Timestamp::now();
-        let row = |hours_ago: i64, state: &str| super::ApprovalRecord {
+        let ago = |hours: i64| now.saturating_sub(SignedDuration::from_hours(hours)).unwrap();
+        // An engine id: `auth_`, the second it was made in, 16 more hex digits.
+        let id = |made: Timestamp, n: u8| format!("auth_{:08x}{:016x}", made.as_second(), n);
+        let row = |expires: Timestamp, state: &str| super::ApprovalRecord {
             agent_id: "agent-1".into(),
             token_hash: None,
             intent: "{}".into(),
             amount: "1".into(),
-            expires_at: now.saturating_sub(SignedDuration::from_hours(hours_ago)).unwrap().to_string(),
+            expires_at: expires.to_string(),
             state: state.into(),
         };
-        store.add_approval("auth_old_recorded", &row(24 * 8, "recorded")).unwrap();
-        store.add_approval("auth_old_lapsed", &row(24 * 7 + 1, "live")).unwrap();
-        store.add_approval("auth_recent", &row(24 * 6, "recorded")).unwrap();
-        store.add_approval("auth_live", &row(-1, "live")).unwrap();
+        let (old_recorded, old_lapsed) = (id(ago(24 * 8), 1), id(ago(24 * 7 + 2), 2));
+        let (recent, live, foreign) = (id(ago(24 * 6), 3), id(now, 4), "apr_from_elsewhere".to_owned());
+        store.add_approval(&old_recorded, &row(ago(24 * 8 - 1), "recorded")).unwrap();
+        store.add_approval(&old_lapsed, &row(ago(24 * 7 + 1), "live")).unwrap();
+        store.add_approval(&recent, &row(ago(24 * 6 - 1), "recorded")).unwrap();
+        store.add_approval(&live, &row(now.saturating_add(SignedDuration::from_mins(5)).unwrap(), "live")).unwrap();
+        store.add_approval(&foreign, &row(ago(24 * 30), "recorded")).unwrap();
         assert_eq!(store.forget_old_approvals(now).unwrap(), 2);
         let kept = |id: &str| store.approval(id).unwrap().is_some();
-        assert!(!kept("auth_old_recorded") && !kept("auth_old_lapsed"));
-        assert!(kept("auth_recent") && kept("auth_live"));
+        assert!(!kept(&old_recorded) && !kept(&old_lapsed));
+        assert!(kept(&recent) && kept(&live) && kept(&foreign), "younger, live, and ids of another form stay");
         assert_eq!(store.forget_old_approvals(now).unwrap(), 0);
+        let plan = plan(&store, "SELECT 1 FROM approvals WHERE id >= 'auth_' AND id < 'auth_1' AND expires_at < 'x'");
+        assert!(plan.iter().any(|step| step.contains("PRIMARY KEY") || step.contains("INDEX")), "{plan:?}");
+    }
+
+    /// A spend's window is read through the spends' agent-and-time index, bounds exact.
+    #[test]
+    fn spend_in_a_window_is_summed_from_its_index_to_the_exact_instant() {
+        use conto_core::jiff::{SignedDuration, Timestamp};
+        let store = super::Store::open(None).unwrap();
+        let t0: Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
+        let at = |ms: i64| t0.saturating_add(SignedDuration::from_millis(ms)).unwrap().to_string();
+        for (n, (agent, ms, amount)) in [
+            ("agent-1", -1, "1"),
+            ("agent-1", 0, "2"),
+            ("agent-1", 500, "4"),
+            ("agent-1", 1_000, "8"),
+            ("agent-2", 200, "16"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            store.record_spend(&format!("auth_{n}"), agent, "{}", amount, None, &format!("tx_{n}"), &at(ms)).unwrap();
+        }
+        let since = t0;
+        let until = t0.saturating_add(SignedDuration::from_millis(1_000)).unwrap();
+        assert_eq!(
+            store.spent_between("agent-1", since, until).unwrap(),
+            "6".parse().unwrap(),
+            "0 and 500 ms, not -1 or 1 000"
+        );
+        let plan =
+            plan(&store, "SELECT amount FROM spends WHERE agent_id = 'a' AND recorded_at >= 'x' AND recorded_at < 'y'");
+        assert!(plan.iter().any(|step| step.contains("spends_by_agent_time")), "{plan:?}");
     }
 
     /// The steps of SQLite's plan for `sql`.

@@ -1405,6 +1405,15 @@ async fn a_lapsed_human_approval_is_listed_expired() {
     let (_, list) = other.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
     let entry = list["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == taken.as_str()).cloned();
     assert_eq!(entry.unwrap()["status"], "APPROVED");
+    // A week on, the approvals' rows are forgotten: the one taken still reads APPROVED (its
+    // spend is kept), the one never taken EXPIRED.
+    let server = restarted_after(server, &db, "DELETE FROM approvals").await;
+    let other = Sdk { base: server.url(), key: other.key, http: reqwest::Client::new() };
+    let (_, list) = other.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
+    let entry = list["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == taken.as_str()).cloned();
+    assert_eq!(entry.unwrap()["status"], "APPROVED");
+    let mine = Sdk { base: server.url(), key: key.clone(), http: reqwest::Client::new() };
+    assert_eq!(listed(mine).await["status"], "EXPIRED");
     server.stop().await;
     let _ = std::fs::remove_file(&db);
 }
@@ -1540,8 +1549,37 @@ async fn a_budget_request_waits_for_a_human_then_gates_the_agents_payments() {
     );
     let (_, x402) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("3")).await;
     assert_eq!((&x402["authorized"], &x402["violations"][0]["type"]), (&json!(false), &json!("BUDGET_EXCEEDED")));
-    // The denied payments hold nothing: the last 2 fit, and spend the budget in full.
-    assert_eq!(pay_transfer(&sdk, 2).await, 200);
+    // A payment the policies hold for a human (above 80) is gated too, at once.
+    let (_, held_for_human) = sdk.post("/api/sdk/payments/approve", transfer_payment(90)).await;
+    assert_eq!(
+        (
+            &held_for_human["approved"],
+            &held_for_human["requiresHumanApproval"],
+            &held_for_human["violations"][0]["type"]
+        ),
+        (&json!(false), &json!(false), &json!("BUDGET_EXCEEDED")),
+        "{held_for_human}"
+    );
+    let (_, waiting) = get("/api/sdk/approval-requests".into()).await;
+    assert!(
+        waiting["requests"].as_array().unwrap().iter().all(|r| r["status"] != "PENDING"),
+        "nothing waits for a human: {waiting}"
+    );
+    // A live approval holds its amount against the budget until it is recorded.
+    let (_, live) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("1")).await;
+    assert_eq!(live["authorized"], true, "{live}");
+    let (_, over) = sdk.post("/api/sdk/payments/approve", transfer_payment(2)).await;
+    assert_eq!(
+        (&over["violations"][0]["type"], &over["violations"][0]["current"]),
+        (&json!("BUDGET_EXCEEDED"), &json!(11))
+    );
+    let tx = format!("0x{}", "c".repeat(64));
+    let record = json!({"payments": [{"amount": "1", "recipientAddress": RECIPIENT,
+        "resourceUrl": "https://api.example.com/search", "txHash": tx, "authorizationId": live["authorizationId"]}]});
+    let (status, body) = sdk.post("/api/sdk/x402/record", record).await;
+    assert!(status < 300, "{body}");
+    // The denied payments hold nothing: the last 1 fits, and spends the budget in full.
+    assert_eq!(pay_transfer(&sdk, 1).await, 200);
     let (_, spent) = get(format!("/api/sdk/budget-request/{id}")).await;
     assert_eq!((&spent["status"], &spent["remaining"]), (&json!("EXHAUSTED"), &json!(0)), "{spent}");
     let (_, denied) = sdk.post("/api/sdk/payments/approve", transfer_payment(1)).await;

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::response::Response;
 use bytes::Bytes;
-use conto_core::{Authorization, Conto, IdempotencyKey, IntentError, PaymentIntent, Rail, Ran, Recorded};
+use conto_core::{Authorization, Conto, IntentError, PaymentIntent, Rail, Ran, Recorded};
 use http::request::Parts;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Either, Limited};
@@ -567,14 +567,7 @@ fn last_intent(id: u64, amount: conto_core::Amount, actor: &str) -> Option<Arc<P
             if !same {
                 return None;
             }
-            match Arc::get_mut(kept) {
-                Some(unique) => unique.idempotency_key = IdempotencyKey::random(),
-                None => {
-                    let mut copy = PaymentIntent::clone(kept);
-                    copy.idempotency_key = IdempotencyKey::random();
-                    *kept = Arc::new(copy);
-                }
-            }
+            PaymentIntent::next_attempt(kept);
             Some(Arc::clone(kept))
         })
         .ok()

@@ -883,7 +883,7 @@ pub struct BudgetRequest {
     /// The amount a human approved (the asked amount unless they chose another).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_amount: Option<Amount>,
-    /// Spent under the budget since it was approved (recorded payments; 0 until approved).
+    /// Spent under the budget since it was approved (recorded payments; `null` until approved).
     #[serde(default, with = "crate::opt_number")]
     pub current_spend: Option<Decimal>,
     /// What is left of the approved amount (`null` until approved).
