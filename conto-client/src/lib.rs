@@ -274,7 +274,19 @@ impl ContoClient {
         &self.inner.base
     }
 
-    /// One logical call: tries until a final answer, a non-retryable failure, or the deadline.
+    /// A payment's POST (authorize or record), under the body's idempotency key.
+    async fn post_payment(&self, path: &str, body: &PaymentBody, deadline: Duration) -> Result<Answer, AuthorityError> {
+        let key = body.idempotency_key.as_deref();
+        self.call(reqwest::Method::POST, path, Some(body), key, deadline, self.inner.max_retries).await
+    }
+
+    /// A read's GET.
+    async fn get(&self, path: &str, deadline: Duration) -> Result<Answer, AuthorityError> {
+        self.call(reqwest::Method::GET, path, None::<&Value>, None, deadline, self.inner.max_retries).await
+    }
+
+    /// One logical call: tries until a final answer, a non-retryable failure, `max_retries`
+    /// retries, or the deadline.
     async fn call<B: serde::Serialize>(
         &self,
         method: reqwest::Method,
@@ -379,10 +391,7 @@ impl ContoClient {
         }
         let (kind, body) = PaymentBody::from_intent(intent);
         let path = kind.authorize_path();
-        let key = body.idempotency_key.as_deref();
-        let answer = self
-            .call(reqwest::Method::POST, path, Some(&body), key, self.inner.authorize_timeout, self.inner.max_retries)
-            .await?;
+        let answer = self.post_payment(path, &body, self.inner.authorize_timeout).await?;
         // Conto's docs allow a denial as 403 (or 400) with a decision body; conto-local answers
         // 200. Both are read as decisions; any other error status is an error.
         // Read once, from the parsed answer in place (no copy of it).
@@ -416,10 +425,7 @@ impl ContoClient {
                 actor_inactive: false,
             });
         };
-        let key = body.idempotency_key.as_deref();
-        let answer = self
-            .call(reqwest::Method::POST, &path, Some(&body), key, self.inner.record_timeout, self.inner.max_retries)
-            .await?;
+        let answer = self.post_payment(&path, &body, self.inner.record_timeout).await?;
         if !(200..300).contains(&answer.status) {
             return Err(Self::api_error(&answer));
         }
@@ -442,16 +448,7 @@ impl ContoClient {
                 violations: vec![],
             }))));
         }
-        let answer = self
-            .call(
-                reqwest::Method::GET,
-                "approval-requests?type=payment&limit=100",
-                NO_BODY,
-                None,
-                self.inner.authorize_timeout,
-                self.inner.max_retries,
-            )
-            .await?;
+        let answer = self.get("approval-requests?type=payment&limit=100", self.inner.authorize_timeout).await?;
         if answer.status != 200 {
             return Err(Self::api_error(&answer));
         }
@@ -499,9 +496,7 @@ impl ContoClient {
     /// The agent's policies (`GET policies`), compiled; a policy the engine cannot evaluate is
     /// an error naming it.
     pub async fn policies(&self) -> Result<PolicySet, AuthorityError> {
-        let answer = self
-            .call(reqwest::Method::GET, "policies", NO_BODY, None, self.inner.record_timeout, self.inner.max_retries)
-            .await?;
+        let answer = self.get("policies", self.inner.record_timeout).await?;
         if answer.status != 200 {
             return Err(Self::api_error(&answer));
         }
@@ -580,18 +575,13 @@ impl ContoClient {
     }
 
     async fn read(&self, path: &str) -> Result<Value, AuthorityError> {
-        let answer = self
-            .call(reqwest::Method::GET, path, NO_BODY, None, self.inner.record_timeout, self.inner.max_retries)
-            .await?;
+        let answer = self.get(path, self.inner.record_timeout).await?;
         if answer.status != 200 || !answer.body.is_object() {
             return Err(Self::api_error(&answer));
         }
         Ok(answer.body)
     }
 }
-
-/// No body, for [`ContoClient::call`]'s reads.
-const NO_BODY: Option<&Value> = None;
 
 /// The period of [`ContoClient::spend_summary`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -697,10 +687,7 @@ impl Authorizer for ContoClient {
             }
             body.authorization_id = None;
             body.payment_id = Some(format!("standin_{}", authorization.id));
-            let key = body.idempotency_key.as_deref();
-            let answer = self
-                .call(reqwest::Method::POST, &path, Some(&body), key, self.inner.record_timeout, self.inner.max_retries)
-                .await?;
+            let answer = self.post_payment(&path, &body, self.inner.record_timeout).await?;
             if !(200..300).contains(&answer.status) {
                 return Err(Self::api_error(&answer));
             }

@@ -15,11 +15,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use conto_core::jiff::{SignedDuration, Timestamp};
 use conto_core::{Amount, Decimal, Denial, Violation, ViolationType};
-use conto_wire::sdk::{BudgetRequest, BudgetRequests};
+use conto_wire::sdk::{BudgetRequest, BudgetRequestBody, BudgetRequests, read_body};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::sdk::{bad, caller, reply};
+use crate::sdk::{bad, body_error, caller, reply};
 use crate::store::{Store, StoreError};
 use crate::{ApiError, App, lock, random_hex};
 
@@ -64,7 +64,7 @@ fn requests_of(store: &Store, agent: Option<&str>, now: Timestamp) -> Result<Vec
 /// ended, spent in full or not (a budget spent in full denies until its window ends).
 pub(crate) fn gate(store: &Store, agent: &str, amount: Amount, now: Timestamp) -> Result<Option<Denial>, StoreError> {
     // The latest approved request; lapsed, it governs nothing (and no older one does).
-    let Some(latest) = store.budget_requests(Some(agent))?.into_iter().find(|r| r.status == "APPROVED") else {
+    let Some(latest) = store.latest_budget_request(agent, Some("APPROVED"))? else {
         return Ok(None);
     };
     let budget = as_of(store, latest, now)?;
@@ -99,50 +99,27 @@ pub(crate) fn gate(store: &Store, agent: &str, amount: Amount, now: Timestamp) -
     }))
 }
 
-/// An amount as Conto's bodies write one: a positive number (or numeric text), at most six
-/// decimal places kept (more are rounded up).
-fn amount_of(value: Option<&Value>) -> Result<Amount, ApiError> {
-    let text = match value {
-        None | Some(Value::Null) => return Err(bad("VALIDATION_ERROR", "`amount` is required")),
-        Some(Value::Number(n)) => n.to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => return Err(bad("INVALID_AMOUNT", format!("`amount` must be a number, not {other}"))),
-    };
-    let decimal = text
-        .parse::<Decimal>()
-        .or_else(|_| Decimal::from_scientific(&text))
-        .map_err(|_| bad("INVALID_AMOUNT", format!("`amount` `{text}` is not a number")))?;
-    Amount::rounded_up(decimal).map_err(|e| bad("INVALID_AMOUNT", format!("`amount`: {e}")))
-}
-
 /// `POST /api/sdk/budget-request` (`payments:request`): `{amount, purpose, category?,
 /// metadata?}` → `201` and the request, `PENDING`.
 pub(crate) async fn create(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "payments:request", "payments")?;
-    let body: Value =
-        serde_json::from_slice(&body).map_err(|e| bad("VALIDATION_ERROR", format!("the body is not JSON: {e}")))?;
-    let Value::Object(body) = body else {
-        return Err(bad("VALIDATION_ERROR", "the body must be a JSON object"));
-    };
-    let amount = amount_of(body.get("amount"))?;
-    let text = |name: &str| match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
-        Some(_) => Err(bad("VALIDATION_ERROR", format!("`{name}` must be a non-empty string"))),
-    };
-    let purpose = text("purpose")?.ok_or_else(|| bad("VALIDATION_ERROR", "`purpose` is required"))?;
-    let category = text("category")?;
-    let metadata = match body.get("metadata") {
-        None | Some(Value::Null) => None,
-        Some(m @ Value::Object(_)) => Some(m.clone()),
-        Some(_) => return Err(bad("VALIDATION_ERROR", "`metadata` must be a JSON object")),
-    };
+    let body: BudgetRequestBody = read_body(&body).map_err(body_error)?;
+    let amount = body.amount.ok_or_else(|| bad("VALIDATION_ERROR", "`amount` is required"))?;
+    let blank = |name: &str| bad("VALIDATION_ERROR", format!("`{name}` must be a non-empty string"));
+    let purpose = body.purpose.ok_or_else(|| bad("VALIDATION_ERROR", "`purpose` is required"))?;
+    if purpose.trim().is_empty() {
+        return Err(blank("purpose"));
+    }
+    if body.category.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        return Err(blank("category"));
+    }
+    let (category, metadata) = (body.category, body.metadata.map(Value::Object));
     let now = Timestamp::now();
     let store = lock(&app.store);
-    let active = requests_of(&store, Some(&caller.agent), now)?
-        .into_iter()
-        .find(|r| matches!(r.status.as_str(), "PENDING" | "APPROVED"));
-    if let Some(active) = active {
+    // Only the latest request can be active: one is made only when none is, and a request
+    // that lapsed or was spent in full stays so.
+    let latest = store.latest_budget_request(&caller.agent, None)?.map(|r| as_of(&store, r, now)).transpose()?;
+    if let Some(active) = latest.filter(|r| matches!(r.status.as_str(), "PENDING" | "APPROVED")) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "BUDGET_REQUEST_EXISTS",
@@ -250,7 +227,8 @@ pub(crate) async fn org_list(
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Answer {
-    approved_amount: Option<Value>,
+    #[serde(default, deserialize_with = "Amount::deserialize_rounded_up")]
+    approved_amount: Option<Amount>,
     window_hours: Option<i64>,
     reason: Option<String>,
 }
@@ -272,7 +250,7 @@ pub(crate) async fn decide(
     let answer: Answer = if body.iter().all(u8::is_ascii_whitespace) {
         Answer::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| bad("VALIDATION_ERROR", format!("the body is not valid: {e}")))?
+        read_body(&body).map_err(body_error)?
     };
     let now = Timestamp::now();
     let store = lock(&app.store);
@@ -286,10 +264,7 @@ pub(crate) async fn decide(
     let mut request = request;
     request.reviewed_at = Some(now.to_string());
     if approve {
-        let approved = match &answer.approved_amount {
-            Some(v) => amount_of(Some(v))?,
-            None => request.amount,
-        };
+        let approved = answer.approved_amount.unwrap_or(request.amount);
         let hours = answer.window_hours.unwrap_or(DEFAULT_WINDOW_HOURS);
         if !(1..=24 * 366).contains(&hours) {
             return Err(bad("VALIDATION_ERROR", format!("`windowHours` must be 1 to 8784, not {hours}")));

@@ -403,11 +403,7 @@ fn open_store(db: Option<&std::path::Path>) -> Result<Store, LocalError> {
 }
 
 fn restore_policies(store: &Store, engine: &Engine) -> Result<(), LocalError> {
-    let all = effective_policies(store)?;
-    engine.set_policies(PolicySet::from_value_with(
-        Value::Array(all.iter().map(Policy::to_value).collect()),
-        UnevaluatedRules::Deny,
-    )?);
+    engine.set_policies(policy_set(&effective_policies(store)?)?);
     Ok(())
 }
 
@@ -898,9 +894,14 @@ fn effective_policies(store: &Store) -> Result<Vec<Policy>, StoreError> {
     Ok(all)
 }
 
-pub(crate) fn compile(policies: &[Policy]) -> Result<PolicySet, ApiError> {
+/// The engine's policy set of these documents, rules conto-local cannot evaluate denying.
+fn policy_set(policies: &[Policy]) -> Result<PolicySet, conto_core::PolicyError> {
     PolicySet::from_value_with(Value::Array(policies.iter().map(Policy::to_value).collect()), UnevaluatedRules::Deny)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))
+}
+
+/// [`policy_set`], a bad document refused with `400 VALIDATION_ERROR`.
+pub(crate) fn compile(policies: &[Policy]) -> Result<PolicySet, ApiError> {
+    policy_set(policies).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))
 }
 
 fn reload_policies(app: &App, store: &Store) -> Result<(), ApiError> {
@@ -927,12 +928,7 @@ fn save_policy(app: &App, store: &Store, id: &str, mut doc: Policy) -> Result<Po
 fn policy_docs(file: &std::path::Path) -> Result<Vec<Policy>, LocalError> {
     let set_text = std::fs::read_to_string(file)
         .map_err(|e| conto_core::PolicyError::Io { path: file.display().to_string(), message: e.to_string() })?;
-    let value: Value = serde_json::from_str(&set_text).map_err(|e| conto_core::PolicyError::Json {
-        line: e.line(),
-        column: e.column(),
-        message: e.to_string(),
-    })?;
-    PolicySet::from_value_with(value, UnevaluatedRules::Deny)?;
+    PolicySet::from_json_with(&set_text, UnevaluatedRules::Deny)?;
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
     enum File {

@@ -80,8 +80,10 @@ async fn rate_limit_headers(req: axum::extract::Request, next: axum::middleware:
 /// The authenticated agent (its rate-limit window is left in `RATE` for the answer's headers).
 pub(crate) struct Caller {
     pub(crate) agent: String,
-    /// The calling key's type and scopes.
-    key: (String, Vec<String>),
+    /// The calling key's type (`standard`, `admin`).
+    key_type: String,
+    /// The calling key's scopes.
+    scopes: Vec<String>,
 }
 
 pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -148,7 +150,7 @@ pub(crate) fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'stati
     }
     window.push_back(now);
     let _ = RATE.try_with(|r| r.set(Some((limit - window.len() as u32, reset_after(window)))));
-    Ok(Caller { agent: record.agent_id, key: (record.key_type, record.scopes) })
+    Ok(Caller { agent: record.agent_id, key_type: record.key_type, scopes: record.scopes })
 }
 
 pub(crate) fn reply(status: StatusCode, body: impl Serialize) -> Response {
@@ -156,7 +158,7 @@ pub(crate) fn reply(status: StatusCode, body: impl Serialize) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn body_error(e: BodyError) -> ApiError {
+pub(crate) fn body_error(e: BodyError) -> ApiError {
     bad(e.code, e.message)
 }
 
@@ -303,25 +305,18 @@ fn decide(
     // An approved budget request is a further gate: the payment must fit what is left of it,
     // whether the policies approve it or hold it for a human. What the engine set aside for a
     // payment the gate denies (or could not check) is given back.
-    let gated = match &decision.verdict {
-        Verdict::Approved(_) | Verdict::RequiresApproval(_) => {
-            crate::budget::gate(store, intent.actor.as_str(), intent.amount, Timestamp::now())
+    if !matches!(decision.verdict, Verdict::Denied(_)) {
+        let gated = crate::budget::gate(store, intent.actor.as_str(), intent.amount, Timestamp::now());
+        if !matches!(gated, Ok(None)) {
+            let _ = match &decision.verdict {
+                Verdict::Approved(a) => app.engine.free(a),
+                Verdict::RequiresApproval(p) => app.engine.resolve_approval(&p.approval_request_id, false),
+                Verdict::Denied(_) => Ok(()),
+            };
         }
-        Verdict::Denied(_) => Ok(None),
-    };
-    if !matches!(gated, Ok(None)) {
-        match &decision.verdict {
-            Verdict::Approved(a) => {
-                let _ = app.engine.free(a);
-            }
-            Verdict::RequiresApproval(p) => {
-                let _ = app.engine.resolve_approval(&p.approval_request_id, false);
-            }
-            Verdict::Denied(_) => {}
+        if let Some(denial) = gated? {
+            decision.verdict = Verdict::Denied(denial);
         }
-    }
-    if let Some(denial) = gated? {
-        decision.verdict = Verdict::Denied(denial);
     }
     let intent_json = serde_json::to_string(intent).unwrap_or_default();
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
@@ -979,8 +974,12 @@ async fn record_mpp(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
 /// `GET /api/sdk/policies`: the policies that apply to the calling agent.
 async fn policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "policies:read", "reads")?;
-    let mine = lock(&app.store).policies()?.into_iter().filter(|p| p.applies_to(&caller.agent)).collect();
-    Ok(reply(StatusCode::OK, Policies::new(mine)))
+    Ok(reply(StatusCode::OK, Policies::new(agent_policies(&lock(&app.store), &caller.agent)?)))
+}
+
+/// The stored policies that apply to `agent`.
+fn agent_policies(store: &Store, agent: &str) -> Result<Vec<conto_wire::org::Policy>, ApiError> {
+    Ok(store.policies()?.into_iter().filter(|p| p.applies_to(agent)).collect())
 }
 
 fn request_entry(
@@ -1055,13 +1054,11 @@ async fn wallets(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Resp
 /// whether it can pay (active, with a wallet).
 async fn setup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "agents:read", "reads")?;
-    let (key_type, scopes) = caller.key;
-    let may = |scope: &str| scopes.iter().any(|s| s == scope);
+    let may = |scope: &str| caller.scopes.iter().any(|s| s == scope);
     let delegated = crate::org::agent_wallets(&app, &caller.agent)?.wallets;
     let (row, policies) = {
         let store = lock(&app.store);
-        let policies: Vec<_> = store.policies()?.into_iter().filter(|p| p.applies_to(&caller.agent)).collect();
-        (store.agent(&caller.agent)?, policies)
+        (store.agent(&caller.agent)?, agent_policies(&store, &caller.agent)?)
     };
     // What the key may not read itself is left out (its own reads need `wallets:read` and
     // `policies:read`); whether a wallet is delegated is still said.
@@ -1069,10 +1066,10 @@ async fn setup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respon
     let wallets = if may("wallets:read") { delegated } else { Vec::new() };
     let policies = if may("policies:read") { policies } else { Vec::new() };
     let agent = conto_wire::org::Agent {
-        id: Some(caller.agent.clone()),
         name: row.as_ref().map(|r| r.name.clone()),
         status: row.as_ref().map(|r| r.status.clone()),
         created_at: row.as_ref().map(|r| r.created_at.clone()),
+        id: Some(caller.agent),
         ..Default::default()
     };
     let mut issues = Vec::new();
@@ -1082,7 +1079,8 @@ async fn setup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respon
     if !has_wallet {
         issues.push("no wallet is delegated to the agent".to_owned());
     }
-    let setup = conto_wire::sdk::Setup { agent, key_type, scopes, wallets, policies, ready: issues.is_empty(), issues };
+    let (key_type, scopes, ready) = (caller.key_type, caller.scopes, issues.is_empty());
+    let setup = conto_wire::sdk::Setup { agent, key_type, scopes, wallets, policies, ready, issues };
     Ok(reply(StatusCode::OK, setup))
 }
 

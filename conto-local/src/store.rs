@@ -566,14 +566,14 @@ impl Store {
     }
 
     /// Forgets approvals that lapsed more than [`APPROVAL_RETENTION`] before `now`, settled or
-    /// not; says how many. The engine's ids begin with the second they were made in (`auth_`
-    /// and 8 hex digits), so the old ones are a range of the primary key and nothing younger is
-    /// read; expiry times are written by jiff in UTC, so they compare as text (a fraction of a
+    /// not; says how many. The engine's ids sort by the second they were made in
+    /// ([`conto_core::Engine::first_id_at`]), so the old ones are a range of the primary key and
+    /// nothing younger is read; expiry times are written by jiff in UTC, so they compare as text (a fraction of a
     /// second either side of the cutoff does not matter at a week). An id of another form is
     /// never forgotten.
     pub fn forget_old_approvals(&self, now: conto_core::jiff::Timestamp) -> Result<usize, StoreError> {
         let cutoff = now.saturating_sub(APPROVAL_RETENTION).unwrap_or(now);
-        let made_before = format!("auth_{:08x}", cutoff.as_second().clamp(0, i64::from(u32::MAX)));
+        let made_before = conto_core::Engine::first_id_at(cutoff);
         Ok(self
             .conn
             .prepare_cached("DELETE FROM approvals WHERE id >= 'auth_' AND id < ?1 AND expires_at < ?2")?
@@ -718,6 +718,18 @@ impl Store {
             Some(agent) => self.docs("SELECT doc FROM budget_requests WHERE agent_id = ?1 ORDER BY seq DESC", [agent]),
             None => self.docs("SELECT doc FROM budget_requests ORDER BY seq DESC", []),
         }
+    }
+
+    /// `agent_id`'s latest budget request, or its latest as it was answered (`status`, as
+    /// stored: `PENDING`, `APPROVED` or `REJECTED`), through the agent's index.
+    pub fn latest_budget_request(
+        &self,
+        agent_id: &str,
+        status: Option<&str>,
+    ) -> Result<Option<BudgetRequest>, StoreError> {
+        let sql = "SELECT doc FROM budget_requests WHERE agent_id = ?1
+                   AND (?2 IS NULL OR json_extract(doc, '$.status') = ?2) ORDER BY seq DESC LIMIT 1";
+        Ok(self.docs(sql, params![agent_id, status])?.into_iter().next())
     }
 
     /// One budget request, by id.

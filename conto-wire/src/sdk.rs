@@ -4,6 +4,7 @@
 use conto_core::{
     Amount, Authorization, Decimal, IntentError, Limits, PaymentIntent, Rail, Settlement, Violation, service_domain_of,
 };
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -205,6 +206,38 @@ impl From<IntentError> for BodyError {
     }
 }
 
+/// Reads a request body as `T`: a JSON object whose fields have their types. An error names
+/// the field, with Conto's code for it: `INVALID_AMOUNT` for an amount field (`amount`,
+/// `depositAmount`, …) that is not a positive number of at most six decimals once rounded up,
+/// `VALIDATION_ERROR` for anything else.
+pub fn read_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
+    // A well-formed object is read straight from its bytes (an array would read as a struct's
+    // fields in order: not a body); any other is read again through a `Value`, for the error
+    // that names the field (and for a repeated key, where the last one stands).
+    if bytes.trim_ascii_start().first() == Some(&b'{')
+        && let Ok(body) = serde_json::from_slice::<T>(bytes)
+    {
+        return Ok(body);
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| BodyError { code: "VALIDATION_ERROR", message: format!("the body is not JSON: {e}") })?;
+    if !value.is_object() {
+        return Err(BodyError { code: "VALIDATION_ERROR", message: "the body must be a JSON object".into() });
+    }
+    read_value(value)
+}
+
+/// [`read_body`] for an already parsed value.
+pub fn read_value<T: DeserializeOwned>(value: Value) -> Result<T, BodyError> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        // Name the field: `amount: ...`, `payments[1].amount: ...`.
+        let path = e.path().to_string();
+        let code =
+            if path.ends_with("amount") || path.ends_with("Amount") { "INVALID_AMOUNT" } else { "VALIDATION_ERROR" };
+        BodyError { code, message: format!("`{path}`: {}", e.inner()) }
+    })
+}
+
 /// `Some(text)` unless empty: Conto's helpers send `""` or `null` for "not given".
 fn given(v: &Option<String>) -> Option<String> {
     v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned)
@@ -215,34 +248,12 @@ impl PaymentBody {
     /// an amount that is not a positive number of at most six decimals, `VALIDATION_ERROR` for
     /// anything else).
     pub fn from_json(bytes: &[u8]) -> Result<Self, BodyError> {
-        // A well-formed object is read straight from its bytes (an array would read as a
-        // struct's fields in order: not a body); any other is read again through a `Value`, for
-        // the error that names the field (and for a repeated key, where the last one stands).
-        if bytes.trim_ascii_start().first() == Some(&b'{')
-            && let Ok(body) = serde_json::from_slice::<Self>(bytes)
-        {
-            return Ok(body);
-        }
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| BodyError { code: "VALIDATION_ERROR", message: format!("the body is not JSON: {e}") })?;
-        if !value.is_object() {
-            return Err(BodyError { code: "VALIDATION_ERROR", message: "the body must be a JSON object".into() });
-        }
-        Self::from_value(value)
+        read_body(bytes)
     }
 
     /// [`PaymentBody::from_json`] for an already parsed value (one payment of a batch).
     pub fn from_value(value: Value) -> Result<Self, BodyError> {
-        serde_path_to_error::deserialize::<_, Self>(value).map_err(|e| {
-            // Name the field: `amount: ...`, `payments[1].amount: ...`.
-            let path = e.path().to_string();
-            let code = if path.ends_with("amount") || path.ends_with("Amount") {
-                "INVALID_AMOUNT"
-            } else {
-                "VALIDATION_ERROR"
-            };
-            BodyError { code, message: format!("`{path}`: {}", e.inner()) }
-        })
+        read_value(value)
     }
 
     /// The authorize call for `intent`: its flow (which names the endpoint) and its body.
@@ -854,6 +865,25 @@ pub struct Budget {
     pub counters: Vec<Counter>,
     /// Spent in all.
     pub total_spent: String,
+}
+
+/// The body of `POST /api/sdk/budget-request`: `amount` and `purpose` (required, checked by
+/// the server), `category` and `metadata`. Read with [`read_body`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetRequestBody {
+    /// The amount asked for (rounded up to six decimal places, as a payment's).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "Amount::deserialize_rounded_up")]
+    pub amount: Option<Amount>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The spend category it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// The agent's own metadata, a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
 }
 
 /// A budget request (`POST /api/sdk/budget-request`): an agent asks a human for an allowance.

@@ -34,9 +34,19 @@ impl IdKey {
     /// ids sort by when they were made, so a store's index of them grows at its end instead
     /// of splitting pages all over, and 64 random bits keep two ids of one second apart.
     pub fn fresh(now: Timestamp) -> (Self, String) {
-        let second = now.as_second().clamp(0, i64::from(u32::MAX)) as u128;
-        let bits = second << 64 | u128::from(rand::random::<u64>());
+        let bits = Self::second(now) << 64 | u128::from(rand::random::<u64>());
         (Self(bits), crate::ids::hex_id("auth_", bits, 24))
+    }
+
+    /// The least id [`IdKey::fresh`] makes in `t`'s second: every id made before it sorts
+    /// below it.
+    pub fn first_at(t: Timestamp) -> String {
+        crate::ids::hex_id("auth_", Self::second(t), 8)
+    }
+
+    /// The second an id is made in, as its first eight hex digits hold it.
+    fn second(t: Timestamp) -> u128 {
+        t.as_second().clamp(0, i64::from(u32::MAX)) as u128
     }
 
     /// The key of any authorization id.

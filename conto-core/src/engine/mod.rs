@@ -365,6 +365,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Engine {
+    /// The least authorization id this engine makes at `t` (its ids begin with `auth_` and the
+    /// second they were made in, in hex): every id it made before `t`'s second sorts below, so
+    /// a store keeping authorizations by id finds the old ones as a range.
+    ///
+    /// ```
+    /// use conto::Engine;
+    /// let t: conto::jiff::Timestamp = "2026-12-02T00:00:00Z".parse()?;
+    /// assert_eq!(Engine::first_id_at(t), "auth_6b0f5f80"); // 1 796 169 600 s
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn first_id_at(t: Timestamp) -> String {
+        IdKey::first_at(t)
+    }
+
     /// How long an approval on `rail` waits for its settlement.
     pub(crate) fn approval_ttl(&self, rail: &Rail) -> SignedDuration {
         self.inner.approval_ttl.unwrap_or_else(|| conto_approval_ttl(rail))

@@ -353,12 +353,18 @@ impl PolicySet {
     /// # Ok::<(), conto::PolicyError>(())
     /// ```
     pub fn from_json(text: &str) -> Result<Self, PolicyError> {
+        Self::from_json_with(text, UnevaluatedRules::Refuse)
+    }
+
+    /// [`PolicySet::from_json`], choosing what a rule type the engine cannot evaluate becomes
+    /// (see [`UnevaluatedRules`]).
+    pub fn from_json_with(text: &str, unevaluated: UnevaluatedRules) -> Result<Self, PolicyError> {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|e| PolicyError::Json {
             line: e.line(),
             column: e.column(),
             message: e.to_string(),
         })?;
-        Self::from_value(value)
+        Self::from_value_with(value, unevaluated)
     }
 
     /// Reads and parses a policy file.
