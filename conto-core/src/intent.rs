@@ -415,7 +415,8 @@ impl Rail {
         Ok(Rail::Card { card_id: None, merchant: merchant.to_owned(), mcc: None })
     }
 
-    fn needs_recipient(&self) -> bool {
+    /// Whether a payment on this rail names its recipient's address (every rail but a card's).
+    pub fn needs_recipient(&self) -> bool {
         !matches!(self, Rail::Card { .. })
     }
 

@@ -19,9 +19,10 @@ use conto_wire::sdk::{BudgetRequest, BudgetRequestBody, BudgetRequests, read_bod
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::rate::Class;
 use crate::sdk::{bad, body_error, caller, reply};
 use crate::store::{Store, StoreError};
-use crate::{ApiError, App, lock, random_hex};
+use crate::{ApiError, App, iso, lock, random_hex};
 
 /// How long a request waits for a human's answer.
 const PENDING_FOR: SignedDuration = SignedDuration::from_hours(24);
@@ -102,7 +103,7 @@ pub(crate) fn gate(store: &Store, agent: &str, amount: Amount, now: Timestamp) -
 /// `POST /api/sdk/budget-request` (`payments:request`): `{amount, purpose, category?,
 /// metadata?}` → `201` and the request, `PENDING`.
 pub(crate) async fn create(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "payments:request", "payments")?;
+    let caller = caller(&app, &headers, "payments:request", Class::Payments)?;
     let body: BudgetRequestBody = read_body(&body).map_err(body_error)?;
     let amount = body.amount.ok_or_else(|| bad("VALIDATION_ERROR", "`amount` is required"))?;
     let blank = |name: &str| bad("VALIDATION_ERROR", format!("`{name}` must be a non-empty string"));
@@ -137,8 +138,8 @@ pub(crate) async fn create(State(app): State<Arc<App>>, headers: HeaderMap, body
         approved_amount: None,
         current_spend: None,
         remaining: None,
-        created_at: now.to_string(),
-        expires_at: now.saturating_add(PENDING_FOR).unwrap_or(now).to_string(),
+        created_at: iso(now),
+        expires_at: iso(now.saturating_add(PENDING_FOR).unwrap_or(now)),
         approved_at: None,
         reviewed_at: None,
         rejection_reason: None,
@@ -184,7 +185,7 @@ pub(crate) async fn list(
     headers: HeaderMap,
     query: axum::extract::Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "payments:request", "reads")?;
+    let caller = caller(&app, &headers, "payments:request", Class::Reads)?;
     let found = listed(&lock(&app.store), Some(&caller.agent), &query, Timestamp::now())?;
     match &query.id {
         Some(id) => one(found, id),
@@ -198,7 +199,7 @@ pub(crate) async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "payments:request", "reads")?;
+    let caller = caller(&app, &headers, "payments:request", Class::Reads)?;
     let query = ListQuery { id: Some(id.clone()), status: None, agent_id: None };
     one(listed(&lock(&app.store), Some(&caller.agent), &query, Timestamp::now())?, &id)
 }
@@ -262,7 +263,7 @@ pub(crate) async fn decide(
         return Err(bad("INVALID_STATUS", format!("budget request `{id}` is {}", current.status)));
     }
     let mut request = request;
-    request.reviewed_at = Some(now.to_string());
+    request.reviewed_at = Some(iso(now));
     if approve {
         let approved = answer.approved_amount.unwrap_or(request.amount);
         let hours = answer.window_hours.unwrap_or(DEFAULT_WINDOW_HOURS);
@@ -271,8 +272,8 @@ pub(crate) async fn decide(
         }
         request.status = "APPROVED".into();
         request.approved_amount = Some(approved);
-        request.approved_at = Some(now.to_string());
-        request.expires_at = now.saturating_add(SignedDuration::from_hours(hours)).unwrap_or(now).to_string();
+        request.approved_at = Some(iso(now));
+        request.expires_at = iso(now.saturating_add(SignedDuration::from_hours(hours)).unwrap_or(now));
     } else {
         request.status = "REJECTED".into();
         request.rejection_reason = answer.reason.filter(|r| !r.trim().is_empty());

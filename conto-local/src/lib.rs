@@ -21,9 +21,14 @@
 //!   as Conto's agent skill reads them; every error, unknown routes and wrong methods included,
 //!   has a JSON body `{"error", "code", "message"}`.
 //! - Rate limits: a sliding minute per agent, payments and reads counted apart (reads get twice
-//!   the payment limit). Every SDK answer to a known key (expired, lacking the scope, or limited:
-//!   errors and `429` included) carries `X-RateLimit-Remaining` and `X-RateLimit-Reset` (RFC
-//!   3339); a `429` adds `Retry-After`, in whole seconds rounded up.
+//!   the payment limit), and one for the org key (100 a minute, Conto's dashboard limit;
+//!   `--org-rate-limit`). Every answer carries `X-RateLimit-Remaining` and `X-RateLimit-Reset`,
+//!   as Conto documents: the caller's window once its key is known (an expired key's, a missing
+//!   scope's and a `429` included; a refused key is not counted); an answer to no key, an
+//!   unknown one or an unknown route names an untouched window (the whole payment limit, reset
+//!   now), never an agent's. A `429` adds `Retry-After`, in whole seconds rounded up.
+//! - Times are written as Conto writes them (JavaScript's `toISOString`): UTC to the
+//!   millisecond, `2025-03-19T12:10:00.000Z`.
 //! - x402/MPP pre-authorizations return an `authorizationId`; records that carry it settle that
 //!   reservation (each endpoint settles only its own flow's approvals). An approved one names
 //!   its `wallet` (`id`, `address`, `chainId`, `custodyType`, `availableBalance`): the agent's
@@ -49,7 +54,8 @@
 //!   for all).
 //! - A confirm after the approval expired is `400 EXPIRED`, as Conto documents; the spend is not
 //!   counted.
-//! - Pending human approvals are listed by `GET /api/sdk/approval-requests`; an approved entry
+//! - Pending human approvals are listed by `GET /api/sdk/approval-requests` (newest first;
+//!   `limit` keeps that many, `type=payment` is every one, any other type none); an approved entry
 //!   carries `approvalId`, `approvalToken` and `expiresAt`, and is listed `EXPIRED` once that
 //!   has passed (as a pending one is). Every approval token and SDK key is stored hashed (the
 //!   org key is never stored); the token of a human-approved request (and of an approval a
@@ -94,7 +100,9 @@
 //! - `POST /api/sdk/payments/request` answers 2xx with a `requestId` whatever the decision
 //!   (`APPROVED`, `DENIED`, `REQUIRES_APPROVAL` with `approvalRequestId`), decided on the
 //!   `request` rail (every rail-independent rule applies). `GET
-//!   /api/sdk/payments/{requestId}` follows a human's answer. `POST .../execute` is
+//!   /api/sdk/payments/{requestId}` follows a human's answer. `POST .../execute` refuses by the
+//!   request's state in Conto's codes (`404 NOT_FOUND`; `400 INVALID_STATUS` when not approved
+//!   or already paid; `400 EXPIRED` when its approval lapsed) and a live approved request with
 //!   `400 EXTERNAL_WALLET` (Conto's answer for a wallet it does not hold): conto-local holds
 //!   no Conto-managed wallet. For the same
 //!   reason an approved request with `autoExecute: true` is answered `APPROVED` with
@@ -117,6 +125,9 @@
 //!   agent's policies (one it creates without `agentIds` is assigned to its agent) and never
 //!   another agent's (`403`); any agent key reads only the policies that apply to its agent.
 //!   A preloaded policy file keeps the file format's meaning: no `agentIds` = every agent.
+//!   A policy is shown with Conto's defaults where it was sent without them (`isActive: true`,
+//!   `priority: 50`) and its assignments also as `agentPolicies: [{agentId, policyId}]`; new
+//!   `agentIds` replace the assignment whole.
 //! - A wallet delegation (`POST /api/agents/{id}/wallets`) binds its agent to its spend limits
 //!   and to its `allowedHoursStart`/`allowedHoursEnd` (whole hours, UTC: Conto's docs name no
 //!   zone) and `allowedDays`; `0` to `24` and all seven days restrict nothing.
@@ -129,6 +140,7 @@
 mod budget;
 pub mod env_file;
 mod org;
+mod rate;
 mod sdk;
 mod store;
 
@@ -167,6 +179,8 @@ pub struct Config {
     pub org_key: Option<String>,
     /// Requests per minute per agent on payment endpoints (reads get twice as many). Default 60.
     pub rate_limit: u32,
+    /// Requests per minute on the org key's endpoints. Default 100, Conto's dashboard limit.
+    pub org_rate_limit: u32,
     /// How long an approval waits for its confirm, on every rail. Default (`None`): Conto's
     /// lifetimes, 10 minutes for transfers, x402 and MPP, 5 minutes for payment requests and
     /// cards.
@@ -175,7 +189,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { port: 3006, db: None, org_key: None, rate_limit: 60, approval_ttl: None }
+        Self { port: 3006, db: None, org_key: None, rate_limit: 60, org_rate_limit: 100, approval_ttl: None }
     }
 }
 
@@ -227,7 +241,8 @@ pub(crate) struct App {
     engine: Engine,
     org_key: SecretString,
     rate_limit: u32,
-    rate: Mutex<HashMap<(String, &'static str), VecDeque<Instant>>>,
+    org_rate_limit: u32,
+    rate: Mutex<HashMap<(String, rate::Class), VecDeque<Instant>>>,
     /// Approval tokens in clear, for the answers that must carry them again (a human-approved
     /// request, by request id; a replayed authorize, by its idempotency slot): kept in memory
     /// only (the store keeps their hash), so a restart voids them.
@@ -273,12 +288,13 @@ impl Tokens {
 
 impl App {
     /// The server's state over `store` and `engine`, with no request seen yet.
-    fn new(store: Store, engine: Engine, org_key: SecretString, rate_limit: u32) -> Self {
+    fn new(store: Store, engine: Engine, org_key: SecretString, (rate_limit, org_rate_limit): (u32, u32)) -> Self {
         App {
             store: Mutex::new(store),
             engine,
             org_key,
             rate_limit: rate_limit.max(1),
+            org_rate_limit: org_rate_limit.max(1),
             rate: Mutex::new(HashMap::new()),
             approval_tokens: Mutex::new(Tokens::default()),
         }
@@ -362,7 +378,16 @@ impl Running {
 pub(crate) const ORGANIZATION_ID: &str = "org_local";
 
 pub(crate) fn now_text() -> String {
-    Timestamp::now().to_string()
+    iso(Timestamp::now())
+}
+
+/// A time as Conto writes it (JavaScript's `toISOString`): UTC to the millisecond, with `Z`
+/// (`2025-03-19T12:10:00.000Z`). Every time conto-local answers or stores is written so: one
+/// fixed width, which strict ISO-8601 readers take and which sorts as text in time order.
+pub(crate) fn iso(t: Timestamp) -> String {
+    static PRINTER: conto_core::jiff::fmt::temporal::DateTimePrinter =
+        conto_core::jiff::fmt::temporal::DateTimePrinter::new().precision(Some(3));
+    PRINTER.timestamp_to_string(&t)
 }
 
 /// `n` random bytes as lower-case hex.
@@ -377,7 +402,7 @@ pub async fn start(config: Config) -> Result<Running, LocalError> {
     let engine = Engine::builder().approval_ttl(config.approval_ttl).build();
     restore(&store, &engine)?;
     let org_key = SecretString::from(config.org_key.clone().unwrap_or_else(|| format!("conto_org_{}", random_hex(32))));
-    let app = Arc::new(App::new(store, engine, org_key.clone(), config.rate_limit));
+    let app = Arc::new(App::new(store, engine, org_key.clone(), (config.rate_limit, config.org_rate_limit)));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
         .await
         .map_err(|e| LocalError::Bind { port: config.port, message: e.to_string() })?;
@@ -514,6 +539,7 @@ fn router(app: Arc<App>) -> Router {
         })
         .layer(axum::middleware::from_fn(server_timing))
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), rate::headers))
         .with_state(app)
 }
 
@@ -582,7 +608,7 @@ pub(crate) fn org(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     }
     if bool::from(given.as_bytes().ct_eq(app.org_key.expose_secret().as_bytes())) && !given.is_empty() {
-        Ok(())
+        rate::take(app, rate::ORG, rate::Class::Org, true)
     } else {
         Err(ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "missing or invalid org API key"))
     }
@@ -606,6 +632,7 @@ fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<PolicyCa
     // An admin key may do what a reading key may.
     let allowed = record.key_type == "admin" || (!write && record.scopes.iter().any(|s| s == "policies:read"));
     if allowed {
+        rate::take(app, &record.agent_id, rate::Class::Reads, true)?;
         Ok(PolicyCaller::Agent(record.agent_id))
     } else {
         Err(ApiError::new(
@@ -999,9 +1026,26 @@ fn issue_key(
     let key = format!("conto_agent_{}", random_hex(32));
     let id = format!("key_{}", random_hex(8));
     let expires_at =
-        Timestamp::now().saturating_add(SignedDuration::from_hours(24 * days)).unwrap_or(Timestamp::MAX).to_string();
+        iso(Timestamp::now().saturating_add(SignedDuration::from_hours(24 * days)).unwrap_or(Timestamp::MAX));
     store.add_key(&id, agent_id, &key, name, key_type, scopes, &expires_at, &now_text())?;
     Ok((id, key, expires_at))
+}
+
+/// A policy as the org API shows it: Conto's defaults filled in where the stored document
+/// leaves them out (`isActive: true`, `priority: 50`), and its assignments also in the list
+/// view's long form, `agentPolicies: [{agentId, policyId}]` (conto-api.md §7.1). The stored
+/// document is left as sent.
+pub(crate) fn shown(mut doc: Policy) -> Policy {
+    doc.is_active.get_or_insert(Value::Bool(true));
+    doc.priority.get_or_insert(Value::from(50));
+    if doc.agent_policies.is_none() {
+        let links = doc.agent_ids.iter().flatten().map(|agent| conto_wire::org::AgentLink {
+            agent_id: Some(agent.clone()),
+            extra: doc.id.iter().map(|id| ("policyId".to_owned(), Value::String(id.clone()))).collect(),
+        });
+        doc.agent_policies = Some(links.collect());
+    }
+    doc
 }
 
 async fn create_policy(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -1011,14 +1055,14 @@ async fn create_policy(State(app): State<Arc<App>>, headers: HeaderMap, body: By
     let id = format!("pol_{}", random_hex(8));
     let store = lock(&app.store);
     let doc = save_policy(&app, &store, &id, doc)?;
-    Ok((StatusCode::CREATED, axum::Json(doc)).into_response())
+    Ok((StatusCode::CREATED, axum::Json(shown(doc))).into_response())
 }
 
 async fn list_policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = policy_access(&app, &headers, false)?;
     let all = lock(&app.store).policies()?;
     // An agent's key sees the policies that apply to its agent, never other agents'.
-    let visible = all.into_iter().filter(|p| caller.sees(p)).collect();
+    let visible = all.into_iter().filter(|p| caller.sees(p)).map(shown).collect();
     Ok(axum::Json(Policies::new(visible)).into_response())
 }
 
@@ -1040,7 +1084,7 @@ async fn get_policy(
     if !caller.sees(&doc) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no policy `{id}`")));
     }
-    Ok(axum::Json(doc).into_response())
+    Ok(axum::Json(shown(doc)).into_response())
 }
 
 /// `PATCH /api/policies/{id}`: the fields given replace the stored ones (`agentIds` assigns).
@@ -1073,14 +1117,20 @@ async fn patch_policy(
     merged.policy_type = policy_type.or(doc.policy_type);
     merged.priority = priority.or(doc.priority);
     merged.is_active = is_active.or(doc.is_active);
+    // New `agentIds` replace the assignment whole: long-form links sent back from a read
+    // (`agentPolicies`) are dropped unless sent with them.
+    if agent_ids.is_some() {
+        merged.agent_policies = agent_policies;
+    } else {
+        merged.agent_policies = agent_policies.or(doc.agent_policies);
+    }
     merged.agent_ids = agent_ids.or(doc.agent_ids);
-    merged.agent_policies = agent_policies.or(doc.agent_policies);
     merged.scope = scope.or(doc.scope);
     merged.timezone = timezone.or(doc.timezone);
     merged.rules = rules.or(doc.rules);
     merged.extra.extend(extra);
     caller.may_change(&merged)?;
-    Ok(axum::Json(save_policy(&app, &store, &id, merged)?).into_response())
+    Ok(axum::Json(shown(save_policy(&app, &store, &id, merged)?)).into_response())
 }
 
 async fn delete_policy(

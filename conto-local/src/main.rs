@@ -32,6 +32,9 @@ struct Cli {
     /// Requests per minute per agent on payment endpoints.
     #[arg(long, default_value_t = 60)]
     rate_limit: u32,
+    /// Requests per minute on the org key's endpoints (Conto's dashboard limit).
+    #[arg(long, default_value_t = 100)]
+    org_rate_limit: u32,
     /// Where the URL, org key, agent and its new SDK key are written as `export` lines (mode
     /// 0600) for `source`; keys are never printed.
     #[arg(long, default_value = "conto-local.env")]
@@ -58,6 +61,7 @@ async fn run(cli: Cli) -> Result<(), conto_local::LocalError> {
         db,
         org_key: cli.org_key,
         rate_limit: cli.rate_limit,
+        org_rate_limit: cli.org_rate_limit,
         approval_ttl: cli.approval_ttl_secs.map(|secs| SignedDuration::from_secs(secs.max(1))),
     })
     .await?;

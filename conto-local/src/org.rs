@@ -206,7 +206,7 @@ async fn agent_policies(
         .policies()?
         .into_iter()
         .filter(|p| p.assigned().any(|a| a == agent_id))
-        .map(|policy| AssignedPolicy { policy_id: policy.id.clone(), policy })
+        .map(|policy| AssignedPolicy { policy_id: policy.id.clone(), policy: crate::shown(policy) })
         .collect();
     Ok(axum::Json(AssignedPolicies { policies }).into_response())
 }

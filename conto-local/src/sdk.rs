@@ -2,12 +2,11 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use conto_core::jiff::Timestamp;
@@ -23,8 +22,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
+use crate::rate::Class;
 use crate::store::{ApprovalRecord, RequestRecord, Store, hash};
-use crate::{ApiError, App, lock, now_text, random_hex};
+use crate::{ApiError, App, iso, lock, now_text, random_hex};
 
 pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -51,33 +51,9 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/api/sdk/budget-request", post(crate::budget::create).get(crate::budget::list))
         .route("/api/sdk/budget-request/{id}", get(crate::budget::get))
         .route("/api/sdk/setup", get(setup))
-        .layer(axum::middleware::from_fn(rate_limit_headers))
 }
 
-tokio::task_local! {
-    /// The caller's rate-limit window as `caller` last counted it for this request.
-    static RATE: std::cell::Cell<Option<(u32, Timestamp)>>;
-}
-
-/// `X-RateLimit-Remaining` and `X-RateLimit-Reset` on every answer to an identified agent,
-/// errors and `429` included (Conto sends them on every response); an answer to a request
-/// whose key is unknown carries none.
-async fn rate_limit_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    RATE.scope(std::cell::Cell::new(None), async move {
-        let mut resp = next.run(req).await;
-        if let Some((remaining, reset)) = RATE.with(std::cell::Cell::get) {
-            let h = resp.headers_mut();
-            h.insert("x-ratelimit-remaining", remaining.into());
-            if let Ok(v) = HeaderValue::from_str(&reset.to_string()) {
-                h.insert("x-ratelimit-reset", v);
-            }
-        }
-        resp
-    })
-    .await
-}
-
-/// The authenticated agent (its rate-limit window is left in `RATE` for the answer's headers).
+/// The authenticated agent (its rate-limit window is left for the answer's headers).
 pub(crate) struct Caller {
     pub(crate) agent: String,
     /// The calling key's type (`standard`, `admin`).
@@ -90,7 +66,7 @@ pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
-pub(crate) fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'static str) -> Result<Caller, ApiError> {
+pub(crate) fn caller(app: &App, headers: &HeaderMap, scope: &str, class: Class) -> Result<Caller, ApiError> {
     let key = crate::bearer(headers).ok_or_else(|| {
         ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "missing `Authorization: Bearer <sdk key>`")
     })?;
@@ -104,25 +80,8 @@ pub(crate) fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'stati
     let record = lock(&app.store)
         .key(key)?
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "invalid SDK key"))?;
-    // Sliding one-minute window per agent and class. The key is known: its window is named in
-    // the answer's headers, an expired key's and a missing scope's refusals included.
-    let limit = if class == "reads" { app.rate_limit * 2 } else { app.rate_limit };
-    let now = Instant::now();
-    let mut rate = lock(&app.rate);
-    let window = rate.entry((record.agent_id.clone(), class)).or_default();
-    while window.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
-        window.pop_front();
-    }
-    let oldest_left = |w: &std::collections::VecDeque<Instant>| {
-        w.front().map_or(Duration::ZERO, |t| Duration::from_secs(60).saturating_sub(now.duration_since(*t)))
-    };
-    let reset_after = |w: &std::collections::VecDeque<Instant>| {
-        Timestamp::now()
-            .checked_add(conto_core::jiff::SignedDuration::try_from(oldest_left(w)).unwrap_or_default())
-            .unwrap_or(Timestamp::now())
-    };
-    // An expired key or a missing scope is refused with the window's headers, and not counted
-    // in it: a key that cannot pay never uses up its agent's limit.
+    // An expired key or a missing scope is refused with its agent's window in the answer's
+    // headers, and not counted in it: a key that cannot pay never uses up its agent's limit.
     let refused = if record.expired() {
         Some(ApiError::new(StatusCode::UNAUTHORIZED, "EXPIRED_KEY", "the SDK key has expired"))
     } else if !record.scopes.iter().any(|s| s == scope) {
@@ -130,31 +89,15 @@ pub(crate) fn caller(app: &App, headers: &HeaderMap, scope: &str, class: &'stati
     } else {
         None
     };
+    crate::rate::take(app, &record.agent_id, class, refused.is_none())?;
     if let Some(refused) = refused {
-        let remaining = limit.saturating_sub(window.len() as u32);
-        let _ = RATE.try_with(|r| r.set(Some((remaining, reset_after(window)))));
         return Err(refused);
     }
-    if window.len() as u32 >= limit {
-        let _ = RATE.try_with(|r| r.set(Some((0, reset_after(window)))));
-        // Whole seconds, rounded up: a retry after `Retry-After` finds the oldest request gone.
-        let left = oldest_left(window);
-        let wait = (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1);
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
-            format!("rate limit of {limit} requests per minute exceeded"),
-        );
-        e.retry_after = Some(wait);
-        return Err(e);
-    }
-    window.push_back(now);
-    let _ = RATE.try_with(|r| r.set(Some((limit - window.len() as u32, reset_after(window)))));
     Ok(Caller { agent: record.agent_id, key_type: record.key_type, scopes: record.scopes })
 }
 
 pub(crate) fn reply(status: StatusCode, body: impl Serialize) -> Response {
-    // The rate-limit headers are added by `rate_limit_headers`, to errors as to answers.
+    // The rate-limit headers are added by `rate::headers`, to errors as to answers.
     (status, axum::Json(body)).into_response()
 }
 
@@ -347,7 +290,7 @@ fn decide(
             let token = a.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned());
             let mut body = DecisionBody {
                 amount: Some(a.amount),
-                expires_at: Some(a.expires_at.to_string()),
+                expires_at: Some(iso(a.expires_at)),
                 limits: Some(a.limits.clone()),
                 ..DecisionBody::default()
             };
@@ -417,13 +360,13 @@ fn decide(
                 status: "PENDING".into(),
                 approval_id: None,
                 approval_token: None,
-                expires_at: p.expires_at.to_string(),
+                expires_at: iso(p.expires_at),
             })?;
             let mut body = DecisionBody {
                 requires_human_approval: Some(true),
                 status: Some("REQUIRES_APPROVAL".into()),
                 approval_request_id: Some(p.approval_request_id.clone()),
-                expires_at: Some(p.expires_at.to_string()),
+                expires_at: Some(iso(p.expires_at)),
                 reasons: p.reasons.clone(),
                 ..DecisionBody::default()
             };
@@ -494,7 +437,7 @@ fn paying_wallet(store: &Store, agent: &str, kind: Kind) -> Result<PayingWallet,
 }
 
 async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, kind.authorize_scope(), "payments")?;
+    let caller = caller(&app, &headers, kind.authorize_scope(), Class::Payments)?;
     let body = payment_body(&body)?;
     let (status, out) = once(&app, &caller, kind.authorize_path(), &headers, &body, |store| {
         let intent = intent_from(&caller.agent, &body, kind)?;
@@ -535,13 +478,23 @@ async fn payment_request_status(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, Kind::Request.authorize_scope(), "reads")?;
+    let caller = caller(&app, &headers, Kind::Request.authorize_scope(), Class::Reads)?;
+    Ok(reply(StatusCode::OK, request_now(&app, id, &caller.agent)?))
+}
+
+/// A payment request of `agent` as it stands now: its status follows a human's answer
+/// (`APPROVED` with the approval's id, `DENIED` when rejected or left to lapse).
+fn request_now(app: &App, id: String, agent: &str) -> Result<DecisionBody, ApiError> {
     let (mut status, approval_request_id, reasons) = lock(&app.store)
-        .payment_request(&id, &caller.agent)?
+        .payment_request(&id, agent)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no payment request `{id}`")))?;
-    let mut body = DecisionBody { request_id: Some(id), reasons, ..DecisionBody::default() };
+    let mut body = DecisionBody { reasons, ..DecisionBody::default() };
+    if status == "APPROVED" {
+        // Approved when asked: the request's id is its approval's.
+        body.approval_id = Some(id.clone());
+    }
     if let Some(apr) = &approval_request_id {
-        let request = lock(&app.store).request(apr)?.filter(|r| r.agent_id == caller.agent);
+        let request = lock(&app.store).request(apr)?.filter(|r| r.agent_id == agent);
         if let Some(r) = request {
             let expired = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now());
             status = match r.status.as_str() {
@@ -555,23 +508,46 @@ async fn payment_request_status(
             };
         }
     }
+    body.request_id = Some(id);
     body.approval_request_id = approval_request_id;
     body.status = Some(status);
-    Ok(reply(StatusCode::OK, body))
+    Ok(body)
 }
 
-/// `POST /api/sdk/payments/{requestId}/execute`: Conto executes from a Conto-managed wallet;
-/// conto-local holds none (every wallet is the app's own, external to it) and answers as Conto
-/// does for an external wallet, `400 EXTERNAL_WALLET`, instead of faking a payment.
+/// `POST /api/sdk/payments/{requestId}/execute`: Conto executes an approved request from a
+/// Conto-managed wallet. Its refusals come in Conto's order: an unknown request is `404
+/// NOT_FOUND`; one not approved (denied, waiting for a human) or already paid is `400
+/// INVALID_STATUS`; one whose approval lapsed is `400 EXPIRED`. conto-local holds no managed
+/// wallet (every wallet is the app's own, external to it), so a live approved request is
+/// answered as Conto answers for an external wallet, `400 EXTERNAL_WALLET`, instead of faking
+/// a payment: the app pays it and confirms it (`/payments/{id}/confirm`).
 async fn execute_payment(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "payments:execute", "payments")?;
-    lock(&app.store)
-        .payment_request(&id, &caller.agent)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no payment request `{id}`")))?;
+    let caller = caller(&app, &headers, "payments:execute", Class::Payments)?;
+    let request = request_now(&app, id, &caller.agent)?;
+    let (status, id) = (request.status.unwrap_or_default(), request.request_id.unwrap_or_default());
+    let approval = match (status.as_str(), &request.approval_id) {
+        ("APPROVED", Some(approval)) => lock(&app.store).approval(approval)?,
+        _ => None,
+    };
+    let Some(approval) = approval else {
+        return Err(bad(
+            "INVALID_STATUS",
+            format!("payment request `{id}` is {status}; only an APPROVED one executes"),
+        ));
+    };
+    if approval.state == "recorded" {
+        return Err(bad("INVALID_STATUS", format!("payment request `{id}` was already paid")));
+    }
+    if approval.expired() {
+        return Err(bad(
+            "EXPIRED",
+            format!("EXPIRED: payment request `{id}`'s approval lapsed at {}; ask again", approval.expires_at),
+        ));
+    }
     // Conto's answer to `/execute` on a wallet it does not hold (conto-api.md §2, §8).
     Err(ApiError::new(StatusCode::BAD_REQUEST, "EXTERNAL_WALLET", NO_MANAGED_WALLET))
 }
@@ -710,7 +686,7 @@ async fn confirm_transfer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, Kind::Transfer.record_scope(), "payments")?;
+    let caller = caller(&app, &headers, Kind::Transfer.record_scope(), Class::Payments)?;
     let body = payment_body(&body)?;
     let endpoint = Kind::Transfer.record_path(&id).unwrap_or_default();
     let (status, out) = once(&app, &caller, &endpoint, &headers, &body, |store| {
@@ -754,7 +730,7 @@ async fn confirm_card(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, Kind::Card.record_scope(), "payments")?;
+    let caller = caller(&app, &headers, Kind::Card.record_scope(), Class::Payments)?;
     let body = payment_body(&body)?;
     let endpoint = Kind::Card.record_path(&id).unwrap_or_default();
     let (status, out) = once(&app, &caller, &endpoint, &headers, &body, |store| {
@@ -926,7 +902,7 @@ fn matching_preauthorization(
 }
 
 async fn record(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, kind.record_scope(), "payments")?;
+    let caller = caller(&app, &headers, kind.record_scope(), Class::Payments)?;
     let body = payment_body(&body)?;
     let endpoint = kind.record_path("").unwrap_or_default();
     let (status, out) = once(&app, &caller, &endpoint, &headers, &body, |store| {
@@ -973,7 +949,7 @@ async fn record_mpp(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
 
 /// `GET /api/sdk/policies`: the policies that apply to the calling agent.
 async fn policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "policies:read", "reads")?;
+    let caller = caller(&app, &headers, "policies:read", Class::Reads)?;
     Ok(reply(StatusCode::OK, Policies::new(agent_policies(&lock(&app.store), &caller.agent)?)))
 }
 
@@ -1004,11 +980,38 @@ fn request_entry(
     }
 }
 
-async fn approval_requests(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "payments:request", "reads")?;
+/// `GET /api/sdk/approval-requests?type=&limit=` query.
+#[derive(serde::Deserialize)]
+struct ApprovalQuery {
+    /// `payment`: every approval request conto-local makes is one; any other type lists none.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// At most this many, newest first.
+    limit: Option<String>,
+}
+
+/// `GET /api/sdk/approval-requests?type=payment&limit=100`: the agent's approval requests,
+/// newest first.
+async fn approval_requests(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<ApprovalQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = caller(&app, &headers, "payments:request", Class::Reads)?;
+    let axum::extract::Query(query) = query.map_err(|e| bad("VALIDATION_ERROR", e.body_text()))?;
+    let limit =
+        match query.limit.as_deref() {
+            None => usize::MAX,
+            Some(text) => text.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                bad("VALIDATION_ERROR", format!("`limit` must be a positive whole number, not `{text}`"))
+            })?,
+        };
+    let payments = query.kind.as_deref().is_none_or(|t| t.eq_ignore_ascii_case("payment"));
     let now = Timestamp::now();
     let store = lock(&app.store);
-    let requests = store.requests(Some(&caller.agent))?;
+    let mut requests = if payments { store.requests(Some(&caller.agent))? } else { Vec::new() };
+    requests.reverse();
+    requests.truncate(limit);
     let payment_requests = store.payment_requests_by_approval(&caller.agent)?;
     let tokens = lock(&app.approval_tokens);
     let list = requests
@@ -1046,14 +1049,14 @@ async fn mpp_services(State(app): State<Arc<App>>, headers: HeaderMap) -> Result
 /// `GET /api/sdk/wallets` (`wallets:read`): the caller's wallet delegations, as the org's
 /// `GET /api/agents/{id}/wallets` lists them.
 async fn wallets(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "wallets:read", "reads")?;
+    let caller = caller(&app, &headers, "wallets:read", Class::Reads)?;
     Ok(reply(StatusCode::OK, crate::org::agent_wallets(&app, &caller.agent)?))
 }
 
 /// `GET /api/sdk/setup` (`agents:read`): the calling agent, its key, wallets and policies, and
 /// whether it can pay (active, with a wallet).
 async fn setup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "agents:read", "reads")?;
+    let caller = caller(&app, &headers, "agents:read", Class::Reads)?;
     let may = |scope: &str| caller.scopes.iter().any(|s| s == scope);
     let delegated = crate::org::agent_wallets(&app, &caller.agent)?.wallets;
     let (row, policies) = {
@@ -1091,7 +1094,7 @@ async fn transactions(
     headers: HeaderMap,
     query: Result<axum::extract::Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "transactions:read", "reads")?;
+    let caller = caller(&app, &headers, "transactions:read", Class::Reads)?;
     let query = read_query(query)?;
     let limit = query_limit(query.limit.as_deref(), 50).map_err(invalid_query)?;
     let rows = lock(&app.store).transactions(&caller.agent, limit)?;
@@ -1162,7 +1165,7 @@ fn machine_spends(app: &App, agent: &str) -> Result<Vec<MachineSpend>, ApiError>
 
 /// The services the caller paid on one rail (x402 or MPP), by service domain.
 fn services(app: &App, headers: &HeaderMap, kind: Kind) -> Result<Response, ApiError> {
-    let caller = caller(app, headers, "analytics:read", "reads")?;
+    let caller = caller(app, headers, "analytics:read", Class::Reads)?;
     let mut services: std::collections::BTreeMap<String, ServiceSpend> = Default::default();
     for spend in machine_spends(app, &caller.agent)?.into_iter().filter(|s| s.rail == kind) {
         let entry = services.entry(spend.service_domain.clone()).or_insert_with(|| ServiceSpend {
@@ -1195,7 +1198,7 @@ async fn spend_summary(
     headers: HeaderMap,
     query: Result<axum::extract::Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "analytics:read", "reads")?;
+    let caller = caller(&app, &headers, "analytics:read", Class::Reads)?;
     let query = read_query(query)?;
     let period = query.period.unwrap_or_else(|| "24h".into());
     let hours = match period.as_str() {
@@ -1251,13 +1254,13 @@ async fn spend_summary(
         protocol,
         organization_id: crate::ORGANIZATION_ID.into(),
         agent_id: caller.agent.clone(),
-        start_date: start.map(|s| s.to_string()),
+        start_date: start.map(iso),
     };
     Ok(reply(StatusCode::OK, SpendSummary { filters, summary: totals, services, alerts: Vec::new() }))
 }
 
 async fn budget(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let caller = caller(&app, &headers, "analytics:read", "reads")?;
+    let caller = caller(&app, &headers, "analytics:read", Class::Reads)?;
     let usage = app.engine.usage(&caller.agent);
     let counters = usage
         .counters
@@ -1266,7 +1269,7 @@ async fn budget(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respo
             period: c.period.to_string(),
             scope: c.scope.to_string(),
             time_zone: c.time_zone.to_string(),
-            since: c.period_start.to_string(),
+            since: iso(c.period_start),
             spent: c.spent.to_string(),
             reserved: c.reserved.to_string(),
         })
@@ -1301,7 +1304,7 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
             request.status = "APPROVED".into();
             request.approval_id = Some(a.id);
             request.approval_token = None;
-            request.expires_at = a.expires_at.to_string();
+            request.expires_at = iso(a.expires_at);
         }
         _ => request.status = "REJECTED".into(),
     }
@@ -1321,7 +1324,7 @@ mod tests {
     fn app() -> App {
         let engine = Engine::builder().build();
         engine.provision("agent-1").unwrap();
-        App::new(Store::open(None).unwrap(), engine, "conto_org_test".to_owned().into(), 100)
+        App::new(Store::open(None).unwrap(), engine, "conto_org_test".to_owned().into(), (100, 100))
     }
 
     fn intent() -> PaymentIntent {

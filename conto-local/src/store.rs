@@ -175,6 +175,11 @@ pub(crate) struct ApprovalRecord {
 }
 
 impl ApprovalRecord {
+    /// Whether it has lapsed.
+    pub fn expired(&self) -> bool {
+        self.expires_at.parse::<conto_core::jiff::Timestamp>().is_ok_and(|t| t <= conto_core::jiff::Timestamp::now())
+    }
+
     /// The row for a fresh approval. Transfer and card approvals get a token, so its hash is
     /// kept (a transfer's confirm must show it; a card's confirm is checked against it when it
     /// sends one); x402 and MPP records carry no token on Conto's wire.
@@ -185,7 +190,7 @@ impl ApprovalRecord {
             token_hash: a.token.as_ref().filter(|_| tokened).map(|t| hash(t.expose_secret())),
             intent: intent_json,
             amount: a.amount.to_string(),
-            expires_at: a.expires_at.to_string(),
+            expires_at: crate::iso(a.expires_at),
             state: "live".into(),
         }
     }

@@ -397,7 +397,11 @@ async fn an_error_answer_to_a_known_agent_carries_the_rate_limit_headers() {
         .await
         .unwrap();
     assert_eq!(bogus.status(), 401);
-    assert!(!bogus.headers().contains_key("x-ratelimit-remaining"));
+    // Conto sends the headers on every response; a key that is not accepted is shown an
+    // untouched window (the whole payment limit, reset now), never the agent's.
+    assert_eq!(remaining(&bogus), "100000", "{:?}", bogus.headers());
+    assert_ne!(remaining(&bogus), remaining(&resp));
+    assert!(bogus.headers().contains_key("x-ratelimit-reset"));
 }
 
 #[tokio::test]

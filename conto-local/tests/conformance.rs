@@ -738,6 +738,7 @@ async fn a_confirm_after_the_approval_lapsed_is_expired_and_counts_nothing() {
         org_key: Some("conto_org_test".into()),
         rate_limit: 100_000,
         approval_ttl: Some(conto_core::jiff::SignedDuration::from_secs(1)),
+        ..Default::default()
     })
     .await
     .unwrap();

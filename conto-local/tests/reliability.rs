@@ -33,7 +33,7 @@ async fn start_on(port: u16, db: PathBuf) -> conto_local::Running {
         db: Some(db),
         org_key: Some("conto_org_rel".into()),
         rate_limit: 1_000_000,
-        approval_ttl: None,
+        ..Default::default()
     })
     .await
     .unwrap()

@@ -402,8 +402,14 @@ impl PaymentBody {
             },
             Kind::Request => Rail::Request { wallet_id: given(&self.wallet_id) },
         };
+        let recipient = given(&self.recipient_address);
+        if recipient.is_none() && rail.needs_recipient() {
+            // Missing, as a missing amount is: the field named, `VALIDATION_ERROR` (a
+            // malformed address is `INVALID_ADDRESS`).
+            return Err(BodyError::required("recipientAddress"));
+        }
         let mut b = PaymentIntent::builder(agent, amount, rail);
-        if let Some(r) = given(&self.recipient_address) {
+        if let Some(r) = recipient {
             b = b.recipient(r);
         }
         if let Some(v) = given(&self.recipient_name) {

@@ -21,7 +21,7 @@ pub async fn start(db: Option<PathBuf>, org_key: &str) -> Running {
         db,
         org_key: Some(org_key.to_owned()),
         rate_limit: 100_000,
-        approval_ttl: None,
+        ..Default::default()
     })
     .await
     .expect("conto-local starts")
