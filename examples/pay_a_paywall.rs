@@ -71,7 +71,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("GET /report (0.25 USDC):");
     let report = client.get(format!("{base}/report")).send().await?;
-    println!("  {} {}", report.status(), report.text().await?);
+    let paid = report.status();
+    println!("  {} {}", paid, report.text().await?);
 
     println!("GET /premium (2 USDC, above the 1 per payment the policy allows):");
     match client.get(format!("{base}/premium")).send().await {
@@ -79,8 +80,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(PaymentError::Refused(rejection)) => println!("  refused, the wallet was not asked: {rejection}"),
             _ => return Err(e.into()),
         },
-        Ok(r) => println!("  unexpected: {}", r.status()),
+        Ok(r) => return Err(format!("/premium was answered {}, not refused before the wallet", r.status()).into()),
     }
-    println!("the wallet signed {} payment(s)", signed.load(Ordering::SeqCst));
+    let signatures = signed.load(Ordering::SeqCst);
+    println!("the wallet signed {signatures} payment(s)");
+    // The example checks itself: one payment made, the other refused before the wallet.
+    if paid != reqwest::StatusCode::OK || signatures != 1 {
+        return Err(format!("expected /report paid (200) and one signature; got {paid} and {signatures}").into());
+    }
     Ok(())
 }

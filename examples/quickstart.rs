@@ -124,41 +124,58 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("conto-rs quickstart: policies/example.json on the embedded engine, clock at 2026-06-10T12:00Z\n");
     println!("{:<3} {:<40} {:<7} outcome", "#", "request (as agent-1)", "status");
     let client = reqwest::Client::new();
+    // Each step with the status it must get: the quickstart checks itself, and exits with an
+    // error naming any step that went otherwise.
     let script = [
-        ("alpha", "2.00"), // approved; alpha settles 0.20 less than quoted
-        ("alpha", "7.50"), // over the per-action limit
-        ("gamma", "1.00"), // provider not on the allowlist
-        ("beta", "4.50"),  // above the human-review threshold
-        ("beta", "3.00"),  // approved
-        ("alpha", "3.00"), // approved
-        ("alpha", "3.00"), // approved
-        ("alpha", "3.00"), // daily budget exhausted
+        ("alpha", "2.00", 200), // approved; alpha settles 0.20 less than quoted
+        ("alpha", "7.50", 403), // over the per-action limit
+        ("gamma", "1.00", 403), // provider not on the allowlist
+        ("beta", "4.50", 202),  // above the human-review threshold
+        ("beta", "3.00", 200),  // approved
+        ("alpha", "3.00", 200), // approved
+        ("alpha", "3.00", 200), // approved
+        ("alpha", "3.00", 403), // daily budget exhausted
     ];
+    let mut surprises = Vec::new();
+    let mut expect = |n: usize, got: u16, wanted: u16| {
+        if got != wanted {
+            surprises.push(format!("step {n}: status {got}, expected {wanted}"));
+        }
+    };
     let mut n = 0;
-    for (provider, price) in script {
+    for (provider, price, wanted) in script {
         n += 1;
         let path = format!("/search/{provider}?price={price}");
         let resp = client.get(format!("{base}{path}")).bearer_auth("demo-token-agent-1").send().await?;
-        print_outcome(n, &format!("GET {path}"), resp).await?;
+        expect(n, print_outcome(n, &format!("GET {path}"), resp).await?, wanted);
     }
     clock.set("2026-06-11T02:30:00Z".parse()?);
     n += 1;
     let path = "/search/alpha?price=1.00";
     let resp = client.get(format!("{base}{path}")).bearer_auth("demo-token-agent-1").send().await?;
-    print_outcome(n, &format!("GET {path} at 02:30"), resp).await?;
+    expect(n, print_outcome(n, &format!("GET {path} at 02:30"), resp).await?, 403);
     clock.set("2026-06-11T09:00:00Z".parse()?);
     let path = format!("{base}/search/beta?price=1.00");
     let resp = client.get(&path).header("x-conto-actor", "agent-2").send().await?;
-    print_outcome(n + 1, "unauthenticated, claims x-conto-actor", resp).await?;
+    expect(n + 1, print_outcome(n + 1, "unauthenticated, claims x-conto-actor", resp).await?, 401);
     let resp = client.get(&path).bearer_auth("demo-token-mallory").send().await?;
-    print_outcome(n + 2, "as mallory (not provisioned)", resp).await?;
+    expect(n + 2, print_outcome(n + 2, "as mallory (not provisioned)", resp).await?, 403);
 
     println!("\n#[paid_action] on a settlement function (actor agent-2):");
     let treasury = Treasury { conto };
-    for amount in [Decimal::new(300, 2), Decimal::new(600, 2)] {
-        match treasury.pay_invoice(BETA, amount).await {
-            Ok(tx) => println!("    pay_invoice({amount}) -> settled, tx 0x…{}", &tx[tx.len() - 10..]),
-            Err(PayError::Refused(r)) => println!("    pay_invoice({amount}) -> refused, body never ran: {r}"),
+    for (amount, settles) in [(Decimal::new(300, 2), true), (Decimal::new(600, 2), false)] {
+        let settled = match treasury.pay_invoice(BETA, amount).await {
+            Ok(tx) => {
+                println!("    pay_invoice({amount}) -> settled, tx 0x…{}", &tx[tx.len() - 10..]);
+                true
+            }
+            Err(PayError::Refused(r)) => {
+                println!("    pay_invoice({amount}) -> refused, body never ran: {r}");
+                false
+            }
+        };
+        if settled != settles {
+            surprises.push(format!("pay_invoice({amount}): settled {settled}, expected {settles}"));
         }
     }
 
@@ -182,10 +199,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             s.approved, s.recorded, s.total_spent, s.released, s.expired
         );
     }
-    Ok(())
+    let spent = |actor| engine.usage(actor).stats.total_spent;
+    if (spent("agent-1"), spent("agent-2")) != (Decimal::new(104, 1), Decimal::new(3, 0)) {
+        surprises.push(format!("ledger: spent {} and {}, expected 10.4 and 3", spent("agent-1"), spent("agent-2")));
+    }
+    if surprises.is_empty() {
+        println!("\nEvery outcome was as expected.");
+        Ok(())
+    } else {
+        Err(format!("the quickstart went otherwise than expected: {}", surprises.join("; ")).into())
+    }
 }
 
-async fn print_outcome(n: usize, request: &str, resp: reqwest::Response) -> Result<(), Box<dyn std::error::Error>> {
+/// Prints a step's outcome; returns its status.
+async fn print_outcome(n: usize, request: &str, resp: reqwest::Response) -> Result<u16, Box<dyn std::error::Error>> {
     let status = resp.status().as_u16();
     let recorded = resp.headers().get(headers::RECORDED_AMOUNT).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let remaining = resp.headers().get(headers::DAILY_REMAINING).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -216,5 +243,5 @@ async fn print_outcome(n: usize, request: &str, resp: reqwest::Response) -> Resu
         }
     };
     println!("{n:<3} {request:<40} {status:<7} {outcome}");
-    Ok(())
+    Ok(status)
 }
