@@ -402,6 +402,12 @@ impl ContoClient {
         match answer.status {
             200..=202 => {}
             403 | 400 if is_decision => {}
+            // Conto's documented denial errors (`403 PAYMENT_DENIED`, `400 POLICY_DENIED`,
+            // `DAILY_LIMIT_EXCEEDED`, …) are the policy's answer, not a failed call: a denial.
+            403 | 400 => match wire::denial_error(&answer.body) {
+                Some(denial) => return Ok(Decision::from_policy(Verdict::Denied(denial))),
+                None => return Err(Self::api_error(&answer)),
+            },
             _ => return Err(Self::api_error(&answer)),
         }
         wire::parse_decision(answer.status, &decision?, intent, Timestamp::now())

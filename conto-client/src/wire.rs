@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
+use conto_wire::ErrorBody;
 use conto_wire::sdk::{DecisionBody, PaymentBody, RecordError, RecordedBody};
 use jiff::{SignedDuration, Timestamp};
 use secrecy::SecretString;
 use serde_json::Value;
 
 use conto_core::AuthorityError;
-use conto_core::{Authorization, Decision, Denial, PendingApproval, Settlement, Verdict};
+use conto_core::{Authorization, Decision, Denial, PendingApproval, Settlement, Verdict, Violation, ViolationType};
 use conto_core::{PaymentIntent, Rail};
 
 /// How long a pending human approval that states no expiry is followed.
@@ -29,6 +30,36 @@ pub(crate) fn decision_body(status: u16, body: &Value) -> Result<DecisionBody, A
     }
     <DecisionBody as serde::Deserialize>::deserialize(body)
         .map_err(|e| invalid(format!("HTTP {status}: malformed decision: {e}")))
+}
+
+/// A denial Conto answered as an error (conto-api.md §8): `403 PAYMENT_DENIED` ("blocked by
+/// policy"), `400 POLICY_DENIED` (an enriched denial), `400 DAILY_LIMIT_EXCEEDED`,
+/// `PER_TX_LIMIT_EXCEEDED` or `INSUFFICIENT_BALANCE`. Its reasons and violations are the body's
+/// when it carries them; otherwise its message is the reason, and a code that names a limit
+/// names the violation. `None` for any other error.
+pub(crate) fn denial_error(body: &Value) -> Option<Denial> {
+    let error = <ErrorBody as serde::Deserialize>::deserialize(body).ok()?;
+    let kind = match error.code.as_deref()? {
+        "PAYMENT_DENIED" | "POLICY_DENIED" => None,
+        "DAILY_LIMIT_EXCEEDED" => Some(ViolationType::DailyLimit),
+        "PER_TX_LIMIT_EXCEEDED" => Some(ViolationType::PerTxLimit),
+        "INSUFFICIENT_BALANCE" => Some(ViolationType::InsufficientBalance),
+        _ => return None,
+    };
+    let message = error.text().map(str::to_owned);
+    // The enriched denial may carry a decision's own `reasons` and `violations`; a malformed
+    // list is left out (the code already says it is a denial), never turned into an approval.
+    let listed = <DecisionBody as serde::Deserialize>::deserialize(body).ok();
+    let (mut reasons, mut violations) = listed.map(|d| (d.reasons, d.violations)).unwrap_or_default();
+    if reasons.is_empty() {
+        reasons.extend(message.clone());
+    }
+    if violations.is_empty()
+        && let Some(kind) = kind
+    {
+        violations.push(Violation { kind, limit: None, current: None, message });
+    }
+    Some(Denial { reasons, violations })
 }
 
 fn given(v: &Option<String>) -> Option<&str> {

@@ -242,6 +242,62 @@ async fn a_denial_with_403_is_a_decision_not_an_error() {
     assert_eq!(denial.violations[0].current, Some(950.into()));
 }
 
+/// Conto documents denials as error codes too (conto-api.md §8): `403 PAYMENT_DENIED`,
+/// `400 POLICY_DENIED`, `400 DAILY_LIMIT_EXCEEDED`, `PER_TX_LIMIT_EXCEEDED`,
+/// `INSUFFICIENT_BALANCE`. Each is the policy's denial, its message the reason, never an outage
+/// a stand-in would cover and never an approval; any other 4xx stays the error it is.
+#[tokio::test]
+async fn a_denial_sent_as_a_documented_error_code_is_a_denial() {
+    use conto_core::ViolationType as V;
+    let cases = [
+        (403, "PAYMENT_DENIED", None),
+        (400, "POLICY_DENIED", None),
+        (400, "DAILY_LIMIT_EXCEEDED", Some(V::DailyLimit)),
+        (400, "PER_TX_LIMIT_EXCEEDED", Some(V::PerTxLimit)),
+        (400, "INSUFFICIENT_BALANCE", Some(V::InsufficientBalance)),
+    ];
+    for (status, code, kind) in cases {
+        let s = stub(Arc::new(move |_| {
+            let body =
+                json!({"error": "Blocked by policy", "code": code, "message": "Blocked by policy: over the cap"});
+            (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+        }))
+        .await;
+        let d = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await.unwrap();
+        let Verdict::Denied(denial) = d.verdict else { panic!("{code}: {:?}", d.verdict) };
+        assert_eq!(denial.reasons, ["Blocked by policy: over the cap"], "{code}");
+        assert_eq!(denial.violations.first().map(|v| v.kind.clone()), kind, "{code}");
+        assert_eq!(s.hits.load(Ordering::SeqCst), 1, "{code}: a denial is never retried");
+
+        // Through the pipeline with a stand-in: the denial stands, the body never runs.
+        let stand_in = conto_core::Engine::from_json(r#"{"agents": ["agent-1"], "policies": []}"#).unwrap();
+        let (out, ran) = pay(&Conto::builder(client(&s.url)).stand_in(stand_in.clone()).build()).await;
+        let r = out.unwrap_err();
+        assert!(!ran && matches!(r.kind(), RejectionKind::Denied(_)), "{code}: {r:?}");
+        assert_eq!(stand_in.usage("agent-1").stats.approved, 0, "{code}: the stand-in was not used");
+    }
+    // The enriched denial's own reasons and violations are kept.
+    let s = stub(Arc::new(|_| {
+        let body = json!({"error": "denied", "code": "POLICY_DENIED", "message": "denied",
+            "reasons": ["Recipient not allowed"], "violations": [{"type": "WHITELIST_VIOLATION"}],
+            "context": {"nextSteps": ["ask an admin"]}});
+        (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    }))
+    .await;
+    let d = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await.unwrap();
+    let Verdict::Denied(denial) = d.verdict else { panic!("{:?}", d.verdict) };
+    assert_eq!(denial.reasons, ["Recipient not allowed"]);
+    assert_eq!(denial.violations[0].kind, V::WhitelistViolation);
+    // Another code with the same statuses is the error it says.
+    let s = stub(Arc::new(|_| {
+        (StatusCode::BAD_REQUEST, axum::Json(json!({"code": "INVALID_ADDRESS", "message": "bad address"})))
+            .into_response()
+    }))
+    .await;
+    let err = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await.unwrap_err();
+    assert!(matches!(err, AuthorityError::Refused(Refused::Request { status: 400, .. })), "{err:?}");
+}
+
 #[tokio::test]
 async fn a_refused_connection_is_unreachable_and_retryable() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
