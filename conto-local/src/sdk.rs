@@ -1067,7 +1067,7 @@ async fn setup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respon
     // `policies:read`); whether a wallet is delegated is still said.
     let has_wallet = !delegated.is_empty();
     let wallets = if may("wallets:read") { delegated } else { Vec::new() };
-    let policies = if may("policies:read") { policies } else { Vec::new() };
+    let policies = if may("policies:read") { policies.into_iter().map(crate::shown).collect() } else { Vec::new() };
     let agent = conto_wire::org::Agent {
         name: row.as_ref().map(|r| r.name.clone()),
         status: row.as_ref().map(|r| r.status.clone()),
