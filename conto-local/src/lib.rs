@@ -108,6 +108,7 @@
 //!   reason an approved request with `autoExecute: true` is answered `APPROVED` with
 //!   `autoExecuteError` (Conto's answer when it did not execute) and no `execution`: the
 //!   approval stands, and the app settles it.
+//! - A confirm's `currency` is `pathUSD` on Tempo testnet (42431), `USDC` on other chains.
 //! - A confirm's `explorerUrl` links the transaction on the chains conto-local knows (Tempo
 //!   testnet 42431, Ethereum, Base, Base Sepolia, Optimism, Polygon, Arbitrum); it is left out
 //!   on others.

@@ -680,6 +680,15 @@ fn explorer_url(rail: &Rail, tx: &str) -> Option<String> {
     Some(format!("{base}{tx}"))
 }
 
+/// The stablecoin a transfer settles in: pathUSD on Tempo (Conto's default chain, where its
+/// skill sends `token: "pathUSD"`), USDC elsewhere (conto-api.md §4.1: `USDC`, `pathUSD`).
+fn currency(rail: &Rail) -> &'static str {
+    match rail {
+        Rail::Transfer { chain_id: 42431, .. } => "pathUSD",
+        _ => "USDC",
+    }
+}
+
 async fn confirm_transfer(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -713,7 +722,7 @@ async fn confirm_transfer(
                 transaction_id: Some(transaction_id),
                 status: Some("CONFIRMING".into()),
                 amount: Some(amount),
-                currency: Some("USDC".into()),
+                currency: Some(currency(&intent.rail).into()),
                 recipient: intent.recipient.as_ref().map(|r| r.as_str().to_owned()),
                 explorer_url: explorer_url(&intent.rail, &tx),
                 tx_hash: Some(tx),

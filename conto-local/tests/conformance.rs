@@ -100,6 +100,12 @@ async fn the_skill_finds_the_approval_id_it_reports_and_an_explorer_link_on_its_
     let (status, receipt) = sdk.post(&path, json!({"txHash": tx, "approvalToken": approved["approvalToken"]})).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(receipt["explorerUrl"], format!("https://explore.moderato.tempo.xyz/tx/{tx}"), "{receipt}");
+    // Tempo settles in pathUSD (the token Conto's skill sends there); Base in USDC.
+    assert_eq!(receipt["currency"], "pathUSD", "{receipt}");
+    let (_, on_base) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
+    let path = format!("/api/sdk/payments/{}/confirm", on_base["approvalId"].as_str().unwrap());
+    let (status, receipt) = sdk.post(&path, json!({"txHash": TX, "approvalToken": on_base["approvalToken"]})).await;
+    assert_eq!((status, &receipt["currency"]), (200, &json!("USDC")), "{receipt}");
 }
 
 /// Conto's skill (Mode A) asks `payments/request` with `autoExecute: true` and reads either
