@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use conto_wire::ErrorBody;
 use conto_wire::org::{Policies, Policy};
@@ -16,6 +17,9 @@ use serde_json::Value;
 
 use super::{ClientError, check_url};
 use conto_core::AuthorityError;
+
+/// How many times an org call answered `429` is asked again.
+const ORG_RETRIES_ON_429: u32 = 3;
 pub use conto_core::{BudgetPeriod, ProductControls, SyncReport};
 
 /// A minimal client of Conto's org Policies API (org key). Counts the writes it sends.
@@ -61,11 +65,27 @@ impl OrgClient {
         if method != reqwest::Method::GET {
             self.writes.fetch_add(1, Ordering::SeqCst);
         }
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(self.key.expose_secret());
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(|e| AuthorityError::unreachable(e.without_url().to_string()))?;
+        let mut attempt = 0;
+        let resp = loop {
+            let mut req =
+                self.http.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(self.key.expose_secret());
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.map_err(|e| AuthorityError::unreachable(e.without_url().to_string()))?;
+            // A 429 was not acted on: asked again after `Retry-After` (at most a minute, the
+            // limit's window), a few times, so a sync of many policies finishes rather than
+            // stopping half-applied at the org's rate limit.
+            if resp.status().as_u16() != 429 || attempt == ORG_RETRIES_ON_429 {
+                break resp;
+            }
+            let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.trim().parse().ok());
+            let wait =
+                retry_after.map_or_else(|| crate::backoff(attempt), |secs: u64| Duration::from_secs(secs.min(60)));
+            tracing::debug!(path, attempt, ?wait, "conto.org.rate_limited");
+            attempt += 1;
+            tokio::time::sleep(wait).await;
+        };
         let status = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !(200..300).contains(&status) {

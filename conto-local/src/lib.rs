@@ -108,7 +108,8 @@
 //!   reason an approved request with `autoExecute: true` is answered `APPROVED` with
 //!   `autoExecuteError` (Conto's answer when it did not execute) and no `execution`: the
 //!   approval stands, and the app settles it.
-//! - A confirm's `currency` is `pathUSD` on Tempo testnet (42431), `USDC` on other chains.
+//! - A confirm's `currency` is `pathUSD` on Tempo (testnet 42431, mainnet 4217), `USDC` on
+//!   other chains.
 //! - A confirm's `explorerUrl` links the transaction on the chains conto-local knows (Tempo
 //!   testnet 42431, Ethereum, Base, Base Sepolia, Optimism, Polygon, Arbitrum); it is left out
 //!   on others.
@@ -383,8 +384,9 @@ pub(crate) fn now_text() -> String {
 }
 
 /// A time as Conto writes it (JavaScript's `toISOString`): UTC to the millisecond, with `Z`
-/// (`2025-03-19T12:10:00.000Z`). Every time conto-local answers or stores is written so: one
-/// fixed width, which strict ISO-8601 readers take and which sorts as text in time order.
+/// (`2025-03-19T12:10:00.000Z`): one fixed width, which strict ISO-8601 readers take and which
+/// sorts as text in time order. conto-local writes every new time so; rows an earlier version
+/// stored keep the finer precision they were written with.
 pub(crate) fn iso(t: Timestamp) -> String {
     static PRINTER: conto_core::jiff::fmt::temporal::DateTimePrinter =
         conto_core::jiff::fmt::temporal::DateTimePrinter::new().precision(Some(3));
@@ -627,16 +629,13 @@ fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<PolicyCa
     let record = lock(&app.store)
         .key(given)?
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_FAILED", "invalid SDK key"))?;
-    if record.expired() {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "EXPIRED_KEY", "the SDK key has expired"));
-    }
-    // An admin key may do what a reading key may.
+    // An admin key may do what a reading key may. Reads and writes alike are counted in the
+    // agent's reads window; a refused key is shown that window, and not counted in it.
     let allowed = record.key_type == "admin" || (!write && record.scopes.iter().any(|s| s == "policies:read"));
-    if allowed {
-        rate::take(app, &record.agent_id, rate::Class::Reads, true)?;
-        Ok(PolicyCaller::Agent(record.agent_id))
-    } else {
-        Err(ApiError::new(
+    let refused = if record.expired() {
+        Some(ApiError::new(StatusCode::UNAUTHORIZED, "EXPIRED_KEY", "the SDK key has expired"))
+    } else if !allowed {
+        Some(ApiError::new(
             StatusCode::FORBIDDEN,
             "INSUFFICIENT_SCOPE",
             if write {
@@ -645,6 +644,13 @@ fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<PolicyCa
                 "reading policies needs the `policies:read` scope"
             },
         ))
+    } else {
+        None
+    };
+    rate::take(app, &record.agent_id, rate::Class::Reads, refused.is_none())?;
+    match refused {
+        Some(refused) => Err(refused),
+        None => Ok(PolicyCaller::Agent(record.agent_id)),
     }
 }
 
@@ -1034,12 +1040,13 @@ fn issue_key(
 
 /// A policy as the org API shows it: Conto's defaults filled in where the stored document
 /// leaves them out (`isActive: true`, `priority: 50`), and its assignments also in the list
-/// view's long form, `agentPolicies: [{agentId, policyId}]` (conto-api.md §7.1). The stored
-/// document is left as sent.
+/// view's long form, `agentPolicies: [{agentId, policyId}]` (conto-api.md §7.1; left out for a
+/// policy assigned by `scope` alone, which an empty list would misstate). The stored document
+/// is left as sent.
 pub(crate) fn shown(mut doc: Policy) -> Policy {
     doc.is_active.get_or_insert(Value::Bool(true));
     doc.priority.get_or_insert(Value::from(50));
-    if doc.agent_policies.is_none() {
+    if doc.agent_policies.is_none() && doc.agent_ids.as_ref().is_some_and(|ids| !ids.is_empty()) {
         let links = doc.agent_ids.iter().flatten().map(|agent| conto_wire::org::AgentLink {
             agent_id: Some(agent.clone()),
             extra: doc.id.iter().map(|id| ("policyId".to_owned(), Value::String(id.clone()))).collect(),
@@ -1118,10 +1125,10 @@ async fn patch_policy(
     merged.policy_type = policy_type.or(doc.policy_type);
     merged.priority = priority.or(doc.priority);
     merged.is_active = is_active.or(doc.is_active);
-    // New `agentIds` replace the assignment whole: long-form links sent back from a read
-    // (`agentPolicies`) are dropped unless sent with them.
+    // New `agentIds` replace the assignment whole: long-form links (`agentPolicies`, as a read
+    // shows them and a client may send back with its edit) are dropped with them.
     if agent_ids.is_some() {
-        merged.agent_policies = agent_policies;
+        merged.agent_policies = None;
     } else {
         merged.agent_policies = agent_policies.or(doc.agent_policies);
     }

@@ -515,7 +515,7 @@ fn request_now(app: &App, id: String, agent: &str) -> Result<DecisionBody, ApiEr
 }
 
 /// `POST /api/sdk/payments/{requestId}/execute`: Conto executes an approved request from a
-/// Conto-managed wallet. Its refusals come in Conto's order: an unknown request is `404
+/// Conto-managed wallet. Its refusals use Conto's codes: an unknown request is `404
 /// NOT_FOUND`; one not approved (denied, waiting for a human) or already paid is `400
 /// INVALID_STATUS`; one whose approval lapsed is `400 EXPIRED`. conto-local holds no managed
 /// wallet (every wallet is the app's own, external to it), so a live approved request is
@@ -529,24 +529,28 @@ async fn execute_payment(
     let caller = caller(&app, &headers, "payments:execute", Class::Payments)?;
     let request = request_now(&app, id, &caller.agent)?;
     let (status, id) = (request.status.unwrap_or_default(), request.request_id.unwrap_or_default());
-    let approval = match (status.as_str(), &request.approval_id) {
-        ("APPROVED", Some(approval)) => lock(&app.store).approval(approval)?,
-        _ => None,
+    let approval_id = match (status.as_str(), request.approval_id) {
+        ("APPROVED", Some(approval_id)) => approval_id,
+        _ => {
+            return Err(bad(
+                "INVALID_STATUS",
+                format!("payment request `{id}` is {status}; only an APPROVED one executes"),
+            ));
+        }
     };
-    let Some(approval) = approval else {
-        return Err(bad(
-            "INVALID_STATUS",
-            format!("payment request `{id}` is {status}; only an APPROVED one executes"),
-        ));
-    };
-    if approval.state == "recorded" {
-        return Err(bad("INVALID_STATUS", format!("payment request `{id}` was already paid")));
-    }
-    if approval.expired() {
-        return Err(bad(
-            "EXPIRED",
-            format!("EXPIRED: payment request `{id}`'s approval lapsed at {}; ask again", approval.expires_at),
-        ));
+    let store = lock(&app.store);
+    match store.approval(&approval_id)? {
+        Some(a) if a.state == "recorded" => {
+            return Err(bad("INVALID_STATUS", format!("payment request `{id}` was already paid")));
+        }
+        Some(a) if !a.expired() => {}
+        // Lapsed, or forgotten a week after it lapsed: paid if its spend was recorded.
+        Some(_) | None if store.spend_exists(&approval_id)? => {
+            return Err(bad("INVALID_STATUS", format!("payment request `{id}` was already paid")));
+        }
+        _ => {
+            return Err(bad("EXPIRED", format!("EXPIRED: payment request `{id}`'s approval lapsed; ask again")));
+        }
     }
     // Conto's answer to `/execute` on a wallet it does not hold (conto-api.md §2, §8).
     Err(ApiError::new(StatusCode::BAD_REQUEST, "EXTERNAL_WALLET", NO_MANAGED_WALLET))
@@ -608,7 +612,7 @@ fn live_approval(
     if authorization.expires_at <= Timestamp::now() {
         return Err(bad(
             "EXPIRED",
-            format!("EXPIRED: approval `{id}` expired at {}; ask again", authorization.expires_at),
+            format!("EXPIRED: approval `{id}` expired at {}; ask again", iso(authorization.expires_at)),
         ));
     }
     let approved = authorization.amount;
@@ -680,11 +684,12 @@ fn explorer_url(rail: &Rail, tx: &str) -> Option<String> {
     Some(format!("{base}{tx}"))
 }
 
-/// The stablecoin a transfer settles in: pathUSD on Tempo (Conto's default chain, where its
-/// skill sends `token: "pathUSD"`), USDC elsewhere (conto-api.md §4.1: `USDC`, `pathUSD`).
+/// The stablecoin a transfer settles in: pathUSD on Tempo, testnet (42431, Conto's default
+/// chain, where its skill sends `token: "pathUSD"`) and mainnet (4217, conto-api.md §6.5);
+/// USDC elsewhere (§4.1: `USDC`, `pathUSD`).
 fn currency(rail: &Rail) -> &'static str {
     match rail {
-        Rail::Transfer { chain_id: 42431, .. } => "pathUSD",
+        Rail::Transfer { chain_id: 42431 | 4217, .. } => "pathUSD",
         _ => "USDC",
     }
 }

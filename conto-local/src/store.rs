@@ -160,8 +160,13 @@ pub(crate) struct KeyRecord {
 impl KeyRecord {
     /// Whether the key has expired (`401 EXPIRED_KEY` wherever it is used).
     pub fn expired(&self) -> bool {
-        self.expires_at.parse::<conto_core::jiff::Timestamp>().is_ok_and(|t| t <= conto_core::jiff::Timestamp::now())
+        lapsed(&self.expires_at)
     }
+}
+
+/// Whether a stored expiry time has passed (an unreadable one never has: the row is kept).
+fn lapsed(expires_at: &str) -> bool {
+    expires_at.parse::<conto_core::jiff::Timestamp>().is_ok_and(|t| t <= conto_core::jiff::Timestamp::now())
 }
 
 /// A live or ended approval.
@@ -177,7 +182,7 @@ pub(crate) struct ApprovalRecord {
 impl ApprovalRecord {
     /// Whether it has lapsed.
     pub fn expired(&self) -> bool {
-        self.expires_at.parse::<conto_core::jiff::Timestamp>().is_ok_and(|t| t <= conto_core::jiff::Timestamp::now())
+        lapsed(&self.expires_at)
     }
 
     /// The row for a fresh approval. Transfer and card approvals get a token, so its hash is
@@ -573,7 +578,7 @@ impl Store {
     /// Forgets approvals that lapsed more than [`APPROVAL_RETENTION`] before `now`, settled or
     /// not; says how many. The engine's ids sort by the second they were made in
     /// ([`conto_core::Engine::first_id_at`]), so the old ones are a range of the primary key and
-    /// nothing younger is read; expiry times are written by jiff in UTC, so they compare as text (a fraction of a
+    /// nothing younger is read; expiry times are written in UTC (`iso`), so they compare as text (a fraction of a
     /// second either side of the cutoff does not matter at a week). An id of another form is
     /// never forgotten.
     pub fn forget_old_approvals(&self, now: conto_core::jiff::Timestamp) -> Result<usize, StoreError> {
@@ -582,7 +587,7 @@ impl Store {
         Ok(self
             .conn
             .prepare_cached("DELETE FROM approvals WHERE id >= 'auth_' AND id < ?1 AND expires_at < ?2")?
-            .execute(params![made_before, cutoff.to_string()])?)
+            .execute(params![made_before, crate::iso(cutoff)])?)
     }
 
     pub fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {

@@ -67,3 +67,42 @@ async fn sync_is_idempotent_and_the_policies_take_effect() {
     assert_eq!(names.len(), 5);
     assert!(names.contains(&"caps"));
 }
+
+/// Conto limits the org key (100 requests a minute): a sync that meets `429` waits as
+/// `Retry-After` says and goes on, rather than stopping with its policies half applied.
+#[tokio::test]
+async fn a_sync_waits_out_the_org_rate_limit_and_finishes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::{Method, StatusCode};
+    use axum::response::IntoResponse;
+    use serde_json::json;
+
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = hits.clone();
+    // The first call is refused once with `429`; then an org API with no policies that takes
+    // what is created.
+    let router = axum::Router::new().fallback(move |method: Method| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                let body = axum::Json(json!({"error": "slow down", "code": "RATE_LIMITED", "message": "slow down"}));
+                return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], body).into_response();
+            }
+            match method {
+                Method::GET => axum::Json(json!({"policies": []})).into_response(),
+                _ => (StatusCode::CREATED, axum::Json(json!({"id": format!("pol_{n}")}))).into_response(),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let sync = OrgClient::new(&url, "conto_org_test").unwrap();
+    let controls = ProductControls { max_per_action: Some("10".parse().unwrap()), ..ProductControls::default() };
+    let report = sync_policies(&sync, &controls, "workspace-42", "agent-1").await.unwrap();
+    assert_eq!(report.created, 1, "{report:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 3, "the refused GET, asked again, then the POST");
+}

@@ -199,7 +199,7 @@ impl From<IntentError> for BodyError {
     fn from(e: IntentError) -> Self {
         let code = match e {
             IntentError::Amount(_) => "INVALID_AMOUNT",
-            IntentError::Address(_) | IntentError::MissingRecipient(_) => "INVALID_ADDRESS",
+            IntentError::Address(_) => "INVALID_ADDRESS",
             _ => "VALIDATION_ERROR",
         };
         Self { code, message: e.to_string() }
