@@ -55,7 +55,8 @@
 //! - A confirm after the approval expired is `400 EXPIRED`, as Conto documents; the spend is not
 //!   counted.
 //! - Pending human approvals are listed by `GET /api/sdk/approval-requests` (newest first;
-//!   `limit` keeps that many, `type=payment` is every one, any other type none); an approved entry
+//!   `limit` keeps that many, 1 to 100, 100 by default; `type=payment` is every one, any other
+//!   type none); an approved entry
 //!   carries `approvalId`, `approvalToken` and `expiresAt`, and is listed `EXPIRED` once that
 //!   has passed (as a pending one is). Every approval token and SDK key is stored hashed (the
 //!   org key is never stored); the token of a human-approved request (and of an approval a

@@ -489,10 +489,6 @@ fn request_now(app: &App, id: String, agent: &str) -> Result<DecisionBody, ApiEr
         .payment_request(&id, agent)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no payment request `{id}`")))?;
     let mut body = DecisionBody { reasons, ..DecisionBody::default() };
-    if status == "APPROVED" {
-        // Approved when asked: the request's id is its approval's.
-        body.approval_id = Some(id.clone());
-    }
     if let Some(apr) = &approval_request_id {
         let request = lock(&app.store).request(apr)?.filter(|r| r.agent_id == agent);
         if let Some(r) = request {
@@ -529,8 +525,10 @@ async fn execute_payment(
     let caller = caller(&app, &headers, "payments:execute", Class::Payments)?;
     let request = request_now(&app, id, &caller.agent)?;
     let (status, id) = (request.status.unwrap_or_default(), request.request_id.unwrap_or_default());
+    // Approved when asked, the request's id is its approval's; approved by a human, the
+    // approval is named.
     let approval_id = match (status.as_str(), request.approval_id) {
-        ("APPROVED", Some(approval_id)) => approval_id,
+        ("APPROVED", approval_id) => approval_id.unwrap_or_else(|| id.clone()),
         _ => {
             return Err(bad(
                 "INVALID_STATUS",
@@ -1000,7 +998,7 @@ struct ApprovalQuery {
     /// `payment`: every approval request conto-local makes is one; any other type lists none.
     #[serde(rename = "type")]
     kind: Option<String>,
-    /// At most this many, newest first.
+    /// At most this many (1 to 100, 100 by default), newest first.
     limit: Option<String>,
 }
 
@@ -1012,20 +1010,12 @@ async fn approval_requests(
     query: Result<axum::extract::Query<ApprovalQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "payments:request", Class::Reads)?;
-    let axum::extract::Query(query) = query.map_err(|e| bad("VALIDATION_ERROR", e.body_text()))?;
-    let limit =
-        match query.limit.as_deref() {
-            None => usize::MAX,
-            Some(text) => text.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                bad("VALIDATION_ERROR", format!("`limit` must be a positive whole number, not `{text}`"))
-            })?,
-        };
+    let query = read_query(query)?;
+    let limit = query_limit(query.limit.as_deref(), 100).map_err(invalid_query)?;
     let payments = query.kind.as_deref().is_none_or(|t| t.eq_ignore_ascii_case("payment"));
     let now = Timestamp::now();
     let store = lock(&app.store);
-    let mut requests = if payments { store.requests(Some(&caller.agent))? } else { Vec::new() };
-    requests.reverse();
-    requests.truncate(limit);
+    let requests = if payments { store.latest_requests(&caller.agent, limit)? } else { Vec::new() };
     let payment_requests = store.payment_requests_by_approval(&caller.agent)?;
     let tokens = lock(&app.approval_tokens);
     let list = requests
@@ -1132,9 +1122,9 @@ async fn transactions(
 }
 
 /// A spend read's query, or a `400 VALIDATION_ERROR` saying what is wrong with it.
-fn read_query(
-    query: Result<axum::extract::Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<SummaryQuery, ApiError> {
+fn read_query<T>(
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
     query.map(|q| q.0).map_err(|e| invalid_query(e.body_text()))
 }
 

@@ -942,6 +942,16 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The latest `limit` approval requests of `agent_id`, newest first.
+    pub fn latest_requests(&self, agent_id: &str, limit: usize) -> Result<Vec<RequestRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, agent_id, intent, status, approval_id, approval_token, expires_at FROM approval_requests
+             WHERE agent_id = ?1 ORDER BY rowid DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![agent_id, i64::try_from(limit).unwrap_or(i64::MAX)], request_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The approval request `id`, read by its key (not out of every request).
     pub fn request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError> {
         Ok(self

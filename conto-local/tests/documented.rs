@@ -226,7 +226,7 @@ async fn approval_requests_are_listed_newest_first_by_type_and_limit() {
     assert_eq!(ids(&newest), [second["approvalRequestId"].clone()], "{newest}");
     let (_, other) = sdk.get("/api/sdk/approval-requests?type=card").await;
     assert!(ids(&other).is_empty(), "{other}");
-    for bad in ["limit=0", "limit=ten", "limit=-1"] {
+    for bad in ["limit=0", "limit=ten", "limit=-1", "limit=101"] {
         let (status, err) = sdk.get(&format!("/api/sdk/approval-requests?{bad}")).await;
         assert_eq!((status, err["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{bad}: {err}");
     }
