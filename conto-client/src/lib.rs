@@ -404,7 +404,7 @@ impl ContoClient {
             403 | 400 if is_decision => {}
             // Conto's documented denial errors (`403 PAYMENT_DENIED`, `400 POLICY_DENIED`,
             // `DAILY_LIMIT_EXCEEDED`, …) are the policy's answer, not a failed call: a denial.
-            403 | 400 => match wire::denial_error(&answer.body) {
+            403 | 400 => match wire::denial_error(&answer.body, decision.as_ref().ok()) {
                 Some(denial) => return Ok(Decision::from_policy(Verdict::Denied(denial))),
                 None => return Err(Self::api_error(&answer)),
             },

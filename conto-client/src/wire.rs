@@ -37,7 +37,7 @@ pub(crate) fn decision_body(status: u16, body: &Value) -> Result<DecisionBody, A
 /// `PER_TX_LIMIT_EXCEEDED` or `INSUFFICIENT_BALANCE`. Its reasons and violations are the body's
 /// when it carries them; otherwise its message is the reason, and a code that names a limit
 /// names the violation. `None` for any other error.
-pub(crate) fn denial_error(body: &Value) -> Option<Denial> {
+pub(crate) fn denial_error(body: &Value, listed: Option<&DecisionBody>) -> Option<Denial> {
     let error = <ErrorBody as serde::Deserialize>::deserialize(body).ok()?;
     let kind = match error.code.as_deref()? {
         "PAYMENT_DENIED" | "POLICY_DENIED" => None,
@@ -47,10 +47,10 @@ pub(crate) fn denial_error(body: &Value) -> Option<Denial> {
         _ => return None,
     };
     let message = error.text().map(str::to_owned);
-    // The enriched denial may carry a decision's own `reasons` and `violations`; a malformed
-    // list is left out (the code already says it is a denial), never turned into an approval.
-    let listed = <DecisionBody as serde::Deserialize>::deserialize(body).ok();
-    let (mut reasons, mut violations) = listed.map(|d| (d.reasons, d.violations)).unwrap_or_default();
+    // The enriched denial may carry a decision's own `reasons` and `violations` (`listed`, the
+    // body already read as a decision); a malformed list is left out (the code already says it
+    // is a denial), never turned into an approval.
+    let (mut reasons, mut violations) = listed.map(|d| (d.reasons.clone(), d.violations.clone())).unwrap_or_default();
     if reasons.is_empty() {
         reasons.extend(message.clone());
     }

@@ -537,15 +537,9 @@ async fn execute_payment(
         }
     };
     let store = lock(&app.store);
-    match store.approval(&approval_id)? {
-        Some(a) if a.state == "recorded" => {
-            return Err(bad("INVALID_STATUS", format!("payment request `{id}` was already paid")));
-        }
-        Some(a) if !a.expired() => {}
-        // Lapsed, or forgotten a week after it lapsed: paid if its spend was recorded.
-        Some(_) | None if store.spend_exists(&approval_id)? => {
-            return Err(bad("INVALID_STATUS", format!("payment request `{id}` was already paid")));
-        }
+    match store.approval_taken(&approval_id)? {
+        (_, true) => return Err(bad("INVALID_STATUS", format!("payment request `{id}` was already paid"))),
+        (Some(a), false) if !a.expired() => {}
         _ => {
             return Err(bad("EXPIRED", format!("EXPIRED: payment request `{id}`'s approval lapsed; ask again")));
         }
@@ -1025,13 +1019,8 @@ async fn approval_requests(
             // A request still pending, or an approval not taken (still live), past its expiry
             // has lapsed; an approval that was confirmed stays APPROVED.
             let lapsed = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= now);
-            let untaken = || {
-                r.approval_id.as_deref().is_none_or(|id| match store.approval(id).ok().flatten() {
-                    Some(a) => a.state == "live",
-                    // Forgotten a week after it lapsed: taken if its spend was recorded.
-                    None => !store.spend_exists(id).unwrap_or(false),
-                })
-            };
+            let untaken =
+                || r.approval_id.as_deref().is_none_or(|id| !store.approval_taken(id).is_ok_and(|(_, taken)| taken));
             if lapsed && (r.status == "PENDING" || (r.status == "APPROVED" && untaken())) {
                 entry.status = Some("EXPIRED".into());
             }

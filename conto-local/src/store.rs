@@ -778,6 +778,17 @@ impl Store {
     }
 
     /// Whether a spend is already stored under this id.
+    /// The approval `id`'s row, and whether the approval was taken (confirmed): its row says
+    /// so, or, its row forgotten a week after it lapsed, its spend was recorded.
+    pub fn approval_taken(&self, id: &str) -> Result<(Option<ApprovalRecord>, bool), StoreError> {
+        let row = self.approval(id)?;
+        let taken = match &row {
+            Some(a) => a.state == "recorded",
+            None => self.spend_exists(id)?,
+        };
+        Ok((row, taken))
+    }
+
     pub fn spend_exists(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self
             .conn
