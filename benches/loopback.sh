@@ -5,6 +5,8 @@
 # build of the server (e.g. an earlier commit's, to compare in one sitting). Beside req/s, each
 # run prints the server process's own CPU per request (user and system, from /proc/PID/stat):
 # wrk shares the machine, so req/s alone cannot tell the server's cost from the load's.
+# ACTORS=n spreads the requests over n payers (agent-1..agent-n, in turn; 1 by default): one
+# agent's ledger shared by every core is the hardest case, many agents the common one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"; ROUNDS="${ROUNDS:-2}"; CONNS="${CONNS:-32}"; PORT="${PORT:-3999}"
@@ -14,13 +16,25 @@ if [ -z "${SERVER:-}" ]; then
     || { echo "the server did not build: cargo build --release -p conto-examples --example bench_server" >&2; exit 1; }
   SERVER=target/release/examples/bench_server
 fi
-PORT=$PORT "$SERVER" >/dev/null & server=$!
-trap 'kill $server 2>/dev/null' EXIT
+ACTORS="${ACTORS:-1}"
+rounds=$(mktemp); script=$(mktemp --suffix=.lua)
+cat >"$script" <<LUA
+local i = 0
+request = function()
+  i = i + 1
+  wrk.headers["x-conto-actor"] = "agent-" .. (i % $ACTORS + 1)
+  return wrk.format()
+end
+LUA
+# One actor: a fixed header, as every earlier run of this script sent (no script in wrk's loop).
+if [ "$ACTORS" = 1 ]; then load=(-H 'x-conto-actor: agent-1'); else load=(-s "$script"); fi
+AGENTS=$ACTORS PORT=$PORT "$SERVER" >/dev/null & server=$!
+trap 'kill $server 2>/dev/null; rm -f "$rounds" "$script"' EXIT
 for _ in $(seq 1 50); do curl -s "http://127.0.0.1:$PORT/bare" >/dev/null && break; sleep 0.1; done
 for round in $(seq 1 "$ROUNDS"); do
   for route in bare paid; do
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$server/stat")
-    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'x-conto-actor: agent-1' "http://127.0.0.1:$PORT/$route")
+    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${load[@]}" "http://127.0.0.1:$PORT/$route")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -30,5 +44,20 @@ for round in $(seq 1 "$ROUNDS"); do
     cpu=$(awk -v u="$((u1 - u0))" -v s="$((s1 - s0))" -v n="$n" -v hz="$(getconf CLK_TCK)" \
         'BEGIN {printf "server_user=%.2fus server_sys=%.2fus", u / hz * 1e6 / n, s / hz * 1e6 / n}')
     echo "round=$round route=$route rps=$rps p50=$p50 p99=$p99 non2xx=${non2xx:-0} $cpu"
+    echo "$round $route $rps $cpu" >>"$rounds"
   done
 done
+# One round's paid/bare is as noisy as the machine; the median over rounds is the figure, beside
+# the server's own CPU a request (bare over paid: the ratio its req/s would have alone).
+python3 - "$rounds" <<'PY'
+import re, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    rnd, route, rps, user, sys_ = re.match(r"(\S+) (\S+) (\S+) server_user=(\S+)us server_sys=(\S+)us", line).groups()
+    rows.setdefault(rnd, {})[route] = (float(rps), float(user) + float(sys_))
+pairs = [r for r in rows.values() if "bare" in r and "paid" in r]
+ratios = sorted(p["paid"][0] / p["bare"][0] for p in pairs)
+cpu = sorted(p["bare"][1] / p["paid"][1] for p in pairs)
+print("summary rounds=%d paid/bare rps median=%.2f (%s) server cpu bare/paid median=%.2f"
+      % (len(pairs), statistics.median(ratios), " ".join("%.2f" % r for r in ratios), statistics.median(cpu)))
+PY

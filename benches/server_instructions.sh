@@ -5,6 +5,7 @@
 # timings are not; the difference is what a paid request costs the server over a bare one.
 # Needs valgrind and python3 (the client). SERVER=path measures another build of the server.
 #   N=2000 benches/server_instructions.sh
+#   ACTORS=64 benches/server_instructions.sh    # the requests spread over 64 payers
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${N:-2000}"; PORT="${PORT:-3995}"
@@ -15,15 +16,16 @@ if [ -z "${SERVER:-}" ]; then
   SERVER=target/release/examples/bench_server
 fi
 out=$(mktemp -d)
-PORT=$PORT valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$SERVER" >/dev/null 2>&1 & server=$!
+ACTORS="${ACTORS:-1}"   # requests spread over agent-1..agent-n in turn, as benches/loopback.sh
+AGENTS=$ACTORS PORT=$PORT valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$SERVER" >/dev/null 2>&1 & server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$out"' EXIT
 requests() { # route count
-  python3 - "$PORT" "$1" "$2" <<'PY'
+  python3 - "$PORT" "$1" "$2" "$ACTORS" <<'PY'
 import http.client, sys
-port, route, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+port, route, n, actors = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 c = http.client.HTTPConnection("127.0.0.1", port)
-for _ in range(n):
-    c.request("GET", "/" + route, headers={"x-conto-actor": "agent-1"})
+for i in range(n):
+    c.request("GET", "/" + route, headers={"x-conto-actor": "agent-%d" % (i % actors + 1)})
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
@@ -36,4 +38,6 @@ requests paid "$N"; callgrind_control -d "$server" >/dev/null 2>&1
 sleep 1
 bare=$(grep -m1 '^summary' "$out/cg.1" | awk '{print $2}')
 paid=$(grep -m1 '^summary' "$out/cg.2" | awk '{print $2}')
+# KEEP=dir keeps the two profiles (cg.1 bare, cg.2 paid) for callgrind_annotate.
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out"/cg.1 "$out"/cg.2 "$KEEP"/; fi
 echo "server instructions per request: bare=$((bare / N)) paid=$((paid / N)) paid-bare=$(((paid - bare) / N))"

@@ -24,7 +24,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ]})
         })
         .collect();
-    let engine = Engine::new(PolicySet::from_value(json!({"agents": ["agent-1"], "policies": docs}))?);
+    // AGENTS=n provisions agent-1..agent-n (default 1), for a load spread over several payers.
+    let agents: usize = std::env::var("AGENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+    let agents: Vec<String> = (1..=agents.max(1)).map(|i| format!("agent-{i}")).collect();
+    let engine = Engine::new(PolicySet::from_value(json!({"agents": agents, "policies": docs}))?);
     // A loopback benchmark target: wrk plays the trusted proxy that sets the header.
     let paid = Paywall::builder(Conto::new(engine))
         .actor(Actor::trusted_header("x-conto-actor"))

@@ -474,8 +474,19 @@ async fn builder_errors_are_typed() {
     let conto = Conto::new(Engine::from_json("[]").unwrap());
     let err = Paywall::builder(conto.clone()).rail(Rail::card("A").unwrap()).build().unwrap_err();
     assert_eq!(err, conto::tower::LayerError::MissingActor);
-    let err = Paywall::builder(conto).recipient("0xnope").build().unwrap_err();
+    let err = Paywall::builder(conto.clone()).recipient("0xnope").build().unwrap_err();
     assert!(matches!(err, conto::tower::LayerError::Invalid(_)), "{err}");
+    // A fixed rail that pays an address, with none given: refused when built, not per request.
+    let user = Actor::extension(|u: &User| u.id.clone());
+    let err = Paywall::builder(conto.clone())
+        .actor(user.clone())
+        .rail(Rail::x402("https://api.example.com/search").unwrap())
+        .build()
+        .unwrap_err();
+    assert_eq!(err, conto::tower::LayerError::Invalid(conto::IntentError::MissingRecipient("x402")), "{err}");
+    assert!(err.to_string().contains("x402"), "{err}");
+    let card = Paywall::builder(conto).actor(user).rail(Rail::card("Acme").unwrap()).build();
+    assert!(card.is_ok(), "a card pays no address");
 }
 
 #[tokio::test]
@@ -600,7 +611,7 @@ async fn a_callers_idempotency_key_never_replays_an_earlier_approval() {
 }
 
 /// One request through `router` in process, as `user`: what the handler saw of its intent.
-async fn intent_seen(router: &Router, user: &str, price: &str) -> (String, String, String) {
+async fn intent_seen(router: &Router, user: &str, price: &str) -> (String, String, String, Value) {
     use tower::ServiceExt;
     let mut req = axum::http::Request::get(format!("/paid?price={price}")).body(axum::body::Body::empty()).unwrap();
     req.extensions_mut().insert(User { id: user.to_owned() });
@@ -609,7 +620,7 @@ async fn intent_seen(router: &Router, user: &str, price: &str) -> (String, Strin
     let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
     let seen: Value = serde_json::from_slice(&body).unwrap();
     let field = |k: &str| seen[k].as_str().unwrap().to_owned();
-    (field("actor"), field("amount"), field("key"))
+    (field("actor"), field("amount"), field("key"), seen["intent"].clone())
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -626,7 +637,7 @@ async fn consecutive_requests_on_one_thread_are_each_their_own_payment_by_their_
         get(|paid: Paid| async move {
             let intent = &paid.authorization.intent;
             axum::Json(serde_json::json!({"actor": intent.actor.as_str(), "amount": intent.amount.to_string(),
-                "key": intent.idempotency_key.as_str()}))
+                "key": intent.idempotency_key.as_str(), "intent": &**intent}))
         })
         .route_layer(layer(Conto::new(engine.clone())).with_price(price)),
     );
@@ -642,10 +653,24 @@ async fn consecutive_requests_on_one_thread_are_each_their_own_payment_by_their_
         ("agent-2", "2"),
     ];
     for (user, price) in calls {
-        let (actor, amount, key) = intent_seen(&router, user, price).await;
+        let (actor, amount, key, mut intent) = intent_seen(&router, user, price).await;
         let amount: Decimal = amount.parse().unwrap();
         assert_eq!((actor.as_str(), amount), (user, price.parse().unwrap()), "the intent is this request's");
         assert!(keys.insert(key.clone()), "a fresh idempotency key for every request: {key} repeated");
+        // Whether reused, made from the route's template or built: the paywall's payment, as
+        // the builder makes it from the same parts.
+        let mut built = serde_json::to_value(
+            PaymentIntent::builder(user, price, Rail::x402("https://api.example.com/v1").unwrap())
+                .recipient(RECIPIENT)
+                .category("API_PROVIDER")
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        for v in [&mut intent, &mut built] {
+            v.as_object_mut().unwrap().remove("idempotencyKey");
+        }
+        assert_eq!(intent, built, "{user} at {price}");
     }
     let spent = |actor: &str| engine.usage(actor).stats.total_spent;
     assert_eq!(

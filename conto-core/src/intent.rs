@@ -572,6 +572,37 @@ impl PaymentIntent {
         }
     }
 
+    /// The same payment (rail, recipient, its name, purpose, category, context) by `actor`
+    /// for `amount`, as a new attempt under a fresh idempotency key. Nothing is checked again
+    /// (the actor was, as an [`ActorId`]): a route or call site that always pays on one rail
+    /// to one recipient builds and checks that part once, and the pipeline checks every
+    /// intent before deciding on it.
+    ///
+    /// ```
+    /// use conto::{ActorId, Amount, PaymentIntent, Rail};
+    /// let search = PaymentIntent::builder("agent-1", "0.01", Rail::x402("https://api.example.com/v1/search")?)
+    ///     .recipient("0x1111111111111111111111111111111111111111")
+    ///     .build()?;
+    /// let theirs = search.again(ActorId::new("agent-2")?, "0.02".parse::<Amount>()?);
+    /// assert_eq!((theirs.actor.as_str(), theirs.amount.to_string().as_str()), ("agent-2", "0.02"));
+    /// assert_eq!((&theirs.rail, &theirs.recipient), (&search.rail, &search.recipient));
+    /// assert_ne!(theirs.idempotency_key, search.idempotency_key, "its own attempt");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn again(&self, actor: ActorId, amount: Amount) -> PaymentIntent {
+        PaymentIntent {
+            actor,
+            amount,
+            recipient: self.recipient.clone(),
+            rail: self.rail.clone(),
+            recipient_name: self.recipient_name.clone(),
+            purpose: self.purpose.clone(),
+            category: self.category.clone(),
+            context: self.context.clone(),
+            idempotency_key: IdempotencyKey::random(),
+        }
+    }
+
     /// Checks the invariants a deserialized intent may not hold (recipient for the rail, rail fields).
     pub fn validate(&self) -> Result<(), IntentError> {
         self.rail.validate()?;

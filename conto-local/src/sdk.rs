@@ -247,12 +247,13 @@ fn decide(
     let mut decision = app.engine.decide(intent);
     // An approved budget request is a further gate: the payment must fit what is left of it,
     // whether the policies approve it or hold it for a human. What the engine set aside for a
-    // payment the gate denies (or could not check) is given back.
+    // payment the gate denies (or could not check) is given back, and an approval the gate
+    // took back is not counted as one.
     if !matches!(decision.verdict, Verdict::Denied(_)) {
         let gated = crate::budget::gate(store, intent.actor.as_str(), intent.amount, Timestamp::now());
         if !matches!(gated, Ok(None)) {
             let _ = match &decision.verdict {
-                Verdict::Approved(a) => app.engine.free(a),
+                Verdict::Approved(a) => app.engine.withdraw(a),
                 Verdict::RequiresApproval(p) => app.engine.resolve_approval(&p.approval_request_id, false),
                 Verdict::Denied(_) => Ok(()),
             };

@@ -1589,6 +1589,10 @@ async fn a_budget_request_waits_for_a_human_then_gates_the_agents_payments() {
     assert_eq!(pay_transfer(&sdk, 1).await, 200);
     let (_, spent) = get(format!("/api/sdk/budget-request/{id}")).await;
     assert_eq!((&spent["status"], &spent["remaining"]), (&json!("EXHAUSTED"), &json!(0)), "{spent}");
+    // The engine counts what was handed out: four approvals (5, 10, the x402 1 and this 1),
+    // none released. The gate's refusals were taken back, not counted as granted and freed.
+    let stats = server.engine().usage("agent-1").stats;
+    assert_eq!((stats.approved, stats.recorded, stats.released), (4, 4, 0), "{stats:?}");
     let (_, denied) = sdk.post("/api/sdk/payments/approve", transfer_payment(1)).await;
     assert_eq!(
         denied["violations"][0]["type"], "BUDGET_EXCEEDED",

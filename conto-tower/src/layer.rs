@@ -79,12 +79,38 @@ struct Route {
     price: Price,
     /// This route's number, unique in the process: what a thread's last intent is kept under.
     id: u64,
+    /// With a fixed rail and recipient, what every request's intent shares but for its actor,
+    /// amount and key: built and checked once, here ([`Shared::template`]).
+    template: Option<PaymentIntent>,
 }
 
 impl Route {
     fn new(shared: Arc<Shared>, price: Price) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self { shared, price, id: NEXT.fetch_add(1, Ordering::Relaxed) }
+        let template = shared.template();
+        Self { shared, price, id: NEXT.fetch_add(1, Ordering::Relaxed), template }
+    }
+}
+
+impl Shared {
+    /// The intent a route with a fixed rail and recipient pays by, under a stand-in actor and
+    /// amount. `None` when the rail or the recipient is read from each request, or when it
+    /// does not build: each request then builds its own, and is refused with the reason.
+    fn template(&self) -> Option<PaymentIntent> {
+        let RailSource::Fixed(rail) = &self.rail else { return None };
+        let mut b = PaymentIntent::builder("route", conto_core::Amount::from_micros(1).ok()?, rail.clone());
+        match &self.recipient {
+            Some(RecipientSource::Fixed(address)) => b = b.recipient(address.clone()),
+            Some(RecipientSource::From(_)) => return None,
+            None => {}
+        }
+        if let Some(c) = &self.category {
+            b = b.category(c.clone());
+        }
+        if let Some(p) = &self.purpose {
+            b = b.purpose(p.clone());
+        }
+        b.build().ok()
     }
 }
 
@@ -236,6 +262,14 @@ impl PaywallBuilder {
     pub fn build(self) -> Result<Paywall, LayerError> {
         if let Some(e) = self.invalid {
             return Err(LayerError::Invalid(e));
+        }
+        // A fixed rail that pays an address with none given would refuse every request: say so
+        // now, not as a 400 on each one.
+        if let Some(RailSource::Fixed(rail)) = &self.rail
+            && rail.needs_recipient()
+            && self.recipient.is_none()
+        {
+            return Err(LayerError::Invalid(IntentError::MissingRecipient(rail.name())));
         }
         Ok(Paywall {
             shared: Arc::new(Shared {
@@ -515,15 +549,43 @@ fn build_intent(route: &Route, req: &PriceRequest<'_>) -> Result<Option<Arc<Paym
     if fixed && let Some(intent) = last_intent(route.id, amount, &actor) {
         return Ok(Some(intent));
     }
+    // Every request is its own payment attempt, under a key made here: a caller's
+    // `Idempotency-Key` is never taken, or repeating it would be answered with the approval its
+    // first request got (an authority replays a key's answer) and run the route again unpaid.
+    let intent = match &route.template {
+        // A fixed route's rail and recipient were checked when it was made: only the actor is.
+        Some(template) => template.again(conto_core::ActorId::new(actor).map_err(invalid)?, amount),
+        None => built(config, req, actor, amount)?,
+    };
+    let intent = Arc::new(intent);
+    if fixed {
+        let _ = LAST_INTENT.try_with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                *last = Some((route.id, Arc::clone(&intent)));
+            }
+        });
+    }
+    Ok(Some(intent))
+}
+
+/// The refusal of a request whose intent is not valid.
+fn invalid(e: IntentError) -> Refusal {
+    Refusal::Rejected(conto_core::Rejection::new(
+        conto_core::RejectionKind::Invalid(e),
+        conto_core::DecisionSource::Input,
+    ))
+}
+
+/// A request's intent, built from the paywall's sources.
+fn built(
+    config: &Shared,
+    req: &PriceRequest<'_>,
+    actor: String,
+    amount: conto_core::Amount,
+) -> Result<PaymentIntent, Refusal> {
     let rail = match &config.rail {
         RailSource::Fixed(rail) => rail.clone(),
         RailSource::From(f) => f(req).map_err(|e| Refusal::BadPrice(e.0))?,
-    };
-    let invalid = |e: IntentError| {
-        Refusal::Rejected(conto_core::Rejection::new(
-            conto_core::RejectionKind::Invalid(e),
-            conto_core::DecisionSource::Input,
-        ))
     };
     let mut b = PaymentIntent::builder(actor, amount, rail);
     let recipient = match &config.recipient {
@@ -540,18 +602,7 @@ fn build_intent(route: &Route, req: &PriceRequest<'_>) -> Result<Option<Arc<Paym
     if let Some(p) = &config.purpose {
         b = b.purpose(p.clone());
     }
-    // Every request is its own payment attempt, under a key made here: a caller's
-    // `Idempotency-Key` is never taken, or repeating it would be answered with the approval its
-    // first request got (an authority replays a key's answer) and run the route again unpaid.
-    let intent = Arc::new(b.build().map_err(invalid)?);
-    if fixed {
-        let _ = LAST_INTENT.try_with(|last| {
-            if let Ok(mut last) = last.try_borrow_mut() {
-                *last = Some((route.id, Arc::clone(&intent)));
-            }
-        });
-    }
-    Ok(Some(intent))
+    b.build().map_err(invalid)
 }
 
 /// The intent this thread last built for route `id`, under a fresh idempotency key, when the

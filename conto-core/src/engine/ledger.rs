@@ -411,10 +411,13 @@ impl AgentLedger {
         self.spent += i128::from(settled.0);
     }
 
-    /// Frees a live reservation. `false` when it is not live.
-    pub fn release(&mut self, key: IdKey, now: Timestamp) -> bool {
+    /// Frees a live reservation. `false` when it is not live. A `withdrawn` one was never
+    /// handed out: it is taken off the approvals instead of counted as released.
+    pub fn release(&mut self, key: IdKey, now: Timestamp, withdrawn: bool) -> bool {
         let done = self.end(key, None, Closed::Released, now);
-        if done {
+        if done && withdrawn {
+            self.stats.approved = self.stats.approved.saturating_sub(1);
+        } else if done {
             self.stats.released += 1;
         }
         done

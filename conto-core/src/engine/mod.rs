@@ -943,11 +943,24 @@ impl Engine {
 
     /// Frees an approval that will not be settled. Releasing twice is a no-op.
     pub fn free(&self, authorization: &Authorization) -> Result<(), AuthorityError> {
+        self.free_counted(authorization, false)
+    }
+
+    /// Takes back an approval that was never handed out: a further gate of the caller's (a
+    /// budget it keeps) refused the payment after the policies approved it. The reservation
+    /// is freed as by [`Engine::free`], and the approval counts neither as granted nor as
+    /// released in [`Usage::stats`]. Withdrawing twice, or after a release, is a no-op.
+    pub fn withdraw(&self, authorization: &Authorization) -> Result<(), AuthorityError> {
+        self.free_counted(authorization, true)
+    }
+
+    /// [`Engine::free`] and [`Engine::withdraw`].
+    fn free_counted(&self, authorization: &Authorization, withdrawn: bool) -> Result<(), AuthorityError> {
         let now = self.now();
         let ledger = self.ledger(&authorization.intent.actor);
         let mut ledger = lock(&ledger);
         let key = IdKey::of(&authorization.id);
-        if ledger.release(key, now) {
+        if ledger.release(key, now, withdrawn) {
             // Unjournaled, a release only makes the reservation come back after a restart
             // until it expires: bounded, so a failure here is logged, not returned.
             let entry = Entry::Released { id: authorization.id.clone(), actor: authorization.intent.actor.clone() };
