@@ -127,13 +127,17 @@ pub(crate) fn screen<'p>(
     debug_assert!(policies.plan.matches(&policies.policies), "a plan built for other policies");
     let listed = Listed::of(&policies.lexicon, intent);
     let subject = Subject::new(intent, now, listed);
-    let mut applies = SmallVec::from_elem(0u64, policies.policies.len().div_ceil(64));
-    let mut all_apply = true;
-    for (p, policy) in policies.policies.iter().enumerate() {
-        if policy.applies_to(intent.actor.as_str()) {
-            applies[p / 64] |= 1 << (p % 64);
-        } else {
-            all_apply = false;
+    let words = policies.policies.len().div_ceil(64);
+    // A set whose every policy applies to every actor needs no asking (and most sets are).
+    let (mut applies, mut all_apply) = (SmallVec::from_elem(u64::MAX, words), true);
+    if policies.partial {
+        applies.fill(0);
+        for (p, policy) in policies.policies.iter().enumerate() {
+            if policy.applies_to(intent.actor.as_str()) {
+                applies[p / 64] |= 1 << (p % 64);
+            } else {
+                all_apply = false;
+            }
         }
     }
     let (denied, approvals) = (None, Vec::new());
@@ -247,7 +251,7 @@ impl<'p> Screened<'p> {
 
     /// The second phase: judges the stateful rules on `ledger` at `now` (the time taken under
     /// the ledger's lock), in order, and concludes.
-    pub fn finish(mut self, ledger: &mut impl Reads, now: Timestamp) -> Evaluation {
+    pub fn finish(&mut self, ledger: &mut impl Reads, now: Timestamp) -> Evaluation {
         self.subject.now = now;
         // A local time worked out for the screen's instant is not this one's.
         self.subject.local.set(None);
@@ -290,7 +294,7 @@ impl<'p> Screened<'p> {
                 return Evaluation::Denied(denial);
             }
         }
-        if let Some((_, denial)) = self.denied {
+        if let Some((_, denial)) = self.denied.take() {
             return Evaluation::Denied(denial);
         }
         concluded(tally, windows, approvals)

@@ -194,6 +194,8 @@ impl From<Vec<(CounterKey, Timestamp)>> for Held {
 #[derive(Debug, Clone)]
 pub(crate) struct Reservation {
     pub amount: Micros,
+    /// When it lapses unless settled (what its entry in the expiry heap says).
+    pub expires_at: Timestamp,
     pub holds: Held,
     pub slots: Vec<(VelocityKey, u64)>,
 }
@@ -245,6 +247,10 @@ pub(crate) struct AgentLedger {
     live: Map<IdKey, Reservation>,
     /// How authorizations ended, for the retention window (compact: one per payment).
     closed: Retained,
+    /// When each reservation lapses, earliest first. A settled one's entry stays until it
+    /// comes up (a heap removes only its top), so the heap is rebuilt from the live ones once
+    /// they are fewer than half of it ([`AgentLedger::reserve`]): it stays within twice the
+    /// live reservations, however many payments an approval's lifetime sees settled.
     expiries: BinaryHeap<Reverse<(Timestamp, IdKey)>>,
     /// Totals but `total_spent`, which is `spent` (micro-units, summed without a decimal).
     stats: LedgerStats,
@@ -356,9 +362,27 @@ impl AgentLedger {
             self.velocity.entry(key.clone()).or_default().push_back((now, seq));
             slots.push((key, seq));
         }
+        if self.expiries.len() >= 2 * self.live.len() + Self::EXPIRIES_SLACK {
+            // Mostly settled ones: keep the live ones' (amortized, one rebuild per as many
+            // reservations as the heap held).
+            let mut entries = std::mem::take(&mut self.expiries).into_vec();
+            entries.clear();
+            entries.extend(self.live.iter().map(|(key, r)| Reverse((r.expires_at, *key))));
+            self.expiries = BinaryHeap::from(entries);
+        }
         self.expiries.push(Reverse((expires_at, key)));
-        self.live.insert(key, Reservation { amount, holds, slots });
+        self.live.insert(key, Reservation { amount, expires_at, holds, slots });
         self.stats.approved += 1;
+    }
+
+    /// How many entries of settled reservations the expiry heap may hold beyond the live
+    /// reservations' before it is rebuilt.
+    const EXPIRIES_SLACK: usize = 64;
+
+    /// How many entries the expiry heap holds (for tests of its bound).
+    #[cfg(test)]
+    pub(crate) fn expiry_entries(&self) -> usize {
+        self.expiries.len()
     }
 
     /// Ends a live reservation as `how`: its holds become spend of `settled`, or are given
@@ -595,6 +619,40 @@ mod tests {
 
     fn key(n: u128) -> IdKey {
         IdKey::of(&crate::ids::hex_id("auth_", n, 24))
+    }
+
+    /// A settled reservation's expiry entry does not outlive the next rebuild: under steady
+    /// traffic the heap stays within twice the live reservations (plus the slack), where it
+    /// once kept one entry per payment for an approval's whole lifetime. What is live still
+    /// expires, at its own time, and a settled one never does.
+    #[test]
+    fn the_expiry_heap_holds_the_live_reservations_not_every_settled_one() {
+        use super::{AgentLedger, Closed, Held, Kept, Micros};
+        use jiff::{SignedDuration, Timestamp};
+        let mut ledger = AgentLedger::default();
+        let t0 = Timestamp::from_second(1_790_000_000).unwrap();
+        let ttl = SignedDuration::from_mins(10);
+        let reserve = |ledger: &mut AgentLedger, n: u128, at: Timestamp| {
+            ledger.reserve(key(n), Micros(1), at + ttl, Held::Nothing, Vec::new(), at);
+        };
+        // Three stay live, at different ages; ten thousand are settled within their lifetime.
+        for n in 0..3 {
+            reserve(&mut ledger, 1_000_000 + n, t0 + SignedDuration::from_secs(n as i64));
+        }
+        for n in 0..10_000u128 {
+            let at = t0 + SignedDuration::from_millis(n as i64);
+            reserve(&mut ledger, n, at);
+            let kept =
+                Kept { counted: Micros(1), settled: Micros(1), late: false, actor_inactive: false, reference: None };
+            assert!(ledger.settle(key(n), Micros(1), kept, at));
+            assert!(ledger.expiry_entries() <= 2 * 3 + AgentLedger::EXPIRIES_SLACK + 1, "at {n}");
+        }
+        // One second after the first live one's lifetime: it alone expired.
+        let later = t0 + ttl + SignedDuration::from_millis(500);
+        assert_eq!(ledger.sweep(later, SignedDuration::from_hours(24)), 1);
+        assert!(matches!(ledger.closed(key(1_000_000)), Some(Closed::Expired)));
+        assert!(matches!(ledger.closed(key(1)), Some(Closed::Recorded(_))), "settled stays settled");
+        assert_eq!(ledger.sweep(t0 + ttl + SignedDuration::from_secs(3), SignedDuration::from_hours(24)), 2);
     }
 
     /// An ended authorization is answered for at least the retention window and forgotten

@@ -332,6 +332,9 @@ pub struct PolicySet {
     pub(crate) plan: plan::Plan,
     /// Every list entry, numbered: what a decision looks its list fields up in.
     pub(crate) lexicon: rules::lists::Lexicon,
+    /// Whether some policy is inactive or assigned to some actors only: else every policy
+    /// applies to every actor, and a decision need not ask each.
+    pub(crate) partial: bool,
 }
 
 impl PolicySet {
@@ -432,7 +435,8 @@ impl PolicySet {
         number_counters(&mut policies);
         let lexicon = rules::lists::Lexicon::index(policies.iter_mut().flat_map(|p| p.rules.iter_mut()));
         let plan = plan::Plan::of(&policies);
-        PolicySet { policies, agents, plan, lexicon }
+        let partial = policies.iter().any(|p| !p.active || p.agents.is_some());
+        PolicySet { policies, agents, plan, lexicon, partial }
     }
 
     /// The actors the file provisions (its top-level `agents` list).
