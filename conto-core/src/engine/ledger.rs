@@ -194,8 +194,6 @@ impl From<Vec<(CounterKey, Timestamp)>> for Held {
 #[derive(Debug, Clone)]
 pub(crate) struct Reservation {
     pub amount: Micros,
-    /// When it lapses unless settled (what its entry in the expiry heap says).
-    pub expires_at: Timestamp,
     pub holds: Held,
     pub slots: Vec<(VelocityKey, u64)>,
 }
@@ -248,9 +246,9 @@ pub(crate) struct AgentLedger {
     /// How authorizations ended, for the retention window (compact: one per payment).
     closed: Retained,
     /// When each reservation lapses, earliest first. A settled one's entry stays until it
-    /// comes up (a heap removes only its top), so the heap is rebuilt from the live ones once
-    /// they are fewer than half of it ([`AgentLedger::reserve`]): it stays within twice the
-    /// live reservations, however many payments an approval's lifetime sees settled.
+    /// comes up (a heap removes only its top), so the heap is rebuilt with the live ones' alone
+    /// once they are fewer than half of it ([`AgentLedger::reserve`]): it stays within twice
+    /// the live reservations, however many payments an approval's lifetime sees settled.
     expiries: BinaryHeap<Reverse<(Timestamp, IdKey)>>,
     /// Totals but `total_spent`, which is `spent` (micro-units, summed without a decimal).
     stats: LedgerStats,
@@ -363,15 +361,14 @@ impl AgentLedger {
             slots.push((key, seq));
         }
         if self.expiries.len() >= 2 * self.live.len() + Self::EXPIRIES_SLACK {
-            // Mostly settled ones: keep the live ones' (amortized, one rebuild per as many
-            // reservations as the heap held).
+            // Mostly settled ones: keep the live ones' (amortized: one pass over the heap per
+            // half as many reservations as it held).
             let mut entries = std::mem::take(&mut self.expiries).into_vec();
-            entries.clear();
-            entries.extend(self.live.iter().map(|(key, r)| Reverse((r.expires_at, *key))));
+            entries.retain(|Reverse((_, key))| self.live.contains_key(key));
             self.expiries = BinaryHeap::from(entries);
         }
         self.expiries.push(Reverse((expires_at, key)));
-        self.live.insert(key, Reservation { amount, expires_at, holds, slots });
+        self.live.insert(key, Reservation { amount, holds, slots });
         self.stats.approved += 1;
     }
 
