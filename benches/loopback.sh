@@ -17,6 +17,7 @@ if [ -z "${SERVER:-}" ]; then
   SERVER=target/release/examples/bench_server
 fi
 ACTORS="${ACTORS:-1}"
+[[ "$ACTORS" =~ ^[1-9][0-9]*$ ]] || { echo "ACTORS must be a whole number of payers, 1 or more" >&2; exit 1; }
 rounds=$(mktemp); script=$(mktemp --suffix=.lua)
 cat >"$script" <<LUA
 local i = 0
@@ -44,18 +45,28 @@ for round in $(seq 1 "$ROUNDS"); do
     cpu=$(awk -v u="$((u1 - u0))" -v s="$((s1 - s0))" -v n="$n" -v hz="$(getconf CLK_TCK)" \
         'BEGIN {printf "server_user=%.2fus server_sys=%.2fus", u / hz * 1e6 / n, s / hz * 1e6 / n}')
     echo "round=$round route=$route rps=$rps p50=$p50 p99=$p99 non2xx=${non2xx:-0} $cpu"
-    echo "$round $route $rps $cpu" >>"$rounds"
+    echo "$round $route ${rps:-0} ${non2xx:-0} $cpu" >>"$rounds"
   done
 done
 # One round's paid/bare is as noisy as the machine; the median over rounds is the figure, beside
-# the server's own CPU a request (bare over paid: the ratio its req/s would have alone).
+# the server's own CPU a request (bare over paid: the ratio its req/s would have alone). A round
+# with any answer but 2xx (a server that did not provision the payers, say) is left out, loudly.
 python3 - "$rounds" <<'PY'
 import re, statistics, sys
-rows = {}
+rows, refused = {}, set()
 for line in open(sys.argv[1]):
-    rnd, route, rps, user, sys_ = re.match(r"(\S+) (\S+) (\S+) server_user=(\S+)us server_sys=(\S+)us", line).groups()
+    m = re.match(r"(\S+) (\S+) (\S+) (\d+) server_user=(\S+)us server_sys=(\S+)us", line)
+    if not m:
+        continue
+    rnd, route, rps, non2xx, user, sys_ = m.groups()
+    if int(non2xx) > 0:
+        refused.add(rnd)
     rows.setdefault(rnd, {})[route] = (float(rps), float(user) + float(sys_))
-pairs = [r for r in rows.values() if "bare" in r and "paid" in r]
+pairs = [r for n, r in rows.items() if "bare" in r and "paid" in r and n not in refused and r["bare"][0] > 0]
+if refused:
+    print("rounds with non-2xx answers, left out: %s" % " ".join(sorted(refused)), file=sys.stderr)
+if not pairs:
+    sys.exit("summary: no round to summarize")
 ratios = sorted(p["paid"][0] / p["bare"][0] for p in pairs)
 cpu = sorted(p["bare"][1] / p["paid"][1] for p in pairs)
 print("summary rounds=%d paid/bare rps median=%.2f (%s) server cpu bare/paid median=%.2f"

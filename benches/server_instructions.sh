@@ -17,6 +17,7 @@ if [ -z "${SERVER:-}" ]; then
 fi
 out=$(mktemp -d)
 ACTORS="${ACTORS:-1}"   # requests spread over agent-1..agent-n in turn, as benches/loopback.sh
+[[ "$ACTORS" =~ ^[1-9][0-9]*$ ]] || { echo "ACTORS must be a whole number of payers, 1 or more" >&2; exit 1; }
 AGENTS=$ACTORS PORT=$PORT valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$SERVER" >/dev/null 2>&1 & server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$out"' EXIT
 requests() { # route count
@@ -31,7 +32,8 @@ for i in range(n):
 PY
 }
 for _ in $(seq 1 100); do requests bare 1 2>/dev/null && break; sleep 0.2; done
-requests bare 200; requests paid 200          # warm-up
+warm=$(( ACTORS > 200 ? ACTORS : 200 ))         # warm-up: every payer's ledger made before counting
+requests bare "$warm"; requests paid "$warm"
 callgrind_control -z "$server" >/dev/null 2>&1
 requests bare "$N"; callgrind_control -d "$server" >/dev/null 2>&1
 requests paid "$N"; callgrind_control -d "$server" >/dev/null 2>&1

@@ -1,6 +1,6 @@
-//! Property: random interleavings of authorize / record / release / expiry across many tasks on a
-//! multi-threaded runtime never make recorded spend exceed any limit, and every reservation ends
-//! settled, released or expired.
+//! Property: random interleavings of authorize / record / release / withdraw / expiry across many
+//! tasks on a multi-threaded runtime never make recorded spend exceed any limit, and every
+//! reservation ends settled, released, withdrawn (counted as never granted) or expired.
 
 mod common;
 
@@ -15,6 +15,8 @@ enum Step {
     Record { amount_cents: u32, percent: u8 },
     /// Authorize then release.
     Release { amount_cents: u32 },
+    /// Authorize then take the approval back, never handed out (a further gate refused it).
+    Withdraw { amount_cents: u32 },
     /// Authorize and walk away: the approval must expire.
     Abandon { amount_cents: u32 },
     /// Move the shared clock forward a few seconds.
@@ -25,6 +27,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         5 => (1u32..5000, 1u8..=100).prop_map(|(amount_cents, percent)| Step::Record { amount_cents, percent }),
         2 => (1u32..5000).prop_map(|amount_cents| Step::Release { amount_cents }),
+        1 => (1u32..5000).prop_map(|amount_cents| Step::Withdraw { amount_cents }),
         1 => (1u32..5000).prop_map(|amount_cents| Step::Abandon { amount_cents }),
         1 => (1u8..30).prop_map(|secs| Step::Tick { secs }),
     ]
@@ -41,9 +44,10 @@ async fn run_task(engine: Engine, clock: conto_core::ManualClock, agent: String,
                 clock.advance(SignedDuration::from_secs(i64::from(*secs)));
                 continue;
             }
-            Step::Record { amount_cents, .. } | Step::Release { amount_cents } | Step::Abandon { amount_cents } => {
-                *amount_cents
-            }
+            Step::Record { amount_cents, .. }
+            | Step::Release { amount_cents }
+            | Step::Withdraw { amount_cents }
+            | Step::Abandon { amount_cents } => *amount_cents,
         };
         let amount = Decimal::new(i64::from(amount_cents), 2).to_string();
         let intent = transfer_to(&agent, &amount, RECIPIENT);
@@ -53,8 +57,10 @@ async fn run_task(engine: Engine, clock: conto_core::ManualClock, agent: String,
             tokio::task::yield_now().await;
             continue;
         };
-        approved += 1;
         tokio::task::yield_now().await; // let other tasks interleave between authorize and outcome
+        if !matches!(s, Step::Withdraw { .. }) {
+            approved += 1;
+        }
         match s {
             Step::Record { percent, .. } => {
                 let micros = (i64::from(amount_cents) * 10_000 * i64::from(percent) / 100).max(1);
@@ -62,6 +68,7 @@ async fn run_task(engine: Engine, clock: conto_core::ManualClock, agent: String,
                 engine.settle(&a, &Settlement::default().amount(settled)).unwrap();
             }
             Step::Release { .. } => engine.free(&a).unwrap(),
+            Step::Withdraw { .. } => engine.withdraw(&a).unwrap(),
             Step::Abandon { .. } | Step::Tick { .. } => {}
         }
     }

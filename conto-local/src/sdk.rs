@@ -222,15 +222,16 @@ fn replay_slot(agent: &str, endpoint: &str, key: &str) -> String {
     format!("replay\0{agent}\0{endpoint}\0{key}")
 }
 
-/// `written`, or (when the approval's writes failed) the approval's reservation freed and the
-/// error: unwritten, the approval could never be confirmed, and a retry would reserve again.
+/// `written`, or (when the approval's writes failed) the approval taken back and the error:
+/// unwritten, the approval could never be confirmed, and a retry would reserve again. Never
+/// handed out, it counts as no approval in the engine's stats.
 fn freed_unless_written<T>(
     app: &App,
     approval: &conto_core::Authorization,
     written: Result<T, crate::store::StoreError>,
 ) -> Result<T, ApiError> {
     written.map_err(|e| {
-        let _ = app.engine.free(approval);
+        let _ = app.engine.withdraw(approval);
         e.into()
     })
 }
@@ -286,7 +287,7 @@ fn decide(
             let wallet = freed_unless_written(app, &a, written)?;
             let (engine, held) = (app.engine.clone(), a.clone());
             store.on_rollback(move || {
-                let _ = engine.free(&held);
+                let _ = engine.withdraw(&held);
             });
             let token = a.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned());
             let mut body = DecisionBody {

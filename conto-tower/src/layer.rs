@@ -153,7 +153,8 @@ pub enum LayerError {
     MissingActor,
     /// No rail: call `.rail(...)` or `.rail_from(...)`.
     MissingRail,
-    /// A fixed value given to the builder is invalid.
+    /// A fixed value given to the builder is invalid, or one is missing (a fixed rail that
+    /// pays an address, with no recipient).
     Invalid(IntentError),
 }
 
@@ -263,19 +264,21 @@ impl PaywallBuilder {
         if let Some(e) = self.invalid {
             return Err(LayerError::Invalid(e));
         }
+        let actor = self.actor.ok_or(LayerError::MissingActor)?;
+        let rail = self.rail.ok_or(LayerError::MissingRail)?;
         // A fixed rail that pays an address with none given would refuse every request: say so
         // now, not as a 400 on each one.
-        if let Some(RailSource::Fixed(rail)) = &self.rail
-            && rail.needs_recipient()
+        if let RailSource::Fixed(fixed) = &rail
+            && fixed.needs_recipient()
             && self.recipient.is_none()
         {
-            return Err(LayerError::Invalid(IntentError::MissingRecipient(rail.name())));
+            return Err(LayerError::Invalid(IntentError::MissingRecipient(fixed.name())));
         }
         Ok(Paywall {
             shared: Arc::new(Shared {
                 conto: self.conto,
-                actor: self.actor.ok_or(LayerError::MissingActor)?,
-                rail: self.rail.ok_or(LayerError::MissingRail)?,
+                actor,
+                rail,
                 recipient: self.recipient,
                 category: self.category,
                 purpose: self.purpose,
@@ -317,7 +320,9 @@ impl Paywall {
         Self { shared: Arc::new(shared) }
     }
 
-    /// The same paywall with another rail.
+    /// The same paywall with another rail. A rail that pays an address needs the paywall's
+    /// recipient: without one, each of its requests is refused (`400`, the intent's
+    /// `MissingRecipient`), as [`PaywallBuilder::build`] refuses such a paywall outright.
     pub fn with_rail(&self, rail: Rail) -> Self {
         let mut shared = (*self.shared).clone();
         shared.rail = RailSource::Fixed(rail);

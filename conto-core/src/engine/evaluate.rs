@@ -250,7 +250,7 @@ impl<'p> Screened<'p> {
     }
 
     /// The second phase: judges the stateful rules on `ledger` at `now` (the time taken under
-    /// the ledger's lock), in order, and concludes.
+    /// the ledger's lock), in order, and concludes. Called once: it takes the screen's findings.
     pub fn finish(&mut self, ledger: &mut impl Reads, now: Timestamp) -> Evaluation {
         self.subject.now = now;
         // A local time worked out for the screen's instant is not this one's.

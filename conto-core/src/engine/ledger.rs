@@ -221,7 +221,8 @@ pub(crate) struct Kept {
 /// Totals over the ledger's life, for audits and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LedgerStats {
-    /// Approvals granted.
+    /// Approvals granted, less those withdrawn ([`Engine::withdraw`](crate::Engine::withdraw):
+    /// never handed out), so it can go down.
     pub approved: u64,
     /// Approvals recorded as spend.
     pub recorded: u64,
@@ -246,9 +247,10 @@ pub(crate) struct AgentLedger {
     /// How authorizations ended, for the retention window (compact: one per payment).
     closed: Retained,
     /// When each reservation lapses, earliest first. A settled one's entry stays until it
-    /// comes up (a heap removes only its top), so the heap is rebuilt with the live ones' alone
-    /// once they are fewer than half of it ([`AgentLedger::reserve`]): it stays within twice
-    /// the live reservations, however many payments an approval's lifetime sees settled.
+    /// comes up (a heap removes only its top), so each reservation first rebuilds the heap with
+    /// the live ones' alone once they are fewer than half of it ([`AgentLedger::reserve`]): it
+    /// holds at most twice the live reservations (and a slack), however many payments an
+    /// approval's lifetime sees settled, where it held an entry for each of them.
     expiries: BinaryHeap<Reverse<(Timestamp, IdKey)>>,
     /// Totals but `total_spent`, which is `spent` (micro-units, summed without a decimal).
     stats: LedgerStats,
@@ -365,6 +367,10 @@ impl AgentLedger {
             // half as many reservations as it held).
             let mut entries = std::mem::take(&mut self.expiries).into_vec();
             entries.retain(|Reverse((_, key))| self.live.contains_key(key));
+            // After a burst, the room it took is given back too.
+            if entries.capacity() > 4 * (entries.len() + Self::EXPIRIES_SLACK) {
+                entries.shrink_to(2 * (entries.len() + Self::EXPIRIES_SLACK));
+            }
             self.expiries = BinaryHeap::from(entries);
         }
         self.expiries.push(Reverse((expires_at, key)));
@@ -437,6 +443,7 @@ impl AgentLedger {
     pub fn release(&mut self, key: IdKey, now: Timestamp, withdrawn: bool) -> bool {
         let done = self.end(key, None, Closed::Released, now);
         if done && withdrawn {
+            debug_assert!(self.stats.approved > 0, "a live reservation was counted approved");
             self.stats.approved = self.stats.approved.saturating_sub(1);
         } else if done {
             self.stats.released += 1;
@@ -644,12 +651,16 @@ mod tests {
             assert!(ledger.settle(key(n), Micros(1), kept, at));
             assert!(ledger.expiry_entries() <= 2 * 3 + AgentLedger::EXPIRIES_SLACK + 1, "at {n}");
         }
-        // One second after the first live one's lifetime: it alone expired.
+        // Half a second after the first live one's lifetime: it alone expired.
         let later = t0 + ttl + SignedDuration::from_millis(500);
         assert_eq!(ledger.sweep(later, SignedDuration::from_hours(24)), 1);
         assert!(matches!(ledger.closed(key(1_000_000)), Some(Closed::Expired)));
-        assert!(matches!(ledger.closed(key(1)), Some(Closed::Recorded(_))), "settled stays settled");
         assert_eq!(ledger.sweep(t0 + ttl + SignedDuration::from_secs(3), SignedDuration::from_hours(24)), 2);
+        // Once every lifetime is over: nothing settled expires, and nothing is left to come up.
+        assert_eq!(ledger.sweep(t0 + ttl + SignedDuration::from_secs(11), SignedDuration::from_hours(24)), 0);
+        let stats = ledger.stats;
+        assert_eq!((stats.approved, stats.recorded, stats.expired), (10_003, 10_000, 3));
+        assert_eq!(ledger.expiry_entries(), 0, "every entry came up or was dropped");
     }
 
     /// An ended authorization is answered for at least the retention window and forgotten
