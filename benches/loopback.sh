@@ -29,13 +29,21 @@ end
 LUA
 # One actor: a fixed header, as every earlier run of this script sent (no script in wrk's loop).
 if [ "$ACTORS" = 1 ]; then load=(-H 'x-conto-actor: agent-1'); else load=(-s "$script"); fi
-AGENTS=$ACTORS PORT=$PORT "$SERVER" >/dev/null & server=$!
+# PIN=1: the server on one worker thread pinned to CPU 0, wrk pinned to CPU 1. Req/s is then the
+# server's own throughput on one core, not how the two share the machine with wrk: steadier.
+server_cmd=("$SERVER"); client=(); if [ "${PIN:-0}" = 1 ]; then
+  command -v taskset >/dev/null || { echo "PIN=1 needs taskset (util-linux)" >&2; exit 1; }
+  export TOKIO_WORKER_THREADS=1; server_cmd=(taskset -c 0 "$SERVER"); client=(taskset -c 1)
+fi
+AGENTS=$ACTORS PORT=$PORT "${server_cmd[@]}" >/dev/null & server=$!
 trap 'kill $server 2>/dev/null; rm -f "$rounds" "$script"' EXIT
 for _ in $(seq 1 50); do curl -s "http://127.0.0.1:$PORT/bare" >/dev/null && break; sleep 0.1; done
 for round in $(seq 1 "$ROUNDS"); do
-  for route in bare paid; do
+  # Each round alternates which route goes first, so neither always follows the other.
+  order="bare paid"; [ $((round % 2)) = 0 ] && order="paid bare"
+  for route in $order; do
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$server/stat")
-    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${load[@]}" "http://127.0.0.1:$PORT/$route")
+    out=$("${client[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${load[@]}" "http://127.0.0.1:$PORT/$route")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
