@@ -616,6 +616,38 @@ fn a_late_record_is_answered_for_its_own_retention_window() {
     ));
 }
 
+/// A shorter retention window: a late record within it is counted, and a repeat of a record is
+/// answered the same; past it, an ended approval is forgotten and its record refused as unknown.
+#[test]
+fn a_shorter_retention_window_forgets_ended_approvals_sooner() {
+    let clock = ManualClock::new("2026-06-10T08:00:00Z".parse::<Timestamp>().unwrap());
+    let set = PolicySet::from_json(&policy(&[&rule("DAILY_LIMIT", "LTE", "100", "ALLOW")])).unwrap();
+    let e = Engine::builder()
+        .policies(set)
+        .clock(clock.clone())
+        .actors(["agent-1"])
+        .unwrap()
+        .retention(SignedDuration::from_hours(1))
+        .build();
+    let (late, lost) = (approved(&e.decide(&transfer("10"))).clone(), approved(&e.decide(&transfer("20"))).clone());
+    clock.advance(SignedDuration::from_mins(10));
+    assert_eq!(e.sweep_expired(), 2);
+    // Within the hour: counted late, and a repeat answered the same.
+    clock.advance(SignedDuration::from_mins(30));
+    let first = e.settle(&late, &Settlement::default()).unwrap();
+    assert!(first.late);
+    assert_eq!(e.settle(&late, &Settlement::default()).unwrap(), first);
+    // Past the hour (and its last generation's span) since the other one expired: forgotten.
+    clock.advance(SignedDuration::from_mins(40));
+    e.sweep_expired();
+    assert!(matches!(
+        e.settle(&lost, &Settlement::default()),
+        Err(conto_core::AuthorityError::Ledger(LedgerError::UnknownAuthorization(_)))
+    ));
+    let u = e.usage("agent-1");
+    assert_eq!((u.stats.late_records, u.counters[0].spent), (1, Decimal::from(10)));
+}
+
 #[test]
 fn release_frees_and_record_after_release_is_refused() {
     let (e, _) = engine_at(&policy(&[&rule("DAILY_LIMIT", "LTE", "100", "ALLOW")]), NOON_WED);

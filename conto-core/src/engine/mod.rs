@@ -239,6 +239,24 @@ impl EngineBuilder {
         self
     }
 
+    /// How long an ended approval is remembered ([`DEFAULT_RETENTION`], 24 hours, by default;
+    /// at least a minute). Within the window, a repeated record or release is answered as the
+    /// first was, and a settlement recorded after its approval expired is still counted,
+    /// flagged late. After it, such a record is refused as unknown and not counted. Every
+    /// recorded payment is kept in memory for the window (about 75 bytes; see BENCHMARKS.md):
+    /// a shorter one bounds what a busy engine holds, at 100 payments a second some 650 MB
+    /// for a day, 27 MB for an hour.
+    ///
+    /// ```
+    /// use conto::{Engine, jiff::SignedDuration};
+    /// let engine = Engine::builder().retention(SignedDuration::from_hours(1)).build();
+    /// # let _ = engine;
+    /// ```
+    pub fn retention(mut self, window: SignedDuration) -> Self {
+        self.retention = window.max(SignedDuration::from_mins(1));
+        self
+    }
+
     /// Finishes an engine whose ledger is durable: every change is written to `journal` before
     /// it is acknowledged, and the journal's entries are replayed now, so spent counters, live
     /// reservations, pending approvals and actors provisioned at run time survive a restart.
