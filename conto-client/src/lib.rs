@@ -315,12 +315,7 @@ impl ContoClient {
             let outcome = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                    let retry_after = retry_after(resp.headers());
                     match resp.bytes().await {
                         Ok(bytes) => {
                             let body: Value = if bytes.is_empty() {
@@ -625,6 +620,13 @@ pub fn parse_decision(status: u16, body: &[u8], intent: &PaymentIntent) -> Resul
 }
 
 /// Exponential backoff with jitter: 100 ms · 2ⁿ, at most 2 s.
+/// The wait an answer's `Retry-After` asks for, in whole seconds (its HTTP-date form is not
+/// read: the caller backs off instead).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    text.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
 fn backoff(attempt: u32) -> Duration {
     let base = 100u64.saturating_mul(1 << attempt.min(5)).min(2000);
     let jitter: u64 = rand::random::<u64>() % (base / 2 + 1);

@@ -79,9 +79,8 @@ impl OrgClient {
             if resp.status().as_u16() != 429 || attempt == ORG_RETRIES_ON_429 {
                 break resp;
             }
-            let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.trim().parse().ok());
-            let wait =
-                retry_after.map_or_else(|| crate::backoff(attempt), |secs: u64| Duration::from_secs(secs.min(60)));
+            let wait = crate::retry_after(resp.headers())
+                .map_or_else(|| crate::backoff(attempt), |asked| asked.min(Duration::from_secs(60)));
             tracing::debug!(path, attempt, ?wait, "conto.org.rate_limited");
             attempt += 1;
             tokio::time::sleep(wait).await;

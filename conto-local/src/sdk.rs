@@ -225,7 +225,7 @@ fn replay_slot(agent: &str, endpoint: &str, key: &str) -> String {
 /// `written`, or (when the approval's writes failed) the approval taken back and the error:
 /// unwritten, the approval could never be confirmed, and a retry would reserve again. Never
 /// handed out, it counts as no approval in the engine's stats.
-fn freed_unless_written<T>(
+fn withdrawn_unless_written<T>(
     app: &App,
     approval: &conto_core::Authorization,
     written: Result<T, crate::store::StoreError>,
@@ -284,7 +284,7 @@ fn decide(
                 }
                 Ok(wallet)
             });
-            let wallet = freed_unless_written(app, &a, written)?;
+            let wallet = withdrawn_unless_written(app, &a, written)?;
             let (engine, held) = (app.engine.clone(), a.clone());
             store.on_rollback(move || {
                 let _ = engine.withdraw(&held);
@@ -1291,7 +1291,7 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
             a.token = Some(crate::store::issue_token());
             let written = lock(&app.store)
                 .add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a));
-            freed_unless_written(app, &a, written)?;
+            withdrawn_unless_written(app, &a, written)?;
             // Only the token's hash is stored; the token itself waits in memory for the agent.
             if let Some(token) = a.token.clone() {
                 lock(&app.approval_tokens).keep(request.id.clone(), token, a.expires_at, Timestamp::now());

@@ -234,6 +234,16 @@ pub(crate) struct AgentRow {
     pub created_at: String,
 }
 
+/// The approval-request query with its columns in [`request_row`]'s order, then `$rest`.
+macro_rules! select_requests {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, agent_id, intent, status, approval_id, approval_token, expires_at FROM approval_requests ",
+            $rest
+        )
+    };
+}
+
 /// An approval request from `id, agent_id, intent, status, approval_id, approval_token,
 /// expires_at` (in that order).
 fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
@@ -777,7 +787,6 @@ impl Store {
         Ok(spent)
     }
 
-    /// Whether a spend is already stored under this id.
     /// The approval `id`'s row, and whether the approval was taken (confirmed): its row says
     /// so, or, its row forgotten a week after it lapsed, its spend was recorded.
     pub fn approval_taken(&self, id: &str) -> Result<(Option<ApprovalRecord>, bool), StoreError> {
@@ -789,6 +798,7 @@ impl Store {
         Ok((row, taken))
     }
 
+    /// Whether a spend is already stored under this id.
     pub fn spend_exists(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self
             .conn
@@ -945,34 +955,23 @@ impl Store {
     }
 
     pub fn requests(&self, agent_id: Option<&str>) -> Result<Vec<RequestRecord>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, agent_id, intent, status, approval_id, approval_token, expires_at FROM approval_requests
-             WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY rowid",
-        )?;
+        let mut stmt =
+            self.conn.prepare_cached(select_requests!("WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY rowid"))?;
         let rows = stmt.query_map([agent_id], request_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The latest `limit` approval requests of `agent_id`, newest first.
     pub fn latest_requests(&self, agent_id: &str, limit: usize) -> Result<Vec<RequestRecord>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, agent_id, intent, status, approval_id, approval_token, expires_at FROM approval_requests
-             WHERE agent_id = ?1 ORDER BY rowid DESC LIMIT ?2",
-        )?;
+        let mut stmt =
+            self.conn.prepare_cached(select_requests!("WHERE agent_id = ?1 ORDER BY rowid DESC LIMIT ?2"))?;
         let rows = stmt.query_map(params![agent_id, i64::try_from(limit).unwrap_or(i64::MAX)], request_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The approval request `id`, read by its key (not out of every request).
     pub fn request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT id, agent_id, intent, status, approval_id, approval_token, expires_at FROM approval_requests
-                 WHERE id = ?1",
-            )?
-            .query_row([id], request_row)
-            .optional()?)
+        Ok(self.conn.prepare_cached(select_requests!("WHERE id = ?1"))?.query_row([id], request_row).optional()?)
     }
 
     /// The answer remembered for `key` (its request's hash, status and body), if any and if

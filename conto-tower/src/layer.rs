@@ -98,11 +98,26 @@ impl Shared {
     /// does not build: each request then builds its own, and is refused with the reason.
     fn template(&self) -> Option<PaymentIntent> {
         let RailSource::Fixed(rail) = &self.rail else { return None };
-        let mut b = PaymentIntent::builder("route", conto_core::Amount::from_micros(1).ok()?, rail.clone());
-        match &self.recipient {
-            Some(RecipientSource::Fixed(address)) => b = b.recipient(address.clone()),
+        let recipient = match &self.recipient {
+            Some(RecipientSource::Fixed(address)) => Some(address.clone()),
             Some(RecipientSource::From(_)) => return None,
-            None => {}
+            None => None,
+        };
+        self.intent("route".to_owned(), conto_core::Amount::from_micros(1).ok()?, rail.clone(), recipient).ok()
+    }
+
+    /// The intent by `actor` for `amount` on `rail` to `recipient`, with the paywall's
+    /// category and purpose, built and checked.
+    fn intent(
+        &self,
+        actor: String,
+        amount: conto_core::Amount,
+        rail: Rail,
+        recipient: Option<String>,
+    ) -> Result<PaymentIntent, IntentError> {
+        let mut b = PaymentIntent::builder(actor, amount, rail);
+        if let Some(recipient) = recipient {
+            b = b.recipient(recipient);
         }
         if let Some(c) = &self.category {
             b = b.category(c.clone());
@@ -110,7 +125,7 @@ impl Shared {
         if let Some(p) = &self.purpose {
             b = b.purpose(p.clone());
         }
-        b.build().ok()
+        b.build()
     }
 }
 
@@ -549,8 +564,9 @@ fn build_intent(route: &Route, req: &PriceRequest<'_>) -> Result<Option<Arc<Paym
         return Ok(None);
     };
     let actor = (config.actor.find)(req).ok_or_else(|| Refusal::MissingActor(config.actor.expects.to_string()))?;
-    let fixed =
-        matches!(config.rail, RailSource::Fixed(_)) && !matches!(config.recipient, Some(RecipientSource::From(_)));
+    // A route with a template (a fixed rail and recipient) remembers its last intent; one
+    // without either reads them from each request, or refuses every request as invalid.
+    let fixed = route.template.is_some();
     if fixed && let Some(intent) = last_intent(route.id, amount, &actor) {
         return Ok(Some(intent));
     }
@@ -592,22 +608,12 @@ fn built(
         RailSource::Fixed(rail) => rail.clone(),
         RailSource::From(f) => f(req).map_err(|e| Refusal::BadPrice(e.0))?,
     };
-    let mut b = PaymentIntent::builder(actor, amount, rail);
     let recipient = match &config.recipient {
         Some(RecipientSource::Fixed(address)) => Some(address.clone()),
         Some(RecipientSource::From(f)) => f(req),
         None => None,
     };
-    if let Some(recipient) = recipient {
-        b = b.recipient(recipient);
-    }
-    if let Some(c) = &config.category {
-        b = b.category(c.clone());
-    }
-    if let Some(p) = &config.purpose {
-        b = b.purpose(p.clone());
-    }
-    b.build().map_err(invalid)
+    config.intent(actor, amount, rail, recipient).map_err(invalid)
 }
 
 /// The intent this thread last built for route `id`, under a fresh idempotency key, when the

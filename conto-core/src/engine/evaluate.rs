@@ -129,9 +129,8 @@ pub(crate) fn screen<'p>(
     let subject = Subject::new(intent, now, listed);
     let words = policies.policies.len().div_ceil(64);
     // A set whose every policy applies to every actor needs no asking (and most sets are).
-    let (mut applies, mut all_apply) = (SmallVec::from_elem(u64::MAX, words), true);
+    let (mut applies, mut all_apply) = (SmallVec::from_elem(if policies.partial { 0 } else { u64::MAX }, words), true);
     if policies.partial {
-        applies.fill(0);
         for (p, policy) in policies.policies.iter().enumerate() {
             if policy.applies_to(intent.actor.as_str()) {
                 applies[p / 64] |= 1 << (p % 64);
