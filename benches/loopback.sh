@@ -5,6 +5,7 @@
 # build of the server (e.g. an earlier commit's, to compare in one sitting). Beside req/s, each
 # run prints the server process's own CPU per request (user and system, from /proc/PID/stat):
 # wrk shares the machine, so req/s alone cannot tell the server's cost from the load's.
+# LAYERED=1 also measures /layered, the same handler behind a layer that does nothing.
 # ACTORS=n spreads the requests over n payers (agent-1..agent-n, in turn; 1 by default): one
 # agent's ledger shared by every core is the hardest case, many agents the common one.
 set -euo pipefail
@@ -41,6 +42,8 @@ for _ in $(seq 1 50); do curl -s "http://127.0.0.1:$PORT/bare" >/dev/null && bre
 for round in $(seq 1 "$ROUNDS"); do
   # Each round alternates which route goes first, so neither always follows the other.
   order="bare paid"; [ $((round % 2)) = 0 ] && order="paid bare"
+  # LAYERED=1 adds /layered (a layer that does nothing: axum's own cost of any route layer).
+  if [ "${LAYERED:-0}" = 1 ]; then order="bare layered paid"; [ $((round % 2)) = 0 ] && order="paid layered bare"; fi
   for route in $order; do
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$server/stat")
     out=$("${client[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${load[@]}" "http://127.0.0.1:$PORT/$route")
@@ -79,4 +82,10 @@ ratios = sorted(p["paid"][0] / p["bare"][0] for p in pairs)
 cpu = sorted(p["bare"][1] / p["paid"][1] for p in pairs)
 print("summary rounds=%d paid/bare rps median=%.2f (%s) server cpu bare/paid median=%.2f"
       % (len(pairs), statistics.median(ratios), " ".join("%.2f" % r for r in ratios), statistics.median(cpu)))
+layered = [p for p in pairs if "layered" in p and p["layered"][0] > 0]
+if layered:
+    print("summary layered/bare rps median=%.2f server cpu bare/layered median=%.2f; paid/layered rps median=%.2f"
+          % (statistics.median(p["layered"][0] / p["bare"][0] for p in layered),
+             statistics.median(p["bare"][1] / p["layered"][1] for p in layered),
+             statistics.median(p["paid"][0] / p["layered"][0] for p in layered)))
 PY

@@ -1,5 +1,7 @@
-//! The server `benches/loopback.sh` drives with wrk: the same handler bare (`/bare`) and behind
-//! a `Paywall` route on the embedded engine (`/paid`, 10 policies, limits that never deny).
+//! The server `benches/loopback.sh` drives with wrk: the same handler bare (`/bare`), behind
+//! a `Paywall` route on the embedded engine (`/paid`, 10 policies, limits that never deny), and
+//! behind a layer that does nothing (`/layered`: what axum's `route_layer` itself costs any
+//! layer, the floor under `/paid`).
 //!
 //! ```sh
 //! cargo run --release --example bench_server   # 127.0.0.1:3999 (PORT to change)
@@ -35,8 +37,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .recipient(RECIPIENT)
         .build()?
         .with_price(Price::fixed("0.000001".parse()?));
-    let app =
-        Router::new().route("/bare", get(|| async { "ok" })).route("/paid", get(|| async { "ok" }).route_layer(paid));
+    let app = Router::new()
+        .route("/bare", get(|| async { "ok" }))
+        .route("/layered", get(|| async { "ok" }).route_layer(tower_layer::Identity::new()))
+        .route("/paid", get(|| async { "ok" }).route_layer(paid));
     let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3999);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("bench_server on http://{}", listener.local_addr()?);

@@ -1154,7 +1154,8 @@ async fn delete_policy(
         return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no policy `{id}`")));
     }
     reload_policies(&app, &store)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    // A body, as every other delete here answers: Conto's skill prints what it gets back.
+    Ok(axum::Json(Deleted { deleted: true, id }).into_response())
 }
 
 async fn get_rules(
@@ -1227,7 +1228,7 @@ async fn delete_rule(
         return Err(no_rule());
     }
     save_policy(&app, &store, &id, doc)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(axum::Json(Deleted { deleted: true, id: rule_id }).into_response())
 }
 
 async fn decide_request(

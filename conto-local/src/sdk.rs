@@ -573,7 +573,8 @@ struct LiveApproval {
 ///
 /// An endpoint settles only its own flow's approvals (a transfer's confirm also the payment
 /// requests', which carry no token): another flow's approval id is unknown to it, as another
-/// agent's is. A transfer's token is required (conto-api.md §3.2); a card's is checked when
+/// agent's is. A transfer approval's token is required (conto-api.md §3.2; a payment
+/// request's approval was issued none, and is confirmed without); a card's is checked when
 /// sent (Conto's card confirm body carries none, §9); x402 and MPP approvals have none.
 fn live_approval(
     store: &Store,
@@ -598,7 +599,10 @@ fn live_approval(
     if let Some(expected) = &row.token_hash
         && (kind == Kind::Transfer || token.is_some())
     {
-        let given = token.map(hash).unwrap_or_default();
+        let Some(token) = token else {
+            return Err(bad("VALIDATION_ERROR", "`approvalToken` is required: the one `/approve` answered with"));
+        };
+        let given = hash(token);
         if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
             return Err(bad("INVALID_TOKEN", "the approval token does not match this approval"));
         }
@@ -706,12 +710,10 @@ async fn confirm_transfer(
         if !is_tx_hash(&tx) {
             return Err(bad("VALIDATION_ERROR", "`txHash` must be 0x + 64 hex characters or a Solana signature"));
         }
-        let token = body
-            .approval_token
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| bad("VALIDATION_ERROR", "`approvalToken` is required"))?;
-        let approval = live_approval(store, &caller.agent, Kind::Transfer, &id, body.amount, Some(token))?;
+        // Required for an approval that was issued one (`/approve`); a payment request's
+        // approval was issued none, and is confirmed by its id (checked in `live_approval`).
+        let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
+        let approval = live_approval(store, &caller.agent, Kind::Transfer, &id, body.amount, token)?;
         let intent = approval.authorization.intent.clone();
         let (amount, transaction_id) = approval.settle(&app, store, &caller.agent, Some(tx.clone()))?;
         Ok((

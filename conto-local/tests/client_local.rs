@@ -444,7 +444,7 @@ async fn policy_rules_endpoints_validate_and_apply_at_once() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 204);
+    assert_eq!(resp.status(), 200);
     let out: Result<(), PayError> = conto(&server, &key)
         .guard(transfer("agent-1", "1"), |_| async { Ok(()) }, |_| Settlement::default().reference(TX))
         .await;

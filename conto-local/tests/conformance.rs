@@ -299,6 +299,13 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
         Sdk { base: sdk.base.clone(), key: key["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
     let (status, body) = exec.post(&format!("/api/sdk/payments/{id}/execute"), json!({})).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("EXTERNAL_WALLET")), "{body}");
+
+    // So the app pays it and confirms it: a payment request's approval was issued no token,
+    // and its confirm needs none (a transfer approval's does, below).
+    let (status, receipt) = sdk.post(&format!("/api/sdk/payments/{id}/confirm"), json!({"txHash": TX})).await;
+    assert_eq!((status, &receipt["confirmed"], &receipt["amount"]), (200, &json!(true), &json!(12.5)), "{receipt}");
+    let (status, again) = sdk.post(&format!("/api/sdk/payments/{id}/confirm"), json!({"txHash": TX})).await;
+    assert_eq!((status, again["code"].as_str()), (400, Some("INVALID_STATUS")), "confirmed once: {again}");
 }
 
 /// Provisioning as Conto's hybrid starter does it, through the org surface, then the controls
@@ -470,6 +477,18 @@ async fn admin_sdk_keys_manage_policies_and_standard_keys_read_them() {
     assert_eq!(created.status(), 201);
     let listed = send(&standard, reqwest::Method::GET, None).await.unwrap();
     assert_eq!(listed.status(), 200);
+
+    // Deletes answer what they deleted (Conto's skill prints the body it gets back).
+    let created: Value = listed.json::<Value>().await.unwrap()["policies"][0].clone();
+    let (id, rule) = (created["id"].as_str().unwrap(), created["rules"][0]["id"].as_str().unwrap());
+    let delete = |path: String| org.http.delete(format!("{}{path}", server.url())).bearer_auth(&admin).send();
+    let gone = delete(format!("/api/policies/{id}/rules/{rule}")).await.unwrap();
+    assert_eq!(gone.status(), 200);
+    assert_eq!(gone.json::<Value>().await.unwrap(), json!({"deleted": true, "id": rule}));
+    let gone = delete(format!("/api/policies/{id}")).await.unwrap();
+    assert_eq!(gone.status(), 200);
+    assert_eq!(gone.json::<Value>().await.unwrap(), json!({"deleted": true, "id": id}));
+    assert_eq!(delete(format!("/api/policies/{id}")).await.unwrap().status(), 404);
 }
 
 /// Conto's skill creates a policy with an agent's admin key and no `agentIds`: it governs that
@@ -1219,6 +1238,10 @@ async fn a_transfer_approval_is_settled_only_by_its_own_confirm_with_its_token()
         .post(&format!("/api/sdk/payments/{id}/confirm"), json!({"txHash": TX, "approvalToken": "0".repeat(64)}))
         .await;
     assert_eq!((status, body["code"].as_str()), (400, Some("INVALID_TOKEN")), "{body}");
+    for missing in [json!({"txHash": TX}), json!({"txHash": TX, "approvalToken": ""})] {
+        let (status, body) = sdk.post(&format!("/api/sdk/payments/{id}/confirm"), missing).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "no token: {body}");
+    }
     let (status, body) = sdk
         .post(&format!("/api/sdk/payments/{id}/confirm"), json!({"txHash": TX, "approvalToken": a["approvalToken"]}))
         .await;
