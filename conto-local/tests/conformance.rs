@@ -342,21 +342,37 @@ async fn the_starter_provisions_through_the_org_surface_and_its_controls_apply()
     let (status, wallet) = org
         .post(
             &format!("/api/agents/{agent_id}/wallets"),
-            json!({"walletId": "wal_shared", "delegationType": "LIMITED", "spendLimitPerTx": 100,
-                "spendLimitDaily": 250, "spendLimitWeekly": 1000, "spendLimitMonthly": 2500,
+            json!({"walletId": "wal_shared", "delegationType": "LIMITED", "spendLimitPerTx": 1000,
+                "spendLimitDaily": 2500, "spendLimitWeekly": 10000, "spendLimitMonthly": 25000,
                 "allowedHoursStart": 0, "allowedHoursEnd": 24,
                 "allowedDays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]}),
         )
         .await;
     assert_eq!(status, 201, "{wallet}");
-    let assigned = |name: &str, policy_type: &str, rules: Value| {
-        json!({"name": name, "policyType": policy_type, "priority": 70, "scope": "assigned",
+    // The starter's three policies, at its priorities: spend 60, approval 70, merchants 80; its
+    // values are Python's `str(float)`.
+    let assigned = |name: &str, policy_type: &str, priority: u32, rules: Value| {
+        json!({"name": name, "policyType": policy_type, "priority": priority, "scope": "assigned",
             "agentIds": [agent_id.clone()], "rules": rules})
     };
+    let spend = org
+        .policy(assigned(
+            "spend",
+            "SPEND_LIMIT",
+            60,
+            json!([
+                {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "100.0", "action": "ALLOW"},
+                {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "500.0", "action": "ALLOW"},
+                {"ruleType": "WEEKLY_LIMIT", "operator": "LTE", "value": "2000.0", "action": "ALLOW"},
+                {"ruleType": "MONTHLY_LIMIT", "operator": "LTE", "value": "5000.0", "action": "ALLOW"}]),
+        ))
+        .await;
+    assert!(spend["id"].as_str().is_some(), "{spend}");
     let approval = org
         .policy(assigned(
             "approval",
             "APPROVAL_THRESHOLD",
+            70,
             json!([{"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "GREATER_THAN", "value": "50.0", "action": "REQUIRE_APPROVAL"}]),
         ))
         .await;
@@ -365,6 +381,7 @@ async fn the_starter_provisions_through_the_org_surface_and_its_controls_apply()
         .policy(assigned(
             "merchants",
             "COUNTERPARTY",
+            80,
             json!([{"ruleType": "ALLOWED_COUNTERPARTIES", "operator": "IN_LIST", "value": format!("[\"{merchant}\"]"), "action": "ALLOW"}]),
         ))
         .await;
@@ -382,19 +399,22 @@ async fn the_starter_provisions_through_the_org_surface_and_its_controls_apply()
     let (_, read) = org.get(&format!("/api/agents/{agent_id}")).await;
     assert_eq!(read["status"], "ACTIVE");
     let (_, policies) = org.get(&format!("/api/agents/{agent_id}/policies")).await;
-    assert_eq!(policies["policies"].as_array().unwrap().len(), 2, "{policies}");
+    assert_eq!(policies["policies"].as_array().unwrap().len(), 3, "{policies}");
     let (_, found) = org.get(&format!("/api/counterparties?search={merchant}&limit=20")).await;
     assert_eq!(found["counterparties"][0]["id"], cp["id"]);
     let (_, effective) = sdk.call(reqwest::Method::GET, "/api/sdk/policies?walletId=wal_shared", None).await;
     assert!(!effective["policies"].as_array().unwrap().is_empty());
 
-    // Wallet limits are limits; the approval threshold and the allowlist apply.
+    // The spend policy's limit, the approval threshold and the allowlist apply. Over the
+    // per-purchase limit is denied although the approval policy, at a higher priority, would
+    // ask for a human: a denial anywhere beats a request for approval.
     let (_, ok) = sdk.post("/api/sdk/payments/request", request("40")).await;
     assert_eq!(ok["status"], "APPROVED", "{ok}");
     let (_, over) = sdk.post("/api/sdk/payments/request", request("120")).await;
     assert_eq!(
         (over["status"].as_str(), over["violations"][0]["type"].as_str()),
-        (Some("DENIED"), Some("PER_TX_LIMIT"))
+        (Some("DENIED"), Some("PER_TX_LIMIT")),
+        "{over}"
     );
     let (_, review) = sdk.post("/api/sdk/payments/request", request("60")).await;
     assert_eq!(review["status"], "REQUIRES_APPROVAL");
@@ -433,6 +453,7 @@ async fn the_starter_provisions_through_the_org_surface_and_its_controls_apply()
 
     // Cleanup, as the starter does after a failed provisioning.
     for path in [
+        format!("/api/policies/{}", spend["id"].as_str().unwrap()),
         format!("/api/policies/{}", approval["id"].as_str().unwrap()),
         format!("/api/policies/{}", merchants["id"].as_str().unwrap()),
         format!("/api/agents/{agent_id}"),
