@@ -39,10 +39,14 @@ fi
 AGENTS=$ACTORS PORT=$PORT "${server_cmd[@]}" >/dev/null & server=$!
 trap 'kill $server 2>/dev/null; rm -f "$rounds" "$script"' EXIT
 for _ in $(seq 1 50); do curl -s "http://127.0.0.1:$PORT/bare" >/dev/null && break; sleep 0.1; done
+if [ "${LAYERED:-0}" = 1 ] && ! curl -sf "http://127.0.0.1:$PORT/layered" >/dev/null; then
+  echo "LAYERED=1: this server has no /layered route (an older bench_server?)" >&2; exit 1
+fi
 for round in $(seq 1 "$ROUNDS"); do
   # Each round alternates which route goes first, so neither always follows the other.
   order="bare paid"; [ $((round % 2)) = 0 ] && order="paid bare"
   # LAYERED=1 adds /layered (a layer that does nothing: axum's own cost of any route layer).
+  # (/layered then always runs between the other two.)
   if [ "${LAYERED:-0}" = 1 ]; then order="bare layered paid"; [ $((round % 2)) = 0 ] && order="paid layered bare"; fi
   for route in $order; do
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$server/stat")

@@ -57,7 +57,7 @@
 //! - Pending human approvals are listed by `GET /api/sdk/approval-requests` (newest first;
 //!   `limit` keeps that many, 1 to 100, 100 by default; `type=payment` is every one, any other
 //!   type none); an approved entry
-//!   carries `approvalId`, `approvalToken` and `expiresAt`, and is listed `EXPIRED` once that
+//!   carries `approvalId`, `expiresAt` and, for a transfer or a card, `approvalToken`, and is listed `EXPIRED` once that
 //!   has passed (as a pending one is). Every approval token and SDK key is stored hashed (the
 //!   org key is never stored); the token of a human-approved request (and of an approval a
 //!   repeated request may be answered again) is held in memory until its approval lapses, so a
@@ -108,7 +108,10 @@
 //!   no Conto-managed wallet. For the same
 //!   reason an approved request with `autoExecute: true` is answered `APPROVED` with
 //!   `autoExecuteError` (Conto's answer when it did not execute) and no `execution`: the
-//!   approval stands, and the app settles it.
+//!   approval stands, and the app settles it: it pays from its own wallet and confirms with
+//!   `POST /api/sdk/payments/{requestId}/confirm {"txHash"}`, without an `approvalToken` (a
+//!   payment request's approval, given at once or by a human, carries none; a transfer
+//!   approval's confirm requires its token).
 //! - A confirm's `currency` is `pathUSD` on Tempo (testnet 42431, mainnet 4217), `USDC` on
 //!   other chains.
 //! - A confirm's `explorerUrl` links the transaction on the chains conto-local knows (Tempo

@@ -552,7 +552,8 @@ async fn execute_payment(
 
 /// Why conto-local executes no payment (`execute`, `autoExecute`).
 const NO_MANAGED_WALLET: &str = "conto-local holds no Conto-managed wallet and cannot execute payments: pay from \
-     your own wallet through the external-wallet flow (`/payments/approve`, then `/confirm`), or run against Conto";
+     your own wallet and confirm it (`/payments/{requestId}/confirm` with its `txHash`; or the external-wallet \
+     flow, `/payments/approve` then `/confirm`), or run against Conto";
 
 async fn approve_card(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authorize(app, headers, body, Kind::Card).await
@@ -600,7 +601,7 @@ fn live_approval(
         && (kind == Kind::Transfer || token.is_some())
     {
         let Some(token) = token else {
-            return Err(bad("VALIDATION_ERROR", "`approvalToken` is required: the one `/approve` answered with"));
+            return Err(bad("VALIDATION_ERROR", "`approvalToken` is required: the one issued with this approval"));
         };
         let given = hash(token);
         if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
@@ -1290,7 +1291,11 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
         app.engine.approval(id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string()))?;
     match decision.map(|d| d.verdict) {
         Some(Verdict::Approved(mut a)) => {
-            a.token = Some(crate::store::issue_token());
+            // A token only where the rail is confirmed with one, as for an approval given at
+            // once: a payment request's, an x402 or an MPP approval carries none.
+            if crate::store::confirmed_with_token(&a.intent.rail) {
+                a.token = Some(crate::store::issue_token());
+            }
             let written = lock(&app.store)
                 .add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a));
             withdrawn_unless_written(app, &a, written)?;

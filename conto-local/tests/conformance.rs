@@ -288,6 +288,15 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     assert_eq!(status, 200);
     let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{payment_id}"), None).await;
     assert_eq!(polled["status"], "APPROVED", "{polled}");
+    // Approved by a human, it is listed with its approval and no token (a payment request's
+    // approval carries none), and confirmed by that approval's id without one.
+    let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests?type=payment&limit=100", None).await;
+    let entry = listed["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == approval_id).cloned();
+    let entry = entry.unwrap();
+    assert!(entry["approvalToken"].is_null(), "no token to hand out: {entry}");
+    let human = entry["approvalId"].as_str().unwrap().to_owned();
+    let (status, receipt) = sdk.post(&format!("/api/sdk/payments/{human}/confirm"), json!({"txHash": TX})).await;
+    assert_eq!((status, &receipt["confirmed"]), (200, &json!(true)), "{receipt}");
 
     // Executing from a Conto-managed wallet is not something conto-local can do: Conto's answer
     // for a wallet it does not hold.
