@@ -44,10 +44,10 @@ if [ "${LAYERED:-0}" = 1 ] && ! curl -sf "http://127.0.0.1:$PORT/layered" >/dev/
 fi
 for round in $(seq 1 "$ROUNDS"); do
   # Each round alternates which route goes first, so neither always follows the other.
-  order="bare paid"; [ $((round % 2)) = 0 ] && order="paid bare"
-  # LAYERED=1 adds /layered (a layer that does nothing: axum's own cost of any route layer).
-  # (/layered then always runs between the other two.)
-  if [ "${LAYERED:-0}" = 1 ]; then order="bare layered paid"; [ $((round % 2)) = 0 ] && order="paid layered bare"; fi
+  # LAYERED=1 adds /layered (a layer that does nothing: axum's own cost of any route layer),
+  # always between the other two.
+  mid=""; [ "${LAYERED:-0}" = 1 ] && mid=" layered"
+  order="bare$mid paid"; [ $((round % 2)) = 0 ] && order="paid$mid bare"
   for route in $order; do
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$server/stat")
     out=$("${client[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${load[@]}" "http://127.0.0.1:$PORT/$route")

@@ -619,7 +619,6 @@ pub fn parse_decision(status: u16, body: &[u8], intent: &PaymentIntent) -> Resul
     wire::parse_decision(status, &body, &Arc::new(intent.clone()), Timestamp::now())
 }
 
-/// Exponential backoff with jitter: 100 ms · 2ⁿ, at most 2 s.
 /// The wait an answer's `Retry-After` asks for, in whole seconds (its HTTP-date form is not
 /// read: the caller backs off instead).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -627,6 +626,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     text.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// Exponential backoff with jitter: 100 ms · 2ⁿ, at most 2 s.
 fn backoff(attempt: u32) -> Duration {
     let base = 100u64.saturating_mul(1 << attempt.min(5)).min(2000);
     let jitter: u64 = rand::random::<u64>() % (base / 2 + 1);

@@ -267,9 +267,7 @@ fn decide(
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
     Ok(match decision.verdict {
         Verdict::Approved(mut a) => {
-            if crate::store::confirmed_with_token(&a.intent.rail) {
-                a.token = Some(crate::store::issue_token());
-            }
+            a.token = crate::store::issue_token(&a.intent.rail);
             // The reservation stands only with its approval written (and, for x402 and MPP, the
             // wallet it names read): freed if any of it fails here (none of the writes stands),
             // or if the request's writes do not commit.
@@ -711,7 +709,7 @@ async fn confirm_transfer(
         if !is_tx_hash(&tx) {
             return Err(bad("VALIDATION_ERROR", "`txHash` must be 0x + 64 hex characters or a Solana signature"));
         }
-        // Required for an approval that was issued one (`/approve`); a payment request's
+        // Required for an approval that was issued one (a transfer's); a payment request's
         // approval was issued none, and is confirmed by its id (checked in `live_approval`).
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
         let approval = live_approval(store, &caller.agent, Kind::Transfer, &id, body.amount, token)?;
@@ -1291,11 +1289,9 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
         app.engine.approval(id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string()))?;
     match decision.map(|d| d.verdict) {
         Some(Verdict::Approved(mut a)) => {
-            // A token only where the rail is confirmed with one, as for an approval given at
-            // once: a payment request's, an x402 or an MPP approval carries none.
-            if crate::store::confirmed_with_token(&a.intent.rail) {
-                a.token = Some(crate::store::issue_token());
-            }
+            // As for an approval given at once: a payment request's, an x402 or an MPP
+            // approval carries none.
+            a.token = crate::store::issue_token(&a.intent.rail);
             let written = lock(&app.store)
                 .add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a));
             withdrawn_unless_written(app, &a, written)?;

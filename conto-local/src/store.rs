@@ -50,11 +50,12 @@ pub(crate) fn confirmed_with_token(rail: &Rail) -> bool {
     matches!(rail, Rail::Transfer { .. } | Rail::Card { .. })
 }
 
-/// A fresh approval token: 32 random bytes as 64 lower-case hex digits. The server mints the
-/// tokens it checks (the embedded engine issues none: in process, the authorization value is
-/// the capability).
-pub(crate) fn issue_token() -> secrecy::SecretString {
-    crate::random_hex(32).into()
+/// A fresh approval token for an approval on `rail`, when Conto's wire confirms it with one
+/// ([`confirmed_with_token`]): 32 random bytes as 64 lower-case hex digits. The server mints
+/// the tokens it checks (the embedded engine issues none: in process, the authorization value
+/// is the capability).
+pub(crate) fn issue_token(rail: &Rail) -> Option<secrecy::SecretString> {
+    confirmed_with_token(rail).then(|| crate::random_hex(32).into())
 }
 
 /// Bytes as lower-case hex.
