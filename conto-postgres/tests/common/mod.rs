@@ -14,6 +14,22 @@ pub fn url() -> String {
     std::env::var("CONTO_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// Where `url` points: its `host:port` (PostgreSQL's 5432 when it names no port), and the URL
+/// with that address replaced by `to`.
+fn split_address(url: &str, to: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (user, address) = match authority.rsplit_once('@') {
+        Some((user, address)) => (format!("{user}@"), address),
+        None => (String::new(), authority),
+    };
+    // `[::1]:5433`, `host:5433` or `host`.
+    let has_port = address.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    let address = if has_port { address.to_owned() } else { format!("{address}:5432") };
+    (address, format!("{scheme}://{user}{to}{tail}"))
+}
+
 /// A pool on `url`, or `None` (skip) when there is no server outside CI.
 pub async fn pool_on(url: &str, max: u32) -> Option<PgPool> {
     match sqlx::postgres::PgPoolOptions::new()
@@ -73,7 +89,7 @@ impl Proxy {
                 let count = count.clone();
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect("127.0.0.1:5432").await {
+                    if let Ok(mut outbound) = TcpStream::connect(split_address(&url(), "").0).await {
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                             _ = cut.changed() => {}
@@ -86,9 +102,10 @@ impl Proxy {
         Proxy { port, up, open, generation }
     }
 
-    /// The test server's URL, through this proxy.
+    /// The test server's URL, through this proxy (which forwards to the address
+    /// `CONTO_TEST_DATABASE_URL` names).
     pub fn url(&self) -> String {
-        url().replace(":5432", &format!(":{}", self.port))
+        split_address(&url(), &format!("127.0.0.1:{}", self.port)).1
     }
 
     /// Cuts the database off; returns once every connection through the proxy is closed.
@@ -103,4 +120,17 @@ impl Proxy {
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+}
+
+#[test]
+fn the_proxy_follows_the_configured_address() {
+    assert_eq!(
+        split_address("postgres://postgres@127.0.0.1:5432/test", "127.0.0.1:9"),
+        ("127.0.0.1:5432".into(), "postgres://postgres@127.0.0.1:9/test".into())
+    );
+    assert_eq!(
+        split_address("postgres://u:p@db.internal:5433/x?sslmode=disable", "127.0.0.1:9"),
+        ("db.internal:5433".into(), "postgres://u:p@127.0.0.1:9/x?sslmode=disable".into())
+    );
+    assert_eq!(split_address("postgresql://db/x", "h:1"), ("db:5432".into(), "postgresql://h:1/x".into()));
 }
