@@ -101,7 +101,9 @@
 //! - `POST /api/sdk/payments/request` answers 2xx with a `requestId` whatever the decision
 //!   (`APPROVED`, `DENIED`, `REQUIRES_APPROVAL` with `approvalRequestId`), decided on the
 //!   `request` rail (every rail-independent rule applies). `GET
-//!   /api/sdk/payments/{requestId}` follows a human's answer. `POST .../execute` refuses by the
+//!   /api/sdk/payments/{requestId}` follows a human's answer, then its approval's: `EXECUTED`
+//!   once confirmed, `EXPIRED` once it lapsed unconfirmed (Conto's enum names no lapsed state;
+//!   a lapsed approval is never shown `APPROVED`, which a client would go on to pay). `POST .../execute` refuses by the
 //!   request's state in Conto's codes (`404 NOT_FOUND`; `400 INVALID_STATUS` when not approved
 //!   or already paid; `400 EXPIRED` when its approval lapsed) and a live approved request with
 //!   `400 EXTERNAL_WALLET` (Conto's answer for a wallet it does not hold): conto-local holds
@@ -111,9 +113,11 @@
 //!   approval stands, and the app settles it: it pays from its own wallet and confirms with
 //!   `POST /api/sdk/payments/{requestId}/confirm {"txHash"}`, without an `approvalToken` (a
 //!   payment request's approval, given at once or by a human, carries none; a transfer
-//!   approval's confirm requires its token).
-//! - A confirm's `currency` is `pathUSD` on Tempo (testnet 42431, mainnet 4217), `USDC` on
-//!   other chains.
+//!   approval's confirm requires its token). The request's own id confirms it, also once a
+//!   human approved it (its approval's id, listed by `GET /api/sdk/approval-requests`, does
+//!   too); a request denied or still waiting is `400 INVALID_STATUS`.
+//! - A confirm's `currency` is `pathUSD` on Tempo (testnet 42431, mainnet 4217, and a payment
+//!   request's chain, Conto's default 42431), `USDC` on other chains.
 //! - A confirm's `explorerUrl` links the transaction on the chains conto-local knows (Tempo
 //!   testnet 42431, Ethereum, Base, Base Sepolia, Optimism, Polygon, Arbitrum); it is left out
 //!   on others.

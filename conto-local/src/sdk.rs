@@ -479,18 +479,20 @@ async fn payment_request_status(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, Kind::Request.authorize_scope(), Class::Reads)?;
-    Ok(reply(StatusCode::OK, request_now(&app, id, &caller.agent)?))
+    Ok(reply(StatusCode::OK, request_now(&lock(&app.store), id, &caller.agent)?))
 }
 
 /// A payment request of `agent` as it stands now: its status follows a human's answer
-/// (`APPROVED` with the approval's id, `DENIED` when rejected or left to lapse).
-fn request_now(app: &App, id: String, agent: &str) -> Result<DecisionBody, ApiError> {
-    let (mut status, approval_request_id, reasons) = lock(&app.store)
+/// (`APPROVED` with the approval's id, `DENIED` when rejected or left to lapse), then its
+/// approval's: `EXECUTED` once confirmed, `EXPIRED` once it lapsed unconfirmed (an approval
+/// that can no longer be paid is never shown `APPROVED`).
+fn request_now(store: &Store, id: String, agent: &str) -> Result<DecisionBody, ApiError> {
+    let (mut status, approval_request_id, reasons) = store
         .payment_request(&id, agent)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no payment request `{id}`")))?;
     let mut body = DecisionBody { reasons, ..DecisionBody::default() };
     if let Some(apr) = &approval_request_id {
-        let request = lock(&app.store).request(apr)?.filter(|r| r.agent_id == agent);
+        let request = store.request(apr)?.filter(|r| r.agent_id == agent);
         if let Some(r) = request {
             let expired = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now());
             status = match r.status.as_str() {
@@ -503,6 +505,17 @@ fn request_now(app: &App, id: String, agent: &str) -> Result<DecisionBody, ApiEr
                 _ => status,
             };
         }
+    }
+    if status == "APPROVED" {
+        // Approved when asked, the request's id is its approval's; approved by a human, the
+        // approval is named.
+        let approval_id = body.approval_id.clone().unwrap_or_else(|| id.clone());
+        status = match store.approval_taken(&approval_id)? {
+            (_, true) => "EXECUTED".into(),
+            (Some(a), false) if !a.expired() => status,
+            // Lapsed, or forgotten long after it lapsed.
+            _ => "EXPIRED".into(),
+        };
     }
     body.request_id = Some(id);
     body.approval_request_id = approval_request_id;
@@ -523,29 +536,15 @@ async fn execute_payment(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "payments:execute", Class::Payments)?;
-    let request = request_now(&app, id, &caller.agent)?;
+    let request = request_now(&lock(&app.store), id, &caller.agent)?;
     let (status, id) = (request.status.unwrap_or_default(), request.request_id.unwrap_or_default());
-    // Approved when asked, the request's id is its approval's; approved by a human, the
-    // approval is named.
-    let approval_id = match (status.as_str(), request.approval_id) {
-        ("APPROVED", approval_id) => approval_id.unwrap_or_else(|| id.clone()),
-        _ => {
-            return Err(bad(
-                "INVALID_STATUS",
-                format!("payment request `{id}` is {status}; only an APPROVED one executes"),
-            ));
-        }
-    };
-    let store = lock(&app.store);
-    match store.approval_taken(&approval_id)? {
-        (_, true) => return Err(bad("INVALID_STATUS", format!("payment request `{id}` was already paid"))),
-        (Some(a), false) if !a.expired() => {}
-        _ => {
-            return Err(bad("EXPIRED", format!("EXPIRED: payment request `{id}`'s approval lapsed; ask again")));
-        }
+    match status.as_str() {
+        // Conto's answer to `/execute` on a wallet it does not hold (conto-api.md §2, §8).
+        "APPROVED" => Err(ApiError::new(StatusCode::BAD_REQUEST, "EXTERNAL_WALLET", NO_MANAGED_WALLET)),
+        "EXECUTED" => Err(bad("INVALID_STATUS", format!("payment request `{id}` was already paid"))),
+        "EXPIRED" => Err(bad("EXPIRED", format!("EXPIRED: payment request `{id}`'s approval lapsed; ask again"))),
+        _ => Err(bad("INVALID_STATUS", format!("payment request `{id}` is {status}; only an APPROVED one executes"))),
     }
-    // Conto's answer to `/execute` on a wallet it does not hold (conto-api.md §2, §8).
-    Err(ApiError::new(StatusCode::BAD_REQUEST, "EXTERNAL_WALLET", NO_MANAGED_WALLET))
 }
 
 /// Why conto-local executes no payment (`execute`, `autoExecute`).
@@ -663,10 +662,18 @@ fn is_tx_hash(s: &str) -> bool {
     evm || ((43..=90).contains(&s.len()) && s.chars().all(|c| BASE58.contains(c)))
 }
 
-/// The block explorer's page for `tx` on the transfer's chain (left out for chains conto-local
-/// does not know).
+/// The chain a payment request is paid on: Conto's default, Tempo testnet (conto-api.md §4.1:
+/// `chainId` defaults to 42431 when not supplied; the request body names none).
+const REQUEST_CHAIN: u64 = 42431;
+
+/// The block explorer's page for `tx` on the transfer's chain, or a payment request's (left
+/// out for chains conto-local does not know).
 fn explorer_url(rail: &Rail, tx: &str) -> Option<String> {
-    let Rail::Transfer { chain_id, .. } = rail else { return None };
+    let chain_id = match rail {
+        Rail::Transfer { chain_id, .. } => *chain_id,
+        Rail::Request { .. } => REQUEST_CHAIN,
+        _ => return None,
+    };
     let base = match chain_id {
         // Tempo testnet, the chain Conto's skill defaults to (its example explorer URL).
         42431 => "https://explore.moderato.tempo.xyz/tx/",
@@ -683,10 +690,10 @@ fn explorer_url(rail: &Rail, tx: &str) -> Option<String> {
 
 /// The stablecoin a transfer settles in: pathUSD on Tempo, testnet (42431, Conto's default
 /// chain, where its skill sends `token: "pathUSD"`) and mainnet (4217, conto-api.md §6.5);
-/// USDC elsewhere (§4.1: `USDC`, `pathUSD`).
+/// USDC elsewhere (§4.1: `USDC`, `pathUSD`). A payment request is paid on [`REQUEST_CHAIN`].
 fn currency(rail: &Rail) -> &'static str {
     match rail {
-        Rail::Transfer { chain_id: 42431 | 4217, .. } => "pathUSD",
+        Rail::Transfer { chain_id: 42431 | 4217, .. } | Rail::Request { .. } => "pathUSD",
         _ => "USDC",
     }
 }
@@ -712,7 +719,8 @@ async fn confirm_transfer(
         // Required for an approval that was issued one (a transfer's); a payment request's
         // approval was issued none, and is confirmed by its id (checked in `live_approval`).
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
-        let approval = live_approval(store, &caller.agent, Kind::Transfer, &id, body.amount, token)?;
+        let approval_id = request_approval(store, &caller.agent, &id)?;
+        let approval = live_approval(store, &caller.agent, Kind::Transfer, &approval_id, body.amount, token)?;
         let intent = approval.authorization.intent.clone();
         let (amount, transaction_id) = approval.settle(&app, store, &caller.agent, Some(tx.clone()))?;
         Ok((
@@ -731,6 +739,23 @@ async fn confirm_transfer(
         ))
     })?;
     Ok(reply(status, out))
+}
+
+/// The approval a confirm of `id` settles: a payment request's (confirmed by the request's
+/// own id, also once a human approved it, when its approval has an id of its own), or `id`
+/// itself. A request not approved (denied, waiting for a human) is `400 INVALID_STATUS`.
+fn request_approval(store: &Store, agent: &str, id: &str) -> Result<String, ApiError> {
+    if store.payment_request(id, agent)?.is_none() {
+        return Ok(id.to_owned());
+    }
+    let request = request_now(store, id.to_owned(), agent)?;
+    match request.status.as_deref().unwrap_or_default() {
+        // Already confirmed, or lapsed: the approval's own check says which.
+        "APPROVED" | "EXECUTED" | "EXPIRED" => Ok(request.approval_id.unwrap_or_else(|| id.to_owned())),
+        status => {
+            Err(bad("INVALID_STATUS", format!("payment request `{id}` is {status}; only an APPROVED one is confirmed")))
+        }
+    }
 }
 
 async fn confirm_card(

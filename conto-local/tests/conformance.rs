@@ -271,6 +271,9 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     assert!((200..300).contains(&status), "{denied}");
     assert_eq!(denied["status"], "DENIED");
     assert!(denied["requestId"].as_str().is_some() && denied["reasons"][0].as_str().is_some(), "{denied}");
+    let denied_id = denied["requestId"].as_str().unwrap();
+    let (status, refused) = sdk.post(&format!("/api/sdk/payments/{denied_id}/confirm"), json!({"txHash": TX})).await;
+    assert_eq!((status, refused["code"].as_str()), (400, Some("INVALID_STATUS")), "a denial is not paid: {refused}");
 
     // Requires approval: the approval request names the payment request; a human approves.
     let (status, pending) = sdk.post("/api/sdk/payments/request", request("90", "chk-3")).await;
@@ -289,14 +292,23 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{payment_id}"), None).await;
     assert_eq!(polled["status"], "APPROVED", "{polled}");
     // Approved by a human, it is listed with its approval and no token (a payment request's
-    // approval carries none), and confirmed by that approval's id without one.
+    // approval carries none), and confirmed by the request's own id without one (as
+    // `/execute`'s answer tells the app to), on Conto's default chain.
     let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests?type=payment&limit=100", None).await;
     let entry = listed["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == approval_id).cloned();
     let entry = entry.unwrap();
     assert!(entry["approvalToken"].is_null(), "no token to hand out: {entry}");
     let human = entry["approvalId"].as_str().unwrap().to_owned();
-    let (status, receipt) = sdk.post(&format!("/api/sdk/payments/{human}/confirm"), json!({"txHash": TX})).await;
-    assert_eq!((status, &receipt["confirmed"]), (200, &json!(true)), "{receipt}");
+    assert_ne!(human, payment_id, "its approval has an id of its own");
+    let (status, receipt) = sdk.post(&format!("/api/sdk/payments/{payment_id}/confirm"), json!({"txHash": TX})).await;
+    assert_eq!((status, &receipt["confirmed"], &receipt["amount"]), (200, &json!(true), &json!(90)), "{receipt}");
+    assert_eq!(receipt["currency"], "pathUSD", "Tempo testnet, the default chain: {receipt}");
+    assert!(receipt["explorerUrl"].as_str().is_some_and(|u| u.ends_with(TX)), "{receipt}");
+    let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{payment_id}"), None).await;
+    assert_eq!(polled["status"], "EXECUTED", "paid, never APPROVED again: {polled}");
+    // Its approval's own id names the same payment: confirmed once.
+    let (status, again) = sdk.post(&format!("/api/sdk/payments/{human}/confirm"), json!({"txHash": TX})).await;
+    assert_eq!((status, again["code"].as_str()), (400, Some("INVALID_STATUS")), "{again}");
 
     // Executing from a Conto-managed wallet is not something conto-local can do: Conto's answer
     // for a wallet it does not hold.
@@ -315,6 +327,10 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     assert_eq!((status, &receipt["confirmed"], &receipt["amount"]), (200, &json!(true), &json!(12.5)), "{receipt}");
     let (status, again) = sdk.post(&format!("/api/sdk/payments/{id}/confirm"), json!({"txHash": TX})).await;
     assert_eq!((status, again["code"].as_str()), (400, Some("INVALID_STATUS")), "confirmed once: {again}");
+    let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{id}"), None).await;
+    assert_eq!(polled["status"], "EXECUTED", "{polled}");
+    let (status, body) = exec.post(&format!("/api/sdk/payments/{id}/execute"), json!({})).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("INVALID_STATUS")), "paid already: {body}");
 }
 
 /// Provisioning as Conto's hybrid starter does it, through the org surface, then the controls
@@ -803,7 +819,16 @@ async fn a_confirm_after_the_approval_lapsed_is_expired_and_counts_nothing() {
     let sdk = Sdk { base: server.url(), key, http: reqwest::Client::new() };
     let (status, approval) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
     assert_eq!((status, &approval["approved"]), (200, &json!(true)), "{approval}");
+    let (_, request) = sdk.post("/api/sdk/payments/request", json!({"amount": 3, "recipientAddress": RECIPIENT})).await;
+    assert_eq!(request["status"], "APPROVED", "{request}");
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    // A payment request whose approval lapsed is shown so, never `APPROVED` (which a client
+    // would go on to pay), and its confirm is refused the same way.
+    let request_id = request["requestId"].as_str().unwrap();
+    let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{request_id}"), None).await;
+    assert_eq!(polled["status"], "EXPIRED", "{polled}");
+    let (status, err) = sdk.post(&format!("/api/sdk/payments/{request_id}/confirm"), json!({"txHash": TX})).await;
+    assert_eq!((status, &err["code"]), (400, &json!("EXPIRED")), "{err}");
     let id = approval["approvalId"].as_str().unwrap();
     let confirm = json!({"txHash": TX, "approvalToken": approval["approvalToken"]});
     let (status, err) = sdk.post(&format!("/api/sdk/payments/{id}/confirm"), confirm).await;
