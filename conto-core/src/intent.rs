@@ -13,9 +13,10 @@ pub enum IntentError {
     /// The amount is not a valid [`Amount`].
     #[error("invalid amount: {0}")]
     Amount(#[from] AmountError),
-    /// The recipient is neither an EVM address nor a Solana address.
+    /// An address (the recipient, a transfer's sender) is neither an EVM address nor a Solana
+    /// address.
     #[error(
-        "invalid recipient address `{0}`: expected an EVM address (0x + 40 hex digits) or a Solana address (32-44 base58 characters)"
+        "invalid address `{0}`: expected an EVM address (0x + 40 hex digits) or a Solana address (32-44 base58 characters)"
     )]
     Address(String),
     /// The rail needs a recipient address and none was given.

@@ -943,7 +943,23 @@ fn policy_set(policies: &[Policy]) -> Result<PolicySet, conto_core::PolicyError>
 
 /// [`policy_set`], a bad document refused with `400 VALIDATION_ERROR`.
 pub(crate) fn compile(policies: &[Policy]) -> Result<PolicySet, ApiError> {
-    policy_set(policies).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))
+    policy_set(policies).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", body_message(e)))
+}
+
+/// A policy error about one policy sent in a request body, said of that body: its JSON path
+/// starts at the policy (`rules[3].ruleType`), not in a policy file's list.
+fn body_message(e: conto_core::PolicyError) -> String {
+    match e {
+        conto_core::PolicyError::Shape { path, message } => {
+            let path = path.strip_prefix("[0]").map_or(path.as_str(), |p| p.trim_start_matches('.'));
+            if path.is_empty() {
+                format!("the policy has the wrong shape: {message}")
+            } else {
+                format!("the policy has the wrong shape at `{path}`: {message}")
+            }
+        }
+        other => other.to_string(),
+    }
 }
 
 fn reload_policies(app: &App, store: &Store) -> Result<(), ApiError> {
@@ -958,6 +974,8 @@ fn save_policy(app: &App, store: &Store, id: &str, mut doc: Policy) -> Result<Po
     for rule in doc.rules.iter_mut().flatten() {
         rule.id.get_or_insert_with(|| format!("rule_{}", random_hex(6)));
     }
+    // The document alone first, so that what is wrong is said of it; then beside the others.
+    compile(std::slice::from_ref(&doc))?;
     let mut all: Vec<Policy> = effective_policies(store)?.into_iter().filter(|p| p.id.as_deref() != Some(id)).collect();
     all.push(doc.clone());
     compile(&all)?;

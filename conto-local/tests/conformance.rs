@@ -796,6 +796,17 @@ async fn rules_conto_local_cannot_evaluate_are_kept_and_deny_on_their_rails() {
         )
         .await;
     assert_eq!((status, &err["code"]), (400, &json!("VALIDATION_ERROR")), "{err}");
+
+    // A malformed policy body is said of the body, by its own paths (no policy file, no
+    // index into the other stored policies).
+    let (status, err) = org
+        .post(
+            "/api/policies",
+            json!({"name": "no type", "rules": [{"operator": "LTE", "value": "1", "action": "ALLOW"}]}),
+        )
+        .await;
+    assert_eq!((status, &err["code"]), (400, &json!("VALIDATION_ERROR")), "{err}");
+    assert_eq!(err["message"], "the policy has the wrong shape at `rules[0]`: missing field `ruleType`", "{err}");
 }
 
 /// A confirm after the approval lapsed is `400 EXPIRED` (conto-api.md: "If confirmation fails

@@ -170,8 +170,14 @@ async fn a_missing_recipient_is_named_as_missing_and_a_malformed_one_as_invalid(
     for (path, body, code) in cases {
         let (status, err) = sdk.post(path, body.clone()).await;
         assert_eq!((status, err["code"].as_str()), (400, Some(code)), "{path} {body}: {err}");
-        assert!(err["message"].as_str().unwrap().contains("recipientAddress") || code == "INVALID_ADDRESS", "{err}");
+        assert!(err["message"].as_str().unwrap().contains("recipientAddress"), "the field named: {err}");
     }
+    // A malformed sender is named as the sender, not the recipient.
+    let bad_sender = json!({"amount": 5, "recipientAddress": RECIPIENT, "senderAddress": "nope", "chainId": 8453});
+    let (status, err) = sdk.post("/api/sdk/payments/approve", bad_sender).await;
+    assert_eq!((status, err["code"].as_str()), (400, Some("INVALID_ADDRESS")), "{err}");
+    let message = err["message"].as_str().unwrap();
+    assert!(message.starts_with("`senderAddress`") && !message.contains("recipient"), "{err}");
 }
 
 #[tokio::test]

@@ -369,7 +369,11 @@ impl PaymentBody {
                 // Conto's default chain when none is sent (conto-api.md §4.1; its skill lists
                 // `chainId` as optional, "Send 42431 for Tempo Testnet (default)").
                 let chain = self.chain_id.map_or(DEFAULT_CHAIN_ID, ChainId::get);
-                Rail::transfer(chain, &need(&self.sender_address, "senderAddress")?)?
+                Rail::transfer(chain, &need(&self.sender_address, "senderAddress")?).map_err(|e| {
+                    let mut e = BodyError::from(e);
+                    e.message = format!("`senderAddress`: {}", e.message);
+                    e
+                })?
             }
             Kind::X402 | Kind::Mpp => {
                 let url = need(&self.resource_url, "resourceUrl")?;
@@ -427,7 +431,15 @@ impl PaymentBody {
         if let Some(k) = given(&self.idempotency_key) {
             b = b.idempotency_key(k);
         }
-        Ok(b.build()?)
+        b.build().map_err(|e| {
+            // The sender was read above: an address refused here is the recipient's.
+            let named = matches!(e, IntentError::Address(_));
+            let mut e = BodyError::from(e);
+            if named {
+                e.message = format!("`recipientAddress`: {}", e.message);
+            }
+            e
+        })
     }
 
     /// The settlement's reference: `txHash`, or its older name `transactionHash`.

@@ -154,7 +154,12 @@ impl Explain for When<'_> {
             ),
             When::Weekday { day, listed } => {
                 const NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-                format!("{} is {} the allowed days", NAMES[*day as usize], if *listed { "among" } else { "not among" })
+                // The rule's list allows (IN_LIST) or excludes (NOT_IN_LIST): say what it lists.
+                format!(
+                    "{} is {} the days the rule lists",
+                    NAMES[*day as usize],
+                    if *listed { "among" } else { "not among" }
+                )
             }
             When::Range { now, inside, start, end } => {
                 format!("{now} is {} the permitted range {start} to {end}", if *inside { "inside" } else { "outside" })
