@@ -801,7 +801,7 @@ enum Planned {
         key: Option<String>,
     },
     /// Counts spend no reservation held.
-    Unreserved { intent: PaymentIntent, record_id: String, key: Option<String> },
+    Unreserved { intent: PaymentIntent, record_id: String, key: Option<String>, reference: Option<String> },
 }
 
 /// Checks one payment of a record against the store and against the payments before it in the
@@ -863,7 +863,7 @@ fn plan_one(
         taken.insert(preauth);
         return Ok(Planned::Settle { approval, reference, record_id: Some(record_id), key });
     }
-    Ok(Planned::Unreserved { intent, record_id, key })
+    Ok(Planned::Unreserved { intent, record_id, key, reference })
 }
 
 impl Planned {
@@ -887,11 +887,12 @@ impl Planned {
                 }
                 Ok(recorded(record_id, Some(preauth), transaction_id, amount))
             }
-            Planned::Unreserved { intent, record_id, key } => {
+            Planned::Unreserved { intent, record_id, key, reference } => {
                 let amount = intent.amount;
                 app.engine.restore_spend(&intent, amount, Timestamp::now());
                 let intent_json = serde_json::to_string(&intent).unwrap_or_default();
-                let transaction_id = store_spend(store, &record_id, agent, &intent_json, amount, None)?;
+                // Its tx hash kept, as a settled pre-authorization's is (`/transactions`).
+                let transaction_id = store_spend(store, &record_id, agent, &intent_json, amount, reference.as_deref())?;
                 if let Some(key) = &key {
                     store.remember_payment(agent, key, &record_id)?;
                 }

@@ -741,6 +741,15 @@ async fn the_agent_reads_its_wallets_and_its_transactions() {
     assert_eq!(status, 400);
     let anonymous = reqwest::get(format!("{}/api/sdk/transactions", server.url())).await.unwrap();
     assert_eq!(anonymous.status(), 401);
+
+    // A payment recorded with no pre-authorization to settle keeps its tx hash too.
+    let unmatched = format!("0x{}", "c".repeat(64));
+    let record = json!({"payments": [{"amount": "0.5", "recipientAddress": RECIPIENT,
+        "resourceUrl": "https://other.example.com/x", "txHash": unmatched, "paymentId": "pay-unmatched"}]});
+    let (status, body) = sdk.post("/api/sdk/x402/record", record).await;
+    assert!(status < 300, "{body}");
+    let (_, newest) = sdk.call(reqwest::Method::GET, "/api/sdk/transactions?limit=1", None).await;
+    assert_eq!(newest["transactions"][0]["txHash"], json!(unmatched), "{newest}");
 }
 
 /// Rule types Conto's agent skill documents but conto-local has no data to evaluate (a
