@@ -384,6 +384,54 @@ fn x402_velocity_per_endpoint_and_session_budget() {
     approved(&e.decide(&other_session));
 }
 
+/// Conto's recommended MPP policy (conto-api.md §6.6): at most three sessions open at once.
+/// A session is an MPP pre-authorization still live; its record, its release or its lapse
+/// closes it. Other rails open none.
+#[test]
+fn mpp_max_concurrent_sessions_counts_the_sessions_still_open() {
+    let (e, clock) = engine_at(
+        &policy(&[
+            &rule("MPP_SESSION_BUDGET", "LTE", "25", "ALLOW"),
+            &rule("MPP_MAX_PER_REQUEST", "LTE", "1.00", "ALLOW"),
+            &rule("MPP_MAX_CONCURRENT_SESSIONS", "LTE", "3", "ALLOW"),
+        ]),
+        NOON_WED,
+    );
+    let url = "https://api.example.com/stream";
+    let open = |s: &str| approved(&e.decide(&mpp("0.5", url, Some(s), Some("5")))).clone();
+    let (first, second, _third) = (open("s1"), open("s2"), open("s3"));
+    let fourth = e.decide(&mpp("0.5", url, Some("s4"), Some("5")));
+    assert_denied(&fourth, V::MppMaxConcurrentSessions);
+    assert!(
+        violation(&fourth).message.as_deref().is_some_and(|m| m.contains("open sessions would be 4, limit 3")),
+        "{fourth:?}"
+    );
+    approved(&e.decide(&transfer("1"))); // a transfer is no session
+    // Recorded: that session is closed.
+    e.settle(&first, &conto_core::Settlement::default()).unwrap();
+    open("s4");
+    assert_denied(&e.decide(&mpp("0.5", url, Some("s5"), None)), V::MppMaxConcurrentSessions);
+    // Released, or lapsed: closed too.
+    e.free(&second).unwrap();
+    open("s5");
+    clock.advance(SignedDuration::from_hours(1));
+    e.sweep_expired();
+    let (_a, _b, _c) = (open("s6"), open("s7"), open("s8"));
+    assert_denied(&e.decide(&mpp("0.5", url, Some("s9"), None)), V::MppMaxConcurrentSessions);
+}
+
+#[test]
+fn mpp_max_concurrent_sessions_takes_a_whole_number() {
+    for (op, value) in [("LTE", "0"), ("LTE", "2.5"), ("GT", "3"), ("LTE", "three")] {
+        let text = policy(&[&rule("MPP_MAX_CONCURRENT_SESSIONS", op, value, "ALLOW")]);
+        assert!(PolicySet::from_json(&text).is_err(), "{op} {value}");
+    }
+    let text = policy(&[&rule("MPP_MAX_CONCURRENT_SESSIONS", "LT", "2", "ALLOW")]);
+    let (e, _) = engine_at(&text, NOON_WED);
+    approved(&e.decide(&mpp("0.5", "https://api.example.com/x", None, None)));
+    assert_denied(&e.decide(&mpp("0.5", "https://api.example.com/x", None, None)), V::MppMaxConcurrentSessions);
+}
+
 #[test]
 fn mpp_rules() {
     let (e, _) = engine_at(

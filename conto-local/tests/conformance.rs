@@ -674,6 +674,61 @@ async fn budget_reads_and_health_answer() {
     assert_eq!(health.status(), 200);
 }
 
+/// Conto's recommended MPP policy (conto-api.md §6.6: session budget 25, 1.00 a request, three
+/// sessions at once) lets sessions open, refuses a fourth while three are open, and counts a
+/// session closed once its settled amount is recorded (with or without its authorization id);
+/// the open ones are still counted after a restart.
+#[tokio::test]
+async fn contos_recommended_mpp_policy_counts_open_sessions() {
+    let dir = std::env::temp_dir().join(format!("conto-local-sessions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = std::fs::remove_file(dir.join("local.db"));
+    let server = start_on_db(dir.join("local.db")).await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(json!({"name": "MPP controls", "policyType": "MPP_CONTROLS", "scope": "all", "rules": [
+        {"ruleType": "MPP_SESSION_BUDGET", "operator": "LTE", "value": "25", "action": "ALLOW"},
+        {"ruleType": "MPP_MAX_PER_REQUEST", "operator": "LTE", "value": "1.00", "action": "ALLOW"},
+        {"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "3", "action": "ALLOW"}]}))
+        .await;
+    let sdk = Sdk { base: server.url(), key, http: reqwest::Client::new() };
+    let url = "https://api.example.com/v1/stream";
+    let open = |sdk: &Sdk| {
+        let body = json!({"amount": 0.5, "recipientAddress": RECIPIENT, "resourceUrl": url, "intent": "session",
+            "depositAmount": 5});
+        let (http, base, key) = (sdk.http.clone(), sdk.base.clone(), sdk.key.clone());
+        async move {
+            let resp = http.post(format!("{base}/api/sdk/mpp/pre-authorize")).bearer_auth(key).json(&body).send();
+            resp.await.unwrap().json::<Value>().await.unwrap()
+        }
+    };
+    for n in 1..=3 {
+        let pre = open(&sdk).await;
+        assert_eq!(pre["authorized"], true, "session {n}: {pre}");
+    }
+    let fourth = open(&sdk).await;
+    assert_eq!(fourth["authorized"], false, "{fourth}");
+    assert_eq!(fourth["violations"][0]["type"], "MPP_MAX_CONCURRENT_SESSIONS", "{fourth}");
+    assert_eq!((&fourth["violations"][0]["limit"], &fourth["violations"][0]["current"]), (&json!(3), &json!(3)));
+
+    // One session ends: its settled amount recorded as the docs show it, no authorization id.
+    let record = json!({"amount": 0.4, "recipientAddress": RECIPIENT, "txHash": TX, "resourceUrl": url,
+        "sessionId": "sess-1", "scheme": "mpp", "chainId": "4217"});
+    let (status, body) = sdk.post("/api/sdk/mpp/record", record).await;
+    assert!(status < 300, "{status} {body}");
+    let pre = open(&sdk).await;
+    assert_eq!(pre["authorized"], true, "a session closed, another opens: {pre}");
+
+    // Three open again, across a restart.
+    server.stop().await;
+    let server = start_on_db(dir.join("local.db")).await;
+    let sdk = Sdk { base: server.url(), ..sdk };
+    let after = open(&sdk).await;
+    assert_eq!(after["violations"][0]["type"], "MPP_MAX_CONCURRENT_SESSIONS", "still three open: {after}");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An MPP session as Conto's docs describe it: the deposit pre-authorized, the settled amount
 /// recorded with the session, wallet and chain (`chainId` as the string `"4217"`), then the
 /// service listed under the MPP services read, and not under x402's.
@@ -753,7 +808,7 @@ async fn the_agent_reads_its_wallets_and_its_transactions() {
 }
 
 /// Rule types Conto's agent skill documents but conto-local has no data to evaluate (a
-/// country whitelist; Conto's recommended MPP policy's concurrent sessions) are stored as
+/// country whitelist; a session's length) are stored as
 /// Conto stores them, and fail closed: every payment on their rails is denied, the violation
 /// named for the rule, until the policy is deactivated. Never silently passed.
 #[tokio::test]
@@ -787,14 +842,14 @@ async fn rules_conto_local_cannot_evaluate_are_kept_and_deny_on_their_rails() {
 
     // An MPP rule denies on MPP only.
     org.policy(json!({"name": "MPP_CONTROLS", "scope": "all", "rules": [
-        {"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "3", "action": "ALLOW"}]}))
+        {"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": "3600", "action": "ALLOW"}]}))
         .await;
     let (_, x402) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("1")).await;
     assert_eq!(x402["authorized"], true, "{x402}");
     let mpp = json!({"amount": "1", "recipientAddress": RECIPIENT, "resourceUrl": "https://mpp.example.com/v1/chat"});
     let (_, mpp) = sdk.post("/api/sdk/mpp/pre-authorize", mpp).await;
     assert_eq!(mpp["authorized"], false, "{mpp}");
-    assert_eq!(mpp["violations"][0]["type"], "MPP_MAX_CONCURRENT_SESSIONS", "{mpp}");
+    assert_eq!(mpp["violations"][0]["type"], "MPP_MAX_SESSION_DURATION", "{mpp}");
 
     // An unknown rule type is still refused at creation.
     let (status, err) = org

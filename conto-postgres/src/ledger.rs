@@ -428,7 +428,9 @@ impl PgLedger {
                           FROM {s}.ledger_holds h, a
                          WHERE h.id = $1 AND c.actor = $2 AND c.counter = h.counter AND c.scope = h.scope
                            AND c.period_start = h.period_start
-                     RETURNING 1)
+                     RETURNING 1),
+                     v AS (DELETE FROM {s}.ledger_slots
+                            WHERE id = $1 AND counter LIKE 'live|%' AND EXISTS (SELECT 1 FROM a) RETURNING 1)
                      DELETE FROM {s}.ledger_holds WHERE id = $1",
                 ))
                 .bind(id)

@@ -424,3 +424,53 @@ async fn an_authorization_cannot_be_recorded_or_released_under_another_actor() {
     assert_eq!(a.settle(&real, &Settlement::default()).await.unwrap().amount.get(), Decimal::from(3));
     drop_schema(&pool, &name).await;
 }
+
+/// `MPP_MAX_CONCURRENT_SESSIONS` across replicas: sessions opened on either count against one
+/// limit; a record or a release on either closes one (a spend restored without a reservation
+/// opens none), and a lapsed one is closed by the next decision's sweep.
+#[tokio::test]
+async fn open_mpp_sessions_are_counted_across_replicas() {
+    let Some((pool, name)) = schema("sess").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let mut engines = Vec::new();
+    for _ in 0..2 {
+        let ledger = PgLedger::open(pool.clone(), &name).await.unwrap();
+        let set = conto::PolicySet::from_json(
+            r#"{"agents": ["agent-1"], "policies": [{"name": "MPP controls", "rules": [
+                {"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "2", "action": "ALLOW"}]}]}"#,
+        )
+        .unwrap();
+        engines.push(Engine::builder().policies(set).clock(clock.clone()).build_shared(ledger));
+    }
+    let (a, b) = (&engines[0], &engines[1]);
+    let session = |s: &str| {
+        let rail = Rail::Mpp {
+            resource_url: "https://api.example.com/stream".into(),
+            service_domain: "api.example.com".into(),
+            session_id: Some(s.into()),
+            intent: Some("session".into()),
+            deposit: None,
+            method: None,
+        };
+        PaymentIntent::builder("agent-1", "1", rail)
+            .recipient("0x1111111111111111111111111111111111111111")
+            .build()
+            .unwrap()
+    };
+    let denied = |v: &Verdict| matches!(v, Verdict::Denied(d) if d.violations[0].kind == conto::ViolationType::MppMaxConcurrentSessions);
+    let first = approved(a.decide(&session("s1")).await.unwrap().verdict);
+    let second = approved(b.decide(&session("s2")).await.unwrap().verdict);
+    assert!(denied(&a.decide(&session("s3")).await.unwrap().verdict));
+    b.restore_spend(&session("s0"), "1".parse().unwrap()).await.unwrap();
+    b.settle(&first, &Settlement::default()).await.unwrap();
+    approved(a.decide(&session("s3")).await.unwrap().verdict);
+    assert!(denied(&b.decide(&session("s4")).await.unwrap().verdict));
+    a.free(&second).await.unwrap();
+    approved(b.decide(&session("s4")).await.unwrap().verdict);
+    assert!(denied(&a.decide(&session("s5")).await.unwrap().verdict));
+    clock.advance(SignedDuration::from_hours(1)); // both live ones lapse
+    approved(a.decide(&session("s5")).await.unwrap().verdict);
+    approved(b.decide(&session("s6")).await.unwrap().verdict);
+    assert!(denied(&a.decide(&session("s7")).await.unwrap().verdict));
+    drop_schema(&pool, &name).await;
+}

@@ -143,6 +143,18 @@ pub(crate) struct VelocityKey {
     pub window: SignedDuration,
 }
 
+/// The window of a count of live approvals (`MPP_MAX_CONCURRENT_SESSIONS`): an approval
+/// leaves it when it ends, settled, released or lapsed, never by age (none lives a week). A
+/// spend counted without a reservation never enters it.
+pub(crate) const LIVE_WINDOW: SignedDuration = SignedDuration::from_hours(7 * 24);
+
+impl VelocityKey {
+    /// Whether this window counts live approvals only (see [`LIVE_WINDOW`]).
+    pub(crate) fn is_live(&self) -> bool {
+        self.window == LIVE_WINDOW
+    }
+}
+
 impl PartialEq for VelocityKey {
     fn eq(&self, other: &Self) -> bool {
         self.id == other.id && same_scope(&self.scope_key, &other.scope_key)
@@ -430,7 +442,7 @@ impl AgentLedger {
             }
         }
         self.next_seq += 1;
-        for key in windows {
+        for key in windows.iter().filter(|k| !k.is_live()) {
             let q = self.velocity.entry(key.clone()).or_default();
             q.push_back((at, self.next_seq));
             q.make_contiguous().sort_by_key(|(t, _)| *t);
@@ -579,8 +591,9 @@ fn unhold(
             }
         }
     }
-    if settled.is_none() {
-        for (key, seq) in &r.slots {
+    // A used approval stays in its windows; a live-only window drops it whatever the end.
+    for (key, seq) in &r.slots {
+        if settled.is_none() || key.is_live() {
             if let Some(q) = velocity.get_mut(key) {
                 q.retain(|(_, s)| s != seq);
             }

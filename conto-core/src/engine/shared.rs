@@ -132,7 +132,8 @@ pub enum LedgerWrite {
         at: Timestamp,
     },
     /// A live authorization becomes spend: each counter it holds gives back the held amount
-    /// and counts `counted`; its window slots stay (it was used).
+    /// and counts `counted`; its window slots stay (it was used), but for those of windows
+    /// that count live approvals only, whose counter starts `live|` (it is no longer live).
     Settle {
         /// The authorization id.
         id: String,
@@ -628,7 +629,9 @@ impl SharedEngine {
     /// counters and windows of the periods that contain now.
     pub async fn restore_spend(&self, intent: &PaymentIntent, amount: Amount) -> Result<(), AuthorityError> {
         let now = self.engine.now();
-        let (holds, windows) = self.keys(intent, now);
+        let (holds, mut windows) = self.keys(intent, now);
+        // A spend is no live approval: it takes no slot in a live-only window.
+        windows.retain(|k| !k.is_live());
         let (counters, windows) = slots(&holds, &windows, now);
         let write = LedgerWrite::Spend { counters, windows, amount: amount.get(), at: now };
         let mut step = |_: &LedgerView| vec![write.clone()];

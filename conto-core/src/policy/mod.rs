@@ -59,14 +59,16 @@
 //!    cards; the rest to every rail. Cumulative and velocity counters count the rails their rule
 //!    applies to.
 //! 9. **`VELOCITY_LIMIT`** `{"maxCount": n, "period": "MINUTE"|"HOUR"|"DAY"}` is a sliding window
-//!    over approvals (released approvals do not count).
+//!    over approvals (released approvals do not count). **`MPP_MAX_CONCURRENT_SESSIONS`** `LTE n`
+//!    counts the agent's open MPP sessions: its MPP pre-authorizations still live (not yet
+//!    recorded, released or lapsed), this one included; a record closes a session.
 //! 10. **Assignment.** A policy applies to the agents in `agentIds` (or `agentPolicies[].agentId`);
 //!     with neither, or with `scope: "all"`, to every agent; with `scope: "assigned"` and
 //!     neither, to no agent yet (created, not yet assigned, as Conto's policy API has it). Inactive policies are loaded and
 //!     skipped.
 //! 11. **Known but not evaluated.** Rule types that need data the engine does not have
 //!     (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`, `CONTRACT_ALLOWLIST`,
-//!     `FAIRSCALE_MIN_SCORE`, `MPP_MAX_CONCURRENT_SESSIONS`, `MPP_MAX_SESSION_DURATION`) are a load
+//!     `FAIRSCALE_MIN_SCORE`, `MPP_MAX_SESSION_DURATION`) are a load
 //!     error (`Unsupported`), never silently ignored; loaded with [`UnevaluatedRules::Deny`]
 //!     (conto-local does), each denies every payment on its rails instead. Unknown rule types
 //!     and operators are always a load error.
@@ -92,7 +94,7 @@ pub(crate) use rules::{CompiledRule, CounterId, Cumulative, Period};
 /// What loading does with a rule type Conto documents but the engine cannot evaluate, because
 /// it needs data a payment intent does not carry (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`,
 /// `COUNTERPARTY_STATUS`, `CONTRACT_ALLOWLIST`, `FAIRSCALE_MIN_SCORE`,
-/// `MPP_MAX_CONCURRENT_SESSIONS`, `MPP_MAX_SESSION_DURATION`). Never silently ignored.
+/// `MPP_MAX_SESSION_DURATION`). Never silently ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum UnevaluatedRules {

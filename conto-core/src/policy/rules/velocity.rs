@@ -1,5 +1,8 @@
 //! Approvals per sliding window: `VELOCITY_LIMIT` and the x402/MPP per-endpoint velocity,
-//! `{"maxCount": n, "period": "MINUTE"|"HOUR"|"DAY"}`.
+//! `{"maxCount": n, "period": "MINUTE"|"HOUR"|"DAY"}`; and approvals still live,
+//! `MPP_MAX_CONCURRENT_SESSIONS` (`"3"`): the agent's open MPP sessions, each a pre-authorization
+//! not yet recorded, released or lapsed (Conto opens a session with its deposit's
+//! pre-authorization and closes it with the record of what it settled).
 
 use jiff::SignedDuration;
 use rust_decimal::Decimal;
@@ -8,7 +11,7 @@ use serde_json::Value;
 use super::{Check, Explain, Finding, RailFilter, Scope, Spec, Subject, Velocity};
 use crate::decision::ViolationType as V;
 use crate::engine::evaluate::Reads;
-use crate::engine::ledger::VelocityKey;
+use crate::engine::ledger::{LIVE_WINDOW, VelocityKey};
 use crate::intent::PaymentIntent;
 use crate::policy::compile::{Family, RuleInput, counter_id};
 use crate::policy::{PolicyError, RuleProblem};
@@ -28,11 +31,15 @@ impl Family for Velocities {
             "VELOCITY_LIMIT" => (Scope::Agent, RailFilter::All, V::VelocityLimit),
             "X402_VELOCITY_PER_ENDPOINT" => (Scope::Endpoint, RailFilter::X402, V::X402Velocity),
             "MPP_VELOCITY_PER_ENDPOINT" => (Scope::Endpoint, RailFilter::Mpp, V::MppVelocity),
+            "MPP_MAX_CONCURRENT_SESSIONS" => (Scope::Agent, RailFilter::Mpp, V::MppMaxConcurrentSessions),
             _ => return None,
         })
     }
 
     fn compile((scope, rails, violation): Self::Kind, r: &RuleInput<'_>) -> Result<Spec, PolicyError> {
+        if violation == V::MppMaxConcurrentSessions {
+            return sessions(scope, rails, violation, r);
+        }
         r.cmp()?;
         const EXPECTED: &str = "a JSON object {\"maxCount\": n, \"period\": \"MINUTE|HOUR|DAY\"}";
         let (cx, text) = (r.cx, r.text);
@@ -54,6 +61,33 @@ impl Family for Velocities {
         let id = counter_id(format_args!("velocity|{rails:?}|{scope:?}|{window:?}"));
         Ok(r.spec(Check::Velocity(VelocityRule(Velocity { id, scope, window, max_count })), rails, violation))
     }
+}
+
+/// `MPP_MAX_CONCURRENT_SESSIONS` `LTE` n (or `LT` n + 1): at most n live MPP
+/// pre-authorizations, this one included. Its count is a window that only ends (settled,
+/// released or lapsed) take approvals out of ([`LIVE_WINDOW`]).
+fn sessions(scope: Scope, rails: RailFilter, violation: V, r: &RuleInput<'_>) -> Result<Spec, PolicyError> {
+    const EXPECTED: &str = "a whole number of sessions, such as \"3\"";
+    let (cx, text) = (r.cx, r.text);
+    let n = cx.decimal(text, EXPECTED)?;
+    let max = match r.cmp()? {
+        super::Cmp::Le => n,
+        super::Cmp::Lt => n - Decimal::ONE,
+        _ => {
+            let operator = r.operator.to_owned();
+            return Err(cx.err("operator", RuleProblem::OperatorNotAllowed { operator, allowed: "LTE or LT" }));
+        }
+    };
+    if max.fract() != Decimal::ZERO || max < Decimal::ZERO || max > Decimal::from(u32::MAX) {
+        return Err(cx.bad(text, EXPECTED));
+    }
+    let max_count: u32 = max.try_into().map_err(|_| cx.bad(text, EXPECTED))?;
+    if max_count == 0 {
+        return Err(cx.err("value", RuleProblem::Empty("0 open sessions allows no MPP payment at all".into())));
+    }
+    let id = counter_id(format_args!("live|sessions|{rails:?}|{scope:?}"));
+    let velocity = Velocity { id, scope, window: LIVE_WINDOW, max_count };
+    Ok(r.spec(Check::Velocity(VelocityRule(velocity)), rails, violation))
 }
 
 /// The window of `v` for `intent`.
@@ -89,6 +123,9 @@ impl VelocityRule {
 
 impl Explain for Counted {
     fn explain(&self, rule_type: &str) -> String {
+        if self.window == LIVE_WINDOW {
+            return format!("{rule_type}: open sessions would be {}, limit {}", self.after, self.max);
+        }
         let unit = match self.window.as_secs() {
             60 => "minute",
             3600 => "hour",
