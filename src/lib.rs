@@ -38,11 +38,11 @@ pub use conto_core::jiff;
 pub use conto_core::{
     Activity, ActorId, ActorLifecycle, ActorStatus, Address, Amount, AmountError, Approval, ApprovalMode,
     Authorization, BudgetPeriod, Clock, Conto, ContoBuilder, DEFAULT_DEADLINE, Decimal, Decision, DecisionSource,
-    Denial, Engine, Ensured, Event, ExposeSecret, IdempotencyKey, IntentBuilder, IntentError, LifecycleError, Limits,
-    MAX_WAIT, ManualClock, Monitor, PaymentIntent, PendingApproval, PolicyError, PolicySet, ProductControls, Rail, Ran,
-    Recorded, Rejection, RejectionKind, RuleProblem, SecretString, Settlement, SharedEngine, Status, SyncReport,
-    SystemClock, UnevaluatedRules, Verdict, Violation, ViolationType, Wallet, deadline_after, install_default,
-    installed_default, service_domain_of,
+    Denial, Engine, Ensured, Event, ExposeSecret, FUNCTION_SELECTOR, IdempotencyKey, IntentBuilder, IntentError,
+    LifecycleError, Limits, MAX_WAIT, ManualClock, Monitor, PaymentIntent, PendingApproval, PolicyError, PolicySet,
+    ProductControls, Rail, Ran, Recorded, Rejection, RejectionKind, RuleProblem, SecretString, Settlement,
+    SharedEngine, Status, SyncReport, SystemClock, TARGET_CONTRACT, UnevaluatedRules, Verdict, Violation,
+    ViolationType, Wallet, deadline_after, install_default, installed_default, service_domain_of,
 };
 pub use conto_core::{
     AuthorityError, Authorizer, BoxFuture, LedgerError, Outage, Refused, controls, engine, journal, lifecycle, policy,

@@ -288,6 +288,13 @@ impl fmt::Display for IdempotencyKey {
     }
 }
 
+/// The [`PaymentIntent::context`] key of the contract a payment calls, an address (Conto's
+/// request field `targetContractAddress`, what `CONTRACT_ALLOWLIST` checks).
+pub const TARGET_CONTRACT: &str = "targetContractAddress";
+/// The [`PaymentIntent::context`] key of the contract function a payment calls, a 4-byte
+/// selector such as `0xa9059cbb` (Conto's `functionSelector`).
+pub const FUNCTION_SELECTOR: &str = "functionSelector";
+
 /// How the money moves. Each rail maps to one pair of Conto endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "rail", rename_all = "camelCase")]

@@ -42,7 +42,8 @@ pub use decision::{
 };
 pub use engine::{ActorStatus, Engine, SharedEngine};
 pub use intent::{
-    ActorId, Address, IdempotencyKey, IntentBuilder, IntentError, PaymentIntent, Rail, service_domain_of,
+    ActorId, Address, FUNCTION_SELECTOR, IdempotencyKey, IntentBuilder, IntentError, PaymentIntent, Rail,
+    TARGET_CONTRACT, service_domain_of,
 };
 pub use lifecycle::{ActorLifecycle, Ensured, LifecycleError};
 pub use money::{Amount, AmountError};

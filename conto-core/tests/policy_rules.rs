@@ -384,6 +384,33 @@ fn x402_velocity_per_endpoint_and_session_budget() {
     approved(&e.decide(&other_session));
 }
 
+/// `CONTRACT_ALLOWLIST` checks the contract a payment calls (`targetContractAddress`, in the
+/// intent's context): listed passes (EVM compared without case), unlisted is denied, and a
+/// payment that calls no contract is not under the rule. Both documented value formats load.
+#[test]
+fn contract_allowlist_checks_the_contract_a_payment_calls() {
+    const ROUTER: &str = "0x00000000000000000000000000000000000000aB";
+    let calling = |contract: &str| {
+        PaymentIntent::builder("agent-1", "1", Rail::transfer(8453, SENDER).unwrap())
+            .recipient(RECIPIENT)
+            .context(conto_core::TARGET_CONTRACT, contract)
+            .build()
+            .unwrap()
+    };
+    for value in [format!(r#"["{ROUTER}"]"#), format!(r#"{{"contracts": ["{ROUTER}"], "protocols": ["uniswap"]}}"#)] {
+        let (e, _) = engine_at(&policy(&[&rule("CONTRACT_ALLOWLIST", "IN_LIST", &value, "ALLOW")]), NOON_WED);
+        approved(&e.decide(&calling(&ROUTER.to_uppercase().replace("0X", "0x"))));
+        let other = e.decide(&calling("0x00000000000000000000000000000000000000cd"));
+        assert_denied(&other, V::ContractNotAllowed);
+        assert!(violation(&other).message.as_deref().is_some_and(|m| m.contains("target contract")), "{other:?}");
+        approved(&e.decide(&transfer("1"))); // calls no contract
+    }
+    for bad in [r#"["not an address"]"#, r#"{"contract": []}"#, "12"] {
+        let text = policy(&[&rule("CONTRACT_ALLOWLIST", "IN_LIST", bad, "ALLOW")]);
+        assert!(PolicySet::from_json(&text).is_err(), "{bad}");
+    }
+}
+
 /// Conto's recommended MPP policy (conto-api.md §6.6): at most three sessions open at once.
 /// A session is an MPP pre-authorization still live; its record, its release or its lapse
 /// closes it. Other rails open none.

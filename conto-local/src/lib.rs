@@ -40,7 +40,7 @@
 //!   `availableBalance` is `null` unless the delegation states one. An MPP record's `walletId`
 //!   (the client sends back the one named) is taken as sent, not checked.
 //! - Rule types Conto documents that need data conto-local does not have
-//!   (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`, `CONTRACT_ALLOWLIST`,
+//!   (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`,
 //!   `FAIRSCALE_MIN_SCORE`, `MPP_MAX_SESSION_DURATION`) are
 //!   stored as sent and fail closed ([`conto_core::UnevaluatedRules::Deny`]): every payment on
 //!   their rails (MPP for `MPP_*`) is denied, the violation named for the rule, while their

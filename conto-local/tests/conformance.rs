@@ -674,6 +674,44 @@ async fn budget_reads_and_health_answer() {
     assert_eq!(health.status(), 200);
 }
 
+/// A contract policy (conto-api.md §4.1 `targetContractAddress` "for contract policies"; §7.4
+/// `CONTRACT_ALLOWLIST` "uses targetContractAddress, functionSelector"): a request calling a
+/// listed contract is approved, an unlisted one denied, a plain payment is not under it; a
+/// malformed contract or selector is refused, naming the field.
+#[tokio::test]
+async fn a_contract_allowlist_checks_the_target_contract() {
+    let (server, sdk) = setup(None).await;
+    let router = "0x0000000000000000000000000000000000000abc";
+    Org::new(&server)
+        .policy(json!({"name": "contracts", "policyType": "CONTRACT_ALLOWLIST", "scope": "all", "rules": [
+            {"ruleType": "CONTRACT_ALLOWLIST", "operator": "IN_LIST", "value": format!("[\"{router}\"]"), "action": "ALLOW"}]}))
+        .await;
+    let request = |contract: Option<&str>, selector: Option<&str>| {
+        let mut body = json!({"amount": 1, "recipientAddress": RECIPIENT});
+        if let Some(c) = contract {
+            body["targetContractAddress"] = json!(c);
+        }
+        if let Some(f) = selector {
+            body["functionSelector"] = json!(f);
+        }
+        body
+    };
+    let (_, listed) = sdk.post("/api/sdk/payments/request", request(Some(router), Some("0xa9059cbb"))).await;
+    assert_eq!(listed["status"], "APPROVED", "{listed}");
+    let (_, unlisted) =
+        sdk.post("/api/sdk/payments/request", request(Some("0x0000000000000000000000000000000000000def"), None)).await;
+    assert_eq!(unlisted["status"], "DENIED", "{unlisted}");
+    assert_eq!(unlisted["violations"][0]["type"], "CONTRACT_NOT_ALLOWED", "{unlisted}");
+    let (_, plain) = sdk.post("/api/sdk/payments/request", request(None, None)).await;
+    assert_eq!(plain["status"], "APPROVED", "a payment that calls no contract: {plain}");
+    let (status, err) = sdk.post("/api/sdk/payments/request", request(Some("0xabc"), None)).await;
+    assert_eq!((status, err["code"].as_str()), (400, Some("INVALID_ADDRESS")), "{err}");
+    assert!(err["message"].as_str().unwrap().starts_with("`targetContractAddress`"), "{err}");
+    let (status, err) = sdk.post("/api/sdk/payments/request", request(Some(router), Some("xyz"))).await;
+    assert_eq!((status, err["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{err}");
+    assert!(err["message"].as_str().unwrap().contains("functionSelector"), "{err}");
+}
+
 /// Conto's recommended MPP policy (conto-api.md §6.6: session budget 25, 1.00 a request, three
 /// sessions at once) lets sessions open, refuses a fourth while three are open, and counts a
 /// session closed once its settled amount is recorded (with or without its authorization id);

@@ -2,7 +2,8 @@
 //! it, the decision, the record's answer, and the reads (approval requests, services, budget).
 
 use conto_core::{
-    Amount, Authorization, Decimal, IntentError, Limits, PaymentIntent, Rail, Settlement, Violation, service_domain_of,
+    Amount, Authorization, Decimal, FUNCTION_SELECTOR, IntentError, Limits, PaymentIntent, Rail, Settlement,
+    TARGET_CONTRACT, Violation, service_domain_of,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -85,6 +86,13 @@ pub struct PaymentBody {
     /// Payment request: the wallet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wallet_id: Option<String>,
+    /// The contract the payment calls (`CONTRACT_ALLOWLIST`); kept in the intent's `context`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_contract_address: Option<String>,
+    /// The contract function called, a 4-byte selector (`0xa9059cbb`); kept in the intent's
+    /// `context`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_selector: Option<String>,
     /// Payment request: execute at once when approved (`false` for a pure policy check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_execute: Option<bool>,
@@ -268,6 +276,22 @@ impl PaymentBody {
             idempotency_key: Some(intent.idempotency_key.as_str().to_owned()),
             ..Default::default()
         };
+        // Conto reads the contract call from its own fields, not from `context`.
+        if let Some(context) = &mut body.context {
+            let mut lift = |key: &str| match context.remove(key) {
+                Some(Value::String(s)) => Some(s),
+                Some(other) => {
+                    context.insert(key.to_owned(), other);
+                    None
+                }
+                None => None,
+            };
+            body.target_contract_address = lift(TARGET_CONTRACT);
+            body.function_selector = lift(FUNCTION_SELECTOR);
+            if context.is_empty() {
+                body.context = None;
+            }
+        }
         match &intent.rail {
             Rail::Transfer { chain_id, sender } => {
                 body.sender_address = Some(sender.as_str().to_owned());
@@ -427,6 +451,25 @@ impl PaymentBody {
         }
         for (k, v) in self.context.iter().flatten() {
             b = b.context(k.clone(), v.clone());
+        }
+        if let Some(contract) = given(&self.target_contract_address) {
+            let contract = conto_core::Address::parse(&contract)
+                .map_err(|e| BodyError { code: "INVALID_ADDRESS", message: format!("`targetContractAddress`: {e}") })?;
+            b = b.context(TARGET_CONTRACT, contract.as_str());
+        }
+        if let Some(selector) = given(&self.function_selector) {
+            let valid = selector.len() == 10
+                && selector.starts_with("0x")
+                && selector[2..].bytes().all(|c| c.is_ascii_hexdigit());
+            if !valid {
+                return Err(BodyError {
+                    code: "VALIDATION_ERROR",
+                    message: format!(
+                        "`functionSelector` must be a 4-byte selector, 0x + 8 hex digits, got `{selector}`"
+                    ),
+                });
+            }
+            b = b.context(FUNCTION_SELECTOR, selector.to_ascii_lowercase());
         }
         if let Some(k) = given(&self.idempotency_key) {
             b = b.idempotency_key(k);
@@ -983,6 +1026,26 @@ pub struct Setup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A contract call travels in Conto's own fields (`targetContractAddress`,
+    /// `functionSelector`), not in `context`, and reads back as the same intent.
+    #[test]
+    fn a_contract_call_is_sent_in_contos_own_fields() {
+        let contract = "0x0000000000000000000000000000000000000abc";
+        let intent = PaymentIntent::builder("agent-1", "1", Rail::request(None))
+            .recipient("0x1111111111111111111111111111111111111111")
+            .context(TARGET_CONTRACT, contract)
+            .context(FUNCTION_SELECTOR, "0xa9059cbb")
+            .context("project", "demo")
+            .build()
+            .unwrap();
+        let (kind, body) = PaymentBody::from_intent(&intent);
+        assert_eq!(body.target_contract_address.as_deref(), Some(contract));
+        assert_eq!(body.function_selector.as_deref(), Some("0xa9059cbb"));
+        assert_eq!(body.context.as_ref().map(|c| c.keys().cloned().collect::<Vec<_>>()), Some(vec!["project".into()]));
+        let again = body.to_intent("agent-1", kind).unwrap();
+        assert_eq!(again.context, intent.context);
+    }
 
     #[test]
     fn a_body_read_from_its_bytes_reads_as_through_a_value() {

@@ -54,7 +54,11 @@
 //!    the field it checks (no category, no MCC, no method), except that counterparty rules do not
 //!    apply to card payments, which have no address (use `CARD_*_MERCHANTS`). An empty list
 //!    (`"value": "[]"`, how Conto's hybrid example disables a merchant) is valid: an empty
-//!    allowlist allows nothing, an empty blocklist blocks nothing.
+//!    allowlist allows nothing, an empty blocklist blocks nothing. **`CONTRACT_ALLOWLIST`**
+//!    (`["0x…"]` or `{"contracts": [...], "protocols": [...]}`) checks the contract a payment
+//!    calls, the intent's `context["targetContractAddress"]` (Conto's request field): one it
+//!    does not list is denied; a payment that calls no contract is not under it. Protocol names
+//!    cannot be matched to an address and are not compared.
 //! 8. **Rail scope.** `X402_*` rules apply to x402 intents only, `MPP_*` to MPP, `CARD_*` to
 //!    cards; the rest to every rail. Cumulative and velocity counters count the rails their rule
 //!    applies to.
@@ -67,7 +71,7 @@
 //!     neither, to no agent yet (created, not yet assigned, as Conto's policy API has it). Inactive policies are loaded and
 //!     skipped.
 //! 11. **Known but not evaluated.** Rule types that need data the engine does not have
-//!     (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`, `CONTRACT_ALLOWLIST`,
+//!     (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`,
 //!     `FAIRSCALE_MIN_SCORE`, `MPP_MAX_SESSION_DURATION`) are a load
 //!     error (`Unsupported`), never silently ignored; loaded with [`UnevaluatedRules::Deny`]
 //!     (conto-local does), each denies every payment on its rails instead. Unknown rule types
@@ -93,7 +97,7 @@ pub(crate) use rules::{CompiledRule, CounterId, Cumulative, Period};
 
 /// What loading does with a rule type Conto documents but the engine cannot evaluate, because
 /// it needs data a payment intent does not carry (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`,
-/// `COUNTERPARTY_STATUS`, `CONTRACT_ALLOWLIST`, `FAIRSCALE_MIN_SCORE`,
+/// `COUNTERPARTY_STATUS`, `FAIRSCALE_MIN_SCORE`,
 /// `MPP_MAX_SESSION_DURATION`). Never silently ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

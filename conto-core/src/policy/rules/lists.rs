@@ -1,5 +1,6 @@
 //! Allow- and blocklists: categories, counterparties (`WHITELIST` too), x402/MPP services,
-//! MPP session intents and methods, card MCCs and merchants.
+//! MPP session intents and methods, card MCCs and merchants, and the contracts a payment
+//! calls (`CONTRACT_ALLOWLIST`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use smallvec::SmallVec;
 
 use super::{Check, CompiledRule, Explain, Finding, Polarity, RailFilter, Spec, Subject};
 use crate::decision::ViolationType as V;
-use crate::intent::{Address, PaymentIntent, Rail};
+use crate::intent::{Address, PaymentIntent, Rail, TARGET_CONTRACT};
 use crate::policy::PolicyError;
 use crate::policy::compile::{Family, RuleInput};
 
@@ -22,11 +23,12 @@ pub(crate) enum Field {
     Merchant,
     MppIntent,
     MppMethod,
+    Contract,
 }
 
 impl Field {
     /// How many fields there are.
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
     /// Every field.
     const ALL: [Field; Field::COUNT] = [
         Field::Counterparty,
@@ -36,6 +38,7 @@ impl Field {
         Field::Merchant,
         Field::MppIntent,
         Field::MppMethod,
+        Field::Contract,
     ];
 
     fn label(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Field {
             Field::Merchant => "merchant",
             Field::MppIntent => "session intent",
             Field::MppMethod => "method",
+            Field::Contract => "target contract",
         }
     }
 }
@@ -135,6 +139,9 @@ impl Lexicon {
         };
         match field {
             Field::Counterparty | Field::Mcc => get(value.as_bytes()),
+            // Listed canonical: an EVM address lower-cased, a Solana one as written.
+            Field::Contract if value.starts_with("0x") || value.starts_with("0X") => with_lowercase(value, get),
+            Field::Contract => get(value.as_bytes()),
             // `example.com` lists `api.example.com` (a parent after a dot), not `badexample.com`.
             Field::Service => with_lowercase(value, |d| {
                 get(d);
@@ -195,12 +202,14 @@ impl Listed {
 /// A policy set's list rules on one rail, folded into bit masks (bits as in [`Listed`]): the
 /// rules a payment breaks when its value is listed, and those it breaks when it is not. A
 /// missing field is an unlisted one, but for counterparty rules, which a payment without a
-/// recipient (a card's) breaks none of.
+/// recipient (a card's) breaks none of, and contract rules, which a payment that calls no
+/// contract breaks none of.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ListFold {
     if_listed: SmallVec<[u64; 4]>,
     unless_listed: SmallVec<[u64; 4]>,
     counterparty_unless_listed: SmallVec<[u64; 4]>,
+    contract_unless_listed: SmallVec<[u64; 4]>,
 }
 
 impl ListFold {
@@ -210,6 +219,7 @@ impl ListFold {
         let masks = match (polarity.broken(rule.in_list), rule.field) {
             (true, _) => &mut self.if_listed,
             (false, Field::Counterparty) => &mut self.counterparty_unless_listed,
+            (false, Field::Contract) => &mut self.contract_unless_listed,
             (false, _) => &mut self.unless_listed,
         };
         let word = rule.bit as usize / 64;
@@ -230,6 +240,7 @@ impl Listed {
         any(&fold.if_listed, true)
             || any(&fold.unless_listed, false)
             || (self.has(Field::Counterparty) && any(&fold.counterparty_unless_listed, false))
+            || (self.has(Field::Contract) && any(&fold.contract_unless_listed, false))
     }
 }
 
@@ -285,6 +296,7 @@ impl Family for Lists {
             "CARD_BLOCKED_MCCS" => (Field::Mcc, R::Card, V::CardMccRestriction, blocked),
             "CARD_ALLOWED_MERCHANTS" => (Field::Merchant, R::Card, V::CardMerchantRestriction, allowed),
             "CARD_BLOCKED_MERCHANTS" => (Field::Merchant, R::Card, V::CardMerchantRestriction, blocked),
+            "CONTRACT_ALLOWLIST" => (Field::Contract, R::All, V::ContractNotAllowed, allowed),
             _ => return None,
         })
     }
@@ -295,11 +307,18 @@ impl Family for Lists {
         let cx = r.cx;
         // An empty list is valid (choice 7 in the module docs): an empty allowlist allows
         // nothing, an empty blocklist blocks nothing.
-        let items: Vec<String> = serde_json::from_str(r.text).map_err(|_| cx.bad(r.text, EXPECTED))?;
+        let items: Vec<String> = match field {
+            // `["0x…"]`, or `{"contracts": ["0x…"], "protocols": ["uniswap"]}`: a protocol's
+            // name says nothing about the address a payment calls, so only contracts compare.
+            Field::Contract => contract_entries(r.text).ok_or_else(|| {
+                cx.bad(r.text, "a JSON array of contract addresses, or {\"contracts\": [...], \"protocols\": [...]}")
+            })?,
+            _ => serde_json::from_str(r.text).map_err(|_| cx.bad(r.text, EXPECTED))?,
+        };
         let entries = items
             .into_iter()
             .map(|item| match field {
-                Field::Counterparty => Address::parse(item.trim())
+                Field::Counterparty | Field::Contract => Address::parse(item.trim())
                     .map(|a| a.as_str().to_owned())
                     .map_err(|_| cx.bad(&item, "an EVM (0x + 40 hex) or Solana address")),
                 Field::Mcc => {
@@ -349,9 +368,10 @@ impl ListCheck {
     }
 
     /// What a payment without the field concludes: counterparty rules do not apply to a payment
-    /// without a recipient (a card's); other missing fields are "not listed".
+    /// without a recipient (a card's), contract rules to one that calls no contract; other
+    /// missing fields are "not listed".
     fn missing(&self) -> Option<bool> {
-        (self.field != Field::Counterparty).then_some(!self.in_list)
+        (!matches!(self.field, Field::Counterparty | Field::Contract)).then_some(!self.in_list)
     }
 
     /// [`ListCheck::holds`], with the value looked up.
@@ -377,6 +397,24 @@ fn subject(field: Field, intent: &PaymentIntent) -> Option<&str> {
         (Field::Merchant, Rail::Card { merchant, .. }) => Some(merchant.as_str()),
         (Field::MppIntent, Rail::Mpp { intent, .. }) => intent.as_deref(),
         (Field::MppMethod, Rail::Mpp { method, .. }) => method.as_deref(),
+        (Field::Contract, _) => intent.context.get(TARGET_CONTRACT).and_then(serde_json::Value::as_str),
+        _ => None,
+    }
+}
+
+/// A `CONTRACT_ALLOWLIST` value's addresses: an array, or an object's `contracts`.
+fn contract_entries(text: &str) -> Option<Vec<String>> {
+    match serde_json::from_str::<serde_json::Value>(text).ok()? {
+        v @ serde_json::Value::Array(_) => serde_json::from_value(v).ok(),
+        serde_json::Value::Object(mut o) => {
+            if o.keys().any(|k| k != "contracts" && k != "protocols") {
+                return None;
+            }
+            match o.remove("contracts") {
+                Some(v) => serde_json::from_value(v).ok(),
+                None => Some(Vec::new()),
+            }
+        }
         _ => None,
     }
 }

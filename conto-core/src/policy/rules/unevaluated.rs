@@ -11,7 +11,6 @@ pub(crate) const UNEVALUATED: &[&str] = &[
     "GEOGRAPHIC_RESTRICTION",
     "TRUST_SCORE",
     "COUNTERPARTY_STATUS",
-    "CONTRACT_ALLOWLIST",
     "FAIRSCALE_MIN_SCORE",
     "MPP_MAX_SESSION_DURATION",
 ];
@@ -20,7 +19,6 @@ pub(crate) const UNEVALUATED: &[&str] = &[
 /// rule's, MPP; any other's, all), denied whatever its action, its violation named for it.
 pub(crate) fn compiled(rule_type: String) -> CompiledRule {
     let violation = match rule_type.as_str() {
-        "CONTRACT_ALLOWLIST" => V::ContractNotAllowed,
         "FAIRSCALE_MIN_SCORE" => V::FairscaleLowScore,
         other => V::from_name(other),
     };
