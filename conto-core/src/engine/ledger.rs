@@ -593,10 +593,10 @@ fn unhold(
     }
     // A used approval stays in its windows; a live-only window drops it whatever the end.
     for (key, seq) in &r.slots {
-        if settled.is_none() || key.is_live() {
-            if let Some(q) = velocity.get_mut(key) {
-                q.retain(|(_, s)| s != seq);
-            }
+        if (settled.is_none() || key.is_live())
+            && let Some(q) = velocity.get_mut(key)
+        {
+            q.retain(|(_, s)| s != seq);
         }
     }
 }
