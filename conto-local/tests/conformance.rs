@@ -679,7 +679,7 @@ async fn budget_reads_and_health_answer() {
 /// listed contract is approved, an unlisted one denied, a plain payment is not under it; a
 /// malformed contract or selector is refused, naming the field.
 #[tokio::test]
-async fn a_contract_allowlist_checks_the_target_contract() {
+async fn a_contract_allowlist_checks_the_target_contract_and_urgency_is_checked() {
     let (server, sdk) = setup(None).await;
     let router = "0x0000000000000000000000000000000000000abc";
     Org::new(&server)
@@ -710,6 +710,16 @@ async fn a_contract_allowlist_checks_the_target_contract() {
     let (status, err) = sdk.post("/api/sdk/payments/request", request(Some(router), Some("xyz"))).await;
     assert_eq!((status, err["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{err}");
     assert!(err["message"].as_str().unwrap().contains("functionSelector"), "{err}");
+
+    // Conto's urgency levels are checked too (the decision does not use them).
+    let mut urgent = request(None, None);
+    urgent["urgency"] = json!("HIGH");
+    let (status, ok) = sdk.post("/api/sdk/payments/request", urgent.clone()).await;
+    assert_eq!((status, &ok["status"]), (200, &json!("APPROVED")), "{ok}");
+    urgent["urgency"] = json!("SUPER");
+    let (status, err) = sdk.post("/api/sdk/payments/request", urgent).await;
+    assert_eq!((status, err["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{err}");
+    assert!(err["message"].as_str().unwrap().contains("urgency"), "{err}");
 }
 
 /// Conto's recommended MPP policy (conto-api.md §6.6: session budget 25, 1.00 a request, three

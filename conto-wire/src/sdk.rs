@@ -93,6 +93,10 @@ pub struct PaymentBody {
     /// `context`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function_selector: Option<String>,
+    /// Payment request: how urgent, `LOW`, `NORMAL`, `HIGH` or `CRITICAL` (checked; not used
+    /// in the decision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urgency: Option<String>,
     /// Payment request: execute at once when approved (`false` for a pure policy check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_execute: Option<bool>,
@@ -456,6 +460,14 @@ impl PaymentBody {
             let contract = conto_core::Address::parse(&contract)
                 .map_err(|e| BodyError { code: "INVALID_ADDRESS", message: format!("`targetContractAddress`: {e}") })?;
             b = b.context(TARGET_CONTRACT, contract.as_str());
+        }
+        if let Some(urgency) = given(&self.urgency)
+            && !["LOW", "NORMAL", "HIGH", "CRITICAL"].iter().any(|u| u.eq_ignore_ascii_case(&urgency))
+        {
+            return Err(BodyError {
+                code: "VALIDATION_ERROR",
+                message: format!("`urgency` must be LOW, NORMAL, HIGH or CRITICAL, got `{urgency}`"),
+            });
         }
         if let Some(selector) = given(&self.function_selector) {
             let valid = selector.len() == 10
