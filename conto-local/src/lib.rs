@@ -974,11 +974,11 @@ fn save_policy(app: &App, store: &Store, id: &str, mut doc: Policy) -> Result<Po
     for rule in doc.rules.iter_mut().flatten() {
         rule.id.get_or_insert_with(|| format!("rule_{}", random_hex(6)));
     }
-    // The document alone first, so that what is wrong is said of it; then beside the others.
-    compile(std::slice::from_ref(&doc))?;
     let mut all: Vec<Policy> = effective_policies(store)?.into_iter().filter(|p| p.id.as_deref() != Some(id)).collect();
     all.push(doc.clone());
-    compile(&all)?;
+    // Refused, what is wrong is said of the document alone (its own paths), when it is the
+    // document's; the set is compiled once when nothing is.
+    compile(&all).map_err(|e| compile(std::slice::from_ref(&doc)).err().unwrap_or(e))?;
     store.put_policy(id, &doc)?;
     reload_policies(app, store)?;
     Ok(doc)

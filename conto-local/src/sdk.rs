@@ -487,9 +487,15 @@ async fn payment_request_status(
 /// approval's: `EXECUTED` once confirmed, `EXPIRED` once it lapsed unconfirmed (an approval
 /// that can no longer be paid is never shown `APPROVED`).
 fn request_now(store: &Store, id: String, agent: &str) -> Result<DecisionBody, ApiError> {
-    let (mut status, approval_request_id, reasons) = store
-        .payment_request(&id, agent)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no payment request `{id}`")))?;
+    request_if_any(store, &id, agent)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no payment request `{id}`")))
+}
+
+/// [`request_now`], or `None` when `agent` has no payment request `id`.
+fn request_if_any(store: &Store, id: &str, agent: &str) -> Result<Option<DecisionBody>, ApiError> {
+    let Some((mut status, approval_request_id, reasons)) = store.payment_request(id, agent)? else {
+        return Ok(None);
+    };
     let mut body = DecisionBody { reasons, ..DecisionBody::default() };
     if let Some(apr) = &approval_request_id {
         let request = store.request(apr)?.filter(|r| r.agent_id == agent);
@@ -509,7 +515,7 @@ fn request_now(store: &Store, id: String, agent: &str) -> Result<DecisionBody, A
     if status == "APPROVED" {
         // Approved when asked, the request's id is its approval's; approved by a human, the
         // approval is named.
-        let approval_id = body.approval_id.clone().unwrap_or_else(|| id.clone());
+        let approval_id = body.approval_id.clone().unwrap_or_else(|| id.to_owned());
         status = match store.approval_taken(&approval_id)? {
             (_, true) => "EXECUTED".into(),
             (Some(a), false) if !a.expired() => status,
@@ -517,10 +523,10 @@ fn request_now(store: &Store, id: String, agent: &str) -> Result<DecisionBody, A
             _ => "EXPIRED".into(),
         };
     }
-    body.request_id = Some(id);
+    body.request_id = Some(id.to_owned());
     body.approval_request_id = approval_request_id;
     body.status = Some(status);
-    Ok(body)
+    Ok(Some(body))
 }
 
 /// `POST /api/sdk/payments/{requestId}/execute`: Conto executes an approved request from a
@@ -666,15 +672,20 @@ fn is_tx_hash(s: &str) -> bool {
 /// `chainId` defaults to 42431 when not supplied; the request body names none).
 const REQUEST_CHAIN: u64 = 42431;
 
-/// The block explorer's page for `tx` on the transfer's chain, or a payment request's (left
-/// out for chains conto-local does not know).
+/// The chain a confirmed payment was made on: a transfer's own, a payment request's
+/// [`REQUEST_CHAIN`].
+fn chain_of(rail: &Rail) -> Option<u64> {
+    match rail {
+        Rail::Transfer { chain_id, .. } => Some(*chain_id),
+        Rail::Request { .. } => Some(REQUEST_CHAIN),
+        _ => None,
+    }
+}
+
+/// The block explorer's page for `tx` on the payment's chain (left out for chains conto-local
+/// does not know).
 fn explorer_url(rail: &Rail, tx: &str) -> Option<String> {
-    let chain_id = match rail {
-        Rail::Transfer { chain_id, .. } => *chain_id,
-        Rail::Request { .. } => REQUEST_CHAIN,
-        _ => return None,
-    };
-    let base = match chain_id {
+    let base = match chain_of(rail)? {
         // Tempo testnet, the chain Conto's skill defaults to (its example explorer URL).
         42431 => "https://explore.moderato.tempo.xyz/tx/",
         1 => "https://etherscan.io/tx/",
@@ -690,10 +701,10 @@ fn explorer_url(rail: &Rail, tx: &str) -> Option<String> {
 
 /// The stablecoin a transfer settles in: pathUSD on Tempo, testnet (42431, Conto's default
 /// chain, where its skill sends `token: "pathUSD"`) and mainnet (4217, conto-api.md §6.5);
-/// USDC elsewhere (§4.1: `USDC`, `pathUSD`). A payment request is paid on [`REQUEST_CHAIN`].
+/// USDC elsewhere (§4.1: `USDC`, `pathUSD`).
 fn currency(rail: &Rail) -> &'static str {
-    match rail {
-        Rail::Transfer { chain_id: 42431 | 4217, .. } | Rail::Request { .. } => "pathUSD",
+    match chain_of(rail) {
+        Some(42431 | 4217) => "pathUSD",
         _ => "USDC",
     }
 }
@@ -745,10 +756,9 @@ async fn confirm_transfer(
 /// own id, also once a human approved it, when its approval has an id of its own), or `id`
 /// itself. A request not approved (denied, waiting for a human) is `400 INVALID_STATUS`.
 fn request_approval(store: &Store, agent: &str, id: &str) -> Result<String, ApiError> {
-    if store.payment_request(id, agent)?.is_none() {
+    let Some(request) = request_if_any(store, id, agent)? else {
         return Ok(id.to_owned());
-    }
-    let request = request_now(store, id.to_owned(), agent)?;
+    };
     match request.status.as_deref().unwrap_or_default() {
         // Already confirmed, or lapsed: the approval's own check says which.
         "APPROVED" | "EXECUTED" | "EXPIRED" => Ok(request.approval_id.unwrap_or_else(|| id.to_owned())),

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use conto_core::engine::{
-    CounterSlot, Held, LedgerRead, LedgerView, LedgerWrite, PendingAnswer, SharedLedger, SharedLedgerError,
-    SharedPending, SharedUsage, WindowSlot,
+    CounterSlot, Held, LIVE_WINDOW_PREFIX, LedgerRead, LedgerView, LedgerWrite, PendingAnswer, SharedLedger,
+    SharedLedgerError, SharedPending, SharedUsage, WindowSlot,
 };
 use conto_core::{ActorId, BoxFuture, Decimal, PaymentIntent};
 use jiff::{SignedDuration, Timestamp};
@@ -430,7 +430,7 @@ impl PgLedger {
                            AND c.period_start = h.period_start
                      RETURNING 1),
                      v AS (DELETE FROM {s}.ledger_slots
-                            WHERE id = $1 AND counter LIKE 'live|%' AND EXISTS (SELECT 1 FROM a) RETURNING 1)
+                            WHERE id = $1 AND starts_with(counter, $8) AND EXISTS (SELECT 1 FROM a) RETURNING 1)
                      DELETE FROM {s}.ledger_holds WHERE id = $1",
                 ))
                 .bind(id)
@@ -440,6 +440,7 @@ impl PgLedger {
                 .bind(reference)
                 .bind(transaction_id)
                 .bind(ts(now))
+                .bind(LIVE_WINDOW_PREFIX)
                 .execute(&mut *conn)
                 .await
             }

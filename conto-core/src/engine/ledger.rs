@@ -145,7 +145,8 @@ pub(crate) struct VelocityKey {
 
 /// The window of a count of live approvals (`MPP_MAX_CONCURRENT_SESSIONS`): an approval
 /// leaves it when it ends, settled, released or lapsed, never by age (none lives a week). A
-/// spend counted without a reservation never enters it.
+/// spend counted without a reservation never enters it. Its counter's id starts with
+/// [`LIVE_WINDOW_PREFIX`](super::LIVE_WINDOW_PREFIX), how a shared ledger tells it apart.
 pub(crate) const LIVE_WINDOW: SignedDuration = SignedDuration::from_hours(7 * 24);
 
 impl VelocityKey {

@@ -30,8 +30,8 @@ use crate::micros::Micros;
 
 pub use ledger::LedgerStats;
 pub use shared::{
-    CounterSlot, Held, LedgerRead, LedgerView, LedgerWrite, PendingAnswer, SharedEngine, SharedLedger,
-    SharedLedgerError, SharedPending, SharedUsage, WindowSlot,
+    CounterSlot, Held, LIVE_WINDOW_PREFIX, LedgerRead, LedgerView, LedgerWrite, PendingAnswer, SharedEngine,
+    SharedLedger, SharedLedgerError, SharedPending, SharedUsage, WindowSlot,
 };
 
 use crate::authorizer::{AuthorityError, Authorizer, BoxFuture, LedgerError};

@@ -43,6 +43,11 @@ pub struct CounterSlot {
     pub period_start: Timestamp,
 }
 
+/// How the [`WindowSlot::counter`] of a window that counts live approvals only starts
+/// (`MPP_MAX_CONCURRENT_SESSIONS`'s open sessions): an approval leaves such a window when it
+/// ends, settled too ([`LedgerWrite::Settle`]), and a [`LedgerWrite::Spend`] never enters it.
+pub const LIVE_WINDOW_PREFIX: &str = "live|";
+
 /// One sliding window of approvals: what it counts and where it starts (approvals at or
 /// before `since` have left the window).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +138,8 @@ pub enum LedgerWrite {
     },
     /// A live authorization becomes spend: each counter it holds gives back the held amount
     /// and counts `counted`; its window slots stay (it was used), but for those of windows
-    /// that count live approvals only, whose counter starts `live|` (it is no longer live).
+    /// that count live approvals only, whose counter starts [`LIVE_WINDOW_PREFIX`] (it is no
+    /// longer live).
     Settle {
         /// The authorization id.
         id: String,

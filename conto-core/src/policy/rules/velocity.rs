@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::{Check, Explain, Finding, RailFilter, Scope, Spec, Subject, Velocity};
 use crate::decision::ViolationType as V;
+use crate::engine::LIVE_WINDOW_PREFIX;
 use crate::engine::evaluate::Reads;
 use crate::engine::ledger::{LIVE_WINDOW, VelocityKey};
 use crate::intent::PaymentIntent;
@@ -85,7 +86,7 @@ fn sessions(scope: Scope, rails: RailFilter, violation: V, r: &RuleInput<'_>) ->
     if max_count == 0 {
         return Err(cx.err("value", RuleProblem::Empty("0 open sessions allows no MPP payment at all".into())));
     }
-    let id = counter_id(format_args!("live|sessions|{rails:?}|{scope:?}"));
+    let id = counter_id(format_args!("{LIVE_WINDOW_PREFIX}sessions|{rails:?}|{scope:?}"));
     let velocity = Velocity { id, scope, window: LIVE_WINDOW, max_count };
     Ok(r.spec(Check::Velocity(VelocityRule(velocity)), rails, violation))
 }
