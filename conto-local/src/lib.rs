@@ -122,8 +122,10 @@
 //!   testnet 42431, Ethereum, Base, Base Sepolia, Optimism, Polygon, Arbitrum); it is left out
 //!   on others.
 //! - An x402/MPP record without `authorizationId` settles the oldest live pre-authorization of
-//!   the same agent, rail, resource and recipient whose amount covers it; a repeated record (by
-//!   `paymentId`, else tx hash) is a `409` that changes no counter.
+//!   the same agent, rail, resource and recipient whose amount covers it. A payment is known by
+//!   its `paymentId`, else its tx hash: sent again unchanged (a retry, with or without an
+//!   idempotency key), it gets its first answer again and is counted once; the same key with any
+//!   field changed is `409 CONFLICT` and changes no counter.
 //! - Agents have a `status` (`ACTIVE`/`PAUSED`, `PATCH /api/agents/{id}`); a paused agent's
 //!   decisions are denials. `DELETE /api/agents/{id}` revokes its keys. Keys are listed with
 //!   `GET /api/agents/{id}/sdk-keys` and revoked with `DELETE .../sdk-keys/{keyId}` (Conto

@@ -808,16 +808,26 @@ enum Planned {
         reference: Option<String>,
         /// The record's own id, when it found its pre-authorization by matching.
         record_id: Option<String>,
-        key: Option<String>,
+        key: Option<Keyed>,
     },
     /// Counts spend no reservation held.
-    Unreserved { intent: PaymentIntent, record_id: String, key: Option<String>, reference: Option<String> },
+    Unreserved { intent: PaymentIntent, record_id: String, key: Option<Keyed>, reference: Option<String> },
+    /// A repeat of a payment recorded before, the same in every field: its first answer again,
+    /// nothing counted.
+    Replay(RecordedBody),
+}
+
+/// A payment's key (its `paymentId`, or else its tx hash) and what it records (a hash of it).
+struct Keyed {
+    key: String,
+    fingerprint: String,
 }
 
 /// Checks one payment of a record against the store and against the payments before it in the
 /// same record (`taken`: the pre-authorizations, record ids and payment keys they use),
 /// changing nothing. A payment's key seen before (in the store, or earlier in the record),
-/// whether or not it names its pre-authorization, makes it a repeat.
+/// whether or not it names its pre-authorization, makes it a repeat: the same payment (every
+/// field equal) is answered as the first time, another is refused.
 fn plan_one(
     store: &Store,
     agent: &str,
@@ -829,17 +839,27 @@ fn plan_one(
     let twice = |what: &str| bad("VALIDATION_ERROR", format!("{what} appears twice in one record"));
     // The payment's own key: its `paymentId`, or else its tx hash (two payments may share a
     // settlement reference; never a `paymentId`).
-    let key = payment.payment_id.clone().filter(|p| !p.is_empty()).or_else(|| reference.clone());
-    if let Some(key) = &key {
-        if store.recorded_payment(agent, key)?.is_some() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "CONFLICT",
-                format!("payment `{key}` was already recorded"),
-            ));
-        }
+    let key = payment.payment_id.clone().filter(|p| !p.is_empty()).or_else(|| reference.clone()).map(|key| Keyed {
+        fingerprint: hash(&format!("{kind:?}\0{}", serde_json::to_string(payment).unwrap_or_default())),
+        key,
+    });
+    if let Some(Keyed { key, fingerprint }) = &key {
         if !taken.insert(format!("key {key}")) {
             return Err(twice(&format!("payment `{key}`")));
+        }
+        if let Some(before) = store.recorded_payment(agent, key)? {
+            let answer = before
+                .answer
+                .filter(|_| before.fingerprint.as_ref() == Some(fingerprint))
+                .and_then(|answer| serde_json::from_str(&answer).ok());
+            return match answer {
+                Some(answer) => Ok(Planned::Replay(answer)),
+                None => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "CONFLICT",
+                    format!("payment `{key}` was already recorded, with other details"),
+                )),
+            };
         }
     }
     if let Some(id) = payment.authorization_id.clone().filter(|i| !i.is_empty()) {
@@ -853,7 +873,8 @@ fn plan_one(
     // Scoped to the agent: a payment id or tx hash another agent recorded first (a tx hash is
     // public) never blocks this agent's own record.
     // (`/` is in no actor id: one agent's id and key never spell another's.)
-    let record_id = format!("rec_{agent}/{}", key.clone().unwrap_or_else(|| random_hex(10)));
+    let record_id =
+        format!("rec_{agent}/{}", key.as_ref().map_or_else(|| random_hex(10), |k| k.key.clone()));
     if store.spend_exists(&record_id)? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -877,7 +898,7 @@ fn plan_one(
 }
 
 impl Planned {
-    /// Counts and stores the checked payment, and remembers its key.
+    /// Counts and stores the checked payment, and remembers its key with its answer.
     fn record(self, app: &App, store: &Store, agent: &str) -> Result<RecordedBody, ApiError> {
         let recorded =
             |id: Option<String>, preauth: Option<String>, transaction_id: String, amount: Amount| RecordedBody {
@@ -888,14 +909,12 @@ impl Planned {
                 status: Some("RECORDED".into()),
                 ..RecordedBody::default()
             };
-        match self {
+        let (answer, counted_as, key) = match self {
+            Planned::Replay(answer) => return Ok(answer),
             Planned::Settle { approval, reference, record_id, key } => {
                 let preauth = approval.id.clone();
                 let (amount, transaction_id) = approval.settle(app, store, agent, reference)?;
-                if let Some(key) = &key {
-                    store.remember_payment(agent, key, &preauth)?;
-                }
-                Ok(recorded(record_id, Some(preauth), transaction_id, amount))
+                (recorded(record_id, Some(preauth.clone()), transaction_id, amount), preauth, key)
             }
             Planned::Unreserved { intent, record_id, key, reference } => {
                 let amount = intent.amount;
@@ -903,12 +922,14 @@ impl Planned {
                 let intent_json = serde_json::to_string(&intent).unwrap_or_default();
                 // Its tx hash kept, as a settled pre-authorization's is (`/transactions`).
                 let transaction_id = store_spend(store, &record_id, agent, &intent_json, amount, reference.as_deref())?;
-                if let Some(key) = &key {
-                    store.remember_payment(agent, key, &record_id)?;
-                }
-                Ok(recorded(Some(record_id), None, transaction_id, amount))
+                (recorded(Some(record_id.clone()), None, transaction_id, amount), record_id, key)
             }
+        };
+        if let Some(Keyed { key, fingerprint }) = &key {
+            let kept = serde_json::to_string(&answer).unwrap_or_default();
+            store.remember_payment(agent, key, &counted_as, fingerprint, &kept)?;
         }
+        Ok(answer)
     }
 }
 

@@ -301,6 +301,15 @@ pub(crate) struct KeyRow {
     pub revoked_at: Option<String>,
 }
 
+/// An x402/MPP payment recorded before, found by its key.
+pub(crate) struct RecordedPayment {
+    /// What was recorded (a hash of the payment as sent); none for one recorded by an earlier
+    /// version, whose repeat cannot be told from a different payment.
+    pub fingerprint: Option<String>,
+    /// The answer it got, as JSON (none from an earlier version).
+    pub answer: Option<String>,
+}
+
 fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<(), StoreError> {
     let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
     let exists = stmt.query_map([], |r| r.get::<_, String>(1))?.any(|name| name.is_ok_and(|n| n == column));
@@ -380,9 +389,12 @@ impl Store {
         // previous server's last moments), not after SQLite's default 5 s.
         conn.busy_timeout(std::time::Duration::from_secs(1))?;
         conn.execute_batch(SCHEMA)?;
-        // Columns added after the first release: agent status, key revocation.
+        // Columns added after the first release: agent status, key revocation, record replays.
         add_column(&conn, "agents", "status", "TEXT NOT NULL DEFAULT 'ACTIVE'")?;
         add_column(&conn, "sdk_keys", "revoked_at", "TEXT")?;
+        // What a recorded x402/MPP payment was and what it was answered, to replay its repeat.
+        add_column(&conn, "recorded_payments", "fingerprint", "TEXT")?;
+        add_column(&conn, "recorded_payments", "answer", "TEXT")?;
         // Earlier versions kept approved requests' tokens in clear: scrub them.
         conn.execute("UPDATE approval_requests SET approval_token = NULL WHERE approval_token IS NOT NULL", [])?;
         // Every statement is prepared once and reused (parsing SQL was a tenth of a decision).
@@ -625,22 +637,33 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The authorization a payment (by `paymentId`, or its tx hash) was recorded against.
-    pub fn recorded_payment(&self, agent: &str, key: &str) -> Result<Option<String>, StoreError> {
+    /// A payment recorded before by `agent` under `key` (its `paymentId`, or its tx hash).
+    pub fn recorded_payment(&self, agent: &str, key: &str) -> Result<Option<RecordedPayment>, StoreError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT authorization_id FROM recorded_payments WHERE agent_id = ?1 AND payment_key = ?2")?
-            .query_row([agent, key], |r| r.get(0))
+            .prepare_cached(
+                "SELECT fingerprint, answer FROM recorded_payments WHERE agent_id = ?1 AND payment_key = ?2",
+            )?
+            .query_row([agent, key], |r| Ok(RecordedPayment { fingerprint: r.get(0)?, answer: r.get(1)? }))
             .optional()?)
     }
 
-    /// Remembers that a payment was recorded against `authorization_id`.
-    pub fn remember_payment(&self, agent: &str, key: &str, authorization_id: &str) -> Result<(), StoreError> {
+    /// Remembers that a payment was recorded against `authorization_id`, with its
+    /// `fingerprint` (what was recorded) and the `answer` it got, for a repeat to be replayed.
+    pub fn remember_payment(
+        &self,
+        agent: &str,
+        key: &str,
+        authorization_id: &str,
+        fingerprint: &str,
+        answer: &str,
+    ) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT OR IGNORE INTO recorded_payments (agent_id, payment_key, authorization_id) VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO recorded_payments (agent_id, payment_key, authorization_id, fingerprint, answer) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![agent, key, authorization_id])?;
+            .execute(params![agent, key, authorization_id, fingerprint, answer])?;
         Ok(())
     }
 

@@ -1198,9 +1198,9 @@ async fn an_x402_batch_with_one_bad_payment_counts_none_of_them() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(budget_spent_and_reserved(&sdk).await.0, "3");
 
-    // The second payment is a repeat of the one already recorded: a 409 naming it, and the
-    // first (new) payment of the batch is not counted either.
-    let batch = json!({"payments": [paid("pay-2", "4"), paid("pay-1", "3")]});
+    // The second payment reuses the key of the one already recorded, with another amount: a
+    // 409 naming it, and the first (new) payment of the batch is not counted either.
+    let batch = json!({"payments": [paid("pay-2", "4"), paid("pay-1", "2")]});
     let (status, body) = sdk.post("/api/sdk/x402/record", batch).await;
     assert_eq!((status, body["code"].as_str()), (409, Some("CONFLICT")), "{body}");
     assert!(body["message"].as_str().unwrap().starts_with("payments[1]: "), "{body}");
@@ -1221,6 +1221,52 @@ async fn an_x402_batch_with_one_bad_payment_counts_none_of_them() {
     let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [paid("pay-2", "4")]})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(budget_spent_and_reserved(&sdk).await.0, "7");
+}
+
+/// A record sent again as it was (a client retrying after a lost answer, with no idempotency
+/// key) is answered as the first time and counted once; the same key with any field changed
+/// is refused, and counts nothing.
+#[tokio::test]
+async fn an_x402_or_mpp_record_sent_again_unchanged_is_answered_again_and_counted_once() {
+    let (_server, sdk) = setup(None).await;
+    let (_, pre) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("5")).await;
+    assert_eq!(pre["authorized"], true, "{pre}");
+    let mut paid = x402_payment("5");
+    paid["paymentId"] = json!("pay-1");
+    paid["txHash"] = json!(TX);
+    paid["responseCode"] = json!(200);
+    let record = json!({"payments": [paid.clone()]});
+    let (status, first) = sdk.post("/api/sdk/x402/record", record.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["payments"][0]["authorizationId"], pre["authorizationId"], "it settled the pre-authorization");
+    let (status, again) = sdk.post("/api/sdk/x402/record", record).await;
+    assert_eq!((status, &again), (200, &first), "the first answer again");
+    assert_eq!(budget_spent_and_reserved(&sdk).await, ("5".into(), "0".into()), "counted once");
+
+    // Inside a batch with a new payment: the new one is counted, the repeat answered again.
+    let mut new = x402_payment("2");
+    new["paymentId"] = json!("pay-2");
+    let (status, both) = sdk.post("/api/sdk/x402/record", json!({"payments": [new, paid.clone()]})).await;
+    assert_eq!(status, 200, "{both}");
+    assert_eq!(both["payments"][1], first["payments"][0], "{both}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await.0, "7");
+
+    // The same key with another amount, or another tx hash: refused, nothing counted.
+    for (field, value) in [("amount", json!("4")), ("txHash", json!(format!("0x{}", "c".repeat(64))))] {
+        let mut changed = paid.clone();
+        changed[field] = value;
+        let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [changed]})).await;
+        assert_eq!((status, body["code"].as_str()), (409, Some("CONFLICT")), "{field}: {body}");
+    }
+    assert_eq!(budget_spent_and_reserved(&sdk).await.0, "7");
+
+    // MPP's single-payment record, the same way.
+    let mpp = json!({"amount": "1", "recipientAddress": RECIPIENT, "resourceUrl": "https://mpp.example.com/v1/chat",
+        "txHash": format!("0x{}", "d".repeat(64)), "sessionId": "s-1"});
+    let (status, first) = sdk.post("/api/sdk/mpp/record", mpp.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = sdk.post("/api/sdk/mpp/record", mpp).await;
+    assert_eq!((status, &again), (200, &first));
 }
 
 /// Two payments of one batch that both match one pre-authorization: the first settles it,
@@ -1673,9 +1719,10 @@ async fn another_agent_recording_a_payment_first_blocks_nothing() {
     let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [payment.clone()]})).await;
     assert!(status < 300, "the agent's own record is taken: {body}");
     assert_eq!(budget_spent_and_reserved(&sdk).await.0, "5");
-    // Its own repeat is still refused.
-    let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [payment]})).await;
-    assert_eq!(status, 409, "{body}");
+    // Its own repeat is still its own: answered again, counted once.
+    let (status, again) = sdk.post("/api/sdk/x402/record", json!({"payments": [payment]})).await;
+    assert_eq!((status, &again), (200, &body));
+    assert_eq!(budget_spent_and_reserved(&sdk).await.0, "5");
 }
 
 /// Approves and confirms a transfer of `amount`; the confirm's status.
