@@ -80,7 +80,7 @@ fn unknown_rule_type_operator_and_action() {
 
 #[test]
 fn known_but_unsupported_rule_types_are_refused_not_ignored() {
-    for t in ["GEOGRAPHIC_RESTRICTION", "TRUST_SCORE", "MPP_MAX_SESSION_DURATION"] {
+    for t in ["GEOGRAPHIC_RESTRICTION", "TRUST_SCORE", "COUNTERPARTY_STATUS"] {
         let err = load_rule(serde_json::json!({"ruleType": t, "operator": "LTE", "value": "3"}));
         assert_eq!(problem(&err).3, &RuleProblem::Unsupported(t.into()));
     }

@@ -459,6 +459,54 @@ fn mpp_max_concurrent_sessions_takes_a_whole_number() {
     assert_denied(&e.decide(&mpp("0.5", "https://api.example.com/x", None, None)), V::MppMaxConcurrentSessions);
 }
 
+/// Conto's `MPP_MAX_SESSION_DURATION` (`LTE` seconds): a session lives from its deposit's
+/// pre-authorization to its record, so the pre-authorization lapses after at most that long,
+/// and with it the reservation and the open-session slot. Nothing else is denied by it.
+#[test]
+fn mpp_max_session_duration_caps_the_preauthorizations_lifetime() {
+    let (e, clock) = engine_at(
+        &policy(&[
+            &rule("MPP_MAX_SESSION_DURATION", "LTE", "60", "ALLOW"),
+            &rule("MPP_MAX_CONCURRENT_SESSIONS", "LTE", "1", "ALLOW"),
+            &rule("MPP_SESSION_BUDGET", "LTE", "25", "ALLOW"),
+        ]),
+        NOON_WED,
+    );
+    let url = "https://api.example.com/stream";
+    let now = conto_core::Clock::now(&clock);
+    let session = approved(&e.decide(&mpp("5", url, Some("s1"), Some("5")))).clone();
+    assert_eq!(session.expires_at, now.checked_add(SignedDuration::from_secs(60)).unwrap());
+    // Not MPP: Conto's 10 minutes.
+    let transfer = approved(&e.decide(&transfer("1"))).clone();
+    assert_eq!(transfer.expires_at, now.checked_add(SignedDuration::from_mins(10)).unwrap());
+    assert_denied(&e.decide(&mpp("1", url, Some("s2"), None)), V::MppMaxConcurrentSessions);
+    // Past its length the session lapsed: its slot and reservation are free.
+    clock.advance(SignedDuration::from_secs(61));
+    e.sweep_expired();
+    approved(&e.decide(&mpp("1", url, Some("s2"), None)));
+
+    // A cap longer than the approval's lifetime leaves the lifetime as it was; `LT` n caps
+    // at n - 1 seconds.
+    for (op, value, secs) in [("LTE", "3600", 600), ("LT", "61", 60)] {
+        let (e, clock) = engine_at(&policy(&[&rule("MPP_MAX_SESSION_DURATION", op, value, "ALLOW")]), NOON_WED);
+        let a = approved(&e.decide(&mpp("1", url, None, None))).clone();
+        assert_eq!(
+            a.expires_at,
+            conto_core::Clock::now(&clock).checked_add(SignedDuration::from_secs(secs)).unwrap(),
+            "{op} {value}"
+        );
+    }
+}
+
+#[test]
+fn mpp_max_session_duration_takes_a_whole_number_of_seconds() {
+    for (op, value) in [("LTE", "0"), ("LTE", "2.5"), ("GT", "3600"), ("LTE", "an hour"), ("LTE", "-5")] {
+        let text = policy(&[&rule("MPP_MAX_SESSION_DURATION", op, value, "ALLOW")]);
+        let err = PolicySet::from_json(&text).expect_err(value);
+        assert!(err.to_string().contains("MPP_MAX_SESSION_DURATION"), "{op} {value}: {err}");
+    }
+}
+
 #[test]
 fn mpp_rules() {
     let (e, _) = engine_at(

@@ -41,7 +41,7 @@
 //!   (the client sends back the one named) is taken as sent, not checked.
 //! - Rule types Conto documents that need data conto-local does not have
 //!   (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`,
-//!   `FAIRSCALE_MIN_SCORE`, `MPP_MAX_SESSION_DURATION`) are
+//!   `FAIRSCALE_MIN_SCORE`) are
 //!   stored as sent and fail closed ([`conto_core::UnevaluatedRules::Deny`]): every payment on
 //!   their rails (MPP for `MPP_*`) is denied, the violation named for the rule, while their
 //!   policy is active. Unknown rule types are refused (`400 VALIDATION_ERROR`).

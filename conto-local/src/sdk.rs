@@ -873,8 +873,7 @@ fn plan_one(
     // Scoped to the agent: a payment id or tx hash another agent recorded first (a tx hash is
     // public) never blocks this agent's own record.
     // (`/` is in no actor id: one agent's id and key never spell another's.)
-    let record_id =
-        format!("rec_{agent}/{}", key.as_ref().map_or_else(|| random_hex(10), |k| k.key.clone()));
+    let record_id = format!("rec_{agent}/{}", key.as_ref().map_or_else(|| random_hex(10), |k| k.key.clone()));
     if store.spend_exists(&record_id)? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

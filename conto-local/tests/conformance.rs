@@ -856,7 +856,7 @@ async fn the_agent_reads_its_wallets_and_its_transactions() {
 }
 
 /// Rule types Conto's agent skill documents but conto-local has no data to evaluate (a
-/// country whitelist; a session's length) are stored as
+/// country whitelist) are stored as
 /// Conto stores them, and fail closed: every payment on their rails is denied, the violation
 /// named for the rule, until the policy is deactivated. Never silently passed.
 #[tokio::test]
@@ -888,16 +888,24 @@ async fn rules_conto_local_cannot_evaluate_are_kept_and_deny_on_their_rails() {
     let (_, kept) = org.get(&format!("/api/policies/{id}")).await;
     assert_eq!(kept["rules"][0]["ruleType"], "GEOGRAPHIC_RESTRICTION", "{kept}");
 
-    // An MPP rule denies on MPP only.
-    org.policy(json!({"name": "MPP_CONTROLS", "scope": "all", "rules": [
-        {"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": "3600", "action": "ALLOW"}]}))
-        .await;
-    let (_, x402) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("1")).await;
-    assert_eq!(x402["authorized"], true, "{x402}");
+    // A session's length is evaluated: it caps the MPP pre-authorization's lifetime, and
+    // denies nothing (Conto's documented value, and a shorter one).
     let mpp = json!({"amount": "1", "recipientAddress": RECIPIENT, "resourceUrl": "https://mpp.example.com/v1/chat"});
-    let (_, mpp) = sdk.post("/api/sdk/mpp/pre-authorize", mpp).await;
-    assert_eq!(mpp["authorized"], false, "{mpp}");
-    assert_eq!(mpp["violations"][0]["type"], "MPP_MAX_SESSION_DURATION", "{mpp}");
+    for (seconds, lifetime) in [("3600", 600), ("60", 60)] {
+        let session = org
+            .policy(json!({"name": format!("MPP_CONTROLS {seconds}"), "scope": "all", "rules": [
+                {"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": seconds, "action": "ALLOW"}]}))
+            .await;
+        let (_, pre) = sdk.post("/api/sdk/mpp/pre-authorize", mpp.clone()).await;
+        assert_eq!(pre["authorized"], true, "{pre}");
+        let expires: conto_core::jiff::Timestamp = pre["expiresAt"].as_str().unwrap().parse().unwrap();
+        let secs = expires.duration_since(conto_core::jiff::Timestamp::now()).as_secs();
+        assert!((lifetime - 30..=lifetime).contains(&secs), "{seconds}: lives {secs} s: {pre}");
+        let id = session["id"].as_str().unwrap();
+        let resp =
+            org.http.delete(format!("{}/api/policies/{id}", server.url())).bearer_auth(&org.key).send().await.unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
 
     // An unknown rule type is still refused at creation.
     let (status, err) = org

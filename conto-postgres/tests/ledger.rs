@@ -437,7 +437,8 @@ async fn open_mpp_sessions_are_counted_across_replicas() {
         let ledger = PgLedger::open(pool.clone(), &name).await.unwrap();
         let set = conto::PolicySet::from_json(
             r#"{"agents": ["agent-1"], "policies": [{"name": "MPP controls", "rules": [
-                {"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "2", "action": "ALLOW"}]}]}"#,
+                {"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "2", "action": "ALLOW"},
+                {"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": "300", "action": "ALLOW"}]}]}"#,
         )
         .unwrap();
         engines.push(Engine::builder().policies(set).clock(clock.clone()).build_shared(ledger));
@@ -460,6 +461,9 @@ async fn open_mpp_sessions_are_counted_across_replicas() {
     let denied = |v: &Verdict| matches!(v, Verdict::Denied(d) if d.violations[0].kind == conto::ViolationType::MppMaxConcurrentSessions);
     let first = approved(a.decide(&session("s1")).await.unwrap().verdict);
     let second = approved(b.decide(&session("s2")).await.unwrap().verdict);
+    // A session's length caps its pre-authorization's lifetime on a shared ledger too.
+    let noon: conto::jiff::Timestamp = NOON.parse().unwrap();
+    assert_eq!(second.expires_at, noon.checked_add(SignedDuration::from_mins(5)).unwrap());
     assert!(denied(&a.decide(&session("s3")).await.unwrap().verdict));
     b.restore_spend(&session("s0"), "1".parse().unwrap()).await.unwrap();
     b.settle(&first, &Settlement::default()).await.unwrap();

@@ -12,7 +12,7 @@
 //! when it is broken. The test `the_plan_answers_as_one_ordered_pass` holds the result to one
 //! ordered pass.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 use smallvec::SmallVec;
 
@@ -116,6 +116,16 @@ pub(crate) struct Screened<'p> {
     approvals: Vec<Asked>,
 }
 
+/// The shortest `MPP_MAX_SESSION_DURATION` that applies to `intent`, if any (what
+/// [`Screened::lifetime_cap`] answers, without a screen).
+pub(crate) fn session_cap(policies: &PolicySet, intent: &PaymentIntent) -> Option<SignedDuration> {
+    let applies = |e: &&Entry<_>| {
+        e.rails.matches(&intent.rail)
+            && policies.policies.get(e.at.0 as usize).is_some_and(|p| p.applies_to(intent.actor.as_str()))
+    };
+    policies.plan.sessions.iter().filter(applies).map(|e| e.test.0).min()
+}
+
 /// Screens `intent` against every applicable policy's stateless rules. With `skip_approval`,
 /// rules that would ask for a human are passed (a human already approved).
 pub(crate) fn screen<'p>(
@@ -152,6 +162,12 @@ impl<'p> Screened<'p> {
     /// applies to the actor and it covers the payment's rail.
     fn applied(&self, (p, _): Pos, rails: RailFilter) -> bool {
         rails.matches(&self.subject.intent.rail) && (self.all_apply || self.applies_to(p as usize))
+    }
+
+    /// How long an approval of this payment may live at most, when an applicable
+    /// `MPP_MAX_SESSION_DURATION` caps it: the shortest such cap.
+    pub fn lifetime_cap(&self) -> Option<SignedDuration> {
+        self.policies.plan.sessions.iter().filter(|e| self.applied(e.at, e.rails)).map(|e| e.test.0).min()
     }
 
     /// The plan's folded rules for the payment's rail.
@@ -203,7 +219,7 @@ impl<'p> Screened<'p> {
                 let pos = (p as u32, r as u32);
                 let (at, a) = ((pos, policy.name.as_str()), &mut approvals);
                 let next = match &rule.check {
-                    Check::Cumulative(_) | Check::Velocity(_) => Next::Continue,
+                    Check::Cumulative(_) | Check::Velocity(_) | Check::Session(_) => Next::Continue,
                     Check::Amount(c) => judge(at, rule, c.check(subject), skip_approval, a),
                     Check::List(c) => judge(at, rule, c.check.finding(subject), skip_approval, a),
                     Check::Time(c) => judge(at, rule, Some(c.check(subject)), skip_approval, a),
@@ -441,6 +457,7 @@ mod tests {
                     Check::Unevaluated(c) => judge(at, rule, Some(c.check(&s)), skip, a),
                     Check::Cumulative(c) => judge(at, rule, Some(c.check(&s, ledger, &mut tally)), skip, a),
                     Check::Velocity(c) => judge(at, rule, Some(c.check(&s, ledger, &mut windows)), skip, a),
+                    Check::Session(_) => Next::Continue,
                 };
                 if let Next::Deny(denial) = next {
                     return Evaluation::Denied(denial);

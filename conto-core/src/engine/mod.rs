@@ -402,6 +402,13 @@ impl Engine {
         self.inner.approval_ttl.unwrap_or_else(|| conto_approval_ttl(rail))
     }
 
+    /// An approval's lifetime on `rail`: [`Engine::approval_ttl`], shortened to `cap` (an
+    /// MPP session's longest length) when that is shorter.
+    pub(crate) fn lifetime(&self, rail: &Rail, cap: Option<SignedDuration>) -> SignedDuration {
+        let ttl = self.approval_ttl(rail);
+        cap.map_or(ttl, |cap| cap.min(ttl))
+    }
+
     /// A builder with no policies, the system clock and Conto's default lifetimes.
     pub fn builder() -> EngineBuilder {
         EngineBuilder {
@@ -650,7 +657,7 @@ impl Engine {
         };
         let mut ledger = lock(ledger);
         let now = ledger.now(now);
-        let expires_at = now.saturating_add(self.approval_ttl(&intent.rail)).unwrap_or(now);
+        let expires_at = now.saturating_add(self.lifetime(&intent.rail, screened.lifetime_cap())).unwrap_or(now);
         ledger.sweep(now, self.inner.retention);
         Ok(match screened.finish(&mut *ledger, now) {
             Evaluation::Pass { holds, windows, daily } => {
@@ -775,13 +782,12 @@ impl Engine {
         &self,
         intent: Arc<PaymentIntent>,
         ledger: &mut AgentLedger,
-        holds: ledger::Held,
-        windows: Vec<ledger::VelocityKey>,
+        (holds, windows): (ledger::Held, Vec<ledger::VelocityKey>),
         daily: Option<(Decimal, Decimal)>,
-        now: Timestamp,
+        (now, lifetime): (Timestamp, SignedDuration),
     ) -> Result<Authorization, AuthorityError> {
         let (key, id) = IdKey::fresh(now);
-        let expires_at = now.saturating_add(self.approval_ttl(&intent.rail)).unwrap_or(now);
+        let expires_at = now.saturating_add(lifetime).unwrap_or(now);
         self.reserve(ledger, (key, &id), &intent, expires_at, holds, windows, now)?;
         let limits = limits_of(daily);
         Ok(Authorization { id, token: None, amount: intent.amount, expires_at, limits, intent, wallet: None })
@@ -1028,9 +1034,11 @@ impl Engine {
         let mut ledger = lock(&ledger);
         let now = ledger.now(now);
         ledger.sweep(now, self.inner.retention);
-        entry.state = match evaluate(&policies, &intent, &mut *ledger, now, true) {
+        let mut screened = evaluate::screen(&policies, &intent, now, true);
+        let lifetime = self.lifetime(&intent.rail, screened.lifetime_cap());
+        entry.state = match screened.finish(&mut *ledger, now) {
             Evaluation::Pass { holds, windows, daily } => {
-                let granted = self.grant(intent.clone(), &mut ledger, holds, windows, daily, now)?;
+                let granted = self.grant(intent.clone(), &mut ledger, (holds, windows), daily, (now, lifetime))?;
                 self.write(&Entry::PendingClosed { id: approval_request_id.to_owned() })?;
                 PendingState::Approved(granted)
             }

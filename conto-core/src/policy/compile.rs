@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::rules::{
     Action, Check, Cmp, CompiledRule, Cumulative, Outcome, Period, Polarity, RailFilter, Scope, Spec, amount, blackout,
-    cumulative, lists, time, unevaluated, velocity,
+    cumulative, lists, session, time, unevaluated, velocity,
 };
 use super::{Policy, PolicyDoc, PolicyError, RuleDoc, RuleProblem, UnevaluatedRules, json_kind, time_zone};
 use crate::decision::ViolationType;
@@ -229,7 +229,8 @@ impl RuleCtx<'_> {
             lists::Lists,
             time::Times,
             velocity::Velocities,
-            blackout::Blackouts
+            blackout::Blackouts,
+            session::Sessions
         );
         Err(self.err("ruleType", RuleProblem::UnknownRuleType(rule.rule_type.clone())))
     }

@@ -66,13 +66,16 @@
 //!    over approvals (released approvals do not count). **`MPP_MAX_CONCURRENT_SESSIONS`** `LTE n`
 //!    counts the agent's open MPP sessions: its MPP pre-authorizations still live (not yet
 //!    recorded, released or lapsed), this one included; a record closes a session.
+//!    **`MPP_MAX_SESSION_DURATION`** `LTE` seconds caps how long an MPP pre-authorization lives
+//!    (the shortest applicable cap, when shorter than the approval's lifetime): past it the
+//!    session lapses, its reservation and slot freed. It denies nothing by itself.
 //! 10. **Assignment.** A policy applies to the agents in `agentIds` (or `agentPolicies[].agentId`);
 //!     with neither, or with `scope: "all"`, to every agent; with `scope: "assigned"` and
 //!     neither, to no agent yet (created, not yet assigned, as Conto's policy API has it). Inactive policies are loaded and
 //!     skipped.
 //! 11. **Known but not evaluated.** Rule types that need data the engine does not have
 //!     (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`,
-//!     `FAIRSCALE_MIN_SCORE`, `MPP_MAX_SESSION_DURATION`) are a load
+//!     `FAIRSCALE_MIN_SCORE`) are a load
 //!     error (`Unsupported`), never silently ignored; loaded with [`UnevaluatedRules::Deny`]
 //!     (conto-local does), each denies every payment on its rails instead. Unknown rule types
 //!     and operators are always a load error.
@@ -97,8 +100,7 @@ pub(crate) use rules::{CompiledRule, CounterId, Cumulative, Period};
 
 /// What loading does with a rule type Conto documents but the engine cannot evaluate, because
 /// it needs data a payment intent does not carry (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`,
-/// `COUNTERPARTY_STATUS`, `FAIRSCALE_MIN_SCORE`,
-/// `MPP_MAX_SESSION_DURATION`). Never silently ignored.
+/// `COUNTERPARTY_STATUS`, `FAIRSCALE_MIN_SCORE`). Never silently ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum UnevaluatedRules {

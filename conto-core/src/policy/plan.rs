@@ -20,6 +20,7 @@ use super::rules::amount::AmountRule;
 use super::rules::blackout::BlackoutRule;
 use super::rules::cumulative::{CumulativeRule, SpendFold};
 use super::rules::lists::{ListCheck, ListFold};
+use super::rules::session::SessionLength;
 use super::rules::time::TimeRule;
 use super::rules::unevaluated::UnevaluatedRule;
 use super::rules::velocity::VelocityRule;
@@ -60,6 +61,9 @@ pub(crate) struct Plan {
     pub others: Box<[Entry<Timed>]>,
     /// The rules that read the ledger, in evaluation order.
     pub stateful: Box<[Entry<Stateful>]>,
+    /// The caps on an MPP session's length (`MPP_MAX_SESSION_DURATION`): never broken, they
+    /// shorten an approval's lifetime.
+    pub sessions: Box<[Entry<SessionLength>]>,
     /// The rules folded for a payment whose actor every policy applies to, per rail
     /// ([`rail_slot`]).
     pub folded: [Folded; 4],
@@ -139,6 +143,7 @@ impl Plan {
     /// The plan of `policies`, in evaluation order, once their counters and lists are numbered.
     pub(crate) fn of(policies: &[Policy]) -> Plan {
         let (mut amounts, mut lists, mut others, mut stateful) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut sessions = Vec::new();
         for (p, policy) in policies.iter().enumerate() {
             for (r, rule) in policy.rules.iter().enumerate() {
                 // Policy files are far below 2^32 policies or rules.
@@ -158,6 +163,7 @@ impl Plan {
                     Check::Velocity(c) => {
                         stateful.push(Entry { at, rails, polarity, test: Stateful::Velocity(c.clone()) });
                     }
+                    Check::Session(c) => sessions.push(Entry { at, rails, polarity, test: *c }),
                 }
             }
         }
@@ -197,7 +203,14 @@ impl Plan {
                 }
             }
         }
-        Plan { amounts: amounts.into(), lists: lists.into(), others: others.into(), stateful: stateful.into(), folded }
+        Plan {
+            amounts: amounts.into(),
+            lists: lists.into(),
+            others: others.into(),
+            stateful: stateful.into(),
+            sessions: sessions.into(),
+            folded,
+        }
     }
 
     /// Whether every entry points at a rule of its own family in `policies` (a debug check:
@@ -205,7 +218,7 @@ impl Plan {
     pub(crate) fn matches(&self, policies: &[Policy]) -> bool {
         let rule = |(p, r): Pos| policies.get(p as usize).and_then(|p| p.rules.get(r as usize)).map(|r| &r.check);
         let count: usize = policies.iter().map(|p| p.rules.len()).sum();
-        count == self.amounts.len() + self.lists.len() + self.others.len() + self.stateful.len()
+        count == self.amounts.len() + self.lists.len() + self.others.len() + self.stateful.len() + self.sessions.len()
             && self.amounts.iter().all(|e| matches!(rule(e.at), Some(Check::Amount(_))))
             && self.lists.iter().all(|e| matches!(rule(e.at), Some(Check::List(c)) if c.check.bit() == e.test.bit()))
             && self.others.iter().all(|e| match (rule(e.at), &e.test) {
@@ -215,6 +228,7 @@ impl Plan {
                 _ => false,
             })
             && self.stateful.iter().all(|e| matches!(rule(e.at), Some(Check::Cumulative(_) | Check::Velocity(_))))
+            && self.sessions.iter().all(|e| matches!(rule(e.at), Some(Check::Session(c)) if *c == e.test))
     }
 }
 

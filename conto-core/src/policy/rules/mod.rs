@@ -10,7 +10,8 @@
 //!   MPP intents and methods);
 //! - [`time`], `TIME_WINDOW`, `DAY_OF_WEEK`, `DATE_RANGE`;
 //! - [`velocity`], approvals per sliding window;
-//! - [`blackout`], `BLACKOUT_PERIOD`.
+//! - [`blackout`], `BLACKOUT_PERIOD`;
+//! - [`session`], `MPP_MAX_SESSION_DURATION`, a cap on an MPP pre-authorization's lifetime.
 //!
 //! Money on the hot path is whole micro-units ([`Micros`]); limits are [`Bound`]s.
 
@@ -18,6 +19,7 @@ pub(crate) mod amount;
 pub(crate) mod blackout;
 pub(crate) mod cumulative;
 pub(crate) mod lists;
+pub(crate) mod session;
 pub(crate) mod time;
 pub(crate) mod unevaluated;
 pub(crate) mod velocity;
@@ -297,6 +299,8 @@ pub(crate) enum Check {
     Blackout(blackout::BlackoutRule),
     /// A documented rule type the engine cannot evaluate, loaded to deny.
     Unevaluated(unevaluated::UnevaluatedRule),
+    /// A cap on how long an MPP session's pre-authorization lives; never broken.
+    Session(session::SessionLength),
 }
 
 /// What one rule measured: whether its condition holds, and what to say if it is broken.

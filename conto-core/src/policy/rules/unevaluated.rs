@@ -1,5 +1,5 @@
 //! Rule types Conto documents that need data the engine does not have (a payment's country, a
-//! counterparty's trust score, a session's length, ...). Refused at load by default; loaded
+//! counterparty's trust score, ...). Refused at load by default; loaded
 //! with [`UnevaluatedRules::Deny`](crate::policy::UnevaluatedRules::Deny), each is a rule every
 //! payment on its rails breaks: denied, whatever the rule's action, never silently passed.
 
@@ -7,13 +7,8 @@ use super::{Check, CompiledRule, Explain, Finding, Outcome, Polarity, RailFilter
 use crate::decision::ViolationType as V;
 
 /// The rule types Conto documents that the engine does not evaluate.
-pub(crate) const UNEVALUATED: &[&str] = &[
-    "GEOGRAPHIC_RESTRICTION",
-    "TRUST_SCORE",
-    "COUNTERPARTY_STATUS",
-    "FAIRSCALE_MIN_SCORE",
-    "MPP_MAX_SESSION_DURATION",
-];
+pub(crate) const UNEVALUATED: &[&str] =
+    &["GEOGRAPHIC_RESTRICTION", "TRUST_SCORE", "COUNTERPARTY_STATUS", "FAIRSCALE_MIN_SCORE"];
 
 /// One of [`UNEVALUATED`], loaded to deny: broken by every payment on its rails (an `MPP_*`
 /// rule's, MPP; any other's, all), denied whatever its action, its violation named for it.
