@@ -566,6 +566,31 @@ impl PaymentIntent {
         }
     }
 
+    /// The most this payment can spend under one approval: its amount, or an MPP session's
+    /// deposit when that is larger (the session pays its requests out of the deposit without
+    /// asking again, so the deposit is what is at stake). What the embedded engine reserves,
+    /// checks per-payment and period limits against, and approves; only the MPP price rules
+    /// (`MPP_PRICE_CEILING`, `MPP_MAX_PER_REQUEST`) read the per-request `amount`.
+    ///
+    /// ```
+    /// use conto::{PaymentIntent, Rail};
+    /// let mut rail = Rail::mpp("https://api.example.com/v1/stream")?;
+    /// if let Rail::Mpp { deposit, .. } = &mut rail {
+    ///     *deposit = Some("5".parse()?);
+    /// }
+    /// let session = PaymentIntent::builder("agent-1", "0.10", rail)
+    ///     .recipient("0x1111111111111111111111111111111111111111")
+    ///     .build()?;
+    /// assert_eq!(session.exposure().to_string(), "5");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn exposure(&self) -> Amount {
+        match &self.rail {
+            Rail::Mpp { deposit: Some(deposit), .. } => self.amount.max(*deposit),
+            _ => self.amount,
+        }
+    }
+
     /// Makes `intent` the next attempt at the same payment: the same intent under a fresh
     /// idempotency key, changed in place when nothing else holds it, copied when something
     /// does (what holds the earlier attempt keeps it as it was).

@@ -459,6 +459,44 @@ fn mpp_max_concurrent_sessions_takes_a_whole_number() {
     assert_denied(&e.decide(&mpp("0.5", "https://api.example.com/x", None, None)), V::MppMaxConcurrentSessions);
 }
 
+/// An MPP session is pre-authorized for its deposit (Conto's MPP guide: the app pre-authorizes
+/// the deposit, and the session pays its requests out of it without asking again): the
+/// deposit, when larger than the per-request amount, is what per-payment and period limits
+/// see and what is reserved. Only the MPP price rules read the per-request amount.
+#[test]
+fn an_mpp_sessions_deposit_is_what_its_limits_see_and_what_is_reserved() {
+    let url = "https://api.example.com/stream";
+    let (e, _) = engine_at(&policy(&[&rule("DAILY_LIMIT", "LTE", "1", "ALLOW")]), NOON_WED);
+    assert_denied(&e.decide(&mpp("0.1", url, Some("s1"), Some("50"))), V::DailyLimit);
+    let (e, _) = engine_at(&policy(&[&rule("MAX_AMOUNT", "LTE", "1", "ALLOW")]), NOON_WED);
+    let d = e.decide(&mpp("0.5", url, Some("s1"), Some("100")));
+    assert_denied(&d, V::PerTxLimit);
+    assert_eq!(violation(&d).current, Some(Decimal::from(100)));
+    assert!(violation(&d).message.as_deref().is_some_and(|m| m.contains("deposit")), "{d:?}");
+
+    // Conto's recommended MPP policy beside a daily limit: a price of 0.5 passes the
+    // per-request cap, and the deposit of 5 is held against the day.
+    let (e, _) = engine_at(
+        &policy(&[
+            &rule("MPP_MAX_PER_REQUEST", "LTE", "1.00", "ALLOW"),
+            &rule("MPP_SESSION_BUDGET", "LTE", "25", "ALLOW"),
+            &rule("DAILY_LIMIT", "LTE", "10", "ALLOW"),
+        ]),
+        NOON_WED,
+    );
+    let session = approved(&e.decide(&mpp("0.5", url, Some("s1"), Some("5")))).clone();
+    assert_eq!(session.amount.to_string(), "5");
+    assert_eq!(session.limits.daily_used, Some(Decimal::from(5)));
+    assert_denied(&e.decide(&mpp("0.5", url, Some("s2"), Some("5.5"))), V::DailyLimit);
+    assert_denied(&e.decide(&mpp("1.5", url, Some("s2"), Some("2"))), V::MppPriceCeiling);
+    // Recorded at what it spent: the rest of the deposit is free again.
+    let recorded = e.settle(&session, &Settlement { amount: Some("4".parse().unwrap()), ..Settlement::default() });
+    assert_eq!(recorded.unwrap().amount.to_string(), "4");
+    approved(&e.decide(&mpp("0.5", url, Some("s2"), Some("6"))));
+    // Without a deposit, the amount is what is at stake, as on every other rail.
+    assert_denied(&e.decide(&mpp("0.5", url, Some("s3"), None)), V::DailyLimit);
+}
+
 /// Conto's `MPP_MAX_SESSION_DURATION` (`LTE` seconds): a session lives from its deposit's
 /// pre-authorization to its record, so the pre-authorization lapses after at most that long,
 /// and with it the reservation and the open-session slot. Nothing else is denied by it.
@@ -512,8 +550,8 @@ fn mpp_rules() {
     let (e, _) = engine_at(
         &policy(&[
             &rule("MPP_MAX_PER_REQUEST", "LTE", "1.00", "ALLOW"),
-            &rule("MPP_SESSION_BUDGET", "LTE", "2", "ALLOW"),
             &rule("MPP_MAX_SESSION_DEPOSIT", "LTE", "50", "ALLOW"),
+            &rule("MPP_SESSION_BUDGET", "LTE", "2", "ALLOW"),
             &rule("MPP_ALLOWED_SERVICES", "IN_LIST", r#"["api.example.com"]"#, "ALLOW"),
             &rule("MPP_ALLOWED_METHODS", "IN_LIST", r#"["GET","POST"]"#, "ALLOW"),
         ]),
@@ -523,7 +561,9 @@ fn mpp_rules() {
     assert_denied(&e.decide(&mpp("1.01", url, Some("s1"), None)), V::MppPriceCeiling);
     assert_denied(&e.decide(&mpp("1", url, Some("s1"), Some("50.01"))), V::MppMaxSessionDeposit);
     assert_denied(&e.decide(&mpp("1", "https://other.io/x", Some("s1"), None)), V::MppServiceNotAllowed);
-    spend(&e, &mpp("1", url, Some("s1"), Some("50")));
+    // A deposit the session's budget could not cover is refused: the session pays out of it.
+    assert_denied(&e.decide(&mpp("1", url, Some("s1"), Some("50"))), V::MppSessionBudget);
+    spend(&e, &mpp("0.5", url, Some("s1"), Some("1")));
     spend(&e, &mpp("1", url, Some("s1"), None));
     assert_denied(&e.decide(&mpp("0.5", url, Some("s1"), None)), V::MppSessionBudget);
     approved(&e.decide(&mpp("0.5", url, Some("s2"), None)));

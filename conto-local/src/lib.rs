@@ -30,7 +30,10 @@
 //! - Times are written as Conto writes them (JavaScript's `toISOString`): UTC to the
 //!   millisecond, `2025-03-19T12:10:00.000Z`.
 //! - x402/MPP pre-authorizations return an `authorizationId`; records that carry it settle that
-//!   reservation (each endpoint settles only its own flow's approvals). An approved one names
+//!   reservation (each endpoint settles only its own flow's approvals). An MPP pre-authorization
+//!   with a `depositAmount` larger than its `amount` is decided, held and approved for the
+//!   deposit (§6.6: the app pre-authorizes the deposit); its record settles it at what the
+//!   session spent. An approved one names
 //!   its `wallet` (`id`, `address`, `chainId`, `custodyType`, `availableBalance`): the agent's
 //!   delegated wallet on the rail's chain (MPP `"4217"`, x402 `"8453"`), else its first
 //!   delegation, with what the delegation states (`chainId` always a string); an agent with none

@@ -722,6 +722,46 @@ async fn a_contract_allowlist_checks_the_target_contract_and_urgency_is_checked(
     assert!(err["message"].as_str().unwrap().contains("urgency"), "{err}");
 }
 
+/// An MPP pre-authorization is for the session's deposit (conto-api.md §6.6: the app
+/// pre-authorizes the deposit, and the session pays out of it): the deposit is held against
+/// the agent's limits, so a session can never spend past them; the record settles it at what
+/// was spent.
+#[tokio::test]
+async fn an_mpp_session_is_preauthorized_for_its_deposit() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    org.policy(json!({"name": "limits", "scope": "all", "rules": [
+        {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "10", "action": "ALLOW"},
+        {"ruleType": "MPP_MAX_PER_REQUEST", "operator": "LTE", "value": "1.00", "action": "ALLOW"}]}))
+        .await;
+    let session = |amount: &str, deposit: u32| {
+        json!({"amount": amount, "recipientAddress": RECIPIENT, "resourceUrl": "https://mpp.example.com/v1/chat",
+            "intent": "session", "depositAmount": deposit})
+    };
+    let (status, denied) = sdk.post("/api/sdk/mpp/pre-authorize", session("0.1", 50)).await;
+    assert_eq!((status, &denied["authorized"]), (200, &json!(false)), "{denied}");
+    assert_eq!(denied["violations"][0]["type"], "DAILY_LIMIT", "{denied}");
+    let (_, pre) = sdk.post("/api/sdk/mpp/pre-authorize", session("0.5", 6)).await;
+    assert_eq!(pre["authorized"], true, "{pre}");
+    let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
+    let daily = |b: &Value| b["counters"].as_array().unwrap().iter().find(|c| c["period"] == "daily").cloned().unwrap();
+    assert_eq!(daily(&budget)["reserved"], "6", "{budget}");
+    let (_, second) = sdk.post("/api/sdk/mpp/pre-authorize", session("0.5", 5)).await;
+    assert_eq!(second["violations"][0]["type"], "DAILY_LIMIT", "6 held + 5 > 10: {second}");
+
+    // Recorded at what the session spent, without its authorization id: it settles the
+    // pre-authorization, and the rest of the deposit is free again.
+    let record = json!({"amount": "4", "recipientAddress": RECIPIENT, "resourceUrl": "https://mpp.example.com/v1/chat",
+        "txHash": format!("0x{}", "e".repeat(64)), "sessionId": "s-1"});
+    let (status, recorded) = sdk.post("/api/sdk/mpp/record", record).await;
+    assert_eq!(status, 200, "{recorded}");
+    assert_eq!(recorded["payments"][0]["authorizationId"], pre["authorizationId"], "{recorded}");
+    let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
+    assert_eq!((&daily(&budget)["spent"], &daily(&budget)["reserved"]), (&json!("4"), &json!("0")), "{budget}");
+    let (_, third) = sdk.post("/api/sdk/mpp/pre-authorize", session("0.5", 6)).await;
+    assert_eq!(third["authorized"], true, "4 spent + 6: {third}");
+}
+
 /// Conto's recommended MPP policy (conto-api.md §6.6: session budget 25, 1.00 a request, three
 /// sessions at once) lets sessions open, refuses a fourth while three are open, and counts a
 /// session closed once its settled amount is recorded (with or without its authorization id);

@@ -667,7 +667,7 @@ impl Engine {
                 let authorization = Authorization {
                     id,
                     token: None,
-                    amount: intent.amount,
+                    amount: intent.exposure(),
                     expires_at,
                     limits,
                     intent: shared(),
@@ -790,7 +790,7 @@ impl Engine {
         let expires_at = now.saturating_add(lifetime).unwrap_or(now);
         self.reserve(ledger, (key, &id), &intent, expires_at, holds, windows, now)?;
         let limits = limits_of(daily);
-        Ok(Authorization { id, token: None, amount: intent.amount, expires_at, limits, intent, wallet: None })
+        Ok(Authorization { id, token: None, amount: intent.exposure(), expires_at, limits, intent, wallet: None })
     }
 
     /// Journals, then holds, an approval's reservation.
@@ -808,10 +808,10 @@ impl Engine {
         self.write_with(|| Entry::Reserved {
             id: id.to_owned(),
             intent: intent.clone(),
-            amount: intent.amount,
+            amount: intent.exposure(),
             expires_at,
         })?;
-        ledger.reserve(key, Micros::of(intent.amount), expires_at, holds, windows, now);
+        ledger.reserve(key, Micros::of(intent.exposure()), expires_at, holds, windows, now);
         Ok(())
     }
 

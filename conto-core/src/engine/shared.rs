@@ -421,11 +421,11 @@ impl SharedEngine {
             let mut reads = ViewReads { holds: &holds, windows: &windows, view };
             match evaluate(&policies, intent, &mut reads, now, false) {
                 Evaluation::Pass { holds: held, windows: taken, daily } => {
-                    let (id, expires_at, write) = reservation(&held, &taken, intent.amount, approval_ttl, now);
+                    let (id, expires_at, write) = reservation(&held, &taken, intent.exposure(), approval_ttl, now);
                     verdict = Some(Verdict::Approved(Authorization {
                         id,
                         token: None,
-                        amount: intent.amount,
+                        amount: intent.exposure(),
                         expires_at,
                         limits: limits_of(daily),
                         intent: Arc::new(intent.clone()),
@@ -584,10 +584,10 @@ impl SharedEngine {
             match evaluate(&policies, intent, &mut reads, now, true) {
                 Evaluation::Pass { holds: held, windows: taken, daily } => {
                     let (authorization_id, expires_at, write) =
-                        reservation(&held, &taken, intent.amount, approval_ttl, now);
+                        reservation(&held, &taken, intent.exposure(), approval_ttl, now);
                     let answer = PendingAnswer::Approved {
                         authorization_id,
-                        amount: intent.amount,
+                        amount: intent.exposure(),
                         expires_at,
                         limits: limits_of(daily),
                     };

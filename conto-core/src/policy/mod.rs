@@ -61,7 +61,12 @@
 //!    cannot be matched to an address and are not compared.
 //! 8. **Rail scope.** `X402_*` rules apply to x402 intents only, `MPP_*` to MPP, `CARD_*` to
 //!    cards; the rest to every rail. Cumulative and velocity counters count the rails their rule
-//!    applies to.
+//!    applies to. **An MPP session is decided on its deposit**: Conto's app pre-authorizes the
+//!    deposit and the session pays out of it, so when `depositAmount` is larger than `amount`,
+//!    the deposit is what every amount and cumulative rule compares, what is reserved and what
+//!    is approved ([`PaymentIntent::exposure`](crate::PaymentIntent::exposure)); only
+//!    `MPP_PRICE_CEILING` and `MPP_MAX_PER_REQUEST` compare the per-request `amount`. The
+//!    record settles it at what the session spent.
 //! 9. **`VELOCITY_LIMIT`** `{"maxCount": n, "period": "MINUTE"|"HOUR"|"DAY"}` is a sliding window
 //!    over approvals (released approvals do not count). **`MPP_MAX_CONCURRENT_SESSIONS`** `LTE n`
 //!    counts the agent's open MPP sessions: its MPP pre-authorizations still live (not yet

@@ -13,8 +13,11 @@ use crate::policy::compile::{Family, RuleInput};
 /// What an amount rule measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Measure {
-    /// The payment's amount.
+    /// What the payment puts at stake ([`PaymentIntent::exposure`](crate::PaymentIntent::exposure)):
+    /// its amount, or an MPP session's deposit when larger.
     Amount,
+    /// The payment's own amount: an MPP request's price, whatever its session's deposit.
+    Price,
     /// An MPP session's deposit (rules on it skip payments without one).
     Deposit,
 }
@@ -38,7 +41,7 @@ impl Family for Amounts {
         Some(match rule_type {
             "MAX_AMOUNT" | "SINGLE_AMOUNT" => (Measure::Amount, R::All, V::PerTxLimit),
             "X402_PRICE_CEILING" | "X402_MAX_PER_REQUEST" => (Measure::Amount, R::X402, V::X402PriceCeiling),
-            "MPP_PRICE_CEILING" | "MPP_MAX_PER_REQUEST" => (Measure::Amount, R::Mpp, V::MppPriceCeiling),
+            "MPP_PRICE_CEILING" | "MPP_MAX_PER_REQUEST" => (Measure::Price, R::Mpp, V::MppPriceCeiling),
             "MPP_MAX_SESSION_DEPOSIT" => (Measure::Deposit, R::Mpp, V::MppMaxSessionDeposit),
             "CARD_MAX_AMOUNT" => (Measure::Amount, R::Card, V::CardAmountLimit),
             "REQUIRE_APPROVAL_ABOVE" => (Measure::Amount, R::All, V::Other("REQUIRE_APPROVAL_ABOVE".into())),
@@ -61,17 +64,19 @@ impl Family for Amounts {
 
 /// What an amount rule saw.
 pub(crate) struct Seen {
-    deposit: bool,
+    what: &'static str,
     subject: Micros,
     cmp: Cmp,
     limit: Decimal,
 }
 
 impl AmountRule {
-    /// The payment's amount, or its deposit (`None`: a payment without one).
+    /// What the payment puts at stake, its price, or its deposit (`None`: a payment without
+    /// one).
     fn measured(&self, s: &Subject<'_>) -> Option<Micros> {
         match (self.measure, &s.intent.rail) {
             (Measure::Amount, _) => Some(s.amount),
+            (Measure::Price, _) => Some(Micros::of(s.intent.amount)),
             (Measure::Deposit, Rail::Mpp { deposit: Some(d), .. }) => Some(Micros::of(*d)),
             (Measure::Deposit, _) => None,
         }
@@ -84,7 +89,7 @@ impl AmountRule {
 
     /// The payment amounts (micro-units, inclusive) this cap is not broken by, under
     /// `polarity`; `None` when that is not one range (an `=` or `!=` cap, or a cap on a deposit,
-    /// which a payment may not have).
+    /// which a payment may not have, or on a price, which is not what the fold compares).
     pub(crate) fn unbroken(&self, polarity: Polarity) -> Option<(i128, i128)> {
         if self.measure != Measure::Amount {
             return None;
@@ -95,17 +100,21 @@ impl AmountRule {
     /// [`AmountRule::holds`], with what was compared.
     pub(crate) fn check(&self, s: &Subject<'_>) -> Option<Finding<Seen>> {
         let subject = self.measured(s)?;
+        let what = match self.measure {
+            Measure::Deposit => "deposit",
+            Measure::Amount if subject != Micros::of(s.intent.amount) => "amount at stake (the session's deposit)",
+            Measure::Amount | Measure::Price => "amount",
+        };
         Some(Finding {
             holds: self.limit.holds(subject, self.cmp),
-            detail: Seen { deposit: self.measure == Measure::Deposit, subject, cmp: self.cmp, limit: self.limit.exact },
+            detail: Seen { what, subject, cmp: self.cmp, limit: self.limit.exact },
         })
     }
 }
 
 impl Explain for Seen {
     fn explain(&self, rule_type: &str) -> String {
-        let what = if self.deposit { "deposit" } else { "amount" };
-        format!("{rule_type}: {what} {}, limit {} {}", self.subject.to_decimal(), self.cmp.symbol(), self.limit)
+        format!("{rule_type}: {} {}, limit {} {}", self.what, self.subject.to_decimal(), self.cmp.symbol(), self.limit)
     }
 
     fn limit(&self) -> Option<Decimal> {

@@ -337,7 +337,7 @@ pub(crate) struct Subject<'a> {
 impl<'a> Subject<'a> {
     /// The subject of one decision on `intent` at `now`.
     pub fn new(intent: &'a PaymentIntent, now: Timestamp, listed: lists::Listed) -> Self {
-        Subject { intent, amount: Micros::of(intent.amount), now, listed, local: Cell::new(None) }
+        Subject { intent, amount: Micros::of(intent.exposure()), now, listed, local: Cell::new(None) }
     }
 
     /// Time of day at `now` in `zone`, and the weekday (Monday = 0): [`local`], remembered for
