@@ -438,7 +438,12 @@ impl Rail {
                 _ => Ok(()),
             },
             Rail::X402 { resource_url, service_domain, .. } | Rail::Mpp { resource_url, service_domain, .. } => {
-                host_of(resource_url)?;
+                if !has_http_scheme(resource_url) {
+                    return Err(IntentError::Field {
+                        field: "resourceUrl",
+                        reason: format!("`{resource_url}` is not an http(s) URL"),
+                    });
+                }
                 // Not blank: at once when it starts with a visible ASCII character (it does).
                 let starts_visible = service_domain.as_bytes().first().is_some_and(u8::is_ascii_graphic);
                 if !starts_visible && service_domain.trim().is_empty() {
@@ -464,46 +469,54 @@ impl Rail {
     }
 }
 
-/// The host of an `http(s)://` URL, lower-cased.
+/// The service a paid `http(s)://` URL reaches: its host as a browser's URL parser (WHATWG,
+/// the [`url`] crate) finds it, in canonical form: an internationalized name in its ASCII
+/// (punycode) form, lower-cased, percent-escapes decoded, without a trailing dot; an IPv6
+/// address without its brackets. Equivalent spellings of one host are one service, so a
+/// list of services cannot be stepped around by spelling a host another way
+/// (`https://API.example.com./`, `https://api%2Eexample.com/`, `https://api.example.com\@x/`
+/// all reach `api.example.com`).
 pub fn service_domain_of(url: &str) -> Result<String, IntentError> {
-    host_of(url).map(str::to_ascii_lowercase)
+    let bad = |reason: &str| IntentError::Field { field: "resourceUrl", reason: format!("`{url}` {reason}") };
+    let parsed = url::Url::parse(url.trim()).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("is not an http(s) URL"));
+    }
+    let host = parsed.host().ok_or_else(|| bad("has no host"))?;
+    canonical_host(host).ok_or_else(|| bad("has no host"))
 }
 
-/// The host of an `http(s)://` URL as written: what follows the scheme up to the first `/`,
-/// `?` or `#`, after any `user@`, without the port (an IPv6 host without its brackets).
-/// Borrowed: validating an intent allocates nothing.
-fn host_of(url: &str) -> Result<&str, IntentError> {
-    let bad = |reason: &str| IntentError::Field { field: "resourceUrl", reason: format!("`{url}` {reason}") };
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| bad("is not an http(s) URL"))?;
-    // One pass: the authority ends at the first `/`, `?` or `#`; the host starts after its
-    // last `@`, and ends at the first `:` after that (`]` for a bracketed IPv6 host).
-    let bytes = rest.as_bytes();
-    let (mut start, mut end) = (0, bytes.len());
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b'/' | b'?' | b'#' => {
-                end = i;
-                break;
-            }
-            b'@' => start = i + 1,
-            _ => {}
+/// A service domain written by hand (a policy's list entry, a request's `serviceDomain`) in
+/// the canonical form [`service_domain_of`] gives a URL's host; `None` when it is not a host
+/// name or address.
+pub fn canonical_service_domain(domain: &str) -> Option<String> {
+    let domain = domain.trim();
+    // An IPv6 address as `service_domain_of` writes it (no brackets) or as a URL does.
+    if domain.contains(':') && !domain.starts_with('[') {
+        return domain.parse::<std::net::Ipv6Addr>().ok().map(|ip| ip.to_string());
+    }
+    canonical_host(url::Host::parse(domain).ok()?)
+}
+
+fn canonical_host<S: AsRef<str>>(host: url::Host<S>) -> Option<String> {
+    match host {
+        url::Host::Domain(d) => {
+            let d = d.as_ref().trim_end_matches('.');
+            (!d.is_empty()).then(|| d.to_ascii_lowercase())
         }
+        url::Host::Ipv4(ip) => Some(ip.to_string()),
+        url::Host::Ipv6(ip) => Some(ip.to_string()),
     }
-    let host_port = &bytes[start..end];
-    let (from, stop) = match host_port.first() {
-        Some(b'[') => (1, b']'),
-        _ => (0, b':'),
+}
+
+/// Whether `url` starts with an `http://` or `https://` scheme (in any case), and has
+/// something after it: the cheap check an intent's validation makes on every decision (the
+/// host itself is found once, when the rail is built, by [`service_domain_of`]).
+fn has_http_scheme(url: &str) -> bool {
+    let after = |scheme: &str| {
+        url.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme)) && url.len() > scheme.len()
     };
-    let len = host_port[from..].iter().position(|&b| b == stop).unwrap_or(host_port.len() - from);
-    // Every bound is an ASCII byte's position (or the text's end): a char boundary.
-    let host = &rest[start + from..start + from + len];
-    if host.is_empty() {
-        return Err(bad("has no host"));
-    }
-    Ok(host)
+    after("https://") || after("http://")
 }
 
 /// One paid action the app is about to settle: amount, recipient, rail and context.
@@ -802,31 +815,43 @@ mod tests {
     fn domains() {
         assert_eq!(service_domain_of("https://API.example.com:8443/x?y").unwrap(), "api.example.com");
         assert_eq!(service_domain_of("http://user@[::1]:80/").unwrap(), "::1");
+        assert_eq!(service_domain_of("HTTPS://api.example.com/").unwrap(), "api.example.com");
         assert!(service_domain_of("ftp://x").is_err());
-        assert!(service_domain_of("https:///path").is_err());
+        assert!(service_domain_of("https://").is_err());
+        assert!(service_domain_of("https://:443/x").is_err());
+        assert!(service_domain_of("not a url").is_err());
+        // As a browser reads it: extra slashes before the host are skipped.
+        assert_eq!(service_domain_of("https:///api.example.com/x").unwrap(), "api.example.com");
     }
 
-    proptest::proptest! {
-        /// The host is what the URL's parts say it is, for any text after the scheme (non-ASCII
-        /// characters and a bracketed host included): the byte scan agrees with splitting the
-        /// text at each delimiter in turn, and never cuts a character.
-        #[test]
-        fn a_host_is_found_as_the_url_delimits_it(
-            scheme in proptest::sample::select(vec!["https://", "http://", "ftp://", ""]),
-            rest in "\\[?[a-zA-Z0-9.:@/?#\\[\\]é日-]{0,24}",
-        ) {
-            let url = format!("{scheme}{rest}");
-            let split = |url: &str| -> Option<String> {
-                let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
-                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-                let host_port = authority.rsplit('@').next().unwrap_or_default();
-                let host = match host_port.strip_prefix('[') {
-                    Some(v6) => v6.split(']').next().unwrap_or_default(),
-                    None => host_port.split(':').next().unwrap_or_default(),
-                };
-                (!host.is_empty()).then(|| host.to_ascii_lowercase())
-            };
-            proptest::prop_assert_eq!(service_domain_of(&url).ok(), split(&url));
+    /// Spellings a browser takes to the same host are the same service: the host a list of
+    /// services is checked against is the one the payment reaches.
+    #[test]
+    fn equivalent_spellings_of_a_host_are_one_service() {
+        for url in [
+            "https://api.openai.com/v1",
+            "https://api.openai.com./v1",
+            "https://API.OpenAI.com/v1",
+            "https://api%2Eopenai.com/v1",
+            "https://api.openai.com\\@evil.com/v1",
+            "https://user:pw@api.openai.com:443/v1",
+        ] {
+            assert_eq!(service_domain_of(url).unwrap(), "api.openai.com", "{url}");
+        }
+        assert_eq!(service_domain_of("https://bücher.de/").unwrap(), "xn--bcher-kva.de");
+        assert_eq!(service_domain_of("https://evil.com\\@api.openai.com/").unwrap(), "evil.com");
+        for (written, canonical) in [
+            ("api.openai.com", "api.openai.com"),
+            (" API.openai.com. ", "api.openai.com"),
+            ("bücher.de", "xn--bcher-kva.de"),
+            ("::1", "::1"),
+            ("[::1]", "::1"),
+            ("10.0.0.1", "10.0.0.1"),
+        ] {
+            assert_eq!(canonical_service_domain(written).as_deref(), Some(canonical), "{written}");
+        }
+        for bad in ["", "api.openai.com/v1", "a b.com", "https://api.openai.com"] {
+            assert_eq!(canonical_service_domain(bad), None, "{bad}");
         }
     }
 

@@ -33,7 +33,9 @@
 //!   reservation (each endpoint settles only its own flow's approvals). An MPP pre-authorization
 //!   with a `depositAmount` larger than its `amount` is decided, held and approved for the
 //!   deposit (§6.6: the app pre-authorizes the deposit); its record settles it at what the
-//!   session spent. An approved one names
+//!   session spent. The service an x402/MPP payment is checked as is `resourceUrl`'s host in
+//!   canonical form (as a browser reaches it); a `serviceDomain` sent along must be that host
+//!   or a domain above it (`400 VALIDATION_ERROR` otherwise). An approved one names
 //!   its `wallet` (`id`, `address`, `chainId`, `custodyType`, `availableBalance`): the agent's
 //!   delegated wallet on the rail's chain (MPP `"4217"`, x402 `"8453"`), else its first
 //!   delegation, with what the delegation states (`chainId` always a string); an agent with none

@@ -722,6 +722,65 @@ async fn a_contract_allowlist_checks_the_target_contract_and_urgency_is_checked(
     assert!(err["message"].as_str().unwrap().contains("urgency"), "{err}");
 }
 
+/// A list of services is checked against the host the payment reaches, however the agent
+/// spells it: a trailing dot, a percent-escape, a backslash before `@`, upper case, or a
+/// `serviceDomain` naming another service cannot step around a blocklist; listed entries are
+/// canonical too (a trailing dot, an internationalized name).
+#[tokio::test]
+async fn a_service_blocklist_cannot_be_stepped_around_by_spelling_the_host_another_way() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    org.policy(json!({"name": "blocked", "scope": "all", "rules": [
+        {"ruleType": "X402_BLOCKED_SERVICES", "operator": "IN_LIST",
+         "value": "[\"api.openai.com\", \"api.anthropic.com.\", \"bücher.de\"]", "action": "DENY"},
+        {"ruleType": "MPP_BLOCKED_SERVICES", "operator": "IN_LIST", "value": "[\"api.openai.com\"]", "action": "DENY"}]}))
+        .await;
+    let pay = |url: &str| json!({"amount": "0.01", "recipientAddress": RECIPIENT, "resourceUrl": url});
+    for url in [
+        "https://api.openai.com/v1",
+        "https://api.openai.com./v1",
+        "https://API.OPENAI.COM/v1",
+        "https://api%2Eopenai.com/v1",
+        "https://api.openai.com\\@evil.com/v1",
+        "HTTPS://api.openai.com:443/v1",
+        "https://api.anthropic.com/v1",
+        "https://xn--bcher-kva.de/buy",
+        "https://bücher.de/buy",
+    ] {
+        let (status, body) = sdk.post("/api/sdk/x402/pre-authorize", pay(url)).await;
+        assert_eq!((status, &body["authorized"]), (200, &json!(false)), "{url}: {body}");
+        assert_eq!(body["violations"][0]["type"], "X402_SERVICE_BLOCKED", "{url}: {body}");
+    }
+    let (_, mpp) = sdk.post("/api/sdk/mpp/pre-authorize", pay("https://api.openai.com./v1")).await;
+    assert_eq!(mpp["violations"][0]["type"], "MPP_SERVICE_BLOCKED", "{mpp}");
+
+    // A `serviceDomain` is the URL's host or a domain above it; another service's is refused.
+    let mut other = pay("https://api.openai.com/v1");
+    other["serviceDomain"] = json!("ok.com");
+    let (status, body) = sdk.post("/api/sdk/x402/pre-authorize", other).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("serviceDomain"), "{body}");
+    let mut above = pay("https://api.openai.com/v1");
+    above["serviceDomain"] = json!("openai.com");
+    let (_, body) = sdk.post("/api/sdk/x402/pre-authorize", above).await;
+    assert_eq!(body["violations"][0]["type"], "X402_SERVICE_BLOCKED", "the host is checked, not the name: {body}");
+    let mut fine = pay("https://api.example.com/v1");
+    fine["serviceDomain"] = json!("example.com");
+    let (_, body) = sdk.post("/api/sdk/x402/pre-authorize", fine).await;
+    assert_eq!(body["authorized"], true, "{body}");
+
+    // A listed entry that is not a host name is refused at creation, naming it.
+    let (status, body) = org
+        .post(
+            "/api/policies",
+            json!({"name": "bad", "scope": "all", "rules": [{"ruleType": "X402_ALLOWED_SERVICES",
+            "operator": "IN_LIST", "value": "[\"https://api.openai.com/v1\"]", "action": "ALLOW"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("host name"), "{body}");
+}
+
 /// An MPP pre-authorization is for the session's deposit (conto-api.md §6.6: the app
 /// pre-authorizes the deposit, and the session pays out of it): the deposit is held against
 /// the agent's limits, so a session can never spend past them; the record settles it at what

@@ -3,7 +3,7 @@
 
 use conto_core::{
     Amount, Authorization, Decimal, FUNCTION_SELECTOR, IntentError, Limits, PaymentIntent, Rail, Settlement,
-    TARGET_CONTRACT, Violation, service_domain_of,
+    TARGET_CONTRACT, Violation, canonical_service_domain, service_domain_of,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -405,10 +405,23 @@ impl PaymentBody {
             }
             Kind::X402 | Kind::Mpp => {
                 let url = need(&self.resource_url, "resourceUrl")?;
-                let domain = match given(&self.service_domain) {
-                    Some(d) => d.to_ascii_lowercase(),
-                    None => service_domain_of(&url)?,
-                };
+                // The service is the host the payment reaches, whatever `serviceDomain` says:
+                // a domain sent along must be that host or a domain above it (Conto derives
+                // it from `resourceUrl`), never another service's name.
+                let domain = service_domain_of(&url)?;
+                if let Some(named) = given(&self.service_domain) {
+                    let covers = canonical_service_domain(&named).is_some_and(|n| {
+                        domain == n || domain.strip_suffix(n.as_str()).is_some_and(|sub| sub.ends_with('.'))
+                    });
+                    if !covers {
+                        return Err(BodyError {
+                            code: "VALIDATION_ERROR",
+                            message: format!(
+                                "`serviceDomain`: `{named}` is not `resourceUrl`'s host ({domain}) or a domain above it"
+                            ),
+                        });
+                    }
+                }
                 if kind == Kind::X402 {
                     Rail::X402 {
                         resource_url: url,

@@ -50,7 +50,10 @@
 //!    `YYYY-MM-DD` or RFC 3339 bounds are an absolute period.
 //! 7. **Lists.** Counterparty addresses compare in canonical form (EVM lower-cased, Solana as
 //!    written); categories, merchants and methods compare ASCII-case-insensitively; a service entry
-//!    matches that domain and its subdomains. An allowlist rule fails for an intent that lacks
+//!    matches that domain and its subdomains. Services compare as canonical hosts
+//!    ([`service_domain_of`](crate::service_domain_of)): the host a browser's URL parser finds
+//!    in `resourceUrl`, punycode, lower case, no trailing dot; list entries are read the same
+//!    way, and one that is not a host name is a load error. An allowlist rule fails for an intent that lacks
 //!    the field it checks (no category, no MCC, no method), except that counterparty rules do not
 //!    apply to card payments, which have no address (use `CARD_*_MERCHANTS`). An empty list
 //!    (`"value": "[]"`, how Conto's hybrid example disables a merchant) is valid: an empty

@@ -321,6 +321,10 @@ impl Family for Lists {
                 Field::Counterparty | Field::Contract => Address::parse(item.trim())
                     .map(|a| a.as_str().to_owned())
                     .map_err(|_| cx.bad(&item, "an EVM (0x + 40 hex) or Solana address")),
+                // As a URL's host is canonical (`service_domain_of`), so is a listed one:
+                // `API.example.com.` and `bücher.de` list what a payment to them reaches.
+                Field::Service => crate::intent::canonical_service_domain(&item)
+                    .ok_or_else(|| cx.bad(&item, "a service's host name, such as api.example.com")),
                 Field::Mcc => {
                     let t = item.trim();
                     if t.len() == 4 && t.bytes().all(|b| b.is_ascii_digit()) {
