@@ -121,6 +121,14 @@
 //!   approval's confirm requires its token). The request's own id confirms it, also once a
 //!   human approved it (its approval's id, listed by `GET /api/sdk/approval-requests`, does
 //!   too); a request denied or still waiting is `400 INVALID_STATUS`.
+//! - A transfer or card approval held for a human is confirmed by the id it was answered with
+//!   (`approvalId`, a card's `requestId`) once a human approved it, a transfer's with the token
+//!   `GET /api/sdk/approval-requests` lists; before the decision, `400 INVALID_STATUS`; lapsed
+//!   unanswered, `400 EXPIRED`. A lapsed approval is `400 EXPIRED` whatever token is sent.
+//! - A transfer confirm sent again with the same `txHash` (and token) gets the first answer
+//!   again and counts nothing (Conto documents no confirm idempotency; a client retrying after
+//!   a lost answer must not see a paid transfer as failed); another `txHash` is
+//!   `400 INVALID_STATUS`.
 //! - A confirm's `currency` is `pathUSD` on Tempo (testnet 42431, mainnet 4217, and a payment
 //!   request's chain, Conto's default 42431), `USDC` on other chains.
 //! - A confirm's `explorerUrl` links the transaction on the chains conto-local knows (Tempo

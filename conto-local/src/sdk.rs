@@ -600,6 +600,13 @@ fn live_approval(
     if row.state == "recorded" {
         return Err(bad("INVALID_STATUS", format!("approval `{id}` was already confirmed")));
     }
+    // Lapsed is said first: its token (no longer listed once it lapsed) cannot make it live.
+    if authorization.expires_at <= Timestamp::now() {
+        return Err(bad(
+            "EXPIRED",
+            format!("EXPIRED: approval `{id}` expired at {}; ask again", iso(authorization.expires_at)),
+        ));
+    }
     if let Some(expected) = &row.token_hash
         && (kind == Kind::Transfer || token.is_some())
     {
@@ -610,12 +617,6 @@ fn live_approval(
         if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
             return Err(bad("INVALID_TOKEN", "the approval token does not match this approval"));
         }
-    }
-    if authorization.expires_at <= Timestamp::now() {
-        return Err(bad(
-            "EXPIRED",
-            format!("EXPIRED: approval `{id}` expired at {}; ask again", iso(authorization.expires_at)),
-        ));
     }
     let approved = authorization.amount;
     let settled = amount.unwrap_or(approved);
@@ -731,33 +732,81 @@ async fn confirm_transfer(
         // approval was issued none, and is confirmed by its id (checked in `live_approval`).
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
         let approval_id = request_approval(store, &caller.agent, &id)?;
+        if let Some(first) = confirmed_before(store, &caller.agent, &approval_id, &tx, token)? {
+            return Ok((StatusCode::OK, first));
+        }
         let approval = live_approval(store, &caller.agent, Kind::Transfer, &approval_id, body.amount, token)?;
         let intent = approval.authorization.intent.clone();
         let (amount, transaction_id) = approval.settle(&app, store, &caller.agent, Some(tx.clone()))?;
-        Ok((
-            StatusCode::OK,
-            RecordedBody {
-                confirmed: Some(true),
-                transaction_id: Some(transaction_id),
-                status: Some("CONFIRMING".into()),
-                amount: Some(amount),
-                currency: Some(currency(&intent.rail).into()),
-                recipient: intent.recipient.as_ref().map(|r| r.as_str().to_owned()),
-                explorer_url: explorer_url(&intent.rail, &tx),
-                tx_hash: Some(tx),
-                ..RecordedBody::default()
-            },
-        ))
+        Ok((StatusCode::OK, confirmed(&intent, amount, transaction_id, tx)))
     })?;
     Ok(reply(status, out))
 }
 
+/// A transfer's confirm answer.
+fn confirmed(intent: &PaymentIntent, amount: Amount, transaction_id: String, tx: String) -> RecordedBody {
+    RecordedBody {
+        confirmed: Some(true),
+        transaction_id: Some(transaction_id),
+        status: Some("CONFIRMING".into()),
+        amount: Some(amount),
+        currency: Some(currency(&intent.rail).into()),
+        recipient: intent.recipient.as_ref().map(|r| r.as_str().to_owned()),
+        explorer_url: explorer_url(&intent.rail, &tx),
+        tx_hash: Some(tx),
+        ..RecordedBody::default()
+    }
+}
+
+/// The first answer again, when approval `id` was already confirmed with this `tx` (a client
+/// retrying a confirm whose answer it lost, with no idempotency key): nothing is counted
+/// twice. The token is checked as on the first confirm. Confirmed with another tx hash, or
+/// not yet: `None`, and the confirm goes on to be refused or made.
+fn confirmed_before(
+    store: &Store,
+    agent: &str,
+    id: &str,
+    tx: &str,
+    token: Option<&str>,
+) -> Result<Option<RecordedBody>, ApiError> {
+    let Some(row) = store.approval(id)?.filter(|r| r.agent_id == agent && r.state == "recorded") else {
+        return Ok(None);
+    };
+    let Some(spend) = store.spend(id)?.filter(|s| s.reference.as_deref() == Some(tx)) else { return Ok(None) };
+    if let Some(expected) = &row.token_hash {
+        let given = token.map(hash).unwrap_or_default();
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            return Err(bad("INVALID_TOKEN", "the approval token does not match this approval"));
+        }
+    }
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e);
+    let authorization = row.authorization(id).map_err(internal)?;
+    let amount = spend.amount.parse::<Amount>().map_err(|e| internal(e.to_string()))?;
+    Ok(Some(confirmed(&authorization.intent, amount, spend.transaction_id, tx.to_owned())))
+}
+
 /// The approval a confirm of `id` settles: a payment request's (confirmed by the request's
-/// own id, also once a human approved it, when its approval has an id of its own), or `id`
-/// itself. A request not approved (denied, waiting for a human) is `400 INVALID_STATUS`.
+/// own id, also once a human approved it, when its approval has an id of its own), the one a
+/// human's approval issued for an approval request (the `approvalId` a held approve answered
+/// with), or `id` itself. A request not approved (denied, waiting for a human) is
+/// `400 INVALID_STATUS`; one whose human never answered in time, `400 EXPIRED`.
 fn request_approval(store: &Store, agent: &str, id: &str) -> Result<String, ApiError> {
     let Some(request) = request_if_any(store, id, agent)? else {
-        return Ok(id.to_owned());
+        let Some(asked) = store.request(id)?.filter(|r| r.agent_id == agent) else { return Ok(id.to_owned()) };
+        let lapsed = asked.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now());
+        return match (asked.status.as_str(), asked.approval_id) {
+            ("APPROVED", Some(approval)) => Ok(approval),
+            ("PENDING", _) if lapsed => {
+                Err(bad("EXPIRED", format!("EXPIRED: approval request `{id}` lapsed unanswered")))
+            }
+            ("PENDING", _) => Err(bad(
+                "INVALID_STATUS",
+                format!("approval request `{id}` is waiting for a human; confirm once it is approved"),
+            )),
+            (status, _) => {
+                Err(bad("INVALID_STATUS", format!("approval request `{id}` is {status}; nothing to confirm")))
+            }
+        };
     };
     match request.status.as_deref().unwrap_or_default() {
         // Already confirmed, or lapsed: the approval's own check says which.
@@ -783,8 +832,14 @@ async fn confirm_card(
         }
         let reference = body.transaction_reference.clone().filter(|r| !r.is_empty());
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
-        let (amount, transaction_id) = live_approval(store, &caller.agent, Kind::Card, &id, body.amount, token)?
-            .settle(&app, store, &caller.agent, reference)?;
+        let approval_id = request_approval(store, &caller.agent, &id)?;
+        let (amount, transaction_id) =
+            live_approval(store, &caller.agent, Kind::Card, &approval_id, body.amount, token)?.settle(
+                &app,
+                store,
+                &caller.agent,
+                reference,
+            )?;
         Ok((
             StatusCode::OK,
             RecordedBody {

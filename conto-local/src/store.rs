@@ -943,6 +943,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The spend recorded against authorization `id`, if any.
+    pub fn spend(&self, id: &str) -> Result<Option<SpendRow>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!("{SPEND_ROW} WHERE authorization_id = ?1"))?
+            .query_row([id], spend_row)
+            .optional()?)
+    }
+
     /// `agent`'s recorded spends, oldest first.
     pub fn agent_spends(&self, agent_id: &str) -> Result<Vec<SpendRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!("{SPEND_ROW} WHERE agent_id = ?1 ORDER BY seq"))?;

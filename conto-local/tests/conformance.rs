@@ -108,6 +108,54 @@ async fn the_skill_finds_the_approval_id_it_reports_and_an_explorer_link_on_its_
     assert_eq!((status, &receipt["currency"]), (200, &json!("USDC")), "{receipt}");
 }
 
+/// A transfer (or card payment) held for a human is answered with an `approvalId` (Conto's
+/// skill reports it as "Approval ID"); once a human approves, that id is what the app
+/// confirms, with the token the approval-requests listing hands out. Before the decision it
+/// is `INVALID_STATUS`, never a 404 that says nothing.
+#[tokio::test]
+async fn a_held_approvals_id_is_confirmed_once_a_human_approves_it() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    // A card payment held for a human is confirmed by the `requestId` it was answered with
+    // (settled for less than approved).
+    let card = json!({"amount": 85, "merchantName": "Acme", "cardId": "card_1"});
+    let (status, held) = sdk.post("/api/sdk/cards/approve", card).await;
+    assert_eq!(status, 202, "{held}");
+    let id = held["requestId"].as_str().unwrap().to_owned();
+    let (status, _) = org.post(&format!("/api/approval-requests/{id}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    let body = json!({"transactionReference": "ch_1", "amount": 10, "status": "COMPLETED"});
+    let (status, receipt) = sdk.post(&format!("/api/sdk/cards/{id}/confirm"), body).await;
+    assert_eq!((status, &receipt["confirmed"]), (200, &json!(true)), "{receipt}");
+
+    let transfer = json!({"amount": 90, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453});
+    let (status, held) = sdk.post("/api/sdk/payments/approve", transfer).await;
+    assert_eq!(status, 202, "{held}");
+    let id = held["approvalId"].as_str().unwrap().to_owned();
+    let confirm = |token: &Value| json!({"txHash": TX, "approvalToken": token});
+    let path = format!("/api/sdk/payments/{id}/confirm");
+    let (status, early) = sdk.post(&path, confirm(&json!("0".repeat(64)))).await;
+    assert_eq!((status, early["code"].as_str()), (400, Some("INVALID_STATUS")), "{early}");
+    assert!(early["message"].as_str().unwrap().contains("waiting for a human"), "{early}");
+
+    let (status, _) = org.post(&format!("/api/approval-requests/{id}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
+    let entry = listed["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == id.as_str()).cloned();
+    let token = entry.expect("listed")["approvalToken"].clone();
+    assert!(token.is_string(), "{listed}");
+    let (status, wrong) = sdk.post(&path, confirm(&json!("0".repeat(64)))).await;
+    assert_eq!((status, wrong["code"].as_str()), (400, Some("INVALID_TOKEN")), "{wrong}");
+    let (status, receipt) = sdk.post(&path, confirm(&token)).await;
+    assert_eq!((status, &receipt["confirmed"], &receipt["amount"]), (200, &json!(true), &json!(90)), "{receipt}");
+    // A retry of the same confirm (its answer lost): the first answer again, counted once.
+    let (status, again) = sdk.post(&path, confirm(&token)).await;
+    assert_eq!((status, &again), (200, &receipt));
+    let (_, transactions) = sdk.call(reqwest::Method::GET, "/api/sdk/transactions", None).await;
+    let paid = transactions["transactions"].as_array().unwrap().iter().filter(|t| t["txHash"] == TX).count();
+    assert_eq!(paid, 1, "{transactions}");
+}
+
 /// Conto's skill (Mode A) asks `payments/request` with `autoExecute: true` and reads either
 /// `execution` or `autoExecuteError`. conto-local executes nothing, so an approved request says
 /// why in `autoExecuteError`, and the approval stands for the app to settle.
@@ -306,8 +354,12 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     assert!(receipt["explorerUrl"].as_str().is_some_and(|u| u.ends_with(TX)), "{receipt}");
     let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{payment_id}"), None).await;
     assert_eq!(polled["status"], "EXECUTED", "paid, never APPROVED again: {polled}");
-    // Its approval's own id names the same payment: confirmed once.
+    // Its approval's own id names the same payment: confirmed once. The same confirm again
+    // is answered as the first time; another tx hash is refused.
     let (status, again) = sdk.post(&format!("/api/sdk/payments/{human}/confirm"), json!({"txHash": TX})).await;
+    assert_eq!((status, &again), (200, &receipt), "{again}");
+    let other = format!("0x{}", "9".repeat(64));
+    let (status, again) = sdk.post(&format!("/api/sdk/payments/{human}/confirm"), json!({"txHash": other})).await;
     assert_eq!((status, again["code"].as_str()), (400, Some("INVALID_STATUS")), "{again}");
 
     // Executing from a Conto-managed wallet is not something conto-local can do: Conto's answer
@@ -326,6 +378,9 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     let (status, receipt) = sdk.post(&format!("/api/sdk/payments/{id}/confirm"), json!({"txHash": TX})).await;
     assert_eq!((status, &receipt["confirmed"], &receipt["amount"]), (200, &json!(true), &json!(12.5)), "{receipt}");
     let (status, again) = sdk.post(&format!("/api/sdk/payments/{id}/confirm"), json!({"txHash": TX})).await;
+    assert_eq!((status, &again), (200, &receipt), "the same confirm again: the first answer");
+    let other = json!({"txHash": format!("0x{}", "8".repeat(64))});
+    let (status, again) = sdk.post(&format!("/api/sdk/payments/{id}/confirm"), other).await;
     assert_eq!((status, again["code"].as_str()), (400, Some("INVALID_STATUS")), "confirmed once: {again}");
     let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{id}"), None).await;
     assert_eq!(polled["status"], "EXECUTED", "{polled}");
