@@ -210,11 +210,23 @@ pub struct Config {
     /// lifetimes, 10 minutes for transfers, x402 and MPP, 5 minutes for payment requests and
     /// cards.
     pub approval_ttl: Option<SignedDuration>,
+    /// How long a request may take, its body's arrival included, before it is answered
+    /// `408 TIMEOUT` and its connection freed (a client that never finishes sending holds
+    /// nothing). Default 30 s.
+    pub request_timeout: std::time::Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { port: 3006, db: None, org_key: None, rate_limit: 60, org_rate_limit: 100, approval_ttl: None }
+        Self {
+            port: 3006,
+            db: None,
+            org_key: None,
+            rate_limit: 60,
+            org_rate_limit: 100,
+            approval_ttl: None,
+            request_timeout: std::time::Duration::from_secs(30),
+        }
     }
 }
 
@@ -434,7 +446,7 @@ pub async fn start(config: Config) -> Result<Running, LocalError> {
         .map_err(|e| LocalError::Bind { port: config.port, message: e.to_string() })?;
     let addr = listener.local_addr().map_err(|e| LocalError::Bind { port: config.port, message: e.to_string() })?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let router = router(app.clone());
+    let router = router(app.clone(), config.request_timeout);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async {
@@ -540,7 +552,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn router(app: Arc<App>) -> Router {
+fn router(app: Arc<App>, request_timeout: std::time::Duration) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/api/agents", post(create_agent).get(list_agents))
@@ -564,6 +576,9 @@ fn router(app: Arc<App>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "this route does not take this method")
         })
         .layer(axum::middleware::from_fn(server_timing))
+        // A request whose body never finishes arriving (or any answer taking this long) is
+        // answered 408 and its connection's task freed, not held open by a slow client.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(app.clone(), rate::headers))
         .with_state(app)
@@ -585,6 +600,7 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
     let message = if text.trim().is_empty() { status.canonical_reason().unwrap_or("error") } else { text.trim() };
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+        StatusCode::REQUEST_TIMEOUT => "TIMEOUT",
         StatusCode::NOT_FOUND => "NOT_FOUND",
         StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
         s if s.is_server_error() => "INTERNAL_ERROR",
@@ -891,6 +907,29 @@ async fn revoke_key(
 }
 
 /// The standard preset (conto-api.md §1).
+/// Every agent-key scope Conto names (conto-api.md §1): the standard preset, the payment
+/// scopes that must be added, and those its older docs name.
+const KNOWN_SCOPES: &[&str] = &[
+    "payments:request",
+    "wallets:read",
+    "policies:read",
+    "transactions:read",
+    "counterparties:read",
+    "alerts:read",
+    "agents:read",
+    "analytics:read",
+    "network:read",
+    "payments:execute",
+    "payments:approve",
+    "payments:confirm",
+    "payments:status",
+    "transactions:write",
+    "policies:exceptions",
+    "counterparties:write",
+    "alerts:write",
+    "audit:read",
+];
+
 const STANDARD_SCOPES: &[&str] = &[
     "payments:request",
     "wallets:read",
@@ -922,7 +961,15 @@ async fn create_key(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`keyType` must be standard or admin"));
     }
     // Scopes asked for are added to the standard preset (conto-api.md §1: approve, confirm and
-    // execute "must be added"); a key never has less than the preset.
+    // execute "must be added"); a key never has less than the preset. A scope Conto does not
+    // name is refused, not stored: a typo would give a key that is refused later, far from it.
+    if let Some(unknown) = body.scopes.iter().flatten().find(|s| !KNOWN_SCOPES.contains(&s.as_str())) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            format!("`scopes`: unknown scope `{unknown}`; known: {}", KNOWN_SCOPES.join(", ")),
+        ));
+    }
     let mut scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect();
     for scope in body.scopes.iter().flatten() {
         if !scopes.contains(scope) {

@@ -63,6 +63,7 @@ async fn run(cli: Cli) -> Result<(), conto_local::LocalError> {
         rate_limit: cli.rate_limit,
         org_rate_limit: cli.org_rate_limit,
         approval_ttl: cli.approval_ttl_secs.map(|secs| SignedDuration::from_secs(secs.max(1))),
+        ..conto_local::Config::default()
     })
     .await?;
     // Preload and bootstrap into the store being served (in memory too).

@@ -474,6 +474,12 @@ async fn the_starter_provisions_through_the_org_surface_and_its_controls_apply()
     assert_eq!(status, 201);
     let sdk = Sdk { base: server.url(), key: key["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
     let request = |amount: &str| json!({"amount": amount, "recipientAddress": merchant, "autoExecute": false});
+    // A scope Conto does not name (a typo) is refused when the key is made, naming it.
+    let (status, typo) = org
+        .post(&format!("/api/agents/{agent_id}/sdk-keys"), json!({"name": "typo", "scopes": ["payments:aprove"]}))
+        .await;
+    assert_eq!((status, typo["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{typo}");
+    assert!(typo["message"].as_str().unwrap().contains("`payments:aprove`"), "{typo}");
 
     // The controls as the starter reads them back.
     let (_, read) = org.get(&format!("/api/agents/{agent_id}")).await;

@@ -456,3 +456,32 @@ async fn a_second_server_on_the_same_database_is_refused_until_the_first_stops()
     let again = start_on(0, db).await;
     again.stop().await;
 }
+
+/// A client that starts a request and never finishes sending its body holds nothing: it is
+/// answered `408` (JSON, `TIMEOUT`) after the request timeout, and the server answers others
+/// meanwhile.
+#[tokio::test]
+async fn a_body_that_never_finishes_arriving_is_answered_408_and_blocks_no_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = conto_local::start(conto_local::Config {
+        port: 0,
+        request_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = "POST /api/sdk/payments/approve HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+                Authorization: Bearer conto_agent_x\r\nContent-Length: 100\r\n\r\n{\"amount\": 1";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let health = reqwest::get(format!("{}/health", server.url())).await.unwrap();
+    assert_eq!(health.status(), 200, "another request is answered while the slow one waits");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer))
+        .await
+        .expect("answered, not held open")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"TIMEOUT\""), "{answer}");
+}

@@ -159,18 +159,15 @@ impl Serialize for ChainId {
 
 impl<'de> Deserialize<'de> for ChainId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Sent {
-            Number(u64),
-            Text(String),
-        }
-        match Sent::deserialize(d)? {
-            Sent::Number(n) => Ok(ChainId::Number(n)),
-            Sent::Text(s) => {
-                s.parse().map(ChainId::Text).map_err(|_| serde::de::Error::custom(format!("`{s}` is not a chain id")))
-            }
-        }
+        let sent = Value::deserialize(d)?;
+        let chain = match &sent {
+            Value::Number(n) => n.as_u64().map(ChainId::Number),
+            Value::String(s) => s.parse().ok().map(ChainId::Text),
+            _ => None,
+        };
+        chain.filter(|c| c.get() > 0).ok_or_else(|| {
+            serde::de::Error::custom(format!("{sent} is not a chain id (a whole number from 1, such as 8453)"))
+        })
     }
 }
 
@@ -1183,6 +1180,11 @@ mod tests {
         assert_eq!(b.chain_id, Some(ChainId::Number(8453)));
         assert_eq!(serde_json::to_value(&b).unwrap(), serde_json::json!({"chainId": 8453}));
         assert!(serde_json::from_str::<PaymentBody>(r#"{"chainId": "base"}"#).is_err());
+        // What is wrong is said, for every shape a chain id is not.
+        for sent in ["8453.0", "-1", "1e20", "0", r#""0""#, "true", "[8453]"] {
+            let err = serde_json::from_str::<PaymentBody>(&format!(r#"{{"chainId": {sent}}}"#)).unwrap_err();
+            assert!(err.to_string().contains("is not a chain id"), "{sent}: {err}");
+        }
     }
 
     #[test]
