@@ -125,6 +125,10 @@
 //!   (`approvalId`, a card's `requestId`) once a human approved it, a transfer's with the token
 //!   `GET /api/sdk/approval-requests` lists; before the decision, `400 INVALID_STATUS`; lapsed
 //!   unanswered, `400 EXPIRED`. A lapsed approval is `400 EXPIRED` whatever token is sent.
+//! - A human's approval that the re-check then denies (the budget went meanwhile, the agent
+//!   was paused) is `REJECTED` with its `reasons`, which the payment request's status then
+//!   shows. A payment request asked again under its idempotency key after a human decided is
+//!   answered as it stands now (`APPROVED`, `DENIED`), not with its first `REQUIRES_APPROVAL`.
 //! - A transfer confirm sent again with the same `txHash` (and token) gets the first answer
 //!   again and counts nothing (Conto documents no confirm idempotency; a client retrying after
 //!   a lost answer must not see a paid transfer as failed); another `txHash` is
@@ -1383,6 +1387,7 @@ async fn demo_decision(
         "approvalRequestId": answer.approval_request_id,
         "status": answer.status,
         "finalStatus": answer.status,
+        "reasons": answer.reasons,
     }))
     .into_response())
 }

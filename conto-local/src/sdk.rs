@@ -361,6 +361,7 @@ fn decide(
                 approval_id: None,
                 approval_token: None,
                 expires_at: iso(p.expires_at),
+                reasons: None,
             })?;
             let mut body = DecisionBody {
                 requires_human_approval: Some(true),
@@ -448,6 +449,21 @@ async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -
         }
         Ok((status, out))
     })?;
+    // A payment request that waited for a human, asked again under its idempotency key, is
+    // the request as it stands now (conto-api.md §4.4: the original request), not the
+    // "requires approval" it was first answered with.
+    let (status, out) = match (&out.request_id, out.status.as_deref()) {
+        (Some(id), Some("REQUIRES_APPROVAL")) if kind == Kind::Request => {
+            match request_if_any(&lock(&app.store), id, &caller.agent)? {
+                Some(now) if now.status != out.status => {
+                    let reasons = if now.reasons.is_empty() { out.reasons.clone() } else { now.reasons.clone() };
+                    (StatusCode::OK, DecisionBody { status: now.status, approval_id: now.approval_id, reasons, ..out })
+                }
+                _ => (status, out),
+            }
+        }
+        _ => (status, out),
+    };
     Ok(reply(status, out))
 }
 
@@ -506,7 +522,12 @@ fn request_if_any(store: &Store, id: &str, agent: &str) -> Result<Option<Decisio
                     body.approval_id = r.approval_id.clone();
                     "APPROVED".into()
                 }
-                "REJECTED" => "DENIED".into(),
+                "REJECTED" => {
+                    if let Some(why) = r.reasons.as_deref().and_then(|r| serde_json::from_str(r).ok()) {
+                        body.reasons = why;
+                    }
+                    "DENIED".into()
+                }
                 "PENDING" if expired => "DENIED".into(),
                 _ => status,
             };
@@ -1398,6 +1419,7 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string()))?;
     let decision =
         app.engine.approval(id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string()))?;
+    let mut reasons = Vec::new();
     match decision.map(|d| d.verdict) {
         Some(Verdict::Approved(mut a)) => {
             // As for an approval given at once: a payment request's, an x402 or an MPP
@@ -1415,10 +1437,19 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
             request.approval_token = None;
             request.expires_at = iso(a.expires_at);
         }
-        _ => request.status = "REJECTED".into(),
+        // Rejected by the human, or approved but denied by the re-check that follows (the
+        // budget went meanwhile, the agent was paused): said why, here and to the agent.
+        other => {
+            reasons = match other {
+                Some(Verdict::Denied(denial)) => denial.reasons,
+                _ => vec!["rejected by a human approver".to_owned()],
+            };
+            request.status = "REJECTED".into();
+            request.reasons = Some(serde_json::to_string(&reasons).unwrap_or_default());
+        }
     }
     lock(&app.store).put_request(&request)?;
-    Ok(ApprovalAnswer { approval_request_id: id.to_owned(), status: request.status })
+    Ok(ApprovalAnswer { approval_request_id: id.to_owned(), status: request.status, reasons })
 }
 
 #[cfg(test)]

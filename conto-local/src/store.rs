@@ -239,14 +239,14 @@ pub(crate) struct AgentRow {
 macro_rules! select_requests {
     ($rest:literal) => {
         concat!(
-            "SELECT id, agent_id, intent, status, approval_id, approval_token, expires_at FROM approval_requests ",
+            "SELECT id, agent_id, intent, status, approval_id, approval_token, expires_at, reasons FROM approval_requests ",
             $rest
         )
     };
 }
 
 /// An approval request from `id, agent_id, intent, status, approval_id, approval_token,
-/// expires_at` (in that order).
+/// expires_at, reasons` (in that order).
 fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
     Ok(RequestRecord {
         id: r.get(0)?,
@@ -256,6 +256,7 @@ fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
         approval_id: r.get(4)?,
         approval_token: r.get(5)?,
         expires_at: r.get(6)?,
+        reasons: r.get(7)?,
     })
 }
 
@@ -328,6 +329,9 @@ pub(crate) struct RequestRecord {
     pub approval_id: Option<String>,
     pub approval_token: Option<String>,
     pub expires_at: String,
+    /// Why it ended as it did, as a JSON array of strings, when it was refused (by the human,
+    /// or by the re-check after the human approved).
+    pub reasons: Option<String>,
 }
 
 /// The server owns its file: `EXCLUSIVE` locking takes the file lock once and keeps it (no
@@ -394,6 +398,7 @@ impl Store {
         add_column(&conn, "sdk_keys", "revoked_at", "TEXT")?;
         // What a recorded x402/MPP payment was and what it was answered, to replay its repeat.
         add_column(&conn, "recorded_payments", "fingerprint", "TEXT")?;
+        add_column(&conn, "approval_requests", "reasons", "TEXT")?;
         add_column(&conn, "recorded_payments", "answer", "TEXT")?;
         // Earlier versions kept approved requests' tokens in clear: scrub them.
         conn.execute("UPDATE approval_requests SET approval_token = NULL WHERE approval_token IS NOT NULL", [])?;
@@ -978,12 +983,21 @@ impl Store {
     pub fn put_request(&self, r: &RequestRecord) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO approval_requests (id, agent_id, intent, status, approval_id, approval_token, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO approval_requests (id, agent_id, intent, status, approval_id, approval_token, expires_at, reasons)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT(id) DO UPDATE SET status = excluded.status, approval_id = excluded.approval_id,
-                approval_token = excluded.approval_token",
+                approval_token = excluded.approval_token, reasons = excluded.reasons",
             )?
-            .execute(params![r.id, r.agent_id, r.intent, r.status, r.approval_id, r.approval_token, r.expires_at])?;
+            .execute(params![
+                r.id,
+                r.agent_id,
+                r.intent,
+                r.status,
+                r.approval_id,
+                r.approval_token,
+                r.expires_at,
+                r.reasons
+            ])?;
         Ok(())
     }
 

@@ -339,6 +339,13 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     assert_eq!(status, 200);
     let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{payment_id}"), None).await;
     assert_eq!(polled["status"], "APPROVED", "{polled}");
+    // Asked again under its idempotency key: the same request, as it stands now.
+    let (status, again) = sdk.post("/api/sdk/payments/request", request("90", "chk-3")).await;
+    assert_eq!(
+        (status, &again["requestId"], &again["status"]),
+        (200, &json!(payment_id), &json!("APPROVED")),
+        "{again}"
+    );
     // Approved by a human, it is listed with its approval and no token (a payment request's
     // approval carries none), and confirmed by the request's own id without one (as
     // `/execute`'s answer tells the app to), on Conto's default chain.
@@ -1758,7 +1765,12 @@ async fn the_shopping_starter_decides_on_its_own_route_and_reads_the_final_statu
     assert_eq!(put.status(), 200);
     let (status, body) = decide(&second_approval, "APPROVED", &second).await;
     assert_eq!((status, body["finalStatus"].as_str()), (200, Some("REJECTED")), "{body}");
-    assert_eq!(status_of(second).await, "DENIED");
+    // Said why, to the owner and to the agent polling its payment (not the earlier "needs a
+    // human" reason).
+    assert!(body["reasons"][0].as_str().is_some_and(|r| r.contains("DAILY_LIMIT")), "{body}");
+    let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{second}"), None).await;
+    assert_eq!(polled["status"], "DENIED", "{polled}");
+    assert!(polled["reasons"][0].as_str().is_some_and(|r| r.contains("DAILY_LIMIT")), "{polled}");
 }
 
 /// A database file of its own for `name`'s test, none there yet.

@@ -784,6 +784,9 @@ pub struct ApprovalAnswer {
     pub approval_request_id: String,
     /// `APPROVED` or `REJECTED`.
     pub status: String,
+    /// Why it was rejected: by the human, or by the re-check after the human approved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
 }
 
 fn decimal_number<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
