@@ -257,12 +257,30 @@ impl PaymentBody {
     /// an amount that is not a positive number of at most six decimals, `VALIDATION_ERROR` for
     /// anything else).
     pub fn from_json(bytes: &[u8]) -> Result<Self, BodyError> {
-        read_body(bytes)
+        read_body(bytes).and_then(Self::consistent)
     }
 
     /// [`PaymentBody::from_json`] for an already parsed value (one payment of a batch).
     pub fn from_value(value: Value) -> Result<Self, BodyError> {
-        read_value(value)
+        read_value(value).and_then(Self::consistent)
+    }
+
+    /// The body, unless it names its settlement twice, differently: `txHash` (Conto's current
+    /// name) and `transactionHash` (its older one) must agree when both are sent, in the body
+    /// and in each payment of a batch.
+    fn consistent(self) -> Result<Self, BodyError> {
+        let one = |p: &PaymentBody| match (given(&p.tx_hash), given(&p.transaction_hash)) {
+            (Some(a), Some(b)) if a != b => Err(BodyError {
+                code: "VALIDATION_ERROR",
+                message: format!("`txHash` ({a}) and `transactionHash` ({b}) name different transactions"),
+            }),
+            _ => Ok(()),
+        };
+        one(&self)?;
+        for (i, payment) in self.payments.iter().flatten().enumerate() {
+            one(payment).map_err(|e| BodyError { message: format!("payments[{i}]: {}", e.message), ..e })?;
+        }
+        Ok(self)
     }
 
     /// The authorize call for `intent`: its flow (which names the endpoint) and its body.
@@ -1183,6 +1201,13 @@ mod tests {
         assert_eq!(b.chain_id, Some(ChainId::Number(8453)));
         assert_eq!(serde_json::to_value(&b).unwrap(), serde_json::json!({"chainId": 8453}));
         assert!(serde_json::from_str::<PaymentBody>(r#"{"chainId": "base"}"#).is_err());
+        // A settlement named twice must be named alike.
+        let twice = r#"{"txHash": "0xaa", "transactionHash": "0xbb"}"#;
+        let err = PaymentBody::from_json(twice.as_bytes()).unwrap_err();
+        assert!(err.message.contains("name different transactions"), "{err}");
+        let batch = r#"{"payments": [{"txHash": "0xaa"}, {"txHash": "0xaa", "transactionHash": "0xbb"}]}"#;
+        assert!(PaymentBody::from_json(batch.as_bytes()).unwrap_err().message.starts_with("payments[1]: "));
+        assert!(PaymentBody::from_json(br#"{"txHash": "0xaa", "transactionHash": "0xaa"}"#).is_ok());
         // What is wrong is said, for every shape a chain id is not.
         for sent in ["8453.0", "-1", "1e20", "0", r#""0""#, "true", "[8453]"] {
             let err = serde_json::from_str::<PaymentBody>(&format!(r#"{{"chainId": {sent}}}"#)).unwrap_err();
