@@ -153,6 +153,10 @@
 //!   agent's **admin** SDK key (`keyType: "admin"`) may create, change and delete its own
 //!   agent's policies (one it creates without `agentIds` is assigned to its agent) and never
 //!   another agent's (`403`); any agent key reads only the policies that apply to its agent.
+//!   Conto gives admin keys an "expanded preset" it does not list: here an admin key gets the
+//!   standard preset plus the scopes asked for, like a standard key, and its `keyType` alone
+//!   grants the policy writes. Scopes are checked against the ones Conto names: an unknown one
+//!   is `400 VALIDATION_ERROR`.
 //!   A preloaded policy file keeps the file format's meaning: no `agentIds` = every agent.
 //!   A policy is shown with Conto's defaults where it was sent without them (`isActive: true`,
 //!   `priority: 50`) and its assignments also as `agentPolicies: [{agentId, policyId}]`; new
