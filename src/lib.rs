@@ -43,7 +43,7 @@ pub use conto_core::{
     ProductControls, Rail, Ran, Recorded, Rejection, RejectionKind, RuleProblem, SecretString, Settlement,
     SharedEngine, Status, SyncReport, SystemClock, TARGET_CONTRACT, UnevaluatedRules, Verdict, Violation,
     ViolationType, Wallet, canonical_service_domain, deadline_after, install_default, installed_default,
-    service_domain_of,
+    service_domain_covers, service_domain_of,
 };
 pub use conto_core::{
     AuthorityError, Authorizer, BoxFuture, LedgerError, Outage, Refused, controls, engine, journal, lifecycle, policy,

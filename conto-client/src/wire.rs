@@ -87,10 +87,11 @@ fn check_expiry(expires_at: Timestamp, now: Timestamp) -> Result<Timestamp, Auth
 
 /// Checks the fields an approval echoes against what was asked.
 fn check_echo(body: &DecisionBody, intent: &PaymentIntent) -> Result<(), AuthorityError> {
+    // What is approved is what the payment puts at stake: an MPP session's deposit when larger.
     if let Some(echoed) = body.amount
-        && echoed != intent.amount
+        && echoed != intent.exposure()
     {
-        return Err(invalid(format!("approved amount {echoed} does not match the requested {}", intent.amount)));
+        return Err(invalid(format!("approved amount {echoed} does not match the requested {}", intent.exposure())));
     }
     for echoed in [given(&body.recipient_address), given(&body.recipient)].into_iter().flatten() {
         if let Some(asked) = &intent.recipient
@@ -120,7 +121,8 @@ impl RequestStatus {
     pub(crate) fn of(text: &str) -> Option<RequestStatus> {
         Some(match text.to_ascii_uppercase().as_str() {
             "APPROVED" | "READY_TO_SEND" => RequestStatus::Approved,
-            "DENIED" | "REJECTED" | "DECLINED" => RequestStatus::Denied,
+            // Lapsed before it was paid: it can no longer be, as if denied (ask again).
+            "DENIED" | "REJECTED" | "DECLINED" | "EXPIRED" => RequestStatus::Denied,
             "REQUIRES_APPROVAL" | "PENDING_APPROVAL" | "REVIEW_REQUIRED" => RequestStatus::Held,
             "EXECUTED" => RequestStatus::Executed,
             _ => return None,
@@ -156,7 +158,7 @@ fn approval(
     Ok(Decision::from_policy(Verdict::Approved(Authorization {
         id,
         token: token.map(|t| SecretString::from(t.to_owned())),
-        amount: intent.amount,
+        amount: intent.exposure(),
         expires_at: check_expiry(expires, now)?,
         limits: body.limits.clone().unwrap_or_default(),
         intent: intent.clone(),

@@ -31,7 +31,8 @@ pub struct Activity {
     /// The actor, for decisions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
-    /// The amount decided on or recorded.
+    /// The amount decided on (what the payment puts at stake: an MPP session's deposit when
+    /// larger than its price) or recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub amount: Option<String>,
     /// The rail, for decisions.
@@ -166,7 +167,7 @@ impl Monitor {
                 Activity {
                     kind: "decision",
                     actor: Some(intent.actor.to_string()),
-                    amount: Some(intent.amount.to_string()),
+                    amount: Some(intent.exposure().to_string()),
                     rail: Some(intent.rail.name()),
                     outcome: Some((*outcome).to_owned()),
                     source: Some(*source),

@@ -413,9 +413,16 @@ impl<'a> RailParts<'a> {
 /// Sets a text field of `rail`, by its `#[paid_action]` name.
 fn set_text(rail: &mut Rail, field: &'static str, value: Option<String>) -> Result<(), IntentError> {
     match (rail, field) {
+        // The service stays the host the URL reaches (what lists and counters check, as on
+        // Conto's wire); a `service_domain` given must name that host or a domain above it.
         (Rail::X402 { service_domain, .. } | Rail::Mpp { service_domain, .. }, "service_domain") => {
-            if let Some(v) = value {
-                *service_domain = v.to_ascii_lowercase();
+            if let Some(v) = value
+                && !crate::intent::service_domain_covers(&v, service_domain)
+            {
+                return Err(IntentError::Field {
+                    field: "service_domain",
+                    reason: format!("`{v}` is not the resource URL's host ({service_domain}) or a domain above it"),
+                });
             }
         }
         (Rail::X402 { facilitator, .. }, "facilitator") => *facilitator = value,
@@ -623,4 +630,29 @@ pub fn text(value: &impl TextSource) -> Option<&str> {
 /// Reads a context argument.
 pub fn context(value: &impl ContextSource) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     value.conto_context()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_text;
+    use crate::intent::Rail;
+
+    /// A call site's `service_domain` names the URL's host or a domain above it; the service a
+    /// payment is checked as stays the host (another service's name would step around its
+    /// list).
+    #[test]
+    fn a_service_domain_argument_must_name_the_urls_host() {
+        for named in ["api.openai.com", "openai.com", "API.OpenAI.com."] {
+            let mut rail = Rail::x402("https://api.openai.com/v1").unwrap();
+            set_text(&mut rail, "service_domain", Some(named.to_owned())).unwrap();
+            assert!(
+                matches!(&rail, Rail::X402 { service_domain, .. } if service_domain == "api.openai.com"),
+                "{named}"
+            );
+        }
+        for named in ["ok.com", "penai.com", "i.openai.com", ""] {
+            let mut rail = Rail::mpp("https://api.openai.com/v1").unwrap();
+            assert!(set_text(&mut rail, "service_domain", Some(named.to_owned())).is_err(), "{named}");
+        }
+    }
 }

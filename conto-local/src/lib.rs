@@ -218,9 +218,9 @@ pub struct Config {
     /// lifetimes, 10 minutes for transfers, x402 and MPP, 5 minutes for payment requests and
     /// cards.
     pub approval_ttl: Option<SignedDuration>,
-    /// How long a request may take, its body's arrival included, before it is answered
-    /// `408 TIMEOUT` and its connection freed (a client that never finishes sending holds
-    /// nothing). Default 30 s.
+    /// How long a request may take once its headers are read, its body's arrival included,
+    /// before it is answered `408 TIMEOUT` and its connection closed (a client that never
+    /// finishes sending its body does not hold it open). Default 30 s.
     pub request_timeout: std::time::Duration,
 }
 
@@ -914,7 +914,6 @@ async fn revoke_key(
     Ok(axum::Json(Revoked { revoked: true, id: key_id }).into_response())
 }
 
-/// The standard preset (conto-api.md §1).
 /// Every agent-key scope Conto names (conto-api.md §1): the standard preset, the payment
 /// scopes that must be added, and those its older docs name.
 const KNOWN_SCOPES: &[&str] = &[
@@ -938,6 +937,7 @@ const KNOWN_SCOPES: &[&str] = &[
     "audit:read",
 ];
 
+/// The standard preset (conto-api.md §1).
 const STANDARD_SCOPES: &[&str] = &[
     "payments:request",
     "wallets:read",

@@ -251,7 +251,8 @@ fn decide(
     // payment the gate denies (or could not check) is given back, and an approval the gate
     // took back is not counted as one.
     if !matches!(decision.verdict, Verdict::Denied(_)) {
-        let gated = crate::budget::gate(store, intent.actor.as_str(), intent.amount, Timestamp::now());
+        // What the approval holds: an MPP session's deposit, not its per-request price.
+        let gated = crate::budget::gate(store, intent.actor.as_str(), intent.exposure(), Timestamp::now());
         if !matches!(gated, Ok(None)) {
             let _ = match &decision.verdict {
                 Verdict::Approved(a) => app.engine.withdraw(a),
@@ -454,10 +455,24 @@ async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -
     // "requires approval" it was first answered with.
     let (status, out) = match (&out.request_id, out.status.as_deref()) {
         (Some(id), Some("REQUIRES_APPROVAL")) if kind == Kind::Request => {
-            match request_if_any(&lock(&app.store), id, &caller.agent)? {
+            let store = lock(&app.store);
+            match request_if_any(&store, id, &caller.agent)? {
                 Some(now) if now.status != out.status => {
                     let reasons = if now.reasons.is_empty() { out.reasons.clone() } else { now.reasons.clone() };
-                    (StatusCode::OK, DecisionBody { status: now.status, approval_id: now.approval_id, reasons, ..out })
+                    // When it lapses now is its approval's expiry, not the wait's.
+                    let expires_at = match &now.approval_id {
+                        Some(approval) => store.approval(approval)?.map(|a| a.expires_at),
+                        None => None,
+                    };
+                    let body = DecisionBody {
+                        status: now.status,
+                        approval_id: now.approval_id,
+                        reasons,
+                        expires_at,
+                        requires_human_approval: None,
+                        ..out
+                    };
+                    (StatusCode::OK, body)
                 }
                 _ => (status, out),
             }
@@ -622,7 +637,10 @@ fn live_approval(
         return Err(bad("INVALID_STATUS", format!("approval `{id}` was already confirmed")));
     }
     // Lapsed is said first: its token (no longer listed once it lapsed) cannot make it live.
-    if authorization.expires_at <= Timestamp::now() {
+    // An x402/MPP record is never refused for it: the money moved, and is counted late (a
+    // session longer than `MPP_MAX_SESSION_DURATION` lets it lapse before its record).
+    let lapsed_ok = matches!(kind, Kind::X402 | Kind::Mpp);
+    if !lapsed_ok && authorization.expires_at <= Timestamp::now() {
         return Err(bad(
             "EXPIRED",
             format!("EXPIRED: approval `{id}` expired at {}; ask again", iso(authorization.expires_at)),
@@ -794,14 +812,21 @@ fn confirmed_before(
         return Ok(None);
     };
     let Some(spend) = store.spend(id)?.filter(|s| s.reference.as_deref() == Some(tx)) else { return Ok(None) };
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e);
+    let authorization = row.authorization(id).map_err(internal)?;
+    // A transfer's confirm answers for transfer and payment-request approvals only (as
+    // `live_approval` settles them), never for another flow's record.
+    if !matches!(Kind::of(&authorization.intent.rail), Kind::Transfer | Kind::Request) {
+        return Ok(None);
+    }
     if let Some(expected) = &row.token_hash {
-        let given = token.map(hash).unwrap_or_default();
-        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        let Some(token) = token else {
+            return Err(bad("VALIDATION_ERROR", "`approvalToken` is required: the one issued with this approval"));
+        };
+        if !bool::from(hash(token).as_bytes().ct_eq(expected.as_bytes())) {
             return Err(bad("INVALID_TOKEN", "the approval token does not match this approval"));
         }
     }
-    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e);
-    let authorization = row.authorization(id).map_err(internal)?;
     let amount = spend.amount.parse::<Amount>().map_err(|e| internal(e.to_string()))?;
     Ok(Some(confirmed(&authorization.intent, amount, spend.transaction_id, tx.to_owned())))
 }
@@ -1110,7 +1135,8 @@ fn request_entry(
         kind: Some("payment".into()),
         status: Some(r.status.clone()),
         expires_at: Some(r.expires_at.clone()),
-        amount: intent.as_ref().map(|i| i.amount),
+        // What the approver would let move: an MPP session's deposit, not its per-request price.
+        amount: intent.as_ref().map(|i| i.exposure()),
         recipient_address: intent.as_ref().and_then(|i| i.recipient.as_ref()).map(|a| a.as_str().to_owned()),
         approval_id: r.approval_id.clone(),
         authorization_id: r.approval_id.clone(),
@@ -1442,6 +1468,7 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
         other => {
             reasons = match other {
                 Some(Verdict::Denied(denial)) => denial.reasons,
+                _ if approve => vec!["the request lapsed before it was approved".to_owned()],
                 _ => vec!["rejected by a human approver".to_owned()],
             };
             request.status = "REJECTED".into();

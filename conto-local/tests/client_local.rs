@@ -533,3 +533,28 @@ async fn a_bound_client_pays_only_for_its_own_actor() {
     let bad = conto_client::ContoClient::builder().base_url(server.url()).sdk_key(&key).actor(" agent-1").build();
     assert!(matches!(bad, Err(conto_client::ClientError::InvalidActor(_))), "{bad:?}");
 }
+
+/// An MPP session with a deposit larger than its per-request price, through the client: the
+/// server approves and holds the deposit, the client takes that as the approved amount (it
+/// is what the server echoes), and the session's record counts what it spent.
+#[tokio::test]
+async fn an_mpp_session_is_approved_for_its_deposit_through_the_client() {
+    let (server, _, key) = setup().await;
+    let mut session = mpp("agent-1", "0.5");
+    if let conto_core::Rail::Mpp { deposit, intent, .. } = &mut session.rail {
+        *deposit = Some("20".parse().unwrap());
+        *intent = Some("session".into());
+    }
+    let approved = match client(&server, &key).authorize_intent(&session).await.unwrap().verdict {
+        conto_core::Verdict::Approved(a) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(approved.amount.to_string(), "20");
+    assert_eq!(server.engine().usage("agent-1").counters[0].reserved.to_string(), "20");
+    let out: Result<(), PayError> = conto(&server, &key)
+        .guard(session, |_| async { Ok(()) }, |_| Settlement::default().amount("7".parse().unwrap()))
+        .await;
+    assert!(out.is_ok(), "{out:?}");
+    let usage = server.engine().usage("agent-1");
+    assert_eq!(usage.counters[0].spent.to_string(), "7", "{usage:?}");
+}

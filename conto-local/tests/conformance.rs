@@ -809,7 +809,6 @@ async fn a_service_blocklist_cannot_be_stepped_around_by_spelling_the_host_anoth
         "https://api.openai.com./v1",
         "https://API.OPENAI.COM/v1",
         "https://api%2Eopenai.com/v1",
-        "https://api.openai.com\\@evil.com/v1",
         "HTTPS://api.openai.com:443/v1",
         "https://api.anthropic.com/v1",
         "https://xn--bcher-kva.de/buy",
@@ -821,6 +820,11 @@ async fn a_service_blocklist_cannot_be_stepped_around_by_spelling_the_host_anoth
     }
     let (_, mpp) = sdk.post("/api/sdk/mpp/pre-authorize", pay("https://api.openai.com./v1")).await;
     assert_eq!(mpp["violations"][0]["type"], "MPP_SERVICE_BLOCKED", "{mpp}");
+    // A URL whose host other HTTP clients read differently (credentials, a backslash) is refused.
+    for url in ["https://api.openai.com\\@evil.com/v1", "https://user@evil.com/v1"] {
+        let (status, body) = sdk.post("/api/sdk/x402/pre-authorize", pay(url)).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{url}: {body}");
+    }
 
     // A `serviceDomain` is the URL's host or a domain above it; another service's is refused.
     let mut other = pay("https://api.openai.com/v1");
@@ -1119,6 +1123,13 @@ async fn a_confirm_after_the_approval_lapsed_is_expired_and_counts_nothing() {
     assert_eq!((status, &approval["approved"]), (200, &json!(true)), "{approval}");
     let (_, request) = sdk.post("/api/sdk/payments/request", json!({"amount": 3, "recipientAddress": RECIPIENT})).await;
     assert_eq!(request["status"], "APPROVED", "{request}");
+    let (_, session) = sdk
+        .post(
+            "/api/sdk/mpp/pre-authorize",
+            json!({"amount": "1", "recipientAddress": RECIPIENT, "resourceUrl": "https://mpp.example.com/v1/chat"}),
+        )
+        .await;
+    assert_eq!(session["authorized"], true, "{session}");
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
     // A payment request whose approval lapsed is shown so, never `APPROVED` (which a client
     // would go on to pay), and its confirm is refused the same way.
@@ -1133,6 +1144,13 @@ async fn a_confirm_after_the_approval_lapsed_is_expired_and_counts_nothing() {
     assert_eq!((status, &err["code"]), (400, &json!("EXPIRED")), "{err}");
     assert!(err["message"].as_str().is_some_and(|m| m.starts_with("EXPIRED")), "{err}");
     assert_eq!(server.spend_count("agent-1").unwrap(), 0);
+    // An MPP session's record is never refused for its approval's lapse (a session may
+    // outlive it, `MPP_MAX_SESSION_DURATION`): the money moved, and is counted, late.
+    let record = json!({"amount": "1", "recipientAddress": RECIPIENT, "resourceUrl": "https://mpp.example.com/v1/chat",
+        "authorizationId": session["authorizationId"], "txHash": format!("0x{}", "f".repeat(64))});
+    let (status, recorded) = sdk.post("/api/sdk/mpp/record", record).await;
+    assert_eq!(status, 200, "{recorded}");
+    assert_eq!(server.spend_count("agent-1").unwrap(), 1);
 }
 
 /// An amount written with more places than a stablecoin holds (Conto's agent skill sends what

@@ -52,6 +52,10 @@ use quote::ToTokens;
 /// | `check_send` | `true`: a compile error, at the function's name, when the body's future is not `Send` (as axum's `debug_handler`) | no |
 /// | `crate` | the path to the `conto` crate, if renamed | no |
 ///
+/// An x402/MPP `service_domain` must name `resource_url`'s host or a domain above it (checked
+/// on each call); the service policies check is always the host. An MPP `deposit` larger than
+/// `amount` is what is approved and held (`conto::PaymentIntent::exposure`).
+///
 /// Argument expressions are evaluated by reference before the body runs, in the function's
 /// scope, on every call; the settlement extractors see only the `Ok` value. Each call site
 /// keeps, per thread, the intent its last arguments made: a call whose arguments are all the

@@ -444,7 +444,9 @@ impl Inner {
                         *deposit = Some(amount_of(amount)?);
                     }
                 }
-                let mut builder = PaymentIntent::builder(actor.as_str(), amount_of(amount)?, rail)
+                // The intent's amount is the per-request price (what MPP's price rules read);
+                // its deposit makes the whole of it what is approved (`exposure`).
+                let mut builder = PaymentIntent::builder(actor.as_str(), amount_of(unit)?, rail)
                     .context("currency", currency.to_owned())
                     .idempotency_key(key.0.as_str());
                 if let Some(to) = m.request.get("recipient").and_then(Value::as_str) {

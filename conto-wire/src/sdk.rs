@@ -3,7 +3,7 @@
 
 use conto_core::{
     Amount, Authorization, Decimal, FUNCTION_SELECTOR, IntentError, Limits, PaymentIntent, Rail, Settlement,
-    TARGET_CONTRACT, Violation, canonical_service_domain, service_domain_of,
+    TARGET_CONTRACT, Violation, service_domain_of,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -270,7 +270,8 @@ impl PaymentBody {
     /// and in each payment of a batch.
     fn consistent(self) -> Result<Self, BodyError> {
         let one = |p: &PaymentBody| match (given(&p.tx_hash), given(&p.transaction_hash)) {
-            (Some(a), Some(b)) if a != b => Err(BodyError {
+            // An EVM hash is hex: its case does not make it another transaction.
+            (Some(a), Some(b)) if !(a == b || (a.starts_with("0x") && a.eq_ignore_ascii_case(&b))) => Err(BodyError {
                 code: "VALIDATION_ERROR",
                 message: format!("`txHash` ({a}) and `transactionHash` ({b}) name different transactions"),
             }),
@@ -424,18 +425,15 @@ impl PaymentBody {
                 // a domain sent along must be that host or a domain above it (Conto derives
                 // it from `resourceUrl`), never another service's name.
                 let domain = service_domain_of(&url)?;
-                if let Some(named) = given(&self.service_domain) {
-                    let covers = canonical_service_domain(&named).is_some_and(|n| {
-                        domain == n || domain.strip_suffix(n.as_str()).is_some_and(|sub| sub.ends_with('.'))
+                if let Some(named) = given(&self.service_domain)
+                    && !conto_core::service_domain_covers(&named, &domain)
+                {
+                    return Err(BodyError {
+                        code: "VALIDATION_ERROR",
+                        message: format!(
+                            "`serviceDomain`: `{named}` is not `resourceUrl`'s host ({domain}) or a domain above it"
+                        ),
                     });
-                    if !covers {
-                        return Err(BodyError {
-                            code: "VALIDATION_ERROR",
-                            message: format!(
-                                "`serviceDomain`: `{named}` is not `resourceUrl`'s host ({domain}) or a domain above it"
-                            ),
-                        });
-                    }
                 }
                 if kind == Kind::X402 {
                     Rail::X402 {
@@ -1208,6 +1206,7 @@ mod tests {
         let batch = r#"{"payments": [{"txHash": "0xaa"}, {"txHash": "0xaa", "transactionHash": "0xbb"}]}"#;
         assert!(PaymentBody::from_json(batch.as_bytes()).unwrap_err().message.starts_with("payments[1]: "));
         assert!(PaymentBody::from_json(br#"{"txHash": "0xaa", "transactionHash": "0xaa"}"#).is_ok());
+        assert!(PaymentBody::from_json(br#"{"txHash": "0xAa", "transactionHash": "0xaA"}"#).is_ok());
         // What is wrong is said, for every shape a chain id is not.
         for sent in ["8453.0", "-1", "1e20", "0", r#""0""#, "true", "[8453]"] {
             let err = serde_json::from_str::<PaymentBody>(&format!(r#"{{"chainId": {sent}}}"#)).unwrap_err();

@@ -2,8 +2,8 @@
 //!
 //! A session lives from its deposit's pre-authorization to the record of what it settled, so
 //! the rule caps the pre-authorization's lifetime: it lapses after at most that many seconds
-//! (its reservation and its open-session slot freed), and a record after that settles nothing
-//! and counts as spend of its own. The rule never denies a payment by itself.
+//! (its reservation and its open-session slot freed), and a record after that is still counted,
+//! flagged late. The rule never denies a payment by itself.
 
 use jiff::SignedDuration;
 use rust_decimal::Decimal;
