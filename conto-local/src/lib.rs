@@ -914,18 +914,9 @@ async fn revoke_key(
     Ok(axum::Json(Revoked { revoked: true, id: key_id }).into_response())
 }
 
-/// Every agent-key scope Conto names (conto-api.md §1): the standard preset, the payment
+/// The agent-key scopes Conto names beyond the standard preset (conto-api.md §1): the payment
 /// scopes that must be added, and those its older docs name.
-const KNOWN_SCOPES: &[&str] = &[
-    "payments:request",
-    "wallets:read",
-    "policies:read",
-    "transactions:read",
-    "counterparties:read",
-    "alerts:read",
-    "agents:read",
-    "analytics:read",
-    "network:read",
+const ADDED_SCOPES: &[&str] = &[
     "payments:execute",
     "payments:approve",
     "payments:confirm",
@@ -971,11 +962,16 @@ async fn create_key(
     // Scopes asked for are added to the standard preset (conto-api.md §1: approve, confirm and
     // execute "must be added"); a key never has less than the preset. A scope Conto does not
     // name is refused, not stored: a typo would give a key that is refused later, far from it.
-    if let Some(unknown) = body.scopes.iter().flatten().find(|s| !KNOWN_SCOPES.contains(&s.as_str())) {
+    let known = |s: &str| STANDARD_SCOPES.contains(&s) || ADDED_SCOPES.contains(&s);
+    if let Some(unknown) = body.scopes.iter().flatten().find(|s| !known(s)) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "VALIDATION_ERROR",
-            format!("`scopes`: unknown scope `{unknown}`; known: {}", KNOWN_SCOPES.join(", ")),
+            format!(
+                "`scopes`: unknown scope `{unknown}`; known: {}, {}",
+                STANDARD_SCOPES.join(", "),
+                ADDED_SCOPES.join(", ")
+            ),
         ));
     }
     let mut scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect();
