@@ -374,6 +374,8 @@ impl Running {
         let store = lock(&self.app.store);
         let added = preload_into(&store, docs)?;
         restore_policies(&store, &self.app.engine)?;
+        self.app.engine.forget_ledgers();
+        recount(&store, &self.app.engine)?;
         Ok(added)
     }
 
@@ -487,16 +489,8 @@ fn restore(store: &Store, engine: &Engine) -> Result<(), LocalError> {
             let _ = engine.pause(&agent.id);
         }
     }
+    recount(store, engine)?;
     let corrupt = |e: &dyn std::fmt::Display| LocalError::Corrupt(e.to_string());
-    for (_, intent, amount, at) in store.spends()? {
-        let intent: PaymentIntent = serde_json::from_str(&intent).map_err(|e| corrupt(&e))?;
-        let amount: Amount = amount.parse().map_err(|e| corrupt(&e))?;
-        let at: Timestamp = at.parse().map_err(|e| corrupt(&e))?;
-        engine.restore_spend(&intent, amount, at);
-    }
-    for (id, a) in store.live_approvals(None)? {
-        engine.restore_authorization(&a.authorization(&id).map_err(LocalError::Corrupt)?);
-    }
     for r in store.requests(None)? {
         if r.status == "PENDING" {
             let intent: PaymentIntent = serde_json::from_str(&r.intent).map_err(|e| corrupt(&e))?;
@@ -507,6 +501,23 @@ fn restore(store: &Store, engine: &Engine) -> Result<(), LocalError> {
             };
             engine.restore_pending(&pending, &intent);
         }
+    }
+    Ok(())
+}
+
+/// Counts the store's history into the engine's ledgers: every recorded spend, oldest first,
+/// then every live approval's reservation. At start, and after a policy change (on ledgers
+/// the engine forgot), so the counters are always the history as the policies count it.
+fn recount(store: &Store, engine: &Engine) -> Result<(), LocalError> {
+    let corrupt = |e: &dyn std::fmt::Display| LocalError::Corrupt(e.to_string());
+    for (_, intent, amount, at) in store.spends()? {
+        let intent: PaymentIntent = serde_json::from_str(&intent).map_err(|e| corrupt(&e))?;
+        let amount: Amount = amount.parse().map_err(|e| corrupt(&e))?;
+        let at: Timestamp = at.parse().map_err(|e| corrupt(&e))?;
+        engine.restore_spend(&intent, amount, at);
+    }
+    for (id, a) in store.live_approvals(None)? {
+        engine.restore_authorization(&a.authorization(&id).map_err(LocalError::Corrupt)?);
     }
     Ok(())
 }
@@ -1028,9 +1039,14 @@ fn body_message(e: conto_core::PolicyError) -> String {
     }
 }
 
+/// Loads the store's policies into the engine and counts the history again under them (a
+/// limit added after spending counts the spend before it, as Conto's counters, read from its
+/// transactions, do; and as a restart did). Called holding the store, which every decision
+/// also holds: nothing is decided on ledgers being recounted.
 fn reload_policies(app: &App, store: &Store) -> Result<(), ApiError> {
     app.engine.set_policies(compile(&effective_policies(store)?)?);
-    Ok(())
+    app.engine.forget_ledgers();
+    recount(store, &app.engine).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))
 }
 
 /// Validates `doc` together with the stored policies, then stores it (rules get ids). Who

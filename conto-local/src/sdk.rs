@@ -1434,7 +1434,10 @@ async fn budget(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respo
 
 /// A human's decision on a pending request (org endpoint).
 pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<ApprovalAnswer, ApiError> {
-    let mut request = lock(&app.store)
+    // The store is held throughout, as for every decision: a policy change's recount never
+    // runs between the engine's reservation and the approval's row.
+    let store = lock(&app.store);
+    let mut request = store
         .request(id)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no approval request `{id}`")))?;
     if request.status != "PENDING" {
@@ -1451,8 +1454,7 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
             // As for an approval given at once: a payment request's, an x402 or an MPP
             // approval carries none.
             a.token = crate::store::issue_token(&a.intent.rail);
-            let written = lock(&app.store)
-                .add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a));
+            let written = store.add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a));
             withdrawn_unless_written(app, &a, written)?;
             // Only the token's hash is stored; the token itself waits in memory for the agent.
             if let Some(token) = a.token.clone() {
@@ -1475,7 +1477,7 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
             request.reasons = Some(serde_json::to_string(&reasons).unwrap_or_default());
         }
     }
-    lock(&app.store).put_request(&request)?;
+    store.put_request(&request)?;
     Ok(ApprovalAnswer { approval_request_id: id.to_owned(), status: request.status, reasons })
 }
 

@@ -853,6 +853,37 @@ async fn a_service_blocklist_cannot_be_stepped_around_by_spelling_the_host_anoth
     assert!(body["message"].as_str().unwrap().contains("host name"), "{body}");
 }
 
+/// A limit added after the agent spent counts that spend, and the approvals still held, as
+/// Conto's counters (read from its transactions) do, and as conto-local itself did after a
+/// restart: the running server and a restarted one never disagree.
+#[tokio::test]
+async fn a_limit_added_after_spending_counts_the_spend_before_it() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    for digit in ["a", "b"] {
+        let (_, a) = sdk.post("/api/sdk/payments/approve", transfer_payment(4)).await;
+        let path = format!("/api/sdk/payments/{}/confirm", a["approvalId"].as_str().unwrap());
+        let tx = format!("0x{}", digit.repeat(64));
+        let (status, _) = sdk.post(&path, json!({"txHash": tx, "approvalToken": a["approvalToken"]})).await;
+        assert_eq!(status, 200);
+    }
+    let (_, held) = sdk.post("/api/sdk/payments/approve", transfer_payment(1)).await;
+    assert_eq!(held["approved"], true, "{held}");
+    // 8 spent and 1 held, then a weekly limit of 10 and a velocity limit of 3 an hour.
+    org.policy(json!({"name": "later", "scope": "all", "rules": [
+        {"ruleType": "WEEKLY_LIMIT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}))
+        .await;
+    let (_, over) = sdk.post("/api/sdk/payments/approve", transfer_payment(2)).await;
+    assert_eq!(over["violations"][0]["type"], "WEEKLY_LIMIT", "8 spent + 1 held + 2 > 10: {over}");
+    let (_, fits) = sdk.post("/api/sdk/payments/approve", transfer_payment(1)).await;
+    assert_eq!(fits["approved"], true, "8 + 1 + 1 = 10: {fits}");
+    org.policy(json!({"name": "pace", "scope": "all", "priority": 99, "rules": [
+        {"ruleType": "VELOCITY_LIMIT", "operator": "LTE", "value": "{\"maxCount\":4,\"period\":\"HOUR\"}", "action": "ALLOW"}]}))
+        .await;
+    let (_, fast) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("0.01")).await;
+    assert_eq!(fast["violations"][0]["type"], "VELOCITY_LIMIT", "four approvals this hour already: {fast}");
+}
+
 /// An MPP pre-authorization is for the session's deposit (conto-api.md §6.6: the app
 /// pre-authorizes the deposit, and the session pays out of it): the deposit is held against
 /// the agent's limits, so a session can never spend past them; the record settles it at what

@@ -924,6 +924,20 @@ impl Engine {
         }
     }
 
+    /// Forgets every actor's spend counters, velocity windows, live reservations and closed
+    /// approvals: what a restart forgets. Actors, policies and requests for human approval
+    /// stay. For a caller that keeps the history itself and counts it again
+    /// ([`Engine::restore_spend`], [`Engine::restore_authorization`]) under a policy set it
+    /// just changed, so that a limit added later counts the spend before it, as it would after
+    /// a restart (conto-local does, holding its store, so that nothing is decided meanwhile).
+    pub fn forget_ledgers(&self) {
+        for slot in self.inner.actors.read().values() {
+            if let Some(ledger) = &slot.ledger {
+                *lock(ledger) = AgentLedger::default();
+            }
+        }
+    }
+
     /// Counts a spend that has no live reservation — one recorded before a restart, or reported
     /// without a prior authorization — into the counters of the periods that contain `at`.
     /// Replay spends in the order they happened.
