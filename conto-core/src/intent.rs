@@ -395,24 +395,14 @@ impl Rail {
 
     /// An x402 payment for `resource_url`; the service domain is the URL's host.
     pub fn x402(resource_url: &str) -> Result<Self, IntentError> {
-        Ok(Rail::X402 {
-            service_domain: service_domain_of(resource_url)?,
-            resource_url: resource_url.to_owned(),
-            facilitator: None,
-            scheme: Some("exact".to_owned()),
-        })
+        let (resource_url, service_domain) = resource_of(resource_url)?;
+        Ok(Rail::X402 { service_domain, resource_url, facilitator: None, scheme: Some("exact".to_owned()) })
     }
 
     /// An MPP payment for `resource_url`; the service domain is the URL's host.
     pub fn mpp(resource_url: &str) -> Result<Self, IntentError> {
-        Ok(Rail::Mpp {
-            service_domain: service_domain_of(resource_url)?,
-            resource_url: resource_url.to_owned(),
-            session_id: None,
-            intent: None,
-            deposit: None,
-            method: None,
-        })
+        let (resource_url, service_domain) = resource_of(resource_url)?;
+        Ok(Rail::Mpp { service_domain, resource_url, session_id: None, intent: None, deposit: None, method: None })
     }
 
     /// A card payment at `merchant`.
@@ -478,8 +468,21 @@ impl Rail {
 /// A URL with credentials (`user@`) or a backslash before its query is refused: HTTP clients that do not follow the WHATWG rules read its host differently, so
 /// the host checked might not be the one paid.
 pub fn service_domain_of(url: &str) -> Result<String, IntentError> {
+    resource_of(url).map(|(_, host)| host)
+}
+
+/// A paid resource's URL in canonical form (as [`url::Url`] serializes it: scheme and host
+/// lower-cased, the host as [`service_domain_of`] gives it, the default port and `.` / `..`
+/// path segments gone, no fragment), with its service domain. What an x402/MPP rail holds,
+/// so that per-endpoint limits, and a record matched to its pre-authorization, see one
+/// endpoint however it is spelled.
+pub fn canonical_resource_url(url: &str) -> Result<String, IntentError> {
+    resource_of(url).map(|(url, _)| url)
+}
+
+fn resource_of(url: &str) -> Result<(String, String), IntentError> {
     let bad = |reason: &str| IntentError::Field { field: "resourceUrl", reason: format!("`{url}` {reason}") };
-    let parsed = url::Url::parse(url.trim()).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+    let mut parsed = url::Url::parse(url.trim()).map_err(|e| bad(&format!("is not a URL ({e})")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(bad("is not an http(s) URL"));
     }
@@ -489,8 +492,13 @@ pub fn service_domain_of(url: &str) -> Result<String, IntentError> {
     if url.split(['?', '#']).next().unwrap_or_default().contains('\\') {
         return Err(bad("has a backslash before its query; write `/`"));
     }
-    let host = parsed.host().ok_or_else(|| bad("has no host"))?;
-    canonical_host(host).ok_or_else(|| bad("has no host"))
+    let host =
+        parsed.host().ok_or_else(|| bad("has no host")).map(canonical_host)?.ok_or_else(|| bad("has no host"))?;
+    if parsed.host_str().is_some_and(|h| h.ends_with('.')) {
+        parsed.set_host(Some(&host)).map_err(|e| bad(&format!("has a host that cannot be written ({e})")))?;
+    }
+    parsed.set_fragment(None);
+    Ok((parsed.into(), host))
 }
 
 /// A service domain written by hand (a policy's list entry, a request's `serviceDomain`) in

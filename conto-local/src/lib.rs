@@ -1046,7 +1046,8 @@ fn body_message(e: conto_core::PolicyError) -> String {
 fn reload_policies(app: &App, store: &Store) -> Result<(), ApiError> {
     app.engine.set_policies(compile(&effective_policies(store)?)?);
     app.engine.forget_ledgers();
-    recount(store, &app.engine).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))
+    recount(store, &app.engine)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))
 }
 
 /// Validates `doc` together with the stored policies, then stores it (rules get ids). Who

@@ -1454,7 +1454,8 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
             // As for an approval given at once: a payment request's, an x402 or an MPP
             // approval carries none.
             a.token = crate::store::issue_token(&a.intent.rail);
-            let written = store.add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a));
+            let written =
+                store.add_approval(&a.id, &ApprovalRecord::live(&request.agent_id, request.intent.clone(), &a));
             withdrawn_unless_written(app, &a, written)?;
             // Only the token's hash is stored; the token itself waits in memory for the agent.
             if let Some(token) = a.token.clone() {

@@ -148,8 +148,12 @@ async fn a_held_approvals_id_is_confirmed_once_a_human_approves_it() {
     assert_eq!((status, wrong["code"].as_str()), (400, Some("INVALID_TOKEN")), "{wrong}");
     let (status, receipt) = sdk.post(&path, confirm(&token)).await;
     assert_eq!((status, &receipt["confirmed"], &receipt["amount"]), (200, &json!(true), &json!(90)), "{receipt}");
-    // A retry of the same confirm (its answer lost): the first answer again, counted once.
+    // A retry of the same confirm (its answer lost): the first answer again, counted once,
+    // also with the hash under Conto's older name, in upper case.
     let (status, again) = sdk.post(&path, confirm(&token)).await;
+    assert_eq!((status, &again), (200, &receipt));
+    let renamed = json!({"transactionHash": TX.to_ascii_uppercase().replacen("0X", "0x", 1), "approvalToken": token});
+    let (status, again) = sdk.post(&path, renamed).await;
     assert_eq!((status, &again), (200, &receipt));
     let (_, transactions) = sdk.call(reqwest::Method::GET, "/api/sdk/transactions", None).await;
     let paid = transactions["transactions"].as_array().unwrap().iter().filter(|t| t["txHash"] == TX).count();
@@ -853,6 +857,37 @@ async fn a_service_blocklist_cannot_be_stepped_around_by_spelling_the_host_anoth
     assert!(body["message"].as_str().unwrap().contains("host name"), "{body}");
 }
 
+/// One endpoint is one however its URL is spelled: a per-endpoint limit counts them together,
+/// and a record spelled otherwise still settles its pre-authorization (never counted twice).
+#[tokio::test]
+async fn an_endpoint_is_one_however_its_url_is_spelled() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    org.policy(json!({"name": "endpoint", "scope": "all", "rules": [
+        {"ruleType": "X402_MAX_PER_ENDPOINT", "operator": "LTE", "value": "1", "action": "ALLOW"}]}))
+        .await;
+    let pay = |url: &str| json!({"amount": "0.9", "recipientAddress": RECIPIENT, "resourceUrl": url});
+    let (_, first) = sdk.post("/api/sdk/x402/pre-authorize", pay("https://ep.example.com/v1/x")).await;
+    assert_eq!(first["authorized"], true, "{first}");
+    for url in [
+        "https://ep.example.com/v1/x",
+        "https://EP.example.com./v1/x",
+        "https://ep.example.com/v1/./x",
+        "https://ep.example.com:443/v1/y/../x#part",
+    ] {
+        let (_, again) = sdk.post("/api/sdk/x402/pre-authorize", pay(url)).await;
+        assert_eq!(again["violations"][0]["type"], "X402_ENDPOINT_LIMIT", "{url}: {again}");
+    }
+    // Pre-authorized under one spelling, recorded under another: it settles, counted once.
+    let (_, pre) = sdk.post("/api/sdk/x402/pre-authorize", pay("https://R2.example.com./a")).await;
+    assert_eq!(pre["authorized"], true, "{pre}");
+    let record = json!({"payments": [{"amount": "0.9", "recipientAddress": RECIPIENT,
+        "resourceUrl": "https://r2.example.com/a", "txHash": format!("0x{}", "1".repeat(64))}]});
+    let (status, recorded) = sdk.post("/api/sdk/x402/record", record).await;
+    assert_eq!(status, 200, "{recorded}");
+    assert_eq!(recorded["payments"][0]["authorizationId"], pre["authorizationId"], "{recorded}");
+}
+
 /// A limit added after the agent spent counts that spend, and the approvals still held, as
 /// Conto's counters (read from its transactions) do, and as conto-local itself did after a
 /// restart: the running server and a restarted one never disagree.
@@ -1482,6 +1517,15 @@ async fn an_x402_or_mpp_record_sent_again_unchanged_is_answered_again_and_counte
         let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [changed]})).await;
         assert_eq!((status, body["code"].as_str()), (409, Some("CONFLICT")), "{field}: {body}");
     }
+    assert_eq!(budget_spent_and_reserved(&sdk).await.0, "7");
+
+    // The same transaction however it is named: its hash in upper case, or under
+    // `transactionHash` (Conto's older name), is the same payment.
+    let mut renamed = paid.clone();
+    renamed.as_object_mut().unwrap().remove("txHash");
+    renamed["transactionHash"] = json!(TX.to_ascii_uppercase().replacen("0X", "0x", 1));
+    let (status, again) = sdk.post("/api/sdk/x402/record", json!({"payments": [renamed]})).await;
+    assert_eq!((status, &again["payments"][0]), (200, &first["payments"][0]), "{again}");
     assert_eq!(budget_spent_and_reserved(&sdk).await.0, "7");
 
     // MPP's single-payment record, the same way.

@@ -265,20 +265,33 @@ impl PaymentBody {
         read_value(value).and_then(Self::consistent)
     }
 
-    /// The body, unless it names its settlement twice, differently: `txHash` (Conto's current
-    /// name) and `transactionHash` (its older one) must agree when both are sent, in the body
+    /// The body with its settlement named once, in one spelling: `txHash` (Conto's current
+    /// name) and `transactionHash` (its older one) must agree when both are sent, and become
+    /// `txHash`; an EVM hash is lower-cased (hex: its case does not make it another
+    /// transaction). So a repeat is recognised however it names its transaction. In the body
     /// and in each payment of a batch.
-    fn consistent(self) -> Result<Self, BodyError> {
-        let one = |p: &PaymentBody| match (given(&p.tx_hash), given(&p.transaction_hash)) {
-            // An EVM hash is hex: its case does not make it another transaction.
-            (Some(a), Some(b)) if !(a == b || (a.starts_with("0x") && a.eq_ignore_ascii_case(&b))) => Err(BodyError {
-                code: "VALIDATION_ERROR",
-                message: format!("`txHash` ({a}) and `transactionHash` ({b}) name different transactions"),
-            }),
-            _ => Ok(()),
-        };
-        one(&self)?;
-        for (i, payment) in self.payments.iter().flatten().enumerate() {
+    fn consistent(mut self) -> Result<Self, BodyError> {
+        fn one(p: &mut PaymentBody) -> Result<(), BodyError> {
+            let canonical = |t: String| {
+                let evm =
+                    t.len() > 2 && t[..2].eq_ignore_ascii_case("0x") && t[2..].bytes().all(|b| b.is_ascii_hexdigit());
+                if evm { t.to_ascii_lowercase() } else { t }
+            };
+            let (tx, old) = (given(&p.tx_hash).map(canonical), given(&p.transaction_hash).map(canonical));
+            if let (Some(a), Some(b)) = (&tx, &old)
+                && a != b
+            {
+                return Err(BodyError {
+                    code: "VALIDATION_ERROR",
+                    message: format!("`txHash` ({a}) and `transactionHash` ({b}) name different transactions"),
+                });
+            }
+            p.tx_hash = tx.or(old);
+            p.transaction_hash = None;
+            Ok(())
+        }
+        one(&mut self)?;
+        for (i, payment) in self.payments.iter_mut().flatten().enumerate() {
             one(payment).map_err(|e| BodyError { message: format!("payments[{i}]: {}", e.message), ..e })?;
         }
         Ok(self)
@@ -420,7 +433,9 @@ impl PaymentBody {
                 })?
             }
             Kind::X402 | Kind::Mpp => {
-                let url = need(&self.resource_url, "resourceUrl")?;
+                // Canonical, so one endpoint is one however it is spelled (its limits, and a
+                // record matched to its pre-authorization).
+                let url = conto_core::canonical_resource_url(&need(&self.resource_url, "resourceUrl")?)?;
                 // The service is the host the payment reaches, whatever `serviceDomain` says:
                 // a domain sent along must be that host or a domain above it (Conto derives
                 // it from `resourceUrl`), never another service's name.
