@@ -526,10 +526,11 @@ fn canonical_host<S: AsRef<str>>(host: url::Host<S>) -> Option<String> {
 
 /// Whether `named` (a service domain written by hand) is `host` (a canonical host, from
 /// [`service_domain_of`]) or a domain above it: `example.com` covers `api.example.com`, never
-/// `badexample.com`.
+/// `badexample.com`; a top-level domain alone (`com`) covers nothing but itself.
 pub fn service_domain_covers(named: &str, host: &str) -> bool {
-    canonical_service_domain(named)
-        .is_some_and(|n| host == n || host.strip_suffix(n.as_str()).is_some_and(|sub| sub.ends_with('.')))
+    canonical_service_domain(named).is_some_and(|n| {
+        host == n || (n.contains('.') && host.strip_suffix(n.as_str()).is_some_and(|sub| sub.ends_with('.')))
+    })
 }
 
 /// Whether `url` starts with an `http://` or `https://` scheme (in any case), and has

@@ -650,7 +650,7 @@ mod tests {
                 "{named}"
             );
         }
-        for named in ["ok.com", "penai.com", "i.openai.com", ""] {
+        for named in ["ok.com", "penai.com", "i.openai.com", "", "com"] {
             let mut rail = Rail::mpp("https://api.openai.com/v1").unwrap();
             assert!(set_text(&mut rail, "service_domain", Some(named.to_owned())).is_err(), "{named}");
         }

@@ -543,6 +543,12 @@ fn mpp_max_session_duration_takes_a_whole_number_of_seconds() {
         let err = PolicySet::from_json(&text).expect_err(value);
         assert!(err.to_string().contains("MPP_MAX_SESSION_DURATION"), "{op} {value}: {err}");
     }
+    // Only LTE or LT is offered for an operator it refuses; only ALLOW is taken.
+    let err =
+        PolicySet::from_json(&policy(&[&rule("MPP_MAX_SESSION_DURATION", "IN_LIST", "60", "ALLOW")])).unwrap_err();
+    assert!(err.to_string().contains("use one of LTE or LT"), "{err}");
+    let err = PolicySet::from_json(&policy(&[&rule("MPP_MAX_SESSION_DURATION", "LTE", "60", "DENY")])).unwrap_err();
+    assert!(err.to_string().contains("action `DENY` does not apply here"), "{err}");
 }
 
 #[test]

@@ -129,6 +129,16 @@
 //!   was paused) is `REJECTED` with its `reasons`, which the payment request's status then
 //!   shows. A payment request asked again under its idempotency key after a human decided is
 //!   answered as it stands now (`APPROVED`, `DENIED`), not with its first `REQUIRES_APPROVAL`.
+//! - A policy change counts the stored history again under the new policies: a limit added
+//!   after spending counts the spend (and the approvals still held) before it, as after a
+//!   restart, and as Conto's counters, read from its transactions, would.
+//! - x402/MPP resource URLs are held in canonical form (`conto_core::canonical_resource_url`),
+//!   so a per-endpoint limit, and a record matched to its pre-authorization, see one endpoint
+//!   however it is spelled. A settlement is named once: `transactionHash` is read as `txHash`
+//!   (both sent must agree) and an EVM hash is lower-cased, so a repeat is recognised however
+//!   it names its transaction. A pre-authorization held for a human is recorded under its
+//!   `approvalRequestId` once approved; a card confirm sent again with the same
+//!   `transactionReference` gets its first answer.
 //! - A transfer confirm sent again with the same `txHash` (and token) gets the first answer
 //!   again and counts nothing (Conto documents no confirm idempotency; a client retrying after
 //!   a lost answer must not see a paid transfer as failed); another `txHash` is
@@ -962,6 +972,9 @@ async fn create_key(
     let body: SdkKey = json_body(&body)?;
     let store = agent_store(&app, &agent_id)?;
     let name = body.name.clone().unwrap_or_else(|| "sdk key".to_owned());
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`name` must be 1-200 characters"));
+    }
     let days = body.expires_in_days.unwrap_or(365);
     if !(1..=730).contains(&days) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`expiresInDays` must be 1-730"));

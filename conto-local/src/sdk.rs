@@ -441,7 +441,9 @@ fn paying_wallet(store: &Store, agent: &str, kind: Kind) -> Result<PayingWallet,
 async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, kind.authorize_scope(), Class::Payments)?;
     let body = payment_body(&body)?;
+    let mut fresh = false;
     let (status, out) = once(&app, &caller, kind.authorize_path(), &headers, &body, |store| {
+        fresh = true;
         let intent = intent_from(&caller.agent, &body, kind)?;
         let (status, mut out) = decide(&app, store, &intent, kind)?;
         if kind == Kind::Request && body.auto_execute == Some(true) && out.status.as_deref() == Some("APPROVED") {
@@ -450,20 +452,18 @@ async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -
         }
         Ok((status, out))
     })?;
-    // A payment request that waited for a human, asked again under its idempotency key, is
-    // the request as it stands now (conto-api.md §4.4: the original request), not the
-    // "requires approval" it was first answered with.
+    // A payment request asked again under its idempotency key is the request as it stands
+    // now (conto-api.md §4.4: the original request): decided by a human, paid, or lapsed,
+    // not the "requires approval" or "approved" it was first answered with.
     let (status, out) = match (&out.request_id, out.status.as_deref()) {
-        (Some(id), Some("REQUIRES_APPROVAL")) if kind == Kind::Request => {
+        (Some(id), Some("REQUIRES_APPROVAL" | "APPROVED")) if kind == Kind::Request && !fresh => {
             let store = lock(&app.store);
             match request_if_any(&store, id, &caller.agent)? {
                 Some(now) if now.status != out.status => {
                     let reasons = if now.reasons.is_empty() { out.reasons.clone() } else { now.reasons.clone() };
                     // When it lapses now is its approval's expiry, not the wait's.
-                    let expires_at = match &now.approval_id {
-                        Some(approval) => store.approval(approval)?.map(|a| a.expires_at),
-                        None => None,
-                    };
+                    let approval = now.approval_id.clone().unwrap_or_else(|| id.clone());
+                    let expires_at = store.approval(&approval)?.map(|a| a.expires_at).or(out.expires_at.clone());
                     let body = DecisionBody {
                         status: now.status,
                         approval_id: now.approval_id,
@@ -831,6 +831,35 @@ fn confirmed_before(
     Ok(Some(confirmed(&authorization.intent, amount, spend.transaction_id, tx.to_owned())))
 }
 
+/// The first answer again, when card approval `id` was already confirmed with this
+/// `transactionReference` (a retry after a lost answer): nothing is counted twice. Confirmed
+/// with another reference, or without one, or not yet: `None`.
+fn card_confirmed_before(
+    store: &Store,
+    agent: &str,
+    id: &str,
+    reference: Option<&str>,
+) -> Result<Option<RecordedBody>, ApiError> {
+    let Some(reference) = reference else { return Ok(None) };
+    let Some(row) = store.approval(id)?.filter(|r| r.agent_id == agent && r.state == "recorded") else {
+        return Ok(None);
+    };
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e);
+    let authorization = row.authorization(id).map_err(internal)?;
+    if Kind::of(&authorization.intent.rail) != Kind::Card {
+        return Ok(None);
+    }
+    let Some(spend) = store.spend(id)?.filter(|s| s.reference.as_deref() == Some(reference)) else { return Ok(None) };
+    let amount = spend.amount.parse::<Amount>().map_err(|e| internal(e.to_string()))?;
+    Ok(Some(RecordedBody {
+        confirmed: Some(true),
+        transaction_id: Some(spend.transaction_id),
+        amount: Some(amount),
+        status: Some("COMPLETED".into()),
+        ..RecordedBody::default()
+    }))
+}
+
 /// The approval a confirm of `id` settles: a payment request's (confirmed by the request's
 /// own id, also once a human approved it, when its approval has an id of its own), the one a
 /// human's approval issued for an approval request (the `approvalId` a held approve answered
@@ -879,6 +908,9 @@ async fn confirm_card(
         let reference = body.transaction_reference.clone().filter(|r| !r.is_empty());
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
         let approval_id = request_approval(store, &caller.agent, &id)?;
+        if let Some(first) = card_confirmed_before(store, &caller.agent, &approval_id, reference.as_deref())? {
+            return Ok((StatusCode::OK, first));
+        }
         let (amount, transaction_id) =
             live_approval(store, &caller.agent, Kind::Card, &approval_id, body.amount, token)?.settle(
                 &app,
@@ -964,6 +996,8 @@ fn plan_one(
         }
     }
     if let Some(id) = payment.authorization_id.clone().filter(|i| !i.is_empty()) {
+        // A pre-authorization held for a human is recorded by the id it was answered with.
+        let id = request_approval(store, agent, &id)?;
         let approval = live_approval(store, agent, kind, &id, payment.amount, None)?;
         if !taken.insert(id.clone()) {
             return Err(twice(&format!("authorization `{id}`")));

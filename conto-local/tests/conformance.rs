@@ -125,8 +125,14 @@ async fn a_held_approvals_id_is_confirmed_once_a_human_approves_it() {
     let (status, _) = org.post(&format!("/api/approval-requests/{id}/approve"), json!({})).await;
     assert_eq!(status, 200);
     let body = json!({"transactionReference": "ch_1", "amount": 10, "status": "COMPLETED"});
-    let (status, receipt) = sdk.post(&format!("/api/sdk/cards/{id}/confirm"), body).await;
+    let (status, receipt) = sdk.post(&format!("/api/sdk/cards/{id}/confirm"), body.clone()).await;
     assert_eq!((status, &receipt["confirmed"]), (200, &json!(true)), "{receipt}");
+    // Sent again (a lost answer): the first answer, counted once; another reference is refused.
+    let (status, again) = sdk.post(&format!("/api/sdk/cards/{id}/confirm"), body).await;
+    assert_eq!((status, &again), (200, &receipt));
+    let other = json!({"transactionReference": "ch_2", "amount": 10, "status": "COMPLETED"});
+    let (status, again) = sdk.post(&format!("/api/sdk/cards/{id}/confirm"), other).await;
+    assert_eq!((status, again["code"].as_str()), (400, Some("INVALID_STATUS")), "{again}");
 
     let transfer = json!({"amount": 90, "recipientAddress": RECIPIENT, "senderAddress": SENDER, "chainId": 8453});
     let (status, held) = sdk.post("/api/sdk/payments/approve", transfer).await;
@@ -158,6 +164,24 @@ async fn a_held_approvals_id_is_confirmed_once_a_human_approves_it() {
     let (_, transactions) = sdk.call(reqwest::Method::GET, "/api/sdk/transactions", None).await;
     let paid = transactions["transactions"].as_array().unwrap().iter().filter(|t| t["txHash"] == TX).count();
     assert_eq!(paid, 1, "{transactions}");
+}
+
+/// An x402 pre-authorization held for a human is recorded, once approved, under the
+/// `approvalRequestId` it was answered with.
+#[tokio::test]
+async fn a_held_preauthorization_is_recorded_by_its_approval_request_id() {
+    let (server, sdk) = setup(None).await;
+    let (status, held) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("85")).await;
+    assert_eq!(status, 202, "{held}");
+    let id = held["approvalRequestId"].as_str().unwrap().to_owned();
+    let (status, _) = Org::new(&server).post(&format!("/api/approval-requests/{id}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    let mut paid = x402_payment("85");
+    paid["authorizationId"] = json!(id);
+    paid["txHash"] = json!(TX);
+    let (status, recorded) = sdk.post("/api/sdk/x402/record", json!({"payments": [paid]})).await;
+    assert_eq!(status, 200, "{recorded}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await, ("85".into(), "0".into()), "settled, not counted twice");
 }
 
 /// Conto's skill (Mode A) asks `payments/request` with `autoExecute: true` and reads either
@@ -491,6 +515,10 @@ async fn the_starter_provisions_through_the_org_surface_and_its_controls_apply()
         .await;
     assert_eq!((status, typo["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{typo}");
     assert!(typo["message"].as_str().unwrap().contains("`payments:aprove`"), "{typo}");
+    for name in [String::new(), "k".repeat(201)] {
+        let (status, body) = org.post(&format!("/api/agents/{agent_id}/sdk-keys"), json!({"name": name})).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{body}");
+    }
 
     // The controls as the starter reads them back.
     let (_, read) = org.get(&format!("/api/agents/{agent_id}")).await;
@@ -1187,7 +1215,8 @@ async fn a_confirm_after_the_approval_lapsed_is_expired_and_counts_nothing() {
     let sdk = Sdk { base: server.url(), key, http: reqwest::Client::new() };
     let (status, approval) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
     assert_eq!((status, &approval["approved"]), (200, &json!(true)), "{approval}");
-    let (_, request) = sdk.post("/api/sdk/payments/request", json!({"amount": 3, "recipientAddress": RECIPIENT})).await;
+    let asked = json!({"amount": 3, "recipientAddress": RECIPIENT, "idempotencyKey": "lapse-1"});
+    let (_, request) = sdk.post("/api/sdk/payments/request", asked.clone()).await;
     assert_eq!(request["status"], "APPROVED", "{request}");
     let (_, session) = sdk
         .post(
@@ -1202,6 +1231,9 @@ async fn a_confirm_after_the_approval_lapsed_is_expired_and_counts_nothing() {
     let request_id = request["requestId"].as_str().unwrap();
     let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{request_id}"), None).await;
     assert_eq!(polled["status"], "EXPIRED", "{polled}");
+    // Asked again under its idempotency key: the same request, as it stands now.
+    let (_, again) = sdk.post("/api/sdk/payments/request", asked).await;
+    assert_eq!((&again["requestId"], &again["status"]), (&request["requestId"], &json!("EXPIRED")), "{again}");
     let (status, err) = sdk.post(&format!("/api/sdk/payments/{request_id}/confirm"), json!({"txHash": TX})).await;
     assert_eq!((status, &err["code"]), (400, &json!("EXPIRED")), "{err}");
     let id = approval["approvalId"].as_str().unwrap();

@@ -203,6 +203,14 @@ pub enum RuleProblem {
     /// Not `ALLOW`, `DENY` or `REQUIRE_APPROVAL`.
     #[error("unknown action `{0}`; use ALLOW, DENY or REQUIRE_APPROVAL")]
     UnknownAction(String),
+    /// The action is known but means nothing for this rule type.
+    #[error("action `{action}` does not apply here; use {allowed}")]
+    ActionNotAllowed {
+        /// The action given.
+        action: String,
+        /// What this rule type takes.
+        allowed: &'static str,
+    },
     /// `value` must be a JSON string (Conto encodes numbers, lists and objects inside it).
     #[error("value must be a JSON string (e.g. \"1000\" or \"[\\\"a\\\"]\"), got {0}")]
     ValueNotString(String),

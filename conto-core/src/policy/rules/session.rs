@@ -8,9 +8,9 @@
 use jiff::SignedDuration;
 use rust_decimal::Decimal;
 
-use super::{Check, Cmp, RailFilter, Spec};
+use super::{Action, Check, Cmp, RailFilter, Spec};
 use crate::decision::ViolationType as V;
-use crate::policy::compile::{Family, RuleInput};
+use crate::policy::compile::{Family, Op, RuleInput};
 use crate::policy::{PolicyError, RuleProblem};
 
 /// A session lasts at most this long: its pre-authorization's lifetime is capped to it.
@@ -30,15 +30,21 @@ impl Family for Sessions {
     fn compile((): (), r: &RuleInput<'_>) -> Result<Spec, PolicyError> {
         const EXPECTED: &str = "a whole number of seconds, such as \"3600\"";
         let (cx, text) = (r.cx, r.text);
-        let n = cx.decimal(text, EXPECTED)?;
-        let secs = match r.cmp()? {
-            Cmp::Le => n,
-            Cmp::Lt => n - Decimal::ONE,
+        let less = match r.op {
+            Op::Cmp(Cmp::Le) => Decimal::ZERO,
+            Op::Cmp(Cmp::Lt) => Decimal::ONE,
             _ => {
                 let operator = r.operator.to_owned();
                 return Err(cx.err("operator", RuleProblem::OperatorNotAllowed { operator, allowed: "LTE or LT" }));
             }
         };
+        // It states how long a session may last: `ALLOW` (a `DENY` or an approval would mean
+        // nothing here).
+        if r.action != Action::Allow {
+            let action = if r.action == Action::Deny { "DENY" } else { "REQUIRE_APPROVAL" }.to_owned();
+            return Err(cx.err("action", RuleProblem::ActionNotAllowed { action, allowed: "ALLOW" }));
+        }
+        let secs = cx.decimal(text, EXPECTED)? - less;
         // Ten years: far beyond any approval's lifetime, and within a timestamp's range.
         if secs.fract() != Decimal::ZERO || secs < Decimal::ZERO || secs > Decimal::from(315_360_000) {
             return Err(cx.bad(text, EXPECTED));
