@@ -1177,7 +1177,8 @@ fn request_entry(
         request_id: r.approval_id.clone(),
         approval_token: token.map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()),
         payment_request_id: payment_request,
-        approval_expires_at: None,
+        // Once a human approved it, when the approval it issued lapses unpaid.
+        approval_expires_at: r.approval_id.as_ref().map(|_| r.expires_at.clone()),
     }
 }
 

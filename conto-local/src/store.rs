@@ -986,7 +986,7 @@ impl Store {
                 "INSERT INTO approval_requests (id, agent_id, intent, status, approval_id, approval_token, expires_at, reasons)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT(id) DO UPDATE SET status = excluded.status, approval_id = excluded.approval_id,
-                approval_token = excluded.approval_token, reasons = excluded.reasons",
+                approval_token = excluded.approval_token, reasons = excluded.reasons, expires_at = excluded.expires_at",
             )?
             .execute(params![
                 r.id,

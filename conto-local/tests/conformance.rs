@@ -148,8 +148,14 @@ async fn a_held_approvals_id_is_confirmed_once_a_human_approves_it() {
     assert_eq!(status, 200);
     let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
     let entry = listed["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == id.as_str()).cloned();
-    let token = entry.expect("listed")["approvalToken"].clone();
+    let entry = entry.expect("listed");
+    let token = entry["approvalToken"].clone();
     assert!(token.is_string(), "{listed}");
+    // Listed with when the approval lapses unpaid (a transfer's 10 minutes), not the wait's hour.
+    let lapses: conto_core::jiff::Timestamp = entry["approvalExpiresAt"].as_str().expect("its lapse").parse().unwrap();
+    let secs = lapses.duration_since(conto_core::jiff::Timestamp::now()).as_secs();
+    assert!((570..=600).contains(&secs), "{entry}");
+    assert_eq!(entry["expiresAt"], entry["approvalExpiresAt"], "{entry}");
     let (status, wrong) = sdk.post(&path, confirm(&json!("0".repeat(64)))).await;
     assert_eq!((status, wrong["code"].as_str()), (400, Some("INVALID_TOKEN")), "{wrong}");
     let (status, receipt) = sdk.post(&path, confirm(&token)).await;
