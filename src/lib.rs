@@ -42,7 +42,7 @@ pub use conto_core::{
     LifecycleError, Limits, MAX_WAIT, ManualClock, Monitor, PaymentIntent, PendingApproval, PolicyError, PolicySet,
     ProductControls, Rail, Ran, Recorded, Rejection, RejectionKind, RuleProblem, SecretString, Settlement,
     SharedEngine, Status, SyncReport, SystemClock, TARGET_CONTRACT, UnevaluatedRules, Verdict, Violation,
-    ViolationType, Wallet, canonical_resource_url, canonical_service_domain, deadline_after, install_default,
+    ViolationType, Wallet, canonical_resource, canonical_service_domain, deadline_after, install_default,
     installed_default, service_domain_covers, service_domain_of,
 };
 pub use conto_core::{

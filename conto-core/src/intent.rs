@@ -395,13 +395,13 @@ impl Rail {
 
     /// An x402 payment for `resource_url`; the service domain is the URL's host.
     pub fn x402(resource_url: &str) -> Result<Self, IntentError> {
-        let (resource_url, service_domain) = resource_of(resource_url)?;
+        let (resource_url, service_domain) = canonical_resource(resource_url)?;
         Ok(Rail::X402 { service_domain, resource_url, facilitator: None, scheme: Some("exact".to_owned()) })
     }
 
     /// An MPP payment for `resource_url`; the service domain is the URL's host.
     pub fn mpp(resource_url: &str) -> Result<Self, IntentError> {
-        let (resource_url, service_domain) = resource_of(resource_url)?;
+        let (resource_url, service_domain) = canonical_resource(resource_url)?;
         Ok(Rail::Mpp { service_domain, resource_url, session_id: None, intent: None, deposit: None, method: None })
     }
 
@@ -468,19 +468,15 @@ impl Rail {
 /// A URL with credentials (`user@`) or a backslash before its query is refused: HTTP clients that do not follow the WHATWG rules read its host differently, so
 /// the host checked might not be the one paid.
 pub fn service_domain_of(url: &str) -> Result<String, IntentError> {
-    resource_of(url).map(|(_, host)| host)
+    canonical_resource(url).map(|(_, host)| host)
 }
 
 /// A paid resource's URL in canonical form (as [`url::Url`] serializes it: scheme and host
 /// lower-cased, the host as [`service_domain_of`] gives it, the default port and `.` / `..`
-/// path segments gone, no fragment), with its service domain. What an x402/MPP rail holds,
-/// so that per-endpoint limits, and a record matched to its pre-authorization, see one
-/// endpoint however it is spelled.
-pub fn canonical_resource_url(url: &str) -> Result<String, IntentError> {
-    resource_of(url).map(|(url, _)| url)
-}
-
-fn resource_of(url: &str) -> Result<(String, String), IntentError> {
+/// path segments gone, no fragment), and its service domain, from one parse. What an
+/// x402/MPP rail holds, so that per-endpoint limits, and a record matched to its
+/// pre-authorization, see one endpoint however it is spelled.
+pub fn canonical_resource(url: &str) -> Result<(String, String), IntentError> {
     let bad = |reason: &str| IntentError::Field { field: "resourceUrl", reason: format!("`{url}` {reason}") };
     let mut parsed = url::Url::parse(url.trim()).map_err(|e| bad(&format!("is not a URL ({e})")))?;
     if !matches!(parsed.scheme(), "http" | "https") {

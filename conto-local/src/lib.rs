@@ -132,7 +132,7 @@
 //! - A policy change counts the stored history again under the new policies: a limit added
 //!   after spending counts the spend (and the approvals still held) before it, as after a
 //!   restart, and as Conto's counters, read from its transactions, would.
-//! - x402/MPP resource URLs are held in canonical form (`conto_core::canonical_resource_url`),
+//! - x402/MPP resource URLs are held in canonical form (`conto_core::canonical_resource`),
 //!   so a per-endpoint limit, and a record matched to its pre-authorization, see one endpoint
 //!   however it is spelled. A settlement is named once: `transactionHash` is read as `txHash`
 //!   (both sent must agree) and an EVM hash is lower-cased, so a repeat is recognised however
@@ -383,9 +383,7 @@ impl Running {
         let docs = policy_docs(file)?;
         let store = lock(&self.app.store);
         let added = preload_into(&store, docs)?;
-        restore_policies(&store, &self.app.engine)?;
-        self.app.engine.forget_ledgers();
-        recount(&store, &self.app.engine)?;
+        reapply(&store, &self.app.engine, policy_set(&effective_policies(&store)?)?)?;
         Ok(added)
     }
 
@@ -1057,10 +1055,16 @@ fn body_message(e: conto_core::PolicyError) -> String {
 /// transactions, do; and as a restart did). Called holding the store, which every decision
 /// also holds: nothing is decided on ledgers being recounted.
 fn reload_policies(app: &App, store: &Store) -> Result<(), ApiError> {
-    app.engine.set_policies(compile(&effective_policies(store)?)?);
-    app.engine.forget_ledgers();
-    recount(store, &app.engine)
+    reapply(store, &app.engine, compile(&effective_policies(store)?)?)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))
+}
+
+/// Gives the engine `policies` and counts the store's history again under them, on ledgers
+/// it forgot (see [`reload_policies`]).
+fn reapply(store: &Store, engine: &Engine, policies: PolicySet) -> Result<(), LocalError> {
+    engine.set_policies(policies);
+    engine.forget_ledgers();
+    recount(store, engine)
 }
 
 /// Validates `doc` together with the stored policies, then stores it (rules get ids). Who

@@ -649,13 +649,7 @@ fn live_approval(
     if let Some(expected) = &row.token_hash
         && (kind == Kind::Transfer || token.is_some())
     {
-        let Some(token) = token else {
-            return Err(bad("VALIDATION_ERROR", "`approvalToken` is required: the one issued with this approval"));
-        };
-        let given = hash(token);
-        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-            return Err(bad("INVALID_TOKEN", "the approval token does not match this approval"));
-        }
+        token_matches(expected, token)?;
     }
     let approved = authorization.amount;
     let settled = amount.unwrap_or(approved);
@@ -771,8 +765,14 @@ async fn confirm_transfer(
         // approval was issued none, and is confirmed by its id (checked in `live_approval`).
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
         let approval_id = request_approval(store, &caller.agent, &id)?;
-        if let Some(first) = confirmed_before(store, &caller.agent, &approval_id, &tx, token)? {
-            return Ok((StatusCode::OK, first));
+        if let Some((row, first, amount, transaction_id)) =
+            settled_before(store, &caller.agent, &approval_id, &tx, &[Kind::Transfer, Kind::Request])?
+        {
+            // The token is checked as on the first confirm.
+            if let Some(expected) = &row.token_hash {
+                token_matches(expected, token)?;
+            }
+            return Ok((StatusCode::OK, confirmed(&first.intent, amount, transaction_id, tx)));
         }
         let approval = live_approval(store, &caller.agent, Kind::Transfer, &approval_id, body.amount, token)?;
         let intent = approval.authorization.intent.clone();
@@ -797,67 +797,53 @@ fn confirmed(intent: &PaymentIntent, amount: Amount, transaction_id: String, tx:
     }
 }
 
-/// The first answer again, when approval `id` was already confirmed with this `tx` (a client
-/// retrying a confirm whose answer it lost, with no idempotency key): nothing is counted
-/// twice. The token is checked as on the first confirm. Confirmed with another tx hash, or
-/// not yet: `None`, and the confirm goes on to be refused or made.
-fn confirmed_before(
-    store: &Store,
-    agent: &str,
-    id: &str,
-    tx: &str,
-    token: Option<&str>,
-) -> Result<Option<RecordedBody>, ApiError> {
-    let Some(row) = store.approval(id)?.filter(|r| r.agent_id == agent && r.state == "recorded") else {
-        return Ok(None);
+/// `token` is the one issued with an approval whose token hash is `expected`:
+/// `400 VALIDATION_ERROR` when none is sent, `400 INVALID_TOKEN` when another is.
+fn token_matches(expected: &str, token: Option<&str>) -> Result<(), ApiError> {
+    let Some(token) = token else {
+        return Err(bad("VALIDATION_ERROR", "`approvalToken` is required: the one issued with this approval"));
     };
-    let Some(spend) = store.spend(id)?.filter(|s| s.reference.as_deref() == Some(tx)) else { return Ok(None) };
-    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e);
-    let authorization = row.authorization(id).map_err(internal)?;
-    // A transfer's confirm answers for transfer and payment-request approvals only (as
-    // `live_approval` settles them), never for another flow's record.
-    if !matches!(Kind::of(&authorization.intent.rail), Kind::Transfer | Kind::Request) {
-        return Ok(None);
+    if !bool::from(hash(token).as_bytes().ct_eq(expected.as_bytes())) {
+        return Err(bad("INVALID_TOKEN", "the approval token does not match this approval"));
     }
-    if let Some(expected) = &row.token_hash {
-        let Some(token) = token else {
-            return Err(bad("VALIDATION_ERROR", "`approvalToken` is required: the one issued with this approval"));
-        };
-        if !bool::from(hash(token).as_bytes().ct_eq(expected.as_bytes())) {
-            return Err(bad("INVALID_TOKEN", "the approval token does not match this approval"));
-        }
-    }
-    let amount = spend.amount.parse::<Amount>().map_err(|e| internal(e.to_string()))?;
-    Ok(Some(confirmed(&authorization.intent, amount, spend.transaction_id, tx.to_owned())))
+    Ok(())
 }
 
-/// The first answer again, when card approval `id` was already confirmed with this
-/// `transactionReference` (a retry after a lost answer): nothing is counted twice. Confirmed
-/// with another reference, or without one, or not yet: `None`.
-fn card_confirmed_before(
+/// Approval `id` of `agent`, of one of `flows`, when it was already confirmed with this
+/// settlement `reference`, with what was counted and its transaction id: a confirm sent
+/// again (a client retrying after a lost answer) is answered from it, nothing counted twice.
+/// Confirmed with another reference, of another flow, or not yet: `None`, and the confirm
+/// goes on to be refused or made.
+fn settled_before(
     store: &Store,
     agent: &str,
     id: &str,
-    reference: Option<&str>,
-) -> Result<Option<RecordedBody>, ApiError> {
-    let Some(reference) = reference else { return Ok(None) };
+    reference: &str,
+    flows: &[Kind],
+) -> Result<Option<(ApprovalRecord, conto_core::Authorization, Amount, String)>, ApiError> {
     let Some(row) = store.approval(id)?.filter(|r| r.agent_id == agent && r.state == "recorded") else {
         return Ok(None);
     };
+    let Some(spend) = store.spend(id)?.filter(|s| s.reference.as_deref() == Some(reference)) else { return Ok(None) };
     let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e);
     let authorization = row.authorization(id).map_err(internal)?;
-    if Kind::of(&authorization.intent.rail) != Kind::Card {
+    // Only the flows this confirm settles (as `live_approval` has them), never another's record.
+    if !flows.contains(&Kind::of(&authorization.intent.rail)) {
         return Ok(None);
     }
-    let Some(spend) = store.spend(id)?.filter(|s| s.reference.as_deref() == Some(reference)) else { return Ok(None) };
     let amount = spend.amount.parse::<Amount>().map_err(|e| internal(e.to_string()))?;
-    Ok(Some(RecordedBody {
+    Ok(Some((row, authorization, amount, spend.transaction_id)))
+}
+
+/// A card confirm's answer.
+fn card_confirmed(amount: Amount, transaction_id: String) -> RecordedBody {
+    RecordedBody {
         confirmed: Some(true),
-        transaction_id: Some(spend.transaction_id),
+        transaction_id: Some(transaction_id),
         amount: Some(amount),
         status: Some("COMPLETED".into()),
         ..RecordedBody::default()
-    }))
+    }
 }
 
 /// The approval a confirm of `id` settles: a payment request's (confirmed by the request's
@@ -908,8 +894,11 @@ async fn confirm_card(
         let reference = body.transaction_reference.clone().filter(|r| !r.is_empty());
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
         let approval_id = request_approval(store, &caller.agent, &id)?;
-        if let Some(first) = card_confirmed_before(store, &caller.agent, &approval_id, reference.as_deref())? {
-            return Ok((StatusCode::OK, first));
+        if let Some(reference) = &reference
+            && let Some((_, _, amount, transaction_id)) =
+                settled_before(store, &caller.agent, &approval_id, reference, &[Kind::Card])?
+        {
+            return Ok((StatusCode::OK, card_confirmed(amount, transaction_id)));
         }
         let (amount, transaction_id) =
             live_approval(store, &caller.agent, Kind::Card, &approval_id, body.amount, token)?.settle(
@@ -918,16 +907,7 @@ async fn confirm_card(
                 &caller.agent,
                 reference,
             )?;
-        Ok((
-            StatusCode::OK,
-            RecordedBody {
-                confirmed: Some(true),
-                transaction_id: Some(transaction_id),
-                amount: Some(amount),
-                status: Some("COMPLETED".into()),
-                ..RecordedBody::default()
-            },
-        ))
+        Ok((StatusCode::OK, card_confirmed(amount, transaction_id)))
     })?;
     Ok(reply(status, out))
 }

@@ -3,7 +3,7 @@
 
 use conto_core::{
     Amount, Authorization, Decimal, FUNCTION_SELECTOR, IntentError, Limits, PaymentIntent, Rail, Settlement,
-    TARGET_CONTRACT, Violation, service_domain_of,
+    TARGET_CONTRACT, Violation,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -435,11 +435,10 @@ impl PaymentBody {
             Kind::X402 | Kind::Mpp => {
                 // Canonical, so one endpoint is one however it is spelled (its limits, and a
                 // record matched to its pre-authorization).
-                let url = conto_core::canonical_resource_url(&need(&self.resource_url, "resourceUrl")?)?;
                 // The service is the host the payment reaches, whatever `serviceDomain` says:
                 // a domain sent along must be that host or a domain above it (Conto derives
                 // it from `resourceUrl`), never another service's name.
-                let domain = service_domain_of(&url)?;
+                let (url, domain) = conto_core::canonical_resource(&need(&self.resource_url, "resourceUrl")?)?;
                 if let Some(named) = given(&self.service_domain)
                     && !conto_core::service_domain_covers(&named, &domain)
                 {

@@ -116,8 +116,8 @@ pub(crate) struct Screened<'p> {
     approvals: Vec<Asked>,
 }
 
-/// The shortest `MPP_MAX_SESSION_DURATION` that applies to `intent`, if any (what
-/// [`Screened::lifetime_cap`] answers, without a screen).
+/// How long an approval of `intent` may live at most, when an applicable
+/// `MPP_MAX_SESSION_DURATION` caps it: the shortest such cap.
 pub(crate) fn session_cap(policies: &PolicySet, intent: &PaymentIntent) -> Option<SignedDuration> {
     let applies = |e: &&Entry<_>| {
         e.rails.matches(&intent.rail)
@@ -162,12 +162,6 @@ impl<'p> Screened<'p> {
     /// applies to the actor and it covers the payment's rail.
     fn applied(&self, (p, _): Pos, rails: RailFilter) -> bool {
         rails.matches(&self.subject.intent.rail) && (self.all_apply || self.applies_to(p as usize))
-    }
-
-    /// How long an approval of this payment may live at most, when an applicable
-    /// `MPP_MAX_SESSION_DURATION` caps it: the shortest such cap.
-    pub fn lifetime_cap(&self) -> Option<SignedDuration> {
-        self.policies.plan.sessions.iter().filter(|e| self.applied(e.at, e.rails)).map(|e| e.test.0).min()
     }
 
     /// The plan's folded rules for the payment's rail.

@@ -402,11 +402,11 @@ impl Engine {
         self.inner.approval_ttl.unwrap_or_else(|| conto_approval_ttl(rail))
     }
 
-    /// An approval's lifetime on `rail`: [`Engine::approval_ttl`], shortened to `cap` (an
-    /// MPP session's longest length) when that is shorter.
-    pub(crate) fn lifetime(&self, rail: &Rail, cap: Option<SignedDuration>) -> SignedDuration {
-        let ttl = self.approval_ttl(rail);
-        cap.map_or(ttl, |cap| cap.min(ttl))
+    /// An approval's lifetime for `intent` under `policies`: [`Engine::approval_ttl`],
+    /// shortened to an applicable `MPP_MAX_SESSION_DURATION` when that is shorter.
+    pub(crate) fn lifetime(&self, policies: &PolicySet, intent: &PaymentIntent) -> SignedDuration {
+        let ttl = self.approval_ttl(&intent.rail);
+        evaluate::session_cap(policies, intent).map_or(ttl, |cap| cap.min(ttl))
     }
 
     /// A builder with no policies, the system clock and Conto's default lifetimes.
@@ -657,7 +657,7 @@ impl Engine {
         };
         let mut ledger = lock(ledger);
         let now = ledger.now(now);
-        let expires_at = now.saturating_add(self.lifetime(&intent.rail, screened.lifetime_cap())).unwrap_or(now);
+        let expires_at = now.saturating_add(self.lifetime(&policies, intent)).unwrap_or(now);
         ledger.sweep(now, self.inner.retention);
         Ok(match screened.finish(&mut *ledger, now) {
             Evaluation::Pass { holds, windows, daily } => {
@@ -1048,9 +1048,8 @@ impl Engine {
         let mut ledger = lock(&ledger);
         let now = ledger.now(now);
         ledger.sweep(now, self.inner.retention);
-        let mut screened = evaluate::screen(&policies, &intent, now, true);
-        let lifetime = self.lifetime(&intent.rail, screened.lifetime_cap());
-        entry.state = match screened.finish(&mut *ledger, now) {
+        let lifetime = self.lifetime(&policies, &intent);
+        entry.state = match evaluate(&policies, &intent, &mut *ledger, now, true) {
             Evaluation::Pass { holds, windows, daily } => {
                 let granted = self.grant(intent.clone(), &mut ledger, (holds, windows), daily, (now, lifetime))?;
                 self.write(&Entry::PendingClosed { id: approval_request_id.to_owned() })?;

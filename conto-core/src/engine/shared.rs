@@ -414,7 +414,7 @@ impl SharedEngine {
         let policies = self.engine.inner.policies.load_full();
         let (holds, windows) = self.keys(intent, now);
         let (counters, window_slots) = slots(&holds, &windows, now);
-        let approval_ttl = self.engine.lifetime(&intent.rail, evaluate::session_cap(&policies, intent));
+        let approval_ttl = self.engine.lifetime(&policies, intent);
         let pending_ttl = self.engine.inner.pending_ttl;
         let mut verdict = None;
         let mut step = |view: &LedgerView| {
@@ -566,7 +566,7 @@ impl SharedEngine {
         let policies = self.engine.inner.policies.load_full();
         let (holds, windows) = self.keys(intent, now);
         let (counters, window_slots) = if refusal.is_some() { (vec![], vec![]) } else { slots(&holds, &windows, now) };
-        let approval_ttl = self.engine.lifetime(&intent.rail, evaluate::session_cap(&policies, intent));
+        let approval_ttl = self.engine.lifetime(&policies, intent);
         let id = approval_request_id;
         let mut waiting = false;
         let mut step = |view: &LedgerView| -> Vec<LedgerWrite> {
