@@ -9,6 +9,9 @@
 //! keyed, a remembered answer) in conto-local, so a function run after others meets a larger
 //! database: to compare two of them, run each in its own process
 //! (`--bench '^remote/on_worker/authorize_only$'`).
+//! With `LINK_DELAY_US=n`, every call above goes through a relay that holds each chunk of bytes
+//! n µs in each direction (a round trip then crosses 2n µs of link, as to a server in another
+//! building or region); the `Server-Timing` sample still goes straight to the server.
 //! Results: BENCHMARKS.md.
 
 use std::hint::black_box;
@@ -43,6 +46,51 @@ fn like_client() -> &'static reqwest::Client {
             .build()
             .unwrap()
     })
+}
+
+/// A relay on loopback that forwards every connection to `upstream`, holding each chunk of
+/// bytes `delay` in each direction: a link of that one-way latency (loopback's own is
+/// microseconds; `tc netem` is not on these machines). Plain threads, so the runtime's workers
+/// do none of its work; a chunk's hold is measured from when it was read, so chunks in flight
+/// overlap as on a real link.
+fn delayed_link(upstream: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+        std::thread::spawn(move || {
+            for (due, chunk) in rx {
+                let now = std::time::Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                if to.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            if tx.send((std::time::Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                return;
+            }
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let server = TcpStream::connect(upstream).unwrap();
+            for s in [&client, &server] {
+                s.set_nodelay(true).unwrap();
+            }
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || pump(client, server, delay));
+            std::thread::spawn(move || pump(s2, c2, delay));
+        }
+    });
+    addr
 }
 
 /// Times `iters` calls made one after another from one task on the runtime's workers.
@@ -106,7 +154,15 @@ fn remote(c: &mut Criterion) {
         .unwrap();
         key["key"].as_str().unwrap().to_owned()
     });
-    let url = server.url();
+    let direct = server.url();
+    // `LINK_DELAY_US=n`: the calls cross a link of n µs each way (see `delayed_link`).
+    let url = match std::env::var("LINK_DELAY_US").ok().and_then(|d| d.parse::<u64>().ok()) {
+        Some(us) => {
+            let upstream = direct.trim_start_matches("http://").parse().unwrap();
+            format!("http://{}", delayed_link(upstream, Duration::from_micros(us)))
+        }
+        None => direct.clone(),
+    };
     let client = ContoClient::builder().base_url(&url).sdk_key(&key).any_actor().build().unwrap();
     let http = reqwest::Client::new();
     // No delivery worker (`outbox_manual`, and none is spawned): this measures the critical path
@@ -289,7 +345,7 @@ fn remote(c: &mut Criterion) {
         let mut micros = Vec::new();
         for i in 0..2_000 {
             let resp = http
-                .post(format!("{url}/api/sdk/x402/pre-authorize"))
+                .post(format!("{direct}/api/sdk/x402/pre-authorize"))
                 .bearer_auth(&key)
                 .json(&json!({"amount": "0.01", "recipientAddress": RECIPIENT,
                     "resourceUrl": "https://api.example.com/search", "idempotencyKey": format!("server-work-{i}")}))
