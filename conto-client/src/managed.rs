@@ -92,7 +92,7 @@ impl ManagedActors {
         let path = format!("/api/agents/{agent_id}");
         let agent: Agent = self.org.get(&path).await?;
         if agent.status() != Some(status) {
-            let patch = AgentPatch { status: Some(status.into()) };
+            let patch = AgentPatch { status: Some(status.into()), ..AgentPatch::default() };
             self.org.call(reqwest::Method::PATCH, &path, Some(&patch)).await?;
         }
         Ok(())

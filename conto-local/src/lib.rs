@@ -153,7 +153,8 @@
 //!   its `paymentId`, else its tx hash: sent again unchanged (a retry, with or without an
 //!   idempotency key), it gets its first answer again and is counted once; the same key with any
 //!   field changed is `409 CONFLICT` and changes no counter.
-//! - Agents have a `status` (`ACTIVE`/`PAUSED`, `PATCH /api/agents/{id}`); a paused agent's
+//! - Agents have a `status` (`ACTIVE`/`PAUSED`, `PATCH /api/agents/{id}`, which also takes
+//!   `name` and `description`; a patch with any invalid field changes nothing); a paused agent's
 //!   decisions are denials. `DELETE /api/agents/{id}` revokes its keys. Keys are listed with
 //!   `GET /api/agents/{id}/sdk-keys` and revoked with `DELETE .../sdk-keys/{keyId}` (Conto
 //!   documents no revocation endpoint; this is conto-local's).
@@ -170,7 +171,8 @@
 //!   A preloaded policy file keeps the file format's meaning: no `agentIds` = every agent.
 //!   A policy is shown with Conto's defaults where it was sent without them (`isActive: true`,
 //!   `priority: 50`) and its assignments also as `agentPolicies: [{agentId, policyId}]`; new
-//!   `agentIds` replace the assignment whole.
+//!   `agentIds` replace the assignment whole. An assignment to an agent that does not exist is
+//!   `400 VALIDATION_ERROR` naming the entry (`agentIds[1]`).
 //! - A wallet delegation (`POST /api/agents/{id}/wallets`) binds its agent to its spend limits
 //!   and to its `allowedHoursStart`/`allowedHoursEnd` (whole hours, UTC: Conto's docs name no
 //!   zone) and `allowedDays`; `0` to `24` and all seven days restrict nothing.
@@ -202,7 +204,7 @@ use axum::routing::{get, post};
 use conto_core::jiff::{SignedDuration, Timestamp};
 use conto_core::{Amount, Engine, PaymentIntent, PendingApproval, PolicySet, UnevaluatedRules};
 use conto_wire::ErrorBody;
-use conto_wire::org::{Agent, AgentPatch, Agents, Deleted, Policies, Policy, Revoked, Rule, Rules, SdkKey, SdkKeys};
+use conto_wire::org::{Agent, AgentLink, AgentPatch, Agents, Deleted, Policies, Policy, Revoked, Rule, Rules, SdkKey, SdkKeys};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -785,8 +787,9 @@ pub(crate) fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
 async fn create_agent(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     org(&app, &headers)?;
     let body: Agent = json_body(&body)?;
-    let name = body.name.as_deref().filter(|s| !s.trim().is_empty());
-    let name = name.ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`name` is required"))?;
+    let name = body.name.as_deref().ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`name` is required"))?;
+    let (name, description) = agent_text(Some(name), body.description.as_deref())?;
+    let name = name.unwrap_or_default();
     let id = match body.id.as_deref() {
         Some(id) => conto_core::ActorId::new(id)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", format!("`id`: {e}")))?
@@ -798,9 +801,18 @@ async fn create_agent(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
         return Err(ApiError::new(StatusCode::CONFLICT, "CONFLICT", format!("agent `{id}` exists")));
     }
     let now = now_text();
-    store.add_agent(&id, name, &now)?;
+    store.all_or_nothing(|| {
+        store.add_agent(&id, name, &now)?;
+        store.describe_agent(&id, None, description).map(drop)
+    })?;
     app.engine.provision(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", e.to_string()))?;
-    let row = store::AgentRow { id, name: name.to_owned(), status: "ACTIVE".into(), created_at: now };
+    let row = store::AgentRow {
+        id,
+        name: name.to_owned(),
+        status: "ACTIVE".into(),
+        created_at: now,
+        description: description.map(str::to_owned),
+    };
     Ok((StatusCode::CREATED, axum::Json(agent_json(&row))).into_response())
 }
 
@@ -808,10 +820,31 @@ fn agent_json(a: &store::AgentRow) -> Agent {
     Agent {
         id: Some(a.id.clone()),
         name: Some(a.name.clone()),
+        description: a.description.clone(),
         status: Some(a.status.clone()),
         created_at: Some(a.created_at.clone()),
         ..Agent::default()
     }
+}
+
+/// An agent's name (1 to 200 characters, not blank) and description (up to 2 000), checked.
+fn agent_text<'a>(
+    name: Option<&'a str>,
+    description: Option<&'a str>,
+) -> Result<(Option<&'a str>, Option<&'a str>), ApiError> {
+    let invalid = |message: &str| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message);
+    if let Some(name) = name {
+        if name.trim().is_empty() {
+            return Err(invalid("`name` must not be blank"));
+        }
+        if name.chars().count() > 200 {
+            return Err(invalid("`name` must be at most 200 characters"));
+        }
+    }
+    if description.is_some_and(|d| d.chars().count() > 2_000) {
+        return Err(invalid("`description` must be at most 2000 characters"));
+    }
+    Ok((name, description))
 }
 
 fn no_agent(id: &str) -> ApiError {
@@ -843,8 +876,9 @@ async fn get_agent(
     Ok(axum::Json(agent_json(&row)).into_response())
 }
 
-/// `PATCH /api/agents/{id}` `{"status": "ACTIVE" | "PAUSED"}`: the kill switch. A paused agent's
-/// next decision is a denial; confirms and records of earlier approvals are still accepted.
+/// `PATCH /api/agents/{id}` `{"status": "ACTIVE" | "PAUSED", "name", "description"}` (each
+/// optional): `status` is the kill switch. A paused agent's next decision is a denial; confirms
+/// and records of earlier approvals are still accepted.
 async fn patch_agent(
     State(app): State<Arc<App>>,
     Path(agent_id): Path<String>,
@@ -853,20 +887,28 @@ async fn patch_agent(
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
     let body: AgentPatch = json_body(&body)?;
+    let (name, description) = agent_text(body.name.as_deref(), body.description.as_deref())?;
+    // Checked before anything changes, so a refused patch changes nothing.
+    let paused = match body.status.as_ref().map(|s| s.as_str()) {
+        None => None,
+        Some(Some("ACTIVE")) => Some(false),
+        Some(Some("PAUSED")) => Some(true),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "`status` must be \"ACTIVE\" or \"PAUSED\"",
+            ));
+        }
+    };
     let store = lock(&app.store);
     let mut row = store.agent(&agent_id)?.ok_or_else(|| no_agent(&agent_id))?;
-    if let Some(status) = &body.status {
-        let paused = match status.as_str() {
-            Some("ACTIVE") => false,
-            Some("PAUSED") => true,
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "VALIDATION_ERROR",
-                    "`status` must be \"ACTIVE\" or \"PAUSED\"",
-                ));
-            }
-        };
+    if name.is_some() || description.is_some() {
+        store.describe_agent(&agent_id, name, description)?;
+        row.name = name.map_or(row.name, str::to_owned);
+        row.description = description.map(str::to_owned).or(row.description);
+    }
+    if let Some(paused) = paused {
         let status = if paused { "PAUSED" } else { "ACTIVE" };
         store.set_agent_status(&agent_id, status)?;
         let applied = if paused { app.engine.pause(&agent_id) } else { app.engine.resume(&agent_id) };
@@ -1084,6 +1126,22 @@ fn save_policy(app: &App, store: &Store, id: &str, mut doc: Policy) -> Result<Po
     Ok(doc)
 }
 
+/// Refuses an assignment to an agent that does not exist (it would bind nobody now and,
+/// silently, a later agent given that id), naming the entry. Only the assignment a request
+/// sends is checked: a policy still naming a deleted agent can be edited otherwise.
+fn check_assigned(store: &Store, ids: Option<&[String]>, links: Option<&[AgentLink]>) -> Result<(), ApiError> {
+    let ids = ids.into_iter().flatten().enumerate().map(|(i, a)| (format!("agentIds[{i}]"), a));
+    let links = links.into_iter().flatten().enumerate();
+    let links = links.filter_map(|(i, l)| l.agent_id.as_ref().map(|a| (format!("agentPolicies[{i}].agentId"), a)));
+    for (path, agent) in ids.chain(links) {
+        if !store.agent_exists(agent)? {
+            let message = format!("`{path}`: no agent `{agent}`");
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message));
+        }
+    }
+    Ok(())
+}
+
 /// The policy documents of a Conto policy file (validated).
 fn policy_docs(file: &std::path::Path) -> Result<Vec<Policy>, LocalError> {
     let set_text = std::fs::read_to_string(file)
@@ -1173,7 +1231,7 @@ pub(crate) fn shown(mut doc: Policy) -> Policy {
     doc.is_active.get_or_insert(Value::Bool(true));
     doc.priority.get_or_insert(Value::from(50));
     if doc.agent_policies.is_none() && doc.agent_ids.as_ref().is_some_and(|ids| !ids.is_empty()) {
-        let links = doc.agent_ids.iter().flatten().map(|agent| conto_wire::org::AgentLink {
+        let links = doc.agent_ids.iter().flatten().map(|agent| AgentLink {
             agent_id: Some(agent.clone()),
             extra: doc.id.iter().map(|id| ("policyId".to_owned(), Value::String(id.clone()))).collect(),
         });
@@ -1188,6 +1246,7 @@ async fn create_policy(State(app): State<Arc<App>>, headers: HeaderMap, body: By
     caller.scope(&mut doc)?;
     let id = format!("pol_{}", random_hex(8));
     let store = lock(&app.store);
+    check_assigned(&store, doc.agent_ids.as_deref(), doc.agent_policies.as_deref())?;
     let doc = save_policy(&app, &store, &id, doc)?;
     Ok((StatusCode::CREATED, axum::Json(shown(doc))).into_response())
 }
@@ -1247,6 +1306,7 @@ async fn patch_policy(
         rules,
         extra,
     } = patch;
+    check_assigned(&store, agent_ids.as_deref(), agent_policies.as_deref())?;
     merged.name = name.or(doc.name);
     merged.policy_type = policy_type.or(doc.policy_type);
     merged.priority = priority.or(doc.priority);

@@ -233,6 +233,7 @@ pub(crate) struct AgentRow {
     pub name: String,
     pub status: String,
     pub created_at: String,
+    pub description: Option<String>,
 }
 
 /// The approval-request query with its columns in [`request_row`]'s order, then `$rest`.
@@ -287,7 +288,7 @@ fn approval_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRecord> {
 }
 
 fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
-    Ok(AgentRow { id: r.get(0)?, name: r.get(1)?, status: r.get(2)?, created_at: r.get(3)? })
+    Ok(AgentRow { id: r.get(0)?, name: r.get(1)?, status: r.get(2)?, created_at: r.get(3)?, description: r.get(4)? })
 }
 
 /// An SDK key's metadata (never the key itself, which is stored hashed).
@@ -395,6 +396,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         // Columns added after the first release: agent status, key revocation, record replays.
         add_column(&conn, "agents", "status", "TEXT NOT NULL DEFAULT 'ACTIVE'")?;
+        add_column(&conn, "agents", "description", "TEXT")?;
         add_column(&conn, "sdk_keys", "revoked_at", "TEXT")?;
         // What a recorded x402/MPP payment was and what it was answered, to replay its repeat.
         add_column(&conn, "recorded_payments", "fingerprint", "TEXT")?;
@@ -439,7 +441,7 @@ impl Store {
 
     pub fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         let mut stmt =
-            self.conn.prepare_cached("SELECT id, name, status, created_at FROM agents ORDER BY created_at, id")?;
+            self.conn.prepare_cached("SELECT id, name, status, created_at, description FROM agents ORDER BY created_at, id")?;
         let rows = stmt.query_map([], agent_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -447,9 +449,20 @@ impl Store {
     pub fn agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT id, name, status, created_at FROM agents WHERE id = ?1")?
+            .prepare_cached("SELECT id, name, status, created_at, description FROM agents WHERE id = ?1")?
             .query_row([id], agent_row)
             .optional()?)
+    }
+
+    /// Renames the agent and/or sets what it is for (a field left `None` is kept).
+    pub fn describe_agent(&self, id: &str, name: Option<&str>, description: Option<&str>) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE agents SET name = COALESCE(?2, name), description = COALESCE(?3, description) WHERE id = ?1",
+            )?
+            .execute(params![id, name, description])?
+            > 0)
     }
 
     pub fn set_agent_status(&self, id: &str, status: &str) -> Result<bool, StoreError> {

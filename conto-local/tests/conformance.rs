@@ -597,6 +597,84 @@ async fn the_starter_provisions_through_the_org_surface_and_its_controls_apply()
 
 /// Conto's agent skill: an admin SDK key may change policies; a standard key may only read.
 #[tokio::test]
+async fn an_agent_is_renamed_described_and_paused_by_patch_and_a_refused_patch_changes_nothing() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    let (status, made) = org.post("/api/agents", json!({"name": "Buyer", "description": "buys things"})).await;
+    assert_eq!((status, &made["description"]), (201, &json!("buys things")), "{made}");
+    let id = made["id"].as_str().unwrap().to_owned();
+    let (status, got) = org.get(&format!("/api/agents/{id}")).await;
+    assert_eq!((status, &got["name"], &got["description"]), (200, &json!("Buyer"), &json!("buys things")));
+
+    let (status, patched) = org.patch(&format!("/api/agents/{id}"), json!({"name": "Procurement"})).await;
+    assert_eq!((status, &patched["name"], &patched["description"]), (200, &json!("Procurement"), &json!("buys things")));
+    let (_, listed) = org.get("/api/agents").await;
+    let names: Vec<&Value> = listed["agents"].as_array().unwrap().iter().map(|a| &a["name"]).collect();
+    assert!(names.contains(&&json!("Procurement")) && !names.contains(&&json!("Buyer")), "{listed}");
+
+    // A refused patch changes none of its fields, the valid ones included.
+    for bad in [
+        json!({"name": "Other", "status": "ASLEEP"}),
+        json!({"name": "   "}),
+        json!({"name": "x".repeat(201)}),
+        json!({"description": "d".repeat(2_001), "status": "PAUSED"}),
+        json!({"name": 7}),
+    ] {
+        let (status, err) = org.patch(&format!("/api/agents/{id}"), bad.clone()).await;
+        assert_eq!((status, &err["code"]), (400, &json!("VALIDATION_ERROR")), "{bad}: {err}");
+        let (_, got) = org.get(&format!("/api/agents/{id}")).await;
+        assert_eq!((&got["name"], &got["status"]), (&json!("Procurement"), &json!("ACTIVE")), "{bad}");
+    }
+
+    // The kill switch still works beside a rename, and the next decision sees it.
+    let (status, paused) =
+        org.patch("/api/agents/agent-1", json!({"status": "PAUSED", "description": "on hold"})).await;
+    assert_eq!((status, &paused["status"], &paused["description"]), (200, &json!("PAUSED"), &json!("on hold")));
+    let (status, denied) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
+    assert_eq!((status, &denied["approved"]), (200, &json!(false)), "{denied}");
+    let (status, _) = org.patch("/api/agents/agent-1", json!({"status": "ACTIVE"})).await;
+    assert_eq!(status, 200);
+    let (_, approved) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
+    assert_eq!(approved["approved"], json!(true), "{approved}");
+}
+
+#[tokio::test]
+async fn a_policy_cannot_be_assigned_to_an_agent_that_does_not_exist() {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    org.agent("agent-1", ALL_SCOPES).await;
+    org.agent("agent-2", ALL_SCOPES).await;
+    let rules = json!([{"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "10", "action": "ALLOW"}]);
+    let (status, err) =
+        org.post("/api/policies", json!({"name": "cap", "agentIds": ["agent-1", "agent-9"], "rules": rules})).await;
+    assert_eq!((status, &err["code"]), (400, &json!("VALIDATION_ERROR")), "{err}");
+    assert!(err["message"].as_str().unwrap().contains("agentIds[1]") && err["message"].as_str().unwrap().contains("agent-9"));
+    let (status, err) = org
+        .post("/api/policies", json!({"name": "cap", "agentPolicies": [{"agentId": "ghost"}], "rules": rules}))
+        .await;
+    assert_eq!(status, 400, "{err}");
+    let (_, listed) = org.get("/api/policies").await;
+    assert_eq!(listed["policies"], json!([]), "nothing stored");
+
+    let made = org.policy(json!({"name": "cap", "agentIds": ["agent-2"], "rules": rules})).await;
+    let path = format!("/api/policies/{}", made["id"].as_str().unwrap());
+    let (status, _) = org.patch(&path, json!({"agentIds": ["agent-9"]})).await;
+    assert_eq!(status, 400);
+    let (_, kept) = org.get(&path).await;
+    assert_eq!(kept["agentIds"], json!(["agent-2"]), "a refused patch keeps the assignment");
+    // A policy that still names an agent deleted since can be edited otherwise.
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/api/agents/agent-2", server.url()))
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(server.org_key()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, renamed) = org.patch(&path, json!({"name": "old cap"})).await;
+    assert_eq!((status, &renamed["name"]), (200, &json!("old cap")), "{renamed}");
+}
+
+#[tokio::test]
 async fn admin_sdk_keys_manage_policies_and_standard_keys_read_them() {
     let server = start(None, "conto_org_test").await;
     let org = Org::new(&server);

@@ -69,12 +69,18 @@ impl Agents {
     }
 }
 
-/// `PATCH /api/agents/{id}`.
+/// `PATCH /api/agents/{id}`: the fields given change, the others stay.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentPatch {
     /// The new status: `ACTIVE` or `PAUSED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Value>,
+    /// A new name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What it is for, anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// An SDK key (`/api/agents/{id}/sdk-keys`); `key` only in the answer that creates it.
