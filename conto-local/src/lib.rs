@@ -155,9 +155,11 @@
 //!   field changed is `409 CONFLICT` and changes no counter.
 //! - Agents have a `status` (`ACTIVE`/`PAUSED`, `PATCH /api/agents/{id}`, which also takes
 //!   `name` and `description`; a patch with any invalid field changes nothing); a paused agent's
-//!   decisions are denials. `DELETE /api/agents/{id}` revokes its keys. Keys are listed with
-//!   `GET /api/agents/{id}/sdk-keys` and revoked with `DELETE .../sdk-keys/{keyId}` (Conto
-//!   documents no revocation endpoint; this is conto-local's).
+//!   decisions are denials. `DELETE /api/agents/{id}` revokes its keys and retires its id: a
+//!   new agent asking for it is `409 CONFLICT`, so none inherits the history kept under it.
+//!   Keys are listed with `GET /api/agents/{id}/sdk-keys` and revoked with
+//!   `DELETE .../sdk-keys/{keyId}` (Conto documents no revocation endpoint; this is
+//!   conto-local's).
 //! - Policies: creating and assigning are separate steps, as Conto's skill describes. A policy
 //!   the org key creates without `agentIds` is stored `scope: "assigned"` and binds no agent
 //!   until `PATCH /api/policies/{id}` gives it `agentIds`; `scope: "all"` binds every agent. An
@@ -204,7 +206,9 @@ use axum::routing::{get, post};
 use conto_core::jiff::{SignedDuration, Timestamp};
 use conto_core::{Amount, Engine, PaymentIntent, PendingApproval, PolicySet, UnevaluatedRules};
 use conto_wire::ErrorBody;
-use conto_wire::org::{Agent, AgentLink, AgentPatch, Agents, Deleted, Policies, Policy, Revoked, Rule, Rules, SdkKey, SdkKeys};
+use conto_wire::org::{
+    Agent, AgentLink, AgentPatch, Agents, Deleted, Policies, Policy, Revoked, Rule, Rules, SdkKey, SdkKeys,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -271,6 +275,10 @@ pub enum LocalError {
     /// An agent id breaks the actor-id rule (`conto_core::ActorId`).
     #[error("invalid agent id: {0}")]
     InvalidAgent(#[from] conto_core::IntentError),
+    /// The agent id belonged to an agent that was deleted: ids are never reused, so a new agent
+    /// never inherits an old one's history, approvals or policies.
+    #[error("agent id `{0}` belonged to a deleted agent, whose history keeps it: choose another")]
+    RetiredAgent(String),
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -787,7 +795,10 @@ pub(crate) fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
 async fn create_agent(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     org(&app, &headers)?;
     let body: Agent = json_body(&body)?;
-    let name = body.name.as_deref().ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`name` is required"))?;
+    let name = body
+        .name
+        .as_deref()
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`name` is required"))?;
     let (name, description) = agent_text(Some(name), body.description.as_deref())?;
     let name = name.unwrap_or_default();
     let id = match body.id.as_deref() {
@@ -799,6 +810,10 @@ async fn create_agent(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
     let store = lock(&app.store);
     if store.agent_exists(&id)? {
         return Err(ApiError::new(StatusCode::CONFLICT, "CONFLICT", format!("agent `{id}` exists")));
+    }
+    if store.agent_retired(&id)? {
+        let message = format!("agent id `{id}` belonged to a deleted agent, whose history keeps it: choose another");
+        return Err(ApiError::new(StatusCode::CONFLICT, "CONFLICT", message));
     }
     let now = now_text();
     store.all_or_nothing(|| {
@@ -1194,6 +1209,9 @@ fn bootstrap_into(store: &Store, agent_id: &str) -> Result<Option<String>, Local
     conto_core::ActorId::new(agent_id)?;
     if store.agent_exists(agent_id)? {
         return Ok(None);
+    }
+    if store.agent_retired(agent_id)? {
+        return Err(LocalError::RetiredAgent(agent_id.to_owned()));
     }
     store.add_agent(agent_id, agent_id, &now_text())?;
     let mut scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect();

@@ -368,6 +368,7 @@ CREATE TABLE IF NOT EXISTS answers (id INTEGER PRIMARY KEY, agent_id TEXT NOT NU
     created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS budget_requests (id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, doc TEXT NOT NULL,
     seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS retired_agents (id TEXT PRIMARY KEY, retired_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS budget_requests_by_agent ON budget_requests (agent_id, seq);
 CREATE INDEX IF NOT EXISTS spends_by_seq ON spends (seq);
 CREATE INDEX IF NOT EXISTS spends_by_agent_time ON spends (agent_id, recorded_at);
@@ -402,6 +403,17 @@ impl Store {
         add_column(&conn, "recorded_payments", "fingerprint", "TEXT")?;
         add_column(&conn, "approval_requests", "reasons", "TEXT")?;
         add_column(&conn, "recorded_payments", "answer", "TEXT")?;
+        // Earlier versions deleted an agent without a trace: every id their rows still name
+        // and no agent holds is retired, so it is never handed to a new agent with that history.
+        conn.execute(
+            "INSERT OR IGNORE INTO retired_agents (id, retired_at)
+             SELECT agent_id, '' FROM (SELECT agent_id FROM sdk_keys UNION SELECT agent_id FROM spends
+                 UNION SELECT agent_id FROM approvals UNION SELECT agent_id FROM approval_requests
+                 UNION SELECT agent_id FROM payment_requests UNION SELECT agent_id FROM agent_wallets
+                 UNION SELECT agent_id FROM budget_requests)
+             WHERE agent_id NOT IN (SELECT id FROM agents)",
+            [],
+        )?;
         // Earlier versions kept approved requests' tokens in clear: scrub them.
         conn.execute("UPDATE approval_requests SET approval_token = NULL WHERE approval_token IS NOT NULL", [])?;
         // Every statement is prepared once and reused (parsing SQL was a tenth of a decision).
@@ -440,8 +452,9 @@ impl Store {
     }
 
     pub fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT id, name, status, created_at, description FROM agents ORDER BY created_at, id")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, name, status, created_at, description FROM agents ORDER BY created_at, id")?;
         let rows = stmt.query_map([], agent_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -470,13 +483,33 @@ impl Store {
         Ok(self.conn.prepare_cached("UPDATE agents SET status = ?2 WHERE id = ?1")?.execute(params![id, status])? > 0)
     }
 
-    /// Deletes the agent and revokes its keys; its spend history stays.
+    /// Deletes the agent and revokes its keys; its spend history stays, under an id that is
+    /// retired: never given to another agent.
     pub fn delete_agent(&self, id: &str, now: &str) -> Result<bool, StoreError> {
         self.keys.borrow_mut().clear();
-        self.conn
-            .prepare_cached("UPDATE sdk_keys SET revoked_at = ?2 WHERE agent_id = ?1 AND revoked_at IS NULL")?
-            .execute(params![id, now])?;
-        Ok(self.conn.prepare_cached("DELETE FROM agents WHERE id = ?1")?.execute([id])? > 0)
+        self.all_or_nothing(|| {
+            self.conn
+                .prepare_cached("UPDATE sdk_keys SET revoked_at = ?2 WHERE agent_id = ?1 AND revoked_at IS NULL")?
+                .execute(params![id, now])?;
+            if self.conn.prepare_cached("DELETE FROM agents WHERE id = ?1")?.execute([id])? == 0 {
+                return Ok(false);
+            }
+            self.conn
+                .prepare_cached("INSERT OR IGNORE INTO retired_agents (id, retired_at) VALUES (?1, ?2)")?
+                .execute(params![id, now])?;
+            Ok(true)
+        })
+    }
+
+    /// Whether `id` belonged to an agent that was deleted (an id is never reused: its history,
+    /// keys and approvals stay under it).
+    pub fn agent_retired(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM retired_agents WHERE id = ?1")?
+            .query_row([id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     pub fn keys_of(&self, agent_id: &str) -> Result<Vec<KeyRow>, StoreError> {

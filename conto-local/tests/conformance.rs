@@ -607,7 +607,10 @@ async fn an_agent_is_renamed_described_and_paused_by_patch_and_a_refused_patch_c
     assert_eq!((status, &got["name"], &got["description"]), (200, &json!("Buyer"), &json!("buys things")));
 
     let (status, patched) = org.patch(&format!("/api/agents/{id}"), json!({"name": "Procurement"})).await;
-    assert_eq!((status, &patched["name"], &patched["description"]), (200, &json!("Procurement"), &json!("buys things")));
+    assert_eq!(
+        (status, &patched["name"], &patched["description"]),
+        (200, &json!("Procurement"), &json!("buys things"))
+    );
     let (_, listed) = org.get("/api/agents").await;
     let names: Vec<&Value> = listed["agents"].as_array().unwrap().iter().map(|a| &a["name"]).collect();
     assert!(names.contains(&&json!("Procurement")) && !names.contains(&&json!("Buyer")), "{listed}");
@@ -638,6 +641,53 @@ async fn an_agent_is_renamed_described_and_paused_by_patch_and_a_refused_patch_c
     assert_eq!(approved["approved"], json!(true), "{approved}");
 }
 
+/// A deleted agent's history (spends, live approvals, keys, policies, counters) stays under its
+/// id, so the id is never handed to a new agent, across a restart too.
+#[tokio::test]
+async fn a_deleted_agents_id_is_never_given_to_a_new_agent() {
+    let db = fresh_db("retired");
+    let server = start_on_db(db.clone()).await;
+    let org = Org::new(&server);
+    let old_key = org.agent("del-me", ALL_SCOPES).await;
+    let old = Sdk { base: server.url(), key: old_key, http: reqwest::Client::new() };
+    let (_, approved) = old.post("/api/sdk/payments/approve", transfer_payment(3)).await;
+    assert_eq!(approved["approved"], json!(true), "{approved}");
+    let delete = |id: &str| {
+        reqwest::Client::new()
+            .delete(format!("{}/api/agents/{id}", server.url()))
+            .bearer_auth(secrecy::ExposeSecret::expose_secret(server.org_key()))
+            .send()
+    };
+    assert_eq!(delete("del-me").await.unwrap().status(), 200);
+
+    let (status, err) = org.post("/api/agents", json!({"id": "del-me", "name": "new owner"})).await;
+    assert_eq!((status, &err["code"]), (409, &json!("CONFLICT")), "{err}");
+    let (_, listed) = org.get("/api/agents").await;
+    assert_eq!(listed["agents"], json!([]), "{listed}");
+    // The live approval it left is no one's to confirm.
+    let (status, _) = old
+        .post(
+            &format!("/api/sdk/payments/{}/confirm", approved["approvalId"].as_str().unwrap()),
+            json!({"txHash": format!("0x{}", "ab".repeat(32)), "approvalToken": approved["approvalToken"]}),
+        )
+        .await;
+    assert_eq!(status, 401, "the deleted agent's key is revoked");
+
+    drop(old);
+    // An earlier version deleted the agent without a trace: the id is still retired, found in
+    // the rows that name it.
+    let again = restarted_after(server, &db, "DELETE FROM retired_agents").await;
+    let (status, _) = Org::new(&again).post("/api/agents", json!({"id": "del-me", "name": "new owner"})).await;
+    assert_eq!(status, 409, "retired across a restart, and in a file from an earlier version");
+    assert!(matches!(conto_local::bootstrap_agent(Some(&db), "del-me"), Err(conto_local::LocalError::InUse { .. })));
+    again.stop().await;
+    assert!(matches!(
+        conto_local::bootstrap_agent(Some(&db), "del-me"),
+        Err(conto_local::LocalError::RetiredAgent(id)) if id == "del-me"
+    ));
+    assert!(conto_local::bootstrap_agent(Some(&db), "fresh").unwrap().is_some(), "another id is free");
+}
+
 #[tokio::test]
 async fn a_policy_cannot_be_assigned_to_an_agent_that_does_not_exist() {
     let server = start(None, "conto_org_test").await;
@@ -648,7 +698,10 @@ async fn a_policy_cannot_be_assigned_to_an_agent_that_does_not_exist() {
     let (status, err) =
         org.post("/api/policies", json!({"name": "cap", "agentIds": ["agent-1", "agent-9"], "rules": rules})).await;
     assert_eq!((status, &err["code"]), (400, &json!("VALIDATION_ERROR")), "{err}");
-    assert!(err["message"].as_str().unwrap().contains("agentIds[1]") && err["message"].as_str().unwrap().contains("agent-9"));
+    assert!(
+        err["message"].as_str().unwrap().contains("agentIds[1]")
+            && err["message"].as_str().unwrap().contains("agent-9")
+    );
     let (status, err) = org
         .post("/api/policies", json!({"name": "cap", "agentPolicies": [{"agentId": "ghost"}], "rules": rules}))
         .await;
