@@ -1159,6 +1159,7 @@ fn request_entry(
         payment_request_id: payment_request,
         // Once a human approved it, when the approval it issued lapses unpaid.
         approval_expires_at: r.approval_id.as_ref().map(|_| r.expires_at.clone()),
+        reasons: r.reasons.as_deref().and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default(),
     }
 }
 
@@ -1463,8 +1464,21 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string()))?;
     let decision =
         app.engine.approval(id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string()))?;
+    let mut verdict = decision.map(|d| d.verdict);
+    // An approved budget is a further gate here as at once: the payment must still fit what is
+    // left of it (spent and held since the request was made). What the engine set aside is
+    // given back when it does not.
+    if let Some(Verdict::Approved(a)) = &verdict {
+        let gated = crate::budget::gate(&store, a.intent.actor.as_str(), a.intent.exposure(), Timestamp::now());
+        if !matches!(gated, Ok(None)) {
+            let _ = app.engine.withdraw(a);
+        }
+        if let Some(denial) = gated? {
+            verdict = Some(Verdict::Denied(denial));
+        }
+    }
     let mut reasons = Vec::new();
-    match decision.map(|d| d.verdict) {
+    match verdict {
         Some(Verdict::Approved(mut a)) => {
             // As for an approval given at once: a payment request's, an x402 or an MPP
             // approval carries none.

@@ -2175,6 +2175,39 @@ async fn pay_transfer(sdk: &Sdk, amount: u32) -> u16 {
     sdk.post(&path, json!({"txHash": TX, "approvalToken": approved["approvalToken"]})).await.0
 }
 
+/// A payment held for a human that fitted the approved budget when it was asked, but no longer
+/// does when the human approves it (the agent spent meanwhile), is rejected by the budget, as
+/// the policies' re-check rejects one past a limit: "both budget and policies must pass".
+#[tokio::test]
+async fn a_human_approval_is_gated_by_the_budget_as_it_stands_then() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    let (_, asked) = sdk.post("/api/sdk/budget-request", json!({"amount": 100, "purpose": "credits"})).await;
+    let id = asked["id"].as_str().unwrap().to_owned();
+    let (status, _) = org.post(&format!("/api/budget-requests/{id}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    // 85 is above the policies' approval threshold (80) and fits the budget now.
+    let (status, held) = sdk.post("/api/sdk/payments/approve", transfer_payment(85)).await;
+    assert_eq!((status, &held["requiresHumanApproval"]), (202, &json!(true)), "{held}");
+    let approval = held["approvalRequestId"].as_str().unwrap().to_owned();
+    assert_eq!(pay_transfer(&sdk, 10).await, 200);
+    assert_eq!(pay_transfer(&sdk, 10).await, 200);
+
+    // 20 spent + 85 > 100: the daily limit (150) would pass it, the budget does not.
+    let (status, answer) = org.post(&format!("/api/approval-requests/{approval}/approve"), json!({})).await;
+    assert_eq!((status, &answer["status"]), (200, &json!("REJECTED")), "{answer}");
+    let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
+    let entry = listed["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == json!(approval));
+    let entry = entry.unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(entry["status"], json!("REJECTED"), "{entry}");
+    assert!(entry["reasons"][0].as_str().is_some_and(|r| r.contains("Budget request")), "{entry}");
+    assert!(entry.get("approvalToken").is_none_or(Value::is_null), "no token to confirm with: {entry}");
+    let (_, budget) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/budget-request/{id}"), None).await;
+    assert_eq!((&budget["currentSpend"], &budget["remaining"]), (&json!(20), &json!(80)), "{budget}");
+    // What the engine set aside for it was given back: 75 more fits.
+    assert_eq!(pay_transfer(&sdk, 75).await, 200);
+}
+
 /// Budget requests (conto-api.md §9, /docs/sdk/budget-requests): one active request per agent
 /// (`409 BUDGET_REQUEST_EXISTS`); `PENDING` until a human answers; approved, a further gate on
 /// the agent's payments (`BUDGET_EXCEEDED` past what is left, though the policies allow it);

@@ -786,6 +786,9 @@ pub struct ApprovalRequest {
     /// Once approved: the approval's expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_expires_at: Option<String>,
+    /// Once rejected: why (a human's rejection, or the re-check after a human's approval).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_as_empty")]
+    pub reasons: Vec<String>,
 }
 
 /// `GET /api/sdk/approval-requests`: `{requests}` (some deployments wrap it in `data`).
