@@ -473,7 +473,9 @@ pub fn service_domain_of(url: &str) -> Result<String, IntentError> {
 
 /// A paid resource's URL in canonical form (as [`url::Url`] serializes it: scheme and host
 /// lower-cased, the host as [`service_domain_of`] gives it, the default port and `.` / `..`
-/// path segments gone, no fragment), and its service domain, from one parse. What an
+/// path segments gone, no fragment; and in its path, as RFC 3986 §6.2.2 normalizes, an
+/// unreserved character written as a percent-escape (`%76`) written as itself and every other
+/// escape's hex digits in upper case), and its service domain, from one parse. What an
 /// x402/MPP rail holds, so that per-endpoint limits, and a record matched to its
 /// pre-authorization, see one endpoint however it is spelled.
 pub fn canonical_resource(url: &str) -> Result<(String, String), IntentError> {
@@ -494,7 +496,44 @@ pub fn canonical_resource(url: &str) -> Result<(String, String), IntentError> {
         parsed.set_host(Some(&host)).map_err(|e| bad(&format!("has a host that cannot be written ({e})")))?;
     }
     parsed.set_fragment(None);
+    if parsed.path().contains('%') {
+        let path = normalized_escapes(parsed.path());
+        parsed.set_path(&path);
+    }
     Ok((parsed.into(), host))
+}
+
+/// `path` with each percent-escape of an unreserved character (RFC 3986 §2.3: letters,
+/// digits, `-`, `.`, `_`, `~`) decoded and every other escape's hex digits upper-cased: the
+/// same resource to every server (§6.2.2.1–2).
+fn normalized_escapes(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', hi, lo]) => (*hi as char).to_digit(16).zip((*lo as char).to_digit(16)),
+            _ => None,
+        };
+        match escaped {
+            Some((hi, lo)) => {
+                let byte = (hi * 16 + lo) as u8;
+                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                    out.push(byte as char);
+                } else {
+                    out.push_str(&format!("%{byte:02X}"));
+                }
+                i += 3;
+            }
+            None => {
+                // Not an escape: copied as it is (a path from `url` is ASCII).
+                let next = path[i + 1..].find('%').map_or(path.len(), |at| i + 1 + at);
+                out.push_str(&path[i..next]);
+                i = next;
+            }
+        }
+    }
+    out
 }
 
 /// A service domain written by hand (a policy's list entry, a request's `serviceDomain`) in
@@ -880,6 +919,20 @@ mod tests {
         }
         for bad in ["", "api.openai.com/v1", "a b.com", "https://api.openai.com"] {
             assert_eq!(canonical_service_domain(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn escapes_of_unreserved_characters_are_those_characters_in_a_resource_url() {
+        for (url, canonical) in [
+            ("https://api.example.com/%761/%63hat", "https://api.example.com/v1/chat"),
+            ("https://api.example.com/%7e%2D%5F%2e/x", "https://api.example.com/~-_./x"),
+            ("https://api.example.com/a%2fb%3a", "https://api.example.com/a%2Fb%3A"),
+            ("https://api.example.com/v1/%2E%2E/x", "https://api.example.com/x"),
+            ("https://api.example.com/100%/x%4", "https://api.example.com/100%/x%4"),
+            ("https://api.example.com/caf%C3%A9?q=%76", "https://api.example.com/caf%C3%A9?q=%76"),
+        ] {
+            assert_eq!(canonical_resource(url).unwrap().0, canonical, "{url}");
         }
     }
 

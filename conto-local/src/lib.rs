@@ -134,7 +134,8 @@
 //!   restart, and as Conto's counters, read from its transactions, would.
 //! - x402/MPP resource URLs are held in canonical form (`conto_core::canonical_resource`),
 //!   so a per-endpoint limit, and a record matched to its pre-authorization, see one endpoint
-//!   however it is spelled. A settlement is named once: `transactionHash` is read as `txHash`
+//!   however it is spelled (per-endpoint limits also ignore the path's case, `;` parameters,
+//!   empty segments and a trailing `/`: `conto_core::policy`). A settlement is named once: `transactionHash` is read as `txHash`
 //!   (both sent must agree) and an EVM hash is lower-cased, so a repeat is recognised however
 //!   it names its transaction. A pre-authorization held for a human is recorded under its
 //!   `approvalRequestId` once approved; a card confirm sent again with the same

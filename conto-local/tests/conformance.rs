@@ -1039,10 +1039,22 @@ async fn an_endpoint_is_one_however_its_url_is_spelled() {
         "https://EP.example.com./v1/x",
         "https://ep.example.com/v1/./x",
         "https://ep.example.com:443/v1/y/../x#part",
+        // Escapes of unreserved characters are those characters to every server (RFC 3986).
+        "https://ep.example.com/%761/x",
+        "https://ep.example.com/v%31/%78",
+        // Some servers ignore case, `;` parameters, empty segments and a trailing `/`: one
+        // endpoint to the limit too (it errs on the side of counting).
+        "https://ep.example.com/v1/x/",
+        "https://ep.example.com/V1/X",
+        "https://ep.example.com//v1//x",
+        "https://ep.example.com/v1;a=b/x;jsessionid=1",
+        "https://ep.example.com/v1/x?page=2",
     ] {
         let (_, again) = sdk.post("/api/sdk/x402/pre-authorize", pay(url)).await;
         assert_eq!(again["violations"][0]["type"], "X402_ENDPOINT_LIMIT", "{url}: {again}");
     }
+    let (_, other) = sdk.post("/api/sdk/x402/pre-authorize", pay("https://ep.example.com/v1/x2")).await;
+    assert_eq!(other["authorized"], true, "another endpoint: {other}");
     // Pre-authorized under one spelling, recorded under another: it settles, counted once.
     let (_, pre) = sdk.post("/api/sdk/x402/pre-authorize", pay("https://R2.example.com./a")).await;
     assert_eq!(pre["authorized"], true, "{pre}");

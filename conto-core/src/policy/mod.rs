@@ -36,7 +36,10 @@
 //!    calendar periods in the policy's time zone: the day from midnight, the ISO week from
 //!    Monday, the month from the 1st. A plain `X402_MAX_PER_SERVICE`, `X402_MAX_PER_ENDPOINT`,
 //!    `MPP_MAX_PER_SERVICE` or `MPP_MAX_PER_ENDPOINT` value is a daily cap; `{"amount", "period"}`
-//!    names the period (`DAILY`, `WEEKLY`, `MONTHLY`, `YEARLY`, `TOTAL`). Session budgets are
+//!    names the period (`DAILY`, `WEEKLY`, `MONTHLY`, `YEARLY`, `TOTAL`). An endpoint is the
+//!    resource URL without its query, its path read as loosely as any server reads one (case
+//!    ignored; `;` parameters, empty segments and a trailing `/` dropped; escapes of unreserved
+//!    characters decoded), so one resource spelled several ways meets one limit. Session budgets are
 //!    lifetime totals per session: the MPP rail's `sessionId`, or the intent's
 //!    `context.sessionId` for x402 (intents without one share the session `default`).
 //!    Spend counted before a rule existed is not counted by it (the engine keeps counters, not
