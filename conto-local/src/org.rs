@@ -10,6 +10,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch};
+use conto_core::jiff::civil::{Date, Time};
+use conto_core::jiff::tz::TimeZone;
+use conto_core::jiff::{self, SignedDuration, Timestamp};
 use conto_core::{Address, Decimal};
 use conto_wire::org::{
     AgentWallet, AssignedPolicies, AssignedPolicy, Counterparties, Counterparty, Deleted, Member, Members, Policy,
@@ -173,21 +176,38 @@ async fn list_wallets(
     Ok(axum::Json(agent_wallets(&app, &agent_id)?).into_response())
 }
 
-/// An agent's wallet delegations, each with what the agent spent today, this week and this
-/// month (the org's read, and the agent's own `GET /api/sdk/wallets`).
+/// An agent's wallet delegations, each with what the agent spent today, this week (from
+/// Monday) and this month, in UTC as the delegations' own hours are (the org's read, and the
+/// agent's own `GET /api/sdk/wallets`): its recorded spends, whether or not a limit counts them.
+/// A calendar computation that cannot fail for the present time.
+fn internal(e: jiff::Error) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string())
+}
+
 pub(crate) fn agent_wallets(app: &App, agent_id: &str) -> Result<Wallets, ApiError> {
-    let wallets = lock(&app.store).wallets(Some(agent_id))?;
-    let usage = app.engine.usage(agent_id);
-    let spent = |period: &str| {
-        let spent = usage.counters.iter().filter(|c| c.period == period && c.scope == "agent").map(|c| c.spent);
-        Some(spent.max().unwrap_or_default().normalize())
+    let store = lock(&app.store);
+    let wallets = store.wallets(Some(agent_id))?;
+    if wallets.is_empty() {
+        return Ok(Wallets { wallets });
+    }
+    let now = Timestamp::now();
+    let date = TimeZone::UTC.to_datetime(now).date();
+    let offset = i64::from(date.weekday().to_monday_zero_offset());
+    let monday = date.checked_sub(SignedDuration::from_hours(24 * offset)).map_err(internal)?;
+    let midnight = |d: Date| TimeZone::UTC.to_timestamp(d.to_datetime(Time::midnight())).map_err(internal);
+    let (today, week, month) = (midnight(date)?, midnight(monday)?, midnight(date.first_of_month())?);
+    // Until just after now: a spend recorded in this very millisecond counts.
+    let until = now.checked_add(SignedDuration::from_millis(1)).unwrap_or(now);
+    let spent = |since: Timestamp| -> Result<Option<Decimal>, ApiError> {
+        Ok(Some(store.spent_between(agent_id, since, until)?.normalize()))
     };
+    let (day, week, month) = (spent(today)?, spent(week)?, spent(month)?);
     let wallets = wallets
         .into_iter()
         .map(|mut w| {
-            w.spent_today = spent("daily");
-            w.spent_this_week = spent("weekly");
-            w.spent_this_month = spent("monthly");
+            w.spent_today = day;
+            w.spent_this_week = week;
+            w.spent_this_month = month;
             w
         })
         .collect();

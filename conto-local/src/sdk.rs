@@ -1133,9 +1133,10 @@ async fn policies(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Res
     Ok(reply(StatusCode::OK, Policies::new(agent_policies(&lock(&app.store), &caller.agent)?)))
 }
 
-/// The stored policies that apply to `agent`.
+/// The stored policies that apply to `agent`, as the org API shows them (Conto's defaults
+/// filled in: `isActive`, `priority`).
 fn agent_policies(store: &Store, agent: &str) -> Result<Vec<conto_wire::org::Policy>, ApiError> {
-    Ok(store.policies()?.into_iter().filter(|p| p.applies_to(agent)).collect())
+    Ok(store.policies()?.into_iter().filter(|p| p.applies_to(agent)).map(crate::shown).collect())
 }
 
 fn request_entry(
@@ -1237,7 +1238,7 @@ async fn setup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respon
     // `policies:read`); whether a wallet is delegated is still said.
     let has_wallet = !delegated.is_empty();
     let wallets = if may("wallets:read") { delegated } else { Vec::new() };
-    let policies = if may("policies:read") { policies.into_iter().map(crate::shown).collect() } else { Vec::new() };
+    let policies = if may("policies:read") { policies } else { Vec::new() };
     let agent = conto_wire::org::Agent {
         name: row.as_ref().map(|r| r.name.clone()),
         status: row.as_ref().map(|r| r.status.clone()),

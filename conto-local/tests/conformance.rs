@@ -641,6 +641,32 @@ async fn an_agent_is_renamed_described_and_paused_by_patch_and_a_refused_patch_c
     assert_eq!(approved["approved"], json!(true), "{approved}");
 }
 
+/// A delegation shows what its agent spent today, this week and this month, whether or not a
+/// limit counts that period (they read 0 with only a per-transaction limit).
+#[tokio::test]
+async fn a_wallets_spend_is_shown_for_every_period_whatever_its_limits() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    let (status, _) =
+        org.post("/api/agents/agent-1/wallets", json!({"walletId": "w-real", "spendLimitPerTx": 100})).await;
+    assert_eq!(status, 201);
+    assert_eq!(pay_transfer(&sdk, 40).await, 200);
+    assert_eq!(pay_transfer(&sdk, 2).await, 200);
+    // Approved, not confirmed: held, not spent.
+    let (_, held) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
+    assert_eq!(held["approved"], true, "{held}");
+    let (_, org_view) = org.get("/api/agents/agent-1/wallets").await;
+    let (_, own_view) = sdk.call(reqwest::Method::GET, "/api/sdk/wallets", None).await;
+    for wallets in [org_view, own_view] {
+        let w = &wallets["wallets"][0];
+        assert_eq!(
+            (&w["walletId"], &w["spentToday"], &w["spentThisWeek"], &w["spentThisMonth"]),
+            (&json!("w-real"), &json!(42), &json!(42), &json!(42)),
+            "{wallets}"
+        );
+    }
+}
+
 /// A deleted agent's history (spends, live approvals, keys, policies, counters) stays under its
 /// id, so the id is never handed to a new agent, across a restart too.
 #[tokio::test]
@@ -1786,8 +1812,12 @@ async fn scopes_asked_for_are_added_to_the_standard_preset() {
     assert!(!scopes.contains(&"payments:confirm"), "nothing beyond the preset and what was asked: {scopes:?}");
     assert!(key["message"].as_str().is_some_and(|m| !m.is_empty()), "{key}");
     let sdk = Sdk { base: server.url(), key: key["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
+    org.policy(caps()).await;
     let (status, body) = sdk.call(reqwest::Method::GET, "/api/sdk/policies", None).await;
     assert_eq!(status, 200, "the preset's policies:read: {body}");
+    // Shown as the org API shows them: Conto's defaults where the policy was sent without.
+    let caps = &body["policies"][0];
+    assert_eq!((&caps["name"], &caps["isActive"], &caps["priority"]), (&json!("caps"), &json!(true), &json!(90)));
     let (status, body) = sdk
         .post(
             "/api/sdk/payments/auth_000000000000000000000000/confirm",
