@@ -105,7 +105,9 @@
 //!   service domain (total spent, payment count, last payment).
 //! - `POST /api/sdk/payments/request` answers 2xx with a `requestId` whatever the decision
 //!   (`APPROVED`, `DENIED`, `REQUIRES_APPROVAL` with `approvalRequestId`), decided on the
-//!   `request` rail (every rail-independent rule applies). `GET
+//!   `request` rail (every rail-independent rule applies). Its `walletId` must be delegated
+//!   to the agent (`400 NO_WALLET`: never another agent's); an agent with no delegation may
+//!   name a wallet no agent holds, its app's own. `GET
 //!   /api/sdk/payments/{requestId}` follows a human's answer, then its approval's: `EXECUTED`
 //!   once confirmed, `EXPIRED` once it lapsed unconfirmed (Conto's enum names no lapsed state;
 //!   a lapsed approval is never shown `APPROVED`, which a client would go on to pay). `POST .../execute` refuses by the

@@ -438,6 +438,18 @@ fn paying_wallet(store: &Store, agent: &str, kind: Kind) -> Result<PayingWallet,
     })
 }
 
+/// A payment request's `walletId` must be a wallet delegated to its agent (`400 NO_WALLET`
+/// otherwise): never another agent's, nor one outside the agent's delegations. An agent with no
+/// delegation may name a wallet no agent holds: it pays from its app's own (the zero-setup
+/// path, as for x402 and MPP).
+fn check_wallet(store: &Store, agent: &str, wallet: &str) -> Result<(), ApiError> {
+    let holders = store.wallet_holders(wallet)?;
+    if holders.iter().any(|h| h == agent) || (holders.is_empty() && store.wallets(Some(agent))?.is_empty()) {
+        return Ok(());
+    }
+    Err(bad("NO_WALLET", format!("`walletId`: wallet `{wallet}` is not delegated to this agent")))
+}
+
 async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, kind.authorize_scope(), Class::Payments)?;
     let body = payment_body(&body)?;
@@ -445,6 +457,9 @@ async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -
     let (status, out) = once(&app, &caller, kind.authorize_path(), &headers, &body, |store| {
         fresh = true;
         let intent = intent_from(&caller.agent, &body, kind)?;
+        if let Rail::Request { wallet_id: Some(wallet) } = &intent.rail {
+            check_wallet(store, &caller.agent, wallet)?;
+        }
         let (status, mut out) = decide(&app, store, &intent, kind)?;
         if kind == Kind::Request && body.auto_execute == Some(true) && out.status.as_deref() == Some("APPROVED") {
             // Conto's answer when it could not execute: the approval stands, the caller settles.

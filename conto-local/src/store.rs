@@ -788,6 +788,13 @@ impl Store {
     }
 
     /// Wallet delegations, of one agent or of all.
+    /// The agents `wallet_id` is delegated to.
+    pub fn wallet_holders(&self, wallet_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT agent_id FROM agent_wallets WHERE wallet_id = ?1")?;
+        let rows = stmt.query_map([wallet_id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn wallets(&self, agent_id: Option<&str>) -> Result<Vec<AgentWallet>, StoreError> {
         self.docs(
             "SELECT doc FROM agent_wallets WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY agent_id, wallet_id",

@@ -667,6 +667,33 @@ async fn a_wallets_spend_is_shown_for_every_period_whatever_its_limits() {
     }
 }
 
+/// A payment request names a wallet its agent was delegated: another agent's, or one outside
+/// its delegations, is `400 NO_WALLET`; an agent with no delegation may still name a wallet no
+/// agent holds (it pays from its app's own).
+#[tokio::test]
+async fn a_payment_request_names_a_wallet_its_agent_holds() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    let other = Sdk { base: server.url(), key: org.agent("agent-2", ALL_SCOPES).await, http: reqwest::Client::new() };
+    let request =
+        |wallet: &str| json!({"amount": 1, "recipientAddress": RECIPIENT, "purpose": "test", "walletId": wallet});
+    // No delegation anywhere: any wallet id (conto-local's zero-setup path).
+    let (status, body) = sdk.post("/api/sdk/payments/request", request("wal_app")).await;
+    assert_eq!((status, &body["status"]), (200, &json!("APPROVED")), "{body}");
+
+    let (status, _) = org.post("/api/agents/agent-2/wallets", json!({"walletId": "wal_two"})).await;
+    assert_eq!(status, 201);
+    // agent-1 has no delegation, but `wal_two` is agent-2's.
+    let (status, body) = sdk.post("/api/sdk/payments/request", request("wal_two")).await;
+    assert_eq!((status, &body["code"]), (400, &json!("NO_WALLET")), "{body}");
+    let (status, body) = other.post("/api/sdk/payments/request", request("wal_two")).await;
+    assert_eq!((status, &body["status"]), (200, &json!("APPROVED")), "{body}");
+    // agent-2 holds `wal_two` only: a wallet outside its delegations is refused.
+    let (status, body) = other.post("/api/sdk/payments/request", request("wal_app")).await;
+    assert_eq!((status, &body["code"]), (400, &json!("NO_WALLET")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("wal_app"), "{body}");
+}
+
 /// A deleted agent's history (spends, live approvals, keys, policies, counters) stays under its
 /// id, so the id is never handed to a new agent, across a restart too.
 #[tokio::test]
