@@ -498,10 +498,11 @@ fn an_mpp_sessions_deposit_is_what_its_limits_see_and_what_is_reserved() {
 }
 
 /// Conto's `MPP_MAX_SESSION_DURATION` (`LTE` seconds): a session lives from its deposit's
-/// pre-authorization to its record, so the pre-authorization lapses after at most that long,
-/// and with it the reservation and the open-session slot. Nothing else is denied by it.
+/// pre-authorization to its record, so the pre-authorization lives that long, shorter or longer
+/// than an approval's lifetime, and with it the reservation and the open-session slot. Nothing
+/// else is denied by it.
 #[test]
-fn mpp_max_session_duration_caps_the_preauthorizations_lifetime() {
+fn mpp_max_session_duration_is_the_preauthorizations_lifetime() {
     let (e, clock) = engine_at(
         &policy(&[
             &rule("MPP_MAX_SESSION_DURATION", "LTE", "60", "ALLOW"),
@@ -523,16 +524,29 @@ fn mpp_max_session_duration_caps_the_preauthorizations_lifetime() {
     e.sweep_expired();
     approved(&e.decide(&mpp("1", url, Some("s2"), None)));
 
-    // A cap longer than the approval's lifetime leaves the lifetime as it was; `LT` n caps
-    // at n - 1 seconds.
-    for (op, value, secs) in [("LTE", "3600", 600), ("LT", "61", 60)] {
-        let (e, clock) = engine_at(&policy(&[&rule("MPP_MAX_SESSION_DURATION", op, value, "ALLOW")]), NOON_WED);
-        let a = approved(&e.decide(&mpp("1", url, None, None))).clone();
+    // A session the policy lets stay open longer than an approval's 10 minutes keeps its
+    // deposit held and its slot taken until then (it lapsed at 10 minutes, freeing both while
+    // the session still ran); `LT` n is n - 1 seconds.
+    for (op, value, secs) in [("LTE", "3600", 3600), ("LT", "61", 60)] {
+        let (e, clock) = engine_at(
+            &policy(&[
+                &rule("MPP_MAX_SESSION_DURATION", op, value, "ALLOW"),
+                &rule("MPP_MAX_CONCURRENT_SESSIONS", "LTE", "1", "ALLOW"),
+            ]),
+            NOON_WED,
+        );
+        let a = approved(&e.decide(&mpp("1", url, Some("s1"), Some("10")))).clone();
         assert_eq!(
             a.expires_at,
             conto_core::Clock::now(&clock).checked_add(SignedDuration::from_secs(secs)).unwrap(),
             "{op} {value}"
         );
+        clock.advance(SignedDuration::from_secs(secs - 1));
+        e.sweep_expired();
+        assert_denied(&e.decide(&mpp("1", url, Some("s2"), None)), V::MppMaxConcurrentSessions);
+        clock.advance(SignedDuration::from_secs(2));
+        e.sweep_expired();
+        approved(&e.decide(&mpp("1", url, Some("s2"), None)));
     }
 }
 

@@ -1355,10 +1355,11 @@ async fn rules_conto_local_cannot_evaluate_are_kept_and_deny_on_their_rails() {
     let (_, kept) = org.get(&format!("/api/policies/{id}")).await;
     assert_eq!(kept["rules"][0]["ruleType"], "GEOGRAPHIC_RESTRICTION", "{kept}");
 
-    // A session's length is evaluated: it caps the MPP pre-authorization's lifetime, and
-    // denies nothing (Conto's documented value, and a shorter one).
+    // A session's length is evaluated: it is the MPP pre-authorization's lifetime (longer
+    // or shorter than an approval's 10 minutes), and denies nothing (Conto's documented
+    // value, and a shorter one).
     let mpp = json!({"amount": "1", "recipientAddress": RECIPIENT, "resourceUrl": "https://mpp.example.com/v1/chat"});
-    for (seconds, lifetime) in [("3600", 600), ("60", 60)] {
+    for (seconds, lifetime) in [("3600", 3600), ("60", 60)] {
         let session = org
             .policy(json!({"name": format!("MPP_CONTROLS {seconds}"), "scope": "all", "rules": [
                 {"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": seconds, "action": "ALLOW"}]}))

@@ -116,8 +116,8 @@ pub(crate) struct Screened<'p> {
     approvals: Vec<Asked>,
 }
 
-/// How long an approval of `intent` may live at most, when an applicable
-/// `MPP_MAX_SESSION_DURATION` caps it: the shortest such cap.
+/// How long an approval of `intent` lives when an applicable `MPP_MAX_SESSION_DURATION`
+/// sets it: the shortest such.
 pub(crate) fn session_cap(policies: &PolicySet, intent: &PaymentIntent) -> Option<SignedDuration> {
     let applies = |e: &&Entry<_>| {
         e.rails.matches(&intent.rail)

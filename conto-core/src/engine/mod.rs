@@ -402,11 +402,12 @@ impl Engine {
         self.inner.approval_ttl.unwrap_or_else(|| conto_approval_ttl(rail))
     }
 
-    /// An approval's lifetime for `intent` under `policies`: [`Engine::approval_ttl`],
-    /// shortened to an applicable `MPP_MAX_SESSION_DURATION` when that is shorter.
+    /// An approval's lifetime for `intent` under `policies`: an MPP session lives as long as
+    /// an applicable `MPP_MAX_SESSION_DURATION` allows (the shortest such; longer or shorter
+    /// than [`Engine::approval_ttl`]: a session the policy lets stay open keeps its deposit
+    /// held and its slot taken until then), any other approval [`Engine::approval_ttl`].
     pub(crate) fn lifetime(&self, policies: &PolicySet, intent: &PaymentIntent) -> SignedDuration {
-        let ttl = self.approval_ttl(&intent.rail);
-        evaluate::session_cap(policies, intent).map_or(ttl, |cap| cap.min(ttl))
+        evaluate::session_cap(policies, intent).unwrap_or_else(|| self.approval_ttl(&intent.rail))
     }
 
     /// A builder with no policies, the system clock and Conto's default lifetimes.

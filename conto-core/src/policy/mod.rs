@@ -77,9 +77,10 @@
 //!    over approvals (released approvals do not count). **`MPP_MAX_CONCURRENT_SESSIONS`** `LTE n`
 //!    counts the agent's open MPP sessions: its MPP pre-authorizations still live (not yet
 //!    recorded, released or lapsed), this one included; a record closes a session.
-//!    **`MPP_MAX_SESSION_DURATION`** `LTE` seconds caps how long an MPP pre-authorization lives
-//!    (the shortest applicable cap, when shorter than the approval's lifetime): past it the
-//!    session lapses, its reservation and slot freed. It denies nothing by itself.
+//!    **`MPP_MAX_SESSION_DURATION`** `LTE` seconds is how long an MPP pre-authorization lives
+//!    (the shortest applicable one, instead of the approval's lifetime, longer or shorter):
+//!    until then the session's deposit stays held and its slot taken; past it the session
+//!    lapses, its reservation and slot freed. It denies nothing by itself.
 //! 10. **Assignment.** A policy applies to the agents in `agentIds` (or `agentPolicies[].agentId`);
 //!     with neither, or with `scope: "all"`, to every agent; with `scope: "assigned"` and
 //!     neither, to no agent yet (created, not yet assigned, as Conto's policy API has it). Inactive policies are loaded and

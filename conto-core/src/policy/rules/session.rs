@@ -1,9 +1,10 @@
 //! How long an MPP session may last: `MPP_MAX_SESSION_DURATION` `LTE` seconds (`"3600"`).
 //!
 //! A session lives from its deposit's pre-authorization to the record of what it settled, so
-//! the rule caps the pre-authorization's lifetime: it lapses after at most that many seconds
-//! (its reservation and its open-session slot freed), and a record after that is still counted,
-//! flagged late. The rule never denies a payment by itself.
+//! the rule is the pre-authorization's lifetime, in place of the approval's (longer or
+//! shorter): until then its deposit stays held and its open-session slot taken; after it the
+//! session lapses (both freed), and a record after that is still counted, flagged late. The
+//! rule never denies a payment by itself.
 
 use jiff::SignedDuration;
 use rust_decimal::Decimal;
