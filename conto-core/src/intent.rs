@@ -536,6 +536,40 @@ fn normalized_escapes(path: &str) -> String {
     out
 }
 
+/// The endpoint a canonical resource URL ([`canonical_resource`]) is counted under, by
+/// per-endpoint limits and when a record is matched to its pre-authorization: the
+/// URL without its query, and its path as the servers that read paths most loosely would:
+/// case ignored; an escaped `/` or `\` (`%2F`, `%5C`) read as `/`; `;` parameters, empty
+/// segments and a trailing `/` dropped; `.` and `..` segments (also those that only appear
+/// once parameters are dropped, `..;/`) resolved. Spellings some server would route to one
+/// resource then share one per-endpoint limit; two endpoints that differ only so share it too,
+/// which errs on the side of counting.
+pub fn endpoint_key(resource_url: &str) -> String {
+    let url = resource_url.split(['?', '#']).next().unwrap_or_default();
+    let path_at = url.find("://").and_then(|at| url[at + 3..].find('/').map(|p| at + 3 + p)).unwrap_or(url.len());
+    let path = url[path_at..].to_ascii_lowercase().replace("%2f", "/").replace("%5c", "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment.split(';').next().unwrap_or_default() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            segment => segments.push(segment),
+        }
+    }
+    let mut key = String::with_capacity(url.len());
+    key.push_str(&url[..path_at]);
+    for segment in &segments {
+        key.push('/');
+        key.push_str(segment);
+    }
+    if segments.is_empty() {
+        key.push('/');
+    }
+    key
+}
+
 /// A service domain written by hand (a policy's list entry, a request's `serviceDomain`) in
 /// the canonical form [`service_domain_of`] gives a URL's host; `None` when it is not a host
 /// name or address.

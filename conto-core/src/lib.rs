@@ -43,7 +43,8 @@ pub use decision::{
 pub use engine::{ActorStatus, Engine, SharedEngine};
 pub use intent::{
     ActorId, Address, FUNCTION_SELECTOR, IdempotencyKey, IntentBuilder, IntentError, PaymentIntent, Rail,
-    TARGET_CONTRACT, canonical_resource, canonical_service_domain, service_domain_covers, service_domain_of,
+    TARGET_CONTRACT, canonical_resource, canonical_service_domain, endpoint_key, service_domain_covers,
+    service_domain_of,
 };
 pub use lifecycle::{ActorLifecycle, Ensured, LifecycleError};
 pub use money::{Amount, AmountError};

@@ -1062,9 +1062,14 @@ impl Planned {
     }
 }
 
-fn resource(rail: &Rail) -> Option<&str> {
+/// The endpoint an x402/MPP payment is for ([`conto_core::endpoint_key`]: one however its URL
+/// is spelled, as its per-endpoint limits count it), and its MPP session.
+fn endpoint_and_session(rail: &Rail) -> Option<(String, Option<&str>)> {
     match rail {
-        Rail::X402 { resource_url, .. } | Rail::Mpp { resource_url, .. } => Some(resource_url),
+        Rail::X402 { resource_url, .. } => Some((conto_core::endpoint_key(resource_url), None)),
+        Rail::Mpp { resource_url, session_id, .. } => {
+            Some((conto_core::endpoint_key(resource_url), session_id.as_deref()))
+        }
         _ => None,
     }
 }
@@ -1078,13 +1083,16 @@ fn matching_preauthorization(
     taken: &HashSet<String>,
 ) -> Result<Option<String>, ApiError> {
     let now = Timestamp::now();
+    let paid = endpoint_and_session(&intent.rail);
     let mut candidates: Vec<(Timestamp, String)> = store
         .live_approvals(Some(agent))?
         .into_iter()
         .filter_map(|(id, row)| {
             let a = row.authorization(&id).ok()?;
+            // The same endpoint, and for MPP the same session (none and none alike): a
+            // session's record never settles another session's deposit.
             let same = a.intent.rail.name() == intent.rail.name()
-                && resource(&a.intent.rail) == resource(&intent.rail)
+                && endpoint_and_session(&a.intent.rail) == paid
                 && a.intent.recipient == intent.recipient
                 && intent.amount <= a.amount
                 && a.expires_at > now

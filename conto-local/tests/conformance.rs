@@ -1102,20 +1102,67 @@ async fn an_endpoint_is_one_however_its_url_is_spelled() {
         "https://ep.example.com//v1//x",
         "https://ep.example.com/v1;a=b/x;jsessionid=1",
         "https://ep.example.com/v1/x?page=2",
+        // Dot segments that appear once parameters are dropped, escaped slashes.
+        "https://ep.example.com/zz/..;/v1/x",
+        "https://ep.example.com/v1/.;a/x",
+        "https://ep.example.com/v1%2Fx",
+        "https://ep.example.com/v1%5cx",
     ] {
         let (_, again) = sdk.post("/api/sdk/x402/pre-authorize", pay(url)).await;
         assert_eq!(again["violations"][0]["type"], "X402_ENDPOINT_LIMIT", "{url}: {again}");
     }
     let (_, other) = sdk.post("/api/sdk/x402/pre-authorize", pay("https://ep.example.com/v1/x2")).await;
     assert_eq!(other["authorized"], true, "another endpoint: {other}");
-    // Pre-authorized under one spelling, recorded under another: it settles, counted once.
-    let (_, pre) = sdk.post("/api/sdk/x402/pre-authorize", pay("https://R2.example.com./a")).await;
-    assert_eq!(pre["authorized"], true, "{pre}");
-    let record = json!({"payments": [{"amount": "0.9", "recipientAddress": RECIPIENT,
-        "resourceUrl": "https://r2.example.com/a", "txHash": format!("0x{}", "1".repeat(64))}]});
-    let (status, recorded) = sdk.post("/api/sdk/x402/record", record).await;
+    // Pre-authorized under one spelling, recorded under another its limits count as the same
+    // endpoint: it settles, counted once.
+    for (n, (asked, recorded_as)) in [
+        ("https://R2.example.com./a", "https://r2.example.com/a"),
+        ("https://r3.example.com/v1/chat", "https://r3.example.com/V1//chat/?q=1"),
+        ("https://r4.example.com/v1/chat;a", "https://r4.example.com/zz/..;/v1/%63hat"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (_, pre) = sdk.post("/api/sdk/x402/pre-authorize", pay(asked)).await;
+        assert_eq!(pre["authorized"], true, "{pre}");
+        let record = json!({"payments": [{"amount": "0.9", "recipientAddress": RECIPIENT,
+            "resourceUrl": recorded_as, "txHash": format!("0x{}", n.to_string().repeat(64))}]});
+        let (status, recorded) = sdk.post("/api/sdk/x402/record", record).await;
+        assert_eq!(status, 200, "{recorded}");
+        assert_eq!(recorded["payments"][0]["authorizationId"], pre["authorizationId"], "{asked}: {recorded}");
+    }
+}
+
+/// An MPP record without an authorization id settles a pre-authorization of its own session
+/// only: never another session's deposit (which would close that session and put the spend
+/// in the wrong session's budget).
+#[tokio::test]
+async fn an_mpp_record_settles_its_own_sessions_preauthorization() {
+    let (_server, sdk) = setup(None).await;
+    let url = "https://mpp.example.com/v1/stream";
+    let pre = |session: Option<&str>, deposit: &str| {
+        let mut body = json!({"amount": "0.1", "depositAmount": deposit, "recipientAddress": RECIPIENT,
+            "resourceUrl": url, "intent": "session"});
+        if let Some(s) = session {
+            body["sessionId"] = json!(s);
+        }
+        body
+    };
+    let (_, none) = sdk.post("/api/sdk/mpp/pre-authorize", pre(None, "5")).await;
+    let (_, s1) = sdk.post("/api/sdk/mpp/pre-authorize", pre(Some("s1"), "10")).await;
+    assert_eq!((&none["authorized"], &s1["authorized"]), (&json!(true), &json!(true)), "{none} {s1}");
+    let record = |session: &str, amount: &str, tx: char| {
+        json!({"amount": amount, "recipientAddress": RECIPIENT, "resourceUrl": url, "sessionId": session,
+            "txHash": format!("0x{}", tx.to_string().repeat(64))})
+    };
+    // The older pre-authorization (no session) covers 4 too, but it is not s1's.
+    let (status, recorded) = sdk.post("/api/sdk/mpp/record", record("s1", "4", 'a')).await;
     assert_eq!(status, 200, "{recorded}");
-    assert_eq!(recorded["payments"][0]["authorizationId"], pre["authorizationId"], "{recorded}");
+    assert_eq!(recorded["payments"][0]["authorizationId"], s1["authorizationId"], "{recorded}");
+    // A session no pre-authorization names settles none: counted on its own.
+    let (status, other) = sdk.post("/api/sdk/mpp/record", record("s9", "1", 'b')).await;
+    assert_eq!(status, 200, "{other}");
+    assert_eq!(other["payments"][0]["authorizationId"], Value::Null, "{other}");
 }
 
 /// A limit added after the agent spent counts that spend, and the approvals still held, as

@@ -141,7 +141,7 @@ impl Scope {
             (Scope::Agent, _) => "",
             (Scope::Service, Rail::X402 { service_domain, .. } | Rail::Mpp { service_domain, .. }) => service_domain,
             (Scope::Endpoint, Rail::X402 { resource_url, .. } | Rail::Mpp { resource_url, .. }) => {
-                return endpoint_key(resource_url);
+                return crate::intent::endpoint_key(resource_url);
             }
             (Scope::Session, Rail::Mpp { session_id: Some(id), .. }) => id,
             (Scope::Session, _) => intent.context.get("sessionId").and_then(|v| v.as_str()).unwrap_or("default"),
@@ -149,29 +149,6 @@ impl Scope {
         };
         key.to_owned()
     }
-}
-
-/// The endpoint a canonical resource URL (`intent::canonical_resource`) is counted under: the
-/// URL without its query, and its path as the servers that read paths most loosely would
-/// (case ignored, `;` parameters, empty segments and a trailing `/` dropped). Spellings some
-/// server would route to one resource then share one per-endpoint limit; two endpoints that
-/// differ only so share it too, which errs on the side of counting.
-pub(crate) fn endpoint_key(resource_url: &str) -> String {
-    let url = resource_url.split(['?', '#']).next().unwrap_or_default();
-    let path_at = url.find("://").and_then(|at| url[at + 3..].find('/').map(|p| at + 3 + p)).unwrap_or(url.len());
-    let mut key = String::with_capacity(url.len());
-    key.push_str(&url[..path_at]);
-    for segment in url[path_at..].split('/') {
-        let segment = segment.split(';').next().unwrap_or_default();
-        if !segment.is_empty() {
-            key.push('/');
-            key.extend(segment.chars().map(|c| c.to_ascii_lowercase()));
-        }
-    }
-    if key.len() == path_at {
-        key.push('/');
-    }
-    key
 }
 
 /// The identity of a counted quantity, spelled out in full (never a hash, so two quantities
@@ -482,7 +459,7 @@ mod tests {
     use jiff::tz::TimeZone;
     use proptest::prelude::*;
 
-    use super::endpoint_key;
+    use crate::intent::endpoint_key;
 
     #[test]
     fn an_endpoint_is_counted_as_the_loosest_server_would_route_it() {
@@ -494,6 +471,14 @@ mod tests {
             "https://api.example.com//v1///chat",
             "https://api.example.com/v1;v=2/chat;jsessionid=0a",
             "https://api.example.com/v1/chat?model=a#top",
+            "https://api.example.com/zz/..;/v1/chat",
+            "https://api.example.com/v1/x/..;/chat",
+            "https://api.example.com/v1/chat/x/..;",
+            "https://api.example.com/v1/.;x/chat",
+            "https://api.example.com/v1%2Fchat",
+            "https://api.example.com/v1/chat%2f",
+            "https://api.example.com/v1%5Cchat",
+            "https://api.example.com/../../v1/chat",
         ] {
             assert_eq!(endpoint_key(url), key, "{url}");
         }
