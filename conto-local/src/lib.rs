@@ -152,8 +152,10 @@
 //!   testnet 42431, Ethereum, Base, Base Sepolia, Optimism, Polygon, Arbitrum); it is left out
 //!   on others.
 //! - An x402/MPP record without `authorizationId` settles the oldest live pre-authorization of
-//!   the same agent, rail, endpoint (as per-endpoint limits count one: `conto_core::endpoint_key`),
-//!   MPP session (`sessionId`, none matching none) and recipient whose amount covers it. A payment is known by
+//!   the same agent, rail, endpoint (as per-endpoint limits count one: `conto_core::endpoint_key`)
+//!   and recipient whose amount covers it; a deposit pre-authorized for a named MPP session
+//!   (`sessionId`) only by that session's record, one pre-authorized before its session was
+//!   named (Conto's flow) by any, after those of the record's own session. A payment is known by
 //!   its `paymentId`, else its tx hash: sent again unchanged (a retry, with or without an
 //!   idempotency key), it gets its first answer again and is counted once; the same key with any
 //!   field changed is `409 CONFLICT` and changes no counter.

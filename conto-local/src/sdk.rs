@@ -1063,13 +1063,20 @@ impl Planned {
 }
 
 /// The endpoint an x402/MPP payment is for ([`conto_core::endpoint_key`]: one however its URL
-/// is spelled, as its per-endpoint limits count it), and its MPP session.
-fn endpoint_and_session(rail: &Rail) -> Option<(String, Option<&str>)> {
+/// is spelled, as its per-endpoint limits count it).
+fn endpoint(rail: &Rail) -> Option<String> {
     match rail {
-        Rail::X402 { resource_url, .. } => Some((conto_core::endpoint_key(resource_url), None)),
-        Rail::Mpp { resource_url, session_id, .. } => {
-            Some((conto_core::endpoint_key(resource_url), session_id.as_deref()))
+        Rail::X402 { resource_url, .. } | Rail::Mpp { resource_url, .. } => {
+            Some(conto_core::endpoint_key(resource_url))
         }
+        _ => None,
+    }
+}
+
+/// An MPP payment's session.
+fn session(rail: &Rail) -> Option<&str> {
+    match rail {
+        Rail::Mpp { session_id, .. } => session_id.as_deref(),
         _ => None,
     }
 }
@@ -1083,25 +1090,28 @@ fn matching_preauthorization(
     taken: &HashSet<String>,
 ) -> Result<Option<String>, ApiError> {
     let now = Timestamp::now();
-    let paid = endpoint_and_session(&intent.rail);
-    let mut candidates: Vec<(Timestamp, String)> = store
+    let (paid, paid_session) = (endpoint(&intent.rail), session(&intent.rail));
+    let mut candidates: Vec<(bool, Timestamp, String)> = store
         .live_approvals(Some(agent))?
         .into_iter()
         .filter_map(|(id, row)| {
             let a = row.authorization(&id).ok()?;
-            // The same endpoint, and for MPP the same session (none and none alike): a
-            // session's record never settles another session's deposit.
+            // The same endpoint. A deposit pre-authorized for a named MPP session is settled by
+            // that session's record only; one pre-authorized before its session was named (as
+            // Conto's flow has it) by any, after those of the record's own session.
+            let session_of = session(&a.intent.rail);
             let same = a.intent.rail.name() == intent.rail.name()
-                && endpoint_and_session(&a.intent.rail) == paid
+                && endpoint(&a.intent.rail) == paid
+                && (session_of.is_none() || session_of == paid_session)
                 && a.intent.recipient == intent.recipient
                 && intent.amount <= a.amount
                 && a.expires_at > now
                 && !taken.contains(&id);
-            same.then_some((a.expires_at, id))
+            same.then_some((session_of != paid_session, a.expires_at, id))
         })
         .collect();
     candidates.sort();
-    Ok(candidates.into_iter().next().map(|(_, id)| id))
+    Ok(candidates.into_iter().next().map(|(_, _, id)| id))
 }
 
 async fn record(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Result<Response, ApiError> {

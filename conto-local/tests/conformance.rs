@@ -1133,9 +1133,10 @@ async fn an_endpoint_is_one_however_its_url_is_spelled() {
     }
 }
 
-/// An MPP record without an authorization id settles a pre-authorization of its own session
-/// only: never another session's deposit (which would close that session and put the spend
-/// in the wrong session's budget).
+/// An MPP record without an authorization id settles a deposit pre-authorized for its own
+/// session, or one pre-authorized before its session was named (Conto's flow: the deposit,
+/// then the session); never a deposit another session named (which would close that session
+/// and put the spend in the wrong session's budget).
 #[tokio::test]
 async fn an_mpp_record_settles_its_own_sessions_preauthorization() {
     let (_server, sdk) = setup(None).await;
@@ -1148,21 +1149,28 @@ async fn an_mpp_record_settles_its_own_sessions_preauthorization() {
         }
         body
     };
-    let (_, none) = sdk.post("/api/sdk/mpp/pre-authorize", pre(None, "5")).await;
-    let (_, s1) = sdk.post("/api/sdk/mpp/pre-authorize", pre(Some("s1"), "10")).await;
-    assert_eq!((&none["authorized"], &s1["authorized"]), (&json!(true), &json!(true)), "{none} {s1}");
+    let mut ids = Vec::new();
+    for (session, deposit) in [(Some("s1"), "10"), (None, "5"), (Some("s2"), "10")] {
+        let (_, answer) = sdk.post("/api/sdk/mpp/pre-authorize", pre(session, deposit)).await;
+        assert_eq!(answer["authorized"], true, "{answer}");
+        ids.push(answer["authorizationId"].clone());
+    }
     let record = |session: &str, amount: &str, tx: char| {
         json!({"amount": amount, "recipientAddress": RECIPIENT, "resourceUrl": url, "sessionId": session,
             "txHash": format!("0x{}", tx.to_string().repeat(64))})
     };
-    // The older pre-authorization (no session) covers 4 too, but it is not s1's.
-    let (status, recorded) = sdk.post("/api/sdk/mpp/record", record("s1", "4", 'a')).await;
-    assert_eq!(status, 200, "{recorded}");
-    assert_eq!(recorded["payments"][0]["authorizationId"], s1["authorizationId"], "{recorded}");
-    // A session no pre-authorization names settles none: counted on its own.
-    let (status, other) = sdk.post("/api/sdk/mpp/record", record("s9", "1", 'b')).await;
-    assert_eq!(status, 200, "{other}");
-    assert_eq!(other["payments"][0]["authorizationId"], Value::Null, "{other}");
+    let settled = |answer: &Value| answer["payments"][0]["authorizationId"].clone();
+    // s2's record settles s2's deposit, though older ones (s1's, the unnamed one) cover it.
+    let (status, recorded) = sdk.post("/api/sdk/mpp/record", record("s2", "4", 'a')).await;
+    assert_eq!((status, settled(&recorded)), (200, ids[2].clone()), "{recorded}");
+    // A session no deposit named settles the unnamed deposit, never s1's (the older one).
+    let (status, recorded) = sdk.post("/api/sdk/mpp/record", record("s3", "1", 'b')).await;
+    assert_eq!((status, settled(&recorded)), (200, ids[1].clone()), "{recorded}");
+    // Nothing left for s4 but s1's deposit: counted on its own.
+    let (status, recorded) = sdk.post("/api/sdk/mpp/record", record("s4", "1", 'c')).await;
+    assert_eq!((status, settled(&recorded)), (200, Value::Null), "{recorded}");
+    let (status, recorded) = sdk.post("/api/sdk/mpp/record", record("s1", "2", 'd')).await;
+    assert_eq!((status, settled(&recorded)), (200, ids[0].clone()), "{recorded}");
 }
 
 /// A limit added after the agent spent counts that spend, and the approvals still held, as
