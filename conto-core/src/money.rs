@@ -157,14 +157,22 @@ impl Amount {
     }
 }
 
+/// A decimal number written as text (`"12.50"`, `"1e3"`, surrounding spaces ignored). Digit
+/// separators (`"1_0"`), which `rust_decimal` would read, are refused: no JSON or Conto client
+/// writes them, and a typo must not become a different amount.
+pub(crate) fn decimal_text(text: &str) -> Option<Decimal> {
+    let t = text.trim();
+    if t.contains('_') {
+        return None;
+    }
+    Decimal::from_str_exact(t).or_else(|_| Decimal::from_scientific(t)).ok()
+}
+
 impl FromStr for Amount {
     type Err = AmountError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let trimmed = s.trim();
-        let value = Decimal::from_str_exact(trimmed)
-            .or_else(|_| Decimal::from_scientific(trimmed))
-            .map_err(|_| AmountError::NotANumber(s.to_owned()))?;
+        let value = decimal_text(s).ok_or_else(|| AmountError::NotANumber(s.to_owned()))?;
         Self::new(value)
     }
 }
@@ -268,10 +276,7 @@ pub(crate) fn deserialize_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Dec
                 .map_err(|_| E::custom(format!("{v} is out of range for an amount")))
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Decimal, E> {
-            let t = v.trim();
-            Decimal::from_str_exact(t)
-                .or_else(|_| Decimal::from_scientific(t))
-                .map_err(|_| E::custom(format!("`{v}` is not a decimal number")))
+            decimal_text(v).ok_or_else(|| E::custom(format!("`{v}` is not a decimal number")))
         }
     }
     d.deserialize_any(DecimalVisitor)
@@ -339,6 +344,11 @@ mod tests {
         assert!(matches!("NaN".parse::<Amount>(), Err(AmountError::NotANumber(_))));
         assert!(matches!("inf".parse::<Amount>(), Err(AmountError::NotANumber(_))));
         assert!(matches!("".parse::<Amount>(), Err(AmountError::NotANumber(_))));
+        // Digit separators, which rust_decimal alone would read as 10 and 1000.
+        for separated in ["1_0", "1_000.5", "_1"] {
+            assert!(matches!(separated.parse::<Amount>(), Err(AmountError::NotANumber(_))), "{separated}");
+        }
+        assert_eq!(" 1e3 ".parse::<Amount>().unwrap().to_string(), "1000");
         // Trailing zeros beyond six places are not extra precision.
         assert_eq!("1.50000000".parse::<Amount>().unwrap().to_string(), "1.5");
     }

@@ -552,11 +552,16 @@ fn mpp_max_session_duration_is_the_preauthorizations_lifetime() {
 
 #[test]
 fn mpp_max_session_duration_takes_a_whole_number_of_seconds() {
-    for (op, value) in [("LTE", "0"), ("LTE", "2.5"), ("GT", "3600"), ("LTE", "an hour"), ("LTE", "-5")] {
+    for (op, value) in
+        [("LTE", "0"), ("LTE", "2.5"), ("GT", "3600"), ("LTE", "an hour"), ("LTE", "-5"), ("LTE", "3_600")]
+    {
         let text = policy(&[&rule("MPP_MAX_SESSION_DURATION", op, value, "ALLOW")]);
         let err = PolicySet::from_json(&text).expect_err(value);
         assert!(err.to_string().contains("MPP_MAX_SESSION_DURATION"), "{op} {value}: {err}");
     }
+    // A limit with digit separators is no number (rust_decimal alone would read 1000).
+    let err = PolicySet::from_json(&policy(&[&rule("DAILY_LIMIT", "LTE", "1_000", "ALLOW")])).unwrap_err();
+    assert!(err.to_string().contains("1_000"), "{err}");
     // Only LTE or LT is offered for an operator it refuses; only ALLOW is taken.
     let err =
         PolicySet::from_json(&policy(&[&rule("MPP_MAX_SESSION_DURATION", "IN_LIST", "60", "ALLOW")])).unwrap_err();

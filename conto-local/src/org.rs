@@ -75,7 +75,12 @@ async fn list_counterparties(
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
     let search = query.get("search").map(|s| s.to_ascii_lowercase()).unwrap_or_default();
-    let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(50).min(500);
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(l) => l.parse::<usize>().ok().filter(|n| (1..=500).contains(n)).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`limit` must be a whole number from 1 to 500")
+        })?,
+    };
     let counterparties = lock(&app.store)
         .counterparties()?
         .into_iter()
@@ -151,7 +156,7 @@ async fn patch_wallet(
     org(&app, &headers)?;
     let patch: AgentWallet = json_body(&body)?;
     check_limits(&patch)?;
-    let store = lock(&app.store);
+    let store = agent_store(&app, &agent_id)?;
     let mut doc = store
         .wallets(Some(&agent_id))?
         .into_iter()
@@ -173,6 +178,8 @@ async fn list_wallets(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
+    // A deleted agent's delegations are not shown (its history stays, under its retired id).
+    drop(agent_store(&app, &agent_id)?);
     Ok(axum::Json(agent_wallets(&app, &agent_id)?).into_response())
 }
 

@@ -517,6 +517,9 @@ async fn request_payment(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     authorize(app, headers, body, Kind::Request).await
 }
 
+/// Why a request for a human's approval that no human answered in time stands denied.
+const LAPSED_UNANSWERED: &str = "lapsed before a human answered it";
+
 /// `GET /api/sdk/payments/{requestId}`: a payment request's current status; a request that
 /// waited for a human follows the human's answer.
 async fn payment_request_status(
@@ -558,7 +561,10 @@ fn request_if_any(store: &Store, id: &str, agent: &str) -> Result<Option<Decisio
                     }
                     "DENIED".into()
                 }
-                "PENDING" if expired => "DENIED".into(),
+                "PENDING" if expired => {
+                    body.reasons.push(LAPSED_UNANSWERED.to_owned());
+                    "DENIED".into()
+                }
                 _ => status,
             };
         }
@@ -1492,6 +1498,12 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no approval request `{id}`")))?;
     if request.status != "PENDING" {
         return Err(bad("INVALID_STATUS", format!("approval request `{id}` is {}", request.status)));
+    }
+    // Lapsed unanswered (listed `EXPIRED`): Conto's code for it, not an unknown request.
+    if request.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now()) {
+        let _ = app.engine.resolve_approval(id, false);
+        let message = format!("approval request `{id}` {LAPSED_UNANSWERED} (it lapsed at {})", request.expires_at);
+        return Err(bad("EXPIRED", message));
     }
     app.engine
         .resolve_approval(id, approve)

@@ -533,6 +533,10 @@ async fn the_starter_provisions_through_the_org_surface_and_its_controls_apply()
     assert_eq!(policies["policies"].as_array().unwrap().len(), 3, "{policies}");
     let (_, found) = org.get(&format!("/api/counterparties?search={merchant}&limit=20")).await;
     assert_eq!(found["counterparties"][0]["id"], cp["id"]);
+    for limit in ["abc", "0", "501", "-1"] {
+        let (status, err) = org.get(&format!("/api/counterparties?limit={limit}")).await;
+        assert_eq!((status, &err["code"]), (400, &json!("VALIDATION_ERROR")), "{limit}: {err}");
+    }
     let (_, effective) = sdk.call(reqwest::Method::GET, "/api/sdk/policies?walletId=wal_shared", None).await;
     assert!(!effective["policies"].as_array().unwrap().is_empty());
 
@@ -694,6 +698,37 @@ async fn a_payment_request_names_a_wallet_its_agent_holds() {
     assert!(body["message"].as_str().unwrap().contains("wal_app"), "{body}");
 }
 
+/// A request for a human's approval that lapsed unanswered is listed `EXPIRED`, and deciding it
+/// then is `400 EXPIRED` (Conto's code), not an unknown request; its payment request stands
+/// `DENIED`, saying it lapsed.
+#[tokio::test]
+async fn deciding_a_lapsed_approval_request_is_expired_not_unknown() {
+    let db = fresh_db("lapsed-request");
+    let server = start_on_db(db.clone()).await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(caps()).await;
+    let sdk = Sdk { base: server.url(), key, http: reqwest::Client::new() };
+    let (status, held) = sdk
+        .post("/api/sdk/payments/request", json!({"amount": 90, "recipientAddress": RECIPIENT, "purpose": "big"}))
+        .await;
+    assert_eq!((status, &held["status"]), (202, &json!("REQUIRES_APPROVAL")), "{held}");
+    let (request, approval) = (held["requestId"].as_str().unwrap(), held["approvalRequestId"].as_str().unwrap());
+    // An hour passes unanswered (what only time would do).
+    let server =
+        restarted_after(server, &db, "UPDATE approval_requests SET expires_at = '2000-01-01T00:00:00.000Z'").await;
+    let (org, sdk) = (Org::new(&server), Sdk { base: server.url(), ..sdk });
+    let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
+    assert_eq!(listed["requests"][0]["status"], json!("EXPIRED"), "{listed}");
+    for decision in ["approve", "reject"] {
+        let (status, err) = org.post(&format!("/api/approval-requests/{approval}/{decision}"), json!({})).await;
+        assert_eq!((status, &err["code"]), (400, &json!("EXPIRED")), "{decision}: {err}");
+    }
+    let (_, now) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{request}"), None).await;
+    assert_eq!(now["status"], json!("DENIED"), "{now}");
+    assert!(now["reasons"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains("lapsed")), "{now}");
+}
+
 /// A deleted agent's history (spends, live approvals, keys, policies, counters) stays under its
 /// id, so the id is never handed to a new agent, across a restart too.
 #[tokio::test]
@@ -702,6 +737,8 @@ async fn a_deleted_agents_id_is_never_given_to_a_new_agent() {
     let server = start_on_db(db.clone()).await;
     let org = Org::new(&server);
     let old_key = org.agent("del-me", ALL_SCOPES).await;
+    let (status, _) = org.post("/api/agents/del-me/wallets", json!({"walletId": "w-old"})).await;
+    assert_eq!(status, 201);
     let old = Sdk { base: server.url(), key: old_key, http: reqwest::Client::new() };
     let (_, approved) = old.post("/api/sdk/payments/approve", transfer_payment(3)).await;
     assert_eq!(approved["approved"], json!(true), "{approved}");
@@ -732,6 +769,11 @@ async fn a_deleted_agents_id_is_never_given_to_a_new_agent() {
     let again = restarted_after(server, &db, "DELETE FROM retired_agents").await;
     let (status, _) = Org::new(&again).post("/api/agents", json!({"id": "del-me", "name": "new owner"})).await;
     assert_eq!(status, 409, "retired across a restart, and in a file from an earlier version");
+    // Its delegations are no longer read or changed through it.
+    let (status, _) = Org::new(&again).get("/api/agents/del-me/wallets").await;
+    assert_eq!(status, 404);
+    let (status, _) = Org::new(&again).patch("/api/agents/del-me/wallets/w-old", json!({"spendLimitDaily": 5})).await;
+    assert_eq!(status, 404);
     assert!(matches!(conto_local::bootstrap_agent(Some(&db), "del-me"), Err(conto_local::LocalError::InUse { .. })));
     again.stop().await;
     assert!(matches!(

@@ -256,7 +256,11 @@ impl RuleCtx<'_> {
 
     pub(crate) fn decimal(&self, text: &str, expected: &'static str) -> Result<Decimal, PolicyError> {
         let t = text.trim();
-        let d = Decimal::from_str_exact(t).or_else(|_| Decimal::from_str(t)).map_err(|_| self.bad(text, expected))?;
+        // No digit separators (`"1_000"`), which `rust_decimal` would read.
+        let d = (!t.contains('_'))
+            .then(|| Decimal::from_str_exact(t).or_else(|_| Decimal::from_str(t)).ok())
+            .flatten()
+            .ok_or_else(|| self.bad(text, expected))?;
         if d.is_sign_negative() && !d.is_zero() {
             return Err(self.err("value", RuleProblem::NegativeLimit(t.to_owned())));
         }
