@@ -537,29 +537,38 @@ fn normalized_escapes(path: &str) -> String {
 }
 
 /// The endpoint a canonical resource URL ([`canonical_resource`]) is counted under, by
-/// per-endpoint limits and when a record is matched to its pre-authorization: the
-/// URL without its query, and its path as the servers that read paths most loosely would:
-/// case ignored; an escaped `/` or `\` (`%2F`, `%5C`) read as `/`; `;` parameters, empty
-/// segments and a trailing `/` dropped; `.` and `..` segments (also those that only appear
-/// once parameters are dropped, `..;/`) resolved. Spellings some server would route to one
-/// resource then share one per-endpoint limit; two endpoints that differ only so share it too,
-/// which errs on the side of counting.
+/// per-endpoint limits and when a record is matched to its pre-authorization: its host and
+/// path, without scheme, port or query, the path read as the servers that read paths most
+/// loosely would: case ignored; `;` parameters dropped from each segment as sent (as Tomcat
+/// does, before it decodes anything); then an escaped `/` or `\` (`%2F`, `%5C`) read as `/`;
+/// empty segments and a trailing `/` dropped; `.` and `..` segments resolved. Spellings some
+/// server would route to one resource then share one per-endpoint limit; two endpoints that
+/// differ only so (or only by scheme or port) share it too, which errs on the side of counting.
 pub fn endpoint_key(resource_url: &str) -> String {
     let url = resource_url.split(['?', '#']).next().unwrap_or_default();
-    let path_at = url.find("://").and_then(|at| url[at + 3..].find('/').map(|p| at + 3 + p)).unwrap_or(url.len());
-    let path = url[path_at..].to_ascii_lowercase().replace("%2f", "/").replace("%5c", "/");
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in path.split('/') {
-        match segment.split(';').next().unwrap_or_default() {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
+    let authority_at = url.find("://").map_or(0, |at| at + 3);
+    let path_at = url[authority_at..].find('/').map_or(url.len(), |p| authority_at + p);
+    let authority = &url[authority_at..path_at];
+    // The host without its port (an IPv6 host keeps its brackets and colons).
+    let host = match authority.rfind(':') {
+        Some(colon) if !authority[colon..].contains(']') => &authority[..colon],
+        _ => authority,
+    };
+    let mut segments: Vec<String> = Vec::new();
+    for raw in url[path_at..].split('/') {
+        let kept = raw.split(';').next().unwrap_or_default().to_ascii_lowercase();
+        for segment in kept.replace("%2f", "/").replace("%5c", "/").split('/') {
+            match segment {
+                "" | "." => {}
+                ".." => {
+                    segments.pop();
+                }
+                segment => segments.push(segment.to_owned()),
             }
-            segment => segments.push(segment),
         }
     }
     let mut key = String::with_capacity(url.len());
-    key.push_str(&url[..path_at]);
+    key.push_str(host);
     for segment in &segments {
         key.push('/');
         key.push_str(segment);
@@ -954,6 +963,50 @@ mod tests {
         for bad in ["", "api.openai.com/v1", "a b.com", "https://api.openai.com"] {
             assert_eq!(canonical_service_domain(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn an_endpoint_is_counted_as_the_loosest_server_would_route_it() {
+        let key = "api.example.com/v1/chat";
+        for url in [
+            "https://api.example.com/v1/chat",
+            "https://api.example.com/v1/chat/",
+            "https://api.example.com/V1/Chat",
+            "https://api.example.com//v1///chat",
+            "https://api.example.com/v1;v=2/chat;jsessionid=0a",
+            "https://api.example.com/v1/chat?model=a#top",
+            "https://api.example.com/zz/..;/v1/chat",
+            "https://api.example.com/v1/x/..;/chat",
+            "https://api.example.com/v1/chat/x/..;",
+            "https://api.example.com/v1/.;x/chat",
+            "https://api.example.com/v1%2Fchat",
+            "https://api.example.com/v1/chat%2f",
+            "https://api.example.com/v1%5Cchat",
+            "https://api.example.com/../../v1/chat",
+            // A parameter is dropped as sent, escaped slashes in it too (Tomcat's reading).
+            "https://api.example.com/v1/chat;x%2F..%2F..%2Fk1",
+            "https://api.example.com/v1;a%2Fb/chat",
+            "https://api.example.com/v1/chat/;x=%2F..",
+            // Scheme and port are not the endpoint.
+            "http://api.example.com/v1/chat",
+            "http://api.example.com:443/v1/chat",
+            "https://api.example.com:8443/v1/chat",
+        ] {
+            assert_eq!(endpoint_key(url), key, "{url}");
+        }
+        for url in [
+            "https://api.example.com/v1/chats",
+            "https://api.example.com/v1",
+            "https://api.example.org/v1/chat",
+            "https://example.com/api.example.com/v1/chat",
+        ] {
+            assert_ne!(endpoint_key(url), key, "{url}");
+        }
+        assert_eq!(endpoint_key("https://api.example.com"), "api.example.com/");
+        assert_eq!(endpoint_key("https://api.example.com/?a=1"), "api.example.com/");
+        assert_eq!(endpoint_key("https://api.example.com/;x"), "api.example.com/");
+        assert_eq!(endpoint_key("https://[::1]:8080/a"), "[::1]/a");
+        assert_eq!(endpoint_key("https://[::1]/a"), "[::1]/a");
     }
 
     #[test]

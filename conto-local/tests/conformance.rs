@@ -1149,6 +1149,11 @@ async fn an_endpoint_is_one_however_its_url_is_spelled() {
         "https://ep.example.com/v1/.;a/x",
         "https://ep.example.com/v1%2Fx",
         "https://ep.example.com/v1%5cx",
+        // A parameter is dropped as sent, escaped slashes in it too; scheme and port are not
+        // the endpoint.
+        "https://ep.example.com/v1/x;a%2F..%2F..%2Fk1",
+        "http://ep.example.com/v1/x",
+        "https://ep.example.com:8443/v1/x",
     ] {
         let (_, again) = sdk.post("/api/sdk/x402/pre-authorize", pay(url)).await;
         assert_eq!(again["violations"][0]["type"], "X402_ENDPOINT_LIMIT", "{url}: {again}");

@@ -37,13 +37,13 @@
 //!    Monday, the month from the 1st. A plain `X402_MAX_PER_SERVICE`, `X402_MAX_PER_ENDPOINT`,
 //!    `MPP_MAX_PER_SERVICE` or `MPP_MAX_PER_ENDPOINT` value is a daily cap; `{"amount", "period"}`
 //!    names the period (`DAILY`, `WEEKLY`, `MONTHLY`, `YEARLY`, `TOTAL`). An endpoint is the
-//!    resource URL without its query, its path read as loosely as any server reads one
-//!    ([`crate::endpoint_key`]: case ignored, escapes of unreserved characters decoded, an
-//!    escaped `/` or `\` read as `/`, `;` parameters, empty segments and a trailing `/`
-//!    dropped, dot segments resolved), so one resource spelled several ways meets one limit.
-//!    Session budgets are
-//!    lifetime totals per session: the MPP rail's `sessionId`, or the intent's
-//!    `context.sessionId` for x402 (intents without one share the session `default`).
+//!    resource's host and path, without scheme, port or query, the path read as loosely as
+//!    any server reads one ([`crate::endpoint_key`]: case ignored, escapes of unreserved
+//!    characters decoded, `;` parameters dropped, an escaped `/` or `\` read as `/`, empty
+//!    segments and a trailing `/` dropped, dot segments resolved), so one resource spelled
+//!    several ways meets one limit. Session budgets are lifetime totals per session: the MPP
+//!    rail's `sessionId`, or the intent's `context.sessionId` for x402 (intents without one
+//!    share the session `default`).
 //!    Spend counted before a rule existed is not counted by it (the engine keeps counters, not
 //!    history).
 //! 5. **Time zones.** UTC unless the policy has `timezone` (an IANA name) or the rule's value
