@@ -146,7 +146,10 @@ pub(crate) mod opt_number {
             Some(Value::String(s)) => s,
             Some(other) => return Err(serde::de::Error::custom(format!("expected a number, got {other}"))),
         };
-        let parsed = text.parse::<Decimal>().or_else(|_| Decimal::from_scientific(&text));
-        parsed.map(Some).map_err(|_| serde::de::Error::custom(format!("`{text}` is not a number")))
+        // Digit separators (`"1_0"`), which rust_decimal would read as 10, are no number here.
+        let parsed = (!text.contains('_'))
+            .then(|| text.trim().parse::<Decimal>().or_else(|_| Decimal::from_scientific(text.trim())).ok())
+            .flatten();
+        parsed.map(Some).ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not a number")))
     }
 }

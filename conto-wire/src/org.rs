@@ -517,5 +517,10 @@ mod tests {
         assert_eq!(w.spend_limit_per_tx, Some(Decimal::new(1, 6)));
         assert_eq!(serde_json::to_value(&w).unwrap()["spendLimitDaily"], serde_json::json!(12.5));
         assert!(serde_json::from_str::<AgentWallet>(r#"{"spendLimitDaily": true}"#).is_err());
+        // Digit separators, which rust_decimal alone would read as 10.
+        for separated in ["1_0", "10_", "1_0.5"] {
+            let text = format!(r#"{{"spendLimitPerTx": "{separated}"}}"#);
+            assert!(serde_json::from_str::<AgentWallet>(&text).is_err(), "{separated}");
+        }
     }
 }
