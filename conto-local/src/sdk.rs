@@ -674,7 +674,9 @@ fn live_approval(
     }
     let approved = authorization.amount;
     let settled = amount.unwrap_or(approved);
-    if settled > approved {
+    // An MPP session may settle more than its first deposit (a top-up): its record closes the
+    // session and counts all it settled. Any other payment settles at most what was approved.
+    if settled > approved && kind != Kind::Mpp {
         return Err(bad("VALIDATION_ERROR", format!("settled amount {settled} is more than the approved {approved}")));
     }
     Ok(LiveApproval { id: id.to_owned(), authorization, intent_json: row.intent, settled })
@@ -690,13 +692,19 @@ impl LiveApproval {
         reference: Option<String>,
     ) -> Result<(Amount, String), ApiError> {
         let LiveApproval { id, authorization, intent_json, settled } = self;
-        let settlement = Settlement { amount: Some(settled), reference: reference.clone() };
+        // What the approval covers settles it; an MPP session's top-up beyond its deposit is
+        // counted besides, as spend that moved.
+        let covered = settled.min(authorization.amount);
+        let settlement = Settlement { amount: Some(covered), reference: reference.clone() };
         match app.engine.settle(&authorization, &settlement) {
             Ok(_) => {}
             Err(AuthorityError::Ledger(conto_core::LedgerError::UnknownAuthorization(_))) => {
-                app.engine.restore_spend(&authorization.intent, settled, Timestamp::now())
+                app.engine.restore_spend(&authorization.intent, covered, Timestamp::now())
             }
             Err(e) => return Err(bad("INVALID_STATUS", e.to_string())),
+        }
+        if let Ok(top_up) = settled.checked_sub(covered) {
+            app.engine.restore_spend(&authorization.intent, top_up, Timestamp::now());
         }
         let transaction_id = store_spend(store, &id, agent, &intent_json, settled, reference.as_deref())?;
         Ok((settled, transaction_id))
@@ -1021,9 +1029,8 @@ fn plan_one(
         return Err(twice(&format!("payment `{record_id}`")));
     }
     // A record without `authorizationId` settles the live pre-authorization it belongs to
-    // rather than adding to it: same agent and rail, same resource and recipient, an amount
-    // within the reservation; the oldest such pre-authorization (not already settled by an
-    // earlier payment of the same record) first.
+    // rather than adding to it (`matching_preauthorization`), one not already settled by an
+    // earlier payment of the same record.
     if let Some(preauth) = matching_preauthorization(store, agent, &intent, taken)? {
         let approval = live_approval(store, agent, kind, &preauth, Some(intent.amount), None)?;
         taken.insert(preauth);
@@ -1087,8 +1094,13 @@ fn session(rail: &Rail) -> Option<&str> {
     }
 }
 
-/// The oldest live pre-authorization of `agent` that `intent` (a record without an
-/// authorization id) settles, other than those `taken`.
+/// The live pre-authorization of `agent` that `intent` (a record without an authorization id)
+/// settles, other than those `taken`: the same rail, endpoint and recipient. A deposit
+/// pre-authorized for a named MPP session is settled by that session's record only; one
+/// pre-authorized before its session was named (as Conto's flow has it) by any, after those of
+/// the record's own session. An x402 pre-authorization must cover the payment; an MPP deposit
+/// need not (a session may top up), one that covers it first. Then the oldest (an id starts
+/// with the second it was made in).
 fn matching_preauthorization(
     store: &Store,
     agent: &str,
@@ -1097,23 +1109,22 @@ fn matching_preauthorization(
 ) -> Result<Option<String>, ApiError> {
     let now = Timestamp::now();
     let (paid, paid_session) = (endpoint(&intent.rail), session(&intent.rail));
-    let mut candidates: Vec<(bool, Timestamp, String)> = store
+    let top_ups = matches!(intent.rail, Rail::Mpp { .. });
+    let mut candidates: Vec<(bool, bool, String)> = store
         .live_approvals(Some(agent))?
         .into_iter()
         .filter_map(|(id, row)| {
             let a = row.authorization(&id).ok()?;
-            // The same endpoint. A deposit pre-authorized for a named MPP session is settled by
-            // that session's record only; one pre-authorized before its session was named (as
-            // Conto's flow has it) by any, after those of the record's own session.
             let session_of = session(&a.intent.rail);
+            let covers = intent.amount <= a.amount;
             let same = a.intent.rail.name() == intent.rail.name()
                 && endpoint(&a.intent.rail) == paid
                 && (session_of.is_none() || session_of == paid_session)
                 && a.intent.recipient == intent.recipient
-                && intent.amount <= a.amount
+                && (covers || top_ups)
                 && a.expires_at > now
                 && !taken.contains(&id);
-            same.then_some((session_of != paid_session, a.expires_at, id))
+            same.then_some((session_of != paid_session, !covers, id))
         })
         .collect();
     candidates.sort();

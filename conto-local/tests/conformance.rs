@@ -1291,6 +1291,41 @@ async fn an_mpp_session_is_preauthorized_for_its_deposit() {
     assert_eq!(third["authorized"], true, "4 spent + 6: {third}");
 }
 
+/// An MPP session that settled more than its first deposit (a top-up) is recorded against
+/// that deposit: the session closes (its hold and its slot freed) and all it settled is counted
+/// once; it was counted as a second payment beside a deposit still held.
+#[tokio::test]
+async fn an_mpp_session_that_topped_up_closes_its_deposit_and_counts_all_it_settled() {
+    let (server, sdk) = setup(None).await;
+    Org::new(&server)
+        .policy(json!({"name": "sessions", "scope": "all", "rules": [
+            {"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "1", "action": "ALLOW"},
+            {"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": "3600", "action": "ALLOW"}]}))
+        .await;
+    let url = "https://mpp.example.com/v1/stream";
+    let open = json!({"amount": "0.1", "depositAmount": "5", "recipientAddress": RECIPIENT, "resourceUrl": url,
+        "intent": "session"});
+    let daily = |b: &Value| b["counters"].as_array().unwrap().iter().find(|c| c["period"] == "daily").cloned().unwrap();
+    for (n, by_id) in [(0, false), (1, true)] {
+        let (_, pre) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
+        assert_eq!(pre["authorized"], true, "{pre}");
+        let mut record = json!({"amount": "5.5", "recipientAddress": RECIPIENT, "resourceUrl": url,
+            "sessionId": format!("s{n}"), "txHash": format!("0x{}", n.to_string().repeat(64))});
+        if by_id {
+            record["authorizationId"] = pre["authorizationId"].clone();
+        }
+        let (status, recorded) = sdk.post("/api/sdk/mpp/record", record).await;
+        assert_eq!(status, 200, "{recorded}");
+        assert_eq!(recorded["payments"][0]["authorizationId"], pre["authorizationId"], "{recorded}");
+        let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
+        let spent = if by_id { "11" } else { "5.5" };
+        assert_eq!((&daily(&budget)["spent"], &daily(&budget)["reserved"]), (&json!(spent), &json!("0")), "{budget}");
+    }
+    // Both sessions closed: a new one opens under the limit of one at a time.
+    let (_, next) = sdk.post("/api/sdk/mpp/pre-authorize", open).await;
+    assert_eq!(next["authorized"], true, "{next}");
+}
+
 /// Conto's recommended MPP policy (conto-api.md §6.6: session budget 25, 1.00 a request, three
 /// sessions at once) lets sessions open, refuses a fourth while three are open, and counts a
 /// session closed once its settled amount is recorded (with or without its authorization id);
