@@ -33,7 +33,11 @@
 //!   reservation (each endpoint settles only its own flow's approvals). An MPP pre-authorization
 //!   with a `depositAmount` larger than its `amount` is decided, held and approved for the
 //!   deposit (§6.6: the app pre-authorizes the deposit); its record settles it at what the
-//!   session spent. The service an x402/MPP payment is checked as is `resourceUrl`'s host in
+//!   session spent, also above the deposit (a top-up: all it settled is counted). A session
+//!   that settled nothing (it never opened) is recorded with `amount: 0`: its deposit's hold
+//!   and its open-session slot are freed at once (`status: "RELEASED"`), nothing is counted
+//!   (an `MPP_MAX_SESSION_DURATION` session would otherwise hold them its whole length). The
+//!   service an x402/MPP payment is checked as is `resourceUrl`'s host in
 //!   canonical form (as a browser reaches it); a `serviceDomain` sent along must be that host
 //!   or a domain above it (`400 VALIDATION_ERROR` otherwise). An approved one names
 //!   its `wallet` (`id`, `address`, `chainId`, `custodyType`, `availableBalance`): the agent's

@@ -698,9 +698,11 @@ impl LiveApproval {
         let settlement = Settlement { amount: Some(covered), reference: reference.clone() };
         match app.engine.settle(&authorization, &settlement) {
             Ok(_) => {}
-            Err(AuthorityError::Ledger(conto_core::LedgerError::UnknownAuthorization(_))) => {
-                app.engine.restore_spend(&authorization.intent, covered, Timestamp::now())
-            }
+            // Forgotten, or closed unspent (an MPP session) before its money moved after all:
+            // counted now.
+            Err(AuthorityError::Ledger(
+                conto_core::LedgerError::UnknownAuthorization(_) | conto_core::LedgerError::AlreadyReleased(_),
+            )) => app.engine.restore_spend(&authorization.intent, covered, Timestamp::now()),
             Err(e) => return Err(bad("INVALID_STATUS", e.to_string())),
         }
         if let Ok(top_up) = settled.checked_sub(covered) {
@@ -1131,10 +1133,72 @@ fn matching_preauthorization(
     Ok(candidates.into_iter().next().map(|(_, _, id)| id))
 }
 
+/// An MPP record of `0` (one payment, no batch): the session settled nothing, as when it
+/// never opened. Its body with the amount read as the least one, to find its deposit as a
+/// record would; `None` for any other record.
+fn unspent_session(kind: Kind, body: &Bytes) -> Result<Option<PaymentBody>, ApiError> {
+    if kind != Kind::Mpp {
+        return Ok(None);
+    }
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else { return Ok(None) };
+    let zero = match &value["amount"] {
+        serde_json::Value::Number(n) => n.as_f64() == Some(0.0),
+        serde_json::Value::String(s) => {
+            s.trim().parse::<conto_core::Decimal>().is_ok_and(|d| d.is_zero()) && !s.contains('_')
+        }
+        _ => false,
+    };
+    if !zero || value.get("payments").is_some() {
+        return Ok(None);
+    }
+    value["amount"] = serde_json::Value::String("0.000001".into());
+    payment_body(&Bytes::from(value.to_string())).map(Some)
+}
+
+/// Closes an MPP session that settled nothing: its deposit's hold and its open-session slot
+/// are freed, nothing is counted. The deposit is the one named (`authorizationId`) or the one
+/// its record would settle. Closing it again answers the same; a deposit already recorded is
+/// `400 INVALID_STATUS`.
+fn close_unspent(app: &App, store: &Store, agent: &str, body: &PaymentBody) -> Result<RecordedBody, ApiError> {
+    let id = match body.authorization_id.clone().filter(|i| !i.is_empty()) {
+        Some(id) => request_approval(store, agent, &id)?,
+        None => {
+            let intent = intent_from(agent, body, Kind::Mpp)?;
+            matching_preauthorization(store, agent, &intent, &HashSet::new())?.ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no open MPP session's deposit matches this record")
+            })?
+        }
+    };
+    let unknown =
+        || ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no approval `{id}` for this agent here"));
+    let row = store.approval(&id)?.filter(|r| r.agent_id == agent).ok_or_else(unknown)?;
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e);
+    let authorization = row.authorization(&id).map_err(internal)?;
+    if Kind::of(&authorization.intent.rail) != Kind::Mpp {
+        return Err(unknown());
+    }
+    match row.state.as_str() {
+        "recorded" => return Err(bad("INVALID_STATUS", format!("approval `{id}` was already recorded"))),
+        "released" => {}
+        _ => {
+            store.release_approval(&id)?;
+            let _ = app.engine.free(&authorization);
+        }
+    }
+    let entry = RecordedBody { authorization_id: Some(id), status: Some("RELEASED".into()), ..RecordedBody::default() };
+    Ok(RecordedBody { status: Some("RELEASED".into()), payments: vec![entry], ..RecordedBody::default() })
+}
+
 async fn record(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, kind.record_scope(), Class::Payments)?;
-    let body = payment_body(&body)?;
     let endpoint = kind.record_path("").unwrap_or_default();
+    if let Some(unspent) = unspent_session(kind, &body)? {
+        let (status, out) = once(&app, &caller, &endpoint, &headers, &unspent, |store| {
+            Ok((StatusCode::OK, close_unspent(&app, store, &caller.agent, &unspent)?))
+        })?;
+        return Ok(reply(status, out));
+    }
+    let body = payment_body(&body)?;
     let (status, out) = once(&app, &caller, &endpoint, &headers, &body, |store| {
         let payments: Vec<PaymentBody> = match &body.payments {
             Some(items) if kind == Kind::X402 => items.clone(),

@@ -674,6 +674,15 @@ impl Store {
             .optional()?)
     }
 
+    /// Marks a live approval released: settled with nothing (an MPP session closed unspent).
+    /// It is no longer restored or counted as held.
+    pub fn release_approval(&self, id: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE approvals SET state = 'released' WHERE id = ?1 AND state = 'live'")?
+            .execute([id])?;
+        Ok(())
+    }
+
     /// Live approvals, of one agent or of all, read through the index of live approvals (not
     /// every approval ever made).
     pub fn live_approvals(&self, agent_id: Option<&str>) -> Result<Vec<(String, ApprovalRecord)>, StoreError> {

@@ -1326,6 +1326,63 @@ async fn an_mpp_session_that_topped_up_closes_its_deposit_and_counts_all_it_sett
     assert_eq!(next["authorized"], true, "{next}");
 }
 
+/// An MPP session that settled nothing (it never opened) is recorded at 0: its deposit's hold
+/// and its open-session slot are freed at once, not at the end of the session's allowed
+/// length; nothing is counted. Money that moved after all is still counted when recorded.
+#[tokio::test]
+async fn an_mpp_session_recorded_at_zero_frees_its_deposit_and_slot() {
+    let (server, sdk) = setup(None).await;
+    Org::new(&server)
+        .policy(json!({"name": "sessions", "scope": "all", "rules": [
+            {"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "1", "action": "ALLOW"},
+            {"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": "3600", "action": "ALLOW"}]}))
+        .await;
+    let url = "https://mpp.example.com/v1/stream";
+    let open = json!({"amount": "0.1", "depositAmount": "5", "recipientAddress": RECIPIENT, "resourceUrl": url,
+        "intent": "session"});
+    let reserved = |b: &Value| {
+        b["counters"].as_array().unwrap().iter().find(|c| c["period"] == "daily").unwrap()["reserved"].clone()
+    };
+    let (_, first) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
+    assert_eq!(first["authorized"], true, "{first}");
+    let (_, second) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
+    assert_eq!(second["violations"][0]["type"], "MPP_MAX_CONCURRENT_SESSIONS", "{second}");
+
+    // Closed by its id, twice (the same answer), then by what its record would match.
+    let by_id = json!({"amount": 0, "recipientAddress": RECIPIENT, "resourceUrl": url,
+        "authorizationId": first["authorizationId"]});
+    for _ in 0..2 {
+        let (status, closed) = sdk.post("/api/sdk/mpp/record", by_id.clone()).await;
+        assert_eq!((status, &closed["payments"][0]["status"]), (200, &json!("RELEASED")), "{closed}");
+        assert_eq!(closed["payments"][0]["authorizationId"], first["authorizationId"]);
+    }
+    let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
+    assert_eq!(reserved(&budget), json!("0"), "{budget}");
+    let (_, again) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
+    assert_eq!(again["authorized"], true, "the slot is free: {again}");
+    let unnamed = json!({"amount": "0.00", "recipientAddress": RECIPIENT, "resourceUrl": url, "sessionId": "s-9"});
+    let (status, closed) = sdk.post("/api/sdk/mpp/record", unnamed).await;
+    assert_eq!((status, &closed["payments"][0]["authorizationId"]), (200, &again["authorizationId"]), "{closed}");
+
+    // The first session's money moved after all: its record is counted, not refused.
+    let late = json!({"amount": "2", "recipientAddress": RECIPIENT, "resourceUrl": url,
+        "authorizationId": first["authorizationId"], "txHash": format!("0x{}", "7".repeat(64))});
+    let (status, recorded) = sdk.post("/api/sdk/mpp/record", late).await;
+    assert_eq!((status, &recorded["payments"][0]["status"]), (200, &json!("RECORDED")), "{recorded}");
+    let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
+    let daily = budget["counters"].as_array().unwrap().iter().find(|c| c["period"] == "daily").unwrap().clone();
+    assert_eq!((&daily["spent"], &daily["reserved"]), (&json!("2"), &json!("0")), "{budget}");
+    // Recorded, it is no longer closed unspent; nothing is left to close; x402 has no such close.
+    let (status, err) = sdk.post("/api/sdk/mpp/record", by_id).await;
+    assert_eq!((status, &err["code"]), (400, &json!("INVALID_STATUS")), "{err}");
+    let (status, err) =
+        sdk.post("/api/sdk/mpp/record", json!({"amount": 0, "recipientAddress": RECIPIENT, "resourceUrl": url})).await;
+    assert_eq!(status, 404, "{err}");
+    let (status, err) =
+        sdk.post("/api/sdk/x402/record", json!({"amount": 0, "recipientAddress": RECIPIENT, "resourceUrl": url})).await;
+    assert_eq!((status, &err["code"]), (400, &json!("INVALID_AMOUNT")), "{err}");
+}
+
 /// Conto's recommended MPP policy (conto-api.md §6.6: session budget 25, 1.00 a request, three
 /// sessions at once) lets sessions open, refuses a fourth while three are open, and counts a
 /// session closed once its settled amount is recorded (with or without its authorization id);
