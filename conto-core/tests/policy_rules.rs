@@ -524,6 +524,15 @@ fn mpp_max_session_duration_is_the_preauthorizations_lifetime() {
     e.sweep_expired();
     approved(&e.decide(&mpp("1", url, Some("s2"), None)));
 
+    // A one-off MPP `charge` is no session: neither a slot nor the session's length.
+    let mut charge = mpp("1", url, None, None);
+    if let conto_core::Rail::Mpp { intent, .. } = &mut charge.rail {
+        *intent = Some("charge".into());
+    }
+    let charged = approved(&e.decide(&charge)).clone();
+    assert_eq!(charged.expires_at, conto_core::Clock::now(&clock).checked_add(SignedDuration::from_mins(10)).unwrap());
+    approved(&e.decide(&charge));
+
     // A session the policy lets stay open longer than an approval's 10 minutes keeps its
     // deposit held and its slot taken until then (it lapsed at 10 minutes, freeing both while
     // the session still ran); `LT` n is n - 1 seconds.

@@ -78,7 +78,8 @@
 //! 9. **`VELOCITY_LIMIT`** `{"maxCount": n, "period": "MINUTE"|"HOUR"|"DAY"}` is a sliding window
 //!    over approvals (released approvals do not count). **`MPP_MAX_CONCURRENT_SESSIONS`** `LTE n`
 //!    counts the agent's open MPP sessions: its MPP pre-authorizations still live (not yet
-//!    recorded, released or lapsed), this one included; a record closes a session.
+//!    recorded, released or lapsed), this one included; a record closes a session. A one-off
+//!    MPP `charge` (its `intent`) is no session: neither session rule applies to it.
 //!    **`MPP_MAX_SESSION_DURATION`** `LTE` seconds is how long an MPP pre-authorization lives
 //!    (the shortest applicable one, instead of the approval's lifetime, longer or shorter):
 //!    until then the session's deposit stays held and its slot taken; past it the session

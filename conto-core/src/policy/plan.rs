@@ -66,7 +66,7 @@ pub(crate) struct Plan {
     pub sessions: Box<[Entry<SessionLength>]>,
     /// The rules folded for a payment whose actor every policy applies to, per rail
     /// ([`rail_slot`]).
-    pub folded: [Folded; 4],
+    pub folded: [Folded; 5],
 }
 
 /// The rules that cover one rail, folded: what a payment whose actor every policy applies to
@@ -123,6 +123,8 @@ impl Default for Folded {
 pub(crate) fn rail_slot(rail: &Rail) -> usize {
     match rail {
         Rail::X402 { .. } => 1,
+        // A one-off charge apart from the sessions: session rules do not cover it.
+        rail @ Rail::Mpp { .. } if !RailFilter::MppSession.matches(rail) => 4,
         Rail::Mpp { .. } => 2,
         Rail::Card { .. } => 3,
         Rail::Transfer { .. } | Rail::Request { .. } => 0,
@@ -132,9 +134,10 @@ pub(crate) fn rail_slot(rail: &Rail) -> usize {
 /// The slots of the rails `rails` covers.
 fn slots(rails: RailFilter) -> &'static [usize] {
     match rails {
-        RailFilter::All => &[0, 1, 2, 3],
+        RailFilter::All => &[0, 1, 2, 3, 4],
         RailFilter::X402 => &[1],
-        RailFilter::Mpp => &[2],
+        RailFilter::Mpp => &[2, 4],
+        RailFilter::MppSession => &[2],
         RailFilter::Card => &[3],
     }
 }
@@ -167,7 +170,7 @@ impl Plan {
                 }
             }
         }
-        let mut folded: [Folded; 4] = Default::default();
+        let mut folded: [Folded; 5] = Default::default();
         for e in &amounts {
             for &slot in slots(e.rails) {
                 let f = &mut folded[slot];
@@ -245,10 +248,21 @@ mod tests {
             Rail::transfer(8453, "0x2222222222222222222222222222222222222222").unwrap(),
             Rail::x402("https://api.example.com/").unwrap(),
             Rail::mpp("https://api.example.com/").unwrap(),
+            match Rail::mpp("https://api.example.com/").unwrap() {
+                Rail::Mpp { service_domain, resource_url, session_id, deposit, method, .. } => Rail::Mpp {
+                    service_domain,
+                    resource_url,
+                    session_id,
+                    intent: Some("Charge".into()),
+                    deposit,
+                    method,
+                },
+                _ => unreachable!(),
+            },
             Rail::card("Acme").unwrap(),
             Rail::request(None),
         ];
-        for filter in [RailFilter::All, RailFilter::X402, RailFilter::Mpp, RailFilter::Card] {
+        for filter in [RailFilter::All, RailFilter::X402, RailFilter::Mpp, RailFilter::MppSession, RailFilter::Card] {
             for rail in &rails {
                 assert_eq!(slots(filter).contains(&rail_slot(rail)), filter.matches(rail), "{filter:?} {rail:?}");
             }

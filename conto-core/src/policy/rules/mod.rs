@@ -89,6 +89,8 @@ pub(crate) enum RailFilter {
     All,
     X402,
     Mpp,
+    /// MPP payments that open a session: every MPP intent but a one-off `charge`.
+    MppSession,
     Card,
 }
 
@@ -98,6 +100,9 @@ impl RailFilter {
             RailFilter::All => true,
             RailFilter::X402 => matches!(rail, Rail::X402 { .. }),
             RailFilter::Mpp => matches!(rail, Rail::Mpp { .. }),
+            RailFilter::MppSession => {
+                matches!(rail, Rail::Mpp { intent, .. } if !intent.as_deref().is_some_and(|i| i.eq_ignore_ascii_case("charge")))
+            }
             RailFilter::Card => matches!(rail, Rail::Card { .. }),
         }
     }

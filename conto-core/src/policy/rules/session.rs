@@ -57,6 +57,6 @@ impl Family for Sessions {
             );
         }
         let check = Check::Session(SessionLength(SignedDuration::from_secs(secs)));
-        Ok(r.spec(check, RailFilter::Mpp, V::MppMaxSessionDuration))
+        Ok(r.spec(check, RailFilter::MppSession, V::MppMaxSessionDuration))
     }
 }

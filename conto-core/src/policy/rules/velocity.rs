@@ -32,7 +32,7 @@ impl Family for Velocities {
             "VELOCITY_LIMIT" => (Scope::Agent, RailFilter::All, V::VelocityLimit),
             "X402_VELOCITY_PER_ENDPOINT" => (Scope::Endpoint, RailFilter::X402, V::X402Velocity),
             "MPP_VELOCITY_PER_ENDPOINT" => (Scope::Endpoint, RailFilter::Mpp, V::MppVelocity),
-            "MPP_MAX_CONCURRENT_SESSIONS" => (Scope::Agent, RailFilter::Mpp, V::MppMaxConcurrentSessions),
+            "MPP_MAX_CONCURRENT_SESSIONS" => (Scope::Agent, RailFilter::MppSession, V::MppMaxConcurrentSessions),
             _ => return None,
         })
     }
