@@ -540,8 +540,10 @@ fn normalized_escapes(path: &str) -> String {
 /// per-endpoint limits and when a record is matched to its pre-authorization: its host and
 /// path, without scheme, port or query, the path read as the servers that read paths most
 /// loosely would: case ignored; `;` parameters dropped from each segment as sent (as Tomcat
-/// does, before it decodes anything); then an escaped `/` or `\` (`%2F`, `%5C`) read as `/`;
-/// empty segments and a trailing `/` dropped; `.` and `..` segments resolved. Spellings some
+/// does, before it decodes anything); then decoded once more (`%252F` is `%2F`) and an escaped
+/// `.`, `/`, `\` or space read as itself (`/` for `\`); a segment's trailing dots and spaces
+/// dropped (as Windows servers do); empty segments and a trailing `/` dropped; `.` and `..`
+/// segments resolved. IIS's `%u` escapes and overlong UTF-8 are not read. Spellings some
 /// server would route to one resource then share one per-endpoint limit; two endpoints that
 /// differ only so (or only by scheme or port) share it too, which errs on the side of counting.
 pub fn endpoint_key(resource_url: &str) -> String {
@@ -557,7 +559,13 @@ pub fn endpoint_key(resource_url: &str) -> String {
     let mut segments: Vec<String> = Vec::new();
     for raw in url[path_at..].split('/') {
         let kept = raw.split(';').next().unwrap_or_default().to_ascii_lowercase();
-        for segment in kept.replace("%2f", "/").replace("%5c", "/").split('/') {
+        // Decoded once more (a chain of proxies may decode twice): `%252f` is `%2f`, and an
+        // escaped dot, slash, backslash or space is that character.
+        let kept = kept.replace("%25", "%").replace("%2e", ".").replace("%2f", "/").replace("%5c", "/");
+        for segment in kept.replace("%20", " ").split('/') {
+            // Windows servers drop a segment's trailing dots and spaces.
+            let segment =
+                if segment == "." || segment == ".." { segment } else { segment.trim_end_matches(['.', ' ']) };
             match segment {
                 "" | "." => {}
                 ".." => {
@@ -991,6 +999,13 @@ mod tests {
             "http://api.example.com/v1/chat",
             "http://api.example.com:443/v1/chat",
             "https://api.example.com:8443/v1/chat",
+            // Decoded twice by some proxy chains; trailing dots and spaces dropped by Windows.
+            "https://api.example.com/v1%252Fchat",
+            "https://api.example.com/v1/x/%252e%252e/chat",
+            "https://api.example.com/v1/chat%255C",
+            "https://api.example.com/v1./chat%2e",
+            "https://api.example.com/v1/chat%20",
+            "https://api.example.com/v1%20./chat. .",
         ] {
             assert_eq!(endpoint_key(url), key, "{url}");
         }

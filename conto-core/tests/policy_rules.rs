@@ -532,6 +532,14 @@ fn mpp_max_session_duration_is_the_preauthorizations_lifetime() {
     let charged = approved(&e.decide(&charge)).clone();
     assert_eq!(charged.expires_at, conto_core::Clock::now(&clock).checked_add(SignedDuration::from_mins(10)).unwrap());
     approved(&e.decide(&charge));
+    // A "charge" that names a session or carries a deposit is a session all the same.
+    for (session, deposit) in [(Some("s9"), None), (None, Some("5"))] {
+        let mut disguised = mpp("1", url, session, deposit);
+        if let conto_core::Rail::Mpp { intent, .. } = &mut disguised.rail {
+            *intent = Some("CHARGE".into());
+        }
+        assert_denied(&e.decide(&disguised), V::MppMaxConcurrentSessions);
+    }
 
     // A session the policy lets stay open longer than an approval's 10 minutes keeps its
     // deposit held and its slot taken until then (it lapsed at 10 minutes, freeing both while

@@ -692,21 +692,23 @@ impl LiveApproval {
         reference: Option<String>,
     ) -> Result<(Amount, String), ApiError> {
         let LiveApproval { id, authorization, intent_json, settled } = self;
-        // What the approval covers settles it; an MPP session's top-up beyond its deposit is
-        // counted besides, as spend that moved.
-        let covered = settled.min(authorization.amount);
-        let settlement = Settlement { amount: Some(covered), reference: reference.clone() };
-        match app.engine.settle(&authorization, &settlement) {
+        let settlement = Settlement { amount: Some(settled), reference: reference.clone() };
+        let outcome = if settled > authorization.amount {
+            // An MPP session that topped up past its deposit: the deposit's hold is freed and
+            // all it settled counted, as one payment.
+            let _ = app.engine.free(&authorization);
+            Err(AuthorityError::Ledger(conto_core::LedgerError::UnknownAuthorization(authorization.id.clone())))
+        } else {
+            app.engine.settle(&authorization, &settlement)
+        };
+        match outcome {
             Ok(_) => {}
-            // Forgotten, or closed unspent (an MPP session) before its money moved after all:
-            // counted now.
+            // Forgotten, topped up, or closed unspent (an MPP session) before its money moved
+            // after all: counted now.
             Err(AuthorityError::Ledger(
                 conto_core::LedgerError::UnknownAuthorization(_) | conto_core::LedgerError::AlreadyReleased(_),
-            )) => app.engine.restore_spend(&authorization.intent, covered, Timestamp::now()),
+            )) => app.engine.restore_spend(&authorization.intent, settled, Timestamp::now()),
             Err(e) => return Err(bad("INVALID_STATUS", e.to_string())),
-        }
-        if let Ok(top_up) = settled.checked_sub(covered) {
-            app.engine.restore_spend(&authorization.intent, top_up, Timestamp::now());
         }
         let transaction_id = store_spend(store, &id, agent, &intent_json, settled, reference.as_deref())?;
         Ok((settled, transaction_id))
@@ -1141,13 +1143,17 @@ fn unspent_session(kind: Kind, body: &Bytes) -> Result<Option<PaymentBody>, ApiE
         return Ok(None);
     }
     let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else { return Ok(None) };
-    let zero = match &value["amount"] {
-        serde_json::Value::Number(n) => n.as_f64() == Some(0.0),
-        serde_json::Value::String(s) => {
-            s.trim().parse::<conto_core::Decimal>().is_ok_and(|d| d.is_zero()) && !s.contains('_')
-        }
-        _ => false,
+    // Zero as the JSON reads it (`0`, `"0.00"`, `0e5`; a number below f64's range reads as 0).
+    let text = match &value["amount"] {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        _ => return Ok(None),
     };
+    let t = text.trim();
+    let zero = !t.contains('_')
+        && conto_core::Decimal::from_str_exact(t)
+            .or_else(|_| conto_core::Decimal::from_scientific(t))
+            .is_ok_and(|d| d.is_zero());
     if !zero || value.get("payments").is_some() {
         return Ok(None);
     }
@@ -1193,7 +1199,9 @@ async fn record(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> R
     let caller = caller(&app, &headers, kind.record_scope(), Class::Payments)?;
     let endpoint = kind.record_path("").unwrap_or_default();
     if let Some(unspent) = unspent_session(kind, &body)? {
-        let (status, out) = once(&app, &caller, &endpoint, &headers, &unspent, |store| {
+        // Its idempotency keys are apart from records' (its body is read with a stand-in
+        // amount, which a real record of that amount must not replay).
+        let (status, out) = once(&app, &caller, &format!("{endpoint}#unspent"), &headers, &unspent, |store| {
             Ok((StatusCode::OK, close_unspent(&app, store, &caller.agent, &unspent)?))
         })?;
         return Ok(reply(status, out));

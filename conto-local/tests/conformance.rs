@@ -1300,7 +1300,9 @@ async fn an_mpp_session_that_topped_up_closes_its_deposit_and_counts_all_it_sett
     Org::new(&server)
         .policy(json!({"name": "sessions", "scope": "all", "rules": [
             {"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "1", "action": "ALLOW"},
-            {"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": "3600", "action": "ALLOW"}]}))
+            {"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": "3600", "action": "ALLOW"},
+            {"ruleType": "VELOCITY_LIMIT", "operator": "LTE", "value": "{\"maxCount\": 3, \"period\": \"HOUR\"}",
+                "action": "ALLOW"}]}))
         .await;
     let url = "https://mpp.example.com/v1/stream";
     let open = json!({"amount": "0.1", "depositAmount": "5", "recipientAddress": RECIPIENT, "resourceUrl": url,
@@ -1321,7 +1323,8 @@ async fn an_mpp_session_that_topped_up_closes_its_deposit_and_counts_all_it_sett
         let spent = if by_id { "11" } else { "5.5" };
         assert_eq!((&daily(&budget)["spent"], &daily(&budget)["reserved"]), (&json!(spent), &json!("0")), "{budget}");
     }
-    // Both sessions closed: a new one opens under the limit of one at a time.
+    // Both sessions closed: a new one opens under the limit of one at a time, and each top-up
+    // was one payment to the velocity limit (three an hour), not two.
     let (_, next) = sdk.post("/api/sdk/mpp/pre-authorize", open).await;
     assert_eq!(next["authorized"], true, "{next}");
 }
@@ -1343,11 +1346,12 @@ async fn an_mpp_session_recorded_at_zero_frees_its_deposit_and_slot() {
     let reserved = |b: &Value| {
         b["counters"].as_array().unwrap().iter().find(|c| c["period"] == "daily").unwrap()["reserved"].clone()
     };
-    let (_, first) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
-    assert_eq!(first["authorized"], true, "{first}");
+    let (_, held) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
+    assert_eq!(held["authorized"], true, "{held}");
     let (_, second) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
     assert_eq!(second["violations"][0]["type"], "MPP_MAX_CONCURRENT_SESSIONS", "{second}");
 
+    let first = held;
     // Closed by its id, twice (the same answer), then by what its record would match.
     let by_id = json!({"amount": 0, "recipientAddress": RECIPIENT, "resourceUrl": url,
         "authorizationId": first["authorizationId"]});
@@ -1381,6 +1385,17 @@ async fn an_mpp_session_recorded_at_zero_frees_its_deposit_and_slot() {
     let (status, err) =
         sdk.post("/api/sdk/x402/record", json!({"amount": 0, "recipientAddress": RECIPIENT, "resourceUrl": url})).await;
     assert_eq!((status, &err["code"]), (400, &json!("INVALID_AMOUNT")), "{err}");
+
+    // An idempotency key a close used is not replayed for a record of the stand-in amount.
+    let (_, open_again) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
+    let close = json!({"amount": 0, "recipientAddress": RECIPIENT, "resourceUrl": url,
+        "authorizationId": open_again["authorizationId"], "idempotencyKey": "k-1"});
+    let (_, closed) = sdk.post("/api/sdk/mpp/record", close).await;
+    assert_eq!(closed["payments"][0]["status"], json!("RELEASED"), "{closed}");
+    let tiny = json!({"amount": "0.000001", "recipientAddress": RECIPIENT, "resourceUrl": url, "idempotencyKey": "k-1",
+        "txHash": format!("0x{}", "5".repeat(64))});
+    let (status, recorded) = sdk.post("/api/sdk/mpp/record", tiny).await;
+    assert_eq!((status, &recorded["payments"][0]["status"]), (200, &json!("RECORDED")), "{recorded}");
 }
 
 /// Conto's recommended MPP policy (conto-api.md §6.6: session budget 25, 1.00 a request, three

@@ -39,8 +39,9 @@
 //!    names the period (`DAILY`, `WEEKLY`, `MONTHLY`, `YEARLY`, `TOTAL`). An endpoint is the
 //!    resource's host and path, without scheme, port or query, the path read as loosely as
 //!    any server reads one ([`crate::endpoint_key`]: case ignored, escapes of unreserved
-//!    characters decoded, `;` parameters dropped, an escaped `/` or `\` read as `/`, empty
-//!    segments and a trailing `/` dropped, dot segments resolved), so one resource spelled
+//!    characters decoded, `;` parameters dropped, decoded once more, an escaped `/` or `\`
+//!    read as `/`, a segment's trailing dots and spaces, empty segments and a trailing `/`
+//!    dropped, dot segments resolved), so one resource spelled
 //!    several ways meets one limit. Session budgets are lifetime totals per session: the MPP
 //!    rail's `sessionId`, or the intent's `context.sessionId` for x402 (intents without one
 //!    share the session `default`).
@@ -79,7 +80,8 @@
 //!    over approvals (released approvals do not count). **`MPP_MAX_CONCURRENT_SESSIONS`** `LTE n`
 //!    counts the agent's open MPP sessions: its MPP pre-authorizations still live (not yet
 //!    recorded, released or lapsed), this one included; a record closes a session. A one-off
-//!    MPP `charge` (its `intent`) is no session: neither session rule applies to it.
+//!    MPP `charge` (its `intent`, naming no session and carrying no deposit) is no session:
+//!    neither session rule applies to it.
 //!    **`MPP_MAX_SESSION_DURATION`** `LTE` seconds is how long an MPP pre-authorization lives
 //!    (the shortest applicable one, instead of the approval's lifetime, longer or shorter):
 //!    until then the session's deposit stays held and its slot taken; past it the session

@@ -259,6 +259,18 @@ mod tests {
                 },
                 _ => unreachable!(),
             },
+            // A "charge" that names a session is one.
+            match Rail::mpp("https://api.example.com/").unwrap() {
+                Rail::Mpp { service_domain, resource_url, deposit, method, .. } => Rail::Mpp {
+                    service_domain,
+                    resource_url,
+                    session_id: Some("s".into()),
+                    intent: Some("charge".into()),
+                    deposit,
+                    method,
+                },
+                _ => unreachable!(),
+            },
             Rail::card("Acme").unwrap(),
             Rail::request(None),
         ];

@@ -89,7 +89,8 @@ pub(crate) enum RailFilter {
     All,
     X402,
     Mpp,
-    /// MPP payments that open a session: every MPP intent but a one-off `charge`.
+    /// MPP payments that open a session: every MPP payment but a one-off `charge` (a
+    /// `charge` intent that names no session and carries no deposit).
     MppSession,
     Card,
 }
@@ -100,9 +101,13 @@ impl RailFilter {
             RailFilter::All => true,
             RailFilter::X402 => matches!(rail, Rail::X402 { .. }),
             RailFilter::Mpp => matches!(rail, Rail::Mpp { .. }),
-            RailFilter::MppSession => {
-                matches!(rail, Rail::Mpp { intent, .. } if !intent.as_deref().is_some_and(|i| i.eq_ignore_ascii_case("charge")))
-            }
+            RailFilter::MppSession => match rail {
+                Rail::Mpp { intent, session_id, deposit, .. } => {
+                    let charge = intent.as_deref().is_some_and(|i| i.eq_ignore_ascii_case("charge"));
+                    !charge || session_id.is_some() || deposit.is_some()
+                }
+                _ => false,
+            },
             RailFilter::Card => matches!(rail, Rail::Card { .. }),
         }
     }
