@@ -557,11 +557,20 @@ pub fn endpoint_key(resource_url: &str) -> String {
         _ => authority,
     };
     let mut segments: Vec<String> = Vec::new();
-    for raw in url[path_at..].split('/') {
-        let kept = raw.split(';').next().unwrap_or_default().to_ascii_lowercase();
-        // Decoded once more (a chain of proxies may decode twice): `%252f` is `%2f`, and an
-        // escaped dot, slash, backslash or space is that character.
-        let kept = kept.replace("%25", "%").replace("%2e", ".").replace("%2f", "/").replace("%5c", "/");
+    let path = &url[path_at..];
+    // Decoded once more (a chain of proxies may decode twice), the path ends at what a second
+    // decoding makes a query or fragment (`%253F`, `%2523`).
+    let lower = path.to_ascii_lowercase();
+    let end = ["%253f", "%2523"].iter().filter_map(|m| lower.find(m)).min().unwrap_or(path.len());
+    let path = &path[..end];
+    for raw in path.split('/') {
+        let kept = raw.split(';').next().unwrap_or_default();
+        // Decoded once more: `%2563` is `c`, `%252f` is `%2F`, and a parameter a second
+        // decoding makes (`%253B`) is dropped; then an escaped slash, backslash or space is
+        // that character.
+        let kept = normalized_escapes(&kept.replace("%25", "%"));
+        let kept = kept.split("%3B").next().unwrap_or_default().to_ascii_lowercase();
+        let kept = kept.replace("%2f", "/").replace("%5c", "/");
         for segment in kept.replace("%20", " ").split('/') {
             // Windows servers drop a segment's trailing dots and spaces.
             let segment =
@@ -1006,6 +1015,11 @@ mod tests {
             "https://api.example.com/v1./chat%2e",
             "https://api.example.com/v1/chat%20",
             "https://api.example.com/v1%20./chat. .",
+            "https://api.example.com/v1/%2563hat",
+            "https://api.example.com/%25761/%2563%2568at",
+            "https://api.example.com/v1/chat%253Fq=1",
+            "https://api.example.com/v1/chat%2523x",
+            "https://api.example.com/v1/chat%253Bjsessionid=1",
         ] {
             assert_eq!(endpoint_key(url), key, "{url}");
         }

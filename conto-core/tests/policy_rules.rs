@@ -621,6 +621,21 @@ fn mpp_rules() {
     let (e, _) =
         engine_at(&policy(&[&rule("MPP_BLOCK_SESSION_INTENT", "IN_LIST", r#"["session"]"#, "DENY")]), NOON_WED);
     assert_denied(&e.decide(&mpp("1", "https://api.example.com/x", None, None)), V::MppSessionIntentBlocked);
+    // A session is blocked as one whatever its intent says: a "charge" naming a session or
+    // carrying a deposit, or no intent; a one-off charge is not.
+    let with_intent = |said: Option<&str>, session: Option<&str>, deposit: Option<&str>| {
+        let mut intent = mpp("1", "https://api.example.com/x", session, deposit);
+        if let conto_core::Rail::Mpp { intent: i, .. } = &mut intent.rail {
+            *i = said.map(str::to_owned);
+        }
+        intent
+    };
+    for (said, session, deposit) in
+        [(Some("charge"), Some("s1"), None), (Some("Charge"), None, Some("5")), (None, None, None)]
+    {
+        assert_denied(&e.decide(&with_intent(said, session, deposit)), V::MppSessionIntentBlocked);
+    }
+    approved(&e.decide(&with_intent(Some("charge"), None, None)));
     let (e, _) = engine_at(
         &policy(&[
             &rule("MPP_MAX_PER_SERVICE", "LTE", "10", "ALLOW"),

@@ -81,7 +81,8 @@
 //!    counts the agent's open MPP sessions: its MPP pre-authorizations still live (not yet
 //!    recorded, released or lapsed), this one included; a record closes a session. A one-off
 //!    MPP `charge` (its `intent`, naming no session and carrying no deposit) is no session:
-//!    neither session rule applies to it.
+//!    neither session rule applies to it; any other MPP payment is one, and
+//!    `MPP_BLOCK_SESSION_INTENT` reads its intent as `session` when it says `charge` or nothing.
 //!    **`MPP_MAX_SESSION_DURATION`** `LTE` seconds is how long an MPP pre-authorization lives
 //!    (the shortest applicable one, instead of the approval's lifetime, longer or shorter):
 //!    until then the session's deposit stays held and its slot taken; past it the session

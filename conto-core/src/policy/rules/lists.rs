@@ -399,7 +399,16 @@ fn subject(field: Field, intent: &PaymentIntent) -> Option<&str> {
         }
         (Field::Mcc, Rail::Card { mcc, .. }) => mcc.as_deref(),
         (Field::Merchant, Rail::Card { merchant, .. }) => Some(merchant.as_str()),
-        (Field::MppIntent, Rail::Mpp { intent, .. }) => intent.as_deref(),
+        // A session is one whatever its intent says: a "charge" that names a session or
+        // carries a deposit, or no intent at all, is checked as `session`.
+        (Field::MppIntent, rail @ Rail::Mpp { intent, .. }) => {
+            let charge_or_none = intent.as_deref().is_none_or(|i| i.eq_ignore_ascii_case("charge"));
+            if charge_or_none && super::RailFilter::MppSession.matches(rail) {
+                Some("session")
+            } else {
+                intent.as_deref()
+            }
+        }
         (Field::MppMethod, Rail::Mpp { method, .. }) => method.as_deref(),
         (Field::Contract, _) => intent.context.get(TARGET_CONTRACT).and_then(serde_json::Value::as_str),
         _ => None,
