@@ -30,7 +30,9 @@
 //! - Times are written as Conto writes them (JavaScript's `toISOString`): UTC to the
 //!   millisecond, `2025-03-19T12:10:00.000Z`.
 //! - x402/MPP pre-authorizations return an `authorizationId`; records that carry it settle that
-//!   reservation (each endpoint settles only its own flow's approvals). An MPP pre-authorization
+//!   reservation (each endpoint settles only its own flow's approvals; a `resourceUrl` or
+//!   `recipientAddress` sent with it must be the authorization's endpoint and recipient,
+//!   `400 VALIDATION_ERROR` otherwise). An MPP pre-authorization
 //!   with a `depositAmount` larger than its `amount` is decided, held and approved for the
 //!   deposit (§6.6: the app pre-authorizes the deposit); its record settles it at what the
 //!   session spent, also above the deposit (a top-up: all it settled is counted). A session

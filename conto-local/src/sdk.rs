@@ -682,6 +682,33 @@ fn live_approval(
     Ok(LiveApproval { id: id.to_owned(), authorization, intent_json: row.intent, settled })
 }
 
+/// A record naming its authorization is for what was pre-authorized: the `resourceUrl` and
+/// `recipientAddress` it sends, when it sends them, must be the authorization's endpoint (as
+/// limits count one) and recipient. Otherwise its spend would be counted under another
+/// service, endpoint and counterparty than the ones it paid (a session may top up past its
+/// deposit, so a cheap pre-authorization could carry any amount elsewhere).
+fn same_payment(approval: &LiveApproval, payment: &PaymentBody) -> Result<(), ApiError> {
+    let approved = &approval.authorization.intent;
+    let id = &approval.id;
+    if let Some(url) = payment.resource_url.as_deref().filter(|u| !u.trim().is_empty()) {
+        let (canonical, _) =
+            conto_core::canonical_resource(url).map_err(|e| bad("VALIDATION_ERROR", format!("`resourceUrl`: {e}")))?;
+        if endpoint(&approved.rail) != Some(conto_core::endpoint_key(&canonical)) {
+            let message = format!("`resourceUrl` {url} is not the endpoint authorization `{id}` was for");
+            return Err(bad("VALIDATION_ERROR", message));
+        }
+    }
+    if let Some(recipient) = payment.recipient_address.as_deref().filter(|r| !r.trim().is_empty()) {
+        let named = conto_core::Address::parse(recipient.trim())
+            .map_err(|e| bad("INVALID_ADDRESS", format!("`recipientAddress`: {e}")))?;
+        if approved.recipient.as_ref() != Some(&named) {
+            let message = format!("`recipientAddress` {recipient} is not the recipient authorization `{id}` was for");
+            return Err(bad("VALIDATION_ERROR", message));
+        }
+    }
+    Ok(())
+}
+
 impl LiveApproval {
     /// Records the spend against the approval: the engine's ledger, then the store.
     fn settle(
@@ -1012,6 +1039,7 @@ fn plan_one(
         // A pre-authorization held for a human is recorded by the id it was answered with.
         let id = request_approval(store, agent, &id)?;
         let approval = live_approval(store, agent, kind, &id, payment.amount, None)?;
+        same_payment(&approval, payment)?;
         if !taken.insert(id.clone()) {
             return Err(twice(&format!("authorization `{id}`")));
         }

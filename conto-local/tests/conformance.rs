@@ -1398,6 +1398,35 @@ async fn an_mpp_session_recorded_at_zero_frees_its_deposit_and_slot() {
     assert_eq!((status, &recorded["payments"][0]["status"]), (200, &json!("RECORDED")), "{recorded}");
 }
 
+/// A record naming its authorization is for what was pre-authorized: another service's URL or
+/// another recipient is refused (the spend would be counted under the wrong service, endpoint
+/// and counterparty); the same endpoint and recipient spelled otherwise are taken.
+#[tokio::test]
+async fn a_record_by_authorization_id_is_for_the_endpoint_and_recipient_authorized() {
+    let (_server, sdk) = setup(None).await;
+    let other = "0x2222222222222222222222222222222222222222";
+    for (kind, tx) in [("x402", 'a'), ("mpp", 'd')] {
+        let pre = json!({"amount": "1", "depositAmount": "1", "recipientAddress": RECIPIENT,
+            "resourceUrl": "https://good.example.com/a", "intent": "session"});
+        let (_, pre) = sdk.post(&format!("/api/sdk/{kind}/pre-authorize"), pre).await;
+        assert_eq!(pre["authorized"], true, "{pre}");
+        let record = |url: &str, recipient: &str, n: u32| {
+            let tx = char::from_u32(tx as u32 + n).unwrap();
+            json!({"amount": "1", "authorizationId": pre["authorizationId"], "resourceUrl": url,
+                "recipientAddress": recipient, "txHash": format!("0x{}", tx.to_string().repeat(64))})
+        };
+        for bad in [record("https://evil.example.org/a", RECIPIENT, 0), record("https://good.example.com/a", other, 1)]
+        {
+            let (status, err) = sdk.post(&format!("/api/sdk/{kind}/record"), bad.clone()).await;
+            assert_eq!((status, &err["code"]), (400, &json!("VALIDATION_ERROR")), "{kind} {bad}: {err}");
+        }
+        let upper = RECIPIENT.to_uppercase().replacen("0X", "0x", 1);
+        let (status, ok) =
+            sdk.post(&format!("/api/sdk/{kind}/record"), record("http://GOOD.example.com/a/", &upper, 2)).await;
+        assert_eq!(status, 200, "{kind}: {ok}");
+    }
+}
+
 /// Conto's recommended MPP policy (conto-api.md §6.6: session budget 25, 1.00 a request, three
 /// sessions at once) lets sessions open, refuses a fourth while three are open, and counts a
 /// session closed once its settled amount is recorded (with or without its authorization id);
