@@ -1187,7 +1187,7 @@ async fn an_endpoint_is_one_however_its_url_is_spelled() {
 #[tokio::test]
 async fn an_mpp_record_settles_its_own_sessions_preauthorization() {
     let (_server, sdk) = setup(None).await;
-    let url = "https://mpp.example.com/v1/stream";
+    let url = STREAM;
     let pre = |session: Option<&str>, deposit: &str| {
         let mut body = json!({"amount": "0.1", "depositAmount": deposit, "recipientAddress": RECIPIENT,
             "resourceUrl": url, "intent": "session"});
@@ -1273,7 +1273,6 @@ async fn an_mpp_session_is_preauthorized_for_its_deposit() {
     let (_, pre) = sdk.post("/api/sdk/mpp/pre-authorize", session("0.5", 6)).await;
     assert_eq!(pre["authorized"], true, "{pre}");
     let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
-    let daily = |b: &Value| b["counters"].as_array().unwrap().iter().find(|c| c["period"] == "daily").cloned().unwrap();
     assert_eq!(daily(&budget)["reserved"], "6", "{budget}");
     let (_, second) = sdk.post("/api/sdk/mpp/pre-authorize", session("0.5", 5)).await;
     assert_eq!(second["violations"][0]["type"], "DAILY_LIMIT", "6 held + 5 > 10: {second}");
@@ -1291,23 +1290,38 @@ async fn an_mpp_session_is_preauthorized_for_its_deposit() {
     assert_eq!(third["authorized"], true, "4 spent + 6: {third}");
 }
 
+/// The MPP stream every session test below pays for.
+const STREAM: &str = "https://mpp.example.com/v1/stream";
+
+/// An agent held to one MPP session at a time, each allowed an hour, under `more` rules too;
+/// and the pre-authorization that opens a session on [`STREAM`] with a deposit of 5.
+async fn one_session_at_a_time(more: &[Value]) -> (conto_local::Running, Sdk, Value) {
+    let (server, sdk) = setup(None).await;
+    let mut rules = vec![
+        json!({"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "1", "action": "ALLOW"}),
+        json!({"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": "3600", "action": "ALLOW"}),
+    ];
+    rules.extend(more.iter().cloned());
+    Org::new(&server).policy(json!({"name": "sessions", "scope": "all", "rules": rules})).await;
+    let open = json!({"amount": "0.1", "depositAmount": "5", "recipientAddress": RECIPIENT, "resourceUrl": STREAM,
+        "intent": "session"});
+    (server, sdk, open)
+}
+
+/// The daily counter of a budget read (`GET /api/sdk/{x402,mpp}/budget`).
+fn daily(budget: &Value) -> Value {
+    budget["counters"].as_array().unwrap().iter().find(|c| c["period"] == "daily").cloned().unwrap()
+}
+
 /// An MPP session that settled more than its first deposit (a top-up) is recorded against
 /// that deposit: the session closes (its hold and its slot freed) and all it settled is counted
 /// once; it was counted as a second payment beside a deposit still held.
 #[tokio::test]
 async fn an_mpp_session_that_topped_up_closes_its_deposit_and_counts_all_it_settled() {
-    let (server, sdk) = setup(None).await;
-    Org::new(&server)
-        .policy(json!({"name": "sessions", "scope": "all", "rules": [
-            {"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "1", "action": "ALLOW"},
-            {"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": "3600", "action": "ALLOW"},
-            {"ruleType": "VELOCITY_LIMIT", "operator": "LTE", "value": "{\"maxCount\": 3, \"period\": \"HOUR\"}",
-                "action": "ALLOW"}]}))
-        .await;
-    let url = "https://mpp.example.com/v1/stream";
-    let open = json!({"amount": "0.1", "depositAmount": "5", "recipientAddress": RECIPIENT, "resourceUrl": url,
-        "intent": "session"});
-    let daily = |b: &Value| b["counters"].as_array().unwrap().iter().find(|c| c["period"] == "daily").cloned().unwrap();
+    let velocity = json!({"ruleType": "VELOCITY_LIMIT", "operator": "LTE",
+        "value": "{\"maxCount\": 3, \"period\": \"HOUR\"}", "action": "ALLOW"});
+    let (_server, sdk, open) = one_session_at_a_time(&[velocity]).await;
+    let url = STREAM;
     for (n, by_id) in [(0, false), (1, true)] {
         let (_, pre) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
         assert_eq!(pre["authorized"], true, "{pre}");
@@ -1334,18 +1348,8 @@ async fn an_mpp_session_that_topped_up_closes_its_deposit_and_counts_all_it_sett
 /// length; nothing is counted. Money that moved after all is still counted when recorded.
 #[tokio::test]
 async fn an_mpp_session_recorded_at_zero_frees_its_deposit_and_slot() {
-    let (server, sdk) = setup(None).await;
-    Org::new(&server)
-        .policy(json!({"name": "sessions", "scope": "all", "rules": [
-            {"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "1", "action": "ALLOW"},
-            {"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": "3600", "action": "ALLOW"}]}))
-        .await;
-    let url = "https://mpp.example.com/v1/stream";
-    let open = json!({"amount": "0.1", "depositAmount": "5", "recipientAddress": RECIPIENT, "resourceUrl": url,
-        "intent": "session"});
-    let reserved = |b: &Value| {
-        b["counters"].as_array().unwrap().iter().find(|c| c["period"] == "daily").unwrap()["reserved"].clone()
-    };
+    let (_server, sdk, open) = one_session_at_a_time(&[]).await;
+    let url = STREAM;
     let (_, held) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
     assert_eq!(held["authorized"], true, "{held}");
     let (_, second) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
@@ -1361,7 +1365,7 @@ async fn an_mpp_session_recorded_at_zero_frees_its_deposit_and_slot() {
         assert_eq!(closed["payments"][0]["authorizationId"], first["authorizationId"]);
     }
     let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
-    assert_eq!(reserved(&budget), json!("0"), "{budget}");
+    assert_eq!(daily(&budget)["reserved"], json!("0"), "{budget}");
     let (_, again) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
     assert_eq!(again["authorized"], true, "the slot is free: {again}");
     let unnamed = json!({"amount": "0.00", "recipientAddress": RECIPIENT, "resourceUrl": url, "sessionId": "s-9"});
@@ -1374,8 +1378,7 @@ async fn an_mpp_session_recorded_at_zero_frees_its_deposit_and_slot() {
     let (status, recorded) = sdk.post("/api/sdk/mpp/record", late).await;
     assert_eq!((status, &recorded["payments"][0]["status"]), (200, &json!("RECORDED")), "{recorded}");
     let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
-    let daily = budget["counters"].as_array().unwrap().iter().find(|c| c["period"] == "daily").unwrap().clone();
-    assert_eq!((&daily["spent"], &daily["reserved"]), (&json!("2"), &json!("0")), "{budget}");
+    assert_eq!((&daily(&budget)["spent"], &daily(&budget)["reserved"]), (&json!("2"), &json!("0")), "{budget}");
     // Recorded, it is no longer closed unspent; nothing is left to close; x402 has no such close.
     let (status, err) = sdk.post("/api/sdk/mpp/record", by_id).await;
     assert_eq!((status, &err["code"]), (400, &json!("INVALID_STATUS")), "{err}");
