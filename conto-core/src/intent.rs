@@ -565,13 +565,17 @@ pub fn endpoint_key(resource_url: &str) -> String {
     let path = &path[..end];
     for raw in path.split('/') {
         let kept = raw.split(';').next().unwrap_or_default();
-        // Decoded once more: `%2563` is `c`, `%252f` is `%2F`, and a parameter a second
-        // decoding makes (`%253B`) is dropped; then an escaped slash, backslash or space is
-        // that character.
-        let kept = normalized_escapes(&kept.replace("%25", "%"));
-        let kept = kept.split("%3B").next().unwrap_or_default().to_ascii_lowercase();
-        let kept = kept.replace("%2f", "/").replace("%5c", "/");
-        for segment in kept.replace("%20", " ").split('/') {
+        let kept = if kept.contains('%') {
+            // Decoded once more: `%2563` is `c`, `%252f` is `%2F`, and a parameter a second
+            // decoding makes (`%253B`) is dropped; then an escaped slash, backslash or space is
+            // that character.
+            let kept = normalized_escapes(&kept.replace("%25", "%"));
+            let kept = kept.split("%3B").next().unwrap_or_default().to_ascii_lowercase();
+            kept.replace("%2f", "/").replace("%5c", "/").replace("%20", " ")
+        } else {
+            kept.to_ascii_lowercase()
+        };
+        for segment in kept.split('/') {
             // Windows servers drop a segment's trailing dots and spaces.
             let segment =
                 if segment == "." || segment == ".." { segment } else { segment.trim_end_matches(['.', ' ']) };

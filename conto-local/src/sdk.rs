@@ -236,6 +236,27 @@ fn withdrawn_unless_written<T>(
     })
 }
 
+/// `verdict` on `intent` past the further gate of an approved budget request: the payment must
+/// fit what is left of it, whether the policies approve it or hold it for a human (at once,
+/// and again when a human approves). What the engine set aside for a payment the gate denies
+/// (or could not check) is given back, and an approval the gate took back is not counted as
+/// one.
+fn budget_gated(app: &App, store: &Store, intent: &PaymentIntent, verdict: Verdict) -> Result<Verdict, ApiError> {
+    if matches!(verdict, Verdict::Denied(_)) {
+        return Ok(verdict);
+    }
+    // What the approval holds: an MPP session's deposit, not its per-request price.
+    let gated = crate::budget::gate(store, intent.actor.as_str(), intent.exposure(), Timestamp::now());
+    if !matches!(gated, Ok(None)) {
+        let _ = match &verdict {
+            Verdict::Approved(a) => app.engine.withdraw(a),
+            Verdict::RequiresApproval(p) => app.engine.resolve_approval(&p.approval_request_id, false),
+            Verdict::Denied(_) => Ok(()),
+        };
+    }
+    Ok(gated?.map_or(verdict, Verdict::Denied))
+}
+
 /// Decides on an intent and shapes the answer like Conto does for the rail. A decision is
 /// an answer, not an error: 200 for approved and denied (Conto's own clients read a decision
 /// body only below 400, and take 403 to mean a missing scope), 202 for requires-approval.
@@ -246,24 +267,7 @@ fn decide(
     kind: Kind,
 ) -> Result<(StatusCode, DecisionBody), ApiError> {
     let mut decision = app.engine.decide(intent);
-    // An approved budget request is a further gate: the payment must fit what is left of it,
-    // whether the policies approve it or hold it for a human. What the engine set aside for a
-    // payment the gate denies (or could not check) is given back, and an approval the gate
-    // took back is not counted as one.
-    if !matches!(decision.verdict, Verdict::Denied(_)) {
-        // What the approval holds: an MPP session's deposit, not its per-request price.
-        let gated = crate::budget::gate(store, intent.actor.as_str(), intent.exposure(), Timestamp::now());
-        if !matches!(gated, Ok(None)) {
-            let _ = match &decision.verdict {
-                Verdict::Approved(a) => app.engine.withdraw(a),
-                Verdict::RequiresApproval(p) => app.engine.resolve_approval(&p.approval_request_id, false),
-                Verdict::Denied(_) => Ok(()),
-            };
-        }
-        if let Some(denial) = gated? {
-            decision.verdict = Verdict::Denied(denial);
-        }
-    }
+    decision.verdict = budget_gated(app, store, intent, decision.verdict)?;
     let intent_json = serde_json::to_string(intent).unwrap_or_default();
     let recipient = intent.recipient.as_ref().map(|r| r.as_str().to_owned());
     Ok(match decision.verdict {
@@ -720,22 +724,24 @@ impl LiveApproval {
     ) -> Result<(Amount, String), ApiError> {
         let LiveApproval { id, authorization, intent_json, settled } = self;
         let settlement = Settlement { amount: Some(settled), reference: reference.clone() };
-        let outcome = if settled > authorization.amount {
+        let count_now = if settled > authorization.amount {
             // An MPP session that topped up past its deposit: the deposit's hold is freed and
             // all it settled counted, as one payment.
             let _ = app.engine.free(&authorization);
-            Err(AuthorityError::Ledger(conto_core::LedgerError::UnknownAuthorization(authorization.id.clone())))
+            true
         } else {
-            app.engine.settle(&authorization, &settlement)
+            match app.engine.settle(&authorization, &settlement) {
+                Ok(_) => false,
+                // Forgotten, or closed unspent (an MPP session) before its money moved after
+                // all: counted now.
+                Err(AuthorityError::Ledger(
+                    conto_core::LedgerError::UnknownAuthorization(_) | conto_core::LedgerError::AlreadyReleased(_),
+                )) => true,
+                Err(e) => return Err(bad("INVALID_STATUS", e.to_string())),
+            }
         };
-        match outcome {
-            Ok(_) => {}
-            // Forgotten, topped up, or closed unspent (an MPP session) before its money moved
-            // after all: counted now.
-            Err(AuthorityError::Ledger(
-                conto_core::LedgerError::UnknownAuthorization(_) | conto_core::LedgerError::AlreadyReleased(_),
-            )) => app.engine.restore_spend(&authorization.intent, settled, Timestamp::now()),
-            Err(e) => return Err(bad("INVALID_STATUS", e.to_string())),
+        if count_now {
+            app.engine.restore_spend(&authorization.intent, settled, Timestamp::now());
         }
         let transaction_id = store_spend(store, &id, agent, &intent_json, settled, reference.as_deref())?;
         Ok((settled, transaction_id))
@@ -1163,36 +1169,31 @@ fn matching_preauthorization(
     Ok(candidates.into_iter().next().map(|(_, _, id)| id))
 }
 
-/// An MPP record of `0` (one payment, no batch): the session settled nothing, as when it
-/// never opened. Its body with the amount read as the least one, to find its deposit as a
-/// record would; `None` for any other record.
-fn unspent_session(kind: Kind, body: &Bytes) -> Result<Option<PaymentBody>, ApiError> {
+/// An MPP record of `0` (one payment, no batch), which reading the body refused (an amount is
+/// positive): the session settled nothing, as when it never opened. Its body with the amount
+/// read as the least one, to find its deposit as a record would; `None` for any other body.
+fn unspent_session(kind: Kind, body: &Bytes) -> Option<PaymentBody> {
     if kind != Kind::Mpp {
-        return Ok(None);
+        return None;
     }
-    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else { return Ok(None) };
-    // Zero as the JSON reads it (`0`, `"0.00"`, `0e5`; a number below f64's range reads as 0).
+    let mut value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    // Zero as an amount is read (`0`, `"0.00"`, `0e5`; a number below f64's range reads as 0).
     let text = match &value["amount"] {
         serde_json::Value::Number(n) => n.to_string(),
         serde_json::Value::String(s) => s.clone(),
-        _ => return Ok(None),
+        _ => return None,
     };
-    let t = text.trim();
-    let zero = !t.contains('_')
-        && conto_core::Decimal::from_str_exact(t)
-            .or_else(|_| conto_core::Decimal::from_scientific(t))
-            .is_ok_and(|d| d.is_zero());
-    if !zero || value.get("payments").is_some() {
-        return Ok(None);
+    if !matches!(text.parse::<Amount>(), Err(conto_core::AmountError::Zero(_))) || value.get("payments").is_some() {
+        return None;
     }
     value["amount"] = serde_json::Value::String("0.000001".into());
-    payment_body(&Bytes::from(value.to_string())).map(Some)
+    PaymentBody::from_value(value).ok()
 }
 
 /// Closes an MPP session that settled nothing: its deposit's hold and its open-session slot
 /// are freed, nothing is counted. The deposit is the one named (`authorizationId`) or the one
-/// its record would settle. Closing it again answers the same; a deposit already recorded is
-/// `400 INVALID_STATUS`.
+/// its record would settle. Closing it again answers the same (both frees are no-ops then); a
+/// deposit already recorded is `400 INVALID_STATUS`.
 fn close_unspent(app: &App, store: &Store, agent: &str, body: &PaymentBody) -> Result<RecordedBody, ApiError> {
     let id = match body.authorization_id.clone().filter(|i| !i.is_empty()) {
         Some(id) => request_approval(store, agent, &id)?,
@@ -1203,22 +1204,9 @@ fn close_unspent(app: &App, store: &Store, agent: &str, body: &PaymentBody) -> R
             })?
         }
     };
-    let unknown =
-        || ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no approval `{id}` for this agent here"));
-    let row = store.approval(&id)?.filter(|r| r.agent_id == agent).ok_or_else(unknown)?;
-    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e);
-    let authorization = row.authorization(&id).map_err(internal)?;
-    if Kind::of(&authorization.intent.rail) != Kind::Mpp {
-        return Err(unknown());
-    }
-    match row.state.as_str() {
-        "recorded" => return Err(bad("INVALID_STATUS", format!("approval `{id}` was already recorded"))),
-        "released" => {}
-        _ => {
-            store.release_approval(&id)?;
-            let _ = app.engine.free(&authorization);
-        }
-    }
+    let approval = live_approval(store, agent, Kind::Mpp, &id, None, None)?;
+    store.release_approval(&id)?;
+    let _ = app.engine.free(&approval.authorization);
     let entry = RecordedBody { authorization_id: Some(id), status: Some("RELEASED".into()), ..RecordedBody::default() };
     Ok(RecordedBody { status: Some("RELEASED".into()), payments: vec![entry], ..RecordedBody::default() })
 }
@@ -1226,15 +1214,18 @@ fn close_unspent(app: &App, store: &Store, agent: &str, body: &PaymentBody) -> R
 async fn record(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, kind.record_scope(), Class::Payments)?;
     let endpoint = kind.record_path("").unwrap_or_default();
-    if let Some(unspent) = unspent_session(kind, &body)? {
-        // Its idempotency keys are apart from records' (its body is read with a stand-in
-        // amount, which a real record of that amount must not replay).
-        let (status, out) = once(&app, &caller, &format!("{endpoint}#unspent"), &headers, &unspent, |store| {
-            Ok((StatusCode::OK, close_unspent(&app, store, &caller.agent, &unspent)?))
-        })?;
-        return Ok(reply(status, out));
-    }
-    let body = payment_body(&body)?;
+    let body = match payment_body(&body) {
+        Ok(read) => read,
+        Err(refused) => {
+            let Some(unspent) = unspent_session(kind, &body) else { return Err(refused) };
+            // Its idempotency keys are apart from records' (its body is read with a stand-in
+            // amount, which a real record of that amount must not replay).
+            let (status, out) = once(&app, &caller, &format!("{endpoint}#unspent"), &headers, &unspent, |store| {
+                Ok((StatusCode::OK, close_unspent(&app, store, &caller.agent, &unspent)?))
+            })?;
+            return Ok(reply(status, out));
+        }
+    };
     let (status, out) = once(&app, &caller, &endpoint, &headers, &body, |store| {
         let payments: Vec<PaymentBody> = match &body.payments {
             Some(items) if kind == Kind::X402 => items.clone(),
@@ -1621,19 +1612,14 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string()))?;
     let decision =
         app.engine.approval(id).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string()))?;
-    let mut verdict = decision.map(|d| d.verdict);
-    // An approved budget is a further gate here as at once: the payment must still fit what is
-    // left of it (spent and held since the request was made). What the engine set aside is
-    // given back when it does not.
-    if let Some(Verdict::Approved(a)) = &verdict {
-        let gated = crate::budget::gate(&store, a.intent.actor.as_str(), a.intent.exposure(), Timestamp::now());
-        if !matches!(gated, Ok(None)) {
-            let _ = app.engine.withdraw(a);
+    // The budget as it stands now: spent and held since the request was made.
+    let verdict = match decision.map(|d| d.verdict) {
+        Some(Verdict::Approved(a)) => {
+            let intent = a.intent.clone();
+            Some(budget_gated(app, &store, &intent, Verdict::Approved(a))?)
         }
-        if let Some(denial) = gated? {
-            verdict = Some(Verdict::Denied(denial));
-        }
-    }
+        other => other,
+    };
     let mut reasons = Vec::new();
     match verdict {
         Some(Verdict::Approved(mut a)) => {
