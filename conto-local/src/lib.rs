@@ -201,6 +201,7 @@ pub mod env_file;
 mod org;
 mod rate;
 mod sdk;
+mod serve;
 mod store;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -248,7 +249,9 @@ pub struct Config {
     pub approval_ttl: Option<SignedDuration>,
     /// How long a request may take once its headers are read, its body's arrival included,
     /// before it is answered `408 TIMEOUT` and its connection closed (a client that never
-    /// finishes sending its body does not hold it open). Default 30 s.
+    /// finishes sending its body does not hold it open); also how long a connection waits for
+    /// a request's headers before it is closed (a client sending half a request line, or
+    /// keeping an idle connection, does not hold it for ever). Default 30 s.
     pub request_timeout: std::time::Duration,
 }
 
@@ -487,13 +490,9 @@ pub async fn start(config: Config) -> Result<Running, LocalError> {
     let addr = listener.local_addr().map_err(|e| LocalError::Bind { port: config.port, message: e.to_string() })?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let router = router(app.clone(), config.request_timeout);
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-    });
+    let task = tokio::spawn(serve::serve(listener, router, config.request_timeout, async {
+        let _ = rx.await;
+    }));
     Ok(Running { addr, org_key, shutdown: Some(tx), task, app })
 }
 

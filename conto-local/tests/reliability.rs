@@ -457,6 +457,35 @@ async fn a_second_server_on_the_same_database_is_refused_until_the_first_stops()
     again.stop().await;
 }
 
+/// A client that sends half a request line and stops (or opens a connection and sends
+/// nothing) holds nothing either: the connection is closed once the request timeout passes
+/// without a whole request head, and the server answers others meanwhile.
+#[tokio::test]
+async fn a_request_head_that_never_finishes_arriving_is_closed_and_blocks_no_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = conto_local::start(conto_local::Config {
+        port: 0,
+        request_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut half = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(b"POST /api/sdk/payments/approve HTTP/1.1\r\nHost: loc").await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let health = reqwest::get(format!("{}/health", server.url())).await.unwrap();
+    assert_eq!(health.status(), 200, "another request is answered while the slow ones wait");
+    for conn in [&mut half, &mut silent] {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest))
+            .await
+            .expect("the connection is closed, not held open")
+            .ok();
+        assert!(!String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 2"), "no request was served");
+    }
+    server.stop().await;
+}
+
 /// A client that starts a request and never finishes sending its body holds nothing: it is
 /// answered `408` (JSON, `TIMEOUT`) after the request timeout, and the server answers others
 /// meanwhile.
