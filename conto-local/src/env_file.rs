@@ -25,19 +25,29 @@ pub struct Credentials<'a> {
 /// Writes `credentials` to `path` as `export NAME=value` lines, replacing the file atomically
 /// (a temporary file beside it, renamed over it). On Unix the file is created readable and
 /// writable by its owner only (`0600`), whatever the umask.
+///
+/// No SDK key a previous file held is dropped, since the server cannot show it again: a run
+/// without an agent keeps the previous file's agent and key; a run for another agent keeps the
+/// earlier agent's key as a comment line (`# earlier key of agent-1: ...`), exported again when
+/// a later run names that agent.
 pub fn write(path: &Path, credentials: &Credentials<'_>) -> std::io::Result<()> {
+    let mut known = previous_keys(path);
     let mut text = String::from("# conto-local credentials: `source` this file; keep it private\n");
     text.push_str(&format!("export CONTO_API_URL={}\n", credentials.url));
     text.push_str(&format!("export CONTO_ORG_API_KEY={}\n", credentials.org_key.expose_secret()));
-    if let Some((agent, key)) = credentials.agent {
-        let key = match key {
-            Some(key) => Some(key.expose_secret().to_owned()),
-            None => previous_key(path, agent),
-        };
+    let agent = match credentials.agent {
+        Some((agent, key)) => Some((agent.to_owned(), key.map(|k| k.expose_secret().to_owned()))),
+        None => previous_actor(path).map(|agent| (agent, None)),
+    };
+    if let Some((agent, key)) = agent {
+        let earlier = known.iter().position(|(a, _)| *a == agent).map(|i| known.remove(i).1);
         text.push_str(&format!("export CONTO_ACTOR={agent}\n"));
-        if let Some(key) = key {
+        if let Some(key) = key.or(earlier) {
             text.push_str(&format!("export CONTO_SDK_KEY={key}\n"));
         }
+    }
+    for (agent, key) in known {
+        text.push_str(&format!("{EARLIER}{agent}: {key}\n"));
     }
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -55,12 +65,32 @@ pub fn write(path: &Path, credentials: &Credentials<'_>) -> std::io::Result<()> 
     }
 }
 
-/// The SDK key a previous file holds for `agent`, if that file names the same agent.
-fn previous_key(path: &Path, agent: &str) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value =
-        |name: &str| text.lines().find_map(|line| line.strip_prefix("export ")?.strip_prefix(name)?.strip_prefix('='));
-    (value("CONTO_ACTOR")? == agent).then(|| value("CONTO_SDK_KEY").map(str::to_owned))?
+/// How a comment line holding an agent's earlier key starts.
+const EARLIER: &str = "# earlier key of ";
+
+/// The value of `export NAME=` in a previous file's text.
+fn exported<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+    text.lines().find_map(|line| line.strip_prefix("export ")?.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// The agent a previous file exports as `CONTO_ACTOR`.
+fn previous_actor(path: &Path) -> Option<String> {
+    exported(&std::fs::read_to_string(path).ok()?, "CONTO_ACTOR").map(str::to_owned)
+}
+
+/// Every agent's SDK key a previous file holds: the exported one and the earlier ones.
+fn previous_keys(path: &Path) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let mut keys: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix(EARLIER)?.split_once(": "))
+        .map(|(agent, key)| (agent.to_owned(), key.to_owned()))
+        .collect();
+    if let (Some(agent), Some(key)) = (exported(&text, "CONTO_ACTOR"), exported(&text, "CONTO_SDK_KEY")) {
+        keys.retain(|(a, _)| a != agent);
+        keys.push((agent.to_owned(), key.to_owned()));
+    }
+    keys
 }
 
 #[cfg(unix)]
@@ -105,11 +135,22 @@ mod tests {
         assert!(second.contains("export CONTO_ORG_API_KEY=conto_org_second\n"));
         assert!(!second.contains("conto_org_first"));
 
-        // Another agent does not inherit it.
-        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-2", None)) }).unwrap();
+        // A run naming no agent keeps the file's agent and key.
+        write(&path, &Credentials { url, org_key: &org, agent: None }).unwrap();
+        let unnamed = std::fs::read_to_string(&path).unwrap();
+        assert!(unnamed.contains("export CONTO_ACTOR=agent-1\nexport CONTO_SDK_KEY=conto_agent_secret\n"), "{unnamed}");
+
+        // Another agent does not inherit it, and it is not lost: it comes back with its agent.
+        let other = SecretString::from("conto_agent_other");
+        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-2", Some(&other))) }).unwrap();
         let third = std::fs::read_to_string(&path).unwrap();
-        assert!(!third.contains("conto_agent_secret"), "{third}");
-        assert!(third.contains("export CONTO_ACTOR=agent-2\n"));
+        assert!(third.contains("export CONTO_ACTOR=agent-2\nexport CONTO_SDK_KEY=conto_agent_other\n"), "{third}");
+        assert!(!third.contains("export CONTO_SDK_KEY=conto_agent_secret"), "{third}");
+        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-1", None)) }).unwrap();
+        let back = std::fs::read_to_string(&path).unwrap();
+        assert!(back.contains("export CONTO_ACTOR=agent-1\nexport CONTO_SDK_KEY=conto_agent_secret\n"), "{back}");
+        assert!(back.contains("# earlier key of agent-2: conto_agent_other\n"), "{back}");
+        assert_eq!(back.matches("conto_agent_").count(), 2, "each key once: {back}");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file is left");
         std::fs::remove_dir_all(dir).ok();
     }

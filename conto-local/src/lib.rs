@@ -177,7 +177,8 @@
 //!   until `PATCH /api/policies/{id}` gives it `agentIds`; `scope: "all"` binds every agent. An
 //!   agent's **admin** SDK key (`keyType: "admin"`) may create, change and delete its own
 //!   agent's policies (one it creates without `agentIds` is assigned to its agent) and never
-//!   another agent's (`403`); any agent key reads only the policies that apply to its agent.
+//!   another agent's (`403`), nor any while its agent is `PAUSED` (`403 AGENT_PAUSED`: pausing
+//!   is the org's kill switch); any agent key reads only the policies that apply to its agent.
 //!   Conto gives admin keys an "expanded preset" it does not list: here an admin key gets the
 //!   standard preset plus the scopes asked for, like a standard key, and its `keyType` alone
 //!   grants the policy writes. Scopes are checked against the ones Conto names: an unknown one
@@ -297,6 +298,14 @@ pub enum LocalError {
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database file's permissions could not be narrowed to its owner.
+    #[error("cannot make {path} readable by its owner only: {message}")]
+    Permissions {
+        /// The database file.
+        path: String,
+        /// Why.
+        message: String,
+    },
     /// Another connection holds the database (a running server, in this process or another):
     /// one server owns its file, since its ledger lives in its memory and a second server on
     /// the same file would split every budget.
@@ -498,10 +507,45 @@ pub async fn start(config: Config) -> Result<Running, LocalError> {
 
 /// Opens the store, or says the file belongs to a running server.
 fn open_store(db: Option<&std::path::Path>) -> Result<Store, LocalError> {
+    if let Some(path) = db {
+        owner_only(path)
+            .map_err(|e| LocalError::Permissions { path: path.display().to_string(), message: e.to_string() })?;
+    }
     Store::open(db).map_err(|e| match (e.is_busy(), db) {
         (true, Some(path)) => LocalError::InUse { path: path.display().to_string() },
         _ => e.into(),
     })
+}
+
+/// Makes the database file readable and writable by its owner only (`0600`), creating it so if
+/// it does not exist, and tightening it (and SQLite's `-wal` and `-shm` files beside it, which
+/// SQLite creates with the database's mode) if it was opened wider: it holds key and token
+/// hashes, policies and the spend history.
+#[cfg(unix)]
+fn owner_only(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        // Let SQLite say why it cannot open the file.
+        Err(_) => return Ok(()),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn owner_only(_: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 fn restore_policies(store: &Store, engine: &Engine) -> Result<(), LocalError> {
@@ -719,8 +763,17 @@ fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<PolicyCa
     // An admin key may do what a reading key may. Reads and writes alike are counted in the
     // agent's reads window; a refused key is shown that window, and not counted in it.
     let allowed = record.key_type == "admin" || (!write && record.scopes.iter().any(|s| s == "policies:read"));
+    // Pausing an agent is the org's kill switch: its runtime must not lift the org's limits
+    // meanwhile (through an admin key it holds) to spend past them once resumed.
+    let paused = write && allowed && lock(&app.store).agent(&record.agent_id)?.is_some_and(|a| a.status == "PAUSED");
     let refused = if record.expired() {
         Some(ApiError::new(StatusCode::UNAUTHORIZED, "EXPIRED_KEY", "the SDK key has expired"))
+    } else if paused {
+        Some(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "AGENT_PAUSED",
+            "the agent is paused: its keys cannot change policies until the org resumes it",
+        ))
     } else if !allowed {
         Some(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -920,6 +920,27 @@ async fn an_admin_key_governs_its_own_agent_only() {
     let (_, listed) = sdk.call(reqwest::Method::GET, "/api/policies", None).await;
     let names: Vec<&str> = listed["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["Max $200 Per Transaction"], "{listed}");
+
+    // Paused (the org's kill switch), its agent's admin key cannot lift the cap to spend past
+    // it once resumed: no delete, no rule change, no new policy; reads still work.
+    let own = format!("/api/policies/{}", created["id"].as_str().unwrap());
+    let (status, _) = org.patch("/api/agents/agent-1", json!({"status": "PAUSED"})).await;
+    assert_eq!(status, 200);
+    let rules = json!([{"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "100000", "action": "ALLOW"}]);
+    for (method, path, body) in [
+        (reqwest::Method::DELETE, own.clone(), None),
+        (reqwest::Method::PUT, format!("{own}/rules"), Some(rules)),
+        (reqwest::Method::POST, "/api/policies".to_owned(), Some(json!({"name": "z", "rules": []}))),
+    ] {
+        let (status, err) = sdk.call(method, &path, body).await;
+        assert_eq!((status, err["code"].as_str()), (403, Some("AGENT_PAUSED")), "{path}: {err}");
+    }
+    assert_eq!(sdk.call(reqwest::Method::GET, &own, None).await.0, 200);
+    let (status, _) = org.patch("/api/agents/agent-1", json!({"status": "ACTIVE"})).await;
+    assert_eq!(status, 200);
+    let (status, denied) = agent1.post("/api/sdk/payments/approve", transfer_payment(300)).await;
+    assert_eq!((status, &denied["approved"]), (200, &json!(false)), "the cap still holds: {denied}");
+    assert_eq!(sdk.call(reqwest::Method::DELETE, &own, None).await.0, 200, "resumed, it manages its policies again");
 }
 
 /// `ContoClient` on the request rail: a payment request decides, the app settles elsewhere,

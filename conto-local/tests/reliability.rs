@@ -457,6 +457,27 @@ async fn a_second_server_on_the_same_database_is_refused_until_the_first_stops()
     again.stop().await;
 }
 
+/// The database holds key and token hashes, policies and the spend history: it is created
+/// readable by its owner only (its `-wal` too, which SQLite creates with the database's mode),
+/// and a file opened wider before is narrowed when a server opens it.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_database_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let db = scratch("owner-only").join("local.db");
+    let server = start_on(0, db.clone()).await;
+    let wal = db.with_extension("db-wal");
+    assert_eq!(mode(&db), 0o600);
+    assert!(wal.exists(), "the server writes through a WAL");
+    assert_eq!(mode(&wal), 0o600);
+    server.stop().await;
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let again = start_on(0, db.clone()).await;
+    assert_eq!(mode(&db), 0o600, "a file opened wider is narrowed");
+    again.stop().await;
+}
+
 /// A client that sends half a request line and stops (or opens a connection and sends
 /// nothing) holds nothing either: the connection is closed once the request timeout passes
 /// without a whole request head, and the server answers others meanwhile.
