@@ -55,7 +55,8 @@ pub struct Requirement {
 /// An MPP challenge: its auth-params, and the decoded `request`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MppChallenge {
-    /// Every auth-param, in order (`id`, `realm`, `method`, `intent`, `request`, `expires`, …).
+    /// Every auth-param, in order, its name lower-cased (`id`, `realm`, `method`, `intent`,
+    /// `request`, `expires`, …).
     pub params: Vec<(String, String)>,
     /// The decoded `request` (`amount` in base units, `currency`, `recipient`, …).
     pub request: Value,
@@ -184,7 +185,12 @@ fn mpp(params: &str) -> Result<Challenge, ChallengeError> {
             value = rest[..end].trim().to_owned();
             rest = &rest[end..];
         }
-        out.push((key, value));
+        // Names are case-insensitive (RFC 9110 §11.2): one given twice, however spelled, is
+        // refused, or the policy and the payer could each read a different one.
+        if out.iter().any(|(k, _): &(String, String)| k.eq_ignore_ascii_case(&key)) {
+            return Err(malformed(WHAT, format!("parameter `{key}` given twice")));
+        }
+        out.push((key.to_ascii_lowercase(), value));
         rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
     }
     let request = out
@@ -230,4 +236,35 @@ pub fn settlement(headers: &http::HeaderMap) -> Result<Option<SettlementReport>,
         return Ok(Some(SettlementReport { success, reference, amount: None }));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn www(value: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::WWW_AUTHENTICATE, value.parse().unwrap());
+        headers
+    }
+
+    /// A parameter given twice, however its name is spelled, is refused: the policy and the
+    /// payer (which may read names another way) would each see a different payment.
+    #[test]
+    fn an_mpp_parameter_given_twice_is_refused() {
+        let cheap = URL_SAFE_NO_PAD.encode(r#"{"amount":"1","currency":"usd","recipient":"0x1"}"#);
+        let dear = URL_SAFE_NO_PAD.encode(r#"{"amount":"900000","currency":"usd","recipient":"0x1"}"#);
+        for header in [
+            format!(r#"Payment id="c", method="tempo", intent="charge", request="{cheap}", REQUEST="{dear}""#),
+            format!(r#"Payment id="c", method="tempo", Intent="charge", intent="session", request="{cheap}""#),
+        ] {
+            let err = read(&www(&header), b"").unwrap_err();
+            assert!(matches!(&err, ChallengeError::Malformed { why, .. } if why.contains("given twice")), "{err}");
+        }
+        // Once, in any case, it is read, and passed on under its lower-case name.
+        let one = format!(r#"Payment ID="c", Method="tempo", INTENT="charge", Request="{cheap}""#);
+        let Challenge::Mpp(m) = read(&www(&one), b"").unwrap() else { panic!("not MPP") };
+        assert_eq!(m.request["amount"], "1");
+        assert!(m.params.iter().all(|(k, _)| k.chars().all(|c| !c.is_ascii_uppercase())), "{:?}", m.params);
+    }
 }

@@ -35,6 +35,11 @@ impl<P: PaymentProvider + 'static> Signer for MppProvider<P> {
             };
             let parsed =
                 parse_www_authenticate(&header_of(challenge)).map_err(|e| SignError(format!("MPP challenge: {e}")))?;
+            // The provider pays what it parsed: it must be what the policy approved.
+            let request = parsed.request.decode_value().map_err(|e| SignError(format!("MPP challenge: {e}")))?;
+            if request != challenge.request || challenge.param("intent").is_some_and(|i| i != parsed.intent.as_str()) {
+                return Err(SignError("the MPP provider read another payment than the one approved".into()));
+            }
             if !self.0.supports(parsed.method.as_str(), parsed.intent.as_str()) {
                 return Err(SignError(format!(
                     "the MPP provider does not pay method `{}` intent `{}`",

@@ -179,21 +179,24 @@ pub enum PaymentError {
     /// The paid retry was answered with another challenge (the price changed): not paid again.
     #[error("the paywall changed its challenge between the 402 and the paid retry: refused")]
     ChallengeChanged,
-    /// The paid retry failed (`status`); nothing settled, the approval was released.
-    #[error("the paid request failed with HTTP {status}; nothing settled")]
+    /// The paid retry failed (`status`): the paywall says nothing settled. The approved amount
+    /// is counted as spent all the same, unless [`PaidRequestsBuilder::trust_refusals`] (then
+    /// the approval was released).
+    #[error("the paid request failed with HTTP {status}; the paywall says nothing settled")]
     Failed {
         /// The status.
         status: u16,
     },
     /// The paid retry failed with a server error (`status`, 5xx) and no settlement report: the
-    /// payment may have settled before the failure. The reservation is held until it expires.
+    /// payment may have settled before the failure. The approved amount is counted as spent
+    /// (held until it expires under [`PaidRequestsBuilder::trust_refusals`]).
     #[error("the paid request failed with HTTP {status} and no settlement report: the payment may have settled")]
     ServerFailed {
         /// The status.
         status: u16,
     },
-    /// No answer to the paid retry in time: the payment may have settled. The reservation is
-    /// held until it expires.
+    /// No answer to the paid retry in time: the payment may have settled. The approved amount is
+    /// counted as spent (held until it expires under [`PaidRequestsBuilder::trust_refusals`]).
     #[error("no answer to the paid request within {0:?}: the payment may have settled")]
     OutcomeUnknown(Duration),
     /// The request's body cannot be sent twice (a stream), so a 402 cannot be paid.
@@ -241,6 +244,7 @@ struct Inner {
     networks: Option<Vec<String>>,
     max: Option<Decimal>,
     timeout: Duration,
+    trust_refusals: bool,
 }
 
 /// Builds [`PaidRequests`].
@@ -260,6 +264,7 @@ impl PaidRequests {
                 networks: None,
                 max: None,
                 timeout: Duration::from_secs(30),
+                trust_refusals: false,
             },
         }
     }
@@ -290,10 +295,23 @@ impl PaidRequestsBuilder {
         self
     }
 
-    /// How long the paid retry may take (default 30 s). Past it the outcome is unknown: the
-    /// reservation is held until it expires ([`PaymentError::OutcomeUnknown`]).
+    /// How long the paid retry may take (default 30 s). Past it the outcome is unknown
+    /// ([`PaymentError::OutcomeUnknown`]): the approved amount is counted as spent.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.inner.timeout = timeout;
+        self
+    }
+
+    /// Believes a paywall that refuses a credential it was sent (a 402 again, a failed
+    /// settlement report, another 4xx): its approval is released and a repeat of the request may
+    /// pay afresh; a server error or no answer holds the reservation until it expires. Off by
+    /// default, since a credential is a bearer instrument a paywall can settle whatever it
+    /// answers: every outcome but a success after the credential left is then counted as spent
+    /// (the approved amount, recorded with reference `unconfirmed`), so a paywall that takes the
+    /// money and answers a refusal cannot draw on a budget without bound. Turn it on only for
+    /// paywalls trusted to tell the truth.
+    pub fn trust_refusals(mut self) -> Self {
+        self.inner.trust_refusals = true;
         self
     }
 
@@ -310,18 +328,45 @@ struct AttemptKey(IdempotencyKey);
 
 /// Set in the request's extensions once this attempt's credential was sent and while its
 /// outcome may be a payment: a retry of the whole request then never signs (and pays) again.
-/// Taken off when the paywall refused the credential (nothing settled, the approval released).
+/// Taken off only when a trusted paywall refused the credential (the approval released).
 #[derive(Clone)]
 struct CredentialSent;
 
 /// The most of a 402's body read for its challenge.
 const CHALLENGE_LIMIT: usize = 64 * 1024;
 
-/// The paywall refused the credential, so nothing settled: the approval is released, and a
-/// repeat of the request may pay afresh.
-fn refused_credential(approval: conto_core::Approval, ext: &mut Extensions) {
-    approval.release();
-    ext.remove::<CredentialSent>();
+/// What became of a credential that was sent.
+#[derive(Clone, Copy)]
+enum Unsettled {
+    /// The paywall says it refused it (a 402 again, a failed report, another 4xx).
+    Refused,
+    /// A server error, no answer, or an answer from another origin: it may have settled.
+    Unknown,
+}
+
+/// A credential was sent and no success came back. Unless the paywall's word is trusted
+/// ([`PaidRequestsBuilder::trust_refusals`]), the approved amount is counted as spent (the
+/// credential may have been settled whatever the answer), and the attempt stays marked so a
+/// repeat never pays again. Trusted, a refusal releases the approval (a repeat may pay afresh)
+/// and an unknown outcome holds it until it expires.
+async fn unsettled(this: &Inner, approval: conto_core::Approval, ext: &mut Extensions, url: &str, how: Unsettled) {
+    match (this.trust_refusals, how) {
+        (true, Unsettled::Refused) => {
+            approval.release();
+            ext.remove::<CredentialSent>();
+        }
+        (true, Unsettled::Unknown) => {
+            let held = approval.hold();
+            tracing::warn!(url = %url, authorization = %held.id,
+                "conto.outbound.outcome_unknown: the credential was sent and no success came back; its reservation is held");
+        }
+        (false, _) => {
+            tracing::warn!(url = %url, "conto.outbound.counted_unconfirmed: the credential was sent and no success came back; the approved amount is counted as spent");
+            if let Err(error) = approval.record(Settlement::default().reference("unconfirmed")).await {
+                tracing::error!(url = %url, %error, "conto.outbound.record_failed");
+            }
+        }
+    }
 }
 
 /// A response's body, up to `limit` bytes (a 402 from an untrusted server is not read without
@@ -544,14 +589,29 @@ impl Middleware for PaidRequests {
         approval.hold_if_dropped();
         let paid = match tokio::time::timeout(this.timeout, next.run(retry, ext)).await {
             Ok(Ok(paid)) => paid,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(fail(PaymentError::OutcomeUnknown(this.timeout))),
+            Ok(Err(e)) => {
+                unsettled(this, approval, ext, &url, Unsettled::Unknown).await;
+                return Err(e);
+            }
+            Err(_) => {
+                unsettled(this, approval, ext, &url, Unsettled::Unknown).await;
+                return Err(fail(PaymentError::OutcomeUnknown(this.timeout)));
+            }
         };
+        // The paid retry was redirected elsewhere (the credential went with it): what that
+        // origin answers is not believed.
+        if paid.url().origin() != origin {
+            unsettled(this, approval, ext, &url, Unsettled::Unknown).await;
+            return Err(fail(PaymentError::NotAcceptable(format!(
+                "the paid request was redirected to {}, away from the origin called ({url})",
+                paid.url()
+            ))));
+        }
         if paid.status() == http::StatusCode::PAYMENT_REQUIRED {
-            // Refused again: nothing settled. A different challenge (a raised price) is never
-            // paid a second time.
+            // Refused again. A different challenge (a raised price) is never paid a second
+            // time.
             let again = paid.headers().clone();
-            refused_credential(approval, ext);
+            unsettled(this, approval, ext, &url, Unsettled::Refused).await;
             let body = read_capped(paid, CHALLENGE_LIMIT).await.unwrap_or_default();
             let changed = challenge::read(&again, &body).map(|c| !same_offer(&c, &challenge)).unwrap_or(false);
             return Err(fail(if changed {
@@ -562,25 +622,23 @@ impl Middleware for PaidRequests {
         }
         // What the answer says of the money: a settlement report is believed whatever the
         // status (a service may charge and then fail to serve: the spend is recorded and its
-        // answer returned as it is); without one, a success settled, a server error may have
-        // (held), and any other failure did not (released).
+        // answer returned as it is); without one, a success settled, and anything else is
+        // `unsettled`.
         let report = challenge::settlement(paid.headers());
         let status = paid.status();
         match &report {
             Ok(Some(r)) if r.success => {}
             Ok(Some(_)) => {
-                refused_credential(approval, ext);
+                unsettled(this, approval, ext, &url, Unsettled::Refused).await;
                 return Err(fail(PaymentError::Failed { status: status.as_u16() }));
             }
             _ if status.is_success() => {}
             _ if status.is_server_error() => {
-                let held = approval.hold();
-                tracing::warn!(url = %url, authorization = %held.id, status = status.as_u16(),
-                    "conto.outbound.outcome_unknown: a server error after the credential was sent; its reservation is held");
+                unsettled(this, approval, ext, &url, Unsettled::Unknown).await;
                 return Err(fail(PaymentError::ServerFailed { status: status.as_u16() }));
             }
             _ => {
-                refused_credential(approval, ext);
+                unsettled(this, approval, ext, &url, Unsettled::Refused).await;
                 return Err(fail(PaymentError::Failed { status: status.as_u16() }));
             }
         }
@@ -590,8 +648,10 @@ impl Middleware for PaidRequests {
                 if let Some(reference) = r.reference {
                     settlement = settlement.reference(reference);
                 }
-                let decimals =
-                    offer.requirement.as_ref().and_then(|q| this.assets.decimals(Some(&q.network), &q.asset));
+                // Only an `upto` payment settles less than it signed for: an `exact` one moved
+                // the approved amount whatever the report says.
+                let upto = offer.requirement.as_ref().filter(|q| q.scheme == "upto");
+                let decimals = upto.and_then(|q| this.assets.decimals(Some(&q.network), &q.asset));
                 if let (Some(atomic), Some(d)) = (r.amount, decimals)
                     && let Ok(amount) = to_amount(&atomic, d)
                     && let Ok(amount) = Amount::new(amount)

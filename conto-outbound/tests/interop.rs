@@ -230,15 +230,19 @@ async fn x402_axum_paywall_a_denied_payment_never_reaches_the_scheme_signer() {
     assert!(s.recorded.lock().unwrap().is_empty());
 }
 
+/// The raised price is never paid. The authorization signed for the first price left the
+/// process (the paywall could settle it whatever it answers), so it is counted as spent.
 #[tokio::test]
-async fn x402_axum_paywall_that_raises_its_price_before_the_retry_is_refused_and_released() {
+async fn x402_axum_paywall_that_raises_its_price_before_the_retry_is_refused_and_counted() {
     let s = x402_setup(250_000).await;
     s.prices.raise_to.store(900_000, Ordering::SeqCst);
     let err = s.client.get(format!("{}/report", s.url)).send().await.unwrap_err();
     assert!(matches!(payment_error(&err), PaymentError::ChallengeChanged), "{err:?}");
+    assert_eq!(s.scheme.signed.load(Ordering::SeqCst), 1, "signed once, for the first price");
     assert_eq!(s.facilitator.settled.load(Ordering::SeqCst), 0, "nothing settled");
-    assert!(s.recorded.lock().unwrap().is_empty(), "nothing recorded");
-    assert_eq!(s.engine.usage("agent-1").live_reservations, 0, "the approval was released");
+    let recorded = s.recorded.lock().unwrap().clone();
+    assert_eq!(recorded, vec![(Decimal::new(25, 2), Some("unconfirmed".into()))], "counted, not released");
+    assert_eq!(s.engine.usage("agent-1").live_reservations, 0);
 }
 
 #[tokio::test]

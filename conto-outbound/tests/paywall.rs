@@ -41,6 +41,12 @@ struct Paywall {
     claim_host: Mutex<Option<String>>,
     /// `maxTimeoutSeconds` of its requirement, when not the usual 60.
     max_timeout: Mutex<Option<u64>>,
+    /// The amount its settlement report claims, when not the one settled (a paywall under-
+    /// reporting what it took).
+    report_amount: Mutex<Option<String>>,
+    /// Settle the payment, then answer 402 as if it had been refused (a paywall draining a
+    /// payer that believes refusals).
+    settle_then_refuse: AtomicBool,
 }
 
 fn requirement(p: &Paywall, url: &str) -> Value {
@@ -75,8 +81,16 @@ async fn x402_v2(State(p): State<Arc<Paywall>>, headers: HeaderMap) -> Response 
             .into_response();
     }
     p.served.fetch_add(1, Ordering::SeqCst);
-    let settle: Value =
+    let mut settle: Value =
         client.post(format!("{facilitator}/settle")).json(&body).send().await.unwrap().json().await.unwrap();
+    if p.settle_then_refuse.load(Ordering::SeqCst) {
+        let challenge = json!({"x402Version": 2, "resource": {"url": url}, "accepts": [wanted], "error": "refused"});
+        return (StatusCode::PAYMENT_REQUIRED, [("payment-required", STANDARD.encode(challenge.to_string()))], "")
+            .into_response();
+    }
+    if let Some(amount) = p.report_amount.lock().unwrap().clone() {
+        settle["amount"] = json!(amount);
+    }
     (StatusCode::OK, [("payment-response", STANDARD.encode(settle.to_string()))], "results").into_response()
 }
 
@@ -187,6 +201,11 @@ struct Setup {
 }
 
 async fn setup(price: &str) -> Setup {
+    setup_with(price, false).await
+}
+
+/// `trust`: the middleware believes a paywall's refusal ([`PaidRequestsBuilder::trust_refusals`]).
+async fn setup_with(price: &str, trust: bool) -> Setup {
     let paywall = Arc::new(Paywall::default());
     *paywall.price.lock().unwrap() = price.into();
     *paywall.asset.lock().unwrap() = USDC.into();
@@ -195,8 +214,11 @@ async fn setup(price: &str) -> Setup {
     let (conto, recorded) = common::observed(&engine);
     let wallet = Wallet::default();
     let assets = conto::outbound::Assets::usdc().with_any_network("usd", 2);
-    let paid = PaidRequests::builder(conto, wallet.clone()).actor("agent-1").unwrap().assets(assets).build();
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(paid).build();
+    let mut paid = PaidRequests::builder(conto, wallet.clone()).actor("agent-1").unwrap().assets(assets);
+    if trust {
+        paid = paid.trust_refusals();
+    }
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(paid.build()).build();
     Setup { url, paywall, engine, wallet, client, recorded }
 }
 
@@ -247,17 +269,89 @@ async fn an_unknown_asset_is_a_typed_error_and_never_paid() {
     assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
 }
 
+/// A paywall that raises its price after the challenge is never paid the new price. The
+/// credential it was sent for the first price is counted as spent (it may be settled whatever
+/// the paywall answers); a paywall trusted to tell the truth has the approval released.
 #[tokio::test]
-async fn a_paywall_that_raises_its_price_after_the_challenge_is_refused_and_nothing_is_recorded() {
+async fn a_paywall_that_raises_its_price_after_the_challenge_is_not_paid_again() {
+    for trust in [false, true] {
+        let s = setup_with("250000", trust).await;
+        s.paywall.raise_after_challenge.store(true, Ordering::SeqCst);
+        let err = s.client.get(format!("{}/search", s.url)).send().await.unwrap_err();
+        assert!(matches!(payment_error(&err), PaymentError::ChallengeChanged), "{err:?}");
+        assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 1, "signed once, for the price first asked; never again");
+        assert_eq!(s.paywall.settled.load(Ordering::SeqCst), 0);
+        let usage = s.engine.usage("agent-1");
+        if trust {
+            assert!(s.recorded.lock().unwrap().is_empty());
+            assert_eq!((usage.stats.recorded, usage.stats.released, usage.live_reservations), (0, 1, 0), "released");
+        } else {
+            assert_eq!(s.recorded.lock().unwrap().clone(), vec![(Decimal::new(25, 2), Some("unconfirmed".into()))]);
+            assert_eq!((usage.stats.recorded, usage.stats.released, usage.live_reservations), (1, 0, 0), "counted");
+        }
+    }
+}
+
+/// A paywall that settles every credential and answers 402 as if it had refused it cannot draw
+/// on the budget without bound: each credential sent is counted, so the daily limit (10, at
+/// 1.00 a request) stops the wallet being asked after ten. Believing the refusals, it would
+/// be paid on every request.
+#[tokio::test]
+async fn a_paywall_that_takes_the_money_and_answers_a_refusal_is_stopped_by_the_budget() {
+    let s = setup("1000000").await; // 1 USDC
+    s.paywall.settle_then_refuse.store(true, Ordering::SeqCst);
+    for _ in 0..15 {
+        let err = s.client.get(format!("{}/search", s.url)).send().await.unwrap_err();
+        assert!(
+            matches!(payment_error(&err), PaymentError::Failed { status: 402 } | PaymentError::Refused(_)),
+            "{err:?}"
+        );
+    }
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 10, "the budget stopped the wallet after 10");
+    assert_eq!(s.paywall.settled.load(Ordering::SeqCst), 10);
+    assert_eq!(s.engine.usage("agent-1").stats.total_spent, Decimal::new(10, 0));
+}
+
+/// An `exact` payment moved the amount signed for: a settlement report claiming less is not
+/// what is recorded.
+#[tokio::test]
+async fn an_exact_payment_is_recorded_at_the_amount_signed_for_whatever_the_report_claims() {
     let s = setup("250000").await;
-    s.paywall.raise_after_challenge.store(true, Ordering::SeqCst);
-    let err = s.client.get(format!("{}/search", s.url)).send().await.unwrap_err();
-    assert!(matches!(payment_error(&err), PaymentError::ChallengeChanged), "{err:?}");
-    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 1, "signed once, for the price first asked; never again");
-    assert_eq!(s.paywall.settled.load(Ordering::SeqCst), 0);
-    assert!(s.recorded.lock().unwrap().is_empty());
-    let usage = s.engine.usage("agent-1");
-    assert_eq!((usage.stats.recorded, usage.stats.released, usage.live_reservations), (0, 1, 0), "released");
+    *s.paywall.report_amount.lock().unwrap() = Some("1".into());
+    let answer = s.client.get(format!("{}/search", s.url)).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let recorded = s.recorded.lock().unwrap().clone();
+    assert_eq!(recorded, vec![(Decimal::new(25, 2), Some(format!("0x{:064x}", 1)))], "0.25, not 0.000001");
+}
+
+/// A paid retry redirected to another origin took its credential there: that origin's answer
+/// is not believed, and the payment is counted.
+#[tokio::test]
+async fn a_paid_retry_redirected_to_another_origin_is_counted_not_believed() {
+    let s = setup("250000").await;
+    let elsewhere = common::serve(Router::new().route("/ok", get(|| async { "fine" }))).await;
+    let url = common::serve(Router::new().route(
+        "/pay",
+        get(move |headers: HeaderMap| {
+            let elsewhere = elsewhere.clone();
+            async move {
+                if headers.get("authorization").is_none() {
+                    let request = URL_SAFE_NO_PAD
+                        .encode(json!({"amount": "75", "currency": "usd", "recipient": PAY_TO}).to_string());
+                    let header = format!(
+                        r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}""#
+                    );
+                    return (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", header)]).into_response();
+                }
+                (StatusCode::FOUND, [("location", format!("{elsewhere}/ok"))]).into_response()
+            }
+        }),
+    ))
+    .await;
+    let err = s.client.get(format!("{url}/pay")).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::NotAcceptable(why) if why.contains("redirected")), "{err:?}");
+    assert_eq!(s.recorded.lock().unwrap().clone(), vec![(Decimal::new(75, 2), Some("unconfirmed".into()))]);
+    assert_eq!(s.engine.usage("agent-1").live_reservations, 0);
 }
 
 #[tokio::test]
@@ -579,13 +673,13 @@ async fn a_challenge_naming_another_host_is_refused() {
     assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
 }
 
-/// What a failed paid retry says of the money decides what happens to its reservation: a
-/// settlement report is believed whatever the status (a service that charged and then failed
-/// to serve: the spend is recorded, the answer returned as it is); without one, a server error
-/// may have settled (held until it expires, never released to be spent again) and any other
-/// failure did not (released).
+/// A failed paid retry: a settlement report is believed whatever the status (a service that
+/// charged and then failed to serve: the spend is recorded, the answer returned as it is);
+/// without one the approved amount is counted (the credential left), or, when the paywall is
+/// trusted, a server error holds the reservation until it expires and any other failure
+/// releases it.
 #[tokio::test]
-async fn a_failed_paid_retry_is_recorded_held_or_released_by_what_it_says_of_the_money() {
+async fn a_failed_paid_retry_is_recorded_counted_held_or_released_by_what_it_says_of_the_money() {
     async fn paywall(status: StatusCode, receipt: bool) -> String {
         common::serve(Router::new().route(
             "/pay",
@@ -618,16 +712,29 @@ async fn a_failed_paid_retry_is_recorded_held_or_released_by_what_it_says_of_the
     assert_eq!(s.recorded.lock().unwrap().clone(), vec![(Decimal::new(75, 2), Some("0xcharged".into()))]);
     assert_eq!(s.engine.usage("agent-1").live_reservations, 0);
 
-    // A server error and no report: it may have settled, so the reservation holds.
-    let s = setup("250000").await;
+    // No report, a server error or a refusal: counted at the approved amount.
+    for (status, error) in [(StatusCode::BAD_GATEWAY, 502), (StatusCode::BAD_REQUEST, 400)] {
+        let s = setup("250000").await;
+        let url = paywall(status, false).await;
+        let err = s.client.get(format!("{url}/pay")).send().await.unwrap_err();
+        assert!(
+            matches!(payment_error(&err), PaymentError::ServerFailed { status } | PaymentError::Failed { status } if *status == error),
+            "{err:?}"
+        );
+        assert_eq!(s.recorded.lock().unwrap().clone(), vec![(Decimal::new(75, 2), Some("unconfirmed".into()))]);
+        assert_eq!(s.engine.usage("agent-1").live_reservations, 0);
+    }
+
+    // Trusted: a server error may have settled, so the reservation holds.
+    let s = setup_with("250000", true).await;
     let url = paywall(StatusCode::BAD_GATEWAY, false).await;
     let err = s.client.get(format!("{url}/pay")).send().await.unwrap_err();
     assert!(matches!(payment_error(&err), PaymentError::ServerFailed { status: 502 }), "{err:?}");
     let usage = s.engine.usage("agent-1");
     assert_eq!((usage.stats.recorded, usage.live_reservations), (0, 1), "held, neither recorded nor released");
 
-    // Refused as malformed: nothing settled, released.
-    let s = setup("250000").await;
+    // Trusted, refused as malformed: nothing settled, released.
+    let s = setup_with("250000", true).await;
     let url = paywall(StatusCode::BAD_REQUEST, false).await;
     let err = s.client.get(format!("{url}/pay")).send().await.unwrap_err();
     assert!(matches!(payment_error(&err), PaymentError::Failed { status: 400 }), "{err:?}");
