@@ -185,18 +185,24 @@ impl ContoClientBuilder {
     }
 }
 
+/// `https://`, or `http://` to this machine only (Conto's own rule): parsed as the HTTP client
+/// will parse it, so `http://localhost@elsewhere` (user info) is not taken for localhost. A
+/// URL carrying user info is refused outright (the key goes in a header, never in the URL).
 fn check_url(url: &str) -> Result<(), ClientError> {
     let bad = || ClientError::InsecureUrl(url.to_owned());
-    if let Some(rest) = url.strip_prefix("http://") {
-        let host = rest.split(['/', ':']).next().unwrap_or_default();
-        let local = host == "localhost" || host == "127.0.0.1" || rest.starts_with("[::1]");
-        return if local { Ok(()) } else { Err(bad()) };
-    }
-    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
-    if rest.is_empty() || rest.starts_with('/') {
+    let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(bad());
     }
-    Ok(())
+    let host = parsed.host_str().ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if local => Ok(()),
+        _ => Err(bad()),
+    }
 }
 
 struct Inner {
@@ -394,9 +400,15 @@ impl ContoClient {
         let is_decision = decision.as_ref().is_ok_and(|d| d.approved.is_some() || d.authorized.is_some())
             || (kind == Kind::Card && decision.as_ref().is_ok_and(|d| d.request_id.is_some()))
             || (kind == Kind::Request && decision.as_ref().is_ok_and(refused_or_held));
+        // An error status never approves, whatever its body says.
+        let approves = decision.as_ref().is_ok_and(|d| {
+            d.approved == Some(true)
+                || d.authorized == Some(true)
+                || d.status.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("APPROVED"))
+        });
         match answer.status {
             200..=202 => {}
-            403 | 400 if is_decision => {}
+            403 | 400 if is_decision && !approves => {}
             // Conto's documented denial errors (`403 PAYMENT_DENIED`, `400 POLICY_DENIED`,
             // `DAILY_LIMIT_EXCEEDED`, …) are the policy's answer, not a failed call: a denial.
             403 | 400 => match wire::denial_error(&answer.body, decision.as_ref().ok()) {
@@ -729,6 +741,16 @@ mod tests {
         assert!(check_url("http://localhost.evil.com").is_err());
         assert!(check_url("ftp://x").is_err());
         assert!(check_url("https://").is_err());
+        // User info is not the host: each of these would send the key, in clear, to evil.com.
+        for url in [
+            "http://localhost:1@evil.com",
+            "http://127.0.0.1:x@evil.com",
+            "http://[::1]@evil.com",
+            "http://localhost@evil.com/api",
+            "https://user:pass@conto.finance",
+        ] {
+            assert!(matches!(check_url(url), Err(ClientError::InsecureUrl(_))), "{url}");
+        }
     }
 
     #[test]

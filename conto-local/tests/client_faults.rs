@@ -242,6 +242,25 @@ async fn a_denial_with_403_is_a_decision_not_an_error() {
     assert_eq!(denial.violations[0].current, Some(950.into()));
 }
 
+/// An error status never approves: a 403 or 400 whose body claims an approval (a proxy's
+/// mangled answer, a hostile server) is not one, and the body never runs.
+#[tokio::test]
+async fn an_error_status_whose_body_claims_an_approval_is_not_one() {
+    for status in [StatusCode::FORBIDDEN, StatusCode::BAD_REQUEST] {
+        let s = stub(Arc::new(move |_| {
+            let expires = (conto_core::jiff::Timestamp::now() + std::time::Duration::from_secs(600)).to_string();
+            let body = json!({"approved": true, "approvalId": "apr_1", "approvalToken": "ab".repeat(32),
+                "expiresAt": expires, "confirmUrl": "/api/sdk/payments/apr_1/confirm", "status": "APPROVED"});
+            (status, axum::Json(body)).into_response()
+        }))
+        .await;
+        let decided = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await;
+        assert!(!matches!(&decided, Ok(d) if matches!(d.verdict, Verdict::Approved(_))), "{status}: {decided:?}");
+        let (out, ran) = pay(&Conto::new(client(&s.url))).await;
+        assert!(out.is_err() && !ran, "{status}: the body never runs");
+    }
+}
+
 /// Conto documents denials as error codes too (conto-api.md §8): `403 PAYMENT_DENIED`,
 /// `400 POLICY_DENIED`, `400 DAILY_LIMIT_EXCEEDED`, `PER_TX_LIMIT_EXCEEDED`,
 /// `INSUFFICIENT_BALANCE`. Each is the policy's denial, its message the reason, never an outage
