@@ -332,6 +332,26 @@ async fn non_2xx_releases_and_records_nothing() {
     assert_eq!((app.runs(), stats.approved, stats.recorded, stats.released), (1, 1, 0, 1));
 }
 
+/// An upgraded connection (`101 Switching Protocols`, a WebSocket) is served: its spend is
+/// recorded, not released as a failure would be.
+#[tokio::test]
+async fn an_upgraded_connection_is_served_and_recorded() {
+    use tower::ServiceExt;
+    let engine = engine();
+    let paid = layer(Conto::new(engine.clone()));
+    let router = Router::new().route(
+        "/ws",
+        get(|| async { (StatusCode::SWITCHING_PROTOCOLS, [("upgrade", "websocket"), ("connection", "upgrade")]) })
+            .route_layer(paid.with_price(Price::fixed("1".parse().unwrap()))),
+    );
+    let mut req = Request::builder().uri("/ws").body(axum::body::Body::empty()).unwrap();
+    req.extensions_mut().insert(User { id: "agent-1".into() });
+    let resp = router.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let stats = engine.usage("agent-1").stats;
+    assert_eq!((stats.approved, stats.recorded, stats.released), (1, 1, 0));
+}
+
 #[tokio::test]
 async fn client_disconnect_releases() {
     let engine = engine();

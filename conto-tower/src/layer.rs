@@ -253,7 +253,8 @@ impl PaywallBuilder {
         self
     }
 
-    /// Which handler statuses record the spend (default: 2xx); any other status releases it.
+    /// Which handler statuses record the spend (default: 2xx, and `101 Switching Protocols`: an
+    /// upgraded connection, a WebSocket, is served); any other status releases it.
     pub fn record_when(mut self, f: impl Fn(StatusCode) -> bool + Send + Sync + 'static) -> Self {
         self.record_when = Arc::new(f);
         self
@@ -315,7 +316,7 @@ impl Paywall {
             recipient: None,
             category: None,
             purpose: None,
-            record_when: Arc::new(|s| s.is_success()),
+            record_when: Arc::new(|s| s.is_success() || s == StatusCode::SWITCHING_PROTOCOLS),
             responder: Responder::default(),
             invalid: None,
             receipt_headers: false,

@@ -5,7 +5,7 @@
 //! [`PaidLayer`] from [`Paywall::with_price`], so a paid route without a price cannot be
 //! written. The layer pre-authorizes each request through the same pipeline as
 //! `#[paid_action]` (`conto::Conto::run`); a refused request never reaches the handler. After
-//! the handler answers with a 2xx (configurable), the spend is recorded: the amount the handler
+//! the handler answers with a 2xx or a 101 (configurable), the spend is recorded: the amount the handler
 //! reported with [`Settled`], or the approved amount. Any other answer, a handler error, or a
 //! client that goes away releases the approval.
 //!
