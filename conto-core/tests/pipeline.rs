@@ -230,6 +230,71 @@ async fn wait_mode_gives_up_at_its_bound() {
     assert!(matches!(r.kind(), RejectionKind::ApprovalRequired(_)));
 }
 
+/// An authority whose record waits for a gate to open (a remote authority's round trip).
+struct GatedRecord(conto_core::Engine, Arc<tokio::sync::Semaphore>);
+
+impl Authorizer for GatedRecord {
+    fn authorize<'a>(
+        &'a self,
+        intent: &'a std::sync::Arc<PaymentIntent>,
+    ) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+        self.0.authorize(intent)
+    }
+    fn record<'a>(
+        &'a self,
+        a: &'a Authorization,
+        s: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        Box::pin(async move {
+            let _open = self.1.acquire().await.unwrap();
+            self.0.record(a, s).await
+        })
+    }
+    fn release(&self, a: &Authorization) -> BoxFuture<'static, Result<(), AuthorityError>> {
+        self.0.release(a)
+    }
+    fn approval_status<'a>(
+        &'a self,
+        i: &'a PaymentIntent,
+        p: &'a PendingApproval,
+    ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
+        self.0.approval_status(i, p)
+    }
+}
+
+/// Money moved and its record is on its way to a remote authority when the caller's future is
+/// dropped (a timeout around the call, a client gone): the record still arrives, and the
+/// approval is not released.
+#[tokio::test]
+async fn a_record_on_its_way_survives_its_caller_being_dropped() {
+    let engine = capped_engine();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let conto = Conto::new(GatedRecord(engine.clone(), gate.clone()));
+    let settled = Arc::new(AtomicUsize::new(0));
+    let ran = settled.clone();
+    let call = conto.guard(
+        transfer("60"),
+        |_| async move {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, PayError>(())
+        },
+        |_| Settlement::default().reference("0xpaid"),
+    );
+    // Dropped while its record waits at the gate.
+    assert!(tokio::time::timeout(Duration::from_millis(50), call).await.is_err(), "the record waits");
+    assert_eq!(settled.load(Ordering::SeqCst), 1, "the money moved");
+    gate.add_permits(1);
+    let mut usage = engine.usage("agent-1");
+    for _ in 0..200 {
+        if usage.stats.recorded == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        usage = engine.usage("agent-1");
+    }
+    assert_eq!((usage.stats.recorded, usage.stats.released, usage.live_reservations), (1, 0, 0));
+}
+
 /// An authority that never answers, or answers with an error.
 struct Broken {
     hang: bool,

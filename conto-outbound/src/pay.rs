@@ -569,6 +569,9 @@ impl Middleware for PaidRequests {
             url: url.clone(),
             authorization: approval.authorization().clone(),
         };
+        // A signer may move money itself (an MPP provider that pays before it hands back a
+        // credential): dropped from here on, the approval is held, not released.
+        approval.hold_if_dropped();
         let credential = match this.signer.sign(&offer).await {
             Ok(c) => c,
             Err(e) => {
@@ -584,9 +587,6 @@ impl Middleware for PaidRequests {
         value.set_sensitive(true); // a bearer secret: redacted wherever headers are printed
         retry.headers_mut().insert(credential.header.clone(), value);
         ext.insert(CredentialSent);
-        // From here the money may move: dropped before the outcome is known (the caller's
-        // future dropped, or no answer below), the approval is held, not released.
-        approval.hold_if_dropped();
         let paid = match tokio::time::timeout(this.timeout, next.run(retry, ext)).await {
             Ok(Ok(paid)) => paid,
             Ok(Err(e)) => {

@@ -733,9 +733,9 @@ impl Approval {
             }
             answer => {
                 let conto = conto.clone();
-                Recording::Later(Box::pin(
-                    async move { conto.record_later(via, authorization, settlement, answer).await },
-                ))
+                let kept = authorization.clone();
+                let later = async move { conto.record_later(via, authorization, settlement, answer).await };
+                Recording::Later(detached(kept, later))
             }
         }
     }
@@ -903,6 +903,29 @@ fn release(conto: &Conto, via: Via, authorization: &Authorization, reason: &'sta
     }
     tracing::debug!(authorization = %authorization.id, reason, "conto.released");
     conto.emit(|| Event::Released { authorization_id: authorization.id.clone(), reason });
+}
+
+/// A record that waits (a remote authority, an outbox write, a stand-in's reconcile) runs as a
+/// task of its own, started now, when a tokio runtime is there: the caller's future dropped
+/// meanwhile (a client gone, a timeout around the call) does not cancel the record of money
+/// that moved. Without a runtime it runs in the caller's future, as it must.
+fn detached(
+    authorization: Authorization,
+    later: impl Future<Output = RecordOutcome> + Send + 'static,
+) -> Pin<Box<dyn Future<Output = RecordOutcome> + Send>> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return Box::pin(later) };
+    let task = runtime.spawn(later);
+    Box::pin(async move {
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only a runtime shutting down cancels the task.
+            Err(_) => (
+                authorization,
+                Err(AuthorityError::Unsupported("the runtime shut down before the record was delivered".into())),
+            ),
+        }
+    })
 }
 
 impl Drop for Approval {
