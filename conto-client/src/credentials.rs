@@ -184,6 +184,8 @@ pub struct CredentialStore {
     path: PathBuf,
     key: RwLock<SecretBox<[u8; 32]>>,
     entries: RwLock<BTreeMap<String, Binding>>,
+    /// Held while the file is written: two saves at once would write one temporary file.
+    saving: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for CredentialStore {
@@ -251,7 +253,7 @@ impl CredentialStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(CredentialError::Io { path: shown, message: e.to_string() }),
         };
-        Ok(Self { path, key: RwLock::new(key), entries: RwLock::new(entries) })
+        Ok(Self { path, key: RwLock::new(key), entries: RwLock::new(entries), saving: std::sync::Mutex::new(()) })
     }
 
     /// Binds `actor` to `agent_id` and its SDK key, and saves the file.
@@ -291,8 +293,10 @@ impl CredentialStore {
         self.save()
     }
 
-    /// Writes the file: to a temporary sibling first, then renamed over the old one.
+    /// Writes the file: to a temporary sibling first (readable by its owner only, synced), then
+    /// renamed over the old one. One save at a time, each of the entries as they are then.
     fn save(&self) -> Result<(), CredentialError> {
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         let key = self.key.read().unwrap_or_else(|e| e.into_inner());
         let cipher = XChaCha20Poly1305::new(key.expose_secret().into());
         let mut sealed = Vec::new();
@@ -316,10 +320,29 @@ impl CredentialStore {
         })?;
         let io =
             |e: std::io::Error| CredentialError::Io { path: self.path.display().to_string(), message: e.to_string() };
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = self.path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let written = owner_only(&tmp).and_then(|mut file| {
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            file.sync_all()
+        });
+        match written.and_then(|()| std::fs::rename(&tmp, &self.path)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(io(e))
+            }
+        }
     }
+}
+
+/// A new file, readable and writable by its owner only on Unix.
+fn owner_only(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 #[cfg(test)]

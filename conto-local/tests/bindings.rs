@@ -19,6 +19,36 @@ fn scratch(name: &str) -> std::path::PathBuf {
 
 const KEY_A: &str = "conto_agent_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
+/// Actors bound from many threads at once are all in the file afterwards (saves at once wrote
+/// one temporary file between them), and the file is its owner's only.
+#[test]
+fn concurrent_binds_are_all_saved() {
+    let path = scratch("concurrent");
+    let store = Arc::new(CredentialStore::open(&path, &StaticKey::new([7; 32])).unwrap());
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for j in 0..8 {
+                    store.bind(&format!("user-{i}-{j}"), &format!("agent-{i}-{j}"), KEY_A).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let reopened = CredentialStore::open(&path, &StaticKey::new([7; 32])).unwrap();
+    assert_eq!(reopened.actors().len(), 128);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let dir = path.parent().unwrap();
+    assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1, "no temporary file is left");
+}
+
 #[test]
 fn keys_are_encrypted_at_rest_and_tampering_is_detected() {
     let path = scratch("store");
