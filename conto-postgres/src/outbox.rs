@@ -326,29 +326,54 @@ impl PgOutbox {
             .collect()
     }
 
+    /// Extends this replica's lease on `ids`; answers the ids it still holds.
+    async fn renew(&self, ids: &[i64]) -> Result<std::collections::HashSet<i64>, PgOutboxError> {
+        let rows = sqlx::query(&self.sql(
+            "UPDATE {s}.outbox SET lease_until = now() + make_interval(secs => $1)
+             WHERE id = ANY($2) AND state = 'pending' AND leased_by = $3 RETURNING id",
+        ))
+        .bind(self.lease.as_secs_f64())
+        .bind(ids)
+        .bind(&self.shared.worker)
+        .fetch_all(&self.shared.pool)
+        .await?;
+        rows.into_iter().map(|r| r.try_get::<i64, _>(0).map_err(Into::into)).collect()
+    }
+
     async fn settle(&self, id: i64, outcome: Next) -> Result<(), PgOutboxError> {
         let pool = &self.shared.pool;
         match outcome {
             Next::Delivered => {
+                // Delivered is true whoever holds the row now; a row already settled stays so.
                 let sql = self.sql(
                     "UPDATE {s}.outbox SET state = 'delivered', attempts = attempts + 1, delivered_at = now(),
-                     lease_until = NULL, leased_by = NULL WHERE id = $1",
+                     lease_until = NULL, leased_by = NULL WHERE id = $1 AND state = 'pending'",
                 );
                 sqlx::query(&sql).bind(id).execute(pool).await?;
             }
             Next::Retry(after, error) => {
+                // A retry or a death is this replica's word only while it holds the row: a lease
+                // that lapsed and was taken is the other replica's to settle (a late `dead`
+                // never overwrites its `delivered`).
                 let sql = self.sql(
                     "UPDATE {s}.outbox SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $2),
-                     last_error = $3, lease_until = NULL, leased_by = NULL WHERE id = $1",
+                     last_error = $3, lease_until = NULL, leased_by = NULL
+                     WHERE id = $1 AND state = 'pending' AND leased_by = $4",
                 );
-                sqlx::query(&sql).bind(id).bind(after.as_secs_f64()).bind(error).execute(pool).await?;
+                sqlx::query(&sql)
+                    .bind(id)
+                    .bind(after.as_secs_f64())
+                    .bind(error)
+                    .bind(&self.shared.worker)
+                    .execute(pool)
+                    .await?;
             }
             Next::Dead(error) => {
                 let sql = self.sql(
                     "UPDATE {s}.outbox SET state = 'dead', attempts = attempts + 1, last_error = $2,
-                     lease_until = NULL, leased_by = NULL WHERE id = $1",
+                     lease_until = NULL, leased_by = NULL WHERE id = $1 AND state = 'pending' AND leased_by = $3",
                 );
-                sqlx::query(&sql).bind(id).bind(error).execute(pool).await?;
+                sqlx::query(&sql).bind(id).bind(error).bind(&self.shared.worker).execute(pool).await?;
             }
         }
         Ok(())
@@ -369,9 +394,9 @@ impl PgOutbox {
     async fn defer(&self, id: i64, why: &str) -> Result<(), PgOutboxError> {
         let sql = self.sql(
             "UPDATE {s}.outbox SET next_attempt_at = now() + interval '5 seconds', last_error = $2,
-             lease_until = NULL, leased_by = NULL WHERE id = $1",
+             lease_until = NULL, leased_by = NULL WHERE id = $1 AND state = 'pending' AND leased_by = $3",
         );
-        sqlx::query(&sql).bind(id).bind(why).execute(&self.shared.pool).await?;
+        sqlx::query(&sql).bind(id).bind(why).bind(&self.shared.worker).execute(&self.shared.pool).await?;
         Ok(())
     }
 
@@ -437,7 +462,23 @@ impl RecordSink for PgOutbox {
                 }
             };
             let n = claimed.len();
-            for (id, attempts, record) in claimed {
+            let ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
+            let mut renewed = std::time::Instant::now();
+            let mut lost = std::collections::HashSet::<i64>::new();
+            for (i, (id, attempts, record)) in claimed.into_iter().enumerate() {
+                // A slow batch (each delivery may take its timeout) renews the lease on the rows
+                // it has yet to deliver before half of it is gone, so no other replica takes
+                // them meanwhile; a row whose lease was lost already is left to its new holder.
+                if renewed.elapsed() > self.lease / 2 {
+                    match self.renew(&ids[i..]).await {
+                        Ok(kept) => lost.extend(ids[i..].iter().filter(|id| !kept.contains(*id))),
+                        Err(error) => tracing::warn!(%error, "conto.outbox.renew_failed"),
+                    }
+                    renewed = std::time::Instant::now();
+                }
+                if lost.contains(&id) {
+                    continue;
+                }
                 let outcome = match record {
                     Ok(record) => {
                         self.deliver_one(deliverer, id, attempts, record).await;

@@ -144,6 +144,37 @@ async fn a_dead_replicas_claimed_records_are_delivered_by_a_live_one() {
     drop_schema(&pool, &name).await;
 }
 
+/// A batch slower than its lease (each delivery 100 ms, a 300 ms lease, six records) renews
+/// the lease on the rows it has yet to deliver: another replica polling meanwhile takes none,
+/// and no record is delivered twice.
+#[tokio::test]
+async fn a_slow_batch_keeps_its_lease_and_no_record_is_delivered_twice() {
+    let Some((pool, name)) = schema("renew").await else { return };
+    let slow = PgOutbox::open(pool.clone(), &name).await.unwrap().lease(Duration::from_millis(300));
+    let other = PgOutbox::open(pool.clone(), &name).await.unwrap().lease(Duration::from_millis(300));
+    for record in records(&engine(), 6).await {
+        slow.enqueue(&record).await.unwrap();
+    }
+    let counting = Counting { delay: Duration::from_millis(100), ..Default::default() };
+    let batch = {
+        let (slow, counting) = (slow.clone(), counting.clone());
+        tokio::spawn(async move { slow.deliver_due(&counting).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut taken = 0;
+    for _ in 0..14 {
+        taken += other.deliver_due(&counting).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(batch.await.unwrap(), 6);
+    assert_eq!(taken, 0, "the other replica took none of the slow batch's rows");
+    let delivered = counting.delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 6);
+    assert!(delivered.values().all(|n| *n == 1), "never twice: {delivered:?}");
+    assert_eq!(slow.refresh().await.unwrap().delivered, 6);
+    drop_schema(&pool, &name).await;
+}
+
 #[tokio::test]
 async fn the_record_commits_or_rolls_back_with_the_apps_own_state() {
     let Some((pool, name)) = schema("tx").await else { return };
