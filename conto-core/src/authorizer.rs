@@ -118,7 +118,8 @@ pub enum LedgerError {
     /// No live authorization has this id.
     #[error("unknown authorization `{0}`")]
     UnknownAuthorization(String),
-    /// The authorization was released before it was recorded.
+    /// The authorization was released before it was recorded. (The embedded engine counts
+    /// such a record, flagged late, and no longer answers this; other authorities may.)
     #[error("authorization `{0}` was already released")]
     AlreadyReleased(String),
     /// The authorization was already recorded with a different settlement.

@@ -451,7 +451,7 @@ impl PgLedger {
                         UPDATE {s}.ledger_authorizations
                            SET state = 'recorded', late = true, counted = $3, settled = $4, reference = $5,
                                transaction_id = $6, closed_at = $7::timestamptz
-                         WHERE id = $1 AND actor = $2 AND state = 'expired')
+                         WHERE id = $1 AND actor = $2 AND state IN ('expired', 'released'))
                      INSERT INTO {s}.ledger_counters AS c (actor, counter, scope, period_start, spent, reserved)
                      SELECT $2, k.counter, k.scope, k.period_start, $3, 0
                        FROM unnest($8::text[], $9::text[], $10::text[]::timestamptz[]) AS k(counter, scope, period_start)

@@ -78,8 +78,6 @@ async fn two_replicas_share_one_budget_and_its_lifecycle() {
     assert_eq!(again.transaction_id, recorded.transaction_id);
     let conflict = a.settle(&six, &Settlement::default().amount("1".parse().unwrap())).await.unwrap_err();
     assert!(matches!(conflict, AuthorityError::Ledger(LedgerError::RecordConflict(_))), "{conflict:?}");
-    let released = a.settle(&four, &Settlement::default()).await.unwrap_err();
-    assert!(matches!(released, AuthorityError::Ledger(LedgerError::AlreadyReleased(_))), "{released:?}");
 
     let usage = a.usage("agent-1").await.unwrap();
     let daily = usage.counters.iter().find(|c| c.period == "daily").unwrap();
@@ -89,6 +87,13 @@ async fn two_replicas_share_one_budget_and_its_lifecycle() {
     assert_eq!((usage.stats.approved, usage.stats.recorded, usage.stats.released), (2, 1, 1));
     let rest = approved(b.decide(&card("agent-1", "4.5")).await.unwrap().verdict);
     a.settle(&rest, &Settlement::default()).await.unwrap();
+    // The released approval settled after all: counted, flagged late, the same on either replica.
+    let late = a.settle(&four, &Settlement::default().reference("0xlate")).await.unwrap();
+    assert!(late.late, "{late:?}");
+    let again = b.settle(&four, &Settlement::default().reference("0xlate")).await.unwrap();
+    assert_eq!(again.transaction_id, late.transaction_id);
+    let daily = a.usage("agent-1").await.unwrap().counters.into_iter().find(|c| c.period == "daily").unwrap();
+    assert_eq!(daily.spent, Decimal::from(14), "5.5 + 4.5 + the late 4");
 
     // Midnight in New York (not in UTC) starts a new day on both replicas.
     clock.set("2026-06-04T03:59:59Z".parse().unwrap());

@@ -860,9 +860,10 @@ impl Engine {
                     Ok(answer(authorization, k))
                 }
                 Closed::Recorded(_) => Err(LedgerError::RecordConflict(authorization.id.clone()).into()),
-                Closed::Released => Err(LedgerError::AlreadyReleased(authorization.id.clone()).into()),
-                Closed::Expired => {
-                    // The money moved after the approval lapsed: count it now, flagged late.
+                // The money moved after the approval lapsed, or after it was given back (a
+                // caller that released it and settled after all, a transaction whose commit
+                // was not seen): a record says money moved, so it is counted now, flagged late.
+                Closed::Released | Closed::Expired => {
                     let holds = self.holds_for(&authorization.intent, &mut ledger, now);
                     let counted = settled.min(authorization.amount);
                     self.write_with(|| Entry::Recorded {

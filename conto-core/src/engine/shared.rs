@@ -501,8 +501,8 @@ impl SharedEngine {
                     (Ok(recorded(*counted, transaction_id.clone(), *late)), vec![])
                 }
                 Some(Held::Recorded { .. }) => (Err(LedgerError::RecordConflict(id.to_owned()).into()), vec![]),
-                Some(Held::Released) => (Err(LedgerError::AlreadyReleased(id.to_owned()).into()), vec![]),
-                Some(Held::Expired) => {
+                // Lapsed or given back, and settled after all: counted now, flagged late.
+                Some(Held::Released | Held::Expired) => {
                     let counted = settled.get().min(approved);
                     let transaction_id = random_id("tx_", 12);
                     let write = LedgerWrite::SettleLate {
