@@ -76,6 +76,14 @@ fn unknown_rule_type_operator_and_action() {
     let err =
         load_rule(serde_json::json!({"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "1", "action": "MAYBE"}));
     assert_eq!(problem(&err).3, &RuleProblem::UnknownAction("MAYBE".into()));
+    // A blackout is the time inside its windows: NOT_BETWEEN would invert it (it was read as
+    // BETWEEN, so "deny outside 09:00-17:00" approved at 03:00).
+    let err = load_rule(serde_json::json!({"ruleType": "BLACKOUT_PERIOD", "operator": "NOT_BETWEEN",
+        "value": "{\"start\": \"09:00\", \"end\": \"17:00\"}", "action": "DENY"}));
+    assert_eq!(
+        (problem(&err).2, problem(&err).3),
+        ("operator", &RuleProblem::OperatorNotAllowed { operator: "NOT_BETWEEN".into(), allowed: "BETWEEN" })
+    );
 }
 
 #[test]

@@ -267,6 +267,36 @@ fn velocity_limit_is_a_sliding_window_and_released_approvals_do_not_count() {
     approved(&e.decide(&transfer("1")));
 }
 
+/// A velocity rule's operator is the comparison of the window's approvals (this one included)
+/// with `maxCount`: `LT 3` allows two; `GT 2` with `DENY` refuses the third and on;
+/// `GT 2` with `REQUIRE_APPROVAL` sends the third and on to a human (it was read as `LTE`
+/// whatever it said: the gate let the third through and the deny refused the first).
+#[test]
+fn a_velocity_rules_operator_is_honoured() {
+    let hourly = r#"{"maxCount":3,"period":"HOUR"}"#;
+    let (e, _) = engine_at(&policy(&[&rule("VELOCITY_LIMIT", "LT", hourly, "ALLOW")]), NOON_WED);
+    spend(&e, &transfer("1"));
+    spend(&e, &transfer("1"));
+    assert_denied(&e.decide(&transfer("1")), V::VelocityLimit);
+
+    let two = r#"{"maxCount":2,"period":"HOUR"}"#;
+    let (e, _) = engine_at(&policy(&[&rule("VELOCITY_LIMIT", "GT", two, "DENY")]), NOON_WED);
+    spend(&e, &transfer("1"));
+    spend(&e, &transfer("1"));
+    assert_denied(&e.decide(&transfer("1")), V::VelocityLimit);
+
+    let (e, _) = engine_at(&policy(&[&rule("VELOCITY_LIMIT", "GT", two, "REQUIRE_APPROVAL")]), NOON_WED);
+    spend(&e, &transfer("1"));
+    spend(&e, &transfer("1"));
+    assert!(is_pending(&e.decide(&transfer("1"))), "the third waits for a human");
+
+    let (e, _) = engine_at(&policy(&[&rule("X402_VELOCITY_PER_ENDPOINT", "GT", two, "DENY")]), NOON_WED);
+    let url = "https://api.example.com/v1/chat";
+    spend(&e, &x402("0.01", url));
+    spend(&e, &x402("0.01", url));
+    assert_denied(&e.decide(&x402("0.01", url)), V::X402Velocity);
+}
+
 #[test]
 fn require_approval_above_asks_a_human_and_a_deny_elsewhere_wins() {
     let (e, _) = engine_at(&policy(&[&rule("REQUIRE_APPROVAL_ABOVE", "GT", "500", "REQUIRE_APPROVAL")]), NOON_WED);

@@ -806,14 +806,16 @@ impl PolicyCaller {
     /// of other agents (or of every agent). The org key may do anything; a policy it creates
     /// without `agentIds` waits, `scope: "assigned"`, until it is assigned.
     fn scope(&self, doc: &mut Policy) -> Result<(), ApiError> {
-        let PolicyCaller::Agent(agent) = self else {
-            if doc.scope.is_none() && doc.assigned().next().is_none() {
-                doc.scope = Some("assigned".to_owned());
-            }
-            return Ok(());
-        };
-        if doc.assigned().next().is_none() && doc.scope.is_none() {
+        if let PolicyCaller::Agent(agent) = self
+            && doc.assigned().next().is_none()
+            && doc.scope.is_none()
+        {
             doc.agent_ids = Some(vec![agent.clone()]);
+        }
+        // A policy made through the API binds the agents assigned to it, and no one once they
+        // are all taken off (a file's policy without agents binds every agent; this one waits).
+        if doc.scope.is_none() {
+            doc.scope = Some("assigned".to_owned());
         }
         self.may_change(doc)
     }
@@ -1389,6 +1391,7 @@ async fn patch_policy(
         extra,
     } = patch;
     check_assigned(&store, agent_ids.as_deref(), agent_policies.as_deref())?;
+    let assigns = agent_ids.is_some() || agent_policies.is_some();
     merged.name = name.or(doc.name);
     merged.policy_type = policy_type.or(doc.policy_type);
     merged.priority = priority.or(doc.priority);
@@ -1402,6 +1405,11 @@ async fn patch_policy(
     }
     merged.agent_ids = agent_ids.or(doc.agent_ids);
     merged.scope = scope.or(doc.scope);
+    // Assigned through the API, it binds its agents only: all taken off, it binds no one (a
+    // policy without scope and agents, as a file writes it, would bind every agent).
+    if assigns && merged.scope.is_none() {
+        merged.scope = Some("assigned".to_owned());
+    }
     merged.timezone = timezone.or(doc.timezone);
     merged.rules = rules.or(doc.rules);
     merged.extra.extend(extra);

@@ -943,6 +943,44 @@ async fn an_admin_key_governs_its_own_agent_only() {
     assert_eq!(sdk.call(reqwest::Method::DELETE, &own, None).await.0, 200, "resumed, it manages its policies again");
 }
 
+/// A policy taken off every agent binds no one (it bound every agent: unassigned, it read as
+/// a file's policy without agents), and what an agent reads is what binds it. An unknown
+/// `scope` is refused, not read as "every agent".
+#[tokio::test]
+async fn an_unassigned_policy_binds_no_one_and_an_unknown_scope_is_refused() {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    let one = org.agent("agent-1", ALL_SCOPES).await;
+    let two = org.agent("agent-2", ALL_SCOPES).await;
+    let sdk = |key: &str| Sdk { base: server.url(), key: key.to_owned(), http: reqwest::Client::new() };
+    let approved = |sdk: Sdk| async move {
+        let (_, body) = sdk.post("/api/sdk/payments/approve", transfer_payment(6)).await;
+        body["approved"].as_bool().unwrap()
+    };
+    for assign in [json!({"agentIds": ["agent-1"]}), json!({"agentPolicies": [{"agentId": "agent-1"}]})] {
+        let mut doc = json!({"name": format!("cap {assign}"), "rules": [
+            {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "5", "action": "ALLOW"}]});
+        doc.as_object_mut().unwrap().extend(assign.as_object().unwrap().clone());
+        let policy = org.policy(doc).await;
+        assert_eq!(policy["scope"], "assigned", "{policy}");
+        assert!(!approved(sdk(&one)).await && approved(sdk(&two)).await);
+        let path = format!("/api/policies/{}", policy["id"].as_str().unwrap());
+        let (status, unassigned) = org.patch(&path, json!({"agentIds": []})).await;
+        assert_eq!(status, 200, "{unassigned}");
+        assert!(approved(sdk(&one)).await && approved(sdk(&two)).await, "bound no one: {unassigned}");
+        for key in [&one, &two] {
+            let (_, listed) = sdk(key).call(reqwest::Method::GET, "/api/sdk/policies", None).await;
+            assert_eq!(listed["policies"], json!([]), "{listed}");
+        }
+        let gone = org.http.delete(format!("{}{path}", server.url())).bearer_auth(&org.key).send().await.unwrap();
+        assert_eq!(gone.status(), 200);
+    }
+    for scope in ["everyone", "org", "ALL_AGENTS"] {
+        let (status, err) = org.post("/api/policies", json!({"name": "x", "scope": scope, "rules": []})).await;
+        assert_eq!((status, err["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{scope}: {err}");
+    }
+}
+
 /// `ContoClient` on the request rail: a payment request decides, the app settles elsewhere,
 /// a pending request follows the human's answer, and recording makes no remote call.
 #[tokio::test]

@@ -148,6 +148,13 @@ pub(super) fn policy(doc: PolicyDoc, unevaluated: UnevaluatedRules) -> Result<Po
     // spelling a policy file can send, and `europe/paris` counts with `Europe/Paris`.
     let tz_name = super::rules::intern(tz.iana_name().unwrap_or(tz_text));
 
+    // An unknown scope is an error: read as none, it would bind every agent.
+    if let Some(scope) = doc.scope.as_deref()
+        && !scope.eq_ignore_ascii_case("all")
+        && !scope.eq_ignore_ascii_case("assigned")
+    {
+        return Err(policy_err("scope", format!("unknown scope `{scope}`: use \"assigned\" or \"all\"")));
+    }
     let mut agents: Option<HashSet<String, foldhash::fast::RandomState>> = None;
     let all = doc.scope.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("all"));
     // `scope: "assigned"` with no agents yet applies to no one (created, not yet assigned).

@@ -26,8 +26,9 @@
 //!    (broken when the subject is not listed), `BLOCKED_*`, `MPP_BLOCK_SESSION_INTENT` and
 //!    `BLACKOUT_PERIOD` (broken inside the list or window), `REQUIRE_APPROVAL_ABOVE` (gated when
 //!    the comparison holds).
-//! 3. **A broken rule** with action `REQUIRE_APPROVAL` (or of type `REQUIRE_APPROVAL_ABOVE`)
-//!    asks for a human; any other broken rule denies. Policies run by `priority`, highest first
+//! 3. **A broken rule** with action `REQUIRE_APPROVAL` (or of type `REQUIRE_APPROVAL_ABOVE`,
+//!    unless its action is `DENY`, which makes it a hard cap) asks for a human; any other broken
+//!    rule denies. Policies run by `priority`, highest first
 //!    (ties in file order); the first denial stops evaluation and is the only violation
 //!    returned; a denial anywhere beats a request for approval.
 //! 4. **Cumulative limits** (`DAILY_LIMIT`, `WEEKLY_LIMIT`, `MONTHLY_LIMIT`, `BUDGET_CAP`, the
@@ -52,7 +53,8 @@
 //!    is inclusive, end exclusive; `start == end` is an empty window and a load error.
 //!    `DATE_RANGE` and date-only blackout windows include their whole end day.
 //! 6. **`BLACKOUT_PERIOD`** takes both documented formats: `{"windows": [{"start", "end",
-//!    "reason", "recurring"}]}` and `{"start", "end"}`. `HH:MM` bounds are a daily window;
+//!    "reason", "recurring"}]}` and `{"start", "end"}`, with `BETWEEN` only (`NOT_BETWEEN`
+//!    would invert the blackout; hours allowed are a `TIME_WINDOW`'s). `HH:MM` bounds are a daily window;
 //!    `YYYY-MM-DD` or RFC 3339 bounds are an absolute period.
 //! 7. **Lists.** Counterparty addresses compare in canonical form (EVM lower-cased, Solana as
 //!    written); categories, merchants and methods compare ASCII-case-insensitively; a service entry
@@ -77,7 +79,10 @@
 //!    `MPP_PRICE_CEILING` and `MPP_MAX_PER_REQUEST` compare the per-request `amount`. The
 //!    record settles it at what the session spent.
 //! 9. **`VELOCITY_LIMIT`** `{"maxCount": n, "period": "MINUTE"|"HOUR"|"DAY"}` is a sliding window
-//!    over approvals (released approvals do not count). **`MPP_MAX_CONCURRENT_SESSIONS`** `LTE n`
+//!    over approvals (released approvals do not count); its operator compares the window's
+//!    approvals, this one included, with `maxCount` (`LTE n` allows n, `LT n` n − 1; `GT n` with
+//!    `DENY` or `REQUIRE_APPROVAL` refuses or gates the (n + 1)th and on), as do the x402 and MPP
+//!    per-endpoint velocities. **`MPP_MAX_CONCURRENT_SESSIONS`** `LTE n`
 //!    counts the agent's open MPP sessions: its MPP pre-authorizations still live (not yet
 //!    recorded, released or lapsed), this one included; a record closes a session. A one-off
 //!    MPP `charge` (its `intent`, naming no session and carrying no deposit) is no session:
@@ -89,8 +94,9 @@
 //!    lapses, its reservation and slot freed. It denies nothing by itself.
 //! 10. **Assignment.** A policy applies to the agents in `agentIds` (or `agentPolicies[].agentId`);
 //!     with neither, or with `scope: "all"`, to every agent; with `scope: "assigned"` and
-//!     neither, to no agent yet (created, not yet assigned, as Conto's policy API has it). Inactive policies are loaded and
-//!     skipped.
+//!     neither, to no agent yet (created, not yet assigned, as Conto's policy API has it). Any
+//!     other `scope` is a load error (read as none, it would bind every agent). Inactive
+//!     policies are loaded and skipped.
 //! 11. **Known but not evaluated.** Rule types that need data the engine does not have
 //!     (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`,
 //!     `FAIRSCALE_MIN_SCORE`) are a load

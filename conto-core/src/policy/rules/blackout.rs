@@ -33,7 +33,12 @@ impl Family for Blackouts {
     }
 
     fn compile((): (), r: &RuleInput<'_>) -> Result<Spec, PolicyError> {
-        r.between()?;
+        // A blackout is the time inside its windows: `NOT_BETWEEN` would invert it (the hours
+        // allowed are a `TIME_WINDOW`'s to state).
+        if !r.between()? {
+            let operator = r.operator.to_owned();
+            return Err(r.cx.err("operator", RuleProblem::OperatorNotAllowed { operator, allowed: "BETWEEN" }));
+        }
         const EXPECTED: &str =
             "{\"windows\": [{\"start\", \"end\", \"reason\", \"recurring\"}]} or {\"start\", \"end\"}";
         let (cx, text) = (r.cx, r.text);

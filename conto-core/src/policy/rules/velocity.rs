@@ -8,7 +8,7 @@ use jiff::SignedDuration;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-use super::{Check, Explain, Finding, RailFilter, Scope, Spec, Subject, Velocity};
+use super::{Check, Cmp, Explain, Finding, RailFilter, Scope, Spec, Subject, Velocity};
 use crate::decision::ViolationType as V;
 use crate::engine::LIVE_WINDOW_PREFIX;
 use crate::engine::evaluate::Reads;
@@ -17,9 +17,11 @@ use crate::intent::PaymentIntent;
 use crate::policy::compile::{Family, RuleInput, counter_id};
 use crate::policy::{PolicyError, RuleProblem};
 
-/// At most `max_count` approvals per window.
+/// Approvals per window, this one included, compared with `max_count` by the rule's operator
+/// (`LTE`: at most that many; with `GT` and a `DENY` or `REQUIRE_APPROVAL` action, what is
+/// past it is refused or sent to a human).
 #[derive(Debug, Clone)]
-pub(crate) struct VelocityRule(pub Velocity);
+pub(crate) struct VelocityRule(pub Velocity, pub Cmp);
 
 /// The family's rule types.
 pub(crate) struct Velocities;
@@ -41,7 +43,7 @@ impl Family for Velocities {
         if violation == V::MppMaxConcurrentSessions {
             return sessions(scope, rails, violation, r);
         }
-        r.cmp()?;
+        let cmp = r.cmp()?;
         const EXPECTED: &str = "a JSON object {\"maxCount\": n, \"period\": \"MINUTE|HOUR|DAY\"}";
         let (cx, text) = (r.cx, r.text);
         let obj = cx.object(text, EXPECTED)?;
@@ -60,7 +62,7 @@ impl Family for Velocities {
             _ => return Err(cx.bad(text, EXPECTED)),
         };
         let id = counter_id(format_args!("velocity|{rails:?}|{scope:?}|{window:?}"));
-        Ok(r.spec(Check::Velocity(VelocityRule(Velocity { id, scope, window, max_count })), rails, violation))
+        Ok(r.spec(Check::Velocity(VelocityRule(Velocity { id, scope, window, max_count }, cmp)), rails, violation))
     }
 }
 
@@ -88,7 +90,7 @@ fn sessions(scope: Scope, rails: RailFilter, violation: V, r: &RuleInput<'_>) ->
     }
     let id = counter_id(format_args!("{LIVE_WINDOW_PREFIX}sessions|{rails:?}|{scope:?}"));
     let velocity = Velocity { id, scope, window: LIVE_WINDOW, max_count };
-    Ok(r.spec(Check::Velocity(VelocityRule(velocity)), rails, violation))
+    Ok(r.spec(Check::Velocity(VelocityRule(velocity, Cmp::Le)), rails, violation))
 }
 
 /// The window of `v` for `intent`.
@@ -118,7 +120,16 @@ impl VelocityRule {
             windows.push(key);
         }
         let after = count + 1;
-        Finding { holds: after <= v.max_count as usize, detail: Counted { after, window: v.window, max: v.max_count } }
+        let max = v.max_count as usize;
+        let holds = match self.1 {
+            Cmp::Le => after <= max,
+            Cmp::Lt => after < max,
+            Cmp::Ge => after >= max,
+            Cmp::Gt => after > max,
+            Cmp::Eq => after == max,
+            Cmp::Ne => after != max,
+        };
+        Finding { holds, detail: Counted { after, window: v.window, max: v.max_count } }
     }
 }
 
