@@ -5,7 +5,11 @@
 //! # Choices where Conto's docs are silent (conto-api.md §13)
 //!
 //! - Error body: `{"error": text, "code": CODE, "message": text}` with Conto's codes and statuses
-//!   (§8); idempotency conflicts are `409 IDEMPOTENCY_CONFLICT`. A repeat of a key that arrives
+//!   (§8). Where Conto names none, conto-local's own: idempotency conflicts are
+//!   `409 IDEMPOTENCY_CONFLICT`; a confirm with another approval's token `400 INVALID_TOKEN`; an
+//!   agent id taken or retired `409 CONFLICT`; a paused agent's admin key changing policies
+//!   `403 AGENT_PAUSED`; a body over the size limit `413 PAYLOAD_TOO_LARGE`; a route without
+//!   the method `405 METHOD_NOT_ALLOWED`; a request past the request timeout `408 TIMEOUT`. A repeat of a key that arrives
 //!   while the first request is still running waits for it and gets its answer. An answer is
 //!   remembered for 24 hours (Stripe's floor; Conto's docs name no window), across restarts,
 //!   with about 32 bytes of memory each for its index; a repeat after that is a new request.
