@@ -267,6 +267,32 @@ fn velocity_limit_is_a_sliding_window_and_released_approvals_do_not_count() {
     approved(&e.decide(&transfer("1")));
 }
 
+/// An upper bound (`LTE n`, `LT n`) states the cap whatever the action; the action says what
+/// happens past it. Read literally ("refuse or gate what is within the cap") it gated the
+/// payments under the cap and let everything above it through with no human.
+#[test]
+fn a_cap_with_deny_or_require_approval_acts_past_the_cap() {
+    let (e, _) = engine_at(&policy(&[&rule("MAX_AMOUNT", "LTE", "5", "REQUIRE_APPROVAL")]), NOON_WED);
+    approved(&e.decide(&transfer("3")));
+    assert!(is_pending(&e.decide(&transfer("500"))), "above the cap waits for a human");
+
+    let (e, _) = engine_at(&policy(&[&rule("DAILY_LIMIT", "LTE", "10", "DENY")]), NOON_WED);
+    spend(&e, &transfer("4"));
+    spend(&e, &transfer("6"));
+    assert_denied(&e.decide(&transfer("1")), V::DailyLimit);
+
+    let three = r#"{"maxCount":3,"period":"MINUTE"}"#;
+    let (e, _) = engine_at(&policy(&[&rule("VELOCITY_LIMIT", "LTE", three, "REQUIRE_APPROVAL")]), NOON_WED);
+    for _ in 0..3 {
+        spend(&e, &transfer("1"));
+    }
+    assert!(is_pending(&e.decide(&transfer("1"))), "the fourth waits for a human");
+
+    let (e, _) = engine_at(&policy(&[&rule("MAX_AMOUNT", "LT", "5", "DENY")]), NOON_WED);
+    approved(&e.decide(&transfer("4.99")));
+    assert_denied(&e.decide(&transfer("5")), V::PerTxLimit);
+}
+
 /// A velocity rule's operator is the comparison of the window's approvals (this one included)
 /// with `maxCount`: `LT 3` allows two; `GT 2` with `DENY` refuses the third and on;
 /// `GT 2` with `REQUIRE_APPROVAL` sends the third and on to a human (it was read as `LTE`

@@ -26,11 +26,11 @@ pub struct Credentials<'a> {
 /// (a temporary file beside it, renamed over it). On Unix the file is created readable and
 /// writable by its owner only (`0600`), whatever the umask.
 ///
-/// No SDK key a previous file held is dropped, since the server cannot show it again: a run
-/// without an agent keeps the previous file's agent and key; a run for another agent keeps the
-/// earlier agent's key as a comment line (`# earlier key of agent-1: ...`), exported again when
-/// a later run names that agent.
-pub fn write(path: &Path, credentials: &Credentials<'_>) -> std::io::Result<()> {
+/// No SDK key a previous file held is dropped, since the server cannot show it again: a key
+/// not exported now is kept as a comment line (`# earlier key of agent-1: ...`). A run without
+/// a new key exports the agent's key that `live` accepts (one of this server's store: the same
+/// file may have served runs on other databases), and a run naming no agent the file's agent.
+pub fn write(path: &Path, credentials: &Credentials<'_>, live: &dyn Fn(&str, &str) -> bool) -> std::io::Result<()> {
     let mut known = previous_keys(path);
     let mut text = String::from("# conto-local credentials: `source` this file; keep it private\n");
     text.push_str(&format!("export CONTO_API_URL={}\n", credentials.url));
@@ -40,9 +40,11 @@ pub fn write(path: &Path, credentials: &Credentials<'_>) -> std::io::Result<()> 
         None => previous_actor(path).map(|agent| (agent, None)),
     };
     if let Some((agent, key)) = agent {
-        let earlier = known.iter().position(|(a, _)| *a == agent).map(|i| known.remove(i).1);
+        // The newest first: the exported key, then the earlier lines from the last.
+        let key = key.or_else(|| known.iter().rev().find(|(a, k)| *a == agent && live(a, k)).map(|(_, k)| k.clone()));
         text.push_str(&format!("export CONTO_ACTOR={agent}\n"));
-        if let Some(key) = key.or(earlier) {
+        if let Some(key) = key {
+            known.retain(|(a, k)| !(*a == agent && *k == key));
             text.push_str(&format!("export CONTO_SDK_KEY={key}\n"));
         }
     }
@@ -78,16 +80,15 @@ fn previous_actor(path: &Path) -> Option<String> {
     exported(&std::fs::read_to_string(path).ok()?, "CONTO_ACTOR").map(str::to_owned)
 }
 
-/// Every agent's SDK key a previous file holds: the exported one and the earlier ones.
+/// Every agent's SDK key a previous file holds, oldest first: the earlier lines, then the
+/// exported one; each pair once.
 fn previous_keys(path: &Path) -> Vec<(String, String)> {
     let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
-    let mut keys: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix(EARLIER)?.split_once(": "))
-        .map(|(agent, key)| (agent.to_owned(), key.to_owned()))
-        .collect();
-    if let (Some(agent), Some(key)) = (exported(&text, "CONTO_ACTOR"), exported(&text, "CONTO_SDK_KEY")) {
-        keys.retain(|(a, _)| a != agent);
+    let mut keys: Vec<(String, String)> = Vec::new();
+    let earlier = text.lines().filter_map(|line| line.strip_prefix(EARLIER)?.split_once(": "));
+    let exported = exported(&text, "CONTO_ACTOR").zip(exported(&text, "CONTO_SDK_KEY"));
+    for (agent, key) in earlier.chain(exported) {
+        keys.retain(|(a, k)| !(a == agent && k == key));
         keys.push((agent.to_owned(), key.to_owned()));
     }
     keys
@@ -121,7 +122,7 @@ mod tests {
         let org = SecretString::from("conto_org_first");
         let sdk = SecretString::from("conto_agent_secret");
         let url = "http://127.0.0.1:3006";
-        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-1", Some(&sdk))) }).unwrap();
+        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-1", Some(&sdk))) }, &|_, _| true).unwrap();
         let first = std::fs::read_to_string(&path).unwrap();
         assert!(first.contains("export CONTO_SDK_KEY=conto_agent_secret\n"), "{first}");
         assert!(first.contains("export CONTO_ACTOR=agent-1\n"));
@@ -129,29 +130,62 @@ mod tests {
 
         // Next run: the agent exists (no key to show), the org key is new.
         let org = SecretString::from("conto_org_second");
-        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-1", None)) }).unwrap();
+        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-1", None)) }, &|_, _| true).unwrap();
         let second = std::fs::read_to_string(&path).unwrap();
         assert!(second.contains("export CONTO_SDK_KEY=conto_agent_secret\n"), "{second}");
         assert!(second.contains("export CONTO_ORG_API_KEY=conto_org_second\n"));
         assert!(!second.contains("conto_org_first"));
 
         // A run naming no agent keeps the file's agent and key.
-        write(&path, &Credentials { url, org_key: &org, agent: None }).unwrap();
+        write(&path, &Credentials { url, org_key: &org, agent: None }, &|_, _| true).unwrap();
         let unnamed = std::fs::read_to_string(&path).unwrap();
         assert!(unnamed.contains("export CONTO_ACTOR=agent-1\nexport CONTO_SDK_KEY=conto_agent_secret\n"), "{unnamed}");
 
         // Another agent does not inherit it, and it is not lost: it comes back with its agent.
         let other = SecretString::from("conto_agent_other");
-        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-2", Some(&other))) }).unwrap();
+        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-2", Some(&other))) }, &|_, _| true)
+            .unwrap();
         let third = std::fs::read_to_string(&path).unwrap();
         assert!(third.contains("export CONTO_ACTOR=agent-2\nexport CONTO_SDK_KEY=conto_agent_other\n"), "{third}");
         assert!(!third.contains("export CONTO_SDK_KEY=conto_agent_secret"), "{third}");
-        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-1", None)) }).unwrap();
+        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-1", None)) }, &|_, _| true).unwrap();
         let back = std::fs::read_to_string(&path).unwrap();
         assert!(back.contains("export CONTO_ACTOR=agent-1\nexport CONTO_SDK_KEY=conto_agent_secret\n"), "{back}");
         assert!(back.contains("# earlier key of agent-2: conto_agent_other\n"), "{back}");
         assert_eq!(back.matches("conto_agent_").count(), 2, "each key once: {back}");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file is left");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// One file serving runs on two databases: each database's agent-1 has its own key. A run
+    /// creating agent-1 afresh (another database, or in memory) keeps the first key as an
+    /// earlier line, and a run back on the first database exports the key that database holds,
+    /// not the newest one (which would be refused there).
+    #[test]
+    fn a_file_serving_two_databases_exports_the_key_each_holds() {
+        let dir = dir();
+        let path = dir.join("conto-local.env");
+        let org = SecretString::from("conto_org_x");
+        let url = "http://127.0.0.1:3006";
+        let (first, second) = (SecretString::from("conto_agent_first"), SecretString::from("conto_agent_second"));
+        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-1", Some(&first))) }, &|_, _| true)
+            .unwrap();
+        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-1", Some(&second))) }, &|_, _| true)
+            .unwrap();
+        let both = std::fs::read_to_string(&path).unwrap();
+        assert!(both.contains("export CONTO_SDK_KEY=conto_agent_second\n"), "{both}");
+        assert!(both.contains("# earlier key of agent-1: conto_agent_first\n"), "{both}");
+        // Back on the first database, which holds only the first key.
+        let first_db = |agent: &str, key: &str| agent == "agent-1" && key == "conto_agent_first";
+        write(&path, &Credentials { url, org_key: &org, agent: Some(("agent-1", None)) }, &first_db).unwrap();
+        let back = std::fs::read_to_string(&path).unwrap();
+        assert!(back.contains("export CONTO_SDK_KEY=conto_agent_first\n"), "{back}");
+        assert!(back.contains("# earlier key of agent-1: conto_agent_second\n"), "{back}");
+        // A database holding neither: no key is exported, none is lost.
+        write(&path, &Credentials { url, org_key: &org, agent: None }, &|_, _| false).unwrap();
+        let neither = std::fs::read_to_string(&path).unwrap();
+        assert!(!neither.contains("export CONTO_SDK_KEY"), "{neither}");
+        assert_eq!(neither.matches("# earlier key of agent-1: ").count(), 2, "{neither}");
         std::fs::remove_dir_all(dir).ok();
     }
 
@@ -164,7 +198,7 @@ mod tests {
         std::fs::write(&path, "old").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let org = SecretString::from("conto_org_x");
-        write(&path, &Credentials { url: "http://127.0.0.1:1", org_key: &org, agent: None }).unwrap();
+        write(&path, &Credentials { url: "http://127.0.0.1:1", org_key: &org, agent: None }, &|_, _| true).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         std::fs::remove_dir_all(dir).ok();

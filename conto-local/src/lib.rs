@@ -433,6 +433,12 @@ impl Running {
         Ok(key)
     }
 
+    /// Whether `key` is a live (unrevoked, unexpired) SDK key of `agent` in this server's
+    /// store: which of the keys a credentials file kept belongs to this database.
+    pub fn holds_key(&self, agent: &str, key: &str) -> bool {
+        lock(&self.app.store).key(key).ok().flatten().is_some_and(|r| r.agent_id == agent && !r.expired())
+    }
+
     /// The base URL, e.g. `http://127.0.0.1:3006`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -798,6 +804,18 @@ fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<PolicyCa
     }
 }
 
+/// A policy's assignment as it is kept and shown: its scope in lower case (matched whatever
+/// its case, so a client comparing it with `"all"` reads it right) and each agent id once.
+fn tidy_assignment(doc: &mut Policy) {
+    if let Some(scope) = &mut doc.scope {
+        scope.make_ascii_lowercase();
+    }
+    if let Some(ids) = &mut doc.agent_ids {
+        let mut seen = std::collections::HashSet::new();
+        ids.retain(|id| seen.insert(id.clone()));
+    }
+}
+
 /// Who is changing policies: the org, or one agent through its admin SDK key.
 enum PolicyCaller {
     Org,
@@ -821,6 +839,7 @@ impl PolicyCaller {
         if doc.scope.is_none() {
             doc.scope = Some("assigned".to_owned());
         }
+        tidy_assignment(doc);
         self.may_change(doc)
     }
 
@@ -1414,6 +1433,7 @@ async fn patch_policy(
     if assigns && merged.scope.is_none() {
         merged.scope = Some("assigned".to_owned());
     }
+    tidy_assignment(&mut merged);
     merged.timezone = timezone.or(doc.timezone);
     merged.rules = rules.or(doc.rules);
     merged.extra.extend(extra);

@@ -85,10 +85,9 @@ async fn run(cli: Cli) -> Result<(), conto_local::LocalError> {
         org_key: running.org_key(),
         agent: cli.agent.as_deref().map(|agent| (agent, created.as_ref())),
     };
-    conto_local::env_file::write(&cli.env_file, &credentials).map_err(|e| conto_local::LocalError::EnvFile {
-        path: cli.env_file.display().to_string(),
-        message: e.to_string(),
-    })?;
+    conto_local::env_file::write(&cli.env_file, &credentials, &|agent, key| running.holds_key(agent, key)).map_err(
+        |e| conto_local::LocalError::EnvFile { path: cli.env_file.display().to_string(), message: e.to_string() },
+    )?;
     println!("conto-local listening on {url}");
     println!("keys written to {} (owner-only); in your shell:", cli.env_file.display());
     println!("  source {}", cli.env_file.display());

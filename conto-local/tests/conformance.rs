@@ -975,6 +975,10 @@ async fn an_unassigned_policy_binds_no_one_and_an_unknown_scope_is_refused() {
         let gone = org.http.delete(format!("{}{path}", server.url())).bearer_auth(&org.key).send().await.unwrap();
         assert_eq!(gone.status(), 200);
     }
+    // A scope is kept in lower case (matched whatever its case) and an agent named once.
+    let all =
+        org.policy(json!({"name": "every", "scope": "ALL", "agentIds": ["agent-1", "agent-1"], "rules": []})).await;
+    assert_eq!((&all["scope"], &all["agentIds"]), (&json!("all"), &json!(["agent-1"])), "{all}");
     for scope in ["everyone", "org", "ALL_AGENTS"] {
         let (status, err) = org.post("/api/policies", json!({"name": "x", "scope": scope, "rules": []})).await;
         assert_eq!((status, err["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{scope}: {err}");

@@ -84,9 +84,16 @@ pub(crate) struct RuleInput<'a> {
 }
 
 impl RuleInput<'_> {
-    /// Polarity from the action: `ALLOW` states what is allowed, the others what is refused.
+    /// Polarity from the action: `ALLOW` states what is allowed, the others what is refused;
+    /// except an upper bound (`LTE n`, `LT n`), which states the limit whatever the action (the
+    /// action says what happens past it). Every comparison rule evaluated is a cap, so `MAX_AMOUNT
+    /// LTE 5 REQUIRE_APPROVAL` gates what is above 5: read the other way it gated what is under
+    /// the cap and let everything above it through.
     pub fn by_action(&self) -> Polarity {
-        if self.action == Action::Allow { Polarity::BrokenUnlessHolds } else { Polarity::BrokenWhenHolds }
+        match (self.action, self.op) {
+            (Action::Allow, _) | (_, Op::Cmp(Cmp::Le | Cmp::Lt)) => Polarity::BrokenUnlessHolds,
+            _ => Polarity::BrokenWhenHolds,
+        }
     }
 
     /// A broken rule asks for a human with `REQUIRE_APPROVAL`, and denies otherwise.

@@ -21,7 +21,10 @@
 //!    load error (`ValueNotString`). Numbers inside are exact decimals.
 //! 2. **Polarity.** A rule's condition is `subject OPERATOR value`. With action `ALLOW` the
 //!    condition describes what is allowed: the rule is broken when it does not hold. With `DENY`
-//!    or `REQUIRE_APPROVAL` it describes what is refused or gated: broken when it holds. Rule
+//!    or `REQUIRE_APPROVAL` it describes what is refused or gated: broken when it holds; except
+//!    an upper bound (`LTE`, `LT`), which is the cap whatever the action (every comparison rule
+//!    evaluated is a cap): `MAX_AMOUNT LTE 5 REQUIRE_APPROVAL` gates what is above 5, as
+//!    `GT 5 REQUIRE_APPROVAL` does. Rule
 //!    types whose name says the polarity keep it whatever the action: `ALLOWED_*` and `WHITELIST`
 //!    (broken when the subject is not listed), `BLOCKED_*`, `MPP_BLOCK_SESSION_INTENT` and
 //!    `BLACKOUT_PERIOD` (broken inside the list or window), `REQUIRE_APPROVAL_ABOVE` (gated when

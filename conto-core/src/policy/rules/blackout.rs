@@ -35,7 +35,7 @@ impl Family for Blackouts {
     fn compile((): (), r: &RuleInput<'_>) -> Result<Spec, PolicyError> {
         // A blackout is the time inside its windows: `NOT_BETWEEN` would invert it (the hours
         // allowed are a `TIME_WINDOW`'s to state).
-        if !r.between()? {
+        if r.between().ok() != Some(true) {
             let operator = r.operator.to_owned();
             return Err(r.cx.err("operator", RuleProblem::OperatorNotAllowed { operator, allowed: "BETWEEN" }));
         }

@@ -129,7 +129,9 @@ impl VelocityRule {
             Cmp::Eq => after == max,
             Cmp::Ne => after != max,
         };
-        Finding { holds, detail: Counted { after, window: v.window, max: v.max_count } }
+        // `LT n` allows n - 1: said so, not as a limit of n the count is within.
+        let shown = if self.1 == Cmp::Lt { v.max_count.saturating_sub(1) } else { v.max_count };
+        Finding { holds, detail: Counted { after, window: v.window, max: shown } }
     }
 }
 
