@@ -1000,6 +1000,8 @@ enum Planned {
 struct Keyed {
     key: String,
     fingerprint: String,
+    /// The client's own `paymentId`, when it sent one: its answer names the payment by it.
+    payment_id: Option<String>,
 }
 
 /// Checks one payment of a record against the store and against the payments before it in the
@@ -1018,11 +1020,13 @@ fn plan_one(
     let twice = |what: &str| bad("VALIDATION_ERROR", format!("{what} appears twice in one record"));
     // The payment's own key: its `paymentId`, or else its tx hash (two payments may share a
     // settlement reference; never a `paymentId`).
-    let key = payment.payment_id.clone().filter(|p| !p.is_empty()).or_else(|| reference.clone()).map(|key| Keyed {
+    let payment_id = payment.payment_id.clone().filter(|p| !p.is_empty());
+    let key = payment_id.clone().or_else(|| reference.clone()).map(|key| Keyed {
         fingerprint: hash(&format!("{kind:?}\0{}", serde_json::to_string(payment).unwrap_or_default())),
         key,
+        payment_id,
     });
-    if let Some(Keyed { key, fingerprint }) = &key {
+    if let Some(Keyed { key, fingerprint, .. }) = &key {
         if !taken.insert(format!("key {key}")) {
             return Err(twice(&format!("payment `{key}`")));
         }
@@ -1089,7 +1093,7 @@ impl Planned {
                 status: Some("RECORDED".into()),
                 ..RecordedBody::default()
             };
-        let (answer, counted_as, key) = match self {
+        let (mut answer, counted_as, key) = match self {
             Planned::Replay(answer) => return Ok(answer),
             Planned::Settle { approval, reference, record_id, key } => {
                 let preauth = approval.id.clone();
@@ -1105,7 +1109,11 @@ impl Planned {
                 (recorded(Some(record_id.clone()), None, transaction_id, amount), record_id, key)
             }
         };
-        if let Some(Keyed { key, fingerprint }) = &key {
+        // Named as the client named it (the record's own id is conto-local's).
+        if let Some(payment_id) = key.as_ref().and_then(|k| k.payment_id.clone()) {
+            answer.payment_id = Some(payment_id);
+        }
+        if let Some(Keyed { key, fingerprint, .. }) = &key {
             let kept = serde_json::to_string(&answer).unwrap_or_default();
             store.remember_payment(agent, key, &counted_as, fingerprint, &kept)?;
         }

@@ -267,6 +267,8 @@ async fn an_x402_record_without_an_authorization_id_settles_its_preauthorization
     let record = json!({"payments": [payment]});
     let (status, body) = sdk.post("/api/sdk/x402/record", record.clone()).await;
     assert!(status < 300, "{body}");
+    let answered = body["payments"].as_array().map_or(&body, |p| &p[0]);
+    assert_eq!(answered["paymentId"], "pay-1", "named as the client named it: {body}");
     assert_eq!(budget_spent_and_reserved(&sdk).await, ("5".into(), "0".into()), "settled, not added: 5 of headroom");
     let (status, services) = sdk.call(reqwest::Method::GET, "/api/sdk/x402/services", None).await;
     assert_eq!(status, 200);
