@@ -230,38 +230,6 @@ async fn wait_mode_gives_up_at_its_bound() {
     assert!(matches!(r.kind(), RejectionKind::ApprovalRequired(_)));
 }
 
-/// An authority whose record waits for a gate to open (a remote authority's round trip).
-struct GatedRecord(conto_core::Engine, Arc<tokio::sync::Semaphore>);
-
-impl Authorizer for GatedRecord {
-    fn authorize<'a>(
-        &'a self,
-        intent: &'a std::sync::Arc<PaymentIntent>,
-    ) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
-        self.0.authorize(intent)
-    }
-    fn record<'a>(
-        &'a self,
-        a: &'a Authorization,
-        s: &'a Settlement,
-    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
-        Box::pin(async move {
-            let _open = self.1.acquire().await.unwrap();
-            self.0.record(a, s).await
-        })
-    }
-    fn release(&self, a: &Authorization) -> BoxFuture<'static, Result<(), AuthorityError>> {
-        self.0.release(a)
-    }
-    fn approval_status<'a>(
-        &'a self,
-        i: &'a PaymentIntent,
-        p: &'a PendingApproval,
-    ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
-        self.0.approval_status(i, p)
-    }
-}
-
 /// Money moved and its record is on its way to a remote authority when the caller's future is
 /// dropped (a timeout around the call, a client gone): the record still arrives, and the
 /// approval is not released.
@@ -269,7 +237,7 @@ impl Authorizer for GatedRecord {
 async fn a_record_on_its_way_survives_its_caller_being_dropped() {
     let engine = capped_engine();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let conto = Conto::new(GatedRecord(engine.clone(), gate.clone()));
+    let conto = Conto::new(Remote(engine.clone(), Some(gate.clone())));
     let settled = Arc::new(AtomicUsize::new(0));
     let ran = settled.clone();
     let call = conto.guard(
@@ -374,10 +342,11 @@ async fn an_invalid_intent_is_refused_before_anyone_is_asked() {
     assert!(matches!(r.kind(), RejectionKind::Invalid { .. }), "{r:?}");
 }
 
-/// An authority that issues approval tokens, as a remote Conto does for transfers.
-struct Tokened(conto_core::Engine);
+/// The embedded engine as a remote Conto looks to the pipeline: it issues approval tokens for
+/// transfers, and its record may wait at a gate (a round trip that has not come back yet).
+struct Remote(conto_core::Engine, Option<Arc<tokio::sync::Semaphore>>);
 
-impl Authorizer for Tokened {
+impl Authorizer for Remote {
     fn authorize<'a>(
         &'a self,
         intent: &'a std::sync::Arc<PaymentIntent>,
@@ -395,7 +364,12 @@ impl Authorizer for Tokened {
         a: &'a Authorization,
         s: &'a Settlement,
     ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
-        self.0.record(a, s)
+        Box::pin(async move {
+            if let Some(gate) = &self.1 {
+                let _open = gate.acquire().await.unwrap();
+            }
+            self.0.record(a, s).await
+        })
     }
     fn release(&self, a: &Authorization) -> BoxFuture<'static, Result<(), AuthorityError>> {
         self.0.release(a)
@@ -417,7 +391,7 @@ async fn the_embedded_engine_issues_no_token_in_process() {
 
 #[tokio::test]
 async fn secrets_stay_out_of_debug_output() {
-    let conto = Conto::new(Tokened(capped_engine()));
+    let conto = Conto::new(Remote(capped_engine(), None));
     let approval = conto.authorize(transfer("1")).await.unwrap();
     let token = conto_core::ExposeSecret::expose_secret(approval.authorization().token.as_ref().unwrap()).to_owned();
     assert_eq!(token.len(), 64);

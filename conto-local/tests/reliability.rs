@@ -478,31 +478,35 @@ async fn the_database_is_readable_by_its_owner_only() {
     again.stop().await;
 }
 
+/// A server whose request timeout is 300 ms.
+async fn impatient() -> conto_local::Running {
+    let config = conto_local::Config { port: 0, request_timeout: Duration::from_millis(300), ..Default::default() };
+    conto_local::start(config).await.unwrap()
+}
+
+/// What a connection receives until the server closes it (within 10 s, or the test fails).
+async fn until_closed(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer));
+    let _ = read.await.expect("the connection is closed, not held open");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A client that sends half a request line and stops (or opens a connection and sends
 /// nothing) holds nothing either: the connection is closed once the request timeout passes
 /// without a whole request head, and the server answers others meanwhile.
 #[tokio::test]
 async fn a_request_head_that_never_finishes_arriving_is_closed_and_blocks_no_one() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = conto_local::start(conto_local::Config {
-        port: 0,
-        request_timeout: Duration::from_millis(300),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let server = impatient().await;
     let mut half = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     half.write_all(b"POST /api/sdk/payments/approve HTTP/1.1\r\nHost: loc").await.unwrap();
     let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let health = reqwest::get(format!("{}/health", server.url())).await.unwrap();
     assert_eq!(health.status(), 200, "another request is answered while the slow ones wait");
     for conn in [&mut half, &mut silent] {
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest))
-            .await
-            .expect("the connection is closed, not held open")
-            .ok();
-        assert!(!String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 2"), "no request was served");
+        assert!(!until_closed(conn).await.starts_with("HTTP/1.1 2"), "no request was served");
     }
     server.stop().await;
 }
@@ -512,26 +516,15 @@ async fn a_request_head_that_never_finishes_arriving_is_closed_and_blocks_no_one
 /// meanwhile.
 #[tokio::test]
 async fn a_body_that_never_finishes_arriving_is_answered_408_and_blocks_no_one() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = conto_local::start(conto_local::Config {
-        port: 0,
-        request_timeout: Duration::from_millis(300),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let server = impatient().await;
     let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let head = "POST /api/sdk/payments/approve HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
                 Authorization: Bearer conto_agent_x\r\nContent-Length: 100\r\n\r\n{\"amount\": 1";
     slow.write_all(head.as_bytes()).await.unwrap();
     let health = reqwest::get(format!("{}/health", server.url())).await.unwrap();
     assert_eq!(health.status(), 200, "another request is answered while the slow one waits");
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer))
-        .await
-        .expect("answered, not held open")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = until_closed(&mut slow).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"code\":\"TIMEOUT\""), "{answer}");
 }
