@@ -84,6 +84,16 @@ fn unknown_rule_type_operator_and_action() {
         (problem(&err).2, problem(&err).3),
         ("operator", &RuleProblem::OperatorNotAllowed { operator: "NOT_BETWEEN".into(), allowed: "BETWEEN" })
     );
+    // "Above" is GT or GTE: with LTE it gated small payments and let large ones through.
+    let err = load_rule(serde_json::json!({"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "LTE",
+        "value": "500", "action": "REQUIRE_APPROVAL"}));
+    assert!(matches!(problem(&err).3, RuleProblem::OperatorNotAllowed { allowed: "GT or GTE", .. }), "{err}");
+    // A velocity rule is a cap: EQ, NE, or GT with ALLOW would allow only some counts.
+    for (operator, action) in [("EQ", "ALLOW"), ("NEQ", "DENY"), ("GT", "ALLOW"), ("GTE", "ALLOW")] {
+        let err = load_rule(serde_json::json!({"ruleType": "VELOCITY_LIMIT", "operator": operator,
+            "value": "{\"maxCount\": 3, \"period\": \"HOUR\"}", "action": action}));
+        assert!(matches!(problem(&err).3, RuleProblem::OperatorNotAllowed { .. }), "{operator} {action}: {err}");
+    }
 }
 
 #[test]

@@ -547,7 +547,17 @@ fn owner_only(path: &std::path::Path) -> std::io::Result<()> {
             && meta.is_file()
             && meta.permissions().mode() & 0o077 != 0
         {
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => {}
+                // Another user's file, or a file system without Unix modes: said, not fatal.
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported) =>
+                {
+                    tracing::warn!(path = %std::path::Path::new(&file).display(), error = %e,
+                        "conto_local.database_mode: cannot make the database readable by its owner only");
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())
@@ -558,12 +568,44 @@ fn owner_only(_: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Policies an earlier version stored in a form this one refuses keep the meaning they were
+/// enforced with, rather than keeping the server from starting: an unknown `scope` was read as
+/// none (its agents, or every agent without any), a blackout's `NOT_BETWEEN` as `BETWEEN`.
+fn migrate_policies(store: &Store) -> Result<(), LocalError> {
+    for mut doc in store.policies()? {
+        let mut changed = false;
+        if let Some(scope) = &doc.scope
+            && !scope.eq_ignore_ascii_case("all")
+            && !scope.eq_ignore_ascii_case("assigned")
+        {
+            doc.scope = Some(if doc.assigned().next().is_some() { "assigned" } else { "all" }.to_owned());
+            changed = true;
+        }
+        for rule in doc.rules.iter_mut().flatten() {
+            let squeezed =
+                |t: &str| t.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_uppercase();
+            if rule.rule_type.as_deref().is_some_and(|t| squeezed(t) == "BLACKOUTPERIOD")
+                && rule.operator.as_deref().is_some_and(|o| squeezed(o) == "NOTBETWEEN")
+            {
+                rule.operator = Some("BETWEEN".to_owned());
+                changed = true;
+            }
+        }
+        if changed && let Some(id) = doc.id.clone() {
+            tracing::warn!(policy = %id, "conto_local.policy_migrated: kept with the meaning it was enforced with");
+            store.put_policy(&id, &doc)?;
+        }
+    }
+    Ok(())
+}
+
 fn restore_policies(store: &Store, engine: &Engine) -> Result<(), LocalError> {
     engine.set_policies(policy_set(&effective_policies(store)?)?);
     Ok(())
 }
 
 fn restore(store: &Store, engine: &Engine) -> Result<(), LocalError> {
+    migrate_policies(store)?;
     restore_policies(store, engine)?;
     // The engine's actor registry is the store's agents: any other actor is refused.
     for agent in store.agents()? {

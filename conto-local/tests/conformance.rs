@@ -2426,6 +2426,40 @@ async fn restarted_after(server: conto_local::Running, db: &std::path::Path, sql
     start(Some(db.to_path_buf()), "conto_org_test").await
 }
 
+/// A database an earlier version wrote may hold policies this one refuses (an unknown scope, a
+/// blackout with `NOT_BETWEEN`): conto-local still starts, each kept with the meaning it was
+/// enforced with (the scope read as none; `NOT_BETWEEN` read as `BETWEEN`).
+#[tokio::test]
+async fn policies_an_earlier_version_accepted_keep_their_meaning() {
+    let db = fresh_db("migrate");
+    let server = start(Some(db.clone()), "conto_org_test").await;
+    let org = Org::new(&server);
+    let one = org.agent("agent-1", ALL_SCOPES).await;
+    let two = org.agent("agent-2", ALL_SCOPES).await;
+    org.policy(json!({"name": "cap", "agentIds": ["agent-1"], "rules": [
+        {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "5", "action": "ALLOW"}]}))
+        .await;
+    org.policy(json!({"name": "dark", "agentIds": ["agent-2"], "rules": [{"ruleType": "BLACKOUT_PERIOD",
+        "operator": "BETWEEN", "value": "{\"start\": \"2000-01-01\", \"end\": \"2100-01-01\"}", "action": "DENY"}]}))
+        .await;
+    let sql = "UPDATE policies SET doc = CASE json_extract(doc, '$.name')
+                 WHEN 'cap' THEN json_set(doc, '$.scope', 'everyone')
+                 ELSE json_set(doc, '$.rules[0].operator', 'NOT_BETWEEN') END";
+    let server = restarted_after(server, &db, sql).await;
+    let pay = |key: String| {
+        let sdk = Sdk { base: server.url(), key, http: reqwest::Client::new() };
+        async move { sdk.post("/api/sdk/payments/approve", transfer_payment(6)).await.1 }
+    };
+    let capped = pay(one).await;
+    assert_eq!(capped["violations"][0]["type"], "PER_TX_LIMIT", "{capped}");
+    let dark = pay(two).await;
+    assert_eq!(dark["violations"][0]["type"], "BLACKOUT_PERIOD", "{dark}");
+    let (_, listed) = Org::new(&server).get("/api/policies").await;
+    let policies = listed["policies"].as_array().unwrap();
+    assert_eq!(policies[0]["scope"], "assigned", "{listed}");
+    assert_eq!(policies[1]["rules"][0]["operator"], "BETWEEN", "{listed}");
+}
+
 /// A human approval the agent did not take in time is listed as `EXPIRED`, as a lapsed
 /// pending one is, not as an `APPROVED` entry whose token is gone (here its expiry is moved
 /// into the past while conto-local is stopped, which also drops the token it held).

@@ -12,11 +12,14 @@
 //! - **approved:** the signer creates the credential, the request is retried with it once, and
 //!   the settlement the paywall reports (`PAYMENT-RESPONSE`, `X-PAYMENT-RESPONSE`,
 //!   `Payment-Receipt`) is recorded with its transaction reference, whatever the retry's
-//!   status (a service that charged and then failed is still paid); a paid retry refused with
-//!   no successful report (a 402, a 4xx, an unsuccessful report) releases the approval; a paid
-//!   retry with no answer (an error, the timeout, or the caller dropping the request) or a
-//!   server error with no report ([`PaymentError::ServerFailed`]) holds it until it expires (the
-//!   money may have moved);
+//!   status (a service that charged and then failed is still paid). Once the credential has
+//!   left, the money may move whatever the paywall answers (an x402 authorization is a bearer
+//!   instrument): a paid retry refused with no successful report (a 402, a 4xx, an
+//!   unsuccessful report), a server error with no report ([`PaymentError::ServerFailed`]), no
+//!   answer in time, or a redirect to another origin counts the approved amount as spent; with
+//!   [`PaidRequestsBuilder::trust_refusals`] a refusal releases the approval and an unknown
+//!   outcome holds it until it expires. A request dropped after the signer was asked holds it;
+//!   one that never connected releases it;
 //! - **guards:** a cap per request, allowed networks, known assets only, one idempotency key
 //!   and one credential per payment attempt (a retry of the whole request after the credential
 //!   was sent is refused, [`PaymentError::AlreadySent`], never paid twice), a timeout on the

@@ -204,8 +204,8 @@ pub enum PaymentError {
     NotRetryable,
     /// A credential was already sent for this payment attempt, and it may have paid (the whole
     /// request was sent again, by an outer retry or a caller reusing its extensions, after a
-    /// success or a lost answer): it is never paid twice. Whether a lost answer's payment
-    /// settled is for the app to find out; its reservation holds.
+    /// success or a lost answer): it is never paid twice. The first attempt's outcome was
+    /// recorded (or, under [`PaidRequestsBuilder::trust_refusals`], held) already.
     #[error("a payment credential was already sent for this payment attempt: not paid twice")]
     AlreadySent,
     /// The 402's body is larger than a challenge can be (64 KiB): not read further.
@@ -307,7 +307,7 @@ impl PaidRequestsBuilder {
     /// pay afresh; a server error or no answer holds the reservation until it expires. Off by
     /// default, since a credential is a bearer instrument a paywall can settle whatever it
     /// answers: every outcome but a success after the credential left is then counted as spent
-    /// (the approved amount, recorded with reference `unconfirmed`), so a paywall that takes the
+    /// (the approved amount, recorded without a reference), so a paywall that takes the
     /// money and answers a refusal cannot draw on a budget without bound. Turn it on only for
     /// paywalls trusted to tell the truth.
     pub fn trust_refusals(mut self) -> Self {
@@ -362,7 +362,9 @@ async fn unsettled(this: &Inner, approval: conto_core::Approval, ext: &mut Exten
         }
         (false, _) => {
             tracing::warn!(url = %url, "conto.outbound.counted_unconfirmed: the credential was sent and no success came back; the approved amount is counted as spent");
-            if let Err(error) = approval.record(Settlement::default().reference("unconfirmed")).await {
+            // No reference: there is no transaction to name (and one shared by every such
+            // record would make a server take the second for a repeat of the first).
+            if let Err(error) = approval.record(Settlement::default()).await {
                 tracing::error!(url = %url, %error, "conto.outbound.record_failed");
             }
         }
@@ -590,7 +592,13 @@ impl Middleware for PaidRequests {
         let paid = match tokio::time::timeout(this.timeout, next.run(retry, ext)).await {
             Ok(Ok(paid)) => paid,
             Ok(Err(e)) => {
-                unsettled(this, approval, ext, &url, Unsettled::Unknown).await;
+                // No connection was made: the credential never left, nothing can have settled.
+                if matches!(&e, reqwest_middleware::Error::Reqwest(r) if r.is_connect()) {
+                    approval.release();
+                    ext.remove::<CredentialSent>();
+                } else {
+                    unsettled(this, approval, ext, &url, Unsettled::Unknown).await;
+                }
                 return Err(e);
             }
             Err(_) => {

@@ -241,7 +241,7 @@ async fn x402_axum_paywall_that_raises_its_price_before_the_retry_is_refused_and
     assert_eq!(s.scheme.signed.load(Ordering::SeqCst), 1, "signed once, for the first price");
     assert_eq!(s.facilitator.settled.load(Ordering::SeqCst), 0, "nothing settled");
     let recorded = s.recorded.lock().unwrap().clone();
-    assert_eq!(recorded, vec![(Decimal::new(25, 2), Some("unconfirmed".into()))], "counted, not released");
+    assert_eq!(recorded, vec![(Decimal::new(25, 2), None)], "counted, not released");
     assert_eq!(s.engine.usage("agent-1").live_reservations, 0);
 }
 

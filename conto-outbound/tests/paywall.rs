@@ -286,7 +286,7 @@ async fn a_paywall_that_raises_its_price_after_the_challenge_is_not_paid_again()
             assert!(s.recorded.lock().unwrap().is_empty());
             assert_eq!((usage.stats.recorded, usage.stats.released, usage.live_reservations), (0, 1, 0), "released");
         } else {
-            assert_eq!(s.recorded.lock().unwrap().clone(), vec![(Decimal::new(25, 2), Some("unconfirmed".into()))]);
+            assert_eq!(s.recorded.lock().unwrap().clone(), vec![(Decimal::new(25, 2), None)]);
             assert_eq!((usage.stats.recorded, usage.stats.released, usage.live_reservations), (1, 0, 0), "counted");
         }
     }
@@ -350,7 +350,7 @@ async fn a_paid_retry_redirected_to_another_origin_is_counted_not_believed() {
     .await;
     let err = s.client.get(format!("{url}/pay")).send().await.unwrap_err();
     assert!(matches!(payment_error(&err), PaymentError::NotAcceptable(why) if why.contains("redirected")), "{err:?}");
-    assert_eq!(s.recorded.lock().unwrap().clone(), vec![(Decimal::new(75, 2), Some("unconfirmed".into()))]);
+    assert_eq!(s.recorded.lock().unwrap().clone(), vec![(Decimal::new(75, 2), None)]);
     assert_eq!(s.engine.usage("agent-1").live_reservations, 0);
 }
 
@@ -721,7 +721,7 @@ async fn a_failed_paid_retry_is_recorded_counted_held_or_released_by_what_it_say
             matches!(payment_error(&err), PaymentError::ServerFailed { status } | PaymentError::Failed { status } if *status == error),
             "{err:?}"
         );
-        assert_eq!(s.recorded.lock().unwrap().clone(), vec![(Decimal::new(75, 2), Some("unconfirmed".into()))]);
+        assert_eq!(s.recorded.lock().unwrap().clone(), vec![(Decimal::new(75, 2), None)]);
         assert_eq!(s.engine.usage("agent-1").live_reservations, 0);
     }
 

@@ -920,10 +920,12 @@ fn detached(
             Ok(outcome) => outcome,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // Only a runtime shutting down cancels the task.
-            Err(_) => (
-                authorization,
-                Err(AuthorityError::Unsupported("the runtime shut down before the record was delivered".into())),
-            ),
+            Err(_) => {
+                tracing::error!(authorization = %authorization.id,
+                    "conto.record_failed: the runtime shut down before the record was delivered");
+                let error = AuthorityError::Unsupported("the runtime shut down before the record was delivered".into());
+                (authorization, Err(error))
+            }
         }
     })
 }

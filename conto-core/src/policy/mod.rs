@@ -28,7 +28,7 @@
 //!    types whose name says the polarity keep it whatever the action: `ALLOWED_*` and `WHITELIST`
 //!    (broken when the subject is not listed), `BLOCKED_*`, `MPP_BLOCK_SESSION_INTENT` and
 //!    `BLACKOUT_PERIOD` (broken inside the list or window), `REQUIRE_APPROVAL_ABOVE` (gated when
-//!    the comparison holds).
+//!    the comparison holds; `GT` or `GTE` only).
 //! 3. **A broken rule** with action `REQUIRE_APPROVAL` (or of type `REQUIRE_APPROVAL_ABOVE`,
 //!    unless its action is `DENY`, which makes it a hard cap) asks for a human; any other broken
 //!    rule denies. Policies run by `priority`, highest first
@@ -85,7 +85,8 @@
 //!    over approvals (released approvals do not count); its operator compares the window's
 //!    approvals, this one included, with `maxCount` (`LTE n` allows n, `LT n` n − 1; `GT n` with
 //!    `DENY` or `REQUIRE_APPROVAL` refuses or gates the (n + 1)th and on), as do the x402 and MPP
-//!    per-endpoint velocities. **`MPP_MAX_CONCURRENT_SESSIONS`** `LTE n`
+//!    per-endpoint velocities; an operator that makes no cap (`EQ`, `NEQ`, `GT`/`GTE` with
+//!    `ALLOW`) is a load error. **`MPP_MAX_CONCURRENT_SESSIONS`** `LTE n`
 //!    counts the agent's open MPP sessions: its MPP pre-authorizations still live (not yet
 //!    recorded, released or lapsed), this one included; a record closes a session. A one-off
 //!    MPP `charge` (its `intent`, naming no session and carrying no deposit) is no session:

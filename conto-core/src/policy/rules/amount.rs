@@ -7,8 +7,8 @@ use super::{Action, Check, Cmp, Explain, Finding, Outcome, Polarity, RailFilter,
 use crate::decision::ViolationType as V;
 use crate::intent::Rail;
 use crate::micros::{Bound, Micros};
-use crate::policy::PolicyError;
 use crate::policy::compile::{Family, RuleInput};
+use crate::policy::{PolicyError, RuleProblem};
 
 /// What an amount rule measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,12 @@ impl Family for Amounts {
 
     fn compile((measure, rails, violation): Self::Kind, r: &RuleInput<'_>) -> Result<Spec, PolicyError> {
         let cmp = r.cmp()?;
+        // "Above" is its name: `GT` or `GTE` (read with `LTE` as the rule's "gated when the
+        // comparison holds", it gated small payments and let large ones through).
+        if r.rule_type == "REQUIRE_APPROVAL_ABOVE" && !matches!(cmp, Cmp::Gt | Cmp::Ge) {
+            let operator = r.operator.to_owned();
+            return Err(r.cx.err("operator", RuleProblem::OperatorNotAllowed { operator, allowed: "GT or GTE" }));
+        }
         let limit = if r.rule_type == "SINGLE_AMOUNT" { r.cx.amount_field(r.text)? } else { r.cx.limit(r.text)? };
         let check = Check::Amount(AmountRule { measure, cmp, limit: Bound::new(limit) });
         if r.rule_type == "REQUIRE_APPROVAL_ABOVE" {

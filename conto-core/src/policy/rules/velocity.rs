@@ -44,6 +44,17 @@ impl Family for Velocities {
             return sessions(scope, rails, violation, r);
         }
         let cmp = r.cmp()?;
+        // A cap: `LTE`/`LT` (whatever the action), or `GT`/`GTE` saying what is refused or gated.
+        let capped = match (cmp, r.action) {
+            (Cmp::Le | Cmp::Lt, _) => true,
+            (Cmp::Gt | Cmp::Ge, action) => action != super::Action::Allow,
+            _ => false,
+        };
+        if !capped {
+            let operator = r.operator.to_owned();
+            let allowed = "LTE or LT (or GT or GTE with DENY or REQUIRE_APPROVAL)";
+            return Err(r.cx.err("operator", RuleProblem::OperatorNotAllowed { operator, allowed }));
+        }
         const EXPECTED: &str = "a JSON object {\"maxCount\": n, \"period\": \"MINUTE|HOUR|DAY\"}";
         let (cx, text) = (r.cx, r.text);
         let obj = cx.object(text, EXPECTED)?;
@@ -52,8 +63,8 @@ impl Family for Velocities {
             return Err(cx.bad(text, EXPECTED));
         }
         let max_count: u32 = max.try_into().map_err(|_| cx.bad(text, EXPECTED))?;
-        if max_count == 0 {
-            return Err(cx.err("value", RuleProblem::Empty("maxCount 0 allows no payment at all".into())));
+        if max_count == 0 || (max_count == 1 && matches!(cmp, Cmp::Lt | Cmp::Ge)) {
+            return Err(cx.err("value", RuleProblem::Empty("this maxCount allows no payment at all".into())));
         }
         let window = match obj.get("period").and_then(Value::as_str).map(str::to_ascii_uppercase).as_deref() {
             Some("MINUTE") => SignedDuration::from_mins(1),
@@ -129,8 +140,9 @@ impl VelocityRule {
             Cmp::Eq => after == max,
             Cmp::Ne => after != max,
         };
-        // `LT n` allows n - 1: said so, not as a limit of n the count is within.
-        let shown = if self.1 == Cmp::Lt { v.max_count.saturating_sub(1) } else { v.max_count };
+        // `LT n` (and `GTE n` refusing) allows n - 1: said so, not as a limit of n the count
+        // is within.
+        let shown = if matches!(self.1, Cmp::Lt | Cmp::Ge) { v.max_count.saturating_sub(1) } else { v.max_count };
         Finding { holds, detail: Counted { after, window: v.window, max: shown } }
     }
 }
