@@ -31,13 +31,15 @@ pub struct Credentials<'a> {
 /// a new key exports the agent's key that `live` accepts (one of this server's store: the same
 /// file may have served runs on other databases), and a run naming no agent the file's agent.
 pub fn write(path: &Path, credentials: &Credentials<'_>, live: &dyn Fn(&str, &str) -> bool) -> std::io::Result<()> {
-    let mut known = previous_keys(path);
+    // The previous file, read once (none, or unreadable: nothing to keep).
+    let previous = std::fs::read_to_string(path).unwrap_or_default();
+    let mut known = previous_keys(&previous);
     let mut text = String::from("# conto-local credentials: `source` this file; keep it private\n");
     text.push_str(&format!("export CONTO_API_URL={}\n", credentials.url));
     text.push_str(&format!("export CONTO_ORG_API_KEY={}\n", credentials.org_key.expose_secret()));
     let agent = match credentials.agent {
         Some((agent, key)) => Some((agent.to_owned(), key.map(|k| k.expose_secret().to_owned()))),
-        None => previous_actor(path).map(|agent| (agent, None)),
+        None => exported(&previous, "CONTO_ACTOR").map(|agent| (agent.to_owned(), None)),
     };
     if let Some((agent, key)) = agent {
         // The newest first: the exported key, then the earlier lines from the last.
@@ -75,18 +77,12 @@ fn exported<'t>(text: &'t str, name: &str) -> Option<&'t str> {
     text.lines().find_map(|line| line.strip_prefix("export ")?.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// The agent a previous file exports as `CONTO_ACTOR`.
-fn previous_actor(path: &Path) -> Option<String> {
-    exported(&std::fs::read_to_string(path).ok()?, "CONTO_ACTOR").map(str::to_owned)
-}
-
 /// Every agent's SDK key a previous file holds, oldest first: the earlier lines, then the
 /// exported one; each pair once.
-fn previous_keys(path: &Path) -> Vec<(String, String)> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+fn previous_keys(text: &str) -> Vec<(String, String)> {
     let mut keys: Vec<(String, String)> = Vec::new();
     let earlier = text.lines().filter_map(|line| line.strip_prefix(EARLIER)?.split_once(": "));
-    let exported = exported(&text, "CONTO_ACTOR").zip(exported(&text, "CONTO_SDK_KEY"));
+    let exported = exported(text, "CONTO_ACTOR").zip(exported(text, "CONTO_SDK_KEY"));
     for (agent, key) in earlier.chain(exported) {
         keys.retain(|(a, k)| !(a == agent && k == key));
         keys.push((agent.to_owned(), key.to_owned()));

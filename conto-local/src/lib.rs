@@ -582,10 +582,10 @@ fn migrate_policies(store: &Store) -> Result<(), LocalError> {
             changed = true;
         }
         for rule in doc.rules.iter_mut().flatten() {
-            let squeezed =
-                |t: &str| t.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_uppercase();
-            if rule.rule_type.as_deref().is_some_and(|t| squeezed(t) == "BLACKOUTPERIOD")
-                && rule.operator.as_deref().is_some_and(|o| squeezed(o) == "NOTBETWEEN")
+            // Read as the engine reads them: trimmed, in any case.
+            let read = |t: &Option<String>| t.as_deref().map(|t| t.trim().to_ascii_uppercase()).unwrap_or_default();
+            if read(&rule.rule_type) == "BLACKOUT_PERIOD"
+                && matches!(read(&rule.operator).as_str(), "NOT_BETWEEN" | "NOT BETWEEN")
             {
                 rule.operator = Some("BETWEEN".to_owned());
                 changed = true;

@@ -731,12 +731,11 @@ impl LiveApproval {
             true
         } else {
             match app.engine.settle(&authorization, &settlement) {
+                // Counted by the engine, late if the approval was closed unspent (an MPP
+                // session) before its money moved after all.
                 Ok(_) => false,
-                // Forgotten, or closed unspent (an MPP session) before its money moved after
-                // all: counted now.
-                Err(AuthorityError::Ledger(
-                    conto_core::LedgerError::UnknownAuthorization(_) | conto_core::LedgerError::AlreadyReleased(_),
-                )) => true,
+                // Forgotten (past the engine's retention window): counted now.
+                Err(AuthorityError::Ledger(conto_core::LedgerError::UnknownAuthorization(_))) => true,
                 Err(e) => return Err(bad("INVALID_STATUS", e.to_string())),
             }
         };

@@ -706,11 +706,7 @@ async fn a_payment_request_names_a_wallet_its_agent_holds() {
 #[tokio::test]
 async fn deciding_a_lapsed_approval_request_is_expired_not_unknown() {
     let db = fresh_db("lapsed-request");
-    let server = start_on_db(db.clone()).await;
-    let org = Org::new(&server);
-    let key = org.agent("agent-1", ALL_SCOPES).await;
-    org.policy(caps()).await;
-    let sdk = Sdk { base: server.url(), key, http: reqwest::Client::new() };
+    let (server, sdk) = setup(Some(db.clone())).await;
     let (status, held) = sdk
         .post("/api/sdk/payments/request", json!({"amount": 90, "recipientAddress": RECIPIENT, "purpose": "big"}))
         .await;

@@ -335,9 +335,11 @@ struct CredentialSent;
 /// The most of a 402's body read for its challenge.
 const CHALLENGE_LIMIT: usize = 64 * 1024;
 
-/// What became of a credential that was sent.
+/// What became of a credential that was to be sent.
 #[derive(Clone, Copy)]
 enum Unsettled {
+    /// No connection was made: it never left, nothing can have settled.
+    NeverSent,
     /// The paywall says it refused it (a 402 again, a failed report, another 4xx).
     Refused,
     /// A server error, no answer, or an answer from another origin: it may have settled.
@@ -348,10 +350,10 @@ enum Unsettled {
 /// ([`PaidRequestsBuilder::trust_refusals`]), the approved amount is counted as spent (the
 /// credential may have been settled whatever the answer), and the attempt stays marked so a
 /// repeat never pays again. Trusted, a refusal releases the approval (a repeat may pay afresh)
-/// and an unknown outcome holds it until it expires.
+/// and an unknown outcome holds it until it expires. One that never left is released.
 async fn unsettled(this: &Inner, approval: conto_core::Approval, ext: &mut Extensions, url: &str, how: Unsettled) {
     match (this.trust_refusals, how) {
-        (true, Unsettled::Refused) => {
+        (_, Unsettled::NeverSent) | (true, Unsettled::Refused) => {
             approval.release();
             ext.remove::<CredentialSent>();
         }
@@ -592,13 +594,9 @@ impl Middleware for PaidRequests {
         let paid = match tokio::time::timeout(this.timeout, next.run(retry, ext)).await {
             Ok(Ok(paid)) => paid,
             Ok(Err(e)) => {
-                // No connection was made: the credential never left, nothing can have settled.
-                if matches!(&e, reqwest_middleware::Error::Reqwest(r) if r.is_connect()) {
-                    approval.release();
-                    ext.remove::<CredentialSent>();
-                } else {
-                    unsettled(this, approval, ext, &url, Unsettled::Unknown).await;
-                }
+                let connected = !matches!(&e, reqwest_middleware::Error::Reqwest(r) if r.is_connect());
+                let how = if connected { Unsettled::Unknown } else { Unsettled::NeverSent };
+                unsettled(this, approval, ext, &url, how).await;
                 return Err(e);
             }
             Err(_) => {

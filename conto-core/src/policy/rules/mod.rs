@@ -58,9 +58,9 @@ pub(crate) enum Cmp {
 }
 
 impl Cmp {
-    /// The comparison in decimals (what [`Bound::holds`] must agree with).
-    #[cfg(test)]
-    pub(crate) fn holds(self, lhs: Decimal, rhs: Decimal) -> bool {
+    /// `lhs OPERATOR rhs`: counts (velocity), and in tests the decimals [`Bound::holds`] must
+    /// agree with.
+    pub(crate) fn holds<T: PartialOrd>(self, lhs: T, rhs: T) -> bool {
         match self {
             Cmp::Eq => lhs == rhs,
             Cmp::Ne => lhs != rhs,

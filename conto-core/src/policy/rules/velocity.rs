@@ -131,15 +131,7 @@ impl VelocityRule {
             windows.push(key);
         }
         let after = count + 1;
-        let max = v.max_count as usize;
-        let holds = match self.1 {
-            Cmp::Le => after <= max,
-            Cmp::Lt => after < max,
-            Cmp::Ge => after >= max,
-            Cmp::Gt => after > max,
-            Cmp::Eq => after == max,
-            Cmp::Ne => after != max,
-        };
+        let holds = self.1.holds(after, v.max_count as usize);
         // `LT n` (and `GTE n` refusing) allows n - 1: said so, not as a limit of n the count
         // is within.
         let shown = if matches!(self.1, Cmp::Lt | Cmp::Ge) { v.max_count.saturating_sub(1) } else { v.max_count };
