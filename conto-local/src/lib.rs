@@ -80,7 +80,9 @@
 //!   `POST /api/approval-requests/{id}/approve|reject` (org key), or as Conto's shopping
 //!   starter does, `POST /api/demos/anthropic-shopping/approval-requests/{id}/decision`
 //!   `{"decision": "APPROVED"|"REJECTED", "paymentRequestId"}`, answered with the request's
-//!   `finalStatus` (`REJECTED` when the re-check after an approval denies).
+//!   `finalStatus` (`REJECTED` when the re-check after an approval denies). The same decision
+//!   sent again (a retry after a lost answer) gets the first answer; the other decision is
+//!   `400 INVALID_STATUS`.
 //! - `GET /api/sdk/wallets` (`wallets:read`) lists the key's agent's wallet delegations as the
 //!   org's `GET /api/agents/{id}/wallets` does; `GET /api/sdk/transactions?limit=50`
 //!   (`transactions:read`) its recorded payments, newest first: `id`, `authorizationId`,
@@ -118,7 +120,8 @@
 //!   `request` rail (every rail-independent rule applies). Its `walletId` must be delegated
 //!   to the agent (`400 NO_WALLET`: never another agent's); an agent with no delegation may
 //!   name a wallet no agent holds, its app's own. `GET
-//!   /api/sdk/payments/{requestId}` follows a human's answer, then its approval's: `EXECUTED`
+//!   /api/sdk/payments/{requestId}` (with a denial's `reasons` and `violations`) follows a
+//!   human's answer, then its approval's: `EXECUTED`
 //!   once confirmed, `EXPIRED` once it lapsed unconfirmed (Conto's enum names no lapsed state;
 //!   a lapsed approval is never shown `APPROVED`, which a client would go on to pay). `POST .../execute` refuses by the
 //!   request's state in Conto's codes (`404 NOT_FOUND`; `400 INVALID_STATUS` when not approved
@@ -1621,7 +1624,7 @@ async fn demo_decision(
         let store = lock(&app.store);
         let request = store.request(&id)?;
         let held = match &request {
-            Some(r) => store.payment_request(&payment_request, &r.agent_id)?.and_then(|(_, apr, _)| apr),
+            Some(r) => store.payment_request(&payment_request, &r.agent_id)?.and_then(|(_, apr, ..)| apr),
             None => None,
         };
         if request.is_some() && held.as_deref() != Some(id.as_str()) {

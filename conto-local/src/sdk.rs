@@ -283,7 +283,7 @@ fn decide(
                 };
                 store.add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))?;
                 if kind == Kind::Request {
-                    store.put_payment_request(&a.id, intent.actor.as_str(), "APPROVED", None, &[], &now_text())?;
+                    store.put_payment_request(&a.id, intent.actor.as_str(), "APPROVED", None, &[], &[], &now_text())?;
                 }
                 Ok(wallet)
             });
@@ -349,7 +349,15 @@ fn decide(
                 }
                 Kind::Request => {
                     let id = format!("req_{}", random_hex(12));
-                    store.put_payment_request(&id, intent.actor.as_str(), "DENIED", None, &d.reasons, &now_text())?;
+                    store.put_payment_request(
+                        &id,
+                        intent.actor.as_str(),
+                        "DENIED",
+                        None,
+                        &d.reasons,
+                        &body.violations,
+                        &now_text(),
+                    )?;
                     body.request_id = Some(id);
                     body.status = Some("DENIED".into());
                     body.amount = Some(intent.amount);
@@ -382,7 +390,11 @@ fn decide(
                     // Conto's skill tells the user the approval's id to share with an admin.
                     body.approval_id = Some(p.approval_request_id.clone());
                 }
-                Kind::X402 | Kind::Mpp => body.authorized = Some(false),
+                // As on a transfer: the id Conto's skill prints for an admin to approve.
+                Kind::X402 | Kind::Mpp => {
+                    body.authorized = Some(false);
+                    body.approval_id = Some(p.approval_request_id.clone());
+                }
                 // Conto's card answers carry a `requestId` whatever the decision (§9): here the
                 // approval request's.
                 Kind::Card => body.request_id = Some(p.approval_request_id.clone()),
@@ -394,6 +406,7 @@ fn decide(
                         "REQUIRES_APPROVAL",
                         Some(&p.approval_request_id),
                         &p.reasons,
+                        &[],
                         &now_text(),
                     )?;
                     body.request_id = Some(id);
@@ -546,10 +559,10 @@ fn request_now(store: &Store, id: String, agent: &str) -> Result<DecisionBody, A
 
 /// [`request_now`], or `None` when `agent` has no payment request `id`.
 fn request_if_any(store: &Store, id: &str, agent: &str) -> Result<Option<DecisionBody>, ApiError> {
-    let Some((mut status, approval_request_id, reasons)) = store.payment_request(id, agent)? else {
+    let Some((mut status, approval_request_id, reasons, violations)) = store.payment_request(id, agent)? else {
         return Ok(None);
     };
-    let mut body = DecisionBody { reasons, ..DecisionBody::default() };
+    let mut body = DecisionBody { reasons, violations, ..DecisionBody::default() };
     if let Some(apr) = &approval_request_id {
         let request = store.request(apr)?.filter(|r| r.agent_id == agent);
         if let Some(r) = request {
@@ -1606,6 +1619,12 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
         .request(id)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no approval request `{id}`")))?;
     if request.status != "PENDING" {
+        // The same decision sent again (a retry after its answer was lost) is answered as
+        // the first was; another is refused.
+        if store.decision(id)? == Some(approve) {
+            let reasons = request.reasons.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default();
+            return Ok(ApprovalAnswer { approval_request_id: id.to_owned(), status: request.status, reasons });
+        }
         return Err(bad("INVALID_STATUS", format!("approval request `{id}` is {}", request.status)));
     }
     // Lapsed unanswered (listed `EXPIRED`): Conto's code for it, not an unknown request.
@@ -1658,6 +1677,7 @@ pub(crate) fn decide_request(app: &App, id: &str, approve: bool) -> Result<Appro
         }
     }
     store.put_request(&request)?;
+    store.set_decision(id, approve)?;
     Ok(ApprovalAnswer { approval_request_id: id.to_owned(), status: request.status, reasons })
 }
 

@@ -16,8 +16,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// A stored payment request: (status, approval request id, reasons).
-pub type PaymentRequestRow = (String, Option<String>, Vec<String>);
+/// A stored payment request: (status, approval request id, reasons, violations).
+pub type PaymentRequestRow = (String, Option<String>, Vec<String>, Vec<conto_core::Violation>);
 
 fn to_json(doc: &impl Serialize) -> String {
     serde_json::to_string(doc).unwrap_or_default()
@@ -403,6 +403,11 @@ impl Store {
         add_column(&conn, "recorded_payments", "fingerprint", "TEXT")?;
         add_column(&conn, "approval_requests", "reasons", "TEXT")?;
         add_column(&conn, "recorded_payments", "answer", "TEXT")?;
+        // The human's decision on an approval request (`approve`, `reject`), so that the same
+        // decision sent again (a retry after a lost answer) gets the first answer.
+        add_column(&conn, "approval_requests", "decision", "TEXT")?;
+        // A denied payment request's broken rules, shown again by its status read.
+        add_column(&conn, "payment_requests", "violations", "TEXT")?;
         // Earlier versions deleted an agent without a trace: every id their rows still name
         // and no agent holds is retired, so it is never handed to a new agent with that history.
         conn.execute(
@@ -735,13 +740,15 @@ impl Store {
         status: &str,
         approval_request_id: Option<&str>,
         reasons: &[String],
+        violations: &[conto_core::Violation],
         now: &str,
     ) -> Result<(), StoreError> {
         let reasons = serde_json::to_string(reasons).unwrap_or_default();
+        let violations = (!violations.is_empty()).then(|| to_json(&violations));
         self.conn.prepare_cached(
-            "INSERT OR REPLACE INTO payment_requests (id, agent_id, status, approval_request_id, reasons, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
-            params![id, agent_id, status, approval_request_id, reasons, now],
+            "INSERT OR REPLACE INTO payment_requests (id, agent_id, status, approval_request_id, reasons, violations, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
+            params![id, agent_id, status, approval_request_id, reasons, violations, now],
         )?;
         Ok(())
     }
@@ -751,11 +758,14 @@ impl Store {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT status, approval_request_id, reasons FROM payment_requests WHERE id = ?1 AND agent_id = ?2",
+                "SELECT status, approval_request_id, reasons, violations FROM payment_requests
+                 WHERE id = ?1 AND agent_id = ?2",
             )?
             .query_row([id, agent_id], |r| {
                 let reasons: String = r.get(2)?;
-                Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&reasons).unwrap_or_default()))
+                let violations: Option<String> = r.get(3)?;
+                let violations = violations.and_then(|v| serde_json::from_str(&v).ok()).unwrap_or_default();
+                Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&reasons).unwrap_or_default(), violations))
             })
             .optional()?)
     }
@@ -1061,6 +1071,26 @@ impl Store {
                 r.reasons
             ])?;
         Ok(())
+    }
+
+    /// Notes the human's decision on approval request `id` (`true`: approve).
+    pub fn set_decision(&self, id: &str, approve: bool) -> Result<(), StoreError> {
+        let decision = if approve { "approve" } else { "reject" };
+        self.conn
+            .prepare_cached("UPDATE approval_requests SET decision = ?2 WHERE id = ?1")?
+            .execute([id, decision])?;
+        Ok(())
+    }
+
+    /// The human's decision on approval request `id` (`Some(true)`: approved), if one was
+    /// noted (earlier versions noted none).
+    pub fn decision(&self, id: &str) -> Result<Option<bool>, StoreError> {
+        let decision: Option<Option<String>> = self
+            .conn
+            .prepare_cached("SELECT decision FROM approval_requests WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        Ok(decision.flatten().map(|d| d == "approve"))
     }
 
     pub fn requests(&self, agent_id: Option<&str>) -> Result<Vec<RequestRecord>, StoreError> {

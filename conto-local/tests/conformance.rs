@@ -180,6 +180,8 @@ async fn a_held_preauthorization_is_recorded_by_its_approval_request_id() {
     let (status, held) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("85")).await;
     assert_eq!(status, 202, "{held}");
     let id = held["approvalRequestId"].as_str().unwrap().to_owned();
+    // Conto's skill prints the held answer's `approvalId` for the user to share with an admin.
+    assert_eq!(held["approvalId"], id.as_str(), "{held}");
     let (status, _) = Org::new(&server).post(&format!("/api/approval-requests/{id}/approve"), json!({})).await;
     assert_eq!(status, 200);
     let mut paid = x402_payment("85");
@@ -553,6 +555,11 @@ async fn the_starter_provisions_through_the_org_surface_and_its_controls_apply()
         (Some("DENIED"), Some("PER_TX_LIMIT")),
         "{over}"
     );
+    // Its status read names the broken rule again, as the decision did.
+    let (_, read) = sdk
+        .call(reqwest::Method::GET, &format!("/api/sdk/payments/{}", over["requestId"].as_str().unwrap()), None)
+        .await;
+    assert_eq!((read["status"].as_str(), &read["violations"]), (Some("DENIED"), &over["violations"]), "{read}");
     let (_, review) = sdk.post("/api/sdk/payments/request", request("60")).await;
     assert_eq!(review["status"], "REQUIRES_APPROVAL");
     let (_, wallets) = org.get(&format!("/api/agents/{agent_id}/wallets")).await;
@@ -2377,6 +2384,12 @@ async fn the_shopping_starter_decides_on_its_own_route_and_reads_the_final_statu
     let (status, body) = decide(&first_approval, "APPROVED", &first).await;
     assert_eq!((status, body["finalStatus"].as_str()), (200, Some("APPROVED")), "{body}");
     assert_eq!(body["approvalRequestId"], first_approval.as_str());
+    // The same decision sent again (its answer was lost) is answered as the first was.
+    let (status, again) = decide(&first_approval, "APPROVED", &first).await;
+    assert_eq!((status, again["finalStatus"].as_str()), (200, Some("APPROVED")), "{again}");
+    assert_eq!(status_of(first.clone()).await, "APPROVED");
+    let (status, body) = decide(&first_approval, "REJECTED", &first).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("INVALID_STATUS")), "the other decision: {body}");
     assert_eq!(status_of(first).await, "APPROVED");
     let (third, third_approval) = pending("shop-3").await;
     let (status, body) = decide(&third_approval, "REJECTED", &third).await;
@@ -2384,6 +2397,8 @@ async fn the_shopping_starter_decides_on_its_own_route_and_reads_the_final_statu
     assert_eq!(status_of(third).await, "DENIED");
     let (status, body) = decide(&third_approval, "APPROVED", "").await;
     assert_eq!((status, body["code"].as_str()), (400, Some("INVALID_STATUS")), "decided once: {body}");
+    let (status, body) = decide(&third_approval, "REJECTED", "").await;
+    assert_eq!((status, body["finalStatus"].as_str()), (200, Some("REJECTED")), "{body}");
     // The owner approves after the day's limit was lowered under what is already spoken for:
     // the re-check that follows an approval denies it.
     let (second, second_approval) = pending("shop-2").await;
