@@ -820,15 +820,12 @@ fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<PolicyCa
     let allowed = record.key_type == "admin" || (!write && record.scopes.iter().any(|s| s == "policies:read"));
     // Pausing an agent is the org's kill switch: its runtime must not lift the org's limits
     // meanwhile (through an admin key it holds) to spend past them once resumed.
-    let paused = write && allowed && lock(&app.store).agent(&record.agent_id)?.is_some_and(|a| a.status == "PAUSED");
+    // (Checked again under the store's lock when the change is made: `may_change`.)
+    let paused = if write && allowed { still_active(&lock(&app.store), &record.agent_id).err() } else { None };
     let refused = if record.expired() {
         Some(ApiError::new(StatusCode::UNAUTHORIZED, "EXPIRED_KEY", "the SDK key has expired"))
-    } else if paused {
-        Some(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "AGENT_PAUSED",
-            "the agent is paused: its keys cannot change policies until the org resumes it",
-        ))
+    } else if paused.is_some() {
+        paused
     } else if !allowed {
         Some(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -849,8 +846,21 @@ fn policy_access(app: &App, headers: &HeaderMap, write: bool) -> Result<PolicyCa
     }
 }
 
+/// Refuses a policy change through the keys of `agent` while it is paused (`403 AGENT_PAUSED`).
+fn still_active(store: &Store, agent: &str) -> Result<(), ApiError> {
+    if store.agent(agent)?.is_some_and(|a| a.status == "PAUSED") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "AGENT_PAUSED",
+            "the agent is paused: its keys cannot change policies until the org resumes it",
+        ));
+    }
+    Ok(())
+}
+
 /// A policy's assignment as it is kept and shown: its scope in lower case (matched whatever
-/// its case, so a client comparing it with `"all"` reads it right) and each agent id once.
+/// its case, so a client comparing it with `"all"` reads it right) and each agent id once (in
+/// `agentIds` and in `agentPolicies`).
 fn tidy_assignment(doc: &mut Policy) {
     if let Some(scope) = &mut doc.scope {
         scope.make_ascii_lowercase();
@@ -858,6 +868,10 @@ fn tidy_assignment(doc: &mut Policy) {
     if let Some(ids) = &mut doc.agent_ids {
         let mut seen = std::collections::HashSet::new();
         ids.retain(|id| seen.insert(id.clone()));
+    }
+    if let Some(links) = &mut doc.agent_policies {
+        let mut seen = std::collections::HashSet::new();
+        links.retain(|link| link.agent_id.as_ref().is_none_or(|id| seen.insert(id.clone())));
     }
 }
 
@@ -872,7 +886,7 @@ impl PolicyCaller {
     /// `agentIds` is assigned to that agent, and it may not assign, change or delete policies
     /// of other agents (or of every agent). The org key may do anything; a policy it creates
     /// without `agentIds` waits, `scope: "assigned"`, until it is assigned.
-    fn scope(&self, doc: &mut Policy) -> Result<(), ApiError> {
+    fn scope(&self, store: &Store, doc: &mut Policy) -> Result<(), ApiError> {
         if let PolicyCaller::Agent(agent) = self
             && doc.assigned().next().is_none()
             && doc.scope.is_none()
@@ -885,7 +899,7 @@ impl PolicyCaller {
             doc.scope = Some("assigned".to_owned());
         }
         tidy_assignment(doc);
-        self.may_change(doc)
+        self.may_change(store, doc)
     }
 
     /// Whether this caller may read `doc`.
@@ -896,9 +910,11 @@ impl PolicyCaller {
         }
     }
 
-    /// Whether this caller may change or delete `doc`.
-    fn may_change(&self, doc: &Policy) -> Result<(), ApiError> {
+    /// Whether this caller may change or delete `doc`, asked with the store locked for the
+    /// change (so a pause that lands after [`policy_access`] still stops it).
+    fn may_change(&self, store: &Store, doc: &Policy) -> Result<(), ApiError> {
         let PolicyCaller::Agent(agent) = self else { return Ok(()) };
+        still_active(store, agent)?;
         let own = doc.scope.as_deref().is_none_or(|s| s.eq_ignore_ascii_case("assigned"))
             && doc.assigned().next().is_some()
             && doc.assigned().all(|a| a == agent);
@@ -1395,9 +1411,9 @@ pub(crate) fn shown(mut doc: Policy) -> Policy {
 async fn create_policy(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let caller = policy_access(&app, &headers, true)?;
     let mut doc: Policy = json_body(&body)?;
-    caller.scope(&mut doc)?;
-    let id = format!("pol_{}", random_hex(8));
     let store = lock(&app.store);
+    caller.scope(&store, &mut doc)?;
+    let id = format!("pol_{}", random_hex(8));
     check_assigned(&store, doc.agent_ids.as_deref(), doc.agent_policies.as_deref())?;
     let doc = save_policy(&app, &store, &id, doc)?;
     Ok((StatusCode::CREATED, axum::Json(shown(doc))).into_response())
@@ -1443,7 +1459,7 @@ async fn patch_policy(
     let patch: Policy = json_body(&body)?;
     let store = lock(&app.store);
     let doc = find_policy(&store, &id)?;
-    caller.may_change(&doc)?;
+    caller.may_change(&store, &doc)?;
     let mut merged = doc.clone();
     let Policy {
         id: _,
@@ -1482,7 +1498,7 @@ async fn patch_policy(
     merged.timezone = timezone.or(doc.timezone);
     merged.rules = rules.or(doc.rules);
     merged.extra.extend(extra);
-    caller.may_change(&merged)?;
+    caller.may_change(&store, &merged)?;
     Ok(axum::Json(shown(save_policy(&app, &store, &id, merged)?)).into_response())
 }
 
@@ -1493,7 +1509,7 @@ async fn delete_policy(
 ) -> Result<Response, ApiError> {
     let caller = policy_access(&app, &headers, true)?;
     let store = lock(&app.store);
-    caller.may_change(&find_policy(&store, &id)?)?;
+    caller.may_change(&store, &find_policy(&store, &id)?)?;
     if !store.delete_policy(&id)? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no policy `{id}`")));
     }
@@ -1532,7 +1548,7 @@ async fn put_rules(
         body.rules.ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "`rules` is required"))?;
     let store = lock(&app.store);
     let mut doc = find_policy(&store, &id)?;
-    caller.may_change(&doc)?;
+    caller.may_change(&store, &doc)?;
     doc.rules = Some(rules);
     let doc = save_policy(&app, &store, &id, doc)?;
     Ok(axum::Json(Rules { rules: doc.rules.unwrap_or_default() }).into_response())
@@ -1548,7 +1564,7 @@ async fn add_rule(
     let rule: Rule = json_body(&body)?;
     let store = lock(&app.store);
     let mut doc = find_policy(&store, &id)?;
-    caller.may_change(&doc)?;
+    caller.may_change(&store, &doc)?;
     doc.rules.get_or_insert_with(Vec::new).push(rule);
     let doc = save_policy(&app, &store, &id, doc)?;
     let added = doc.rules.and_then(|r| r.last().cloned()).unwrap_or_default();
@@ -1563,7 +1579,7 @@ async fn delete_rule(
     let caller = policy_access(&app, &headers, true)?;
     let store = lock(&app.store);
     let mut doc = find_policy(&store, &id)?;
-    caller.may_change(&doc)?;
+    caller.may_change(&store, &doc)?;
     let no_rule = || ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no rule `{rule_id}`"));
     let rules = doc.rules.as_mut().ok_or_else(no_rule)?;
     let before = rules.len();

@@ -984,6 +984,9 @@ async fn an_unassigned_policy_binds_no_one_and_an_unknown_scope_is_refused() {
     let all =
         org.policy(json!({"name": "every", "scope": "ALL", "agentIds": ["agent-1", "agent-1"], "rules": []})).await;
     assert_eq!((&all["scope"], &all["agentIds"]), (&json!("all"), &json!(["agent-1"])), "{all}");
+    let links = json!([{"agentId": "agent-2"}, {"agentId": "agent-2"}]);
+    let linked = org.policy(json!({"name": "linked", "agentPolicies": links, "rules": []})).await;
+    assert_eq!(linked["agentPolicies"], json!([{"agentId": "agent-2"}]), "{linked}");
     for scope in ["everyone", "org", "ALL_AGENTS"] {
         let (status, err) = org.post("/api/policies", json!({"name": "x", "scope": scope, "rules": []})).await;
         assert_eq!((status, err["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{scope}: {err}");
