@@ -25,7 +25,7 @@
 //!   was sent is refused, [`PaymentError::AlreadySent`], never paid twice), a timeout on the
 //!   paid retry, a challenge that changed between the 402 and the paid retry never paid again,
 //!   only the origin called paid (a 402 reached by a redirect elsewhere is refused), an x402
-//!   payment never valid longer than its approval (`maxTimeoutSeconds`), an expired MPP
+//!   payment never valid longer than its approval (`maxTimeoutSeconds`, required), an expired MPP
 //!   challenge never paid, an MPP `session` approved for the deposit it may lock
 //!   (`suggestedDeposit`) and recorded for the unit a request spends, and a 402 body read to
 //!   64 KiB at most (an x402 v2 challenge from its header alone).

@@ -399,6 +399,12 @@ impl Inner {
                 why.push(format!("scheme `{}` is not supported", r.scheme));
                 continue;
             }
+            // x402 requires it: without it, how long the signed payment stays valid is the
+            // signer's guess, which the approval cannot be held to.
+            if r.max_timeout_seconds.is_none() {
+                why.push(format!("the `{}` requirement names no `maxTimeoutSeconds`", r.scheme));
+                continue;
+            }
             if let Some(allowed) = &self.networks
                 && !allowed.contains(&r.network.to_ascii_lowercase())
             {

@@ -41,6 +41,9 @@ struct Paywall {
     claim_host: Mutex<Option<String>>,
     /// `maxTimeoutSeconds` of its requirement, when not the usual 60.
     max_timeout: Mutex<Option<u64>>,
+    /// Leave `maxTimeoutSeconds` out of its requirement (the validity of what is signed is
+    /// then the signer's guess).
+    no_max_timeout: AtomicBool,
     /// The amount its settlement report claims, when not the one settled (a paywall under-
     /// reporting what it took).
     report_amount: Mutex<Option<String>>,
@@ -50,9 +53,13 @@ struct Paywall {
 }
 
 fn requirement(p: &Paywall, url: &str) -> Value {
-    json!({"scheme": "exact", "network": "eip155:84532", "amount": *p.price.lock().unwrap(),
+    let mut r = json!({"scheme": "exact", "network": "eip155:84532", "amount": *p.price.lock().unwrap(),
         "asset": *p.asset.lock().unwrap(), "payTo": PAY_TO, "maxTimeoutSeconds": p.max_timeout.lock().unwrap().unwrap_or(60),
-        "extra": {"name": "USDC", "version": "2"}, "resource": url})
+        "extra": {"name": "USDC", "version": "2"}, "resource": url});
+    if p.no_max_timeout.load(Ordering::SeqCst) {
+        r.as_object_mut().unwrap().remove("maxTimeoutSeconds");
+    }
+    r
 }
 
 async fn x402_v2(State(p): State<Arc<Paywall>>, headers: HeaderMap) -> Response {
@@ -539,6 +546,21 @@ async fn an_x402_payment_valid_past_its_approval_is_refused() {
     );
     assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
     assert_eq!(s.engine.usage("agent-1").live_reservations, 0, "released");
+}
+
+/// A requirement without `maxTimeoutSeconds` (x402 requires it) is not paid: how long the
+/// signed payment stays valid would be the signer's guess, unbounded by the approval.
+#[tokio::test]
+async fn an_x402_requirement_without_a_validity_window_is_not_paid() {
+    let s = setup("250000").await;
+    s.paywall.no_max_timeout.store(true, Ordering::SeqCst);
+    let err = s.client.get(format!("{}/search", s.url)).send().await.unwrap_err();
+    assert!(
+        matches!(payment_error(&err), PaymentError::NotAcceptable(why) if why.contains("maxTimeoutSeconds")),
+        "{err:?}"
+    );
+    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(s.engine.usage("agent-1").stats.approved, 0, "nothing was asked of the policy");
 }
 
 /// A 402 whose body is larger than any challenge is not read on (64 KiB at most).
