@@ -142,6 +142,41 @@ fn without_a_journal_the_ledger_is_in_memory_and_with_one_it_is_not() {
     assert_eq!(in_memory.usage("agent-1").stats.total_spent, Decimal::ZERO);
 }
 
+/// A record that arrives after a restart for an approval that lapsed while the engine was down
+/// (its record waited in an outbox), or that the caller released before the restart and
+/// settled after all, is counted late, as it would be without the restart: never refused as
+/// an unknown authorization (which sends the record to the dead letters and the spend uncounted).
+#[test]
+fn a_record_after_a_restart_for_an_approval_that_lapsed_or_was_released_is_counted_late() {
+    let path = journal_path("late");
+    let clock = ManualClock::new(Timestamp::now());
+    let open = || {
+        Engine::builder().policies(PolicySet::from_json(POLICIES).unwrap()).clock(clock.clone()).open(&path).unwrap()
+    };
+    let engine = open();
+    let approve = |amount| match engine.try_decide(&transfer(amount)).unwrap().verdict {
+        Verdict::Approved(a) => a,
+        other => panic!("{other:?}"),
+    };
+    let (lapsing, released) = (approve("7"), approve("5"));
+    engine.free(&released).unwrap();
+    drop(engine);
+
+    clock.advance(SignedDuration::from_mins(15)); // past the 10-minute approval lifetime
+    let restarted = open();
+    for (a, tx) in [(&lapsing, "0xlapsed"), (&released, "0xreleased")] {
+        let recorded = restarted.settle(a, &Settlement::default().reference(tx)).unwrap();
+        assert!(recorded.late, "{tx}: {recorded:?}");
+        assert_eq!(recorded.amount, a.amount, "{tx}");
+    }
+    assert_eq!(restarted.usage("agent-1").stats.total_spent, Decimal::from(12), "both counted");
+    drop(restarted);
+    // And they stay counted (and answered as repeats) after the next restart.
+    let again = open();
+    assert_eq!(again.usage("agent-1").stats.total_spent, Decimal::from(12));
+    assert!(again.settle(&lapsing, &Settlement::default().reference("0xlapsed")).unwrap().late);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 

@@ -424,8 +424,14 @@ impl AgentLedger {
     }
 
     /// Counts a late settlement (its reservation already expired) into the current periods.
-    pub fn settle_late(&mut self, holds: &[(CounterKey, Timestamp)], settled: Micros, now: Timestamp) {
-        self.restore_spend(holds, &[], settled, now);
+    pub fn settle_late(
+        &mut self,
+        holds: &[(CounterKey, Timestamp)],
+        windows: &[VelocityKey],
+        settled: Micros,
+        now: Timestamp,
+    ) {
+        self.restore_spend(holds, windows, settled, now);
         self.stats.late_records += 1;
     }
 
@@ -445,8 +451,10 @@ impl AgentLedger {
         self.next_seq += 1;
         for key in windows.iter().filter(|k| !k.is_live()) {
             let q = self.velocity.entry(key.clone()).or_default();
-            q.push_back((at, self.next_seq));
-            q.make_contiguous().sort_by_key(|(t, _)| *t);
+            // Kept in time order; replays come in order, so this is a push at the back (a
+            // sort per spend made replaying a long history quadratic).
+            let at_or_after = q.partition_point(|(t, _)| *t <= at);
+            q.insert(at_or_after, (at, self.next_seq));
         }
         self.stats.recorded += 1;
         self.spent += i128::from(settled.0);

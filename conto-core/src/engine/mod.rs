@@ -723,14 +723,22 @@ impl Engine {
                     live.insert(id, (seq, intent, *amount, *expires_at));
                 }
                 Entry::Recorded { id, intent, amount, settled, reference, at } => {
-                    live.remove(id.as_str());
+                    // Late when its approval had lapsed, or had been released, when it came.
+                    let late = live.remove(id.as_str()).is_none_or(|(.., expires_at)| *at > expires_at);
                     self.restore_spend(intent, *amount, *at);
                     let ledger = self.ledger(&intent.actor);
-                    let how = Closed::Recorded(kept(Micros::of(*amount), *settled, (false, false), reference));
+                    let how = Closed::Recorded(kept(Micros::of(*amount), *settled, (late, false), reference));
                     lock(&ledger).close(IdKey::of(id), how, *at);
                 }
-                Entry::Released { id, .. } => {
-                    live.remove(id.as_str());
+                // Closed as it was, so that a record arriving after the restart (a caller that
+                // released and settled after all) is counted late, not refused as unknown. It
+                // is kept as if it ended at its expiry: the release came no later.
+                Entry::Released { id, actor } => {
+                    if let Some((_, _, _, expires_at)) = live.remove(id.as_str())
+                        && expires_at.checked_add(self.inner.retention).is_ok_and(|t| t > now)
+                    {
+                        lock(&self.ledger(actor)).close(IdKey::of(id), Closed::Released, expires_at);
+                    }
                 }
                 Entry::PendingOpened { id, intent, expires_at } => {
                     pending.insert(id, (seq, intent, *expires_at));
@@ -754,7 +762,15 @@ impl Engine {
                 }
             }
         }
-        let mut live: Vec<_> = live.into_iter().filter(|(_, l)| l.3 > now).collect();
+        let (mut live, mut lapsed): (Vec<_>, Vec<_>) = live.into_iter().partition(|(_, l)| l.3 > now);
+        lapsed.sort_by_key(|(_, l)| l.3);
+        // Lapsed while the engine was down (or before): closed as expired, so that their
+        // records, still on their way in an outbox, are counted late, not refused as unknown.
+        for (id, (_, intent, _, expires_at)) in lapsed {
+            if expires_at.checked_add(self.inner.retention).is_ok_and(|t| t > now) {
+                lock(&self.ledger(&intent.actor)).close(IdKey::of(id), Closed::Expired, expires_at);
+            }
+        }
         live.sort_by_key(|(_, l)| l.0);
         for (id, (_, intent, amount, expires_at)) in live {
             self.restore_authorization(&Authorization {
@@ -864,7 +880,7 @@ impl Engine {
                 // caller that released it and settled after all, a transaction whose commit
                 // was not seen): a record says money moved, so it is counted now, flagged late.
                 Closed::Released | Closed::Expired => {
-                    let holds = self.holds_for(&authorization.intent, &mut ledger, now);
+                    let (holds, windows) = self.counts_for(&authorization.intent, &mut ledger, now);
                     let counted = settled.min(authorization.amount);
                     self.write_with(|| Entry::Recorded {
                         id: authorization.id.clone(),
@@ -874,7 +890,7 @@ impl Engine {
                         reference: settlement.reference.clone(),
                         at: now,
                     })?;
-                    ledger.settle_late(&holds, Micros::of(counted), now);
+                    ledger.settle_late(&holds, &windows, Micros::of(counted), now);
                     let recorded = Recorded {
                         authorization_id: authorization.id.clone(),
                         amount: counted,
@@ -916,14 +932,16 @@ impl Engine {
         })
     }
 
-    fn holds_for(&self, intent: &PaymentIntent, ledger: &mut AgentLedger, now: Timestamp) -> ledger::Held {
-        let policies = self.inner.policies.load();
-        match evaluate(&policies, intent, ledger, now, true) {
-            Evaluation::Pass { holds, .. } => holds,
-            // Even when the late payment breaks a rule now, its spend is counted on every counter
-            // that applies: collect them with a pass that ignores verdicts.
-            _ => evaluate::all_keys(&policies, intent, ledger, now).0.into(),
-        }
+    /// Every counter and velocity window a spend of `intent` at `now` counts in, whatever the
+    /// rules would say of it now (a late payment that breaks one still moved money), as a
+    /// replay counts it.
+    fn counts_for(
+        &self,
+        intent: &PaymentIntent,
+        ledger: &mut AgentLedger,
+        now: Timestamp,
+    ) -> (Vec<(ledger::CounterKey, Timestamp)>, Vec<ledger::VelocityKey>) {
+        evaluate::all_keys(&self.inner.policies.load(), intent, ledger, now)
     }
 
     /// Forgets every actor's spend counters, velocity windows, live reservations and closed
