@@ -79,6 +79,12 @@ pub async fn attempt(deliverer: &dyn Deliver, record: &QueuedRecord, attempts: u
             tracing::debug!(authorization = %id, attempts = attempts + 1, "conto.outbox.delivered");
             Next::Delivered
         }
+        // The pipeline went away under the batch (its last handle dropped at shutdown): the
+        // record is left for the next start, never given up on for it.
+        Err(error) if deliverer.closed() => {
+            tracing::info!(authorization = %id, %error, "conto.outbox.left_for_next_start");
+            Next::Retry(backoff(attempts), error.to_string())
+        }
         Err(error) if transient(&error) && attempts + 1 < max_attempts => {
             tracing::warn!(authorization = %id, %error, attempts = attempts + 1, "conto.outbox.retry");
             Next::Retry(backoff(attempts), error.to_string())
@@ -264,6 +270,12 @@ pub trait Deliver: Send + Sync {
 
     /// Reports a record the sink gave up on (`Event::RecordFailed`), for an operator.
     fn dead(&self, authorization_id: &str, error: AuthorityError);
+
+    /// Whether the pipeline behind this deliverer is gone (its last handle dropped): a failed
+    /// attempt is then retried at the next start, never given up on.
+    fn closed(&self) -> bool {
+        false
+    }
 }
 
 /// How long a sink waits before delivery attempt `attempts + 1`: 200 ms · 2ⁿ, at most 60 s

@@ -82,6 +82,10 @@ impl Deliver for Deliverer {
     fn dead(&self, authorization_id: &str, error: AuthorityError) {
         self.report_dead(authorization_id, error);
     }
+
+    fn closed(&self) -> bool {
+        self.inner.strong_count() == 0
+    }
 }
 
 /// Starts the background worker once: at build time when a tokio runtime is running, otherwise
@@ -186,5 +190,42 @@ impl Conto {
 
     pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
         Self { inner, approval: Default::default() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Deliverer;
+    use crate::sink::{Next, QueuedRecord, RecordKind, attempt};
+    use crate::{Authorization, Conto, Engine, PaymentIntent, Rail, Settlement};
+
+    /// A batch the worker took before the last `Conto` handle was dropped (an app shutting
+    /// down) leaves its records for the next start: never dead letters, whatever their count
+    /// of attempts.
+    #[tokio::test]
+    async fn a_record_whose_pipeline_was_dropped_is_left_for_the_next_start() {
+        let conto = Conto::builder(Engine::builder().build()).build();
+        let deliverer = Deliverer { inner: Arc::downgrade(&conto.inner) };
+        drop(conto);
+        let rail = Rail::transfer(8453, "0x2222222222222222222222222222222222222222").unwrap();
+        let authorization = Authorization {
+            id: "auth_1".into(),
+            token: None,
+            amount: "3".parse().unwrap(),
+            expires_at: crate::jiff::Timestamp::now(),
+            limits: Default::default(),
+            intent: Arc::new(
+                PaymentIntent::builder("agent-1", "3", rail)
+                    .recipient("0x1111111111111111111111111111111111111111")
+                    .build()
+                    .unwrap(),
+            ),
+            wallet: None,
+        };
+        let record = QueuedRecord::new(RecordKind::Record, &authorization, &Settlement::default());
+        let next = attempt(&deliverer, &record, 4, 5).await;
+        assert!(matches!(next, Next::Retry(..)), "{next:?}");
     }
 }
