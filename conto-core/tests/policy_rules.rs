@@ -600,7 +600,8 @@ fn mpp_max_session_duration_is_the_preauthorizations_lifetime() {
     // A session the policy lets stay open longer than an approval's 10 minutes keeps its
     // deposit held and its slot taken until then (it lapsed at 10 minutes, freeing both while
     // the session still ran); `LT` n is n - 1 seconds.
-    for (op, value, secs) in [("LTE", "3600", 3600), ("LT", "61", 60)] {
+    // A month-long session holds its slot for the month (it left the count after a week).
+    for (op, value, secs) in [("LTE", "3600", 3600), ("LT", "61", 60), ("LTE", "2592000", 2_592_000)] {
         let (e, clock) = engine_at(
             &policy(&[
                 &rule("MPP_MAX_SESSION_DURATION", op, value, "ALLOW"),

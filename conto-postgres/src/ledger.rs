@@ -263,8 +263,8 @@ impl PgLedger {
         Ok(tx)
     }
 
-    /// Forgets what no decision will read again: closed authorizations past retention, window
-    /// slots older than any window, and answered or lapsed requests past retention.
+    /// Forgets what no decision will read again: closed authorizations past retention, velocity
+    /// window slots older than any window, and answered or lapsed requests past retention.
     async fn housekeeping(&self, conn: &mut PgConnection, actor: &ActorId, now: &str) -> Result<(), SharedLedgerError> {
         let retention = self.inner.retention.as_secs_f64();
         sqlx::query(&self.sql(
@@ -272,12 +272,16 @@ impl PgLedger {
                           AND closed_at < $2::timestamptz - make_interval(secs => $3) RETURNING 1),
                   p AS (DELETE FROM {s}.ledger_pending WHERE actor = $1
                           AND expires_at < $2::timestamptz - make_interval(secs => $3) RETURNING 1)
-             DELETE FROM {s}.ledger_slots WHERE actor = $1 AND at < $2::timestamptz - make_interval(secs => $4)",
+             DELETE FROM {s}.ledger_slots WHERE actor = $1 AND at < $2::timestamptz - make_interval(secs => $4)
+                AND NOT starts_with(counter, $5)",
         ))
         .bind(actor.as_str())
         .bind(now)
         .bind(retention)
         .bind(SLOT_RETENTION.as_secs_f64())
+        // A live approval's slot leaves its window when the approval ends, never by age (an
+        // MPP session may be approved for longer than any velocity window).
+        .bind(LIVE_WINDOW_PREFIX)
         .execute(conn)
         .await
         .map_err(err)?;

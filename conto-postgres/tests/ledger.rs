@@ -430,6 +430,45 @@ async fn an_authorization_cannot_be_recorded_or_released_under_another_actor() {
     drop_schema(&pool, &name).await;
 }
 
+/// A session approved for longer than any velocity window (here a month) holds its open-session
+/// slot until it ends: housekeeping, which forgets velocity slots after two days, leaves it.
+#[tokio::test]
+async fn a_month_long_mpp_session_keeps_its_slot_past_housekeeping() {
+    let Some((pool, name)) = schema("longsess").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let ledger = PgLedger::open(pool.clone(), &name).await.unwrap();
+    let set = conto::PolicySet::from_json(
+        r#"{"agents": ["agent-1"], "policies": [{"name": "MPP controls", "rules": [
+            {"ruleType": "MPP_MAX_CONCURRENT_SESSIONS", "operator": "LTE", "value": "1", "action": "ALLOW"},
+            {"ruleType": "MPP_MAX_SESSION_DURATION", "operator": "LTE", "value": "2592000", "action": "ALLOW"}]}]}"#,
+    )
+    .unwrap();
+    let engine = Engine::builder().policies(set).clock(clock.clone()).build_shared(ledger);
+    let session = |s: &str| {
+        let rail = Rail::Mpp {
+            resource_url: "https://api.example.com/stream".into(),
+            service_domain: "api.example.com".into(),
+            session_id: Some(s.into()),
+            intent: Some("session".into()),
+            deposit: None,
+            method: None,
+        };
+        PaymentIntent::builder("agent-1", "1", rail)
+            .recipient("0x1111111111111111111111111111111111111111")
+            .build()
+            .unwrap()
+    };
+    let denied = |v: &Verdict| matches!(v, Verdict::Denied(d) if d.violations[0].kind == conto::ViolationType::MppMaxConcurrentSessions);
+    approved(engine.decide(&session("s1")).await.unwrap().verdict);
+    clock.advance(SignedDuration::from_hours(24 * 8));
+    // Enough transactions for housekeeping to run (one in 64), each asking for a second session.
+    for i in 0..70 {
+        let verdict = engine.decide(&session(&format!("s{}", i + 2))).await.unwrap().verdict;
+        assert!(denied(&verdict), "the month-long session is still open ({i}): {verdict:?}");
+    }
+    drop_schema(&pool, &name).await;
+}
+
 /// `MPP_MAX_CONCURRENT_SESSIONS` across replicas: sessions opened on either count against one
 /// limit; a record or a release on either closes one (a spend restored without a reservation
 /// opens none), and a lapsed one is closed by the next decision's sweep.

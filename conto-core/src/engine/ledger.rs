@@ -144,7 +144,8 @@ pub(crate) struct VelocityKey {
 }
 
 /// The window of a count of live approvals (`MPP_MAX_CONCURRENT_SESSIONS`): an approval
-/// leaves it when it ends, settled, released or lapsed, never by age (none lives a week). A
+/// leaves it when it ends, settled, released or lapsed, never by age (an MPP session may be
+/// approved for as long as `MPP_MAX_SESSION_DURATION` allows, years). A
 /// spend counted without a reservation never enters it. Its counter's id starts with
 /// [`LIVE_WINDOW_PREFIX`](super::LIVE_WINDOW_PREFIX), how a shared ledger tells it apart.
 pub(crate) const LIVE_WINDOW: SignedDuration = SignedDuration::from_hours(7 * 24);
@@ -339,9 +340,11 @@ impl AgentLedger {
         (c.period_start == start).then_some(c)
     }
 
-    /// Approvals in the sliding window ending at `now`.
+    /// Approvals in the sliding window ending at `now` (of a live window: every live one,
+    /// however long ago it was given).
     pub fn count(&mut self, key: &VelocityKey, now: Timestamp) -> usize {
         match self.velocity.get_mut(key) {
+            Some(q) if key.is_live() => q.len(),
             Some(q) => {
                 let horizon = now.checked_sub(key.window).unwrap_or(Timestamp::MIN);
                 while q.front().is_some_and(|(t, _)| *t <= horizon) {

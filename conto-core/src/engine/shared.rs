@@ -332,7 +332,12 @@ fn window_slot(key: &VelocityKey, now: Timestamp) -> WindowSlot {
     WindowSlot {
         counter: key.id.as_str().to_owned(),
         scope: key.scope_key.clone(),
-        since: now.checked_sub(key.window).unwrap_or(Timestamp::MIN),
+        // A live approval counts until it ends, however long ago it was given.
+        since: if key.is_live() {
+            Timestamp::UNIX_EPOCH
+        } else {
+            now.checked_sub(key.window).unwrap_or(Timestamp::UNIX_EPOCH)
+        },
     }
 }
 
