@@ -151,14 +151,16 @@
 //!   so a per-endpoint limit, and a record matched to its pre-authorization, see one endpoint
 //!   however it is spelled (per-endpoint limits also ignore the path's case, `;` parameters,
 //!   empty segments and a trailing `/`: `conto_core::policy`). A settlement is named once: `transactionHash` is read as `txHash`
-//!   (both sent must agree) and an EVM hash is lower-cased, so a repeat is recognised however
+//!   (both sent must agree), trimmed (white space inside one is `400 VALIDATION_ERROR`), and
+//!   an EVM hash is lower-cased, so a repeat is recognised however
 //!   it names its transaction. A pre-authorization held for a human is recorded under its
 //!   `approvalRequestId` once approved; a card confirm sent again with the same
 //!   `transactionReference` gets its first answer.
 //! - A transfer confirm sent again with the same `txHash` (and token) gets the first answer
 //!   again and counts nothing (Conto documents no confirm idempotency; a client retrying after
 //!   a lost answer must not see a paid transfer as failed); another `txHash` is
-//!   `400 INVALID_STATUS`.
+//!   `400 INVALID_STATUS`, the same with another `amount` `409 CONFLICT` (a card confirm's
+//!   `transactionReference` alike).
 //! - A confirm's `currency` is `pathUSD` on Tempo (testnet 42431, mainnet 4217, and a payment
 //!   request's chain, Conto's default 42431), `USDC` on other chains.
 //! - A confirm's `explorerUrl` links the transaction on the chains conto-local knows (Tempo
@@ -305,6 +307,10 @@ pub enum LocalError {
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The org key given cannot be one: empty, or an agent's SDK key (which every org
+    /// endpoint refuses, locking the operator out).
+    #[error("invalid org key: {0}")]
+    InvalidOrgKey(&'static str),
     /// The database file's permissions could not be narrowed to its owner.
     #[error("cannot make {path} readable by its owner only: {message}")]
     Permissions {
@@ -501,6 +507,15 @@ pub(crate) fn random_hex(n: usize) -> String {
 /// Starts conto-local: opens (or creates) the store, restores the engine's state from it, and
 /// serves on 127.0.0.1.
 pub async fn start(config: Config) -> Result<Running, LocalError> {
+    match config.org_key.as_deref().map(str::trim) {
+        Some("") => return Err(LocalError::InvalidOrgKey("it is empty")),
+        Some(k) if k.starts_with("conto_agent_") => {
+            return Err(LocalError::InvalidOrgKey(
+                "it is an agent SDK key (`conto_agent_...`), which org endpoints refuse",
+            ));
+        }
+        _ => {}
+    }
     let store = open_store(config.db.as_deref())?;
     let engine = Engine::builder().approval_ttl(config.approval_ttl).build();
     restore(&store, &engine)?;

@@ -41,7 +41,7 @@ struct Cli {
     env_file: PathBuf,
     /// Seconds an approval waits for its confirm, on every rail (default: Conto's, 600 for
     /// transfers, x402 and MPP, 300 for payment requests and cards).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     approval_ttl_secs: Option<i64>,
 }
 

@@ -64,7 +64,8 @@ pub(crate) fn take(app: &App, who: &str, class: Class, count: bool) -> Result<()
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "RATE_LIMITED",
-            format!("rate limit of {limit} requests per minute exceeded"),
+            // The wait is in the message too: Conto's skill shows the message, not the headers.
+            format!("rate limit of {limit} requests per minute exceeded; retry in {wait} s"),
         );
         e.retry_after = Some(wait);
         return Err(e);

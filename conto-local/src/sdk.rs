@@ -844,7 +844,7 @@ async fn confirm_transfer(
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
         let approval_id = request_approval(store, &caller.agent, &id)?;
         if let Some((row, first, amount, transaction_id)) =
-            settled_before(store, &caller.agent, &approval_id, &tx, &[Kind::Transfer, Kind::Request])?
+            settled_before(store, &caller.agent, (&approval_id, body.amount), &tx, &[Kind::Transfer, Kind::Request])?
         {
             // The token is checked as on the first confirm.
             if let Some(expected) = &row.token_hash {
@@ -892,10 +892,12 @@ fn token_matches(expected: &str, token: Option<&str>) -> Result<(), ApiError> {
 /// again (a client retrying after a lost answer) is answered from it, nothing counted twice.
 /// Confirmed with another reference, of another flow, or not yet: `None`, and the confirm
 /// goes on to be refused or made.
+/// A repeat that names another `amount` than was counted is `409 CONFLICT`: a settlement is
+/// confirmed once, for one amount.
 fn settled_before(
     store: &Store,
     agent: &str,
-    id: &str,
+    (id, amount): (&str, Option<Amount>),
     reference: &str,
     flows: &[Kind],
 ) -> Result<Option<(ApprovalRecord, conto_core::Authorization, Amount, String)>, ApiError> {
@@ -909,8 +911,15 @@ fn settled_before(
     if !flows.contains(&Kind::of(&authorization.intent.rail)) {
         return Ok(None);
     }
-    let amount = spend.amount.parse::<Amount>().map_err(|e| internal(e.to_string()))?;
-    Ok(Some((row, authorization, amount, spend.transaction_id)))
+    let counted = spend.amount.parse::<Amount>().map_err(|e| internal(e.to_string()))?;
+    if let Some(amount) = amount.filter(|a| *a != counted) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            format!("approval `{id}` was confirmed for {counted} with `{reference}`, not {amount}"),
+        ));
+    }
+    Ok(Some((row, authorization, counted, spend.transaction_id)))
 }
 
 /// A card confirm's answer.
@@ -974,7 +983,7 @@ async fn confirm_card(
         let approval_id = request_approval(store, &caller.agent, &id)?;
         if let Some(reference) = &reference
             && let Some((_, _, amount, transaction_id)) =
-                settled_before(store, &caller.agent, &approval_id, reference, &[Kind::Card])?
+                settled_before(store, &caller.agent, (&approval_id, body.amount), reference, &[Kind::Card])?
         {
             return Ok((StatusCode::OK, card_confirmed(amount, transaction_id)));
         }

@@ -81,3 +81,26 @@ async fn keys_are_written_owner_only_never_printed_and_they_work() {
     assert_eq!(wrong.status(), 401);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Values that would leave the operator locked out, or every approval lapsed when issued, are
+/// refused at start with what is wrong, before anything is served.
+#[test]
+fn an_org_key_that_cannot_be_one_or_a_zero_approval_lifetime_is_refused_at_start() {
+    let env_file = std::env::temp_dir().join(format!("conto-local-cli-refused-{}.env", std::process::id()));
+    for (args, says) in [
+        (vec!["--org-key", "conto_agent_0123456789abcdef"], "agent SDK key"),
+        (vec!["--org-key", " "], "empty"),
+        (vec!["--approval-ttl-secs", "0"], "approval-ttl-secs"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_conto-local"))
+            .args(["--in-memory", "--port", "0", "--env-file"])
+            .arg(&env_file)
+            .args(&args)
+            .env_remove("CONTO_ORG_API_KEY")
+            .output()
+            .expect("conto-local runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert!(!env_file.exists(), "nothing was written");
+}

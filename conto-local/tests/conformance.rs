@@ -403,6 +403,11 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     // is answered as the first time; another tx hash is refused.
     let (status, again) = sdk.post(&format!("/api/sdk/payments/{human}/confirm"), json!({"txHash": TX})).await;
     assert_eq!((status, &again), (200, &receipt), "{again}");
+    // Sent again for another amount, it is a conflict, not the first answer (which would say
+    // `confirmed` for an amount that was never counted).
+    let changed = json!({"txHash": TX, "amount": 50});
+    let (status, again) = sdk.post(&format!("/api/sdk/payments/{human}/confirm"), changed).await;
+    assert_eq!((status, again["code"].as_str()), (409, Some("CONFLICT")), "{again}");
     let other = format!("0x{}", "9".repeat(64));
     let (status, again) = sdk.post(&format!("/api/sdk/payments/{human}/confirm"), json!({"txHash": other})).await;
     assert_eq!((status, again["code"].as_str()), (400, Some("INVALID_STATUS")), "{again}");
@@ -2073,6 +2078,18 @@ async fn an_x402_or_mpp_record_sent_again_unchanged_is_answered_again_and_counte
     renamed["transactionHash"] = json!(TX.to_ascii_uppercase().replacen("0X", "0x", 1));
     let (status, again) = sdk.post("/api/sdk/x402/record", json!({"payments": [renamed]})).await;
     assert_eq!((status, &again["payments"][0]), (200, &first["payments"][0]), "{again}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await.0, "7");
+    // White space around the hash names no other transaction; inside it, none at all.
+    for spaced in [format!(" {TX}"), format!("{TX}\n"), format!("\t{TX} ")] {
+        let mut padded = paid.clone();
+        padded["txHash"] = json!(spaced);
+        let (status, again) = sdk.post("/api/sdk/x402/record", json!({"payments": [padded]})).await;
+        assert_eq!((status, &again["payments"][0]), (200, &first["payments"][0]), "{spaced:?}: {again}");
+    }
+    let mut split = paid.clone();
+    split["txHash"] = json!(format!("{} {}", &TX[..10], &TX[10..]));
+    let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [split]})).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{body}");
     assert_eq!(budget_spent_and_reserved(&sdk).await.0, "7");
 
     // MPP's single-payment record, the same way.

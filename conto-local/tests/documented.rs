@@ -98,8 +98,11 @@ async fn every_response_carries_the_rate_limit_headers_and_the_org_key_has_its_o
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"), "{:?}", refused.headers());
     assert_eq!(refused.headers()["x-ratelimit-remaining"], "0");
+    let wait = refused.headers()["retry-after"].to_str().unwrap().to_owned();
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+    // Conto's skill shows the message only: it says how long to wait.
+    assert!(body["message"].as_str().unwrap().ends_with(&format!("retry in {wait} s")), "{body}");
 }
 
 #[tokio::test]

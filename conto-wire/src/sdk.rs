@@ -272,12 +272,24 @@ impl PaymentBody {
     /// and in each payment of a batch.
     fn consistent(mut self) -> Result<Self, BodyError> {
         fn one(p: &mut PaymentBody) -> Result<(), BodyError> {
-            let canonical = |t: String| {
+            // Surrounding white space is no part of a name (kept, `"0xab…\n"` would be another
+            // transaction than `"0xab…"`); inside one, it makes no name at all.
+            let canonical = |t: String, field: &str| {
+                let t = t.trim();
+                if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(BodyError {
+                        code: "VALIDATION_ERROR",
+                        message: format!("`{field}` {t:?} is not a transaction: it holds white space"),
+                    });
+                }
                 let evm =
                     t.len() > 2 && t[..2].eq_ignore_ascii_case("0x") && t[2..].bytes().all(|b| b.is_ascii_hexdigit());
-                if evm { t.to_ascii_lowercase() } else { t }
+                Ok(if evm { t.to_ascii_lowercase() } else { t.to_owned() })
             };
-            let (tx, old) = (given(&p.tx_hash).map(canonical), given(&p.transaction_hash).map(canonical));
+            let named = |v: &Option<String>, field| {
+                v.as_deref().filter(|t| !t.trim().is_empty()).map(|t| canonical(t.to_owned(), field)).transpose()
+            };
+            let (tx, old) = (named(&p.tx_hash, "txHash")?, named(&p.transaction_hash, "transactionHash")?);
             if let (Some(a), Some(b)) = (&tx, &old)
                 && a != b
             {
