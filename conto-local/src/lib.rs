@@ -165,7 +165,8 @@
 //!   request's chain, Conto's default 42431), `USDC` on other chains.
 //! - A confirm's `explorerUrl` links the transaction on the chains conto-local knows (Tempo
 //!   testnet 42431, Ethereum, Base, Base Sepolia, Optimism, Polygon, Arbitrum); it is left out
-//!   on others.
+//!   on others. A transfer to a Solana address was made on Solana, whatever `chainId` came with
+//!   it (Conto detects Solana from the address): `USDC`, Solana's explorer.
 //! - An x402/MPP record without `authorizationId` settles the oldest live pre-authorization of
 //!   the same agent, rail, endpoint (as per-endpoint limits count one: `conto_core::endpoint_key`)
 //!   and recipient whose amount covers it; a deposit pre-authorized for a named MPP session

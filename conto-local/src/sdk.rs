@@ -860,16 +860,23 @@ async fn confirm_transfer(
     Ok(reply(status, out))
 }
 
-/// A transfer's confirm answer.
+/// A transfer's confirm answer. A payment to a Solana address was made on Solana, whatever
+/// `chainId` its approve sent (Conto detects Solana from the address), in USDC.
 fn confirmed(intent: &PaymentIntent, amount: Amount, transaction_id: String, tx: String) -> RecordedBody {
+    let solana = intent.recipient.as_ref().is_some_and(|r| !r.is_evm());
+    let (currency, explorer_url) = if solana {
+        ("USDC", Some(format!("https://explorer.solana.com/tx/{tx}")))
+    } else {
+        (currency(&intent.rail), explorer_url(&intent.rail, &tx))
+    };
     RecordedBody {
         confirmed: Some(true),
         transaction_id: Some(transaction_id),
         status: Some("CONFIRMING".into()),
         amount: Some(amount),
-        currency: Some(currency(&intent.rail).into()),
+        currency: Some(currency.into()),
         recipient: intent.recipient.as_ref().map(|r| r.as_str().to_owned()),
-        explorer_url: explorer_url(&intent.rail, &tx),
+        explorer_url,
         tx_hash: Some(tx),
         ..RecordedBody::default()
     }

@@ -106,6 +106,25 @@ async fn the_skill_finds_the_approval_id_it_reports_and_an_explorer_link_on_its_
     let path = format!("/api/sdk/payments/{}/confirm", on_base["approvalId"].as_str().unwrap());
     let (status, receipt) = sdk.post(&path, json!({"txHash": TX, "approvalToken": on_base["approvalToken"]})).await;
     assert_eq!((status, &receipt["currency"]), (200, &json!("USDC")), "{receipt}");
+
+    // A payment to a Solana address was made on Solana (Conto detects it from the address),
+    // whatever `chainId` came with it (Conto's helper always sends 42431): USDC, Solana's
+    // explorer.
+    let solana = "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin";
+    let signature = "5VERv8NMvzbJMEkV8xnrLkEaWRtSz9CosKDYjCJjBRnbJLgp8uirBgmQpjKhoR4tjF3ZpRzrFmBV6UjKdiSZkQUW";
+    for chain in [None, Some(42431)] {
+        let mut body = json!({"amount": 5, "recipientAddress": solana, "senderAddress": solana});
+        if let Some(chain) = chain {
+            body["chainId"] = json!(chain);
+        }
+        let (status, approved) = sdk.post("/api/sdk/payments/approve", body).await;
+        assert_eq!((status, &approved["approved"]), (200, &json!(true)), "{approved}");
+        let path = format!("/api/sdk/payments/{}/confirm", approved["approvalId"].as_str().unwrap());
+        let confirm = json!({"txHash": signature, "approvalToken": approved["approvalToken"]});
+        let (status, receipt) = sdk.post(&path, confirm).await;
+        assert_eq!((status, &receipt["currency"]), (200, &json!("USDC")), "{receipt}");
+        assert_eq!(receipt["explorerUrl"], format!("https://explorer.solana.com/tx/{signature}"), "{receipt}");
+    }
 }
 
 /// A transfer (or card payment) held for a human is answered with an `approvalId` (Conto's
