@@ -177,6 +177,28 @@ fn a_record_after_a_restart_for_an_approval_that_lapsed_or_was_released_is_count
     assert!(again.settle(&lapsing, &Settlement::default().reference("0xlapsed")).unwrap().late);
 }
 
+/// A human's approval that the re-check then denies (here, the agent was paused meanwhile)
+/// ends the request for good: after a restart it is not waiting for a human again.
+#[test]
+fn a_request_denied_on_its_recheck_stays_ended_after_a_restart() {
+    let path = journal_path("recheck");
+    let policies = r#"{"agents": ["agent-1"], "policies": [{"name": "review", "rules": [
+        {"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "GT", "value": "50", "action": "REQUIRE_APPROVAL"}]}]}"#;
+    let open = || Engine::builder().policies(PolicySet::from_json(policies).unwrap()).open(&path).unwrap();
+    let engine = open();
+    let Verdict::RequiresApproval(pending) = engine.try_decide(&transfer("80")).unwrap().verdict else {
+        panic!("held for a human")
+    };
+    let id = pending.approval_request_id;
+    engine.pause("agent-1").unwrap();
+    engine.resolve_approval(&id, true).unwrap();
+    assert!(matches!(engine.approval(&id).unwrap().map(|d| d.verdict), Some(Verdict::Denied(_))));
+    drop(engine);
+    let reopened = open();
+    assert!(!reopened.pending_requests().contains(&id), "ended, not waiting again");
+    assert!(reopened.resolve_approval(&id, true).is_err(), "it cannot be approved again");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 

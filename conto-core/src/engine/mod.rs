@@ -1052,16 +1052,18 @@ impl Engine {
             return Ok(());
         }
         let intent = entry.intent.clone();
-        match self.admit(&intent.actor) {
-            Ok(Ok(_)) => {}
-            Ok(Err(denial)) => {
-                entry.state = PendingState::Denied(denial);
-                return Ok(());
-            }
-            Err(e) => {
-                entry.state = PendingState::Denied(Denial { reasons: vec![e.to_string()], violations: vec![] });
-                return Ok(());
-            }
+        // A denial on the re-check is journaled as the request's end, as a rejection is (it
+        // came back waiting after a restart); not journaled, the request stays waiting.
+        let closed = || Entry::PendingClosed { id: approval_request_id.to_owned() };
+        let admitted = match self.admit(&intent.actor) {
+            Ok(Ok(_)) => None,
+            Ok(Err(denial)) => Some(denial),
+            Err(e) => Some(Denial { reasons: vec![e.to_string()], violations: vec![] }),
+        };
+        if let Some(denial) = admitted {
+            self.write(&closed())?;
+            entry.state = PendingState::Denied(denial);
+            return Ok(());
         }
         let policies = self.inner.policies.load();
         let ledger = self.ledger(&intent.actor);
@@ -1072,10 +1074,19 @@ impl Engine {
         entry.state = match evaluate(&policies, &intent, &mut *ledger, now, true) {
             Evaluation::Pass { holds, windows, daily } => {
                 let granted = self.grant(intent.clone(), &mut ledger, (holds, windows), daily, (now, lifetime))?;
-                self.write(&Entry::PendingClosed { id: approval_request_id.to_owned() })?;
+                if let Err(e) = self.write(&closed()) {
+                    // Still waiting: its reservation is given back (journaled when the journal
+                    // takes it), so approving again never holds the amount twice.
+                    let _ = self.write(&Entry::Released { id: granted.id.clone(), actor: intent.actor.clone() });
+                    ledger.release(IdKey::of(&granted.id), now, true);
+                    return Err(e);
+                }
                 PendingState::Approved(granted)
             }
-            Evaluation::Denied(denial) => PendingState::Denied(denial),
+            Evaluation::Denied(denial) => {
+                self.write(&closed())?;
+                PendingState::Denied(denial)
+            }
             Evaluation::NeedsApproval(_) => unreachable!("approval rules are skipped"),
         };
         Ok(())
