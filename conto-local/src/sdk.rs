@@ -283,7 +283,14 @@ fn decide(
                 };
                 store.add_approval(&a.id, &ApprovalRecord::live(intent.actor.as_str(), intent_json, &a))?;
                 if kind == Kind::Request {
-                    store.put_payment_request(&a.id, intent.actor.as_str(), "APPROVED", None, &[], &[], &now_text())?;
+                    store.put_payment_request(
+                        &a.id,
+                        intent.actor.as_str(),
+                        "APPROVED",
+                        None,
+                        (&[], &[]),
+                        &now_text(),
+                    )?;
                 }
                 Ok(wallet)
             });
@@ -354,8 +361,7 @@ fn decide(
                         intent.actor.as_str(),
                         "DENIED",
                         None,
-                        &d.reasons,
-                        &body.violations,
+                        (&d.reasons, &body.violations),
                         &now_text(),
                     )?;
                     body.request_id = Some(id);
@@ -405,8 +411,7 @@ fn decide(
                         intent.actor.as_str(),
                         "REQUIRES_APPROVAL",
                         Some(&p.approval_request_id),
-                        &p.reasons,
-                        &[],
+                        (&p.reasons, &[]),
                         &now_text(),
                     )?;
                     body.request_id = Some(id);

@@ -739,8 +739,7 @@ impl Store {
         agent_id: &str,
         status: &str,
         approval_request_id: Option<&str>,
-        reasons: &[String],
-        violations: &[conto_core::Violation],
+        (reasons, violations): (&[String], &[conto_core::Violation]),
         now: &str,
     ) -> Result<(), StoreError> {
         let reasons = serde_json::to_string(reasons).unwrap_or_default();

@@ -495,11 +495,18 @@ impl PgLedger {
                 .execute(&mut *conn)
                 .await
             }
-            LedgerWrite::Spend { counters, windows, amount, at } => {
+            LedgerWrite::Spend { id, counters, windows, amount, at } => {
                 let (counter, scope, start) = counter_arrays(counters);
                 let (window, window_scope, _) = window_arrays(windows);
+                // With an id, the spend is also kept as that authorization, recorded, so that a
+                // repeat reads it (the step then writes nothing).
                 sqlx::query(&self.sql(
-                    "WITH v AS (
+                    "WITH a AS (
+                        INSERT INTO {s}.ledger_authorizations
+                            (id, actor, amount, expires_at, state, counted, settled, created_at, closed_at)
+                        SELECT $9, $1, $2, $3::timestamptz, 'recorded', $2, $2, $3::timestamptz, $3::timestamptz
+                         WHERE $9::text IS NOT NULL),
+                     v AS (
                         INSERT INTO {s}.ledger_slots (id, actor, counter, scope, at)
                         SELECT NULL, $1, k.counter, k.scope, $3::timestamptz
                           FROM unnest($7::text[], $8::text[]) AS k(counter, scope))
@@ -516,6 +523,7 @@ impl PgLedger {
                 .bind(start)
                 .bind(window)
                 .bind(window_scope)
+                .bind(id.as_deref())
                 .execute(&mut *conn)
                 .await
             }

@@ -430,6 +430,24 @@ async fn an_authorization_cannot_be_recorded_or_released_under_another_actor() {
     drop_schema(&pool, &name).await;
 }
 
+/// A stand-in's spend reconciled into the shared ledger is counted once, on whichever replica
+/// each delivery lands: a repeat (its answer lost, the outbox delivers it again) counts nothing.
+#[tokio::test]
+async fn a_reconciled_spend_is_counted_once_across_replicas() {
+    use conto::Authorizer;
+    let Some((pool, name)) = schema("reconcile").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let (a, b) = replicas(&pool, &name, &clock).await;
+    let stand_in = Engine::builder().policies(conto::PolicySet::from_json(POLICIES).unwrap()).build();
+    let spent = approved(stand_in.try_decide(&card("agent-1", "3")).unwrap().verdict);
+    for replica in [&a, &b, &a] {
+        Authorizer::reconcile(replica, &spent, &Settlement::default().reference("ch_1")).await.unwrap();
+    }
+    let daily = a.usage("agent-1").await.unwrap().counters.into_iter().find(|c| c.period == "daily").unwrap();
+    assert_eq!(daily.spent, Decimal::from(3), "counted once");
+    drop_schema(&pool, &name).await;
+}
+
 /// A session approved for longer than any velocity window (here a month) holds its open-session
 /// slot until it ends: housekeeping, which forgets velocity slots after two days, leaves it.
 #[tokio::test]

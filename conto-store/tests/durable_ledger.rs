@@ -199,6 +199,28 @@ fn a_request_denied_on_its_recheck_stays_ended_after_a_restart() {
     assert!(reopened.resolve_approval(&id, true).is_err(), "it cannot be approved again");
 }
 
+/// A stand-in's spend reconciled into a journaled engine is counted once: a repeat of the
+/// delivery (its answer lost) is not counted again, and the spend survives a restart.
+#[tokio::test]
+async fn a_reconciled_spend_is_counted_once_and_survives_a_restart() {
+    use conto_core::Authorizer;
+    let path = journal_path("reconcile");
+    let open = || Engine::builder().policies(PolicySet::from_json(POLICIES).unwrap()).open(&path).unwrap();
+    // The stand-in's approval, made elsewhere.
+    let stand_in = Engine::builder().policies(PolicySet::from_json(POLICIES).unwrap()).build();
+    let Verdict::Approved(a) = stand_in.try_decide(&transfer("6")).unwrap().verdict else { panic!("approved") };
+    let engine = open();
+    for _ in 0..2 {
+        engine.reconcile(&a, &Settlement::default().reference("0xstandin")).await.unwrap();
+    }
+    assert_eq!(engine.usage("agent-1").stats.total_spent, Decimal::from(6), "counted once");
+    drop(engine);
+    let reopened = open();
+    assert_eq!(reopened.usage("agent-1").stats.total_spent, Decimal::from(6), "kept across the restart");
+    reopened.reconcile(&a, &Settlement::default().reference("0xstandin")).await.unwrap();
+    assert_eq!(reopened.usage("agent-1").stats.total_spent, Decimal::from(6), "and still once");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 

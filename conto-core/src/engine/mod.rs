@@ -958,6 +958,41 @@ impl Engine {
         }
     }
 
+    /// Counts a stand-in's approved spend (the outbox's reconcile) once: journaled as a record
+    /// of its authorization id, so it survives a restart, and a repeat (a delivery whose
+    /// answer was lost) is answered without counting it again.
+    fn reconcile_spend(
+        &self,
+        authorization: &Authorization,
+        settlement: &Settlement,
+    ) -> Result<Recorded, AuthorityError> {
+        let amount = settlement.amount.unwrap_or(authorization.amount);
+        let intent = &authorization.intent;
+        let key = IdKey::of(&authorization.id);
+        let ledger = self.ledger(&intent.actor);
+        let mut ledger = lock(&ledger);
+        let now = ledger.now(self.now());
+        if ledger.reserved(key).is_none() && matches!(ledger.closed(key), Some(Closed::Recorded(_))) {
+            return Ok(Recorded::reconciled(&authorization.id, amount));
+        }
+        self.write_with(|| Entry::Recorded {
+            id: authorization.id.clone(),
+            intent: (**intent).clone(),
+            amount,
+            settled: amount,
+            reference: settlement.reference.clone(),
+            at: now,
+        })?;
+        let (holds, windows) = self.counts_for(intent, &mut ledger, now);
+        ledger.restore_spend(&holds, &windows, Micros::of(amount), now);
+        ledger.close(
+            key,
+            Closed::Recorded(kept(Micros::of(amount), amount, (false, false), &settlement.reference)),
+            now,
+        );
+        Ok(Recorded::reconciled(&authorization.id, amount))
+    }
+
     /// Counts a spend that has no live reservation — one recorded before a restart, or reported
     /// without a prior authorization — into the counters of the periods that contain `at`.
     /// Replay spends in the order they happened.
@@ -1205,9 +1240,7 @@ impl Authorizer for Engine {
         authorization: &'a Authorization,
         settlement: &'a Settlement,
     ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
-        let amount = settlement.amount.unwrap_or(authorization.amount);
-        self.restore_spend(&authorization.intent, amount, self.now());
-        Box::pin(std::future::ready(Ok(Recorded::reconciled(&authorization.id, amount))))
+        Box::pin(std::future::ready(self.reconcile_spend(authorization, settlement)))
     }
 }
 

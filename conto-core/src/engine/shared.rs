@@ -174,8 +174,12 @@ pub enum LedgerWrite {
         id: String,
     },
     /// A spend with no reservation (a stand-in's, reconciled): `amount` is added to these
-    /// counters and one approval at `at` to these windows.
+    /// counters and one approval at `at` to these windows. With an `id`, it is also kept as
+    /// that authorization, recorded (so a repeat of the same reconcile is seen, and not counted
+    /// again).
     Spend {
+        /// The authorization the spend was approved under, when it has one.
+        id: Option<String>,
         /// The counters.
         counters: Vec<CounterSlot>,
         /// The windows.
@@ -644,11 +648,31 @@ impl SharedEngine {
         // A spend is no live approval: it takes no slot in a live-only window.
         windows.retain(|k| !k.is_live());
         let (counters, windows) = slots(&holds, &windows, now);
-        let write = LedgerWrite::Spend { counters, windows, amount: amount.get(), at: now };
+        let write = LedgerWrite::Spend { id: None, counters, windows, amount: amount.get(), at: now };
         let mut step = |_: &LedgerView| vec![write.clone()];
         let read = LedgerRead { counters: &[], windows: &[], authorization: None, pending: None };
         self.ledger.transact(&intent.actor, now, read, &mut step).await?;
         Ok(())
+    }
+
+    /// Counts a stand-in's approved spend (the outbox's reconcile) once, kept under its
+    /// authorization id: a repeat (a delivery whose answer was lost) counts nothing.
+    async fn reconcile_spend(
+        &self,
+        authorization: &Authorization,
+        settlement: &Settlement,
+    ) -> Result<Recorded, AuthorityError> {
+        let amount = settlement.amount.unwrap_or(authorization.amount);
+        let now = self.engine.now();
+        let (holds, mut windows) = self.keys(&authorization.intent, now);
+        windows.retain(|k| !k.is_live());
+        let (counters, windows) = slots(&holds, &windows, now);
+        let id = authorization.id.as_str();
+        let write = LedgerWrite::Spend { id: Some(id.to_owned()), counters, windows, amount: amount.get(), at: now };
+        let mut step = |view: &LedgerView| if view.authorization.is_some() { vec![] } else { vec![write.clone()] };
+        let read = LedgerRead { counters: &[], windows: &[], authorization: Some(id), pending: None };
+        self.ledger.transact(&authorization.intent.actor, now, read, &mut step).await?;
+        Ok(Recorded::reconciled(id, amount))
     }
 
     /// A snapshot of `actor`'s counters in the shared ledger, described with the policies in
@@ -712,11 +736,7 @@ impl Authorizer for SharedEngine {
         authorization: &'a Authorization,
         settlement: &'a Settlement,
     ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
-        Box::pin(async move {
-            let amount = settlement.amount.unwrap_or(authorization.amount);
-            self.restore_spend(&authorization.intent, amount).await?;
-            Ok(Recorded::reconciled(&authorization.id, amount))
-        })
+        Box::pin(self.reconcile_spend(authorization, settlement))
     }
 }
 
