@@ -359,6 +359,26 @@ fn human_approval_reserves_after_a_second_evaluation() {
     assert!(matches!(e.approval(&p.approval_request_id).unwrap().unwrap().verdict, conto_core::Verdict::Denied(_)));
 }
 
+/// Requests for human approval are forgotten once they ended (answered and their approval
+/// lapsed, or lapsed unanswered) more than the retention window ago: a long-running engine
+/// does not keep every request it ever opened. One still in its time is kept.
+#[test]
+fn requests_for_approval_are_forgotten_a_retention_window_after_they_end() {
+    let (e, clock) = engine_at(&policy(&[&rule("REQUIRE_APPROVAL_ABOVE", "GT", "100", "REQUIRE_APPROVAL")]), NOON_WED);
+    let ask = || match e.decide(&transfer("200")).verdict {
+        conto_core::Verdict::RequiresApproval(p) => p.approval_request_id,
+        other => panic!("{other:?}"),
+    };
+    let (answered, unanswered) = (ask(), ask());
+    e.resolve_approval(&answered, true).unwrap();
+    clock.advance(SignedDuration::from_hours(24 * 3));
+    let fresh = ask();
+    e.sweep_expired();
+    assert!(e.approval(&answered).is_err(), "answered, its approval lapsed days ago: forgotten");
+    assert!(e.approval(&unanswered).is_err(), "lapsed unanswered days ago: forgotten");
+    assert!(e.approval(&fresh).unwrap().is_none(), "a request in its time is kept");
+}
+
 #[test]
 fn action_require_approval_on_any_rule_gates_instead_of_denying() {
     let (e, _) = engine_at(&policy(&[&rule("MAX_AMOUNT", "GT", "50", "REQUIRE_APPROVAL")]), NOON_WED);

@@ -82,7 +82,11 @@
 //!   `{"decision": "APPROVED"|"REJECTED", "paymentRequestId"}`, answered with the request's
 //!   `finalStatus` (`REJECTED` when the re-check after an approval denies). The same decision
 //!   sent again (a retry after a lost answer) gets the first answer; the other decision is
-//!   `400 INVALID_STATUS`.
+//!   `400 INVALID_STATUS`. A transfer asked again unchanged (but for its idempotency key)
+//!   while a human decides on it is answered with that request, not a second one for the
+//!   admin; asked again once a human approved it, with that approval and its token, until it
+//!   is confirmed or lapses (Conto's skill tells the agent to ask again once an admin
+//!   approved).
 //! - `GET /api/sdk/wallets` (`wallets:read`) lists the key's agent's wallet delegations as the
 //!   org's `GET /api/agents/{id}/wallets` does; `GET /api/sdk/transactions?limit=50`
 //!   (`transactions:read`) its recorded payments, newest first: `id`, `authorizationId`,

@@ -334,6 +334,13 @@ fn decide(
             (StatusCode::OK, body)
         }
         Verdict::Denied(d) => {
+            // Approved by a human and not yet used, the transfer holds its amount: asked again,
+            // it is denied for the budget it holds itself. It is that approval.
+            if kind == Kind::Transfer
+                && let Some(answer) = asked_before(app, store, intent, None)?
+            {
+                return Ok(answer);
+            }
             let message = d.reasons.first().cloned().unwrap_or_else(|| "Payment denied by policy".to_owned());
             let mut body = DecisionBody {
                 reasons: d.reasons.clone(),
@@ -372,6 +379,15 @@ fn decide(
             (StatusCode::OK, body)
         }
         Verdict::RequiresApproval(p) => {
+            // The same transfer asked again while a human decides on it, or after a human
+            // approved it and before its approval is used: that request or that approval,
+            // never another request for a human.
+            if kind == Kind::Transfer
+                && let Some(answer) = asked_before(app, store, intent, Some(&p.reasons))?
+            {
+                let _ = app.engine.resolve_approval(&p.approval_request_id, false);
+                return Ok(answer);
+            }
             store.put_request(&RequestRecord {
                 id: p.approval_request_id.clone(),
                 agent_id: intent.actor.as_str().to_owned(),
@@ -422,6 +438,67 @@ fn decide(
             (StatusCode::ACCEPTED, body)
         }
     })
+}
+
+/// The answer to a transfer `intent` asked again, unchanged but for its idempotency key, that
+/// one of the agent's latest requests for a human still stands for: waiting (`202`, the same
+/// `approvalRequestId`; only when the policies hold it for a human again, with their
+/// `reasons`), or approved with its approval unused (`200`, the approval with its token: how
+/// an agent following Conto's skill, which asks again once an admin approved, gets it).
+/// `None` when none does.
+fn asked_before(
+    app: &App,
+    store: &Store,
+    intent: &PaymentIntent,
+    held_for: Option<&[String]>,
+) -> Result<Option<(StatusCode, DecisionBody)>, ApiError> {
+    let without_key = |mut v: serde_json::Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("idempotencyKey");
+            o.remove("idempotency_key");
+        }
+        v
+    };
+    let asked = without_key(serde_json::to_value(intent).unwrap_or_default());
+    let now = Timestamp::now();
+    for r in store.latest_requests(intent.actor.as_str(), 100)? {
+        let standing = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t > now);
+        if !standing || without_key(serde_json::from_str(&r.intent).unwrap_or_default()) != asked {
+            continue;
+        }
+        let mut body = DecisionBody {
+            amount: Some(intent.amount),
+            approval_request_id: Some(r.id.clone()),
+            expires_at: Some(r.expires_at.clone()),
+            recipient_address: intent.recipient.as_ref().map(|a| a.as_str().to_owned()),
+            ..DecisionBody::default()
+        };
+        match (r.status.as_str(), &r.approval_id, held_for) {
+            ("PENDING", _, Some(reasons)) => {
+                body.approved = Some(false);
+                body.requires_human_approval = Some(true);
+                body.status = Some("REQUIRES_APPROVAL".into());
+                body.approval_id = Some(r.id.clone());
+                body.reasons = reasons.to_vec();
+                return Ok(Some((StatusCode::ACCEPTED, body)));
+            }
+            ("APPROVED", Some(approval), _) => {
+                let (row, taken) = store.approval_taken(approval)?;
+                let Some(token) = lock(&app.approval_tokens).get(&r.id, now).cloned() else { continue };
+                if taken || row.is_none_or(|a| a.state != "live") {
+                    continue;
+                }
+                body.approved = Some(true);
+                body.approval_id = Some(approval.clone());
+                body.approval_token = Some(secrecy::ExposeSecret::expose_secret(&token).to_owned());
+                body.confirm_url =
+                    Some(format!("/api/sdk/{}", Kind::Transfer.record_path(approval).unwrap_or_default()));
+                return Ok(Some((StatusCode::OK, body)));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 /// The wallet an approved x402/MPP payment is made from, as Conto names it: the agent's

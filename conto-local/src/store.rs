@@ -373,6 +373,7 @@ CREATE INDEX IF NOT EXISTS budget_requests_by_agent ON budget_requests (agent_id
 CREATE INDEX IF NOT EXISTS spends_by_seq ON spends (seq);
 CREATE INDEX IF NOT EXISTS spends_by_agent_time ON spends (agent_id, recorded_at);
 CREATE INDEX IF NOT EXISTS live_approvals ON approvals (agent_id) WHERE state = 'live';
+CREATE INDEX IF NOT EXISTS approval_requests_by_agent ON approval_requests (agent_id);
 ";
 
 /// An open [`Store::batch`]: released (committed) if the batch unwinds, so a panic in a

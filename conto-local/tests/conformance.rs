@@ -127,6 +127,42 @@ async fn the_skill_finds_the_approval_id_it_reports_and_an_explorer_link_on_its_
     }
 }
 
+/// Conto's skill tells the agent that an admin must approve, and the agent asks again: the same
+/// transfer asked while the human decides is the same request (no second one for the admin),
+/// and asked once approved, it is that approval with its token, confirmed as any other. Once
+/// the approval is used, the same transfer is a new request.
+#[tokio::test]
+async fn a_transfer_asked_again_is_the_request_that_stands_for_it() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    let (status, held) = sdk.post("/api/sdk/payments/approve", transfer_payment(90)).await;
+    assert_eq!(status, 202, "{held}");
+    let id = held["approvalRequestId"].as_str().unwrap().to_owned();
+    let (status, again) = sdk.post("/api/sdk/payments/approve", transfer_payment(90)).await;
+    assert_eq!((status, &again["approvalRequestId"], &again["approvalId"]), (202, &json!(id), &json!(id)), "{again}");
+    let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
+    assert_eq!(listed["requests"].as_array().unwrap().len(), 1, "one request for the admin: {listed}");
+    // Another amount is another payment.
+    let (status, other) = sdk.post("/api/sdk/payments/approve", transfer_payment(95)).await;
+    assert!(status == 202 && other["approvalRequestId"] != id.as_str(), "{other}");
+
+    let (status, _) = org.post(&format!("/api/approval-requests/{id}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    let (status, approved) = sdk.post("/api/sdk/payments/approve", transfer_payment(90)).await;
+    assert_eq!((status, &approved["approved"]), (200, &json!(true)), "{approved}");
+    let token = approved["approvalToken"].as_str().expect("its token").to_owned();
+    let approval = approved["approvalId"].as_str().unwrap().to_owned();
+    let (status, again) = sdk.post("/api/sdk/payments/approve", transfer_payment(90)).await;
+    assert_eq!((status, &again["approvalId"]), (200, &json!(approval)), "the same approval again: {again}");
+    let confirm = json!({"txHash": TX, "approvalToken": token});
+    let (status, receipt) = sdk.post(&format!("/api/sdk/payments/{approval}/confirm"), confirm).await;
+    assert_eq!((status, &receipt["confirmed"]), (200, &json!(true)), "{receipt}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await.0, "90", "counted once");
+    // Used, it is never handed out again (here the day's 150 has no room for another 90).
+    let (_, next) = sdk.post("/api/sdk/payments/approve", transfer_payment(90)).await;
+    assert!(next["approvalId"] != approval.as_str() && next["approved"] == false, "{next}");
+}
+
 /// A transfer (or card payment) held for a human is answered with an `approvalId` (Conto's
 /// skill reports it as "Approval ID"); once a human approves, that id is what the app
 /// confirms, with the token the approval-requests listing hands out. Before the decision it

@@ -317,6 +317,19 @@ pub struct CounterUsage {
     pub reserved: Decimal,
 }
 
+/// Forgets the requests for human approval that ended more than `retention` before `now`: a
+/// request lapsed unanswered, or answered and, if approved, its approval lapsed too. (Kept
+/// for ever, every request a long-running engine ever opened stayed in memory.)
+fn forget_answered(pending: &mut HashMap<String, Pending>, now: Timestamp, retention: SignedDuration) {
+    pending.retain(|_, p| {
+        let ended = match &p.state {
+            PendingState::Approved(a) => a.expires_at.max(p.expires_at),
+            _ => p.expires_at,
+        };
+        ended.checked_add(retention).ok().is_none_or(|t| t > now)
+    });
+}
+
 /// The daily figures an approval reports, from the tightest daily limit evaluation saw
 /// (`(used after this approval, limit)`).
 fn limits_of(daily: Option<(Decimal, Decimal)>) -> Limits {
@@ -682,8 +695,12 @@ impl Engine {
                 let id = random_id("apr_", 12);
                 let expires_at = now.saturating_add(self.inner.pending_ttl).unwrap_or(now);
                 self.write_with(|| Entry::PendingOpened { id: id.clone(), intent: intent.clone(), expires_at })?;
-                lock(&self.inner.pending)
-                    .insert(id.clone(), Pending { intent: shared(), expires_at, state: PendingState::Waiting });
+                let mut pending = lock(&self.inner.pending);
+                if pending.len() % 1024 == 1023 {
+                    forget_answered(&mut pending, now, self.inner.retention);
+                }
+                pending.insert(id.clone(), Pending { intent: shared(), expires_at, state: PendingState::Waiting });
+                drop(pending);
                 Decision::from_policy(Verdict::RequiresApproval(PendingApproval {
                     approval_request_id: id,
                     expires_at,
@@ -1161,9 +1178,12 @@ impl Engine {
         ids
     }
 
-    /// Expires every approval past its time; returns how many.
+    /// Expires every approval past its time; returns how many. Requests for human approval
+    /// that ended (lapsed, or answered and their approval lapsed) more than the retention
+    /// window ago are forgotten.
     pub fn sweep_expired(&self) -> usize {
         let now = self.now();
+        forget_answered(&mut lock(&self.inner.pending), now, self.inner.retention);
         let ledgers: Vec<_> = self.inner.actors.read().values().filter_map(|s| s.ledger.clone()).collect();
         ledgers.iter().map(|l| lock(l).sweep(now, self.inner.retention)).sum()
     }
