@@ -115,7 +115,10 @@ struct Inner {
 ///
 /// A PostgreSQL outage fails closed: the engine answers
 /// [`Outage::Ledger`](conto_core::Outage::Ledger) and the pipeline denies with source
-/// `unavailable` (or hands the decision to a configured stand-in).
+/// `unavailable` (or hands the decision to a configured stand-in). A ledger set up wrong (no
+/// permission, a missing table or schema, bad credentials) or holding what cannot be read is
+/// a configuration error, [`AuthorityError::Unsupported`](conto_core::AuthorityError::Unsupported):
+/// it also fails closed, and no retry or stand-in hides it.
 #[derive(Clone)]
 pub struct PgLedger {
     inner: Arc<Inner>,
@@ -127,8 +130,26 @@ impl std::fmt::Debug for PgLedger {
     }
 }
 
+/// A PostgreSQL failure, by kind: the database unreachable, busy or going away is an outage;
+/// one that says the ledger is set up wrong (no permission, a missing table or schema, bad
+/// credentials) or holds what cannot be read is broken, and no retry or stand-in hides it.
 fn err(e: sqlx::Error) -> SharedLedgerError {
-    SharedLedgerError(format!("PostgreSQL: {e}"))
+    let broken = match &e {
+        sqlx::Error::Database(db) => {
+            // SQLSTATE classes: 42 syntax or access rule, 28 authorization, 3D catalog, 3F
+            // schema, 22 data exception.
+            db.code().is_some_and(|code| ["42", "28", "3D", "3F", "22"].iter().any(|class| code.starts_with(class)))
+        }
+        sqlx::Error::Configuration(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::TypeNotFound { .. } => true,
+        _ => false,
+    };
+    let message = format!("PostgreSQL: {e}");
+    if broken { SharedLedgerError::broken(message) } else { SharedLedgerError::unavailable(message) }
 }
 
 fn ts(t: Timestamp) -> String {
@@ -136,7 +157,8 @@ fn ts(t: Timestamp) -> String {
 }
 
 fn from_micros(us: i64) -> Result<Timestamp, SharedLedgerError> {
-    Timestamp::from_microsecond(us).map_err(|e| SharedLedgerError(format!("a stored time is out of range: {e}")))
+    Timestamp::from_microsecond(us)
+        .map_err(|e| SharedLedgerError::broken(format!("a stored time is out of range: {e}")))
 }
 
 /// Column arrays for `unnest`.
@@ -529,7 +551,7 @@ impl PgLedger {
             }
             LedgerWrite::OpenPending { id, intent, expires_at } => {
                 let intent = serde_json::to_string(intent)
-                    .map_err(|e| SharedLedgerError(format!("the intent cannot be stored: {e}")))?;
+                    .map_err(|e| SharedLedgerError::broken(format!("the intent cannot be stored: {e}")))?;
                 sqlx::query(&self.sql(
                     "INSERT INTO {s}.ledger_pending (id, actor, intent, expires_at, created_at)
                      VALUES ($1, $2, $3::jsonb, $4::timestamptz, $5::timestamptz)",
@@ -544,7 +566,7 @@ impl PgLedger {
             }
             LedgerWrite::AnswerPending { id, answer } => {
                 let answer = serde_json::to_string(answer)
-                    .map_err(|e| SharedLedgerError(format!("the answer cannot be stored: {e}")))?;
+                    .map_err(|e| SharedLedgerError::broken(format!("the answer cannot be stored: {e}")))?;
                 sqlx::query(&self.sql(
                     "UPDATE {s}.ledger_pending SET answer = $3::jsonb WHERE id = $1 AND actor = $2 AND answer IS NULL",
                 ))
@@ -554,7 +576,7 @@ impl PgLedger {
                 .execute(&mut *conn)
                 .await
             }
-            other => return Err(SharedLedgerError(format!("this ledger cannot apply {other:?}"))),
+            other => return Err(SharedLedgerError::broken(format!("this ledger cannot apply {other:?}"))),
         };
         query.map(|_| ()).map_err(err)
     }
@@ -590,12 +612,12 @@ impl PgLedger {
         };
         let intent: String = row.try_get("intent").map_err(err)?;
         let intent: PaymentIntent = serde_json::from_str(&intent)
-            .map_err(|e| SharedLedgerError(format!("stored request {id} holds an unreadable intent: {e}")))?;
+            .map_err(|e| SharedLedgerError::broken(format!("stored request {id} holds an unreadable intent: {e}")))?;
         let answer: Option<String> = row.try_get("answer").map_err(err)?;
         let answer = answer
             .map(|a| serde_json::from_str::<PendingAnswer>(&a))
             .transpose()
-            .map_err(|e| SharedLedgerError(format!("stored request {id} holds an unreadable answer: {e}")))?;
+            .map_err(|e| SharedLedgerError::broken(format!("stored request {id} holds an unreadable answer: {e}")))?;
         Ok(Some(SharedPending { intent, expires_at: from_micros(row.try_get("expires_us").map_err(err)?)?, answer }))
     }
 
@@ -663,7 +685,7 @@ fn held(r: &sqlx::postgres::PgRow) -> Result<Held, SharedLedgerError> {
         },
         "released" => Held::Released,
         "expired" => Held::Expired,
-        other => return Err(SharedLedgerError(format!("unknown authorization state `{other}` in the ledger"))),
+        other => return Err(SharedLedgerError::broken(format!("unknown authorization state `{other}` in the ledger"))),
     })
 }
 

@@ -329,6 +329,21 @@ async fn bad_names_and_unreachable_servers_are_typed_errors() {
     assert!(matches!(err, conto_postgres::PgLedgerError::Database(_)), "{err:?}");
 }
 
+/// A ledger set up wrong (here a table dropped under it) is a configuration error, not an
+/// outage: no retry or stand-in would hide it, and an operator sees what is wrong.
+#[tokio::test]
+async fn a_broken_ledger_is_a_configuration_error_not_an_outage() {
+    let Some((pool, name)) = schema("broken").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let (a, _) = replicas(&pool, &name, &clock).await;
+    approved(a.decide(&card("agent-1", "1")).await.unwrap().verdict);
+    sqlx::query(&format!("DROP TABLE {name}.ledger_counters")).execute(&pool).await.unwrap();
+    let err = a.decide(&card("agent-1", "1")).await.unwrap_err();
+    assert!(matches!(&err, AuthorityError::Unsupported(why) if why.contains("ledger_counters")), "{err:?}");
+    assert!(!err.is_retryable());
+    drop_schema(&pool, &name).await;
+}
+
 /// The database goes away between the approval and the record: the settlement ran, so its
 /// record waits in the process and reaches the ledger once the database is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

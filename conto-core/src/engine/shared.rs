@@ -253,11 +253,31 @@ pub struct SharedUsage {
     pub stats: LedgerStats,
 }
 
-/// Why a shared ledger could not answer. The engine reports it as an outage
-/// ([`Outage::Ledger`]): the decision fails closed, and nothing was changed.
+/// Why a shared ledger could not answer; nothing was changed, and the decision fails closed.
+/// The engine reports an unavailable ledger as an outage ([`Outage::Ledger`]: retryable, and
+/// covered by a stand-in when one is configured), and a broken one (set up wrong, or holding
+/// what it cannot read) as a configuration error ([`AuthorityError::Unsupported`]), which no
+/// retry or stand-in hides.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SharedLedgerError(pub String);
+#[error("{message}")]
+pub struct SharedLedgerError {
+    /// What went wrong.
+    pub message: String,
+    /// Whether trying again cannot help: a missing table, no permission, unreadable data.
+    pub broken: bool,
+}
+
+impl SharedLedgerError {
+    /// The ledger cannot be reached or did not answer for now (an outage).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self { message: message.into(), broken: false }
+    }
+
+    /// The ledger is set up wrong or holds what it cannot read: an operator must look.
+    pub fn broken(message: impl Into<String>) -> Self {
+        Self { message: message.into(), broken: true }
+    }
+}
 
 /// Storage for a ledger that several engines share: atomic, per actor.
 ///
@@ -287,7 +307,11 @@ pub trait SharedLedger: Send + Sync + 'static {
 
 impl From<SharedLedgerError> for AuthorityError {
     fn from(e: SharedLedgerError) -> Self {
-        Outage::Ledger(e.0).into()
+        if e.broken {
+            AuthorityError::Unsupported(format!("the shared ledger is broken: {}", e.message))
+        } else {
+            Outage::Ledger(e.message).into()
+        }
     }
 }
 
