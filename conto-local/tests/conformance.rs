@@ -2141,10 +2141,20 @@ async fn an_x402_or_mpp_record_sent_again_unchanged_is_answered_again_and_counte
         let (status, again) = sdk.post("/api/sdk/x402/record", json!({"payments": [padded]})).await;
         assert_eq!((status, &again["payments"][0]), (200, &first["payments"][0]), "{spaced:?}: {again}");
     }
-    let mut split = paid.clone();
-    split["txHash"] = json!(format!("{} {}", &TX[..10], &TX[10..]));
-    let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [split]})).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{body}");
+    // Anything but printable ASCII inside (a space, an invisible or full-width character, a
+    // name a multi-byte character starts) is no transaction: refused, never a second count
+    // or a crash.
+    let split = format!("{} {}", &TX[..10], &TX[10..]);
+    let hidden = [format!("{TX}\u{200b}"), format!("\u{feff}{TX}"), format!("{}\u{2060}{}", &TX[..10], &TX[10..])];
+    for odd in [split, "€€".to_owned(), "a€".to_owned(), format!("0x{}", "ｃ".repeat(64))].into_iter().chain(hidden)
+    {
+        let mut changed = paid.clone();
+        changed["txHash"] = json!(odd);
+        let (status, body) = sdk.post("/api/sdk/x402/record", json!({"payments": [changed]})).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{odd:?}: {body}");
+        let confirm = sdk.post(&format!("/api/sdk/payments/{}/confirm", "apr_x"), json!({"txHash": odd})).await;
+        assert_eq!((confirm.0, confirm.1["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{odd:?}: {confirm:?}");
+    }
     assert_eq!(budget_spent_and_reserved(&sdk).await.0, "7");
 
     // MPP's single-payment record, the same way.

@@ -273,17 +273,24 @@ impl PaymentBody {
     fn consistent(mut self) -> Result<Self, BodyError> {
         fn one(p: &mut PaymentBody) -> Result<(), BodyError> {
             // Surrounding white space is no part of a name (kept, `"0xab…\n"` would be another
-            // transaction than `"0xab…"`); inside one, it makes no name at all.
+            // transaction than `"0xab…"`). A name is printable ASCII, at most 256 characters:
+            // anything else inside (white space, an invisible or full-width character) would
+            // name the same transaction another way, and count it twice.
             let canonical = |t: String, field: &str| {
                 let t = t.trim();
-                if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                if t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic()) {
                     return Err(BodyError {
                         code: "VALIDATION_ERROR",
-                        message: format!("`{field}` {t:?} is not a transaction: it holds white space"),
+                        message: format!(
+                            "`{field}` is not a transaction: at most 256 printable ASCII characters, without spaces"
+                        ),
                     });
                 }
-                let evm =
-                    t.len() > 2 && t[..2].eq_ignore_ascii_case("0x") && t[2..].bytes().all(|b| b.is_ascii_hexdigit());
+                // Printable ASCII: every byte is a character, so slicing by bytes is safe.
+                let (prefix, digits) = t.as_bytes().split_at(t.len().min(2));
+                let evm = !digits.is_empty()
+                    && prefix.eq_ignore_ascii_case(b"0x")
+                    && digits.iter().all(u8::is_ascii_hexdigit);
                 Ok(if evm { t.to_ascii_lowercase() } else { t.to_owned() })
             };
             let named = |v: &Option<String>, field| {
