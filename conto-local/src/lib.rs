@@ -82,11 +82,17 @@
 //!   `{"decision": "APPROVED"|"REJECTED", "paymentRequestId"}`, answered with the request's
 //!   `finalStatus` (`REJECTED` when the re-check after an approval denies). The same decision
 //!   sent again (a retry after a lost answer) gets the first answer; the other decision is
-//!   `400 INVALID_STATUS`. A transfer asked again unchanged (but for its idempotency key)
-//!   while a human decides on it is answered with that request, not a second one for the
-//!   admin; asked again once a human approved it, with that approval and its token, until it
-//!   is confirmed or lapses (Conto's skill tells the agent to ask again once an admin
-//!   approved).
+//!   `400 INVALID_STATUS`. A transfer asked again unchanged (an idempotency key the client
+//!   sent is part of it; one conto-local drew is not) that the policies hold for a human again
+//!   is answered with the request that stands for it: waiting, that request (not a second one
+//!   for the admin); approved, that approval and its token, until it is confirmed or lapses,
+//!   while the agent is active (Conto's skill tells the agent to ask again once an admin
+//!   approved). The token is held in memory: after a restart, or when what the approval holds
+//!   leaves no room for the same payment twice, asking again is a new request or a denial.
+//!   Sent again under its idempotency key, a transfer approve is answered as it stands now:
+//!   approved by a human since, the approval and its token; rejected or lapsed unanswered, a
+//!   denial; an approval that lapsed unused (or one a paused agent asks for), `400 EXPIRED`.
+//!   `GET /api/sdk/approval-requests` shows no token to a paused agent, nor once it was used.
 //! - `GET /api/sdk/wallets` (`wallets:read`) lists the key's agent's wallet delegations as the
 //!   org's `GET /api/agents/{id}/wallets` does; `GET /api/sdk/transactions?limit=50`
 //!   (`transactions:read`) its recorded payments, newest first: `id`, `authorizationId`,

@@ -334,13 +334,6 @@ fn decide(
             (StatusCode::OK, body)
         }
         Verdict::Denied(d) => {
-            // Approved by a human and not yet used, the transfer holds its amount: asked again,
-            // it is denied for the budget it holds itself. It is that approval.
-            if kind == Kind::Transfer
-                && let Some(answer) = asked_before(app, store, intent, None)?
-            {
-                return Ok(answer);
-            }
             let message = d.reasons.first().cloned().unwrap_or_else(|| "Payment denied by policy".to_owned());
             let mut body = DecisionBody {
                 reasons: d.reasons.clone(),
@@ -383,7 +376,7 @@ fn decide(
             // approved it and before its approval is used: that request or that approval,
             // never another request for a human.
             if kind == Kind::Transfer
-                && let Some(answer) = asked_before(app, store, intent, Some(&p.reasons))?
+                && let Some(answer) = asked_before(app, store, intent, &p.reasons)?
             {
                 let _ = app.engine.resolve_approval(&p.approval_request_id, false);
                 return Ok(answer);
@@ -440,65 +433,160 @@ fn decide(
     })
 }
 
-/// The answer to a transfer `intent` asked again, unchanged but for its idempotency key, that
-/// one of the agent's latest requests for a human still stands for: waiting (`202`, the same
-/// `approvalRequestId`; only when the policies hold it for a human again, with their
-/// `reasons`), or approved with its approval unused (`200`, the approval with its token: how
-/// an agent following Conto's skill, which asks again once an admin approved, gets it).
-/// `None` when none does.
+/// The answer to a transfer `intent` asked again, unchanged, that the policies hold for a
+/// human again, when one of the agent's latest requests for a human still stands for it:
+/// waiting (`202`, the same `approvalRequestId`, with the policies' `reasons`), or approved
+/// with its approval unused (`200`, the approval with its token: how an agent following
+/// Conto's skill, which asks again once an admin approved, gets it). `None` when none does.
+/// (Asked again when what the approval holds leaves no room for it twice, it is denied: the
+/// token is then read from `GET /api/sdk/approval-requests`.)
+///
+/// Unchanged means every field alike; an idempotency key the client sent is one of them (two
+/// payments it keys apart are two payments), one conto-local drew for a request without one
+/// is not.
 fn asked_before(
     app: &App,
     store: &Store,
     intent: &PaymentIntent,
-    held_for: Option<&[String]>,
+    reasons: &[String],
 ) -> Result<Option<(StatusCode, DecisionBody)>, ApiError> {
-    let without_key = |mut v: serde_json::Value| {
-        if let Some(o) = v.as_object_mut() {
+    let unkeyed = |mut v: serde_json::Value| {
+        if let Some(o) = v.as_object_mut()
+            && o.get("idempotencyKey").and_then(serde_json::Value::as_str).is_some_and(drawn)
+        {
             o.remove("idempotencyKey");
-            o.remove("idempotency_key");
         }
         v
     };
-    let asked = without_key(serde_json::to_value(intent).unwrap_or_default());
+    let asked = unkeyed(serde_json::to_value(intent).unwrap_or_default());
     let now = Timestamp::now();
     for r in store.latest_requests(intent.actor.as_str(), 100)? {
         let standing = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t > now);
-        if !standing || without_key(serde_json::from_str(&r.intent).unwrap_or_default()) != asked {
+        if !standing || unkeyed(serde_json::from_str(&r.intent).unwrap_or_default()) != asked {
             continue;
         }
-        let mut body = DecisionBody {
-            amount: Some(intent.amount),
-            approval_request_id: Some(r.id.clone()),
-            expires_at: Some(r.expires_at.clone()),
-            recipient_address: intent.recipient.as_ref().map(|a| a.as_str().to_owned()),
-            ..DecisionBody::default()
-        };
-        match (r.status.as_str(), &r.approval_id, held_for) {
-            ("PENDING", _, Some(reasons)) => {
-                body.approved = Some(false);
-                body.requires_human_approval = Some(true);
-                body.status = Some("REQUIRES_APPROVAL".into());
-                body.approval_id = Some(r.id.clone());
-                body.reasons = reasons.to_vec();
+        match r.status.as_str() {
+            "PENDING" => {
+                let body = DecisionBody {
+                    approved: Some(false),
+                    requires_human_approval: Some(true),
+                    status: Some("REQUIRES_APPROVAL".into()),
+                    approval_id: Some(r.id.clone()),
+                    approval_request_id: Some(r.id.clone()),
+                    expires_at: Some(r.expires_at.clone()),
+                    reasons: reasons.to_vec(),
+                    ..DecisionBody::default()
+                };
                 return Ok(Some((StatusCode::ACCEPTED, body)));
             }
-            ("APPROVED", Some(approval), _) => {
-                let (row, taken) = store.approval_taken(approval)?;
-                let Some(token) = lock(&app.approval_tokens).get(&r.id, now).cloned() else { continue };
-                if taken || row.is_none_or(|a| a.state != "live") {
-                    continue;
+            "APPROVED" => {
+                if let Some(body) = approved_unused(app, store, &r, intent)? {
+                    return Ok(Some((StatusCode::OK, body)));
                 }
-                body.approved = Some(true);
-                body.approval_id = Some(approval.clone());
-                body.approval_token = Some(secrecy::ExposeSecret::expose_secret(&token).to_owned());
-                body.confirm_url =
-                    Some(format!("/api/sdk/{}", Kind::Transfer.record_path(approval).unwrap_or_default()));
-                return Ok(Some((StatusCode::OK, body)));
             }
             _ => {}
         }
     }
     Ok(None)
+}
+
+/// Whether `key` is one conto-local drew for a payment sent without one (`ck_` and 32 hex
+/// digits, `conto_core::IdempotencyKey::random`).
+fn drawn(key: &str) -> bool {
+    key.len() == 35 && key.starts_with("ck_") && key.bytes().skip(3).all(|b| b.is_ascii_hexdigit())
+}
+
+/// The approval a human gave transfer request `r`, as an approve answer with its token, while
+/// it is live and unused and its agent is active (a paused agent is handed no token); `None`
+/// otherwise, and once the token is gone with a restart.
+fn approved_unused(
+    app: &App,
+    store: &Store,
+    r: &RequestRecord,
+    intent: &PaymentIntent,
+) -> Result<Option<DecisionBody>, ApiError> {
+    let Some(approval) = &r.approval_id else { return Ok(None) };
+    let (row, taken) = store.approval_taken(approval)?;
+    let live = row.as_ref().is_some_and(|a| a.state == "live" && !a.expired());
+    if taken || !live || store.agent(&r.agent_id)?.is_some_and(|a| a.status == "PAUSED") {
+        return Ok(None);
+    }
+    let Some(token) = lock(&app.approval_tokens).get(&r.id, Timestamp::now()).cloned() else { return Ok(None) };
+    Ok(Some(DecisionBody {
+        approved: Some(true),
+        approval_id: Some(approval.clone()),
+        approval_token: Some(secrecy::ExposeSecret::expose_secret(&token).to_owned()),
+        approval_request_id: Some(r.id.clone()),
+        expires_at: Some(r.expires_at.clone()),
+        amount: Some(intent.amount),
+        recipient_address: intent.recipient.as_ref().map(|a| a.as_str().to_owned()),
+        confirm_url: Some(format!("/api/sdk/{}", Kind::Transfer.record_path(approval).unwrap_or_default())),
+        ..DecisionBody::default()
+    }))
+}
+
+/// A transfer approve sent again under its idempotency key, answered as it stands now (as a
+/// payment request is): held for a human and since approved, the approval with its token
+/// ([`approved_unused`]); rejected, or lapsed unanswered, a denial that says so; approved
+/// and lapsed unused, `400 EXPIRED` (never `approved` again, which a client would go on to
+/// pay and could not confirm). Otherwise the first answer.
+fn transfer_now(
+    app: &App,
+    store: &Store,
+    agent: &str,
+    (status, first): (StatusCode, DecisionBody),
+) -> Result<(StatusCode, DecisionBody), ApiError> {
+    if first.approved == Some(true) {
+        let id = first.approval_id.clone().unwrap_or_default();
+        if let (Some(a), false) = store.approval_taken(&id)?
+            && a.expired()
+        {
+            return Err(bad(
+                "EXPIRED",
+                format!("EXPIRED: approval `{id}` expired at {}; ask again with a new idempotency key", a.expires_at),
+            ));
+        }
+        return Ok((status, first));
+    }
+    let Some(r) = first.approval_request_id.as_deref().map(|id| store.request(id)).transpose()?.flatten() else {
+        return Ok((status, first));
+    };
+    if r.agent_id != agent || first.status.as_deref() != Some("REQUIRES_APPROVAL") {
+        return Ok((status, first));
+    }
+    let lapsed = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= Timestamp::now());
+    let denied = |reasons: Vec<String>| DecisionBody {
+        approved: Some(false),
+        requires_human_approval: Some(false),
+        approval_request_id: Some(r.id.clone()),
+        message: reasons.first().cloned(),
+        reasons,
+        ..DecisionBody::default()
+    };
+    Ok(match r.status.as_str() {
+        "APPROVED" => {
+            let intent = serde_json::from_str::<PaymentIntent>(&r.intent)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))?;
+            match approved_unused(app, store, &r, &intent)? {
+                Some(body) => (StatusCode::OK, body),
+                None => {
+                    return Err(bad(
+                        "EXPIRED",
+                        format!(
+                            "EXPIRED: the approval of request `{}` was used, or lapsed, or its agent is paused; ask again with a new idempotency key",
+                            r.id
+                        ),
+                    ));
+                }
+            }
+        }
+        "REJECTED" => {
+            let why = r.reasons.as_deref().and_then(|w| serde_json::from_str(w).ok()).unwrap_or_default();
+            (StatusCode::OK, denied(why))
+        }
+        "PENDING" if lapsed => (StatusCode::OK, denied(vec![LAPSED_UNANSWERED.to_owned()])),
+        _ => (status, first),
+    })
 }
 
 /// The wallet an approved x402/MPP payment is made from, as Conto names it: the agent's
@@ -569,6 +657,11 @@ async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -
     // A payment request asked again under its idempotency key is the request as it stands
     // now (conto-api.md §4.4: the original request): decided by a human, paid, or lapsed,
     // not the "requires approval" or "approved" it was first answered with.
+    let (status, out) = if kind == Kind::Transfer && !fresh {
+        transfer_now(&app, &lock(&app.store), &caller.agent, (status, out))?
+    } else {
+        (status, out)
+    };
     let (status, out) = match (&out.request_id, out.status.as_deref()) {
         (Some(id), Some("REQUIRES_APPROVAL" | "APPROVED")) if kind == Kind::Request && !fresh => {
             let store = lock(&app.store);
@@ -1449,15 +1542,19 @@ async fn approval_requests(
     let requests = if payments { store.latest_requests(&caller.agent, limit)? } else { Vec::new() };
     let payment_requests = store.payment_requests_by_approval(&caller.agent)?;
     let tokens = lock(&app.approval_tokens);
+    // A paused agent is handed no token (pausing is the org's kill switch), nor is one shown
+    // once its approval was used.
+    let paused = store.agent(&caller.agent)?.is_some_and(|a| a.status == "PAUSED");
     let list = requests
         .iter()
         .map(|r| {
-            let mut entry = request_entry(r, tokens.get(&r.id, now), payment_requests.get(&r.id).cloned());
+            let untaken =
+                || r.approval_id.as_deref().is_none_or(|id| !store.approval_taken(id).is_ok_and(|(_, taken)| taken));
+            let token = tokens.get(&r.id, now).filter(|_| !paused && untaken());
+            let mut entry = request_entry(r, token, payment_requests.get(&r.id).cloned());
             // A request still pending, or an approval not taken (still live), past its expiry
             // has lapsed; an approval that was confirmed stays APPROVED.
             let lapsed = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= now);
-            let untaken =
-                || r.approval_id.as_deref().is_none_or(|id| !store.approval_taken(id).is_ok_and(|(_, taken)| taken));
             if lapsed && (r.status == "PENDING" || (r.status == "APPROVED" && untaken())) {
                 entry.status = Some("EXPIRED".into());
             }

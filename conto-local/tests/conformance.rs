@@ -127,13 +127,26 @@ async fn the_skill_finds_the_approval_id_it_reports_and_an_explorer_link_on_its_
     }
 }
 
+/// A server whose day has room for a held payment twice (1000), held for a human above 80.
+async fn roomy() -> (conto_local::Running, Sdk) {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(json!({"name": "review", "priority": 90, "scope": "all", "rules": [
+        {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "1000", "action": "ALLOW"},
+        {"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "GT", "value": "80", "action": "REQUIRE_APPROVAL"}]}))
+        .await;
+    let sdk = Sdk { base: server.url(), key, http: reqwest::Client::new() };
+    (server, sdk)
+}
+
 /// Conto's skill tells the agent that an admin must approve, and the agent asks again: the same
 /// transfer asked while the human decides is the same request (no second one for the admin),
 /// and asked once approved, it is that approval with its token, confirmed as any other. Once
 /// the approval is used, the same transfer is a new request.
 #[tokio::test]
 async fn a_transfer_asked_again_is_the_request_that_stands_for_it() {
-    let (server, sdk) = setup(None).await;
+    let (server, sdk) = roomy().await;
     let org = Org::new(&server);
     let (status, held) = sdk.post("/api/sdk/payments/approve", transfer_payment(90)).await;
     assert_eq!(status, 202, "{held}");
@@ -158,9 +171,68 @@ async fn a_transfer_asked_again_is_the_request_that_stands_for_it() {
     let (status, receipt) = sdk.post(&format!("/api/sdk/payments/{approval}/confirm"), confirm).await;
     assert_eq!((status, &receipt["confirmed"]), (200, &json!(true)), "{receipt}");
     assert_eq!(budget_spent_and_reserved(&sdk).await.0, "90", "counted once");
-    // Used, it is never handed out again (here the day's 150 has no room for another 90).
-    let (_, next) = sdk.post("/api/sdk/payments/approve", transfer_payment(90)).await;
-    assert!(next["approvalId"] != approval.as_str() && next["approved"] == false, "{next}");
+    // Used, it is never handed out again: the same transfer is a new request.
+    let (status, next) = sdk.post("/api/sdk/payments/approve", transfer_payment(90)).await;
+    assert_eq!(status, 202, "{next}");
+    assert!(next["approvalRequestId"] != id.as_str() && next["approvalId"] != approval.as_str(), "{next}");
+}
+
+/// Asking again is bounded: payments the client keys apart are two payments; under one key,
+/// the request as it stands now; a paused agent, or a rule that now refuses the payment, gets
+/// a denial and no token.
+#[tokio::test]
+async fn asking_again_never_hands_a_token_past_a_pause_a_new_rule_or_another_key() {
+    let (server, sdk) = roomy().await;
+    let org = Org::new(&server);
+    let keyed = |key: &str| {
+        let mut body = transfer_payment(85);
+        body["idempotencyKey"] = json!(key);
+        body
+    };
+    let (_, one) = sdk.post("/api/sdk/payments/approve", keyed("inv-1")).await;
+    let (_, two) = sdk.post("/api/sdk/payments/approve", keyed("inv-2")).await;
+    let id = one["approvalRequestId"].as_str().unwrap().to_owned();
+    assert_ne!(two["approvalRequestId"], id.as_str(), "keyed apart, two payments: {two}");
+    let (status, _) = org.post(&format!("/api/approval-requests/{id}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    // The same key again: the request as it stands now, approved, with its token.
+    let (status, now) = sdk.post("/api/sdk/payments/approve", keyed("inv-1")).await;
+    assert_eq!((status, &now["approved"]), (200, &json!(true)), "{now}");
+    assert!(now["approvalToken"].is_string(), "{now}");
+
+    // Paused, the agent is handed its token nowhere.
+    let (status, _) = org.patch("/api/agents/agent-1", json!({"status": "PAUSED"})).await;
+    assert_eq!(status, 200);
+    let (status, paused) = sdk.post("/api/sdk/payments/approve", keyed("inv-1")).await;
+    assert_eq!((status, paused["code"].as_str()), (400, Some("EXPIRED")), "{paused}");
+    let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
+    assert!(
+        listed["requests"].as_array().unwrap().iter().all(|r| r.get("approvalToken").is_none_or(Value::is_null)),
+        "{listed}"
+    );
+
+    // Unkeyed: asked again once approved, the approval; but not past a pause or a new rule.
+    let (server, sdk) = roomy().await;
+    let org = Org::new(&server);
+    let (_, held) = sdk.post("/api/sdk/payments/approve", transfer_payment(82)).await;
+    let held_id = held["approvalRequestId"].as_str().expect("held for a human").to_owned();
+    let (status, _) = org.post(&format!("/api/approval-requests/{held_id}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    let (_, again) = sdk.post("/api/sdk/payments/approve", transfer_payment(82)).await;
+    assert_eq!(again["approved"], true, "{again}");
+    let (status, _) = org.patch("/api/agents/agent-1", json!({"status": "PAUSED"})).await;
+    assert_eq!(status, 200);
+    let (_, paused) = sdk.post("/api/sdk/payments/approve", transfer_payment(82)).await;
+    assert!(paused["approved"] == false && paused.get("approvalToken").is_none_or(Value::is_null), "{paused}");
+    let (status, _) = org.patch("/api/agents/agent-1", json!({"status": "ACTIVE"})).await;
+    assert_eq!(status, 200);
+    let block = json!({"name": "block", "agentIds": ["agent-1"], "rules": [{"ruleType": "BLOCKED_COUNTERPARTIES",
+        "operator": "IN_LIST", "value": format!("[\"{RECIPIENT}\"]"), "action": "DENY"}]});
+    let made = org.policy(block).await;
+    let (_, fresh) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
+    assert_eq!(fresh["violations"][0]["type"], "BLOCKED_COUNTERPARTY", "{made} {fresh}");
+    let (_, blocked) = sdk.post("/api/sdk/payments/approve", transfer_payment(82)).await;
+    assert!(blocked["approved"] == false && blocked.get("approvalToken").is_none_or(Value::is_null), "{blocked}");
 }
 
 /// A transfer (or card payment) held for a human is answered with an `approvalId` (Conto's
