@@ -322,6 +322,9 @@ pub enum LocalError {
     /// endpoint refuses, locking the operator out).
     #[error("invalid org key: {0}")]
     InvalidOrgKey(&'static str),
+    /// An approval lifetime under a second: every approval would lapse as it is given.
+    #[error("invalid approval lifetime {0}: at least one second")]
+    InvalidApprovalTtl(conto_core::jiff::SignedDuration),
     /// The database file's permissions could not be narrowed to its owner.
     #[error("cannot make {path} readable by its owner only: {message}")]
     Permissions {
@@ -526,6 +529,9 @@ pub async fn start(config: Config) -> Result<Running, LocalError> {
             ));
         }
         _ => {}
+    }
+    if let Some(ttl) = config.approval_ttl.filter(|t| *t < conto_core::jiff::SignedDuration::from_secs(1)) {
+        return Err(LocalError::InvalidApprovalTtl(ttl));
     }
     let store = open_store(config.db.as_deref())?;
     let engine = Engine::builder().approval_ttl(config.approval_ttl).build();

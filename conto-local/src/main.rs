@@ -62,7 +62,7 @@ async fn run(cli: Cli) -> Result<(), conto_local::LocalError> {
         org_key: cli.org_key,
         rate_limit: cli.rate_limit,
         org_rate_limit: cli.org_rate_limit,
-        approval_ttl: cli.approval_ttl_secs.map(|secs| SignedDuration::from_secs(secs.max(1))),
+        approval_ttl: cli.approval_ttl_secs.map(SignedDuration::from_secs),
         ..conto_local::Config::default()
     })
     .await?;

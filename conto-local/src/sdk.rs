@@ -1019,12 +1019,13 @@ async fn confirm_transfer(
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
         let approval_id = request_approval(store, &caller.agent, &id)?;
         if let Some((row, first, amount, transaction_id)) =
-            settled_before(store, &caller.agent, (&approval_id, body.amount), &tx, &[Kind::Transfer, Kind::Request])?
+            settled_before(store, &caller.agent, &approval_id, &tx, &[Kind::Transfer, Kind::Request])?
         {
-            // The token is checked as on the first confirm.
+            // The token is checked as on the first confirm, then the amount.
             if let Some(expected) = &row.token_hash {
                 token_matches(expected, token)?;
             }
+            same_amount(&approval_id, &tx, amount, body.amount)?;
             return Ok((StatusCode::OK, confirmed(&first.intent, amount, transaction_id, tx)));
         }
         let approval = live_approval(store, &caller.agent, Kind::Transfer, &approval_id, body.amount, token)?;
@@ -1074,12 +1075,10 @@ fn token_matches(expected: &str, token: Option<&str>) -> Result<(), ApiError> {
 /// again (a client retrying after a lost answer) is answered from it, nothing counted twice.
 /// Confirmed with another reference, of another flow, or not yet: `None`, and the confirm
 /// goes on to be refused or made.
-/// A repeat that names another `amount` than was counted is `409 CONFLICT`: a settlement is
-/// confirmed once, for one amount.
 fn settled_before(
     store: &Store,
     agent: &str,
-    (id, amount): (&str, Option<Amount>),
+    id: &str,
     reference: &str,
     flows: &[Kind],
 ) -> Result<Option<(ApprovalRecord, conto_core::Authorization, Amount, String)>, ApiError> {
@@ -1094,14 +1093,20 @@ fn settled_before(
         return Ok(None);
     }
     let counted = spend.amount.parse::<Amount>().map_err(|e| internal(e.to_string()))?;
-    if let Some(amount) = amount.filter(|a| *a != counted) {
-        return Err(ApiError::new(
+    Ok(Some((row, authorization, counted, spend.transaction_id)))
+}
+
+/// A confirm sent again that names another `amount` than was counted is `409 CONFLICT`: a
+/// settlement is confirmed once, for one amount.
+fn same_amount(id: &str, reference: &str, counted: Amount, amount: Option<Amount>) -> Result<(), ApiError> {
+    match amount.filter(|a| *a != counted) {
+        Some(amount) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "CONFLICT",
             format!("approval `{id}` was confirmed for {counted} with `{reference}`, not {amount}"),
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(Some((row, authorization, counted, spend.transaction_id)))
 }
 
 /// A card confirm's answer.
@@ -1164,9 +1169,13 @@ async fn confirm_card(
         let token = body.approval_token.as_deref().filter(|t| !t.is_empty());
         let approval_id = request_approval(store, &caller.agent, &id)?;
         if let Some(reference) = &reference
-            && let Some((_, _, amount, transaction_id)) =
-                settled_before(store, &caller.agent, (&approval_id, body.amount), reference, &[Kind::Card])?
+            && let Some((row, _, amount, transaction_id)) =
+                settled_before(store, &caller.agent, &approval_id, reference, &[Kind::Card])?
         {
+            if let (Some(expected), Some(_)) = (&row.token_hash, token) {
+                token_matches(expected, token)?;
+            }
+            same_amount(&approval_id, reference, amount, body.amount)?;
             return Ok((StatusCode::OK, card_confirmed(amount, transaction_id)));
         }
         let (amount, transaction_id) =

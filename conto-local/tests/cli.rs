@@ -104,3 +104,13 @@ fn an_org_key_that_cannot_be_one_or_a_zero_approval_lifetime_is_refused_at_start
     }
     assert!(!env_file.exists(), "nothing was written");
 }
+
+/// The library refuses an approval lifetime under a second as the binary does.
+#[tokio::test]
+async fn the_library_refuses_an_approval_lifetime_under_a_second() {
+    for ttl in [conto_core::jiff::SignedDuration::ZERO, conto_core::jiff::SignedDuration::from_millis(999)] {
+        let config = conto_local::Config { port: 0, approval_ttl: Some(ttl), ..conto_local::Config::default() };
+        let err = conto_local::start(config).await.err().expect("refused");
+        assert!(matches!(err, conto_local::LocalError::InvalidApprovalTtl(_)), "{err}");
+    }
+}

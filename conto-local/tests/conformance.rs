@@ -88,6 +88,14 @@ async fn the_skill_finds_the_approval_id_it_reports_and_an_explorer_link_on_its_
     let (status, receipt) = sdk.post(&path, json!({"txHash": TX, "approvalToken": approved["approvalToken"]})).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(receipt["explorerUrl"], format!("https://explore.moderato.tempo.xyz/tx/{TX}"), "{receipt}");
+    // Sent again, the token is checked first (a wrong one learns nothing of what was counted),
+    // then the amount.
+    let wrong = json!({"txHash": TX, "approvalToken": "0".repeat(64), "amount": 1});
+    let (status, again) = sdk.post(&path, wrong).await;
+    assert_eq!((status, again["code"].as_str()), (400, Some("INVALID_TOKEN")), "{again}");
+    let other = json!({"txHash": TX, "approvalToken": approved["approvalToken"], "amount": 1});
+    let (status, again) = sdk.post(&path, other).await;
+    assert_eq!((status, again["code"].as_str()), (409, Some("CONFLICT")), "{again}");
 
     // The skill's required fields are amount, recipient and sender: with no `chainId`, the
     // transfer is on Conto's default chain, Tempo testnet.

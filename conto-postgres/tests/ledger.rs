@@ -336,11 +336,14 @@ async fn a_broken_ledger_is_a_configuration_error_not_an_outage() {
     let Some((pool, name)) = schema("broken").await else { return };
     let clock = ManualClock::new(NOON.parse().unwrap());
     let (a, _) = replicas(&pool, &name, &clock).await;
-    approved(a.decide(&card("agent-1", "1")).await.unwrap().verdict);
+    let spent = approved(a.decide(&card("agent-1", "1")).await.unwrap().verdict);
     sqlx::query(&format!("DROP TABLE {name}.ledger_counters")).execute(&pool).await.unwrap();
     let err = a.decide(&card("agent-1", "1")).await.unwrap_err();
     assert!(matches!(&err, AuthorityError::Unsupported(why) if why.contains("ledger_counters")), "{err:?}");
     assert!(!err.is_retryable());
+    // A record of money that moved is kept trying (an outbox retries it) until it is fixed.
+    let err = a.settle(&spent, &Settlement::default()).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
     drop_schema(&pool, &name).await;
 }
 

@@ -177,6 +177,23 @@ fn a_record_after_a_restart_for_an_approval_that_lapsed_or_was_released_is_count
     assert!(again.settle(&lapsing, &Settlement::default().reference("0xlapsed")).unwrap().late);
 }
 
+/// A record past its approval's expiry, before any sweep took the reservation back, is late,
+/// and its repeat after a restart says so too.
+#[test]
+fn a_record_past_expiry_is_late_before_and_after_a_restart() {
+    let path = journal_path("unswept");
+    let clock = ManualClock::new(Timestamp::now());
+    let open = || {
+        Engine::builder().policies(PolicySet::from_json(POLICIES).unwrap()).clock(clock.clone()).open(&path).unwrap()
+    };
+    let engine = open();
+    let Verdict::Approved(a) = engine.try_decide(&transfer("3")).unwrap().verdict else { panic!("approved") };
+    clock.advance(SignedDuration::from_mins(11));
+    assert!(engine.settle(&a, &Settlement::default().reference("0x3")).unwrap().late);
+    drop(engine);
+    assert!(open().settle(&a, &Settlement::default().reference("0x3")).unwrap().late, "the same after a restart");
+}
+
 /// A human's approval that the re-check then denies (here, the agent was paused meanwhile)
 /// ends the request for good: after a restart it is not waiting for a human again.
 #[test]

@@ -937,13 +937,16 @@ impl Engine {
             reference: settlement.reference.clone(),
             at: now,
         })?;
-        ledger.settle(key, counted, kept(counted, settled, (false, actor_inactive), &settlement.reference), now);
+        // Past its expiry but not yet swept, it is settled in place, and late (as a replay of
+        // the journal, which knows the expiry and not the sweep, reads it).
+        let late = now > authorization.expires_at;
+        ledger.settle(key, counted, kept(counted, settled, (late, actor_inactive), &settlement.reference), now);
         drop(ledger);
         Ok(Recorded {
             authorization_id: authorization.id.clone(),
             amount: counted_amount,
             transaction_id: Some(transaction_id(key)),
-            late: false,
+            late,
             queued: false,
             actor_inactive,
         })
@@ -1127,8 +1130,9 @@ impl Engine {
             Evaluation::Pass { holds, windows, daily } => {
                 let granted = self.grant(intent.clone(), &mut ledger, (holds, windows), daily, (now, lifetime))?;
                 if let Err(e) = self.write(&closed()) {
-                    // Still waiting: its reservation is given back (journaled when the journal
-                    // takes it), so approving again never holds the amount twice.
+                    // Still waiting: its reservation is given back, so approving again never
+                    // holds the amount twice in this process. (When the journal takes neither
+                    // write, a restart restores the hold until it lapses: fail-safe.)
                     let _ = self.write(&Entry::Released { id: granted.id.clone(), actor: intent.actor.clone() });
                     ledger.release(IdKey::of(&granted.id), now, true);
                     return Err(e);

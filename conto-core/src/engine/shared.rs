@@ -305,6 +305,13 @@ pub trait SharedLedger: Send + Sync + 'static {
     -> BoxFuture<'a, Result<SharedUsage, SharedLedgerError>>;
 }
 
+/// A ledger failure on the way to counting money that moved (a record, a release, a
+/// reconcile): an outage whatever its kind, so an outbox keeps trying (up to its attempts)
+/// instead of giving the spend up at once to a ledger set up wrong for a while.
+fn retried(e: SharedLedgerError) -> AuthorityError {
+    Outage::Ledger(e.message).into()
+}
+
 impl From<SharedLedgerError> for AuthorityError {
     fn from(e: SharedLedgerError) -> Self {
         if e.broken {
@@ -554,7 +561,7 @@ impl SharedEngine {
             writes
         };
         let read = LedgerRead { counters: &[], windows: &[], authorization: Some(id), pending: None };
-        self.ledger.transact(&authorization.intent.actor, now, read, &mut step).await?;
+        self.ledger.transact(&authorization.intent.actor, now, read, &mut step).await.map_err(retried)?;
         answer.unwrap_or_else(|| Err(Outage::Ledger("the shared ledger never ran the record".into()).into()))
     }
 
@@ -573,7 +580,7 @@ impl SharedEngine {
             writes
         };
         let read = LedgerRead { counters: &[], windows: &[], authorization: Some(id), pending: None };
-        self.ledger.transact(&authorization.intent.actor, now, read, &mut step).await?;
+        self.ledger.transact(&authorization.intent.actor, now, read, &mut step).await.map_err(retried)?;
         answer.unwrap_or_else(|| Err(Outage::Ledger("the shared ledger never ran the release".into()).into()))
     }
 
@@ -695,7 +702,7 @@ impl SharedEngine {
         let write = LedgerWrite::Spend { id: Some(id.to_owned()), counters, windows, amount: amount.get(), at: now };
         let mut step = |view: &LedgerView| if view.authorization.is_some() { vec![] } else { vec![write.clone()] };
         let read = LedgerRead { counters: &[], windows: &[], authorization: Some(id), pending: None };
-        self.ledger.transact(&authorization.intent.actor, now, read, &mut step).await?;
+        self.ledger.transact(&authorization.intent.actor, now, read, &mut step).await.map_err(retried)?;
         Ok(Recorded::reconciled(id, amount))
     }
 
