@@ -110,7 +110,7 @@ fn an_org_key_that_cannot_be_one_or_a_zero_approval_lifetime_is_refused_at_start
 async fn the_library_refuses_an_approval_lifetime_under_a_second() {
     for ttl in [conto_core::jiff::SignedDuration::ZERO, conto_core::jiff::SignedDuration::from_millis(999)] {
         let config = conto_local::Config { port: 0, approval_ttl: Some(ttl), ..conto_local::Config::default() };
-        let err = conto_local::start(config).await.err().expect("refused");
+        let Err(err) = conto_local::start(config).await else { panic!("an approval lifetime of {ttl} was taken") };
         assert!(matches!(err, conto_local::LocalError::InvalidApprovalTtl(_)), "{err}");
     }
 }
