@@ -466,6 +466,27 @@ async fn a_reconciled_spend_is_counted_once_across_replicas() {
     drop_schema(&pool, &name).await;
 }
 
+/// An MPP session `s` of agent-1 (a 1.00 deposit).
+fn mpp_session(s: &str) -> PaymentIntent {
+    let rail = Rail::Mpp {
+        resource_url: "https://api.example.com/stream".into(),
+        service_domain: "api.example.com".into(),
+        session_id: Some(s.into()),
+        intent: Some("session".into()),
+        deposit: None,
+        method: None,
+    };
+    PaymentIntent::builder("agent-1", "1", rail)
+        .recipient("0x1111111111111111111111111111111111111111")
+        .build()
+        .unwrap()
+}
+
+/// Whether `v` refuses a session for the open-session cap.
+fn too_many_sessions(v: &Verdict) -> bool {
+    matches!(v, Verdict::Denied(d) if d.violations[0].kind == conto::ViolationType::MppMaxConcurrentSessions)
+}
+
 /// A session approved for longer than any velocity window (here a month) holds its open-session
 /// slot until it ends: housekeeping, which forgets velocity slots after two days, leaves it.
 #[tokio::test]
@@ -480,21 +501,7 @@ async fn a_month_long_mpp_session_keeps_its_slot_past_housekeeping() {
     )
     .unwrap();
     let engine = Engine::builder().policies(set).clock(clock.clone()).build_shared(ledger);
-    let session = |s: &str| {
-        let rail = Rail::Mpp {
-            resource_url: "https://api.example.com/stream".into(),
-            service_domain: "api.example.com".into(),
-            session_id: Some(s.into()),
-            intent: Some("session".into()),
-            deposit: None,
-            method: None,
-        };
-        PaymentIntent::builder("agent-1", "1", rail)
-            .recipient("0x1111111111111111111111111111111111111111")
-            .build()
-            .unwrap()
-    };
-    let denied = |v: &Verdict| matches!(v, Verdict::Denied(d) if d.violations[0].kind == conto::ViolationType::MppMaxConcurrentSessions);
+    let (session, denied) = (mpp_session, too_many_sessions);
     approved(engine.decide(&session("s1")).await.unwrap().verdict);
     clock.advance(SignedDuration::from_hours(24 * 8));
     // Enough transactions for housekeeping to run (one in 64), each asking for a second session.
@@ -524,21 +531,7 @@ async fn open_mpp_sessions_are_counted_across_replicas() {
         engines.push(Engine::builder().policies(set).clock(clock.clone()).build_shared(ledger));
     }
     let (a, b) = (&engines[0], &engines[1]);
-    let session = |s: &str| {
-        let rail = Rail::Mpp {
-            resource_url: "https://api.example.com/stream".into(),
-            service_domain: "api.example.com".into(),
-            session_id: Some(s.into()),
-            intent: Some("session".into()),
-            deposit: None,
-            method: None,
-        };
-        PaymentIntent::builder("agent-1", "1", rail)
-            .recipient("0x1111111111111111111111111111111111111111")
-            .build()
-            .unwrap()
-    };
-    let denied = |v: &Verdict| matches!(v, Verdict::Denied(d) if d.violations[0].kind == conto::ViolationType::MppMaxConcurrentSessions);
+    let (session, denied) = (mpp_session, too_many_sessions);
     let first = approved(a.decide(&session("s1")).await.unwrap().verdict);
     let second = approved(b.decide(&session("s2")).await.unwrap().verdict);
     // A session's length caps its pre-authorization's lifetime on a shared ledger too.

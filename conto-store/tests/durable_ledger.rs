@@ -142,6 +142,11 @@ fn without_a_journal_the_ledger_is_in_memory_and_with_one_it_is_not() {
     assert_eq!(in_memory.usage("agent-1").stats.total_spent, Decimal::ZERO);
 }
 
+/// The journaled engine at `path`, on `clock`.
+fn open_at(path: &std::path::Path, clock: &ManualClock) -> Engine {
+    Engine::builder().policies(PolicySet::from_json(POLICIES).unwrap()).clock(clock.clone()).open(path).unwrap()
+}
+
 /// A record that arrives after a restart for an approval that lapsed while the engine was down
 /// (its record waited in an outbox), or that the caller released before the restart and
 /// settled after all, is counted late, as it would be without the restart: never refused as
@@ -150,9 +155,7 @@ fn without_a_journal_the_ledger_is_in_memory_and_with_one_it_is_not() {
 fn a_record_after_a_restart_for_an_approval_that_lapsed_or_was_released_is_counted_late() {
     let path = journal_path("late");
     let clock = ManualClock::new(Timestamp::now());
-    let open = || {
-        Engine::builder().policies(PolicySet::from_json(POLICIES).unwrap()).clock(clock.clone()).open(&path).unwrap()
-    };
+    let open = || open_at(&path, &clock);
     let engine = open();
     let approve = |amount| match engine.try_decide(&transfer(amount)).unwrap().verdict {
         Verdict::Approved(a) => a,
@@ -183,9 +186,7 @@ fn a_record_after_a_restart_for_an_approval_that_lapsed_or_was_released_is_count
 fn a_record_past_expiry_is_late_before_and_after_a_restart() {
     let path = journal_path("unswept");
     let clock = ManualClock::new(Timestamp::now());
-    let open = || {
-        Engine::builder().policies(PolicySet::from_json(POLICIES).unwrap()).clock(clock.clone()).open(&path).unwrap()
-    };
+    let open = || open_at(&path, &clock);
     let engine = open();
     let Verdict::Approved(a) = engine.try_decide(&transfer("3")).unwrap().verdict else { panic!("approved") };
     clock.advance(SignedDuration::from_mins(11));
