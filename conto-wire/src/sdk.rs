@@ -276,8 +276,7 @@ impl PaymentBody {
             // transaction than `"0xab…"`). A name is printable ASCII, at most 256 characters:
             // anything else inside (white space, an invisible or full-width character) would
             // name the same transaction another way, and count it twice.
-            let canonical = |t: String, field: &str| {
-                let t = t.trim();
+            let canonical = |t: &str, field: &str| {
                 if t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic()) {
                     return Err(BodyError {
                         code: "VALIDATION_ERROR",
@@ -294,7 +293,7 @@ impl PaymentBody {
                 Ok(if evm { t.to_ascii_lowercase() } else { t.to_owned() })
             };
             let named = |v: &Option<String>, field| {
-                v.as_deref().filter(|t| !t.trim().is_empty()).map(|t| canonical(t.to_owned(), field)).transpose()
+                v.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(|t| canonical(t, field)).transpose()
             };
             let (tx, old) = (named(&p.tx_hash, "txHash")?, named(&p.transaction_hash, "transactionHash")?);
             if let (Some(a), Some(b)) = (&tx, &old)

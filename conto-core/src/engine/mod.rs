@@ -734,6 +734,9 @@ impl Engine {
         let mut live: HashMap<&str, (usize, &PaymentIntent, Amount, Timestamp)> = HashMap::new();
         let mut pending: HashMap<&str, (usize, &PaymentIntent, Timestamp)> = HashMap::new();
         let now = self.now();
+        // An approval that ended at `ended` is still answered for (kept closed) after a restart
+        // while within the retention window.
+        let retained = |ended: Timestamp| ended.checked_add(self.inner.retention).is_ok_and(|t| t > now);
         for (seq, entry) in entries.iter().enumerate() {
             match entry {
                 Entry::Reserved { id, intent, amount, expires_at } => {
@@ -752,7 +755,7 @@ impl Engine {
                 // is kept as if it ended at its expiry: the release came no later.
                 Entry::Released { id, actor } => {
                     if let Some((_, _, _, expires_at)) = live.remove(id.as_str())
-                        && expires_at.checked_add(self.inner.retention).is_ok_and(|t| t > now)
+                        && retained(expires_at)
                     {
                         lock(&self.ledger(actor)).close(IdKey::of(id), Closed::Released, expires_at);
                     }
@@ -784,7 +787,7 @@ impl Engine {
         // Lapsed while the engine was down (or before): closed as expired, so that their
         // records, still on their way in an outbox, are counted late, not refused as unknown.
         for (id, (_, intent, _, expires_at)) in lapsed {
-            if expires_at.checked_add(self.inner.retention).is_ok_and(|t| t > now) {
+            if retained(expires_at) {
                 lock(&self.ledger(&intent.actor)).close(IdKey::of(id), Closed::Expired, expires_at);
             }
         }
@@ -897,17 +900,15 @@ impl Engine {
                 // caller that released it and settled after all, a transaction whose commit
                 // was not seen): a record says money moved, so it is counted now, flagged late.
                 Closed::Released | Closed::Expired => {
-                    let (holds, windows) = self.counts_for(&authorization.intent, &mut ledger, now);
                     let counted = settled.min(authorization.amount);
-                    self.write_with(|| Entry::Recorded {
-                        id: authorization.id.clone(),
-                        intent: (*authorization.intent).clone(),
-                        amount: counted,
-                        settled,
-                        reference: settlement.reference.clone(),
-                        at: now,
-                    })?;
-                    ledger.settle_late(&holds, &windows, Micros::of(counted), now);
+                    let how = (true, actor_inactive);
+                    self.count_unreserved(
+                        &mut ledger,
+                        authorization,
+                        (counted, settled, &settlement.reference),
+                        how,
+                        now,
+                    )?;
                     let recorded = Recorded {
                         authorization_id: authorization.id.clone(),
                         amount: counted,
@@ -916,8 +917,6 @@ impl Engine {
                         queued: false,
                         actor_inactive,
                     };
-                    let late = kept(Micros::of(counted), settled, (true, actor_inactive), &settlement.reference);
-                    ledger.close(key, Closed::Recorded(late), now);
                     Ok(recorded)
                 }
             };
@@ -987,30 +986,51 @@ impl Engine {
         settlement: &Settlement,
     ) -> Result<Recorded, AuthorityError> {
         let amount = settlement.amount.unwrap_or(authorization.amount);
-        let intent = &authorization.intent;
         let key = IdKey::of(&authorization.id);
-        let ledger = self.ledger(&intent.actor);
+        let ledger = self.ledger(&authorization.intent.actor);
         let mut ledger = lock(&ledger);
         let now = ledger.now(self.now());
         if ledger.reserved(key).is_none() && matches!(ledger.closed(key), Some(Closed::Recorded(_))) {
             return Ok(Recorded::reconciled(&authorization.id, amount));
         }
+        self.count_unreserved(
+            &mut ledger,
+            authorization,
+            (amount, amount, &settlement.reference),
+            (false, false),
+            now,
+        )?;
+        Ok(Recorded::reconciled(&authorization.id, amount))
+    }
+
+    /// Journals and counts a spend of `authorization` that no live reservation holds (a late
+    /// record, a reconciled one) on every counter and window it counts in, and closes it as
+    /// recorded so that a repeat is answered, not counted again.
+    fn count_unreserved(
+        &self,
+        ledger: &mut AgentLedger,
+        authorization: &Authorization,
+        (counted, settled, reference): (Amount, Amount, &Option<String>),
+        (late, actor_inactive): (bool, bool),
+        now: Timestamp,
+    ) -> Result<(), AuthorityError> {
         self.write_with(|| Entry::Recorded {
             id: authorization.id.clone(),
-            intent: (**intent).clone(),
-            amount,
-            settled: amount,
-            reference: settlement.reference.clone(),
+            intent: (*authorization.intent).clone(),
+            amount: counted,
+            settled,
+            reference: reference.clone(),
             at: now,
         })?;
-        let (holds, windows) = self.counts_for(intent, &mut ledger, now);
-        ledger.restore_spend(&holds, &windows, Micros::of(amount), now);
-        ledger.close(
-            key,
-            Closed::Recorded(kept(Micros::of(amount), amount, (false, false), &settlement.reference)),
-            now,
-        );
-        Ok(Recorded::reconciled(&authorization.id, amount))
+        let (holds, windows) = self.counts_for(&authorization.intent, ledger, now);
+        if late {
+            ledger.settle_late(&holds, &windows, Micros::of(counted), now);
+        } else {
+            ledger.restore_spend(&holds, &windows, Micros::of(counted), now);
+        }
+        let answer = kept(Micros::of(counted), settled, (late, actor_inactive), reference);
+        ledger.close(IdKey::of(&authorization.id), Closed::Recorded(answer), now);
+        Ok(())
     }
 
     /// Counts a spend that has no live reservation — one recorded before a restart, or reported

@@ -674,16 +674,7 @@ impl SharedEngine {
     /// Counts a spend that has no reservation here (a stand-in's, reconciled) into the
     /// counters and windows of the periods that contain now.
     pub async fn restore_spend(&self, intent: &PaymentIntent, amount: Amount) -> Result<(), AuthorityError> {
-        let now = self.engine.now();
-        let (holds, mut windows) = self.keys(intent, now);
-        // A spend is no live approval: it takes no slot in a live-only window.
-        windows.retain(|k| !k.is_live());
-        let (counters, windows) = slots(&holds, &windows, now);
-        let write = LedgerWrite::Spend { id: None, counters, windows, amount: amount.get(), at: now };
-        let mut step = |_: &LedgerView| vec![write.clone()];
-        let read = LedgerRead { counters: &[], windows: &[], authorization: None, pending: None };
-        self.ledger.transact(&intent.actor, now, read, &mut step).await?;
-        Ok(())
+        Ok(self.spend(intent, amount, None).await?)
     }
 
     /// Counts a stand-in's approved spend (the outbox's reconcile) once, kept under its
@@ -694,16 +685,23 @@ impl SharedEngine {
         settlement: &Settlement,
     ) -> Result<Recorded, AuthorityError> {
         let amount = settlement.amount.unwrap_or(authorization.amount);
+        self.spend(&authorization.intent, amount, Some(&authorization.id)).await.map_err(retried)?;
+        Ok(Recorded::reconciled(&authorization.id, amount))
+    }
+
+    /// Counts a spend no reservation holds into the periods and windows that contain now; kept
+    /// under authorization `id` when given, and then counted only if the ledger does not know
+    /// that id yet.
+    async fn spend(&self, intent: &PaymentIntent, amount: Amount, id: Option<&str>) -> Result<(), SharedLedgerError> {
         let now = self.engine.now();
-        let (holds, mut windows) = self.keys(&authorization.intent, now);
+        let (holds, mut windows) = self.keys(intent, now);
+        // A spend is no live approval: it takes no slot in a live-only window.
         windows.retain(|k| !k.is_live());
         let (counters, windows) = slots(&holds, &windows, now);
-        let id = authorization.id.as_str();
-        let write = LedgerWrite::Spend { id: Some(id.to_owned()), counters, windows, amount: amount.get(), at: now };
+        let write = LedgerWrite::Spend { id: id.map(str::to_owned), counters, windows, amount: amount.get(), at: now };
         let mut step = |view: &LedgerView| if view.authorization.is_some() { vec![] } else { vec![write.clone()] };
-        let read = LedgerRead { counters: &[], windows: &[], authorization: Some(id), pending: None };
-        self.ledger.transact(&authorization.intent.actor, now, read, &mut step).await.map_err(retried)?;
-        Ok(Recorded::reconciled(id, amount))
+        let read = LedgerRead { counters: &[], windows: &[], authorization: id, pending: None };
+        self.ledger.transact(&intent.actor, now, read, &mut step).await
     }
 
     /// A snapshot of `actor`'s counters in the shared ledger, described with the policies in
