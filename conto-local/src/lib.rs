@@ -1140,17 +1140,7 @@ async fn list_keys(
     let keys = store
         .keys_of(&agent_id)?
         .into_iter()
-        .map(|k| SdkKey {
-            id: Some(k.id),
-            name: Some(k.name),
-            key_prefix: Some(k.prefix),
-            key_type: Some(k.key_type),
-            scopes: Some(k.scopes),
-            expires_at: Some(k.expires_at),
-            created_at: Some(k.created_at),
-            revoked_at: k.revoked_at,
-            ..SdkKey::default()
-        })
+        .map(|k| k.listed(&agent_id))
         .collect();
     Ok(axum::Json(SdkKeys::Wrapped { keys }).into_response())
 }
@@ -1244,6 +1234,7 @@ async fn create_key(
     let (id, key, expires_at) = issue_key(&store, &agent_id, &name, key_type, &scopes, days)?;
     let created = SdkKey {
         id: Some(id),
+        agent_id: Some(agent_id.clone()),
         key_prefix: Some(key[..20].to_owned()),
         key: Some(key),
         name: Some(name),

@@ -16,7 +16,7 @@ use conto_core::jiff::{self, SignedDuration, Timestamp};
 use conto_core::{Address, Decimal};
 use conto_wire::org::{
     AgentWallet, AssignedPolicies, AssignedPolicy, Counterparties, Counterparty, Deleted, Member, Members, Policy,
-    Rule, Wallets,
+    Rule, SdkKeys, Wallets,
 };
 use serde_json::Value;
 
@@ -30,6 +30,26 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/api/agents/{agent_id}/wallets", get(list_wallets).post(delegate_wallet))
         .route("/api/agents/{agent_id}/wallets/{wallet_id}", patch(patch_wallet))
         .route("/api/agents/{agent_id}/policies", get(agent_policies))
+        .route("/api/wallets", get(org_wallets))
+        .route("/api/api-keys", get(org_keys))
+}
+
+/// `GET /api/wallets`: every wallet delegation in the organization, each naming its agent.
+async fn org_wallets(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let wallets = lock(&app.store).wallets(None)?;
+    Ok(axum::Json(Wallets { wallets }).into_response())
+}
+
+/// `GET /api/api-keys`: every agent's SDK keys (never the key itself), each naming its agent.
+async fn org_keys(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    org(&app, &headers)?;
+    let store = lock(&app.store);
+    let mut keys = Vec::new();
+    for agent in store.agents()? {
+        keys.extend(store.keys_of(&agent.id)?.into_iter().map(|k| k.listed(&agent.id)));
+    }
+    Ok(axum::Json(SdkKeys::Wrapped { keys }).into_response())
 }
 
 /// conto-local's organization has one member, its owner.

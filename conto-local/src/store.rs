@@ -303,6 +303,24 @@ pub(crate) struct KeyRow {
     pub revoked_at: Option<String>,
 }
 
+impl KeyRow {
+    /// The key as a list shows it: everything but the key itself.
+    pub fn listed(self, agent_id: &str) -> conto_wire::org::SdkKey {
+        conto_wire::org::SdkKey {
+            id: Some(self.id),
+            agent_id: Some(agent_id.to_owned()),
+            name: Some(self.name),
+            key_prefix: Some(self.prefix),
+            key_type: Some(self.key_type),
+            scopes: Some(self.scopes),
+            expires_at: Some(self.expires_at),
+            created_at: Some(self.created_at),
+            revoked_at: self.revoked_at,
+            ..conto_wire::org::SdkKey::default()
+        }
+    }
+}
+
 /// An x402/MPP payment recorded before, found by its key.
 pub(crate) struct RecordedPayment {
     /// What was recorded (a hash of the payment as sent); none for one recorded by an earlier

@@ -670,6 +670,22 @@ async fn the_starter_provisions_through_the_org_surface_and_its_controls_apply()
         assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{body}");
     }
 
+    // The org's own lists (`ContoAdmin`'s `/api/wallets` and `/api/api-keys`) name each agent;
+    // a key is listed by its prefix, never in full, and an agent key may not read them.
+    let (status, wallets) = org.get("/api/wallets").await;
+    assert_eq!(status, 200, "{wallets}");
+    let delegation = wallets["wallets"].as_array().unwrap().iter().find(|w| w["walletId"] == "wal_shared").cloned();
+    assert_eq!(delegation.map(|w| w["agentId"].clone()), Some(json!(agent_id)), "{wallets}");
+    let (status, keys) = org.get("/api/api-keys").await;
+    assert_eq!(status, 200, "{keys}");
+    let listed = keys["keys"].as_array().unwrap().iter().find(|k| k["id"] == key["id"]).cloned().unwrap();
+    assert_eq!((&listed["agentId"], &listed["keyPrefix"]), (&json!(agent_id), &key["keyPrefix"]), "{listed}");
+    assert!(listed.get("key").is_none() && !keys.to_string().contains(sdk.key.as_str()), "{keys}");
+    for path in ["/api/wallets", "/api/api-keys"] {
+        let (status, err) = sdk.call(reqwest::Method::GET, path, None).await;
+        assert_eq!((status, err["code"].as_str()), (403, Some("INSUFFICIENT_SCOPE")), "{path}: {err}");
+    }
+
     // The controls as the starter reads them back.
     let (_, read) = org.get(&format!("/api/agents/{agent_id}")).await;
     assert_eq!(read["status"], "ACTIVE");

@@ -90,6 +90,9 @@ pub struct SdkKey {
     /// Its id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The agent it pays for (in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
     /// The key itself: shown once, on creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
