@@ -360,3 +360,25 @@ fn the_future_is_send() {
     let fut = wallet.pay(RECIPIENT, Decimal::ONE);
     assert_send(&fut);
 }
+
+/// The actor named by the call site, which may be absent at run time.
+#[paid_action(amount = "1", recipient = RECIPIENT, rail = card(merchant = "Acme"), actor = actor, conto = conto)]
+async fn maybe_actor(conto: &Conto, actor: Option<String>) -> Result<(), PayError> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_actor_named_but_absent_is_missing_never_the_default_actor() {
+    // A handle with a default actor, and a call site that names its actor from the caller (an
+    // `Option`, unset for an anonymous caller): the anonymous call is refused, not paid by the
+    // default actor.
+    let engine = engine();
+    let conto = Conto::builder(engine.clone()).default_actor("agent-1").build();
+    for _ in 0..2 {
+        let Err(PayError::Rejected(r)) = maybe_actor(&conto, None).await else { panic!("refused") };
+        assert!(matches!(r.kind(), conto::RejectionKind::Invalid(conto::IntentError::MissingActor)), "{r:?}");
+    }
+    assert_eq!(engine.usage("agent-1").stats.approved, 0);
+    maybe_actor(&conto, Some("agent-9".into())).await.unwrap();
+    assert_eq!((engine.usage("agent-1").stats.approved, engine.usage("agent-9").stats.recorded), (0, 1));
+}

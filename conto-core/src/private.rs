@@ -450,6 +450,9 @@ pub struct IntentParts<'a> {
     pub rail: RailParts<'a>,
     /// The actor, when given.
     pub actor: Option<&'a str>,
+    /// Whether the call site names an actor: one it names that turns out `None` is missing,
+    /// never the handle's default actor.
+    pub actor_named: bool,
     /// The recipient, when given.
     pub recipient: Option<&'a str>,
     /// The recipient's name.
@@ -471,6 +474,7 @@ impl<'a> IntentParts<'a> {
             amount,
             rail,
             actor: None,
+            actor_named: false,
             recipient: None,
             recipient_name: None,
             purpose: None,
@@ -520,12 +524,17 @@ impl<'a> IntentParts<'a> {
         }
     }
 
+    /// The actor: the one the call site names, or the handle's default when it names none.
+    fn actor<'s>(&'s self, conto: &'s Conto) -> Option<&'s str> {
+        if self.actor_named { self.actor } else { self.actor.or_else(|| conto.default_actor()) }
+    }
+
     /// Writes everything the intent is made of into `out`; `false` when it cannot be.
     fn fingerprint(&self, conto: &Conto, out: &mut Fingerprint) -> bool {
         if !out.amount(&self.amount) || !self.rail.fingerprint(out) {
             return false;
         }
-        out.text(self.actor.or_else(|| conto.default_actor()));
+        out.text(self.actor(conto));
         for text in [self.recipient, self.recipient_name, self.purpose, self.category] {
             out.text(text);
         }
@@ -535,7 +544,7 @@ impl<'a> IntentParts<'a> {
     fn build_fresh(&self, conto: &Conto) -> Result<Arc<PaymentIntent>, Rejection> {
         let rail = self.rail.rail().map_err(invalid)?;
         let amount = self.amount.clone().map_err(|e| invalid(IntentError::Amount(e)))?;
-        let actor = self.actor.or_else(|| conto.default_actor()).ok_or_else(|| invalid(IntentError::MissingActor))?;
+        let actor = self.actor(conto).ok_or_else(|| invalid(IntentError::MissingActor))?;
         let mut b = PaymentIntent::builder(actor, amount, rail);
         if let Some(v) = self.recipient {
             b = b.recipient(v);

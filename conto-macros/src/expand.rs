@@ -187,7 +187,7 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
         })
     };
     let sets = [
-        text_field("actor", &args.actor),
+        text_field("actor", &args.actor).map(|set| quote! { #set __conto_parts.actor_named = true; }),
         text_field("recipient", &args.recipient),
         text_field("recipient_name", &args.recipient_name),
         text_field("purpose", &args.purpose),

@@ -41,7 +41,7 @@ use quote::ToTokens;
 /// | `amount` | `Amount`, `Decimal`, a decimal string or an integer | yes |
 /// | `rail` | `transfer(chain_id, sender)`, `x402(resource_url, service_domain?, facilitator?, scheme?)`, `mpp(resource_url, service_domain?, session_id?, intent?, deposit?, method?)`, `card(merchant, mcc?, card_id?)` | yes |
 /// | `recipient` | the recipient address (`&str`, `String`) | for transfer, x402, mpp |
-/// | `actor` | the Conto agent that pays | unless the handle has a default actor |
+/// | `actor` | the Conto agent that pays (text, or an `Option` of text: one given that is `None` at run time is refused as missing, never paid by the default actor) | unless the handle has a default actor |
 /// | `conto` | the `Conto` handle (or `&Conto`, `Arc<Conto>`): `self.conto`, an argument… (`authorizer` is its deprecated old name) | unless `conto::install_default` was called |
 /// | `category`, `purpose`, `recipient_name`, `idempotency_key` | text | no |
 /// | `context` | a JSON object (`serde_json::Value`) | no |
