@@ -79,6 +79,10 @@ pub enum ClientError {
     /// The actor is not a valid actor id.
     #[error("invalid actor: {0}")]
     InvalidActor(String),
+    /// The key holds characters an HTTP header cannot carry (white space or a newline
+    /// around it, read from a file, is the usual cause).
+    #[error("invalid Conto key: it holds characters an HTTP header cannot carry (a trailing newline?)")]
+    InvalidKey,
 }
 
 /// Builds a [`ContoClient`].
@@ -165,7 +169,15 @@ impl ContoClientBuilder {
         };
         let base = self.base_url.trim_end_matches('/').to_owned();
         check_url(&base)?;
+        // A key that cannot be sent as a header (a trailing newline from a file) is a bad key,
+        // said now: sent, it would fail as if the network had.
+        if reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose_secret())).is_err() {
+            return Err(ClientError::InvalidKey);
+        }
         let http = reqwest::Client::builder()
+            // Never followed: a redirect would carry a body (an approval token) to another
+            // host, and an answer from there is not Conto's.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(1).min(self.authorize_timeout))
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("conto-rs/", env!("CARGO_PKG_VERSION")))
@@ -324,14 +336,16 @@ impl ContoClient {
                     let retry_after = retry_after(resp.headers());
                     match resp.bytes().await {
                         Ok(bytes) => {
-                            let body: Value = if bytes.is_empty() {
-                                Value::Null
-                            } else {
-                                serde_json::from_slice(&bytes).map_err(|_| {
-                                    AuthorityError::invalid_response(format!(
+                            // An outage's page (a proxy's HTML 502, a plain-text 429) is still
+                            // an outage, retried: only a final answer must be JSON.
+                            let body: Value = match serde_json::from_slice(&bytes) {
+                                Ok(body) => body,
+                                Err(_) if bytes.is_empty() || status == 429 || status >= 500 => Value::Null,
+                                Err(_) => {
+                                    return Err(AuthorityError::invalid_response(format!(
                                         "HTTP {status} from {path}: the body is not JSON"
-                                    ))
-                                })?
+                                    )));
+                                }
                             };
                             Ok((status, retry_after, body))
                         }
@@ -393,31 +407,7 @@ impl ContoClient {
         let (kind, body) = PaymentBody::from_intent(intent);
         let path = kind.authorize_path();
         let answer = self.post_payment(path, &body, self.inner.authorize_timeout).await?;
-        // Conto's docs allow a denial as 403 (or 400) with a decision body; conto-local answers
-        // 200. Both are read as decisions; any other error status is an error.
-        // Read once, from the parsed answer in place (no copy of it).
-        let decision = wire::decision_body(answer.status, &answer.body);
-        let is_decision = decision.as_ref().is_ok_and(|d| d.approved.is_some() || d.authorized.is_some())
-            || (kind == Kind::Card && decision.as_ref().is_ok_and(|d| d.request_id.is_some()))
-            || (kind == Kind::Request && decision.as_ref().is_ok_and(refused_or_held));
-        // An error status never approves, whatever its body says.
-        let approves = decision.as_ref().is_ok_and(|d| {
-            d.approved == Some(true)
-                || d.authorized == Some(true)
-                || d.status.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("APPROVED"))
-        });
-        match answer.status {
-            200..=202 => {}
-            403 | 400 if is_decision && !approves => {}
-            // Conto's documented denial errors (`403 PAYMENT_DENIED`, `400 POLICY_DENIED`,
-            // `DAILY_LIMIT_EXCEEDED`, …) are the policy's answer, not a failed call: a denial.
-            403 | 400 => match wire::denial_error(&answer.body, decision.as_ref().ok()) {
-                Some(denial) => return Ok(Decision::from_policy(Verdict::Denied(denial))),
-                None => return Err(Self::api_error(&answer)),
-            },
-            _ => return Err(Self::api_error(&answer)),
-        }
-        wire::parse_decision(answer.status, &decision?, intent, Timestamp::now())
+        read_decision(kind, &answer, intent)
     }
 
     /// Records a settlement (see [`Authorizer::record`]).
@@ -627,8 +617,39 @@ pub enum SummaryProtocol {
 pub fn parse_decision(status: u16, body: &[u8], intent: &PaymentIntent) -> Result<Decision, AuthorityError> {
     let body: Value = serde_json::from_slice(body)
         .map_err(|_| AuthorityError::invalid_response(format!("HTTP {status}: the body is not JSON")))?;
-    let body = wire::decision_body(status, &body)?;
-    wire::parse_decision(status, &body, &Arc::new(intent.clone()), Timestamp::now())
+    let (kind, _) = PaymentBody::from_intent(intent);
+    read_decision(kind, &Answer { status, body }, &Arc::new(intent.clone()))
+}
+
+/// Reads an authorize answer as a decision: `200` to `202` with a decision body, or a denial
+/// as `400`/`403`; any other status is an error, and an error status never approves, whatever
+/// its body says.
+fn read_decision(kind: Kind, answer: &Answer, intent: &Arc<PaymentIntent>) -> Result<Decision, AuthorityError> {
+    // Conto's docs allow a denial as 403 (or 400) with a decision body; conto-local answers
+    // 200. Both are read as decisions; any other error status is an error.
+    // Read once, from the parsed answer in place (no copy of it).
+    let decision = wire::decision_body(answer.status, &answer.body);
+    let is_decision = decision.as_ref().is_ok_and(|d| d.approved.is_some() || d.authorized.is_some())
+        || (kind == Kind::Card && decision.as_ref().is_ok_and(|d| d.request_id.is_some()))
+        || (kind == Kind::Request && decision.as_ref().is_ok_and(refused_or_held));
+    // An error status never approves, whatever its body says.
+    let approves = decision.as_ref().is_ok_and(|d| {
+        d.approved == Some(true)
+            || d.authorized == Some(true)
+            || d.status.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("APPROVED"))
+    });
+    match answer.status {
+        200..=202 => {}
+        403 | 400 if is_decision && !approves => {}
+        // Conto's documented denial errors (`403 PAYMENT_DENIED`, `400 POLICY_DENIED`,
+        // `DAILY_LIMIT_EXCEEDED`, …) are the policy's answer, not a failed call: a denial.
+        403 | 400 => match wire::denial_error(&answer.body, decision.as_ref().ok()) {
+            Some(denial) => return Ok(Decision::from_policy(Verdict::Denied(denial))),
+            None => return Err(ContoClient::api_error(answer)),
+        },
+        _ => return Err(ContoClient::api_error(answer)),
+    }
+    wire::parse_decision(answer.status, &decision?, intent, Timestamp::now())
 }
 
 /// The wait an answer's `Retry-After` asks for, in whole seconds (its HTTP-date form is not

@@ -261,6 +261,71 @@ async fn an_error_status_whose_body_claims_an_approval_is_not_one() {
     }
 }
 
+#[test]
+fn parse_decision_reads_the_status_as_the_client_does() {
+    // The public parser for custom transports: an error status claiming an approval is not one.
+    let intent = x402("agent-1", "5");
+    let body = json!({"authorized": true, "authorizationId": "auth_1", "reasons": []}).to_string();
+    let approved = conto_client::parse_decision(200, body.as_bytes(), &intent).unwrap();
+    assert!(matches!(approved.verdict, Verdict::Approved(_)), "{approved:?}");
+    for status in [500, 503, 404, 302] {
+        let read = conto_client::parse_decision(status, body.as_bytes(), &intent);
+        assert!(read.is_err(), "HTTP {status}: {read:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_outage_page_that_is_not_json_is_retried_as_an_outage() {
+    // A proxy's HTML 502, then the answer: retried with the same key, and approved.
+    let s = stub(Arc::new(|n| {
+        if n == 0 {
+            (StatusCode::BAD_GATEWAY, [("content-type", "text/html")], "<html>502 Bad Gateway</html>").into_response()
+        } else {
+            axum::Json(approved_body(5.0, 600)).into_response()
+        }
+    }))
+    .await;
+    let decided = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await.unwrap();
+    assert!(matches!(decided.verdict, Verdict::Approved(_)), "{decided:?}");
+    assert_eq!(s.hits.load(Ordering::SeqCst), 2);
+    // Only outages: a 400 that is not JSON is a malformed answer, not retried.
+    let s = stub(Arc::new(|_| (StatusCode::BAD_REQUEST, "nope").into_response())).await;
+    let err = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await.unwrap_err();
+    assert!(matches!(err, AuthorityError::Outage(Outage::InvalidResponse(_))), "{err:?}");
+    assert_eq!(s.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_redirect_is_never_followed_and_never_approves() {
+    // An answer redirecting the call (with its body, a confirm's approval token) elsewhere: the
+    // client does not follow it, and the redirect target's approval is never read.
+    let target = stub(Arc::new(|_| axum::Json(approved_body(5.0, 600)).into_response())).await;
+    let to = format!("{}/api/sdk/payments/approve", target.url);
+    let s = stub(Arc::new(move |_| {
+        (StatusCode::TEMPORARY_REDIRECT, [("location", to.clone())], axum::Json(json!({}))).into_response()
+    }))
+    .await;
+    let decided = client(&s.url).authorize_intent(&transfer("agent-1", "5")).await;
+    assert!(decided.is_err(), "{decided:?}");
+    assert_eq!(target.hits.load(Ordering::SeqCst), 0, "the redirect was followed");
+    let (out, ran) = pay(&Conto::new(client(&s.url))).await;
+    assert!(out.is_err() && !ran);
+}
+
+#[test]
+fn a_key_a_header_cannot_carry_is_refused_when_the_client_is_built() {
+    // Read from a file with its newline: refused as a bad key now, not sent and failed as if
+    // the network were down (which a stand-in would cover).
+    let built = ContoClient::builder()
+        .base_url("http://127.0.0.1:9")
+        .sdk_key(format!("conto_agent_{}\n", "ab".repeat(32)))
+        .any_actor()
+        .build();
+    assert_eq!(built.err(), Some(conto_client::ClientError::InvalidKey));
+    let org = conto_client::sync::OrgClient::new("http://127.0.0.1:9", "conto_org\r\nx-evil: 1");
+    assert!(matches!(org, Err(conto_client::ClientError::InvalidKey)), "{org:?}");
+}
+
 /// Conto documents denials as error codes too (conto-api.md §8): `403 PAYMENT_DENIED`,
 /// `400 POLICY_DENIED`, `400 DAILY_LIMIT_EXCEEDED`, `PER_TX_LIMIT_EXCEEDED`,
 /// `INSUFFICIENT_BALANCE`. Each is the policy's denial, its message the reason, never an outage

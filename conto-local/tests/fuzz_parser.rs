@@ -75,6 +75,8 @@ proptest! {
             if let Ok(d) = parse_decision(status, &bytes, &intent)
                 && let Verdict::Approved(a) = d.verdict
             {
+                // As the client reads it: an error status never approves.
+                prop_assert!((200..=202).contains(&status), "HTTP {} approved: {}", status, body);
                 prop_assert_eq!(a.amount, intent.amount);
                 prop_assert!(a.expires_at > conto_core::jiff::Timestamp::now());
                 prop_assert!(!a.id.is_empty());
