@@ -295,7 +295,18 @@ async fn a_trusted_header_is_read_exactly_and_still_needs_a_provisioned_actor() 
     assert_eq!(send("invented-1").await.unwrap().status(), 403, "invented names get nothing");
     assert_eq!(send("Agent-2").await.unwrap().status(), 403, "ids are case-sensitive: no alias");
     assert_eq!(send("agent 2").await.unwrap().status(), 400, "not an actor id");
+    // A proxy that appends its own value to the client's: two values, no actor (the client's
+    // would be read first).
+    let twice = reqwest::Client::new()
+        .get(&base)
+        .header("x-authenticated-user", "agent-1")
+        .header("x-authenticated-user", "agent-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 401);
     assert_eq!(engine.usage("agent-2").stats.recorded, 1);
+    assert_eq!(engine.usage("agent-1").stats.approved, 0);
 }
 
 #[tokio::test]
@@ -308,6 +319,27 @@ async fn prices_from_path_query_and_json_body() {
     let (status, _, body) = problem(app.get("/query?price=abc", Some("agent-1")).await).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["detail"].as_str().unwrap().contains("bad price"), "{body}");
+    // A priced parameter given twice (the price would read the first, a handler perhaps the
+    // last) is refused before anyone pays, even by a price that would fall back to a default.
+    let (status, _, body) = problem(app.get("/query?price=0.5&price=250", Some("agent-1")).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["detail"].as_str().unwrap().contains("`price` is given more than once"), "{body}");
+    let defaulting = Paywall::builder(Conto::new(app.engine.clone()))
+        .actor(Actor::trusted_header("x-user"))
+        .rail(Rail::card("Acme").unwrap())
+        .build()
+        .unwrap()
+        .with_price(Price::from_request(|req| {
+            let n: u32 = req.query("items").unwrap_or_else(|| "1".into()).parse().map_err(|_| PriceError::new("n"))?;
+            conto::Amount::try_from(n).map(Some).map_err(|e| PriceError::new(e.to_string()))
+        }));
+    let base = serve(Router::new().route("/items", get(|| async { "items" })).layer(defaulting)).await;
+    let items =
+        |q: &'static str| reqwest::Client::new().get(format!("{base}/items{q}")).header("x-user", "agent-2").send();
+    assert_eq!(items("?items=2").await.unwrap().status(), 200);
+    assert_eq!(items("?items=1&items=100").await.unwrap().status(), 400);
+    assert_eq!(items("?items=1&other=1&other=2").await.unwrap().status(), 200, "a parameter the price never reads");
+    assert_eq!(app.engine.usage("agent-2").stats.total_spent, Decimal::from(3));
 
     let post =
         |body: String| app.client.post(format!("{}/body", app.base)).bearer_auth("tok-agent-1").body(body).send();

@@ -55,12 +55,7 @@ impl OrgClient {
             .user_agent(concat!("conto-rs/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        Ok(Self {
-            http,
-            base,
-            key: SecretString::from(org_key.to_owned()),
-            writes: Arc::default(),
-        })
+        Ok(Self { http, base, key: SecretString::from(org_key.to_owned()), writes: Arc::default() })
     }
 
     /// How many writes (POST, PATCH, DELETE) this client has sent.

@@ -543,8 +543,12 @@ where
         },
     };
 
-    let view = PriceRequest { parts: &req.0, params: &params, json: json.as_ref() };
-    match build_intent(route, &view) {
+    let view = PriceRequest { parts: &req.0, params: &params, json: json.as_ref(), repeated: Default::default() };
+    let built = build_intent(route, &view);
+    if let Some(name) = view.repeated.get() {
+        return Prepared::Refused(Refusal::BadPrice(format!("the query parameter `{name}` is given more than once")));
+    }
+    match built {
         Ok(Some(intent)) => Prepared::Paid(req, intent),
         Ok(None) => Prepared::Free(req),
         Err(refusal) => Prepared::Refused(refusal),

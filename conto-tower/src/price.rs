@@ -30,6 +30,8 @@ pub struct PriceRequest<'a> {
     pub(crate) parts: &'a Parts,
     pub(crate) params: &'a [(String, String)],
     pub(crate) json: Option<&'a serde_json::Value>,
+    /// The first query parameter read that the request gives more than once.
+    pub(crate) repeated: std::cell::OnceCell<String>,
 }
 
 impl<'a> PriceRequest<'a> {
@@ -63,10 +65,18 @@ impl<'a> PriceRequest<'a> {
         self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
-    /// A query parameter, percent-decoded.
+    /// A query parameter, percent-decoded. One the request gives more than once (`?n=1&n=100`,
+    /// where the price would read one value and the handler, by its extractor, perhaps the
+    /// other) reads as `None`, and the request is refused (`400`) whatever the price returns.
     pub fn query(&self, name: &str) -> Option<String> {
         let query = self.parts.uri.query()?;
-        form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+        let mut found = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == name);
+        let (_, value) = found.next()?;
+        if found.next().is_some() {
+            let _ = self.repeated.set(name.to_owned());
+            return None;
+        }
+        Some(value.into_owned())
     }
 
     /// The buffered JSON body, when the layer was built with [`Price::json_body`].
@@ -184,13 +194,17 @@ impl Actor {
     /// Any client can send any header. Use this only behind a proxy or gateway that
     /// authenticates the caller, sets this header itself, and strips it from every incoming
     /// request; otherwise a client chooses whose budget it spends. Prefer [`Actor::extension`].
+    /// A request with the header twice has no actor (`401`).
     pub fn trusted_header(name: &'static str) -> Self {
         // Parsed once here, not on every request (a name that is not a header name finds nothing).
         let parsed = http::HeaderName::from_bytes(name.as_bytes()).ok();
         Self {
             find: Arc::new(move |req| {
-                let value = req.headers().get(parsed.as_ref()?)?.to_str().ok()?;
-                (!value.is_empty()).then(|| value.to_owned())
+                // Exactly one value: a proxy that appends its own to the client's would
+                // otherwise let the client's, first, be read.
+                let mut values = req.headers().get_all(parsed.as_ref()?).iter();
+                let value = values.next()?.to_str().ok()?;
+                (values.next().is_none() && !value.is_empty()).then(|| value.to_owned())
             }),
             expects: format!("the `{name}` header (set by your trusted proxy)").into(),
         }
