@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use conto::tower::{Actor, Paid, Paywall, Price, PriceError, Settled, headers};
+use conto::tower::{Actor, Paid, Paywall, PaywallBuilder, Price, PriceError, Settled, headers};
 use conto::{
     AuthorityError, Authorization, Authorizer, BoxFuture, Conto, Decimal, Decision, Engine, PaymentIntent,
     PendingApproval, PolicySet, Rail, Recorded, Settlement,
@@ -384,36 +384,70 @@ async fn an_upgraded_connection_is_served_and_recorded() {
     assert_eq!((stats.approved, stats.recorded, stats.released), (1, 1, 0));
 }
 
-#[tokio::test]
-async fn client_disconnect_releases() {
-    let engine = engine();
-    let started = Arc::new(tokio::sync::Notify::new());
-    let notify = started.clone();
+/// A route whose handler pays its provider, then waits (for the provider's answer) until told
+/// to go on; serves it, sends one request and hangs up once the handler has paid.
+async fn hang_up_after_paying(paywall: PaywallBuilder) -> (Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
+    let paid_out = Arc::new(AtomicUsize::new(0));
+    let (started, go_on) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+    let (paid, notify, wait) = (paid_out.clone(), started.clone(), go_on.clone());
+    let layer = paywall.actor(Actor::extension(|user: &User| user.id.clone())).build().unwrap();
     let router = Router::new().route(
         "/slow",
         get(move || async move {
+            paid.fetch_add(1, Ordering::SeqCst); // the money moves here
             notify.notify_one();
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            wait.notified().await;
             "late"
         })
-        .route_layer(layer(Conto::new(engine.clone())).with_price(Price::fixed("3".parse().unwrap()))),
+        .route_layer(layer.with_price(Price::fixed("3".parse().unwrap()))),
     );
     let base = serve(router).await;
     let request = tokio::spawn(async move {
         let _ = reqwest::Client::new().get(format!("{base}/slow")).bearer_auth("tok-agent-1").send().await;
     });
     started.notified().await;
-    assert_eq!(engine.usage("agent-1").live_reservations, 1);
     request.abort(); // the client goes away
-    let mut released = false;
-    for _ in 0..200 {
-        if engine.usage("agent-1").stats.released == 1 {
-            released = true;
-            break;
+    let _ = request.await;
+    (paid_out, go_on)
+}
+
+fn paywall(engine: &Engine) -> PaywallBuilder {
+    Paywall::builder(Conto::new(engine.clone()))
+        .rail(Rail::x402("https://api.example.com/v1").unwrap())
+        .recipient(RECIPIENT)
+}
+
+/// Waits (a bounded number of short sleeps) until `done` holds.
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if done() {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(released, "the approval is released when the client disconnects");
+    done()
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_after_its_handler_paid_is_still_charged() {
+    // The attack: hang up once the handler has paid its provider. Were the handler cancelled
+    // with the connection, its approval would be released and the spend never counted: a
+    // client could spend past its budget. The request runs to its end and is recorded.
+    let engine = engine();
+    let (paid_out, go_on) = hang_up_after_paying(paywall(&engine)).await;
+    assert_eq!(engine.usage("agent-1").live_reservations, 1, "held while the handler runs");
+    go_on.notify_one();
+    assert!(eventually(|| engine.usage("agent-1").stats.recorded == 1).await, "{:?}", engine.usage("agent-1").stats);
+    let stats = engine.usage("agent-1").stats;
+    assert_eq!((paid_out.load(Ordering::SeqCst), stats.released, stats.total_spent), (1, 0, Decimal::from(3)));
+}
+
+#[tokio::test]
+async fn cancel_on_disconnect_releases_when_the_client_goes_away() {
+    // Opted in, for a handler that waits on its client and pays nothing meanwhile.
+    let engine = engine();
+    let (_, _go_on) = hang_up_after_paying(paywall(&engine).cancel_on_disconnect()).await;
+    assert!(eventually(|| engine.usage("agent-1").stats.released == 1).await, "released");
     assert_eq!(engine.usage("agent-1").stats.recorded, 0);
 }
 

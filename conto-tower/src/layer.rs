@@ -55,6 +55,7 @@ struct Shared {
     record_when: Arc<StatusFn>,
     responder: Responder,
     receipt_headers: bool,
+    cancel_on_disconnect: bool,
 }
 
 impl Clone for Shared {
@@ -69,6 +70,7 @@ impl Clone for Shared {
             record_when: self.record_when.clone(),
             responder: self.responder.clone(),
             receipt_headers: self.receipt_headers,
+            cancel_on_disconnect: self.cancel_on_disconnect,
         }
     }
 }
@@ -202,6 +204,7 @@ pub struct PaywallBuilder {
     responder: Responder,
     invalid: Option<IntentError>,
     receipt_headers: bool,
+    cancel_on_disconnect: bool,
 }
 
 impl PaywallBuilder {
@@ -268,6 +271,18 @@ impl PaywallBuilder {
         self
     }
 
+    /// Lets a client that goes away cancel its request: the handler's future is dropped with
+    /// the connection, and the approval released unrecorded. Off by default, and dangerous: a
+    /// handler that had already paid (its provider called, its x402 payment sent) would have
+    /// spent without the spend being counted, so a client could spend past its budget by
+    /// hanging up at the right moment. By default a paid request runs to its end in a task of
+    /// its own once its client is gone, and what it settled is recorded. For a route whose
+    /// handler waits on the client itself (a long poll) and pays nothing while it waits.
+    pub fn cancel_on_disconnect(mut self) -> Self {
+        self.cancel_on_disconnect = true;
+        self
+    }
+
     /// Replaces the default problem+json responses. `Cache-Control: no-store` is added to
     /// whatever it returns.
     pub fn respond_with(mut self, f: impl Fn(&Refusal) -> Response + Send + Sync + 'static) -> Self {
@@ -301,6 +316,7 @@ impl PaywallBuilder {
                 record_when: self.record_when,
                 responder: self.responder,
                 receipt_headers: self.receipt_headers,
+                cancel_on_disconnect: self.cancel_on_disconnect,
             }),
         })
     }
@@ -320,6 +336,7 @@ impl Paywall {
             responder: Responder::default(),
             invalid: None,
             receipt_headers: false,
+            cancel_on_disconnect: false,
         }
     }
 
@@ -376,22 +393,46 @@ impl<S: fmt::Debug> fmt::Debug for PaidService<S> {
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The future of a [`PaidService`] call.
-pub struct ResponseFuture<B, E> {
-    inner: Boxed<Result<Response<PaidBody<B>>, E>>,
+/// The future of a [`PaidService`] call. Dropped before it is done (its client gone), it
+/// finishes in a task of its own on the current tokio runtime, so a settlement under way is
+/// recorded rather than cancelled ([`PaywallBuilder::cancel_on_disconnect`] turns this off).
+pub struct ResponseFuture<B: 'static, E: 'static> {
+    /// `None` once done.
+    inner: Option<Boxed<Result<Response<PaidBody<B>>, E>>>,
+    /// Whether, dropped unfinished, it finishes in a task of its own.
+    finish: bool,
 }
 
-impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+impl<B: 'static, E: 'static> Drop for ResponseFuture<B, E> {
+    fn drop(&mut self) {
+        let Some(unfinished) = self.inner.take().filter(|_| self.finish) else { return };
+        // Outside a tokio runtime (or while it shuts down) it is dropped: the approval's drop
+        // guard releases it, as for any cancelled settlement.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            tracing::debug!("conto.layer.finishing_after_disconnect");
+            runtime.spawn(async move {
+                let _ = unfinished.await;
+            });
+        }
+    }
+}
+
+impl<B: 'static, E: 'static> fmt::Debug for ResponseFuture<B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ResponseFuture(..)")
     }
 }
 
-impl<B, E> Future for ResponseFuture<B, E> {
+impl<B: 'static, E: 'static> Future for ResponseFuture<B, E> {
     type Output = Result<Response<PaidBody<B>>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+        let Some(inner) = self.inner.as_mut() else {
+            panic!("a paid route's response future polled after it completed");
+        };
+        let ready = std::task::ready!(inner.as_mut().poll(cx));
+        self.inner = None;
+        Poll::Ready(ready)
     }
 }
 
@@ -399,7 +440,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PaidService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
-    S::Error: Send,
+    S::Error: Send + 'static,
     ReqBody: http_body::Body + From<Bytes> + Send + 'static,
     ReqBody::Data: Send,
     ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -418,7 +459,8 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         // The request is boxed at once: the futures below move a pointer, not its parts.
-        ResponseFuture { inner: Box::pin(handle(self.route.clone(), inner, Box::new(req.into_parts()))) }
+        let finish = !self.route.shared.cancel_on_disconnect;
+        ResponseFuture { inner: Some(Box::pin(handle(self.route.clone(), inner, Box::new(req.into_parts())))), finish }
     }
 }
 
