@@ -12,7 +12,10 @@ use quote::ToTokens;
 /// Before the body runs, the payment is authorized; a denial or a pending human approval
 /// returns `Err(E::from(rejection))` and **the body never runs**. When the body returns `Ok`,
 /// the settled spend is recorded; when it returns `Err`, or its future is dropped mid-way, the
-/// approval is released.
+/// approval is released. A call whose future a client can drop (from an HTTP handler, which
+/// its client's hang-up cancels) should not be dropped once money may have moved: put the
+/// route behind the tower layer (which finishes a request its client left), or
+/// `tokio::spawn` the call.
 ///
 /// ```ignore
 /// use conto::{paid_action, Rejection};
