@@ -146,6 +146,10 @@ pub enum FromEnvError {
     #[cfg(feature = "postgres")]
     #[error("CONTO_LEDGER_URL: {0}")]
     SharedLedger(#[from] conto_postgres::PgLedgerError),
+    /// A variable is set but empty (or only white space): an unset variable in a compose file or
+    /// a shell, which would otherwise pick another authority or a throwaway ledger.
+    #[error("{0} is set but empty: give it a value, or unset it")]
+    Empty(&'static str),
     /// Both `CONTO_LEDGER_PATH` and `CONTO_LEDGER_URL` are set.
     #[error(
         "both CONTO_LEDGER_PATH (one process's ledger in a file) and CONTO_LEDGER_URL (a ledger shared by \
@@ -191,7 +195,13 @@ pub fn from_env(default_policies: impl AsRef<std::path::Path>) -> Result<Conto, 
 /// # Ok::<(), conto::FromEnvError>(())
 /// ```
 pub fn builder_from_env(default_policies: impl AsRef<std::path::Path>) -> Result<ContoBuilder, FromEnvError> {
+    for name in ["CONTO_API_URL", "CONTO_POLICIES", "CONTO_LEDGER_URL", "CONTO_LEDGER_PATH", "CONTO_LEDGER_SCHEMA"] {
+        if std::env::var_os(name).is_some_and(|v| v.to_string_lossy().trim().is_empty()) {
+            return Err(FromEnvError::Empty(name));
+        }
+    }
     if std::env::var_os("CONTO_API_URL").is_some() {
+        tracing::info!("conto.from_env: Conto's API at CONTO_API_URL");
         #[cfg(feature = "client")]
         return Ok(Conto::builder(ContoClient::from_env()?));
         #[cfg(not(feature = "client"))]
@@ -218,6 +228,7 @@ pub fn builder_from_env(default_policies: impl AsRef<std::path::Path>) -> Result
         #[cfg(feature = "postgres")]
         {
             let schema = std::env::var("CONTO_LEDGER_SCHEMA").unwrap_or_else(|_| "conto".to_owned());
+            tracing::info!(policies = %file.display(), schema, "conto.from_env: the embedded engine, its ledger shared in PostgreSQL");
             return Ok(Conto::builder(builder.build_shared(conto_postgres::PgLedger::connect_lazy(&url, &schema)?)));
         }
         #[cfg(not(feature = "postgres"))]
@@ -227,6 +238,7 @@ pub fn builder_from_env(default_policies: impl AsRef<std::path::Path>) -> Result
         }
     }
     if let Some(ledger) = std::env::var_os("CONTO_LEDGER_PATH") {
+        tracing::info!(policies = %file.display(), ledger = %ledger.to_string_lossy(), "conto.from_env: the embedded engine, its ledger in a file");
         #[cfg(feature = "outbox")]
         return Ok(Conto::builder(DurableEngine::open(builder, ledger)?));
         #[cfg(not(feature = "outbox"))]
@@ -235,6 +247,7 @@ pub fn builder_from_env(default_policies: impl AsRef<std::path::Path>) -> Result
             return Err(FromEnvError::LedgerDisabled);
         }
     }
+    tracing::info!(policies = %file.display(), "conto.from_env: the embedded engine, its ledger in memory");
     Ok(Conto::builder(builder.build()))
 }
 
