@@ -1516,7 +1516,9 @@ fn request_entry(
         recipient_address: intent.as_ref().and_then(|i| i.recipient.as_ref()).map(|a| a.as_str().to_owned()),
         approval_id: r.approval_id.clone(),
         authorization_id: r.approval_id.clone(),
-        request_id: r.approval_id.clone(),
+        // `requestId` is what `/payments/{requestId}` reads for a payment request, and what
+        // `/cards/{requestId}/confirm` takes for a card (the approval).
+        request_id: payment_request.clone().or_else(|| r.approval_id.clone()),
         approval_token: token.map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()),
         payment_request_id: payment_request,
         // Once a human approved it, when the approval it issued lapses unpaid.

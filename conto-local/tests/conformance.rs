@@ -505,7 +505,9 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     assert_eq!(pending["approvalId"], approval_id.as_str(), "the id Conto's skill reports: {pending}");
     let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests?type=payment&limit=100", None).await;
     let entry = listed["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == approval_id).cloned();
-    assert_eq!(entry.unwrap()["paymentRequestId"], payment_id.as_str());
+    let entry = entry.unwrap();
+    // Its `requestId` is the payment request's too: the id `/payments/{requestId}` reads.
+    assert_eq!((&entry["paymentRequestId"], &entry["requestId"]), (&json!(payment_id), &json!(payment_id)), "{entry}");
     let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{payment_id}"), None).await;
     assert_eq!(polled["status"], "REQUIRES_APPROVAL");
     let (status, _) = Org::new(&server).post(&format!("/api/approval-requests/{approval_id}/approve"), json!({})).await;
