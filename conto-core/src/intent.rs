@@ -39,6 +39,11 @@ pub enum IntentError {
     /// The idempotency key is empty or longer than 255 characters.
     #[error("idempotency key must be 1-255 characters, got {0}")]
     IdempotencyKey(usize),
+    /// The caller's idempotency key names a payment this handle already has under way or has
+    /// settled (within a day): the authority would answer it with that payment's approval, and
+    /// the settlement would run, and pay, twice.
+    #[error("idempotency key `{0}` names a payment already under way or settled: a new payment needs a new key")]
+    IdempotencyKeyUsed(String),
     /// A rail field is empty or malformed.
     #[error("invalid {field}: {reason}")]
     Field {
@@ -220,7 +225,20 @@ impl IdempotencyKey {
         if key.is_empty() || key.len() > 255 {
             return Err(IntentError::IdempotencyKey(key.len()));
         }
-        Ok(Self(Repr::Named(key)))
+        Ok(Self::read(key))
+    }
+
+    /// A key's text, kept as a drawn key when it has a drawn key's shape (one handed on, as an
+    /// outbound payment's attempt key is), else as a named one.
+    fn read(key: String) -> Self {
+        let bytes = key.as_bytes();
+        let drawn = bytes.len() == DRAWN_LEN
+            && bytes.starts_with(b"ck_")
+            && bytes[3..].iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+        match <[u8; DRAWN_LEN]>::try_from(bytes) {
+            Ok(text) if drawn => Self(Repr::Drawn(text)),
+            _ => Self(Repr::Named(key)),
+        }
     }
 
     /// A fresh random key (for attempts the caller does not name): `ck_` and 32 hex digits of
@@ -233,6 +251,11 @@ impl IdempotencyKey {
         // 16 bytes into 32 hex digits: the slice is exactly twice their length.
         let _ = const_hex::encode_to_slice(bits.to_le_bytes(), &mut text[3..]);
         Self(Repr::Drawn(text))
+    }
+
+    /// Whether the caller named this key (rather than it being drawn).
+    pub(crate) fn is_named(&self) -> bool {
+        matches!(self.0, Repr::Named(_))
     }
 
     /// Makes the key a fresh one, as [`IdempotencyKey::random`].
@@ -272,7 +295,7 @@ impl Serialize for IdempotencyKey {
 
 impl<'de> Deserialize<'de> for IdempotencyKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Self(Repr::Named(String::deserialize(d)?)))
+        Ok(Self::read(String::deserialize(d)?))
     }
 }
 
@@ -828,7 +851,11 @@ impl IntentBuilder {
         self.context.insert(key.into(), value.into());
         self
     }
-    /// The payment attempt's idempotency key (a random one when not set).
+    /// The payment attempt's idempotency key (a random one when not set). A key the caller
+    /// names is one payment to the pipeline: [`Conto`](crate::Conto) refuses a second run under
+    /// it while the first is under way or, for a day, after it settled
+    /// ([`IntentError::IdempotencyKeyUsed`]), since the authority would answer it with the
+    /// first run's approval.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
         self

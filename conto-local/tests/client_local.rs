@@ -558,3 +558,50 @@ async fn an_mpp_session_is_approved_for_its_deposit_through_the_client() {
     let usage = server.engine().usage("agent-1");
     assert_eq!(usage.counters[0].spent.to_string(), "7", "{usage:?}");
 }
+
+#[tokio::test]
+async fn a_named_key_pays_once_against_an_authority_that_replays_its_answer() {
+    // conto-local, as Conto, answers a repeated idempotency key with the first answer: a second
+    // run under the caller's key would get the first run's approval and pay again, its record
+    // then replayed and counted once. The pipeline refuses it before anyone is asked.
+    let (server, _, key) = setup().await;
+    let conto = conto(&server, &key);
+    let keyed = |amount: &str, key: &str| {
+        conto_core::PaymentIntent::builder(
+            "agent-1",
+            amount,
+            conto_core::Rail::x402("https://api.example.com/q").unwrap(),
+        )
+        .recipient(RECIPIENT)
+        .idempotency_key(key)
+        .build()
+        .unwrap()
+    };
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    let pay = |intent: conto_core::PaymentIntent, fails: bool| {
+        let runs = &runs;
+        conto.run(
+            intent,
+            move |_| async move {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if fails { Err(()) } else { Ok(()) }
+            },
+            |_| Settlement::default(),
+        )
+    };
+    // A settlement that failed released its approval: the key may be tried again.
+    assert_eq!(pay(keyed("3", "job-7"), true).await.unwrap(), Err(()));
+    assert_eq!(pay(keyed("3", "job-7"), false).await.unwrap(), Ok(()));
+    // Settled: the same key again is refused, and the body does not run.
+    let again = pay(keyed("3", "job-7"), false).await.unwrap_err();
+    assert!(
+        matches!(again.kind(), RejectionKind::Invalid(conto_core::IntentError::IdempotencyKeyUsed(k)) if k == "job-7"),
+        "{again:?}"
+    );
+    assert_eq!(again.source(), DecisionSource::Input);
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(server.spend_count("agent-1").unwrap(), 1);
+    // Another key is another payment.
+    assert_eq!(pay(keyed("3", "job-8"), false).await.unwrap(), Ok(()));
+    assert_eq!(server.spend_count("agent-1").unwrap(), 2);
+}

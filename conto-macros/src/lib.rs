@@ -46,7 +46,8 @@ use quote::ToTokens;
 /// | `recipient` | the recipient address (`&str`, `String`) | for transfer, x402, mpp |
 /// | `actor` | the Conto agent that pays (text, or an `Option` of text: one given that is `None` at run time is refused as missing, never paid by the default actor) | unless the handle has a default actor |
 /// | `conto` | the `Conto` handle (or `&Conto`, `Arc<Conto>`): `self.conto`, an argument… (`authorizer` is its deprecated old name) | unless `conto::install_default` was called |
-/// | `category`, `purpose`, `recipient_name`, `idempotency_key` | text | no |
+/// | `category`, `purpose`, `recipient_name` | text | no |
+/// | `idempotency_key` | text: names one payment. A second call under it while the first is under way, or (within a day) after it settled, is refused (`IntentError::IdempotencyKeyUsed`) and its body does not run; after a denial or a failed settlement it may be tried again | no |
 /// | `context` | a JSON object (`serde_json::Value`) | no |
 /// | `settled_amount` | a closure `\|ok: &T\| amount` | no |
 /// | `reference` | a closure `\|ok: &T\| text` (the tx hash) | no |

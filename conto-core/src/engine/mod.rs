@@ -391,7 +391,7 @@ fn retire_in(actors: &mut ledger::Map<ActorId, Slot>, id: &ActorId) -> bool {
     was
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

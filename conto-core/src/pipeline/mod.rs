@@ -3,10 +3,11 @@
 //! Both `#[paid_action]` and the tower layer call [`Conto::run`]; nothing else decides whether a
 //! settlement may run.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
@@ -17,7 +18,8 @@ use crate::authorizer::{AuthorityError, Authorizer, Outage, Refused};
 use crate::decision::{Authorization, Decision, DecisionSource, Recorded, Settlement, Verdict};
 
 use crate::decision::ViolationType;
-use crate::intent::{ActorId, PaymentIntent};
+use crate::engine::lock;
+use crate::intent::{ActorId, IntentError, PaymentIntent};
 use crate::money::Amount;
 use crate::rejection::{Rejection, RejectionKind};
 use crate::sink::{RecordKind, RecordSink};
@@ -127,7 +129,14 @@ pub(crate) struct Inner {
     /// Whether a background delivery worker runs (or may be started lazily).
     pub(crate) background: bool,
     pub(crate) worker_started: std::sync::atomic::AtomicBool,
+    /// The caller-named idempotency keys of payments under way or settled, by actor, with when
+    /// they were claimed ([`Conto::claim`]).
+    named_keys: Mutex<HashMap<(ActorId, String), Instant>>,
 }
+
+/// How long a settled payment's named key stays claimed: the day an authority replays a key's
+/// answer for.
+const NAMED_KEY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Which authority approved: the configured one, or the stand-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,6 +280,7 @@ impl ContoBuilder {
                 wake: Arc::new(tokio::sync::Notify::new()),
                 background: self.background,
                 worker_started: std::sync::atomic::AtomicBool::new(false),
+                named_keys: Mutex::default(),
             }),
             approval: self.approval,
         };
@@ -345,6 +355,49 @@ impl Conto {
     }
 
     async fn authorize_shared(&self, intent: Arc<PaymentIntent>) -> Result<Approval, Rejection> {
+        if intent.idempotency_key.is_named() {
+            return Box::pin(self.authorize_named(intent)).await;
+        }
+        self.authorize_any(intent).await
+    }
+
+    /// An intent under a key its caller named: one payment. A second run under the key while
+    /// the first is under way, or after it settled, is refused before anyone is asked (the
+    /// authority would answer it with the first one's approval, and it would pay twice); after
+    /// a denial or a release, the key may be tried again.
+    async fn authorize_named(&self, intent: Arc<PaymentIntent>) -> Result<Approval, Rejection> {
+        let claim = self.claim(&intent)?;
+        let result = self.authorize_any(intent).await;
+        if result.is_ok() {
+            // Let go of by the approval's release, if it is released.
+            std::mem::forget(claim);
+        }
+        result
+    }
+
+    /// Claims `intent`'s named key, or refuses the intent if it is claimed.
+    fn claim<'a>(&'a self, intent: &PaymentIntent) -> Result<KeyClaim<'a>, Rejection> {
+        let key = (intent.actor.clone(), intent.idempotency_key.as_str().to_owned());
+        let mut claimed = lock(&self.inner.named_keys);
+        if claimed.len() >= 1024 {
+            claimed.retain(|_, at| at.elapsed() < NAMED_KEY_RETENTION);
+        }
+        if claimed.get(&key).is_some_and(|at| at.elapsed() < NAMED_KEY_RETENTION) {
+            let used = IntentError::IdempotencyKeyUsed(key.1);
+            return Err(Rejection::new(RejectionKind::Invalid(used), DecisionSource::Input));
+        }
+        claimed.insert(key.clone(), Instant::now());
+        Ok(KeyClaim { conto: self, key: Some(key) })
+    }
+
+    /// Lets go of a released approval's named key: the payment never happened.
+    fn unclaim(&self, intent: &PaymentIntent) {
+        if intent.idempotency_key.is_named() {
+            lock(&self.inner.named_keys).remove(&(intent.actor.clone(), intent.idempotency_key.as_str().to_owned()));
+        }
+    }
+
+    async fn authorize_any(&self, intent: Arc<PaymentIntent>) -> Result<Approval, Rejection> {
         let started = Instant::now();
         // An in-process authority answers in place: unless a human's approval is waited for,
         // the whole authorization is done here, with no future to build or move (and no span:
@@ -885,7 +938,23 @@ fn clamped(conto: &Conto, authorization: &Authorization, mut settlement: Settlem
     settlement
 }
 
+/// A named key claimed by an authorization under way: let go of unless the authorization
+/// approves (its release lets go of it then).
+struct KeyClaim<'a> {
+    conto: &'a Conto,
+    key: Option<(ActorId, String)>,
+}
+
+impl Drop for KeyClaim<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            lock(&self.conto.inner.named_keys).remove(&key);
+        }
+    }
+}
+
 fn release(conto: &Conto, via: Via, authorization: &Authorization, reason: &'static str) {
+    conto.unclaim(&authorization.intent);
     let fut = conto.authority(via).release(authorization);
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
