@@ -153,3 +153,35 @@ pub(crate) mod opt_number {
         parsed.map(Some).ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not a number")))
     }
 }
+
+/// `Debug` for a wire body holding a secret: its JSON, with the field `secret` (when set)
+/// written as `"[redacted]"`.
+fn redacted_debug<T: Serialize>(
+    f: &mut std::fmt::Formatter<'_>,
+    name: &str,
+    value: &T,
+    secret: &str,
+) -> std::fmt::Result {
+    let mut json = serde_json::to_value(value).unwrap_or_default();
+    if let Some(field) = json.get_mut(secret).filter(|v| !v.is_null()) {
+        *field = serde_json::Value::String("[redacted]".into());
+    }
+    write!(f, "{name}({json})")
+}
+
+#[cfg(test)]
+mod debug_tests {
+    #[test]
+    fn secrets_in_wire_bodies_never_reach_debug_output() {
+        let token = "ab".repeat(32);
+        let body = crate::sdk::PaymentBody { approval_token: Some(token.clone()), ..Default::default() };
+        let decision = crate::sdk::DecisionBody { approval_token: Some(token.clone()), ..Default::default() };
+        let entry = crate::sdk::ApprovalRequest { approval_token: Some(token.clone()), ..Default::default() };
+        let key = crate::org::SdkKey { key: Some(format!("conto_agent_{token}")), ..Default::default() };
+        for shown in [format!("{body:?}"), format!("{decision:?}"), format!("{entry:?}"), format!("{key:?}")] {
+            assert!(!shown.contains(&token) && shown.contains("[redacted]"), "{shown}");
+        }
+        // Without a secret, nothing is redacted (a `null` stays `null`).
+        assert!(!format!("{:?}", crate::sdk::PaymentBody::default()).contains("[redacted]"));
+    }
+}

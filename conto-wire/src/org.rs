@@ -84,7 +84,7 @@ pub struct AgentPatch {
 }
 
 /// An SDK key (`/api/agents/{id}/sdk-keys`); `key` only in the answer that creates it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SdkKey {
     /// Its id.
@@ -525,5 +525,12 @@ mod tests {
             let text = format!(r#"{{"spendLimitPerTx": "{separated}"}}"#);
             assert!(serde_json::from_str::<AgentWallet>(&text).is_err(), "{separated}");
         }
+    }
+}
+
+impl std::fmt::Debug for SdkKey {
+    /// As its JSON, with the key redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::redacted_debug(f, "SdkKey", self, "key")
     }
 }

@@ -19,7 +19,7 @@ pub const DEFAULT_CHAIN_ID: u64 = 42431;
 /// `payments/request`, `x402|mpp/pre-authorize`, `cards/approve`) and the record calls
 /// (`payments/{id}/confirm`, `x402|mpp/record`, `cards/{id}/confirm`) share these field names;
 /// each call sends the ones its rail uses.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentBody {
     /// The amount (authorize: asked; record: settled). Read with more than six decimal places,
@@ -583,7 +583,7 @@ impl std::error::Error for RecordError {}
 
 /// A decision, for every flow: `approved` (transfer), `authorized` (x402/MPP) or `status`
 /// (card, payment request) says which way it went; the other fields are what that flow sends.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DecisionBody {
     /// Transfer: approved or not.
@@ -765,7 +765,7 @@ impl RecordedBody {
 }
 
 /// One entry of `GET /api/sdk/approval-requests`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalRequest {
     /// The request's id (empty when the entry names none: such an entry is still listed).
@@ -1271,5 +1271,26 @@ mod tests {
         assert_eq!(missing.unwrap_err().message, "`senderAddress` is required");
         let no_chain = PaymentBody { chain_id: None, ..body }.to_intent("agent-1", Kind::Transfer).unwrap();
         assert!(matches!(no_chain.rail, Rail::Transfer { chain_id: DEFAULT_CHAIN_ID, .. }), "{:?}", no_chain.rail);
+    }
+}
+
+impl std::fmt::Debug for PaymentBody {
+    /// As its JSON, with the approval token redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::redacted_debug(f, "PaymentBody", self, "approvalToken")
+    }
+}
+
+impl std::fmt::Debug for DecisionBody {
+    /// As its JSON, with the approval token redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::redacted_debug(f, "DecisionBody", self, "approvalToken")
+    }
+}
+
+impl std::fmt::Debug for ApprovalRequest {
+    /// As its JSON, with the approval token redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::redacted_debug(f, "ApprovalRequest", self, "approvalToken")
     }
 }
