@@ -469,6 +469,13 @@ pub struct Rules {
     pub rules: Vec<Rule>,
 }
 
+impl std::fmt::Debug for SdkKey {
+    /// As its JSON, with the key redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::redacted_debug(f, "SdkKey", self, "key")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,12 +532,5 @@ mod tests {
             let text = format!(r#"{{"spendLimitPerTx": "{separated}"}}"#);
             assert!(serde_json::from_str::<AgentWallet>(&text).is_err(), "{separated}");
         }
-    }
-}
-
-impl std::fmt::Debug for SdkKey {
-    /// As its JSON, with the key redacted.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        crate::redacted_debug(f, "SdkKey", self, "key")
     }
 }

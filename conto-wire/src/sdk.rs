@@ -1099,6 +1099,27 @@ pub struct Setup {
     pub issues: Vec<String>,
 }
 
+impl std::fmt::Debug for PaymentBody {
+    /// As its JSON, with the approval token redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::redacted_debug(f, "PaymentBody", self, "approvalToken")
+    }
+}
+
+impl std::fmt::Debug for DecisionBody {
+    /// As its JSON, with the approval token redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::redacted_debug(f, "DecisionBody", self, "approvalToken")
+    }
+}
+
+impl std::fmt::Debug for ApprovalRequest {
+    /// As its JSON, with the approval token redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::redacted_debug(f, "ApprovalRequest", self, "approvalToken")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1271,26 +1292,5 @@ mod tests {
         assert_eq!(missing.unwrap_err().message, "`senderAddress` is required");
         let no_chain = PaymentBody { chain_id: None, ..body }.to_intent("agent-1", Kind::Transfer).unwrap();
         assert!(matches!(no_chain.rail, Rail::Transfer { chain_id: DEFAULT_CHAIN_ID, .. }), "{:?}", no_chain.rail);
-    }
-}
-
-impl std::fmt::Debug for PaymentBody {
-    /// As its JSON, with the approval token redacted.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        crate::redacted_debug(f, "PaymentBody", self, "approvalToken")
-    }
-}
-
-impl std::fmt::Debug for DecisionBody {
-    /// As its JSON, with the approval token redacted.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        crate::redacted_debug(f, "DecisionBody", self, "approvalToken")
-    }
-}
-
-impl std::fmt::Debug for ApprovalRequest {
-    /// As its JSON, with the approval token redacted.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        crate::redacted_debug(f, "ApprovalRequest", self, "approvalToken")
     }
 }
