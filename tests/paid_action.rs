@@ -147,6 +147,7 @@ async fn question_mark_and_early_return_still_record_or_release() {
     rail = transfer(chain_id = 1, sender = SENDER),
     actor = "agent-1",
     conto = conto,
+    reference = |_: &()| "0xfeed",
 )]
 async fn hangs(conto: Conto, started: Arc<tokio::sync::Notify>) -> Result<(), PayError> {
     started.notify_one();
@@ -224,7 +225,7 @@ async fn a_bad_literal_amount_is_refused_on_every_call_not_only_the_first() {
 
 /// Every argument of the intent taken from the call, for the call-site memory's tests.
 #[paid_action(amount = amount, recipient = to, rail = transfer(chain_id = chain, sender = from), actor = actor,
-    category = category, conto = conto, approval = approved)]
+    category = category, conto = conto, approval = approved, reference = |_: &conto::PaymentIntent| "0xfeed")]
 async fn pay_anything(
     conto: &Conto,
     actor: &str,

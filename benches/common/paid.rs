@@ -22,6 +22,9 @@ impl From<Rejection> for PayError {
     }
 }
 
+/// The transaction hash the guarded function reports (a transfer is confirmed by one).
+const TX: &str = "0x00000000000000000000000000000000000000000000000000000000000000aa";
+
 /// The settlement body both functions share: a little real work.
 async fn settle_body(n: u64) -> Result<u64, PayError> {
     Ok(black_box(n).wrapping_mul(31).rotate_left(7))
@@ -34,7 +37,7 @@ pub async fn bare(n: u64) -> Result<u64, PayError> {
 
 /// The same function under `#[paid_action]`.
 #[paid_action(amount = "0.01", recipient = RECIPIENT, rail = transfer(chain_id = 8453, sender = SENDER),
-    actor = "agent-1", conto = conto, category = "API_PROVIDER")]
+    actor = "agent-1", conto = conto, category = "API_PROVIDER", reference = |_: &u64| TX)]
 pub async fn guarded(conto: &Conto, n: u64) -> Result<u64, PayError> {
     settle_body(n).await
 }

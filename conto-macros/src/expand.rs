@@ -78,6 +78,15 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
     if args.rail.is_none() {
         errors.push(missing("rail", call_site, "rail = x402(resource_url = url)"));
     }
+    // Conto confirms a transfer by its transaction hash: without one, the spend of a transfer
+    // that settled could never be recorded there (it would go to the dead records).
+    if let Some(rail) = args.rail.as_ref().filter(|r| r.kind == "transfer" && args.reference.is_none()) {
+        errors.push(syn::Error::new(
+            rail.kind.span(),
+            "a transfer is confirmed by its transaction hash: add `reference = |ok: &T| tx_hash` \
+             (Conto's confirm needs it; without it the settled spend cannot be recorded)",
+        ));
+    }
     if let Some(e) = errors.into_iter().reduce(|mut a, b| {
         a.combine(b);
         a

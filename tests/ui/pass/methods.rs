@@ -19,14 +19,14 @@ struct Service {
 impl Service {
     #[paid_action(amount = 1, recipient = "0x1111111111111111111111111111111111111111",
         rail = transfer(chain_id = 8453, sender = "0x2222222222222222222222222222222222222222"),
-        actor = "agent-1", conto = self.conto)]
+        actor = "agent-1", conto = self.conto, reference = |_: &u32| "0xfeed")]
     async fn by_ref(&self) -> Result<u32, PayError> {
         Ok(self.paid)
     }
 
     #[paid_action(amount = 1, recipient = "0x1111111111111111111111111111111111111111",
         rail = transfer(chain_id = 8453, sender = "0x2222222222222222222222222222222222222222"),
-        actor = "agent-1", conto = self.conto)]
+        actor = "agent-1", conto = self.conto, reference = |_: &u32| "0xfeed")]
     async fn by_mut(&mut self) -> Result<u32, PayError> {
         self.paid += 1;
         Ok(self.paid)
@@ -34,7 +34,7 @@ impl Service {
 
     #[paid_action(amount = 1, recipient = "0x1111111111111111111111111111111111111111",
         rail = transfer(chain_id = 8453, sender = "0x2222222222222222222222222222222222222222"),
-        actor = "agent-1", conto = self.conto)]
+        actor = "agent-1", conto = self.conto, reference = |_: &u32| "0xfeed")]
     async fn by_arc(self: Arc<Self>) -> Result<u32, PayError> {
         Ok(self.paid)
     }
