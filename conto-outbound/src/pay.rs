@@ -304,7 +304,9 @@ impl PaidRequestsBuilder {
 
     /// Believes a paywall that refuses a credential it was sent (a 402 again, a failed
     /// settlement report, another 4xx): its approval is released and a repeat of the request may
-    /// pay afresh; a server error or no answer holds the reservation until it expires. Off by
+    /// pay afresh; a server error, no answer or a dropped request holds the reservation until it
+    /// expires (so an MPP challenge must expire with its approval), and an `upto` payment is
+    /// recorded at the amount its settlement report names. Off by
     /// default, since a credential is a bearer instrument a paywall can settle whatever it
     /// answers: every outcome but a success after the credential left is then counted as spent
     /// (the approved amount, recorded without a reference), so a paywall that takes the
@@ -338,8 +340,6 @@ const CHALLENGE_LIMIT: usize = 64 * 1024;
 /// What became of a credential that was to be sent.
 #[derive(Clone, Copy)]
 enum Unsettled {
-    /// No connection was made: it never left, nothing can have settled.
-    NeverSent,
     /// The paywall says it refused it (a 402 again, a failed report, another 4xx).
     Refused,
     /// A server error, no answer, or an answer from another origin: it may have settled.
@@ -353,7 +353,7 @@ enum Unsettled {
 /// and an unknown outcome holds it until it expires. One that never left is released.
 async fn unsettled(this: &Inner, approval: conto_core::Approval, ext: &mut Extensions, url: &str, how: Unsettled) {
     match (this.trust_refusals, how) {
-        (_, Unsettled::NeverSent) | (true, Unsettled::Refused) => {
+        (true, Unsettled::Refused) => {
             approval.release();
             ext.remove::<CredentialSent>();
         }
@@ -470,6 +470,16 @@ impl Inner {
                         return Err(PaymentError::NotAcceptable(format!("the MPP challenge expired at {expires}")));
                     }
                 }
+                // Splits pay other recipients than the one the policy is asked about (Tempo's
+                // `methodDetails.splits`): never paid.
+                if m.request.get("methodDetails").and_then(|d| d.get("splits")).is_some()
+                    || m.request.get("splits").is_some()
+                {
+                    return Err(PaymentError::NotAcceptable(
+                        "the MPP challenge splits its payment among other recipients, which the policy is not asked about"
+                            .into(),
+                    ));
+                }
                 let currency = m.request.get("currency").and_then(Value::as_str).unwrap_or_default();
                 let network = m.param("method").unwrap_or_default().to_owned();
                 let decimals = self.assets.decimals(Some(&network), currency).ok_or_else(|| {
@@ -572,6 +582,21 @@ impl Middleware for PaidRequests {
                 ))));
             }
         }
+        // Held, not counted, when a trusted paywall's answer is lost: an MPP credential must
+        // then expire with its approval, or it could be settled after the hold lapsed.
+        if this.trust_refusals
+            && let Challenge::Mpp(m) = &challenge
+        {
+            let approved_until = approval.authorization().expires_at;
+            let expires = m.param("expires").and_then(|e| e.parse::<conto_core::jiff::Timestamp>().ok());
+            if expires.is_none_or(|t| t > approved_until) {
+                approval.release();
+                return Err(fail(PaymentError::NotAcceptable(format!(
+                    "the MPP challenge stays payable past its approval's expiry ({approved_until}): a lost answer could \
+                     not be held for as long"
+                ))));
+            }
+        }
         let offer = Offer {
             challenge: challenge.clone(),
             requirement,
@@ -580,8 +605,14 @@ impl Middleware for PaidRequests {
             authorization: approval.authorization().clone(),
         };
         // A signer may move money itself (an MPP provider that pays before it hands back a
-        // credential): dropped from here on, the approval is held, not released.
-        approval.hold_if_dropped();
+        // credential): dropped from here on (a timeout around the call), the approval is
+        // counted at its approved amount, since a held reservation would lapse uncounted while
+        // the paywall may still settle the credential; held only for a paywall trusted to say.
+        if this.trust_refusals {
+            approval.hold_if_dropped();
+        } else {
+            approval.record_if_dropped();
+        }
         let credential = match this.signer.sign(&offer).await {
             Ok(c) => c,
             Err(e) => {
@@ -600,9 +631,10 @@ impl Middleware for PaidRequests {
         let paid = match tokio::time::timeout(this.timeout, next.run(retry, ext)).await {
             Ok(Ok(paid)) => paid,
             Ok(Err(e)) => {
-                let connected = !matches!(&e, reqwest_middleware::Error::Reqwest(r) if r.is_connect());
-                let how = if connected { Unsettled::Unknown } else { Unsettled::NeverSent };
-                unsettled(this, approval, ext, &url, how).await;
+                // Even a refused connection may follow a try that delivered the credential: a
+                // retry middleware below this one may have sent it before the connection was
+                // reset. Whether it settled is unknown.
+                unsettled(this, approval, ext, &url, Unsettled::Unknown).await;
                 return Err(e);
             }
             Err(_) => {
@@ -661,8 +693,10 @@ impl Middleware for PaidRequests {
                     settlement = settlement.reference(reference);
                 }
                 // Only an `upto` payment settles less than it signed for: an `exact` one moved
-                // the approved amount whatever the report says.
-                let upto = offer.requirement.as_ref().filter(|q| q.scheme == "upto");
+                // the approved amount whatever the report says. And only a paywall trusted to
+                // tell the truth is believed: one that settles the whole and reports a little
+                // would otherwise take the budget many times over.
+                let upto = offer.requirement.as_ref().filter(|q| q.scheme == "upto" && this.trust_refusals);
                 let decimals = upto.and_then(|q| this.assets.decimals(Some(&q.network), &q.asset));
                 if let (Some(atomic), Some(d)) = (r.amount, decimals)
                     && let Ok(amount) = to_amount(&atomic, d)

@@ -50,6 +50,8 @@ struct Paywall {
     /// Settle the payment, then answer 402 as if it had been refused (a paywall draining a
     /// payer that believes refusals).
     settle_then_refuse: AtomicBool,
+    /// Ask with the `upto` scheme (the payment may settle less than it signs for).
+    upto: AtomicBool,
 }
 
 fn requirement(p: &Paywall, url: &str) -> Value {
@@ -58,6 +60,9 @@ fn requirement(p: &Paywall, url: &str) -> Value {
         "extra": {"name": "USDC", "version": "2"}, "resource": url});
     if p.no_max_timeout.load(Ordering::SeqCst) {
         r.as_object_mut().unwrap().remove("maxTimeoutSeconds");
+    }
+    if p.upto.load(Ordering::SeqCst) {
+        r["scheme"] = json!("upto");
     }
     r
 }
@@ -331,6 +336,22 @@ async fn an_exact_payment_is_recorded_at_the_amount_signed_for_whatever_the_repo
     assert_eq!(recorded, vec![(Decimal::new(25, 2), Some(format!("0x{:064x}", 1)))], "0.25, not 0.000001");
 }
 
+/// An `upto` payment may settle less than it signed for, but only a trusted paywall's report
+/// says how much: one that settles the whole and reports a little would otherwise drain the
+/// budget many times over.
+#[tokio::test]
+async fn an_upto_payment_is_recorded_at_what_a_trusted_paywall_reports_and_in_full_otherwise() {
+    for (trust, want) in [(false, Decimal::new(25, 2)), (true, Decimal::new(1, 6))] {
+        let s = setup_with("250000", trust).await;
+        s.paywall.upto.store(true, Ordering::SeqCst);
+        *s.paywall.report_amount.lock().unwrap() = Some("1".into());
+        let answer = s.client.get(format!("{}/search", s.url)).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        let recorded = s.recorded.lock().unwrap().clone();
+        assert_eq!(recorded, vec![(want, Some(format!("0x{:064x}", 1)))], "trusted: {trust}");
+    }
+}
+
 /// A paid retry redirected to another origin took its credential there: that origin's answer
 /// is not believed, and the payment is counted.
 #[tokio::test]
@@ -591,31 +612,81 @@ async fn a_402_body_larger_than_a_challenge_is_not_read() {
 }
 
 /// An MPP paywall whose answer to the paid retry never comes: the caller gives up (its future
-/// is dropped) after the credential was sent. The money may have moved, so the reservation is
-/// held, not released.
+/// is dropped) after the credential was sent. The money may have moved, and a held reservation
+/// would lapse uncounted while the paywall can still settle: the approved amount is counted.
+/// A trusted paywall's (whose challenge expires with the approval) is held.
 #[tokio::test]
-async fn a_request_dropped_after_its_credential_was_sent_holds_its_reservation() {
-    let s = setup("250000").await;
-    let slow = common::serve(Router::new().route(
-        "/slow",
-        get(|headers: HeaderMap| async move {
-            if headers.get("authorization").is_none() {
-                let request =
-                    URL_SAFE_NO_PAD.encode(json!({"amount": "75", "currency": "usd", "recipient": PAY_TO}).to_string());
-                let challenge = format!(
-                    r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}""#
-                );
-                return (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", challenge)], "").into_response();
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            "too late".into_response()
-        }),
-    ))
-    .await;
-    let call = s.client.get(format!("{slow}/slow")).send();
-    assert!(tokio::time::timeout(std::time::Duration::from_millis(500), call).await.is_err(), "given up");
-    assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 1, "the credential was sent");
-    assert_eq!(s.engine.usage("agent-1").live_reservations, 1, "held, not released");
+async fn a_request_dropped_after_its_credential_was_sent_is_counted_or_held_when_trusted() {
+    for trust in [false, true] {
+        let s = setup_with("250000", trust).await;
+        let slow = common::serve(Router::new().route(
+            "/slow",
+            get(|headers: HeaderMap| async move {
+                if headers.get("authorization").is_none() {
+                    let request = URL_SAFE_NO_PAD
+                        .encode(json!({"amount": "75", "currency": "usd", "recipient": PAY_TO}).to_string());
+                    let expires = (conto::jiff::Timestamp::now() + std::time::Duration::from_secs(120)).to_string();
+                    let challenge = format!(
+                        r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}", expires="{expires}""#
+                    );
+                    return (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", challenge)], "").into_response();
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                "too late".into_response()
+            }),
+        ))
+        .await;
+        let call = s.client.get(format!("{slow}/slow")).send();
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(500), call).await.is_err(), "given up");
+        assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 1, "the credential was sent");
+        let usage = s.engine.usage("agent-1");
+        if trust {
+            assert_eq!((usage.stats.recorded, usage.live_reservations), (0, 1), "held, not released");
+        } else {
+            assert_eq!((usage.stats.recorded, usage.live_reservations), (1, 0), "counted");
+            assert_eq!(usage.stats.total_spent, Decimal::new(75, 2));
+        }
+    }
+}
+
+/// A Tempo challenge that splits its payment pays recipients the policy was never asked about:
+/// never paid. Under `trust_refusals` (a lost answer is held until the approval expires), an
+/// MPP challenge that stays payable past its approval is not paid either.
+#[tokio::test]
+async fn mpp_splits_and_a_trusted_challenge_outliving_its_approval_are_not_paid() {
+    let challenge = |request: Value, expires: Option<&str>| {
+        let request = URL_SAFE_NO_PAD.encode(request.to_string());
+        let expires = expires.map(|e| format!(r#", expires="{e}""#)).unwrap_or_default();
+        format!(r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}"{expires}"#)
+    };
+    let split = challenge(
+        json!({"amount": "75", "currency": "usd", "recipient": PAY_TO,
+            "methodDetails": {"splits": [{"recipient": "0x9999999999999999999999999999999999999999", "amount": "70"}]}}),
+        None,
+    );
+    let plain = json!({"amount": "75", "currency": "usd", "recipient": PAY_TO});
+    let far = (conto::jiff::Timestamp::now() + std::time::Duration::from_secs(24 * 3600)).to_string();
+    for (trust, www) in [
+        (false, split.clone()),
+        (true, split),
+        (true, challenge(plain.clone(), None)),
+        (true, challenge(plain, Some(&far))),
+    ] {
+        let s = setup_with("250000", trust).await;
+        let url = common::serve(Router::new().route(
+            "/pay",
+            get(move || {
+                let www = www.clone();
+                async move { (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", www)], "") }
+            }),
+        ))
+        .await;
+        let err = s.client.get(format!("{url}/pay")).send().await.unwrap_err();
+        assert!(matches!(payment_error(&err), PaymentError::NotAcceptable(_)), "{err:?}");
+        assert_eq!(s.wallet.calls.load(Ordering::SeqCst), 0, "never signed");
+        let usage = s.engine.usage("agent-1");
+        assert_eq!((usage.stats.recorded, usage.live_reservations), (0, 0));
+    }
 }
 
 /// MPP challenges: an expired one is never paid; a `session` one is approved for the deposit it
@@ -709,8 +780,11 @@ async fn a_failed_paid_retry_is_recorded_counted_held_or_released_by_what_it_say
                 if headers.get("authorization").is_none() {
                     let request = URL_SAFE_NO_PAD
                         .encode(json!({"amount": "75", "currency": "usd", "recipient": PAY_TO}).to_string());
+                    // Payable for two minutes: within its approval (which a trusted paywall's
+                    // challenge must be).
+                    let expires = (conto::jiff::Timestamp::now() + std::time::Duration::from_secs(120)).to_string();
                     let challenge = format!(
-                        r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}""#
+                        r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}", expires="{expires}""#
                     );
                     return (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", challenge)], "").into_response();
                 }

@@ -722,8 +722,9 @@ pub struct Approval {
     source: DecisionSource,
     latency: Duration,
     via: Via,
-    /// Dropped, it is held rather than released ([`Approval::hold_if_dropped`]).
-    hold_on_drop: bool,
+    /// What dropping it unconsumed does: release it (the default), hold it
+    /// ([`Approval::hold_if_dropped`]) or record it ([`Approval::record_if_dropped`]).
+    on_drop: OnDrop,
 }
 
 impl fmt::Debug for Approval {
@@ -738,7 +739,7 @@ impl fmt::Debug for Approval {
 
 impl Approval {
     fn new(conto: Conto, authorization: Authorization, source: DecisionSource, latency: Duration, via: Via) -> Self {
-        Self { conto, authorization: Some(authorization), source, latency, via, hold_on_drop: false }
+        Self { conto, authorization: Some(authorization), source, latency, via, on_drop: OnDrop::Release }
     }
 
     /// The authorization (id, approved amount, expiry, limits).
@@ -831,7 +832,15 @@ impl Approval {
     /// releasing it: for a caller about to hand a payment credential over, after which money
     /// may move without this process hearing whether it did (its future dropped meanwhile).
     pub fn hold_if_dropped(&mut self) {
-        self.hold_on_drop = true;
+        self.on_drop = OnDrop::Hold;
+    }
+
+    /// From now on, dropping this approval unconsumed records it at its approved amount (in a
+    /// task of its own): for a caller about to hand a payment credential to a party whose word
+    /// it does not take, where a held reservation would lapse uncounted while the credential
+    /// may still be settled.
+    pub fn record_if_dropped(&mut self) {
+        self.on_drop = OnDrop::Record;
     }
 
     fn release_because(mut self, reason: &'static str) {
@@ -1002,11 +1011,39 @@ fn detached(
 impl Drop for Approval {
     fn drop(&mut self) {
         match self.authorization.take() {
-            Some(authorization) if self.hold_on_drop => held(&authorization),
-            Some(authorization) => release(&self.conto, self.via, &authorization, "dropped"),
+            Some(authorization) => match self.on_drop {
+                OnDrop::Release => release(&self.conto, self.via, &authorization, "dropped"),
+                OnDrop::Hold => held(&authorization),
+                OnDrop::Record => {
+                    tracing::warn!(authorization = %authorization.id,
+                        "conto.approval.recorded_on_drop: outcome unknown; the approved amount is counted as spent");
+                    let again = Approval {
+                        conto: self.conto.clone(),
+                        authorization: Some(authorization),
+                        source: self.source,
+                        latency: self.latency,
+                        via: self.via,
+                        on_drop: OnDrop::Hold,
+                    };
+                    // A record that waits runs as a task of its own (`detached`): dropping its
+                    // future here does not cancel it.
+                    drop(again.record_keeping(Settlement::default()));
+                }
+            },
             None => {}
         }
     }
+}
+
+/// What dropping an unconsumed [`Approval`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnDrop {
+    /// Releases it: nothing was settled.
+    Release,
+    /// Holds it until it expires: whether money moved is unknown.
+    Hold,
+    /// Records it at its approved amount: money may have moved, and a lapse would not count it.
+    Record,
 }
 
 /// Logs an approval left holding its reservation until it expires.
