@@ -1010,27 +1010,25 @@ fn detached(
 
 impl Drop for Approval {
     fn drop(&mut self) {
-        match self.authorization.take() {
-            Some(authorization) => match self.on_drop {
-                OnDrop::Release => release(&self.conto, self.via, &authorization, "dropped"),
-                OnDrop::Hold => held(&authorization),
-                OnDrop::Record => {
-                    tracing::warn!(authorization = %authorization.id,
-                        "conto.approval.recorded_on_drop: outcome unknown; the approved amount is counted as spent");
-                    let again = Approval {
-                        conto: self.conto.clone(),
-                        authorization: Some(authorization),
-                        source: self.source,
-                        latency: self.latency,
-                        via: self.via,
-                        on_drop: OnDrop::Hold,
-                    };
-                    // A record that waits runs as a task of its own (`detached`): dropping its
-                    // future here does not cancel it.
-                    drop(again.record_keeping(Settlement::default()));
-                }
-            },
-            None => {}
+        let Some(authorization) = self.authorization.take() else { return };
+        match self.on_drop {
+            OnDrop::Release => release(&self.conto, self.via, &authorization, "dropped"),
+            OnDrop::Hold => held(&authorization),
+            OnDrop::Record => {
+                tracing::warn!(authorization = %authorization.id,
+                    "conto.approval.recorded_on_drop: outcome unknown; the approved amount is counted as spent");
+                let again = Approval {
+                    conto: self.conto.clone(),
+                    authorization: Some(authorization),
+                    source: self.source,
+                    latency: self.latency,
+                    via: self.via,
+                    on_drop: OnDrop::Hold,
+                };
+                // A record that waits runs as a task of its own (`detached`): dropping its
+                // future here does not cancel it.
+                drop(again.record_keeping(Settlement::default()));
+            }
         }
     }
 }
