@@ -147,7 +147,7 @@ async fn question_mark_and_early_return_still_record_or_release() {
     rail = transfer(chain_id = 1, sender = SENDER),
     actor = "agent-1",
     conto = conto,
-    reference = |_: &()| "0xfeed",
+    reference = |(): &()| "0xfeed",
 )]
 async fn hangs(conto: Conto, started: Arc<tokio::sync::Notify>) -> Result<(), PayError> {
     started.notify_one();
