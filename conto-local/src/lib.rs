@@ -813,7 +813,12 @@ async fn server_timing(req: axum::extract::Request, next: axum::middleware::Next
 
 /// The `Authorization: Bearer <key>` of a request (the scheme is case-insensitive, RFC 9110).
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get("authorization")?.to_str().ok()?;
+    // Exactly one: with two, a proxy in front and this server could each read another key.
+    let mut values = headers.get_all("authorization").iter();
+    let value = values.next()?.to_str().ok()?;
+    if values.next().is_some() {
+        return None;
+    }
     let (scheme, key) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim_start())
 }

@@ -589,6 +589,11 @@ async fn a_named_key_pays_once_against_an_authority_that_replays_its_answer() {
             |_| Settlement::default(),
         )
     };
+    // A denial claims nothing: asked again, it is the policy's answer again.
+    for _ in 0..2 {
+        let denied = pay(keyed("101", "job-6"), false).await.unwrap_err();
+        assert!(matches!(denied.kind(), RejectionKind::Denied(_)), "{denied:?}");
+    }
     // A settlement that failed released its approval: the key may be tried again.
     assert_eq!(pay(keyed("3", "job-7"), true).await.unwrap(), Err(()));
     assert_eq!(pay(keyed("3", "job-7"), false).await.unwrap(), Ok(()));

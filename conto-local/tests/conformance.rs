@@ -370,6 +370,17 @@ async fn every_error_has_a_json_body_with_error_code_and_message() {
         Sdk { base: server.url(), key: format!("conto_agent_{}", "0".repeat(64)), http: reqwest::Client::new() };
     let (status, body) = bogus.post("/api/sdk/x402/pre-authorize", x402_payment("1")).await;
     assert_eq!((status, body["code"].as_str()), (401, Some("AUTH_FAILED")));
+    // Two `Authorization` headers (a proxy and this server could each read another key): no
+    // key, even when the first is the agent's own.
+    let twice = reqwest::Client::new()
+        .post(format!("{}/api/sdk/x402/pre-authorize", server.url()))
+        .header("authorization", format!("Bearer {}", sdk.key))
+        .header("authorization", format!("Bearer {}", bogus.key))
+        .json(&x402_payment("1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 401);
     // What is refused before a handler runs is JSON too: a path segment that is not UTF-8, and
     // a body over the size limit (3 MiB of padding in a JSON string).
     let (status, body) = sdk.post("/api/sdk/payments/%FF/confirm", json!({})).await;

@@ -399,13 +399,16 @@ type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub struct ResponseFuture<B: 'static, E: 'static> {
     /// `None` once done.
     inner: Option<Boxed<Result<Response<PaidBody<B>>, E>>>,
-    /// Whether, dropped unfinished, it finishes in a task of its own.
+    /// Whether, dropped unfinished once it was polled, it finishes in a task of its own (one
+    /// never polled has done nothing, and is dropped).
     finish: bool,
+    /// Whether it was polled.
+    started: bool,
 }
 
 impl<B: 'static, E: 'static> Drop for ResponseFuture<B, E> {
     fn drop(&mut self) {
-        let Some(unfinished) = self.inner.take().filter(|_| self.finish) else { return };
+        let Some(unfinished) = self.inner.take().filter(|_| self.finish && self.started) else { return };
         // Outside a tokio runtime (or while it shuts down) it is dropped: the approval's drop
         // guard releases it, as for any cancelled settlement.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -427,6 +430,7 @@ impl<B: 'static, E: 'static> Future for ResponseFuture<B, E> {
     type Output = Result<Response<PaidBody<B>>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.started = true;
         let Some(inner) = self.inner.as_mut() else {
             panic!("a paid route's response future polled after it completed");
         };
@@ -460,7 +464,11 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         // The request is boxed at once: the futures below move a pointer, not its parts.
         let finish = !self.route.shared.cancel_on_disconnect;
-        ResponseFuture { inner: Some(Box::pin(handle(self.route.clone(), inner, Box::new(req.into_parts())))), finish }
+        ResponseFuture {
+            inner: Some(Box::pin(handle(self.route.clone(), inner, Box::new(req.into_parts())))),
+            finish,
+            started: false,
+        }
     }
 }
 

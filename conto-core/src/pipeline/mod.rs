@@ -354,29 +354,53 @@ impl Conto {
         self.authorize_shared(intent.into())
     }
 
+    /// A caller-named idempotency key is one payment: a second run under it while the first is
+    /// under way, or after it settled, is refused before anyone is asked (the authority would
+    /// answer it with the first one's approval, and it would pay twice); after a denial or a
+    /// release, the key may be tried again.
     async fn authorize_shared(&self, intent: Arc<PaymentIntent>) -> Result<Approval, Rejection> {
-        if intent.idempotency_key.is_named() {
-            return Box::pin(self.authorize_named(intent)).await;
+        let named = intent.idempotency_key.is_named();
+        if named {
+            self.claim(&intent)?;
         }
-        self.authorize_any(intent).await
-    }
-
-    /// An intent under a key its caller named: one payment. A second run under the key while
-    /// the first is under way, or after it settled, is refused before anyone is asked (the
-    /// authority would answer it with the first one's approval, and it would pay twice); after
-    /// a denial or a release, the key may be tried again.
-    async fn authorize_named(&self, intent: Arc<PaymentIntent>) -> Result<Approval, Rejection> {
-        let claim = self.claim(&intent)?;
-        let result = self.authorize_any(intent).await;
-        if result.is_ok() {
-            // Let go of by the approval's release, if it is released.
-            std::mem::forget(claim);
-        }
-        result
+        let started = Instant::now();
+        // An in-process authority answers in place: unless a human's approval is waited for,
+        // the whole authorization is done here, with no future to build or move (and no span:
+        // its events name the actor, the amount and the rail themselves).
+        let answer = match self.in_place(&intent, started) {
+            InPlace::Done(result) => {
+                if named && result.is_err() {
+                    self.unclaim(&intent);
+                }
+                return result;
+            }
+            InPlace::Answered(answer) => Some(answer),
+            InPlace::Ask => None,
+        };
+        // What waits (a remote authority, a stand-in, a human) is boxed, so the futures of
+        // callers that never wait stay small, and runs in a span: what the authority's client
+        // logs on the way is about this payment. A key it claimed is let go of unless it
+        // approves, also when it is dropped on the way.
+        let span = tracing::debug_span!(
+            "conto.authorize",
+            actor = %intent.actor,
+            amount = %intent.amount,
+            rail = intent.rail.name(),
+        );
+        let claim = KeyClaim { conto: self, intent: named.then(|| Arc::clone(&intent)) };
+        let later = async move {
+            let result = self.authorize_later(intent, started, answer).await;
+            if result.is_ok() {
+                // Let go of by the approval's release, if it is released.
+                std::mem::forget(claim);
+            }
+            result
+        };
+        Box::pin(later.instrument(span)).await
     }
 
     /// Claims `intent`'s named key, or refuses the intent if it is claimed.
-    fn claim<'a>(&'a self, intent: &PaymentIntent) -> Result<KeyClaim<'a>, Rejection> {
+    fn claim(&self, intent: &PaymentIntent) -> Result<(), Rejection> {
         let key = (intent.actor.clone(), intent.idempotency_key.as_str().to_owned());
         let mut claimed = lock(&self.inner.named_keys);
         if claimed.len() >= 1024 {
@@ -386,37 +410,15 @@ impl Conto {
             let used = IntentError::IdempotencyKeyUsed(key.1);
             return Err(Rejection::new(RejectionKind::Invalid(used), DecisionSource::Input));
         }
-        claimed.insert(key.clone(), Instant::now());
-        Ok(KeyClaim { conto: self, key: Some(key) })
+        claimed.insert(key, Instant::now());
+        Ok(())
     }
 
-    /// Lets go of a released approval's named key: the payment never happened.
+    /// Lets go of a named key: its payment never happened (denied, released).
     fn unclaim(&self, intent: &PaymentIntent) {
         if intent.idempotency_key.is_named() {
             lock(&self.inner.named_keys).remove(&(intent.actor.clone(), intent.idempotency_key.as_str().to_owned()));
         }
-    }
-
-    async fn authorize_any(&self, intent: Arc<PaymentIntent>) -> Result<Approval, Rejection> {
-        let started = Instant::now();
-        // An in-process authority answers in place: unless a human's approval is waited for,
-        // the whole authorization is done here, with no future to build or move (and no span:
-        // its events name the actor, the amount and the rail themselves).
-        let answer = match self.in_place(&intent, started) {
-            InPlace::Done(result) => return result,
-            InPlace::Answered(answer) => Some(answer),
-            InPlace::Ask => None,
-        };
-        // What waits (a remote authority, a stand-in, a human) is boxed, so the futures of
-        // callers that never wait stay small, and runs in a span: what the authority's client
-        // logs on the way is about this payment.
-        let span = tracing::debug_span!(
-            "conto.authorize",
-            actor = %intent.actor,
-            amount = %intent.amount,
-            rail = intent.rail.name(),
-        );
-        Box::pin(self.authorize_later(intent, started, answer).instrument(span)).await
     }
 
     /// [`Conto::authorize`] without waiting, when it can be: the result, or the authority's
@@ -947,17 +949,17 @@ fn clamped(conto: &Conto, authorization: &Authorization, mut settlement: Settlem
     settlement
 }
 
-/// A named key claimed by an authorization under way: let go of unless the authorization
-/// approves (its release lets go of it then).
+/// A named key claimed by an authorization that waits: let go of if it is dropped or does not
+/// approve (an approval's release lets go of it then).
 struct KeyClaim<'a> {
     conto: &'a Conto,
-    key: Option<(ActorId, String)>,
+    intent: Option<Arc<PaymentIntent>>,
 }
 
 impl Drop for KeyClaim<'_> {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            lock(&self.conto.inner.named_keys).remove(&key);
+        if let Some(intent) = self.intent.take() {
+            self.conto.unclaim(&intent);
         }
     }
 }
