@@ -199,6 +199,11 @@ pub enum PaymentError {
     /// counted as spent (held until it expires under [`PaidRequestsBuilder::trust_refusals`]).
     #[error("no answer to the paid request within {0:?}: the payment may have settled")]
     OutcomeUnknown(Duration),
+    /// The paid retry failed in transport after its credential was attached (`source`): the
+    /// payment may have settled. The approved amount is counted as spent (held until it expires
+    /// under [`PaidRequestsBuilder::trust_refusals`]).
+    #[error("the paid request failed after its payment credential was attached; the payment may have settled")]
+    PaidRequestFailed(#[source] Box<reqwest_middleware::Error>),
     /// The request's body cannot be sent twice (a stream), so a 402 cannot be paid.
     #[error("the request body is a stream and cannot be retried with a payment")]
     NotRetryable,
@@ -283,7 +288,9 @@ impl PaidRequestsBuilder {
         self
     }
 
-    /// Pays only on these networks (x402 `network`, case-insensitive).
+    /// Pays only on these networks, case-insensitive: an x402 requirement's `network` (CAIP-2,
+    /// `eip155:8453`) or an MPP challenge's `method` (`tempo`, `stripe`). With a list set, an
+    /// MPP challenge whose method is not in it is not paid, as an x402 one on another network.
     pub fn networks<I: IntoIterator<Item = S>, S: Into<String>>(mut self, networks: I) -> Self {
         self.inner.networks = Some(networks.into_iter().map(|n| n.into().to_ascii_lowercase()).collect());
         self
@@ -482,6 +489,11 @@ impl Inner {
                 }
                 let currency = m.request.get("currency").and_then(Value::as_str).unwrap_or_default();
                 let network = m.param("method").unwrap_or_default().to_owned();
+                if let Some(allowed) = &self.networks
+                    && !allowed.contains(&network.to_ascii_lowercase())
+                {
+                    return Err(PaymentError::NotAcceptable(format!("MPP method `{network}` is not allowed")));
+                }
                 let decimals = self.assets.decimals(Some(&network), currency).ok_or_else(|| {
                     PaymentError::UnknownAsset { network: network.clone(), asset: currency.to_owned() }
                 })?;
@@ -635,7 +647,7 @@ impl Middleware for PaidRequests {
                 // retry middleware below this one may have sent it before the connection was
                 // reset. Whether it settled is unknown.
                 unsettled(this, approval, ext, &url, Unsettled::Unknown).await;
-                return Err(e);
+                return Err(fail(PaymentError::PaidRequestFailed(Box::new(e))));
             }
             Err(_) => {
                 unsettled(this, approval, ext, &url, Unsettled::Unknown).await;

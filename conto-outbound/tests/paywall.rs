@@ -419,6 +419,9 @@ async fn the_per_request_cap_and_the_network_allowlist_hold_before_the_policy_is
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(mainnet_only).build();
     let err = client.get(format!("{url}/search")).send().await.unwrap_err();
     assert!(matches!(payment_error(&err), PaymentError::NotAcceptable(_)), "{err:?}");
+    // "Base only" holds for MPP too: a Tempo challenge is another network.
+    let err = client.get(format!("{url}/stream")).send().await.unwrap_err();
+    assert!(matches!(payment_error(&err), PaymentError::NotAcceptable(why) if why.contains("MPP method")), "{err:?}");
     assert_eq!(wallet.calls.load(Ordering::SeqCst), 0);
 }
 
