@@ -96,7 +96,7 @@ pub struct Offer {
     pub requirement: Option<Requirement>,
     /// The amount approved, in Conto's decimal unit.
     pub amount: Amount,
-    /// The URL paid for.
+    /// The URL paid for, without its query, fragment or credentials.
     pub url: String,
     /// The approval (its id ties the payment to the record).
     pub authorization: Authorization,
@@ -506,7 +506,7 @@ impl Inner {
                 // one unit (`amount`) a request: the deposit is the most that can move, so it is
                 // what is approved; one unit is what is spent, so it is what is recorded (unless
                 // the receipt says otherwise).
-                let session = m.param("intent") == Some("session");
+                let session = m.param("intent").is_some_and(|i| i.eq_ignore_ascii_case("session"));
                 let unit = to_amount(&atomic_of("amount")?, decimals).map_err(PaymentError::NotAcceptable)?;
                 let amount = if session {
                     to_amount(&atomic_of("suggestedDeposit")?, decimals).map_err(PaymentError::NotAcceptable)?.max(unit)
@@ -551,7 +551,16 @@ impl Middleware for PaidRequests {
     async fn handle(&self, req: Request, ext: &mut Extensions, next: Next<'_>) -> reqwest_middleware::Result<Response> {
         let this = &self.inner;
         let retry = req.try_clone();
-        let url = req.url().to_string();
+        // The endpoint paid for, as the policy, the authority and the logs see it: without its
+        // query, fragment or credentials (an API key in a query string stays in this process).
+        let url = {
+            let mut url = req.url().clone();
+            url.set_query(None);
+            url.set_fragment(None);
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        };
         let origin = req.url().origin();
         let first = next.clone().run(req, ext).await?;
         if first.status() != http::StatusCode::PAYMENT_REQUIRED {

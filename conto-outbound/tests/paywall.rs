@@ -840,3 +840,36 @@ async fn a_failed_paid_retry_is_recorded_counted_held_or_released_by_what_it_say
     let usage = s.engine.usage("agent-1");
     assert_eq!((usage.stats.recorded, usage.live_reservations), (0, 0), "released");
 }
+
+/// A signer that notes what it is shown, then signs as the test wallet.
+struct Noting(Wallet, Arc<Mutex<Vec<String>>>);
+
+impl Signer for Noting {
+    fn sign<'a>(&'a self, offer: &'a Offer) -> BoxFuture<'a, Result<Credential, SignError>> {
+        self.1.lock().unwrap().push(format!("{} {:?}", offer.url, offer.authorization.intent.rail));
+        self.0.sign(offer)
+    }
+}
+
+/// An API key in the query string stays in this process: the policy, the authority, the logs
+/// and the signer see the endpoint without its query.
+#[tokio::test]
+async fn a_query_string_never_leaves_the_process_with_the_payment() {
+    let paywall = Arc::new(Paywall::default());
+    *paywall.price.lock().unwrap() = "250000".into();
+    *paywall.asset.lock().unwrap() = USDC.into();
+    let url = start(paywall.clone()).await;
+    let engine = Engine::from_json(POLICIES).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let paid = PaidRequests::builder(Conto::new(engine.clone()), Noting(Wallet::default(), seen.clone()))
+        .actor("agent-1")
+        .unwrap()
+        .build();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(paid).build();
+    let answer = client.get(format!("{url}/search?api_key=s3cr3t&q=rust")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].contains("s3cr3t") && seen[0].contains("/search"), "{seen:?}");
+    assert_eq!(engine.usage("agent-1").stats.recorded, 1);
+}
