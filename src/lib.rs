@@ -195,10 +195,16 @@ pub fn from_env(default_policies: impl AsRef<std::path::Path>) -> Result<Conto, 
 /// # Ok::<(), conto::FromEnvError>(())
 /// ```
 pub fn builder_from_env(default_policies: impl AsRef<std::path::Path>) -> Result<ContoBuilder, FromEnvError> {
-    for name in ["CONTO_API_URL", "CONTO_POLICIES", "CONTO_LEDGER_URL", "CONTO_LEDGER_PATH", "CONTO_LEDGER_SCHEMA"] {
-        if std::env::var_os(name).is_some_and(|v| v.to_string_lossy().trim().is_empty()) {
-            return Err(FromEnvError::Empty(name));
-        }
+    // Each variable read, set but empty, is refused (with CONTO_API_URL set, the others are not
+    // read).
+    let empty = |name: &'static str| std::env::var_os(name).is_some_and(|v| v.to_string_lossy().trim().is_empty());
+    let read = if std::env::var_os("CONTO_API_URL").is_some() {
+        &["CONTO_API_URL"][..]
+    } else {
+        &["CONTO_POLICIES", "CONTO_LEDGER_URL", "CONTO_LEDGER_PATH", "CONTO_LEDGER_SCHEMA"][..]
+    };
+    if let Some(name) = read.iter().copied().find(|name| empty(name)) {
+        return Err(FromEnvError::Empty(name));
     }
     if std::env::var_os("CONTO_API_URL").is_some() {
         tracing::info!("conto.from_env: Conto's API at CONTO_API_URL");

@@ -92,7 +92,7 @@ async fn from_env_picks_the_authority() {
 
     // A variable set but empty (`CONTO_LEDGER_PATH=` from a compose file) is a mistake, said so:
     // not a throwaway ledger that forgets every budget at restart, nor the default policies.
-    for name in ["CONTO_LEDGER_PATH", "CONTO_LEDGER_URL", "CONTO_POLICIES", "CONTO_API_URL"] {
+    for name in ["CONTO_LEDGER_PATH", "CONTO_LEDGER_URL", "CONTO_LEDGER_SCHEMA", "CONTO_POLICIES", "CONTO_API_URL"] {
         for empty in ["", "  "] {
             unsafe { std::env::set_var(name, empty) };
             let err = conto::from_env(policies).unwrap_err();

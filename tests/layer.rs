@@ -451,6 +451,108 @@ async fn cancel_on_disconnect_releases_when_the_client_goes_away() {
     assert_eq!(engine.usage("agent-1").stats.recorded, 0);
 }
 
+/// The embedded engine, deciding only after `delay` (a slow remote authority).
+struct Slow(Engine, Duration);
+
+impl Authorizer for Slow {
+    fn authorize<'a>(
+        &'a self,
+        intent: &'a std::sync::Arc<PaymentIntent>,
+    ) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.1).await;
+            self.0.authorize(intent).await
+        })
+    }
+    fn record<'a>(
+        &'a self,
+        a: &'a Authorization,
+        s: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        self.0.record(a, s)
+    }
+    fn release(&self, a: &Authorization) -> BoxFuture<'static, Result<(), AuthorityError>> {
+        self.0.release(a)
+    }
+    fn approval_status<'a>(
+        &'a self,
+        intent: &'a PaymentIntent,
+        pending: &'a PendingApproval,
+    ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
+        self.0.approval_status(intent, pending)
+    }
+}
+
+#[tokio::test]
+async fn a_client_gone_before_its_request_was_approved_is_not_served_after_all() {
+    // Only a settlement under way finishes without its client: one that hangs up while its
+    // payment is still being decided is dropped, and its handler never runs.
+    let engine = engine();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let paid = Paywall::builder(Conto::new(Slow(engine.clone(), Duration::from_millis(300))))
+        .actor(Actor::extension(|user: &User| user.id.clone()))
+        .rail(Rail::x402("https://api.example.com/v1").unwrap())
+        .recipient(RECIPIENT)
+        .build()
+        .unwrap();
+    let router = Router::new().route(
+        "/slow-decision",
+        get(move || async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            "served"
+        })
+        .route_layer(paid.with_price(Price::fixed("3".parse().unwrap()))),
+    );
+    let base = serve(router).await;
+    let request = tokio::spawn(async move {
+        let _ = reqwest::Client::new().get(format!("{base}/slow-decision")).bearer_auth("tok-agent-1").send().await;
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    request.abort(); // gone while the authority decides
+    let _ = request.await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "the handler never ran");
+    assert_eq!(engine.usage("agent-1").stats.recorded, 0);
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_is_dropped_once_its_approval_released() {
+    // The panic unwinds out of the route's future, which is dropped: never polled again in a
+    // task of its own (an `async fn` polled after a panic panics again, where nothing catches
+    // it).
+    static AGAIN: AtomicUsize = AtomicUsize::new(0);
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.to_string().contains("resumed after panicking") {
+            AGAIN.fetch_add(1, Ordering::SeqCst);
+        }
+        hook(info);
+    }));
+    let engine = engine();
+    let router = Router::new()
+        .route(
+            "/panics",
+            get(|| async {
+                if true {
+                    panic!("the handler failed");
+                }
+                "never"
+            })
+            .route_layer(layer(Conto::new(engine.clone())).with_price(Price::fixed("3".parse().unwrap()))),
+        )
+        .layer(axum::middleware::from_fn(authenticate));
+    let mut req = Request::builder().uri("/panics").body(axum::body::Body::empty()).unwrap();
+    req.extensions_mut().insert(User { id: "agent-1".into() });
+    let served = tokio::spawn(tower::ServiceExt::oneshot(router, req)).await;
+    assert!(served.is_err_and(|e| e.is_panic()));
+    assert!(eventually(|| engine.usage("agent-1").stats.released == 1).await, "released");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = engine.usage("agent-1").stats;
+    assert_eq!((stats.approved, stats.recorded, stats.released), (1, 0, 1));
+    assert_eq!(AGAIN.load(Ordering::SeqCst), 0, "polled again after its panic");
+}
+
 /// An authority that never answers.
 struct Hangs;
 

@@ -18,8 +18,9 @@
 //!   unsuccessful report), a server error with no report ([`PaymentError::ServerFailed`]), no
 //!   answer in time, or a redirect to another origin counts the approved amount as spent; with
 //!   [`PaidRequestsBuilder::trust_refusals`] a refusal releases the approval and an unknown
-//!   outcome holds it until it expires. A request dropped after the signer was asked holds it;
-//!   one that never connected releases it;
+//!   outcome holds it until it expires. A request dropped once its signer was asked (a timeout
+//!   around the call) is counted as spent too (held under `trust_refusals`), and so is a paid
+//!   retry that failed in transport, a refused connection included;
 //! - **guards:** a cap per request, allowed networks, known assets only, one idempotency key
 //!   and one credential per payment attempt (a retry of the whole request after the credential
 //!   was sent is refused, [`PaymentError::AlreadySent`], never paid twice), a timeout on the

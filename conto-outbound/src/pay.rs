@@ -357,7 +357,7 @@ enum Unsettled {
 /// ([`PaidRequestsBuilder::trust_refusals`]), the approved amount is counted as spent (the
 /// credential may have been settled whatever the answer), and the attempt stays marked so a
 /// repeat never pays again. Trusted, a refusal releases the approval (a repeat may pay afresh)
-/// and an unknown outcome holds it until it expires. One that never left is released.
+/// and an unknown outcome holds it until it expires.
 async fn unsettled(this: &Inner, approval: conto_core::Approval, ext: &mut Extensions, url: &str, how: Unsettled) {
     match (this.trust_refusals, how) {
         (true, Unsettled::Refused) => {

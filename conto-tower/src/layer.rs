@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -393,22 +393,22 @@ impl<S: fmt::Debug> fmt::Debug for PaidService<S> {
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The future of a [`PaidService`] call. Dropped before it is done (its client gone), it
-/// finishes in a task of its own on the current tokio runtime, so a settlement under way is
-/// recorded rather than cancelled ([`PaywallBuilder::cancel_on_disconnect`] turns this off).
+/// The future of a [`PaidService`] call. Dropped while its handler runs under an approval (its
+/// client gone), it finishes in a task of its own on the current tokio runtime, so a
+/// settlement under way is recorded rather than cancelled
+/// ([`PaywallBuilder::cancel_on_disconnect`] turns this off). Dropped before that (while the
+/// request is read or decided), or serving a free request, it is dropped as any future.
 pub struct ResponseFuture<B: 'static, E: 'static> {
-    /// `None` once done.
+    /// `None` once done (or once a poll panicked).
     inner: Option<Boxed<Result<Response<PaidBody<B>>, E>>>,
-    /// Whether, dropped unfinished once it was polled, it finishes in a task of its own (one
-    /// never polled has done nothing, and is dropped).
-    finish: bool,
-    /// Whether it was polled.
-    started: bool,
+    /// Set once the handler runs under an approval; `None` when a hang-up may cancel it.
+    settling: Option<Arc<AtomicBool>>,
 }
 
 impl<B: 'static, E: 'static> Drop for ResponseFuture<B, E> {
     fn drop(&mut self) {
-        let Some(unfinished) = self.inner.take().filter(|_| self.finish && self.started) else { return };
+        let settling = self.settling.as_ref().is_some_and(|s| s.load(Ordering::Acquire));
+        let Some(unfinished) = self.inner.take().filter(|_| settling) else { return };
         // Outside a tokio runtime (or while it shuts down) it is dropped: the approval's drop
         // guard releases it, as for any cancelled settlement.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -430,13 +430,18 @@ impl<B: 'static, E: 'static> Future for ResponseFuture<B, E> {
     type Output = Result<Response<PaidBody<B>>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.started = true;
-        let Some(inner) = self.inner.as_mut() else {
+        // Taken out while polled: a poll that panics drops it here (its approval released by
+        // its guard), never to be polled again in a task of its own.
+        let Some(mut inner) = self.inner.take() else {
             panic!("a paid route's response future polled after it completed");
         };
-        let ready = std::task::ready!(inner.as_mut().poll(cx));
-        self.inner = None;
-        Poll::Ready(ready)
+        match inner.as_mut().poll(cx) {
+            Poll::Pending => {
+                self.inner = Some(inner);
+                Poll::Pending
+            }
+            ready => ready,
+        }
     }
 }
 
@@ -463,12 +468,9 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         // The request is boxed at once: the futures below move a pointer, not its parts.
-        let finish = !self.route.shared.cancel_on_disconnect;
-        ResponseFuture {
-            inner: Some(Box::pin(handle(self.route.clone(), inner, Box::new(req.into_parts())))),
-            finish,
-            started: false,
-        }
+        let settling = (!self.route.shared.cancel_on_disconnect).then(Arc::default);
+        let future = handle(self.route.clone(), inner, Box::new(req.into_parts()), settling.clone());
+        ResponseFuture { inner: Some(Box::pin(future)), settling }
     }
 }
 
@@ -481,6 +483,7 @@ async fn handle<S, ReqBody, ResBody>(
     route: Arc<Route>,
     mut inner: S,
     req: Box<(Parts, ReqBody)>,
+    settling: Option<Arc<AtomicBool>>,
 ) -> Result<Response<PaidBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -506,6 +509,10 @@ where
             config.conto.run_recorded(
                 intent,
                 move |approval| {
+                    // From here a hang-up no longer cancels the request (`ResponseFuture`).
+                    if let Some(settling) = settling {
+                        settling.store(true, Ordering::Release);
+                    }
                     let (mut parts, body) = *req;
                     parts.extensions.insert(Paid {
                         authorization: approval.authorization().clone(),

@@ -3,22 +3,21 @@
 //! Both `#[paid_action]` and the tower layer call [`Conto::run`]; nothing else decides whether a
 //! settlement may run.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
 mod delivery;
+mod named_keys;
 
 use crate::authorizer::{AuthorityError, Authorizer, Outage, Refused};
 use crate::decision::{Authorization, Decision, DecisionSource, Recorded, Settlement, Verdict};
 
 use crate::decision::ViolationType;
-use crate::engine::lock;
 use crate::intent::{ActorId, IntentError, PaymentIntent};
 use crate::money::Amount;
 use crate::rejection::{Rejection, RejectionKind};
@@ -129,14 +128,9 @@ pub(crate) struct Inner {
     /// Whether a background delivery worker runs (or may be started lazily).
     pub(crate) background: bool,
     pub(crate) worker_started: std::sync::atomic::AtomicBool,
-    /// The caller-named idempotency keys of payments under way or settled, by actor, with when
-    /// they were claimed ([`Conto::claim`]).
-    named_keys: Mutex<HashMap<(ActorId, String), Instant>>,
+    /// The caller-named idempotency keys of payments under way or settled.
+    named_keys: named_keys::NamedKeys,
 }
-
-/// How long a settled payment's named key stays claimed: the day an authority replays a key's
-/// answer for.
-const NAMED_KEY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Which authority approved: the configured one, or the stand-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,7 +274,7 @@ impl ContoBuilder {
                 wake: Arc::new(tokio::sync::Notify::new()),
                 background: self.background,
                 worker_started: std::sync::atomic::AtomicBool::new(false),
-                named_keys: Mutex::default(),
+                named_keys: named_keys::NamedKeys::default(),
             }),
             approval: self.approval,
         };
@@ -359,18 +353,23 @@ impl Conto {
     /// answer it with the first one's approval, and it would pay twice); after a denial or a
     /// release, the key may be tried again.
     async fn authorize_shared(&self, intent: Arc<PaymentIntent>) -> Result<Approval, Rejection> {
-        let named = intent.idempotency_key.is_named();
-        if named {
-            self.claim(&intent)?;
-        }
         let started = Instant::now();
+        // A key claimed is let go of unless an approval comes of it (then by its release), also
+        // when this is dropped on the way or a panic unwinds it.
+        let mut claim = KeyClaim { conto: self, intent: None };
+        if intent.idempotency_key.is_named() {
+            if let Err(used) = self.claim(&intent) {
+                return self.concluded(&intent, started, Err(used));
+            }
+            claim.intent = Some(Arc::clone(&intent));
+        }
         // An in-process authority answers in place: unless a human's approval is waited for,
         // the whole authorization is done here, with no future to build or move (and no span:
         // its events name the actor, the amount and the rail themselves).
         let answer = match self.in_place(&intent, started) {
             InPlace::Done(result) => {
-                if named && result.is_err() {
-                    self.unclaim(&intent);
+                if result.is_ok() {
+                    claim.keep();
                 }
                 return result;
             }
@@ -379,20 +378,17 @@ impl Conto {
         };
         // What waits (a remote authority, a stand-in, a human) is boxed, so the futures of
         // callers that never wait stay small, and runs in a span: what the authority's client
-        // logs on the way is about this payment. A key it claimed is let go of unless it
-        // approves, also when it is dropped on the way.
+        // logs on the way is about this payment.
         let span = tracing::debug_span!(
             "conto.authorize",
             actor = %intent.actor,
             amount = %intent.amount,
             rail = intent.rail.name(),
         );
-        let claim = KeyClaim { conto: self, intent: named.then(|| Arc::clone(&intent)) };
         let later = async move {
             let result = self.authorize_later(intent, started, answer).await;
             if result.is_ok() {
-                // Let go of by the approval's release, if it is released.
-                std::mem::forget(claim);
+                claim.keep();
             }
             result
         };
@@ -401,23 +397,18 @@ impl Conto {
 
     /// Claims `intent`'s named key, or refuses the intent if it is claimed.
     fn claim(&self, intent: &PaymentIntent) -> Result<(), Rejection> {
-        let key = (intent.actor.clone(), intent.idempotency_key.as_str().to_owned());
-        let mut claimed = lock(&self.inner.named_keys);
-        if claimed.len() >= 1024 {
-            claimed.retain(|_, at| at.elapsed() < NAMED_KEY_RETENTION);
+        let key = intent.idempotency_key.as_str();
+        if self.inner.named_keys.claim(intent.actor.as_str(), key) {
+            return Ok(());
         }
-        if claimed.get(&key).is_some_and(|at| at.elapsed() < NAMED_KEY_RETENTION) {
-            let used = IntentError::IdempotencyKeyUsed(key.1);
-            return Err(Rejection::new(RejectionKind::Invalid(used), DecisionSource::Input));
-        }
-        claimed.insert(key, Instant::now());
-        Ok(())
+        let used = IntentError::IdempotencyKeyUsed(key.to_owned());
+        Err(Rejection::new(RejectionKind::Invalid(used), DecisionSource::Input))
     }
 
     /// Lets go of a named key: its payment never happened (denied, released).
     fn unclaim(&self, intent: &PaymentIntent) {
         if intent.idempotency_key.is_named() {
-            lock(&self.inner.named_keys).remove(&(intent.actor.clone(), intent.idempotency_key.as_str().to_owned()));
+            self.inner.named_keys.unclaim(intent.actor.as_str(), intent.idempotency_key.as_str());
         }
     }
 
@@ -949,11 +940,18 @@ fn clamped(conto: &Conto, authorization: &Authorization, mut settlement: Settlem
     settlement
 }
 
-/// A named key claimed by an authorization that waits: let go of if it is dropped or does not
+/// A named key claimed by an authorization under way: let go of if it is dropped or does not
 /// approve (an approval's release lets go of it then).
 struct KeyClaim<'a> {
     conto: &'a Conto,
     intent: Option<Arc<PaymentIntent>>,
+}
+
+impl KeyClaim<'_> {
+    /// Keeps the key claimed: an approval came of it.
+    fn keep(&mut self) {
+        self.intent = None;
+    }
 }
 
 impl Drop for KeyClaim<'_> {
@@ -1016,6 +1014,11 @@ impl Drop for Approval {
         match self.on_drop {
             OnDrop::Release => release(&self.conto, self.via, &authorization, "dropped"),
             OnDrop::Hold => held(&authorization),
+            // Without a runtime a record that waits could not run: held, said so.
+            OnDrop::Record if tokio::runtime::Handle::try_current().is_err() => {
+                tracing::error!(authorization = %authorization.id,
+                    "conto.approval.not_recorded_on_drop: no tokio runtime to record it on; held until it expires");
+            }
             OnDrop::Record => {
                 tracing::warn!(authorization = %authorization.id,
                     "conto.approval.recorded_on_drop: outcome unknown; the approved amount is counted as spent");
