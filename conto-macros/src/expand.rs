@@ -78,15 +78,6 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
     if args.rail.is_none() {
         errors.push(missing("rail", call_site, "rail = x402(resource_url = url)"));
     }
-    // Conto confirms a transfer by its transaction hash: without one, the spend of a transfer
-    // that settled could never be recorded there (it would go to the dead records).
-    if let Some(rail) = args.rail.as_ref().filter(|r| r.kind == "transfer" && args.reference.is_none()) {
-        errors.push(syn::Error::new(
-            rail.kind.span(),
-            "a transfer is confirmed by its transaction hash: add `reference = |ok: &T| tx_hash` \
-             (Conto's confirm needs it; without it the settled spend cannot be recorded)",
-        ));
-    }
     if let Some(e) = errors.into_iter().reduce(|mut a, b| {
         a.combine(b);
         a
@@ -125,6 +116,22 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
         quote_spanned! {old.span()=>
             {
                 #[deprecated(note = "#[paid_action]'s `authorizer = ...` is now `conto = ...` (it takes a `conto::Conto`)")]
+                #[allow(non_upper_case_globals)]
+                const #name: () = ();
+                let () = #name;
+            }
+        }
+    });
+
+    // Conto confirms a transfer by its transaction hash: without one, the spend of a transfer
+    // that settled cannot be recorded there (its record goes to the dead records). A warning
+    // where the rail is written, not an error: the embedded engine needs none.
+    let unreferenced = (rail.kind == "transfer" && args.reference.is_none()).then(|| {
+        let name = syn::Ident::new("transfer_without_reference", rail.kind.span());
+        quote_spanned! {rail.kind.span()=>
+            {
+                #[deprecated(note = "a transfer is confirmed by its transaction hash: add `reference = |ok: &T| tx_hash` \
+                    (without it, Conto and conto-local cannot record the settled spend)")]
                 #[allow(non_upper_case_globals)]
                 const #name: () = ();
                 let () = #name;
@@ -301,6 +308,7 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
         #vis #sig {
             #(#inner)*
             #deprecated
+            #unreferenced
             let __conto_handle: #k::Conto = match #handle {
                 ::core::result::Result::Ok(handle) => handle,
                 ::core::result::Result::Err(rejection) => {

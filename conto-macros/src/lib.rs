@@ -50,7 +50,7 @@ use quote::ToTokens;
 /// | `idempotency_key` | text: names one payment. A second call under it while the first is under way, or (within a day) after it settled, is refused (`IntentError::IdempotencyKeyUsed`) and its body does not run; after a denial or a failed settlement it may be tried again | no |
 /// | `context` | a JSON object (`serde_json::Value`) | no |
 /// | `settled_amount` | a closure `\|ok: &T\| amount` | no |
-/// | `reference` | a closure `\|ok: &T\| text` (the tx hash) | for transfer (Conto confirms a transfer by its hash) |
+/// | `reference` | a closure `\|ok: &T\| text` (the tx hash) | for transfer (Conto confirms a transfer by its hash: a warning without it) |
 /// | `on_approval` | `reject`, or `wait(seconds or Duration)` | no |
 /// | `approval` | a name: the body sees the approval's `conto::Authorization` (id, token, amount, limits, expiry) under it | no |
 /// | `check_send` | `true`: a compile error, at the function's name, when the body's future is not `Send` (as axum's `debug_handler`) | no |

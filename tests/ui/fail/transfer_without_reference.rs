@@ -1,3 +1,4 @@
+#![deny(deprecated)]
 use conto::{paid_action, Conto, Rejection};
 
 #[derive(Debug)]
