@@ -50,6 +50,13 @@ async fn status_events_and_page_show_recent_activity() {
     }
     let get = |path: &str| http.get(format!("{base}{path}")).bearer_auth("operator-secret-1").send();
 
+    // What it shows names every actor: never kept by a cache, never sniffed as another type.
+    for path in ["/status", "/events", ""] {
+        let resp = get(path).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.headers()["cache-control"], "no-store", "{path}");
+        assert_eq!(resp.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
     let status: Value = get("/status").await.unwrap().json().await.unwrap();
     assert_eq!(status["authorityReachable"], true);
     assert_eq!(status["standInActive"], false);

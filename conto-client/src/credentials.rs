@@ -256,20 +256,30 @@ impl CredentialStore {
         Ok(Self { path, key: RwLock::new(key), entries: RwLock::new(entries), saving: std::sync::Mutex::new(()) })
     }
 
-    /// Binds `actor` to `agent_id` and its SDK key, and saves the file.
+    /// Binds `actor` to `agent_id` and its SDK key, and saves the file. The binding is used
+    /// only once it is saved: a save that fails changes nothing.
     pub fn bind(&self, actor: &str, agent_id: &str, sdk_key: &str) -> Result<(), CredentialError> {
-        self.entries.write().unwrap_or_else(|e| e.into_inner()).insert(
-            actor.to_owned(),
-            Binding { agent_id: agent_id.to_owned(), sdk_key: SecretString::from(sdk_key.to_owned()) },
-        );
-        self.save()
+        let binding = Binding { agent_id: agent_id.to_owned(), sdk_key: SecretString::from(sdk_key.to_owned()) };
+        self.change(|entries| {
+            entries.insert(actor.to_owned(), binding);
+        })
     }
 
-    /// Removes `actor`'s binding, and saves the file.
+    /// Removes `actor`'s binding, and saves the file (a save that fails changes nothing).
     pub fn unbind(&self, actor: &str) -> Result<bool, CredentialError> {
-        let removed = self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(actor).is_some();
-        self.save()?;
+        let mut removed = false;
+        self.change(|entries| removed = entries.remove(actor).is_some())?;
         Ok(removed)
+    }
+
+    /// Applies `edit` to a copy of the entries, saves the copy, and only then uses it.
+    fn change(&self, edit: impl FnOnce(&mut BTreeMap<String, Binding>)) -> Result<(), CredentialError> {
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = self.entries.read().unwrap_or_else(|e| e.into_inner()).clone();
+        edit(&mut next);
+        self.write(&self.key.read().unwrap_or_else(|e| e.into_inner()), &next)?;
+        *self.entries.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
     }
 
     /// `actor`'s binding; an unknown actor is an error, never a shared fallback.
@@ -288,19 +298,22 @@ impl CredentialStore {
     }
 
     /// Re-encrypts every entry under the new master key, and saves the file.
+    /// The new key is used only once the file is saved under it.
     pub fn rotate(&self, provider: &dyn KeyProvider) -> Result<(), CredentialError> {
-        *self.key.write().unwrap_or_else(|e| e.into_inner()) = provider.master_key()?;
-        self.save()
+        let key = provider.master_key()?;
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        self.write(&key, &self.entries.read().unwrap_or_else(|e| e.into_inner()))?;
+        *self.key.write().unwrap_or_else(|e| e.into_inner()) = key;
+        Ok(())
     }
 
-    /// Writes the file: to a temporary sibling first (readable by its owner only, synced), then
-    /// renamed over the old one. One save at a time, each of the entries as they are then.
-    fn save(&self) -> Result<(), CredentialError> {
-        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
-        let key = self.key.read().unwrap_or_else(|e| e.into_inner());
+    /// Writes `entries` sealed under `key`: to a temporary sibling first (readable by its owner
+    /// only, synced), then renamed over the old one. The caller holds `saving`: one save at a
+    /// time.
+    fn write(&self, key: &SecretBox<[u8; 32]>, entries: &BTreeMap<String, Binding>) -> Result<(), CredentialError> {
         let cipher = XChaCha20Poly1305::new(key.expose_secret().into());
         let mut sealed = Vec::new();
-        for (actor, b) in self.entries.read().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (actor, b) in entries {
             let nonce: [u8; 24] = rand::random();
             let ciphertext = cipher
                 .encrypt(
@@ -363,5 +376,24 @@ mod tests {
         assert!(other.open(&sealed, "auth_1").is_err(), "another key opens nothing");
         assert!(sealer.open("zz", "auth_1").is_err());
         assert_ne!(sealer.seal(&token, "auth_1").unwrap(), sealed, "a fresh nonce each time");
+    }
+
+    #[test]
+    fn a_binding_whose_save_failed_is_not_used() {
+        // A key kept only in memory would be used now and lost at the next start, while the
+        // lifecycle believed it sealed.
+        let dir = std::env::temp_dir().join(format!("conto-cred-save-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.json");
+        let store = CredentialStore::open(&path, &StaticKey::new([7; 32])).unwrap();
+        store.bind("ws-1", "agent_1", "conto_agent_one").unwrap();
+        // The temporary file's name taken by a directory: the next save cannot be written.
+        std::fs::create_dir(dir.join(format!(".keys.json.{}.tmp", std::process::id()))).unwrap();
+        assert!(matches!(store.bind("ws-2", "agent_2", "conto_agent_two"), Err(CredentialError::Io { .. })));
+        assert!(matches!(store.get("ws-2"), Err(CredentialError::UnknownActor(_))), "not in use");
+        assert!(store.unbind("ws-1").is_err());
+        assert_eq!(store.get("ws-1").unwrap().agent_id, "agent_1", "still bound");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

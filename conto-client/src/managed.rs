@@ -26,16 +26,30 @@ pub const RAIL_SCOPES: &[&str] = &["payments:approve", "payments:confirm", "paym
 /// is looked for by name before one is issued; a key issued by a run that crashed before
 /// sealing it is revoked, then a fresh one is issued and sealed. So an interrupted run leaves no
 /// duplicate agent and no live unsealed key, and the next run finishes the job.
+///
+/// Calls for one actor run one at a time (clones share the turn): two rotations at once would
+/// each revoke the other's key, two first `ensure_actor`s would each create an agent. Across
+/// processes nothing is shared: manage actors from one process, which owns the store's file.
 #[derive(Debug, Clone)]
 pub struct ManagedActors {
     org: OrgClient,
     store: Arc<CredentialStore>,
+    turns: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl ManagedActors {
     /// Manages actors through `org` (the org API key's client), sealing keys in `store`.
     pub fn new(org: OrgClient, store: Arc<CredentialStore>) -> Self {
-        Self { org, store }
+        Self { org, store, turns: Arc::default() }
+    }
+
+    /// Waits for `actor`'s turn: the lifecycle calls for one actor run one at a time.
+    async fn turn(&self, actor: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(turns.entry(actor.to_owned()).or_default())
+        };
+        turn.lock_owned().await
     }
 
     /// The org client (its write counter shows that a second `ensure_actor` writes nothing).
@@ -83,7 +97,7 @@ impl ManagedActors {
             .map_err(|e| AuthorityError::invalid_response(format!("{call}: {e}")))?;
         let key = issued.key.as_deref().ok_or(LifecycleError::MissingField { call, field: "key" })?;
         let key_id = issued.id.clone().ok_or(LifecycleError::MissingField { call, field: "id" })?;
-        self.store.bind(actor.as_str(), agent_id, key).map_err(|e| LifecycleError::Credentials(e.to_string()))?;
+        self.store.bind(actor.as_str(), agent_id, key).map_err(|e| LifecycleError::Credentials(Box::new(e)))?;
         Ok(key_id)
     }
 
@@ -107,6 +121,7 @@ impl ActorLifecycle for ManagedActors {
     ) -> BoxFuture<'a, Result<Ensured, LifecycleError>> {
         Box::pin(async move {
             let id = ActorId::new(actor)?;
+            let _turn = self.turn(actor).await;
             let name = managed_name(&id);
             // 1. The agent, found by its stable name before one is created.
             let (agent_id, created) = match self.find_agent(&name).await? {
@@ -145,15 +160,22 @@ impl ActorLifecycle for ManagedActors {
     }
 
     fn pause_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
-        Box::pin(self.set_status(actor, "PAUSED"))
+        Box::pin(async move {
+            let _turn = self.turn(actor).await;
+            self.set_status(actor, "PAUSED").await
+        })
     }
 
     fn resume_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
-        Box::pin(self.set_status(actor, "ACTIVE"))
+        Box::pin(async move {
+            let _turn = self.turn(actor).await;
+            self.set_status(actor, "ACTIVE").await
+        })
     }
 
     fn rotate_key<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<bool, LifecycleError>> {
         Box::pin(async move {
+            let _turn = self.turn(actor).await;
             let (id, agent_id) = self.agent_id(actor).await?;
             let name = managed_name(&id);
             // Seal the new key first, then revoke every other key of ours: no moment without one.
@@ -165,6 +187,7 @@ impl ActorLifecycle for ManagedActors {
 
     fn retire_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
         Box::pin(async move {
+            let _turn = self.turn(actor).await;
             let (id, agent_id) = match self.agent_id(actor).await {
                 Ok(found) => found,
                 Err(LifecycleError::UnknownActor(_)) => return Ok(()),
@@ -174,7 +197,7 @@ impl ActorLifecycle for ManagedActors {
             self.revoke_keys(&agent_id, &name, None).await?;
             sync_policies(&self.org, &ProductControls::default(), &name, &agent_id).await?;
             self.org.call::<()>(reqwest::Method::DELETE, &format!("/api/agents/{agent_id}"), None).await?;
-            self.store.unbind(actor).map_err(|e| LifecycleError::Credentials(e.to_string()))?;
+            self.store.unbind(actor).map_err(|e| LifecycleError::Credentials(Box::new(e)))?;
             Ok(())
         })
     }

@@ -239,8 +239,10 @@ impl Monitor {
 
     /// The runtime status of `conto` as seen by this monitor.
     pub fn status(&self, conto: &Conto) -> Status {
-        let state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Read before the lock: every decision's observer takes it, and the outbox's counts are
+        // queries.
         let outbox: Option<(u64, u64)> = conto.outbox_stats().map(|o| (o.pending, o.dead));
+        let state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         Status {
             authority_reachable: state.last_source.map(|s| matches!(s, DecisionSource::Policy)),
             last_latency_us: state.last_latency_us,

@@ -155,6 +155,23 @@ async fn rotating_the_sdk_key_seals_the_new_one_and_revokes_the_old() {
     conto.authorize(x402("user-1", "1")).await.expect("the same Conto picks up the new key");
 }
 
+#[tokio::test]
+async fn concurrent_calls_for_one_actor_leave_it_one_agent_and_a_live_key() {
+    // Two first ensures at once would each create an agent; two rotations at once would each
+    // revoke the other's new key, leaving the actor none. One actor's calls take turns.
+    let server = start(None, "conto_org_test").await;
+    let store = Arc::new(CredentialStore::open(scratch("concurrent"), &master()).unwrap());
+    let org = OrgClient::new(&server.url(), server.org_key().expose_secret()).unwrap();
+    let managed = ManagedActors::new(org, store.clone());
+    let (controls, twin) = (controls(), managed.clone());
+    let (a, b) = tokio::join!(managed.ensure_actor("user-1", &controls), twin.ensure_actor("user-1", &controls));
+    assert_eq!(a.unwrap().agent_id, b.unwrap().agent_id, "one agent");
+    let (a, b) = tokio::join!(managed.rotate_key("user-1"), managed.rotate_key("user-1"));
+    assert!(a.unwrap() && b.unwrap());
+    let conto = Conto::new(BoundClients::new(store.clone(), server.url()).unwrap());
+    conto.authorize(x402("user-1", "1")).await.expect("the sealed key is live");
+}
+
 // ---- crash safety ----
 
 /// The child half of the crash proof: runs `ensure_actor` through the proxy, which lets the

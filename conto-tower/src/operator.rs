@@ -105,13 +105,18 @@ impl OperatorView {
     }
 }
 
+/// Every answer, the data included (it names every actor), is never cached nor sniffed.
 fn guard(allowed: bool, respond: impl FnOnce() -> Response) -> Response {
-    if allowed {
-        return respond();
-    }
-    let mut response = (StatusCode::UNAUTHORIZED, "operator credentials required").into_response();
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-    response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    let mut response = if allowed {
+        respond()
+    } else {
+        let mut refused = (StatusCode::UNAUTHORIZED, "operator credentials required").into_response();
+        refused.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        refused
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
     response
 }
 
