@@ -334,13 +334,23 @@ impl CredentialStore {
         let io =
             |e: std::io::Error| CredentialError::Io { path: self.path.display().to_string(), message: e.to_string() };
         let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = self.path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        // A name no one can have made ahead (a file or a link someone else owns would
+        // otherwise be written through): drawn, and created only if it does not exist.
+        let tmp = self.path.with_file_name(format!(".{name}.{}.tmp", hex::encode(rand::random::<[u8; 8]>())));
         let written = owner_only(&tmp).and_then(|mut file| {
             std::io::Write::write_all(&mut file, text.as_bytes())?;
             file.sync_all()
         });
         match written.and_then(|()| std::fs::rename(&tmp, &self.path)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // The rename itself made durable: a revoked key does not come back after a
+                // power loss.
+                #[cfg(unix)]
+                if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+                }
+                Ok(())
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 Err(io(e))
@@ -349,10 +359,10 @@ impl CredentialStore {
     }
 }
 
-/// A new file, readable and writable by its owner only on Unix.
+/// A new file, readable and writable by its owner only on Unix; an error if `path` exists.
 fn owner_only(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)
@@ -388,8 +398,9 @@ mod tests {
         let path = dir.join("keys.json");
         let store = CredentialStore::open(&path, &StaticKey::new([7; 32])).unwrap();
         store.bind("ws-1", "agent_1", "conto_agent_one").unwrap();
-        // The temporary file's name taken by a directory: the next save cannot be written.
-        std::fs::create_dir(dir.join(format!(".keys.json.{}.tmp", std::process::id()))).unwrap();
+        // The file replaced by a directory that is not empty: the next save cannot land.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir_all(path.join("in-the-way")).unwrap();
         assert!(matches!(store.bind("ws-2", "agent_2", "conto_agent_two"), Err(CredentialError::Io { .. })));
         assert!(matches!(store.get("ws-2"), Err(CredentialError::UnknownActor(_))), "not in use");
         assert!(store.unbind("ws-1").is_err());
