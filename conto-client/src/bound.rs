@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 
 use super::{ClientError, ContoClient, check_url};
 use conto_core::PaymentIntent;
-use conto_core::{AuthorityError, Authorizer, BoxFuture, Refused};
+use conto_core::{AuthorityError, Authorizer, BoxFuture};
 use conto_core::{Authorization, Decision, PendingApproval, Recorded, Settlement};
 
 /// An [`Authorizer`] that routes each intent to its actor's own Conto binding: the actor's
@@ -55,15 +55,9 @@ impl BoundClients {
             .sdk_key(binding.sdk_key.expose_secret())
             .actor(actor)
             .build()
-            .map_err(|e| match e {
-                // A sealed key that cannot be sent is a bad key: refused as one, never an outage.
-                ClientError::InvalidKey => Refused::Unauthenticated {
-                    code: "INVALID_KEY".into(),
-                    message: format!("the sealed SDK key of actor `{actor}` cannot be sent: {e}"),
-                }
-                .into(),
-                other => AuthorityError::Unsupported(other.to_string()),
-            })?;
+            // A configuration this process cannot serve (a sealed key that cannot be sent
+            // included): not retried, never covered by a stand-in.
+            .map_err(|e| AuthorityError::Unsupported(format!("actor `{actor}`'s client: {e}")))?;
         clients.insert(actor.to_owned(), (binding.agent_id.clone(), client.clone()));
         Ok(client)
     }

@@ -184,7 +184,8 @@ pub struct CredentialStore {
     path: PathBuf,
     key: RwLock<SecretBox<[u8; 32]>>,
     entries: RwLock<BTreeMap<String, Binding>>,
-    /// Held while the file is written: two saves at once would write one temporary file.
+    /// Held from reading the entries to using what was saved: two changes at once would each
+    /// save without the other's.
     saving: std::sync::Mutex<()>,
 }
 
@@ -346,8 +347,12 @@ impl CredentialStore {
                 // The rename itself made durable: a revoked key does not come back after a
                 // power loss.
                 #[cfg(unix)]
-                if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+                {
+                    let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+                        tracing::warn!(path = %self.path.display(), error = %e,
+                            "conto.credentials.dir_sync_failed: the save may not survive a power loss");
+                    }
                 }
                 Ok(())
             }

@@ -13,6 +13,26 @@ use conto_core::lifecycle::managed_name;
 use conto_core::{ActorId, AuthorityError};
 use conto_core::{ActorLifecycle, Ensured, LifecycleError};
 
+type Turns = std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+/// One actor's turn at the lifecycle.
+struct Turn {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    turns: Arc<Turns>,
+    actor: String,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        self.guard = None;
+        // Only the map's own handle left: no call holds or awaits this turn.
+        if turns.get(&self.actor).is_some_and(|t| Arc::strong_count(t) == 1) {
+            turns.remove(&self.actor);
+        }
+    }
+}
+
 /// The scopes the four rails need, asked for with each key: approve and confirm (transfers,
 /// cards), request (x402, MPP, the payment-request flow, approval polling). Conto adds what a
 /// key asks for to its standard preset (read scopes and `payments:request`).
@@ -34,7 +54,7 @@ pub const RAIL_SCOPES: &[&str] = &["payments:approve", "payments:confirm", "paym
 pub struct ManagedActors {
     org: OrgClient,
     store: Arc<CredentialStore>,
-    turns: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    turns: Arc<Turns>,
 }
 
 impl ManagedActors {
@@ -43,13 +63,16 @@ impl ManagedActors {
         Self { org, store, turns: Arc::default() }
     }
 
-    /// Waits for `actor`'s turn: the lifecycle calls for one actor run one at a time.
-    async fn turn(&self, actor: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    /// Waits for `actor`'s turn (a valid actor id): the lifecycle calls for one actor run one
+    /// at a time. The turn is forgotten when no call holds or awaits it.
+    async fn turn(&self, actor: &str) -> Result<Turn, LifecycleError> {
+        ActorId::new(actor)?;
         let turn = {
             let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(turns.entry(actor.to_owned()).or_default())
         };
-        turn.lock_owned().await
+        let guard = turn.lock_owned().await;
+        Ok(Turn { guard: Some(guard), turns: Arc::clone(&self.turns), actor: actor.to_owned() })
     }
 
     /// The org client (its write counter shows that a second `ensure_actor` writes nothing).
@@ -97,7 +120,15 @@ impl ManagedActors {
             .map_err(|e| AuthorityError::invalid_response(format!("{call}: {e}")))?;
         let key = issued.key.as_deref().ok_or(LifecycleError::MissingField { call, field: "key" })?;
         let key_id = issued.id.clone().ok_or(LifecycleError::MissingField { call, field: "id" })?;
-        self.store.bind(actor.as_str(), agent_id, key).map_err(|e| LifecycleError::Credentials(Box::new(e)))?;
+        if let Err(e) = self.store.bind(actor.as_str(), agent_id, key) {
+            // Not sealed, so no one holds it: revoked rather than left live.
+            let path = format!("/api/agents/{agent_id}/sdk-keys/{key_id}");
+            if let Err(revoke) = self.org.call::<()>(reqwest::Method::DELETE, &path, None).await {
+                tracing::error!(actor = %actor, key_id, error = %revoke,
+                    "conto.lifecycle.unsealed_key_live: a key whose seal failed could not be revoked");
+            }
+            return Err(LifecycleError::Credentials(Box::new(e)));
+        }
         Ok(key_id)
     }
 
@@ -121,7 +152,7 @@ impl ActorLifecycle for ManagedActors {
     ) -> BoxFuture<'a, Result<Ensured, LifecycleError>> {
         Box::pin(async move {
             let id = ActorId::new(actor)?;
-            let _turn = self.turn(actor).await;
+            let _turn = self.turn(actor).await?;
             let name = managed_name(&id);
             // 1. The agent, found by its stable name before one is created.
             let (agent_id, created) = match self.find_agent(&name).await? {
@@ -161,21 +192,21 @@ impl ActorLifecycle for ManagedActors {
 
     fn pause_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
         Box::pin(async move {
-            let _turn = self.turn(actor).await;
+            let _turn = self.turn(actor).await?;
             self.set_status(actor, "PAUSED").await
         })
     }
 
     fn resume_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
         Box::pin(async move {
-            let _turn = self.turn(actor).await;
+            let _turn = self.turn(actor).await?;
             self.set_status(actor, "ACTIVE").await
         })
     }
 
     fn rotate_key<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<bool, LifecycleError>> {
         Box::pin(async move {
-            let _turn = self.turn(actor).await;
+            let _turn = self.turn(actor).await?;
             let (id, agent_id) = self.agent_id(actor).await?;
             let name = managed_name(&id);
             // Seal the new key first, then revoke every other key of ours: no moment without one.
@@ -187,7 +218,7 @@ impl ActorLifecycle for ManagedActors {
 
     fn retire_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
         Box::pin(async move {
-            let _turn = self.turn(actor).await;
+            let _turn = self.turn(actor).await?;
             let (id, agent_id) = match self.agent_id(actor).await {
                 Ok(found) => found,
                 Err(LifecycleError::UnknownActor(_)) => return Ok(()),

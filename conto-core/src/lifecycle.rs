@@ -56,10 +56,10 @@ pub enum LifecycleError {
         /// The missing field.
         field: &'static str,
     },
-    /// The credential store failed (reading, sealing or saving a key); the store's own error
-    /// is the source (`conto_client::credentials::CredentialError`).
-    #[error("credential store: {0}")]
-    Credentials(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The credential store failed (reading, sealing or saving a key): the store's own error
+    /// (`conto_client::credentials::CredentialError`), its message and source as they are.
+    #[error(transparent)]
+    Credentials(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The lifecycle of managed actors. Every call is idempotent.

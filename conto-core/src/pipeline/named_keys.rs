@@ -11,7 +11,8 @@ use crate::engine::lock;
 /// How long a named key stays claimed: the day an authority replays a key's answer for.
 const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The most keys kept: past it the oldest are forgotten first (about 40 bytes each).
+/// The most keys claimed at once: past it the oldest are forgotten first (about 40 bytes
+/// each). Keys let go of (a denial, a release) do not count.
 const MOST: usize = 1 << 20;
 
 /// Claimed keys by a fingerprint of (actor, key), and the order they were claimed in, so
@@ -33,14 +34,20 @@ impl NamedKeys {
         let now = Instant::now();
         let Claimed { at, order, hasher } = &mut *claimed;
         while let Some(&(when, print)) = order.front() {
-            if now.duration_since(when) < RETENTION && order.len() <= MOST {
+            // An entry whose claim was let go of is dropped whenever it comes first.
+            let live = at.get(&print) == Some(&when);
+            if live && now.duration_since(when) < RETENTION && at.len() < MOST {
                 break;
             }
             order.pop_front();
-            // Only the claim this entry made (not one made again since a release).
-            if at.get(&print) == Some(&when) {
+            if live {
                 at.remove(&print);
             }
+        }
+        // Claims let go of leave their entries behind the first: swept when they outnumber the
+        // claims held.
+        if order.len() > 2 * at.len() + 1024 {
+            order.retain(|(when, print)| at.get(print) == Some(when));
         }
         let print = hasher.hash_one((actor, key));
         if at.contains_key(&print) {
@@ -71,8 +78,27 @@ mod tests {
         assert!(keys.claim("agent-2", "job-7"), "another actor's key is another key");
         keys.unclaim("agent-1", "job-7");
         assert!(keys.claim("agent-1", "job-7"), "let go of, it may be claimed again");
-        // The queue keeps the first claim's entry: expiring it must not drop the second claim.
+        // The first claim's entry, let go of and first in the queue, went with that claim; the
+        // second claim stands.
+        assert!(!keys.claim("agent-1", "job-7"));
         let claimed = lock(&keys.0);
-        assert_eq!((claimed.at.len(), claimed.order.len()), (2, 3));
+        assert_eq!((claimed.at.len(), claimed.order.len()), (2, 2));
+    }
+
+    #[test]
+    fn keys_let_go_of_neither_pile_up_nor_push_out_a_held_claim() {
+        // A flood of claims let go of (denied payments under named keys) leaves a held claim
+        // in place, and the queue stays bounded.
+        let keys = NamedKeys::default();
+        assert!(keys.claim("agent-1", "held"));
+        for n in 0..20_000 {
+            let key = format!("denied-{n}");
+            assert!(keys.claim("agent-1", &key));
+            keys.unclaim("agent-1", &key);
+        }
+        assert!(!keys.claim("agent-1", "held"), "still claimed");
+        let claimed = lock(&keys.0);
+        assert_eq!(claimed.at.len(), 1);
+        assert!(claimed.order.len() <= 2 + 1024 + 1, "{}", claimed.order.len());
     }
 }
