@@ -614,6 +614,16 @@ async fn a_402_body_larger_than_a_challenge_is_not_read() {
     assert!(matches!(payment_error(&err), PaymentError::UnknownAsset { .. }), "{err:?}");
 }
 
+/// An MPP challenge for 75 cents to `PAY_TO`, payable for two minutes: within its approval
+/// (which a trusted paywall's challenge must be).
+fn charge_challenge() -> String {
+    let request = URL_SAFE_NO_PAD.encode(json!({"amount": "75", "currency": "usd", "recipient": PAY_TO}).to_string());
+    let expires = (conto::jiff::Timestamp::now() + std::time::Duration::from_secs(120)).to_string();
+    format!(
+        r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}", expires="{expires}""#
+    )
+}
+
 /// An MPP paywall whose answer to the paid retry never comes: the caller gives up (its future
 /// is dropped) after the credential was sent. The money may have moved, and a held reservation
 /// would lapse uncounted while the paywall can still settle: the approved amount is counted.
@@ -626,13 +636,8 @@ async fn a_request_dropped_after_its_credential_was_sent_is_counted_or_held_when
             "/slow",
             get(|headers: HeaderMap| async move {
                 if headers.get("authorization").is_none() {
-                    let request = URL_SAFE_NO_PAD
-                        .encode(json!({"amount": "75", "currency": "usd", "recipient": PAY_TO}).to_string());
-                    let expires = (conto::jiff::Timestamp::now() + std::time::Duration::from_secs(120)).to_string();
-                    let challenge = format!(
-                        r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}", expires="{expires}""#
-                    );
-                    return (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", challenge)], "").into_response();
+                    return (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", charge_challenge())], "")
+                        .into_response();
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(30)).await;
                 "too late".into_response()
@@ -781,15 +786,8 @@ async fn a_failed_paid_retry_is_recorded_counted_held_or_released_by_what_it_say
             "/pay",
             get(move |headers: HeaderMap| async move {
                 if headers.get("authorization").is_none() {
-                    let request = URL_SAFE_NO_PAD
-                        .encode(json!({"amount": "75", "currency": "usd", "recipient": PAY_TO}).to_string());
-                    // Payable for two minutes: within its approval (which a trusted paywall's
-                    // challenge must be).
-                    let expires = (conto::jiff::Timestamp::now() + std::time::Duration::from_secs(120)).to_string();
-                    let challenge = format!(
-                        r#"Payment id="c1", realm="api.test", method="tempo", intent="charge", request="{request}", expires="{expires}""#
-                    );
-                    return (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", challenge)], "").into_response();
+                    return (StatusCode::PAYMENT_REQUIRED, [("www-authenticate", charge_challenge())], "")
+                        .into_response();
                 }
                 let mut answer = (status, "upstream failed").into_response();
                 if receipt {
