@@ -169,20 +169,12 @@ impl ContoClientBuilder {
         };
         let base = self.base_url.trim_end_matches('/').to_owned();
         check_url(&base)?;
-        // A key that cannot be sent as a header (a trailing newline from a file) is a bad key,
-        // said now: sent, it would fail as if the network had.
-        if reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose_secret())).is_err() {
-            return Err(ClientError::InvalidKey);
-        }
-        let http = reqwest::Client::builder()
-            // Never followed: a redirect would carry a body (an approval token) to another
-            // host, and an answer from there is not Conto's.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(1).min(self.authorize_timeout))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("conto-rs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        check_key(key.expose_secret())?;
+        let http = http_client(
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(1).min(self.authorize_timeout))
+                .pool_idle_timeout(Duration::from_secs(90)),
+        )?;
         Ok(ContoClient {
             inner: Arc::new(Inner {
                 http,
@@ -195,6 +187,25 @@ impl ContoClientBuilder {
             }),
         })
     }
+}
+
+/// Refuses a key that cannot be sent as a header (a trailing newline from a file): a bad key,
+/// said now, where sent it would fail as if the network had.
+fn check_key(key: &str) -> Result<(), ClientError> {
+    match reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(ClientError::InvalidKey),
+    }
+}
+
+/// An HTTP client to Conto from `builder` (its timeouts): redirects never followed (one would
+/// carry a body, an approval token, to another host, and an answer from there is not Conto's).
+fn http_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, ClientError> {
+    builder
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("conto-rs/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ClientError::Http(e.to_string()))
 }
 
 /// `https://`, or `http://` to this machine only (Conto's own rule): parsed as the HTTP client

@@ -100,10 +100,15 @@ impl ManagedActors {
         let listed: SdkKeys = self.org.get(&format!("/api/agents/{agent_id}/sdk-keys")).await?;
         for key in listed.all().iter().filter(|k| k.name.as_deref() == Some(name) && k.revoked_at.is_none()) {
             let Some(key_id) = key.id.as_deref().filter(|id| Some(*id) != keep) else { continue };
-            let path = format!("/api/agents/{agent_id}/sdk-keys/{key_id}");
-            self.org.call::<()>(reqwest::Method::DELETE, &path, None).await?;
+            self.revoke_key(agent_id, key_id).await?;
         }
         Ok(())
+    }
+
+    /// Revokes one key of `agent_id`.
+    async fn revoke_key(&self, agent_id: &str, key_id: &str) -> Result<(), AuthorityError> {
+        let path = format!("/api/agents/{agent_id}/sdk-keys/{key_id}");
+        self.org.call::<()>(reqwest::Method::DELETE, &path, None).await.map(|_| ())
     }
 
     /// Issues a key named `name` for `agent_id` and seals it; returns its id.
@@ -122,8 +127,7 @@ impl ManagedActors {
         let key_id = issued.id.clone().ok_or(LifecycleError::MissingField { call, field: "id" })?;
         if let Err(e) = self.store.bind(actor.as_str(), agent_id, key) {
             // Not sealed, so no one holds it: revoked rather than left live.
-            let path = format!("/api/agents/{agent_id}/sdk-keys/{key_id}");
-            if let Err(revoke) = self.org.call::<()>(reqwest::Method::DELETE, &path, None).await {
+            if let Err(revoke) = self.revoke_key(agent_id, &key_id).await {
                 tracing::error!(actor = %actor, key_id, error = %revoke,
                     "conto.lifecycle.unsealed_key_live: a key whose seal failed could not be revoked");
             }

@@ -43,18 +43,11 @@ impl OrgClient {
     pub fn new(base_url: &str, org_key: &str) -> Result<Self, ClientError> {
         let base = base_url.trim_end_matches('/').to_owned();
         check_url(&base)?;
-        if reqwest::header::HeaderValue::from_str(&format!("Bearer {org_key}")).is_err() {
-            return Err(ClientError::InvalidKey);
-        }
-        // Never redirected (a write's body would go to another host), and bounded as Conto's
-        // own helper bounds its calls: 10 s to connect, 30 s in all.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .user_agent(concat!("conto-rs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        crate::check_key(org_key)?;
+        // Bounded as Conto's own helper bounds its calls: 10 s to connect, 30 s in all.
+        let http = crate::http_client(
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).timeout(Duration::from_secs(30)),
+        )?;
         Ok(Self { http, base, key: SecretString::from(org_key.to_owned()), writes: Arc::default() })
     }
 

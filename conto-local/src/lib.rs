@@ -1142,7 +1142,7 @@ async fn list_keys(
 ) -> Result<Response, ApiError> {
     org(&app, &headers)?;
     let store = agent_store(&app, &agent_id)?;
-    let keys = store.keys_of(&agent_id)?.into_iter().map(|k| k.listed(&agent_id)).collect();
+    let keys = store.keys_of(Some(&agent_id))?.into_iter().map(store::KeyRow::listed).collect();
     Ok(axum::Json(SdkKeys::Wrapped { keys }).into_response())
 }
 

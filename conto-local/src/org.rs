@@ -20,6 +20,7 @@ use conto_wire::org::{
 };
 use serde_json::Value;
 
+use crate::store::KeyRow;
 use crate::{ApiError, App, agent_store, json_body, lock, now_text, org, random_hex, reload_policies};
 
 pub(crate) fn routes() -> Router<Arc<App>> {
@@ -44,11 +45,7 @@ async fn org_wallets(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<
 /// `GET /api/api-keys`: every agent's SDK keys (never the key itself), each naming its agent.
 async fn org_keys(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     org(&app, &headers)?;
-    let store = lock(&app.store);
-    let mut keys = Vec::new();
-    for agent in store.agents()? {
-        keys.extend(store.keys_of(&agent.id)?.into_iter().map(|k| k.listed(&agent.id)));
-    }
+    let keys = lock(&app.store).keys_of(None)?.into_iter().map(KeyRow::listed).collect();
     Ok(axum::Json(SdkKeys::Wrapped { keys }).into_response())
 }
 

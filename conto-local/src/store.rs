@@ -293,6 +293,7 @@ fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
 
 /// An SDK key's metadata (never the key itself, which is stored hashed).
 pub(crate) struct KeyRow {
+    pub agent_id: String,
     pub id: String,
     pub name: String,
     pub prefix: String,
@@ -305,10 +306,10 @@ pub(crate) struct KeyRow {
 
 impl KeyRow {
     /// The key as a list shows it: everything but the key itself.
-    pub fn listed(self, agent_id: &str) -> conto_wire::org::SdkKey {
+    pub fn listed(self) -> conto_wire::org::SdkKey {
         conto_wire::org::SdkKey {
             id: Some(self.id),
-            agent_id: Some(agent_id.to_owned()),
+            agent_id: Some(self.agent_id),
             name: Some(self.name),
             key_prefix: Some(self.prefix),
             key_type: Some(self.key_type),
@@ -536,14 +537,20 @@ impl Store {
             .is_some())
     }
 
-    pub fn keys_of(&self, agent_id: &str) -> Result<Vec<KeyRow>, StoreError> {
+    /// The SDK keys of `agent_id`, or of every agent (by agent, as [`Store::agents`] lists
+    /// them), oldest first.
+    pub fn keys_of(&self, agent_id: Option<&str>) -> Result<Vec<KeyRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, name, key_prefix, key_type, scopes, expires_at, created_at, revoked_at FROM sdk_keys
-             WHERE agent_id = ?1 ORDER BY created_at, id",
+            "SELECT k.id, k.name, k.key_prefix, k.key_type, k.scopes, k.expires_at, k.created_at, k.revoked_at,
+                    k.agent_id
+             FROM sdk_keys k JOIN agents a ON a.id = k.agent_id
+             WHERE ?1 IS NULL OR k.agent_id = ?1
+             ORDER BY a.created_at, a.id, k.created_at, k.id",
         )?;
         let rows = stmt.query_map([agent_id], |r| {
             let scopes: String = r.get(4)?;
             Ok(KeyRow {
+                agent_id: r.get(8)?,
                 id: r.get(0)?,
                 name: r.get(1)?,
                 prefix: r.get(2)?,

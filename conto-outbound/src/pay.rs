@@ -397,6 +397,11 @@ async fn read_capped(mut resp: Response, limit: usize) -> Result<Vec<u8>, reqwes
 }
 
 impl Inner {
+    /// Whether `network` (an x402 network, an MPP method) is one this client pays on.
+    fn pays_on(&self, network: &str) -> bool {
+        self.networks.as_ref().is_none_or(|allowed| allowed.contains(&network.to_ascii_lowercase()))
+    }
+
     /// The requirement to pay and its amount, or why none is acceptable.
     fn choose(&self, accepts: &[Requirement]) -> Result<(Requirement, Decimal), PaymentError> {
         let mut why = Vec::new();
@@ -412,9 +417,7 @@ impl Inner {
                 why.push(format!("the `{}` requirement names no `maxTimeoutSeconds`", r.scheme));
                 continue;
             }
-            if let Some(allowed) = &self.networks
-                && !allowed.contains(&r.network.to_ascii_lowercase())
-            {
+            if !self.pays_on(&r.network) {
                 why.push(format!("network `{}` is not allowed", r.network));
                 continue;
             }
@@ -489,9 +492,7 @@ impl Inner {
                 }
                 let currency = m.request.get("currency").and_then(Value::as_str).unwrap_or_default();
                 let network = m.param("method").unwrap_or_default().to_owned();
-                if let Some(allowed) = &self.networks
-                    && !allowed.contains(&network.to_ascii_lowercase())
-                {
+                if !self.pays_on(&network) {
                     return Err(PaymentError::NotAcceptable(format!("MPP method `{network}` is not allowed")));
                 }
                 let decimals = self.assets.decimals(Some(&network), currency).ok_or_else(|| {
