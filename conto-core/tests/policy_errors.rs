@@ -142,6 +142,22 @@ fn bad_members_and_time_zones() {
         serde_json::json!({"ruleType": "TIME_WINDOW", "operator": "BETWEEN", "value": "{\"start\":\"9am\",\"end\":\"17:00\"}"}),
     );
     assert!(matches!(problem(&err).3, RuleProblem::BadValue { .. }));
+    // A blackout's `recurring` must agree with its bounds: never quietly ignored.
+    let err = load_rule(serde_json::json!({"ruleType": "BLACKOUT_PERIOD", "operator": "BETWEEN",
+        "value": "{\"windows\":[{\"start\":\"02:00\",\"end\":\"06:00\",\"recurring\":false}]}"}));
+    assert!(matches!(problem(&err).3, RuleProblem::BadValue { .. }), "{err}");
+    assert!(err.to_string().contains("one-off blackout takes dates"), "{err}");
+    let err = load_rule(serde_json::json!({"ruleType": "BLACKOUT_PERIOD", "operator": "BETWEEN",
+        "value": "{\"windows\":[{\"start\":\"2026-04-01\",\"end\":\"2026-04-02\",\"recurring\":true}]}"}));
+    assert!(matches!(problem(&err).3, RuleProblem::BadValue { .. }), "{err}");
+    PolicySet::from_json(r#"[{"name": "p", "rules": [{"ruleType": "BLACKOUT_PERIOD", "operator": "BETWEEN",
+        "value": "{\"windows\":[{\"start\":\"02:00\",\"end\":\"06:00\",\"reason\":\"Maintenance\",\"recurring\":true}]}",
+        "action": "DENY"}]}]"#)
+    .expect("Conto's own example loads");
+    // A budget's own zone is checked too.
+    let err = load_rule(serde_json::json!({"ruleType": "BUDGET_CAP", "operator": "LTE",
+        "value": "{\"amount\":100,\"period\":\"DAILY\",\"timezone\":\"Mars/Olympus\"}"}));
+    assert_eq!(problem(&err).3, &RuleProblem::TimeZone("Mars/Olympus".into()));
     // A blackout window's own zone is checked too: never replaced by the rule's zone.
     let err = load_rule(serde_json::json!({"ruleType": "BLACKOUT_PERIOD", "operator": "BETWEEN",
         "value": "{\"windows\":[{\"start\":\"02:00\",\"end\":\"04:00\",\"timezone\":\"Mars/Olympus\"}]}"}));

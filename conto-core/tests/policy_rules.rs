@@ -97,6 +97,18 @@ fn budget_cap_with_period() {
 }
 
 #[test]
+fn a_budget_turns_over_in_its_own_zone() {
+    // The policy has no zone (UTC); the budget's value names New York's.
+    let value = r#"{"amount":100,"period":"DAILY","timezone":"America/New_York"}"#;
+    let (e, clock) = engine_at(&policy(&[&rule("BUDGET_CAP", "LTE", value, "ALLOW")]), "2026-03-04T23:00:00Z");
+    spend(&e, &transfer("100")); // 18:00 on the 4th in New York
+    clock.set("2026-03-05T01:00:00Z".parse().unwrap()); // a new day in UTC, still the 4th in New York
+    assert_denied(&e.decide(&transfer("1")), V::BudgetExceeded);
+    clock.set("2026-03-05T05:00:00Z".parse().unwrap()); // midnight of the 5th in New York
+    approved(&e.decide(&transfer("100")));
+}
+
+#[test]
 fn categories_allowed_and_blocked_compare_case_insensitively() {
     let (e, _) = engine_at(
         &policy(&[
@@ -136,6 +148,14 @@ fn counterparty_allowlist_and_blocklist() {
     );
     // Cards have no address: counterparty rules do not apply to them.
     approved(&e.decide(&card("1", "Stripe", "5411")));
+    // Any other payment without a recipient (an intent built by hand, or read without
+    // `recipientAddress`) is not on the allowlist.
+    let mut unaddressed = transfer("1");
+    unaddressed.recipient = None;
+    assert_denied(&e.decide(&unaddressed), V::WhitelistViolation);
+    let mut paid_request = x402("1", "https://api.example.com/data");
+    paid_request.recipient = None;
+    assert_denied(&e.decide(&paid_request), V::WhitelistViolation);
 }
 
 #[test]
@@ -335,6 +355,12 @@ fn require_approval_above_asks_a_human_and_a_deny_elsewhere_wins() {
     ]);
     let (e, _) = engine_at(&text, NOON_WED);
     assert_denied(&e.decide(&transfer("1500")), V::PerTxLimit);
+
+    // Under `DENY` the threshold is a per-payment limit, reported with a type Conto lists.
+    let (e, _) = engine_at(&policy(&[&rule("REQUIRE_APPROVAL_ABOVE", "GT", "10", "DENY")]), NOON_WED);
+    let d = e.decide(&transfer("20"));
+    assert_denied(&d, V::PerTxLimit);
+    assert_eq!(violation(&d).limit, Some(Decimal::from(10)));
 }
 
 #[test]

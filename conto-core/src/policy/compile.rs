@@ -322,9 +322,12 @@ impl RuleCtx<'_> {
         self.decimal(text, EXPECTED)
     }
 
-    pub(crate) fn budget(&self, text: &str) -> Result<(Decimal, Period), PolicyError> {
+    /// A budget's amount, period and the zone its periods turn over in (the value's
+    /// `timezone`, else the policy's).
+    pub(crate) fn budget(&self, text: &str) -> Result<(Decimal, Period, TimeZone), PolicyError> {
         const EXPECTED: &str = "a JSON object {\"amount\": n, \"period\": \"DAILY|WEEKLY|MONTHLY|YEARLY|TOTAL\"}";
         let obj = self.object(text, EXPECTED)?;
+        let tz = self.tz_of(&obj)?;
         let amount = self.num_field(&obj, "amount", text, EXPECTED)?;
         let period = match obj.get("period").and_then(Value::as_str).map(str::to_ascii_uppercase).as_deref() {
             Some("DAILY" | "DAY") => Period::Day,
@@ -334,20 +337,20 @@ impl RuleCtx<'_> {
             Some("TOTAL" | "LIFETIME") => Period::Total,
             _ => return Err(self.bad(text, EXPECTED)),
         };
-        Ok((amount, period))
+        Ok((amount, period, tz))
     }
 
-    pub(crate) fn counter(&self, scope: Scope, period: Period, rails: RailFilter) -> Cumulative {
-        let id = counter_id(format_args!("spend|{rails:?}|{scope:?}|{period:?}|{}", self.tz_name));
-        Cumulative {
-            id,
-            scope,
-            period,
-            tz: self.tz.clone(),
-            tz_name: self.tz_name,
-            last_period: Default::default(),
-            slot: 0,
-        }
+    /// A counter of spend per `period`, turning over in `tz` (`None`: the policy's zone).
+    pub(crate) fn counter(&self, scope: Scope, period: Period, rails: RailFilter, tz: Option<TimeZone>) -> Cumulative {
+        let (tz, tz_name) = match tz {
+            Some(tz) => {
+                let name = super::rules::intern(tz.iana_name().unwrap_or(self.tz_name));
+                (tz, name)
+            }
+            None => (self.tz.clone(), self.tz_name),
+        };
+        let id = counter_id(format_args!("spend|{rails:?}|{scope:?}|{period:?}|{tz_name}"));
+        Cumulative { id, scope, period, tz, tz_name, last_period: Default::default(), slot: 0 }
     }
 
     pub(crate) fn tz_of(&self, obj: &serde_json::Map<String, Value>) -> Result<TimeZone, PolicyError> {

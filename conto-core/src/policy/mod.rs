@@ -30,14 +30,14 @@
 //!    `BLACKOUT_PERIOD` (broken inside the list or window), `REQUIRE_APPROVAL_ABOVE` (gated when
 //!    the comparison holds; `GT` or `GTE` only).
 //! 3. **A broken rule** with action `REQUIRE_APPROVAL` (or of type `REQUIRE_APPROVAL_ABOVE`,
-//!    unless its action is `DENY`, which makes it a hard cap) asks for a human; any other broken
+//!    unless its action is `DENY`, which makes it a hard cap, reported as `PER_TX_LIMIT`) asks for a human; any other broken
 //!    rule denies. Policies run by `priority`, highest first
 //!    (ties in file order); the first denial stops evaluation and is the only violation
 //!    returned; a denial anywhere beats a request for approval.
 //! 4. **Cumulative limits** (`DAILY_LIMIT`, `WEEKLY_LIMIT`, `MONTHLY_LIMIT`, `BUDGET_CAP`, the
 //!    per-service / per-endpoint / session budgets) compare *spent + reserved + this amount*
 //!    with the limit, so `LTE 1000` allows a payment that lands exactly on 1000. Periods are
-//!    calendar periods in the policy's time zone: the day from midnight, the ISO week from
+//!    calendar periods in the policy's time zone (or the `timezone` of a budget's value object): the day from midnight, the ISO week from
 //!    Monday, the month from the 1st. A plain `X402_MAX_PER_SERVICE`, `X402_MAX_PER_ENDPOINT`,
 //!    `MPP_MAX_PER_SERVICE` or `MPP_MAX_PER_ENDPOINT` value is a daily cap; `{"amount", "period"}`
 //!    names the period (`DAILY`, `WEEKLY`, `MONTHLY`, `YEARLY`, `TOTAL`). An endpoint is the
@@ -58,7 +58,9 @@
 //! 6. **`BLACKOUT_PERIOD`** takes both documented formats: `{"windows": [{"start", "end",
 //!    "reason", "recurring"}]}` and `{"start", "end"}`, with `BETWEEN` only (`NOT_BETWEEN`
 //!    would invert the blackout; hours allowed are a `TIME_WINDOW`'s). `HH:MM` bounds are a daily window;
-//!    `YYYY-MM-DD` or RFC 3339 bounds are an absolute period.
+//!    `YYYY-MM-DD` or RFC 3339 bounds are an absolute period. `recurring`, when given, must
+//!    agree (`true` with `HH:MM`, `false` with dates): one that contradicts the bounds is a
+//!    load error.
 //! 7. **Lists.** Counterparty addresses compare in canonical form (EVM lower-cased, Solana as
 //!    written); categories, merchants and methods compare ASCII-case-insensitively; a service entry
 //!    matches that domain and its subdomains. Services compare as canonical hosts
@@ -66,7 +68,8 @@
 //!    in `resourceUrl`, punycode, lower case, no trailing dot; list entries are read the same
 //!    way, and one that is not a host name is a load error. An allowlist rule fails for an intent that lacks
 //!    the field it checks (no category, no MCC, no method), except that counterparty rules do not
-//!    apply to card payments, which have no address (use `CARD_*_MERCHANTS`). An empty list
+//!    apply to card payments, which have no address (use `CARD_*_MERCHANTS`); any other payment
+//!    without a recipient is on no counterparty list. An empty list
 //!    (`"value": "[]"`, how Conto's hybrid example disables a merchant) is valid: an empty
 //!    allowlist allows nothing, an empty blocklist blocks nothing. **`CONTRACT_ALLOWLIST`**
 //!    (`["0x…"]` or `{"contracts": [...], "protocols": [...]}`) checks the contract a payment

@@ -44,7 +44,9 @@ impl Family for Amounts {
             "MPP_PRICE_CEILING" | "MPP_MAX_PER_REQUEST" => (Measure::Price, R::Mpp, V::MppPriceCeiling),
             "MPP_MAX_SESSION_DEPOSIT" => (Measure::Deposit, R::Mpp, V::MppMaxSessionDeposit),
             "CARD_MAX_AMOUNT" => (Measure::Amount, R::Card, V::CardAmountLimit),
-            "REQUIRE_APPROVAL_ABOVE" => (Measure::Amount, R::All, V::Other("REQUIRE_APPROVAL_ABOVE".into())),
+            // Past its threshold a payment is over what one payment may be without a human: under
+            // `DENY` that is a per-payment limit (Conto lists no type of its own for it).
+            "REQUIRE_APPROVAL_ABOVE" => (Measure::Amount, R::All, V::PerTxLimit),
             _ => return None,
         })
     }

@@ -65,6 +65,24 @@ impl Family for Blackouts {
                     if w.contains_key("timezone") || w.contains_key("timeZone") { cx.tz_of(w)? } else { tz.clone() };
                 let start = w.get("start").and_then(Value::as_str).ok_or_else(|| cx.bad(text, EXPECTED))?;
                 let end = w.get("end").and_then(Value::as_str).ok_or_else(|| cx.bad(text, EXPECTED))?;
+                // `recurring` says what the bounds already do (times of day recur daily, dates
+                // do not); one that contradicts them is an error, never quietly ignored.
+                let recurring = match w.get("recurring") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Bool(b)) => Some(*b),
+                    Some(_) => return Err(cx.bad(text, "`recurring` as true or false")),
+                };
+                let daily = parse_time(start).is_some() && parse_time(end).is_some();
+                if recurring.is_some_and(|r| r != daily) {
+                    return Err(cx.bad(
+                        text,
+                        if daily {
+                            "a window of times of day (HH:MM) recurs daily: a one-off blackout takes dates (YYYY-MM-DD or RFC 3339)"
+                        } else {
+                            "a window of dates happens once: a recurring blackout takes times of day (HH:MM)"
+                        },
+                    ));
+                }
                 match (parse_time(start), parse_time(end)) {
                     (Some(s), Some(e)) if s == e => {
                         Err(cx.err("value", RuleProblem::Empty(format!("the window {start} to {end} is empty"))))

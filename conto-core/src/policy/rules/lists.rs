@@ -158,7 +158,8 @@ impl Lexicon {
 /// list rule, the first 256 inline.
 pub(crate) struct Listed {
     bits: SmallVec<[u64; 4]>,
-    /// Which of the fields list rules check the payment has, one bit per field.
+    /// Which of the fields list rules check apply to the payment, one bit per field: those it
+    /// has, and the counterparty on every rail but a card's.
     fields: u8,
 }
 
@@ -168,7 +169,14 @@ impl Listed {
         let mut bits = SmallVec::from_elem(0u64, lexicon.lists.div_ceil(64));
         let mut fields = 0u8;
         for field in Field::ALL.into_iter().filter(|f| lexicon.checked >> *f as u8 & 1 == 1) {
-            let Some(value) = subject(field, intent) else { continue };
+            let Some(value) = subject(field, intent) else {
+                // Counterparty rules apply to every payment but a card's: one without a
+                // recipient is not on any list.
+                if field == Field::Counterparty && intent.rail.needs_recipient() {
+                    fields |= 1 << field as u8;
+                }
+                continue;
+            };
             fields |= 1 << field as u8;
             if lexicon.fields[field as usize].is_empty() {
                 continue;
@@ -189,7 +197,7 @@ impl Listed {
         });
     }
 
-    /// Whether the payment has a value for `field`.
+    /// Whether rules on `field` apply to the payment (see [`Listed::fields`]).
     fn has(&self, field: Field) -> bool {
         self.fields >> field as u8 & 1 == 1
     }
@@ -368,21 +376,30 @@ impl ListCheck {
 
     /// Whether the payment's field is listed as the rule says (`None`: the rule does not apply).
     pub(crate) fn holds(&self, s: &Subject<'_>) -> Option<bool> {
-        if s.listed.has(self.field) { Some(s.listed.contains(self.bit) == self.in_list) } else { self.missing() }
+        if s.listed.has(self.field) {
+            Some(s.listed.contains(self.bit) == self.in_list)
+        } else {
+            self.missing(s.intent)
+        }
     }
 
-    /// What a payment without the field concludes: counterparty rules do not apply to a payment
-    /// without a recipient (a card's), contract rules to one that calls no contract; other
-    /// missing fields are "not listed".
-    fn missing(&self) -> Option<bool> {
-        (!matches!(self.field, Field::Counterparty | Field::Contract)).then_some(!self.in_list)
+    /// What a payment without the field concludes: counterparty rules do not apply to a card
+    /// payment (it has no recipient address), contract rules to one that calls no contract;
+    /// other missing fields, a recipient missing on any other rail included, are "not listed".
+    fn missing(&self, intent: &PaymentIntent) -> Option<bool> {
+        let applies = match self.field {
+            Field::Counterparty => intent.rail.needs_recipient(),
+            Field::Contract => false,
+            _ => true,
+        };
+        applies.then_some(!self.in_list)
     }
 
     /// [`ListCheck::holds`], with the value looked up.
     pub(crate) fn finding<'a>(&self, s: &Subject<'a>) -> Option<Finding<Listing<'a>>> {
         let field = self.field;
         let Some(value) = subject(field, s.intent) else {
-            return self.missing().map(|holds| Finding { holds, detail: Listing::Missing(field) });
+            return self.missing(s.intent).map(|holds| Finding { holds, detail: Listing::Missing(field) });
         };
         let listed = s.listed.contains(self.bit);
         Some(Finding { holds: listed == self.in_list, detail: Listing::Listed { field, value, listed } })
