@@ -13,7 +13,7 @@ use jiff::{SignedDuration, Timestamp};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 
-use crate::migrate::{Migrations, migrate, valid_schema};
+use crate::migrate::{MigrateError, Migrations, migrate, quoted, valid_schema};
 
 /// Why the shared ledger could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +23,14 @@ pub enum PgLedgerError {
     #[error("ledger database: {0}")]
     Database(#[from] sqlx::Error),
     /// The schema name is not a plain lower-case identifier.
-    #[error("invalid ledger schema name `{0}`: use lower-case letters, digits and `_`, at most 63")]
+    #[error(
+        "invalid ledger schema name `{0}`: use lower-case letters, digits and `_`, at most 63, not starting with `pg_`"
+    )]
     Schema(String),
+    /// The schema was migrated by a newer version of this crate: it is not used as if it
+    /// were current (upgrade this replica, or restore the schema).
+    #[error("{0}")]
+    NewerSchema(String),
 }
 
 /// The ledger's migrations, in order (`{s}` is the schema). Amounts are exact `NUMERIC`.
@@ -88,6 +94,12 @@ const MIGRATIONS: Migrations = Migrations {
 /// Housekeeping (forgetting closed authorizations past retention, window slots past any
 /// window, answered requests) runs in one transaction out of this many.
 const HOUSEKEEPING_EVERY: u64 = 64;
+
+/// How every ledger transaction begins: isolation explicit, waits bounded (see `begin`). The
+/// lock wait stays under the pipeline's decision deadline (2 s).
+const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; \
+    SET LOCAL lock_timeout = '1s'; \
+    SET LOCAL idle_in_transaction_session_timeout = '30s'";
 /// Velocity windows are at most a day long; slots older than this are never counted again.
 const SLOT_RETENTION: SignedDuration = SignedDuration::from_hours(48);
 
@@ -230,7 +242,10 @@ impl PgLedger {
             .get_or_try_init(|| async { migrate(&self.inner.pool, &self.inner.schema, &MIGRATIONS).await })
             .await
             .map(|_| ())
-            .map_err(err)
+            .map_err(|e| match e {
+                MigrateError::Database(e) => err(e),
+                newer @ MigrateError::Newer { .. } => SharedLedgerError::broken(newer.to_string()),
+            })
     }
 
     /// The pool.
@@ -239,7 +254,7 @@ impl PgLedger {
     }
 
     fn sql(&self, statement: &str) -> String {
-        statement.replace("{s}", &self.inner.schema)
+        statement.replace("{s}", &quoted(&self.inner.schema))
     }
 
     /// Begins a transaction holding `actor`'s lock, with its due authorizations expired.
@@ -249,8 +264,13 @@ impl PgLedger {
         now: Timestamp,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, SharedLedgerError> {
         self.ready().await?;
-        // Explicit, whatever the server's default_transaction_isolation says.
-        let mut tx = self.inner.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await.map_err(err)?;
+        // Explicit, whatever the server's default_transaction_isolation says. Bounded waits,
+        // in the same round trip: a replica that stalls holding an actor's lock (frozen, or cut
+        // off with its connection left open) is an outage for that actor's decisions after
+        // `lock_timeout`, never a wait that holds a pool connection past the decision's
+        // deadline, and the server ends its transaction, lock included, after
+        // `idle_in_transaction_session_timeout`.
+        let mut tx = self.inner.pool.begin_with(BEGIN).await.map_err(err)?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("conto-ledger:{}:{}", self.inner.schema, actor.as_str()))
             .execute(&mut *tx)
@@ -470,14 +490,19 @@ impl PgLedger {
                 .execute(&mut *conn)
                 .await
             }
-            LedgerWrite::SettleLate { id, counted, settled, reference, transaction_id, counters } => {
+            LedgerWrite::SettleLate { id, counted, settled, reference, transaction_id, counters, windows } => {
                 let (counter, scope, start) = counter_arrays(counters);
+                let (window, window_scope, _) = window_arrays(windows);
                 sqlx::query(&self.sql(
                     "WITH a AS (
                         UPDATE {s}.ledger_authorizations
                            SET state = 'recorded', late = true, counted = $3, settled = $4, reference = $5,
                                transaction_id = $6, closed_at = $7::timestamptz
-                         WHERE id = $1 AND actor = $2 AND state IN ('expired', 'released'))
+                         WHERE id = $1 AND actor = $2 AND state IN ('expired', 'released')),
+                     v AS (
+                        INSERT INTO {s}.ledger_slots (id, actor, counter, scope, at)
+                        SELECT $1, $2, k.counter, k.scope, $7::timestamptz
+                          FROM unnest($11::text[], $12::text[]) AS k(counter, scope))
                      INSERT INTO {s}.ledger_counters AS c (actor, counter, scope, period_start, spent, reserved)
                      SELECT $2, k.counter, k.scope, k.period_start, $3, 0
                        FROM unnest($8::text[], $9::text[], $10::text[]::timestamptz[]) AS k(counter, scope, period_start)
@@ -493,6 +518,8 @@ impl PgLedger {
                 .bind(counter)
                 .bind(scope)
                 .bind(start)
+                .bind(window)
+                .bind(window_scope)
                 .execute(&mut *conn)
                 .await
             }
@@ -710,5 +737,14 @@ impl SharedLedger for PgLedger {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<SharedUsage, SharedLedgerError>> {
         Box::pin(self.read_usage(actor, now))
+    }
+}
+
+impl From<MigrateError> for PgLedgerError {
+    fn from(e: MigrateError) -> Self {
+        match e {
+            MigrateError::Database(e) => Self::Database(e),
+            newer @ MigrateError::Newer { .. } => Self::NewerSchema(newer.to_string()),
+        }
     }
 }

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, PgExecutor, Row};
 
-use crate::migrate::{Migrations, migrate, valid_schema};
+use crate::migrate::{MigrateError, Migrations, migrate, quoted, valid_schema};
 
 /// Why the PostgreSQL outbox failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +21,14 @@ pub enum PgOutboxError {
     #[error("outbox database: {0}")]
     Database(#[from] sqlx::Error),
     /// The schema name is not a plain lower-case identifier.
-    #[error("invalid outbox schema name `{0}`: use lower-case letters, digits and `_`, at most 63")]
+    #[error(
+        "invalid outbox schema name `{0}`: use lower-case letters, digits and `_`, at most 63, not starting with `pg_`"
+    )]
     Schema(String),
+    /// The schema was migrated by a newer version of this crate: it is not used as if it
+    /// were current (upgrade this replica, or restore the schema).
+    #[error("{0}")]
+    NewerSchema(String),
     /// A record's token could not be sealed.
     #[error("outbox record: {0}")]
     Seal(SinkError),
@@ -194,7 +200,7 @@ impl PgOutbox {
     }
 
     fn sql(&self, statement: &str) -> String {
-        statement.replace("{s}", &self.shared.schema)
+        statement.replace("{s}", &quoted(&self.shared.schema))
     }
 
     /// Writes `record` in the app's own transaction (`&mut *tx`), so that the app's state and
@@ -523,5 +529,14 @@ impl RecordSink for PgOutbox {
         let mut stats = seen.stats;
         stats.pending += seen.queued_total - seen.counted_upto + self.spilled().len() as u64;
         Ok(stats)
+    }
+}
+
+impl From<MigrateError> for PgOutboxError {
+    fn from(e: MigrateError) -> Self {
+        match e {
+            MigrateError::Database(e) => Self::Database(e),
+            newer @ MigrateError::Newer { .. } => Self::NewerSchema(newer.to_string()),
+        }
     }
 }

@@ -120,8 +120,8 @@ async fn expiry_late_records_and_velocity_hold_across_replicas() {
     assert_eq!(a.usage("agent-1").await.unwrap().counters[0].spent, Decimal::from(7));
     b.settle(&four, &Settlement::default()).await.unwrap();
 
-    // Velocity: 6 approvals an hour per actor, counted across both replicas (the two above
-    // are in the window: the lapsed one left it, the late record does not count again).
+    // Velocity: 6 approvals an hour per actor, counted across both replicas (another actor's
+    // window: agent-1's above do not count here). Five settled, then a sixth live.
     let mut n = 1;
     for i in 0..5 {
         let engine = if i % 2 == 0 { &a } else { &b };
@@ -329,6 +329,65 @@ async fn bad_names_and_unreachable_servers_are_typed_errors() {
     assert!(matches!(err, conto_postgres::PgLedgerError::Database(_)), "{err:?}");
 }
 
+/// A schema already migrated is only read when opened: a role with rights on its rows alone
+/// (no DDL) runs the ledger. One migrated by a newer build is refused, never used as current.
+#[tokio::test]
+async fn a_migrated_schema_opens_without_ddl_rights_and_a_newer_one_is_refused() {
+    let Some((pool, name)) = schema("dml_only").await else { return };
+    PgLedger::open(pool.clone(), &name).await.unwrap();
+    let role = format!("{name}_app");
+    for statement in [
+        format!("DROP ROLE IF EXISTS {role}"),
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT USAGE ON SCHEMA {name} TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {name} TO {role}"),
+    ] {
+        sqlx::query(&statement).execute(&pool).await.unwrap();
+    }
+    let url = common::url();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let as_role = format!("{scheme}://{role}@{}", rest.rsplit_once('@').map_or(rest, |(_, host)| host));
+    let app = common::pool_on(&as_role, 2).await.unwrap();
+    let ledger = PgLedger::open(app.clone(), &name).await.expect("opened without DDL rights");
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let engine =
+        Engine::builder().policies(conto::PolicySet::from_json(POLICIES).unwrap()).clock(clock).build_shared(ledger);
+    let a = approved(engine.decide(&card("agent-1", "1")).await.unwrap().verdict);
+    engine.settle(&a, &Settlement::default()).await.unwrap();
+    app.close().await;
+
+    sqlx::query(&format!("INSERT INTO {name}.ledger_schema_version (version) VALUES (999)"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let err = PgLedger::open(pool.clone(), &name).await.unwrap_err();
+    assert!(matches!(err, conto_postgres::PgLedgerError::NewerSchema(_)), "{err:?}");
+    assert!(err.to_string().contains("999"), "{err}");
+    // Opened lazily, every decision fails closed as a configuration error, not an outage.
+    let lazy = PgLedger::connect_lazy(&url, &name).unwrap();
+    let engine = Engine::builder().policies(conto::PolicySet::from_json(POLICIES).unwrap()).build_shared(lazy);
+    let err = engine.decide(&card("agent-1", "1")).await.unwrap_err();
+    assert!(matches!(&err, AuthorityError::Unsupported(why) if why.contains("newer")), "{err:?}");
+    for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(&statement).execute(&pool).await.unwrap();
+    }
+    drop_schema(&pool, &name).await;
+}
+
+/// A schema whose name is also an SQL keyword is a schema like any other.
+#[tokio::test]
+async fn a_schema_named_like_a_keyword_works() {
+    let Some((pool, _)) = schema("keyword").await else { return };
+    sqlx::query("DROP SCHEMA IF EXISTS \"order\" CASCADE").execute(&pool).await.unwrap();
+    let ledger = PgLedger::open(pool.clone(), "order").await.unwrap();
+    let engine = Engine::builder().policies(conto::PolicySet::from_json(POLICIES).unwrap()).build_shared(ledger);
+    approved(engine.decide(&card("agent-1", "1")).await.unwrap().verdict);
+    PgOutbox::open(pool.clone(), "order").await.unwrap();
+    let bad = PgLedger::open(pool.clone(), "pg_conto").await.unwrap_err();
+    assert!(matches!(bad, conto_postgres::PgLedgerError::Schema(_)), "{bad:?}");
+    sqlx::query("DROP SCHEMA \"order\" CASCADE").execute(&pool).await.unwrap();
+}
+
 /// A ledger set up wrong (here a table dropped under it) is a configuration error, not an
 /// outage: no retry or stand-in would hide it, and an operator sees what is wrong.
 #[tokio::test]
@@ -344,6 +403,56 @@ async fn a_broken_ledger_is_a_configuration_error_not_an_outage() {
     // A record of money that moved is kept trying (an outbox retries it) until it is fixed.
     let err = a.settle(&spent, &Settlement::default()).await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
+    drop_schema(&pool, &name).await;
+}
+
+/// A settlement reported after its approval lapsed is a payment: it takes a velocity slot
+/// again, as it does in one process.
+#[tokio::test]
+async fn a_late_record_counts_toward_velocity_across_replicas() {
+    let Some((pool, name)) = schema("late_velocity").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let (a, b) = replicas(&pool, &name, &clock).await;
+    let lapsing = approved(a.decide(&card("agent-1", "0.5")).await.unwrap().verdict);
+    clock.advance(SignedDuration::from_mins(11)); // lapsed: its slot is given back
+    for i in 0..5 {
+        let engine = if i % 2 == 0 { &a } else { &b };
+        let x = approved(engine.decide(&card("agent-1", "0.5")).await.unwrap().verdict);
+        engine.settle(&x, &Settlement::default()).await.unwrap();
+    }
+    assert!(b.settle(&lapsing, &Settlement::default()).await.unwrap().late);
+    // Six payments within the hour: a seventh is refused on either replica.
+    for engine in [&a, &b] {
+        let verdict = engine.decide(&card("agent-1", "0.5")).await.unwrap().verdict;
+        assert!(matches!(verdict, Verdict::Denied(_)), "6 an hour: {verdict:?}");
+    }
+    drop_schema(&pool, &name).await;
+}
+
+/// A replica that stalls holding an actor's lock (frozen, or cut off with its connection left
+/// open) makes that actor's decisions elsewhere an outage, not a wait for as long as it stalls.
+#[tokio::test]
+async fn a_replica_stalled_holding_an_actors_lock_is_an_outage_for_the_others() {
+    let Some((pool, name)) = schema("stalled").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let (a, _) = replicas(&pool, &name, &clock).await;
+    approved(a.decide(&card("agent-1", "1")).await.unwrap().verdict); // migrated and working
+    let mut stalled = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("conto-ledger:{name}:agent-1"))
+        .execute(&mut *stalled)
+        .await
+        .unwrap();
+    // Bounded only so that a regression fails instead of hanging: the stalled lock is never
+    // let go while the decision runs.
+    let decided = tokio::time::timeout(Duration::from_secs(60), a.decide(&card("agent-1", "1"))).await;
+    let err = decided.expect("the decision waited on the stalled replica").unwrap_err();
+    assert!(err.is_retryable(), "an outage, retried: {err:?}");
+    assert!(err.to_string().contains("lock"), "{err}");
+    // Other actors are not held up.
+    approved(a.decide(&card("agent-2", "1")).await.unwrap().verdict);
+    stalled.rollback().await.unwrap();
+    approved(a.decide(&card("agent-1", "1")).await.unwrap().verdict);
     drop_schema(&pool, &name).await;
 }
 

@@ -17,6 +17,7 @@ use jiff::Timestamp;
 use rust_decimal::Decimal;
 
 use crate::micros::Micros;
+use crate::policy::PolicySet;
 
 use super::evaluate::{self, Evaluation, Reads, evaluate};
 use super::ledger::{CounterKey, IdKey, VelocityKey};
@@ -152,8 +153,9 @@ pub enum LedgerWrite {
         /// The transaction id.
         transaction_id: String,
     },
-    /// An expired authorization is settled after all: `counted` is added to the spend of these
-    /// counters (the periods current now), and the authorization is marked recorded, late.
+    /// An expired or released authorization is settled after all: `counted` is added to the
+    /// spend of these counters (the periods current now), one approval at `now` to these
+    /// windows, and the authorization is marked recorded, late.
     SettleLate {
         /// The authorization id.
         id: String,
@@ -167,6 +169,8 @@ pub enum LedgerWrite {
         transaction_id: String,
         /// The counters the spend counts on.
         counters: Vec<CounterSlot>,
+        /// The velocity windows the spend takes a slot in.
+        windows: Vec<WindowSlot>,
     },
     /// A live authorization is given back: counters and windows drop it.
     Release {
@@ -438,9 +442,20 @@ impl SharedEngine {
         &self.engine
     }
 
-    fn keys(&self, intent: &PaymentIntent, now: Timestamp) -> (Vec<(CounterKey, Timestamp)>, Vec<VelocityKey>) {
-        let policies = self.engine.inner.policies.load();
-        evaluate::all_keys(&policies, intent, &mut NoReads, now)
+    /// The counters and windows `policies` keep for `intent` at `now`. A decision reads them and
+    /// evaluates with one load of the policies: a set swapped between two loads could name
+    /// counters the decision never read.
+    fn keys(
+        policies: &PolicySet,
+        intent: &PaymentIntent,
+        now: Timestamp,
+    ) -> (Vec<(CounterKey, Timestamp)>, Vec<VelocityKey>) {
+        evaluate::all_keys(policies, intent, &mut NoReads, now)
+    }
+
+    /// [`SharedEngine::keys`] under the policies in force.
+    fn keys_now(&self, intent: &PaymentIntent, now: Timestamp) -> (Vec<(CounterKey, Timestamp)>, Vec<VelocityKey>) {
+        Self::keys(&self.engine.inner.policies.load(), intent, now)
     }
 
     /// Decides on an intent against the shared ledger; an approval is reserved there. See
@@ -452,7 +467,7 @@ impl SharedEngine {
         };
         let now = self.engine.now();
         let policies = self.engine.inner.policies.load_full();
-        let (holds, windows) = self.keys(intent, now);
+        let (holds, windows) = Self::keys(&policies, intent, now);
         let (counters, window_slots) = slots(&holds, &windows, now);
         let approval_ttl = self.engine.lifetime(&policies, intent);
         let pending_ttl = self.engine.inner.pending_ttl;
@@ -545,14 +560,20 @@ impl SharedEngine {
                 Some(Held::Released | Held::Expired) => {
                     let counted = settled.get().min(approved);
                     let transaction_id = random_id("tx_", 12);
+                    // The periods and windows current now: only a late record needs them. Its
+                    // approval's slots went with its expiry or release; the spend takes one
+                    // again in every window but a live-only one (as in one process).
+                    let (holds, mut windows) = self.keys_now(&authorization.intent, now);
+                    windows.retain(|k| !k.is_live());
+                    let (counters, windows) = slots(&holds, &windows, now);
                     let write = LedgerWrite::SettleLate {
                         id: id.to_owned(),
                         counted,
                         settled: settled.get(),
                         reference: settlement.reference.clone(),
                         transaction_id: transaction_id.clone(),
-                        // The periods current now: only a late record needs them.
-                        counters: slots(&self.keys(&authorization.intent, now).0, &[], now).0,
+                        counters,
+                        windows,
                     };
                     (Ok(recorded(counted, Some(transaction_id), true)), vec![write])
                 }
@@ -604,7 +625,7 @@ impl SharedEngine {
             (true, gate) => gate,
         };
         let policies = self.engine.inner.policies.load_full();
-        let (holds, windows) = self.keys(intent, now);
+        let (holds, windows) = Self::keys(&policies, intent, now);
         let (counters, window_slots) = if refusal.is_some() { (vec![], vec![]) } else { slots(&holds, &windows, now) };
         let approval_ttl = self.engine.lifetime(&policies, intent);
         let id = approval_request_id;
@@ -694,7 +715,7 @@ impl SharedEngine {
     /// that id yet.
     async fn spend(&self, intent: &PaymentIntent, amount: Amount, id: Option<&str>) -> Result<(), SharedLedgerError> {
         let now = self.engine.now();
-        let (holds, mut windows) = self.keys(intent, now);
+        let (holds, mut windows) = self.keys_now(intent, now);
         // A spend is no live approval: it takes no slot in a live-only window.
         windows.retain(|k| !k.is_live());
         let (counters, windows) = slots(&holds, &windows, now);
