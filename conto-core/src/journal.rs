@@ -26,6 +26,11 @@ pub enum Entry {
         amount: Amount,
         /// When the reservation lapses.
         expires_at: Timestamp,
+        /// When it was reserved: a record in time counts in this time's periods and windows.
+        /// `None` in entries written before the field existed (their records count at their
+        /// own time).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<Timestamp>,
     },
     /// A settlement was recorded: `amount` (as counted) became spend at `at`.
     Recorded {

@@ -180,6 +180,39 @@ fn a_record_after_a_restart_for_an_approval_that_lapsed_or_was_released_is_count
     assert!(again.settle(&lapsing, &Settlement::default().reference("0xlapsed")).unwrap().late);
 }
 
+/// A restart counts spend where the engine counted it before: an approval reserved before
+/// midnight and recorded, in time, after it counts in the day it was reserved in, both before
+/// and after a restart (the replay once counted it in the record's day, and a restart shrank
+/// the new day's budget).
+#[test]
+fn a_record_in_time_across_midnight_counts_in_the_same_day_before_and_after_a_restart() {
+    let path = journal_path("midnight");
+    const DAILY: &str = r#"{"agents": ["agent-1"], "policies": [{"name": "daily", "rules": [
+        {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "100", "action": "ALLOW"}]}]}"#;
+    let clock = ManualClock::new("2026-06-10T23:59:00Z".parse().unwrap());
+    let open =
+        || Engine::builder().policies(PolicySet::from_json(DAILY).unwrap()).clock(clock.clone()).open(&path).unwrap();
+    let engine = open();
+    let approve = |engine: &Engine, amount| match engine.try_decide(&transfer(amount)).unwrap().verdict {
+        Verdict::Approved(a) => a,
+        other => panic!("{other:?}"),
+    };
+    let before_midnight = approve(&engine, "80");
+    clock.set("2026-06-11T00:00:30Z".parse().unwrap());
+    let after_midnight = approve(&engine, "1");
+    engine.settle(&after_midnight, &Settlement::default().reference("0x01")).unwrap();
+    clock.set("2026-06-11T00:01:00Z".parse().unwrap());
+    assert!(!engine.settle(&before_midnight, &Settlement::default().reference("0x80")).unwrap().late);
+    let daily = |e: &Engine| {
+        e.usage("agent-1").counters.iter().map(|c| (c.period_start, c.spent, c.reserved)).collect::<Vec<_>>()
+    };
+    let counted = daily(&engine);
+    drop(engine);
+    let restarted = open();
+    assert_eq!(daily(&restarted), counted, "the same counts after a restart");
+    approve(&restarted, "99"); // 1 + 99: the new day's budget, as before the restart
+}
+
 /// A record past its approval's expiry, before any sweep took the reservation back, is late,
 /// and its repeat after a restart says so too.
 #[test]

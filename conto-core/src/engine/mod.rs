@@ -733,19 +733,29 @@ impl Engine {
         // Keyed by id (linear in the journal's length), restored in journal order.
         let mut live: HashMap<&str, (usize, &PaymentIntent, Amount, Timestamp)> = HashMap::new();
         let mut pending: HashMap<&str, (usize, &PaymentIntent, Timestamp)> = HashMap::new();
+        let mut reserved_at: HashMap<&str, Timestamp> = HashMap::new();
         let now = self.now();
         // An approval that ended at `ended` is still answered for (kept closed) after a restart
         // while within the retention window.
         let retained = |ended: Timestamp| ended.checked_add(self.inner.retention).is_ok_and(|t| t > now);
         for (seq, entry) in entries.iter().enumerate() {
             match entry {
-                Entry::Reserved { id, intent, amount, expires_at } => {
+                Entry::Reserved { id, intent, amount, expires_at, at } => {
                     live.insert(id, (seq, intent, *amount, *expires_at));
+                    if let Some(at) = at {
+                        reserved_at.insert(id, *at);
+                    }
                 }
                 Entry::Recorded { id, intent, amount, settled, reference, at } => {
                     // Late when its approval had lapsed, or had been released, when it came.
                     let late = live.remove(id.as_str()).is_none_or(|(.., expires_at)| *at > expires_at);
-                    self.restore_spend(intent, *amount, *at);
+                    // Counted as it was before the restart: a record in time turned its
+                    // reservation into spend in the periods and windows it was reserved in; a
+                    // late one counted when it came (an entry from before reservations had a
+                    // time counts at its record's).
+                    let reserved = reserved_at.remove(id.as_str());
+                    let counted_at = if late { *at } else { reserved.unwrap_or(*at) };
+                    self.restore_spend(intent, *amount, counted_at);
                     let ledger = self.ledger(&intent.actor);
                     let how = Closed::Recorded(kept(Micros::of(*amount), *settled, (late, false), reference));
                     lock(&ledger).close(IdKey::of(id), how, *at);
@@ -847,6 +857,7 @@ impl Engine {
             intent: intent.clone(),
             amount: intent.exposure(),
             expires_at,
+            at: Some(now),
         })?;
         ledger.reserve(key, Micros::of(intent.exposure()), expires_at, holds, windows, now);
         Ok(())

@@ -50,7 +50,9 @@
 //!    rail's `sessionId`, or the intent's `context.sessionId` for x402 (intents without one
 //!    share the session `default`).
 //!    Spend counted before a rule existed is not counted by it (the engine keeps counters, not
-//!    history).
+//!    history). An approval reserved in one period and recorded in time in the next counts in
+//!    the period it was reserved in (its hold was that period's), also after a restart; a late
+//!    record (its approval lapsed or released) counts in the period it came in.
 //! 5. **Time zones.** UTC unless the policy has `timezone` (an IANA name) or the rule's value
 //!    object has `timezone`. `TIME_WINDOW` `{"start":"22:00","end":"06:00"}` wraps midnight; start
 //!    is inclusive, end exclusive; `start == end` is an empty window and a load error.
