@@ -306,14 +306,19 @@ impl PgLedger {
     }
 
     /// Forgets what no decision will read again: closed authorizations past retention, velocity
-    /// window slots older than any window, and answered or lapsed requests past retention.
+    /// window slots older than any window, answered or lapsed requests past retention, and
+    /// counters of periods that ended (a newer period's row exists) holding no reservation.
     async fn housekeeping(&self, conn: &mut PgConnection, actor: &ActorId, now: &str) -> Result<(), SharedLedgerError> {
         let retention = self.inner.retention.as_secs_f64();
         sqlx::query(&self.sql(
             "WITH a AS (DELETE FROM {s}.ledger_authorizations WHERE actor = $1 AND state <> 'live'
                           AND closed_at < $2::timestamptz - make_interval(secs => $3) RETURNING 1),
                   p AS (DELETE FROM {s}.ledger_pending WHERE actor = $1
-                          AND expires_at < $2::timestamptz - make_interval(secs => $3) RETURNING 1)
+                          AND expires_at < $2::timestamptz - make_interval(secs => $3) RETURNING 1),
+                  c AS (DELETE FROM {s}.ledger_counters c WHERE c.actor = $1 AND c.reserved = 0
+                          AND EXISTS (SELECT 1 FROM {s}.ledger_counters n WHERE n.actor = c.actor
+                                        AND n.counter = c.counter AND n.scope = c.scope
+                                        AND n.period_start > c.period_start) RETURNING 1)
              DELETE FROM {s}.ledger_slots WHERE actor = $1 AND at < $2::timestamptz - make_interval(secs => $4)
                 AND NOT starts_with(counter, $5)",
         ))

@@ -621,6 +621,48 @@ async fn a_month_long_mpp_session_keeps_its_slot_past_housekeeping() {
     drop_schema(&pool, &name).await;
 }
 
+/// Housekeeping forgets the counters of periods that ended: an actor's rows do not grow by one
+/// per day for ever. A row still holding a reservation stays until it is settled or lapses.
+#[tokio::test]
+async fn counters_of_ended_periods_are_forgotten() {
+    let Some((pool, name)) = schema("oldcounters").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let ledger = PgLedger::open(pool.clone(), &name).await.unwrap();
+    let set = conto::PolicySet::from_json(
+        r#"{"agents": ["agent-1"], "policies": [{"name": "daily", "rules": [
+            {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "1000", "action": "ALLOW"}]}]}"#,
+    )
+    .unwrap();
+    let engine = Engine::builder().policies(set).clock(clock.clone()).build_shared(ledger);
+    let rows = || async {
+        let n: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM {name}.ledger_counters WHERE actor = 'agent-1'"))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        n
+    };
+    let held = approved(engine.decide(&card("agent-1", "1")).await.unwrap().verdict); // day 1, left live
+    for _ in 0..5 {
+        clock.advance(SignedDuration::from_hours(24));
+        let a = approved(engine.decide(&card("agent-1", "1")).await.unwrap().verdict);
+        engine.settle(&a, &Settlement::default()).await.unwrap();
+    }
+    assert_eq!(rows().await, 6, "a row per day so far");
+    // Enough transactions for housekeeping to run (one in 64).
+    for _ in 0..70 {
+        let a = approved(engine.decide(&card("agent-1", "1")).await.unwrap().verdict);
+        engine.free(&a).await.unwrap();
+    }
+    // Today's row is kept; day 1's (its reservation lapsed days ago, given back by the next
+    // decision) and the settled days' are forgotten.
+    assert_eq!(rows().await, 1);
+    let usage = engine.usage("agent-1").await.unwrap();
+    assert_eq!(usage.counters[0].spent, Decimal::ONE, "today's spend: one settled, the rest released");
+    let _ = held;
+    drop_schema(&pool, &name).await;
+}
+
 /// `MPP_MAX_CONCURRENT_SESSIONS` across replicas: sessions opened on either count against one
 /// limit; a record or a release on either closes one (a spend restored without a reservation
 /// opens none), and a lapsed one is closed by the next decision's sweep.
