@@ -216,13 +216,24 @@ async fn crash_between_settlement_and_record_delivers_exactly_once() {
     for _ in 0..2 {
         let client =
             conto_client::ContoClient::builder().base_url(server.url()).sdk_key(&key).any_actor().build().unwrap();
-        let conto =
-            Conto::builder(client).outbox(Outbox::open(&outbox_path).unwrap().seal_tokens(crash_sealer())).build();
+        let conto = Conto::builder(client).outbox(reopen(&outbox_path).await.seal_tokens(crash_sealer())).build();
         let stats = conto.flush(Duration::from_secs(20)).await.unwrap();
         assert_eq!((stats.pending, stats.dead), (0, 0));
     }
     assert_eq!(server.spend_count("agent-1").unwrap(), 1, "{line}: delivered exactly once");
     eprintln!("crash: child SIGKILLed after settling {line}; records on server after two restarts = 1");
+}
+
+/// The outbox at `path`, once the pipeline that had it open (dropped just before, in this
+/// process) has let it go: its delivery worker ends on this runtime when it next runs.
+async fn reopen(path: &std::path::Path) -> Outbox {
+    for _ in 0..200 {
+        match Outbox::open(path) {
+            Err(conto_store::OutboxError::InUse { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+            other => return other.unwrap(),
+        }
+    }
+    panic!("the outbox was never let go")
 }
 
 /// A hanging, resetting or garbage-speaking authority: every decision is a denial within the

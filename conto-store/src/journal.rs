@@ -24,11 +24,12 @@ fn err(e: impl std::fmt::Display) -> JournalError {
 }
 
 impl SqliteJournal {
-    /// Opens (or creates) the journal at `path`.
+    /// Opens (or creates, owner-only) the journal at `path`. The process keeps the file locked
+    /// while the journal is open: a second process (or a second open in this one) is refused,
+    /// never given a ledger of its own in the same file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, JournalError> {
-        let path = path.as_ref();
-        let conn = Connection::open(path).map_err(|e| JournalError(format!("{}: {e}", path.display())))?;
-        conn.execute_batch(
+        let conn = crate::file::open_owned(
+            path.as_ref(),
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              CREATE TABLE IF NOT EXISTS ledger_journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);",

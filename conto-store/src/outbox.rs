@@ -25,8 +25,31 @@ use conto_core::sink::{Deliver, Next, OutboxStats, QueuedRecord, RecordSink, Sin
 
 /// An outbox storage failure.
 #[derive(Debug, thiserror::Error)]
-#[error("outbox storage: {0}")]
-pub struct OutboxError(#[from] rusqlite::Error);
+#[non_exhaustive]
+pub enum OutboxError {
+    /// SQLite refused a statement, or the file.
+    #[error("outbox storage: {0}")]
+    Storage(#[from] rusqlite::Error),
+    /// The file could not be opened (it names the path and why).
+    #[error("outbox storage: {0}")]
+    Open(String),
+    /// Another process (or another open in this one) holds the file: one process owns an
+    /// outbox file, so no record is delivered by two workers or declared dead by the wrong one.
+    #[error("outbox storage: {path} is in use by another process (or opened twice in this one)")]
+    InUse {
+        /// The file.
+        path: String,
+    },
+}
+
+impl From<crate::file::OpenError> for OutboxError {
+    fn from(e: crate::file::OpenError) -> Self {
+        match e {
+            crate::file::OpenError::InUse { path } => Self::InUse { path },
+            other => Self::Open(other.to_string()),
+        }
+    }
+}
 
 /// What a queued job does once delivered.
 pub use conto_core::sink::RecordKind as JobKind;
@@ -77,18 +100,21 @@ fn millis(t: Timestamp) -> i64 {
 }
 
 impl Outbox {
-    /// Opens (or creates) an outbox file.
+    /// Opens (or creates, owner-only) an outbox file. The process keeps the file locked while
+    /// the outbox (or a clone) is open: a second process, or a second open in this one, is
+    /// refused ([`OutboxError::InUse`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OutboxError> {
-        Self::from_connection(Connection::open(path)?)
+        Self::from_connection(crate::file::open_owned(path.as_ref(), SCHEMA)?)
     }
 
     /// An outbox in memory: durable only for the life of the process (for tests).
     pub fn in_memory() -> Result<Self, OutboxError> {
-        Self::from_connection(Connection::open_in_memory()?)
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        Self::from_connection(conn)
     }
 
     fn from_connection(conn: Connection) -> Result<Self, OutboxError> {
-        conn.execute_batch(SCHEMA)?;
         // Tokens are held in memory until a seal is configured: never stored in clear.
         let seal: Arc<dyn TokenSeal> = Arc::new(conto_core::sink::HeldInMemory::default());
         Ok(Self { conn: Arc::new(Mutex::new(conn)), seal: Some(seal), claimed: Arc::default(), max_attempts: 12 })

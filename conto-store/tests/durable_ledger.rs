@@ -213,6 +213,34 @@ fn a_record_in_time_across_midnight_counts_in_the_same_day_before_and_after_a_re
     approve(&restarted, "99"); // 1 + 99: the new day's budget, as before the restart
 }
 
+/// A record that comes after its approval lapsed counts in the periods current when it came,
+/// whether or not a sweep took the reservation back first, and the same after a restart.
+#[test]
+fn a_late_record_across_midnight_counts_in_the_new_day_swept_or_not() {
+    const DAILY: &str = r#"{"agents": ["agent-1"], "policies": [{"name": "daily", "rules": [
+        {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "100", "action": "ALLOW"}]}]}"#;
+    for swept in [false, true] {
+        let path = journal_path(if swept { "late-swept" } else { "late-unswept" });
+        let clock = ManualClock::new("2026-06-10T23:55:00Z".parse().unwrap());
+        let open = || {
+            Engine::builder().policies(PolicySet::from_json(DAILY).unwrap()).clock(clock.clone()).open(&path).unwrap()
+        };
+        let engine = open();
+        let Verdict::Approved(a) = engine.try_decide(&transfer("80")).unwrap().verdict else { panic!("approved") };
+        clock.set("2026-06-11T00:07:00Z".parse().unwrap()); // past its 10 minutes, in a new day
+        if swept {
+            engine.sweep_expired();
+        }
+        assert!(engine.settle(&a, &Settlement::default().reference("0x80")).unwrap().late);
+        let today =
+            |e: &Engine| e.usage("agent-1").counters.iter().map(|c| (c.period_start, c.spent)).collect::<Vec<_>>();
+        let counted = today(&engine);
+        assert_eq!(counted, vec![("2026-06-11T00:00:00Z".parse().unwrap(), Decimal::from(80))], "swept: {swept}");
+        drop(engine);
+        assert_eq!(today(&open()), counted, "the same after a restart (swept: {swept})");
+    }
+}
+
 /// A record past its approval's expiry, before any sweep took the reservation back, is late,
 /// and its repeat after a restart says so too.
 #[test]

@@ -426,6 +426,15 @@ impl AgentLedger {
         done
     }
 
+    /// Ends a live reservation as expired (a sweep's end for it). `false` when it is not live.
+    pub fn expire(&mut self, key: IdKey, now: Timestamp) -> bool {
+        let done = self.end(key, None, Closed::Expired, now);
+        if done {
+            self.stats.expired += 1;
+        }
+        done
+    }
+
     /// Counts a late settlement (its reservation already expired) into the current periods.
     pub fn settle_late(
         &mut self,

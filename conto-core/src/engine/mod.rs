@@ -119,6 +119,9 @@ struct Inner {
     policies: ArcSwap<PolicySet>,
     layers: Mutex<Layers>,
     journal: std::sync::OnceLock<Arc<dyn Journal>>,
+    /// Entries for changes made though their append failed (money that moved, an actor
+    /// stopped), in order: written before the next entry (see [`Engine::write_applied`]).
+    unjournaled: Mutex<Vec<Entry>>,
     /// Every actor the engine knows: its status while provisioned, its ledger once it needs
     /// one. One map, so a decision finds both in one lookup (see [`actors`]).
     actors: actors::Actors,
@@ -275,6 +278,7 @@ impl EngineBuilder {
                 policies: ArcSwap::from_pointee(self.policies.clone()),
                 layers: Mutex::new(Layers { base: self.policies, managed: Default::default() }),
                 journal: std::sync::OnceLock::new(),
+                unjournaled: Mutex::default(),
                 actors: actors::Actors::with_slots(
                     self.actors.into_iter().map(|(id, status)| (id, Slot { status: Some(status), ledger: None })),
                 ),
@@ -478,7 +482,8 @@ impl Engine {
     fn provision_id(&self, id: &ActorId) -> bool {
         let new = provision_in(&mut self.inner.actors.write(), id);
         if new {
-            self.journal_actor(id, "ACTIVE");
+            // Logged; the entry waits to be written (refusing a provisioned actor is safe).
+            let _ = self.journal_actor(id, "ACTIVE");
         }
         new
     }
@@ -502,7 +507,9 @@ impl Engine {
         *slot = status;
         drop(actors);
         if changed {
-            self.journal_actor(&id, status.as_str());
+            // Made whatever the journal says (a pause must stop spending now); the error
+            // says it is not yet durable.
+            self.journal_actor(&id, status.as_str())?;
         }
         Ok(())
     }
@@ -517,7 +524,8 @@ impl Engine {
             retire_in(&mut actors, &id)
         };
         if removed {
-            self.journal_actor(&id, "RETIRED");
+            // Logged; the entry waits to be written before the next one.
+            let _ = self.journal_actor(&id, "RETIRED");
         }
         let mut layers = lock(&self.inner.layers);
         if layers.managed.remove(&id).is_some() {
@@ -710,13 +718,34 @@ impl Engine {
         })
     }
 
-    /// Writes a journal entry, when the engine has a journal. A failure is an outage: the
-    /// change it describes is not made.
+    /// Writes a journal entry, when the engine has a journal, after any entry still waiting
+    /// (see [`Engine::write_applied`]). A failure is an outage: the change it describes is not
+    /// made.
     fn write(&self, entry: &Entry) -> Result<(), AuthorityError> {
-        match self.inner.journal.get() {
-            Some(journal) => journal.append(entry).map_err(|e| crate::Outage::Journal(e.0).into()),
-            None => Ok(()),
+        let Some(journal) = self.inner.journal.get() else { return Ok(()) };
+        let outage = |e: JournalError| AuthorityError::from(crate::Outage::Journal(e.0));
+        let mut waiting = lock(&self.inner.unjournaled);
+        while let Some(first) = waiting.first() {
+            journal.append(first).map_err(outage)?;
+            waiting.remove(0);
         }
+        drop(waiting);
+        journal.append(entry).map_err(outage)
+    }
+
+    /// Writes the entry of a change made whatever the journal says: money that moved (a
+    /// record) or an actor's status. When the append fails the change stays made, its entry
+    /// waits in memory and is written before the next one (a decision then fails closed until
+    /// it is), and the error says the change is not yet durable.
+    fn write_applied(&self, entry: impl FnOnce() -> Entry) -> Result<(), AuthorityError> {
+        if self.inner.journal.get().is_none() {
+            return Ok(());
+        }
+        let entry = entry();
+        self.write(&entry).inspect_err(|error| {
+            tracing::error!(%error, "conto.engine.journal_failed: kept in memory, written before the next entry");
+            lock(&self.inner.unjournaled).push(entry);
+        })
     }
 
     /// [`Engine::write`] that builds the entry only when there is a journal to write it to
@@ -819,10 +848,9 @@ impl Engine {
         }
     }
 
-    fn journal_actor(&self, actor: &ActorId, status: &str) {
-        if let Err(error) = self.write(&Entry::Actor { actor: actor.clone(), status: status.to_owned() }) {
-            tracing::error!(%actor, status, %error, "conto.engine.journal_failed");
-        }
+    /// Journals `actor`'s new status (see [`Engine::write_applied`]).
+    fn journal_actor(&self, actor: &ActorId, status: &str) -> Result<(), AuthorityError> {
+        self.write_applied(|| Entry::Actor { actor: actor.clone(), status: status.to_owned() })
     }
 
     fn grant(
@@ -939,19 +967,36 @@ impl Engine {
         // reports it as `Event::RecordClamped`), never an error after the spend was counted.
         let counted = Micros::of(settled).min(reserved);
         let counted_amount = Amount::from_micros(counted.0).unwrap_or(authorization.amount);
-        self.write_with(|| Entry::Recorded {
-            id: authorization.id.clone(),
-            intent: (*authorization.intent).clone(),
-            amount: counted_amount,
-            settled,
-            reference: settlement.reference.clone(),
-            at: now,
-        })?;
-        // Past its expiry but not yet swept, it is settled in place, and late (as a replay of
-        // the journal, which knows the expiry and not the sweep, reads it).
+        // Past its expiry but not yet swept, it is what a sweep would have made it: expired,
+        // and its record counted late in the periods current now. Where the spend lands does
+        // not hang on when a sweep ran (a replay of the journal, which knows the expiry and
+        // not the sweep, counts it so too).
         let late = now > authorization.expires_at;
-        ledger.settle(key, counted, kept(counted, settled, (late, actor_inactive), &settlement.reference), now);
+        let journaled = if late {
+            ledger.expire(key, now);
+            let reference = &settlement.reference;
+            self.count_unreserved(
+                &mut ledger,
+                authorization,
+                (counted_amount, settled, reference),
+                (true, actor_inactive),
+                now,
+            )
+        } else {
+            // Money moved: counted even when its entry cannot be written yet.
+            let journaled = self.write_applied(|| Entry::Recorded {
+                id: authorization.id.clone(),
+                intent: (*authorization.intent).clone(),
+                amount: counted_amount,
+                settled,
+                reference: settlement.reference.clone(),
+                at: now,
+            });
+            ledger.settle(key, counted, kept(counted, settled, (late, actor_inactive), &settlement.reference), now);
+            journaled
+        };
         drop(ledger);
+        journaled?;
         Ok(Recorded {
             authorization_id: authorization.id.clone(),
             amount: counted_amount,
@@ -1025,14 +1070,15 @@ impl Engine {
         (late, actor_inactive): (bool, bool),
         now: Timestamp,
     ) -> Result<(), AuthorityError> {
-        self.write_with(|| Entry::Recorded {
+        // Money moved: counted even when its entry cannot be written yet.
+        let journaled = self.write_applied(|| Entry::Recorded {
             id: authorization.id.clone(),
             intent: (*authorization.intent).clone(),
             amount: counted,
             settled,
             reference: reference.clone(),
             at: now,
-        })?;
+        });
         let (holds, windows) = self.counts_for(&authorization.intent, ledger, now);
         if late {
             ledger.settle_late(&holds, &windows, Micros::of(counted), now);
@@ -1041,7 +1087,7 @@ impl Engine {
         }
         let answer = kept(Micros::of(counted), settled, (late, actor_inactive), reference);
         ledger.close(IdKey::of(&authorization.id), Closed::Recorded(answer), now);
-        Ok(())
+        journaled
     }
 
     /// Counts a spend that has no live reservation — one recorded before a restart, or reported

@@ -145,6 +145,8 @@ async fn run(weak: Weak<Inner>) {
         });
         if attempted == 0 {
             let wait = sink.next_due().unwrap_or(Duration::from_secs(1));
+            // Not held while waiting: once the last handle is gone the sink is let go at once.
+            drop(sink);
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(wait.clamp(Duration::from_millis(5), Duration::from_secs(1))) => {}

@@ -132,6 +132,14 @@ pub(crate) struct Inner {
     named_keys: named_keys::NamedKeys,
 }
 
+impl Drop for Inner {
+    /// Wakes the delivery worker, so that it sees the last handle gone and lets go of the sink
+    /// (and its file) now rather than after its next wait.
+    fn drop(&mut self) {
+        self.wake.notify_one();
+    }
+}
+
 /// Which authority approved: the configured one, or the stand-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {

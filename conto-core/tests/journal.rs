@@ -1,0 +1,102 @@
+//! The engine over a journal that fails: what moved money or stopped an actor stays done,
+//! says it is not yet durable, and is written before anything after it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use conto_core::journal::{Entry, Journal, JournalError};
+use conto_core::{
+    ActorStatus, AuthorityError, Decimal, Engine, ManualClock, Outage, PaymentIntent, PolicySet, Rail, Settlement,
+    Verdict,
+};
+
+/// A journal in memory whose appends fail while `down` is set.
+#[derive(Clone, Default)]
+struct Flaky {
+    entries: Arc<Mutex<Vec<Entry>>>,
+    down: Arc<AtomicBool>,
+}
+
+impl Journal for Flaky {
+    fn append(&self, entry: &Entry) -> Result<(), JournalError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(JournalError("disk full".into()));
+        }
+        self.entries.lock().unwrap().push(entry.clone());
+        Ok(())
+    }
+
+    fn replay(&self) -> Result<Vec<Entry>, JournalError> {
+        Ok(self.entries.lock().unwrap().clone())
+    }
+}
+
+const POLICIES: &str = r#"{"agents": ["agent-1"], "policies": [{"name": "daily", "rules": [
+    {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "100", "action": "ALLOW"}]}]}"#;
+
+fn engine(journal: &Flaky, clock: &ManualClock) -> Engine {
+    Engine::builder()
+        .policies(PolicySet::from_json(POLICIES).unwrap())
+        .clock(clock.clone())
+        .build_journaled(journal.clone())
+        .unwrap()
+}
+
+fn transfer(amount: &str) -> PaymentIntent {
+    PaymentIntent::builder(
+        "agent-1",
+        amount,
+        Rail::transfer(8453, "0x2222222222222222222222222222222222222222").unwrap(),
+    )
+    .recipient("0x1111111111111111111111111111111111111111")
+    .build()
+    .unwrap()
+}
+
+fn spent(engine: &Engine) -> Decimal {
+    engine.usage("agent-1").counters.iter().map(|c| c.spent).sum()
+}
+
+fn is_journal_outage(e: &AuthorityError) -> bool {
+    matches!(e, AuthorityError::Outage(Outage::Journal(_)))
+}
+
+#[test]
+fn a_record_whose_entry_fails_is_counted_and_written_before_the_next_entry() {
+    let journal = Flaky::default();
+    let clock = ManualClock::new("2026-06-10T12:00:00Z".parse().unwrap());
+    let e = engine(&journal, &clock);
+    let Verdict::Approved(a) = e.try_decide(&transfer("60")).unwrap().verdict else { panic!("approved") };
+    journal.down.store(true, Ordering::SeqCst);
+    // The money moved: counted at once, though the error says it is not yet durable.
+    let err = e.settle(&a, &Settlement::default().reference("0xa")).unwrap_err();
+    assert!(is_journal_outage(&err), "{err:?}");
+    assert_eq!(spent(&e), Decimal::from(60));
+    // While the journal is down, decisions fail closed (their reservations cannot be written).
+    assert!(e.try_decide(&transfer("1")).is_err());
+    // A repeat of the record is answered: it was counted.
+    journal.down.store(false, Ordering::SeqCst);
+    assert!(!e.settle(&a, &Settlement::default().reference("0xa")).unwrap().late);
+    // The next entry writes the waiting one first: a restart counts the 60.
+    let Verdict::Approved(_) = e.try_decide(&transfer("1")).unwrap().verdict else { panic!("approved") };
+    drop(e);
+    let restarted = engine(&journal, &clock);
+    assert_eq!(spent(&restarted), Decimal::from(60));
+    assert!(matches!(restarted.try_decide(&transfer("40")).unwrap().verdict, Verdict::Denied(_)), "60 + 1 + 40 > 100");
+}
+
+#[test]
+fn a_pause_whose_entry_fails_stops_spending_now_and_says_it_is_not_yet_durable() {
+    let journal = Flaky::default();
+    let clock = ManualClock::new("2026-06-10T12:00:00Z".parse().unwrap());
+    let e = engine(&journal, &clock);
+    journal.down.store(true, Ordering::SeqCst);
+    let err = e.pause("agent-1").unwrap_err();
+    assert!(is_journal_outage(&err), "{err:?}");
+    assert_eq!(e.actor_status("agent-1"), Some(ActorStatus::Paused), "paused now");
+    journal.down.store(false, Ordering::SeqCst);
+    // Any later entry writes it first; here the retire of another actor's provisioning.
+    e.provision("agent-2").unwrap();
+    drop(e);
+    assert_eq!(engine(&journal, &clock).actor_status("agent-1"), Some(ActorStatus::Paused), "and after a restart");
+}

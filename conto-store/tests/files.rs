@@ -1,0 +1,79 @@
+//! The files conto-store writes: one process owns each, and only its owner can read them.
+
+use conto::DurableEngine;
+use conto_core::{Engine, PolicySet};
+use conto_store::{Outbox, OutboxError};
+
+const POLICIES: &str = r#"{"agents": ["agent-1"], "policies": [{"name": "cap", "rules": [
+    {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}]}"#;
+
+fn dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("conto-files-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn engine(path: &std::path::Path) -> Result<Engine, conto_core::journal::JournalError> {
+    Engine::builder().policies(PolicySet::from_json(POLICIES).unwrap()).open(path)
+}
+
+/// A second process on a ledger journal would keep a ledger of its own in the same file (each
+/// enforcing every limit alone); it is refused while the first holds the file, and the file
+/// opens again once the first is gone.
+#[test]
+fn a_ledger_journal_has_one_owner() {
+    let path = dir("journal").join("ledger.db");
+    let first = engine(&path).unwrap();
+    let err = engine(&path).unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    assert!(err.to_string().contains(&path.display().to_string()), "names the file: {err}");
+    drop(first);
+    engine(&path).expect("free once its owner is gone");
+}
+
+/// An outbox file has one owner too: two would each hold their own unsealed tokens, and each
+/// declare the other's records dead.
+#[test]
+fn an_outbox_file_has_one_owner() {
+    let path = dir("outbox").join("outbox.db");
+    let first = Outbox::open(&path).unwrap();
+    let err = Outbox::open(&path).unwrap_err();
+    assert!(matches!(&err, OutboxError::InUse { path: p } if p.contains("outbox.db")), "{err:?}");
+    // A file that is the journal's is refused by the outbox while the journal owns it.
+    let ledger = path.with_file_name("ledger.db");
+    let _engine = engine(&ledger).unwrap();
+    assert!(matches!(Outbox::open(&ledger), Err(OutboxError::InUse { .. })));
+    drop(first);
+    Outbox::open(&path).expect("free once its owner is gone");
+}
+
+/// The journal and the outbox hold the spend history: created readable by their owner only,
+/// and a file left wider is narrowed when opened.
+#[cfg(unix)]
+#[test]
+fn files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dir("modes");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let (journal, outbox) = (dir.join("ledger.db"), dir.join("outbox.db"));
+    drop(engine(&journal).unwrap());
+    drop(Outbox::open(&outbox).unwrap());
+    assert_eq!(mode(&journal), 0o600);
+    assert_eq!(mode(&outbox), 0o600);
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(engine(&journal).unwrap());
+    assert_eq!(mode(&journal), 0o600, "narrowed");
+}
+
+/// A file that is not a database is an error that names it, never a fresh ledger.
+#[test]
+fn a_file_that_is_not_a_database_is_refused_by_name() {
+    let path = dir("garbage").join("ledger.db");
+    std::fs::write(&path, b"this is not a database, it is a shopping list\n".repeat(100)).unwrap();
+    let err = engine(&path).unwrap_err();
+    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert!(err.to_string().contains("not a database"), "{err}");
+    let err = Outbox::open(&path).unwrap_err();
+    assert!(err.to_string().contains("not a database") && err.to_string().contains("ledger.db"), "{err}");
+}
