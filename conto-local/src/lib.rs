@@ -71,7 +71,7 @@
 //!   counted.
 //! - Pending human approvals are listed by `GET /api/sdk/approval-requests` (newest first;
 //!   `limit` keeps that many, 1 to 100, 100 by default; `type=payment` is every one, any other
-//!   type none); an approved entry
+//!   type none; `status` keeps those in that status, any case); an approved entry
 //!   carries `approvalId`, `expiresAt` and, for a transfer or a card, `approvalToken`, and is listed `EXPIRED` once that
 //!   has passed (as a pending one is). Every approval token and SDK key is stored hashed (the
 //!   org key is never stored); the token of a human-approved request (and of an approval a
@@ -122,7 +122,8 @@
 //!   `x402`, `mpp`), with its services (most spent first, `limit` of them, 10 by default, at
 //!   most 100); every such payment counts as a micropayment, the organization is `org_local`,
 //!   and conto-local raises no alerts (`alerts: []`). Other values are `400 VALIDATION_ERROR`.
-//! - `GET /api/sdk/x402/budget` and `/mpp/budget` return the agent's counters;
+//! - `GET /api/sdk/x402/budget` and `/mpp/budget` return the agent's counters (amounts as
+//!   JSON numbers, as every amount conto-local answers);
 //!   `GET /api/sdk/x402/services` and `/mpp/services` the services it paid on that rail, by
 //!   service domain (total spent, payment count, last payment).
 //! - `POST /api/sdk/payments/request` answers 2xx with a `requestId` whatever the decision
@@ -170,7 +171,9 @@
 //!   again and counts nothing (Conto documents no confirm idempotency; a client retrying after
 //!   a lost answer must not see a paid transfer as failed); another `txHash` is
 //!   `400 INVALID_STATUS`, the same with another `amount` `409 CONFLICT` (a card confirm's
-//!   `transactionReference` alike).
+//!   `transactionReference` alike). A `txHash` must fit the payment's network: for a payment to
+//!   a Solana address a signature (base58 of 64 bytes), else an EVM hash (0x + 64 hex); one of
+//!   the other shape is `400 VALIDATION_ERROR` and the approval stays live.
 //! - A confirm's `currency` is `pathUSD` on Tempo (testnet 42431, mainnet 4217, and a payment
 //!   request's chain, Conto's default 42431), `USDC` on other chains.
 //! - A confirm's `explorerUrl` links the transaction on the chains conto-local knows (Tempo

@@ -949,10 +949,28 @@ fn store_spend(
     Ok(transaction_id)
 }
 
-fn is_tx_hash(s: &str) -> bool {
-    let evm = s.len() == 66 && s.starts_with("0x") && s[2..].bytes().all(|b| b.is_ascii_hexdigit());
-    const BASE58: &str = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
-    evm || ((43..=90).contains(&s.len()) && s.chars().all(|c| BASE58.contains(c)))
+/// Whether `tx` can be the transaction a payment to `intent`'s recipient was made in: on
+/// Solana (a Solana recipient) a signature, base58 of 64 bytes; elsewhere an EVM transaction
+/// hash, 0x + 64 hex characters. A hash of the other network's shape is refused: it cannot
+/// be this payment's.
+fn tx_fits(intent: &PaymentIntent, tx: &str) -> Result<(), ApiError> {
+    let solana = intent.recipient.as_ref().is_some_and(|r| !r.is_evm());
+    if solana {
+        let signature = tx.len() <= 88 && bs58::decode(tx).into_vec().is_ok_and(|bytes| bytes.len() == 64);
+        return if signature {
+            Ok(())
+        } else {
+            Err(bad("VALIDATION_ERROR", "`txHash` must be a Solana transaction signature (base58 of 64 bytes)"))
+        };
+    }
+    let evm = tx.len() == 66 && tx.starts_with("0x") && tx[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    if evm { Ok(()) } else { Err(bad("VALIDATION_ERROR", "`txHash` must be 0x + 64 hex characters")) }
+}
+
+/// Whether `tx` has the shape of a transaction hash on any network conto-local knows.
+fn is_tx_hash(tx: &str) -> bool {
+    let evm = tx.len() == 66 && tx.starts_with("0x") && tx[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    evm || (tx.len() <= 88 && bs58::decode(tx).into_vec().is_ok_and(|bytes| bytes.len() == 64))
 }
 
 /// The chain a payment request is paid on: Conto's default, Tempo testnet (conto-api.md §4.1:
@@ -1030,6 +1048,7 @@ async fn confirm_transfer(
         }
         let approval = live_approval(store, &caller.agent, Kind::Transfer, &approval_id, body.amount, token)?;
         let intent = approval.authorization.intent.clone();
+        tx_fits(&intent, &tx)?;
         let (amount, transaction_id) = approval.settle(&app, store, &caller.agent, Some(tx.clone()))?;
         Ok((StatusCode::OK, confirmed(&intent, amount, transaction_id, tx)))
     })?;
@@ -1535,6 +1554,8 @@ struct ApprovalQuery {
     kind: Option<String>,
     /// At most this many (1 to 100, 100 by default), newest first.
     limit: Option<String>,
+    /// Only those in this status (`PENDING`, `APPROVED`, `REJECTED`, `EXPIRED`, …; any case).
+    status: Option<String>,
 }
 
 /// `GET /api/sdk/approval-requests?type=payment&limit=100`: the agent's approval requests,
@@ -1550,7 +1571,11 @@ async fn approval_requests(
     let payments = query.kind.as_deref().is_none_or(|t| t.eq_ignore_ascii_case("payment"));
     let now = Timestamp::now();
     let store = lock(&app.store);
-    let requests = if payments { store.latest_requests(&caller.agent, limit)? } else { Vec::new() };
+    // Filtered by status after each entry's status is known (a lapsed one reads `EXPIRED`):
+    // read them all, then keep `limit`.
+    let status = query.status.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    let read = if status.is_some() { usize::MAX } else { limit };
+    let requests = if payments { store.latest_requests(&caller.agent, read)? } else { Vec::new() };
     let payment_requests = store.payment_requests_by_approval(&caller.agent)?;
     let tokens = lock(&app.approval_tokens);
     // A paused agent is handed no token (pausing is the org's kill switch), nor is one shown
@@ -1571,6 +1596,8 @@ async fn approval_requests(
             }
             entry
         })
+        .filter(|entry| status.is_none_or(|s| entry.status.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(s))))
+        .take(limit)
         .collect();
     Ok(reply(StatusCode::OK, ApprovalRequests { requests: list, data: None }))
 }
@@ -1808,11 +1835,11 @@ async fn budget(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respo
             scope: c.scope.to_string(),
             time_zone: c.time_zone.to_string(),
             since: iso(c.period_start),
-            spent: c.spent.to_string(),
-            reserved: c.reserved.to_string(),
+            spent: c.spent,
+            reserved: c.reserved,
         })
         .collect();
-    let total_spent = usage.stats.total_spent.to_string();
+    let total_spent = usage.stats.total_spent;
     Ok(reply(StatusCode::OK, Budget { agent_id: caller.agent.clone(), counters, total_spent }))
 }
 

@@ -187,7 +187,7 @@ async fn reads_policies_and_budgets() {
     let _: Result<(), PayError> =
         conto(&server, &key).guard(x402("agent-1", "2"), |_| async { Ok(()) }, |_| Settlement::default()).await;
     let budget = client.x402_budget().await.unwrap();
-    assert_eq!(budget["totalSpent"], "2");
+    assert_eq!(budget["totalSpent"], 2);
     assert!(client.mpp_budget().await.unwrap()["counters"].is_array());
     let summary = client.spend_summary(SummaryPeriod::Week, SummaryProtocol::X402, 5).await.unwrap();
     assert_eq!((&summary["filters"]["period"], &summary["filters"]["protocol"]), (&json!("7d"), &json!("x402")));

@@ -133,6 +133,31 @@ async fn the_skill_finds_the_approval_id_it_reports_and_an_explorer_link_on_its_
         assert_eq!((status, &receipt["currency"]), (200, &json!("USDC")), "{receipt}");
         assert_eq!(receipt["explorerUrl"], format!("https://explorer.solana.com/tx/{signature}"), "{receipt}");
     }
+
+    // A hash that cannot be this payment's transaction is refused, and the approval stays
+    // live for the right one: a Solana signature or bare hex for a payment on Base, an EVM
+    // hash or base58 that is no signature for one to a Solana address.
+    let (_, on_base) = sdk.post("/api/sdk/payments/approve", transfer_payment(5)).await;
+    let (_, to_solana) = sdk
+        .post("/api/sdk/payments/approve", json!({"amount": 5, "recipientAddress": solana, "senderAddress": solana}))
+        .await;
+    let cases = [
+        (&on_base, signature.to_owned()),
+        (&on_base, "c".repeat(64)),
+        (&to_solana, TX.to_owned()),
+        (&to_solana, "1".repeat(88)),
+        (&to_solana, "z".repeat(90)),
+    ];
+    for (approved, tx) in cases {
+        let path = format!("/api/sdk/payments/{}/confirm", approved["approvalId"].as_str().unwrap());
+        let (status, body) = sdk.post(&path, json!({"txHash": tx, "approvalToken": approved["approvalToken"]})).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{tx}: {body}");
+    }
+    for (approved, tx) in [(&on_base, TX), (&to_solana, signature)] {
+        let path = format!("/api/sdk/payments/{}/confirm", approved["approvalId"].as_str().unwrap());
+        let (status, body) = sdk.post(&path, json!({"txHash": tx, "approvalToken": approved["approvalToken"]})).await;
+        assert_eq!(status, 200, "{tx}: {body}");
+    }
 }
 
 /// A server whose day has room for a held payment twice (1000), held for a human above 80.
@@ -395,7 +420,9 @@ async fn budget_spent_and_reserved(sdk: &Sdk) -> (String, String) {
     let (status, body) = sdk.call(reqwest::Method::GET, "/api/sdk/x402/budget", None).await;
     assert_eq!(status, 200, "{body}");
     let daily = body["counters"].as_array().unwrap().iter().find(|c| c["period"] == "daily").cloned().unwrap();
-    (daily["spent"].as_str().unwrap().to_owned(), daily["reserved"].as_str().unwrap().to_owned())
+    // Amounts are JSON numbers, as every amount Conto answers.
+    assert!(daily["spent"].is_number() && daily["reserved"].is_number(), "{daily}");
+    (daily["spent"].to_string(), daily["reserved"].to_string())
 }
 
 #[tokio::test]
@@ -503,6 +530,8 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
     assert!((200..300).contains(&status), "{denied}");
     assert_eq!(denied["status"], "DENIED");
     assert!(denied["requestId"].as_str().is_some() && denied["reasons"][0].as_str().is_some(), "{denied}");
+    // `approvalRequestId` is always there: `null` unless a human must approve (§14.2).
+    assert!(denied.as_object().unwrap().get("approvalRequestId").is_some_and(|v| v.is_null()), "{denied}");
     let denied_id = denied["requestId"].as_str().unwrap();
     let (status, refused) = sdk.post(&format!("/api/sdk/payments/{denied_id}/confirm"), json!({"txHash": TX})).await;
     assert_eq!((status, refused["code"].as_str()), (400, Some("INVALID_STATUS")), "a denial is not paid: {refused}");
@@ -532,6 +561,15 @@ async fn the_payment_request_flow_as_the_hybrid_starter_uses_it() {
         (200, &json!(payment_id), &json!("APPROVED")),
         "{again}"
     );
+    // Listed by status: approved now, it is no longer among the pending ones.
+    for (status, listed_here) in [("APPROVED", true), ("pending", false)] {
+        let path = format!("/api/sdk/approval-requests?type=payment&status={status}&limit=100");
+        let (code, listed) = sdk.call(reqwest::Method::GET, &path, None).await;
+        assert_eq!(code, 200, "{listed}");
+        let entries = listed["requests"].as_array().unwrap();
+        assert!(entries.iter().all(|r| r["status"].as_str().unwrap().eq_ignore_ascii_case(status)), "{listed}");
+        assert_eq!(entries.iter().any(|r| r["approvalRequestId"] == approval_id), listed_here, "{status}: {listed}");
+    }
     // Approved by a human, it is listed with its approval and no token (a payment request's
     // approval carries none), and confirmed by the request's own id without one (as
     // `/execute`'s answer tells the app to), on Conto's default chain.
@@ -1240,7 +1278,8 @@ async fn budget_reads_and_health_answer() {
         let (status, budget) = sdk.call(reqwest::Method::GET, path, None).await;
         assert_eq!(status, 200, "{path}: {budget}");
         assert_eq!(budget["agentId"], "agent-1");
-        assert!(budget["counters"].as_array().unwrap().iter().any(|c| c["reserved"] == "3"), "{path}: {budget}");
+        assert!(budget["counters"].as_array().unwrap().iter().any(|c| c["reserved"] == 3), "{path}: {budget}");
+        assert!(budget["totalSpent"].is_number(), "{path}: {budget}");
     }
     let health = reqwest::get(format!("{}/health", server.url())).await.unwrap();
     assert_eq!(health.status(), 200);
@@ -1513,7 +1552,7 @@ async fn an_mpp_session_is_preauthorized_for_its_deposit() {
     let (_, pre) = sdk.post("/api/sdk/mpp/pre-authorize", session("0.5", 6)).await;
     assert_eq!(pre["authorized"], true, "{pre}");
     let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
-    assert_eq!(daily(&budget)["reserved"], "6", "{budget}");
+    assert_eq!(daily(&budget)["reserved"], 6, "{budget}");
     let (_, second) = sdk.post("/api/sdk/mpp/pre-authorize", session("0.5", 5)).await;
     assert_eq!(second["violations"][0]["type"], "DAILY_LIMIT", "6 held + 5 > 10: {second}");
 
@@ -1525,7 +1564,7 @@ async fn an_mpp_session_is_preauthorized_for_its_deposit() {
     assert_eq!(status, 200, "{recorded}");
     assert_eq!(recorded["payments"][0]["authorizationId"], pre["authorizationId"], "{recorded}");
     let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
-    assert_eq!((&daily(&budget)["spent"], &daily(&budget)["reserved"]), (&json!("4"), &json!("0")), "{budget}");
+    assert_eq!((&daily(&budget)["spent"], &daily(&budget)["reserved"]), (&json!(4), &json!(0)), "{budget}");
     let (_, third) = sdk.post("/api/sdk/mpp/pre-authorize", session("0.5", 6)).await;
     assert_eq!(third["authorized"], true, "4 spent + 6: {third}");
 }
@@ -1574,8 +1613,8 @@ async fn an_mpp_session_that_topped_up_closes_its_deposit_and_counts_all_it_sett
         assert_eq!(status, 200, "{recorded}");
         assert_eq!(recorded["payments"][0]["authorizationId"], pre["authorizationId"], "{recorded}");
         let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
-        let spent = if by_id { "11" } else { "5.5" };
-        assert_eq!((&daily(&budget)["spent"], &daily(&budget)["reserved"]), (&json!(spent), &json!("0")), "{budget}");
+        let spent = if by_id { json!(11) } else { json!(5.5) };
+        assert_eq!((&daily(&budget)["spent"], &daily(&budget)["reserved"]), (&spent, &json!(0)), "{budget}");
     }
     // Both sessions closed: a new one opens under the limit of one at a time, and each top-up
     // was one payment to the velocity limit (three an hour), not two.
@@ -1605,7 +1644,7 @@ async fn an_mpp_session_recorded_at_zero_frees_its_deposit_and_slot() {
         assert_eq!(closed["payments"][0]["authorizationId"], first["authorizationId"]);
     }
     let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
-    assert_eq!(daily(&budget)["reserved"], json!("0"), "{budget}");
+    assert_eq!(daily(&budget)["reserved"], json!(0), "{budget}");
     let (_, again) = sdk.post("/api/sdk/mpp/pre-authorize", open.clone()).await;
     assert_eq!(again["authorized"], true, "the slot is free: {again}");
     let unnamed = json!({"amount": "0.00", "recipientAddress": RECIPIENT, "resourceUrl": url, "sessionId": "s-9"});
@@ -1618,7 +1657,7 @@ async fn an_mpp_session_recorded_at_zero_frees_its_deposit_and_slot() {
     let (status, recorded) = sdk.post("/api/sdk/mpp/record", late).await;
     assert_eq!((status, &recorded["payments"][0]["status"]), (200, &json!("RECORDED")), "{recorded}");
     let (_, budget) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
-    assert_eq!((&daily(&budget)["spent"], &daily(&budget)["reserved"]), (&json!("2"), &json!("0")), "{budget}");
+    assert_eq!((&daily(&budget)["spent"], &daily(&budget)["reserved"]), (&json!(2), &json!(0)), "{budget}");
     // Recorded, it is no longer closed unspent; nothing is left to close; x402 has no such close.
     let (status, err) = sdk.post("/api/sdk/mpp/record", by_id).await;
     assert_eq!((status, &err["code"]), (400, &json!("INVALID_STATUS")), "{err}");

@@ -639,8 +639,9 @@ pub struct DecisionBody {
     /// A human must approve first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires_human_approval: Option<bool>,
-    /// The pending human approval.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The pending human approval: `null` when none is (Conto's payment-request answer always
+    /// carries the field).
+    #[serde(default)]
     pub approval_request_id: Option<String>,
     /// Payment request with `autoExecute: true`: why the approved payment was not executed
     /// (the caller then settles it, or calls `execute`).
@@ -840,6 +841,11 @@ pub struct ApprovalAnswer {
     pub reasons: Vec<String>,
 }
 
+/// A decimal read from a JSON number (or a string holding one).
+fn decimal_read<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    crate::opt_number::deserialize(d)?.ok_or_else(|| serde::de::Error::custom("expected a number, got null"))
+}
+
 fn decimal_number<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
     // As a JSON number, exactly (serde_json's arbitrary precision is not needed for six places).
     let n: serde_json::Number = d.normalize().to_string().parse().map_err(serde::ser::Error::custom)?;
@@ -986,10 +992,12 @@ pub struct Counter {
     pub time_zone: String,
     /// The period's start.
     pub since: String,
-    /// Spent in it.
-    pub spent: String,
+    /// Spent in it (a JSON number, as every amount Conto answers).
+    #[serde(serialize_with = "decimal_number", deserialize_with = "decimal_read")]
+    pub spent: Decimal,
     /// Reserved by live approvals.
-    pub reserved: String,
+    #[serde(serialize_with = "decimal_number", deserialize_with = "decimal_read")]
+    pub reserved: Decimal,
 }
 
 /// `GET /api/sdk/{x402,mpp}/budget`.
@@ -1001,7 +1009,8 @@ pub struct Budget {
     /// Its counters.
     pub counters: Vec<Counter>,
     /// Spent in all.
-    pub total_spent: String,
+    #[serde(serialize_with = "decimal_number", deserialize_with = "decimal_read")]
+    pub total_spent: Decimal,
 }
 
 /// The body of `POST /api/sdk/budget-request`: `amount` and `purpose` (required, checked by
