@@ -70,11 +70,14 @@ pub struct Outbox {
     /// `Conto::flush` never deliver the same record at once.
     claimed: Arc<Mutex<std::collections::HashSet<i64>>>,
     max_attempts: u32,
+    /// Delivery passes that found something; every 256th also prunes delivered rows.
+    passes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbox").field("stats", &self.stats().ok()).finish()
+        // No count here: `Debug` never scans the file, nor waits for its lock.
+        f.debug_struct("Outbox").field("max_attempts", &self.max_attempts).finish_non_exhaustive()
     }
 }
 
@@ -117,7 +120,13 @@ impl Outbox {
     fn from_connection(conn: Connection) -> Result<Self, OutboxError> {
         // Tokens are held in memory until a seal is configured: never stored in clear.
         let seal: Arc<dyn TokenSeal> = Arc::new(conto_core::sink::HeldInMemory::default());
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), seal: Some(seal), claimed: Arc::default(), max_attempts: 12 })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            seal: Some(seal),
+            claimed: Arc::default(),
+            max_attempts: 12,
+            passes: Arc::default(),
+        })
     }
 
     /// Syncs every write to disk (`PRAGMA synchronous = FULL`): records then survive power loss
@@ -161,36 +170,53 @@ impl Outbox {
 
     /// Up to `limit` jobs due at `now`, claimed for the caller: `(row id, attempts, job)`. Each
     /// must be settled with [`delivered`](Self::delivered), [`retry`](Self::retry) or
-    /// [`dead_letter`](Self::dead_letter).
-    pub(crate) fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<(i64, u32, Job)>, OutboxError> {
+    /// [`dead_letter`](Self::dead_letter). Rows that cannot be read (a sealed token no seal
+    /// here opens, a token held in the memory of a process that ended) are marked dead and
+    /// returned as `(authorization id, why)`, for the caller to report.
+    pub(crate) fn due(&self, now: Timestamp, limit: usize) -> Result<Due, OutboxError> {
         let conn = self.lock();
         let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        // Rows this process already has under way are skipped in SQL: a batch is never filled
+        // with them while others wait behind.
         let mut stmt = conn.prepare(
-            "SELECT id, attempts, job FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, attempts, job, authorization_id FROM outbox
+              WHERE state = 'pending' AND next_attempt_at <= ?1 AND id NOT IN (SELECT value FROM json_each(?3))
+              ORDER BY id LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![millis(now), limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?))
+        let under_way = serde_json::to_string(&claimed.iter().collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into());
+        let rows = stmt.query_map(params![millis(now), limit as i64, under_way], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
         })?;
-        let mut out = Vec::new();
+        let mut due = Due::default();
         for row in rows {
-            let (id, attempts, text) = row?;
-            if claimed.contains(&id) {
-                continue;
-            }
+            let (id, attempts, text, authorization_id) = row?;
             match Job::from_stored(&text, self.seal.as_deref()) {
                 Ok(job) => {
                     claimed.insert(id);
-                    out.push((id, attempts, job));
+                    due.jobs.push((id, attempts, job));
                 }
-                Err(e) => {
-                    conn.execute(
-                        "UPDATE outbox SET state = 'dead', last_error = ?2 WHERE id = ?1",
-                        params![id, format!("unreadable job: {e}")],
-                    )?;
-                }
+                Err(e) => due.unreadable.push((id, authorization_id, format!("unreadable record: {e}"))),
             }
         }
-        Ok(out)
+        drop(stmt);
+        for (id, _, why) in &due.unreadable {
+            if let Err(error) =
+                conn.execute("UPDATE outbox SET state = 'dead', last_error = ?2 WHERE id = ?1", params![id, why])
+            {
+                tracing::error!(%error, "conto.outbox.write_failed");
+            }
+        }
+        Ok(due)
+    }
+
+    /// Deletes delivered records due more than `keep` before `now` (kept that long, a repeat
+    /// enqueue of the same record is still ignored); returns how many.
+    pub fn prune_delivered(&self, keep: std::time::Duration) -> Result<usize, OutboxError> {
+        let keep = SignedDuration::try_from(keep).unwrap_or(SignedDuration::MAX);
+        let horizon = Timestamp::now().checked_sub(keep).unwrap_or(Timestamp::MIN);
+        Ok(self
+            .lock()
+            .execute("DELETE FROM outbox WHERE state = 'delivered' AND next_attempt_at < ?1", [millis(horizon)])?)
     }
 
     /// When the next pending job is due, if any.
@@ -263,6 +289,18 @@ impl Outbox {
     }
 }
 
+/// What [`Outbox::due`] found.
+#[derive(Default)]
+pub(crate) struct Due {
+    /// Claimed jobs: `(row id, attempts, job)`.
+    pub jobs: Vec<(i64, u32, Job)>,
+    /// Rows marked dead because they cannot be read: `(row id, authorization id, why)`.
+    pub unreadable: Vec<(i64, String, String)>,
+}
+
+/// How long delivered records are kept (a repeat enqueue of one within it is ignored).
+const KEEP_DELIVERED: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// Gives a claimed row back if its delivery is abandoned half-way (the future dropped).
 struct Claim<'a>(&'a Outbox, i64);
 
@@ -274,7 +312,6 @@ impl Drop for Claim<'_> {
 
 impl Outbox {
     async fn deliver_one(&self, deliverer: &dyn Deliver, id: i64, attempts: u32, job: Job) {
-        let _claim = Claim(self, id);
         let stored = match attempt(deliverer, &job, attempts, self.max_attempts).await {
             Next::Delivered => self.delivered(id),
             Next::Retry(after, why) => {
@@ -295,9 +332,24 @@ impl RecordSink for Outbox {
 
     fn deliver_due<'a>(&'a self, deliverer: &'a dyn Deliver) -> BoxFuture<'a, Result<usize, SinkError>> {
         Box::pin(async move {
-            let due = self.due(Timestamp::now(), 64).map_err(|e| SinkError(e.to_string()))?;
-            let n = due.len();
-            for (id, attempts, job) in due {
+            let Due { jobs, unreadable } = self.due(Timestamp::now(), 64).map_err(|e| SinkError(e.to_string()))?;
+            // Every claim is given back if this pass is dropped half-way, not only the one
+            // under way (a claim kept would hold its row from this process until a restart).
+            let _claims: Vec<Claim<'_>> = jobs.iter().map(|(id, ..)| Claim(self, *id)).collect();
+            for (_, authorization_id, why) in &unreadable {
+                tracing::error!(authorization_id, why, "conto.outbox.unreadable_record: kept as dead");
+                deliverer.dead(authorization_id, conto_core::AuthorityError::Unsupported(why.clone()));
+            }
+            // Attempted: the unreadable ones were not (they are reported above).
+            let n = jobs.len();
+            if n > 0 && self.passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 256 == 255 {
+                match self.prune_delivered(KEEP_DELIVERED) {
+                    Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "conto.outbox.pruned"),
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "conto.outbox.prune_failed"),
+                }
+            }
+            for (id, attempts, job) in jobs {
                 self.deliver_one(deliverer, id, attempts, job).await;
             }
             Ok(n)

@@ -11,7 +11,7 @@ use conto::{
 };
 
 #[derive(Default)]
-struct Capture(Mutex<Vec<Option<String>>>);
+struct Capture(Mutex<Vec<Option<String>>>, Mutex<Vec<String>>);
 
 impl Deliver for Capture {
     fn deliver<'a>(
@@ -31,7 +31,9 @@ impl Deliver for Capture {
         })))
     }
 
-    fn dead(&self, _authorization_id: &str, _error: AuthorityError) {}
+    fn dead(&self, authorization_id: &str, _error: AuthorityError) {
+        self.1.lock().unwrap().push(authorization_id.to_owned());
+    }
 }
 
 /// Neither the outbox file at `path` nor its write-ahead log holds `token` readable.
@@ -115,8 +117,47 @@ async fn without_a_seal_tokens_are_held_in_memory_and_never_written() {
     let capture = Capture::default();
     assert_eq!(outbox.deliver_due(&capture).await.unwrap(), 0);
     assert!(capture.0.lock().unwrap().is_empty(), "never delivered without its token");
+    assert_eq!(*capture.1.lock().unwrap(), vec!["auth_2".to_owned()], "reported as a record given up on");
     let dead = outbox.dead().unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(format!("{dead:?}").contains("seal tokens"), "{dead:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Never answers: a delivery pass on it is dropped half-way (a timeout around `flush`).
+struct Hang;
+
+impl Deliver for Hang {
+    fn deliver<'a>(
+        &'a self,
+        _kind: RecordKind,
+        _authorization: &'a Authorization,
+        _settlement: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn dead(&self, _authorization_id: &str, _error: AuthorityError) {}
+}
+
+/// A delivery pass dropped half-way gives back every record it had claimed, not only the one
+/// under way: the next pass delivers them all (a claim kept held its record from this process
+/// until a restart).
+#[tokio::test]
+async fn a_delivery_pass_dropped_half_way_gives_every_record_back() {
+    let outbox = Outbox::in_memory().unwrap();
+    for id in ["auth_1", "auth_2", "auth_3"] {
+        let record =
+            QueuedRecord::new(RecordKind::Record, &transfer_approval(id, &"cd".repeat(32)), &Settlement::default());
+        outbox.enqueue(&record).await.unwrap();
+    }
+    let pass = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.deliver_due(&Hang)).await;
+    assert!(pass.is_err(), "the pass hangs on its first record and is dropped");
+    let capture = Capture::default();
+    assert_eq!(outbox.deliver_due(&capture).await.unwrap(), 3);
+    assert_eq!(outbox.stats().unwrap().delivered, 3);
+    // Delivered records are kept a while (a repeat enqueue of one is ignored), then pruned.
+    assert_eq!(outbox.prune_delivered(std::time::Duration::from_secs(3600)).unwrap(), 0);
+    assert_eq!(outbox.prune_delivered(std::time::Duration::ZERO).unwrap(), 3);
+    assert_eq!(outbox.stats().unwrap(), conto::sink::OutboxStats::default());
 }
