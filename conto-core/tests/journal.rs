@@ -100,3 +100,16 @@ fn a_pause_whose_entry_fails_stops_spending_now_and_says_it_is_not_yet_durable()
     drop(e);
     assert_eq!(engine(&journal, &clock).actor_status("agent-1"), Some(ActorStatus::Paused), "and after a restart");
 }
+
+/// A status this build does not know (a journal written by a newer one) replays as paused,
+/// never as active.
+#[test]
+fn an_unknown_status_replays_as_paused() {
+    let journal = Flaky::default();
+    let actor = conto_core::ActorId::new("agent-1").unwrap();
+    journal.entries.lock().unwrap().push(Entry::Actor { actor, status: "SUSPENDED".into() });
+    let clock = ManualClock::new("2026-06-10T12:00:00Z".parse().unwrap());
+    let e = engine(&journal, &clock);
+    assert_eq!(e.actor_status("agent-1"), Some(ActorStatus::Paused));
+    assert!(matches!(e.try_decide(&transfer("1")).unwrap().verdict, Verdict::Denied(_)));
+}

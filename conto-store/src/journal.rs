@@ -30,6 +30,7 @@ impl SqliteJournal {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, JournalError> {
         let conn = crate::file::open_owned(
             path.as_ref(),
+            &crate::file::JOURNAL,
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              CREATE TABLE IF NOT EXISTS ledger_journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);",

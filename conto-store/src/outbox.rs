@@ -107,7 +107,7 @@ impl Outbox {
     /// the outbox (or a clone) is open: a second process, or a second open in this one, is
     /// refused ([`OutboxError::InUse`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OutboxError> {
-        Self::from_connection(crate::file::open_owned(path.as_ref(), SCHEMA)?)
+        Self::from_connection(crate::file::open_owned(path.as_ref(), &crate::file::OUTBOX, SCHEMA)?)
     }
 
     /// An outbox in memory: durable only for the life of the process (for tests).

@@ -77,3 +77,25 @@ fn a_file_that_is_not_a_database_is_refused_by_name() {
     let err = Outbox::open(&path).unwrap_err();
     assert!(err.to_string().contains("not a database") && err.to_string().contains("ledger.db"), "{err}");
 }
+
+/// The outbox given as the ledger's path (or the other way round, or another application's
+/// database) is refused, never given a table of ours and read as an empty history.
+#[test]
+fn another_files_database_is_refused_not_read_as_empty() {
+    let dir = dir("foreign");
+    let (journal, outbox) = (dir.join("ledger.db"), dir.join("outbox.db"));
+    drop(engine(&journal).unwrap());
+    drop(Outbox::open(&outbox).unwrap());
+    let err = engine(&outbox).unwrap_err();
+    assert!(err.to_string().contains("not a conto-rs ledger journal"), "{err}");
+    let err = Outbox::open(&journal).unwrap_err();
+    assert!(err.to_string().contains("not a conto-rs outbox"), "{err}");
+    // Another application's database, unmarked: refused by what it holds.
+    let other = dir.join("app.db");
+    rusqlite::Connection::open(&other).unwrap().execute_batch("CREATE TABLE orders (id INTEGER);").unwrap();
+    let err = engine(&other).unwrap_err();
+    assert!(err.to_string().contains("orders"), "{err}");
+    // Each still opens as itself.
+    drop(engine(&journal).unwrap());
+    drop(Outbox::open(&outbox).unwrap());
+}

@@ -814,8 +814,14 @@ impl Engine {
                         "RETIRED" => {
                             retire_in(&mut actors, actor);
                         }
-                        _ => {
+                        "ACTIVE" => {
                             actors.entry(actor.clone()).or_default().status = Some(ActorStatus::Active);
+                        }
+                        // A status this build does not know (written by a newer one): paused,
+                        // never active, until an operator says otherwise.
+                        other => {
+                            tracing::warn!(%actor, status = other, "conto.engine.unknown_status: replayed as PAUSED");
+                            actors.entry(actor.clone()).or_default().status = Some(ActorStatus::Paused);
                         }
                     }
                 }
