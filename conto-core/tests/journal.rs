@@ -72,17 +72,20 @@ fn a_record_whose_entry_fails_is_counted_and_written_before_the_next_entry() {
     let err = e.settle(&a, &Settlement::default().reference("0xa")).unwrap_err();
     assert!(is_journal_outage(&err), "{err:?}");
     assert_eq!(spent(&e), Decimal::from(60));
-    // While the journal is down, decisions fail closed (their reservations cannot be written).
+    // While the journal is down, decisions fail closed (their reservations cannot be written),
+    // and a retry of the record fails as the first did (an outbox keeps it): it is done once
+    // its entry is durable, never answered as done before.
     assert!(e.try_decide(&transfer("1")).is_err());
-    // A repeat of the record is answered: it was counted.
+    let err = e.settle(&a, &Settlement::default().reference("0xa")).unwrap_err();
+    assert!(is_journal_outage(&err), "{err:?}");
+    // Back: the retry writes the waiting entry, and is answered (counted once).
     journal.down.store(false, Ordering::SeqCst);
     assert!(!e.settle(&a, &Settlement::default().reference("0xa")).unwrap().late);
-    // The next entry writes the waiting one first: a restart counts the 60.
-    let Verdict::Approved(_) = e.try_decide(&transfer("1")).unwrap().verdict else { panic!("approved") };
+    assert_eq!(spent(&e), Decimal::from(60));
     drop(e);
     let restarted = engine(&journal, &clock);
     assert_eq!(spent(&restarted), Decimal::from(60));
-    assert!(matches!(restarted.try_decide(&transfer("40")).unwrap().verdict, Verdict::Denied(_)), "60 + 1 + 40 > 100");
+    assert!(matches!(restarted.try_decide(&transfer("41")).unwrap().verdict, Verdict::Denied(_)), "60 + 41 > 100");
 }
 
 #[test]
@@ -94,9 +97,10 @@ fn a_pause_whose_entry_fails_stops_spending_now_and_says_it_is_not_yet_durable()
     let err = e.pause("agent-1").unwrap_err();
     assert!(is_journal_outage(&err), "{err:?}");
     assert_eq!(e.actor_status("agent-1"), Some(ActorStatus::Paused), "paused now");
+    // Asked again while the entry still waits: not yet done, and said so.
+    assert!(is_journal_outage(&e.pause("agent-1").unwrap_err()));
     journal.down.store(false, Ordering::SeqCst);
-    // Any later entry writes it first; here the retire of another actor's provisioning.
-    e.provision("agent-2").unwrap();
+    e.pause("agent-1").expect("written now");
     drop(e);
     assert_eq!(engine(&journal, &clock).actor_status("agent-1"), Some(ActorStatus::Paused), "and after a restart");
 }
@@ -112,4 +116,24 @@ fn an_unknown_status_replays_as_paused() {
     let e = engine(&journal, &clock);
     assert_eq!(e.actor_status("agent-1"), Some(ActorStatus::Paused));
     assert!(matches!(e.try_decide(&transfer("1")).unwrap().verdict, Verdict::Denied(_)));
+}
+
+/// An approval still live at a restart holds the periods it was reserved in: recorded in time
+/// after midnight, it counts where it would have without the restart, and a second restart
+/// counts it there too.
+#[test]
+fn an_approval_live_across_a_restart_and_midnight_counts_the_same_after_every_restart() {
+    let journal = Flaky::default();
+    let clock = ManualClock::new("2026-06-10T23:59:00Z".parse().unwrap());
+    let e = engine(&journal, &clock);
+    let Verdict::Approved(a) = e.try_decide(&transfer("80")).unwrap().verdict else { panic!("approved") };
+    drop(e);
+    clock.set("2026-06-11T00:01:00Z".parse().unwrap());
+    let e = engine(&journal, &clock); // restarted with the approval live
+    clock.set("2026-06-11T00:02:00Z".parse().unwrap());
+    assert!(!e.settle(&a, &Settlement::default().reference("0x80")).unwrap().late);
+    let counts = |e: &Engine| e.usage("agent-1").counters.iter().map(|c| (c.period_start, c.spent)).collect::<Vec<_>>();
+    let before = counts(&e);
+    drop(e);
+    assert_eq!(counts(&engine(&journal, &clock)), before);
 }

@@ -71,7 +71,7 @@
 //!   counted.
 //! - Pending human approvals are listed by `GET /api/sdk/approval-requests` (newest first;
 //!   `limit` keeps that many, 1 to 100, 100 by default; `type=payment` is every one, any other
-//!   type none; `status` keeps those in that status, any case); an approved entry
+//!   type none; `status` keeps those in that status, any case, among the newest 1 000); an approved entry
 //!   carries `approvalId`, `expiresAt` and, for a transfer or a card, `approvalToken`, and is listed `EXPIRED` once that
 //!   has passed (as a pending one is). Every approval token and SDK key is stored hashed (the
 //!   org key is never stored); the token of a human-approved request (and of an approval a

@@ -686,6 +686,16 @@ async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -
         }
         _ => (status, out),
     };
+    if kind == Kind::Request {
+        // A payment request's answer always carries `approvalRequestId`, `null` unless a human
+        // must approve (conto-api.md §14.2); other decisions carry it only when one must.
+        let mut value = serde_json::to_value(&out)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))?;
+        if let Some(fields) = value.as_object_mut() {
+            fields.entry("approvalRequestId").or_insert(serde_json::Value::Null);
+        }
+        return Ok(reply(status, value));
+    }
     Ok(reply(status, out))
 }
 
@@ -1571,10 +1581,11 @@ async fn approval_requests(
     let payments = query.kind.as_deref().is_none_or(|t| t.eq_ignore_ascii_case("payment"));
     let now = Timestamp::now();
     let store = lock(&app.store);
-    // Filtered by status after each entry's status is known (a lapsed one reads `EXPIRED`):
-    // read them all, then keep `limit`.
+    // Filtered by status after each entry's status is known (a lapsed one reads `EXPIRED`),
+    // then `limit` kept.
     let status = query.status.as_deref().map(str::trim).filter(|s| !s.is_empty());
-    let read = if status.is_some() { usize::MAX } else { limit };
+    // The newest 1 000 at most: a poll never reads an agent's whole history under the lock.
+    let read = if status.is_some() { 1000 } else { limit };
     let requests = if payments { store.latest_requests(&caller.agent, read)? } else { Vec::new() };
     let payment_requests = store.payment_requests_by_approval(&caller.agent)?;
     let tokens = lock(&app.approval_tokens);

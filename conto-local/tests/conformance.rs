@@ -103,6 +103,8 @@ async fn the_skill_finds_the_approval_id_it_reports_and_an_explorer_link_on_its_
         .post("/api/sdk/payments/approve", json!({"amount": 5, "recipientAddress": RECIPIENT, "senderAddress": SENDER}))
         .await;
     assert_eq!((status, &approved["approved"]), (200, &json!(true)), "{approved}");
+    // Present only when a human must approve: a client that tests for the key is not misled.
+    assert!(approved.get("approvalRequestId").is_none(), "{approved}");
     let path = format!("/api/sdk/payments/{}/confirm", approved["approvalId"].as_str().unwrap());
     let tx = format!("0x{}", "c".repeat(64));
     let (status, receipt) = sdk.post(&path, json!({"txHash": tx, "approvalToken": approved["approvalToken"]})).await;

@@ -307,7 +307,9 @@ impl PgLedger {
 
     /// Forgets what no decision will read again: closed authorizations past retention, velocity
     /// window slots older than any window, answered or lapsed requests past retention, and
-    /// counters of periods that ended (a newer period's row exists) holding no reservation.
+    /// counters of periods that ended holding no reservation (a newer period began more than
+    /// two days ago: a decision stamped before that boundary, still waiting for its turn or on
+    /// a replica whose clock is behind, still reads the ended period's row).
     async fn housekeeping(&self, conn: &mut PgConnection, actor: &ActorId, now: &str) -> Result<(), SharedLedgerError> {
         let retention = self.inner.retention.as_secs_f64();
         sqlx::query(&self.sql(
@@ -318,7 +320,8 @@ impl PgLedger {
                   c AS (DELETE FROM {s}.ledger_counters c WHERE c.actor = $1 AND c.reserved = 0
                           AND EXISTS (SELECT 1 FROM {s}.ledger_counters n WHERE n.actor = c.actor
                                         AND n.counter = c.counter AND n.scope = c.scope
-                                        AND n.period_start > c.period_start) RETURNING 1)
+                                        AND n.period_start > c.period_start
+                                        AND n.period_start < $2::timestamptz - make_interval(secs => $4)) RETURNING 1)
              DELETE FROM {s}.ledger_slots WHERE actor = $1 AND at < $2::timestamptz - make_interval(secs => $4)
                 AND NOT starts_with(counter, $5)",
         ))

@@ -654,9 +654,10 @@ async fn counters_of_ended_periods_are_forgotten() {
         let a = approved(engine.decide(&card("agent-1", "1")).await.unwrap().verdict);
         engine.free(&a).await.unwrap();
     }
-    // Today's row is kept; day 1's (its reservation lapsed days ago, given back by the next
-    // decision) and the settled days' are forgotten.
-    assert_eq!(rows().await, 1);
+    // Rows whose next period began more than two days ago are forgotten: day 1's (its
+    // reservation lapsed days ago, given back by the next decision) to day 3's. Days 4 and 5
+    // are kept a while (a decision stamped before a boundary may still read the ended day's).
+    assert_eq!(rows().await, 3);
     let usage = engine.usage("agent-1").await.unwrap();
     assert_eq!(usage.counters[0].spent, Decimal::ONE, "today's spend: one settled, the rest released");
     let _ = held;

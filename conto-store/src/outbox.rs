@@ -233,32 +233,32 @@ impl Outbox {
         self.claimed.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
 
+    /// Marks a claimed row delivered, at now (what [`Outbox::prune_delivered`] ages it from).
+    /// The claim is the caller's to give back.
     pub(crate) fn delivered(&self, id: i64) -> Result<(), OutboxError> {
-        let result =
-            self.lock().execute("UPDATE outbox SET state = 'delivered', attempts = attempts + 1 WHERE id = ?1", [id]);
-        self.release_claim(id);
-        result?;
+        self.lock().execute(
+            "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, next_attempt_at = ?2 WHERE id = ?1",
+            params![id, millis(Timestamp::now())],
+        )?;
         Ok(())
     }
 
+    /// Schedules a claimed row's next attempt. The claim is the caller's to give back.
     pub(crate) fn retry(&self, id: i64, after: SignedDuration, error: &str) -> Result<(), OutboxError> {
         let at = Timestamp::now().saturating_add(after).unwrap_or(Timestamp::now());
-        let result = self.lock().execute(
+        self.lock().execute(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
             params![id, millis(at), error],
-        );
-        self.release_claim(id);
-        result?;
+        )?;
         Ok(())
     }
 
+    /// Gives a claimed row up. The claim is the caller's to give back.
     pub(crate) fn dead_letter(&self, id: i64, error: &str) -> Result<(), OutboxError> {
-        let result = self.lock().execute(
+        self.lock().execute(
             "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
             params![id, error],
-        );
-        self.release_claim(id);
-        result?;
+        )?;
         Ok(())
     }
 
@@ -301,7 +301,9 @@ pub(crate) struct Due {
 /// How long delivered records are kept (a repeat enqueue of one within it is ignored).
 const KEEP_DELIVERED: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
-/// Gives a claimed row back if its delivery is abandoned half-way (the future dropped).
+/// A row this process has under way: given back once, when its delivery is settled or
+/// abandoned half-way (the future dropped). Never twice: a second release could free another
+/// pass's claim on the same row (a `flush` beside the worker).
 struct Claim<'a>(&'a Outbox, i64);
 
 impl Drop for Claim<'_> {
@@ -311,7 +313,8 @@ impl Drop for Claim<'_> {
 }
 
 impl Outbox {
-    async fn deliver_one(&self, deliverer: &dyn Deliver, id: i64, attempts: u32, job: Job) {
+    async fn deliver_one(&self, deliverer: &dyn Deliver, claim: Claim<'_>, attempts: u32, job: Job) {
+        let id = claim.1;
         let stored = match attempt(deliverer, &job, attempts, self.max_attempts).await {
             Next::Delivered => self.delivered(id),
             Next::Retry(after, why) => {
@@ -322,6 +325,7 @@ impl Outbox {
         if let Err(error) = stored {
             tracing::error!(%error, "conto.outbox.write_failed");
         }
+        drop(claim);
     }
 }
 
@@ -335,7 +339,7 @@ impl RecordSink for Outbox {
             let Due { jobs, unreadable } = self.due(Timestamp::now(), 64).map_err(|e| SinkError(e.to_string()))?;
             // Every claim is given back if this pass is dropped half-way, not only the one
             // under way (a claim kept would hold its row from this process until a restart).
-            let _claims: Vec<Claim<'_>> = jobs.iter().map(|(id, ..)| Claim(self, *id)).collect();
+            let claims: Vec<Claim<'_>> = jobs.iter().map(|(id, ..)| Claim(self, *id)).collect();
             for (_, authorization_id, why) in &unreadable {
                 tracing::error!(authorization_id, why, "conto.outbox.unreadable_record: kept as dead");
                 deliverer.dead(authorization_id, conto_core::AuthorityError::Unsupported(why.clone()));
@@ -349,8 +353,8 @@ impl RecordSink for Outbox {
                     Err(error) => tracing::warn!(%error, "conto.outbox.prune_failed"),
                 }
             }
-            for (id, attempts, job) in jobs {
-                self.deliver_one(deliverer, id, attempts, job).await;
+            for ((_, attempts, job), claim) in jobs.into_iter().zip(claims) {
+                self.deliver_one(deliverer, claim, attempts, job).await;
             }
             Ok(n)
         })

@@ -639,9 +639,8 @@ pub struct DecisionBody {
     /// A human must approve first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires_human_approval: Option<bool>,
-    /// The pending human approval: `null` when none is (Conto's payment-request answer always
-    /// carries the field).
-    #[serde(default)]
+    /// The pending human approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_request_id: Option<String>,
     /// Payment request with `autoExecute: true`: why the approved payment was not executed
     /// (the caller then settles it, or calls `execute`).

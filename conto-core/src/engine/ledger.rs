@@ -395,6 +395,32 @@ impl AgentLedger {
         self.stats.approved += 1;
     }
 
+    /// [`AgentLedger::reserve`] for a reservation made at `at` (restored after a restart): it
+    /// holds the counters of `at`'s periods (none, where a counter already holds a later one)
+    /// and takes its velocity slots at `at`, in time order.
+    pub fn restore_reservation(
+        &mut self,
+        key: IdKey,
+        amount: Micros,
+        expires_at: Timestamp,
+        holds: Held,
+        windows: Vec<VelocityKey>,
+        at: Timestamp,
+    ) {
+        self.reserve(key, amount, expires_at, holds, Vec::new(), at);
+        let seq = self.next_seq;
+        let mut slots = Vec::with_capacity(windows.len());
+        for window in windows {
+            let q = self.velocity.entry(window.clone()).or_default();
+            let at_or_after = q.partition_point(|(t, _)| *t <= at);
+            q.insert(at_or_after, (at, seq));
+            slots.push((window, seq));
+        }
+        if let Some(r) = self.live.get_mut(&key) {
+            r.slots = slots;
+        }
+    }
+
     /// How many entries of settled reservations the expiry heap may hold beyond the live
     /// reservations' before it is rebuilt.
     const EXPIRIES_SLACK: usize = 64;

@@ -510,6 +510,9 @@ impl Engine {
             // Made whatever the journal says (a pause must stop spending now); the error
             // says it is not yet durable.
             self.journal_actor(&id, status.as_str())?;
+        } else {
+            // Asked again: done once its entry is durable (it may still be waiting).
+            self.flush_journal()?;
         }
         Ok(())
     }
@@ -723,14 +726,22 @@ impl Engine {
     /// made.
     fn write(&self, entry: &Entry) -> Result<(), AuthorityError> {
         let Some(journal) = self.inner.journal.get() else { return Ok(()) };
-        let outage = |e: JournalError| AuthorityError::from(crate::Outage::Journal(e.0));
+        self.flush_journal()?;
+        journal.append(entry).map_err(|e| crate::Outage::Journal(e.0).into())
+    }
+
+    /// Writes the journal entries still waiting (changes made while the journal failed, see
+    /// [`Engine::write_applied`]), oldest first. Every later entry does this first; so does a
+    /// repeat of a change still waiting (a retried record, a pause asked again), which then
+    /// fails until the entry is durable. Call it at shutdown. `Ok` when nothing waits.
+    pub fn flush_journal(&self) -> Result<(), AuthorityError> {
+        let Some(journal) = self.inner.journal.get() else { return Ok(()) };
         let mut waiting = lock(&self.inner.unjournaled);
         while let Some(first) = waiting.first() {
-            journal.append(first).map_err(outage)?;
+            journal.append(first).map_err(|e| AuthorityError::from(crate::Outage::Journal(e.0)))?;
             waiting.remove(0);
         }
-        drop(waiting);
-        journal.append(entry).map_err(outage)
+        Ok(())
     }
 
     /// Writes the entry of a change made whatever the journal says: money that moved (a
@@ -763,6 +774,9 @@ impl Engine {
         let mut live: HashMap<&str, (usize, &PaymentIntent, Amount, Timestamp)> = HashMap::new();
         let mut pending: HashMap<&str, (usize, &PaymentIntent, Timestamp)> = HashMap::new();
         let mut reserved_at: HashMap<&str, Timestamp> = HashMap::new();
+        // An entry written twice (an append that failed after it was made durable, then
+        // written again) is counted once.
+        let mut recorded: std::collections::HashSet<&str> = std::collections::HashSet::new();
         let now = self.now();
         // An approval that ended at `ended` is still answered for (kept closed) after a restart
         // while within the retention window.
@@ -776,8 +790,11 @@ impl Engine {
                     }
                 }
                 Entry::Recorded { id, intent, amount, settled, reference, at } => {
+                    if !recorded.insert(id.as_str()) {
+                        continue;
+                    }
                     // Late when its approval had lapsed, or had been released, when it came.
-                    let late = live.remove(id.as_str()).is_none_or(|(.., expires_at)| *at > expires_at);
+                    let late = live.remove(id.as_str()).is_none_or(|(.., expires_at)| *at >= expires_at);
                     // Counted as it was before the restart: a record in time turned its
                     // reservation into spend in the periods and windows it was reserved in; a
                     // late one counted when it came (an entry from before reservations had a
@@ -838,7 +855,7 @@ impl Engine {
         }
         live.sort_by_key(|(_, l)| l.0);
         for (id, (_, intent, amount, expires_at)) in live {
-            self.restore_authorization(&Authorization {
+            let authorization = Authorization {
                 id: id.to_owned(),
                 token: None,
                 amount,
@@ -846,7 +863,9 @@ impl Engine {
                 limits: Limits::default(),
                 intent: Arc::new(intent.clone()),
                 wallet: None,
-            });
+            };
+            // Holding the periods and windows it was reserved in, as before the restart.
+            self.restore_reservation(&authorization, reserved_at.get(id).copied());
         }
         for (id, (_, intent, expires_at)) in pending.into_iter().filter(|(_, p)| p.2 > now) {
             let pending = PendingApproval { approval_request_id: id.to_owned(), expires_at, reasons: vec![] };
@@ -938,6 +957,9 @@ impl Engine {
                         && (settlement.reference.is_none()
                             || settlement.reference.as_deref() == k.reference.as_deref()) =>
                 {
+                    // A repeat is done once the first's entry is durable: a retry of a record
+                    // whose entry is still waiting fails as the first did, so an outbox keeps it.
+                    self.flush_journal()?;
                     Ok(answer(authorization, k))
                 }
                 Closed::Recorded(_) => Err(LedgerError::RecordConflict(authorization.id.clone()).into()),
@@ -977,7 +999,8 @@ impl Engine {
         // and its record counted late in the periods current now. Where the spend lands does
         // not hang on when a sweep ran (a replay of the journal, which knows the expiry and
         // not the sweep, counts it so too).
-        let late = now > authorization.expires_at;
+        // At its expiry it is expired, as a sweep reads it.
+        let late = now >= authorization.expires_at;
         let journaled = if late {
             ledger.expire(key, now);
             let reference = &settlement.reference;
@@ -1053,6 +1076,7 @@ impl Engine {
         let mut ledger = lock(&ledger);
         let now = ledger.now(self.now());
         if ledger.reserved(key).is_none() && matches!(ledger.closed(key), Some(Closed::Recorded(_))) {
+            self.flush_journal()?;
             return Ok(Recorded::reconciled(&authorization.id, amount));
         }
         self.count_unreserved(
@@ -1110,6 +1134,12 @@ impl Engine {
     /// Re-creates a live approval (after a restart) with its id, amount and expiry. Approvals
     /// already past their expiry are ignored.
     pub fn restore_authorization(&self, authorization: &Authorization) {
+        self.restore_reservation(authorization, None);
+    }
+
+    /// [`Engine::restore_authorization`], holding the periods and windows current at
+    /// `reserved_at` (when it was reserved; now when unknown).
+    fn restore_reservation(&self, authorization: &Authorization, reserved_at: Option<Timestamp>) {
         let now = self.now();
         if authorization.expires_at <= now {
             return;
@@ -1123,9 +1153,17 @@ impl Engine {
         if ledger.reserved(key).is_some() || ledger.closed(key).is_some() {
             return;
         }
+        let at = reserved_at.map_or(now, |at| at.min(now));
         let policies = self.inner.policies.load();
-        let (holds, windows) = evaluate::all_keys(&policies, &authorization.intent, &mut *ledger, now);
-        ledger.reserve(key, Micros::of(authorization.amount), authorization.expires_at, holds.into(), windows, now);
+        let (holds, windows) = evaluate::all_keys(&policies, &authorization.intent, &mut *ledger, at);
+        ledger.restore_reservation(
+            key,
+            Micros::of(authorization.amount),
+            authorization.expires_at,
+            holds.into(),
+            windows,
+            at,
+        );
     }
 
     /// Re-creates a request for human approval (after a restart).
@@ -1269,6 +1307,9 @@ impl Engine {
     /// that ended (lapsed, or answered and their approval lapsed) more than the retention
     /// window ago are forgotten.
     pub fn sweep_expired(&self) -> usize {
+        if let Err(error) = self.flush_journal() {
+            tracing::error!(%error, "conto.engine.journal_failed: entries still waiting");
+        }
         let now = self.now();
         forget_answered(&mut lock(&self.inner.pending), now, self.inner.retention);
         let ledgers: Vec<_> = self.inner.actors.read().values().filter_map(|s| s.ledger.clone()).collect();
