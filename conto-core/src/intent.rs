@@ -167,6 +167,11 @@ impl ActorId {
             }
             return Err(bad("only ASCII letters, digits and -_.:@+ are allowed"));
         }
+        // In a URL (`/api/agents/{id}`) these are dot segments every client removes: the
+        // request would reach another route.
+        if id == "." || id == ".." {
+            return Err(bad("`.` and `..` are not ids (URL clients remove them as path segments)"));
+        }
         Ok(Self(id))
     }
 
@@ -929,6 +934,11 @@ mod tests {
         }
         assert_eq!(ActorId::new(""), Err(IntentError::EmptyActor));
         assert!(reason(&"a".repeat(129)).contains("longer than 128"));
+        // Dot segments: `/api/agents/..` is `/api` to every URL client.
+        for dots in [".", ".."] {
+            assert!(reason(dots).contains("path segments"), "{dots:?}");
+        }
+        assert_eq!(ActorId::new("...").unwrap().as_str(), "...");
     }
 
     #[test]

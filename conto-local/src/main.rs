@@ -47,6 +47,13 @@ struct Cli {
 
 #[tokio::main]
 async fn main() {
+    // Warnings (a wallet schedule not enforced, a database file that cannot be made
+    // owner-only) reach the operator; `RUST_LOG` sets the level. Keys are never logged.
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| l.trim().parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).init();
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {
         eprintln!("conto-local: {e}");

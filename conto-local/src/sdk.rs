@@ -538,13 +538,34 @@ fn transfer_now(
 ) -> Result<(StatusCode, DecisionBody), ApiError> {
     if first.approved == Some(true) {
         let id = first.approval_id.clone().unwrap_or_default();
-        if let (Some(a), false) = store.approval_taken(&id)?
-            && a.expired()
-        {
-            return Err(bad(
-                "EXPIRED",
-                format!("EXPIRED: approval `{id}` expired at {}; ask again with a new idempotency key", a.expires_at),
-            ));
+        match store.approval_taken(&id)? {
+            (Some(a), false) if a.expired() => {
+                return Err(bad(
+                    "EXPIRED",
+                    format!(
+                        "EXPIRED: approval `{id}` expired at {}; ask again with a new idempotency key",
+                        a.expires_at
+                    ),
+                ));
+            }
+            // The kill switch: a paused agent is handed no token, not even its own again.
+            (Some(_), false) if store.agent(agent)?.is_some_and(|a| a.status == "PAUSED") => {
+                return Err(bad(
+                    "EXPIRED",
+                    format!("EXPIRED: agent `{agent}` is paused; approval `{id}` is not handed out again"),
+                ));
+            }
+            // Used: its payment was made and confirmed. Handing its token out again would
+            // invite a second payment that no confirm can count.
+            (_, true) => {
+                return Err(bad(
+                    "INVALID_STATUS",
+                    format!(
+                        "approval `{id}` was already confirmed (its payment was made); ask again with a new idempotency key for another payment"
+                    ),
+                ));
+            }
+            _ => {}
         }
         return Ok((status, first));
     }
@@ -1597,7 +1618,13 @@ async fn approval_requests(
         .map(|r| {
             let untaken =
                 || r.approval_id.as_deref().is_none_or(|id| !store.approval_taken(id).is_ok_and(|(_, taken)| taken));
-            let token = tokens.get(&r.id, now).filter(|_| !paused && untaken());
+            // Shown only to a key that may confirm with it: a transfer's token to one with
+            // `payments:confirm` (a key kept out of the transfer flow is not handed its secret).
+            let transfer =
+                serde_json::from_str::<PaymentIntent>(&r.intent).is_ok_and(|i| matches!(i.rail, Rail::Transfer { .. }));
+            let confirm_scope = if transfer { Kind::Transfer.record_scope() } else { Kind::Card.record_scope() };
+            let may_confirm = caller.scopes.iter().any(|s| s == confirm_scope);
+            let token = tokens.get(&r.id, now).filter(|_| !paused && may_confirm && untaken());
             let mut entry = request_entry(r, token, payment_requests.get(&r.id).cloned());
             // A request still pending, or an approval not taken (still live), past its expiry
             // has lapsed; an approval that was confirmed stays APPROVED.

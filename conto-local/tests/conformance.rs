@@ -270,6 +270,60 @@ async fn asking_again_never_hands_a_token_past_a_pause_a_new_rule_or_another_key
     assert!(blocked["approved"] == false && blocked.get("approvalToken").is_none_or(Value::is_null), "{blocked}");
 }
 
+/// A transfer approved at once and asked again under its idempotency key: a paused agent is
+/// not handed its token again, and a used approval is never handed out again (a job retried
+/// after its payment was confirmed would pay twice, the second uncountable).
+#[tokio::test]
+async fn an_approved_transfer_asked_again_under_its_key_is_not_handed_out_paused_or_used() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    let mut body = transfer_payment(5);
+    body["idempotencyKey"] = json!("job-7");
+    let (status, first) = sdk.post("/api/sdk/payments/approve", body.clone()).await;
+    assert_eq!((status, &first["approved"]), (200, &json!(true)), "{first}");
+    let (status, _) = org.patch("/api/agents/agent-1", json!({"status": "PAUSED"})).await;
+    assert_eq!(status, 200);
+    let (status, paused) = sdk.post("/api/sdk/payments/approve", body.clone()).await;
+    assert_eq!((status, paused["code"].as_str()), (400, Some("EXPIRED")), "{paused}");
+    assert!(paused.get("approvalToken").is_none(), "{paused}");
+    let (status, _) = org.patch("/api/agents/agent-1", json!({"status": "ACTIVE"})).await;
+    assert_eq!(status, 200);
+    let (status, again) = sdk.post("/api/sdk/payments/approve", body.clone()).await;
+    assert_eq!((status, &again["approvalToken"]), (200, &first["approvalToken"]), "the same answer: {again}");
+    let path = format!("/api/sdk/payments/{}/confirm", first["approvalId"].as_str().unwrap());
+    let (status, _) = sdk.post(&path, json!({"txHash": TX, "approvalToken": first["approvalToken"]})).await;
+    assert_eq!(status, 200);
+    let (status, used) = sdk.post("/api/sdk/payments/approve", body).await;
+    assert_eq!((status, used["code"].as_str()), (400, Some("INVALID_STATUS")), "{used}");
+    assert!(used.get("approvalToken").is_none(), "{used}");
+}
+
+/// A transfer's approval token is listed only to a key that may confirm with it
+/// (`payments:confirm`): a key kept out of the transfer flow is not handed its secret.
+#[tokio::test]
+async fn a_listed_transfer_token_is_shown_only_to_a_key_that_may_confirm() {
+    let (server, sdk) = roomy().await;
+    let org = Org::new(&server);
+    let (_, held) = sdk.post("/api/sdk/payments/approve", transfer_payment(85)).await;
+    let id = held["approvalRequestId"].as_str().expect("held for a human").to_owned();
+    let (status, _) = org.post(&format!("/api/approval-requests/{id}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+    let (status, narrow) = org.post("/api/agents/agent-1/sdk-keys", json!({"name": "reads", "scopes": []})).await;
+    assert_eq!(status, 201, "{narrow}");
+    let narrow =
+        Sdk { base: server.url(), key: narrow["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
+    let token_of = |listed: &Value| {
+        listed["requests"].as_array().unwrap().iter().find(|r| r["approvalRequestId"] == id.as_str()).unwrap()
+            ["approvalToken"]
+            .clone()
+    };
+    let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
+    assert!(token_of(&listed).is_string(), "the transfer key sees it: {listed}");
+    let (status, listed) = narrow.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
+    assert_eq!(status, 200, "{listed}");
+    assert!(token_of(&listed).is_null(), "a key without payments:confirm does not: {listed}");
+}
+
 /// A transfer (or card payment) held for a human is answered with an `approvalId` (Conto's
 /// skill reports it as "Approval ID"); once a human approves, that id is what the app
 /// confirms, with the token the approval-requests listing hands out. Before the decision it

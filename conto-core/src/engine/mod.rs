@@ -730,8 +730,8 @@ impl Engine {
         journal.append(entry).map_err(|e| crate::Outage::Journal(e.0).into())
     }
 
-    /// Writes the journal entries still waiting (changes made while the journal failed, see
-    /// [`Engine::write_applied`]), oldest first. Every later entry does this first; so does a
+    /// Writes the journal entries still waiting (a record or a status change made while the
+    /// journal failed: made anyway, and answered `Outage::Journal`), oldest first. Every later entry does this first; so does a
     /// repeat of a change still waiting (a retried record, a pause asked again), which then
     /// fails until the entry is durable. Call it at shutdown. `Ok` when nothing waits.
     pub fn flush_journal(&self) -> Result<(), AuthorityError> {
