@@ -671,6 +671,21 @@ fn restore(store: &Store, engine: &Engine) -> Result<(), LocalError> {
 /// Counts the store's history into the engine's ledgers: every recorded spend, oldest first,
 /// then every live approval's reservation. At start, and after a policy change (on ledgers
 /// the engine forgot), so the counters are always the history as the policies count it.
+fn recount_agent(store: &Store, engine: &Engine, agent: &str) -> Result<(), LocalError> {
+    let corrupt = |e: &dyn std::fmt::Display| LocalError::Corrupt(e.to_string());
+    for row in store.agent_spends(agent)? {
+        let intent: PaymentIntent = serde_json::from_str(&row.intent).map_err(|e| corrupt(&e))?;
+        let amount: Amount = row.amount.parse().map_err(|e| corrupt(&e))?;
+        let at: Timestamp = row.recorded_at.parse().map_err(|e| corrupt(&e))?;
+        engine.restore_spend(&intent, amount, at);
+    }
+    for (id, a) in store.live_approvals(Some(agent))? {
+        engine.restore_authorization(&a.authorization(&id).map_err(LocalError::Corrupt)?);
+    }
+    Ok(())
+}
+
+/// [`recount`] for every agent.
 fn recount(store: &Store, engine: &Engine) -> Result<(), LocalError> {
     let corrupt = |e: &dyn std::fmt::Display| LocalError::Corrupt(e.to_string());
     for (_, intent, amount, at) in store.spends()? {
@@ -1289,16 +1304,68 @@ fn body_message(e: conto_core::PolicyError) -> String {
 /// transactions, do; and as a restart did). Called holding the store, which every decision
 /// also holds: nothing is decided on ledgers being recounted.
 fn reload_policies(app: &App, store: &Store) -> Result<(), ApiError> {
-    reapply(store, &app.engine, compile(&effective_policies(store)?)?)
+    reload_policies_of(app, store, &Affected::All)
+}
+
+/// The agents a policy change can move the counts of.
+pub(crate) enum Affected {
+    /// Every agent (a policy bound to all, a wallet's).
+    All,
+    /// These agents only.
+    Agents(std::collections::BTreeSet<String>),
+}
+
+impl Affected {
+    /// The agents `doc` binds: all when it applies to every agent.
+    fn of(doc: &Policy) -> Self {
+        let everyone = match doc.scope.as_deref() {
+            Some(s) if s.eq_ignore_ascii_case("all") => true,
+            Some(s) if s.eq_ignore_ascii_case("assigned") => false,
+            _ => doc.assigned().next().is_none(),
+        };
+        if everyone { Affected::All } else { Affected::Agents(doc.assigned().map(str::to_owned).collect()) }
+    }
+
+    fn and(self, other: Affected) -> Self {
+        match (self, other) {
+            (Affected::Agents(mut a), Affected::Agents(b)) => {
+                a.extend(b);
+                Affected::Agents(a)
+            }
+            _ => Affected::All,
+        }
+    }
+}
+
+/// [`reload_policies`], counting again only the ledgers of the agents the change binds:
+/// another agent's rules, and so its counters, are the same (counters are named by what they
+/// count, not by where their rule sits). One agent's policy edit never recounts the org.
+fn reload_policies_of(app: &App, store: &Store, affected: &Affected) -> Result<(), ApiError> {
+    reapply_to(store, &app.engine, compile(&effective_policies(store)?)?, affected)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))
 }
 
 /// Gives the engine `policies` and counts the store's history again under them, on ledgers
 /// it forgot (see [`reload_policies`]).
 fn reapply(store: &Store, engine: &Engine, policies: PolicySet) -> Result<(), LocalError> {
+    reapply_to(store, engine, policies, &Affected::All)
+}
+
+fn reapply_to(store: &Store, engine: &Engine, policies: PolicySet, affected: &Affected) -> Result<(), LocalError> {
     engine.set_policies(policies);
-    engine.forget_ledgers();
-    recount(store, engine)
+    match affected {
+        Affected::All => {
+            engine.forget_ledgers();
+            recount(store, engine)
+        }
+        Affected::Agents(agents) => {
+            for agent in agents {
+                engine.forget_ledger(agent);
+                recount_agent(store, engine, agent)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Validates `doc` together with the stored policies, then stores it (rules get ids). Who
@@ -1313,8 +1380,11 @@ fn save_policy(app: &App, store: &Store, id: &str, mut doc: Policy) -> Result<Po
     // Refused, what is wrong is said of the document alone (its own paths), when it is the
     // document's; the set is compiled once when nothing is.
     compile(&all).map_err(|e| compile(std::slice::from_ref(&doc)).err().unwrap_or(e))?;
+    // Whom it bound before and binds now: only their counts can move.
+    let before = store.policies()?.into_iter().find(|p| p.id.as_deref() == Some(id));
+    let affected = before.as_ref().map_or(Affected::Agents(Default::default()), Affected::of).and(Affected::of(&doc));
     store.put_policy(id, &doc)?;
-    reload_policies(app, store)?;
+    reload_policies_of(app, store, &affected)?;
     Ok(doc)
 }
 
@@ -1536,11 +1606,12 @@ async fn delete_policy(
 ) -> Result<Response, ApiError> {
     let caller = policy_access(&app, &headers, true)?;
     let store = lock(&app.store);
-    caller.may_change(&store, &find_policy(&store, &id)?)?;
+    let doc = find_policy(&store, &id)?;
+    caller.may_change(&store, &doc)?;
     if !store.delete_policy(&id)? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no policy `{id}`")));
     }
-    reload_policies(&app, &store)?;
+    reload_policies_of(&app, &store, &Affected::of(&doc))?;
     // A body, as every other delete here answers: Conto's skill prints what it gets back.
     Ok(axum::Json(Deleted { deleted: true, id }).into_response())
 }

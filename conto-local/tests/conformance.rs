@@ -1137,6 +1137,56 @@ async fn admin_sdk_keys_manage_policies_and_standard_keys_read_them() {
     assert_eq!(delete(format!("/api/policies/{id}")).await.unwrap().status(), 404);
 }
 
+/// A policy change counts again only the agents it binds: a limit an agent's admin key adds
+/// counts that agent's spend before it, and another agent's spend and live approvals still
+/// count for it (an admin key's edits never recount the whole org under the store's lock).
+#[tokio::test]
+async fn a_policy_change_recounts_the_agents_it_binds_and_leaves_the_others_counted() {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    let one = Sdk { base: server.url(), key: org.agent("agent-1", ALL_SCOPES).await, http: reqwest::Client::new() };
+    let two = Sdk { base: server.url(), key: org.agent("agent-2", ALL_SCOPES).await, http: reqwest::Client::new() };
+    org.policy(json!({"name": "agent-2 daily", "agentIds": ["agent-2"], "rules": [
+        {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "100", "action": "ALLOW"}]}))
+        .await;
+    let pay = |sdk: &Sdk, amount: u32| {
+        let sdk = Sdk { base: sdk.base.clone(), key: sdk.key.clone(), http: sdk.http.clone() };
+        async move {
+            let (_, a) = sdk.post("/api/sdk/payments/approve", transfer_payment(amount)).await;
+            assert_eq!(a["approved"], true, "{a}");
+            let path = format!("/api/sdk/payments/{}/confirm", a["approvalId"].as_str().unwrap());
+            let tx = format!("0x{:064x}", amount);
+            let (status, r) = sdk.post(&path, json!({"txHash": tx, "approvalToken": a["approvalToken"]})).await;
+            assert_eq!(status, 200, "{r}");
+        }
+    };
+    pay(&one, 70).await;
+    pay(&two, 60).await;
+    let (_, held) = two.post("/api/sdk/payments/approve", transfer_payment(30)).await; // live, unconfirmed
+    assert_eq!(held["approved"], true, "{held}");
+    // agent-1's admin key adds a daily limit of 100 to its own agent.
+    let (_, admin) = org
+        .post("/api/agents/agent-1/sdk-keys", json!({"name": "admin", "keyType": "admin", "scopes": ["policies:read"]}))
+        .await;
+    let admin =
+        Sdk { base: server.url(), key: admin["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
+    let (status, made) = admin
+        .post(
+            "/api/policies",
+            json!({"name": "daily", "rules": [
+            {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "100", "action": "ALLOW"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    // agent-1's 70 counts under its new limit; agent-2's 60 spent and 30 held still count.
+    let (_, over) = one.post("/api/sdk/payments/approve", transfer_payment(31)).await;
+    assert_eq!(over["approved"], false, "70 + 31 > 100: {over}");
+    let (_, over) = two.post("/api/sdk/payments/approve", transfer_payment(11)).await;
+    assert_eq!(over["approved"], false, "60 + 30 + 11 > 100: {over}");
+    let (_, fits) = two.post("/api/sdk/payments/approve", transfer_payment(10)).await;
+    assert_eq!(fits["approved"], true, "{fits}");
+}
+
 /// Conto's skill creates a policy with an agent's admin key and no `agentIds`: it governs that
 /// agent (and only it); the admin key cannot reach other agents' policies, and an agent's key
 /// lists only the policies that apply to its agent.

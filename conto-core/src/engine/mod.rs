@@ -1062,6 +1062,15 @@ impl Engine {
         }
     }
 
+    /// [`Engine::forget_ledgers`] for `actor` alone: for a policy change that binds only some
+    /// actors (another actor's rules, and so its counters, are unchanged).
+    pub fn forget_ledger(&self, actor: &str) {
+        let Ok(id) = ActorId::new(actor) else { return };
+        if let Some(ledger) = self.inner.actors.read().get(&id).and_then(|slot| slot.ledger.as_ref()) {
+            *lock(ledger) = AgentLedger::default();
+        }
+    }
+
     /// Counts a stand-in's approved spend (the outbox's reconcile) once: journaled as a record
     /// of its authorization id, so it survives a restart, and a repeat (a delivery whose
     /// answer was lost) is answered without counting it again.
