@@ -80,7 +80,7 @@ pub(crate) fn open_owned(path: &Path, kind: &Kind, schema: &str) -> Result<Conne
 /// Creates `path` readable and writable by its owner only when it does not exist (it holds the
 /// spend history: actors, recipients, amounts), and narrows it and SQLite's side files when
 /// they were left wider. Best effort: SQLite says why a file it cannot open is refused.
-/// Whether it created the file.
+/// Returns whether it created the file.
 #[cfg(unix)]
 fn owner_only(path: &Path) -> bool {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
