@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use conto_core::journal::{Entry, Journal, JournalError};
-use conto_core::{
-    ActorStatus, AuthorityError, Decimal, Engine, ManualClock, Outage, PaymentIntent, PolicySet, Rail, Settlement,
-    Verdict,
-};
+use conto_core::{ActorStatus, AuthorityError, Decimal, Engine, ManualClock, Outage, PolicySet, Settlement, Verdict};
+
+mod common;
+use common::transfer;
 
 /// A journal in memory whose appends fail while `down` is set.
 #[derive(Clone, Default)]
@@ -40,17 +40,6 @@ fn engine(journal: &Flaky, clock: &ManualClock) -> Engine {
         .clock(clock.clone())
         .build_journaled(journal.clone())
         .unwrap()
-}
-
-fn transfer(amount: &str) -> PaymentIntent {
-    PaymentIntent::builder(
-        "agent-1",
-        amount,
-        Rail::transfer(8453, "0x2222222222222222222222222222222222222222").unwrap(),
-    )
-    .recipient("0x1111111111111111111111111111111111111111")
-    .build()
-    .unwrap()
 }
 
 fn spent(engine: &Engine) -> Decimal {

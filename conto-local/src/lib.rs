@@ -447,7 +447,7 @@ impl Running {
         let docs = policy_docs(file)?;
         let store = lock(&self.app.store);
         let added = preload_into(&store, docs)?;
-        reapply(&store, &self.app.engine, policy_set(&effective_policies(&store)?)?)?;
+        reapply(&store, &self.app.engine, policy_set(&effective_policies(&store)?)?, &Affected::All)?;
         Ok(added)
     }
 
@@ -652,7 +652,7 @@ fn restore(store: &Store, engine: &Engine) -> Result<(), LocalError> {
             let _ = engine.pause(&agent.id);
         }
     }
-    recount(store, engine)?;
+    recount(store, engine, None)?;
     let corrupt = |e: &dyn std::fmt::Display| LocalError::Corrupt(e.to_string());
     for r in store.requests(None)? {
         if r.status == "PENDING" {
@@ -668,33 +668,19 @@ fn restore(store: &Store, engine: &Engine) -> Result<(), LocalError> {
     Ok(())
 }
 
-/// Counts the store's history into the engine's ledgers: every recorded spend, oldest first,
-/// then every live approval's reservation. At start, and after a policy change (on ledgers
-/// the engine forgot), so the counters are always the history as the policies count it.
-fn recount_agent(store: &Store, engine: &Engine, agent: &str) -> Result<(), LocalError> {
+/// Counts the store's history into the engine's ledgers (`agent`'s only, when given): every
+/// recorded spend, oldest first, then every live approval's reservation. At start, and after a
+/// policy change (on ledgers the engine forgot), so the counters are always the history as the
+/// policies count it.
+fn recount(store: &Store, engine: &Engine, agent: Option<&str>) -> Result<(), LocalError> {
     let corrupt = |e: &dyn std::fmt::Display| LocalError::Corrupt(e.to_string());
-    for row in store.agent_spends(agent)? {
-        let intent: PaymentIntent = serde_json::from_str(&row.intent).map_err(|e| corrupt(&e))?;
-        let amount: Amount = row.amount.parse().map_err(|e| corrupt(&e))?;
-        let at: Timestamp = row.recorded_at.parse().map_err(|e| corrupt(&e))?;
-        engine.restore_spend(&intent, amount, at);
-    }
-    for (id, a) in store.live_approvals(Some(agent))? {
-        engine.restore_authorization(&a.authorization(&id).map_err(LocalError::Corrupt)?);
-    }
-    Ok(())
-}
-
-/// [`recount`] for every agent.
-fn recount(store: &Store, engine: &Engine) -> Result<(), LocalError> {
-    let corrupt = |e: &dyn std::fmt::Display| LocalError::Corrupt(e.to_string());
-    for (_, intent, amount, at) in store.spends()? {
+    for (intent, amount, at) in store.spends(agent)? {
         let intent: PaymentIntent = serde_json::from_str(&intent).map_err(|e| corrupt(&e))?;
         let amount: Amount = amount.parse().map_err(|e| corrupt(&e))?;
         let at: Timestamp = at.parse().map_err(|e| corrupt(&e))?;
         engine.restore_spend(&intent, amount, at);
     }
-    for (id, a) in store.live_approvals(None)? {
+    for (id, a) in store.live_approvals(agent)? {
         engine.restore_authorization(&a.authorization(&id).map_err(LocalError::Corrupt)?);
     }
     Ok(())
@@ -1318,12 +1304,11 @@ pub(crate) enum Affected {
 impl Affected {
     /// The agents `doc` binds: all when it applies to every agent.
     fn of(doc: &Policy) -> Self {
-        let everyone = match doc.scope.as_deref() {
-            Some(s) if s.eq_ignore_ascii_case("all") => true,
-            Some(s) if s.eq_ignore_ascii_case("assigned") => false,
-            _ => doc.assigned().next().is_none(),
-        };
-        if everyone { Affected::All } else { Affected::Agents(doc.assigned().map(str::to_owned).collect()) }
+        if doc.binds_every_agent() {
+            Affected::All
+        } else {
+            Affected::Agents(doc.assigned().map(str::to_owned).collect())
+        }
     }
 
     fn and(self, other: Affected) -> Self {
@@ -1341,30 +1326,23 @@ impl Affected {
 /// another agent's rules, and so its counters, are the same (counters are named by what they
 /// count, not by where their rule sits). One agent's policy edit never recounts the org.
 fn reload_policies_of(app: &App, store: &Store, affected: &Affected) -> Result<(), ApiError> {
-    reapply_to(store, &app.engine, compile(&effective_policies(store)?)?, affected)
+    reapply(store, &app.engine, compile(&effective_policies(store)?)?, affected)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))
 }
 
-/// Gives the engine `policies` and counts the store's history again under them, on ledgers
-/// it forgot (see [`reload_policies`]).
-fn reapply(store: &Store, engine: &Engine, policies: PolicySet) -> Result<(), LocalError> {
-    reapply_to(store, engine, policies, &Affected::All)
-}
-
-fn reapply_to(store: &Store, engine: &Engine, policies: PolicySet, affected: &Affected) -> Result<(), LocalError> {
+/// Gives the engine `policies` and counts the store's history again under them, on the
+/// ledgers of the `affected` agents, which it forgets first (see [`reload_policies_of`]).
+fn reapply(store: &Store, engine: &Engine, policies: PolicySet, affected: &Affected) -> Result<(), LocalError> {
     engine.set_policies(policies);
     match affected {
         Affected::All => {
             engine.forget_ledgers();
-            recount(store, engine)
+            recount(store, engine, None)
         }
-        Affected::Agents(agents) => {
-            for agent in agents {
-                engine.forget_ledger(agent);
-                recount_agent(store, engine, agent)?;
-            }
-            Ok(())
-        }
+        Affected::Agents(agents) => agents.iter().try_for_each(|agent| {
+            engine.forget_ledger(agent);
+            recount(store, engine, Some(agent))
+        }),
     }
 }
 

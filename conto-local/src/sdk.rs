@@ -986,22 +986,28 @@ fn store_spend(
 /// be this payment's.
 fn tx_fits(intent: &PaymentIntent, tx: &str) -> Result<(), ApiError> {
     let solana = intent.recipient.as_ref().is_some_and(|r| !r.is_evm());
-    if solana {
-        let signature = tx.len() <= 88 && bs58::decode(tx).into_vec().is_ok_and(|bytes| bytes.len() == 64);
-        return if signature {
-            Ok(())
-        } else {
+    match (solana, solana_signature(tx), evm_tx_hash(tx)) {
+        (true, true, _) | (false, _, true) => Ok(()),
+        (true, false, _) => {
             Err(bad("VALIDATION_ERROR", "`txHash` must be a Solana transaction signature (base58 of 64 bytes)"))
-        };
+        }
+        (false, _, false) => Err(bad("VALIDATION_ERROR", "`txHash` must be 0x + 64 hex characters")),
     }
-    let evm = tx.len() == 66 && tx.starts_with("0x") && tx[2..].bytes().all(|b| b.is_ascii_hexdigit());
-    if evm { Ok(()) } else { Err(bad("VALIDATION_ERROR", "`txHash` must be 0x + 64 hex characters")) }
+}
+
+/// An EVM transaction hash: 0x + 64 hex characters.
+fn evm_tx_hash(tx: &str) -> bool {
+    tx.len() == 66 && tx.starts_with("0x") && tx[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A Solana transaction signature: base58 of 64 bytes (at most 88 characters).
+fn solana_signature(tx: &str) -> bool {
+    tx.len() <= 88 && bs58::decode(tx).into_vec().is_ok_and(|bytes| bytes.len() == 64)
 }
 
 /// Whether `tx` has the shape of a transaction hash on any network conto-local knows.
 fn is_tx_hash(tx: &str) -> bool {
-    let evm = tx.len() == 66 && tx.starts_with("0x") && tx[2..].bytes().all(|b| b.is_ascii_hexdigit());
-    evm || (tx.len() <= 88 && bs58::decode(tx).into_vec().is_ok_and(|bytes| bytes.len() == 64))
+    evm_tx_hash(tx) || solana_signature(tx)
 }
 
 /// The chain a payment request is paid on: Conto's default, Tempo testnet (conto-api.md §4.1:
@@ -1552,18 +1558,18 @@ fn agent_policies(store: &Store, agent: &str) -> Result<Vec<conto_wire::org::Pol
 
 fn request_entry(
     r: &RequestRecord,
+    intent: Option<&PaymentIntent>,
     token: Option<&secrecy::SecretString>,
     payment_request: Option<String>,
 ) -> ApprovalRequest {
-    let intent = serde_json::from_str::<PaymentIntent>(&r.intent).ok();
     ApprovalRequest {
         approval_request_id: r.id.clone(),
         kind: Some("payment".into()),
         status: Some(r.status.clone()),
         expires_at: Some(r.expires_at.clone()),
         // What the approver would let move: an MPP session's deposit, not its per-request price.
-        amount: intent.as_ref().map(|i| i.exposure()),
-        recipient_address: intent.as_ref().and_then(|i| i.recipient.as_ref()).map(|a| a.as_str().to_owned()),
+        amount: intent.map(PaymentIntent::exposure),
+        recipient_address: intent.and_then(|i| i.recipient.as_ref()).map(|a| a.as_str().to_owned()),
         approval_id: r.approval_id.clone(),
         authorization_id: r.approval_id.clone(),
         // `requestId` is what `/payments/{requestId}` reads for a payment request, and what
@@ -1616,16 +1622,21 @@ async fn approval_requests(
     let list = requests
         .iter()
         .map(|r| {
-            let untaken =
-                || r.approval_id.as_deref().is_none_or(|id| !store.approval_taken(id).is_ok_and(|(_, taken)| taken));
+            // Read once, when first needed (the token's filter, the lapse below).
+            let taken = std::cell::OnceCell::new();
+            let untaken = || {
+                *taken.get_or_init(|| {
+                    r.approval_id.as_deref().is_none_or(|id| !store.approval_taken(id).is_ok_and(|(_, taken)| taken))
+                })
+            };
+            let intent = serde_json::from_str::<PaymentIntent>(&r.intent).ok();
             // Shown only to a key that may confirm with it: a transfer's token to one with
             // `payments:confirm` (a key kept out of the transfer flow is not handed its secret).
-            let transfer =
-                serde_json::from_str::<PaymentIntent>(&r.intent).is_ok_and(|i| matches!(i.rail, Rail::Transfer { .. }));
+            let transfer = intent.as_ref().is_some_and(|i| matches!(i.rail, Rail::Transfer { .. }));
             let confirm_scope = if transfer { Kind::Transfer.record_scope() } else { Kind::Card.record_scope() };
             let may_confirm = caller.scopes.iter().any(|s| s == confirm_scope);
             let token = tokens.get(&r.id, now).filter(|_| !paused && may_confirm && untaken());
-            let mut entry = request_entry(r, token, payment_requests.get(&r.id).cloned());
+            let mut entry = request_entry(r, intent.as_ref(), token, payment_requests.get(&r.id).cloned());
             // A request still pending, or an approval not taken (still live), past its expiry
             // has lapsed; an approval that was confirmed stays APPROVED.
             let lapsed = r.expires_at.parse::<Timestamp>().is_ok_and(|t| t <= now);

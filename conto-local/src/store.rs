@@ -1037,11 +1037,17 @@ impl Store {
         })
     }
 
-    /// Every recorded spend, oldest first: `(agent, intent, amount, recorded_at)`.
-    pub fn spends(&self) -> Result<Vec<(String, String, String, String)>, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT agent_id, intent, amount, recorded_at FROM spends ORDER BY seq")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    /// Every recorded spend (`agent`'s only, when given), oldest first: `(intent, amount,
+    /// recorded_at)`.
+    pub fn spends(&self, agent_id: Option<&str>) -> Result<Vec<(String, String, String)>, StoreError> {
+        const COLUMNS: &str = "SELECT intent, amount, recorded_at FROM spends";
+        let (mut stmt, params) = match agent_id {
+            Some(agent) => {
+                (self.conn.prepare_cached(&format!("{COLUMNS} WHERE agent_id = ?1 ORDER BY seq"))?, vec![agent])
+            }
+            None => (self.conn.prepare_cached(&format!("{COLUMNS} ORDER BY seq"))?, vec![]),
+        };
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

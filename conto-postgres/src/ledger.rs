@@ -106,6 +106,8 @@ const SLOT_RETENTION: SignedDuration = SignedDuration::from_hours(48);
 struct Inner {
     pool: PgPool,
     schema: String,
+    /// `schema` quoted, as every statement names it (quoted once, not per statement).
+    quoted_schema: String,
     retention: SignedDuration,
     transactions: AtomicU64,
     /// Set once the schema is known to be migrated (at once by [`PgLedger::open`]; on first
@@ -229,6 +231,7 @@ impl PgLedger {
             inner: Arc::new(Inner {
                 pool,
                 schema: schema.to_owned(),
+                quoted_schema: quoted(schema),
                 retention: conto_core::engine::DEFAULT_RETENTION,
                 transactions: AtomicU64::new(0),
                 ready: tokio::sync::OnceCell::new(),
@@ -254,7 +257,7 @@ impl PgLedger {
     }
 
     fn sql(&self, statement: &str) -> String {
-        statement.replace("{s}", &quoted(&self.inner.schema))
+        statement.replace("{s}", &self.inner.quoted_schema)
     }
 
     /// Begins a transaction holding `actor`'s lock, with its due authorizations expired.

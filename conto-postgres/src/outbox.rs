@@ -85,6 +85,8 @@ struct Spill(Mutex<Vec<QueuedRecord>>);
 struct Shared {
     pool: PgPool,
     schema: String,
+    /// `schema` quoted, as every statement names it (quoted once, not per statement).
+    quoted_schema: String,
     /// This process's name on the leases it takes.
     worker: String,
     seen: Mutex<Seen>,
@@ -135,6 +137,7 @@ impl PgOutbox {
         let shared = Shared {
             pool,
             schema: schema.to_owned(),
+            quoted_schema: quoted(schema),
             worker,
             seen: Mutex::default(),
             spill: Spill::default(),
@@ -200,7 +203,7 @@ impl PgOutbox {
     }
 
     fn sql(&self, statement: &str) -> String {
-        statement.replace("{s}", &quoted(&self.shared.schema))
+        statement.replace("{s}", &self.shared.quoted_schema)
     }
 
     /// Writes `record` in the app's own transaction (`&mut *tx`), so that the app's state and

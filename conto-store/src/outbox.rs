@@ -168,38 +168,47 @@ impl Outbox {
         Ok(())
     }
 
-    /// Up to `limit` jobs due at `now`, claimed for the caller: `(row id, attempts, job)`. Each
-    /// must be settled with [`delivered`](Self::delivered), [`retry`](Self::retry) or
-    /// [`dead_letter`](Self::dead_letter). Rows that cannot be read (a sealed token no seal
-    /// here opens, a token held in the memory of a process that ended) are marked dead and
-    /// returned as `(authorization id, why)`, for the caller to report.
-    pub(crate) fn due(&self, now: Timestamp, limit: usize) -> Result<Due, OutboxError> {
+    /// Up to `limit` jobs due at `now`, each with its [`Claim`]: settle it with
+    /// [`delivered`](Self::delivered), [`retry`](Self::retry) or
+    /// [`dead_letter`](Self::dead_letter), then let the claim go. Rows that cannot be read (a
+    /// sealed token no seal here opens, a token held in the memory of a process that ended)
+    /// are marked dead and returned as `(authorization id, why)`, for the caller to report.
+    fn due(&self, now: Timestamp, limit: usize) -> Result<Due<'_>, OutboxError> {
         let conn = self.lock();
         let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
-        // Rows this process already has under way are skipped in SQL: a batch is never filled
-        // with them while others wait behind.
+        // Rows this process already has under way are read past, never counted toward `limit`:
+        // a batch is not filled with them while others wait behind.
         let mut stmt = conn.prepare(
             "SELECT id, attempts, job, authorization_id FROM outbox
-              WHERE state = 'pending' AND next_attempt_at <= ?1 AND id NOT IN (SELECT value FROM json_each(?3))
-              ORDER BY id LIMIT ?2",
+              WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
         )?;
-        let under_way = serde_json::to_string(&claimed.iter().collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into());
-        let rows = stmt.query_map(params![millis(now), limit as i64, under_way], |r| {
+        let rows = stmt.query_map(params![millis(now), (limit + claimed.len()) as i64], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
         })?;
         let mut due = Due::default();
+        let mut dead = Vec::new();
         for row in rows {
             let (id, attempts, text, authorization_id) = row?;
+            if claimed.contains(&id) {
+                continue;
+            }
+            if due.jobs.len() + dead.len() == limit {
+                break;
+            }
             match Job::from_stored(&text, self.seal.as_deref()) {
                 Ok(job) => {
                     claimed.insert(id);
-                    due.jobs.push((id, attempts, job));
+                    due.jobs.push((Claim(self, id), attempts, job));
                 }
-                Err(e) => due.unreadable.push((id, authorization_id, format!("unreadable record: {e}"))),
+                Err(e) => {
+                    let why = format!("unreadable record: {e}");
+                    dead.push((id, why.clone()));
+                    due.unreadable.push((authorization_id, why));
+                }
             }
         }
         drop(stmt);
-        for (id, _, why) in &due.unreadable {
+        for (id, why) in &dead {
             if let Err(error) =
                 conn.execute("UPDATE outbox SET state = 'dead', last_error = ?2 WHERE id = ?1", params![id, why])
             {
@@ -291,11 +300,12 @@ impl Outbox {
 
 /// What [`Outbox::due`] found.
 #[derive(Default)]
-pub(crate) struct Due {
-    /// Claimed jobs: `(row id, attempts, job)`.
-    pub jobs: Vec<(i64, u32, Job)>,
-    /// Rows marked dead because they cannot be read: `(row id, authorization id, why)`.
-    pub unreadable: Vec<(i64, String, String)>,
+struct Due<'a> {
+    /// Claimed jobs: `(claim, attempts, job)`. A claim dropped unsettled (the pass dropped
+    /// half-way) gives its row back.
+    jobs: Vec<(Claim<'a>, u32, Job)>,
+    /// Rows marked dead because they cannot be read: `(authorization id, why)`.
+    unreadable: Vec<(String, String)>,
 }
 
 /// How long delivered records are kept (a repeat enqueue of one within it is ignored).
@@ -336,11 +346,10 @@ impl RecordSink for Outbox {
 
     fn deliver_due<'a>(&'a self, deliverer: &'a dyn Deliver) -> BoxFuture<'a, Result<usize, SinkError>> {
         Box::pin(async move {
-            let Due { jobs, unreadable } = self.due(Timestamp::now(), 64).map_err(|e| SinkError(e.to_string()))?;
             // Every claim is given back if this pass is dropped half-way, not only the one
             // under way (a claim kept would hold its row from this process until a restart).
-            let claims: Vec<Claim<'_>> = jobs.iter().map(|(id, ..)| Claim(self, *id)).collect();
-            for (_, authorization_id, why) in &unreadable {
+            let Due { jobs, unreadable } = self.due(Timestamp::now(), 64).map_err(|e| SinkError(e.to_string()))?;
+            for (authorization_id, why) in &unreadable {
                 tracing::error!(authorization_id, why, "conto.outbox.unreadable_record: kept as dead");
                 deliverer.dead(authorization_id, conto_core::AuthorityError::Unsupported(why.clone()));
             }
@@ -353,7 +362,7 @@ impl RecordSink for Outbox {
                     Err(error) => tracing::warn!(%error, "conto.outbox.prune_failed"),
                 }
             }
-            for ((_, attempts, job), claim) in jobs.into_iter().zip(claims) {
+            for (claim, attempts, job) in jobs {
                 self.deliver_one(deliverer, claim, attempts, job).await;
             }
             Ok(n)

@@ -374,10 +374,16 @@ impl Policy {
     /// or (as in a policy file) assigned to no one without `scope: "assigned"`, which means
     /// every agent. A policy with `scope: "assigned"` and no agents applies to no one yet.
     pub fn applies_to(&self, agent: &str) -> bool {
+        self.binds_every_agent() || self.assigned().any(|a| a == agent)
+    }
+
+    /// Whether it applies to every agent: `scope: "all"`, or (as in a policy file) assigned to
+    /// no one without `scope: "assigned"`.
+    pub fn binds_every_agent(&self) -> bool {
         match self.scope.as_deref() {
             Some(s) if s.eq_ignore_ascii_case("all") => true,
-            Some(s) if s.eq_ignore_ascii_case("assigned") => self.assigned().any(|a| a == agent),
-            _ => self.assigned().next().is_none() || self.assigned().any(|a| a == agent),
+            Some(s) if s.eq_ignore_ascii_case("assigned") => false,
+            _ => self.assigned().next().is_none(),
         }
     }
 

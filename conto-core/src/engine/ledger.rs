@@ -356,7 +356,9 @@ impl AgentLedger {
         }
     }
 
-    /// Reserves `amount` on every counter and a slot in every window.
+    /// Reserves `amount` on every counter and a slot at `now` in every window (`now` may be
+    /// earlier than slots already taken: a reservation restored after a restart at the time it
+    /// was made).
     pub fn reserve(
         &mut self,
         key: IdKey,
@@ -375,7 +377,7 @@ impl AgentLedger {
         }
         let mut slots = Vec::with_capacity(windows.len());
         for key in windows {
-            self.velocity.entry(key.clone()).or_default().push_back((now, seq));
+            take_slot(self.velocity.entry(key.clone()).or_default(), now, seq);
             slots.push((key, seq));
         }
         if self.expiries.len() >= 2 * self.live.len() + Self::EXPIRIES_SLACK {
@@ -393,32 +395,6 @@ impl AgentLedger {
         self.expiries.push(Reverse((expires_at, key)));
         self.live.insert(key, Reservation { amount, holds, slots });
         self.stats.approved += 1;
-    }
-
-    /// [`AgentLedger::reserve`] for a reservation made at `at` (restored after a restart): it
-    /// holds the counters of `at`'s periods (none, where a counter already holds a later one)
-    /// and takes its velocity slots at `at`, in time order.
-    pub fn restore_reservation(
-        &mut self,
-        key: IdKey,
-        amount: Micros,
-        expires_at: Timestamp,
-        holds: Held,
-        windows: Vec<VelocityKey>,
-        at: Timestamp,
-    ) {
-        self.reserve(key, amount, expires_at, holds, Vec::new(), at);
-        let seq = self.next_seq;
-        let mut slots = Vec::with_capacity(windows.len());
-        for window in windows {
-            let q = self.velocity.entry(window.clone()).or_default();
-            let at_or_after = q.partition_point(|(t, _)| *t <= at);
-            q.insert(at_or_after, (at, seq));
-            slots.push((window, seq));
-        }
-        if let Some(r) = self.live.get_mut(&key) {
-            r.slots = slots;
-        }
     }
 
     /// How many entries of settled reservations the expiry heap may hold beyond the live
@@ -488,11 +464,7 @@ impl AgentLedger {
         }
         self.next_seq += 1;
         for key in windows.iter().filter(|k| !k.is_live()) {
-            let q = self.velocity.entry(key.clone()).or_default();
-            // Kept in time order; replays come in order, so this is a push at the back (a
-            // sort per spend made replaying a long history quadratic).
-            let at_or_after = q.partition_point(|(t, _)| *t <= at);
-            q.insert(at_or_after, (at, self.next_seq));
+            take_slot(self.velocity.entry(key.clone()).or_default(), at, self.next_seq);
         }
         self.stats.recorded += 1;
         self.spent += i128::from(settled.0);
@@ -618,6 +590,18 @@ impl Retained {
         while self.generations.front().is_some_and(|g| g.newest < horizon) {
             self.generations.pop_front();
         }
+    }
+}
+
+/// Takes slot `seq` at `at` in a window, kept in time order: a push at the back for a decision
+/// now or a replay in order (a sort per slot made replaying a long history quadratic), a
+/// binary search for one restored at an earlier time.
+fn take_slot(q: &mut VecDeque<(Timestamp, u64)>, at: Timestamp, seq: u64) {
+    if q.back().is_none_or(|(t, _)| *t <= at) {
+        q.push_back((at, seq));
+    } else {
+        let at_or_after = q.partition_point(|(t, _)| *t <= at);
+        q.insert(at_or_after, (at, seq));
     }
 }
 

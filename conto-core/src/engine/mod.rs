@@ -121,7 +121,7 @@ struct Inner {
     journal: std::sync::OnceLock<Arc<dyn Journal>>,
     /// Entries for changes made though their append failed (money that moved, an actor
     /// stopped), in order: written before the next entry (see [`Engine::write_applied`]).
-    unjournaled: Mutex<Vec<Entry>>,
+    unjournaled: Mutex<std::collections::VecDeque<Entry>>,
     /// Every actor the engine knows: its status while provisioned, its ledger once it needs
     /// one. One map, so a decision finds both in one lookup (see [`actors`]).
     actors: actors::Actors,
@@ -352,6 +352,12 @@ fn limits_of(daily: Option<(Decimal, Decimal)>) -> Limits {
 fn kept(counted: Micros, settled: Amount, (late, actor_inactive): (bool, bool), reference: &Option<String>) -> Kept {
     let reference = reference.as_deref().map(Box::from);
     Kept { counted, settled: Micros::of(settled), late, actor_inactive, reference }
+}
+
+/// A journal that could not write: an outage (the change it describes is not made, or not yet
+/// durable).
+fn journal_outage(e: JournalError) -> AuthorityError {
+    crate::Outage::Journal(e.0).into()
 }
 
 /// The answer to a repeat of a kept record.
@@ -727,19 +733,20 @@ impl Engine {
     fn write(&self, entry: &Entry) -> Result<(), AuthorityError> {
         let Some(journal) = self.inner.journal.get() else { return Ok(()) };
         self.flush_journal()?;
-        journal.append(entry).map_err(|e| crate::Outage::Journal(e.0).into())
+        journal.append(entry).map_err(journal_outage)
     }
 
     /// Writes the journal entries still waiting (a record or a status change made while the
-    /// journal failed: made anyway, and answered `Outage::Journal`), oldest first. Every later entry does this first; so does a
-    /// repeat of a change still waiting (a retried record, a pause asked again), which then
-    /// fails until the entry is durable. Call it at shutdown. `Ok` when nothing waits.
+    /// journal failed: made anyway, and answered `Outage::Journal`), oldest first. Every later
+    /// entry does this first; so does a repeat of a change still waiting (a retried record, a
+    /// pause asked again), which then fails until the entry is durable. Call it at shutdown.
+    /// `Ok` when nothing waits.
     pub fn flush_journal(&self) -> Result<(), AuthorityError> {
         let Some(journal) = self.inner.journal.get() else { return Ok(()) };
         let mut waiting = lock(&self.inner.unjournaled);
-        while let Some(first) = waiting.first() {
-            journal.append(first).map_err(|e| AuthorityError::from(crate::Outage::Journal(e.0)))?;
-            waiting.remove(0);
+        while let Some(first) = waiting.front() {
+            journal.append(first).map_err(journal_outage)?;
+            waiting.pop_front();
         }
         Ok(())
     }
@@ -755,7 +762,7 @@ impl Engine {
         let entry = entry();
         self.write(&entry).inspect_err(|error| {
             tracing::error!(%error, "conto.engine.journal_failed: kept in memory, written before the next entry");
-            lock(&self.inner.unjournaled).push(entry);
+            lock(&self.inner.unjournaled).push_back(entry);
         })
     }
 
@@ -771,9 +778,10 @@ impl Engine {
     /// Applies a journal's entries to a fresh engine (nothing is written back).
     fn replay(&self, entries: &[Entry]) {
         // Keyed by id (linear in the journal's length), restored in journal order.
-        let mut live: HashMap<&str, (usize, &PaymentIntent, Amount, Timestamp)> = HashMap::new();
+        // A live reservation: its journal position, intent, amount, expiry and (in entries that
+        // have it) when it was reserved.
+        let mut live: HashMap<&str, (usize, &PaymentIntent, Amount, Timestamp, Option<Timestamp>)> = HashMap::new();
         let mut pending: HashMap<&str, (usize, &PaymentIntent, Timestamp)> = HashMap::new();
-        let mut reserved_at: HashMap<&str, Timestamp> = HashMap::new();
         // An entry written twice (an append that failed after it was made durable, then
         // written again) is counted once.
         let mut recorded: std::collections::HashSet<&str> = std::collections::HashSet::new();
@@ -784,23 +792,19 @@ impl Engine {
         for (seq, entry) in entries.iter().enumerate() {
             match entry {
                 Entry::Reserved { id, intent, amount, expires_at, at } => {
-                    live.insert(id, (seq, intent, *amount, *expires_at));
-                    if let Some(at) = at {
-                        reserved_at.insert(id, *at);
-                    }
+                    live.insert(id, (seq, intent, *amount, *expires_at, *at));
                 }
                 Entry::Recorded { id, intent, amount, settled, reference, at } => {
                     if !recorded.insert(id.as_str()) {
                         continue;
                     }
-                    // Late when its approval had lapsed, or had been released, when it came.
-                    let late = live.remove(id.as_str()).is_none_or(|(.., expires_at)| *at >= expires_at);
                     // Counted as it was before the restart: a record in time turned its
                     // reservation into spend in the periods and windows it was reserved in; a
-                    // late one counted when it came (an entry from before reservations had a
-                    // time counts at its record's).
-                    let reserved = reserved_at.remove(id.as_str());
-                    let counted_at = if late { *at } else { reserved.unwrap_or(*at) };
+                    // late one (its approval lapsed, or released, when it came) counted when it
+                    // came, as does one whose entry from before reservations had a time.
+                    let in_time = live.remove(id.as_str()).filter(|(.., expires_at, _)| *at < *expires_at);
+                    let late = in_time.is_none();
+                    let counted_at = in_time.and_then(|(.., reserved_at)| reserved_at).unwrap_or(*at);
                     self.restore_spend(intent, *amount, counted_at);
                     let ledger = self.ledger(&intent.actor);
                     let how = Closed::Recorded(kept(Micros::of(*amount), *settled, (late, false), reference));
@@ -810,7 +814,7 @@ impl Engine {
                 // released and settled after all) is counted late, not refused as unknown. It
                 // is kept as if it ended at its expiry: the release came no later.
                 Entry::Released { id, actor } => {
-                    if let Some((_, _, _, expires_at)) = live.remove(id.as_str())
+                    if let Some((_, _, _, expires_at, _)) = live.remove(id.as_str())
                         && retained(expires_at)
                     {
                         lock(&self.ledger(actor)).close(IdKey::of(id), Closed::Released, expires_at);
@@ -848,13 +852,13 @@ impl Engine {
         lapsed.sort_by_key(|(_, l)| l.3);
         // Lapsed while the engine was down (or before): closed as expired, so that their
         // records, still on their way in an outbox, are counted late, not refused as unknown.
-        for (id, (_, intent, _, expires_at)) in lapsed {
+        for (id, (_, intent, _, expires_at, _)) in lapsed {
             if retained(expires_at) {
                 lock(&self.ledger(&intent.actor)).close(IdKey::of(id), Closed::Expired, expires_at);
             }
         }
         live.sort_by_key(|(_, l)| l.0);
-        for (id, (_, intent, amount, expires_at)) in live {
+        for (id, (_, intent, amount, expires_at, reserved_at)) in live {
             let authorization = Authorization {
                 id: id.to_owned(),
                 token: None,
@@ -865,7 +869,7 @@ impl Engine {
                 wallet: None,
             };
             // Holding the periods and windows it was reserved in, as before the restart.
-            self.restore_reservation(&authorization, reserved_at.get(id).copied());
+            self.restore_reservation(&authorization, reserved_at);
         }
         for (id, (_, intent, expires_at)) in pending.into_iter().filter(|(_, p)| p.2 > now) {
             let pending = PendingApproval { approval_request_id: id.to_owned(), expires_at, reasons: vec![] };
@@ -995,11 +999,10 @@ impl Engine {
         // reports it as `Event::RecordClamped`), never an error after the spend was counted.
         let counted = Micros::of(settled).min(reserved);
         let counted_amount = Amount::from_micros(counted.0).unwrap_or(authorization.amount);
-        // Past its expiry but not yet swept, it is what a sweep would have made it: expired,
-        // and its record counted late in the periods current now. Where the spend lands does
-        // not hang on when a sweep ran (a replay of the journal, which knows the expiry and
-        // not the sweep, counts it so too).
-        // At its expiry it is expired, as a sweep reads it.
+        // At or past its expiry but not yet swept, it is what a sweep would have made it:
+        // expired, and its record counted late in the periods current now. Where the spend
+        // lands does not hang on when a sweep ran (a replay of the journal, which knows the
+        // expiry and not the sweep, counts it so too).
         let late = now >= authorization.expires_at;
         let journaled = if late {
             ledger.expire(key, now);
@@ -1165,14 +1168,7 @@ impl Engine {
         let at = reserved_at.map_or(now, |at| at.min(now));
         let policies = self.inner.policies.load();
         let (holds, windows) = evaluate::all_keys(&policies, &authorization.intent, &mut *ledger, at);
-        ledger.restore_reservation(
-            key,
-            Micros::of(authorization.amount),
-            authorization.expires_at,
-            holds.into(),
-            windows,
-            at,
-        );
+        ledger.reserve(key, Micros::of(authorization.amount), authorization.expires_at, holds.into(), windows, at);
     }
 
     /// Re-creates a request for human approval (after a restart).

@@ -453,9 +453,13 @@ impl SharedEngine {
         evaluate::all_keys(policies, intent, &mut NoReads, now)
     }
 
-    /// [`SharedEngine::keys`] under the policies in force.
-    fn keys_now(&self, intent: &PaymentIntent, now: Timestamp) -> (Vec<(CounterKey, Timestamp)>, Vec<VelocityKey>) {
-        Self::keys(&self.engine.inner.policies.load(), intent, now)
+    /// The counters and windows a spend of `intent` without a live reservation counts in at
+    /// `now` (a late record, a reconciled spend), under the policies in force: every window but
+    /// a live-only one (a spend is no live approval).
+    fn spend_slots(&self, intent: &PaymentIntent, now: Timestamp) -> (Vec<CounterSlot>, Vec<WindowSlot>) {
+        let (holds, mut windows) = Self::keys(&self.engine.inner.policies.load(), intent, now);
+        windows.retain(|k| !k.is_live());
+        slots(&holds, &windows, now)
     }
 
     /// Decides on an intent against the shared ledger; an approval is reserved there. See
@@ -561,11 +565,9 @@ impl SharedEngine {
                     let counted = settled.get().min(approved);
                     let transaction_id = random_id("tx_", 12);
                     // The periods and windows current now: only a late record needs them. Its
-                    // approval's slots went with its expiry or release; the spend takes one
-                    // again in every window but a live-only one (as in one process).
-                    let (holds, mut windows) = self.keys_now(&authorization.intent, now);
-                    windows.retain(|k| !k.is_live());
-                    let (counters, windows) = slots(&holds, &windows, now);
+                    // approval's slots went with its expiry or release; the spend takes them
+                    // again (as in one process).
+                    let (counters, windows) = self.spend_slots(&authorization.intent, now);
                     let write = LedgerWrite::SettleLate {
                         id: id.to_owned(),
                         counted,
@@ -715,10 +717,7 @@ impl SharedEngine {
     /// that id yet.
     async fn spend(&self, intent: &PaymentIntent, amount: Amount, id: Option<&str>) -> Result<(), SharedLedgerError> {
         let now = self.engine.now();
-        let (holds, mut windows) = self.keys_now(intent, now);
-        // A spend is no live approval: it takes no slot in a live-only window.
-        windows.retain(|k| !k.is_live());
-        let (counters, windows) = slots(&holds, &windows, now);
+        let (counters, windows) = self.spend_slots(intent, now);
         let write = LedgerWrite::Spend { id: id.map(str::to_owned), counters, windows, amount: amount.get(), at: now };
         let mut step = |view: &LedgerView| if view.authorization.is_some() { vec![] } else { vec![write.clone()] };
         let read = LedgerRead { counters: &[], windows: &[], authorization: id, pending: None };

@@ -322,12 +322,12 @@ impl RuleCtx<'_> {
         self.decimal(text, EXPECTED)
     }
 
-    /// A budget's amount, period and the zone its periods turn over in (the value's
-    /// `timezone`, else the policy's).
-    pub(crate) fn budget(&self, text: &str) -> Result<(Decimal, Period, TimeZone), PolicyError> {
+    /// A budget's amount, period and the zone its periods turn over in when its value names
+    /// one (`None`: the policy's).
+    pub(crate) fn budget(&self, text: &str) -> Result<(Decimal, Period, Option<TimeZone>), PolicyError> {
         const EXPECTED: &str = "a JSON object {\"amount\": n, \"period\": \"DAILY|WEEKLY|MONTHLY|YEARLY|TOTAL\"}";
         let obj = self.object(text, EXPECTED)?;
-        let tz = self.tz_of(&obj)?;
+        let tz = self.own_tz(&obj)?;
         let amount = self.num_field(&obj, "amount", text, EXPECTED)?;
         let period = match obj.get("period").and_then(Value::as_str).map(str::to_ascii_uppercase).as_deref() {
             Some("DAILY" | "DAY") => Period::Day,
@@ -351,6 +351,11 @@ impl RuleCtx<'_> {
         };
         let id = counter_id(format_args!("spend|{rails:?}|{scope:?}|{period:?}|{tz_name}"));
         Cumulative { id, scope, period, tz, tz_name, last_period: Default::default(), slot: 0 }
+    }
+
+    /// The zone `obj` names itself (`timezone` or `timeZone`), if it names one.
+    pub(crate) fn own_tz(&self, obj: &serde_json::Map<String, Value>) -> Result<Option<TimeZone>, PolicyError> {
+        if obj.contains_key("timezone") || obj.contains_key("timeZone") { self.tz_of(obj).map(Some) } else { Ok(None) }
     }
 
     pub(crate) fn tz_of(&self, obj: &serde_json::Map<String, Value>) -> Result<TimeZone, PolicyError> {

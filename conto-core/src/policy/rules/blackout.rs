@@ -61,8 +61,7 @@ impl Family for Blackouts {
                 let reason = w.get("reason").and_then(Value::as_str).map(str::to_owned);
                 // A window's own zone, else the rule's; an unknown one is an error, never the
                 // rule's zone in its place.
-                let tz =
-                    if w.contains_key("timezone") || w.contains_key("timeZone") { cx.tz_of(w)? } else { tz.clone() };
+                let tz = cx.own_tz(w)?.unwrap_or_else(|| tz.clone());
                 let start = w.get("start").and_then(Value::as_str).ok_or_else(|| cx.bad(text, EXPECTED))?;
                 let end = w.get("end").and_then(Value::as_str).ok_or_else(|| cx.bad(text, EXPECTED))?;
                 // `recurring` says what the bounds already do (times of day recur daily, dates

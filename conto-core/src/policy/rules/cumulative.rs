@@ -63,8 +63,8 @@ impl Family for Cumulatives {
     fn compile((scope, limit, rails, violation): Self::Kind, r: &RuleInput<'_>) -> Result<Spec, PolicyError> {
         let cmp = r.cmp()?;
         let (limit, period, tz) = match limit {
-            Limit::Budget => budget(r)?,
-            Limit::PlainOrBudget if r.text.trim_start().starts_with('{') => budget(r)?,
+            Limit::Budget => r.cx.budget(r.text)?,
+            Limit::PlainOrBudget if r.text.trim_start().starts_with('{') => r.cx.budget(r.text)?,
             Limit::PlainOrBudget => (r.cx.limit(r.text)?, Period::Day, None),
             Limit::Plain(period) => (r.cx.limit(r.text)?, period, None),
         };
@@ -76,12 +76,6 @@ impl Family for Cumulatives {
             violation,
         ))
     }
-}
-
-/// A budget value's amount, period and zone.
-fn budget(r: &RuleInput<'_>) -> Result<(Decimal, Period, Option<jiff::tz::TimeZone>), PolicyError> {
-    let (limit, period, tz) = r.cx.budget(r.text)?;
-    Ok((limit, period, Some(tz)))
 }
 
 /// The counter of `c` for `intent`.

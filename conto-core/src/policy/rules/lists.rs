@@ -379,19 +379,16 @@ impl ListCheck {
         if s.listed.has(self.field) {
             Some(s.listed.contains(self.bit) == self.in_list)
         } else {
-            self.missing(s.intent)
+            self.missing(&s.listed)
         }
     }
 
-    /// What a payment without the field concludes: counterparty rules do not apply to a card
-    /// payment (it has no recipient address), contract rules to one that calls no contract;
-    /// other missing fields, a recipient missing on any other rail included, are "not listed".
-    fn missing(&self, intent: &PaymentIntent) -> Option<bool> {
-        let applies = match self.field {
-            Field::Counterparty => intent.rail.needs_recipient(),
-            Field::Contract => false,
-            _ => true,
-        };
+    /// What a payment without the field concludes: counterparty and contract rules apply only
+    /// where [`Listed`] says they do (not to a card payment, which has no recipient address, nor
+    /// to one that calls no contract); any other missing field, a recipient missing on any
+    /// other rail included, is "not listed".
+    fn missing(&self, listed: &Listed) -> Option<bool> {
+        let applies = !matches!(self.field, Field::Counterparty | Field::Contract) || listed.has(self.field);
         applies.then_some(!self.in_list)
     }
 
@@ -399,7 +396,7 @@ impl ListCheck {
     pub(crate) fn finding<'a>(&self, s: &Subject<'a>) -> Option<Finding<Listing<'a>>> {
         let field = self.field;
         let Some(value) = subject(field, s.intent) else {
-            return self.missing(s.intent).map(|holds| Finding { holds, detail: Listing::Missing(field) });
+            return self.missing(&s.listed).map(|holds| Finding { holds, detail: Listing::Missing(field) });
         };
         let listed = s.listed.contains(self.bit);
         Some(Finding { holds: listed == self.in_list, detail: Listing::Listed { field, value, listed } })
