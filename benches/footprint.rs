@@ -58,6 +58,20 @@ fn allocations(mut once: impl FnMut()) -> f64 {
     (ALLOCS.load(Ordering::Relaxed) - before) as f64 / rounds as f64
 }
 
+/// `paid::guarded` with a reference the function owns (a `String`, as a wallet's receipt
+/// holds its tx hash): the pipeline takes it as is, no copy.
+#[conto::paid_action(amount = "0.01", recipient = common::RECIPIENT,
+    rail = transfer(chain_id = 8453, sender = common::SENDER), actor = "agent-1", conto = conto,
+    category = "API_PROVIDER", reference = |tx: &String| tx.clone())]
+async fn guarded_owned(conto: &conto::Conto, n: u64) -> Result<String, paid::PayError> {
+    // One allocation, as a receipt deserialized from a wallet's answer would hold.
+    let mut tx = String::with_capacity(66);
+    tx.push_str("0x");
+    tx.extend(std::iter::repeat_n('0', 63));
+    tx.push(char::from_digit((std::hint::black_box(n) % 16) as u32, 16).unwrap_or('0'));
+    Ok(tx)
+}
+
 fn main() {
     println!("allocations per authorize + record (embedded engine, after warm-up):");
     for n in [1usize, 10, 100] {
@@ -87,11 +101,13 @@ fn main() {
     let conto = paid::conto(10);
     let bare_fn = allocations(|| drop(rt.block_on(paid::bare(7))));
     let paid_fn = allocations(|| drop(rt.block_on(paid::guarded(&conto, 7))));
+    let owned_fn = allocations(|| drop(rt.block_on(guarded_owned(&conto, 7))));
     let (bare, layered) = paid::routes(paid::conto(10));
     let bare_route = allocations(|| drop(rt.block_on(bare.clone().oneshot(paid::request()))));
     let paid_route = allocations(|| drop(rt.block_on(layered.clone().oneshot(paid::request()))));
     println!("allocations per call at 10 policies (decision + record included):");
     println!("  #[paid_action] fn: {paid_fn:.1} (the bare fn: {bare_fn:.1})");
+    println!("  #[paid_action] fn whose reference is a String it made: {owned_fn:.1} (that String included)");
     println!("  paid route (oneshot): {paid_route:.1} (the bare route: {bare_route:.1})");
     // What a caller's future carries for the pipeline: moved (copied) as it is built and
     // polled, so smaller is cheaper.

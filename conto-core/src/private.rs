@@ -99,6 +99,14 @@ impl<T: AmountSource> AmountSource for Option<T> {
 pub trait TextSource {
     /// The text, if any, borrowed.
     fn conto_str(&self) -> Option<&str>;
+
+    /// The text, if any, owned: a `String` is moved, not copied.
+    fn conto_string(self) -> Option<String>
+    where
+        Self: Sized,
+    {
+        self.conto_str().map(str::to_owned)
+    }
 }
 
 impl TextSource for str {
@@ -108,6 +116,10 @@ impl TextSource for str {
 }
 impl TextSource for String {
     fn conto_str(&self) -> Option<&str> {
+        Some(self)
+    }
+
+    fn conto_string(self) -> Option<String> {
         Some(self)
     }
 }
@@ -129,6 +141,10 @@ impl<T: TextSource + ?Sized> TextSource for &T {
 impl<T: TextSource> TextSource for Option<T> {
     fn conto_str(&self) -> Option<&str> {
         self.as_ref().and_then(TextSource::conto_str)
+    }
+
+    fn conto_string(self) -> Option<String> {
+        self.and_then(TextSource::conto_string)
     }
 }
 
@@ -274,7 +290,7 @@ pub fn text_of<R: TextSource>(value: R) -> R {
 
 /// The settlement reference an extractor reports from the `Ok` value.
 pub fn reference<T: ?Sized, R: TextSource>(value: &T, extract: impl FnOnce(&T) -> R) -> Option<String> {
-    extract(value).conto_str().map(str::to_owned)
+    extract(value).conto_string()
 }
 
 /// Builds a [`Settlement`].
