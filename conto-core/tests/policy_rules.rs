@@ -870,6 +870,108 @@ fn assignment_inactive_and_scope_all() {
     assert_denied(&e.decide(&transfer_to("agent-c", "10", RECIPIENT)), V::PerTxLimit);
 }
 
+/// An export from Conto's list view shows `agentPolicies` on every policy: an unassigned one
+/// has `[]` and binds no one (read as "no agents named" it bound every agent, denying payments
+/// Conto approves). Only a policy naming no agents at all (a hand-written file) binds everyone.
+#[test]
+fn an_empty_assignment_binds_no_one_and_a_missing_one_everyone() {
+    let r = rule("MAX_AMOUNT", "LTE", "5", "ALLOW");
+    for empty in [r#""agentPolicies":[]"#, r#""agentIds":[]"#, r#""agentIds":[],"agentPolicies":[]"#] {
+        let text = format!(r#"[{{"name":"unassigned",{empty},"rules":[{r}]}}]"#);
+        let (e, _) = engine_at(&text, NOON_WED);
+        approved(&e.decide(&transfer_to("agent-a", "10", RECIPIENT)));
+    }
+    let (e, _) = engine_at(&format!(r#"[{{"name":"everyone","agentIds":null,"rules":[{r}]}}]"#), NOON_WED);
+    assert_denied(&e.decide(&transfer_to("agent-a", "10", RECIPIENT)), V::PerTxLimit);
+    // One field empty, the other naming agents: those agents.
+    let text = format!(r#"[{{"name":"b","agentIds":[],"agentPolicies":[{{"agentId":"agent-b"}}],"rules":[{r}]}}]"#);
+    let (e, _) = engine_at(&text, NOON_WED);
+    approved(&e.decide(&transfer_to("agent-a", "10", RECIPIENT)));
+    assert_denied(&e.decide(&transfer_to("agent-b", "10", RECIPIENT)), V::PerTxLimit);
+}
+
+/// A field Conto spells two ways (`ruleType`/`type`, `timezone`/`timeZone`, `id`/`policyId`)
+/// may come under both names, as a view showing both sends it; two that disagree are an
+/// error naming where.
+#[test]
+fn a_field_under_both_of_its_names_loads_when_they_agree() {
+    let text = r#"[{"id":"pol_1","policyId":"pol_1","name":"p","timezone":"Asia/Tokyo","timeZone":"Asia/Tokyo",
+        "rules":[{"id":"r1","type":"MAX_AMOUNT","ruleType":"MAX_AMOUNT","operator":"LTE","value":"5","action":"ALLOW"}]}]"#;
+    let (e, _) = engine_at(text, NOON_WED);
+    assert_denied(&e.decide(&transfer("6")), V::PerTxLimit);
+    assert_eq!(PolicySet::from_json(text).unwrap().policies()[0].id(), Some("pol_1"));
+
+    let clash =
+        r#"[{"name":"p","rules":[{"type":"MAX_AMOUNT","ruleType":"DAILY_LIMIT","operator":"LTE","value":"5"}]}]"#;
+    let err = PolicySet::from_json(clash).unwrap_err().to_string();
+    assert!(
+        err.contains("[0].rules[0]") && err.contains("`ruleType` is `DAILY_LIMIT` but `type` is `MAX_AMOUNT`"),
+        "{err}"
+    );
+    let clash = r#"[{"name":"p","timezone":"UTC","timeZone":"Asia/Tokyo","rules":[]}]"#;
+    let err = PolicySet::from_json(clash).unwrap_err().to_string();
+    assert!(err.contains("`timezone` is `UTC` but `timeZone` is `Asia/Tokyo`"), "{err}");
+    let missing = r#"[{"name":"p","rules":[{"operator":"LTE","value":"5"}]}]"#;
+    let err = PolicySet::from_json(missing).unwrap_err().to_string();
+    assert!(err.contains("[0].rules[0]") && err.contains("missing field `ruleType`"), "{err}");
+}
+
+/// One policy as `GET /api/policies/{id}` answers it, bare or under `data`, and a list under
+/// `data`, load as a set of one (or of the list).
+#[test]
+fn one_policy_object_and_api_answers_load() {
+    let one = r#"{"id":"pol_1","name":"cap","rules":[{"ruleType":"MAX_AMOUNT","operator":"LTE","value":"5","action":"ALLOW"}]}"#;
+    for text in [one.to_owned(), format!(r#"{{"data":{one}}}"#), format!(r#"{{"data":[{one}]}}"#)] {
+        let (e, _) = engine_at(&text, NOON_WED);
+        assert_denied(&e.decide(&transfer("6")), V::PerTxLimit);
+        approved(&e.decide(&transfer("5")));
+    }
+    // A bad field inside still says where.
+    let err = PolicySet::from_json(r#"{"data":{"name":"cap","rules":[{"ruleType":"MAX_AMOUNT"}]}}"#).unwrap_err();
+    assert!(err.to_string().contains("data.rules[0]"), "{err}");
+    let err = PolicySet::from_json(r#"{"something":"else"}"#).unwrap_err();
+    assert!(err.to_string().contains("one policy"), "{err}");
+}
+
+/// A one-off blackout or a date range bounded by local date-times keeps their times: read as
+/// dates (a date parser takes the date of `2026-04-01T02:00` and drops its time), a four-hour
+/// blackout became the whole day.
+#[test]
+fn local_date_times_bound_a_window_to_the_minute_in_the_policy_zone() {
+    let value = r#"{"start":"2026-04-01T02:00:00","end":"2026-04-01T06:00"}"#;
+    let (e, clock) = engine_at(&policy(&[&rule("BLACKOUT_PERIOD", "BETWEEN", value, "DENY")]), "2026-04-01T01:59:59Z");
+    approved(&e.decide(&transfer("1")));
+    clock.set("2026-04-01T02:00:00Z".parse().unwrap());
+    assert_denied(&e.decide(&transfer("1")), V::BlackoutPeriod);
+    clock.set("2026-04-01T06:00:00Z".parse().unwrap());
+    approved(&e.decide(&transfer("1")));
+    clock.set("2026-04-01T20:00:00Z".parse().unwrap());
+    approved(&e.decide(&transfer("1")));
+
+    // In the policy's zone: 09:30 in Tokyo is 00:30Z.
+    let text = r#"[{"name":"p","timezone":"Asia/Tokyo","rules":[{"ruleType":"DATE_RANGE","operator":"BETWEEN",
+        "value":"{\"start\":\"2026-04-01 09:30\",\"end\":\"2026-04-30\"}","action":"ALLOW"}]}]"#;
+    let (e, clock) = engine_at(text, "2026-04-01T00:29:59Z");
+    assert_denied(&e.decide(&transfer("1")), V::ExpiredPermission);
+    clock.set("2026-04-01T00:30:00Z".parse().unwrap());
+    approved(&e.decide(&transfer("1")));
+}
+
+#[test]
+fn a_time_of_day_may_have_a_one_digit_hour() {
+    let (e, clock) = engine_at(
+        &policy(&[&rule("TIME_WINDOW", "BETWEEN", r#"{"start":"9:00","end":"18:00"}"#, "ALLOW")]),
+        "2026-06-10T08:59:59Z",
+    );
+    assert_denied(&e.decide(&transfer("1")), V::TimeWindow);
+    clock.set("2026-06-10T09:00:00Z".parse().unwrap());
+    approved(&e.decide(&transfer("1")));
+    for bad in ["900", "9:0", "123:00", ":00", "9:00:0"] {
+        let value = format!(r#"{{"start":"{bad}","end":"18:00"}}"#);
+        assert!(PolicySet::from_json(&policy(&[&rule("TIME_WINDOW", "BETWEEN", &value, "ALLOW")])).is_err(), "{bad}");
+    }
+}
+
 #[test]
 fn record_turns_reservation_into_actual_spend_and_never_more_than_approved() {
     let (e, _) = engine_at(&policy(&[&rule("DAILY_LIMIT", "LTE", "100", "ALLOW")]), NOON_WED);

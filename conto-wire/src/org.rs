@@ -371,19 +371,20 @@ impl Policy {
     }
 
     /// Whether it applies to `agent`: scoped to every agent (`scope: "all"`), assigned to it,
-    /// or (as in a policy file) assigned to no one without `scope: "assigned"`, which means
-    /// every agent. A policy with `scope: "assigned"` and no agents applies to no one yet.
+    /// or (as in a policy file) naming no agents at all without `scope: "assigned"`, which
+    /// means every agent. A policy with `scope: "assigned"` and no agents, or with an empty
+    /// `agentIds` or `agentPolicies` (an export's unassigned policy), applies to no one.
     pub fn applies_to(&self, agent: &str) -> bool {
         self.binds_every_agent() || self.assigned().any(|a| a == agent)
     }
 
-    /// Whether it applies to every agent: `scope: "all"`, or (as in a policy file) assigned to
-    /// no one without `scope: "assigned"`.
+    /// Whether it applies to every agent: `scope: "all"`, or (as in a policy file) naming no
+    /// agents, neither `agentIds` nor `agentPolicies` given, without `scope: "assigned"`.
     pub fn binds_every_agent(&self) -> bool {
         match self.scope.as_deref() {
             Some(s) if s.eq_ignore_ascii_case("all") => true,
             Some(s) if s.eq_ignore_ascii_case("assigned") => false,
-            _ => self.assigned().next().is_none(),
+            _ => self.agent_ids.is_none() && self.agent_policies.is_none(),
         }
     }
 
@@ -401,9 +402,11 @@ impl Policy {
         }
     }
 
-    /// What the policy means, for comparing two copies: its type, priority, activity, agents
-    /// (in either form, sorted), time zone and rules, without ids, names or server metadata.
+    /// What the policy means, for comparing two copies: its type, priority, activity, whom it
+    /// binds (every agent, or its agents in either form, sorted), time zone and rules, without
+    /// ids, names or server metadata.
     pub fn essence(&self) -> Policy {
+        let every = self.binds_every_agent();
         let mut agents: Vec<String> = self.assigned().map(str::to_owned).collect();
         agents.sort_unstable();
         agents.dedup();
@@ -411,7 +414,8 @@ impl Policy {
             policy_type: self.policy_type.clone(),
             priority: self.priority.clone(),
             is_active: self.is_active.clone(),
-            agent_ids: (!agents.is_empty()).then_some(agents),
+            scope: Some(if every { "all" } else { "assigned" }.to_owned()),
+            agent_ids: (!every).then_some(agents),
             timezone: self.timezone.clone(),
             rules: self
                 .rules
@@ -522,6 +526,25 @@ mod tests {
         assert_eq!(listed.essence(), wanted.essence());
         let other_agents = Policy { agent_ids: Some(vec!["a".into()]), ..wanted.clone() };
         assert_ne!(listed.essence(), other_agents.essence());
+    }
+
+    /// A policy naming no agents binds every agent; one whose `agentIds` or `agentPolicies`
+    /// is an empty list (an export's unassigned policy) binds no one, and the two are not the
+    /// same essence.
+    #[test]
+    fn an_empty_assignment_binds_no_one() {
+        let read = |text: &str| serde_json::from_str::<Policy>(text).unwrap();
+        let every = read(r#"{"name": "p", "rules": []}"#);
+        assert!(every.binds_every_agent() && every.applies_to("a"));
+        for text in
+            [r#"{"name": "p", "agentIds": [], "rules": []}"#, r#"{"name": "p", "agentPolicies": [], "rules": []}"#]
+        {
+            let none = read(text);
+            assert!(!none.binds_every_agent() && !none.applies_to("a"), "{text}");
+            assert_ne!(none.essence(), every.essence(), "{text}");
+            assert_eq!(none.essence(), read(r#"{"name": "p", "scope": "assigned", "rules": []}"#).essence());
+        }
+        assert_eq!(every.essence(), read(r#"{"name": "p", "scope": "ALL", "agentIds": ["a"], "rules": []}"#).essence());
     }
 
     #[test]

@@ -166,15 +166,10 @@ pub(super) fn policy(doc: PolicyDoc, unevaluated: UnevaluatedRules) -> Result<Po
     let all = doc.scope.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("all"));
     // `scope: "assigned"` with no agents yet applies to no one (created, not yet assigned).
     let assigned_only = doc.scope.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("assigned"));
-    if !all {
-        let mut ids: HashSet<String, foldhash::fast::RandomState> =
-            doc.agent_policies.iter().map(|a| a.agent_id.clone()).collect();
-        if let Some(list) = &doc.agent_ids {
-            ids.extend(list.iter().cloned());
-        }
-        if !ids.is_empty() || assigned_only {
-            agents = Some(ids);
-        }
+    // Agents named (an empty list included: an export's policy assigned to no one), or
+    // `scope: "assigned"`, bind those agents only.
+    if !all && (doc.agents.is_some() || assigned_only) {
+        agents = Some(doc.agents.iter().flatten().cloned().collect());
     }
 
     let mut rules = Vec::with_capacity(doc.rules.len());
@@ -404,6 +399,17 @@ impl RuleCtx<'_> {
         if let Ok(ts) = text.parse::<Timestamp>() {
             return Ok(ts);
         }
+        // A local date-time (`2026-04-01T02:00`) before a date: a date's parser would take the
+        // date of one and drop its time.
+        if text.trim().len() > 10
+            && let Ok(dt) = text.parse::<DateTime>()
+        {
+            return tz
+                .to_ambiguous_zoned_datetime(dt)
+                .compatible()
+                .map(|z| z.timestamp())
+                .map_err(|_| self.bad(text, "a date-time that exists in the policy's time zone"));
+        }
         if let Ok(date) = text.parse::<Date>() {
             let date =
                 if end { date.tomorrow().map_err(|_| self.bad(text, "a date before 9999-12-31"))? } else { date };
@@ -413,14 +419,7 @@ impl RuleCtx<'_> {
                 .map(|z| z.timestamp())
                 .map_err(|_| self.bad(text, "a date that exists in the policy's time zone"));
         }
-        if let Ok(dt) = text.parse::<DateTime>() {
-            return tz
-                .to_ambiguous_zoned_datetime(dt)
-                .compatible()
-                .map(|z| z.timestamp())
-                .map_err(|_| self.bad(text, "a date-time that exists in the policy's time zone"));
-        }
-        Err(self.bad(text, "a date YYYY-MM-DD or an RFC 3339 timestamp"))
+        Err(self.bad(text, "a date YYYY-MM-DD, a local date-time YYYY-MM-DDTHH:MM or an RFC 3339 timestamp"))
     }
 }
 
@@ -430,14 +429,17 @@ pub(crate) fn counter_id(parts: std::fmt::Arguments<'_>) -> super::rules::Counte
     super::rules::CounterId::new(&parts.to_string())
 }
 
-/// `HH:MM` or `HH:MM:SS`; `24:00` means end of day.
+/// `HH:MM` or `HH:MM:SS` (the hour may be one digit: `9:00`); `24:00` means end of day.
 pub(crate) fn parse_time(s: &str) -> Option<Time> {
     let s = s.trim();
     if s == "24:00" {
         return Some(Time::MAX);
     }
     let parts: Vec<&str> = s.split(':').collect();
-    if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_digit())) {
+    let digits = |p: &str, widths: std::ops::RangeInclusive<usize>| {
+        widths.contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit())
+    };
+    if !(2..=3).contains(&parts.len()) || !digits(parts[0], 1..=2) || !parts[1..].iter().all(|p| digits(p, 2..=2)) {
         return None;
     }
     let h: i8 = parts[0].parse().ok()?;

@@ -1,7 +1,7 @@
 //! Policies in Conto's JSON shape, loaded and compiled for the embedded engine.
 //!
-//! A policy file is either `{"policies": [...]}`, a bare array, or Conto's list response
-//! `{"data": {"policies": [...]}}`. The first shape may also list the actors the engine lets
+//! A policy file is either `{"policies": [...]}`, a bare array, Conto's list response
+//! `{"data": {"policies": [...]}}`, or one policy as Conto's API answers for one (see 13 below). The first shape may also list the actors the engine lets
 //! spend, `{"agents": ["agent-1", "agent-2"], "policies": [...]}`; an actor that is not
 //! provisioned (here, with [`EngineBuilder::actors`](crate::engine::EngineBuilder::actors) or
 //! [`Engine::provision`](crate::Engine::provision)) is refused. Each policy is Conto's object:
@@ -102,10 +102,11 @@
 //!    until then the session's deposit stays held and its slot taken; past it the session
 //!    lapses, its reservation and slot freed. It denies nothing by itself.
 //! 10. **Assignment.** A policy applies to the agents in `agentIds` (or `agentPolicies[].agentId`);
-//!     with neither, or with `scope: "all"`, to every agent; with `scope: "assigned"` and
-//!     neither, to no agent yet (created, not yet assigned, as Conto's policy API has it). Any
-//!     other `scope` is a load error (read as none, it would bind every agent). Inactive
-//!     policies are loaded and skipped.
+//!     with neither field, or with `scope: "all"`, to every agent; with `scope: "assigned"` and
+//!     no agents, or with either field given as an empty list (an export's policy that is
+//!     assigned to no one: Conto's list view always shows `agentPolicies`), to no agent (created,
+//!     not yet assigned, as Conto's policy API has it). Any other `scope` is a load error (read
+//!     as none, it would bind every agent). Inactive policies are loaded and skipped.
 //! 11. **Known but not evaluated.** Rule types that need data the engine does not have
 //!     (`GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS`,
 //!     `FAIRSCALE_MIN_SCORE`) are a load
@@ -115,6 +116,13 @@
 //! 12. **Human approval** in the engine: a pending request lives one hour (configurable). When a
 //!     human approves, the intent is evaluated again without the approval rules and, if it still
 //!     passes, reserved like any approval.
+//! 13. **Spellings.** A field Conto spells two ways may be given under both when they agree
+//!     (`ruleType` and `type`, `timezone` and `timeZone`; `id` wins over `policyId`); a policy
+//!     set is an array, `{"policies": [...]}`, an API answer's `{"data": ...}` (either of those,
+//!     or one policy), or one policy object as `GET /api/policies/{id}` answers.
+//!     Bounds of `DATE_RANGE` and one-off `BLACKOUT_PERIOD` windows are dates (`YYYY-MM-DD`,
+//!     whole days in the policy's zone), local date-times (`YYYY-MM-DDTHH:MM[:SS]`, in the
+//!     policy's zone) or RFC 3339 instants; times of day may have a one-digit hour (`9:00`).
 
 mod compile;
 pub(crate) mod plan;
@@ -258,36 +266,91 @@ pub enum RuleProblem {
     TimeZone(String),
 }
 
-#[derive(Deserialize)]
-struct DataShape {
-    policies: Vec<PolicyDoc>,
-}
-
 /// One policy as Conto's API spells it.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(try_from = "PolicyFields")]
 pub(crate) struct PolicyDoc {
-    #[serde(default, alias = "policyId")]
     pub id: Option<String>,
     pub name: String,
-    #[serde(default)]
     pub description: Option<String>,
-    #[serde(default)]
     pub policy_type: Option<String>,
-    #[serde(default = "default_priority")]
-    pub priority: i64,
-    #[serde(default = "default_true")]
-    pub is_active: bool,
-    #[serde(default)]
     pub rules: Vec<RuleDoc>,
-    #[serde(default)]
-    pub agent_ids: Option<Vec<String>>,
-    #[serde(default)]
-    pub agent_policies: Vec<AgentPolicyDoc>,
-    #[serde(default)]
+    /// `None` when neither `agentIds` nor `agentPolicies` is given (a file's policy for every
+    /// agent); a list, empty or not, when either is.
+    pub agents: Option<Vec<String>>,
     pub scope: Option<String>,
-    #[serde(default, alias = "timeZone")]
     pub timezone: Option<String>,
+    pub priority: i64,
+    pub is_active: bool,
+}
+
+/// A policy's fields as sent: a field Conto spells two ways may come under both names (an
+/// export showing `id` and `policyId`, `timezone` and `timeZone`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PolicyFields {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    policy_id: Option<String>,
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    policy_type: Option<String>,
+    #[serde(default = "default_priority")]
+    priority: i64,
+    #[serde(default = "default_true")]
+    is_active: bool,
+    #[serde(default)]
+    rules: Vec<RuleDoc>,
+    #[serde(default)]
+    agent_ids: Option<Vec<String>>,
+    #[serde(default)]
+    agent_policies: Option<Vec<AgentPolicyDoc>>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    timezone: Option<String>,
+    #[serde(default)]
+    time_zone: Option<String>,
+}
+
+impl TryFrom<PolicyFields> for PolicyDoc {
+    type Error = String;
+
+    fn try_from(f: PolicyFields) -> Result<Self, String> {
+        let timezone = same("timezone", "timeZone", f.timezone, f.time_zone)?;
+        let agents = match (f.agent_ids, f.agent_policies) {
+            (None, None) => None,
+            (ids, links) => {
+                let mut agents = ids.unwrap_or_default();
+                agents.extend(links.into_iter().flatten().map(|l| l.agent_id));
+                Some(agents)
+            }
+        };
+        Ok(PolicyDoc {
+            // The policy's own id; `policyId` where a view names it so.
+            id: f.id.or(f.policy_id),
+            name: f.name,
+            description: f.description,
+            policy_type: f.policy_type,
+            rules: f.rules,
+            agents,
+            scope: f.scope,
+            timezone,
+            priority: f.priority,
+            is_active: f.is_active,
+        })
+    }
+}
+
+/// One value given under either of its two names, or under both when they agree.
+fn same(name: &str, alias: &str, a: Option<String>, b: Option<String>) -> Result<Option<String>, String> {
+    match (a, b) {
+        (Some(a), Some(b)) if a != b => Err(format!("`{name}` is `{a}` but `{alias}` is `{b}`: give one")),
+        (a, b) => Ok(a.or(b)),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,16 +359,36 @@ pub(crate) struct AgentPolicyDoc {
     pub agent_id: String,
 }
 
-/// One rule as Conto's API spells it.
+/// One rule as Conto's API spells it: its type as `ruleType` or `type` (or both, the same).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(try_from = "RuleFields")]
 pub(crate) struct RuleDoc {
-    #[serde(alias = "type")]
     pub rule_type: String,
     pub operator: String,
     pub value: serde_json::Value,
-    #[serde(default)]
     pub action: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RuleFields {
+    #[serde(default)]
+    rule_type: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    operator: String,
+    value: serde_json::Value,
+    #[serde(default)]
+    action: Option<String>,
+}
+
+impl TryFrom<RuleFields> for RuleDoc {
+    type Error = String;
+
+    fn try_from(f: RuleFields) -> Result<Self, String> {
+        let rule_type = same("ruleType", "type", f.rule_type, f.kind)?.ok_or("missing field `ruleType`")?;
+        Ok(RuleDoc { rule_type, operator: f.operator, value: f.value, action: f.action })
+    }
 }
 
 fn default_priority() -> i64 {
@@ -541,19 +624,39 @@ fn parse_shape(value: serde_json::Value) -> Result<Vec<PolicyDoc>, PolicyError> 
             }
             serde_path_to_error::deserialize::<_, Wrapped>(value).map(|w| w.policies).map_err(shape_error)
         }
+        // An API answer: `data` holds the policies, as a list or under `policies`, or one.
         serde_json::Value::Object(map) if map.contains_key("data") => {
-            serde_path_to_error::deserialize::<_, FileShapeData>(value).map(|w| w.data.policies).map_err(shape_error)
+            #[derive(Deserialize)]
+            struct Data<T> {
+                data: T,
+            }
+            #[derive(Deserialize)]
+            struct Wrapped {
+                policies: Vec<PolicyDoc>,
+            }
+            match &map["data"] {
+                serde_json::Value::Object(data) if !data.contains_key("policies") => {
+                    serde_path_to_error::deserialize::<_, Data<PolicyDoc>>(value).map(|d| vec![d.data])
+                }
+                serde_json::Value::Array(_) => {
+                    serde_path_to_error::deserialize::<_, Data<Vec<PolicyDoc>>>(value).map(|d| d.data)
+                }
+                _ => serde_path_to_error::deserialize::<_, Data<Wrapped>>(value).map(|d| d.data.policies),
+            }
+            .map_err(shape_error)
+        }
+        // One policy, as Conto's API answers for one (`GET /api/policies/{id}`).
+        serde_json::Value::Object(map) if map.contains_key("rules") || map.contains_key("name") => {
+            serde_path_to_error::deserialize::<_, PolicyDoc>(value).map(|p| vec![p]).map_err(shape_error)
         }
         other => Err(PolicyError::Shape {
             path: ".".into(),
-            message: format!("expected an array of policies or an object with `policies`, got {}", json_kind(other)),
+            message: format!(
+                "expected an array of policies, an object with `policies`, or one policy (with `name` and `rules`), got {}",
+                json_kind(other)
+            ),
         }),
     }
-}
-
-#[derive(Deserialize)]
-struct FileShapeData {
-    data: DataShape,
 }
 
 pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
