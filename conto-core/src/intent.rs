@@ -806,6 +806,67 @@ impl PaymentIntent {
         if self.rail.needs_recipient() && self.recipient.is_none() {
             return Err(IntentError::MissingRecipient(self.rail.name()));
         }
+        self.free_of_nul()
+    }
+
+    /// No text holds a NUL character: no store keeps one (PostgreSQL's `text` and `jsonb`
+    /// refuse it), so an intent carrying one would be approved and its spend never recorded.
+    fn free_of_nul(&self) -> Result<(), IntentError> {
+        let nul =
+            |field: &'static str| IntentError::Field { field, reason: "contains a NUL character (U+0000)".into() };
+        let mut found = None;
+        let mut check = |field: &'static str, text: Option<&str>| {
+            if found.is_none() && text.is_some_and(|t| t.contains('\0')) {
+                found = Some(field);
+            }
+        };
+        check("recipientName", self.recipient_name.as_deref());
+        check("purpose", self.purpose.as_deref());
+        check("category", self.category.as_deref());
+        check("idempotencyKey", Some(self.idempotency_key.as_str()));
+        match &self.rail {
+            Rail::Transfer { .. } => {}
+            Rail::X402 { resource_url, service_domain, facilitator, scheme, .. } => {
+                check("resourceUrl", Some(resource_url));
+                check("serviceDomain", Some(service_domain));
+                check("facilitator", facilitator.as_deref());
+                check("scheme", scheme.as_deref());
+            }
+            Rail::Mpp { resource_url, service_domain, session_id, intent, method, .. } => {
+                check("resourceUrl", Some(resource_url));
+                check("serviceDomain", Some(service_domain));
+                check("sessionId", session_id.as_deref());
+                check("intent", intent.as_deref());
+                check("method", method.as_deref());
+            }
+            Rail::Card { card_id, merchant, mcc } => {
+                check("cardId", card_id.as_deref());
+                check("merchantName", Some(merchant));
+                check("merchantCategory", mcc.as_deref());
+            }
+            Rail::Request { wallet_id } => check("walletId", wallet_id.as_deref()),
+        }
+        if let Some(field) = found {
+            return Err(nul(field));
+        }
+        // The context, keys and strings at any depth (walked without recursion).
+        let mut stack: Vec<&serde_json::Value> = self.context.values().collect();
+        if self.context.keys().any(|k| k.contains('\0')) {
+            return Err(nul("context"));
+        }
+        while let Some(value) = stack.pop() {
+            match value {
+                serde_json::Value::String(s) if s.contains('\0') => return Err(nul("context")),
+                serde_json::Value::Array(items) => stack.extend(items),
+                serde_json::Value::Object(map) => {
+                    if map.keys().any(|k| k.contains('\0')) {
+                        return Err(nul("context"));
+                    }
+                    stack.extend(map.values());
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 }

@@ -453,3 +453,68 @@ async fn an_agent_scoped_allowlist_cannot_be_escaped_by_renaming() {
     }
     assert_eq!(engine.usage("agent-1").stats.approved, 0);
 }
+
+/// A NUL character no store keeps (PostgreSQL's `text` and `jsonb` refuse it): in an intent's
+/// text it is refused before anything runs, naming the field; in a settlement's reference,
+/// after money moved, it is recorded with U+FFFD in its place rather than lost.
+#[tokio::test]
+async fn a_nul_character_is_refused_in_an_intent_and_replaced_in_a_reference() {
+    let engine = capped_engine();
+    let (conto, seen) = events(Conto::builder(engine.clone()));
+    let transfer_rail = || conto_core::Rail::transfer(8453, SENDER).unwrap();
+    let intents = [
+        ("purpose", PaymentIntent::builder("agent-1", "1", transfer_rail()).recipient(RECIPIENT).purpose("a\0b")),
+        ("category", PaymentIntent::builder("agent-1", "1", transfer_rail()).recipient(RECIPIENT).category("X\0")),
+        ("merchantName", PaymentIntent::builder("agent-1", "1", conto_core::Rail::card("Sh\0p").unwrap())),
+        (
+            "context",
+            PaymentIntent::builder("agent-1", "1", transfer_rail())
+                .recipient(RECIPIENT)
+                .context("task", serde_json::json!({"steps": ["ok", "b\u{0}d"]})),
+        ),
+    ];
+    for (field, builder) in intents {
+        match builder.build() {
+            Err(conto_core::IntentError::Field { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected a typed refusal, got {other:?}"),
+        }
+    }
+    // Built another way (deserialized), the pipeline still refuses it before the body runs.
+    let mut sneaky = serde_json::to_value(transfer("1")).unwrap();
+    sneaky["purpose"] = serde_json::json!("a\u{0}b");
+    let sneaky: PaymentIntent = serde_json::from_value(sneaky).unwrap();
+    let ran = AtomicUsize::new(0);
+    let refused: Result<(), PayError> = conto
+        .guard(
+            sneaky,
+            |_: &conto_core::Approval| async {
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            |_| Settlement::default(),
+        )
+        .await;
+    let Err(PayError::Rejected(r)) = refused else { panic!("expected a rejection") };
+    assert!(matches!(r.kind(), RejectionKind::Invalid(conto_core::IntentError::Field { field: "purpose", .. })), "{r}");
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+
+    let paid: Result<(), PayError> = conto
+        .guard(
+            transfer("5"),
+            |_: &conto_core::Approval| async { Ok(()) },
+            |_| Settlement::default().reference("0xab\0cd"),
+        )
+        .await;
+    paid.unwrap();
+    assert_eq!(engine.usage("agent-1").stats.total_spent, Decimal::from(5));
+    let references: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Recorded { reference, .. } => reference.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(references, ["0xab\u{FFFD}cd"]);
+}

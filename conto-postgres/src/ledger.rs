@@ -144,26 +144,12 @@ impl std::fmt::Debug for PgLedger {
     }
 }
 
-/// A PostgreSQL failure, by kind: the database unreachable, busy or going away is an outage;
-/// one that says the ledger is set up wrong (no permission, a missing table or schema, bad
-/// credentials) or holds what cannot be read is broken, and no retry or stand-in hides it.
+/// A PostgreSQL failure, by kind: one that may pass by itself (`crate::transient`: the
+/// database unreachable, busy, going away, a lock timeout) is an outage; any other (the ledger
+/// set up wrong, a value it cannot store or read) is broken, and no retry or stand-in hides it.
 fn err(e: sqlx::Error) -> SharedLedgerError {
-    let broken = match &e {
-        sqlx::Error::Database(db) => {
-            // SQLSTATE classes: 42 syntax or access rule, 28 authorization, 3D catalog, 3F
-            // schema, 22 data exception.
-            db.code().is_some_and(|code| ["42", "28", "3D", "3F", "22"].iter().any(|class| code.starts_with(class)))
-        }
-        sqlx::Error::Configuration(_)
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::ColumnIndexOutOfBounds { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::TypeNotFound { .. } => true,
-        _ => false,
-    };
     let message = format!("PostgreSQL: {e}");
-    if broken { SharedLedgerError::broken(message) } else { SharedLedgerError::unavailable(message) }
+    if crate::transient(&e) { SharedLedgerError::unavailable(message) } else { SharedLedgerError::broken(message) }
 }
 
 fn ts(t: Timestamp) -> String {

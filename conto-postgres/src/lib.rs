@@ -41,3 +41,26 @@ mod outbox;
 pub use ledger::{PgLedger, PgLedgerError};
 pub use outbox::{DeadRecord, PgOutbox, PgOutboxError};
 pub use sqlx::{PgConnection, PgPool};
+
+/// Whether a PostgreSQL failure may pass by itself, so trying again (or a stand-in meanwhile)
+/// is right: the database unreachable, busy, shutting down or out of resources, a lock or
+/// serialization conflict, a statement or idle timeout. Everything else it says (bad input it
+/// cannot store, a missing table, no permission, a value out of range) is not: retried, it
+/// fails the same way each time.
+pub(crate) fn transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // SQLSTATE 08 connection, 40 rollback (serialization, deadlock), 53 resources,
+            // 57 operator intervention (shutdown, statement or idle timeout), 58 system;
+            // 55P03 lock not available (`lock_timeout`).
+            ["08", "40", "53", "57", "58"].iter().any(|class| code.starts_with(class)) || code == "55P03"
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}

@@ -72,7 +72,16 @@ pub(crate) async fn migrate(pool: &PgPool, schema: &str, migrations: &Migrations
         .bind(format!("conto-migrate:{schema}"))
         .execute(&mut *tx)
         .await?;
-    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {q}")).execute(&mut *tx).await?;
+    // Only when it is missing: `CREATE SCHEMA IF NOT EXISTS` asks for CREATE on the whole
+    // database even when the schema exists, which a role granted CREATE on its schema alone
+    // (a database administrator made it) does not have.
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !exists {
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {q}")).execute(&mut *tx).await?;
+    }
     sqlx::query(&format!("CREATE TABLE IF NOT EXISTS {versions} (version INTEGER NOT NULL)")).execute(&mut *tx).await?;
     let done: i32 =
         sqlx::query_scalar(&format!("SELECT COALESCE(max(version), 0) FROM {versions}")).fetch_one(&mut *tx).await?;

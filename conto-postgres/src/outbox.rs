@@ -238,12 +238,25 @@ impl PgOutbox {
     }
 
     /// Writes the records held during an outage to the table, oldest first; stops at the first
-    /// failure. A record leaves the hold only once written (a repeat write is a no-op: one row
-    /// per authorization and kind), so it is counted as pending all along.
-    async fn unspill(&self) -> Result<(), PgOutboxError> {
+    /// failure of the database. A record leaves the hold only once written (a repeat write is a
+    /// no-op: one row per authorization and kind), so it is counted as pending all along; one
+    /// that PostgreSQL cannot store ([`this_record_only`]) is reported dead and let go of, so
+    /// it does not keep the records behind it from the table.
+    async fn unspill(&self, deliverer: &dyn Deliver) -> Result<(), PgOutboxError> {
         loop {
             let Some(record) = self.spilled().first().cloned() else { return Ok(()) };
-            self.insert(&self.shared.pool, &record).await?;
+            match self.insert(&self.shared.pool, &record).await {
+                Ok(()) => {}
+                Err(e) if this_record_only(&e) => {
+                    tracing::error!(authorization = %record.authorization_id, error = %e,
+                        "conto.outbox.unstorable: a held record cannot be written; reported dead");
+                    deliverer.dead(
+                        &record.authorization_id,
+                        conto_core::AuthorityError::Unsupported(format!("outbox: {e}")),
+                    );
+                }
+                Err(e) => return Err(e),
+            }
             self.spilled().retain(|r| !(r.authorization_id == record.authorization_id && r.kind == record.kind));
         }
     }
@@ -432,6 +445,20 @@ impl PgOutbox {
 /// record whose token another replica holds, until when it may wait for that replica)`.
 type Claimed = (i64, u32, Result<QueuedRecord, (String, Option<Timestamp>)>);
 
+/// Whether a write failed for this record alone, not for the database: a value PostgreSQL
+/// cannot store (SQLSTATE class 22, a data exception; 54, a program limit such as an index
+/// row too large). Any other failure (unreachable, no table, no permission) would fail every
+/// record alike.
+fn this_record_only(e: &PgOutboxError) -> bool {
+    match e {
+        PgOutboxError::Database(sqlx::Error::Database(db)) => {
+            db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("54"))
+        }
+        PgOutboxError::Database(sqlx::Error::Encode(_)) => true,
+        _ => false,
+    }
+}
+
 impl RecordSink for PgOutbox {
     /// Writes the record to the table. While PostgreSQL cannot be written, the record is held
     /// in this process and written by the next delivery pass that reaches the database: the
@@ -441,6 +468,9 @@ impl RecordSink for PgOutbox {
         Box::pin(async move {
             match self.insert(&self.shared.pool, record).await {
                 Ok(()) => Ok(()),
+                // A value PostgreSQL cannot store: refused here, so the pipeline records it
+                // another way, rather than held where it would fail again on every pass.
+                Err(e) if this_record_only(&e) => Err(SinkError(e.to_string())),
                 Err(PgOutboxError::Database(error)) => {
                     tracing::warn!(authorization = %record.authorization_id, %error,
                         "conto.outbox.held: PostgreSQL is unavailable; the record waits in this process");
@@ -458,7 +488,7 @@ impl RecordSink for PgOutbox {
                 self.seen().next_due = None;
                 return Err(SinkError(e.to_string()));
             }
-            if let Err(e) = self.unspill().await {
+            if let Err(e) = self.unspill(deliverer).await {
                 self.seen().next_due = None;
                 return Err(SinkError(e.to_string()));
             }

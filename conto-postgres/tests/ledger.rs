@@ -374,6 +374,42 @@ async fn a_migrated_schema_opens_without_ddl_rights_and_a_newer_one_is_refused()
     drop_schema(&pool, &name).await;
 }
 
+/// A database administrator makes the schema and grants the app's role CREATE on it alone (no
+/// CREATE on the database): the first start migrates it, as every later one reads it.
+/// (`CREATE SCHEMA IF NOT EXISTS` asks for CREATE on the database even when the schema exists.)
+#[tokio::test]
+async fn a_schema_made_by_an_administrator_is_migrated_with_create_on_it_alone() {
+    let Some((pool, name)) = schema("granted").await else { return };
+    let role = format!("{name}_app");
+    for statement in [
+        format!("DROP ROLE IF EXISTS {role}"),
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("CREATE SCHEMA {name}"),
+        format!("GRANT USAGE, CREATE ON SCHEMA {name} TO {role}"),
+    ] {
+        sqlx::query(&statement).execute(&pool).await.unwrap();
+    }
+    let url = common::url();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let as_role = format!("{scheme}://{role}@{}", rest.rsplit_once('@').map_or(rest, |(_, host)| host));
+    let app = common::pool_on(&as_role, 2).await.unwrap();
+    let may_create_schemas: bool = sqlx::query_scalar("SELECT has_database_privilege(current_database(), 'CREATE')")
+        .fetch_one(&app)
+        .await
+        .unwrap();
+    assert!(!may_create_schemas, "the role must not hold CREATE on the database for this test to mean anything");
+    let ledger = PgLedger::open(app.clone(), &name).await.expect("migrated with CREATE on the schema alone");
+    PgOutbox::open(app.clone(), &name).await.expect("the outbox too");
+    let engine = Engine::builder().policies(conto::PolicySet::from_json(POLICIES).unwrap()).build_shared(ledger);
+    approved(engine.decide(&card("agent-1", "1")).await.unwrap().verdict);
+    PgLedger::open(app.clone(), &name).await.expect("and opened again");
+    app.close().await;
+    drop_schema(&pool, &name).await;
+    for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(&statement).execute(&pool).await.unwrap();
+    }
+}
+
 /// A schema whose name is also an SQL keyword is a schema like any other.
 #[tokio::test]
 async fn a_schema_named_like_a_keyword_works() {

@@ -277,7 +277,8 @@ impl SharedLedgerError {
         Self { message: message.into(), broken: false }
     }
 
-    /// The ledger is set up wrong or holds what it cannot read: an operator must look.
+    /// The ledger is set up wrong, holds what it cannot read, or was given what it cannot
+    /// store: trying again fails the same way, and an operator must look.
     pub fn broken(message: impl Into<String>) -> Self {
         Self { message: message.into(), broken: true }
     }

@@ -803,6 +803,7 @@ impl Approval {
         let authorization = self.authorization.as_ref().expect("an Approval is consumed only once");
         let mut settlement = settlement.clone();
         settlement.amount = settlement.amount.map(|a| a.min(authorization.amount));
+        without_nul(authorization, &mut settlement);
         crate::sink::QueuedRecord::new(RecordKind::Record, authorization, &settlement)
     }
 
@@ -945,7 +946,18 @@ fn clamped(conto: &Conto, authorization: &Authorization, mut settlement: Settlem
         });
         settlement.amount = Some(authorization.amount);
     }
+    without_nul(authorization, &mut settlement);
     settlement
+}
+
+/// A reference holding a NUL character (which no store keeps: PostgreSQL refuses it) is
+/// recorded with U+FFFD in its place, said so: the money moved, so the record is not refused.
+fn without_nul(authorization: &Authorization, settlement: &mut Settlement) {
+    if let Some(reference) = settlement.reference.as_mut().filter(|r| r.contains('\0')) {
+        tracing::warn!(authorization = %authorization.id,
+            "conto.record_reference_nul: the settlement's reference holds a NUL character, recorded as U+FFFD");
+        *reference = reference.replace('\0', "\u{FFFD}");
+    }
 }
 
 /// A named key claimed by an authorization under way: let go of if it is dropped or does not
