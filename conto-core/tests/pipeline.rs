@@ -518,3 +518,72 @@ async fn a_nul_character_is_refused_in_an_intent_and_replaced_in_a_reference() {
         .collect();
     assert_eq!(references, ["0xab\u{FFFD}cd"]);
 }
+
+/// A stand-in that approves and then cannot record (its own store down, as a shared ledger
+/// can be): the authority still hears of the spend through the reconcile, so it is counted
+/// somewhere, not nowhere.
+#[tokio::test]
+async fn a_spend_the_stand_in_cannot_record_is_still_reconciled_with_the_authority() {
+    /// Down for decisions; counts what it is told by reconcile in its engine.
+    struct DownButCounting(conto_core::Engine);
+    impl Authorizer for DownButCounting {
+        fn authorize<'a>(&'a self, _: &'a Arc<PaymentIntent>) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+            Box::pin(async { Err(conto_core::Outage::Connect("refused".into()).into()) })
+        }
+        fn record<'a>(
+            &'a self,
+            _: &'a Authorization,
+            _: &'a Settlement,
+        ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+            unreachable!("it approved nothing")
+        }
+        fn release(&self, _: &Authorization) -> BoxFuture<'static, Result<(), AuthorityError>> {
+            unreachable!("it approved nothing")
+        }
+        fn approval_status<'a>(
+            &'a self,
+            _: &'a PaymentIntent,
+            _: &'a PendingApproval,
+        ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn reconcile<'a>(
+            &'a self,
+            a: &'a Authorization,
+            s: &'a Settlement,
+        ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+            self.0.reconcile(a, s)
+        }
+    }
+    /// Approves through its engine; its record fails as a store outage.
+    struct CannotRecord(conto_core::Engine);
+    impl Authorizer for CannotRecord {
+        fn authorize<'a>(&'a self, i: &'a Arc<PaymentIntent>) -> BoxFuture<'a, Result<Decision, AuthorityError>> {
+            self.0.authorize(i)
+        }
+        fn record<'a>(
+            &'a self,
+            _: &'a Authorization,
+            _: &'a Settlement,
+        ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+            Box::pin(async { Err(conto_core::Outage::Ledger("the store is down".into()).into()) })
+        }
+        fn release(&self, a: &Authorization) -> BoxFuture<'static, Result<(), AuthorityError>> {
+            self.0.release(a)
+        }
+        fn approval_status<'a>(
+            &'a self,
+            i: &'a PaymentIntent,
+            p: &'a PendingApproval,
+        ) -> BoxFuture<'a, Result<Option<Decision>, AuthorityError>> {
+            self.0.approval_status(i, p)
+        }
+    }
+    let authority = capped_engine();
+    let conto = Conto::builder(DownButCounting(authority.clone())).stand_in(CannotRecord(capped_engine())).build();
+    let paid: Result<(), PayError> =
+        conto.guard(transfer("7"), |_: &conto_core::Approval| async { Ok(()) }, |_| Settlement::default()).await;
+    paid.unwrap();
+    let usage = authority.usage("agent-1");
+    assert_eq!(usage.stats.total_spent, Decimal::from(7), "the authority counted the stand-in's spend");
+}

@@ -371,6 +371,13 @@ impl PgLedger {
                     counter_arrays(read.counters),
                 )
                 .await?;
+            // Nothing this crate writes goes below zero: a negative sum (a hand edit, a
+            // corruption) would pass every limit, so it stops the decision instead.
+            if let Some(negative) = view.used.iter().find(|d| d.is_sign_negative() && !d.is_zero()) {
+                return Err(SharedLedgerError::broken(format!(
+                    "actor {actor}: a counter holds a negative amount ({negative}); fix ledger_counters"
+                )));
+            }
         }
         if !read.windows.is_empty() {
             let counts: Vec<i64> = self

@@ -100,6 +100,12 @@ async fn two_replicas_share_one_budget_and_its_lifecycle() {
     assert!(matches!(a.decide(&card("agent-1", "1")).await.unwrap().verdict, Verdict::Denied(_)));
     clock.set("2026-06-04T04:00:00Z".parse().unwrap());
     approved(a.decide(&card("agent-1", "1")).await.unwrap().verdict);
+    // Days later with nothing spent since, the daily counter shows today: nothing spent yet
+    // (the ledger's latest row is an ended day's).
+    clock.set("2026-06-07T16:00:00Z".parse().unwrap());
+    let daily = b.usage("agent-1").await.unwrap().counters.into_iter().find(|c| c.period == "daily").unwrap();
+    assert_eq!((daily.spent, daily.reserved), (Decimal::ZERO, Decimal::ZERO), "{daily:?}");
+    assert_eq!(daily.period_start, "2026-06-07T04:00:00Z".parse::<Timestamp>().unwrap());
     drop_schema(&pool, &name).await;
 }
 
@@ -432,6 +438,11 @@ async fn a_broken_ledger_is_a_configuration_error_not_an_outage() {
     let clock = ManualClock::new(NOON.parse().unwrap());
     let (a, _) = replicas(&pool, &name, &clock).await;
     let spent = approved(a.decide(&card("agent-1", "1")).await.unwrap().verdict);
+    // A counter edited below zero by hand would pass every limit: it stops the decision.
+    sqlx::query(&format!("UPDATE {name}.ledger_counters SET reserved = -100")).execute(&pool).await.unwrap();
+    let err = a.decide(&card("agent-1", "9")).await.unwrap_err();
+    assert!(matches!(&err, AuthorityError::Unsupported(why) if why.contains("negative")), "{err:?}");
+    sqlx::query(&format!("UPDATE {name}.ledger_counters SET reserved = 1")).execute(&pool).await.unwrap();
     sqlx::query(&format!("DROP TABLE {name}.ledger_counters")).execute(&pool).await.unwrap();
     let err = a.decide(&card("agent-1", "1")).await.unwrap_err();
     assert!(matches!(&err, AuthorityError::Unsupported(why) if why.contains("ledger_counters")), "{err:?}");

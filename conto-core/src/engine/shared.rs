@@ -739,11 +739,16 @@ impl SharedEngine {
             .iter()
             .filter_map(|(slot, spent, reserved)| {
                 let c = evaluate::cumulative(&policies, &slot.counter)?;
+                // The ledger's latest period for this counter; one that has ended since shows
+                // as the current one, nothing spent in it yet.
+                let current = c.period_start(now);
+                let (spent, reserved) =
+                    if slot.period_start < current { (Decimal::ZERO, Decimal::ZERO) } else { (*spent, *reserved) };
                 Some(CounterUsage {
                     period: c.period.label(),
                     scope: if slot.scope.is_empty() { "agent".to_owned() } else { slot.scope.clone() },
                     time_zone: c.tz_name.to_string(),
-                    period_start: slot.period_start,
+                    period_start: slot.period_start.max(current),
                     spent: spent.normalize(),
                     reserved: reserved.normalize(),
                 })

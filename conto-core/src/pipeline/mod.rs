@@ -875,7 +875,14 @@ impl Conto {
             }
         };
         self.report_record(&authorization, &settlement, &result);
-        if via == Via::StandIn && result.is_ok() {
+        // The money moved: the authority hears of it even when the stand-in's own record
+        // failed (down, or broken), or the spend would be counted nowhere. A record the
+        // stand-in refused as such (a conflict, an unknown authorization) is not a spend.
+        let reconciles = match &result {
+            Ok(_) => true,
+            Err(e) => e.is_retryable() || matches!(e, AuthorityError::Unsupported(_)),
+        };
+        if via == Via::StandIn && reconciles {
             self.reconcile(&authorization, &settlement).await;
         }
         (authorization, result)
