@@ -113,6 +113,51 @@ struct Inner {
     /// Set once the schema is known to be migrated (at once by [`PgLedger::open`]; on first
     /// use after [`PgLedger::connect_lazy`]).
     ready: tokio::sync::OnceCell<()>,
+    /// Each actor's turn in this process ([`Turns`]).
+    turns: Turns,
+}
+
+/// Each actor's turn at the pool: one transaction per actor at a time in this process, the
+/// others waiting without a connection. An actor's transactions run one after another anyway
+/// (its advisory lock); without the turn, a burst of one actor's decisions, or a replica
+/// stalled holding its lock, would have every pool connection waiting on that one lock, and
+/// the other actors would find none (the pool's acquire timeout, an outage for all).
+#[derive(Default)]
+struct Turns(std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// An actor's turn, held for one transaction; its entry goes when no one else waits for it.
+struct Turn<'a> {
+    turns: &'a Turns,
+    actor: &'a str,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Turns {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn take<'a>(&'a self, actor: &'a str) -> Turn<'a> {
+        let gate = Arc::clone(self.map().entry(actor.to_owned()).or_default());
+        // The turn is made before it is awaited: a waiter dropped meanwhile still lets go of
+        // the entry (its `Drop`).
+        let mut turn = Turn { turns: self, actor, gate, held: None };
+        turn.held = Some(Arc::clone(&turn.gate).lock_owned().await);
+        turn
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        let mut map = self.turns.map();
+        // The map's handle and this one: no one else holds or waits for the turn. (Handles
+        // are only taken under the map's lock, so none can appear while it is held.)
+        if Arc::strong_count(&self.gate) == 2 {
+            map.remove(self.actor);
+        }
+    }
 }
 
 /// The embedded engine's ledger in PostgreSQL: counters per period, live reservations, window
@@ -125,7 +170,8 @@ struct Inner {
 /// committed. `REPEATABLE READ` would be wrong here (its snapshot would be taken before the
 /// lock is granted and miss the previous holder's commit); `SERIALIZABLE` would add
 /// serialization failures and retries without protecting anything the lock does not. Actors
-/// never wait for each other.
+/// never wait for each other: in one process, an actor's transactions also take turns before
+/// they take a connection, so one busy (or stalled) actor holds at most one of the pool's.
 ///
 /// A PostgreSQL outage fails closed: the engine answers
 /// [`Outage::Ledger`](conto_core::Outage::Ledger) and the pipeline denies with source
@@ -221,6 +267,7 @@ impl PgLedger {
                 retention: conto_core::engine::DEFAULT_RETENTION,
                 transactions: AtomicU64::new(0),
                 ready: tokio::sync::OnceCell::new(),
+                turns: Turns::default(),
             }),
         }
     }
@@ -619,6 +666,7 @@ impl PgLedger {
         read: LedgerRead<'_>,
         step: &mut (dyn FnMut(&LedgerView) -> Vec<LedgerWrite> + Send),
     ) -> Result<(), SharedLedgerError> {
+        let _turn = self.inner.turns.take(actor.as_str()).await;
         let mut tx = self.begin(actor, now).await?;
         let view = self.read(&mut tx, actor, now, &read).await?;
         for write in step(&view) {
@@ -653,6 +701,7 @@ impl PgLedger {
     }
 
     async fn read_usage(&self, actor: &ActorId, now: Timestamp) -> Result<SharedUsage, SharedLedgerError> {
+        let _turn = self.inner.turns.take(actor.as_str()).await;
         let mut tx = self.begin(actor, now).await?;
         let rows = sqlx::query(&self.sql(
             "SELECT DISTINCT ON (counter, scope) counter, scope,
@@ -749,6 +798,43 @@ impl From<MigrateError> for PgLedgerError {
         match e {
             MigrateError::Database(e) => Self::Database(e),
             newer @ MigrateError::Newer { .. } => Self::NewerSchema(newer.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Turns;
+
+    /// An actor's turn is one at a time, and its entry goes with the last one holding or
+    /// waiting for it (also a waiter given up on), so the map does not grow with every actor
+    /// ever seen.
+    #[tokio::test]
+    async fn turns_are_one_at_a_time_and_leave_no_entry_behind() {
+        let turns = Turns::default();
+        let first = turns.take("agent-1").await;
+        let other = turns.take("agent-2").await; // another actor: no wait
+        let mut second = Box::pin(turns.take("agent-1"));
+        assert!(futures_poll_once(second.as_mut()).is_none(), "agent-1's second turn waits");
+        drop(first);
+        let second = second.await;
+        assert_eq!(turns.map().len(), 2);
+        drop((second, other));
+        assert!(turns.map().is_empty());
+
+        let held = turns.take("agent-3").await;
+        let mut waiting = Box::pin(turns.take("agent-3"));
+        assert!(futures_poll_once(waiting.as_mut()).is_none());
+        drop(waiting); // given up on
+        drop(held);
+        assert!(turns.map().is_empty(), "{:?}", turns.map().keys().collect::<Vec<_>>());
+    }
+
+    fn futures_poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        match f.poll(&mut std::task::Context::from_waker(waker)) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
         }
     }
 }

@@ -503,6 +503,43 @@ async fn a_replica_stalled_holding_an_actors_lock_is_an_outage_for_the_others() 
     drop_schema(&pool, &name).await;
 }
 
+/// A burst of one actor's decisions while its lock is held (a stalled replica) takes one pool
+/// connection in this process, not all of them: the others wait their turn without one, and
+/// other actors decide as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_actors_burst_does_not_take_every_pool_connection() {
+    let Some((pool, name)) = schema("burst").await else { return };
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let (a, _) = replicas(&pool, &name, &clock).await;
+    approved(a.decide(&card("agent-1", "1")).await.unwrap().verdict); // migrated and working
+    let mut stalled = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("conto-ledger:{name}:agent-1"))
+        .execute(&mut *stalled)
+        .await
+        .unwrap();
+    let burst: Vec<_> = (0..32)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.decide(&card("agent-1", "0.01")).await })
+        })
+        .collect();
+    let mut most = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        most = most.max(pool.size() as usize - pool.num_idle());
+    }
+    assert!(most <= 2, "the stall's connection and one waiting decision, not {most}");
+    let other = tokio::time::timeout(Duration::from_secs(10), a.decide(&card("agent-2", "1"))).await;
+    approved(other.expect("another actor is not held up").unwrap().verdict);
+    for task in burst {
+        task.abort();
+    }
+    stalled.rollback().await.unwrap();
+    approved(a.decide(&card("agent-1", "1")).await.unwrap().verdict);
+    drop_schema(&pool, &name).await;
+}
+
 /// The database goes away between the approval and the record: the settlement ran, so its
 /// record waits in the process and reaches the ledger once the database is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
