@@ -816,14 +816,17 @@ impl PaymentIntent {
             |field: &'static str| IntentError::Field { field, reason: "contains a NUL character (U+0000)".into() };
         let mut found = None;
         let mut check = |field: &'static str, text: Option<&str>| {
-            if found.is_none() && text.is_some_and(|t| t.contains('\0')) {
+            if found.is_none() && text.is_some_and(has_nul) {
                 found = Some(field);
             }
         };
         check("recipientName", self.recipient_name.as_deref());
         check("purpose", self.purpose.as_deref());
         check("category", self.category.as_deref());
-        check("idempotencyKey", Some(self.idempotency_key.as_str()));
+        // A drawn key is `ck_` and hex digits: only a caller's own is read.
+        if self.idempotency_key.is_named() {
+            check("idempotencyKey", Some(self.idempotency_key.as_str()));
+        }
         match &self.rail {
             Rail::Transfer { .. } => {}
             Rail::X402 { resource_url, service_domain, facilitator, scheme, .. } => {
@@ -849,17 +852,20 @@ impl PaymentIntent {
         if let Some(field) = found {
             return Err(nul(field));
         }
+        if self.context.is_empty() {
+            return Ok(());
+        }
         // The context, keys and strings at any depth (walked without recursion).
         let mut stack: Vec<&serde_json::Value> = self.context.values().collect();
-        if self.context.keys().any(|k| k.contains('\0')) {
+        if self.context.keys().any(|k| has_nul(k)) {
             return Err(nul("context"));
         }
         while let Some(value) = stack.pop() {
             match value {
-                serde_json::Value::String(s) if s.contains('\0') => return Err(nul("context")),
+                serde_json::Value::String(s) if has_nul(s) => return Err(nul("context")),
                 serde_json::Value::Array(items) => stack.extend(items),
                 serde_json::Value::Object(map) => {
-                    if map.keys().any(|k| k.contains('\0')) {
+                    if map.keys().any(|k| has_nul(k)) {
                         return Err(nul("context"));
                     }
                     stack.extend(map.values());
@@ -869,6 +875,11 @@ impl PaymentIntent {
         }
         Ok(())
     }
+}
+
+/// Whether `text` holds a NUL character.
+pub(crate) fn has_nul(text: &str) -> bool {
+    memchr::memchr(0, text.as_bytes()).is_some()
 }
 
 impl From<std::convert::Infallible> for IntentError {

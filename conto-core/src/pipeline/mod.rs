@@ -960,7 +960,7 @@ fn clamped(conto: &Conto, authorization: &Authorization, mut settlement: Settlem
 /// A reference holding a NUL character (which no store keeps: PostgreSQL refuses it) is
 /// recorded with U+FFFD in its place, said so: the money moved, so the record is not refused.
 fn without_nul(authorization: &Authorization, settlement: &mut Settlement) {
-    if let Some(reference) = settlement.reference.as_mut().filter(|r| r.contains('\0')) {
+    if let Some(reference) = settlement.reference.as_mut().filter(|r| crate::intent::has_nul(r)) {
         tracing::warn!(authorization = %authorization.id,
             "conto.record_reference_nul: the settlement's reference holds a NUL character, recorded as U+FFFD");
         *reference = reference.replace('\0', "\u{FFFD}");
