@@ -586,4 +586,42 @@ async fn a_spend_the_stand_in_cannot_record_is_still_reconciled_with_the_authori
     paid.unwrap();
     let usage = authority.usage("agent-1");
     assert_eq!(usage.stats.total_spent, Decimal::from(7), "the authority counted the stand-in's spend");
+
+    // The usual stand-in, an embedded engine, whose journal fails as the spend is recorded
+    // (it answers in place, not as a future).
+    #[derive(Clone, Default)]
+    struct Journal(Arc<std::sync::atomic::AtomicBool>);
+    impl conto_core::journal::Journal for Journal {
+        fn append(&self, _: &conto_core::journal::Entry) -> Result<(), conto_core::journal::JournalError> {
+            if self.0.load(Ordering::SeqCst) {
+                return Err(conto_core::journal::JournalError("disk full".into()));
+            }
+            Ok(())
+        }
+        fn replay(&self) -> Result<Vec<conto_core::journal::Entry>, conto_core::journal::JournalError> {
+            Ok(Vec::new())
+        }
+    }
+    let journal = Journal::default();
+    let stand_in = conto_core::Engine::builder()
+        .policies(conto_core::PolicySet::from_json(&policy(&[&rule("MAX_AMOUNT", "LTE", "100", "ALLOW")])).unwrap())
+        .actors(["agent-1"])
+        .unwrap()
+        .build_journaled(journal.clone())
+        .unwrap();
+    let authority = capped_engine();
+    let conto = Conto::builder(DownButCounting(authority.clone())).stand_in(stand_in).build();
+    let down = journal.0.clone();
+    let paid: Result<(), PayError> = conto
+        .guard(
+            transfer("9"),
+            |_: &conto_core::Approval| async move {
+                down.store(true, Ordering::SeqCst);
+                Ok(())
+            },
+            |_| Settlement::default(),
+        )
+        .await;
+    paid.unwrap();
+    assert_eq!(authority.usage("agent-1").stats.total_spent, Decimal::from(9), "reconciled though the journal failed");
 }

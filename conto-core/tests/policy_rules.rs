@@ -931,6 +931,9 @@ fn one_policy_object_and_api_answers_load() {
     assert!(err.to_string().contains("data.rules[0]"), "{err}");
     let err = PolicySet::from_json(r#"{"something":"else"}"#).unwrap_err();
     assert!(err.to_string().contains("one policy"), "{err}");
+    // A misspelled wrapper is not one policy with no rules (which would approve everything).
+    let err = PolicySet::from_json(r#"{"name":"prod","polices":[]}"#).unwrap_err();
+    assert!(err.to_string().contains("one policy"), "{err}");
 }
 
 /// A one-off blackout or a date range bounded by local date-times keeps their times: read as

@@ -206,7 +206,9 @@
 //!   standard preset plus the scopes asked for, like a standard key, and its `keyType` alone
 //!   grants the policy writes. Scopes are checked against the ones Conto names: an unknown one
 //!   is `400 VALIDATION_ERROR`.
-//!   A preloaded policy file keeps the file format's meaning: no `agentIds` = every agent.
+//!   A preloaded policy file keeps the file format's meaning: no `agentIds` = every agent (an
+//!   empty `agentIds` or `agentPolicies` = no agent; one stored by an earlier version, when
+//!   an empty list meant every agent, keeps binding every agent).
 //!   A policy is shown with Conto's defaults where it was sent without them (`isActive: true`,
 //!   `priority: 50`) and its assignments also as `agentPolicies: [{agentId, policyId}]`; new
 //!   `agentIds` replace the assignment whole. An assignment to an agent that does not exist is
@@ -617,6 +619,15 @@ fn migrate_policies(store: &Store) -> Result<(), LocalError> {
             && !scope.eq_ignore_ascii_case("assigned")
         {
             doc.scope = Some(if doc.assigned().next().is_some() { "assigned" } else { "all" }.to_owned());
+            changed = true;
+        }
+        // A preloaded policy with an empty assignment list and no scope bound every agent
+        // before an empty list came to mean no one: it keeps binding every agent.
+        if doc.scope.is_none()
+            && doc.assigned().next().is_none()
+            && (doc.agent_ids.is_some() || doc.agent_policies.is_some())
+        {
+            doc.scope = Some("all".to_owned());
             changed = true;
         }
         for rule in doc.rules.iter_mut().flatten() {
@@ -1382,22 +1393,41 @@ fn check_assigned(store: &Store, ids: Option<&[String]>, links: Option<&[AgentLi
     Ok(())
 }
 
-/// The policy documents of a Conto policy file (validated).
+/// The policy documents of a Conto policy file (validated), in every shape the engine loads:
+/// an array, `{"policies": [...]}`, an API answer's `{"data": ...}` (a list, `{"policies"}` or
+/// one policy), or one policy object.
 fn policy_docs(file: &std::path::Path) -> Result<Vec<Policy>, LocalError> {
     let set_text = std::fs::read_to_string(file)
         .map_err(|e| conto_core::PolicyError::Io { path: file.display().to_string(), message: e.to_string() })?;
     PolicySet::from_json_with(&set_text, UnevaluatedRules::Deny)?;
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum File {
-        List(Vec<Policy>),
-        Set(Policies),
+    let corrupt = |e: serde_json::Error| LocalError::Corrupt(e.to_string());
+    let value: serde_json::Value = serde_json::from_str(&set_text).map_err(corrupt)?;
+    fn items(value: serde_json::Value) -> Vec<serde_json::Value> {
+        match value {
+            serde_json::Value::Array(items) => items,
+            serde_json::Value::Object(mut map) => match (map.remove("policies"), map.remove("data")) {
+                (Some(policies), _) => items(policies),
+                (None, Some(data)) => items(data),
+                (None, None) => vec![serde_json::Value::Object(map)],
+            },
+            other => vec![other],
+        }
     }
-    let file: File = serde_json::from_str(&set_text).map_err(|e| LocalError::Corrupt(e.to_string()))?;
-    Ok(match file {
-        File::List(items) => items,
-        File::Set(set) => set.policies,
-    })
+    items(value)
+        .into_iter()
+        .map(|mut doc| {
+            // A rule may name its type under both of Conto's names (the engine checked that
+            // they agree): kept under one.
+            for rule in doc.get_mut("rules").and_then(|r| r.as_array_mut()).into_iter().flatten() {
+                if let Some(rule) = rule.as_object_mut()
+                    && rule.contains_key("ruleType")
+                {
+                    rule.remove("type");
+                }
+            }
+            serde_json::from_value(doc).map_err(corrupt)
+        })
+        .collect()
 }
 
 /// Loads policies from a Conto policy file into the store, skipping names already present.
@@ -1413,6 +1443,14 @@ fn preload_into(store: &Store, docs: Vec<Policy>) -> Result<usize, LocalError> {
     for mut doc in docs {
         if doc.name.as_ref().is_some_and(|n| existing.contains(n)) {
             continue;
+        }
+        // An empty assignment list binds no one: stored so (`scope: "assigned"`), as a
+        // policy stored before it did (every agent, kept by `migrate_policies`) is not.
+        if doc.scope.is_none()
+            && doc.assigned().next().is_none()
+            && (doc.agent_ids.is_some() || doc.agent_policies.is_some())
+        {
+            doc.scope = Some("assigned".to_owned());
         }
         let id = format!("pol_{}", random_hex(8));
         doc.id = Some(id.clone());

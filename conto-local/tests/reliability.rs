@@ -539,3 +539,58 @@ async fn a_body_that_never_finishes_arriving_is_answered_408_and_blocks_no_one()
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"code\":\"TIMEOUT\""), "{answer}");
 }
+
+/// Every shape the engine loads preloads as many policies, not none: one policy object (as
+/// `GET /api/policies/{id}` answers), an API answer under `data` (a list, or one), and a rule
+/// naming its type under both of Conto's names.
+#[test]
+fn a_policy_file_in_any_shape_the_engine_loads_preloads_its_policies() {
+    let dir = scratch("shapes");
+    let one = r#"{"id":"pol_1","name":"cap","rules":[{"type":"MAX_AMOUNT","ruleType":"MAX_AMOUNT","operator":"LTE","value":"5","action":"ALLOW"}]}"#;
+    let two = r#"[{"name":"a","rules":[]},{"name":"b","rules":[]}]"#;
+    for (n, (text, count)) in [
+        (one.to_owned(), 1),
+        (format!(r#"{{"data":{one}}}"#), 1),
+        (format!(r#"{{"data":{two}}}"#), 2),
+        (format!(r#"{{"data":{{"policies":{two}}}}}"#), 2),
+        (format!(r#"{{"agents":["agent-1"],"policies":{two}}}"#), 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let file = dir.join(format!("policies-{n}.json"));
+        std::fs::write(&file, &text).unwrap();
+        let added = conto_local::preload(Some(&dir.join(format!("local-{n}.db"))), &file);
+        assert_eq!(added.map_err(|e| e.to_string()), Ok(count), "{text}");
+    }
+}
+
+/// A preloaded policy whose assignment list is empty binds no one, and still no one after a
+/// restart (the migration that keeps policies stored by earlier versions binding every agent
+/// does not take it for one of those).
+#[tokio::test]
+async fn a_preloaded_policy_assigned_to_no_one_binds_no_one_across_restarts() {
+    let dir = scratch("no-one");
+    let db = dir.join("local.db");
+    let file = dir.join("policies.json");
+    std::fs::write(
+        &file,
+        r#"[{"name":"unassigned cap","agentIds":[],"rules":[{"ruleType":"MAX_AMOUNT","operator":"LTE","value":"5","action":"ALLOW"}]},
+            {"name":"everyone's cap","rules":[{"ruleType":"MAX_AMOUNT","operator":"LTE","value":"50","action":"ALLOW"}]}]"#,
+    )
+    .unwrap();
+    conto_local::bootstrap_agent(Some(&db), "agent-1").unwrap();
+    assert_eq!(conto_local::preload(Some(&db), &file).unwrap(), 2);
+    let intent = |amount: &str| {
+        conto_core::PaymentIntent::builder("agent-1", amount, conto_core::Rail::card("Acme").unwrap()).build().unwrap()
+    };
+    for _ in 0..2 {
+        let server = start_on(0, db.clone()).await;
+        let approved = |amount: &str| {
+            matches!(server.engine().try_decide(&intent(amount)).unwrap().verdict, conto_core::Verdict::Approved(_))
+        };
+        assert!(approved("10"), "the unassigned cap of 5 binds no one");
+        assert!(!approved("60"), "the cap of 50 binds every agent");
+        server.stop().await;
+    }
+}

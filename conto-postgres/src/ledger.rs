@@ -117,34 +117,57 @@ struct Inner {
     turns: Turns,
 }
 
-/// Each actor's turn at the pool: one transaction per actor at a time in this process, the
-/// others waiting without a connection. An actor's transactions run one after another anyway
-/// (its advisory lock); without the turn, a burst of one actor's decisions, or a replica
-/// stalled holding its lock, would have every pool connection waiting on that one lock, and
-/// the other actors would find none (the pool's acquire timeout, an outage for all).
-#[derive(Default)]
-struct Turns(std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+/// Each actor's turns at the pool: at most half the pool's connections per actor at a time in
+/// this process (enough that the next transactions are queued at its lock in PostgreSQL, handed
+/// over there without a round trip), the others waiting without a connection, as long as the
+/// pool's acquire timeout would have had them wait for one. An actor's transactions run
+/// one after another anyway (its advisory lock); without turns, a burst of one actor's
+/// decisions, or a replica stalled holding its lock, would have every pool connection waiting
+/// on that one lock, and the other actors would find none (the pool's acquire timeout, an
+/// outage for all).
+struct Turns {
+    map: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    per_actor: usize,
+    patience: std::time::Duration,
+}
 
-/// An actor's turn, held for one transaction; its entry goes when no one else waits for it.
+/// An actor's turn, held for one transaction; its entry goes when no one else holds or waits
+/// for a turn of the actor.
 struct Turn<'a> {
     turns: &'a Turns,
     actor: &'a str,
-    gate: Arc<tokio::sync::Mutex<()>>,
-    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+    gate: Arc<tokio::sync::Semaphore>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Turns {
-    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// Turns for `pool`: half its connections per actor, waited for as long as a connection.
+    fn of(pool: &PgPool) -> Self {
+        let options = pool.options();
+        Self::new((options.get_max_connections() as usize / 2).max(1), options.get_acquire_timeout())
     }
 
-    async fn take<'a>(&'a self, actor: &'a str) -> Turn<'a> {
-        let gate = Arc::clone(self.map().entry(actor.to_owned()).or_default());
+    fn new(per_actor: usize, patience: std::time::Duration) -> Self {
+        Self { map: std::sync::Mutex::default(), per_actor, patience }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A turn of the actor's, or `None` after the turns' patience (the transactions before it
+    /// are stuck: an outage, as the pool's acquire timeout made it before).
+    async fn take<'a>(&'a self, actor: &'a str) -> Option<Turn<'a>> {
+        let per_actor = self.per_actor;
+        let gate = Arc::clone(
+            self.map().entry(actor.to_owned()).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(per_actor))),
+        );
         // The turn is made before it is awaited: a waiter dropped meanwhile still lets go of
         // the entry (its `Drop`).
         let mut turn = Turn { turns: self, actor, gate, held: None };
-        turn.held = Some(Arc::clone(&turn.gate).lock_owned().await);
-        turn
+        let permit = tokio::time::timeout(self.patience, Arc::clone(&turn.gate).acquire_owned()).await.ok()?.ok()?;
+        turn.held = Some(permit);
+        Some(turn)
     }
 }
 
@@ -152,8 +175,9 @@ impl Drop for Turn<'_> {
     fn drop(&mut self) {
         drop(self.held.take());
         let mut map = self.turns.map();
-        // The map's handle and this one: no one else holds or waits for the turn. (Handles
-        // are only taken under the map's lock, so none can appear while it is held.)
+        // The map's handle and this one: no one else holds a turn (a permit keeps a handle)
+        // or waits for one. (Handles are only taken under the map's lock, so none can appear
+        // while it is held.)
         if Arc::strong_count(&self.gate) == 2 {
             map.remove(self.actor);
         }
@@ -259,6 +283,7 @@ impl PgLedger {
     }
 
     fn unmigrated(pool: PgPool, schema: &str) -> Self {
+        let turns = Turns::of(&pool);
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -267,7 +292,7 @@ impl PgLedger {
                 retention: conto_core::engine::DEFAULT_RETENTION,
                 transactions: AtomicU64::new(0),
                 ready: tokio::sync::OnceCell::new(),
-                turns: Turns::default(),
+                turns,
             }),
         }
     }
@@ -291,6 +316,17 @@ impl PgLedger {
 
     fn sql(&self, statement: &str) -> String {
         statement.replace("{s}", &self.inner.quoted_schema)
+    }
+
+    /// A turn of `actor`'s in this process, waited for at most the pool's acquire timeout.
+    async fn turn<'a>(&'a self, actor: &'a ActorId) -> Result<Turn<'a>, SharedLedgerError> {
+        let turns = &self.inner.turns;
+        turns.take(actor.as_str()).await.ok_or_else(|| {
+            SharedLedgerError::unavailable(format!(
+                "actor {actor}: its earlier transactions in this process did not finish within {:?} (its lock is held elsewhere)",
+                turns.patience
+            ))
+        })
     }
 
     /// Begins a transaction holding `actor`'s lock, with its due authorizations expired.
@@ -666,7 +702,7 @@ impl PgLedger {
         read: LedgerRead<'_>,
         step: &mut (dyn FnMut(&LedgerView) -> Vec<LedgerWrite> + Send),
     ) -> Result<(), SharedLedgerError> {
-        let _turn = self.inner.turns.take(actor.as_str()).await;
+        let _turn = self.turn(actor).await?;
         let mut tx = self.begin(actor, now).await?;
         let view = self.read(&mut tx, actor, now, &read).await?;
         for write in step(&view) {
@@ -701,7 +737,7 @@ impl PgLedger {
     }
 
     async fn read_usage(&self, actor: &ActorId, now: Timestamp) -> Result<SharedUsage, SharedLedgerError> {
-        let _turn = self.inner.turns.take(actor.as_str()).await;
+        let _turn = self.turn(actor).await?;
         let mut tx = self.begin(actor, now).await?;
         let rows = sqlx::query(&self.sql(
             "SELECT DISTINCT ON (counter, scope) counter, scope,
@@ -811,23 +847,42 @@ mod tests {
     /// ever seen.
     #[tokio::test]
     async fn turns_are_one_at_a_time_and_leave_no_entry_behind() {
-        let turns = Turns::default();
-        let first = turns.take("agent-1").await;
-        let other = turns.take("agent-2").await; // another actor: no wait
-        let mut second = Box::pin(turns.take("agent-1"));
-        assert!(futures_poll_once(second.as_mut()).is_none(), "agent-1's second turn waits");
-        drop(first);
-        let second = second.await;
+        let turns = Turns::new(4, std::time::Duration::from_secs(60));
+        let mut first = Vec::new();
+        for _ in 0..turns.per_actor {
+            first.push(turns.take("agent-1").await.unwrap());
+        }
+        let other = turns.take("agent-2").await.unwrap(); // another actor: no wait
+        let mut next = Box::pin(turns.take("agent-1"));
+        assert!(futures_poll_once(next.as_mut()).is_none(), "agent-1's next turn waits");
+        first.pop();
+        let next = next.await.unwrap();
         assert_eq!(turns.map().len(), 2);
-        drop((second, other));
+        drop((first, next, other));
         assert!(turns.map().is_empty());
 
-        let held = turns.take("agent-3").await;
+        let held: Vec<_> = futures_all(&turns, "agent-3").await;
         let mut waiting = Box::pin(turns.take("agent-3"));
         assert!(futures_poll_once(waiting.as_mut()).is_none());
         drop(waiting); // given up on
         drop(held);
         assert!(turns.map().is_empty(), "{:?}", turns.map().keys().collect::<Vec<_>>());
+
+        // Past its patience, a waiter gives up, and leaves no entry once the holders are done.
+        let impatient = Turns::new(2, std::time::Duration::from_millis(10));
+        let held = futures_all(&impatient, "agent-4").await;
+        assert!(impatient.take("agent-4").await.is_none());
+        drop(held);
+        assert!(impatient.map().is_empty());
+    }
+
+    /// Every turn of `actor`'s there is.
+    async fn futures_all<'a>(turns: &'a Turns, actor: &'a str) -> Vec<super::Turn<'a>> {
+        let mut all = Vec::new();
+        for _ in 0..turns.per_actor {
+            all.push(turns.take(actor).await.unwrap());
+        }
+        all
     }
 
     fn futures_poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Option<F::Output> {

@@ -52,8 +52,10 @@ pub(crate) fn transient(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // SQLSTATE 08 connection, 40 rollback (serialization, deadlock), 53 resources,
             // 57 operator intervention (shutdown, statement or idle timeout), 58 system;
-            // 55P03 lock not available (`lock_timeout`).
-            ["08", "40", "53", "57", "58"].iter().any(|class| code.starts_with(class)) || code == "55P03"
+            // 55P03 lock not available (`lock_timeout`); 25006 read-only transaction (a standby
+            // after a failover), 25P03 and 25P04 idle-in-transaction and transaction timeouts.
+            ["08", "40", "53", "57", "58"].iter().any(|class| code.starts_with(class))
+                || ["55P03", "25006", "25P03", "25P04"].contains(&code.as_ref())
         }),
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

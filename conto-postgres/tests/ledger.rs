@@ -503,8 +503,8 @@ async fn a_replica_stalled_holding_an_actors_lock_is_an_outage_for_the_others() 
     drop_schema(&pool, &name).await;
 }
 
-/// A burst of one actor's decisions while its lock is held (a stalled replica) takes one pool
-/// connection in this process, not all of them: the others wait their turn without one, and
+/// A burst of one actor's decisions while its lock is held (a stalled replica) takes half the
+/// pool's connections in this process, not all of them: the others wait their turn without one, and
 /// other actors decide as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_actors_burst_does_not_take_every_pool_connection() {
@@ -529,7 +529,8 @@ async fn one_actors_burst_does_not_take_every_pool_connection() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         most = most.max(pool.size() as usize - pool.num_idle());
     }
-    assert!(most <= 2, "the stall's connection and one waiting decision, not {most}");
+    // The test's pool has 16: one actor's turns are half of them.
+    assert!(most <= 9, "the stall's connection and eight waiting decisions, not {most}");
     let other = tokio::time::timeout(Duration::from_secs(10), a.decide(&card("agent-2", "1"))).await;
     approved(other.expect("another actor is not held up").unwrap().verdict);
     for task in burst {

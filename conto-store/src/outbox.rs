@@ -182,23 +182,37 @@ impl Outbox {
             "SELECT id, attempts, job, authorization_id FROM outbox
               WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
         )?;
+        // Only the id must read for a row to be handled: any other column that does not (a
+        // job that is not text) makes that row unreadable, not the pass.
         let rows = stmt.query_map(params![millis(now), (limit + claimed.len()) as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            let job = r.get::<_, String>(2).map_err(|e| e.to_string());
+            let authorization_id = r.get::<_, String>(3).unwrap_or_default();
+            Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1).unwrap_or(0), job, authorization_id))
         })?;
+        // Claimed here, under `claimed`'s lock; the claims (whose drop takes that lock) are
+        // made once it is let go.
+        let mut picked = Vec::new();
         let mut due = Due::default();
         let mut dead = Vec::new();
+        let mut failed = None;
         for row in rows {
-            let (id, attempts, text, authorization_id) = row?;
+            let (id, attempts, text, authorization_id) = match row {
+                Ok(row) => row,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             if claimed.contains(&id) {
                 continue;
             }
-            if due.jobs.len() + dead.len() == limit {
+            if picked.len() + dead.len() == limit {
                 break;
             }
-            match Job::from_stored(&text, self.seal.as_deref()) {
+            match text.and_then(|text| Job::from_stored(&text, self.seal.as_deref()).map_err(|e| e.to_string())) {
                 Ok(job) => {
                     claimed.insert(id);
-                    due.jobs.push((Claim(self, id), attempts, job));
+                    picked.push((id, attempts, job));
                 }
                 Err(e) => {
                     let why = format!("unreadable record: {e}");
@@ -207,6 +221,14 @@ impl Outbox {
                 }
             }
         }
+        if let Some(e) = failed {
+            for (id, _, _) in &picked {
+                claimed.remove(id);
+            }
+            return Err(e.into());
+        }
+        drop(claimed);
+        due.jobs = picked.into_iter().map(|(id, attempts, job)| (Claim(self, id), attempts, job)).collect();
         drop(stmt);
         for (id, why) in &dead {
             if let Err(error) =

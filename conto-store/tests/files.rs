@@ -99,3 +99,72 @@ fn another_files_database_is_refused_not_read_as_empty() {
     drop(engine(&journal).unwrap());
     drop(Outbox::open(&outbox).unwrap());
 }
+
+/// A row whose job is not text (a hand edit, a bit flipped on disk) behind a good one: the pass
+/// marks it dead and delivers the good one. (Read as the pass's error, it ended the pass while
+/// the good row's claim was dropped under the claim set's own lock: the delivery hung, and the
+/// outbox with it.)
+#[test]
+fn an_unreadable_row_is_marked_dead_and_the_others_are_delivered() {
+    use conto_core::sink::{Deliver, RecordKind, RecordSink};
+    use conto_core::{AuthorityError, Authorization, BoxFuture, Conto, PaymentIntent, Rail, Recorded, Settlement};
+
+    struct Records(std::sync::Mutex<Vec<String>>, std::sync::Mutex<Vec<String>>);
+    impl Deliver for Records {
+        fn deliver<'a>(
+            &'a self,
+            _: RecordKind,
+            a: &'a Authorization,
+            s: &'a Settlement,
+        ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+            self.0.lock().unwrap().push(a.id.clone());
+            let recorded = Recorded {
+                authorization_id: a.id.clone(),
+                amount: s.amount.unwrap_or(a.amount),
+                transaction_id: None,
+                late: false,
+                queued: false,
+                actor_inactive: false,
+            };
+            Box::pin(async move { Ok(recorded) })
+        }
+        fn dead(&self, authorization_id: &str, _: AuthorityError) {
+            self.1.lock().unwrap().push(authorization_id.to_owned());
+        }
+    }
+
+    let path = dir("unreadable").join("outbox.db");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let good = rt.block_on(async {
+        let conto = Conto::new(Engine::new(PolicySet::from_json(POLICIES).unwrap()));
+        let intent = PaymentIntent::builder("agent-1", "1", Rail::card("Acme").unwrap()).build().unwrap();
+        let approval = conto.authorize(intent).await.unwrap();
+        let record = approval.record_for(&Settlement::default());
+        std::mem::forget(approval); // the test owns delivery here
+        record
+    });
+    let outbox = Outbox::open(&path).unwrap();
+    rt.block_on(outbox.enqueue(&good)).unwrap();
+    drop(outbox);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("INSERT INTO outbox (authorization_id, kind, job, next_attempt_at) VALUES ('auth_bad', 'record', X'FF00', 0)", [])
+        .unwrap();
+
+    let outbox = Outbox::open(&path).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let pass = outbox.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let records = Records(Default::default(), Default::default());
+        let delivered = rt.block_on(pass.deliver_due(&records));
+        let _ = done.send((delivered.map_err(|e| e.to_string()), records));
+    });
+    let (delivered, records) =
+        finished.recv_timeout(std::time::Duration::from_secs(30)).expect("the delivery pass returned (no deadlock)");
+    assert_eq!(delivered, Ok(1));
+    assert_eq!(*records.0.lock().unwrap(), vec![good.authorization_id.clone()]);
+    assert_eq!(*records.1.lock().unwrap(), vec!["auth_bad".to_owned()]);
+    let stats = outbox.stats().unwrap();
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 1, 1));
+}

@@ -782,7 +782,7 @@ impl Approval {
         let answer = if queues { None } else { conto.authority(via).record_now(&authorization, &settlement) };
         match answer {
             // Recorded in place, with no stand-in spend to reconcile: done.
-            Some(result) if via == Via::Primary || result.is_err() => {
+            Some(result) if via == Via::Primary || result.as_ref().is_err_and(|e| !reconciled_anyway(e)) => {
                 conto.report_record(&authorization, &settlement, &result);
                 Recording::Done((authorization, result))
             }
@@ -878,10 +878,7 @@ impl Conto {
         // The money moved: the authority hears of it even when the stand-in's own record
         // failed (down, or broken), or the spend would be counted nowhere. A record the
         // stand-in refused as such (a conflict, an unknown authorization) is not a spend.
-        let reconciles = match &result {
-            Ok(_) => true,
-            Err(e) => e.is_retryable() || matches!(e, AuthorityError::Unsupported(_)),
-        };
+        let reconciles = result.as_ref().err().is_none_or(reconciled_anyway);
         if via == Via::StandIn && reconciles {
             self.reconcile(&authorization, &settlement).await;
         }
@@ -938,6 +935,13 @@ fn outage_or_reject(
         }
         other => Err(Rejection::new(RejectionKind::Refused(other), DecisionSource::Authority)),
     }
+}
+
+/// Whether a stand-in's failed record of a settlement is still reconciled with the authority:
+/// the stand-in could not count it (down, its journal failing, broken), but the money moved.
+/// A record it refused as such (a conflict, an unknown authorization) is not a spend.
+fn reconciled_anyway(error: &AuthorityError) -> bool {
+    error.is_retryable() || matches!(error, AuthorityError::Unsupported(_))
 }
 
 /// Never more than was approved: the settlement clamped to the approval, and said so, rather

@@ -171,6 +171,18 @@ pub(super) fn policy(doc: PolicyDoc, unevaluated: UnevaluatedRules) -> Result<Po
     if !all && (doc.agents.is_some() || assigned_only) {
         agents = Some(doc.agents.iter().flatten().cloned().collect());
     }
+    // Said where it is loaded: a file that meant "every agent" by an empty list would
+    // otherwise lose its limits without a word.
+    if doc.is_active
+        && !all
+        && !assigned_only
+        && agents.as_ref().is_some_and(HashSet::is_empty)
+        && !doc.rules.is_empty()
+    {
+        tracing::warn!(policy = %name,
+            "conto.policy.binds_no_one: its agentIds/agentPolicies is an empty list, so it applies to no agent \
+             (leave both out, or set scope \"all\", to bind every agent)");
+    }
 
     let mut rules = Vec::with_capacity(doc.rules.len());
     for (index, rule) in doc.rules.iter().enumerate() {
@@ -374,13 +386,14 @@ impl RuleCtx<'_> {
         parse_time(s).ok_or_else(|| self.bad(s, "a time of day HH:MM"))
     }
 
-    /// `[start, end)` from a pair of dates (end day included) or RFC 3339 instants.
+    /// `[start, end)` from a pair of dates (end day included), local date-times or RFC 3339
+    /// instants.
     pub(crate) fn absolute_range(
         &self,
         obj: &serde_json::Map<String, Value>,
         tz: &TimeZone,
     ) -> Result<(Timestamp, Timestamp), PolicyError> {
-        const EXPECTED: &str = "a date YYYY-MM-DD or an RFC 3339 timestamp";
+        const EXPECTED: &str = "a date YYYY-MM-DD, a local date-time YYYY-MM-DDTHH:MM or an RFC 3339 timestamp";
         let get = |key: &str| {
             obj.get(key)
                 .and_then(Value::as_str)
@@ -401,7 +414,7 @@ impl RuleCtx<'_> {
         }
         // A local date-time (`2026-04-01T02:00`) before a date: a date's parser would take the
         // date of one and drop its time.
-        if text.trim().len() > 10
+        if text.trim().get(10..11).is_some_and(|sep| matches!(sep, "T" | "t" | " "))
             && let Ok(dt) = text.parse::<DateTime>()
         {
             return tz

@@ -646,13 +646,13 @@ fn parse_shape(value: serde_json::Value) -> Result<Vec<PolicyDoc>, PolicyError> 
             .map_err(shape_error)
         }
         // One policy, as Conto's API answers for one (`GET /api/policies/{id}`).
-        serde_json::Value::Object(map) if map.contains_key("rules") || map.contains_key("name") => {
+        serde_json::Value::Object(map) if map.contains_key("rules") => {
             serde_path_to_error::deserialize::<_, PolicyDoc>(value).map(|p| vec![p]).map_err(shape_error)
         }
         other => Err(PolicyError::Shape {
             path: ".".into(),
             message: format!(
-                "expected an array of policies, an object with `policies`, or one policy (with `name` and `rules`), got {}",
+                "expected an array of policies, an object with `policies`, or one policy (with `rules`), got {}",
                 json_kind(other)
             ),
         }),

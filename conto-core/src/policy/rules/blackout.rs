@@ -76,7 +76,7 @@ impl Family for Blackouts {
                     return Err(cx.bad(
                         text,
                         if daily {
-                            "a window of times of day (HH:MM) recurs daily: a one-off blackout takes dates (YYYY-MM-DD or RFC 3339)"
+                            "a window of times of day (HH:MM) recurs daily: a one-off blackout takes dates (YYYY-MM-DD, YYYY-MM-DDTHH:MM or RFC 3339)"
                         } else {
                             "a window of dates happens once: a recurring blackout takes times of day (HH:MM)"
                         },
