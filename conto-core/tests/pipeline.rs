@@ -625,3 +625,31 @@ async fn a_spend_the_stand_in_cannot_record_is_still_reconciled_with_the_authori
     paid.unwrap();
     assert_eq!(authority.usage("agent-1").stats.total_spent, Decimal::from(9), "reconciled though the journal failed");
 }
+
+/// An observer that panics (app code) is skipped: the payment is recorded, the next ones too,
+/// and the observers after it are still told.
+#[tokio::test]
+async fn a_panicking_observer_stops_nothing() {
+    let engine = capped_engine();
+    let told = Arc::new(AtomicUsize::new(0));
+    let after = told.clone();
+    let conto = Conto::builder(engine.clone())
+        .observe(|e| {
+            if matches!(e, Event::Recorded { .. }) {
+                panic!("an observer's bug");
+            }
+        })
+        .observe(move |e| {
+            if matches!(e, Event::Recorded { .. }) {
+                after.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .build();
+    for _ in 0..2 {
+        let paid: Result<(), PayError> =
+            conto.guard(transfer("3"), |_: &conto_core::Approval| async { Ok(()) }, |_| Settlement::default()).await;
+        paid.unwrap();
+    }
+    assert_eq!(engine.usage("agent-1").stats.total_spent, Decimal::from(6));
+    assert_eq!(told.load(Ordering::SeqCst), 2, "the next observer was told each time");
+}

@@ -317,3 +317,33 @@ proptest! {
         });
     }
 }
+
+/// A settlement queued in the outbox and not yet delivered when the process stops, and the
+/// process down for longer than the engine keeps closed approvals (a day): at the next start
+/// the engine no longer knows the approval, and the record is delivered as a spend it did not
+/// approve, counted once, instead of going to the dead records with the spend uncounted.
+#[tokio::test]
+async fn a_record_queued_before_a_long_stop_is_counted_after_it() {
+    let path = journal_path("long-stop");
+    let outbox_path = path.with_file_name("long-stop-outbox.db");
+    let _ = std::fs::remove_file(&outbox_path);
+    let clock = ManualClock::new(Timestamp::now());
+    let engine = open_at(&path, &clock);
+    let conto = Conto::new(engine.clone());
+    let approval = conto.authorize(transfer("7")).await.unwrap();
+    let record = approval.record_for(&Settlement::default().reference("0xqueued"));
+    let outbox = Outbox::open(&outbox_path).unwrap();
+    conto_core::sink::RecordSink::enqueue(&outbox, &record).await.unwrap();
+    let _ = approval.hold(); // the process stops before delivering it
+    drop((conto, engine, outbox));
+
+    clock.advance(SignedDuration::from_hours(25));
+    let restarted = open_at(&path, &clock);
+    let conto = Conto::builder(restarted.clone()).outbox(Outbox::open(&outbox_path).unwrap()).build();
+    let stats = conto.flush(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 1, 0), "delivered, not dead");
+    assert_eq!(restarted.usage("agent-1").stats.total_spent, Decimal::from(7), "the spend is counted");
+    // Delivered again (a crash before it was marked delivered): counted once.
+    conto_core::Authorizer::reconcile(&restarted, &record.authorization(), &record.settlement()).await.unwrap();
+    assert_eq!(restarted.usage("agent-1").stats.total_spent, Decimal::from(7), "counted once");
+}

@@ -43,14 +43,33 @@ impl Deliverer {
                 RecordKind::Reconcile => authority.reconcile(authorization, settlement).await,
             }
         };
-        let result = match in_place {
+        let timed = |what: &'static str| Outage::Timeout { what: what.into(), after: ATTEMPT_TIMEOUT };
+        let mut result = match in_place {
             // An in-process authority answers in place: nothing to time out.
             Some(result) => result,
             None => match tokio::time::timeout(ATTEMPT_TIMEOUT, call).await {
                 Ok(r) => r,
-                Err(_) => Err(Outage::Timeout { what: "record delivery".into(), after: ATTEMPT_TIMEOUT }.into()),
+                Err(_) => Err(timed("record delivery").into()),
             },
         };
+        // The authority no longer knows the approval (a restart after its retention window,
+        // the record waiting here meanwhile): the money moved all the same, so it is reported
+        // as a spend the authority did not approve, counted once, rather than given up on.
+        if kind == RecordKind::Record
+            && matches!(result, Err(AuthorityError::Ledger(crate::LedgerError::UnknownAuthorization(_))))
+        {
+            let reconciled =
+                match tokio::time::timeout(ATTEMPT_TIMEOUT, authority.reconcile(authorization, settlement)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(timed("record delivery (as a reconcile)").into()),
+                };
+            match reconciled {
+                Ok(recorded) => result = Ok(recorded),
+                Err(e) if e.is_retryable() => result = Err(e),
+                Err(e) => tracing::error!(authorization = %authorization.id, error = %e,
+                    "conto.outbox.unknown_authorization: the authority cannot take it as a reconcile either"),
+            }
+        }
         if let Ok(recorded) = &result {
             conto.emit(|| Event::Recorded {
                 actor: authorization.intent.actor.clone(),

@@ -334,11 +334,16 @@ impl Conto {
         }
     }
 
+    /// Tells every observer. An observer that panics is logged and skipped: the app's code
+    /// cannot stop a record on its way (the delivery worker, a record in a task of its own).
     pub(crate) fn emit(&self, event: impl FnOnce() -> Event) {
         if !self.inner.observers.is_empty() {
             let event = event();
             for observer in &self.inner.observers {
-                observer(&event);
+                let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| observer(&event)));
+                if told.is_err() {
+                    tracing::error!("conto.observer_panicked: an observer panicked on an event and was skipped");
+                }
             }
         }
     }
