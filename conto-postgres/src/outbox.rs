@@ -240,20 +240,22 @@ impl PgOutbox {
     /// Writes the records held during an outage to the table, oldest first; stops at the first
     /// failure of the database. A record leaves the hold only once written (a repeat write is a
     /// no-op: one row per authorization and kind), so it is counted as pending all along; one
-    /// that PostgreSQL cannot store ([`this_record_only`]) is reported dead and let go of, so
-    /// it does not keep the records behind it from the table.
+    /// that PostgreSQL cannot store ([`this_record_only`]) is delivered at once (or reported
+    /// dead) and let go of, so it does not keep the records behind it from the table.
     async fn unspill(&self, deliverer: &dyn Deliver) -> Result<(), PgOutboxError> {
         loop {
             let Some(record) = self.spilled().first().cloned() else { return Ok(()) };
             match self.insert(&self.shared.pool, &record).await {
                 Ok(()) => {}
+                // It cannot wait in the table: delivered now, once, or reported dead.
                 Err(e) if this_record_only(&e) => {
-                    tracing::error!(authorization = %record.authorization_id, error = %e,
-                        "conto.outbox.unstorable: a held record cannot be written; reported dead");
-                    deliverer.dead(
-                        &record.authorization_id,
-                        conto_core::AuthorityError::Unsupported(format!("outbox: {e}")),
-                    );
+                    let (authorization, settlement) = (record.authorization(), record.settlement());
+                    if let Err(why) = deliverer.deliver(record.kind, &authorization, &settlement).await {
+                        tracing::error!(authorization = %record.authorization_id, error = %e, %why,
+                            "conto.outbox.unstorable: a held record can be neither written nor delivered; reported dead");
+                        let dead = conto_core::AuthorityError::Unsupported(format!("outbox: {e}"));
+                        deliverer.dead(&record.authorization_id, dead);
+                    }
                 }
                 Err(e) => return Err(e),
             }

@@ -337,23 +337,32 @@ async fn bad_names_and_unreachable_servers_are_typed_errors() {
 
 /// A schema already migrated is only read when opened: a role with rights on its rows alone
 /// (no DDL) runs the ledger. One migrated by a newer build is refused, never used as current.
+/// A pool logged in as `role`, made afresh (a login role, nothing more) and given `grants`.
+async fn as_role(pool: &PgPool, role: &str, grants: &[String]) -> PgPool {
+    for statement in [format!("DROP ROLE IF EXISTS {role}"), format!("CREATE ROLE {role} LOGIN")].iter().chain(grants) {
+        sqlx::query(statement).execute(pool).await.unwrap();
+    }
+    let url = common::url();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let as_role = format!("{scheme}://{role}@{}", rest.rsplit_once('@').map_or(rest, |(_, host)| host));
+    common::pool_on(&as_role, 2).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_migrated_schema_opens_without_ddl_rights_and_a_newer_one_is_refused() {
     let Some((pool, name)) = schema("dml_only").await else { return };
     PgLedger::open(pool.clone(), &name).await.unwrap();
     let role = format!("{name}_app");
-    for statement in [
-        format!("DROP ROLE IF EXISTS {role}"),
-        format!("CREATE ROLE {role} LOGIN"),
-        format!("GRANT USAGE ON SCHEMA {name} TO {role}"),
-        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {name} TO {role}"),
-    ] {
-        sqlx::query(&statement).execute(&pool).await.unwrap();
-    }
+    let app = as_role(
+        &pool,
+        &role,
+        &[
+            format!("GRANT USAGE ON SCHEMA {name} TO {role}"),
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {name} TO {role}"),
+        ],
+    )
+    .await;
     let url = common::url();
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let as_role = format!("{scheme}://{role}@{}", rest.rsplit_once('@').map_or(rest, |(_, host)| host));
-    let app = common::pool_on(&as_role, 2).await.unwrap();
     let ledger = PgLedger::open(app.clone(), &name).await.expect("opened without DDL rights");
     let clock = ManualClock::new(NOON.parse().unwrap());
     let engine =
@@ -387,18 +396,12 @@ async fn a_migrated_schema_opens_without_ddl_rights_and_a_newer_one_is_refused()
 async fn a_schema_made_by_an_administrator_is_migrated_with_create_on_it_alone() {
     let Some((pool, name)) = schema("granted").await else { return };
     let role = format!("{name}_app");
-    for statement in [
-        format!("DROP ROLE IF EXISTS {role}"),
-        format!("CREATE ROLE {role} LOGIN"),
-        format!("CREATE SCHEMA {name}"),
-        format!("GRANT USAGE, CREATE ON SCHEMA {name} TO {role}"),
-    ] {
-        sqlx::query(&statement).execute(&pool).await.unwrap();
-    }
-    let url = common::url();
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let as_role = format!("{scheme}://{role}@{}", rest.rsplit_once('@').map_or(rest, |(_, host)| host));
-    let app = common::pool_on(&as_role, 2).await.unwrap();
+    let app = as_role(
+        &pool,
+        &role,
+        &[format!("CREATE SCHEMA {name}"), format!("GRANT USAGE, CREATE ON SCHEMA {name} TO {role}")],
+    )
+    .await;
     let may_create_schemas: bool = sqlx::query_scalar("SELECT has_database_privilege(current_database(), 'CREATE')")
         .fetch_one(&app)
         .await
