@@ -608,6 +608,12 @@ fn owner_only(_: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A policy with no `scope` whose `agentIds` or `agentPolicies` is given but names no one: it
+/// binds no agent now, every agent as an earlier version stored it.
+fn assigned_by_an_empty_list(doc: &Policy) -> bool {
+    doc.scope.is_none() && doc.assigned().next().is_none() && (doc.agent_ids.is_some() || doc.agent_policies.is_some())
+}
+
 /// Policies an earlier version stored in a form this one refuses keep the meaning they were
 /// enforced with, rather than keeping the server from starting: an unknown `scope` was read as
 /// none (its agents, or every agent without any), a blackout's `NOT_BETWEEN` as `BETWEEN`.
@@ -623,10 +629,7 @@ fn migrate_policies(store: &Store) -> Result<(), LocalError> {
         }
         // A preloaded policy with an empty assignment list and no scope bound every agent
         // before an empty list came to mean no one: it keeps binding every agent.
-        if doc.scope.is_none()
-            && doc.assigned().next().is_none()
-            && (doc.agent_ids.is_some() || doc.agent_policies.is_some())
-        {
+        if assigned_by_an_empty_list(&doc) {
             doc.scope = Some("all".to_owned());
             changed = true;
         }
@@ -1446,10 +1449,7 @@ fn preload_into(store: &Store, docs: Vec<Policy>) -> Result<usize, LocalError> {
         }
         // An empty assignment list binds no one: stored so (`scope: "assigned"`), as a
         // policy stored before it did (every agent, kept by `migrate_policies`) is not.
-        if doc.scope.is_none()
-            && doc.assigned().next().is_none()
-            && (doc.agent_ids.is_some() || doc.agent_policies.is_some())
-        {
+        if assigned_by_an_empty_list(&doc) {
             doc.scope = Some("assigned".to_owned());
         }
         let id = format!("pol_{}", random_hex(8));

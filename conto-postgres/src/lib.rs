@@ -66,3 +66,15 @@ pub(crate) fn transient(e: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Whether a write failed for the value written, not for the database: one PostgreSQL cannot
+/// store (SQLSTATE class 22, a data exception such as a NUL character; 54, a program limit
+/// such as an index row too large), or one that could not be encoded. Any other failure
+/// (unreachable, no table, no permission) would fail every write alike.
+pub(crate) fn unstorable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}

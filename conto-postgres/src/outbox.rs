@@ -447,18 +447,9 @@ impl PgOutbox {
 /// record whose token another replica holds, until when it may wait for that replica)`.
 type Claimed = (i64, u32, Result<QueuedRecord, (String, Option<Timestamp>)>);
 
-/// Whether a write failed for this record alone, not for the database: a value PostgreSQL
-/// cannot store (SQLSTATE class 22, a data exception; 54, a program limit such as an index
-/// row too large). Any other failure (unreachable, no table, no permission) would fail every
-/// record alike.
+/// Whether a write failed for this record alone, not for the database (`crate::unstorable`).
 fn this_record_only(e: &PgOutboxError) -> bool {
-    match e {
-        PgOutboxError::Database(sqlx::Error::Database(db)) => {
-            db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("54"))
-        }
-        PgOutboxError::Database(sqlx::Error::Encode(_)) => true,
-        _ => false,
-    }
+    matches!(e, PgOutboxError::Database(e) if crate::unstorable(e))
 }
 
 impl RecordSink for PgOutbox {

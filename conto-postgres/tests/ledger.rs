@@ -479,6 +479,18 @@ async fn a_late_record_counts_toward_velocity_across_replicas() {
     drop_schema(&pool, &name).await;
 }
 
+/// A transaction holding `actor`'s ledger lock in schema `name`, as a stalled replica's would,
+/// until it is rolled back.
+async fn stall(pool: &PgPool, name: &str, actor: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut stalled = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("conto-ledger:{name}:{actor}"))
+        .execute(&mut *stalled)
+        .await
+        .unwrap();
+    stalled
+}
+
 /// A replica that stalls holding an actor's lock (frozen, or cut off with its connection left
 /// open) makes that actor's decisions elsewhere an outage, not a wait for as long as it stalls.
 #[tokio::test]
@@ -487,12 +499,7 @@ async fn a_replica_stalled_holding_an_actors_lock_is_an_outage_for_the_others() 
     let clock = ManualClock::new(NOON.parse().unwrap());
     let (a, _) = replicas(&pool, &name, &clock).await;
     approved(a.decide(&card("agent-1", "1")).await.unwrap().verdict); // migrated and working
-    let mut stalled = pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("conto-ledger:{name}:agent-1"))
-        .execute(&mut *stalled)
-        .await
-        .unwrap();
+    let stalled = stall(&pool, &name, "agent-1").await;
     // Bounded only so that a regression fails instead of hanging: the stalled lock is never
     // let go while the decision runs.
     let decided = tokio::time::timeout(Duration::from_secs(60), a.decide(&card("agent-1", "1"))).await;
@@ -515,12 +522,7 @@ async fn one_actors_burst_does_not_take_every_pool_connection() {
     let clock = ManualClock::new(NOON.parse().unwrap());
     let (a, _) = replicas(&pool, &name, &clock).await;
     approved(a.decide(&card("agent-1", "1")).await.unwrap().verdict); // migrated and working
-    let mut stalled = pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("conto-ledger:{name}:agent-1"))
-        .execute(&mut *stalled)
-        .await
-        .unwrap();
+    let stalled = stall(&pool, &name, "agent-1").await;
     let burst: Vec<_> = (0..32)
         .map(|_| {
             let a = a.clone();

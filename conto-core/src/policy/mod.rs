@@ -615,36 +615,30 @@ fn parse_shape(value: serde_json::Value) -> Result<Vec<PolicyDoc>, PolicyError> 
         path: e.path().to_string(),
         message: e.inner().to_string(),
     };
+    #[derive(Deserialize)]
+    struct Wrapped {
+        policies: Vec<PolicyDoc>,
+    }
+    #[derive(Deserialize)]
+    struct Data<T> {
+        data: T,
+    }
     match &value {
         serde_json::Value::Array(_) => serde_path_to_error::deserialize(value).map_err(shape_error),
         serde_json::Value::Object(map) if map.contains_key("policies") => {
-            #[derive(Deserialize)]
-            struct Wrapped {
-                policies: Vec<PolicyDoc>,
-            }
             serde_path_to_error::deserialize::<_, Wrapped>(value).map(|w| w.policies).map_err(shape_error)
         }
         // An API answer: `data` holds the policies, as a list or under `policies`, or one.
-        serde_json::Value::Object(map) if map.contains_key("data") => {
-            #[derive(Deserialize)]
-            struct Data<T> {
-                data: T,
+        serde_json::Value::Object(map) if map.contains_key("data") => match &map["data"] {
+            serde_json::Value::Object(data) if !data.contains_key("policies") => {
+                serde_path_to_error::deserialize::<_, Data<PolicyDoc>>(value).map(|d| vec![d.data])
             }
-            #[derive(Deserialize)]
-            struct Wrapped {
-                policies: Vec<PolicyDoc>,
+            serde_json::Value::Array(_) => {
+                serde_path_to_error::deserialize::<_, Data<Vec<PolicyDoc>>>(value).map(|d| d.data)
             }
-            match &map["data"] {
-                serde_json::Value::Object(data) if !data.contains_key("policies") => {
-                    serde_path_to_error::deserialize::<_, Data<PolicyDoc>>(value).map(|d| vec![d.data])
-                }
-                serde_json::Value::Array(_) => {
-                    serde_path_to_error::deserialize::<_, Data<Vec<PolicyDoc>>>(value).map(|d| d.data)
-                }
-                _ => serde_path_to_error::deserialize::<_, Data<Wrapped>>(value).map(|d| d.data.policies),
-            }
-            .map_err(shape_error)
+            _ => serde_path_to_error::deserialize::<_, Data<Wrapped>>(value).map(|d| d.data.policies),
         }
+        .map_err(shape_error),
         // One policy, as Conto's API answers for one (`GET /api/policies/{id}`).
         serde_json::Value::Object(map) if map.contains_key("rules") => {
             serde_path_to_error::deserialize::<_, PolicyDoc>(value).map(|p| vec![p]).map_err(shape_error)
