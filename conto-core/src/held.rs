@@ -29,7 +29,7 @@ impl std::fmt::Debug for HeldInMemory {
 }
 
 /// What a token held in memory is written as.
-const HELD: &str = "held-in-memory";
+pub(crate) const HELD: &str = "held-in-memory";
 
 impl TokenSeal for HeldInMemory {
     fn seal(&self, token: &str, aad: &str) -> Result<String, SinkError> {

@@ -221,6 +221,14 @@ impl QueuedRecord {
     }
 }
 
+impl QueuedRecord {
+    /// Whether its stored token is sealed under a key (not held in a process's memory): a
+    /// process given that key can open it, so a record read where none does may wait for one.
+    pub fn sealed_under_a_key(&self) -> bool {
+        self.token.as_deref().and_then(|t| t.strip_prefix(SEALED)).is_some_and(|t| t != crate::held::HELD)
+    }
+}
+
 /// The prefix of a sealed token in a stored record.
 const SEALED: &str = "sealed:v1:";
 

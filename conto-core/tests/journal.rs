@@ -94,6 +94,32 @@ fn a_pause_whose_entry_fails_stops_spending_now_and_says_it_is_not_yet_durable()
     assert_eq!(engine(&journal, &clock).actor_status("agent-1"), Some(ActorStatus::Paused), "and after a restart");
 }
 
+/// A retirement whose entry fails applies at once and says it is not yet durable (before, the
+/// error was dropped and a restart could bring the actor back unseen); asked again once the
+/// journal is back, it is written, and the actor stays retired across a restart.
+#[test]
+fn a_retirement_whose_entry_fails_says_it_is_not_yet_durable() {
+    use conto_core::lifecycle::ActorLifecycle;
+    let journal = Flaky::default();
+    let clock = ManualClock::new("2026-06-10T12:00:00Z".parse().unwrap());
+    let e = engine(&journal, &clock);
+    journal.down.store(true, Ordering::SeqCst);
+    let err = e.retire("agent-1").unwrap_err();
+    assert!(is_journal_outage(&err), "{err:?}");
+    assert_eq!(e.actor_status("agent-1"), None, "retired now");
+    let err = block_on(e.retire_actor("agent-1")).unwrap_err();
+    assert!(matches!(err, conto_core::lifecycle::LifecycleError::Authority(ref a) if is_journal_outage(a)), "{err:?}");
+    journal.down.store(false, Ordering::SeqCst);
+    assert!(!e.retire("agent-1").expect("written now"), "already retired");
+    drop(e);
+    assert_eq!(engine(&journal, &clock).actor_status("agent-1"), None, "and after a restart");
+}
+
+/// Runs a future that is ready at once.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+}
+
 /// A status this build does not know (a journal written by a newer one) replays as paused,
 /// never as active.
 #[test]

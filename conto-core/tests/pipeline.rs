@@ -263,6 +263,25 @@ async fn a_record_on_its_way_survives_its_caller_being_dropped() {
     assert_eq!((usage.stats.recorded, usage.stats.released, usage.live_reservations), (1, 0, 0));
 }
 
+/// A graceful shutdown (`flush`, then the runtime ends) does not cut off a record still on its
+/// way in a task of its own: `flush` waits for it, up to its deadline.
+#[tokio::test]
+async fn flush_waits_for_a_record_still_on_its_way() {
+    let engine = capped_engine();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let conto = Conto::new(Remote(engine.clone(), Some(gate.clone())));
+    let call = conto.guard(transfer("60"), |_| async { Ok::<_, PayError>(()) }, |_| Settlement::default());
+    assert!(tokio::time::timeout(Duration::from_millis(50), call).await.is_err(), "the record waits");
+    let opens = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gate.add_permits(1);
+    });
+    assert_eq!(conto.flush(Duration::from_secs(10)).await, None, "no outbox");
+    let usage = engine.usage("agent-1");
+    assert_eq!((usage.stats.recorded, usage.live_reservations), (1, 0), "recorded before flush returned");
+    opens.await.unwrap();
+}
+
 /// An authority that never answers, or answers with an error.
 struct Broken {
     hang: bool,

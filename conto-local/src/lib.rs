@@ -1148,7 +1148,10 @@ async fn delete_agent(
     if !lock(&app.store).delete_agent(&agent_id, &now_text())? {
         return Err(no_agent(&agent_id));
     }
-    app.engine.retire(&agent_id);
+    // This engine keeps no journal (the store is the record): retiring cannot fail here.
+    app.engine
+        .retire(&agent_id)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))?;
     Ok(axum::Json(Deleted { deleted: true, id: agent_id }).into_response())
 }
 

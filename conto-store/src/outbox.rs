@@ -13,6 +13,10 @@
 //! stored at all but held in this process's memory ([`HeldInMemory`](conto_core::sink::HeldInMemory)):
 //! a transfer or card record queued before a restart then cannot be confirmed, and goes to the
 //! dead records with a message saying to seal tokens. x402 and MPP records carry no token.
+//!
+//! A record whose token is sealed under a key this process was not given (started without it)
+//! is not given up on: it stays pending, read again every minute, until a process with the key
+//! delivers it or its approval expires (when no confirm can succeed any more, and it is dead).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -72,6 +76,24 @@ pub struct Outbox {
     max_attempts: u32,
     /// Delivery passes that found something; every 256th also prunes delivered rows.
     passes: Arc<std::sync::atomic::AtomicU64>,
+    /// Outcomes whose write failed (a full disk), kept with their rows claimed and written by
+    /// the next pass: the record is neither delivered again meanwhile nor lost.
+    unsettled: Arc<Mutex<Vec<(i64, Outcome)>>>,
+}
+
+/// How the error of a record waiting for the key its token is sealed under begins.
+const WAITS_FOR_KEY: &str = "waits for its key: ";
+
+/// What a row comes to after a pass.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// An attempt's outcome.
+    Attempted(Next),
+    /// Unreadable for good: dead, with why.
+    Unreadable(String),
+    /// Its token is sealed under a key this process does not hold: it waits, pending and with
+    /// no attempt counted, until `until` (at most a minute, or its approval's expiry).
+    Waits(Timestamp, String),
 }
 
 impl std::fmt::Debug for Outbox {
@@ -126,6 +148,7 @@ impl Outbox {
             claimed: Arc::default(),
             max_attempts: 12,
             passes: Arc::default(),
+            unsettled: Arc::default(),
         })
     }
 
@@ -139,8 +162,17 @@ impl Outbox {
 
     /// Seals the approval tokens records carry (transfers and cards need them to confirm), so
     /// the file holds no readable token: `Outbox::open(path)?.seal_tokens(TokenSealer::new(&EnvKey::default())?)`.
+    ///
+    /// Records a process without this seal read (and left waiting for it) are due again at once.
     pub fn seal_tokens(mut self, seal: impl TokenSeal) -> Self {
         self.seal = Some(Arc::new(seal));
+        let due_now = self.lock().execute(
+            "UPDATE outbox SET next_attempt_at = ?1 WHERE state = 'pending' AND last_error LIKE ?2",
+            params![millis(Timestamp::now()), format!("{WAITS_FOR_KEY}%")],
+        );
+        if let Err(error) = due_now {
+            tracing::warn!(%error, "conto.outbox.write_failed: records waiting for this key are due within a minute");
+        }
         self
     }
 
@@ -169,10 +201,10 @@ impl Outbox {
     }
 
     /// Up to `limit` jobs due at `now`, each with its [`Claim`]: settle it with
-    /// [`delivered`](Self::delivered), [`retry`](Self::retry) or
-    /// [`dead_letter`](Self::dead_letter), then let the claim go. Rows that cannot be read (a
-    /// sealed token no seal here opens, a token held in the memory of a process that ended)
-    /// are marked dead and returned as `(authorization id, why)`, for the caller to report.
+    /// [`settle`](Self::settle), then let the claim go. Rows that cannot be read are settled
+    /// here and returned, for the caller to report: dead when they never can be (not a record,
+    /// a token held in the memory of a process that ended), waiting when a process given the
+    /// key their token is sealed under can (until their approval expires).
     fn due(&self, now: Timestamp, limit: usize) -> Result<Due<'_>, OutboxError> {
         let conn = self.lock();
         let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
@@ -193,7 +225,7 @@ impl Outbox {
         // made once it is let go.
         let mut picked = Vec::new();
         let mut due = Due::default();
-        let mut dead = Vec::new();
+        let mut settled_here = Vec::new();
         let mut failed = None;
         for row in rows {
             let (id, attempts, text, authorization_id) = match row {
@@ -206,18 +238,34 @@ impl Outbox {
             if claimed.contains(&id) {
                 continue;
             }
-            if picked.len() + dead.len() == limit {
+            if picked.len() + settled_here.len() == limit {
                 break;
             }
-            match text.and_then(|text| Job::from_stored(&text, self.seal.as_deref()).map_err(|e| e.to_string())) {
+            let read = match &text {
+                Ok(text) => Job::from_stored(text, self.seal.as_deref()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.clone()),
+            };
+            match read {
                 Ok(job) => {
                     claimed.insert(id);
                     picked.push((id, attempts, job));
                 }
                 Err(e) => {
-                    let why = format!("unreadable record: {e}");
-                    dead.push((id, why.clone()));
-                    due.unreadable.push((authorization_id, why));
+                    let expires = text
+                        .ok()
+                        .and_then(|t| serde_json::from_str::<Job>(&t).ok())
+                        .filter(Job::sealed_under_a_key)
+                        .map(|r| r.expires_at)
+                        .filter(|at| *at > now);
+                    let outcome = match expires {
+                        Some(expires) => {
+                            let until = now.saturating_add(SignedDuration::from_mins(1)).unwrap_or(now).min(expires);
+                            Outcome::Waits(until, format!("{WAITS_FOR_KEY}{e}"))
+                        }
+                        None => Outcome::Unreadable(format!("unreadable record: {e}")),
+                    };
+                    due.unreadable.push((authorization_id, outcome.clone()));
+                    settled_here.push((id, outcome));
                 }
             }
         }
@@ -227,17 +275,39 @@ impl Outbox {
             }
             return Err(e.into());
         }
-        drop(claimed);
-        due.jobs = picked.into_iter().map(|(id, attempts, job)| (Claim(self, id), attempts, job)).collect();
         drop(stmt);
-        for (id, why) in &dead {
-            if let Err(error) =
-                conn.execute("UPDATE outbox SET state = 'dead', last_error = ?2 WHERE id = ?1", params![id, why])
-            {
-                tracing::error!(%error, "conto.outbox.write_failed");
+        // A write that fails here keeps its row claimed and its outcome for the next pass,
+        // as a delivery's does: not read and reported again meanwhile.
+        let mut unsettled = Vec::new();
+        for (id, outcome) in settled_here {
+            if let Err(error) = write(&conn, id, &outcome) {
+                tracing::error!(%error, "conto.outbox.write_failed: kept, written on the next pass");
+                claimed.insert(id);
+                unsettled.push((id, outcome));
             }
         }
+        drop(claimed);
+        drop(conn);
+        self.lock_unsettled().extend(unsettled);
+        due.jobs = picked.into_iter().map(|(id, attempts, job)| (Claim(self, id), attempts, job)).collect();
         Ok(due)
+    }
+
+    fn lock_unsettled(&self) -> std::sync::MutexGuard<'_, Vec<(i64, Outcome)>> {
+        self.unsettled.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the outcomes kept from earlier passes, letting their rows go; stops at the
+    /// first failure.
+    fn write_unsettled(&self) -> Result<(), OutboxError> {
+        loop {
+            let Some((id, outcome)) = self.lock_unsettled().pop() else { return Ok(()) };
+            if let Err(e) = write(&self.lock(), id, &outcome) {
+                self.lock_unsettled().push((id, outcome));
+                return Err(e);
+            }
+            self.release_claim(id);
+        }
     }
 
     /// Deletes delivered records due more than `keep` before `now` (kept that long, a repeat
@@ -262,35 +332,6 @@ impl Outbox {
 
     pub(crate) fn release_claim(&self, id: i64) {
         self.claimed.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-    }
-
-    /// Marks a claimed row delivered, at now (what [`Outbox::prune_delivered`] ages it from).
-    /// The claim is the caller's to give back.
-    pub(crate) fn delivered(&self, id: i64) -> Result<(), OutboxError> {
-        self.lock().execute(
-            "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, next_attempt_at = ?2 WHERE id = ?1",
-            params![id, millis(Timestamp::now())],
-        )?;
-        Ok(())
-    }
-
-    /// Schedules a claimed row's next attempt. The claim is the caller's to give back.
-    pub(crate) fn retry(&self, id: i64, after: SignedDuration, error: &str) -> Result<(), OutboxError> {
-        let at = Timestamp::now().saturating_add(after).unwrap_or(Timestamp::now());
-        self.lock().execute(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
-            params![id, millis(at), error],
-        )?;
-        Ok(())
-    }
-
-    /// Gives a claimed row up. The claim is the caller's to give back.
-    pub(crate) fn dead_letter(&self, id: i64, error: &str) -> Result<(), OutboxError> {
-        self.lock().execute(
-            "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
-            params![id, error],
-        )?;
-        Ok(())
     }
 
     /// Counts by state.
@@ -320,14 +361,45 @@ impl Outbox {
     }
 }
 
+/// Writes a claimed row's outcome. Delivered is stamped now (what
+/// [`Outbox::prune_delivered`] ages it from); a wait counts no attempt.
+fn write(conn: &Connection, id: i64, outcome: &Outcome) -> Result<(), OutboxError> {
+    let now = Timestamp::now();
+    match outcome {
+        Outcome::Attempted(Next::Delivered) => conn.execute(
+            "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, next_attempt_at = ?2 WHERE id = ?1",
+            params![id, millis(now)],
+        ),
+        Outcome::Attempted(Next::Retry(after, error)) => {
+            let after = SignedDuration::try_from(*after).unwrap_or(SignedDuration::from_secs(60));
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
+                params![id, millis(now.saturating_add(after).unwrap_or(now)), error],
+            )
+        }
+        Outcome::Attempted(Next::Dead(error)) => conn.execute(
+            "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+            params![id, error],
+        ),
+        Outcome::Unreadable(error) => {
+            conn.execute("UPDATE outbox SET state = 'dead', last_error = ?2 WHERE id = ?1", params![id, error])
+        }
+        Outcome::Waits(until, error) => conn.execute(
+            "UPDATE outbox SET next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, millis(*until), error],
+        ),
+    }?;
+    Ok(())
+}
+
 /// What [`Outbox::due`] found.
 #[derive(Default)]
 struct Due<'a> {
     /// Claimed jobs: `(claim, attempts, job)`. A claim dropped unsettled (the pass dropped
     /// half-way) gives its row back.
     jobs: Vec<(Claim<'a>, u32, Job)>,
-    /// Rows marked dead because they cannot be read: `(authorization id, why)`.
-    unreadable: Vec<(String, String)>,
+    /// Rows that cannot be read here, and what they came to: `(authorization id, outcome)`.
+    unreadable: Vec<(String, Outcome)>,
 }
 
 /// How long delivered records are kept (a repeat enqueue of one within it is ignored).
@@ -338,6 +410,13 @@ const KEEP_DELIVERED: std::time::Duration = std::time::Duration::from_secs(7 * 2
 /// pass's claim on the same row (a `flush` beside the worker).
 struct Claim<'a>(&'a Outbox, i64);
 
+impl Claim<'_> {
+    /// Keeps the row claimed past this claim: its outcome waits in memory to be written.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         self.0.release_claim(self.1);
@@ -347,17 +426,18 @@ impl Drop for Claim<'_> {
 impl Outbox {
     async fn deliver_one(&self, deliverer: &dyn Deliver, claim: Claim<'_>, attempts: u32, job: Job) {
         let id = claim.1;
-        let stored = match attempt(deliverer, &job, attempts, self.max_attempts).await {
-            Next::Delivered => self.delivered(id),
-            Next::Retry(after, why) => {
-                self.retry(id, SignedDuration::try_from(after).unwrap_or(SignedDuration::from_secs(60)), &why)
+        let outcome = Outcome::Attempted(attempt(deliverer, &job, attempts, self.max_attempts).await);
+        let written = write(&self.lock(), id, &outcome);
+        match written {
+            Ok(()) => drop(claim),
+            // Written by the next pass; meanwhile the row stays claimed, so the record is not
+            // sent again on every pass while the file cannot be written.
+            Err(error) => {
+                tracing::error!(%error, "conto.outbox.write_failed: kept, written on the next pass");
+                self.lock_unsettled().push((id, outcome));
+                claim.keep();
             }
-            Next::Dead(why) => self.dead_letter(id, &why),
-        };
-        if let Err(error) = stored {
-            tracing::error!(%error, "conto.outbox.write_failed");
         }
-        drop(claim);
     }
 }
 
@@ -370,10 +450,19 @@ impl RecordSink for Outbox {
         Box::pin(async move {
             // Every claim is given back if this pass is dropped half-way, not only the one
             // under way (a claim kept would hold its row from this process until a restart).
+            self.write_unsettled().map_err(|e| SinkError(e.to_string()))?;
             let Due { jobs, unreadable } = self.due(Timestamp::now(), 64).map_err(|e| SinkError(e.to_string()))?;
-            for (authorization_id, why) in &unreadable {
-                tracing::error!(authorization_id, why, "conto.outbox.unreadable_record: kept as dead");
-                deliverer.dead(authorization_id, conto_core::AuthorityError::Unsupported(why.clone()));
+            for (authorization_id, outcome) in unreadable {
+                match outcome {
+                    Outcome::Waits(until, why) => tracing::error!(authorization_id, why, %until,
+                        "conto.outbox.sealed_record_waits: pending until a process with its key (seal_tokens) \
+                         delivers it, or its approval expires"),
+                    Outcome::Unreadable(why) => {
+                        tracing::error!(authorization_id, why, "conto.outbox.unreadable_record: kept as dead");
+                        deliverer.dead(&authorization_id, conto_core::AuthorityError::Unsupported(why));
+                    }
+                    Outcome::Attempted(_) => {}
+                }
             }
             // Attempted: the unreadable ones were not (they are reported above).
             let n = jobs.len();
@@ -392,11 +481,88 @@ impl RecordSink for Outbox {
     }
 
     fn next_due(&self) -> Option<std::time::Duration> {
+        if !self.lock_unsettled().is_empty() {
+            return Some(std::time::Duration::from_millis(500));
+        }
         let at = self.next_due_at().ok()??;
         Some(std::time::Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default())
     }
 
     fn stats(&self) -> Result<OutboxStats, SinkError> {
         Outbox::stats(self).map_err(|e| SinkError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use conto_core::sink::{Deliver, RecordKind, RecordSink};
+    use conto_core::{AuthorityError, Authorization, BoxFuture, PaymentIntent, Rail, Recorded, Settlement};
+
+    use super::*;
+
+    /// Counts deliveries; every one succeeds.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Deliver for Counting {
+        fn deliver<'a>(
+            &'a self,
+            _: RecordKind,
+            a: &'a Authorization,
+            _: &'a Settlement,
+        ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let recorded = Recorded {
+                authorization_id: a.id.clone(),
+                amount: a.amount,
+                transaction_id: None,
+                late: false,
+                queued: false,
+                actor_inactive: false,
+            };
+            Box::pin(std::future::ready(Ok(recorded)))
+        }
+        fn dead(&self, _: &str, _: AuthorityError) {}
+    }
+
+    fn record() -> QueuedRecord {
+        let intent = PaymentIntent::builder("agent-1", "1", Rail::card("Acme").unwrap()).build().unwrap();
+        let authorization = Authorization {
+            id: "auth_1".into(),
+            token: None,
+            amount: "1".parse().unwrap(),
+            expires_at: Timestamp::now(),
+            limits: Default::default(),
+            intent: Arc::new(intent),
+            wallet: None,
+        };
+        QueuedRecord::new(RecordKind::Record, &authorization, &Settlement::default())
+    }
+
+    /// A delivered record whose status cannot be written (a full disk; here SQLite refusing
+    /// writes) is not sent again on every pass while the file stays unwritable: its outcome
+    /// waits in memory, the worker backs off, and the next pass that can write it does.
+    #[tokio::test]
+    async fn an_outcome_that_cannot_be_written_is_kept_not_delivered_again() {
+        let outbox = Outbox::in_memory().unwrap();
+        outbox.enqueue(&record()).await.unwrap();
+        let deliverer = Counting::default();
+        outbox.lock().execute_batch("PRAGMA query_only = ON;").unwrap();
+        assert_eq!(outbox.deliver_due(&deliverer).await.unwrap(), 1);
+        for _ in 0..3 {
+            assert!(outbox.deliver_due(&deliverer).await.is_err(), "the kept outcome still cannot be written");
+        }
+        assert_eq!(deliverer.0.load(Ordering::SeqCst), 1, "delivered once, not once per pass");
+        assert_eq!(outbox.next_due(), Some(std::time::Duration::from_millis(500)), "the worker backs off");
+        assert_eq!(outbox.stats().unwrap().pending, 1);
+
+        outbox.lock().execute_batch("PRAGMA query_only = OFF;").unwrap();
+        assert_eq!(outbox.deliver_due(&deliverer).await.unwrap(), 0);
+        let stats = outbox.stats().unwrap();
+        assert_eq!((stats.pending, stats.delivered), (0, 1), "{stats:?}");
+        assert_eq!(deliverer.0.load(Ordering::SeqCst), 1);
+        assert!(outbox.claimed.lock().unwrap().is_empty(), "its claim was given back");
     }
 }

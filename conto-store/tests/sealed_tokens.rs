@@ -124,6 +124,55 @@ async fn without_a_seal_tokens_are_held_in_memory_and_never_written() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A process started without the key its records' tokens are sealed under (a missing secret
+/// at boot) leaves them pending, not dead: the next start with the key delivers them whole,
+/// at once. Once its approval has expired, such a record is given up on.
+#[tokio::test]
+async fn a_start_without_the_key_leaves_sealed_records_waiting_for_it() {
+    let dir = std::env::temp_dir().join(format!("conto-sealed-wait-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("outbox.db");
+    let token = "cd".repeat(32);
+    let in_an_hour = |id: &str| {
+        let mut a = transfer_approval(id, &token);
+        a.expires_at = conto::jiff::Timestamp::now() + conto::jiff::SignedDuration::from_hours(1);
+        a
+    };
+    let sealer = || TokenSealer::new(&StaticKey::new([5; 32])).unwrap();
+    let outbox = Outbox::open(&path).unwrap().seal_tokens(sealer());
+    outbox
+        .enqueue(&QueuedRecord::new(RecordKind::Record, &in_an_hour("auth_1"), &Settlement::default()))
+        .await
+        .unwrap();
+    // Expired: no confirm can succeed any more.
+    outbox
+        .enqueue(&QueuedRecord::new(RecordKind::Record, &transfer_approval("auth_2", &token), &Settlement::default()))
+        .await
+        .unwrap();
+    drop(outbox);
+
+    // Started without the key, twice: nothing delivered, nothing given up on but the expired one.
+    for _ in 0..2 {
+        let outbox = Outbox::open(&path).unwrap();
+        let capture = Capture::default();
+        assert_eq!(outbox.deliver_due(&capture).await.unwrap(), 0);
+        assert!(capture.0.lock().unwrap().is_empty());
+        let stats = outbox.stats().unwrap();
+        assert_eq!((stats.pending, stats.dead), (1, 1), "{stats:?}");
+        let dead = outbox.dead().unwrap();
+        assert_eq!(dead[0].authorization_id, "auth_2");
+    }
+
+    // With the key: delivered whole, at once (not a minute later).
+    let outbox = Outbox::open(&path).unwrap().seal_tokens(sealer());
+    let capture = Capture::default();
+    assert_eq!(outbox.deliver_due(&capture).await.unwrap(), 1);
+    assert_eq!(capture.0.lock().unwrap()[0].as_deref(), Some(token.as_str()));
+    assert_eq!(outbox.stats().unwrap().pending, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Never answers: a delivery pass on it is dropped half-way (a timeout around `flush`).
 struct Hang;
 

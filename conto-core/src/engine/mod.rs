@@ -526,21 +526,28 @@ impl Engine {
     /// Retires `actor`: it is no longer provisioned, so its next authorization is refused as an
     /// unknown actor. Its live approvals can still be recorded or released. Returns whether it
     /// was provisioned.
-    pub fn retire(&self, actor: &str) -> bool {
-        let Ok(id) = ActorId::new(actor) else { return false };
+    ///
+    /// The retirement applies at once. An error says it is not yet durable: the journal failed,
+    /// and its entry waits to be written before the next one (a restart before then would bring
+    /// the actor back). Asked again, it is done once that entry is written.
+    pub fn retire(&self, actor: &str) -> Result<bool, AuthorityError> {
+        let Ok(id) = ActorId::new(actor) else { return Ok(false) };
         let removed = {
             let mut actors = self.inner.actors.write();
             retire_in(&mut actors, &id)
         };
+        {
+            let mut layers = lock(&self.inner.layers);
+            if layers.managed.remove(&id).is_some() {
+                self.inner.policies.store(Arc::new(layers.effective()));
+            }
+        }
         if removed {
-            // Logged; the entry waits to be written before the next one.
-            let _ = self.journal_actor(&id, "RETIRED");
+            self.journal_actor(&id, "RETIRED")?;
+        } else {
+            self.flush_journal()?;
         }
-        let mut layers = lock(&self.inner.layers);
-        if layers.managed.remove(&id).is_some() {
-            self.inner.policies.store(Arc::new(layers.effective()));
-        }
-        removed
+        Ok(removed)
     }
 
     /// Provisions `actor` with `controls` as its own policies (named `conto-rs:{actor} · …`),
@@ -1426,7 +1433,6 @@ impl ActorLifecycle for Engine {
     }
 
     fn retire_actor<'a>(&'a self, actor: &'a str) -> BoxFuture<'a, Result<(), LifecycleError>> {
-        self.retire(actor);
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(std::future::ready(self.retire(actor).map(drop).map_err(LifecycleError::from)))
     }
 }

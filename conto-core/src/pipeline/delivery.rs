@@ -188,11 +188,18 @@ impl Conto {
         self.inner.sink.as_ref().and_then(|s| s.stats().ok())
     }
 
-    /// Delivers what is queued, waiting at most `within` (graceful shutdown). Returns the
-    /// outbox's counts after: `pending` is what is left for the next start.
+    /// Delivers what is queued, waiting at most `within` (graceful shutdown). Records still
+    /// under way in tasks of their own (a caller dropped while its record waited on a remote
+    /// authority or an outbox write) are waited for first: a runtime shut down after `flush`
+    /// does not cancel one. Returns the outbox's counts after (`None` without an outbox):
+    /// `pending` is what is left for the next start.
     pub async fn flush(&self, within: Duration) -> Option<OutboxStats> {
-        let sink = self.inner.sink.clone()?;
         let give_up = crate::clock::deadline_after(within);
+        let under_way = &self.inner.under_way;
+        if tokio::time::timeout_at(give_up, under_way.idle()).await.is_err() {
+            tracing::warn!(under_way = under_way.count(), "conto.flush: records still under way at the deadline");
+        }
+        let sink = self.inner.sink.clone()?;
         let deliverer = Deliverer { inner: Arc::downgrade(&self.inner) };
         loop {
             // Deliver what is due right here first: the worker may be sleeping on a backoff, or

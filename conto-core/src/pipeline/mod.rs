@@ -130,6 +130,50 @@ pub(crate) struct Inner {
     pub(crate) worker_started: std::sync::atomic::AtomicBool,
     /// The caller-named idempotency keys of payments under way or settled.
     named_keys: named_keys::NamedKeys,
+    /// Records running as tasks of their own (`detached`), which [`Conto::flush`] waits for.
+    pub(crate) under_way: Arc<UnderWay>,
+}
+
+/// How many records run as tasks of their own, and a wake-up for when the last one ends.
+#[derive(Default)]
+pub(crate) struct UnderWay {
+    count: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+impl UnderWay {
+    /// Counts a record under way until the guard is dropped (its task ended or cancelled).
+    fn enter(self: &Arc<Self>) -> UnderWayGuard {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        UnderWayGuard(self.clone())
+    }
+
+    /// How many records are under way.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until no record is under way.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let ended = self.ended.notified();
+            if self.count() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// One record under way (see [`UnderWay::enter`]).
+struct UnderWayGuard(Arc<UnderWay>);
+
+impl Drop for UnderWayGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.ended.notify_waiters();
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -283,6 +327,7 @@ impl ContoBuilder {
                 background: self.background,
                 worker_started: std::sync::atomic::AtomicBool::new(false),
                 named_keys: named_keys::NamedKeys::default(),
+                under_way: Arc::default(),
             }),
             approval: self.approval,
         };
@@ -794,7 +839,12 @@ impl Approval {
             answer => {
                 let conto = conto.clone();
                 let kept = authorization.clone();
-                let later = async move { conto.record_later(via, authorization, settlement, answer).await };
+                // Counted from now, before the task first runs: a `flush` now waits for it.
+                let under_way = conto.inner.under_way.enter();
+                let later = async move {
+                    let _under_way = under_way;
+                    conto.record_later(via, authorization, settlement, answer).await
+                };
                 Recording::Later(detached(kept, later))
             }
         }
