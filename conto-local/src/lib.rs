@@ -75,8 +75,9 @@
 //!   carries `approvalId`, `expiresAt` and, for a transfer or a card, `approvalToken`, and is listed `EXPIRED` once that
 //!   has passed (as a pending one is). Every approval token and SDK key is stored hashed (the
 //!   org key is never stored); the token of a human-approved request (and of an approval a
-//!   repeated request may be answered again) is held in memory until its approval lapses, so a
-//!   restart before the agent reads it voids it (the agent asks again). Humans decide with
+//!   repeated request may be answered again) is held in memory until its approval lapses. One
+//!   a restart lost is issued again when next asked for, its hash added to the approval's (the
+//!   first still confirms, if it reached the agent). Humans decide with
 //!   `POST /api/approval-requests/{id}/approve|reject` (org key), or as Conto's shopping
 //!   starter does, `POST /api/demos/anthropic-shopping/approval-requests/{id}/decision`
 //!   `{"decision": "APPROVED"|"REJECTED", "paymentRequestId"}`, answered with the request's
@@ -87,8 +88,8 @@
 //!   is answered with the request that stands for it: waiting, that request (not a second one
 //!   for the admin); approved, that approval and its token, until it is confirmed or lapses,
 //!   while the agent is active (Conto's skill tells the agent to ask again once an admin
-//!   approved). The token is held in memory: after a restart, or when what the approval holds
-//!   leaves no room for the same payment twice, asking again is a new request or a denial.
+//!   approved). When what the approval holds leaves no room for the same payment twice,
+//!   asking again is a new request or a denial.
 //!   Sent again under its idempotency key, a transfer approve is answered as it stands now:
 //!   approved by a human since, the approval and its token; rejected or lapsed unanswered, a
 //!   denial; an approval that lapsed unused (or one a paused agent asks for), `400 EXPIRED`.
@@ -203,8 +204,9 @@
 //!   another agent's (`403`), nor any while its agent is `PAUSED` (`403 AGENT_PAUSED`: pausing
 //!   is the org's kill switch); any agent key reads only the policies that apply to its agent.
 //!   Conto gives admin keys an "expanded preset" it does not list: here an admin key gets the
-//!   standard preset plus the scopes asked for, like a standard key, and its `keyType` alone
-//!   grants the policy writes. Scopes are checked against the ones Conto names: an unknown one
+//!   standard preset, the payment scopes (`payments:approve`, `payments:confirm`,
+//!   `payments:execute`: Conto's skill uses one key for its payment and policy commands) and
+//!   the scopes asked for; its `keyType` alone grants the policy writes. Scopes are checked against the ones Conto names: an unknown one
 //!   is `400 VALIDATION_ERROR`.
 //!   A preloaded policy file keeps the file format's meaning: no `agentIds` = every agent (an
 //!   empty `agentIds` or `agentPolicies` = no agent; one stored by an earlier version, when
@@ -366,7 +368,7 @@ pub(crate) struct App {
     rate: Mutex<HashMap<(String, rate::Class), VecDeque<Instant>>>,
     /// Approval tokens in clear, for the answers that must carry them again (a human-approved
     /// request, by request id; a replayed authorize, by its idempotency slot): kept in memory
-    /// only (the store keeps their hash), so a restart voids them.
+    /// only (the store keeps their hash); one a restart lost is issued again (`token_again`).
     approval_tokens: Mutex<Tokens>,
 }
 
@@ -1198,6 +1200,11 @@ const ADDED_SCOPES: &[&str] = &[
     "audit:read",
 ];
 
+/// What an admin key's "expanded preset" (conto-api.md §1) adds to the standard one: the payment
+/// scopes, so that one admin key serves both the payment and the policy commands of Conto's
+/// skill (`conto-check.sh` uses one `CONTO_SDK_KEY` for both).
+const ADMIN_ADDED_SCOPES: &[&str] = &["payments:approve", "payments:confirm", "payments:execute"];
+
 /// The standard preset (conto-api.md §1).
 const STANDARD_SCOPES: &[&str] = &[
     "payments:request",
@@ -1248,6 +1255,9 @@ async fn create_key(
         ));
     }
     let mut scopes: Vec<String> = STANDARD_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    if key_type == "admin" {
+        scopes.extend(ADMIN_ADDED_SCOPES.iter().map(|s| (*s).to_owned()));
+    }
     for scope in body.scopes.iter().flatten() {
         if !scopes.contains(scope) {
             scopes.push(scope.clone());

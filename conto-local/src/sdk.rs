@@ -123,6 +123,10 @@ trait Answer: Serialize + DeserializeOwned + Clone {
     }
     /// Puts a kept token back (for a replay in this process).
     fn put_token(&mut self, _token: String) {}
+    /// The approval it answered approved (a transfer's `approvalId`, a card's `requestId`).
+    fn approved_id(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl Answer for DecisionBody {
@@ -137,6 +141,13 @@ impl Answer for DecisionBody {
     }
     fn put_token(&mut self, token: String) {
         self.approval_token = Some(token);
+    }
+    fn approved_id(&self) -> Option<&str> {
+        match (self.approved, self.status.as_deref()) {
+            (Some(true), _) => self.approval_id.as_deref(),
+            (None, Some("APPROVED")) => self.request_id.as_deref(),
+            _ => None,
+        }
     }
 }
 
@@ -181,11 +192,17 @@ fn once<T: Answer>(
         }
         let mut answer: T = serde_json::from_str(&response)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e.to_string()))?;
-        // The token was kept in memory only: put it back for this process's replays.
-        if let Some(token) =
-            lock(&app.approval_tokens).get(&replay_slot(&caller.agent, endpoint, &key), Timestamp::now())
-        {
-            answer.put_token(secrecy::ExposeSecret::expose_secret(token).to_owned());
+        // The token was kept in memory only: put it back for this process's replays, or (lost
+        // with a restart) hand out another for the same live approval.
+        let slot = replay_slot(&caller.agent, endpoint, &key);
+        let kept = lock(&app.approval_tokens).get(&slot, Timestamp::now()).cloned();
+        let token = match (kept, answer.approved_id()) {
+            (Some(token), _) => Some(token),
+            (None, Some(id)) => token_again(app, &store, &caller.agent, &slot, id)?,
+            (None, None) => None,
+        };
+        if let Some(token) = token {
+            answer.put_token(secrecy::ExposeSecret::expose_secret(&token).to_owned());
         }
         return Ok((status, answer));
     }
@@ -498,7 +515,7 @@ fn drawn(key: &str) -> bool {
 
 /// The approval a human gave transfer request `r`, as an approve answer with its token, while
 /// it is live and unused and its agent is active (a paused agent is handed no token); `None`
-/// otherwise, and once the token is gone with a restart.
+/// otherwise (a token lost with a restart is issued again: [`token_again`]).
 fn approved_unused(
     app: &App,
     store: &Store,
@@ -511,7 +528,14 @@ fn approved_unused(
     if taken || !live || store.agent(&r.agent_id)?.is_some_and(|a| a.status == "PAUSED") {
         return Ok(None);
     }
-    let Some(token) = lock(&app.approval_tokens).get(&r.id, Timestamp::now()).cloned() else { return Ok(None) };
+    let kept = lock(&app.approval_tokens).get(&r.id, Timestamp::now()).cloned();
+    let token = match kept {
+        Some(token) => token,
+        None => match token_again(app, store, &r.agent_id, &r.id, approval)? {
+            Some(token) => token,
+            None => return Ok(None),
+        },
+    };
     Ok(Some(DecisionBody {
         approved: Some(true),
         approval_id: Some(approval.clone()),
@@ -1120,10 +1144,42 @@ fn token_matches(expected: &str, token: Option<&str>) -> Result<(), ApiError> {
     let Some(token) = token else {
         return Err(bad("VALIDATION_ERROR", "`approvalToken` is required: the one issued with this approval"));
     };
-    if !bool::from(hash(token).as_bytes().ct_eq(expected.as_bytes())) {
+    // Any of the approval's tokens (`Store::add_token_hash`); each compared in constant time.
+    let given = hash(token);
+    let matched =
+        expected.split(',').fold(subtle::Choice::from(0), |any, h| any | given.as_bytes().ct_eq(h.as_bytes()));
+    if !bool::from(matched) {
         return Err(bad("INVALID_TOKEN", "the approval token does not match this approval"));
     }
     Ok(())
+}
+
+/// The token of live approval `id` of `agent` to hand out again, once the one issued (kept in
+/// memory only, never stored in clear) was lost with a restart: a new one, its hash added to
+/// the approval's (so the first, if it reached its caller, still confirms too), kept in memory
+/// under `slot` for later asks. `None` when the approval takes no token, or is used, lapsed,
+/// withdrawn, another agent's, or its agent is paused: the callers answer those.
+pub(crate) fn token_again(
+    app: &App,
+    store: &Store,
+    agent: &str,
+    slot: &str,
+    id: &str,
+) -> Result<Option<secrecy::SecretString>, ApiError> {
+    let (row, taken) = store.approval_taken(id)?;
+    let Some(row) = row.filter(|r| r.agent_id == agent && r.state == "live" && !r.expired()) else { return Ok(None) };
+    if taken || row.token_hash.is_none() || store.agent(agent)?.is_some_and(|a| a.status == "PAUSED") {
+        return Ok(None);
+    }
+    let token = secrecy::SecretString::from(random_hex(32));
+    if !store.add_token_hash(id, &hash(secrecy::ExposeSecret::expose_secret(&token)))? {
+        return Ok(None);
+    }
+    let now = Timestamp::now();
+    let lapses = row.expires_at.parse().unwrap_or(now);
+    lock(&app.approval_tokens).keep(slot.to_owned(), token.clone(), lapses, now);
+    tracing::info!(approval = id, "conto_local.token_issued_again: the first was lost with a restart");
+    Ok(Some(token))
 }
 
 /// Approval `id` of `agent`, of one of `flows`, when it was already confirmed with this
@@ -1615,6 +1671,19 @@ async fn approval_requests(
     let read = if status.is_some() { 1000 } else { limit };
     let requests = if payments { store.latest_requests(&caller.agent, read)? } else { Vec::new() };
     let payment_requests = store.payment_requests_by_approval(&caller.agent)?;
+    // A live approval's token that a restart lost is issued again for a key that may confirm
+    // with it (`token_again`; shown below like any kept one).
+    for r in requests.iter().filter(|r| r.status == "APPROVED") {
+        let Some(approval) = &r.approval_id else { continue };
+        let scope = match serde_json::from_str::<PaymentIntent>(&r.intent).map(|i| i.rail) {
+            Ok(Rail::Transfer { .. }) => Kind::Transfer.record_scope(),
+            _ => Kind::Card.record_scope(),
+        };
+        let lost = lock(&app.approval_tokens).get(&r.id, now).is_none();
+        if lost && caller.scopes.iter().any(|s| s == scope) {
+            token_again(&app, &store, &caller.agent, &r.id, approval)?;
+        }
+    }
     let tokens = lock(&app.approval_tokens);
     // A paused agent is handed no token (pausing is the org's kill switch), nor is one shown
     // once its approval was used.

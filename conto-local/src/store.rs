@@ -44,6 +44,10 @@ pub(crate) fn hash(secret: &str) -> String {
     lower_hex(&Sha256::digest(secret.as_bytes()))
 }
 
+/// How many tokens one approval may have been handed out under: the first, and one per restart
+/// that lost it from memory before it was asked for again.
+pub(crate) const MAX_TOKENS: usize = 8;
+
 /// Whether Conto's wire confirms an approval on `rail` with its token (transfers and cards; x402
 /// and MPP records carry none).
 pub(crate) fn confirmed_with_token(rail: &Rail) -> bool {
@@ -703,6 +707,18 @@ impl Store {
             )?
             .query_row([id], approval_row)
             .optional()?)
+    }
+
+    /// Adds `token_hash` to the hashes live approval `id` accepts (a token issued again after
+    /// a restart lost the first, which still confirms if it reached its caller): whether it
+    /// was added. At most [`MAX_TOKENS`] per approval.
+    pub fn add_token_hash(&self, id: &str, token_hash: &str) -> Result<bool, StoreError> {
+        let Some(row) = self.approval(id)? else { return Ok(false) };
+        let Some(hashes) = row.token_hash.filter(|h| h.split(',').count() < MAX_TOKENS) else { return Ok(false) };
+        self.conn
+            .prepare_cached("UPDATE approvals SET token_hash = ?2 WHERE id = ?1")?
+            .execute(params![id, format!("{hashes},{token_hash}")])?;
+        Ok(true)
     }
 
     /// Marks a live approval released: settled with nothing (an MPP session closed unspent).

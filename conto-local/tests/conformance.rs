@@ -212,6 +212,77 @@ async fn a_transfer_asked_again_is_the_request_that_stands_for_it() {
     assert!(next["approvalRequestId"] != id.as_str() && next["approvalId"] != approval.as_str(), "{next}");
 }
 
+/// An approval's token is kept in memory only (the store keeps its hash). A restart loses it:
+/// asked for again (a transfer approve sent again under its idempotency key, a human-approved
+/// transfer asked again, the approval-requests list), the live approval is handed a new token,
+/// never answered approved without one; the first token still confirms, if it reached the agent.
+#[tokio::test]
+async fn a_token_lost_with_a_restart_is_issued_again_and_the_first_still_confirms() {
+    let db = fresh_db("token-again");
+    let server = start(Some(db.clone()), "conto_org_test").await;
+    let org = Org::new(&server);
+    let key = org.agent("agent-1", ALL_SCOPES).await;
+    org.policy(json!({"name": "review", "priority": 90, "scope": "all", "rules": [
+        {"ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "1000", "action": "ALLOW"},
+        {"ruleType": "REQUIRE_APPROVAL_ABOVE", "operator": "GT", "value": "80", "action": "REQUIRE_APPROVAL"}]}))
+        .await;
+    let keyed = |key: &str, amount: u32| {
+        let mut body = transfer_payment(amount);
+        body["idempotencyKey"] = json!(key);
+        body
+    };
+    let sdk = Sdk { base: server.url(), key: key.clone(), http: reqwest::Client::new() };
+    let (_, one) = sdk.post("/api/sdk/payments/approve", keyed("inv-1", 10)).await;
+    let (_, two) = sdk.post("/api/sdk/payments/approve", keyed("inv-2", 11)).await;
+    let (status, held) = sdk.post("/api/sdk/payments/approve", transfer_payment(90)).await;
+    assert_eq!(status, 202, "{held}");
+    let held = held["approvalRequestId"].as_str().unwrap().to_owned();
+    let (status, _) = org.post(&format!("/api/approval-requests/{held}/approve"), json!({})).await;
+    assert_eq!(status, 200);
+
+    let server = restarted_after(server, &db, "DELETE FROM approvals WHERE 0").await;
+    let sdk = Sdk { base: server.url(), key, http: reqwest::Client::new() };
+    let confirm = |approval: &Value, token: &Value, n: u64| {
+        let path = format!("/api/sdk/payments/{}/confirm", approval.as_str().unwrap());
+        let body = json!({"txHash": format!("0x{n:064x}"), "approvalToken": token});
+        let sdk = &sdk;
+        async move { sdk.post(&path, body).await }
+    };
+    // Sent again under its key: the same approval, with a new token that confirms.
+    let (status, again) = sdk.post("/api/sdk/payments/approve", keyed("inv-1", 10)).await;
+    assert_eq!((status, &again["approvalId"]), (200, &one["approvalId"]), "{again}");
+    let token = again["approvalToken"].as_str().expect("a token, not approved without one");
+    assert_ne!(token, one["approvalToken"].as_str().unwrap());
+    let (_, same) = sdk.post("/api/sdk/payments/approve", keyed("inv-1", 10)).await;
+    assert_eq!(same["approvalToken"], token, "kept for the next ask: {same}");
+    let (status, receipt) = confirm(&again["approvalId"], &again["approvalToken"], 1).await;
+    assert_eq!(status, 200, "{receipt}");
+    // The first token of another approval still confirms after its replay was handed a new one.
+    let (_, again) = sdk.post("/api/sdk/payments/approve", keyed("inv-2", 11)).await;
+    assert!(again["approvalToken"].is_string(), "{again}");
+    let (status, receipt) = confirm(&two["approvalId"], &two["approvalToken"], 2).await;
+    assert_eq!(status, 200, "{receipt}");
+    // The human-approved transfer: listed with a token, and asked again, the same one.
+    let (_, listed) = sdk.call(reqwest::Method::GET, "/api/sdk/approval-requests", None).await;
+    let entry = listed["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["approvalRequestId"] == held.as_str())
+        .unwrap()
+        .clone();
+    let listed_token = entry["approvalToken"].as_str().expect("listed with a token again").to_owned();
+    let (status, asked) = sdk.post("/api/sdk/payments/approve", transfer_payment(90)).await;
+    assert_eq!((status, &asked["approvalToken"]), (200, &json!(listed_token)), "{asked}");
+    let (status, receipt) = confirm(&asked["approvalId"], &json!("ab".repeat(32)), 3).await;
+    assert_eq!((status, &receipt["code"]), (400, &json!("INVALID_TOKEN")), "{receipt}");
+    let (status, receipt) = confirm(&asked["approvalId"], &asked["approvalToken"], 3).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(budget_spent_and_reserved(&sdk).await.0, "111", "10 + 11 + 90, each once");
+    server.stop().await;
+    let _ = std::fs::remove_file(&db);
+}
+
 /// Asking again is bounded: payments the client keys apart are two payments; under one key,
 /// the request as it stands now; a paused agent, or a rule that now refuses the payment, gets
 /// a denial and no token.
@@ -1135,6 +1206,42 @@ async fn admin_sdk_keys_manage_policies_and_standard_keys_read_them() {
     assert_eq!(gone.status(), 200);
     assert_eq!(gone.json::<Value>().await.unwrap(), json!({"deleted": true, "id": id}));
     assert_eq!(delete(format!("/api/policies/{id}")).await.unwrap().status(), 404);
+}
+
+/// An admin key has Conto's expanded preset: the payment scopes with the policy writes, so the
+/// one `CONTO_SDK_KEY` Conto's skill uses serves its payment commands (approve, confirm) and
+/// its policy commands alike. A standard key asked for nothing has none of them.
+#[tokio::test]
+async fn one_admin_key_serves_the_skills_payment_and_policy_commands() {
+    let server = start(None, "conto_org_test").await;
+    let org = Org::new(&server);
+    org.agent("agent-1", ALL_SCOPES).await;
+    let (status, made) = org.post("/api/agents/agent-1/sdk-keys", json!({"name": "skill", "keyType": "admin"})).await;
+    assert_eq!(status, 201, "{made}");
+    for scope in ["payments:approve", "payments:confirm", "payments:execute", "payments:request"] {
+        assert!(made["scopes"].as_array().unwrap().contains(&json!(scope)), "{scope}: {made}");
+    }
+    let admin = Sdk { base: server.url(), key: made["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
+    let (status, created) = admin
+        .post(
+            "/api/policies",
+            json!({"name": "cap", "rules": [
+            {"ruleType": "MAX_AMOUNT", "operator": "LTE", "value": "100", "action": "ALLOW"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, a) = admin.post("/api/sdk/payments/approve", transfer_payment(20)).await;
+    assert_eq!((status, &a["approved"]), (200, &json!(true)), "{a}");
+    let path = format!("/api/sdk/payments/{}/confirm", a["approvalId"].as_str().unwrap());
+    let (status, c) =
+        admin.post(&path, json!({"txHash": format!("0x{:064x}", 7), "approvalToken": a["approvalToken"]})).await;
+    assert_eq!(status, 200, "{c}");
+
+    let (_, made) = org.post("/api/agents/agent-1/sdk-keys", json!({"name": "plain"})).await;
+    let standard =
+        Sdk { base: server.url(), key: made["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
+    let (status, e) = standard.post("/api/sdk/payments/approve", transfer_payment(20)).await;
+    assert_eq!((status, &e["code"]), (403, &json!("INSUFFICIENT_SCOPE")), "{e}");
 }
 
 /// A policy change counts again only the agents it binds: a limit an agent's admin key adds
