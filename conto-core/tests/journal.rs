@@ -152,3 +152,22 @@ fn an_approval_live_across_a_restart_and_midnight_counts_the_same_after_every_re
     drop(e);
     assert_eq!(counts(&engine(&journal, &clock)), before);
 }
+
+/// `usage` shows a counter whose period ended (no decision since) as the next decision finds
+/// it: the current period, nothing spent or reserved in it (it had shown yesterday's spend as
+/// today's).
+#[test]
+fn usage_shows_an_ended_period_as_the_current_one_with_nothing_in_it() {
+    let journal = Flaky::default();
+    let clock = ManualClock::new("2026-06-10T12:00:00Z".parse().unwrap());
+    let e = engine(&journal, &clock);
+    let Verdict::Approved(a) = e.try_decide(&transfer("60")).unwrap().verdict else { panic!("approved") };
+    e.settle(&a, &Settlement::default().reference("0xa")).unwrap();
+    assert_eq!(spent(&e), Decimal::from(60));
+    clock.advance(conto_core::jiff::SignedDuration::from_hours(24));
+    let usage = e.usage("agent-1");
+    let daily = usage.counters.iter().find(|c| c.period == "daily").expect("the daily counter");
+    assert_eq!((daily.spent, daily.reserved), (Decimal::ZERO, Decimal::ZERO), "{daily:?}");
+    assert_eq!(daily.period_start, "2026-06-11T00:00:00Z".parse().unwrap());
+    assert_eq!(usage.stats.total_spent, Decimal::from(60), "the ledger's life still counts it");
+}

@@ -232,23 +232,41 @@ fn from_micros(us: i64) -> Result<Timestamp, SharedLedgerError> {
 }
 
 /// Column arrays for `unnest`.
-fn counter_arrays(slots: &[CounterSlot]) -> (Vec<&str>, Vec<&str>, Vec<String>) {
+fn counter_arrays(slots: &[CounterSlot]) -> Columns<'_> {
     columns(slots.iter().map(|s| (s.counter.as_str(), s.scope.as_str(), s.period_start)))
 }
 
-fn window_arrays(slots: &[WindowSlot]) -> (Vec<&str>, Vec<&str>, Vec<String>) {
+fn window_arrays(slots: &[WindowSlot]) -> Columns<'_> {
     columns(slots.iter().map(|s| (s.counter.as_str(), s.scope.as_str(), s.since)))
 }
 
 /// `(counter, scope, instant)` keys as three column arrays.
-fn columns<'a>(keys: impl Iterator<Item = (&'a str, &'a str, Timestamp)>) -> (Vec<&'a str>, Vec<&'a str>, Vec<String>) {
+type Columns<'a> = (Vec<&'a str>, Vec<String>, Vec<String>);
+
+/// `(counter, scope, instant)` keys as three column arrays, each scope as it is stored.
+fn columns<'a>(keys: impl Iterator<Item = (&'a str, &'a str, Timestamp)>) -> Columns<'a> {
     let (mut counters, mut scopes, mut instants) = (Vec::new(), Vec::new(), Vec::new());
     for (counter, scope, at) in keys {
         counters.push(counter);
-        scopes.push(scope);
+        scopes.push(stored_scope(scope));
         instants.push(ts(at));
     }
     (counters, scopes, instants)
+}
+
+/// Scope keys longer than this many bytes are stored as their digest.
+const LONG_SCOPE: usize = 1024;
+
+/// A scope key as the tables keep it: itself, or, past [`LONG_SCOPE`] bytes (an endpoint URL
+/// may be longer than an index entry holds), `sha256:` and its SHA-256 digest in hex. Distinct
+/// keys stay distinct counters (a collision would need a SHA-256 collision); usage shows such a
+/// scope by its digest.
+fn stored_scope(scope: &str) -> String {
+    if scope.len() <= LONG_SCOPE {
+        return scope.to_owned();
+    }
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(scope.as_bytes())))
 }
 
 impl PgLedger {
@@ -417,7 +435,7 @@ impl PgLedger {
         conn: &mut PgConnection,
         sql: &str,
         actor: &ActorId,
-        (counters, scopes, instants): (Vec<&str>, Vec<&str>, Vec<String>),
+        (counters, scopes, instants): Columns<'_>,
     ) -> Result<Vec<T>, SharedLedgerError>
     where
         T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,

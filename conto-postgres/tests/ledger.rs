@@ -628,6 +628,55 @@ async fn a_stand_in_on_the_shared_ledger_is_bounded_across_replicas() {
     drop_schema(&pool, &name).await;
 }
 
+/// A counter scoped by a long key (an endpoint URL of 20 kB, past what a PostgreSQL index entry
+/// holds) is counted like any other, across replicas: it had made every decision on it a
+/// "broken ledger" error.
+#[tokio::test]
+async fn a_counter_with_a_long_scope_key_is_counted_across_replicas() {
+    let Some((pool, name)) = schema("longscope").await else { return };
+    let policies = r#"{"agents": ["agent-1"], "policies": [{"name": "per endpoint", "rules": [
+        {"ruleType": "X402_MAX_PER_ENDPOINT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}]}"#;
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let mut engines = Vec::new();
+    for _ in 0..2 {
+        let ledger = PgLedger::open(pool.clone(), &name).await.unwrap();
+        let set = conto::PolicySet::from_json(policies).unwrap();
+        engines.push(Engine::builder().policies(set).clock(clock.clone()).build_shared(ledger));
+    }
+    // Incompressible (PostgreSQL compresses what repeats): 20 kB of varied hex digits.
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let path: String = (0..20_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b"0123456789abcdef"[(x >> 60) as usize])
+        })
+        .collect();
+    let endpoint = |tail: char| format!("https://api.example.com/{path}{tail}");
+    let pay = |url: String| {
+        PaymentIntent::builder("agent-1", "2", Rail::x402(&url).unwrap())
+            .recipient("0x1111111111111111111111111111111111111111")
+            .build()
+            .unwrap()
+    };
+    let mut approved_n = 0;
+    for i in 0..6 {
+        match engines[i % 2].decide(&pay(endpoint('a'))).await.unwrap().verdict {
+            Verdict::Approved(a) => {
+                engines[(i + 1) % 2].settle(&a, &Settlement::default()).await.unwrap();
+                approved_n += 1;
+            }
+            Verdict::Denied(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(approved_n, 5, "10 on one endpoint, whichever replica decides");
+    // Another endpoint sharing the first 20 kB is another counter.
+    assert!(matches!(engines[0].decide(&pay(endpoint('b'))).await.unwrap().verdict, Verdict::Approved(_)));
+    drop_schema(&pool, &name).await;
+}
+
 /// An authorization answers only to its own actor: a copy naming another actor can neither
 /// record nor release it.
 #[tokio::test]

@@ -389,10 +389,21 @@ impl Policy {
     }
 
     /// The body that creates this policy elsewhere (policy sync): its content, without the
-    /// source's ids.
+    /// source's ids. Its assignments go as `agentIds`, whichever form the source named them in
+    /// (a copy of a list view's `agentPolicies` must still bind its agents, not be created
+    /// binding none of them).
     pub fn to_create(&self) -> Policy {
+        let agent_ids = match (&self.agent_ids, &self.agent_policies) {
+            (None, None) => None,
+            _ => {
+                let mut agents: Vec<String> = self.assigned().map(str::to_owned).collect();
+                agents.dedup();
+                Some(agents)
+            }
+        };
         Policy {
             id: None,
+            agent_ids,
             agent_policies: None,
             rules: self
                 .rules
@@ -502,6 +513,16 @@ mod tests {
         assert_eq!(back["rules"][0]["note"], "n");
         let create = p.to_create().to_value();
         assert!(create.get("id").is_none() && create["rules"][0].get("note").is_none());
+        // Assigned in the list view's form: the copy still binds that agent (as `agentIds`).
+        let listed: Policy = serde_json::from_str(
+            r#"{"id": "p2", "name": "cap", "scope": "assigned", "agentPolicies": [{"agentId": "a", "policyId": "p2"}],
+                "rules": []}"#,
+        )
+        .unwrap();
+        let create = listed.to_create();
+        assert_eq!(create.agent_ids.as_deref(), Some(&["a".to_owned()][..]));
+        assert!(create.applies_to("a") && !create.applies_to("b"));
+        assert!(create.to_value().get("agentPolicies").is_none());
     }
 
     /// Policy sync compares what it wants (`agentIds`) with what Conto's list shows

@@ -1344,13 +1344,19 @@ impl Engine {
         let mut counters: Vec<CounterUsage> = ledger
             .counters
             .iter()
-            .map(|(k, c)| CounterUsage {
-                period: k.period.label(),
-                scope: if k.scope_key.is_empty() { "agent".to_owned() } else { k.scope_key.clone() },
-                time_zone: k.tz.to_string(),
-                period_start: c.period_start,
-                spent: c.spent.to_decimal(),
-                reserved: c.reserved.to_decimal(),
+            .map(|(k, c)| {
+                // A counter still holding a period that has ended (no decision since) is shown
+                // as the next decision will find it: the current period, nothing in it.
+                let current = jiff::tz::TimeZone::get(k.tz).ok().map(|tz| ledger::period_bounds(k.period, &tz, now).0);
+                let ended = current.is_some_and(|start| c.period_start < start);
+                CounterUsage {
+                    period: k.period.label(),
+                    scope: if k.scope_key.is_empty() { "agent".to_owned() } else { k.scope_key.clone() },
+                    time_zone: k.tz.to_string(),
+                    period_start: current.filter(|_| ended).unwrap_or(c.period_start),
+                    spent: if ended { Decimal::ZERO } else { c.spent.to_decimal() },
+                    reserved: if ended { Decimal::ZERO } else { c.reserved.to_decimal() },
+                }
             })
             .collect();
         counters.sort_by(|a, b| (a.period, &a.scope, &a.time_zone).cmp(&(b.period, &b.scope, &b.time_zone)));
