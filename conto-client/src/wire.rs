@@ -66,6 +66,19 @@ fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.is_empty())
 }
 
+/// An id the authority named that goes into a later call's path (`payments/{id}/confirm`,
+/// `cards/{id}/confirm`, `payments/{requestId}`): letters, digits, `_` and `-`, at most 128, as
+/// Conto's own helper checks an `approvalId`. Anything else (a `/` or `..` that would send the
+/// confirm elsewhere, a NUL no store keeps) is an invalid answer, not an approval.
+fn path_id<'a>(value: &'a Option<String>, field: &str) -> Result<Option<&'a str>, AuthorityError> {
+    match given(value) {
+        Some(id) if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
+            Err(invalid(format!("`{field}` is not an id (letters, digits, `_` and `-`, at most 128)")))
+        }
+        id => Ok(id),
+    }
+}
+
 fn timestamp(value: &Option<String>, key: &str) -> Result<Option<Timestamp>, AuthorityError> {
     match given(value) {
         None => Ok(None),
@@ -137,7 +150,14 @@ impl RequestStatus {
 /// without an id cannot be followed; [`crate::ContoClient::approval_request`] answers it as
 /// declined.
 fn pending(body: &DecisionBody, now: Timestamp) -> Result<PendingApproval, AuthorityError> {
-    let id = [&body.approval_request_id, &body.approval_id, &body.request_id].into_iter().find_map(given);
+    let id = [
+        path_id(&body.approval_request_id, "approvalRequestId")?,
+        path_id(&body.approval_id, "approvalId")?,
+        path_id(&body.request_id, "requestId")?,
+    ]
+    .into_iter()
+    .flatten()
+    .next();
     Ok(PendingApproval {
         approval_request_id: id.unwrap_or_default().to_owned(),
         expires_at: timestamp(&body.expires_at, "expiresAt")?
@@ -187,7 +207,8 @@ pub(crate) fn parse_decision(
         Rail::Transfer { .. } => match body.approved {
             Some(true) => {
                 check_echo(body, intent)?;
-                let id = given(&body.approval_id).ok_or_else(|| invalid("approved without `approvalId`"))?;
+                let id = path_id(&body.approval_id, "approvalId")?
+                    .ok_or_else(|| invalid("approved without `approvalId`"))?;
                 let token = given(&body.approval_token).ok_or_else(|| invalid("approved without `approvalToken`"))?;
                 if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(invalid("`approvalToken` is not 64 hex characters"));
@@ -216,7 +237,8 @@ pub(crate) fn parse_decision(
         Rail::Request { .. } => match given(&body.status).map(|s| (s, RequestStatus::of(s))) {
             Some((_, Some(RequestStatus::Approved))) => {
                 check_echo(body, intent)?;
-                let id = given(&body.request_id).ok_or_else(|| invalid("approved without `requestId`"))?;
+                let id =
+                    path_id(&body.request_id, "requestId")?.ok_or_else(|| invalid("approved without `requestId`"))?;
                 let expires = timestamp(&body.expires_at, "expiresAt")?.unwrap_or_else(implicit);
                 approval(body, intent, id.to_owned(), None, expires, now)
             }
@@ -233,7 +255,8 @@ pub(crate) fn parse_decision(
         Rail::Card { .. } => match given(&body.status) {
             Some("APPROVED") => {
                 check_echo(body, intent)?;
-                let id = given(&body.request_id).ok_or_else(|| invalid("approved without `requestId`"))?;
+                let id =
+                    path_id(&body.request_id, "requestId")?.ok_or_else(|| invalid("approved without `requestId`"))?;
                 let expires =
                     timestamp(&body.expires_at, "expiresAt")?.ok_or_else(|| invalid("approved without `expiresAt`"))?;
                 approval(body, intent, id.to_owned(), given(&body.approval_token), expires, now)

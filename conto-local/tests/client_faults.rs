@@ -180,6 +180,23 @@ async fn malformed_bodies_are_errors_never_approvals() {
             axum::Json(b).into_response()
         }),
         ("malformed violations", axum::Json(json!({"approved": false, "violations": "DAILY_LIMIT"})).into_response()),
+        // An id that would send the confirm elsewhere (`payments/{id}/confirm`), or that no
+        // store keeps.
+        ("an id that is a path", {
+            let mut b = approved_body(5.0, 600);
+            b["approvalId"] = json!("apr_1/../../agents/agent-1");
+            axum::Json(b).into_response()
+        }),
+        ("an id with a NUL", {
+            let mut b = approved_body(5.0, 600);
+            b["approvalId"] = json!("apr\u{0}_1");
+            axum::Json(b).into_response()
+        }),
+        (
+            "a held request named by a path",
+            axum::Json(json!({"approved": false, "requiresHumanApproval": true, "approvalRequestId": "../x"}))
+                .into_response(),
+        ),
     ];
     for (what, response) in cases {
         let response = Arc::new(Mutex::new(Some(response)));
