@@ -226,3 +226,82 @@ fn the_shipped_policy_files_load() {
         assert!(!set.agents().is_empty(), "{file} provisions its actors");
     }
 }
+
+/// Every row of the rule-type table in `conto_core::policy`'s docs loads with each operator
+/// and the value it shows: the table is what the engine takes.
+#[test]
+fn the_documented_rule_table_loads() {
+    let rows: &[(&[&str], &[&str], &str)] = &[
+        (
+            &[
+                "MAX_AMOUNT",
+                "SINGLE_AMOUNT",
+                "X402_PRICE_CEILING",
+                "X402_MAX_PER_REQUEST",
+                "MPP_PRICE_CEILING",
+                "MPP_MAX_PER_REQUEST",
+                "MPP_MAX_SESSION_DEPOSIT",
+                "CARD_MAX_AMOUNT",
+            ],
+            &["LTE", "LT", "GT", "GTE"],
+            "50",
+        ),
+        (&["REQUIRE_APPROVAL_ABOVE"], &["GT", "GTE"], "50"),
+        (&["DAILY_LIMIT", "WEEKLY_LIMIT", "MONTHLY_LIMIT"], &["LTE", "LT"], "1000"),
+        (&["BUDGET_CAP"], &["LTE", "LT"], r#"{"amount": 10000, "period": "MONTHLY"}"#),
+        (
+            &["X402_MAX_PER_SERVICE", "X402_MAX_PER_ENDPOINT", "MPP_MAX_PER_SERVICE", "MPP_MAX_PER_ENDPOINT"],
+            &["LTE", "LT"],
+            "50",
+        ),
+        (&["X402_MAX_PER_SERVICE"], &["LTE"], r#"{"amount": 50, "period": "WEEKLY"}"#),
+        (&["X402_SESSION_BUDGET", "MPP_SESSION_BUDGET"], &["LTE", "LT"], "100"),
+        (
+            &[
+                "ALLOWED_CATEGORIES",
+                "BLOCKED_CATEGORIES",
+                "X402_ALLOWED_SERVICES",
+                "X402_BLOCKED_SERVICES",
+                "MPP_ALLOWED_SERVICES",
+                "MPP_BLOCKED_SERVICES",
+                "MPP_BLOCK_SESSION_INTENT",
+                "MPP_ALLOWED_METHODS",
+                "CARD_ALLOWED_MERCHANTS",
+                "CARD_BLOCKED_MERCHANTS",
+            ],
+            &["IN_LIST", "NOT_IN_LIST"],
+            r#"["api.openai.com"]"#,
+        ),
+        (
+            &["ALLOWED_COUNTERPARTIES", "WHITELIST", "BLOCKED_COUNTERPARTIES", "CONTRACT_ALLOWLIST"],
+            &["IN_LIST", "NOT_IN_LIST"],
+            r#"["0x1111111111111111111111111111111111111111"]"#,
+        ),
+        (&["CARD_ALLOWED_MCCS", "CARD_BLOCKED_MCCS"], &["IN_LIST", "NOT_IN_LIST"], r#"["5734"]"#),
+        (&["TIME_WINDOW"], &["BETWEEN"], r#"{"start": "09:00", "end": "17:00"}"#),
+        (&["DAY_OF_WEEK"], &["IN_LIST"], r#"["MON", "TUE"]"#),
+        (&["DATE_RANGE"], &["BETWEEN"], r#"{"start": "2026-01-01", "end": "2026-03-31"}"#),
+        (&["BLACKOUT_PERIOD"], &["BETWEEN"], r#"{"windows": [{"start": "02:00", "end": "03:00"}]}"#),
+        (
+            &["VELOCITY_LIMIT", "X402_VELOCITY_PER_ENDPOINT", "MPP_VELOCITY_PER_ENDPOINT"],
+            &["LTE", "LT"],
+            r#"{"maxCount": 10, "period": "HOUR"}"#,
+        ),
+        (&["MPP_MAX_CONCURRENT_SESSIONS"], &["LTE", "LT"], "3"),
+        (&["MPP_MAX_SESSION_DURATION"], &["LTE"], "3600"),
+    ];
+    let mut failed = Vec::new();
+    for (types, operators, value) in rows {
+        for rule_type in *types {
+            for operator in *operators {
+                let action = if *rule_type == "REQUIRE_APPROVAL_ABOVE" { "REQUIRE_APPROVAL" } else { "ALLOW" };
+                let doc = serde_json::json!([{"name": "p", "rules": [
+                    {"ruleType": rule_type, "operator": operator, "value": value, "action": action}]}]);
+                if let Err(e) = PolicySet::from_value(doc) {
+                    failed.push(format!("{rule_type} {operator} {value}: {e}"));
+                }
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}

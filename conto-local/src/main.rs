@@ -83,7 +83,10 @@ async fn run(cli: Cli) -> Result<(), conto_local::LocalError> {
         created = running.bootstrap_agent(agent)?.map(SecretString::from);
         match created {
             Some(_) => println!("created agent `{agent}` and its SDK key"),
-            None => println!("agent `{agent}` exists (its SDK key was shown when it was created)"),
+            None => println!(
+                "agent `{agent}` exists (its SDK key was written to the env file when it was created; a new one: POST \
+                 /api/agents/{agent}/sdk-keys with the org key)"
+            ),
         }
     }
     let url = running.url();

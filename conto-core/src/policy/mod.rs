@@ -12,6 +12,33 @@
 //!   "rules": [ { "ruleType": "DAILY_LIMIT", "operator": "LTE", "value": "1000", "action": "ALLOW" } ] }
 //! ```
 //!
+//! # Rule types
+//!
+//! Every `ruleType` the engine evaluates, by family (the names are Conto's; `value` is always
+//! a string, its content as shown):
+//!
+//! | family | rule types | operator | `value` |
+//! |---|---|---|---|
+//! | per payment | `MAX_AMOUNT`, `SINGLE_AMOUNT`, `X402_PRICE_CEILING`, `X402_MAX_PER_REQUEST`, `MPP_PRICE_CEILING`, `MPP_MAX_PER_REQUEST`, `MPP_MAX_SESSION_DEPOSIT`, `CARD_MAX_AMOUNT`, `REQUIRE_APPROVAL_ABOVE` | `LTE`, `LT`, `GT`, `GTE` | `"50"` |
+//! | per period | `DAILY_LIMIT`, `WEEKLY_LIMIT`, `MONTHLY_LIMIT` | `LTE`, `LT` | `"1000"` |
+//! | | `BUDGET_CAP` | `LTE`, `LT` | `"{\"amount\": 10000, \"period\": \"MONTHLY\"}"` |
+//! | | `X402_MAX_PER_SERVICE`, `X402_MAX_PER_ENDPOINT`, `MPP_MAX_PER_SERVICE`, `MPP_MAX_PER_ENDPOINT` | `LTE`, `LT` | `"50"` (daily) or a budget object |
+//! | | `X402_SESSION_BUDGET`, `MPP_SESSION_BUDGET` | `LTE`, `LT` | `"100"` (a session's lifetime) |
+//! | lists | `ALLOWED_CATEGORIES`, `BLOCKED_CATEGORIES`, `X402_ALLOWED_SERVICES`, `X402_BLOCKED_SERVICES`, `MPP_ALLOWED_SERVICES`, `MPP_BLOCKED_SERVICES`, `MPP_BLOCK_SESSION_INTENT`, `MPP_ALLOWED_METHODS`, `CARD_ALLOWED_MERCHANTS`, `CARD_BLOCKED_MERCHANTS` | `IN_LIST`, `NOT_IN_LIST` | `"[\"api.openai.com\"]"` |
+//! | | `ALLOWED_COUNTERPARTIES`, `WHITELIST`, `BLOCKED_COUNTERPARTIES`, `CONTRACT_ALLOWLIST` | `IN_LIST`, `NOT_IN_LIST` | `"[\"0x1111…\"]"` (EVM or Solana addresses) |
+//! | | `CARD_ALLOWED_MCCS`, `CARD_BLOCKED_MCCS` | `IN_LIST`, `NOT_IN_LIST` | `"[\"5734\"]"` (4-digit codes) |
+//! | time | `TIME_WINDOW` | `BETWEEN` | `"{\"start\": \"09:00\", \"end\": \"17:00\"}"` |
+//! | | `DAY_OF_WEEK` | `IN_LIST` | `"[\"MON\", \"TUE\"]"` |
+//! | | `DATE_RANGE` | `BETWEEN` | `"{\"start\": \"2026-01-01\", \"end\": \"2026-03-31\"}"` |
+//! | | `BLACKOUT_PERIOD` | `BETWEEN` | `"{\"windows\": [{\"start\": \"02:00\", \"end\": \"03:00\"}]}"` (6 below) |
+//! | velocity | `VELOCITY_LIMIT`, `X402_VELOCITY_PER_ENDPOINT`, `MPP_VELOCITY_PER_ENDPOINT` | `LTE`, `LT` | `"{\"maxCount\": 10, \"period\": \"HOUR\"}"` |
+//! | | `MPP_MAX_CONCURRENT_SESSIONS` | `LTE`, `LT` | `"3"` |
+//! | | `MPP_MAX_SESSION_DURATION` | `LTE` | `"3600"` (seconds) |
+//!
+//! `GEOGRAPHIC_RESTRICTION`, `TRUST_SCORE`, `COUNTERPARTY_STATUS` and `FAIRSCALE_MIN_SCORE` need
+//! data the engine does not have: a load error by default (11 below). An operator or action a
+//! rule type does not take is a load error that names what it takes.
+//!
 //! # Semantics chosen where Conto's docs are silent or ambiguous
 //!
 //! This list is the one place these decisions are written down; the tests in
