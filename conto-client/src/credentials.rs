@@ -108,6 +108,8 @@ impl KeyProvider for StaticKey {
 /// stolen outbox file or table holds no usable token.
 pub struct TokenSealer {
     cipher: XChaCha20Poly1305,
+    /// Earlier keys, tried in turn to open what they sealed (a key rotation).
+    previous: Vec<XChaCha20Poly1305>,
 }
 
 impl std::fmt::Debug for TokenSealer {
@@ -120,7 +122,16 @@ impl TokenSealer {
     /// A sealer under `provider`'s master key (e.g. `EnvKey::default()`, `CONTO_MASTER_KEY`).
     pub fn new(provider: &dyn KeyProvider) -> Result<Self, CredentialError> {
         let key = provider.master_key()?;
-        Ok(Self { cipher: XChaCha20Poly1305::new(key.expose_secret().into()) })
+        Ok(Self { cipher: XChaCha20Poly1305::new(key.expose_secret().into()), previous: Vec::new() })
+    }
+
+    /// Also opens what `provider`'s key sealed before a rotation (new tokens are sealed under
+    /// the current key only): records queued under the old key are still delivered. Drop it
+    /// once no record sealed under it is left.
+    pub fn with_previous(mut self, provider: &dyn KeyProvider) -> Result<Self, CredentialError> {
+        let key = provider.master_key()?;
+        self.previous.push(XChaCha20Poly1305::new(key.expose_secret().into()));
+        Ok(self)
     }
 }
 
@@ -141,10 +152,12 @@ impl conto_core::sink::TokenSeal for TokenSealer {
             return Err(fail());
         }
         let (nonce, ciphertext) = bytes.split_at(24);
-        let plain = self
-            .cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: aad.as_bytes() })
-            .map_err(|_| fail())?;
+        let plain = std::iter::once(&self.cipher)
+            .chain(&self.previous)
+            .find_map(|cipher| {
+                cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: aad.as_bytes() }).ok()
+            })
+            .ok_or_else(fail)?;
         String::from_utf8(plain).map_err(|_| fail())
     }
 }
@@ -391,6 +404,22 @@ mod tests {
         assert!(other.open(&sealed, "auth_1").is_err(), "another key opens nothing");
         assert!(sealer.open("zz", "auth_1").is_err());
         assert_ne!(sealer.seal(&token, "auth_1").unwrap(), sealed, "a fresh nonce each time");
+    }
+
+    /// A key rotation: the new sealer, given the old key as previous, opens what the old one
+    /// sealed and seals under the new key only.
+    #[test]
+    fn a_rotated_sealer_opens_what_its_previous_key_sealed() {
+        let token = "cd".repeat(32);
+        let old = TokenSealer::new(&StaticKey::new([1; 32])).unwrap();
+        let sealed_before = old.seal(&token, "auth_1").unwrap();
+        let rotated =
+            TokenSealer::new(&StaticKey::new([2; 32])).unwrap().with_previous(&StaticKey::new([1; 32])).unwrap();
+        assert_eq!(rotated.open(&sealed_before, "auth_1").unwrap(), token);
+        assert!(rotated.open(&sealed_before, "auth_2").is_err(), "still bound to its authorization");
+        let sealed_after = rotated.seal(&token, "auth_1").unwrap();
+        assert!(old.open(&sealed_after, "auth_1").is_err(), "new tokens are sealed under the new key");
+        assert_eq!(TokenSealer::new(&StaticKey::new([2; 32])).unwrap().open(&sealed_after, "auth_1").unwrap(), token);
     }
 
     #[test]

@@ -150,14 +150,15 @@ impl RequestStatus {
 /// without an id cannot be followed; [`crate::ContoClient::approval_request`] answers it as
 /// declined.
 fn pending(body: &DecisionBody, now: Timestamp) -> Result<PendingApproval, AuthorityError> {
+    // An id that is not one is passed over, never an error: an unreadable answer would be an
+    // outage, which a stand-in may decide on, and this payment is held for a human.
     let id = [
-        path_id(&body.approval_request_id, "approvalRequestId")?,
-        path_id(&body.approval_id, "approvalId")?,
-        path_id(&body.request_id, "requestId")?,
+        path_id(&body.approval_request_id, "approvalRequestId"),
+        path_id(&body.approval_id, "approvalId"),
+        path_id(&body.request_id, "requestId"),
     ]
     .into_iter()
-    .flatten()
-    .next();
+    .find_map(|id| id.ok().flatten());
     Ok(PendingApproval {
         approval_request_id: id.unwrap_or_default().to_owned(),
         expires_at: timestamp(&body.expires_at, "expiresAt")?

@@ -169,5 +169,6 @@ fn usage_shows_an_ended_period_as_the_current_one_with_nothing_in_it() {
     let daily = usage.counters.iter().find(|c| c.period == "daily").expect("the daily counter");
     assert_eq!((daily.spent, daily.reserved), (Decimal::ZERO, Decimal::ZERO), "{daily:?}");
     assert_eq!(daily.period_start, "2026-06-11T00:00:00Z".parse().unwrap());
+    assert_eq!((daily.limit, daily.rails), (Some(Decimal::from(100)), Some("all")), "its limit, from the policy");
     assert_eq!(usage.stats.total_spent, Decimal::from(60), "the ledger's life still counts it");
 }

@@ -123,7 +123,11 @@
 //!   `x402`, `mpp`), with its services (most spent first, `limit` of them, 10 by default, at
 //!   most 100); every such payment counts as a micropayment, the organization is `org_local`,
 //!   and conto-local raises no alerts (`alerts: []`). Other values are `400 VALIDATION_ERROR`.
-//! - `GET /api/sdk/x402/budget` and `/mpp/budget` return the agent's counters (amounts as
+//! - `GET /api/sdk/x402/budget` and `/mpp/budget` ("remaining budget and burn rate", as Conto's
+//!   skill reads them; Conto's docs give no shape) return the agent's counters that count the
+//!   rail's payments, each with its `limit` and `remaining` (the least limit its policies set,
+//!   less spent and reserved), the rail's `remaining` (the least of those), `spentLast24h` and
+//!   `burnRatePerHour` (that spend per hour), and `totalSpent` on every rail (amounts as
 //!   JSON numbers, as every amount conto-local answers);
 //!   `GET /api/sdk/x402/services` and `/mpp/services` the services it paid on that rail, by
 //!   service domain (total spent, payment count, last payment).

@@ -41,9 +41,9 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/api/sdk/cards/{id}/confirm", post(confirm_card))
         .route("/api/sdk/policies", get(policies))
         .route("/api/sdk/approval-requests", get(approval_requests))
-        .route("/api/sdk/x402/budget", get(budget))
+        .route("/api/sdk/x402/budget", get(|s, h| budget(s, h, Kind::X402)))
         .route("/api/sdk/x402/services", get(x402_services))
-        .route("/api/sdk/mpp/budget", get(budget))
+        .route("/api/sdk/mpp/budget", get(|s, h| budget(s, h, Kind::Mpp)))
         .route("/api/sdk/mpp/services", get(mpp_services))
         .route("/api/sdk/service-spend/summary", get(spend_summary))
         .route("/api/sdk/wallets", get(wallets))
@@ -1942,12 +1942,18 @@ async fn spend_summary(
     Ok(reply(StatusCode::OK, SpendSummary { filters, summary: totals, services, alerts: Vec::new() }))
 }
 
-async fn budget(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// `GET /api/sdk/{x402,mpp}/budget`: the counters that count this rail's payments (a limit on
+/// every rail's, or on this rail's), each with its limit and what is left of it; what is left
+/// on the rail (the least of those); and the burn rate, this rail's spend over the last 24
+/// hours, per hour.
+async fn budget(State(app): State<Arc<App>>, headers: HeaderMap, kind: Kind) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "analytics:read", Class::Reads)?;
     let usage = app.engine.usage(&caller.agent);
-    let counters = usage
+    let rail = if kind == Kind::X402 { "x402" } else { "mpp" };
+    let counters: Vec<Counter> = usage
         .counters
         .iter()
+        .filter(|c| c.rails.is_none_or(|r| r == "all" || r == rail))
         .map(|c| Counter {
             period: c.period.to_string(),
             scope: c.scope.to_string(),
@@ -1955,10 +1961,30 @@ async fn budget(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respo
             since: iso(c.period_start),
             spent: c.spent,
             reserved: c.reserved,
+            limit: c.limit,
+            remaining: c.limit.map(|l| (l - c.spent - c.reserved).max(conto_core::Decimal::ZERO)),
         })
         .collect();
-    let total_spent = usage.stats.total_spent;
-    Ok(reply(StatusCode::OK, Budget { agent_id: caller.agent.clone(), counters, total_spent }))
+    let remaining = counters.iter().filter_map(|c| c.remaining).min();
+    let since =
+        Timestamp::now().saturating_sub(conto_core::jiff::SignedDuration::from_hours(24)).unwrap_or(Timestamp::MIN);
+    let last_day: conto_core::Decimal = machine_spends(&app, &caller.agent)?
+        .into_iter()
+        .filter(|s| s.rail == kind && s.recorded_at.parse::<Timestamp>().is_ok_and(|at| at > since))
+        .map(|s| s.amount)
+        .sum();
+    let burn = (last_day / conto_core::Decimal::from(24)).round_dp(6);
+    Ok(reply(
+        StatusCode::OK,
+        Budget {
+            agent_id: caller.agent.clone(),
+            counters,
+            total_spent: usage.stats.total_spent,
+            remaining,
+            spent_last_24h: Some(last_day),
+            burn_rate_per_hour: Some(burn),
+        },
+    ))
 }
 
 /// A human's decision on a pending request (org endpoint).

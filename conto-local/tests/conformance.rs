@@ -1498,6 +1498,40 @@ async fn budget_reads_and_health_answer() {
     assert_eq!(health.status(), 200);
 }
 
+/// Conto's skill reads `/x402/budget` as "remaining x402 budget and burn rate": each counter
+/// that counts the rail's payments has its limit and what is left; the answer has what is left
+/// on the rail and the last 24 hours' spend per hour. The MPP budget leaves out an x402 limit.
+#[tokio::test]
+async fn a_budget_read_says_what_is_left_and_the_burn_rate() {
+    let (server, sdk) = setup(None).await; // DAILY_LIMIT 150 on every rail
+    Org::new(&server)
+        .policy(json!({"name": "per service", "scope": "all", "rules": [
+            {"ruleType": "X402_MAX_PER_SERVICE", "operator": "LTE", "value": "20", "action": "ALLOW"}]}))
+        .await;
+    let (status, pre) = sdk.post("/api/sdk/x402/pre-authorize", x402_payment("6")).await;
+    assert_eq!((status, &pre["authorized"]), (200, &json!(true)), "{pre}");
+    let mut paid = x402_payment("6");
+    paid["authorizationId"] = pre["authorizationId"].clone();
+    paid["txHash"] = json!(TX);
+    let (status, recorded) = sdk.post("/api/sdk/x402/record", json!({"payments": [paid]})).await;
+    assert_eq!(status, 200, "{recorded}");
+
+    let (_, x402) = sdk.call(reqwest::Method::GET, "/api/sdk/x402/budget", None).await;
+    let counters = x402["counters"].as_array().unwrap();
+    let by_limit = |limit: u32| counters.iter().find(|c| c["limit"] == limit).cloned();
+    let daily = by_limit(150).unwrap_or_else(|| panic!("the daily limit: {x402}"));
+    assert_eq!((&daily["spent"], &daily["remaining"]), (&json!(6), &json!(144)), "{x402}");
+    let service = by_limit(20).unwrap_or_else(|| panic!("the per-service limit: {x402}"));
+    assert_eq!((&service["scope"], &service["remaining"]), (&json!("api.example.com"), &json!(14)), "{x402}");
+    assert_eq!(x402["remaining"], 14, "the least left: {x402}");
+    assert_eq!((&x402["spentLast24h"], &x402["burnRatePerHour"]), (&json!(6), &json!(0.25)), "{x402}");
+
+    let (_, mpp) = sdk.call(reqwest::Method::GET, "/api/sdk/mpp/budget", None).await;
+    let limits: Vec<&Value> = mpp["counters"].as_array().unwrap().iter().map(|c| &c["limit"]).collect();
+    assert!(limits.contains(&&json!(150)) && !limits.contains(&&json!(20)), "{mpp}");
+    assert_eq!((&mpp["spentLast24h"], &mpp["remaining"]), (&json!(0), &json!(144)), "{mpp}");
+}
+
 /// A contract policy (conto-api.md §4.1 `targetContractAddress` "for contract policies"; §7.4
 /// `CONTRACT_ALLOWLIST` "uses targetContractAddress, functionSelector"): a request calling a
 /// listed contract is approved, an unlisted one denied, a plain payment is not under it; a

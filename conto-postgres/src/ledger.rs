@@ -88,6 +88,19 @@ const MIGRATIONS: Migrations = Migrations {
             answer JSONB,
             created_at TIMESTAMPTZ NOT NULL
         )",
+        // Scope keys longer than `LONG_SCOPE` bytes are kept as their digest (`stored_scope`):
+        // those an earlier build stored whole move to it, counted on.
+        "INSERT INTO {s}.ledger_counters AS c (actor, counter, scope, period_start, spent, reserved)
+         SELECT actor, counter, 'sha256:' || encode(sha256(convert_to(scope, 'UTF8')), 'hex'), period_start,
+                spent, reserved
+           FROM {s}.ledger_counters WHERE octet_length(scope) > 1024
+         ON CONFLICT (actor, counter, scope, period_start)
+         DO UPDATE SET spent = c.spent + excluded.spent, reserved = c.reserved + excluded.reserved",
+        "DELETE FROM {s}.ledger_counters WHERE octet_length(scope) > 1024",
+        "UPDATE {s}.ledger_holds SET scope = 'sha256:' || encode(sha256(convert_to(scope, 'UTF8')), 'hex')
+          WHERE octet_length(scope) > 1024",
+        "UPDATE {s}.ledger_slots SET scope = 'sha256:' || encode(sha256(convert_to(scope, 'UTF8')), 'hex')
+          WHERE octet_length(scope) > 1024",
     ],
 };
 

@@ -294,6 +294,24 @@ impl PgOutbox {
         Ok(stats)
     }
 
+    /// Puts the records given up on back to be delivered, with their attempts counted afresh
+    /// (an operator's call, once what made them fail is fixed); `only` names the authorizations
+    /// to put back, `None` every dead record. Returns how many. A record still failing is given
+    /// up on again after its attempts, never counted twice by the authority (its idempotency
+    /// key is the same).
+    pub async fn retry_dead(&self, only: Option<&[&str]>) -> Result<u64, PgOutboxError> {
+        let ids: Option<Vec<&str>> = only.map(<[&str]>::to_vec);
+        let done = sqlx::query(&self.sql(
+            "UPDATE {s}.outbox SET state = 'pending', attempts = 0, next_attempt_at = now(),
+                    lease_until = NULL, leased_by = NULL
+              WHERE state = 'dead' AND ($1::text[] IS NULL OR authorization_id = ANY($1))",
+        ))
+        .bind(ids)
+        .execute(&self.shared.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// The records given up on, for an operator.
     pub async fn dead(&self) -> Result<Vec<DeadRecord>, PgOutboxError> {
         let rows = sqlx::query(&self.sql(

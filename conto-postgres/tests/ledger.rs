@@ -94,6 +94,7 @@ async fn two_replicas_share_one_budget_and_its_lifecycle() {
     assert_eq!(again.transaction_id, late.transaction_id);
     let daily = a.usage("agent-1").await.unwrap().counters.into_iter().find(|c| c.period == "daily").unwrap();
     assert_eq!(daily.spent, Decimal::from(14), "5.5 + 4.5 + the late 4");
+    assert_eq!((daily.limit, daily.rails), (Some(Decimal::from(10)), Some("all")), "its limit, from the policy");
 
     // Midnight in New York (not in UTC) starts a new day on both replicas.
     clock.set("2026-06-04T03:59:59Z".parse().unwrap());
@@ -674,6 +675,48 @@ async fn a_counter_with_a_long_scope_key_is_counted_across_replicas() {
     assert_eq!(approved_n, 5, "10 on one endpoint, whichever replica decides");
     // Another endpoint sharing the first 20 kB is another counter.
     assert!(matches!(engines[0].decide(&pay(endpoint('b'))).await.unwrap().verdict, Verdict::Approved(_)));
+    drop_schema(&pool, &name).await;
+}
+
+/// A scope key an earlier build stored whole (1.5 kB: past the digest threshold, within what an
+/// index holds) is moved to its digest by the migration, its spend counted on: the upgrade
+/// resets no counter.
+#[tokio::test]
+async fn a_long_scope_stored_whole_by_an_earlier_build_keeps_its_spend() {
+    let Some((pool, name)) = schema("longscope_mig").await else { return };
+    let policies = r#"{"agents": ["agent-1"], "policies": [{"name": "per endpoint", "rules": [
+        {"ruleType": "X402_MAX_PER_ENDPOINT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}]}"#;
+    let clock = ManualClock::new(NOON.parse().unwrap());
+    let engine = || async {
+        let ledger = PgLedger::open(pool.clone(), &name).await.unwrap();
+        let set = conto::PolicySet::from_json(policies).unwrap();
+        Engine::builder().policies(set).clock(clock.clone()).build_shared(ledger)
+    };
+    let url = format!("https://api.example.com/{}", "ab".repeat(750));
+    let pay = |amount: &str| {
+        PaymentIntent::builder("agent-1", amount, Rail::x402(&url).unwrap())
+            .recipient("0x1111111111111111111111111111111111111111")
+            .build()
+            .unwrap()
+    };
+    let e = engine().await;
+    let a = approved(e.decide(&pay("9")).await.unwrap().verdict);
+    e.settle(&a, &Settlement::default()).await.unwrap();
+    // As an earlier build left it: the scope whole, the digest migrations not yet run.
+    let whole = conto_core::endpoint_key(&url);
+    assert!(whole.len() > 1024);
+    let rewritten = sqlx::query(&format!("UPDATE {name}.ledger_counters SET scope = $1 WHERE scope LIKE 'sha256:%'"))
+        .bind(&whole)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rewritten.rows_affected(), 1);
+    sqlx::query(&format!("DELETE FROM {name}.ledger_schema_version WHERE version > 9")).execute(&pool).await.unwrap();
+    drop(e);
+
+    let e = engine().await;
+    assert!(matches!(e.decide(&pay("2")).await.unwrap().verdict, Verdict::Denied(_)), "9 + 2 > 10: still counted");
+    assert!(matches!(e.decide(&pay("1")).await.unwrap().verdict, Verdict::Approved(_)));
     drop_schema(&pool, &name).await;
 }
 

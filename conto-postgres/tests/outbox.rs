@@ -345,3 +345,43 @@ async fn a_record_postgres_cannot_store_does_not_hold_up_the_others() {
     assert_eq!(outbox.stats().unwrap().pending, 0);
     drop_schema(&direct, &name).await;
 }
+
+/// Refuses every record for good.
+struct Refusing;
+
+impl Deliver for Refusing {
+    fn deliver<'a>(
+        &'a self,
+        _: RecordKind,
+        _: &'a Authorization,
+        _: &'a Settlement,
+    ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+        Box::pin(std::future::ready(Err(AuthorityError::Unsupported("refused".into()))))
+    }
+    fn dead(&self, _: &str, _: AuthorityError) {}
+}
+
+/// An operator puts dead records back once what failed them is fixed: delivered again on any
+/// replica, their attempts counted afresh; naming others puts back none.
+#[tokio::test]
+async fn dead_records_are_put_back_by_an_operator() {
+    let Some((pool, name)) = schema("retrydead").await else { return };
+    let outbox = PgOutbox::open(pool.clone(), &name).await.unwrap();
+    let recs = records(&engine(), 2).await;
+    for r in &recs {
+        outbox.enqueue(r).await.unwrap();
+    }
+    assert_eq!(outbox.deliver_due(&Refusing).await.unwrap(), 2);
+    assert_eq!(outbox.refresh().await.unwrap().dead, 2);
+    assert_eq!(outbox.retry_dead(Some(&["auth_other"])).await.unwrap(), 0);
+    assert_eq!(outbox.retry_dead(Some(&[recs[0].authorization_id.as_str()])).await.unwrap(), 1);
+    let other = PgOutbox::open(pool.clone(), &name).await.unwrap();
+    let counting = Counting::default();
+    assert_eq!(other.deliver_due(&counting).await.unwrap(), 1);
+    assert_eq!(counting.delivered.lock().unwrap().get(&recs[0].authorization_id), Some(&1));
+    assert_eq!(outbox.retry_dead(None).await.unwrap(), 1, "the other one");
+    assert_eq!(other.deliver_due(&counting).await.unwrap(), 1);
+    let stats = outbox.refresh().await.unwrap();
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 2, 0), "{stats:?}");
+    drop_schema(&pool, &name).await;
+}

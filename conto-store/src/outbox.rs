@@ -343,6 +343,27 @@ impl Outbox {
         Ok(OutboxStats { pending: count("pending")?, delivered: count("delivered")?, dead: count("dead")? })
     }
 
+    /// Puts the records given up on back to be delivered, with their attempts counted afresh
+    /// (an operator's call, once what made them fail is fixed: a key restored, the authority
+    /// back); `only` names the authorizations to put back, `None` every dead record. Returns
+    /// how many. A record still failing is given up on again after its attempts, never counted
+    /// twice by the authority (its idempotency key is the same).
+    pub fn retry_dead(&self, only: Option<&[&str]>) -> Result<usize, OutboxError> {
+        let now = millis(Timestamp::now());
+        let conn = self.lock();
+        let mut put_back = |id: Option<&str>| {
+            conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?1
+                  WHERE state = 'dead' AND (?2 IS NULL OR authorization_id = ?2)",
+                params![now, id],
+            )
+        };
+        Ok(match only {
+            None => put_back(None)?,
+            Some(ids) => ids.iter().map(|id| put_back(Some(id))).sum::<Result<usize, _>>()?,
+        })
+    }
+
     /// The records given up on, for an operator.
     pub fn dead(&self) -> Result<Vec<DeadRecord>, OutboxError> {
         let conn = self.lock();
@@ -525,6 +546,39 @@ mod tests {
             Box::pin(std::future::ready(Ok(recorded)))
         }
         fn dead(&self, _: &str, _: AuthorityError) {}
+    }
+
+    /// Refuses every record for good.
+    struct Refusing;
+
+    impl Deliver for Refusing {
+        fn deliver<'a>(
+            &'a self,
+            _: RecordKind,
+            _: &'a Authorization,
+            _: &'a Settlement,
+        ) -> BoxFuture<'a, Result<Recorded, AuthorityError>> {
+            Box::pin(std::future::ready(Err(AuthorityError::Unsupported("refused".into()))))
+        }
+        fn dead(&self, _: &str, _: AuthorityError) {}
+    }
+
+    /// An operator puts dead records back once what failed them is fixed: each is delivered
+    /// again, its attempts counted afresh; naming others puts back none.
+    #[tokio::test]
+    async fn dead_records_are_put_back_by_an_operator() {
+        let outbox = Outbox::in_memory().unwrap();
+        outbox.enqueue(&record()).await.unwrap();
+        assert_eq!(outbox.deliver_due(&Refusing).await.unwrap(), 1);
+        assert_eq!(outbox.stats().unwrap().dead, 1);
+        assert_eq!(outbox.retry_dead(Some(&["auth_other"])).unwrap(), 0);
+        assert_eq!(outbox.retry_dead(Some(&["auth_1"])).unwrap(), 1);
+        let stats = outbox.stats().unwrap();
+        assert_eq!((stats.pending, stats.dead), (1, 0), "{stats:?}");
+        let deliverer = Counting::default();
+        assert_eq!(outbox.deliver_due(&deliverer).await.unwrap(), 1);
+        assert_eq!(outbox.stats().unwrap().delivered, 1);
+        assert_eq!(outbox.retry_dead(None).unwrap(), 0, "nothing dead is left");
     }
 
     fn record() -> QueuedRecord {

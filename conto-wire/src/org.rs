@@ -397,6 +397,7 @@ impl Policy {
             (None, None) => None,
             _ => {
                 let mut agents: Vec<String> = self.assigned().map(str::to_owned).collect();
+                agents.sort_unstable();
                 agents.dedup();
                 Some(agents)
             }

@@ -997,6 +997,13 @@ pub struct Counter {
     /// Reserved by live approvals.
     #[serde(serialize_with = "decimal_number", deserialize_with = "decimal_read")]
     pub reserved: Decimal,
+    /// The least limit the policies now set on it (absent: none counts it now).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::opt_number")]
+    pub limit: Option<Decimal>,
+    /// What is left of it: the limit less spent and reserved, never below 0 (absent with
+    /// `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::opt_number")]
+    pub remaining: Option<Decimal>,
 }
 
 /// `GET /api/sdk/{x402,mpp}/budget`.
@@ -1010,6 +1017,16 @@ pub struct Budget {
     /// Spent in all.
     #[serde(serialize_with = "decimal_number", deserialize_with = "decimal_read")]
     pub total_spent: Decimal,
+    /// What is left on this rail: the least `remaining` of its counters (absent when no limit
+    /// counts its payments).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::opt_number")]
+    pub remaining: Option<Decimal>,
+    /// Spent on this rail in the last 24 hours.
+    #[serde(default, with = "crate::opt_number")]
+    pub spent_last_24h: Option<Decimal>,
+    /// The burn rate: that spend per hour.
+    #[serde(default, with = "crate::opt_number")]
+    pub burn_rate_per_hour: Option<Decimal>,
 }
 
 /// The body of `POST /api/sdk/budget-request`: `amount` and `purpose` (required, checked by

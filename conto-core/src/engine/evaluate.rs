@@ -407,6 +407,21 @@ pub(crate) fn cumulative<'a>(policies: &'a PolicySet, id: &str) -> Option<&'a Cu
     })
 }
 
+/// The least limit the rules that apply to `actor` now set on counter `id`, and the rails that
+/// counter counts; `None` when no such rule counts it.
+pub(crate) fn counter_limit(policies: &PolicySet, actor: &str, id: &str) -> Option<(Decimal, &'static str)> {
+    policies
+        .policies
+        .iter()
+        .filter(|p| p.applies_to(actor))
+        .flat_map(|p| p.rules.iter())
+        .filter_map(|r| match &r.check {
+            Check::Cumulative(c) if c.counter.id.as_str() == id => Some((c.cap(), r.rails.name())),
+            _ => None,
+        })
+        .min_by(|a, b| a.0.cmp(&b.0))
+}
+
 #[cfg(test)]
 mod tests {
     use jiff::Timestamp;

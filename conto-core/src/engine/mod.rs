@@ -319,6 +319,11 @@ pub struct CounterUsage {
     pub spent: Decimal,
     /// Approved but not yet recorded.
     pub reserved: Decimal,
+    /// The least limit the rules that apply to the actor now set on it (`None`: no rule
+    /// counts it now, its spend kept from an earlier policy).
+    pub limit: Option<Decimal>,
+    /// The rails it counts: `"all"`, `"x402"`, `"mpp"` or `"card"` (`None` with `limit`).
+    pub rails: Option<&'static str>,
 }
 
 /// Forgets the requests for human approval that ended more than `retention` before `now`: a
@@ -1341,6 +1346,7 @@ impl Engine {
         };
         let mut ledger = lock(&ledger);
         ledger.sweep(now, self.inner.retention);
+        let policies = self.inner.policies.load();
         let mut counters: Vec<CounterUsage> = ledger
             .counters
             .iter()
@@ -1349,6 +1355,7 @@ impl Engine {
                 // as the next decision will find it: the current period, nothing in it.
                 let current = jiff::tz::TimeZone::get(k.tz).ok().map(|tz| ledger::period_bounds(k.period, &tz, now).0);
                 let ended = current.is_some_and(|start| c.period_start < start);
+                let limit = evaluate::counter_limit(&policies, actor.as_str(), k.id.as_str());
                 CounterUsage {
                     period: k.period.label(),
                     scope: if k.scope_key.is_empty() { "agent".to_owned() } else { k.scope_key.clone() },
@@ -1356,6 +1363,8 @@ impl Engine {
                     period_start: current.filter(|_| ended).unwrap_or(c.period_start),
                     spent: if ended { Decimal::ZERO } else { c.spent.to_decimal() },
                     reserved: if ended { Decimal::ZERO } else { c.reserved.to_decimal() },
+                    limit: limit.map(|l| l.0),
+                    rails: limit.map(|l| l.1),
                 }
             })
             .collect();

@@ -739,6 +739,7 @@ impl SharedEngine {
             .iter()
             .filter_map(|(slot, spent, reserved)| {
                 let c = evaluate::cumulative(&policies, &slot.counter)?;
+                let limit = evaluate::counter_limit(&policies, actor.as_str(), &slot.counter);
                 // The ledger's latest period for this counter; one that has ended since shows
                 // as the current one, nothing spent in it yet.
                 let current = c.period_start(now);
@@ -751,6 +752,8 @@ impl SharedEngine {
                     period_start: slot.period_start.max(current),
                     spent: spent.normalize(),
                     reserved: reserved.normalize(),
+                    limit: limit.map(|l| l.0),
+                    rails: limit.map(|l| l.1),
                 })
             })
             .collect();

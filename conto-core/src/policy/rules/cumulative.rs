@@ -213,6 +213,11 @@ pub(crate) struct Spent {
 }
 
 impl CumulativeRule {
+    /// Its limit, as written.
+    pub(crate) fn cap(&self) -> Decimal {
+        self.limit.exact
+    }
+
     /// Whether the period's spend, with this payment, compares with the limit as the rule says.
     pub(crate) fn holds(&self, s: &Subject<'_>, ledger: &mut impl Reads, tally: &mut Tally) -> bool {
         let projected = self.used(s, ledger, tally) + s.amount;

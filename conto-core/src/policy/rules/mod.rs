@@ -96,6 +96,16 @@ pub(crate) enum RailFilter {
 }
 
 impl RailFilter {
+    /// The rails it covers, by name: `all`, `x402`, `mpp` or `card`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            RailFilter::All => "all",
+            RailFilter::X402 => "x402",
+            RailFilter::Mpp | RailFilter::MppSession => "mpp",
+            RailFilter::Card => "card",
+        }
+    }
+
     pub(crate) fn matches(self, rail: &Rail) -> bool {
         match self {
             RailFilter::All => true,
