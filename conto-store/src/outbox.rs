@@ -351,7 +351,7 @@ impl Outbox {
     pub fn retry_dead(&self, only: Option<&[&str]>) -> Result<usize, OutboxError> {
         let now = millis(Timestamp::now());
         let conn = self.lock();
-        let mut put_back = |id: Option<&str>| {
+        let put_back = |id: Option<&str>| {
             conn.execute(
                 "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?1
                   WHERE state = 'dead' AND (?2 IS NULL OR authorization_id = ?2)",
