@@ -429,7 +429,11 @@ fn decide(
                 }
                 // Conto's card answers carry a `requestId` whatever the decision (§9): here the
                 // approval request's.
-                Kind::Card => body.request_id = Some(p.approval_request_id.clone()),
+                Kind::Card => {
+                    body.request_id = Some(p.approval_request_id.clone());
+                    // As every card answer does (§9).
+                    body.amount = Some(intent.amount);
+                }
                 Kind::Request => {
                     let id = format!("req_{}", random_hex(12));
                     store.put_payment_request(

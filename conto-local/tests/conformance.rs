@@ -2591,6 +2591,7 @@ async fn card_answers_carry_a_request_id_and_a_card_confirm_needs_no_token() {
     let (status, held) = sdk.post("/api/sdk/cards/approve", card(90)).await;
     assert_eq!((status, held["status"].as_str()), (202, Some("REQUIRES_APPROVAL")), "{held}");
     assert_eq!(held["requestId"], held["approvalRequestId"], "{held}");
+    assert_eq!(held["amount"], 90, "every card answer carries its amount: {held}");
 
     let (status, approved) = sdk.post("/api/sdk/cards/approve", card(5)).await;
     assert_eq!((status, approved["status"].as_str()), (200, Some("APPROVED")), "{approved}");

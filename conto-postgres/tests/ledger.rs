@@ -629,21 +629,31 @@ async fn a_stand_in_on_the_shared_ledger_is_bounded_across_replicas() {
     drop_schema(&pool, &name).await;
 }
 
+/// A replica whose one policy caps each x402 endpoint at 10 a day.
+async fn per_endpoint_replica(pool: &PgPool, name: &str, clock: &ManualClock) -> SharedEngine {
+    let policies = r#"{"agents": ["agent-1"], "policies": [{"name": "per endpoint", "rules": [
+        {"ruleType": "X402_MAX_PER_ENDPOINT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}]}"#;
+    let ledger = PgLedger::open(pool.clone(), name).await.unwrap();
+    let set = conto::PolicySet::from_json(policies).unwrap();
+    Engine::builder().policies(set).clock(clock.clone()).build_shared(ledger)
+}
+
+/// An x402 payment of `amount` to `url` by agent-1.
+fn x402_to(url: &str, amount: &str) -> PaymentIntent {
+    PaymentIntent::builder("agent-1", amount, Rail::x402(url).unwrap())
+        .recipient("0x1111111111111111111111111111111111111111")
+        .build()
+        .unwrap()
+}
+
 /// A counter scoped by a long key (an endpoint URL of 20 kB, past what a PostgreSQL index entry
 /// holds) is counted like any other, across replicas: it had made every decision on it a
 /// "broken ledger" error.
 #[tokio::test]
 async fn a_counter_with_a_long_scope_key_is_counted_across_replicas() {
     let Some((pool, name)) = schema("longscope").await else { return };
-    let policies = r#"{"agents": ["agent-1"], "policies": [{"name": "per endpoint", "rules": [
-        {"ruleType": "X402_MAX_PER_ENDPOINT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}]}"#;
     let clock = ManualClock::new(NOON.parse().unwrap());
-    let mut engines = Vec::new();
-    for _ in 0..2 {
-        let ledger = PgLedger::open(pool.clone(), &name).await.unwrap();
-        let set = conto::PolicySet::from_json(policies).unwrap();
-        engines.push(Engine::builder().policies(set).clock(clock.clone()).build_shared(ledger));
-    }
+    let engines = [per_endpoint_replica(&pool, &name, &clock).await, per_endpoint_replica(&pool, &name, &clock).await];
     // Incompressible (PostgreSQL compresses what repeats): 20 kB of varied hex digits.
     let mut x = 0x2545_f491_4f6c_dd1d_u64;
     let path: String = (0..20_000)
@@ -655,12 +665,7 @@ async fn a_counter_with_a_long_scope_key_is_counted_across_replicas() {
         })
         .collect();
     let endpoint = |tail: char| format!("https://api.example.com/{path}{tail}");
-    let pay = |url: String| {
-        PaymentIntent::builder("agent-1", "2", Rail::x402(&url).unwrap())
-            .recipient("0x1111111111111111111111111111111111111111")
-            .build()
-            .unwrap()
-    };
+    let pay = |url: String| x402_to(&url, "2");
     let mut approved_n = 0;
     for i in 0..6 {
         match engines[i % 2].decide(&pay(endpoint('a'))).await.unwrap().verdict {
@@ -684,22 +689,10 @@ async fn a_counter_with_a_long_scope_key_is_counted_across_replicas() {
 #[tokio::test]
 async fn a_long_scope_stored_whole_by_an_earlier_build_keeps_its_spend() {
     let Some((pool, name)) = schema("longscope_mig").await else { return };
-    let policies = r#"{"agents": ["agent-1"], "policies": [{"name": "per endpoint", "rules": [
-        {"ruleType": "X402_MAX_PER_ENDPOINT", "operator": "LTE", "value": "10", "action": "ALLOW"}]}]}"#;
     let clock = ManualClock::new(NOON.parse().unwrap());
-    let engine = || async {
-        let ledger = PgLedger::open(pool.clone(), &name).await.unwrap();
-        let set = conto::PolicySet::from_json(policies).unwrap();
-        Engine::builder().policies(set).clock(clock.clone()).build_shared(ledger)
-    };
     let url = format!("https://api.example.com/{}", "ab".repeat(750));
-    let pay = |amount: &str| {
-        PaymentIntent::builder("agent-1", amount, Rail::x402(&url).unwrap())
-            .recipient("0x1111111111111111111111111111111111111111")
-            .build()
-            .unwrap()
-    };
-    let e = engine().await;
+    let pay = |amount: &str| x402_to(&url, amount);
+    let e = per_endpoint_replica(&pool, &name, &clock).await;
     let a = approved(e.decide(&pay("9")).await.unwrap().verdict);
     e.settle(&a, &Settlement::default()).await.unwrap();
     // As an earlier build left it: the scope whole, the digest migrations not yet run.
@@ -714,7 +707,7 @@ async fn a_long_scope_stored_whole_by_an_earlier_build_keeps_its_spend() {
     sqlx::query(&format!("DELETE FROM {name}.ledger_schema_version WHERE version > 9")).execute(&pool).await.unwrap();
     drop(e);
 
-    let e = engine().await;
+    let e = per_endpoint_replica(&pool, &name, &clock).await;
     assert!(matches!(e.decide(&pay("2")).await.unwrap().verdict, Verdict::Denied(_)), "9 + 2 > 10: still counted");
     assert!(matches!(e.decide(&pay("1")).await.unwrap().verdict, Verdict::Approved(_)));
     drop_schema(&pool, &name).await;
