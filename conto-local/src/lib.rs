@@ -579,16 +579,29 @@ fn open_store(db: Option<&std::path::Path>) -> Result<Store, LocalError> {
 /// hashes, policies and the spend history.
 #[cfg(unix)]
 fn owner_only(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(_) => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         // Let SQLite say why it cannot open the file.
         Err(_) => return Ok(()),
     }
+    let me = rustix::process::geteuid();
     for suffix in ["", "-wal", "-shm"] {
         let mut file = path.as_os_str().to_owned();
         file.push(suffix);
+        // Another user's file (unless this process is root): its owner could read the key
+        // hashes and spend history written to it, whatever its mode.
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.is_file()
+            && !me.is_root()
+            && meta.uid() != me.as_raw()
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("it belongs to another user (uid {}): remove it, or run as its owner", meta.uid()),
+            ));
+        }
         if let Ok(meta) = std::fs::metadata(&file)
             && meta.is_file()
             && meta.permissions().mode() & 0o077 != 0

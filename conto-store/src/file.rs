@@ -17,6 +17,13 @@ pub(crate) enum OpenError {
     /// another application's.
     #[error("{path} is not {what}: {why}")]
     Foreign { path: String, what: &'static str, why: String },
+    /// The file (or a SQLite side file beside it) belongs to another user, who could read
+    /// everything written to it (and put it back as it likes): never used.
+    #[error(
+        "{path} belongs to another user (uid {owner}), who could read and change the spend history written to it: \
+         remove it, or run as its owner"
+    )]
+    NotOwned { path: String, owner: u32 },
 }
 
 /// Which file a connection is for: its SQLite `application_id`, its table, what it is called.
@@ -44,7 +51,7 @@ pub(crate) const OUTBOX: Kind = Kind { application_id: 0x636f_6e6f, table: "outb
 /// given a table of ours beside its own and read as an empty history.
 pub(crate) fn open_owned(path: &Path, kind: &Kind, schema: &str) -> Result<Connection, OpenError> {
     let shown = || path.display().to_string();
-    let created = owner_only(path);
+    let created = owner_only(path)?;
     let sqlite = |e: rusqlite::Error| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
             OpenError::InUse { path: shown() }
@@ -79,30 +86,57 @@ pub(crate) fn open_owned(path: &Path, kind: &Kind, schema: &str) -> Result<Conne
 
 /// Creates `path` readable and writable by its owner only when it does not exist (it holds the
 /// spend history: actors, recipients, amounts), and narrows it and SQLite's side files when
-/// they were left wider. Best effort: SQLite says why a file it cannot open is refused.
-/// Returns whether it created the file.
+/// they were left wider. A file another user owns is refused (unless this process runs as
+/// root): its owner could read it, whatever its mode. Otherwise best effort: SQLite says why
+/// a file it cannot open is refused. Returns whether it created the file.
 #[cfg(unix)]
-fn owner_only(path: &Path) -> bool {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+fn owner_only(path: &Path) -> Result<bool, OpenError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     if std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).is_ok() {
-        return true;
+        return Ok(true);
     }
+    let me = rustix::process::geteuid();
     for suffix in ["", "-wal", "-shm"] {
         let mut file = path.as_os_str().to_owned();
         file.push(suffix);
-        if let Ok(meta) = std::fs::metadata(&file)
-            && meta.is_file()
-            && meta.permissions().mode() & 0o077 != 0
+        let Ok(meta) = std::fs::metadata(&file) else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        if foreign_owner(meta.uid(), me.as_raw(), me.is_root()) {
+            return Err(OpenError::NotOwned { path: Path::new(&file).display().to_string(), owner: meta.uid() });
+        }
+        if meta.permissions().mode() & 0o077 != 0
             && let Err(error) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
         {
             tracing::warn!(path = %Path::new(&file).display(), %error, "conto_store.file_mode: cannot make the file readable by its owner only");
         }
     }
-    false
+    Ok(false)
+}
+
+/// Whether a file owned by `owner` is another user's to a process running as `me` (root may
+/// use any: a volume its files were made on by another user id).
+#[cfg(unix)]
+fn foreign_owner(owner: u32, me: u32, root: bool) -> bool {
+    !root && owner != me
 }
 
 /// Whether it created the file (SQLite creates it here).
 #[cfg(not(unix))]
-fn owner_only(path: &Path) -> bool {
-    !path.exists()
+fn owner_only(path: &Path) -> Result<bool, OpenError> {
+    Ok(!path.exists())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::foreign_owner;
+
+    #[test]
+    fn a_file_of_another_user_is_foreign_except_to_root() {
+        assert!(!foreign_owner(1000, 1000, false), "its own");
+        assert!(foreign_owner(1001, 1000, false), "another user's");
+        assert!(foreign_owner(0, 1000, false), "root's, to a user");
+        assert!(!foreign_owner(1001, 0, true), "root may use any");
+    }
 }
