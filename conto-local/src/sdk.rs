@@ -1643,6 +1643,15 @@ fn request_entry(
     }
 }
 
+/// Whether `caller` may be shown the token of an approval of `intent`: a key that may confirm
+/// with it, `payments:confirm` for a transfer's (a key kept out of the transfer flow is not
+/// handed its secret), `payments:request` for a card's.
+fn may_confirm(caller: &Caller, intent: Option<&PaymentIntent>) -> bool {
+    let transfer = intent.is_some_and(|i| matches!(i.rail, Rail::Transfer { .. }));
+    let scope = if transfer { Kind::Transfer.record_scope() } else { Kind::Card.record_scope() };
+    caller.scopes.iter().any(|s| s == scope)
+}
+
 /// `GET /api/sdk/approval-requests?type=&limit=` query.
 #[derive(serde::Deserialize)]
 struct ApprovalQuery {
@@ -1679,12 +1688,9 @@ async fn approval_requests(
     // with it (`token_again`; shown below like any kept one).
     for r in requests.iter().filter(|r| r.status == "APPROVED") {
         let Some(approval) = &r.approval_id else { continue };
-        let scope = match serde_json::from_str::<PaymentIntent>(&r.intent).map(|i| i.rail) {
-            Ok(Rail::Transfer { .. }) => Kind::Transfer.record_scope(),
-            _ => Kind::Card.record_scope(),
-        };
+        let intent = serde_json::from_str::<PaymentIntent>(&r.intent).ok();
         let lost = lock(&app.approval_tokens).get(&r.id, now).is_none();
-        if lost && caller.scopes.iter().any(|s| s == scope) {
+        if lost && may_confirm(&caller, intent.as_ref()) {
             token_again(&app, &store, &caller.agent, &r.id, approval)?;
         }
     }
@@ -1703,11 +1709,7 @@ async fn approval_requests(
                 })
             };
             let intent = serde_json::from_str::<PaymentIntent>(&r.intent).ok();
-            // Shown only to a key that may confirm with it: a transfer's token to one with
-            // `payments:confirm` (a key kept out of the transfer flow is not handed its secret).
-            let transfer = intent.as_ref().is_some_and(|i| matches!(i.rail, Rail::Transfer { .. }));
-            let confirm_scope = if transfer { Kind::Transfer.record_scope() } else { Kind::Card.record_scope() };
-            let may_confirm = caller.scopes.iter().any(|s| s == confirm_scope);
+            let may_confirm = may_confirm(&caller, intent.as_ref());
             let token = tokens.get(&r.id, now).filter(|_| !paused && may_confirm && untaken());
             let mut entry = request_entry(r, intent.as_ref(), token, payment_requests.get(&r.id).cloned());
             // A request still pending, or an approval not taken (still live), past its expiry

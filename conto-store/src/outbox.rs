@@ -250,20 +250,8 @@ impl Outbox {
                     claimed.insert(id);
                     picked.push((id, attempts, job));
                 }
-                Err(e) => {
-                    let expires = text
-                        .ok()
-                        .and_then(|t| serde_json::from_str::<Job>(&t).ok())
-                        .filter(Job::sealed_under_a_key)
-                        .map(|r| r.expires_at)
-                        .filter(|at| *at > now);
-                    let outcome = match expires {
-                        Some(expires) => {
-                            let until = now.saturating_add(SignedDuration::from_mins(1)).unwrap_or(now).min(expires);
-                            Outcome::Waits(until, format!("{WAITS_FOR_KEY}{e}"))
-                        }
-                        None => Outcome::Unreadable(format!("unreadable record: {e}")),
-                    };
+                Err(why) => {
+                    let outcome = unreadable(text.ok().as_deref(), why, now);
                     due.unreadable.push((authorization_id, outcome.clone()));
                     settled_here.push((id, outcome));
                 }
@@ -379,6 +367,24 @@ impl Outbox {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// What a row this process cannot read (`text`, when it is text) comes to at `now`: a
+/// well-formed record whose token is sealed under a key, its approval still live, waits for a
+/// process given that key (read again within a minute); anything else is dead.
+fn unreadable(text: Option<&str>, why: String, now: Timestamp) -> Outcome {
+    let expires = text
+        .and_then(|t| serde_json::from_str::<Job>(t).ok())
+        .filter(Job::sealed_under_a_key)
+        .map(|r| r.expires_at)
+        .filter(|at| *at > now);
+    match expires {
+        Some(expires) => {
+            let until = now.saturating_add(SignedDuration::from_mins(1)).unwrap_or(now).min(expires);
+            Outcome::Waits(until, format!("{WAITS_FOR_KEY}{why}"))
+        }
+        None => Outcome::Unreadable(format!("unreadable record: {why}")),
     }
 }
 
