@@ -25,8 +25,9 @@
 //!   as Conto's agent skill reads them; every error, unknown routes and wrong methods included,
 //!   has a JSON body `{"error", "code", "message"}`.
 //! - Rate limits: a sliding minute per agent, payments and reads counted apart (reads get twice
-//!   the payment limit), and one for the org key (100 a minute, Conto's dashboard limit;
-//!   `--org-rate-limit`). Every answer carries `X-RateLimit-Remaining` and `X-RateLimit-Reset`,
+//!   the payment limit), and one for the org key (1 000 a minute, `--org-rate-limit`: Conto
+//!   documents no org-key limit, only 100 a minute per dashboard user, and its shopping
+//!   starter makes 8 org calls per checkout on one org key shared by every shopper). Every answer carries `X-RateLimit-Remaining` and `X-RateLimit-Reset`,
 //!   as Conto documents: the caller's window once its key is known (an expired key's, a missing
 //!   scope's and a `429` included; a refused key is not counted); an answer to no key, an
 //!   unknown one or an unknown route names an untouched window (the whole payment limit, reset
@@ -141,12 +142,18 @@
 //!   once confirmed, `EXPIRED` once it lapsed unconfirmed (Conto's enum names no lapsed state;
 //!   a lapsed approval is never shown `APPROVED`, which a client would go on to pay). `POST .../execute` refuses by the
 //!   request's state in Conto's codes (`404 NOT_FOUND`; `400 INVALID_STATUS` when not approved
-//!   or already paid; `400 EXPIRED` when its approval lapsed) and a live approved request with
-//!   `400 EXTERNAL_WALLET` (Conto's answer for a wallet it does not hold): conto-local holds
-//!   no Conto-managed wallet. For the same
-//!   reason an approved request with `autoExecute: true` is answered `APPROVED` with
-//!   `autoExecuteError` (Conto's answer when it did not execute) and no `execution`: the
-//!   approval stands, and the app settles it: it pays from its own wallet and confirms with
+//!   or already paid; `400 EXPIRED` when its approval lapsed). A live approved request paid
+//!   from a wallet delegated to the agent with a managed custody (`custodyType` `PRIVY` or
+//!   `SPONGE`: the skill's Mode A; the wallet the request names, else the agent's delegation
+//!   on chain 42431, else its first) is executed, and so is one asked with `autoExecute:
+//!   true` (its answer's `execution`): **simulated**, as conto-local holds no custody
+//!   provider's keys: a fresh transaction hash, `status: "CONFIRMING"`, `simulated: true`,
+//!   the spend counted and the request `EXECUTED` as a confirm would make it, and a warning
+//!   logged; no money moves. A request paid from the app's own wallet (custody `EXTERNAL`, or
+//!   no delegation) is answered `400 EXTERNAL_WALLET` (Conto's answer for a wallet it does
+//!   not hold), and with `autoExecute: true`, `APPROVED` with `autoExecuteError` (Conto's
+//!   answer when it did not execute) and no `execution`: the approval stands, and the app
+//!   settles it: it pays from its own wallet and confirms with
 //!   `POST /api/sdk/payments/{requestId}/confirm {"txHash"}`, without an `approvalToken` (a
 //!   payment request's approval, given at once or by a human, carries none; a transfer
 //!   approval's confirm requires its token). The request's own id confirms it, also once a
@@ -273,7 +280,8 @@ pub struct Config {
     pub org_key: Option<String>,
     /// Requests per minute per agent on payment endpoints (reads get twice as many). Default 60.
     pub rate_limit: u32,
-    /// Requests per minute on the org key's endpoints. Default 100, Conto's dashboard limit.
+    /// Requests per minute on the org key's endpoints. Default 1 000 (Conto documents no org-key
+    /// limit; its shopping starter makes 8 org calls per checkout on one shared org key).
     pub org_rate_limit: u32,
     /// How long an approval waits for its confirm, on every rail. Default (`None`): Conto's
     /// lifetimes, 10 minutes for transfers, x402 and MPP, 5 minutes for payment requests and
@@ -294,7 +302,7 @@ impl Default for Config {
             db: None,
             org_key: None,
             rate_limit: 60,
-            org_rate_limit: 100,
+            org_rate_limit: 1000,
             approval_ttl: None,
             request_timeout: std::time::Duration::from_secs(30),
         }

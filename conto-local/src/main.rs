@@ -32,8 +32,9 @@ struct Cli {
     /// Requests per minute per agent on payment endpoints.
     #[arg(long, default_value_t = 60)]
     rate_limit: u32,
-    /// Requests per minute on the org key's endpoints (Conto's dashboard limit).
-    #[arg(long, default_value_t = 100)]
+    /// Requests per minute on the org key's endpoints (Conto documents none for org keys; its
+    /// shopping starter makes 8 org calls per checkout on one shared key).
+    #[arg(long, default_value_t = 1000)]
     org_rate_limit: u32,
     /// Where the URL, org key, agent and its new SDK key are written as `export` lines (mode
     /// 0600) for `source`; keys are never printed.

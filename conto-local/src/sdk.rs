@@ -13,9 +13,9 @@ use conto_core::jiff::Timestamp;
 use conto_core::{Amount, AuthorityError, PaymentIntent, Rail, Settlement, Verdict};
 use conto_wire::org::Policies;
 use conto_wire::sdk::{
-    ApprovalAnswer, ApprovalRequest, ApprovalRequests, BodyError, Budget, Counter, DecisionBody, PayingWallet,
-    PaymentBody, RecordedBody, ServiceSpend, Services, SpendSummary, SummaryFilters, SummaryService, SummaryTotals,
-    Transaction, Transactions,
+    ApprovalAnswer, ApprovalRequest, ApprovalRequests, BodyError, Budget, Counter, DecisionBody, Execution,
+    PayingWallet, PaymentBody, RecordedBody, ServiceSpend, Services, SpendSummary, SummaryFilters, SummaryService,
+    SummaryTotals, Transaction, Transactions,
 };
 use conto_wire::{ErrorBody, Kind};
 use serde::Serialize;
@@ -698,8 +698,13 @@ async fn authorize(app: Arc<App>, headers: HeaderMap, body: Bytes, kind: Kind) -
         }
         let (status, mut out) = decide(&app, store, &intent, kind)?;
         if kind == Kind::Request && body.auto_execute == Some(true) && out.status.as_deref() == Some("APPROVED") {
-            // Conto's answer when it could not execute: the approval stands, the caller settles.
-            out.auto_execute_error = Some(NO_MANAGED_WALLET.to_owned());
+            let id = out.request_id.clone().unwrap_or_default();
+            match execute_managed(&app, store, &caller.agent, &id)? {
+                Some(execution) => out.execution = Some(execution),
+                // Conto's answer when it could not execute: the approval stands, the caller
+                // settles.
+                None => out.auto_execute_error = Some(NO_MANAGED_WALLET.to_owned()),
+            }
         }
         Ok((status, out))
     })?;
@@ -840,31 +845,99 @@ fn request_if_any(store: &Store, id: &str, agent: &str) -> Result<Option<Decisio
 /// `POST /api/sdk/payments/{requestId}/execute`: Conto executes an approved request from a
 /// Conto-managed wallet. Its refusals use Conto's codes: an unknown request is `404
 /// NOT_FOUND`; one not approved (denied, waiting for a human) or already paid is `400
-/// INVALID_STATUS`; one whose approval lapsed is `400 EXPIRED`. conto-local holds no managed
-/// wallet (every wallet is the app's own, external to it), so a live approved request is
-/// answered as Conto answers for an external wallet, `400 EXTERNAL_WALLET`, instead of faking
-/// a payment: the app pays it and confirms it (`/payments/{id}/confirm`).
+/// INVALID_STATUS`; one whose approval lapsed is `400 EXPIRED`. A live approved request paid
+/// from a wallet delegated with a managed custody (`PRIVY`, `SPONGE`: the skill's Mode A) is
+/// executed, simulated ([`execute_managed`]); one paid from the app's own wallet is answered
+/// as Conto answers for an external wallet, `400 EXTERNAL_WALLET`: the app pays it and
+/// confirms it (`/payments/{id}/confirm`).
 async fn execute_payment(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = caller(&app, &headers, "payments:execute", Class::Payments)?;
-    let request = request_now(&lock(&app.store), id, &caller.agent)?;
-    let (status, id) = (request.status.unwrap_or_default(), request.request_id.unwrap_or_default());
-    match status.as_str() {
-        // Conto's answer to `/execute` on a wallet it does not hold (conto-api.md §2, §8).
-        "APPROVED" => Err(ApiError::new(StatusCode::BAD_REQUEST, "EXTERNAL_WALLET", NO_MANAGED_WALLET)),
-        "EXECUTED" => Err(bad("INVALID_STATUS", format!("payment request `{id}` was already paid"))),
-        "EXPIRED" => Err(bad("EXPIRED", format!("EXPIRED: payment request `{id}`'s approval lapsed; ask again"))),
-        _ => Err(bad("INVALID_STATUS", format!("payment request `{id}` is {status}; only an APPROVED one executes"))),
-    }
+    lock(&app.store).batch(|store| {
+        let request = request_now(store, id, &caller.agent)?;
+        let (status, id) = (request.status.unwrap_or_default(), request.request_id.unwrap_or_default());
+        match status.as_str() {
+            "APPROVED" => match execute_managed(&app, store, &caller.agent, &id)? {
+                Some(execution) => Ok(reply(StatusCode::OK, Executed { request_id: id, execution })),
+                // Conto's answer to `/execute` on a wallet it does not hold (conto-api.md §2, §8).
+                None => Err(ApiError::new(StatusCode::BAD_REQUEST, "EXTERNAL_WALLET", NO_MANAGED_WALLET)),
+            },
+            "EXECUTED" => Err(bad("INVALID_STATUS", format!("payment request `{id}` was already paid"))),
+            "EXPIRED" => Err(bad("EXPIRED", format!("EXPIRED: payment request `{id}`'s approval lapsed; ask again"))),
+            _ => {
+                Err(bad("INVALID_STATUS", format!("payment request `{id}` is {status}; only an APPROVED one executes")))
+            }
+        }
+    })?
 }
 
-/// Why conto-local executes no payment (`execute`, `autoExecute`).
-const NO_MANAGED_WALLET: &str = "conto-local holds no Conto-managed wallet and cannot execute payments: pay from \
-     your own wallet and confirm it (`/payments/{requestId}/confirm` with its `txHash`; or the external-wallet \
-     flow, `/payments/approve` then `/confirm`), or run against Conto";
+/// `/execute`'s answer: the request and the transfer made.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Executed {
+    request_id: String,
+    #[serde(flatten)]
+    execution: Execution,
+}
+
+/// The custodies whose wallets Conto executes from itself (the skill's Mode A).
+fn managed_custody(custody: &str) -> bool {
+    custody.eq_ignore_ascii_case("PRIVY") || custody.eq_ignore_ascii_case("SPONGE")
+}
+
+/// Executes approved payment request `id` of `agent` when the wallet it is paid from is
+/// Conto-managed: the wallet it names, else the agent's delegation on the request's chain,
+/// else its first. `None` (nothing done) when that wallet is the app's own (custody
+/// `EXTERNAL`, or no delegation).
+///
+/// Simulated: conto-local holds no custody provider's keys and moves no money. The execution
+/// is what a confirm of a fresh transaction hash would be (the spend counted and stored, the
+/// request `EXECUTED`), marked `simulated: true` and logged as such.
+fn execute_managed(app: &App, store: &Store, agent: &str, id: &str) -> Result<Option<Execution>, ApiError> {
+    let approval_id = request_approval(store, agent, id)?;
+    let approval = live_approval(store, agent, Kind::Transfer, &approval_id, None, None)?;
+    let Rail::Request { wallet_id } = &approval.authorization.intent.rail else { return Ok(None) };
+    let delegations = store.wallets(Some(agent))?;
+    let field = |w: &conto_wire::org::AgentWallet, name: &str| {
+        w.extra.get(name).and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_u64().map(|n| n.to_string())))
+    };
+    let chain = REQUEST_CHAIN.to_string();
+    let wallet = match wallet_id {
+        Some(named) => delegations.iter().find(|w| w.wallet_id.as_deref() == Some(named.as_str())),
+        None => {
+            delegations.iter().find(|w| field(w, "chainId").as_deref() == Some(chain.as_str())).or(delegations.first())
+        }
+    };
+    let Some(wallet) = wallet.filter(|w| field(w, "custodyType").is_some_and(|c| managed_custody(&c))) else {
+        return Ok(None);
+    };
+    let tx = format!("0x{}", random_hex(32));
+    let rail = approval.authorization.intent.rail.clone();
+    let (amount, transaction_id) = approval.settle(app, store, agent, Some(tx.clone()))?;
+    tracing::warn!(
+        agent,
+        request = id,
+        wallet = wallet.wallet_id.as_deref().unwrap_or_default(),
+        %amount,
+        "conto_local.execution_simulated: counted as paid, but no money moved (conto-local holds no custody keys)"
+    );
+    Ok(Some(Execution {
+        transaction_id,
+        explorer_url: explorer_url(&rail, &tx),
+        tx_hash: tx,
+        status: "CONFIRMING".to_owned(),
+        simulated: Some(true),
+    }))
+}
+
+/// Why conto-local executes no payment from the app's own wallet (`execute`, `autoExecute`).
+const NO_MANAGED_WALLET: &str = "the payment is made from your own wallet (no Conto-managed wallet, custody PRIVY \
+     or SPONGE, is delegated for it), which conto-local cannot execute from: pay from it and confirm it \
+     (`/payments/{requestId}/confirm` with its `txHash`; or the external-wallet flow, `/payments/approve` then \
+     `/confirm`)";
 
 async fn approve_card(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     authorize(app, headers, body, Kind::Card).await

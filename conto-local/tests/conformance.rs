@@ -503,6 +503,78 @@ async fn auto_execute_is_answered_with_why_it_did_not_run_never_silently_dropped
     assert!(denied.get("autoExecuteError").is_none(), "a denial was never going to execute: {denied}");
 }
 
+/// Conto's skill, Mode A: an agent whose wallet is held by a custody provider (`PRIVY`,
+/// `SPONGE`) asks `payments/request` with `autoExecute: true` and reads `execution` (tx hash,
+/// explorer URL, `CONFIRMING`), or calls `/execute` itself. conto-local simulates the
+/// transfer (`simulated: true`: no money moved) and counts the spend as a confirm would; a
+/// request paid from the app's own wallet is still not executed.
+#[tokio::test]
+async fn a_managed_wallet_executes_a_payment_request_simulated_and_counts_it() {
+    let (server, sdk) = setup(None).await;
+    let org = Org::new(&server);
+    for doc in [
+        json!({"walletId": "wal_privy", "custodyType": "PRIVY", "chainId": 42431, "address": SENDER}),
+        json!({"walletId": "wal_own", "custodyType": "EXTERNAL", "chainId": 8453}),
+    ] {
+        let (status, body) = org.post("/api/agents/agent-1/wallets", doc).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let request = |amount: u32, auto: bool| {
+        json!({"amount": amount, "recipientAddress": RECIPIENT, "purpose": "api", "category": "API_PROVIDER",
+            "autoExecute": auto})
+    };
+    let (status, paid) = sdk.post("/api/sdk/payments/request", request(30, true)).await;
+    assert_eq!((status, paid["status"].as_str()), (200, Some("APPROVED")), "{paid}");
+    let execution = &paid["execution"];
+    let tx = execution["txHash"].as_str().expect("a tx hash");
+    assert!(tx.len() == 66 && tx.starts_with("0x"), "{paid}");
+    assert_eq!((&execution["status"], &execution["simulated"]), (&json!("CONFIRMING"), &json!(true)), "{paid}");
+    assert!(execution["transactionId"].as_str().is_some_and(|t| !t.is_empty()), "{paid}");
+    assert_eq!(execution["explorerUrl"], format!("https://explore.moderato.tempo.xyz/tx/{tx}"), "{paid}");
+    assert!(paid.get("autoExecuteError").is_none(), "{paid}");
+    let id = paid["requestId"].as_str().unwrap();
+    let (_, polled) = sdk.call(reqwest::Method::GET, &format!("/api/sdk/payments/{id}"), None).await;
+    assert_eq!(polled["status"], "EXECUTED", "{polled}");
+    // Executed means confirmed: not again.
+    let (status, again) = sdk.post(&format!("/api/sdk/payments/{id}/confirm"), json!({"txHash": TX})).await;
+    assert_eq!((status, again["code"].as_str()), (400, Some("INVALID_STATUS")), "{again}");
+
+    // Approved without `autoExecute`, then executed by `/execute` (scope `payments:execute`).
+    let (_, approved) = sdk.post("/api/sdk/payments/request", request(20, false)).await;
+    assert!(approved.get("execution").is_none(), "{approved}");
+    let id = approved["requestId"].as_str().unwrap();
+    let (status, key) = org
+        .post(
+            "/api/agents/agent-1/sdk-keys",
+            json!({"name": "exec", "scopes": ["payments:execute", "payments:request"]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let exec =
+        Sdk { base: sdk.base.clone(), key: key["key"].as_str().unwrap().to_owned(), http: reqwest::Client::new() };
+    let (status, executed) = exec.post(&format!("/api/sdk/payments/{id}/execute"), json!({})).await;
+    assert_eq!(
+        (status, &executed["requestId"], &executed["status"]),
+        (200, &json!(id), &json!("CONFIRMING")),
+        "{executed}"
+    );
+    assert_eq!(executed["simulated"], true, "{executed}");
+    let (status, again) = exec.post(&format!("/api/sdk/payments/{id}/execute"), json!({})).await;
+    assert_eq!((status, again["code"].as_str()), (400, Some("INVALID_STATUS")), "paid already: {again}");
+
+    // Paid from the app's own wallet (named), it is not executed.
+    let mut own = request(5, true);
+    own["walletId"] = json!("wal_own");
+    let (_, own) = sdk.post("/api/sdk/payments/request", own).await;
+    assert_eq!(own["status"], "APPROVED", "{own}");
+    assert!(own.get("execution").is_none() && own["autoExecuteError"].is_string(), "{own}");
+
+    // Both executions were counted (30 + 20 of the daily 150), the own-wallet approval holds 5.
+    let (_, probe) = sdk.post("/api/sdk/payments/approve", transfer_payment(1)).await;
+    assert_eq!(probe["approved"], true, "{probe}");
+    assert_eq!(probe["limits"]["dailyUsed"], json!(56), "{probe}");
+}
+
 #[tokio::test]
 async fn every_error_has_a_json_body_with_error_code_and_message() {
     let (server, sdk) = setup(None).await;

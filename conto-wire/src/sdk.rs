@@ -646,6 +646,10 @@ pub struct DecisionBody {
     /// (the caller then settles it, or calls `execute`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_execute_error: Option<String>,
+    /// Payment request with `autoExecute: true`, executed from a Conto-managed wallet: the
+    /// transfer made. Read leniently: another shape reads as none.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
+    pub execution: Option<Execution>,
     /// The decision in words (the first reason of a denial).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -661,6 +665,28 @@ impl DecisionBody {
     pub fn wants_human(&self) -> bool {
         self.requires_human_approval == Some(true) || self.status.as_deref() == Some("REQUIRES_APPROVAL")
     }
+}
+
+/// A payment executed from a Conto-managed wallet (a payment request's `execution`, with
+/// `autoExecute: true`; the answer of `POST /api/sdk/payments/{requestId}/execute`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Execution {
+    /// The transaction's id.
+    #[serde(default)]
+    pub transaction_id: String,
+    /// The on-chain transaction hash.
+    #[serde(default)]
+    pub tx_hash: String,
+    /// The block explorer's page for it, when the chain is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explorer_url: Option<String>,
+    /// Its status (`CONFIRMING` once sent).
+    #[serde(default)]
+    pub status: String,
+    /// `true` when no money moved: conto-local's managed wallets are simulated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated: Option<bool>,
 }
 
 /// The wallet an x402/MPP pre-authorization names (`wallet` on an approved answer; an MPP
