@@ -10,6 +10,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::intent::{ActorId, PaymentIntent};
 use crate::money::Amount;
+use rust_decimal::Decimal;
+
+/// A decimal written as a string (exact at any size), read from a string or a number.
+mod decimal_text {
+    use rust_decimal::Decimal;
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        crate::money::deserialize_decimal(d)
+    }
+}
 
 /// One change to the engine's ledger.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +83,22 @@ pub enum Entry {
         /// The approval request id.
         id: String,
     },
+    /// Records a compaction folded together ([`Journal::compact`]): `records` records by
+    /// `intent`'s payer, on its rail and in its service, endpoint and session, that spent
+    /// `spent` in all and count at `at` (all within the same quarter hour). Written by
+    /// compactions only; a build that predates it refuses the journal rather than misread it.
+    Folded {
+        /// One of the records (its payer and counting scopes are all of theirs).
+        intent: PaymentIntent,
+        /// What they spent, in Conto's unit (written as a decimal string: a sum can pass any
+        /// one payment's limit).
+        #[serde(with = "decimal_text")]
+        spent: Decimal,
+        /// How many records.
+        records: u64,
+        /// When they count (the earliest of their times).
+        at: Timestamp,
+    },
     /// An actor was provisioned, paused, resumed or retired at run time.
     Actor {
         /// The actor.
@@ -89,4 +120,23 @@ pub trait Journal: Send + Sync {
     fn append(&self, entry: &Entry) -> Result<(), JournalError>;
     /// Every entry, oldest first.
     fn replay(&self) -> Result<Vec<Entry>, JournalError>;
+    /// Replaces the journal's entries with what `fold` makes of them (it is given every entry,
+    /// oldest first, and returns those to keep, in order), atomically: nothing is appended
+    /// between the read and the write, and a crash leaves the old entries or the new, never a
+    /// mix. Returns how many entries there were and are. The engine calls it
+    /// ([`Engine::compact_journal`](crate::Engine::compact_journal)); a journal that cannot
+    /// rewrite itself keeps the default, which changes nothing and answers `None`.
+    fn compact(&self, fold: &mut dyn FnMut(Vec<Entry>) -> Vec<Entry>) -> Result<Option<Compaction>, JournalError> {
+        let _ = fold;
+        Ok(None)
+    }
+}
+
+/// What a [`Journal::compact`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// Entries before.
+    pub before: usize,
+    /// Entries after.
+    pub after: usize,
 }

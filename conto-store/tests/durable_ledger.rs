@@ -347,3 +347,46 @@ async fn a_record_queued_before_a_long_stop_is_counted_after_it() {
     conto_core::Authorizer::reconcile(&restarted, &record.authorization(), &record.settlement()).await.unwrap();
     assert_eq!(restarted.usage("agent-1").stats.total_spent, Decimal::from(7), "counted once");
 }
+
+/// The SQLite journal is compacted when it is opened: a month of payments, ten a quarter hour,
+/// replays after the next restart as one entry a quarter hour (the last two days whole), with
+/// the same ledger; a crash mid-compaction could only leave the old entries or the new.
+#[test]
+fn the_sqlite_journal_is_compacted_on_open_to_the_same_ledger() {
+    let path = journal_path("compacted");
+    let clock = ManualClock::new("2026-05-01T00:00:00Z".parse::<Timestamp>().unwrap());
+    let engine = Engine::builder()
+        .policies(PolicySet::from_json(POLICIES).unwrap())
+        .clock(clock.clone())
+        .compact_on_open(false)
+        .open(&path)
+        .unwrap();
+    for _ in 0..(30 * 4) {
+        for _ in 0..10 {
+            let Verdict::Approved(a) = engine.try_decide(&transfer("0.25")).unwrap().verdict else { panic!() };
+            engine.settle(&a, &Settlement::default()).unwrap();
+            clock.advance(SignedDuration::from_secs(20));
+        }
+        clock.advance(SignedDuration::from_hours(6) - SignedDuration::from_secs(200));
+    }
+    drop(engine);
+    let rows = || conto_core::journal::Journal::replay(&conto_store::SqliteJournal::open(&path).unwrap()).unwrap();
+    assert_eq!(rows().len(), 30 * 4 * 10 * 2);
+    // What a restart from the whole journal gives.
+    let whole = Engine::builder()
+        .policies(PolicySet::from_json(POLICIES).unwrap())
+        .clock(clock.clone())
+        .compact_on_open(false)
+        .open(&path)
+        .unwrap();
+    let before = whole.usage("agent-1");
+    assert_eq!(before.stats.total_spent, Decimal::from(300));
+    drop(whole);
+    let reopened = open_at(&path, &clock);
+    assert_eq!(reopened.usage("agent-1"), before, "the same ledger, compacted");
+    drop(reopened);
+    let entries = rows();
+    // 112 quarter hours folded; the last 8 bursts (two days) whole, each record with its reservation.
+    assert_eq!(entries.len(), 112 + 8 * 10 * 2, "{} entries", entries.len());
+    assert_eq!(open_at(&path, &clock).usage("agent-1"), before, "and from the compacted file");
+}

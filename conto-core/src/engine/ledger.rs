@@ -470,6 +470,12 @@ impl AgentLedger {
         self.spent += i128::from(settled.0);
     }
 
+    /// Counts `records` more records in the lifetime totals, in no period (a compacted
+    /// journal's folded records beyond the first, whose spend the first carries).
+    pub fn count_records(&mut self, records: u64) {
+        self.stats.recorded += records;
+    }
+
     /// Frees a live reservation. `false` when it is not live. A `withdrawn` one was never
     /// handed out: it is taken off the approvals instead of counted as released.
     pub fn release(&mut self, key: IdKey, now: Timestamp, withdrawn: bool) -> bool {

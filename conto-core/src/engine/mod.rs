@@ -13,6 +13,7 @@
 //! [`SharedLedger`] that every replica uses (conto's `postgres::PgLedger`).
 
 mod actors;
+mod compact;
 pub(crate) mod evaluate;
 pub(crate) mod ledger;
 mod shared;
@@ -40,7 +41,7 @@ use crate::controls::{ProductControls, SyncReport};
 use crate::decision::{Authorization, Decision, Denial, Limits, PendingApproval, Recorded, Settlement, Verdict};
 use crate::ids::random_id;
 use crate::intent::{ActorId, IntentError, PaymentIntent, Rail};
-use crate::journal::{Entry, Journal, JournalError};
+use crate::journal::{Compaction, Entry, Journal, JournalError};
 use crate::lifecycle::{ActorLifecycle, Ensured, LifecycleError};
 use crate::money::Amount;
 use crate::policy::{PolicyError, PolicySet};
@@ -180,6 +181,7 @@ pub struct EngineBuilder {
     approval_ttl: Option<SignedDuration>,
     pending_ttl: SignedDuration,
     retention: SignedDuration,
+    compact_on_open: bool,
 }
 
 impl EngineBuilder {
@@ -260,13 +262,39 @@ impl EngineBuilder {
         self
     }
 
+    /// Whether [`EngineBuilder::build_journaled`] compacts the journal once it is replayed
+    /// (default `true`; see [`Engine::compact_journal`]).
+    ///
+    /// ```
+    /// use conto::Engine;
+    /// let builder = Engine::builder().compact_on_open(false);
+    /// # let _ = builder;
+    /// ```
+    pub fn compact_on_open(mut self, compact: bool) -> Self {
+        self.compact_on_open = compact;
+        self
+    }
+
     /// Finishes an engine whose ledger is durable: every change is written to `journal` before
     /// it is acknowledged, and the journal's entries are replayed now, so spent counters, live
     /// reservations, pending approvals and actors provisioned at run time survive a restart.
+    /// The journal is then compacted ([`Engine::compact_journal`]; see
+    /// [`EngineBuilder::compact_on_open`]), so that the next start replays the history folded,
+    /// not every payment. A compaction that fails is logged and leaves the journal as it was.
     pub fn build_journaled(self, journal: impl Journal + 'static) -> Result<Engine, JournalError> {
+        let compact_now = self.compact_on_open;
         let engine = self.build();
         engine.replay(&journal.replay()?);
         let _ = engine.inner.journal.set(Arc::new(journal));
+        if compact_now {
+            match engine.compact_journal() {
+                Ok(Some(c)) if c.after < c.before => {
+                    tracing::info!(before = c.before, after = c.after, "conto.engine.journal_compacted");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "conto.engine.journal_not_compacted: replayed whole next start"),
+            }
+        }
         Ok(engine)
     }
 
@@ -448,6 +476,7 @@ impl Engine {
             approval_ttl: None,
             pending_ttl: DEFAULT_PENDING_TTL,
             retention: DEFAULT_RETENTION,
+            compact_on_open: true,
         }
     }
 
@@ -838,6 +867,9 @@ impl Engine {
                 Entry::PendingClosed { id } => {
                     pending.remove(id.as_str());
                 }
+                Entry::Folded { intent, spent, records, at } => {
+                    self.restore_folded(intent, Micros::of_decimal(*spent), *records, *at);
+                }
                 Entry::Actor { actor, status } => {
                     let mut actors = self.inner.actors.write();
                     match status.as_str() {
@@ -887,6 +919,19 @@ impl Engine {
             let pending = PendingApproval { approval_request_id: id.to_owned(), expires_at, reasons: vec![] };
             self.restore_pending(&pending, intent);
         }
+    }
+
+    /// Compacts the journal now: records past the retention window and older than two days
+    /// are folded, per payer, counting scopes and quarter hour, into one entry each, and ended
+    /// approvals, answered requests and earlier actor statuses dropped (see
+    /// [`Journal::compact`]). A restart from the compacted journal has the ledger this one has,
+    /// under any policies. Appends wait while the journal is rewritten: run it when the engine
+    /// is quiet (it runs on its own when the journal is opened). `Ok(None)` for an engine
+    /// without a journal, or with one that cannot rewrite itself.
+    pub fn compact_journal(&self) -> Result<Option<Compaction>, JournalError> {
+        let Some(journal) = self.inner.journal.get() else { return Ok(None) };
+        let (now, retention) = (self.now(), self.inner.retention);
+        journal.compact(&mut |entries| compact::compact(entries, now, retention))
     }
 
     /// Journals `actor`'s new status (see [`Engine::write_applied`]).
@@ -1153,6 +1198,17 @@ impl Engine {
         let policies = self.inner.policies.load();
         let (holds, windows) = evaluate::all_keys(&policies, intent, &mut *ledger, at);
         ledger.restore_spend(&holds, &windows, Micros::of(amount), at);
+    }
+
+    /// [`Engine::restore_spend`] of `records` records folded into one sum (a compacted
+    /// journal's [`Entry::Folded`]).
+    fn restore_folded(&self, intent: &PaymentIntent, spent: Micros, records: u64, at: Timestamp) {
+        let ledger = self.ledger(&intent.actor);
+        let mut ledger = lock(&ledger);
+        let policies = self.inner.policies.load();
+        let (holds, windows) = evaluate::all_keys(&policies, intent, &mut *ledger, at);
+        ledger.restore_spend(&holds, &windows, spent, at);
+        ledger.count_records(records.saturating_sub(1));
     }
 
     /// Re-creates a live approval (after a restart) with its id, amount and expiry. Approvals
