@@ -3,6 +3,7 @@
 //! actor statuses, lifetime totals, and so every later decision), under the policies of the
 //! day or any others, and the journal shrinks.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use conto_core::jiff::{SignedDuration, Timestamp};
@@ -13,13 +14,13 @@ use proptest::prelude::*;
 mod common;
 use common::{RECIPIENT, transfer_to};
 
-/// A journal in memory that can rewrite itself.
+/// A journal in memory that can rewrite itself, and whose appends fail while it is down.
 #[derive(Clone, Default)]
-struct Mem(Arc<Mutex<Vec<Entry>>>);
+struct Mem(Arc<Mutex<Vec<Entry>>>, Arc<AtomicBool>);
 
 impl Mem {
     fn copy(&self) -> Mem {
-        Mem(Arc::new(Mutex::new(self.0.lock().unwrap().clone())))
+        Mem(Arc::new(Mutex::new(self.0.lock().unwrap().clone())), Arc::default())
     }
 
     fn len(&self) -> usize {
@@ -29,6 +30,9 @@ impl Mem {
 
 impl Journal for Mem {
     fn append(&self, entry: &Entry) -> Result<(), JournalError> {
+        if self.1.load(Ordering::SeqCst) {
+            return Err(JournalError("disk full".into()));
+        }
         self.0.lock().unwrap().push(entry.clone());
         Ok(())
     }
@@ -333,4 +337,88 @@ fn records_either_side_of_a_quarter_hour_turn_are_folded_apart() {
     let reopened = open_with(OTHER_POLICIES, &journal, &clock, false);
     assert_eq!(weekly(&reopened), Decimal::from(7));
     assert_eq!(reopened.usage("agent-1").stats.total_spent, Decimal::from(15));
+}
+
+/// A retention past the calendar's end keeps every ended approval: nothing is folded away
+/// that a repeated record would need (it would be counted twice, as a reconcile).
+#[test]
+fn a_retention_that_never_ends_keeps_what_it_answers_for() {
+    let journal = Mem::default();
+    let clock = ManualClock::new("2026-03-02T10:00:00Z".parse::<Timestamp>().unwrap());
+    let build = || {
+        Engine::builder()
+            .policies(PolicySet::from_json(POLICIES).unwrap())
+            .clock(clock.clone())
+            .retention(SignedDuration::MAX)
+            .build_journaled(journal.clone())
+            .unwrap()
+    };
+    let engine = build();
+    let Verdict::Approved(a) = engine.decide(&transfer_to("agent-1", "10", RECIPIENT)).verdict else { panic!() };
+    let first = engine.settle(&a, &Settlement::default().reference("0xabc")).unwrap();
+    drop(engine);
+    clock.advance(SignedDuration::from_hours(72));
+    drop(build()); // replayed whole, then compacted
+    let reopened = build(); // from the compacted journal
+    let again = reopened.settle(&a, &Settlement::default().reference("0xabc")).expect("answered as the first time");
+    assert_eq!(again.amount, first.amount);
+    assert_eq!(reopened.usage("agent-1").stats.total_spent, Decimal::from(10), "counted once");
+}
+
+/// A record whose entry is still waiting (its journal failed) is written before a compaction
+/// runs, which sees it: a restart then counts it where the engine did. While it cannot be
+/// written, nothing is compacted.
+#[test]
+fn a_compaction_writes_what_waits_first_and_waits_for_it() {
+    let journal = Mem::default();
+    let clock = ManualClock::new("2026-01-10T18:12:00Z".parse::<Timestamp>().unwrap());
+    let engine = Engine::builder()
+        .policies(PolicySet::from_json(OTHER_POLICIES).unwrap())
+        .clock(clock.clone())
+        .retention(SignedDuration::from_mins(1))
+        .build_journaled(journal.clone())
+        .unwrap();
+    let Verdict::Approved(a) = engine.decide(&transfer_to("agent-1", "100", RECIPIENT)).verdict else { panic!() };
+    journal.1.store(true, Ordering::SeqCst);
+    clock.advance(SignedDuration::from_mins(4));
+    assert!(engine.settle(&a, &Settlement::default()).is_err(), "counted, not yet durable");
+    clock.advance(SignedDuration::from_hours(3 * 24));
+    assert!(engine.compact_journal().is_err(), "the waiting record cannot be written: no compaction");
+    journal.1.store(false, Ordering::SeqCst);
+    let compaction = engine.compact_journal().unwrap().unwrap();
+    assert!(compaction.after < compaction.before, "{compaction:?}");
+    let live = state(&engine, &clock);
+    drop(engine);
+    let restarted = open_with(OTHER_POLICIES, &journal, &clock, false);
+    assert_eq!(state(&restarted, &clock), live);
+}
+
+/// An approval released before its (long) lifetime ended, then recorded late, is answered for
+/// until its expiry is past the retention window, by the whole journal's replay: the
+/// compacted one answers the same.
+#[test]
+fn a_late_record_of_a_long_released_approval_is_answered_the_same_after_compaction() {
+    let journal = Mem::default();
+    let clock = ManualClock::new("2026-04-01T08:00:00Z".parse::<Timestamp>().unwrap());
+    let build = |j: &Mem, compact: bool| {
+        Engine::builder()
+            .policies(PolicySet::from_json(POLICIES).unwrap())
+            .clock(clock.clone())
+            .approval_ttl(SignedDuration::from_hours(72))
+            .compact_on_open(compact)
+            .build_journaled(j.clone())
+            .unwrap()
+    };
+    let engine = build(&journal, false);
+    let Verdict::Approved(a) = engine.decide(&transfer_to("agent-1", "10", RECIPIENT)).verdict else { panic!() };
+    clock.advance(SignedDuration::from_mins(1));
+    engine.free(&a).unwrap();
+    clock.advance(SignedDuration::from_mins(1));
+    assert!(engine.settle(&a, &Settlement::default().reference("0x1")).unwrap().late);
+    drop(engine);
+    clock.advance(SignedDuration::from_hours(50));
+    let compacted = journal.copy();
+    drop(build(&compacted, true));
+    let answer = |j: &Mem| format!("{:?}", build(j, false).settle(&a, &Settlement::default().reference("0x1")));
+    assert_eq!(answer(&journal.copy()), answer(&compacted));
 }

@@ -71,7 +71,8 @@ fn micros(d: Decimal) -> i64 {
 
 /// `entries` compacted at `now`, for an engine keeping ended approvals for `retention`.
 pub(crate) fn compact(entries: Vec<Entry>, now: Timestamp, retention: SignedDuration) -> Vec<Entry> {
-    let retained = |t: Timestamp| t.checked_add(retention).is_ok_and(|t| t > now);
+    // As replay reads it (a retention past the calendar's end keeps everything).
+    let retained = |t: Timestamp| t.checked_add(retention).map_or(true, |t| t > now);
     let fold_before = now.checked_sub(FOLD_AFTER).unwrap_or(Timestamp::MIN);
     // Walked as replay walks them: a record in time counts at its reservation's time, a late
     // one (after its release, or its lapse) at its own.
@@ -81,6 +82,7 @@ pub(crate) fn compact(entries: Vec<Entry>, now: Timestamp, retention: SignedDura
     // The ids whose every entry goes, the duplicate records that go alone, and the folds.
     let mut gone: HashSet<&str> = HashSet::new();
     let mut duplicates: HashSet<usize> = HashSet::new();
+    let mut idle: HashSet<usize> = HashSet::new();
     let mut folds: Vec<Fold> = Vec::new();
     let mut open_folds: HashMap<FoldKey, usize> = HashMap::new();
     let mut fold = |intent: &PaymentIntent, micros: i64, records: u64, at: Timestamp| {
@@ -112,13 +114,20 @@ pub(crate) fn compact(entries: Vec<Entry>, now: Timestamp, retention: SignedDura
                 }
                 let in_time = live.remove(id.as_str()).filter(|(_, expires_at)| *at < *expires_at);
                 let counted_at = in_time.and_then(|(reserved, _)| reserved).unwrap_or(*at);
-                if !retained(*at) && counted_at < fold_before {
+                // Replay remembers an ended approval until its expiry is past the retention
+                // window too (a release is dated at its expiry): folded only after both.
+                let ended = expiries.get(id.as_str()).is_none_or(|e| !retained(*e));
+                if !retained(*at) && ended && counted_at < fold_before {
                     gone.insert(id);
                     fold(intent, micros(amount.get()), 1, counted_at);
                 }
             }
             Entry::Released { id, .. } => {
-                live.remove(id.as_str());
+                // A release of nothing live (never reserved here, or already recorded) is
+                // nothing to replay.
+                if live.remove(id.as_str()).is_none() {
+                    idle.insert(seq);
+                }
             }
             Entry::PendingOpened { id, expires_at, .. } => {
                 opened.insert(id, *expires_at);
@@ -156,7 +165,8 @@ pub(crate) fn compact(entries: Vec<Entry>, now: Timestamp, retention: SignedDura
         .collect();
     for (seq, entry) in entries.iter().enumerate() {
         let keep = match entry {
-            Entry::Reserved { id, .. } | Entry::Released { id, .. } => !gone.contains(id.as_str()),
+            Entry::Reserved { id, .. } => !gone.contains(id.as_str()),
+            Entry::Released { id, .. } => !gone.contains(id.as_str()) && !idle.contains(&seq),
             Entry::Recorded { id, .. } => !gone.contains(id.as_str()) && !duplicates.contains(&seq),
             Entry::PendingOpened { id, .. } | Entry::PendingClosed { id } => pending_kept.contains(id.as_str()),
             // Written again above, with what was folded now.

@@ -829,7 +829,8 @@ impl Engine {
         let now = self.now();
         // An approval that ended at `ended` is still answered for (kept closed) after a restart
         // while within the retention window.
-        let retained = |ended: Timestamp| ended.checked_add(self.inner.retention).is_ok_and(|t| t > now);
+        // (A retention past the calendar's end keeps everything.)
+        let retained = |ended: Timestamp| ended.checked_add(self.inner.retention).map_or(true, |t| t > now);
         for (seq, entry) in entries.iter().enumerate() {
             match entry {
                 Entry::Reserved { id, intent, amount, expires_at, at } => {
@@ -928,9 +929,21 @@ impl Engine {
     /// under any policies. Appends wait while the journal is rewritten: run it when the engine
     /// is quiet (it runs on its own when the journal is opened). `Ok(None)` for an engine
     /// without a journal, or with one that cannot rewrite itself.
+    ///
+    /// Entries still waiting to be written (a journal that failed) are written first, and the
+    /// compaction does not run until they are: it must see every record the engine counted.
+    /// Ended approvals are kept for the longer of the retention window and
+    /// [`DEFAULT_RETENTION`], so a restart with a retention raised up to a day still answers
+    /// for them.
     pub fn compact_journal(&self) -> Result<Option<Compaction>, JournalError> {
         let Some(journal) = self.inner.journal.get() else { return Ok(None) };
-        let (now, retention) = (self.now(), self.inner.retention);
+        // Held throughout: an entry that starts waiting now waits for the rewrite.
+        let mut waiting = lock(&self.inner.unjournaled);
+        while let Some(first) = waiting.front() {
+            journal.append(first)?;
+            waiting.pop_front();
+        }
+        let (now, retention) = (self.now(), self.inner.retention.max(DEFAULT_RETENTION));
         journal.compact(&mut |entries| compact::compact(entries, now, retention))
     }
 
