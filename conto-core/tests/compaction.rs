@@ -75,14 +75,16 @@ const OTHER_POLICIES: &str = r#"{"agents": ["agent-1", "agent-2"], "policies": [
     {"ruleType": "BUDGET_CAP", "operator": "LTE", "value": "{\"amount\": 9000, \"period\": \"YEARLY\"}", "action": "ALLOW"}]}
 ]}"#;
 
+/// A builder on `policies` and `clock` that compacts on open or not.
+fn builder(policies: &str, clock: &ManualClock, compact: bool) -> conto_core::engine::EngineBuilder {
+    Engine::builder().policies(PolicySet::from_json(policies).unwrap()).clock(clock.clone()).compact_on_open(compact)
+}
+
 fn open_with(policies: &str, journal: &Mem, clock: &ManualClock, compact: bool) -> Engine {
-    Engine::builder()
-        .policies(PolicySet::from_json(policies).unwrap())
-        .clock(clock.clone())
+    builder(policies, clock, compact)
         // The shortest retention: what is kept for a velocity window is then the
         // compaction's own doing.
         .retention(SignedDuration::from_mins(1))
-        .compact_on_open(compact)
         .build_journaled(journal.clone())
         .unwrap()
 }
@@ -345,14 +347,8 @@ fn records_either_side_of_a_quarter_hour_turn_are_folded_apart() {
 fn a_retention_that_never_ends_keeps_what_it_answers_for() {
     let journal = Mem::default();
     let clock = ManualClock::new("2026-03-02T10:00:00Z".parse::<Timestamp>().unwrap());
-    let build = || {
-        Engine::builder()
-            .policies(PolicySet::from_json(POLICIES).unwrap())
-            .clock(clock.clone())
-            .retention(SignedDuration::MAX)
-            .build_journaled(journal.clone())
-            .unwrap()
-    };
+    let build =
+        || builder(POLICIES, &clock, true).retention(SignedDuration::MAX).build_journaled(journal.clone()).unwrap();
     let engine = build();
     let Verdict::Approved(a) = engine.decide(&transfer_to("agent-1", "10", RECIPIENT)).verdict else { panic!() };
     let first = engine.settle(&a, &Settlement::default().reference("0xabc")).unwrap();
@@ -372,12 +368,7 @@ fn a_retention_that_never_ends_keeps_what_it_answers_for() {
 fn a_compaction_writes_what_waits_first_and_waits_for_it() {
     let journal = Mem::default();
     let clock = ManualClock::new("2026-01-10T18:12:00Z".parse::<Timestamp>().unwrap());
-    let engine = Engine::builder()
-        .policies(PolicySet::from_json(OTHER_POLICIES).unwrap())
-        .clock(clock.clone())
-        .retention(SignedDuration::from_mins(1))
-        .build_journaled(journal.clone())
-        .unwrap();
+    let engine = open_with(OTHER_POLICIES, &journal, &clock, true);
     let Verdict::Approved(a) = engine.decide(&transfer_to("agent-1", "100", RECIPIENT)).verdict else { panic!() };
     journal.1.store(true, Ordering::SeqCst);
     clock.advance(SignedDuration::from_mins(4));
@@ -401,11 +392,8 @@ fn a_late_record_of_a_long_released_approval_is_answered_the_same_after_compacti
     let journal = Mem::default();
     let clock = ManualClock::new("2026-04-01T08:00:00Z".parse::<Timestamp>().unwrap());
     let build = |j: &Mem, compact: bool| {
-        Engine::builder()
-            .policies(PolicySet::from_json(POLICIES).unwrap())
-            .clock(clock.clone())
+        builder(POLICIES, &clock, compact)
             .approval_ttl(SignedDuration::from_hours(72))
-            .compact_on_open(compact)
             .build_journaled(j.clone())
             .unwrap()
     };

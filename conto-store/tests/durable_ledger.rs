@@ -355,12 +355,15 @@ async fn a_record_queued_before_a_long_stop_is_counted_after_it() {
 fn the_sqlite_journal_is_compacted_on_open_to_the_same_ledger() {
     let path = journal_path("compacted");
     let clock = ManualClock::new("2026-05-01T00:00:00Z".parse::<Timestamp>().unwrap());
-    let engine = Engine::builder()
-        .policies(PolicySet::from_json(POLICIES).unwrap())
-        .clock(clock.clone())
-        .compact_on_open(false)
-        .open(&path)
-        .unwrap();
+    let uncompacted = || {
+        Engine::builder()
+            .policies(PolicySet::from_json(POLICIES).unwrap())
+            .clock(clock.clone())
+            .compact_on_open(false)
+            .open(&path)
+            .unwrap()
+    };
+    let engine = uncompacted();
     for _ in 0..(30 * 4) {
         for _ in 0..10 {
             let Verdict::Approved(a) = engine.try_decide(&transfer("0.25")).unwrap().verdict else { panic!() };
@@ -373,12 +376,7 @@ fn the_sqlite_journal_is_compacted_on_open_to_the_same_ledger() {
     let rows = || conto_core::journal::Journal::replay(&conto_store::SqliteJournal::open(&path).unwrap()).unwrap();
     assert_eq!(rows().len(), 30 * 4 * 10 * 2);
     // What a restart from the whole journal gives.
-    let whole = Engine::builder()
-        .policies(PolicySet::from_json(POLICIES).unwrap())
-        .clock(clock.clone())
-        .compact_on_open(false)
-        .open(&path)
-        .unwrap();
+    let whole = uncompacted();
     let before = whole.usage("agent-1");
     assert_eq!(before.stats.total_spent, Decimal::from(300));
     drop(whole);
