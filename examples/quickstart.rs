@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use conto::tower::{Actor, Paid, Paywall, Price, PriceError, Settled, headers};
-use conto::{Conto, Decimal, Engine, ManualClock, PolicySet, Rail, Rejection, paid_action};
+use conto::{Clock, Conto, Decimal, Engine, ManualClock, PolicySet, Rail, Rejection, paid_action};
 
 const ALPHA: &str = "0xa11ce00000000000000000000000000000000001";
 const BETA: &str = "0xb0b0000000000000000000000000000000000002";
@@ -179,7 +179,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    println!("\nLedger:");
+    // The clock has moved to the next day (step 9): the daily counters show that day so far,
+    // the totals line everything.
+    println!("\nLedger (now {}: the daily rows are this day's, the totals every day's):", clock.now());
     println!("    {:<8} {:<8} {:<21} {:>8} {:>9}", "actor", "period", "since", "spent", "reserved");
     for actor in ["agent-1", "agent-2"] {
         let usage = engine.usage(actor);
