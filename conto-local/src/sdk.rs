@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use conto_core::jiff::Timestamp;
 use conto_core::{Amount, AuthorityError, PaymentIntent, Rail, Settlement, Verdict};
-use conto_wire::org::Policies;
+use conto_wire::org::{AgentWallet, Policies};
 use conto_wire::sdk::{
     ApprovalAnswer, ApprovalRequest, ApprovalRequests, BodyError, Budget, Counter, DecisionBody, Execution,
     PayingWallet, PaymentBody, RecordedBody, ServiceSpend, Services, SpendSummary, SummaryFilters, SummaryService,
@@ -646,18 +646,8 @@ fn transfer_now(
 /// no wallet, conto-local knows no balance the delegation does not state.
 fn paying_wallet(store: &Store, agent: &str, kind: Kind) -> Result<PayingWallet, crate::store::StoreError> {
     let chain = if kind == Kind::Mpp { "4217" } else { "8453" };
-    // A stated field as text: a string as it is, a number as its digits (Conto writes chains
-    // as strings).
-    let text = |w: &conto_wire::org::AgentWallet, name: &str| {
-        w.extra.get(name).filter(|v| !v.is_null()).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-    };
-    let delegations: Vec<_> = store
-        .wallets(Some(agent))?
-        .into_iter()
-        .filter(|w| w.wallet_id.as_deref().is_some_and(|id| !id.is_empty()))
-        .collect();
-    let on_chain = |w: &&conto_wire::org::AgentWallet| text(w, "chainId").as_deref() == Some(chain);
-    let Some(w) = delegations.iter().find(on_chain).or(delegations.first()) else {
+    let delegations = delegations(store, agent)?;
+    let Some(w) = on_chain(&delegations, chain) else {
         return Ok(PayingWallet {
             id: "external".to_owned(),
             chain_id: Some(chain.into()),
@@ -672,6 +662,26 @@ fn paying_wallet(store: &Store, agent: &str, kind: Kind) -> Result<PayingWallet,
         custody_type: Some(text(w, "custodyType").unwrap_or_else(|| "EXTERNAL".to_owned())),
         available_balance: w.extra.get("availableBalance").cloned(),
     })
+}
+
+/// The wallets delegated to `agent` (those naming a wallet).
+fn delegations(store: &Store, agent: &str) -> Result<Vec<AgentWallet>, crate::store::StoreError> {
+    Ok(store
+        .wallets(Some(agent))?
+        .into_iter()
+        .filter(|w| w.wallet_id.as_deref().is_some_and(|id| !id.is_empty()))
+        .collect())
+}
+
+/// The delegation a payment on `chain` is made from: the one on that chain, else the first.
+fn on_chain<'a>(delegations: &'a [AgentWallet], chain: &str) -> Option<&'a AgentWallet> {
+    delegations.iter().find(|w| text(w, "chainId").as_deref() == Some(chain)).or(delegations.first())
+}
+
+/// A delegation's stated field as text: a string as it is, a number as its digits (Conto
+/// writes chains as strings).
+fn text(w: &AgentWallet, name: &str) -> Option<String> {
+    w.extra.get(name).filter(|v| !v.is_null()).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
 }
 
 /// A payment request's `walletId` must be a wallet delegated to its agent (`400 NO_WALLET`
@@ -900,18 +910,12 @@ fn execute_managed(app: &App, store: &Store, agent: &str, id: &str) -> Result<Op
     let approval_id = request_approval(store, agent, id)?;
     let approval = live_approval(store, agent, Kind::Transfer, &approval_id, None, None)?;
     let Rail::Request { wallet_id } = &approval.authorization.intent.rail else { return Ok(None) };
-    let delegations = store.wallets(Some(agent))?;
-    let field = |w: &conto_wire::org::AgentWallet, name: &str| {
-        w.extra.get(name).and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_u64().map(|n| n.to_string())))
-    };
-    let chain = REQUEST_CHAIN.to_string();
+    let delegations = delegations(store, agent)?;
     let wallet = match wallet_id {
         Some(named) => delegations.iter().find(|w| w.wallet_id.as_deref() == Some(named.as_str())),
-        None => {
-            delegations.iter().find(|w| field(w, "chainId").as_deref() == Some(chain.as_str())).or(delegations.first())
-        }
+        None => on_chain(&delegations, &REQUEST_CHAIN.to_string()),
     };
-    let Some(wallet) = wallet.filter(|w| field(w, "custodyType").is_some_and(|c| managed_custody(&c))) else {
+    let Some(wallet) = wallet.filter(|w| text(w, "custodyType").is_some_and(|c| managed_custody(&c))) else {
         return Ok(None);
     };
     let tx = format!("0x{}", random_hex(32));

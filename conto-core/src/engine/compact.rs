@@ -23,10 +23,10 @@
 use std::collections::{HashMap, HashSet};
 
 use jiff::{SignedDuration, Timestamp};
-use rust_decimal::Decimal;
 
 use crate::intent::{ActorId, PaymentIntent};
 use crate::journal::Entry;
+use crate::micros::Micros;
 use crate::policy::plan::rail_slot;
 use crate::policy::rules::Scope;
 
@@ -63,16 +63,9 @@ fn fold_key(intent: &PaymentIntent, at: Timestamp) -> FoldKey {
     )
 }
 
-/// Micro-units of a decimal sum (saturating; sums never near the bounds in practice).
-fn micros(d: Decimal) -> i64 {
-    use rust_decimal::prelude::ToPrimitive;
-    d.checked_mul(Decimal::from(1_000_000)).and_then(|m| m.trunc().to_i64()).unwrap_or(i64::MAX)
-}
-
 /// `entries` compacted at `now`, for an engine keeping ended approvals for `retention`.
 pub(crate) fn compact(entries: Vec<Entry>, now: Timestamp, retention: SignedDuration) -> Vec<Entry> {
-    // As replay reads it (a retention past the calendar's end keeps everything).
-    let retained = |t: Timestamp| t.checked_add(retention).map_or(true, |t| t > now);
+    let retained = |t: Timestamp| super::retained(t, retention, now);
     let fold_before = now.checked_sub(FOLD_AFTER).unwrap_or(Timestamp::MIN);
     // Walked as replay walks them: a record in time counts at its reservation's time, a late
     // one (after its release, or its lapse) at its own.
@@ -119,7 +112,7 @@ pub(crate) fn compact(entries: Vec<Entry>, now: Timestamp, retention: SignedDura
                 let ended = expiries.get(id.as_str()).is_none_or(|e| !retained(*e));
                 if !retained(*at) && ended && counted_at < fold_before {
                     gone.insert(id);
-                    fold(intent, micros(amount.get()), 1, counted_at);
+                    fold(intent, Micros::of(*amount).0, 1, counted_at);
                 }
             }
             Entry::Released { id, .. } => {
@@ -136,7 +129,7 @@ pub(crate) fn compact(entries: Vec<Entry>, now: Timestamp, retention: SignedDura
                 opened.remove(id.as_str());
             }
             // Folded again with what this compaction folds.
-            Entry::Folded { intent, spent, records, at } => fold(intent, micros(*spent), *records, *at),
+            Entry::Folded { intent, spent, records, at } => fold(intent, Micros::of_decimal(*spent).0, *records, *at),
             Entry::Actor { actor, .. } => {
                 last_status.insert(actor, seq);
             }
@@ -156,12 +149,7 @@ pub(crate) fn compact(entries: Vec<Entry>, now: Timestamp, retention: SignedDura
     folds.sort_by_key(|f| f.at);
     let mut out: Vec<Entry> = folds
         .into_iter()
-        .map(|f| Entry::Folded {
-            intent: f.intent,
-            spent: Decimal::new(f.micros, 6).normalize(),
-            records: f.records,
-            at: f.at,
-        })
+        .map(|f| Entry::Folded { intent: f.intent, spent: Micros(f.micros).to_decimal(), records: f.records, at: f.at })
         .collect();
     for (seq, entry) in entries.iter().enumerate() {
         let keep = match entry {

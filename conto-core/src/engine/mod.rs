@@ -284,17 +284,30 @@ impl EngineBuilder {
     pub fn build_journaled(self, journal: impl Journal + 'static) -> Result<Engine, JournalError> {
         let compact_now = self.compact_on_open;
         let engine = self.build();
-        engine.replay(&journal.replay()?);
-        let _ = engine.inner.journal.set(Arc::new(journal));
+        // Compacting, the journal is read once: replayed as the compaction reads it (nothing
+        // appends before the engine is handed out).
+        let mut replayed = false;
         if compact_now {
-            match engine.compact_journal() {
+            let (now, retention) = engine.compaction_horizon();
+            let compacted = journal.compact(&mut |entries| {
+                engine.replay(&entries);
+                replayed = true;
+                compact::compact(entries, now, retention)
+            });
+            match compacted {
                 Ok(Some(c)) if c.after < c.before => {
                     tracing::info!(before = c.before, after = c.after, "conto.engine.journal_compacted");
                 }
                 Ok(_) => {}
+                // Not read at all: the replay below says why.
+                Err(_) if !replayed => {}
                 Err(error) => tracing::warn!(%error, "conto.engine.journal_not_compacted: replayed whole next start"),
             }
         }
+        if !replayed {
+            engine.replay(&journal.replay()?);
+        }
+        let _ = engine.inner.journal.set(Arc::new(journal));
         Ok(engine)
     }
 
@@ -389,6 +402,16 @@ fn kept(counted: Micros, settled: Amount, (late, actor_inactive): (bool, bool), 
 
 /// A journal that could not write: an outage (the change it describes is not made, or not yet
 /// durable).
+/// Appends the entries `waiting` for a journal that failed, oldest first, each taken off once
+/// it is written.
+fn write_waiting(journal: &dyn Journal, waiting: &mut std::collections::VecDeque<Entry>) -> Result<(), JournalError> {
+    while let Some(first) = waiting.front() {
+        journal.append(first)?;
+        waiting.pop_front();
+    }
+    Ok(())
+}
+
 fn journal_outage(e: JournalError) -> AuthorityError {
     crate::Outage::Journal(e.0).into()
 }
@@ -432,6 +455,12 @@ fn retire_in(actors: &mut ledger::Map<ActorId, Slot>, id: &ActorId) -> bool {
         actors.remove(id);
     }
     was
+}
+
+/// Whether what ended at `ended` is still within `retention` at `now` (a retention past the
+/// calendar's end keeps everything): what replay answers for, and compaction keeps.
+pub(crate) fn retained(ended: Timestamp, retention: SignedDuration, now: Timestamp) -> bool {
+    ended.checked_add(retention).map_or(true, |t| t > now)
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -784,12 +813,7 @@ impl Engine {
     /// `Ok` when nothing waits.
     pub fn flush_journal(&self) -> Result<(), AuthorityError> {
         let Some(journal) = self.inner.journal.get() else { return Ok(()) };
-        let mut waiting = lock(&self.inner.unjournaled);
-        while let Some(first) = waiting.front() {
-            journal.append(first).map_err(journal_outage)?;
-            waiting.pop_front();
-        }
-        Ok(())
+        write_waiting(&**journal, &mut lock(&self.inner.unjournaled)).map_err(journal_outage)
     }
 
     /// Writes the entry of a change made whatever the journal says: money that moved (a
@@ -829,8 +853,7 @@ impl Engine {
         let now = self.now();
         // An approval that ended at `ended` is still answered for (kept closed) after a restart
         // while within the retention window.
-        // (A retention past the calendar's end keeps everything.)
-        let retained = |ended: Timestamp| ended.checked_add(self.inner.retention).map_or(true, |t| t > now);
+        let retained = |ended: Timestamp| retained(ended, self.inner.retention, now);
         for (seq, entry) in entries.iter().enumerate() {
             match entry {
                 Entry::Reserved { id, intent, amount, expires_at, at } => {
@@ -869,7 +892,7 @@ impl Engine {
                     pending.remove(id.as_str());
                 }
                 Entry::Folded { intent, spent, records, at } => {
-                    self.restore_folded(intent, Micros::of_decimal(*spent), *records, *at);
+                    self.restore_records(intent, Micros::of_decimal(*spent), *records, *at);
                 }
                 Entry::Actor { actor, status } => {
                     let mut actors = self.inner.actors.write();
@@ -939,12 +962,15 @@ impl Engine {
         let Some(journal) = self.inner.journal.get() else { return Ok(None) };
         // Held throughout: an entry that starts waiting now waits for the rewrite.
         let mut waiting = lock(&self.inner.unjournaled);
-        while let Some(first) = waiting.front() {
-            journal.append(first)?;
-            waiting.pop_front();
-        }
-        let (now, retention) = (self.now(), self.inner.retention.max(DEFAULT_RETENTION));
+        write_waiting(&**journal, &mut waiting)?;
+        let (now, retention) = self.compaction_horizon();
         journal.compact(&mut |entries| compact::compact(entries, now, retention))
+    }
+
+    /// The time a compaction runs at, and how long it keeps ended approvals: the retention
+    /// window, at least [`DEFAULT_RETENTION`].
+    fn compaction_horizon(&self) -> (Timestamp, SignedDuration) {
+        (self.now(), self.inner.retention.max(DEFAULT_RETENTION))
     }
 
     /// Journals `actor`'s new status (see [`Engine::write_applied`]).
@@ -1206,16 +1232,12 @@ impl Engine {
     /// without a prior authorization — into the counters of the periods that contain `at`.
     /// Replay spends in the order they happened.
     pub fn restore_spend(&self, intent: &PaymentIntent, amount: Amount, at: Timestamp) {
-        let ledger = self.ledger(&intent.actor);
-        let mut ledger = lock(&ledger);
-        let policies = self.inner.policies.load();
-        let (holds, windows) = evaluate::all_keys(&policies, intent, &mut *ledger, at);
-        ledger.restore_spend(&holds, &windows, Micros::of(amount), at);
+        self.restore_records(intent, Micros::of(amount), 1, at);
     }
 
-    /// [`Engine::restore_spend`] of `records` records folded into one sum (a compacted
-    /// journal's [`Entry::Folded`]).
-    fn restore_folded(&self, intent: &PaymentIntent, spent: Micros, records: u64, at: Timestamp) {
+    /// [`Engine::restore_spend`] of `records` records (more than one: a compacted journal's
+    /// [`Entry::Folded`]) that spent `spent` in all.
+    fn restore_records(&self, intent: &PaymentIntent, spent: Micros, records: u64, at: Timestamp) {
         let ledger = self.ledger(&intent.actor);
         let mut ledger = lock(&ledger);
         let policies = self.inner.policies.load();
